@@ -1,0 +1,680 @@
+//! The transition function: validate a command against the state, then mutate.
+//!
+//! Every operation is written in two halves. The first only reads and returns
+//! early on any error; the second mutates and cannot fail. That is what makes
+//! "a rejected command leaves the state unchanged" hold by construction.
+
+use std::collections::VecDeque;
+
+use crate::command::{Authorization, Command};
+use crate::error::{EntityKind, KernelError};
+use crate::event::Event;
+use crate::extension::{ExtensionCall, Registry};
+use crate::id::{AgentId, EntityId, TaskId};
+use crate::limits::{Limit, Limits};
+use crate::operation::{AgentSpec, ComponentSpec, Denial, OpKind, Operation, TaskSpec};
+use crate::state::{AgentRecord, AgentStatus, TaskRecord, TaskStatus, WorldState};
+
+/// The longest revocation id accepted (biscuit's are 64-byte signatures).
+const MAX_REVOCATION_ID: usize = 256;
+
+/// What `apply` needs besides the state and the command.
+pub(crate) struct Env<'a> {
+    pub(crate) limits: &'a Limits,
+    pub(crate) registry: &'a Registry,
+    /// The sequence number the command's record will get.
+    pub(crate) seq: u64,
+}
+
+fn check_size(limit: Limit, max: u32, actual: usize) -> Result<(), KernelError> {
+    check_count(limit, u64::from(max), actual as u64)
+}
+
+fn check_count(limit: Limit, max: u64, actual: u64) -> Result<(), KernelError> {
+    if actual > max {
+        return Err(KernelError::LimitExceeded { limit, max, actual });
+    }
+    Ok(())
+}
+
+fn denied(origin: EntityId, operation: OpKind, reason: impl Into<String>) -> KernelError {
+    KernelError::CapabilityDenied {
+        origin,
+        operation,
+        reason: reason.into(),
+    }
+}
+
+impl WorldState {
+    /// Applies `cmd`; on error nothing has changed.
+    pub(crate) fn apply(
+        &mut self,
+        cmd: &Command,
+        env: &Env<'_>,
+    ) -> Result<Vec<Event>, KernelError> {
+        if cmd.time < self.time {
+            return Err(KernelError::TimeWentBackwards {
+                last: self.time,
+                time: cmd.time,
+            });
+        }
+        let kind = cmd.op.kind();
+        self.check_authority(cmd, kind)?;
+        let cause_task = self.check_cause(cmd, kind, env.limits)?;
+
+        let origin = cmd.origin;
+        let limits = env.limits;
+        let events = match &cmd.op {
+            Operation::ScheduleTask { agent, spec } => {
+                self.schedule_task(origin, *agent, spec, limits, env.seq)?
+            }
+            Operation::StartTask { task } => self.start_task(origin, *task)?,
+            Operation::CompleteTask { task, output } => {
+                self.complete_task(origin, *task, output, limits)?
+            }
+            Operation::FailTask { task, reason } => {
+                self.fail_task(origin, *task, reason, limits)?
+            }
+            Operation::SpawnAgent { spec } => self.spawn_agent(origin, spec, limits)?,
+            Operation::TerminateAgent { agent, reason } => {
+                self.terminate_agent(origin, *agent, reason, limits)?
+            }
+            Operation::RecordFault { agent, reason } => {
+                self.record_fault(origin, *agent, reason, limits)?
+            }
+            Operation::EmitObservation { topic, data } => {
+                check_size(Limit::Observation, limits.max_observation, data.len())?;
+                if let Some(topic) = topic {
+                    check_size(Limit::Topic, limits.max_topic, topic.len())?;
+                }
+                vec![Event::ObservationEmitted {
+                    agent: origin,
+                    topic: topic.clone(),
+                    data: data.clone(),
+                }]
+            }
+            Operation::PutState { key, value } => self.put_state(origin, key, value, limits)?,
+            Operation::DeleteState { key } => self.delete_state(origin, key)?,
+            Operation::RevokeToken { revocation_id } => self.revoke(revocation_id)?,
+            Operation::RecordDenial { denial } => self.record_denial(origin, denial, limits)?,
+            Operation::InstallComponent { component } => {
+                self.install_component(origin, component, limits)?
+            }
+            Operation::Extension {
+                family,
+                opcode,
+                payload,
+            } => self.extension(cmd, family, *opcode, payload, env)?,
+        };
+
+        // Infallible bookkeeping, after the operation succeeded.
+        self.time = cmd.time;
+        if let Some(task) = cause_task
+            && let Some(TaskRecord {
+                status: TaskStatus::Running { ops },
+                ..
+            }) = self.tasks.get_mut(&task)
+        {
+            *ops += 1;
+        }
+        Ok(events)
+    }
+
+    /// Who may submit what, whatever a token says.
+    fn check_authority(&self, cmd: &Command, kind: OpKind) -> Result<(), KernelError> {
+        let origin = cmd.origin;
+        if kind.host_only() && cmd.auth != Authorization::System {
+            return Err(denied(
+                origin,
+                kind,
+                "only the host may submit this operation",
+            ));
+        }
+        if origin == EntityId::SYSTEM {
+            return match cmd.auth {
+                Authorization::System => Ok(()),
+                Authorization::Token(_) => Err(denied(
+                    origin,
+                    kind,
+                    "the system acts on its own authority, not with a token",
+                )),
+            };
+        }
+        let agent = self
+            .agents
+            .get(&origin)
+            .ok_or_else(|| KernelError::unknown(EntityKind::Agent, origin))?;
+        if let Authorization::Token(token) = cmd.auth
+            && token != agent.token
+        {
+            return Err(denied(
+                origin,
+                kind,
+                format!(
+                    "token {} is not the token the agent is bound to",
+                    token.short()
+                ),
+            ));
+        }
+        if !kind.host_only() && !agent.is_active() {
+            return Err(KernelError::invalid(
+                kind,
+                format!("agent {origin} is terminated"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Validates the command's [`OpKey`](crate::OpKey), if any; returns the
+    /// task whose op counter to advance once the operation succeeded.
+    fn check_cause(
+        &self,
+        cmd: &Command,
+        kind: OpKind,
+        limits: &Limits,
+    ) -> Result<Option<TaskId>, KernelError> {
+        let Some(key) = cmd.cause else {
+            return Ok(None);
+        };
+        if kind.host_only() || cmd.origin == EntityId::SYSTEM {
+            return Err(KernelError::invalid(
+                kind,
+                "only an agent's own operations carry a task cause",
+            ));
+        }
+        let task = self
+            .tasks
+            .get(&key.task)
+            .ok_or_else(|| KernelError::unknown(EntityKind::Task, key.task))?;
+        if task.agent != cmd.origin {
+            return Err(denied(
+                cmd.origin,
+                kind,
+                format!("task {} belongs to agent {}", key.task, task.agent),
+            ));
+        }
+        let TaskStatus::Running { ops } = task.status else {
+            return Err(KernelError::invalid(
+                kind,
+                format!("task {} is not running", key.task),
+            ));
+        };
+        if key.index != ops {
+            return Err(KernelError::invalid(
+                kind,
+                format!(
+                    "task {} expects operation index {ops}, got {}",
+                    key.task, key.index
+                ),
+            ));
+        }
+        check_count(
+            Limit::OpsPerTask,
+            u64::from(limits.max_ops_per_task),
+            u64::from(ops) + 1,
+        )?;
+        Ok(Some(key.task))
+    }
+
+    fn next_id(&mut self, domain: &str, parent: EntityId) -> EntityId {
+        let id = EntityId::derive(domain, parent, self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    fn active_agent(&self, id: AgentId, kind: OpKind) -> Result<&AgentRecord, KernelError> {
+        let agent = self
+            .agents
+            .get(&id)
+            .ok_or_else(|| KernelError::unknown(EntityKind::Agent, id))?;
+        if !agent.is_active() {
+            return Err(KernelError::invalid(
+                kind,
+                format!("agent {id} is terminated"),
+            ));
+        }
+        Ok(agent)
+    }
+
+    /// The task, checked to be `origin`'s own (or the origin is the system).
+    fn own_task(
+        &self,
+        origin: EntityId,
+        task: TaskId,
+        kind: OpKind,
+    ) -> Result<&TaskRecord, KernelError> {
+        let record = self
+            .tasks
+            .get(&task)
+            .ok_or_else(|| KernelError::unknown(EntityKind::Task, task))?;
+        if origin != EntityId::SYSTEM && origin != record.agent {
+            return Err(denied(
+                origin,
+                kind,
+                format!("task {task} belongs to agent {}", record.agent),
+            ));
+        }
+        Ok(record)
+    }
+
+    fn schedule_task(
+        &mut self,
+        origin: EntityId,
+        agent: AgentId,
+        spec: &TaskSpec,
+        limits: &Limits,
+        seq: u64,
+    ) -> Result<Vec<Event>, KernelError> {
+        check_size(
+            Limit::TaskDescription,
+            limits.max_task_description,
+            spec.description.len(),
+        )?;
+        let target = self.active_agent(agent, OpKind::ScheduleTask)?;
+        check_count(
+            Limit::Queue,
+            u64::from(limits.max_queue),
+            target.queue.len() as u64 + 1,
+        )?;
+
+        let task = self.next_id("task", origin);
+        self.tasks.insert(
+            task,
+            TaskRecord {
+                agent,
+                by: origin,
+                spec: spec.clone(),
+                status: TaskStatus::Queued,
+                scheduled_seq: seq,
+            },
+        );
+        if let Some(a) = self.agents.get_mut(&agent) {
+            a.queue.push_back(task);
+        }
+        Ok(vec![Event::TaskScheduled {
+            task,
+            agent,
+            by: origin,
+            spec: spec.clone(),
+        }])
+    }
+
+    fn start_task(&mut self, origin: EntityId, task: TaskId) -> Result<Vec<Event>, KernelError> {
+        const KIND: OpKind = OpKind::StartTask;
+        let record = self.own_task(origin, task, KIND)?;
+        let agent_id = record.agent;
+        if record.status != TaskStatus::Queued {
+            return Err(KernelError::invalid(
+                KIND,
+                format!("task {task} is already running"),
+            ));
+        }
+        let agent = self.active_agent(agent_id, KIND)?;
+        if let Some(running) = agent.running {
+            return Err(KernelError::invalid(
+                KIND,
+                format!("agent {agent_id} is already running task {running}"),
+            ));
+        }
+        if agent.queue.front() != Some(&task) {
+            return Err(KernelError::invalid(
+                KIND,
+                format!("task {task} is not at the head of agent {agent_id}'s queue"),
+            ));
+        }
+
+        if let Some(a) = self.agents.get_mut(&agent_id) {
+            a.queue.pop_front();
+            a.running = Some(task);
+        }
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.status = TaskStatus::Running { ops: 0 };
+        }
+        Ok(vec![Event::TaskStarted {
+            task,
+            agent: agent_id,
+        }])
+    }
+
+    fn complete_task(
+        &mut self,
+        origin: EntityId,
+        task: TaskId,
+        output: &[u8],
+        limits: &Limits,
+    ) -> Result<Vec<Event>, KernelError> {
+        const KIND: OpKind = OpKind::CompleteTask;
+        check_size(Limit::Output, limits.max_output, output.len())?;
+        let record = self.own_task(origin, task, KIND)?;
+        if record.status == TaskStatus::Queued {
+            return Err(KernelError::invalid(
+                KIND,
+                format!("task {task} is queued, not running"),
+            ));
+        }
+        let agent = record.agent;
+
+        self.tasks.remove(&task);
+        if let Some(a) = self.agents.get_mut(&agent) {
+            a.running = None;
+            a.completed += 1;
+            a.consecutive_faults = 0;
+        }
+        Ok(vec![Event::TaskCompleted {
+            task,
+            agent,
+            output: output.to_vec(),
+        }])
+    }
+
+    fn fail_task(
+        &mut self,
+        origin: EntityId,
+        task: TaskId,
+        reason: &str,
+        limits: &Limits,
+    ) -> Result<Vec<Event>, KernelError> {
+        check_size(Limit::Reason, limits.max_reason, reason.len())?;
+        let agent = self.own_task(origin, task, OpKind::FailTask)?.agent;
+
+        Ok(vec![self.remove_failed(task, agent, reason.to_owned())])
+    }
+
+    /// Removes a queued or running task as failed (infallible).
+    fn remove_failed(&mut self, task: TaskId, agent: AgentId, reason: String) -> Event {
+        self.tasks.remove(&task);
+        if let Some(a) = self.agents.get_mut(&agent) {
+            if a.running == Some(task) {
+                a.running = None;
+            } else {
+                a.queue.retain(|t| *t != task);
+            }
+            a.failed += 1;
+        }
+        Event::TaskFailed {
+            task,
+            agent,
+            reason,
+        }
+    }
+
+    fn spawn_agent(
+        &mut self,
+        origin: EntityId,
+        spec: &AgentSpec,
+        limits: &Limits,
+    ) -> Result<Vec<Event>, KernelError> {
+        check_name(OpKind::SpawnAgent, "agent", &spec.name, limits)?;
+        if !self.components.contains_key(&spec.component) {
+            return Err(KernelError::unknown(EntityKind::Component, spec.component));
+        }
+
+        let agent = self.next_id("agent", origin);
+        self.agents.insert(
+            agent,
+            AgentRecord {
+                name: spec.name.clone(),
+                component: spec.component,
+                parent: origin,
+                token: spec.token,
+                status: AgentStatus::Active,
+                queue: VecDeque::new(),
+                running: None,
+                completed: 0,
+                failed: 0,
+                consecutive_faults: 0,
+                state: Default::default(),
+                state_bytes: 0,
+            },
+        );
+        Ok(vec![Event::AgentSpawned {
+            agent,
+            parent: origin,
+            spec: spec.clone(),
+        }])
+    }
+
+    fn terminate_agent(
+        &mut self,
+        origin: EntityId,
+        agent: AgentId,
+        reason: &str,
+        limits: &Limits,
+    ) -> Result<Vec<Event>, KernelError> {
+        check_size(Limit::Reason, limits.max_reason, reason.len())?;
+        let record = self.active_agent(agent, OpKind::TerminateAgent)?;
+        let doomed: Vec<TaskId> = record
+            .running
+            .iter()
+            .chain(&record.queue)
+            .copied()
+            .collect();
+
+        let mut events = vec![Event::AgentTerminated {
+            agent,
+            by: origin,
+            reason: reason.to_owned(),
+        }];
+        for task in doomed {
+            events.push(self.remove_failed(task, agent, format!("agent terminated: {reason}")));
+        }
+        if let Some(a) = self.agents.get_mut(&agent) {
+            a.status = AgentStatus::Terminated {
+                reason: reason.to_owned(),
+            };
+        }
+        Ok(events)
+    }
+
+    fn record_fault(
+        &mut self,
+        origin: EntityId,
+        agent: AgentId,
+        reason: &str,
+        limits: &Limits,
+    ) -> Result<Vec<Event>, KernelError> {
+        const KIND: OpKind = OpKind::RecordFault;
+        check_size(Limit::Reason, limits.max_reason, reason.len())?;
+        if origin != EntityId::SYSTEM && origin != agent {
+            return Err(denied(origin, KIND, "an agent records only its own faults"));
+        }
+        let Some(a) = self.agents.get_mut(&agent) else {
+            return Err(KernelError::unknown(EntityKind::Agent, agent));
+        };
+
+        a.consecutive_faults = a.consecutive_faults.saturating_add(1);
+        Ok(vec![Event::AgentFaulted {
+            agent,
+            reason: reason.to_owned(),
+            consecutive: a.consecutive_faults,
+        }])
+    }
+
+    fn put_state(
+        &mut self,
+        origin: EntityId,
+        key: &str,
+        value: &[u8],
+        limits: &Limits,
+    ) -> Result<Vec<Event>, KernelError> {
+        const KIND: OpKind = OpKind::PutState;
+        if key.is_empty() {
+            return Err(KernelError::invalid(KIND, "state keys are not empty"));
+        }
+        check_size(Limit::StateKey, limits.max_state_key, key.len())?;
+        check_size(Limit::StateValue, limits.max_state_value, value.len())?;
+        let agent = self.own_namespace(origin, KIND)?;
+        let (keys, bytes) = match agent.state.get(key) {
+            Some(old) => (
+                agent.state.len() as u64,
+                agent.state_bytes - old.len() as u64 + value.len() as u64,
+            ),
+            None => (
+                agent.state.len() as u64 + 1,
+                agent.state_bytes + (key.len() + value.len()) as u64,
+            ),
+        };
+        check_count(Limit::StateKeys, u64::from(limits.max_state_keys), keys)?;
+        check_count(Limit::StateBytes, limits.max_state_bytes, bytes)?;
+
+        if let Some(a) = self.agents.get_mut(&origin) {
+            a.state.insert(key.to_owned(), value.to_vec());
+            a.state_bytes = bytes;
+        }
+        Ok(vec![Event::StatePut {
+            agent: origin,
+            key: key.to_owned(),
+            value: value.to_vec(),
+        }])
+    }
+
+    fn delete_state(&mut self, origin: EntityId, key: &str) -> Result<Vec<Event>, KernelError> {
+        self.own_namespace(origin, OpKind::DeleteState)?;
+
+        let mut existed = false;
+        if let Some(a) = self.agents.get_mut(&origin)
+            && let Some(old) = a.state.remove(key)
+        {
+            a.state_bytes -= (key.len() + old.len()) as u64;
+            existed = true;
+        }
+        Ok(vec![Event::StateDeleted {
+            agent: origin,
+            key: key.to_owned(),
+            existed,
+        }])
+    }
+
+    fn own_namespace(&self, origin: EntityId, kind: OpKind) -> Result<&AgentRecord, KernelError> {
+        if origin == EntityId::SYSTEM {
+            return Err(KernelError::invalid(
+                kind,
+                "the system has no state namespace",
+            ));
+        }
+        self.active_agent(origin, kind)
+    }
+
+    fn revoke(&mut self, revocation_id: &[u8]) -> Result<Vec<Event>, KernelError> {
+        const KIND: OpKind = OpKind::RevokeToken;
+        if revocation_id.is_empty() || revocation_id.len() > MAX_REVOCATION_ID {
+            return Err(KernelError::invalid(
+                KIND,
+                format!(
+                    "a revocation id has 1 to {MAX_REVOCATION_ID} bytes, got {}",
+                    revocation_id.len()
+                ),
+            ));
+        }
+        if self.revoked.contains(revocation_id) {
+            return Err(KernelError::invalid(KIND, "already revoked"));
+        }
+
+        self.revoked.insert(revocation_id.to_vec());
+        Ok(vec![Event::TokenRevoked {
+            revocation_id: revocation_id.to_vec(),
+        }])
+    }
+
+    fn record_denial(
+        &mut self,
+        origin: EntityId,
+        denial: &Denial,
+        limits: &Limits,
+    ) -> Result<Vec<Event>, KernelError> {
+        if origin == EntityId::SYSTEM {
+            return Err(KernelError::invalid(
+                OpKind::RecordDenial,
+                "a denial names the agent that was denied as the origin",
+            ));
+        }
+        check_size(Limit::Name, limits.max_name, denial.operation.len())?;
+        check_size(Limit::Reason, limits.max_reason, denial.target.len())?;
+        check_size(Limit::Reason, limits.max_reason, denial.reason.len())?;
+        Ok(vec![Event::CapabilityDenied {
+            agent: origin,
+            denial: denial.clone(),
+        }])
+    }
+
+    fn install_component(
+        &mut self,
+        origin: EntityId,
+        component: &ComponentSpec,
+        limits: &Limits,
+    ) -> Result<Vec<Event>, KernelError> {
+        const KIND: OpKind = OpKind::InstallComponent;
+        if origin != EntityId::SYSTEM {
+            return Err(denied(
+                origin,
+                KIND,
+                "only the operator installs components",
+            ));
+        }
+        check_name(KIND, "component", &component.name, limits)?;
+        if let Some(existing) = self.components.get(&component.digest) {
+            return Err(KernelError::invalid(
+                KIND,
+                format!(
+                    "component {} is already installed as `{}`",
+                    component.digest.short(),
+                    existing.name
+                ),
+            ));
+        }
+
+        self.components.insert(component.digest, component.clone());
+        self.component_names
+            .insert(component.name.clone(), component.digest);
+        Ok(vec![Event::ComponentInstalled {
+            component: component.clone(),
+        }])
+    }
+
+    fn extension(
+        &mut self,
+        cmd: &Command,
+        family: &str,
+        opcode: u32,
+        payload: &[u8],
+        env: &Env<'_>,
+    ) -> Result<Vec<Event>, KernelError> {
+        check_size(
+            Limit::ExtensionPayload,
+            env.limits.max_extension_payload,
+            payload.len(),
+        )?;
+        let handler = env.registry.get(family)?;
+        let empty = Default::default();
+        let effects = handler.handle(&ExtensionCall {
+            origin: cmd.origin,
+            time: cmd.time,
+            opcode,
+            payload,
+            store: self.extensions.get(family).unwrap_or(&empty),
+        })?;
+
+        let store = self.extensions.entry(family.to_owned()).or_default();
+        for (key, value) in effects.writes {
+            match value {
+                Some(v) => store.insert(key, v),
+                None => store.remove(&key),
+            };
+        }
+        if store.is_empty() {
+            self.extensions.remove(family);
+        }
+        Ok(vec![Event::ExtensionApplied {
+            family: family.to_owned(),
+            opcode,
+            output: effects.output,
+        }])
+    }
+}
+
+fn check_name(kind: OpKind, what: &str, name: &str, limits: &Limits) -> Result<(), KernelError> {
+    if name.trim().is_empty() {
+        return Err(KernelError::invalid(kind, format!("{what} name is empty")));
+    }
+    check_size(Limit::Name, limits.max_name, name.len())
+}

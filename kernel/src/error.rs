@@ -1,0 +1,105 @@
+//! Why the kernel rejects a command.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::Timestamp;
+use crate::id::EntityId;
+use crate::limits::Limit;
+use crate::operation::OpKind;
+
+/// The kinds of entity an [`KernelError::UnknownEntity`] can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs, reason = "the names say it")]
+pub enum EntityKind {
+    Agent,
+    Task,
+    Component,
+}
+
+impl fmt::Display for EntityKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EntityKind::Agent => "agent",
+            EntityKind::Task => "task",
+            EntityKind::Component => "component",
+        })
+    }
+}
+
+/// Why [`Kernel::apply`](crate::Kernel::apply) rejected a command. A rejected
+/// command changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KernelError {
+    /// The origin may not submit this operation at all, whatever its token
+    /// says (e.g. an agent submitting a host-only operation, or a token that
+    /// is not the one the agent is bound to).
+    #[error("capability denied: {origin} may not {operation}: {reason}")]
+    CapabilityDenied {
+        /// Who asked.
+        origin: EntityId,
+        /// What they asked for.
+        operation: OpKind,
+        /// Why not.
+        reason: String,
+    },
+    /// The operation names an entity that does not exist (or no longer does:
+    /// finished tasks leave the state).
+    #[error("unknown {kind} {id}")]
+    UnknownEntity {
+        /// Agent, task or component.
+        kind: EntityKind,
+        /// The id or digest, as text.
+        id: String,
+    },
+    /// The operation is not valid in the current state.
+    #[error("invalid {operation}: {message}")]
+    InvalidOperation {
+        /// The operation.
+        operation: OpKind,
+        /// What is wrong, for a person.
+        message: String,
+    },
+    /// No handler is registered for the extension family.
+    #[error("unsupported operation: no handler registered for extension family `{family}`")]
+    UnsupportedOperation {
+        /// The family named by the operation.
+        family: String,
+    },
+    /// A size or count limit would be exceeded.
+    #[error("{limit} limit exceeded: {actual} > {max}")]
+    LimitExceeded {
+        /// Which limit.
+        limit: Limit,
+        /// The limit's value.
+        max: u64,
+        /// The value the operation would have produced.
+        actual: u64,
+    },
+    /// The command's logical time is before the previous command's.
+    #[error("logical time went backwards: {time} is before {last}")]
+    TimeWentBackwards {
+        /// The previous command's time.
+        last: Timestamp,
+        /// This command's time.
+        time: Timestamp,
+    },
+}
+
+impl KernelError {
+    pub(crate) fn invalid(operation: OpKind, message: impl Into<String>) -> Self {
+        KernelError::InvalidOperation {
+            operation,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn unknown(kind: EntityKind, id: impl fmt::Display) -> Self {
+        KernelError::UnknownEntity {
+            kind,
+            id: id.to_string(),
+        }
+    }
+}

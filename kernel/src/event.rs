@@ -1,0 +1,154 @@
+//! Events: what applying a command did.
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::{AgentId, EntityId, TaskId};
+use crate::operation::{AgentSpec, ComponentSpec, Denial, TaskSpec};
+
+/// One observable effect of an applied command.
+///
+/// Events are a pure function of the world state and the command, so the log
+/// stores commands and anyone can recompute the events by replaying it. Like
+/// [`Operation`](crate::Operation), variants are only ever appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// A task was queued for an agent.
+    TaskScheduled {
+        /// The new task.
+        task: TaskId,
+        /// The agent that will run it.
+        agent: AgentId,
+        /// Who scheduled it.
+        by: EntityId,
+        /// What to do.
+        spec: TaskSpec,
+    },
+    /// An agent started a task.
+    TaskStarted {
+        /// The task.
+        task: TaskId,
+        /// The agent running it.
+        agent: AgentId,
+    },
+    /// A task finished.
+    TaskCompleted {
+        /// The task.
+        task: TaskId,
+        /// The agent that ran it.
+        agent: AgentId,
+        /// Its output.
+        output: Vec<u8>,
+    },
+    /// A task failed (it was running, or queued for an agent that stopped).
+    TaskFailed {
+        /// The task.
+        task: TaskId,
+        /// The agent it belonged to.
+        agent: AgentId,
+        /// Why.
+        reason: String,
+    },
+    /// A new agent exists.
+    AgentSpawned {
+        /// The new agent.
+        agent: AgentId,
+        /// Its parent ([`EntityId::SYSTEM`] for agents the operator started).
+        parent: EntityId,
+        /// What it runs and which token it holds.
+        spec: AgentSpec,
+    },
+    /// An agent was terminated.
+    AgentTerminated {
+        /// The agent.
+        agent: AgentId,
+        /// Who terminated it.
+        by: EntityId,
+        /// Why.
+        reason: String,
+    },
+    /// An agent faulted.
+    AgentFaulted {
+        /// The agent.
+        agent: AgentId,
+        /// What happened.
+        reason: String,
+        /// Faults in a row, counting this one (a completed task resets it).
+        consecutive: u32,
+    },
+    /// An agent emitted an observation.
+    ObservationEmitted {
+        /// The agent.
+        agent: AgentId,
+        /// The optional topic.
+        topic: Option<String>,
+        /// The data.
+        data: Vec<u8>,
+    },
+    /// An agent put a key in its state.
+    StatePut {
+        /// The agent.
+        agent: AgentId,
+        /// The key.
+        key: String,
+        /// The new value.
+        value: Vec<u8>,
+    },
+    /// An agent deleted a key from its state.
+    StateDeleted {
+        /// The agent.
+        agent: AgentId,
+        /// The key.
+        key: String,
+        /// Whether the key existed.
+        existed: bool,
+    },
+    /// A revocation id was revoked.
+    TokenRevoked {
+        /// The revocation id.
+        revocation_id: Vec<u8>,
+    },
+    /// The capability gate denied an agent's operation.
+    CapabilityDenied {
+        /// The agent.
+        agent: AgentId,
+        /// What was denied and why.
+        denial: Denial,
+    },
+    /// A component was installed.
+    ComponentInstalled {
+        /// The component.
+        component: ComponentSpec,
+    },
+    /// An extension handler applied an operation.
+    ExtensionApplied {
+        /// The family.
+        family: String,
+        /// The family's opcode.
+        opcode: u32,
+        /// What the handler reported.
+        output: Vec<u8>,
+    },
+}
+
+impl Event {
+    /// The snake_case name of the event, as `toka events --json` prints it.
+    #[must_use]
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Event::TaskScheduled { .. } => "task_scheduled",
+            Event::TaskStarted { .. } => "task_started",
+            Event::TaskCompleted { .. } => "task_completed",
+            Event::TaskFailed { .. } => "task_failed",
+            Event::AgentSpawned { .. } => "agent_spawned",
+            Event::AgentTerminated { .. } => "agent_terminated",
+            Event::AgentFaulted { .. } => "agent_faulted",
+            Event::ObservationEmitted { .. } => "observation_emitted",
+            Event::StatePut { .. } => "state_put",
+            Event::StateDeleted { .. } => "state_deleted",
+            Event::TokenRevoked { .. } => "token_revoked",
+            Event::CapabilityDenied { .. } => "capability_denied",
+            Event::ComponentInstalled { .. } => "component_installed",
+            Event::ExtensionApplied { .. } => "extension_applied",
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The kernel: the world state, its limits and extensions, and the chain head.
+
+use crate::apply::Env;
+use crate::command::Command;
+use crate::error::KernelError;
+use crate::event::Event;
+use crate::extension::Registry;
+use crate::limits::Limits;
+use crate::record::{ChainHead, Record, RecordError};
+use crate::state::WorldState;
+
+/// The pure, deterministic state machine every effect passes through.
+///
+/// [`Kernel::apply`] validates a command against the state, mutates it, and
+/// seals the command into the next hash-chained log record. There is no I/O,
+/// clock or randomness inside: the same commands in the same order give the
+/// same records, events and state on every machine.
+///
+/// # Examples
+///
+/// ```
+/// use toka_kernel::{Command, ComponentSpec, Digest, EntityId, Event, Kernel, Limits, Operation, Timestamp};
+///
+/// let mut kernel = Kernel::new(Limits::default());
+/// let component = ComponentSpec { digest: Digest::of(b"wasm"), name: "hello".into(), size: 4 };
+/// let install = Operation::InstallComponent { component: component.clone() };
+/// let applied = kernel.apply(Command::system(EntityId::SYSTEM, Timestamp(1), install)).unwrap();
+/// assert_eq!(applied.record.seq, 1);
+/// assert_eq!(applied.events, vec![Event::ComponentInstalled { component }]);
+/// assert_eq!(kernel.head().hash, applied.record.hash);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    state: WorldState,
+    head: ChainHead,
+    limits: Limits,
+    registry: Registry,
+}
+
+/// The result of applying one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The sealed record (it owns the command).
+    pub record: Record,
+    /// The record's encoding, ready to be stored.
+    pub bytes: Vec<u8>,
+    /// What the command did.
+    pub events: Vec<Event>,
+}
+
+/// Why a log does not replay.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("record {seq}: {kind}")]
+pub struct ReplayError {
+    /// The first bad record's position (the one expected at this point).
+    pub seq: u64,
+    /// What is wrong with it.
+    pub kind: ReplayErrorKind,
+}
+
+/// What is wrong with a record that does not replay.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayErrorKind {
+    /// The bytes are not a valid record.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The record carries another sequence number than its position.
+    #[error("sequence number is {found}, expected {expected}")]
+    Seq {
+        /// The position.
+        expected: u64,
+        /// What the record says.
+        found: u64,
+    },
+    /// The record's `prev_hash` is not the previous record's hash.
+    #[error("prev_hash {found} does not match the previous record's hash {expected}")]
+    BrokenChain {
+        /// The previous record's hash.
+        expected: crate::Digest,
+        /// What the record says.
+        found: crate::Digest,
+    },
+    /// The kernel rejects the record's command: the log is not one this
+    /// kernel (with these limits and extensions) wrote.
+    #[error("the kernel rejects its command: {0}")]
+    Rejected(KernelError),
+    /// The command does not re-encode to the stored bytes.
+    #[error("the stored bytes are not the canonical encoding of the command")]
+    NonCanonical,
+}
+
+impl Kernel {
+    /// A kernel with an empty world and no extension families.
+    #[must_use]
+    pub fn new(limits: Limits) -> Self {
+        Self::with_registry(limits, Registry::new())
+    }
+
+    /// A kernel with an empty world and the given extension families.
+    #[must_use]
+    pub fn with_registry(limits: Limits, registry: Registry) -> Self {
+        Self::from_snapshot(
+            WorldState::default(),
+            ChainHead::default(),
+            limits,
+            registry,
+        )
+    }
+
+    /// A kernel that continues from a snapshot: the state after the record at
+    /// `head`.
+    #[must_use]
+    pub fn from_snapshot(
+        state: WorldState,
+        head: ChainHead,
+        limits: Limits,
+        registry: Registry,
+    ) -> Self {
+        Self {
+            state,
+            head,
+            limits,
+            registry,
+        }
+    }
+
+    /// The world state.
+    #[must_use]
+    pub fn state(&self) -> &WorldState {
+        &self.state
+    }
+
+    /// The tip of the log: the last record's sequence number and hash.
+    #[must_use]
+    pub fn head(&self) -> ChainHead {
+        self.head
+    }
+
+    /// The limits the kernel enforces.
+    #[must_use]
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The extension families.
+    #[must_use]
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Applies `command`: validates it, mutates the state, and seals it into
+    /// the next log record.
+    ///
+    /// # Errors
+    ///
+    /// A [`KernelError`] when the command is not valid in the current state;
+    /// the state and the chain head are then exactly as before.
+    pub fn apply(&mut self, command: Command) -> Result<Applied, KernelError> {
+        let seq = self.head.seq + 1;
+        let env = Env {
+            limits: &self.limits,
+            registry: &self.registry,
+            seq,
+        };
+        let events = self.state.apply(&command, &env)?;
+        let (record, bytes) = Record::seal(seq, self.head.hash, command);
+        self.head = ChainHead {
+            seq,
+            hash: record.hash,
+        };
+        Ok(Applied {
+            record,
+            bytes,
+            events,
+        })
+    }
+
+    /// Verifies one stored record against the chain and applies its command.
+    ///
+    /// Checks, in order: the record decodes and its hash matches its body; its
+    /// sequence number is the next one; its `prev_hash` is the current head;
+    /// the kernel accepts its command; the command re-encodes to exactly the
+    /// stored bytes.
+    ///
+    /// # Errors
+    ///
+    /// A [`ReplayError`] naming the expected sequence number. After an error
+    /// the kernel may hold a partly replayed state: discard it.
+    pub fn replay(&mut self, bytes: &[u8]) -> Result<Applied, ReplayError> {
+        let expected = self.head.seq + 1;
+        let fail = |kind| ReplayError {
+            seq: expected,
+            kind,
+        };
+        let record = Record::decode(bytes).map_err(|e| fail(e.into()))?;
+        if record.seq != expected {
+            return Err(fail(ReplayErrorKind::Seq {
+                expected,
+                found: record.seq,
+            }));
+        }
+        if record.prev_hash != self.head.hash {
+            return Err(fail(ReplayErrorKind::BrokenChain {
+                expected: self.head.hash,
+                found: record.prev_hash,
+            }));
+        }
+        let applied = self
+            .apply(record.command)
+            .map_err(|e| fail(ReplayErrorKind::Rejected(e)))?;
+        if applied.bytes != bytes {
+            return Err(fail(ReplayErrorKind::NonCanonical));
+        }
+        Ok(applied)
+    }
+}
+
+/// Replays a whole log into a fresh kernel, checking every record.
+///
+/// The caller compares the result's [`Kernel::head`] and state digest with
+/// what it expects (the live kernel's, or the head stored with the log).
+///
+/// # Errors
+///
+/// The first record that does not verify, as a [`ReplayError`].
+///
+/// # Examples
+///
+/// ```
+/// use toka_kernel::{replay_log, Command, ComponentSpec, Digest, EntityId, Kernel, Limits, Operation, Registry, Timestamp};
+///
+/// let mut live = Kernel::new(Limits::default());
+/// let spec = ComponentSpec { digest: Digest::of(b"w"), name: "w".into(), size: 1 };
+/// let op = Operation::InstallComponent { component: spec };
+/// let record = live.apply(Command::system(EntityId::SYSTEM, Timestamp(0), op)).unwrap().bytes;
+///
+/// let replayed = replay_log([record], Limits::default(), Registry::new()).unwrap();
+/// assert_eq!(replayed.head(), live.head());
+/// assert_eq!(replayed.state().digest(), live.state().digest());
+/// ```
+pub fn replay_log<I>(records: I, limits: Limits, registry: Registry) -> Result<Kernel, ReplayError>
+where
+    I: IntoIterator,
+    I::Item: AsRef<[u8]>,
+{
+    let mut kernel = Kernel::with_registry(limits, registry);
+    for bytes in records {
+        kernel.replay(bytes.as_ref())?;
+    }
+    Ok(kernel)
+}

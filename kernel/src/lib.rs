@@ -1,0 +1,39 @@
+//! The pure, deterministic core of Toka.
+//!
+//! Every effect in a Toka host is an [`Operation`]. The host wraps it in a
+//! [`Command`] (origin, logical time, authorization, cause) and hands it to
+//! [`Kernel::apply`], which validates it against the [`WorldState`], mutates
+//! the state, returns the [`Event`]s, and seals the command into the next
+//! [`Record`] of a hash-chained log. [`replay_log`] rebuilds a kernel from
+//! such a log and checks every link.
+//!
+//! The crate has no I/O, no clock, no randomness and nothing async; its maps
+//! are ordered, so the same commands give byte-identical records and state on
+//! every machine. `clippy.toml` bans the clock and hash-ordered collections.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(clippy::unwrap_used)]
+
+mod apply;
+mod command;
+mod error;
+mod event;
+mod extension;
+mod id;
+mod kernel;
+mod limits;
+mod operation;
+mod record;
+mod state;
+
+pub use command::{Authorization, Command, OpKey, Timestamp};
+pub use error::{EntityKind, KernelError};
+pub use event::Event;
+pub use extension::{ExtensionCall, ExtensionEffects, OpcodeHandler, Registry};
+pub use id::{AgentId, Digest, EntityId, ParseIdError, TaskId};
+pub use kernel::{Applied, Kernel, ReplayError, ReplayErrorKind, replay_log};
+pub use limits::{Limit, Limits};
+pub use operation::{AgentSpec, ComponentSpec, Denial, OpKind, Operation, TaskSpec};
+pub use record::{ChainHead, FORMAT_VERSION, Record, RecordError};
+pub use state::{AgentRecord, AgentStatus, TaskRecord, TaskStatus, WorldState};

@@ -1,0 +1,236 @@
+//! Operations: every effect in the system is one of these.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::{AgentId, Digest, TaskId};
+
+/// What a task asks its agent to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Free text for the agent, at most [`Limits::max_task_description`](crate::Limits::max_task_description) bytes.
+    pub description: String,
+}
+
+/// What a new agent is: which component it runs, its name, and its token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSpec {
+    /// Digest of an installed component.
+    pub component: Digest,
+    /// A display name, at most [`Limits::max_name`](crate::Limits::max_name) bytes.
+    pub name: String,
+    /// Digest of the capability token the agent is bound to. The host
+    /// authorizes every operation of the agent against that token.
+    pub token: Digest,
+}
+
+/// A component the host has stored and may instantiate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentSpec {
+    /// BLAKE3 digest of the component's bytes (the bytes live in the store).
+    pub digest: Digest,
+    /// A display name agents use to refer to it, e.g. in a spawn request.
+    pub name: String,
+    /// Size of the component in bytes.
+    pub size: u64,
+}
+
+/// What the capability gate refused, recorded for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denial {
+    /// The operation class that was checked, e.g. `spawn`.
+    pub operation: String,
+    /// The target the operation named, e.g. a component or an agent id.
+    pub target: String,
+    /// Why it was refused, e.g. the missing right.
+    pub reason: String,
+}
+
+/// One operation: the unit the kernel applies.
+///
+/// The variants form the v0.1 operation families. Their order is part of the
+/// log format (postcard encodes the variant index), so new variants are only
+/// ever appended, never inserted or renumbered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operation {
+    /// Queue a task for an agent (FIFO per agent).
+    ScheduleTask {
+        /// The agent that will run the task.
+        agent: AgentId,
+        /// What to do.
+        spec: TaskSpec,
+    },
+    /// The host started the task at the head of its agent's queue.
+    StartTask {
+        /// The task.
+        task: TaskId,
+    },
+    /// A running task finished with an output.
+    CompleteTask {
+        /// The task.
+        task: TaskId,
+        /// The agent's output bytes.
+        output: Vec<u8>,
+    },
+    /// A queued or running task failed.
+    FailTask {
+        /// The task.
+        task: TaskId,
+        /// Why, for a person.
+        reason: String,
+    },
+    /// Spawn a sub-agent whose parent is the command's origin.
+    SpawnAgent {
+        /// What the new agent runs and which token it holds.
+        spec: AgentSpec,
+    },
+    /// Terminate an agent: its queued and running tasks fail.
+    TerminateAgent {
+        /// The agent to stop.
+        agent: AgentId,
+        /// Why, for a person.
+        reason: String,
+    },
+    /// Record that an agent faulted (trap, panic, out of fuel, ...).
+    RecordFault {
+        /// The agent that faulted.
+        agent: AgentId,
+        /// What happened.
+        reason: String,
+    },
+    /// Emit opaque bytes for whoever watches the log.
+    EmitObservation {
+        /// An optional topic.
+        topic: Option<String>,
+        /// The observation.
+        data: Vec<u8>,
+    },
+    /// Put a key in the origin agent's own state namespace.
+    PutState {
+        /// The key.
+        key: String,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Delete a key from the origin agent's own state namespace (idempotent).
+    DeleteState {
+        /// The key.
+        key: String,
+    },
+    /// Revoke every token carrying this revocation id, from now on.
+    RevokeToken {
+        /// A biscuit revocation id (a block signature).
+        revocation_id: Vec<u8>,
+    },
+    /// Record that the capability gate denied an operation of the origin.
+    RecordDenial {
+        /// What was denied and why.
+        denial: Denial,
+    },
+    /// Make a stored component available to spawn.
+    InstallComponent {
+        /// The component.
+        component: ComponentSpec,
+    },
+    /// An operation of a registered extension family.
+    Extension {
+        /// The family, the key of the [`Registry`](crate::Registry).
+        family: String,
+        /// The family's own opcode.
+        opcode: u32,
+        /// Opaque to the kernel; decoded by the handler.
+        payload: Vec<u8>,
+    },
+}
+
+/// The kind of an [`Operation`], without its data: for errors and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[allow(
+    missing_docs,
+    reason = "each variant mirrors the Operation variant of the same name"
+)]
+pub enum OpKind {
+    ScheduleTask,
+    StartTask,
+    CompleteTask,
+    FailTask,
+    SpawnAgent,
+    TerminateAgent,
+    RecordFault,
+    EmitObservation,
+    PutState,
+    DeleteState,
+    RevokeToken,
+    RecordDenial,
+    InstallComponent,
+    Extension,
+}
+
+impl OpKind {
+    /// The snake_case name, as used in errors and JSON output.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            OpKind::ScheduleTask => "schedule_task",
+            OpKind::StartTask => "start_task",
+            OpKind::CompleteTask => "complete_task",
+            OpKind::FailTask => "fail_task",
+            OpKind::SpawnAgent => "spawn_agent",
+            OpKind::TerminateAgent => "terminate_agent",
+            OpKind::RecordFault => "record_fault",
+            OpKind::EmitObservation => "emit_observation",
+            OpKind::PutState => "put_state",
+            OpKind::DeleteState => "delete_state",
+            OpKind::RevokeToken => "revoke_token",
+            OpKind::RecordDenial => "record_denial",
+            OpKind::InstallComponent => "install_component",
+            OpKind::Extension => "extension",
+        }
+    }
+
+    /// Whether only the host may submit this operation (authorization
+    /// [`Authorization::System`](crate::Authorization::System)); agents never can.
+    #[must_use]
+    pub const fn host_only(self) -> bool {
+        matches!(
+            self,
+            OpKind::StartTask
+                | OpKind::CompleteTask
+                | OpKind::FailTask
+                | OpKind::RecordFault
+                | OpKind::RevokeToken
+                | OpKind::RecordDenial
+                | OpKind::InstallComponent
+        )
+    }
+}
+
+impl fmt::Display for OpKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Operation {
+    /// The operation's kind.
+    #[must_use]
+    pub const fn kind(&self) -> OpKind {
+        match self {
+            Operation::ScheduleTask { .. } => OpKind::ScheduleTask,
+            Operation::StartTask { .. } => OpKind::StartTask,
+            Operation::CompleteTask { .. } => OpKind::CompleteTask,
+            Operation::FailTask { .. } => OpKind::FailTask,
+            Operation::SpawnAgent { .. } => OpKind::SpawnAgent,
+            Operation::TerminateAgent { .. } => OpKind::TerminateAgent,
+            Operation::RecordFault { .. } => OpKind::RecordFault,
+            Operation::EmitObservation { .. } => OpKind::EmitObservation,
+            Operation::PutState { .. } => OpKind::PutState,
+            Operation::DeleteState { .. } => OpKind::DeleteState,
+            Operation::RevokeToken { .. } => OpKind::RevokeToken,
+            Operation::RecordDenial { .. } => OpKind::RecordDenial,
+            Operation::InstallComponent { .. } => OpKind::InstallComponent,
+            Operation::Extension { .. } => OpKind::Extension,
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Log records: the versioned, hash-chained encoding of applied commands.
+//!
+//! A record on disk is `body ‖ hash`, where `body` is the postcard encoding of
+//! `(version, seq, prev_hash, command)` and `hash = BLAKE3(body)`. Because the
+//! body contains `prev_hash`, the hash covers the previous record's hash: the
+//! causal chain. The version comes first so a reader can refuse a record from
+//! a newer release before trying to parse the rest.
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::Command;
+use crate::id::Digest;
+
+/// The record format this release writes and the newest it reads.
+pub const FORMAT_VERSION: u16 = 1;
+
+const HASH_LEN: usize = 32;
+
+/// The position of the log's tip: the last record's sequence number and hash.
+///
+/// An empty log has `seq` 0 and the [`Digest::ZERO`] hash; the first record
+/// gets `seq` 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ChainHead {
+    /// Sequence number of the last record (0 when there is none).
+    pub seq: u64,
+    /// Hash of the last record ([`Digest::ZERO`] when there is none).
+    pub hash: Digest,
+}
+
+/// One decoded log record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The format version it was written with.
+    pub version: u16,
+    /// Its position in the log, from 1.
+    pub seq: u64,
+    /// The previous record's hash.
+    pub prev_hash: Digest,
+    /// The applied command.
+    pub command: Command,
+    /// BLAKE3 of the encoded body (version, seq, prev_hash, command).
+    pub hash: Digest,
+}
+
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    version: u16,
+    seq: u64,
+    prev_hash: &'a Digest,
+    command: &'a Command,
+}
+
+#[derive(Deserialize)]
+struct Body {
+    version: u16,
+    seq: u64,
+    prev_hash: Digest,
+    command: Command,
+}
+
+/// Why bytes are not a valid record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// Too short to hold a version and a hash.
+    #[error("record is truncated ({len} bytes)")]
+    Truncated {
+        /// The byte count.
+        len: usize,
+    },
+    /// Written by a newer release (or not a record at all).
+    #[error(
+        "record format version {found} is not supported (this release reads up to {supported})"
+    )]
+    UnsupportedVersion {
+        /// The version in the record.
+        found: u16,
+        /// [`FORMAT_VERSION`].
+        supported: u16,
+    },
+    /// The stored hash is not the hash of the body.
+    #[error("record hash mismatch: stored {stored}, computed {computed}")]
+    HashMismatch {
+        /// The hash stored in the record.
+        stored: Digest,
+        /// The hash of the stored body.
+        computed: Digest,
+    },
+    /// The body does not decode.
+    #[error("record body is malformed: {0}")]
+    Malformed(String),
+}
+
+impl Record {
+    /// Encodes a record for `command` at `seq` after `prev_hash`.
+    pub(crate) fn seal(seq: u64, prev_hash: Digest, command: Command) -> (Record, Vec<u8>) {
+        let body = BodyRef {
+            version: FORMAT_VERSION,
+            seq,
+            prev_hash: &prev_hash,
+            command: &command,
+        };
+        // Serializing plain data into a Vec cannot fail.
+        let mut bytes = postcard::to_extend(&body, Vec::with_capacity(128)).unwrap_or_default();
+        let hash = Digest::of(&bytes);
+        bytes.extend_from_slice(hash.as_bytes());
+        let record = Record {
+            version: FORMAT_VERSION,
+            seq,
+            prev_hash,
+            command,
+            hash,
+        };
+        (record, bytes)
+    }
+
+    /// Decodes and checks one record: its version, its hash, and that no
+    /// byte is left over.
+    ///
+    /// # Errors
+    ///
+    /// A [`RecordError`] naming what is wrong.
+    pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
+        let truncated = || RecordError::Truncated { len: bytes.len() };
+        let (version, _) = postcard::take_from_bytes::<u16>(bytes).map_err(|_| truncated())?;
+        if version == 0 || version > FORMAT_VERSION {
+            return Err(RecordError::UnsupportedVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let split = bytes.len().checked_sub(HASH_LEN).ok_or_else(truncated)?;
+        let (body, stored) = bytes.split_at(split);
+        let mut stored_hash = [0u8; HASH_LEN];
+        stored_hash.copy_from_slice(stored);
+        let stored = Digest(stored_hash);
+        let computed = Digest::of(body);
+        if stored != computed {
+            return Err(RecordError::HashMismatch { stored, computed });
+        }
+        let (decoded, rest) = postcard::take_from_bytes::<Body>(body)
+            .map_err(|e| RecordError::Malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(RecordError::Malformed(format!(
+                "{} trailing bytes after the command",
+                rest.len()
+            )));
+        }
+        Ok(Record {
+            version: decoded.version,
+            seq: decoded.seq,
+            prev_hash: decoded.prev_hash,
+            command: decoded.command,
+            hash: stored,
+        })
+    }
+}

@@ -1,0 +1,193 @@
+//! The world state: everything the kernel knows, in ordered maps only.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::Timestamp;
+use crate::id::{AgentId, Digest, EntityId, TaskId};
+use crate::operation::{ComponentSpec, TaskSpec};
+
+/// Whether an agent still takes tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentStatus {
+    /// Runs tasks.
+    Active,
+    /// Stopped for good; its tasks failed.
+    Terminated {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One agent, as the kernel knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AgentRecord {
+    /// Display name.
+    pub name: String,
+    /// Digest of the component it runs.
+    pub component: Digest,
+    /// Its parent, or [`EntityId::SYSTEM`].
+    pub parent: EntityId,
+    /// Digest of the token it is bound to.
+    pub token: Digest,
+    /// Active or terminated.
+    pub status: AgentStatus,
+    /// Tasks waiting, oldest first.
+    pub queue: VecDeque<TaskId>,
+    /// The task it is running, if any.
+    pub running: Option<TaskId>,
+    /// Tasks it completed.
+    pub completed: u64,
+    /// Tasks of it that failed.
+    pub failed: u64,
+    /// Faults in a row (a completed task resets it).
+    pub consecutive_faults: u32,
+    /// Its durable key/value namespace.
+    pub state: BTreeMap<String, Vec<u8>>,
+    /// Bytes of keys plus values in `state`.
+    pub state_bytes: u64,
+}
+
+impl AgentRecord {
+    /// Whether the agent is [`AgentStatus::Active`].
+    #[must_use]
+    pub fn is_active(&self) -> bool {
+        self.status == AgentStatus::Active
+    }
+}
+
+/// Where a task is in its lifecycle. Finished tasks leave the state; their
+/// outcome lives in the log and in their agent's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskStatus {
+    /// In its agent's queue.
+    Queued,
+    /// Running.
+    Running {
+        /// Operations it has submitted so far; the next one must carry this
+        /// index in its [`OpKey`](crate::OpKey).
+        ops: u32,
+    },
+}
+
+/// One unfinished task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TaskRecord {
+    /// The agent that runs it.
+    pub agent: AgentId,
+    /// Who scheduled it.
+    pub by: EntityId,
+    /// What to do.
+    pub spec: TaskSpec,
+    /// Queued or running.
+    pub status: TaskStatus,
+    /// Sequence number of the record that scheduled it. The host starts a
+    /// task only once that record is durable.
+    pub scheduled_seq: u64,
+}
+
+/// Everything the kernel knows.
+///
+/// Only ordered collections, so the canonical encoding, and with it
+/// [`WorldState::digest`], is a function of the content alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorldState {
+    pub(crate) agents: BTreeMap<AgentId, AgentRecord>,
+    pub(crate) tasks: BTreeMap<TaskId, TaskRecord>,
+    pub(crate) components: BTreeMap<Digest, ComponentSpec>,
+    /// Component name → digest of the latest install under that name.
+    pub(crate) component_names: BTreeMap<String, Digest>,
+    pub(crate) revoked: BTreeSet<Vec<u8>>,
+    pub(crate) extensions: BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>,
+    /// Counter behind every derived id.
+    pub(crate) next_id: u64,
+    /// The logical time of the last applied command.
+    pub(crate) time: Timestamp,
+}
+
+impl WorldState {
+    /// The BLAKE3 digest of the canonical postcard encoding of the state.
+    #[must_use]
+    pub fn digest(&self) -> Digest {
+        Digest::of(&self.to_bytes())
+    }
+
+    /// The canonical postcard encoding (what [`WorldState::digest`] hashes and
+    /// what a snapshot stores).
+    #[must_use]
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serializing plain data into a Vec cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Decodes [`WorldState::to_bytes`].
+    ///
+    /// # Errors
+    ///
+    /// The postcard error when the bytes are not a state.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+
+    /// One agent.
+    #[must_use]
+    pub fn agent(&self, id: AgentId) -> Option<&AgentRecord> {
+        self.agents.get(&id)
+    }
+
+    /// All agents, by id.
+    pub fn agents(&self) -> impl ExactSizeIterator<Item = (AgentId, &AgentRecord)> {
+        self.agents.iter().map(|(id, a)| (*id, a))
+    }
+
+    /// One unfinished task.
+    #[must_use]
+    pub fn task(&self, id: TaskId) -> Option<&TaskRecord> {
+        self.tasks.get(&id)
+    }
+
+    /// All unfinished tasks, by id.
+    pub fn tasks(&self) -> impl ExactSizeIterator<Item = (TaskId, &TaskRecord)> {
+        self.tasks.iter().map(|(id, t)| (*id, t))
+    }
+
+    /// One installed component.
+    #[must_use]
+    pub fn component(&self, digest: &Digest) -> Option<&ComponentSpec> {
+        self.components.get(digest)
+    }
+
+    /// The latest component installed under `name`.
+    #[must_use]
+    pub fn component_named(&self, name: &str) -> Option<&ComponentSpec> {
+        self.component_names
+            .get(name)
+            .and_then(|d| self.components.get(d))
+    }
+
+    /// All installed components, by digest.
+    pub fn components(&self) -> impl ExactSizeIterator<Item = &ComponentSpec> {
+        self.components.values()
+    }
+
+    /// The logical time of the last applied command.
+    #[must_use]
+    pub fn time(&self) -> Timestamp {
+        self.time
+    }
+
+    /// Whether `revocation_id` has been revoked.
+    #[must_use]
+    pub fn is_revoked(&self, revocation_id: &[u8]) -> bool {
+        self.revoked.contains(revocation_id)
+    }
+
+    /// The namespace of an extension family.
+    #[must_use]
+    pub fn extension_store(&self, family: &str) -> Option<&BTreeMap<Vec<u8>, Vec<u8>>> {
+        self.extensions.get(family)
+    }
+}

@@ -1,0 +1,1076 @@
+//! One test group per operation family: the emitted events and the resulting
+//! state, the rejections and that a rejection changes nothing.
+
+mod common;
+
+use common::{World, scheduled, spawned, spec};
+use toka_kernel::{
+    AgentStatus, Authorization, ComponentSpec, Denial, Digest, EntityId, EntityKind, Event,
+    ExtensionCall, ExtensionEffects, Kernel, KernelError, Limit, Limits, OpKey, OpKind,
+    OpcodeHandler, Operation, Registry, TaskSpec, TaskStatus, Timestamp,
+};
+
+fn task_spec(text: &str) -> TaskSpec {
+    TaskSpec {
+        description: text.to_owned(),
+    }
+}
+
+mod tasks {
+    use super::*;
+
+    #[test]
+    fn schedule_queues_the_task_and_emits_task_scheduled() {
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        let applied = w
+            .system(Operation::ScheduleTask {
+                agent,
+                spec: task_spec("do it"),
+            })
+            .unwrap();
+        let task = scheduled(&applied.events);
+        assert_eq!(
+            applied.events,
+            vec![Event::TaskScheduled {
+                task,
+                agent,
+                by: EntityId::SYSTEM,
+                spec: task_spec("do it"),
+            }]
+        );
+        let record = w.kernel.state().task(task).unwrap();
+        assert_eq!(record.status, TaskStatus::Queued);
+        assert_eq!(record.scheduled_seq, applied.record.seq);
+        assert_eq!(
+            w.kernel.state().agent(agent).unwrap().queue,
+            std::collections::VecDeque::from([task])
+        );
+    }
+
+    #[test]
+    fn lifecycle_scheduled_started_completed() {
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        let task = w.schedule(agent, "t");
+
+        let started = w.host_for(agent, Operation::StartTask { task }).unwrap();
+        assert_eq!(started.events, vec![Event::TaskStarted { task, agent }]);
+        assert_eq!(
+            w.kernel.state().task(task).unwrap().status,
+            TaskStatus::Running { ops: 0 }
+        );
+        assert_eq!(w.kernel.state().agent(agent).unwrap().running, Some(task));
+
+        let done = w
+            .host_for(
+                agent,
+                Operation::CompleteTask {
+                    task,
+                    output: b"out".to_vec(),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            done.events,
+            vec![Event::TaskCompleted {
+                task,
+                agent,
+                output: b"out".to_vec()
+            }]
+        );
+        let a = w.kernel.state().agent(agent).unwrap();
+        assert_eq!((a.running, a.completed, a.failed), (None, 1, 0));
+        assert!(
+            w.kernel.state().task(task).is_none(),
+            "finished tasks leave the state"
+        );
+    }
+
+    #[test]
+    fn a_queued_or_running_task_can_fail() {
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        let running = w.schedule(agent, "1");
+        let queued = w.schedule(agent, "2");
+        w.start(agent, running);
+
+        let failed = w
+            .host_for(
+                agent,
+                Operation::FailTask {
+                    task: queued,
+                    reason: "no".into(),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            failed.events,
+            vec![Event::TaskFailed {
+                task: queued,
+                agent,
+                reason: "no".into()
+            }]
+        );
+        w.host_for(
+            agent,
+            Operation::FailTask {
+                task: running,
+                reason: "trap".into(),
+            },
+        )
+        .unwrap();
+        let a = w.kernel.state().agent(agent).unwrap();
+        assert!(a.queue.is_empty());
+        assert_eq!((a.running, a.failed), (None, 2));
+    }
+
+    #[test]
+    fn illegal_transitions_are_rejected() {
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        let first = w.schedule(agent, "1");
+        let second = w.schedule(agent, "2");
+        let sys = Authorization::System;
+
+        // Scheduled → completed skips started.
+        w.assert_rejected(
+            agent,
+            sys,
+            Operation::CompleteTask {
+                task: first,
+                output: vec![],
+            },
+            KernelError::InvalidOperation {
+                operation: OpKind::CompleteTask,
+                message: format!("task {first} is queued, not running"),
+            },
+        );
+        // FIFO: the second task cannot start before the first.
+        w.assert_rejected(
+            agent,
+            sys,
+            Operation::StartTask { task: second },
+            KernelError::InvalidOperation {
+                operation: OpKind::StartTask,
+                message: format!("task {second} is not at the head of agent {agent}'s queue"),
+            },
+        );
+        w.start(agent, first);
+        // Started twice.
+        w.assert_rejected(
+            agent,
+            sys,
+            Operation::StartTask { task: first },
+            KernelError::InvalidOperation {
+                operation: OpKind::StartTask,
+                message: format!("task {first} is already running"),
+            },
+        );
+        // One task at a time per agent.
+        w.assert_rejected(
+            agent,
+            sys,
+            Operation::StartTask { task: second },
+            KernelError::InvalidOperation {
+                operation: OpKind::StartTask,
+                message: format!("agent {agent} is already running task {first}"),
+            },
+        );
+        w.host_for(
+            agent,
+            Operation::CompleteTask {
+                task: first,
+                output: vec![],
+            },
+        )
+        .unwrap();
+        // Completed twice: finished tasks are gone.
+        w.assert_rejected(
+            agent,
+            sys,
+            Operation::CompleteTask {
+                task: first,
+                output: vec![],
+            },
+            KernelError::UnknownEntity {
+                kind: EntityKind::Task,
+                id: first.to_string(),
+            },
+        );
+    }
+
+    #[test]
+    fn another_agent_cannot_drive_a_task() {
+        let mut w = World::new();
+        let owner = w.spawn_root("owner");
+        let other = w.spawn_root("other");
+        let task = w.schedule(owner, "t");
+        w.assert_rejected(
+            other,
+            Authorization::System,
+            Operation::StartTask { task },
+            KernelError::CapabilityDenied {
+                origin: other,
+                operation: OpKind::StartTask,
+                reason: format!("task {task} belongs to agent {owner}"),
+            },
+        );
+    }
+
+    #[test]
+    fn agents_cannot_submit_lifecycle_operations_themselves() {
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        let task = w.schedule(agent, "t");
+        let token = w.token_of(agent);
+        w.assert_rejected(
+            agent,
+            token,
+            Operation::StartTask { task },
+            KernelError::CapabilityDenied {
+                origin: agent,
+                operation: OpKind::StartTask,
+                reason: "only the host may submit this operation".into(),
+            },
+        );
+    }
+
+    #[test]
+    fn schedule_checks_target_description_and_queue() {
+        let mut w = World::with_limits(Limits {
+            max_queue: 2,
+            ..Limits::default()
+        });
+        let agent = w.spawn_root("a");
+        let nobody = EntityId::from_u128(42);
+        let sys = Authorization::System;
+        w.assert_rejected(
+            EntityId::SYSTEM,
+            sys,
+            Operation::ScheduleTask {
+                agent: nobody,
+                spec: task_spec("t"),
+            },
+            KernelError::UnknownEntity {
+                kind: EntityKind::Agent,
+                id: nobody.to_string(),
+            },
+        );
+        w.assert_rejected(
+            EntityId::SYSTEM,
+            sys,
+            Operation::ScheduleTask {
+                agent,
+                spec: task_spec(&"x".repeat(4097)),
+            },
+            KernelError::LimitExceeded {
+                limit: Limit::TaskDescription,
+                max: 4096,
+                actual: 4097,
+            },
+        );
+        w.schedule(agent, "1");
+        w.schedule(agent, "2");
+        w.assert_rejected(
+            EntityId::SYSTEM,
+            sys,
+            Operation::ScheduleTask {
+                agent,
+                spec: task_spec("3"),
+            },
+            KernelError::LimitExceeded {
+                limit: Limit::Queue,
+                max: 2,
+                actual: 3,
+            },
+        );
+    }
+
+    #[test]
+    fn task_ids_are_derived_deterministically() {
+        let run = || {
+            let mut w = World::new();
+            let agent = w.spawn_root("a");
+            (agent, w.schedule(agent, "1"), w.schedule(agent, "1"))
+        };
+        let (a1, t1, t2) = run();
+        assert_ne!(t1, t2, "two tasks with the same text get distinct ids");
+        assert_eq!(run(), (a1, t1, t2), "the same commands give the same ids");
+    }
+
+    #[test]
+    fn operations_inside_a_task_carry_consecutive_indices() {
+        let mut w = World::with_limits(Limits {
+            max_ops_per_task: 2,
+            ..Limits::default()
+        });
+        let agent = w.spawn_root("a");
+        let task = w.schedule(agent, "t");
+        w.start(agent, task);
+        let observe = || Operation::EmitObservation {
+            topic: None,
+            data: b"x".to_vec(),
+        };
+
+        w.agent_in(agent, Some(OpKey { task, index: 0 }), observe())
+            .unwrap();
+        let err = w
+            .agent_in(agent, Some(OpKey { task, index: 0 }), observe())
+            .unwrap_err();
+        assert_eq!(
+            err,
+            KernelError::InvalidOperation {
+                operation: OpKind::EmitObservation,
+                message: format!("task {task} expects operation index 1, got 0"),
+            }
+        );
+        w.agent_in(agent, Some(OpKey { task, index: 1 }), observe())
+            .unwrap();
+        assert_eq!(
+            w.kernel.state().task(task).unwrap().status,
+            TaskStatus::Running { ops: 2 }
+        );
+        let err = w
+            .agent_in(agent, Some(OpKey { task, index: 2 }), observe())
+            .unwrap_err();
+        assert_eq!(
+            err,
+            KernelError::LimitExceeded {
+                limit: Limit::OpsPerTask,
+                max: 2,
+                actual: 3
+            }
+        );
+    }
+}
+
+mod agents {
+    use super::*;
+
+    #[test]
+    fn spawn_creates_a_child_of_the_origin() {
+        let mut w = World::new();
+        let parent = w.spawn_root("parent");
+        let component = w.install("worker");
+        let applied = w
+            .agent(
+                parent,
+                Operation::SpawnAgent {
+                    spec: spec(component, "w1"),
+                },
+            )
+            .unwrap();
+        let child = spawned(&applied.events);
+        assert_eq!(
+            applied.events,
+            vec![Event::AgentSpawned {
+                agent: child,
+                parent,
+                spec: spec(component, "w1"),
+            }]
+        );
+        let record = w.kernel.state().agent(child).unwrap();
+        assert_eq!(record.parent, parent);
+        assert_eq!(record.name, "w1");
+        assert_eq!(record.status, AgentStatus::Active);
+        assert_eq!(record.token, spec(component, "w1").token);
+    }
+
+    #[test]
+    fn spawn_needs_an_installed_component_and_a_sane_name() {
+        let mut w = World::new();
+        let missing = Digest::of(b"nothing");
+        let sys = Authorization::System;
+        w.assert_rejected(
+            EntityId::SYSTEM,
+            sys,
+            Operation::SpawnAgent {
+                spec: spec(missing, "x"),
+            },
+            KernelError::UnknownEntity {
+                kind: EntityKind::Component,
+                id: missing.to_string(),
+            },
+        );
+        let component = w.install("c");
+        w.assert_rejected(
+            EntityId::SYSTEM,
+            sys,
+            Operation::SpawnAgent {
+                spec: spec(component, " "),
+            },
+            KernelError::InvalidOperation {
+                operation: OpKind::SpawnAgent,
+                message: "agent name is empty".into(),
+            },
+        );
+        w.assert_rejected(
+            EntityId::SYSTEM,
+            sys,
+            Operation::SpawnAgent {
+                spec: spec(component, &"n".repeat(257)),
+            },
+            KernelError::LimitExceeded {
+                limit: Limit::Name,
+                max: 256,
+                actual: 257,
+            },
+        );
+    }
+
+    #[test]
+    fn terminate_fails_running_and_queued_tasks() {
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        let running = w.schedule(agent, "1");
+        let queued = w.schedule(agent, "2");
+        w.start(agent, running);
+
+        let applied = w
+            .system(Operation::TerminateAgent {
+                agent,
+                reason: "bye".into(),
+            })
+            .unwrap();
+        assert_eq!(
+            applied.events,
+            vec![
+                Event::AgentTerminated {
+                    agent,
+                    by: EntityId::SYSTEM,
+                    reason: "bye".into()
+                },
+                Event::TaskFailed {
+                    task: running,
+                    agent,
+                    reason: "agent terminated: bye".into()
+                },
+                Event::TaskFailed {
+                    task: queued,
+                    agent,
+                    reason: "agent terminated: bye".into()
+                },
+            ]
+        );
+        let a = w.kernel.state().agent(agent).unwrap();
+        assert_eq!(
+            a.status,
+            AgentStatus::Terminated {
+                reason: "bye".into()
+            }
+        );
+        assert_eq!((a.running, a.queue.len(), a.failed), (None, 0, 2));
+        assert_eq!(w.kernel.state().tasks().len(), 0);
+    }
+
+    #[test]
+    fn a_terminated_agent_can_do_nothing_more() {
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        w.system(Operation::TerminateAgent {
+            agent,
+            reason: "r".into(),
+        })
+        .unwrap();
+        let token = w.token_of(agent);
+        w.assert_rejected(
+            agent,
+            token,
+            Operation::EmitObservation {
+                topic: None,
+                data: vec![],
+            },
+            KernelError::InvalidOperation {
+                operation: OpKind::EmitObservation,
+                message: format!("agent {agent} is terminated"),
+            },
+        );
+        w.assert_rejected(
+            EntityId::SYSTEM,
+            Authorization::System,
+            Operation::ScheduleTask {
+                agent,
+                spec: task_spec("t"),
+            },
+            KernelError::InvalidOperation {
+                operation: OpKind::ScheduleTask,
+                message: format!("agent {agent} is terminated"),
+            },
+        );
+        w.assert_rejected(
+            EntityId::SYSTEM,
+            Authorization::System,
+            Operation::TerminateAgent {
+                agent,
+                reason: "again".into(),
+            },
+            KernelError::InvalidOperation {
+                operation: OpKind::TerminateAgent,
+                message: format!("agent {agent} is terminated"),
+            },
+        );
+    }
+
+    #[test]
+    fn faults_count_in_a_row_and_a_completed_task_resets_them() {
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        for n in 1..=2 {
+            let applied = w
+                .host_for(
+                    agent,
+                    Operation::RecordFault {
+                        agent,
+                        reason: "trap".into(),
+                    },
+                )
+                .unwrap();
+            assert_eq!(
+                applied.events,
+                vec![Event::AgentFaulted {
+                    agent,
+                    reason: "trap".into(),
+                    consecutive: n
+                }]
+            );
+        }
+        let task = w.schedule(agent, "t");
+        w.start(agent, task);
+        w.host_for(
+            agent,
+            Operation::CompleteTask {
+                task,
+                output: vec![],
+            },
+        )
+        .unwrap();
+        assert_eq!(w.kernel.state().agent(agent).unwrap().consecutive_faults, 0);
+    }
+
+    #[test]
+    fn a_token_other_than_the_bound_one_is_refused() {
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        let forged = Digest::of(b"forged");
+        w.assert_rejected(
+            agent,
+            Authorization::Token(forged),
+            Operation::EmitObservation {
+                topic: None,
+                data: vec![],
+            },
+            KernelError::CapabilityDenied {
+                origin: agent,
+                operation: OpKind::EmitObservation,
+                reason: format!(
+                    "token {} is not the token the agent is bound to",
+                    forged.short()
+                ),
+            },
+        );
+    }
+}
+
+mod observations {
+    use super::*;
+
+    #[test]
+    fn emit_produces_the_observation() {
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        let applied = w
+            .agent(
+                agent,
+                Operation::EmitObservation {
+                    topic: Some("greeting".into()),
+                    data: b"hi".to_vec(),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            applied.events,
+            vec![Event::ObservationEmitted {
+                agent,
+                topic: Some("greeting".into()),
+                data: b"hi".to_vec()
+            }]
+        );
+    }
+
+    #[test]
+    fn oversized_observations_and_topics_are_rejected() {
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        let token = w.token_of(agent);
+        w.assert_rejected(
+            agent,
+            token,
+            Operation::EmitObservation {
+                topic: None,
+                data: vec![0; 1024 * 1024 + 1],
+            },
+            KernelError::LimitExceeded {
+                limit: Limit::Observation,
+                max: 1024 * 1024,
+                actual: 1024 * 1024 + 1,
+            },
+        );
+        w.assert_rejected(
+            agent,
+            token,
+            Operation::EmitObservation {
+                topic: Some("t".repeat(300)),
+                data: vec![],
+            },
+            KernelError::LimitExceeded {
+                limit: Limit::Topic,
+                max: 256,
+                actual: 300,
+            },
+        );
+    }
+}
+
+mod state {
+    use super::*;
+
+    #[test]
+    fn put_and_delete_update_the_namespace_and_its_size() {
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        let put = w
+            .agent(
+                agent,
+                Operation::PutState {
+                    key: "count".into(),
+                    value: vec![1, 2, 3],
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            put.events,
+            vec![Event::StatePut {
+                agent,
+                key: "count".into(),
+                value: vec![1, 2, 3]
+            }]
+        );
+        w.agent(
+            agent,
+            Operation::PutState {
+                key: "count".into(),
+                value: vec![9],
+            },
+        )
+        .unwrap();
+        let a = w.kernel.state().agent(agent).unwrap();
+        assert_eq!(a.state.get("count"), Some(&vec![9]));
+        assert_eq!(a.state_bytes, 6);
+
+        let deleted = w
+            .agent(
+                agent,
+                Operation::DeleteState {
+                    key: "count".into(),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            deleted.events,
+            vec![Event::StateDeleted {
+                agent,
+                key: "count".into(),
+                existed: true
+            }]
+        );
+        let again = w
+            .agent(
+                agent,
+                Operation::DeleteState {
+                    key: "count".into(),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            again.events,
+            vec![Event::StateDeleted {
+                agent,
+                key: "count".into(),
+                existed: false
+            }]
+        );
+        assert_eq!(w.kernel.state().agent(agent).unwrap().state_bytes, 0);
+    }
+
+    #[test]
+    fn namespaces_are_per_agent() {
+        let mut w = World::new();
+        let a = w.spawn_root("a");
+        let b = w.spawn_root("b");
+        w.agent(
+            a,
+            Operation::PutState {
+                key: "k".into(),
+                value: vec![1],
+            },
+        )
+        .unwrap();
+        assert!(w.kernel.state().agent(b).unwrap().state.is_empty());
+        w.assert_rejected(
+            EntityId::SYSTEM,
+            Authorization::System,
+            Operation::PutState {
+                key: "k".into(),
+                value: vec![],
+            },
+            KernelError::InvalidOperation {
+                operation: OpKind::PutState,
+                message: "the system has no state namespace".into(),
+            },
+        );
+    }
+
+    #[test]
+    fn state_limits_hold() {
+        let mut w = World::with_limits(Limits {
+            max_state_keys: 2,
+            max_state_bytes: 20,
+            max_state_value: 10,
+            max_state_key: 4,
+            ..Limits::default()
+        });
+        let agent = w.spawn_root("a");
+        let token = w.token_of(agent);
+        let put = |k: &str, n: usize| Operation::PutState {
+            key: k.into(),
+            value: vec![0; n],
+        };
+        w.assert_rejected(
+            agent,
+            token,
+            put("", 1),
+            KernelError::InvalidOperation {
+                operation: OpKind::PutState,
+                message: "state keys are not empty".into(),
+            },
+        );
+        w.assert_rejected(
+            agent,
+            token,
+            put("long!", 1),
+            KernelError::LimitExceeded {
+                limit: Limit::StateKey,
+                max: 4,
+                actual: 5,
+            },
+        );
+        w.assert_rejected(
+            agent,
+            token,
+            put("k", 11),
+            KernelError::LimitExceeded {
+                limit: Limit::StateValue,
+                max: 10,
+                actual: 11,
+            },
+        );
+        w.agent(agent, put("a", 9)).unwrap(); // 10 bytes
+        w.assert_rejected(
+            agent,
+            token,
+            put("b", 10),
+            KernelError::LimitExceeded {
+                limit: Limit::StateBytes,
+                max: 20,
+                actual: 21,
+            },
+        );
+        w.agent(agent, put("b", 1)).unwrap();
+        w.assert_rejected(
+            agent,
+            token,
+            put("c", 1),
+            KernelError::LimitExceeded {
+                limit: Limit::StateKeys,
+                max: 2,
+                actual: 3,
+            },
+        );
+        // Overwriting an existing key is sized by the difference.
+        w.agent(agent, put("a", 10)).unwrap();
+        assert_eq!(w.kernel.state().agent(agent).unwrap().state_bytes, 13);
+    }
+}
+
+mod capabilities {
+    use super::*;
+
+    #[test]
+    fn revoke_records_the_id_once() {
+        let mut w = World::new();
+        let applied = w
+            .system(Operation::RevokeToken {
+                revocation_id: vec![7; 64],
+            })
+            .unwrap();
+        assert_eq!(
+            applied.events,
+            vec![Event::TokenRevoked {
+                revocation_id: vec![7; 64]
+            }]
+        );
+        assert!(w.kernel.state().is_revoked(&[7; 64]));
+        w.assert_rejected(
+            EntityId::SYSTEM,
+            Authorization::System,
+            Operation::RevokeToken {
+                revocation_id: vec![7; 64],
+            },
+            KernelError::InvalidOperation {
+                operation: OpKind::RevokeToken,
+                message: "already revoked".into(),
+            },
+        );
+        w.assert_rejected(
+            EntityId::SYSTEM,
+            Authorization::System,
+            Operation::RevokeToken {
+                revocation_id: vec![],
+            },
+            KernelError::InvalidOperation {
+                operation: OpKind::RevokeToken,
+                message: "a revocation id has 1 to 256 bytes, got 0".into(),
+            },
+        );
+    }
+
+    #[test]
+    fn a_denial_is_recorded_against_the_denied_agent() {
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        let denial = Denial {
+            operation: "spawn".into(),
+            target: "worker".into(),
+            reason: "missing right spawn worker".into(),
+        };
+        let applied = w
+            .host_for(
+                agent,
+                Operation::RecordDenial {
+                    denial: denial.clone(),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            applied.events,
+            vec![Event::CapabilityDenied { agent, denial }]
+        );
+    }
+
+    #[test]
+    fn agents_cannot_revoke() {
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        let token = w.token_of(agent);
+        w.assert_rejected(
+            agent,
+            token,
+            Operation::RevokeToken {
+                revocation_id: vec![1],
+            },
+            KernelError::CapabilityDenied {
+                origin: agent,
+                operation: OpKind::RevokeToken,
+                reason: "only the host may submit this operation".into(),
+            },
+        );
+    }
+}
+
+mod components {
+    use super::*;
+
+    #[test]
+    fn install_registers_by_digest_and_name() {
+        let mut w = World::new();
+        let v1 = ComponentSpec {
+            digest: Digest::of(b"v1"),
+            name: "worker".into(),
+            size: 2,
+        };
+        let applied = w
+            .system(Operation::InstallComponent {
+                component: v1.clone(),
+            })
+            .unwrap();
+        assert_eq!(
+            applied.events,
+            vec![Event::ComponentInstalled {
+                component: v1.clone()
+            }]
+        );
+        let v2 = ComponentSpec {
+            digest: Digest::of(b"v2"),
+            ..v1.clone()
+        };
+        w.system(Operation::InstallComponent {
+            component: v2.clone(),
+        })
+        .unwrap();
+        assert_eq!(w.kernel.state().component(&v1.digest), Some(&v1));
+        assert_eq!(w.kernel.state().component_named("worker"), Some(&v2));
+        w.assert_rejected(
+            EntityId::SYSTEM,
+            Authorization::System,
+            Operation::InstallComponent {
+                component: v1.clone(),
+            },
+            KernelError::InvalidOperation {
+                operation: OpKind::InstallComponent,
+                message: format!(
+                    "component {} is already installed as `worker`",
+                    v1.digest.short()
+                ),
+            },
+        );
+    }
+
+    #[test]
+    fn only_the_operator_installs() {
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        w.assert_rejected(
+            agent,
+            Authorization::System,
+            Operation::InstallComponent {
+                component: ComponentSpec {
+                    digest: Digest::of(b"x"),
+                    name: "x".into(),
+                    size: 1,
+                },
+            },
+            KernelError::CapabilityDenied {
+                origin: agent,
+                operation: OpKind::InstallComponent,
+                reason: "only the operator installs components".into(),
+            },
+        );
+    }
+}
+
+mod extension {
+    use super::*;
+
+    /// Adds the payload's first byte to a counter; rejects an empty payload.
+    struct Adder;
+
+    impl OpcodeHandler for Adder {
+        fn handle(&self, call: &ExtensionCall<'_>) -> Result<ExtensionEffects, KernelError> {
+            let Some(&n) = call.payload.first() else {
+                return Err(KernelError::InvalidOperation {
+                    operation: OpKind::Extension,
+                    message: "empty payload".into(),
+                });
+            };
+            let total = call.store.get(&b"total"[..]).map_or(0, |v| v[0]) + n;
+            Ok(ExtensionEffects {
+                writes: vec![(b"total".to_vec(), Some(vec![total]))],
+                output: vec![total],
+            })
+        }
+    }
+
+    fn world() -> World {
+        let mut registry = Registry::new();
+        registry.register("adder", Adder);
+        World::with_kernel(Kernel::with_registry(Limits::default(), registry))
+    }
+
+    #[test]
+    fn a_registered_handler_decides_and_the_kernel_applies() {
+        let mut w = world();
+        let add = |n| Operation::Extension {
+            family: "adder".into(),
+            opcode: 1,
+            payload: vec![n],
+        };
+        w.system(add(2)).unwrap();
+        let applied = w.system(add(3)).unwrap();
+        assert_eq!(
+            applied.events,
+            vec![Event::ExtensionApplied {
+                family: "adder".into(),
+                opcode: 1,
+                output: vec![5]
+            }]
+        );
+        assert_eq!(
+            w.kernel.state().extension_store("adder").unwrap()[&b"total"[..]],
+            vec![5]
+        );
+    }
+
+    #[test]
+    fn unknown_families_and_handler_errors_change_nothing() {
+        let mut w = world();
+        w.assert_rejected(
+            EntityId::SYSTEM,
+            Authorization::System,
+            Operation::Extension {
+                family: "nope".into(),
+                opcode: 0,
+                payload: vec![],
+            },
+            KernelError::UnsupportedOperation {
+                family: "nope".into(),
+            },
+        );
+        w.assert_rejected(
+            EntityId::SYSTEM,
+            Authorization::System,
+            Operation::Extension {
+                family: "adder".into(),
+                opcode: 0,
+                payload: vec![],
+            },
+            KernelError::InvalidOperation {
+                operation: OpKind::Extension,
+                message: "empty payload".into(),
+            },
+        );
+    }
+}
+
+mod time {
+    use super::*;
+
+    #[test]
+    fn logical_time_never_goes_backwards() {
+        let mut w = World::new();
+        w.now = 10;
+        w.install("c");
+        let before = w.kernel.state().clone();
+        w.now = 5;
+        let err = w
+            .system(Operation::RevokeToken {
+                revocation_id: vec![1],
+            })
+            .unwrap_err();
+        assert_eq!(
+            err,
+            KernelError::TimeWentBackwards {
+                last: Timestamp(11),
+                time: Timestamp(6)
+            }
+        );
+        assert_eq!(w.kernel.state(), &before);
+        // Equal times are fine: several commands can share a millisecond.
+        w.now = 10;
+        w.system(Operation::RevokeToken {
+            revocation_id: vec![1],
+        })
+        .unwrap();
+        assert_eq!(w.kernel.state().time(), Timestamp(11));
+    }
+}

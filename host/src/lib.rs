@@ -1,1 +1,40 @@
-//! placeholder until the host lands.
+//! The Toka host: runs WebAssembly agents against the deterministic kernel.
+//!
+//! A [`Host`] opens an [`EventStore`] (a [`RedbStore`] file in a [`DataDir`],
+//! or a [`MemoryStore`] in tests), replays and verifies its log, and runs
+//! agents — `wasm32-wasip2` components of the `toka:agent` world — as actors
+//! on tokio. Every operation an agent submits goes through one sequencer,
+//! which applies it with [`toka_kernel::Kernel`] in one total order; a writer
+//! thread commits the resulting records in durable batches, and only then
+//! are they published ([`Host::subscribe`]) and acted on.
+
+#![warn(clippy::unwrap_used)]
+#![deny(missing_docs)]
+
+mod actor;
+mod agent_ctx;
+mod bindings;
+mod bus;
+mod capture;
+mod clock;
+mod components;
+mod data_dir;
+mod error;
+mod event_store;
+mod host;
+mod limits;
+mod memory_store;
+mod redb_store;
+mod sequencer;
+
+pub use bus::{Committed, CommittedRecord};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use components::ComponentError;
+pub use data_dir::{DataDir, DataDirError};
+pub use error::HostError;
+pub use event_store::{Batch, DATA_FORMAT, EventStore, Records, StoreError};
+pub use host::{Host, HostConfig, replay};
+pub use limits::AgentLimits;
+pub use memory_store::MemoryStore;
+pub use redb_store::RedbStore;
+pub use sequencer::Stopped;

@@ -20,7 +20,10 @@ fn kernel_depends_only_on_the_allowed_crates() {
             deps.push(name.trim().split('.').next().unwrap_or_default().to_owned());
         }
     }
-    assert!(!deps.is_empty(), "no [dependencies] found in kernel/Cargo.toml");
+    assert!(
+        !deps.is_empty(),
+        "no [dependencies] found in kernel/Cargo.toml"
+    );
     for dep in &deps {
         assert!(
             ALLOWED.contains(&dep.as_str()),

@@ -1,0 +1,100 @@
+//! `toka demo`: the bundled planner/worker scenario.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use toka_kernel::{EntityId, Event};
+
+use crate::render::{self, Names};
+use crate::{CliResult, Failure, drive};
+
+/// Arguments of `toka demo`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// How many worker sub-agents the planner uses.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=16))]
+    workers: u8,
+}
+
+/// The job the planner splits across its workers.
+const ITEMS: &[&str] = &[
+    "survey WebAssembly component sandboxes",
+    "summarize biscuit capability tokens",
+    "compare durable execution logs",
+    "list attack surfaces of plugin hosts",
+    "draft a threat model for third-party agents",
+    "collect redb durability guarantees",
+    "outline a benchmark plan",
+    "write the executive summary",
+];
+
+pub(crate) async fn main(data: &Path, args: Args) -> CliResult {
+    let workers = usize::from(args.workers);
+    let (host, _) = drive::open(data).await?;
+    println!(
+        "toka demo: a planner splits a job across {workers} worker agents; log: {}",
+        data.join(toka_host::DataDir::DB_FILE).display()
+    );
+    let mut rx = host.subscribe();
+    let mut names = host.state(Names::from_state);
+
+    host.install("worker", bundled("worker")?.to_vec()).await?;
+    let planner_component = host
+        .install("planner", bundled("planner")?.to_vec())
+        .await?;
+    let planner = match host.state(|s| {
+        s.agents()
+            .find(|(_, a)| {
+                a.parent == EntityId::SYSTEM
+                    && a.is_active()
+                    && a.name == "planner"
+                    && a.component == planner_component
+            })
+            .map(|(id, _)| id)
+    }) {
+        Some(id) => id,
+        None => host.spawn(planner_component, "planner").await?,
+    };
+    let items = &ITEMS[..(workers * 2).min(ITEMS.len())];
+    let job = format!("workers={workers}: {}", items.join("; "));
+    host.schedule(planner, &job).await?;
+
+    let (mut completed, mut failed, mut first) = (0, 0, None);
+    drive::until_idle(&host, &mut rx, |batch| {
+        for record in &batch.records {
+            first.get_or_insert(record.seq);
+            for event in &record.events {
+                names.learn(event);
+                match event {
+                    Event::TaskCompleted { .. } => completed += 1,
+                    Event::TaskFailed { .. } => failed += 1,
+                    _ => {}
+                }
+                println!(
+                    "{}",
+                    render::human(record.seq, record.origin, event, &names)
+                );
+            }
+        }
+    })
+    .await?;
+    let head = host.head();
+    host.shutdown().await?;
+    println!(
+        "demo finished: {completed} tasks completed, {failed} failed; the log now has {} records (this run wrote #{}..#{}).",
+        head.seq,
+        first.unwrap_or(head.seq),
+        head.seq
+    );
+    println!("check it with `toka verify`; read it with `toka events` or `toka state`.");
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn bundled(name: &str) -> Result<&'static [u8], Failure> {
+    toka_agents::bundled(name)
+        .ok_or_else(|| Failure::work(format!("the bundled `{name}` agent is missing")))
+}

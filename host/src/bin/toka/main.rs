@@ -1,0 +1,121 @@
+//! `toka`: run WebAssembly agents on a durable, capability-checked kernel.
+
+mod demo;
+mod drive;
+mod events;
+mod render;
+mod run;
+mod state;
+mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run WebAssembly agents on a deterministic kernel with a durable log.
+#[derive(Debug, Parser)]
+#[command(name = "toka", version, about, max_term_width = 100)]
+struct Cli {
+    /// The data directory: the log (toka.redb) lives here.
+    #[arg(long, global = true, env = "TOKA_DATA", default_value = "./toka-data")]
+    data: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the bundled planner/worker scenario and print what happens.
+    Demo(demo::Args),
+    /// Install an agent, give it tasks, and run until it is idle.
+    Run(run::Args),
+    /// Print the event log.
+    Events(events::Args),
+    /// Print the agents, their tasks and state.
+    State(state::Args),
+    /// Replay the log and check every record and the final state.
+    Verify(verify::Args),
+}
+
+/// A failure to report: one line on stderr and an exit code.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    /// 1: the work failed (a task, a verification); 2: bad usage or input.
+    pub(crate) code: u8,
+    pub(crate) message: String,
+}
+
+impl Failure {
+    /// Bad input: a missing file, not a component, an unusable data dir, ...
+    pub(crate) fn input(message: impl std::fmt::Display) -> Self {
+        Self {
+            code: 2,
+            message: message.to_string(),
+        }
+    }
+
+    /// The work itself failed.
+    pub(crate) fn work(message: impl std::fmt::Display) -> Self {
+        Self {
+            code: 1,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<toka_host::HostError> for Failure {
+    fn from(e: toka_host::HostError) -> Self {
+        use toka_host::HostError as E;
+        match e {
+            E::Component(_)
+            | E::DataDir(_)
+            | E::Store(_)
+            | E::Replay(_)
+            | E::HeadMismatch { .. } => Failure::input(e),
+            other => Failure::work(other),
+        }
+    }
+}
+
+pub(crate) type CliResult = Result<ExitCode, Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let data = cli.data;
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Demo(args) => demo::main(&data, args).await,
+            Command::Run(args) => run::main(&data, args).await,
+            Command::Events(args) => events::main(&data, args),
+            Command::State(args) => state::main(&data, args),
+            Command::Verify(args) => verify::main(&data, args),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The data directory: where a host keeps its redb file (and its root key).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use toka_kernel::Limits;
+
+use crate::event_store::StoreError;
+use crate::redb_store::RedbStore;
+
+/// A Toka data directory: `toka.redb` (the log, blobs and tokens) and
+/// `root.key` (the root signing key, mode 0600).
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    path: PathBuf,
+}
+
+/// Why a data dir cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataDirError {
+    /// Nothing has run there yet (for commands that only read).
+    #[error(
+        "no Toka data dir at {0} (nothing has run there yet; `toka run` or `toka demo` creates one)"
+    )]
+    Missing(PathBuf),
+    /// The path is not a directory.
+    #[error("{0} is not a directory")]
+    NotADirectory(PathBuf),
+    /// A non-empty directory without `toka.redb`.
+    #[error(
+        "{0} is not a Toka data dir (it has no toka.redb and is not empty); pass --data with a new or empty directory"
+    )]
+    Foreign(PathBuf),
+    /// The directory could not be created or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The store inside failed to open.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl DataDir {
+    /// The file holding the log.
+    pub const DB_FILE: &'static str = "toka.redb";
+
+    /// A data dir at `path` (nothing is touched yet).
+    #[must_use]
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The directory.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The redb file.
+    #[must_use]
+    pub fn db_path(&self) -> PathBuf {
+        self.path.join(Self::DB_FILE)
+    }
+
+    /// Whether the directory holds a store.
+    #[must_use]
+    pub fn exists(&self) -> bool {
+        self.db_path().is_file()
+    }
+
+    /// Opens the store, creating the directory and an empty store (written
+    /// under `limits`) when the directory is new or empty.
+    ///
+    /// # Errors
+    ///
+    /// [`DataDirError`] naming the problem; on error nothing was created.
+    pub fn open_or_create(&self, limits: &Limits) -> Result<RedbStore, DataDirError> {
+        if self.exists() {
+            return Ok(RedbStore::open(&self.db_path())?);
+        }
+        self.check_usable()?;
+        let created_dir = !self.path.exists();
+        fs::create_dir_all(&self.path).map_err(|source| DataDirError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        RedbStore::create(&self.db_path(), limits).map_err(|e| {
+            if created_dir {
+                let _ = fs::remove_dir(&self.path);
+            }
+            e.into()
+        })
+    }
+
+    /// Opens an existing store.
+    ///
+    /// # Errors
+    ///
+    /// [`DataDirError::Missing`] when there is none, or why it does not open.
+    pub fn open_existing(&self) -> Result<RedbStore, DataDirError> {
+        if !self.exists() {
+            if self.path.exists() {
+                self.check_usable()?;
+            }
+            return Err(DataDirError::Missing(self.path.clone()));
+        }
+        Ok(RedbStore::open(&self.db_path())?)
+    }
+
+    /// A directory without a store may become one only if it is empty.
+    fn check_usable(&self) -> Result<(), DataDirError> {
+        if !self.path.exists() {
+            return Ok(());
+        }
+        if !self.path.is_dir() {
+            return Err(DataDirError::NotADirectory(self.path.clone()));
+        }
+        let mut entries = fs::read_dir(&self.path).map_err(|source| DataDirError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        if entries.next().is_some() {
+            return Err(DataDirError::Foreign(self.path.clone()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,49 @@
+//! Errors of the host library.
+
+use toka_kernel::{KernelError, ReplayError};
+
+use crate::components::ComponentError;
+use crate::data_dir::DataDirError;
+use crate::event_store::StoreError;
+use crate::sequencer::Stopped;
+
+/// Why a host operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// The component cannot run as an agent.
+    #[error(transparent)]
+    Component(#[from] ComponentError),
+    /// The kernel refused the operation (nothing changed).
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The data dir cannot be used.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// The stored log does not verify.
+    #[error("the log does not verify: {0}")]
+    Replay(#[from] ReplayError),
+    /// The log's last record is not the head stored beside it: records
+    /// were removed or added behind the host's back.
+    #[error(
+        "the log ends at record {found} but the store's head says {expected}: records are missing or were added outside toka"
+    )]
+    HeadMismatch {
+        /// The head stored beside the log.
+        expected: u64,
+        /// Where the log actually ends.
+        found: u64,
+    },
+    /// The host stopped (its log writer failed, or it is shutting down).
+    #[error(transparent)]
+    Stopped(#[from] Stopped),
+    /// Setting up wasmtime failed.
+    #[error("wasmtime: {0}")]
+    Wasmtime(String),
+    /// A thread could not be started.
+    #[error("starting a host thread: {0}")]
+    Thread(#[from] std::io::Error),
+}

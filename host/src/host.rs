@@ -1,0 +1,494 @@
+//! The host: opens the log, runs agents, and is the library's entry point.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use toka_kernel::{
+    AgentId, AgentSpec, ChainHead, ComponentSpec, Digest, EntityId, Event, Kernel, Limits,
+    Operation, Registry, TaskId, TaskSpec, WorldState,
+};
+use tokio::sync::{Notify, broadcast};
+
+use crate::actor;
+use crate::agent_ctx::AgentCtx;
+use crate::bindings::AgentPre;
+use crate::bus::Committed;
+use crate::clock::{Clock, SystemClock};
+use crate::components::Components;
+use crate::error::HostError;
+use crate::event_store::EventStore;
+use crate::limits::AgentLimits;
+use crate::sequencer::Sequencer;
+
+/// How often guests are interrupted to yield to other agents.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Committed batches buffered per bus subscriber before it lags.
+const BUS_CAPACITY: usize = 4096;
+
+/// How a [`Host`] runs.
+#[derive(Clone)]
+pub struct HostConfig {
+    /// Where logical time comes from. Default: the system clock.
+    pub clock: Arc<dyn Clock>,
+    /// Per-agent sandbox limits. Default: [`AgentLimits::default`].
+    pub agent_limits: AgentLimits,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            agent_limits: AgentLimits::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for HostConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostConfig")
+            .field("agent_limits", &self.agent_limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running Toka host over an [`EventStore`].
+///
+/// Opening replays and verifies the stored log. Agents run as actors on the
+/// current tokio runtime; every operation goes through one sequencer and is
+/// committed to the store in batches; committed batches are published to
+/// [`Host::subscribe`]rs. Call [`Host::shutdown`] to stop cleanly (dropping
+/// the host stops it too, without waiting).
+pub struct Host {
+    inner: Arc<HostInner>,
+    writer: Option<JoinHandle<()>>,
+    ticker: Option<(JoinHandle<()>, Arc<AtomicBool>)>,
+}
+
+/// What actors share with the host.
+pub(crate) struct HostInner {
+    pub(crate) sequencer: Sequencer,
+    pub(crate) components: Components,
+    pub(crate) agent_limits: AgentLimits,
+    store: Arc<dyn EventStore>,
+    bus: broadcast::Sender<Arc<Committed>>,
+    actors: Mutex<BTreeMap<AgentId, Arc<Notify>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("store", &self.inner.store.location())
+            .field("head", &self.head())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    /// Opens a host over `store`: replays and verifies the log, then starts
+    /// the log writer and the agents that have work queued.
+    ///
+    /// Must be called within a tokio runtime (agents run on it).
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Replay`] or [`HostError::HeadMismatch`] when the stored
+    /// log does not verify; [`HostError::Store`] when it cannot be read.
+    pub async fn open(store: Arc<dyn EventStore>, config: HostConfig) -> Result<Host, HostError> {
+        let kernel = replay(store.as_ref(), |_| {})?;
+        let components = Components::new().map_err(|e| HostError::Wasmtime(format!("{e:#}")))?;
+        let sequencer = Sequencer::new(kernel, config.clock);
+        let (bus, _) = broadcast::channel(BUS_CAPACITY);
+        let inner = Arc::new(HostInner {
+            sequencer,
+            components,
+            agent_limits: config.agent_limits,
+            store: Arc::clone(&store),
+            bus,
+            actors: Mutex::default(),
+            runtime: tokio::runtime::Handle::current(),
+        });
+
+        let router = Arc::clone(&inner);
+        let writer = inner.sequencer.start_writer(
+            store,
+            Box::new(move |batch: Arc<Committed>| router.route(batch)),
+        )?;
+        let ticker = start_ticker(inner.components.engine().clone())?;
+        let host = Host {
+            inner,
+            writer: Some(writer),
+            ticker: Some(ticker),
+        };
+        host.resume().await?;
+        Ok(host)
+    }
+
+    /// After a restart: tasks that were running when the host stopped are
+    /// failed (they are not re-run yet), and agents with queued tasks start.
+    async fn resume(&self) -> Result<(), HostError> {
+        let (interrupted, queued): (Vec<(AgentId, TaskId)>, Vec<AgentId>) =
+            self.inner.sequencer.read(|k| {
+                let state = k.state();
+                let interrupted = state
+                    .agents()
+                    .filter_map(|(id, a)| a.running.map(|t| (id, t)))
+                    .collect();
+                let queued = state
+                    .agents()
+                    .filter(|(_, a)| a.is_active() && !a.queue.is_empty())
+                    .map(|(id, _)| id)
+                    .collect();
+                (interrupted, queued)
+            });
+        for (agent, task) in interrupted {
+            let reason = "interrupted: the host stopped while the task ran".to_owned();
+            self.submit(agent, Operation::FailTask { task, reason }, None)
+                .await?;
+        }
+        for agent in queued {
+            self.inner.wake(agent);
+        }
+        Ok(())
+    }
+
+    /// Installs a component under `name` and returns its digest. Installing
+    /// bytes that are already installed returns the same digest and changes
+    /// nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Component`] when the bytes are not a component this host
+    /// can run as an agent; nothing is stored then.
+    pub async fn install(&self, name: &str, bytes: Vec<u8>) -> Result<Digest, HostError> {
+        let digest = Digest::of(&bytes);
+        if self.state(|s| s.component(&digest).is_some()) {
+            return Ok(digest);
+        }
+        let bytes: Arc<[u8]> = bytes.into();
+        let components = self.inner.components.clone();
+        let to_compile = Arc::clone(&bytes);
+        tokio::task::spawn_blocking(move || components.prepare(digest, &to_compile))
+            .await
+            .map_err(|e| HostError::Wasmtime(format!("compiling the component panicked: {e}")))??;
+        let component = ComponentSpec {
+            digest,
+            name: name.to_owned(),
+            size: bytes.len() as u64,
+        };
+        self.submit(
+            EntityId::SYSTEM,
+            Operation::InstallComponent { component },
+            Some((digest, bytes)),
+        )
+        .await?;
+        Ok(digest)
+    }
+
+    /// Spawns a root agent (parent: the system) running `component`.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Kernel`] when the component is not installed or the name
+    /// is not acceptable.
+    pub async fn spawn(&self, component: Digest, name: &str) -> Result<AgentId, HostError> {
+        let spec = AgentSpec {
+            component,
+            name: name.to_owned(),
+            token: Digest::ZERO,
+        };
+        let seq = self
+            .submit(EntityId::SYSTEM, Operation::SpawnAgent { spec }, None)
+            .await?;
+        self.created(seq)
+    }
+
+    /// Queues a task for `agent` on the operator's authority.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Kernel`] when the agent is unknown or terminated, its
+    /// queue is full, or the description is too long.
+    pub async fn schedule(&self, agent: AgentId, description: &str) -> Result<TaskId, HostError> {
+        let op = Operation::ScheduleTask {
+            agent,
+            spec: TaskSpec {
+                description: description.to_owned(),
+            },
+        };
+        let seq = self.submit(EntityId::SYSTEM, op, None).await?;
+        self.created(seq)
+    }
+
+    /// Terminates `agent` on the operator's authority.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Kernel`] when the agent is unknown or already terminated.
+    pub async fn terminate(&self, agent: AgentId, reason: &str) -> Result<(), HostError> {
+        let op = Operation::TerminateAgent {
+            agent,
+            reason: reason.to_owned(),
+        };
+        self.submit(EntityId::SYSTEM, op, None).await.map(drop)
+    }
+
+    async fn submit(
+        &self,
+        origin: EntityId,
+        op: Operation,
+        blob: Option<(Digest, Arc<[u8]>)>,
+    ) -> Result<crate::sequencer::Receipt, HostError> {
+        Ok(self
+            .inner
+            .sequencer
+            .submit_system(origin, op, blob)
+            .await??)
+    }
+
+    fn created(&self, receipt: crate::sequencer::Receipt) -> Result<EntityId, HostError> {
+        receipt
+            .created
+            .ok_or_else(|| HostError::Wasmtime("the kernel reported no created entity".into()))
+    }
+
+    /// Waits until nothing is left to do: every record durable and
+    /// published, no task running, no task queued for an active agent.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Stopped`] when the host stopped (e.g. its store failed).
+    pub async fn run_until_idle(&self) -> Result<(), HostError> {
+        let mut published = self.inner.sequencer.published();
+        loop {
+            if let Some(stopped) = self.inner.sequencer.stopped() {
+                return Err(stopped.into());
+            }
+            let done = *published.borrow_and_update();
+            let idle = self.inner.sequencer.read(|k| {
+                k.head().seq == done
+                    && k.state()
+                        .agents()
+                        .all(|(_, a)| a.running.is_none() && (a.queue.is_empty() || !a.is_active()))
+            });
+            if idle {
+                return Ok(());
+            }
+            if published.changed().await.is_err() {
+                return Err(HostError::Stopped(crate::sequencer::Stopped(
+                    "the log writer is gone".into(),
+                )));
+            }
+        }
+    }
+
+    /// Waits until the record at `seq` is durable.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Stopped`] when the host stopped first.
+    pub async fn wait_durable(&self, seq: u64) -> Result<(), HostError> {
+        Ok(self.inner.sequencer.wait_durable(seq).await?)
+    }
+
+    /// Receives every committed batch from now on, in log order.
+    #[must_use]
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Committed>> {
+        self.inner.bus.subscribe()
+    }
+
+    /// Reads the world state (it includes applied operations that are not
+    /// durable yet; [`Host::subscribe`] sees only durable ones).
+    pub fn state<R>(&self, f: impl FnOnce(&WorldState) -> R) -> R {
+        self.inner.sequencer.read(|k| f(k.state()))
+    }
+
+    /// The tip of the log (applied, possibly not yet durable).
+    #[must_use]
+    pub fn head(&self) -> ChainHead {
+        self.inner.sequencer.read(Kernel::head)
+    }
+
+    /// Stops the host: refuses new operations, commits what is pending, and
+    /// stops every agent (a task in progress is abandoned; it is failed as
+    /// interrupted when the host opens the store again).
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Stopped`] when the log writer had failed before.
+    pub async fn shutdown(mut self) -> Result<(), HostError> {
+        let failure = self.inner.sequencer.stopped();
+        self.stop();
+        if let Some(writer) = self.writer.take() {
+            tokio::task::spawn_blocking(move || writer.join())
+                .await
+                .ok();
+        }
+        match failure {
+            Some(stopped) => Err(stopped.into()),
+            None => Ok(()),
+        }
+    }
+
+    fn stop(&mut self) {
+        self.inner.sequencer.close();
+        for wake in self.inner.actors().values() {
+            wake.notify_one();
+        }
+        if let Some((ticker, stop)) = self.ticker.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = ticker.join();
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl HostInner {
+    fn actors(&self) -> MutexGuard<'_, BTreeMap<AgentId, Arc<Notify>>> {
+        self.actors.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes a durable batch and hands scheduled tasks to their agents.
+    fn route(self: &Arc<Self>, batch: Arc<Committed>) {
+        for record in &batch.records {
+            for event in &record.events {
+                match event {
+                    Event::TaskScheduled { agent, .. } | Event::AgentTerminated { agent, .. } => {
+                        self.wake(*agent);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // No subscriber is fine.
+        let _ = self.bus.send(batch);
+    }
+
+    /// Wakes the agent's actor, starting one if it has none.
+    pub(crate) fn wake(self: &Arc<Self>, agent: AgentId) {
+        let mut actors = self.actors();
+        if let Some(wake) = actors.get(&agent) {
+            wake.notify_one();
+            return;
+        }
+        let wake = Arc::new(Notify::new());
+        actors.insert(agent, Arc::clone(&wake));
+        drop(actors);
+        self.runtime
+            .spawn(actor::run(Arc::clone(self), agent, wake));
+    }
+
+    pub(crate) fn forget_actor(&self, agent: AgentId) {
+        self.actors().remove(&agent);
+    }
+
+    /// The compiled component, compiling it from the stored blob if needed.
+    pub(crate) async fn prepared(&self, digest: Digest) -> Result<AgentPre<AgentCtx>, String> {
+        if let Some(pre) = self.components.cached(&digest) {
+            return Ok(pre);
+        }
+        let bytes = self
+            .store
+            .blob(&digest)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("component {} is missing from the store", digest.short()))?;
+        let components = self.components.clone();
+        tokio::task::spawn_blocking(move || components.prepare(digest, &bytes))
+            .await
+            .map_err(|e| format!("compiling the component panicked: {e}"))?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Cuts a reason to the kernel's limit (on a character boundary).
+    pub(crate) fn clip_reason(&self, reason: &str) -> String {
+        let max = self.sequencer.read(|k| k.limits().max_reason as usize);
+        clip(reason, max)
+    }
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary, marking the cut.
+pub(crate) fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+/// Rebuilds the kernel from a stored log, verifying every record, and calls
+/// `on_record` with each applied record (its events included) in order.
+///
+/// Checks each record's hash, its link to the previous one, that the kernel
+/// accepts its command, that its key in the store is its sequence number, and
+/// finally that the log ends at the head stored beside it.
+///
+/// # Errors
+///
+/// [`HostError::Replay`] naming the first bad record, [`HostError::HeadMismatch`]
+/// when records are missing at the end, [`HostError::Store`] when the store
+/// cannot be read.
+pub fn replay(
+    store: &dyn EventStore,
+    mut on_record: impl FnMut(&toka_kernel::Applied),
+) -> Result<Kernel, HostError> {
+    let limits: Limits = store.limits()?;
+    let mut kernel = Kernel::with_registry(limits, Registry::new());
+    for entry in store.records(1)? {
+        let (key, bytes) = entry?;
+        let applied = kernel.replay(&bytes)?;
+        if applied.record.seq != key {
+            return Err(HostError::HeadMismatch {
+                expected: key,
+                found: applied.record.seq,
+            });
+        }
+        on_record(&applied);
+    }
+    let stored = store.head()?;
+    if stored != kernel.head() {
+        return Err(HostError::HeadMismatch {
+            expected: stored.seq,
+            found: kernel.head().seq,
+        });
+    }
+    Ok(kernel)
+}
+
+/// Increments the engine's epoch every tick, until told to stop.
+fn start_ticker(engine: wasmtime::Engine) -> std::io::Result<(JoinHandle<()>, Arc<AtomicBool>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let handle = std::thread::Builder::new()
+        .name("toka-epoch".into())
+        .spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })?;
+    Ok((handle, stop))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clip;
+
+    #[test]
+    fn clip_respects_char_boundaries() {
+        assert_eq!(clip("hello", 10), "hello");
+        assert_eq!(clip("hello world", 8), "hello...");
+        let cut = clip("ééééé", 6);
+        assert!(cut.len() <= 6 && cut.ends_with("..."), "{cut}");
+    }
+}

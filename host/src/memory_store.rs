@@ -1,0 +1,98 @@
+//! An in-memory `EventStore`, for tests and benchmarks.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use toka_kernel::{ChainHead, Digest, Limits};
+
+use crate::event_store::{Batch, EventStore, Records, StoreError};
+
+/// An [`EventStore`] in memory: nothing survives the process.
+///
+/// Clones share the same storage, so a test can keep one to inspect what a
+/// host wrote, or reopen a host on it to test a restart.
+#[derive(Debug, Clone)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    records: BTreeMap<u64, Vec<u8>>,
+    blobs: BTreeMap<Digest, Vec<u8>>,
+    tokens: BTreeMap<Digest, Vec<u8>>,
+    head: ChainHead,
+    limits: Limits,
+}
+
+impl MemoryStore {
+    /// An empty store whose log is written under `limits`.
+    #[must_use]
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                records: BTreeMap::new(),
+                blobs: BTreeMap::new(),
+                tokens: BTreeMap::new(),
+                head: ChainHead::default(),
+                limits,
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl EventStore for MemoryStore {
+    fn append(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        for (seq, bytes) in &batch.records {
+            inner.records.insert(*seq, bytes.clone());
+        }
+        for (digest, bytes) in &batch.blobs {
+            inner.blobs.entry(*digest).or_insert_with(|| bytes.to_vec());
+        }
+        for (digest, bytes) in &batch.tokens {
+            inner
+                .tokens
+                .entry(*digest)
+                .or_insert_with(|| bytes.to_vec());
+        }
+        if !batch.records.is_empty() {
+            inner.head = batch.head;
+        }
+        Ok(())
+    }
+
+    fn records(&self, from: u64) -> Result<Records<'_>, StoreError> {
+        let records: Vec<_> = self
+            .lock()
+            .records
+            .range(from..)
+            .map(|(seq, bytes)| Ok((*seq, bytes.clone())))
+            .collect();
+        Ok(Box::new(records.into_iter()))
+    }
+
+    fn head(&self) -> Result<ChainHead, StoreError> {
+        Ok(self.lock().head)
+    }
+
+    fn blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().blobs.get(digest).cloned())
+    }
+
+    fn token(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().tokens.get(digest).cloned())
+    }
+
+    fn limits(&self) -> Result<Limits, StoreError> {
+        Ok(self.lock().limits.clone())
+    }
+
+    fn location(&self) -> String {
+        "memory".into()
+    }
+}

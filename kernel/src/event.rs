@@ -37,6 +37,7 @@ pub enum Event {
         /// The agent that ran it.
         agent: AgentId,
         /// Its output.
+        #[serde(with = "crate::serde_bytes")]
         output: Vec<u8>,
     },
     /// A task failed (it was running, or queued for an agent that stopped).
@@ -82,6 +83,7 @@ pub enum Event {
         /// The optional topic.
         topic: Option<String>,
         /// The data.
+        #[serde(with = "crate::serde_bytes")]
         data: Vec<u8>,
     },
     /// An agent put a key in its state.
@@ -91,6 +93,7 @@ pub enum Event {
         /// The key.
         key: String,
         /// The new value.
+        #[serde(with = "crate::serde_bytes")]
         value: Vec<u8>,
     },
     /// An agent deleted a key from its state.
@@ -105,6 +108,7 @@ pub enum Event {
     /// A revocation id was revoked.
     TokenRevoked {
         /// The revocation id.
+        #[serde(with = "crate::serde_bytes")]
         revocation_id: Vec<u8>,
     },
     /// The capability gate denied an agent's operation.
@@ -126,6 +130,7 @@ pub enum Event {
         /// The family's opcode.
         opcode: u32,
         /// What the handler reported.
+        #[serde(with = "crate::serde_bytes")]
         output: Vec<u8>,
     },
 }

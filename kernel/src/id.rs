@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The id of an entity in the world: an agent, a task, or the system itself.
@@ -103,17 +104,15 @@ impl FromStr for EntityId {
     }
 }
 
-// Ids are encoded as 16 fixed bytes rather than a varint: derived ids use all
-// 128 bits, for which a varint would take 19 bytes.
 impl Serialize for EntityId {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.to_be_bytes().serialize(serializer)
+        serialize_fixed(&self.0.to_be_bytes(), serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for EntityId {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        <[u8; 16]>::deserialize(deserializer).map(|b| Self(u128::from_be_bytes(b)))
+        deserialize_fixed::<16, D>(deserializer).map(|b| Self(u128::from_be_bytes(b)))
     }
 }
 
@@ -128,7 +127,7 @@ impl<'de> Deserialize<'de> for EntityId {
 /// let d = Digest::of(b"hello");
 /// assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
 /// ```
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Digest(pub [u8; 32]);
 
 impl Digest {
@@ -179,6 +178,57 @@ impl FromStr for Digest {
     }
 }
 
+impl Serialize for Digest {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_fixed(&self.0, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_fixed::<32, D>(deserializer).map(Self)
+    }
+}
+
+/// Fixed-size ids as hex text in human-readable formats (JSON), and as one
+/// byte string (a length byte, then the bytes copied at once) in postcard.
+fn serialize_fixed<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    if serializer.is_human_readable() {
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        serializer.serialize_str(&hex)
+    } else {
+        serializer.serialize_bytes(bytes)
+    }
+}
+
+fn deserialize_fixed<'de, const N: usize, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<[u8; N], D::Error> {
+    struct Fixed<const N: usize>;
+
+    impl<'de, const N: usize> Visitor<'de> for Fixed<N> {
+        type Value = [u8; N];
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{N} bytes or {} hex digits", N * 2)
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<[u8; N], E> {
+            v.try_into().map_err(|_| E::invalid_length(v.len(), &self))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<[u8; N], E> {
+            parse_hex(v).map_err(E::custom)
+        }
+    }
+
+    if deserializer.is_human_readable() {
+        deserializer.deserialize_str(Fixed::<N>)
+    } else {
+        deserializer.deserialize_bytes(Fixed::<N>)
+    }
+}
+
 fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], ParseIdError> {
     let err = || ParseIdError {
         expected: N * 2,
@@ -214,7 +264,7 @@ mod tests {
         let id = EntityId::derive("agent", EntityId::SYSTEM, 7);
         assert_eq!(id.to_string().parse::<EntityId>().unwrap(), id);
         let bytes = postcard::to_allocvec(&id).unwrap();
-        assert_eq!(bytes.len(), 16);
+        assert_eq!(bytes.len(), 17, "a length byte and 16 bytes");
         assert_eq!(postcard::from_bytes::<EntityId>(&bytes).unwrap(), id);
     }
 

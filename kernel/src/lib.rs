@@ -25,6 +25,7 @@ mod kernel;
 mod limits;
 mod operation;
 mod record;
+mod serde_bytes;
 mod state;
 
 pub use command::{Authorization, Command, OpKey, Timestamp};

@@ -71,6 +71,7 @@ pub enum Operation {
         /// The task.
         task: TaskId,
         /// The agent's output bytes.
+        #[serde(with = "crate::serde_bytes")]
         output: Vec<u8>,
     },
     /// A queued or running task failed.
@@ -104,6 +105,7 @@ pub enum Operation {
         /// An optional topic.
         topic: Option<String>,
         /// The observation.
+        #[serde(with = "crate::serde_bytes")]
         data: Vec<u8>,
     },
     /// Put a key in the origin agent's own state namespace.
@@ -111,6 +113,7 @@ pub enum Operation {
         /// The key.
         key: String,
         /// The value.
+        #[serde(with = "crate::serde_bytes")]
         value: Vec<u8>,
     },
     /// Delete a key from the origin agent's own state namespace (idempotent).
@@ -121,6 +124,7 @@ pub enum Operation {
     /// Revoke every token carrying this revocation id, from now on.
     RevokeToken {
         /// A biscuit revocation id (a block signature).
+        #[serde(with = "crate::serde_bytes")]
         revocation_id: Vec<u8>,
     },
     /// Record that the capability gate denied an operation of the origin.
@@ -140,6 +144,7 @@ pub enum Operation {
         /// The family's own opcode.
         opcode: u32,
         /// Opaque to the kernel; decoded by the handler.
+        #[serde(with = "crate::serde_bytes")]
         payload: Vec<u8>,
     },
 }

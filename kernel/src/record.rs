@@ -102,7 +102,9 @@ impl Record {
             command: &command,
         };
         // Serializing plain data into a Vec cannot fail.
-        let mut bytes = postcard::to_extend(&body, Vec::with_capacity(128)).unwrap_or_default();
+        // Room for the body of a small command and the hash, so the common
+        // case allocates once.
+        let mut bytes = postcard::to_extend(&body, Vec::with_capacity(256)).unwrap_or_default();
         let hash = Digest::of(&bytes);
         bytes.extend_from_slice(hash.as_bytes());
         let record = Record {

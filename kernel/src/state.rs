@@ -45,6 +45,7 @@ pub struct AgentRecord {
     /// Faults in a row (a completed task resets it).
     pub consecutive_faults: u32,
     /// Its durable key/value namespace.
+    #[serde(with = "crate::serde_bytes::map")]
     pub state: BTreeMap<String, Vec<u8>>,
     /// Bytes of keys plus values in `state`.
     pub state_bytes: u64,

@@ -1,1 +1,90 @@
-//! placeholder
+//! End-to-end tests: the real `toka` binary and the real host library, with
+//! agents compiled to `wasm32-wasip2` components, on redb files in temporary
+//! data dirs.
+
+mod bad_input;
+mod demo;
+mod durability;
+mod faults;
+mod restart;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use serde_json::Value;
+use toka_host::{DataDir, Host, HostConfig};
+
+/// What one `toka` invocation did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "toka failed: {self:#?}");
+        &self.stdout
+    }
+}
+
+/// Runs the `toka` binary with `--data data` and `args`.
+pub fn toka(data: &Path, args: &[&str]) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(env!("CARGO_BIN_EXE_toka"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run toka");
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// `toka events --json`, parsed.
+pub fn events_json(data: &Path) -> Vec<Value> {
+    toka(data, &["events", "--json"])
+        .ok()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is a JSON object"))
+        .collect()
+}
+
+/// A fresh temporary directory; the data dir is a path inside it that does
+/// not exist yet.
+pub fn temp_data() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    (dir, data)
+}
+
+/// The path of a compiled agent.
+pub fn agent_path(name: &str) -> &'static str {
+    toka_agents::path(name).unwrap_or_else(|| panic!("no compiled agent named {name}"))
+}
+
+/// The bytes of a compiled agent.
+pub fn agent_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(agent_path(name)).expect("read agent")
+}
+
+/// Opens a host on the redb store in `data` (created if needed).
+pub async fn open_host(data: &Path) -> Host {
+    let store = DataDir::new(data)
+        .open_or_create(&toka_kernel::Limits::default())
+        .expect("open data dir");
+    Host::open(Arc::new(store), HostConfig::default())
+        .await
+        .expect("open host")
+}

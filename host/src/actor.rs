@@ -21,7 +21,7 @@ enum Step {
 }
 
 /// A live instance of the agent's component.
-struct Instance {
+pub(crate) struct Instance {
     store: Store<AgentCtx>,
     agent: Agent,
 }
@@ -164,7 +164,7 @@ async fn finish(inner: &HostInner, agent: AgentId, op: Operation) -> bool {
     }
 }
 
-async fn instantiate(inner: &HostInner, agent: AgentId) -> Result<Instance, String> {
+pub(crate) async fn instantiate(inner: &HostInner, agent: AgentId) -> Result<Instance, String> {
     let component: Digest = inner
         .sequencer
         .read(|k| k.state().agent(agent).map(|a| a.component))

@@ -40,12 +40,13 @@ pub type Records<'a> = Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StoreError
 /// is the real thing.
 pub trait EventStore: Send + Sync + 'static {
     /// Writes a batch in one durable transaction: all of it or none of it.
+    /// Takes the batch by value, so a store may keep its buffers.
     ///
     /// # Errors
     ///
     /// [`StoreError`] when the write or the commit fails; nothing of the batch
     /// is then stored.
-    fn append(&self, batch: &Batch) -> Result<(), StoreError>;
+    fn append(&self, batch: Batch) -> Result<(), StoreError>;
 
     /// The records from sequence number `from` on.
     ///

@@ -312,6 +312,13 @@ impl Host {
         self.inner.sequencer.read(Kernel::head)
     }
 
+    /// Instantiates `agent`'s component exactly as its actor does (store,
+    /// WASI context, instance, `init`) and drops it. For benchmarks.
+    #[doc(hidden)]
+    pub async fn bench_instantiate(&self, agent: AgentId) -> Result<(), String> {
+        actor::instantiate(&self.inner, agent).await.map(drop)
+    }
+
     /// Stops the host: refuses new operations, commits what is pending, and
     /// stops every agent (a task in progress is abandoned; it is failed as
     /// interrupted when the host opens the store again).
@@ -447,10 +454,10 @@ pub fn replay(
     for entry in store.records(1)? {
         let (key, bytes) = entry?;
         let applied = kernel.replay(&bytes)?;
-        if applied.record.seq != key {
+        if applied.seq != key {
             return Err(HostError::HeadMismatch {
                 expected: key,
-                found: applied.record.seq,
+                found: applied.seq,
             });
         }
         on_record(&applied);

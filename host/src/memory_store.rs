@@ -18,7 +18,8 @@ pub struct MemoryStore {
 
 #[derive(Debug)]
 struct Inner {
-    records: BTreeMap<u64, Vec<u8>>,
+    /// Ascending by seq (the writer appends in order).
+    records: Vec<(u64, Vec<u8>)>,
     blobs: BTreeMap<Digest, Vec<u8>>,
     tokens: BTreeMap<Digest, Vec<u8>>,
     head: ChainHead,
@@ -31,7 +32,7 @@ impl MemoryStore {
     pub fn new(limits: Limits) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Inner {
-                records: BTreeMap::new(),
+                records: Vec::new(),
                 blobs: BTreeMap::new(),
                 tokens: BTreeMap::new(),
                 head: ChainHead::default(),
@@ -46,31 +47,26 @@ impl MemoryStore {
 }
 
 impl EventStore for MemoryStore {
-    fn append(&self, batch: &Batch) -> Result<(), StoreError> {
+    fn append(&self, batch: Batch) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        for (seq, bytes) in &batch.records {
-            inner.records.insert(*seq, bytes.clone());
-        }
-        for (digest, bytes) in &batch.blobs {
-            inner.blobs.entry(*digest).or_insert_with(|| bytes.to_vec());
-        }
-        for (digest, bytes) in &batch.tokens {
-            inner
-                .tokens
-                .entry(*digest)
-                .or_insert_with(|| bytes.to_vec());
-        }
         if !batch.records.is_empty() {
             inner.head = batch.head;
+        }
+        inner.records.extend(batch.records);
+        for (digest, bytes) in batch.blobs {
+            inner.blobs.entry(digest).or_insert_with(|| bytes.to_vec());
+        }
+        for (digest, bytes) in batch.tokens {
+            inner.tokens.entry(digest).or_insert_with(|| bytes.to_vec());
         }
         Ok(())
     }
 
     fn records(&self, from: u64) -> Result<Records<'_>, StoreError> {
-        let records: Vec<_> = self
-            .lock()
-            .records
-            .range(from..)
+        let inner = self.lock();
+        let start = inner.records.partition_point(|(seq, _)| *seq < from);
+        let records: Vec<_> = inner.records[start..]
+            .iter()
             .map(|(seq, bytes)| Ok((*seq, bytes.clone())))
             .collect();
         Ok(Box::new(records.into_iter()))

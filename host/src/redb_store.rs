@@ -178,7 +178,7 @@ impl RedbStore {
 }
 
 impl EventStore for RedbStore {
-    fn append(&self, batch: &Batch) -> Result<(), StoreError> {
+    fn append(&self, batch: Batch) -> Result<(), StoreError> {
         let p = &self.path;
         let mut tx = self.db.begin_write().map_err(|e| backend(p, e))?;
         tx.set_durability(Durability::Immediate)

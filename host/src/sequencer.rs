@@ -16,6 +16,7 @@
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use toka_kernel::{
     AgentId, AgentSpec, Applied, Authorization, Command, Digest, EntityId, EntityKind, Event,
@@ -29,6 +30,11 @@ use crate::event_store::{Batch, EventStore};
 
 /// Submitters wait once this many records are pending.
 const MAX_PENDING_RECORDS: usize = 16 * 1024;
+/// A writer woken for a batch smaller than this lingers first ...
+const LINGER_BELOW: usize = 64;
+/// ... this long, so a steady trickle of operations commits in groups
+/// instead of paying a thread wake-up per operation.
+const LINGER: Duration = Duration::from_micros(100);
 /// ... or once the pending records hold this many bytes.
 const MAX_PENDING_BYTES: usize = 64 << 20;
 
@@ -75,7 +81,19 @@ struct Shared {
     published: watch::Sender<u64>,
 }
 
+/// What the log writer is doing; submitters wake it only when it is idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// Waiting for work: the next submitter must notify it.
+    Idle,
+    /// Gathering a batch on purpose; it wakes by itself.
+    Lingering,
+    /// Committing; it looks for more work before it sleeps.
+    Busy,
+}
+
 struct Core {
+    writer: Writer,
     kernel: Kernel,
     clock: Arc<dyn Clock>,
     pending: Batch,
@@ -96,6 +114,7 @@ impl Sequencer {
         Self {
             shared: Arc::new(Shared {
                 core: Mutex::new(Core {
+                    writer: Writer::Busy,
                     kernel,
                     clock,
                     pending: Batch::default(),
@@ -133,40 +152,39 @@ impl Sequencer {
         cause: Option<OpKey>,
         request: Request,
     ) -> Result<Result<Receipt, KernelError>, Stopped> {
-        self.wait_for_room().await?;
-        let mut core = self.lock();
-        core.check_running()?;
-        let token = match core.kernel.state().agent(agent) {
-            Some(a) => a.token,
-            None => return Ok(Err(unknown_agent(agent))),
-        };
+        let mut core = self.lock_with_room().await?;
         let op = match request {
             Request::Op(op) => op,
             Request::Spawn {
                 component,
                 name,
                 rights: _,
-            } => match core.resolve_component(&component) {
-                Ok(component) => Operation::SpawnAgent {
-                    spec: AgentSpec {
-                        component,
-                        name,
-                        token,
+            } => {
+                let token = match core.kernel.state().agent(agent) {
+                    Some(a) => a.token,
+                    None => return Ok(Err(unknown_agent(agent))),
+                };
+                match core.resolve_component(&component) {
+                    Ok(component) => Operation::SpawnAgent {
+                        spec: AgentSpec {
+                            component,
+                            name,
+                            token,
+                        },
                     },
-                },
-                Err(e) => return Ok(Err(e)),
-            },
+                    Err(e) => return Ok(Err(e)),
+                }
+            }
         };
         let command = Command {
             origin: agent,
             time: core.stamp(),
-            auth: Authorization::Token(token),
+            auth: Authorization::Token,
             cause,
             op,
         };
         let result = core.apply(command, None);
-        drop(core);
-        self.shared.work.notify_one();
+        self.release(core);
         Ok(result)
     }
 
@@ -178,38 +196,41 @@ impl Sequencer {
         op: Operation,
         blob: Option<(Digest, Arc<[u8]>)>,
     ) -> Result<Result<Receipt, KernelError>, Stopped> {
-        self.wait_for_room().await?;
-        let mut core = self.lock();
-        core.check_running()?;
+        let mut core = self.lock_with_room().await?;
         let command = Command::system(origin, core.stamp(), op);
         let result = core.apply(command, blob);
-        drop(core);
-        self.shared.work.notify_one();
+        self.release(core);
         Ok(result)
     }
 
-    /// Waits until the pending batch is below its bounds.
-    async fn wait_for_room(&self) -> Result<(), Stopped> {
+    /// Locks the core once the pending batch is below its bounds (waiting
+    /// for the writer otherwise).
+    async fn lock_with_room(&self) -> Result<MutexGuard<'_, Core>, Stopped> {
         loop {
             {
                 let core = self.lock();
                 core.check_running()?;
                 if !core.is_full() {
-                    return Ok(());
+                    return Ok(core);
                 }
             }
             // Subscribe first, then re-check, so a commit in between is not missed.
             let mut rx = self.shared.committed.subscribe();
-            {
-                let core = self.lock();
-                core.check_running()?;
-                if !core.is_full() {
-                    return Ok(());
-                }
+            if !self.lock().is_full() {
+                continue;
             }
             if rx.changed().await.is_err() {
                 return Err(Stopped("the log writer is gone".into()));
             }
+        }
+    }
+
+    /// Unlocks the core, waking the writer if it sleeps with work pending.
+    fn release(&self, core: MutexGuard<'_, Core>) {
+        let wake = core.writer == Writer::Idle && !core.pending.is_empty();
+        drop(core);
+        if wake {
+            self.shared.work.notify_one();
         }
     }
 
@@ -265,7 +286,7 @@ impl Sequencer {
             .spawn(move || {
                 while let Some((batch, records)) = shared.next_batch() {
                     let last = batch.head.seq;
-                    if let Err(e) = store.append(&batch) {
+                    if let Err(e) = store.append(batch) {
                         tracing::error!(error = %e, "committing the log failed; the host stops");
                         shared.fail(Stopped(format!("committing the log failed: {e}")));
                         return;
@@ -286,8 +307,20 @@ impl Shared {
     /// Blocks until there is a batch to write; `None` once closing and drained.
     fn next_batch(&self) -> Option<(Batch, Vec<CommittedRecord>)> {
         let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lingered = false;
         loop {
             if !core.pending.is_empty() {
+                if core.pending_records.len() < LINGER_BELOW && !core.closing && !lingered {
+                    lingered = true;
+                    core.writer = Writer::Lingering;
+                    core = self
+                        .work
+                        .wait_timeout(core, LINGER)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    continue;
+                }
+                core.writer = Writer::Busy;
                 core.pending_bytes = 0;
                 let batch = std::mem::take(&mut core.pending);
                 let records = std::mem::take(&mut core.pending_records);
@@ -296,6 +329,7 @@ impl Shared {
             if core.closing {
                 return None;
             }
+            core.writer = Writer::Idle;
             core = self.work.wait(core).unwrap_or_else(|e| e.into_inner());
         }
     }
@@ -350,22 +384,25 @@ impl Core {
         blob: Option<(Digest, Arc<[u8]>)>,
     ) -> Result<Receipt, KernelError> {
         let Applied {
-            record,
+            seq,
+            origin,
+            time,
             bytes,
             events,
+            ..
         } = self.kernel.apply(command)?;
         let receipt = Receipt {
-            seq: record.seq,
+            seq,
             created: created(&events),
         };
         self.pending_bytes += bytes.len() + blob.as_ref().map_or(0, |(_, b)| b.len());
-        self.pending.records.push((record.seq, bytes));
+        self.pending.records.push((seq, bytes));
         self.pending.blobs.extend(blob);
         self.pending.head = self.kernel.head();
         self.pending_records.push(CommittedRecord {
-            seq: record.seq,
-            origin: record.command.origin,
-            time: record.command.time,
+            seq,
+            origin,
+            time,
             events,
         });
         Ok(receipt)

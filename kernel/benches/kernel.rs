@@ -56,7 +56,7 @@ fn agent_command(agent: AgentId, op: Operation) -> Command {
     Command {
         origin: agent,
         time: Timestamp(2),
-        auth: Authorization::Token(Digest::of(b"token")),
+        auth: Authorization::Token,
         cause: None,
         op,
     }

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use crate::command::{Authorization, Command};
+use crate::command::{Authorization, Command, Timestamp};
 use crate::error::{EntityKind, KernelError};
 use crate::event::Event;
 use crate::extension::{ExtensionCall, Registry};
@@ -46,12 +46,9 @@ fn denied(origin: EntityId, operation: OpKind, reason: impl Into<String>) -> Ker
 }
 
 impl WorldState {
-    /// Applies `cmd`; on error nothing has changed.
-    pub(crate) fn apply(
-        &mut self,
-        cmd: &Command,
-        env: &Env<'_>,
-    ) -> Result<Vec<Event>, KernelError> {
+    /// Applies `cmd`, taking its payloads into the events; on error nothing
+    /// has changed.
+    pub(crate) fn apply(&mut self, cmd: Command, env: &Env<'_>) -> Result<Vec<Event>, KernelError> {
         if cmd.time < self.time {
             return Err(KernelError::TimeWentBackwards {
                 last: self.time,
@@ -59,38 +56,38 @@ impl WorldState {
             });
         }
         let kind = cmd.op.kind();
-        self.check_authority(cmd, kind)?;
-        let cause_task = self.check_cause(cmd, kind, env.limits)?;
+        self.check_authority(&cmd, kind)?;
+        let cause_task = self.check_cause(&cmd, kind, env.limits)?;
 
-        let origin = cmd.origin;
+        let Command {
+            origin, time, op, ..
+        } = cmd;
         let limits = env.limits;
-        let events = match &cmd.op {
+        let events = match op {
             Operation::ScheduleTask { agent, spec } => {
-                self.schedule_task(origin, *agent, spec, limits, env.seq)?
+                self.schedule_task(origin, agent, spec, limits, env.seq)?
             }
-            Operation::StartTask { task } => self.start_task(origin, *task)?,
+            Operation::StartTask { task } => self.start_task(origin, task)?,
             Operation::CompleteTask { task, output } => {
-                self.complete_task(origin, *task, output, limits)?
+                self.complete_task(origin, task, output, limits)?
             }
-            Operation::FailTask { task, reason } => {
-                self.fail_task(origin, *task, reason, limits)?
-            }
+            Operation::FailTask { task, reason } => self.fail_task(origin, task, reason, limits)?,
             Operation::SpawnAgent { spec } => self.spawn_agent(origin, spec, limits)?,
             Operation::TerminateAgent { agent, reason } => {
-                self.terminate_agent(origin, *agent, reason, limits)?
+                self.terminate_agent(origin, agent, reason, limits)?
             }
             Operation::RecordFault { agent, reason } => {
-                self.record_fault(origin, *agent, reason, limits)?
+                self.record_fault(origin, agent, reason, limits)?
             }
             Operation::EmitObservation { topic, data } => {
                 check_size(Limit::Observation, limits.max_observation, data.len())?;
-                if let Some(topic) = topic {
+                if let Some(topic) = &topic {
                     check_size(Limit::Topic, limits.max_topic, topic.len())?;
                 }
                 vec![Event::ObservationEmitted {
                     agent: origin,
-                    topic: topic.clone(),
-                    data: data.clone(),
+                    topic,
+                    data,
                 }]
             }
             Operation::PutState { key, value } => self.put_state(origin, key, value, limits)?,
@@ -104,11 +101,11 @@ impl WorldState {
                 family,
                 opcode,
                 payload,
-            } => self.extension(cmd, family, *opcode, payload, env)?,
+            } => self.extension(origin, time, family, opcode, &payload, env)?,
         };
 
         // Infallible bookkeeping, after the operation succeeded.
-        self.time = cmd.time;
+        self.time = time;
         if let Some(task) = cause_task
             && let Some(TaskRecord {
                 status: TaskStatus::Running { ops },
@@ -133,7 +130,7 @@ impl WorldState {
         if origin == EntityId::SYSTEM {
             return match cmd.auth {
                 Authorization::System => Ok(()),
-                Authorization::Token(_) => Err(denied(
+                Authorization::Token => Err(denied(
                     origin,
                     kind,
                     "the system acts on its own authority, not with a token",
@@ -144,18 +141,6 @@ impl WorldState {
             .agents
             .get(&origin)
             .ok_or_else(|| KernelError::unknown(EntityKind::Agent, origin))?;
-        if let Authorization::Token(token) = cmd.auth
-            && token != agent.token
-        {
-            return Err(denied(
-                origin,
-                kind,
-                format!(
-                    "token {} is not the token the agent is bound to",
-                    token.short()
-                ),
-            ));
-        }
         if !kind.host_only() && !agent.is_active() {
             return Err(KernelError::invalid(
                 kind,
@@ -261,7 +246,7 @@ impl WorldState {
         &mut self,
         origin: EntityId,
         agent: AgentId,
-        spec: &TaskSpec,
+        spec: TaskSpec,
         limits: &Limits,
         seq: u64,
     ) -> Result<Vec<Event>, KernelError> {
@@ -295,7 +280,7 @@ impl WorldState {
             task,
             agent,
             by: origin,
-            spec: spec.clone(),
+            spec,
         }])
     }
 
@@ -340,7 +325,7 @@ impl WorldState {
         &mut self,
         origin: EntityId,
         task: TaskId,
-        output: &[u8],
+        output: Vec<u8>,
         limits: &Limits,
     ) -> Result<Vec<Event>, KernelError> {
         const KIND: OpKind = OpKind::CompleteTask;
@@ -363,7 +348,7 @@ impl WorldState {
         Ok(vec![Event::TaskCompleted {
             task,
             agent,
-            output: output.to_vec(),
+            output,
         }])
     }
 
@@ -371,13 +356,13 @@ impl WorldState {
         &mut self,
         origin: EntityId,
         task: TaskId,
-        reason: &str,
+        reason: String,
         limits: &Limits,
     ) -> Result<Vec<Event>, KernelError> {
         check_size(Limit::Reason, limits.max_reason, reason.len())?;
         let agent = self.own_task(origin, task, OpKind::FailTask)?.agent;
 
-        Ok(vec![self.remove_failed(task, agent, reason.to_owned())])
+        Ok(vec![self.remove_failed(task, agent, reason)])
     }
 
     /// Removes a queued or running task as failed (infallible).
@@ -401,7 +386,7 @@ impl WorldState {
     fn spawn_agent(
         &mut self,
         origin: EntityId,
-        spec: &AgentSpec,
+        spec: AgentSpec,
         limits: &Limits,
     ) -> Result<Vec<Event>, KernelError> {
         check_name(OpKind::SpawnAgent, "agent", &spec.name, limits)?;
@@ -430,7 +415,7 @@ impl WorldState {
         Ok(vec![Event::AgentSpawned {
             agent,
             parent: origin,
-            spec: spec.clone(),
+            spec,
         }])
     }
 
@@ -438,7 +423,7 @@ impl WorldState {
         &mut self,
         origin: EntityId,
         agent: AgentId,
-        reason: &str,
+        reason: String,
         limits: &Limits,
     ) -> Result<Vec<Event>, KernelError> {
         check_size(Limit::Reason, limits.max_reason, reason.len())?;
@@ -450,19 +435,23 @@ impl WorldState {
             .copied()
             .collect();
 
-        let mut events = vec![Event::AgentTerminated {
-            agent,
-            by: origin,
-            reason: reason.to_owned(),
-        }];
+        let mut events = Vec::with_capacity(1 + doomed.len());
         for task in doomed {
             events.push(self.remove_failed(task, agent, format!("agent terminated: {reason}")));
         }
         if let Some(a) = self.agents.get_mut(&agent) {
             a.status = AgentStatus::Terminated {
-                reason: reason.to_owned(),
+                reason: reason.clone(),
             };
         }
+        events.insert(
+            0,
+            Event::AgentTerminated {
+                agent,
+                by: origin,
+                reason,
+            },
+        );
         Ok(events)
     }
 
@@ -470,7 +459,7 @@ impl WorldState {
         &mut self,
         origin: EntityId,
         agent: AgentId,
-        reason: &str,
+        reason: String,
         limits: &Limits,
     ) -> Result<Vec<Event>, KernelError> {
         const KIND: OpKind = OpKind::RecordFault;
@@ -485,7 +474,7 @@ impl WorldState {
         a.consecutive_faults = a.consecutive_faults.saturating_add(1);
         Ok(vec![Event::AgentFaulted {
             agent,
-            reason: reason.to_owned(),
+            reason,
             consecutive: a.consecutive_faults,
         }])
     }
@@ -493,8 +482,8 @@ impl WorldState {
     fn put_state(
         &mut self,
         origin: EntityId,
-        key: &str,
-        value: &[u8],
+        key: String,
+        value: Vec<u8>,
         limits: &Limits,
     ) -> Result<Vec<Event>, KernelError> {
         const KIND: OpKind = OpKind::PutState;
@@ -504,7 +493,7 @@ impl WorldState {
         check_size(Limit::StateKey, limits.max_state_key, key.len())?;
         check_size(Limit::StateValue, limits.max_state_value, value.len())?;
         let agent = self.own_namespace(origin, KIND)?;
-        let (keys, bytes) = match agent.state.get(key) {
+        let (keys, bytes) = match agent.state.get(&key) {
             Some(old) => (
                 agent.state.len() as u64,
                 agent.state_bytes - old.len() as u64 + value.len() as u64,
@@ -518,29 +507,29 @@ impl WorldState {
         check_count(Limit::StateBytes, limits.max_state_bytes, bytes)?;
 
         if let Some(a) = self.agents.get_mut(&origin) {
-            a.state.insert(key.to_owned(), value.to_vec());
+            a.state.insert(key.clone(), value.clone());
             a.state_bytes = bytes;
         }
         Ok(vec![Event::StatePut {
             agent: origin,
-            key: key.to_owned(),
-            value: value.to_vec(),
+            key,
+            value,
         }])
     }
 
-    fn delete_state(&mut self, origin: EntityId, key: &str) -> Result<Vec<Event>, KernelError> {
+    fn delete_state(&mut self, origin: EntityId, key: String) -> Result<Vec<Event>, KernelError> {
         self.own_namespace(origin, OpKind::DeleteState)?;
 
         let mut existed = false;
         if let Some(a) = self.agents.get_mut(&origin)
-            && let Some(old) = a.state.remove(key)
+            && let Some(old) = a.state.remove(&key)
         {
             a.state_bytes -= (key.len() + old.len()) as u64;
             existed = true;
         }
         Ok(vec![Event::StateDeleted {
             agent: origin,
-            key: key.to_owned(),
+            key,
             existed,
         }])
     }
@@ -555,7 +544,7 @@ impl WorldState {
         self.active_agent(origin, kind)
     }
 
-    fn revoke(&mut self, revocation_id: &[u8]) -> Result<Vec<Event>, KernelError> {
+    fn revoke(&mut self, revocation_id: Vec<u8>) -> Result<Vec<Event>, KernelError> {
         const KIND: OpKind = OpKind::RevokeToken;
         if revocation_id.is_empty() || revocation_id.len() > MAX_REVOCATION_ID {
             return Err(KernelError::invalid(
@@ -566,20 +555,18 @@ impl WorldState {
                 ),
             ));
         }
-        if self.revoked.contains(revocation_id) {
+        if self.revoked.contains(&revocation_id) {
             return Err(KernelError::invalid(KIND, "already revoked"));
         }
 
-        self.revoked.insert(revocation_id.to_vec());
-        Ok(vec![Event::TokenRevoked {
-            revocation_id: revocation_id.to_vec(),
-        }])
+        self.revoked.insert(revocation_id.clone());
+        Ok(vec![Event::TokenRevoked { revocation_id }])
     }
 
     fn record_denial(
         &mut self,
         origin: EntityId,
-        denial: &Denial,
+        denial: Denial,
         limits: &Limits,
     ) -> Result<Vec<Event>, KernelError> {
         if origin == EntityId::SYSTEM {
@@ -593,14 +580,14 @@ impl WorldState {
         check_size(Limit::Reason, limits.max_reason, denial.reason.len())?;
         Ok(vec![Event::CapabilityDenied {
             agent: origin,
-            denial: denial.clone(),
+            denial,
         }])
     }
 
     fn install_component(
         &mut self,
         origin: EntityId,
-        component: &ComponentSpec,
+        component: ComponentSpec,
         limits: &Limits,
     ) -> Result<Vec<Event>, KernelError> {
         const KIND: OpKind = OpKind::InstallComponent;
@@ -626,15 +613,14 @@ impl WorldState {
         self.components.insert(component.digest, component.clone());
         self.component_names
             .insert(component.name.clone(), component.digest);
-        Ok(vec![Event::ComponentInstalled {
-            component: component.clone(),
-        }])
+        Ok(vec![Event::ComponentInstalled { component }])
     }
 
     fn extension(
         &mut self,
-        cmd: &Command,
-        family: &str,
+        origin: EntityId,
+        time: Timestamp,
+        family: String,
         opcode: u32,
         payload: &[u8],
         env: &Env<'_>,
@@ -644,17 +630,17 @@ impl WorldState {
             env.limits.max_extension_payload,
             payload.len(),
         )?;
-        let handler = env.registry.get(family)?;
+        let handler = env.registry.get(&family)?;
         let empty = Default::default();
         let effects = handler.handle(&ExtensionCall {
-            origin: cmd.origin,
-            time: cmd.time,
+            origin,
+            time,
             opcode,
             payload,
-            store: self.extensions.get(family).unwrap_or(&empty),
+            store: self.extensions.get(&family).unwrap_or(&empty),
         })?;
 
-        let store = self.extensions.entry(family.to_owned()).or_default();
+        let store = self.extensions.entry(family.clone()).or_default();
         for (key, value) in effects.writes {
             match value {
                 Some(v) => store.insert(key, v),
@@ -662,10 +648,10 @@ impl WorldState {
             };
         }
         if store.is_empty() {
-            self.extensions.remove(family);
+            self.extensions.remove(&family);
         }
         Ok(vec![Event::ExtensionApplied {
-            family: family.to_owned(),
+            family,
             opcode,
             output: effects.output,
         }])

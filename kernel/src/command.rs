@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::{Digest, EntityId, TaskId};
+use crate::id::{EntityId, TaskId};
 use crate::operation::Operation;
 
 /// A logical timestamp assigned by the host, in milliseconds since the Unix
@@ -30,9 +30,11 @@ pub enum Authorization {
     /// The host acting on its own authority: operator commands and the task
     /// lifecycle records it writes on an agent's behalf.
     System,
-    /// A capability token, by the digest of its bytes. The kernel requires it
-    /// to be the token the origin agent is bound to.
-    Token(Digest),
+    /// The capability token the origin agent is bound to (named by digest in
+    /// its [`AgentSpec`](crate::AgentSpec), so an auditor finds it from the log
+    /// alone). Not repeated in every record: it would add a third BLAKE3
+    /// block to the hash of a small record.
+    Token,
 }
 
 /// The position of an operation inside a task: the key that makes re-running

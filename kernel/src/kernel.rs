@@ -25,9 +25,9 @@ use crate::state::WorldState;
 /// let component = ComponentSpec { digest: Digest::of(b"wasm"), name: "hello".into(), size: 4 };
 /// let install = Operation::InstallComponent { component: component.clone() };
 /// let applied = kernel.apply(Command::system(EntityId::SYSTEM, Timestamp(1), install)).unwrap();
-/// assert_eq!(applied.record.seq, 1);
+/// assert_eq!(applied.seq, 1);
 /// assert_eq!(applied.events, vec![Event::ComponentInstalled { component }]);
-/// assert_eq!(kernel.head().hash, applied.record.hash);
+/// assert_eq!(kernel.head().hash, applied.hash);
 /// ```
 #[derive(Debug, Clone)]
 pub struct Kernel {
@@ -35,13 +35,23 @@ pub struct Kernel {
     head: ChainHead,
     limits: Limits,
     registry: Registry,
+    /// Reused buffer for encoding records.
+    scratch: Vec<u8>,
 }
 
-/// The result of applying one command.
+/// The result of applying one command: its record's position, hash and
+/// bytes, and the events (which took the command's payloads; decode `bytes`
+/// with [`Record::decode`] for the command itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
-    /// The sealed record (it owns the command).
-    pub record: Record,
+    /// The record's sequence number.
+    pub seq: u64,
+    /// The record's hash, the new chain head.
+    pub hash: crate::Digest,
+    /// The command's origin.
+    pub origin: crate::EntityId,
+    /// The command's logical time.
+    pub time: crate::Timestamp,
     /// The record's encoding, ready to be stored.
     pub bytes: Vec<u8>,
     /// What the command did.
@@ -122,6 +132,7 @@ impl Kernel {
             head,
             limits,
             registry,
+            scratch: Vec::new(),
         }
     }
 
@@ -158,19 +169,23 @@ impl Kernel {
     /// the state and the chain head are then exactly as before.
     pub fn apply(&mut self, command: Command) -> Result<Applied, KernelError> {
         let seq = self.head.seq + 1;
+        // Sealing is pure, so it goes first: then the state can take the
+        // command's payloads into the events instead of copying them. A
+        // rejected command only wastes the encoding.
+        let (hash, bytes) = Record::seal(seq, &self.head.hash, &command, &mut self.scratch);
+        let (origin, time) = (command.origin, command.time);
         let env = Env {
             limits: &self.limits,
             registry: &self.registry,
             seq,
         };
-        let events = self.state.apply(&command, &env)?;
-        let (record, bytes) = Record::seal(seq, self.head.hash, command);
-        self.head = ChainHead {
-            seq,
-            hash: record.hash,
-        };
+        let events = self.state.apply(command, &env)?;
+        self.head = ChainHead { seq, hash };
         Ok(Applied {
-            record,
+            seq,
+            hash,
+            origin,
+            time,
             bytes,
             events,
         })

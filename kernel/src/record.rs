@@ -93,28 +93,29 @@ pub enum RecordError {
 }
 
 impl Record {
-    /// Encodes a record for `command` at `seq` after `prev_hash`.
-    pub(crate) fn seal(seq: u64, prev_hash: Digest, command: Command) -> (Record, Vec<u8>) {
+    /// Encodes the record for `command` at `seq` after `prev_hash` and
+    /// returns its hash and bytes. `scratch` is the encoding buffer, so the
+    /// bytes are allocated once, at their exact size.
+    pub(crate) fn seal(
+        seq: u64,
+        prev_hash: &Digest,
+        command: &Command,
+        scratch: &mut Vec<u8>,
+    ) -> (Digest, Vec<u8>) {
         let body = BodyRef {
-            version: FORMAT_VERSION,
-            seq,
-            prev_hash: &prev_hash,
-            command: &command,
-        };
-        // Serializing plain data into a Vec cannot fail.
-        // Room for the body of a small command and the hash, so the common
-        // case allocates once.
-        let mut bytes = postcard::to_extend(&body, Vec::with_capacity(256)).unwrap_or_default();
-        let hash = Digest::of(&bytes);
-        bytes.extend_from_slice(hash.as_bytes());
-        let record = Record {
             version: FORMAT_VERSION,
             seq,
             prev_hash,
             command,
-            hash,
         };
-        (record, bytes)
+        scratch.clear();
+        // Serializing plain data into a Vec cannot fail.
+        let mut buf = postcard::to_extend(&body, std::mem::take(scratch)).unwrap_or_default();
+        let hash = Digest::of(&buf);
+        buf.extend_from_slice(hash.as_bytes());
+        let bytes = buf.as_slice().to_vec();
+        *scratch = buf;
+        (hash, bytes)
     }
 
     /// Decodes and checks one record: its version, its hash, and that no

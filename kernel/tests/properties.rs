@@ -18,20 +18,57 @@ use toka_kernel::{
 #[derive(Debug, Clone)]
 enum Step {
     Install(u8),
-    Spawn { parent: u8, component: u8, name: u8 },
-    Schedule { by: u8, agent: u8, len: u8 },
-    Start { agent: u8 },
-    StartTask { task: u8 },
-    Complete { task: u8, output: u8 },
-    Fail { task: u8 },
-    Terminate { agent: u8 },
-    Fault { agent: u8 },
-    Observe { agent: u8, len: u8, in_task: bool },
-    Put { agent: u8, key: u8, len: u8 },
-    Delete { agent: u8, key: u8 },
+    Spawn {
+        parent: u8,
+        component: u8,
+        name: u8,
+    },
+    Schedule {
+        by: u8,
+        agent: u8,
+        len: u8,
+    },
+    Start {
+        agent: u8,
+    },
+    StartTask {
+        task: u8,
+    },
+    Complete {
+        task: u8,
+        output: u8,
+    },
+    Fail {
+        task: u8,
+    },
+    Terminate {
+        agent: u8,
+    },
+    Fault {
+        agent: u8,
+    },
+    Observe {
+        agent: u8,
+        len: u8,
+        in_task: bool,
+    },
+    Put {
+        agent: u8,
+        key: u8,
+        len: u8,
+    },
+    Delete {
+        agent: u8,
+        key: u8,
+    },
     Revoke(u8),
-    Deny { agent: u8 },
-    Forged { agent: u8 },
+    Deny {
+        agent: u8,
+    },
+    /// An agent submitting a host-only operation with its token.
+    AgentHostOp {
+        agent: u8,
+    },
     Backwards,
 }
 
@@ -56,7 +93,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (any::<u8>(), any::<u8>()).prop_map(|(agent, key)| Step::Delete { agent, key }),
         1 => any::<u8>().prop_map(Step::Revoke),
         1 => any::<u8>().prop_map(|agent| Step::Deny { agent }),
-        1 => any::<u8>().prop_map(|agent| Step::Forged { agent }),
+        1 => any::<u8>().prop_map(|agent| Step::AgentHostOp { agent }),
         1 => Just(Step::Backwards),
     ]
 }
@@ -132,7 +169,7 @@ fn command(w: &World, known: &Known, step: &Step) -> Command {
             .kernel
             .state()
             .agent(agent)
-            .map_or(Authorization::System, |a| Authorization::Token(a.token)),
+            .map_or(Authorization::System, |_| Authorization::Token),
         cause,
         op,
     };
@@ -293,14 +330,14 @@ fn command(w: &World, known: &Known, step: &Step) -> Command {
                 },
             },
         ),
-        Step::Forged { agent } => Command {
+        Step::AgentHostOp { agent } => Command {
             origin: known.agent(agent),
             time: now,
-            auth: Authorization::Token(Digest::of(b"forged")),
+            auth: Authorization::Token,
             cause: None,
-            op: Operation::EmitObservation {
-                topic: None,
-                data: vec![],
+            op: Operation::RecordFault {
+                agent: known.agent(agent),
+                reason: "self-reported".into(),
             },
         },
         Step::Backwards => Command {
@@ -332,8 +369,10 @@ proptest! {
             match w.apply(cmd.clone()) {
                 Ok(applied) => {
                     accepted += 1;
-                    prop_assert_eq!(&applied.record.command, &cmd);
-                    prop_assert_eq!(Record::decode(&applied.bytes).unwrap(), applied.record.clone());
+                    let record = Record::decode(&applied.bytes).unwrap();
+                    prop_assert_eq!(&record.command, &cmd);
+                    prop_assert_eq!((record.seq, record.hash), (applied.seq, applied.hash));
+                    prop_assert_eq!((applied.origin, applied.time), (cmd.origin, cmd.time));
                     for event in &applied.events {
                         let bytes = postcard::to_allocvec(event).unwrap();
                         prop_assert_eq!(&postcard::from_bytes::<Event>(&bytes).unwrap(), event);

@@ -25,22 +25,15 @@ pub(crate) fn main(data: &Path, args: Args) -> CliResult {
     let mut out = std::io::stdout().lock();
     let mut write_error = None;
     toka_host::replay(&store, |applied| {
-        let record = &applied.record;
         for event in &applied.events {
             names.learn(event);
-            if record.seq < args.from || write_error.is_some() {
+            if applied.seq < args.from || write_error.is_some() {
                 continue;
             }
             let line = if args.json {
-                render::json(
-                    record.seq,
-                    record.command.time,
-                    record.command.origin,
-                    event,
-                )
-                .to_string()
+                render::json(applied.seq, applied.time, applied.origin, event).to_string()
             } else {
-                render::human(record.seq, record.command.origin, event, &names)
+                render::human(applied.seq, applied.origin, event, &names)
             };
             if let Err(e) = std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes()) {
                 write_error = Some(e);

@@ -13,6 +13,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// See host/Cargo.toml: records cross threads, and mimalloc handles that well.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Run WebAssembly agents on a deterministic kernel with a durable log.
 #[derive(Debug, Parser)]
 #[command(name = "toka", version, about, max_term_width = 100)]

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use toka_host::{EventStore, Host, HostConfig, MemoryStore, RedbStore};
+use toka_host::{EventStore, Grant, Host, HostConfig, MemoryStore, RedbStore, RootKey};
 use toka_kernel::{
     AgentSpec, Authorization, Command, ComponentSpec, Digest, EntityId, Event, Kernel, Limits,
     OpKey, Operation, TaskSpec, Timestamp,
@@ -179,9 +179,14 @@ fn floor(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             b.iter_custom(|iters| {
                 rt.block_on(async {
                     let (_dir, store) = fresh_store(name);
-                    let host = Host::open(store, HostConfig::default()).await.unwrap();
+                    let host = Host::open(store, RootKey::generate(), HostConfig::default())
+                        .await
+                        .unwrap();
                     let component = host.install("bench", bench_component()).await.unwrap();
-                    let agent = host.spawn(component, "bench").await.unwrap();
+                    let agent = host
+                        .spawn(component, "bench", observe_grant())
+                        .await
+                        .unwrap();
 
                     let start = Instant::now();
                     // Tasks stay under the kernel's operations-per-task limit.
@@ -250,12 +255,16 @@ fn instantiate(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let (host, agent) = rt.block_on(async {
         let host = Host::open(
             Arc::new(MemoryStore::new(Limits::default())),
+            RootKey::generate(),
             HostConfig::default(),
         )
         .await
         .unwrap();
         let component = host.install("bench", bench_component()).await.unwrap();
-        let agent = host.spawn(component, "bench").await.unwrap();
+        let agent = host
+            .spawn(component, "bench", observe_grant())
+            .await
+            .unwrap();
         (host, agent)
     });
     group.bench_function("toka agent (store, WASI, instance, init)", |b| {
@@ -263,6 +272,10 @@ fn instantiate(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     });
     rt.block_on(host.shutdown()).unwrap();
     group.finish();
+}
+
+fn observe_grant() -> Grant {
+    Grant::Rights(vec!["observe".parse().unwrap()])
 }
 
 fn fresh_store(name: &str) -> (Option<tempfile::TempDir>, Arc<dyn EventStore>) {
@@ -276,7 +289,13 @@ fn fresh_store(name: &str) -> (Option<tempfile::TempDir>, Arc<dyn EventStore>) {
 
 fn redb_store() -> (tempfile::TempDir, RedbStore) {
     let dir = tempfile::tempdir().unwrap();
-    let store = RedbStore::create(&dir.path().join("toka.redb"), &Limits::default()).unwrap();
+    let root = RootKey::generate();
+    let store = RedbStore::create(
+        &dir.path().join("toka.redb"),
+        &Limits::default(),
+        &root.public().to_bytes(),
+    )
+    .unwrap();
     (dir, store)
 }
 
@@ -313,6 +332,7 @@ fn observation_records(n: u64) -> Vec<(u64, Vec<u8>)> {
             component: digest,
             name: "bench".into(),
             token,
+            rights: Vec::new(),
         },
     }))[0] else {
         unreachable!()

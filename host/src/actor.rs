@@ -9,6 +9,7 @@ use wasmtime::Store;
 use crate::agent_ctx::{AgentCtx, wit_id};
 use crate::bindings::{Agent, wit};
 use crate::host::HostInner;
+use crate::sequencer::Attachments;
 
 /// What an actor does next.
 enum Step {
@@ -153,7 +154,11 @@ async fn run_task(
 /// Submits a host record on the agent's behalf; false if it was refused.
 async fn finish(inner: &HostInner, agent: AgentId, op: Operation) -> bool {
     let kind = op.kind();
-    match inner.sequencer.submit_system(agent, op, None).await {
+    match inner
+        .sequencer
+        .submit_system(agent, op, Attachments::default())
+        .await
+    {
         Ok(Ok(_)) => true,
         Ok(Err(e)) => {
             // E.g. the agent was terminated while its task ran.

@@ -194,18 +194,26 @@ pub(crate) fn entity_id(id: wit::EntityId) -> EntityId {
     EntityId::from_u128((u128::from(id.hi) << 64) | u128::from(id.lo))
 }
 
-/// The guest-facing form of a refusal: a variant a person can act on.
+/// The guest-facing form of a refusal: a variant a person can act on. The
+/// variant names the category, so the message does not repeat it.
 pub(crate) fn to_wit_error(e: KernelError) -> wit::Error {
-    let message = e.to_string();
     match e {
-        KernelError::CapabilityDenied { .. } => wit::Error::CapabilityDenied(message),
-        KernelError::UnknownEntity { .. } => wit::Error::UnknownEntity(message),
-        KernelError::LimitExceeded { .. } => wit::Error::LimitExceeded(message),
-        KernelError::UnsupportedOperation { .. } => wit::Error::Unsupported(message),
-        KernelError::InvalidOperation { .. } | KernelError::TimeWentBackwards { .. } => {
-            wit::Error::InvalidOperation(message)
+        KernelError::CapabilityDenied {
+            operation, reason, ..
+        } => wit::Error::CapabilityDenied(format!("{operation}: {reason}")),
+        KernelError::UnknownEntity { kind, id } => {
+            wit::Error::UnknownEntity(format!("no {kind} {id}"))
         }
-        _ => wit::Error::Other(message),
+        KernelError::LimitExceeded { limit, max, actual } => {
+            wit::Error::LimitExceeded(format!("{limit} would be {actual}, the limit is {max}"))
+        }
+        KernelError::UnsupportedOperation { family } => wit::Error::Unsupported(format!(
+            "no handler is registered for extension family `{family}`"
+        )),
+        KernelError::InvalidOperation { operation, message } => {
+            wit::Error::InvalidOperation(format!("{operation}: {message}"))
+        }
+        other => wit::Error::Other(other.to_string()),
     }
 }
 

@@ -7,9 +7,11 @@ use toka_kernel::Limits;
 
 use crate::event_store::StoreError;
 use crate::redb_store::RedbStore;
+use crate::root_key::{KeyError, RootKey};
 
 /// A Toka data directory: `toka.redb` (the log, blobs and tokens) and
-/// `root.key` (the root signing key, mode 0600).
+/// `root.key` (the root signing key, mode 0600, unless the operator keeps the
+/// key elsewhere and passes `--root-key`).
 #[derive(Debug, Clone)]
 pub struct DataDir {
     path: PathBuf,
@@ -43,11 +45,16 @@ pub enum DataDirError {
     /// The store inside failed to open.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The root key could not be read or created.
+    #[error(transparent)]
+    Key(#[from] KeyError),
 }
 
 impl DataDir {
     /// The file holding the log.
     pub const DB_FILE: &'static str = "toka.redb";
+    /// The file holding the root key, when the data dir keeps its own.
+    pub const KEY_FILE: &'static str = "root.key";
 
     /// A data dir at `path` (nothing is touched yet).
     #[must_use]
@@ -67,6 +74,38 @@ impl DataDir {
         self.path.join(Self::DB_FILE)
     }
 
+    /// The root key file.
+    #[must_use]
+    pub fn key_path(&self) -> PathBuf {
+        self.path.join(Self::KEY_FILE)
+    }
+
+    /// The root key: from `explicit` if given (it is never copied into the
+    /// data dir), else the data dir's `root.key`, created (with the
+    /// directory) on first use when `create` is set.
+    ///
+    /// # Errors
+    ///
+    /// [`DataDirError`] when the key cannot be read or created, or the
+    /// directory is not a usable data dir.
+    pub fn root_key(&self, explicit: Option<&Path>, create: bool) -> Result<RootKey, DataDirError> {
+        if let Some(path) = explicit {
+            return Ok(RootKey::load(path)?);
+        }
+        let path = self.key_path();
+        if !create || path.exists() {
+            return Ok(RootKey::load(&path)?);
+        }
+        if !self.exists() {
+            self.check_usable()?;
+        }
+        fs::create_dir_all(&self.path).map_err(|source| DataDirError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(RootKey::load_or_create(&path)?.0)
+    }
+
     /// Whether the directory holds a store.
     #[must_use]
     pub fn exists(&self) -> bool {
@@ -74,12 +113,17 @@ impl DataDir {
     }
 
     /// Opens the store, creating the directory and an empty store (written
-    /// under `limits`) when the directory is new or empty.
+    /// under `limits`, for tokens rooted in `root`) when the directory is new
+    /// or holds nothing but its root key.
     ///
     /// # Errors
     ///
     /// [`DataDirError`] naming the problem; on error nothing was created.
-    pub fn open_or_create(&self, limits: &Limits) -> Result<RedbStore, DataDirError> {
+    pub fn open_or_create(
+        &self,
+        limits: &Limits,
+        root: &RootKey,
+    ) -> Result<RedbStore, DataDirError> {
         if self.exists() {
             return Ok(RedbStore::open(&self.db_path())?);
         }
@@ -89,7 +133,7 @@ impl DataDir {
             path: self.path.clone(),
             source,
         })?;
-        RedbStore::create(&self.db_path(), limits).map_err(|e| {
+        RedbStore::create(&self.db_path(), limits, &root.public().to_bytes()).map_err(|e| {
             if created_dir {
                 let _ = fs::remove_dir(&self.path);
             }
@@ -112,7 +156,8 @@ impl DataDir {
         Ok(RedbStore::open(&self.db_path())?)
     }
 
-    /// A directory without a store may become one only if it is empty.
+    /// A directory without a store may become one only if it holds nothing
+    /// but (perhaps) its root key.
     fn check_usable(&self) -> Result<(), DataDirError> {
         if !self.path.exists() {
             return Ok(());
@@ -120,12 +165,14 @@ impl DataDir {
         if !self.path.is_dir() {
             return Err(DataDirError::NotADirectory(self.path.clone()));
         }
-        let mut entries = fs::read_dir(&self.path).map_err(|source| DataDirError::Io {
+        let entries = fs::read_dir(&self.path).map_err(|source| DataDirError::Io {
             path: self.path.clone(),
             source,
         })?;
-        if entries.next().is_some() {
-            return Err(DataDirError::Foreign(self.path.clone()));
+        for entry in entries.filter_map(Result::ok) {
+            if entry.file_name() != Self::KEY_FILE {
+                return Err(DataDirError::Foreign(self.path.clone()));
+            }
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ use crate::components::ComponentError;
 use crate::data_dir::DataDirError;
 use crate::event_store::StoreError;
 use crate::sequencer::Stopped;
+use crate::token::TokenError;
 
 /// Why a host operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,24 @@ pub enum HostError {
         /// Where the log actually ends.
         found: u64,
     },
+    /// A capability token is not usable.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The data dir was created for another root key.
+    #[error(
+        "the root key ({given}) is not the one this data dir was created with ({stored}); pass its key with --root-key"
+    )]
+    RootKeyMismatch {
+        /// The data dir's root public key.
+        stored: String,
+        /// The root public key given.
+        given: String,
+    },
+    /// No stored token carries the revocation id.
+    #[error(
+        "no token in this data dir has revocation id {0} (see `toka token inspect`; --force revokes it anyway)"
+    )]
+    UnknownRevocationId(String),
     /// The host stopped (its log writer failed, or it is shutting down).
     #[error(transparent)]
     Stopped(#[from] Stopped),

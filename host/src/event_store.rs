@@ -76,6 +76,21 @@ pub trait EventStore: Send + Sync + 'static {
     /// [`StoreError`] when the store cannot be read.
     fn token(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Every stored token, `(digest, bytes)`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    fn tokens(&self) -> Result<Vec<(Digest, Vec<u8>)>, StoreError>;
+
+    /// The root public key (32 bytes) the data dir was created for, if it
+    /// records one. A host refuses to open it with another root key.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    fn root_public_key(&self) -> Result<Option<Vec<u8>>, StoreError>;
+
     /// The kernel limits the log was written under (fixed at creation).
     ///
     /// # Errors

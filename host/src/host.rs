@@ -20,8 +20,12 @@ use crate::clock::{Clock, SystemClock};
 use crate::components::Components;
 use crate::error::HostError;
 use crate::event_store::EventStore;
+use crate::gate::Gate;
 use crate::limits::AgentLimits;
-use crate::sequencer::Sequencer;
+use crate::rights::Right;
+use crate::root_key::RootKey;
+use crate::sequencer::{Attachments, Sequencer};
+use crate::token::Token;
 
 /// How often guests are interrupted to yield to other agents.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -63,8 +67,19 @@ impl std::fmt::Debug for HostConfig {
 /// the host stops it too, without waiting).
 pub struct Host {
     inner: Arc<HostInner>,
+    root: Arc<RootKey>,
     writer: Option<JoinHandle<()>>,
     ticker: Option<(JoinHandle<()>, Arc<AtomicBool>)>,
+}
+
+/// The capability token a root agent (one the operator spawns) gets.
+#[derive(Debug, Clone)]
+pub enum Grant {
+    /// A token the host mints, signed by its root key, granting these rights.
+    Rights(Vec<Right>),
+    /// A token minted elsewhere (`toka token issue`, the `biscuit` tool):
+    /// base64 text or raw bytes. It must be rooted in the host's key.
+    Token(Vec<u8>),
 }
 
 /// What actors share with the host.
@@ -95,12 +110,29 @@ impl Host {
     ///
     /// # Errors
     ///
-    /// [`HostError::Replay`] or [`HostError::HeadMismatch`] when the stored
-    /// log does not verify; [`HostError::Store`] when it cannot be read.
-    pub async fn open(store: Arc<dyn EventStore>, config: HostConfig) -> Result<Host, HostError> {
+    /// [`HostError::RootKeyMismatch`] when the store was created for another
+    /// root key; [`HostError::Replay`] or [`HostError::HeadMismatch`] when the
+    /// stored log does not verify; [`HostError::Store`] when it cannot be read.
+    pub async fn open(
+        store: Arc<dyn EventStore>,
+        root: RootKey,
+        config: HostConfig,
+    ) -> Result<Host, HostError> {
+        if let Some(stored) = store.root_public_key()?
+            && stored != root.public().to_bytes()
+        {
+            let stored =
+                biscuit_auth::PublicKey::from_bytes(&stored, biscuit_auth::Algorithm::Ed25519)
+                    .map_or_else(|_| "an unreadable key".to_owned(), |k| k.to_string());
+            return Err(HostError::RootKeyMismatch {
+                stored,
+                given: root.public_string(),
+            });
+        }
         let kernel = replay(store.as_ref(), |_| {})?;
         let components = Components::new().map_err(|e| HostError::Wasmtime(format!("{e:#}")))?;
-        let sequencer = Sequencer::new(kernel, config.clock);
+        let gate = Gate::new(root.public(), Arc::clone(&store), kernel.limits());
+        let sequencer = Sequencer::new(kernel, gate, config.clock);
         let (bus, _) = broadcast::channel(BUS_CAPACITY);
         let inner = Arc::new(HostInner {
             sequencer,
@@ -120,6 +152,7 @@ impl Host {
         let ticker = start_ticker(inner.components.engine().clone())?;
         let host = Host {
             inner,
+            root: Arc::new(root),
             writer: Some(writer),
             ticker: Some(ticker),
         };
@@ -146,8 +179,12 @@ impl Host {
             });
         for (agent, task) in interrupted {
             let reason = "interrupted: the host stopped while the task ran".to_owned();
-            self.submit(agent, Operation::FailTask { task, reason }, None)
-                .await?;
+            self.submit(
+                agent,
+                Operation::FailTask { task, reason },
+                Attachments::default(),
+            )
+            .await?;
         }
         for agent in queued {
             self.inner.wake(agent);
@@ -179,31 +216,110 @@ impl Host {
             name: name.to_owned(),
             size: bytes.len() as u64,
         };
+        let attachments = Attachments {
+            blob: Some((digest, bytes)),
+            token: None,
+        };
         self.submit(
             EntityId::SYSTEM,
             Operation::InstallComponent { component },
-            Some((digest, bytes)),
+            attachments,
         )
         .await?;
         Ok(digest)
     }
 
-    /// Spawns a root agent (parent: the system) running `component`.
+    /// Spawns a root agent (parent: the system) running `component`, bound
+    /// to the token `grant` describes.
     ///
     /// # Errors
     ///
-    /// [`HostError::Kernel`] when the component is not installed or the name
-    /// is not acceptable.
-    pub async fn spawn(&self, component: Digest, name: &str) -> Result<AgentId, HostError> {
+    /// [`HostError::Token`] for a token that is malformed, too large, not
+    /// rooted in the host's key, or expired; [`HostError::Kernel`] when the component is
+    /// not installed or the name is not acceptable. Nothing is applied then.
+    pub async fn spawn(
+        &self,
+        component: Digest,
+        name: &str,
+        grant: Grant,
+    ) -> Result<AgentId, HostError> {
+        let max = self.state_limits().max_token as usize;
+        let token = match grant {
+            Grant::Rights(rights) => Token::issue(&self.root, &rights, None)?,
+            Grant::Token(bytes) => {
+                let token = Token::parse(&bytes, self.root.public(), max)?;
+                token.check_not_expired(self.inner.sequencer.now())?;
+                token
+            }
+        };
         let spec = AgentSpec {
             component,
             name: name.to_owned(),
-            token: Digest::ZERO,
+            token: token.digest(),
+            rights: Vec::new(),
         };
-        let seq = self
-            .submit(EntityId::SYSTEM, Operation::SpawnAgent { spec }, None)
+        let attachments = Attachments {
+            blob: None,
+            token: Some(token),
+        };
+        let receipt = self
+            .submit(
+                EntityId::SYSTEM,
+                Operation::SpawnAgent { spec },
+                attachments,
+            )
             .await?;
-        self.created(seq)
+        self.created(receipt)
+    }
+
+    /// Revokes every token carrying `revocation_id` (and every token
+    /// attenuated from one), from the next operation on.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::UnknownRevocationId`] when no stored token carries the id
+    /// (unless `force`); [`HostError::Kernel`] when it is already revoked.
+    pub async fn revoke(&self, revocation_id: Vec<u8>, force: bool) -> Result<(), HostError> {
+        if !force && !self.knows_revocation_id(&revocation_id)? {
+            return Err(HostError::UnknownRevocationId(
+                revocation_id.iter().map(|b| format!("{b:02x}")).collect(),
+            ));
+        }
+        let op = Operation::RevokeToken { revocation_id };
+        self.submit(EntityId::SYSTEM, op, Attachments::default())
+            .await
+            .map(drop)
+    }
+
+    fn knows_revocation_id(&self, id: &[u8]) -> Result<bool, HostError> {
+        for (digest, _) in self.inner.store.tokens()? {
+            if let Ok(token) = self.inner.sequencer.token(&digest)
+                && token.revocation_ids().iter().any(|r| r == id)
+            {
+                return Ok(true);
+            }
+        }
+        // Tokens applied but not yet durable are known to the gate too.
+        let agents: Vec<Digest> = self.state(|s| s.agents().map(|(_, a)| a.token).collect());
+        Ok(agents.iter().any(|digest| {
+            self.inner
+                .sequencer
+                .token(digest)
+                .is_ok_and(|t| t.revocation_ids().iter().any(|r| r == id))
+        }))
+    }
+
+    /// The verified token with this digest (from the store or the gate's cache).
+    ///
+    /// # Errors
+    ///
+    /// A message when it is not stored or does not verify.
+    pub fn token(&self, digest: &Digest) -> Result<Token, String> {
+        self.inner.sequencer.token(digest)
+    }
+
+    fn state_limits(&self) -> Limits {
+        self.inner.sequencer.read(|k| k.limits().clone())
     }
 
     /// Queues a task for `agent` on the operator's authority.
@@ -219,8 +335,10 @@ impl Host {
                 description: description.to_owned(),
             },
         };
-        let seq = self.submit(EntityId::SYSTEM, op, None).await?;
-        self.created(seq)
+        let receipt = self
+            .submit(EntityId::SYSTEM, op, Attachments::default())
+            .await?;
+        self.created(receipt)
     }
 
     /// Terminates `agent` on the operator's authority.
@@ -233,19 +351,21 @@ impl Host {
             agent,
             reason: reason.to_owned(),
         };
-        self.submit(EntityId::SYSTEM, op, None).await.map(drop)
+        self.submit(EntityId::SYSTEM, op, Attachments::default())
+            .await
+            .map(drop)
     }
 
     async fn submit(
         &self,
         origin: EntityId,
         op: Operation,
-        blob: Option<(Digest, Arc<[u8]>)>,
+        attachments: Attachments,
     ) -> Result<crate::sequencer::Receipt, HostError> {
         Ok(self
             .inner
             .sequencer
-            .submit_system(origin, op, blob)
+            .submit_system(origin, op, attachments)
             .await??)
     }
 
@@ -449,10 +569,21 @@ pub fn replay(
     store: &dyn EventStore,
     mut on_record: impl FnMut(&toka_kernel::Applied),
 ) -> Result<Kernel, HostError> {
+    replay_with(store, |_, _| {}, |applied| on_record(applied))
+}
+
+/// [`replay`], also calling `before` with the kernel as it stands before each
+/// record (for the auditor, which needs the state a decision was made in).
+pub(crate) fn replay_with(
+    store: &dyn EventStore,
+    mut before: impl FnMut(&Kernel, &[u8]),
+    mut after: impl FnMut(&toka_kernel::Applied),
+) -> Result<Kernel, HostError> {
     let limits: Limits = store.limits()?;
     let mut kernel = Kernel::with_registry(limits, Registry::new());
     for entry in store.records(1)? {
         let (key, bytes) = entry?;
+        before(&kernel, &bytes);
         let applied = kernel.replay(&bytes)?;
         if applied.seq != key {
             return Err(HostError::HeadMismatch {
@@ -460,7 +591,7 @@ pub fn replay(
                 found: applied.seq,
             });
         }
-        on_record(&applied);
+        after(&applied);
     }
     let stored = store.head()?;
     if stored != kernel.head() {

@@ -13,6 +13,7 @@
 
 mod actor;
 mod agent_ctx;
+mod audit;
 mod bindings;
 mod bus;
 mod capture;
@@ -21,20 +22,28 @@ mod components;
 mod data_dir;
 mod error;
 mod event_store;
+mod gate;
 mod host;
 mod limits;
 mod memory_store;
 mod redb_store;
+mod rights;
+mod root_key;
 mod sequencer;
+mod token;
 
+pub use audit::{AuditMismatch, AuditReport, audit};
 pub use bus::{Committed, CommittedRecord};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use components::ComponentError;
 pub use data_dir::{DataDir, DataDirError};
 pub use error::HostError;
 pub use event_store::{Batch, DATA_FORMAT, EventStore, Records, StoreError};
-pub use host::{Host, HostConfig, replay};
+pub use host::{Grant, Host, HostConfig, replay};
 pub use limits::AgentLimits;
 pub use memory_store::MemoryStore;
 pub use redb_store::RedbStore;
+pub use rights::{Right, RightError, RightOp};
+pub use root_key::{KeyError, RootKey};
 pub use sequencer::Stopped;
+pub use token::{Inspection, Token, TokenError};

@@ -84,6 +84,19 @@ impl EventStore for MemoryStore {
         Ok(self.lock().tokens.get(digest).cloned())
     }
 
+    fn tokens(&self) -> Result<Vec<(Digest, Vec<u8>)>, StoreError> {
+        Ok(self
+            .lock()
+            .tokens
+            .iter()
+            .map(|(d, b)| (*d, b.clone()))
+            .collect())
+    }
+
+    fn root_public_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+
     fn limits(&self) -> Result<Limits, StoreError> {
         Ok(self.lock().limits.clone())
     }

@@ -5,7 +5,7 @@
 //! | table    | key        | value                                        |
 //! |----------|------------|----------------------------------------------|
 //! | `events` | `u64` seq  | a log record (`toka_kernel::Record` bytes)   |
-//! | `meta`   | `&str`     | `magic` = `toka`, `format` (u16 LE), `head` (postcard `ChainHead`), `limits` (postcard `Limits`), `created_by` |
+//! | `meta`   | `&str`     | `magic` = `toka`, `format` (u16 LE), `head` (postcard `ChainHead`), `limits` (postcard `Limits`), `root_public_key` (32 bytes), `created_by` |
 //! | `blobs`  | `[u8; 32]` | component bytes, by BLAKE3 digest            |
 //! | `tokens` | `[u8; 32]` | capability token bytes, by BLAKE3 digest     |
 //!
@@ -14,7 +14,10 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, DatabaseError, Durability, ReadableDatabase, TableDefinition, TableError};
+use redb::{
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition,
+    TableError,
+};
 use toka_kernel::{ChainHead, Digest, Limits};
 
 use crate::event_store::{Batch, DATA_FORMAT, EventStore, Records, StoreError};
@@ -35,13 +38,17 @@ pub struct RedbStore {
 
 impl RedbStore {
     /// Creates a new store at `path` (which must not exist) for a log written
-    /// under `limits`.
+    /// under `limits`, whose tokens are rooted in `root_public_key`.
     ///
     /// # Errors
     ///
     /// [`StoreError`] when the file exists or cannot be written. On error no
     /// file is left behind.
-    pub fn create(path: &Path, limits: &Limits) -> Result<Self, StoreError> {
+    pub fn create(
+        path: &Path,
+        limits: &Limits,
+        root_public_key: &[u8],
+    ) -> Result<Self, StoreError> {
         if path.exists() {
             return Err(backend(
                 path,
@@ -55,7 +62,7 @@ impl RedbStore {
                     db,
                     path: path.to_owned(),
                 };
-                store.init(limits)?;
+                store.init(limits, root_public_key)?;
                 Ok(store)
             });
         if result.is_err() {
@@ -88,7 +95,7 @@ impl RedbStore {
         &self.path
     }
 
-    fn init(&self, limits: &Limits) -> Result<(), StoreError> {
+    fn init(&self, limits: &Limits, root_public_key: &[u8]) -> Result<(), StoreError> {
         let p = &self.path;
         let mut tx = self.db.begin_write().map_err(|e| backend(p, e))?;
         tx.set_durability(Durability::Immediate)
@@ -103,6 +110,7 @@ impl RedbStore {
                 ("format", &DATA_FORMAT.to_le_bytes()[..]),
                 ("limits", &limits),
                 ("head", &head),
+                ("root_public_key", root_public_key),
                 ("created_by", created_by.as_bytes()),
             ] {
                 meta.insert(key, value).map_err(|e| backend(p, e))?;
@@ -233,6 +241,28 @@ impl EventStore for RedbStore {
 
     fn token(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
         self.by_digest(TOKENS, digest)
+    }
+
+    fn tokens(&self) -> Result<Vec<(Digest, Vec<u8>)>, StoreError> {
+        let p = &self.path;
+        let tx = self.db.begin_read().map_err(|e| backend(p, e))?;
+        let table = tx.open_table(TOKENS).map_err(|e| backend(p, e))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| backend(p, e))? {
+            let (k, v) = entry.map_err(|e| backend(p, e))?;
+            out.push((Digest(*k.value()), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn root_public_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let p = &self.path;
+        let tx = self.db.begin_read().map_err(|e| backend(p, e))?;
+        let meta = tx.open_table(META).map_err(|e| backend(p, e))?;
+        Ok(meta
+            .get("root_public_key")
+            .map_err(|e| backend(p, e))?
+            .map(|v| v.value().to_vec()))
     }
 
     fn limits(&self) -> Result<Limits, StoreError> {

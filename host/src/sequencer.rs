@@ -1,11 +1,12 @@
 //! The sequencer: the one writer of the kernel, and the log writer behind it.
 //!
 //! Every command passes through [`Sequencer`] under one lock, so the lock's
-//! order is the log's total order: stamp the logical time, apply through the
-//! kernel, append the sealed record to the pending batch, answer the caller.
-//! A guest's `submit` returns right there — applied, not yet durable — with no
-//! hand-off to another thread, which keeps the per-operation cost near the
-//! kernel's own.
+//! order is the log's total order: stamp the logical time, authorize the
+//! operation against the agent's token (in that same order, so a revocation
+//! applied before an operation denies it), apply through the kernel, append
+//! the sealed record to the pending batch, answer the caller. A guest's
+//! `submit` returns right there — applied, not yet durable — with no hand-off
+//! to another thread, which keeps the per-operation cost near the kernel's.
 //!
 //! A dedicated writer thread takes whatever is pending as one batch, commits
 //! it to the [`EventStore`] in one durable transaction, and only then
@@ -14,29 +15,37 @@
 //! group commit emerges from load, and persistence overlaps execution. When
 //! the pending batch grows past a bound, submitters wait for the writer.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use toka_kernel::{
-    AgentId, AgentSpec, Applied, Authorization, Command, Digest, EntityId, EntityKind, Event,
-    Kernel, KernelError, OpKey, Operation,
+    AgentId, AgentSpec, Applied, Authorization, Command, Denial, Digest, EntityId, EntityKind,
+    Event, Kernel, KernelError, Limit, OpKey, OpKind, Operation, Timestamp,
 };
 use tokio::sync::watch;
 
 use crate::bus::{Committed, CommittedRecord};
 use crate::clock::Clock;
 use crate::event_store::{Batch, EventStore};
+use crate::gate::{Check, Gate, check_for};
+use crate::host::clip;
+use crate::rights::Right;
+use crate::token::Token;
 
-/// Submitters wait once this many records are pending.
+/// Submitters wait once this many records are pending ...
 const MAX_PENDING_RECORDS: usize = 16 * 1024;
+/// ... or once the pending records hold this many bytes.
+const MAX_PENDING_BYTES: usize = 64 << 20;
 /// A writer woken for a batch smaller than this lingers first ...
 const LINGER_BELOW: usize = 64;
 /// ... this long, so a steady trickle of operations commits in groups
 /// instead of paying a thread wake-up per operation.
 const LINGER: Duration = Duration::from_micros(100);
-/// ... or once the pending records hold this many bytes.
-const MAX_PENDING_BYTES: usize = 64 << 20;
+/// Denials recorded per agent per minute of logical time; the rest are only
+/// returned to the agent, so a hostile agent cannot flood the log.
+const DENIALS_PER_MINUTE: u32 = 20;
 
 /// The host stopped accepting operations (the log writer failed, or the host
 /// is shutting down); carries the reason.
@@ -63,6 +72,15 @@ pub(crate) enum Request {
         name: String,
         rights: Vec<String>,
     },
+}
+
+/// What a system command brings along into the store.
+#[derive(Debug, Default)]
+pub(crate) struct Attachments {
+    /// Component bytes, by digest.
+    pub(crate) blob: Option<(Digest, Arc<[u8]>)>,
+    /// A token the command binds to a new agent.
+    pub(crate) token: Option<Token>,
 }
 
 #[derive(Clone)]
@@ -95,10 +113,13 @@ enum Writer {
 struct Core {
     writer: Writer,
     kernel: Kernel,
+    gate: Gate,
     clock: Arc<dyn Clock>,
     pending: Batch,
     pending_records: Vec<CommittedRecord>,
     pending_bytes: usize,
+    /// Per agent: the minute of logical time and the denials recorded in it.
+    denials: HashMap<AgentId, (u64, u32)>,
     stopped: Option<Stopped>,
     closing: bool,
 }
@@ -109,17 +130,19 @@ pub(crate) type OnCommit = Box<dyn FnMut(Arc<Committed>) + Send>;
 
 impl Sequencer {
     /// A sequencer continuing from `kernel` (already replayed from the log).
-    pub(crate) fn new(kernel: Kernel, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(kernel: Kernel, gate: Gate, clock: Arc<dyn Clock>) -> Self {
         let head = kernel.head().seq;
         Self {
             shared: Arc::new(Shared {
                 core: Mutex::new(Core {
                     writer: Writer::Busy,
                     kernel,
+                    gate,
                     clock,
                     pending: Batch::default(),
                     pending_records: Vec::new(),
                     pending_bytes: 0,
+                    denials: HashMap::new(),
                     stopped: None,
                     closing: false,
                 }),
@@ -142,10 +165,20 @@ impl Sequencer {
         f(&self.lock().kernel)
     }
 
-    /// Applies an agent's request, authorized by the token the agent is bound to.
+    /// The logical time a command submitted now would get.
+    pub(crate) fn now(&self) -> Timestamp {
+        self.lock().stamp()
+    }
+
+    /// The token with this digest, verified.
+    pub(crate) fn token(&self, digest: &Digest) -> Result<Token, String> {
+        self.lock().gate.token(digest).cloned()
+    }
+
+    /// Authorizes and applies an agent's request.
     ///
     /// The outer error means the host stopped; the inner one that the
-    /// operation was refused (nothing changed).
+    /// operation was refused (nothing changed, a denial may be recorded).
     pub(crate) async fn submit_agent(
         &self,
         agent: AgentId,
@@ -153,52 +186,25 @@ impl Sequencer {
         request: Request,
     ) -> Result<Result<Receipt, KernelError>, Stopped> {
         let mut core = self.lock_with_room().await?;
-        let op = match request {
-            Request::Op(op) => op,
-            Request::Spawn {
-                component,
-                name,
-                rights: _,
-            } => {
-                let token = match core.kernel.state().agent(agent) {
-                    Some(a) => a.token,
-                    None => return Ok(Err(unknown_agent(agent))),
-                };
-                match core.resolve_component(&component) {
-                    Ok(component) => Operation::SpawnAgent {
-                        spec: AgentSpec {
-                            component,
-                            name,
-                            token,
-                        },
-                    },
-                    Err(e) => return Ok(Err(e)),
-                }
-            }
-        };
-        let command = Command {
-            origin: agent,
-            time: core.stamp(),
-            auth: Authorization::Token,
-            cause,
-            op,
-        };
-        let result = core.apply(command, None);
+        let result = core.submit_agent(agent, cause, request);
         self.release(core);
         Ok(result)
     }
 
     /// Applies a command the host issues on its own authority (operator
-    /// commands, task lifecycle records), with a blob to store beside it.
+    /// commands, task lifecycle records), storing `attachments` with it.
     pub(crate) async fn submit_system(
         &self,
         origin: EntityId,
         op: Operation,
-        blob: Option<(Digest, Arc<[u8]>)>,
+        attachments: Attachments,
     ) -> Result<Result<Receipt, KernelError>, Stopped> {
         let mut core = self.lock_with_room().await?;
         let command = Command::system(origin, core.stamp(), op);
-        let result = core.apply(command, blob);
+        if let Some(token) = &attachments.token {
+            core.gate.admit(token.clone());
+        }
+        let result = core.apply(command, attachments);
         self.release(core);
         Ok(result)
     }
@@ -272,6 +278,7 @@ impl Sequencer {
         }
         drop(core);
         self.shared.work.notify_all();
+        self.shared.published.send_modify(|_| {});
     }
 
     /// Starts the writer thread over `store`.
@@ -357,8 +364,178 @@ impl Core {
     }
 
     /// The next logical time: the clock, but never before the last stamp.
-    fn stamp(&self) -> toka_kernel::Timestamp {
+    fn stamp(&self) -> Timestamp {
         self.clock.now().max(self.kernel.state().time())
+    }
+
+    fn submit_agent(
+        &mut self,
+        agent: AgentId,
+        cause: Option<OpKey>,
+        request: Request,
+    ) -> Result<Receipt, KernelError> {
+        let token = self
+            .kernel
+            .state()
+            .agent(agent)
+            .map(|a| a.token)
+            .ok_or_else(|| unknown(EntityKind::Agent, agent))?;
+        let time = self.stamp();
+        let mut attachments = Attachments::default();
+        let op = match request {
+            Request::Op(op) => {
+                if let Some(check) = check_for(&op, agent, self.kernel.state()) {
+                    self.authorize(agent, token, op.kind(), &check, false, time)?;
+                }
+                op
+            }
+            Request::Spawn {
+                component,
+                name,
+                rights,
+            } => {
+                let (op, child) =
+                    self.prepare_spawn(agent, token, time, &component, name, rights)?;
+                attachments.token = Some(child);
+                op
+            }
+        };
+        let command = Command {
+            origin: agent,
+            time,
+            auth: Authorization::Token,
+            cause,
+            op,
+        };
+        self.apply(command, attachments)
+    }
+
+    /// Authorizes a spawn and the delegation of each right, and makes the
+    /// child's token: the parent's restricted to exactly those rights.
+    fn prepare_spawn(
+        &mut self,
+        parent: AgentId,
+        token: Digest,
+        time: Timestamp,
+        component: &str,
+        name: String,
+        rights: Vec<String>,
+    ) -> Result<(Operation, Token), KernelError> {
+        const KIND: OpKind = OpKind::SpawnAgent;
+        let digest = self.resolve_component(component)?;
+        let rights: Vec<Right> = rights
+            .iter()
+            .map(|r| r.parse())
+            .collect::<Result<_, _>>()
+            .map_err(
+                |e: crate::rights::RightError| KernelError::InvalidOperation {
+                    operation: KIND,
+                    message: e.to_string(),
+                },
+            )?;
+        let mut op = Operation::SpawnAgent {
+            spec: AgentSpec {
+                component: digest,
+                name,
+                token: Digest::ZERO,
+                rights: rights.iter().map(Right::to_string).collect(),
+            },
+        };
+        if let Some(check) = check_for(&op, parent, self.kernel.state()) {
+            self.authorize(parent, token, KIND, &check, false, time)?;
+        }
+        for right in &rights {
+            let check = Check::literal(right.op().name(), right.target());
+            self.authorize(parent, token, KIND, &check, true, time)?;
+        }
+        let child = self
+            .gate
+            .token(&token)
+            .and_then(|parent| parent.attenuate(&rights).map_err(|e| e.to_string()))
+            .map_err(|message| KernelError::InvalidOperation {
+                operation: KIND,
+                message: format!("could not make the child's token: {message}"),
+            })?;
+        let max = self.gate.max_token();
+        if child.bytes().len() > max {
+            return Err(KernelError::LimitExceeded {
+                limit: Limit::Token,
+                max: max as u64,
+                actual: child.bytes().len() as u64,
+            });
+        }
+        if let Operation::SpawnAgent { spec } = &mut op {
+            spec.token = child.digest();
+        }
+        self.gate.admit(child.clone());
+        Ok((op, child))
+    }
+
+    /// Asks the gate; on a denial records it (rate-limited) and returns the
+    /// error for the agent.
+    fn authorize(
+        &mut self,
+        agent: AgentId,
+        token: Digest,
+        kind: OpKind,
+        check: &Check,
+        delegation: bool,
+        time: Timestamp,
+    ) -> Result<(), KernelError> {
+        let Err(reason) = self
+            .gate
+            .authorize(token, agent, check, time, self.kernel.state())
+        else {
+            return Ok(());
+        };
+        let reason = if delegation {
+            let right = match check.primary() {
+                "" => check.operation.to_owned(),
+                target => format!("{} {target}", check.operation),
+            };
+            format!("cannot delegate `{right}`: {reason}")
+        } else {
+            reason
+        };
+        self.record_denial(agent, check, delegation, &reason, time);
+        Err(KernelError::CapabilityDenied {
+            origin: agent,
+            operation: kind,
+            reason,
+        })
+    }
+
+    fn record_denial(
+        &mut self,
+        agent: AgentId,
+        check: &Check,
+        delegation: bool,
+        reason: &str,
+        time: Timestamp,
+    ) {
+        let minute = time.0 / 60_000;
+        let count = self.denials.entry(agent).or_insert((minute, 0));
+        if count.0 != minute {
+            *count = (minute, 0);
+        }
+        count.1 += 1;
+        if count.1 > DENIALS_PER_MINUTE {
+            if count.1 == DENIALS_PER_MINUTE + 1 {
+                tracing::warn!(agent = %agent.short(), "more denials this minute; they are not recorded");
+            }
+            return;
+        }
+        let max = self.kernel.limits().max_reason as usize;
+        let denial = Denial {
+            operation: check.operation.to_owned(),
+            targets: check.targets.clone(),
+            delegation,
+            reason: clip(reason, max),
+        };
+        let command = Command::system(agent, time, Operation::RecordDenial { denial });
+        if let Err(e) = self.apply(command, Attachments::default()) {
+            tracing::warn!(agent = %agent.short(), error = %e, "could not record a denial");
+        }
     }
 
     /// A component by name, or by its 64-hex-digit digest.
@@ -372,16 +549,18 @@ impl Core {
         state
             .component_named(component)
             .map(|c| c.digest)
-            .ok_or_else(|| KernelError::UnknownEntity {
-                kind: EntityKind::Component,
-                id: format!("`{component}` (no component of that name is installed)"),
+            .ok_or_else(|| {
+                unknown(
+                    EntityKind::Component,
+                    format!("`{component}` (no component of that name is installed)"),
+                )
             })
     }
 
     fn apply(
         &mut self,
         command: Command,
-        blob: Option<(Digest, Arc<[u8]>)>,
+        attachments: Attachments,
     ) -> Result<Receipt, KernelError> {
         let Applied {
             seq,
@@ -395,9 +574,17 @@ impl Core {
             seq,
             created: created(&events),
         };
-        self.pending_bytes += bytes.len() + blob.as_ref().map_or(0, |(_, b)| b.len());
+        self.pending_bytes += bytes.len();
         self.pending.records.push((seq, bytes));
-        self.pending.blobs.extend(blob);
+        if let Some((digest, blob)) = attachments.blob {
+            self.pending_bytes += blob.len();
+            self.pending.blobs.push((digest, blob));
+        }
+        if let Some(token) = attachments.token {
+            self.pending
+                .tokens
+                .push((token.digest(), Arc::clone(token.bytes())));
+        }
         self.pending.head = self.kernel.head();
         self.pending_records.push(CommittedRecord {
             seq,
@@ -418,9 +605,9 @@ fn created(events: &[Event]) -> Option<EntityId> {
     })
 }
 
-fn unknown_agent(agent: AgentId) -> KernelError {
+fn unknown(kind: EntityKind, id: impl std::fmt::Display) -> KernelError {
     KernelError::UnknownEntity {
-        kind: EntityKind::Agent,
-        id: agent.to_string(),
+        kind,
+        id: id.to_string(),
     }
 }

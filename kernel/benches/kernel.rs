@@ -37,6 +37,7 @@ fn kernel_with_agent() -> (Kernel, AgentId, Vec<Vec<u8>>) {
                 component: digest,
                 name: "bench".into(),
                 token: Digest::of(b"token"),
+                rights: Vec::new(),
             },
         },
     ] {

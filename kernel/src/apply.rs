@@ -576,7 +576,8 @@ impl WorldState {
             ));
         }
         check_size(Limit::Name, limits.max_name, denial.operation.len())?;
-        check_size(Limit::Reason, limits.max_reason, denial.target.len())?;
+        let targets: usize = denial.targets.iter().map(String::len).sum();
+        check_size(Limit::Reason, limits.max_reason, targets)?;
         check_size(Limit::Reason, limits.max_reason, denial.reason.len())?;
         Ok(vec![Event::CapabilityDenied {
             agent: origin,

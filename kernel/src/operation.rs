@@ -23,6 +23,10 @@ pub struct AgentSpec {
     /// Digest of the capability token the agent is bound to. The host
     /// authorizes every operation of the agent against that token.
     pub token: Digest,
+    /// The rights the parent delegated, as the host's right strings (e.g.
+    /// `schedule children`); empty for agents the operator started. Opaque to
+    /// the kernel; recorded so an auditor can re-check the delegation.
+    pub rights: Vec<String>,
 }
 
 /// A component the host has stored and may instantiate.
@@ -36,13 +40,19 @@ pub struct ComponentSpec {
     pub size: u64,
 }
 
-/// What the capability gate refused, recorded for the audit log.
+/// What the capability gate refused, recorded for the audit log. The token
+/// checked is the one the denied agent (the record's origin) is bound to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Denial {
     /// The operation class that was checked, e.g. `spawn`.
     pub operation: String,
-    /// The target the operation named, e.g. a component or an agent id.
-    pub target: String,
+    /// The target terms checked: the target as the agent named it first (an
+    /// agent id, a component name), then its relations to the agent (`self`,
+    /// `children`, a component's digest). Empty for operations without one.
+    pub targets: Vec<String>,
+    /// Whether the check was if the agent may *delegate* this right to a
+    /// child it asked to spawn, rather than use it.
+    pub delegation: bool,
     /// Why it was refused, e.g. the missing right.
     pub reason: String,
 }

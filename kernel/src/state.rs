@@ -180,6 +180,12 @@ impl WorldState {
         self.time
     }
 
+    /// How many revocation ids have been revoked (it only ever grows).
+    #[must_use]
+    pub fn revocation_count(&self) -> usize {
+        self.revoked.len()
+    }
+
     /// Whether `revocation_id` has been revoked.
     #[must_use]
     pub fn is_revoked(&self, revocation_id: &[u8]) -> bool {

@@ -846,7 +846,8 @@ mod capabilities {
         let agent = w.spawn_root("a");
         let denial = Denial {
             operation: "spawn".into(),
-            target: "worker".into(),
+            targets: vec!["worker".into()],
+            delegation: false,
             reason: "missing right spawn worker".into(),
         };
         let applied = w

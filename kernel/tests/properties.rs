@@ -195,6 +195,7 @@ fn command(w: &World, known: &Known, step: &Step) -> Command {
                     component: pick(&known.components, component, Digest::of(b"missing")),
                     name: "n".repeat(usize::from(name % 10)),
                     token: Digest::of(&[name]),
+                    rights: Vec::new(),
                 },
             };
             match known.origin(parent) {
@@ -325,7 +326,8 @@ fn command(w: &World, known: &Known, step: &Step) -> Command {
             Operation::RecordDenial {
                 denial: Denial {
                     operation: "spawn".into(),
-                    target: "x".into(),
+                    targets: vec!["x".into()],
+                    delegation: false,
                     reason: "no right".into(),
                 },
             },

@@ -3,15 +3,15 @@
 
 use std::sync::Arc;
 
-use toka_host::{EventStore, Host, HostConfig, MemoryStore, RedbStore};
+use toka_host::{EventStore, Host, HostConfig, MemoryStore, RedbStore, RootKey};
 use toka_kernel::{Event, Limits};
 
-use crate::{agent_bytes, temp_data};
+use crate::{agent_bytes, grant, temp_data};
 
 /// Runs the planner/worker scenario on `store` and checks, for every batch
 /// the bus delivers, that the store already holds it.
-async fn check_store(store: Arc<dyn EventStore>) {
-    let host = Host::open(Arc::clone(&store), HostConfig::default())
+async fn check_store(store: Arc<dyn EventStore>, root: RootKey) {
+    let host = Host::open(Arc::clone(&store), root, HostConfig::default())
         .await
         .unwrap();
     let mut rx = host.subscribe();
@@ -50,7 +50,14 @@ async fn check_store(store: Arc<dyn EventStore>) {
         .install("planner", agent_bytes("planner"))
         .await
         .unwrap();
-    let planner = host.spawn(planner, "planner").await.unwrap();
+    let planner = host
+        .spawn(
+            planner,
+            "planner",
+            grant(&["observe", "state", "spawn worker", "schedule children"]),
+        )
+        .await
+        .unwrap();
     host.schedule(planner, "workers=3: a; b; c; d; e; f; g; h; i")
         .await
         .unwrap();
@@ -66,11 +73,21 @@ async fn check_store(store: Arc<dyn EventStore>) {
 async fn the_bus_only_carries_committed_batches_redb() {
     let (_tmp, data) = temp_data();
     std::fs::create_dir_all(&data).unwrap();
-    let store = RedbStore::create(&data.join("toka.redb"), &Limits::default()).unwrap();
-    check_store(Arc::new(store)).await;
+    let root = RootKey::generate();
+    let store = RedbStore::create(
+        &data.join("toka.redb"),
+        &Limits::default(),
+        &root.public().to_bytes(),
+    )
+    .unwrap();
+    check_store(Arc::new(store), root).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bus_only_carries_committed_batches_memory() {
-    check_store(Arc::new(MemoryStore::new(Limits::default()))).await;
+    check_store(
+        Arc::new(MemoryStore::new(Limits::default())),
+        RootKey::generate(),
+    )
+    .await;
 }

@@ -3,17 +3,19 @@
 //! data dirs.
 
 mod bad_input;
+mod capabilities;
 mod demo;
 mod durability;
 mod faults;
 mod restart;
+mod tokens;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
 use serde_json::Value;
-use toka_host::{DataDir, Host, HostConfig};
+use toka_host::{DataDir, Grant, Host, HostConfig};
 
 /// What one `toka` invocation did.
 #[derive(Debug)]
@@ -79,12 +81,57 @@ pub fn agent_bytes(name: &str) -> Vec<u8> {
     std::fs::read(agent_path(name)).expect("read agent")
 }
 
-/// Opens a host on the redb store in `data` (created if needed).
+/// Opens a host on the redb store in `data` (created if needed, with its
+/// root key in the data dir).
 pub async fn open_host(data: &Path) -> Host {
-    let store = DataDir::new(data)
-        .open_or_create(&toka_kernel::Limits::default())
+    open_host_with(data, HostConfig::default()).await
+}
+
+/// [`open_host`] with a configuration (e.g. a manual clock).
+pub async fn open_host_with(data: &Path, config: HostConfig) -> Host {
+    let dir = DataDir::new(data);
+    let root = dir.root_key(None, true).expect("root key");
+    let store = dir
+        .open_or_create(&toka_kernel::Limits::default(), &root)
         .expect("open data dir");
-    Host::open(Arc::new(store), HostConfig::default())
+    Host::open(Arc::new(store), root, config)
         .await
         .expect("open host")
+}
+
+/// Schedules `description` for `agent`, runs until idle, and returns the
+/// task's output, or its failure reason.
+pub async fn outcome(
+    host: &Host,
+    agent: toka_kernel::AgentId,
+    description: &str,
+) -> Result<String, String> {
+    let mut rx = host.subscribe();
+    let task = host.schedule(agent, description).await.expect("schedule");
+    host.run_until_idle().await.expect("run");
+    while let Ok(batch) = rx.try_recv() {
+        for record in &batch.records {
+            for event in &record.events {
+                match event {
+                    toka_kernel::Event::TaskCompleted {
+                        task: t, output, ..
+                    } if *t == task => {
+                        return Ok(String::from_utf8_lossy(output).into_owned());
+                    }
+                    toka_kernel::Event::TaskFailed {
+                        task: t, reason, ..
+                    } if *t == task => {
+                        return Err(reason.clone());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    panic!("task {description:?} neither completed nor failed")
+}
+
+/// A grant of the given rights.
+pub fn grant(rights: &[&str]) -> Grant {
+    Grant::Rights(rights.iter().map(|r| r.parse().expect("right")).collect())
 }

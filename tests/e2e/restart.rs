@@ -2,7 +2,7 @@
 
 use toka_kernel::{EntityId, Event};
 
-use crate::{agent_bytes, open_host, temp_data, toka};
+use crate::{agent_bytes, grant, open_host, temp_data, toka};
 
 /// The count the `counter` agent keeps, as the host's state shows it.
 fn count(host: &toka_host::Host, agent: EntityId) -> u64 {
@@ -21,7 +21,10 @@ async fn counter_continues_from_its_count_after_the_host_reopens() {
             .install("counter", agent_bytes("counter"))
             .await
             .unwrap();
-        let agent = host.spawn(component, "counter").await.unwrap();
+        let agent = host
+            .spawn(component, "counter", grant(&["observe", "state"]))
+            .await
+            .unwrap();
         for step in ["5", "", "10"] {
             host.schedule(agent, step).await.unwrap();
         }

@@ -168,6 +168,7 @@ pub fn spec(component: Digest, name: &str) -> AgentSpec {
         component,
         name: name.to_owned(),
         token: Digest::of(format!("token of {name}").as_bytes()),
+        rights: Vec::new(),
     }
 }
 

@@ -1,12 +1,12 @@
 //! `toka demo`: the bundled planner/worker scenario.
 
-use std::path::Path;
 use std::process::ExitCode;
 
+use toka_host::{Grant, Right};
 use toka_kernel::{EntityId, Event};
 
 use crate::render::{self, Names};
-use crate::{CliResult, Failure, drive};
+use crate::{CliResult, Failure, Place, drive};
 
 /// Arguments of `toka demo`.
 #[derive(Debug, clap::Args)]
@@ -28,12 +28,18 @@ const ITEMS: &[&str] = &[
     "write the executive summary",
 ];
 
-pub(crate) async fn main(data: &Path, args: Args) -> CliResult {
+/// What the operator grants the planner: it may spawn workers, schedule
+/// onto its own children, observe, and keep state. It delegates only
+/// `observe` to each worker.
+const PLANNER_RIGHTS: &[&str] = &["observe", "state", "spawn worker", "schedule children"];
+
+pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
     let workers = usize::from(args.workers);
-    let (host, _) = drive::open(data).await?;
+    let opened = drive::open(place).await?;
+    let host = &opened.host;
     println!(
         "toka demo: a planner splits a job across {workers} worker agents; log: {}",
-        data.join(toka_host::DataDir::DB_FILE).display()
+        place.dir().db_path().display()
     );
     let mut rx = host.subscribe();
     let mut names = host.state(Names::from_state);
@@ -53,14 +59,22 @@ pub(crate) async fn main(data: &Path, args: Args) -> CliResult {
             .map(|(id, _)| id)
     }) {
         Some(id) => id,
-        None => host.spawn(planner_component, "planner").await?,
+        None => {
+            let rights = PLANNER_RIGHTS
+                .iter()
+                .map(|r| r.parse::<Right>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(Failure::work)?;
+            host.spawn(planner_component, "planner", Grant::Rights(rights))
+                .await?
+        }
     };
     let items = &ITEMS[..(workers * 2).min(ITEMS.len())];
     let job = format!("workers={workers}: {}", items.join("; "));
     host.schedule(planner, &job).await?;
 
     let (mut completed, mut failed, mut first) = (0, 0, None);
-    drive::until_idle(&host, &mut rx, |batch| {
+    drive::until_idle(host, &mut rx, |batch| {
         for record in &batch.records {
             first.get_or_insert(record.seq);
             for event in &record.events {
@@ -79,7 +93,7 @@ pub(crate) async fn main(data: &Path, args: Args) -> CliResult {
     })
     .await?;
     let head = host.head();
-    host.shutdown().await?;
+    opened.host.shutdown().await?;
     println!(
         "demo finished: {completed} tasks completed, {failed} failed; the log now has {} records (this run wrote #{}..#{}).",
         head.seq,

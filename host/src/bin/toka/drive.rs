@@ -44,23 +44,48 @@ fn lagged(batches: u64) {
     );
 }
 
-/// Opens (or creates) the host on the data dir at `data`. Also returns
-/// whether the data dir was created now, so a caller that fails on bad input
-/// can remove it again and leave nothing half-written.
-pub(crate) async fn open(data: &std::path::Path) -> Result<(Host, bool), crate::Failure> {
-    let dir = toka_host::DataDir::new(data);
-    let created = !dir.exists();
-    let store = dir
-        .open_or_create(&toka_kernel::Limits::default())
-        .map_err(crate::Failure::input)?;
-    let host = Host::open(Arc::new(store), toka_host::HostConfig::default()).await?;
-    Ok((host, created))
+/// A host opened by the CLI, and what it created to do so.
+pub(crate) struct Opened {
+    pub(crate) host: Host,
+    created_dir: bool,
+    created_store: bool,
 }
 
-/// Undoes [`open`]'s creation of a data dir after bad input.
-pub(crate) async fn discard(host: Host, data: &std::path::Path, created: bool) {
-    let _ = host.shutdown().await;
-    if created {
-        let _ = std::fs::remove_dir_all(data);
+/// Opens (or creates) the host on the data dir. Remembers what it created,
+/// so a caller that then fails on bad input can [`discard`] it and leave
+/// nothing half-written.
+pub(crate) async fn open(place: &crate::Place) -> Result<Opened, crate::Failure> {
+    let dir = place.dir();
+    let created_dir = !dir.path().exists();
+    let created_store = !dir.exists();
+    let root = place.root_key(true)?;
+    let store = dir
+        .open_or_create(&toka_kernel::Limits::default(), &root)
+        .map_err(crate::Failure::input)?;
+    let host = Host::open(Arc::new(store), root, toka_host::HostConfig::default()).await;
+    match host {
+        Ok(host) => Ok(Opened {
+            host,
+            created_dir,
+            created_store,
+        }),
+        Err(e) => {
+            undo(&dir, created_dir, created_store);
+            Err(e.into())
+        }
+    }
+}
+
+/// Shuts the host down and removes what [`open`] created.
+pub(crate) async fn discard(opened: Opened, place: &crate::Place) {
+    let _ = opened.host.shutdown().await;
+    undo(&place.dir(), opened.created_dir, opened.created_store);
+}
+
+fn undo(dir: &toka_host::DataDir, created_dir: bool, created_store: bool) {
+    if created_dir {
+        let _ = std::fs::remove_dir_all(dir.path());
+    } else if created_store {
+        let _ = std::fs::remove_file(dir.db_path());
     }
 }

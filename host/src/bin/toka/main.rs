@@ -6,6 +6,7 @@ mod events;
 mod render;
 mod run;
 mod state;
+mod token;
 mod verify;
 
 use std::path::PathBuf;
@@ -21,9 +22,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "toka", version, about, max_term_width = 100)]
 struct Cli {
-    /// The data directory: the log (toka.redb) lives here.
+    /// The data directory: the log (toka.redb) and, unless --root-key is
+    /// given, the root key (root.key) live here.
     #[arg(long, global = true, env = "TOKA_DATA", default_value = "./toka-data")]
     data: PathBuf,
+
+    /// The root key file (`ed25519-private/<hex>`, as the `biscuit` tool
+    /// writes it). Default: root.key in the data dir, created on first use.
+    #[arg(long, global = true, env = "TOKA_ROOT_KEY", value_name = "FILE")]
+    root_key: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -41,6 +48,29 @@ enum Command {
     State(state::Args),
     /// Replay the log and check every record and the final state.
     Verify(verify::Args),
+    /// Issue, attenuate, inspect and revoke capability tokens.
+    #[command(subcommand)]
+    Token(token::Command),
+}
+
+/// Where the CLI finds its data dir and root key.
+#[derive(Debug, Clone)]
+pub(crate) struct Place {
+    pub(crate) data: PathBuf,
+    pub(crate) root_key: Option<PathBuf>,
+}
+
+impl Place {
+    pub(crate) fn dir(&self) -> toka_host::DataDir {
+        toka_host::DataDir::new(&self.data)
+    }
+
+    /// The root key; created in the data dir on first use if `create`.
+    pub(crate) fn root_key(&self, create: bool) -> Result<toka_host::RootKey, Failure> {
+        self.dir()
+            .root_key(self.root_key.as_deref(), create)
+            .map_err(Failure::input)
+    }
 }
 
 /// A failure to report: one line on stderr and an exit code.
@@ -77,7 +107,10 @@ impl From<toka_host::HostError> for Failure {
             | E::DataDir(_)
             | E::Store(_)
             | E::Replay(_)
-            | E::HeadMismatch { .. } => Failure::input(e),
+            | E::HeadMismatch { .. }
+            | E::Token(_)
+            | E::RootKeyMismatch { .. }
+            | E::UnknownRevocationId(_) => Failure::input(e),
             other => Failure::work(other),
         }
     }
@@ -105,14 +138,18 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let data = cli.data;
+    let place = Place {
+        data: cli.data,
+        root_key: cli.root_key,
+    };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Demo(args) => demo::main(&data, args).await,
-            Command::Run(args) => run::main(&data, args).await,
-            Command::Events(args) => events::main(&data, args),
-            Command::State(args) => state::main(&data, args),
-            Command::Verify(args) => verify::main(&data, args),
+            Command::Demo(args) => demo::main(&place, args).await,
+            Command::Run(args) => run::main(&place, args).await,
+            Command::Events(args) => events::main(&place.data, args),
+            Command::State(args) => state::main(&place.data, args),
+            Command::Verify(args) => verify::main(&place.data, args),
+            Command::Token(command) => token::main(&place, command).await,
         }
     });
     match result {

@@ -143,13 +143,25 @@ pub(crate) fn human(seq: u64, origin: EntityId, event: &Event, names: &Names) ->
         Event::TokenRevoked { revocation_id } => {
             format!("token revoked: {}", hex(revocation_id))
         }
-        Event::CapabilityDenied { agent, denial } => format!(
-            "denied {}: {} {}: {}",
-            names.who(*agent),
-            denial.operation,
-            denial.target,
-            denial.reason
-        ),
+        Event::CapabilityDenied { agent, denial } => {
+            let target = denial.targets.first().map_or("", String::as_str);
+            let what = format!("{} {target}", denial.operation);
+            if denial.delegation {
+                format!(
+                    "denied {} delegating `{}`: {}",
+                    names.who(*agent),
+                    what.trim_end(),
+                    denial.reason
+                )
+            } else {
+                format!(
+                    "denied {}: {}: {}",
+                    names.who(*agent),
+                    what.trim_end(),
+                    denial.reason
+                )
+            }
+        }
         Event::ExtensionApplied { family, opcode, .. } => {
             format!("{by}: extension {family} opcode {opcode} applied")
         }
@@ -202,6 +214,7 @@ pub(crate) fn json(seq: u64, time: Timestamp, origin: EntityId, event: &Event) -
             "name": spec.name,
             "component": spec.component.to_string(),
             "token": spec.token.to_string(),
+            "rights": spec.rights,
         }),
         Event::AgentTerminated { agent, by, reason } => {
             json!({"agent": agent.to_string(), "by": by.to_string(), "reason": reason})
@@ -230,7 +243,9 @@ pub(crate) fn json(seq: u64, time: Timestamp, origin: EntityId, event: &Event) -
         Event::CapabilityDenied { agent, denial } => json!({
             "agent": agent.to_string(),
             "operation": denial.operation,
-            "target": denial.target,
+            "target": denial.targets.first(),
+            "targets": denial.targets,
+            "delegation": denial.delegation,
             "reason": denial.reason,
         }),
         Event::ComponentInstalled { component } => json!({

@@ -1,13 +1,14 @@
 //! `toka run`: install an agent, give it tasks, run until idle.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use toka_host::{Grant, Right};
 use toka_kernel::{Digest, EntityId, Event, TaskId};
 
 use crate::render::{Names, one_line};
-use crate::{CliResult, Failure, drive};
+use crate::{CliResult, Failure, Place, drive};
 
 /// Arguments of `toka run`.
 #[derive(Debug, clap::Args)]
@@ -27,9 +28,17 @@ pub(crate) struct Args {
     /// (repeatable; a path or a bundled name). `planner` brings `worker`.
     #[arg(long = "with", value_name = "COMPONENT")]
     with: Vec<String>,
+    /// The agent's capability token: a file with a token rooted in this data
+    /// dir's key (base64, as `toka token issue` or `biscuit generate` print it).
+    #[arg(long, value_name = "FILE", conflicts_with = "grants")]
+    token: Option<PathBuf>,
+    /// A right to grant the agent (repeatable), e.g. `--grant observe --grant
+    /// "schedule self"`. Without --token or --grant: observe, state, schedule self.
+    #[arg(long = "grant", value_name = "RIGHT", id = "grants")]
+    grants: Vec<String>,
 }
 
-pub(crate) async fn main(data: &Path, args: Args) -> CliResult {
+pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
     let (default_name, bytes) = load(&args.agent)?;
     let mut extra = Vec::new();
     let mut specs: Vec<&str> = args.with.iter().map(String::as_str).collect();
@@ -38,8 +47,10 @@ pub(crate) async fn main(data: &Path, args: Args) -> CliResult {
         extra.push(load(spec)?);
     }
     let name = args.name.unwrap_or(default_name);
+    let grant = grant(args.token.as_deref(), &args.grants)?;
 
-    let (host, created) = drive::open(data).await?;
+    let opened = drive::open(place).await?;
+    let host = &opened.host;
     let installed = async {
         for (extra_name, extra_bytes) in extra {
             host.install(&extra_name, extra_bytes).await?;
@@ -50,14 +61,28 @@ pub(crate) async fn main(data: &Path, args: Args) -> CliResult {
     let digest = match installed {
         Ok(digest) => digest,
         Err(e) => {
-            drive::discard(host, data, created).await;
+            drive::discard(opened, place).await;
             return Err(Failure::input(format!("{}: {e}", args.agent)));
         }
     };
 
-    let agent = match find_root_agent(&host, &name, digest) {
+    // Reuse the running agent (and its token) unless told which token to use.
+    let existing = grant
+        .is_none()
+        .then(|| find_root_agent(host, &name, digest))
+        .flatten();
+    let agent = match existing {
         Some(agent) => agent,
-        None => host.spawn(digest, &name).await?,
+        None => {
+            let grant = grant.unwrap_or_else(|| Grant::Rights(Right::defaults()));
+            match host.spawn(digest, &name, grant).await {
+                Ok(agent) => agent,
+                Err(e) => {
+                    drive::discard(opened, place).await;
+                    return Err(e.into());
+                }
+            }
+        }
     };
     let mut rx = host.subscribe();
     let mut pending: BTreeMap<TaskId, String> = BTreeMap::new();
@@ -67,7 +92,7 @@ pub(crate) async fn main(data: &Path, args: Args) -> CliResult {
 
     let mut names = host.state(Names::from_state);
     let mut failed = 0;
-    drive::until_idle(&host, &mut rx, |batch| {
+    drive::until_idle(host, &mut rx, |batch| {
         for record in &batch.records {
             for event in &record.events {
                 names.learn(event);
@@ -89,7 +114,7 @@ pub(crate) async fn main(data: &Path, args: Args) -> CliResult {
         }
     })
     .await?;
-    host.shutdown().await?;
+    opened.host.shutdown().await?;
     if args.tasks.is_empty() {
         eprintln!("agent {name} ({agent}) is ready; give it work with --task");
     }
@@ -98,6 +123,24 @@ pub(crate) async fn main(data: &Path, args: Args) -> CliResult {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The token the agent gets, from --token or --grant (`None`: neither given).
+fn grant(token: Option<&Path>, grants: &[String]) -> Result<Option<Grant>, Failure> {
+    if let Some(path) = token {
+        let bytes =
+            std::fs::read(path).map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+        return Ok(Some(Grant::Token(bytes)));
+    }
+    if grants.is_empty() {
+        return Ok(None);
+    }
+    let rights = grants
+        .iter()
+        .map(|g| g.parse::<Right>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::input)?;
+    Ok(Some(Grant::Rights(rights)))
 }
 
 /// Reads a component from a path, or takes a bundled one by name.

@@ -3,18 +3,54 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use toka_host::EventStore;
+
 use crate::{CliResult, Failure};
 
 /// Arguments of `toka verify`.
 #[derive(Debug, clap::Args)]
-pub(crate) struct Args {}
+pub(crate) struct Args {
+    /// Also re-run every recorded authorization decision (allowed operations,
+    /// delegations, denials) with the stored tokens, and report any that does
+    /// not reproduce.
+    #[arg(long)]
+    auth: bool,
+}
 
-pub(crate) fn main(data: &Path, _args: Args) -> CliResult {
+pub(crate) fn main(data: &Path, args: Args) -> CliResult {
     let store = toka_host::DataDir::new(data)
         .open_existing()
         .map_err(Failure::input)?;
     let kernel = toka_host::replay(&store, |_| {})
         .map_err(|e| Failure::work(format!("verification failed: {e}")))?;
     println!("ok {} {}", kernel.head().seq, kernel.state().digest());
+    if !args.auth {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let root = store
+        .root_public_key()
+        .map_err(Failure::input)?
+        .and_then(|k| {
+            biscuit_auth::PublicKey::from_bytes(&k, biscuit_auth::Algorithm::Ed25519).ok()
+        })
+        .ok_or_else(|| {
+            Failure::input("the data dir records no root public key to check tokens against")
+        })?;
+    let report =
+        toka_host::audit(&store, root).map_err(|e| Failure::work(format!("audit failed: {e}")))?;
+    for m in &report.mismatches {
+        println!("auth mismatch at record {}: {}", m.seq, m.problem);
+    }
+    if !report.mismatches.is_empty() {
+        return Err(Failure::work(format!(
+            "{} of {} authorization decisions do not reproduce",
+            report.mismatches.len(),
+            report.allowed + report.denied
+        )));
+    }
+    println!(
+        "auth ok: {} allowed and {} denied decisions reproduced",
+        report.allowed, report.denied
+    );
     Ok(ExitCode::SUCCESS)
 }

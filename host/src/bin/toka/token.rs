@@ -1,0 +1,203 @@
+//! `toka token`: issue, attenuate, inspect and revoke capability tokens.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use toka_host::{Right, Token};
+use toka_kernel::{Limits, Timestamp};
+
+use crate::render::hex;
+use crate::{CliResult, Failure, Place, drive};
+
+/// `toka token` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Print the root public key (`ed25519/<hex>`), creating the key on first use.
+    PublicKey,
+    /// Mint a token granting rights, signed by the root key; prints it as base64.
+    Issue {
+        /// A right to grant (repeatable), e.g. `observe`, `schedule children`, `spawn worker`.
+        #[arg(long = "right", value_name = "RIGHT", required = true)]
+        rights: Vec<String>,
+        /// Make it expire after this long, in the host's logical time
+        /// (e.g. `90s`, `15m`, `12h`, `7d`).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+    /// Restrict a token to some of the rights it grants; prints the new token.
+    Attenuate {
+        /// The token (base64 or raw).
+        file: PathBuf,
+        /// A right to keep (repeatable); each must be one the token grants.
+        #[arg(long = "right", value_name = "RIGHT")]
+        rights: Vec<String>,
+    },
+    /// Show a token's blocks (facts and checks) and revocation ids.
+    Inspect {
+        /// The token (base64 or raw).
+        file: PathBuf,
+    },
+    /// Revoke every token carrying a revocation id (see `inspect`), and every
+    /// token attenuated from one.
+    Revoke {
+        /// The revocation id: 128 hex digits.
+        id: String,
+        /// Revoke it even if no token stored here carries it.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+pub(crate) async fn main(place: &Place, command: Command) -> CliResult {
+    match command {
+        Command::PublicKey => {
+            println!("{}", place.root_key(true)?.public_string());
+        }
+        Command::Issue { rights, expires } => {
+            let rights = parse_rights(&rights)?;
+            let expires = expires
+                .map(|d| parse_duration(&d).map(|d| SystemTime::now() + d))
+                .transpose()?;
+            let root = place.root_key(true)?;
+            let token = Token::issue(&root, &rights, expires).map_err(Failure::work)?;
+            println!("{}", token.to_base64());
+        }
+        Command::Attenuate { file, rights } => {
+            let rights = parse_rights(&rights)?;
+            let token = read_token(place, &file)?;
+            let now = now();
+            for right in &rights {
+                token
+                    .grants(right, now)
+                    .map_err(|why| Failure::input(format!("cannot keep `{right}`: {why}")))?;
+            }
+            let attenuated = token.attenuate(&rights).map_err(Failure::work)?;
+            println!("{}", attenuated.to_base64());
+        }
+        Command::Inspect { file } => inspect(place, &file)?,
+        Command::Revoke { id, force } => {
+            let bytes = parse_revocation_id(&id)?;
+            let opened = drive::open(place).await?;
+            let result = opened.host.revoke(bytes, force).await;
+            opened.host.shutdown().await?;
+            result?;
+            println!("revoked {id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_rights(rights: &[String]) -> Result<Vec<Right>, Failure> {
+    rights
+        .iter()
+        .map(|r| r.parse::<Right>())
+        .collect::<Result<_, _>>()
+        .map_err(Failure::input)
+}
+
+fn read_token(place: &Place, file: &Path) -> Result<Token, Failure> {
+    let bytes =
+        std::fs::read(file).map_err(|e| Failure::input(format!("{}: {e}", file.display())))?;
+    let root = place.root_key(false)?;
+    Token::parse(&bytes, root.public(), Limits::default().max_token as usize)
+        .map_err(|e| Failure::input(format!("{}: {e}", file.display())))
+}
+
+fn inspect(place: &Place, file: &Path) -> Result<(), Failure> {
+    let bytes =
+        std::fs::read(file).map_err(|e| Failure::input(format!("{}: {e}", file.display())))?;
+    let inspection = Token::inspect_unverified(&bytes)
+        .map_err(|e| Failure::input(format!("{}: {e}", file.display())))?;
+    let verdict = match place.root_key(false) {
+        Ok(root) => match Token::parse(&bytes, root.public(), Limits::default().max_token as usize)
+        {
+            Ok(token) => format!(
+                "valid for root key {} (token id {})",
+                root.public_string(),
+                token.digest()
+            ),
+            Err(e) => format!("NOT valid here: {e}"),
+        },
+        Err(_) => "not checked (no root key here)".to_owned(),
+    };
+    let ids = &inspection.revocation_ids;
+    println!(
+        "token: {} bytes, {} blocks",
+        inspection.size,
+        inspection.blocks.len()
+    );
+    println!("signature: {verdict}");
+    for (i, source) in inspection.blocks.iter().enumerate() {
+        println!("block {i}{}:", if i == 0 { " (authority)" } else { "" });
+        for line in source.lines() {
+            println!("    {line}");
+        }
+        println!(
+            "    revocation id: {}",
+            ids.get(i).map_or_else(String::new, |id| hex(id))
+        );
+    }
+    Ok(())
+}
+
+fn parse_revocation_id(id: &str) -> Result<Vec<u8>, Failure> {
+    let bad = || {
+        Failure::input(format!(
+            "`{id}` is not a revocation id: expected 128 hex digits (see `toka token inspect`)"
+        ))
+    };
+    if id.len() != 128 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    (0..id.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&id[i..i + 2], 16).map_err(|_| bad()))
+        .collect()
+}
+
+/// `90s`, `15m`, `12h`, `7d`.
+fn parse_duration(text: &str) -> Result<Duration, Failure> {
+    let bad = || {
+        Failure::input(format!(
+            "`{text}` is not a duration (e.g. 90s, 15m, 12h, 7d)"
+        ))
+    };
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60).ok_or_else(bad)?,
+        "h" => n.checked_mul(3600).ok_or_else(bad)?,
+        "d" => n.checked_mul(86_400).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+fn now() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Timestamp(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_ids_parse_or_say_why_not() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        for bad in ["", "h", "10", "10y", "-1d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_revocation_id(&"ab".repeat(64)).unwrap(),
+            vec![0xab; 64]
+        );
+        assert!(parse_revocation_id("abc").is_err());
+    }
+}

@@ -1,0 +1,306 @@
+//! The capability gate: authorizes every operation an agent submits.
+//!
+//! For each operation the gate builds a biscuit authorizer from the agent's
+//! token and these facts:
+//!
+//! ```text
+//! operation("schedule");           // the operation class
+//! origin("<agent id>");            // who asks
+//! target("<agent id>");            // what it names ...
+//! target("self"); target("children");  // ... and how it relates to the origin
+//! time(2026-11-22T10:00:00Z);      // the command's logical time, never a clock read
+//! ```
+//!
+//! and these policies (default deny):
+//!
+//! ```text
+//! allow if operation($op), right($op);
+//! allow if operation($op), right($op, "*");
+//! allow if operation($op), target($t), right($op, $t);
+//! ```
+//!
+//! Signatures are verified once per token. Decisions are cached per (token,
+//! operation, targets, and — only for tokens whose checks read `time` — the
+//! second of logical time, the resolution of biscuit dates); revocation is
+//! checked before the cache on every call, so a revocation ordered before an
+//! operation always denies it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use biscuit_auth::builder::{Fact, Term, fact, string};
+use biscuit_auth::datalog::RunLimits;
+use biscuit_auth::error::{FailedCheck, Logic, Token as BiscuitError};
+use biscuit_auth::{AuthorizerBuilder, Biscuit, PublicKey};
+use toka_kernel::{AgentId, Digest, EntityId, Limits, Operation, Timestamp, WorldState};
+
+use crate::event_store::EventStore;
+use crate::token::Token;
+
+/// The host's policies. Only the authority block's `right` facts satisfy
+/// them; blocks can only add checks.
+const POLICIES: &str = r#"
+allow if operation($op), right($op);
+allow if operation($op), right($op, "*");
+allow if operation($op), target($t), right($op, $t);
+"#;
+
+/// Biscuit's run limits: facts and iterations bound the work; the wall-clock
+/// limit is generous on purpose, so it never decides an outcome under normal
+/// load (a token is at most 8 KiB, so a few hundred facts at most).
+const RUN_LIMITS: RunLimits = RunLimits {
+    max_facts: 10_000,
+    max_iterations: 100,
+    max_time: Duration::from_secs(1),
+};
+
+/// Decisions kept before the cache is cleared.
+const MAX_CACHED_DECISIONS: usize = 64 * 1024;
+
+/// What to authorize: an operation class and the target terms it names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Check {
+    pub(crate) operation: &'static str,
+    /// The target as named first, then its relations to the origin.
+    pub(crate) targets: Vec<String>,
+}
+
+impl Check {
+    /// The target as the agent named it (for messages and denial records).
+    pub(crate) fn primary(&self) -> &str {
+        self.targets.first().map_or("", String::as_str)
+    }
+
+    /// A check of a right's literal target: may the holder delegate it?
+    pub(crate) fn literal(operation: &'static str, target: Option<&str>) -> Check {
+        Check {
+            operation,
+            targets: target.into_iter().map(str::to_owned).collect(),
+        }
+    }
+}
+
+/// The check an agent's operation needs, computed from the state before it
+/// applies; `None` for host-only operations.
+pub(crate) fn check_for(op: &Operation, origin: AgentId, state: &WorldState) -> Option<Check> {
+    let (operation, targets) = match op {
+        Operation::EmitObservation { .. } => ("observe", Vec::new()),
+        Operation::PutState { .. } | Operation::DeleteState { .. } => ("state", Vec::new()),
+        Operation::ScheduleTask { agent, .. } => ("schedule", agent_targets(*agent, origin, state)),
+        Operation::TerminateAgent { agent, .. } => {
+            ("terminate", agent_targets(*agent, origin, state))
+        }
+        Operation::SpawnAgent { spec } => {
+            let mut targets = Vec::with_capacity(2);
+            if let Some(c) = state.component(&spec.component) {
+                targets.push(c.name.clone());
+            }
+            targets.push(spec.component.to_string());
+            ("spawn", targets)
+        }
+        Operation::Extension { family, .. } => ("extension", vec![family.clone()]),
+        _ => return None,
+    };
+    Some(Check { operation, targets })
+}
+
+/// An agent target as its id, plus `self` / `children` when they apply.
+pub(crate) fn agent_targets(target: AgentId, origin: AgentId, state: &WorldState) -> Vec<String> {
+    let mut targets = vec![target.to_string()];
+    if target == origin {
+        targets.push("self".into());
+    }
+    if state.agent(target).is_some_and(|a| a.parent == origin) {
+        targets.push("children".into());
+    }
+    targets
+}
+
+/// Decides `check` for `token` at `time`, uncached: the function both the
+/// live gate and the auditor use. Revocation is not its concern.
+pub(crate) fn decide(
+    token: &Biscuit,
+    origin: EntityId,
+    check: &Check,
+    time: Timestamp,
+) -> Result<(), String> {
+    let mut facts: Vec<Fact> = Vec::with_capacity(check.targets.len() + 3);
+    facts.push(fact("operation", &[string(check.operation)]));
+    facts.push(fact("origin", &[string(&origin.to_string())]));
+    facts.push(fact("time", &[Term::Date(time.0 / 1000)]));
+    for target in &check.targets {
+        facts.push(fact("target", &[string(target)]));
+    }
+    let mut builder = AuthorizerBuilder::new()
+        .code(POLICIES)
+        .map_err(|e| format!("the host's policies do not parse: {e}"))?
+        .set_limits(RUN_LIMITS);
+    for f in facts {
+        builder = builder.fact(f).map_err(|e| e.to_string())?;
+    }
+    let mut authorizer = builder.build(token).map_err(|e| e.to_string())?;
+    match authorizer.authorize() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(explain(&e, check)),
+    }
+}
+
+/// Turns a biscuit refusal into a sentence naming the missing right.
+fn explain(e: &BiscuitError, check: &Check) -> String {
+    let wanted = match check.primary() {
+        "" => check.operation.to_owned(),
+        target => format!("{} {target}", check.operation),
+    };
+    match e {
+        BiscuitError::FailedLogic(Logic::NoMatchingPolicy { checks })
+        | BiscuitError::FailedLogic(Logic::Unauthorized { checks, .. })
+            if !checks.is_empty() =>
+        {
+            let failed: Vec<String> = checks
+                .iter()
+                .map(|c| match c {
+                    FailedCheck::Block(b) if b.rule.contains("time(") => {
+                        format!(
+                            "the token has expired (block {} check: {})",
+                            b.block_id, b.rule
+                        )
+                    }
+                    FailedCheck::Block(b) if b.rule.contains("delegated(") => {
+                        format!("right `{wanted}` was not delegated to this agent")
+                    }
+                    FailedCheck::Block(b) => {
+                        format!("block {} check failed: {}", b.block_id, b.rule)
+                    }
+                    FailedCheck::Authorizer(a) => format!("check failed: {}", a.rule),
+                })
+                .collect();
+            failed.join("; ")
+        }
+        BiscuitError::FailedLogic(Logic::NoMatchingPolicy { .. }) => {
+            format!("missing right `{wanted}`")
+        }
+        BiscuitError::RunLimit(limit) => format!("authorization gave up: {limit}"),
+        other => format!("authorization failed: {other}"),
+    }
+}
+
+/// A token the gate has verified, with what the cache needs about it.
+struct Verified {
+    token: Token,
+    /// Whether any check reads `time`: then decisions depend on the second.
+    uses_time: bool,
+    /// The kernel's revocation count when this token was last found not
+    /// revoked; revocations only grow, so an unchanged count needs no lookups.
+    clean_at: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DecisionKey {
+    token: Digest,
+    origin: EntityId,
+    check: Check,
+    second: u64,
+}
+
+/// The live gate: verified tokens and cached decisions.
+pub(crate) struct Gate {
+    root: PublicKey,
+    store: Arc<dyn EventStore>,
+    max_token: usize,
+    tokens: HashMap<Digest, Verified>,
+    decisions: HashMap<DecisionKey, Result<(), String>>,
+}
+
+impl Gate {
+    pub(crate) fn new(root: PublicKey, store: Arc<dyn EventStore>, limits: &Limits) -> Self {
+        Self {
+            root,
+            store,
+            max_token: limits.max_token as usize,
+            tokens: HashMap::new(),
+            decisions: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn max_token(&self) -> usize {
+        self.max_token
+    }
+
+    /// Remembers a token the host just verified or made.
+    pub(crate) fn admit(&mut self, token: Token) {
+        let uses_time = token.block_sources().iter().any(|s| s.contains("time("));
+        self.tokens.insert(
+            token.digest(),
+            Verified {
+                token,
+                uses_time,
+                clean_at: None,
+            },
+        );
+    }
+
+    /// The token with this digest, verifying it on first use.
+    pub(crate) fn token(&mut self, digest: &Digest) -> Result<&Token, String> {
+        self.verified(digest).map(|v| &v.token)
+    }
+
+    fn verified(&mut self, digest: &Digest) -> Result<&mut Verified, String> {
+        if !self.tokens.contains_key(digest) {
+            let bytes = self
+                .store
+                .token(digest)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("token {} is missing from the store", digest.short()))?;
+            let token = Token::parse_stored(digest, &bytes, self.root, self.max_token)
+                .map_err(|e| e.to_string())?;
+            self.admit(token);
+        }
+        self.tokens
+            .get_mut(digest)
+            .ok_or_else(|| "token cache is inconsistent".to_owned())
+    }
+
+    /// Authorizes `check` for `origin`, which holds the token `token`.
+    pub(crate) fn authorize(
+        &mut self,
+        token: Digest,
+        origin: EntityId,
+        check: &Check,
+        time: Timestamp,
+        state: &WorldState,
+    ) -> Result<(), String> {
+        let verified = self.verified(&token)?;
+        let revocations = state.revocation_count();
+        if verified.clean_at != Some(revocations) {
+            if verified
+                .token
+                .revocation_ids()
+                .iter()
+                .any(|id| state.is_revoked(id))
+            {
+                return Err("the token has been revoked".into());
+            }
+            verified.clean_at = Some(revocations);
+        }
+        let uses_time = verified.uses_time;
+        let key = DecisionKey {
+            token,
+            origin,
+            check: check.clone(),
+            second: if uses_time { time.0 / 1000 } else { 0 },
+        };
+        if let Some(decision) = self.decisions.get(&key) {
+            return decision.clone();
+        }
+        let decision = match self.tokens.get(&token) {
+            Some(v) => decide(v.token.biscuit(), origin, check, time),
+            None => Err("token cache is inconsistent".into()),
+        };
+        if self.decisions.len() >= MAX_CACHED_DECISIONS {
+            self.decisions.clear();
+        }
+        self.decisions.insert(key, decision.clone());
+        decision
+    }
+}

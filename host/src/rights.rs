@@ -1,0 +1,240 @@
+//! Rights: what a capability token grants, as people write them and as
+//! Datalog facts.
+//!
+//! A right is an operation class and, for most classes, a target:
+//!
+//! | right                     | allows                                             | fact in the token                 |
+//! |---------------------------|----------------------------------------------------|-----------------------------------|
+//! | `observe`                 | emitting observations                              | `right("observe")`                |
+//! | `state`                   | reading and writing the agent's own state          | `right("state")`                  |
+//! | `schedule TARGET`         | queueing tasks for TARGET                          | `right("schedule", "TARGET")`     |
+//! | `terminate TARGET`        | terminating TARGET                                 | `right("terminate", "TARGET")`    |
+//! | `spawn COMPONENT`         | spawning sub-agents of an installed component      | `right("spawn", "COMPONENT")`     |
+//! | `extension FAMILY`        | operations of a registered extension family        | `right("extension", "FAMILY")`    |
+//!
+//! TARGET is `self`, `children` (the agent's own sub-agents), an agent id
+//! (32 hex digits), or `*` (any). COMPONENT is an installed component's name
+//! or 64-hex-digit digest, or `*`. Targets are relative to the token's
+//! holder: `schedule children` lets any agent holding it schedule onto *its
+//! own* children.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// An operation class a right can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RightOp {
+    /// Emit observations.
+    Observe,
+    /// Read and write the agent's own state.
+    State,
+    /// Schedule tasks.
+    Schedule,
+    /// Terminate agents.
+    Terminate,
+    /// Spawn sub-agents.
+    Spawn,
+    /// Extension operations.
+    Extension,
+}
+
+impl RightOp {
+    const ALL: [RightOp; 6] = [
+        RightOp::Observe,
+        RightOp::State,
+        RightOp::Schedule,
+        RightOp::Terminate,
+        RightOp::Spawn,
+        RightOp::Extension,
+    ];
+
+    /// The name used in rights and in the `operation` fact.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            RightOp::Observe => "observe",
+            RightOp::State => "state",
+            RightOp::Schedule => "schedule",
+            RightOp::Terminate => "terminate",
+            RightOp::Spawn => "spawn",
+            RightOp::Extension => "extension",
+        }
+    }
+
+    /// Whether a right of this class names a target.
+    #[must_use]
+    pub const fn takes_target(self) -> bool {
+        !matches!(self, RightOp::Observe | RightOp::State)
+    }
+
+    /// The class with this name.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<RightOp> {
+        Self::ALL.into_iter().find(|op| op.name() == name)
+    }
+
+    fn usage(self) -> &'static str {
+        match self {
+            RightOp::Observe => "observe",
+            RightOp::State => "state",
+            RightOp::Schedule => "schedule self|children|*|AGENT-ID",
+            RightOp::Terminate => "terminate self|children|*|AGENT-ID",
+            RightOp::Spawn => "spawn COMPONENT|*",
+            RightOp::Extension => "extension FAMILY|*",
+        }
+    }
+}
+
+/// One right, e.g. `schedule children`.
+///
+/// # Examples
+///
+/// ```
+/// use toka_host::Right;
+///
+/// let right: Right = "schedule children".parse().unwrap();
+/// assert_eq!(right.to_string(), "schedule children");
+/// assert!("schedule".parse::<Right>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Right {
+    op: RightOp,
+    target: Option<String>,
+}
+
+/// Why a string is not a right.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{input}` is not a right: {problem} (rights: {})", RightOp::ALL.map(RightOp::usage).join(", "))]
+pub struct RightError {
+    input: String,
+    problem: String,
+}
+
+impl Right {
+    /// The operation class.
+    #[must_use]
+    pub fn op(&self) -> RightOp {
+        self.op
+    }
+
+    /// The target, for classes that take one.
+    #[must_use]
+    pub fn target(&self) -> Option<&str> {
+        self.target.as_deref()
+    }
+
+    /// The rights `toka run` grants when told nothing: observe, keep state,
+    /// schedule tasks for itself.
+    #[must_use]
+    pub fn defaults() -> Vec<Right> {
+        ["observe", "state", "schedule self"]
+            .iter()
+            .filter_map(|r| r.parse().ok())
+            .collect()
+    }
+}
+
+impl fmt::Display for Right {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.target {
+            Some(target) => write!(f, "{} {target}", self.op.name()),
+            None => f.write_str(self.op.name()),
+        }
+    }
+}
+
+impl FromStr for Right {
+    type Err = RightError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let fail = |problem: String| RightError {
+            input: s.chars().take(100).collect(),
+            problem,
+        };
+        let mut words = s.split_whitespace();
+        let name = words.next().ok_or_else(|| fail("it is empty".into()))?;
+        let op =
+            RightOp::from_name(name).ok_or_else(|| fail(format!("unknown operation `{name}`")))?;
+        let target = words.next();
+        if words.next().is_some() {
+            return Err(fail("too many words".into()));
+        }
+        let target = match (op.takes_target(), target) {
+            (false, None) => None,
+            (false, Some(_)) => return Err(fail(format!("`{}` takes no target", op.name()))),
+            (true, None) => {
+                return Err(fail(format!(
+                    "`{}` needs a target: {}",
+                    op.name(),
+                    op.usage()
+                )));
+            }
+            (true, Some(t)) => Some(check_target(op, t).map_err(fail)?),
+        };
+        Ok(Right { op, target })
+    }
+}
+
+fn check_target(op: RightOp, target: &str) -> Result<String, String> {
+    let is_hex = |n: usize| target.len() == n && target.bytes().all(|b| b.is_ascii_hexdigit());
+    let ok = match op {
+        RightOp::Schedule | RightOp::Terminate => {
+            matches!(target, "self" | "children" | "*") || is_hex(32)
+        }
+        RightOp::Spawn | RightOp::Extension => target
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-*:/".contains(&b)),
+        RightOp::Observe | RightOp::State => false,
+    };
+    if !ok {
+        return Err(format!("bad target `{target}` for {}", op.usage()));
+    }
+    // Agent ids and digests are compared as the lowercase hex Toka prints.
+    Ok(if is_hex(32) || is_hex(64) {
+        target.to_ascii_lowercase()
+    } else {
+        target.to_owned()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rights_round_trip_through_text() {
+        for text in [
+            "observe",
+            "state",
+            "schedule self",
+            "schedule children",
+            "schedule *",
+            "terminate 0123456789abcdef0123456789abcdef",
+            "spawn worker",
+            "spawn *",
+            "extension kv",
+        ] {
+            let right: Right = text.parse().unwrap();
+            assert_eq!(right.to_string(), text);
+        }
+        let upper: Right = "schedule 0123456789ABCDEF0123456789ABCDEF".parse().unwrap();
+        assert_eq!(upper.target(), Some("0123456789abcdef0123456789abcdef"));
+    }
+
+    #[test]
+    fn malformed_rights_name_the_problem() {
+        let cases = [
+            ("", "it is empty"),
+            ("fly away", "unknown operation `fly`"),
+            ("observe everything", "`observe` takes no target"),
+            ("schedule", "`schedule` needs a target"),
+            ("schedule others", "bad target `others`"),
+            ("spawn a b", "too many words"),
+            ("spawn wor\"ker", "bad target"),
+        ];
+        for (input, problem) in cases {
+            let err = input.parse::<Right>().unwrap_err().to_string();
+            assert!(err.contains(problem), "{input:?}: {err}");
+        }
+    }
+}

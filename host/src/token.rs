@@ -1,0 +1,401 @@
+//! Capability tokens: biscuits rooted in the host's key.
+//!
+//! A token's authority block lists `right(...)` facts (see [`Right`]) and may
+//! carry checks such as an expiry (`check if time($t), $t <= DATE`). Each
+//! delegation appends a block that restricts the token to the delegated
+//! rights:
+//!
+//! ```text
+//! delegated("observe");
+//! delegated("schedule", "children");
+//! check if operation($op), delegated($op)
+//!       or operation($op), delegated($op, "*")
+//!       or operation($op), target($t), delegated($op, $t);
+//! ```
+//!
+//! Policies trust only the authority block, so a block can only take rights
+//! away: a child never holds a right its parent lacks.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use biscuit_auth::builder::{Fact, string};
+use biscuit_auth::builder_ext::BuilderExt;
+use biscuit_auth::{Biscuit, BlockBuilder, PublicKey, UnverifiedBiscuit};
+use toka_kernel::Digest;
+
+use crate::rights::Right;
+use crate::root_key::RootKey;
+
+/// The check every delegation block carries.
+const DELEGATION_CHECK: &str = "check if operation($op), delegated($op) or operation($op), delegated($op, \"*\") or operation($op), target($t), delegated($op, $t)";
+
+/// A verified capability token: its bytes, their digest, the parsed biscuit.
+#[derive(Clone)]
+pub struct Token {
+    biscuit: Biscuit,
+    bytes: Arc<[u8]>,
+    digest: Digest,
+}
+
+/// What a token says, read without checking its signatures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// Its size in bytes.
+    pub size: usize,
+    /// Each block's Datalog source, authority block first.
+    pub blocks: Vec<String>,
+    /// Each block's revocation id.
+    pub revocation_ids: Vec<Vec<u8>>,
+}
+
+/// Why bytes are not a usable token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// Not a biscuit at all (bad base64, truncated, corrupt).
+    #[error("not a capability token: {0}")]
+    Malformed(String),
+    /// The signatures do not verify against the root key.
+    #[error(
+        "the token's signature does not verify against the root key {root}: it was signed by another key, or altered"
+    )]
+    BadSignature {
+        /// The root public key it was checked against.
+        root: String,
+    },
+    /// Over the size limit.
+    #[error("the token is {size} bytes, over the limit of {max}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// [`toka_kernel::Limits::max_token`].
+        max: usize,
+    },
+    /// A check on `time` fails now: the token has expired.
+    #[error("the token has expired ({0})")]
+    Expired(String),
+    /// The bytes stored under a token id are not that token.
+    #[error("the bytes stored as token {0} have another digest")]
+    DigestMismatch(String),
+    /// Building or appending a block failed.
+    #[error("building the token failed: {0}")]
+    Build(String),
+}
+
+impl Token {
+    /// Parses and verifies a token: base64 text (as `toka token issue` and
+    /// the `biscuit` tool print it; surrounding whitespace ignored) or raw
+    /// bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`TokenError`] naming what is wrong.
+    pub fn parse(input: &[u8], root: PublicKey, max: usize) -> Result<Token, TokenError> {
+        let unverified = parse_unverified(input)?;
+        let bytes = unverified
+            .to_vec()
+            .map_err(|e| TokenError::Malformed(describe(&e)))?;
+        if bytes.len() > max {
+            return Err(TokenError::TooLarge {
+                size: bytes.len(),
+                max,
+            });
+        }
+        let biscuit = unverified
+            .verify(root)
+            .map_err(|_| TokenError::BadSignature {
+                root: root.to_string(),
+            })?;
+        Ok(Self::wrap(biscuit, bytes))
+    }
+
+    /// Mints a token granting `rights`, expiring at `expires` if given.
+    ///
+    /// # Errors
+    ///
+    /// [`TokenError::Build`] if biscuit refuses the block.
+    pub fn issue(
+        root: &RootKey,
+        rights: &[Right],
+        expires: Option<SystemTime>,
+    ) -> Result<Token, TokenError> {
+        let mut builder = Biscuit::builder();
+        for right in rights {
+            builder = builder.fact(right_fact("right", right)).map_err(build)?;
+        }
+        if let Some(at) = expires {
+            builder = builder.check_expiration_date(at);
+        }
+        let biscuit = builder.build(root.pair()).map_err(build)?;
+        let bytes = biscuit.to_vec().map_err(build)?;
+        Ok(Self::wrap(biscuit, bytes))
+    }
+
+    /// This token restricted to `rights` (a delegation block). Does not check
+    /// that this token holds them; the gate does that before a spawn.
+    ///
+    /// # Errors
+    ///
+    /// [`TokenError::Build`] if biscuit refuses the block.
+    pub fn attenuate(&self, rights: &[Right]) -> Result<Token, TokenError> {
+        let mut block = BlockBuilder::new();
+        for right in rights {
+            block = block.fact(right_fact("delegated", right)).map_err(build)?;
+        }
+        block = block.check(DELEGATION_CHECK).map_err(build)?;
+        let biscuit = self.biscuit.append(block).map_err(build)?;
+        let bytes = biscuit.to_vec().map_err(build)?;
+        Ok(Self::wrap(biscuit, bytes))
+    }
+
+    fn wrap(biscuit: Biscuit, bytes: Vec<u8>) -> Token {
+        Token {
+            digest: Digest::of(&bytes),
+            bytes: bytes.into(),
+            biscuit,
+        }
+    }
+
+    /// The serialized token.
+    #[must_use]
+    pub fn bytes(&self) -> &Arc<[u8]> {
+        &self.bytes
+    }
+
+    /// The BLAKE3 digest of the bytes: the token's id in the log.
+    #[must_use]
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// Base64 (URL-safe alphabet), as the `biscuit` tool reads and writes it.
+    #[must_use]
+    pub fn to_base64(&self) -> String {
+        self.biscuit.to_base64().unwrap_or_default()
+    }
+
+    /// One revocation id per block, in block order; revoking any of them
+    /// revokes this token and every token attenuated from it.
+    #[must_use]
+    pub fn revocation_ids(&self) -> Vec<Vec<u8>> {
+        self.biscuit.revocation_identifiers()
+    }
+
+    /// Each block's Datalog source, in block order.
+    #[must_use]
+    pub fn block_sources(&self) -> Vec<String> {
+        (0..self.biscuit.block_count())
+            .map(|i| self.biscuit.print_block_source(i).unwrap_or_default())
+            .collect()
+    }
+
+    /// The rights delegated by the last block, or `None` for a token with no
+    /// delegation block.
+    #[must_use]
+    pub fn delegated_rights(&self) -> Option<Vec<String>> {
+        let count = self.biscuit.block_count();
+        if count < 2 {
+            return None;
+        }
+        let source = self.biscuit.print_block_source(count - 1).ok()?;
+        Some(
+            source
+                .lines()
+                .filter_map(|line| line.trim().strip_prefix("delegated(")?.strip_suffix(");"))
+                .map(|args| {
+                    args.split(", ")
+                        .map(|a| a.trim_matches('"'))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect(),
+        )
+    }
+
+    /// Parses a token stored under `digest`, checking that the bytes are
+    /// the ones the digest names.
+    ///
+    /// # Errors
+    ///
+    /// [`TokenError::DigestMismatch`], or why [`Token::parse`] refuses it.
+    pub(crate) fn parse_stored(
+        digest: &Digest,
+        bytes: &[u8],
+        root: PublicKey,
+        max: usize,
+    ) -> Result<Token, TokenError> {
+        if Digest::of(bytes) != *digest {
+            return Err(TokenError::DigestMismatch(digest.short()));
+        }
+        Self::parse(bytes, root, max)
+    }
+
+    /// Fails if any of the token's checks on `time` fails at `at`: the token
+    /// has expired.
+    ///
+    /// # Errors
+    ///
+    /// [`TokenError::Expired`] naming the check.
+    pub fn check_not_expired(&self, at: toka_kernel::Timestamp) -> Result<(), TokenError> {
+        let authorizer = biscuit_auth::AuthorizerBuilder::new()
+            .fact(biscuit_auth::builder::fact(
+                "time",
+                &[biscuit_auth::builder::Term::Date(at.0 / 1000)],
+            ))
+            .and_then(|b| b.policy("allow if true"))
+            .and_then(|b| b.build(&self.biscuit));
+        let result = authorizer.and_then(|mut a| a.authorize());
+        let failed: Vec<String> = match result {
+            Err(biscuit_auth::error::Token::FailedLogic(
+                biscuit_auth::error::Logic::Unauthorized { checks, .. }
+                | biscuit_auth::error::Logic::NoMatchingPolicy { checks },
+            )) => checks
+                .iter()
+                .map(|c| match c {
+                    biscuit_auth::error::FailedCheck::Block(b) => b.rule.clone(),
+                    biscuit_auth::error::FailedCheck::Authorizer(a) => a.rule.clone(),
+                })
+                .filter(|rule| rule.contains("time("))
+                .collect(),
+            _ => Vec::new(),
+        };
+        match failed.first() {
+            Some(rule) => Err(TokenError::Expired(rule.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether this token grants `right` at logical time `at` (checked as the
+    /// gate checks a delegation: the right's literal target).
+    ///
+    /// # Errors
+    ///
+    /// Why not, naming the missing right.
+    pub fn grants(&self, right: &Right, at: toka_kernel::Timestamp) -> Result<(), String> {
+        let check = crate::gate::Check::literal(right.op().name(), right.target());
+        crate::gate::decide(&self.biscuit, toka_kernel::EntityId::SYSTEM, &check, at)
+    }
+
+    /// Reads a token without checking its signatures, for inspection.
+    ///
+    /// # Errors
+    ///
+    /// [`TokenError::Malformed`] when it is not a biscuit at all.
+    pub fn inspect_unverified(input: &[u8]) -> Result<Inspection, TokenError> {
+        let unverified = parse_unverified(input)?;
+        let size = unverified
+            .to_vec()
+            .map_err(|e| TokenError::Malformed(describe(&e)))?
+            .len();
+        let blocks = (0..unverified.block_count())
+            .map(|i| unverified.print_block_source(i).unwrap_or_default())
+            .collect();
+        Ok(Inspection {
+            size,
+            blocks,
+            revocation_ids: unverified.revocation_identifiers(),
+        })
+    }
+
+    pub(crate) fn biscuit(&self) -> &Biscuit {
+        &self.biscuit
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Token({}, {} blocks)",
+            self.digest.short(),
+            self.biscuit.block_count()
+        )
+    }
+}
+
+/// Base64 text (trimmed) or raw bytes, signatures not checked.
+fn parse_unverified(input: &[u8]) -> Result<UnverifiedBiscuit, TokenError> {
+    let text = std::str::from_utf8(input).ok().map(str::trim);
+    match text {
+        Some(text) if !text.is_empty() && text.bytes().all(is_base64url) => {
+            UnverifiedBiscuit::from_base64(text)
+        }
+        _ => UnverifiedBiscuit::from(input),
+    }
+    .map_err(|e| TokenError::Malformed(describe(&e)))
+}
+
+fn right_fact(name: &str, right: &Right) -> Fact {
+    let mut terms = vec![string(right.op().name())];
+    if let Some(target) = right.target() {
+        terms.push(string(target));
+    }
+    biscuit_auth::builder::fact(name, &terms)
+}
+
+fn is_base64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=')
+}
+
+fn build(e: biscuit_auth::error::Token) -> TokenError {
+    TokenError::Build(describe(&e))
+}
+
+/// biscuit's `Display` for format errors hides the detail; its `Debug` has it.
+fn describe(e: &biscuit_auth::error::Token) -> String {
+    match e {
+        biscuit_auth::error::Token::Format(f) => format!("{f:?}"),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rights(list: &[&str]) -> Vec<Right> {
+        list.iter().map(|r| r.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn issue_parse_and_attenuate_round_trip() {
+        let root = RootKey::generate();
+        let token = Token::issue(&root, &rights(&["observe", "spawn worker"]), None).unwrap();
+        let text = token.to_base64();
+        let parsed = Token::parse(format!("{text}\n").as_bytes(), root.public(), 8192).unwrap();
+        assert_eq!(parsed.digest(), token.digest());
+        let raw = Token::parse(token.bytes(), root.public(), 8192).unwrap();
+        assert_eq!(raw.digest(), token.digest());
+        assert!(token.block_sources()[0].contains("right(\"spawn\", \"worker\");"));
+        assert_eq!(token.delegated_rights(), None);
+
+        let child = token.attenuate(&rights(&["observe"])).unwrap();
+        assert_eq!(child.block_sources().len(), 2);
+        assert_eq!(child.delegated_rights(), Some(vec!["observe".to_owned()]));
+        assert_eq!(child.revocation_ids()[0], token.revocation_ids()[0]);
+    }
+
+    #[test]
+    fn bad_tokens_are_refused_by_name() {
+        let root = RootKey::generate();
+        let token = Token::issue(&root, &rights(&["observe"]), None).unwrap();
+        let other = RootKey::generate();
+        assert!(matches!(
+            Token::parse(token.bytes(), other.public(), 8192),
+            Err(TokenError::BadSignature { .. })
+        ));
+        assert!(matches!(
+            Token::parse(&token.bytes()[..20], root.public(), 8192),
+            Err(TokenError::Malformed(_))
+        ));
+        assert!(matches!(
+            Token::parse(b"not a token!", root.public(), 8192),
+            Err(TokenError::Malformed(_))
+        ));
+        assert!(matches!(
+            Token::parse(token.bytes(), root.public(), 10),
+            Err(TokenError::TooLarge { max: 10, .. })
+        ));
+    }
+}

@@ -178,8 +178,8 @@ fn floor(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
-                    let (_dir, store) = fresh_store(name);
-                    let host = Host::open(store, RootKey::generate(), HostConfig::default())
+                    let (_dir, store, root) = fresh_store(name);
+                    let host = Host::open(store, root, HostConfig::default())
                         .await
                         .unwrap();
                     let component = host.install("bench", bench_component()).await.unwrap();
@@ -210,7 +210,7 @@ fn floor(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 
     group.bench_function("redb append, batches of 1000", |b| {
         b.iter_custom(|iters| {
-            let (_dir, store) = redb_store();
+            let (_dir, store) = redb_store(&RootKey::generate());
             let records = observation_records(iters);
             let start = Instant::now();
             for batch in records.chunks(1000) {
@@ -278,18 +278,18 @@ fn observe_grant() -> Grant {
     Grant::Rights(vec!["observe".parse().unwrap()])
 }
 
-fn fresh_store(name: &str) -> (Option<tempfile::TempDir>, Arc<dyn EventStore>) {
+fn fresh_store(name: &str) -> (Option<tempfile::TempDir>, Arc<dyn EventStore>, RootKey) {
+    let root = RootKey::generate();
     if name.ends_with("redb") {
-        let (dir, store) = redb_store();
-        (Some(dir), Arc::new(store))
+        let (dir, store) = redb_store(&root);
+        (Some(dir), Arc::new(store), root)
     } else {
-        (None, Arc::new(MemoryStore::new(Limits::default())))
+        (None, Arc::new(MemoryStore::new(Limits::default())), root)
     }
 }
 
-fn redb_store() -> (tempfile::TempDir, RedbStore) {
+fn redb_store(root: &RootKey) -> (tempfile::TempDir, RedbStore) {
     let dir = tempfile::tempdir().unwrap();
-    let root = RootKey::generate();
     let store = RedbStore::create(
         &dir.path().join("toka.redb"),
         &Limits::default(),

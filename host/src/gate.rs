@@ -193,7 +193,21 @@ struct Verified {
     /// The kernel's revocation count when this token was last found not
     /// revoked; revocations only grow, so an unchanged count needs no lookups.
     clean_at: Option<usize>,
+    /// The last decisions of target-less checks (`observe`, `state`), the
+    /// hot path: a few entries, scanned without hashing.
+    targetless: Vec<(Targetless, Result<(), String>)>,
 }
+
+/// What a target-less decision depends on besides the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Targetless {
+    operation: &'static str,
+    origin: EntityId,
+    second: u64,
+}
+
+/// Target-less decisions kept per token (one per operation class and origin).
+const TARGETLESS_SLOTS: usize = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct DecisionKey {
@@ -203,12 +217,43 @@ struct DecisionKey {
     second: u64,
 }
 
+/// Hashes a [`Digest`] key by its first 8 bytes: digests are uniform, and
+/// not chosen by agents (they are BLAKE3 of token bytes), so that is as good
+/// as hashing all 32 and several times cheaper.
+#[derive(Debug, Clone, Copy, Default)]
+struct DigestHash;
+
+impl std::hash::BuildHasher for DigestHash {
+    type Hasher = DigestHasher;
+
+    fn build_hasher(&self) -> DigestHasher {
+        DigestHasher(0)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // `Digest` hashes as its 32 bytes; fold the first 8.
+        let mut first = [0u8; 8];
+        let n = bytes.len().min(8);
+        first[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_le_bytes(first);
+    }
+}
+
 /// The live gate: verified tokens and cached decisions.
 pub(crate) struct Gate {
     root: PublicKey,
     store: Arc<dyn EventStore>,
     max_token: usize,
-    tokens: HashMap<Digest, Verified>,
+    tokens: HashMap<Digest, Verified, DigestHash>,
     decisions: HashMap<DecisionKey, Result<(), String>>,
 }
 
@@ -218,7 +263,7 @@ impl Gate {
             root,
             store,
             max_token: limits.max_token as usize,
-            tokens: HashMap::new(),
+            tokens: HashMap::default(),
             decisions: HashMap::new(),
         }
     }
@@ -236,6 +281,7 @@ impl Gate {
                 token,
                 uses_time,
                 clean_at: None,
+                targetless: Vec::new(),
             },
         );
     }
@@ -283,12 +329,32 @@ impl Gate {
             }
             verified.clean_at = Some(revocations);
         }
-        let uses_time = verified.uses_time;
+        let second = if verified.uses_time { time.0 / 1000 } else { 0 };
+        if check.targets.is_empty() {
+            let key = Targetless {
+                operation: check.operation,
+                origin,
+                second,
+            };
+            if let Some((_, decision)) = verified.targetless.iter().find(|(k, _)| *k == key) {
+                return decision.clone();
+            }
+            let decision = decide(verified.token.biscuit(), origin, check, time);
+            // Replace the entry of the same class and origin (an older second).
+            verified
+                .targetless
+                .retain(|(k, _)| (k.operation, k.origin) != (key.operation, key.origin));
+            if verified.targetless.len() >= TARGETLESS_SLOTS {
+                drop(verified.targetless.remove(0));
+            }
+            verified.targetless.push((key, decision.clone()));
+            return decision;
+        }
         let key = DecisionKey {
             token,
             origin,
             check: check.clone(),
-            second: if uses_time { time.0 / 1000 } else { 0 },
+            second,
         };
         if let Some(decision) = self.decisions.get(&key) {
             return decision.clone();

@@ -39,6 +39,11 @@ pub struct HostConfig {
     pub clock: Arc<dyn Clock>,
     /// Per-agent sandbox limits. Default: [`AgentLimits::default`].
     pub agent_limits: AgentLimits,
+    /// Skips the capability gate for agents' operations. Only for measuring
+    /// what the gate costs (`cargo bench --bench gate`); never set it to run
+    /// agents.
+    #[doc(hidden)]
+    pub skip_gate_for_benchmarks: bool,
 }
 
 impl Default for HostConfig {
@@ -46,6 +51,7 @@ impl Default for HostConfig {
         Self {
             clock: Arc::new(SystemClock),
             agent_limits: AgentLimits::default(),
+            skip_gate_for_benchmarks: false,
         }
     }
 }
@@ -132,7 +138,7 @@ impl Host {
         let kernel = replay(store.as_ref(), |_| {})?;
         let components = Components::new().map_err(|e| HostError::Wasmtime(format!("{e:#}")))?;
         let gate = Gate::new(root.public(), Arc::clone(&store), kernel.limits());
-        let sequencer = Sequencer::new(kernel, gate, config.clock);
+        let sequencer = Sequencer::new(kernel, gate, config.clock, config.skip_gate_for_benchmarks);
         let (bus, _) = broadcast::channel(BUS_CAPACITY);
         let inner = Arc::new(HostInner {
             sequencer,

@@ -14,6 +14,8 @@
 mod actor;
 mod agent_ctx;
 mod audit;
+#[doc(hidden)]
+pub mod bench_support;
 mod bindings;
 mod bus;
 mod capture;

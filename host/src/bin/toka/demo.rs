@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use toka_host::{Grant, Right};
 use toka_kernel::{EntityId, Event};
 
+use crate::output::out;
 use crate::render::{self, Names};
 use crate::{CliResult, Failure, Place, drive};
 
@@ -37,7 +38,7 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
     let workers = usize::from(args.workers);
     let opened = drive::open(place).await?;
     let host = &opened.host;
-    println!(
+    out!(
         "toka demo: a planner splits a job across {workers} worker agents; log: {}",
         place.dir().db_path().display()
     );
@@ -84,7 +85,7 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
                     Event::TaskFailed { .. } => failed += 1,
                     _ => {}
                 }
-                println!(
+                out!(
                     "{}",
                     render::human(record.seq, record.origin, event, &names)
                 );
@@ -94,13 +95,13 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
     .await?;
     let head = host.head();
     opened.host.shutdown().await?;
-    println!(
+    out!(
         "demo finished: {completed} tasks completed, {failed} failed; the log now has {} records (this run wrote #{}..#{}).",
         head.seq,
         first.unwrap_or(head.seq),
         head.seq
     );
-    println!("check it with `toka verify`; read it with `toka events` or `toka state`.");
+    out!("check it with `toka verify`; read it with `toka events` or `toka state`.");
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {

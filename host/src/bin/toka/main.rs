@@ -3,6 +3,7 @@
 mod demo;
 mod drive;
 mod events;
+mod output;
 mod render;
 mod run;
 mod state;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use toka_host::{Grant, Right};
 use toka_kernel::{Digest, EntityId, Event, TaskId};
 
+use crate::output::out;
 use crate::render::{Names, one_line};
 use crate::{CliResult, Failure, Place, drive};
 
@@ -98,7 +99,7 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
                 names.learn(event);
                 match event {
                     Event::ObservationEmitted { agent, data, .. } => {
-                        println!("{}: {}", names.who(*agent), one_line(data, usize::MAX));
+                        out!("{}: {}", names.who(*agent), one_line(data, usize::MAX));
                     }
                     Event::TaskFailed { task, reason, .. } if pending.contains_key(task) => {
                         failed += 1;

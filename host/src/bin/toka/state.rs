@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use serde_json::json;
 use toka_kernel::{EntityId, Kernel};
 
+use crate::output::out;
 use crate::render::{self, Names};
 use crate::{CliResult, Failure};
 
@@ -23,7 +24,7 @@ pub(crate) fn main(data: &Path, args: Args) -> CliResult {
         .map_err(Failure::input)?;
     let kernel = toka_host::replay(&store, |_| {})?;
     if args.json {
-        println!("{}", as_json(&kernel));
+        out!("{}", as_json(&kernel));
     } else {
         print_table(&kernel);
     }
@@ -67,7 +68,7 @@ fn as_json(kernel: &Kernel) -> serde_json::Value {
 fn print_table(kernel: &Kernel) {
     let state = kernel.state();
     let names = Names::from_state(state);
-    println!("agents: {}", state.agents().len());
+    out!("agents: {}", state.agents().len());
     for (id, a) in state.agents() {
         let parent = if a.parent == EntityId::SYSTEM {
             "operator".to_owned()
@@ -76,7 +77,7 @@ fn print_table(kernel: &Kernel) {
         };
         let running = a.running.map_or_else(|| "-".to_owned(), |t| t.short());
         let keys: Vec<&str> = a.state.keys().map(String::as_str).collect();
-        println!(
+        out!(
             "  {} {:<14} {:<10} parent {:<12} queued {:<3} running {:<8} completed {:<4} failed {:<4} state [{}]",
             id.short(),
             a.name,
@@ -89,16 +90,16 @@ fn print_table(kernel: &Kernel) {
             keys.join(", ")
         );
     }
-    println!("components: {}", state.components().len());
+    out!("components: {}", state.components().len());
     for c in state.components() {
-        println!(
+        out!(
             "  {} {:<14} {}",
             render::short(&c.digest),
             c.name,
             render::size(c.size)
         );
     }
-    println!(
+    out!(
         "log: {} records, head {}",
         kernel.head().seq,
         kernel.head().hash.short()

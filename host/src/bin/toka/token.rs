@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use toka_host::{Right, Token};
 use toka_kernel::{Limits, Timestamp};
 
+use crate::output::out;
 use crate::render::hex;
 use crate::{CliResult, Failure, Place, drive};
 
@@ -52,7 +53,7 @@ pub(crate) enum Command {
 pub(crate) async fn main(place: &Place, command: Command) -> CliResult {
     match command {
         Command::PublicKey => {
-            println!("{}", place.root_key(true)?.public_string());
+            out!("{}", place.root_key(true)?.public_string());
         }
         Command::Issue { rights, expires } => {
             let rights = parse_rights(&rights)?;
@@ -61,7 +62,7 @@ pub(crate) async fn main(place: &Place, command: Command) -> CliResult {
                 .transpose()?;
             let root = place.root_key(true)?;
             let token = Token::issue(&root, &rights, expires).map_err(Failure::work)?;
-            println!("{}", token.to_base64());
+            out!("{}", token.to_base64());
         }
         Command::Attenuate { file, rights } => {
             let rights = parse_rights(&rights)?;
@@ -73,7 +74,7 @@ pub(crate) async fn main(place: &Place, command: Command) -> CliResult {
                     .map_err(|why| Failure::input(format!("cannot keep `{right}`: {why}")))?;
             }
             let attenuated = token.attenuate(&rights).map_err(Failure::work)?;
-            println!("{}", attenuated.to_base64());
+            out!("{}", attenuated.to_base64());
         }
         Command::Inspect { file } => inspect(place, &file)?,
         Command::Revoke { id, force } => {
@@ -82,7 +83,7 @@ pub(crate) async fn main(place: &Place, command: Command) -> CliResult {
             let result = opened.host.revoke(bytes, force).await;
             opened.host.shutdown().await?;
             result?;
-            println!("revoked {id}");
+            out!("revoked {id}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -122,18 +123,18 @@ fn inspect(place: &Place, file: &Path) -> Result<(), Failure> {
         Err(_) => "not checked (no root key here)".to_owned(),
     };
     let ids = &inspection.revocation_ids;
-    println!(
+    out!(
         "token: {} bytes, {} blocks",
         inspection.size,
         inspection.blocks.len()
     );
-    println!("signature: {verdict}");
+    out!("signature: {verdict}");
     for (i, source) in inspection.blocks.iter().enumerate() {
-        println!("block {i}{}:", if i == 0 { " (authority)" } else { "" });
+        out!("block {i}{}:", if i == 0 { " (authority)" } else { "" });
         for line in source.lines() {
-            println!("    {line}");
+            out!("    {line}");
         }
-        println!(
+        out!(
             "    revocation id: {}",
             ids.get(i).map_or_else(String::new, |id| hex(id))
         );

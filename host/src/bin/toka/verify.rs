@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use toka_host::EventStore;
 
+use crate::output::out;
 use crate::{CliResult, Failure};
 
 /// Arguments of `toka verify`.
@@ -23,7 +24,7 @@ pub(crate) fn main(data: &Path, args: Args) -> CliResult {
         .map_err(Failure::input)?;
     let kernel = toka_host::replay(&store, |_| {})
         .map_err(|e| Failure::work(format!("verification failed: {e}")))?;
-    println!("ok {} {}", kernel.head().seq, kernel.state().digest());
+    out!("ok {} {}", kernel.head().seq, kernel.state().digest());
     if !args.auth {
         return Ok(ExitCode::SUCCESS);
     }
@@ -39,7 +40,7 @@ pub(crate) fn main(data: &Path, args: Args) -> CliResult {
     let report =
         toka_host::audit(&store, root).map_err(|e| Failure::work(format!("audit failed: {e}")))?;
     for m in &report.mismatches {
-        println!("auth mismatch at record {}: {}", m.seq, m.problem);
+        out!("auth mismatch at record {}: {}", m.seq, m.problem);
     }
     if !report.mismatches.is_empty() {
         return Err(Failure::work(format!(
@@ -48,7 +49,7 @@ pub(crate) fn main(data: &Path, args: Args) -> CliResult {
             report.allowed + report.denied
         )));
     }
-    println!(
+    out!(
         "auth ok: {} allowed and {} denied decisions reproduced",
         report.allowed, report.denied
     );

@@ -1,0 +1,172 @@
+//! What the capability gate costs, side by side in one run.
+//!
+//! `cargo bench -p toka-host --bench gate`
+//!
+//! - `authorize observe`: biscuit verify + authorize per operation (no
+//!   caches), authorize alone on a verified token, and the gate's cached path
+//!   (revocation check + decision cache), all for a 2-block (attenuated)
+//!   token.
+//! - end to end: the `test-bench` agent's observations through the whole
+//!   host, to memory and to a redb file, with the gate and without it, in
+//!   paired rounds (printed as a table after criterion's output).
+//!
+//! Goals (issue 4): the cached gate ≥ 20× faster than the uncached path; the
+//! gate costs ≤ 10% of end-to-end throughput.
+
+#![allow(missing_docs, reason = "criterion generates the bench entry points")]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use toka_host::bench_support::GateProbe;
+use toka_host::{
+    EventStore, Grant, Host, HostConfig, MemoryStore, RedbStore, Right, RootKey, Token,
+};
+use toka_kernel::{Limits, Timestamp};
+
+/// The allocator the `toka` binary uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn rights(list: &[&str]) -> Vec<Right> {
+    list.iter().map(|r| r.parse().unwrap()).collect()
+}
+
+fn authorize(c: &mut Criterion) {
+    let root = RootKey::generate();
+    let parent = Token::issue(&root, &rights(&["observe", "state", "spawn worker"]), None).unwrap();
+    let token = parent.attenuate(&rights(&["observe"])).unwrap();
+    let bytes = token.bytes().to_vec();
+    let observe: Right = "observe".parse().unwrap();
+    let now = Timestamp(1_800_000_000_000);
+    let max = Limits::default().max_token as usize;
+
+    let mut group = c.benchmark_group("authorize observe");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("uncached: verify + authorize", |b| {
+        b.iter(|| {
+            let t = Token::parse(black_box(&bytes), root.public(), max).unwrap();
+            t.grants(&observe, now).unwrap();
+        });
+    });
+    group.bench_function("uncached: authorize a verified token", |b| {
+        b.iter(|| token.grants(black_box(&observe), now).unwrap());
+    });
+    let mut probe = GateProbe::new(root.public(), token.clone());
+    group.bench_function("gate, cached", |b| {
+        b.iter(|| probe.authorize_observe(black_box(now)).unwrap());
+    });
+    group.finish();
+}
+
+/// Per-operation time of `ops` observations through a fresh host on
+/// `store`, with or without the gate.
+fn run_once(
+    rt: &tokio::runtime::Runtime,
+    component: &[u8],
+    redb: bool,
+    skip_gate: bool,
+    ops: u64,
+) -> f64 {
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let root = RootKey::generate();
+        let store: Arc<dyn EventStore> = if redb {
+            Arc::new(
+                RedbStore::create(
+                    &dir.path().join("toka.redb"),
+                    &Limits::default(),
+                    &root.public().to_bytes(),
+                )
+                .unwrap(),
+            )
+        } else {
+            Arc::new(MemoryStore::new(Limits::default()))
+        };
+        let config = HostConfig {
+            skip_gate_for_benchmarks: skip_gate,
+            ..HostConfig::default()
+        };
+        let host = Host::open(store, root, config).await.unwrap();
+        let digest = host.install("bench", component.to_vec()).await.unwrap();
+        let agent = host
+            .spawn(digest, "bench", Grant::Rights(rights(&["observe"])))
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let mut left = ops;
+        while left > 0 {
+            let n = left.min(50_000);
+            host.schedule(agent, &format!("observe {n}")).await.unwrap();
+            left -= n;
+        }
+        host.run_until_idle().await.unwrap();
+        let elapsed = start.elapsed();
+        let failed = host.state(|s| s.agent(agent).unwrap().failed);
+        assert_eq!(failed, 0, "a bench task failed; the figures would be wrong");
+        host.shutdown().await.unwrap();
+        elapsed.as_secs_f64() * 1e9 / ops as f64
+    })
+}
+
+/// End to end with and without the gate, paired: rounds alternate the
+/// order, so drift in the disk's fsync latency hits both alike. Prints
+/// medians of per-operation time.
+fn end_to_end_paired() {
+    const ROUNDS: usize = 9;
+    const OPS: u64 = 200_000;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let component = std::fs::read(toka_agents::path("test-bench").unwrap()).unwrap();
+    println!("\nend to end, {OPS} observations per run, {ROUNDS} paired rounds (median ns/op):");
+    println!(
+        "{:<10} {:>12} {:>12} {:>10}",
+        "store", "with gate", "without", "overhead"
+    );
+    for (name, redb) in [("memory", false), ("redb", true)] {
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            let order = if round % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for skip in order {
+                let ns = run_once(&rt, &component, redb, skip, OPS);
+                if skip {
+                    without.push(ns)
+                } else {
+                    with.push(ns)
+                }
+            }
+        }
+        let (w, wo) = (median(&mut with), median(&mut without));
+        println!(
+            "{name:<10} {w:>12.0} {wo:>12.0} {:>9.1}%",
+            (w / wo - 1.0) * 100.0
+        );
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() {
+    let mut criterion = Criterion::default()
+        .measurement_time(Duration::from_secs(5))
+        .configure_from_args();
+    authorize(&mut criterion);
+    criterion.final_summary();
+    // `cargo bench -- <filter>` narrows criterion's part only; the paired
+    // run needs no filter to be skipped: pass `--no-paired` to skip it.
+    if !std::env::args().any(|a| a == "--no-paired") {
+        end_to_end_paired();
+    }
+}

@@ -1,0 +1,91 @@
+//! Access to internals for the benchmarks in `host/benches`. Not an API.
+
+use std::sync::Arc;
+
+use toka_kernel::{
+    AgentId, AgentSpec, Command, ComponentSpec, Digest, EntityId, Event, Kernel, Limits, Operation,
+    Timestamp,
+};
+
+use crate::gate::{Check, Gate};
+use crate::memory_store::MemoryStore;
+use crate::token::Token;
+
+/// The live gate, with one agent bound to one token, authorizing
+/// `observe` through its caches.
+pub struct GateProbe {
+    gate: Gate,
+    kernel: Kernel,
+    agent: AgentId,
+    token: Digest,
+}
+
+impl std::fmt::Debug for GateProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GateProbe")
+            .field("agent", &self.agent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GateProbe {
+    /// A gate for tokens rooted in `root` that knows `token`, and a world
+    /// where one agent holds it.
+    ///
+    /// # Panics
+    ///
+    /// If the setup commands are refused (they are not).
+    #[must_use]
+    pub fn new(root: biscuit_auth::PublicKey, token: Token) -> Self {
+        let limits = Limits::default();
+        let store = Arc::new(MemoryStore::new(limits.clone()));
+        let mut gate = Gate::new(root, store, &limits);
+        let digest = token.digest();
+        gate.admit(token);
+        let mut kernel = Kernel::new(limits);
+        let component = Digest::of(b"probe");
+        let ops = [
+            Operation::InstallComponent {
+                component: ComponentSpec {
+                    digest: component,
+                    name: "probe".into(),
+                    size: 1,
+                },
+            },
+            Operation::SpawnAgent {
+                spec: AgentSpec {
+                    component,
+                    name: "probe".into(),
+                    token: digest,
+                    rights: Vec::new(),
+                },
+            },
+        ];
+        let mut agent = EntityId::SYSTEM;
+        for op in ops {
+            let applied = kernel
+                .apply(Command::system(EntityId::SYSTEM, Timestamp(1), op))
+                .expect("setup");
+            if let Some(Event::AgentSpawned { agent: a, .. }) = applied.events.first() {
+                agent = *a;
+            }
+        }
+        Self {
+            gate,
+            kernel,
+            agent,
+            token: digest,
+        }
+    }
+
+    /// Authorizes the agent's `observe` at `time`, as the sequencer does.
+    ///
+    /// # Errors
+    ///
+    /// The gate's reason when it denies.
+    pub fn authorize_observe(&mut self, time: Timestamp) -> Result<(), String> {
+        let check = Check::literal("observe", None);
+        self.gate
+            .authorize(self.token, self.agent, &check, time, self.kernel.state())
+    }
+}

@@ -51,7 +51,8 @@ pub(crate) fn main(data: &Path, args: Args) -> CliResult {
     }
     out!(
         "auth ok: {} allowed and {} denied decisions reproduced",
-        report.allowed, report.denied
+        report.allowed,
+        report.denied
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -13,8 +13,13 @@ use crate::sequencer::Attachments;
 
 /// What an actor does next.
 enum Step {
-    /// Run the task at the head of the queue (its scheduling is durable).
-    Run(TaskId, String),
+    /// Run a task: the head of the queue (its scheduling is durable), or,
+    /// after a restart, the task that was running (`started`), again.
+    Run {
+        task: TaskId,
+        description: String,
+        started: bool,
+    },
     /// Nothing runnable yet.
     Wait,
     /// The agent is gone or terminated.
@@ -34,8 +39,12 @@ pub(crate) async fn run(inner: Arc<HostInner>, agent: AgentId, wake: Arc<Notify>
         match next_step(&inner, agent) {
             Step::Stop => break,
             Step::Wait => wake.notified().await,
-            Step::Run(task, description) => {
-                run_task(&inner, agent, task, description, &mut instance).await;
+            Step::Run {
+                task,
+                description,
+                started,
+            } => {
+                run_task(&inner, agent, task, description, started, &mut instance).await;
             }
         }
         if inner.sequencer.stopped().is_some() {
@@ -52,12 +61,27 @@ fn next_step(inner: &HostInner, agent: AgentId) -> Step {
         let Some(record) = state.agent(agent).filter(|a| a.is_active()) else {
             return Step::Stop;
         };
+        // A task still running here was interrupted by a restart: run it
+        // again; its journal answers what it already did.
+        if let Some(task) = record.running
+            && let Some(t) = state.task(task)
+        {
+            return Step::Run {
+                task,
+                description: t.spec.description.clone(),
+                started: true,
+            };
+        }
         let Some(&task) = record.queue.front() else {
             return Step::Wait;
         };
         match state.task(task) {
             // Start a task only once its scheduling is durable.
-            Some(t) if t.scheduled_seq <= committed => Step::Run(task, t.spec.description.clone()),
+            Some(t) if t.scheduled_seq <= committed => Step::Run {
+                task,
+                description: t.spec.description.clone(),
+                started: false,
+            },
             _ => Step::Wait,
         }
     })
@@ -68,6 +92,7 @@ async fn run_task(
     agent: AgentId,
     task: TaskId,
     description: String,
+    started: bool,
     instance: &mut Option<Instance>,
 ) {
     if instance.is_none() {
@@ -92,11 +117,14 @@ async fn run_task(
     let Some(live) = instance.as_mut() else {
         return;
     };
-    if !finish(inner, agent, Operation::StartTask { task }).await {
+    if !started && !finish(inner, agent, Operation::StartTask { task }).await {
         return;
     }
+    let Some(start) = inner.sequencer.run_started_at(task) else {
+        return;
+    };
 
-    live.store.data_mut().begin_task(task);
+    live.store.data_mut().begin_task(task, start);
     let call = live
         .agent
         .toka_agent_handler()
@@ -108,11 +136,17 @@ async fn run_task(
             },
         )
         .await;
-    let printed = live.store.data_mut().end_task();
-    let panic_line = log_output(agent, task, &printed);
+    let end = live.store.data_mut().end_task();
+    let panic_line = log_output(agent, task, &end.printed);
 
     let max_output = inner.sequencer.read(|k| k.limits().max_output as usize);
     let (op, fault) = match call {
+        // A diverged re-run is the host's finding, not the agent's fault.
+        _ if end.diverged.is_some() => {
+            *instance = None;
+            let reason = inner.clip_reason(end.diverged.as_deref().unwrap_or_default());
+            (Operation::FailTask { task, reason }, None)
+        }
         Ok(Ok(output)) if output.len() > max_output => {
             let reason = format!(
                 "task output is {} bytes, over the limit of {max_output}",
@@ -177,7 +211,12 @@ pub(crate) async fn instantiate(inner: &HostInner, agent: AgentId) -> Result<Ins
     let pre = inner.prepared(component).await?;
     let mut store = Store::new(
         inner.components.engine(),
-        AgentCtx::new(agent, inner.sequencer.clone(), &inner.agent_limits),
+        AgentCtx::new(
+            agent,
+            inner.sequencer.clone(),
+            &inner.agent_limits,
+            inner.entropy,
+        ),
     );
     store.epoch_deadline_async_yield_and_update(1);
     let agent_bindings = pre
@@ -194,8 +233,8 @@ pub(crate) async fn instantiate(inner: &HostInner, agent: AgentId) -> Result<Ins
         Err(trap) => return Err(format!("init trapped: {}", trap_summary(&trap))),
     }
     // Output printed during init belongs to no task; log it and move on.
-    let printed = store.data_mut().end_task();
-    log_output(agent, EntityId::SYSTEM, &printed);
+    let end = store.data_mut().end_task();
+    log_output(agent, EntityId::SYSTEM, &end.printed);
     Ok(Instance {
         store,
         agent: agent_bindings,

@@ -9,7 +9,8 @@ use crate::bindings::toka::agent::kernel;
 use crate::bindings::wit;
 use crate::capture::Capture;
 use crate::limits::AgentLimits;
-use crate::sequencer::{Request, Sequencer};
+use crate::sequencer::{Halt, Request, Sequencer};
+use crate::task_inputs::TaskInputs;
 
 /// The data of one agent's wasmtime `Store`.
 pub(crate) struct AgentCtx {
@@ -19,24 +20,49 @@ pub(crate) struct AgentCtx {
     sequencer: Sequencer,
     /// The task being handled, and the index its next operation gets.
     task: Option<(TaskId, u32)>,
+    /// The clocks and randomness the guest sees, reset per task.
+    inputs: TaskInputs,
+    /// Set when a re-run diverged from the log: the task fails with it.
+    diverged: Option<String>,
     stdout: Capture,
     stderr: Capture,
     log_lines: u32,
     limits: AgentLimits,
 }
 
+/// What a task left behind in the agent's context.
+pub(crate) struct TaskEnd {
+    /// `(stream, bytes, bytes dropped)` for stdout and stderr.
+    pub(crate) printed: [(&'static str, Vec<u8>, u64); 2],
+    /// Why a re-run of the task diverged from the log, if it did.
+    pub(crate) diverged: Option<String>,
+}
+
 impl AgentCtx {
     /// A deny-by-default context: no preopened directories, no environment,
-    /// no arguments, no network, stdin closed, stdout/stderr captured.
-    pub(crate) fn new(agent: AgentId, sequencer: Sequencer, limits: &AgentLimits) -> Self {
+    /// no arguments, no network, stdin closed, stdout/stderr captured, and
+    /// clocks and randomness deterministic per task (keyed by `entropy`, a
+    /// host secret).
+    pub(crate) fn new(
+        agent: AgentId,
+        sequencer: Sequencer,
+        limits: &AgentLimits,
+        entropy: [u8; 32],
+    ) -> Self {
         let stdout = Capture::new(limits.stdout_bytes);
         let stderr = Capture::new(limits.stderr_bytes);
+        let inputs = TaskInputs::new(entropy, agent);
         let wasi = WasiCtx::builder()
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            .wall_clock(inputs.wall_clock())
+            .monotonic_clock(inputs.monotonic_clock())
+            .secure_random(inputs.random())
+            .insecure_random(inputs.random())
+            .insecure_random_seed(agent.as_u128())
             .build();
         Self {
             wasi,
@@ -44,6 +70,8 @@ impl AgentCtx {
             agent,
             sequencer,
             task: None,
+            inputs,
+            diverged: None,
             stdout,
             stderr,
             log_lines: 0,
@@ -51,18 +79,31 @@ impl AgentCtx {
         }
     }
 
-    /// Marks the start of a task: its operations carry `(task, 0)`, `(task, 1)`, ...
-    pub(crate) fn begin_task(&mut self, task: TaskId) {
+    /// Marks the start of a task (started at logical time `start`): its
+    /// operations carry `(task, 0)`, `(task, 1)`, ...; its clocks and random
+    /// bytes start over.
+    pub(crate) fn begin_task(&mut self, task: TaskId, start: toka_kernel::Timestamp) {
         self.task = Some((task, 0));
+        self.diverged = None;
         self.log_lines = 0;
+        self.inputs.begin(task, start);
     }
 
-    /// Marks the end of the task and hands back what the guest printed.
-    pub(crate) fn end_task(&mut self) -> [(&'static str, Vec<u8>, u64); 2] {
+    /// Marks the end of the task; hands back what the guest printed and
+    /// whether a re-run diverged.
+    pub(crate) fn end_task(&mut self) -> TaskEnd {
         self.task = None;
         let (out, out_dropped) = self.stdout.take();
         let (err, err_dropped) = self.stderr.take();
-        [("stdout", out, out_dropped), ("stderr", err, err_dropped)]
+        TaskEnd {
+            printed: [("stdout", out, out_dropped), ("stderr", err, err_dropped)],
+            diverged: self.diverged.take(),
+        }
+    }
+
+    /// Where the task's next operation goes.
+    fn position(&self) -> Option<OpKey> {
+        self.task.map(|(task, index)| OpKey { task, index })
     }
 }
 
@@ -82,7 +123,7 @@ impl kernel::Host for AgentCtx {
         &mut self,
         op: wit::Operation,
     ) -> wasmtime::Result<Result<wit::Receipt, wit::Error>> {
-        let cause = self.task.map(|(task, index)| OpKey { task, index });
+        let cause = self.position();
         let request = match into_request(self.agent, op) {
             Ok(request) => request,
             Err(e) => return Ok(Err(e)),
@@ -103,7 +144,12 @@ impl kernel::Host for AgentCtx {
             }
             Ok(Err(rejected)) => Ok(Err(to_wit_error(rejected))),
             // The host is going down: end the guest's call.
-            Err(stopped) => Err(wasmtime::Error::msg(stopped.to_string())),
+            Err(Halt::Stopped(stopped)) => Err(wasmtime::Error::msg(stopped.to_string())),
+            // The task cannot go on: end the call; the task fails with this.
+            Err(Halt::Diverged(why)) => {
+                self.diverged = Some(why.clone());
+                Err(wasmtime::Error::msg(why))
+            }
         }
     }
 
@@ -112,20 +158,13 @@ impl kernel::Host for AgentCtx {
     }
 
     fn get_state(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(self.sequencer.read(|k| {
-            k.state()
-                .agent(self.agent)
-                .and_then(|a| a.state.get(&key).cloned())
-        }))
+        Ok(self
+            .sequencer
+            .state_value(self.agent, self.position(), &key))
     }
 
     fn state_keys(&mut self) -> wasmtime::Result<Vec<String>> {
-        Ok(self.sequencer.read(|k| {
-            k.state()
-                .agent(self.agent)
-                .map(|a| a.state.keys().cloned().collect())
-                .unwrap_or_default()
-        }))
+        Ok(self.sequencer.state_keys(self.agent, self.position()))
     }
 
     fn log(&mut self, level: wit::LogLevel, message: String) -> wasmtime::Result<()> {

@@ -61,8 +61,10 @@ pub fn audit(store: &dyn EventStore, root: PublicKey) -> Result<AuditReport, Hos
             .clone()
     };
     let mut report = AuditReport::default();
+    let kernel = Kernel::new(store.limits()?);
     replay_with(
         store,
+        kernel,
         |kernel: &Kernel, bytes: &[u8]| {
             // A record that does not decode fails the replay right after this.
             let Ok(record) = Record::decode(bytes) else {
@@ -87,7 +89,7 @@ pub fn audit(store: &dyn EventStore, root: PublicKey) -> Result<AuditReport, Hos
                 });
             }
         },
-        |_| report.records += 1,
+        |_, _| report.records += 1,
     )?;
     Ok(report)
 }

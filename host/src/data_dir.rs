@@ -141,19 +141,44 @@ impl DataDir {
         })
     }
 
-    /// Opens an existing store.
+    /// Opens an existing store for writing.
     ///
     /// # Errors
     ///
     /// [`DataDirError::Missing`] when there is none, or why it does not open.
     pub fn open_existing(&self) -> Result<RedbStore, DataDirError> {
-        if !self.exists() {
-            if self.path.exists() {
-                self.check_usable()?;
-            }
-            return Err(DataDirError::Missing(self.path.clone()));
-        }
+        self.check_exists()?;
         Ok(RedbStore::open(&self.db_path())?)
+    }
+
+    /// Opens an existing store read-only: it may be open for writing by a
+    /// running host at the same time.
+    ///
+    /// # Errors
+    ///
+    /// [`DataDirError::Missing`] when there is none, or why it does not open.
+    pub fn open_read_only(&self) -> Result<RedbStore, DataDirError> {
+        self.check_exists()?;
+        match RedbStore::open_read_only(&self.db_path()) {
+            // The last writer crashed. With no writer running, opening for
+            // writing repairs the file (redb's commits are atomic, so only
+            // uncommitted work is lost); read through that handle.
+            Err(StoreError::NeedsRepair { .. }) => {
+                tracing::info!(path = %self.db_path().display(), "repairing after a crash");
+                Ok(RedbStore::open(&self.db_path())?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    fn check_exists(&self) -> Result<(), DataDirError> {
+        if self.exists() {
+            return Ok(());
+        }
+        if self.path.exists() {
+            self.check_usable()?;
+        }
+        Err(DataDirError::Missing(self.path.clone()))
     }
 
     /// A directory without a store may become one only if it holds nothing

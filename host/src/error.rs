@@ -56,6 +56,14 @@ pub enum HostError {
         "no token in this data dir has revocation id {0} (see `toka token inspect`; --force revokes it anyway)"
     )]
     UnknownRevocationId(String),
+    /// A stored snapshot does not match the log.
+    #[error("the snapshot at record {seq} does not match the log: {reason}")]
+    SnapshotMismatch {
+        /// The snapshot's sequence number.
+        seq: u64,
+        /// What does not match.
+        reason: String,
+    },
     /// The host stopped (its log writer failed, or it is shutting down).
     #[error(transparent)]
     Stopped(#[from] Stopped),

@@ -5,6 +5,9 @@ use std::sync::Arc;
 
 use toka_kernel::{ChainHead, Digest, Limits};
 
+/// Snapshots a store keeps; older ones are dropped when a new one is written.
+pub const SNAPSHOTS_KEPT: usize = 2;
+
 /// The layout version of a data dir: tables, meta keys and their encodings.
 /// Bumped when a release changes them; a store refuses to open a newer one.
 pub const DATA_FORMAT: u16 = 1;
@@ -18,6 +21,8 @@ pub struct Batch {
     pub blobs: Vec<(Digest, Arc<[u8]>)>,
     /// Capability tokens first referenced here, by the digest of their bytes.
     pub tokens: Vec<(Digest, Arc<[u8]>)>,
+    /// A snapshot of the state after the last record, `(seq, bytes)`.
+    pub snapshot: Option<(u64, Vec<u8>)>,
     /// The chain head after the last record.
     pub head: ChainHead,
 }
@@ -26,7 +31,10 @@ impl Batch {
     /// Whether there is nothing to write.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.blobs.is_empty() && self.tokens.is_empty()
+        self.records.is_empty()
+            && self.blobs.is_empty()
+            && self.tokens.is_empty()
+            && self.snapshot.is_none()
     }
 }
 
@@ -54,6 +62,42 @@ pub trait EventStore: Send + Sync + 'static {
     ///
     /// [`StoreError`] when the store cannot be read.
     fn records(&self, from: u64) -> Result<Records<'_>, StoreError>;
+
+    /// One record, by sequence number.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    fn record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .records(seq)?
+            .next()
+            .transpose()?
+            .filter(|(s, _)| *s == seq)
+            .map(|(_, bytes)| bytes))
+    }
+
+    /// The sequence numbers of the stored snapshots, ascending.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    fn snapshots(&self) -> Result<Vec<u64>, StoreError>;
+
+    /// The snapshot taken after record `seq`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    fn snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Stores a snapshot taken after record `seq` (which must be durable)
+    /// and drops all but the newest [`SNAPSHOTS_KEPT`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the write fails.
+    fn put_snapshot(&self, seq: u64, bytes: Vec<u8>) -> Result<(), StoreError>;
 
     /// The chain head stored beside the log: the last committed record.
     ///
@@ -129,6 +173,15 @@ pub enum StoreError {
     /// Another process has the store open.
     #[error("{path}: in use by another toka process")]
     InUse {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file was not closed cleanly (the writer crashed) and must be
+    /// repaired by opening it for writing.
+    #[error(
+        "{path}: needs a repair after a crash; open it for writing once (any command that writes does)"
+    )]
+    NeedsRepair {
         /// The file.
         path: PathBuf,
     },

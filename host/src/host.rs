@@ -24,7 +24,7 @@ use crate::gate::Gate;
 use crate::limits::AgentLimits;
 use crate::rights::Right;
 use crate::root_key::RootKey;
-use crate::sequencer::{Attachments, Sequencer};
+use crate::sequencer::{Attachments, Options, Sequencer};
 use crate::token::Token;
 
 /// How often guests are interrupted to yield to other agents.
@@ -39,6 +39,10 @@ pub struct HostConfig {
     pub clock: Arc<dyn Clock>,
     /// Per-agent sandbox limits. Default: [`AgentLimits::default`].
     pub agent_limits: AgentLimits,
+    /// Write a snapshot of the state with the batch that passes this many
+    /// records since the last one, so recovery replays only the tail. 0
+    /// turns snapshots off. Default 10 000.
+    pub snapshot_every: u64,
     /// Skips the capability gate for agents' operations. Only for measuring
     /// what the gate costs (`cargo bench --bench gate`); never set it to run
     /// agents.
@@ -51,6 +55,7 @@ impl Default for HostConfig {
         Self {
             clock: Arc::new(SystemClock),
             agent_limits: AgentLimits::default(),
+            snapshot_every: 10_000,
             skip_gate_for_benchmarks: false,
         }
     }
@@ -93,6 +98,8 @@ pub(crate) struct HostInner {
     pub(crate) sequencer: Sequencer,
     pub(crate) components: Components,
     pub(crate) agent_limits: AgentLimits,
+    /// Keys the guests' per-task randomness (derived from the root key).
+    pub(crate) entropy: [u8; 32],
     store: Arc<dyn EventStore>,
     bus: broadcast::Sender<Arc<Committed>>,
     actors: Mutex<BTreeMap<AgentId, Arc<Notify>>>,
@@ -135,15 +142,21 @@ impl Host {
                 given: root.public_string(),
             });
         }
-        let kernel = replay(store.as_ref(), |_| {})?;
+        let (kernel, last_snapshot) = recover(store.as_ref())?;
         let components = Components::new().map_err(|e| HostError::Wasmtime(format!("{e:#}")))?;
         let gate = Gate::new(root.public(), Arc::clone(&store), kernel.limits());
-        let sequencer = Sequencer::new(kernel, gate, config.clock, config.skip_gate_for_benchmarks);
+        let options = Options {
+            snapshot_every: config.snapshot_every,
+            last_snapshot,
+            skip_gate: config.skip_gate_for_benchmarks,
+        };
+        let sequencer = Sequencer::new(kernel, gate, Arc::clone(&store), config.clock, options);
         let (bus, _) = broadcast::channel(BUS_CAPACITY);
         let inner = Arc::new(HostInner {
             sequencer,
             components,
             agent_limits: config.agent_limits,
+            entropy: root.derive_secret("toka 2026-11 guest task randomness"),
             store: Arc::clone(&store),
             bus,
             actors: Mutex::default(),
@@ -162,40 +175,24 @@ impl Host {
             writer: Some(writer),
             ticker: Some(ticker),
         };
-        host.resume().await?;
+        host.resume();
         Ok(host)
     }
 
-    /// After a restart: tasks that were running when the host stopped are
-    /// failed (they are not re-run yet), and agents with queued tasks start.
-    async fn resume(&self) -> Result<(), HostError> {
-        let (interrupted, queued): (Vec<(AgentId, TaskId)>, Vec<AgentId>) =
-            self.inner.sequencer.read(|k| {
-                let state = k.state();
-                let interrupted = state
-                    .agents()
-                    .filter_map(|(id, a)| a.running.map(|t| (id, t)))
-                    .collect();
-                let queued = state
-                    .agents()
-                    .filter(|(_, a)| a.is_active() && !a.queue.is_empty())
-                    .map(|(id, _)| id)
-                    .collect();
-                (interrupted, queued)
-            });
-        for (agent, task) in interrupted {
-            let reason = "interrupted: the host stopped while the task ran".to_owned();
-            self.submit(
-                agent,
-                Operation::FailTask { task, reason },
-                Attachments::default(),
-            )
-            .await?;
-        }
-        for agent in queued {
+    /// After a restart: agents whose task was running when the host stopped
+    /// run it again (each operation it already applied is answered from the
+    /// log, not applied twice), and agents with queued tasks start.
+    fn resume(&self) {
+        let pending: Vec<AgentId> = self.inner.sequencer.read(|k| {
+            k.state()
+                .agents()
+                .filter(|(_, a)| a.is_active() && (a.running.is_some() || !a.queue.is_empty()))
+                .map(|(id, _)| id)
+                .collect()
+        });
+        for agent in pending {
             self.inner.wake(agent);
         }
-        Ok(())
     }
 
     /// Installs a component under `name` and returns its digest. Installing
@@ -438,6 +435,25 @@ impl Host {
         self.inner.sequencer.read(Kernel::head)
     }
 
+    /// Writes a snapshot of the state once everything applied is durable,
+    /// and returns the sequence number it was taken at.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Stopped`] when the host stopped or the write failed.
+    pub async fn snapshot(&self) -> Result<u64, HostError> {
+        self.inner
+            .sequencer
+            .snapshot_now()
+            .await
+            .map_err(|halt| match halt {
+                crate::sequencer::Halt::Stopped(s) => HostError::Stopped(s),
+                crate::sequencer::Halt::Diverged(why) => {
+                    HostError::Stopped(crate::sequencer::Stopped(why))
+                }
+            })
+    }
+
     /// Instantiates `agent`'s component exactly as its actor does (store,
     /// WASI context, instance, `init`) and drops it. For benchmarks.
     #[doc(hidden)]
@@ -575,19 +591,47 @@ pub fn replay(
     store: &dyn EventStore,
     mut on_record: impl FnMut(&toka_kernel::Applied),
 ) -> Result<Kernel, HostError> {
-    replay_with(store, |_, _| {}, |applied| on_record(applied))
+    let kernel = Kernel::with_registry(store.limits()?, Registry::new());
+    replay_with(store, kernel, |_, _| {}, |_, applied| on_record(applied))
 }
 
-/// [`replay`], also calling `before` with the kernel as it stands before each
-/// record (for the auditor, which needs the state a decision was made in).
+/// Rebuilds the kernel for a host: from the newest snapshot that loads, then
+/// the log after it (or the whole log when there is none). Returns the
+/// kernel and the snapshot's sequence number (0: none).
+///
+/// # Errors
+///
+/// As [`replay`]. A snapshot that does not load is skipped with a warning.
+pub fn recover(store: &dyn EventStore) -> Result<(Kernel, u64), HostError> {
+    let limits: Limits = store.limits()?;
+    for seq in store.snapshots()?.into_iter().rev() {
+        let Some(bytes) = store.snapshot(seq)? else {
+            continue;
+        };
+        match crate::snapshot::decode(&bytes) {
+            Ok(s) if s.head.seq == seq => {
+                let kernel = Kernel::from_snapshot(s.state, s.head, limits, Registry::new());
+                return Ok((replay_with(store, kernel, |_, _| {}, |_, _| {})?, seq));
+            }
+            Ok(_) => tracing::warn!(seq, "ignoring a snapshot stored under another seq"),
+            Err(e) => tracing::warn!(seq, error = %e, "ignoring a snapshot that does not load"),
+        }
+    }
+    let kernel = Kernel::with_registry(limits, Registry::new());
+    Ok((replay_with(store, kernel, |_, _| {}, |_, _| {})?, 0))
+}
+
+/// Continues `kernel` with the stored records after its head, calling
+/// `before` with the kernel as it stands before each record (for the
+/// auditor, which needs the state a decision was made in) and `after` once
+/// it is applied.
 pub(crate) fn replay_with(
     store: &dyn EventStore,
+    mut kernel: Kernel,
     mut before: impl FnMut(&Kernel, &[u8]),
-    mut after: impl FnMut(&toka_kernel::Applied),
+    mut after: impl FnMut(&Kernel, &toka_kernel::Applied),
 ) -> Result<Kernel, HostError> {
-    let limits: Limits = store.limits()?;
-    let mut kernel = Kernel::with_registry(limits, Registry::new());
-    for entry in store.records(1)? {
+    for entry in store.records(kernel.head().seq + 1)? {
         let (key, bytes) = entry?;
         before(&kernel, &bytes);
         let applied = kernel.replay(&bytes)?;
@@ -597,7 +641,7 @@ pub(crate) fn replay_with(
                 found: applied.seq,
             });
         }
-        after(&applied);
+        after(&kernel, &applied);
     }
     let stored = store.head()?;
     if stored != kernel.head() {

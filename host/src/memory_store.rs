@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use toka_kernel::{ChainHead, Digest, Limits};
 
-use crate::event_store::{Batch, EventStore, Records, StoreError};
+use crate::event_store::{Batch, EventStore, Records, SNAPSHOTS_KEPT, StoreError};
 
 /// An [`EventStore`] in memory: nothing survives the process.
 ///
@@ -22,6 +22,7 @@ struct Inner {
     records: Vec<(u64, Vec<u8>)>,
     blobs: BTreeMap<Digest, Vec<u8>>,
     tokens: BTreeMap<Digest, Vec<u8>>,
+    snapshots: BTreeMap<u64, Vec<u8>>,
     head: ChainHead,
     limits: Limits,
 }
@@ -35,6 +36,7 @@ impl MemoryStore {
                 records: Vec::new(),
                 blobs: BTreeMap::new(),
                 tokens: BTreeMap::new(),
+                snapshots: BTreeMap::new(),
                 head: ChainHead::default(),
                 limits,
             })),
@@ -43,6 +45,15 @@ impl MemoryStore {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Inner {
+    fn keep_snapshot(&mut self, seq: u64, bytes: Vec<u8>) {
+        self.snapshots.insert(seq, bytes);
+        while self.snapshots.len() > SNAPSHOTS_KEPT {
+            self.snapshots.pop_first();
+        }
     }
 }
 
@@ -59,6 +70,22 @@ impl EventStore for MemoryStore {
         for (digest, bytes) in batch.tokens {
             inner.tokens.entry(digest).or_insert_with(|| bytes.to_vec());
         }
+        if let Some((seq, bytes)) = batch.snapshot {
+            inner.keep_snapshot(seq, bytes);
+        }
+        Ok(())
+    }
+
+    fn snapshots(&self) -> Result<Vec<u64>, StoreError> {
+        Ok(self.lock().snapshots.keys().copied().collect())
+    }
+
+    fn snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().snapshots.get(&seq).cloned())
+    }
+
+    fn put_snapshot(&self, seq: u64, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.lock().keep_snapshot(seq, bytes);
         Ok(())
     }
 

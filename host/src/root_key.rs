@@ -129,6 +129,13 @@ impl RootKey {
     pub(crate) fn pair(&self) -> &KeyPair {
         &self.pair
     }
+
+    /// A secret derived from the private key for `context` (e.g. the key of
+    /// the guests' per-task randomness): stable for this key, unknowable
+    /// without it.
+    pub(crate) fn derive_secret(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, &self.pair.private().to_bytes())
+    }
 }
 
 impl std::fmt::Debug for RootKey {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use toka_kernel::{
     AgentId, AgentSpec, Applied, Authorization, Command, Denial, Digest, EntityId, EntityKind,
-    Event, Kernel, KernelError, Limit, OpKey, OpKind, Operation, Timestamp,
+    Event, Kernel, KernelError, Limit, OpKey, OpKind, Operation, TaskId, Timestamp,
 };
 use tokio::sync::watch;
 
@@ -52,6 +52,22 @@ const DENIALS_PER_MINUTE: u32 = 20;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the host stopped: {0}")]
 pub struct Stopped(pub String);
+
+/// Why an agent's call must end its task rather than return an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Halt {
+    /// The host stopped.
+    Stopped(Stopped),
+    /// A re-run task submitted another operation than the log holds for
+    /// that position; the message names both.
+    Diverged(String),
+}
+
+impl From<Stopped> for Halt {
+    fn from(s: Stopped) -> Self {
+        Halt::Stopped(s)
+    }
+}
 
 /// What a caller learns when its operation is applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +130,12 @@ struct Core {
     writer: Writer,
     kernel: Kernel,
     gate: Gate,
+    /// Where re-run tasks find the operations they already applied.
+    store: Arc<dyn EventStore>,
+    /// Write a snapshot with the batch that passes this many records since
+    /// the last one (0: never).
+    snapshot_every: u64,
+    last_snapshot: u64,
     /// See `HostConfig::skip_gate_for_benchmarks`.
     skip_gate: bool,
     clock: Arc<dyn Clock>,
@@ -132,7 +154,13 @@ pub(crate) type OnCommit = Box<dyn FnMut(Arc<Committed>) + Send>;
 
 impl Sequencer {
     /// A sequencer continuing from `kernel` (already replayed from the log).
-    pub(crate) fn new(kernel: Kernel, gate: Gate, clock: Arc<dyn Clock>, skip_gate: bool) -> Self {
+    pub(crate) fn new(
+        kernel: Kernel,
+        gate: Gate,
+        store: Arc<dyn EventStore>,
+        clock: Arc<dyn Clock>,
+        options: Options,
+    ) -> Self {
         let head = kernel.head().seq;
         Self {
             shared: Arc::new(Shared {
@@ -140,7 +168,10 @@ impl Sequencer {
                     writer: Writer::Busy,
                     kernel,
                     gate,
-                    skip_gate,
+                    store,
+                    snapshot_every: options.snapshot_every,
+                    last_snapshot: options.last_snapshot,
+                    skip_gate: options.skip_gate,
                     clock,
                     pending: Batch::default(),
                     pending_records: Vec::new(),
@@ -178,20 +209,93 @@ impl Sequencer {
         self.lock().gate.token(digest).cloned()
     }
 
-    /// Authorizes and applies an agent's request.
+    /// Authorizes and applies an agent's request, or, for an operation a
+    /// re-run task already applied, answers it from the log.
     ///
-    /// The outer error means the host stopped; the inner one that the
-    /// operation was refused (nothing changed, a denial may be recorded).
+    /// The outer error ends the agent's task; the inner one is a refusal the
+    /// agent sees (nothing changed, a denial may be recorded).
     pub(crate) async fn submit_agent(
         &self,
         agent: AgentId,
         cause: Option<OpKey>,
         request: Request,
-    ) -> Result<Result<Receipt, KernelError>, Stopped> {
+    ) -> Result<Result<Receipt, KernelError>, Halt> {
         let mut core = self.lock_with_room().await?;
+        if let Some(key) = cause
+            && let Some(entry) = core.journal_entry(key)
+        {
+            let answer = core.replay(key, entry, &request);
+            drop(core);
+            return answer.map(Ok).map_err(Halt::Diverged);
+        }
         let result = core.submit_agent(agent, cause, request);
         self.release(core);
         Ok(result)
+    }
+
+    /// The agent's state value at `key`, as the task at `position` saw it
+    /// (before its operation `position.index`, if it already applied that).
+    pub(crate) fn state_value(
+        &self,
+        agent: AgentId,
+        position: Option<OpKey>,
+        key: &str,
+    ) -> Option<Vec<u8>> {
+        self.read(|kernel| {
+            let state = kernel.state();
+            if let Some(prior) = priors(state, position).find(|p| p.key == key) {
+                return prior.value.clone();
+            }
+            state.agent(agent)?.state.get(key).cloned()
+        })
+    }
+
+    /// The agent's state keys, as the task at `position` saw them.
+    pub(crate) fn state_keys(&self, agent: AgentId, position: Option<OpKey>) -> Vec<String> {
+        self.read(|kernel| {
+            let state = kernel.state();
+            let mut keys: std::collections::BTreeSet<String> = state
+                .agent(agent)
+                .map(|a| a.state.keys().cloned().collect())
+                .unwrap_or_default();
+            let mut seen = std::collections::BTreeSet::new();
+            for prior in priors(state, position) {
+                if seen.insert(prior.key.clone()) {
+                    match prior.value {
+                        Some(_) => keys.insert(prior.key.clone()),
+                        None => keys.remove(&prior.key),
+                    };
+                }
+            }
+            keys.into_iter().collect()
+        })
+    }
+
+    /// The start of the running task `task` (for its clocks).
+    pub(crate) fn run_started_at(&self, task: TaskId) -> Option<Timestamp> {
+        self.read(|k| k.state().task(task)?.status.run().map(|r| r.started_at))
+    }
+
+    /// Writes a snapshot of the state at the log's head, once everything
+    /// applied is durable; returns its sequence number.
+    pub(crate) async fn snapshot_now(&self) -> Result<u64, Halt> {
+        loop {
+            let head = self.read(|k| k.head().seq);
+            self.wait_durable(head).await?;
+            let mut core = self.lock();
+            core.check_running()?;
+            if !core.pending.is_empty() || core.kernel.head().seq != head {
+                continue;
+            }
+            let bytes = crate::snapshot::encode(&core.kernel);
+            core.last_snapshot = head;
+            let store = Arc::clone(&core.store);
+            drop(core);
+            store
+                .put_snapshot(head, bytes)
+                .map_err(|e| Halt::Stopped(Stopped(format!("writing the snapshot failed: {e}"))))?;
+            return Ok(head);
+        }
     }
 
     /// Applies a command the host issues on its own authority (operator
@@ -332,8 +436,15 @@ impl Shared {
                 }
                 core.writer = Writer::Busy;
                 core.pending_bytes = 0;
-                let batch = std::mem::take(&mut core.pending);
+                let mut batch = std::mem::take(&mut core.pending);
                 let records = std::mem::take(&mut core.pending_records);
+                // Everything applied is in this batch, so the kernel's state
+                // is the state at its head: the moment for a snapshot.
+                let head = batch.head.seq;
+                if core.snapshot_every > 0 && head >= core.last_snapshot + core.snapshot_every {
+                    batch.snapshot = Some((head, crate::snapshot::encode(&core.kernel)));
+                    core.last_snapshot = head;
+                }
                 return Some((batch, records));
             }
             if core.closing {
@@ -354,7 +465,96 @@ impl Shared {
     }
 }
 
+/// What a sequencer is configured with besides its parts.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Options {
+    pub(crate) snapshot_every: u64,
+    /// Sequence number of the newest snapshot at start.
+    pub(crate) last_snapshot: u64,
+    pub(crate) skip_gate: bool,
+}
+
+/// The priors of a running task's operations from `position` on: how the
+/// state it touched looked before them.
+fn priors(
+    state: &toka_kernel::WorldState,
+    position: Option<OpKey>,
+) -> impl Iterator<Item = &toka_kernel::Prior> {
+    position
+        .and_then(|p| {
+            let run = state.task(p.task)?.status.run()?;
+            Some(run.journal.iter().skip(p.index as usize))
+        })
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.prior.as_ref())
+}
+
 impl Core {
+    /// The journal entry for `key`, when its task already applied that operation.
+    fn journal_entry(&self, key: OpKey) -> Option<toka_kernel::JournalEntry> {
+        let run = self.kernel.state().task(key.task)?.status.run()?;
+        run.journal.get(key.index as usize).cloned()
+    }
+
+    /// Answers a re-run's operation from the log, if it is the one recorded.
+    fn replay(
+        &self,
+        key: OpKey,
+        entry: toka_kernel::JournalEntry,
+        request: &Request,
+    ) -> Result<Receipt, String> {
+        let recorded = self
+            .store
+            .record(entry.seq)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("record {} is missing from the store", entry.seq))
+            .and_then(|bytes| toka_kernel::Record::decode(&bytes).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                format!(
+                    "cannot read operation {} of task {}: {e}",
+                    key.index, key.task
+                )
+            })?;
+        let same = match (request, &recorded.command.op) {
+            (Request::Op(op), recorded) => op == recorded,
+            (
+                Request::Spawn {
+                    component,
+                    name,
+                    rights,
+                },
+                Operation::SpawnAgent { spec },
+            ) => {
+                let names_it = *component == spec.component.to_string()
+                    || self
+                        .kernel
+                        .state()
+                        .component(&spec.component)
+                        .is_some_and(|c| c.name == *component);
+                let normalized: Result<Vec<String>, _> = rights
+                    .iter()
+                    .map(|r| r.parse::<Right>().map(|r| r.to_string()))
+                    .collect();
+                names_it && *name == spec.name && normalized.is_ok_and(|r| r == spec.rights)
+            }
+            _ => false,
+        };
+        if !same {
+            return Err(format!(
+                "the re-run diverged at operation {} of task {}: the log has {}, the re-run submitted {}",
+                key.index,
+                key.task,
+                describe(&recorded.command.op),
+                describe_request(request)
+            ));
+        }
+        Ok(Receipt {
+            seq: entry.seq,
+            created: entry.created,
+        })
+    }
+
     fn check_running(&self) -> Result<(), Stopped> {
         match &self.stopped {
             Some(stopped) => Err(stopped.clone()),
@@ -614,5 +814,26 @@ fn unknown(kind: EntityKind, id: impl std::fmt::Display) -> KernelError {
     KernelError::UnknownEntity {
         kind,
         id: id.to_string(),
+    }
+}
+
+/// An operation, briefly, for divergence messages.
+fn describe(op: &Operation) -> String {
+    clip(&format!("{op:?}"), 300)
+}
+
+fn describe_request(request: &Request) -> String {
+    match request {
+        Request::Op(op) => describe(op),
+        Request::Spawn {
+            component,
+            name,
+            rights,
+        } => clip(
+            &format!(
+                "SpawnAgent {{ component: {component:?}, name: {name:?}, rights: {rights:?} }}"
+            ),
+            300,
+        ),
     }
 }

@@ -13,7 +13,9 @@ use crate::extension::{ExtensionCall, Registry};
 use crate::id::{AgentId, EntityId, TaskId};
 use crate::limits::{Limit, Limits};
 use crate::operation::{AgentSpec, ComponentSpec, Denial, OpKind, Operation, TaskSpec};
-use crate::state::{AgentRecord, AgentStatus, TaskRecord, TaskStatus, WorldState};
+use crate::state::{
+    AgentRecord, AgentStatus, JournalEntry, Prior, Run, TaskRecord, TaskStatus, WorldState,
+};
 
 /// The longest revocation id accepted (biscuit's are 64-byte signatures).
 const MAX_REVOCATION_ID: usize = 256;
@@ -59,6 +61,20 @@ impl WorldState {
         self.check_authority(&cmd, kind)?;
         let cause_task = self.check_cause(&cmd, kind, env.limits)?;
 
+        // Inside a task, a state write remembers the value it replaces, so a
+        // re-run of the task can read the state as it was.
+        let prior = match (&cause_task, &cmd.op) {
+            (Some(_), Operation::PutState { key, .. } | Operation::DeleteState { key }) => {
+                Some(Prior {
+                    key: key.clone(),
+                    value: self
+                        .agents
+                        .get(&cmd.origin)
+                        .and_then(|a| a.state.get(key).cloned()),
+                })
+            }
+            _ => None,
+        };
         let Command {
             origin, time, op, ..
         } = cmd;
@@ -67,7 +83,7 @@ impl WorldState {
             Operation::ScheduleTask { agent, spec } => {
                 self.schedule_task(origin, agent, spec, limits, env.seq)?
             }
-            Operation::StartTask { task } => self.start_task(origin, task)?,
+            Operation::StartTask { task } => self.start_task(origin, task, env.seq, time)?,
             Operation::CompleteTask { task, output } => {
                 self.complete_task(origin, task, output, limits)?
             }
@@ -108,11 +124,15 @@ impl WorldState {
         self.time = time;
         if let Some(task) = cause_task
             && let Some(TaskRecord {
-                status: TaskStatus::Running { ops },
+                status: TaskStatus::Running(run),
                 ..
             }) = self.tasks.get_mut(&task)
         {
-            *ops += 1;
+            run.journal.push(JournalEntry {
+                seq: env.seq,
+                created: created(&events),
+                prior,
+            });
         }
         Ok(events)
     }
@@ -178,12 +198,13 @@ impl WorldState {
                 format!("task {} belongs to agent {}", key.task, task.agent),
             ));
         }
-        let TaskStatus::Running { ops } = task.status else {
+        let TaskStatus::Running(run) = &task.status else {
             return Err(KernelError::invalid(
                 kind,
                 format!("task {} is not running", key.task),
             ));
         };
+        let ops = run.journal.len() as u32;
         if key.index != ops {
             return Err(KernelError::invalid(
                 kind,
@@ -284,7 +305,13 @@ impl WorldState {
         }])
     }
 
-    fn start_task(&mut self, origin: EntityId, task: TaskId) -> Result<Vec<Event>, KernelError> {
+    fn start_task(
+        &mut self,
+        origin: EntityId,
+        task: TaskId,
+        seq: u64,
+        time: Timestamp,
+    ) -> Result<Vec<Event>, KernelError> {
         const KIND: OpKind = OpKind::StartTask;
         let record = self.own_task(origin, task, KIND)?;
         let agent_id = record.agent;
@@ -313,7 +340,11 @@ impl WorldState {
             a.running = Some(task);
         }
         if let Some(t) = self.tasks.get_mut(&task) {
-            t.status = TaskStatus::Running { ops: 0 };
+            t.status = TaskStatus::Running(Run {
+                started_seq: seq,
+                started_at: time,
+                journal: Vec::new(),
+            });
         }
         Ok(vec![Event::TaskStarted {
             task,
@@ -664,4 +695,13 @@ fn check_name(kind: OpKind, what: &str, name: &str, limits: &Limits) -> Result<(
         return Err(KernelError::invalid(kind, format!("{what} name is empty")));
     }
     check_size(Limit::Name, limits.max_name, name.len())
+}
+
+/// The entity an operation created (for its receipt and journal entry).
+pub(crate) fn created(events: &[Event]) -> Option<EntityId> {
+    events.iter().find_map(|e| match e {
+        Event::AgentSpawned { agent, .. } => Some(*agent),
+        Event::TaskScheduled { task, .. } => Some(*task),
+        _ => None,
+    })
 }

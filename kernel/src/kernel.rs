@@ -52,6 +52,8 @@ pub struct Applied {
     pub origin: crate::EntityId,
     /// The command's logical time.
     pub time: crate::Timestamp,
+    /// The task position of the command, if an agent submitted it in a task.
+    pub cause: Option<crate::OpKey>,
     /// The record's encoding, ready to be stored.
     pub bytes: Vec<u8>,
     /// What the command did.
@@ -173,7 +175,7 @@ impl Kernel {
         // command's payloads into the events instead of copying them. A
         // rejected command only wastes the encoding.
         let (hash, bytes) = Record::seal(seq, &self.head.hash, &command, &mut self.scratch);
-        let (origin, time) = (command.origin, command.time);
+        let (origin, time, cause) = (command.origin, command.time, command.cause);
         let env = Env {
             limits: &self.limits,
             registry: &self.registry,
@@ -186,6 +188,7 @@ impl Kernel {
             hash,
             origin,
             time,
+            cause,
             bytes,
             events,
         })

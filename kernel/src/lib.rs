@@ -37,4 +37,6 @@ pub use kernel::{Applied, Kernel, ReplayError, ReplayErrorKind, replay_log};
 pub use limits::{Limit, Limits};
 pub use operation::{AgentSpec, ComponentSpec, Denial, OpKind, Operation, TaskSpec};
 pub use record::{ChainHead, FORMAT_VERSION, Record, RecordError};
-pub use state::{AgentRecord, AgentStatus, TaskRecord, TaskStatus, WorldState};
+pub use state::{
+    AgentRecord, AgentStatus, JournalEntry, Prior, Run, TaskRecord, TaskStatus, WorldState,
+};

@@ -48,6 +48,40 @@ impl<'de> Visitor<'de> for BytesVisitor {
     }
 }
 
+/// `#[serde(with = "crate::serde_bytes::option")]` for an `Option<Vec<u8>>`.
+pub(crate) mod option {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(bytes) => s.serialize_some(&Wrap(bytes)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
+        Ok(Option::<Owned>::deserialize(d)?.map(|o| o.0))
+    }
+
+    struct Wrap<'a>(&'a [u8]);
+
+    impl serde::Serialize for Wrap<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    struct Owned(Vec<u8>);
+
+    impl<'de> Deserialize<'de> for Owned {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            super::deserialize(d).map(Owned)
+        }
+    }
+}
+
 /// `#[serde(with = "crate::serde_bytes::map")]` for a `BTreeMap<String, Vec<u8>>`.
 pub(crate) mod map {
     use super::*;

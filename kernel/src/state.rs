@@ -61,16 +61,62 @@ impl AgentRecord {
 
 /// Where a task is in its lifecycle. Finished tasks leave the state; their
 /// outcome lives in the log and in their agent's counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskStatus {
     /// In its agent's queue.
     Queued,
     /// Running.
-    Running {
-        /// Operations it has submitted so far; the next one must carry this
-        /// index in its [`OpKey`](crate::OpKey).
-        ops: u32,
-    },
+    Running(Run),
+}
+
+impl TaskStatus {
+    /// The run, if the task is running.
+    #[must_use]
+    pub fn run(&self) -> Option<&Run> {
+        match self {
+            TaskStatus::Running(run) => Some(run),
+            TaskStatus::Queued => None,
+        }
+    }
+}
+
+/// A running task: when it started, and what each of its operations did.
+///
+/// The journal is what makes a re-run after a crash apply each operation
+/// exactly once: the host answers a re-run's operation `i` from entry `i`
+/// instead of applying it again, and answers the agent's state reads as they
+/// were at that point, from the priors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Run {
+    /// Sequence number of the `StartTask` record.
+    pub started_seq: u64,
+    /// Logical time of the `StartTask` record: what the task's clock reads.
+    pub started_at: Timestamp,
+    /// One entry per operation the task submitted, in order; the next one
+    /// must carry `journal.len()` as its [`OpKey`](crate::OpKey) index.
+    pub journal: Vec<JournalEntry>,
+}
+
+/// What one operation of a running task did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// Its record's sequence number.
+    pub seq: u64,
+    /// The agent or task it created, if any.
+    pub created: Option<EntityId>,
+    /// For a state put or delete: the key and its value before.
+    pub prior: Option<Prior>,
+}
+
+/// A key of an agent's state and its value before an operation changed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prior {
+    /// The key.
+    pub key: String,
+    /// Its value before (`None`: it did not exist).
+    #[serde(with = "crate::serde_bytes::option")]
+    pub value: Option<Vec<u8>>,
 }
 
 /// One unfinished task.

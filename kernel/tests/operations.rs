@@ -6,8 +6,8 @@ mod common;
 use common::{World, scheduled, spawned, spec};
 use toka_kernel::{
     AgentStatus, Authorization, ComponentSpec, Denial, Digest, EntityId, EntityKind, Event,
-    ExtensionCall, ExtensionEffects, Kernel, KernelError, Limit, Limits, OpKey, OpKind,
-    OpcodeHandler, Operation, Registry, TaskSpec, TaskStatus, Timestamp,
+    ExtensionCall, ExtensionEffects, JournalEntry, Kernel, KernelError, Limit, Limits, OpKey,
+    OpKind, OpcodeHandler, Operation, Prior, Registry, TaskSpec, TaskStatus, Timestamp,
 };
 
 fn task_spec(text: &str) -> TaskSpec {
@@ -56,10 +56,13 @@ mod tasks {
 
         let started = w.host_for(agent, Operation::StartTask { task }).unwrap();
         assert_eq!(started.events, vec![Event::TaskStarted { task, agent }]);
+        let status = w.kernel.state().task(task).unwrap().status.clone();
+        let run = status.run().expect("running");
         assert_eq!(
-            w.kernel.state().task(task).unwrap().status,
-            TaskStatus::Running { ops: 0 }
+            (run.started_seq, run.started_at),
+            (started.seq, started.time)
         );
+        assert!(run.journal.is_empty());
         assert_eq!(w.kernel.state().agent(agent).unwrap().running, Some(task));
 
         let done = w
@@ -327,10 +330,16 @@ mod tasks {
         );
         w.agent_in(agent, Some(OpKey { task, index: 1 }), observe())
             .unwrap();
-        assert_eq!(
-            w.kernel.state().task(task).unwrap().status,
-            TaskStatus::Running { ops: 2 }
-        );
+        let journal = &w
+            .kernel
+            .state()
+            .task(task)
+            .unwrap()
+            .status
+            .run()
+            .unwrap()
+            .journal;
+        assert_eq!(journal.len(), 2);
         let err = w
             .agent_in(agent, Some(OpKey { task, index: 2 }), observe())
             .unwrap_err();
@@ -342,6 +351,96 @@ mod tasks {
                 actual: 3
             }
         );
+    }
+}
+
+mod journal {
+    use super::*;
+
+    #[test]
+    fn a_running_task_journals_each_operation_with_what_it_created_and_replaced() {
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        let task = w.schedule(agent, "t");
+        w.start(agent, task);
+        let at = |index| Some(OpKey { task, index });
+        w.agent(
+            agent,
+            Operation::PutState {
+                key: "k".into(),
+                value: vec![1],
+            },
+        )
+        .unwrap(); // outside the task: not journaled
+        let put = w
+            .agent_in(
+                agent,
+                at(0),
+                Operation::PutState {
+                    key: "k".into(),
+                    value: vec![2],
+                },
+            )
+            .unwrap();
+        let scheduled = w
+            .agent_in(
+                agent,
+                at(1),
+                Operation::ScheduleTask {
+                    agent,
+                    spec: task_spec("next"),
+                },
+            )
+            .unwrap();
+        let deleted = w
+            .agent_in(agent, at(2), Operation::DeleteState { key: "new".into() })
+            .unwrap();
+        let journal = w
+            .kernel
+            .state()
+            .task(task)
+            .unwrap()
+            .status
+            .run()
+            .unwrap()
+            .journal
+            .clone();
+        assert_eq!(
+            journal,
+            vec![
+                JournalEntry {
+                    seq: put.seq,
+                    created: None,
+                    prior: Some(Prior {
+                        key: "k".into(),
+                        value: Some(vec![1])
+                    }),
+                },
+                JournalEntry {
+                    seq: scheduled.seq,
+                    created: Some(common::scheduled(&scheduled.events)),
+                    prior: None,
+                },
+                JournalEntry {
+                    seq: deleted.seq,
+                    created: None,
+                    prior: Some(Prior {
+                        key: "new".into(),
+                        value: None
+                    }),
+                },
+            ]
+        );
+        // The journal leaves the state with the task.
+        w.host_for(
+            agent,
+            Operation::CompleteTask {
+                task,
+                output: vec![],
+            },
+        )
+        .unwrap();
+        assert!(w.kernel.state().task(task).is_none());
     }
 }
 

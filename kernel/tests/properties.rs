@@ -10,7 +10,7 @@ use common::World;
 use proptest::prelude::*;
 use toka_kernel::{
     AgentId, Authorization, Command, ComponentSpec, Denial, Digest, EntityId, Event, Limits, OpKey,
-    Operation, Record, Registry, TaskId, TaskSpec, TaskStatus, Timestamp, replay_log,
+    Operation, Record, Registry, TaskId, TaskSpec, Timestamp, replay_log,
 };
 
 /// One step, with small numbers that pick among existing entities (or, one
@@ -282,10 +282,12 @@ fn command(w: &World, known: &Known, step: &Step) -> Command {
                     .agent(agent)
                     .and_then(|a| a.running)
                     .map(|task| {
-                        let index = match w.kernel.state().task(task).map(|t| t.status) {
-                            Some(TaskStatus::Running { ops }) => ops,
-                            _ => 0,
-                        };
+                        let index = w
+                            .kernel
+                            .state()
+                            .task(task)
+                            .and_then(|t| t.status.run())
+                            .map_or(0, |run| run.journal.len() as u32);
                         OpKey { task, index }
                     })
             } else {

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod capabilities;
+mod crash;
 mod demo;
 mod durability;
 mod faults;

@@ -62,7 +62,11 @@ pub(crate) async fn open(place: &crate::Place) -> Result<Opened, crate::Failure>
     let store = dir
         .open_or_create(&toka_kernel::Limits::default(), &root)
         .map_err(crate::Failure::input)?;
-    let host = Host::open(Arc::new(store), root, toka_host::HostConfig::default()).await;
+    let config = toka_host::HostConfig {
+        snapshot_every: place.snapshot_every,
+        ..toka_host::HostConfig::default()
+    };
+    let host = Host::open(Arc::new(store), root, config).await;
     match host {
         Ok(host) => Ok(Opened {
             host,

@@ -1,10 +1,18 @@
-//! `toka events`: print the event log.
+//! `toka events`: print the event log, or follow it as it grows.
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use toka_host::{EventStore, RedbStore};
+use toka_kernel::{Applied, Kernel};
+
+use crate::output::out;
 use crate::render::{self, Names};
 use crate::{CliResult, Failure};
+
+/// How often `--follow` looks for new records.
+const POLL: Duration = Duration::from_millis(100);
 
 /// Arguments of `toka events`.
 #[derive(Debug, clap::Args)]
@@ -15,34 +23,70 @@ pub(crate) struct Args {
     /// Start at this sequence number.
     #[arg(long, value_name = "SEQ", default_value_t = 1)]
     from: u64,
+    /// Keep printing events as a running host commits them (Ctrl-C stops).
+    #[arg(long)]
+    follow: bool,
 }
 
-pub(crate) fn main(data: &Path, args: Args) -> CliResult {
+pub(crate) async fn main(data: &Path, args: Args) -> CliResult {
+    // Read-only: a host may be writing the log at the same time.
     let store = toka_host::DataDir::new(data)
-        .open_existing()
+        .open_read_only()
         .map_err(Failure::input)?;
+    let mut kernel = Kernel::new(store.limits().map_err(Failure::input)?);
     let mut names = Names::default();
-    let mut out = std::io::stdout().lock();
-    let mut write_error = None;
-    toka_host::replay(&store, |applied| {
+    let mut print = |applied: &Applied| {
         for event in &applied.events {
             names.learn(event);
-            if applied.seq < args.from || write_error.is_some() {
+            if applied.seq < args.from {
                 continue;
             }
-            let line = if args.json {
-                render::json(applied.seq, applied.time, applied.origin, event).to_string()
+            if args.json {
+                out!("{}", render::json(applied, event));
             } else {
-                render::human(applied.seq, applied.origin, event, &names)
-            };
-            if let Err(e) = std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes()) {
-                write_error = Some(e);
+                out!(
+                    "{}",
+                    render::human(applied.seq, applied.origin, event, &names)
+                );
             }
         }
-    })?;
-    match write_error {
-        // A closed pipe (`toka events | head`) is not an error.
-        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure::work(e)),
-        _ => Ok(ExitCode::SUCCESS),
+    };
+    catch_up(&store, &mut kernel, &mut print)?;
+    if !args.follow {
+        let head = store.head().map_err(Failure::input)?;
+        if head != kernel.head() {
+            return Err(Failure::work(toka_host::HostError::HeadMismatch {
+                expected: head.seq,
+                found: kernel.head().seq,
+            }));
+        }
+        return Ok(ExitCode::SUCCESS);
     }
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => return Ok(ExitCode::SUCCESS),
+            () = tokio::time::sleep(POLL) => catch_up(&store, &mut kernel, &mut print)?,
+        }
+    }
+}
+
+/// Replays (and so verifies) the records after the kernel's head.
+fn catch_up(
+    store: &RedbStore,
+    kernel: &mut Kernel,
+    print: &mut impl FnMut(&Applied),
+) -> Result<(), Failure> {
+    let records = store
+        .records(kernel.head().seq + 1)
+        .map_err(Failure::input)?;
+    for entry in records {
+        let (_, bytes) = entry.map_err(Failure::input)?;
+        let applied = kernel
+            .replay(&bytes)
+            .map_err(|e| Failure::work(format!("the log does not verify: {e}")))?;
+        print(&applied);
+    }
+    Ok(())
 }

@@ -33,6 +33,17 @@ struct Cli {
     #[arg(long, global = true, env = "TOKA_ROOT_KEY", value_name = "FILE")]
     root_key: Option<PathBuf>,
 
+    /// Snapshot the state every N records, so recovery replays only the tail
+    /// (0: never).
+    #[arg(
+        long,
+        global = true,
+        env = "TOKA_SNAPSHOT_EVERY",
+        value_name = "N",
+        default_value_t = 10_000
+    )]
+    snapshot_every: u64,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -43,10 +54,14 @@ enum Command {
     Demo(demo::Args),
     /// Install an agent, give it tasks, and run until it is idle.
     Run(run::Args),
-    /// Print the event log.
+    /// Print the event log, or follow it as a running host writes it.
     Events(events::Args),
     /// Print the agents, their tasks and state.
     State(state::Args),
+    /// Print the state as it was after a given record.
+    Replay(state::ReplayArgs),
+    /// Write a snapshot of the state now (recovery replays only what follows).
+    Snapshot,
     /// Replay the log and check every record and the final state.
     Verify(verify::Args),
     /// Issue, attenuate, inspect and revoke capability tokens.
@@ -59,6 +74,7 @@ enum Command {
 pub(crate) struct Place {
     pub(crate) data: PathBuf,
     pub(crate) root_key: Option<PathBuf>,
+    pub(crate) snapshot_every: u64,
 }
 
 impl Place {
@@ -109,6 +125,7 @@ impl From<toka_host::HostError> for Failure {
             | E::Store(_)
             | E::Replay(_)
             | E::HeadMismatch { .. }
+            | E::SnapshotMismatch { .. }
             | E::Token(_)
             | E::RootKeyMismatch { .. }
             | E::UnknownRevocationId(_) => Failure::input(e),
@@ -142,13 +159,16 @@ fn main() -> ExitCode {
     let place = Place {
         data: cli.data,
         root_key: cli.root_key,
+        snapshot_every: cli.snapshot_every,
     };
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Demo(args) => demo::main(&place, args).await,
             Command::Run(args) => run::main(&place, args).await,
-            Command::Events(args) => events::main(&place.data, args),
+            Command::Events(args) => events::main(&place.data, args).await,
             Command::State(args) => state::main(&place.data, args),
+            Command::Replay(args) => state::replay(&place.data, args),
+            Command::Snapshot => state::snapshot(&place).await,
             Command::Verify(args) => verify::main(&place.data, args),
             Command::Token(command) => token::main(&place, command).await,
         }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
-use toka_kernel::{AgentStatus, Digest, EntityId, Event, Timestamp, WorldState};
+use toka_kernel::{AgentStatus, Applied, Digest, EntityId, Event, WorldState};
 
 /// Display names of agents and components, learned from the state and from
 /// events as they stream by.
@@ -169,15 +169,24 @@ pub(crate) fn human(seq: u64, origin: EntityId, event: &Event, names: &Names) ->
     format!("#{seq:<5} {body}")
 }
 
-/// One JSON object for an event of record `seq`: `seq`, `time`, `kind`,
-/// `origin`, and the kind's own fields.
-pub(crate) fn json(seq: u64, time: Timestamp, origin: EntityId, event: &Event) -> Value {
+/// One JSON object for an event of a record: `seq`, `time`, `kind`,
+/// `origin`, `cause` (`{task, index}` when an agent submitted it inside a
+/// task), and the kind's own fields.
+pub(crate) fn json(applied: &Applied, event: &Event) -> Value {
     let mut object = json!({
-        "seq": seq,
-        "time": time.0,
+        "seq": applied.seq,
+        "time": applied.time.0,
         "kind": event.kind(),
-        "origin": origin.to_string(),
+        "origin": applied.origin.to_string(),
     });
+    if let Some(cause) = applied.cause
+        && let Value::Object(o) = &mut object
+    {
+        o.insert(
+            "cause".into(),
+            json!({"task": cause.task.to_string(), "index": cause.index}),
+        );
+    }
     let fields = match event {
         Event::TaskScheduled {
             task,

@@ -8,7 +8,9 @@ use toka_kernel::{EntityId, Kernel};
 
 use crate::output::out;
 use crate::render::{self, Names};
-use crate::{CliResult, Failure};
+use toka_host::EventStore;
+
+use crate::{CliResult, Failure, Place};
 
 /// Arguments of `toka state`.
 #[derive(Debug, clap::Args)]
@@ -18,17 +20,68 @@ pub(crate) struct Args {
     json: bool,
 }
 
+/// Arguments of `toka replay`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ReplayArgs {
+    /// The last record to apply.
+    #[arg(long, value_name = "SEQ")]
+    to: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
 pub(crate) fn main(data: &Path, args: Args) -> CliResult {
     let store = toka_host::DataDir::new(data)
-        .open_existing()
+        .open_read_only()
         .map_err(Failure::input)?;
-    let kernel = toka_host::replay(&store, |_| {})?;
-    if args.json {
-        out!("{}", as_json(&kernel));
-    } else {
-        print_table(&kernel);
-    }
+    // From the newest snapshot and the tail, as a host recovers.
+    let (kernel, _) = toka_host::recover(&store)?;
+    print(&kernel, args.json);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `toka replay --to SEQ`: the state after record SEQ, from the log alone.
+pub(crate) fn replay(data: &Path, args: ReplayArgs) -> CliResult {
+    let store = toka_host::DataDir::new(data)
+        .open_read_only()
+        .map_err(Failure::input)?;
+    let head = store.head().map_err(Failure::input)?;
+    if args.to > head.seq {
+        return Err(Failure::input(format!(
+            "the log ends at record {}; there is no record {}",
+            head.seq, args.to
+        )));
+    }
+    let mut kernel = Kernel::new(store.limits().map_err(Failure::input)?);
+    for entry in store.records(1).map_err(Failure::input)? {
+        let (seq, bytes) = entry.map_err(Failure::input)?;
+        if seq > args.to {
+            break;
+        }
+        kernel
+            .replay(&bytes)
+            .map_err(|e| Failure::work(format!("the log does not verify: {e}")))?;
+    }
+    print(&kernel, args.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `toka snapshot`: write a snapshot at the head.
+pub(crate) async fn snapshot(place: &Place) -> CliResult {
+    let opened = crate::drive::open(place).await?;
+    let taken = opened.host.snapshot().await;
+    opened.host.shutdown().await?;
+    out!("snapshot written at record {}", taken?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print(kernel: &Kernel, json: bool) {
+    if json {
+        out!("{}", as_json(kernel));
+    } else {
+        print_table(kernel);
+    }
 }
 
 fn as_json(kernel: &Kernel) -> serde_json::Value {

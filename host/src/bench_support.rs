@@ -89,3 +89,9 @@ impl GateProbe {
             .authorize(self.token, self.agent, &check, time, self.kernel.state())
     }
 }
+
+/// The encoding of a snapshot of `kernel` at its head, as the host writes it.
+#[must_use]
+pub fn snapshot_bytes(kernel: &Kernel) -> Vec<u8> {
+    crate::snapshot::encode(kernel)
+}

@@ -599,6 +599,13 @@ pub fn replay(
 /// the log after it (or the whole log when there is none). Returns the
 /// kernel and the snapshot's sequence number (0: none).
 ///
+/// This is the start-up path: it checks the chain's structure — every
+/// record in sequence, each linked to the previous record's hash, the last
+/// one at the head stored beside the log — and applies each command, but
+/// does not recompute hashes; the store is trusted for content, as it is for
+/// snapshots. [`verify`](crate::verify) (`toka verify`) recomputes every hash
+/// and checks every snapshot against the full replay.
+///
 /// # Errors
 ///
 /// As [`replay`]. A snapshot that does not load is skipped with a warning.
@@ -611,14 +618,38 @@ pub fn recover(store: &dyn EventStore) -> Result<(Kernel, u64), HostError> {
         match crate::snapshot::decode(&bytes) {
             Ok(s) if s.head.seq == seq => {
                 let kernel = Kernel::from_snapshot(s.state, s.head, limits, Registry::new());
-                return Ok((replay_with(store, kernel, |_, _| {}, |_, _| {})?, seq));
+                return Ok((restore(store, kernel)?, seq));
             }
             Ok(_) => tracing::warn!(seq, "ignoring a snapshot stored under another seq"),
             Err(e) => tracing::warn!(seq, error = %e, "ignoring a snapshot that does not load"),
         }
     }
     let kernel = Kernel::with_registry(limits, Registry::new());
-    Ok((replay_with(store, kernel, |_, _| {}, |_, _| {})?, 0))
+    Ok((restore(store, kernel)?, 0))
+}
+
+/// Continues `kernel` with the stored records after its head, on the
+/// start-up path (see [`recover`]).
+fn restore(store: &dyn EventStore, mut kernel: Kernel) -> Result<Kernel, HostError> {
+    for entry in store.records(kernel.head().seq + 1)? {
+        let (key, bytes) = entry?;
+        let expected = kernel.head().seq + 1;
+        if key != expected {
+            return Err(HostError::HeadMismatch {
+                expected,
+                found: key,
+            });
+        }
+        kernel.restore(&bytes)?;
+    }
+    let stored = store.head()?;
+    if stored != kernel.head() {
+        return Err(HostError::HeadMismatch {
+            expected: stored.seq,
+            found: kernel.head().seq,
+        });
+    }
+    Ok(kernel)
 }
 
 /// Continues `kernel` with the stored records after its head, calling

@@ -234,6 +234,65 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// Applies a stored record the store vouches for, checking the chain's
+    /// structure (its sequence number, and that its `prev_hash` is the
+    /// current head) but not recomputing its hash or re-encoding it: the
+    /// fast path a host takes to rebuild its state at start-up. Use
+    /// [`Kernel::replay`] to verify a record.
+    ///
+    /// # Errors
+    ///
+    /// A [`ReplayError`] when the record does not decode, is out of place,
+    /// or the kernel rejects its command. The kernel is then to be discarded.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), ReplayError> {
+        let record = Record::decode_unchecked(bytes).map_err(|e| ReplayError {
+            seq: self.head.seq + 1,
+            kind: e.into(),
+        })?;
+        self.restore_record(record)
+    }
+
+    /// [`Kernel::restore`] for a record already decoded (e.g. by another
+    /// thread, with [`Record::decode_unchecked`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Kernel::restore`].
+    pub fn restore_record(&mut self, record: Record) -> Result<(), ReplayError> {
+        let expected = self.head.seq + 1;
+        let fail = |kind| ReplayError {
+            seq: expected,
+            kind,
+        };
+        if record.seq != expected {
+            return Err(fail(ReplayErrorKind::Seq {
+                expected,
+                found: record.seq,
+            }));
+        }
+        if record.prev_hash != self.head.hash {
+            return Err(fail(ReplayErrorKind::BrokenChain {
+                expected: self.head.hash,
+                found: record.prev_hash,
+            }));
+        }
+        let env = Env {
+            limits: &self.limits,
+            registry: &self.registry,
+            seq: expected,
+        };
+        self.state
+            .apply(record.command, &env)
+            .map_err(|e| fail(ReplayErrorKind::Rejected(e)))?;
+        self.head = ChainHead {
+            seq: expected,
+            hash: record.hash,
+        };
+        Ok(())
+    }
+}
+
 /// Replays a whole log into a fresh kernel, checking every record.
 ///
 /// The caller compares the result's [`Kernel::head`] and state digest with

@@ -249,3 +249,23 @@ fn a_small_observation_record_hashes_in_two_blake3_blocks() {
     // A seq of a billion adds 3 bytes to the varint of this early record.
     assert!(body + 3 <= 128, "body is {body} bytes");
 }
+
+#[test]
+fn restore_rebuilds_the_same_state_and_still_checks_the_chain() {
+    let w = sample();
+    let mut restored = toka_kernel::Kernel::new(Limits::default());
+    for bytes in &w.log {
+        restored.restore(bytes).unwrap();
+    }
+    assert_eq!(restored.head(), w.kernel.head());
+    assert_eq!(restored.state(), w.kernel.state());
+
+    // Out of place or unlinked records are refused even on the fast path.
+    let mut kernel = toka_kernel::Kernel::new(Limits::default());
+    kernel.restore(&w.log[0]).unwrap();
+    let err = kernel.restore(&w.log[2]).unwrap_err();
+    assert_eq!(
+        (err.seq, matches!(err.kind, ReplayErrorKind::Seq { .. })),
+        (2, true)
+    );
+}

@@ -31,6 +31,9 @@ pub enum Operation {
         name: String,
         /// The rights to delegate; each must be one this agent holds.
         rights: Vec<String>,
+        /// Budgets for the child, e.g. `memory=16MiB` (never more than this
+        /// agent's own).
+        budgets: Vec<String>,
     },
     /// Stop an agent (right `terminate TARGET`).
     Terminate {
@@ -76,10 +79,12 @@ impl From<Operation> for wit::Operation {
                 component,
                 name,
                 rights,
+                budgets,
             } => wit::Operation::SpawnAgent(wit::Spawn {
                 component,
                 name,
                 rights,
+                budgets,
             }),
             Operation::Terminate { agent } => wit::Operation::TerminateAgent(agent.into()),
             Operation::Put { key, value } => {
@@ -225,10 +230,30 @@ impl Context {
         name: &str,
         rights: &[&str],
     ) -> Result<AgentId, Error> {
+        self.spawn_within(component, name, rights, &[])
+    }
+
+    /// Like [`Context::spawn`], and the child runs within `budgets`, e.g.
+    /// `["memory=16MiB", "deadline=5s"]`: each budget is the smaller of the
+    /// one given and this agent's own.
+    ///
+    /// # Errors
+    ///
+    /// As [`Context::spawn`]; [`Error::InvalidOperation`] for a budget that
+    /// does not parse.
+    pub fn spawn_within(
+        &mut self,
+        component: &str,
+        name: &str,
+        rights: &[&str],
+        budgets: &[&str],
+    ) -> Result<AgentId, Error> {
+        let owned = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect();
         let receipt = self.submit(Operation::Spawn {
             component: component.to_owned(),
             name: name.to_owned(),
-            rights: rights.iter().map(|r| (*r).to_owned()).collect(),
+            rights: owned(rights),
+            budgets: owned(budgets),
         })?;
         created(receipt)
     }
@@ -343,10 +368,12 @@ mod tests {
             component: "worker".into(),
             name: "w1".into(),
             rights: vec!["observe".into()],
+            budgets: vec!["memory=1MiB".into()],
         }) {
             wit::Operation::SpawnAgent(s) => {
                 assert_eq!((s.component.as_str(), s.name.as_str()), ("worker", "w1"));
                 assert_eq!(s.rights, vec!["observe".to_owned()]);
+                assert_eq!(s.budgets, vec!["memory=1MiB".to_owned()]);
             }
             other => panic!("wrong variant {other:?}"),
         }

@@ -36,8 +36,14 @@ fn rights(list: &[&str]) -> Vec<Right> {
 
 fn authorize(c: &mut Criterion) {
     let root = RootKey::generate();
-    let parent = Token::issue(&root, &rights(&["observe", "state", "spawn worker"]), None).unwrap();
-    let token = parent.attenuate(&rights(&["observe"])).unwrap();
+    let parent = Token::issue(
+        &root,
+        &rights(&["observe", "state", "spawn worker"]),
+        &[],
+        None,
+    )
+    .unwrap();
+    let token = parent.attenuate(&rights(&["observe"]), &[]).unwrap();
     let bytes = token.bytes().to_vec();
     let observe: Right = "observe".parse().unwrap();
     let now = Timestamp(1_800_000_000_000);

@@ -9,6 +9,7 @@ use wasmtime::Store;
 use crate::agent_ctx::{AgentCtx, wit_id};
 use crate::bindings::{Agent, wit};
 use crate::host::HostInner;
+use crate::sandbox::{Exceeded, Sandbox, describe_failure, summary};
 use crate::sequencer::Attachments;
 
 /// What an actor does next.
@@ -30,6 +31,7 @@ enum Step {
 pub(crate) struct Instance {
     store: Store<AgentCtx>,
     agent: Agent,
+    sandbox: Sandbox,
 }
 
 /// Runs `agent`'s tasks until it is terminated or the host shuts down.
@@ -95,6 +97,14 @@ async fn run_task(
     started: bool,
     instance: &mut Option<Instance>,
 ) {
+    // A revoked or expired token closes the directories it opened: start a
+    // new instance without them.
+    if instance
+        .as_ref()
+        .is_some_and(|i| !i.sandbox.still_holds(&inner.sequencer, agent))
+    {
+        *instance = None;
+    }
     if instance.is_none() {
         match instantiate(inner, agent).await {
             Ok(i) => *instance = Some(i),
@@ -109,7 +119,7 @@ async fn run_task(
                     },
                 )
                 .await;
-                finish(inner, agent, Operation::RecordFault { agent, reason }).await;
+                fault(inner, agent, reason).await;
                 return;
             }
         }
@@ -125,17 +135,28 @@ async fn run_task(
     };
 
     live.store.data_mut().begin_task(task, start);
-    let call = live
-        .agent
-        .toka_agent_handler()
-        .call_handle_task(
+    let limits = live.sandbox.limits.clone();
+    if let Some(fuel) = limits.fuel_per_task
+        && let Err(e) = live.store.set_fuel(fuel)
+    {
+        tracing::warn!(agent = %agent.short(), error = %e, "could not set the task's fuel");
+    }
+    let call = tokio::time::timeout(
+        limits.deadline_per_task,
+        live.agent.toka_agent_handler().call_handle_task(
             &mut live.store,
             &wit::Task {
                 id: wit_id(task),
                 description,
             },
-        )
-        .await;
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(wasmtime::Error::new(Exceeded::Deadline(
+            limits.deadline_per_task,
+        )))
+    });
     let end = live.store.data_mut().end_task();
     let panic_line = log_output(agent, task, &end.printed);
 
@@ -163,9 +184,10 @@ async fn run_task(
             None,
         ),
         Err(trap) => {
-            // A trapped instance cannot be entered again: start afresh next time.
+            // A trapped (or abandoned) instance cannot be entered again:
+            // start afresh next time.
             *instance = None;
-            let mut reason = format!("trapped: {}", trap_summary(&trap));
+            let mut reason = describe_failure(&trap, &limits);
             if let Some(line) = panic_line {
                 reason.push_str(&format!(" ({line})"));
             }
@@ -181,7 +203,34 @@ async fn run_task(
     };
     finish(inner, agent, op).await;
     if let Some(reason) = fault {
-        finish(inner, agent, Operation::RecordFault { agent, reason }).await;
+        self::fault(inner, agent, reason).await;
+    }
+}
+
+/// Records a fault; quarantines the agent once it faulted
+/// [`AgentLimits::quarantine_after`](crate::AgentLimits::quarantine_after)
+/// times in a row.
+async fn fault(inner: &HostInner, agent: AgentId, reason: String) {
+    if !finish(
+        inner,
+        agent,
+        Operation::RecordFault {
+            agent,
+            reason: reason.clone(),
+        },
+    )
+    .await
+    {
+        return;
+    }
+    let threshold = inner.agent_limits.quarantine_after;
+    let faults = inner
+        .sequencer
+        .read(|k| k.state().agent(agent).map_or(0, |a| a.consecutive_faults));
+    if threshold > 0 && faults >= threshold {
+        let reason = inner.clip_reason(&format!("{faults} faults in a row; the last: {reason}"));
+        tracing::warn!(agent = %agent.short(), %reason, "agent quarantined; `toka agent resume` lets it run again");
+        finish(inner, agent, Operation::QuarantineAgent { agent, reason }).await;
     }
 }
 
@@ -203,54 +252,50 @@ async fn finish(inner: &HostInner, agent: AgentId, op: Operation) -> bool {
     }
 }
 
+/// A new instance of `agent`'s component in its sandbox, initialized;
+/// instantiation and `init` run within the sandbox's limits and deadline.
 pub(crate) async fn instantiate(inner: &HostInner, agent: AgentId) -> Result<Instance, String> {
     let component: Digest = inner
         .sequencer
         .read(|k| k.state().agent(agent).map(|a| a.component))
         .ok_or("the agent is gone")?;
+    let sandbox = Sandbox::of(&inner.sequencer, &inner.agent_limits, agent)?;
     let pre = inner.prepared(component).await?;
-    let mut store = Store::new(
-        inner.components.engine(),
-        AgentCtx::new(
-            agent,
-            inner.sequencer.clone(),
-            &inner.agent_limits,
-            inner.entropy,
-        ),
-    );
+    let ctx = AgentCtx::new(agent, inner.sequencer.clone(), &sandbox, inner.entropy)?;
+    let mut store = Store::new(inner.components.engine(), ctx);
+    store.limiter(|ctx| &mut ctx.limiter);
     store.epoch_deadline_async_yield_and_update(1);
-    let agent_bindings = pre
-        .instantiate_async(&mut store)
-        .await
-        .map_err(|e| format!("instantiation failed: {}", trap_summary(&e)))?;
-    match agent_bindings
-        .toka_agent_handler()
-        .call_init(&mut store)
-        .await
-    {
-        Ok(Ok(())) => {}
-        Ok(Err(reason)) => return Err(format!("init failed: {reason}")),
-        Err(trap) => return Err(format!("init trapped: {}", trap_summary(&trap))),
+    let limits = &sandbox.limits;
+    if let Some(fuel) = limits.fuel_per_task {
+        store.set_fuel(fuel).map_err(|e| summary(&e))?;
     }
+    let start = async {
+        let bindings = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| format!("instantiation failed: {}", describe_failure(&e, limits)))?;
+        match bindings.toka_agent_handler().call_init(&mut store).await {
+            Ok(Ok(())) => Ok(bindings),
+            Ok(Err(reason)) => Err(format!("init failed: {reason}")),
+            Err(trap) => Err(format!("init failed: {}", describe_failure(&trap, limits))),
+        }
+    };
+    let bindings = tokio::time::timeout(limits.deadline_per_task, start)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "init failed: {}",
+                Exceeded::Deadline(limits.deadline_per_task)
+            ))
+        })?;
     // Output printed during init belongs to no task; log it and move on.
     let end = store.data_mut().end_task();
     log_output(agent, EntityId::SYSTEM, &end.printed);
     Ok(Instance {
         store,
-        agent: agent_bindings,
+        agent: bindings,
+        sandbox,
     })
-}
-
-/// The first line of a wasmtime error (the trap, without the backtrace).
-fn trap_summary(e: &wasmtime::Error) -> String {
-    let root = e.root_cause().to_string();
-    let top = e.to_string();
-    let text = if top == root || top.starts_with("error while executing") {
-        root
-    } else {
-        format!("{top}: {root}")
-    };
-    text.lines().next().unwrap_or_default().to_owned()
 }
 
 /// Logs what the guest printed; returns the panic message if there is one.

@@ -4,18 +4,23 @@
 use toka_kernel::{AgentId, EntityId, KernelError, OpKey, Operation, TaskId, TaskSpec};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::toka::agent::kernel;
 use crate::bindings::wit;
 use crate::capture::Capture;
+use crate::http_gate::HttpGate;
 use crate::limits::AgentLimits;
-use crate::sequencer::{Halt, Request, Sequencer};
+use crate::sandbox::{Limiter, Sandbox};
+use crate::sequencer::{Halt, Request, Sequencer, Spawn};
 use crate::task_inputs::TaskInputs;
 
 /// The data of one agent's wasmtime `Store`.
 pub(crate) struct AgentCtx {
     wasi: WasiCtx,
+    http: HttpGate,
     table: ResourceTable,
+    pub(crate) limiter: Limiter,
     agent: AgentId,
     sequencer: Sequencer,
     /// The task being handled, and the index its next operation gets.
@@ -27,6 +32,8 @@ pub(crate) struct AgentCtx {
     stdout: Capture,
     stderr: Capture,
     log_lines: u32,
+    /// Bytes of observations the task emitted so far.
+    observed: u64,
     limits: AgentLimits,
 }
 
@@ -39,20 +46,27 @@ pub(crate) struct TaskEnd {
 }
 
 impl AgentCtx {
-    /// A deny-by-default context: no preopened directories, no environment,
-    /// no arguments, no network, stdin closed, stdout/stderr captured, and
-    /// clocks and randomness deterministic per task (keyed by `entropy`, a
-    /// host secret).
+    /// A deny-by-default context: only the directories the sandbox grants,
+    /// no environment, no arguments, no sockets, stdin closed, stdout/stderr
+    /// captured, HTTP gated per request, and clocks and randomness
+    /// deterministic per task (keyed by `entropy`, a host secret).
+    ///
+    /// # Errors
+    ///
+    /// When a granted directory cannot be opened.
     pub(crate) fn new(
         agent: AgentId,
         sequencer: Sequencer,
-        limits: &AgentLimits,
+        sandbox: &Sandbox,
         entropy: [u8; 32],
-    ) -> Self {
+    ) -> Result<Self, String> {
+        let limits = &sandbox.limits;
         let stdout = Capture::new(limits.stdout_bytes);
         let stderr = Capture::new(limits.stderr_bytes);
         let inputs = TaskInputs::new(entropy, agent);
-        let wasi = WasiCtx::builder()
+        let mut wasi = WasiCtx::builder();
+        sandbox.preopen(&mut wasi)?;
+        let wasi = wasi
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .allow_tcp(false)
@@ -64,9 +78,11 @@ impl AgentCtx {
             .insecure_random(inputs.random())
             .insecure_random_seed(agent.as_u128())
             .build();
-        Self {
+        Ok(Self {
             wasi,
+            http: HttpGate::new(agent, sequencer.clone()),
             table: ResourceTable::new(),
+            limiter: sandbox.limiter(),
             agent,
             sequencer,
             task: None,
@@ -75,8 +91,9 @@ impl AgentCtx {
             stdout,
             stderr,
             log_lines: 0,
+            observed: 0,
             limits: limits.clone(),
-        }
+        })
     }
 
     /// Marks the start of a task (started at logical time `start`): its
@@ -86,6 +103,7 @@ impl AgentCtx {
         self.task = Some((task, 0));
         self.diverged = None;
         self.log_lines = 0;
+        self.observed = 0;
         self.inputs.begin(task, start);
     }
 
@@ -116,6 +134,16 @@ impl WasiView for AgentCtx {
     }
 }
 
+impl WasiHttpView for AgentCtx {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http.ctx,
+            table: &mut self.table,
+            hooks: &mut self.http.hooks,
+        }
+    }
+}
+
 impl wit::Host for AgentCtx {}
 
 impl kernel::Host for AgentCtx {
@@ -124,6 +152,17 @@ impl kernel::Host for AgentCtx {
         op: wit::Operation,
     ) -> wasmtime::Result<Result<wit::Receipt, wit::Error>> {
         let cause = self.position();
+        let observed = match &op {
+            wit::Operation::Observe(o) => o.data.len() as u64,
+            _ => 0,
+        };
+        let max = self.limits.observation_bytes_per_task;
+        if self.observed + observed > max {
+            return Ok(Err(wit::Error::LimitExceeded(format!(
+                "observation bytes per task would be {}, the limit is {max}",
+                self.observed + observed
+            ))));
+        }
         let request = match into_request(self.agent, op) {
             Ok(request) => request,
             Err(e) => return Ok(Err(e)),
@@ -137,6 +176,7 @@ impl kernel::Host for AgentCtx {
                 if let Some((_, index)) = &mut self.task {
                     *index += 1;
                 }
+                self.observed += observed;
                 Ok(Ok(wit::Receipt {
                     seq: receipt.seq,
                     created: receipt.created.map(wit_id),
@@ -198,11 +238,12 @@ fn into_request(origin: AgentId, op: wit::Operation) -> Result<Request, wit::Err
             },
         },
         wit::Operation::SpawnAgent(s) => {
-            return Ok(Request::Spawn {
+            return Ok(Request::Spawn(Spawn {
                 component: s.component,
                 name: s.name,
                 rights: s.rights,
-            });
+                budgets: s.budgets,
+            }));
         }
         wit::Operation::TerminateAgent(agent) => Operation::TerminateAgent {
             agent: entity_id(agent),

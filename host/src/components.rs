@@ -14,9 +14,9 @@ use crate::bindings::{Agent, AgentPre};
 const HANDLER_EXPORT: &str = "toka:agent/handler@0.1.";
 
 /// Import prefixes the host provides. WASI here is deny-by-default at run
-/// time (nothing preopened, no env, no network): these are the interfaces a
-/// Rust `std` guest links against. Anything else, e.g. `wasi:sockets` or
-/// `wasi:http`, is refused at install.
+/// time (only granted directories, no env, HTTP only to granted hosts):
+/// these are the interfaces a Rust `std` guest links against, plus outgoing
+/// `wasi:http`. Anything else, e.g. `wasi:sockets`, is refused at install.
 const ALLOWED_IMPORTS: &[&str] = &[
     "toka:agent/kernel@0.1.",
     "toka:agent/types@0.1.",
@@ -25,6 +25,8 @@ const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:clocks/",
     "wasi:random/",
     "wasi:filesystem/",
+    "wasi:http/types@0.2.",
+    "wasi:http/outgoing-handler@0.2.",
 ];
 
 /// Why bytes are not a component this host can run as an agent.
@@ -72,15 +74,19 @@ pub(crate) struct Components {
 }
 
 impl Components {
-    pub(crate) fn new() -> wasmtime::Result<Self> {
+    /// An engine with epoch interruption (deadlines, fair yielding) and, if
+    /// `fuel`, fuel metering.
+    pub(crate) fn new(fuel: bool) -> wasmtime::Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         // Guests yield to the scheduler at epoch ticks, so a busy agent does
-        // not hold a worker thread.
+        // not hold a worker thread, and a task past its deadline is stopped.
         config.epoch_interruption(true);
+        config.consume_fuel(fuel);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         Agent::add_to_linker::<_, HasSelf<_>>(&mut linker, |ctx| ctx)?;
         Ok(Self {
             engine,

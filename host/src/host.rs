@@ -15,6 +15,7 @@ use tokio::sync::{Notify, broadcast};
 use crate::actor;
 use crate::agent_ctx::AgentCtx;
 use crate::bindings::AgentPre;
+use crate::budget::Budget;
 use crate::bus::Committed;
 use crate::clock::{Clock, SystemClock};
 use crate::components::Components;
@@ -88,6 +89,13 @@ pub struct Host {
 pub enum Grant {
     /// A token the host mints, signed by its root key, granting these rights.
     Rights(Vec<Right>),
+    /// A token the host mints granting `rights` within `budgets`.
+    Budgeted {
+        /// The rights.
+        rights: Vec<Right>,
+        /// The budgets (see [`Budget`]).
+        budgets: Vec<Budget>,
+    },
     /// A token minted elsewhere (`toka token issue`, the `biscuit` tool):
     /// base64 text or raw bytes. It must be rooted in the host's key.
     Token(Vec<u8>),
@@ -143,7 +151,8 @@ impl Host {
             });
         }
         let (kernel, last_snapshot) = recover(store.as_ref())?;
-        let components = Components::new().map_err(|e| HostError::Wasmtime(format!("{e:#}")))?;
+        let components = Components::new(config.agent_limits.fuel_per_task.is_some())
+            .map_err(|e| HostError::Wasmtime(format!("{e:#}")))?;
         let gate = Gate::new(root.public(), Arc::clone(&store), kernel.limits());
         let options = Options {
             snapshot_every: config.snapshot_every,
@@ -248,7 +257,10 @@ impl Host {
     ) -> Result<AgentId, HostError> {
         let max = self.state_limits().max_token as usize;
         let token = match grant {
-            Grant::Rights(rights) => Token::issue(&self.root, &rights, None)?,
+            Grant::Rights(rights) => Token::issue(&self.root, &rights, &[], None)?,
+            Grant::Budgeted { rights, budgets } => {
+                Token::issue(&self.root, &rights, &budgets, None)?
+            }
             Grant::Token(bytes) => {
                 let token = Token::parse(&bytes, self.root.public(), max)?;
                 token.check_not_expired(self.inner.sequencer.now())?;
@@ -354,6 +366,19 @@ impl Host {
             agent,
             reason: reason.to_owned(),
         };
+        self.submit(EntityId::SYSTEM, op, Attachments::default())
+            .await
+            .map(drop)
+    }
+
+    /// Lets a quarantined agent run tasks again (its tasks queued meanwhile
+    /// run in order); its count of faults in a row starts over.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Kernel`] when the agent is unknown or not quarantined.
+    pub async fn resume_agent(&self, agent: AgentId) -> Result<(), HostError> {
+        let op = Operation::ResumeAgent { agent };
         self.submit(EntityId::SYSTEM, op, Attachments::default())
             .await
             .map(drop)
@@ -510,7 +535,9 @@ impl HostInner {
         for record in &batch.records {
             for event in &record.events {
                 match event {
-                    Event::TaskScheduled { agent, .. } | Event::AgentTerminated { agent, .. } => {
+                    Event::TaskScheduled { agent, .. }
+                    | Event::AgentTerminated { agent, .. }
+                    | Event::AgentResumed { agent } => {
                         self.wake(*agent);
                     }
                     _ => {}

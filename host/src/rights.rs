@@ -11,12 +11,15 @@
 //! | `terminate TARGET`        | terminating TARGET                                 | `right("terminate", "TARGET")`    |
 //! | `spawn COMPONENT`         | spawning sub-agents of an installed component      | `right("spawn", "COMPONENT")`     |
 //! | `extension FAMILY`        | operations of a registered extension family        | `right("extension", "FAMILY")`    |
+//! | `fs.read PATH`            | reading the host directory PATH (preopened read-only) | `right("fs.read", "PATH")`     |
+//! | `fs.write PATH`           | reading and writing the host directory PATH        | `right("fs.write", "PATH")`       |
+//! | `http HOST`               | outgoing HTTP requests to HOST (`name` or `name:port`) | `right("http", "HOST")`       |
 //!
 //! TARGET is `self`, `children` (the agent's own sub-agents), an agent id
 //! (32 hex digits), or `*` (any). COMPONENT is an installed component's name
-//! or 64-hex-digit digest, or `*`. Targets are relative to the token's
-//! holder: `schedule children` lets any agent holding it schedule onto *its
-//! own* children.
+//! or 64-hex-digit digest, or `*`. PATH is an absolute path without `..`.
+//! Targets are relative to the token's holder: `schedule children` lets any
+//! agent holding it schedule onto *its own* children.
 
 use std::fmt;
 use std::str::FromStr;
@@ -36,16 +39,25 @@ pub enum RightOp {
     Spawn,
     /// Extension operations.
     Extension,
+    /// Reading a host directory.
+    FsRead,
+    /// Reading and writing a host directory.
+    FsWrite,
+    /// Outgoing HTTP to a host.
+    Http,
 }
 
 impl RightOp {
-    const ALL: [RightOp; 6] = [
+    const ALL: [RightOp; 9] = [
         RightOp::Observe,
         RightOp::State,
         RightOp::Schedule,
         RightOp::Terminate,
         RightOp::Spawn,
         RightOp::Extension,
+        RightOp::FsRead,
+        RightOp::FsWrite,
+        RightOp::Http,
     ];
 
     /// The name used in rights and in the `operation` fact.
@@ -58,6 +70,9 @@ impl RightOp {
             RightOp::Terminate => "terminate",
             RightOp::Spawn => "spawn",
             RightOp::Extension => "extension",
+            RightOp::FsRead => "fs.read",
+            RightOp::FsWrite => "fs.write",
+            RightOp::Http => "http",
         }
     }
 
@@ -81,6 +96,9 @@ impl RightOp {
             RightOp::Terminate => "terminate self|children|*|AGENT-ID",
             RightOp::Spawn => "spawn COMPONENT|*",
             RightOp::Extension => "extension FAMILY|*",
+            RightOp::FsRead => "fs.read /ABSOLUTE/PATH",
+            RightOp::FsWrite => "fs.write /ABSOLUTE/PATH",
+            RightOp::Http => "http HOST[:PORT]|*",
         }
     }
 }
@@ -184,6 +202,17 @@ fn check_target(op: RightOp, target: &str) -> Result<String, String> {
         RightOp::Spawn | RightOp::Extension => target
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-*:/".contains(&b)),
+        RightOp::FsRead | RightOp::FsWrite => {
+            target.starts_with('/')
+                && !target.split('/').any(|part| part == "..")
+                && !target.chars().any(|c| c.is_control() || c == '"')
+        }
+        RightOp::Http => {
+            target == "*"
+                || target
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b))
+        }
         RightOp::Observe | RightOp::State => false,
     };
     if !ok {
@@ -213,6 +242,10 @@ mod tests {
             "spawn worker",
             "spawn *",
             "extension kv",
+            "fs.read /srv/data",
+            "fs.write /tmp/out",
+            "http example.com",
+            "http localhost:8080",
         ] {
             let right: Right = text.parse().unwrap();
             assert_eq!(right.to_string(), text);
@@ -231,6 +264,9 @@ mod tests {
             ("schedule others", "bad target `others`"),
             ("spawn a b", "too many words"),
             ("spawn wor\"ker", "bad target"),
+            ("fs.read relative/path", "bad target"),
+            ("fs.write /tmp/../etc", "bad target"),
+            ("http https://example.com/", "bad target"),
         ];
         for (input, problem) in cases {
             let err = input.parse::<Right>().unwrap_err().to_string();

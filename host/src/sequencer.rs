@@ -26,12 +26,13 @@ use toka_kernel::{
 };
 use tokio::sync::watch;
 
+use crate::budget::{Budget, BudgetError};
 use crate::bus::{Committed, CommittedRecord};
 use crate::clock::Clock;
 use crate::event_store::{Batch, EventStore};
 use crate::gate::{Check, Gate, check_for};
 use crate::host::clip;
-use crate::rights::Right;
+use crate::rights::{Right, RightError};
 use crate::token::Token;
 
 /// Submitters wait once this many records are pending ...
@@ -82,12 +83,18 @@ pub(crate) struct Receipt {
 pub(crate) enum Request {
     /// A kernel operation as is.
     Op(Operation),
-    /// A spawn naming a component by name or digest and the rights to delegate.
-    Spawn {
-        component: String,
-        name: String,
-        rights: Vec<String>,
-    },
+    /// A spawn, as the agent asked for it.
+    Spawn(Spawn),
+}
+
+/// A spawn naming a component by name or digest, the rights to delegate and
+/// the child's budgets, as text.
+#[derive(Debug)]
+pub(crate) struct Spawn {
+    pub(crate) component: String,
+    pub(crate) name: String,
+    pub(crate) rights: Vec<String>,
+    pub(crate) budgets: Vec<String>,
 }
 
 /// What a system command brings along into the store.
@@ -207,6 +214,42 @@ impl Sequencer {
     /// The token with this digest, verified.
     pub(crate) fn token(&self, digest: &Digest) -> Result<Token, String> {
         self.lock().gate.token(digest).cloned()
+    }
+
+    /// Authorizes an effect outside the log for `agent` — opening a host
+    /// directory, an HTTP request — against its token now (revocation and
+    /// expiry included). With `record`, a denial is recorded as for an
+    /// operation (rate-limited).
+    ///
+    /// # Errors
+    ///
+    /// Why not, naming the missing right.
+    pub(crate) fn authorize_effect(
+        &self,
+        agent: AgentId,
+        check: &Check,
+        record: bool,
+    ) -> Result<(), String> {
+        let mut core = self.lock();
+        let token = core
+            .kernel
+            .state()
+            .agent(agent)
+            .map(|a| a.token)
+            .ok_or_else(|| format!("agent {agent} is gone"))?;
+        let time = core.stamp();
+        let decision = {
+            let core = &mut *core;
+            core.gate
+                .authorize(token, agent, check, time, core.kernel.state())
+        };
+        if let Err(reason) = &decision
+            && record
+        {
+            core.record_denial(agent, check, false, reason, time);
+        }
+        self.release(core);
+        decision
     }
 
     /// Authorizes and applies an agent's request, or, for an operation a
@@ -519,11 +562,12 @@ impl Core {
         let same = match (request, &recorded.command.op) {
             (Request::Op(op), recorded) => op == recorded,
             (
-                Request::Spawn {
+                Request::Spawn(Spawn {
                     component,
                     name,
                     rights,
-                },
+                    budgets: _,
+                }),
                 Operation::SpawnAgent { spec },
             ) => {
                 let names_it = *component == spec.component.to_string()
@@ -594,13 +638,8 @@ impl Core {
                 }
                 op
             }
-            Request::Spawn {
-                component,
-                name,
-                rights,
-            } => {
-                let (op, child) =
-                    self.prepare_spawn(agent, token, time, &component, name, rights)?;
+            Request::Spawn(spawn) => {
+                let (op, child) = self.prepare_spawn(agent, token, time, spawn)?;
                 attachments.token = Some(child);
                 op
             }
@@ -622,22 +661,28 @@ impl Core {
         parent: AgentId,
         token: Digest,
         time: Timestamp,
-        component: &str,
-        name: String,
-        rights: Vec<String>,
+        spawn: Spawn,
     ) -> Result<(Operation, Token), KernelError> {
+        let Spawn {
+            component,
+            name,
+            rights,
+            budgets,
+        } = spawn;
         const KIND: OpKind = OpKind::SpawnAgent;
-        let digest = self.resolve_component(component)?;
+        let invalid = |message: String| KernelError::InvalidOperation {
+            operation: KIND,
+            message,
+        };
+        let digest = self.resolve_component(&component)?;
         let rights: Vec<Right> = rights
             .iter()
-            .map(|r| r.parse())
-            .collect::<Result<_, _>>()
-            .map_err(
-                |e: crate::rights::RightError| KernelError::InvalidOperation {
-                    operation: KIND,
-                    message: e.to_string(),
-                },
-            )?;
+            .map(|r| r.parse().map_err(|e: RightError| invalid(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        let budgets: Vec<Budget> = budgets
+            .iter()
+            .map(|b| b.parse().map_err(|e: BudgetError| invalid(e.to_string())))
+            .collect::<Result<_, _>>()?;
         let mut op = Operation::SpawnAgent {
             spec: AgentSpec {
                 component: digest,
@@ -656,11 +701,12 @@ impl Core {
         let child = self
             .gate
             .token(&token)
-            .and_then(|parent| parent.attenuate(&rights).map_err(|e| e.to_string()))
-            .map_err(|message| KernelError::InvalidOperation {
-                operation: KIND,
-                message: format!("could not make the child's token: {message}"),
-            })?;
+            .and_then(|parent| {
+                parent
+                    .attenuate(&rights, &budgets)
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(|message| invalid(format!("could not make the child's token: {message}")))?;
         let max = self.gate.max_token();
         if child.bytes().len() > max {
             return Err(KernelError::LimitExceeded {
@@ -825,15 +871,6 @@ fn describe(op: &Operation) -> String {
 fn describe_request(request: &Request) -> String {
     match request {
         Request::Op(op) => describe(op),
-        Request::Spawn {
-            component,
-            name,
-            rights,
-        } => clip(
-            &format!(
-                "SpawnAgent {{ component: {component:?}, name: {name:?}, rights: {rights:?} }}"
-            ),
-            300,
-        ),
+        Request::Spawn(spawn) => clip(&format!("{spawn:?}"), 300),
     }
 }

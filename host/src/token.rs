@@ -15,6 +15,10 @@
 //!
 //! Policies trust only the authority block, so a block can only take rights
 //! away: a child never holds a right its parent lacks.
+//!
+//! Any block may also state budgets (`budget("memory", 16777216);`, see
+//! [`Budget`]); the smallest value any block states is the token's budget,
+//! so a block can only lower one.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -24,6 +28,7 @@ use biscuit_auth::builder_ext::BuilderExt;
 use biscuit_auth::{Biscuit, BlockBuilder, PublicKey, UnverifiedBiscuit};
 use toka_kernel::Digest;
 
+use crate::budget::Budget;
 use crate::rights::Right;
 use crate::root_key::RootKey;
 
@@ -81,6 +86,9 @@ pub enum TokenError {
     /// Building or appending a block failed.
     #[error("building the token failed: {0}")]
     Build(String),
+    /// A budget fact this host cannot apply.
+    #[error("the token's budgets are not usable: {0}")]
+    Budget(String),
 }
 
 impl Token {
@@ -110,7 +118,8 @@ impl Token {
         Ok(Self::wrap(biscuit, bytes))
     }
 
-    /// Mints a token granting `rights`, expiring at `expires` if given.
+    /// Mints a token granting `rights` within `budgets`, expiring at
+    /// `expires` if given.
     ///
     /// # Errors
     ///
@@ -118,11 +127,15 @@ impl Token {
     pub fn issue(
         root: &RootKey,
         rights: &[Right],
+        budgets: &[Budget],
         expires: Option<SystemTime>,
     ) -> Result<Token, TokenError> {
         let mut builder = Biscuit::builder();
         for right in rights {
             builder = builder.fact(right_fact("right", right)).map_err(build)?;
+        }
+        for budget in budgets {
+            builder = builder.fact(budget_fact(*budget)).map_err(build)?;
         }
         if let Some(at) = expires {
             builder = builder.check_expiration_date(at);
@@ -132,18 +145,38 @@ impl Token {
         Ok(Self::wrap(biscuit, bytes))
     }
 
-    /// This token restricted to `rights` (a delegation block). Does not check
-    /// that this token holds them; the gate does that before a spawn.
+    /// This token restricted to `rights` and `budgets` (a delegation block).
+    /// Does not check that this token holds the rights; the gate does that
+    /// before a spawn. A budget larger than this token's has no effect.
     ///
     /// # Errors
     ///
     /// [`TokenError::Build`] if biscuit refuses the block.
-    pub fn attenuate(&self, rights: &[Right]) -> Result<Token, TokenError> {
+    pub fn attenuate(&self, rights: &[Right], budgets: &[Budget]) -> Result<Token, TokenError> {
         let mut block = BlockBuilder::new();
         for right in rights {
             block = block.fact(right_fact("delegated", right)).map_err(build)?;
         }
+        for budget in budgets {
+            block = block.fact(budget_fact(*budget)).map_err(build)?;
+        }
         block = block.check(DELEGATION_CHECK).map_err(build)?;
+        let biscuit = self.biscuit.append(block).map_err(build)?;
+        let bytes = biscuit.to_vec().map_err(build)?;
+        Ok(Self::wrap(biscuit, bytes))
+    }
+
+    /// This token with lower `budgets` and the same rights (a block with
+    /// only budget facts).
+    ///
+    /// # Errors
+    ///
+    /// [`TokenError::Build`] if biscuit refuses the block.
+    pub fn limit(&self, budgets: &[Budget]) -> Result<Token, TokenError> {
+        let mut block = BlockBuilder::new();
+        for budget in budgets {
+            block = block.fact(budget_fact(*budget)).map_err(build)?;
+        }
         let biscuit = self.biscuit.append(block).map_err(build)?;
         let bytes = biscuit.to_vec().map_err(build)?;
         Ok(Self::wrap(biscuit, bytes))
@@ -211,6 +244,63 @@ impl Token {
                 })
                 .collect(),
         )
+    }
+
+    /// The token's budgets: for each kind any block states, the smallest
+    /// value stated, in [`Budget`] order.
+    ///
+    /// # Errors
+    ///
+    /// [`TokenError::Budget`] for a budget this host does not know or a
+    /// value that is not a whole number.
+    pub fn budgets(&self) -> Result<Vec<Budget>, TokenError> {
+        let facts: Vec<(String, i64)> = self
+            .biscuit
+            .authorizer()
+            .and_then(|mut a| a.query_all("data($name, $value) <- budget($name, $value)"))
+            .map_err(|e| TokenError::Budget(describe(&e)))?;
+        let mut budgets: Vec<Budget> = Vec::new();
+        for (name, value) in facts {
+            let value = u64::try_from(value).map_err(|_| {
+                TokenError::Budget(format!("budget `{name}` is negative ({value})"))
+            })?;
+            let budget =
+                Budget::from_fact(&name, value).map_err(|e| TokenError::Budget(e.to_string()))?;
+            match budgets
+                .iter_mut()
+                .find(|b| b.fact_name() == budget.fact_name())
+            {
+                Some(held) => *held = held.with_value(held.value().min(value)),
+                None => budgets.push(budget),
+            }
+        }
+        budgets.sort();
+        Ok(budgets)
+    }
+
+    /// The rights the authority block grants (before any delegation block
+    /// narrows them), skipping facts that are not rights this host knows.
+    #[must_use]
+    pub fn authority_rights(&self) -> Vec<Right> {
+        let mut rights = Vec::new();
+        let Ok(mut authorizer) = self.biscuit.authorizer() else {
+            return rights;
+        };
+        if let Ok(plain) = authorizer.query::<_, (String,), _>("data($op) <- right($op)") {
+            rights.extend(plain.into_iter().filter_map(|(op,)| op.parse().ok()));
+        }
+        if let Ok(targeted) =
+            authorizer.query::<_, (String, String), _>("data($op, $t) <- right($op, $t)")
+        {
+            rights.extend(
+                targeted
+                    .into_iter()
+                    .filter_map(|(op, target)| format!("{op} {target}").parse().ok()),
+            );
+        }
+        rights.sort();
+        rights.dedup();
+        rights
     }
 
     /// Parses a token stored under `digest`, checking that the bytes are
@@ -334,6 +424,18 @@ fn right_fact(name: &str, right: &Right) -> Fact {
     biscuit_auth::builder::fact(name, &terms)
 }
 
+fn budget_fact(budget: Budget) -> Fact {
+    // Datalog integers are i64; larger budgets mean "no budget" anyway.
+    let value = i64::try_from(budget.value()).unwrap_or(i64::MAX);
+    biscuit_auth::builder::fact(
+        "budget",
+        &[
+            string(budget.fact_name()),
+            biscuit_auth::builder::Term::Integer(value),
+        ],
+    )
+}
+
 fn is_base64url(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=')
 }
@@ -361,7 +463,7 @@ mod tests {
     #[test]
     fn issue_parse_and_attenuate_round_trip() {
         let root = RootKey::generate();
-        let token = Token::issue(&root, &rights(&["observe", "spawn worker"]), None).unwrap();
+        let token = Token::issue(&root, &rights(&["observe", "spawn worker"]), &[], None).unwrap();
         let text = token.to_base64();
         let parsed = Token::parse(format!("{text}\n").as_bytes(), root.public(), 8192).unwrap();
         assert_eq!(parsed.digest(), token.digest());
@@ -370,16 +472,71 @@ mod tests {
         assert!(token.block_sources()[0].contains("right(\"spawn\", \"worker\");"));
         assert_eq!(token.delegated_rights(), None);
 
-        let child = token.attenuate(&rights(&["observe"])).unwrap();
+        let child = token.attenuate(&rights(&["observe"]), &[]).unwrap();
         assert_eq!(child.block_sources().len(), 2);
         assert_eq!(child.delegated_rights(), Some(vec!["observe".to_owned()]));
         assert_eq!(child.revocation_ids()[0], token.revocation_ids()[0]);
     }
 
     #[test]
+    fn budgets_are_the_smallest_any_block_states() {
+        let root = RootKey::generate();
+        let budgets = [Budget::Memory(32 << 20), Budget::Fuel(1000)];
+        let token =
+            Token::issue(&root, &rights(&["observe", "fs.read /srv"]), &budgets, None).unwrap();
+        assert_eq!(token.budgets().unwrap(), budgets);
+        assert_eq!(
+            token.authority_rights(),
+            rights(&["observe", "fs.read /srv"])
+        );
+
+        // A child asks for more memory and less fuel: it gets the smaller of each.
+        let child = token
+            .attenuate(
+                &rights(&["observe"]),
+                &[
+                    Budget::Memory(1 << 30),
+                    Budget::Fuel(10),
+                    Budget::DeadlineMs(500),
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            child.budgets().unwrap(),
+            [
+                Budget::Memory(32 << 20),
+                Budget::Fuel(10),
+                Budget::DeadlineMs(500)
+            ]
+        );
+        // A budget-only block keeps the rights and lowers the budget.
+        let limited = token.limit(&[Budget::Memory(1 << 20)]).unwrap();
+        assert_eq!(limited.budgets().unwrap()[0], Budget::Memory(1 << 20));
+        let now = toka_kernel::Timestamp(0);
+        assert!(limited.grants(&"observe".parse().unwrap(), now).is_ok());
+    }
+
+    #[test]
+    fn unknown_or_negative_budgets_are_refused() {
+        let root = RootKey::generate();
+        let token = Token::issue(&root, &[], &[], None).unwrap();
+        for fact in ["budget(\"speed\", 3)", "budget(\"memory\", -1)"] {
+            let block = BlockBuilder::new().code(fact).unwrap();
+            let biscuit = token.biscuit.append(block).unwrap();
+            let bytes = biscuit.to_vec().unwrap();
+            let odd = Token::wrap(biscuit, bytes);
+            assert!(
+                matches!(odd.budgets(), Err(TokenError::Budget(_))),
+                "{fact}: {:?}",
+                odd.budgets()
+            );
+        }
+    }
+
+    #[test]
     fn bad_tokens_are_refused_by_name() {
         let root = RootKey::generate();
-        let token = Token::issue(&root, &rights(&["observe"]), None).unwrap();
+        let token = Token::issue(&root, &rights(&["observe"]), &[], None).unwrap();
         let other = RootKey::generate();
         assert!(matches!(
             Token::parse(token.bytes(), other.public(), 8192),

@@ -118,6 +118,10 @@ impl WorldState {
                 opcode,
                 payload,
             } => self.extension(origin, time, family, opcode, &payload, env)?,
+            Operation::QuarantineAgent { agent, reason } => {
+                self.quarantine(agent, reason, limits)?
+            }
+            Operation::ResumeAgent { agent } => self.resume(agent)?,
         };
 
         // Infallible bookkeeping, after the operation succeeded.
@@ -228,12 +232,25 @@ impl WorldState {
         id
     }
 
+    /// The agent, which must be active (running tasks).
     fn active_agent(&self, id: AgentId, kind: OpKind) -> Result<&AgentRecord, KernelError> {
+        let agent = self.live_agent(id, kind)?;
+        if let AgentStatus::Quarantined { .. } = agent.status {
+            return Err(KernelError::invalid(
+                kind,
+                format!("agent {id} is quarantined"),
+            ));
+        }
+        Ok(agent)
+    }
+
+    /// The agent, which must not be terminated (it may be quarantined).
+    fn live_agent(&self, id: AgentId, kind: OpKind) -> Result<&AgentRecord, KernelError> {
         let agent = self
             .agents
             .get(&id)
             .ok_or_else(|| KernelError::unknown(EntityKind::Agent, id))?;
-        if !agent.is_active() {
+        if agent.is_terminated() {
             return Err(KernelError::invalid(
                 kind,
                 format!("agent {id} is terminated"),
@@ -276,7 +293,8 @@ impl WorldState {
             limits.max_task_description,
             spec.description.len(),
         )?;
-        let target = self.active_agent(agent, OpKind::ScheduleTask)?;
+        // A quarantined agent's queue still takes tasks, for when it resumes.
+        let target = self.live_agent(agent, OpKind::ScheduleTask)?;
         check_count(
             Limit::Queue,
             u64::from(limits.max_queue),
@@ -458,7 +476,7 @@ impl WorldState {
         limits: &Limits,
     ) -> Result<Vec<Event>, KernelError> {
         check_size(Limit::Reason, limits.max_reason, reason.len())?;
-        let record = self.active_agent(agent, OpKind::TerminateAgent)?;
+        let record = self.live_agent(agent, OpKind::TerminateAgent)?;
         let doomed: Vec<TaskId> = record
             .running
             .iter()
@@ -646,6 +664,43 @@ impl WorldState {
         self.component_names
             .insert(component.name.clone(), component.digest);
         Ok(vec![Event::ComponentInstalled { component }])
+    }
+
+    fn quarantine(
+        &mut self,
+        agent: AgentId,
+        reason: String,
+        limits: &Limits,
+    ) -> Result<Vec<Event>, KernelError> {
+        check_size(Limit::Reason, limits.max_reason, reason.len())?;
+        self.active_agent(agent, OpKind::QuarantineAgent)?;
+
+        if let Some(a) = self.agents.get_mut(&agent) {
+            a.status = AgentStatus::Quarantined {
+                reason: reason.clone(),
+            };
+        }
+        Ok(vec![Event::AgentQuarantined { agent, reason }])
+    }
+
+    fn resume(&mut self, agent: AgentId) -> Result<Vec<Event>, KernelError> {
+        const KIND: OpKind = OpKind::ResumeAgent;
+        let record = self
+            .agents
+            .get(&agent)
+            .ok_or_else(|| KernelError::unknown(EntityKind::Agent, agent))?;
+        if !matches!(record.status, AgentStatus::Quarantined { .. }) {
+            return Err(KernelError::invalid(
+                KIND,
+                format!("agent {agent} is not quarantined"),
+            ));
+        }
+
+        if let Some(a) = self.agents.get_mut(&agent) {
+            a.status = AgentStatus::Active;
+            a.consecutive_faults = 0;
+        }
+        Ok(vec![Event::AgentResumed { agent }])
     }
 
     fn extension(

@@ -133,6 +133,18 @@ pub enum Event {
         #[serde(with = "crate::serde_bytes")]
         output: Vec<u8>,
     },
+    /// An agent was quarantined: it runs no tasks until resumed.
+    AgentQuarantined {
+        /// The agent.
+        agent: AgentId,
+        /// Why.
+        reason: String,
+    },
+    /// A quarantined agent was resumed.
+    AgentResumed {
+        /// The agent.
+        agent: AgentId,
+    },
 }
 
 impl Event {
@@ -154,6 +166,8 @@ impl Event {
             Event::CapabilityDenied { .. } => "capability_denied",
             Event::ComponentInstalled { .. } => "component_installed",
             Event::ExtensionApplied { .. } => "extension_applied",
+            Event::AgentQuarantined { .. } => "agent_quarantined",
+            Event::AgentResumed { .. } => "agent_resumed",
         }
     }
 }

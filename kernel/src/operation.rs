@@ -157,6 +157,18 @@ pub enum Operation {
         #[serde(with = "crate::serde_bytes")]
         payload: Vec<u8>,
     },
+    /// Stop starting tasks for an agent that faults too often.
+    QuarantineAgent {
+        /// The agent.
+        agent: AgentId,
+        /// Why.
+        reason: String,
+    },
+    /// Let a quarantined agent run tasks again (its fault count restarts).
+    ResumeAgent {
+        /// The agent.
+        agent: AgentId,
+    },
 }
 
 /// The kind of an [`Operation`], without its data: for errors and metrics.
@@ -180,6 +192,8 @@ pub enum OpKind {
     RecordDenial,
     InstallComponent,
     Extension,
+    QuarantineAgent,
+    ResumeAgent,
 }
 
 impl OpKind {
@@ -201,6 +215,8 @@ impl OpKind {
             OpKind::RecordDenial => "record_denial",
             OpKind::InstallComponent => "install_component",
             OpKind::Extension => "extension",
+            OpKind::QuarantineAgent => "quarantine_agent",
+            OpKind::ResumeAgent => "resume_agent",
         }
     }
 
@@ -217,6 +233,8 @@ impl OpKind {
                 | OpKind::RevokeToken
                 | OpKind::RecordDenial
                 | OpKind::InstallComponent
+                | OpKind::QuarantineAgent
+                | OpKind::ResumeAgent
         )
     }
 }
@@ -246,6 +264,8 @@ impl Operation {
             Operation::RecordDenial { .. } => OpKind::RecordDenial,
             Operation::InstallComponent { .. } => OpKind::InstallComponent,
             Operation::Extension { .. } => OpKind::Extension,
+            Operation::QuarantineAgent { .. } => OpKind::QuarantineAgent,
+            Operation::ResumeAgent { .. } => OpKind::ResumeAgent,
         }
     }
 }

@@ -18,6 +18,12 @@ pub enum AgentStatus {
         /// Why.
         reason: String,
     },
+    /// Faulted too often: it takes tasks into its queue but runs none until
+    /// an operator resumes it.
+    Quarantined {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// One agent, as the kernel knows it.
@@ -56,6 +62,12 @@ impl AgentRecord {
     #[must_use]
     pub fn is_active(&self) -> bool {
         self.status == AgentStatus::Active
+    }
+
+    /// Whether the agent is [`AgentStatus::Terminated`].
+    #[must_use]
+    pub fn is_terminated(&self) -> bool {
+        matches!(self.status, AgentStatus::Terminated { .. })
     }
 }
 

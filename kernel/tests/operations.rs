@@ -648,6 +648,61 @@ mod agents {
     }
 
     #[test]
+    fn a_quarantined_agent_queues_tasks_but_runs_none_until_resumed() {
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        let applied = w
+            .system(Operation::QuarantineAgent {
+                agent,
+                reason: "3 faults in a row".into(),
+            })
+            .unwrap();
+        assert_eq!(
+            applied.events,
+            vec![Event::AgentQuarantined {
+                agent,
+                reason: "3 faults in a row".into()
+            }]
+        );
+        let task = w.schedule(agent, "waits");
+        w.assert_rejected(
+            agent,
+            Authorization::System,
+            Operation::StartTask { task },
+            KernelError::InvalidOperation {
+                operation: OpKind::StartTask,
+                message: format!("agent {agent} is quarantined"),
+            },
+        );
+        let token = w.token_of(agent);
+        w.assert_rejected(
+            agent,
+            token,
+            Operation::EmitObservation {
+                topic: None,
+                data: vec![],
+            },
+            KernelError::InvalidOperation {
+                operation: OpKind::EmitObservation,
+                message: format!("agent {agent} is terminated"),
+            },
+        );
+        let resumed = w.system(Operation::ResumeAgent { agent }).unwrap();
+        assert_eq!(resumed.events, vec![Event::AgentResumed { agent }]);
+        assert_eq!(w.kernel.state().agent(agent).unwrap().consecutive_faults, 0);
+        w.start(agent, task);
+        w.assert_rejected(
+            EntityId::SYSTEM,
+            Authorization::System,
+            Operation::ResumeAgent { agent },
+            KernelError::InvalidOperation {
+                operation: OpKind::ResumeAgent,
+                message: format!("agent {agent} is not quarantined"),
+            },
+        );
+    }
+
+    #[test]
     fn the_system_acts_without_a_token() {
         let mut w = World::new();
         w.assert_rejected(

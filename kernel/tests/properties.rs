@@ -65,6 +65,12 @@ enum Step {
     Deny {
         agent: u8,
     },
+    Quarantine {
+        agent: u8,
+    },
+    Resume {
+        agent: u8,
+    },
     /// An agent submitting a host-only operation with its token.
     AgentHostOp {
         agent: u8,
@@ -86,6 +92,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => any::<u8>().prop_map(|task| Step::Fail { task }),
         1 => any::<u8>().prop_map(|agent| Step::Terminate { agent }),
         1 => any::<u8>().prop_map(|agent| Step::Fault { agent }),
+        1 => any::<u8>().prop_map(|agent| Step::Quarantine { agent }),
+        1 => any::<u8>().prop_map(|agent| Step::Resume { agent }),
         5 => (any::<u8>(), any::<u8>(), any::<bool>())
             .prop_map(|(agent, len, in_task)| Step::Observe { agent, len, in_task }),
         3 => (any::<u8>(), any::<u8>(), any::<u8>())
@@ -261,6 +269,19 @@ fn command(w: &World, known: &Known, step: &Step) -> Command {
             Operation::TerminateAgent {
                 agent: known.agent(agent),
                 reason: "stop".into(),
+            },
+        ),
+        Step::Quarantine { agent } => host(
+            EntityId::SYSTEM,
+            Operation::QuarantineAgent {
+                agent: known.agent(agent),
+                reason: "faults".into(),
+            },
+        ),
+        Step::Resume { agent } => host(
+            EntityId::SYSTEM,
+            Operation::ResumeAgent {
+                agent: known.agent(agent),
             },
         ),
         Step::Fault { agent } => host(

@@ -160,7 +160,7 @@ async fn expiry_is_checked_in_logical_time() {
         .unwrap();
     let root = DataDir::new(&data).root_key(None, false).unwrap();
     let expires = UNIX_EPOCH + Duration::from_millis(start) + Duration::from_secs(3600);
-    let token = Token::issue(&root, &["observe".parse().unwrap()], Some(expires)).unwrap();
+    let token = Token::issue(&root, &["observe".parse().unwrap()], &[], Some(expires)).unwrap();
     let agent = host
         .spawn(probe, "p", Grant::Token(token.to_base64().into_bytes()))
         .await

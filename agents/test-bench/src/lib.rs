@@ -1,7 +1,10 @@
 //! `test-bench`: a workload for the host's benchmarks.
 //!
 //! `observe N` submits N observations of 32 bytes; `compute N` runs N rounds
-//! of an integer hash (pure guest CPU, no host calls); anything else does
+//! of an integer hash (pure guest CPU, no host calls: one long dependency
+//! chain); `sort N` sorts N pseudo-random numbers and sums them (branchy,
+//! memory-bound guest CPU); `words N` counts N generated words in a map
+//! (text work with allocation, as agents mostly do); anything else does
 //! nothing.
 
 use toka_guest::{Agent, Context, Task};
@@ -36,6 +39,56 @@ impl Agent for Bench {
                     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd).wrapping_add(i);
                 }
                 Ok(x.to_le_bytes().to_vec())
+            }
+            "sort" => {
+                let n = count(arg)?;
+                let mut x: u32 = 0x2545_f491;
+                let mut v: Vec<u32> = (0..n)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 17;
+                        x ^= x << 5;
+                        x
+                    })
+                    .collect();
+                v.sort_unstable();
+                let sum = v
+                    .iter()
+                    .step_by(97)
+                    .fold(0u64, |s, &e| s.wrapping_add(u64::from(e)));
+                Ok(sum.to_le_bytes().to_vec())
+            }
+            "words" => {
+                // Text work, as agents mostly do: make N words, count them
+                // in a map, format a summary of the most frequent.
+                const VOCABULARY: [&str; 12] = [
+                    "agent", "token", "log", "task", "kernel", "state", "host", "wasm", "batch",
+                    "commit", "replay", "snapshot",
+                ];
+                let n = count(arg)?;
+                let mut x: u32 = 0x9e37_79b9;
+                let mut text = String::new();
+                for _ in 0..n {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    text.push_str(VOCABULARY[(x % 12) as usize]);
+                    text.push_str(if x.is_multiple_of(7) { ". " } else { " " });
+                }
+                let mut counts = std::collections::BTreeMap::new();
+                for word in text.split_whitespace() {
+                    *counts
+                        .entry(word.trim_end_matches('.').to_lowercase())
+                        .or_insert(0u64) += 1;
+                }
+                let mut top: Vec<_> = counts.into_iter().collect();
+                top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                let summary: Vec<String> = top
+                    .iter()
+                    .take(5)
+                    .map(|(w, c)| format!("{w}={c}"))
+                    .collect();
+                Ok(summary.join(",").into_bytes())
             }
             _ => Ok(Vec::new()),
         }

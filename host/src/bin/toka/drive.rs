@@ -64,6 +64,7 @@ pub(crate) async fn open(place: &crate::Place) -> Result<Opened, crate::Failure>
         .map_err(crate::Failure::input)?;
     let config = toka_host::HostConfig {
         snapshot_every: place.snapshot_every,
+        agent_limits: place.agent_limits.clone(),
         ..toka_host::HostConfig::default()
     };
     let host = Host::open(Arc::new(store), root, config).await;

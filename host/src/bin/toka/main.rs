@@ -1,5 +1,6 @@
 //! `toka`: run WebAssembly agents on a durable, capability-checked kernel.
 
+mod agent;
 mod demo;
 mod drive;
 mod events;
@@ -12,6 +13,7 @@ mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -44,8 +46,50 @@ struct Cli {
     )]
     snapshot_every: u64,
 
+    #[command(flatten)]
+    limits: LimitArgs,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// Sandbox limits for every agent this command runs (a token's budgets can
+/// only lower them). Defaults: AgentLimits in the library docs.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Sandbox limits")]
+struct LimitArgs {
+    /// Bytes of each linear memory of an agent (default 64MiB).
+    #[arg(long, global = true, env = "TOKA_MEMORY", value_name = "SIZE", value_parser = toka_host::parse_size)]
+    memory: Option<u64>,
+    /// Fuel per task: meters every agent deterministically (default: no fuel
+    /// metering, which is faster; the deadline still stops a runaway task).
+    #[arg(long, global = true, env = "TOKA_FUEL", value_name = "N")]
+    fuel: Option<u64>,
+    /// Wall-clock time per task (default 30s).
+    #[arg(long, global = true, env = "TOKA_DEADLINE", value_name = "DURATION", value_parser = toka_host::parse_duration)]
+    deadline: Option<Duration>,
+    /// Faults in a row after which an agent is quarantined (default 3; 0: never).
+    #[arg(long, global = true, env = "TOKA_QUARANTINE_AFTER", value_name = "N")]
+    quarantine_after: Option<u32>,
+}
+
+impl LimitArgs {
+    fn apply(&self) -> toka_host::AgentLimits {
+        let mut limits = toka_host::AgentLimits::default();
+        if let Some(memory) = self.memory {
+            limits.memory_bytes = memory;
+        }
+        if self.fuel.is_some() {
+            limits.fuel_per_task = self.fuel;
+        }
+        if let Some(deadline) = self.deadline {
+            limits.deadline_per_task = deadline;
+        }
+        if let Some(n) = self.quarantine_after {
+            limits.quarantine_after = n;
+        }
+        limits
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,6 +111,9 @@ enum Command {
     /// Issue, attenuate, inspect and revoke capability tokens.
     #[command(subcommand)]
     Token(token::Command),
+    /// Manage agents: resume a quarantined one.
+    #[command(subcommand)]
+    Agent(agent::Command),
 }
 
 /// Where the CLI finds its data dir and root key.
@@ -75,6 +122,7 @@ pub(crate) struct Place {
     pub(crate) data: PathBuf,
     pub(crate) root_key: Option<PathBuf>,
     pub(crate) snapshot_every: u64,
+    pub(crate) agent_limits: toka_host::AgentLimits,
 }
 
 impl Place {
@@ -160,6 +208,7 @@ fn main() -> ExitCode {
         data: cli.data,
         root_key: cli.root_key,
         snapshot_every: cli.snapshot_every,
+        agent_limits: cli.limits.apply(),
     };
     let result = runtime.block_on(async move {
         match cli.command {
@@ -171,6 +220,7 @@ fn main() -> ExitCode {
             Command::Snapshot => state::snapshot(&place).await,
             Command::Verify(args) => verify::main(&place.data, args),
             Command::Token(command) => token::main(&place, command).await,
+            Command::Agent(command) => agent::main(&place, command).await,
         }
     });
     match result {

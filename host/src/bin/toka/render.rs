@@ -165,6 +165,10 @@ pub(crate) fn human(seq: u64, origin: EntityId, event: &Event, names: &Names) ->
         Event::ExtensionApplied { family, opcode, .. } => {
             format!("{by}: extension {family} opcode {opcode} applied")
         }
+        Event::AgentQuarantined { agent, reason } => {
+            format!("agent {} quarantined: {reason}", names.agent(*agent))
+        }
+        Event::AgentResumed { agent } => format!("agent {} resumed by {by}", names.agent(*agent)),
     };
     format!("#{seq:<5} {body}")
 }
@@ -271,6 +275,10 @@ pub(crate) fn json(applied: &Applied, event: &Event) -> Value {
             put_bytes(&mut v, "output", output);
             v
         }
+        Event::AgentQuarantined { agent, reason } => {
+            json!({"agent": agent.to_string(), "reason": reason})
+        }
+        Event::AgentResumed { agent } => json!({"agent": agent.to_string()}),
     };
     if let (Value::Object(o), Value::Object(f)) = (&mut object, fields) {
         o.extend(f);
@@ -306,6 +314,7 @@ pub(crate) fn status(status: &AgentStatus) -> String {
     match status {
         AgentStatus::Active => "active".into(),
         AgentStatus::Terminated { reason } => format!("terminated: {reason}"),
+        AgentStatus::Quarantined { reason } => format!("quarantined: {reason}"),
     }
 }
 

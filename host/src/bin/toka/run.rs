@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use toka_host::{Grant, Right};
-use toka_kernel::{Digest, EntityId, Event, TaskId};
+use toka_host::{Budget, Grant, Right};
+use toka_kernel::{AgentStatus, Digest, EntityId, Event, TaskId};
 
 use crate::output::out;
 use crate::render::{Names, one_line};
@@ -37,6 +37,11 @@ pub(crate) struct Args {
     /// "schedule self"`. Without --token or --grant: observe, state, schedule self.
     #[arg(long = "grant", value_name = "RIGHT", id = "grants")]
     grants: Vec<String>,
+    /// A budget for the agent's token (repeatable): `memory=SIZE`, `fuel=N`,
+    /// `deadline=DURATION`, `observations=SIZE`. With --token, attenuate the
+    /// token instead (`toka token attenuate --budget`).
+    #[arg(long = "budget", value_name = "NAME=VALUE", conflicts_with = "token")]
+    budgets: Vec<String>,
 }
 
 pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
@@ -48,7 +53,7 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
         extra.push(load(spec)?);
     }
     let name = args.name.unwrap_or(default_name);
-    let grant = grant(args.token.as_deref(), &args.grants)?;
+    let grant = grant(args.token.as_deref(), &args.grants, &args.budgets)?;
 
     let opened = drive::open(place).await?;
     let host = &opened.host;
@@ -68,10 +73,17 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
     };
 
     // Reuse the running agent (and its token) unless told which token to use.
-    let existing = grant
-        .is_none()
-        .then(|| find_root_agent(host, &name, digest))
-        .flatten();
+    let existing = if grant.is_none() {
+        match find_root_agent(host, &name, digest) {
+            Ok(found) => found,
+            Err(e) => {
+                opened.host.shutdown().await?;
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
     let agent = match existing {
         Some(agent) => agent,
         None => {
@@ -126,22 +138,35 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
     })
 }
 
-/// The token the agent gets, from --token or --grant (`None`: neither given).
-fn grant(token: Option<&Path>, grants: &[String]) -> Result<Option<Grant>, Failure> {
+/// The token the agent gets, from --token or --grant and --budget (`None`:
+/// none given).
+fn grant(
+    token: Option<&Path>,
+    grants: &[String],
+    budgets: &[String],
+) -> Result<Option<Grant>, Failure> {
     if let Some(path) = token {
         let bytes =
             std::fs::read(path).map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
         return Ok(Some(Grant::Token(bytes)));
     }
-    if grants.is_empty() {
+    if grants.is_empty() && budgets.is_empty() {
         return Ok(None);
     }
-    let rights = grants
+    let mut rights = grants
         .iter()
         .map(|g| g.parse::<Right>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(Failure::input)?;
-    Ok(Some(Grant::Rights(rights)))
+    if rights.is_empty() {
+        rights = Right::defaults();
+    }
+    let budgets = budgets
+        .iter()
+        .map(|b| b.parse::<Budget>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::input)?;
+    Ok(Some(Grant::Budgeted { rights, budgets }))
 }
 
 /// Reads a component from a path, or takes a bundled one by name.
@@ -172,16 +197,27 @@ fn companion<'a>(agent: &str) -> Option<&'a str> {
     (agent == "planner").then_some("worker")
 }
 
-/// A running agent the operator started with this name and component.
-fn find_root_agent(host: &toka_host::Host, name: &str, component: Digest) -> Option<EntityId> {
-    host.state(|s| {
+/// A live agent the operator started with this name and component; an
+/// error when it is quarantined (it would not run the tasks).
+fn find_root_agent(
+    host: &toka_host::Host,
+    name: &str,
+    component: Digest,
+) -> Result<Option<EntityId>, Failure> {
+    let found = host.state(|s| {
         s.agents()
             .find(|(_, a)| {
                 a.parent == EntityId::SYSTEM
-                    && a.is_active()
+                    && !a.is_terminated()
                     && a.name == name
                     && a.component == component
             })
-            .map(|(id, _)| id)
-    })
+            .map(|(id, a)| (id, a.status.clone()))
+    });
+    match found {
+        Some((id, AgentStatus::Quarantined { reason })) => Err(Failure::work(format!(
+            "agent {name} ({id}) is quarantined ({reason}); `toka agent resume {id}` lets it run again"
+        ))),
+        other => Ok(other.map(|(id, _)| id)),
+    }
 }

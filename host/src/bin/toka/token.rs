@@ -2,9 +2,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use toka_host::{Right, Token};
+use toka_host::{Budget, Right, Token};
 use toka_kernel::{Limits, Timestamp};
 
 use crate::output::out;
@@ -21,18 +21,29 @@ pub(crate) enum Command {
         /// A right to grant (repeatable), e.g. `observe`, `schedule children`, `spawn worker`.
         #[arg(long = "right", value_name = "RIGHT", required = true)]
         rights: Vec<String>,
+        /// A budget (repeatable): `memory=SIZE`, `fuel=N`, `deadline=DURATION`,
+        /// `observations=SIZE`, e.g. `memory=16MiB`, `deadline=5s`.
+        #[arg(long = "budget", value_name = "NAME=VALUE")]
+        budgets: Vec<String>,
         /// Make it expire after this long, in the host's logical time
         /// (e.g. `90s`, `15m`, `12h`, `7d`).
         #[arg(long, value_name = "DURATION")]
         expires: Option<String>,
     },
-    /// Restrict a token to some of the rights it grants; prints the new token.
+    /// Restrict a token to some of the rights it grants, or to smaller
+    /// budgets; prints the new token.
+    #[command(group = clap::ArgGroup::new("narrowing").required(true).multiple(true).args(["rights", "budgets"]))]
     Attenuate {
         /// The token (base64 or raw).
         file: PathBuf,
         /// A right to keep (repeatable); each must be one the token grants.
+        /// Without any, the token keeps all its rights.
         #[arg(long = "right", value_name = "RIGHT")]
         rights: Vec<String>,
+        /// A budget to lower (repeatable), e.g. `memory=16MiB`; a budget
+        /// above the token's own changes nothing.
+        #[arg(long = "budget", value_name = "NAME=VALUE")]
+        budgets: Vec<String>,
     },
     /// Show a token's blocks (facts and checks) and revocation ids.
     Inspect {
@@ -55,17 +66,32 @@ pub(crate) async fn main(place: &Place, command: Command) -> CliResult {
         Command::PublicKey => {
             out!("{}", place.root_key(true)?.public_string());
         }
-        Command::Issue { rights, expires } => {
+        Command::Issue {
+            rights,
+            budgets,
+            expires,
+        } => {
             let rights = parse_rights(&rights)?;
+            let budgets = parse_budgets(&budgets)?;
             let expires = expires
-                .map(|d| parse_duration(&d).map(|d| SystemTime::now() + d))
+                .map(|d| {
+                    toka_host::parse_duration(&d)
+                        .map(|d| SystemTime::now() + d)
+                        .map_err(Failure::input)
+                })
                 .transpose()?;
             let root = place.root_key(true)?;
-            let token = Token::issue(&root, &rights, expires).map_err(Failure::work)?;
+            let token = Token::issue(&root, &rights, &budgets, expires).map_err(Failure::work)?;
             out!("{}", token.to_base64());
         }
-        Command::Attenuate { file, rights } => {
+        Command::Attenuate {
+            file,
+            rights,
+            budgets,
+        } => {
+            let keep_rights = rights.is_empty();
             let rights = parse_rights(&rights)?;
+            let budgets = parse_budgets(&budgets)?;
             let token = read_token(place, &file)?;
             let now = now();
             for right in &rights {
@@ -73,7 +99,12 @@ pub(crate) async fn main(place: &Place, command: Command) -> CliResult {
                     .grants(right, now)
                     .map_err(|why| Failure::input(format!("cannot keep `{right}`: {why}")))?;
             }
-            let attenuated = token.attenuate(&rights).map_err(Failure::work)?;
+            let attenuated = if keep_rights {
+                token.limit(&budgets)
+            } else {
+                token.attenuate(&rights, &budgets)
+            }
+            .map_err(Failure::work)?;
             out!("{}", attenuated.to_base64());
         }
         Command::Inspect { file } => inspect(place, &file)?,
@@ -93,6 +124,14 @@ fn parse_rights(rights: &[String]) -> Result<Vec<Right>, Failure> {
     rights
         .iter()
         .map(|r| r.parse::<Right>())
+        .collect::<Result<_, _>>()
+        .map_err(Failure::input)
+}
+
+fn parse_budgets(budgets: &[String]) -> Result<Vec<Budget>, Failure> {
+    budgets
+        .iter()
+        .map(|b| b.parse::<Budget>())
         .collect::<Result<_, _>>()
         .map_err(Failure::input)
 }
@@ -158,25 +197,6 @@ fn parse_revocation_id(id: &str) -> Result<Vec<u8>, Failure> {
 }
 
 /// `90s`, `15m`, `12h`, `7d`.
-fn parse_duration(text: &str) -> Result<Duration, Failure> {
-    let bad = || {
-        Failure::input(format!(
-            "`{text}` is not a duration (e.g. 90s, 15m, 12h, 7d)"
-        ))
-    };
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit {
-        "s" => n,
-        "m" => n.checked_mul(60).ok_or_else(bad)?,
-        "h" => n.checked_mul(3600).ok_or_else(bad)?,
-        "d" => n.checked_mul(86_400).ok_or_else(bad)?,
-        _ => return Err(bad()),
-    };
-    Ok(Duration::from_secs(seconds))
-}
-
 fn now() -> Timestamp {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -189,12 +209,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_and_ids_parse_or_say_why_not() {
-        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        for bad in ["", "h", "10", "10y", "-1d"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
+    fn revocation_ids_parse_or_say_why_not() {
         assert_eq!(
             parse_revocation_id(&"ab".repeat(64)).unwrap(),
             vec![0xab; 64]

@@ -229,7 +229,7 @@ async fn fault(inner: &HostInner, agent: AgentId, reason: String) {
         .read(|k| k.state().agent(agent).map_or(0, |a| a.consecutive_faults));
     if threshold > 0 && faults >= threshold {
         let reason = inner.clip_reason(&format!("{faults} faults in a row; the last: {reason}"));
-        tracing::warn!(agent = %agent.short(), %reason, "agent quarantined; `toka agent resume` lets it run again");
+        tracing::info!(agent = %agent.short(), %reason, "agent quarantined; `toka agent resume` lets it run again");
         finish(inner, agent, Operation::QuarantineAgent { agent, reason }).await;
     }
 }

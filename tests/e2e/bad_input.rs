@@ -48,6 +48,19 @@ fn bad_agents_are_refused_before_anything_is_created() {
                 .to_owned(),
         ),
         (
+            // A component preamble followed by noise.
+            write(
+                tmp.path(),
+                "noise.wasm",
+                b"\0asm\x0d\0\x01\0\x9f\x13\xee\x02\x41\x41\x00\xff\x7f",
+            ),
+            "not a valid component: ".to_owned(),
+        ),
+        (
+            agent_path("hostile-sockets").to_owned(),
+            "imports wasi:sockets/".to_owned(),
+        ),
+        (
             agent_path("test-cli").to_owned(),
             "not a Toka agent: it does not export `toka:agent/handler@0.1.0` (it exports wasi:cli/run".to_owned(),
         ),

@@ -8,6 +8,7 @@ mod crash;
 mod demo;
 mod durability;
 mod faults;
+mod hostile;
 mod recovery;
 mod restart;
 mod tokens;

@@ -121,6 +121,11 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
                             pending[task]
                         );
                     }
+                    Event::AgentQuarantined { agent: a, reason } if *a == agent => {
+                        eprintln!(
+                            "agent {name} ({agent}) is quarantined: {reason}; its queued tasks wait until `toka agent resume {agent}`"
+                        );
+                    }
                     _ => {}
                 }
             }

@@ -1,0 +1,50 @@
+//! `hostile-flood`: tries to swamp the host with operations and data. Each
+//! task keeps going until the host refuses, then fails with the refusal.
+//!
+//! Tasks: `ops` (one small observation after another), `queue` (schedules
+//! `noop` onto itself again and again), `big-observation` (2 MiB at once),
+//! `observation-bytes` (512 KiB observations without end), `big-state` (a
+//! 128 KiB state value), `fill-state` (60 KiB values under new keys without
+//! end), `noop`.
+
+use toka_guest::{Agent, Context, Error, Task};
+
+#[derive(Default)]
+struct Flood;
+
+/// Repeats `step` until the host refuses, then reports how far it got.
+fn until_refused(mut step: impl FnMut(u64) -> Result<(), Error>) -> Result<Vec<u8>, String> {
+    let mut done = 0u64;
+    loop {
+        if let Err(e) = step(done) {
+            return Err(format!("refused after {done}: {e}"));
+        }
+        done += 1;
+    }
+}
+
+impl Agent for Flood {
+    fn handle_task(&mut self, ctx: &mut Context, task: Task) -> Result<Vec<u8>, String> {
+        let me = ctx.id();
+        match task.description.as_str() {
+            "ops" => until_refused(|_| ctx.observe("x").map(drop)),
+            "queue" => until_refused(|_| ctx.schedule(me, "noop").map(drop)),
+            "big-observation" => {
+                ctx.observe(vec![b'o'; 2 << 20])?;
+                Ok(b"observed 2 MiB".to_vec())
+            }
+            "observation-bytes" => until_refused(|_| ctx.observe(vec![b'o'; 512 << 10]).map(drop)),
+            "big-state" => {
+                ctx.put("big", vec![b's'; 128 << 10])?;
+                Ok(b"stored 128 KiB".to_vec())
+            }
+            "fill-state" => until_refused(|i| ctx.put(&format!("k{i}"), vec![b's'; 60 << 10])),
+            "noop" => Ok(Vec::new()),
+            other => Err(format!(
+                "unknown task `{other}` (ops, queue, big-observation, observation-bytes, big-state, fill-state, noop)"
+            )),
+        }
+    }
+}
+
+toka_guest::export_agent!(Flood);

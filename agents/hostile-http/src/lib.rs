@@ -1,0 +1,69 @@
+//! `hostile-http`: makes outbound HTTP requests through `wasi:http`, to
+//! wherever its task says. The host lets through only hosts the agent's
+//! token grants (`http HOST` or `http HOST:PORT`).
+//!
+//! Task: `get AUTHORITY PATH`, e.g. `get 127.0.0.1:8080 /hello`. The agent
+//! first observes `requesting AUTHORITY` (so a test can check that pending
+//! operations are durable before the request leaves), then outputs
+//! `STATUS BODY`. A refusal fails the task with the `wasi:http` error code.
+
+use toka_guest::{Agent, Context, Task};
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{Fields, OutgoingRequest, Scheme};
+use wasip2::io::streams::StreamError;
+
+#[derive(Default)]
+struct Http;
+
+fn get(authority: &str, path: &str) -> Result<String, String> {
+    let request = OutgoingRequest::new(Fields::new());
+    request
+        .set_scheme(Some(&Scheme::Http))
+        .map_err(|()| "bad scheme".to_owned())?;
+    request
+        .set_authority(Some(authority))
+        .map_err(|()| format!("bad authority `{authority}`"))?;
+    request
+        .set_path_with_query(Some(path))
+        .map_err(|()| format!("bad path `{path}`"))?;
+    let pending =
+        outgoing_handler::handle(request, None).map_err(|e| format!("request refused: {e:?}"))?;
+    pending.subscribe().block();
+    let response = pending
+        .get()
+        .ok_or("no response after the wait")?
+        .map_err(|()| "response already taken")?
+        .map_err(|e| format!("request failed: {e:?}"))?;
+    let status = response.status();
+    let body = response.consume().map_err(|()| "no body")?;
+    let stream = body.stream().map_err(|()| "no body stream")?;
+    let mut bytes = Vec::new();
+    loop {
+        match stream.blocking_read(64 << 10) {
+            Ok(chunk) => bytes.extend_from_slice(&chunk),
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(e)) => {
+                return Err(format!("reading the body: {}", e.to_debug_string()));
+            }
+        }
+    }
+    drop(stream);
+    Ok(format!("{status} {}", String::from_utf8_lossy(&bytes)))
+}
+
+impl Agent for Http {
+    fn handle_task(&mut self, ctx: &mut Context, task: Task) -> Result<Vec<u8>, String> {
+        let mut words = task.description.split(' ');
+        let (Some("get"), Some(authority), path) = (words.next(), words.next(), words.next())
+        else {
+            return Err(format!(
+                "unknown task `{}` (get AUTHORITY PATH)",
+                task.description
+            ));
+        };
+        ctx.observe(format!("requesting {authority}"))?;
+        Ok(get(authority, path.unwrap_or("/"))?.into_bytes())
+    }
+}
+
+toka_guest::export_agent!(Http);

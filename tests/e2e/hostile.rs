@@ -1,0 +1,757 @@
+//! The hostile-agent suite: real compiled agents (`agents/hostile-*`) attack
+//! a real host on a real redb file. Each test asserts the exact outcome: the
+//! attack is contained, the log records a clear reason, another agent's
+//! tasks are still served, and the log verifies afterwards.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use toka_host::{AgentLimits, Budget, DataDir, EventStore, Grant, Host, HostConfig, RedbStore};
+use toka_kernel::{AgentId, AgentStatus, EntityId, Event, TaskId};
+
+use crate::{agent_bytes, grant, outcome, temp_data, toka};
+
+/// A host on a redb file in a temporary dir, with `hello` running as a
+/// bystander whose tasks must keep being served.
+struct Arena {
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    store: Arc<RedbStore>,
+    host: Host,
+    bystander: AgentId,
+}
+
+impl Arena {
+    async fn new(limits: AgentLimits) -> Self {
+        let (tmp, data) = temp_data();
+        let dir = DataDir::new(&data);
+        let root = dir.root_key(None, true).expect("root key");
+        let store = Arc::new(
+            dir.open_or_create(&toka_kernel::Limits::default(), &root)
+                .expect("open data dir"),
+        );
+        let config = HostConfig {
+            agent_limits: limits,
+            ..HostConfig::default()
+        };
+        let host = Host::open(Arc::clone(&store) as Arc<dyn EventStore>, root, config)
+            .await
+            .expect("open host");
+        let hello = host.install("hello", agent_bytes("hello")).await.unwrap();
+        let bystander = host
+            .spawn(hello, "bystander", grant(&["observe"]))
+            .await
+            .unwrap();
+        let mut arena = Self {
+            _tmp: tmp,
+            data,
+            store,
+            host,
+            bystander,
+        };
+        arena.bystander_serves().await;
+        arena
+    }
+
+    /// Installs the compiled agent `name` and spawns it with `grant`.
+    async fn agent(&self, name: &str, grant: Grant) -> AgentId {
+        let component = self.host.install(name, agent_bytes(name)).await.unwrap();
+        self.host.spawn(component, name, grant).await.unwrap()
+    }
+
+    /// The bystander completes a task, as if nothing happened.
+    async fn bystander_serves(&mut self) {
+        assert_eq!(
+            outcome(&self.host, self.bystander, "neighbour").await,
+            Ok("Hello, neighbour!".to_owned())
+        );
+    }
+
+    /// Shuts the host down, checks that the log verifies from its first
+    /// record, and returns every event in log order.
+    async fn finish(mut self) -> Vec<Logged> {
+        self.bystander_serves().await;
+        self.host.shutdown().await.unwrap();
+        let verified = toka_host::verify(&*self.store).expect("the log verifies");
+        let mut events = Vec::new();
+        toka_host::replay(&*self.store, |applied| {
+            events.extend(applied.events.iter().map(|event| Logged {
+                seq: applied.seq,
+                origin: applied.origin,
+                event: event.clone(),
+            }));
+        })
+        .unwrap();
+        assert_eq!(verified.records, self.store.head().unwrap().seq);
+        drop(self.store);
+        // And the CLI agrees, from the file alone.
+        let run = toka(&self.data, &["verify"]);
+        assert!(run.ok().starts_with("ok "), "{run:?}");
+        events
+    }
+}
+
+/// An event, with the sequence number and origin of its record.
+struct Logged {
+    seq: u64,
+    origin: EntityId,
+    event: Event,
+}
+
+/// The failure reasons recorded for `agent`'s tasks, in log order.
+fn failures(events: &[Logged], agent: AgentId) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|l| match &l.event {
+            Event::TaskFailed {
+                agent: a, reason, ..
+            } if *a == agent => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The denials recorded against `agent`: `(operation, first target, reason)`.
+fn denials(events: &[Logged], agent: AgentId) -> Vec<(String, String, String)> {
+    events
+        .iter()
+        .filter_map(|l| match &l.event {
+            Event::CapabilityDenied { agent: a, denial } if *a == agent => Some((
+                denial.operation.clone(),
+                denial.targets.first().cloned().unwrap_or_default(),
+                denial.reason.clone(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn limits(f: impl FnOnce(&mut AgentLimits)) -> AgentLimits {
+    let mut limits = AgentLimits::default();
+    f(&mut limits);
+    limits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infinite_loop_is_stopped_at_its_deadline_while_others_are_served() {
+    let arena = Arena::new(limits(|l| l.deadline_per_task = Duration::from_secs(3))).await;
+    let spin = arena.agent("hostile-spin", grant(&["observe"])).await;
+    let mut rx = arena.host.subscribe();
+    let looping = arena.host.schedule(spin, "spin").await.unwrap();
+    let served = arena
+        .host
+        .schedule(arena.bystander, "while it spins")
+        .await
+        .unwrap();
+    // The bystander's task finishes while the loop is still running.
+    'wait: loop {
+        let batch = rx.recv().await.expect("the bus runs");
+        for record in &batch.records {
+            for event in &record.events {
+                match event {
+                    Event::TaskCompleted { task, .. } if *task == served => break 'wait,
+                    Event::TaskFailed { task, .. } if *task == looping => {
+                        panic!("the loop ended before the bystander was served")
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    arena.host.run_until_idle().await.unwrap();
+    // The agent itself is fine afterwards: a fresh instance runs its next task.
+    assert_eq!(outcome(&arena.host, spin, "ok").await, Ok("ok".to_owned()));
+
+    let events = arena.finish().await;
+    assert_eq!(
+        failures(&events, spin),
+        ["deadline exceeded: the task ran longer than 3s"]
+    );
+    assert!(events.iter().any(|l| matches!(
+        &l.event,
+        Event::AgentFaulted { agent, consecutive: 1, .. } if *agent == spin
+    )));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuel_stops_loops_deterministically_and_repeated_faults_quarantine_the_agent() {
+    let mut arena = Arena::new(limits(|l| {
+        l.fuel_per_task = Some(5_000_000);
+        l.quarantine_after = 3;
+    }))
+    .await;
+    let spin = arena.agent("hostile-spin", grant(&["observe"])).await;
+    for task in ["spin", "spin", "spin", "ok"] {
+        arena.host.schedule(spin, task).await.unwrap();
+    }
+    arena.host.run_until_idle().await.unwrap();
+
+    // Quarantined after the third fault: `ok` waits in the queue, and so
+    // does anything scheduled now.
+    let (status, queued) = arena.host.state(|s| {
+        let a = s.agent(spin).unwrap();
+        (a.status.clone(), a.queue.len())
+    });
+    let reason =
+        "3 faults in a row; the last: out of fuel: the task used all 5000000 units of its fuel";
+    assert_eq!(
+        status,
+        AgentStatus::Quarantined {
+            reason: reason.to_owned()
+        }
+    );
+    assert_eq!(queued, 1);
+    arena.bystander_serves().await;
+    let later: TaskId = arena.host.schedule(spin, "ok").await.unwrap();
+    arena.host.run_until_idle().await.unwrap();
+    assert_eq!(arena.host.state(|s| s.agent(spin).unwrap().queue.len()), 2);
+
+    // The operator resumes it; the queued tasks run.
+    arena.host.resume_agent(spin).await.unwrap();
+    arena.host.run_until_idle().await.unwrap();
+    let record = arena.host.state(|s| s.agent(spin).cloned()).unwrap();
+    assert_eq!(record.status, AgentStatus::Active);
+    assert_eq!((record.completed, record.failed), (2, 3));
+    assert!(arena.host.state(|s| s.task(later).is_none()), "finished");
+
+    let events = arena.finish().await;
+    assert_eq!(
+        failures(&events, spin),
+        ["out of fuel: the task used all 5000000 units of its fuel"; 3]
+    );
+    let quarantine: Vec<_> = events
+        .iter()
+        .filter_map(|l| match &l.event {
+            Event::AgentQuarantined { agent, reason } if *agent == spin => {
+                Some((l.origin, reason.as_str()))
+            }
+            Event::AgentResumed { agent } if *agent == spin => Some((l.origin, "resumed")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        quarantine,
+        // The host records the quarantine about the agent; the operator
+        // resumes it.
+        [(spin, reason), (EntityId::SYSTEM, "resumed")]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbounded_memory_growth_traps_at_the_tokens_memory_budget() {
+    let mut arena = Arena::new(AgentLimits::default()).await;
+    let hog = arena
+        .agent(
+            "hostile-memory",
+            Grant::Budgeted {
+                rights: vec!["observe".parse().unwrap()],
+                budgets: vec![Budget::Memory(16 << 20)],
+            },
+        )
+        .await;
+    let err = outcome(&arena.host, hog, "grow").await.unwrap_err();
+    assert!(
+        err.starts_with("out of memory: growing linear memory to ")
+            && err.ends_with(" passes the limit of 16MiB"),
+        "{err}"
+    );
+    arena.bystander_serves().await;
+    assert_eq!(outcome(&arena.host, hog, "ok").await, Ok("ok".to_owned()));
+    let events = arena.finish().await;
+    assert_eq!(failures(&events, hog), [err]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_recursion_exhausts_the_guest_stack_not_the_host() {
+    let arena = Arena::new(AgentLimits::default()).await;
+    let deep = arena.agent("hostile-recursion", grant(&["observe"])).await;
+    assert_eq!(
+        outcome(&arena.host, deep, "recurse").await,
+        Err("call stack exhausted (recursion too deep)".to_owned())
+    );
+    assert_eq!(outcome(&arena.host, deep, "ok").await, Ok("ok".to_owned()));
+    let events = arena.finish().await;
+    assert_eq!(
+        failures(&events, deep),
+        ["call stack exhausted (recursion too deep)"]
+    );
+}
+
+/// How many events match `pred`.
+fn count(events: &[Logged], pred: impl Fn(&Event) -> bool) -> usize {
+    events.iter().filter(|l| pred(&l.event)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_operations_stops_at_the_per_task_limit() {
+    let arena = Arena::new(AgentLimits::default()).await;
+    let flood = arena.agent("hostile-flood", grant(&["observe"])).await;
+    let err = outcome(&arena.host, flood, "ops").await.unwrap_err();
+    assert_eq!(
+        err,
+        "refused after 100000: limit exceeded: operations per task would be 100001, the limit is 100000"
+    );
+    let events = arena.finish().await;
+    assert_eq!(
+        count(
+            &events,
+            |e| matches!(e, Event::ObservationEmitted { agent, .. } if *agent == flood)
+        ),
+        100_000
+    );
+    assert_eq!(failures(&events, flood), [err]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_tasks_stops_at_the_queue_limit() {
+    let arena = Arena::new(AgentLimits::default()).await;
+    let flood = arena
+        .agent("hostile-flood", grant(&["observe", "schedule self"]))
+        .await;
+    let err = outcome(&arena.host, flood, "queue").await.unwrap_err();
+    assert_eq!(
+        err,
+        "refused after 1024: limit exceeded: task queue length would be 1025, the limit is 1024"
+    );
+    // The 1024 queued tasks ran.
+    let record = arena.host.state(|s| s.agent(flood).cloned()).unwrap();
+    assert_eq!((record.completed, record.failed), (1024, 1));
+    arena.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_size_observations_and_state_values_are_refused() {
+    let arena = Arena::new(AgentLimits::default()).await;
+    let flood = arena
+        .agent(
+            "hostile-flood",
+            Grant::Budgeted {
+                rights: vec!["observe".parse().unwrap(), "state".parse().unwrap()],
+                budgets: vec![Budget::ObservationBytes(2 << 20)],
+            },
+        )
+        .await;
+    assert_eq!(
+        outcome(&arena.host, flood, "big-observation").await,
+        Err("limit exceeded: observation size would be 2097152, the limit is 1048576".to_owned())
+    );
+    assert_eq!(
+        outcome(&arena.host, flood, "big-state").await,
+        Err("limit exceeded: state value size would be 131072, the limit is 65536".to_owned())
+    );
+    // The token's budget: 2 MiB of observations per task, i.e. four of 512 KiB.
+    assert_eq!(
+        outcome(&arena.host, flood, "observation-bytes").await,
+        Err("refused after 4: limit exceeded: observation bytes per task would be 2621440, the limit is 2097152".to_owned())
+    );
+    let filled = outcome(&arena.host, flood, "fill-state").await.unwrap_err();
+    let puts: usize = filled
+        .strip_prefix("refused after ")
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{filled}"));
+    assert!(
+        filled.contains("limit exceeded: state size would be ")
+            && filled.ends_with("the limit is 16777216"),
+        "{filled}"
+    );
+    let state_bytes = arena.host.state(|s| s.agent(flood).unwrap().state_bytes);
+    assert!(state_bytes <= 16 << 20 && state_bytes > (16 << 20) - (61 << 10));
+
+    let events = arena.finish().await;
+    let observed: Vec<usize> = events
+        .iter()
+        .filter_map(|l| match &l.event {
+            Event::ObservationEmitted { agent, data, .. } if *agent == flood => Some(data.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(observed, [512 << 10; 4], "only what fit the budget");
+    assert_eq!(
+        count(
+            &events,
+            |e| matches!(e, Event::StatePut { agent, .. } if *agent == flood)
+        ),
+        puts
+    );
+    assert_eq!(failures(&events, flood).len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_and_environment_are_invisible_without_rights() {
+    let arena = Arena::new(AgentLimits::default()).await;
+    let snoop = arena.agent("hostile-snoop", grant(&["observe"])).await;
+    let read = outcome(&arena.host, snoop, "read /etc/passwd")
+        .await
+        .unwrap_err();
+    assert!(read.starts_with("read /etc/passwd: "), "{read}");
+    let list = outcome(&arena.host, snoop, "list /").await.unwrap_err();
+    assert!(list.starts_with("list /: "), "{list}");
+    let list = outcome(&arena.host, snoop, "list .").await.unwrap_err();
+    assert!(list.starts_with("list .: "), "{list}");
+    // The test process has PATH, HOME, CARGO_*...; the agent sees none.
+    assert!(std::env::vars().next().is_some());
+    assert_eq!(outcome(&arena.host, snoop, "env").await, Ok(String::new()));
+    let events = arena.finish().await;
+    assert_eq!(failures(&events, snoop).len(), 3);
+}
+
+/// `content` written to `path`, the parent dirs created.
+fn put_file(path: &Path, content: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_reachable_only_inside_granted_dirs() {
+    let outside = tempfile::tempdir().unwrap();
+    let outside = outside.path().canonicalize().unwrap();
+    let shared = outside.join("shared");
+    let work = outside.join("work");
+    put_file(&shared.join("notes.txt"), "shared notes");
+    put_file(&outside.join("secret.txt"), "do not read");
+    std::fs::create_dir_all(&work).unwrap();
+    std::os::unix::fs::symlink(&outside, work.join("escape")).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.txt"), work.join("secret-link")).unwrap();
+
+    let arena = Arena::new(AgentLimits::default()).await;
+    let rights = [
+        format!("fs.read {}", shared.display()),
+        format!("fs.write {}", work.display()),
+    ];
+    let rights: Vec<&str> = rights.iter().map(String::as_str).collect();
+    let snoop = arena.agent("hostile-snoop", grant(&rights)).await;
+    let run = |task: String| {
+        let host = &arena.host;
+        async move { outcome(host, snoop, &task).await }
+    };
+    let (s, w, o) = (shared.display(), work.display(), outside.display());
+
+    // What was granted works.
+    assert_eq!(
+        run(format!("read {s}/notes.txt")).await,
+        Ok("shared notes".to_owned())
+    );
+    assert_eq!(
+        run(format!("write {w}/out.txt made here")).await,
+        Ok(format!("wrote {w}/out.txt"))
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.join("out.txt")).unwrap(),
+        "made here"
+    );
+    assert_eq!(
+        run(format!("list {w}")).await,
+        Ok("escape\nout.txt\nsecret-link".to_owned())
+    );
+
+    // Everything else fails, and nothing appears outside the granted dirs.
+    let attempts = [
+        format!("write {s}/new.txt read-only dir"),
+        format!("write {o}/new.txt not granted"),
+        format!("write {w}/../new.txt dot-dot"),
+        format!("write {w}/escape/new.txt through a symlink"),
+        format!("read {w}/../secret.txt"),
+        format!("read {w}/escape/secret.txt"),
+        format!("read {w}/secret-link"),
+        format!("read {o}/secret.txt"),
+        format!("list {o}"),
+    ];
+    for attempt in &attempts {
+        let verb = attempt.split(' ').next().unwrap();
+        let path = attempt.split(' ').nth(1).unwrap();
+        let err = run(attempt.clone()).await.unwrap_err();
+        assert!(
+            err.starts_with(&format!("{verb} {path}: ")),
+            "{attempt}: {err}"
+        );
+    }
+    assert!(!shared.join("new.txt").exists());
+    assert!(!outside.join("new.txt").exists());
+    let events = arena.finish().await;
+    assert_eq!(failures(&events, snoop).len(), attempts.len());
+}
+
+/// A one-shot HTTP server on 127.0.0.1: answers `200 hello` to each
+/// connection and counts them; with `durable`, records the store's durable
+/// head as each request arrives.
+struct Server {
+    port: u16,
+    connections: Arc<AtomicU64>,
+    durable_at_request: Arc<AtomicU64>,
+}
+
+impl Server {
+    fn start(store: Option<Arc<RedbStore>>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicU64::new(0));
+        let durable_at_request = Arc::new(AtomicU64::new(0));
+        let (count, durable) = (Arc::clone(&connections), Arc::clone(&durable_at_request));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                count.fetch_add(1, Ordering::SeqCst);
+                if let Some(store) = &store {
+                    durable.store(store.head().unwrap().seq, Ordering::SeqCst);
+                }
+                answer(&mut stream);
+            }
+        });
+        Self {
+            port,
+            connections,
+            durable_at_request,
+        }
+    }
+}
+
+fn answer(stream: &mut TcpStream) {
+    let mut request = Vec::new();
+    let mut buf = [0; 1024];
+    while !request.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ =
+        stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_reaches_only_granted_hosts_and_only_after_pending_ops_are_durable() {
+    let mut arena = Arena::new(AgentLimits::default()).await;
+    let granted = Server::start(Some(Arc::clone(&arena.store)));
+    let other = Server::start(None);
+    let right = format!("http 127.0.0.1:{}", granted.port);
+    let http = arena
+        .agent("hostile-http", grant(&["observe", &right]))
+        .await;
+
+    assert_eq!(
+        outcome(
+            &arena.host,
+            http,
+            &format!("get 127.0.0.1:{} /x", granted.port)
+        )
+        .await,
+        Ok("200 hello".to_owned())
+    );
+    for authority in [
+        format!("127.0.0.1:{}", other.port),
+        format!("localhost:{}", granted.port),
+    ] {
+        assert_eq!(
+            outcome(&arena.host, http, &format!("get {authority} /x")).await,
+            Err("request failed: ErrorCode::HttpRequestDenied".to_owned())
+        );
+    }
+    assert_eq!(granted.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(other.connections.load(Ordering::SeqCst), 0, "no connection");
+    arena.bystander_serves().await;
+
+    let durable = granted.durable_at_request.load(Ordering::SeqCst);
+    let events = arena.finish().await;
+    // The observation made just before the request was durable when the
+    // request arrived.
+    let requesting = format!("requesting 127.0.0.1:{}", granted.port);
+    let observed_at = events
+        .iter()
+        .find_map(|l| match &l.event {
+            Event::ObservationEmitted { data, .. } if *data == requesting.as_bytes() => Some(l.seq),
+            _ => None,
+        })
+        .expect("the observation is in the log");
+    assert!(durable >= observed_at, "durable {durable} < {observed_at}");
+    assert_eq!(
+        denials(&events, http),
+        [
+            (
+                "http".to_owned(),
+                format!("127.0.0.1:{}", other.port),
+                format!("missing right `http 127.0.0.1:{}`", other.port)
+            ),
+            (
+                "http".to_owned(),
+                format!("localhost:{}", granted.port),
+                format!("missing right `http localhost:{}`", granted.port)
+            ),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_importing_sockets_is_refused_at_install() {
+    let arena = Arena::new(AgentLimits::default()).await;
+    let err = arena
+        .host
+        .install("sockets", agent_bytes("hostile-sockets"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("imports wasi:sockets/"), "{err}");
+    assert!(err.ends_with("which the host does not provide"), "{err}");
+    assert!(arena.host.state(|s| s.component_named("sockets").is_none()));
+    arena.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cannot_reach_beyond_its_token() {
+    let mut arena = Arena::new(AgentLimits::default()).await;
+    let victim = arena.bystander;
+    arena
+        .host
+        .install("hostile-memory", agent_bytes("hostile-memory"))
+        .await
+        .unwrap();
+    let rights = [
+        "observe",
+        "state",
+        "spawn hostile-memory",
+        "schedule children",
+    ];
+    let attacker = arena
+        .agent(
+            "hostile-escalate",
+            Grant::Budgeted {
+                rights: rights.iter().map(|r| r.parse().unwrap()).collect(),
+                budgets: vec![Budget::Memory(16 << 20)],
+            },
+        )
+        .await;
+    let agents_before = arena.host.state(|s| s.agents().len());
+
+    assert_eq!(
+        outcome(&arena.host, attacker, "spawn-more hostile-memory").await,
+        Err(
+            "capability denied: spawn_agent: cannot delegate `spawn *`: missing right `spawn *`"
+                .to_owned()
+        )
+    );
+    assert_eq!(
+        outcome(&arena.host, attacker, &format!("schedule {victim}")).await,
+        Err(format!(
+            "capability denied: schedule_task: missing right `schedule {victim}`"
+        ))
+    );
+    assert_eq!(
+        outcome(&arena.host, attacker, &format!("terminate {victim}")).await,
+        Err(format!(
+            "capability denied: terminate_agent: missing right `terminate {victim}`"
+        ))
+    );
+    assert_eq!(
+        outcome(&arena.host, attacker, &format!("impersonate {victim}")).await,
+        Err(format!(
+            "extension call refused: capability denied: extension: missing right `extension agent`; wrote ../{victim}/owned in my own state"
+        ))
+    );
+    assert_eq!(arena.host.state(|s| s.agents().len()), agents_before);
+
+    // A child asking for a 4 GiB budget gets its parent's 16 MiB.
+    let spawned = outcome(&arena.host, attacker, "spawn-bigger hostile-memory")
+        .await
+        .unwrap();
+    let child: AgentId = spawned.strip_prefix("spawned ").unwrap().parse().unwrap();
+    arena.host.run_until_idle().await.unwrap();
+
+    arena.bystander_serves().await;
+    let (victim_record, attacker_state) = arena.host.state(|s| {
+        (
+            s.agent(victim).cloned().unwrap(),
+            s.agent(attacker)
+                .unwrap()
+                .state
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+    });
+    assert!(victim_record.is_active());
+    assert!(
+        victim_record.state.is_empty(),
+        "the victim's state is untouched"
+    );
+    assert_eq!(attacker_state, [format!("../{victim}/owned")]);
+
+    let events = arena.finish().await;
+    let child_failure = failures(&events, child);
+    assert_eq!(child_failure.len(), 1);
+    assert!(
+        child_failure[0].ends_with("passes the limit of 16MiB"),
+        "{child_failure:?}"
+    );
+    // Nothing in the log happened to the victim at the attacker's hand.
+    for l in &events {
+        if l.origin == attacker {
+            let touches_victim = match &l.event {
+                Event::TaskScheduled { agent, .. }
+                | Event::AgentTerminated { agent, .. }
+                | Event::StatePut { agent, .. } => *agent == victim,
+                _ => false,
+            };
+            assert!(!touches_victim, "{:?}", l.event);
+        }
+    }
+    let denied: Vec<String> = denials(&events, attacker)
+        .into_iter()
+        .map(|(op, _, _)| op)
+        .collect();
+    assert_eq!(denied, ["spawn", "schedule", "terminate", "extension"]);
+}
+
+#[test]
+fn toka_agent_resume_lets_a_quarantined_agent_run_again() {
+    let (_tmp, data) = temp_data();
+    let spin = crate::agent_path("hostile-spin");
+    let run = toka(
+        &data,
+        &[
+            "--fuel",
+            "1000000",
+            "--quarantine-after",
+            "2",
+            "run",
+            spin,
+            "--task",
+            "spin",
+            "--task",
+            "spin",
+            "--task",
+            "ok",
+        ],
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    let failed = run
+        .stderr
+        .matches("failed: out of fuel: the task used all 1000000 units of its fuel")
+        .count();
+    assert_eq!(failed, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains(") is quarantined: 2 faults in a row; the last: out of fuel"),
+        "{run:?}"
+    );
+    let state = toka(&data, &["state"]);
+    assert!(state.ok().contains("quarantined"), "{state:?}");
+
+    let resumed = toka(
+        &data,
+        &["--fuel", "1000000", "agent", "resume", "hostile_spin"],
+    );
+    let lines: Vec<&str> = resumed.ok().lines().collect();
+    assert_eq!(lines.len(), 2, "{resumed:?}");
+    assert!(
+        lines[0].starts_with("resumed agent ") && lines[0].ends_with("; 1 queued task(s) to run")
+    );
+    assert_eq!(lines[1], "1 completed, 0 failed");
+    let again = toka(&data, &["agent", "resume", "hostile_spin"]);
+    assert_ne!(again.code, 0, "{again:?}");
+    assert!(again.stderr.contains("not quarantined"), "{again:?}");
+    toka(&data, &["verify"]).ok();
+}

@@ -135,6 +135,7 @@ fn build(agents: &[String], target_dir: &Path) {
         // Flags meant for the outer build (e.g. host-specific codegen) and a
         // workspace wrapper such as clippy-driver do not apply to the agents.
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
         .env_remove("RUSTC_WORKSPACE_WRAPPER");
     for name in agents {
         cmd.arg("-p").arg(format!("toka-agent-{name}"));

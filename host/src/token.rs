@@ -555,4 +555,120 @@ mod tests {
             Err(TokenError::TooLarge { max: 10, .. })
         ));
     }
+
+    mod hostile_blocks {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Datalog an attacker holding the token might append as a block.
+        const FRAGMENTS: &[&str] = &[
+            r#"right("spawn", "*");"#,
+            r#"right("schedule", "*");"#,
+            r#"right("terminate", "*");"#,
+            r#"right("http", "evil.example");"#,
+            r#"right("fs.write", "/");"#,
+            r#"right("extension", "agent");"#,
+            r#"right("state");"#,
+            r#"delegated("spawn", "*");"#,
+            r#"delegated("observe");"#,
+            r#"right($op, $t) <- operation($op), target($t);"#,
+            r#"right($op) <- operation($op);"#,
+            r#"delegated($op, $t) <- operation($op), target($t);"#,
+            r#"budget("memory", 1099511627776);"#,
+            r#"budget("fuel", 1);"#,
+            r#"budget("deadline_ms", 999999999);"#,
+            r#"check if operation("observe");"#,
+            r#"check if time($t), $t < 2100-01-01T00:00:00Z;"#,
+            r#"allow if true;"#,
+            "right(",
+        ];
+
+        /// Rights to ask about, held by the root token or not.
+        const ASKED: &[&str] = &[
+            "observe",
+            "state",
+            "spawn worker",
+            "spawn planner",
+            "spawn *",
+            "schedule *",
+            "schedule children",
+            "terminate *",
+            "http evil.example",
+            "fs.write /",
+            "fs.read /srv",
+            "extension agent",
+        ];
+
+        fn root_token(root: &RootKey) -> Token {
+            let budgets = [Budget::Memory(32 << 20), Budget::DeadlineMs(5_000)];
+            Token::issue(
+                root,
+                &rights(&[
+                    "observe",
+                    "spawn worker",
+                    "schedule children",
+                    "fs.read /srv",
+                ]),
+                &budgets,
+                None,
+            )
+            .unwrap()
+        }
+
+        /// The default number of cases, or 5 000 in the long mode
+        /// (`TOKA_LONG_TESTS=1`).
+        fn config() -> ProptestConfig {
+            if std::env::var_os("TOKA_LONG_TESTS").is_some() {
+                ProptestConfig::with_cases(5_000)
+            } else {
+                ProptestConfig::default()
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            /// Whatever block the holder appends, the token grants nothing
+            /// its root block did not, and no budget grows.
+            #[test]
+            fn an_appended_block_never_widens_a_token(
+                picks in proptest::collection::vec(any::<prop::sample::Index>(), 1..6),
+            ) {
+                let root = RootKey::generate();
+                let token = root_token(&root);
+                let code: String = picks.iter().map(|i| *i.get(FRAGMENTS)).collect::<Vec<_>>().join("\n");
+                let Ok(block) = BlockBuilder::new().code(code.as_str()) else {
+                    return Ok(());
+                };
+                let Ok(appended) = token.biscuit.append(block) else {
+                    return Ok(());
+                };
+                let bytes = appended.to_vec().unwrap();
+                let attacker = Token::parse(&bytes, root.public(), 64 << 10).unwrap();
+                let at = toka_kernel::Timestamp(1_000);
+                for asked in ASKED {
+                    let right: Right = asked.parse().unwrap();
+                    if attacker.grants(&right, at).is_ok() {
+                        prop_assert!(token.grants(&right, at).is_ok(), "{code} widened to `{asked}`");
+                    }
+                }
+                prop_assert_eq!(attacker.authority_rights(), token.authority_rights());
+                if let Ok(budgets) = attacker.budgets() {
+                    for held in token.budgets().unwrap() {
+                        let after = budgets.iter().find(|b| b.fact_name() == held.fact_name());
+                        prop_assert!(after.is_some_and(|b| b.value() <= held.value()), "{code}: {budgets:?}");
+                    }
+                }
+            }
+
+            /// Random bytes are a malformed token, never a panic.
+            #[test]
+            fn random_bytes_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let root = RootKey::generate();
+                prop_assert!(Token::parse(&bytes, root.public(), 8192).is_err());
+                let _ = Token::inspect_unverified(&bytes);
+            }
+        }
+    }
 }

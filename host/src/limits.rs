@@ -22,10 +22,10 @@ pub struct AgentLimits {
     /// Core and component instances in the agent's store. Default 32.
     pub instances: usize,
     /// Fuel (roughly, WebAssembly instructions) per task, deterministic;
-    /// `None` (the default) runs without fuel metering, which costs 20–35%
-    /// on loop-heavy guest code (BENCHMARKS.md); the deadline still stops a
-    /// runaway task. Set it to meter fuel (and to run agents whose tokens
-    /// carry a fuel budget).
+    /// `None` (the default) runs without fuel metering, which would cost up
+    /// to a third on loop-heavy guest code (BENCHMARKS.md); the deadline
+    /// still stops a runaway task. Set it to meter fuel (and to run agents
+    /// whose tokens carry a fuel budget).
     pub fuel_per_task: Option<u64>,
     /// Wall-clock time per task (checked at epoch ticks, every 10 ms).
     /// Default 30 s.

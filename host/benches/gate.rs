@@ -17,10 +17,10 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
-use toka_host::bench_support::GateProbe;
+use toka_host::bench_support::{GateProbe, time_observations};
 use toka_host::{
     EventStore, Grant, Host, HostConfig, MemoryStore, RedbStore, Right, RootKey, Token,
 };
@@ -101,17 +101,7 @@ fn run_once(
             .spawn(digest, "bench", Grant::Rights(rights(&["observe"])))
             .await
             .unwrap();
-        let start = Instant::now();
-        let mut left = ops;
-        while left > 0 {
-            let n = left.min(50_000);
-            host.schedule(agent, &format!("observe {n}")).await.unwrap();
-            left -= n;
-        }
-        host.run_until_idle().await.unwrap();
-        let elapsed = start.elapsed();
-        let failed = host.state(|s| s.agent(agent).unwrap().failed);
-        assert_eq!(failed, 0, "a bench task failed; the figures would be wrong");
+        let elapsed = time_observations(&host, agent, ops).await;
         host.shutdown().await.unwrap();
         elapsed.as_secs_f64() * 1e9 / ops as f64
     })

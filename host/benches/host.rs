@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use toka_host::bench_support::time_observations;
 use toka_host::{EventStore, Grant, Host, HostConfig, MemoryStore, RedbStore, RootKey};
 use toka_kernel::{
     AgentSpec, Authorization, Command, ComponentSpec, Digest, EntityId, Event, Kernel, Limits,
@@ -188,19 +189,7 @@ fn floor(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
                         .await
                         .unwrap();
 
-                    let start = Instant::now();
-                    // Tasks stay under the kernel's operations-per-task limit.
-                    let mut left = iters;
-                    while left > 0 {
-                        let n = left.min(50_000);
-                        host.schedule(agent, &format!("observe {n}")).await.unwrap();
-                        left -= n;
-                    }
-                    host.run_until_idle().await.unwrap();
-                    let elapsed = start.elapsed();
-
-                    let failed = host.state(|s| s.agent(agent).unwrap().failed);
-                    assert_eq!(failed, 0, "a bench task failed; the figures would be wrong");
+                    let elapsed = time_observations(&host, agent, iters).await;
                     host.shutdown().await.unwrap();
                     elapsed
                 })

@@ -95,3 +95,32 @@ impl GateProbe {
 pub fn snapshot_bytes(kernel: &Kernel) -> Vec<u8> {
     crate::snapshot::encode(kernel)
 }
+
+/// Has `agent` (the `test-bench` component) emit `ops` 32-byte observations,
+/// in tasks under the kernel's operations-per-task limit, and returns how
+/// long the host took until idle.
+///
+/// # Panics
+///
+/// If scheduling or running fails, or a task failed (the figure would be
+/// wrong).
+pub async fn time_observations(
+    host: &crate::Host,
+    agent: AgentId,
+    ops: u64,
+) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    let mut left = ops;
+    while left > 0 {
+        let n = left.min(50_000);
+        host.schedule(agent, &format!("observe {n}"))
+            .await
+            .expect("schedule a bench task");
+        left -= n;
+    }
+    host.run_until_idle().await.expect("run the bench tasks");
+    let elapsed = start.elapsed();
+    let failed = host.state(|s| s.agent(agent).map_or(0, |a| a.failed));
+    assert_eq!(failed, 0, "a bench task failed; the figures would be wrong");
+    elapsed
+}

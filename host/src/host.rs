@@ -669,14 +669,7 @@ fn restore(store: &dyn EventStore, mut kernel: Kernel) -> Result<Kernel, HostErr
         }
         kernel.restore(&bytes)?;
     }
-    let stored = store.head()?;
-    if stored != kernel.head() {
-        return Err(HostError::HeadMismatch {
-            expected: stored.seq,
-            found: kernel.head().seq,
-        });
-    }
-    Ok(kernel)
+    ends_at_stored_head(store, kernel)
 }
 
 /// Continues `kernel` with the stored records after its head, calling
@@ -701,6 +694,12 @@ pub(crate) fn replay_with(
         }
         after(&kernel, &applied);
     }
+    ends_at_stored_head(store, kernel)
+}
+
+/// `kernel`, if its head is the head stored beside the log (no record is
+/// missing at the end).
+fn ends_at_stored_head(store: &dyn EventStore, kernel: Kernel) -> Result<Kernel, HostError> {
     let stored = store.head()?;
     if stored != kernel.head() {
         return Err(HostError::HeadMismatch {

@@ -206,31 +206,42 @@ impl Kernel {
     /// A [`ReplayError`] naming the expected sequence number. After an error
     /// the kernel may hold a partly replayed state: discard it.
     pub fn replay(&mut self, bytes: &[u8]) -> Result<Applied, ReplayError> {
-        let expected = self.head.seq + 1;
-        let fail = |kind| ReplayError {
-            seq: expected,
+        let record = Record::decode(bytes).map_err(|e| self.fail(e.into()))?;
+        self.check_place(&record)?;
+        let applied = self
+            .apply(record.command)
+            .map_err(|e| self.fail(ReplayErrorKind::Rejected(e)))?;
+        if applied.bytes != bytes {
+            return Err(self.fail(ReplayErrorKind::NonCanonical));
+        }
+        Ok(applied)
+    }
+
+    /// A replay error at the record expected next.
+    fn fail(&self, kind: ReplayErrorKind) -> ReplayError {
+        ReplayError {
+            seq: self.head.seq + 1,
             kind,
-        };
-        let record = Record::decode(bytes).map_err(|e| fail(e.into()))?;
+        }
+    }
+
+    /// Checks that `record` is the next one: its sequence number follows
+    /// the head, and its `prev_hash` is the head's hash.
+    fn check_place(&self, record: &Record) -> Result<(), ReplayError> {
+        let expected = self.head.seq + 1;
         if record.seq != expected {
-            return Err(fail(ReplayErrorKind::Seq {
+            return Err(self.fail(ReplayErrorKind::Seq {
                 expected,
                 found: record.seq,
             }));
         }
         if record.prev_hash != self.head.hash {
-            return Err(fail(ReplayErrorKind::BrokenChain {
+            return Err(self.fail(ReplayErrorKind::BrokenChain {
                 expected: self.head.hash,
                 found: record.prev_hash,
             }));
         }
-        let applied = self
-            .apply(record.command)
-            .map_err(|e| fail(ReplayErrorKind::Rejected(e)))?;
-        if applied.bytes != bytes {
-            return Err(fail(ReplayErrorKind::NonCanonical));
-        }
-        Ok(applied)
+        Ok(())
     }
 }
 
@@ -246,47 +257,18 @@ impl Kernel {
     /// A [`ReplayError`] when the record does not decode, is out of place,
     /// or the kernel rejects its command. The kernel is then to be discarded.
     pub fn restore(&mut self, bytes: &[u8]) -> Result<(), ReplayError> {
-        let record = Record::decode_unchecked(bytes).map_err(|e| ReplayError {
-            seq: self.head.seq + 1,
-            kind: e.into(),
-        })?;
-        self.restore_record(record)
-    }
-
-    /// [`Kernel::restore`] for a record already decoded (e.g. by another
-    /// thread, with [`Record::decode_unchecked`]).
-    ///
-    /// # Errors
-    ///
-    /// As [`Kernel::restore`].
-    pub fn restore_record(&mut self, record: Record) -> Result<(), ReplayError> {
-        let expected = self.head.seq + 1;
-        let fail = |kind| ReplayError {
-            seq: expected,
-            kind,
-        };
-        if record.seq != expected {
-            return Err(fail(ReplayErrorKind::Seq {
-                expected,
-                found: record.seq,
-            }));
-        }
-        if record.prev_hash != self.head.hash {
-            return Err(fail(ReplayErrorKind::BrokenChain {
-                expected: self.head.hash,
-                found: record.prev_hash,
-            }));
-        }
+        let record = Record::decode_unchecked(bytes).map_err(|e| self.fail(e.into()))?;
+        self.check_place(&record)?;
         let env = Env {
             limits: &self.limits,
             registry: &self.registry,
-            seq: expected,
+            seq: record.seq,
         };
-        self.state
-            .apply(record.command, &env)
-            .map_err(|e| fail(ReplayErrorKind::Rejected(e)))?;
+        if let Err(e) = self.state.apply(record.command, &env) {
+            return Err(self.fail(ReplayErrorKind::Rejected(e)));
+        }
         self.head = ChainHead {
-            seq: expected,
+            seq: record.seq,
             hash: record.hash,
         };
         Ok(())

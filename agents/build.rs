@@ -39,6 +39,7 @@ fn main() {
 
     let agents = find_agents(&manifest_dir);
     let wasm_target_dir = wasm_target_dir(&out_dir);
+    ensure_target_installed();
     build(&agents, &wasm_target_dir);
 
     let release = wasm_target_dir.join(TARGET).join("release");
@@ -123,6 +124,50 @@ fn wasm_target_dir(out_dir: &Path) -> PathBuf {
     target.join("toka-agents")
 }
 
+/// Makes sure the standard library for [`TARGET`] is installed.
+///
+/// rustup installs the targets of `rust-toolchain.toml` only when it installs
+/// the toolchain itself; on a machine that already had `stable`, the target
+/// is missing and the nested build fails with "can't find crate for `core`".
+/// When rustup manages the toolchain, add the target through it (once; later
+/// builds find it); otherwise stop with the exact step to take.
+fn ensure_target_installed() {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    let installed = |root: &Path| root.join("lib/rustlib").join(TARGET).join("lib").is_dir();
+    if sysroot.as_deref().is_some_and(installed) {
+        return;
+    }
+    // Under rustup, RUSTUP_TOOLCHAIN names the toolchain this build uses.
+    let toolchain = env::var("RUSTUP_TOOLCHAIN").ok();
+    let mut rustup = Command::new("rustup");
+    rustup.args(["target", "add", TARGET]);
+    if let Some(toolchain) = &toolchain {
+        rustup.args(["--toolchain", toolchain]);
+    }
+    println!(
+        "cargo:warning=the {TARGET} target is not installed; adding it with `rustup target add {TARGET}`"
+    );
+    match rustup.status() {
+        Ok(status) if status.success() => {}
+        Ok(status) => panic!(
+            "`rustup target add {TARGET}` failed ({status}); the agents need the {TARGET} \
+             standard library. Run it by hand and build again."
+        ),
+        Err(e) => panic!(
+            "the {TARGET} target is not installed for {} and rustup could not be run ({e}). \
+             Install the {TARGET} standard library for this toolchain (with rustup: \
+             `rustup target add {TARGET}`) and build again.",
+            sysroot.map_or_else(|| "this toolchain".to_owned(), |s| s.display().to_string()),
+        ),
+    }
+}
+
 fn build(agents: &[String], target_dir: &Path) {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -145,8 +190,6 @@ fn build(agents: &[String], target_dir: &Path) {
         .unwrap_or_else(|e| panic!("could not run cargo to build the agents: {e}"));
     assert!(
         status.success(),
-        "building the agents for {TARGET} failed (see the cargo output above). \
-         Is the target installed? rust-toolchain.toml asks rustup for it; \
-         without rustup run `rustup target add {TARGET}` or install it by hand."
+        "building the agents for {TARGET} failed; the compiler output above names the problem"
     );
 }

@@ -122,7 +122,25 @@ macro_rules! export_agent {
                 }
             }
 
-    $crate::bindings::export!(TokaAgentExport with_types_in $crate::bindings);
+            // Only a WebAssembly build exports the component's functions. A
+            // native build of the same crate (`cargo build`, `cargo test` at
+            // the workspace root) type-checks the agent but exports nothing:
+            // the component ABI's symbol names (`toka:agent/handler@0.1.0#…`)
+            // are not valid in a native linker's version script.
+            #[cfg(target_family = "wasm")]
+            $crate::bindings::export!(TokaAgentExport with_types_in $crate::bindings);
+            // Natively, keep the agent reachable so the compiler still checks
+            // (and lints) it as used code.
+            #[cfg(not(target_family = "wasm"))]
+            const _: (
+                fn() -> ::core::result::Result<(), ::std::string::String>,
+                fn(
+                    $crate::__export::WitTask,
+                ) -> ::core::result::Result<::std::vec::Vec<u8>, ::std::string::String>,
+            ) = (
+                <TokaAgentExport as $crate::__export::Guest>::init,
+                <TokaAgentExport as $crate::__export::Guest>::handle_task,
+            );
         };
     };
 }

@@ -128,7 +128,7 @@ macro_rules! export_agent {
             // the component ABI's symbol names (`toka:agent/handler@0.1.0#…`)
             // are not valid in a native linker's version script.
             #[cfg(target_family = "wasm")]
-            $crate::bindings::export!(TokaAgentExport with_types_in $crate::bindings);
+    $crate::bindings::export!(TokaAgentExport with_types_in $crate::bindings);
             // Natively, keep the agent reachable so the compiler still checks
             // (and lints) it as used code.
             #[cfg(not(target_family = "wasm"))]

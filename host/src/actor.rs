@@ -1,16 +1,36 @@
 //! Agents as actors: one store, one task at a time, in FIFO order.
+//!
+//! An actor holds a live instance of its agent's component only while the
+//! agent has work: it takes one of the host's places for instances
+//! ([`HostConfig::max_instances`](crate::HostConfig::max_instances)) before
+//! instantiating, and gives it back when the queue is empty. An idle agent
+//! costs its kernel state and nothing else.
+//!
+//! Who is to blame for a failure decides what is recorded. A trap, a limit
+//! the agent ran into, a quota, an `init` that fails: the agent's fault,
+//! counted towards its quarantine. The host failing to provide what the
+//! agent was entitled to (memory or address space within its limits, a
+//! stored component that no longer compiles): a host condition, recorded
+//! as such, retried a few times, never counted against the agent.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use toka_kernel::{AgentId, Digest, EntityId, Operation, TaskId};
-use tokio::sync::Notify;
-use wasmtime::Store;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use wasmtime::{Store, UpdateDeadline};
 
 use crate::agent_ctx::{AgentCtx, wit_id};
 use crate::bindings::{Agent, wit};
 use crate::host::HostInner;
 use crate::sandbox::{Exceeded, Sandbox, describe_failure, summary};
 use crate::sequencer::Attachments;
+
+/// Attempts at a task the host failed to run, before it fails the task
+/// (as a host condition, not the agent's fault).
+const HOST_ATTEMPTS: u32 = 3;
+/// The wait before the second attempt; doubled for each further one.
+const HOST_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// What an actor does next.
 enum Step {
@@ -27,11 +47,30 @@ enum Step {
     Stop,
 }
 
-/// A live instance of the agent's component.
+/// A live instance of the agent's component, holding one of the host's
+/// places for instances.
 pub(crate) struct Instance {
     store: Store<AgentCtx>,
     agent: Agent,
     sandbox: Sandbox,
+    _place: OwnedSemaphorePermit,
+}
+
+/// Why an instance could not be made or a task could not run.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The agent's doing: a fault.
+    Agent(String),
+    /// The host's: a condition, retried.
+    Host(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Agent(reason) | Failure::Host(reason) => f.write_str(reason),
+        }
+    }
 }
 
 /// Runs `agent`'s tasks until it is terminated or the host shuts down.
@@ -40,7 +79,11 @@ pub(crate) async fn run(inner: Arc<HostInner>, agent: AgentId, wake: Arc<Notify>
     loop {
         match next_step(&inner, agent) {
             Step::Stop => break,
-            Step::Wait => wake.notified().await,
+            Step::Wait => {
+                // No work: give the instance (and its place) back.
+                instance = None;
+                wake.notified().await;
+            }
             Step::Run {
                 task,
                 description,
@@ -63,8 +106,9 @@ fn next_step(inner: &HostInner, agent: AgentId) -> Step {
         let Some(record) = state.agent(agent).filter(|a| a.is_active()) else {
             return Step::Stop;
         };
-        // A task still running here was interrupted by a restart: run it
-        // again; its journal answers what it already did.
+        // A task still running here was interrupted by a restart (or by a
+        // host condition): run it again; its journal answers what it
+        // already did.
         if let Some(task) = record.running
             && let Some(t) = state.task(task)
         {
@@ -94,9 +138,57 @@ async fn run_task(
     agent: AgentId,
     task: TaskId,
     description: String,
-    started: bool,
+    mut started: bool,
     instance: &mut Option<Instance>,
 ) {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match attempt_task(inner, agent, task, &description, started, instance).await {
+            Outcome::Done => return,
+            Outcome::Host(reason) => {
+                *instance = None;
+                let reason =
+                    inner.clip_reason(&format!("the host could not run the task: {reason}"));
+                tracing::warn!(agent = %agent.short(), task = %task.short(), attempt, %reason, "host condition");
+                record(
+                    inner,
+                    agent,
+                    Operation::RecordHostCondition {
+                        agent,
+                        reason: reason.clone(),
+                    },
+                )
+                .await;
+                if attempt >= HOST_ATTEMPTS || inner.sequencer.stopped().is_some() {
+                    record(inner, agent, Operation::FailTask { task, reason }).await;
+                    return;
+                }
+                tokio::time::sleep(HOST_RETRY_DELAY * 2u32.pow(attempt - 1)).await;
+                // The task may have started before the host failed it.
+                started = inner.sequencer.run_started_at(task).is_some();
+            }
+        }
+    }
+}
+
+/// How one attempt at a task ended.
+enum Outcome {
+    /// Recorded: completed, failed, or the agent faulted (or the host is
+    /// stopping and nothing more can be recorded).
+    Done,
+    /// The host failed; nothing recorded about the task yet.
+    Host(String),
+}
+
+async fn attempt_task(
+    inner: &HostInner,
+    agent: AgentId,
+    task: TaskId,
+    description: &str,
+    started: bool,
+    instance: &mut Option<Instance>,
+) -> Outcome {
     // A revoked or expired token closes the directories it opened: start a
     // new instance without them.
     if instance
@@ -108,9 +200,10 @@ async fn run_task(
     if instance.is_none() {
         match instantiate(inner, agent).await {
             Ok(i) => *instance = Some(i),
-            Err(reason) => {
+            Err(Failure::Host(reason)) => return Outcome::Host(reason),
+            Err(Failure::Agent(reason)) => {
                 let reason = inner.clip_reason(&format!("the agent could not start: {reason}"));
-                finish(
+                record(
                     inner,
                     agent,
                     Operation::FailTask {
@@ -119,19 +212,19 @@ async fn run_task(
                     },
                 )
                 .await;
-                fault(inner, agent, reason).await;
-                return;
+                fault(inner, agent, Some(reason)).await;
+                return Outcome::Done;
             }
         }
     }
     let Some(live) = instance.as_mut() else {
-        return;
+        return Outcome::Done;
     };
-    if !started && !finish(inner, agent, Operation::StartTask { task }).await {
-        return;
+    if !started && !record(inner, agent, Operation::StartTask { task }).await {
+        return Outcome::Done;
     }
     let Some(start) = inner.sequencer.run_started_at(task) else {
-        return;
+        return Outcome::Done;
     };
 
     live.store.data_mut().begin_task(task, start);
@@ -147,7 +240,7 @@ async fn run_task(
             &mut live.store,
             &wit::Task {
                 id: wit_id(task),
-                description,
+                description: description.to_owned(),
             },
         ),
     )
@@ -157,16 +250,32 @@ async fn run_task(
             limits.deadline_per_task,
         )))
     });
+    let host_failure = live.store.data_mut().limiter.take_host_failure();
     let end = live.store.data_mut().end_task();
     let panic_line = log_output(agent, task, &end.printed);
+    if inner.sequencer.stopped().is_some() {
+        // The host is going down: the task runs again when it opens.
+        return Outcome::Done;
+    }
 
     let max_output = inner.sequencer.read(|k| k.limits().max_output as usize);
-    let (op, fault) = match call {
+    let (op, fault_reason) = match call {
         // A diverged re-run is the host's finding, not the agent's fault.
         _ if end.diverged.is_some() => {
             *instance = None;
-            let reason = inner.clip_reason(end.diverged.as_deref().unwrap_or_default());
+            let reason = inner.clip_reason(end.diverged.as_deref().unwrap_or("diverged"));
             (Operation::FailTask { task, reason }, None)
+        }
+        // The quota hit is recorded already, and counted as a fault.
+        Err(_) if end.quota_hit.is_some() => {
+            *instance = None;
+            let reason = inner.clip_reason(end.quota_hit.as_deref().unwrap_or("quota"));
+            record(inner, agent, Operation::FailTask { task, reason }).await;
+            quarantine_if_due(inner, agent, None).await;
+            return Outcome::Done;
+        }
+        Err(trap) if is_hosts(&trap, host_failure.as_deref()) => {
+            return Outcome::Host(host_failure.unwrap_or_else(|| summary(&trap)));
         }
         Ok(Ok(output)) if output.len() > max_output => {
             let reason = format!(
@@ -201,17 +310,40 @@ async fn run_task(
             )
         }
     };
-    finish(inner, agent, op).await;
-    if let Some(reason) = fault {
-        self::fault(inner, agent, reason).await;
+    record(inner, agent, op).await;
+    if fault_reason.is_some() {
+        fault(inner, agent, fault_reason).await;
     }
+    Outcome::Done
 }
 
-/// Records a fault; quarantines the agent once it faulted
+/// Whether a failed call is the host's doing: the host failed to provide
+/// what the agent was entitled to (a growth within its limits), or the
+/// operating system refused the host something (memory, address space,
+/// disk). Anything else — a trap, a limit, a misuse of a handle — is the
+/// agent's.
+fn is_hosts(error: &wasmtime::Error, host_failure: Option<&str>) -> bool {
+    if host_failure.is_some() {
+        return true;
+    }
+    if error.downcast_ref::<Exceeded>().is_some()
+        || error.downcast_ref::<wasmtime::Trap>().is_some()
+    {
+        return false;
+    }
+    error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some() || cause.to_string().contains("(os error")
+    })
+}
+
+/// Records a fault (`reason`); quarantines the agent once it faulted
 /// [`AgentLimits::quarantine_after`](crate::AgentLimits::quarantine_after)
 /// times in a row.
-async fn fault(inner: &HostInner, agent: AgentId, reason: String) {
-    if !finish(
+async fn fault(inner: &HostInner, agent: AgentId, reason: Option<String>) {
+    let Some(reason) = reason else {
+        return;
+    };
+    if record(
         inner,
         agent,
         Operation::RecordFault {
@@ -221,21 +353,27 @@ async fn fault(inner: &HostInner, agent: AgentId, reason: String) {
     )
     .await
     {
-        return;
+        quarantine_if_due(inner, agent, Some(reason)).await;
     }
+}
+
+/// Quarantines the agent if its faults in a row (quota hits included)
+/// reached the threshold; `last` is the latest fault's reason.
+async fn quarantine_if_due(inner: &HostInner, agent: AgentId, last: Option<String>) {
     let threshold = inner.agent_limits.quarantine_after;
     let faults = inner
         .sequencer
         .read(|k| k.state().agent(agent).map_or(0, |a| a.consecutive_faults));
     if threshold > 0 && faults >= threshold {
-        let reason = inner.clip_reason(&format!("{faults} faults in a row; the last: {reason}"));
+        let last = last.map_or_else(String::new, |r| format!("; the last: {r}"));
+        let reason = inner.clip_reason(&format!("{faults} faults in a row{last}"));
         tracing::info!(agent = %agent.short(), %reason, "agent quarantined; `toka agent resume` lets it run again");
-        finish(inner, agent, Operation::QuarantineAgent { agent, reason }).await;
+        record(inner, agent, Operation::QuarantineAgent { agent, reason }).await;
     }
 }
 
 /// Submits a host record on the agent's behalf; false if it was refused.
-async fn finish(inner: &HostInner, agent: AgentId, op: Operation) -> bool {
+async fn record(inner: &HostInner, agent: AgentId, op: Operation) -> bool {
     let kind = op.kind();
     match inner
         .sequencer
@@ -254,39 +392,62 @@ async fn finish(inner: &HostInner, agent: AgentId, op: Operation) -> bool {
 
 /// A new instance of `agent`'s component in its sandbox, initialized;
 /// instantiation and `init` run within the sandbox's limits and deadline.
-pub(crate) async fn instantiate(inner: &HostInner, agent: AgentId) -> Result<Instance, String> {
+/// Waits for a place among the host's live instances first.
+pub(crate) async fn instantiate(inner: &HostInner, agent: AgentId) -> Result<Instance, Failure> {
+    let place = Arc::clone(&inner.instances)
+        .acquire_owned()
+        .await
+        .map_err(|_| Failure::Host("the host is shutting down".into()))?;
     let component: Digest = inner
         .sequencer
         .read(|k| k.state().agent(agent).map(|a| a.component))
-        .ok_or("the agent is gone")?;
-    let sandbox = Sandbox::of(&inner.sequencer, &inner.agent_limits, agent)?;
-    let pre = inner.prepared(component).await?;
-    let ctx = AgentCtx::new(agent, inner.sequencer.clone(), &sandbox, inner.entropy)?;
+        .ok_or_else(|| Failure::Agent("the agent is gone".into()))?;
+    let sandbox = Sandbox::of(
+        &inner.sequencer,
+        &inner.agent_limits,
+        &inner.protected_paths,
+        agent,
+    )
+    .map_err(Failure::Agent)?;
+    let pre = inner.prepared(component).await.map_err(Failure::Host)?;
+    let ctx = AgentCtx::new(agent, inner.sequencer.clone(), &sandbox, inner.entropy)
+        .map_err(Failure::Agent)?;
     let mut store = Store::new(inner.components.engine(), ctx);
     store.limiter(|ctx| &mut ctx.limiter);
-    store.epoch_deadline_async_yield_and_update(1);
+    // At every epoch tick: yield to the other agents, and end the task if
+    // the token no longer grants a directory this instance has open.
+    store.epoch_deadline_callback(|mut ctx| {
+        if ctx.data_mut().grants_still_hold() {
+            Ok(UpdateDeadline::Yield(1))
+        } else {
+            Err(wasmtime::Error::new(Exceeded::Revoked))
+        }
+    });
+    store.set_epoch_deadline(1);
     let limits = &sandbox.limits;
     if let Some(fuel) = limits.fuel_per_task {
-        store.set_fuel(fuel).map_err(|e| summary(&e))?;
+        store
+            .set_fuel(fuel)
+            .map_err(|e| Failure::Host(summary(&e)))?;
     }
     let start = async {
-        let bindings = pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| format!("instantiation failed: {}", describe_failure(&e, limits)))?;
+        let bindings = match pre.instantiate_async(&mut store).await {
+            Ok(bindings) => bindings,
+            Err(e) => return Err(blame(&mut store, &e, limits, "instantiation failed")),
+        };
         match bindings.toka_agent_handler().call_init(&mut store).await {
             Ok(Ok(())) => Ok(bindings),
-            Ok(Err(reason)) => Err(format!("init failed: {reason}")),
-            Err(trap) => Err(format!("init failed: {}", describe_failure(&trap, limits))),
+            Ok(Err(reason)) => Err(Failure::Agent(format!("init failed: {reason}"))),
+            Err(trap) => Err(blame(&mut store, &trap, limits, "init failed")),
         }
     };
     let bindings = tokio::time::timeout(limits.deadline_per_task, start)
         .await
         .unwrap_or_else(|_| {
-            Err(format!(
+            Err(Failure::Agent(format!(
                 "init failed: {}",
                 Exceeded::Deadline(limits.deadline_per_task)
-            ))
+            )))
         })?;
     // Output printed during init belongs to no task; log it and move on.
     let end = store.data_mut().end_task();
@@ -295,7 +456,26 @@ pub(crate) async fn instantiate(inner: &HostInner, agent: AgentId) -> Result<Ins
         store,
         agent: bindings,
         sandbox,
+        _place: place,
     })
+}
+
+/// Who is to blame for an error while instantiating or initializing.
+fn blame(
+    store: &mut Store<AgentCtx>,
+    error: &wasmtime::Error,
+    limits: &crate::AgentLimits,
+    what: &str,
+) -> Failure {
+    let host_failure = store.data_mut().limiter.take_host_failure();
+    if is_hosts(error, host_failure.as_deref()) {
+        Failure::Host(format!(
+            "{what}: {}",
+            host_failure.unwrap_or_else(|| summary(error))
+        ))
+    } else {
+        Failure::Agent(format!("{what}: {}", describe_failure(error, limits)))
+    }
 }
 
 /// Logs what the guest printed; returns the panic message if there is one.

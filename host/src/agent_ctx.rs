@@ -1,7 +1,7 @@
 //! Per-agent store state (the wasmtime-wasi view pattern) and the host side
 //! of the `kernel` interface.
 
-use toka_kernel::{AgentId, EntityId, KernelError, OpKey, Operation, TaskId, TaskSpec};
+use toka_kernel::{AgentId, EntityId, Limits, OpKey, Operation, RefusalKind, TaskId, TaskSpec};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
@@ -11,8 +11,9 @@ use crate::bindings::wit;
 use crate::capture::Capture;
 use crate::http_gate::HttpGate;
 use crate::limits::AgentLimits;
+use crate::sandbox::Exceeded;
 use crate::sandbox::{Limiter, Sandbox};
-use crate::sequencer::{Halt, Request, Sequencer, Spawn};
+use crate::sequencer::{Halt, Refused, Request, Sequencer, Spawn};
 use crate::task_inputs::TaskInputs;
 
 /// The data of one agent's wasmtime `Store`.
@@ -29,12 +30,20 @@ pub(crate) struct AgentCtx {
     inputs: TaskInputs,
     /// Set when a re-run diverged from the log: the task fails with it.
     diverged: Option<String>,
+    /// Set when the agent ran into a quota: the task fails with it, and the
+    /// quota hit (recorded by the sequencer) counts as its fault.
+    quota_hit: Option<String>,
+    /// The kernel's limits, to refuse oversized requests before they reach
+    /// the sequencer (they are fixed for a log).
+    kernel_limits: Limits,
     stdout: Capture,
     stderr: Capture,
     log_lines: u32,
     /// Bytes of observations the task emitted so far.
     observed: u64,
     limits: AgentLimits,
+    /// What the instance was opened with, re-checked at every epoch tick.
+    sandbox: Sandbox,
 }
 
 /// What a task left behind in the agent's context.
@@ -43,6 +52,8 @@ pub(crate) struct TaskEnd {
     pub(crate) printed: [(&'static str, Vec<u8>, u64); 2],
     /// Why a re-run of the task diverged from the log, if it did.
     pub(crate) diverged: Option<String>,
+    /// The quota the task ran into, if it did.
+    pub(crate) quota_hit: Option<String>,
 }
 
 impl AgentCtx {
@@ -64,6 +75,7 @@ impl AgentCtx {
         let stdout = Capture::new(limits.stdout_bytes);
         let stderr = Capture::new(limits.stderr_bytes);
         let inputs = TaskInputs::new(entropy, agent);
+        let kernel_limits = sequencer.read(|k| k.limits().clone());
         let mut wasi = WasiCtx::builder();
         sandbox.preopen(&mut wasi)?;
         let wasi = wasi
@@ -88,12 +100,21 @@ impl AgentCtx {
             task: None,
             inputs,
             diverged: None,
+            quota_hit: None,
+            kernel_limits,
             stdout,
             stderr,
             log_lines: 0,
             observed: 0,
             limits: limits.clone(),
+            sandbox: sandbox.clone(),
         })
+    }
+
+    /// Whether the token still grants the directories the instance holds
+    /// open (cheap when it holds none).
+    pub(crate) fn grants_still_hold(&self) -> bool {
+        self.sandbox.still_holds(&self.sequencer, self.agent)
     }
 
     /// Marks the start of a task (started at logical time `start`): its
@@ -102,6 +123,7 @@ impl AgentCtx {
     pub(crate) fn begin_task(&mut self, task: TaskId, start: toka_kernel::Timestamp) {
         self.task = Some((task, 0));
         self.diverged = None;
+        self.quota_hit = None;
         self.log_lines = 0;
         self.observed = 0;
         self.inputs.begin(task, start);
@@ -116,6 +138,7 @@ impl AgentCtx {
         TaskEnd {
             printed: [("stdout", out, out_dropped), ("stderr", err, err_dropped)],
             diverged: self.diverged.take(),
+            quota_hit: self.quota_hit.take(),
         }
     }
 
@@ -152,10 +175,16 @@ impl kernel::Host for AgentCtx {
         op: wit::Operation,
     ) -> wasmtime::Result<Result<wit::Receipt, wit::Error>> {
         let cause = self.position();
+        // Refusals that depend only on the request (and on what this task
+        // did before) come first, outside the sequencer: nothing is encoded,
+        // hashed or cached for them, and a re-run meets them again alike.
         let observed = match &op {
             wit::Operation::Observe(o) => o.data.len() as u64,
             _ => 0,
         };
+        if let Err(e) = check_sizes(&op, &self.kernel_limits) {
+            return Ok(Err(e));
+        }
         let max = self.limits.observation_bytes_per_task;
         if self.observed + observed > max {
             return Ok(Err(wit::Error::LimitExceeded(format!(
@@ -163,26 +192,32 @@ impl kernel::Host for AgentCtx {
                 self.observed + observed
             ))));
         }
-        let request = match into_request(self.agent, op) {
-            Ok(request) => request,
-            Err(e) => return Ok(Err(e)),
-        };
-        match self
+        let request = into_request(self.agent, op);
+        let answer = self
             .sequencer
             .submit_agent(self.agent, cause, request)
-            .await
+            .await;
+        // Whatever the sequencer answered took the index: a re-run gets the
+        // same answer there.
+        if answer.is_ok()
+            && let Some((_, index)) = &mut self.task
         {
+            *index += 1;
+        }
+        match answer {
             Ok(Ok(receipt)) => {
-                if let Some((_, index)) = &mut self.task {
-                    *index += 1;
-                }
                 self.observed += observed;
                 Ok(Ok(wit::Receipt {
                     seq: receipt.seq,
                     created: receipt.created.map(wit_id),
                 }))
             }
-            Ok(Err(rejected)) => Ok(Err(to_wit_error(rejected))),
+            Ok(Err(refused)) if refused.quota.is_some() => {
+                // The task ends: a runaway must not keep asking.
+                self.quota_hit = Some(refused.message.clone());
+                Err(wasmtime::Error::new(Exceeded::Quota(refused.message)))
+            }
+            Ok(Err(refused)) => Ok(Err(to_wit_error(refused))),
             // The host is going down: end the guest's call.
             Err(Halt::Stopped(stopped)) => Err(wasmtime::Error::msg(stopped.to_string())),
             // The task cannot go on: end the call; the task fails with this.
@@ -212,6 +247,7 @@ impl kernel::Host for AgentCtx {
         if self.log_lines > self.limits.log_lines_per_task {
             return Ok(());
         }
+        let message = crate::host::clip(&message, self.limits.log_line_bytes);
         let agent = self.agent.short();
         match level {
             wit::LogLevel::Trace => tracing::trace!(target: "toka::guest", %agent, "{message}"),
@@ -224,9 +260,74 @@ impl kernel::Host for AgentCtx {
     }
 }
 
+/// Refuses a request whose sizes pass the kernel's limits (or the gate's
+/// bound on the names it checks) before anything is done with it.
+fn check_sizes(op: &wit::Operation, limits: &Limits) -> Result<(), wit::Error> {
+    use toka_kernel::Limit;
+    let check = |limit: Limit, max: u64, actual: usize| {
+        let actual = actual as u64;
+        if actual > max {
+            return Err(wit::Error::LimitExceeded(format!(
+                "{limit} would be {actual}, the limit is {max}"
+            )));
+        }
+        Ok(())
+    };
+    let name = u64::from(limits.max_name);
+    let target = crate::gate::MAX_TARGET as u64;
+    match op {
+        wit::Operation::Observe(o) => {
+            check(
+                Limit::Observation,
+                limits.max_observation.into(),
+                o.data.len(),
+            )?;
+            if let Some(topic) = &o.topic {
+                check(Limit::Topic, limits.max_topic.into(), topic.len())?;
+            }
+        }
+        wit::Operation::ScheduleTask(s) => {
+            check(
+                Limit::TaskDescription,
+                limits.max_task_description.into(),
+                s.description.len(),
+            )?;
+        }
+        wit::Operation::SpawnAgent(s) => {
+            check(Limit::Name, name, s.name.len())?;
+            check(Limit::Name, target, s.component.len())?;
+            // A token holds at most `max_token` bytes: so do the rights and
+            // budgets that would go into one.
+            let delegated: usize = s.rights.iter().chain(&s.budgets).map(String::len).sum();
+            check(Limit::Token, limits.max_token.into(), delegated)?;
+        }
+        wit::Operation::TerminateAgent(_) => {}
+        wit::Operation::PutState(e) => {
+            check(Limit::StateKey, limits.max_state_key.into(), e.key.len())?;
+            check(
+                Limit::StateValue,
+                limits.max_state_value.into(),
+                e.value.len(),
+            )?;
+        }
+        wit::Operation::DeleteState(key) => {
+            check(Limit::StateKey, limits.max_state_key.into(), key.len())?;
+        }
+        wit::Operation::Extension(x) => {
+            check(Limit::Name, name.min(target), x.family.len())?;
+            check(
+                Limit::ExtensionPayload,
+                limits.max_extension_payload.into(),
+                x.payload.len(),
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Translates the WIT operation into what the sequencer applies.
-fn into_request(origin: AgentId, op: wit::Operation) -> Result<Request, wit::Error> {
-    Ok(Request::Op(match op {
+fn into_request(origin: AgentId, op: wit::Operation) -> Request {
+    Request::Op(match op {
         wit::Operation::Observe(o) => Operation::EmitObservation {
             topic: o.topic,
             data: o.data,
@@ -238,12 +339,12 @@ fn into_request(origin: AgentId, op: wit::Operation) -> Result<Request, wit::Err
             },
         },
         wit::Operation::SpawnAgent(s) => {
-            return Ok(Request::Spawn(Spawn {
+            return Request::Spawn(Spawn {
                 component: s.component,
                 name: s.name,
                 rights: s.rights,
                 budgets: s.budgets,
-            }));
+            });
         }
         wit::Operation::TerminateAgent(agent) => Operation::TerminateAgent {
             agent: entity_id(agent),
@@ -259,7 +360,7 @@ fn into_request(origin: AgentId, op: wit::Operation) -> Result<Request, wit::Err
             opcode: x.opcode,
             payload: x.payload,
         },
-    }))
+    })
 }
 
 pub(crate) fn wit_id(id: EntityId) -> wit::EntityId {
@@ -276,24 +377,17 @@ pub(crate) fn entity_id(id: wit::EntityId) -> EntityId {
 
 /// The guest-facing form of a refusal: a variant a person can act on. The
 /// variant names the category, so the message does not repeat it.
-pub(crate) fn to_wit_error(e: KernelError) -> wit::Error {
-    match e {
-        KernelError::CapabilityDenied {
-            operation, reason, ..
-        } => wit::Error::CapabilityDenied(format!("{operation}: {reason}")),
-        KernelError::UnknownEntity { kind, id } => {
-            wit::Error::UnknownEntity(format!("no {kind} {id}"))
+pub(crate) fn to_wit_error(refused: Refused) -> wit::Error {
+    let Refused { kind, message, .. } = refused;
+    match kind {
+        RefusalKind::CapabilityDenied => wit::Error::CapabilityDenied(message),
+        RefusalKind::UnknownEntity => wit::Error::UnknownEntity(message),
+        RefusalKind::LimitExceeded | RefusalKind::QuotaExceeded => {
+            wit::Error::LimitExceeded(message)
         }
-        KernelError::LimitExceeded { limit, max, actual } => {
-            wit::Error::LimitExceeded(format!("{limit} would be {actual}, the limit is {max}"))
-        }
-        KernelError::UnsupportedOperation { family } => wit::Error::Unsupported(format!(
-            "no handler is registered for extension family `{family}`"
-        )),
-        KernelError::InvalidOperation { operation, message } => {
-            wit::Error::InvalidOperation(format!("{operation}: {message}"))
-        }
-        other => wit::Error::Other(other.to_string()),
+        RefusalKind::Unsupported => wit::Error::Unsupported(message),
+        RefusalKind::InvalidOperation => wit::Error::InvalidOperation(message),
+        RefusalKind::Other => wit::Error::Other(message),
     }
 }
 

@@ -7,7 +7,7 @@ use toka_kernel::{Authorization, Command, Denial, Digest, Kernel, Operation, Rec
 
 use crate::error::HostError;
 use crate::event_store::EventStore;
-use crate::gate::{Check, check_for, decide};
+use crate::gate::{Check, check_for, decide, delegation_check};
 use crate::host::replay_with;
 use crate::rights::{Right, RightOp};
 use crate::token::Token;
@@ -131,7 +131,7 @@ fn check_allowed(
         let right: Right = text
             .parse()
             .map_err(|e| format!("recorded delegation: {e}"))?;
-        let check = Check::literal(right.op().name(), right.target());
+        let check = delegation_check(&right, command.origin, state);
         decide(token.biscuit(), command.origin, &check, command.time).map_err(|reason| {
             format!("delegated `{right}` although the parent may not: {reason}")
         })?;

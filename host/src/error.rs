@@ -70,6 +70,10 @@ pub enum HostError {
     /// Setting up wasmtime failed.
     #[error("wasmtime: {0}")]
     Wasmtime(String),
+    /// An `fs.*` right would cover or reach into a path the host keeps to
+    /// itself (the data dir, the root key, secrets).
+    #[error(transparent)]
+    ProtectedPath(#[from] crate::sandbox::ProtectedPathError),
     /// A thread could not be started.
     #[error("starting a host thread: {0}")]
     Thread(#[from] std::io::Error),

@@ -36,6 +36,7 @@ use biscuit_auth::{AuthorizerBuilder, Biscuit, PublicKey};
 use toka_kernel::{AgentId, Digest, EntityId, Limits, Operation, Timestamp, WorldState};
 
 use crate::event_store::EventStore;
+use crate::rights::{Right, RightOp};
 use crate::token::Token;
 
 /// The host's policies. Only the authority block's `right` facts satisfy
@@ -46,17 +47,32 @@ allow if operation($op), right($op, "*");
 allow if operation($op), target($t), right($op, $t);
 "#;
 
-/// Biscuit's run limits: facts and iterations bound the work; the wall-clock
-/// limit is generous on purpose, so it never decides an outcome under normal
-/// load (a token is at most 8 KiB, so a few hundred facts at most).
-const RUN_LIMITS: RunLimits = RunLimits {
+/// Biscuit's run limits inside the sequencer: facts and iterations bound
+/// the work, and nothing else may decide an outcome — a decision depends
+/// only on the token and the facts, so a replay reaches the same one. The
+/// wall-clock limit is a year, i.e. none: a token that is expensive to
+/// evaluate is refused when it is presented ([`ADMISSION_LIMITS`]).
+pub(crate) const RUN_LIMITS: RunLimits = RunLimits {
     max_facts: 10_000,
     max_iterations: 100,
-    max_time: Duration::from_secs(1),
+    max_time: Duration::from_secs(365 * 24 * 3600),
 };
 
-/// Decisions kept before the cache is cleared.
-const MAX_CACHED_DECISIONS: usize = 64 * 1024;
+/// The limits a token presented from outside (`run --token`, a spawn with a
+/// token, the API) must evaluate within once, before anything is written:
+/// the same fact and iteration bounds, and a time limit that an honest
+/// token (a few hundred facts at most, ~12 µs) never comes near.
+pub(crate) const ADMISSION_LIMITS: RunLimits = RunLimits {
+    max_time: Duration::from_millis(100),
+    ..RUN_LIMITS
+};
+
+/// Bytes of keys and reasons the decision cache holds before it is cleared.
+const MAX_CACHED_BYTES: usize = 4 << 20;
+
+/// The longest target an agent may name in a check (a component name, an
+/// extension family, an HTTP host); longer ones are refused before the gate.
+pub(crate) const MAX_TARGET: usize = 256;
 
 /// What to authorize: an operation class and the target terms it names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -70,6 +86,21 @@ impl Check {
     /// The target as the agent named it (for messages and denial records).
     pub(crate) fn primary(&self) -> &str {
         self.targets.first().map_or("", String::as_str)
+    }
+
+    /// The first target longer than [`MAX_TARGET`], if any: refused before
+    /// the gate, and not recorded (a record names what was checked).
+    pub(crate) fn oversized(&self) -> Option<usize> {
+        self.targets
+            .iter()
+            .map(String::len)
+            .find(|len| *len > MAX_TARGET)
+    }
+
+    /// Whether the check names a target the agent chose freely (an
+    /// extension family, an HTTP host) rather than an entity the host knows.
+    fn names_free_text(&self) -> bool {
+        matches!(self.operation, "extension" | "http")
     }
 
     /// A check of a right's literal target: may the holder delegate it?
@@ -117,6 +148,35 @@ pub(crate) fn agent_targets(target: AgentId, origin: AgentId, state: &WorldState
     targets
 }
 
+/// What `parent` must hold to hand `right` to a child of its own, under
+/// the rules in force in `state`.
+///
+/// A right's target is relative to whoever holds it, so from rules version
+/// 2 on the parent must hold what the right means *for the child*:
+/// `schedule self` lets the child schedule itself, which the parent may hand
+/// over only if it may schedule its children (`schedule children` or `*`);
+/// `schedule children` reaches the parent's grandchildren, which only `*`
+/// covers; an agent id is checked with its relations to the parent. Under
+/// version 1 the right's target was checked literally (a log written then
+/// is audited as it was decided).
+pub(crate) fn delegation_check(right: &Right, parent: AgentId, state: &WorldState) -> Check {
+    let operation = right.op().name();
+    let about_agents = matches!(right.op(), RightOp::Schedule | RightOp::Terminate);
+    if state.rules_version() < 2 || !about_agents {
+        return Check::literal(operation, right.target());
+    }
+    let targets = match right.target() {
+        Some("self") => vec!["children".to_owned()],
+        Some("children") => vec!["*".to_owned()],
+        Some(id) if id != "*" => match id.parse::<EntityId>() {
+            Ok(target) => agent_targets(target, parent, state),
+            Err(_) => vec![id.to_owned()],
+        },
+        target => return Check::literal(operation, target),
+    };
+    Check { operation, targets }
+}
+
 /// Decides `check` for `token` at `time`, uncached: the function both the
 /// live gate and the auditor use. Revocation is not its concern.
 pub(crate) fn decide(
@@ -134,7 +194,7 @@ pub(crate) fn decide(
     }
     let mut builder = AuthorizerBuilder::new()
         .code(POLICIES)
-        .map_err(|e| format!("the host's policies do not parse: {e}"))?
+        .expect("the host's policies are a constant that parses")
         .set_limits(RUN_LIMITS);
     for f in facts {
         builder = builder.fact(f).map_err(|e| e.to_string())?;
@@ -255,6 +315,8 @@ pub(crate) struct Gate {
     max_token: usize,
     tokens: HashMap<Digest, Verified, DigestHash>,
     decisions: HashMap<DecisionKey, Result<(), String>>,
+    /// Bytes of targets and reasons in `decisions`.
+    cached_bytes: usize,
 }
 
 impl Gate {
@@ -265,11 +327,17 @@ impl Gate {
             max_token: limits.max_token as usize,
             tokens: HashMap::default(),
             decisions: HashMap::new(),
+            cached_bytes: 0,
         }
     }
 
     pub(crate) fn max_token(&self) -> usize {
         self.max_token
+    }
+
+    /// The root key tokens must be rooted in.
+    pub(crate) fn root(&self) -> PublicKey {
+        self.root
     }
 
     /// Remembers a token the host just verified or made.
@@ -359,13 +427,29 @@ impl Gate {
         if let Some(decision) = self.decisions.get(&key) {
             return decision.clone();
         }
-        let decision = match self.tokens.get(&token) {
-            Some(v) => decide(v.token.biscuit(), origin, check, time),
-            None => Err("token cache is inconsistent".into()),
-        };
-        if self.decisions.len() >= MAX_CACHED_DECISIONS {
-            self.decisions.clear();
+        let decision = decide(
+            self.tokens
+                .get(&token)
+                .expect("verified() above admitted the token")
+                .token
+                .biscuit(),
+            origin,
+            check,
+            time,
+        );
+        // A denial of a name the agent made up (an extension family, a
+        // host) is not kept: an agent could fill the cache with them.
+        if decision.is_err() && check.names_free_text() {
+            return decision;
         }
+        let bytes = std::mem::size_of::<DecisionKey>()
+            + key.check.targets.iter().map(String::len).sum::<usize>()
+            + decision.as_ref().err().map_or(0, String::len);
+        if self.cached_bytes + bytes > MAX_CACHED_BYTES {
+            self.decisions.clear();
+            self.cached_bytes = 0;
+        }
+        self.cached_bytes += bytes;
         self.decisions.insert(key, decision.clone());
         decision
     }

@@ -8,15 +8,15 @@ use std::time::Duration;
 
 use toka_kernel::{
     AgentId, AgentSpec, ChainHead, ComponentSpec, Digest, EntityId, Event, Kernel, Limits,
-    Operation, Registry, TaskId, TaskSpec, WorldState,
+    Operation, RULES_VERSION, Registry, Rules, TaskId, TaskSpec, WorldState,
 };
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, Semaphore};
 
 use crate::actor;
 use crate::agent_ctx::AgentCtx;
 use crate::bindings::AgentPre;
 use crate::budget::Budget;
-use crate::bus::Committed;
+use crate::bus::{Bus, Committed, Subscription};
 use crate::clock::{Clock, SystemClock};
 use crate::components::Components;
 use crate::error::HostError;
@@ -26,12 +26,10 @@ use crate::limits::AgentLimits;
 use crate::rights::Right;
 use crate::root_key::RootKey;
 use crate::sequencer::{Attachments, Options, Sequencer};
-use crate::token::Token;
+use crate::token::{Token, TokenError};
 
 /// How often guests are interrupted to yield to other agents.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
-/// Committed batches buffered per bus subscriber before it lags.
-const BUS_CAPACITY: usize = 4096;
 
 /// How a [`Host`] runs.
 #[derive(Clone)]
@@ -44,6 +42,22 @@ pub struct HostConfig {
     /// records since the last one, so recovery replays only the tail. 0
     /// turns snapshots off. Default 10 000.
     pub snapshot_every: u64,
+    /// The kernel rules (quotas, live-agent limits) to record and apply
+    /// from the host's start on. `None` (the default) keeps the rules the
+    /// log has, and records [`Rules::default`] in a log that has none or
+    /// older ones.
+    pub rules: Option<Rules>,
+    /// Whether opening the host starts the agents that have work. Off for
+    /// commands that only write a record (a revocation, a snapshot), so no
+    /// agent runs before it. Default on.
+    pub start_agents: bool,
+    /// Agents that hold a live instance at once; the others wait for a
+    /// place. An agent without work holds none. Default 512.
+    pub max_instances: usize,
+    /// Paths no `fs.*` right may cover or reach into: the data dir, the
+    /// root key, files of secrets. Checked when a token is minted and again
+    /// when a directory is opened for an agent (symlinks resolved).
+    pub protected_paths: Vec<std::path::PathBuf>,
     /// Skips the capability gate for agents' operations. Only for measuring
     /// what the gate costs (`cargo bench --bench gate`); never set it to run
     /// agents.
@@ -57,6 +71,10 @@ impl Default for HostConfig {
             clock: Arc::new(SystemClock),
             agent_limits: AgentLimits::default(),
             snapshot_every: 10_000,
+            rules: None,
+            start_agents: true,
+            max_instances: 512,
+            protected_paths: Vec::new(),
             skip_gate_for_benchmarks: false,
         }
     }
@@ -106,10 +124,16 @@ pub(crate) struct HostInner {
     pub(crate) sequencer: Sequencer,
     pub(crate) components: Components,
     pub(crate) agent_limits: AgentLimits,
+    /// Places for live instances ([`HostConfig::max_instances`]).
+    pub(crate) instances: Arc<Semaphore>,
+    /// See [`HostConfig::protected_paths`].
+    pub(crate) protected_paths: Vec<std::path::PathBuf>,
+    /// Whether agents run ([`HostConfig::start_agents`]).
+    start_agents: bool,
     /// Keys the guests' per-task randomness (derived from the root key).
     pub(crate) entropy: [u8; 32],
     store: Arc<dyn EventStore>,
-    bus: broadcast::Sender<Arc<Committed>>,
+    bus: Arc<Bus>,
     actors: Mutex<BTreeMap<AgentId, Arc<Notify>>>,
     runtime: tokio::runtime::Handle,
 }
@@ -151,6 +175,7 @@ impl Host {
             });
         }
         let (kernel, last_snapshot) = recover(store.as_ref())?;
+        let kernel_rules = kernel.state().rules().cloned();
         let components = Components::new(config.agent_limits.fuel_per_task.is_some())
             .map_err(|e| HostError::Wasmtime(format!("{e:#}")))?;
         let gate = Gate::new(root.public(), Arc::clone(&store), kernel.limits());
@@ -160,11 +185,15 @@ impl Host {
             skip_gate: config.skip_gate_for_benchmarks,
         };
         let sequencer = Sequencer::new(kernel, gate, Arc::clone(&store), config.clock, options);
-        let (bus, _) = broadcast::channel(BUS_CAPACITY);
+        let bus = Arc::new(Bus::new());
+        let adopt = rules_to_adopt(kernel_rules, config.rules);
         let inner = Arc::new(HostInner {
             sequencer,
             components,
             agent_limits: config.agent_limits,
+            instances: Arc::new(Semaphore::new(config.max_instances.max(1))),
+            protected_paths: config.protected_paths,
+            start_agents: config.start_agents,
             entropy: root.derive_secret("toka 2026-11 guest task randomness"),
             store: Arc::clone(&store),
             bus,
@@ -184,7 +213,17 @@ impl Host {
             writer: Some(writer),
             ticker: Some(ticker),
         };
-        host.resume();
+        if let Some(rules) = adopt {
+            host.submit(
+                EntityId::SYSTEM,
+                Operation::AdoptRules { rules },
+                Attachments::default(),
+            )
+            .await?;
+        }
+        if host.inner.start_agents {
+            host.resume();
+        }
         Ok(host)
     }
 
@@ -255,36 +294,84 @@ impl Host {
         name: &str,
         grant: Grant,
     ) -> Result<AgentId, HostError> {
-        let max = self.state_limits().max_token as usize;
-        let token = match grant {
-            Grant::Rights(rights) => Token::issue(&self.root, &rights, &[], None)?,
-            Grant::Budgeted { rights, budgets } => {
-                Token::issue(&self.root, &rights, &budgets, None)?
-            }
-            Grant::Token(bytes) => {
-                let token = Token::parse(&bytes, self.root.public(), max)?;
-                token.check_not_expired(self.inner.sequencer.now())?;
-                token
-            }
-        };
+        let token = self.token_for(grant)?;
+        let budgets = crate::budget::kernel_budgets(&token.budgets()?);
         let spec = AgentSpec {
             component,
             name: name.to_owned(),
             token: token.digest(),
             rights: Vec::new(),
         };
-        let attachments = Attachments {
-            blob: None,
-            token: Some(token),
-        };
         let receipt = self
-            .submit(
-                EntityId::SYSTEM,
-                Operation::SpawnAgent { spec },
-                attachments,
-            )
-            .await?;
+            .inner
+            .sequencer
+            .spawn_root(spec, token, budgets)
+            .await??;
         self.created(receipt)
+    }
+
+    /// Checks `grant` exactly as [`Host::spawn`] does, without recording
+    /// anything: so a command can refuse a bad token before it writes.
+    ///
+    /// # Errors
+    ///
+    /// As [`Host::spawn`] for the token.
+    pub fn check_grant(&self, grant: &Grant) -> Result<(), HostError> {
+        self.token_for(grant.clone()).map(drop)
+    }
+
+    /// Checks that `bytes` are a component this host can run as an agent
+    /// and compiles it (kept for a later [`Host::install`]), recording
+    /// nothing. Returns its digest.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Component`] naming what is wrong.
+    pub async fn validate(&self, bytes: &[u8]) -> Result<Digest, HostError> {
+        let digest = Digest::of(bytes);
+        let components = self.inner.components.clone();
+        let bytes = bytes.to_vec();
+        tokio::task::spawn_blocking(move || components.prepare(digest, &bytes))
+            .await
+            .map_err(|e| HostError::Wasmtime(format!("compiling the component panicked: {e}")))??;
+        Ok(digest)
+    }
+
+    /// The token a root agent gets for `grant`, checked: minted tokens name
+    /// no protected path; a presented one is rooted in this host's key,
+    /// cheap to evaluate (a timed check), not expired, not revoked, and
+    /// names no protected path.
+    fn token_for(&self, grant: Grant) -> Result<Token, HostError> {
+        let max = self.state_limits().max_token as usize;
+        Ok(match grant {
+            Grant::Rights(rights) => {
+                self.check_fs_rights(&rights)?;
+                Token::issue(&self.root, &rights, &[], None)?
+            }
+            Grant::Budgeted { rights, budgets } => {
+                self.check_fs_rights(&rights)?;
+                Token::issue(&self.root, &rights, &budgets, None)?
+            }
+            Grant::Token(bytes) => {
+                let token = Token::parse(&bytes, self.root.public(), max)?;
+                token.admit(self.inner.sequencer.now())?;
+                self.check_fs_rights(&token.authority_rights())?;
+                let revoked =
+                    self.state(|s| token.revocation_ids().iter().any(|id| s.is_revoked(id)));
+                if revoked {
+                    return Err(TokenError::Revoked.into());
+                }
+                token
+            }
+        })
+    }
+
+    /// Refuses `fs.*` rights that cover or reach into a protected path.
+    fn check_fs_rights(&self, rights: &[Right]) -> Result<(), HostError> {
+        for right in rights {
+            crate::sandbox::check_fs_right(right, &self.inner.protected_paths)?;
+        }
+        Ok(())
     }
 
     /// Revokes every token carrying `revocation_id` (and every token
@@ -443,8 +530,14 @@ impl Host {
     }
 
     /// Receives every committed batch from now on, in log order.
+    ///
+    /// The bus holds recent batches up to a bound in bytes; a subscriber
+    /// that falls further behind gets [`RecvError::Lagged`](tokio::sync::broadcast::error::RecvError::Lagged)
+    /// with the number of batches it missed, then continues with the oldest
+    /// one held. The log has everything: read what was missed from the
+    /// store (as `toka events --from` does).
     #[must_use]
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Committed>> {
+    pub fn subscribe(&self) -> Subscription {
         self.inner.bus.subscribe()
     }
 
@@ -467,23 +560,17 @@ impl Host {
     ///
     /// [`HostError::Stopped`] when the host stopped or the write failed.
     pub async fn snapshot(&self) -> Result<u64, HostError> {
-        self.inner
-            .sequencer
-            .snapshot_now()
-            .await
-            .map_err(|halt| match halt {
-                crate::sequencer::Halt::Stopped(s) => HostError::Stopped(s),
-                crate::sequencer::Halt::Diverged(why) => {
-                    HostError::Stopped(crate::sequencer::Stopped(why))
-                }
-            })
+        Ok(self.inner.sequencer.snapshot_now().await?)
     }
 
     /// Instantiates `agent`'s component exactly as its actor does (store,
     /// WASI context, instance, `init`) and drops it. For benchmarks.
     #[doc(hidden)]
     pub async fn bench_instantiate(&self, agent: AgentId) -> Result<(), String> {
-        actor::instantiate(&self.inner, agent).await.map(drop)
+        actor::instantiate(&self.inner, agent)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
     /// Stops the host: refuses new operations, commits what is pending, and
@@ -501,6 +588,8 @@ impl Host {
                 .await
                 .ok();
         }
+        // After the writer's last batch, so subscribers receive it first.
+        self.inner.bus.close();
         match failure {
             Some(stopped) => Err(stopped.into()),
             None => Ok(()),
@@ -522,6 +611,7 @@ impl Host {
 impl Drop for Host {
     fn drop(&mut self) {
         self.stop();
+        self.inner.bus.close();
     }
 }
 
@@ -544,12 +634,15 @@ impl HostInner {
                 }
             }
         }
-        // No subscriber is fine.
-        let _ = self.bus.send(batch);
+        self.bus.send(batch);
     }
 
-    /// Wakes the agent's actor, starting one if it has none.
+    /// Wakes the agent's actor, starting one if it has none (unless this
+    /// host runs no agents).
     pub(crate) fn wake(self: &Arc<Self>, agent: AgentId) {
+        if !self.start_agents {
+            return;
+        }
         let mut actors = self.actors();
         if let Some(wake) = actors.get(&agent) {
             wake.notify_one();
@@ -587,6 +680,19 @@ impl HostInner {
     pub(crate) fn clip_reason(&self, reason: &str) -> String {
         let max = self.sequencer.read(|k| k.limits().max_reason as usize);
         clip(reason, max)
+    }
+}
+
+/// The rules to record when a host opens a log that has `current`, given
+/// the configured ones (see [`HostConfig::rules`]).
+fn rules_to_adopt(current: Option<Rules>, configured: Option<Rules>) -> Option<Rules> {
+    match (current, configured) {
+        (current, Some(wanted)) => (current.as_ref() != Some(&wanted)).then_some(wanted),
+        (None, None) => Some(Rules::default()),
+        (Some(current), None) => (current.version < RULES_VERSION).then_some(Rules {
+            version: RULES_VERSION,
+            ..current
+        }),
     }
 }
 

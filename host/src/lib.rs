@@ -43,7 +43,7 @@ mod verify;
 
 pub use audit::{AuditMismatch, AuditReport, audit};
 pub use budget::{Budget, BudgetError};
-pub use bus::{Committed, CommittedRecord};
+pub use bus::{Committed, CommittedRecord, Subscription};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use components::ComponentError;
 pub use data_dir::{DataDir, DataDirError};
@@ -55,6 +55,7 @@ pub use memory_store::MemoryStore;
 pub use redb_store::RedbStore;
 pub use rights::{Right, RightError, RightOp};
 pub use root_key::{KeyError, RootKey};
+pub use sandbox::{ProtectedPathError, check_fs_right};
 pub use sequencer::Stopped;
 pub use token::{Inspection, Token, TokenError};
 pub use units::{parse_duration, parse_size};

@@ -14,10 +14,11 @@ use crate::budget::Budget;
 /// What one agent may consume, with documented defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentLimits {
-    /// Bytes of each linear memory of the agent's instance. Default 64 MiB.
-    /// Growing past it traps.
+    /// Bytes of all the linear memories of the agent's instance together.
+    /// Default 64 MiB. Growing past it traps.
     pub memory_bytes: u64,
-    /// Elements of each table. Default 20 000.
+    /// Elements of all the tables of the agent's instance together.
+    /// Default 20 000.
     pub table_elements: usize,
     /// Core and component instances in the agent's store. Default 32.
     pub instances: usize,
@@ -38,6 +39,9 @@ pub struct AgentLimits {
     pub stderr_bytes: usize,
     /// `kernel.log` lines forwarded per task; the rest are dropped. Default 1000.
     pub log_lines_per_task: u32,
+    /// Bytes of one `kernel.log` line; a longer one is cut (marked `...`).
+    /// Default 4 KiB.
+    pub log_line_bytes: usize,
     /// Faults in a row (traps, fuel, memory, deadline) after which the agent
     /// is quarantined until `toka agent resume`. Default 3.
     pub quarantine_after: u32,
@@ -56,6 +60,7 @@ impl Default for AgentLimits {
             stdout_bytes: 64 * 1024,
             stderr_bytes: 64 * 1024,
             log_lines_per_task: 1000,
+            log_line_bytes: 4096,
             quarantine_after: 3,
         }
     }
@@ -90,6 +95,13 @@ impl AgentLimits {
                     limits.observation_bytes_per_task =
                         limits.observation_bytes_per_task.min(bytes);
                 }
+                // Quotas: the kernel charges them (see `toka_kernel::Quotas`).
+                Budget::LogBytes(_)
+                | Budget::LogRate(_)
+                | Budget::Tasks(_)
+                | Budget::TaskRate(_)
+                | Budget::OpRate(_)
+                | Budget::Children(_) => {}
             }
         }
         Ok(limits)

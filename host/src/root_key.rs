@@ -28,6 +28,17 @@ pub enum KeyError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Other users may read the key file: anyone who can read it can mint
+    /// tokens with every right.
+    #[error(
+        "{path}: the root key is readable by other users (mode {mode:o}); restrict it with `chmod 600 {path}`"
+    )]
+    TooOpen {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The file does not hold a private key.
     #[error(
         "{path}: not an ed25519 private key (expected `ed25519-private/<64 hex digits>` or 32 raw bytes)"
@@ -53,6 +64,7 @@ impl RootKey {
     ///
     /// [`KeyError`] when the file is missing, unreadable, or not a key.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
+        refuse_if_readable_by_others(path)?;
         let bytes = fs::read(path).map_err(|source| KeyError::Io {
             path: path.to_owned(),
             source,
@@ -83,12 +95,19 @@ impl RootKey {
     /// [`KeyError`] when the file cannot be read, written, or parsed.
     pub fn load_or_create(path: &Path) -> Result<(Self, bool), KeyError> {
         if path.exists() {
-            warn_if_readable_by_others(path);
             return Ok((Self::load(path)?, false));
         }
         let key = Self::generate();
-        key.write_new(path)?;
-        Ok((key, true))
+        match key.write_new(path) {
+            Ok(()) => Ok((key, true)),
+            // Another process created it first: use theirs.
+            Err(KeyError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                Ok((Self::load(path)?, false))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Writes the key to a new file only its owner can read.
@@ -110,6 +129,15 @@ impl RootKey {
             drop(file);
             let _ = fs::remove_file(path);
             return Err(io(e));
+        }
+        // The new name must survive a crash too.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| KeyError::Io {
+                    path: dir.to_owned(),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -145,22 +173,28 @@ impl std::fmt::Debug for RootKey {
     }
 }
 
+/// Refuses a key file that users other than its owner may read.
 #[cfg(unix)]
-fn warn_if_readable_by_others(path: &Path) {
+fn refuse_if_readable_by_others(path: &Path) -> Result<(), KeyError> {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(
-            path = %path.display(),
-            mode = format!("{:o}", meta.permissions().mode() & 0o777),
-            "the root key is readable by other users; `chmod 600` it"
-        );
+    let meta = fs::metadata(path).map_err(|source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::TooOpen {
+            path: path.to_owned(),
+            mode,
+        });
     }
+    Ok(())
 }
 
 #[cfg(not(unix))]
-fn warn_if_readable_by_others(_path: &Path) {}
+fn refuse_if_readable_by_others(_path: &Path) -> Result<(), KeyError> {
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {
@@ -193,13 +227,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("raw.key");
         let key = RootKey::generate();
-        fs::write(&raw, key.pair.private().to_bytes().as_slice()).unwrap();
+        write_private(&raw, key.pair.private().to_bytes().as_slice());
         assert_eq!(RootKey::load(&raw).unwrap().public(), key.public());
         let bad = dir.path().join("bad.key");
-        fs::write(&bad, "hello").unwrap();
+        write_private(&bad, b"hello");
         assert!(matches!(
             RootKey::load(&bad),
             Err(KeyError::Malformed { .. })
         ));
+    }
+
+    fn write_private(path: &Path, bytes: &[u8]) {
+        fs::write(path, bytes).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_others_can_read_is_refused() {
+        // Regression: a world-readable key only got a warning.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root.key");
+        RootKey::load_or_create(&path).unwrap();
+        for mode in [0o644, 0o640, 0o604] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let err = RootKey::load(&path).unwrap_err();
+            assert!(matches!(err, KeyError::TooOpen { .. }), "{mode:o}: {err}");
+            assert!(err.to_string().contains("chmod 600"), "{err}");
+            assert!(RootKey::load_or_create(&path).is_err());
+        }
     }
 }

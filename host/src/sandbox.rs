@@ -10,6 +10,7 @@
 //! (see `http_gate`).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toka_kernel::AgentId;
@@ -44,6 +45,7 @@ impl Sandbox {
     pub(crate) fn of(
         sequencer: &Sequencer,
         host_limits: &AgentLimits,
+        protected: &[PathBuf],
         agent: AgentId,
     ) -> Result<Sandbox, String> {
         let digest = sequencer
@@ -57,6 +59,9 @@ impl Sandbox {
             .into_iter()
             .filter(|r| matches!(r.op(), RightOp::FsRead | RightOp::FsWrite))
             .collect();
+        for right in &candidates {
+            check_fs_right(right, protected).map_err(|e| e.to_string())?;
+        }
         let dirs = granted_dirs(sequencer, agent, &candidates);
         Ok(Sandbox {
             limits,
@@ -91,6 +96,69 @@ impl Sandbox {
             memory_bytes: self.limits.memory_bytes,
             table_elements: self.limits.table_elements,
             instances: self.limits.instances,
+            memory_used: 0,
+            table_used: 0,
+            last_growth: (0, 0),
+            host_failure: None,
+        }
+    }
+}
+
+/// An `fs.*` right that would reach a path the host keeps to itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{right}` is refused: it would reach {}, which the host keeps to itself (its data dir, keys and secrets are off limits to agents)",
+    kept.display()
+)]
+pub struct ProtectedPathError {
+    /// The right, as written.
+    pub right: String,
+    /// The protected path it covers or lies inside (symlinks resolved).
+    pub kept: PathBuf,
+}
+
+/// Refuses an `fs.*` right whose directory covers a protected path or lies
+/// inside one, comparing real paths (symlinks resolved, as far as the path
+/// exists). Other rights pass.
+///
+/// # Errors
+///
+/// [`ProtectedPathError`] naming the right and the protected path.
+pub fn check_fs_right(right: &Right, protected: &[PathBuf]) -> Result<(), ProtectedPathError> {
+    if !matches!(right.op(), RightOp::FsRead | RightOp::FsWrite) {
+        return Ok(());
+    }
+    let Some(path) = right.target() else {
+        return Ok(());
+    };
+    let granted = resolve(Path::new(path));
+    for kept in protected {
+        let kept = resolve(kept);
+        if kept.starts_with(&granted) || granted.starts_with(&kept) {
+            return Err(ProtectedPathError {
+                right: right.to_string(),
+                kept,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `path` with symlinks resolved: its longest existing ancestor made
+/// canonical, the rest appended as written.
+fn resolve(path: &Path) -> PathBuf {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return path.to_path_buf(),
         }
     }
 }
@@ -130,10 +198,10 @@ fn granted_dirs(
 /// A limit an instance ran into; the task fails with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Exceeded {
-    /// A linear memory would grow past the limit.
+    /// The linear memories would grow past the limit (all together).
     #[error("out of memory: growing linear memory to {} passes the limit of {}", Size(*desired), Size(*limit))]
     Memory {
-        /// The size asked for, in bytes.
+        /// The size of all memories together it asked for, in bytes.
         desired: u64,
         /// [`AgentLimits::memory_bytes`].
         limit: u64,
@@ -149,57 +217,105 @@ pub(crate) enum Exceeded {
     /// The task ran longer than its deadline.
     #[error("deadline exceeded: the task ran longer than {}", seconds(*.0))]
     Deadline(Duration),
+    /// The agent (or its tree) ran into a quota; the message names it.
+    #[error("{0}")]
+    Quota(String),
+    /// The token no longer grants a directory the instance has open: the
+    /// token was revoked or expired while the task ran.
+    #[error("the agent's token no longer grants what its instance holds open (revoked or expired)")]
+    Revoked,
 }
 
-/// Enforces [`AgentLimits`] on a store's memories, tables and instances.
+/// Enforces [`AgentLimits`] on a store's memories, tables and instances:
+/// all its memories together, and all its tables together.
 #[derive(Debug)]
 pub(crate) struct Limiter {
     memory_bytes: u64,
     table_elements: usize,
     instances: usize,
+    /// Bytes of all the store's memories now.
+    memory_used: u64,
+    /// Elements of all the store's tables now.
+    table_used: usize,
+    /// The last growths approved, undone if the host then fails them.
+    last_growth: (u64, usize),
+    /// A growth within the limits that the host failed to provide (no
+    /// memory, no address space): the host's failure, not the agent's.
+    host_failure: Option<String>,
+}
+
+/// Linear memories (and tables) one store may have. Components built from
+/// Rust have one or two; each reserves address space, so few are allowed.
+const MEMORIES_PER_STORE: usize = 4;
+
+impl Limiter {
+    /// What the host failed to provide since the last call, if anything.
+    pub(crate) fn take_host_failure(&mut self) -> Option<String> {
+        self.host_failure.take()
+    }
 }
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let desired = desired as u64;
-        if desired > self.memory_bytes {
+        let total = self.memory_used - current as u64 + desired as u64;
+        if total > self.memory_bytes {
             // A trap, not a failed `memory.grow`: the task fails with a
             // reason that names the limit instead of a guest abort.
             return Err(wasmtime::Error::new(Exceeded::Memory {
-                desired,
+                desired: total,
                 limit: self.memory_bytes,
             }));
         }
+        self.last_growth.0 = total - self.memory_used;
+        self.memory_used = total;
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.memory_used -= std::mem::take(&mut self.last_growth.0);
+        self.host_failure = Some(format!(
+            "the host could not grow a linear memory: {error:#}"
+        ));
+        // Let the instance see the failed grow; the task's outcome is then
+        // the host's condition, not the agent's fault.
+        Ok(())
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.table_elements {
+        let total = self.table_used - current + desired;
+        if total > self.table_elements {
             return Err(wasmtime::Error::new(Exceeded::Table {
-                desired,
+                desired: total,
                 limit: self.table_elements,
             }));
         }
+        self.last_growth.1 = total - self.table_used;
+        self.table_used = total;
         Ok(true)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.table_used -= std::mem::take(&mut self.last_growth.1);
+        self.host_failure = Some(format!("the host could not grow a table: {error:#}"));
+        Ok(())
     }
 
     fn instances(&self) -> usize {
         self.instances
     }
 
-    // One memory and one table per core instance at most, in practice.
     fn memories(&self) -> usize {
-        self.instances
+        MEMORIES_PER_STORE
     }
 
     fn tables(&self) -> usize {
@@ -261,6 +377,10 @@ mod tests {
             memory_bytes: 1 << 20,
             table_elements: 10,
             instances: 2,
+            memory_used: 0,
+            table_used: 0,
+            last_growth: (0, 0),
+            host_failure: None,
         };
         assert!(limiter.memory_growing(0, 1 << 20, None).unwrap());
         let err = limiter.memory_growing(1 << 20, 2 << 20, None).unwrap_err();
@@ -272,6 +392,34 @@ mod tests {
         let err = limiter.table_growing(10, 11, None).unwrap_err();
         assert!(err.to_string().contains("limit of 10"), "{err}");
         assert_eq!(limiter.instances(), 2);
+    }
+
+    #[test]
+    fn the_limits_count_all_memories_and_tables_together() {
+        // Regression: each memory could take the whole limit, so 32
+        // memories held 32 times the memory an agent was granted.
+        let mut limiter = Sandbox {
+            limits: AgentLimits {
+                memory_bytes: 4 << 20,
+                table_elements: 100,
+                ..AgentLimits::default()
+            },
+            candidates: Vec::new(),
+            dirs: BTreeMap::new(),
+        }
+        .limiter();
+        assert!(limiter.memory_growing(0, 3 << 20, None).unwrap());
+        // A second memory gets what the first left over, no more.
+        assert!(limiter.memory_growing(0, 1 << 20, None).unwrap());
+        let err = limiter.memory_growing(0, 64 << 10, None).unwrap_err();
+        assert!(
+            err.to_string().contains("passes the limit of 4MiB"),
+            "{err}"
+        );
+        assert!(limiter.table_growing(0, 60, None).unwrap());
+        assert!(limiter.table_growing(0, 40, None).is_ok());
+        assert!(limiter.table_growing(0, 1, None).is_err());
+        assert_eq!(limiter.memories(), MEMORIES_PER_STORE);
     }
 
     #[test]

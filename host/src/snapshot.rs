@@ -9,7 +9,11 @@ use serde::{Deserialize, Serialize};
 use toka_kernel::{ChainHead, Digest, Kernel, WorldState};
 
 /// The snapshot encoding this release writes and the newest it reads.
-pub(crate) const SNAPSHOT_VERSION: u16 = 1;
+///
+/// - 1: the state as releases before recorded rules kept it (read through
+///   [`WorldState::from_bytes_v1`]).
+/// - 2: the state with rules, spawn depths, accounts and refusal gaps.
+pub(crate) const SNAPSHOT_VERSION: u16 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct Encoded {
@@ -23,7 +27,6 @@ struct Encoded {
 /// A decoded, checked snapshot.
 pub(crate) struct Snapshot {
     pub(crate) head: ChainHead,
-    pub(crate) digest: Digest,
     pub(crate) state: WorldState,
 }
 
@@ -36,8 +39,7 @@ pub(crate) fn encode(kernel: &Kernel) -> Vec<u8> {
         digest: Digest::of(&state),
         state,
     };
-    // Serializing plain data into a Vec cannot fail.
-    postcard::to_allocvec(&encoded).unwrap_or_default()
+    postcard::to_allocvec(&encoded).expect("a snapshot is plain data: postcard encodes it")
 }
 
 /// Decodes and checks a snapshot.
@@ -53,11 +55,13 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
     if Digest::of(&encoded.state) != encoded.digest {
         return Err("its state does not match its digest".into());
     }
-    let state =
-        WorldState::from_bytes(&encoded.state).map_err(|e| format!("unreadable state: {e}"))?;
+    let state = match version {
+        1 => WorldState::from_bytes_v1(&encoded.state),
+        _ => WorldState::from_bytes(&encoded.state),
+    }
+    .map_err(|e| format!("unreadable state (format {version}): {e}"))?;
     Ok(Snapshot {
         head: encoded.head,
-        digest: encoded.digest,
         state,
     })
 }
@@ -101,7 +105,7 @@ mod tests {
         let snapshot = decode(&bytes).unwrap();
         assert_eq!(snapshot.head, kernel.head());
         assert_eq!(snapshot.state, *kernel.state());
-        assert_eq!(snapshot.digest, kernel.state().digest());
+        assert_eq!(snapshot.state.digest(), kernel.state().digest());
 
         let mut tampered = bytes.clone();
         let last = tampered.len() - 1;

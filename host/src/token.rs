@@ -89,6 +89,13 @@ pub enum TokenError {
     /// A budget fact this host cannot apply.
     #[error("the token's budgets are not usable: {0}")]
     Budget(String),
+    /// The token (or one it was attenuated from) has been revoked.
+    #[error("the token has been revoked")]
+    Revoked,
+    /// Its Datalog takes too long to evaluate (e.g. join-heavy blocks
+    /// appended offline); refused before anything is written.
+    #[error("the token is too expensive to evaluate ({0}); mint a simpler one")]
+    TooExpensive(String),
 }
 
 impl Token {
@@ -205,7 +212,9 @@ impl Token {
     /// Base64 (URL-safe alphabet), as the `biscuit` tool reads and writes it.
     #[must_use]
     pub fn to_base64(&self) -> String {
-        self.biscuit.to_base64().unwrap_or_default()
+        self.biscuit
+            .to_base64()
+            .expect("a token that parsed or was built serializes again")
     }
 
     /// One revocation id per block, in block order; revoking any of them
@@ -255,9 +264,13 @@ impl Token {
     /// value that is not a whole number.
     pub fn budgets(&self) -> Result<Vec<Budget>, TokenError> {
         let facts: Vec<(String, i64)> = self
-            .biscuit
-            .authorizer()
-            .and_then(|mut a| a.query_all("data($name, $value) <- budget($name, $value)"))
+            .query_authorizer()
+            .and_then(|mut a| {
+                a.query_all_with_limits(
+                    "data($name, $value) <- budget($name, $value)",
+                    crate::gate::RUN_LIMITS,
+                )
+            })
             .map_err(|e| TokenError::Budget(describe(&e)))?;
         let mut budgets: Vec<Budget> = Vec::new();
         for (name, value) in facts {
@@ -283,14 +296,17 @@ impl Token {
     #[must_use]
     pub fn authority_rights(&self) -> Vec<Right> {
         let mut rights = Vec::new();
-        let Ok(mut authorizer) = self.biscuit.authorizer() else {
+        let Ok(mut authorizer) = self.query_authorizer() else {
             return rights;
         };
-        if let Ok(plain) = authorizer.query::<_, (String,), _>("data($op) <- right($op)") {
+        let limits = crate::gate::RUN_LIMITS;
+        if let Ok(plain) = authorizer
+            .query_with_limits::<_, (String,), _>("data($op) <- right($op)", limits.clone())
+        {
             rights.extend(plain.into_iter().filter_map(|(op,)| op.parse().ok()));
         }
-        if let Ok(targeted) =
-            authorizer.query::<_, (String, String), _>("data($op, $t) <- right($op, $t)")
+        if let Ok(targeted) = authorizer
+            .query_with_limits::<_, (String, String), _>("data($op, $t) <- right($op, $t)", limits)
         {
             rights.extend(
                 targeted
@@ -301,6 +317,48 @@ impl Token {
         rights.sort();
         rights.dedup();
         rights
+    }
+
+    /// An authorizer over this token for queries, bounded by facts and
+    /// iterations only (see [`crate::gate::RUN_LIMITS`]).
+    fn query_authorizer(&self) -> Result<biscuit_auth::Authorizer, biscuit_auth::error::Token> {
+        biscuit_auth::AuthorizerBuilder::new()
+            .set_limits(crate::gate::RUN_LIMITS)
+            .build(&self.biscuit)
+    }
+
+    /// Admits a token presented from outside the host (`run --token`, a
+    /// spawn, the API): its Datalog must evaluate within
+    /// [`ADMISSION_LIMITS`](crate::gate::ADMISSION_LIMITS), a timed check, so
+    /// that no token reaches the sequencer (which never reads a clock) that
+    /// is expensive to evaluate; its budgets must be ones this host knows;
+    /// and it must not have expired at `at`.
+    ///
+    /// # Errors
+    ///
+    /// [`TokenError::TooExpensive`], [`TokenError::Budget`] or
+    /// [`TokenError::Expired`].
+    pub fn admit(&self, at: toka_kernel::Timestamp) -> Result<(), TokenError> {
+        let probe = biscuit_auth::AuthorizerBuilder::new()
+            .fact(biscuit_auth::builder::fact(
+                "time",
+                &[biscuit_auth::builder::Term::Date(at.0 / 1000)],
+            ))
+            .and_then(|b| {
+                b.fact(biscuit_auth::builder::fact(
+                    "operation",
+                    &[string("admission")],
+                ))
+            })
+            .and_then(|b| b.policy("allow if true"))
+            .map(|b| b.set_limits(crate::gate::ADMISSION_LIMITS))
+            .and_then(|b| b.build(&self.biscuit))
+            .and_then(|mut a| a.authorize());
+        if let Err(biscuit_auth::error::Token::RunLimit(limit)) = probe {
+            return Err(TokenError::TooExpensive(limit.to_string()));
+        }
+        self.budgets()?;
+        self.check_not_expired(at)
     }
 
     /// Parses a token stored under `digest`, checking that the bytes are
@@ -334,6 +392,7 @@ impl Token {
                 &[biscuit_auth::builder::Term::Date(at.0 / 1000)],
             ))
             .and_then(|b| b.policy("allow if true"))
+            .map(|b| b.set_limits(crate::gate::RUN_LIMITS))
             .and_then(|b| b.build(&self.biscuit));
         let result = authorizer.and_then(|mut a| a.authorize());
         let failed: Vec<String> = match result {

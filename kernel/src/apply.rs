@@ -6,16 +6,25 @@
 
 use std::collections::VecDeque;
 
-use crate::command::{Authorization, Command, Timestamp};
+use crate::command::{Authorization, Command, OpKey, Timestamp};
 use crate::error::{EntityKind, KernelError};
 use crate::event::Event;
 use crate::extension::{ExtensionCall, Registry};
 use crate::id::{AgentId, EntityId, TaskId};
 use crate::limits::{Limit, Limits};
-use crate::operation::{AgentSpec, ComponentSpec, Denial, OpKind, Operation, TaskSpec};
+use crate::operation::{AgentSpec, ComponentSpec, Denial, OpKind, Operation, Refusal, TaskSpec};
+use crate::quota::{Account, Cost};
+use crate::rules::{Budgets, Quota, RULES_VERSION, Rules};
 use crate::state::{
-    AgentRecord, AgentStatus, JournalEntry, Prior, Run, TaskRecord, TaskStatus, WorldState,
+    AgentRecord, AgentStatus, Gap, JournalEntry, Prior, Run, TaskRecord, TaskStatus, WorldState,
 };
+
+/// Refusal entries one [`Operation::RecordRefusals`] may carry.
+pub const MAX_REFUSAL_RUNS: usize = 16;
+
+/// Names no agent or component may take: the renderers use them for the
+/// operator and the host.
+const RESERVED_NAMES: [&str; 2] = ["operator", "system"];
 
 /// The longest revocation id accepted (biscuit's are 64-byte signatures).
 const MAX_REVOCATION_ID: usize = 256;
@@ -26,6 +35,15 @@ pub(crate) struct Env<'a> {
     pub(crate) registry: &'a Registry,
     /// The sequence number the command's record will get.
     pub(crate) seq: u64,
+    /// The size of the command's record in bytes: what it costs the
+    /// accounts it is charged to.
+    pub(crate) record_len: u64,
+}
+
+/// The accounts a command is charged to, as they will be once it applies.
+#[derive(Default)]
+struct Charge {
+    accounts: Vec<(AgentId, Account)>,
 }
 
 fn check_size(limit: Limit, max: u32, actual: usize) -> Result<(), KernelError> {
@@ -59,7 +77,9 @@ impl WorldState {
         }
         let kind = cmd.op.kind();
         self.check_authority(&cmd, kind)?;
-        let cause_task = self.check_cause(&cmd, kind, env.limits)?;
+        let cause = self.check_cause(&cmd, kind, env.limits)?;
+        let charge = self.charge(&cmd, kind, env)?;
+        let cause_task = cause.map(|key| key.task);
 
         // Inside a task, a state write remembers the value it replaces, so a
         // re-run of the task can read the state as it was.
@@ -122,23 +142,100 @@ impl WorldState {
                 self.quarantine(agent, reason, limits)?
             }
             Operation::ResumeAgent { agent } => self.resume(agent)?,
+            Operation::AdoptRules { rules } => self.adopt_rules(origin, rules)?,
+            Operation::SetBudgets { agent, budgets } => self.set_budgets(agent, budgets)?,
+            Operation::RecordRefusals {
+                task,
+                first,
+                refusals,
+            } => self.record_refusals(origin, task, first, &refusals, env)?,
+            Operation::RecordQuotaHit {
+                agent,
+                quota,
+                reason,
+            } => self.record_quota_hit(origin, agent, quota, reason, limits)?,
+            Operation::RecordHostCondition { agent, reason } => {
+                check_size(Limit::Reason, limits.max_reason, reason.len())?;
+                self.agent_of(agent)?;
+                vec![Event::HostCondition { agent, reason }]
+            }
         };
 
         // Infallible bookkeeping, after the operation succeeded.
         self.time = time;
-        if let Some(task) = cause_task
-            && let Some(TaskRecord {
-                status: TaskStatus::Running(run),
-                ..
-            }) = self.tasks.get_mut(&task)
-        {
+        for (agent, account) in charge.accounts {
+            self.agents
+                .get_mut(&agent)
+                .expect("charged accounts belong to agents, and agents are never removed")
+                .account = account;
+        }
+        if let Some(key) = cause {
+            let run = self
+                .tasks
+                .get_mut(&key.task)
+                .and_then(|t| match &mut t.status {
+                    TaskStatus::Running(run) => Some(run),
+                    TaskStatus::Queued => None,
+                })
+                .expect("check_cause found the task running, and no operation an agent submits ends its own task");
+            if key.index > run.next_index {
+                run.gaps.push(Gap {
+                    first: run.next_index,
+                    count: key.index - run.next_index,
+                    seq: env.seq,
+                    details: None,
+                });
+            }
             run.journal.push(JournalEntry {
+                index: key.index,
                 seq: env.seq,
                 created: created(&events),
                 prior,
             });
+            run.next_index = key.index + 1;
         }
         Ok(events)
+    }
+
+    /// What `cmd` costs and the accounts that pay it, checked: an agent's
+    /// own operation is refused when its account or an ancestor's cannot
+    /// pay; the host's records on an agent's behalf always pay (into debt).
+    fn charge(&self, cmd: &Command, kind: OpKind, env: &Env<'_>) -> Result<Charge, KernelError> {
+        let Some(rules) = &self.rules else {
+            return Ok(Charge::default());
+        };
+        if cmd.origin == EntityId::SYSTEM || kind == OpKind::AdoptRules {
+            return Ok(Charge::default());
+        }
+        let strict = cmd.auth == Authorization::Token;
+        let cost = Cost {
+            log_bytes: env.record_len,
+            ops: u64::from(strict),
+            tasks: u64::from(strict && kind == OpKind::ScheduleTask),
+        };
+        let mut charge = Charge::default();
+        let mut next = Some(cmd.origin);
+        while let Some(id) = next {
+            let Some(agent) = self.agents.get(&id) else {
+                break;
+            };
+            let quotas = match &agent.budgets {
+                Some(budgets) => rules.quotas.narrowed(budgets),
+                None => rules.quotas,
+            };
+            let account = agent
+                .account
+                .charged(&quotas, cost, cmd.time, strict)
+                .map_err(|short| KernelError::QuotaExceeded {
+                    agent: id,
+                    quota: short.quota,
+                    limit: short.limit,
+                    wanted: short.wanted,
+                })?;
+            charge.accounts.push((id, account));
+            next = (agent.parent != EntityId::SYSTEM).then_some(agent.parent);
+        }
+        Ok(charge)
     }
 
     /// Who may submit what, whatever a token says.
@@ -181,7 +278,7 @@ impl WorldState {
         cmd: &Command,
         kind: OpKind,
         limits: &Limits,
-    ) -> Result<Option<TaskId>, KernelError> {
+    ) -> Result<Option<OpKey>, KernelError> {
         let Some(key) = cmd.cause else {
             return Ok(None);
         };
@@ -208,12 +305,16 @@ impl WorldState {
                 format!("task {} is not running", key.task),
             ));
         };
-        let ops = run.journal.len() as u32;
-        if key.index != ops {
+        let next = run.next_index;
+        // From rules version 2 on, the operations a task had refused keep
+        // their indices: the index may skip ahead, and the skipped ones are
+        // recorded as a gap.
+        let skips = self.rules.is_some() && key.index > next;
+        if key.index != next && !skips {
             return Err(KernelError::invalid(
                 kind,
                 format!(
-                    "task {} expects operation index {ops}, got {}",
+                    "task {} expects operation index {next}, got {}",
                     key.task, key.index
                 ),
             ));
@@ -221,9 +322,9 @@ impl WorldState {
         check_count(
             Limit::OpsPerTask,
             u64::from(limits.max_ops_per_task),
-            u64::from(ops) + 1,
+            u64::from(next) + 1,
         )?;
-        Ok(Some(key.task))
+        Ok(Some(key))
     }
 
     fn next_id(&mut self, domain: &str, parent: EntityId) -> EntityId {
@@ -362,6 +463,8 @@ impl WorldState {
                 started_seq: seq,
                 started_at: time,
                 journal: Vec::new(),
+                gaps: Vec::new(),
+                next_index: 0,
             });
         }
         Ok(vec![Event::TaskStarted {
@@ -438,11 +541,47 @@ impl WorldState {
         spec: AgentSpec,
         limits: &Limits,
     ) -> Result<Vec<Event>, KernelError> {
-        check_name(OpKind::SpawnAgent, "agent", &spec.name, limits)?;
+        const KIND: OpKind = OpKind::SpawnAgent;
+        self.check_name(KIND, "agent", &spec.name, limits)?;
         if !self.components.contains_key(&spec.component) {
             return Err(KernelError::unknown(EntityKind::Component, spec.component));
         }
+        let depth = match self.agents.get(&origin) {
+            Some(parent) => parent.depth.saturating_add(1),
+            None => 0,
+        };
+        if let Some(rules) = &self.rules {
+            check_quota(
+                origin,
+                Quota::LiveAgents,
+                rules.max_live_agents,
+                self.live_agents + 1,
+            )?;
+            if let Some(parent) = self.agents.get(&origin) {
+                check_quota(
+                    origin,
+                    Quota::Depth,
+                    u64::from(rules.max_depth),
+                    u64::from(depth),
+                )?;
+                let max_children = parent
+                    .budgets
+                    .as_ref()
+                    .and_then(|b| b.children)
+                    .map_or(rules.max_children, |c| c.min(rules.max_children));
+                check_quota(
+                    origin,
+                    Quota::Children,
+                    u64::from(max_children),
+                    u64::from(parent.live_children) + 1,
+                )?;
+            }
+        }
 
+        if let Some(parent) = self.agents.get_mut(&origin) {
+            parent.live_children += 1;
+        }
+        self.live_agents += 1;
         let agent = self.next_id("agent", origin);
         self.agents.insert(
             agent,
@@ -459,6 +598,10 @@ impl WorldState {
                 consecutive_faults: 0,
                 state: Default::default(),
                 state_bytes: 0,
+                depth,
+                live_children: 0,
+                budgets: None,
+                account: Account::default(),
             },
         );
         Ok(vec![Event::AgentSpawned {
@@ -488,10 +631,17 @@ impl WorldState {
         for task in doomed {
             events.push(self.remove_failed(task, agent, format!("agent terminated: {reason}")));
         }
-        if let Some(a) = self.agents.get_mut(&agent) {
-            a.status = AgentStatus::Terminated {
-                reason: reason.clone(),
-            };
+        let a = self
+            .agents
+            .get_mut(&agent)
+            .expect("live_agent found it, and agents are never removed");
+        a.status = AgentStatus::Terminated {
+            reason: reason.clone(),
+        };
+        let parent = a.parent;
+        self.live_agents -= 1;
+        if let Some(p) = self.agents.get_mut(&parent) {
+            p.live_children -= 1;
         }
         events.insert(
             0,
@@ -648,7 +798,7 @@ impl WorldState {
                 "only the operator installs components",
             ));
         }
-        check_name(KIND, "component", &component.name, limits)?;
+        self.check_name(KIND, "component", &component.name, limits)?;
         if let Some(existing) = self.components.get(&component.digest) {
             return Err(KernelError::invalid(
                 KIND,
@@ -745,11 +895,216 @@ impl WorldState {
     }
 }
 
-fn check_name(kind: OpKind, what: &str, name: &str, limits: &Limits) -> Result<(), KernelError> {
-    if name.trim().is_empty() {
-        return Err(KernelError::invalid(kind, format!("{what} name is empty")));
+impl WorldState {
+    /// A display name: not empty, within the size limit, and (from rules
+    /// version 2 on) printable and not reserved.
+    fn check_name(
+        &self,
+        kind: OpKind,
+        what: &str,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<(), KernelError> {
+        if name.trim().is_empty() {
+            return Err(KernelError::invalid(kind, format!("{what} name is empty")));
+        }
+        check_size(Limit::Name, limits.max_name, name.len())?;
+        if self.rules_version() >= 2 {
+            if let Some(c) = name.chars().find(|c| c.is_control()) {
+                return Err(KernelError::invalid(
+                    kind,
+                    format!(
+                        "{what} name has the control character {:?}; names are printable",
+                        c
+                    ),
+                ));
+            }
+            if RESERVED_NAMES
+                .iter()
+                .any(|reserved| name.trim().eq_ignore_ascii_case(reserved))
+            {
+                return Err(KernelError::invalid(
+                    kind,
+                    format!("`{}` is reserved and cannot name an {what}", name.trim()),
+                ));
+            }
+        }
+        Ok(())
     }
-    check_size(Limit::Name, limits.max_name, name.len())
+
+    /// The agent, which must exist (in any status).
+    fn agent_of(&self, id: AgentId) -> Result<&AgentRecord, KernelError> {
+        self.agents
+            .get(&id)
+            .ok_or_else(|| KernelError::unknown(EntityKind::Agent, id))
+    }
+
+    fn adopt_rules(&mut self, origin: EntityId, rules: Rules) -> Result<Vec<Event>, KernelError> {
+        const KIND: OpKind = OpKind::AdoptRules;
+        if origin != EntityId::SYSTEM {
+            return Err(denied(origin, KIND, "only the host adopts rules"));
+        }
+        let current = self.rules_version();
+        if rules.version < 2 || rules.version > RULES_VERSION || rules.version < current {
+            return Err(KernelError::invalid(
+                KIND,
+                format!(
+                    "rules version {} cannot be adopted: this kernel applies versions 2 to {RULES_VERSION}, and the log is at version {current}",
+                    rules.version
+                ),
+            ));
+        }
+
+        self.rules = Some(rules.clone());
+        Ok(vec![Event::RulesAdopted { rules }])
+    }
+
+    fn set_budgets(&mut self, agent: AgentId, budgets: Budgets) -> Result<Vec<Event>, KernelError> {
+        const KIND: OpKind = OpKind::SetBudgets;
+        self.require_rules(KIND)?;
+        self.live_agent(agent, KIND)?;
+
+        self.agents
+            .get_mut(&agent)
+            .expect("live_agent found it")
+            .budgets = (!budgets.is_empty()).then(|| Box::new(budgets));
+        Ok(vec![Event::BudgetsSet { agent, budgets }])
+    }
+
+    fn record_refusals(
+        &mut self,
+        origin: EntityId,
+        task: TaskId,
+        first: u32,
+        refusals: &[Refusal],
+        env: &Env<'_>,
+    ) -> Result<Vec<Event>, KernelError> {
+        const KIND: OpKind = OpKind::RecordRefusals;
+        self.require_rules(KIND)?;
+        if refusals.is_empty() || refusals.len() > MAX_REFUSAL_RUNS {
+            return Err(KernelError::invalid(
+                KIND,
+                format!(
+                    "a record holds 1 to {MAX_REFUSAL_RUNS} refusals, got {}",
+                    refusals.len()
+                ),
+            ));
+        }
+        let mut count: u64 = 0;
+        for refusal in refusals {
+            if refusal.count == 0 {
+                return Err(KernelError::invalid(KIND, "a refusal counts at least 1"));
+            }
+            check_size(Limit::Reason, env.limits.max_reason, refusal.message.len())?;
+            count += u64::from(refusal.count);
+        }
+        let record = self.own_task(origin, task, KIND)?;
+        let agent = record.agent;
+        if origin != agent {
+            return Err(denied(
+                origin,
+                KIND,
+                "refusals are recorded for the task's agent",
+            ));
+        }
+        let TaskStatus::Running(run) = &record.status else {
+            return Err(KernelError::invalid(
+                KIND,
+                format!("task {task} is not running"),
+            ));
+        };
+        let Some(at) = run.gaps.iter().position(|g| g.first == first) else {
+            return Err(KernelError::invalid(
+                KIND,
+                format!("task {task} skipped no operations at index {first}"),
+            ));
+        };
+        let gap = run.gaps[at];
+        if gap.details.is_some() {
+            return Err(KernelError::invalid(
+                KIND,
+                format!("the refusals at index {first} of task {task} are already recorded"),
+            ));
+        }
+        if count != u64::from(gap.count) {
+            return Err(KernelError::invalid(
+                KIND,
+                format!(
+                    "task {task} skipped {} operations at index {first}, the record lists {count}",
+                    gap.count
+                ),
+            ));
+        }
+
+        let Some(TaskRecord {
+            status: TaskStatus::Running(run),
+            ..
+        }) = self.tasks.get_mut(&task)
+        else {
+            unreachable!("checked above: the task is running");
+        };
+        run.gaps[at].details = Some(env.seq);
+        let count = gap.count;
+        Ok(vec![Event::RefusalsRecorded {
+            task,
+            agent,
+            first,
+            count,
+        }])
+    }
+
+    fn record_quota_hit(
+        &mut self,
+        origin: EntityId,
+        agent: AgentId,
+        quota: Quota,
+        reason: String,
+        limits: &Limits,
+    ) -> Result<Vec<Event>, KernelError> {
+        const KIND: OpKind = OpKind::RecordQuotaHit;
+        self.require_rules(KIND)?;
+        check_size(Limit::Reason, limits.max_reason, reason.len())?;
+        if origin != EntityId::SYSTEM && origin != agent {
+            return Err(denied(
+                origin,
+                KIND,
+                "a quota hit is recorded for the agent itself",
+            ));
+        }
+        self.agent_of(agent)?;
+
+        let a = self.agents.get_mut(&agent).expect("agent_of found it");
+        a.consecutive_faults = a.consecutive_faults.saturating_add(1);
+        Ok(vec![Event::QuotaExceeded {
+            agent,
+            quota,
+            reason,
+            consecutive: a.consecutive_faults,
+        }])
+    }
+
+    /// Refuses an operation that only exists from rules version 2 on.
+    fn require_rules(&self, kind: OpKind) -> Result<(), KernelError> {
+        if self.rules.is_none() {
+            return Err(KernelError::invalid(
+                kind,
+                "this operation needs rules version 2 or later; the log has adopted none",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_quota(agent: EntityId, quota: Quota, limit: u64, wanted: u64) -> Result<(), KernelError> {
+    if wanted > limit {
+        return Err(KernelError::QuotaExceeded {
+            agent,
+            quota,
+            limit,
+            wanted,
+        });
+    }
+    Ok(())
 }
 
 /// The entity an operation created (for its receipt and journal entry).

@@ -8,6 +8,7 @@ use crate::command::Timestamp;
 use crate::id::EntityId;
 use crate::limits::Limit;
 use crate::operation::OpKind;
+use crate::rules::Quota;
 
 /// The kinds of entity an [`KernelError::UnknownEntity`] can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +78,19 @@ pub enum KernelError {
         max: u64,
         /// The value the operation would have produced.
         actual: u64,
+    },
+    /// An agent, or its tree through this ancestor, would spend more than
+    /// a quota allows.
+    #[error("quota exceeded: {quota} of agent {agent} would be {wanted}, the limit is {limit}")]
+    QuotaExceeded {
+        /// The agent whose account cannot pay: the origin or an ancestor.
+        agent: EntityId,
+        /// Which quota.
+        quota: Quota,
+        /// The quota's value.
+        limit: u64,
+        /// What the operation would have made of it.
+        wanted: u64,
     },
     /// The command's logical time is before the previous command's.
     #[error("logical time went backwards: {time} is before {last}")]

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::{AgentId, EntityId, TaskId};
 use crate::operation::{AgentSpec, ComponentSpec, Denial, TaskSpec};
+use crate::rules::{Budgets, Quota, Rules};
 
 /// One observable effect of an applied command.
 ///
@@ -145,6 +146,47 @@ pub enum Event {
         /// The agent.
         agent: AgentId,
     },
+    /// Rules apply from here on.
+    RulesAdopted {
+        /// The rules.
+        rules: Rules,
+    },
+    /// An agent's own budgets were set.
+    BudgetsSet {
+        /// The agent.
+        agent: AgentId,
+        /// Its budgets.
+        budgets: Budgets,
+    },
+    /// Refused operations of a running task were recorded.
+    RefusalsRecorded {
+        /// The task.
+        task: TaskId,
+        /// Its agent.
+        agent: AgentId,
+        /// The first refused index.
+        first: u32,
+        /// How many operations were refused.
+        count: u32,
+    },
+    /// An agent ran into a quota (it counts as a fault).
+    QuotaExceeded {
+        /// The agent.
+        agent: AgentId,
+        /// The quota.
+        quota: Quota,
+        /// What happened.
+        reason: String,
+        /// Faults in a row, counting this one.
+        consecutive: u32,
+    },
+    /// The host failed while running an agent; not the agent's fault.
+    HostCondition {
+        /// The agent.
+        agent: AgentId,
+        /// What happened.
+        reason: String,
+    },
 }
 
 impl Event {
@@ -168,6 +210,11 @@ impl Event {
             Event::ExtensionApplied { .. } => "extension_applied",
             Event::AgentQuarantined { .. } => "agent_quarantined",
             Event::AgentResumed { .. } => "agent_resumed",
+            Event::RulesAdopted { .. } => "rules_adopted",
+            Event::BudgetsSet { .. } => "budgets_set",
+            Event::RefusalsRecorded { .. } => "refusals_recorded",
+            Event::QuotaExceeded { .. } => "quota_exceeded",
+            Event::HostCondition { .. } => "host_condition",
         }
     }
 }

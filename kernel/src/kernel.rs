@@ -180,6 +180,7 @@ impl Kernel {
             limits: &self.limits,
             registry: &self.registry,
             seq,
+            record_len: bytes.len() as u64,
         };
         let events = self.state.apply(command, &env)?;
         self.head = ChainHead { seq, hash };
@@ -263,6 +264,7 @@ impl Kernel {
             limits: &self.limits,
             registry: &self.registry,
             seq: record.seq,
+            record_len: bytes.len() as u64,
         };
         if let Err(e) = self.state.apply(record.command, &env) {
             return Err(self.fail(ReplayErrorKind::Rejected(e)));

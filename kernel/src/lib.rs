@@ -22,12 +22,16 @@ mod event;
 mod extension;
 mod id;
 mod kernel;
+mod legacy;
 mod limits;
 mod operation;
+mod quota;
 mod record;
+mod rules;
 mod serde_bytes;
 mod state;
 
+pub use apply::MAX_REFUSAL_RUNS;
 pub use command::{Authorization, Command, OpKey, Timestamp};
 pub use error::{EntityKind, KernelError};
 pub use event::Event;
@@ -35,8 +39,12 @@ pub use extension::{ExtensionCall, ExtensionEffects, OpcodeHandler, Registry};
 pub use id::{AgentId, Digest, EntityId, ParseIdError, TaskId};
 pub use kernel::{Applied, Kernel, ReplayError, ReplayErrorKind, replay_log};
 pub use limits::{Limit, Limits};
-pub use operation::{AgentSpec, ComponentSpec, Denial, OpKind, Operation, TaskSpec};
+pub use operation::{
+    AgentSpec, ComponentSpec, Denial, OpKind, Operation, Refusal, RefusalKind, TaskSpec,
+};
+pub use quota::{Account, Bucket};
 pub use record::{ChainHead, FORMAT_VERSION, Record, RecordError};
+pub use rules::{Budgets, Quota, Quotas, RULES_VERSION, Rate, Rules};
 pub use state::{
-    AgentRecord, AgentStatus, JournalEntry, Prior, Run, TaskRecord, TaskStatus, WorldState,
+    AgentRecord, AgentStatus, Gap, JournalEntry, Prior, Run, TaskRecord, TaskStatus, WorldState,
 };

@@ -5,6 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{AgentId, Digest, TaskId};
+use crate::rules::{Budgets, Quota, Rules};
 
 /// What a task asks its agent to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +170,76 @@ pub enum Operation {
         /// The agent.
         agent: AgentId,
     },
+    /// Apply these rules from this record on (see [`Rules`]).
+    AdoptRules {
+        /// The rules.
+        rules: Rules,
+    },
+    /// Set an agent's own budgets, below the rules' quotas (from its
+    /// capability token, when it is spawned).
+    SetBudgets {
+        /// The agent.
+        agent: AgentId,
+        /// Its budgets.
+        budgets: Budgets,
+    },
+    /// Record what the host refused a running task (the operations an
+    /// applied operation's index skipped), so a re-run of the task after a
+    /// crash gets the same answers. Consecutive identical refusals are one
+    /// entry.
+    RecordRefusals {
+        /// The task (the record's origin is its agent).
+        task: TaskId,
+        /// The index of the first refused operation: where the gap starts.
+        first: u32,
+        /// The refusals, in order.
+        refusals: Vec<Refusal>,
+    },
+    /// Record that an agent ran into a quota; it counts as a fault.
+    RecordQuotaHit {
+        /// The agent.
+        agent: AgentId,
+        /// The quota.
+        quota: Quota,
+        /// What happened, for a person.
+        reason: String,
+    },
+    /// Record a failure of the host itself while running an agent (out of
+    /// address space, a full disk): not the agent's fault, never counted
+    /// towards its quarantine.
+    RecordHostCondition {
+        /// The agent the host was running.
+        agent: AgentId,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// One or more identical operations of a task, refused in a row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// How many in a row (at least 1).
+    pub count: u32,
+    /// The digest of the refused request, as the host encodes it: a re-run
+    /// must ask for the same thing to get the same answer.
+    pub request: Digest,
+    /// The category of the answer.
+    pub kind: RefusalKind,
+    /// The answer's message.
+    pub message: String,
+}
+
+/// The category of a refusal, as the agent saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs, reason = "each names the error category the agent saw")]
+pub enum RefusalKind {
+    CapabilityDenied,
+    UnknownEntity,
+    LimitExceeded,
+    Unsupported,
+    InvalidOperation,
+    QuotaExceeded,
+    Other,
 }
 
 /// The kind of an [`Operation`], without its data: for errors and metrics.
@@ -194,6 +265,11 @@ pub enum OpKind {
     Extension,
     QuarantineAgent,
     ResumeAgent,
+    AdoptRules,
+    SetBudgets,
+    RecordRefusals,
+    RecordQuotaHit,
+    RecordHostCondition,
 }
 
 impl OpKind {
@@ -217,6 +293,11 @@ impl OpKind {
             OpKind::Extension => "extension",
             OpKind::QuarantineAgent => "quarantine_agent",
             OpKind::ResumeAgent => "resume_agent",
+            OpKind::AdoptRules => "adopt_rules",
+            OpKind::SetBudgets => "set_budgets",
+            OpKind::RecordRefusals => "record_refusals",
+            OpKind::RecordQuotaHit => "record_quota_hit",
+            OpKind::RecordHostCondition => "record_host_condition",
         }
     }
 
@@ -235,6 +316,11 @@ impl OpKind {
                 | OpKind::InstallComponent
                 | OpKind::QuarantineAgent
                 | OpKind::ResumeAgent
+                | OpKind::AdoptRules
+                | OpKind::SetBudgets
+                | OpKind::RecordRefusals
+                | OpKind::RecordQuotaHit
+                | OpKind::RecordHostCondition
         )
     }
 }
@@ -266,6 +352,11 @@ impl Operation {
             Operation::Extension { .. } => OpKind::Extension,
             Operation::QuarantineAgent { .. } => OpKind::QuarantineAgent,
             Operation::ResumeAgent { .. } => OpKind::ResumeAgent,
+            Operation::AdoptRules { .. } => OpKind::AdoptRules,
+            Operation::SetBudgets { .. } => OpKind::SetBudgets,
+            Operation::RecordRefusals { .. } => OpKind::RecordRefusals,
+            Operation::RecordQuotaHit { .. } => OpKind::RecordQuotaHit,
+            Operation::RecordHostCondition { .. } => OpKind::RecordHostCondition,
         }
     }
 }

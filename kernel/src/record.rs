@@ -109,8 +109,9 @@ impl Record {
             command,
         };
         scratch.clear();
-        // Serializing plain data into a Vec cannot fail.
-        let mut buf = postcard::to_extend(&body, std::mem::take(scratch)).unwrap_or_default();
+        let mut buf = postcard::to_extend(&body, std::mem::take(scratch)).expect(
+            "a command is plain data (strings, integers, byte strings): postcard encodes it",
+        );
         let hash = Digest::of(&buf);
         buf.extend_from_slice(hash.as_bytes());
         let bytes = buf.as_slice().to_vec();

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use crate::command::Timestamp;
 use crate::id::{AgentId, Digest, EntityId, TaskId};
 use crate::operation::{ComponentSpec, TaskSpec};
+use crate::quota::Account;
+use crate::rules::{Budgets, Rules};
 
 /// Whether an agent still takes tasks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +57,14 @@ pub struct AgentRecord {
     pub state: BTreeMap<String, Vec<u8>>,
     /// Bytes of keys plus values in `state`.
     pub state_bytes: u64,
+    /// How many spawns separate it from the operator (a root agent: 0).
+    pub depth: u32,
+    /// Its children that are not terminated.
+    pub live_children: u32,
+    /// Its own limits below the rules' quotas (from its token's budgets).
+    pub budgets: Option<Box<Budgets>>,
+    /// What it and its descendants have spent.
+    pub account: Account,
 }
 
 impl AgentRecord {
@@ -105,14 +115,55 @@ pub struct Run {
     pub started_seq: u64,
     /// Logical time of the `StartTask` record: what the task's clock reads.
     pub started_at: Timestamp,
-    /// One entry per operation the task submitted, in order; the next one
-    /// must carry `journal.len()` as its [`OpKey`](crate::OpKey) index.
+    /// One entry per operation of the task that was applied, in order.
     pub journal: Vec<JournalEntry>,
+    /// Runs of indices whose operations were refused, in order (from rules
+    /// version 2 on; before, a refused operation took no index).
+    pub gaps: Vec<Gap>,
+    /// The index the task's next operation must carry in its
+    /// [`OpKey`](crate::OpKey): every operation the task submitted so far,
+    /// applied or refused.
+    pub next_index: u32,
+}
+
+impl Run {
+    /// The journal entry of the operation at `index`, if it was applied.
+    #[must_use]
+    pub fn entry(&self, index: u32) -> Option<&JournalEntry> {
+        let at = self.journal.partition_point(|e| e.index < index);
+        self.journal.get(at).filter(|e| e.index == index)
+    }
+
+    /// The gap holding `index`, if the operation there was refused.
+    #[must_use]
+    pub fn gap(&self, index: u32) -> Option<&Gap> {
+        let at = self.gaps.partition_point(|g| g.first + g.count <= index);
+        self.gaps.get(at).filter(|g| g.first <= index)
+    }
+}
+
+/// Operations of a task that were refused: the indices an applied
+/// operation skipped. A re-run of the task gets refusals at the same
+/// indices, so every later operation keeps its index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// The index of the first refused operation.
+    pub first: u32,
+    /// How many indices in a row were refused.
+    pub count: u32,
+    /// The record of the applied operation that followed them.
+    pub seq: u64,
+    /// The record that lists what was refused and why
+    /// ([`Operation::RecordRefusals`](crate::Operation::RecordRefusals)),
+    /// when the host recorded it.
+    pub details: Option<u64>,
 }
 
 /// What one operation of a running task did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalEntry {
+    /// The operation's index in its task (its [`OpKey`](crate::OpKey) index).
+    pub index: u32,
     /// Its record's sequence number.
     pub seq: u64,
     /// The agent or task it created, if any.
@@ -165,6 +216,11 @@ pub struct WorldState {
     pub(crate) next_id: u64,
     /// The logical time of the last applied command.
     pub(crate) time: Timestamp,
+    /// The rules in force; `None` for a log written before rules were
+    /// recorded (version 1 applies).
+    pub(crate) rules: Option<Rules>,
+    /// Agents that are not terminated.
+    pub(crate) live_agents: u64,
 }
 
 impl WorldState {
@@ -178,8 +234,9 @@ impl WorldState {
     /// what a snapshot stores).
     #[must_use]
     pub fn to_bytes(&self) -> Vec<u8> {
-        // Serializing plain data into a Vec cannot fail.
-        postcard::to_allocvec(self).unwrap_or_default()
+        postcard::to_allocvec(self).expect(
+            "the state is plain data (ordered maps, strings, integers): postcard encodes it",
+        )
     }
 
     /// Decodes [`WorldState::to_bytes`].
@@ -189,6 +246,16 @@ impl WorldState {
     /// The postcard error when the bytes are not a state.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, postcard::Error> {
         postcard::from_bytes(bytes)
+    }
+
+    /// Decodes a state encoded by a release before rules were recorded
+    /// (snapshot format 1), filling in what that release did not keep.
+    ///
+    /// # Errors
+    ///
+    /// The postcard error when the bytes are not such a state.
+    pub fn from_bytes_v1(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        crate::legacy::state_v1(bytes)
     }
 
     /// One agent.
@@ -248,6 +315,25 @@ impl WorldState {
     #[must_use]
     pub fn is_revoked(&self, revocation_id: &[u8]) -> bool {
         self.revoked.contains(revocation_id)
+    }
+
+    /// The rules in force (`None`: the log predates recorded rules and
+    /// version 1 applies).
+    #[must_use]
+    pub fn rules(&self) -> Option<&Rules> {
+        self.rules.as_ref()
+    }
+
+    /// The version of the rules in force.
+    #[must_use]
+    pub fn rules_version(&self) -> u32 {
+        self.rules.as_ref().map_or(1, |r| r.version)
+    }
+
+    /// How many agents are not terminated.
+    #[must_use]
+    pub fn live_agents(&self) -> u64 {
+        self.live_agents
     }
 
     /// The namespace of an extension family.

@@ -409,6 +409,7 @@ mod journal {
             journal,
             vec![
                 JournalEntry {
+                    index: 0,
                     seq: put.seq,
                     created: None,
                     prior: Some(Prior {
@@ -417,11 +418,13 @@ mod journal {
                     }),
                 },
                 JournalEntry {
+                    index: 1,
                     seq: scheduled.seq,
                     created: Some(common::scheduled(&scheduled.events)),
                     prior: None,
                 },
                 JournalEntry {
+                    index: 2,
                     seq: deleted.seq,
                     created: None,
                     prior: Some(Prior {

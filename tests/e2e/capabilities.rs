@@ -132,13 +132,60 @@ async fn a_parent_cannot_delegate_what_it_lacks() {
         .unwrap_err();
     assert!(err.contains("cannot delegate `schedule *`"), "{err}");
     assert_eq!(host.state(|s| s.agents().len()), 1, "no child was spawned");
-    // What it holds it may delegate.
+    // Regression: targets are relative to the holder, so `schedule
+    // children` in the child's hands reaches the parent's grandchildren,
+    // which the parent itself may not schedule: handing it over widens.
+    let err = outcome(&host, parent, "spawn probe child schedule children")
+        .await
+        .unwrap_err();
     assert!(
-        outcome(&host, parent, "spawn probe child observe,schedule children")
+        err.contains("cannot delegate `schedule children`: missing right `schedule *`"),
+        "{err}"
+    );
+    // What it holds, as it reads for the child, it may delegate: the child
+    // is one of its children, so the child may schedule itself.
+    assert!(
+        outcome(&host, parent, "spawn probe child observe,schedule self")
             .await
             .is_ok()
     );
     host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegating_a_relative_right_never_widens() {
+    // Regression: `schedule self` was checked literally, so a parent that
+    // may only schedule itself could hand a child the right to schedule
+    // the child — a target the parent lacked.
+    let (_tmp, data) = temp_data();
+    let (host, probe) = host_with_probe(&data).await;
+    let parent = host
+        .spawn(
+            probe,
+            "parent",
+            grant(&["observe", "spawn probe", "schedule self"]),
+        )
+        .await
+        .unwrap();
+    let err = outcome(&host, parent, "spawn probe child schedule self")
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("cannot delegate `schedule self`: missing right `schedule children`"),
+        "{err}"
+    );
+    assert_eq!(host.state(|s| s.agents().len()), 1, "no child was spawned");
+    // The denial is in the log, and the audit agrees with it.
+    let denied = host.state(|s| s.agents().len());
+    assert_eq!(denied, 1);
+    host.shutdown().await.unwrap();
+    let store = toka_host::DataDir::new(&data).open_read_only().unwrap();
+    let root = toka_host::DataDir::new(&data)
+        .root_key(None, false)
+        .unwrap();
+    let report = toka_host::audit(&store, root.public()).unwrap();
+    assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
+    assert!(report.denied >= 1, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,10 +24,12 @@ fn demo_runs_the_planner_and_workers_and_the_log_tells_it_in_order() {
 
     let events = events_json(&data);
     let kinds: Vec<&str> = events.iter().map(|e| str_field(e, "kind")).collect();
-    // The operator's part, then the planner's task, in this exact order.
+    // The rules the log is written under, the operator's part, then the
+    // planner's task, in this exact order.
     assert_eq!(
-        kinds[..9],
+        kinds[..10],
         [
+            "rules_adopted",
             "component_installed",
             "component_installed",
             "agent_spawned",
@@ -40,10 +42,10 @@ fn demo_runs_the_planner_and_workers_and_the_log_tells_it_in_order() {
         ]
     );
     let system = "0".repeat(32);
-    let planner = str_field(&events[2], "agent");
-    assert_eq!(str_field(&events[2], "parent"), system);
-    assert_eq!(str_field(&events[2], "name"), "planner");
-    for worker in &events[5..7] {
+    let planner = str_field(&events[3], "agent");
+    assert_eq!(str_field(&events[3], "parent"), system);
+    assert_eq!(str_field(&events[3], "name"), "planner");
+    for worker in &events[6..8] {
         assert_eq!(
             str_field(worker, "parent"),
             planner,

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use redb::ReadableTable;
 
-use crate::{Run, temp_data, toka};
+use crate::{Run, events_json, temp_data, toka};
 
 fn write(dir: &Path, name: &str, content: impl AsRef<[u8]>) -> String {
     let path = dir.join(name);
@@ -94,18 +94,18 @@ fn issue_inspect_run_attenuate_and_revoke() {
         toka(&data, &["token", "revoke", &id]).ok(),
         format!("revoked {id}\n")
     );
+    // A revoked token is refused when it is presented, before anything is
+    // written; the agent already bound to it is denied at its next operation.
+    let before = events_json(&data).len();
     let run = toka(
         &data,
         &[
             "run", "hello", "--token", &observer, "--name", "again", "--task", "x",
         ],
     );
-    assert_eq!(run.code, 1, "{run:#?}");
-    assert!(
-        run.stderr.contains("the token has been revoked"),
-        "{}",
-        run.stderr
-    );
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert_eq!(run.stderr, "error: the token has been revoked\n");
+    assert_eq!(events_json(&data).len(), before, "nothing was written");
 
     let audit = toka(&data, &["verify", "--auth"]);
     assert!(audit.ok().contains("auth ok: "), "{}", audit.stdout);

@@ -32,7 +32,7 @@ async fn resume(place: &Place, which: &str) -> CliResult {
             place.data.clone(),
         )));
     }
-    let opened = drive::open(place).await?;
+    let opened = drive::open(place, drive::Mode::Run).await?;
     let host = &opened.host;
     let agent = match find(host, which) {
         Ok(agent) => agent,
@@ -49,7 +49,7 @@ async fn resume(place: &Place, which: &str) -> CliResult {
     let queued = host.state(|s| s.agent(agent).map_or(0, |a| a.queue.len()));
     out!("resumed agent {agent}; {queued} queued task(s) to run");
     let (mut completed, mut failed) = (0, 0);
-    drive::until_idle(host, &mut rx, |batch| {
+    drive::until_idle(host, &mut rx, drive::Bounds::NONE, |batch| {
         for event in batch.records.iter().flat_map(|r| &r.events) {
             match event {
                 Event::TaskCompleted { agent: a, .. } if *a == agent => completed += 1,

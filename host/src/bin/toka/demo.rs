@@ -36,7 +36,7 @@ const PLANNER_RIGHTS: &[&str] = &["observe", "state", "spawn worker", "schedule 
 
 pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
     let workers = usize::from(args.workers);
-    let opened = drive::open(place).await?;
+    let opened = drive::open(place, drive::Mode::Run).await?;
     let host = &opened.host;
     out!(
         "toka demo: a planner splits a job across {workers} worker agents; log: {}",
@@ -75,7 +75,7 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
     host.schedule(planner, &job).await?;
 
     let (mut completed, mut failed, mut first) = (0, 0, None);
-    drive::until_idle(host, &mut rx, |batch| {
+    drive::until_idle(host, &mut rx, drive::Bounds::NONE, |batch| {
         for record in &batch.records {
             first.get_or_insert(record.seq);
             for event in &record.events {

@@ -131,6 +131,25 @@ impl Place {
         toka_host::DataDir::new(&self.data)
     }
 
+    /// The host configuration every command that opens a host uses: the
+    /// limits given, and the paths no agent may reach (the data dir, the
+    /// root key file).
+    pub(crate) fn host_config(&self) -> toka_host::HostConfig {
+        toka_host::HostConfig {
+            snapshot_every: self.snapshot_every,
+            agent_limits: self.agent_limits.clone(),
+            protected_paths: self.protected_paths(),
+            ..toka_host::HostConfig::default()
+        }
+    }
+
+    /// The data dir and the root key file.
+    pub(crate) fn protected_paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.data.clone()];
+        paths.extend(self.root_key.clone());
+        paths
+    }
+
     /// The root key; created in the data dir on first use if `create`.
     pub(crate) fn root_key(&self, create: bool) -> Result<toka_host::RootKey, Failure> {
         self.dir()

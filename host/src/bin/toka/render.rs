@@ -25,12 +25,14 @@ impl Names {
         }
     }
 
-    /// `operator` for the system, the agent's name, or its short id.
+    /// `operator` for the system, the agent's name (escaped), or its short id.
     pub(crate) fn who(&self, id: EntityId) -> String {
         if id == EntityId::SYSTEM {
             return "operator".into();
         }
-        self.agents.get(&id).cloned().unwrap_or_else(|| id.short())
+        self.agents
+            .get(&id)
+            .map_or_else(|| id.short(), |name| text(name))
     }
 
     /// `name (short id)`.
@@ -53,15 +55,28 @@ pub(crate) fn one_line(bytes: &[u8], max_chars: usize) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push(' '),
-            c if c.is_control() => out.push('?'),
+            c if c.is_control() || is_invisible(c) => out.push('?'),
             c => out.push(c),
         }
     }
     out
 }
 
-fn quoted(text: &str) -> String {
-    format!("\"{}\"", one_line(text.as_bytes(), 120))
+/// Characters that change how a terminal shows the rest of a line without
+/// showing themselves: bidirectional overrides and isolates, zero-width
+/// marks.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// A name, key or reason from the log as printable text: anything an agent
+/// or an operator chose is escaped before it reaches a terminal.
+pub(crate) fn text(s: &str) -> String {
+    one_line(s.as_bytes(), 2000)
+}
+
+fn quoted(s: &str) -> String {
+    format!("\"{}\"", one_line(s.as_bytes(), 120))
 }
 
 /// One readable line for an event of record `seq`.
@@ -70,7 +85,7 @@ pub(crate) fn human(seq: u64, origin: EntityId, event: &Event, names: &Names) ->
     let body = match event {
         Event::ComponentInstalled { component } => format!(
             "component {} installed ({}, {})",
-            component.name,
+            text(&component.name),
             component.digest.short(),
             size(component.size)
         ),
@@ -82,17 +97,19 @@ pub(crate) fn human(seq: u64, origin: EntityId, event: &Event, names: &Names) ->
             )
         }
         Event::AgentTerminated { agent, by, reason } => format!(
-            "agent {} terminated by {}: {reason}",
+            "agent {} terminated by {}: {}",
             names.agent(*agent),
-            names.who(*by)
+            names.who(*by),
+            text(reason)
         ),
         Event::AgentFaulted {
             agent,
             reason,
             consecutive,
         } => format!(
-            "agent {} faulted ({consecutive} in a row): {reason}",
-            names.agent(*agent)
+            "agent {} faulted ({consecutive} in a row): {}",
+            names.agent(*agent),
+            text(reason)
         ),
         Event::TaskScheduled {
             task, agent, spec, ..
@@ -120,55 +137,98 @@ pub(crate) fn human(seq: u64, origin: EntityId, event: &Event, names: &Names) ->
             agent,
             reason,
         } => format!(
-            "task {} of {} failed: {reason}",
+            "task {} of {} failed: {}",
             task.short(),
-            names.who(*agent)
+            names.who(*agent),
+            text(reason)
         ),
         Event::ObservationEmitted { agent, topic, data } => match topic {
             Some(topic) => format!(
-                "{} observed [{topic}]: {}",
+                "{} observed [{}]: {}",
                 names.who(*agent),
+                text(topic),
                 one_line(data, 200)
             ),
             None => format!("{} observed: {}", names.who(*agent), one_line(data, 200)),
         },
         Event::StatePut { agent, key, value } => format!(
-            "{} set state `{key}` ({})",
+            "{} set state `{}` ({})",
             names.who(*agent),
+            text(key),
             size(value.len() as u64)
         ),
         Event::StateDeleted { agent, key, .. } => {
-            format!("{} deleted state `{key}`", names.who(*agent))
+            format!("{} deleted state `{}`", names.who(*agent), text(key))
         }
         Event::TokenRevoked { revocation_id } => {
             format!("token revoked: {}", hex(revocation_id))
         }
         Event::CapabilityDenied { agent, denial } => {
             let target = denial.targets.first().map_or("", String::as_str);
-            let what = format!("{} {target}", denial.operation);
+            let what = text(&format!("{} {target}", denial.operation));
+            let reason = text(&denial.reason);
             if denial.delegation {
                 format!(
                     "denied {} delegating `{}`: {}",
                     names.who(*agent),
                     what.trim_end(),
-                    denial.reason
+                    reason
                 )
             } else {
                 format!(
                     "denied {}: {}: {}",
                     names.who(*agent),
                     what.trim_end(),
-                    denial.reason
+                    reason
                 )
             }
         }
         Event::ExtensionApplied { family, opcode, .. } => {
-            format!("{by}: extension {family} opcode {opcode} applied")
+            format!("{by}: extension {} opcode {opcode} applied", text(family))
         }
         Event::AgentQuarantined { agent, reason } => {
-            format!("agent {} quarantined: {reason}", names.agent(*agent))
+            format!(
+                "agent {} quarantined: {}",
+                names.agent(*agent),
+                text(reason)
+            )
         }
         Event::AgentResumed { agent } => format!("agent {} resumed by {by}", names.agent(*agent)),
+        Event::RulesAdopted { rules } => format!(
+            "rules version {} adopted: {}",
+            rules.version,
+            describe_rules(rules)
+        ),
+        Event::BudgetsSet { agent, budgets } => format!(
+            "agent {} budgets: {}",
+            names.agent(*agent),
+            describe_budgets(budgets)
+        ),
+        Event::RefusalsRecorded {
+            task,
+            agent,
+            first,
+            count,
+        } => format!(
+            "task {} of {}: {count} refused operation(s) recorded at index {first}",
+            task.short(),
+            names.who(*agent)
+        ),
+        Event::QuotaExceeded {
+            agent,
+            reason,
+            consecutive,
+            ..
+        } => format!(
+            "agent {} ran into a quota ({consecutive} faults in a row): {}",
+            names.agent(*agent),
+            text(reason)
+        ),
+        Event::HostCondition { agent, reason } => format!(
+            "host condition while running {}: {}",
+            names.agent(*agent),
+            text(reason)
+        ),
     };
     format!("#{seq:<5} {body}")
 }
@@ -279,11 +339,114 @@ pub(crate) fn json(applied: &Applied, event: &Event) -> Value {
             json!({"agent": agent.to_string(), "reason": reason})
         }
         Event::AgentResumed { agent } => json!({"agent": agent.to_string()}),
+        Event::RulesAdopted { rules } => json!({
+            "version": rules.version,
+            "max_live_agents": rules.max_live_agents,
+            "max_children": rules.max_children,
+            "max_depth": rules.max_depth,
+            "quotas": quotas_json(&rules.quotas),
+        }),
+        Event::BudgetsSet { agent, budgets } => json!({
+            "agent": agent.to_string(),
+            "log_bytes_per_second": budgets.log_bytes_per_second,
+            "ops_per_second": budgets.ops_per_second,
+            "tasks_per_second": budgets.tasks_per_second,
+            "log_bytes_total": budgets.log_bytes_total,
+            "tasks_total": budgets.tasks_total,
+            "children": budgets.children,
+        }),
+        Event::RefusalsRecorded {
+            task,
+            agent,
+            first,
+            count,
+        } => {
+            json!({"task": task.to_string(), "agent": agent.to_string(), "first": first, "count": count})
+        }
+        Event::QuotaExceeded {
+            agent,
+            quota,
+            reason,
+            consecutive,
+        } => json!({
+            "agent": agent.to_string(),
+            "quota": format!("{quota:?}"),
+            "reason": reason,
+            "consecutive": consecutive,
+        }),
+        Event::HostCondition { agent, reason } => {
+            json!({"agent": agent.to_string(), "reason": reason})
+        }
     };
     if let (Value::Object(o), Value::Object(f)) = (&mut object, fields) {
         o.extend(f);
     }
     object
+}
+
+fn rate(rate: &toka_kernel::Rate, unit: impl Fn(u64) -> String) -> String {
+    if rate.is_unlimited() {
+        "unlimited".into()
+    } else {
+        format!("{}/s (burst {})", unit(rate.per_second), unit(rate.burst))
+    }
+}
+
+/// The rules in one line.
+fn describe_rules(rules: &toka_kernel::Rules) -> String {
+    let q = &rules.quotas;
+    let count = |n: u64| n.to_string();
+    let bytes = |n: u64| size(n);
+    let mut parts = vec![
+        format!("log {}", rate(&q.log_bytes, bytes)),
+        format!("operations {}", rate(&q.ops, count)),
+        format!("tasks {}", rate(&q.tasks, count)),
+    ];
+    if let Some(total) = q.log_bytes_total {
+        parts.push(format!("log in all {}", size(total)));
+    }
+    if let Some(total) = q.tasks_total {
+        parts.push(format!("tasks in all {total}"));
+    }
+    parts.push(format!(
+        "{} live agents, {} children each, depth {}",
+        rules.max_live_agents, rules.max_children, rules.max_depth
+    ));
+    parts.join(", ")
+}
+
+/// An agent's budgets in one line.
+fn describe_budgets(b: &toka_kernel::Budgets) -> String {
+    let mut parts = Vec::new();
+    let mut put = |name: &str, v: Option<String>| {
+        if let Some(v) = v {
+            parts.push(format!("{name}={v}"));
+        }
+    };
+    put("log_rate", b.log_bytes_per_second.map(size));
+    put("op_rate", b.ops_per_second.map(|n| n.to_string()));
+    put("task_rate", b.tasks_per_second.map(|n| n.to_string()));
+    put("log", b.log_bytes_total.map(size));
+    put("tasks", b.tasks_total.map(|n| n.to_string()));
+    put("children", b.children.map(|n| n.to_string()));
+    parts.join(" ")
+}
+
+fn quotas_json(q: &toka_kernel::Quotas) -> Value {
+    let rate = |r: &toka_kernel::Rate| {
+        if r.is_unlimited() {
+            Value::Null
+        } else {
+            json!({"per_second": r.per_second, "burst": r.burst})
+        }
+    };
+    json!({
+        "log_bytes": rate(&q.log_bytes),
+        "ops": rate(&q.ops),
+        "tasks": rate(&q.tasks),
+        "log_bytes_total": q.log_bytes_total,
+        "tasks_total": q.tasks_total,
+    })
 }
 
 /// Bytes as `key` (text, when they are UTF-8) or `key_hex`.

@@ -8,7 +8,7 @@ use toka_host::{Budget, Grant, Right};
 use toka_kernel::{AgentStatus, Digest, EntityId, Event, TaskId};
 
 use crate::output::out;
-use crate::render::{Names, one_line};
+use crate::render::{Names, one_line, text};
 use crate::{CliResult, Failure, Place, drive};
 
 /// Arguments of `toka run`.
@@ -42,35 +42,59 @@ pub(crate) struct Args {
     /// token instead (`toka token attenuate --budget`).
     #[arg(long = "budget", value_name = "NAME=VALUE", conflicts_with = "token")]
     budgets: Vec<String>,
+    /// Stop after this many tasks have run (0: no limit); what is left runs
+    /// on the next `toka run`.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_tasks: u64,
+    /// Stop after this long (0s: no limit); what is left runs on the next
+    /// `toka run`.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = toka_host::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
+    // Everything that can be checked without the data dir is checked first.
     let (default_name, bytes) = load(&args.agent)?;
     let mut extra = Vec::new();
     let mut specs: Vec<&str> = args.with.iter().map(String::as_str).collect();
     specs.extend(companion(&args.agent));
     for spec in specs {
-        extra.push(load(spec)?);
+        extra.push((spec.to_owned(), load(spec)?));
     }
     let name = args.name.unwrap_or(default_name);
     let grant = grant(args.token.as_deref(), &args.grants, &args.budgets)?;
+    let bounds = drive::Bounds {
+        max_tasks: args.max_tasks,
+        timeout: (!args.timeout.is_zero()).then_some(args.timeout),
+    };
 
-    let opened = drive::open(place).await?;
+    let opened = drive::open(place, drive::Mode::Run).await?;
     let host = &opened.host;
-    let installed = async {
-        for (extra_name, extra_bytes) in extra {
-            host.install(&extra_name, extra_bytes).await?;
+    // Then what needs the host — every component and the token — before
+    // anything is recorded, so bad input leaves the log as it was.
+    let checked = async {
+        for (spec, (_, extra_bytes)) in &extra {
+            host.validate(extra_bytes)
+                .await
+                .map_err(|e| Failure::input(format!("{spec}: {e}")))?;
         }
-        host.install(&name, bytes).await
+        host.validate(&bytes)
+            .await
+            .map_err(|e| Failure::input(format!("{}: {e}", args.agent)))?;
+        if let Some(grant) = &grant {
+            host.check_grant(grant).map_err(Failure::from)?;
+        }
+        Ok::<(), Failure>(())
     }
     .await;
-    let digest = match installed {
-        Ok(digest) => digest,
-        Err(e) => {
-            drive::discard(opened, place).await;
-            return Err(Failure::input(format!("{}: {e}", args.agent)));
-        }
-    };
+    if let Err(e) = checked {
+        drive::discard(opened, place).await;
+        return Err(e);
+    }
+    for (_, (extra_name, extra_bytes)) in extra {
+        host.install(&extra_name, extra_bytes).await?;
+    }
+    let digest = host.install(&name, bytes).await?;
 
     // Reuse the running agent (and its token) unless told which token to use.
     let existing = if grant.is_none() {
@@ -91,7 +115,7 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
             match host.spawn(digest, &name, grant).await {
                 Ok(agent) => agent,
                 Err(e) => {
-                    drive::discard(opened, place).await;
+                    opened.host.shutdown().await?;
                     return Err(e.into());
                 }
             }
@@ -105,7 +129,7 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
 
     let mut names = host.state(Names::from_state);
     let mut failed = 0;
-    drive::until_idle(host, &mut rx, |batch| {
+    let ending = drive::until_idle(host, &mut rx, bounds, |batch| {
         for record in &batch.records {
             for event in &record.events {
                 names.learn(event);
@@ -113,17 +137,29 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
                     Event::ObservationEmitted { agent, data, .. } => {
                         out!("{}: {}", names.who(*agent), one_line(data, usize::MAX));
                     }
-                    Event::TaskFailed { task, reason, .. } if pending.contains_key(task) => {
+                    // Every failure counts: this run's tasks, what they
+                    // caused, and tasks re-run after a crash.
+                    Event::TaskFailed {
+                        task,
+                        agent: a,
+                        reason,
+                    } => {
                         failed += 1;
+                        let what = pending
+                            .get(task)
+                            .map_or_else(String::new, |text| format!(" ({text:?})"));
                         eprintln!(
-                            "task {} ({:?}) failed: {reason}",
+                            "task {}{what} of {} failed: {}",
                             task.short(),
-                            pending[task]
+                            names.who(*a),
+                            text(reason)
                         );
                     }
-                    Event::AgentQuarantined { agent: a, reason } if *a == agent => {
+                    Event::AgentQuarantined { agent: a, reason } => {
                         eprintln!(
-                            "agent {name} ({agent}) is quarantined: {reason}; its queued tasks wait until `toka agent resume {agent}`"
+                            "agent {} ({a}) is quarantined: {}; its queued tasks wait until `toka agent resume {a}`",
+                            names.who(*a),
+                            text(reason)
                         );
                     }
                     _ => {}
@@ -133,10 +169,16 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
     })
     .await?;
     opened.host.shutdown().await?;
-    if args.tasks.is_empty() {
-        eprintln!("agent {name} ({agent}) is ready; give it work with --task");
+    if let Some(line) = ending.explain() {
+        eprintln!("{line}");
     }
-    Ok(if failed == 0 {
+    if args.tasks.is_empty() && !ending.cut_short() {
+        eprintln!(
+            "agent {} ({agent}) is ready; give it work with --task",
+            text(&name)
+        );
+    }
+    Ok(if failed == 0 && !ending.cut_short() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -221,7 +263,9 @@ fn find_root_agent(
     });
     match found {
         Some((id, AgentStatus::Quarantined { reason })) => Err(Failure::work(format!(
-            "agent {name} ({id}) is quarantined ({reason}); `toka agent resume {id}` lets it run again"
+            "agent {} ({id}) is quarantined ({}); `toka agent resume {id}` lets it run again",
+            text(name),
+            text(&reason)
         ))),
         other => Ok(other.map(|(id, _)| id)),
     }

@@ -69,7 +69,12 @@ pub(crate) fn replay(data: &Path, args: ReplayArgs) -> CliResult {
 
 /// `toka snapshot`: write a snapshot at the head.
 pub(crate) async fn snapshot(place: &Place) -> CliResult {
-    let opened = crate::drive::open(place).await?;
+    if !place.dir().exists() {
+        return Err(crate::Failure::input(toka_host::DataDirError::Missing(
+            place.data.clone(),
+        )));
+    }
+    let opened = crate::drive::open(place, crate::drive::Mode::Admin).await?;
     let taken = opened.host.snapshot().await;
     opened.host.shutdown().await?;
     out!("snapshot written at record {}", taken?);
@@ -129,12 +134,12 @@ fn print_table(kernel: &Kernel) {
             names.who(a.parent)
         };
         let running = a.running.map_or_else(|| "-".to_owned(), |t| t.short());
-        let keys: Vec<&str> = a.state.keys().map(String::as_str).collect();
+        let keys: Vec<String> = a.state.keys().map(|k| render::text(k)).collect();
         out!(
             "  {} {:<14} {:<10} parent {:<12} queued {:<3} running {:<8} completed {:<4} failed {:<4} state [{}]",
             id.short(),
-            a.name,
-            render::status(&a.status),
+            render::text(&a.name),
+            render::text(&render::status(&a.status)),
             parent,
             a.queue.len(),
             running,
@@ -148,7 +153,7 @@ fn print_table(kernel: &Kernel) {
         out!(
             "  {} {:<14} {}",
             render::short(&c.digest),
-            c.name,
+            render::text(&c.name),
             render::size(c.size)
         );
     }

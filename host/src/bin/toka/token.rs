@@ -73,13 +73,11 @@ pub(crate) async fn main(place: &Place, command: Command) -> CliResult {
         } => {
             let rights = parse_rights(&rights)?;
             let budgets = parse_budgets(&budgets)?;
-            let expires = expires
-                .map(|d| {
-                    toka_host::parse_duration(&d)
-                        .map(|d| SystemTime::now() + d)
-                        .map_err(Failure::input)
-                })
-                .transpose()?;
+            let expires = expires.map(|d| expiry(&d)).transpose()?;
+            for right in &rights {
+                toka_host::check_fs_right(right, &place.protected_paths())
+                    .map_err(Failure::input)?;
+            }
             let root = place.root_key(true)?;
             let token = Token::issue(&root, &rights, &budgets, expires).map_err(Failure::work)?;
             out!("{}", token.to_base64());
@@ -110,7 +108,12 @@ pub(crate) async fn main(place: &Place, command: Command) -> CliResult {
         Command::Inspect { file } => inspect(place, &file)?,
         Command::Revoke { id, force } => {
             let bytes = parse_revocation_id(&id)?;
-            let opened = drive::open(place).await?;
+            if !place.dir().exists() {
+                return Err(Failure::input(toka_host::DataDirError::Missing(
+                    place.data.clone(),
+                )));
+            }
+            let opened = drive::open(place, drive::Mode::Admin).await?;
             let result = opened.host.revoke(bytes, force).await;
             opened.host.shutdown().await?;
             result?;
@@ -118,6 +121,19 @@ pub(crate) async fn main(place: &Place, command: Command) -> CliResult {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The time a token given `--expires DURATION` expires at.
+fn expiry(duration: &str) -> Result<SystemTime, Failure> {
+    let d = toka_host::parse_duration(duration).map_err(Failure::input)?;
+    SystemTime::now()
+        .checked_add(d)
+        .filter(|at| {
+            // Biscuit dates are seconds in an i64.
+            at.duration_since(SystemTime::UNIX_EPOCH)
+                .is_ok_and(|since| since.as_secs() < i64::MAX as u64)
+        })
+        .ok_or_else(|| Failure::input(format!("--expires {duration} is too far in the future")))
 }
 
 fn parse_rights(rights: &[String]) -> Result<Vec<Right>, Failure> {

@@ -1,0 +1,661 @@
+//! The sequencer: the one writer of the kernel, and the log writer behind it.
+//!
+//! Every command passes through [`Sequencer`] under one lock, so the lock's
+//! order is the log's total order: stamp the logical time, authorize the
+//! operation against the agent's token (in that same order, so a revocation
+//! applied before an operation denies it), apply through the kernel, append
+//! the sealed record to the pending batch, answer the caller. A guest's
+//! `submit` returns right there — applied, not yet durable — with no hand-off
+//! to another thread, which keeps the per-operation cost near the kernel's.
+//!
+//! The concepts around that core each have a file:
+//! - `writer`: the thread that commits pending batches and then publishes
+//!   them; group commit emerges from load, and submitters wait when the
+//!   pending batch is full (in records or bytes).
+//! - `journal`: answering a re-run task's operations from the log, and
+//!   recording what was refused so the answers stay the same.
+//! - `spawn`: spawning and delegation (the child's token, its budgets).
+//! - `denials`: recording denials, rate-limited.
+
+mod denials;
+mod journal;
+mod spawn;
+mod writer;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use toka_kernel::{
+    AgentId, Applied, Authorization, Command, Digest, EntityId, EntityKind, Event, Kernel,
+    KernelError, OpKey, Operation, Quota, Refusal, RefusalKind, TaskId, Timestamp,
+};
+use tokio::sync::watch;
+
+use crate::bus::CommittedRecord;
+use crate::clock::Clock;
+use crate::event_store::{Batch, EventStore};
+use crate::gate::{Check, Gate, check_for};
+use crate::token::Token;
+
+pub(crate) use spawn::Spawn;
+
+/// The host stopped accepting operations (the log writer failed, or the host
+/// is shutting down); carries the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the host stopped: {0}")]
+pub struct Stopped(pub String);
+
+/// Why an agent's call must end its task rather than return an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Halt {
+    /// The host stopped.
+    Stopped(Stopped),
+    /// A re-run task submitted another operation than the log holds for
+    /// that position; the message names both.
+    Diverged(String),
+}
+
+impl From<Stopped> for Halt {
+    fn from(s: Stopped) -> Self {
+        Halt::Stopped(s)
+    }
+}
+
+/// What a caller learns when its operation is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Receipt {
+    pub(crate) seq: u64,
+    /// The agent or task the operation created.
+    pub(crate) created: Option<EntityId>,
+}
+
+/// What an agent learns when its operation is refused: nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refused {
+    /// The category.
+    pub(crate) kind: RefusalKind,
+    /// For a person, without the category.
+    pub(crate) message: String,
+    /// The quota it ran into, if that was the reason: the task ends.
+    pub(crate) quota: Option<Quota>,
+}
+
+impl From<KernelError> for Refused {
+    fn from(e: KernelError) -> Self {
+        let (kind, message) = match &e {
+            KernelError::CapabilityDenied {
+                operation, reason, ..
+            } => (
+                RefusalKind::CapabilityDenied,
+                format!("{operation}: {reason}"),
+            ),
+            KernelError::UnknownEntity { kind, id } => {
+                (RefusalKind::UnknownEntity, format!("no {kind} {id}"))
+            }
+            KernelError::LimitExceeded { limit, max, actual } => (
+                RefusalKind::LimitExceeded,
+                format!("{limit} would be {actual}, the limit is {max}"),
+            ),
+            KernelError::UnsupportedOperation { family } => (
+                RefusalKind::Unsupported,
+                format!("no handler is registered for extension family `{family}`"),
+            ),
+            KernelError::InvalidOperation { operation, message } => (
+                RefusalKind::InvalidOperation,
+                format!("{operation}: {message}"),
+            ),
+            KernelError::QuotaExceeded { .. } => (RefusalKind::QuotaExceeded, e.to_string()),
+            other => (RefusalKind::Other, other.to_string()),
+        };
+        let quota = match e {
+            KernelError::QuotaExceeded { quota, .. } => Some(quota),
+            _ => None,
+        };
+        Refused {
+            kind,
+            message,
+            quota,
+        }
+    }
+}
+
+/// An agent's request, before the sequencer resolves what needs the state.
+#[derive(Debug)]
+pub(crate) enum Request {
+    /// A kernel operation as is.
+    Op(Operation),
+    /// A spawn, as the agent asked for it.
+    Spawn(Spawn),
+}
+
+/// What a system command brings along into the store.
+#[derive(Debug, Default)]
+pub(crate) struct Attachments {
+    /// Component bytes, by digest.
+    pub(crate) blob: Option<(Digest, Arc<[u8]>)>,
+    /// A token the command binds to a new agent.
+    pub(crate) token: Option<Token>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Sequencer {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    core: Mutex<Core>,
+    /// Wakes the writer when there is something pending (or on close).
+    work: Condvar,
+    /// The highest durable sequence number.
+    committed: watch::Sender<u64>,
+    /// The highest sequence number whose batch was also published (bus,
+    /// scheduler); trails `committed` by the publishing step.
+    published: watch::Sender<u64>,
+}
+
+struct Core {
+    writer: writer::State,
+    kernel: Kernel,
+    gate: Gate,
+    /// Where re-run tasks find the operations they already applied.
+    store: Arc<dyn EventStore>,
+    /// Write a snapshot with the batch that passes this many records since
+    /// the last one (0: never).
+    snapshot_every: u64,
+    last_snapshot: u64,
+    /// Skips the gate (only the benchmarks' feature sets it).
+    skip_gate: bool,
+    clock: Arc<dyn Clock>,
+    pending: Batch,
+    pending_records: Vec<CommittedRecord>,
+    /// Bytes held by the pending batch: records, blobs, and the events'
+    /// copies of the payloads.
+    pending_bytes: usize,
+    /// Per running task: what was refused since its last applied operation.
+    refusals: HashMap<TaskId, Vec<Refusal>>,
+    denials: denials::Denials,
+    stopped: Option<Stopped>,
+    closing: bool,
+}
+
+/// What a sequencer is configured with besides its parts.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Options {
+    pub(crate) snapshot_every: u64,
+    /// Sequence number of the newest snapshot at start.
+    pub(crate) last_snapshot: u64,
+    pub(crate) skip_gate: bool,
+}
+
+impl Sequencer {
+    /// A sequencer continuing from `kernel` (already replayed from the log).
+    pub(crate) fn new(
+        kernel: Kernel,
+        gate: Gate,
+        store: Arc<dyn EventStore>,
+        clock: Arc<dyn Clock>,
+        options: Options,
+    ) -> Self {
+        let head = kernel.head().seq;
+        Self {
+            shared: Arc::new(Shared {
+                core: Mutex::new(Core {
+                    writer: writer::State::Busy,
+                    kernel,
+                    gate,
+                    store,
+                    snapshot_every: options.snapshot_every,
+                    last_snapshot: options.last_snapshot,
+                    skip_gate: options.skip_gate,
+                    clock,
+                    pending: Batch::default(),
+                    pending_records: Vec::new(),
+                    pending_bytes: 0,
+                    refusals: HashMap::new(),
+                    denials: denials::Denials::default(),
+                    stopped: None,
+                    closing: false,
+                }),
+                work: Condvar::new(),
+                committed: watch::Sender::new(head),
+                published: watch::Sender::new(head),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding the lock would leave the kernel mid-apply;
+        // apply validates before it mutates, so the state is still whole.
+        self.shared.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the kernel (its state includes applied, not yet durable
+    /// operations).
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&Kernel) -> R) -> R {
+        f(&self.lock().kernel)
+    }
+
+    /// The logical time a command submitted now would get.
+    pub(crate) fn now(&self) -> Timestamp {
+        self.lock().stamp()
+    }
+
+    /// The token with this digest, verified.
+    pub(crate) fn token(&self, digest: &Digest) -> Result<Token, String> {
+        self.lock().gate.token(digest).cloned()
+    }
+
+    /// Authorizes an effect outside the log for `agent` — opening a host
+    /// directory, an HTTP request — against its token now (revocation and
+    /// expiry included). With `record`, a denial is recorded as for an
+    /// operation (rate-limited).
+    ///
+    /// # Errors
+    ///
+    /// Why not, naming the missing right.
+    pub(crate) fn authorize_effect(
+        &self,
+        agent: AgentId,
+        check: &Check,
+        record: bool,
+    ) -> Result<(), String> {
+        if let Some(len) = check.oversized() {
+            return Err(format!(
+                "the name is {len} bytes, over the limit of {}",
+                crate::gate::MAX_TARGET
+            ));
+        }
+        let mut core = self.lock();
+        let token = core
+            .kernel
+            .state()
+            .agent(agent)
+            .filter(|a| !a.is_terminated())
+            .map(|a| a.token)
+            .ok_or_else(|| format!("agent {agent} is gone"))?;
+        let time = core.stamp();
+        let decision = {
+            let core = &mut *core;
+            core.gate
+                .authorize(token, agent, check, time, core.kernel.state())
+        };
+        if let Err(reason) = &decision
+            && record
+        {
+            core.record_denial(agent, check, false, reason, time);
+        }
+        self.release(core);
+        decision
+    }
+
+    /// Authorizes and applies an agent's request, or, for an operation a
+    /// re-run task already applied or had refused, answers it from the log.
+    ///
+    /// The outer error ends the agent's task; the inner one is a refusal the
+    /// agent sees (nothing changed, a denial may be recorded).
+    pub(crate) async fn submit_agent(
+        &self,
+        agent: AgentId,
+        cause: Option<OpKey>,
+        request: Request,
+    ) -> Result<Result<Receipt, Refused>, Halt> {
+        let mut core = self.lock_with_room().await?;
+        if let Some(key) = cause
+            && let Some(answer) = core.journal_answer(key, &request)
+        {
+            drop(core);
+            return answer.map_err(Halt::Diverged);
+        }
+        let result = core.submit_agent(agent, cause, request);
+        self.release(core);
+        Ok(result)
+    }
+
+    /// The agent's state value at `key`, as the task at `position` saw it
+    /// (before its operation `position.index`, if it already applied that).
+    pub(crate) fn state_value(
+        &self,
+        agent: AgentId,
+        position: Option<OpKey>,
+        key: &str,
+    ) -> Option<Vec<u8>> {
+        self.read(|kernel| journal::state_value(kernel.state(), agent, position, key))
+    }
+
+    /// The agent's state keys, as the task at `position` saw them.
+    pub(crate) fn state_keys(&self, agent: AgentId, position: Option<OpKey>) -> Vec<String> {
+        self.read(|kernel| journal::state_keys(kernel.state(), agent, position))
+    }
+
+    /// The start of the running task `task` (for its clocks).
+    pub(crate) fn run_started_at(&self, task: TaskId) -> Option<Timestamp> {
+        self.read(|k| k.state().task(task)?.status.run().map(|r| r.started_at))
+    }
+
+    /// Writes a snapshot of the state at the log's head, once everything
+    /// applied is durable; returns its sequence number.
+    pub(crate) async fn snapshot_now(&self) -> Result<u64, Stopped> {
+        loop {
+            let head = self.read(|k| k.head().seq);
+            self.wait_durable(head).await?;
+            let mut core = self.lock();
+            core.check_running()?;
+            if !core.pending.is_empty() || core.kernel.head().seq != head {
+                continue;
+            }
+            let bytes = crate::snapshot::encode(&core.kernel);
+            core.last_snapshot = head;
+            let store = Arc::clone(&core.store);
+            drop(core);
+            store
+                .put_snapshot(head, bytes)
+                .map_err(|e| Stopped(format!("writing the snapshot failed: {e}")))?;
+            return Ok(head);
+        }
+    }
+
+    /// Applies a command the host issues on its own authority (operator
+    /// commands, task lifecycle records), storing `attachments` with it.
+    pub(crate) async fn submit_system(
+        &self,
+        origin: EntityId,
+        op: Operation,
+        attachments: Attachments,
+    ) -> Result<Result<Receipt, KernelError>, Stopped> {
+        let mut core = self.lock_with_room().await?;
+        let command = Command::system(origin, core.stamp(), op);
+        if let Some(token) = &attachments.token {
+            core.gate.admit(token.clone());
+        }
+        let result = core.apply(command, attachments);
+        self.release(core);
+        Ok(result)
+    }
+
+    /// Spawns a root agent on the operator's authority, bound to `token`
+    /// (admitted before), with its budgets recorded in the same batch.
+    pub(crate) async fn spawn_root(
+        &self,
+        spec: toka_kernel::AgentSpec,
+        token: Token,
+        budgets: toka_kernel::Budgets,
+    ) -> Result<Result<Receipt, KernelError>, Stopped> {
+        let mut core = self.lock_with_room().await?;
+        let result = core.spawn_root(spec, token, budgets);
+        self.release(core);
+        Ok(result)
+    }
+
+    /// Locks the core once the pending batch is below its bounds (waiting
+    /// for the writer otherwise).
+    async fn lock_with_room(&self) -> Result<MutexGuard<'_, Core>, Stopped> {
+        loop {
+            {
+                let core = self.lock();
+                core.check_running()?;
+                if !core.is_full() {
+                    return Ok(core);
+                }
+            }
+            // Subscribe first, then re-check, so a commit in between is not missed.
+            let mut rx = self.shared.committed.subscribe();
+            if !self.lock().is_full() {
+                continue;
+            }
+            if rx.changed().await.is_err() {
+                return Err(Stopped("the log writer is gone".into()));
+            }
+        }
+    }
+
+    /// Unlocks the core, waking the writer if it sleeps with work pending.
+    fn release(&self, core: MutexGuard<'_, Core>) {
+        let wake = core.writer == writer::State::Idle && !core.pending.is_empty();
+        drop(core);
+        if wake {
+            self.shared.work.notify_one();
+        }
+    }
+
+    /// Waits until the record at `seq` is durable.
+    pub(crate) async fn wait_durable(&self, seq: u64) -> Result<(), Stopped> {
+        let mut rx = self.shared.committed.subscribe();
+        loop {
+            if *rx.borrow_and_update() >= seq {
+                return Ok(());
+            }
+            self.lock().check_running()?;
+            if rx.changed().await.is_err() {
+                return Err(Stopped("the log writer is gone".into()));
+            }
+        }
+    }
+
+    /// The highest durable sequence number.
+    pub(crate) fn committed(&self) -> u64 {
+        *self.shared.committed.borrow()
+    }
+
+    /// A receiver of the highest published sequence number.
+    pub(crate) fn published(&self) -> watch::Receiver<u64> {
+        self.shared.published.subscribe()
+    }
+
+    /// Why the host stopped, if it did.
+    pub(crate) fn stopped(&self) -> Option<Stopped> {
+        self.lock().stopped.clone()
+    }
+
+    /// Stops accepting operations; the writer commits what is pending and exits.
+    pub(crate) fn close(&self) {
+        let mut core = self.lock();
+        core.closing = true;
+        if core.stopped.is_none() {
+            core.stopped = Some(Stopped("the host is shutting down".into()));
+        }
+        drop(core);
+        self.shared.work.notify_all();
+        self.shared.published.send_modify(|_| {});
+    }
+}
+
+impl Core {
+    fn check_running(&self) -> Result<(), Stopped> {
+        match &self.stopped {
+            Some(stopped) => Err(stopped.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.pending_records.len() >= writer::MAX_PENDING_RECORDS
+            || self.pending_bytes >= writer::MAX_PENDING_BYTES
+    }
+
+    /// The next logical time: the clock, but never before the last stamp.
+    fn stamp(&self) -> Timestamp {
+        self.clock.now().max(self.kernel.state().time())
+    }
+
+    fn submit_agent(
+        &mut self,
+        agent: AgentId,
+        cause: Option<OpKey>,
+        request: Request,
+    ) -> Result<Receipt, Refused> {
+        let digest = cause.map(|_| journal::request_digest(&request));
+        let result = self.try_submit_agent(agent, cause, request);
+        match (&result, cause, digest) {
+            (Ok(_), Some(key), _) => self.record_refusals(agent, key.task),
+            (Err(refused), Some(key), Some(digest)) if refused.quota.is_none() => {
+                self.remember_refusal(key.task, digest, refused);
+            }
+            _ => {}
+        }
+        if let Err(refused) = &result
+            && let Some(quota) = refused.quota
+        {
+            // Recorded once: the quota ends the agent's task.
+            let reason =
+                crate::host::clip(&refused.message, self.kernel.limits().max_reason as usize);
+            let time = self.stamp();
+            let hit = Operation::RecordQuotaHit {
+                agent,
+                quota,
+                reason,
+            };
+            if let Err(e) = self.apply(Command::system(agent, time, hit), Attachments::default()) {
+                tracing::warn!(agent = %agent.short(), error = %e, "could not record a quota hit");
+            }
+        }
+        result
+    }
+
+    fn try_submit_agent(
+        &mut self,
+        agent: AgentId,
+        cause: Option<OpKey>,
+        request: Request,
+    ) -> Result<Receipt, Refused> {
+        let token = self
+            .kernel
+            .state()
+            .agent(agent)
+            .map(|a| a.token)
+            .ok_or_else(|| unknown(EntityKind::Agent, agent))?;
+        let time = self.stamp();
+        match request {
+            Request::Op(op) => {
+                if !self.skip_gate
+                    && let Some(check) = check_for(&op, agent, self.kernel.state())
+                {
+                    self.authorize(agent, token, op.kind(), &check, None, time)?;
+                }
+                let command = Command {
+                    origin: agent,
+                    time,
+                    auth: Authorization::Token,
+                    cause,
+                    op,
+                };
+                Ok(self.apply(command, Attachments::default())?)
+            }
+            Request::Spawn(request) => {
+                let prepared = self.prepare_spawn(agent, token, time, request)?;
+                let command = Command {
+                    origin: agent,
+                    time,
+                    auth: Authorization::Token,
+                    cause,
+                    op: prepared.op,
+                };
+                let attachments = Attachments {
+                    blob: None,
+                    token: Some(prepared.child),
+                };
+                let receipt = self.apply(command, attachments)?;
+                self.set_budgets(receipt, prepared.budgets, time);
+                Ok(receipt)
+            }
+        }
+    }
+
+    /// Asks the gate; on a denial records it (rate-limited) and returns the
+    /// error for the agent.
+    fn authorize(
+        &mut self,
+        agent: AgentId,
+        token: Digest,
+        kind: toka_kernel::OpKind,
+        check: &Check,
+        delegating: Option<&crate::rights::Right>,
+        time: Timestamp,
+    ) -> Result<(), KernelError> {
+        if let Some(len) = check.oversized() {
+            return Err(KernelError::LimitExceeded {
+                limit: toka_kernel::Limit::Name,
+                max: crate::gate::MAX_TARGET as u64,
+                actual: len as u64,
+            });
+        }
+        let Err(reason) = self
+            .gate
+            .authorize(token, agent, check, time, self.kernel.state())
+        else {
+            return Ok(());
+        };
+        let reason = match delegating {
+            Some(right) => format!("cannot delegate `{right}`: {reason}"),
+            None => reason,
+        };
+        self.record_denial(agent, check, delegating.is_some(), &reason, time);
+        Err(KernelError::CapabilityDenied {
+            origin: agent,
+            operation: kind,
+            reason,
+        })
+    }
+
+    fn apply(
+        &mut self,
+        command: Command,
+        attachments: Attachments,
+    ) -> Result<Receipt, KernelError> {
+        let ends_task = match &command.op {
+            Operation::CompleteTask { task, .. } | Operation::FailTask { task, .. } => Some(*task),
+            _ => None,
+        };
+        let Applied {
+            seq,
+            origin,
+            time,
+            bytes,
+            events,
+            ..
+        } = self.kernel.apply(command)?;
+        if let Some(task) = ends_task {
+            self.refusals.remove(&task);
+        }
+        let receipt = Receipt {
+            seq,
+            created: created(&events),
+        };
+        // The events hold the payloads the record also holds: count both.
+        self.pending_bytes += 2 * bytes.len();
+        self.pending.records.push((seq, bytes));
+        if let Some((digest, blob)) = attachments.blob {
+            self.pending_bytes += blob.len();
+            self.pending.blobs.push((digest, blob));
+        }
+        if let Some(token) = attachments.token {
+            self.pending_bytes += token.bytes().len();
+            self.pending
+                .tokens
+                .push((token.digest(), Arc::clone(token.bytes())));
+        }
+        self.pending.head = self.kernel.head();
+        self.pending_records.push(CommittedRecord {
+            seq,
+            origin,
+            time,
+            events,
+        });
+        Ok(receipt)
+    }
+}
+
+/// The entity a command created, for the receipt.
+fn created(events: &[Event]) -> Option<EntityId> {
+    events.iter().find_map(|e| match e {
+        Event::AgentSpawned { agent, .. } => Some(*agent),
+        Event::TaskScheduled { task, .. } => Some(*task),
+        _ => None,
+    })
+}
+
+fn unknown(kind: EntityKind, id: impl std::fmt::Display) -> KernelError {
+    KernelError::UnknownEntity {
+        kind,
+        id: id.to_string(),
+    }
+}

@@ -454,3 +454,77 @@ impl Gate {
         decision
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory_store::MemoryStore;
+    use crate::root_key::RootKey;
+
+    fn gate_with(rights: &[&str]) -> (Gate, Digest, WorldState) {
+        let root = RootKey::generate();
+        let rights: Vec<Right> = rights.iter().map(|r| r.parse().unwrap()).collect();
+        let token = Token::issue(&root, &rights, &[], None).unwrap();
+        let digest = token.digest();
+        let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new(Limits::default()));
+        let mut gate = Gate::new(root.public(), store, &Limits::default());
+        gate.admit(token);
+        (gate, digest, WorldState::default())
+    }
+
+    #[test]
+    fn denials_of_names_an_agent_makes_up_are_not_cached() {
+        // Regression: every denied extension family (agent-chosen text)
+        // stayed in a cache of 65 536 decisions with its full key and reason.
+        let (mut gate, token, state) = gate_with(&["observe"]);
+        let origin = EntityId::from_u128(9);
+        for i in 0..10_000 {
+            let check = Check {
+                operation: "extension",
+                targets: vec![format!("family-{i}-{}", "x".repeat(200))],
+            };
+            assert!(
+                gate.authorize(token, origin, &check, Timestamp(0), &state)
+                    .is_err()
+            );
+        }
+        assert!(gate.decisions.is_empty());
+        assert_eq!(gate.cached_bytes, 0);
+    }
+
+    #[test]
+    fn the_decision_cache_is_bounded_in_bytes() {
+        let (mut gate, token, state) = gate_with(&["extension *", "schedule *"]);
+        let origin = EntityId::from_u128(9);
+        for i in 0..40_000u128 {
+            let allowed = Check {
+                operation: "extension",
+                targets: vec![format!("family-{i}-{}", "y".repeat(200))],
+            };
+            assert!(
+                gate.authorize(token, origin, &allowed, Timestamp(0), &state)
+                    .is_ok()
+            );
+            let scheduled = Check {
+                operation: "schedule",
+                targets: vec![EntityId::from_u128(i).to_string()],
+            };
+            assert!(
+                gate.authorize(token, origin, &scheduled, Timestamp(0), &state)
+                    .is_ok()
+            );
+            assert!(gate.cached_bytes <= MAX_CACHED_BYTES);
+        }
+        assert!(!gate.decisions.is_empty());
+    }
+
+    #[test]
+    fn over_long_targets_are_flagged_before_the_gate() {
+        let check = Check {
+            operation: "http",
+            targets: vec!["h".repeat(MAX_TARGET + 1)],
+        };
+        assert_eq!(check.oversized(), Some(MAX_TARGET + 1));
+        assert_eq!(Check::literal("observe", None).oversized(), None);
+    }
+}

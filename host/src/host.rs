@@ -16,7 +16,7 @@ use crate::actor;
 use crate::agent_ctx::AgentCtx;
 use crate::bindings::AgentPre;
 use crate::budget::Budget;
-use crate::bus::{Bus, Committed, Subscription};
+use crate::bus::{Bus, Committed, CommittedRecord, Subscription};
 use crate::clock::{Clock, SystemClock};
 use crate::components::Components;
 use crate::error::HostError;
@@ -49,7 +49,9 @@ pub struct HostConfig {
     pub rules: Option<Rules>,
     /// Whether opening the host starts the agents that have work. Off for
     /// commands that only write a record (a revocation, a snapshot), so no
-    /// agent runs before it. Default on.
+    /// agent runs before it, and for callers that subscribe first and then
+    /// call [`Host::start_agents`] (so they see every event of the tasks
+    /// re-run after a crash). Default on.
     pub start_agents: bool,
     /// Agents that hold a live instance at once; the others wait for a
     /// place. An agent without work holds none. Default 512.
@@ -128,8 +130,8 @@ pub(crate) struct HostInner {
     pub(crate) instances: Arc<Semaphore>,
     /// See [`HostConfig::protected_paths`].
     pub(crate) protected_paths: Vec<std::path::PathBuf>,
-    /// Whether agents run ([`HostConfig::start_agents`]).
-    start_agents: bool,
+    /// Whether agents run ([`HostConfig::start_agents`], [`Host::start_agents`]).
+    agents_started: AtomicBool,
     /// Keys the guests' per-task randomness (derived from the root key).
     pub(crate) entropy: [u8; 32],
     store: Arc<dyn EventStore>,
@@ -187,13 +189,14 @@ impl Host {
         let sequencer = Sequencer::new(kernel, gate, Arc::clone(&store), config.clock, options);
         let bus = Arc::new(Bus::new());
         let adopt = rules_to_adopt(kernel_rules, config.rules);
+        let config_starts = config.start_agents;
         let inner = Arc::new(HostInner {
             sequencer,
             components,
             agent_limits: config.agent_limits,
             instances: Arc::new(Semaphore::new(config.max_instances.max(1))),
             protected_paths: config.protected_paths,
-            start_agents: config.start_agents,
+            agents_started: AtomicBool::new(config.start_agents),
             entropy: root.derive_secret("toka 2026-11 guest task randomness"),
             store: Arc::clone(&store),
             bus,
@@ -214,17 +217,29 @@ impl Host {
             ticker: Some(ticker),
         };
         if let Some(rules) = adopt {
-            host.submit(
-                EntityId::SYSTEM,
-                Operation::AdoptRules { rules },
-                Attachments::default(),
-            )
-            .await?;
+            let adopted = host
+                .submit(
+                    EntityId::SYSTEM,
+                    Operation::AdoptRules { rules },
+                    Attachments::default(),
+                )
+                .await?;
+            // Settled before anyone can subscribe: the record is published.
+            host.inner.sequencer.wait_published(adopted.seq).await?;
         }
-        if host.inner.start_agents {
+        if config_starts {
             host.resume();
         }
         Ok(host)
+    }
+
+    /// Starts the agents that have work, and every agent that gets work
+    /// from now on, when the host was opened without them
+    /// ([`HostConfig::start_agents`] off). Does nothing if they run already.
+    pub fn start_agents(&self) {
+        if !self.inner.agents_started.swap(true, Ordering::SeqCst) {
+            self.resume();
+        }
     }
 
     /// After a restart: agents whose task was running when the host stopped
@@ -252,6 +267,7 @@ impl Host {
     /// [`HostError::Component`] when the bytes are not a component this host
     /// can run as an agent; nothing is stored then.
     pub async fn install(&self, name: &str, bytes: Vec<u8>) -> Result<Digest, HostError> {
+        toka_kernel::validate_name("component", name, &self.state_limits())?;
         let digest = Digest::of(&bytes);
         if self.state(|s| s.component(&digest).is_some()) {
             return Ok(digest);
@@ -294,6 +310,7 @@ impl Host {
         name: &str,
         grant: Grant,
     ) -> Result<AgentId, HostError> {
+        toka_kernel::validate_name("agent", name, &self.state_limits())?;
         let token = self.token_for(grant)?;
         let budgets = crate::budget::kernel_budgets(&token.budgets()?);
         let spec = AgentSpec {
@@ -547,6 +564,28 @@ impl Host {
         self.inner.sequencer.read(|k| f(k.state()))
     }
 
+    /// The committed records from sequence number `from` on (at most
+    /// `limit` of them), with their events, read from the store: for a
+    /// subscriber that fell behind the bus. Costs a replay from the newest
+    /// snapshot before `from`.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Store`] when the store cannot be read,
+    /// [`HostError::Replay`] when the log does not replay.
+    pub fn log_events(&self, from: u64, limit: usize) -> Result<Vec<CommittedRecord>, HostError> {
+        let durable = self.inner.sequencer.committed();
+        let mut out = Vec::new();
+        read_events(self.inner.store.as_ref(), from, |record| {
+            if record.seq > durable || out.len() >= limit {
+                return false;
+            }
+            out.push(record);
+            true
+        })?;
+        Ok(out)
+    }
+
     /// The tip of the log (applied, possibly not yet durable).
     #[must_use]
     pub fn head(&self) -> ChainHead {
@@ -640,7 +679,7 @@ impl HostInner {
     /// Wakes the agent's actor, starting one if it has none (unless this
     /// host runs no agents).
     pub(crate) fn wake(self: &Arc<Self>, agent: AgentId) {
-        if !self.start_agents {
+        if !self.agents_started.load(Ordering::SeqCst) {
             return;
         }
         let mut actors = self.actors();
@@ -759,6 +798,55 @@ pub fn recover(store: &dyn EventStore) -> Result<(Kernel, u64), HostError> {
     }
     let kernel = Kernel::with_registry(limits, Registry::new());
     Ok((restore(store, kernel)?, 0))
+}
+
+/// Calls `f` with each stored record from `from` on, with its events, in
+/// order, until it returns false: replays from the newest snapshot before
+/// `from` (or from the start) without emitting, then emits.
+///
+/// # Errors
+///
+/// As [`recover`].
+pub fn read_events(
+    store: &dyn EventStore,
+    from: u64,
+    mut f: impl FnMut(CommittedRecord) -> bool,
+) -> Result<(), HostError> {
+    let limits = store.limits()?;
+    let mut kernel = None;
+    for seq in store.snapshots()?.into_iter().rev().filter(|s| *s < from) {
+        if let Some(bytes) = store.snapshot(seq)?
+            && let Ok(s) = crate::snapshot::decode(&bytes)
+            && s.head.seq == seq
+        {
+            kernel = Some(Kernel::from_snapshot(
+                s.state,
+                s.head,
+                limits.clone(),
+                Registry::new(),
+            ));
+            break;
+        }
+    }
+    let mut kernel = kernel.unwrap_or_else(|| Kernel::with_registry(limits, Registry::new()));
+    for entry in store.records(kernel.head().seq + 1)? {
+        let (seq, bytes) = entry?;
+        if seq < from {
+            kernel.restore(&bytes)?;
+            continue;
+        }
+        let applied = kernel.replay(&bytes)?;
+        let record = CommittedRecord {
+            seq: applied.seq,
+            origin: applied.origin,
+            time: applied.time,
+            events: applied.events,
+        };
+        if !f(record) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Continues `kernel` with the stored records after its head, on the

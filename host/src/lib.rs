@@ -49,7 +49,7 @@ pub use components::ComponentError;
 pub use data_dir::{DataDir, DataDirError};
 pub use error::HostError;
 pub use event_store::{Batch, DATA_FORMAT, EventStore, Records, SNAPSHOTS_KEPT, StoreError};
-pub use host::{Grant, Host, HostConfig, recover, replay};
+pub use host::{Grant, Host, HostConfig, read_events, recover, replay};
 pub use limits::AgentLimits;
 pub use memory_store::MemoryStore;
 pub use redb_store::RedbStore;

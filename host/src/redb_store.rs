@@ -55,9 +55,16 @@ enum Db {
     Read(ReadOnlyDatabase),
 }
 
+/// Bytes of pages redb keeps in memory. Its default is 1 GiB, which a
+/// write flood fills with pages nobody reads again; the host reads the log
+/// back only to recover, verify and answer re-runs.
+const CACHE_BYTES: usize = 64 << 20;
+
 fn builder() -> redb::Builder {
     let mut builder = redb::Builder::new();
-    builder.set_concurrency_mode(ConcurrencyMode::SingleWriter);
+    builder
+        .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+        .set_cache_size(CACHE_BYTES);
     builder
 }
 
@@ -129,6 +136,7 @@ impl RedbStore {
     ) -> Result<Self, StoreError> {
         let path = PathBuf::from(label);
         let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
             .create_with_backend(backend)
             .map_err(|e| open_error(&path, e))?;
         match init {

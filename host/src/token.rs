@@ -731,3 +731,26 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod admission {
+    use super::*;
+
+    #[test]
+    fn a_join_heavy_block_is_refused_at_admission() {
+        let root = RootKey::generate();
+        let token = Token::issue(&root, &["observe".parse().unwrap()], &[], None).unwrap();
+        let mut code = String::new();
+        for i in 0..60 {
+            code.push_str(&format!("n({i});\n"));
+        }
+        code.push_str("p($a, $b, $c) <- n($a), n($b), n($c);\n");
+        let block = BlockBuilder::new().code(code.as_str()).unwrap();
+        let biscuit = token.biscuit.append(block).unwrap();
+        let bytes = biscuit.to_vec().unwrap();
+        let heavy = Token::parse(&bytes, root.public(), 64 << 10).unwrap();
+        let err = heavy.admit(toka_kernel::Timestamp(0)).unwrap_err();
+        assert!(matches!(err, TokenError::TooExpensive(_)), "{err:?}");
+        assert!(token.admit(toka_kernel::Timestamp(0)).is_ok());
+    }
+}

@@ -910,24 +910,7 @@ impl WorldState {
         }
         check_size(Limit::Name, limits.max_name, name.len())?;
         if self.rules_version() >= 2 {
-            if let Some(c) = name.chars().find(|c| c.is_control()) {
-                return Err(KernelError::invalid(
-                    kind,
-                    format!(
-                        "{what} name has the control character {:?}; names are printable",
-                        c
-                    ),
-                ));
-            }
-            if RESERVED_NAMES
-                .iter()
-                .any(|reserved| name.trim().eq_ignore_ascii_case(reserved))
-            {
-                return Err(KernelError::invalid(
-                    kind,
-                    format!("`{}` is reserved and cannot name an {what}", name.trim()),
-                ));
-            }
+            check_printable(kind, what, name)?;
         }
         Ok(())
     }
@@ -1093,6 +1076,56 @@ impl WorldState {
         }
         Ok(())
     }
+}
+
+/// Checks a display name as the current rules do: not empty, within
+/// `limits`, printable (no control characters) and not reserved (`operator`,
+/// `system`). `what` names what it names (`agent`, `component`) in the error.
+///
+/// # Errors
+///
+/// [`KernelError::InvalidOperation`] or [`KernelError::LimitExceeded`]
+/// naming the problem.
+///
+/// # Examples
+///
+/// ```
+/// use toka_kernel::{Limits, validate_name};
+///
+/// assert!(validate_name("agent", "planner", &Limits::default()).is_ok());
+/// assert!(validate_name("agent", "bell\u{7}", &Limits::default()).is_err());
+/// assert!(validate_name("agent", "Operator", &Limits::default()).is_err());
+/// ```
+pub fn validate_name(what: &str, name: &str, limits: &Limits) -> Result<(), KernelError> {
+    let kind = if what == "component" {
+        OpKind::InstallComponent
+    } else {
+        OpKind::SpawnAgent
+    };
+    if name.trim().is_empty() {
+        return Err(KernelError::invalid(kind, format!("{what} name is empty")));
+    }
+    check_size(Limit::Name, limits.max_name, name.len())?;
+    check_printable(kind, what, name)
+}
+
+fn check_printable(kind: OpKind, what: &str, name: &str) -> Result<(), KernelError> {
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(KernelError::invalid(
+            kind,
+            format!("{what} name has the control character {c:?}; names are printable"),
+        ));
+    }
+    if RESERVED_NAMES
+        .iter()
+        .any(|reserved| name.trim().eq_ignore_ascii_case(reserved))
+    {
+        return Err(KernelError::invalid(
+            kind,
+            format!("`{}` is reserved and cannot name an {what}", name.trim()),
+        ));
+    }
+    Ok(())
 }
 
 fn check_quota(agent: EntityId, quota: Quota, limit: u64, wanted: u64) -> Result<(), KernelError> {

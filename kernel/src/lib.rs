@@ -31,7 +31,7 @@ mod rules;
 mod serde_bytes;
 mod state;
 
-pub use apply::MAX_REFUSAL_RUNS;
+pub use apply::{MAX_REFUSAL_RUNS, validate_name};
 pub use command::{Authorization, Command, OpKey, Timestamp};
 pub use error::{EntityKind, KernelError};
 pub use event::Event;

@@ -65,13 +65,22 @@ fn run_and_kill(data: &Path, first: bool, kill: Kill) -> (Vec<String>, bool) {
             agent_path("test-journal"),
             "--name",
             "j",
+            "--timeout",
+            "0s",
         ])
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     if first {
-        for _ in 0..tasks() {
-            cmd.args(["--task", &STEPS.to_string()]);
+        // Every other task is also refused something at each step: a re-run
+        // must get the same refusals at the same indices.
+        for i in 0..tasks() {
+            let task = if i % 2 == 0 {
+                STEPS.to_string()
+            } else {
+                format!("{STEPS} deny")
+            };
+            cmd.args(["--task", &task]);
         }
     }
     let mut child = cmd.spawn().expect("start toka");
@@ -157,7 +166,17 @@ fn sigkill_at_random_points_loses_nothing_and_applies_nothing_twice() {
     );
 
     // Let it finish.
-    let last = toka(&data, &["run", agent_path("test-journal"), "--name", "j"]);
+    let last = toka(
+        &data,
+        &[
+            "run",
+            agent_path("test-journal"),
+            "--name",
+            "j",
+            "--timeout",
+            "0s",
+        ],
+    );
     for line in last.ok().lines() {
         seen_outside.insert(line.to_owned());
     }
@@ -210,6 +229,13 @@ fn sigkill_at_random_points_loses_nothing_and_applies_nothing_twice() {
     assert!(
         missing.is_empty(),
         "printed but not in the log: {missing:?}"
+    );
+
+    // The refused requests were refused, and recorded as gaps with their
+    // reasons where a later operation followed them.
+    assert!(
+        events.iter().any(|e| e["kind"] == "refusals_recorded"),
+        "no refusal was recorded"
     );
 
     let audit = toka(&data, &["verify", "--auth"]);

@@ -15,10 +15,11 @@ async fn check_store(store: Arc<dyn EventStore>, root: RootKey) {
         .await
         .unwrap();
     let mut rx = host.subscribe();
+    let opened_at = host.head().seq;
     let checker = {
         let store = Arc::clone(&store);
         tokio::spawn(async move {
-            let mut seen = 0;
+            let mut seen = opened_at;
             let mut completed = 0;
             while let Ok(batch) = rx.recv().await {
                 let last = batch.records.last().expect("batches are not empty").seq;

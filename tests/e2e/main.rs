@@ -8,7 +8,9 @@ mod crash;
 mod demo;
 mod durability;
 mod faults;
+mod hardening;
 mod hostile;
+mod journal;
 mod recovery;
 mod restart;
 mod tokens;
@@ -103,35 +105,65 @@ pub async fn open_host_with(data: &Path, config: HostConfig) -> Host {
 }
 
 /// Schedules `description` for `agent`, runs until idle, and returns the
-/// task's output, or its failure reason.
+/// task's output, or its failure reason (read from the log, so a bus that
+/// dropped batches under a flood does not hide it).
 pub async fn outcome(
     host: &Host,
     agent: toka_kernel::AgentId,
     description: &str,
 ) -> Result<String, String> {
-    let mut rx = host.subscribe();
+    let from = host.head().seq + 1;
     let task = host.schedule(agent, description).await.expect("schedule");
     host.run_until_idle().await.expect("run");
-    while let Ok(batch) = rx.try_recv() {
-        for record in &batch.records {
-            for event in &record.events {
-                match event {
-                    toka_kernel::Event::TaskCompleted {
-                        task: t, output, ..
-                    } if *t == task => {
-                        return Ok(String::from_utf8_lossy(output).into_owned());
-                    }
-                    toka_kernel::Event::TaskFailed {
-                        task: t, reason, ..
-                    } if *t == task => {
-                        return Err(reason.clone());
-                    }
-                    _ => {}
-                }
-            }
+    let records = host.log_events(from, usize::MAX).expect("read the log");
+    find_outcome(&records, task)
+        .unwrap_or_else(|| panic!("task {description:?} neither completed nor failed"))
+}
+
+/// Schedules `description` for `agent` and waits for that task alone
+/// (whatever else runs meanwhile), returning its output or failure reason.
+pub async fn served(
+    host: &Host,
+    agent: toka_kernel::AgentId,
+    description: &str,
+) -> Result<String, String> {
+    use tokio::sync::broadcast::error::RecvError;
+    let from = host.head().seq + 1;
+    let mut rx = host.subscribe();
+    let task = host.schedule(agent, description).await.expect("schedule");
+    loop {
+        let found = match rx.recv().await {
+            Ok(batch) => find_outcome(&batch.records, task),
+            // The bus dropped batches: the log has them.
+            Err(RecvError::Lagged(_)) => find_outcome(
+                &host.log_events(from, usize::MAX).expect("read the log"),
+                task,
+            ),
+            Err(RecvError::Closed) => panic!("the host stopped before task {description:?} ended"),
+        };
+        if let Some(outcome) = found {
+            return outcome;
         }
     }
-    panic!("task {description:?} neither completed nor failed")
+}
+
+/// The outcome of `task` among `records`, if it is there.
+fn find_outcome(
+    records: &[toka_host::CommittedRecord],
+    task: toka_kernel::TaskId,
+) -> Option<Result<String, String>> {
+    records
+        .iter()
+        .flat_map(|r| &r.events)
+        .find_map(|event| match event {
+            toka_kernel::Event::TaskCompleted {
+                task: t, output, ..
+            } if *t == task => Some(Ok(String::from_utf8_lossy(output).into_owned())),
+            toka_kernel::Event::TaskFailed {
+                task: t, reason, ..
+            } if *t == task => Some(Err(reason.clone())),
+            _ => None,
+        })
 }
 
 /// A grant of the given rights.

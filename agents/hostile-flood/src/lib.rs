@@ -5,7 +5,10 @@
 //! `noop` onto itself again and again), `big-observation` (2 MiB at once),
 //! `observation-bytes` (512 KiB observations without end), `big-state` (a
 //! 128 KiB state value), `fill-state` (60 KiB values under new keys without
-//! end), `noop`.
+//! end), `log` (1 KiB observations without end), `megabytes` (1 MiB
+//! observations without end), `loop` (schedules `loop` onto itself again,
+//! forever), `spawn-many N` (spawns N `hello` children, each with `observe`,
+//! and gives each a task), `noop`.
 
 use toka_guest::{Agent, Context, Error, Task};
 
@@ -39,9 +42,25 @@ impl Agent for Flood {
                 Ok(b"stored 128 KiB".to_vec())
             }
             "fill-state" => until_refused(|i| ctx.put(&format!("k{i}"), vec![b's'; 60 << 10])),
+            "log" => until_refused(|_| ctx.observe(vec![b'l'; 1024]).map(drop)),
+            "megabytes" => until_refused(|_| ctx.observe(vec![b'm'; 1 << 20]).map(drop)),
+            "loop" => {
+                ctx.schedule(me, "loop")?;
+                Ok(b"again".to_vec())
+            }
+            spawn if spawn.starts_with("spawn-many ") => {
+                let n: u64 = spawn["spawn-many ".len()..]
+                    .parse()
+                    .map_err(|_| "spawn-many N: N is a number")?;
+                for i in 0..n {
+                    let child = ctx.spawn("hello", &format!("child-{i}"), &["observe"])?;
+                    ctx.schedule(child, &format!("child {i}"))?;
+                }
+                Ok(format!("spawned {n}").into_bytes())
+            }
             "noop" => Ok(Vec::new()),
             other => Err(format!(
-                "unknown task `{other}` (ops, queue, big-observation, observation-bytes, big-state, fill-state, noop)"
+                "unknown task `{other}` (ops, queue, big-observation, observation-bytes, big-state, fill-state, log, megabytes, loop, spawn-many N, noop)"
             )),
         }
     }

@@ -5,6 +5,10 @@
 //! C + 1, with some CPU work in between so a crash can land anywhere. If a
 //! re-run after a crash applied anything twice, or read the state or the
 //! clock differently than the first run, the count or the log would show it.
+//!
+//! A task `N deny` also asks, at every step, for something it has no right
+//! to (scheduling a task onto another agent) and goes on when refused: a
+//! re-run must meet the same refusals at the same places.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,11 +24,15 @@ fn busy(seed: u64) -> u64 {
 
 impl Agent for Journal {
     fn handle_task(&mut self, ctx: &mut Context, task: Task) -> Result<Vec<u8>, String> {
-        let steps: u64 = task
-            .description
-            .trim()
+        let mut words = task.description.split_whitespace();
+        let steps: u64 = words
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("expected a number of steps, got `{}`", task.description))?;
+        let deny = words.next() == Some("deny");
+        let stranger: toka_guest::AgentId = "00000000000000000000000000000007"
             .parse()
-            .map_err(|_| format!("expected a number of steps, got `{}`", task.description))?;
+            .map_err(|e| format!("{e}"))?;
         let mut checksum = 0;
         for _ in 0..steps {
             let count = ctx.get_u64("count").unwrap_or(0) + 1;
@@ -32,6 +40,9 @@ impl Agent for Journal {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis());
             checksum = busy(checksum ^ count);
+            if deny && ctx.schedule(stranger, "x").is_ok() {
+                return Err("scheduling onto a stranger was allowed".into());
+            }
             ctx.observe(format!("count {count} at {now}"))?;
             ctx.put_u64("count", count)?;
         }

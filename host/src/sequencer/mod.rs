@@ -431,6 +431,20 @@ impl Sequencer {
         }
     }
 
+    /// Waits until the record at `seq` is durable and published.
+    pub(crate) async fn wait_published(&self, seq: u64) -> Result<(), Stopped> {
+        let mut rx = self.shared.published.subscribe();
+        loop {
+            if *rx.borrow_and_update() >= seq {
+                return Ok(());
+            }
+            self.lock().check_running()?;
+            if rx.changed().await.is_err() {
+                return Err(Stopped("the log writer is gone".into()));
+            }
+        }
+    }
+
     /// The highest durable sequence number.
     pub(crate) fn committed(&self) -> u64 {
         *self.shared.committed.borrow()

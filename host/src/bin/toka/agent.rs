@@ -32,7 +32,7 @@ async fn resume(place: &Place, which: &str) -> CliResult {
             place.data.clone(),
         )));
     }
-    let opened = drive::open(place, drive::Mode::Run).await?;
+    let opened = drive::open(place).await?;
     let host = &opened.host;
     let agent = match find(host, which) {
         Ok(agent) => agent,
@@ -41,7 +41,7 @@ async fn resume(place: &Place, which: &str) -> CliResult {
             return Err(e);
         }
     };
-    let mut rx = host.subscribe();
+    let mut rx = opened.start();
     if let Err(e) = host.resume_agent(agent).await {
         opened.host.shutdown().await?;
         return Err(Failure::input(e));

@@ -36,13 +36,13 @@ const PLANNER_RIGHTS: &[&str] = &["observe", "state", "spawn worker", "schedule 
 
 pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
     let workers = usize::from(args.workers);
-    let opened = drive::open(place, drive::Mode::Run).await?;
+    let opened = drive::open(place).await?;
     let host = &opened.host;
     out!(
         "toka demo: a planner splits a job across {workers} worker agents; log: {}",
         place.dir().db_path().display()
     );
-    let mut rx = host.subscribe();
+    let mut rx = opened.start();
     let mut names = host.state(Names::from_state);
 
     host.install("worker", bundled("worker")?.to_vec()).await?;

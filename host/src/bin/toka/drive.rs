@@ -55,9 +55,10 @@ impl Ending {
         }
     }
 
-    /// Whether work was cut short.
+    /// Whether a limit cut the run short (work for quarantined agents
+    /// waits for the operator; it does not make a run fail).
     pub(crate) fn cut_short(self) -> bool {
-        !matches!(self, Ending::Idle { waiting: 0 })
+        !matches!(self, Ending::Idle { .. })
     }
 }
 
@@ -148,19 +149,11 @@ struct Created {
     key: bool,
 }
 
-/// How a command uses the host it opens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mode {
-    /// Run agents that have work.
-    Run,
-    /// Only write records (a revocation, a snapshot): no agent starts.
-    Admin,
-}
-
-/// Opens (or creates) the host on the data dir. Remembers what it created,
-/// so a caller that then fails on bad input can [`discard`] it and leave
-/// nothing half-written.
-pub(crate) async fn open(place: &crate::Place, mode: Mode) -> Result<Opened, crate::Failure> {
+/// Opens (or creates) the host on the data dir, its agents not started
+/// (commands that only write a record never start them; the others call
+/// [`Opened::start`]). Remembers what it created, so a caller that then
+/// fails on bad input can [`discard`] it and leave nothing half-written.
+pub(crate) async fn open(place: &crate::Place) -> Result<Opened, crate::Failure> {
     let dir = place.dir();
     let created = Created {
         dir: !dir.path().exists(),
@@ -181,8 +174,10 @@ pub(crate) async fn open(place: &crate::Place, mode: Mode) -> Result<Opened, cra
             return Err(crate::Failure::input(e));
         }
     };
+    // Agents start once the caller subscribed (`Opened::start`), so it sees
+    // every event, those of tasks re-run after a crash included.
     let mut config = place.host_config();
-    config.start_agents = mode == Mode::Run;
+    config.start_agents = false;
     let host = Host::open(Arc::new(store), root, config).await;
     match host {
         Ok(host) => Ok(Opened { host, created }),
@@ -190,6 +185,15 @@ pub(crate) async fn open(place: &crate::Place, mode: Mode) -> Result<Opened, cra
             undo(&dir, created);
             Err(e.into())
         }
+    }
+}
+
+impl Opened {
+    /// Subscribes to what the host commits, then starts its agents.
+    pub(crate) fn start(&self) -> Subscription {
+        let rx = self.host.subscribe();
+        self.host.start_agents();
+        rx
     }
 }
 

@@ -196,7 +196,11 @@ impl From<toka_host::HostError> for Failure {
             | E::SnapshotMismatch { .. }
             | E::Token(_)
             | E::RootKeyMismatch { .. }
-            | E::UnknownRevocationId(_) => Failure::input(e),
+            | E::UnknownRevocationId(_)
+            | E::ProtectedPath(_)
+            // The kernel refusing an operator's own command (a name, an
+            // unknown agent): the input was wrong.
+            | E::Kernel(_) => Failure::input(e),
             other => Failure::work(other),
         }
     }

@@ -62,13 +62,15 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
         extra.push((spec.to_owned(), load(spec)?));
     }
     let name = args.name.unwrap_or(default_name);
+    toka_kernel::validate_name("agent", &name, &toka_kernel::Limits::default())
+        .map_err(Failure::input)?;
     let grant = grant(args.token.as_deref(), &args.grants, &args.budgets)?;
     let bounds = drive::Bounds {
         max_tasks: args.max_tasks,
         timeout: (!args.timeout.is_zero()).then_some(args.timeout),
     };
 
-    let opened = drive::open(place, drive::Mode::Run).await?;
+    let opened = drive::open(place).await?;
     let host = &opened.host;
     // Then what needs the host — every component and the token — before
     // anything is recorded, so bad input leaves the log as it was.
@@ -121,7 +123,7 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
             }
         }
     };
-    let mut rx = host.subscribe();
+    let mut rx = opened.start();
     let mut pending: BTreeMap<TaskId, String> = BTreeMap::new();
     for text in &args.tasks {
         pending.insert(host.schedule(agent, text).await?, text.clone());

@@ -74,7 +74,7 @@ pub(crate) async fn snapshot(place: &Place) -> CliResult {
             place.data.clone(),
         )));
     }
-    let opened = crate::drive::open(place, crate::drive::Mode::Admin).await?;
+    let opened = crate::drive::open(place).await?;
     let taken = opened.host.snapshot().await;
     opened.host.shutdown().await?;
     out!("snapshot written at record {}", taken?);

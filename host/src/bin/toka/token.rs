@@ -113,7 +113,7 @@ pub(crate) async fn main(place: &Place, command: Command) -> CliResult {
                     place.data.clone(),
                 )));
             }
-            let opened = drive::open(place, drive::Mode::Admin).await?;
+            let opened = drive::open(place).await?;
             let result = opened.host.revoke(bytes, force).await;
             opened.host.shutdown().await?;
             result?;

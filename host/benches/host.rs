@@ -180,9 +180,7 @@ fn floor(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             b.iter_custom(|iters| {
                 rt.block_on(async {
                     let (_dir, store, root) = fresh_store(name);
-                    let host = Host::open(store, root, HostConfig::default())
-                        .await
-                        .unwrap();
+                    let host = Host::open(store, root, config()).await.unwrap();
                     let component = host.install("bench", bench_component()).await.unwrap();
                     let agent = host
                         .spawn(component, "bench", observe_grant())
@@ -221,6 +219,26 @@ fn floor(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         });
     });
     group.finish();
+}
+
+/// The host's configuration for the data path: quotas so large that no
+/// sample meets them, but charged as usual (an unlimited quota would skip
+/// the arithmetic this benchmark must include).
+fn config() -> HostConfig {
+    let huge = toka_kernel::Rate::new(u64::MAX >> 1, u64::MAX >> 1);
+    HostConfig {
+        rules: Some(toka_kernel::Rules {
+            quotas: toka_kernel::Quotas {
+                log_bytes: huge,
+                ops: huge,
+                tasks: huge,
+                log_bytes_total: None,
+                tasks_total: None,
+            },
+            ..toka_kernel::Rules::default()
+        }),
+        ..HostConfig::default()
+    }
 }
 
 fn instantiate(c: &mut Criterion, rt: &tokio::runtime::Runtime) {

@@ -40,10 +40,13 @@ pub(crate) struct Env<'a> {
     pub(crate) record_len: u64,
 }
 
-/// The accounts a command is charged to, as they will be once it applies.
+/// The accounts a command is charged to, as they will be once it applies:
+/// the origin's inline (no allocation on the hot path), its ancestors'
+/// after it.
 #[derive(Default)]
 struct Charge {
-    accounts: Vec<(AgentId, Account)>,
+    origin: Option<(AgentId, Account)>,
+    ancestors: Vec<(AgentId, Account)>,
 }
 
 fn check_size(limit: Limit, max: u32, actual: usize) -> Result<(), KernelError> {
@@ -163,7 +166,7 @@ impl WorldState {
 
         // Infallible bookkeeping, after the operation succeeded.
         self.time = time;
-        for (agent, account) in charge.accounts {
+        for (agent, account) in charge.origin.into_iter().chain(charge.ancestors) {
             self.agents
                 .get_mut(&agent)
                 .expect("charged accounts belong to agents, and agents are never removed")
@@ -232,7 +235,11 @@ impl WorldState {
                     limit: short.limit,
                     wanted: short.wanted,
                 })?;
-            charge.accounts.push((id, account));
+            if charge.origin.is_none() {
+                charge.origin = Some((id, account));
+            } else {
+                charge.ancestors.push((id, account));
+            }
             next = (agent.parent != EntityId::SYSTEM).then_some(agent.parent);
         }
         Ok(charge)

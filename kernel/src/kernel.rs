@@ -37,6 +37,9 @@ pub struct Kernel {
     registry: Registry,
     /// Reused buffer for encoding records.
     scratch: Vec<u8>,
+    /// The canonical encoding of the operation the last rejected command
+    /// carried (see [`Kernel::rejected_operation`]).
+    rejected: Vec<u8>,
 }
 
 /// The result of applying one command: its record's position, hash and
@@ -135,6 +138,7 @@ impl Kernel {
             limits,
             registry,
             scratch: Vec::new(),
+            rejected: Vec::new(),
         }
     }
 
@@ -175,14 +179,25 @@ impl Kernel {
         // command's payloads into the events instead of copying them. A
         // rejected command only wastes the encoding.
         let (hash, bytes) = Record::seal(seq, &self.head.hash, &command, &mut self.scratch);
-        let (origin, time, cause) = (command.origin, command.time, command.cause);
+        let (origin, time, auth, cause) = (command.origin, command.time, command.auth, command.cause);
         let env = Env {
             limits: &self.limits,
             registry: &self.registry,
             seq,
             record_len: bytes.len() as u64,
         };
-        let events = self.state.apply(command, &env)?;
+        self.rejected.clear();
+        let events = match self.state.apply(command, &env) {
+            Ok(events) => events,
+            Err(e) => {
+                // The operation's encoding ends the record's body: keep it
+                // for a caller that records what was refused.
+                let offset = Record::operation_offset(seq, &self.head.hash, origin, time, auth, cause);
+                let body = &bytes[..bytes.len() - crate::record::HASH_LEN];
+                self.rejected.extend_from_slice(&body[offset.min(body.len())..]);
+                return Err(e);
+            }
+        };
         self.head = ChainHead { seq, hash };
         Ok(Applied {
             seq,
@@ -193,6 +208,15 @@ impl Kernel {
             bytes,
             events,
         })
+    }
+
+    /// The canonical (postcard) encoding of the operation of the command
+    /// the last [`Kernel::apply`] rejected; empty after one that applied.
+    /// A host that records what it refused identifies the request by it
+    /// without encoding every operation it applies.
+    #[must_use]
+    pub fn rejected_operation(&self) -> &[u8] {
+        &self.rejected
     }
 
     /// Verifies one stored record against the chain and applies its command.

@@ -14,7 +14,8 @@ use crate::id::Digest;
 /// The record format this release writes and the newest it reads.
 pub const FORMAT_VERSION: u16 = 1;
 
-const HASH_LEN: usize = 32;
+/// Bytes of the hash that ends every record.
+pub(crate) const HASH_LEN: usize = 32;
 
 /// The position of the log's tip: the last record's sequence number and hash.
 ///
@@ -117,6 +118,40 @@ impl Record {
         let bytes = buf.as_slice().to_vec();
         *scratch = buf;
         (hash, bytes)
+    }
+
+    /// Where the operation's encoding starts in the body of the record
+    /// `seal` makes for a command with these fields: postcard lays a struct
+    /// out field after field, and the operation is the command's last.
+    pub(crate) fn operation_offset(
+        seq: u64,
+        prev_hash: &Digest,
+        origin: crate::EntityId,
+        time: crate::Timestamp,
+        auth: crate::Authorization,
+        cause: Option<crate::OpKey>,
+    ) -> usize {
+        #[derive(Serialize)]
+        struct Prefix<'a> {
+            version: u16,
+            seq: u64,
+            prev_hash: &'a Digest,
+            origin: crate::EntityId,
+            time: crate::Timestamp,
+            auth: crate::Authorization,
+            cause: Option<crate::OpKey>,
+        }
+        postcard::to_allocvec(&Prefix {
+            version: FORMAT_VERSION,
+            seq,
+            prev_hash,
+            origin,
+            time,
+            auth,
+            cause,
+        })
+        .expect("plain data: postcard encodes it")
+        .len()
     }
 
     /// Decodes and checks one record: its version, its hash, and that no

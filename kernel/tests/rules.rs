@@ -408,3 +408,24 @@ fn refused_operations_keep_their_indices_and_their_details_are_recorded() {
     let replayed = replay_log(&w.log, Limits::default(), Default::default()).unwrap();
     assert_eq!(replayed.state().digest(), w.kernel.state().digest());
 }
+
+#[test]
+fn a_rejected_commands_operation_is_kept_in_its_canonical_encoding() {
+    let mut w = World::new();
+    let agent = w.spawn_root("a");
+    let op = Operation::ScheduleTask {
+        agent: EntityId::from_u128(77),
+        spec: TaskSpec {
+            description: "nobody".into(),
+        },
+    };
+    let task = w.schedule(agent, "t");
+    w.start(agent, task);
+    assert!(w.agent_in(agent, Some(OpKey { task, index: 0 }), op.clone()).is_err());
+    assert_eq!(
+        w.kernel.rejected_operation(),
+        postcard::to_allocvec(&op).unwrap().as_slice()
+    );
+    w.agent_in(agent, Some(OpKey { task, index: 0 }), observe("ok")).unwrap();
+    assert!(w.kernel.rejected_operation().is_empty());
+}

@@ -23,13 +23,26 @@ use super::{Attachments, Core, Receipt, Refused, Request};
 use crate::host::clip;
 use crate::rights::Right;
 
-/// The digest a refusal is recorded under: what the agent asked for.
+/// The digest a refusal is recorded under: what the agent asked for. For
+/// an operation, the BLAKE3 of its canonical encoding (what the kernel
+/// keeps of a rejected one: [`toka_kernel::Kernel::rejected_operation`]),
+/// so an applied operation never pays for it.
 pub(super) fn request_digest(request: &Request) -> Digest {
-    let bytes = match request {
-        Request::Op(op) => postcard::to_allocvec(op),
-        Request::Spawn(s) => postcard::to_allocvec(&(&s.component, &s.name, &s.rights, &s.budgets)),
+    match request {
+        Request::Op(op) => op_digest(op),
+        Request::Spawn(spawn) => spawn_digest(spawn),
     }
-    .expect("requests are plain data: postcard encodes them");
+}
+
+/// See [`request_digest`].
+pub(super) fn op_digest(op: &Operation) -> Digest {
+    Digest::of(&postcard::to_allocvec(op).expect("operations are plain data: postcard encodes them"))
+}
+
+/// See [`request_digest`].
+pub(super) fn spawn_digest(s: &super::Spawn) -> Digest {
+    let bytes = postcard::to_allocvec(&(&s.component, &s.name, &s.rights, &s.budgets))
+        .expect("strings: postcard encodes them");
     Digest::of(&bytes)
 }
 

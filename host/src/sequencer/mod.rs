@@ -497,53 +497,60 @@ impl Core {
         cause: Option<OpKey>,
         request: Request,
     ) -> Result<Receipt, Refused> {
-        let digest = cause.map(|_| journal::request_digest(&request));
-        let result = self.try_submit_agent(agent, cause, request);
-        match (&result, cause, digest) {
-            (Ok(_), Some(key), _) => self.record_refusals(agent, key.task),
-            (Err(refused), Some(key), Some(digest)) if refused.quota.is_none() => {
-                self.remember_refusal(key.task, digest, refused);
+        match self.try_submit_agent(agent, cause, request) {
+            Ok(receipt) => {
+                if let Some(key) = cause
+                    && !self.refusals.is_empty()
+                {
+                    self.record_refusals(agent, key.task);
+                }
+                Ok(receipt)
             }
-            _ => {}
-        }
-        if let Err(refused) = &result
-            && let Some(quota) = refused.quota
-        {
-            // Recorded once: the quota ends the agent's task.
-            let reason =
-                crate::host::clip(&refused.message, self.kernel.limits().max_reason as usize);
-            let time = self.stamp();
-            let hit = Operation::RecordQuotaHit {
-                agent,
-                quota,
-                reason,
-            };
-            if let Err(e) = self.apply(Command::system(agent, time, hit), Attachments::default()) {
-                tracing::warn!(agent = %agent.short(), error = %e, "could not record a quota hit");
+            Err((refused, request)) => {
+                if let Some(quota) = refused.quota {
+                    // Recorded once: the quota ends the agent's task.
+                    let reason =
+                        crate::host::clip(&refused.message, self.kernel.limits().max_reason as usize);
+                    let time = self.stamp();
+                    let hit = Operation::RecordQuotaHit {
+                        agent,
+                        quota,
+                        reason,
+                    };
+                    if let Err(e) = self.apply(Command::system(agent, time, hit), Attachments::default())
+                    {
+                        tracing::warn!(agent = %agent.short(), error = %e, "could not record a quota hit");
+                    }
+                } else if let Some(key) = cause {
+                    self.remember_refusal(key.task, request, &refused);
+                }
+                Err(refused)
             }
         }
-        result
     }
 
+    /// Authorizes and applies an agent's request. A refusal comes with the
+    /// digest of what was asked (computed only then: see
+    /// [`journal::request_digest`]).
     fn try_submit_agent(
         &mut self,
         agent: AgentId,
         cause: Option<OpKey>,
         request: Request,
-    ) -> Result<Receipt, Refused> {
-        let token = self
-            .kernel
-            .state()
-            .agent(agent)
-            .map(|a| a.token)
-            .ok_or_else(|| unknown(EntityKind::Agent, agent))?;
+    ) -> Result<Receipt, (Refused, Digest)> {
+        let Some(token) = self.kernel.state().agent(agent).map(|a| a.token) else {
+            let digest = journal::request_digest(&request);
+            return Err((unknown(EntityKind::Agent, agent).into(), digest));
+        };
         let time = self.stamp();
         match request {
             Request::Op(op) => {
                 if !self.skip_gate
                     && let Some(check) = check_for(&op, agent, self.kernel.state())
+                    && let Err(e) = self.authorize(agent, token, op.kind(), &check, None, time)
                 {
-                    self.authorize(agent, token, op.kind(), &check, None, time)?;
+                    let digest = journal::op_digest(&op);
+                    return Err((e.into(), digest));
                 }
                 let command = Command {
                     origin: agent,
@@ -552,10 +559,14 @@ impl Core {
                     cause,
                     op,
                 };
-                Ok(self.apply(command, Attachments::default())?)
+                self.apply(command, Attachments::default())
+                    .map_err(|e| (e.into(), Digest::of(self.kernel.rejected_operation())))
             }
             Request::Spawn(request) => {
-                let prepared = self.prepare_spawn(agent, token, time, request)?;
+                let digest = journal::spawn_digest(&request);
+                let prepared = self
+                    .prepare_spawn(agent, token, time, request)
+                    .map_err(|e| (e.into(), digest))?;
                 let command = Command {
                     origin: agent,
                     time,
@@ -567,7 +578,9 @@ impl Core {
                     blob: None,
                     token: Some(prepared.child),
                 };
-                let receipt = self.apply(command, attachments)?;
+                let receipt = self
+                    .apply(command, attachments)
+                    .map_err(|e| (e.into(), digest))?;
                 self.set_budgets(receipt, prepared.budgets, time);
                 Ok(receipt)
             }

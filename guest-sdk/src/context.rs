@@ -213,7 +213,7 @@ impl Context {
             agent,
             description: description.to_owned(),
         })?;
-        created(receipt)
+        created(receipt).map(TaskId::from)
     }
 
     /// Spawns a sub-agent running the installed `component`, delegating
@@ -255,7 +255,7 @@ impl Context {
             rights: owned(rights),
             budgets: owned(budgets),
         })?;
-        created(receipt)
+        created(receipt).map(AgentId::from)
     }
 
     /// Terminates `agent`; its unfinished tasks fail.
@@ -351,7 +351,7 @@ mod tests {
 
     #[test]
     fn operations_map_onto_the_wit_variant() {
-        let agent = EntityId::from_u128(1 << 64 | 2);
+        let agent = AgentId::from_u128(1 << 64 | 2);
         match wit::Operation::from(Operation::Schedule {
             agent,
             description: "d".into(),

@@ -91,10 +91,8 @@ fn run_once(
         } else {
             Arc::new(MemoryStore::new(Limits::default()))
         };
-        let config = HostConfig {
-            skip_gate_for_benchmarks: skip_gate,
-            ..HostConfig::default()
-        };
+        let mut config = HostConfig::new();
+        config.skip_gate_for_benchmarks(skip_gate);
         let host = Host::open(store, root, config).await.unwrap();
         let digest = host.install("bench", component.to_vec()).await.unwrap();
         let agent = host

@@ -226,19 +226,18 @@ fn floor(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 /// the arithmetic this benchmark must include).
 fn config() -> HostConfig {
     let huge = toka_kernel::Rate::new(u64::MAX >> 1, u64::MAX >> 1);
-    HostConfig {
-        rules: Some(toka_kernel::Rules {
-            quotas: toka_kernel::Quotas {
-                log_bytes: huge,
-                ops: huge,
-                tasks: huge,
-                log_bytes_total: None,
-                tasks_total: None,
-            },
-            ..toka_kernel::Rules::default()
-        }),
-        ..HostConfig::default()
-    }
+    let mut config = HostConfig::new();
+    config.rules(toka_kernel::Rules {
+        quotas: toka_kernel::Quotas {
+            log_bytes: huge,
+            ops: huge,
+            tasks: huge,
+            log_bytes_total: None,
+            tasks_total: None,
+        },
+        ..toka_kernel::Rules::default()
+    });
+    config
 }
 
 fn instantiate(c: &mut Criterion, rt: &tokio::runtime::Runtime) {

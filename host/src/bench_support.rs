@@ -7,9 +7,10 @@ use toka_kernel::{
     Timestamp,
 };
 
-use crate::gate::{Check, Gate};
-use crate::memory_store::MemoryStore;
-use crate::token::Token;
+use crate::capability::gate::Gate;
+use crate::capability::policy::Check;
+use crate::capability::token::Token;
+use crate::store::memory::MemoryStore;
 
 /// The live gate, with one agent bound to one token, authorizing
 /// `observe` through its caches.
@@ -38,8 +39,12 @@ impl GateProbe {
     #[must_use]
     pub fn new(root: biscuit_auth::PublicKey, token: Token) -> Self {
         let limits = Limits::default();
-        let store = Arc::new(MemoryStore::new(limits.clone()));
-        let mut gate = Gate::new(root, store, &limits);
+        let store: Arc<dyn crate::EventStore> = Arc::new(MemoryStore::new(limits.clone()));
+        let mut gate = Gate::new(
+            root,
+            Arc::new(crate::store::event_store::StoreTokens(store)),
+            &limits,
+        );
         let digest = token.digest();
         gate.admit(token);
         let mut kernel = Kernel::new(limits);
@@ -83,7 +88,7 @@ impl GateProbe {
     /// # Errors
     ///
     /// The gate's reason when it denies.
-    pub fn authorize_observe(&mut self, time: Timestamp) -> Result<(), String> {
+    pub fn authorize_observe(&mut self, time: Timestamp) -> Result<(), crate::Denied> {
         let check = Check::literal("observe", None);
         self.gate
             .authorize(self.token, self.agent, &check, time, self.kernel.state())
@@ -93,7 +98,7 @@ impl GateProbe {
 /// The encoding of a snapshot of `kernel` at its head, as the host writes it.
 #[must_use]
 pub fn snapshot_bytes(kernel: &Kernel) -> Vec<u8> {
-    crate::snapshot::encode(kernel)
+    crate::store::snapshot::encode(kernel)
 }
 
 /// Has `agent` (the `test-bench` component) emit `ops` 32-byte observations,
@@ -120,7 +125,7 @@ pub async fn time_observations(
     }
     host.run_until_idle().await.expect("run the bench tasks");
     let elapsed = start.elapsed();
-    let failed = host.state(|s| s.agent(agent).map_or(0, |a| a.failed));
+    let failed = host.state(|s| s.agent(agent).map_or(0, |a| a.failed)).await;
     assert_eq!(failed, 0, "a bench task failed; the figures would be wrong");
     elapsed
 }

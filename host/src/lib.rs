@@ -7,56 +7,55 @@
 //! which applies it with [`toka_kernel::Kernel`] in one total order; a writer
 //! thread commits the resulting records in durable batches, and only then
 //! are they published ([`Host::subscribe`]) and acted on.
+//!
+//! The modules, leaves first (no module imports from one after it):
+//!
+//! | module | concern |
+//! |---|---|
+//! | `text` | sizes, durations, clipping, hex |
+//! | `capability` | rights, budgets, tokens, the policy, the gate, the root key |
+//! | `store` | the [`EventStore`] seam, redb and in-memory stores, the data dir, snapshots |
+//! | `log` | reading a log back: recovery, events from a point on, [`verify`], [`audit`] |
+//! | `sandbox` | an instance's limits, directories, HTTP, captured output, components |
+//! | `runtime` | [`Host`]: the guest interface, the sequencer, the bus, the actors |
 
 #![warn(clippy::unwrap_used)]
 #![deny(missing_docs)]
 
-mod actor;
-mod agent_ctx;
-mod audit;
+mod capability;
+mod log;
+mod runtime;
+mod sandbox;
+mod store;
+mod text;
+
+#[cfg(feature = "bench")]
 #[doc(hidden)]
 pub mod bench_support;
-mod bindings;
-mod budget;
-mod bus;
-mod capture;
-mod clock;
-mod components;
-mod data_dir;
-mod error;
-mod event_store;
-mod gate;
-mod host;
-mod http_gate;
-mod limits;
-mod memory_store;
-mod redb_store;
-mod rights;
-mod root_key;
-mod sandbox;
-mod sequencer;
-mod snapshot;
-mod task_inputs;
-mod token;
-mod units;
-mod verify;
 
-pub use audit::{AuditMismatch, AuditReport, audit};
-pub use budget::{Budget, BudgetError};
-pub use bus::{Committed, CommittedRecord, Subscription};
-pub use clock::{Clock, ManualClock, SystemClock};
-pub use components::ComponentError;
-pub use data_dir::{DataDir, DataDirError};
-pub use error::HostError;
-pub use event_store::{Batch, DATA_FORMAT, EventStore, Records, SNAPSHOTS_KEPT, StoreError};
-pub use host::{Grant, Host, HostConfig, read_events, recover, replay};
-pub use limits::AgentLimits;
-pub use memory_store::MemoryStore;
-pub use redb_store::RedbStore;
-pub use rights::{Right, RightError, RightOp};
-pub use root_key::{KeyError, RootKey};
-pub use sandbox::{ProtectedPathError, check_fs_right};
-pub use sequencer::Stopped;
-pub use token::{Inspection, Token, TokenError};
-pub use units::{parse_duration, parse_size};
-pub use verify::{Verified, verify};
+pub use biscuit_auth::{Algorithm, PublicKey};
+pub use capability::budget::{Budget, BudgetError};
+pub use capability::policy::Denied;
+pub use capability::rights::{Right, RightError, RightOp};
+pub use capability::root_key::{KeyError, RootKey};
+pub use capability::token::{Inspection, Token, TokenError};
+pub use log::LogError;
+pub use log::audit::{AuditMismatch, AuditReport, audit};
+pub use log::committed::{Committed, CommittedRecord};
+pub use log::recovery::{read_events, recover, replay};
+pub use log::verify::{Verified, verify};
+pub use runtime::bus::Subscription;
+pub use runtime::clock::{Clock, ManualClock, SystemClock};
+pub use runtime::config::HostConfig;
+pub use runtime::error::HostError;
+pub use runtime::host::{Grant, Host};
+pub use runtime::sequencer::Stopped;
+pub use sandbox::components::ComponentError;
+pub use sandbox::dirs::{ProtectedPathError, check_fs_right};
+pub use sandbox::limits::{AgentLimits, LimitsError};
+pub use store::data_dir::{DataDir, DataDirError};
+pub use store::event_store::{Batch, DATA_FORMAT, EventStore, Records, SNAPSHOTS_KEPT, StoreError};
+pub use store::memory::MemoryStore;
+pub use store::redb::RedbStore;
+pub use text::{Size, UnitError, approx_size, parse_duration, parse_size};
+pub use toka_kernel;

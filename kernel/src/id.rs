@@ -157,11 +157,27 @@ impl Digest {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&to_hex(&self.0))
     }
+}
+
+/// Bytes as lowercase hex, two digits each: how ids, digests and
+/// revocation ids are printed everywhere.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(toka_kernel::to_hex(&[0, 15, 255]), "000fff");
+/// ```
+#[must_use]
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
 }
 
 impl fmt::Debug for Digest {
@@ -194,8 +210,7 @@ impl<'de> Deserialize<'de> for Digest {
 /// byte string (a length byte, then the bytes copied at once) in postcard.
 fn serialize_fixed<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
     if serializer.is_human_readable() {
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        serializer.serialize_str(&hex)
+        serializer.serialize_str(&to_hex(bytes))
     } else {
         serializer.serialize_bytes(bytes)
     }

@@ -179,7 +179,8 @@ impl Kernel {
         // command's payloads into the events instead of copying them. A
         // rejected command only wastes the encoding.
         let (hash, bytes) = Record::seal(seq, &self.head.hash, &command, &mut self.scratch);
-        let (origin, time, auth, cause) = (command.origin, command.time, command.auth, command.cause);
+        let (origin, time, auth, cause) =
+            (command.origin, command.time, command.auth, command.cause);
         let env = Env {
             limits: &self.limits,
             registry: &self.registry,
@@ -192,9 +193,11 @@ impl Kernel {
             Err(e) => {
                 // The operation's encoding ends the record's body: keep it
                 // for a caller that records what was refused.
-                let offset = Record::operation_offset(seq, &self.head.hash, origin, time, auth, cause);
+                let offset =
+                    Record::operation_offset(seq, &self.head.hash, origin, time, auth, cause);
                 let body = &bytes[..bytes.len() - crate::record::HASH_LEN];
-                self.rejected.extend_from_slice(&body[offset.min(body.len())..]);
+                self.rejected
+                    .extend_from_slice(&body[offset.min(body.len())..]);
                 return Err(e);
             }
         };

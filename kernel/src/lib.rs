@@ -36,7 +36,7 @@ pub use command::{Authorization, Command, OpKey, Timestamp};
 pub use error::{EntityKind, KernelError};
 pub use event::Event;
 pub use extension::{ExtensionCall, ExtensionEffects, OpcodeHandler, Registry};
-pub use id::{AgentId, Digest, EntityId, ParseIdError, TaskId};
+pub use id::{AgentId, Digest, EntityId, ParseIdError, TaskId, to_hex};
 pub use kernel::{Applied, Kernel, ReplayError, ReplayErrorKind, replay_log};
 pub use limits::{Limit, Limits};
 pub use operation::{

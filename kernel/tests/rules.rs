@@ -421,11 +421,15 @@ fn a_rejected_commands_operation_is_kept_in_its_canonical_encoding() {
     };
     let task = w.schedule(agent, "t");
     w.start(agent, task);
-    assert!(w.agent_in(agent, Some(OpKey { task, index: 0 }), op.clone()).is_err());
+    assert!(
+        w.agent_in(agent, Some(OpKey { task, index: 0 }), op.clone())
+            .is_err()
+    );
     assert_eq!(
         w.kernel.rejected_operation(),
         postcard::to_allocvec(&op).unwrap().as_slice()
     );
-    w.agent_in(agent, Some(OpKey { task, index: 0 }), observe("ok")).unwrap();
+    w.agent_in(agent, Some(OpKey { task, index: 0 }), observe("ok"))
+        .unwrap();
     assert!(w.kernel.rejected_operation().is_empty());
 }

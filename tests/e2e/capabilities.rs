@@ -34,7 +34,11 @@ async fn an_agent_without_spawn_cannot_spawn() {
         err,
         "capability denied: spawn_agent: missing right `spawn probe`"
     );
-    assert_eq!(host.state(|s| s.agents().len()), 1, "no child was spawned");
+    assert_eq!(
+        host.state(|s| s.agents().len()).await,
+        1,
+        "no child was spawned"
+    );
 
     // The denial is in the log, against the agent, naming what was checked.
     let mut recorded = Vec::new();
@@ -76,6 +80,7 @@ async fn a_child_cannot_use_a_right_its_parent_did_not_delegate() {
         .unwrap();
     let record = host
         .state(|s| s.agent(child).cloned())
+        .await
         .expect("child exists");
     assert_eq!(record.parent, parent);
 
@@ -131,7 +136,11 @@ async fn a_parent_cannot_delegate_what_it_lacks() {
         .await
         .unwrap_err();
     assert!(err.contains("cannot delegate `schedule *`"), "{err}");
-    assert_eq!(host.state(|s| s.agents().len()), 1, "no child was spawned");
+    assert_eq!(
+        host.state(|s| s.agents().len()).await,
+        1,
+        "no child was spawned"
+    );
     // Regression: targets are relative to the holder, so `schedule
     // children` in the child's hands reaches the parent's grandchildren,
     // which the parent itself may not schedule: handing it over widens.
@@ -174,9 +183,13 @@ async fn delegating_a_relative_right_never_widens() {
         err.contains("cannot delegate `schedule self`: missing right `schedule children`"),
         "{err}"
     );
-    assert_eq!(host.state(|s| s.agents().len()), 1, "no child was spawned");
+    assert_eq!(
+        host.state(|s| s.agents().len()).await,
+        1,
+        "no child was spawned"
+    );
     // The denial is in the log, and the audit agrees with it.
-    let denied = host.state(|s| s.agents().len());
+    let denied = host.state(|s| s.agents().len()).await;
     assert_eq!(denied, 1);
     host.shutdown().await.unwrap();
     let store = toka_host::DataDir::new(&data).open_read_only().unwrap();
@@ -195,10 +208,9 @@ async fn expiry_is_checked_in_logical_time() {
     let clock = ManualClock::at(start);
     let host = open_host_with(
         &data,
-        HostConfig {
-            clock: std::sync::Arc::new(clock.clone()),
-            ..HostConfig::default()
-        },
+        HostConfig::new()
+            .clock(std::sync::Arc::new(clock.clone()))
+            .clone(),
     )
     .await;
     let probe = host
@@ -251,7 +263,7 @@ async fn revoking_a_parents_token_stops_it_and_its_children() {
         .unwrap();
     assert!(outcome(&host, child, "observe ok").await.is_ok());
 
-    let parent_token = host.state(|s| s.agent(parent).unwrap().token);
+    let parent_token = host.state(|s| s.agent(parent).unwrap().token).await;
     let authority_id = host.token(&parent_token).unwrap().revocation_ids()[0].clone();
     host.revoke(authority_id.clone(), false).await.unwrap();
     for agent in [child, parent] {

@@ -4,87 +4,18 @@
 //! releases, and the review's findings. Each test asserts the recorded
 //! outcome, a bystander still served, and the log verifying.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use toka_host::{AgentLimits, DataDir, EventStore, Grant, Host, HostConfig, RedbStore};
+use toka_host::{AgentLimits, DataDir, EventStore, Grant, Host, HostConfig};
 use toka_kernel::{AgentId, AgentStatus, Event, Quota, Quotas, Rate, Rules};
 
-use crate::{agent_bytes, agent_path, events_json, grant, outcome, served, temp_data, toka};
-
-/// A host on a redb file with `config`, and `hello` as a bystander.
-struct Bench {
-    _tmp: tempfile::TempDir,
-    data: PathBuf,
-    store: Arc<RedbStore>,
-    host: Host,
-    bystander: AgentId,
-}
-
-impl Bench {
-    async fn new(config: HostConfig) -> Self {
-        let (tmp, data) = temp_data();
-        let dir = DataDir::new(&data);
-        let root = dir.root_key(None, true).unwrap();
-        let store = Arc::new(
-            dir.open_or_create(&toka_kernel::Limits::default(), &root)
-                .unwrap(),
-        );
-        let host = Host::open(Arc::clone(&store) as Arc<dyn EventStore>, root, config)
-            .await
-            .unwrap();
-        let hello = host.install("hello", agent_bytes("hello")).await.unwrap();
-        let bystander = host
-            .spawn(hello, "bystander", grant(&["observe"]))
-            .await
-            .unwrap();
-        let bench = Self {
-            _tmp: tmp,
-            data,
-            store,
-            host,
-            bystander,
-        };
-        bench.bystander_serves().await;
-        bench
-    }
-
-    async fn agent(&self, name: &str, grant: Grant) -> AgentId {
-        let component = self.host.install(name, agent_bytes(name)).await.unwrap();
-        self.host.spawn(component, name, grant).await.unwrap()
-    }
-
-    async fn bystander_serves(&self) {
-        assert_eq!(
-            served(&self.host, self.bystander, "neighbour").await,
-            Ok("Hello, neighbour!".to_owned())
-        );
-    }
-
-    /// Checks the bystander, shuts down, verifies the log, returns its events.
-    async fn finish(self) -> Vec<Event> {
-        self.bystander_serves().await;
-        self.host.shutdown().await.unwrap();
-        toka_host::verify(&*self.store).expect("the log verifies");
-        let mut events = Vec::new();
-        toka_host::replay(&*self.store, |applied| {
-            events.extend(applied.events.clone())
-        })
-        .unwrap();
-        drop(self.store);
-        assert!(toka(&self.data, &["verify"]).ok().starts_with("ok "));
-        events
-    }
-}
+use crate::{Arena, agent_bytes, agent_path, events_json, grant, outcome, temp_data, toka};
 
 fn config_with(rules: Rules, limits: AgentLimits) -> HostConfig {
-    HostConfig {
-        rules: Some(rules),
-        agent_limits: limits,
-        ..HostConfig::default()
-    }
+    HostConfig::new().rules(rules).agent_limits(limits).clone()
 }
 
 fn quotas(quotas: Quotas) -> Rules {
@@ -115,7 +46,7 @@ async fn a_log_flood_meets_its_quota_once_per_task_and_a_repeat_offender_is_quar
         quarantine_after: 2,
         ..AgentLimits::default()
     };
-    let bench = Bench::new(config_with(
+    let bench = Arena::new(config_with(
         quotas(Quotas {
             log_bytes: Rate::new(64 << 10, 1 << 20),
             ..Quotas::default()
@@ -128,7 +59,10 @@ async fn a_log_flood_meets_its_quota_once_per_task_and_a_repeat_offender_is_quar
         bench.host.schedule(flood, "log").await.unwrap();
     }
     bench.host.run_until_idle().await.unwrap();
-    let status = bench.host.state(|s| s.agent(flood).unwrap().status.clone());
+    let status = bench
+        .host
+        .state(|s| s.agent(flood).unwrap().status.clone())
+        .await;
     assert!(
         matches!(&status, AgentStatus::Quarantined { reason } if reason.starts_with("2 faults in a row")),
         "{status:?}"
@@ -136,9 +70,15 @@ async fn a_log_flood_meets_its_quota_once_per_task_and_a_repeat_offender_is_quar
     // The agent's log stayed within its burst (plus the host's own records).
     let spent = bench
         .host
-        .state(|s| s.agent(flood).unwrap().account.log_bytes_total);
+        .state(|s| s.agent(flood).unwrap().account.log_bytes_total)
+        .await;
     assert!(spent < (1 << 20) + (64 << 10), "{spent}");
-    let events = bench.finish().await;
+    let events = bench
+        .finish()
+        .await
+        .into_iter()
+        .map(|l| l.event)
+        .collect::<Vec<_>>();
     let hits = quota_hits(&events, flood);
     assert_eq!(
         hits.len(),
@@ -170,7 +110,7 @@ async fn a_log_flood_meets_its_quota_once_per_task_and_a_repeat_offender_is_quar
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runaway_meets_the_default_quotas_within_seconds() {
-    let bench = Bench::new(HostConfig::default()).await;
+    let bench = Arena::new(HostConfig::default()).await;
     let flood = bench.agent("hostile-flood", grant(&["observe"])).await;
     let started = Instant::now();
     // Each task writes 1 MiB observations until its per-task budget (64 MiB)
@@ -181,14 +121,22 @@ async fn a_runaway_meets_the_default_quotas_within_seconds() {
     bench.host.run_until_idle().await.unwrap();
     let took = started.elapsed();
     assert!(took < Duration::from_secs(60), "took {took:?}");
-    let (spent, status) = bench.host.state(|s| {
-        let a = s.agent(flood).unwrap();
-        (a.account.log_bytes_total, a.status.clone())
-    });
+    let (spent, status) = bench
+        .host
+        .state(|s| {
+            let a = s.agent(flood).unwrap();
+            (a.account.log_bytes_total, a.status.clone())
+        })
+        .await;
     let q = Quotas::default().log_bytes;
     let allowed = q.burst + q.per_second * (took.as_secs() + 1) + (2 << 20);
     assert!(spent <= allowed, "{spent} > {allowed}");
-    let events = bench.finish().await;
+    let events = bench
+        .finish()
+        .await
+        .into_iter()
+        .map(|l| l.event)
+        .collect::<Vec<_>>();
     let hits = quota_hits(&events, flood);
     assert!(!hits.is_empty(), "the flood met no quota ({status:?})");
     assert!(hits.iter().all(|(q, _)| *q == Quota::LogBytes));
@@ -196,7 +144,7 @@ async fn a_runaway_meets_the_default_quotas_within_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tree_cannot_escape_its_roots_quota_by_spawning() {
-    let bench = Bench::new(config_with(
+    let bench = Arena::new(config_with(
         quotas(Quotas {
             tasks: Rate::new(1, 50),
             ..Quotas::default()
@@ -222,15 +170,21 @@ async fn a_tree_cannot_escape_its_roots_quota_by_spawning() {
     bench.host.run_until_idle().await.unwrap();
     let children = bench
         .host
-        .state(|s| s.agents().filter(|(_, a)| a.parent == spawner).count());
+        .state(|s| s.agents().filter(|(_, a)| a.parent == spawner).count())
+        .await;
     assert!((49..=51).contains(&children), "{children}");
-    let events = bench.finish().await;
+    let events = bench
+        .finish()
+        .await
+        .into_iter()
+        .map(|l| l.event)
+        .collect::<Vec<_>>();
     assert_eq!(quota_hits(&events, spawner).len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spawner_meets_the_live_children_limit() {
-    let bench = Bench::new(config_with(
+    let bench = Arena::new(config_with(
         Rules {
             max_children: 20,
             ..Rules::default()
@@ -255,10 +209,16 @@ async fn a_spawner_meets_the_live_children_limit() {
     assert_eq!(
         bench
             .host
-            .state(|s| s.agent(spawner).unwrap().live_children),
+            .state(|s| s.agent(spawner).unwrap().live_children)
+            .await,
         20
     );
-    let events = bench.finish().await;
+    let events = bench
+        .finish()
+        .await
+        .into_iter()
+        .map(|l| l.event)
+        .collect::<Vec<_>>();
     assert_eq!(quota_hits(&events, spawner)[0].0, Quota::Children);
 }
 
@@ -359,13 +319,13 @@ async fn flood_alone() {
         observation_bytes_per_task: u64::MAX,
         ..AgentLimits::default()
     };
-    let bench = Bench::new(config_with(quotas(Quotas::UNLIMITED), limits)).await;
+    let bench = Arena::new(config_with(quotas(Quotas::UNLIMITED), limits)).await;
     let flood = bench.agent("hostile-flood", grant(&["observe"])).await;
     let mut slow = bench.host.subscribe(); // never read: it must not pin batches
     let flooding = bench.host.schedule(flood, "megabytes").await.unwrap();
     // The bystander is served while the flood goes on.
     let mut served = 0;
-    while bench.host.state(|s| s.task(flooding).is_some()) {
+    while bench.host.state(|s| s.task(flooding).is_some()).await {
         let started = Instant::now();
         bench.bystander_serves().await;
         served += 1;
@@ -374,7 +334,8 @@ async fn flood_alone() {
     assert!(served > 0);
     let written = bench
         .host
-        .state(|s| s.agent(flood).unwrap().account.log_bytes_total);
+        .state(|s| s.agent(flood).unwrap().account.log_bytes_total)
+        .await;
     // The subscriber that never reads lagged: the bus dropped what it
     // could not hold instead of keeping it for it.
     assert!(matches!(
@@ -392,7 +353,7 @@ const HEAD_HASH: &str = "d8cb2b61a7edca4dd2b6d84c62dee1fd28c6a810122dbe006566584
 #[test]
 fn a_data_dir_written_before_rules_opens_replays_verifies_and_adopts_them() {
     let (_tmp, data) = temp_data();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/datadir-v1");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/datadir-v1");
     std::fs::create_dir_all(&data).unwrap();
     for file in ["toka.redb", "root.key"] {
         std::fs::copy(fixture.join(file), data.join(file)).unwrap();
@@ -570,10 +531,9 @@ async fn a_token_minted_elsewhere_cannot_reach_the_data_dir_either() {
         None,
     )
     .unwrap();
-    let config = HostConfig {
-        protected_paths: vec![data.clone()],
-        ..HostConfig::default()
-    };
+    let config = HostConfig::new()
+        .protected_paths(vec![data.clone()])
+        .clone();
     let host = Host::open(store as Arc<dyn EventStore>, root, config)
         .await
         .unwrap();
@@ -822,7 +782,7 @@ async fn thousands_of_live_agents_all_start_their_tasks() {
         deadline_per_task: Duration::from_secs(600),
         ..AgentLimits::default()
     };
-    let bench = Bench::new(config_with(quotas(Quotas::UNLIMITED), limits)).await;
+    let bench = Arena::new(config_with(quotas(Quotas::UNLIMITED), limits)).await;
     let spawner = bench
         .agent(
             "hostile-flood",
@@ -835,22 +795,30 @@ async fn thousands_of_live_agents_all_start_their_tasks() {
         outcome(&bench.host, spawner, &format!("spawn-many {n}")).await,
         Ok(format!("spawned {n}"))
     );
-    let (completed, failed, live) = bench.host.state(|s| {
-        let children = s.agents().filter(|(_, a)| a.parent == spawner);
-        let (mut completed, mut failed) = (0, 0);
-        for (_, a) in children {
-            completed += a.completed;
-            failed += a.failed;
-        }
-        (completed, failed, s.live_agents())
-    });
+    let (completed, failed, live) = bench
+        .host
+        .state(|s| {
+            let children = s.agents().filter(|(_, a)| a.parent == spawner);
+            let (mut completed, mut failed) = (0, 0);
+            for (_, a) in children {
+                completed += a.completed;
+                failed += a.failed;
+            }
+            (completed, failed, s.live_agents())
+        })
+        .await;
     println!(
         "{n} agents spawned and ran a task in {:?}",
         started.elapsed()
     );
     assert_eq!((completed, failed), (n, 0));
     assert_eq!(live, n + 2);
-    let events = bench.finish().await;
+    let events = bench
+        .finish()
+        .await
+        .into_iter()
+        .map(|l| l.event)
+        .collect::<Vec<_>>();
     assert!(
         !events
             .iter()

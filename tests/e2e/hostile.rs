@@ -5,102 +5,15 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use toka_host::{AgentLimits, Budget, DataDir, EventStore, Grant, Host, HostConfig, RedbStore};
+use toka_host::{AgentLimits, Budget, EventStore, Grant, RedbStore};
 use toka_kernel::{AgentId, AgentStatus, EntityId, Event, TaskId};
 
-use crate::{agent_bytes, grant, outcome, temp_data, toka};
-
-/// A host on a redb file in a temporary dir, with `hello` running as a
-/// bystander whose tasks must keep being served.
-struct Arena {
-    _tmp: tempfile::TempDir,
-    data: PathBuf,
-    store: Arc<RedbStore>,
-    host: Host,
-    bystander: AgentId,
-}
-
-impl Arena {
-    async fn new(limits: AgentLimits) -> Self {
-        let (tmp, data) = temp_data();
-        let dir = DataDir::new(&data);
-        let root = dir.root_key(None, true).expect("root key");
-        let store = Arc::new(
-            dir.open_or_create(&toka_kernel::Limits::default(), &root)
-                .expect("open data dir"),
-        );
-        let config = HostConfig {
-            agent_limits: limits,
-            ..HostConfig::default()
-        };
-        let host = Host::open(Arc::clone(&store) as Arc<dyn EventStore>, root, config)
-            .await
-            .expect("open host");
-        let hello = host.install("hello", agent_bytes("hello")).await.unwrap();
-        let bystander = host
-            .spawn(hello, "bystander", grant(&["observe"]))
-            .await
-            .unwrap();
-        let mut arena = Self {
-            _tmp: tmp,
-            data,
-            store,
-            host,
-            bystander,
-        };
-        arena.bystander_serves().await;
-        arena
-    }
-
-    /// Installs the compiled agent `name` and spawns it with `grant`.
-    async fn agent(&self, name: &str, grant: Grant) -> AgentId {
-        let component = self.host.install(name, agent_bytes(name)).await.unwrap();
-        self.host.spawn(component, name, grant).await.unwrap()
-    }
-
-    /// The bystander completes a task, as if nothing happened.
-    async fn bystander_serves(&mut self) {
-        assert_eq!(
-            outcome(&self.host, self.bystander, "neighbour").await,
-            Ok("Hello, neighbour!".to_owned())
-        );
-    }
-
-    /// Shuts the host down, checks that the log verifies from its first
-    /// record, and returns every event in log order.
-    async fn finish(mut self) -> Vec<Logged> {
-        self.bystander_serves().await;
-        self.host.shutdown().await.unwrap();
-        let verified = toka_host::verify(&*self.store).expect("the log verifies");
-        let mut events = Vec::new();
-        toka_host::replay(&*self.store, |applied| {
-            events.extend(applied.events.iter().map(|event| Logged {
-                seq: applied.seq,
-                origin: applied.origin,
-                event: event.clone(),
-            }));
-        })
-        .unwrap();
-        assert_eq!(verified.records, self.store.head().unwrap().seq);
-        drop(self.store);
-        // And the CLI agrees, from the file alone.
-        let run = toka(&self.data, &["verify"]);
-        assert!(run.ok().starts_with("ok "), "{run:?}");
-        events
-    }
-}
-
-/// An event, with the sequence number and origin of its record.
-struct Logged {
-    seq: u64,
-    origin: EntityId,
-    event: Event,
-}
+use crate::{Arena, Logged, agent_bytes, grant, outcome, temp_data, toka};
 
 /// The failure reasons recorded for `agent`'s tasks, in log order.
 fn failures(events: &[Logged], agent: AgentId) -> Vec<String> {
@@ -138,7 +51,7 @@ fn limits(f: impl FnOnce(&mut AgentLimits)) -> AgentLimits {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_infinite_loop_is_stopped_at_its_deadline_while_others_are_served() {
-    let arena = Arena::new(limits(|l| l.deadline_per_task = Duration::from_secs(3))).await;
+    let arena = Arena::with_limits(limits(|l| l.deadline_per_task = Duration::from_secs(3))).await;
     let spin = arena.agent("hostile-spin", grant(&["observe"])).await;
     let mut rx = arena.host.subscribe();
     let looping = arena.host.schedule(spin, "spin").await.unwrap();
@@ -179,7 +92,7 @@ async fn an_infinite_loop_is_stopped_at_its_deadline_while_others_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuel_stops_loops_deterministically_and_repeated_faults_quarantine_the_agent() {
-    let mut arena = Arena::new(limits(|l| {
+    let arena = Arena::with_limits(limits(|l| {
         l.fuel_per_task = Some(5_000_000);
         l.quarantine_after = 3;
     }))
@@ -192,10 +105,13 @@ async fn fuel_stops_loops_deterministically_and_repeated_faults_quarantine_the_a
 
     // Quarantined after the third fault: `ok` waits in the queue, and so
     // does anything scheduled now.
-    let (status, queued) = arena.host.state(|s| {
-        let a = s.agent(spin).unwrap();
-        (a.status.clone(), a.queue.len())
-    });
+    let (status, queued) = arena
+        .host
+        .state(|s| {
+            let a = s.agent(spin).unwrap();
+            (a.status.clone(), a.queue.len())
+        })
+        .await;
     let reason =
         "3 faults in a row; the last: out of fuel: the task used all 5000000 units of its fuel";
     assert_eq!(
@@ -208,15 +124,24 @@ async fn fuel_stops_loops_deterministically_and_repeated_faults_quarantine_the_a
     arena.bystander_serves().await;
     let later: TaskId = arena.host.schedule(spin, "ok").await.unwrap();
     arena.host.run_until_idle().await.unwrap();
-    assert_eq!(arena.host.state(|s| s.agent(spin).unwrap().queue.len()), 2);
+    assert_eq!(
+        arena
+            .host
+            .state(|s| s.agent(spin).unwrap().queue.len())
+            .await,
+        2
+    );
 
     // The operator resumes it; the queued tasks run.
     arena.host.resume_agent(spin).await.unwrap();
     arena.host.run_until_idle().await.unwrap();
-    let record = arena.host.state(|s| s.agent(spin).cloned()).unwrap();
+    let record = arena.host.state(|s| s.agent(spin).cloned()).await.unwrap();
     assert_eq!(record.status, AgentStatus::Active);
     assert_eq!((record.completed, record.failed), (2, 3));
-    assert!(arena.host.state(|s| s.task(later).is_none()), "finished");
+    assert!(
+        arena.host.state(|s| s.task(later).is_none()).await,
+        "finished"
+    );
 
     let events = arena.finish().await;
     assert_eq!(
@@ -243,7 +168,7 @@ async fn fuel_stops_loops_deterministically_and_repeated_faults_quarantine_the_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unbounded_memory_growth_traps_at_the_tokens_memory_budget() {
-    let mut arena = Arena::new(AgentLimits::default()).await;
+    let arena = Arena::with_limits(AgentLimits::default()).await;
     let hog = arena
         .agent(
             "hostile-memory",
@@ -267,7 +192,7 @@ async fn unbounded_memory_growth_traps_at_the_tokens_memory_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_recursion_exhausts_the_guest_stack_not_the_host() {
-    let arena = Arena::new(AgentLimits::default()).await;
+    let arena = Arena::with_limits(AgentLimits::default()).await;
     let deep = arena.agent("hostile-recursion", grant(&["observe"])).await;
     assert_eq!(
         outcome(&arena.host, deep, "recurse").await,
@@ -288,7 +213,7 @@ fn count(events: &[Logged], pred: impl Fn(&Event) -> bool) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_operations_stops_at_the_per_task_limit() {
-    let arena = Arena::new(AgentLimits::default()).await;
+    let arena = Arena::with_limits(AgentLimits::default()).await;
     let flood = arena.agent("hostile-flood", grant(&["observe"])).await;
     let err = outcome(&arena.host, flood, "ops").await.unwrap_err();
     assert_eq!(
@@ -308,7 +233,7 @@ async fn a_flood_of_operations_stops_at_the_per_task_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_tasks_stops_at_the_queue_limit() {
-    let arena = Arena::new(AgentLimits::default()).await;
+    let arena = Arena::with_limits(AgentLimits::default()).await;
     let flood = arena
         .agent("hostile-flood", grant(&["observe", "schedule self"]))
         .await;
@@ -318,14 +243,14 @@ async fn a_flood_of_tasks_stops_at_the_queue_limit() {
         "refused after 1024: limit exceeded: task queue length would be 1025, the limit is 1024"
     );
     // The 1024 queued tasks ran.
-    let record = arena.host.state(|s| s.agent(flood).cloned()).unwrap();
+    let record = arena.host.state(|s| s.agent(flood).cloned()).await.unwrap();
     assert_eq!((record.completed, record.failed), (1024, 1));
     arena.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_size_observations_and_state_values_are_refused() {
-    let arena = Arena::new(AgentLimits::default()).await;
+    let arena = Arena::with_limits(AgentLimits::default()).await;
     let flood = arena
         .agent(
             "hostile-flood",
@@ -359,7 +284,10 @@ async fn over_size_observations_and_state_values_are_refused() {
             && filled.ends_with("the limit is 16777216"),
         "{filled}"
     );
-    let state_bytes = arena.host.state(|s| s.agent(flood).unwrap().state_bytes);
+    let state_bytes = arena
+        .host
+        .state(|s| s.agent(flood).unwrap().state_bytes)
+        .await;
     assert!(state_bytes <= 16 << 20 && state_bytes > (16 << 20) - (61 << 10));
 
     let events = arena.finish().await;
@@ -383,7 +311,7 @@ async fn over_size_observations_and_state_values_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_and_environment_are_invisible_without_rights() {
-    let arena = Arena::new(AgentLimits::default()).await;
+    let arena = Arena::with_limits(AgentLimits::default()).await;
     let snoop = arena.agent("hostile-snoop", grant(&["observe"])).await;
     let read = outcome(&arena.host, snoop, "read /etc/passwd")
         .await
@@ -418,7 +346,7 @@ async fn files_are_reachable_only_inside_granted_dirs() {
     std::os::unix::fs::symlink(&outside, work.join("escape")).unwrap();
     std::os::unix::fs::symlink(outside.join("secret.txt"), work.join("secret-link")).unwrap();
 
-    let arena = Arena::new(AgentLimits::default()).await;
+    let arena = Arena::with_limits(AgentLimits::default()).await;
     let rights = [
         format!("fs.read {}", shared.display()),
         format!("fs.write {}", work.display()),
@@ -525,7 +453,7 @@ fn answer(stream: &mut TcpStream) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_reaches_only_granted_hosts_and_only_after_pending_ops_are_durable() {
-    let mut arena = Arena::new(AgentLimits::default()).await;
+    let arena = Arena::with_limits(AgentLimits::default()).await;
     let granted = Server::start(Some(Arc::clone(&arena.store)));
     let other = Server::start(None);
     let right = format!("http 127.0.0.1:{}", granted.port);
@@ -587,7 +515,7 @@ async fn http_reaches_only_granted_hosts_and_only_after_pending_ops_are_durable(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_importing_sockets_is_refused_at_install() {
-    let arena = Arena::new(AgentLimits::default()).await;
+    let arena = Arena::with_limits(AgentLimits::default()).await;
     let err = arena
         .host
         .install("sockets", agent_bytes("hostile-sockets"))
@@ -596,13 +524,18 @@ async fn a_component_importing_sockets_is_refused_at_install() {
         .to_string();
     assert!(err.contains("imports wasi:sockets/"), "{err}");
     assert!(err.ends_with("which the host does not provide"), "{err}");
-    assert!(arena.host.state(|s| s.component_named("sockets").is_none()));
+    assert!(
+        arena
+            .host
+            .state(|s| s.component_named("sockets").is_none())
+            .await
+    );
     arena.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cannot_reach_beyond_its_token() {
-    let mut arena = Arena::new(AgentLimits::default()).await;
+    let arena = Arena::with_limits(AgentLimits::default()).await;
     let victim = arena.bystander;
     arena
         .host
@@ -624,7 +557,7 @@ async fn an_agent_cannot_reach_beyond_its_token() {
             },
         )
         .await;
-    let agents_before = arena.host.state(|s| s.agents().len());
+    let agents_before = arena.host.state(|s| s.agents().len()).await;
 
     assert_eq!(
         outcome(&arena.host, attacker, "spawn-more hostile-memory").await,
@@ -651,7 +584,7 @@ async fn an_agent_cannot_reach_beyond_its_token() {
             "extension call refused: capability denied: extension: missing right `extension agent`; wrote ../{victim}/owned in my own state"
         ))
     );
-    assert_eq!(arena.host.state(|s| s.agents().len()), agents_before);
+    assert_eq!(arena.host.state(|s| s.agents().len()).await, agents_before);
 
     // A child asking for a 4 GiB budget gets its parent's 16 MiB.
     let spawned = outcome(&arena.host, attacker, "spawn-bigger hostile-memory")
@@ -661,17 +594,20 @@ async fn an_agent_cannot_reach_beyond_its_token() {
     arena.host.run_until_idle().await.unwrap();
 
     arena.bystander_serves().await;
-    let (victim_record, attacker_state) = arena.host.state(|s| {
-        (
-            s.agent(victim).cloned().unwrap(),
-            s.agent(attacker)
-                .unwrap()
-                .state
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>(),
-        )
-    });
+    let (victim_record, attacker_state) = arena
+        .host
+        .state(|s| {
+            (
+                s.agent(victim).cloned().unwrap(),
+                s.agent(attacker)
+                    .unwrap()
+                    .state
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await;
     assert!(victim_record.is_active());
     assert!(
         victim_record.state.is_empty(),

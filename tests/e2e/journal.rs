@@ -249,7 +249,7 @@ async fn revoking_a_token_closes_its_directories_in_the_middle_of_a_task() {
             }
         }
     }
-    let digest = host.state(|s| s.agent(agent).unwrap().token);
+    let digest = host.state(|s| s.agent(agent).unwrap().token).await;
     let id = host.token(&digest).unwrap().revocation_ids()[0].clone();
     let revoked_at = Instant::now();
     host.revoke(id, false).await.unwrap();

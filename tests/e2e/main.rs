@@ -20,7 +20,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use serde_json::Value;
-use toka_host::{DataDir, Grant, Host, HostConfig};
+use toka_host::{DataDir, EventStore, Grant, Host, HostConfig};
 
 /// What one `toka` invocation did.
 #[derive(Debug)]
@@ -169,4 +169,95 @@ fn find_outcome(
 /// A grant of the given rights.
 pub fn grant(rights: &[&str]) -> Grant {
     Grant::Rights(rights.iter().map(|r| r.parse().expect("right")).collect())
+}
+
+/// A host on a redb file in a temporary dir, with `hello` running as a
+/// bystander whose tasks must keep being served.
+#[derive(Debug)]
+pub struct Arena {
+    _tmp: tempfile::TempDir,
+    pub data: PathBuf,
+    pub store: Arc<toka_host::RedbStore>,
+    pub host: Host,
+    pub bystander: toka_kernel::AgentId,
+}
+
+impl Arena {
+    /// A host with these sandbox limits (and the default configuration).
+    pub async fn with_limits(limits: toka_host::AgentLimits) -> Self {
+        Self::new(HostConfig::new().agent_limits(limits).clone()).await
+    }
+
+    /// A host with `config`.
+    pub async fn new(config: HostConfig) -> Self {
+        let (tmp, data) = temp_data();
+        let dir = DataDir::new(&data);
+        let root = dir.root_key(None, true).expect("root key");
+        let store = Arc::new(
+            dir.open_or_create(&toka_kernel::Limits::default(), &root)
+                .expect("open data dir"),
+        );
+        let host = Host::open(Arc::clone(&store) as Arc<dyn EventStore>, root, config)
+            .await
+            .expect("open host");
+        let hello = host.install("hello", agent_bytes("hello")).await.unwrap();
+        let bystander = host
+            .spawn(hello, "bystander", grant(&["observe"]))
+            .await
+            .unwrap();
+        let arena = Self {
+            _tmp: tmp,
+            data,
+            store,
+            host,
+            bystander,
+        };
+        arena.bystander_serves().await;
+        arena
+    }
+
+    /// Installs the compiled agent `name` and spawns it with `grant`.
+    pub async fn agent(&self, name: &str, grant: Grant) -> toka_kernel::AgentId {
+        let component = self.host.install(name, agent_bytes(name)).await.unwrap();
+        self.host.spawn(component, name, grant).await.unwrap()
+    }
+
+    /// The bystander completes a task, as if nothing happened.
+    pub async fn bystander_serves(&self) {
+        assert_eq!(
+            served(&self.host, self.bystander, "neighbour").await,
+            Ok("Hello, neighbour!".to_owned())
+        );
+    }
+
+    /// Shuts the host down, checks that the log verifies from its first
+    /// record, and returns every event in log order.
+    pub async fn finish(self) -> Vec<Logged> {
+        self.bystander_serves().await;
+        self.host.shutdown().await.unwrap();
+        let verified = toka_host::verify(&*self.store).expect("the log verifies");
+        let mut events = Vec::new();
+        toka_host::replay(&*self.store, |applied| {
+            events.extend(applied.events.iter().map(|event| Logged {
+                seq: applied.seq,
+                origin: applied.origin,
+                event: event.clone(),
+            }));
+        })
+        .unwrap();
+        assert_eq!(verified.records, self.store.head().unwrap().seq);
+        drop(self.store);
+        // And the CLI agrees, from the file alone.
+        let run = toka(&self.data, &["verify"]);
+        assert!(run.ok().starts_with("ok "), "{run:?}");
+        events
+    }
+}
+
+/// An event, with the sequence number and origin of its record.
+#[derive(Debug)]
+pub struct Logged {
+    pub seq: u64,
+    pub origin: toka_kernel::EntityId,
+    pub event: toka_kernel::Event,
 }

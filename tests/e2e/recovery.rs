@@ -126,8 +126,11 @@ async fn a_torn_write_stops_the_host_keeps_nothing_half_applied_and_recovers() {
 
     // The disk starts tearing writes: the next commit fails half-way.
     disk.arm(100);
-    host.schedule(agent, "10").await.unwrap();
-    let err = host.run_until_idle().await.unwrap_err();
+    // The operator's command returns once durable: it (or the run) fails.
+    let err = match host.schedule(agent, "10").await {
+        Err(e) => e,
+        Ok(_) => host.run_until_idle().await.unwrap_err(),
+    };
     assert!(
         err.to_string()
             .starts_with("the host stopped: committing the log failed"),
@@ -148,7 +151,9 @@ async fn a_torn_write_stops_the_host_keeps_nothing_half_applied_and_recovers() {
         durable_head,
         "the failed batch left nothing behind"
     );
-    let count = host.state(|s| s.agent(agent).unwrap().state["count"].clone());
+    let count = host
+        .state(|s| s.agent(agent).unwrap().state["count"].clone())
+        .await;
     assert_eq!(count, 5u64.to_le_bytes());
     // And it carries on.
     assert_eq!(outcome(&host, agent, "2").await, Ok("7".into()));
@@ -305,16 +310,42 @@ fn events_follow_streams_what_another_process_commits() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    // A writer in another process while the follower reads.
+    let (lines, seen) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Waits (generously) for a line containing `text`; what it read.
+    let wait_for = |text: &str| -> Vec<String> {
+        let mut read = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match seen.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(text);
+                    read.push(line);
+                    if found {
+                        return read;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("the follower never printed `{text}`: {read:?}")
+    };
+    // The follower has read the log so far ...
+    wait_for("counter observed: count = 1");
+    // ... and sees what a writer in another process commits now.
     toka(&data, &["run", "counter", "--task", "41"]).ok();
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for("counter observed: count = 42");
     let _ = follower.kill();
-    let out = follower.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("counter observed: count = 1"), "{text}");
-    assert!(
-        text.contains("counter observed: count = 42"),
-        "the follower missed the second run: {text}"
-    );
+    let _ = follower.wait();
 }

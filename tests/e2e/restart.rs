@@ -5,11 +5,12 @@ use toka_kernel::{EntityId, Event};
 use crate::{agent_bytes, grant, open_host, temp_data, toka};
 
 /// The count the `counter` agent keeps, as the host's state shows it.
-fn count(host: &toka_host::Host, agent: EntityId) -> u64 {
+async fn count(host: &toka_host::Host, agent: EntityId) -> u64 {
     host.state(|s| {
         let bytes = s.agent(agent).expect("agent").state.get("count").cloned();
         u64::from_le_bytes(bytes.expect("count key").try_into().expect("8 bytes"))
     })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,22 +30,22 @@ async fn counter_continues_from_its_count_after_the_host_reopens() {
             host.schedule(agent, step).await.unwrap();
         }
         host.run_until_idle().await.unwrap();
-        assert_eq!(count(&host, agent), 16);
-        let digest = host.state(|s| s.digest());
+        assert_eq!(count(&host, agent).await, 16);
+        let digest = host.state(|s| s.digest()).await;
         host.shutdown().await.unwrap();
         (agent, digest)
     };
 
     // A new host on the same file rebuilds the same state from the log ...
     let host = open_host(&data).await;
-    assert_eq!(host.state(|s| s.digest()), digest_before);
-    assert_eq!(count(&host, agent), 16);
+    assert_eq!(host.state(|s| s.digest()).await, digest_before);
+    assert_eq!(count(&host, agent).await, 16);
 
     // ... and the agent picks up from there.
     let mut rx = host.subscribe();
     let task = host.schedule(agent, "4").await.unwrap();
     host.run_until_idle().await.unwrap();
-    assert_eq!(count(&host, agent), 20);
+    assert_eq!(count(&host, agent).await, 20);
     let mut output = None;
     while let Ok(batch) = rx.try_recv() {
         for record in &batch.records {

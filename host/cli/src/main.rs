@@ -1,0 +1,264 @@
+//! `toka`: run WebAssembly agents on a durable, capability-checked kernel.
+
+mod agent;
+mod demo;
+mod drive;
+mod events;
+mod output;
+mod render;
+mod run;
+mod state;
+mod token;
+mod verify;
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// Records are built on the agents' threads and freed on the log writer's;
+/// glibc's arenas contend on that, mimalloc does not (see Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Run WebAssembly agents on a deterministic kernel with a durable log.
+#[derive(Debug, Parser)]
+#[command(name = "toka", version, about, max_term_width = 100)]
+struct Cli {
+    /// The data directory: the log (toka.redb) and, unless --root-key is
+    /// given, the root key (root.key) live here.
+    #[arg(long, global = true, env = "TOKA_DATA", default_value = "./toka-data")]
+    data: PathBuf,
+
+    /// The root key file (`ed25519-private/<hex>`, as the `biscuit` tool
+    /// writes it). Default: root.key in the data dir, created on first use.
+    #[arg(long, global = true, env = "TOKA_ROOT_KEY", value_name = "FILE")]
+    root_key: Option<PathBuf>,
+
+    /// Snapshot the state every N records, so recovery replays only the tail
+    /// (0: never).
+    #[arg(
+        long,
+        global = true,
+        env = "TOKA_SNAPSHOT_EVERY",
+        value_name = "N",
+        default_value_t = 10_000
+    )]
+    snapshot_every: u64,
+
+    #[command(flatten)]
+    limits: LimitArgs,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Sandbox limits for every agent this command runs (a token's budgets can
+/// only lower them). Defaults: AgentLimits in the library docs.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Sandbox limits")]
+struct LimitArgs {
+    /// Bytes of each linear memory of an agent (default 64MiB).
+    #[arg(long, global = true, env = "TOKA_MEMORY", value_name = "SIZE", value_parser = toka_host::parse_size)]
+    memory: Option<u64>,
+    /// Fuel per task: meters every agent deterministically (default: no fuel
+    /// metering, which is faster; the deadline still stops a runaway task).
+    #[arg(long, global = true, env = "TOKA_FUEL", value_name = "N")]
+    fuel: Option<u64>,
+    /// Wall-clock time per task (default 30s).
+    #[arg(long, global = true, env = "TOKA_DEADLINE", value_name = "DURATION", value_parser = toka_host::parse_duration)]
+    deadline: Option<Duration>,
+    /// Faults in a row after which an agent is quarantined (default 3; 0: never).
+    #[arg(long, global = true, env = "TOKA_QUARANTINE_AFTER", value_name = "N")]
+    quarantine_after: Option<u32>,
+}
+
+impl LimitArgs {
+    fn apply(&self) -> toka_host::AgentLimits {
+        let mut limits = toka_host::AgentLimits::default();
+        if let Some(memory) = self.memory {
+            limits.memory_bytes = memory;
+        }
+        if self.fuel.is_some() {
+            limits.fuel_per_task = self.fuel;
+        }
+        if let Some(deadline) = self.deadline {
+            limits.deadline_per_task = deadline;
+        }
+        if let Some(n) = self.quarantine_after {
+            limits.quarantine_after = n;
+        }
+        limits
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the bundled planner/worker scenario and print what happens.
+    Demo(demo::Args),
+    /// Install an agent, give it tasks, and run until it is idle.
+    Run(run::Args),
+    /// Print the event log, or follow it as a running host writes it.
+    Events(events::Args),
+    /// Print the agents, their tasks and state.
+    State(state::Args),
+    /// Print the state as it was after a given record.
+    Replay(state::ReplayArgs),
+    /// Write a snapshot of the state now (recovery replays only what follows).
+    Snapshot,
+    /// Replay the log and check every record and the final state.
+    Verify(verify::Args),
+    /// Issue, attenuate, inspect and revoke capability tokens.
+    #[command(subcommand)]
+    Token(token::Command),
+    /// Manage agents: resume a quarantined one.
+    #[command(subcommand)]
+    Agent(agent::Command),
+}
+
+/// Where the CLI finds its data dir and root key.
+#[derive(Debug, Clone)]
+pub(crate) struct Place {
+    pub(crate) data: PathBuf,
+    pub(crate) root_key: Option<PathBuf>,
+    pub(crate) snapshot_every: u64,
+    pub(crate) agent_limits: toka_host::AgentLimits,
+}
+
+impl Place {
+    pub(crate) fn dir(&self) -> toka_host::DataDir {
+        toka_host::DataDir::new(&self.data)
+    }
+
+    /// The host configuration every command that opens a host uses: the
+    /// limits given, and the paths no agent may reach (the data dir, the
+    /// root key file).
+    pub(crate) fn host_config(&self) -> toka_host::HostConfig {
+        let mut config = toka_host::HostConfig::new();
+        config
+            .snapshot_every(self.snapshot_every)
+            .agent_limits(self.agent_limits.clone())
+            .protected_paths(self.protected_paths());
+        config
+    }
+
+    /// The data dir and the root key file.
+    pub(crate) fn protected_paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.data.clone()];
+        paths.extend(self.root_key.clone());
+        paths
+    }
+
+    /// The root key; created in the data dir on first use if `create`.
+    pub(crate) fn root_key(&self, create: bool) -> Result<toka_host::RootKey, Failure> {
+        self.dir()
+            .root_key(self.root_key.as_deref(), create)
+            .map_err(Failure::input)
+    }
+}
+
+/// A failure to report: one line on stderr and an exit code.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    /// 1: the work failed (a task, a verification); 2: bad usage or input.
+    pub(crate) code: u8,
+    pub(crate) message: String,
+}
+
+impl Failure {
+    /// Bad input: a missing file, not a component, an unusable data dir, ...
+    pub(crate) fn input(message: impl std::fmt::Display) -> Self {
+        Self {
+            code: 2,
+            message: message.to_string(),
+        }
+    }
+
+    /// The work itself failed.
+    pub(crate) fn work(message: impl std::fmt::Display) -> Self {
+        Self {
+            code: 1,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<toka_host::HostError> for Failure {
+    fn from(e: toka_host::HostError) -> Self {
+        use toka_host::HostError as E;
+        match e {
+            E::Component(_)
+            | E::DataDir(_)
+            | E::Store(_)
+            | E::Log(_)
+            | E::Token(_)
+            | E::RootKeyMismatch { .. }
+            | E::UnknownRevocationId(_)
+            | E::ProtectedPath(_)
+            // The kernel refusing an operator's own command (a name, an
+            // unknown agent): the input was wrong.
+            | E::Kernel(_) => Failure::input(e),
+            other => Failure::work(other),
+        }
+    }
+}
+
+impl From<toka_host::LogError> for Failure {
+    fn from(e: toka_host::LogError) -> Self {
+        // A log that cannot be read back is the data dir's problem: input.
+        Failure::input(e)
+    }
+}
+
+pub(crate) type CliResult = Result<ExitCode, Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let place = Place {
+        data: cli.data,
+        root_key: cli.root_key,
+        snapshot_every: cli.snapshot_every,
+        agent_limits: cli.limits.apply(),
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Demo(args) => demo::main(&place, args).await,
+            Command::Run(args) => run::main(&place, args).await,
+            Command::Events(args) => events::main(&place.data, args).await,
+            Command::State(args) => state::main(&place.data, args),
+            Command::Replay(args) => state::replay(&place.data, args),
+            Command::Snapshot => state::snapshot(&place).await,
+            Command::Verify(args) => verify::main(&place.data, args),
+            Command::Token(command) => token::main(&place, command).await,
+            Command::Agent(command) => agent::main(&place, command).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}

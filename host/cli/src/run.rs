@@ -1,0 +1,276 @@
+//! `toka run`: install an agent, give it tasks, run until idle.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use toka_host::{Budget, Grant, Right};
+use toka_kernel::{AgentStatus, Digest, EntityId, Event, TaskId};
+
+use crate::output::out;
+use crate::render::{Names, one_line, text};
+use crate::{CliResult, Failure, Place, drive};
+
+/// Arguments of `toka run`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// A `.wasm` component, or the name of a bundled example (hello, planner,
+    /// worker, counter).
+    agent: String,
+    /// A task for the agent (repeatable; run in order).
+    #[arg(long = "task", value_name = "TEXT")]
+    tasks: Vec<String>,
+    /// The agent's name. Default: the file name without `.wasm`. A running
+    /// root agent of the same name and component is reused, so its state
+    /// carries over between runs.
+    #[arg(long)]
+    name: Option<String>,
+    /// Another component to install first, e.g. one the agent spawns
+    /// (repeatable; a path or a bundled name). `planner` brings `worker`.
+    #[arg(long = "with", value_name = "COMPONENT")]
+    with: Vec<String>,
+    /// The agent's capability token: a file with a token rooted in this data
+    /// dir's key (base64, as `toka token issue` or `biscuit generate` print it).
+    #[arg(long, value_name = "FILE", conflicts_with = "grants")]
+    token: Option<PathBuf>,
+    /// A right to grant the agent (repeatable), e.g. `--grant observe --grant
+    /// "schedule self"`. Without --token or --grant: observe, state, schedule self.
+    #[arg(long = "grant", value_name = "RIGHT", id = "grants")]
+    grants: Vec<String>,
+    /// A budget for the agent's token (repeatable): `memory=SIZE`, `fuel=N`,
+    /// `deadline=DURATION`, `observations=SIZE`. With --token, attenuate the
+    /// token instead (`toka token attenuate --budget`).
+    #[arg(long = "budget", value_name = "NAME=VALUE", conflicts_with = "token")]
+    budgets: Vec<String>,
+    /// Stop after this many tasks have run (0: no limit); what is left runs
+    /// on the next `toka run`.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_tasks: u64,
+    /// Stop after this long (0s: no limit); what is left runs on the next
+    /// `toka run`.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = toka_host::parse_duration)]
+    timeout: std::time::Duration,
+}
+
+pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
+    // Everything that can be checked without the data dir is checked first.
+    let (default_name, bytes) = load(&args.agent)?;
+    let mut extra = Vec::new();
+    let mut specs: Vec<&str> = args.with.iter().map(String::as_str).collect();
+    specs.extend(companion(&args.agent));
+    for spec in specs {
+        extra.push((spec.to_owned(), load(spec)?));
+    }
+    let name = args.name.unwrap_or(default_name);
+    toka_kernel::validate_name("agent", &name, &toka_kernel::Limits::default())
+        .map_err(Failure::input)?;
+    let grant = grant(args.token.as_deref(), &args.grants, &args.budgets)?;
+    let bounds = drive::Bounds {
+        max_tasks: args.max_tasks,
+        timeout: (!args.timeout.is_zero()).then_some(args.timeout),
+    };
+
+    let opened = drive::open(place).await?;
+    let host = &opened.host;
+    // Then what needs the host — every component and the token — before
+    // anything is recorded, so bad input leaves the log as it was.
+    let checked = async {
+        for (spec, (_, extra_bytes)) in &extra {
+            host.validate(extra_bytes)
+                .await
+                .map_err(|e| Failure::input(format!("{spec}: {e}")))?;
+        }
+        host.validate(&bytes)
+            .await
+            .map_err(|e| Failure::input(format!("{}: {e}", args.agent)))?;
+        if let Some(grant) = &grant {
+            host.check_grant(grant).map_err(Failure::from)?;
+        }
+        Ok::<(), Failure>(())
+    }
+    .await;
+    if let Err(e) = checked {
+        drive::discard(opened, place).await;
+        return Err(e);
+    }
+    for (_, (extra_name, extra_bytes)) in extra {
+        host.install(&extra_name, extra_bytes).await?;
+    }
+    let digest = host.install(&name, bytes).await?;
+
+    // Reuse the running agent (and its token) unless told which token to use.
+    let existing = if grant.is_none() {
+        match find_root_agent(host, &name, digest).await {
+            Ok(found) => found,
+            Err(e) => {
+                opened.host.shutdown().await?;
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
+    let agent = match existing {
+        Some(agent) => agent,
+        None => {
+            let grant = grant.unwrap_or_else(|| Grant::Rights(Right::defaults()));
+            match host.spawn(digest, &name, grant).await {
+                Ok(agent) => agent,
+                Err(e) => {
+                    opened.host.shutdown().await?;
+                    return Err(e.into());
+                }
+            }
+        }
+    };
+    let mut rx = opened.start();
+    let mut pending: BTreeMap<TaskId, String> = BTreeMap::new();
+    for text in &args.tasks {
+        pending.insert(host.schedule(agent, text).await?, text.clone());
+    }
+
+    let mut names = host.state(Names::from_state).await;
+    let mut failed = 0;
+    let ending = drive::until_idle(host, &mut rx, bounds, |batch| {
+        for record in &batch.records {
+            for event in &record.events {
+                names.learn(event);
+                match event {
+                    Event::ObservationEmitted { agent, data, .. } => {
+                        out!("{}: {}", names.who(*agent), one_line(data, usize::MAX));
+                    }
+                    // Every failure counts: this run's tasks, what they
+                    // caused, and tasks re-run after a crash.
+                    Event::TaskFailed {
+                        task,
+                        agent: a,
+                        reason,
+                    } => {
+                        failed += 1;
+                        let what = pending
+                            .get(task)
+                            .map_or_else(String::new, |text| format!(" ({text:?})"));
+                        eprintln!(
+                            "task {}{what} of {} failed: {}",
+                            task.short(),
+                            names.who(*a),
+                            text(reason)
+                        );
+                    }
+                    Event::AgentQuarantined { agent: a, reason } => {
+                        eprintln!(
+                            "agent {} ({a}) is quarantined: {}; its queued tasks wait until `toka agent resume {a}`",
+                            names.who(*a),
+                            text(reason)
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+    })
+    .await?;
+    opened.host.shutdown().await?;
+    if let Some(line) = ending.explain() {
+        eprintln!("{line}");
+    }
+    if args.tasks.is_empty() && !ending.cut_short() {
+        eprintln!(
+            "agent {} ({agent}) is ready; give it work with --task",
+            text(&name)
+        );
+    }
+    Ok(if failed == 0 && !ending.cut_short() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The token the agent gets, from --token or --grant and --budget (`None`:
+/// none given).
+fn grant(
+    token: Option<&Path>,
+    grants: &[String],
+    budgets: &[String],
+) -> Result<Option<Grant>, Failure> {
+    if let Some(path) = token {
+        let bytes =
+            std::fs::read(path).map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+        return Ok(Some(Grant::Token(bytes)));
+    }
+    if grants.is_empty() && budgets.is_empty() {
+        return Ok(None);
+    }
+    let mut rights = grants
+        .iter()
+        .map(|g| g.parse::<Right>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::input)?;
+    if rights.is_empty() {
+        rights = Right::defaults();
+    }
+    let budgets = budgets
+        .iter()
+        .map(|b| b.parse::<Budget>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::input)?;
+    Ok(Some(Grant::Budgeted { rights, budgets }))
+}
+
+/// Reads a component from a path, or takes a bundled one by name.
+fn load(spec: &str) -> Result<(String, Vec<u8>), Failure> {
+    let path = Path::new(spec);
+    if path.exists() {
+        let bytes = std::fs::read(path).map_err(|e| Failure::input(format!("{spec}: {e}")))?;
+        let name = path
+            .file_stem()
+            .map_or_else(|| spec.to_owned(), |s| s.to_string_lossy().into_owned());
+        return Ok((name, bytes));
+    }
+    if let Some(bytes) = toka_agents::bundled(spec) {
+        return Ok((spec.to_owned(), bytes.to_vec()));
+    }
+    let bundled: Vec<&str> = toka_agents::BUNDLED.iter().map(|(n, _)| *n).collect();
+    if spec.contains(['/', '\\']) || spec.ends_with(".wasm") {
+        return Err(Failure::input(format!("{spec}: no such file")));
+    }
+    Err(Failure::input(format!(
+        "{spec}: no such file, and no bundled agent of that name (bundled: {})",
+        bundled.join(", ")
+    )))
+}
+
+/// The bundled component a bundled agent needs besides itself.
+fn companion<'a>(agent: &str) -> Option<&'a str> {
+    (agent == "planner").then_some("worker")
+}
+
+/// A live agent the operator started with this name and component; an
+/// error when it is quarantined (it would not run the tasks).
+async fn find_root_agent(
+    host: &toka_host::Host,
+    name: &str,
+    component: Digest,
+) -> Result<Option<EntityId>, Failure> {
+    let found = host
+        .state(|s| {
+            s.agents()
+                .find(|(_, a)| {
+                    a.parent == EntityId::SYSTEM
+                        && !a.is_terminated()
+                        && a.name == name
+                        && a.component == component
+                })
+                .map(|(id, a)| (id, a.status.clone()))
+        })
+        .await;
+    match found {
+        Some((id, AgentStatus::Quarantined { reason })) => Err(Failure::work(format!(
+            "agent {} ({id}) is quarantined ({}); `toka agent resume {id}` lets it run again",
+            text(name),
+            text(&reason)
+        ))),
+        other => Ok(other.map(|(id, _)| id)),
+    }
+}

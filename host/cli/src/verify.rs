@@ -1,0 +1,59 @@
+//! `toka verify`: replay the log and check it.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use toka_host::EventStore;
+
+use crate::output::out;
+use crate::{CliResult, Failure};
+
+/// Arguments of `toka verify`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Also re-run every recorded authorization decision (allowed operations,
+    /// delegations, denials) with the stored tokens, and report any that does
+    /// not reproduce.
+    #[arg(long)]
+    auth: bool,
+}
+
+pub(crate) fn main(data: &Path, args: Args) -> CliResult {
+    let store = toka_host::DataDir::new(data)
+        .open_read_only()
+        .map_err(Failure::input)?;
+    let verified = toka_host::verify(&store)
+        .map_err(|e| Failure::work(format!("verification failed: {e}")))?;
+    out!("ok {} {}", verified.records, verified.state_digest);
+    if verified.snapshots > 0 {
+        out!("snapshots ok: {} match the log", verified.snapshots);
+    }
+    if !args.auth {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let root = store
+        .root_public_key()
+        .map_err(Failure::input)?
+        .and_then(|k| toka_host::PublicKey::from_bytes(&k, toka_host::Algorithm::Ed25519).ok())
+        .ok_or_else(|| {
+            Failure::input("the data dir records no root public key to check tokens against")
+        })?;
+    let report =
+        toka_host::audit(&store, root).map_err(|e| Failure::work(format!("audit failed: {e}")))?;
+    for m in &report.mismatches {
+        out!("auth mismatch at record {}: {}", m.seq, m.problem);
+    }
+    if !report.mismatches.is_empty() {
+        return Err(Failure::work(format!(
+            "{} of {} authorization decisions do not reproduce",
+            report.mismatches.len(),
+            report.allowed + report.denied
+        )));
+    }
+    out!(
+        "auth ok: {} allowed and {} denied decisions reproduced",
+        report.allowed,
+        report.denied
+    );
+    Ok(ExitCode::SUCCESS)
+}

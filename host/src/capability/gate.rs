@@ -1,0 +1,327 @@
+//! The live gate: verified tokens and cached decisions.
+//!
+//! Signatures are verified once per token. Decisions are cached per (token,
+//! operation, targets, and — only for tokens whose checks read `time` — the
+//! second of logical time, the resolution of biscuit dates), bounded in
+//! bytes; a denial of a name the agent made up is never cached. Revocation
+//! is checked before the cache on every call, so a revocation ordered before
+//! an operation always denies it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use biscuit_auth::PublicKey;
+use toka_kernel::{Digest, EntityId, Limits, Timestamp, WorldState};
+
+use crate::capability::policy::{Check, Denied, decide};
+use crate::capability::token::Token;
+use crate::capability::token::TokenError;
+
+/// Where the gate finds a token's bytes the first time it meets it (the
+/// store, in a host).
+pub(crate) trait TokenSource: Send + Sync {
+    /// The bytes stored under `digest`, if any.
+    ///
+    /// # Errors
+    ///
+    /// Why the source cannot be read.
+    fn token_bytes(&self, digest: &Digest) -> Result<Option<Vec<u8>>, String>;
+}
+
+/// Bytes of keys and reasons the decision cache holds before it is cleared.
+const MAX_CACHED_BYTES: usize = 4 << 20;
+
+/// A token the gate has verified, with what the cache needs about it.
+struct Verified {
+    token: Token,
+    /// Whether any check reads `time`: then decisions depend on the second.
+    uses_time: bool,
+    /// The kernel's revocation count when this token was last found not
+    /// revoked; revocations only grow, so an unchanged count needs no lookups.
+    clean_at: Option<usize>,
+    /// The last decisions of target-less checks (`observe`, `state`), the
+    /// hot path: a few entries, scanned without hashing.
+    targetless: Vec<(Targetless, Result<(), Denied>)>,
+}
+
+/// What a target-less decision depends on besides the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Targetless {
+    operation: &'static str,
+    origin: EntityId,
+    second: u64,
+}
+
+/// Target-less decisions kept per token (one per operation class and origin).
+const TARGETLESS_SLOTS: usize = 4;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DecisionKey {
+    token: Digest,
+    origin: EntityId,
+    check: Check,
+    second: u64,
+}
+
+/// Hashes a [`Digest`] key by its first 8 bytes: digests are uniform, and
+/// not chosen by agents (they are BLAKE3 of token bytes), so that is as good
+/// as hashing all 32 and several times cheaper.
+#[derive(Debug, Clone, Copy, Default)]
+struct DigestHash;
+
+impl std::hash::BuildHasher for DigestHash {
+    type Hasher = DigestHasher;
+
+    fn build_hasher(&self) -> DigestHasher {
+        DigestHasher(0)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // `Digest` hashes as its 32 bytes; fold the first 8.
+        let mut first = [0u8; 8];
+        let n = bytes.len().min(8);
+        first[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_le_bytes(first);
+    }
+}
+
+/// The live gate: verified tokens and cached decisions.
+pub(crate) struct Gate {
+    root: PublicKey,
+    tokens_source: Arc<dyn TokenSource>,
+    max_token: usize,
+    tokens: HashMap<Digest, Verified, DigestHash>,
+    decisions: HashMap<DecisionKey, Result<(), Denied>>,
+    /// Bytes of targets and reasons in `decisions`.
+    cached_bytes: usize,
+}
+
+impl Gate {
+    pub(crate) fn new(root: PublicKey, source: Arc<dyn TokenSource>, limits: &Limits) -> Self {
+        Self {
+            root,
+            tokens_source: source,
+            max_token: limits.max_token as usize,
+            tokens: HashMap::default(),
+            decisions: HashMap::new(),
+            cached_bytes: 0,
+        }
+    }
+
+    pub(crate) fn max_token(&self) -> usize {
+        self.max_token
+    }
+
+    /// The root key tokens must be rooted in.
+    pub(crate) fn root(&self) -> PublicKey {
+        self.root
+    }
+
+    /// Remembers a token the host just verified or made.
+    pub(crate) fn admit(&mut self, token: Token) {
+        let uses_time = token.block_sources().iter().any(|s| s.contains("time("));
+        self.tokens.insert(
+            token.digest(),
+            Verified {
+                token,
+                uses_time,
+                clean_at: None,
+                targetless: Vec::new(),
+            },
+        );
+    }
+
+    /// The token with this digest, verifying it on first use.
+    pub(crate) fn token(&mut self, digest: &Digest) -> Result<&Token, TokenError> {
+        self.verified(digest).map(|v| &v.token)
+    }
+
+    fn verified(&mut self, digest: &Digest) -> Result<&mut Verified, TokenError> {
+        if !self.tokens.contains_key(digest) {
+            let bytes = self
+                .tokens_source
+                .token_bytes(digest)
+                .map_err(TokenError::Unreadable)?
+                .ok_or_else(|| TokenError::Missing(digest.short()))?;
+            let token = Token::parse_stored(digest, &bytes, self.root, self.max_token)?;
+            self.admit(token);
+        }
+        Ok(self
+            .tokens
+            .get_mut(digest)
+            .expect("the token was admitted just above if it was not there"))
+    }
+
+    /// Authorizes `check` for `origin`, which holds the token `token`.
+    pub(crate) fn authorize(
+        &mut self,
+        token: Digest,
+        origin: EntityId,
+        check: &Check,
+        time: Timestamp,
+        state: &WorldState,
+    ) -> Result<(), Denied> {
+        let verified = self
+            .verified(&token)
+            .map_err(|e| Denied(format!("the agent's token is not usable: {e}")))?;
+        let revocations = state.revocation_count();
+        if verified.clean_at != Some(revocations) {
+            if verified
+                .token
+                .revocation_ids()
+                .iter()
+                .any(|id| state.is_revoked(id))
+            {
+                return Err(Denied("the token has been revoked".into()));
+            }
+            verified.clean_at = Some(revocations);
+        }
+        let second = if verified.uses_time { time.0 / 1000 } else { 0 };
+        if check.targets.is_empty() {
+            let key = Targetless {
+                operation: check.operation,
+                origin,
+                second,
+            };
+            if let Some((_, decision)) = verified.targetless.iter().find(|(k, _)| *k == key) {
+                return decision.clone();
+            }
+            let decision = decide(verified.token.biscuit(), origin, check, time);
+            // Replace the entry of the same class and origin (an older second).
+            verified
+                .targetless
+                .retain(|(k, _)| (k.operation, k.origin) != (key.operation, key.origin));
+            if verified.targetless.len() >= TARGETLESS_SLOTS {
+                drop(verified.targetless.remove(0));
+            }
+            verified.targetless.push((key, decision.clone()));
+            return decision;
+        }
+        let key = DecisionKey {
+            token,
+            origin,
+            check: check.clone(),
+            second,
+        };
+        if let Some(decision) = self.decisions.get(&key) {
+            return decision.clone();
+        }
+        let decision = decide(
+            self.tokens
+                .get(&token)
+                .expect("verified() above admitted the token")
+                .token
+                .biscuit(),
+            origin,
+            check,
+            time,
+        );
+        // A denial of a name the agent made up (an extension family, a
+        // host) is not kept: an agent could fill the cache with them.
+        if decision.is_err() && check.names_free_text() {
+            return decision;
+        }
+        let bytes = std::mem::size_of::<DecisionKey>()
+            + key.check.targets.iter().map(String::len).sum::<usize>()
+            + decision.as_ref().err().map_or(0, |d| d.0.len());
+        if self.cached_bytes + bytes > MAX_CACHED_BYTES {
+            self.decisions.clear();
+            self.cached_bytes = 0;
+        }
+        self.cached_bytes += bytes;
+        self.decisions.insert(key, decision.clone());
+        decision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capability::policy::MAX_TARGET;
+    use crate::capability::rights::Right;
+    use crate::capability::root_key::RootKey;
+
+    /// A source that holds nothing: the tests admit their tokens.
+    struct NoTokens;
+
+    impl TokenSource for NoTokens {
+        fn token_bytes(&self, _: &Digest) -> Result<Option<Vec<u8>>, String> {
+            Ok(None)
+        }
+    }
+
+    fn gate_with(rights: &[&str]) -> (Gate, Digest, WorldState) {
+        let root = RootKey::generate();
+        let rights: Vec<Right> = rights.iter().map(|r| r.parse().unwrap()).collect();
+        let token = Token::issue(&root, &rights, &[], None).unwrap();
+        let digest = token.digest();
+        let mut gate = Gate::new(root.public(), Arc::new(NoTokens), &Limits::default());
+        gate.admit(token);
+        (gate, digest, WorldState::default())
+    }
+
+    #[test]
+    fn denials_of_names_an_agent_makes_up_are_not_cached() {
+        // Regression: every denied extension family (agent-chosen text)
+        // stayed in a cache of 65 536 decisions with its full key and reason.
+        let (mut gate, token, state) = gate_with(&["observe"]);
+        let origin = EntityId::from_u128(9);
+        for i in 0..10_000 {
+            let check = Check {
+                operation: "extension",
+                targets: vec![format!("family-{i}-{}", "x".repeat(200))],
+            };
+            assert!(
+                gate.authorize(token, origin, &check, Timestamp(0), &state)
+                    .is_err()
+            );
+        }
+        assert!(gate.decisions.is_empty());
+        assert_eq!(gate.cached_bytes, 0);
+    }
+
+    #[test]
+    fn the_decision_cache_is_bounded_in_bytes() {
+        let (mut gate, token, state) = gate_with(&["extension *", "schedule *"]);
+        let origin = EntityId::from_u128(9);
+        for i in 0..40_000u128 {
+            let allowed = Check {
+                operation: "extension",
+                targets: vec![format!("family-{i}-{}", "y".repeat(200))],
+            };
+            assert!(
+                gate.authorize(token, origin, &allowed, Timestamp(0), &state)
+                    .is_ok()
+            );
+            let scheduled = Check {
+                operation: "schedule",
+                targets: vec![EntityId::from_u128(i).to_string()],
+            };
+            assert!(
+                gate.authorize(token, origin, &scheduled, Timestamp(0), &state)
+                    .is_ok()
+            );
+            assert!(gate.cached_bytes <= MAX_CACHED_BYTES);
+        }
+        assert!(!gate.decisions.is_empty());
+    }
+
+    #[test]
+    fn over_long_targets_are_flagged_before_the_gate() {
+        let check = Check {
+            operation: "http",
+            targets: vec!["h".repeat(MAX_TARGET + 1)],
+        };
+        assert_eq!(check.oversized(), Some(MAX_TARGET + 1));
+        assert_eq!(Check::literal("observe", None).oversized(), None);
+    }
+}

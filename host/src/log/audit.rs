@@ -1,0 +1,179 @@
+//! Re-checking every authorization decision from the log alone.
+
+use std::collections::HashMap;
+
+use biscuit_auth::PublicKey;
+use toka_kernel::{Authorization, Command, Denial, Digest, Kernel, Operation, Record, WorldState};
+
+use crate::capability::policy::{Check, check_for, decide, delegation_check};
+use crate::capability::rights::{Right, RightOp};
+use crate::capability::token::Token;
+use crate::log::LogError;
+use crate::log::recovery::replay_with;
+use crate::store::event_store::EventStore;
+
+/// What [`audit`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditReport {
+    /// Records replayed.
+    pub records: u64,
+    /// Operations recorded as allowed by a token, re-checked.
+    pub allowed: u64,
+    /// Denials recorded, re-checked.
+    pub denied: u64,
+    /// Decisions that did not reproduce.
+    pub mismatches: Vec<AuditMismatch>,
+}
+
+/// A recorded decision that the log does not support.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditMismatch {
+    /// The record.
+    pub seq: u64,
+    /// What does not reproduce.
+    pub problem: String,
+}
+
+/// Replays the log and re-runs every recorded authorization decision with
+/// the tokens stored beside it, rooted in `root`: each operation an agent's
+/// token allowed must still be allowed (with the state, time and revocations
+/// as they were), every delegation must hold (the child's token is exactly the
+/// parent's restricted to the recorded rights), and every recorded denial
+/// must still be denied.
+///
+/// # Errors
+///
+/// [`LogError`] when the log itself does not verify or cannot be read;
+/// decisions that do not reproduce are reported, not errors.
+pub fn audit(store: &dyn EventStore, root: PublicKey) -> Result<AuditReport, LogError> {
+    let max_token = store.limits()?.max_token as usize;
+    let mut tokens: HashMap<Digest, Result<Token, String>> = HashMap::new();
+    let mut load = |digest: Digest| -> Result<Token, String> {
+        tokens
+            .entry(digest)
+            .or_insert_with(|| {
+                let bytes = store
+                    .token(&digest)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("token {} is missing from the store", digest.short()))?;
+                Token::parse_stored(&digest, &bytes, root, max_token).map_err(|e| e.to_string())
+            })
+            .clone()
+    };
+    let mut report = AuditReport::default();
+    let kernel = Kernel::new(store.limits()?);
+    replay_with(
+        store,
+        kernel,
+        |kernel: &Kernel, bytes: &[u8]| {
+            // A record that does not decode fails the replay right after this.
+            let Ok(record) = Record::decode(bytes) else {
+                return;
+            };
+            let state = kernel.state();
+            let problem = match (&record.command.auth, &record.command.op) {
+                (Authorization::Token, op) => {
+                    report.allowed += 1;
+                    check_allowed(state, &record.command, op, &mut load).err()
+                }
+                (Authorization::System, Operation::RecordDenial { denial }) => {
+                    report.denied += 1;
+                    check_denied(state, &record.command, denial, &mut load).err()
+                }
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                report.mismatches.push(AuditMismatch {
+                    seq: record.seq,
+                    problem,
+                });
+            }
+        },
+        |_, _| report.records += 1,
+    )?;
+    Ok(report)
+}
+
+type Load<'a> = dyn FnMut(Digest) -> Result<Token, String> + 'a;
+
+/// The token of `command`'s origin agent, and whether it was revoked then.
+fn origin_token(
+    state: &WorldState,
+    command: &Command,
+    load: &mut Load<'_>,
+) -> Result<(Token, bool), String> {
+    let agent = state
+        .agent(command.origin)
+        .ok_or_else(|| format!("the origin {} is not an agent", command.origin))?;
+    let token = load(agent.token)?;
+    let revoked = token.revocation_ids().iter().any(|id| state.is_revoked(id));
+    Ok((token, revoked))
+}
+
+fn check_allowed(
+    state: &WorldState,
+    command: &Command,
+    op: &Operation,
+    load: &mut Load<'_>,
+) -> Result<(), String> {
+    let (token, revoked) = origin_token(state, command, load)?;
+    if revoked {
+        return Err("allowed although the agent's token was revoked".into());
+    }
+    let check = check_for(op, command.origin, state)
+        .ok_or_else(|| format!("{} carries a token but is a host operation", op.kind()))?;
+    decide(token.biscuit(), command.origin, &check, command.time)
+        .map_err(|reason| format!("recorded as allowed, but the token denies it: {reason}"))?;
+    let Operation::SpawnAgent { spec } = op else {
+        return Ok(());
+    };
+    for text in &spec.rights {
+        let right: Right = text
+            .parse()
+            .map_err(|e| format!("recorded delegation: {e}"))?;
+        let check = delegation_check(&right, command.origin, state);
+        decide(token.biscuit(), command.origin, &check, command.time).map_err(|reason| {
+            format!("delegated `{right}` although the parent may not: {reason}")
+        })?;
+    }
+    let child = load(spec.token)?;
+    let parent_ids = token.revocation_ids();
+    let child_ids = child.revocation_ids();
+    let mut delegated = child.delegated_rights().unwrap_or_default();
+    let mut recorded = spec.rights.clone();
+    delegated.sort();
+    recorded.sort();
+    if child_ids.len() != parent_ids.len() + 1
+        || child_ids[..parent_ids.len()] != parent_ids[..]
+        || delegated != recorded
+    {
+        return Err(
+            "the child's token is not the parent's token restricted to the recorded rights".into(),
+        );
+    }
+    Ok(())
+}
+
+fn check_denied(
+    state: &WorldState,
+    command: &Command,
+    denial: &Denial,
+    load: &mut Load<'_>,
+) -> Result<(), String> {
+    let (token, revoked) = origin_token(state, command, load)?;
+    let operation = RightOp::from_name(&denial.operation)
+        .ok_or_else(|| format!("denial of an unknown operation `{}`", denial.operation))?
+        .name();
+    let check = Check {
+        operation,
+        targets: denial.targets.clone(),
+    };
+    if revoked || decide(token.biscuit(), command.origin, &check, command.time).is_err() {
+        Ok(())
+    } else {
+        Err(format!(
+            "recorded as denied ({}), but the token allows it",
+            denial.reason
+        ))
+    }
+}

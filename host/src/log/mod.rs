@@ -1,0 +1,42 @@
+//! Reading a log back, in one place: rebuilding the kernel (recovery), the
+//! events from a point on, full verification, and the authorization audit.
+
+pub(crate) mod audit;
+pub(crate) mod committed;
+pub(crate) mod recovery;
+pub(crate) mod verify;
+
+use toka_kernel::ReplayError;
+
+use crate::store::event_store::StoreError;
+
+/// Why a stored log could not be read back.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A record does not verify or replay; names the first bad one.
+    #[error("the log does not verify: {0}")]
+    Replay(#[from] ReplayError),
+    /// The log's last record is not the head stored beside it: records
+    /// were removed or added behind the host's back.
+    #[error(
+        "the log ends at record {found} but the store's head says {expected}: records are missing or were added outside toka"
+    )]
+    HeadMismatch {
+        /// The head stored beside the log.
+        expected: u64,
+        /// Where the log actually ends.
+        found: u64,
+    },
+    /// A stored snapshot does not match the log.
+    #[error("the snapshot at record {seq} does not match the log: {reason}")]
+    SnapshotMismatch {
+        /// The snapshot's sequence number.
+        seq: u64,
+        /// What does not match.
+        reason: String,
+    },
+}

@@ -1,0 +1,166 @@
+//! Reading a log back: rebuilding the kernel at start-up (from the newest
+//! snapshot and the tail), replaying it record by record, and reading the
+//! committed events from a sequence number on.
+
+use toka_kernel::{Kernel, Limits, Registry};
+
+use crate::log::LogError;
+use crate::log::committed::CommittedRecord;
+use crate::store::event_store::EventStore;
+
+/// Rebuilds the kernel from a stored log, verifying every record, and calls
+/// `on_record` with each applied record (its events included) in order.
+///
+/// Checks each record's hash, its link to the previous one, that the kernel
+/// accepts its command, that its key in the store is its sequence number, and
+/// finally that the log ends at the head stored beside it.
+///
+/// # Errors
+///
+/// [`LogError::Replay`] naming the first bad record, [`LogError::HeadMismatch`]
+/// when records are missing at the end, [`LogError::Store`] when the store
+/// cannot be read.
+pub fn replay(
+    store: &dyn EventStore,
+    mut on_record: impl FnMut(&toka_kernel::Applied),
+) -> Result<Kernel, LogError> {
+    let kernel = Kernel::with_registry(store.limits()?, Registry::new());
+    replay_with(store, kernel, |_, _| {}, |_, applied| on_record(applied))
+}
+
+/// Rebuilds the kernel for a host: from the newest snapshot that loads, then
+/// the log after it (or the whole log when there is none). Returns the
+/// kernel and the snapshot's sequence number (0: none).
+///
+/// This is the start-up path: it checks the chain's structure — every
+/// record in sequence, each linked to the previous record's hash, the last
+/// one at the head stored beside the log — and applies each command, but
+/// does not recompute hashes; the store is trusted for content, as it is for
+/// snapshots. [`verify`](crate::verify) (`toka verify`) recomputes every hash
+/// and checks every snapshot against the full replay.
+///
+/// # Errors
+///
+/// As [`replay`]. A snapshot that does not load is skipped with a warning.
+pub fn recover(store: &dyn EventStore) -> Result<(Kernel, u64), LogError> {
+    let limits: Limits = store.limits()?;
+    for seq in store.snapshots()?.into_iter().rev() {
+        let Some(bytes) = store.snapshot(seq)? else {
+            continue;
+        };
+        match crate::store::snapshot::decode(&bytes) {
+            Ok(s) if s.head.seq == seq => {
+                let kernel = Kernel::from_snapshot(s.state, s.head, limits, Registry::new());
+                return Ok((restore(store, kernel)?, seq));
+            }
+            Ok(_) => tracing::warn!(seq, "ignoring a snapshot stored under another seq"),
+            Err(e) => tracing::warn!(seq, error = %e, "ignoring a snapshot that does not load"),
+        }
+    }
+    let kernel = Kernel::with_registry(limits, Registry::new());
+    Ok((restore(store, kernel)?, 0))
+}
+
+/// Calls `f` with each stored record from `from` on, with its events, in
+/// order, until it returns false: replays from the newest snapshot before
+/// `from` (or from the start) without emitting, then emits.
+///
+/// # Errors
+///
+/// As [`recover`].
+pub fn read_events(
+    store: &dyn EventStore,
+    from: u64,
+    mut f: impl FnMut(CommittedRecord) -> bool,
+) -> Result<(), LogError> {
+    let limits = store.limits()?;
+    let mut kernel = None;
+    for seq in store.snapshots()?.into_iter().rev().filter(|s| *s < from) {
+        if let Some(bytes) = store.snapshot(seq)?
+            && let Ok(s) = crate::store::snapshot::decode(&bytes)
+            && s.head.seq == seq
+        {
+            kernel = Some(Kernel::from_snapshot(
+                s.state,
+                s.head,
+                limits.clone(),
+                Registry::new(),
+            ));
+            break;
+        }
+    }
+    let mut kernel = kernel.unwrap_or_else(|| Kernel::with_registry(limits, Registry::new()));
+    for entry in store.records(kernel.head().seq + 1)? {
+        let (seq, bytes) = entry?;
+        if seq < from {
+            kernel.restore(&bytes)?;
+            continue;
+        }
+        let applied = kernel.replay(&bytes)?;
+        let record = CommittedRecord {
+            seq: applied.seq,
+            origin: applied.origin,
+            time: applied.time,
+            events: applied.events,
+        };
+        if !f(record) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Continues `kernel` with the stored records after its head, on the
+/// start-up path (see [`recover`]).
+fn restore(store: &dyn EventStore, mut kernel: Kernel) -> Result<Kernel, LogError> {
+    for entry in store.records(kernel.head().seq + 1)? {
+        let (key, bytes) = entry?;
+        let expected = kernel.head().seq + 1;
+        if key != expected {
+            return Err(LogError::HeadMismatch {
+                expected,
+                found: key,
+            });
+        }
+        kernel.restore(&bytes)?;
+    }
+    ends_at_stored_head(store, kernel)
+}
+
+/// Continues `kernel` with the stored records after its head, calling
+/// `before` with the kernel as it stands before each record (for the
+/// auditor, which needs the state a decision was made in) and `after` once
+/// it is applied.
+pub(crate) fn replay_with(
+    store: &dyn EventStore,
+    mut kernel: Kernel,
+    mut before: impl FnMut(&Kernel, &[u8]),
+    mut after: impl FnMut(&Kernel, &toka_kernel::Applied),
+) -> Result<Kernel, LogError> {
+    for entry in store.records(kernel.head().seq + 1)? {
+        let (key, bytes) = entry?;
+        before(&kernel, &bytes);
+        let applied = kernel.replay(&bytes)?;
+        if applied.seq != key {
+            return Err(LogError::HeadMismatch {
+                expected: key,
+                found: applied.seq,
+            });
+        }
+        after(&kernel, &applied);
+    }
+    ends_at_stored_head(store, kernel)
+}
+
+/// `kernel`, if its head is the head stored beside the log (no record is
+/// missing at the end).
+fn ends_at_stored_head(store: &dyn EventStore, kernel: Kernel) -> Result<Kernel, LogError> {
+    let stored = store.head()?;
+    if stored != kernel.head() {
+        return Err(LogError::HeadMismatch {
+            expected: stored.seq,
+            found: kernel.head().seq,
+        });
+    }
+    Ok(kernel)
+}

@@ -1,0 +1,544 @@
+//! Agents as actors: one store, one task at a time, in FIFO order.
+//!
+//! An actor holds a live instance of its agent's component only while the
+//! agent has work: it takes one of the host's places for instances
+//! ([`HostConfig::max_instances`](crate::HostConfig::max_instances)) before
+//! instantiating, and gives it back when the queue is empty. An idle agent
+//! costs its kernel state and nothing else.
+//!
+//! Who is to blame for a failure decides what is recorded. A trap, a limit
+//! the agent ran into, a quota, an `init` that fails: the agent's fault,
+//! counted towards its quarantine. The host failing to provide what the
+//! agent was entitled to (memory or address space within its limits, a
+//! stored component that no longer compiles): a host condition, recorded
+//! as such, retried a few times, never counted against the agent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::sync::atomic::Ordering;
+use toka_kernel::{AgentId, Digest, EntityId, Operation, TaskId};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use wasmtime::{Store, UpdateDeadline};
+
+use crate::runtime::guest::{AgentCtx, wit_id};
+use crate::runtime::inner::HostInner;
+use crate::runtime::sequencer::Attachments;
+use crate::sandbox::bindings::{Agent, wit};
+use crate::sandbox::dirs::Sandbox;
+use crate::sandbox::limiter::{Exceeded, describe_failure, summary};
+
+/// Attempts at a task the host failed to run, before it fails the task
+/// (as a host condition, not the agent's fault).
+const HOST_ATTEMPTS: u32 = 3;
+/// The wait before the second attempt; doubled for each further one.
+const HOST_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// What an actor does next.
+enum Step {
+    /// Run a task: the head of the queue (its scheduling is durable), or,
+    /// after a restart, the task that was running (`started`), again.
+    Run {
+        task: TaskId,
+        description: String,
+        started: bool,
+    },
+    /// Nothing runnable yet.
+    Wait,
+    /// The agent is gone or terminated.
+    Stop,
+}
+
+/// A live instance of the agent's component, holding one of the host's
+/// places for instances.
+pub(crate) struct Instance {
+    store: Store<AgentCtx>,
+    agent: Agent,
+    sandbox: Sandbox,
+    _place: OwnedSemaphorePermit,
+}
+
+/// Why an instance could not be made or a task could not run.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The agent's doing: a fault.
+    Agent(String),
+    /// The host's: a condition, retried.
+    Host(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Agent(reason) | Failure::Host(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl HostInner {
+    /// Wakes the agent's actor, starting one if it has none (unless this
+    /// host runs no agents).
+    pub(crate) fn wake(self: &Arc<Self>, agent: AgentId) {
+        if !self.agents_started.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut actors = self.actors();
+        if let Some(wake) = actors.get(&agent) {
+            wake.notify_one();
+            return;
+        }
+        let wake = Arc::new(Notify::new());
+        actors.insert(agent, Arc::clone(&wake));
+        drop(actors);
+        self.runtime.spawn(run(Arc::clone(self), agent, wake));
+    }
+
+    pub(crate) fn forget_actor(&self, agent: AgentId) {
+        self.actors().remove(&agent);
+    }
+}
+
+/// Runs `agent`'s tasks until it is terminated or the host shuts down.
+pub(crate) async fn run(inner: Arc<HostInner>, agent: AgentId, wake: Arc<Notify>) {
+    let mut instance: Option<Instance> = None;
+    loop {
+        match next_step(&inner, agent) {
+            Step::Stop => break,
+            Step::Wait => {
+                // No work: give the instance (and its place) back.
+                instance = None;
+                wake.notified().await;
+            }
+            Step::Run {
+                task,
+                description,
+                started,
+            } => {
+                run_task(&inner, agent, task, description, started, &mut instance).await;
+            }
+        }
+        if inner.sequencer.stopped().is_some() {
+            break;
+        }
+    }
+    inner.forget_actor(agent);
+}
+
+fn next_step(inner: &HostInner, agent: AgentId) -> Step {
+    let committed = inner.sequencer.committed();
+    inner.sequencer.read(|kernel| {
+        let state = kernel.state();
+        let Some(record) = state.agent(agent).filter(|a| a.is_active()) else {
+            return Step::Stop;
+        };
+        // A task still running here was interrupted by a restart (or by a
+        // host condition): run it again; its journal answers what it
+        // already did.
+        if let Some(task) = record.running
+            && let Some(t) = state.task(task)
+        {
+            return Step::Run {
+                task,
+                description: t.spec.description.clone(),
+                started: true,
+            };
+        }
+        let Some(&task) = record.queue.front() else {
+            return Step::Wait;
+        };
+        match state.task(task) {
+            // Start a task only once its scheduling is durable.
+            Some(t) if t.scheduled_seq <= committed => Step::Run {
+                task,
+                description: t.spec.description.clone(),
+                started: false,
+            },
+            _ => Step::Wait,
+        }
+    })
+}
+
+async fn run_task(
+    inner: &HostInner,
+    agent: AgentId,
+    task: TaskId,
+    description: String,
+    mut started: bool,
+    instance: &mut Option<Instance>,
+) {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match attempt_task(inner, agent, task, &description, started, instance).await {
+            Outcome::Done => return,
+            Outcome::Host(reason) => {
+                *instance = None;
+                let reason =
+                    inner.clip_reason(&format!("the host could not run the task: {reason}"));
+                tracing::warn!(agent = %agent.short(), task = %task.short(), attempt, %reason, "host condition");
+                record(
+                    inner,
+                    agent,
+                    Operation::RecordHostCondition {
+                        agent,
+                        reason: reason.clone(),
+                    },
+                )
+                .await;
+                if attempt >= HOST_ATTEMPTS || inner.sequencer.stopped().is_some() {
+                    record(inner, agent, Operation::FailTask { task, reason }).await;
+                    return;
+                }
+                tokio::time::sleep(HOST_RETRY_DELAY * 2u32.pow(attempt - 1)).await;
+                // The task may have started before the host failed it.
+                started = inner.sequencer.run_started_at(task).is_some();
+            }
+        }
+    }
+}
+
+/// How one attempt at a task ended.
+enum Outcome {
+    /// Recorded: completed, failed, or the agent faulted (or the host is
+    /// stopping and nothing more can be recorded).
+    Done,
+    /// The host failed; nothing recorded about the task yet.
+    Host(String),
+}
+
+async fn attempt_task(
+    inner: &HostInner,
+    agent: AgentId,
+    task: TaskId,
+    description: &str,
+    started: bool,
+    instance: &mut Option<Instance>,
+) -> Outcome {
+    // A revoked or expired token closes the directories it opened: start a
+    // new instance without them.
+    if instance
+        .as_ref()
+        .is_some_and(|i| !i.sandbox.still_holds(&inner.sequencer, agent))
+    {
+        *instance = None;
+    }
+    if instance.is_none() {
+        match instantiate(inner, agent).await {
+            Ok(i) => *instance = Some(i),
+            Err(Failure::Host(reason)) => return Outcome::Host(reason),
+            Err(Failure::Agent(reason)) => {
+                let reason = inner.clip_reason(&format!("the agent could not start: {reason}"));
+                record(
+                    inner,
+                    agent,
+                    Operation::FailTask {
+                        task,
+                        reason: reason.clone(),
+                    },
+                )
+                .await;
+                fault(inner, agent, Some(reason)).await;
+                return Outcome::Done;
+            }
+        }
+    }
+    let Some(live) = instance.as_mut() else {
+        return Outcome::Done;
+    };
+    if !started && !record(inner, agent, Operation::StartTask { task }).await {
+        return Outcome::Done;
+    }
+    let Some(start) = inner.sequencer.run_started_at(task) else {
+        return Outcome::Done;
+    };
+
+    live.store.data_mut().begin_task(task, start);
+    let limits = live.sandbox.limits.clone();
+    if let Some(fuel) = limits.fuel_per_task
+        && let Err(e) = live.store.set_fuel(fuel)
+    {
+        tracing::warn!(agent = %agent.short(), error = %e, "could not set the task's fuel");
+    }
+    let call = tokio::time::timeout(
+        limits.deadline_per_task,
+        live.agent.toka_agent_handler().call_handle_task(
+            &mut live.store,
+            &wit::Task {
+                id: wit_id(task),
+                description: description.to_owned(),
+            },
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(wasmtime::Error::new(Exceeded::Deadline(
+            limits.deadline_per_task,
+        )))
+    });
+    let host_failure = live.store.data_mut().limiter.take_host_failure();
+    let end = live.store.data_mut().end_task();
+    let panic_line = log_output(agent, task, &end.printed);
+    if inner.sequencer.stopped().is_some() {
+        // The host is going down: the task runs again when it opens.
+        return Outcome::Done;
+    }
+
+    let max_output = inner.sequencer.read(|k| k.limits().max_output as usize);
+    let (op, fault_reason) = match call {
+        // A diverged re-run is the host's finding, not the agent's fault.
+        _ if end.diverged.is_some() => {
+            *instance = None;
+            let reason = inner.clip_reason(end.diverged.as_deref().unwrap_or("diverged"));
+            (Operation::FailTask { task, reason }, None)
+        }
+        // The quota hit is recorded already, and counted as a fault.
+        Err(_) if end.quota_hit.is_some() => {
+            *instance = None;
+            let reason = inner.clip_reason(end.quota_hit.as_deref().unwrap_or("quota"));
+            record(inner, agent, Operation::FailTask { task, reason }).await;
+            quarantine_if_due(inner, agent, None).await;
+            return Outcome::Done;
+        }
+        Err(trap) if is_hosts(&trap, host_failure.as_deref()) => {
+            return Outcome::Host(host_failure.unwrap_or_else(|| summary(&trap)));
+        }
+        Ok(Ok(output)) if output.len() > max_output => {
+            let reason = format!(
+                "task output is {} bytes, over the limit of {max_output}",
+                output.len()
+            );
+            (Operation::FailTask { task, reason }, None)
+        }
+        Ok(Ok(output)) => (Operation::CompleteTask { task, output }, None),
+        Ok(Err(reason)) => (
+            Operation::FailTask {
+                task,
+                reason: inner.clip_reason(&reason),
+            },
+            None,
+        ),
+        Err(trap) => {
+            // A trapped (or abandoned) instance cannot be entered again:
+            // start afresh next time.
+            *instance = None;
+            let mut reason = describe_failure(&trap, &limits);
+            if let Some(line) = panic_line {
+                reason.push_str(&format!(" ({line})"));
+            }
+            let reason = inner.clip_reason(&reason);
+            (
+                Operation::FailTask {
+                    task,
+                    reason: reason.clone(),
+                },
+                Some(reason),
+            )
+        }
+    };
+    record(inner, agent, op).await;
+    if fault_reason.is_some() {
+        fault(inner, agent, fault_reason).await;
+    }
+    Outcome::Done
+}
+
+/// Whether a failed call is the host's doing: the host failed to provide
+/// what the agent was entitled to (a growth within its limits), or the
+/// operating system refused the host something (memory, address space,
+/// disk). Anything else — a trap, a limit, a misuse of a handle — is the
+/// agent's.
+fn is_hosts(error: &wasmtime::Error, host_failure: Option<&str>) -> bool {
+    if host_failure.is_some() {
+        return true;
+    }
+    if error.downcast_ref::<Exceeded>().is_some()
+        || error.downcast_ref::<wasmtime::Trap>().is_some()
+    {
+        return false;
+    }
+    error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some() || cause.to_string().contains("(os error")
+    })
+}
+
+/// Records a fault (`reason`); quarantines the agent once it faulted
+/// [`AgentLimits::quarantine_after`](crate::AgentLimits::quarantine_after)
+/// times in a row.
+async fn fault(inner: &HostInner, agent: AgentId, reason: Option<String>) {
+    let Some(reason) = reason else {
+        return;
+    };
+    if record(
+        inner,
+        agent,
+        Operation::RecordFault {
+            agent,
+            reason: reason.clone(),
+        },
+    )
+    .await
+    {
+        quarantine_if_due(inner, agent, Some(reason)).await;
+    }
+}
+
+/// Quarantines the agent if its faults in a row (quota hits included)
+/// reached the threshold; `last` is the latest fault's reason.
+async fn quarantine_if_due(inner: &HostInner, agent: AgentId, last: Option<String>) {
+    let threshold = inner.agent_limits.quarantine_after;
+    let faults = inner
+        .sequencer
+        .read(|k| k.state().agent(agent).map_or(0, |a| a.consecutive_faults));
+    if threshold > 0 && faults >= threshold {
+        let last = last.map_or_else(String::new, |r| format!("; the last: {r}"));
+        let reason = inner.clip_reason(&format!("{faults} faults in a row{last}"));
+        tracing::info!(agent = %agent.short(), %reason, "agent quarantined; `toka agent resume` lets it run again");
+        record(inner, agent, Operation::QuarantineAgent { agent, reason }).await;
+    }
+}
+
+/// Submits a host record on the agent's behalf; false if it was refused.
+async fn record(inner: &HostInner, agent: AgentId, op: Operation) -> bool {
+    let kind = op.kind();
+    match inner
+        .sequencer
+        .submit_system(agent, op, Attachments::default())
+        .await
+    {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            // E.g. the agent was terminated while its task ran.
+            tracing::debug!(agent = %agent.short(), %kind, error = %e, "host record refused");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// A new instance of `agent`'s component in its sandbox, initialized;
+/// instantiation and `init` run within the sandbox's limits and deadline.
+/// Waits for a place among the host's live instances first.
+pub(crate) async fn instantiate(inner: &HostInner, agent: AgentId) -> Result<Instance, Failure> {
+    let place = Arc::clone(&inner.instances)
+        .acquire_owned()
+        .await
+        .map_err(|_| Failure::Host("the host is shutting down".into()))?;
+    let component: Digest = inner
+        .sequencer
+        .read(|k| k.state().agent(agent).map(|a| a.component))
+        .ok_or_else(|| Failure::Agent("the agent is gone".into()))?;
+    let token = inner
+        .sequencer
+        .read(|k| k.state().agent(agent).map(|a| a.token))
+        .ok_or_else(|| Failure::Agent("the agent is gone".into()))?;
+    let token = inner
+        .sequencer
+        .token(&token)
+        .map_err(|e| Failure::Agent(e.to_string()))?;
+    let sandbox = Sandbox::of(
+        &inner.sequencer,
+        &token,
+        &inner.agent_limits,
+        &inner.protected_paths,
+        agent,
+    )
+    .map_err(Failure::Agent)?;
+    let pre = inner.prepared(component).await.map_err(Failure::Host)?;
+    let ctx = AgentCtx::new(agent, inner.sequencer.clone(), &sandbox, inner.entropy)
+        .map_err(Failure::Agent)?;
+    let mut store = Store::new(inner.components.engine(), ctx);
+    store.limiter(|ctx| &mut ctx.limiter);
+    // At every epoch tick: yield to the other agents, and end the task if
+    // the token no longer grants a directory this instance has open.
+    store.epoch_deadline_callback(|mut ctx| {
+        if ctx.data_mut().grants_still_hold() {
+            Ok(UpdateDeadline::Yield(1))
+        } else {
+            Err(wasmtime::Error::new(Exceeded::Revoked))
+        }
+    });
+    store.set_epoch_deadline(1);
+    let limits = &sandbox.limits;
+    if let Some(fuel) = limits.fuel_per_task {
+        store
+            .set_fuel(fuel)
+            .map_err(|e| Failure::Host(summary(&e)))?;
+    }
+    let start = async {
+        let bindings = match pre.instantiate_async(&mut store).await {
+            Ok(bindings) => bindings,
+            Err(e) => return Err(blame(&mut store, &e, limits, "instantiation failed")),
+        };
+        match bindings.toka_agent_handler().call_init(&mut store).await {
+            Ok(Ok(())) => Ok(bindings),
+            Ok(Err(reason)) => Err(Failure::Agent(format!("init failed: {reason}"))),
+            Err(trap) => Err(blame(&mut store, &trap, limits, "init failed")),
+        }
+    };
+    let bindings = tokio::time::timeout(limits.deadline_per_task, start)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Failure::Agent(format!(
+                "init failed: {}",
+                Exceeded::Deadline(limits.deadline_per_task)
+            )))
+        })?;
+    // Output printed during init belongs to no task; log it and move on.
+    let end = store.data_mut().end_task();
+    log_output(agent, EntityId::SYSTEM, &end.printed);
+    Ok(Instance {
+        store,
+        agent: bindings,
+        sandbox,
+        _place: place,
+    })
+}
+
+/// Who is to blame for an error while instantiating or initializing.
+fn blame(
+    store: &mut Store<AgentCtx>,
+    error: &wasmtime::Error,
+    limits: &crate::AgentLimits,
+    what: &str,
+) -> Failure {
+    let host_failure = store.data_mut().limiter.take_host_failure();
+    if is_hosts(error, host_failure.as_deref()) {
+        Failure::Host(format!(
+            "{what}: {}",
+            host_failure.unwrap_or_else(|| summary(error))
+        ))
+    } else {
+        Failure::Agent(format!("{what}: {}", describe_failure(error, limits)))
+    }
+}
+
+/// Logs what the guest printed; returns the panic message if there is one.
+fn log_output(agent: AgentId, task: TaskId, printed: &[(&str, Vec<u8>, u64)]) -> Option<String> {
+    let mut panic_line = None;
+    for (stream, bytes, dropped) in printed {
+        if bytes.is_empty() && *dropped == 0 {
+            continue;
+        }
+        let text = String::from_utf8_lossy(bytes);
+        tracing::info!(
+            target: "toka::guest",
+            agent = %agent.short(),
+            task = %task.short(),
+            stream,
+            dropped,
+            "{}",
+            text.trim_end()
+        );
+        if *stream == "stderr" {
+            let mut lines = text.lines();
+            while let Some(line) = lines.next() {
+                if line.contains("panicked at") {
+                    let message = lines.next().unwrap_or_default().trim();
+                    panic_line = Some(format!("guest panicked: {message}"));
+                }
+            }
+        }
+    }
+    panic_line
+}

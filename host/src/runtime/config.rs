@@ -1,0 +1,136 @@
+//! How a [`Host`](crate::Host) runs: its configuration, as a builder with
+//! documented defaults (the pattern of wasmtime's `Config`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use toka_kernel::Rules;
+
+use crate::runtime::clock::{Clock, SystemClock};
+use crate::sandbox::limits::AgentLimits;
+
+/// How a [`Host`](crate::Host) runs.
+///
+/// # Examples
+///
+/// ```
+/// use toka_host::{AgentLimits, HostConfig};
+///
+/// let mut config = HostConfig::new();
+/// config.snapshot_every(1_000).max_instances(64);
+/// ```
+#[derive(Clone)]
+pub struct HostConfig {
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) agent_limits: AgentLimits,
+    pub(crate) snapshot_every: u64,
+    pub(crate) rules: Option<Rules>,
+    pub(crate) start_agents: bool,
+    pub(crate) max_instances: usize,
+    pub(crate) protected_paths: Vec<PathBuf>,
+    #[cfg(feature = "bench")]
+    pub(crate) skip_gate: bool,
+}
+
+impl Default for HostConfig {
+    /// The defaults, as documented on each setter.
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            agent_limits: AgentLimits::default(),
+            snapshot_every: 10_000,
+            rules: None,
+            start_agents: true,
+            max_instances: 512,
+            protected_paths: Vec::new(),
+            #[cfg(feature = "bench")]
+            skip_gate: false,
+        }
+    }
+}
+
+impl HostConfig {
+    /// The defaults.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Where logical time comes from. Default: the system clock.
+    pub fn clock(&mut self, clock: Arc<dyn Clock>) -> &mut Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Per-agent sandbox limits. Default: [`AgentLimits::default`].
+    pub fn agent_limits(&mut self, limits: AgentLimits) -> &mut Self {
+        self.agent_limits = limits;
+        self
+    }
+
+    /// Write a snapshot of the state with the batch that passes this many
+    /// records since the last one, so recovery replays only the tail. 0
+    /// turns snapshots off. Default 10 000.
+    pub fn snapshot_every(&mut self, records: u64) -> &mut Self {
+        self.snapshot_every = records;
+        self
+    }
+
+    /// The kernel rules (quotas, live-agent limits) to record and apply
+    /// from the host's start on. Default: keep the rules the log has, and
+    /// record [`Rules::default`] in a log that has none or older ones.
+    pub fn rules(&mut self, rules: Rules) -> &mut Self {
+        self.rules = Some(rules);
+        self
+    }
+
+    /// Whether opening the host starts the agents that have work. Off for
+    /// commands that only write a record (a revocation, a snapshot), so no
+    /// agent runs before it, and for callers that subscribe first and then
+    /// call [`Host::start_agents`](crate::Host::start_agents), so they see
+    /// every event of the tasks re-run after a crash. Default on.
+    pub fn start_agents(&mut self, start: bool) -> &mut Self {
+        self.start_agents = start;
+        self
+    }
+
+    /// Agents that hold a live instance at once; the others wait for a
+    /// place. An agent without work holds none. Default 512 (at least 1).
+    pub fn max_instances(&mut self, instances: usize) -> &mut Self {
+        self.max_instances = instances.max(1);
+        self
+    }
+
+    /// Paths no `fs.*` right may cover or reach into: the data dir, the
+    /// root key, files of secrets. Checked when a token is minted or
+    /// presented, and again when a directory is opened for an agent
+    /// (symlinks resolved). Default: none (the CLI names its data dir and
+    /// root key).
+    pub fn protected_paths(&mut self, paths: Vec<PathBuf>) -> &mut Self {
+        self.protected_paths = paths;
+        self
+    }
+
+    /// Skips the capability gate for agents' operations: only for
+    /// measuring what the gate costs (`cargo bench --bench gate`). Exists
+    /// only with the `bench` feature, which the `toka` CLI never enables.
+    #[cfg(feature = "bench")]
+    #[doc(hidden)]
+    pub fn skip_gate_for_benchmarks(&mut self, skip: bool) -> &mut Self {
+        self.skip_gate = skip;
+        self
+    }
+}
+
+impl std::fmt::Debug for HostConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostConfig")
+            .field("agent_limits", &self.agent_limits)
+            .field("snapshot_every", &self.snapshot_every)
+            .field("rules", &self.rules)
+            .field("start_agents", &self.start_agents)
+            .field("max_instances", &self.max_instances)
+            .field("protected_paths", &self.protected_paths)
+            .finish_non_exhaustive()
+    }
+}

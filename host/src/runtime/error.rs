@@ -1,0 +1,62 @@
+//! Errors of the host library.
+
+use toka_kernel::KernelError;
+
+use crate::capability::token::TokenError;
+use crate::log::LogError;
+use crate::runtime::sequencer::Stopped;
+use crate::sandbox::components::ComponentError;
+use crate::store::data_dir::DataDirError;
+use crate::store::event_store::StoreError;
+
+/// Why a host operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// The component cannot run as an agent.
+    #[error(transparent)]
+    Component(#[from] ComponentError),
+    /// The kernel refused the operation (nothing changed).
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The data dir cannot be used.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// The stored log could not be read back.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A capability token is not usable.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The data dir was created for another root key.
+    #[error(
+        "the root key ({given}) is not the one this data dir was created with ({stored}); pass its key with --root-key"
+    )]
+    RootKeyMismatch {
+        /// The data dir's root public key.
+        stored: String,
+        /// The root public key given.
+        given: String,
+    },
+    /// No stored token carries the revocation id.
+    #[error(
+        "no token in this data dir has revocation id {0} (see `toka token inspect`; --force revokes it anyway)"
+    )]
+    UnknownRevocationId(String),
+    /// The host stopped (its log writer failed, or it is shutting down).
+    #[error(transparent)]
+    Stopped(#[from] Stopped),
+    /// Setting up wasmtime failed.
+    #[error("wasmtime: {0}")]
+    Wasmtime(String),
+    /// An `fs.*` right would cover or reach into a path the host keeps to
+    /// itself (the data dir, the root key, secrets).
+    #[error(transparent)]
+    ProtectedPath(#[from] crate::sandbox::dirs::ProtectedPathError),
+    /// A thread could not be started.
+    #[error("starting a host thread: {0}")]
+    Thread(#[from] std::io::Error),
+}

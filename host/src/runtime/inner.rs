@@ -1,0 +1,85 @@
+//! What the host's parts share: the sequencer, the compiled components,
+//! the bus, the actors; and routing each committed batch to the agents it
+//! gives work.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use toka_kernel::{AgentId, Digest, Event};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::log::committed::Committed;
+use crate::runtime::bus::Bus;
+use crate::runtime::guest::AgentCtx;
+use crate::runtime::sequencer::Sequencer;
+use crate::sandbox::bindings::AgentPre;
+use crate::sandbox::components::Components;
+use crate::sandbox::limits::AgentLimits;
+use crate::store::event_store::EventStore;
+use crate::text::clip;
+
+/// What actors share with the host.
+pub(crate) struct HostInner {
+    pub(crate) sequencer: Sequencer,
+    pub(crate) components: Components<AgentCtx>,
+    pub(crate) agent_limits: AgentLimits,
+    /// Places for live instances ([`HostConfig::max_instances`](crate::HostConfig::max_instances)).
+    pub(crate) instances: Arc<Semaphore>,
+    /// See [`HostConfig::protected_paths`](crate::HostConfig::protected_paths).
+    pub(crate) protected_paths: Vec<std::path::PathBuf>,
+    /// Whether agents run ([`HostConfig::start_agents`](crate::HostConfig::start_agents), [`Host::start_agents`](crate::Host::start_agents)).
+    pub(crate) agents_started: AtomicBool,
+    /// Keys the guests' per-task randomness (derived from the root key).
+    pub(crate) entropy: [u8; 32],
+    pub(crate) store: Arc<dyn EventStore>,
+    pub(crate) bus: Arc<Bus>,
+    pub(crate) actors: Mutex<BTreeMap<AgentId, Arc<Notify>>>,
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
+impl HostInner {
+    pub(crate) fn actors(&self) -> MutexGuard<'_, BTreeMap<AgentId, Arc<Notify>>> {
+        self.actors.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes a durable batch and hands scheduled tasks to their agents.
+    pub(crate) fn route(self: &Arc<Self>, batch: Arc<Committed>) {
+        for record in &batch.records {
+            for event in &record.events {
+                match event {
+                    Event::TaskScheduled { agent, .. }
+                    | Event::AgentTerminated { agent, .. }
+                    | Event::AgentResumed { agent } => {
+                        self.wake(*agent);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.bus.send(batch);
+    }
+
+    /// The compiled component, compiling it from the stored blob if needed.
+    pub(crate) async fn prepared(&self, digest: Digest) -> Result<AgentPre<AgentCtx>, String> {
+        if let Some(pre) = self.components.cached(&digest) {
+            return Ok(pre);
+        }
+        let bytes = self
+            .store
+            .blob(&digest)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("component {} is missing from the store", digest.short()))?;
+        let components = self.components.clone();
+        tokio::task::spawn_blocking(move || components.prepare(digest, &bytes))
+            .await
+            .map_err(|e| format!("compiling the component panicked: {e}"))?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Cuts a reason to the kernel's limit (on a character boundary).
+    pub(crate) fn clip_reason(&self, reason: &str) -> String {
+        let max = self.sequencer.read(|k| k.limits().max_reason as usize);
+        clip(reason, max)
+    }
+}

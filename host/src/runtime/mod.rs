@@ -1,0 +1,24 @@
+//! The runtime: [`Host`](host::Host) and what it runs — the data path from a
+//! guest's `submit` to the bus.
+//!
+//! - `guest`: the store data of an agent's instance, and the host side of
+//!   the `kernel` interface: where an operation *enters*;
+//! - `sequencer/`: where it is *authorized* (through the capability gate),
+//!   *ordered* and *applied* (through the kernel) under one lock, and
+//!   *persisted* (`writer`: group commit to the store);
+//! - `bus`: where committed batches are *published*;
+//! - `inner`, `actor`: routing published work to agents, and running each
+//!   agent's tasks one at a time;
+//! - `host`, `config`, `clock`, `ticker`, `error`: the entry point, its
+//!   configuration, logical time, the epoch ticker, the umbrella error.
+
+pub(crate) mod actor;
+pub(crate) mod bus;
+pub(crate) mod clock;
+pub(crate) mod config;
+pub(crate) mod error;
+pub(crate) mod guest;
+pub(crate) mod host;
+pub(crate) mod inner;
+pub(crate) mod sequencer;
+pub(crate) mod ticker;

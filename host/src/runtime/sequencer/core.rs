@@ -1,0 +1,782 @@
+//! The core of the sequencer: the lock, the kernel and the gate behind it,
+//! the pending batch, and the paths an operation takes through them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use toka_kernel::{
+    AgentId, Applied, Authorization, Command, Digest, EntityId, EntityKind, Event, Kernel,
+    KernelError, OpKey, Operation, Quota, Refusal, RefusalKind, TaskId, Timestamp,
+};
+use tokio::sync::watch;
+
+use crate::capability::gate::Gate;
+use crate::capability::policy::{Check, Denied, check_for};
+use crate::capability::token::Token;
+use crate::log::committed::CommittedRecord;
+use crate::runtime::clock::Clock;
+use crate::store::event_store::{Batch, EventStore};
+
+/// The host stopped accepting operations (the log writer failed, or the host
+/// is shutting down); carries the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the host stopped: {0}")]
+pub struct Stopped(pub String);
+
+/// Why an agent's call must end its task rather than return an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Halt {
+    /// The host stopped.
+    Stopped(Stopped),
+    /// A re-run task submitted another operation than the log holds for
+    /// that position; the message names both.
+    Diverged(String),
+}
+
+impl From<Stopped> for Halt {
+    fn from(s: Stopped) -> Self {
+        Halt::Stopped(s)
+    }
+}
+
+/// What a caller learns when its operation is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Receipt {
+    pub(crate) seq: u64,
+    /// The agent or task the operation created.
+    pub(crate) created: Option<EntityId>,
+}
+
+/// What an agent learns when its operation is refused: nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refused {
+    /// The category.
+    pub(crate) kind: RefusalKind,
+    /// For a person, without the category.
+    pub(crate) message: String,
+    /// The quota it ran into, if that was the reason: the task ends.
+    pub(crate) quota: Option<Quota>,
+}
+
+impl From<KernelError> for Refused {
+    fn from(e: KernelError) -> Self {
+        let (kind, message) = match &e {
+            KernelError::CapabilityDenied {
+                operation, reason, ..
+            } => (
+                RefusalKind::CapabilityDenied,
+                format!("{operation}: {reason}"),
+            ),
+            KernelError::UnknownEntity { kind, id } => {
+                (RefusalKind::UnknownEntity, format!("no {kind} {id}"))
+            }
+            KernelError::LimitExceeded { limit, max, actual } => (
+                RefusalKind::LimitExceeded,
+                format!("{limit} would be {actual}, the limit is {max}"),
+            ),
+            KernelError::UnsupportedOperation { family } => (
+                RefusalKind::Unsupported,
+                format!("no handler is registered for extension family `{family}`"),
+            ),
+            KernelError::InvalidOperation { operation, message } => (
+                RefusalKind::InvalidOperation,
+                format!("{operation}: {message}"),
+            ),
+            KernelError::QuotaExceeded { .. } => (RefusalKind::QuotaExceeded, e.to_string()),
+            other => (RefusalKind::Other, other.to_string()),
+        };
+        let quota = match e {
+            KernelError::QuotaExceeded { quota, .. } => Some(quota),
+            _ => None,
+        };
+        Refused {
+            kind,
+            message,
+            quota,
+        }
+    }
+}
+
+/// An agent's request, before the sequencer resolves what needs the state.
+#[derive(Debug)]
+pub(crate) enum Request {
+    /// A kernel operation as is.
+    Op(Operation),
+    /// A spawn, as the agent asked for it.
+    Spawn(Spawn),
+}
+
+/// What a system command brings along into the store.
+#[derive(Debug, Default)]
+pub(crate) struct Attachments {
+    /// Component bytes, by digest.
+    pub(crate) blob: Option<(Digest, Arc<[u8]>)>,
+    /// A token the command binds to a new agent.
+    pub(crate) token: Option<Token>,
+}
+
+/// Submitters wait once this many records are pending ...
+pub(crate) const MAX_PENDING_RECORDS: usize = 16 * 1024;
+/// ... or once the pending batch holds this many bytes.
+pub(crate) const MAX_PENDING_BYTES: usize = 16 << 20;
+
+/// What the log writer is doing; submitters wake it only when it is idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Waiting for work: the next submitter must notify it.
+    Idle,
+    /// Gathering a batch on purpose; it wakes by itself.
+    Lingering,
+    /// Committing; it looks for more work before it sleeps.
+    Busy,
+}
+
+/// A spawn naming a component by name or digest, the rights to delegate and
+/// the child's budgets, as text.
+#[derive(Debug)]
+pub(crate) struct Spawn {
+    pub(crate) component: String,
+    pub(crate) name: String,
+    pub(crate) rights: Vec<String>,
+    pub(crate) budgets: Vec<String>,
+}
+
+/// Per agent: the minute of logical time and the denials recorded in it.
+#[derive(Debug, Default)]
+pub(crate) struct Denials(pub(super) HashMap<AgentId, (u64, u32)>);
+
+/// The digest a refusal is recorded under: what the agent asked for. For
+/// an operation, the BLAKE3 of its canonical encoding (what the kernel
+/// keeps of a rejected one: [`toka_kernel::Kernel::rejected_operation`]),
+/// so an applied operation never pays for it.
+pub(crate) fn request_digest(request: &Request) -> Digest {
+    match request {
+        Request::Op(op) => op_digest(op),
+        Request::Spawn(spawn) => spawn_digest(spawn),
+    }
+}
+
+/// See [`request_digest`].
+pub(crate) fn op_digest(op: &Operation) -> Digest {
+    Digest::of(
+        &postcard::to_allocvec(op).expect("operations are plain data: postcard encodes them"),
+    )
+}
+
+/// See [`request_digest`].
+pub(crate) fn spawn_digest(s: &Spawn) -> Digest {
+    let bytes = postcard::to_allocvec(&(&s.component, &s.name, &s.rights, &s.budgets))
+        .expect("strings: postcard encodes them");
+    Digest::of(&bytes)
+}
+
+#[derive(Clone)]
+pub(crate) struct Sequencer {
+    pub(super) shared: Arc<Shared>,
+}
+
+pub(super) struct Shared {
+    pub(super) core: Mutex<Core>,
+    /// The state as of a committed batch, `(its head's seq, state)`, for
+    /// readers outside the host (see [`Sequencer::committed_state`]).
+    pub(super) view: Mutex<(u64, Arc<toka_kernel::WorldState>)>,
+    /// A reader waits for a newer view: the writer captures the state with
+    /// its next batch.
+    pub(super) want_view: std::sync::atomic::AtomicBool,
+    /// Wakes the writer when there is something pending (or on close).
+    pub(super) work: Condvar,
+    /// The highest durable sequence number.
+    pub(super) committed: watch::Sender<u64>,
+    /// The highest sequence number whose batch was also published (bus,
+    /// scheduler); trails `committed` by the publishing step.
+    pub(super) published: watch::Sender<u64>,
+}
+
+pub(super) struct Core {
+    pub(super) writer: State,
+    pub(super) kernel: Kernel,
+    pub(super) gate: Gate,
+    /// Where re-run tasks find the operations they already applied.
+    pub(super) store: Arc<dyn EventStore>,
+    /// Write a snapshot with the batch that passes this many records since
+    /// the last one (0: never).
+    pub(super) snapshot_every: u64,
+    pub(super) last_snapshot: u64,
+    /// Skips the gate (only the benchmarks' feature sets it).
+    pub(super) skip_gate: bool,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) pending: Batch,
+    pub(super) pending_records: Vec<CommittedRecord>,
+    /// Bytes held by the pending batch: records, blobs, and the events'
+    /// copies of the payloads.
+    pub(super) pending_bytes: usize,
+    /// Per running task: what was refused since its last applied operation.
+    pub(super) refusals: HashMap<TaskId, Vec<Refusal>>,
+    pub(super) denials: Denials,
+    pub(super) stopped: Option<Stopped>,
+    pub(super) closing: bool,
+}
+
+/// What a sequencer is configured with besides its parts.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Options {
+    pub(crate) snapshot_every: u64,
+    /// Sequence number of the newest snapshot at start.
+    pub(crate) last_snapshot: u64,
+    pub(crate) skip_gate: bool,
+}
+
+impl Sequencer {
+    /// A sequencer continuing from `kernel` (already replayed from the log).
+    pub(crate) fn new(
+        kernel: Kernel,
+        gate: Gate,
+        store: Arc<dyn EventStore>,
+        clock: Arc<dyn Clock>,
+        options: Options,
+    ) -> Self {
+        let head = kernel.head().seq;
+        let view = (head, Arc::new(kernel.state().clone()));
+        Self {
+            shared: Arc::new(Shared {
+                view: Mutex::new(view),
+                want_view: std::sync::atomic::AtomicBool::new(false),
+                core: Mutex::new(Core {
+                    writer: State::Busy,
+                    kernel,
+                    gate,
+                    store,
+                    snapshot_every: options.snapshot_every,
+                    last_snapshot: options.last_snapshot,
+                    skip_gate: options.skip_gate,
+                    clock,
+                    pending: Batch::default(),
+                    pending_records: Vec::new(),
+                    pending_bytes: 0,
+                    refusals: HashMap::new(),
+                    denials: Denials::default(),
+                    stopped: None,
+                    closing: false,
+                }),
+                work: Condvar::new(),
+                committed: watch::Sender::new(head),
+                published: watch::Sender::new(head),
+            }),
+        }
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding the lock would leave the kernel mid-apply;
+        // apply validates before it mutates, so the state is still whole.
+        self.shared.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the kernel (its state includes applied, not yet durable
+    /// operations).
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&Kernel) -> R) -> R {
+        f(&self.lock().kernel)
+    }
+
+    /// The state as of a committed batch, at least as new as everything
+    /// committed when called: cloned once when the host is idle, else
+    /// captured by the writer with its next batch.
+    pub(crate) async fn committed_state(&self) -> Arc<toka_kernel::WorldState> {
+        use std::sync::atomic::Ordering;
+        let target = self.committed();
+        let mut rx = self.shared.committed.subscribe();
+        loop {
+            let view = self
+                .shared
+                .view
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if view.0 >= target {
+                return view.1;
+            }
+            {
+                let core = self.lock();
+                let head = core.kernel.head().seq;
+                // Nothing applied beyond what is committed (or the writer is
+                // gone): the kernel's state is the committed one.
+                if head == self.committed() || core.stopped.is_some() {
+                    let state = Arc::new(core.kernel.state().clone());
+                    drop(core);
+                    let mut view = self.shared.view.lock().unwrap_or_else(|e| e.into_inner());
+                    if view.0 < head {
+                        *view = (head, Arc::clone(&state));
+                    }
+                    return state;
+                }
+                self.shared.want_view.store(true, Ordering::SeqCst);
+            }
+            if rx.changed().await.is_err() {
+                return view.1;
+            }
+        }
+    }
+
+    /// The logical time a command submitted now would get.
+    pub(crate) fn now(&self) -> Timestamp {
+        self.lock().stamp()
+    }
+
+    /// The token with this digest, verified.
+    pub(crate) fn token(
+        &self,
+        digest: &Digest,
+    ) -> Result<Token, crate::capability::token::TokenError> {
+        self.lock().gate.token(digest).cloned()
+    }
+
+    /// Authorizes an effect outside the log for `agent` — opening a host
+    /// directory, an HTTP request — against its token now (revocation and
+    /// expiry included). With `record`, a denial is recorded as for an
+    /// operation (rate-limited).
+    ///
+    /// # Errors
+    ///
+    /// Why not, naming the missing right.
+    pub(crate) fn authorize_effect(
+        &self,
+        agent: AgentId,
+        check: &Check,
+        record: bool,
+    ) -> Result<(), Denied> {
+        if let Some(len) = check.oversized() {
+            return Err(Denied(format!(
+                "the name is {len} bytes, over the limit of {}",
+                crate::capability::policy::MAX_TARGET
+            )));
+        }
+        let mut core = self.lock();
+        let token = core
+            .kernel
+            .state()
+            .agent(agent)
+            .filter(|a| !a.is_terminated())
+            .map(|a| a.token)
+            .ok_or_else(|| Denied(format!("agent {agent} is gone")))?;
+        let time = core.stamp();
+        let decision = {
+            let core = &mut *core;
+            core.gate
+                .authorize(token, agent, check, time, core.kernel.state())
+        };
+        if let Err(reason) = &decision
+            && record
+        {
+            core.record_denial(agent, check, false, &reason.0, time);
+        }
+        self.release(core);
+        decision
+    }
+
+    /// A future resolving once everything applied until now is durable.
+    pub(super) fn durable_now(&self) -> impl Future<Output = Result<(), Stopped>> + Send + 'static {
+        let head = self.read(|k| k.head().seq);
+        let this = self.clone();
+        async move { this.wait_durable(head).await }
+    }
+
+    /// Authorizes and applies an agent's request, or, for an operation a
+    /// re-run task already applied or had refused, answers it from the log.
+    ///
+    /// The outer error ends the agent's task; the inner one is a refusal the
+    /// agent sees (nothing changed, a denial may be recorded).
+    pub(crate) async fn submit_agent(
+        &self,
+        agent: AgentId,
+        cause: Option<OpKey>,
+        request: Request,
+    ) -> Result<Result<Receipt, Refused>, Halt> {
+        let mut core = self.lock_with_room().await?;
+        if let Some(key) = cause
+            && let Some(answer) = core.journal_answer(key, &request)
+        {
+            drop(core);
+            return answer.map_err(Halt::Diverged);
+        }
+        let result = core.submit_agent(agent, cause, request);
+        self.release(core);
+        Ok(result)
+    }
+
+    /// The start of the running task `task` (for its clocks).
+    pub(crate) fn run_started_at(&self, task: TaskId) -> Option<Timestamp> {
+        self.read(|k| k.state().task(task)?.status.run().map(|r| r.started_at))
+    }
+
+    /// Writes a snapshot of the state at the log's head, once everything
+    /// applied is durable; returns its sequence number.
+    pub(crate) async fn snapshot_now(&self) -> Result<u64, Stopped> {
+        loop {
+            let head = self.read(|k| k.head().seq);
+            self.wait_durable(head).await?;
+            let mut core = self.lock();
+            core.check_running()?;
+            if !core.pending.is_empty() || core.kernel.head().seq != head {
+                continue;
+            }
+            let bytes = crate::store::snapshot::encode(&core.kernel);
+            core.last_snapshot = head;
+            let store = Arc::clone(&core.store);
+            drop(core);
+            store
+                .put_snapshot(head, bytes)
+                .map_err(|e| Stopped(format!("writing the snapshot failed: {e}")))?;
+            return Ok(head);
+        }
+    }
+
+    /// Applies a command the host issues on its own authority (operator
+    /// commands, task lifecycle records), storing `attachments` with it.
+    pub(crate) async fn submit_system(
+        &self,
+        origin: EntityId,
+        op: Operation,
+        attachments: Attachments,
+    ) -> Result<Result<Receipt, KernelError>, Stopped> {
+        let mut core = self.lock_with_room().await?;
+        let command = Command::system(origin, core.stamp(), op);
+        if let Some(token) = &attachments.token {
+            core.gate.admit(token.clone());
+        }
+        let result = core.apply(command, attachments);
+        self.release(core);
+        Ok(result)
+    }
+
+    /// Spawns a root agent on the operator's authority, bound to `token`
+    /// (admitted before), with its budgets recorded in the same batch.
+    pub(crate) async fn spawn_root(
+        &self,
+        spec: toka_kernel::AgentSpec,
+        token: Token,
+        budgets: toka_kernel::Budgets,
+    ) -> Result<Result<Receipt, KernelError>, Stopped> {
+        let mut core = self.lock_with_room().await?;
+        let result = core.spawn_root(spec, token, budgets);
+        self.release(core);
+        Ok(result)
+    }
+
+    /// Locks the core once the pending batch is below its bounds (waiting
+    /// for the writer otherwise).
+    pub(super) async fn lock_with_room(&self) -> Result<MutexGuard<'_, Core>, Stopped> {
+        loop {
+            {
+                let core = self.lock();
+                core.check_running()?;
+                if !core.is_full() {
+                    return Ok(core);
+                }
+            }
+            // Subscribe first, then re-check, so a commit in between is not missed.
+            let mut rx = self.shared.committed.subscribe();
+            if !self.lock().is_full() {
+                continue;
+            }
+            if rx.changed().await.is_err() {
+                return Err(Stopped("the log writer is gone".into()));
+            }
+        }
+    }
+
+    /// Unlocks the core, waking the writer if it sleeps with work pending.
+    pub(super) fn release(&self, core: MutexGuard<'_, Core>) {
+        let wake = core.writer == State::Idle && !core.pending.is_empty();
+        drop(core);
+        if wake {
+            self.shared.work.notify_one();
+        }
+    }
+
+    /// Waits until the record at `seq` is durable.
+    pub(crate) async fn wait_durable(&self, seq: u64) -> Result<(), Stopped> {
+        let mut rx = self.shared.committed.subscribe();
+        loop {
+            if *rx.borrow_and_update() >= seq {
+                return Ok(());
+            }
+            self.lock().check_running()?;
+            if rx.changed().await.is_err() {
+                return Err(Stopped("the log writer is gone".into()));
+            }
+        }
+    }
+
+    /// Waits until the record at `seq` is durable and published.
+    pub(crate) async fn wait_published(&self, seq: u64) -> Result<(), Stopped> {
+        let mut rx = self.shared.published.subscribe();
+        loop {
+            if *rx.borrow_and_update() >= seq {
+                return Ok(());
+            }
+            self.lock().check_running()?;
+            if rx.changed().await.is_err() {
+                return Err(Stopped("the log writer is gone".into()));
+            }
+        }
+    }
+
+    /// The highest durable sequence number.
+    pub(crate) fn committed(&self) -> u64 {
+        *self.shared.committed.borrow()
+    }
+
+    /// A receiver of the highest published sequence number.
+    pub(crate) fn published(&self) -> watch::Receiver<u64> {
+        self.shared.published.subscribe()
+    }
+
+    /// Why the host stopped, if it did.
+    pub(crate) fn stopped(&self) -> Option<Stopped> {
+        self.lock().stopped.clone()
+    }
+
+    /// Stops accepting operations; the writer commits what is pending and exits.
+    pub(crate) fn close(&self) {
+        let mut core = self.lock();
+        core.closing = true;
+        if core.stopped.is_none() {
+            core.stopped = Some(Stopped("the host is shutting down".into()));
+        }
+        drop(core);
+        self.shared.work.notify_all();
+        self.shared.published.send_modify(|_| {});
+    }
+}
+
+impl Core {
+    pub(super) fn check_running(&self) -> Result<(), Stopped> {
+        match &self.stopped {
+            Some(stopped) => Err(stopped.clone()),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn is_full(&self) -> bool {
+        self.pending_records.len() >= MAX_PENDING_RECORDS || self.pending_bytes >= MAX_PENDING_BYTES
+    }
+
+    /// The next logical time: the clock, but never before the last stamp.
+    pub(super) fn stamp(&self) -> Timestamp {
+        self.clock.now().max(self.kernel.state().time())
+    }
+
+    pub(super) fn submit_agent(
+        &mut self,
+        agent: AgentId,
+        cause: Option<OpKey>,
+        request: Request,
+    ) -> Result<Receipt, Refused> {
+        match self.try_submit_agent(agent, cause, request) {
+            Ok(receipt) => {
+                if let Some(key) = cause
+                    && !self.refusals.is_empty()
+                {
+                    self.record_refusals(agent, key.task);
+                }
+                Ok(receipt)
+            }
+            Err((refused, request)) => {
+                if let Some(quota) = refused.quota {
+                    // Recorded once: the quota ends the agent's task.
+                    let reason = crate::text::clip(
+                        &refused.message,
+                        self.kernel.limits().max_reason as usize,
+                    );
+                    let time = self.stamp();
+                    let hit = Operation::RecordQuotaHit {
+                        agent,
+                        quota,
+                        reason,
+                    };
+                    if let Err(e) =
+                        self.apply(Command::system(agent, time, hit), Attachments::default())
+                    {
+                        tracing::warn!(agent = %agent.short(), error = %e, "could not record a quota hit");
+                    }
+                } else if let Some(key) = cause {
+                    self.remember_refusal(key.task, request, &refused);
+                }
+                Err(refused)
+            }
+        }
+    }
+
+    /// Authorizes and applies an agent's request. A refusal comes with the
+    /// digest of what was asked (computed only then: see
+    /// [`request_digest`]).
+    pub(super) fn try_submit_agent(
+        &mut self,
+        agent: AgentId,
+        cause: Option<OpKey>,
+        request: Request,
+    ) -> Result<Receipt, (Refused, Digest)> {
+        let Some(token) = self.kernel.state().agent(agent).map(|a| a.token) else {
+            let digest = request_digest(&request);
+            return Err((unknown(EntityKind::Agent, agent).into(), digest));
+        };
+        let time = self.stamp();
+        match request {
+            Request::Op(op) => {
+                if !self.skip_gate
+                    && let Some(check) = check_for(&op, agent, self.kernel.state())
+                    && let Err(e) = self.authorize(agent, token, op.kind(), &check, None, time)
+                {
+                    let digest = op_digest(&op);
+                    return Err((e.into(), digest));
+                }
+                let command = Command {
+                    origin: agent,
+                    time,
+                    auth: Authorization::Token,
+                    cause,
+                    op,
+                };
+                self.apply(command, Attachments::default())
+                    .map_err(|e| (e.into(), Digest::of(self.kernel.rejected_operation())))
+            }
+            Request::Spawn(request) => {
+                let digest = spawn_digest(&request);
+                let prepared = self
+                    .prepare_spawn(agent, token, time, request)
+                    .map_err(|e| (e.into(), digest))?;
+                let command = Command {
+                    origin: agent,
+                    time,
+                    auth: Authorization::Token,
+                    cause,
+                    op: prepared.op,
+                };
+                let attachments = Attachments {
+                    blob: None,
+                    token: Some(prepared.child),
+                };
+                let receipt = self
+                    .apply(command, attachments)
+                    .map_err(|e| (e.into(), digest))?;
+                self.set_budgets(receipt, prepared.budgets, time);
+                Ok(receipt)
+            }
+        }
+    }
+
+    /// Asks the gate; on a denial records it (rate-limited) and returns the
+    /// error for the agent.
+    pub(super) fn authorize(
+        &mut self,
+        agent: AgentId,
+        token: Digest,
+        kind: toka_kernel::OpKind,
+        check: &Check,
+        delegating: Option<&crate::capability::rights::Right>,
+        time: Timestamp,
+    ) -> Result<(), KernelError> {
+        if let Some(len) = check.oversized() {
+            return Err(KernelError::LimitExceeded {
+                limit: toka_kernel::Limit::Name,
+                max: crate::capability::policy::MAX_TARGET as u64,
+                actual: len as u64,
+            });
+        }
+        let Err(reason) = self
+            .gate
+            .authorize(token, agent, check, time, self.kernel.state())
+        else {
+            return Ok(());
+        };
+        let reason = match delegating {
+            Some(right) => format!("cannot delegate `{right}`: {reason}"),
+            None => reason.0,
+        };
+        self.record_denial(agent, check, delegating.is_some(), &reason, time);
+        Err(KernelError::CapabilityDenied {
+            origin: agent,
+            operation: kind,
+            reason,
+        })
+    }
+
+    pub(super) fn apply(
+        &mut self,
+        command: Command,
+        attachments: Attachments,
+    ) -> Result<Receipt, KernelError> {
+        let ends_task = match &command.op {
+            Operation::CompleteTask { task, .. } | Operation::FailTask { task, .. } => Some(*task),
+            _ => None,
+        };
+        let Applied {
+            seq,
+            origin,
+            time,
+            bytes,
+            events,
+            ..
+        } = self.kernel.apply(command)?;
+        if let Some(task) = ends_task {
+            self.refusals.remove(&task);
+        }
+        let receipt = Receipt {
+            seq,
+            created: created(&events),
+        };
+        // The events hold the payloads the record also holds: count both.
+        self.pending_bytes += 2 * bytes.len();
+        self.pending.records.push((seq, bytes));
+        if let Some((digest, blob)) = attachments.blob {
+            self.pending_bytes += blob.len();
+            self.pending.blobs.push((digest, blob));
+        }
+        if let Some(token) = attachments.token {
+            self.pending_bytes += token.bytes().len();
+            self.pending
+                .tokens
+                .push((token.digest(), Arc::clone(token.bytes())));
+        }
+        self.pending.head = self.kernel.head();
+        self.pending_records.push(CommittedRecord {
+            seq,
+            origin,
+            time,
+            events,
+        });
+        Ok(receipt)
+    }
+}
+
+/// The entity a command created, for the receipt.
+fn created(events: &[Event]) -> Option<EntityId> {
+    events.iter().find_map(|e| match e {
+        Event::AgentSpawned { agent, .. } => Some(*agent),
+        Event::TaskScheduled { task, .. } => Some(*task),
+        _ => None,
+    })
+}
+
+pub(super) fn unknown(kind: EntityKind, id: impl std::fmt::Display) -> KernelError {
+    KernelError::UnknownEntity {
+        kind,
+        id: id.to_string(),
+    }
+}
+
+impl crate::sandbox::Effects for Sequencer {
+    fn authorize(&self, agent: AgentId, check: &Check, record: bool) -> Result<(), Denied> {
+        self.authorize_effect(agent, check, record)
+    }
+
+    fn durable(
+        &self,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), crate::sandbox::HostGone>> + Send>> {
+        let durable = self.durable_now();
+        Box::pin(async move {
+            durable
+                .await
+                .map_err(|stopped| crate::sandbox::HostGone(stopped.0))
+        })
+    }
+}

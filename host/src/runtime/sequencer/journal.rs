@@ -1,0 +1,313 @@
+//! Exactly-once re-runs: answering a re-run task's operations from the log.
+//!
+//! A task interrupted by a crash runs again. Its operations carry their
+//! position `(task, index)`; for each index the first run got an answer
+//! for, the re-run gets the same answer:
+//! - an applied operation is answered with its receipt, from the task's
+//!   journal in the kernel state (nothing is applied twice);
+//! - a refused one is answered with the same refusal: the index it took
+//!   is a gap in the journal, and the details (what was asked, the answer)
+//!   are in the `RecordRefusals` record written with the operation after
+//!   the gap. A run of identical refusals is one entry, so a flood of
+//!   refusals costs at most one record per applied operation.
+//!
+//! A re-run that asks for something else than the first run did at an index
+//! has diverged: the task fails, naming both.
+
+use toka_kernel::{
+    AgentId, Command, Digest, EntityId, Gap, JournalEntry, OpKey, Operation, Prior, Record,
+    Refusal, RefusalKind, TaskId, WorldState,
+};
+
+use super::core::{Attachments, Core, Receipt, Refused, Request, Sequencer, request_digest};
+use crate::capability::rights::Right;
+use crate::text::clip;
+
+impl Core {
+    /// The answer for a re-run's operation at `key` if the first run got
+    /// one: `Some(Ok(..))` the same answer, `Some(Err(why))` a divergence,
+    /// `None` when the index is new (apply it).
+    pub(super) fn journal_answer(
+        &self,
+        key: OpKey,
+        request: &Request,
+    ) -> Option<Result<Result<Receipt, Refused>, String>> {
+        let run = self.kernel.state().task(key.task)?.status.run()?;
+        if let Some(entry) = run.entry(key.index) {
+            return Some(self.applied_answer(key, entry.clone(), request).map(Ok));
+        }
+        let gap = *run.gap(key.index)?;
+        Some(self.refused_answer(key, gap, request).map(Err))
+    }
+
+    /// Answers a re-run's operation from the log, if it is the one recorded.
+    fn applied_answer(
+        &self,
+        key: OpKey,
+        entry: JournalEntry,
+        request: &Request,
+    ) -> Result<Receipt, String> {
+        let recorded = self.read_record(key, entry.seq)?;
+        let same = match (request, &recorded.command.op) {
+            (Request::Op(op), recorded) => op == recorded,
+            (Request::Spawn(spawn), Operation::SpawnAgent { spec }) => {
+                let names_it = spawn.component == spec.component.to_string()
+                    || self
+                        .kernel
+                        .state()
+                        .component(&spec.component)
+                        .is_some_and(|c| c.name == spawn.component);
+                let normalized: Result<Vec<String>, _> = spawn
+                    .rights
+                    .iter()
+                    .map(|r| r.parse::<Right>().map(|r| r.to_string()))
+                    .collect();
+                names_it
+                    && spawn.name == spec.name
+                    && normalized.is_ok_and(|r| r == spec.rights)
+                    && self.same_budgets(&spawn.budgets, spec.token, recorded.command.origin)
+            }
+            _ => false,
+        };
+        if !same {
+            return Err(format!(
+                "the re-run diverged at operation {} of task {}: the log has {}, the re-run submitted {}",
+                key.index,
+                key.task,
+                describe(&recorded.command.op),
+                describe_request(request)
+            ));
+        }
+        Ok(Receipt {
+            seq: entry.seq,
+            created: entry.created,
+        })
+    }
+
+    /// Whether a re-run's spawn asks for the budgets the first run's child
+    /// got: the child's token (stored) against the parent's narrowed by the
+    /// request.
+    fn same_budgets(&self, requested: &[String], child: Digest, parent: EntityId) -> bool {
+        let parsed: Result<Vec<crate::Budget>, _> = requested.iter().map(|b| b.parse()).collect();
+        let Ok(requested) = parsed else {
+            return false;
+        };
+        let state = self.kernel.state();
+        let Some(parent) = state.agent(parent) else {
+            return false;
+        };
+        let stored = |digest: &Digest| -> Option<crate::Token> {
+            let bytes = self.store.token(digest).ok()??;
+            crate::Token::parse(&bytes, self.gate.root(), self.gate.max_token()).ok()
+        };
+        let (Some(child), Some(parent)) = (stored(&child), stored(&parent.token)) else {
+            return false;
+        };
+        let (Ok(got), Ok(held)) = (child.budgets(), parent.budgets()) else {
+            return false;
+        };
+        crate::capability::budget::narrow(&held, &requested) == got
+    }
+
+    /// Answers a re-run's operation at an index the first run had refused.
+    fn refused_answer(&self, key: OpKey, gap: Gap, request: &Request) -> Result<Refused, String> {
+        let Some(details) = gap.details else {
+            // The host stopped before it recorded what was refused.
+            return Ok(Refused {
+                kind: RefusalKind::Other,
+                message: format!(
+                    "operation {} of task {} was refused when the task first ran",
+                    key.index, key.task
+                ),
+                quota: None,
+            });
+        };
+        let record = self.read_record(key, details)?;
+        let Operation::RecordRefusals {
+            first, refusals, ..
+        } = record.command.op
+        else {
+            return Err(format!(
+                "record {details} does not list the refusals of task {}",
+                key.task
+            ));
+        };
+        let mut index = first;
+        for refusal in refusals {
+            index += refusal.count;
+            if key.index >= index {
+                continue;
+            }
+            let digest = request_digest(request);
+            if refusal.request != Digest::ZERO && refusal.request != digest {
+                return Err(format!(
+                    "the re-run diverged at operation {} of task {}: the first run was refused another request there ({}), the re-run submitted {}",
+                    key.index,
+                    key.task,
+                    refusal.message,
+                    describe_request(request)
+                ));
+            }
+            return Ok(Refused {
+                kind: refusal.kind,
+                message: refusal.message,
+                quota: None,
+            });
+        }
+        Err(format!(
+            "record {details} does not cover operation {} of task {}",
+            key.index, key.task
+        ))
+    }
+
+    fn read_record(&self, key: OpKey, seq: u64) -> Result<Record, String> {
+        self.store
+            .record(seq)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("record {seq} is missing from the store"))
+            .and_then(|bytes| Record::decode(&bytes).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                format!(
+                    "cannot read operation {} of task {}: {e}",
+                    key.index, key.task
+                )
+            })
+    }
+
+    /// Keeps what the gate or the kernel refused a task, until the task's
+    /// next applied operation records it.
+    pub(super) fn remember_refusal(&mut self, task: TaskId, request: Digest, refused: &Refused) {
+        let max_reason = self.kernel.limits().max_reason as usize;
+        let pending = self.refusals.entry(task).or_default();
+        let full = pending.len() >= toka_kernel::MAX_REFUSAL_RUNS;
+        match pending.last_mut() {
+            Some(last)
+                if last.request == request
+                    && last.kind == refused.kind
+                    && last.message == refused.message =>
+            {
+                last.count += 1;
+            }
+            // The last entry stands for everything past the first few.
+            Some(last) if full => {
+                last.count += 1;
+                last.request = Digest::ZERO;
+                last.kind = RefusalKind::Other;
+                "several operations were refused".clone_into(&mut last.message);
+            }
+            _ => pending.push(Refusal {
+                count: 1,
+                request,
+                kind: refused.kind,
+                message: clip(&refused.message, max_reason),
+            }),
+        }
+    }
+
+    /// After `agent`'s operation in `task` applied: records what was refused
+    /// before it, when that left a gap.
+    pub(super) fn record_refusals(&mut self, agent: AgentId, task: TaskId) {
+        let Some(refusals) = self.refusals.remove(&task) else {
+            return;
+        };
+        let Some(gap) = self
+            .kernel
+            .state()
+            .task(task)
+            .and_then(|t| t.status.run())
+            .and_then(|run| run.gaps.last().copied())
+            .filter(|gap| gap.details.is_none())
+        else {
+            return;
+        };
+        let count: u64 = refusals.iter().map(|r| u64::from(r.count)).sum();
+        if count != u64::from(gap.count) {
+            tracing::warn!(task = %task.short(), count, gap = gap.count, "refusals do not match the gap; not recorded");
+            return;
+        }
+        let time = self.stamp();
+        let op = Operation::RecordRefusals {
+            task,
+            first: gap.first,
+            refusals,
+        };
+        if let Err(e) = self.apply(Command::system(agent, time, op), Attachments::default()) {
+            tracing::warn!(task = %task.short(), error = %e, "could not record refusals");
+        }
+    }
+}
+
+impl Sequencer {
+    /// The agent's state value at `key`, as the task at `position` saw it
+    /// (before its operation `position.index`, if it already applied that).
+    pub(crate) fn state_value(
+        &self,
+        agent: AgentId,
+        position: Option<OpKey>,
+        key: &str,
+    ) -> Option<Vec<u8>> {
+        self.read(|kernel| state_value(kernel.state(), agent, position, key))
+    }
+
+    /// The agent's state keys, as the task at `position` saw them.
+    pub(crate) fn state_keys(&self, agent: AgentId, position: Option<OpKey>) -> Vec<String> {
+        self.read(|kernel| state_keys(kernel.state(), agent, position))
+    }
+}
+
+/// The agent's state value at `key`, as the task at `position` saw it.
+fn state_value(
+    state: &WorldState,
+    agent: AgentId,
+    position: Option<OpKey>,
+    key: &str,
+) -> Option<Vec<u8>> {
+    if let Some(prior) = priors(state, position).find(|p| p.key == key) {
+        return prior.value.clone();
+    }
+    state.agent(agent)?.state.get(key).cloned()
+}
+
+/// The agent's state keys, as the task at `position` saw them.
+fn state_keys(state: &WorldState, agent: AgentId, position: Option<OpKey>) -> Vec<String> {
+    let mut keys: std::collections::BTreeSet<String> = state
+        .agent(agent)
+        .map(|a| a.state.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut seen = std::collections::BTreeSet::new();
+    for prior in priors(state, position) {
+        if seen.insert(prior.key.clone()) {
+            match prior.value {
+                Some(_) => keys.insert(prior.key.clone()),
+                None => keys.remove(&prior.key),
+            };
+        }
+    }
+    keys.into_iter().collect()
+}
+
+/// The priors of a running task's operations from `position` on: how the
+/// state it touched looked before them.
+fn priors(state: &WorldState, position: Option<OpKey>) -> impl Iterator<Item = &Prior> {
+    position
+        .and_then(|p| {
+            let run = state.task(p.task)?.status.run()?;
+            let from = run.journal.partition_point(|e| e.index < p.index);
+            Some(run.journal[from..].iter())
+        })
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.prior.as_ref())
+}
+
+/// An operation, briefly, for divergence messages.
+fn describe(op: &Operation) -> String {
+    clip(&format!("{op:?}"), 300)
+}
+
+fn describe_request(request: &Request) -> String {
+    match request {
+        Request::Op(op) => describe(op),
+        Request::Spawn(spawn) => clip(&format!("{spawn:?}"), 300),
+    }
+}

@@ -1,0 +1,27 @@
+//! The sequencer: the one writer of the kernel, and the log writer behind it.
+//!
+//! Every command passes through [`Sequencer`] under one lock, so the lock's
+//! order is the log's total order: stamp the logical time, authorize the
+//! operation against the agent's token (in that same order, so a revocation
+//! applied before an operation denies it), apply through the kernel, append
+//! the sealed record to the pending batch, answer the caller. A guest's
+//! `submit` returns right there — applied, not yet durable — with no hand-off
+//! to another thread, which keeps the per-operation cost near the kernel's.
+//!
+//! The concepts around that core each have a file:
+//! - `writer`: the thread that commits pending batches and then publishes
+//!   them; group commit emerges from load, and submitters wait when the
+//!   pending batch is full (in records or bytes).
+//! - `journal`: answering a re-run task's operations from the log, and
+//!   recording what was refused so the answers stay the same.
+//! - `spawn`: spawning and delegation (the child's token, its budgets).
+//! - `denials`: recording denials, rate-limited.
+
+mod core;
+mod denials;
+mod journal;
+mod spawn;
+mod writer;
+
+pub use core::Stopped;
+pub(crate) use core::{Attachments, Halt, Options, Receipt, Refused, Request, Sequencer, Spawn};

@@ -1,0 +1,155 @@
+//! Spawning and delegation: a parent's request becomes a child with a token
+//! that is the parent's, narrowed to the rights and budgets delegated.
+//!
+//! Delegation never widens: see [`delegation_check`] for what a parent must
+//! hold to hand a right over.
+
+use toka_kernel::{
+    AgentId, AgentSpec, Budgets, Command, Digest, EntityId, KernelError, Limit, OpKind, Operation,
+    Timestamp,
+};
+
+use super::core::{Attachments, Core, Receipt, Spawn};
+use crate::capability::budget::{Budget, BudgetError};
+use crate::capability::policy::{check_for, delegation_check};
+use crate::capability::rights::{Right, RightError};
+use crate::capability::token::Token;
+
+/// A spawn ready to apply: the operation, the child's token, and the
+/// budgets the kernel enforces for it.
+pub(super) struct Prepared {
+    pub(super) op: Operation,
+    pub(super) child: Token,
+    pub(super) budgets: Budgets,
+}
+
+impl Core {
+    /// Authorizes a spawn and the delegation of each right, and makes the
+    /// child's token: the parent's restricted to exactly those rights.
+    pub(super) fn prepare_spawn(
+        &mut self,
+        parent: AgentId,
+        token: Digest,
+        time: Timestamp,
+        spawn: Spawn,
+    ) -> Result<Prepared, KernelError> {
+        const KIND: OpKind = OpKind::SpawnAgent;
+        let invalid = |message: String| KernelError::InvalidOperation {
+            operation: KIND,
+            message,
+        };
+        let Spawn {
+            component,
+            name,
+            rights,
+            budgets,
+        } = spawn;
+        let digest = self.resolve_component(&component)?;
+        let rights: Vec<Right> = rights
+            .iter()
+            .map(|r| r.parse().map_err(|e: RightError| invalid(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        let budgets: Vec<Budget> = budgets
+            .iter()
+            .map(|b| b.parse().map_err(|e: BudgetError| invalid(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        let mut spec = AgentSpec {
+            component: digest,
+            name,
+            token: Digest::ZERO,
+            rights: rights.iter().map(Right::to_string).collect(),
+        };
+        let op = Operation::SpawnAgent { spec: spec.clone() };
+        if let Some(check) = check_for(&op, parent, self.kernel.state()) {
+            self.authorize(parent, token, KIND, &check, None, time)?;
+        }
+        for right in &rights {
+            let check = delegation_check(right, parent, self.kernel.state());
+            self.authorize(parent, token, KIND, &check, Some(right), time)?;
+        }
+        let child = self
+            .gate
+            .token(&token)
+            .and_then(|parent| parent.attenuate(&rights, &budgets))
+            .map_err(|e| invalid(format!("could not make the child's token: {e}")))?;
+        let max = self.gate.max_token();
+        if child.bytes().len() > max {
+            return Err(KernelError::LimitExceeded {
+                limit: Limit::Token,
+                max: max as u64,
+                actual: child.bytes().len() as u64,
+            });
+        }
+        let budgets = child
+            .budgets()
+            .map(|b| crate::capability::budget::kernel_budgets(&b))
+            .map_err(|e| invalid(e.to_string()))?;
+        spec.token = child.digest();
+        self.gate.admit(child.clone());
+        Ok(Prepared {
+            op: Operation::SpawnAgent { spec },
+            child,
+            budgets,
+        })
+    }
+
+    /// Records the budgets of the agent `receipt` created, right after the
+    /// spawn, in the same batch.
+    pub(super) fn set_budgets(&mut self, receipt: Receipt, budgets: Budgets, time: Timestamp) {
+        if budgets.is_empty() || self.kernel.state().rules().is_none() {
+            return;
+        }
+        let agent = receipt
+            .created
+            .expect("an applied spawn reports the agent it created");
+        let op = Operation::SetBudgets { agent, budgets };
+        if let Err(e) = self.apply(
+            Command::system(EntityId::SYSTEM, time, op),
+            Attachments::default(),
+        ) {
+            tracing::error!(agent = %agent.short(), error = %e, "could not record a new agent's budgets");
+        }
+    }
+
+    /// Spawns a root agent on the operator's authority with `token`, and
+    /// records its budgets in the same batch.
+    pub(super) fn spawn_root(
+        &mut self,
+        spec: AgentSpec,
+        token: Token,
+        budgets: Budgets,
+    ) -> Result<Receipt, KernelError> {
+        let time = self.stamp();
+        self.gate.admit(token.clone());
+        let command = Command::system(EntityId::SYSTEM, time, Operation::SpawnAgent { spec });
+        let attachments = Attachments {
+            blob: None,
+            token: Some(token),
+        };
+        let receipt = self.apply(command, attachments)?;
+        self.set_budgets(receipt, budgets, time);
+        Ok(receipt)
+    }
+
+    /// A component by name, or by its 64-hex-digit digest.
+    fn resolve_component(&self, component: &str) -> Result<Digest, KernelError> {
+        let state = self.kernel.state();
+        if let Ok(digest) = component.parse::<Digest>()
+            && state.component(&digest).is_some()
+        {
+            return Ok(digest);
+        }
+        state
+            .component_named(component)
+            .map(|c| c.digest)
+            .ok_or_else(|| {
+                super::core::unknown(
+                    toka_kernel::EntityKind::Component,
+                    format!(
+                        "`{}` (no component of that name is installed)",
+                        crate::text::clip(component, 64)
+                    ),
+                )
+            })
+    }
+}

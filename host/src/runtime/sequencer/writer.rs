@@ -1,0 +1,157 @@
+//! The log writer: a thread that commits pending batches, then publishes them.
+//!
+//! The writer takes whatever is pending as one batch, commits it to the
+//! [`EventStore`] in one durable transaction, and only then publishes the
+//! batch (bus, scheduler) and advances the committed sequence number. While
+//! it commits, new operations accumulate into the next batch: group commit
+//! emerges from load, and persistence overlaps execution. The pending batch
+//! is bounded in records and in bytes; submitters wait for the writer when
+//! it is full, so a flood slows the guest instead of growing the host.
+//!
+//! Any failure here — the store, a snapshot that cannot be encoded, a panic
+//! — stops the host with the reason; every waiter wakes and sees it.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::core::{Sequencer, Shared, State, Stopped};
+use crate::log::committed::{Committed, CommittedRecord};
+use crate::store::event_store::{Batch, EventStore};
+
+/// A writer woken for a batch smaller than this lingers first ...
+const LINGER_BELOW: usize = 64;
+/// ... this long, so a steady trickle of operations commits in groups
+/// instead of paying a thread wake-up per operation.
+const LINGER: Duration = Duration::from_micros(100);
+
+/// Called by the writer with each durable batch, before the committed
+/// sequence number advances.
+pub(crate) type OnCommit = Box<dyn FnMut(Arc<Committed>) + Send>;
+
+impl Sequencer {
+    /// Starts the writer thread over `store`.
+    pub(crate) fn start_writer(
+        &self,
+        store: Arc<dyn EventStore>,
+        on_commit: OnCommit,
+    ) -> std::io::Result<JoinHandle<()>> {
+        let shared = Arc::clone(&self.shared);
+        std::thread::Builder::new()
+            .name("toka-log-writer".into())
+            .spawn(move || {
+                let run = std::panic::AssertUnwindSafe(|| write_until_closed(&shared, &*store, on_commit));
+                match std::panic::catch_unwind(run) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(stopped)) => {
+                        tracing::error!(reason = %stopped.0, "the log writer failed; the host stops");
+                        shared.fail(stopped);
+                    }
+                    Err(panic) => {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a panic".to_owned());
+                        tracing::error!(%what, "the log writer panicked; the host stops");
+                        shared.fail(Stopped(format!("the log writer panicked: {what}")));
+                    }
+                }
+            })
+    }
+}
+
+fn write_until_closed(
+    shared: &Shared,
+    store: &dyn EventStore,
+    mut on_commit: OnCommit,
+) -> Result<(), Stopped> {
+    while let Some((batch, records, view)) = shared.next_batch()? {
+        let last = batch.head.seq;
+        store
+            .append(batch)
+            .map_err(|e| Stopped(format!("committing the log failed: {e}")))?;
+        if let Some(view) = view {
+            *shared.view.lock().unwrap_or_else(|e| e.into_inner()) = (last, view);
+        }
+        // Durable first, then visible: actors woken below already see the
+        // new committed number.
+        shared.committed.send_replace(last);
+        if !records.is_empty() {
+            on_commit(Arc::new(Committed { records }));
+        }
+        shared.published.send_replace(last);
+    }
+    Ok(())
+}
+
+impl Shared {
+    /// Blocks until there is a batch to write; `None` once closing and
+    /// drained. With the batch: a copy of the state at its head, when a
+    /// reader asked for one.
+    #[allow(
+        clippy::type_complexity,
+        reason = "a private triple, named in the docs"
+    )]
+    fn next_batch(
+        &self,
+    ) -> Result<
+        Option<(
+            Batch,
+            Vec<CommittedRecord>,
+            Option<Arc<toka_kernel::WorldState>>,
+        )>,
+        Stopped,
+    > {
+        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lingered = false;
+        loop {
+            if !core.pending.is_empty() {
+                if core.pending_records.len() < LINGER_BELOW && !core.closing && !lingered {
+                    lingered = true;
+                    core.writer = State::Lingering;
+                    core = self
+                        .work
+                        .wait_timeout(core, LINGER)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    continue;
+                }
+                core.writer = State::Busy;
+                core.pending_bytes = 0;
+                let mut batch = std::mem::take(&mut core.pending);
+                let records = std::mem::take(&mut core.pending_records);
+                // Everything applied is in this batch, so the kernel's state
+                // is the state at its head: the moment for a snapshot.
+                let head = batch.head.seq;
+                if core.snapshot_every > 0 && head >= core.last_snapshot + core.snapshot_every {
+                    batch.snapshot = Some((head, crate::store::snapshot::encode(&core.kernel)));
+                    core.last_snapshot = head;
+                }
+                let view = self
+                    .want_view
+                    .swap(false, std::sync::atomic::Ordering::SeqCst)
+                    .then(|| Arc::new(core.kernel.state().clone()));
+                return Ok(Some((batch, records, view)));
+            }
+            if core.closing {
+                return Ok(None);
+            }
+            core.writer = State::Idle;
+            core = self.work.wait(core).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Stops the host with `reason` and wakes everyone waiting on it.
+    pub(super) fn fail(&self, reason: Stopped) {
+        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        if core.stopped.is_none() || core.closing {
+            core.stopped = Some(reason);
+        }
+        core.closing = true;
+        drop(core);
+        // Wake everyone waiting on either number so they see the stop.
+        self.committed.send_modify(|_| {});
+        self.published.send_modify(|_| {});
+    }
+}

@@ -1,0 +1,201 @@
+//! Loading agent components: validate, compile once, instantiate fast.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use toka_kernel::Digest;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine};
+
+use crate::sandbox::bindings::AgentPre;
+
+/// The export every agent must have (any 0.1.x version).
+const HANDLER_EXPORT: &str = "toka:agent/handler@0.1.";
+
+/// Import prefixes the host provides. WASI here is deny-by-default at run
+/// time (only granted directories, no env, HTTP only to granted hosts):
+/// these are the interfaces a Rust `std` guest links against, plus outgoing
+/// `wasi:http`. Anything else, e.g. `wasi:sockets`, is refused at install.
+const ALLOWED_IMPORTS: &[&str] = &[
+    "toka:agent/kernel@0.1.",
+    "toka:agent/types@0.1.",
+    "wasi:cli/",
+    "wasi:io/",
+    "wasi:clocks/",
+    "wasi:random/",
+    "wasi:filesystem/",
+    "wasi:http/types@0.2.",
+    "wasi:http/outgoing-handler@0.2.",
+];
+
+/// Why bytes are not a component this host can run as an agent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ComponentError {
+    /// Not WebAssembly at all.
+    #[error("not a WebAssembly file (it does not start with the `\\0asm` magic)")]
+    NotWasm,
+    /// A core module, e.g. built for `wasm32-wasip1` or `wasm32-unknown-unknown`.
+    #[error(
+        "a core WebAssembly module, not a component; build the agent with `cargo build --target wasm32-wasip2`"
+    )]
+    CoreModule,
+    /// Malformed or not compilable.
+    #[error("not a valid component: {0}")]
+    Invalid(String),
+    /// A component of another world, e.g. a `wasi:cli` command.
+    #[error(
+        "not a Toka agent: it does not export `toka:agent/handler@0.1.0` (it exports {exports})"
+    )]
+    NotAnAgent {
+        /// What it exports instead.
+        exports: String,
+    },
+    /// It imports interfaces the host does not provide.
+    #[error("imports {}, which the host does not provide", .imports.join(", "))]
+    UnsupportedImports {
+        /// The offending imports.
+        imports: Vec<String>,
+    },
+    /// The handler export has the wrong shape (e.g. built against another
+    /// version of the WIT).
+    #[error("does not match the toka:agent world: {0}")]
+    Mismatch(String),
+}
+
+/// The wasmtime engine, the linker with the host's imports, and the compiled
+/// components by digest; `T` is the data of an agent's store.
+pub(crate) struct Components<T: 'static> {
+    engine: Engine,
+    linker: Arc<Linker<T>>,
+    cache: Arc<Mutex<BTreeMap<Digest, AgentPre<T>>>>,
+}
+
+impl<T: 'static> Clone for Components<T> {
+    fn clone(&self) -> Self {
+        Self {
+            engine: self.engine.clone(),
+            linker: Arc::clone(&self.linker),
+            cache: Arc::clone(&self.cache),
+        }
+    }
+}
+
+impl<T: 'static> Components<T> {
+    /// An engine with epoch interruption (deadlines, fair yielding) and, if
+    /// `fuel`, fuel metering; `imports` adds what the host provides to the
+    /// linker (WASI, outgoing HTTP, the `toka:agent` kernel).
+    pub(crate) fn new(
+        fuel: bool,
+        imports: impl FnOnce(&mut Linker<T>) -> wasmtime::Result<()>,
+    ) -> wasmtime::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        // Guests yield to the scheduler at epoch ticks, so a busy agent does
+        // not hold a worker thread, and a task past its deadline is stopped.
+        config.epoch_interruption(true);
+        config.consume_fuel(fuel);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        imports(&mut linker)?;
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            cache: Arc::default(),
+        })
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Validates and compiles `bytes`, caching the result under `digest`.
+    pub(crate) fn prepare(
+        &self,
+        digest: Digest,
+        bytes: &[u8],
+    ) -> Result<AgentPre<T>, ComponentError> {
+        if let Some(pre) = self.cached(&digest) {
+            return Ok(pre);
+        }
+        let pre = self.compile(bytes)?;
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(digest, pre.clone());
+        Ok(pre)
+    }
+
+    /// The compiled component for `digest`, if it was prepared.
+    pub(crate) fn cached(&self, digest: &Digest) -> Option<AgentPre<T>> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+            .cloned()
+    }
+
+    fn compile(&self, bytes: &[u8]) -> Result<AgentPre<T>, ComponentError> {
+        check_preamble(bytes)?;
+        let component = Component::from_binary(&self.engine, bytes)
+            .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
+        let ty = component.component_type();
+
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        if !exports.iter().any(|e| e.starts_with(HANDLER_EXPORT)) {
+            return Err(ComponentError::NotAnAgent {
+                exports: if exports.is_empty() {
+                    "nothing".into()
+                } else {
+                    exports.join(", ")
+                },
+            });
+        }
+        let unsupported: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .filter(|n| !ALLOWED_IMPORTS.iter().any(|p| n.starts_with(p)))
+            .collect();
+        if !unsupported.is_empty() {
+            return Err(ComponentError::UnsupportedImports {
+                imports: unsupported,
+            });
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| ComponentError::Mismatch(format!("{e:#}")))?;
+        AgentPre::new(pre).map_err(|e| ComponentError::Mismatch(format!("{e:#}")))
+    }
+}
+
+/// Tells a component from a core module from something else by the preamble.
+fn check_preamble(bytes: &[u8]) -> Result<(), ComponentError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(ComponentError::NotWasm);
+    }
+    // Bytes 4..8: version and layer; layer 0 is a core module, 1 a component.
+    if bytes[6..8] == [0, 0] {
+        return Err(ComponentError::CoreModule);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preamble_tells_modules_from_components() {
+        assert_eq!(check_preamble(b"hello world"), Err(ComponentError::NotWasm));
+        assert_eq!(check_preamble(b"\0asm"), Err(ComponentError::NotWasm));
+        assert_eq!(
+            check_preamble(b"\0asm\x01\0\0\0"),
+            Err(ComponentError::CoreModule)
+        );
+        assert_eq!(check_preamble(b"\0asm\x0d\0\x01\0"), Ok(()));
+    }
+}

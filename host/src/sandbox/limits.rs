@@ -1,0 +1,159 @@
+//! Per-agent sandbox limits the host enforces.
+//!
+//! The log-level size and count limits (task description, observation and
+//! state sizes, queue length, operations per task, ...) are the kernel's
+//! [`toka_kernel::Limits`], fixed when a data dir is created so the log
+//! always replays the same. These are the ones a host applies to running
+//! guests; a run can override them, and a token can narrow them further with
+//! `budget` facts (see [`AgentLimits::narrowed`]).
+
+use std::time::Duration;
+
+use crate::capability::budget::Budget;
+
+/// What one agent may consume, with documented defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentLimits {
+    /// Bytes of all the linear memories of the agent's instance together.
+    /// Default 64 MiB. Growing past it traps.
+    pub memory_bytes: u64,
+    /// Elements of all the tables of the agent's instance together.
+    /// Default 20 000.
+    pub table_elements: usize,
+    /// Core and component instances in the agent's store. Default 32.
+    pub instances: usize,
+    /// Fuel (roughly, WebAssembly instructions) per task, deterministic;
+    /// `None` (the default) runs without fuel metering, which would cost up
+    /// to a third on loop-heavy guest code (BENCHMARKS.md); the deadline
+    /// still stops a runaway task. Set it to meter fuel (and to run agents
+    /// whose tokens carry a fuel budget).
+    pub fuel_per_task: Option<u64>,
+    /// Wall-clock time per task (checked at epoch ticks, every 10 ms).
+    /// Default 30 s.
+    pub deadline_per_task: Duration,
+    /// Bytes of observations one task may emit in all. Default 64 MiB.
+    pub observation_bytes_per_task: u64,
+    /// Bytes of stdout captured per task; the rest is dropped. Default 64 KiB.
+    pub stdout_bytes: usize,
+    /// Bytes of stderr captured per task; the rest is dropped. Default 64 KiB.
+    pub stderr_bytes: usize,
+    /// `kernel.log` lines forwarded per task; the rest are dropped. Default 1000.
+    pub log_lines_per_task: u32,
+    /// Bytes of one `kernel.log` line; a longer one is cut (marked `...`).
+    /// Default 4 KiB.
+    pub log_line_bytes: usize,
+    /// Faults in a row (traps, fuel, memory, deadline) after which the agent
+    /// is quarantined until `toka agent resume`. Default 3.
+    pub quarantine_after: u32,
+}
+
+impl Default for AgentLimits {
+    /// The defaults, as documented on each field.
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 * 1024 * 1024,
+            table_elements: 20_000,
+            instances: 32,
+            fuel_per_task: None,
+            deadline_per_task: Duration::from_secs(30),
+            observation_bytes_per_task: 64 * 1024 * 1024,
+            stdout_bytes: 64 * 1024,
+            stderr_bytes: 64 * 1024,
+            log_lines_per_task: 1000,
+            log_line_bytes: 4096,
+            quarantine_after: 3,
+        }
+    }
+}
+
+/// Why a token's budgets cannot be applied on this host.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LimitsError {
+    /// The token sets a fuel budget but the host does not meter fuel.
+    #[error(
+        "the token sets a fuel budget ({budget}) but this host does not meter fuel; run it with a fuel limit"
+    )]
+    FuelNotMetered {
+        /// The budget.
+        budget: Budget,
+    },
+}
+
+impl AgentLimits {
+    /// These limits, narrowed by a token's budgets: each limit becomes the
+    /// smaller of itself and the budget; a budget never raises a limit.
+    ///
+    /// # Errors
+    ///
+    /// A fuel budget on limits without fuel metering: the host cannot
+    /// enforce it, so the agent does not run (start the host with fuel).
+    pub fn narrowed(&self, budgets: &[Budget]) -> Result<AgentLimits, LimitsError> {
+        let mut limits = self.clone();
+        for budget in budgets {
+            match *budget {
+                Budget::Memory(bytes) => limits.memory_bytes = limits.memory_bytes.min(bytes),
+                Budget::Fuel(fuel) => match limits.fuel_per_task {
+                    Some(f) => limits.fuel_per_task = Some(f.min(fuel)),
+                    None => return Err(LimitsError::FuelNotMetered { budget: *budget }),
+                },
+                Budget::DeadlineMs(ms) => {
+                    limits.deadline_per_task =
+                        limits.deadline_per_task.min(Duration::from_millis(ms));
+                }
+                Budget::ObservationBytes(bytes) => {
+                    limits.observation_bytes_per_task =
+                        limits.observation_bytes_per_task.min(bytes);
+                }
+                // Quotas: the kernel charges them (see `toka_kernel::Quotas`).
+                Budget::LogBytes(_)
+                | Budget::LogRate(_)
+                | Budget::Tasks(_)
+                | Budget::TaskRate(_)
+                | Budget::OpRate(_)
+                | Budget::Children(_) => {}
+            }
+        }
+        Ok(limits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_only_narrow() {
+        let host = AgentLimits {
+            fuel_per_task: Some(1_000_000),
+            ..AgentLimits::default()
+        };
+        let budgets = [
+            Budget::Memory(1 << 20),
+            Budget::Fuel(u64::MAX),
+            Budget::DeadlineMs(500),
+            Budget::ObservationBytes(u64::MAX),
+        ];
+        let narrowed = host.narrowed(&budgets).unwrap();
+        assert_eq!(narrowed.memory_bytes, 1 << 20);
+        assert_eq!(
+            narrowed.fuel_per_task,
+            Some(1_000_000),
+            "a larger budget does not raise a limit"
+        );
+        assert_eq!(narrowed.deadline_per_task, Duration::from_millis(500));
+        assert_eq!(
+            narrowed.observation_bytes_per_task,
+            host.observation_bytes_per_task
+        );
+        assert_eq!(host.narrowed(&[]).unwrap(), host);
+    }
+
+    #[test]
+    fn a_fuel_budget_needs_a_metering_host() {
+        let err = AgentLimits::default()
+            .narrowed(&[Budget::Fuel(10)])
+            .unwrap_err();
+        assert!(err.to_string().contains("does not meter fuel"), "{err}");
+    }
+}

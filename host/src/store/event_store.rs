@@ -1,0 +1,215 @@
+//! Where the log lives: the `EventStore` trait and what it stores.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use toka_kernel::{ChainHead, Digest, Limits};
+
+/// Snapshots a store keeps; older ones are dropped when a new one is written.
+pub const SNAPSHOTS_KEPT: usize = 2;
+
+/// The layout version of a data dir: tables, meta keys and their encodings.
+/// Bumped when a release changes them; a store refuses to open a newer one.
+pub const DATA_FORMAT: u16 = 1;
+
+/// A group of records committed together, with the blobs they reference.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// `(seq, record bytes)`, ascending and contiguous.
+    pub records: Vec<(u64, Vec<u8>)>,
+    /// Content-addressed blobs (component bytes) first referenced here.
+    pub blobs: Vec<(Digest, Arc<[u8]>)>,
+    /// Capability tokens first referenced here, by the digest of their bytes.
+    pub tokens: Vec<(Digest, Arc<[u8]>)>,
+    /// A snapshot of the state after the last record, `(seq, bytes)`.
+    pub snapshot: Option<(u64, Vec<u8>)>,
+    /// The chain head after the last record.
+    pub head: ChainHead,
+}
+
+impl Batch {
+    /// Whether there is nothing to write.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+            && self.blobs.is_empty()
+            && self.tokens.is_empty()
+            && self.snapshot.is_none()
+    }
+}
+
+/// An iterator over stored records, `(seq, bytes)` in ascending order.
+pub type Records<'a> = Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + 'a>;
+
+/// The durable home of the log, the blobs and the tokens.
+///
+/// `append` is called by one writer at a time; reads may come from any thread.
+/// [`MemoryStore`](crate::MemoryStore) is for tests, [`RedbStore`](crate::RedbStore)
+/// is the real thing.
+pub trait EventStore: Send + Sync + 'static {
+    /// Writes a batch in one durable transaction: all of it or none of it.
+    /// Takes the batch by value, so a store may keep its buffers.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the write or the commit fails; nothing of the batch
+    /// is then stored.
+    fn append(&self, batch: Batch) -> Result<(), StoreError>;
+
+    /// The records from sequence number `from` on.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    fn records(&self, from: u64) -> Result<Records<'_>, StoreError>;
+
+    /// One record, by sequence number.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    fn record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .records(seq)?
+            .next()
+            .transpose()?
+            .filter(|(s, _)| *s == seq)
+            .map(|(_, bytes)| bytes))
+    }
+
+    /// The sequence numbers of the stored snapshots, ascending.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    fn snapshots(&self) -> Result<Vec<u64>, StoreError>;
+
+    /// The snapshot taken after record `seq`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    fn snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Stores a snapshot taken after record `seq` (which must be durable)
+    /// and drops all but the newest [`SNAPSHOTS_KEPT`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the write fails.
+    fn put_snapshot(&self, seq: u64, bytes: Vec<u8>) -> Result<(), StoreError>;
+
+    /// The chain head stored beside the log: the last committed record.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    fn head(&self) -> Result<ChainHead, StoreError>;
+
+    /// A stored blob (component bytes), by digest.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    fn blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// A stored token, by the digest of its bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    fn token(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every stored token, `(digest, bytes)`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    fn tokens(&self) -> Result<Vec<(Digest, Vec<u8>)>, StoreError>;
+
+    /// The root public key (32 bytes) the data dir was created for, if it
+    /// records one. A host refuses to open it with another root key.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    fn root_public_key(&self) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The kernel limits the log was written under (fixed at creation).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    fn limits(&self) -> Result<Limits, StoreError>;
+
+    /// Where the store lives, for messages (e.g. the redb file's path).
+    fn location(&self) -> String;
+}
+
+/// Why the store failed. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The file exists but is not a Toka store.
+    #[error("{path}: not a Toka data file: {reason}")]
+    NotToka {
+        /// The file.
+        path: PathBuf,
+        /// What gave it away.
+        reason: String,
+    },
+    /// The store was written by a newer release.
+    #[error(
+        "{path}: written by a newer Toka (data format {found}; this build reads up to {supported}); upgrade toka to open it"
+    )]
+    NewerFormat {
+        /// The file.
+        path: PathBuf,
+        /// The format in the file.
+        found: u16,
+        /// [`DATA_FORMAT`].
+        supported: u16,
+    },
+    /// Another process has the store open.
+    #[error("{path}: in use by another toka process")]
+    InUse {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file was not closed cleanly (the writer crashed) and must be
+    /// repaired by opening it for writing.
+    #[error(
+        "{path}: needs a repair after a crash; open it for writing once (any command that writes does)"
+    )]
+    NeedsRepair {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Stored data does not decode.
+    #[error("{path}: corrupt {what}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What was being read.
+        what: String,
+        /// Why it does not decode.
+        reason: String,
+    },
+    /// The storage engine or the disk failed.
+    #[error("{path}: {message}")]
+    Backend {
+        /// The file.
+        path: PathBuf,
+        /// The engine's message.
+        message: String,
+    },
+}
+
+/// A store as the capability gate's source of token bytes.
+pub(crate) struct StoreTokens(pub(crate) Arc<dyn EventStore>);
+
+impl crate::capability::gate::TokenSource for StoreTokens {
+    fn token_bytes(&self, digest: &Digest) -> Result<Option<Vec<u8>>, String> {
+        self.0.token(digest).map_err(|e| e.to_string())
+    }
+}

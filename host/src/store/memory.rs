@@ -1,0 +1,134 @@
+//! An in-memory `EventStore`, for tests and benchmarks.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use toka_kernel::{ChainHead, Digest, Limits};
+
+use crate::store::event_store::{Batch, EventStore, Records, SNAPSHOTS_KEPT, StoreError};
+
+/// An [`EventStore`] in memory: nothing survives the process.
+///
+/// Clones share the same storage, so a test can keep one to inspect what a
+/// host wrote, or reopen a host on it to test a restart.
+#[derive(Debug, Clone)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Ascending by seq (the writer appends in order).
+    records: Vec<(u64, Vec<u8>)>,
+    blobs: BTreeMap<Digest, Vec<u8>>,
+    tokens: BTreeMap<Digest, Vec<u8>>,
+    snapshots: BTreeMap<u64, Vec<u8>>,
+    head: ChainHead,
+    limits: Limits,
+}
+
+impl MemoryStore {
+    /// An empty store whose log is written under `limits`.
+    #[must_use]
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                records: Vec::new(),
+                blobs: BTreeMap::new(),
+                tokens: BTreeMap::new(),
+                snapshots: BTreeMap::new(),
+                head: ChainHead::default(),
+                limits,
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Inner {
+    fn keep_snapshot(&mut self, seq: u64, bytes: Vec<u8>) {
+        self.snapshots.insert(seq, bytes);
+        while self.snapshots.len() > SNAPSHOTS_KEPT {
+            self.snapshots.pop_first();
+        }
+    }
+}
+
+impl EventStore for MemoryStore {
+    fn append(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if !batch.records.is_empty() {
+            inner.head = batch.head;
+        }
+        inner.records.extend(batch.records);
+        for (digest, bytes) in batch.blobs {
+            inner.blobs.entry(digest).or_insert_with(|| bytes.to_vec());
+        }
+        for (digest, bytes) in batch.tokens {
+            inner.tokens.entry(digest).or_insert_with(|| bytes.to_vec());
+        }
+        if let Some((seq, bytes)) = batch.snapshot {
+            inner.keep_snapshot(seq, bytes);
+        }
+        Ok(())
+    }
+
+    fn snapshots(&self) -> Result<Vec<u64>, StoreError> {
+        Ok(self.lock().snapshots.keys().copied().collect())
+    }
+
+    fn snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().snapshots.get(&seq).cloned())
+    }
+
+    fn put_snapshot(&self, seq: u64, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.lock().keep_snapshot(seq, bytes);
+        Ok(())
+    }
+
+    fn records(&self, from: u64) -> Result<Records<'_>, StoreError> {
+        let inner = self.lock();
+        let start = inner.records.partition_point(|(seq, _)| *seq < from);
+        let records: Vec<_> = inner.records[start..]
+            .iter()
+            .map(|(seq, bytes)| Ok((*seq, bytes.clone())))
+            .collect();
+        Ok(Box::new(records.into_iter()))
+    }
+
+    fn head(&self) -> Result<ChainHead, StoreError> {
+        Ok(self.lock().head)
+    }
+
+    fn blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().blobs.get(digest).cloned())
+    }
+
+    fn token(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().tokens.get(digest).cloned())
+    }
+
+    fn tokens(&self) -> Result<Vec<(Digest, Vec<u8>)>, StoreError> {
+        Ok(self
+            .lock()
+            .tokens
+            .iter()
+            .map(|(d, b)| (*d, b.clone()))
+            .collect())
+    }
+
+    fn root_public_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+
+    fn limits(&self) -> Result<Limits, StoreError> {
+        Ok(self.lock().limits.clone())
+    }
+
+    fn location(&self) -> String {
+        "memory".into()
+    }
+}

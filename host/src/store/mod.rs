@@ -1,0 +1,9 @@
+//! Where the log lives: the [`EventStore`](event_store::EventStore) trait —
+//! the seam a replicated log plugs into, which assumes no local file — its
+//! redb and in-memory implementations, the data directory, and snapshots.
+
+pub(crate) mod data_dir;
+pub(crate) mod event_store;
+pub(crate) mod memory;
+pub(crate) mod redb;
+pub(crate) mod snapshot;

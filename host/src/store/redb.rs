@@ -1,0 +1,483 @@
+//! The durable `EventStore`: one redb file.
+//!
+//! Tables (the data-dir format, version [`DATA_FORMAT`]; see docs/format.md):
+//!
+//! | table       | key        | value                                        |
+//! |-------------|------------|----------------------------------------------|
+//! | `events`    | `u64` seq  | a log record (`toka_kernel::Record` bytes)   |
+//! | `meta`      | `&str`     | `magic` = `toka`, `format` (u16 LE), `head` (postcard `ChainHead`), `limits` (postcard `Limits`), `root_public_key` (32 bytes), `created_by` |
+//! | `blobs`     | `[u8; 32]` | component bytes, by BLAKE3 digest            |
+//! | `tokens`    | `[u8; 32]` | capability token bytes, by BLAKE3 digest     |
+//! | `snapshots` | `u64` seq  | the state after that record (see `snapshot.rs`) |
+//!
+//! Every append is one write transaction with immediate durability. The
+//! file is opened in redb's single-writer mode: one process (the host)
+//! writes, and any number of processes may open it read-only at the same
+//! time and follow its commits (`toka events --follow`, `toka state`).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use redb::{
+    ConcurrencyMode, Database, DatabaseError, Durability, ReadOnlyDatabase, ReadTransaction,
+    ReadableDatabase, ReadableTable, StorageBackend, TableDefinition, TableError,
+};
+use toka_kernel::{ChainHead, Digest, Limits};
+
+use crate::store::event_store::{
+    Batch, DATA_FORMAT, EventStore, Records, SNAPSHOTS_KEPT, StoreError,
+};
+
+const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+const BLOBS: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("blobs");
+const TOKENS: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("tokens");
+const SNAPSHOTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("snapshots");
+
+const MAGIC: &[u8] = b"toka";
+
+/// An [`EventStore`] in a redb file.
+pub struct RedbStore {
+    db: Db,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match self.db {
+            Db::Write(_) => "write",
+            Db::Read(_) => "read-only",
+        };
+        write!(f, "RedbStore({}, {mode})", self.path.display())
+    }
+}
+
+enum Db {
+    Write(Database),
+    Read(ReadOnlyDatabase),
+}
+
+/// Bytes of pages redb keeps in memory. Its default is 1 GiB, which a
+/// write flood fills with pages nobody reads again; the host reads the log
+/// back only to recover, verify and answer re-runs.
+const CACHE_BYTES: usize = 64 << 20;
+
+fn builder() -> redb::Builder {
+    let mut builder = redb::Builder::new();
+    builder
+        .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+        .set_cache_size(CACHE_BYTES);
+    builder
+}
+
+impl RedbStore {
+    /// Creates a new store at `path` (which must not exist) for a log written
+    /// under `limits`, whose tokens are rooted in `root_public_key`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the file exists or cannot be written. On error no
+    /// file is left behind.
+    pub fn create(
+        path: &Path,
+        limits: &Limits,
+        root_public_key: &[u8],
+    ) -> Result<Self, StoreError> {
+        if path.exists() {
+            return Err(backend(
+                path,
+                "refusing to create a store over an existing file",
+            ));
+        }
+        let result = builder()
+            .create(path)
+            .map_err(|e| open_error(path, e))
+            .and_then(|db| Self::init(Db::Write(db), path, limits, root_public_key));
+        if result.is_err() {
+            // Nothing half-written: the file is either complete or absent.
+            let _ = std::fs::remove_file(path);
+        }
+        result
+    }
+
+    /// Opens an existing store for writing (one writer at a time).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotToka`] for a file that is not a Toka store,
+    /// [`StoreError::NewerFormat`] for one written by a newer release,
+    /// [`StoreError::InUse`] when another process writes to it.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = builder().open(path).map_err(|e| open_error(path, e))?;
+        Self::checked(Db::Write(db), path)
+    }
+
+    /// Opens an existing store read-only, alongside a writer if there is one.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedbStore::open`], except that a running writer is no obstacle.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let db = builder()
+            .open_read_only(path)
+            .map_err(|e| open_error(path, e))?;
+        Self::checked(Db::Read(db), path)
+    }
+
+    /// A store over any redb storage backend (e.g. one that injects faults),
+    /// created empty when `init` is given, else opened. `label` names it in
+    /// errors.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedbStore::create`] and [`RedbStore::open`].
+    pub fn with_backend(
+        backend: impl StorageBackend,
+        label: &str,
+        init: Option<(&Limits, &[u8])>,
+    ) -> Result<Self, StoreError> {
+        let path = PathBuf::from(label);
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create_with_backend(backend)
+            .map_err(|e| open_error(&path, e))?;
+        match init {
+            Some((limits, root)) => Self::init(Db::Write(db), &path, limits, root),
+            None => Self::checked(Db::Write(db), &path),
+        }
+    }
+
+    /// The file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn checked(db: Db, path: &Path) -> Result<Self, StoreError> {
+        let store = Self {
+            db,
+            path: path.to_owned(),
+        };
+        store.check_meta()?;
+        Ok(store)
+    }
+
+    fn writer(&self) -> Result<&Database, StoreError> {
+        match &self.db {
+            Db::Write(db) => Ok(db),
+            Db::Read(_) => Err(backend(&self.path, "the store was opened read-only")),
+        }
+    }
+
+    fn read(&self) -> Result<ReadTransaction, StoreError> {
+        match &self.db {
+            Db::Write(db) => db.begin_read(),
+            Db::Read(db) => db.begin_read(),
+        }
+        .map_err(|e| backend(&self.path, e))
+    }
+
+    fn init(
+        db: Db,
+        path: &Path,
+        limits: &Limits,
+        root_public_key: &[u8],
+    ) -> Result<Self, StoreError> {
+        let store = Self {
+            db,
+            path: path.to_owned(),
+        };
+        let p = &store.path;
+        let mut tx = store.writer()?.begin_write().map_err(|e| backend(p, e))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| backend(p, e))?;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| backend(p, e))?;
+            let limits = postcard::to_allocvec(limits).map_err(|e| backend(p, e))?;
+            let head = postcard::to_allocvec(&ChainHead::default()).map_err(|e| backend(p, e))?;
+            let created_by = concat!("toka ", env!("CARGO_PKG_VERSION"));
+            for (key, value) in [
+                ("magic", MAGIC),
+                ("format", &DATA_FORMAT.to_le_bytes()[..]),
+                ("limits", &limits),
+                ("head", &head),
+                ("root_public_key", root_public_key),
+                ("created_by", created_by.as_bytes()),
+            ] {
+                meta.insert(key, value).map_err(|e| backend(p, e))?;
+            }
+            tx.open_table(EVENTS).map_err(|e| backend(p, e))?;
+            tx.open_table(BLOBS).map_err(|e| backend(p, e))?;
+            tx.open_table(TOKENS).map_err(|e| backend(p, e))?;
+            tx.open_table(SNAPSHOTS).map_err(|e| backend(p, e))?;
+        }
+        tx.commit().map_err(|e| backend(p, e))?;
+        Ok(store)
+    }
+
+    fn check_meta(&self) -> Result<(), StoreError> {
+        let p = &self.path;
+        let not_toka = |reason: &str| StoreError::NotToka {
+            path: p.clone(),
+            reason: reason.into(),
+        };
+        let tx = self.read()?;
+        let meta = match tx.open_table(META) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => {
+                return Err(not_toka("a redb file without Toka's metadata"));
+            }
+            Err(e) => return Err(backend(p, e)),
+        };
+        let get = |key: &str| -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(meta
+                .get(key)
+                .map_err(|e| backend(p, e))?
+                .map(|v| v.value().to_vec()))
+        };
+        if get("magic")?.as_deref() != Some(MAGIC) {
+            return Err(not_toka("a redb file without Toka's metadata"));
+        }
+        let format = get("format")?
+            .and_then(|v| <[u8; 2]>::try_from(v.as_slice()).ok())
+            .map(u16::from_le_bytes)
+            .ok_or_else(|| not_toka("its format version is missing"))?;
+        if format > DATA_FORMAT {
+            return Err(StoreError::NewerFormat {
+                path: p.clone(),
+                found: format,
+                supported: DATA_FORMAT,
+            });
+        }
+        Ok(())
+    }
+
+    fn meta_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let p = &self.path;
+        let tx = self.read()?;
+        let meta = tx.open_table(META).map_err(|e| backend(p, e))?;
+        Ok(meta
+            .get(key)
+            .map_err(|e| backend(p, e))?
+            .map(|v| v.value().to_vec()))
+    }
+
+    fn meta_value<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<T, StoreError> {
+        let p = &self.path;
+        let value = self
+            .meta_bytes(key)?
+            .ok_or_else(|| corrupt(p, key, "missing"))?;
+        postcard::from_bytes(&value).map_err(|e| corrupt(p, key, e))
+    }
+
+    fn by_digest(
+        &self,
+        table: TableDefinition<'_, &[u8; 32], &[u8]>,
+        digest: &Digest,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let p = &self.path;
+        let tx = self.read()?;
+        let table = tx.open_table(table).map_err(|e| backend(p, e))?;
+        Ok(table
+            .get(digest.as_bytes())
+            .map_err(|e| backend(p, e))?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Writes a snapshot inside an open write transaction, dropping old ones.
+    fn write_snapshot(
+        &self,
+        tx: &redb::WriteTransaction,
+        seq: u64,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let p = &self.path;
+        let mut table = tx.open_table(SNAPSHOTS).map_err(|e| backend(p, e))?;
+        table.insert(seq, bytes).map_err(|e| backend(p, e))?;
+        let seqs: Vec<u64> = table
+            .iter()
+            .map_err(|e| backend(p, e))?
+            .map(|entry| entry.map(|(k, _)| k.value()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| backend(p, e))?;
+        for old in seqs.iter().rev().skip(SNAPSHOTS_KEPT) {
+            table.remove(*old).map_err(|e| backend(p, e))?;
+        }
+        Ok(())
+    }
+}
+
+impl EventStore for RedbStore {
+    fn append(&self, batch: Batch) -> Result<(), StoreError> {
+        let p = &self.path;
+        let mut tx = self.writer()?.begin_write().map_err(|e| backend(p, e))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| backend(p, e))?;
+        {
+            let mut events = tx.open_table(EVENTS).map_err(|e| backend(p, e))?;
+            for (seq, bytes) in &batch.records {
+                events
+                    .insert(*seq, bytes.as_slice())
+                    .map_err(|e| backend(p, e))?;
+            }
+            for (table, items) in [(BLOBS, &batch.blobs), (TOKENS, &batch.tokens)] {
+                if items.is_empty() {
+                    continue;
+                }
+                let mut table = tx.open_table(table).map_err(|e| backend(p, e))?;
+                for (digest, bytes) in items {
+                    table
+                        .insert(digest.as_bytes(), &bytes[..])
+                        .map_err(|e| backend(p, e))?;
+                }
+            }
+            if !batch.records.is_empty() {
+                let mut meta = tx.open_table(META).map_err(|e| backend(p, e))?;
+                let head = postcard::to_allocvec(&batch.head).map_err(|e| backend(p, e))?;
+                meta.insert("head", head.as_slice())
+                    .map_err(|e| backend(p, e))?;
+            }
+        }
+        if let Some((seq, bytes)) = &batch.snapshot {
+            self.write_snapshot(&tx, *seq, bytes)?;
+        }
+        tx.commit().map_err(|e| backend(p, e))
+    }
+
+    fn records(&self, from: u64) -> Result<Records<'_>, StoreError> {
+        let p = self.path.clone();
+        let tx = self.read()?;
+        let table = tx.open_table(EVENTS).map_err(|e| backend(&p, e))?;
+        let range = table.range(from..).map_err(|e| backend(&p, e))?;
+        Ok(Box::new(range.map(move |entry| {
+            entry
+                .map(|(k, v)| (k.value(), v.value().to_vec()))
+                .map_err(|e| backend(&p, e))
+        })))
+    }
+
+    fn record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let p = &self.path;
+        let tx = self.read()?;
+        let table = tx.open_table(EVENTS).map_err(|e| backend(p, e))?;
+        Ok(table
+            .get(seq)
+            .map_err(|e| backend(p, e))?
+            .map(|v| v.value().to_vec()))
+    }
+
+    fn head(&self) -> Result<ChainHead, StoreError> {
+        self.meta_value("head")
+    }
+
+    fn blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        self.by_digest(BLOBS, digest)
+    }
+
+    fn token(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        self.by_digest(TOKENS, digest)
+    }
+
+    fn tokens(&self) -> Result<Vec<(Digest, Vec<u8>)>, StoreError> {
+        let p = &self.path;
+        let tx = self.read()?;
+        let table = tx.open_table(TOKENS).map_err(|e| backend(p, e))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| backend(p, e))? {
+            let (k, v) = entry.map_err(|e| backend(p, e))?;
+            out.push((Digest(*k.value()), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn snapshots(&self) -> Result<Vec<u64>, StoreError> {
+        let p = &self.path;
+        let tx = self.read()?;
+        let table = match tx.open_table(SNAPSHOTS) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(backend(p, e)),
+        };
+        table
+            .iter()
+            .map_err(|e| backend(p, e))?
+            .map(|entry| entry.map(|(k, _)| k.value()).map_err(|e| backend(p, e)))
+            .collect()
+    }
+
+    fn snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let p = &self.path;
+        let tx = self.read()?;
+        let table = match tx.open_table(SNAPSHOTS) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(backend(p, e)),
+        };
+        Ok(table
+            .get(seq)
+            .map_err(|e| backend(p, e))?
+            .map(|v| v.value().to_vec()))
+    }
+
+    fn put_snapshot(&self, seq: u64, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let p = &self.path;
+        let mut tx = self.writer()?.begin_write().map_err(|e| backend(p, e))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| backend(p, e))?;
+        self.write_snapshot(&tx, seq, &bytes)?;
+        tx.commit().map_err(|e| backend(p, e))
+    }
+
+    fn root_public_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.meta_bytes("root_public_key")
+    }
+
+    fn limits(&self) -> Result<Limits, StoreError> {
+        self.meta_value("limits")
+    }
+
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+fn backend(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+fn corrupt(path: &Path, what: &str, reason: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_owned(),
+        what: format!("meta `{what}`"),
+        reason: reason.to_string(),
+    }
+}
+
+fn open_error(path: &Path, e: DatabaseError) -> StoreError {
+    match e {
+        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+            StoreError::InUse {
+                path: path.to_owned(),
+            }
+        }
+        DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == io::ErrorKind::InvalidData =>
+        {
+            StoreError::NotToka {
+                path: path.to_owned(),
+                reason: format!("not a redb database ({io})"),
+            }
+        }
+        DatabaseError::RepairAborted => StoreError::NeedsRepair {
+            path: path.to_owned(),
+        },
+        DatabaseError::UpgradeRequired(v) => StoreError::NotToka {
+            path: path.to_owned(),
+            reason: format!("written in redb file format {v}, which this build does not read"),
+        },
+        other => backend(path, other),
+    }
+}

@@ -1,11 +1,13 @@
 //! What the host publishes once a batch is durable, and the bus that
 //! carries it to subscribers.
 //!
-//! The bus keeps the most recent committed batches in a ring bounded in
-//! bytes (and in batches), so a flood of large observations cannot grow the
-//! host: a subscriber that falls behind further than the ring reaches is
-//! told how many batches it missed ([`RecvError::Lagged`]) and continues
-//! with the oldest batch still held; everything it missed is in the log.
+//! The bus keeps the committed batches some subscriber has not received
+//! yet, in a ring bounded in bytes (and in batches), so a flood of large
+//! observations cannot grow the host: a subscriber that falls behind further
+//! than the ring reaches is told how many batches it missed
+//! ([`RecvError::Lagged`]) and continues with the oldest batch still held;
+//! everything it missed is in the log. A batch every subscriber has received
+//! (or any batch, when nobody subscribes) is let go at once.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -66,6 +68,32 @@ struct Ring {
     first: u64,
     bytes: usize,
     closed: bool,
+    /// Each live subscription's next batch number, by slot (`None`: free).
+    cursors: Vec<Option<u64>>,
+}
+
+impl Ring {
+    /// The number of the next batch to be published.
+    fn next(&self) -> u64 {
+        self.first + self.batches.len() as u64
+    }
+
+    /// Drops the oldest batches: past the bounds, and those every
+    /// subscriber has received.
+    fn trim(&mut self) {
+        let needed = self.cursors.iter().flatten().copied().min();
+        while let Some((_, bytes)) = self.batches.front() {
+            let received = needed.is_none_or(|next| next > self.first);
+            let over = self.batches.len() > MAX_BATCHES
+                || (self.bytes > MAX_BYTES && self.batches.len() > 1);
+            if !received && !over {
+                break;
+            }
+            self.bytes -= bytes;
+            self.batches.pop_front();
+            self.first += 1;
+        }
+    }
 }
 
 impl Bus {
@@ -86,14 +114,8 @@ impl Bus {
         let mut ring = self.ring();
         ring.batches.push_back((batch, bytes));
         ring.bytes += bytes;
-        while ring.batches.len() > MAX_BATCHES || (ring.bytes > MAX_BYTES && ring.batches.len() > 1)
-        {
-            if let Some((_, dropped)) = ring.batches.pop_front() {
-                ring.bytes -= dropped;
-                ring.first += 1;
-            }
-        }
-        let next = ring.first + ring.batches.len() as u64;
+        ring.trim();
+        let next = ring.next();
         drop(ring);
         self.published.send_replace(next);
     }
@@ -106,11 +128,20 @@ impl Bus {
 
     /// A subscription to every batch published from now on.
     pub(crate) fn subscribe(self: &Arc<Self>) -> Subscription {
-        let ring = self.ring();
-        let next = ring.first + ring.batches.len() as u64;
+        let mut ring = self.ring();
+        let next = ring.next();
+        let slot = match ring.cursors.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                ring.cursors.push(None);
+                ring.cursors.len() - 1
+            }
+        };
+        ring.cursors[slot] = Some(next);
         drop(ring);
         Subscription {
             bus: Arc::clone(self),
+            slot,
             next,
             published: self.published.subscribe(),
         }
@@ -122,6 +153,8 @@ impl Bus {
 #[derive(Debug)]
 pub struct Subscription {
     bus: Arc<Bus>,
+    /// Where the ring keeps this subscription's position.
+    slot: usize,
     /// The number of the next batch to receive.
     next: u64,
     published: watch::Receiver<u64>,
@@ -159,21 +192,35 @@ impl Subscription {
     /// As [`Subscription::recv`], or [`TryRecvError::Empty`] when nothing
     /// new has been published.
     pub fn try_recv(&mut self) -> Result<Arc<Committed>, TryRecvError> {
-        let ring = self.bus.ring();
+        let mut ring = self.bus.ring();
         if self.next < ring.first {
             let missed = ring.first - self.next;
             self.next = ring.first;
+            ring.cursors[self.slot] = Some(self.next);
             return Err(TryRecvError::Lagged(missed));
         }
         let at = usize::try_from(self.next - ring.first).unwrap_or(usize::MAX);
         match ring.batches.get(at) {
             Some((batch, _)) => {
+                let batch = Arc::clone(batch);
                 self.next += 1;
-                Ok(Arc::clone(batch))
+                ring.cursors[self.slot] = Some(self.next);
+                if at == 0 {
+                    ring.trim();
+                }
+                Ok(batch)
             }
             None if ring.closed => Err(TryRecvError::Closed),
             None => Err(TryRecvError::Empty),
         }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut ring = self.bus.ring();
+        ring.cursors[self.slot] = None;
+        ring.trim();
     }
 }
 
@@ -219,8 +266,46 @@ mod tests {
         }
         assert_eq!(last, 127);
         assert!(matches!(slow.try_recv(), Err(TryRecvError::Empty)));
+        assert_eq!(
+            bus.ring().batches.len(),
+            0,
+            "what every subscriber received is let go"
+        );
         bus.close();
         assert!(matches!(slow.try_recv(), Err(TryRecvError::Closed)));
+    }
+
+    #[test]
+    fn batches_are_kept_only_for_subscribers_that_still_need_them() {
+        let bus = Arc::new(Bus::new());
+        bus.send(batch(1, 10));
+        assert_eq!(
+            bus.ring().batches.len(),
+            0,
+            "nobody subscribes: nothing kept"
+        );
+        let mut fast = bus.subscribe();
+        let mut slow = bus.subscribe();
+        bus.send(batch(2, 10));
+        bus.send(batch(3, 10));
+        assert_eq!(fast.try_recv().unwrap().records[0].seq, 2);
+        assert_eq!(fast.try_recv().unwrap().records[0].seq, 3);
+        assert_eq!(bus.ring().batches.len(), 2, "the slow one still needs both");
+        assert_eq!(slow.try_recv().unwrap().records[0].seq, 2);
+        assert_eq!(bus.ring().batches.len(), 1);
+        drop(slow);
+        assert_eq!(
+            bus.ring().batches.len(),
+            0,
+            "a dropped subscription holds nothing"
+        );
+        bus.send(batch(4, 10));
+        assert_eq!(fast.try_recv().unwrap().records[0].seq, 4);
+        let late = bus.subscribe();
+        assert!(
+            matches!({ late }.try_recv(), Err(TryRecvError::Empty)),
+            "a new subscriber starts at the next batch"
+        );
     }
 
     #[tokio::test]

@@ -33,6 +33,10 @@ impl Core {
         request: &Request,
     ) -> Option<Result<Result<Receipt, Refused>, String>> {
         let run = self.kernel.state().task(key.task)?.status.run()?;
+        // The common case, a first run: nothing recorded at this index yet.
+        if key.index >= run.next_index {
+            return None;
+        }
         if let Some(entry) = run.entry(key.index) {
             return Some(self.applied_answer(key, entry.clone(), request).map(Ok));
         }

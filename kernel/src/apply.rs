@@ -11,6 +11,7 @@ use crate::error::{EntityKind, KernelError};
 use crate::event::Event;
 use crate::extension::{ExtensionCall, Registry};
 use crate::id::{AgentId, EntityId, TaskId};
+use crate::idempotency::{MAX_IDEMPOTENCY_KEY, Scheduled, request_digest};
 use crate::limits::{Limit, Limits};
 use crate::operation::{AgentSpec, ComponentSpec, Denial, OpKind, Operation, Refusal, TaskSpec};
 use crate::quota::{Account, Cost};
@@ -105,6 +106,9 @@ impl WorldState {
         let events = match op {
             Operation::ScheduleTask { agent, spec } => {
                 self.schedule_task(origin, agent, spec, limits, env.seq)?
+            }
+            Operation::ScheduleTaskOnce { key, agent, spec } => {
+                self.schedule_task_once(origin, key, agent, spec, limits, env.seq)?
             }
             Operation::StartTask { task } => self.start_task(origin, task, env.seq, time)?,
             Operation::CompleteTask { task, output } => {
@@ -248,6 +252,23 @@ impl WorldState {
     /// Who may submit what, whatever a token says.
     fn check_authority(&self, cmd: &Command, kind: OpKind) -> Result<(), KernelError> {
         let origin = cmd.origin;
+        if let Authorization::Operator(_) = cmd.auth {
+            if origin != EntityId::SYSTEM {
+                return Err(denied(
+                    origin,
+                    kind,
+                    "an operator's command has the system as its origin",
+                ));
+            }
+            if !kind.by_operator() {
+                return Err(denied(
+                    origin,
+                    kind,
+                    "operators may not submit this operation",
+                ));
+            }
+            return Ok(());
+        }
         if kind.host_only() && cmd.auth != Authorization::System {
             return Err(denied(
                 origin,
@@ -257,7 +278,7 @@ impl WorldState {
         }
         if origin == EntityId::SYSTEM {
             return match cmd.auth {
-                Authorization::System => Ok(()),
+                Authorization::System | Authorization::Operator(_) => Ok(()),
                 Authorization::Token => Err(denied(
                     origin,
                     kind,
@@ -429,6 +450,41 @@ impl WorldState {
             by: origin,
             spec,
         }])
+    }
+
+    /// [`Operation::ScheduleTaskOnce`]: schedules unless the key is known.
+    fn schedule_task_once(
+        &mut self,
+        origin: EntityId,
+        key: String,
+        agent: AgentId,
+        spec: TaskSpec,
+        limits: &Limits,
+        seq: u64,
+    ) -> Result<Vec<Event>, KernelError> {
+        const KIND: OpKind = OpKind::ScheduleTaskOnce;
+        if key.is_empty() {
+            return Err(KernelError::invalid(KIND, "the idempotency key is empty"));
+        }
+        check_count(Limit::Name, MAX_IDEMPOTENCY_KEY as u64, key.len() as u64)?;
+        if let Some(c) = key.chars().find(|c| c.is_control()) {
+            return Err(KernelError::invalid(
+                KIND,
+                format!("the idempotency key has the control character {c:?}"),
+            ));
+        }
+        let request = request_digest(agent, &spec.description);
+        if let Some(known) = self.idempotency.get(&key) {
+            return Err(KernelError::AlreadyScheduled {
+                key,
+                task: known.task,
+                same_request: known.request == request,
+            });
+        }
+        let events = self.schedule_task(origin, agent, spec, limits, seq)?;
+        let task = created(&events).expect("scheduling a task creates it");
+        self.idempotency.insert(key, Scheduled { task, request });
+        Ok(events)
     }
 
     fn start_task(

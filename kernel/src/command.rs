@@ -35,6 +35,12 @@ pub enum Authorization {
     /// alone). Not repeated in every record: it would add a third BLAKE3
     /// block to the hash of a small record.
     Token,
+    /// An operator's token, by the digest of its bytes (stored beside the
+    /// log, as agents' tokens are): a command an API client made. The
+    /// origin is [`EntityId::SYSTEM`]; the host checked the token's
+    /// operator right before it applied the command, and an auditor
+    /// re-checks it from the log.
+    Operator(crate::id::Digest),
 }
 
 /// The position of an operation inside a task: the key that makes re-running

@@ -5,7 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::command::Timestamp;
-use crate::id::EntityId;
+use crate::id::{EntityId, TaskId};
 use crate::limits::Limit;
 use crate::operation::OpKind;
 use crate::rules::Quota;
@@ -92,6 +92,20 @@ pub enum KernelError {
         /// What the operation would have made of it.
         wanted: u64,
     },
+    /// A task was already scheduled under this idempotency key
+    /// ([`Operation::ScheduleTaskOnce`](crate::Operation::ScheduleTaskOnce)):
+    /// a retry of the same request is answered with `task`; a different
+    /// request under the same key is a mistake of the client.
+    #[error("{}", already_scheduled(key, task, *same_request))]
+    AlreadyScheduled {
+        /// The key.
+        key: String,
+        /// The task scheduled under it.
+        task: TaskId,
+        /// Whether the request (agent and description) is the one that
+        /// scheduled the task.
+        same_request: bool,
+    },
     /// The command's logical time is before the previous command's.
     #[error("logical time went backwards: {time} is before {last}")]
     TimeWentBackwards {
@@ -100,6 +114,16 @@ pub enum KernelError {
         /// This command's time.
         time: Timestamp,
     },
+}
+
+fn already_scheduled(key: &str, task: &TaskId, same_request: bool) -> String {
+    if same_request {
+        format!("idempotency key {key:?} already scheduled task {task}")
+    } else {
+        format!(
+            "idempotency key {key:?} was used for task {task} with a different agent or description"
+        )
+    }
 }
 
 impl KernelError {

@@ -175,5 +175,6 @@ pub(crate) fn state_v1(bytes: &[u8]) -> Result<WorldState, postcard::Error> {
         time: old.time,
         rules: None,
         live_agents,
+        idempotency: crate::idempotency::Idempotency::default(),
     })
 }

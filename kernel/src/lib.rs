@@ -21,6 +21,7 @@ mod error;
 mod event;
 mod extension;
 mod id;
+mod idempotency;
 mod kernel;
 mod legacy;
 mod limits;
@@ -37,6 +38,7 @@ pub use error::{EntityKind, KernelError};
 pub use event::Event;
 pub use extension::{ExtensionCall, ExtensionEffects, OpcodeHandler, Registry};
 pub use id::{AgentId, Digest, EntityId, ParseIdError, TaskId, to_hex};
+pub use idempotency::{IDEMPOTENCY_KEYS_KEPT, MAX_IDEMPOTENCY_KEY};
 pub use kernel::{Applied, Kernel, ReplayError, ReplayErrorKind, replay_log};
 pub use limits::{Limit, Limits};
 pub use operation::{

@@ -213,6 +213,21 @@ pub enum Operation {
         /// What happened.
         reason: String,
     },
+    /// Queue a task for an agent once per idempotency key: a retried
+    /// request with the same key schedules nothing
+    /// ([`KernelError::AlreadyScheduled`](crate::KernelError::AlreadyScheduled)
+    /// names the task it scheduled). The most recent
+    /// [`IDEMPOTENCY_KEYS_KEPT`](crate::IDEMPOTENCY_KEYS_KEPT) keys are
+    /// remembered.
+    ScheduleTaskOnce {
+        /// The key the client chose (printable, at most
+        /// [`MAX_IDEMPOTENCY_KEY`](crate::MAX_IDEMPOTENCY_KEY) bytes).
+        key: String,
+        /// The agent that will run the task.
+        agent: AgentId,
+        /// What to do.
+        spec: TaskSpec,
+    },
 }
 
 /// One or more identical operations of a task, refused in a row.
@@ -270,6 +285,7 @@ pub enum OpKind {
     RecordRefusals,
     RecordQuotaHit,
     RecordHostCondition,
+    ScheduleTaskOnce,
 }
 
 impl OpKind {
@@ -298,6 +314,7 @@ impl OpKind {
             OpKind::RecordRefusals => "record_refusals",
             OpKind::RecordQuotaHit => "record_quota_hit",
             OpKind::RecordHostCondition => "record_host_condition",
+            OpKind::ScheduleTaskOnce => "schedule_task_once",
         }
     }
 
@@ -321,6 +338,24 @@ impl OpKind {
                 | OpKind::RecordRefusals
                 | OpKind::RecordQuotaHit
                 | OpKind::RecordHostCondition
+                | OpKind::ScheduleTaskOnce
+        )
+    }
+
+    /// Whether an operator (an API client, under
+    /// [`Authorization::Operator`](crate::Authorization::Operator)) may
+    /// submit this kind: what the operator's commands are made of.
+    #[must_use]
+    pub const fn by_operator(self) -> bool {
+        matches!(
+            self,
+            OpKind::ScheduleTask
+                | OpKind::ScheduleTaskOnce
+                | OpKind::SpawnAgent
+                | OpKind::TerminateAgent
+                | OpKind::ResumeAgent
+                | OpKind::RevokeToken
+                | OpKind::InstallComponent
         )
     }
 }
@@ -357,6 +392,7 @@ impl Operation {
             Operation::RecordRefusals { .. } => OpKind::RecordRefusals,
             Operation::RecordQuotaHit { .. } => OpKind::RecordQuotaHit,
             Operation::RecordHostCondition { .. } => OpKind::RecordHostCondition,
+            Operation::ScheduleTaskOnce { .. } => OpKind::ScheduleTaskOnce,
         }
     }
 }

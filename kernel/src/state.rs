@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::Timestamp;
 use crate::id::{AgentId, Digest, EntityId, TaskId};
+use crate::idempotency::Idempotency;
 use crate::operation::{ComponentSpec, TaskSpec};
 use crate::quota::Account;
 use crate::rules::{Budgets, Rules};
@@ -221,6 +222,10 @@ pub struct WorldState {
     pub(crate) rules: Option<Rules>,
     /// Agents that are not terminated.
     pub(crate) live_agents: u64,
+    /// The most recent idempotency keys and what they scheduled. Last, so
+    /// a state encoded before it existed is this encoding's prefix (see
+    /// [`WorldState::from_bytes_v2`]).
+    pub(crate) idempotency: Idempotency,
 }
 
 impl WorldState {
@@ -246,6 +251,34 @@ impl WorldState {
     /// The postcard error when the bytes are not a state.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, postcard::Error> {
         postcard::from_bytes(bytes)
+    }
+
+    /// Decodes a state encoded before idempotency keys were kept (snapshot
+    /// format 2): that encoding is this one's prefix, without keys.
+    ///
+    /// # Errors
+    ///
+    /// The postcard error when the bytes are not such a state.
+    pub fn from_bytes_v2(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        let none = postcard::to_allocvec(&Idempotency::default())?;
+        let mut whole = Vec::with_capacity(bytes.len() + none.len());
+        whole.extend_from_slice(bytes);
+        whole.extend_from_slice(&none);
+        postcard::from_bytes(&whole)
+    }
+
+    /// The task scheduled under an idempotency key, if the key is among the
+    /// most recent ones (see
+    /// [`Operation::ScheduleTaskOnce`](crate::Operation::ScheduleTaskOnce)).
+    #[must_use]
+    pub fn scheduled_under(&self, key: &str) -> Option<TaskId> {
+        self.idempotency.get(key).map(|s| s.task)
+    }
+
+    /// How many idempotency keys the state remembers.
+    #[must_use]
+    pub fn idempotency_keys(&self) -> usize {
+        self.idempotency.len()
     }
 
     /// Decodes a state encoded by a release before rules were recorded

@@ -5,9 +5,9 @@ mod common;
 
 use common::{World, scheduled, spawned, spec};
 use toka_kernel::{
-    AgentStatus, Authorization, ComponentSpec, Denial, Digest, EntityId, EntityKind, Event,
-    ExtensionCall, ExtensionEffects, JournalEntry, Kernel, KernelError, Limit, Limits, OpKey,
-    OpKind, OpcodeHandler, Operation, Prior, Registry, TaskSpec, TaskStatus, Timestamp,
+    AgentStatus, Applied, Authorization, ComponentSpec, Denial, Digest, EntityId, EntityKind,
+    Event, ExtensionCall, ExtensionEffects, JournalEntry, Kernel, KernelError, Limit, Limits,
+    OpKey, OpKind, OpcodeHandler, Operation, Prior, Registry, TaskSpec, TaskStatus, Timestamp,
 };
 
 fn task_spec(text: &str) -> TaskSpec {
@@ -1225,5 +1225,150 @@ mod time {
         })
         .unwrap();
         assert_eq!(w.kernel.state().time(), Timestamp(11));
+    }
+}
+
+mod idempotency {
+    use super::*;
+
+    fn once(w: &mut World, key: &str, agent: EntityId, text: &str) -> Result<Applied, KernelError> {
+        w.system(Operation::ScheduleTaskOnce {
+            key: key.to_owned(),
+            agent,
+            spec: task_spec(text),
+        })
+    }
+
+    #[test]
+    fn a_key_schedules_once_and_names_the_task_on_a_retry() {
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        let first = once(&mut w, "order-1", agent, "ship it").unwrap();
+        let task = scheduled(&first.events);
+        assert_eq!(w.kernel.state().scheduled_under("order-1"), Some(task));
+        let before = (w.kernel.state().clone(), w.kernel.head());
+        assert_eq!(
+            once(&mut w, "order-1", agent, "ship it").unwrap_err(),
+            KernelError::AlreadyScheduled {
+                key: "order-1".into(),
+                task,
+                same_request: true,
+            }
+        );
+        // Another request under the same key is told apart.
+        assert_eq!(
+            once(&mut w, "order-1", agent, "ship it twice").unwrap_err(),
+            KernelError::AlreadyScheduled {
+                key: "order-1".into(),
+                task,
+                same_request: false,
+            }
+        );
+        assert_eq!((w.kernel.state().clone(), w.kernel.head()), before);
+        // Another key schedules another task.
+        let second = once(&mut w, "order-2", agent, "ship it").unwrap();
+        assert_ne!(scheduled(&second.events), task);
+    }
+
+    #[test]
+    fn bad_keys_are_refused_and_memory_stays_bounded() {
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        for key in [
+            String::new(),
+            "k".repeat(toka_kernel::MAX_IDEMPOTENCY_KEY + 1),
+            "a\nb".into(),
+        ] {
+            let before = w.kernel.head();
+            assert!(once(&mut w, &key, agent, "x").is_err(), "{key:?} was taken");
+            assert_eq!(w.kernel.head(), before);
+        }
+        // Only the most recent keys are kept; the oldest is forgotten.
+        let mut limits = Limits::default();
+        limits.max_queue = u32::MAX;
+        let mut w = World::with_limits(limits);
+        let agent = w.spawn_root("a");
+        let kept = toka_kernel::IDEMPOTENCY_KEYS_KEPT;
+        for i in 0..=kept {
+            once(&mut w, &format!("k{i}"), agent, "x").unwrap();
+        }
+        assert_eq!(w.kernel.state().idempotency_keys(), kept);
+        assert_eq!(w.kernel.state().scheduled_under("k0"), None);
+        assert!(
+            w.kernel
+                .state()
+                .scheduled_under(&format!("k{kept}"))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn keys_survive_a_replay_of_the_log() {
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        let task = scheduled(&once(&mut w, "k", agent, "x").unwrap().events);
+        let mut replayed = Kernel::new(Limits::default());
+        for bytes in &w.log {
+            replayed.replay(bytes).unwrap();
+        }
+        assert_eq!(replayed.state().scheduled_under("k"), Some(task));
+        assert_eq!(replayed.state(), w.kernel.state());
+    }
+}
+
+mod operators {
+    use super::*;
+
+    fn by_operator(w: &mut World, origin: EntityId, op: Operation) -> Result<Applied, KernelError> {
+        let time = Timestamp(w.kernel.head().seq + 1_000);
+        w.apply(toka_kernel::Command {
+            origin,
+            time,
+            auth: Authorization::Operator(Digest::of(b"operator token")),
+            cause: None,
+            op,
+        })
+    }
+
+    #[test]
+    fn an_operator_acts_as_the_system_on_operator_operations_only() {
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        let applied = by_operator(
+            &mut w,
+            EntityId::SYSTEM,
+            Operation::ScheduleTask {
+                agent,
+                spec: task_spec("from the API"),
+            },
+        )
+        .unwrap();
+        let task = scheduled(&applied.events);
+        // The record keeps which operator token authorized it.
+        let record = toka_kernel::Record::decode(&applied.bytes).unwrap();
+        assert_eq!(
+            record.command.auth,
+            Authorization::Operator(Digest::of(b"operator token"))
+        );
+        // Not the task lifecycle, not on an agent's behalf.
+        let before = w.kernel.head();
+        let start = by_operator(&mut w, EntityId::SYSTEM, Operation::StartTask { task });
+        assert!(
+            matches!(start, Err(KernelError::CapabilityDenied { .. })),
+            "{start:?}"
+        );
+        let behalf = by_operator(
+            &mut w,
+            agent,
+            Operation::ScheduleTask {
+                agent,
+                spec: task_spec("as the agent"),
+            },
+        );
+        assert!(
+            matches!(behalf, Err(KernelError::CapabilityDenied { .. })),
+            "{behalf:?}"
+        );
+        assert_eq!(w.kernel.head(), before);
     }
 }

@@ -5,6 +5,7 @@
 mod bad_input;
 mod capabilities;
 mod crash;
+mod dashboard;
 mod demo;
 mod durability;
 mod faults;
@@ -13,6 +14,7 @@ mod hostile;
 mod journal;
 mod recovery;
 mod restart;
+mod serve;
 mod tokens;
 
 use std::path::{Path, PathBuf};

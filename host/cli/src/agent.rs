@@ -2,8 +2,7 @@
 
 use std::process::ExitCode;
 
-use toka_host::Host;
-use toka_kernel::{AgentId, AgentStatus, EntityId, Event};
+use toka_kernel::{AgentId, AgentStatus, EntityId, Event, WorldState};
 
 use crate::output::out;
 use crate::{CliResult, Failure, Place, drive};
@@ -32,9 +31,12 @@ async fn resume(place: &Place, which: &str) -> CliResult {
             place.data.clone(),
         )));
     }
+    if let Some(client) = drive::server(place).await? {
+        return crate::remote::resume(&client, which).await;
+    }
     let opened = drive::open(place).await?;
     let host = &opened.host;
-    let agent = match find(host, which).await {
+    let agent = match host.state(|s| find(s, which)).await {
         Ok(agent) => agent,
         Err(e) => {
             opened.host.shutdown().await?;
@@ -50,17 +52,45 @@ async fn resume(place: &Place, which: &str) -> CliResult {
         .state(|s| s.agent(agent).map_or(0, |a| a.queue.len()))
         .await;
     out!("resumed agent {agent}; {queued} queued task(s) to run");
-    let (mut completed, mut failed) = (0, 0);
+    let mut tally = Tally::new(agent);
     drive::until_idle(host, &mut rx, drive::Bounds::NONE, |batch| {
-        for event in batch.records.iter().flat_map(|r| &r.events) {
+        for record in &batch.records {
+            tally.events(&record.events);
+        }
+    })
+    .await?;
+    opened.host.shutdown().await?;
+    Ok(tally.finish())
+}
+
+/// What a resumed agent's tasks did, as they are reported.
+pub(crate) struct Tally {
+    agent: AgentId,
+    completed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    pub(crate) fn new(agent: AgentId) -> Self {
+        Self {
+            agent,
+            completed: 0,
+            failed: 0,
+        }
+    }
+
+    /// Counts (and reports failures among) one record's events.
+    pub(crate) fn events(&mut self, events: &[Event]) {
+        let agent = self.agent;
+        for event in events {
             match event {
-                Event::TaskCompleted { agent: a, .. } if *a == agent => completed += 1,
+                Event::TaskCompleted { agent: a, .. } if *a == agent => self.completed += 1,
                 Event::TaskFailed {
                     agent: a,
                     task,
                     reason,
                 } if *a == agent => {
-                    failed += 1;
+                    self.failed += 1;
                     eprintln!("task {} failed: {reason}", task.short());
                 }
                 Event::AgentQuarantined { agent: a, reason } if *a == agent => {
@@ -69,38 +99,37 @@ async fn resume(place: &Place, which: &str) -> CliResult {
                 _ => {}
             }
         }
-    })
-    .await?;
-    opened.host.shutdown().await?;
-    out!("{completed} completed, {failed} failed");
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    }
+
+    /// The last line and the exit code.
+    pub(crate) fn finish(self) -> ExitCode {
+        out!("{} completed, {} failed", self.completed, self.failed);
+        if self.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// The agent `which` names: an id, a unique id prefix, or a unique name
 /// among agents that are not terminated.
-async fn find(host: &Host, which: &str) -> Result<AgentId, Failure> {
+pub(crate) fn find(state: &WorldState, which: &str) -> Result<AgentId, Failure> {
     if let Ok(id) = which.parse::<EntityId>() {
         return Ok(id);
     }
     let which_lower = which.to_ascii_lowercase();
-    let matches: Vec<(AgentId, String, String)> = host
-        .state(|s| {
-            s.agents()
-                .filter(|(_, a)| !matches!(a.status, AgentStatus::Terminated { .. }))
-                .filter(|(id, a)| {
-                    a.name == which
-                        || (which.len() >= 8
-                            && which.bytes().all(|b| b.is_ascii_hexdigit())
-                            && id.to_string().starts_with(&which_lower))
-                })
-                .map(|(id, a)| (id, a.name.clone(), crate::render::status(&a.status)))
-                .collect()
+    let matches: Vec<(AgentId, String, String)> = state
+        .agents()
+        .filter(|(_, a)| !matches!(a.status, AgentStatus::Terminated { .. }))
+        .filter(|(id, a)| {
+            a.name == which
+                || (which.len() >= 8
+                    && which.bytes().all(|b| b.is_ascii_hexdigit())
+                    && id.to_string().starts_with(&which_lower))
         })
-        .await;
+        .map(|(id, a)| (id, a.name.clone(), crate::render::status(&a.status)))
+        .collect();
     match matches.as_slice() {
         [(id, _, _)] => Ok(*id),
         [] => Err(Failure::input(format!(

@@ -36,6 +36,13 @@ const PLANNER_RIGHTS: &[&str] = &["observe", "state", "spawn worker", "schedule 
 
 pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
     let workers = usize::from(args.workers);
+    if let Some(server) = drive::server(place).await? {
+        return Err(Failure::input(format!(
+            "a server at {} holds {}: run the demo on another --data",
+            server.base(),
+            place.data.display()
+        )));
+    }
     let opened = drive::open(place).await?;
     let host = &opened.host;
     out!(

@@ -140,6 +140,9 @@ fn lagged(batches: u64) {
 /// A host opened by the CLI, and what it created to do so.
 pub(crate) struct Opened {
     pub(crate) host: Host,
+    /// The store the host writes (readers such as the server's log
+    /// endpoints read it too).
+    pub(crate) store: Arc<toka_host::RedbStore>,
     created: Created,
 }
 
@@ -180,9 +183,14 @@ pub(crate) async fn open(place: &crate::Place) -> Result<Opened, crate::Failure>
     // every event, those of tasks re-run after a crash included.
     let mut config = place.host_config();
     config.start_agents(false);
-    let host = Host::open(Arc::new(store), root, config).await;
+    let store = Arc::new(store);
+    let host = Host::open(Arc::clone(&store) as _, root, config).await;
     match host {
-        Ok(host) => Ok(Opened { host, created }),
+        Ok(host) => Ok(Opened {
+            host,
+            store,
+            created,
+        }),
         Err(e) => {
             undo(&dir, created);
             Err(e.into())
@@ -197,6 +205,16 @@ impl Opened {
         self.host.start_agents();
         rx
     }
+}
+
+/// The server holding the data dir, if one runs: commands that write go
+/// through its API instead of failing on the store's lock.
+pub(crate) async fn server(
+    place: &crate::Place,
+) -> Result<Option<toka_server::client::Client>, crate::Failure> {
+    toka_server::client::Client::for_data_dir(&place.data)
+        .await
+        .map_err(crate::Failure::input)
 }
 
 /// Shuts the host down and removes what [`open`] created.

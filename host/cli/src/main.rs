@@ -5,8 +5,10 @@ mod demo;
 mod drive;
 mod events;
 mod output;
+mod remote;
 mod render;
 mod run;
+mod serve;
 mod state;
 mod token;
 mod verify;
@@ -116,6 +118,9 @@ enum Command {
     /// Manage agents: resume a quarantined one.
     #[command(subcommand)]
     Agent(agent::Command),
+    /// Serve the data dir: a long-running host with an HTTP API, a live
+    /// event stream and a dashboard (docs/api.md).
+    Serve(serve::Args),
 }
 
 /// Where the CLI finds its data dir and root key.
@@ -252,6 +257,7 @@ fn main() -> ExitCode {
             Command::Verify(args) => verify::main(&place.data, args),
             Command::Token(command) => token::main(&place, command).await,
             Command::Agent(command) => agent::main(&place, command).await,
+            Command::Serve(args) => serve::main(&place, args).await,
         }
     });
     match result {

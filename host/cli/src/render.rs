@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use toka_kernel::{AgentStatus, Applied, Digest, EntityId, Event, WorldState};
 
 /// Display names of agents and components, learned from the state and from
@@ -235,153 +235,17 @@ pub(crate) fn human(seq: u64, origin: EntityId, event: &Event, names: &Names) ->
 
 /// One JSON object for an event of a record: `seq`, `time`, `kind`,
 /// `origin`, `cause` (`{task, index}` when an agent submitted it inside a
-/// task), and the kind's own fields.
+/// task), and the kind's own fields — the API's event view, so `toka events
+/// --json` and `GET /v1/events` agree.
 pub(crate) fn json(applied: &Applied, event: &Event) -> Value {
-    let mut object = json!({
-        "seq": applied.seq,
-        "time": applied.time.0,
-        "kind": event.kind(),
-        "origin": applied.origin.to_string(),
-    });
-    if let Some(cause) = applied.cause
-        && let Value::Object(o) = &mut object
-    {
-        o.insert(
-            "cause".into(),
-            json!({"task": cause.task.to_string(), "index": cause.index}),
-        );
-    }
-    let fields = match event {
-        Event::TaskScheduled {
-            task,
-            agent,
-            by,
-            spec,
-        } => {
-            json!({"task": task.to_string(), "agent": agent.to_string(), "by": by.to_string(), "description": spec.description})
-        }
-        Event::TaskStarted { task, agent } => {
-            json!({"task": task.to_string(), "agent": agent.to_string()})
-        }
-        Event::TaskCompleted {
-            task,
-            agent,
-            output,
-        } => {
-            let mut v = json!({"task": task.to_string(), "agent": agent.to_string()});
-            put_bytes(&mut v, "output", output);
-            v
-        }
-        Event::TaskFailed {
-            task,
-            agent,
-            reason,
-        } => json!({"task": task.to_string(), "agent": agent.to_string(), "reason": reason}),
-        Event::AgentSpawned {
-            agent,
-            parent,
-            spec,
-        } => json!({
-            "agent": agent.to_string(),
-            "parent": parent.to_string(),
-            "name": spec.name,
-            "component": spec.component.to_string(),
-            "token": spec.token.to_string(),
-            "rights": spec.rights,
-        }),
-        Event::AgentTerminated { agent, by, reason } => {
-            json!({"agent": agent.to_string(), "by": by.to_string(), "reason": reason})
-        }
-        Event::AgentFaulted {
-            agent,
-            reason,
-            consecutive,
-        } => json!({"agent": agent.to_string(), "reason": reason, "consecutive": consecutive}),
-        Event::ObservationEmitted { agent, topic, data } => {
-            let mut v = json!({"agent": agent.to_string(), "topic": topic});
-            put_bytes(&mut v, "data", data);
-            v
-        }
-        Event::StatePut { agent, key, value } => {
-            let mut v = json!({"agent": agent.to_string(), "key": key});
-            put_bytes(&mut v, "value", value);
-            v
-        }
-        Event::StateDeleted {
-            agent,
-            key,
-            existed,
-        } => json!({"agent": agent.to_string(), "key": key, "existed": existed}),
-        Event::TokenRevoked { revocation_id } => json!({"revocation_id": hex(revocation_id)}),
-        Event::CapabilityDenied { agent, denial } => json!({
-            "agent": agent.to_string(),
-            "operation": denial.operation,
-            "target": denial.targets.first(),
-            "targets": denial.targets,
-            "delegation": denial.delegation,
-            "reason": denial.reason,
-        }),
-        Event::ComponentInstalled { component } => json!({
-            "digest": component.digest.to_string(),
-            "name": component.name,
-            "size": component.size,
-        }),
-        Event::ExtensionApplied {
-            family,
-            opcode,
-            output,
-        } => {
-            let mut v = json!({"family": family, "opcode": opcode});
-            put_bytes(&mut v, "output", output);
-            v
-        }
-        Event::AgentQuarantined { agent, reason } => {
-            json!({"agent": agent.to_string(), "reason": reason})
-        }
-        Event::AgentResumed { agent } => json!({"agent": agent.to_string()}),
-        Event::RulesAdopted { rules } => json!({
-            "version": rules.version,
-            "max_live_agents": rules.max_live_agents,
-            "max_children": rules.max_children,
-            "max_depth": rules.max_depth,
-            "quotas": quotas_json(&rules.quotas),
-        }),
-        Event::BudgetsSet { agent, budgets } => json!({
-            "agent": agent.to_string(),
-            "log_bytes_per_second": budgets.log_bytes_per_second,
-            "ops_per_second": budgets.ops_per_second,
-            "tasks_per_second": budgets.tasks_per_second,
-            "log_bytes_total": budgets.log_bytes_total,
-            "tasks_total": budgets.tasks_total,
-            "children": budgets.children,
-        }),
-        Event::RefusalsRecorded {
-            task,
-            agent,
-            first,
-            count,
-        } => {
-            json!({"task": task.to_string(), "agent": agent.to_string(), "first": first, "count": count})
-        }
-        Event::QuotaExceeded {
-            agent,
-            quota,
-            reason,
-            consecutive,
-        } => json!({
-            "agent": agent.to_string(),
-            "quota": format!("{quota:?}"),
-            "reason": reason,
-            "consecutive": consecutive,
-        }),
-        Event::HostCondition { agent, reason } => {
-            json!({"agent": agent.to_string(), "reason": reason})
-        }
-    };
-    if let (Value::Object(o), Value::Object(f)) = (&mut object, fields) {
-        o.extend(f);
-    }
-    object
+    let view = toka_server::event_view_of(
+        applied.seq,
+        applied.time,
+        applied.origin,
+        applied.cause,
+        event,
+    );
+    serde_json::to_value(view).unwrap_or(Value::Null)
 }
 
 fn rate(rate: &toka_kernel::Rate, unit: impl Fn(u64) -> String) -> String {
@@ -430,33 +294,6 @@ fn describe_budgets(b: &toka_kernel::Budgets) -> String {
     put("tasks", b.tasks_total.map(|n| n.to_string()));
     put("children", b.children.map(|n| n.to_string()));
     parts.join(" ")
-}
-
-fn quotas_json(q: &toka_kernel::Quotas) -> Value {
-    let rate = |r: &toka_kernel::Rate| {
-        if r.is_unlimited() {
-            Value::Null
-        } else {
-            json!({"per_second": r.per_second, "burst": r.burst})
-        }
-    };
-    json!({
-        "log_bytes": rate(&q.log_bytes),
-        "ops": rate(&q.ops),
-        "tasks": rate(&q.tasks),
-        "log_bytes_total": q.log_bytes_total,
-        "tasks_total": q.tasks_total,
-    })
-}
-
-/// Bytes as `key` (text, when they are UTF-8) or `key_hex`.
-fn put_bytes(v: &mut Value, key: &str, bytes: &[u8]) {
-    if let Value::Object(o) = v {
-        match std::str::from_utf8(bytes) {
-            Ok(text) => o.insert(key.to_owned(), Value::String(text.to_owned())),
-            Err(_) => o.insert(format!("{key}_hex"), Value::String(hex(bytes))),
-        };
-    }
 }
 
 pub(crate) use toka_kernel::to_hex as hex;

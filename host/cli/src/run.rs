@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use toka_host::{Budget, Grant, Right};
-use toka_kernel::{AgentStatus, Digest, EntityId, Event, TaskId};
+use toka_kernel::{AgentStatus, Digest, EntityId, Event, TaskId, WorldState};
 
 use crate::output::out;
 use crate::render::{Names, one_line, text};
@@ -70,6 +70,20 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
         timeout: (!args.timeout.is_zero()).then_some(args.timeout),
     };
 
+    if let Some(client) = drive::server(place).await? {
+        let request = crate::remote::RunRequest {
+            name: &name,
+            bytes,
+            extra,
+            grant: args.token.as_deref().map(read_token_text).transpose()?,
+            rights: args.grants.clone(),
+            budgets: args.budgets.clone(),
+            tasks: &args.tasks,
+            bounds,
+        };
+        return crate::remote::run(&client, request).await;
+    }
+
     let opened = drive::open(place).await?;
     let host = &opened.host;
     // Then what needs the host — every component and the token — before
@@ -100,7 +114,7 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
 
     // Reuse the running agent (and its token) unless told which token to use.
     let existing = if grant.is_none() {
-        match find_root_agent(host, &name, digest).await {
+        match host.state(|s| find_root_agent(s, &name, digest)).await {
             Ok(found) => found,
             Err(e) => {
                 opened.host.shutdown().await?;
@@ -124,66 +138,114 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
         }
     };
     let mut rx = opened.start();
-    let mut pending: BTreeMap<TaskId, String> = BTreeMap::new();
+    let mut report = Report::new(host.state(Names::from_state).await);
     for text in &args.tasks {
-        pending.insert(host.schedule(agent, text).await?, text.clone());
+        report
+            .pending
+            .insert(host.schedule(agent, text).await?, text.clone());
     }
-
-    let mut names = host.state(Names::from_state).await;
-    let mut failed = 0;
     let ending = drive::until_idle(host, &mut rx, bounds, |batch| {
         for record in &batch.records {
-            for event in &record.events {
-                names.learn(event);
-                match event {
-                    Event::ObservationEmitted { agent, data, .. } => {
-                        out!("{}: {}", names.who(*agent), one_line(data, usize::MAX));
-                    }
-                    // Every failure counts: this run's tasks, what they
-                    // caused, and tasks re-run after a crash.
-                    Event::TaskFailed {
-                        task,
-                        agent: a,
-                        reason,
-                    } => {
-                        failed += 1;
-                        let what = pending
-                            .get(task)
-                            .map_or_else(String::new, |text| format!(" ({text:?})"));
-                        eprintln!(
-                            "task {}{what} of {} failed: {}",
-                            task.short(),
-                            names.who(*a),
-                            text(reason)
-                        );
-                    }
-                    Event::AgentQuarantined { agent: a, reason } => {
-                        eprintln!(
-                            "agent {} ({a}) is quarantined: {}; its queued tasks wait until `toka agent resume {a}`",
-                            names.who(*a),
-                            text(reason)
-                        );
-                    }
-                    _ => {}
-                }
-            }
+            report.events(&record.events);
         }
     })
     .await?;
     opened.host.shutdown().await?;
-    if let Some(line) = ending.explain() {
-        eprintln!("{line}");
+    Ok(report.finish(ending, &name, agent, args.tasks.is_empty()))
+}
+
+/// What a run prints as its agents work, the same whether the host is
+/// this process or a server: observations on stdout, failures and
+/// quarantines on stderr.
+pub(crate) struct Report {
+    names: Names,
+    /// The tasks this run scheduled, with their text.
+    pub(crate) pending: BTreeMap<TaskId, String>,
+    failed: u64,
+}
+
+impl Report {
+    pub(crate) fn new(names: Names) -> Self {
+        Self {
+            names,
+            pending: BTreeMap::new(),
+            failed: 0,
+        }
     }
-    if args.tasks.is_empty() && !ending.cut_short() {
-        eprintln!(
-            "agent {} ({agent}) is ready; give it work with --task",
-            text(&name)
-        );
+
+    /// Prints what `events` (one committed record's) say.
+    pub(crate) fn events(&mut self, events: &[Event]) {
+        let names = &mut self.names;
+        for event in events {
+            names.learn(event);
+            match event {
+                Event::ObservationEmitted { agent, data, .. } => {
+                    out!("{}: {}", names.who(*agent), one_line(data, usize::MAX));
+                }
+                // Every failure counts: this run's tasks, what they caused,
+                // and tasks re-run after a crash.
+                Event::TaskFailed {
+                    task,
+                    agent: a,
+                    reason,
+                } => {
+                    self.failed += 1;
+                    let what = self
+                        .pending
+                        .get(task)
+                        .map_or_else(String::new, |text| format!(" ({text:?})"));
+                    eprintln!(
+                        "task {}{what} of {} failed: {}",
+                        task.short(),
+                        names.who(*a),
+                        text(reason)
+                    );
+                }
+                Event::AgentQuarantined { agent: a, reason } => {
+                    eprintln!(
+                        "agent {} ({a}) is quarantined: {}; its queued tasks wait until `toka agent resume {a}`",
+                        names.who(*a),
+                        text(reason)
+                    );
+                }
+                _ => {}
+            }
+        }
     }
-    Ok(if failed == 0 && !ending.cut_short() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
+
+    /// The run's last words and exit code.
+    pub(crate) fn finish(
+        self,
+        ending: drive::Ending,
+        name: &str,
+        agent: EntityId,
+        no_tasks: bool,
+    ) -> ExitCode {
+        if let Some(line) = ending.explain() {
+            eprintln!("{line}");
+        }
+        if no_tasks && !ending.cut_short() {
+            eprintln!(
+                "agent {} ({agent}) is ready; give it work with --task",
+                text(name)
+            );
+        }
+        if self.failed == 0 && !ending.cut_short() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A token file's text (base64), as the API takes it; a raw token is
+/// encoded.
+fn read_token_text(path: &Path) -> Result<String, Failure> {
+    let bytes =
+        std::fs::read(path).map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+    Ok(match std::str::from_utf8(&bytes) {
+        Ok(text) if !text.trim().is_empty() && text.trim().is_ascii() => text.trim().to_owned(),
+        _ => base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE, &bytes),
     })
 }
 
@@ -248,29 +310,26 @@ fn companion<'a>(agent: &str) -> Option<&'a str> {
 
 /// A live agent the operator started with this name and component; an
 /// error when it is quarantined (it would not run the tasks).
-async fn find_root_agent(
-    host: &toka_host::Host,
+pub(crate) fn find_root_agent(
+    state: &WorldState,
     name: &str,
     component: Digest,
 ) -> Result<Option<EntityId>, Failure> {
-    let found = host
-        .state(|s| {
-            s.agents()
-                .find(|(_, a)| {
-                    a.parent == EntityId::SYSTEM
-                        && !a.is_terminated()
-                        && a.name == name
-                        && a.component == component
-                })
-                .map(|(id, a)| (id, a.status.clone()))
-        })
-        .await;
+    let found = state.agents().find(|(_, a)| {
+        a.parent == EntityId::SYSTEM
+            && !a.is_terminated()
+            && a.name == name
+            && a.component == component
+    });
     match found {
-        Some((id, AgentStatus::Quarantined { reason })) => Err(Failure::work(format!(
-            "agent {} ({id}) is quarantined ({}); `toka agent resume {id}` lets it run again",
-            text(name),
-            text(&reason)
-        ))),
-        other => Ok(other.map(|(id, _)| id)),
+        Some((id, a)) => match &a.status {
+            AgentStatus::Quarantined { reason } => Err(Failure::work(format!(
+                "agent {} ({id}) is quarantined ({}); `toka agent resume {id}` lets it run again",
+                text(name),
+                text(reason)
+            ))),
+            _ => Ok(Some(id)),
+        },
+        None => Ok(None),
     }
 }

@@ -74,6 +74,9 @@ pub(crate) async fn snapshot(place: &Place) -> CliResult {
             place.data.clone(),
         )));
     }
+    if let Some(client) = crate::drive::server(place).await? {
+        return crate::remote::snapshot(&client).await;
+    }
     let opened = crate::drive::open(place).await?;
     let taken = opened.host.snapshot().await;
     opened.host.shutdown().await?;

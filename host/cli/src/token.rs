@@ -19,8 +19,16 @@ pub(crate) enum Command {
     /// Mint a token granting rights, signed by the root key; prints it as base64.
     Issue {
         /// A right to grant (repeatable), e.g. `observe`, `schedule children`, `spawn worker`.
-        #[arg(long = "right", value_name = "RIGHT", required = true)]
+        #[arg(
+            long = "right",
+            value_name = "RIGHT",
+            required_unless_present = "operator"
+        )]
         rights: Vec<String>,
+        /// An operator token for the API of `toka serve`: `read`, `write`
+        /// or `admin` (each includes the ones before it; docs/capabilities.md).
+        #[arg(long, value_name = "LEVEL", value_parser = ["read", "write", "admin"])]
+        operator: Option<String>,
         /// A budget (repeatable): `memory=SIZE`, `fuel=N`, `deadline=DURATION`,
         /// `observations=SIZE`, e.g. `memory=16MiB`, `deadline=5s`.
         #[arg(long = "budget", value_name = "NAME=VALUE")]
@@ -70,8 +78,12 @@ pub(crate) async fn main(place: &Place, command: Command) -> CliResult {
             rights,
             budgets,
             expires,
+            operator,
         } => {
-            let rights = parse_rights(&rights)?;
+            let mut rights = parse_rights(&rights)?;
+            if let Some(level) = operator {
+                rights.push(parse_rights(&[format!("operator {level}")])?.remove(0));
+            }
             let budgets = parse_budgets(&budgets)?;
             let expires = expires.map(|d| expiry(&d)).transpose()?;
             for right in &rights {
@@ -112,6 +124,9 @@ pub(crate) async fn main(place: &Place, command: Command) -> CliResult {
                 return Err(Failure::input(toka_host::DataDirError::Missing(
                     place.data.clone(),
                 )));
+            }
+            if let Some(client) = drive::server(place).await? {
+                return crate::remote::revoke(&client, &id, force).await;
             }
             let opened = drive::open(place).await?;
             let result = opened.host.revoke(bytes, force).await;

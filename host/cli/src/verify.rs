@@ -22,7 +22,8 @@ pub(crate) fn main(data: &Path, args: Args) -> CliResult {
     let store = toka_host::DataDir::new(data)
         .open_read_only()
         .map_err(Failure::input)?;
-    let verified = toka_host::verify(&store)
+    let mut progress = progress();
+    let verified = toka_host::verify_reporting(&store, &mut progress)
         .map_err(|e| Failure::work(format!("verification failed: {e}")))?;
     out!("ok {} {}", verified.records, verified.state_digest);
     if verified.snapshots > 0 {
@@ -38,8 +39,8 @@ pub(crate) fn main(data: &Path, args: Args) -> CliResult {
         .ok_or_else(|| {
             Failure::input("the data dir records no root public key to check tokens against")
         })?;
-    let report =
-        toka_host::audit(&store, root).map_err(|e| Failure::work(format!("audit failed: {e}")))?;
+    let report = toka_host::audit_reporting(&store, root, &mut progress)
+        .map_err(|e| Failure::work(format!("audit failed: {e}")))?;
     for m in &report.mismatches {
         out!("auth mismatch at record {}: {}", m.seq, m.problem);
     }
@@ -47,13 +48,30 @@ pub(crate) fn main(data: &Path, args: Args) -> CliResult {
         return Err(Failure::work(format!(
             "{} of {} authorization decisions do not reproduce",
             report.mismatches.len(),
-            report.allowed + report.denied
+            report.allowed + report.denied + report.operator
         )));
     }
     out!(
-        "auth ok: {} allowed and {} denied decisions reproduced",
+        "auth ok: {} allowed and {} denied decisions reproduced; {} operator commands re-checked",
         report.allowed,
-        report.denied
+        report.denied,
+        report.operator
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Progress on stderr, when it is a terminal: long logs take a while.
+fn progress() -> impl FnMut(u64, u64) {
+    use std::io::{IsTerminal as _, Write as _};
+    let shown = std::io::stderr().is_terminal();
+    move |done, total| {
+        if shown {
+            let mut err = std::io::stderr();
+            let _ = write!(err, "\rchecked {done} of {total} records");
+            if done >= total {
+                let _ = writeln!(err);
+            }
+            let _ = err.flush();
+        }
+    }
 }

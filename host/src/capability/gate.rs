@@ -31,6 +31,11 @@ pub(crate) trait TokenSource: Send + Sync {
 /// Bytes of keys and reasons the decision cache holds before it is cleared.
 const MAX_CACHED_BYTES: usize = 4 << 20;
 
+/// Verified tokens the gate keeps before it forgets them all (each is
+/// verified again from the store on its next use). Operators can attenuate
+/// tokens offline without limit, so the set must be bounded.
+const MAX_VERIFIED_TOKENS: usize = 65_536;
+
 /// A token the gate has verified, with what the cache needs about it.
 struct Verified {
     token: Token,
@@ -126,8 +131,16 @@ impl Gate {
         self.root
     }
 
+    /// Whether the gate holds this token verified already.
+    pub(crate) fn knows(&self, digest: &Digest) -> bool {
+        self.tokens.contains_key(digest)
+    }
+
     /// Remembers a token the host just verified or made.
     pub(crate) fn admit(&mut self, token: Token) {
+        if self.tokens.len() >= MAX_VERIFIED_TOKENS && !self.tokens.contains_key(&token.digest()) {
+            self.tokens.clear();
+        }
         let uses_time = token.block_sources().iter().any(|s| s.contains("time("));
         self.tokens.insert(
             token.digest(),

@@ -5,6 +5,7 @@
 //! - `token`: minting, attenuating, admitting and reading tokens;
 //! - `policy`: the facts and policies an operation is decided with;
 //! - `gate`: verified tokens and cached decisions, in the sequencer's order;
+//! - `presented`: tokens API clients present, verified once;
 //! - `root_key`: the key every token is rooted in.
 //!
 //! A leaf: nothing here knows wasmtime, the store or the sequencer.
@@ -12,6 +13,7 @@
 pub(crate) mod budget;
 pub(crate) mod gate;
 pub(crate) mod policy;
+pub(crate) mod presented;
 pub(crate) mod rights;
 pub(crate) mod root_key;
 pub(crate) mod token;

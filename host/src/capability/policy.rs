@@ -31,7 +31,7 @@ use biscuit_auth::error::{FailedCheck, Logic, Token as BiscuitError};
 use biscuit_auth::{AuthorizerBuilder, Biscuit};
 use toka_kernel::{AgentId, EntityId, Operation, Timestamp, WorldState};
 
-use crate::capability::rights::{Right, RightOp};
+use crate::capability::rights::{OperatorLevel, Right, RightOp};
 
 /// The host's policies. Only the authority block's `right` facts satisfy
 /// them; blocks can only add checks.
@@ -125,6 +125,39 @@ pub(crate) fn check_for(op: &Operation, origin: AgentId, state: &WorldState) -> 
         _ => return None,
     };
     Some(Check { operation, targets })
+}
+
+/// The check an operator's command or request needs: the `operator`
+/// operation with the level needed and every level that includes it as
+/// targets, so `right("operator", "admin")` satisfies a `read` check and an
+/// attenuation to `read` (a `delegated("operator", "read")` block) does not
+/// satisfy `write`.
+pub(crate) fn operator_check(needed: OperatorLevel) -> Check {
+    Check {
+        operation: RightOp::Operator.name(),
+        targets: OperatorLevel::ALL
+            .into_iter()
+            .filter(|level| level.includes(needed))
+            .map(|level| level.name().to_owned())
+            .collect(),
+    }
+}
+
+/// The level an operator needs to submit `op` through the API (`None`: an
+/// operation operators never submit).
+pub(crate) fn operator_level_for(op: &Operation) -> Option<OperatorLevel> {
+    match op {
+        Operation::InstallComponent { .. }
+        | Operation::ScheduleTask { .. }
+        | Operation::ScheduleTaskOnce { .. }
+        | Operation::TerminateAgent { .. }
+        | Operation::ResumeAgent { .. } => Some(OperatorLevel::Write),
+        // Spawning with a token made elsewhere needs `write`; the host
+        // minting one from rights needs `admin` (checked before).
+        Operation::SpawnAgent { .. } => Some(OperatorLevel::Write),
+        Operation::RevokeToken { .. } => Some(OperatorLevel::Admin),
+        _ => None,
+    }
 }
 
 /// An agent target as its id, plus `self` / `children` when they apply.

@@ -14,12 +14,16 @@
 //! | `fs.read PATH`            | reading the host directory PATH (preopened read-only) | `right("fs.read", "PATH")`     |
 //! | `fs.write PATH`           | reading and writing the host directory PATH        | `right("fs.write", "PATH")`       |
 //! | `http HOST`               | outgoing HTTP requests to HOST (`name` or `name:port`) | `right("http", "HOST")`       |
+//! | `operator LEVEL`          | the HTTP API of `toka serve`, at LEVEL (`read`, `write`, `admin`) | `right("operator", "LEVEL")` |
 //!
 //! TARGET is `self`, `children` (the agent's own sub-agents), an agent id
 //! (32 hex digits), or `*` (any). COMPONENT is an installed component's name
 //! or 64-hex-digit digest, or `*`. PATH is an absolute path without `..`.
 //! Targets are relative to the token's holder: `schedule children` lets any
-//! agent holding it schedule onto *its own* children.
+//! agent holding it schedule onto *its own* children. Operator rights are
+//! for people and programs calling the API, never for agents: each level
+//! includes the ones below it (`admin` ⊇ `write` ⊇ `read`), see
+//! [`OperatorLevel`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -45,10 +49,12 @@ pub enum RightOp {
     FsWrite,
     /// Outgoing HTTP to a host.
     Http,
+    /// Calling the API of `toka serve` at a level.
+    Operator,
 }
 
 impl RightOp {
-    const ALL: [RightOp; 9] = [
+    const ALL: [RightOp; 10] = [
         RightOp::Observe,
         RightOp::State,
         RightOp::Schedule,
@@ -58,6 +64,7 @@ impl RightOp {
         RightOp::FsRead,
         RightOp::FsWrite,
         RightOp::Http,
+        RightOp::Operator,
     ];
 
     /// The name used in rights and in the `operation` fact.
@@ -73,6 +80,7 @@ impl RightOp {
             RightOp::FsRead => "fs.read",
             RightOp::FsWrite => "fs.write",
             RightOp::Http => "http",
+            RightOp::Operator => "operator",
         }
     }
 
@@ -99,7 +107,86 @@ impl RightOp {
             RightOp::FsRead => "fs.read /ABSOLUTE/PATH",
             RightOp::FsWrite => "fs.write /ABSOLUTE/PATH",
             RightOp::Http => "http HOST[:PORT]|*",
+            RightOp::Operator => "operator read|write|admin",
         }
+    }
+}
+
+/// What an operator's token lets its holder do through the API; each
+/// level includes the ones below it.
+///
+/// # Examples
+///
+/// ```
+/// use toka_host::OperatorLevel;
+///
+/// assert!(OperatorLevel::Admin.includes(OperatorLevel::Write));
+/// assert!(!OperatorLevel::Read.includes(OperatorLevel::Write));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OperatorLevel {
+    /// Read everything: agents, tasks, state, the log, metrics.
+    Read,
+    /// Also change what runs: install components, spawn agents with a
+    /// token, schedule tasks, terminate and resume agents.
+    Write,
+    /// Also mint authority: issue and revoke tokens, spawn agents with
+    /// rights the host mints, take snapshots.
+    Admin,
+}
+
+impl OperatorLevel {
+    /// Every level, lowest first.
+    pub const ALL: [OperatorLevel; 3] = [
+        OperatorLevel::Read,
+        OperatorLevel::Write,
+        OperatorLevel::Admin,
+    ];
+
+    /// `read`, `write` or `admin`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            OperatorLevel::Read => "read",
+            OperatorLevel::Write => "write",
+            OperatorLevel::Admin => "admin",
+        }
+    }
+
+    /// The level with this name.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<OperatorLevel> {
+        Self::ALL.into_iter().find(|l| l.name() == name)
+    }
+
+    /// Whether holding `self` allows what `needed` allows.
+    #[must_use]
+    pub fn includes(self, needed: OperatorLevel) -> bool {
+        self >= needed
+    }
+
+    /// The right granting this level.
+    #[must_use]
+    pub fn right(self) -> Right {
+        Right {
+            op: RightOp::Operator,
+            target: Some(self.name().to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for OperatorLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for OperatorLevel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OperatorLevel::from_name(s)
+            .ok_or_else(|| format!("`{s}` is not an operator level (read, write, admin)"))
     }
 }
 
@@ -213,6 +300,7 @@ fn check_target(op: RightOp, target: &str) -> Result<String, String> {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b))
         }
+        RightOp::Operator => OperatorLevel::from_name(target).is_some(),
         RightOp::Observe | RightOp::State => false,
     };
     if !ok {
@@ -246,6 +334,8 @@ mod tests {
             "fs.write /tmp/out",
             "http example.com",
             "http localhost:8080",
+            "operator read",
+            "operator admin",
         ] {
             let right: Right = text.parse().unwrap();
             assert_eq!(right.to_string(), text);
@@ -267,6 +357,8 @@ mod tests {
             ("fs.read relative/path", "bad target"),
             ("fs.write /tmp/../etc", "bad target"),
             ("http https://example.com/", "bad target"),
+            ("operator root", "bad target `root`"),
+            ("operator *", "bad target"),
         ];
         for (input, problem) in cases {
             let err = input.parse::<Right>().unwrap_err().to_string();

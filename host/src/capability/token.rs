@@ -422,7 +422,9 @@ impl Token {
     }
 
     /// Whether this token grants `right` at logical time `at` (checked as the
-    /// gate checks a delegation: the right's literal target).
+    /// gate checks a delegation: the right's literal target; an operator
+    /// level as a request at that level is checked, so `admin` grants
+    /// `operator read`).
     ///
     /// # Errors
     ///
@@ -432,7 +434,14 @@ impl Token {
         right: &Right,
         at: toka_kernel::Timestamp,
     ) -> Result<(), crate::capability::policy::Denied> {
-        let check = crate::capability::policy::Check::literal(right.op().name(), right.target());
+        use crate::capability::rights::{OperatorLevel, RightOp};
+        let level = (right.op() == RightOp::Operator)
+            .then(|| right.target().and_then(OperatorLevel::from_name))
+            .flatten();
+        let check = match level {
+            Some(level) => crate::capability::policy::operator_check(level),
+            None => crate::capability::policy::Check::literal(right.op().name(), right.target()),
+        };
         crate::capability::policy::decide(&self.biscuit, toka_kernel::EntityId::SYSTEM, &check, at)
     }
 

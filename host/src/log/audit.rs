@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use biscuit_auth::PublicKey;
 use toka_kernel::{Authorization, Command, Denial, Digest, Kernel, Operation, Record, WorldState};
 
-use crate::capability::policy::{Check, check_for, decide, delegation_check};
+use crate::capability::policy::{
+    Check, check_for, decide, delegation_check, operator_check, operator_level_for,
+};
 use crate::capability::rights::{Right, RightOp};
 use crate::capability::token::Token;
 use crate::log::LogError;
@@ -21,6 +23,9 @@ pub struct AuditReport {
     pub allowed: u64,
     /// Denials recorded, re-checked.
     pub denied: u64,
+    /// Operators' commands (through the API), re-checked against the
+    /// operator token each names.
+    pub operator: u64,
     /// Decisions that did not reproduce.
     pub mismatches: Vec<AuditMismatch>,
 }
@@ -46,6 +51,21 @@ pub struct AuditMismatch {
 /// [`LogError`] when the log itself does not verify or cannot be read;
 /// decisions that do not reproduce are reported, not errors.
 pub fn audit(store: &dyn EventStore, root: PublicKey) -> Result<AuditReport, LogError> {
+    audit_reporting(store, root, &mut |_, _| {})
+}
+
+/// [`audit`], calling `progress(done, total)` every
+/// [`PROGRESS_EVERY`](crate::PROGRESS_EVERY) records and once at the end.
+///
+/// # Errors
+///
+/// As [`audit`].
+pub fn audit_reporting(
+    store: &dyn EventStore,
+    root: PublicKey,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<AuditReport, LogError> {
+    let total = store.head()?.seq;
     let max_token = store.limits()?.max_token as usize;
     let mut tokens: HashMap<Digest, Result<Token, String>> = HashMap::new();
     let mut load = |digest: Digest| -> Result<Token, String> {
@@ -80,6 +100,10 @@ pub fn audit(store: &dyn EventStore, root: PublicKey) -> Result<AuditReport, Log
                     report.denied += 1;
                     check_denied(state, &record.command, denial, &mut load).err()
                 }
+                (Authorization::Operator(digest), op) => {
+                    report.operator += 1;
+                    check_operator(state, &record.command, *digest, op, &mut load).err()
+                }
                 _ => None,
             };
             if let Some(problem) = problem {
@@ -89,8 +113,14 @@ pub fn audit(store: &dyn EventStore, root: PublicKey) -> Result<AuditReport, Log
                 });
             }
         },
-        |_, _| report.records += 1,
+        |_, applied| {
+            report.records += 1;
+            if applied.seq % crate::log::verify::PROGRESS_EVERY == 0 {
+                progress(applied.seq, total);
+            }
+        },
     )?;
+    progress(report.records, total);
     Ok(report)
 }
 
@@ -108,6 +138,32 @@ fn origin_token(
     let token = load(agent.token)?;
     let revoked = token.revocation_ids().iter().any(|id| state.is_revoked(id));
     Ok((token, revoked))
+}
+
+/// An operator's command: its token, not revoked then, allowed the level
+/// the operation needs at the command's time.
+fn check_operator(
+    state: &WorldState,
+    command: &Command,
+    digest: Digest,
+    op: &Operation,
+    load: &mut Load<'_>,
+) -> Result<(), String> {
+    let token = load(digest)?;
+    if token.revocation_ids().iter().any(|id| state.is_revoked(id)) {
+        return Err("an operator's command although its token was revoked".into());
+    }
+    let level = operator_level_for(op)
+        .ok_or_else(|| format!("{} is not an operator's operation", op.kind()))?;
+    decide(
+        token.biscuit(),
+        command.origin,
+        &operator_check(level),
+        command.time,
+    )
+    .map_err(|reason| {
+        format!("recorded as an operator's command, but the token denies {level}: {reason}")
+    })
 }
 
 fn check_allowed(

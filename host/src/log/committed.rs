@@ -1,7 +1,7 @@
 //! A committed record as readers see it: where it is in the log, who
 //! submitted it when, and what it did.
 
-use toka_kernel::{EntityId, Event, Timestamp};
+use toka_kernel::{EntityId, Event, OpKey, Timestamp};
 
 /// One committed record: the command's origin and time, and its events.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +12,8 @@ pub struct CommittedRecord {
     pub origin: EntityId,
     /// The command's logical time.
     pub time: Timestamp,
+    /// The task and operation index, when an agent submitted it in a task.
+    pub cause: Option<OpKey>,
     /// What the command did.
     pub events: Vec<Event>,
 }

@@ -101,6 +101,7 @@ pub fn read_events(
             seq: applied.seq,
             origin: applied.origin,
             time: applied.time,
+            cause: applied.cause,
             events: applied.events,
         };
         if !f(record) {
@@ -124,7 +125,15 @@ fn restore(store: &dyn EventStore, mut kernel: Kernel) -> Result<Kernel, LogErro
         }
         kernel.restore(&bytes)?;
     }
-    ends_at_stored_head(store, kernel)
+    // Recovery runs before anyone writes: the log ends at its head.
+    let stored = store.head()?;
+    if stored != kernel.head() {
+        return Err(LogError::HeadMismatch {
+            expected: stored.seq,
+            found: kernel.head().seq,
+        });
+    }
+    Ok(kernel)
 }
 
 /// Continues `kernel` with the stored records after its head, calling
@@ -137,30 +146,34 @@ pub(crate) fn replay_with(
     mut before: impl FnMut(&Kernel, &[u8]),
     mut after: impl FnMut(&Kernel, &toka_kernel::Applied),
 ) -> Result<Kernel, LogError> {
-    for entry in store.records(kernel.head().seq + 1)? {
-        let (key, bytes) = entry?;
-        before(&kernel, &bytes);
-        let applied = kernel.replay(&bytes)?;
-        if applied.seq != key {
+    // A running host may commit while this reads: replay what it
+    // committed meanwhile too, until the log ends at the stored head.
+    loop {
+        let before_pass = kernel.head().seq;
+        for entry in store.records(kernel.head().seq + 1)? {
+            let (key, bytes) = entry?;
+            before(&kernel, &bytes);
+            let applied = kernel.replay(&bytes)?;
+            if applied.seq != key {
+                return Err(LogError::HeadMismatch {
+                    expected: key,
+                    found: applied.seq,
+                });
+            }
+            after(&kernel, &applied);
+        }
+        let stored = store.head()?;
+        if stored == kernel.head() {
+            return Ok(kernel);
+        }
+        // The head is stored in the transaction that appends the records:
+        // one past the replay means more was committed; anything else is
+        // a log that does not end where its head says.
+        if stored.seq <= kernel.head().seq || kernel.head().seq == before_pass {
             return Err(LogError::HeadMismatch {
-                expected: key,
-                found: applied.seq,
+                expected: stored.seq,
+                found: kernel.head().seq,
             });
         }
-        after(&kernel, &applied);
     }
-    ends_at_stored_head(store, kernel)
-}
-
-/// `kernel`, if its head is the head stored beside the log (no record is
-/// missing at the end).
-fn ends_at_stored_head(store: &dyn EventStore, kernel: Kernel) -> Result<Kernel, LogError> {
-    let stored = store.head()?;
-    if stored != kernel.head() {
-        return Err(LogError::HeadMismatch {
-            expected: stored.seq,
-            found: kernel.head().seq,
-        });
-    }
-    Ok(kernel)
 }

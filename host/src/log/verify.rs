@@ -28,6 +28,24 @@ pub struct Verified {
 /// [`LogError::HeadMismatch`], or [`LogError::SnapshotMismatch`] naming the
 /// first snapshot that does not match the log.
 pub fn verify(store: &dyn EventStore) -> Result<Verified, LogError> {
+    verify_reporting(store, &mut |_, _| {})
+}
+
+/// Records between two calls of a progress callback.
+pub const PROGRESS_EVERY: u64 = 10_000;
+
+/// [`verify`], calling `progress(done, total)` every [`PROGRESS_EVERY`]
+/// records and once at the end (`total`: the stored head's sequence
+/// number when it started).
+///
+/// # Errors
+///
+/// As [`verify`].
+pub fn verify_reporting(
+    store: &dyn EventStore,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Verified, LogError> {
+    let total = store.head()?.seq;
     let mut expected = Vec::new();
     for seq in store.snapshots()? {
         let bytes = store
@@ -51,6 +69,9 @@ pub fn verify(store: &dyn EventStore) -> Result<Verified, LogError> {
         kernel,
         |_, _| {},
         |kernel, applied| {
+            if applied.seq % PROGRESS_EVERY == 0 {
+                progress(applied.seq, total);
+            }
             for (seq, head, digest) in &expected {
                 if *seq != applied.seq || mismatch.is_some() {
                     continue;
@@ -76,6 +97,7 @@ pub fn verify(store: &dyn EventStore) -> Result<Verified, LogError> {
             reason: "it is past the end of the log".into(),
         });
     }
+    progress(kernel.head().seq, total);
     Ok(Verified {
         records: kernel.head().seq,
         state_digest: kernel.state().digest(),

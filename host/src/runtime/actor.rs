@@ -126,6 +126,10 @@ pub(crate) async fn run(inner: Arc<HostInner>, agent: AgentId, wake: Arc<Notify>
 }
 
 fn next_step(inner: &HostInner, agent: AgentId) -> Step {
+    if inner.draining.load(Ordering::SeqCst) {
+        // Shutting down gracefully: nothing new starts.
+        return Step::Wait;
+    }
     let committed = inner.sequencer.committed();
     inner.sequencer.read(|kernel| {
         let state = kernel.state();

@@ -236,6 +236,7 @@ mod tests {
                 seq,
                 origin: EntityId::SYSTEM,
                 time: Timestamp(0),
+                cause: None,
                 events: vec![Event::ObservationEmitted {
                     agent: EntityId::SYSTEM,
                     topic: None,

@@ -2,9 +2,10 @@
 
 use toka_kernel::KernelError;
 
+use crate::capability::policy::Denied;
 use crate::capability::token::TokenError;
 use crate::log::LogError;
-use crate::runtime::sequencer::Stopped;
+use crate::runtime::sequencer::{Declined, Stopped};
 use crate::sandbox::components::ComponentError;
 use crate::store::data_dir::DataDirError;
 use crate::store::event_store::StoreError;
@@ -31,6 +32,13 @@ pub enum HostError {
     /// A capability token is not usable.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// An operator's token does not allow the command (now: revoked,
+    /// expired, or too low a level); nothing was applied.
+    #[error("not allowed: {0}")]
+    Denied(#[from] Denied),
+    /// Rights given to an agent that only operators may hold.
+    #[error("`{0}` is an operator right: operators hold it to call the API, agents never do")]
+    OperatorRight(String),
     /// The data dir was created for another root key.
     #[error(
         "the root key ({given}) is not the one this data dir was created with ({stored}); pass its key with --root-key"
@@ -59,4 +67,13 @@ pub enum HostError {
     /// A thread could not be started.
     #[error("starting a host thread: {0}")]
     Thread(#[from] std::io::Error),
+}
+
+impl From<Declined> for HostError {
+    fn from(d: Declined) -> Self {
+        match d {
+            Declined::Denied(denied) => HostError::Denied(denied),
+            Declined::Kernel(e) => HostError::Kernel(e),
+        }
+    }
 }

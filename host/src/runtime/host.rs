@@ -5,23 +5,27 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use toka_kernel::{
-    AgentId, AgentSpec, ChainHead, ComponentSpec, Digest, EntityId, Kernel, Limits, Operation,
-    RULES_VERSION, Rules, TaskId, TaskSpec, WorldState,
+    AgentId, ChainHead, Digest, EntityId, Kernel, Operation, RULES_VERSION, Rules, TaskId,
+    WorldState,
 };
 use tokio::sync::Semaphore;
 
 use crate::capability::budget::Budget;
 use crate::capability::gate::Gate;
-use crate::capability::rights::Right;
+use crate::capability::policy::Denied;
+use crate::capability::rights::{OperatorLevel, Right};
 use crate::capability::root_key::RootKey;
 use crate::capability::token::{Token, TokenError};
 use crate::log::committed::{Committed, CommittedRecord};
 use crate::log::recovery::{read_events, recover};
+use crate::runtime::acting::{Acting, Grant, HostParts};
 use crate::runtime::bus::{Bus, Subscription};
 use crate::runtime::config::HostConfig;
 use crate::runtime::error::HostError;
 use crate::runtime::inner::HostInner;
+use crate::runtime::metrics::HostMetrics;
 use crate::runtime::sequencer::{Attachments, Options, Sequencer};
+use crate::runtime::tasks::TaskInfo;
 use crate::runtime::ticker::start_ticker;
 use crate::sandbox::components::Components;
 use crate::store::event_store::{EventStore, StoreTokens};
@@ -38,23 +42,6 @@ pub struct Host {
     root: Arc<RootKey>,
     writer: Option<JoinHandle<()>>,
     ticker: Option<(JoinHandle<()>, Arc<AtomicBool>)>,
-}
-
-/// The capability token a root agent (one the operator spawns) gets.
-#[derive(Debug, Clone)]
-pub enum Grant {
-    /// A token the host mints, signed by its root key, granting these rights.
-    Rights(Vec<Right>),
-    /// A token the host mints granting `rights` within `budgets`.
-    Budgeted {
-        /// The rights.
-        rights: Vec<Right>,
-        /// The budgets (see [`Budget`]).
-        budgets: Vec<Budget>,
-    },
-    /// A token minted elsewhere (`toka token issue`, the `biscuit` tool):
-    /// base64 text or raw bytes. It must be rooted in the host's key.
-    Token(Vec<u8>),
 }
 
 impl std::fmt::Debug for Host {
@@ -119,6 +106,9 @@ impl Host {
             components,
             agent_limits: config.agent_limits,
             instances: Arc::new(Semaphore::new(config.max_instances.max(1))),
+            draining: AtomicBool::new(false),
+            waiters: crate::runtime::tasks::Waiters::default(),
+            operator_tokens: crate::capability::presented::PresentedTokens::default(),
             protected_paths: config.protected_paths,
             agents_started: AtomicBool::new(config.start_agents),
             entropy: root.derive_secret("toka 2026-11 guest task randomness"),
@@ -142,12 +132,15 @@ impl Host {
         };
         if let Some(rules) = adopt {
             let adopted = host
-                .submit(
+                .inner
+                .sequencer
+                .submit_system(
                     EntityId::SYSTEM,
                     Operation::AdoptRules { rules },
                     Attachments::default(),
                 )
-                .await?;
+                .await??;
+            host.inner.sequencer.wait_durable(adopted.seq).await?;
             // Settled before anyone can subscribe: the record is published.
             host.inner.sequencer.wait_published(adopted.seq).await?;
         }
@@ -182,50 +175,38 @@ impl Host {
         }
     }
 
-    /// Installs a component under `name` and returns its digest. Installing
-    /// bytes that are already installed returns the same digest and changes
-    /// nothing.
+    /// The host's command methods on the authority of an operator's token
+    /// (see [`Host::operator_token`]): each command is checked for the
+    /// level it needs when it is applied, and its record names the token.
+    #[must_use]
+    pub fn as_operator(&self, token: Token) -> Acting<'_> {
+        Acting::new(self.parts(), Some(token))
+    }
+
+    fn acting(&self) -> Acting<'_> {
+        Acting::new(self.parts(), None)
+    }
+
+    fn parts(&self) -> HostParts<'_> {
+        HostParts {
+            inner: &self.inner,
+            root: &self.root,
+        }
+    }
+
+    /// Installs a component under `name` and returns its digest (see
+    /// [`Acting::install`]).
     ///
     /// # Errors
     ///
     /// [`HostError::Component`] when the bytes are not a component this host
     /// can run as an agent; nothing is stored then.
     pub async fn install(&self, name: &str, bytes: Vec<u8>) -> Result<Digest, HostError> {
-        toka_kernel::validate_name("component", name, &self.state_limits())?;
-        let digest = Digest::of(&bytes);
-        if self
-            .inner
-            .sequencer
-            .read(|k| k.state().component(&digest).is_some())
-        {
-            return Ok(digest);
-        }
-        let bytes: Arc<[u8]> = bytes.into();
-        let components = self.inner.components.clone();
-        let to_compile = Arc::clone(&bytes);
-        tokio::task::spawn_blocking(move || components.prepare(digest, &to_compile))
-            .await
-            .map_err(|e| HostError::Wasmtime(format!("compiling the component panicked: {e}")))??;
-        let component = ComponentSpec {
-            digest,
-            name: name.to_owned(),
-            size: bytes.len() as u64,
-        };
-        let attachments = Attachments {
-            blob: Some((digest, bytes)),
-            token: None,
-        };
-        self.submit(
-            EntityId::SYSTEM,
-            Operation::InstallComponent { component },
-            attachments,
-        )
-        .await?;
-        Ok(digest)
+        self.acting().install(name, bytes).await
     }
 
     /// Spawns a root agent (parent: the system) running `component`, bound
-    /// to the token `grant` describes.
+    /// to the token `grant` describes (see [`Acting::spawn`]).
     ///
     /// # Errors
     ///
@@ -238,22 +219,7 @@ impl Host {
         name: &str,
         grant: Grant,
     ) -> Result<AgentId, HostError> {
-        toka_kernel::validate_name("agent", name, &self.state_limits())?;
-        let token = self.token_for(grant)?;
-        let budgets = crate::capability::budget::kernel_budgets(&token.budgets()?);
-        let spec = AgentSpec {
-            component,
-            name: name.to_owned(),
-            token: token.digest(),
-            rights: Vec::new(),
-        };
-        let receipt = self
-            .inner
-            .sequencer
-            .spawn_root(spec, token, budgets)
-            .await??;
-        self.inner.sequencer.wait_durable(receipt.seq).await?;
-        self.created(receipt)
+        self.acting().spawn(component, name, grant).await
     }
 
     /// Checks `grant` exactly as [`Host::spawn`] does, without recording
@@ -263,7 +229,7 @@ impl Host {
     ///
     /// As [`Host::spawn`] for the token.
     pub fn check_grant(&self, grant: &Grant) -> Result<(), HostError> {
-        self.token_for(grant.clone()).map(drop)
+        self.parts().token_for(grant.clone()).map(drop)
     }
 
     /// Checks that `bytes` are a component this host can run as an agent
@@ -275,91 +241,18 @@ impl Host {
     /// [`HostError::Component`] naming what is wrong.
     pub async fn validate(&self, bytes: &[u8]) -> Result<Digest, HostError> {
         let digest = Digest::of(bytes);
-        let components = self.inner.components.clone();
-        let bytes = bytes.to_vec();
-        tokio::task::spawn_blocking(move || components.prepare(digest, &bytes))
-            .await
-            .map_err(|e| HostError::Wasmtime(format!("compiling the component panicked: {e}")))??;
+        self.parts().compile(digest, bytes.into()).await?;
         Ok(digest)
     }
 
-    /// The token a root agent gets for `grant`, checked: minted tokens name
-    /// no protected path; a presented one is rooted in this host's key,
-    /// cheap to evaluate (a timed check), not expired, not revoked, and
-    /// names no protected path.
-    fn token_for(&self, grant: Grant) -> Result<Token, HostError> {
-        let max = self.state_limits().max_token as usize;
-        Ok(match grant {
-            Grant::Rights(rights) => {
-                self.check_fs_rights(&rights)?;
-                Token::issue(&self.root, &rights, &[], None)?
-            }
-            Grant::Budgeted { rights, budgets } => {
-                self.check_fs_rights(&rights)?;
-                Token::issue(&self.root, &rights, &budgets, None)?
-            }
-            Grant::Token(bytes) => {
-                let token = Token::parse(&bytes, self.root.public(), max)?;
-                token.admit(self.inner.sequencer.now())?;
-                self.check_fs_rights(&token.authority_rights())?;
-                let revoked = self.inner.sequencer.read(|k| {
-                    let s = k.state();
-                    token.revocation_ids().iter().any(|id| s.is_revoked(id))
-                });
-                if revoked {
-                    return Err(TokenError::Revoked.into());
-                }
-                token
-            }
-        })
-    }
-
-    /// Refuses `fs.*` rights that cover or reach into a protected path.
-    fn check_fs_rights(&self, rights: &[Right]) -> Result<(), HostError> {
-        for right in rights {
-            crate::sandbox::dirs::check_fs_right(right, &self.inner.protected_paths)?;
-        }
-        Ok(())
-    }
-
-    /// Revokes every token carrying `revocation_id` (and every token
-    /// attenuated from one), from the next operation on.
+    /// Revokes every token carrying `revocation_id` (see [`Acting::revoke`]).
     ///
     /// # Errors
     ///
     /// [`HostError::UnknownRevocationId`] when no stored token carries the id
     /// (unless `force`); [`HostError::Kernel`] when it is already revoked.
     pub async fn revoke(&self, revocation_id: Vec<u8>, force: bool) -> Result<(), HostError> {
-        if !force && !self.knows_revocation_id(&revocation_id)? {
-            return Err(HostError::UnknownRevocationId(toka_kernel::to_hex(
-                &revocation_id,
-            )));
-        }
-        let op = Operation::RevokeToken { revocation_id };
-        self.submit(EntityId::SYSTEM, op, Attachments::default())
-            .await
-            .map(drop)
-    }
-
-    fn knows_revocation_id(&self, id: &[u8]) -> Result<bool, HostError> {
-        for (digest, _) in self.inner.store.tokens()? {
-            if let Ok(token) = self.inner.sequencer.token(&digest)
-                && token.revocation_ids().iter().any(|r| r == id)
-            {
-                return Ok(true);
-            }
-        }
-        // Tokens applied but not yet durable are known to the gate too.
-        let agents: Vec<Digest> = self
-            .inner
-            .sequencer
-            .read(|k| k.state().agents().map(|(_, a)| a.token).collect());
-        Ok(agents.iter().any(|digest| {
-            self.inner
-                .sequencer
-                .token(digest)
-                .is_ok_and(|t| t.revocation_ids().iter().any(|r| r == id))
-        }))
+        self.acting().revoke(revocation_id, force).await
     }
 
     /// The verified token with this digest (from the store or the gate's cache).
@@ -371,78 +264,195 @@ impl Host {
         self.inner.sequencer.token(digest)
     }
 
-    fn state_limits(&self) -> Limits {
-        self.inner.sequencer.read(|k| k.limits().clone())
+    /// The token an API client presents (base64 text or raw bytes),
+    /// verified: rooted in this host's key, within the size limit, cheap to
+    /// evaluate, not expired and not revoked. A token presented before is
+    /// not verified again (until it falls out of a bounded cache); expiry
+    /// and revocation are checked every time.
+    ///
+    /// Whether it carries the operator level a request needs is
+    /// [`Host::authorize_operator`]'s question.
+    ///
+    /// # Errors
+    ///
+    /// [`TokenError`] naming what is wrong.
+    pub fn operator_token(&self, presented: &[u8]) -> Result<Token, TokenError> {
+        let max = self.parts().state_limits().max_token as usize;
+        let root = self.root.public();
+        let now = self.inner.sequencer.now();
+        let token = self.inner.operator_tokens.get_or_verify(presented, || {
+            let token = Token::parse(presented, root, max)?;
+            token.admit(now)?;
+            Ok(token)
+        })?;
+        token.check_not_expired(now)?;
+        if self.parts().is_revoked(&token) {
+            return Err(TokenError::Revoked);
+        }
+        Ok(token)
     }
 
-    /// Queues a task for `agent` on the operator's authority.
+    /// Whether `token` allows what `level` allows, now: its operator right
+    /// (`admin` includes `write` includes `read`), its checks (expiry)
+    /// at the host's current logical time, and revocations applied so far.
+    /// Decisions are cached by the capability gate.
+    ///
+    /// # Errors
+    ///
+    /// [`Denied`] naming what is missing.
+    pub fn authorize_operator(&self, token: &Token, level: OperatorLevel) -> Result<(), Denied> {
+        self.parts().authorize_operator(token, level)
+    }
+
+    /// Mints a token signed by the host's root key, granting `rights`
+    /// within `budgets`, expiring at `expires` if given (what `toka token
+    /// issue` and `POST /v1/tokens` do).
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::ProtectedPath`] for an `fs.*` right reaching into a
+    /// path the host keeps to itself; [`HostError::Token`] when biscuit
+    /// refuses the block.
+    pub fn mint(
+        &self,
+        rights: &[Right],
+        budgets: &[Budget],
+        expires: Option<std::time::SystemTime>,
+    ) -> Result<Token, HostError> {
+        for right in rights {
+            crate::sandbox::dirs::check_fs_right(right, &self.inner.protected_paths)?;
+        }
+        Ok(Token::issue(&self.root, rights, budgets, expires)?)
+    }
+
+    /// Queues a task for `agent` on the host's authority (see
+    /// [`Acting::schedule`]).
     ///
     /// # Errors
     ///
     /// [`HostError::Kernel`] when the agent is unknown or terminated, its
     /// queue is full, or the description is too long.
     pub async fn schedule(&self, agent: AgentId, description: &str) -> Result<TaskId, HostError> {
-        let op = Operation::ScheduleTask {
-            agent,
-            spec: TaskSpec {
-                description: description.to_owned(),
-            },
-        };
-        let receipt = self
-            .submit(EntityId::SYSTEM, op, Attachments::default())
-            .await?;
-        self.created(receipt)
+        self.acting().schedule(agent, description).await
     }
 
-    /// Terminates `agent` on the operator's authority.
+    /// Terminates `agent` on the host's authority.
     ///
     /// # Errors
     ///
     /// [`HostError::Kernel`] when the agent is unknown or already terminated.
     pub async fn terminate(&self, agent: AgentId, reason: &str) -> Result<(), HostError> {
-        let op = Operation::TerminateAgent {
-            agent,
-            reason: reason.to_owned(),
-        };
-        self.submit(EntityId::SYSTEM, op, Attachments::default())
-            .await
-            .map(drop)
+        self.acting().terminate(agent, reason).await
     }
 
-    /// Lets a quarantined agent run tasks again (its tasks queued meanwhile
-    /// run in order); its count of faults in a row starts over.
+    /// Lets a quarantined agent run tasks again (see
+    /// [`Acting::resume_agent`]).
     ///
     /// # Errors
     ///
     /// [`HostError::Kernel`] when the agent is unknown or not quarantined.
     pub async fn resume_agent(&self, agent: AgentId) -> Result<(), HostError> {
-        let op = Operation::ResumeAgent { agent };
-        self.submit(EntityId::SYSTEM, op, Attachments::default())
-            .await
-            .map(drop)
+        self.acting().resume_agent(agent).await
     }
 
-    /// Applies an operator's command and waits until it is durable, so
-    /// what it did is in [`Host::state`] when it returns.
-    async fn submit(
+    /// The task with this id: queued or running (from the committed
+    /// state), or ended (found through the store's index of task ends).
+    /// `None` when no such task was ever scheduled (or it ended before the
+    /// index existed).
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Store`] or [`HostError::Log`] when the log cannot be
+    /// read back.
+    pub async fn task(&self, task: TaskId) -> Result<Option<TaskInfo>, HostError> {
+        if let Some(info) = self.state(|s| TaskInfo::unfinished(s, task)).await {
+            return Ok(Some(info));
+        }
+        let Some(seq) = self.inner.store.task_end(task)? else {
+            return Ok(None);
+        };
+        Ok(self.log_events(seq, 1)?.iter().find_map(|record| {
+            record
+                .events
+                .iter()
+                .find_map(|e| TaskInfo::ended(record.seq, e).filter(|i| i.id == task))
+        }))
+    }
+
+    /// Waits up to `timeout` for `task` to end, and returns it as it is
+    /// then (ended, or still queued or running when the time ran out).
+    /// `None` when there is no such task.
+    ///
+    /// # Errors
+    ///
+    /// As [`Host::task`].
+    pub async fn wait_task(
         &self,
-        origin: EntityId,
-        op: Operation,
-        attachments: Attachments,
-    ) -> Result<crate::runtime::sequencer::Receipt, HostError> {
-        let receipt = self
+        task: TaskId,
+        timeout: std::time::Duration,
+    ) -> Result<Option<TaskInfo>, HostError> {
+        // Registered before looking: an end committed after the look
+        // wakes the waiter.
+        let ended = self.inner.waiters.wait(task);
+        let unfinished = self
             .inner
             .sequencer
-            .submit_system(origin, op, attachments)
-            .await??;
-        self.inner.sequencer.wait_durable(receipt.seq).await?;
-        Ok(receipt)
+            .read(|k| TaskInfo::unfinished(k.state(), task));
+        let Some(info) = unfinished else {
+            // Ended (or never scheduled): once what was applied is durable,
+            // the committed state and the index know which.
+            drop(ended);
+            self.inner.waiters.gave_up(task);
+            self.wait_durable(self.head().seq).await?;
+            return self.task(task).await;
+        };
+        match tokio::time::timeout(timeout, ended).await {
+            Ok(Ok(ended)) => Ok(Some(TaskInfo {
+                description: info.description,
+                scheduled_seq: info.scheduled_seq,
+                ..ended
+            })),
+            // Timed out, or the host stopped: the task as it is now.
+            Ok(Err(_)) | Err(_) => {
+                self.inner.waiters.gave_up(task);
+                self.task(task).await
+            }
+        }
     }
 
-    fn created(&self, receipt: crate::runtime::sequencer::Receipt) -> Result<EntityId, HostError> {
-        receipt
-            .created
-            .ok_or_else(|| HostError::Wasmtime("the kernel reported no created entity".into()))
+    /// The host's counters since it opened: commits and committed events.
+    #[must_use]
+    pub fn metrics(&self) -> HostMetrics {
+        self.inner.sequencer.metrics()
+    }
+
+    /// Stops starting tasks and waits up to `grace` for the running ones
+    /// to end, for a graceful shutdown: what is queued stays queued, and a
+    /// task still running when the time is up runs again when the host
+    /// next opens the store (its applied operations answered from the
+    /// log). Returns how many tasks were still running.
+    pub async fn drain(&self, grace: std::time::Duration) -> usize {
+        self.inner.draining.store(true, Ordering::SeqCst);
+        let running = || {
+            self.inner.sequencer.read(|k| {
+                k.state()
+                    .agents()
+                    .filter(|(_, a)| a.running.is_some())
+                    .count()
+            })
+        };
+        let mut published = self.inner.sequencer.published();
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let now = running();
+            if now == 0 || self.inner.sequencer.stopped().is_some() {
+                return now;
+            }
+            match tokio::time::timeout_at(deadline, published.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return running(),
+            }
+        }
     }
 
     /// Waits until nothing is left to do: every record durable and
@@ -504,6 +514,16 @@ impl Host {
     pub async fn state<R>(&self, f: impl FnOnce(&WorldState) -> R) -> R {
         let state = self.inner.sequencer.committed_state().await;
         f(&state)
+    }
+
+    /// The committed state encoded as a snapshot (see docs/format.md; read
+    /// it back with [`decode_snapshot`](crate::decode_snapshot)), with
+    /// the chain head it is the state after: for a client that follows the
+    /// log itself from there.
+    pub async fn encoded_state(&self) -> (ChainHead, Vec<u8>) {
+        let (head, state) = self.inner.sequencer.committed_view().await;
+        let bytes = crate::store::snapshot::encode_state(head, &state);
+        (head, bytes)
     }
 
     /// The committed records from sequence number `from` on (at most

@@ -26,6 +26,12 @@ pub(crate) struct HostInner {
     pub(crate) agent_limits: AgentLimits,
     /// Places for live instances ([`HostConfig::max_instances`](crate::HostConfig::max_instances)).
     pub(crate) instances: Arc<Semaphore>,
+    /// Set by [`Host::drain`](crate::Host::drain): start no more tasks.
+    pub(crate) draining: AtomicBool,
+    /// Callers waiting for tasks to end.
+    pub(crate) waiters: crate::runtime::tasks::Waiters,
+    /// Operator tokens presented to the host, verified.
+    pub(crate) operator_tokens: crate::capability::presented::PresentedTokens,
     /// See [`HostConfig::protected_paths`](crate::HostConfig::protected_paths).
     pub(crate) protected_paths: Vec<std::path::PathBuf>,
     /// Whether agents run ([`HostConfig::start_agents`](crate::HostConfig::start_agents), [`Host::start_agents`](crate::Host::start_agents)).
@@ -57,6 +63,7 @@ impl HostInner {
                 }
             }
         }
+        self.waiters.committed(&batch.records);
         self.bus.send(batch);
     }
 

@@ -12,6 +12,7 @@
 //! - `host`, `config`, `clock`, `ticker`, `error`: the entry point, its
 //!   configuration, logical time, the epoch ticker, the umbrella error.
 
+pub(crate) mod acting;
 pub(crate) mod actor;
 pub(crate) mod bus;
 pub(crate) mod clock;
@@ -20,5 +21,7 @@ pub(crate) mod error;
 pub(crate) mod guest;
 pub(crate) mod host;
 pub(crate) mod inner;
+pub(crate) mod metrics;
 pub(crate) mod sequencer;
+pub(crate) mod tasks;
 pub(crate) mod ticker;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use toka_kernel::{ChainHead, Digest, Limits};
+use toka_kernel::{ChainHead, Digest, Limits, TaskId};
 
 /// Snapshots a store keeps; older ones are dropped when a new one is written.
 pub const SNAPSHOTS_KEPT: usize = 2;
@@ -23,6 +23,9 @@ pub struct Batch {
     pub tokens: Vec<(Digest, Arc<[u8]>)>,
     /// A snapshot of the state after the last record, `(seq, bytes)`.
     pub snapshot: Option<(u64, Vec<u8>)>,
+    /// Tasks that ended in this batch, with the record that ended each:
+    /// the index behind [`EventStore::task_end`].
+    pub task_ends: Vec<(TaskId, u64)>,
     /// The chain head after the last record.
     pub head: ChainHead,
 }
@@ -76,6 +79,15 @@ pub trait EventStore: Send + Sync + 'static {
             .filter(|(s, _)| *s == seq)
             .map(|(_, bytes)| bytes))
     }
+
+    /// The record that ended `task` (completed or failed it), if it ended.
+    /// Finished tasks leave the world state; this index finds them in the
+    /// log.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    fn task_end(&self, task: TaskId) -> Result<Option<u64>, StoreError>;
 
     /// The sequence numbers of the stored snapshots, ascending.
     ///

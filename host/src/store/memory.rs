@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use toka_kernel::{ChainHead, Digest, Limits};
+use toka_kernel::{ChainHead, Digest, Limits, TaskId};
 
 use crate::store::event_store::{Batch, EventStore, Records, SNAPSHOTS_KEPT, StoreError};
 
@@ -23,6 +23,7 @@ struct Inner {
     blobs: BTreeMap<Digest, Vec<u8>>,
     tokens: BTreeMap<Digest, Vec<u8>>,
     snapshots: BTreeMap<u64, Vec<u8>>,
+    task_ends: BTreeMap<TaskId, u64>,
     head: ChainHead,
     limits: Limits,
 }
@@ -37,6 +38,7 @@ impl MemoryStore {
                 blobs: BTreeMap::new(),
                 tokens: BTreeMap::new(),
                 snapshots: BTreeMap::new(),
+                task_ends: BTreeMap::new(),
                 head: ChainHead::default(),
                 limits,
             })),
@@ -73,7 +75,12 @@ impl EventStore for MemoryStore {
         if let Some((seq, bytes)) = batch.snapshot {
             inner.keep_snapshot(seq, bytes);
         }
+        inner.task_ends.extend(batch.task_ends);
         Ok(())
+    }
+
+    fn task_end(&self, task: TaskId) -> Result<Option<u64>, StoreError> {
+        Ok(self.lock().task_ends.get(&task).copied())
     }
 
     fn snapshots(&self) -> Result<Vec<u64>, StoreError> {

@@ -22,7 +22,7 @@ use redb::{
     ConcurrencyMode, Database, DatabaseError, Durability, ReadOnlyDatabase, ReadTransaction,
     ReadableDatabase, ReadableTable, StorageBackend, TableDefinition, TableError,
 };
-use toka_kernel::{ChainHead, Digest, Limits};
+use toka_kernel::{ChainHead, Digest, Limits, TaskId};
 
 use crate::store::event_store::{
     Batch, DATA_FORMAT, EventStore, Records, SNAPSHOTS_KEPT, StoreError,
@@ -33,6 +33,8 @@ const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 const BLOBS: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("blobs");
 const TOKENS: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("tokens");
 const SNAPSHOTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("snapshots");
+/// Task id (big-endian) → the record that ended the task.
+const TASK_ENDS: TableDefinition<'_, &[u8; 16], u64> = TableDefinition::new("task_ends");
 
 const MAGIC: &[u8] = b"toka";
 
@@ -331,6 +333,13 @@ impl EventStore for RedbStore {
                         .map_err(|e| backend(p, e))?;
                 }
             }
+            if !batch.task_ends.is_empty() {
+                let mut ends = tx.open_table(TASK_ENDS).map_err(|e| backend(p, e))?;
+                for (task, seq) in &batch.task_ends {
+                    ends.insert(&task.as_u128().to_be_bytes(), *seq)
+                        .map_err(|e| backend(p, e))?;
+                }
+            }
             if !batch.records.is_empty() {
                 let mut meta = tx.open_table(META).map_err(|e| backend(p, e))?;
                 let head = postcard::to_allocvec(&batch.head).map_err(|e| backend(p, e))?;
@@ -388,6 +397,21 @@ impl EventStore for RedbStore {
             out.push((Digest(*k.value()), v.value().to_vec()));
         }
         Ok(out)
+    }
+
+    fn task_end(&self, task: TaskId) -> Result<Option<u64>, StoreError> {
+        let p = &self.path;
+        let tx = self.read()?;
+        let table = match tx.open_table(TASK_ENDS) {
+            Ok(t) => t,
+            // A data dir from before the index: nothing indexed yet.
+            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(backend(p, e)),
+        };
+        Ok(table
+            .get(&task.as_u128().to_be_bytes())
+            .map_err(|e| backend(p, e))?
+            .map(|v| v.value()))
     }
 
     fn snapshots(&self) -> Result<Vec<u64>, StoreError> {

@@ -12,8 +12,10 @@ use toka_kernel::{ChainHead, Digest, Kernel, WorldState};
 ///
 /// - 1: the state as releases before recorded rules kept it (read through
 ///   [`WorldState::from_bytes_v1`]).
-/// - 2: the state with rules, spawn depths, accounts and refusal gaps.
-pub(crate) const SNAPSHOT_VERSION: u16 = 2;
+/// - 2: the state with rules, spawn depths, accounts and refusal gaps (read
+///   through [`WorldState::from_bytes_v2`]).
+/// - 3: the state with the most recent idempotency keys.
+pub(crate) const SNAPSHOT_VERSION: u16 = 3;
 
 #[derive(Serialize, Deserialize)]
 struct Encoded {
@@ -32,10 +34,15 @@ pub(crate) struct Snapshot {
 
 /// Encodes the kernel's state at its head.
 pub(crate) fn encode(kernel: &Kernel) -> Vec<u8> {
-    let state = kernel.state().to_bytes();
+    encode_state(kernel.head(), kernel.state())
+}
+
+/// Encodes `state`, the state after the record at `head`.
+pub(crate) fn encode_state(head: ChainHead, state: &WorldState) -> Vec<u8> {
+    let state = state.to_bytes();
     let encoded = Encoded {
         version: SNAPSHOT_VERSION,
-        head: kernel.head(),
+        head,
         digest: Digest::of(&state),
         state,
     };
@@ -57,6 +64,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
     }
     let state = match version {
         1 => WorldState::from_bytes_v1(&encoded.state),
+        2 => WorldState::from_bytes_v2(&encoded.state),
         _ => WorldState::from_bytes(&encoded.state),
     }
     .map_err(|e| format!("unreadable state (format {version}): {e}"))?;
@@ -64,6 +72,17 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
         head: encoded.head,
         state,
     })
+}
+
+/// Decodes a snapshot (as a store keeps it, or as `GET /v1/log/state`
+/// sends it) into the state and the chain head it is the state after,
+/// checking its version and digest.
+///
+/// # Errors
+///
+/// What is wrong with it, for a person.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<(ChainHead, WorldState), String> {
+    decode(bytes).map(|s| (s.head, s.state))
 }
 
 /// `Vec<u8>` as one byte string (postcard lays it out as a sequence of

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use toka_kernel::{
-    AgentId, Applied, Authorization, Command, Digest, EntityId, EntityKind, Event, Kernel,
-    KernelError, OpKey, Operation, Quota, Refusal, RefusalKind, TaskId, Timestamp,
+    AgentId, Applied, Authorization, ChainHead, Command, Digest, EntityId, EntityKind, Event,
+    Kernel, KernelError, OpKey, Operation, Quota, Refusal, RefusalKind, TaskId, Timestamp,
 };
 use tokio::sync::watch;
 
@@ -113,7 +113,40 @@ pub(crate) struct Attachments {
     pub(crate) blob: Option<(Digest, Arc<[u8]>)>,
     /// A token the command binds to a new agent.
     pub(crate) token: Option<Token>,
+    /// The operator's token that made the command, when the store may not
+    /// have it yet.
+    pub(crate) operator: Option<Token>,
 }
+
+/// Who a command from outside the agents comes from.
+#[derive(Debug, Clone)]
+pub(crate) enum By {
+    /// The host's own caller (the CLI, a program embedding the library).
+    Host,
+    /// An API client with this operator token: the sequencer checks it
+    /// for the level the operation needs, in order with everything else,
+    /// and the record names it.
+    Operator(Box<Token>),
+}
+
+/// Why an operator's command was not applied (nothing was).
+#[derive(Debug)]
+pub(crate) enum Declined {
+    /// The token does not allow it (now: revoked, expired, too low a level).
+    Denied(Denied),
+    /// The kernel refused it.
+    Kernel(KernelError),
+}
+
+impl From<KernelError> for Declined {
+    fn from(e: KernelError) -> Self {
+        Declined::Kernel(e)
+    }
+}
+
+/// Operator tokens the core remembers having attached to a batch; past
+/// this many it forgets them and attaches again (the store keeps one copy).
+const STORED_OPERATORS_KEPT: usize = 4096;
 
 /// Submitters wait once this many records are pending ...
 pub(crate) const MAX_PENDING_RECORDS: usize = 16 * 1024;
@@ -179,7 +212,7 @@ pub(super) struct Shared {
     pub(super) core: Mutex<Core>,
     /// The state as of a committed batch, `(its head's seq, state)`, for
     /// readers outside the host (see [`Sequencer::committed_state`]).
-    pub(super) view: Mutex<(u64, Arc<toka_kernel::WorldState>)>,
+    pub(super) view: Mutex<(ChainHead, Arc<toka_kernel::WorldState>)>,
     /// A reader waits for a newer view: the writer captures the state with
     /// its next batch.
     pub(super) want_view: std::sync::atomic::AtomicBool,
@@ -190,6 +223,8 @@ pub(super) struct Shared {
     /// The highest sequence number whose batch was also published (bus,
     /// scheduler); trails `committed` by the publishing step.
     pub(super) published: watch::Sender<u64>,
+    /// Commit counters, updated by the writer.
+    pub(super) metrics: crate::runtime::metrics::Metrics,
 }
 
 pub(super) struct Core {
@@ -213,6 +248,8 @@ pub(super) struct Core {
     /// Per running task: what was refused since its last applied operation.
     pub(super) refusals: HashMap<TaskId, Vec<Refusal>>,
     pub(super) denials: Denials,
+    /// Operator tokens already attached to a batch (see [`By::Operator`]).
+    pub(super) stored_operators: std::collections::HashSet<Digest>,
     pub(super) stopped: Option<Stopped>,
     pub(super) closing: bool,
 }
@@ -236,7 +273,7 @@ impl Sequencer {
         options: Options,
     ) -> Self {
         let head = kernel.head().seq;
-        let view = (head, Arc::new(kernel.state().clone()));
+        let view = (kernel.head(), Arc::new(kernel.state().clone()));
         Self {
             shared: Arc::new(Shared {
                 view: Mutex::new(view),
@@ -255,12 +292,14 @@ impl Sequencer {
                     pending_bytes: 0,
                     refusals: HashMap::new(),
                     denials: Denials::default(),
+                    stored_operators: std::collections::HashSet::new(),
                     stopped: None,
                     closing: false,
                 }),
                 work: Condvar::new(),
                 committed: watch::Sender::new(head),
                 published: watch::Sender::new(head),
+                metrics: crate::runtime::metrics::Metrics::new(),
             }),
         }
     }
@@ -281,6 +320,12 @@ impl Sequencer {
     /// committed when called: cloned once when the host is idle, else
     /// captured by the writer with its next batch.
     pub(crate) async fn committed_state(&self) -> Arc<toka_kernel::WorldState> {
+        self.committed_view().await.1
+    }
+
+    /// [`Sequencer::committed_state`] with the chain head it is the state
+    /// after.
+    pub(crate) async fn committed_view(&self) -> (ChainHead, Arc<toka_kernel::WorldState>) {
         use std::sync::atomic::Ordering;
         let target = self.committed();
         let mut rx = self.shared.committed.subscribe();
@@ -291,29 +336,34 @@ impl Sequencer {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            if view.0 >= target {
-                return view.1;
+            if view.0.seq >= target {
+                return view;
             }
             {
                 let core = self.lock();
-                let head = core.kernel.head().seq;
+                let head = core.kernel.head();
                 // Nothing applied beyond what is committed (or the writer is
                 // gone): the kernel's state is the committed one.
-                if head == self.committed() || core.stopped.is_some() {
+                if head.seq == self.committed() || core.stopped.is_some() {
                     let state = Arc::new(core.kernel.state().clone());
                     drop(core);
                     let mut view = self.shared.view.lock().unwrap_or_else(|e| e.into_inner());
-                    if view.0 < head {
+                    if view.0.seq < head.seq {
                         *view = (head, Arc::clone(&state));
                     }
-                    return state;
+                    return (head, state);
                 }
                 self.shared.want_view.store(true, Ordering::SeqCst);
             }
             if rx.changed().await.is_err() {
-                return view.1;
+                return view;
             }
         }
+    }
+
+    /// The host's counters so far.
+    pub(crate) fn metrics(&self) -> crate::runtime::metrics::HostMetrics {
+        self.shared.metrics.get()
     }
 
     /// The logical time a command submitted now would get.
@@ -447,18 +497,51 @@ impl Sequencer {
         Ok(result)
     }
 
-    /// Spawns a root agent on the operator's authority, bound to `token`
+    /// Applies a command of the host's caller or of an operator (checked
+    /// for the level the operation needs), storing `attachments` with it.
+    pub(crate) async fn submit_by(
+        &self,
+        by: &By,
+        op: Operation,
+        attachments: Attachments,
+    ) -> Result<Result<Receipt, Declined>, Stopped> {
+        let mut core = self.lock_with_room().await?;
+        let time = core.stamp();
+        let result =
+            core.command_by(by, time, op, attachments)
+                .and_then(|(command, attachments)| {
+                    core.apply(command, attachments).map_err(Declined::Kernel)
+                });
+        self.release(core);
+        Ok(result)
+    }
+
+    /// Spawns a root agent on the authority of `by`, bound to `token`
     /// (admitted before), with its budgets recorded in the same batch.
     pub(crate) async fn spawn_root(
         &self,
+        by: &By,
         spec: toka_kernel::AgentSpec,
         token: Token,
         budgets: toka_kernel::Budgets,
-    ) -> Result<Result<Receipt, KernelError>, Stopped> {
+    ) -> Result<Result<Receipt, Declined>, Stopped> {
         let mut core = self.lock_with_room().await?;
-        let result = core.spawn_root(spec, token, budgets);
+        let result = core.spawn_root(by, spec, token, budgets);
         self.release(core);
         Ok(result)
+    }
+
+    /// Whether `token` allows `level` now: its operator right, expiry and
+    /// revocation against the state as applied. Decisions are cached by the
+    /// gate.
+    pub(crate) fn authorize_operator(
+        &self,
+        token: &Token,
+        level: crate::capability::rights::OperatorLevel,
+    ) -> Result<(), Denied> {
+        let mut core = self.lock();
+        let time = core.stamp();
+        core.authorize_operator(token, level, time)
     }
 
     /// Locks the core once the pending batch is below its bounds (waiting
@@ -652,8 +735,8 @@ impl Core {
                     op: prepared.op,
                 };
                 let attachments = Attachments {
-                    blob: None,
                     token: Some(prepared.child),
+                    ..Attachments::default()
                 };
                 let receipt = self
                     .apply(command, attachments)
@@ -662,6 +745,61 @@ impl Core {
                 Ok(receipt)
             }
         }
+    }
+
+    /// Checks an operator's token for `level` at `time`.
+    pub(super) fn authorize_operator(
+        &mut self,
+        token: &Token,
+        level: crate::capability::rights::OperatorLevel,
+        time: Timestamp,
+    ) -> Result<(), Denied> {
+        let digest = token.digest();
+        if !self.gate.knows(&digest) {
+            self.gate.admit(token.clone());
+        }
+        let check = crate::capability::policy::operator_check(level);
+        self.gate
+            .authorize(digest, EntityId::SYSTEM, &check, time, self.kernel.state())
+    }
+
+    /// The command `by` makes of `op` at `time`, checked: an operator's
+    /// token must allow the level `op` needs; the token goes with the first
+    /// batch that names it.
+    pub(super) fn command_by(
+        &mut self,
+        by: &By,
+        time: Timestamp,
+        op: Operation,
+        mut attachments: Attachments,
+    ) -> Result<(Command, Attachments), Declined> {
+        let auth = match by {
+            By::Host => Authorization::System,
+            By::Operator(token) => {
+                let level =
+                    crate::capability::policy::operator_level_for(&op).ok_or_else(|| {
+                        Declined::Denied(Denied(format!("operators may not {}", op.kind())))
+                    })?;
+                self.authorize_operator(token, level, time)
+                    .map_err(Declined::Denied)?;
+                let digest = token.digest();
+                if self.stored_operators.len() >= STORED_OPERATORS_KEPT {
+                    self.stored_operators.clear();
+                }
+                if self.stored_operators.insert(digest) {
+                    attachments.operator = Some((**token).clone());
+                }
+                Authorization::Operator(digest)
+            }
+        };
+        let command = Command {
+            origin: EntityId::SYSTEM,
+            time,
+            auth,
+            cause: None,
+            op,
+        };
+        Ok((command, attachments))
     }
 
     /// Asks the gate; on a denial records it (rate-limited) and returns the
@@ -713,6 +851,7 @@ impl Core {
             seq,
             origin,
             time,
+            cause,
             bytes,
             events,
             ..
@@ -731,7 +870,7 @@ impl Core {
             self.pending_bytes += blob.len();
             self.pending.blobs.push((digest, blob));
         }
-        if let Some(token) = attachments.token {
+        for token in attachments.token.into_iter().chain(attachments.operator) {
             self.pending_bytes += token.bytes().len();
             self.pending
                 .tokens
@@ -742,6 +881,7 @@ impl Core {
             seq,
             origin,
             time,
+            cause,
             events,
         });
         Ok(receipt)

@@ -24,4 +24,6 @@ mod spawn;
 mod writer;
 
 pub use core::Stopped;
-pub(crate) use core::{Attachments, Halt, Options, Receipt, Refused, Request, Sequencer, Spawn};
+pub(crate) use core::{
+    Attachments, By, Declined, Halt, Options, Receipt, Refused, Request, Sequencer, Spawn,
+};

@@ -9,7 +9,7 @@ use toka_kernel::{
     Timestamp,
 };
 
-use super::core::{Attachments, Core, Receipt, Spawn};
+use super::core::{Attachments, By, Core, Declined, Receipt, Spawn};
 use crate::capability::budget::{Budget, BudgetError};
 use crate::capability::policy::{check_for, delegation_check};
 use crate::capability::rights::{Right, RightError};
@@ -111,21 +111,23 @@ impl Core {
         }
     }
 
-    /// Spawns a root agent on the operator's authority with `token`, and
+    /// Spawns a root agent on the authority of `by` with `token`, and
     /// records its budgets in the same batch.
     pub(super) fn spawn_root(
         &mut self,
+        by: &By,
         spec: AgentSpec,
         token: Token,
         budgets: Budgets,
-    ) -> Result<Receipt, KernelError> {
+    ) -> Result<Receipt, Declined> {
         let time = self.stamp();
-        self.gate.admit(token.clone());
-        let command = Command::system(EntityId::SYSTEM, time, Operation::SpawnAgent { spec });
         let attachments = Attachments {
-            blob: None,
-            token: Some(token),
+            token: Some(token.clone()),
+            ..Attachments::default()
         };
+        let (command, attachments) =
+            self.command_by(by, time, Operation::SpawnAgent { spec }, attachments)?;
+        self.gate.admit(token);
         let receipt = self.apply(command, attachments)?;
         self.set_budgets(receipt, budgets, time);
         Ok(receipt)

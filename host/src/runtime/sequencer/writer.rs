@@ -66,13 +66,17 @@ fn write_until_closed(
     store: &dyn EventStore,
     mut on_commit: OnCommit,
 ) -> Result<(), Stopped> {
-    while let Some((batch, records, view)) = shared.next_batch()? {
-        let last = batch.head.seq;
+    while let Some((mut batch, records, view)) = shared.next_batch()? {
+        let head = batch.head;
+        let last = head.seq;
+        batch.task_ends.extend(task_ends(&records));
+        let started = std::time::Instant::now();
         store
             .append(batch)
             .map_err(|e| Stopped(format!("committing the log failed: {e}")))?;
+        shared.metrics.committed(&records, started.elapsed());
         if let Some(view) = view {
-            *shared.view.lock().unwrap_or_else(|e| e.into_inner()) = (last, view);
+            *shared.view.lock().unwrap_or_else(|e| e.into_inner()) = (head, view);
         }
         // Durable first, then visible: actors woken below already see the
         // new committed number.
@@ -83,6 +87,17 @@ fn write_until_closed(
         shared.published.send_replace(last);
     }
     Ok(())
+}
+
+/// The tasks the records end, with the record that ends each.
+fn task_ends(records: &[CommittedRecord]) -> impl Iterator<Item = (toka_kernel::TaskId, u64)> + '_ {
+    records.iter().flat_map(|record| {
+        record.events.iter().filter_map(move |event| match event {
+            toka_kernel::Event::TaskCompleted { task, .. }
+            | toka_kernel::Event::TaskFailed { task, .. } => Some((*task, record.seq)),
+            _ => None,
+        })
+    })
 }
 
 impl Shared {

@@ -1,0 +1,328 @@
+//! The commands that write, when a server holds the data dir: they go
+//! through its API (with the local admin token it registered) instead of
+//! opening the store, and print what they print locally. The log is read
+//! back as records and replayed here, so what is printed comes from the
+//! same committed events either way.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use toka_kernel::{Applied, Event, Kernel, Registry, WorldState};
+use toka_server::client::{Client, ClientError};
+use toka_server::views::{
+    AgentView, ComponentView, EncodedState, RecordPage, RevokeRequest, Revoked, ScheduleRequest,
+    SnapshotTaken, SpawnRequest, TaskView,
+};
+
+use crate::drive::{Bounds, Ending};
+use crate::output::out;
+use crate::render::Names;
+use crate::run::Report;
+use crate::{CliResult, Failure};
+
+/// How often a command following the log asks for new records.
+const POLL: Duration = Duration::from_millis(50);
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        match e {
+            // The server refused the input: the input was wrong.
+            ClientError::Api { status, .. } if (400..500).contains(&status) && status != 429 => {
+                Failure::input(e)
+            }
+            other => Failure::work(other),
+        }
+    }
+}
+
+/// The server's committed log, replayed here as it grows.
+pub(crate) struct Follower<'c> {
+    client: &'c Client,
+    kernel: Kernel,
+}
+
+impl<'c> Follower<'c> {
+    /// Starts from the server's committed state.
+    pub(crate) async fn new(client: &'c Client) -> Result<Follower<'c>, Failure> {
+        let encoded: EncodedState = client.get("/v1/log/state").await?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&encoded.snapshot)
+            .map_err(|e| Failure::work(format!("the server's state is not base64: {e}")))?;
+        let (head, state) = toka_host::decode_snapshot(&bytes)
+            .map_err(|e| Failure::work(format!("the server's state does not decode: {e}")))?;
+        Ok(Follower {
+            client,
+            kernel: Kernel::from_snapshot(state, head, encoded.limits, Registry::new()),
+        })
+    }
+
+    /// The state after the records replayed so far.
+    pub(crate) fn state(&self) -> &WorldState {
+        self.kernel.state()
+    }
+
+    /// Replays every record committed since, calling `f` with each.
+    pub(crate) async fn catch_up(&mut self, mut f: impl FnMut(&Applied)) -> Result<(), Failure> {
+        loop {
+            let from = self.kernel.head().seq + 1;
+            let page: RecordPage = self
+                .client
+                .get(&format!("/v1/log/records?from={from}&limit=1000"))
+                .await?;
+            for record in &page.records {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(&record.bytes)
+                    .map_err(|e| {
+                        Failure::work(format!("record {}: not base64: {e}", record.seq))
+                    })?;
+                let applied = self
+                    .kernel
+                    .replay(&bytes)
+                    .map_err(|e| Failure::work(format!("the log does not verify: {e}")))?;
+                f(&applied);
+            }
+            if page.records.is_empty() || self.kernel.head().seq >= page.head.seq {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// What `toka run` asks the server for.
+pub(crate) struct RunRequest<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) bytes: Vec<u8>,
+    /// Other components to install first: (spec, (name, bytes)).
+    pub(crate) extra: Vec<(String, (String, Vec<u8>))>,
+    /// A token (base64), or `rights` and `budgets`.
+    pub(crate) grant: Option<String>,
+    pub(crate) rights: Vec<String>,
+    pub(crate) budgets: Vec<String>,
+    pub(crate) tasks: &'a [String],
+    pub(crate) bounds: Bounds,
+}
+
+/// `toka run` through the server: install, spawn (or reuse), schedule, and
+/// print what happens until the host is idle or a bound stops the run (the
+/// server keeps running what is left).
+pub(crate) async fn run(client: &Client, request: RunRequest<'_>) -> CliResult {
+    let started = Instant::now();
+    let installed: ComponentView = install(client, request.name, request.bytes).await?;
+    for (spec, (name, bytes)) in request.extra {
+        install(client, &name, bytes).await.map_err(|e| Failure {
+            message: format!("{spec}: {}", e.message),
+            ..e
+        })?;
+    }
+    let digest: toka_kernel::Digest = installed.digest.parse().map_err(|e| {
+        Failure::work(format!(
+            "the server named a digest that does not parse: {e}"
+        ))
+    })?;
+    let mut follower = Follower::new(client).await?;
+    let explicit =
+        request.grant.is_some() || !request.rights.is_empty() || !request.budgets.is_empty();
+    let existing = if explicit {
+        None
+    } else {
+        crate::run::find_root_agent(follower.state(), request.name, digest)?
+    };
+    let agent = match existing {
+        Some(agent) => agent,
+        None => {
+            let rights = if request.grant.is_none() && request.rights.is_empty() {
+                toka_host::Right::defaults()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect()
+            } else {
+                request.rights
+            };
+            let spawned: AgentView = client
+                .post(
+                    "/v1/agents",
+                    &SpawnRequest {
+                        component: installed.digest.clone(),
+                        name: request.name.to_owned(),
+                        rights: if request.grant.is_some() {
+                            Vec::new()
+                        } else {
+                            rights
+                        },
+                        budgets: request.budgets,
+                        token: request.grant,
+                    },
+                )
+                .await?;
+            parse_id(&spawned.id)?
+        }
+    };
+    let mut report = Report::new(Names::from_state(follower.state()));
+    for text in request.tasks {
+        let task: TaskView = client
+            .post(
+                &format!("/v1/agents/{agent}/tasks"),
+                &ScheduleRequest {
+                    description: text.clone(),
+                },
+            )
+            .await?;
+        report.pending.insert(parse_id(&task.id)?, text.clone());
+    }
+    let ending = follow_until(
+        &mut follower,
+        request.bounds,
+        started,
+        |events| {
+            report.events(events);
+        },
+        |_| false,
+    )
+    .await?;
+    Ok(report.finish(ending, request.name, agent, request.tasks.is_empty()))
+}
+
+async fn install(client: &Client, name: &str, bytes: Vec<u8>) -> Result<ComponentView, Failure> {
+    let name = percent(name);
+    Ok(client
+        .post_bytes(&format!("/v1/components?name={name}"), bytes)
+        .await?)
+}
+
+/// Follows the log, calling `on_events` with each record's events, until
+/// no task is left to run (or `done` says so), or a bound stops it.
+async fn follow_until(
+    follower: &mut Follower<'_>,
+    bounds: Bounds,
+    started: Instant,
+    mut on_events: impl FnMut(&[Event]),
+    done: impl Fn(&WorldState) -> bool,
+) -> Result<Ending, Failure> {
+    let mut tasks_started = 0u64;
+    loop {
+        follower
+            .catch_up(|applied| {
+                tasks_started += applied
+                    .events
+                    .iter()
+                    .filter(|e| matches!(e, Event::TaskStarted { .. }))
+                    .count() as u64;
+                on_events(&applied.events);
+            })
+            .await?;
+        let state = follower.state();
+        if bounds.max_tasks > 0 && tasks_started >= bounds.max_tasks {
+            return Ok(Ending::MaxTasks(tasks_started));
+        }
+        if done(state) || idle(state) {
+            return Ok(Ending::Idle {
+                waiting: waiting(state),
+            });
+        }
+        if let Some(timeout) = bounds.timeout
+            && started.elapsed() >= timeout
+        {
+            return Ok(Ending::Timeout(timeout));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// No task runs, and only quarantined agents have tasks queued.
+fn idle(state: &WorldState) -> bool {
+    state.agents().all(|(_, a)| {
+        a.running.is_none()
+            && (a.queue.is_empty()
+                || matches!(a.status, toka_kernel::AgentStatus::Quarantined { .. }))
+    })
+}
+
+/// Tasks queued for quarantined agents.
+fn waiting(state: &WorldState) -> usize {
+    state
+        .agents()
+        .filter(|(_, a)| matches!(a.status, toka_kernel::AgentStatus::Quarantined { .. }))
+        .map(|(_, a)| a.queue.len())
+        .sum()
+}
+
+/// `toka token revoke` through the server.
+pub(crate) async fn revoke(client: &Client, id: &str, force: bool) -> CliResult {
+    let _: Revoked = client
+        .post(
+            "/v1/tokens/revoke",
+            &RevokeRequest {
+                revocation_id: Some(id.to_owned()),
+                token: None,
+                force,
+            },
+        )
+        .await?;
+    out!("revoked {id}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `toka snapshot` through the server.
+pub(crate) async fn snapshot(client: &Client) -> CliResult {
+    let taken: SnapshotTaken = client.post("/v1/snapshot", &serde_json::json!({})).await?;
+    out!("snapshot written at record {}", taken.seq);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `toka agent resume` through the server: resumes, then reports the
+/// agent's queued tasks as they run, as the local command does.
+pub(crate) async fn resume(client: &Client, which: &str) -> CliResult {
+    let started = Instant::now();
+    let mut follower = Follower::new(client).await?;
+    let agent = crate::agent::find(follower.state(), which)?;
+    let _: AgentView = client
+        .post(
+            &format!("/v1/agents/{agent}/resume"),
+            &serde_json::json!({}),
+        )
+        .await?;
+    follower.catch_up(|_| {}).await?;
+    let queued = follower.state().agent(agent).map_or(0, |a| a.queue.len());
+    out!("resumed agent {agent}; {queued} queued task(s) to run");
+    let mut tally = crate::agent::Tally::new(agent);
+    let agent_done = |s: &WorldState| {
+        s.agent(agent).is_none_or(|a| {
+            (a.queue.is_empty() && a.running.is_none())
+                || matches!(a.status, toka_kernel::AgentStatus::Quarantined { .. })
+        })
+    };
+    follow_until(
+        &mut follower,
+        Bounds::NONE,
+        started,
+        |events| tally.events(events),
+        agent_done,
+    )
+    .await?;
+    Ok(tally.finish())
+}
+
+fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, Failure>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|e| {
+        Failure::work(format!(
+            "the server named an id that does not parse: {text}: {e}"
+        ))
+    })
+}
+
+/// `text` as a URL query value.
+fn percent(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

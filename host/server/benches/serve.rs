@@ -1,0 +1,352 @@
+//! The service side by side with the library, in one run.
+//!
+//! `cargo bench -p toka-server --bench serve`
+//!
+//! - tasks: callers (1, 10, 100), each with its own `hello` agent, schedule
+//!   a task and wait for it to complete, again and again: (a) in-process
+//!   through the `Host` API (`schedule`, `wait_task`), (b) through the HTTP
+//!   API on loopback (`POST /v1/agents/{id}/tasks`, `GET
+//!   /v1/tasks/{id}?wait=30s`). Tasks completed per second and the p50/p99
+//!   of schedule-to-completed. Both durable on redb. Goal: (b) ≥ 50% of (a)
+//!   at the same concurrency.
+//! - stream: one SSE consumer reading records of one observation each, (c)
+//!   from the log (a consumer catching up from record 1) and (d) live, as a
+//!   `test-bench` agent commits them. Goal: ≥ 100 000 events/s.
+//!
+//! It prints a table (no criterion: the figures are rates and percentiles
+//! of whole runs).
+
+#![allow(missing_docs, reason = "a bench binary")]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use serde_json::{Value, json};
+use toka_host::{EventStore, Grant, Host, HostConfig, RedbStore, RootKey};
+use toka_kernel::{AgentId, Limits};
+use toka_server::{ServeConfig, Server};
+
+/// A host on a fresh redb file, with quotas that a benchmark never meets.
+async fn host() -> (tempfile::TempDir, Arc<RedbStore>, Host) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = RootKey::generate();
+    let store = Arc::new(
+        RedbStore::create(
+            &dir.path().join("toka.redb"),
+            &Limits::default(),
+            &root.public().to_bytes(),
+        )
+        .unwrap(),
+    );
+    let huge = toka_kernel::Rate::new(u64::MAX >> 1, u64::MAX >> 1);
+    let mut config = HostConfig::new();
+    config
+        .rules(toka_kernel::Rules {
+            quotas: toka_kernel::Quotas {
+                log_bytes: huge,
+                ops: huge,
+                tasks: huge,
+                log_bytes_total: None,
+                tasks_total: None,
+            },
+            ..toka_kernel::Rules::default()
+        })
+        .snapshot_every(0);
+    let host = Host::open(Arc::clone(&store) as Arc<dyn EventStore>, root, config)
+        .await
+        .unwrap();
+    (dir, store, host)
+}
+
+async fn agents(host: &Host, component: &str, n: usize) -> Vec<AgentId> {
+    let bytes = toka_agents::bundled(component)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_else(|| std::fs::read(toka_agents::path(component).unwrap()).unwrap());
+    let digest = host.install(component, bytes).await.unwrap();
+    let mut agents = Vec::new();
+    for i in 0..n {
+        let grant = Grant::Rights(vec!["observe".parse().unwrap()]);
+        agents.push(host.spawn(digest, &format!("a{i}"), grant).await.unwrap());
+    }
+    agents
+}
+
+/// Tasks per second and the latencies, sorted.
+struct Measured {
+    per_second: f64,
+    latencies: Vec<Duration>,
+}
+
+impl Measured {
+    fn percentile(&self, p: f64) -> Duration {
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[i]
+    }
+}
+
+async fn measure<F, Fut>(callers: usize, per_caller: usize, call: F) -> Measured
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for caller in 0..callers {
+        let call = call.clone();
+        handles.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(per_caller);
+            for i in 0..per_caller {
+                let t = Instant::now();
+                call(caller, i).await;
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for handle in handles {
+        latencies.extend(handle.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Measured {
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        latencies,
+    }
+}
+
+async fn in_process(callers: usize, per_caller: usize) -> Measured {
+    let (_dir, _store, host) = host().await;
+    let host = Arc::new(host);
+    let agents = Arc::new(agents(&host, "hello", callers).await);
+    let h = Arc::clone(&host);
+    let measured = measure(callers, per_caller, move |caller, i| {
+        let host = Arc::clone(&h);
+        let agents = Arc::clone(&agents);
+        async move {
+            let task = host
+                .schedule(agents[caller], &format!("t{i}"))
+                .await
+                .unwrap();
+            let info = host.wait_task(task, Duration::from_secs(30)).await.unwrap();
+            assert!(
+                info.is_some_and(|t| matches!(t.state, toka_host::TaskState::Completed { .. }))
+            );
+        }
+    })
+    .await;
+    Arc::try_unwrap(host)
+        .ok()
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+    measured
+}
+
+/// A server on loopback over a fresh host; its URL and admin token.
+async fn serve(
+    host: Host,
+    store: Arc<RedbStore>,
+) -> (
+    String,
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+    tempfile::TempDir,
+) {
+    let registered = tempfile::tempdir().unwrap();
+    let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap());
+    config
+        .register_in(registered.path().to_owned())
+        .rate(toka_server::Rate::per_second(1e9));
+    let server = Server::bind(config).await.unwrap();
+    let url = server.url();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        server
+            .run(host, store, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    let token = loop {
+        if let Ok(Some((_, token))) =
+            toka_server::registration::Registration::read(registered.path())
+        {
+            break token;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    (url, token, stop, running, registered)
+}
+
+async fn over_http(callers: usize, per_caller: usize) -> Measured {
+    let (_dir, store, host) = host().await;
+    let agents = Arc::new(agents(&host, "hello", callers).await);
+    let (url, token, stop, running, _registered) = serve(host, store).await;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
+    let measured = measure(callers, per_caller, move |caller, i| {
+        let http = http.clone();
+        let url = url.clone();
+        let token = token.clone();
+        let agent = agents[caller];
+        async move {
+            let task: Value = http
+                .post(format!("{url}/v1/agents/{agent}/tasks"))
+                .bearer_auth(&token)
+                .json(&json!({"description": format!("t{i}")}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let id = task["id"].as_str().unwrap();
+            let done: Value = http
+                .get(format!("{url}/v1/tasks/{id}?wait=30s"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(done["status"], "completed", "{done}");
+        }
+    })
+    .await;
+    stop.send(()).unwrap();
+    running.await.unwrap();
+    measured
+}
+
+/// Events per second one SSE consumer receives: `n` observations, read
+/// from the log (`live` false: committed before the consumer connects) or
+/// live, as they are committed.
+async fn stream(n: u64, live: bool) -> f64 {
+    let (_dir, store, host) = host().await;
+    let agent = agents(&host, "test-bench", 1).await[0];
+    let (url, token, stop, running, _registered) = serve(host, store).await;
+    let http = reqwest::Client::new();
+    let get = |path: String| http.get(format!("{url}{path}")).bearer_auth(&token).send();
+    let from = get("/v1/status".into())
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["head"]["seq"]
+        .as_u64()
+        .unwrap()
+        + 1;
+    // Tasks of at most 50 000 observations (under the per-task operation
+    // limit); then wait for the last.
+    let produce = {
+        let (http, url, token) = (http.clone(), url.clone(), token.clone());
+        async move {
+            let mut left = n;
+            let mut last = Value::Null;
+            while left > 0 {
+                let count = left.min(50_000);
+                left -= count;
+                last = http
+                    .post(format!("{url}/v1/agents/{agent}/tasks"))
+                    .bearer_auth(&token)
+                    .json(&json!({"description": format!("observe {count}")}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+            }
+            let id = last["id"].as_str().unwrap();
+            http.get(format!("{url}/v1/tasks/{id}?wait=60s"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    let producing = if live {
+        Some(produce)
+    } else {
+        produce.await;
+        None
+    };
+    let response = get(format!(
+        "/v1/events/stream?from={from}&kind=observation_emitted"
+    ))
+    .await
+    .unwrap();
+    let producing = producing.map(tokio::spawn);
+    let started = Instant::now();
+    let mut body = response.bytes_stream();
+    let mut events = 0u64;
+    let mut carry = Vec::new();
+    while events < n {
+        let chunk = body.next().await.unwrap().unwrap();
+        carry.extend_from_slice(&chunk);
+        // Whole messages; an observation record carries one event.
+        let mut start = 0;
+        while let Some(end) = carry[start..].windows(2).position(|w| w == b"\n\n") {
+            if carry[start..start + end].starts_with(b"event: record") {
+                events += 1;
+            }
+            start += end + 2;
+        }
+        carry.drain(..start);
+    }
+    let rate = events as f64 / started.elapsed().as_secs_f64();
+    drop(body);
+    if let Some(producing) = producing {
+        producing.await.unwrap();
+    }
+    stop.send(()).unwrap();
+    running.await.unwrap();
+    rate
+}
+
+fn main() {
+    toka_server::install_crypto();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        println!("tasks scheduled and completed, each caller waiting for its task (redb, durable)");
+        println!("| callers | in-process tasks/s | p50 | p99 | HTTP tasks/s | p50 | p99 | HTTP / in-process |");
+        println!("|---|---|---|---|---|---|---|---|");
+        for (callers, per_caller) in [(1, 300), (10, 100), (100, 20)] {
+            let a = in_process(callers, per_caller).await;
+            let b = over_http(callers, per_caller).await;
+            println!(
+                "| {callers} | {:.0} | {:.2} ms | {:.2} ms | {:.0} | {:.2} ms | {:.2} ms | {:.0}% |",
+                a.per_second,
+                ms(a.percentile(0.5)),
+                ms(a.percentile(0.99)),
+                b.per_second,
+                ms(b.percentile(0.5)),
+                ms(b.percentile(0.99)),
+                100.0 * b.per_second / a.per_second
+            );
+        }
+        println!();
+        println!("one SSE consumer, one observation per record");
+        println!("| what | events/s |");
+        println!("|---|---|");
+        let n = 200_000;
+        println!("| from the log ({n} records) | {:.0} |", stream(n, false).await);
+        println!("| live, as committed ({n} records) | {:.0} |", stream(n, true).await);
+    });
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

@@ -1,0 +1,376 @@
+//! Agents: spawn, list, get, terminate, resume, and their state.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use toka_host::{Budget, Grant, Right, Token};
+use toka_kernel::{AgentId, AgentRecord, AgentStatus, Digest, EntityId, to_hex};
+use utoipa::IntoParams;
+
+use crate::api::tasks::unfinished_view;
+use crate::api::{AuthErrors, BodyErrors, Paging};
+use crate::app::App;
+use crate::auth::{Reader, Writer};
+use crate::error::{ApiError, ErrorBody, parse_id};
+use crate::extract::{Json, MaybeJson, Path, Query};
+use crate::views::{
+    AgentDetail, AgentPage, AgentView, Grants, SpawnRequest, StateEntry, StatePage,
+    TerminateRequest,
+};
+
+/// Spawns a root agent. With `rights` the host mints its token (needs
+/// `operator admin`); with `token` it is bound to that token (`operator
+/// write`).
+#[utoipa::path(post, path = "/v1/agents", tag = "agents", security(("bearer" = [])),
+    request_body = SpawnRequest,
+    responses((status = 201, description = "Spawned", body = AgentView),
+        (status = 404, description = "No such component", body = ErrorBody),
+        BodyErrors, AuthErrors))]
+pub(crate) async fn spawn(
+    State(app): State<Arc<App>>,
+    who: Writer,
+    Json(request): Json<SpawnRequest>,
+) -> Result<(StatusCode, axum::Json<AgentView>), ApiError> {
+    let grant = match (&request.token, request.rights.is_empty()) {
+        (Some(_), false) => {
+            return Err(ApiError::unprocessable(
+                "invalid_body",
+                "give either `rights` (the host mints a token) or `token`, not both",
+            ));
+        }
+        (Some(token), true) => {
+            if !request.budgets.is_empty() {
+                return Err(ApiError::unprocessable(
+                    "invalid_body",
+                    "`budgets` go with `rights`; narrow a token with POST /v1/tokens/attenuate",
+                ));
+            }
+            Grant::Token(token.as_bytes().to_vec())
+        }
+        (None, true) => {
+            return Err(ApiError::unprocessable(
+                "invalid_body",
+                "give the agent `rights` (the host mints a token) or a `token`",
+            ));
+        }
+        (None, false) => Grant::Budgeted {
+            rights: parse_all::<Right>(&request.rights)?,
+            budgets: parse_all::<Budget>(&request.budgets)?,
+        },
+    };
+    let component = app
+        .host
+        .state(|s| {
+            request
+                .component
+                .parse::<Digest>()
+                .ok()
+                .filter(|d| s.component(d).is_some())
+                .or_else(|| s.component_named(&request.component).map(|c| c.digest))
+        })
+        .await
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no component `{}` is installed",
+                toka_host::clip(&request.component, 80)
+            ))
+        })?;
+    let agent = app
+        .host
+        .as_operator(who.token)
+        .spawn(component, &request.name, grant)
+        .await?;
+    let view = agent_or_404(&app, agent).await?;
+    Ok((StatusCode::CREATED, axum::Json(view)))
+}
+
+/// Parses each item, or answers 422 naming the bad one.
+pub(crate) fn parse_all<T: std::str::FromStr>(items: &[String]) -> Result<Vec<T>, ApiError>
+where
+    T::Err: std::fmt::Display,
+{
+    items
+        .iter()
+        .map(|item| {
+            item.parse::<T>()
+                .map_err(|e| ApiError::unprocessable("invalid_body", e.to_string()))
+        })
+        .collect()
+}
+
+/// Filters and a page of agents.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// Only agents with this status: `active`, `quarantined`, `terminated`.
+    status: Option<String>,
+    /// Only children of this agent (`system` for root agents).
+    parent: Option<String>,
+    /// Only agents running this component (name or digest).
+    component: Option<String>,
+    /// Agents after this id (a `next_cursor`).
+    cursor: Option<String>,
+    /// How many (1 to 1000, default 100).
+    limit: Option<usize>,
+}
+
+/// Lists agents, by id.
+#[utoipa::path(get, path = "/v1/agents", tag = "agents", security(("bearer" = [])),
+    params(ListQuery),
+    responses((status = 200, description = "A page of agents", body = AgentPage),
+        (status = 400, description = "A malformed query", body = ErrorBody), AuthErrors))]
+pub(crate) async fn list(
+    State(app): State<Arc<App>>,
+    _who: Reader,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<AgentPage>, ApiError> {
+    let paging = Paging::new(query.limit)?;
+    if let Some(status) = &query.status
+        && !matches!(status.as_str(), "active" | "quarantined" | "terminated")
+    {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "status must be `active`, `quarantined` or `terminated`",
+        ));
+    }
+    let parent = match query.parent.as_deref() {
+        None => None,
+        Some("system") => Some(EntityId::SYSTEM),
+        Some(id) => Some(parse_id::<EntityId>("agent", id)?),
+    };
+    let after = query
+        .cursor
+        .as_deref()
+        .map(|c| parse_id::<EntityId>("agent", c))
+        .transpose()?;
+    let (items, next_cursor) = app
+        .host
+        .state(|s| {
+            let component = query.component.as_deref().map(|c| {
+                c.parse::<Digest>()
+                    .ok()
+                    .or_else(|| s.component_named(c).map(|spec| spec.digest))
+            });
+            let agents = s
+                .agents()
+                .filter(|(id, _)| after.is_none_or(|a| *id > a))
+                .filter(|(_, a)| {
+                    query
+                        .status
+                        .as_deref()
+                        .is_none_or(|st| status_name(&a.status) == st)
+                })
+                .filter(|(_, a)| parent.is_none_or(|p| a.parent == p))
+                .filter(|(_, a)| component.is_none_or(|c| c == Some(a.component)))
+                .map(|(id, a)| view(id, a));
+            paging.page(agents, |a| a.id.clone())
+        })
+        .await;
+    Ok(axum::Json(AgentPage { items, next_cursor }))
+}
+
+/// One agent: its record, unfinished tasks, state keys and grants.
+#[utoipa::path(get, path = "/v1/agents/{id}", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The agent's id (32 hex digits)")),
+    responses((status = 200, description = "The agent", body = AgentDetail),
+        (status = 400, description = "Not an agent id", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody), AuthErrors))]
+pub(crate) async fn get(
+    State(app): State<Arc<App>>,
+    _who: Reader,
+    Path(id): Path<String>,
+) -> Result<axum::Json<AgentDetail>, ApiError> {
+    let agent = parse_id::<EntityId>("agent", &id)?;
+    let found = app
+        .host
+        .state(|s| {
+            let a = s.agent(agent)?;
+            let mut tasks: Vec<_> = a
+                .running
+                .iter()
+                .chain(a.queue.iter())
+                .filter_map(|t| unfinished_view(s, *t))
+                .collect();
+            tasks.truncate(1000);
+            let keys = a.state.keys().take(1000).cloned().collect();
+            Some((view(agent, a), tasks, keys, a.token))
+        })
+        .await;
+    let Some((agent, tasks, keys, token)) = found else {
+        return Err(ApiError::not_found(format!("no agent {agent}")));
+    };
+    let grants = match app.host.token(&token) {
+        Ok(token) => {
+            let revoked = app
+                .host
+                .state(|s| token.revocation_ids().iter().any(|id| s.is_revoked(id)))
+                .await;
+            grants(&token, revoked)
+        }
+        Err(_) => Grants::default(),
+    };
+    Ok(axum::Json(AgentDetail {
+        agent,
+        tasks,
+        keys,
+        grants,
+    }))
+}
+
+/// What a token grants, read from it.
+pub(crate) fn grants(token: &Token, revoked: bool) -> Grants {
+    Grants {
+        rights: token
+            .authority_rights()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        delegated: token.delegated_rights(),
+        budgets: token
+            .budgets()
+            .map(|b| b.iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
+        revocation_ids: token.revocation_ids().iter().map(|id| to_hex(id)).collect(),
+        revoked,
+    }
+}
+
+/// Terminates an agent: its queued and running tasks fail.
+#[utoipa::path(post, path = "/v1/agents/{id}/terminate", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The agent's id")),
+    request_body(content = TerminateRequest, description = "Why (optional)"),
+    responses((status = 200, description = "Terminated", body = AgentView),
+        (status = 404, description = "No such agent", body = ErrorBody),
+        (status = 409, description = "Already terminated", body = ErrorBody),
+        BodyErrors, AuthErrors))]
+pub(crate) async fn terminate(
+    State(app): State<Arc<App>>,
+    who: Writer,
+    Path(id): Path<String>,
+    MaybeJson(request): MaybeJson<TerminateRequest>,
+) -> Result<axum::Json<AgentView>, ApiError> {
+    let agent = parse_id::<EntityId>("agent", &id)?;
+    let reason = request
+        .and_then(|r| r.reason)
+        .unwrap_or_else(|| "terminated by an operator".into());
+    app.host
+        .as_operator(who.token)
+        .terminate(agent, &reason)
+        .await?;
+    agent_or_404(&app, agent).await.map(axum::Json)
+}
+
+/// Lets a quarantined agent run tasks again.
+#[utoipa::path(post, path = "/v1/agents/{id}/resume", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The agent's id")),
+    responses((status = 200, description = "Resumed", body = AgentView),
+        (status = 404, description = "No such agent", body = ErrorBody),
+        (status = 409, description = "Not quarantined", body = ErrorBody), AuthErrors))]
+pub(crate) async fn resume(
+    State(app): State<Arc<App>>,
+    who: Writer,
+    Path(id): Path<String>,
+) -> Result<axum::Json<AgentView>, ApiError> {
+    let agent = parse_id::<EntityId>("agent", &id)?;
+    app.host.as_operator(who.token).resume_agent(agent).await?;
+    agent_or_404(&app, agent).await.map(axum::Json)
+}
+
+/// A page of an agent's state.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct StateQuery {
+    /// Keys after this one (a `next_cursor`).
+    cursor: Option<String>,
+    /// How many (1 to 1000, default 100).
+    limit: Option<usize>,
+}
+
+/// An agent's state: its keys and values, by key.
+#[utoipa::path(get, path = "/v1/agents/{id}/state", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The agent's id"), StateQuery),
+    responses((status = 200, description = "A page of keys and values", body = StatePage),
+        (status = 400, description = "A malformed id or query", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody), AuthErrors))]
+pub(crate) async fn state(
+    State(app): State<Arc<App>>,
+    _who: Reader,
+    Path(id): Path<String>,
+    Query(query): Query<StateQuery>,
+) -> Result<axum::Json<StatePage>, ApiError> {
+    let agent = parse_id::<EntityId>("agent", &id)?;
+    let paging = Paging::new(query.limit)?;
+    let page = app
+        .host
+        .state(|s| {
+            let a = s.agent(agent)?;
+            let after = query.cursor.clone();
+            let entries = a
+                .state
+                .iter()
+                .filter(|(k, _)| after.as_ref().is_none_or(|c| *k > c))
+                .map(|(k, v)| entry(k, v));
+            Some(paging.page(entries, |e| e.key.clone()))
+        })
+        .await;
+    let (items, next_cursor) =
+        page.ok_or_else(|| ApiError::not_found(format!("no agent {agent}")))?;
+    Ok(axum::Json(StatePage { items, next_cursor }))
+}
+
+fn entry(key: &str, value: &[u8]) -> StateEntry {
+    let (text, hex) = match std::str::from_utf8(value) {
+        Ok(text) => (Some(text.to_owned()), None),
+        Err(_) => (None, Some(to_hex(value))),
+    };
+    StateEntry {
+        key: key.to_owned(),
+        value: text,
+        value_hex: hex,
+        size: value.len() as u64,
+    }
+}
+
+async fn agent_or_404(app: &App, agent: AgentId) -> Result<AgentView, ApiError> {
+    app.host
+        .state(|s| s.agent(agent).map(|a| view(agent, a)))
+        .await
+        .ok_or_else(|| ApiError::not_found(format!("no agent {agent}")))
+}
+
+/// `active`, `quarantined` or `terminated`.
+pub(crate) fn status_name(status: &AgentStatus) -> &'static str {
+    match status {
+        AgentStatus::Active => "active",
+        AgentStatus::Quarantined { .. } => "quarantined",
+        AgentStatus::Terminated { .. } => "terminated",
+    }
+}
+
+/// An agent as lists show it.
+pub(crate) fn view(id: AgentId, a: &AgentRecord) -> AgentView {
+    let reason = match &a.status {
+        AgentStatus::Active => None,
+        AgentStatus::Quarantined { reason } | AgentStatus::Terminated { reason } => {
+            Some(reason.clone())
+        }
+    };
+    AgentView {
+        id: id.to_string(),
+        name: a.name.clone(),
+        parent: (a.parent != EntityId::SYSTEM).then(|| a.parent.to_string()),
+        component: a.component.to_string(),
+        status: status_name(&a.status).into(),
+        reason,
+        queued: a.queue.len() as u64,
+        running: a.running.map(|t| t.to_string()),
+        completed: a.completed,
+        failed: a.failed,
+        consecutive_faults: a.consecutive_faults,
+        state_keys: a.state.len() as u64,
+        state_bytes: a.state_bytes,
+        token: a.token.to_string(),
+    }
+}

@@ -1,0 +1,262 @@
+//! The log: events (filtered, paged), raw records and the encoded state
+//! (for clients that replay the log themselves), verification jobs and
+//! snapshots.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use base64::Engine as _;
+use serde::Deserialize;
+use toka_kernel::EntityId;
+use utoipa::IntoParams;
+
+use crate::api::system::head;
+use crate::api::{AuthErrors, BodyErrors};
+use crate::app::App;
+use crate::auth::{Admin, Reader};
+use crate::error::{ApiError, ErrorBody, parse_id};
+use crate::events::{agents_of, event_view};
+use crate::extract::{MaybeJson, Path, Query};
+use crate::views::{
+    EncodedState, EventPage, EventView, Head, RawRecord, RecordPage, SnapshotTaken, VerifyJob,
+    VerifyRequest,
+};
+
+/// Records one events request reads at most (with filters, a page may
+/// hold fewer events than asked for; follow `next_from`).
+const SCAN_PER_REQUEST: usize = 10_000;
+
+/// Bytes of raw records one page holds at most.
+const RECORD_PAGE_BYTES: usize = 4 << 20;
+
+/// Filters and where to start.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct EventsQuery {
+    /// The first sequence number to read (default 1).
+    from: Option<u64>,
+    /// Events at most (1 to 1000, default 100).
+    limit: Option<usize>,
+    /// Only events about this agent (or submitted by it).
+    agent: Option<String>,
+    /// Only events of these kinds, comma-separated (e.g.
+    /// `capability_denied,agent_quarantined`).
+    kind: Option<String>,
+}
+
+/// What an events request or stream keeps.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Filter {
+    pub(crate) agent: Option<EntityId>,
+    pub(crate) kinds: Option<Vec<String>>,
+}
+
+impl Filter {
+    pub(crate) fn new(agent: Option<&str>, kind: Option<&str>) -> Result<Filter, ApiError> {
+        let agent = agent
+            .map(|a| parse_id::<EntityId>("agent", a))
+            .transpose()?;
+        let kinds = kind.map(|k| {
+            k.split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned)
+                .collect()
+        });
+        Ok(Filter { agent, kinds })
+    }
+
+    pub(crate) fn keeps(
+        &self,
+        record: &toka_host::CommittedRecord,
+        event: &toka_kernel::Event,
+    ) -> bool {
+        if let Some(kinds) = &self.kinds
+            && !kinds.iter().any(|k| k == event.kind())
+        {
+            return false;
+        }
+        match self.agent {
+            None => true,
+            Some(agent) => record.origin == agent || agents_of(event).contains(&agent),
+        }
+    }
+}
+
+/// Committed events from a sequence number on, filtered by agent and
+/// kind, in log order.
+#[utoipa::path(get, path = "/v1/events", tag = "log", security(("bearer" = [])),
+    params(EventsQuery),
+    responses((status = 200, description = "A page of events", body = EventPage),
+        (status = 400, description = "A malformed query", body = ErrorBody), AuthErrors))]
+pub(crate) async fn events(
+    State(app): State<Arc<App>>,
+    _who: Reader,
+    Query(query): Query<EventsQuery>,
+) -> Result<axum::Json<EventPage>, ApiError> {
+    let limit = crate::api::Paging::new(query.limit)?.limit;
+    let filter = Filter::new(query.agent.as_deref(), query.kind.as_deref())?;
+    let from = query.from.unwrap_or(1).max(1);
+    let host = Arc::clone(&app.host);
+    let records = tokio::task::spawn_blocking(move || host.log_events(from, SCAN_PER_REQUEST))
+        .await
+        .map_err(|e| ApiError::internal(format!("reading the log failed: {e}")))??;
+    let head = head(&app).seq;
+    let mut events: Vec<EventView> = Vec::new();
+    let mut next_from = None;
+    for record in &records {
+        let kept: Vec<EventView> = record
+            .events
+            .iter()
+            .filter(|e| filter.keeps(record, e))
+            .map(|e| event_view(record, e))
+            .collect();
+        // A record's events stay together on one page.
+        if events.len() + kept.len() > limit && !events.is_empty() {
+            next_from = Some(record.seq);
+            break;
+        }
+        events.extend(kept);
+    }
+    if next_from.is_none()
+        && let Some(last) = records.last()
+        && last.seq < head
+    {
+        next_from = Some(last.seq + 1);
+    }
+    Ok(axum::Json(EventPage {
+        events,
+        next_from,
+        head,
+    }))
+}
+
+/// Where raw records start.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct RecordsQuery {
+    /// The first sequence number (default 1).
+    from: Option<u64>,
+    /// Records at most (1 to 1000, default 100; a page also stops at 4 MiB).
+    limit: Option<usize>,
+}
+
+/// Committed records as stored (postcard, base64): for tools that replay
+/// and check the log themselves, as `toka events` does.
+#[utoipa::path(get, path = "/v1/log/records", tag = "log", security(("bearer" = [])),
+    params(RecordsQuery),
+    responses((status = 200, description = "A page of records", body = RecordPage),
+        (status = 400, description = "A malformed query", body = ErrorBody), AuthErrors))]
+pub(crate) async fn records(
+    State(app): State<Arc<App>>,
+    _who: Reader,
+    Query(query): Query<RecordsQuery>,
+) -> Result<axum::Json<RecordPage>, ApiError> {
+    let limit = crate::api::Paging::new(query.limit)?.limit;
+    let from = query.from.unwrap_or(1).max(1);
+    let store = Arc::clone(&app.store);
+    let head = head(&app);
+    let records = tokio::task::spawn_blocking(move || -> Result<Vec<RawRecord>, ApiError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for entry in store
+            .records(from)
+            .map_err(|e| ApiError::internal(e.to_string()))?
+        {
+            let (seq, record) = entry.map_err(|e| ApiError::internal(e.to_string()))?;
+            // Only what the head (read first) covers: committed records.
+            if seq > head.seq
+                || out.len() >= limit
+                || (bytes > 0 && bytes + record.len() > RECORD_PAGE_BYTES)
+            {
+                break;
+            }
+            bytes += record.len();
+            out.push(RawRecord {
+                seq,
+                bytes: base64::engine::general_purpose::STANDARD.encode(&record),
+            });
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("reading the log failed: {e}")))??;
+    Ok(axum::Json(RecordPage { records, head }))
+}
+
+/// The committed state encoded as a snapshot, with the head it is the
+/// state after: a client replays `/v1/log/records` from there.
+#[utoipa::path(get, path = "/v1/log/state", tag = "log", security(("bearer" = [])),
+    responses((status = 200, description = "The committed state", body = EncodedState), AuthErrors))]
+pub(crate) async fn state(State(app): State<Arc<App>>, _who: Reader) -> axum::Json<EncodedState> {
+    let (head, bytes) = app.host.encoded_state().await;
+    axum::Json(EncodedState {
+        head: Head {
+            seq: head.seq,
+            hash: head.hash.to_string(),
+        },
+        snapshot: base64::engine::general_purpose::STANDARD.encode(&bytes),
+        limits: app.limits.clone(),
+    })
+}
+
+/// Starts verifying the log (every record's hash and link, the head, the
+/// snapshots; with `auth`, every authorization decision). One runs at a
+/// time: asking while one runs answers with it.
+#[utoipa::path(post, path = "/v1/verify", tag = "log", security(("bearer" = [])),
+    request_body(content = VerifyRequest, description = "Options (optional)"),
+    responses((status = 202, description = "Started, or already running", body = VerifyJob),
+        BodyErrors, AuthErrors))]
+pub(crate) async fn start_verify(
+    State(app): State<Arc<App>>,
+    _who: Reader,
+    MaybeJson(request): MaybeJson<VerifyRequest>,
+) -> (StatusCode, axum::Json<VerifyJob>) {
+    let auth = request.is_some_and(|r| r.auth);
+    let (job, _) = app.verify.start(Arc::clone(&app.store), app.root, auth);
+    (StatusCode::ACCEPTED, axum::Json(job))
+}
+
+/// The latest verification, running or done.
+#[utoipa::path(get, path = "/v1/verify", tag = "log", security(("bearer" = [])),
+    responses((status = 200, description = "The latest verification", body = VerifyJob),
+        (status = 404, description = "None ran yet", body = ErrorBody), AuthErrors))]
+pub(crate) async fn latest_verify(
+    State(app): State<Arc<App>>,
+    _who: Reader,
+) -> Result<axum::Json<VerifyJob>, ApiError> {
+    app.verify
+        .latest()
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::not_found("no verification ran yet: POST /v1/verify starts one"))
+}
+
+/// One verification, by id.
+#[utoipa::path(get, path = "/v1/verify/{id}", tag = "log", security(("bearer" = [])),
+    params(("id" = u64, Path, description = "The job's id")),
+    responses((status = 200, description = "The verification", body = VerifyJob),
+        (status = 400, description = "Not a job id", body = ErrorBody),
+        (status = 404, description = "No such job (only the last few are kept)", body = ErrorBody), AuthErrors))]
+pub(crate) async fn get_verify(
+    State(app): State<Arc<App>>,
+    _who: Reader,
+    Path(id): Path<u64>,
+) -> Result<axum::Json<VerifyJob>, ApiError> {
+    app.verify
+        .get(id)
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::not_found(format!("no verification {id}")))
+}
+
+/// Writes a snapshot of the state now (recovery then replays only what
+/// follows it).
+#[utoipa::path(post, path = "/v1/snapshot", tag = "log", security(("bearer" = [])),
+    responses((status = 200, description = "Written", body = SnapshotTaken), AuthErrors))]
+pub(crate) async fn snapshot(
+    State(app): State<Arc<App>>,
+    _who: Admin,
+) -> Result<axum::Json<SnapshotTaken>, ApiError> {
+    let seq = app.host.snapshot().await?;
+    Ok(axum::Json(SnapshotTaken { seq }))
+}

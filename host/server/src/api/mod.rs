@@ -1,0 +1,177 @@
+//! The `/v1` API: one module per resource, every handler documented for
+//! the OpenAPI document the router collects.
+
+pub(crate) mod agents;
+pub(crate) mod components;
+pub(crate) mod log;
+pub(crate) mod stream;
+pub(crate) mod system;
+pub(crate) mod tasks;
+pub(crate) mod tokens;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::App;
+use crate::error::ErrorBody;
+
+/// The document's frame: title, security scheme, tags.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Toka",
+        description = "The HTTP API of `toka serve`: components, agents, tasks, state, tokens and the event log of one Toka host. Every endpoint but `/healthz`, this document and the dashboard needs `Authorization: Bearer <operator token>` (see docs/capabilities.md). Errors are `{\"error\": {\"code\", \"message\"}}`."
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "components", description = "Installed WebAssembly components"),
+        (name = "agents", description = "Agents: spawn, look at, terminate, resume"),
+        (name = "tasks", description = "Tasks: schedule, look at, wait for"),
+        (name = "tokens", description = "Capability tokens: issue, attenuate, inspect, revoke"),
+        (name = "log", description = "The event log: read, follow, verify, snapshot"),
+        (name = "system", description = "Health, status and metrics")
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("biscuit")
+                    .description(Some(
+                        "A biscuit token rooted in the data dir's key, with `operator read`, `write` or `admin`",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The errors every authenticated endpoint can answer with, besides its
+/// own.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code, reason = "only its OpenAPI description is used")]
+pub(crate) enum AuthErrors {
+    /// No token, or one that does not verify, has expired or was revoked.
+    #[response(status = 401)]
+    Unauthenticated(#[to_schema] ErrorBody),
+    /// The token lacks the operator level the endpoint needs.
+    #[response(status = 403)]
+    Forbidden(#[to_schema] ErrorBody),
+    /// Too many requests for this token (or from this address).
+    #[response(status = 429)]
+    RateLimited(#[to_schema] ErrorBody),
+}
+
+/// The errors of an endpoint with a JSON body.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code, reason = "only its OpenAPI description is used")]
+pub(crate) enum BodyErrors {
+    /// The body is not JSON (the parse error is named).
+    #[response(status = 400)]
+    Malformed(#[to_schema] ErrorBody),
+    /// The body is larger than the server accepts.
+    #[response(status = 413)]
+    TooLarge(#[to_schema] ErrorBody),
+    /// The body is not sent as `application/json`.
+    #[response(status = 415)]
+    MediaType(#[to_schema] ErrorBody),
+    /// The body is JSON of the wrong shape, or a value is not acceptable.
+    #[response(status = 422)]
+    Unprocessable(#[to_schema] ErrorBody),
+}
+
+/// The API's routes and the OpenAPI document describing them.
+pub(crate) fn routes(app: &Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
+    let max_component = app.config.max_component;
+    let max_body = app.config.max_body;
+    let uploads = OpenApiRouter::new()
+        .routes(routes!(components::install, components::list))
+        .layer(DefaultBodyLimit::max(max_component));
+    let rest = OpenApiRouter::new()
+        .routes(routes!(components::get))
+        .routes(routes!(agents::spawn, agents::list))
+        .routes(routes!(agents::get))
+        .routes(routes!(agents::terminate))
+        .routes(routes!(agents::resume))
+        .routes(routes!(agents::state))
+        .routes(routes!(tasks::schedule))
+        .routes(routes!(tasks::list))
+        .routes(routes!(tasks::get))
+        .routes(routes!(tokens::issue))
+        .routes(routes!(tokens::attenuate))
+        .routes(routes!(tokens::inspect))
+        .routes(routes!(tokens::revoke))
+        .routes(routes!(log::events))
+        .routes(routes!(stream::stream))
+        .routes(routes!(stream::ticket))
+        .routes(routes!(log::records))
+        .routes(routes!(log::state))
+        .routes(routes!(log::start_verify, log::latest_verify))
+        .routes(routes!(log::get_verify))
+        .routes(routes!(log::snapshot))
+        .routes(routes!(system::status))
+        .routes(routes!(system::metrics))
+        .routes(routes!(system::healthz))
+        .layer(DefaultBodyLimit::max(max_body));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(uploads)
+        .merge(rest)
+        .split_for_parts()
+}
+
+/// Cursor paging: at most `limit` (default 100, at most 1000) items after
+/// `cursor`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Paging {
+    pub(crate) limit: usize,
+}
+
+/// The default page size.
+pub(crate) const DEFAULT_LIMIT: usize = 100;
+/// The largest page size.
+pub(crate) const MAX_LIMIT: usize = 1000;
+
+impl Paging {
+    pub(crate) fn new(limit: Option<usize>) -> Result<Self, crate::error::ApiError> {
+        let limit = limit.unwrap_or(DEFAULT_LIMIT);
+        if limit == 0 || limit > MAX_LIMIT {
+            return Err(crate::error::ApiError::bad_request(
+                "invalid_query",
+                format!("limit must be between 1 and {MAX_LIMIT}, not {limit}"),
+            ));
+        }
+        Ok(Self { limit })
+    }
+
+    /// Takes a page from `items` (already after the cursor, in order),
+    /// with the cursor of the next one.
+    pub(crate) fn page<T>(
+        &self,
+        items: impl Iterator<Item = T>,
+        cursor_of: impl Fn(&T) -> String,
+    ) -> (Vec<T>, Option<String>) {
+        let mut page: Vec<T> = items.take(self.limit + 1).collect();
+        let next = if page.len() > self.limit {
+            page.truncate(self.limit);
+            page.last().map(&cursor_of)
+        } else {
+            None
+        };
+        (page, next)
+    }
+}

@@ -1,0 +1,273 @@
+//! The live event stream: Server-Sent Events, one message per committed
+//! record (`event: record`, `id:` its sequence number, `data:` the record's
+//! events that pass the filters), so a client that reconnects with
+//! `Last-Event-ID` continues after the last record it received — whole
+//! records, no gaps, no duplicates.
+//!
+//! The stream follows the host's bus. When a consumer reads slower than
+//! the host commits, the bus moves on without it (it is bounded) and the
+//! stream continues from the log on disk until it catches up: a slow
+//! consumer is late, never missing anything. Only committed records are
+//! streamed.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use toka_host::{CommittedRecord, Subscription};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::api::AuthErrors;
+use crate::api::log::Filter;
+use crate::app::App;
+use crate::auth::{Reader, TICKET_LIFETIME, bearer, unauthenticated};
+use crate::error::{ApiError, ErrorBody};
+use crate::events::event_view;
+use crate::extract::Query;
+use crate::views::{EventView, Ticket};
+
+/// Records read from the log at a time while catching up.
+const CATCH_UP: usize = 1024;
+
+/// Filters, where to start, and the ticket of a client without headers.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct StreamQuery {
+    /// Start at this sequence number (default: the next record committed;
+    /// a `Last-Event-ID` header wins).
+    from: Option<u64>,
+    /// Only events about this agent (or submitted by it).
+    agent: Option<String>,
+    /// Only events of these kinds, comma-separated.
+    kind: Option<String>,
+    /// A ticket from `POST /v1/events/tickets`, instead of the
+    /// Authorization header.
+    ticket: Option<String>,
+}
+
+/// One SSE message: a committed record's events that pass the filters.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StreamRecord {
+    /// The record's sequence number (also the message's `id`).
+    pub seq: u64,
+    /// Its events that pass the filters, in order.
+    pub events: Vec<EventView>,
+}
+
+/// Follows the log as Server-Sent Events (see the module docs). Send
+/// `Last-Event-ID` to resume after a record.
+#[utoipa::path(get, path = "/v1/events/stream", tag = "log", security(("bearer" = [])),
+    params(StreamQuery, ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this record")),
+    responses((status = 200, description = "`text/event-stream`: `event: record`, `id: SEQ`, `data:` a StreamRecord", body = StreamRecord, content_type = "text/event-stream"),
+        (status = 400, description = "A malformed query or Last-Event-ID", body = ErrorBody),
+        (status = 503, description = "Too many streams open", body = ErrorBody),
+        AuthErrors))]
+pub(crate) async fn stream(
+    State(app): State<Arc<App>>,
+    Query(query): Query<StreamQuery>,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let (parts, _) = request.into_parts();
+    let client = crate::auth::client(&parts);
+    let token = match &query.ticket {
+        Some(ticket) if !headers.contains_key(axum::http::header::AUTHORIZATION) => {
+            let token = app
+                .tickets
+                .redeem(ticket)
+                .ok_or_else(|| unauthenticated("the ticket is unknown, used or expired"))?;
+            // Checked again: the token may have been revoked since.
+            app.host
+                .authorize_operator(&token, toka_host::OperatorLevel::Read)
+                .map_err(|d| {
+                    ApiError::new(
+                        axum::http::StatusCode::FORBIDDEN,
+                        "forbidden",
+                        d.to_string(),
+                    )
+                })?;
+            token
+        }
+        _ => {
+            let presented = bearer(&parts)?;
+            app.authenticate(presented.as_bytes(), client, toka_host::OperatorLevel::Read)?
+        }
+    };
+    drop(token);
+    let filter = Filter::new(query.agent.as_deref(), query.kind.as_deref())?;
+    let resume = match headers.get("last-event-id") {
+        None => None,
+        Some(id) => Some(
+            id.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_header",
+                        "Last-Event-ID must be a sequence number",
+                    )
+                })?,
+        ),
+    };
+    let permit = Arc::clone(&app.streams).try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            "too many event streams are open; try again later",
+        )
+    })?;
+    // Subscribed before reading the head: nothing committed in between
+    // is missed.
+    let subscription = app.host.subscribe();
+    let next = match (resume, query.from) {
+        (Some(last), _) => last.saturating_add(1),
+        (None, Some(from)) => from.max(1),
+        (None, None) => crate::api::system::head(&app).seq + 1,
+    };
+    let follower = Follower {
+        app: Arc::clone(&app),
+        subscription,
+        next,
+        filter,
+        ready: VecDeque::new(),
+        catching_up: true,
+        closing: app.closing.clone(),
+        _permit: permit,
+    };
+    let events = futures_util::stream::unfold(follower, |mut f| async move {
+        let event = f.next_event().await?;
+        Some((Ok(event), f))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Where one stream is.
+struct Follower {
+    app: Arc<App>,
+    subscription: Subscription,
+    /// The next record to send.
+    next: u64,
+    filter: Filter,
+    /// Messages ready to send.
+    ready: VecDeque<Event>,
+    /// Reading the log (from disk) rather than the bus.
+    catching_up: bool,
+    closing: tokio::sync::watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Follower {
+    /// The next message; `None` ends the stream (the host or the server
+    /// stops, or the log cannot be read).
+    async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Some(event);
+            }
+            if *self.closing.borrow() {
+                return None;
+            }
+            if self.catching_up {
+                let read = self.read_log(u64::MAX).await?;
+                if read == 0 {
+                    self.catching_up = false;
+                }
+                continue;
+            }
+            let received = tokio::select! {
+                r = self.subscription.recv() => r,
+                _ = self.closing.changed() => return None,
+            };
+            match received {
+                Ok(batch) => {
+                    let first = batch.records.first().map_or(self.next, |r| r.seq);
+                    if first > self.next {
+                        // Records between where this stream is and the
+                        // batch: from the log.
+                        self.read_log(first).await?;
+                    }
+                    for record in &batch.records {
+                        self.push(record);
+                    }
+                }
+                Err(RecvError::Lagged(_)) => self.catching_up = true,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// Reads committed records from `self.next` up to (not including)
+    /// `before` from the log; how many it read.
+    async fn read_log(&mut self, before: u64) -> Option<usize> {
+        if self.next >= before {
+            return Some(0);
+        }
+        let host = Arc::clone(&self.app.host);
+        let from = self.next;
+        let records = tokio::task::spawn_blocking(move || host.log_events(from, CATCH_UP))
+            .await
+            .ok()?
+            .ok()?;
+        let mut read = 0;
+        for record in records.iter().take_while(|r| r.seq < before) {
+            self.push(record);
+            read += 1;
+        }
+        Some(read)
+    }
+
+    /// Queues a record's message, if it is the next one and any of its
+    /// events passes the filters.
+    fn push(&mut self, record: &CommittedRecord) {
+        if record.seq < self.next {
+            return;
+        }
+        self.next = record.seq + 1;
+        let events: Vec<EventView> = record
+            .events
+            .iter()
+            .filter(|e| self.filter.keeps(record, e))
+            .map(|e| event_view(record, e))
+            .collect();
+        if events.is_empty() {
+            return;
+        }
+        let message = StreamRecord {
+            seq: record.seq,
+            events,
+        };
+        if let Ok(event) = Event::default()
+            .event("record")
+            .id(record.seq.to_string())
+            .json_data(&message)
+        {
+            self.ready.push_back(event);
+        }
+    }
+}
+
+/// A single-use ticket to open the stream without a header (for
+/// `EventSource`), good for 30 seconds; the token stays out of URLs.
+#[utoipa::path(post, path = "/v1/events/tickets", tag = "log", security(("bearer" = [])),
+    responses((status = 201, description = "A ticket", body = Ticket), AuthErrors))]
+pub(crate) async fn ticket(
+    State(app): State<Arc<App>>,
+    who: Reader,
+) -> Result<(axum::http::StatusCode, axum::Json<Ticket>), ApiError> {
+    let ticket = app.tickets.issue(who.token)?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        axum::Json(Ticket {
+            ticket,
+            expires_in_seconds: TICKET_LIFETIME.as_secs(),
+        }),
+    ))
+}

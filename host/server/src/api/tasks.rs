@@ -1,0 +1,244 @@
+//! Tasks: schedule onto an agent (once per `Idempotency-Key`), list the
+//! unfinished ones, get one and wait for it to end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use toka_host::{TaskInfo, TaskState};
+use toka_kernel::{EntityId, TaskId, TaskStatus, WorldState, to_hex};
+use utoipa::IntoParams;
+
+use crate::api::{AuthErrors, BodyErrors, Paging};
+use crate::app::App;
+use crate::auth::{Reader, Writer};
+use crate::error::{ApiError, ErrorBody, parse_id};
+use crate::extract::{Json, Path, Query};
+use crate::views::{ScheduleRequest, TaskPage, TaskView};
+
+/// Queues a task for an agent. With an `Idempotency-Key` header, a retried
+/// request schedules once: the retry gets the same task (200), and the key
+/// is recorded in the log.
+#[utoipa::path(post, path = "/v1/agents/{id}/tasks", tag = "tasks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The agent's id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Schedules once per key (printable, at most 255 bytes)")),
+    request_body = ScheduleRequest,
+    responses((status = 201, description = "Scheduled", body = TaskView),
+        (status = 200, description = "Scheduled before under this idempotency key", body = TaskView),
+        (status = 404, description = "No such agent", body = ErrorBody),
+        (status = 409, description = "The agent is terminated, or the key was used for another request", body = ErrorBody),
+        BodyErrors, AuthErrors))]
+pub(crate) async fn schedule(
+    State(app): State<Arc<App>>,
+    who: Writer,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(request): Json<ScheduleRequest>,
+) -> Result<(StatusCode, axum::Json<TaskView>), ApiError> {
+    let agent = parse_id::<EntityId>("agent", &id)?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| {
+            ApiError::bad_request("invalid_header", "the Idempotency-Key header is not text")
+        })?),
+    };
+    let acting = app.host.as_operator(who.token);
+    let (task, created) = match key {
+        Some(key) => {
+            acting
+                .schedule_once(key, agent, &request.description)
+                .await?
+        }
+        None => (acting.schedule(agent, &request.description).await?, true),
+    };
+    if created {
+        // Just scheduled: no need to read it back.
+        let view = TaskView {
+            id: task.to_string(),
+            agent: agent.to_string(),
+            status: "queued".into(),
+            description: Some(request.description),
+            output: None,
+            output_hex: None,
+            reason: None,
+            scheduled_seq: None,
+            ended_seq: None,
+        };
+        return Ok((StatusCode::CREATED, axum::Json(view)));
+    }
+    let info = app.host.task(task).await?.ok_or_else(|| {
+        ApiError::internal(format!(
+            "task {task} is neither in the state nor in the log"
+        ))
+    })?;
+    Ok((StatusCode::OK, axum::Json(view(&info))))
+}
+
+/// Filters and a page of unfinished tasks.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// Only tasks of this agent.
+    agent: Option<String>,
+    /// Only `queued` or only `running` tasks.
+    status: Option<String>,
+    /// Tasks after this id (a `next_cursor`).
+    cursor: Option<String>,
+    /// How many (1 to 1000, default 100).
+    limit: Option<usize>,
+}
+
+/// Lists unfinished (queued and running) tasks, by id. Ended tasks leave
+/// the list; `GET /v1/tasks/{id}` still finds them.
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])),
+    params(ListQuery),
+    responses((status = 200, description = "A page of tasks", body = TaskPage),
+        (status = 400, description = "A malformed query", body = ErrorBody), AuthErrors))]
+pub(crate) async fn list(
+    State(app): State<Arc<App>>,
+    _who: Reader,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<TaskPage>, ApiError> {
+    let paging = Paging::new(query.limit)?;
+    let running = match query.status.as_deref() {
+        None => None,
+        Some("queued") => Some(false),
+        Some("running") => Some(true),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "status must be `queued` or `running` (ended tasks are not listed)",
+            ));
+        }
+    };
+    let agent = query
+        .agent
+        .as_deref()
+        .map(|a| parse_id::<EntityId>("agent", a))
+        .transpose()?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(|c| parse_id::<TaskId>("task", c))
+        .transpose()?;
+    let (items, next_cursor) = app
+        .host
+        .state(|s| {
+            let tasks = s
+                .tasks()
+                .filter(|(id, _)| after.is_none_or(|a| *id > a))
+                .filter(|(_, t)| agent.is_none_or(|a| t.agent == a))
+                .filter(|(_, t)| {
+                    running.is_none_or(|r| r == matches!(t.status, TaskStatus::Running(_)))
+                })
+                .filter_map(|(id, _)| unfinished_view(s, id));
+            paging.page(tasks, |t| t.id.clone())
+        })
+        .await;
+    Ok(axum::Json(TaskPage { items, next_cursor }))
+}
+
+/// How long to wait.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct GetQuery {
+    /// Wait up to this long for the task to end (`30s`, `500ms`, `2m`; at
+    /// most the server's limit, 60 s by default), then answer with it as
+    /// it is.
+    wait: Option<String>,
+}
+
+/// One task, queued, running or ended; with `?wait=`, once it ended or
+/// the wait is over.
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The task's id"), GetQuery),
+    responses((status = 200, description = "The task", body = TaskView),
+        (status = 400, description = "A malformed id or wait", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody), AuthErrors))]
+pub(crate) async fn get(
+    State(app): State<Arc<App>>,
+    _who: Reader,
+    Path(id): Path<String>,
+    Query(query): Query<GetQuery>,
+) -> Result<axum::Json<TaskView>, ApiError> {
+    let task = parse_id::<TaskId>("task", &id)?;
+    let wait = match query.wait.as_deref() {
+        None => None,
+        Some(text) => Some(parse_wait(text, app.config.max_wait)?),
+    };
+    let info = match wait {
+        Some(wait) if !wait.is_zero() => app.host.wait_task(task, wait).await?,
+        _ => app.host.task(task).await?,
+    };
+    info.map(|i| axum::Json(view(&i)))
+        .ok_or_else(|| ApiError::not_found(format!("no task {task}")))
+}
+
+fn parse_wait(text: &str, max: Duration) -> Result<Duration, ApiError> {
+    let wait = match text.strip_suffix("ms") {
+        Some(ms) => ms.parse::<u64>().ok().map(Duration::from_millis),
+        None => toka_host::parse_duration(text).ok(),
+    }
+    .ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "wait `{}` is not a duration like 30s, 500ms or 2m",
+                toka_host::clip(text, 40)
+            ),
+        )
+    })?;
+    if wait > max {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("wait is at most {} s", max.as_secs()),
+        ));
+    }
+    Ok(wait)
+}
+
+/// An unfinished task as the API shows it.
+pub(crate) fn unfinished_view(state: &WorldState, task: TaskId) -> Option<TaskView> {
+    let record = state.task(task)?;
+    Some(TaskView {
+        id: task.to_string(),
+        agent: record.agent.to_string(),
+        status: match record.status {
+            TaskStatus::Queued => "queued",
+            TaskStatus::Running(_) => "running",
+        }
+        .into(),
+        description: Some(record.spec.description.clone()),
+        output: None,
+        output_hex: None,
+        reason: None,
+        scheduled_seq: Some(record.scheduled_seq),
+        ended_seq: None,
+    })
+}
+
+/// A task as the API shows it.
+pub(crate) fn view(info: &TaskInfo) -> TaskView {
+    let (mut output, mut output_hex, mut reason) = (None, None, None);
+    match &info.state {
+        TaskState::Completed { output: bytes } => match std::str::from_utf8(bytes) {
+            Ok(text) => output = Some(text.to_owned()),
+            Err(_) => output_hex = Some(to_hex(bytes)),
+        },
+        TaskState::Failed { reason: why } => reason = Some(why.clone()),
+        TaskState::Queued | TaskState::Running => {}
+    }
+    TaskView {
+        id: info.id.to_string(),
+        agent: info.agent.to_string(),
+        status: info.state.name().into(),
+        description: info.description.clone(),
+        output,
+        output_hex,
+        reason,
+        scheduled_seq: info.scheduled_seq,
+        ended_seq: info.ended_seq,
+    }
+}

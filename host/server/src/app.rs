@@ -1,0 +1,70 @@
+//! What every request handler shares: the host, the store it reads the log
+//! from, the limiters and the jobs.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use toka_host::{EventStore, Host, PublicKey};
+use toka_kernel::Digest;
+use tokio::sync::{Semaphore, watch};
+
+use crate::auth::{Seen, Tickets};
+use crate::config::ServeConfig;
+use crate::jobs::VerifyJobs;
+use crate::rate::Limiter;
+
+/// The server's shared state.
+pub(crate) struct App {
+    pub(crate) host: Arc<Host>,
+    pub(crate) store: Arc<dyn EventStore>,
+    pub(crate) root: PublicKey,
+    /// The data dir's kernel limits.
+    pub(crate) limits: toka_kernel::Limits,
+    pub(crate) config: ServeConfig,
+    /// Requests per operator token.
+    pub(crate) per_token: Limiter<Digest>,
+    /// Failed authentications and new tokens per client address.
+    pub(crate) strangers: Limiter<IpAddr>,
+    pub(crate) seen: Seen,
+    pub(crate) tickets: Tickets,
+    pub(crate) verify: Arc<VerifyJobs>,
+    /// One component compiles at a time: compiling is the most expensive
+    /// thing a `write` operator can ask for.
+    pub(crate) compile: Semaphore,
+    /// Places for open event streams.
+    pub(crate) streams: Arc<Semaphore>,
+    /// Turns true when the server shuts down: streams end.
+    pub(crate) closing: watch::Receiver<bool>,
+}
+
+impl App {
+    pub(crate) fn new(
+        host: Arc<Host>,
+        store: Arc<dyn EventStore>,
+        root: PublicKey,
+        limits: toka_kernel::Limits,
+        config: ServeConfig,
+        closing: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            per_token: Limiter::new(config.rate),
+            strangers: Limiter::new(config.strangers),
+            streams: Arc::new(Semaphore::new(config.max_streams)),
+            host,
+            store,
+            root,
+            limits,
+            config,
+            seen: Seen::default(),
+            tickets: Tickets::default(),
+            verify: Arc::default(),
+            compile: Semaphore::new(1),
+            closing,
+        }
+    }
+
+    /// Whether the server is shutting down.
+    pub(crate) fn is_closing(&self) -> bool {
+        *self.closing.borrow()
+    }
+}

@@ -1,0 +1,116 @@
+//! How a server is set up: where it listens, TLS, and its limits.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::rate::Rate;
+
+/// A server's configuration, built with setters; every limit has a
+/// documented default.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub(crate) listen: SocketAddr,
+    pub(crate) tls: Option<(PathBuf, PathBuf)>,
+    pub(crate) insecure: bool,
+    pub(crate) grace: Duration,
+    pub(crate) max_body: usize,
+    pub(crate) max_component: usize,
+    pub(crate) rate: Rate,
+    pub(crate) strangers: Rate,
+    pub(crate) max_streams: usize,
+    pub(crate) max_wait: Duration,
+    pub(crate) data_dir: Option<PathBuf>,
+}
+
+/// The address `toka serve` listens on by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
+
+impl ServeConfig {
+    /// Listens on `listen`, with every other setting at its default.
+    #[must_use]
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            tls: None,
+            insecure: false,
+            grace: Duration::from_secs(10),
+            max_body: 1 << 20,
+            max_component: 64 << 20,
+            rate: Rate::per_second(1000.0),
+            strangers: Rate {
+                per_second: 10.0,
+                burst: 50.0,
+            },
+            max_streams: 256,
+            max_wait: Duration::from_secs(60),
+            data_dir: None,
+        }
+    }
+
+    /// Speaks TLS with this PEM certificate (chain) and private key.
+    /// Required to listen on an address other than loopback (unless
+    /// [`ServeConfig::insecure`]).
+    pub fn tls(&mut self, certificate: PathBuf, key: PathBuf) -> &mut Self {
+        self.tls = Some((certificate, key));
+        self
+    }
+
+    /// Allows plain HTTP on a non-loopback address (tokens then cross the
+    /// network in the clear). Default: refused.
+    pub fn insecure(&mut self, insecure: bool) -> &mut Self {
+        self.insecure = insecure;
+        self
+    }
+
+    /// How long a graceful shutdown lets running tasks finish. Default 10 s.
+    pub fn grace(&mut self, grace: Duration) -> &mut Self {
+        self.grace = grace;
+        self
+    }
+
+    /// The largest JSON body accepted. Default 1 MiB.
+    pub fn max_body(&mut self, bytes: usize) -> &mut Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// The largest component upload accepted. Default 64 MiB.
+    pub fn max_component(&mut self, bytes: usize) -> &mut Self {
+        self.max_component = bytes;
+        self
+    }
+
+    /// Requests per operator token. Default 1000/s, bursts of 2000.
+    pub fn rate(&mut self, rate: Rate) -> &mut Self {
+        self.rate = rate;
+        self
+    }
+
+    /// Per client address: requests whose token fails, and tokens the
+    /// server has not verified before (each costs a signature check).
+    /// Default 10/s, bursts of 50.
+    pub fn strangers(&mut self, rate: Rate) -> &mut Self {
+        self.strangers = rate;
+        self
+    }
+
+    /// Event streams open at once, all clients together. Default 256.
+    pub fn max_streams(&mut self, streams: usize) -> &mut Self {
+        self.max_streams = streams;
+        self
+    }
+
+    /// The longest `?wait=` a request may ask for. Default 60 s.
+    pub fn max_wait(&mut self, wait: Duration) -> &mut Self {
+        self.max_wait = wait;
+        self
+    }
+
+    /// The data dir to register the server in (`server.json`,
+    /// `operator.token`), so CLI commands find it. Default: none.
+    pub fn register_in(&mut self, data_dir: PathBuf) -> &mut Self {
+        self.data_dir = Some(data_dir);
+        self
+    }
+}

@@ -1,0 +1,43 @@
+//! `toka serve`: a Toka host that stays up, with an HTTP/JSON API, a live
+//! event stream and a dashboard.
+//!
+//! The server is one more client of the [`toka_host::Host`] API: every
+//! change is an operation through the host's sequencer, on the authority
+//! of the operator token that asked (recorded in the log), and every read
+//! is of committed state. See `docs/api.md` for a tour and
+//! `/v1/openapi.json` on a running server for the schema of every
+//! endpoint.
+//!
+//! | module | concern |
+//! |---|---|
+//! | `serve`, `config` | binding, TLS, registration, graceful shutdown |
+//! | `auth`, `rate` | operator tokens, levels, tickets, rate limits |
+//! | `api/` | the `/v1` endpoints, one file per resource |
+//! | `views`, `events`, `error`, `extract` | the JSON shapes in and out |
+//! | `dashboard/` | the embedded dashboard |
+//! | `client` | the client the CLI (and tests) use |
+
+#![deny(missing_docs)]
+
+pub mod client;
+pub mod registration;
+pub mod views;
+
+mod api;
+mod app;
+mod auth;
+mod config;
+mod dashboard;
+mod error;
+mod events;
+mod extract;
+mod jobs;
+mod rate;
+mod serve;
+
+pub use api::stream::StreamRecord;
+pub use config::{DEFAULT_LISTEN, ServeConfig};
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use events::{agents_of, event_view, view as event_view_of};
+pub use rate::Rate;
+pub use serve::{ServeError, Server, install_crypto, signal};

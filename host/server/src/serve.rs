@@ -1,0 +1,300 @@
+//! Running the server: bind (refusing a non-loopback address without TLS),
+//! register in the data dir, serve until SIGTERM or SIGINT, then shut down
+//! gracefully: stop accepting, end the event streams, let running tasks
+//! finish within the grace period, commit, and stop the host.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use toka_host::{EventStore, Host, HostError, OperatorLevel};
+use tokio::sync::watch;
+
+use crate::app::App;
+use crate::config::ServeConfig;
+use crate::error::ApiError;
+use crate::registration::Registration;
+
+/// Why a server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// A non-loopback address without TLS.
+    #[error(
+        "refusing to listen on {0} without TLS: operator tokens would cross the network in the clear; give --tls-cert and --tls-key, or --insecure"
+    )]
+    NeedsTls(SocketAddr),
+    /// The certificate or key cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The address cannot be bound.
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why, e.g. "address already in use".
+        reason: String,
+    },
+    /// The registration files cannot be written.
+    #[error("registering the server in the data dir: {0}")]
+    Register(String),
+    /// The host failed.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// The HTTP server failed.
+    #[error("the HTTP server failed: {0}")]
+    Http(String),
+}
+
+/// A server that is listening (see [`Server::bind`]).
+#[derive(Debug)]
+pub struct Server {
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    config: ServeConfig,
+}
+
+impl Server {
+    /// Checks the configuration and binds the address; nothing is written
+    /// yet.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::NeedsTls`], [`ServeError::Tls`] or [`ServeError::Bind`].
+    pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
+        let addr = config.listen;
+        if !addr.ip().is_loopback() && config.tls.is_none() && !config.insecure {
+            return Err(ServeError::NeedsTls(addr));
+        }
+        let tls = match &config.tls {
+            Some((certificate, key)) => {
+                install_crypto();
+                Some(
+                    axum_server::tls_rustls::RustlsConfig::from_pem_file(certificate, key)
+                        .await
+                        .map_err(|e| {
+                            ServeError::Tls(format!(
+                                "{} / {}: {e}",
+                                certificate.display(),
+                                key.display()
+                            ))
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let listener = std::net::TcpListener::bind(addr).map_err(|e| ServeError::Bind {
+            addr,
+            reason: e.to_string(),
+        })?;
+        let addr = listener.local_addr().map_err(|e| ServeError::Bind {
+            addr,
+            reason: e.to_string(),
+        })?;
+        Ok(Server {
+            listener,
+            addr,
+            tls,
+            config,
+        })
+    }
+
+    /// The address it listens on (with the port chosen, for port 0).
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL a local client reaches it at.
+    #[must_use]
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let host = if self.addr.ip().is_unspecified() {
+            match self.addr {
+                SocketAddr::V4(_) => "127.0.0.1".to_owned(),
+                SocketAddr::V6(_) => "[::1]".to_owned(),
+            }
+        } else {
+            match self.addr {
+                SocketAddr::V4(a) => a.ip().to_string(),
+                SocketAddr::V6(a) => format!("[{}]", a.ip()),
+            }
+        };
+        format!("{scheme}://{host}:{}", self.addr.port())
+    }
+
+    /// Serves `host` (opened over `store`) until `stop` resolves (e.g. a
+    /// signal), then shuts down gracefully and stops the host.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError`] when registering, serving or stopping fails.
+    pub async fn run(
+        self,
+        host: Host,
+        store: Arc<dyn EventStore>,
+        stop: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let url = self.url();
+        let Server {
+            listener,
+            tls,
+            config,
+            ..
+        } = self;
+        let root = store_root(&*store)?;
+        let limits = store.limits().map_err(|e| ServeError::Host(e.into()))?;
+        let data_dir = config.data_dir.clone();
+        let grace = config.grace;
+        let host = Arc::new(host);
+        if let Some(dir) = &data_dir {
+            let admin = host.mint(&[OperatorLevel::Admin.right()], &[], None)?;
+            let registration = Registration {
+                url: url.clone(),
+                pid: std::process::id(),
+                certificate: config.tls.as_ref().map(|(c, _)| c.clone()),
+            };
+            registration
+                .write(dir, &admin.to_base64())
+                .map_err(ServeError::Register)?;
+        }
+        let (closing_tx, closing) = watch::channel(false);
+        let app = Arc::new(App::new(
+            Arc::clone(&host),
+            store,
+            root,
+            limits,
+            config,
+            closing,
+        ));
+        let router = router(&app);
+        let handle = axum_server::Handle::<SocketAddr>::new();
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let served = {
+            let handle = handle.clone();
+            async move {
+                match tls {
+                    Some(tls) => {
+                        axum_server::from_tcp_rustls(listener, tls)
+                            .map_err(|e| e.to_string())?
+                            .handle(handle)
+                            .serve(service)
+                            .await
+                    }
+                    None => {
+                        axum_server::from_tcp(listener)
+                            .map_err(|e| e.to_string())?
+                            .handle(handle)
+                            .serve(service)
+                            .await
+                    }
+                }
+                .map_err(|e| e.to_string())
+            }
+        };
+        let served = tokio::spawn(served);
+        tracing::info!(%url, "serving");
+        stop.await;
+        tracing::info!("shutting down");
+        // Streams end, new connections are refused, requests in flight get
+        // the grace period; running tasks too.
+        closing_tx.send_replace(true);
+        handle.graceful_shutdown(Some(grace));
+        let still_running = host.drain(grace).await;
+        if still_running > 0 {
+            tracing::warn!(
+                tasks = still_running,
+                "tasks still running after the grace period run again at the next start"
+            );
+        }
+        let result = served
+            .await
+            .map_err(|e| ServeError::Http(e.to_string()))?
+            .map_err(ServeError::Http);
+        drop(app);
+        if let Some(dir) = &data_dir {
+            Registration::remove(dir);
+        }
+        stop_host(host).await?;
+        result
+    }
+}
+
+/// Stops the host once the last request holding it is done.
+async fn stop_host(mut host: Arc<Host>) -> Result<(), ServeError> {
+    for _ in 0..100 {
+        match Arc::try_unwrap(host) {
+            Ok(host) => return Ok(host.shutdown().await?),
+            Err(shared) => host = shared,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Still held (a verification running): dropping stops it without
+    // waiting; everything acknowledged was durable already.
+    drop(host);
+    Ok(())
+}
+
+/// The data dir's root public key, as the store records it.
+fn store_root(store: &dyn EventStore) -> Result<toka_host::PublicKey, ServeError> {
+    let bytes = store
+        .root_public_key()
+        .map_err(|e| ServeError::Host(e.into()))?
+        .ok_or_else(|| ServeError::Register("the data dir records no root public key".into()))?;
+    toka_host::PublicKey::from_bytes(&bytes, toka_host::Algorithm::Ed25519)
+        .map_err(|e| ServeError::Register(format!("the data dir's root public key: {e}")))
+}
+
+/// The whole router: the API, its OpenAPI document, the dashboard, and
+/// JSON answers for unknown routes.
+pub(crate) fn router(app: &Arc<App>) -> Router {
+    let (api, openapi) = crate::api::routes(app);
+    let openapi = Arc::new(openapi);
+    api.route(
+        "/v1/openapi.json",
+        axum::routing::get(move || {
+            let openapi = Arc::clone(&openapi);
+            async move { axum::Json((*openapi).clone()) }
+        }),
+    )
+    .merge(crate::dashboard::routes())
+    .fallback(|| async { ApiError::not_found("no such endpoint (see /v1/openapi.json)") })
+    .method_not_allowed_fallback(|| async {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this endpoint does not take that method (see /v1/openapi.json)",
+        )
+    })
+    .with_state(Arc::clone(app))
+}
+
+/// rustls's process-wide crypto provider (ring), once.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

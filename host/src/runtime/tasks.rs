@@ -1,0 +1,186 @@
+//! Tasks as a caller sees them: queued, running or ended, and waiting for
+//! one to end.
+//!
+//! Unfinished tasks are in the world state; a finished task leaves it, and
+//! the store's index ([`EventStore::task_end`](crate::EventStore::task_end))
+//! names the record that ended it. Waiters register here and the router
+//! wakes them with each committed batch, so a waiter costs nothing until
+//! its task ends.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use toka_kernel::{AgentId, Event, TaskId, TaskStatus, WorldState};
+use tokio::sync::oneshot;
+
+use crate::log::committed::CommittedRecord;
+
+/// Where a task is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskState {
+    /// In its agent's queue.
+    Queued,
+    /// Its agent is running it.
+    Running,
+    /// It finished with this output.
+    Completed {
+        /// The agent's output bytes.
+        output: Vec<u8>,
+    },
+    /// It failed (the agent returned an error, trapped, was terminated...).
+    Failed {
+        /// Why, for a person.
+        reason: String,
+    },
+}
+
+impl TaskState {
+    /// Whether the task ended (completed or failed).
+    #[must_use]
+    pub fn is_end(&self) -> bool {
+        matches!(self, TaskState::Completed { .. } | TaskState::Failed { .. })
+    }
+
+    /// `queued`, `running`, `completed` or `failed`.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Completed { .. } => "completed",
+            TaskState::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// One task (see [`Host::task`](crate::Host::task)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TaskInfo {
+    /// The task.
+    pub id: TaskId,
+    /// The agent that runs it.
+    pub agent: AgentId,
+    /// Where it is.
+    pub state: TaskState,
+    /// What to do (known while the task is unfinished).
+    pub description: Option<String>,
+    /// The record that scheduled it (known while the task is unfinished).
+    pub scheduled_seq: Option<u64>,
+    /// The record that ended it.
+    pub ended_seq: Option<u64>,
+}
+
+impl TaskInfo {
+    /// The task as the state has it, if it is unfinished.
+    pub(crate) fn unfinished(state: &WorldState, id: TaskId) -> Option<TaskInfo> {
+        let task = state.task(id)?;
+        Some(TaskInfo {
+            id,
+            agent: task.agent,
+            state: match task.status {
+                TaskStatus::Queued => TaskState::Queued,
+                TaskStatus::Running(_) => TaskState::Running,
+            },
+            description: Some(task.spec.description.clone()),
+            scheduled_seq: Some(task.scheduled_seq),
+            ended_seq: None,
+        })
+    }
+
+    /// The task `event` ends, if it ends one.
+    pub(crate) fn ended(seq: u64, event: &Event) -> Option<TaskInfo> {
+        let (id, agent, state) = match event {
+            Event::TaskCompleted {
+                task,
+                agent,
+                output,
+            } => (
+                *task,
+                *agent,
+                TaskState::Completed {
+                    output: output.clone(),
+                },
+            ),
+            Event::TaskFailed {
+                task,
+                agent,
+                reason,
+            } => (
+                *task,
+                *agent,
+                TaskState::Failed {
+                    reason: reason.clone(),
+                },
+            ),
+            _ => return None,
+        };
+        Some(TaskInfo {
+            id,
+            agent,
+            state,
+            description: None,
+            scheduled_seq: None,
+            ended_seq: Some(seq),
+        })
+    }
+}
+
+/// Callers waiting for tasks to end.
+#[derive(Debug, Default)]
+pub(crate) struct Waiters {
+    waiting: Mutex<HashMap<TaskId, Vec<oneshot::Sender<TaskInfo>>>>,
+    /// How many tasks have waiters: the router skips the lock at zero.
+    tasks: AtomicUsize,
+}
+
+impl Waiters {
+    /// Registers a waiter for `task`.
+    pub(crate) fn wait(&self, task: TaskId) -> oneshot::Receiver<TaskInfo> {
+        let (tx, rx) = oneshot::channel();
+        let mut waiting = self.lock();
+        let list = waiting.entry(task).or_default();
+        // Waiters that gave up (timed out) are dropped as new ones come.
+        list.retain(|w| !w.is_closed());
+        list.push(tx);
+        self.tasks.store(waiting.len(), Ordering::Release);
+        rx
+    }
+
+    /// Forgets the waiters of `task` that gave up.
+    pub(crate) fn gave_up(&self, task: TaskId) {
+        let mut waiting = self.lock();
+        if let Some(list) = waiting.get_mut(&task) {
+            list.retain(|w| !w.is_closed());
+            if list.is_empty() {
+                waiting.remove(&task);
+            }
+        }
+        self.tasks.store(waiting.len(), Ordering::Release);
+    }
+
+    /// Wakes the waiters of the tasks these committed records end.
+    pub(crate) fn committed(&self, records: &[CommittedRecord]) {
+        if self.tasks.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut waiting = self.lock();
+        for record in records {
+            for event in &record.events {
+                if let Some(info) = TaskInfo::ended(record.seq, event)
+                    && let Some(list) = waiting.remove(&info.id)
+                {
+                    for waiter in list {
+                        let _ = waiter.send(info.clone());
+                    }
+                }
+            }
+        }
+        self.tasks.store(waiting.len(), Ordering::Release);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Vec<oneshot::Sender<TaskInfo>>>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

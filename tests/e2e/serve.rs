@@ -1,0 +1,1311 @@
+//! `toka serve`: the real binary on an ephemeral loopback port, driven by a
+//! real HTTP client. Every JSON answer is checked against the server's own
+//! `/v1/openapi.json` (status documented, body of the documented schema).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::{events_json, temp_data, toka};
+
+/// A `toka serve` process on its own data dir.
+pub(crate) struct Served {
+    pub(crate) child: Child,
+    pub(crate) data: PathBuf,
+    pub(crate) url: String,
+    /// The local admin token the server registered.
+    pub(crate) admin: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Served {
+    /// Starts `toka serve` on a fresh data dir.
+    pub(crate) fn start(extra: &[&str]) -> Served {
+        let (dir, data) = temp_data();
+        let mut served = Served::start_on(&data, extra);
+        served._dir = Some(dir);
+        served
+    }
+
+    /// Starts `toka serve` on `data`, and waits until it registered.
+    #[allow(clippy::zombie_processes, reason = "Served's Drop waits for it")]
+    pub(crate) fn start_on(data: &Path, extra: &[&str]) -> Served {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_toka"))
+            .arg("--data")
+            .arg(data)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start toka serve");
+        let pid = child.id();
+        let mut waited = 0;
+        loop {
+            if let Ok(Some((registration, admin))) =
+                toka_server::registration::Registration::read(data)
+                && registration.pid == pid
+            {
+                return Served {
+                    child,
+                    data: data.to_owned(),
+                    url: registration.url,
+                    admin,
+                    _dir: None,
+                };
+            }
+            if waited >= 600 {
+                let _ = child.kill();
+                let output = child.wait_with_output();
+                panic!("toka serve did not register within a minute: {output:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            waited += 1;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns its code and stderr.
+    pub(crate) fn stop(&mut self) -> (i32, String) {
+        use std::io::Read as _;
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            pipe.read_to_string(&mut stderr).unwrap();
+        }
+        let status = self.child.wait().unwrap();
+        (status.code().unwrap_or(-1), stderr)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client that checks every answer against the OpenAPI document.
+pub(crate) struct Api {
+    pub(crate) url: String,
+    pub(crate) token: String,
+    pub(crate) http: reqwest::Client,
+    doc: Value,
+}
+
+/// One answer.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Value,
+}
+
+impl Answer {
+    /// The error's code, for an error answer.
+    pub(crate) fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or_default()
+    }
+
+    /// The error's message.
+    pub(crate) fn message(&self) -> &str {
+        self.body["error"]["message"].as_str().unwrap_or_default()
+    }
+}
+
+impl Api {
+    pub(crate) async fn new(served: &Served) -> Api {
+        // The server's rustls provider (ring), for reqwest's builds too.
+        toka_server::install_crypto();
+        let http = reqwest::Client::new();
+        let doc: Value = http
+            .get(format!("{}/v1/openapi.json", served.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        Api {
+            url: served.url.clone(),
+            token: served.admin.clone(),
+            http,
+            doc,
+        }
+    }
+
+    /// The same client presenting another token.
+    pub(crate) fn with_token(&self, token: &str) -> Api {
+        Api {
+            url: self.url.clone(),
+            token: token.to_owned(),
+            http: self.http.clone(),
+            doc: self.doc.clone(),
+        }
+    }
+
+    /// `method` on `path` (matching the document's `template`), with an
+    /// optional JSON body; the answer is validated against the document.
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        template: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        self.send(method, template, request).await
+    }
+
+    /// Sends a prepared request and validates the answer.
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        template: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Answer {
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let text = response.text().await.unwrap();
+        let body = if content_type.starts_with("application/json") {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{template}: not JSON ({e}): {text}"))
+        } else {
+            Value::String(text)
+        };
+        if let Err(problem) = self.check(&method, template, status, &content_type, &body) {
+            panic!("{method} {template} answered {status} {body}: {problem}");
+        }
+        Answer { status, body }
+    }
+
+    pub(crate) async fn get(&self, template: &str, path: &str) -> Answer {
+        self.call(Method::GET, template, path, None).await
+    }
+
+    pub(crate) async fn post(&self, template: &str, path: &str, body: Value) -> Answer {
+        self.call(Method::POST, template, path, Some(body)).await
+    }
+
+    fn check(
+        &self,
+        method: &Method,
+        template: &str,
+        status: StatusCode,
+        content_type: &str,
+        body: &Value,
+    ) -> Result<(), String> {
+        let operation = &self.doc["paths"][template][method.as_str().to_ascii_lowercase()];
+        if operation.is_null() {
+            return Err("the document has no such operation".into());
+        }
+        let response = &operation["responses"][status.as_str()];
+        if response.is_null() {
+            return Err(format!("status {status} is not documented"));
+        }
+        let Some(content) = response["content"].as_object() else {
+            return Ok(());
+        };
+        let media = content_type.split(';').next().unwrap_or_default();
+        let Some(described) = content.get(media) else {
+            return Err(format!(
+                "content type {media} is not documented ({:?})",
+                content.keys().collect::<Vec<_>>()
+            ));
+        };
+        if media == "application/json" {
+            validate(&self.doc, &described["schema"], body, "$")?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks `value` against an OpenAPI 3.1 schema (the subset utoipa emits:
+/// `$ref`, `type` as a name or a list, `properties`, `required`, `items`,
+/// `oneOf`/`anyOf`/`allOf`, `enum`, `minimum`).
+pub(crate) fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    if let Some(reference) = schema["$ref"].as_str() {
+        let name = reference
+            .strip_prefix("#/components/schemas/")
+            .ok_or_else(|| format!("{at}: unsupported $ref {reference}"))?;
+        let target = &doc["components"]["schemas"][name];
+        if target.is_null() {
+            return Err(format!("{at}: $ref to a missing schema {name}"));
+        }
+        return validate(doc, target, value, at);
+    }
+    for key in ["oneOf", "anyOf"] {
+        if let Some(options) = schema[key].as_array() {
+            let fits = options
+                .iter()
+                .filter(|s| validate(doc, s, value, at).is_ok())
+                .count();
+            if fits == 0 || (key == "oneOf" && fits > 1 && !value.is_null()) {
+                return Err(format!("{at}: {value} fits {fits} of the {key} options"));
+            }
+        }
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        for s in all {
+            validate(doc, s, value, at)?;
+        }
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if !types.is_empty() && !types.iter().any(|t| fits_type(t, value)) {
+        return Err(format!("{at}: {value} is not of type {types:?}"));
+    }
+    if let Some(options) = schema["enum"].as_array()
+        && !options.contains(value)
+    {
+        return Err(format!("{at}: {value} is not one of {options:?}"));
+    }
+    if let (Some(min), Some(n)) = (schema["minimum"].as_f64(), value.as_f64())
+        && n < min
+    {
+        return Err(format!("{at}: {n} is below the minimum {min}"));
+    }
+    if let Value::Object(object) = value {
+        if let Some(required) = schema["required"].as_array() {
+            for name in required.iter().filter_map(Value::as_str) {
+                if !object.contains_key(name) {
+                    return Err(format!("{at}: the required `{name}` is missing"));
+                }
+            }
+        }
+        if let Some(properties) = schema["properties"].as_object() {
+            for (name, property) in properties {
+                if let Some(v) = object.get(name) {
+                    validate(doc, property, v, &format!("{at}.{name}"))?;
+                }
+            }
+            if schema["additionalProperties"] == Value::Bool(false) {
+                for name in object.keys() {
+                    if !properties.contains_key(name) {
+                        return Err(format!("{at}: `{name}` is not in the schema"));
+                    }
+                }
+            }
+        }
+    }
+    if let (Value::Array(items), Some(item)) = (value, schema.get("items")) {
+        for (i, v) in items.iter().enumerate() {
+            validate(doc, item, v, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+fn fits_type(t: &str, value: &Value) -> bool {
+    match t {
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "null" => value.is_null(),
+        _ => false,
+    }
+}
+
+/// Uploads a bundled component.
+async fn install(api: &Api, name: &str) -> Answer {
+    let bytes = toka_agents::bundled(name).unwrap().to_vec();
+    api.send(
+        Method::POST,
+        "/v1/components",
+        api.http
+            .post(format!("{}/v1/components?name={name}", api.url))
+            .bearer_auth(&api.token)
+            .header("content-type", "application/wasm")
+            .body(bytes),
+    )
+    .await
+}
+
+/// Spawns a root agent with `rights`.
+async fn spawn(api: &Api, component: &str, name: &str, rights: &[&str]) -> String {
+    let answer = api
+        .post(
+            "/v1/agents",
+            "/v1/agents",
+            json!({"component": component, "name": name, "rights": rights}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{answer:?}");
+    answer.body["id"].as_str().unwrap().to_owned()
+}
+
+/// Schedules a task and waits for it to end; returns the task's view.
+async fn run_task(api: &Api, agent: &str, description: &str) -> Value {
+    let scheduled = api
+        .post(
+            "/v1/agents/{id}/tasks",
+            &format!("/v1/agents/{agent}/tasks"),
+            json!({"description": description}),
+        )
+        .await;
+    assert_eq!(scheduled.status, StatusCode::CREATED, "{scheduled:?}");
+    let task = scheduled.body["id"].as_str().unwrap();
+    let done = api
+        .get("/v1/tasks/{id}", &format!("/v1/tasks/{task}?wait=30s"))
+        .await;
+    assert_eq!(done.status, StatusCode::OK);
+    done.body
+}
+
+async fn head(api: &Api) -> u64 {
+    api.get("/v1/status", "/v1/status").await.body["head"]["seq"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_answers_as_its_openapi_document_says() {
+    let mut served = Served::start(&[]);
+    let api = Api::new(&served).await;
+    // The document itself: every /v1 resource of the issue is in it.
+    for path in [
+        "/v1/components",
+        "/v1/components/{component}",
+        "/v1/agents",
+        "/v1/agents/{id}",
+        "/v1/agents/{id}/terminate",
+        "/v1/agents/{id}/resume",
+        "/v1/agents/{id}/state",
+        "/v1/agents/{id}/tasks",
+        "/v1/tasks",
+        "/v1/tasks/{id}",
+        "/v1/tokens",
+        "/v1/tokens/attenuate",
+        "/v1/tokens/inspect",
+        "/v1/tokens/revoke",
+        "/v1/events",
+        "/v1/events/stream",
+        "/v1/events/tickets",
+        "/v1/verify",
+        "/v1/snapshot",
+        "/healthz",
+        "/metrics",
+    ] {
+        assert!(
+            api.doc["paths"][path].is_object(),
+            "{path} is not documented"
+        );
+    }
+    assert_eq!(api.get("/healthz", "/healthz").await.status, StatusCode::OK);
+
+    // Components.
+    let installed = install(&api, "counter").await;
+    assert_eq!(installed.status, StatusCode::CREATED);
+    let digest = installed.body["digest"].as_str().unwrap().to_owned();
+    assert_eq!(install(&api, "counter").await.status, StatusCode::OK);
+    let list = api.get("/v1/components", "/v1/components").await;
+    assert_eq!(list.body["items"][0]["digest"], digest.as_str());
+    let one = api
+        .get("/v1/components/{component}", "/v1/components/counter")
+        .await;
+    assert_eq!(one.body["digest"], digest.as_str());
+
+    // Agents and tasks.
+    let agent = spawn(
+        &api,
+        &digest,
+        "tally",
+        &["observe", "state", "schedule self"],
+    )
+    .await;
+    let task = run_task(&api, &agent, "5").await;
+    assert_eq!(task["status"], "completed", "{task}");
+    let task_id = task["id"].as_str().unwrap();
+    let got = api
+        .get("/v1/tasks/{id}", &format!("/v1/tasks/{task_id}"))
+        .await;
+    assert_eq!(got.body["status"], "completed");
+    assert!(got.body["ended_seq"].as_u64().is_some());
+    let tasks = api
+        .get("/v1/tasks", &format!("/v1/tasks?agent={agent}"))
+        .await;
+    assert_eq!(tasks.status, StatusCode::OK);
+    let agents = api
+        .get(
+            "/v1/agents",
+            &format!("/v1/agents?status=active&parent=system&component={digest}"),
+        )
+        .await;
+    assert_eq!(agents.body["items"].as_array().unwrap().len(), 1);
+    let detail = api
+        .get("/v1/agents/{id}", &format!("/v1/agents/{agent}"))
+        .await;
+    assert_eq!(detail.body["completed"], 1);
+    assert!(
+        detail.body["grants"]["rights"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "observe")
+    );
+    let state = api
+        .get(
+            "/v1/agents/{id}/state",
+            &format!("/v1/agents/{agent}/state"),
+        )
+        .await;
+    assert_eq!(state.status, StatusCode::OK);
+    assert!(
+        !state.body["items"].as_array().unwrap().is_empty(),
+        "{state:?}"
+    );
+
+    // Tokens.
+    let issued = api
+        .post(
+            "/v1/tokens",
+            "/v1/tokens",
+            json!({"rights": ["observe"], "operator": "read"}),
+        )
+        .await;
+    assert_eq!(issued.status, StatusCode::CREATED, "{issued:?}");
+    let token = issued.body["token"].as_str().unwrap().to_owned();
+    let inspected = api
+        .post(
+            "/v1/tokens/inspect",
+            "/v1/tokens/inspect",
+            json!({"token": token}),
+        )
+        .await;
+    assert_eq!(inspected.status, StatusCode::OK);
+    assert_eq!(inspected.body["rooted_here"], true);
+    let narrowed = api
+        .post(
+            "/v1/tokens/attenuate",
+            "/v1/tokens/attenuate",
+            json!({"token": token, "rights": ["observe"]}),
+        )
+        .await;
+    assert_eq!(narrowed.status, StatusCode::OK, "{narrowed:?}");
+
+    // The log.
+    let events = api.get("/v1/events", "/v1/events?from=1&limit=5").await;
+    assert_eq!(events.body["events"].as_array().unwrap().len(), 5);
+    assert!(events.body["next_from"].as_u64().is_some());
+    let filtered = api
+        .get(
+            "/v1/events",
+            &format!("/v1/events?agent={agent}&kind=task_completed"),
+        )
+        .await;
+    assert_eq!(filtered.body["events"].as_array().unwrap().len(), 1);
+    let records = api
+        .get("/v1/log/records", "/v1/log/records?from=1&limit=3")
+        .await;
+    assert_eq!(records.body["records"].as_array().unwrap().len(), 3);
+    let encoded = api.get("/v1/log/state", "/v1/log/state").await;
+    assert!(encoded.body["snapshot"].as_str().unwrap().len() > 10);
+    let snapshot = api.post("/v1/snapshot", "/v1/snapshot", json!({})).await;
+    assert!(snapshot.status.is_success(), "{snapshot:?}");
+    let started = api
+        .post("/v1/verify", "/v1/verify", json!({"auth": true}))
+        .await;
+    assert_eq!(started.status, StatusCode::ACCEPTED);
+    let job = started.body["id"].as_u64().unwrap();
+    let verified = loop {
+        let job = api
+            .get("/v1/verify/{id}", &format!("/v1/verify/{job}"))
+            .await;
+        if job.body["state"] != "running" {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(verified.body["state"], "ok", "{verified:?}");
+    assert!(verified.body["decisions"].as_u64().unwrap() > 0);
+    assert_eq!(api.get("/v1/verify", "/v1/verify").await.body["id"], job);
+    let ticket = api
+        .post("/v1/events/tickets", "/v1/events/tickets", json!({}))
+        .await;
+    assert_eq!(ticket.status, StatusCode::CREATED);
+
+    // System.
+    let status = api.get("/v1/status", "/v1/status").await;
+    assert_eq!(status.body["agents"]["active"], 1);
+    let metrics = api.get("/metrics", "/metrics").await;
+    let text = metrics.body.as_str().unwrap();
+    for name in [
+        "toka_ops_applied_total",
+        "toka_commit_seconds_bucket",
+        "toka_commit_batch_records_count",
+        "toka_agents{status=\"active\"} 1",
+        "toka_tasks_queued",
+        "toka_denials_total",
+        "toka_quarantines_total",
+        "toka_quota_hits_total",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+    }
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        assert!(line.starts_with("toka_"), "{line}");
+    }
+
+    // Terminate; resume of an agent that is not quarantined is a conflict.
+    let resumed = api
+        .post(
+            "/v1/agents/{id}/resume",
+            &format!("/v1/agents/{agent}/resume"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(resumed.status, StatusCode::CONFLICT);
+    let terminated = api
+        .post(
+            "/v1/agents/{id}/terminate",
+            &format!("/v1/agents/{agent}/terminate"),
+            json!({"reason": "done"}),
+        )
+        .await;
+    assert_eq!(terminated.status, StatusCode::OK, "{terminated:?}");
+    assert_eq!(terminated.body["status"], "terminated");
+
+    let (code, stderr) = served.stop();
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_one_clear_error_and_write_nothing() {
+    let mut served = Served::start(&["--max-component", "512KiB"]);
+    let api = Api::new(&served).await;
+    let digest = install(&api, "hello").await.body["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let agent = spawn(&api, &digest, "hello", &["observe"]).await;
+    let before = head(&api).await;
+    let url = &api.url;
+
+    // 400: malformed JSON, with the parse error named.
+    let malformed = api
+        .send(
+            Method::POST,
+            "/v1/agents",
+            api.http
+                .post(format!("{url}/v1/agents"))
+                .bearer_auth(&api.token)
+                .header("content-type", "application/json")
+                .body("{\"component\": "),
+        )
+        .await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
+    assert_eq!(malformed.code(), "invalid_json");
+    assert!(malformed.message().contains("EOF"), "{malformed:?}");
+    // 415: not JSON at all.
+    let media = api
+        .send(
+            Method::POST,
+            "/v1/agents",
+            api.http
+                .post(format!("{url}/v1/agents"))
+                .bearer_auth(&api.token)
+                .header("content-type", "text/plain")
+                .body("{}"),
+        )
+        .await;
+    assert_eq!(media.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // 422: JSON of the wrong shape; a right that does not parse.
+    let shape = api
+        .post("/v1/agents", "/v1/agents", json!({"name": 3}))
+        .await;
+    assert_eq!(shape.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let right = api
+        .post(
+            "/v1/agents",
+            "/v1/agents",
+            json!({"component": digest, "name": "x", "rights": ["fly away"]}),
+        )
+        .await;
+    assert_eq!(right.status, StatusCode::UNPROCESSABLE_ENTITY, "{right:?}");
+    assert!(right.message().contains("fly away"));
+    // 404: unknown ids of every kind; 400: ids that are not ids.
+    let nobody = "0123456789abcdef0123456789abcdef";
+    assert_eq!(
+        api.get("/v1/agents/{id}", &format!("/v1/agents/{nobody}"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.get("/v1/tasks/{id}", &format!("/v1/tasks/{nobody}"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.get("/v1/components/{component}", "/v1/components/nothing")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.get("/v1/agents/{id}", "/v1/agents/zzz").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let unknown = api
+        .post(
+            "/v1/agents/{id}/tasks",
+            &format!("/v1/agents/{nobody}/tasks"),
+            json!({"description": "x"}),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.get("/v1/verify/{id}", "/v1/verify/99").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let missing = api
+        .http
+        .get(format!("{url}/v1/nothing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        missing.json::<Value>().await.unwrap()["error"]["code"],
+        "not_found"
+    );
+    // 413: bodies over the limits (JSON 1 MiB, components as configured).
+    let big = api
+        .post(
+            "/v1/agents/{id}/tasks",
+            &format!("/v1/agents/{agent}/tasks"),
+            json!({"description": "x".repeat(2 << 20)}),
+        )
+        .await;
+    assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let huge = api
+        .send(
+            Method::POST,
+            "/v1/components",
+            api.http
+                .post(format!("{url}/v1/components?name=huge"))
+                .bearer_auth(&api.token)
+                .header("content-type", "application/wasm")
+                .body(vec![0u8; 600 << 10]),
+        )
+        .await;
+    assert_eq!(huge.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // 422: a component that is not an agent, with the CLI's reason.
+    let plain = std::fs::read(crate::agent_path("test-cli")).unwrap();
+    let not_agent = api
+        .send(
+            Method::POST,
+            "/v1/components",
+            api.http
+                .post(format!("{url}/v1/components?name=plain"))
+                .bearer_auth(&api.token)
+                .header("content-type", "application/wasm")
+                .body(plain),
+        )
+        .await;
+    assert_eq!(not_agent.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let dir = tempfile::tempdir().unwrap();
+    let cli = toka(
+        &dir.path().join("d"),
+        &["run", crate::agent_path("test-cli")],
+    );
+    assert_ne!(cli.code, 0);
+    let reason = not_agent.message();
+    assert!(
+        cli.stderr.contains(reason),
+        "the API says {reason:?}, the CLI {:?}",
+        cli.stderr
+    );
+    // 401: no token, a forged one, garbage; 403: too little.
+    let nobody_api = api.with_token("");
+    let none = nobody_api.get("/v1/status", "/v1/status").await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let forged = toka(
+        &elsewhere.path().join("d"),
+        &["token", "issue", "--operator", "admin"],
+    )
+    .ok()
+    .trim()
+    .to_owned();
+    let forged = api
+        .with_token(&forged)
+        .get("/v1/status", "/v1/status")
+        .await;
+    assert_eq!(forged.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api.with_token("not a token")
+            .get("/v1/status", "/v1/status")
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let reader = toka(&served.data, &["token", "issue", "--operator", "read"])
+        .ok()
+        .trim()
+        .to_owned();
+    let denied = api
+        .with_token(&reader)
+        .post(
+            "/v1/agents/{id}/tasks",
+            &format!("/v1/agents/{agent}/tasks"),
+            json!({"description": "x"}),
+        )
+        .await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert!(denied.message().contains("operator write"), "{denied:?}");
+    // An agent right is no operator right.
+    let agent_token = toka(&served.data, &["token", "issue", "--right", "observe"])
+        .ok()
+        .trim()
+        .to_owned();
+    let not_operator = api
+        .with_token(&agent_token)
+        .get("/v1/status", "/v1/status")
+        .await;
+    assert_eq!(not_operator.status, StatusCode::FORBIDDEN);
+    // An expired operator token.
+    let expired = api
+        .post(
+            "/v1/tokens",
+            "/v1/tokens",
+            json!({"operator": "read", "expires": "1s"}),
+        )
+        .await;
+    assert_eq!(expired.status, StatusCode::CREATED, "{expired:?}");
+    let expired = expired.body["token"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let late = api
+        .with_token(&expired)
+        .get("/v1/status", "/v1/status")
+        .await;
+    assert_eq!(late.status, StatusCode::UNAUTHORIZED, "{late:?}");
+
+    // Nothing of it was written: only the reads above happened.
+    assert_eq!(head(&api).await, before);
+    let (code, stderr) = served.stop();
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_tokens_attenuate_and_revoke_and_the_log_records_who_acted() {
+    let mut served = Served::start(&[]);
+    let admin = Api::new(&served).await;
+    let digest = install(&admin, "hello").await.body["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let agent = spawn(&admin, &digest, "hello", &["observe"]).await;
+    // A write token, issued through the API; narrowed to read.
+    let writer = admin
+        .post("/v1/tokens", "/v1/tokens", json!({"operator": "write"}))
+        .await
+        .body;
+    let writer_token = writer["token"].as_str().unwrap().to_owned();
+    let writer_api = admin.with_token(&writer_token);
+    assert_eq!(
+        run_task(&writer_api, &agent, "writer").await["status"],
+        "completed"
+    );
+    // write does not imply admin: it cannot mint a token with rights.
+    let mint = writer_api
+        .post(
+            "/v1/agents",
+            "/v1/agents",
+            json!({"component": digest, "name": "x", "rights": ["observe"]}),
+        )
+        .await;
+    assert_eq!(mint.status, StatusCode::FORBIDDEN, "{mint:?}");
+    assert!(mint.message().contains("operator admin"));
+    let reader = writer_api
+        .post(
+            "/v1/tokens/attenuate",
+            "/v1/tokens/attenuate",
+            json!({"token": writer_token, "operator": "read"}),
+        )
+        .await;
+    assert_eq!(reader.status, StatusCode::OK, "{reader:?}");
+    let reader_api = admin.with_token(reader.body["token"].as_str().unwrap());
+    assert_eq!(
+        reader_api.get("/v1/status", "/v1/status").await.status,
+        StatusCode::OK
+    );
+    let refused = reader_api
+        .post(
+            "/v1/agents/{id}/tasks",
+            &format!("/v1/agents/{agent}/tasks"),
+            json!({"description": "no"}),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    // An attenuation cannot widen.
+    let widen = reader_api
+        .post(
+            "/v1/tokens/attenuate",
+            "/v1/tokens/attenuate",
+            json!({"token": reader.body["token"], "operator": "admin"}),
+        )
+        .await;
+    assert!(widen.status.is_client_error(), "{widen:?}");
+    // Revoking the write token revokes what was attenuated from it.
+    let id = writer["revocation_ids"][0].as_str().unwrap();
+    let revoked = admin
+        .post(
+            "/v1/tokens/revoke",
+            "/v1/tokens/revoke",
+            json!({"revocation_id": id}),
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK, "{revoked:?}");
+    assert_eq!(
+        writer_api.get("/v1/status", "/v1/status").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        reader_api.get("/v1/status", "/v1/status").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // Only admin revokes.
+    let again = admin
+        .post(
+            "/v1/tokens/revoke",
+            "/v1/tokens/revoke",
+            json!({"revocation_id": id}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+
+    let (code, stderr) = served.stop();
+    assert_eq!(code, 0, "{stderr}");
+    // Every mutation names the operator token that made it, and the audit
+    // re-checks those decisions.
+    let events = events_json(&served.data);
+    let scheduled: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "task_scheduled")
+        .collect();
+    assert_eq!(scheduled.len(), 1);
+    let verify = toka(&served.data, &["verify", "--auth"]);
+    assert!(verify.ok().starts_with("ok "), "{verify:?}");
+    // install, spawn, schedule (as admin and as the writer), revoke.
+    let operator: u64 = verify
+        .stdout
+        .split("; ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}", verify.stdout));
+    assert!(operator >= 4, "{}", verify.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_schedules_once_and_is_recorded() {
+    let mut served = Served::start(&[]);
+    let api = Api::new(&served).await;
+    let digest = install(&api, "hello").await.body["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let agent = spawn(&api, &digest, "hello", &["observe"]).await;
+    let template = "/v1/agents/{id}/tasks";
+    let schedule = |description: &'static str, key: &'static str| {
+        api.http
+            .post(format!("{}/v1/agents/{agent}/tasks", api.url))
+            .bearer_auth(&api.token)
+            .header("idempotency-key", key)
+            .json(&json!({"description": description}))
+    };
+    let first = api
+        .send(Method::POST, template, schedule("once", "order-17"))
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let retry = api
+        .send(Method::POST, template, schedule("once", "order-17"))
+        .await;
+    assert_eq!(retry.status, StatusCode::OK);
+    assert_eq!(retry.body["id"], first.body["id"]);
+    let other = api
+        .send(Method::POST, template, schedule("twice", "order-17"))
+        .await;
+    assert_eq!(other.status, StatusCode::CONFLICT, "{other:?}");
+    let long_key = "k".repeat(300);
+    let too_long = api
+        .send(
+            Method::POST,
+            template,
+            api.http
+                .post(format!("{}/v1/agents/{agent}/tasks", api.url))
+                .bearer_auth(&api.token)
+                .header("idempotency-key", long_key)
+                .json(&json!({"description": "x"})),
+        )
+        .await;
+    assert!(too_long.status.is_client_error(), "{too_long:?}");
+    let (code, _) = served.stop();
+    assert_eq!(code, 0);
+    // Once in the log; the key survives a restart.
+    let scheduled = events_json(&served.data)
+        .into_iter()
+        .filter(|e| e["kind"] == "task_scheduled")
+        .count();
+    assert_eq!(scheduled, 1);
+    let mut again = Served::start_on(&served.data, &[]);
+    let api = Api::new(&again).await;
+    let after = api
+        .send(Method::POST, template, {
+            api.http
+                .post(format!("{}/v1/agents/{agent}/tasks", api.url))
+                .bearer_auth(&api.token)
+                .header("idempotency-key", "order-17")
+                .json(&json!({"description": "once"}))
+        })
+        .await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert_eq!(after.body["id"], first.body["id"]);
+    assert_eq!(again.stop().0, 0);
+}
+
+/// Reads an SSE stream: (id, data) of each message, until `n` or the end.
+async fn read_sse(response: reqwest::Response, n: usize, slow: Duration) -> Vec<(u64, Value)> {
+    use futures_util::StreamExt as _;
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut messages = Vec::new();
+    while messages.len() < n {
+        let Some(chunk) = stream.next().await else {
+            break;
+        };
+        buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        while let Some(end) = buffer.find("\n\n") {
+            let message: String = buffer.drain(..end + 2).collect();
+            let mut id = None;
+            let mut data = String::new();
+            for line in message.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse().ok();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            if let Some(id) = id {
+                messages.push((id, serde_json::from_str(&data).unwrap()));
+                if !slow.is_zero() {
+                    tokio::time::sleep(slow).await;
+                }
+            }
+        }
+    }
+    messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_stream_consumer_misses_nothing_and_resumes_without_gaps() {
+    let mut served = Served::start(&[]);
+    let api = Api::new(&served).await;
+    let digest = install(&api, "hello").await.body["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let agent = spawn(&api, &digest, "hello", &["observe"]).await;
+    let start = head(&api).await + 1;
+    let open = |from: Option<u64>, last: Option<u64>| {
+        let mut request = api
+            .http
+            .get(format!("{}/v1/events/stream", api.url))
+            .bearer_auth(&api.token);
+        if let Some(from) = from {
+            request = request.query(&[("from", from)]);
+        }
+        if let Some(last) = last {
+            request = request.header("last-event-id", last.to_string());
+        }
+        request.send()
+    };
+    let slow = open(Some(start), None).await.unwrap();
+    assert_eq!(slow.status(), StatusCode::OK);
+    assert!(
+        slow.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    // Many records, committed faster than the consumer reads.
+    let tasks = 400;
+    let mut scheduled = Vec::new();
+    for i in 0..tasks {
+        let answer = api
+            .post(
+                "/v1/agents/{id}/tasks",
+                &format!("/v1/agents/{agent}/tasks"),
+                json!({"description": format!("n{i}")}),
+            )
+            .await;
+        scheduled.push(answer.body["id"].as_str().unwrap().to_owned());
+    }
+    for task in &scheduled {
+        let done = api
+            .get("/v1/tasks/{id}", &format!("/v1/tasks/{task}?wait=30s"))
+            .await;
+        assert_eq!(done.body["status"], "completed");
+    }
+    let end = head(&api).await;
+    let expected = usize::try_from(end - start + 1).unwrap();
+    // Half of it slowly, then drop the connection.
+    let first = read_sse(slow, expected / 2, Duration::from_millis(2)).await;
+    let ids: Vec<u64> = first.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        ids,
+        (start..start + ids.len() as u64).collect::<Vec<_>>(),
+        "a gap or a duplicate"
+    );
+    // Resume with Last-Event-ID: the rest, no gap, no duplicate.
+    let last = *ids.last().unwrap();
+    let rest = read_sse(
+        open(None, Some(last)).await.unwrap(),
+        expected - first.len(),
+        Duration::ZERO,
+    )
+    .await;
+    let rest_ids: Vec<u64> = rest.iter().map(|(id, _)| *id).collect();
+    assert_eq!(rest_ids, (last + 1..=end).collect::<Vec<_>>());
+    // Every observation arrived, in order, with the record's events.
+    let observed = first
+        .iter()
+        .chain(&rest)
+        .flat_map(|(_, record)| record["events"].as_array().unwrap().clone())
+        .filter(|e| e["kind"] == "observation_emitted")
+        .count();
+    assert_eq!(observed, tasks);
+    // Filters: only this agent's completions.
+    let filtered = api
+        .http
+        .get(format!("{}/v1/events/stream", api.url))
+        .bearer_auth(&api.token)
+        .query(&[
+            ("from", "1"),
+            ("kind", "task_completed"),
+            ("agent", agent.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let completions = read_sse(filtered, tasks, Duration::ZERO).await;
+    assert!(completions.iter().all(|(_, r)| {
+        r["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["kind"] == "task_completed")
+    }));
+    assert_eq!(
+        completions
+            .iter()
+            .map(|(_, r)| r["events"].as_array().unwrap().len())
+            .sum::<usize>(),
+        tasks
+    );
+    // A ticket opens one stream, once.
+    let ticket = api
+        .post("/v1/events/tickets", "/v1/events/tickets", json!({}))
+        .await
+        .body["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stream = |ticket: String| {
+        api.http
+            .get(format!("{}/v1/events/stream", api.url))
+            .query(&[("ticket", ticket), ("from", "1".into())])
+            .send()
+    };
+    assert_eq!(
+        stream(ticket.clone()).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        stream(ticket).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(served.stop().0, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_with_work_in_flight_loses_nothing_and_runs_nothing_twice() {
+    let mut served = Served::start(&["--grace", "0s"]);
+    let api = Api::new(&served).await;
+    let digest = install(&api, "hello").await.body["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let agent = spawn(&api, &digest, "hello", &["observe"]).await;
+    let tasks = 300;
+    let mut scheduled = Vec::new();
+    for i in 0..tasks {
+        let answer = api
+            .post(
+                "/v1/agents/{id}/tasks",
+                &format!("/v1/agents/{agent}/tasks"),
+                json!({"description": format!("t{i}")}),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED);
+        scheduled.push(answer.body["id"].as_str().unwrap().to_owned());
+    }
+    // Stop while the queue is still being worked through.
+    let (code, stderr) = served.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        toka_server::registration::Registration::read(&served.data)
+            .unwrap()
+            .is_none(),
+        "the registration outlived the server"
+    );
+    let done_before = events_json(&served.data)
+        .iter()
+        .filter(|e| e["kind"] == "task_completed")
+        .count();
+    // The next start finishes what was left.
+    let mut again = Served::start_on(&served.data, &[]);
+    let api = Api::new(&again).await;
+    for task in &scheduled {
+        let done = api
+            .get("/v1/tasks/{id}", &format!("/v1/tasks/{task}?wait=30s"))
+            .await;
+        assert_eq!(done.body["status"], "completed", "{done:?}");
+    }
+    assert_eq!(again.stop().0, 0);
+    let events = events_json(&served.data);
+    let mut completed: BTreeMap<String, usize> = BTreeMap::new();
+    let mut observed: BTreeMap<String, usize> = BTreeMap::new();
+    for e in &events {
+        if e["kind"] == "task_completed" {
+            *completed
+                .entry(e["task"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+        if e["kind"] == "observation_emitted" {
+            *observed
+                .entry(e["cause"]["task"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(
+        completed.len(),
+        tasks,
+        "{done_before} were done before the stop"
+    );
+    assert!(
+        completed.values().all(|n| *n == 1),
+        "a task completed twice"
+    );
+    assert!(
+        observed.values().all(|n| *n == 1),
+        "a task's observation was made twice"
+    );
+    assert!(toka(&served.data, &["verify"]).ok().starts_with("ok "));
+}
+
+#[test]
+fn a_listen_address_in_use_is_one_clear_line_and_writes_nothing() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (_dir, data) = temp_data();
+    let run = toka(&data, &["serve", "--listen", &addr]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&addr) && run.stderr.contains("in use"),
+        "{}",
+        run.stderr
+    );
+    assert!(!data.exists(), "the data dir was created");
+    // Plain HTTP on a public address is refused unless told otherwise.
+    let run = toka(&data, &["serve", "--listen", "0.0.0.0:0"]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("without TLS"), "{}", run.stderr);
+    assert!(!data.exists());
+}
+
+#[test]
+fn the_cli_works_through_a_running_server_with_the_same_output() {
+    // The same commands on a data dir without a server...
+    let (_dir, alone) = temp_data();
+    let local = toka(&alone, &["run", "hello", "--task", "one", "--task", "two"]);
+    // ...and with one holding it.
+    let mut served = Served::start(&[]);
+    let remote = toka(
+        &served.data,
+        &["run", "hello", "--task", "one", "--task", "two"],
+    );
+    assert_eq!(remote.code, 0, "{remote:?}");
+    assert_eq!(remote.stdout, local.ok());
+    assert_eq!(remote.stderr, local.stderr);
+    // Again: the agent is reused.
+    assert_eq!(
+        toka(&served.data, &["run", "hello", "--task", "three"]).ok(),
+        "hello: Hello, three!\n"
+    );
+    let state = toka(&served.data, &["state"]);
+    assert!(state.ok().contains("completed 3"), "{}", state.stdout);
+    let events = toka(&served.data, &["events"]).ok().to_owned();
+    assert!(events.contains("hello observed: Hello, three!"));
+    assert!(
+        toka(&served.data, &["snapshot"])
+            .ok()
+            .starts_with("snapshot written at record")
+    );
+    let token = toka(&served.data, &["token", "issue", "--right", "observe"])
+        .ok()
+        .to_owned();
+    let file = served.data.join("t.token");
+    std::fs::write(&file, &token).unwrap();
+    let inspect = toka(&served.data, &["token", "inspect", file.to_str().unwrap()])
+        .ok()
+        .to_owned();
+    let id = inspect
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("revocation id: "))
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        toka(&served.data, &["token", "revoke", &id, "--force"]).ok(),
+        format!("revoked {id}\n")
+    );
+    let bad = toka(&served.data, &["agent", "resume", "hello"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("not quarantined"), "{}", bad.stderr);
+    let (code, stderr) = served.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        toka(&served.data, &["verify", "--auth"])
+            .ok()
+            .starts_with("ok ")
+    );
+}

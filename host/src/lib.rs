@@ -42,7 +42,7 @@ pub use capability::token::{Inspection, Token, TokenError};
 pub use log::LogError;
 pub use log::audit::{AuditMismatch, AuditReport, audit, audit_reporting};
 pub use log::committed::{Committed, CommittedRecord};
-pub use log::recovery::{read_events, recover, replay};
+pub use log::recovery::{LogReader, read_events, recover, replay};
 pub use log::verify::{PROGRESS_EVERY, Verified, verify, verify_reporting};
 pub use runtime::acting::{Acting, Grant};
 pub use runtime::bus::Subscription;

@@ -1284,9 +1284,10 @@ mod idempotency {
             assert_eq!(w.kernel.head(), before);
         }
         // Only the most recent keys are kept; the oldest is forgotten.
-        let mut limits = Limits::default();
-        limits.max_queue = u32::MAX;
-        let mut w = World::with_limits(limits);
+        let mut w = World::with_limits(Limits {
+            max_queue: u32::MAX,
+            ..Limits::default()
+        });
         let agent = w.spawn_root("a");
         let kept = toka_kernel::IDEMPOTENCY_KEYS_KEPT;
         for i in 0..=kept {

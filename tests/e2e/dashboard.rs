@@ -137,12 +137,13 @@ async fn the_dashboard_shows_live_agents_events_and_denials() {
 
     // Through the API: an agent, a task; a probe that is denied.
     let install = |name: &'static str, bytes: Vec<u8>| {
-        api.http
-            .post(format!("{}/v1/components?name={name}", api.url))
-            .bearer_auth(&api.token)
-            .header("content-type", "application/wasm")
-            .body(bytes)
-            .send()
+        api.request(
+            reqwest::Method::POST,
+            &format!("/v1/components?name={name}"),
+        )
+        .header("content-type", "application/wasm")
+        .body(bytes)
+        .send()
     };
     let hello: Value = install("hello", toka_agents::bundled("hello").unwrap().to_vec())
         .await

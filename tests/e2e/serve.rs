@@ -151,6 +151,13 @@ impl Api {
         }
     }
 
+    /// An authenticated request to `path`.
+    pub(crate) fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+    }
+
     /// `method` on `path` (matching the document's `template`), with an
     /// optional JSON body; the answer is validated against the document.
     pub(crate) async fn call(
@@ -160,10 +167,7 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> Answer {
-        let mut request = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.url))
-            .bearer_auth(&self.token);
+        let mut request = self.request(method.clone(), path);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -336,9 +340,7 @@ async fn install(api: &Api, name: &str) -> Answer {
     api.send(
         Method::POST,
         "/v1/components",
-        api.http
-            .post(format!("{}/v1/components?name={name}", api.url))
-            .bearer_auth(&api.token)
+        api.request(Method::POST, &format!("/v1/components?name={name}"))
             .header("content-type", "application/wasm")
             .body(bytes),
     )
@@ -612,9 +614,7 @@ async fn bad_requests_get_one_clear_error_and_write_nothing() {
         .send(
             Method::POST,
             "/v1/agents",
-            api.http
-                .post(format!("{url}/v1/agents"))
-                .bearer_auth(&api.token)
+            api.request(Method::POST, "/v1/agents")
                 .header("content-type", "application/json")
                 .body("{\"component\": "),
         )
@@ -627,9 +627,7 @@ async fn bad_requests_get_one_clear_error_and_write_nothing() {
         .send(
             Method::POST,
             "/v1/agents",
-            api.http
-                .post(format!("{url}/v1/agents"))
-                .bearer_auth(&api.token)
+            api.request(Method::POST, "/v1/agents")
                 .header("content-type", "text/plain")
                 .body("{}"),
         )
@@ -709,9 +707,7 @@ async fn bad_requests_get_one_clear_error_and_write_nothing() {
         .send(
             Method::POST,
             "/v1/components",
-            api.http
-                .post(format!("{url}/v1/components?name=huge"))
-                .bearer_auth(&api.token)
+            api.request(Method::POST, "/v1/components?name=huge")
                 .header("content-type", "application/wasm")
                 .body(vec![0u8; 600 << 10]),
         )
@@ -723,9 +719,7 @@ async fn bad_requests_get_one_clear_error_and_write_nothing() {
         .send(
             Method::POST,
             "/v1/components",
-            api.http
-                .post(format!("{url}/v1/components?name=plain"))
-                .bearer_auth(&api.token)
+            api.request(Method::POST, "/v1/components?name=plain")
                 .header("content-type", "application/wasm")
                 .body(plain),
         )
@@ -808,6 +802,44 @@ async fn bad_requests_get_one_clear_error_and_write_nothing() {
         .await;
     assert_eq!(late.status, StatusCode::UNAUTHORIZED, "{late:?}");
 
+    // A token whose holder appended a block that would join a relation
+    // with itself six times (10^12 combinations in one query): refused by
+    // its shape before anything evaluates it, as a header and as a body.
+    let root = toka_host::DataDir::new(&served.data)
+        .root_key(None, false)
+        .unwrap();
+    let mut code: String = (0..100).map(|i| format!("f({i});\n")).collect();
+    code.push_str("check if f($a), f($b), f($c), f($d), f($e), f($f), $a + $b == -1;\n");
+    let reader_token = biscuit_auth::Biscuit::from_base64(&reader, root.public()).unwrap();
+    let heavy = reader_token
+        .append(
+            biscuit_auth::builder::BlockBuilder::new()
+                .code(code.as_str())
+                .unwrap(),
+        )
+        .unwrap()
+        .to_base64()
+        .unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(60),
+        api.with_token(&heavy).get("/v1/status", "/v1/status"),
+    )
+    .await
+    .expect("the server hung on a crafted token");
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{refused:?}");
+    assert!(refused.message().contains("at most"), "{refused:?}");
+    let attenuated = tokio::time::timeout(
+        Duration::from_secs(60),
+        api.post(
+            "/v1/tokens/attenuate",
+            "/v1/tokens/attenuate",
+            json!({"token": heavy, "operator": "read"}),
+        ),
+    )
+    .await
+    .expect("the server hung on a crafted token");
+    assert!(attenuated.status.is_client_error(), "{attenuated:?}");
+
     // Nothing of it was written: only the reads above happened.
     assert_eq!(head(&api).await, before);
     let (code, stderr) = served.stop();
@@ -874,6 +906,13 @@ async fn operator_tokens_attenuate_and_revoke_and_the_log_records_who_acted() {
         )
         .await;
     assert!(widen.status.is_client_error(), "{widen:?}");
+    // A stream opened with the attenuated token...
+    let stream = reader_api
+        .request(Method::GET, "/v1/events/stream?from=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
     // Revoking the write token revokes what was attenuated from it.
     let id = writer["revocation_ids"][0].as_str().unwrap();
     let revoked = admin
@@ -892,7 +931,15 @@ async fn operator_tokens_attenuate_and_revoke_and_the_log_records_who_acted() {
         reader_api.get("/v1/status", "/v1/status").await.status,
         StatusCode::UNAUTHORIZED
     );
-    // Only admin revokes.
+    // ...and ends the streams it opened.
+    let read = tokio::time::timeout(
+        Duration::from_secs(30),
+        read_sse(stream, usize::MAX, Duration::ZERO),
+    )
+    .await
+    .expect("the stream of a revoked token did not end");
+    assert!(!read.is_empty());
+    // Revoking twice is a conflict.
     let again = admin
         .post(
             "/v1/tokens/revoke",
@@ -936,9 +983,7 @@ async fn an_idempotency_key_schedules_once_and_is_recorded() {
     let agent = spawn(&api, &digest, "hello", &["observe"]).await;
     let template = "/v1/agents/{id}/tasks";
     let schedule = |description: &'static str, key: &'static str| {
-        api.http
-            .post(format!("{}/v1/agents/{agent}/tasks", api.url))
-            .bearer_auth(&api.token)
+        api.request(Method::POST, &format!("/v1/agents/{agent}/tasks"))
             .header("idempotency-key", key)
             .json(&json!({"description": description}))
     };
@@ -960,9 +1005,7 @@ async fn an_idempotency_key_schedules_once_and_is_recorded() {
         .send(
             Method::POST,
             template,
-            api.http
-                .post(format!("{}/v1/agents/{agent}/tasks", api.url))
-                .bearer_auth(&api.token)
+            api.request(Method::POST, &format!("/v1/agents/{agent}/tasks"))
                 .header("idempotency-key", long_key)
                 .json(&json!({"description": "x"})),
         )
@@ -980,9 +1023,7 @@ async fn an_idempotency_key_schedules_once_and_is_recorded() {
     let api = Api::new(&again).await;
     let after = api
         .send(Method::POST, template, {
-            api.http
-                .post(format!("{}/v1/agents/{agent}/tasks", api.url))
-                .bearer_auth(&api.token)
+            api.request(Method::POST, &format!("/v1/agents/{agent}/tasks"))
                 .header("idempotency-key", "order-17")
                 .json(&json!({"description": "once"}))
         })
@@ -999,10 +1040,11 @@ async fn read_sse(response: reqwest::Response, n: usize, slow: Duration) -> Vec<
     let mut buffer = String::new();
     let mut messages = Vec::new();
     while messages.len() < n {
-        let Some(chunk) = stream.next().await else {
+        // The end of the stream, or the connection closed under it.
+        let Some(Ok(chunk)) = stream.next().await else {
             break;
         };
-        buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = buffer.find("\n\n") {
             let message: String = buffer.drain(..end + 2).collect();
             let mut id = None;
@@ -1036,10 +1078,7 @@ async fn a_slow_stream_consumer_misses_nothing_and_resumes_without_gaps() {
     let agent = spawn(&api, &digest, "hello", &["observe"]).await;
     let start = head(&api).await + 1;
     let open = |from: Option<u64>, last: Option<u64>| {
-        let mut request = api
-            .http
-            .get(format!("{}/v1/events/stream", api.url))
-            .bearer_auth(&api.token);
+        let mut request = api.request(Method::GET, "/v1/events/stream");
         if let Some(from) = from {
             request = request.query(&[("from", from)]);
         }
@@ -1105,9 +1144,7 @@ async fn a_slow_stream_consumer_misses_nothing_and_resumes_without_gaps() {
     assert_eq!(observed, tasks);
     // Filters: only this agent's completions.
     let filtered = api
-        .http
-        .get(format!("{}/v1/events/stream", api.url))
-        .bearer_auth(&api.token)
+        .request(Method::GET, "/v1/events/stream")
         .query(&[
             ("from", "1"),
             ("kind", "task_completed"),

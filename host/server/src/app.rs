@@ -31,6 +31,9 @@ pub(crate) struct App {
     /// One component compiles at a time: compiling is the most expensive
     /// thing a `write` operator can ask for.
     pub(crate) compile: Semaphore,
+    /// Turns for reading the log back (a replay from a snapshot): they
+    /// take turns rather than each taking a core.
+    pub(crate) log_reads: Semaphore,
     /// Places for open event streams.
     pub(crate) streams: Arc<Semaphore>,
     /// Turns true when the server shuts down: streams end.
@@ -59,6 +62,7 @@ impl App {
             tickets: Tickets::default(),
             verify: Arc::default(),
             compile: Semaphore::new(1),
+            log_reads: Semaphore::new(2),
             closing,
         }
     }

@@ -147,7 +147,13 @@ impl App {
             }
         };
         self.seen.insert(key);
-        self.per_token.take(token.digest()).map_err(|wait| {
+        // Per root: every token attenuated from one (each with a digest of
+        // its own) shares the root's rate.
+        let root = token
+            .revocation_ids()
+            .first()
+            .map_or_else(|| token.digest(), |id| Digest::of(id));
+        self.per_token.take(root).map_err(|wait| {
             ApiError::too_many(
                 format!("this token's request rate is used up; try again in {wait} s"),
                 wait,

@@ -33,6 +33,17 @@ use crate::capability::rights::Right;
 use crate::capability::root_key::RootKey;
 
 /// The check every delegation block carries.
+/// The most blocks a presented token may have.
+const MAX_BLOCKS: usize = 16;
+/// The most facts an attenuation block of a presented token may hold.
+const MAX_BLOCK_FACTS: usize = 32;
+/// The most checks an attenuation block of a presented token may hold.
+const MAX_BLOCK_CHECKS: usize = 4;
+/// The most alternatives (`or`) one check may have.
+const MAX_CHECK_QUERIES: usize = 4;
+/// The most predicates one alternative of a check may join.
+const MAX_QUERY_PREDICATES: usize = 3;
+
 const DELEGATION_CHECK: &str = "check if operation($op), delegated($op) or operation($op), delegated($op, \"*\") or operation($op), target($t), delegated($op, $t)";
 
 /// A verified capability token: its bytes, their digest, the parsed biscuit.
@@ -345,6 +356,7 @@ impl Token {
     /// [`TokenError::TooExpensive`], [`TokenError::Budget`] or
     /// [`TokenError::Expired`].
     pub fn admit(&self, at: toka_kernel::Timestamp) -> Result<(), TokenError> {
+        self.check_shape()?;
         let probe = biscuit_auth::AuthorizerBuilder::new()
             .fact(biscuit_auth::builder::fact(
                 "time",
@@ -365,6 +377,79 @@ impl Token {
         }
         self.budgets()?;
         self.check_not_expired(at)
+    }
+
+    /// Bounds what the blocks after the authority block (which anyone
+    /// holding the token can append, offline) may ask of an evaluation.
+    /// biscuit's time limit is checked between queries, not inside one, so
+    /// a single check joining one predicate with itself many times over
+    /// many facts (`check if f($a), f($b), f($c), f($d), ...`) could run
+    /// for hours within it. A block may hold facts and checks, within the
+    /// bounds below (those this host's own attenuations stay well inside),
+    /// and no rules and no scopes (which would let it see other blocks'
+    /// facts); the authority block is the host's own.
+    ///
+    /// # Errors
+    ///
+    /// [`TokenError::TooExpensive`] naming the block and the bound.
+    pub fn check_shape(&self) -> Result<(), TokenError> {
+        self.shape().map_err(TokenError::TooExpensive)
+    }
+
+    fn shape(&self) -> Result<(), String> {
+        let blocks = self.biscuit.block_count();
+        if blocks > MAX_BLOCKS {
+            return Err(format!(
+                "{blocks} blocks; at most {MAX_BLOCKS} are accepted"
+            ));
+        }
+        for index in 1..blocks {
+            let source = self
+                .biscuit
+                .print_block_source(index)
+                .map_err(|e| format!("block {index}: {e}"))?;
+            let block = biscuit_parser::parser::parse_block_source(&source)
+                .map_err(|_| format!("block {index} does not read back as Datalog"))?;
+            let fail = |what: String| Err(format!("block {index}: {what}"));
+            if !block.rules.is_empty() {
+                return fail("attenuation blocks may not hold rules".into());
+            }
+            if !block.scopes.is_empty() {
+                return fail("attenuation blocks may not change scopes".into());
+            }
+            if block.facts.len() > MAX_BLOCK_FACTS {
+                return fail(format!(
+                    "{} facts; at most {MAX_BLOCK_FACTS} are accepted",
+                    block.facts.len()
+                ));
+            }
+            if block.checks.len() > MAX_BLOCK_CHECKS {
+                return fail(format!(
+                    "{} checks; at most {MAX_BLOCK_CHECKS} are accepted",
+                    block.checks.len()
+                ));
+            }
+            for (_, check) in &block.checks {
+                if check.queries.len() > MAX_CHECK_QUERIES {
+                    return fail(format!(
+                        "a check with {} alternatives; at most {MAX_CHECK_QUERIES} are accepted",
+                        check.queries.len()
+                    ));
+                }
+                for query in &check.queries {
+                    if !query.scopes.is_empty() {
+                        return fail("attenuation checks may not change scopes".into());
+                    }
+                    if query.body.len() > MAX_QUERY_PREDICATES {
+                        return fail(format!(
+                            "a check joining {} predicates; at most {MAX_QUERY_PREDICATES} are accepted",
+                            query.body.len()
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Parses a token stored under `digest`, checking that the bytes are

@@ -71,44 +71,93 @@ pub fn recover(store: &dyn EventStore) -> Result<(Kernel, u64), LogError> {
 pub fn read_events(
     store: &dyn EventStore,
     from: u64,
-    mut f: impl FnMut(CommittedRecord) -> bool,
+    f: impl FnMut(CommittedRecord) -> bool,
 ) -> Result<(), LogError> {
-    let limits = store.limits()?;
-    let mut kernel = None;
-    for seq in store.snapshots()?.into_iter().rev().filter(|s| *s < from) {
-        if let Some(bytes) = store.snapshot(seq)?
-            && let Ok(s) = crate::store::snapshot::decode(&bytes)
-            && s.head.seq == seq
-        {
-            kernel = Some(Kernel::from_snapshot(
-                s.state,
-                s.head,
-                limits.clone(),
-                Registry::new(),
-            ));
-            break;
+    LogReader::new(store, from)?.read(store, u64::MAX, f)
+}
+
+/// A place in the log, with the state there, to read records with their
+/// events from: positioning costs a replay from the newest snapshot before
+/// it (or from the start); each record after that costs its own replay, so
+/// a reader that keeps its place reads the log in linear time.
+#[derive(Debug)]
+pub struct LogReader {
+    kernel: Kernel,
+}
+
+impl LogReader {
+    /// A reader whose next record is `from` (or the first, for 0).
+    ///
+    /// # Errors
+    ///
+    /// As [`recover`].
+    pub fn new(store: &dyn EventStore, from: u64) -> Result<LogReader, LogError> {
+        let limits = store.limits()?;
+        let mut kernel = None;
+        for seq in store.snapshots()?.into_iter().rev().filter(|s| *s < from) {
+            if let Some(bytes) = store.snapshot(seq)?
+                && let Ok(s) = crate::store::snapshot::decode(&bytes)
+                && s.head.seq == seq
+            {
+                kernel = Some(Kernel::from_snapshot(
+                    s.state,
+                    s.head,
+                    limits.clone(),
+                    Registry::new(),
+                ));
+                break;
+            }
         }
-    }
-    let mut kernel = kernel.unwrap_or_else(|| Kernel::with_registry(limits, Registry::new()));
-    for entry in store.records(kernel.head().seq + 1)? {
-        let (seq, bytes) = entry?;
-        if seq < from {
+        let mut kernel = kernel.unwrap_or_else(|| Kernel::with_registry(limits, Registry::new()));
+        for entry in store.records(kernel.head().seq + 1)? {
+            let (seq, bytes) = entry?;
+            if seq >= from {
+                break;
+            }
             kernel.restore(&bytes)?;
-            continue;
         }
-        let applied = kernel.replay(&bytes)?;
-        let record = CommittedRecord {
-            seq: applied.seq,
-            origin: applied.origin,
-            time: applied.time,
-            cause: applied.cause,
-            events: applied.events,
-        };
-        if !f(record) {
-            break;
-        }
+        Ok(LogReader { kernel })
     }
-    Ok(())
+
+    /// The sequence number of the next record it reads.
+    #[must_use]
+    pub fn next_seq(&self) -> u64 {
+        self.kernel.head().seq + 1
+    }
+
+    /// Calls `f` with each stored record from the reader's place on, with
+    /// its events, up to `upto`, until `f` returns false; the reader then
+    /// stands after the last record `f` was given.
+    ///
+    /// # Errors
+    ///
+    /// [`LogError`] when the store cannot be read or a record does not
+    /// replay.
+    pub fn read(
+        &mut self,
+        store: &dyn EventStore,
+        upto: u64,
+        mut f: impl FnMut(CommittedRecord) -> bool,
+    ) -> Result<(), LogError> {
+        for entry in store.records(self.next_seq())? {
+            let (seq, bytes) = entry?;
+            if seq > upto {
+                break;
+            }
+            let applied = self.kernel.replay(&bytes)?;
+            let record = CommittedRecord {
+                seq: applied.seq,
+                origin: applied.origin,
+                time: applied.time,
+                cause: applied.cause,
+                events: applied.events,
+            };
+            if !f(record) {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Continues `kernel` with the stored records after its head, on the

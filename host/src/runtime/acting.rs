@@ -191,7 +191,14 @@ impl<'h> Acting<'h> {
                 task,
                 same_request: true,
                 ..
-            })) => Ok((task, false)),
+            })) => {
+                // The first request may still be on its way to the disk:
+                // answer the retry once it is durable, as the first is.
+                let sequencer = &self.host.inner.sequencer;
+                let head = sequencer.read(|k| k.head().seq);
+                sequencer.wait_durable(head).await?;
+                Ok((task, false))
+            }
             Err(e) => Err(e),
         }
     }

@@ -17,7 +17,7 @@ use crate::capability::rights::{OperatorLevel, Right};
 use crate::capability::root_key::RootKey;
 use crate::capability::token::{Token, TokenError};
 use crate::log::committed::{Committed, CommittedRecord};
-use crate::log::recovery::{read_events, recover};
+use crate::log::recovery::{LogReader, recover};
 use crate::runtime::acting::{Acting, Grant, HostParts};
 use crate::runtime::bus::{Bus, Subscription};
 use crate::runtime::config::HostConfig;
@@ -368,6 +368,9 @@ impl Host {
         if let Some(info) = self.state(|s| TaskInfo::unfinished(s, task)).await {
             return Ok(Some(info));
         }
+        if let Some(info) = self.inner.waiters.recently_ended(task) {
+            return Ok(Some(info));
+        }
         let Some(seq) = self.inner.store.task_end(task)? else {
             return Ok(None);
         };
@@ -536,15 +539,40 @@ impl Host {
     /// [`HostError::Store`] when the store cannot be read,
     /// [`HostError::Log`] when the log does not replay.
     pub fn log_events(&self, from: u64, limit: usize) -> Result<Vec<CommittedRecord>, HostError> {
+        let mut reader = self.log_reader(from)?;
+        self.read_log(&mut reader, limit)
+    }
+
+    /// A reader of the log whose next record is `from`: keep it to read on
+    /// in linear time (positioning it costs a replay from the newest
+    /// snapshot before `from`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Host::log_events`].
+    pub fn log_reader(&self, from: u64) -> Result<LogReader, HostError> {
+        Ok(LogReader::new(self.inner.store.as_ref(), from)?)
+    }
+
+    /// Up to `limit` committed records from `reader`'s place on, with their
+    /// events; the reader moves past them.
+    ///
+    /// # Errors
+    ///
+    /// As [`Host::log_events`].
+    pub fn read_log(
+        &self,
+        reader: &mut LogReader,
+        limit: usize,
+    ) -> Result<Vec<CommittedRecord>, HostError> {
         let durable = self.inner.sequencer.committed();
         let mut out = Vec::new();
-        read_events(self.inner.store.as_ref(), from, |record| {
-            if record.seq > durable || out.len() >= limit {
-                return false;
-            }
-            out.push(record);
-            true
-        })?;
+        if limit > 0 {
+            reader.read(self.inner.store.as_ref(), durable, |record| {
+                out.push(record);
+                out.len() < limit
+            })?;
+        }
         Ok(out)
     }
 

@@ -133,6 +133,42 @@ pub(crate) struct Waiters {
     waiting: Mutex<HashMap<TaskId, Vec<oneshot::Sender<TaskInfo>>>>,
     /// How many tasks have waiters: the router skips the lock at zero.
     tasks: AtomicUsize,
+    /// The tasks that ended last, so asking for a task that just ended
+    /// does not read the log back.
+    recent: Mutex<RecentEnds>,
+}
+
+/// How many ended tasks [`Waiters`] remembers.
+const RECENT_ENDS: usize = 8192;
+/// The largest output (or failure reason) remembered with an ended task; a
+/// task with a larger one is read back from the log when asked for.
+const RECENT_OUTPUT_MAX: usize = 4096;
+
+/// The most recent ends, oldest first; bounded.
+#[derive(Debug, Default)]
+struct RecentEnds {
+    by_task: HashMap<TaskId, TaskInfo>,
+    order: std::collections::VecDeque<TaskId>,
+}
+
+impl RecentEnds {
+    fn remember(&mut self, info: TaskInfo) {
+        let size = match &info.state {
+            TaskState::Completed { output } => output.len(),
+            TaskState::Failed { reason } => reason.len(),
+            _ => 0,
+        };
+        if size > RECENT_OUTPUT_MAX {
+            return;
+        }
+        if self.order.len() >= RECENT_ENDS
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.by_task.remove(&oldest);
+        }
+        self.order.push_back(info.id);
+        self.by_task.insert(info.id, info);
+    }
 }
 
 impl Waiters {
@@ -160,24 +196,40 @@ impl Waiters {
         self.tasks.store(waiting.len(), Ordering::Release);
     }
 
-    /// Wakes the waiters of the tasks these committed records end.
+    /// Wakes the waiters of the tasks these committed records end, and
+    /// remembers the ends.
     pub(crate) fn committed(&self, records: &[CommittedRecord]) {
-        if self.tasks.load(Ordering::Acquire) == 0 {
+        let mut ended = records.iter().flat_map(|record| {
+            record
+                .events
+                .iter()
+                .filter_map(|event| TaskInfo::ended(record.seq, event))
+        });
+        let Some(first) = ended.next() else {
             return;
-        }
-        let mut waiting = self.lock();
-        for record in records {
-            for event in &record.events {
-                if let Some(info) = TaskInfo::ended(record.seq, event)
-                    && let Some(list) = waiting.remove(&info.id)
-                {
+        };
+        let ended: Vec<TaskInfo> = std::iter::once(first).chain(ended).collect();
+        if self.tasks.load(Ordering::Acquire) > 0 {
+            let mut waiting = self.lock();
+            for info in &ended {
+                if let Some(list) = waiting.remove(&info.id) {
                     for waiter in list {
                         let _ = waiter.send(info.clone());
                     }
                 }
             }
+            self.tasks.store(waiting.len(), Ordering::Release);
         }
-        self.tasks.store(waiting.len(), Ordering::Release);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        for info in ended {
+            recent.remember(info);
+        }
+    }
+
+    /// A task that ended recently, as it ended.
+    pub(crate) fn recently_ended(&self, task: TaskId) -> Option<TaskInfo> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.by_task.get(&task).cloned()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Vec<oneshot::Sender<TaskInfo>>>> {

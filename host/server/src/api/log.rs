@@ -24,8 +24,8 @@ use crate::views::{
 };
 
 /// Records one events request reads at most (with filters, a page may
-/// hold fewer events than asked for; follow `next_from`).
-const SCAN_PER_REQUEST: usize = 10_000;
+/// hold fewer events than asked for, even none; follow `next_from`).
+const SCAN_PER_REQUEST: usize = 1000;
 
 /// Bytes of raw records one page holds at most.
 const RECORD_PAGE_BYTES: usize = 4 << 20;
@@ -99,6 +99,11 @@ pub(crate) async fn events(
     let filter = Filter::new(query.agent.as_deref(), query.kind.as_deref())?;
     let from = query.from.unwrap_or(1).max(1);
     let host = Arc::clone(&app.host);
+    let _turn = app
+        .log_reads
+        .acquire()
+        .await
+        .map_err(|_| ApiError::internal("the server is stopping"))?;
     let records = tokio::task::spawn_blocking(move || host.log_events(from, SCAN_PER_REQUEST))
         .await
         .map_err(|e| ApiError::internal(format!("reading the log failed: {e}")))??;
@@ -202,15 +207,16 @@ pub(crate) async fn state(State(app): State<Arc<App>>, _who: Reader) -> axum::Js
 }
 
 /// Starts verifying the log (every record's hash and link, the head, the
-/// snapshots; with `auth`, every authorization decision). One runs at a
-/// time: asking while one runs answers with it.
+/// snapshots; with `auth`, every authorization decision). Needs `operator
+/// admin` (it replays the whole log); one runs at a time: asking while one
+/// runs answers with it.
 #[utoipa::path(post, path = "/v1/verify", tag = "log", security(("bearer" = [])),
     request_body(content = VerifyRequest, description = "Options (optional)"),
     responses((status = 202, description = "Started, or already running", body = VerifyJob),
         BodyErrors, AuthErrors))]
 pub(crate) async fn start_verify(
     State(app): State<Arc<App>>,
-    _who: Reader,
+    _who: Admin,
     MaybeJson(request): MaybeJson<VerifyRequest>,
 ) -> (StatusCode, axum::Json<VerifyJob>) {
     let auth = request.is_some_and(|r| r.auth);

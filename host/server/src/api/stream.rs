@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -34,8 +34,12 @@ use crate::events::event_view;
 use crate::extract::Query;
 use crate::views::{EventView, Ticket};
 
-/// Records read from the log at a time while catching up.
-const CATCH_UP: usize = 1024;
+/// Records read from the log at a time while catching up (what one stream
+/// holds in memory at most, besides the batch the bus hands it).
+const CATCH_UP: usize = 256;
+
+/// How often a stream checks that its token is still good.
+const RECHECK_TOKEN: Duration = Duration::from_secs(1);
 
 /// Filters, where to start, and the ticket of a client without headers.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -101,7 +105,6 @@ pub(crate) async fn stream(
             app.authenticate(presented.as_bytes(), client, toka_host::OperatorLevel::Read)?
         }
     };
-    drop(token);
     let filter = Filter::new(query.agent.as_deref(), query.kind.as_deref())?;
     let resume = match headers.get("last-event-id") {
         None => None,
@@ -139,6 +142,9 @@ pub(crate) async fn stream(
         filter,
         ready: VecDeque::new(),
         catching_up: true,
+        token,
+        checked: Instant::now(),
+        reader: None,
         closing: app.closing.clone(),
         _permit: permit,
     };
@@ -160,6 +166,13 @@ struct Follower {
     ready: VecDeque<Event>,
     /// Reading the log (from disk) rather than the bus.
     catching_up: bool,
+    /// The operator token that opened the stream, and when it was last
+    /// found still good: a stream ends soon after its token is revoked or
+    /// expires.
+    token: toka_host::Token,
+    checked: Instant,
+    /// Its place in the log while it reads from there.
+    reader: Option<toka_host::LogReader>,
     closing: tokio::sync::watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 }
@@ -169,31 +182,45 @@ impl Follower {
     /// stops, or the log cannot be read).
     async fn next_event(&mut self) -> Option<Event> {
         loop {
-            if let Some(event) = self.ready.pop_front() {
-                return Some(event);
-            }
             if *self.closing.borrow() {
                 return None;
+            }
+            if self.checked.elapsed() >= RECHECK_TOKEN {
+                self.app
+                    .host
+                    .authorize_operator(&self.token, toka_host::OperatorLevel::Read)
+                    .ok()?;
+                self.checked = Instant::now();
+            }
+            if let Some(event) = self.ready.pop_front() {
+                return Some(event);
             }
             if self.catching_up {
                 let read = self.read_log(u64::MAX).await?;
                 if read == 0 {
+                    // Caught up: the bus from here; the reader's state is
+                    // memory the stream no longer needs.
                     self.catching_up = false;
+                    self.reader = None;
                 }
                 continue;
             }
             let received = tokio::select! {
                 r = self.subscription.recv() => r,
                 _ = self.closing.changed() => return None,
+                () = tokio::time::sleep(RECHECK_TOKEN) => continue,
             };
             match received {
                 Ok(batch) => {
                     let first = batch.records.first().map_or(self.next, |r| r.seq);
-                    if first > self.next {
-                        // Records between where this stream is and the
-                        // batch: from the log.
-                        self.read_log(first).await?;
+                    // Records between where this stream is and the batch:
+                    // from the log, all of them.
+                    while self.next < first {
+                        if self.read_log(first).await? == 0 {
+                            return None;
+                        }
                     }
+                    self.reader = None;
                     for record in &batch.records {
                         self.push(record);
                     }
@@ -205,23 +232,37 @@ impl Follower {
     }
 
     /// Reads committed records from `self.next` up to (not including)
-    /// `before` from the log; how many it read.
+    /// `before` from the log; how many it read. The stream keeps its place
+    /// in the log while it catches up, so reading on costs only the new
+    /// records; log reads of all streams and requests take turns.
     async fn read_log(&mut self, before: u64) -> Option<usize> {
         if self.next >= before {
             return Some(0);
         }
-        let host = Arc::clone(&self.app.host);
+        let app = Arc::clone(&self.app);
+        let _turn = app.log_reads.acquire().await.ok()?;
+        let host = Arc::clone(&app.host);
         let from = self.next;
-        let records = tokio::task::spawn_blocking(move || host.log_events(from, CATCH_UP))
-            .await
-            .ok()?
-            .ok()?;
-        let mut read = 0;
-        for record in records.iter().take_while(|r| r.seq < before) {
+        let reader = self.reader.take().filter(|r| r.next_seq() == from);
+        let (reader, records) = tokio::task::spawn_blocking(move || {
+            let mut reader = match reader {
+                Some(reader) => reader,
+                None => host.log_reader(from)?,
+            };
+            let limit = usize::try_from(before - from)
+                .unwrap_or(usize::MAX)
+                .min(CATCH_UP);
+            let records = host.read_log(&mut reader, limit)?;
+            Ok::<_, toka_host::HostError>((reader, records))
+        })
+        .await
+        .ok()?
+        .ok()?;
+        self.reader = Some(reader);
+        for record in &records {
             self.push(record);
-            read += 1;
         }
-        Some(read)
+        Some(records.len())
     }
 
     /// Queues a record's message, if it is the next one and any of its

@@ -783,10 +783,9 @@ impl Core {
                 self.authorize_operator(token, level, time)
                     .map_err(Declined::Denied)?;
                 let digest = token.digest();
-                if self.stored_operators.len() >= STORED_OPERATORS_KEPT {
-                    self.stored_operators.clear();
-                }
-                if self.stored_operators.insert(digest) {
+                // Stored with the first command of it that is applied (a
+                // rejected one stores nothing; see `apply`).
+                if !self.stored_operators.contains(&digest) {
                     attachments.operator = Some((**token).clone());
                 }
                 Authorization::Operator(digest)
@@ -869,6 +868,12 @@ impl Core {
         if let Some((digest, blob)) = attachments.blob {
             self.pending_bytes += blob.len();
             self.pending.blobs.push((digest, blob));
+        }
+        if let Some(operator) = &attachments.operator {
+            if self.stored_operators.len() >= STORED_OPERATORS_KEPT {
+                self.stored_operators.clear();
+            }
+            self.stored_operators.insert(operator.digest());
         }
         for token in attachments.token.into_iter().chain(attachments.operator) {
             self.pending_bytes += token.bytes().len();

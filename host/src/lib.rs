@@ -24,6 +24,7 @@
 
 mod capability;
 mod log;
+mod package;
 mod runtime;
 mod sandbox;
 mod store;
@@ -44,6 +45,10 @@ pub use log::audit::{AuditMismatch, AuditReport, audit, audit_reporting};
 pub use log::committed::{Committed, CommittedRecord};
 pub use log::recovery::{LogReader, read_events, recover, replay};
 pub use log::verify::{PROGRESS_EVERY, Verified, verify, verify_reporting};
+pub use package::manifest::{MAX_MANIFEST, Manifest, ManifestError};
+pub use package::signed::{
+    MANIFEST_SECTION, Package, PackageError, PublisherKey, SigningKey, keygen,
+};
 pub use runtime::acting::{Acting, Grant};
 pub use runtime::bus::Subscription;
 pub use runtime::clock::{Clock, ManualClock, SystemClock};

@@ -1,5 +1,5 @@
 //! The library's module graph has no cycles, and its concerns depend on each
-//! other one way only: `text` ← `capability` ← `store` ← `log` ← `sandbox`
+//! other one way only: `text` ← `capability` ← `package` ← `store` ← `log` ← `sandbox`
 //! ← `runtime`.
 //!
 //! The check reads `host/src` itself: every file is a module; every path it
@@ -15,7 +15,15 @@ use std::path::{Path, PathBuf};
 
 /// The concerns, leaves first: a module may import only from its own
 /// concern or one listed before it.
-const LAYERS: [&str; 6] = ["text", "capability", "store", "log", "sandbox", "runtime"];
+const LAYERS: [&str; 7] = [
+    "text",
+    "capability",
+    "package",
+    "store",
+    "log",
+    "sandbox",
+    "runtime",
+];
 
 /// A module path, e.g. `["runtime", "sequencer", "writer"]` (empty: the crate).
 type ModPath = Vec<String>;

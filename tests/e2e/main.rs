@@ -12,6 +12,7 @@ mod faults;
 mod hardening;
 mod hostile;
 mod journal;
+mod packages;
 mod recovery;
 mod restart;
 mod serve;

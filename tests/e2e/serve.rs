@@ -703,6 +703,7 @@ async fn bad_requests_get_one_clear_error_and_write_nothing() {
         )
         .await;
     assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(big.message().contains("at most"), "{big:?}");
     let huge = api
         .send(
             Method::POST,
@@ -713,6 +714,21 @@ async fn bad_requests_get_one_clear_error_and_write_nothing() {
         )
         .await;
     assert_eq!(huge.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Again and again: the client always reads the answer (the server
+    // reads the refused body rather than resetting the connection under
+    // it).
+    for _ in 0..5 {
+        let again = api
+            .send(
+                Method::POST,
+                "/v1/components",
+                api.request(Method::POST, "/v1/components?name=huge")
+                    .header("content-type", "application/wasm")
+                    .body(vec![0u8; 3 << 20]),
+            )
+            .await;
+        assert_eq!(again.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
     // 422: a component that is not an agent, with the CLI's reason.
     let plain = std::fs::read(crate::agent_path("test-cli")).unwrap();
     let not_agent = api

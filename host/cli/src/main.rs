@@ -5,6 +5,7 @@ mod demo;
 mod drive;
 mod events;
 mod output;
+mod package;
 mod remote;
 mod render;
 mod run;
@@ -118,6 +119,10 @@ enum Command {
     /// Manage agents: resume a quarantined one.
     #[command(subcommand)]
     Agent(agent::Command),
+    /// Publisher tools: keys, and building, inspecting and verifying signed
+    /// agent packages (docs/packages.md).
+    #[command(subcommand)]
+    Package(package::Command),
     /// Serve the data dir: a long-running host with an HTTP API, a live
     /// event stream and a dashboard (docs/api.md).
     Serve(serve::Args),
@@ -258,6 +263,7 @@ fn main() -> ExitCode {
             Command::Token(command) => token::main(&place, command).await,
             Command::Agent(command) => agent::main(&place, command).await,
             Command::Serve(args) => serve::main(&place, args).await,
+            Command::Package(command) => package::main(command),
         }
     });
     match result {

@@ -32,6 +32,7 @@ mod error;
 mod events;
 mod extract;
 mod jobs;
+mod oversize;
 mod rate;
 mod serve;
 

@@ -39,7 +39,15 @@ impl Registration {
         let path = data_dir.join(SERVER_FILE);
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // No server here (and none can be where there is no directory).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(None);
+            }
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
         let registration: Registration = serde_json::from_str(&text)

@@ -269,6 +269,10 @@ pub(crate) fn router(app: &Arc<App>) -> Router {
             "this endpoint does not take that method (see /v1/openapi.json)",
         )
     })
+    .layer(axum::middleware::from_fn_with_state(
+        Arc::clone(app),
+        crate::oversize::refuse_oversize,
+    ))
     .with_state(Arc::clone(app))
 }
 

@@ -10,15 +10,15 @@
 //! consumer is late, never missing anything. Only committed records are
 //! streamed.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
+use axum::http::header;
+use axum::response::{IntoResponse as _, Response};
 use serde::{Deserialize, Serialize};
 use toka_host::{CommittedRecord, Subscription};
 use tokio::sync::OwnedSemaphorePermit;
@@ -37,6 +37,9 @@ use crate::views::{EventView, Ticket};
 /// Records read from the log at a time while catching up (what one stream
 /// holds in memory at most, besides the batch the bus hands it).
 const CATCH_UP: usize = 256;
+
+/// How long a stream may be quiet before it sends a keep-alive comment.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// How often a stream checks that its token is still good.
 const RECHECK_TOKEN: Duration = Duration::from_secs(1);
@@ -79,7 +82,7 @@ pub(crate) async fn stream(
     Query(query): Query<StreamQuery>,
     headers: HeaderMap,
     request: axum::extract::Request,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let (parts, _) = request.into_parts();
     let client = crate::auth::client(&parts);
     let token = match &query.ticket {
@@ -140,7 +143,8 @@ pub(crate) async fn stream(
         subscription,
         next,
         filter,
-        ready: VecDeque::new(),
+        ready: Vec::new(),
+        sent: Instant::now(),
         catching_up: true,
         token,
         checked: Instant::now(),
@@ -148,11 +152,21 @@ pub(crate) async fn stream(
         closing: app.closing.clone(),
         _permit: permit,
     };
-    let events = futures_util::stream::unfold(follower, |mut f| async move {
-        let event = f.next_event().await?;
-        Some((Ok(event), f))
+    // The messages are written here (not with axum's `Sse`, which makes a
+    // body frame of every message): one frame holds every message that is
+    // ready, a whole bus batch or a whole read from the log.
+    let chunks = futures_util::stream::unfold(follower, |mut f| async move {
+        let chunk = f.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk), f))
     });
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(chunks),
+    )
+        .into_response())
 }
 
 /// Where one stream is.
@@ -162,8 +176,11 @@ struct Follower {
     /// The next record to send.
     next: u64,
     filter: Filter,
-    /// Messages ready to send.
-    ready: VecDeque<Event>,
+    /// Messages ready to send, as SSE text.
+    ready: Vec<u8>,
+    /// When the stream last sent something (a keep-alive comment goes out
+    /// after a quiet while).
+    sent: Instant,
     /// Reading the log (from disk) rather than the bus.
     catching_up: bool,
     /// The operator token that opened the stream, and when it was last
@@ -178,9 +195,10 @@ struct Follower {
 }
 
 impl Follower {
-    /// The next message; `None` ends the stream (the host or the server
-    /// stops, or the log cannot be read).
-    async fn next_event(&mut self) -> Option<Event> {
+    /// The next messages, as SSE text; `None` ends the stream (the host
+    /// or the server stops, the token is no longer good, or the log cannot
+    /// be read).
+    async fn next_chunk(&mut self) -> Option<Vec<u8>> {
         loop {
             if *self.closing.borrow() {
                 return None;
@@ -192,8 +210,13 @@ impl Follower {
                     .ok()?;
                 self.checked = Instant::now();
             }
-            if let Some(event) = self.ready.pop_front() {
-                return Some(event);
+            if !self.ready.is_empty() {
+                self.sent = Instant::now();
+                return Some(std::mem::take(&mut self.ready));
+            }
+            if self.sent.elapsed() >= KEEP_ALIVE {
+                self.sent = Instant::now();
+                return Some(b": keep-alive\n\n".to_vec());
             }
             if self.catching_up {
                 let read = self.read_log(u64::MAX).await?;
@@ -285,12 +308,13 @@ impl Follower {
             seq: record.seq,
             events,
         };
-        if let Ok(event) = Event::default()
-            .event("record")
-            .id(record.seq.to_string())
-            .json_data(&message)
-        {
-            self.ready.push_back(event);
+        // Compact JSON has no raw line breaks: one `data:` line.
+        let start = self.ready.len();
+        let _ = write!(self.ready, "event: record\nid: {}\ndata: ", record.seq);
+        if serde_json::to_writer(&mut self.ready, &message).is_ok() {
+            self.ready.extend_from_slice(b"\n\n");
+        } else {
+            self.ready.truncate(start);
         }
     }
 }

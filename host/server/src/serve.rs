@@ -232,8 +232,9 @@ async fn stop_host(mut host: Arc<Host>) -> Result<(), ServeError> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Still held (a verification running): dropping stops it without
-    // waiting; everything acknowledged was durable already.
+    // Still held (a request still reading the log back on a blocking
+    // thread): dropping it does not wait for the writer; everything
+    // acknowledged was durable already.
     drop(host);
     Ok(())
 }

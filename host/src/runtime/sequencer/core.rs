@@ -577,21 +577,18 @@ impl Sequencer {
 
     /// Waits until the record at `seq` is durable.
     pub(crate) async fn wait_durable(&self, seq: u64) -> Result<(), Stopped> {
-        let mut rx = self.shared.committed.subscribe();
-        loop {
-            if *rx.borrow_and_update() >= seq {
-                return Ok(());
-            }
-            self.lock().check_running()?;
-            if rx.changed().await.is_err() {
-                return Err(Stopped("the log writer is gone".into()));
-            }
-        }
+        self.wait_until(&self.shared.committed, seq).await
     }
 
     /// Waits until the record at `seq` is durable and published.
     pub(crate) async fn wait_published(&self, seq: u64) -> Result<(), Stopped> {
-        let mut rx = self.shared.published.subscribe();
+        self.wait_until(&self.shared.published, seq).await
+    }
+
+    /// Waits until `mark` (committed or published) reaches `seq`, or the
+    /// host stops.
+    async fn wait_until(&self, mark: &watch::Sender<u64>, seq: u64) -> Result<(), Stopped> {
+        let mut rx = mark.subscribe();
         loop {
             if *rx.borrow_and_update() >= seq {
                 return Ok(());

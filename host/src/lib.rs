@@ -45,7 +45,9 @@ pub use log::audit::{AuditMismatch, AuditReport, audit, audit_reporting};
 pub use log::committed::{Committed, CommittedRecord};
 pub use log::recovery::{LogReader, read_events, recover, replay};
 pub use log::verify::{PROGRESS_EVERY, Verified, verify, verify_reporting};
+pub use package::approval::{covers, intersect, meet};
 pub use package::manifest::{MAX_MANIFEST, Manifest, ManifestError};
+pub use package::review::{Approval, Review};
 pub use package::signed::{
     MANIFEST_SECTION, Package, PackageError, PublisherKey, SigningKey, keygen,
 };
@@ -55,6 +57,7 @@ pub use runtime::clock::{Clock, ManualClock, SystemClock};
 pub use runtime::config::HostConfig;
 pub use runtime::error::HostError;
 pub use runtime::host::Host;
+pub use runtime::installing::Installed;
 pub use runtime::metrics::{Histogram, HostMetrics};
 pub use runtime::sequencer::Stopped;
 pub use runtime::tasks::{TaskInfo, TaskState};

@@ -28,7 +28,7 @@ pub const MAX_REFUSAL_RUNS: usize = 16;
 const RESERVED_NAMES: [&str; 2] = ["operator", "system"];
 
 /// The longest revocation id accepted (biscuit's are 64-byte signatures).
-const MAX_REVOCATION_ID: usize = 256;
+pub(crate) const MAX_REVOCATION_ID: usize = 256;
 
 /// What `apply` needs besides the state and the command.
 pub(crate) struct Env<'a> {
@@ -50,7 +50,7 @@ struct Charge {
     ancestors: Vec<(AgentId, Account)>,
 }
 
-fn check_size(limit: Limit, max: u32, actual: usize) -> Result<(), KernelError> {
+pub(crate) fn check_size(limit: Limit, max: u32, actual: usize) -> Result<(), KernelError> {
     check_count(limit, u64::from(max), actual as u64)
 }
 
@@ -166,6 +166,12 @@ impl WorldState {
                 self.agent_of(agent)?;
                 vec![Event::HostCondition { agent, reason }]
             }
+            Operation::TrustPublisher { publisher } => self.trust_publisher(publisher, limits)?,
+            Operation::DistrustPublisher { name } => self.distrust_publisher(name)?,
+            Operation::InstallPackage { component, package } => {
+                self.install_package(component, *package, limits)?
+            }
+            Operation::UninstallPackage { name } => self.uninstall_package(origin, name)?,
         };
 
         // Infallible bookkeeping, after the operation succeeded.
@@ -682,7 +688,21 @@ impl WorldState {
         limits: &Limits,
     ) -> Result<Vec<Event>, KernelError> {
         check_size(Limit::Reason, limits.max_reason, reason.len())?;
-        let record = self.live_agent(agent, OpKind::TerminateAgent)?;
+        self.live_agent(agent, OpKind::TerminateAgent)?;
+        Ok(self.terminate(origin, agent, reason))
+    }
+
+    /// Terminates a live agent: its running and queued tasks fail.
+    pub(crate) fn terminate(
+        &mut self,
+        origin: EntityId,
+        agent: AgentId,
+        reason: String,
+    ) -> Vec<Event> {
+        let record = self
+            .agents
+            .get(&agent)
+            .expect("the caller found the agent live");
         let doomed: Vec<TaskId> = record
             .running
             .iter()
@@ -697,7 +717,7 @@ impl WorldState {
         let a = self
             .agents
             .get_mut(&agent)
-            .expect("live_agent found it, and agents are never removed");
+            .expect("the caller found it, and agents are never removed");
         a.status = AgentStatus::Terminated {
             reason: reason.clone(),
         };
@@ -714,7 +734,7 @@ impl WorldState {
                 reason,
             },
         );
-        Ok(events)
+        events
     }
 
     fn record_fault(
@@ -961,7 +981,7 @@ impl WorldState {
 impl WorldState {
     /// A display name: not empty, within the size limit, and (from rules
     /// version 2 on) printable and not reserved.
-    fn check_name(
+    pub(crate) fn check_name(
         &self,
         kind: OpKind,
         what: &str,

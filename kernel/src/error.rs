@@ -17,6 +17,8 @@ pub enum EntityKind {
     Agent,
     Task,
     Component,
+    Publisher,
+    Package,
 }
 
 impl fmt::Display for EntityKind {
@@ -25,6 +27,8 @@ impl fmt::Display for EntityKind {
             EntityKind::Agent => "agent",
             EntityKind::Task => "task",
             EntityKind::Component => "component",
+            EntityKind::Publisher => "publisher",
+            EntityKind::Package => "package",
         })
     }
 }

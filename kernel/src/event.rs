@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::{AgentId, EntityId, TaskId};
+use crate::id::{AgentId, Digest, EntityId, TaskId};
 use crate::operation::{AgentSpec, ComponentSpec, Denial, TaskSpec};
+use crate::package::{PackageRecord, Publisher};
 use crate::rules::{Budgets, Quota, Rules};
 
 /// One observable effect of an applied command.
@@ -187,6 +188,41 @@ pub enum Event {
         /// What happened.
         reason: String,
     },
+    /// A publisher was added to the trust store.
+    PublisherTrusted {
+        /// The publisher and its key.
+        publisher: Publisher,
+    },
+    /// A publisher was removed from the trust store; its packages' tokens
+    /// are revoked in the same record.
+    PublisherDistrusted {
+        /// Its trust-store name.
+        name: String,
+        /// Its packages, whose tokens are revoked.
+        packages: Vec<String>,
+    },
+    /// A package was installed or upgraded.
+    PackageInstalled {
+        /// What was installed.
+        package: Box<PackageRecord>,
+        /// The version it replaced, for an upgrade.
+        previous: Option<String>,
+    },
+    /// A package was uninstalled.
+    PackageUninstalled {
+        /// Its name.
+        name: String,
+    },
+    /// An upgrade rebound an agent to its package's new component and
+    /// install token; its state is unchanged.
+    AgentRebound {
+        /// The agent.
+        agent: AgentId,
+        /// The component it runs from now on.
+        component: Digest,
+        /// The token it is bound to from now on.
+        token: Digest,
+    },
 }
 
 impl Event {
@@ -215,6 +251,11 @@ impl Event {
             Event::RefusalsRecorded { .. } => "refusals_recorded",
             Event::QuotaExceeded { .. } => "quota_exceeded",
             Event::HostCondition { .. } => "host_condition",
+            Event::PublisherTrusted { .. } => "publisher_trusted",
+            Event::PublisherDistrusted { .. } => "publisher_distrusted",
+            Event::PackageInstalled { .. } => "package_installed",
+            Event::PackageUninstalled { .. } => "package_uninstalled",
+            Event::AgentRebound { .. } => "agent_rebound",
         }
     }
 }

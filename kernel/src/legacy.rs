@@ -176,5 +176,7 @@ pub(crate) fn state_v1(bytes: &[u8]) -> Result<WorldState, postcard::Error> {
         rules: None,
         live_agents,
         idempotency: crate::idempotency::Idempotency::default(),
+        publishers: Default::default(),
+        packages: Default::default(),
     })
 }

@@ -26,6 +26,7 @@ mod kernel;
 mod legacy;
 mod limits;
 mod operation;
+mod package;
 mod quota;
 mod record;
 mod rules;
@@ -44,6 +45,7 @@ pub use limits::{Limit, Limits};
 pub use operation::{
     AgentSpec, ComponentSpec, Denial, OpKind, Operation, Refusal, RefusalKind, TaskSpec,
 };
+pub use package::{MAX_MANIFEST, MAX_PACKAGE_RIGHTS, PackageRecord, Publisher};
 pub use quota::{Account, Bucket};
 pub use record::{ChainHead, FORMAT_VERSION, Record, RecordError};
 pub use rules::{Budgets, Quota, Quotas, RULES_VERSION, Rate, Rules};

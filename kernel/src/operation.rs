@@ -5,6 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{AgentId, Digest, TaskId};
+use crate::package::{PackageRecord, Publisher};
 use crate::rules::{Budgets, Quota, Rules};
 
 /// What a task asks its agent to do.
@@ -228,6 +229,35 @@ pub enum Operation {
         /// What to do.
         spec: TaskSpec,
     },
+    /// Add a publisher to the trust store.
+    TrustPublisher {
+        /// The publisher and its key.
+        publisher: Publisher,
+    },
+    /// Remove a publisher from the trust store: its packages' install
+    /// tokens are revoked in the same record (the packages stay recorded,
+    /// revoked, until they are uninstalled or installed again).
+    DistrustPublisher {
+        /// The publisher's trust-store name.
+        name: String,
+    },
+    /// Install a package and its component, or upgrade the
+    /// package of the same name and publisher: the old version's agents
+    /// are rebound to the new component and token, and the old token is
+    /// revoked.
+    InstallPackage {
+        /// The package's component, installed by the same record unless
+        /// it is already.
+        component: ComponentSpec,
+        /// What was installed, approved and minted.
+        package: Box<PackageRecord>,
+    },
+    /// Uninstall a package: its agents are terminated and its install
+    /// token revoked.
+    UninstallPackage {
+        /// The package's name.
+        name: String,
+    },
 }
 
 /// One or more identical operations of a task, refused in a row.
@@ -286,6 +316,10 @@ pub enum OpKind {
     RecordQuotaHit,
     RecordHostCondition,
     ScheduleTaskOnce,
+    TrustPublisher,
+    DistrustPublisher,
+    InstallPackage,
+    UninstallPackage,
 }
 
 impl OpKind {
@@ -315,6 +349,10 @@ impl OpKind {
             OpKind::RecordQuotaHit => "record_quota_hit",
             OpKind::RecordHostCondition => "record_host_condition",
             OpKind::ScheduleTaskOnce => "schedule_task_once",
+            OpKind::TrustPublisher => "trust_publisher",
+            OpKind::DistrustPublisher => "distrust_publisher",
+            OpKind::InstallPackage => "install_package",
+            OpKind::UninstallPackage => "uninstall_package",
         }
     }
 
@@ -339,6 +377,10 @@ impl OpKind {
                 | OpKind::RecordQuotaHit
                 | OpKind::RecordHostCondition
                 | OpKind::ScheduleTaskOnce
+                | OpKind::TrustPublisher
+                | OpKind::DistrustPublisher
+                | OpKind::InstallPackage
+                | OpKind::UninstallPackage
         )
     }
 
@@ -356,6 +398,10 @@ impl OpKind {
                 | OpKind::ResumeAgent
                 | OpKind::RevokeToken
                 | OpKind::InstallComponent
+                | OpKind::TrustPublisher
+                | OpKind::DistrustPublisher
+                | OpKind::InstallPackage
+                | OpKind::UninstallPackage
         )
     }
 }
@@ -393,6 +439,10 @@ impl Operation {
             Operation::RecordQuotaHit { .. } => OpKind::RecordQuotaHit,
             Operation::RecordHostCondition { .. } => OpKind::RecordHostCondition,
             Operation::ScheduleTaskOnce { .. } => OpKind::ScheduleTaskOnce,
+            Operation::TrustPublisher { .. } => OpKind::TrustPublisher,
+            Operation::DistrustPublisher { .. } => OpKind::DistrustPublisher,
+            Operation::InstallPackage { .. } => OpKind::InstallPackage,
+            Operation::UninstallPackage { .. } => OpKind::UninstallPackage,
         }
     }
 }

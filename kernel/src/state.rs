@@ -8,6 +8,7 @@ use crate::command::Timestamp;
 use crate::id::{AgentId, Digest, EntityId, TaskId};
 use crate::idempotency::Idempotency;
 use crate::operation::{ComponentSpec, TaskSpec};
+use crate::package::{PackageRecord, Publisher};
 use crate::quota::Account;
 use crate::rules::{Budgets, Rules};
 
@@ -226,6 +227,12 @@ pub struct WorldState {
     /// a state encoded before it existed is this encoding's prefix (see
     /// [`WorldState::from_bytes_v2`]).
     pub(crate) idempotency: Idempotency,
+    /// The trust store: publishers by name. After the keys, so a state
+    /// encoded before packages existed is this encoding's prefix (see
+    /// [`WorldState::from_bytes_v3`]).
+    pub(crate) publishers: BTreeMap<String, Publisher>,
+    /// Installed packages, by name.
+    pub(crate) packages: BTreeMap<String, PackageRecord>,
 }
 
 impl WorldState {
@@ -254,17 +261,29 @@ impl WorldState {
     }
 
     /// Decodes a state encoded before idempotency keys were kept (snapshot
-    /// format 2): that encoding is this one's prefix, without keys.
+    /// format 2): that encoding is this one's prefix, without keys,
+    /// publishers or packages.
     ///
     /// # Errors
     ///
     /// The postcard error when the bytes are not such a state.
     pub fn from_bytes_v2(bytes: &[u8]) -> Result<Self, postcard::Error> {
         let none = postcard::to_allocvec(&Idempotency::default())?;
-        let mut whole = Vec::with_capacity(bytes.len() + none.len());
-        whole.extend_from_slice(bytes);
-        whole.extend_from_slice(&none);
-        postcard::from_bytes(&whole)
+        Self::from_bytes_v3(&[bytes, &none].concat())
+    }
+
+    /// Decodes a state encoded before packages existed (snapshot format 3):
+    /// that encoding is this one's prefix, without publishers or packages.
+    ///
+    /// # Errors
+    ///
+    /// The postcard error when the bytes are not such a state.
+    pub fn from_bytes_v3(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        let none = postcard::to_allocvec(&(
+            BTreeMap::<String, Publisher>::new(),
+            BTreeMap::<String, PackageRecord>::new(),
+        ))?;
+        postcard::from_bytes(&[bytes, &none].concat())
     }
 
     /// The task scheduled under an idempotency key, if the key is among the

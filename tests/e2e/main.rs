@@ -11,6 +11,7 @@ mod durability;
 mod faults;
 mod hardening;
 mod hostile;
+mod install;
 mod journal;
 mod packages;
 mod recovery;

@@ -264,4 +264,21 @@ fn packages_interoperate_with_the_reference_wasmsign2_cli() {
         &["verify", path(&resigned), "--key", path(&public)],
     );
     assert!(old.ok().starts_with("ok: greeter"), "{old:?}");
+    // An operator who trusts only the reference CLI's key installs the
+    // package it signed (it carries a manifest).
+    let data = dir.path().join("data");
+    toka(
+        &data,
+        &["trust", "add", "refpub", path(&keys.with_extension("pub"))],
+    )
+    .ok();
+    let installed = toka(&data, &["install", path(&resigned), "--yes"]);
+    assert!(
+        installed.ok().contains("package greeter 1.0.0 installed"),
+        "{installed:?}"
+    );
+    assert!(
+        installed.stderr.contains("trusted publisher `refpub`"),
+        "{installed:?}"
+    );
 }

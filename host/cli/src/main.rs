@@ -4,6 +4,7 @@ mod agent;
 mod demo;
 mod drive;
 mod events;
+mod install;
 mod output;
 mod package;
 mod remote;
@@ -123,6 +124,16 @@ enum Command {
     /// agent packages (docs/packages.md).
     #[command(subcommand)]
     Package(package::Command),
+    /// The trust store: the publishers whose signed packages may be
+    /// installed (docs/packages.md).
+    #[command(subcommand)]
+    Trust(install::TrustCommand),
+    /// Install (or upgrade) a signed package from a trusted publisher, with
+    /// the rights you approve.
+    Install(install::InstallArgs),
+    /// Uninstall a package: its agents are terminated and its install token
+    /// revoked.
+    Uninstall(install::UninstallArgs),
     /// Serve the data dir: a long-running host with an HTTP API, a live
     /// event stream and a dashboard (docs/api.md).
     Serve(serve::Args),
@@ -207,6 +218,7 @@ impl From<toka_host::HostError> for Failure {
             | E::RootKeyMismatch { .. }
             | E::UnknownRevocationId(_)
             | E::ProtectedPath(_)
+            | E::Package(_)
             // The kernel refusing an operator's own command (a name, an
             // unknown agent): the input was wrong.
             | E::Kernel(_) => Failure::input(e),
@@ -264,6 +276,9 @@ fn main() -> ExitCode {
             Command::Agent(command) => agent::main(&place, command).await,
             Command::Serve(args) => serve::main(&place, args).await,
             Command::Package(command) => package::main(command),
+            Command::Trust(command) => install::trust(&place, command).await,
+            Command::Install(args) => install::install(&place, args).await,
+            Command::Uninstall(args) => install::uninstall(&place, args).await,
         }
     });
     match result {

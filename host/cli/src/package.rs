@@ -129,7 +129,8 @@ pub(crate) fn main(command: Command) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, Failure> {
+/// A package file's bytes, refusing one larger than a package may be.
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, Failure> {
     let fail = |e: std::io::Error| Failure::input(format!("{}: {e}", path.display()));
     let size = std::fs::metadata(path).map_err(fail)?.len();
     if size > MAX_PACKAGE {

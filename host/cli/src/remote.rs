@@ -11,8 +11,9 @@ use base64::Engine as _;
 use toka_kernel::{Applied, Event, Kernel, Registry, WorldState};
 use toka_server::client::{Client, ClientError};
 use toka_server::views::{
-    AgentView, ComponentView, EncodedState, RecordPage, RevokeRequest, Revoked, ScheduleRequest,
-    SnapshotTaken, SpawnRequest, TaskView,
+    AgentView, ComponentView, Distrusted, EncodedState, InstalledView, PackageView, PublisherView,
+    RecordPage, ReviewView, RevokeRequest, Revoked, ScheduleRequest, SnapshotTaken, SpawnRequest,
+    TaskView, TrustRequest,
 };
 
 use crate::drive::{Bounds, Ending};
@@ -103,6 +104,52 @@ pub(crate) struct RunRequest<'a> {
     pub(crate) bounds: Bounds,
 }
 
+/// `toka run NAME` of an installed package through the server: spawn (or
+/// reuse) its agent with its install token, then as [`run`].
+pub(crate) async fn run_package(
+    client: &Client,
+    package: &str,
+    name: &str,
+    rights: Vec<String>,
+    budgets: Vec<String>,
+    tasks: &[String],
+    bounds: Bounds,
+) -> CliResult {
+    let started = Instant::now();
+    let follower = Follower::new(client).await?;
+    let component = follower
+        .state()
+        .package(package)
+        .map(|p| p.component)
+        .ok_or_else(|| Failure::input(toka_host::PackageError::NotInstalled(package.to_owned())))?;
+    let reuse = rights.is_empty() && budgets.is_empty();
+    let existing = if reuse {
+        crate::run::find_root_agent(follower.state(), name, component)?
+    } else {
+        None
+    };
+    let agent = match existing {
+        Some(agent) => agent,
+        None => {
+            let spawned: AgentView = client
+                .post(
+                    "/v1/agents",
+                    &SpawnRequest {
+                        component: String::new(),
+                        package: Some(package.to_owned()),
+                        name: name.to_owned(),
+                        rights,
+                        budgets,
+                        token: None,
+                    },
+                )
+                .await?;
+            parse_id(&spawned.id)?
+        }
+    };
+    work(client, follower, agent, name, tasks, bounds, started).await
+}
+
 /// `toka run` through the server: install, spawn (or reuse), schedule, and
 /// print what happens until the host is idle or a bound stops the run (the
 /// server keeps running what is left).
@@ -120,7 +167,7 @@ pub(crate) async fn run(client: &Client, request: RunRequest<'_>) -> CliResult {
             "the server named a digest that does not parse: {e}"
         ))
     })?;
-    let mut follower = Follower::new(client).await?;
+    let follower = Follower::new(client).await?;
     let explicit =
         request.grant.is_some() || !request.rights.is_empty() || !request.budgets.is_empty();
     let existing = if explicit {
@@ -144,6 +191,7 @@ pub(crate) async fn run(client: &Client, request: RunRequest<'_>) -> CliResult {
                     "/v1/agents",
                     &SpawnRequest {
                         component: installed.digest.clone(),
+                        package: None,
                         name: request.name.to_owned(),
                         rights: if request.grant.is_some() {
                             Vec::new()
@@ -158,8 +206,31 @@ pub(crate) async fn run(client: &Client, request: RunRequest<'_>) -> CliResult {
             parse_id(&spawned.id)?
         }
     };
+    work(
+        client,
+        follower,
+        agent,
+        request.name,
+        request.tasks,
+        request.bounds,
+        started,
+    )
+    .await
+}
+
+/// Schedules `tasks` for `agent` and prints what happens until the host is
+/// idle or a bound stops the run.
+async fn work(
+    client: &Client,
+    mut follower: Follower<'_>,
+    agent: toka_kernel::AgentId,
+    name: &str,
+    tasks: &[String],
+    bounds: Bounds,
+    started: Instant,
+) -> CliResult {
     let mut report = Report::new(Names::from_state(follower.state()));
-    for text in request.tasks {
+    for text in tasks {
         let task: TaskView = client
             .post(
                 &format!("/v1/agents/{agent}/tasks"),
@@ -172,7 +243,7 @@ pub(crate) async fn run(client: &Client, request: RunRequest<'_>) -> CliResult {
     }
     let ending = follow_until(
         &mut follower,
-        request.bounds,
+        bounds,
         started,
         |events| {
             report.events(events);
@@ -180,7 +251,7 @@ pub(crate) async fn run(client: &Client, request: RunRequest<'_>) -> CliResult {
         |_| false,
     )
     .await?;
-    Ok(report.finish(ending, request.name, agent, request.tasks.is_empty()))
+    Ok(report.finish(ending, name, agent, tasks.is_empty()))
 }
 
 async fn install(client: &Client, name: &str, bytes: Vec<u8>) -> Result<ComponentView, Failure> {
@@ -325,4 +396,61 @@ fn percent(text: &str) -> String {
         }
     }
     out
+}
+
+/// `toka trust add` through the server.
+pub(crate) async fn trust(
+    client: &Client,
+    name: &str,
+    key: &toka_host::PublisherKey,
+) -> Result<(), Failure> {
+    let request = TrustRequest {
+        name: name.to_owned(),
+        key: toka_kernel::to_hex(&key.to_bytes()),
+    };
+    let _: PublisherView = client.post("/v1/publishers", &request).await?;
+    Ok(())
+}
+
+/// `toka trust remove` through the server: the packages removed with it.
+pub(crate) async fn distrust(client: &Client, name: &str) -> Result<Vec<String>, Failure> {
+    let path = format!("/v1/publishers/{}", percent(name));
+    let removed: Distrusted = client.delete(&path).await?;
+    Ok(removed.packages)
+}
+
+/// The server's review of a package (`toka install`'s first step).
+pub(crate) async fn review(client: &Client, bytes: &[u8]) -> Result<ReviewView, Failure> {
+    Ok(client
+        .post_bytes("/v1/packages/review", bytes.to_vec())
+        .await?)
+}
+
+/// `toka install` through the server, with the approval given.
+pub(crate) async fn install_package(
+    client: &Client,
+    bytes: Vec<u8>,
+    approval: &toka_host::Approval,
+) -> Result<InstalledView, Failure> {
+    let query = match approval {
+        toka_host::Approval::All => "?yes=true".to_owned(),
+        toka_host::Approval::Held => String::new(),
+        toka_host::Approval::Rights(rights) => {
+            let pairs: Vec<String> = rights
+                .iter()
+                .map(|r| format!("approve={}", percent(&r.to_string())))
+                .collect();
+            format!("?{}", pairs.join("&"))
+        }
+    };
+    Ok(client
+        .post_bytes(&format!("/v1/packages{query}"), bytes)
+        .await?)
+}
+
+/// `toka uninstall` through the server.
+pub(crate) async fn uninstall(client: &Client, name: &str) -> Result<(), Failure> {
+    let path = format!("/v1/packages/{}", percent(name));
+    let _: PackageView = client.delete(&path).await?;
+    Ok(())
 }

@@ -229,6 +229,45 @@ pub(crate) fn human(seq: u64, origin: EntityId, event: &Event, names: &Names) ->
             names.agent(*agent),
             text(reason)
         ),
+        Event::PublisherTrusted { publisher } => format!(
+            "publisher `{}` trusted (key {})",
+            text(&publisher.name),
+            toka_host::PublisherKey::from_bytes(&publisher.key)
+                .map_or_else(|_| hex(&publisher.key), |k| k.fingerprint())
+        ),
+        Event::PublisherDistrusted { name, packages } => format!(
+            "publisher `{}` removed{}",
+            text(name),
+            if packages.is_empty() {
+                String::new()
+            } else {
+                format!(", with its packages: {}", text(&packages.join(", ")))
+            }
+        ),
+        Event::PackageInstalled { package, previous } => format!(
+            "package {} {} by `{}` {} (component {}): approved {}",
+            text(&package.name),
+            text(&package.version),
+            text(&package.publisher),
+            match previous {
+                Some(old) => format!("upgraded from {}", text(old)),
+                None => "installed".to_owned(),
+            },
+            package.component.short(),
+            if package.approved.is_empty() {
+                "nothing".to_owned()
+            } else {
+                text(&package.approved.join(", "))
+            }
+        ),
+        Event::PackageUninstalled { name } => format!("package {} uninstalled", text(name)),
+        Event::AgentRebound {
+            agent, component, ..
+        } => format!(
+            "agent {} now runs component {}",
+            names.agent(*agent),
+            component.short()
+        ),
     };
     format!("#{seq:<5} {body}")
 }

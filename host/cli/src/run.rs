@@ -14,8 +14,10 @@ use crate::{CliResult, Failure, Place, drive};
 /// Arguments of `toka run`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// A `.wasm` component, or the name of a bundled example (hello, planner,
-    /// worker, counter).
+    /// An installed package's name (it runs with its install token), a
+    /// `.wasm` component (it runs on your own authority: --grant or
+    /// --token), or the name of a bundled example (hello, planner, worker,
+    /// counter).
     agent: String,
     /// A task for the agent (repeatable; run in order).
     #[arg(long = "task", value_name = "TEXT")]
@@ -53,8 +55,21 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
+    if !Path::new(&args.agent).exists()
+        && let Some(package) = installed_package(place, &args.agent).await?
+    {
+        return run_package(place, args, &package).await;
+    }
     // Everything that can be checked without the data dir is checked first.
     let (default_name, bytes) = load(&args.agent)?;
+    if let Ok(package) = toka_host::Package::read(bytes.clone()) {
+        eprintln!(
+            "note: {} is package {} {}; `toka run` of a file runs it on your own authority (--grant or --token), not with its manifest's rights; `toka install` it to run it with the rights you approve",
+            args.agent,
+            text(&package.manifest().name),
+            text(&package.manifest().version)
+        );
+    }
     let mut extra = Vec::new();
     let mut specs: Vec<&str> = args.with.iter().map(String::as_str).collect();
     specs.extend(companion(&args.agent));
@@ -137,9 +152,22 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
             }
         }
     };
+    work(opened, agent, &name, &args.tasks, bounds).await
+}
+
+/// Schedules `tasks` for `agent` and prints what happens until the host is
+/// idle or a bound stops the run.
+async fn work(
+    opened: drive::Opened,
+    agent: EntityId,
+    name: &str,
+    tasks: &[String],
+    bounds: drive::Bounds,
+) -> CliResult {
+    let host = &opened.host;
     let mut rx = opened.start();
     let mut report = Report::new(host.state(Names::from_state).await);
-    for text in &args.tasks {
+    for text in tasks {
         report
             .pending
             .insert(host.schedule(agent, text).await?, text.clone());
@@ -151,7 +179,95 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
     })
     .await?;
     opened.host.shutdown().await?;
-    Ok(report.finish(ending, &name, agent, args.tasks.is_empty()))
+    Ok(report.finish(ending, name, agent, tasks.is_empty()))
+}
+
+/// The installed package named `spec`, if the data dir has one (asked of
+/// the server when one holds the data dir).
+async fn installed_package(place: &Place, spec: &str) -> Result<Option<String>, Failure> {
+    if spec.contains(['/', '\\']) || spec.ends_with(".wasm") {
+        return Ok(None);
+    }
+    if let Some(client) = drive::server(place).await? {
+        let packages: Vec<toka_server::views::PackageView> = client.get("/v1/packages").await?;
+        return Ok(packages
+            .iter()
+            .any(|p| p.name == spec)
+            .then(|| spec.to_owned()));
+    }
+    if !place.dir().exists() {
+        return Ok(None);
+    }
+    let store = place.dir().open_read_only().map_err(Failure::input)?;
+    let (kernel, _) = toka_host::recover(&store)?;
+    Ok(kernel.state().package(spec).map(|p| p.name.clone()))
+}
+
+/// `toka run NAME` of an installed package: its agent runs the package's
+/// component with its install token (attenuated to --grant/--budget when
+/// given; a right it does not hold is refused by name).
+async fn run_package(place: &Place, args: Args, package: &str) -> CliResult {
+    if args.token.is_some() || !args.with.is_empty() {
+        return Err(Failure::input(format!(
+            "package `{package}` runs with its install token: --token and --with are for components you run on your own authority"
+        )));
+    }
+    let name = args.name.unwrap_or_else(|| package.to_owned());
+    toka_kernel::validate_name("agent", &name, &toka_kernel::Limits::default())
+        .map_err(Failure::input)?;
+    let rights = args
+        .grants
+        .iter()
+        .map(|g| g.parse::<Right>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::input)?;
+    let budgets = args
+        .budgets
+        .iter()
+        .map(|b| b.parse::<Budget>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::input)?;
+    let bounds = drive::Bounds {
+        max_tasks: args.max_tasks,
+        timeout: (!args.timeout.is_zero()).then_some(args.timeout),
+    };
+    if let Some(client) = drive::server(place).await? {
+        return crate::remote::run_package(
+            &client,
+            package,
+            &name,
+            args.grants,
+            args.budgets,
+            &args.tasks,
+            bounds,
+        )
+        .await;
+    }
+    let opened = drive::open(place).await?;
+    let host = &opened.host;
+    let reuse = rights.is_empty() && budgets.is_empty();
+    let agent = async {
+        let component = host
+            .state(|s| s.package(package).map(|p| p.component))
+            .await
+            .ok_or_else(|| Failure::input(toka_host::PackageError::NotInstalled(package.into())))?;
+        if reuse && let Some(agent) = host.state(|s| find_root_agent(s, &name, component)).await? {
+            return Ok(agent);
+        }
+        let rights = (!rights.is_empty()).then_some(rights.as_slice());
+        host.as_host()
+            .spawn_package(package, &name, rights, &budgets)
+            .await
+            .map_err(Failure::from)
+    }
+    .await;
+    match agent {
+        Ok(agent) => work(opened, agent, &name, &args.tasks, bounds).await,
+        Err(e) => {
+            opened.host.shutdown().await?;
+            Err(e)
+        }
+    }
 }
 
 /// What a run prints as its agents work, the same whether the host is

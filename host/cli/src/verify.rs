@@ -52,10 +52,11 @@ pub(crate) fn main(data: &Path, args: Args) -> CliResult {
         )));
     }
     out!(
-        "auth ok: {} allowed and {} denied decisions reproduced; {} operator commands re-checked",
+        "auth ok: {} allowed and {} denied decisions reproduced; {} operator commands and {} package installs re-checked",
         report.allowed,
         report.denied,
-        report.operator
+        report.operator,
+        report.packages
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -167,6 +167,15 @@ impl Client {
             .await
     }
 
+    /// `DELETE path`, the answer decoded.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`].
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send(self.request(reqwest::Method::DELETE, path)).await
+    }
+
     /// `POST path` with raw bytes (a component upload), decoded.
     ///
     /// # Errors

@@ -116,6 +116,10 @@ impl From<HostError> for ApiError {
             HostError::OperatorRight(_) => Self::unprocessable("operator_right", message),
             HostError::ProtectedPath(_) => Self::unprocessable("protected_path", message),
             HostError::UnknownRevocationId(_) => Self::not_found(message),
+            HostError::Package(toka_host::PackageError::NotInstalled(_)) => {
+                Self::not_found(message)
+            }
+            HostError::Package(_) => Self::unprocessable("invalid_package", message),
             HostError::Stopped(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", message)
             }

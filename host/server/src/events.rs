@@ -148,6 +148,33 @@ pub fn view(
         Event::HostCondition { agent, reason } => {
             json!({"agent": agent.to_string(), "reason": reason})
         }
+        Event::PublisherTrusted { publisher } => json!({
+            "name": publisher.name,
+            "key": hex(&publisher.key),
+        }),
+        Event::PublisherDistrusted { name, packages } => {
+            json!({"name": name, "packages": packages})
+        }
+        Event::PackageInstalled { package, previous } => json!({
+            "name": package.name,
+            "version": package.version,
+            "publisher": package.publisher,
+            "component": package.component.to_string(),
+            "signed_hash": package.signed_hash,
+            "approved": package.approved,
+            "token": package.token.to_string(),
+            "previous": previous,
+        }),
+        Event::PackageUninstalled { name } => json!({"name": name}),
+        Event::AgentRebound {
+            agent,
+            component,
+            token,
+        } => json!({
+            "agent": agent.to_string(),
+            "component": component.to_string(),
+            "token": token.to_string(),
+        }),
     };
     let Value::Object(fields) = fields else {
         unreachable!("every event's fields are a JSON object")
@@ -186,7 +213,8 @@ pub fn agents_of(event: &Event) -> Vec<EntityId> {
         | Event::BudgetsSet { agent, .. }
         | Event::RefusalsRecorded { agent, .. }
         | Event::QuotaExceeded { agent, .. }
-        | Event::HostCondition { agent, .. } => vec![*agent],
+        | Event::HostCondition { agent, .. }
+        | Event::AgentRebound { agent, .. } => vec![*agent],
         _ => Vec::new(),
     }
 }

@@ -36,6 +36,7 @@ mod oversize;
 mod rate;
 mod serve;
 
+pub use api::packages::{installed_view, package_view, review_view};
 pub use api::stream::StreamRecord;
 pub use config::{DEFAULT_LISTEN, ServeConfig};
 pub use error::{ApiError, ErrorBody, ErrorDetail};

@@ -122,8 +122,14 @@ pub struct Grants {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpawnRequest {
-    /// The component: an installed name or digest.
+    /// The component: an installed name or digest (or give `package`).
+    #[serde(default)]
     pub component: String,
+    /// An installed package instead of `component`: the agent runs its
+    /// component with its install token, attenuated to `rights` and
+    /// `budgets` when given (needs `operator write`).
+    #[serde(default)]
+    pub package: Option<String>,
     /// The agent's name.
     pub name: String,
     /// Rights the host mints a token with (needs `operator admin`); or
@@ -448,4 +454,94 @@ pub struct AgentCounts {
 pub struct Health {
     /// `ok` while the host runs, `stopping` during a shutdown.
     pub status: String,
+}
+
+/// A publisher to trust.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TrustRequest {
+    /// The operator's name for it.
+    pub name: String,
+    /// Its public key, hex (the bytes of a `.pub` file `toka package
+    /// keygen` or the `wasmsign2` CLI writes).
+    pub key: String,
+}
+
+/// A trusted publisher.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct PublisherView {
+    /// Its trust-store name.
+    pub name: String,
+    /// Its public key, hex.
+    pub key: String,
+    /// A short fingerprint of the key, as `toka package inspect` prints it.
+    pub fingerprint: String,
+    /// Its installed packages.
+    pub packages: Vec<String>,
+}
+
+/// A publisher removed from the trust store.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Distrusted {
+    /// Its name.
+    pub name: String,
+    /// Its packages, whose install tokens are now revoked.
+    pub packages: Vec<String>,
+}
+
+/// An installed package.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct PackageView {
+    /// Its name (`toka run NAME`).
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The trusted publisher that signed it.
+    pub publisher: String,
+    /// Its component's digest.
+    pub component: String,
+    /// The hash its signature covers.
+    pub signed_hash: String,
+    /// The rights the operator approved.
+    pub approved: Vec<String>,
+    /// Its install token's digest.
+    pub token: String,
+}
+
+/// A package reviewed against the trust store.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReviewView {
+    /// The manifest's name.
+    pub name: String,
+    /// The manifest's version.
+    pub version: String,
+    /// The trusted publisher whose key verified the signature.
+    pub publisher: String,
+    /// The manifest's description (the publisher's words: untrusted text).
+    pub description: String,
+    /// The component's digest.
+    pub digest: String,
+    /// The hash the signature covers.
+    pub signed_hash: String,
+    /// The rights it requests.
+    pub requested: Vec<String>,
+    /// The budgets it requests.
+    pub budgets: Vec<String>,
+    /// The installed version it would upgrade.
+    pub previous: Option<String>,
+    /// The requested rights that need an approval (all of them for a new
+    /// install; for an upgrade, those the installed version lacks).
+    pub new_rights: Vec<String>,
+}
+
+/// A package installed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InstalledView {
+    /// The package.
+    pub package: PackageView,
+    /// What its install token grants.
+    pub granted: Vec<String>,
+    /// The version it replaced, for an upgrade.
+    pub previous: Option<String>,
+    /// The agents of the previous version now running this one.
+    pub rebound: usize,
 }

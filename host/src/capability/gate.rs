@@ -208,7 +208,8 @@ impl Gate {
             if let Some((_, decision)) = verified.targetless.iter().find(|(k, _)| *k == key) {
                 return decision.clone();
             }
-            let decision = decide(verified.token.biscuit(), origin, check, time);
+            let lineage = crate::capability::policy::lineage(origin, state);
+            let decision = decide(verified.token.biscuit(), origin, check, time, &lineage);
             // Replace the entry of the same class and origin (an older second).
             verified
                 .targetless
@@ -237,6 +238,7 @@ impl Gate {
             origin,
             check,
             time,
+            &crate::capability::policy::lineage(origin, state),
         );
         // A denial of a name the agent made up (an extension family, a
         // host) is not kept: an agent could fill the cache with them.

@@ -10,6 +10,7 @@
 //! target("<agent id>");            // what it names ...
 //! target("self"); target("children");  // ... and how it relates to the origin
 //! time(2026-11-22T10:00:00Z);      // the command's logical time, never a clock read
+//! component("<digest>");           // the component the origin runs, and each of its ancestors'
 //! ```
 //!
 //! and these policies (default deny):
@@ -29,7 +30,7 @@ use biscuit_auth::builder::{Fact, Term, fact, string};
 use biscuit_auth::datalog::RunLimits;
 use biscuit_auth::error::{FailedCheck, Logic, Token as BiscuitError};
 use biscuit_auth::{AuthorizerBuilder, Biscuit};
-use toka_kernel::{AgentId, EntityId, Operation, Timestamp, WorldState};
+use toka_kernel::{AgentId, Digest, EntityId, Operation, Timestamp, WorldState};
 
 use crate::capability::rights::{OperatorLevel, Right, RightOp};
 
@@ -155,7 +156,11 @@ pub(crate) fn operator_level_for(op: &Operation) -> Option<OperatorLevel> {
         // Spawning with a token made elsewhere needs `write`; the host
         // minting one from rights needs `admin` (checked before).
         Operation::SpawnAgent { .. } => Some(OperatorLevel::Write),
-        Operation::RevokeToken { .. } => Some(OperatorLevel::Admin),
+        Operation::RevokeToken { .. }
+        | Operation::TrustPublisher { .. }
+        | Operation::DistrustPublisher { .. }
+        | Operation::InstallPackage { .. }
+        | Operation::UninstallPackage { .. } => Some(OperatorLevel::Admin),
         _ => None,
     }
 }
@@ -201,6 +206,24 @@ pub(crate) fn delegation_check(right: &Right, parent: AgentId, state: &WorldStat
     Check { operation, targets }
 }
 
+/// The components `origin` and each of its ancestors run, the origin's
+/// first: the `component` facts of its checks. A package's install token
+/// checks its digest is among them, so it works for the package's agents
+/// and their descendants and for no agent running anything else.
+pub(crate) fn lineage(origin: EntityId, state: &WorldState) -> Vec<Digest> {
+    let mut components = Vec::new();
+    let mut next = state.agent(origin);
+    while let Some(agent) = next {
+        if !components.contains(&agent.component) {
+            components.push(agent.component);
+        }
+        next = (agent.parent != EntityId::SYSTEM)
+            .then(|| state.agent(agent.parent))
+            .flatten();
+    }
+    components
+}
+
 /// Why the gate refused an operation or an effect: the missing right (or
 /// the failed check), in words a person can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -209,18 +232,26 @@ pub struct Denied(pub String);
 
 /// Decides `check` for `token` at `time`, uncached: the function both the
 /// live gate and the auditor use. Revocation is not its concern.
+///
+/// `lineage` is the components the origin and its ancestors run (see
+/// [`lineage`]): an install token's check on its package's digest is
+/// satisfied only there.
 pub(crate) fn decide(
     token: &Biscuit,
     origin: EntityId,
     check: &Check,
     time: Timestamp,
+    lineage: &[Digest],
 ) -> Result<(), Denied> {
-    let mut facts: Vec<Fact> = Vec::with_capacity(check.targets.len() + 3);
+    let mut facts: Vec<Fact> = Vec::with_capacity(check.targets.len() + lineage.len() + 3);
     facts.push(fact("operation", &[string(check.operation)]));
     facts.push(fact("origin", &[string(&origin.to_string())]));
     facts.push(fact("time", &[Term::Date(time.0 / 1000)]));
     for target in &check.targets {
         facts.push(fact("target", &[string(target)]));
+    }
+    for digest in lineage {
+        facts.push(fact("component", &[string(&digest.to_string())]));
     }
     let mut builder = AuthorizerBuilder::new()
         .code(POLICIES)
@@ -259,6 +290,9 @@ fn explain(e: &BiscuitError, check: &Check) -> String {
                             "the token has expired (block {} check: {})",
                             b.block_id, b.rule
                         )
+                    }
+                    FailedCheck::Block(b) if b.rule.contains("component(") => {
+                        "the token is an install token of another component's package".to_owned()
                     }
                     FailedCheck::Block(b) if b.rule.contains("delegated(") => {
                         format!("right `{wanted}` was not delegated to this agent")

@@ -169,6 +169,49 @@ impl Token {
         Ok(Self::wrap(biscuit, bytes))
     }
 
+    /// Mints a package's install token: `rights` within `budgets`, with a
+    /// check that the agent using it runs `component` or descends from an
+    /// agent that does (the `component` facts of each check), so it cannot
+    /// run another component.
+    ///
+    /// # Errors
+    ///
+    /// [`TokenError::Build`] if biscuit refuses the block.
+    pub fn issue_bound(
+        root: &RootKey,
+        rights: &[Right],
+        budgets: &[Budget],
+        component: Digest,
+    ) -> Result<Token, TokenError> {
+        let mut builder = Biscuit::builder();
+        for right in rights {
+            builder = builder.fact(right_fact("right", right)).map_err(build)?;
+        }
+        for budget in budgets {
+            builder = builder.fact(budget_fact(*budget)).map_err(build)?;
+        }
+        builder = builder
+            .check(format!("check if component(\"{component}\")").as_str())
+            .map_err(build)?;
+        let biscuit = builder.build(root.pair()).map_err(build)?;
+        let bytes = biscuit.to_vec().map_err(build)?;
+        Ok(Self::wrap(biscuit, bytes))
+    }
+
+    /// The component an install token is bound to ([`Token::issue_bound`]),
+    /// if its authority block binds one.
+    #[must_use]
+    pub fn bound_component(&self) -> Option<Digest> {
+        let authority = self.biscuit.print_block_source(0).ok()?;
+        authority.lines().find_map(|line| {
+            line.trim()
+                .strip_prefix("check if component(\"")?
+                .strip_suffix("\");")?
+                .parse()
+                .ok()
+        })
+    }
+
     /// This token restricted to `rights` and `budgets` (a delegation block).
     /// Does not check that this token holds the rights; the gate does that
     /// before a spawn. A budget larger than this token's has no effect.
@@ -527,7 +570,13 @@ impl Token {
             Some(level) => crate::capability::policy::operator_check(level),
             None => crate::capability::policy::Check::literal(right.op().name(), right.target()),
         };
-        crate::capability::policy::decide(&self.biscuit, toka_kernel::EntityId::SYSTEM, &check, at)
+        crate::capability::policy::decide(
+            &self.biscuit,
+            toka_kernel::EntityId::SYSTEM,
+            &check,
+            at,
+            &[],
+        )
     }
 
     /// Reads a token without checking its signatures, for inspection.

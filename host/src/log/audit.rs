@@ -3,15 +3,20 @@
 use std::collections::HashMap;
 
 use biscuit_auth::PublicKey;
-use toka_kernel::{Authorization, Command, Denial, Digest, Kernel, Operation, Record, WorldState};
+use toka_kernel::{
+    Authorization, Command, Denial, Digest, Kernel, Operation, PackageRecord, Record, WorldState,
+};
 
 use crate::capability::policy::{
-    Check, check_for, decide, delegation_check, operator_check, operator_level_for,
+    Check, check_for, decide, delegation_check, lineage, operator_check, operator_level_for,
 };
 use crate::capability::rights::{Right, RightOp};
 use crate::capability::token::Token;
 use crate::log::LogError;
 use crate::log::recovery::replay_with;
+use crate::package::approval::intersect;
+use crate::package::manifest::Manifest;
+use crate::package::signed::{Package, PublisherKey};
 use crate::store::event_store::EventStore;
 
 /// What [`audit`] found.
@@ -26,6 +31,10 @@ pub struct AuditReport {
     /// Operators' commands (through the API), re-checked against the
     /// operator token each names.
     pub operator: u64,
+    /// Package installs, re-checked: the signature by the publisher as
+    /// trusted then, the manifest, and the install token as the request
+    /// met with the recorded approval, bound to the component.
+    pub packages: u64,
     /// Decisions that did not reproduce.
     pub mismatches: Vec<AuditMismatch>,
 }
@@ -44,7 +53,10 @@ pub struct AuditMismatch {
 /// token allowed must still be allowed (with the state, time and revocations
 /// as they were), every delegation must hold (the child's token is exactly the
 /// parent's restricted to the recorded rights), and every recorded denial
-/// must still be denied.
+/// must still be denied, and every package install must re-derive: a
+/// signature by the publisher as the trust store held it, the recorded
+/// manifest, and an install token that is exactly the request met with the
+/// recorded approval, within the requested budgets, bound to the component.
 ///
 /// # Errors
 ///
@@ -106,7 +118,14 @@ pub fn audit_reporting(
                 }
                 _ => None,
             };
-            if let Some(problem) = problem {
+            let install = match &record.command.op {
+                Operation::InstallPackage { package, .. } => {
+                    report.packages += 1;
+                    check_install(state, package, store, &mut load).err()
+                }
+                _ => None,
+            };
+            for problem in problem.into_iter().chain(install) {
                 report.mismatches.push(AuditMismatch {
                     seq: record.seq,
                     problem,
@@ -160,6 +179,7 @@ fn check_operator(
         command.origin,
         &operator_check(level),
         command.time,
+        &[],
     )
     .map_err(|reason| {
         format!("recorded as an operator's command, but the token denies {level}: {reason}")
@@ -178,8 +198,15 @@ fn check_allowed(
     }
     let check = check_for(op, command.origin, state)
         .ok_or_else(|| format!("{} carries a token but is a host operation", op.kind()))?;
-    decide(token.biscuit(), command.origin, &check, command.time)
-        .map_err(|reason| format!("recorded as allowed, but the token denies it: {reason}"))?;
+    let lineage = lineage(command.origin, state);
+    decide(
+        token.biscuit(),
+        command.origin,
+        &check,
+        command.time,
+        &lineage,
+    )
+    .map_err(|reason| format!("recorded as allowed, but the token denies it: {reason}"))?;
     let Operation::SpawnAgent { spec } = op else {
         return Ok(());
     };
@@ -188,9 +215,14 @@ fn check_allowed(
             .parse()
             .map_err(|e| format!("recorded delegation: {e}"))?;
         let check = delegation_check(&right, command.origin, state);
-        decide(token.biscuit(), command.origin, &check, command.time).map_err(|reason| {
-            format!("delegated `{right}` although the parent may not: {reason}")
-        })?;
+        decide(
+            token.biscuit(),
+            command.origin,
+            &check,
+            command.time,
+            &lineage,
+        )
+        .map_err(|reason| format!("delegated `{right}` although the parent may not: {reason}"))?;
     }
     let child = load(spec.token)?;
     let parent_ids = token.revocation_ids();
@@ -224,12 +256,96 @@ fn check_denied(
         operation,
         targets: denial.targets.clone(),
     };
-    if revoked || decide(token.biscuit(), command.origin, &check, command.time).is_err() {
+    let lineage = lineage(command.origin, state);
+    if revoked
+        || decide(
+            token.biscuit(),
+            command.origin,
+            &check,
+            command.time,
+            &lineage,
+        )
+        .is_err()
+    {
         Ok(())
     } else {
         Err(format!(
             "recorded as denied ({}), but the token allows it",
             denial.reason
         ))
+    }
+}
+
+/// A package install: the stored component verifies with the publisher's
+/// key as trusted before the record, carries the recorded manifest and
+/// signed hash, and the install token grants exactly the request met with
+/// the approval, within the requested budgets, bound to the component.
+fn check_install(
+    state: &WorldState,
+    package: &PackageRecord,
+    store: &dyn EventStore,
+    load: &mut Load<'_>,
+) -> Result<(), String> {
+    let publisher = state.publisher(&package.publisher).ok_or_else(|| {
+        format!(
+            "installed from `{}`, which was not trusted",
+            package.publisher
+        )
+    })?;
+    let key = PublisherKey::from_bytes(&publisher.key)
+        .map_err(|e| format!("publisher `{}`'s recorded key: {e}", publisher.name))?;
+    let bytes = store
+        .blob(&package.component)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "component {} is missing from the store",
+                package.component.short()
+            )
+        })?;
+    let signed = Package::read(bytes).map_err(|e| format!("the installed package: {e}"))?;
+    signed
+        .verify(&key)
+        .map_err(|e| format!("the installed package: {e}"))?;
+    let manifest = Manifest::from_section(&package.manifest)
+        .map_err(|e| format!("the recorded manifest: {e}"))?;
+    if *signed.manifest() != manifest || signed.signed_hash() != package.signed_hash {
+        return Err("the recorded manifest or signed hash is not the signed package's".into());
+    }
+    let approved: Vec<Right> = package
+        .approved
+        .iter()
+        .map(|r| r.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("the recorded approval: {e}"))?;
+    let token = load(package.token)?;
+    let mut expected = intersect(&manifest.requested_rights(), &approved);
+    let mut granted = token.authority_rights();
+    expected.sort();
+    granted.sort();
+    let budgets = token.budgets().map_err(|e| e.to_string())?;
+    let mut requested = manifest.requested_budgets();
+    requested.sort();
+    if granted != expected
+        || budgets != requested
+        || token.block_sources().len() != 1
+        || token.bound_component() != Some(package.component)
+        || token.revocation_ids() != package.revocation_ids
+    {
+        return Err(format!(
+            "the install token is not the request met with the approval (grants {}, expected {}), bound to the component",
+            join(&granted),
+            join(&expected)
+        ));
+    }
+    Ok(())
+}
+
+fn join(rights: &[Right]) -> String {
+    let texts: Vec<String> = rights.iter().map(ToString::to_string).collect();
+    if texts.is_empty() {
+        "nothing".into()
+    } else {
+        texts.join(", ")
     }
 }

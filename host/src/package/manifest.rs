@@ -11,7 +11,7 @@ use crate::capability::budget::Budget;
 use crate::capability::rights::Right;
 
 /// The largest manifest accepted, as `toka.toml` and as the section.
-pub const MAX_MANIFEST: usize = 64 * 1024;
+pub const MAX_MANIFEST: usize = toka_kernel::MAX_MANIFEST;
 
 /// The longest text field (name, version, publisher, homepage).
 const MAX_FIELD: usize = 256;

@@ -2,7 +2,10 @@
 //! the agent component, its manifest (who publishes it, which version,
 //! the rights and budgets it asks for) and the publisher's signature over
 //! both. This module is the package format and the publisher's side
-//! (keys, building, reading, verifying); see docs/packages.md.
+//! (keys, building, reading, verifying), and the operator's review of
+//! what a package requests against what is approved; see docs/packages.md.
 
+pub(crate) mod approval;
 pub(crate) mod manifest;
+pub(crate) mod review;
 pub(crate) mod signed;

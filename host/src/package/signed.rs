@@ -48,6 +48,65 @@ pub enum PackageError {
         /// Which key was tried.
         key: String,
     },
+    /// No trusted publisher's key verifies the signature.
+    #[error(
+        "the package is not signed by a trusted publisher (trusted: {}); `toka trust add NAME KEYFILE` trusts one",
+        if trusted.is_empty() { "none".to_owned() } else { trusted.join(", ") }
+    )]
+    Untrusted {
+        /// The trust store's names.
+        trusted: Vec<String>,
+    },
+    /// An upgrade signed by another publisher than the installed version.
+    #[error(
+        "package `{package}` is installed from publisher `{installed}`, but this one is signed by `{signed}`; uninstall it first"
+    )]
+    OtherPublisher {
+        /// The package.
+        package: String,
+        /// Who signed the installed version.
+        installed: String,
+        /// Who signed this one.
+        signed: String,
+    },
+    /// An approved right the package does not request.
+    #[error(
+        "`{right}` is wider than anything the package requests (requested: {}); an approval can only narrow a request",
+        if requested.is_empty() { "nothing".to_owned() } else { requested.join(", ") }
+    )]
+    ApprovalWidens {
+        /// The approved right.
+        right: String,
+        /// What the package requests.
+        requested: Vec<String>,
+    },
+    /// Rights requested anew that the operator has not approved.
+    #[error(
+        "the package requests {} without an approval: pass --yes to approve every requested right, or --approve RIGHT for each one to grant",
+        rights.join(", ")
+    )]
+    ApprovalNeeded {
+        /// The rights.
+        rights: Vec<String>,
+    },
+    /// No installed package of that name.
+    #[error("no package named `{0}` is installed (see `toka trust list`)")]
+    NotInstalled(String),
+    /// The package's install token is revoked.
+    #[error(
+        "package `{0}`'s install token is revoked (its publisher is no longer trusted): install it again from a trusted publisher"
+    )]
+    Revoked(String),
+    /// A right asked of an installed package's token that it does not hold.
+    #[error("`{right}` is not among the rights package `{package}` was granted ({})", if granted.is_empty() { "none".to_owned() } else { granted.join(", ") })]
+    NotGranted {
+        /// The package.
+        package: String,
+        /// The right asked for.
+        right: String,
+        /// What the package holds.
+        granted: Vec<String>,
+    },
     /// A key file cannot be read or is not an Ed25519 key.
     #[error("{path}: {reason}")]
     Key {

@@ -44,8 +44,8 @@ pub enum Grant {
 /// The command methods of a [`Host`](crate::Host) on someone's authority
 /// (see [`Host::as_operator`](crate::Host::as_operator)).
 pub struct Acting<'h> {
-    host: HostParts<'h>,
-    by: By,
+    pub(super) host: HostParts<'h>,
+    pub(super) by: By,
 }
 
 impl std::fmt::Debug for Acting<'_> {
@@ -250,7 +250,7 @@ impl<'h> Acting<'h> {
 
     /// Checks an operator's level before work that the sequencer's own
     /// check would come too late for (compiling, minting).
-    fn require(&self, level: OperatorLevel) -> Result<(), HostError> {
+    pub(super) fn require(&self, level: OperatorLevel) -> Result<(), HostError> {
         match &self.by {
             By::Host => Ok(()),
             By::Operator(token) => Ok(self.host.authorize_operator(token, level)?),
@@ -259,7 +259,11 @@ impl<'h> Acting<'h> {
 
     /// Applies the command and waits until it is durable, so what it did is
     /// in [`Host::state`] when it returns.
-    async fn submit(&self, op: Operation, attachments: Attachments) -> Result<Receipt, HostError> {
+    pub(super) async fn submit(
+        &self,
+        op: Operation,
+        attachments: Attachments,
+    ) -> Result<Receipt, HostError> {
         let sequencer = &self.host.inner.sequencer;
         let receipt = sequencer.submit_by(&self.by, op, attachments).await??;
         sequencer.wait_durable(receipt.seq).await?;
@@ -336,7 +340,7 @@ impl HostParts<'_> {
 
     /// Refuses operator rights, and `fs.*` rights that cover or reach into
     /// a protected path.
-    fn check_agent_rights(&self, rights: &[Right]) -> Result<(), HostError> {
+    pub(crate) fn check_agent_rights(&self, rights: &[Right]) -> Result<(), HostError> {
         no_operator_rights(rights)?;
         for right in rights {
             crate::sandbox::dirs::check_fs_right(right, &self.inner.protected_paths)?;

@@ -64,6 +64,9 @@ pub enum HostError {
     /// itself (the data dir, the root key, secrets).
     #[error(transparent)]
     ProtectedPath(#[from] crate::sandbox::dirs::ProtectedPathError),
+    /// A package cannot be installed or run as asked.
+    #[error(transparent)]
+    Package(#[from] crate::package::signed::PackageError),
     /// A thread could not be started.
     #[error("starting a host thread: {0}")]
     Thread(#[from] std::io::Error),

@@ -183,8 +183,17 @@ impl Host {
         Acting::new(self.parts(), Some(token))
     }
 
-    fn acting(&self) -> Acting<'_> {
+    /// The host's command methods on its own authority (the operator at
+    /// this host: the CLI, a program embedding the library) — among them
+    /// those [`Host`] has no shortcut for: the trust store and packages
+    /// ([`Acting::trust`], [`Acting::install_package`], ...).
+    #[must_use]
+    pub fn as_host(&self) -> Acting<'_> {
         Acting::new(self.parts(), None)
+    }
+
+    fn acting(&self) -> Acting<'_> {
+        self.as_host()
     }
 
     fn parts(&self) -> HostParts<'_> {

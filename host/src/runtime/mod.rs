@@ -21,6 +21,7 @@ pub(crate) mod error;
 pub(crate) mod guest;
 pub(crate) mod host;
 pub(crate) mod inner;
+pub(crate) mod installing;
 pub(crate) mod metrics;
 pub(crate) mod sequencer;
 pub(crate) mod tasks;

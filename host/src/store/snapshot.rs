@@ -14,8 +14,10 @@ use toka_kernel::{ChainHead, Digest, Kernel, WorldState};
 ///   [`WorldState::from_bytes_v1`]).
 /// - 2: the state with rules, spawn depths, accounts and refusal gaps (read
 ///   through [`WorldState::from_bytes_v2`]).
-/// - 3: the state with the most recent idempotency keys.
-pub(crate) const SNAPSHOT_VERSION: u16 = 3;
+/// - 3: the state with the most recent idempotency keys (read through
+///   [`WorldState::from_bytes_v3`]).
+/// - 4: the state with the trust store and installed packages.
+pub(crate) const SNAPSHOT_VERSION: u16 = 4;
 
 #[derive(Serialize, Deserialize)]
 struct Encoded {
@@ -65,6 +67,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
     let state = match version {
         1 => WorldState::from_bytes_v1(&encoded.state),
         2 => WorldState::from_bytes_v2(&encoded.state),
+        3 => WorldState::from_bytes_v3(&encoded.state),
         _ => WorldState::from_bytes(&encoded.state),
     }
     .map_err(|e| format!("unreadable state (format {version}): {e}"))?;

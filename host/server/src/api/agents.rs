@@ -33,6 +33,28 @@ pub(crate) async fn spawn(
     who: Writer,
     Json(request): Json<SpawnRequest>,
 ) -> Result<(StatusCode, axum::Json<AgentView>), ApiError> {
+    if let Some(package) = &request.package {
+        if !request.component.is_empty() || request.token.is_some() {
+            return Err(ApiError::unprocessable(
+                "invalid_body",
+                "a package's agent runs its component with its install token: give no `component` or `token`",
+            ));
+        }
+        let rights = parse_all::<Right>(&request.rights)?;
+        let budgets = parse_all::<Budget>(&request.budgets)?;
+        let agent = app
+            .host
+            .as_operator(who.token)
+            .spawn_package(
+                package,
+                &request.name,
+                (!rights.is_empty()).then_some(rights.as_slice()),
+                &budgets,
+            )
+            .await?;
+        let view = agent_or_404(&app, agent).await?;
+        return Ok((StatusCode::CREATED, axum::Json(view)));
+    }
     let grant = match (&request.token, request.rights.is_empty()) {
         (Some(_), false) => {
             return Err(ApiError::unprocessable(

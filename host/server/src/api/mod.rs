@@ -4,6 +4,7 @@
 pub(crate) mod agents;
 pub(crate) mod components;
 pub(crate) mod log;
+pub(crate) mod packages;
 pub(crate) mod stream;
 pub(crate) mod system;
 pub(crate) mod tasks;
@@ -35,6 +36,7 @@ use crate::error::ErrorBody;
         (name = "agents", description = "Agents: spawn, look at, terminate, resume"),
         (name = "tasks", description = "Tasks: schedule, look at, wait for"),
         (name = "tokens", description = "Capability tokens: issue, attenuate, inspect, revoke"),
+        (name = "packages", description = "Signed packages and the trust store: trust publishers, review, install, uninstall"),
         (name = "log", description = "The event log: read, follow, verify, snapshot"),
         (name = "system", description = "Health, status and metrics")
     )
@@ -101,6 +103,8 @@ pub(crate) fn routes(app: &Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::Open
     let max_body = app.config.max_body;
     let uploads = OpenApiRouter::new()
         .routes(routes!(components::install, components::list))
+        .routes(routes!(packages::install, packages::list))
+        .routes(routes!(packages::review))
         .layer(DefaultBodyLimit::max(max_component));
     let rest = OpenApiRouter::new()
         .routes(routes!(components::get))
@@ -112,6 +116,9 @@ pub(crate) fn routes(app: &Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::Open
         .routes(routes!(tasks::schedule))
         .routes(routes!(tasks::list))
         .routes(routes!(tasks::get))
+        .routes(routes!(packages::publishers, packages::trust))
+        .routes(routes!(packages::distrust))
+        .routes(routes!(packages::uninstall))
         .routes(routes!(tokens::issue))
         .routes(routes!(tokens::attenuate))
         .routes(routes!(tokens::inspect))

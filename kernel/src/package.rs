@@ -291,8 +291,8 @@ impl WorldState {
                     .expect("the ids were collected from the map just above");
                 a.component = package.component;
                 a.token = package.token;
-                a.budgets = (package.budgets != Budgets::default())
-                    .then(|| Box::new(package.budgets));
+                a.budgets =
+                    (package.budgets != Budgets::default()).then(|| Box::new(package.budgets));
                 events.push(Event::AgentRebound {
                     agent,
                     component: package.component,

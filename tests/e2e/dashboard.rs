@@ -235,6 +235,40 @@ async fn the_dashboard_shows_live_agents_events_and_denials() {
     })
     .await;
 
+    // An agent of an installed package shows its package and publisher.
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = crate::install::publisher(keys.path(), "acme");
+    let pkg = crate::install::package(
+        keys.path(),
+        "probe.wasm",
+        &crate::install::manifest("1.0.0", &["observe"]),
+        &key,
+    );
+    crate::toka(
+        &served.data,
+        &["trust", "add", "acme", public.to_str().unwrap()],
+    )
+    .ok();
+    crate::toka(&served.data, &["install", pkg.to_str().unwrap(), "--yes"]).ok();
+    let packaged = api
+        .post(
+            "/v1/agents",
+            "/v1/agents",
+            json!({"package": "probe", "name": "packaged"}),
+        )
+        .await;
+    let packaged = format!("tr[data-agent='{}']", packaged.body["id"].as_str().unwrap());
+    until("the package and publisher columns", || async {
+        match browser.find(Locator::Css(&packaged)).await {
+            Ok(row) => {
+                let text = row.text().await.unwrap();
+                text.contains("probe 1.0.0") && text.contains("acme")
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+
     // Live, not polled: the agent list was read once, at login.
     let urls: Value = browser
         .execute(

@@ -15,7 +15,7 @@ fn path(p: &Path) -> &str {
 }
 
 /// A publisher (`NAME.key`, `NAME.pub` in `dir`).
-fn publisher(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn publisher(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let out = dir.join(name);
     toka(
         &dir.join("unused"),
@@ -26,7 +26,7 @@ fn publisher(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 }
 
 /// A manifest for the probe agent requesting `rights`.
-fn manifest(version: &str, rights: &[&str]) -> Manifest {
+pub(crate) fn manifest(version: &str, rights: &[&str]) -> Manifest {
     Manifest {
         name: "probe".into(),
         version: version.into(),
@@ -39,7 +39,7 @@ fn manifest(version: &str, rights: &[&str]) -> Manifest {
 }
 
 /// The probe agent packaged with `manifest`, signed with `key`, as a file.
-fn package(dir: &Path, file: &str, manifest: &Manifest, key: &Path) -> PathBuf {
+pub(crate) fn package(dir: &Path, file: &str, manifest: &Manifest, key: &Path) -> PathBuf {
     let component = std::fs::read(agent_path("test-probe")).unwrap();
     let key = SigningKey::from_file(key).unwrap();
     let bytes = Package::build(&component, manifest, &key).unwrap();
@@ -480,4 +480,165 @@ async fn an_install_token_works_only_for_its_packages_component() {
         audit.ok().contains("1 package installs re-checked"),
         "{audit:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_through_the_api_need_admin_and_show_on_agents() {
+    use crate::serve::{Api, Served};
+    use reqwest::{Method, StatusCode};
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = publisher(dir.path(), "acme");
+    let pkg = std::fs::read(package(
+        dir.path(),
+        "probe.wasm",
+        &manifest("1.0.0", &["observe", "state"]),
+        &key,
+    ))
+    .unwrap();
+    let mut served = Served::start(&[]);
+    let admin = Api::new(&served).await;
+    let upload = |api: &Api, path: &str| {
+        api.request(Method::POST, path)
+            .header("content-type", "application/wasm")
+            .body(pkg.clone())
+    };
+    // Lower levels may list, never trust or install.
+    let token = |level: &str| {
+        toka(&served.data, &["token", "issue", "--operator", level])
+            .ok()
+            .trim()
+            .to_owned()
+    };
+    for level in ["read", "write"] {
+        let api = admin.with_token(&token(level));
+        let key_hex = toka_kernel::to_hex(&std::fs::read(&public).unwrap());
+        let trust = api
+            .post(
+                "/v1/publishers",
+                "/v1/publishers",
+                serde_json::json!({"name": "acme", "key": key_hex}),
+            )
+            .await;
+        assert_eq!(trust.status, StatusCode::FORBIDDEN, "{level}: {trust:?}");
+        let install = api
+            .send(
+                Method::POST,
+                "/v1/packages",
+                upload(&api, "/v1/packages?yes=true"),
+            )
+            .await;
+        assert_eq!(
+            install.status,
+            StatusCode::FORBIDDEN,
+            "{level}: {install:?}"
+        );
+        let listed = api.get("/v1/packages", "/v1/packages").await;
+        assert_eq!(listed.status, StatusCode::OK);
+    }
+    // Untrusted: the review names the problem.
+    let review = admin
+        .send(
+            Method::POST,
+            "/v1/packages/review",
+            upload(&admin, "/v1/packages/review"),
+        )
+        .await;
+    assert_eq!(
+        review.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{review:?}"
+    );
+    assert!(
+        review
+            .message()
+            .contains("not signed by a trusted publisher")
+    );
+    // The CLI routes through the running server.
+    let trusted = toka(&served.data, &["trust", "add", "acme", path(&public)]);
+    assert!(
+        trusted.ok().contains("trusted publisher `acme`"),
+        "{trusted:?}"
+    );
+    let publishers = admin.get("/v1/publishers", "/v1/publishers").await;
+    assert_eq!(publishers.body[0]["name"], "acme", "{publishers:?}");
+    let review = admin
+        .send(
+            Method::POST,
+            "/v1/packages/review",
+            upload(&admin, "/v1/packages/review"),
+        )
+        .await;
+    assert_eq!(review.status, StatusCode::OK, "{review:?}");
+    assert_eq!(
+        review.body["new_rights"],
+        serde_json::json!(["observe", "state"])
+    );
+    // Without an approval: refused, naming what needs one; a widening one
+    // too.
+    let unapproved = admin
+        .send(Method::POST, "/v1/packages", upload(&admin, "/v1/packages"))
+        .await;
+    assert_eq!(
+        unapproved.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{unapproved:?}"
+    );
+    assert!(
+        unapproved.message().contains("observe, state"),
+        "{unapproved:?}"
+    );
+    let wider = admin
+        .send(
+            Method::POST,
+            "/v1/packages",
+            upload(&admin, "/v1/packages?approve=http%20*"),
+        )
+        .await;
+    assert!(wider.message().contains("wider than anything"), "{wider:?}");
+    let installed = admin
+        .send(
+            Method::POST,
+            "/v1/packages",
+            upload(&admin, "/v1/packages?approve=observe"),
+        )
+        .await;
+    assert_eq!(installed.status, StatusCode::CREATED, "{installed:?}");
+    assert_eq!(installed.body["granted"], serde_json::json!(["observe"]));
+    // An agent of the package: its view names the package and publisher.
+    let spawned = admin
+        .post(
+            "/v1/agents",
+            "/v1/agents",
+            serde_json::json!({"package": "probe", "name": "p1"}),
+        )
+        .await;
+    assert_eq!(spawned.status, StatusCode::CREATED, "{spawned:?}");
+    assert_eq!(
+        spawned.body["package"],
+        serde_json::json!({"name": "probe", "version": "1.0.0", "publisher": "acme"})
+    );
+    // More than the package was granted: refused by name.
+    let more = admin
+        .post(
+            "/v1/agents",
+            "/v1/agents",
+            serde_json::json!({"package": "probe", "name": "p2", "rights": ["state"]}),
+        )
+        .await;
+    assert_eq!(more.status, StatusCode::UNPROCESSABLE_ENTITY, "{more:?}");
+    assert!(
+        more.message().contains("`state` is not among the rights"),
+        "{more:?}"
+    );
+    // `toka run NAME` through the server.
+    let run = toka(
+        &served.data,
+        &["run", "probe", "--name", "p1", "--task", "observe api"],
+    );
+    assert_eq!(run.ok(), "p1: api\n");
+    let gone = toka(&served.data, &["uninstall", "probe"]);
+    assert!(gone.ok().contains("uninstalled"), "{gone:?}");
+    let listed = admin.get("/v1/packages", "/v1/packages").await;
+    assert_eq!(listed.body, serde_json::json!([]));
+    assert_eq!(served.stop().0, 0);
 }

@@ -85,6 +85,19 @@ pub struct AgentView {
     pub state_bytes: u64,
     /// The digest of the capability token it is bound to.
     pub token: String,
+    /// The installed package whose component it runs, if any.
+    pub package: Option<PackageLabel>,
+}
+
+/// Which package an agent runs.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct PackageLabel {
+    /// The package's name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The trusted publisher that signed it.
+    pub publisher: String,
 }
 
 /// One agent in full: its record, its unfinished tasks, its state keys

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use toka_host::{Budget, Grant, Right, Token};
-use toka_kernel::{AgentId, AgentRecord, AgentStatus, Digest, EntityId, to_hex};
+use toka_kernel::{AgentId, AgentRecord, AgentStatus, Digest, EntityId, WorldState, to_hex};
 use utoipa::IntoParams;
 
 use crate::api::tasks::unfinished_view;
@@ -16,7 +16,7 @@ use crate::auth::{Reader, Writer};
 use crate::error::{ApiError, ErrorBody, parse_id};
 use crate::extract::{Json, MaybeJson, Path, Query};
 use crate::views::{
-    AgentDetail, AgentPage, AgentView, Grants, SpawnRequest, StateEntry, StatePage,
+    AgentDetail, AgentPage, AgentView, Grants, PackageLabel, SpawnRequest, StateEntry, StatePage,
     TerminateRequest,
 };
 
@@ -186,7 +186,7 @@ pub(crate) async fn list(
                 })
                 .filter(|(_, a)| parent.is_none_or(|p| a.parent == p))
                 .filter(|(_, a)| component.is_none_or(|c| c == Some(a.component)))
-                .map(|(id, a)| view(id, a));
+                .map(|(id, a)| view(id, a, s));
             paging.page(agents, |a| a.id.clone())
         })
         .await;
@@ -217,7 +217,7 @@ pub(crate) async fn get(
                 .collect();
             tasks.truncate(1000);
             let keys = a.state.keys().take(1000).cloned().collect();
-            Some((view(agent, a), tasks, keys, a.token))
+            Some((view(agent, a, s), tasks, keys, a.token))
         })
         .await;
     let Some((agent, tasks, keys, token)) = found else {
@@ -357,7 +357,7 @@ fn entry(key: &str, value: &[u8]) -> StateEntry {
 
 async fn agent_or_404(app: &App, agent: AgentId) -> Result<AgentView, ApiError> {
     app.host
-        .state(|s| s.agent(agent).map(|a| view(agent, a)))
+        .state(|s| s.agent(agent).map(|a| view(agent, a, s)))
         .await
         .ok_or_else(|| ApiError::not_found(format!("no agent {agent}")))
 }
@@ -372,7 +372,7 @@ pub(crate) fn status_name(status: &AgentStatus) -> &'static str {
 }
 
 /// An agent as lists show it.
-pub(crate) fn view(id: AgentId, a: &AgentRecord) -> AgentView {
+pub(crate) fn view(id: AgentId, a: &AgentRecord, state: &WorldState) -> AgentView {
     let reason = match &a.status {
         AgentStatus::Active => None,
         AgentStatus::Quarantined { reason } | AgentStatus::Terminated { reason } => {
@@ -394,5 +394,10 @@ pub(crate) fn view(id: AgentId, a: &AgentRecord) -> AgentView {
         state_keys: a.state.len() as u64,
         state_bytes: a.state_bytes,
         token: a.token.to_string(),
+        package: state.package_of(&a.component).map(|p| PackageLabel {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            publisher: p.publisher.clone(),
+        }),
     }
 }

@@ -12,6 +12,7 @@ const $ = (id) => document.getElementById(id);
 
 const ui = {
   agents: new Map(),      // id -> agent view (kept current from events)
+  packages: new Map(),    // component digest -> {name, version, publisher}
   lastSeq: 0,
   selected: null,
   stream: null,
@@ -114,6 +115,7 @@ async function start() {
 }
 
 async function loadAgents() {
+  for (const p of await api("/v1/packages")) ui.packages.set(p.component, { name: p.name, version: p.version, publisher: p.publisher });
   let cursor = null;
   do {
     const page = await api("/v1/agents?limit=1000" + (cursor ? "&cursor=" + cursor : ""));
@@ -194,8 +196,13 @@ function apply(event) {
         id: event.agent, name: event.name, parent: event.parent === "00000000000000000000000000000000" ? null : event.parent,
         component: event.component, status: "active", reason: null, queued: 0, running: null,
         completed: 0, failed: 0, consecutive_faults: 0, state_keys: 0, state_bytes: 0, token: event.token, fresh: true,
+        package: ui.packages.get(event.component) || null,
       });
       break;
+    case "package_installed":
+      ui.packages.set(event.component, { name: event.name, version: event.version, publisher: event.publisher });
+      break;
+    case "agent_rebound": if (a) { a.component = event.component; a.token = event.token; a.package = ui.packages.get(event.component) || null; } break;
     case "task_scheduled": if (a) a.queued += 1; break;
     case "task_started": if (a) { a.queued = Math.max(0, a.queued - 1); a.running = event.task; } break;
     case "task_completed": if (a) { a.running = null; a.completed += 1; a.consecutive_faults = 0; } break;
@@ -232,6 +239,8 @@ function renderAgents() {
       row = el("tr", { data: { agent: a.id }, class: a.fresh && rows.has(a.id) ? "flash" : "" },
         el("td", {}, a.name),
         el("td", {}, el("code", {}, short(a.id))),
+        el("td", {}, a.package ? a.package.name + " " + a.package.version : "–"),
+        el("td", {}, a.package ? a.package.publisher : "–"),
         el("td", { class: "status-" + a.status, title: a.reason || "" }, a.status),
         el("td", { class: "num" }, a.queued),
         el("td", {}, a.running ? el("code", {}, short(a.running)) : "–"),
@@ -282,6 +291,11 @@ function describe(event) {
     case "quota_exceeded": return who + "hit a quota: " + (event.reason || event.quota || "");
     case "state_put": return who + "set " + event.key;
     case "component_installed": return "component " + event.name + " (" + short(event.digest) + ") installed";
+    case "package_installed": return "package " + event.name + " " + event.version + " by " + event.publisher + (event.previous ? " upgraded from " + event.previous : " installed") + "; approved: " + (event.approved.join(", ") || "nothing");
+    case "package_uninstalled": return "package " + event.name + " uninstalled";
+    case "publisher_trusted": return "publisher " + event.name + " trusted";
+    case "publisher_distrusted": return "publisher " + event.name + " removed; tokens revoked for: " + (event.packages.join(", ") || "no packages");
+    case "agent_rebound": return who + "now runs component " + short(event.component);
     default: {
       const rest = Object.entries(event).filter(([k]) => !["seq", "time", "kind", "origin", "cause"].includes(k));
       return rest.map(([k, v]) => k + "=" + (typeof v === "string" ? v : JSON.stringify(v))).join(" ");

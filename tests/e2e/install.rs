@@ -98,6 +98,13 @@ fn an_operator_installs_a_narrowed_package_and_removing_its_publisher_revokes_it
             .stderr
             .contains("requests rights: observe, state, schedule *")
     );
+    let inspected = toka(&data, &["package", "inspect", path(&pkg)]);
+    assert!(
+        inspected
+            .ok()
+            .contains("signed by trusted publisher `acme`"),
+        "{inspected:?}"
+    );
     let listed = toka(&data, &["trust", "list"]).ok().to_owned();
     assert!(
         listed.contains("acme  ed25519:") && listed.contains("probe 1.0.0"),

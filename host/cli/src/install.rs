@@ -267,7 +267,7 @@ async fn finish<T>(
 
 /// The state of the data dir, read without opening a host (empty when
 /// the data dir does not exist yet).
-fn read_state(place: &Place) -> Result<WorldState, Failure> {
+pub(crate) fn read_state(place: &Place) -> Result<WorldState, Failure> {
     if !place.dir().exists() {
         return Ok(WorldState::default());
     }

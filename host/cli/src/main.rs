@@ -275,7 +275,7 @@ fn main() -> ExitCode {
             Command::Token(command) => token::main(&place, command).await,
             Command::Agent(command) => agent::main(&place, command).await,
             Command::Serve(args) => serve::main(&place, args).await,
-            Command::Package(command) => package::main(command),
+            Command::Package(command) => package::main(&place, command),
             Command::Trust(command) => install::trust(&place, command).await,
             Command::Install(args) => install::install(&place, args).await,
             Command::Uninstall(args) => install::uninstall(&place, args).await,

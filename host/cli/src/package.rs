@@ -54,7 +54,7 @@ pub(crate) enum Command {
     },
 }
 
-pub(crate) fn main(command: Command) -> CliResult {
+pub(crate) fn main(place: &crate::Place, command: Command) -> CliResult {
     match command {
         Command::Keygen { out: name } => {
             let (secret, public) = toka_host::keygen(&name).map_err(Failure::input)?;
@@ -108,6 +108,23 @@ pub(crate) fn main(command: Command) -> CliResult {
                 match read.verify(&public) {
                     Ok(()) => out!("signed by:   {} ({})", key.display(), public.fingerprint()),
                     Err(e) => out!("not signed by {}: {e}", key.display()),
+                }
+            }
+            // Which publisher of the data dir's trust store signed it, when
+            // there is a data dir (it is never created here).
+            if place.dir().exists() {
+                let state = crate::install::read_state(place)?;
+                let keys: Vec<(&str, PublisherKey)> = state
+                    .publishers()
+                    .filter_map(|p| Some((p.name.as_str(), PublisherKey::from_bytes(&p.key).ok()?)))
+                    .collect();
+                match read.signed_by(keys.iter().map(|(n, k)| (*n, k))) {
+                    Some(name) => out!("trusted:     signed by trusted publisher `{name}`"),
+                    None => out!(
+                        "trusted:     no ({} trusts {} publisher(s); none signed it)",
+                        place.data.display(),
+                        keys.len()
+                    ),
                 }
             }
         }

@@ -4,6 +4,10 @@
 //! so the client gets to read the answer instead of a connection reset
 //! under a half-sent body. A body without a declared length is cut by the
 //! extractors' own limit as it streams.
+//!
+//! An upload (a component or a package) refused by its handler before it
+//! read the body (no token, too low a level) is drained the same way
+//! before the answer is sent.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +33,11 @@ pub(crate) async fn refuse_oversize(
     request: Request,
     next: Next,
 ) -> Response {
-    let upload = request.method() == Method::POST && request.uri().path() == "/v1/components";
+    let upload = request.method() == Method::POST
+        && matches!(
+            request.uri().path(),
+            "/v1/components" | "/v1/packages" | "/v1/packages/review"
+        );
     let limit = if upload {
         app.config.max_component
     } else {
@@ -41,7 +49,10 @@ pub(crate) async fn refuse_oversize(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let Some(size) = declared.filter(|size| *size > limit) else {
-        return next.run(request).await;
+        if !upload || declared.unwrap_or(0) > DRAIN_MAX {
+            return next.run(request).await;
+        }
+        return drain_if_refused(request, next).await;
     };
     if size <= DRAIN_MAX {
         let mut body = request.into_body().into_data_stream();
@@ -64,5 +75,44 @@ pub(crate) async fn refuse_oversize(
         header::CONNECTION,
         header::HeaderValue::from_static("close"),
     );
+    response
+}
+
+/// Runs an upload's handler on a body it shares with this function: when
+/// the handler answers with an error before reading it all, the rest is
+/// read (bounded, as above) before the answer goes out, and the
+/// connection is closed after it.
+async fn drain_if_refused(request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let shared = Arc::new(tokio::sync::Mutex::new(body.into_data_stream()));
+    let stream = futures_util::stream::unfold(Arc::clone(&shared), |body| async move {
+        let item = body.lock().await.next().await;
+        item.map(|chunk| (chunk, body))
+    });
+    let request = Request::from_parts(parts, axum::body::Body::from_stream(stream));
+    let mut response = next.run(request).await;
+    if response.status().is_client_error() {
+        let mut body = shared.lock().await;
+        let mut left = false;
+        let mut read = 0u64;
+        let _ = tokio::time::timeout(DRAIN_FOR, async {
+            while let Some(chunk) = body.next().await {
+                left = true;
+                match chunk {
+                    Ok(bytes) if read + (bytes.len() as u64) <= DRAIN_MAX => {
+                        read += bytes.len() as u64;
+                    }
+                    _ => break,
+                }
+            }
+        })
+        .await;
+        if left {
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+    }
     response
 }

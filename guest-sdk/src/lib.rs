@@ -33,6 +33,9 @@
 //!
 //! `cargo build --target wasm32-wasip2 --release` then gives a component that
 //! `toka run target/wasm32-wasip2/release/NAME.wasm --task world` runs.
+//!
+//! [`http`] sends outbound requests (`http::get`, `http::post_json`, ...),
+//! where the agent's token grants `http HOST`.
 
 // `deny`, not `forbid`: the bindings wit-bindgen generates are ABI glue with
 // `unsafe` blocks, and that one module is exempted below. Hand-written code
@@ -43,12 +46,20 @@
 mod agent;
 mod context;
 mod error;
+pub mod http;
 mod id;
 
 pub use agent::{Agent, Task};
 pub use context::{Context, Level, Operation, Receipt};
 pub use error::Error;
 pub use id::{AgentId, EntityId, ParseIdError, TaskId};
+
+/// Waits `duration` of wall-clock time (e.g. before retrying a request);
+/// the task's deadline keeps running meanwhile.
+pub fn sleep(duration: std::time::Duration) {
+    let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+    wasip2::clocks::monotonic_clock::subscribe_duration(nanos).block();
+}
 
 /// The raw bindings generated from `wit/agent.wit`; used by [`export_agent!`].
 /// Not part of the API: use [`Agent`] and [`Context`].

@@ -37,7 +37,9 @@ pub mod bench_support;
 pub use biscuit_auth::{Algorithm, PublicKey};
 pub use capability::budget::{Budget, BudgetError};
 pub use capability::policy::Denied;
-pub use capability::rights::{OperatorLevel, Right, RightError, RightOp};
+pub use capability::rights::{
+    MAX_SECRET_NAME, OperatorLevel, Right, RightError, RightOp, SecretBinding,
+};
 pub use capability::root_key::{KeyError, RootKey};
 pub use capability::token::{Inspection, Token, TokenError};
 pub use log::LogError;
@@ -68,6 +70,9 @@ pub use store::data_dir::{DataDir, DataDirError};
 pub use store::event_store::{Batch, DATA_FORMAT, EventStore, Records, SNAPSHOTS_KEPT, StoreError};
 pub use store::memory::MemoryStore;
 pub use store::redb::RedbStore;
+pub use store::secrets::{
+    MAX_SECRET_VALUE, SecretError, SecretInfo, SecretStore, check_secret_name,
+};
 pub use store::snapshot::decode_snapshot;
 pub use text::{Size, UnitError, approx_size, clip, parse_duration, parse_size};
 pub use toka_kernel;

@@ -172,6 +172,17 @@ impl WorldState {
                 self.install_package(component, *package, limits)?
             }
             Operation::UninstallPackage { name } => self.uninstall_package(origin, name)?,
+            Operation::HttpRequest {
+                task,
+                index,
+                request,
+            } => self.http_request(origin, task, index, request, env.seq)?,
+            Operation::HttpResponse {
+                task,
+                index,
+                outcome,
+                secret,
+            } => self.http_response(origin, task, index, &outcome, secret, env)?,
         };
 
         // Infallible bookkeeping, after the operation succeeded.
@@ -221,8 +232,14 @@ impl WorldState {
             return Ok(Charge::default());
         }
         let strict = cmd.auth == Authorization::Token;
+        // A response's body is a blob beside the record: the agent pays
+        // for it as for log bytes.
+        let blob = match &cmd.op {
+            Operation::HttpResponse { outcome, .. } => outcome.body_len(),
+            _ => 0,
+        };
         let cost = Cost {
-            log_bytes: env.record_len,
+            log_bytes: env.record_len.saturating_add(blob),
             ops: u64::from(strict),
             tasks: u64::from(strict && kind == OpKind::ScheduleTask),
         };
@@ -561,6 +578,7 @@ impl WorldState {
         let agent = record.agent;
 
         self.tasks.remove(&task);
+        self.forget_exchanges(task);
         if let Some(a) = self.agents.get_mut(&agent) {
             a.running = None;
             a.completed += 1;
@@ -589,6 +607,7 @@ impl WorldState {
     /// Removes a queued or running task as failed (infallible).
     fn remove_failed(&mut self, task: TaskId, agent: AgentId, reason: String) -> Event {
         self.tasks.remove(&task);
+        self.forget_exchanges(task);
         if let Some(a) = self.agents.get_mut(&agent) {
             if a.running == Some(task) {
                 a.running = None;

@@ -223,6 +223,40 @@ pub enum Event {
         /// The token it is bound to from now on.
         token: Digest,
     },
+    /// A running task's HTTP request was journaled; it leaves the host once
+    /// this record is durable.
+    HttpRequested {
+        /// The agent.
+        agent: AgentId,
+        /// The task.
+        task: TaskId,
+        /// The request's index in the task.
+        index: u32,
+        /// The method.
+        method: String,
+        /// The URL.
+        url: String,
+    },
+    /// What came back for a journaled request.
+    HttpResponded {
+        /// The agent.
+        agent: AgentId,
+        /// The task.
+        task: TaskId,
+        /// The request's index in the task.
+        index: u32,
+        /// The response's status, if there was a response.
+        status: Option<u16>,
+        /// The digest of the response body (a blob beside the log), if
+        /// there was a response.
+        body: Option<Digest>,
+        /// The response body's length in bytes.
+        body_len: u64,
+        /// Why there was no response, if there was none.
+        failure: Option<String>,
+        /// The secret the host injected into the request, by name.
+        secret: Option<String>,
+    },
 }
 
 impl Event {
@@ -256,6 +290,8 @@ impl Event {
             Event::PackageInstalled { .. } => "package_installed",
             Event::PackageUninstalled { .. } => "package_uninstalled",
             Event::AgentRebound { .. } => "agent_rebound",
+            Event::HttpRequested { .. } => "http_requested",
+            Event::HttpResponded { .. } => "http_responded",
         }
     }
 }

@@ -178,5 +178,6 @@ pub(crate) fn state_v1(bytes: &[u8]) -> Result<WorldState, postcard::Error> {
         idempotency: crate::idempotency::Idempotency::default(),
         publishers: Default::default(),
         packages: Default::default(),
+        exchanges: Default::default(),
     })
 }

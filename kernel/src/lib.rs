@@ -20,6 +20,7 @@ mod command;
 mod error;
 mod event;
 mod extension;
+mod http;
 mod id;
 mod idempotency;
 mod kernel;
@@ -38,6 +39,10 @@ pub use command::{Authorization, Command, OpKey, Timestamp};
 pub use error::{EntityKind, KernelError};
 pub use event::Event;
 pub use extension::{ExtensionCall, ExtensionEffects, OpcodeHandler, Registry};
+pub use http::{
+    Exchange, HttpFailure, HttpOutcome, HttpRequest, MAX_METHOD, MAX_REQUESTS_PER_TASK,
+    MAX_RESPONSE_HEADERS, MAX_URL,
+};
 pub use id::{AgentId, Digest, EntityId, ParseIdError, TaskId, to_hex};
 pub use idempotency::{IDEMPOTENCY_KEYS_KEPT, MAX_IDEMPOTENCY_KEY};
 pub use kernel::{Applied, Kernel, ReplayError, ReplayErrorKind, replay_log};

@@ -4,6 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::http::{HttpOutcome, HttpRequest};
 use crate::id::{AgentId, Digest, TaskId};
 use crate::package::{PackageRecord, Publisher};
 use crate::rules::{Budgets, Quota, Rules};
@@ -258,6 +259,28 @@ pub enum Operation {
         /// The package's name.
         name: String,
     },
+    /// An outbound HTTP request of a running task, journaled before it
+    /// leaves the host (authorized by `http HOST`); see [`crate::HttpRequest`].
+    HttpRequest {
+        /// The task (the record's origin is its agent).
+        task: TaskId,
+        /// The request's index in the task: 0 for its first request, ...
+        index: u32,
+        /// What is sent.
+        request: HttpRequest,
+    },
+    /// What came back for a journaled request (the host records it).
+    HttpResponse {
+        /// The task.
+        task: TaskId,
+        /// The request's index in the task.
+        index: u32,
+        /// The response, or why there is none.
+        outcome: HttpOutcome,
+        /// The name of the secret the host injected into the request, if
+        /// it did (never its value).
+        secret: Option<String>,
+    },
 }
 
 /// One or more identical operations of a task, refused in a row.
@@ -320,6 +343,8 @@ pub enum OpKind {
     DistrustPublisher,
     InstallPackage,
     UninstallPackage,
+    HttpRequest,
+    HttpResponse,
 }
 
 impl OpKind {
@@ -353,6 +378,8 @@ impl OpKind {
             OpKind::DistrustPublisher => "distrust_publisher",
             OpKind::InstallPackage => "install_package",
             OpKind::UninstallPackage => "uninstall_package",
+            OpKind::HttpRequest => "http_request",
+            OpKind::HttpResponse => "http_response",
         }
     }
 
@@ -381,6 +408,7 @@ impl OpKind {
                 | OpKind::DistrustPublisher
                 | OpKind::InstallPackage
                 | OpKind::UninstallPackage
+                | OpKind::HttpResponse
         )
     }
 
@@ -443,6 +471,8 @@ impl Operation {
             Operation::DistrustPublisher { .. } => OpKind::DistrustPublisher,
             Operation::InstallPackage { .. } => OpKind::InstallPackage,
             Operation::UninstallPackage { .. } => OpKind::UninstallPackage,
+            Operation::HttpRequest { .. } => OpKind::HttpRequest,
+            Operation::HttpResponse { .. } => OpKind::HttpResponse,
         }
     }
 }

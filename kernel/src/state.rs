@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::command::Timestamp;
+use crate::http::Exchange;
 use crate::id::{AgentId, Digest, EntityId, TaskId};
 use crate::idempotency::Idempotency;
 use crate::operation::{ComponentSpec, TaskSpec};
@@ -233,6 +234,11 @@ pub struct WorldState {
     pub(crate) publishers: BTreeMap<String, Publisher>,
     /// Installed packages, by name.
     pub(crate) packages: BTreeMap<String, PackageRecord>,
+    /// The journaled HTTP requests of running tasks, by (task, request
+    /// index). After the packages, so a state encoded before requests were
+    /// journaled is this encoding's prefix (see
+    /// [`WorldState::from_bytes_v4`]).
+    pub(crate) exchanges: BTreeMap<(TaskId, u32), Exchange>,
 }
 
 impl WorldState {
@@ -283,6 +289,18 @@ impl WorldState {
             BTreeMap::<String, Publisher>::new(),
             BTreeMap::<String, PackageRecord>::new(),
         ))?;
+        Self::from_bytes_v4(&[bytes, &none].concat())
+    }
+
+    /// Decodes a state encoded before HTTP requests were journaled
+    /// (snapshot format 4): that encoding is this one's prefix, without
+    /// the journaled requests.
+    ///
+    /// # Errors
+    ///
+    /// The postcard error when the bytes are not such a state.
+    pub fn from_bytes_v4(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        let none = postcard::to_allocvec(&BTreeMap::<(TaskId, u32), Exchange>::new())?;
         postcard::from_bytes(&[bytes, &none].concat())
     }
 

@@ -727,6 +727,9 @@ impl EventStore for Panicking {
     fn root_public_key(&self) -> Result<Option<Vec<u8>>, toka_host::StoreError> {
         self.inner.root_public_key()
     }
+    fn data_id(&self) -> Result<Option<[u8; 16]>, toka_host::StoreError> {
+        self.inner.data_id()
+    }
     fn limits(&self) -> Result<toka_kernel::Limits, toka_host::StoreError> {
         self.inner.limits()
     }

@@ -13,10 +13,12 @@ mod hardening;
 mod hostile;
 mod install;
 mod journal;
+mod outbound;
 mod packages;
 mod recovery;
 mod restart;
 mod serve;
+mod servers;
 mod tokens;
 
 use std::path::{Path, PathBuf};

@@ -4,8 +4,8 @@
 //! of an integer hash (pure guest CPU, no host calls: one long dependency
 //! chain); `sort N` sorts N pseudo-random numbers and sums them (branchy,
 //! memory-bound guest CPU); `words N` counts N generated words in a map
-//! (text work with allocation, as agents mostly do); anything else does
-//! nothing.
+//! (text work with allocation, as agents mostly do); `get N URL [THEN]`
+//! sends N `GET`s to URL (then one to THEN); anything else does nothing.
 
 use toka_guest::{Agent, Context, Task};
 
@@ -89,6 +89,22 @@ impl Agent for Bench {
                     .map(|(w, c)| format!("{w}={c}"))
                     .collect();
                 Ok(summary.join(",").into_bytes())
+            }
+            "get" => {
+                let mut words = arg.split_whitespace();
+                let n = count(words.next().unwrap_or("0"))?;
+                let url = words.next().ok_or("get N URL [THEN]")?;
+                let mut bytes = 0;
+                for _ in 0..n {
+                    bytes += toka_guest::http::get(url)
+                        .map_err(|e| e.to_string())?
+                        .body()
+                        .len();
+                }
+                if let Some(then) = words.next() {
+                    toka_guest::http::get(then).map_err(|e| e.to_string())?;
+                }
+                Ok(bytes.to_string().into_bytes())
             }
             _ => Ok(Vec::new()),
         }

@@ -179,10 +179,17 @@ pub(crate) async fn open(place: &crate::Place) -> Result<Opened, crate::Failure>
             return Err(crate::Failure::input(e));
         }
     };
+    let secrets = match toka_host::SecretStore::open(dir.path()) {
+        Ok(secrets) => secrets,
+        Err(e) => {
+            undo(&dir, created);
+            return Err(crate::Failure::input(e));
+        }
+    };
     // Agents start once the caller subscribed (`Opened::start`), so it sees
     // every event, those of tasks re-run after a crash included.
     let mut config = place.host_config();
-    config.start_agents(false);
+    config.start_agents(false).secrets(Arc::new(secrets));
     let store = Arc::new(store);
     let host = Host::open(Arc::clone(&store) as _, root, config).await;
     match host {

@@ -10,6 +10,7 @@ mod package;
 mod remote;
 mod render;
 mod run;
+mod secret;
 mod serve;
 mod state;
 mod token;
@@ -134,6 +135,10 @@ enum Command {
     /// Uninstall a package: its agents are terminated and its install token
     /// revoked.
     Uninstall(install::UninstallArgs),
+    /// Secrets the host injects into agents' outbound requests (`secret
+    /// NAME HOST` rights); agents never see them.
+    #[command(subcommand)]
+    Secret(secret::Command),
     /// Serve the data dir: a long-running host with an HTTP API, a live
     /// event stream and a dashboard (docs/api.md).
     Serve(serve::Args),
@@ -279,6 +284,7 @@ fn main() -> ExitCode {
             Command::Trust(command) => install::trust(&place, command).await,
             Command::Install(args) => install::install(&place, args).await,
             Command::Uninstall(args) => install::uninstall(&place, args).await,
+            Command::Secret(command) => secret::main(&place, command).await,
         }
     });
     match result {

@@ -268,6 +268,48 @@ pub(crate) fn human(seq: u64, origin: EntityId, event: &Event, names: &Names) ->
             names.agent(*agent),
             component.short()
         ),
+        Event::HttpRequested {
+            agent,
+            task,
+            index,
+            method,
+            url,
+        } => format!(
+            "{} sends request {index} of task {}: {} {}",
+            names.who(*agent),
+            task.short(),
+            text(method),
+            text(url)
+        ),
+        Event::HttpResponded {
+            agent,
+            task,
+            index,
+            status,
+            body_len,
+            failure,
+            secret,
+            ..
+        } => {
+            let with = secret
+                .as_ref()
+                .map(|s| format!(" (secret {} injected)", text(s)))
+                .unwrap_or_default();
+            match (status, failure) {
+                (Some(status), _) => format!(
+                    "{} got response {index} of task {}: {status}, {}{with}",
+                    names.who(*agent),
+                    task.short(),
+                    size(*body_len)
+                ),
+                (None, failure) => format!(
+                    "{} got no response {index} of task {}: {}{with}",
+                    names.who(*agent),
+                    task.short(),
+                    text(failure.as_deref().unwrap_or("failed"))
+                ),
+            }
+        }
     };
     format!("#{seq:<5} {body}")
 }

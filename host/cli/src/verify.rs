@@ -26,6 +26,12 @@ pub(crate) fn main(data: &Path, args: Args) -> CliResult {
     let verified = toka_host::verify_reporting(&store, &mut progress)
         .map_err(|e| Failure::work(format!("verification failed: {e}")))?;
     out!("ok {} {}", verified.records, verified.state_digest);
+    if verified.bodies > 0 {
+        out!(
+            "response bodies ok: {} journaled responses match their digests",
+            verified.bodies
+        );
+    }
     if verified.snapshots > 0 {
         out!("snapshots ok: {} match the log", verified.snapshots);
     }

@@ -167,6 +167,20 @@ impl Client {
             .await
     }
 
+    /// `PUT path` with a JSON body, decoded.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`].
+    pub async fn put<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.send(self.request(reqwest::Method::PUT, path).json(body))
+            .await
+    }
+
     /// `DELETE path`, the answer decoded.
     ///
     /// # Errors

@@ -175,6 +175,38 @@ pub fn view(
             "component": component.to_string(),
             "token": token.to_string(),
         }),
+        Event::HttpRequested {
+            agent,
+            task,
+            index,
+            method,
+            url,
+        } => json!({
+            "agent": agent.to_string(),
+            "task": task.to_string(),
+            "index": index,
+            "method": method,
+            "url": url,
+        }),
+        Event::HttpResponded {
+            agent,
+            task,
+            index,
+            status,
+            body,
+            body_len,
+            failure,
+            secret,
+        } => json!({
+            "agent": agent.to_string(),
+            "task": task.to_string(),
+            "index": index,
+            "status": status,
+            "body": body.map(|d| d.to_string()),
+            "body_len": body_len,
+            "failure": failure,
+            "secret": secret,
+        }),
     };
     let Value::Object(fields) = fields else {
         unreachable!("every event's fields are a JSON object")
@@ -214,7 +246,9 @@ pub fn agents_of(event: &Event) -> Vec<EntityId> {
         | Event::RefusalsRecorded { agent, .. }
         | Event::QuotaExceeded { agent, .. }
         | Event::HostCondition { agent, .. }
-        | Event::AgentRebound { agent, .. } => vec![*agent],
+        | Event::AgentRebound { agent, .. }
+        | Event::HttpRequested { agent, .. }
+        | Event::HttpResponded { agent, .. } => vec![*agent],
         _ => Vec::new(),
     }
 }

@@ -469,6 +469,30 @@ pub struct Health {
     pub status: String,
 }
 
+/// A secret's value to set.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretRequest {
+    /// The value (printable ASCII, at most 8 KiB).
+    pub value: String,
+}
+
+impl std::fmt::Debug for SecretRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretRequest").finish_non_exhaustive()
+    }
+}
+
+/// A secret, as listed: never its value.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct SecretView {
+    /// Its name.
+    pub name: String,
+    /// The value's length in bytes.
+    pub len: u64,
+    /// When it was set, in milliseconds since the Unix epoch.
+    pub set_at: u64,
+}
+
 /// A publisher to trust.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TrustRequest {

@@ -13,6 +13,10 @@
 //! component("<digest>");           // the component the origin runs, and each of its ancestors'
 //! ```
 //!
+//! An HTTP request's targets are `HOST:PORT` and `HOST`; a secret's
+//! injection is checked as operation `secret` with the binding (`NAME HOST
+//! [HEADER]`) as its target.
+//!
 //! and these policies (default deny):
 //!
 //! ```text
@@ -123,9 +127,37 @@ pub(crate) fn check_for(op: &Operation, origin: AgentId, state: &WorldState) -> 
             ("spawn", targets)
         }
         Operation::Extension { family, .. } => ("extension", vec![family.clone()]),
+        Operation::HttpRequest { request, .. } => return Some(http_check(&request.url)),
         _ => return None,
     };
     Some(Check { operation, targets })
+}
+
+/// The host and port a request to `url` goes to (lower case; the
+/// scheme's port when the URL names none).
+pub(crate) fn http_destination(url: &str) -> Option<(String, u16)> {
+    let uri: http::Uri = url.parse().ok()?;
+    let authority = uri.authority()?;
+    let default_port = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+        443
+    } else {
+        80
+    };
+    Some((
+        authority.host().to_ascii_lowercase(),
+        authority.port_u16().unwrap_or(default_port),
+    ))
+}
+
+/// What a request to `url` needs: `http HOST:PORT` or `http HOST` (or
+/// `http *`). A URL without a host names no target.
+pub(crate) fn http_check(url: &str) -> Check {
+    Check {
+        operation: "http",
+        targets: http_destination(url)
+            .map(|(host, port)| vec![format!("{host}:{port}"), host])
+            .unwrap_or_default(),
+    }
 }
 
 /// The check an operator's command or request needs: the `operator`

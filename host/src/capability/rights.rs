@@ -14,6 +14,7 @@
 //! | `fs.read PATH`            | reading the host directory PATH (preopened read-only) | `right("fs.read", "PATH")`     |
 //! | `fs.write PATH`           | reading and writing the host directory PATH        | `right("fs.write", "PATH")`       |
 //! | `http HOST`               | outgoing HTTP requests to HOST (`name` or `name:port`) | `right("http", "HOST")`       |
+//! | `secret NAME HOST [HEADER]` | the host injects secret NAME into requests to HOST (the agent never sees it) | `right("secret", "NAME HOST")` or `right("secret", "NAME HOST HEADER")` |
 //! | `operator LEVEL`          | the HTTP API of `toka serve`, at LEVEL (`read`, `write`, `admin`) | `right("operator", "LEVEL")` |
 //!
 //! TARGET is `self`, `children` (the agent's own sub-agents), an agent id
@@ -24,6 +25,12 @@
 //! for people and programs calling the API, never for agents: each level
 //! includes the ones below it (`admin` ⊇ `write` ⊇ `read`), see
 //! [`OperatorLevel`].
+//!
+//! A `secret` right's target is the binding, `NAME HOST` or `NAME HOST
+//! HEADER` (one string, words separated by one space, the header in lower
+//! case): without a header the value goes into `Authorization: Bearer
+//! VALUE`, with one it is the header's whole value (`x-api-key` for APIs
+//! that take a bare key). See [`SecretBinding`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -49,12 +56,14 @@ pub enum RightOp {
     FsWrite,
     /// Outgoing HTTP to a host.
     Http,
+    /// A secret injected into requests to a host.
+    Secret,
     /// Calling the API of `toka serve` at a level.
     Operator,
 }
 
 impl RightOp {
-    const ALL: [RightOp; 10] = [
+    const ALL: [RightOp; 11] = [
         RightOp::Observe,
         RightOp::State,
         RightOp::Schedule,
@@ -64,6 +73,7 @@ impl RightOp {
         RightOp::FsRead,
         RightOp::FsWrite,
         RightOp::Http,
+        RightOp::Secret,
         RightOp::Operator,
     ];
 
@@ -80,6 +90,7 @@ impl RightOp {
             RightOp::FsRead => "fs.read",
             RightOp::FsWrite => "fs.write",
             RightOp::Http => "http",
+            RightOp::Secret => "secret",
             RightOp::Operator => "operator",
         }
     }
@@ -107,6 +118,7 @@ impl RightOp {
             RightOp::FsRead => "fs.read /ABSOLUTE/PATH",
             RightOp::FsWrite => "fs.write /ABSOLUTE/PATH",
             RightOp::Http => "http HOST[:PORT]|*",
+            RightOp::Secret => "secret NAME HOST[:PORT] [HEADER]",
             RightOp::Operator => "operator read|write|admin",
         }
     }
@@ -260,6 +272,14 @@ impl FromStr for Right {
         let name = words.next().ok_or_else(|| fail("it is empty".into()))?;
         let op =
             RightOp::from_name(name).ok_or_else(|| fail(format!("unknown operation `{name}`")))?;
+        if op == RightOp::Secret {
+            let binding: Vec<&str> = words.collect();
+            let target = SecretBinding::parse(&binding).map_err(fail)?.to_string();
+            return Ok(Right {
+                op,
+                target: Some(target),
+            });
+        }
         let target = words.next();
         if words.next().is_some() {
             return Err(fail("too many words".into()));
@@ -294,12 +314,9 @@ fn check_target(op: RightOp, target: &str) -> Result<String, String> {
                 && !target.split('/').any(|part| part == "..")
                 && !target.chars().any(|c| c.is_control() || c == '"')
         }
-        RightOp::Http => {
-            target == "*"
-                || target
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b))
-        }
+        RightOp::Http => target == "*" || is_host(target),
+        // Parsed whole by `SecretBinding::parse`.
+        RightOp::Secret => false,
         RightOp::Operator => OperatorLevel::from_name(target).is_some(),
         RightOp::Observe | RightOp::State => false,
     };
@@ -312,6 +329,139 @@ fn check_target(op: RightOp, target: &str) -> Result<String, String> {
     } else {
         target.to_owned()
     })
+}
+
+/// The longest secret name.
+pub const MAX_SECRET_NAME: usize = 64;
+
+/// Whether `name` may name a secret: 1 to [`MAX_SECRET_NAME`] letters,
+/// digits, `_`, `-` or `.`.
+pub(crate) fn is_secret_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_SECRET_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+}
+
+/// A host as rights name it: `name` or `name:port`.
+fn is_host(target: &str) -> bool {
+    !target.is_empty()
+        && target
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b))
+}
+
+/// What a `secret` right binds: a secret, a host, and the header that
+/// carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretBinding {
+    /// The secret's name (as `toka secret set` stored it).
+    pub name: String,
+    /// The host: `name` (any port) or `name:port`.
+    pub host: String,
+    /// The header, in lower case; `None`: `Authorization: Bearer VALUE`.
+    pub header: Option<String>,
+}
+
+/// Headers a secret may not go into: the host sets them itself.
+const RESERVED_HEADERS: [&str; 7] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "idempotency-key",
+];
+
+impl SecretBinding {
+    /// The binding a `secret` right names (`NAME HOST [HEADER]`, as words).
+    fn parse(words: &[&str]) -> Result<SecretBinding, String> {
+        let (name, host, header) = match *words {
+            [name, host] => (name, host, None),
+            [name, host, header] => (name, host, Some(header)),
+            [] | [_] => {
+                return Err(format!(
+                    "`secret` needs a name and a host: {}",
+                    RightOp::Secret.usage()
+                ));
+            }
+            _ => return Err("too many words".into()),
+        };
+        if !is_secret_name(name) {
+            return Err(format!(
+                "`{name}` is not a secret name (1 to {MAX_SECRET_NAME} letters, digits, `_`, `-` or `.`)"
+            ));
+        }
+        if !is_host(host) {
+            return Err(format!(
+                "bad host `{host}` for {} (a secret goes to one named host, never `*`)",
+                RightOp::Secret.usage()
+            ));
+        }
+        let header = match header {
+            None => None,
+            Some(h) => {
+                let lower = h.to_ascii_lowercase();
+                if !lower
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    || lower.len() > 64
+                {
+                    return Err(format!("`{h}` is not a header name"));
+                }
+                if RESERVED_HEADERS.contains(&lower.as_str()) {
+                    return Err(format!("the host sets `{h}` itself; pick another header"));
+                }
+                Some(lower)
+            }
+        };
+        Ok(SecretBinding {
+            name: name.to_owned(),
+            host: host.to_ascii_lowercase(),
+            header,
+        })
+    }
+
+    /// The binding a `secret` right's target names, if it is one.
+    #[must_use]
+    pub fn of(right: &Right) -> Option<SecretBinding> {
+        if right.op() != RightOp::Secret {
+            return None;
+        }
+        let words: Vec<&str> = right.target()?.split(' ').collect();
+        SecretBinding::parse(&words).ok()
+    }
+
+    /// Whether the binding applies to a request whose host is `host` and
+    /// port `port`.
+    #[must_use]
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        match self.host.split_once(':') {
+            Some((h, p)) => h == host && p.parse() == Ok(port),
+            None => self.host == host,
+        }
+    }
+
+    /// The header the value goes into, and the value as sent.
+    #[must_use]
+    pub fn header_value(&self, value: &str) -> (String, String) {
+        match &self.header {
+            Some(header) => (header.clone(), value.to_owned()),
+            None => ("authorization".to_owned(), format!("Bearer {value}")),
+        }
+    }
+}
+
+impl fmt::Display for SecretBinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.name, self.host)?;
+        if let Some(header) = &self.header {
+            write!(f, " {header}")?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -336,10 +486,24 @@ mod tests {
             "http localhost:8080",
             "operator read",
             "operator admin",
+            "secret OPENAI_API_KEY api.openai.com",
+            "secret anthropic api.anthropic.com:443 x-api-key",
         ] {
             let right: Right = text.parse().unwrap();
             assert_eq!(right.to_string(), text);
         }
+        let header: Right = "secret K Example.com X-Api-Key".parse().unwrap();
+        assert_eq!(header.to_string(), "secret K example.com x-api-key");
+        let binding = SecretBinding::of(&header).unwrap();
+        assert!(binding.matches("example.com", 443) && !binding.matches("other.com", 443));
+        assert_eq!(binding.header_value("v"), ("x-api-key".into(), "v".into()));
+        let port: Right = "secret K localhost:8080".parse().unwrap();
+        let binding = SecretBinding::of(&port).unwrap();
+        assert!(binding.matches("localhost", 8080) && !binding.matches("localhost", 8081));
+        assert_eq!(
+            binding.header_value("v"),
+            ("authorization".into(), "Bearer v".into())
+        );
         let upper: Right = "schedule 0123456789ABCDEF0123456789ABCDEF".parse().unwrap();
         assert_eq!(upper.target(), Some("0123456789abcdef0123456789abcdef"));
     }
@@ -359,6 +523,14 @@ mod tests {
             ("http https://example.com/", "bad target"),
             ("operator root", "bad target `root`"),
             ("operator *", "bad target"),
+            ("secret KEY", "needs a name and a host"),
+            ("secret KEY *", "never `*`"),
+            ("secret bad/name host", "not a secret name"),
+            (
+                "secret KEY host content-length",
+                "sets `content-length` itself",
+            ),
+            ("secret KEY host x-key extra", "too many words"),
         ];
         for (input, problem) in cases {
             let err = input.parse::<Right>().unwrap_err().to_string();

@@ -31,6 +31,15 @@ pub enum LogError {
         /// Where the log actually ends.
         found: u64,
     },
+    /// A journaled response's body is missing or does not match its
+    /// digest.
+    #[error("the response recorded at {seq} does not verify: {reason}")]
+    BodyMismatch {
+        /// The response record's sequence number.
+        seq: u64,
+        /// What does not match.
+        reason: String,
+    },
     /// A stored snapshot does not match the log.
     #[error("the snapshot at record {seq} does not match the log: {reason}")]
     SnapshotMismatch {

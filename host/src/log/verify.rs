@@ -1,6 +1,6 @@
 //! Verifying a stored log: every record, the head, and every snapshot.
 
-use toka_kernel::{Digest, Kernel, Registry};
+use toka_kernel::{Digest, Event, Kernel, Registry};
 
 use crate::log::LogError;
 use crate::log::recovery::replay_with;
@@ -15,18 +15,22 @@ pub struct Verified {
     pub state_digest: Digest,
     /// Snapshots compared with the replayed state.
     pub snapshots: usize,
+    /// Journaled response bodies checked against their digests.
+    pub bodies: u64,
 }
 
 /// Replays the whole log from its first record, checking every record's hash
 /// and link, that the log ends at the stored head, and that every stored
 /// snapshot holds exactly the replayed state (and chain head) at its
-/// sequence number.
+/// sequence number, and that every journaled response body is stored and
+/// hashes to the digest its record names.
 ///
 /// # Errors
 ///
 /// [`LogError::Replay`] naming the first bad record,
 /// [`LogError::HeadMismatch`], or [`LogError::SnapshotMismatch`] naming the
-/// first snapshot that does not match the log.
+/// first snapshot that does not match the log, [`LogError::BodyMismatch`]
+/// naming the first response whose body is missing or altered.
 pub fn verify(store: &dyn EventStore) -> Result<Verified, LogError> {
     verify_reporting(store, &mut |_, _| {})
 }
@@ -62,6 +66,8 @@ pub fn verify_reporting(
         expected.push((seq, snapshot.head, digest));
     }
     let mut mismatch = None;
+    let mut bad_body = None;
+    let mut bodies = 0;
     let mut checked = 0;
     let kernel = Kernel::with_registry(store.limits()?, Registry::new());
     let kernel = replay_with(
@@ -71,6 +77,20 @@ pub fn verify_reporting(
         |kernel, applied| {
             if applied.seq % PROGRESS_EVERY == 0 {
                 progress(applied.seq, total);
+            }
+            for event in &applied.events {
+                if let Event::HttpResponded {
+                    body: Some(digest),
+                    body_len,
+                    ..
+                } = event
+                    && bad_body.is_none()
+                {
+                    bodies += 1;
+                    bad_body = check_body(store, digest, *body_len)
+                        .err()
+                        .map(|reason| (applied.seq, reason));
+                }
             }
             for (seq, head, digest) in &expected {
                 if *seq != applied.seq || mismatch.is_some() {
@@ -91,6 +111,9 @@ pub fn verify_reporting(
     if let Some((seq, reason)) = mismatch {
         return Err(LogError::SnapshotMismatch { seq, reason });
     }
+    if let Some((seq, reason)) = bad_body {
+        return Err(LogError::BodyMismatch { seq, reason });
+    }
     if let Some((seq, _, _)) = expected.iter().find(|(seq, _, _)| *seq > kernel.head().seq) {
         return Err(LogError::SnapshotMismatch {
             seq: *seq,
@@ -102,5 +125,21 @@ pub fn verify_reporting(
         records: kernel.head().seq,
         state_digest: kernel.state().digest(),
         snapshots: checked,
+        bodies,
     })
+}
+
+/// Whether the blob `digest` is stored, `len` bytes long, and hashes to it.
+fn check_body(store: &dyn EventStore, digest: &Digest, len: u64) -> Result<(), String> {
+    let bytes = store
+        .blob(digest)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("its body {} is missing", digest.short()))?;
+    if bytes.len() as u64 != len || Digest::of(&bytes) != *digest {
+        return Err(format!(
+            "its body {} does not hash to its digest (altered?)",
+            digest.short()
+        ));
+    }
+    Ok(())
 }

@@ -223,7 +223,7 @@ async fn attempt_task(
     // new instance without them.
     if instance
         .as_ref()
-        .is_some_and(|i| !i.sandbox.still_holds(&inner.sequencer, agent))
+        .is_some_and(|i| !i.sandbox.still_holds(inner.outbound.as_ref(), agent))
     {
         *instance = None;
     }
@@ -441,7 +441,7 @@ pub(crate) async fn instantiate(inner: &HostInner, agent: AgentId) -> Result<Ins
         .token(&token)
         .map_err(|e| Failure::Agent(e.to_string()))?;
     let sandbox = Sandbox::of(
-        &inner.sequencer,
+        inner.outbound.as_ref(),
         &token,
         &inner.agent_limits,
         &inner.protected_paths,
@@ -449,8 +449,14 @@ pub(crate) async fn instantiate(inner: &HostInner, agent: AgentId) -> Result<Ins
     )
     .map_err(Failure::Agent)?;
     let pre = inner.prepared(component).await.map_err(Failure::Host)?;
-    let ctx = AgentCtx::new(agent, inner.sequencer.clone(), &sandbox, inner.entropy)
-        .map_err(Failure::Agent)?;
+    let ctx = AgentCtx::new(
+        agent,
+        inner.sequencer.clone(),
+        inner.outbound.clone(),
+        &sandbox,
+        inner.entropy,
+    )
+    .map_err(Failure::Agent)?;
     let mut store = Store::new(inner.components.engine(), ctx);
     store.limiter(|ctx| &mut ctx.limiter);
     // At every epoch tick: yield to the other agents, and end the task if

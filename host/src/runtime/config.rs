@@ -8,6 +8,7 @@ use toka_kernel::Rules;
 
 use crate::runtime::clock::{Clock, SystemClock};
 use crate::sandbox::limits::AgentLimits;
+use crate::store::secrets::SecretStore;
 
 /// How a [`Host`](crate::Host) runs.
 ///
@@ -28,6 +29,7 @@ pub struct HostConfig {
     pub(crate) start_agents: bool,
     pub(crate) max_instances: usize,
     pub(crate) protected_paths: Vec<PathBuf>,
+    pub(crate) secrets: Arc<SecretStore>,
     #[cfg(feature = "bench")]
     pub(crate) skip_gate: bool,
 }
@@ -43,6 +45,7 @@ impl Default for HostConfig {
             start_agents: true,
             max_instances: 512,
             protected_paths: Vec::new(),
+            secrets: Arc::new(SecretStore::in_memory()),
             #[cfg(feature = "bench")]
             skip_gate: false,
         }
@@ -59,6 +62,13 @@ impl HostConfig {
     /// Where logical time comes from. Default: the system clock.
     pub fn clock(&mut self, clock: Arc<dyn Clock>) -> &mut Self {
         self.clock = clock;
+        self
+    }
+
+    /// The secrets the host injects into agents' outbound requests (see
+    /// [`SecretStore`]). Default: none (an empty store in memory).
+    pub fn secrets(&mut self, secrets: Arc<SecretStore>) -> &mut Self {
+        self.secrets = secrets;
         self
     }
 

@@ -7,11 +7,12 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
 use crate::runtime::sequencer::{Halt, Refused, Request, Sequencer, Spawn};
+use crate::sandbox::Effects;
 use crate::sandbox::bindings::toka::agent::kernel;
 use crate::sandbox::bindings::wit;
 use crate::sandbox::capture::Capture;
 use crate::sandbox::dirs::Sandbox;
-use crate::sandbox::http::HttpGate;
+use crate::sandbox::http::{Divergence, HttpGate};
 use crate::sandbox::limiter::Exceeded;
 use crate::sandbox::limiter::Limiter;
 use crate::sandbox::limits::AgentLimits;
@@ -25,12 +26,14 @@ pub(crate) struct AgentCtx {
     pub(crate) limiter: Limiter,
     agent: AgentId,
     sequencer: Sequencer,
+    effects: std::sync::Arc<dyn Effects>,
     /// The task being handled, and the index its next operation gets.
     task: Option<(TaskId, u32)>,
     /// The clocks and randomness the guest sees, reset per task.
     inputs: TaskInputs,
-    /// Set when a re-run diverged from the log: the task fails with it.
-    diverged: Option<String>,
+    /// Set when a re-run diverged from the log (by an operation here, or by
+    /// an HTTP request's future): the task fails with it.
+    diverged: Divergence,
     /// Set when the agent ran into a quota: the task fails with it, and the
     /// quota hit (recorded by the sequencer) counts as its fault.
     quota_hit: Option<String>,
@@ -69,6 +72,7 @@ impl AgentCtx {
     pub(crate) fn new(
         agent: AgentId,
         sequencer: Sequencer,
+        effects: std::sync::Arc<dyn Effects>,
         sandbox: &Sandbox,
         entropy: [u8; 32],
     ) -> Result<Self, String> {
@@ -91,16 +95,23 @@ impl AgentCtx {
             .insecure_random(inputs.random())
             .insecure_random_seed(agent.as_u128())
             .build();
+        let diverged = Divergence::default();
         Ok(Self {
             wasi,
-            http: HttpGate::new(agent, std::sync::Arc::new(sequencer.clone())),
+            http: HttpGate::new(
+                agent,
+                std::sync::Arc::clone(&effects),
+                limits,
+                std::sync::Arc::clone(&diverged),
+            ),
             table: ResourceTable::new(),
             limiter: sandbox.limiter(),
             agent,
             sequencer,
+            effects,
             task: None,
             inputs,
-            diverged: None,
+            diverged,
             quota_hit: None,
             kernel_limits,
             stdout,
@@ -115,7 +126,7 @@ impl AgentCtx {
     /// Whether the token still grants the directories the instance holds
     /// open (cheap when it holds none).
     pub(crate) fn grants_still_hold(&self) -> bool {
-        self.sandbox.still_holds(&self.sequencer, self.agent)
+        self.sandbox.still_holds(self.effects.as_ref(), self.agent)
     }
 
     /// Marks the start of a task (started at logical time `start`): its
@@ -123,7 +134,8 @@ impl AgentCtx {
     /// bytes start over.
     pub(crate) fn begin_task(&mut self, task: TaskId, start: toka_kernel::Timestamp) {
         self.task = Some((task, 0));
-        self.diverged = None;
+        self.http.set_task(Some(task));
+        *self.divergence() = None;
         self.quota_hit = None;
         self.log_lines = 0;
         self.observed = 0;
@@ -134,13 +146,19 @@ impl AgentCtx {
     /// whether a re-run diverged.
     pub(crate) fn end_task(&mut self) -> TaskEnd {
         self.task = None;
+        self.http.set_task(None);
         let (out, out_dropped) = self.stdout.take();
         let (err, err_dropped) = self.stderr.take();
+        let diverged = self.divergence().take();
         TaskEnd {
             printed: [("stdout", out, out_dropped), ("stderr", err, err_dropped)],
-            diverged: self.diverged.take(),
+            diverged,
             quota_hit: self.quota_hit.take(),
         }
+    }
+
+    fn divergence(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.diverged.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Where the task's next operation goes.
@@ -240,7 +258,7 @@ impl kernel::Host for AgentCtx {
             Err(Halt::Stopped(stopped)) => Err(wasmtime::Error::msg(stopped.to_string())),
             // The task cannot go on: end the call; the task fails with this.
             Err(Halt::Diverged(why)) => {
-                self.diverged = Some(why.clone());
+                *self.divergence() = Some(why.clone());
                 Err(wasmtime::Error::msg(why))
             }
         }

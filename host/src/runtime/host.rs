@@ -29,6 +29,7 @@ use crate::runtime::tasks::TaskInfo;
 use crate::runtime::ticker::start_ticker;
 use crate::sandbox::components::Components;
 use crate::store::event_store::{EventStore, StoreTokens};
+use crate::store::secrets::SecretStore;
 
 /// A running Toka host over an [`EventStore`].
 ///
@@ -98,11 +99,26 @@ impl Host {
             skip_gate: false,
         };
         let sequencer = Sequencer::new(kernel, gate, Arc::clone(&store), config.clock, options);
+        let data_id = match store.data_id()? {
+            Some(id) => id,
+            // A store opened read-only before it had an id: requests get
+            // keys from its root key instead (still per installation).
+            None => {
+                let derived = root.derive_secret("toka 2026-12 data dir id");
+                derived[..16].try_into().expect("16 of 32 bytes")
+            }
+        };
+        let outbound = Arc::new(crate::runtime::outbound::Outbound {
+            sequencer: sequencer.clone(),
+            secrets: Arc::clone(&config.secrets),
+            data_id,
+        });
         let bus = Arc::new(Bus::new());
         let adopt = rules_to_adopt(kernel_rules, config.rules);
         let config_starts = config.start_agents;
         let inner = Arc::new(HostInner {
             sequencer,
+            outbound,
             components,
             agent_limits: config.agent_limits,
             instances: Arc::new(Semaphore::new(config.max_instances.max(1))),
@@ -432,6 +448,12 @@ impl Host {
         }
     }
 
+    /// The secrets the host injects into agents' outbound requests.
+    #[must_use]
+    pub fn secrets(&self) -> &SecretStore {
+        &self.inner.outbound.secrets
+    }
+
     /// The host's counters since it opened: commits and committed events.
     #[must_use]
     pub fn metrics(&self) -> HostMetrics {
@@ -599,6 +621,64 @@ impl Host {
     /// [`HostError::Stopped`] when the host stopped or the write failed.
     pub async fn snapshot(&self) -> Result<u64, HostError> {
         Ok(self.inner.sequencer.snapshot_now().await?)
+    }
+
+    /// The journaled requests of `task` (index and request), for the HTTP
+    /// benchmark. Not an API.
+    ///
+    /// # Errors
+    ///
+    /// When a record cannot be read.
+    #[cfg(feature = "bench")]
+    #[doc(hidden)]
+    pub fn bench_journaled_requests(
+        &self,
+        task: toka_kernel::TaskId,
+    ) -> Result<Vec<(u32, toka_kernel::HttpRequest)>, String> {
+        let exchanges: Vec<(u32, u64)> = self.inner.sequencer.read(|k| {
+            (0..)
+                .map_while(|i| k.state().exchange(task, i).map(|e| (i, e.request)))
+                .collect()
+        });
+        exchanges
+            .into_iter()
+            .map(
+                |(index, seq)| match self.inner.sequencer.recorded_op(seq)? {
+                    Operation::HttpRequest { request, .. } => Ok((index, request)),
+                    other => Err(format!("record {seq} is a {}", other.kind())),
+                },
+            )
+            .collect()
+    }
+
+    /// Answers a re-run's request from the journal, as the sandbox asks it
+    /// (for the HTTP benchmark; the task must be running, with its agents
+    /// not started). Not an API.
+    ///
+    /// # Errors
+    ///
+    /// When the journal has no answer for it.
+    #[cfg(feature = "bench")]
+    #[doc(hidden)]
+    pub async fn bench_journal_answer(
+        &self,
+        agent: AgentId,
+        task: toka_kernel::TaskId,
+        index: u32,
+        request: toka_kernel::HttpRequest,
+    ) -> Result<usize, String> {
+        match self
+            .inner
+            .sequencer
+            .journal_request(agent, task, index, request)
+            .await
+            .map_err(|e| e.0)?
+        {
+            crate::sandbox::Journaled::Answered { body, .. } => Ok(body.len()),
+            other => Err(format!(
+                "request {index} was not answered from the journal: {other:?}"
+            )),
+        }
     }
 
     /// Instantiates `agent`'s component exactly as its actor does (store,

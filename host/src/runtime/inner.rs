@@ -22,6 +22,9 @@ use crate::text::clip;
 /// What actors share with the host.
 pub(crate) struct HostInner {
     pub(crate) sequencer: Sequencer,
+    /// What agents' sandboxes ask of the runtime (the sequencer, the
+    /// secrets, the data dir's id).
+    pub(crate) outbound: Arc<crate::runtime::outbound::Outbound>,
     pub(crate) components: Components<AgentCtx>,
     pub(crate) agent_limits: AgentLimits,
     /// Places for live instances ([`HostConfig::max_instances`](crate::HostConfig::max_instances)).

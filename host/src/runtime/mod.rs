@@ -7,6 +7,8 @@
 //!   *ordered* and *applied* (through the kernel) under one lock, and
 //!   *persisted* (`writer`: group commit to the store);
 //! - `bus`: where committed batches are *published*;
+//! - `outbound`: what the sandbox asks of the runtime (authorizing effects,
+//!   journaling outbound requests, the secrets to inject);
 //! - `inner`, `actor`: routing published work to agents, and running each
 //!   agent's tasks one at a time;
 //! - `host`, `config`, `clock`, `ticker`, `error`: the entry point, its
@@ -23,6 +25,7 @@ pub(crate) mod host;
 pub(crate) mod inner;
 pub(crate) mod installing;
 pub(crate) mod metrics;
+pub(crate) mod outbound;
 pub(crate) mod sequencer;
 pub(crate) mod tasks;
 pub(crate) mod ticker;

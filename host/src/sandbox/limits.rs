@@ -45,6 +45,18 @@ pub struct AgentLimits {
     /// Faults in a row (traps, fuel, memory, deadline) after which the agent
     /// is quarantined until `toka agent resume`. Default 3.
     pub quarantine_after: u32,
+    /// Bytes of one outbound HTTP request's body; a larger one is refused
+    /// before it is journaled. Default 1 MiB.
+    pub http_request_bytes: u64,
+    /// Bytes of one outbound HTTP response's body, which the journal keeps
+    /// (charged to the agent's log bytes); a larger response is refused
+    /// with an error naming the limit, and the refusal recorded. Default
+    /// 1 MiB.
+    pub http_response_bytes: u64,
+    /// Time for one outbound HTTP request, from connecting to the last
+    /// byte of the response; the agent's own timeouts can only be shorter.
+    /// Default 60 s (the task's deadline still applies).
+    pub http_timeout: Duration,
 }
 
 impl Default for AgentLimits {
@@ -62,6 +74,9 @@ impl Default for AgentLimits {
             log_lines_per_task: 1000,
             log_line_bytes: 4096,
             quarantine_after: 3,
+            http_request_bytes: 1 << 20,
+            http_response_bytes: 1 << 20,
+            http_timeout: Duration::from_secs(60),
         }
     }
 }

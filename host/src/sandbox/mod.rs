@@ -5,15 +5,18 @@
 //! - `limiter`: memories, tables and instances counted against them, and
 //!   the failures a guest call ends with, in words;
 //! - `dirs`: the host directories a token opens, never the host's own files;
-//! - `http`: outgoing `wasi:http`, authorized per request;
+//! - `http`: outgoing `wasi:http`, authorized per request and journaled,
+//!   with secrets injected for bound hosts; `redact` keeps their values out
+//!   of what the agent reads and the log holds;
 //! - `capture`, `task_inputs`: bounded stdout/stderr, and the clocks and
 //!   randomness a task sees (deterministic per task);
 //! - `components`, `bindings`: validating and compiling agent components
 //!   against the `toka:agent` world.
 //!
-//! The sandbox asks the runtime for two things only, through [`Effects`]:
-//! authorizing an effect against an agent's token now, and waiting until
-//! what an agent did so far is durable.
+//! The sandbox asks the runtime for what only the runtime knows, through
+//! [`Effects`]: authorizing an effect against an agent's token now, waiting
+//! until what an agent did so far is durable, journaling an outbound
+//! request and its response, and the secret to inject into one.
 
 pub(crate) mod bindings;
 pub(crate) mod capture;
@@ -22,14 +25,18 @@ pub(crate) mod dirs;
 pub(crate) mod http;
 pub(crate) mod limiter;
 pub(crate) mod limits;
+pub(crate) mod redact;
 pub(crate) mod task_inputs;
 
 use std::future::Future;
 use std::pin::Pin;
 
-use toka_kernel::AgentId;
+use toka_kernel::{AgentId, HttpOutcome, HttpRequest, TaskId};
 
 use crate::capability::policy::{Check, Denied};
+
+/// A boxed future the runtime answers with.
+pub(crate) type Answer<T> = Pin<Box<dyn Future<Output = Result<T, HostGone>> + Send>>;
 
 /// What the sandbox needs from the host that runs it.
 pub(crate) trait Effects: Send + Sync + 'static {
@@ -44,7 +51,90 @@ pub(crate) trait Effects: Send + Sync + 'static {
 
     /// A future that resolves once everything applied until now is durable
     /// (before an effect leaves the host).
-    fn durable(&self) -> Pin<Box<dyn Future<Output = Result<(), HostGone>> + Send>>;
+    fn durable(&self) -> Answer<()>;
+
+    /// Journals request `index` of `agent`'s running `task` (authorizing
+    /// it in the log's order), or, when a run before this one journaled
+    /// it, says what the journal holds.
+    fn journal_request(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        index: u32,
+        request: HttpRequest,
+    ) -> Answer<Journaled>;
+
+    /// Records what came back for request `index` of `task` (`body` is the
+    /// blob a response's digest names), and which secret went with it.
+    fn record_response(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        index: u32,
+        outcome: HttpOutcome,
+        secret: Option<String>,
+        body: Vec<u8>,
+    ) -> Answer<()>;
+
+    /// The secret to inject into `agent`'s request to `host`:`port` over
+    /// `scheme`, if its token binds one there.
+    ///
+    /// # Errors
+    ///
+    /// Why the request may not go out: the bound secret is not set, or
+    /// would travel in clear text.
+    fn injection(
+        &self,
+        agent: AgentId,
+        scheme: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<Option<Injection>, String>;
+
+    /// The data dir's id (what idempotency keys are derived from).
+    fn data_id(&self) -> [u8; 16];
+}
+
+/// What the journal says about a request.
+#[derive(Debug)]
+pub(crate) enum Journaled {
+    /// Send it: journaled now, or journaled by an earlier run that got no
+    /// answer.
+    Send,
+    /// An earlier run got this answer: give it again, send nothing.
+    Answered {
+        /// The recorded outcome.
+        outcome: HttpOutcome,
+        /// The response body (empty for a failure).
+        body: Vec<u8>,
+    },
+    /// The gate or the kernel refused it; the message says why.
+    Refused(String),
+    /// The re-run sent another request than the log has at this index, or
+    /// the journal cannot answer: the task fails with this.
+    Diverged(String),
+}
+
+/// A secret to inject into one request.
+#[derive(Clone)]
+pub(crate) struct Injection {
+    /// The secret's name (what the log records).
+    pub(crate) name: String,
+    /// The header it goes into (lower case).
+    pub(crate) header: String,
+    /// The header's value (e.g. `Bearer VALUE`).
+    pub(crate) value: String,
+    /// The secret itself, to redact from what comes back.
+    pub(crate) secret: std::sync::Arc<str>,
+}
+
+impl std::fmt::Debug for Injection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Injection")
+            .field("name", &self.name)
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The host stopped before it could do what was asked; carries why.

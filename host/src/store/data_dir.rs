@@ -9,9 +9,11 @@ use crate::capability::root_key::{KeyError, RootKey};
 use crate::store::event_store::StoreError;
 use crate::store::redb::RedbStore;
 
-/// A Toka data directory: `toka.redb` (the log, blobs and tokens) and
+/// A Toka data directory: `toka.redb` (the log, blobs and tokens),
 /// `root.key` (the root signing key, mode 0600, unless the operator keeps the
-/// key elsewhere and passes `--root-key`).
+/// key elsewhere and passes `--root-key`), and `secrets.json` (the secrets
+/// the host injects into outbound requests, mode 0600; see
+/// [`SecretStore`](crate::SecretStore)).
 #[derive(Debug, Clone)]
 pub struct DataDir {
     path: PathBuf,
@@ -182,7 +184,7 @@ impl DataDir {
     }
 
     /// A directory without a store may become one only if it holds nothing
-    /// but (perhaps) its root key.
+    /// but (perhaps) its root key and its secrets.
     fn check_usable(&self) -> Result<(), DataDirError> {
         if !self.path.exists() {
             return Ok(());
@@ -195,7 +197,8 @@ impl DataDir {
             source,
         })?;
         for entry in entries.filter_map(Result::ok) {
-            if entry.file_name() != Self::KEY_FILE {
+            let name = entry.file_name();
+            if name != Self::KEY_FILE && name != crate::store::secrets::SecretStore::FILE {
                 return Err(DataDirError::Foreign(self.path.clone()));
             }
         }

@@ -147,6 +147,17 @@ pub trait EventStore: Send + Sync + 'static {
     /// [`StoreError`] when the store cannot be read.
     fn root_public_key(&self) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// The data dir's id: a random value recorded when the store was
+    /// created (or first opened by a release that records one), so that
+    /// what the host derives from it — the `Idempotency-Key` of an outbound
+    /// request — never collides with another installation's. `None` for a
+    /// store opened read-only that has none yet.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    fn data_id(&self) -> Result<Option<[u8; 16]>, StoreError>;
+
     /// The kernel limits the log was written under (fixed at creation).
     ///
     /// # Errors
@@ -224,4 +235,11 @@ impl crate::capability::gate::TokenSource for StoreTokens {
     fn token_bytes(&self, digest: &Digest) -> Result<Option<Vec<u8>>, String> {
         self.0.token(digest).map_err(|e| e.to_string())
     }
+}
+
+/// A fresh random data-dir id, from the operating system.
+pub(crate) fn random_data_id() -> Result<[u8; 16], getrandom::Error> {
+    let mut id = [0; 16];
+    getrandom::fill(&mut id)?;
+    Ok(id)
 }

@@ -26,6 +26,7 @@ struct Inner {
     task_ends: BTreeMap<TaskId, u64>,
     head: ChainHead,
     limits: Limits,
+    data_id: [u8; 16],
 }
 
 impl MemoryStore {
@@ -41,6 +42,8 @@ impl MemoryStore {
                 task_ends: BTreeMap::new(),
                 head: ChainHead::default(),
                 limits,
+                data_id: crate::store::event_store::random_data_id()
+                    .expect("the operating system provides randomness"),
             })),
         }
     }
@@ -129,6 +132,10 @@ impl EventStore for MemoryStore {
 
     fn root_public_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(None)
+    }
+
+    fn data_id(&self) -> Result<Option<[u8; 16]>, StoreError> {
+        Ok(Some(self.lock().data_id))
     }
 
     fn limits(&self) -> Result<Limits, StoreError> {

@@ -161,7 +161,23 @@ impl RedbStore {
             path: path.to_owned(),
         };
         store.check_meta()?;
+        if matches!(store.db, Db::Write(_)) && store.meta_bytes("data_id")?.is_none() {
+            // A data dir created before it had an id gets one now.
+            store.put_meta("data_id", &new_data_id()?)?;
+        }
         Ok(store)
+    }
+
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let p = &self.path;
+        let mut tx = self.writer()?.begin_write().map_err(|e| backend(p, e))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| backend(p, e))?;
+        tx.open_table(META)
+            .map_err(|e| backend(p, e))?
+            .insert(key, value)
+            .map_err(|e| backend(p, e))?;
+        tx.commit().map_err(|e| backend(p, e))
     }
 
     fn writer(&self) -> Result<&Database, StoreError> {
@@ -205,6 +221,7 @@ impl RedbStore {
                 ("head", &head),
                 ("root_public_key", root_public_key),
                 ("created_by", created_by.as_bytes()),
+                ("data_id", &new_data_id()?[..]),
             ] {
                 meta.insert(key, value).map_err(|e| backend(p, e))?;
             }
@@ -456,6 +473,12 @@ impl EventStore for RedbStore {
         self.meta_bytes("root_public_key")
     }
 
+    fn data_id(&self) -> Result<Option<[u8; 16]>, StoreError> {
+        Ok(self
+            .meta_bytes("data_id")?
+            .and_then(|v| <[u8; 16]>::try_from(v.as_slice()).ok()))
+    }
+
     fn limits(&self) -> Result<Limits, StoreError> {
         self.meta_value("limits")
     }
@@ -478,6 +501,14 @@ fn corrupt(path: &Path, what: &str, reason: impl std::fmt::Display) -> StoreErro
         what: format!("meta `{what}`"),
         reason: reason.to_string(),
     }
+}
+
+/// A random data-dir id (see [`EventStore::data_id`]).
+fn new_data_id() -> Result<[u8; 16], StoreError> {
+    crate::store::event_store::random_data_id().map_err(|e| StoreError::Backend {
+        path: PathBuf::new(),
+        message: format!("no randomness for the data dir's id: {e}"),
+    })
 }
 
 fn open_error(path: &Path, e: DatabaseError) -> StoreError {

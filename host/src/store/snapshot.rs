@@ -16,8 +16,10 @@ use toka_kernel::{ChainHead, Digest, Kernel, WorldState};
 ///   through [`WorldState::from_bytes_v2`]).
 /// - 3: the state with the most recent idempotency keys (read through
 ///   [`WorldState::from_bytes_v3`]).
-/// - 4: the state with the trust store and installed packages.
-pub(crate) const SNAPSHOT_VERSION: u16 = 4;
+/// - 4: the state with the trust store and installed packages (read
+///   through [`WorldState::from_bytes_v4`]).
+/// - 5: the state with the journaled HTTP requests of running tasks.
+pub(crate) const SNAPSHOT_VERSION: u16 = 5;
 
 #[derive(Serialize, Deserialize)]
 struct Encoded {
@@ -68,6 +70,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
         1 => WorldState::from_bytes_v1(&encoded.state),
         2 => WorldState::from_bytes_v2(&encoded.state),
         3 => WorldState::from_bytes_v3(&encoded.state),
+        4 => WorldState::from_bytes_v4(&encoded.state),
         _ => WorldState::from_bytes(&encoded.state),
     }
     .map_err(|e| format!("unreadable state (format {version}): {e}"))?;

@@ -5,6 +5,7 @@ pub(crate) mod agents;
 pub(crate) mod components;
 pub(crate) mod log;
 pub(crate) mod packages;
+pub(crate) mod secrets;
 pub(crate) mod stream;
 pub(crate) mod system;
 pub(crate) mod tasks;
@@ -37,6 +38,7 @@ use crate::error::ErrorBody;
         (name = "tasks", description = "Tasks: schedule, look at, wait for"),
         (name = "tokens", description = "Capability tokens: issue, attenuate, inspect, revoke"),
         (name = "packages", description = "Signed packages and the trust store: trust publishers, review, install, uninstall"),
+        (name = "secrets", description = "Secrets the host injects into agents' outbound requests: set, list, remove (values never come back)"),
         (name = "log", description = "The event log: read, follow, verify, snapshot"),
         (name = "system", description = "Health, status and metrics")
     )
@@ -119,6 +121,8 @@ pub(crate) fn routes(app: &Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::Open
         .routes(routes!(packages::publishers, packages::trust))
         .routes(routes!(packages::distrust))
         .routes(routes!(packages::uninstall))
+        .routes(routes!(secrets::list))
+        .routes(routes!(secrets::set, secrets::remove))
         .routes(routes!(tokens::issue))
         .routes(routes!(tokens::attenuate))
         .routes(routes!(tokens::inspect))

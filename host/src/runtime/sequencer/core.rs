@@ -423,7 +423,7 @@ impl Sequencer {
     }
 
     /// A future resolving once everything applied until now is durable.
-    pub(super) fn durable_now(&self) -> impl Future<Output = Result<(), Stopped>> + Send + 'static {
+    pub(crate) fn durable_now(&self) -> impl Future<Output = Result<(), Stopped>> + Send + 'static {
         let head = self.read(|k| k.head().seq);
         let this = self.clone();
         async move { this.wait_durable(head).await }
@@ -903,22 +903,5 @@ pub(super) fn unknown(kind: EntityKind, id: impl std::fmt::Display) -> KernelErr
     KernelError::UnknownEntity {
         kind,
         id: id.to_string(),
-    }
-}
-
-impl crate::sandbox::Effects for Sequencer {
-    fn authorize(&self, agent: AgentId, check: &Check, record: bool) -> Result<(), Denied> {
-        self.authorize_effect(agent, check, record)
-    }
-
-    fn durable(
-        &self,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), crate::sandbox::HostGone>> + Send>> {
-        let durable = self.durable_now();
-        Box::pin(async move {
-            durable
-                .await
-                .map_err(|stopped| crate::sandbox::HostGone(stopped.0))
-        })
     }
 }

@@ -16,9 +16,11 @@
 //!   recording what was refused so the answers stay the same.
 //! - `spawn`: spawning and delegation (the child's token, its budgets).
 //! - `denials`: recording denials, rate-limited.
+//! - `http`: journaling outbound HTTP requests and their responses.
 
 mod core;
 mod denials;
+mod http;
 mod journal;
 mod spawn;
 mod writer;

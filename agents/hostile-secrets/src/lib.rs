@@ -1,0 +1,83 @@
+//! `hostile-secrets`: tries every way an agent has to get at a secret the
+//! host injects into its requests, and returns (and observes) all it saw.
+//!
+//! Task: `probe NAME BOUND_URL UNBOUND_URL`, where BOUND_URL is on a host
+//! the agent's token binds secret NAME to, UNBOUND_URL on one it does not,
+//! and both echo the request back. The agent reads its environment and the
+//! files it might guess, asks the kernel for state and extension data named
+//! after the secret, sends requests to both echo servers (to the bound one
+//! with its own `authorization` header and the secret's name in the URL
+//! and body), follows a redirect, and reports everything. A test checks
+//! that the secret's value is nowhere in it, nor in the log.
+
+use toka_guest::http::{self, Request};
+use toka_guest::{Agent, Context, Operation, Task};
+
+#[derive(Default)]
+struct Snoop;
+
+impl Agent for Snoop {
+    fn handle_task(&mut self, ctx: &mut Context, task: Task) -> Result<Vec<u8>, String> {
+        let words: Vec<&str> = task.description.split_whitespace().collect();
+        let ["probe", name, bound, unbound] = words[..] else {
+            return Err("expected `probe NAME BOUND_URL UNBOUND_URL`".into());
+        };
+        let mut seen = String::new();
+        let mut note = |what: &str, text: String| {
+            seen.push_str(&format!("== {what}\n{text}\n"));
+        };
+
+        note("env", format!("{:?}", std::env::vars().collect::<Vec<_>>()));
+        for path in [
+            "/proc/self/environ",
+            "secrets.json",
+            "/secrets.json",
+            "toka-data/secrets.json",
+            "/etc/passwd",
+        ] {
+            note(path, format!("{:?}", std::fs::read_to_string(path)));
+        }
+        note("state", format!("{:?}", ctx.get(name)));
+        let asked = ctx.submit(Operation::Extension {
+            family: "secret".into(),
+            opcode: 0,
+            payload: name.as_bytes().to_vec(),
+        });
+        note("extension", format!("{asked:?}"));
+
+        let attempts = [
+            ("unbound", Request::get(unbound)),
+            (
+                "bound, own header",
+                Request::post(&format!("{bound}?name={name}"))
+                    .header("authorization", &format!("Bearer {name}"))
+                    .header("x-api-key", name)
+                    .body(name.as_bytes()),
+            ),
+            (
+                "bound, redirected to unbound",
+                Request::get(&format!("{bound}/redirect?to={unbound}")),
+            ),
+        ];
+        for (what, request) in attempts {
+            let answer = match request.send() {
+                Ok(response) => format!(
+                    "{} {:?} {}",
+                    response.status(),
+                    response.headers(),
+                    String::from_utf8_lossy(response.body())
+                ),
+                Err(e) => format!("error: {e}"),
+            };
+            note(what, answer);
+        }
+        note(
+            "get",
+            format!("{:?}", http::get(bound).map(|r| r.into_body())),
+        );
+        ctx.observe(&seen)?;
+        Ok(seen.into_bytes())
+    }
+}
+
+toka_guest::export_agent!(Snoop);

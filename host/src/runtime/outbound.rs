@@ -1,0 +1,141 @@
+//! What the sandbox asks of the runtime ([`Effects`]): authorizing effects,
+//! waiting for durability, journaling outbound requests, and the secrets
+//! to inject into them.
+
+use std::sync::Arc;
+
+use toka_kernel::{AgentId, HttpOutcome, HttpRequest, TaskId};
+
+use crate::capability::policy::{Check, Denied};
+use crate::capability::rights::RightOp;
+use crate::runtime::sequencer::Sequencer;
+use crate::sandbox::{Answer, Effects, HostGone, Injection, Journaled};
+use crate::store::secrets::SecretStore;
+
+/// The runtime's side of the sandbox.
+pub(crate) struct Outbound {
+    pub(crate) sequencer: Sequencer,
+    pub(crate) secrets: Arc<SecretStore>,
+    pub(crate) data_id: [u8; 16],
+}
+
+fn gone(stopped: crate::runtime::sequencer::Stopped) -> HostGone {
+    HostGone(stopped.0)
+}
+
+impl Effects for Outbound {
+    fn authorize(&self, agent: AgentId, check: &Check, record: bool) -> Result<(), Denied> {
+        self.sequencer.authorize_effect(agent, check, record)
+    }
+
+    fn durable(&self) -> Answer<()> {
+        let durable = self.sequencer.durable_now();
+        Box::pin(async move { durable.await.map_err(gone) })
+    }
+
+    fn journal_request(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        index: u32,
+        request: HttpRequest,
+    ) -> Answer<Journaled> {
+        let sequencer = self.sequencer.clone();
+        Box::pin(async move {
+            sequencer
+                .journal_request(agent, task, index, request)
+                .await
+                .map_err(gone)
+        })
+    }
+
+    fn record_response(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        index: u32,
+        outcome: HttpOutcome,
+        secret: Option<String>,
+        body: Vec<u8>,
+    ) -> Answer<()> {
+        let sequencer = self.sequencer.clone();
+        Box::pin(async move {
+            sequencer
+                .record_response(agent, task, index, outcome, secret, body)
+                .await
+                .map_err(gone)
+        })
+    }
+
+    fn injection(
+        &self,
+        agent: AgentId,
+        scheme: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<Option<Injection>, String> {
+        let bindings = self.sequencer.secret_bindings(agent)?;
+        // The first binding for this host that the token (with its
+        // delegation blocks) still grants.
+        let Some(binding) = bindings.into_iter().find(|b| {
+            b.matches(host, port)
+                && self
+                    .sequencer
+                    .authorize_effect(
+                        agent,
+                        &Check::literal(RightOp::Secret.name(), Some(&b.to_string())),
+                        false,
+                    )
+                    .is_ok()
+        }) else {
+            return Ok(None);
+        };
+        let secret = self.secrets.value(&binding.name).ok_or_else(|| {
+            format!(
+                "secret {} is bound to {} but not set on this host (`toka secret set {}`)",
+                binding.name, binding.host, binding.name
+            )
+        })?;
+        if scheme != "https" && !is_loopback(host) {
+            return Err(format!(
+                "secret {} would go to {host} in clear text; use https (plain http carries secrets only to loopback)",
+                binding.name
+            ));
+        }
+        let (header, value) = binding.header_value(&secret);
+        Ok(Some(Injection {
+            name: binding.name,
+            header,
+            value,
+            secret,
+        }))
+    }
+
+    fn data_id(&self) -> [u8; 16] {
+        self.data_id
+    }
+}
+
+/// Whether `host` (as a URL names it) is this machine.
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_machine_is_loopback() {
+        for host in ["localhost", "127.0.0.1", "127.9.9.9", "[::1]"] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in ["example.com", "10.0.0.1", "localhost.example.com", "[::2]"] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Journaling outbound HTTP requests: in the log's order, and answered from
+//! the log on a re-run (see `sandbox::http` for the whole path).
+
+use std::sync::Arc;
+
+use toka_kernel::{AgentId, Exchange, HttpOutcome, HttpRequest, Operation, Record, TaskId, to_hex};
+
+use super::core::{Attachments, Request, Sequencer, Stopped};
+use crate::sandbox::Journaled;
+
+impl Sequencer {
+    /// Journals request `index` of `agent`'s running `task`, authorized by
+    /// the gate in order; or, when an earlier run journaled it, what the
+    /// journal says.
+    pub(crate) async fn journal_request(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        index: u32,
+        request: HttpRequest,
+    ) -> Result<Journaled, Stopped> {
+        let journaled = {
+            let mut core = self.lock_with_room().await?;
+            match core.kernel.state().exchange(task, index) {
+                Some(exchange) => Err(exchange),
+                None => {
+                    let op = Operation::HttpRequest {
+                        task,
+                        index,
+                        request: request.clone(),
+                    };
+                    let result = core.submit_agent(agent, None, Request::Op(op));
+                    self.release(core);
+                    Ok(result)
+                }
+            }
+        };
+        Ok(match journaled {
+            Ok(Ok(_)) => Journaled::Send,
+            Ok(Err(refused)) => Journaled::Refused(refused.message),
+            Err(exchange) => {
+                return self.journaled_answer(task, index, &request, exchange).await;
+            }
+        })
+    }
+
+    /// What the journal holds for a request an earlier run made.
+    async fn journaled_answer(
+        &self,
+        task: TaskId,
+        index: u32,
+        request: &HttpRequest,
+        exchange: Exchange,
+    ) -> Result<Journaled, Stopped> {
+        self.wait_durable(exchange.response.unwrap_or(exchange.request))
+            .await?;
+        let broken = |why: String| {
+            Journaled::Diverged(format!(
+                "request {index} of task {task} cannot be answered from the journal: {why}"
+            ))
+        };
+        let recorded = match self.recorded_op(exchange.request) {
+            Ok(Operation::HttpRequest { request, .. }) => request,
+            Ok(other) => {
+                return Ok(broken(format!(
+                    "record {} is a {}",
+                    exchange.request,
+                    other.kind()
+                )));
+            }
+            Err(why) => return Ok(broken(why)),
+        };
+        if recorded != *request {
+            return Ok(Journaled::Diverged(format!(
+                "the re-run diverged at request {index} of task {task}: the log has {}, the re-run sent {}",
+                describe(&recorded),
+                describe(request)
+            )));
+        }
+        let Some(seq) = exchange.response else {
+            return Ok(Journaled::Send);
+        };
+        let outcome = match self.recorded_op(seq) {
+            Ok(Operation::HttpResponse { outcome, .. }) => outcome,
+            Ok(other) => return Ok(broken(format!("record {seq} is a {}", other.kind()))),
+            Err(why) => return Ok(broken(why)),
+        };
+        let body = match &outcome {
+            HttpOutcome::Response { body, .. } => match self.blob(body) {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => return Ok(broken(format!("its body {} is missing", body.short()))),
+                Err(why) => return Ok(broken(why)),
+            },
+            HttpOutcome::Failed { .. } => Vec::new(),
+        };
+        Ok(Journaled::Answered { outcome, body })
+    }
+
+    /// Records what came back for request `index` of `task`, the body as a
+    /// blob beside the record.
+    pub(crate) async fn record_response(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        index: u32,
+        outcome: HttpOutcome,
+        secret: Option<String>,
+        body: Vec<u8>,
+    ) -> Result<(), Stopped> {
+        let attachments = match &outcome {
+            HttpOutcome::Response { body: digest, .. } => Attachments {
+                blob: Some((*digest, Arc::from(body))),
+                ..Attachments::default()
+            },
+            HttpOutcome::Failed { .. } => Attachments::default(),
+        };
+        let op = Operation::HttpResponse {
+            task,
+            index,
+            outcome,
+            secret,
+        };
+        if let Err(e) = self.submit_system(agent, op, attachments).await? {
+            // The task ended meanwhile (terminated): nothing waits for it.
+            tracing::info!(agent = %agent.short(), task = %task.short(), index, error = %e, "response not recorded");
+        }
+        Ok(())
+    }
+
+    pub(crate) fn recorded_op(&self, seq: u64) -> Result<Operation, String> {
+        let store = Arc::clone(&self.lock().store);
+        let bytes = store
+            .record(seq)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("record {seq} is missing from the store"))?;
+        Record::decode(&bytes)
+            .map(|r| r.command.op)
+            .map_err(|e| format!("record {seq}: {e}"))
+    }
+
+    fn blob(&self, digest: &toka_kernel::Digest) -> Result<Option<Vec<u8>>, String> {
+        let store = Arc::clone(&self.lock().store);
+        store.blob(digest).map_err(|e| e.to_string())
+    }
+}
+
+/// A request, briefly, for divergence messages.
+fn describe(request: &HttpRequest) -> String {
+    format!(
+        "{} {} (headers {}, {}-byte body {})",
+        request.method,
+        crate::text::clip(&request.url, 200),
+        &to_hex(request.headers.as_bytes())[..12],
+        request.body_len,
+        &to_hex(request.body.as_bytes())[..12],
+    )
+}
+
+impl Sequencer {
+    /// The secret bindings `agent`'s token names in its authority block
+    /// (delegation blocks may have narrowed them: authorize each before
+    /// use).
+    pub(crate) fn secret_bindings(
+        &self,
+        agent: AgentId,
+    ) -> Result<Vec<crate::capability::rights::SecretBinding>, String> {
+        let token = {
+            let mut core = self.lock();
+            let digest = core
+                .kernel
+                .state()
+                .agent(agent)
+                .filter(|a| !a.is_terminated())
+                .map(|a| a.token)
+                .ok_or_else(|| format!("agent {agent} is gone"))?;
+            core.gate.token(&digest).map_err(|e| e.to_string())?.clone()
+        };
+        Ok(token
+            .authority_rights()
+            .iter()
+            .filter_map(crate::capability::rights::SecretBinding::of)
+            .collect())
+    }
+}

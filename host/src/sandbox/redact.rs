@@ -1,0 +1,157 @@
+//! Keeping a secret's value out of what an agent reads and the log holds.
+//!
+//! A server the secret is sent to may echo it back (a debugging endpoint,
+//! an error message quoting the request). Before a response reaches the
+//! journal or the agent, every occurrence of the value is replaced by
+//! `[redacted]`: as sent, base64-encoded (standard and URL-safe alphabets,
+//! the forms `Basic` credentials and JSON dumps of bytes take), and
+//! percent-encoded. A server that transforms the value otherwise (reversing
+//! it, encrypting it) is beyond what a host can recognize: bind secrets
+//! only to hosts you trust with them.
+
+/// What replaces a secret.
+pub(crate) const REDACTED: &[u8] = b"[redacted]";
+
+/// The forms of one secret to look for.
+pub(crate) struct Redactor {
+    needles: Vec<Vec<u8>>,
+}
+
+impl Redactor {
+    /// The forms of `secret` (never empty: the store refuses empty values).
+    pub(crate) fn new(secret: &str) -> Self {
+        let raw = secret.as_bytes();
+        let mut needles = vec![
+            raw.to_vec(),
+            base64(raw, STANDARD, true),
+            base64(raw, STANDARD, false),
+            base64(raw, URL_SAFE, false),
+            percent(raw),
+        ];
+        needles.retain(|n| !n.is_empty());
+        needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        needles.dedup();
+        Self { needles }
+    }
+
+    /// `bytes` with every form of the secret replaced; `None` when there
+    /// was nothing to replace (the common case: no copy is made).
+    pub(crate) fn redact(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let mut out: Option<Vec<u8>> = None;
+        for needle in &self.needles {
+            let current = out.as_deref().unwrap_or(bytes);
+            if let Some(replaced) = replace_all(current, needle) {
+                out = Some(replaced);
+            }
+        }
+        out
+    }
+
+    /// `text` redacted, as text.
+    pub(crate) fn redact_str(&self, text: &str) -> String {
+        match self.redact(text.as_bytes()) {
+            Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            None => text.to_owned(),
+        }
+    }
+}
+
+fn replace_all(haystack: &[u8], needle: &[u8]) -> Option<Vec<u8>> {
+    let first = find(haystack, needle, 0)?;
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut from = 0;
+    let mut at = Some(first);
+    while let Some(i) = at {
+        out.extend_from_slice(&haystack[from..i]);
+        out.extend_from_slice(REDACTED);
+        from = i + needle.len();
+        at = find(haystack, needle, from);
+    }
+    out.extend_from_slice(&haystack[from..]);
+    Some(out)
+}
+
+fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    if needle.is_empty() || haystack.len() < from + needle.len() {
+        return None;
+    }
+    haystack[from..]
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|i| i + from)
+}
+
+const STANDARD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const URL_SAFE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+fn base64(bytes: &[u8], alphabet: &[u8; 64], pad: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let symbols = chunk.len() + 1;
+        for i in 0..4 {
+            if i < symbols {
+                out.push(alphabet[((n >> (18 - 6 * i)) & 63) as usize]);
+            } else if pad {
+                out.push(b'=');
+            }
+        }
+    }
+    out
+}
+
+fn percent(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes(), STANDARD, true), encoded.as_bytes());
+        }
+        assert_eq!(base64(&[0xfb, 0xff], URL_SAFE, false), b"-_8");
+    }
+
+    #[test]
+    fn every_form_of_the_secret_is_redacted() {
+        let secret = "sk-live/abc+def==";
+        let redactor = Redactor::new(secret);
+        let echoed = format!(
+            "{{\"auth\":\"Bearer {secret}\",\"b64\":\"{}\",\"url\":\"{}\",\"u\":\"{}\"}}",
+            String::from_utf8(base64(secret.as_bytes(), STANDARD, true)).unwrap(),
+            String::from_utf8(base64(secret.as_bytes(), URL_SAFE, false)).unwrap(),
+            String::from_utf8(percent(secret.as_bytes())).unwrap(),
+        );
+        let clean = redactor.redact_str(&echoed);
+        assert!(!clean.contains(secret), "{clean}");
+        assert!(!clean.contains("c2stbGl2ZS9"), "{clean}");
+        assert!(!clean.contains("abc%2Bdef"), "{clean}");
+        assert_eq!(clean.matches("[redacted]").count(), 4, "{clean}");
+        assert_eq!(redactor.redact(b"nothing to see"), None);
+    }
+}

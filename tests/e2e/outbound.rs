@@ -1,0 +1,632 @@
+//! Agents that call the network: the llm-planner against a local
+//! OpenAI-compatible endpoint, journaled requests across a real crash,
+//! secrets the agent never sees, and the `toka secret` commands.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use toka_host::{AgentLimits, Host, HostConfig, SecretStore};
+use toka_kernel::{AgentId, Event};
+
+use crate::servers::{Echo, Llm, Reply, SUMMARY, plan};
+use crate::{agent_bytes, agent_path, grant, open_host_with, temp_data, toka};
+
+const KEY: &str = "sk-test-9f8e7d6c5b4a-SECRET";
+
+/// A host on a redb data dir whose secrets hold `OPENAI_API_KEY`.
+async fn keyed_host(data: &Path, limits: AgentLimits) -> Host {
+    std::fs::create_dir_all(data).unwrap();
+    let secrets = SecretStore::open(data).unwrap();
+    secrets.set("OPENAI_API_KEY", KEY, 1).unwrap();
+    let mut config = HostConfig::new();
+    config.agent_limits(limits).secrets(Arc::new(secrets));
+    open_host_with(data, config).await
+}
+
+/// The llm-planner's rights for an endpoint on `port`, plus `extra`.
+fn planner_rights(port: u16, extra: &[String]) -> Vec<String> {
+    // `schedule *`: the workers report back by scheduling onto the
+    // planner, and a right's target is relative to its holder, so only `*`
+    // covers the planner's id for them (each worker is delegated that id
+    // alone).
+    let mut rights: Vec<String> = ["observe", "state", "spawn worker", "schedule *"]
+        .iter()
+        .map(|r| (*r).to_owned())
+        .collect();
+    rights.push(format!("http 127.0.0.1:{port}"));
+    rights.extend(extra.iter().cloned());
+    rights
+}
+
+async fn spawn_planner(host: &Host, name: &str, rights: &[String]) -> AgentId {
+    host.install("worker", agent_bytes("worker")).await.unwrap();
+    let component = host
+        .install("llm-planner", agent_bytes("llm-planner"))
+        .await
+        .unwrap();
+    let rights: Vec<&str> = rights.iter().map(String::as_str).collect();
+    host.spawn(component, name, grant(&rights)).await.unwrap()
+}
+
+fn goal(base_url: &str, extra: &str) -> String {
+    format!(r#"{{"goal":"Write a field guide","base_url":"{base_url}","model":"test"{extra}}}"#)
+}
+
+/// Every event of the log, in order.
+fn logged(host: &Host) -> Vec<Event> {
+    host.log_events(1, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .flat_map(|r| r.events)
+        .collect()
+}
+
+/// The secret's bytes, in any form, are not in the redb file.
+fn assert_not_in_file(data: &Path, secret: &str) {
+    let bytes = std::fs::read(data.join("toka.redb")).unwrap();
+    assert!(
+        !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the secret is in the log's file"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_llm_planner_plans_through_retries_and_bad_answers_and_sums_up() {
+    let (_tmp, data) = temp_data();
+    let llm = Llm::start(vec![
+        Reply::Status(429, vec![("retry-after", "1".into())]),
+        Reply::Status(500, vec![]),
+        Reply::Content("Sure! Step one: think.".into()),
+        Reply::NoChoices,
+        Reply::Content(plan(&["collect the risks", "rank them", "write it up"])),
+    ])
+    .await;
+    let host = keyed_host(&data, AgentLimits::default()).await;
+    let secret = format!("secret OPENAI_API_KEY 127.0.0.1:{}", llm.port);
+    let planner = spawn_planner(&host, "planner", &planner_rights(llm.port, &[secret])).await;
+
+    let started = crate::outcome(&host, planner, &goal(&llm.base_url, "")).await;
+    let started = started.expect("the goal is planned");
+    assert!(started.contains("3 steps"), "{started}");
+    host.run_until_idle().await.unwrap();
+
+    // The endpoint: 2 retried errors, 2 malformed answers re-asked, the
+    // plan, then the summary — every one with the key the host injected.
+    let seen = llm.seen();
+    let failed: Vec<String> = logged(&host)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::TaskFailed { reason, .. } => Some(reason),
+            Event::CapabilityDenied { denial, .. } => Some(format!("{denial:?}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seen.len(), 6, "failures: {failed:#?}");
+    assert!(seen[..5].iter().all(|s| s.wants_json()) && !seen[5].wants_json());
+    for request in &seen {
+        assert_eq!(
+            request.header("authorization"),
+            Some(format!("Bearer {KEY}").as_str())
+        );
+    }
+    let keys: std::collections::BTreeSet<&str> = seen
+        .iter()
+        .map(|s| s.header("idempotency-key").expect("an idempotency key"))
+        .collect();
+    assert_eq!(keys.len(), 6, "one key per request: {keys:?}");
+    // The re-ask says what was wrong.
+    let reasked = seen[3].body["messages"].to_string();
+    assert!(
+        reasked.contains("not usable: the answer is not JSON"),
+        "{reasked}"
+    );
+
+    let events = logged(&host);
+    let summaries: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ObservationEmitted {
+                agent,
+                topic: Some(topic),
+                data,
+            } if *agent == planner && topic == "summary" => {
+                Some(String::from_utf8_lossy(data).into_owned())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(summaries, [SUMMARY]);
+    let requests = events
+        .iter()
+        .filter(|e| matches!(e, Event::HttpRequested { .. }))
+        .count();
+    let responses: Vec<(Option<u16>, Option<String>)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::HttpResponded { status, secret, .. } => Some((*status, secret.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(requests, 6);
+    assert_eq!(
+        responses.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [
+            Some(429),
+            Some(500),
+            Some(200),
+            Some(200),
+            Some(200),
+            Some(200)
+        ]
+    );
+    assert!(
+        responses
+            .iter()
+            .all(|r| r.1.as_deref() == Some("OPENAI_API_KEY"))
+    );
+
+    // Three workers, each delegated `observe` and `schedule` back to the
+    // planner: never `http` or the secret.
+    let workers: Vec<toka_kernel::Digest> = host
+        .state(|s| {
+            s.agents()
+                .filter(|(_, a)| a.parent == planner)
+                .map(|(_, a)| a.token)
+                .collect()
+        })
+        .await;
+    assert_eq!(workers.len(), 3);
+    for digest in workers {
+        let token = host.token(&digest).unwrap();
+        assert_eq!(
+            token.delegated_rights(),
+            Some(vec!["observe".to_owned(), format!("schedule {planner}")])
+        );
+    }
+    host.shutdown().await.unwrap();
+    let audit = toka(&data, &["verify", "--auth"]);
+    assert!(
+        audit.ok().contains("journaled responses match"),
+        "{audit:?}"
+    );
+    assert_not_in_file(&data, KEY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_answers_and_bad_endpoints_are_worded_outcomes_and_harm_nothing() {
+    let (_tmp, data) = temp_data();
+    let llm = Llm::start(vec![
+        // Never a plan: three answers that are not JSON.
+        Reply::Content("Here is my plan: first...".into()),
+        Reply::Content("{\"plan\": []}".into()),
+        Reply::NoChoices,
+        // A response over the host's limit.
+        Reply::Big(64 * 1024),
+    ])
+    .await;
+    let limits = AgentLimits {
+        http_response_bytes: 16 * 1024,
+        ..AgentLimits::default()
+    };
+    let host = keyed_host(&data, limits).await;
+    let hello = host.install("hello", agent_bytes("hello")).await.unwrap();
+    let bystander = host
+        .spawn(hello, "bystander", grant(&["observe"]))
+        .await
+        .unwrap();
+    let secret = format!("secret OPENAI_API_KEY 127.0.0.1:{}", llm.port);
+    let planner = spawn_planner(&host, "planner", &planner_rights(llm.port, &[secret])).await;
+
+    let failed = crate::outcome(&host, planner, &goal(&llm.base_url, "")).await;
+    let reason = failed.expect_err("no plan");
+    assert!(
+        reason.contains("no usable plan after 3 attempts")
+            && reason.contains("choice list is empty"),
+        "{reason}"
+    );
+    let failed = crate::outcome(&host, planner, &goal(&llm.base_url, "")).await;
+    let reason = failed.expect_err("too large");
+    assert!(reason.contains("limit of 16384 bytes"), "{reason}");
+
+    // An endpoint nobody listens on.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let unreachable = spawn_planner(&host, "unreachable", &planner_rights(closed, &[])).await;
+    let reason = crate::outcome(
+        &host,
+        unreachable,
+        &goal(&format!("http://127.0.0.1:{closed}/v1"), ""),
+    )
+    .await
+    .expect_err("unreachable");
+    assert!(reason.contains("is unreachable"), "{reason}");
+
+    // A secret that is not set, and one bound to a host without `http`.
+    let unset = format!("secret NOT_SET 127.0.0.1:{}", llm.port);
+    let missing = spawn_planner(&host, "missing", &planner_rights(llm.port, &[unset])).await;
+    let reason = crate::outcome(&host, missing, &goal(&llm.base_url, ""))
+        .await
+        .expect_err("secret not set");
+    assert!(reason.contains("host refused the request"), "{reason}");
+    let elsewhere = format!("secret OPENAI_API_KEY 127.0.0.1:{closed}");
+    let mut rights = planner_rights(llm.port, &[elsewhere]);
+    rights.retain(|r| !r.starts_with("http "));
+    let no_http = spawn_planner(&host, "no-http", &rights).await;
+    let reason = crate::outcome(
+        &host,
+        no_http,
+        &goal(&format!("http://127.0.0.1:{closed}/v1"), ""),
+    )
+    .await
+    .expect_err("no http right");
+    assert!(reason.contains("host refused the request"), "{reason}");
+    // A goal that is not one.
+    let reason = crate::outcome(&host, planner, "plan my week")
+        .await
+        .expect_err("not JSON");
+    assert!(reason.contains("a goal is JSON"), "{reason}");
+
+    // Each outcome is in the log, worded: the refusal names the missing
+    // secret, the too-large response its limit.
+    let failures: Vec<String> = logged(&host)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::HttpResponded {
+                failure: Some(f), ..
+            } => Some(f),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.contains("too large") && f.contains("16384")),
+        "{failures:?}"
+    );
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.contains("secret NOT_SET") && f.contains("not set on this host")),
+        "{failures:?}"
+    );
+    assert!(
+        failures.iter().any(|f| f.starts_with("connection")),
+        "{failures:?}"
+    );
+    let denied = logged(&host).into_iter().any(|e| {
+        matches!(e, Event::CapabilityDenied { agent, denial } if agent == no_http && denial.operation == "http")
+    });
+    assert!(denied, "the request without `http` is a recorded denial");
+    // Nobody else noticed.
+    assert_eq!(
+        crate::outcome(&host, bystander, "still here").await,
+        Ok("Hello, still here!".to_owned())
+    );
+    host.shutdown().await.unwrap();
+    toka(&data, &["verify", "--auth"]).ok();
+    assert_not_in_file(&data, KEY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guest_never_sees_a_secret_whatever_it_tries() {
+    let (_tmp, data) = temp_data();
+    let (bound, unbound) = (Echo::start().await, Echo::start().await);
+    let host = keyed_host(&data, AgentLimits::default()).await;
+    let component = host
+        .install("hostile-secrets", agent_bytes("hostile-secrets"))
+        .await
+        .unwrap();
+    let rights = [
+        "observe".to_owned(),
+        "state".to_owned(),
+        format!("http 127.0.0.1:{}", bound.port),
+        format!("http 127.0.0.1:{}", unbound.port),
+        format!("secret OPENAI_API_KEY 127.0.0.1:{}", bound.port),
+    ];
+    let rights: Vec<&str> = rights.iter().map(String::as_str).collect();
+    let snoop = host
+        .spawn(component, "snoop", grant(&rights))
+        .await
+        .unwrap();
+    let probe = format!(
+        "probe OPENAI_API_KEY {}/echo {}/echo",
+        bound.url, unbound.url
+    );
+    let seen = crate::outcome(&host, snoop, &probe).await.expect("probed");
+    assert!(!seen.contains(KEY), "the agent saw the secret:\n{seen}");
+    // The bound host echoed the injected header back: redacted.
+    assert!(seen.contains("Bearer [redacted]"), "{seen}");
+    // The host injected the real value, over the agent's own header.
+    let at_bound = bound.seen();
+    let injected: Vec<&str> = at_bound
+        .iter()
+        .filter_map(|s| s.header("authorization"))
+        .collect();
+    assert!(!injected.is_empty());
+    assert!(
+        injected.iter().all(|v| *v == format!("Bearer {KEY}")),
+        "{injected:?}"
+    );
+    // Nothing else ever carried it.
+    for request in unbound.seen() {
+        assert!(
+            request.headers.iter().all(|(_, v)| !v.contains(KEY)),
+            "{request:?}"
+        );
+    }
+
+    // An agent without the secret right asks the same host: no secret.
+    let plain = [
+        "observe".to_owned(),
+        "state".to_owned(),
+        format!("http 127.0.0.1:{}", bound.port),
+        format!("http 127.0.0.1:{}", unbound.port),
+    ];
+    let plain: Vec<&str> = plain.iter().map(String::as_str).collect();
+    let other = host
+        .spawn(component, "no-secret", grant(&plain))
+        .await
+        .unwrap();
+    let before = bound.seen().len();
+    let seen = crate::outcome(&host, other, &probe).await.expect("probed");
+    assert!(!seen.contains(KEY));
+    assert!(
+        bound.seen()[before..]
+            .iter()
+            .all(|s| s.header("authorization") != Some(format!("Bearer {KEY}").as_str())),
+        "a request without the right carried the secret"
+    );
+    host.shutdown().await.unwrap();
+    toka(&data, &["verify", "--auth"]).ok();
+    assert_not_in_file(&data, KEY);
+    // Nor does anything the CLI prints.
+    let events = toka(&data, &["events", "--json"]);
+    assert!(!events.ok().contains(KEY));
+}
+
+/// `toka` with stdin.
+fn toka_with_stdin(data: &Path, args: &[&str], stdin: &str) -> crate::Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_toka"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    crate::Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// The planner's `--grant` flags for `toka run`.
+fn grants(port: u16) -> Vec<String> {
+    planner_rights(port, &[format!("secret OPENAI_API_KEY 127.0.0.1:{port}")])
+        .into_iter()
+        .flat_map(|r| ["--grant".to_owned(), r])
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_the_answer_was_journaled_sends_nothing_twice() {
+    let (_tmp, data) = temp_data();
+    // The first answer is journaled; the re-ask is held until the host is
+    // killed; after the restart it is answered with a plan.
+    let llm = Llm::start(vec![Reply::Content("not a plan".into()), Reply::Hold]).await;
+    let set = toka_with_stdin(
+        &data,
+        &["secret", "set", "OPENAI_API_KEY"],
+        &format!("{KEY}\n"),
+    );
+    assert_eq!(set.ok().trim(), "secret OPENAI_API_KEY set");
+    toka(&data, &["run", agent_path("worker"), "--name", "worker"]).ok();
+
+    let (port, base_url, dir) = (llm.port, llm.base_url.clone(), data.clone());
+    let run = move |with_goal: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_toka"));
+        cmd.arg("--data")
+            .arg(&dir)
+            .args(["run", agent_path("llm-planner"), "--name", "p"])
+            .args(grants(port))
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if with_goal {
+            cmd.args(["--task", &goal(&base_url, "")]);
+        }
+        cmd
+    };
+    let mut first = run(true).spawn().unwrap();
+    llm.held().await;
+    // Killed while the task waits for its second answer.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    llm.release();
+
+    let second = tokio::task::spawn_blocking(move || run(false).output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        second.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+
+    let seen = llm.seen();
+    let keys: Vec<&str> = seen
+        .iter()
+        .map(|s| s.header("idempotency-key").unwrap())
+        .collect();
+    // Request 0 was answered from the journal on the re-run: sent once.
+    // Request 1 (its answer never recorded) was sent again with the same
+    // key; then the summary.
+    assert_eq!(seen.len(), 4, "{keys:?}");
+    assert_eq!(keys[1], keys[2], "a re-sent request keeps its key");
+    assert_ne!(keys[0], keys[1]);
+    assert!(!seen[3].wants_json(), "the last request is the summary");
+    assert!(stdout.contains(SUMMARY), "{stdout}");
+
+    let events = crate::events_json(&data);
+    let responses_for_0 = events
+        .iter()
+        .filter(|e| e["kind"] == "http_responded" && e["index"] == 0)
+        .count();
+    assert_eq!(
+        responses_for_0, 2,
+        "the plan task's and the summary's first requests"
+    );
+    let plans = events
+        .iter()
+        .filter(|e| e["kind"] == "observation_emitted" && e["topic"] == "plan")
+        .count();
+    assert_eq!(plans, 1, "the goal was planned once");
+    toka(&data, &["verify", "--auth"]).ok();
+    assert_not_in_file(&data, KEY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_set_from_stdin_listed_without_values_and_removed() {
+    let (_tmp, data) = temp_data();
+    let set = toka_with_stdin(&data, &["secret", "set", "API_KEY"], "hunter2-value\n");
+    assert_eq!(set.ok().trim(), "secret API_KEY set");
+    assert!(!set.stdout.contains("hunter2") && !set.stderr.contains("hunter2"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(data.join("secrets.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let list = toka(&data, &["secret", "list"]);
+    assert!(list.ok().starts_with("API_KEY  13 bytes  set "), "{list:?}");
+    assert!(!list.stdout.contains("hunter2"));
+
+    for (args, stdin, problem) in [
+        (
+            &["secret", "set", "bad name"][..],
+            "v",
+            "is not a secret name",
+        ),
+        (&["secret", "set", "EMPTY"][..], "\n", "is empty"),
+        (&["secret", "set", "CTRL"][..], "a\u{7}b", "cannot carry"),
+        (
+            &["secret", "remove", "NOPE"][..],
+            "",
+            "no secret named NOPE",
+        ),
+    ] {
+        let run = toka_with_stdin(&data, args, stdin);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(run.stderr.contains(problem), "{args:?}: {run:?}");
+    }
+    assert_eq!(toka(&data, &["secret", "list"]).ok().lines().count(), 1);
+
+    // Through a running server: admin only, and the value never comes back.
+    let served = crate::serve::Served::start_on(&data, &[]);
+    let api = crate::serve::Api::new(&served).await;
+    let reader = toka(&data, &["token", "issue", "--operator", "read"])
+        .ok()
+        .trim()
+        .to_owned();
+    let denied = api
+        .with_token(&reader)
+        .call(
+            reqwest::Method::PUT,
+            "/v1/secrets/{name}",
+            "/v1/secrets/OTHER",
+            Some(serde_json::json!({"value": "x"})),
+        )
+        .await;
+    assert_eq!(denied.status, reqwest::StatusCode::FORBIDDEN);
+    let set = api
+        .call(
+            reqwest::Method::PUT,
+            "/v1/secrets/{name}",
+            "/v1/secrets/OTHER",
+            Some(serde_json::json!({"value": "other-value"})),
+        )
+        .await;
+    assert_eq!(set.status, reqwest::StatusCode::OK);
+    assert_eq!(set.body["len"], 11);
+    let listed = api.get("/v1/secrets", "/v1/secrets").await;
+    assert!(
+        !listed.body.to_string().contains("value"),
+        "{:?}",
+        listed.body
+    );
+    // The CLI goes through the server.
+    let removed = toka(&data, &["secret", "remove", "API_KEY"]);
+    assert_eq!(removed.ok().trim(), "secret API_KEY removed");
+    let list = toka(&data, &["secret", "list"]);
+    assert!(list.ok().starts_with("OTHER  11 bytes"), "{list:?}");
+    drop(served);
+    let file = std::fs::read_to_string(data.join("secrets.json")).unwrap();
+    assert!(file.contains("other-value") && !file.contains("hunter2"));
+    // The log never holds a value.
+    assert_not_in_file(&data, "other-value");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toka_demo_llm_runs_the_llm_planner_with_the_key_from_the_secret_store() {
+    let (_tmp, data) = temp_data();
+    let llm = Llm::start(Vec::new()).await;
+    let set = toka_with_stdin(&data, &["secret", "set", "OPENAI_API_KEY"], KEY);
+    set.ok();
+    let (dir, base_url) = (data.clone(), llm.base_url.clone());
+    let run = tokio::task::spawn_blocking(move || {
+        toka(
+            &dir,
+            &[
+                "demo",
+                "--llm",
+                &base_url,
+                "--model",
+                "test",
+                "--workers",
+                "2",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let stdout = run.ok();
+    assert!(stdout.contains("key: secret OPENAI_API_KEY"), "{stdout}");
+    assert!(stdout.contains(&format!("summary: {SUMMARY}")), "{stdout}");
+    assert!(stdout.contains("0 failed"), "{stdout}");
+    let seen = llm.seen();
+    assert_eq!(seen.len(), 2, "a plan and a summary");
+    assert!(
+        seen.iter()
+            .all(|s| s.header("authorization") == Some(format!("Bearer {KEY}").as_str()))
+    );
+    assert_eq!(seen[0].body["model"], "test");
+    toka(&data, &["verify", "--auth"]).ok();
+
+    // A bad endpoint is one clear line, and nothing is written.
+    let (_tmp2, other) = temp_data();
+    let bad = toka(&other, &["demo", "--llm", "ftp://example.com/v1"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(
+        bad.stderr.contains("not an http:// or https:// URL"),
+        "{bad:?}"
+    );
+    assert!(!other.exists());
+}

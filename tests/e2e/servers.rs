@@ -1,0 +1,275 @@
+//! Servers the outbound tests talk to, on loopback ports: an
+//! OpenAI-compatible chat-completions endpoint that answers from a script
+//! and counts what it receives, and an echo server.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+/// One request a fixture received.
+#[derive(Debug, Clone)]
+pub(crate) struct Seen {
+    /// Header name (lower case) → value.
+    pub(crate) headers: Vec<(String, String)>,
+    /// The body, as JSON (`Null` when it is not JSON).
+    pub(crate) body: Value,
+}
+
+impl Seen {
+    /// The first value of header `name`.
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether this is a plan request (JSON mode) rather than a summary.
+    pub(crate) fn wants_json(&self) -> bool {
+        self.body["response_format"]["type"] == "json_object"
+    }
+}
+
+/// What the chat endpoint answers, in order; when the script runs out, a
+/// plan request gets a two-step plan and a summary request a summary.
+#[derive(Debug, Clone)]
+pub(crate) enum Reply {
+    /// A chat completion whose first choice says this.
+    Content(String),
+    /// A completion with an empty choice list.
+    NoChoices,
+    /// An error status, with headers (e.g. `Retry-After`).
+    Status(u16, Vec<(&'static str, String)>),
+    /// A body of this many bytes (a completion padded with spaces).
+    Big(usize),
+    /// Nothing, until [`Llm::release`]; [`Llm::held`] is notified when the
+    /// request arrives.
+    Hold,
+}
+
+/// The summary the endpoint gives by default.
+pub(crate) const SUMMARY: &str = "Both steps are done: the field guide is drafted and reviewed.";
+
+/// A plan of `steps` tasks, as the model would answer.
+pub(crate) fn plan(steps: &[&str]) -> String {
+    json!({"steps": steps.iter().map(|s| json!({"task": s})).collect::<Vec<_>>()}).to_string()
+}
+
+struct LlmState {
+    script: Mutex<VecDeque<Reply>>,
+    seen: Mutex<Vec<Seen>>,
+    held: Notify,
+    release: Notify,
+}
+
+/// An OpenAI-compatible endpoint at `http://127.0.0.1:PORT/v1`.
+pub(crate) struct Llm {
+    /// The base URL, as OpenAI clients take it.
+    pub(crate) base_url: String,
+    /// Its port.
+    pub(crate) port: u16,
+    state: Arc<LlmState>,
+}
+
+impl Llm {
+    /// Starts the endpoint with `script`.
+    pub(crate) async fn start(script: Vec<Reply>) -> Llm {
+        let state = Arc::new(LlmState {
+            script: Mutex::new(script.into()),
+            seen: Mutex::default(),
+            held: Notify::new(),
+            release: Notify::new(),
+        });
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .with_state(Arc::clone(&state));
+        let port = serve(app).await;
+        Llm {
+            base_url: format!("http://127.0.0.1:{port}/v1"),
+            port,
+            state,
+        }
+    }
+
+    /// The requests received so far, in order.
+    pub(crate) fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    /// Waits until a [`Reply::Hold`] request arrived.
+    pub(crate) async fn held(&self) {
+        tokio::time::timeout(Duration::from_secs(120), self.state.held.notified())
+            .await
+            .expect("the held request arrived");
+    }
+
+    /// Lets held requests go (they get a 503).
+    pub(crate) fn release(&self) {
+        self.state.release.notify_waiters();
+    }
+}
+
+/// A chat completion saying `content`.
+pub(crate) fn completion(content: &str) -> Value {
+    json!({
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "model": "test",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+    })
+}
+
+async fn chat(State(state): State<Arc<LlmState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let seen = Seen {
+        headers: headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+    };
+    let wants_json = seen.wants_json();
+    state.seen.lock().unwrap().push(seen);
+    let next = state.script.lock().unwrap().pop_front();
+    let reply = next.unwrap_or_else(|| {
+        Reply::Content(if wants_json {
+            plan(&["draft the guide", "review the guide"])
+        } else {
+            SUMMARY.to_owned()
+        })
+    });
+    match reply {
+        Reply::Content(text) => axum::Json(completion(&text)).into_response(),
+        Reply::NoChoices => {
+            axum::Json(json!({"id": "x", "object": "chat.completion", "choices": []}))
+                .into_response()
+        }
+        Reply::Status(status, headers) => {
+            let mut response = (
+                StatusCode::from_u16(status).unwrap(),
+                axum::Json(json!({"error": {"message": "scripted failure"}})),
+            )
+                .into_response();
+            for (name, value) in headers {
+                response.headers_mut().insert(name, value.parse().unwrap());
+            }
+            response
+        }
+        Reply::Big(bytes) => {
+            let mut body = completion("{}").to_string();
+            body.push_str(&" ".repeat(bytes.saturating_sub(body.len())));
+            ([("content-type", "application/json")], body).into_response()
+        }
+        Reply::Hold => {
+            let released = state.release.notified();
+            state.held.notify_waiters();
+            released.await;
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
+}
+
+/// An echo server: any request is answered with its method, path, headers
+/// and body as JSON; `/redirect?to=URL` answers `302` to URL. It keeps what
+/// it received.
+pub(crate) struct Echo {
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) url: String,
+    /// Its port.
+    pub(crate) port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Echo {
+    pub(crate) async fn start() -> Echo {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let app = Router::new()
+            .route("/redirect", any(redirect))
+            .fallback(echo)
+            .with_state(Arc::clone(&seen));
+        let port = serve(app).await;
+        Echo {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            seen,
+        }
+    }
+
+    /// The requests received so far.
+    pub(crate) fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn echo(
+    State(seen): State<Arc<Mutex<Vec<Seen>>>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::Json<Value> {
+    let pairs: Vec<(String, String)> = headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let echoed = json!({
+        "method": method.as_str(),
+        "uri": uri.to_string(),
+        "headers": pairs,
+        "body": String::from_utf8_lossy(&body),
+    });
+    seen.lock().unwrap().push(Seen {
+        headers: pairs,
+        body: Value::String(String::from_utf8_lossy(&body).into_owned()),
+    });
+    axum::Json(echoed)
+}
+
+async fn redirect(
+    Query(query): Query<std::collections::BTreeMap<String, String>>,
+    headers: HeaderMap,
+    State(seen): State<Arc<Mutex<Vec<Seen>>>>,
+) -> Response {
+    seen.lock().unwrap().push(Seen {
+        headers: headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: Value::Null,
+    });
+    let to = query.get("to").cloned().unwrap_or_default();
+    (StatusCode::FOUND, [("location", to)]).into_response()
+}
+
+/// Serves `app` on an ephemeral loopback port; returns the port.
+async fn serve(app: Router) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    port
+}

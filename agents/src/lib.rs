@@ -31,7 +31,7 @@ mod tests {
 
     #[test]
     fn every_example_is_bundled_as_a_component() {
-        for name in ["hello", "planner", "worker", "counter"] {
+        for name in ["hello", "planner", "worker", "counter", "llm-planner"] {
             let bytes = bundled(name).unwrap_or_else(|| panic!("{name} is not bundled"));
             // A component's preamble: magic, then version 0x0d and layer 1.
             assert_eq!(

@@ -152,7 +152,16 @@ impl Request {
                 };
             }
             hops += 1;
-            request.url = resolve(&request.url, &location)?;
+            let next = resolve(&request.url, &location)?;
+            if authority(&next) != authority(&request.url) {
+                // Credentials the agent set are for the host it named.
+                request.headers.retain(|(n, _)| {
+                    !["authorization", "cookie", "proxy-authorization"]
+                        .iter()
+                        .any(|h| n.eq_ignore_ascii_case(h))
+                });
+            }
+            request.url = next;
             // 303, and 301/302 after anything but GET/HEAD, turn into a GET.
             if response.status == 303
                 || (matches!(response.status, 301 | 302)
@@ -480,6 +489,17 @@ impl Url {
             path,
         })
     }
+}
+
+/// The scheme and authority of `url`, lower case (`None` if it is not a
+/// URL).
+fn authority(url: &str) -> Option<String> {
+    let url = Url::parse(url).ok()?;
+    Some(format!(
+        "{}://{}",
+        matches!(url.scheme, Scheme::Https),
+        url.authority.to_ascii_lowercase()
+    ))
 }
 
 /// Where a redirect's `Location` points, from `base`.

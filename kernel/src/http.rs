@@ -38,8 +38,9 @@ pub const MAX_METHOD: usize = 16;
 /// The most bytes of response headers a record may hold (names and values).
 pub const MAX_RESPONSE_HEADERS: usize = 64 * 1024;
 
-/// The most requests one task may make (its request index stays below).
-pub const MAX_REQUESTS_PER_TASK: u32 = 100_000;
+/// The most requests one task may make (its request index stays below):
+/// the state keeps an entry per request while the task runs.
+pub const MAX_REQUESTS_PER_TASK: u32 = 10_000;
 
 /// A request as journaled: enough to tell whether a re-run sends the same
 /// one, nothing secret.
@@ -167,7 +168,10 @@ impl WorldState {
         const KIND: OpKind = OpKind::HttpRequest;
         if request.method.is_empty()
             || request.method.len() > MAX_METHOD
-            || !request.method.bytes().all(|b| b.is_ascii_alphabetic())
+            || !request
+                .method
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
         {
             return Err(KernelError::invalid(
                 KIND,

@@ -41,6 +41,8 @@ fn run_until_waiting_then_kill(data: &Path, dir: &Path) {
             "spawn test-diverge",
             "--grant",
             &format!("fs.read {}", dir.display()),
+            "--grant",
+            "http 127.0.0.1",
             "--task",
             &dir.display().to_string(),
             "--timeout",
@@ -119,6 +121,64 @@ fn failures(events: &[serde_json::Value]) -> Vec<String> {
 
 fn kinds(events: &[serde_json::Value], kind: &str) -> usize {
     events.iter().filter(|e| e["kind"] == kind).count()
+}
+
+/// A loopback server answering `200 ok` and counting requests by path.
+fn counting_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let paths = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&paths);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = Vec::new();
+            let mut buf = [0; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let line = String::from_utf8_lossy(&request);
+            let path = line.split(' ').nth(1).unwrap_or("").to_owned();
+            seen.lock().unwrap().push(path);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    (port, paths)
+}
+
+#[test]
+fn a_re_run_sends_a_journaled_request_never_again_and_another_one_diverges() {
+    let (port, paths) = counting_server();
+    let (a, b) = (
+        format!("http://127.0.0.1:{port}/a"),
+        format!("http://127.0.0.1:{port}/b"),
+    );
+    // The same request: answered from the journal, sent once in all.
+    let (run, events) = scenario("http", &a, &a);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(failures(&events).is_empty(), "{:?}", failures(&events));
+    assert_eq!(*paths.lock().unwrap(), ["/a"]);
+    assert_eq!(kinds(&events, "http_requested"), 1);
+    assert_eq!(kinds(&events, "http_responded"), 1);
+
+    // Another request at the same index: the task fails naming both, and
+    // the second one is never sent.
+    paths.lock().unwrap().clear();
+    let (_, events) = scenario("http", &a, &b);
+    let failed = failures(&events);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0].contains("diverged at request 0")
+            && failed[0].contains(&format!("the log has GET {a}"))
+            && failed[0].contains(&format!("the re-run sent GET {b}")),
+        "{failed:?}"
+    );
+    assert_eq!(*paths.lock().unwrap(), ["/a"]);
 }
 
 #[test]
@@ -296,6 +356,8 @@ fn admin_commands_open_the_log_without_starting_agents() {
             "observe",
             "--grant",
             &format!("fs.read {}", dir.display()),
+            "--grant",
+            "http 127.0.0.1",
             "--task",
             &dir.display().to_string(),
             "--timeout",

@@ -6,6 +6,9 @@ use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
 
 use toka_host::{AgentLimits, Host, HostConfig, SecretStore};
 use toka_kernel::{AgentId, Event};
@@ -19,7 +22,7 @@ const KEY: &str = "sk-test-9f8e7d6c5b4a-SECRET";
 async fn keyed_host(data: &Path, limits: AgentLimits) -> Host {
     std::fs::create_dir_all(data).unwrap();
     let secrets = SecretStore::open(data).unwrap();
-    secrets.set("OPENAI_API_KEY", KEY, 1).unwrap();
+    secrets.set("OPENAI_API_KEY", KEY).unwrap();
     let mut config = HostConfig::new();
     config.agent_limits(limits).secrets(Arc::new(secrets));
     open_host_with(data, config).await
@@ -204,6 +207,8 @@ async fn bad_answers_and_bad_endpoints_are_worded_outcomes_and_harm_nothing() {
         Reply::NoChoices,
         // A response over the host's limit.
         Reply::Big(64 * 1024),
+        // An answer slower than the agent waits.
+        Reply::Hold,
     ])
     .await;
     let limits = AgentLimits {
@@ -229,6 +234,12 @@ async fn bad_answers_and_bad_endpoints_are_worded_outcomes_and_harm_nothing() {
     let failed = crate::outcome(&host, planner, &goal(&llm.base_url, "")).await;
     let reason = failed.expect_err("too large");
     assert!(reason.contains("limit of 16384 bytes"), "{reason}");
+    let slow = goal(&llm.base_url, r#","timeout_secs":1"#);
+    let reason = crate::outcome(&host, planner, &slow)
+        .await
+        .expect_err("too slow");
+    assert!(reason.contains("in time"), "{reason}");
+    llm.release();
 
     // An endpoint nobody listens on.
     let closed = {
@@ -297,6 +308,10 @@ async fn bad_answers_and_bad_endpoints_are_worded_outcomes_and_harm_nothing() {
         failures.iter().any(|f| f.starts_with("connection")),
         "{failures:?}"
     );
+    assert!(
+        failures.iter().any(|f| f.starts_with("timeout")),
+        "{failures:?}"
+    );
     let denied = logged(&host).into_iter().any(|e| {
         matches!(e, Event::CapabilityDenied { agent, denial } if agent == no_http && denial.operation == "http")
     });
@@ -332,16 +347,25 @@ async fn the_guest_never_sees_a_secret_whatever_it_tries() {
         .spawn(component, "snoop", grant(&rights))
         .await
         .unwrap();
-    let probe = format!(
-        "probe OPENAI_API_KEY {}/echo {}/echo",
-        bound.url, unbound.url
-    );
+    let probe = format!("probe OPENAI_API_KEY {} {}", bound.url, unbound.url);
     let seen = crate::outcome(&host, snoop, &probe).await.expect("probed");
     assert!(!seen.contains(KEY), "the agent saw the secret:\n{seen}");
-    // The bound host echoed the injected header back: redacted.
+    // The bound host echoed the injected header back: redacted; its
+    // base64 (the echo server adds it) too.
     assert!(seen.contains("Bearer [redacted]"), "{seen}");
-    // The host injected the real value, over the agent's own header.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("Bearer {KEY}"));
+    assert!(!seen.contains(&b64[4..b64.len() - 4]), "{seen}");
+    // No compressed answer, no partial one, no TRACE with the secret.
+    assert!(seen.contains("== trace\nerror: the host refused"), "{seen}");
     let at_bound = bound.seen();
+    assert!(
+        at_bound
+            .iter()
+            .filter(|s| s.header("authorization").is_some_and(|v| v.contains(KEY)))
+            .all(|s| s.header("accept-encoding") == Some("identity") && s.header("range").is_none()),
+        "{at_bound:?}"
+    );
+    // The host injected the real value, over the agent's own header.
     let injected: Vec<&str> = at_bound
         .iter()
         .filter_map(|s| s.header("authorization"))
@@ -359,12 +383,13 @@ async fn the_guest_never_sees_a_secret_whatever_it_tries() {
         );
     }
 
-    // An agent without the secret right asks the same host: no secret.
+    // An agent without the secret right asks the same host: no secret. It
+    // may not reach the other echo server either: the redirect there is
+    // refused and recorded.
     let plain = [
         "observe".to_owned(),
         "state".to_owned(),
         format!("http 127.0.0.1:{}", bound.port),
-        format!("http 127.0.0.1:{}", unbound.port),
     ];
     let plain: Vec<&str> = plain.iter().map(String::as_str).collect();
     let other = host
@@ -380,6 +405,19 @@ async fn the_guest_never_sees_a_secret_whatever_it_tries() {
             .all(|s| s.header("authorization") != Some(format!("Bearer {KEY}").as_str())),
         "a request without the right carried the secret"
     );
+    assert!(
+        seen.contains("== bound, redirected to unbound\nerror: the host refused"),
+        "{seen}"
+    );
+    let denied = logged(&host)
+        .into_iter()
+        .filter(|e| {
+            matches!(e, Event::CapabilityDenied { agent, denial }
+                if *agent == other && denial.operation == "http"
+                    && denial.targets.first() == Some(&format!("127.0.0.1:{}", unbound.port)))
+        })
+        .count();
+    assert_eq!(denied, 2, "the direct request and the redirect");
     host.shutdown().await.unwrap();
     toka(&data, &["verify", "--auth"]).ok();
     assert_not_in_file(&data, KEY);
@@ -629,4 +667,50 @@ async fn toka_demo_llm_runs_the_llm_planner_with_the_key_from_the_secret_store()
         "{bad:?}"
     );
     assert!(!other.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cannot_pile_up_outstanding_requests() {
+    // A server that answers slowly: every request the agent hands over at
+    // once would be held by the host.
+    let (_tmp, data) = temp_data();
+    let llm = Llm::start(vec![Reply::Hold; 40]).await;
+    let host = keyed_host(&data, AgentLimits::default()).await;
+    let component = host
+        .install("hostile-http", agent_bytes("hostile-http"))
+        .await
+        .unwrap();
+    let right = format!("http 127.0.0.1:{}", llm.port);
+    let flood = host
+        .spawn(component, "flood", grant(&["observe", &right]))
+        .await
+        .unwrap();
+    let task = host
+        .schedule(
+            flood,
+            &format!("flood 40 127.0.0.1:{} /v1/chat/completions", llm.port),
+        )
+        .await
+        .unwrap();
+    // The allowed ones arrive; then let them go.
+    llm.held().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let arrived = llm.seen().len();
+    llm.release();
+    let info = host
+        .wait_task(task, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("the flood ends");
+    let toka_host::TaskState::Completed { output } = info.state else {
+        panic!("{info:?}");
+    };
+    let output = String::from_utf8(output).unwrap();
+    assert!(arrived <= 16, "{arrived} requests were out at once");
+    assert!(
+        output.contains("ErrorCode::ConnectionLimitReached=24"),
+        "{output}"
+    );
+    host.shutdown().await.unwrap();
+    toka(&data, &["verify"]).ok();
 }

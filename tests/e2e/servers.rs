@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, post};
+use axum::routing::any;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -69,6 +69,7 @@ struct LlmState {
     seen: Mutex<Vec<Seen>>,
     held: Notify,
     release: Notify,
+    released: std::sync::atomic::AtomicBool,
 }
 
 /// An OpenAI-compatible endpoint at `http://127.0.0.1:PORT/v1`.
@@ -88,9 +89,10 @@ impl Llm {
             seen: Mutex::default(),
             held: Notify::new(),
             release: Notify::new(),
+            released: std::sync::atomic::AtomicBool::new(false),
         });
         let app = Router::new()
-            .route("/v1/chat/completions", post(chat))
+            .route("/v1/chat/completions", any(chat))
             .with_state(Arc::clone(&state));
         let port = serve(app).await;
         Llm {
@@ -112,8 +114,11 @@ impl Llm {
             .expect("the held request arrived");
     }
 
-    /// Lets held requests go (they get a 503).
+    /// Lets held requests go, and those still to come (they get a 503).
     pub(crate) fn release(&self) {
+        self.state
+            .released
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.state.release.notify_waiters();
     }
 }
@@ -175,8 +180,12 @@ async fn chat(State(state): State<Arc<LlmState>>, headers: HeaderMap, body: Byte
         }
         Reply::Hold => {
             let released = state.release.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
             state.held.notify_waiters();
-            released.await;
+            if !state.released.load(std::sync::atomic::Ordering::SeqCst) {
+                released.await;
+            }
             StatusCode::SERVICE_UNAVAILABLE.into_response()
         }
     }
@@ -230,10 +239,16 @@ async fn echo(
             )
         })
         .collect();
+    // Also the authorization header base64-encoded, as some debugging
+    // endpoints show it.
+    let authorization = headers
+        .get("authorization")
+        .map(|v| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, v.as_bytes()));
     let echoed = json!({
         "method": method.as_str(),
         "uri": uri.to_string(),
         "headers": pairs,
+        "authorization_base64": authorization,
         "body": String::from_utf8_lossy(&body),
     });
     seen.lock().unwrap().push(Seen {

@@ -6,6 +6,10 @@
 //! first observes `requesting AUTHORITY` (so a test can check that pending
 //! operations are durable before the request leaves), then outputs
 //! `STATUS BODY`. A refusal fails the task with the `wasi:http` error code.
+//!
+//! Task: `flood N AUTHORITY PATH` hands over N requests at once without
+//! waiting for any, then waits for them all; outputs how many got a
+//! response and how many each error code.
 
 use toka_guest::{Agent, Context, Task};
 use wasip2::http::outgoing_handler;
@@ -51,8 +55,45 @@ fn get(authority: &str, path: &str) -> Result<String, String> {
     Ok(format!("{status} {}", String::from_utf8_lossy(&bytes)))
 }
 
+fn flood(n: u32, authority: &str, path: &str) -> String {
+    let mut pending = Vec::new();
+    let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..n {
+        let request = OutgoingRequest::new(Fields::new());
+        let _ = request.set_scheme(Some(&Scheme::Http));
+        let _ = request.set_authority(Some(authority));
+        let _ = request.set_path_with_query(Some(path));
+        match outgoing_handler::handle(request, None) {
+            Ok(future) => pending.push(future),
+            Err(e) => *outcomes.entry(format!("{e:?}")).or_default() += 1,
+        }
+    }
+    for future in pending {
+        future.subscribe().block();
+        let outcome = match future.get() {
+            Some(Ok(Ok(response))) => format!("status {}", response.status()),
+            Some(Ok(Err(e))) => format!("{e:?}"),
+            _ => "no answer".to_owned(),
+        };
+        *outcomes.entry(outcome).or_default() += 1;
+    }
+    outcomes
+        .iter()
+        .map(|(what, count)| format!("{what}={count}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 impl Agent for Http {
     fn handle_task(&mut self, ctx: &mut Context, task: Task) -> Result<Vec<u8>, String> {
+        if let Some(rest) = task.description.strip_prefix("flood ") {
+            let words: Vec<&str> = rest.split(' ').collect();
+            let [n, authority, path] = words[..] else {
+                return Err("flood N AUTHORITY PATH".into());
+            };
+            let n: u32 = n.parse().map_err(|_| format!("`{n}` is not a count"))?;
+            return Ok(flood(n, authority, path).into_bytes());
+        }
         let mut words = task.description.split(' ');
         let (Some("get"), Some(authority), path) = (words.next(), words.next(), words.next())
         else {

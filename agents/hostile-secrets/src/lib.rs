@@ -1,9 +1,10 @@
 //! `hostile-secrets`: tries every way an agent has to get at a secret the
 //! host injects into its requests, and returns (and observes) all it saw.
 //!
-//! Task: `probe NAME BOUND_URL UNBOUND_URL`, where BOUND_URL is on a host
-//! the agent's token binds secret NAME to, UNBOUND_URL on one it does not,
-//! and both echo the request back. The agent reads its environment and the
+//! Task: `probe NAME BOUND UNBOUND`, where BOUND (`http://HOST:PORT`) is a
+//! host the agent's token binds secret NAME to, UNBOUND one it does not;
+//! both echo requests to `/echo` back, and BOUND redirects
+//! `/redirect?to=URL`. The agent reads its environment and the
 //! files it might guess, asks the kernel for state and extension data named
 //! after the secret, sends requests to both echo servers (to the bound one
 //! with its own `authorization` header and the secret's name in the URL
@@ -20,8 +21,9 @@ impl Agent for Snoop {
     fn handle_task(&mut self, ctx: &mut Context, task: Task) -> Result<Vec<u8>, String> {
         let words: Vec<&str> = task.description.split_whitespace().collect();
         let ["probe", name, bound, unbound] = words[..] else {
-            return Err("expected `probe NAME BOUND_URL UNBOUND_URL`".into());
+            return Err("expected `probe NAME BOUND UNBOUND`".into());
         };
+        let (bound_echo, unbound_echo) = (format!("{bound}/echo"), format!("{unbound}/echo"));
         let mut seen = String::new();
         let mut note = |what: &str, text: String| {
             seen.push_str(&format!("== {what}\n{text}\n"));
@@ -46,17 +48,17 @@ impl Agent for Snoop {
         note("extension", format!("{asked:?}"));
 
         let attempts = [
-            ("unbound", Request::get(unbound)),
+            ("unbound", Request::get(&unbound_echo)),
             (
                 "bound, own header",
-                Request::post(&format!("{bound}?name={name}"))
+                Request::post(&format!("{bound_echo}?name={name}"))
                     .header("authorization", &format!("Bearer {name}"))
                     .header("x-api-key", name)
                     .body(name.as_bytes()),
             ),
             (
                 "bound, redirected to unbound",
-                Request::get(&format!("{bound}/redirect?to={unbound}")),
+                Request::get(&format!("{bound}/redirect?to={unbound_echo}")),
             ),
         ];
         for (what, request) in attempts {
@@ -73,8 +75,34 @@ impl Agent for Snoop {
         }
         note(
             "get",
-            format!("{:?}", http::get(bound).map(|r| r.into_body())),
+            format!(
+                "{:?}",
+                http::get(&bound_echo).map(|r| String::from_utf8_lossy(r.body()).into_owned())
+            ),
         );
+        // Ways to have the answer come back in a form redaction might miss:
+        // compressed, in pieces, or the request itself echoed by TRACE.
+        for (what, request) in [
+            (
+                "gzip",
+                Request::get(&bound_echo).header("accept-encoding", "gzip"),
+            ),
+            (
+                "range",
+                Request::get(&bound_echo).header("range", "bytes=10-20"),
+            ),
+            ("trace", Request::new("TRACE", &bound_echo)),
+        ] {
+            let answer = match request.send() {
+                Ok(response) => format!(
+                    "{} {}",
+                    response.status(),
+                    String::from_utf8_lossy(response.body())
+                ),
+                Err(e) => format!("error: {e}"),
+            };
+            note(what, answer);
+        }
         ctx.observe(&seen)?;
         Ok(seen.into_bytes())
     }

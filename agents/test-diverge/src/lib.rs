@@ -8,6 +8,8 @@
 //!   the value names (e.g. `memory=8MiB`);
 //! - `refuse`: schedules a task onto the agent id the value names (the
 //!   agent holds no right to, so it is refused), and goes on;
+//! - `http`: sends a `GET` to the URL the value names and observes the
+//!   status;
 //!
 //! then observes `waiting`, and spins until `DIR/go` exists before it
 //! observes `done` and completes.
@@ -39,6 +41,10 @@ impl Agent for Diverge {
                 let target: AgentId = value.parse().map_err(|e| format!("{e}"))?;
                 let refused = ctx.schedule(target, "x");
                 ctx.observe(format!("refused: {}", refused.is_err()))?;
+            }
+            "http" => {
+                let status = toka_guest::http::get(&value).map_err(|e| e.to_string())?;
+                ctx.observe(format!("status {}", status.status()))?;
             }
             other => return Err(format!("unknown mode `{other}`")),
         }

@@ -46,7 +46,7 @@ pub(crate) async fn main(place: &Place, command: Command) -> CliResult {
                 let _: SecretView = client.put(&path, &request).await?;
             } else {
                 local(place, true)?
-                    .set(&name, &value, now())
+                    .set(&name, &value)
                     .map_err(Failure::input)?;
             }
             out!("secret {} set", text(&name));
@@ -124,12 +124,6 @@ fn read_value(name: &str) -> Result<String, Failure> {
             "the value of secret {name} is not text (only printable ASCII)"
         ))
     })
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM UTC`.

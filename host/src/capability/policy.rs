@@ -136,7 +136,11 @@ pub(crate) fn check_for(op: &Operation, origin: AgentId, state: &WorldState) -> 
 /// The host and port a request to `url` goes to (lower case; the
 /// scheme's port when the URL names none).
 pub(crate) fn http_destination(url: &str) -> Option<(String, u16)> {
-    let uri: http::Uri = url.parse().ok()?;
+    destination(&url.parse().ok()?)
+}
+
+/// The host and port a request to `uri` goes to.
+pub(crate) fn destination(uri: &http::Uri) -> Option<(String, u16)> {
     let authority = uri.authority()?;
     let default_port = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
         443

@@ -12,7 +12,7 @@ use crate::sandbox::bindings::toka::agent::kernel;
 use crate::sandbox::bindings::wit;
 use crate::sandbox::capture::Capture;
 use crate::sandbox::dirs::Sandbox;
-use crate::sandbox::http::{Divergence, HttpGate};
+use crate::sandbox::http::{HttpGate, Stop, TaskLine};
 use crate::sandbox::limiter::Exceeded;
 use crate::sandbox::limiter::Limiter;
 use crate::sandbox::limits::AgentLimits;
@@ -31,9 +31,10 @@ pub(crate) struct AgentCtx {
     task: Option<(TaskId, u32)>,
     /// The clocks and randomness the guest sees, reset per task.
     inputs: TaskInputs,
-    /// Set when a re-run diverged from the log (by an operation here, or by
-    /// an HTTP request's future): the task fails with it.
-    diverged: Divergence,
+    /// The running task, shared with its outbound requests; says when the
+    /// task must stop (a re-run diverged, by an operation here or by a
+    /// request; a request ran into a quota): it fails with that.
+    line: std::sync::Arc<TaskLine>,
     /// Set when the agent ran into a quota: the task fails with it, and the
     /// quota hit (recorded by the sequencer) counts as its fault.
     quota_hit: Option<String>,
@@ -95,14 +96,15 @@ impl AgentCtx {
             .insecure_random(inputs.random())
             .insecure_random_seed(agent.as_u128())
             .build();
-        let diverged = Divergence::default();
+        let line = std::sync::Arc::new(TaskLine::default());
         Ok(Self {
             wasi,
             http: HttpGate::new(
                 agent,
                 std::sync::Arc::clone(&effects),
                 limits,
-                std::sync::Arc::clone(&diverged),
+                kernel_limits.max_reason as usize,
+                std::sync::Arc::clone(&line),
             ),
             table: ResourceTable::new(),
             limiter: sandbox.limiter(),
@@ -111,7 +113,7 @@ impl AgentCtx {
             effects,
             task: None,
             inputs,
-            diverged,
+            line,
             quota_hit: None,
             kernel_limits,
             stdout,
@@ -134,8 +136,7 @@ impl AgentCtx {
     /// bytes start over.
     pub(crate) fn begin_task(&mut self, task: TaskId, start: toka_kernel::Timestamp) {
         self.task = Some((task, 0));
-        self.http.set_task(Some(task));
-        *self.divergence() = None;
+        self.line.begin(task);
         self.quota_hit = None;
         self.log_lines = 0;
         self.observed = 0;
@@ -146,19 +147,18 @@ impl AgentCtx {
     /// whether a re-run diverged.
     pub(crate) fn end_task(&mut self) -> TaskEnd {
         self.task = None;
-        self.http.set_task(None);
         let (out, out_dropped) = self.stdout.take();
         let (err, err_dropped) = self.stderr.take();
-        let diverged = self.divergence().take();
+        let (diverged, quota_hit) = match self.line.end() {
+            Some(Stop::Diverged(why)) => (Some(why), self.quota_hit.take()),
+            Some(Stop::Quota(why)) => (None, self.quota_hit.take().or(Some(why))),
+            None => (None, self.quota_hit.take()),
+        };
         TaskEnd {
             printed: [("stdout", out, out_dropped), ("stderr", err, err_dropped)],
             diverged,
-            quota_hit: self.quota_hit.take(),
+            quota_hit,
         }
-    }
-
-    fn divergence(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.diverged.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Where the task's next operation goes.
@@ -210,6 +210,14 @@ impl kernel::Host for AgentCtx {
         &mut self,
         op: wit::Operation,
     ) -> wasmtime::Result<Result<wit::Receipt, wit::Error>> {
+        // A request of this task diverged or ran into a quota: the task
+        // ends here, as it would for an operation.
+        if let Some(stop) = self.line.stopped() {
+            let why = match stop {
+                Stop::Diverged(why) | Stop::Quota(why) => why,
+            };
+            return Err(wasmtime::Error::msg(why));
+        }
         let cause = self.position();
         // Refusals that depend only on the request (and on what this task
         // did before) come first, outside the sequencer: nothing is encoded,
@@ -258,7 +266,7 @@ impl kernel::Host for AgentCtx {
             Err(Halt::Stopped(stopped)) => Err(wasmtime::Error::msg(stopped.to_string())),
             // The task cannot go on: end the call; the task fails with this.
             Err(Halt::Diverged(why)) => {
-                *self.divergence() = Some(why.clone());
+                self.line.stop(Stop::Diverged(why.clone()));
                 Err(wasmtime::Error::msg(why))
             }
         }

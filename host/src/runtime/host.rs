@@ -108,11 +108,11 @@ impl Host {
                 derived[..16].try_into().expect("16 of 32 bytes")
             }
         };
-        let outbound = Arc::new(crate::runtime::outbound::Outbound {
-            sequencer: sequencer.clone(),
-            secrets: Arc::clone(&config.secrets),
+        let outbound = Arc::new(crate::runtime::outbound::Outbound::new(
+            sequencer.clone(),
+            Arc::clone(&config.secrets),
             data_id,
-        });
+        ));
         let bus = Arc::new(Bus::new());
         let adopt = rules_to_adopt(kernel_rules, config.rules);
         let config_starts = config.start_agents;

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use toka_kernel::{AgentId, HttpOutcome, HttpRequest, TaskId};
+use toka_kernel::{AgentId, Digest, HttpOutcome, HttpRequest, TaskId};
 
 use crate::capability::policy::{Check, Denied};
-use crate::capability::rights::RightOp;
+use crate::capability::rights::{RightOp, SecretBinding};
 use crate::runtime::sequencer::Sequencer;
 use crate::sandbox::{Answer, Effects, HostGone, Injection, Journaled};
 use crate::store::secrets::SecretStore;
@@ -17,6 +17,57 @@ pub(crate) struct Outbound {
     pub(crate) sequencer: Sequencer,
     pub(crate) secrets: Arc<SecretStore>,
     pub(crate) data_id: [u8; 16],
+    /// Places for open outbound connections, all agents together.
+    pub(crate) connections: Arc<tokio::sync::Semaphore>,
+    /// The secret bindings of each token's authority block, by digest.
+    bindings: std::sync::Mutex<std::collections::HashMap<Digest, Arc<[SecretBinding]>>>,
+}
+
+/// Outbound connections open at once, all agents together.
+pub(crate) const MAX_CONNECTIONS: usize = 256;
+
+/// Tokens whose secret bindings are kept.
+const BINDINGS_KEPT: usize = 4096;
+
+impl Outbound {
+    pub(crate) fn new(sequencer: Sequencer, secrets: Arc<SecretStore>, data_id: [u8; 16]) -> Self {
+        Self {
+            sequencer,
+            secrets,
+            data_id,
+            connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            bindings: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The secret bindings of `agent`'s token, parsed once per token.
+    fn bindings(&self, agent: AgentId) -> Result<Arc<[SecretBinding]>, String> {
+        let digest = self
+            .sequencer
+            .read(|k| {
+                k.state()
+                    .agent(agent)
+                    .filter(|a| !a.is_terminated())
+                    .map(|a| a.token)
+            })
+            .ok_or_else(|| format!("agent {agent} is gone"))?;
+        if let Some(known) = self.cache().get(&digest) {
+            return Ok(Arc::clone(known));
+        }
+        let bindings: Arc<[SecretBinding]> = self.sequencer.secret_bindings(&digest)?.into();
+        let mut cache = self.cache();
+        if cache.len() >= BINDINGS_KEPT {
+            cache.clear();
+        }
+        cache.insert(digest, Arc::clone(&bindings));
+        Ok(bindings)
+    }
+
+    fn cache(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<Digest, Arc<[SecretBinding]>>> {
+        self.bindings.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 fn gone(stopped: crate::runtime::sequencer::Stopped) -> HostGone {
@@ -57,7 +108,7 @@ impl Effects for Outbound {
         outcome: HttpOutcome,
         secret: Option<String>,
         body: Vec<u8>,
-    ) -> Answer<()> {
+    ) -> Answer<Result<(), String>> {
         let sequencer = self.sequencer.clone();
         Box::pin(async move {
             sequencer
@@ -67,6 +118,10 @@ impl Effects for Outbound {
         })
     }
 
+    fn connections(&self) -> Arc<tokio::sync::Semaphore> {
+        Arc::clone(&self.connections)
+    }
+
     fn injection(
         &self,
         agent: AgentId,
@@ -74,10 +129,10 @@ impl Effects for Outbound {
         host: &str,
         port: u16,
     ) -> Result<Option<Injection>, String> {
-        let bindings = self.sequencer.secret_bindings(agent)?;
+        let bindings = self.bindings(agent)?;
         // The first binding for this host that the token (with its
         // delegation blocks) still grants.
-        let Some(binding) = bindings.into_iter().find(|b| {
+        let Some(binding) = bindings.iter().find(|b| {
             b.matches(host, port)
                 && self
                     .sequencer
@@ -96,15 +151,15 @@ impl Effects for Outbound {
                 binding.name, binding.host, binding.name
             )
         })?;
-        if scheme != "https" && !is_loopback(host) {
+        if scheme != "https" && !(is_loopback(host) && binding.host.contains(':')) {
             return Err(format!(
-                "secret {} would go to {host} in clear text; use https (plain http carries secrets only to loopback)",
-                binding.name
+                "secret {} would go to {host} in clear text; use https (plain http carries a secret only to a loopback host and port the right names, e.g. `secret {} 127.0.0.1:8080`)",
+                binding.name, binding.name
             ));
         }
         let (header, value) = binding.header_value(&secret);
         Ok(Some(Injection {
-            name: binding.name,
+            name: binding.name.clone(),
             header,
             value,
             secret,

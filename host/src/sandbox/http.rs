@@ -22,23 +22,112 @@
 //!    recorded (`HttpResponse`, the body a blob), and handed to the agent.
 //!
 //! A failure (no connection, a timeout, a response over the limit) is
-//! recorded too, so a re-run gets the same error.
+//! recorded too, so a re-run gets the same error. An agent has at most
+//! [`AgentLimits::http_in_flight`] requests outstanding, each until it drops
+//! the response; one more fails at once (`connection-limit-reached`, nothing
+//! journaled: its index stays unused). A request whose task ended, or must
+//! stop (diverged, out of quota), goes no further; and a refusal for a
+//! quota ends the task, as for any operation.
+//!
+//! A request carrying a secret asks for a plain answer (`accept-encoding:
+//! identity`, no `range`, no `TRACE`): an encoded answer could hide the
+//! secret from redaction, so it is refused.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use toka_kernel::{AgentId, Digest, HttpFailure, HttpOutcome, HttpRequest, TaskId};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use toka_kernel::{
+    AgentId, Digest, HttpFailure, HttpOutcome, HttpRequest, MAX_RESPONSE_HEADERS, TaskId,
+};
+use tokio::sync::OwnedSemaphorePermit;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpHooks};
 
 use crate::sandbox::limits::AgentLimits;
 use crate::sandbox::redact::Redactor;
 use crate::sandbox::{Effects, Injection, Journaled};
 
-/// Why a re-run of the running task diverged, when it did: set by a
-/// request's future, read when the task ends.
-pub(crate) type Divergence = Arc<Mutex<Option<String>>>;
+/// What a running task's requests share with the task: which run of which
+/// task they belong to, and why the task must stop, when it must.
+#[derive(Debug, Default)]
+pub(crate) struct TaskLine {
+    inner: Mutex<Line>,
+}
+
+#[derive(Debug, Default)]
+struct Line {
+    /// Bumped at every start and end of a task: a request of an earlier
+    /// run goes no further.
+    generation: u64,
+    task: Option<TaskId>,
+    stop: Option<Stop>,
+}
+
+/// Why a task must stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// A re-run asked for something else than the log has.
+    Diverged(String),
+    /// The agent ran into a quota (recorded by the sequencer).
+    Quota(String),
+}
+
+impl TaskLine {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Line> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A task starts: its requests are numbered from 0.
+    pub(crate) fn begin(&self, task: TaskId) {
+        let mut line = self.lock();
+        line.generation += 1;
+        line.task = Some(task);
+        line.stop = None;
+    }
+
+    /// The task ended: its requests still out go no further; why it had
+    /// to stop, if it had to.
+    pub(crate) fn end(&self) -> Option<Stop> {
+        let mut line = self.lock();
+        line.generation += 1;
+        line.task = None;
+        line.stop.take()
+    }
+
+    /// Why the running task must stop, if it must.
+    pub(crate) fn stopped(&self) -> Option<Stop> {
+        self.lock().stop.clone()
+    }
+
+    /// Records why the task must stop (the first reason wins).
+    pub(crate) fn stop(&self, stop: Stop) {
+        self.lock().stop.get_or_insert(stop);
+    }
+
+    /// The current run, if a task runs and must not stop.
+    fn current(&self) -> Option<(u64, TaskId)> {
+        let line = self.lock();
+        match (&line.task, &line.stop) {
+            (Some(task), None) => Some((line.generation, *task)),
+            _ => None,
+        }
+    }
+
+    /// Whether run `generation` is still the current one.
+    fn is_current(&self, generation: u64) -> bool {
+        let line = self.lock();
+        line.generation == generation && line.stop.is_none()
+    }
+
+    /// Stops run `generation`, if it is still the current one.
+    fn stop_run(&self, generation: u64, stop: Stop) {
+        let mut line = self.lock();
+        if line.generation == generation {
+            line.stop.get_or_insert(stop);
+        }
+    }
+}
 
 /// A store's `wasi:http` state: the context and the gate.
 pub(crate) struct HttpGate {
@@ -50,10 +139,13 @@ pub(crate) struct HttpGate {
 pub(crate) struct Hooks {
     agent: AgentId,
     effects: Arc<dyn Effects>,
-    /// The running task and the index its next request gets.
-    cursor: Option<(TaskId, u32)>,
-    diverged: Divergence,
+    line: Arc<TaskLine>,
+    /// The index the running task's next request gets.
+    next: u32,
+    generation: u64,
     limits: HttpLimits,
+    /// Places for outstanding requests ([`AgentLimits::http_in_flight`]).
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +153,8 @@ struct HttpLimits {
     request_bytes: u64,
     response_bytes: u64,
     timeout: Duration,
+    /// The kernel's limit on a recorded message.
+    max_reason: usize,
 }
 
 impl HttpGate {
@@ -68,28 +162,26 @@ impl HttpGate {
         agent: AgentId,
         effects: Arc<dyn Effects>,
         limits: &AgentLimits,
-        diverged: Divergence,
+        max_reason: usize,
+        line: Arc<TaskLine>,
     ) -> Self {
         Self {
             ctx: WasiHttpCtx::new(),
             hooks: Hooks {
                 agent,
                 effects,
-                cursor: None,
-                diverged,
+                line,
+                next: 0,
+                generation: 0,
                 limits: HttpLimits {
                     request_bytes: limits.http_request_bytes,
                     response_bytes: limits.http_response_bytes,
                     timeout: limits.http_timeout,
+                    max_reason,
                 },
+                in_flight: Arc::new(tokio::sync::Semaphore::new(limits.http_in_flight)),
             },
         }
-    }
-
-    /// Requests from now on belong to `task` (numbered from 0), or to no
-    /// task (`None`: they are refused).
-    pub(crate) fn set_task(&mut self, task: Option<TaskId>) {
-        self.hooks.cursor = task.map(|t| (t, 0));
     }
 }
 
@@ -114,23 +206,36 @@ impl WasiHttpHooks for Hooks {
     ) -> Sent {
         let agent = self.agent;
         // The index is taken now, in the order the agent makes requests.
-        let position = self.cursor.as_mut().map(|(task, index)| {
-            let position = (*task, *index);
-            *index += 1;
-            position
+        let position = self.line.current().map(|(generation, task)| {
+            if generation != self.generation {
+                self.generation = generation;
+                self.next = 0;
+            }
+            let index = self.next;
+            self.next += 1;
+            (generation, task, index)
         });
-        let exchange = Exchange {
+        // Taken now, held until the agent drops the response: an agent
+        // cannot pile up requests or responses the host would hold.
+        let permit = Arc::clone(&self.in_flight).try_acquire_owned();
+        let outgoing = Outgoing {
             agent,
             effects: Arc::clone(&self.effects),
-            diverged: Arc::clone(&self.diverged),
+            line: Arc::clone(&self.line),
             limits: self.limits,
         };
         Box::new(async move {
-            let Some((task, index)) = position else {
-                tracing::info!(agent = %agent.short(), "HTTP request outside a task refused");
+            let Some((generation, task, index)) = position else {
+                tracing::info!(agent = %agent.short(), "HTTP request outside a running task refused");
                 return Err(Error::HttpRequestDenied);
             };
-            let response = exchange.run(task, index, request, options).await?;
+            let Ok(permit) = permit else {
+                tracing::info!(agent = %agent.short(), "too many HTTP requests outstanding");
+                return Err(Error::ConnectionLimitReached);
+            };
+            let response = outgoing
+                .run(generation, task, index, request, options, permit)
+                .await?;
             Ok((
                 response,
                 Box::new(async { Ok(()) }) as Box<dyn Future<Output = Result<(), Error>> + Send>,
@@ -140,29 +245,39 @@ impl WasiHttpHooks for Hooks {
 }
 
 /// One request, from the agent's hands to its answer.
-struct Exchange {
+struct Outgoing {
     agent: AgentId,
     effects: Arc<dyn Effects>,
-    diverged: Divergence,
+    line: Arc<TaskLine>,
     limits: HttpLimits,
 }
 
-impl Exchange {
+impl Outgoing {
     async fn run(
         self,
+        generation: u64,
         task: TaskId,
         index: u32,
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
+        permit: OwnedSemaphorePermit,
     ) -> Result<http::Response<WasiBody>, Error> {
         let agent = self.agent;
+        let ended = || Error::InternalError(Some(format!("task {task} ended")));
         let (parts, body) = request.into_parts();
         let body = match Limited::new(body, self.limits.request_bytes as usize)
             .collect()
             .await
         {
             Ok(collected) => collected.to_bytes(),
-            Err(_) => return Err(Error::HttpRequestBodySize(Some(self.limits.request_bytes))),
+            Err(e) if e.is::<LengthLimitError>() => {
+                return Err(Error::HttpRequestBodySize(Some(self.limits.request_bytes)));
+            }
+            Err(e) => {
+                return Err(Error::InternalError(Some(format!(
+                    "reading the request body: {e}"
+                ))));
+            }
         };
         let journaled = HttpRequest {
             method: parts.method.as_str().to_owned(),
@@ -171,7 +286,11 @@ impl Exchange {
             body: Digest::of(&body),
             body_len: body.len() as u64,
         };
+        let key = idempotency_key(&self.effects.data_id(), task, index, &journaled);
         let gone = |e: crate::sandbox::HostGone| Error::InternalError(Some(e.to_string()));
+        if !self.line.is_current(generation) {
+            return Err(ended());
+        }
         match self
             .effects
             .journal_request(agent, task, index, journaled)
@@ -179,49 +298,68 @@ impl Exchange {
             .map_err(gone)?
         {
             Journaled::Send => {}
-            Journaled::Answered { outcome, body } => return answer(outcome, body),
-            Journaled::Refused(reason) => {
-                tracing::info!(agent = %agent.short(), url = %parts.uri, %reason, "HTTP request refused");
-                return Err(Error::HttpRequestDenied);
+            Journaled::Answered { outcome, body } => return answer(outcome, body, permit),
+            Journaled::Refused {
+                message,
+                denied,
+                quota,
+            } => {
+                tracing::info!(agent = %agent.short(), url = %parts.uri, %message, "HTTP request refused");
+                if quota {
+                    // The task ends: a runaway must not keep asking.
+                    self.line.stop_run(generation, Stop::Quota(message.clone()));
+                }
+                return Err(if denied {
+                    Error::HttpRequestDenied
+                } else {
+                    Error::InternalError(Some(message))
+                });
             }
             Journaled::Diverged(why) => {
-                *self.diverged.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
+                self.line.stop_run(generation, Stop::Diverged(why.clone()));
                 return Err(Error::InternalError(Some(why)));
             }
         }
         self.effects.durable().await.map_err(gone)?;
-
-        let (outcome, body, secret) = self.send(task, index, parts, body, options).await;
-        self.effects
+        // The task may have ended meanwhile: nothing leaves for it then.
+        if !self.line.is_current(generation) {
+            return Err(ended());
+        }
+        let (outcome, body, secret) = self.send(parts, body, &key, options).await;
+        match self
+            .effects
             .record_response(agent, task, index, outcome.clone(), secret, body.clone())
             .await
-            .map_err(gone)?;
-        answer(outcome, body)
+            .map_err(gone)?
+        {
+            Ok(()) => answer(outcome, body, permit),
+            // Never an answer the log does not have.
+            Err(why) => Err(Error::InternalError(Some(why))),
+        }
     }
 
     /// Sends the request (secret and idempotency key added), reads the
     /// response; what to record and answer, and the secret's name.
     async fn send(
         &self,
-        task: TaskId,
-        index: u32,
         mut parts: http::request::Parts,
         body: Bytes,
+        key: &str,
         options: Option<RequestOptions>,
     ) -> (HttpOutcome, Vec<u8>, Option<String>) {
+        let max_reason = self.limits.max_reason;
         let failed = |failure, message: String| {
             (
                 HttpOutcome::Failed {
                     failure,
-                    message: crate::text::clip(&message, 1024),
+                    message: crate::text::clip(&message, max_reason.min(1024)),
                 },
                 Vec::new(),
             )
         };
-        let scheme = parts.uri.scheme_str().unwrap_or("https").to_owned();
-        let Some((host, port)) =
-            crate::capability::policy::http_destination(&parts.uri.to_string())
-        else {
+        // No scheme counts as clear text.
+        let scheme = parts.uri.scheme_str().unwrap_or("http").to_owned();
+        let Some((host, port)) = crate::capability::policy::destination(&parts.uri) else {
             let (o, b) = failed(HttpFailure::Other, "the URL names no host".into());
             return (o, b, None);
         };
@@ -233,24 +371,27 @@ impl Exchange {
             }
         };
         let secret = injection.as_ref().map(|i| i.name.clone());
-        if let Some(Injection { header, value, .. }) = &injection {
-            let name = http::HeaderName::from_bytes(header.as_bytes())
-                .expect("bindings hold header names (checked when the right is parsed)");
-            let mut value = http::HeaderValue::from_str(value)
-                .expect("secrets hold printable ASCII (checked when they are set)");
-            value.set_sensitive(true);
-            parts.headers.insert(name, value);
+        if let Some(injection) = &injection
+            && let Err(why) = carry_secret(&mut parts, injection)
+        {
+            let (o, b) = failed(HttpFailure::Refused, why);
+            return (o, b, secret);
         }
-        let key = idempotency_key(&self.effects.data_id(), task, index);
         parts.headers.insert(
             http::HeaderName::from_static("idempotency-key"),
-            http::HeaderValue::from_str(&key).expect("hex digits"),
+            http::HeaderValue::from_str(key).expect("hex digits"),
         );
         let request =
             http::Request::from_parts(parts, Full::new(body).map_err(|never| match never {}));
         let options = capped(options, self.limits.timeout);
         let limit = self.limits.response_bytes;
+        let connections = self.effects.connections();
         let exchange = async {
+            // The host's own bound on open connections, for all agents.
+            let _slot = connections
+                .acquire_owned()
+                .await
+                .map_err(|_| (HttpFailure::Other, "the host is shutting down".to_owned()))?;
             let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options))
                 .await
                 .map_err(|e| failure_of(&e))?;
@@ -288,15 +429,28 @@ impl Exchange {
                 return (o, b, secret);
             }
         };
+        if injection.is_some()
+            && let Some(encoding) = head.headers.get(http::header::CONTENT_ENCODING)
+            && !encoding.as_bytes().eq_ignore_ascii_case(b"identity")
+        {
+            let (o, b) = failed(
+                HttpFailure::Protocol,
+                format!(
+                    "the response is encoded ({}); a response to a request carrying a secret must be plain, so the secret can be kept out of it",
+                    String::from_utf8_lossy(encoding.as_bytes())
+                ),
+            );
+            return (o, b, secret);
+        }
         let redactor = injection.as_ref().map(|i| Redactor::new(&i.secret));
         let body = match &redactor {
             Some(r) => r.redact(&body).unwrap_or_else(|| body.to_vec()),
             None => body.to_vec(),
         };
-        let headers = head
+        let headers: Vec<(String, String)> = head
             .headers
             .iter()
-            .filter(|(name, _)| *name != http::header::CONTENT_LENGTH)
+            .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()))
             .map(|(name, value)| {
                 let value = String::from_utf8_lossy(value.as_bytes());
                 let value = match &redactor {
@@ -306,6 +460,18 @@ impl Exchange {
                 (name.as_str().to_owned(), value)
             })
             .collect();
+        let header_bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        if header_bytes > MAX_RESPONSE_HEADERS {
+            let (o, b) = failed(
+                HttpFailure::TooLarge {
+                    limit: MAX_RESPONSE_HEADERS as u64,
+                },
+                format!(
+                    "the response's headers are {header_bytes} bytes, the limit is {MAX_RESPONSE_HEADERS}"
+                ),
+            );
+            return (o, b, secret);
+        }
         (
             HttpOutcome::Response {
                 status: head.status.as_u16(),
@@ -316,6 +482,76 @@ impl Exchange {
             body,
             secret,
         )
+    }
+}
+
+/// Headers that describe one connection, not the response: not recorded
+/// (the recorded body is whole; `content-length` is set from it).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Puts the secret into the request, and keeps the server from sending it
+/// back in a form the host cannot redact: no compression, no ranges, no
+/// `TRACE` (which echoes the request).
+fn carry_secret(parts: &mut http::request::Parts, injection: &Injection) -> Result<(), String> {
+    if matches!(parts.method, http::Method::TRACE | http::Method::CONNECT) {
+        return Err(format!(
+            "a {} request may not carry secret {}",
+            parts.method, injection.name
+        ));
+    }
+    let name = http::HeaderName::from_bytes(injection.header.as_bytes())
+        .map_err(|_| format!("`{}` is not a header name", injection.header))?;
+    let mut value = http::HeaderValue::from_str(&injection.value)
+        .map_err(|_| format!("secret {} cannot go into a header", injection.name))?;
+    value.set_sensitive(true);
+    for header in [
+        http::header::ACCEPT_ENCODING,
+        http::header::RANGE,
+        http::header::TE,
+    ] {
+        parts.headers.remove(header);
+    }
+    parts.headers.insert(
+        http::header::ACCEPT_ENCODING,
+        http::HeaderValue::from_static("identity"),
+    );
+    parts.headers.insert(name, value);
+    Ok(())
+}
+
+/// A response body that holds the agent's in-flight place until the agent
+/// drops it.
+struct Held {
+    body: Full<Bytes>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Held {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -330,7 +566,11 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// The agent's answer for an outcome (the same on a first run and a
 /// re-run: both come from what is recorded).
-fn answer(outcome: HttpOutcome, body: Vec<u8>) -> Result<http::Response<WasiBody>, Error> {
+fn answer(
+    outcome: HttpOutcome,
+    body: Vec<u8>,
+    permit: OwnedSemaphorePermit,
+) -> Result<http::Response<WasiBody>, Error> {
     let (status, headers) = match outcome {
         HttpOutcome::Response {
             status, headers, ..
@@ -344,9 +584,12 @@ fn answer(outcome: HttpOutcome, body: Vec<u8>) -> Result<http::Response<WasiBody
     response = response.header(http::header::CONTENT_LENGTH, body.len());
     response
         .body(
-            Full::new(Bytes::from(body))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
+            Held {
+                body: Full::new(Bytes::from(body)),
+                _permit: permit,
+            }
+            .map_err(|never| match never {})
+            .boxed_unsync(),
         )
         .map_err(|e| Error::InternalError(Some(format!("a recorded response is invalid: {e}"))))
 }
@@ -414,12 +657,25 @@ fn headers_digest(headers: &http::HeaderMap) -> Digest {
 }
 
 /// The `Idempotency-Key` of request `index` of `task` on the data dir with
-/// id `data_id`: the same on every attempt, different across data dirs.
-pub(crate) fn idempotency_key(data_id: &[u8; 16], task: TaskId, index: u32) -> String {
+/// id `data_id`: the same on every attempt of the same request, different
+/// across data dirs (and for another request at the same index, should two
+/// copies of one data dir go separate ways).
+pub(crate) fn idempotency_key(
+    data_id: &[u8; 16],
+    task: TaskId,
+    index: u32,
+    request: &HttpRequest,
+) -> String {
     let mut hasher = blake3::Hasher::new_derive_key("toka 2026-12 outbound idempotency key");
     hasher.update(data_id);
     hasher.update(&task.as_u128().to_be_bytes());
     hasher.update(&index.to_be_bytes());
+    for part in [request.method.as_bytes(), request.url.as_bytes()] {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.update(request.headers.as_bytes());
+    hasher.update(request.body.as_bytes());
     toka_kernel::to_hex(&hasher.finalize().as_bytes()[..16])
 }
 
@@ -428,14 +684,62 @@ mod tests {
     use super::*;
 
     #[test]
-    fn idempotency_keys_differ_by_data_dir_task_and_index() {
+    fn idempotency_keys_differ_by_data_dir_task_index_and_request() {
         let task = TaskId::from_u128(7);
-        let key = idempotency_key(&[1; 16], task, 0);
-        assert_eq!(key, idempotency_key(&[1; 16], task, 0));
-        assert_eq!(key.len(), 32);
-        assert_ne!(key, idempotency_key(&[2; 16], task, 0));
-        assert_ne!(key, idempotency_key(&[1; 16], task, 1));
-        assert_ne!(key, idempotency_key(&[1; 16], TaskId::from_u128(8), 0));
+        let request = HttpRequest {
+            method: "POST".into(),
+            url: "https://api.example.com/v1/x".into(),
+            headers: Digest::of(b"h"),
+            body: Digest::of(b"b"),
+            body_len: 1,
+        };
+        let key = |id: u8, task, index, request: &HttpRequest| {
+            idempotency_key(&[id; 16], task, index, request)
+        };
+        let first = key(1, task, 0, &request);
+        assert_eq!(first, key(1, task, 0, &request.clone()));
+        assert_eq!(first.len(), 32);
+        assert_ne!(first, key(2, task, 0, &request));
+        assert_ne!(first, key(1, task, 1, &request));
+        assert_ne!(first, key(1, TaskId::from_u128(8), 0, &request));
+        let other = HttpRequest {
+            body: Digest::of(b"c"),
+            ..request.clone()
+        };
+        assert_ne!(first, key(1, task, 0, &other));
+    }
+
+    #[test]
+    fn a_request_carrying_a_secret_asks_for_a_plain_answer() {
+        let injection = Injection {
+            name: "K".into(),
+            header: "authorization".into(),
+            value: "Bearer v".into(),
+            secret: Arc::from("v"),
+        };
+        let request = http::Request::get("https://api.example.com/")
+            .header("accept-encoding", "gzip")
+            .header("range", "bytes=0-3")
+            .header("authorization", "Bearer mine")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = request.into_parts();
+        carry_secret(&mut parts, &injection).unwrap();
+        assert_eq!(parts.headers["accept-encoding"], "identity");
+        assert!(parts.headers.get("range").is_none());
+        assert_eq!(parts.headers.get_all("authorization").iter().count(), 1);
+        assert_eq!(parts.headers["authorization"], "Bearer v");
+        let (mut trace, ()) = http::Request::builder()
+            .method("TRACE")
+            .uri("https://api.example.com/")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert!(
+            carry_secret(&mut trace, &injection)
+                .unwrap_err()
+                .contains("TRACE")
+        );
     }
 
     #[test]
@@ -472,13 +776,16 @@ mod tests {
     #[test]
     fn recorded_failures_answer_with_their_wasi_error() {
         let limit = 1 << 20;
+        let places = Arc::new(tokio::sync::Semaphore::new(2));
+        let permit = || Arc::clone(&places).try_acquire_owned().unwrap();
         assert!(matches!(
             answer(
                 HttpOutcome::Failed {
                     failure: HttpFailure::TooLarge { limit },
                     message: "big".into()
                 },
-                Vec::new()
+                Vec::new(),
+                permit(),
             ),
             Err(Error::HttpResponseBodySize(Some(l))) if l == limit
         ));
@@ -490,9 +797,14 @@ mod tests {
                 body_len: 2,
             },
             b"hi".to_vec(),
+            permit(),
         )
         .unwrap();
+        // The response holds its place until the agent drops it.
+        assert_eq!(places.available_permits(), 1);
         assert_eq!(ok.status(), 201);
         assert_eq!(ok.headers()["content-length"], "2");
+        drop(ok);
+        assert_eq!(places.available_permits(), 2);
     }
 }

@@ -57,6 +57,10 @@ pub struct AgentLimits {
     /// byte of the response; the agent's own timeouts can only be shorter.
     /// Default 60 s (the task's deadline still applies).
     pub http_timeout: Duration,
+    /// Outbound HTTP requests one agent may have outstanding at once (from
+    /// handing one over to reading its response); one more fails at once
+    /// with `connection-limit-reached`. Default 16.
+    pub http_in_flight: usize,
 }
 
 impl Default for AgentLimits {
@@ -77,6 +81,7 @@ impl Default for AgentLimits {
             http_request_bytes: 1 << 20,
             http_response_bytes: 1 << 20,
             http_timeout: Duration::from_secs(60),
+            http_in_flight: 16,
         }
     }
 }

@@ -65,7 +65,9 @@ pub(crate) trait Effects: Send + Sync + 'static {
     ) -> Answer<Journaled>;
 
     /// Records what came back for request `index` of `task` (`body` is the
-    /// blob a response's digest names), and which secret went with it.
+    /// blob a response's digest names), and which secret went with it;
+    /// `Err` says why it could not be recorded (the agent must not get it
+    /// then).
     fn record_response(
         &self,
         agent: AgentId,
@@ -74,7 +76,11 @@ pub(crate) trait Effects: Send + Sync + 'static {
         outcome: HttpOutcome,
         secret: Option<String>,
         body: Vec<u8>,
-    ) -> Answer<()>;
+    ) -> Answer<Result<(), String>>;
+
+    /// The host's places for open outbound connections, shared by all
+    /// agents.
+    fn connections(&self) -> std::sync::Arc<tokio::sync::Semaphore>;
 
     /// The secret to inject into `agent`'s request to `host`:`port` over
     /// `scheme`, if its token binds one there.
@@ -108,8 +114,15 @@ pub(crate) enum Journaled {
         /// The response body (empty for a failure).
         body: Vec<u8>,
     },
-    /// The gate or the kernel refused it; the message says why.
-    Refused(String),
+    /// The gate or the kernel refused it.
+    Refused {
+        /// Why, for a person.
+        message: String,
+        /// Whether the gate denied it (a missing right).
+        denied: bool,
+        /// Whether it ran into a quota (the task ends).
+        quota: bool,
+    },
     /// The re-run sent another request than the log has at this index, or
     /// the journal cannot answer: the task fails with this.
     Diverged(String),

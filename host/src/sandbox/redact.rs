@@ -3,9 +3,10 @@
 //! A server the secret is sent to may echo it back (a debugging endpoint,
 //! an error message quoting the request). Before a response reaches the
 //! journal or the agent, every occurrence of the value is replaced by
-//! `[redacted]`: as sent, base64-encoded (standard and URL-safe alphabets,
-//! the forms `Basic` credentials and JSON dumps of bytes take), and
-//! percent-encoded. A server that transforms the value otherwise (reversing
+//! `[redacted]`: as sent, JSON-escaped, base64-encoded at any of the three
+//! alignments it can start at inside a longer encoded text (standard and
+//! URL-safe alphabets: the forms of `Basic` credentials and of echoed
+//! headers as bytes), and percent-encoded (upper or lower case hex). A server that transforms the value otherwise (reversing
 //! it, encrypting it) is beyond what a host can recognize: bind secrets
 //! only to hosts you trust with them.
 
@@ -23,12 +24,17 @@ impl Redactor {
         let raw = secret.as_bytes();
         let mut needles = vec![
             raw.to_vec(),
-            base64(raw, STANDARD, true),
-            base64(raw, STANDARD, false),
-            base64(raw, URL_SAFE, false),
-            percent(raw),
+            json_escaped(raw),
+            percent(raw, false),
+            percent(raw, true),
         ];
-        needles.retain(|n| !n.is_empty());
+        for alphabet in [STANDARD, URL_SAFE] {
+            for offset in 0..3 {
+                needles.push(base64_inside(raw, alphabet, offset));
+            }
+        }
+        // A base64 form of a very short value would match by chance.
+        needles.retain(|n| n.len() >= raw.len().min(4));
         needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
         needles.dedup();
         Self { needles }
@@ -75,10 +81,33 @@ fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     if needle.is_empty() || haystack.len() < from + needle.len() {
         return None;
     }
-    haystack[from..]
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|i| i + from)
+    memchr::memmem::find(&haystack[from..], needle).map(|i| i + from)
+}
+
+/// The base64 symbols that encode `bytes` alone when they start `offset`
+/// bytes (0 to 2) into a longer encoded text: the symbols shared with the
+/// bytes before or after are left out.
+fn base64_inside(bytes: &[u8], alphabet: &[u8; 64], offset: usize) -> Vec<u8> {
+    let padded = [vec![0; offset], bytes.to_vec()].concat();
+    let encoded = base64(&padded, alphabet, false);
+    let first = (offset * 8).div_ceil(6);
+    let last = (padded.len() * 8) / 6;
+    encoded
+        .get(first..last)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default()
+}
+
+/// `bytes` as a JSON string holds them (quotes and backslashes escaped).
+fn json_escaped(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for &b in bytes {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out
 }
 
 const STANDARD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -105,11 +134,13 @@ fn base64(bytes: &[u8], alphabet: &[u8; 64], pad: bool) -> Vec<u8> {
     out
 }
 
-fn percent(bytes: &[u8]) -> Vec<u8> {
+fn percent(bytes: &[u8], lower: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     for &b in bytes {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
             out.push(b);
+        } else if lower {
+            out.extend_from_slice(format!("%{b:02x}").as_bytes());
         } else {
             out.extend_from_slice(format!("%{b:02X}").as_bytes());
         }
@@ -141,17 +172,38 @@ mod tests {
     fn every_form_of_the_secret_is_redacted() {
         let secret = "sk-live/abc+def==";
         let redactor = Redactor::new(secret);
+        let b64 = |text: &str, alphabet| {
+            String::from_utf8(base64(text.as_bytes(), alphabet, true)).unwrap()
+        };
         let echoed = format!(
-            "{{\"auth\":\"Bearer {secret}\",\"b64\":\"{}\",\"url\":\"{}\",\"u\":\"{}\"}}",
-            String::from_utf8(base64(secret.as_bytes(), STANDARD, true)).unwrap(),
+            "{{\"auth\":\"Bearer {secret}\",\"b64\":\"{}\",\"header\":\"{}\",\"basic\":\"{}\",\"url\":\"{}\",\"u\":\"{}\",\"l\":\"{}\"}}",
+            b64(secret, STANDARD),
+            b64(&format!("Bearer {secret}"), STANDARD),
+            b64(&format!("user:{secret}"), URL_SAFE),
             String::from_utf8(base64(secret.as_bytes(), URL_SAFE, false)).unwrap(),
-            String::from_utf8(percent(secret.as_bytes())).unwrap(),
+            String::from_utf8(percent(secret.as_bytes(), false)).unwrap(),
+            String::from_utf8(percent(secret.as_bytes(), true)).unwrap(),
         );
         let clean = redactor.redact_str(&echoed);
         assert!(!clean.contains(secret), "{clean}");
-        assert!(!clean.contains("c2stbGl2ZS9"), "{clean}");
-        assert!(!clean.contains("abc%2Bdef"), "{clean}");
-        assert_eq!(clean.matches("[redacted]").count(), 4, "{clean}");
+        for (what, form) in [
+            ("base64", b64(secret, STANDARD)),
+            (
+                "base64 of the header",
+                b64(&format!("Bearer {secret}"), STANDARD),
+            ),
+            ("basic", b64(&format!("user:{secret}"), URL_SAFE)),
+        ] {
+            // No run of the encoded value survives (the symbols at its ends
+            // are shared with what surrounds it).
+            let inner = &form[4..form.len() - 4];
+            assert!(!clean.contains(inner), "{what}: {clean}");
+        }
+        assert!(
+            !clean.contains("abc%2Bdef") && !clean.contains("abc%2bdef"),
+            "{clean}"
+        );
+        assert_eq!(clean.matches("[redacted]").count(), 7, "{clean}");
         assert_eq!(redactor.redact(b"nothing to see"), None);
     }
 }

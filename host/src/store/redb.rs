@@ -474,9 +474,12 @@ impl EventStore for RedbStore {
     }
 
     fn data_id(&self) -> Result<Option<[u8; 16]>, StoreError> {
-        Ok(self
-            .meta_bytes("data_id")?
-            .and_then(|v| <[u8; 16]>::try_from(v.as_slice()).ok()))
+        self.meta_bytes("data_id")?
+            .map(|v| {
+                <[u8; 16]>::try_from(v.as_slice())
+                    .map_err(|_| corrupt(&self.path, "data_id", "not 16 bytes"))
+            })
+            .transpose()
     }
 
     fn limits(&self) -> Result<Limits, StoreError> {

@@ -3,8 +3,11 @@
 //!
 //! They live in the data dir, in `secrets.json`, readable only by its owner
 //! (mode 0600; the host refuses a file others can read). Each change
-//! rewrites the file whole: a temporary file, synced, renamed over the old
-//! one, so a crash leaves either the old set or the new one.
+//! re-reads the file and rewrites it whole: a temporary file, synced,
+//! renamed over the old one, so a crash leaves either the old set or the
+//! new one. A running host sees a change another process made (`toka
+//! secret set` beside `toka run`) at the next request: it re-reads the file
+//! when its modification time or length changed.
 //!
 //! A right binds a secret to a host (`secret NAME HOST [HEADER]`, see
 //! [`Right`](crate::Right)); the host injects it into requests to that host
@@ -28,7 +31,14 @@ pub const MAX_SECRET_VALUE: usize = 8 * 1024;
 pub struct SecretStore {
     /// The file, or `None` in memory.
     path: Option<PathBuf>,
-    values: RwLock<BTreeMap<String, Stored>>,
+    values: RwLock<Loaded>,
+}
+
+/// The secrets as last read, and the file's stamp then.
+#[derive(Debug, Default)]
+struct Loaded {
+    secrets: BTreeMap<String, Stored>,
+    stamp: Option<(std::time::SystemTime, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,32 +122,10 @@ impl SecretStore {
     /// [`SecretError::Corrupt`] or [`SecretError::Io`] when it cannot be read.
     pub fn open(dir: &Path) -> Result<SecretStore, SecretError> {
         let path = dir.join(Self::FILE);
-        let io = |source| SecretError::Io {
-            path: path.clone(),
-            source,
-        };
-        let values = match fs::read(&path) {
-            Ok(bytes) => {
-                check_private(&path)?;
-                let file: File =
-                    serde_json::from_slice(&bytes).map_err(|e| SecretError::Corrupt {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?;
-                if file.format != 1 {
-                    return Err(SecretError::Corrupt {
-                        path,
-                        reason: format!("format {} is not supported", file.format),
-                    });
-                }
-                file.secrets
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(io(e)),
-        };
+        let loaded = read(&path)?;
         Ok(SecretStore {
             path: Some(path),
-            values: RwLock::new(values),
+            values: RwLock::new(loaded),
         })
     }
 
@@ -150,29 +138,30 @@ impl SecretStore {
         }
     }
 
-    /// Sets (or replaces) secret `name`; `now` is when, in milliseconds
-    /// since the Unix epoch. The file is written before this returns.
+    /// Sets (or replaces) secret `name`, stamped with the time now. The
+    /// file is written before this returns.
     ///
     /// # Errors
     ///
     /// [`SecretError::BadName`], [`SecretError::BadValue`] (empty, longer
     /// than [`MAX_SECRET_VALUE`], or not printable: a header carries it), or
     /// [`SecretError::Io`]; on error nothing changed.
-    pub fn set(&self, name: &str, value: &str, now: u64) -> Result<(), SecretError> {
-        check_name(name)?;
+    pub fn set(&self, name: &str, value: &str) -> Result<(), SecretError> {
+        check_secret_name(name)?;
         check_value(name, value)?;
-        let mut values = self.values.write().unwrap_or_else(|e| e.into_inner());
-        let mut next = values.clone();
-        next.insert(
-            name.to_owned(),
-            Stored {
-                value: value.to_owned(),
-                set_at: now,
-            },
-        );
-        self.persist(&next)?;
-        *values = next;
-        Ok(())
+        let set_at = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.change(|secrets| {
+            secrets.insert(
+                name.to_owned(),
+                Stored {
+                    value: value.to_owned(),
+                    set_at,
+                },
+            );
+            Ok(())
+        })
     }
 
     /// Removes secret `name`.
@@ -182,23 +171,60 @@ impl SecretStore {
     /// [`SecretError::Unknown`] when there is none, [`SecretError::Io`] when
     /// the file cannot be written (the secret then stays).
     pub fn remove(&self, name: &str) -> Result<(), SecretError> {
+        self.change(|secrets| {
+            secrets
+                .remove(name)
+                .map(drop)
+                .ok_or_else(|| SecretError::Unknown(crate::text::clip(name, 100)))
+        })
+    }
+
+    /// Applies `edit` to the secrets as the file holds them now, and
+    /// writes the result.
+    fn change(
+        &self,
+        edit: impl FnOnce(&mut BTreeMap<String, Stored>) -> Result<(), SecretError>,
+    ) -> Result<(), SecretError> {
         let mut values = self.values.write().unwrap_or_else(|e| e.into_inner());
-        if !values.contains_key(name) {
-            return Err(SecretError::Unknown(crate::text::clip(name, 100)));
-        }
-        let mut next = values.clone();
-        next.remove(name);
+        let mut next = match &self.path {
+            Some(path) => read(path)?.secrets,
+            None => values.secrets.clone(),
+        };
+        edit(&mut next)?;
         self.persist(&next)?;
-        *values = next;
+        *values = match &self.path {
+            Some(path) => read(path)?,
+            None => Loaded {
+                secrets: next,
+                stamp: None,
+            },
+        };
         Ok(())
+    }
+
+    /// Re-reads the file if another process changed it since.
+    fn refresh(&self) {
+        let Some(path) = &self.path else {
+            return;
+        };
+        let now = stamp(path);
+        if self.values.read().unwrap_or_else(|e| e.into_inner()).stamp == now {
+            return;
+        }
+        match read(path) {
+            Ok(loaded) => *self.values.write().unwrap_or_else(|e| e.into_inner()) = loaded,
+            Err(e) => tracing::warn!(error = %e, "secrets not re-read; the ones read before stay"),
+        }
     }
 
     /// The secrets, by name, without their values.
     #[must_use]
     pub fn list(&self) -> Vec<SecretInfo> {
+        self.refresh();
         self.values
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .secrets
             .iter()
             .map(|(name, stored)| SecretInfo {
                 name: name.clone(),
@@ -210,9 +236,11 @@ impl SecretStore {
 
     /// The value of secret `name`, for injection.
     pub(crate) fn value(&self, name: &str) -> Option<Arc<str>> {
+        self.refresh();
         self.values
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .secrets
             .get(name)
             .map(|s| Arc::from(s.value.as_str()))
     }
@@ -232,8 +260,14 @@ impl SecretStore {
         .expect("secrets are strings: JSON encodes them");
         let dir = path.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(io)?;
-        let temp = path.with_extension("json.tmp");
-        let _ = fs::remove_file(&temp);
+        // A name of its own: two writers never share a temporary file.
+        let temp = path.with_extension(format!(
+            "json.{}.{}.tmp",
+            std::process::id(),
+            toka_kernel::to_hex(
+                &crate::store::event_store::random_data_id().unwrap_or_default()[..4]
+            )
+        ));
         let written = (|| {
             let mut file = private_file(&temp)?;
             file.write_all(&bytes)?;
@@ -249,16 +283,50 @@ impl SecretStore {
     }
 }
 
+/// The secrets in the file at `path` (none if there is no file), checked.
+fn read(path: &Path) -> Result<Loaded, SecretError> {
+    let corrupt = |reason: String| SecretError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let stamp = stamp(path);
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::default()),
+        Err(source) => {
+            return Err(SecretError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    check_private(path)?;
+    let file: File = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    if file.format != 1 {
+        return Err(corrupt(format!("format {} is not supported", file.format)));
+    }
+    for (name, stored) in &file.secrets {
+        check_secret_name(name).map_err(|e| corrupt(e.to_string()))?;
+        check_value(name, &stored.value).map_err(|e| corrupt(e.to_string()))?;
+    }
+    Ok(Loaded {
+        secrets: file.secrets,
+        stamp,
+    })
+}
+
+/// The file's modification time and length, to notice changes.
+fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
 /// Whether `name` may name a secret.
 ///
 /// # Errors
 ///
 /// [`SecretError::BadName`] naming it.
 pub fn check_secret_name(name: &str) -> Result<(), SecretError> {
-    check_name(name)
-}
-
-fn check_name(name: &str) -> Result<(), SecretError> {
     if is_secret_name(name) {
         Ok(())
     } else {
@@ -343,18 +411,20 @@ mod tests {
     fn secrets_persist_privately_and_list_without_values() {
         let dir = tempfile::tempdir().unwrap();
         let store = SecretStore::open(dir.path()).unwrap();
-        store.set("OPENAI_API_KEY", "sk-test-123", 1).unwrap();
-        store.set("other", "x", 2).unwrap();
+        store.set("OPENAI_API_KEY", "sk-test-123").unwrap();
+        store.set("other", "x").unwrap();
         store.remove("other").unwrap();
         let again = SecretStore::open(dir.path()).unwrap();
+        let listed = again.list();
+        assert_eq!(listed.len(), 1);
         assert_eq!(
-            again.list(),
-            [SecretInfo {
-                name: "OPENAI_API_KEY".into(),
-                len: 11,
-                set_at: 1
-            }]
+            (listed[0].name.as_str(), listed[0].len),
+            ("OPENAI_API_KEY", 11)
         );
+        assert!(listed[0].set_at > 1_700_000_000_000);
+        // A change by another writer is seen at the next read.
+        store.set("LATER", "y").unwrap();
+        assert_eq!(again.value("LATER").as_deref(), Some("y"));
         assert_eq!(
             again.value("OPENAI_API_KEY").as_deref(),
             Some("sk-test-123")
@@ -368,22 +438,26 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        assert!(!dir.path().join("secrets.json.tmp").exists());
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [SecretStore::FILE], "no temporary file is left");
     }
 
     #[test]
     fn bad_names_values_and_exposed_files_are_refused() {
         let store = SecretStore::in_memory();
         assert!(matches!(
-            store.set("has space", "v", 0),
+            store.set("has space", "v"),
             Err(SecretError::BadName(_))
         ));
         assert!(matches!(
-            store.set("k", "", 0),
+            store.set("k", ""),
             Err(SecretError::BadValue { .. })
         ));
         assert!(matches!(
-            store.set("k", "line\nbreak", 0),
+            store.set("k", "line\nbreak"),
             Err(SecretError::BadValue { .. })
         ));
         assert!(matches!(store.remove("nope"), Err(SecretError::Unknown(_))));
@@ -395,12 +469,21 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             SecretStore::open(dir.path())
                 .unwrap()
-                .set("k", "v", 0)
+                .set("k", "v")
                 .unwrap();
             let file = dir.path().join(SecretStore::FILE);
             fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
             let err = SecretStore::open(dir.path()).unwrap_err();
             assert!(err.to_string().contains("chmod 600"), "{err}");
+            // A value edited by hand into something a header cannot carry.
+            fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+            fs::write(
+                &file,
+                r#"{"format":1,"secrets":{"k":{"value":"a\nb","set_at":0}}}"#,
+            )
+            .unwrap();
+            let err = SecretStore::open(dir.path()).unwrap_err();
+            assert!(err.to_string().contains("not a Toka secrets file"), "{err}");
         }
     }
 }

@@ -33,14 +33,16 @@ pub(crate) async fn set(
     Path(name): Path<String>,
     Json(request): Json<SecretRequest>,
 ) -> Result<axum::Json<SecretView>, ApiError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let secrets = app.host.secrets();
-    secrets
-        .set(&name, &request.value, now)
-        .map_err(secret_error)?;
-    secrets
+    let written = {
+        let (app, name) = (Arc::clone(&app), name.clone());
+        // The file is written and synced: off the async threads.
+        tokio::task::spawn_blocking(move || app.host.secrets().set(&name, &request.value))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+    };
+    written.map_err(secret_error)?;
+    app.host
+        .secrets()
         .list()
         .into_iter()
         .find(|s| s.name == name)

@@ -37,7 +37,11 @@ impl Sequencer {
         };
         Ok(match journaled {
             Ok(Ok(_)) => Journaled::Send,
-            Ok(Err(refused)) => Journaled::Refused(refused.message),
+            Ok(Err(refused)) => Journaled::Refused {
+                denied: refused.kind == toka_kernel::RefusalKind::CapabilityDenied,
+                quota: refused.quota.is_some(),
+                message: refused.message,
+            },
             Err(exchange) => {
                 return self.journaled_answer(task, index, &request, exchange).await;
             }
@@ -106,7 +110,7 @@ impl Sequencer {
         outcome: HttpOutcome,
         secret: Option<String>,
         body: Vec<u8>,
-    ) -> Result<(), Stopped> {
+    ) -> Result<Result<(), String>, Stopped> {
         let attachments = match &outcome {
             HttpOutcome::Response { body: digest, .. } => Attachments {
                 blob: Some((*digest, Arc::from(body))),
@@ -120,11 +124,14 @@ impl Sequencer {
             outcome,
             secret,
         };
-        if let Err(e) = self.submit_system(agent, op, attachments).await? {
-            // The task ended meanwhile (terminated): nothing waits for it.
-            tracing::info!(agent = %agent.short(), task = %task.short(), index, error = %e, "response not recorded");
-        }
-        Ok(())
+        Ok(match self.submit_system(agent, op, attachments).await? {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // E.g. the task was terminated meanwhile.
+                tracing::info!(agent = %agent.short(), task = %task.short(), index, error = %e, "response not recorded");
+                Err(format!("the response could not be recorded: {e}"))
+            }
+        })
     }
 
     pub(crate) fn recorded_op(&self, seq: u64) -> Result<Operation, String> {
@@ -157,23 +164,16 @@ fn describe(request: &HttpRequest) -> String {
 }
 
 impl Sequencer {
-    /// The secret bindings `agent`'s token names in its authority block
+    /// The secret bindings the token `digest` names in its authority block
     /// (delegation blocks may have narrowed them: authorize each before
     /// use).
     pub(crate) fn secret_bindings(
         &self,
-        agent: AgentId,
+        digest: &toka_kernel::Digest,
     ) -> Result<Vec<crate::capability::rights::SecretBinding>, String> {
         let token = {
             let mut core = self.lock();
-            let digest = core
-                .kernel
-                .state()
-                .agent(agent)
-                .filter(|a| !a.is_terminated())
-                .map(|a| a.token)
-                .ok_or_else(|| format!("agent {agent} is gone"))?;
-            core.gate.token(&digest).map_err(|e| e.to_string())?.clone()
+            core.gate.token(digest).map_err(|e| e.to_string())?.clone()
         };
         Ok(token
             .authority_rights()

@@ -9,6 +9,8 @@
 //! - `journaled`: the same task in a Toka host on a redb data dir: each
 //!   request authorized and journaled, durable before it leaves, its
 //!   response recorded;
+//! - `journaled-in-memory`: the same on an in-memory store — the journal's
+//!   own cost, without the fsync that makes each request durable;
 //! - `journal-answer`: a re-run after a crash getting the same N responses
 //!   from the journal (the sequencer's answer for each request, as the
 //!   sandbox asks for it), no network.
@@ -192,6 +194,41 @@ fn bench_http(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let (host, agent) = runtime.block_on(host_with_agent(&dir.path().join("data"), &bytes));
     group.bench_function("journaled", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let id = host.schedule(agent, &task).await.unwrap();
+                let info = host
+                    .wait_task(id, Duration::from_secs(120))
+                    .await
+                    .unwrap()
+                    .expect("the task ends");
+                assert!(
+                    matches!(info.state, toka_host::TaskState::Completed { .. }),
+                    "{info:?}"
+                );
+            })
+        });
+    });
+    runtime.block_on(host.shutdown()).unwrap();
+
+    // The same on an in-memory store: the journal's own cost, without the
+    // fsyncs that make each request durable before it leaves.
+    let host = runtime.block_on(async {
+        let store: Arc<dyn toka_host::EventStore> =
+            Arc::new(toka_host::MemoryStore::new(toka_kernel::Limits::default()));
+        Host::open(store, toka_host::RootKey::generate(), HostConfig::new())
+            .await
+            .unwrap()
+    });
+    let agent = runtime.block_on(async {
+        let component = host.install("test-bench", bytes.clone()).await.unwrap();
+        let mut rights = Right::defaults();
+        rights.push("http 127.0.0.1".parse().unwrap());
+        host.spawn(component, "bench", Grant::Rights(rights))
+            .await
+            .unwrap()
+    });
+    group.bench_function("journaled-in-memory", |b| {
         b.iter(|| {
             runtime.block_on(async {
                 let id = host.schedule(agent, &task).await.unwrap();

@@ -129,8 +129,21 @@ impl HttpFailure {
 pub struct Exchange {
     /// The sequence number of the request's record.
     pub request: u64,
+    /// The request's [`HttpRequest::digest`]: a re-run's request is the
+    /// same when its digest is.
+    pub digest: Digest,
     /// The sequence number of the response's record, once there is one.
     pub response: Option<u64>,
+}
+
+impl HttpRequest {
+    /// The BLAKE3 digest of the request's canonical encoding.
+    #[must_use]
+    pub fn digest(&self) -> Digest {
+        Digest::of(
+            &postcard::to_allocvec(self).expect("a request is plain data: postcard encodes it"),
+        )
+    }
 }
 
 impl HttpOutcome {
@@ -207,6 +220,7 @@ impl WorldState {
             (task, index),
             Exchange {
                 request: seq,
+                digest: request.digest(),
                 response: None,
             },
         );

@@ -80,6 +80,7 @@ fn a_request_and_its_answer_are_kept_while_the_task_runs() {
         state.exchange(task, 0),
         Some(Exchange {
             request: request_seq,
+            digest: request("http://127.0.0.1:8080/v1/chat/completions").digest(),
             response: None
         })
     );
@@ -98,6 +99,7 @@ fn a_request_and_its_answer_are_kept_while_the_task_runs() {
         world.kernel.state().exchange(task, 0),
         Some(Exchange {
             request: request_seq,
+            digest: request("http://127.0.0.1:8080/v1/chat/completions").digest(),
             response: Some(applied.seq)
         })
     );

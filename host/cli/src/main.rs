@@ -78,6 +78,13 @@ struct LimitArgs {
     /// Faults in a row after which an agent is quarantined (default 3; 0: never).
     #[arg(long, global = true, env = "TOKA_QUARANTINE_AFTER", value_name = "N")]
     quarantine_after: Option<u32>,
+    /// Bytes of one outbound HTTP response an agent may get, which the
+    /// journal keeps (default 1MiB); a larger one is refused.
+    #[arg(long, global = true, env = "TOKA_HTTP_RESPONSE_LIMIT", value_name = "SIZE", value_parser = toka_host::parse_size)]
+    http_response_limit: Option<u64>,
+    /// Time for one outbound HTTP request (default 60s).
+    #[arg(long, global = true, env = "TOKA_HTTP_TIMEOUT", value_name = "DURATION", value_parser = toka_host::parse_duration)]
+    http_timeout: Option<Duration>,
 }
 
 impl LimitArgs {
@@ -94,6 +101,12 @@ impl LimitArgs {
         }
         if let Some(n) = self.quarantine_after {
             limits.quarantine_after = n;
+        }
+        if let Some(bytes) = self.http_response_limit {
+            limits.http_response_bytes = bytes;
+        }
+        if let Some(timeout) = self.http_timeout {
+            limits.http_timeout = timeout;
         }
         limits
     }

@@ -11,8 +11,10 @@
 //! 2. a re-run of the task after a crash finds the request in the journal:
 //!    the same request gets the recorded answer without touching the network;
 //!    another request at that index fails the task as diverged;
-//! 3. it waits until everything applied so far is durable (the request
-//!    record included): nothing is sent that the log could lose;
+//! 3. it waits until everything applied before it is durable: nothing the
+//!    task did before the request can be lost once the world saw it (the
+//!    request's own record commits while it is out; lost in a crash, the
+//!    request is sent again, with the same key);
 //! 4. the host injects the secret the agent's token binds to the host (over
 //!    the agent's own header of that name), and an `Idempotency-Key` derived
 //!    from the data dir's id, the task and the index — the same on every
@@ -291,6 +293,10 @@ impl Outgoing {
         if !self.line.is_current(generation) {
             return Err(ended());
         }
+        // Everything the task did before this request, durable before it
+        // leaves; the request's own record commits while it is out (lost
+        // in a crash, it is sent again with the same key).
+        let durable = self.effects.durable();
         match self
             .effects
             .journal_request(agent, task, index, journaled)
@@ -320,7 +326,7 @@ impl Outgoing {
                 return Err(Error::InternalError(Some(why)));
             }
         }
-        self.effects.durable().await.map_err(gone)?;
+        durable.await.map_err(gone)?;
         // The task may have ended meanwhile: nothing leaves for it then.
         if !self.line.is_current(generation) {
             return Err(ended());

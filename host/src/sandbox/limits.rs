@@ -58,8 +58,8 @@ pub struct AgentLimits {
     /// Default 60 s (the task's deadline still applies).
     pub http_timeout: Duration,
     /// Outbound HTTP requests one agent may have outstanding at once (from
-    /// handing one over to reading its response); one more fails at once
-    /// with `connection-limit-reached`. Default 16.
+    /// handing one over until it drops the response); one more fails at
+    /// once with `connection-limit-reached`. Default 16.
     pub http_in_flight: usize,
 }
 

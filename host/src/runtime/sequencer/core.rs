@@ -252,6 +252,10 @@ pub(super) struct Core {
     pub(super) stored_operators: std::collections::HashSet<Digest>,
     pub(super) stopped: Option<Stopped>,
     pub(super) closing: bool,
+    /// Someone waits for the pending batch to be durable (an outbound
+    /// request, a caller of `wait_durable`): the writer commits it without
+    /// lingering.
+    pub(super) hurry: bool,
 }
 
 /// What a sequencer is configured with besides its parts.
@@ -295,6 +299,7 @@ impl Sequencer {
                     stored_operators: std::collections::HashSet::new(),
                     stopped: None,
                     closing: false,
+                    hurry: false,
                 }),
                 work: Condvar::new(),
                 committed: watch::Sender::new(head),
@@ -575,9 +580,25 @@ impl Sequencer {
         }
     }
 
-    /// Waits until the record at `seq` is durable.
+    /// Waits until the record at `seq` is durable (the writer stops
+    /// lingering for it).
     pub(crate) async fn wait_durable(&self, seq: u64) -> Result<(), Stopped> {
+        if *self.shared.committed.borrow() < seq {
+            self.hurry();
+        }
         self.wait_until(&self.shared.committed, seq).await
+    }
+
+    /// Has the writer commit what is pending without lingering: someone
+    /// will wait for it soon (an outbound request after a response).
+    pub(crate) fn hurry(&self) {
+        let mut core = self.lock();
+        core.hurry = true;
+        let wake = core.writer == State::Lingering;
+        drop(core);
+        if wake {
+            self.shared.work.notify_one();
+        }
     }
 
     /// Waits until the record at `seq` is durable and published.

@@ -63,21 +63,16 @@ impl Sequencer {
                 "request {index} of task {task} cannot be answered from the journal: {why}"
             ))
         };
-        let recorded = match self.recorded_op(exchange.request) {
-            Ok(Operation::HttpRequest { request, .. }) => request,
-            Ok(other) => {
-                return Ok(broken(format!(
-                    "record {} is a {}",
-                    exchange.request,
-                    other.kind()
-                )));
-            }
-            Err(why) => return Ok(broken(why)),
-        };
-        if recorded != *request {
+        // The same request has the same digest; the record is read only to
+        // name the difference.
+        if exchange.digest != request.digest() {
+            let recorded = match self.recorded_op(exchange.request) {
+                Ok(Operation::HttpRequest { request, .. }) => describe(&request),
+                Ok(other) => format!("record {} (a {})", exchange.request, other.kind()),
+                Err(why) => return Ok(broken(why)),
+            };
             return Ok(Journaled::Diverged(format!(
-                "the re-run diverged at request {index} of task {task}: the log has {}, the re-run sent {}",
-                describe(&recorded),
+                "the re-run diverged at request {index} of task {task}: the log has {recorded}, the re-run sent {}",
                 describe(request)
             )));
         }
@@ -125,7 +120,12 @@ impl Sequencer {
             secret,
         };
         Ok(match self.submit_system(agent, op, attachments).await? {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                // The agent's next request will wait for this record: its
+                // commit starts now, while the agent reads the answer.
+                self.hurry();
+                Ok(())
+            }
             Err(e) => {
                 // E.g. the task was terminated meanwhile.
                 tracing::info!(agent = %agent.short(), task = %task.short(), index, error = %e, "response not recorded");

@@ -22,7 +22,9 @@ use crate::store::event_store::{Batch, EventStore};
 /// A writer woken for a batch smaller than this lingers first ...
 const LINGER_BELOW: usize = 64;
 /// ... this long, so a steady trickle of operations commits in groups
-/// instead of paying a thread wake-up per operation.
+/// instead of paying a thread wake-up per operation — unless someone waits
+/// for the batch to be durable (an outbound request): then it commits at
+/// once.
 const LINGER: Duration = Duration::from_micros(100);
 
 /// Called by the writer with each durable batch, before the committed
@@ -122,7 +124,11 @@ impl Shared {
         let mut lingered = false;
         loop {
             if !core.pending.is_empty() {
-                if core.pending_records.len() < LINGER_BELOW && !core.closing && !lingered {
+                if core.pending_records.len() < LINGER_BELOW
+                    && !core.closing
+                    && !core.hurry
+                    && !lingered
+                {
                     lingered = true;
                     core.writer = State::Lingering;
                     core = self
@@ -133,6 +139,7 @@ impl Shared {
                     continue;
                 }
                 core.writer = State::Busy;
+                core.hurry = false;
                 core.pending_bytes = 0;
                 let mut batch = std::mem::take(&mut core.pending);
                 let records = std::mem::take(&mut core.pending_records);

@@ -66,7 +66,7 @@ fn bad_agents_are_refused_before_anything_is_created() {
         ),
         (
             "no-such-agent".to_owned(),
-            "no such file, and no bundled agent of that name (bundled: counter, hello, planner, worker)"
+            "no such file, and no bundled agent of that name (bundled: counter, hello, llm-planner, planner, worker)"
                 .to_owned(),
         ),
     ];

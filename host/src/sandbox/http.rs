@@ -17,8 +17,8 @@
 //!    request is sent again, with the same key);
 //! 4. the host injects the secret the agent's token binds to the host (over
 //!    the agent's own header of that name), and an `Idempotency-Key` derived
-//!    from the data dir's id, the task and the index — the same on every
-//!    attempt, so a server that honours it sees one call;
+//!    from the data dir's id, the task, the index and the request's digests
+//!    — the same on every attempt, so a server that honours it sees one call;
 //! 5. the response is read whole (up to [`AgentLimits::http_response_bytes`],
 //!    within [`AgentLimits::http_timeout`]), the secret redacted from it,
 //!    recorded (`HttpResponse`, the body a blob), and handed to the agent.

@@ -194,20 +194,7 @@ fn bench_http(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let (host, agent) = runtime.block_on(host_with_agent(&dir.path().join("data"), &bytes));
     group.bench_function("journaled", |b| {
-        b.iter(|| {
-            runtime.block_on(async {
-                let id = host.schedule(agent, &task).await.unwrap();
-                let info = host
-                    .wait_task(id, Duration::from_secs(120))
-                    .await
-                    .unwrap()
-                    .expect("the task ends");
-                assert!(
-                    matches!(info.state, toka_host::TaskState::Completed { .. }),
-                    "{info:?}"
-                );
-            })
-        });
+        b.iter(|| runtime.block_on(run_task(&host, agent, &task)));
     });
     runtime.block_on(host.shutdown()).unwrap();
 
@@ -220,29 +207,9 @@ fn bench_http(c: &mut Criterion) {
             .await
             .unwrap()
     });
-    let agent = runtime.block_on(async {
-        let component = host.install("test-bench", bytes.clone()).await.unwrap();
-        let mut rights = Right::defaults();
-        rights.push("http 127.0.0.1".parse().unwrap());
-        host.spawn(component, "bench", Grant::Rights(rights))
-            .await
-            .unwrap()
-    });
+    let agent = runtime.block_on(spawn_bench(&host, &bytes));
     group.bench_function("journaled-in-memory", |b| {
-        b.iter(|| {
-            runtime.block_on(async {
-                let id = host.schedule(agent, &task).await.unwrap();
-                let info = host
-                    .wait_task(id, Duration::from_secs(120))
-                    .await
-                    .unwrap()
-                    .expect("the task ends");
-                assert!(
-                    matches!(info.state, toka_host::TaskState::Completed { .. }),
-                    "{info:?}"
-                );
-            })
-        });
+        b.iter(|| runtime.block_on(run_task(&host, agent, &task)));
     });
     runtime.block_on(host.shutdown()).unwrap();
 
@@ -302,18 +269,36 @@ async fn open(data: &std::path::Path, start: bool) -> Host {
     Host::open(Arc::new(store), root, config).await.unwrap()
 }
 
-/// A host on `data` with the test-bench agent, allowed to reach any
-/// loopback port.
+/// A host on `data` with the test-bench agent.
 async fn host_with_agent(data: &std::path::Path, bytes: &[u8]) -> (Host, toka_kernel::AgentId) {
     let host = open(data, true).await;
+    let agent = spawn_bench(&host, bytes).await;
+    (host, agent)
+}
+
+/// Installs the test-bench agent and spawns it, allowed to reach any
+/// loopback port.
+async fn spawn_bench(host: &Host, bytes: &[u8]) -> toka_kernel::AgentId {
     let component = host.install("test-bench", bytes.to_vec()).await.unwrap();
     let mut rights = Right::defaults();
     rights.push("http 127.0.0.1".parse().unwrap());
-    let agent = host
-        .spawn(component, "bench", Grant::Rights(rights))
+    host.spawn(component, "bench", Grant::Rights(rights))
         .await
-        .unwrap();
-    (host, agent)
+        .unwrap()
+}
+
+/// Schedules `task` and waits until it completed.
+async fn run_task(host: &Host, agent: toka_kernel::AgentId, task: &str) {
+    let id = host.schedule(agent, task).await.unwrap();
+    let info = host
+        .wait_task(id, Duration::from_secs(120))
+        .await
+        .unwrap()
+        .expect("the task ends");
+    assert!(
+        matches!(info.state, toka_host::TaskState::Completed { .. }),
+        "{info:?}"
+    );
 }
 
 criterion_group!(benches, bench_http);

@@ -135,15 +135,7 @@ pub(crate) fn completion(content: &str) -> Value {
 
 async fn chat(State(state): State<Arc<LlmState>>, headers: HeaderMap, body: Bytes) -> Response {
     let seen = Seen {
-        headers: headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: pairs(&headers),
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
     };
     let wants_json = seen.wants_json();
@@ -230,15 +222,7 @@ async fn echo(
     headers: HeaderMap,
     body: Bytes,
 ) -> axum::Json<Value> {
-    let pairs: Vec<(String, String)> = headers
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let pairs = pairs(&headers);
     // Also the authorization header base64-encoded, as some debugging
     // endpoints show it.
     let authorization = headers
@@ -264,19 +248,24 @@ async fn redirect(
     State(seen): State<Arc<Mutex<Vec<Seen>>>>,
 ) -> Response {
     seen.lock().unwrap().push(Seen {
-        headers: headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: pairs(&headers),
         body: Value::Null,
     });
     let to = query.get("to").cloned().unwrap_or_default();
     (StatusCode::FOUND, [("location", to)]).into_response()
+}
+
+/// A request's headers as (name, value) text pairs.
+fn pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
 }
 
 /// Serves `app` on an ephemeral loopback port; returns the port.

@@ -55,6 +55,9 @@ use crate::sandbox::{Effects, Injection, Journaled};
 #[derive(Debug, Default)]
 pub(crate) struct TaskLine {
     inner: Mutex<Line>,
+    /// Whether `inner.stop` is set: what the op path reads, without the
+    /// lock.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -86,6 +89,8 @@ impl TaskLine {
         line.generation += 1;
         line.task = Some(task);
         line.stop = None;
+        self.stopping
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// The task ended: its requests still out go no further; why it had
@@ -94,17 +99,25 @@ impl TaskLine {
         let mut line = self.lock();
         line.generation += 1;
         line.task = None;
+        self.stopping
+            .store(false, std::sync::atomic::Ordering::Release);
         line.stop.take()
     }
 
-    /// Why the running task must stop, if it must.
+    /// Why the running task must stop, if it must (one atomic load when it
+    /// need not: this is on every operation's path).
     pub(crate) fn stopped(&self) -> Option<Stop> {
+        if !self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
         self.lock().stop.clone()
     }
 
     /// Records why the task must stop (the first reason wins).
     pub(crate) fn stop(&self, stop: Stop) {
         self.lock().stop.get_or_insert(stop);
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// The current run, if a task runs and must not stop.
@@ -127,6 +140,8 @@ impl TaskLine {
         let mut line = self.lock();
         if line.generation == generation {
             line.stop.get_or_insert(stop);
+            self.stopping
+                .store(true, std::sync::atomic::Ordering::Release);
         }
     }
 }

@@ -5,7 +5,9 @@
 //! chain); `sort N` sorts N pseudo-random numbers and sums them (branchy,
 //! memory-bound guest CPU); `words N` counts N generated words in a map
 //! (text work with allocation, as agents mostly do); `get N URL [THEN]`
-//! sends N `GET`s to URL (then one to THEN); anything else does nothing.
+//! sends N `GET`s to URL (then one to THEN); `spawn N PREFIX` spawns N
+//! `test-bench` children named `PREFIX-i`, each holding only `observe`, and
+//! gives each the task `observe 1`; anything else does nothing.
 
 use toka_guest::{Agent, Context, Task};
 
@@ -105,6 +107,16 @@ impl Agent for Bench {
                     toka_guest::http::get(then).map_err(|e| e.to_string())?;
                 }
                 Ok(bytes.to_string().into_bytes())
+            }
+            "spawn" => {
+                let mut words = arg.split_whitespace();
+                let n = count(words.next().unwrap_or("0"))?;
+                let prefix = words.next().ok_or("spawn N PREFIX")?;
+                for i in 0..n {
+                    let child = ctx.spawn("test-bench", &format!("{prefix}-{i}"), &["observe"])?;
+                    ctx.schedule(child, "observe 1")?;
+                }
+                Ok(n.to_string().into_bytes())
             }
             _ => Ok(Vec::new()),
         }

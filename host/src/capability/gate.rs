@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use biscuit_auth::PublicKey;
 use toka_kernel::{Digest, EntityId, Limits, Timestamp, WorldState};
@@ -31,10 +32,12 @@ pub(crate) trait TokenSource: Send + Sync {
 /// Bytes of keys and reasons the decision cache holds before it is cleared.
 const MAX_CACHED_BYTES: usize = 4 << 20;
 
-/// Verified tokens the gate keeps before it forgets them all (each is
-/// verified again from the store on its next use). Operators can attenuate
-/// tokens offline without limit, so the set must be bounded.
-const MAX_VERIFIED_TOKENS: usize = 65_536;
+/// Verified tokens the gate keeps. A parsed token takes ~8 KiB, so the
+/// tokens of idle agents are not all kept: past this many, the least
+/// recently used is forgotten (and verified again from the store if its
+/// agent acts again). Operators can attenuate tokens offline without
+/// limit, so the set must be bounded anyway.
+const MAX_VERIFIED_TOKENS: usize = 16_384;
 
 /// A token the gate has verified, with what the cache needs about it.
 struct Verified {
@@ -47,6 +50,8 @@ struct Verified {
     /// The last decisions of target-less checks (`observe`, `state`), the
     /// hot path: a few entries, scanned without hashing.
     targetless: Vec<(Targetless, Result<(), Denied>)>,
+    /// Used since the eviction clock last passed it (second chance).
+    used: bool,
 }
 
 /// What a target-less decision depends on besides the token.
@@ -99,15 +104,68 @@ impl std::hash::Hasher for DigestHasher {
     }
 }
 
+/// What the gate has done since it was made, read by
+/// [`Host::metrics`](crate::Host::metrics).
+#[derive(Debug, Default)]
+pub(crate) struct GateCounts {
+    /// Tokens whose signatures were verified (read from the store).
+    pub(crate) verified: AtomicU64,
+    /// Tokens taken into the verified set: made by the host (minted or
+    /// attenuated, never verified again) or verified from the store.
+    pub(crate) admitted: AtomicU64,
+    /// Calls to [`Gate::authorize`].
+    pub(crate) checks: AtomicU64,
+    /// Checks that ran the biscuit authorizer (not answered from a cache).
+    pub(crate) authorized: AtomicU64,
+}
+
+impl GateCounts {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Verifies one stored token away from the gate (see [`Gate::verifier`]).
+pub(crate) struct Verifier {
+    digest: Digest,
+    source: Arc<dyn TokenSource>,
+    root: PublicKey,
+    max_token: usize,
+    counts: Arc<GateCounts>,
+}
+
+impl Verifier {
+    /// Reads the token from the store and verifies it.
+    ///
+    /// # Errors
+    ///
+    /// When it cannot be read, is missing, or does not verify.
+    pub(crate) fn verify(self) -> Result<Token, TokenError> {
+        let bytes = self
+            .source
+            .token_bytes(&self.digest)
+            .map_err(TokenError::Unreadable)?
+            .ok_or_else(|| TokenError::Missing(self.digest.short()))?;
+        let token = Token::parse_stored(&self.digest, &bytes, self.root, self.max_token)?;
+        GateCounts::bump(&self.counts.verified);
+        Ok(token)
+    }
+}
+
 /// The live gate: verified tokens and cached decisions.
 pub(crate) struct Gate {
     root: PublicKey,
     tokens_source: Arc<dyn TokenSource>,
     max_token: usize,
     tokens: HashMap<Digest, Verified, DigestHash>,
+    /// The eviction clock: the kept tokens in the order it visits them.
+    clock: std::collections::VecDeque<Digest>,
+    /// How many verified tokens are kept ([`MAX_VERIFIED_TOKENS`]).
+    max_tokens: usize,
     decisions: HashMap<DecisionKey, Result<(), Denied>>,
     /// Bytes of targets and reasons in `decisions`.
     cached_bytes: usize,
+    counts: Arc<GateCounts>,
 }
 
 impl Gate {
@@ -117,9 +175,17 @@ impl Gate {
             tokens_source: source,
             max_token: limits.max_token as usize,
             tokens: HashMap::default(),
+            clock: std::collections::VecDeque::new(),
+            max_tokens: MAX_VERIFIED_TOKENS,
             decisions: HashMap::new(),
             cached_bytes: 0,
+            counts: Arc::default(),
         }
+    }
+
+    /// The gate's counters, shared.
+    pub(crate) fn counts(&self) -> Arc<GateCounts> {
+        Arc::clone(&self.counts)
     }
 
     pub(crate) fn max_token(&self) -> usize {
@@ -138,19 +204,43 @@ impl Gate {
 
     /// Remembers a token the host just verified or made.
     pub(crate) fn admit(&mut self, token: Token) {
-        if self.tokens.len() >= MAX_VERIFIED_TOKENS && !self.tokens.contains_key(&token.digest()) {
-            self.tokens.clear();
+        GateCounts::bump(&self.counts.admitted);
+        let digest = token.digest();
+        if !self.tokens.contains_key(&digest) {
+            if self.tokens.len() >= self.max_tokens {
+                self.evict_one();
+            }
+            self.clock.push_back(digest);
         }
-        let uses_time = token.block_sources().iter().any(|s| s.contains("time("));
+        let uses_time = token.uses_time();
         self.tokens.insert(
-            token.digest(),
+            digest,
             Verified {
                 token,
                 uses_time,
                 clean_at: None,
                 targetless: Vec::new(),
+                used: false,
             },
         );
+    }
+
+    /// Forgets the least recently used token (the clock algorithm: a
+    /// token used since the clock last passed gets a second chance).
+    fn evict_one(&mut self) {
+        while let Some(digest) = self.clock.pop_front() {
+            match self.tokens.get_mut(&digest) {
+                Some(kept) if kept.used => {
+                    kept.used = false;
+                    self.clock.push_back(digest);
+                }
+                Some(_) => {
+                    self.tokens.remove(&digest);
+                    return;
+                }
+                None => {}
+            }
+        }
     }
 
     /// The token with this digest, verifying it on first use.
@@ -158,20 +248,34 @@ impl Gate {
         self.verified(digest).map(|v| &v.token)
     }
 
+    /// What verifying the stored token `digest` needs, for a caller that
+    /// verifies it without holding the gate (signatures take ~100 µs; the
+    /// gate is behind the sequencer's lock): `None` when the gate holds
+    /// it verified already.
+    pub(crate) fn verifier(&self, digest: &Digest) -> Option<Verifier> {
+        (!self.tokens.contains_key(digest)).then(|| Verifier {
+            digest: *digest,
+            source: Arc::clone(&self.tokens_source),
+            root: self.root,
+            max_token: self.max_token,
+            counts: Arc::clone(&self.counts),
+        })
+    }
+
     fn verified(&mut self, digest: &Digest) -> Result<&mut Verified, TokenError> {
         if !self.tokens.contains_key(digest) {
-            let bytes = self
-                .tokens_source
-                .token_bytes(digest)
-                .map_err(TokenError::Unreadable)?
-                .ok_or_else(|| TokenError::Missing(digest.short()))?;
-            let token = Token::parse_stored(digest, &bytes, self.root, self.max_token)?;
+            let token = self
+                .verifier(digest)
+                .expect("the gate does not hold it")
+                .verify()?;
             self.admit(token);
         }
-        Ok(self
+        let kept = self
             .tokens
             .get_mut(digest)
-            .expect("the token was admitted just above if it was not there"))
+            .expect("the token was admitted just above if it was not there");
+        kept.used = true;
+        Ok(kept)
     }
 
     /// Authorizes `check` for `origin`, which holds the token `token`.
@@ -183,6 +287,7 @@ impl Gate {
         time: Timestamp,
         state: &WorldState,
     ) -> Result<(), Denied> {
+        GateCounts::bump(&self.counts.checks);
         let verified = self
             .verified(&token)
             .map_err(|e| Denied(format!("the agent's token is not usable: {e}")))?;
@@ -200,24 +305,10 @@ impl Gate {
         }
         let second = if verified.uses_time { time.0 / 1000 } else { 0 };
         if check.targets.is_empty() {
-            let key = Targetless {
-                operation: check.operation,
-                origin,
-                second,
-            };
-            if let Some((_, decision)) = verified.targetless.iter().find(|(k, _)| *k == key) {
-                return decision.clone();
+            let (decision, ran) = targetless(verified, origin, check, time, second, state);
+            if ran {
+                GateCounts::bump(&self.counts.authorized);
             }
-            let lineage = crate::capability::policy::lineage(origin, state);
-            let decision = decide(verified.token.biscuit(), origin, check, time, &lineage);
-            // Replace the entry of the same class and origin (an older second).
-            verified
-                .targetless
-                .retain(|(k, _)| (k.operation, k.origin) != (key.operation, key.origin));
-            if verified.targetless.len() >= TARGETLESS_SLOTS {
-                drop(verified.targetless.remove(0));
-            }
-            verified.targetless.push((key, decision.clone()));
             return decision;
         }
         let key = DecisionKey {
@@ -229,6 +320,7 @@ impl Gate {
         if let Some(decision) = self.decisions.get(&key) {
             return decision.clone();
         }
+        GateCounts::bump(&self.counts.authorized);
         let decision = decide(
             self.tokens
                 .get(&token)
@@ -256,6 +348,37 @@ impl Gate {
         self.decisions.insert(key, decision.clone());
         decision
     }
+}
+
+/// A target-less check (`observe`, `state`) from the token's few slots, or
+/// decided and kept there; says whether the authorizer ran.
+fn targetless(
+    verified: &mut Verified,
+    origin: EntityId,
+    check: &Check,
+    time: Timestamp,
+    second: u64,
+    state: &WorldState,
+) -> (Result<(), Denied>, bool) {
+    let key = Targetless {
+        operation: check.operation,
+        origin,
+        second,
+    };
+    if let Some((_, decision)) = verified.targetless.iter().find(|(k, _)| *k == key) {
+        return (decision.clone(), false);
+    }
+    let lineage = crate::capability::policy::lineage(origin, state);
+    let decision = decide(verified.token.biscuit(), origin, check, time, &lineage);
+    // Replace the entry of the same class and origin (an older second).
+    verified
+        .targetless
+        .retain(|(k, _)| (k.operation, k.origin) != (key.operation, key.origin));
+    if verified.targetless.len() >= TARGETLESS_SLOTS {
+        drop(verified.targetless.remove(0));
+    }
+    verified.targetless.push((key, decision.clone()));
+    (decision, true)
 }
 
 #[cfg(test)]
@@ -328,6 +451,36 @@ mod tests {
             assert!(gate.cached_bytes <= MAX_CACHED_BYTES);
         }
         assert!(!gate.decisions.is_empty());
+    }
+
+    #[test]
+    fn the_verified_tokens_are_bounded_and_the_used_ones_stay() {
+        // Regression: at 65 536 tokens the gate forgot them all, and every
+        // agent's next operation verified its token again.
+        let root = RootKey::generate();
+        let observe: Vec<Right> = vec!["observe".parse().unwrap()];
+        let parent = Token::issue(&root, &observe, &[], None).unwrap();
+        let mut gate = Gate::new(root.public(), Arc::new(NoTokens), &Limits::default());
+        gate.max_tokens = 8;
+        let hot = parent.digest();
+        gate.admit(parent.clone());
+        let state = WorldState::default();
+        let check = Check::literal("observe", None);
+        let origin = EntityId::from_u128(9);
+        let mut cold = Vec::new();
+        for _ in 0..40 {
+            let token = parent.attenuate(&observe, &[]).unwrap();
+            cold.push(token.digest());
+            gate.admit(token);
+            assert!(
+                gate.authorize(hot, origin, &check, Timestamp(0), &state)
+                    .is_ok()
+            );
+            assert!(gate.tokens.len() <= 8);
+        }
+        assert!(gate.knows(&hot), "the token in use was kept");
+        assert!(gate.knows(cold.last().unwrap()), "the newest was kept");
+        assert!(!gate.knows(&cold[0]), "the oldest unused was forgotten");
     }
 
     #[test]

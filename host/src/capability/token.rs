@@ -52,6 +52,19 @@ pub struct Token {
     biscuit: Biscuit,
     bytes: Arc<[u8]>,
     digest: Digest,
+    /// What was read from the token once (a token never changes), shared
+    /// by its clones.
+    read: Arc<Read>,
+}
+
+/// Queries of a token kept after their first answer: each runs a Datalog
+/// authorizer over every block, and an agent's instance needs them each
+/// time it starts.
+#[derive(Default)]
+struct Read {
+    budgets: std::sync::OnceLock<Result<Vec<Budget>, TokenError>>,
+    authority_rights: std::sync::OnceLock<Vec<Right>>,
+    uses_time: std::sync::OnceLock<bool>,
 }
 
 /// What a token says, read without checking its signatures.
@@ -230,7 +243,24 @@ impl Token {
         block = block.check(DELEGATION_CHECK).map_err(build)?;
         let biscuit = self.biscuit.append(block).map_err(build)?;
         let bytes = biscuit.to_vec().map_err(build)?;
-        Ok(Self::wrap(biscuit, bytes))
+        let child = Self::wrap(biscuit, bytes);
+        // The child's authority block is this token's, and its new block
+        // holds facts and the delegation check (no time): what was read
+        // from this token carries over, budgets narrowed by `budgets`.
+        if let Some(rights) = self.read.authority_rights.get() {
+            let _ = child.read.authority_rights.set(rights.clone());
+        }
+        if let Some(uses_time) = self.read.uses_time.get() {
+            let _ = child.read.uses_time.set(*uses_time);
+        }
+        if let Some(Ok(held)) = self.read.budgets.get() {
+            let values = held
+                .iter()
+                .chain(budgets)
+                .map(|b| (b.fact_name().to_owned(), b.value()));
+            let _ = child.read.budgets.set(merge_budgets(values));
+        }
+        Ok(child)
     }
 
     /// This token with lower `budgets` and the same rights (a block with
@@ -254,6 +284,7 @@ impl Token {
             digest: Digest::of(&bytes),
             bytes: bytes.into(),
             biscuit,
+            read: Arc::default(),
         }
     }
 
@@ -323,38 +354,41 @@ impl Token {
     /// [`TokenError::Budget`] for a budget this host does not know or a
     /// value that is not a whole number.
     pub fn budgets(&self) -> Result<Vec<Budget>, TokenError> {
-        let facts: Vec<(String, i64)> = self
-            .query_authorizer()
-            .and_then(|mut a| {
-                a.query_all_with_limits(
-                    "data($name, $value) <- budget($name, $value)",
-                    crate::capability::policy::RUN_LIMITS,
-                )
+        self.read
+            .budgets
+            .get_or_init(|| {
+                let facts: Vec<(String, i64)> = self
+                    .query_authorizer()
+                    .and_then(|mut a| {
+                        a.query_all_with_limits(
+                            "data($name, $value) <- budget($name, $value)",
+                            crate::capability::policy::RUN_LIMITS,
+                        )
+                    })
+                    .map_err(|e| TokenError::Budget(describe(&e)))?;
+                let mut values = Vec::with_capacity(facts.len());
+                for (name, value) in facts {
+                    let value = u64::try_from(value).map_err(|_| {
+                        TokenError::Budget(format!("budget `{name}` is negative ({value})"))
+                    })?;
+                    values.push((name, value));
+                }
+                merge_budgets(values)
             })
-            .map_err(|e| TokenError::Budget(describe(&e)))?;
-        let mut budgets: Vec<Budget> = Vec::new();
-        for (name, value) in facts {
-            let value = u64::try_from(value).map_err(|_| {
-                TokenError::Budget(format!("budget `{name}` is negative ({value})"))
-            })?;
-            let budget =
-                Budget::from_fact(&name, value).map_err(|e| TokenError::Budget(e.to_string()))?;
-            match budgets
-                .iter_mut()
-                .find(|b| b.fact_name() == budget.fact_name())
-            {
-                Some(held) => *held = held.with_value(held.value().min(value)),
-                None => budgets.push(budget),
-            }
-        }
-        budgets.sort();
-        Ok(budgets)
+            .clone()
     }
 
     /// The rights the authority block grants (before any delegation block
     /// narrows them), skipping facts that are not rights this host knows.
     #[must_use]
     pub fn authority_rights(&self) -> Vec<Right> {
+        self.read
+            .authority_rights
+            .get_or_init(|| self.read_authority_rights())
+            .clone()
+    }
+
+    fn read_authority_rights(&self) -> Vec<Right> {
         let mut rights = Vec::new();
         let Ok(mut authorizer) = self.query_authorizer() else {
             return rights;
@@ -377,6 +411,15 @@ impl Token {
         rights.sort();
         rights.dedup();
         rights
+    }
+
+    /// Whether any of the token's checks reads `time` (then decisions
+    /// depend on the time they are made at).
+    pub(crate) fn uses_time(&self) -> bool {
+        *self
+            .read
+            .uses_time
+            .get_or_init(|| self.block_sources().iter().any(|s| s.contains("time(")))
     }
 
     /// An authorizer over this token for queries, bounded by facts and
@@ -603,6 +646,27 @@ impl Token {
     pub(crate) fn biscuit(&self) -> &Biscuit {
         &self.biscuit
     }
+}
+
+/// Budgets from `(fact name, value)` pairs: the smallest value of each
+/// fact, sorted.
+fn merge_budgets(
+    values: impl IntoIterator<Item = (String, u64)>,
+) -> Result<Vec<Budget>, TokenError> {
+    let mut budgets: Vec<Budget> = Vec::new();
+    for (name, value) in values {
+        let budget =
+            Budget::from_fact(&name, value).map_err(|e| TokenError::Budget(e.to_string()))?;
+        match budgets
+            .iter_mut()
+            .find(|b| b.fact_name() == budget.fact_name())
+        {
+            Some(held) => *held = held.with_value(held.value().min(value)),
+            None => budgets.push(budget),
+        }
+    }
+    budgets.sort();
+    Ok(budgets)
 }
 
 impl std::fmt::Debug for Token {

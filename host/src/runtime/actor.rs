@@ -19,7 +19,7 @@ use std::time::Duration;
 use std::sync::atomic::Ordering;
 use toka_kernel::{AgentId, Digest, EntityId, Operation, TaskId};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::{Store, UpdateDeadline};
 
 use crate::runtime::guest::{AgentCtx, wit_id};
@@ -77,38 +77,47 @@ impl std::fmt::Display for Failure {
 }
 
 impl HostInner {
-    /// Wakes the agent's actor, starting one if it has none (unless this
-    /// host runs no agents).
+    /// Starts the agent's actor if it has none (unless this host runs no
+    /// agents). An actor looks for work after each task, so one that runs
+    /// already needs no signal.
     pub(crate) fn wake(self: &Arc<Self>, agent: AgentId) {
         if !self.agents_started.load(Ordering::SeqCst) {
             return;
         }
-        let mut actors = self.actors();
-        if let Some(wake) = actors.get(&agent) {
-            wake.notify_one();
-            return;
+        if self.actors().insert(agent) {
+            self.runtime.spawn(run(Arc::clone(self), agent));
         }
-        let wake = Arc::new(Notify::new());
-        actors.insert(agent, Arc::clone(&wake));
-        drop(actors);
-        self.runtime.spawn(run(Arc::clone(self), agent, wake));
-    }
-
-    pub(crate) fn forget_actor(&self, agent: AgentId) {
-        self.actors().remove(&agent);
     }
 }
 
-/// Runs `agent`'s tasks until it is terminated or the host shuts down.
-pub(crate) async fn run(inner: Arc<HostInner>, agent: AgentId, wake: Arc<Notify>) {
+/// Runs `agent`'s tasks while it has work: an actor without work ends (an
+/// idle agent is only its kernel state); the next task scheduled for it
+/// starts a new one.
+///
+/// Scheduling is round-robin across agents with runnable tasks: an actor
+/// holds a place for an instance while it runs a task, and when every
+/// place is taken it gives its place back after each task and queues for
+/// one again (the places are handed out first come, first served), so a
+/// busy agent cannot keep one from the others.
+pub(crate) async fn run(inner: Arc<HostInner>, agent: AgentId) {
     let mut instance: Option<Instance> = None;
     loop {
+        if inner.sequencer.stopped().is_some() {
+            break;
+        }
         match next_step(&inner, agent) {
             Step::Stop => break,
             Step::Wait => {
-                // No work: give the instance (and its place) back.
+                // No work: give the instance (and its place) back, and end
+                // unless work came in while this actor was leaving.
                 instance = None;
-                wake.notified().await;
+                inner.actors().remove(&agent);
+                if matches!(next_step(&inner, agent), Step::Run { .. })
+                    && inner.actors().insert(agent)
+                {
+                    continue;
+                }
+                return;
             }
             Step::Run {
                 task,
@@ -116,13 +125,14 @@ pub(crate) async fn run(inner: Arc<HostInner>, agent: AgentId, wake: Arc<Notify>
                 started,
             } => {
                 run_task(&inner, agent, task, description, started, &mut instance).await;
+                if instance.is_some() && inner.instances.available_permits() == 0 {
+                    instance = None;
+                    tokio::task::yield_now().await;
+                }
             }
         }
-        if inner.sequencer.stopped().is_some() {
-            break;
-        }
     }
-    inner.forget_actor(agent);
+    inner.actors().remove(&agent);
 }
 
 fn next_step(inner: &HostInner, agent: AgentId) -> Step {

@@ -28,6 +28,7 @@ pub struct HostConfig {
     pub(crate) rules: Option<Rules>,
     pub(crate) start_agents: bool,
     pub(crate) max_instances: usize,
+    pub(crate) pooling: bool,
     pub(crate) protected_paths: Vec<PathBuf>,
     pub(crate) secrets: Arc<SecretStore>,
     #[cfg(feature = "bench")]
@@ -44,6 +45,7 @@ impl Default for HostConfig {
             rules: None,
             start_agents: true,
             max_instances: 512,
+            pooling: true,
             protected_paths: Vec::new(),
             secrets: Arc::new(SecretStore::in_memory()),
             #[cfg(feature = "bench")]
@@ -111,6 +113,18 @@ impl HostConfig {
         self
     }
 
+    /// Whether instances come from wasmtime's pooling allocator: slots
+    /// for [`max_instances`](Self::max_instances) instances (memories,
+    /// tables, stacks) reserved when the host opens and reused, instead of
+    /// mapped and unmapped for each instance. Each linear memory slot
+    /// reserves 4 GiB of address space plus guard pages (wasmtime's default
+    /// on 64-bit hosts, so guests run without bounds checks); only the
+    /// pages an agent touches use memory. Default on.
+    pub fn pooling(&mut self, pooling: bool) -> &mut Self {
+        self.pooling = pooling;
+        self
+    }
+
     /// Paths no `fs.*` right may cover or reach into: the data dir, the
     /// root key, files of secrets. Checked when a token is minted or
     /// presented, and again when a directory is opened for an agent
@@ -140,6 +154,7 @@ impl std::fmt::Debug for HostConfig {
             .field("rules", &self.rules)
             .field("start_agents", &self.start_agents)
             .field("max_instances", &self.max_instances)
+            .field("pooling", &self.pooling)
             .field("protected_paths", &self.protected_paths)
             .finish_non_exhaustive()
     }

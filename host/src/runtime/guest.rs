@@ -388,6 +388,7 @@ fn into_request(origin: AgentId, op: wit::Operation) -> Request {
                 name: s.name,
                 rights: s.rights,
                 budgets: s.budgets,
+                child: None,
             });
         }
         wit::Operation::TerminateAgent(agent) => Operation::TerminateAgent {

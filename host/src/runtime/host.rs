@@ -83,8 +83,15 @@ impl Host {
         }
         let (kernel, last_snapshot) = recover(store.as_ref())?;
         let kernel_rules = kernel.state().rules().cloned();
+        let pool = config.pooling.then(|| crate::sandbox::components::Pool {
+            instances: u32::try_from(config.max_instances).unwrap_or(u32::MAX),
+            memory_bytes: config.agent_limits.memory_bytes,
+            table_elements: config.agent_limits.table_elements,
+            per_component: u32::try_from(config.agent_limits.instances).unwrap_or(u32::MAX),
+        });
         let components = Components::new(
             config.agent_limits.fuel_per_task.is_some(),
+            pool,
             crate::runtime::guest::add_imports,
         )
         .map_err(|e| HostError::Wasmtime(format!("{e:#}")))?;
@@ -454,6 +461,14 @@ impl Host {
         &self.inner.outbound.secrets
     }
 
+    /// Agents with an actor now: running a task or about to. An agent
+    /// without work has none (and holds no instance), so this is 0 when
+    /// the host is idle.
+    #[must_use]
+    pub fn running_actors(&self) -> usize {
+        self.inner.actors().len()
+    }
+
     /// The host's counters since it opened: commits and committed events.
     #[must_use]
     pub fn metrics(&self) -> HostMetrics {
@@ -502,12 +517,15 @@ impl Host {
                 return Err(stopped.into());
             }
             let done = *published.borrow_and_update();
-            let idle = self.inner.sequencer.read(|k| {
-                k.head().seq == done
-                    && k.state()
-                        .agents()
-                        .all(|(_, a)| a.running.is_none() && (a.queue.is_empty() || !a.is_active()))
-            });
+            // An agent with work has an actor: while one runs, the host is
+            // not idle, and the agents need not be looked through.
+            let idle = self.inner.actors().is_empty()
+                && self.inner.sequencer.read(|k| {
+                    k.head().seq == done
+                        && k.state().agents().all(|(_, a)| {
+                            a.running.is_none() && (a.queue.is_empty() || !a.is_active())
+                        })
+                });
             if idle {
                 return Ok(());
             }
@@ -717,9 +735,6 @@ impl Host {
 
     fn stop(&mut self) {
         self.inner.sequencer.close();
-        for wake in self.inner.actors().values() {
-            wake.notify_one();
-        }
         if let Some((ticker, stop)) = self.ticker.take() {
             stop.store(true, Ordering::Relaxed);
             let _ = ticker.join();

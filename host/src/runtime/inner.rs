@@ -2,12 +2,12 @@
 //! the bus, the actors; and routing each committed batch to the agents it
 //! gives work.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use toka_kernel::{AgentId, Digest, Event};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::log::committed::Committed;
 use crate::runtime::bus::Bus;
@@ -43,12 +43,13 @@ pub(crate) struct HostInner {
     pub(crate) entropy: [u8; 32],
     pub(crate) store: Arc<dyn EventStore>,
     pub(crate) bus: Arc<Bus>,
-    pub(crate) actors: Mutex<BTreeMap<AgentId, Arc<Notify>>>,
+    /// Agents whose actor is running (it ends when the agent has no work).
+    pub(crate) actors: Mutex<BTreeSet<AgentId>>,
     pub(crate) runtime: tokio::runtime::Handle,
 }
 
 impl HostInner {
-    pub(crate) fn actors(&self) -> MutexGuard<'_, BTreeMap<AgentId, Arc<Notify>>> {
+    pub(crate) fn actors(&self) -> MutexGuard<'_, BTreeSet<AgentId>> {
         self.actors.lock().unwrap_or_else(|e| e.into_inner())
     }
 

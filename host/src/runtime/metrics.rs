@@ -2,9 +2,11 @@
 //! committed events by kind. Read with [`Host::metrics`](crate::Host::metrics);
 //! the counts start at zero when the host opens.
 
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::capability::gate::GateCounts;
 use crate::log::committed::CommittedRecord;
 
 /// Upper bounds of the batch-size buckets, in records.
@@ -69,6 +71,16 @@ pub struct HostMetrics {
     /// Committed events by kind (`task_completed`, `capability_denied`,
     /// ...), only kinds seen so far.
     pub events: Vec<(&'static str, u64)>,
+    /// Tokens whose signatures the gate verified (read from the store:
+    /// tokens the host makes are kept verified from their making).
+    pub tokens_verified: u64,
+    /// Tokens the gate took into its verified set (made here or verified).
+    pub tokens_admitted: u64,
+    /// Capability checks (one per operation, more for a spawn's rights).
+    pub checks: u64,
+    /// Checks that ran the biscuit authorizer; the others were answered
+    /// from the gate's caches.
+    pub authorizations: u64,
 }
 
 impl HostMetrics {
@@ -82,24 +94,33 @@ impl HostMetrics {
     }
 }
 
-/// The live counters, updated by the log writer once per batch.
+/// The live counters: commits, updated by the log writer once per batch,
+/// and the gate's.
 #[derive(Debug)]
-pub(crate) struct Metrics(Mutex<HostMetrics>);
+pub(crate) struct Metrics {
+    commits: Mutex<HostMetrics>,
+    gate: Arc<GateCounts>,
+}
 
 impl Metrics {
-    pub(crate) fn new() -> Self {
-        Self(Mutex::new(HostMetrics {
+    pub(crate) fn new(gate: Arc<GateCounts>) -> Self {
+        let commits = Mutex::new(HostMetrics {
             records: 0,
             batches: 0,
             batch_records: Histogram::new(&BATCH_BOUNDS),
             commit_seconds: Histogram::new(&LATENCY_BOUNDS),
             events: Vec::new(),
-        }))
+            tokens_verified: 0,
+            tokens_admitted: 0,
+            checks: 0,
+            authorizations: 0,
+        });
+        Self { commits, gate }
     }
 
     /// Counts a committed batch.
     pub(crate) fn committed(&self, records: &[CommittedRecord], took: Duration) {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self.commits.lock().unwrap_or_else(|e| e.into_inner());
         m.records += records.len() as u64;
         m.batches += 1;
         m.batch_records.observe(records.len() as f64);
@@ -114,7 +135,17 @@ impl Metrics {
     }
 
     pub(crate) fn get(&self) -> HostMetrics {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut m = self
+            .commits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let read = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        m.tokens_verified = read(&self.gate.verified);
+        m.tokens_admitted = read(&self.gate.admitted);
+        m.checks = read(&self.gate.checks);
+        m.authorizations = read(&self.gate.authorized);
+        m
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use toka_kernel::Digest;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::sandbox::bindings::AgentPre;
 
@@ -63,6 +63,52 @@ pub enum ComponentError {
     Mismatch(String),
 }
 
+/// Slots of wasmtime's pooling allocator, sized for the host's cap on live
+/// instances: memories, tables, stacks and instance data are allocated
+/// once and reused, so starting and ending an instance maps and unmaps
+/// nothing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pool {
+    /// Component instances alive at once (the host's cap).
+    pub(crate) instances: u32,
+    /// The largest linear memory an agent may have.
+    pub(crate) memory_bytes: u64,
+    /// The most elements a table may have.
+    pub(crate) table_elements: usize,
+    /// Core instances one component may make.
+    pub(crate) per_component: u32,
+}
+
+/// Linear memories one agent's component may have (a Rust component has
+/// one). Each slot reserves address space: see [`Pool::config`].
+const MEMORIES_PER_COMPONENT: u32 = 2;
+/// Tables one agent's component may have (its module's and the shims'
+/// for indirect calls).
+const TABLES_PER_COMPONENT: u32 = 4;
+
+impl Pool {
+    fn config(&self) -> PoolingAllocationConfig {
+        let mut pool = PoolingAllocationConfig::new();
+        let times = |n: u32| self.instances.saturating_mul(n);
+        pool.total_component_instances(self.instances)
+            .total_stacks(self.instances)
+            .total_core_instances(times(self.per_component))
+            .total_memories(times(MEMORIES_PER_COMPONENT))
+            .total_tables(times(TABLES_PER_COMPONENT))
+            .max_core_instances_per_component(self.per_component)
+            .max_memories_per_component(MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(TABLES_PER_COMPONENT)
+            .max_memory_size(usize::try_from(self.memory_bytes).unwrap_or(usize::MAX))
+            .table_elements(self.table_elements)
+            // Pages an instance touched stay mapped for the next one (reset
+            // to zero, not returned to the kernel): most agents are small.
+            .linear_memory_keep_resident(64 << 10)
+            .table_keep_resident(16 << 10)
+            .async_stack_keep_resident(64 << 10);
+        pool
+    }
+}
+
 /// The wasmtime engine, the linker with the host's imports, and the compiled
 /// components by digest; `T` is the data of an agent's store.
 pub(crate) struct Components<T: 'static> {
@@ -82,14 +128,19 @@ impl<T: 'static> Clone for Components<T> {
 }
 
 impl<T: 'static> Components<T> {
-    /// An engine with epoch interruption (deadlines, fair yielding) and, if
-    /// `fuel`, fuel metering; `imports` adds what the host provides to the
-    /// linker (WASI, outgoing HTTP, the `toka:agent` kernel).
+    /// An engine with epoch interruption (deadlines, fair yielding), if
+    /// `fuel`, fuel metering, and with `pool`, the pooling allocator;
+    /// `imports` adds what the host provides to the linker (WASI, outgoing
+    /// HTTP, the `toka:agent` kernel).
     pub(crate) fn new(
         fuel: bool,
+        pool: Option<Pool>,
         imports: impl FnOnce(&mut Linker<T>) -> wasmtime::Result<()>,
     ) -> wasmtime::Result<Self> {
         let mut config = Config::new();
+        if let Some(pool) = pool {
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool.config()));
+        }
         config.wasm_component_model(true);
         // Guests yield to the scheduler at epoch ticks, so a busy agent does
         // not hold a worker thread, and a task past its deadline is stopped.

@@ -564,6 +564,10 @@ async fn every_endpoint_answers_as_its_openapi_document_says() {
         "toka_denials_total",
         "toka_quarantines_total",
         "toka_quota_hits_total",
+        "toka_tokens_verified_total",
+        "toka_capability_checks_total",
+        "toka_authorizations_total",
+        "toka_running_actors",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }

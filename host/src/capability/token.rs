@@ -785,6 +785,12 @@ mod tests {
                 Budget::DeadlineMs(500)
             ]
         );
+        // What the child carried over from its parent is what its own
+        // bytes say.
+        let read = Token::parse(child.bytes(), root.public(), 1 << 20).unwrap();
+        assert_eq!(read.budgets(), child.budgets());
+        assert_eq!(read.authority_rights(), child.authority_rights());
+        assert_eq!(read.uses_time(), child.uses_time());
         // A budget-only block keeps the rights and lowers the budget.
         let limited = token.limit(&[Budget::Memory(1 << 20)]).unwrap();
         assert_eq!(limited.budgets().unwrap()[0], Budget::Memory(1 << 20));

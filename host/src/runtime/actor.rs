@@ -84,7 +84,7 @@ impl HostInner {
         if !self.agents_started.load(Ordering::SeqCst) {
             return;
         }
-        if self.actors().insert(agent) {
+        if self.actors.start(agent) {
             self.runtime.spawn(run(Arc::clone(self), agent));
         }
     }
@@ -111,9 +111,8 @@ pub(crate) async fn run(inner: Arc<HostInner>, agent: AgentId) {
                 // No work: give the instance (and its place) back, and end
                 // unless work came in while this actor was leaving.
                 instance = None;
-                inner.actors().remove(&agent);
-                if matches!(next_step(&inner, agent), Step::Run { .. })
-                    && inner.actors().insert(agent)
+                inner.actors.end(agent);
+                if matches!(next_step(&inner, agent), Step::Run { .. }) && inner.actors.start(agent)
                 {
                     continue;
                 }
@@ -132,7 +131,7 @@ pub(crate) async fn run(inner: Arc<HostInner>, agent: AgentId) {
             }
         }
     }
-    inner.actors().remove(&agent);
+    inner.actors.end(agent);
 }
 
 fn next_step(inner: &HostInner, agent: AgentId) -> Step {

@@ -1,7 +1,7 @@
 //! The host: opens the log, runs agents, and is the library's entry point.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use toka_kernel::{
@@ -137,7 +137,7 @@ impl Host {
             entropy: root.derive_secret("toka 2026-11 guest task randomness"),
             store: Arc::clone(&store),
             bus,
-            actors: Mutex::default(),
+            actors: crate::runtime::roster::Roster::default(),
             runtime: tokio::runtime::Handle::current(),
         });
 
@@ -466,7 +466,7 @@ impl Host {
     /// the host is idle.
     #[must_use]
     pub fn running_actors(&self) -> usize {
-        self.inner.actors().len()
+        self.inner.actors.len()
     }
 
     /// The host's counters since it opened: commits and committed events.
@@ -516,10 +516,15 @@ impl Host {
             if let Some(stopped) = self.inner.sequencer.stopped() {
                 return Err(stopped.into());
             }
+            // Listen before looking: an actor that ends after the look (with
+            // nothing more to publish) still wakes this loop.
+            let ended = self.inner.actors.ended();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
             let done = *published.borrow_and_update();
             // An agent with work has an actor: while one runs, the host is
             // not idle, and the agents need not be looked through.
-            let idle = self.inner.actors().is_empty()
+            let idle = self.inner.actors.is_empty()
                 && self.inner.sequencer.read(|k| {
                     k.head().seq == done
                         && k.state().agents().all(|(_, a)| {
@@ -529,10 +534,15 @@ impl Host {
             if idle {
                 return Ok(());
             }
-            if published.changed().await.is_err() {
-                return Err(HostError::Stopped(crate::runtime::sequencer::Stopped(
-                    "the log writer is gone".into(),
-                )));
+            tokio::select! {
+                changed = published.changed() => {
+                    if changed.is_err() {
+                        return Err(HostError::Stopped(crate::runtime::sequencer::Stopped(
+                            "the log writer is gone".into(),
+                        )));
+                    }
+                }
+                () = &mut ended => {}
             }
         }
     }

@@ -2,11 +2,10 @@
 //! the bus, the actors; and routing each committed batch to the agents it
 //! gives work.
 
-use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard};
 
-use toka_kernel::{AgentId, Digest, Event};
+use toka_kernel::{Digest, Event};
 use tokio::sync::Semaphore;
 
 use crate::log::committed::Committed;
@@ -44,15 +43,11 @@ pub(crate) struct HostInner {
     pub(crate) store: Arc<dyn EventStore>,
     pub(crate) bus: Arc<Bus>,
     /// Agents whose actor is running (it ends when the agent has no work).
-    pub(crate) actors: Mutex<BTreeSet<AgentId>>,
+    pub(crate) actors: crate::runtime::roster::Roster,
     pub(crate) runtime: tokio::runtime::Handle,
 }
 
 impl HostInner {
-    pub(crate) fn actors(&self) -> MutexGuard<'_, BTreeSet<AgentId>> {
-        self.actors.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Publishes a durable batch and hands scheduled tasks to their agents.
     pub(crate) fn route(self: &Arc<Self>, batch: Arc<Committed>) {
         for record in &batch.records {

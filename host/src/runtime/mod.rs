@@ -9,8 +9,8 @@
 //! - `bus`: where committed batches are *published*;
 //! - `outbound`: what the sandbox asks of the runtime (authorizing effects,
 //!   journaling outbound requests, the secrets to inject);
-//! - `inner`, `actor`: routing published work to agents, and running each
-//!   agent's tasks one at a time;
+//! - `inner`, `actor`, `roster`: routing published work to agents, running
+//!   each agent's tasks one at a time, and which agents have an actor now;
 //! - `host`, `config`, `clock`, `ticker`, `error`: the entry point, its
 //!   configuration, logical time, the epoch ticker, the umbrella error.
 
@@ -26,6 +26,7 @@ pub(crate) mod inner;
 pub(crate) mod installing;
 pub(crate) mod metrics;
 pub(crate) mod outbound;
+pub(crate) mod roster;
 pub(crate) mod sequencer;
 pub(crate) mod tasks;
 pub(crate) mod ticker;

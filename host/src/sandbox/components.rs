@@ -132,21 +132,38 @@ impl<T: 'static> Components<T> {
     /// `fuel`, fuel metering, and with `pool`, the pooling allocator;
     /// `imports` adds what the host provides to the linker (WASI, outgoing
     /// HTTP, the `toka:agent` kernel).
+    ///
+    /// When the pool's address space cannot be reserved (e.g. under
+    /// `ulimit -v`), the engine allocates on demand instead, with a warning:
+    /// the host still runs, each instance mapping its own memory.
     pub(crate) fn new(
         fuel: bool,
         pool: Option<Pool>,
         imports: impl FnOnce(&mut Linker<T>) -> wasmtime::Result<()>,
     ) -> wasmtime::Result<Self> {
-        let mut config = Config::new();
-        if let Some(pool) = pool {
-            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool.config()));
-        }
-        config.wasm_component_model(true);
-        // Guests yield to the scheduler at epoch ticks, so a busy agent does
-        // not hold a worker thread, and a task past its deadline is stopped.
-        config.epoch_interruption(true);
-        config.consume_fuel(fuel);
-        let engine = Engine::new(&config)?;
+        let config = |pool: Option<Pool>| {
+            let mut config = Config::new();
+            if let Some(pool) = pool {
+                config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool.config()));
+            }
+            config.wasm_component_model(true);
+            // Guests yield to the scheduler at epoch ticks, so a busy agent
+            // does not hold a worker thread, and a task past its deadline is
+            // stopped.
+            config.epoch_interruption(true);
+            config.consume_fuel(fuel);
+            config
+        };
+        let engine = match Engine::new(&config(pool)) {
+            Err(error) if pool.is_some() => {
+                tracing::warn!(
+                    %error,
+                    "the pooling allocator could not reserve its address space; allocating each instance on demand"
+                );
+                Engine::new(&config(None))?
+            }
+            engine => engine?,
+        };
         let mut linker = Linker::new(&engine);
         imports(&mut linker)?;
         Ok(Self {

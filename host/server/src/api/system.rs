@@ -172,6 +172,31 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _who: Reader) -> impl I
     ] {
         metric(name, "counter", help, &[("", m.events_of(kind) as f64)]);
     }
+    for (name, value, help) in [
+        (
+            "tokens_verified_total",
+            m.tokens_verified,
+            "Tokens whose signatures were verified (tokens the host makes are kept verified).",
+        ),
+        (
+            "capability_checks_total",
+            m.checks,
+            "Capability checks of operations and effects.",
+        ),
+        (
+            "authorizations_total",
+            m.authorizations,
+            "Capability checks that ran the authorizer (the others were cached).",
+        ),
+    ] {
+        metric(name, "counter", help, &[("", value as f64)]);
+    }
+    metric(
+        "running_actors",
+        "gauge",
+        "Agents running or about to run a task (an idle agent has no actor).",
+        &[("", app.host.running_actors() as f64)],
+    );
     let samples: Vec<(String, f64)> = m
         .events
         .iter()

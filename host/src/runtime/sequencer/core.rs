@@ -177,6 +177,32 @@ pub(crate) struct Spawn {
     pub(crate) child: Option<Box<(Digest, Token)>>,
 }
 
+impl Spawn {
+    /// The child's token: `parent` restricted to exactly the rights and
+    /// budgets this spawn names.
+    ///
+    /// # Errors
+    ///
+    /// When a right or budget does not parse or biscuit refuses the block.
+    fn child_token(&self, parent: &Token) -> Result<Token, String> {
+        use crate::capability::budget::{Budget, BudgetError};
+        use crate::capability::rights::{Right, RightError};
+        let rights: Vec<Right> = self
+            .rights
+            .iter()
+            .map(|r| r.parse().map_err(|e: RightError| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let budgets: Vec<Budget> = self
+            .budgets
+            .iter()
+            .map(|b| b.parse().map_err(|e: BudgetError| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        parent
+            .attenuate(&rights, &budgets)
+            .map_err(|e| e.to_string())
+    }
+}
+
 impl std::fmt::Debug for Spawn {
     /// What the agent asked for (the token made for it is not part of it).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -579,8 +605,6 @@ impl Sequencer {
         core.authorize_operator(token, level, time)
     }
 
-    /// Locks the core once the pending batch is below its bounds (waiting
-    /// for the writer otherwise).
     /// `spawn` with the child's token made (signing takes ~50 µs) outside
     /// the lock; unchanged if the parent's token cannot be had or the
     /// spawn does not parse (applying it reports why).
@@ -592,7 +616,8 @@ impl Sequencer {
             core.gate.token(&digest).ok().map(|t| (digest, t.clone()))
         });
         if let Some((digest, parent)) = parent {
-            spawn.child = super::spawn::child_token(&parent, &spawn)
+            spawn.child = spawn
+                .child_token(&parent)
                 .ok()
                 .map(|child| Box::new((digest, child)));
         }
@@ -623,6 +648,8 @@ impl Sequencer {
         self.lock_with_room().await
     }
 
+    /// Locks the core once the pending batch is below its bounds (waiting
+    /// for the writer otherwise).
     pub(super) async fn lock_with_room(&self) -> Result<MutexGuard<'_, Core>, Stopped> {
         loop {
             {

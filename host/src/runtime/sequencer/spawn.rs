@@ -23,28 +23,6 @@ pub(super) struct Prepared {
     pub(super) budgets: Budgets,
 }
 
-/// The child's token for `spawn`: `parent` restricted to exactly the
-/// rights and budgets it names.
-///
-/// # Errors
-///
-/// When a right or budget does not parse or biscuit refuses the block.
-pub(super) fn child_token(parent: &Token, spawn: &Spawn) -> Result<Token, String> {
-    let rights: Vec<Right> = spawn
-        .rights
-        .iter()
-        .map(|r| r.parse().map_err(|e: RightError| e.to_string()))
-        .collect::<Result<_, _>>()?;
-    let budgets: Vec<Budget> = spawn
-        .budgets
-        .iter()
-        .map(|b| b.parse().map_err(|e: BudgetError| e.to_string()))
-        .collect::<Result<_, _>>()?;
-    parent
-        .attenuate(&rights, &budgets)
-        .map_err(|e| e.to_string())
-}
-
 impl Core {
     /// Authorizes a spawn and the delegation of each right, and makes the
     /// child's token: the parent's restricted to exactly those rights.

@@ -1,6 +1,7 @@
 //! Many agents on one host: busy agents take turns for the places for
 //! instances (round-robin, no starvation by a CPU-heavy or an op-heavy
-//! neighbour), and thousands of agents spawned by one agent all run.
+//! neighbour), thousands of agents spawned by one agent all run, and a
+//! few idle agents' instances are kept warm.
 //!
 //! The full-size runs are benchmarks: `cargo bench -p toka-host --bench
 //! scale` (100 000 agents).
@@ -208,8 +209,10 @@ async fn thousands_of_children_all_run_and_idle_ones_hold_no_instance() {
     // signature was checked again; every operation was still authorized.
     assert_eq!(after.tokens_verified - before.tokens_verified, 0);
     assert!(after.checks - before.checks >= 3 * n);
-    // Idle now: no agent holds an actor (or an instance).
+    // Idle now: no agent holds an actor, and only the most recently
+    // active ones an instance (kept warm, within its cap).
     assert_eq!(arena.host.running_actors(), 0);
+    assert!(arena.host.warm_instances() <= 64);
     let events = arena
         .finish()
         .await
@@ -221,4 +224,50 @@ async fn thousands_of_children_all_run_and_idle_ones_hold_no_instance() {
             .iter()
             .any(|e| matches!(e, Event::AgentFaulted { .. } | Event::HostCondition { .. }))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_instances_are_reused_give_way_to_work_and_the_oldest_goes() {
+    // One place, two warm instances; `tasks` answers how many tasks the
+    // instance it ran in has run (1: a new instance).
+    let mut config = HostConfig::new();
+    config.max_instances(1).warm_instances(2);
+    let (_tmp, data) = temp_data();
+    let host = open_host_with(&data, config).await;
+    let component = host
+        .install("test-bench", agent_bytes("test-bench"))
+        .await
+        .unwrap();
+    let mut agents = Vec::new();
+    for name in ["a", "b", "c"] {
+        agents.push(
+            host.spawn(component, name, grant(&["observe"]))
+                .await
+                .unwrap(),
+        );
+    }
+    let [a, b, c] = agents[..] else {
+        unreachable!()
+    };
+    let tasks = |agent| outcome(&host, agent, "tasks");
+    assert_eq!(tasks(a).await, Ok("1".into()));
+    assert_eq!(host.warm_instances(), 1);
+    // Idle between tasks, yet the same instance: it was kept warm.
+    assert_eq!(tasks(a).await, Ok("2".into()));
+    // A warm instance holds no place: with the one place, another agent
+    // runs beside it.
+    assert_eq!(tasks(b).await, Ok("1".into()));
+    assert_eq!(host.warm_instances(), 2);
+    // A third keeps its instance; the least recently kept (a's) goes.
+    assert_eq!(tasks(c).await, Ok("1".into()));
+    assert_eq!(host.warm_instances(), 2);
+    assert_eq!(tasks(b).await, Ok("2".into()));
+    assert_eq!(tasks(a).await, Ok("1".into()));
+    assert_eq!(host.running_actors(), 0);
+    // A warm instance never outlives its agent.
+    host.terminate(b, "done").await.unwrap();
+    host.run_until_idle().await.unwrap();
+    assert_eq!(host.warm_instances(), 1, "a's is kept, b's is gone");
+    host.shutdown().await.unwrap();
+    assert!(toka(&data, &["verify"]).ok().starts_with("ok "));
 }

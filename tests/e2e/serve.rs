@@ -568,6 +568,7 @@ async fn every_endpoint_answers_as_its_openapi_document_says() {
         "toka_capability_checks_total",
         "toka_authorizations_total",
         "toka_running_actors",
+        "toka_warm_instances",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }

@@ -1,18 +1,23 @@
 //! `test-bench`: a workload for the host's benchmarks.
 //!
-//! `observe N` submits N observations of 32 bytes; `compute N` runs N rounds
-//! of an integer hash (pure guest CPU, no host calls: one long dependency
-//! chain); `sort N` sorts N pseudo-random numbers and sums them (branchy,
-//! memory-bound guest CPU); `words N` counts N generated words in a map
-//! (text work with allocation, as agents mostly do); `get N URL [THEN]`
-//! sends N `GET`s to URL (then one to THEN); `spawn N PREFIX` spawns N
-//! `test-bench` children named `PREFIX-i`, each holding only `observe`, and
-//! gives each the task `observe 1`; anything else does nothing.
+//! `observe N [BYTES]` submits N observations of BYTES bytes (32);
+//! `compute N` runs N rounds of an integer hash (pure guest CPU, no host
+//! calls: one long dependency chain); `sort N` sorts N pseudo-random
+//! numbers and sums them (branchy, memory-bound guest CPU); `words N`
+//! counts N generated words in a map (text work with allocation, as agents
+//! mostly do); `get N URL [THEN]` sends N `GET`s to URL (then one to THEN);
+//! `spawn N PREFIX` spawns N `test-bench` children named `PREFIX-i`, each
+//! holding only `observe`, and gives each the task `observe 1`; `tasks`
+//! answers how many tasks this instance has run, itself included (1: a new
+//! instance); anything else does nothing.
 
 use toka_guest::{Agent, Context, Task};
 
 #[derive(Default)]
-struct Bench;
+struct Bench {
+    /// Tasks this instance has run.
+    tasks: u64,
+}
 
 fn count(arg: &str) -> Result<u64, String> {
     arg.trim()
@@ -22,15 +27,19 @@ fn count(arg: &str) -> Result<u64, String> {
 
 impl Agent for Bench {
     fn handle_task(&mut self, ctx: &mut Context, task: Task) -> Result<Vec<u8>, String> {
+        self.tasks += 1;
         let (verb, arg) = task
             .description
             .split_once(' ')
             .unwrap_or((&task.description, "0"));
         match verb {
             "observe" => {
-                let payload = [7u8; 32];
-                for _ in 0..count(arg)? {
-                    ctx.observe(payload)?;
+                let mut words = arg.split_whitespace();
+                let n = count(words.next().unwrap_or("0"))?;
+                let bytes = words.next().map(count).transpose()?.unwrap_or(32);
+                let payload = vec![7u8; usize::try_from(bytes).map_err(|e| e.to_string())?];
+                for _ in 0..n {
+                    ctx.observe(&payload)?;
                 }
                 Ok(Vec::new())
             }
@@ -118,6 +127,7 @@ impl Agent for Bench {
                 }
                 Ok(n.to_string().into_bytes())
             }
+            "tasks" => Ok(self.tasks.to_string().into_bytes()),
             _ => Ok(Vec::new()),
         }
     }

@@ -24,8 +24,9 @@ use wasmtime::{Store, UpdateDeadline};
 
 use crate::runtime::guest::{AgentCtx, wit_id};
 use crate::runtime::inner::HostInner;
+use crate::runtime::instance::Instance;
 use crate::runtime::sequencer::Attachments;
-use crate::sandbox::bindings::{Agent, wit};
+use crate::sandbox::bindings::wit;
 use crate::sandbox::dirs::Sandbox;
 use crate::sandbox::limiter::{Exceeded, describe_failure, summary};
 
@@ -48,15 +49,6 @@ enum Step {
     Wait,
     /// The agent is gone or terminated.
     Stop,
-}
-
-/// A live instance of the agent's component, holding one of the host's
-/// places for instances.
-pub(crate) struct Instance {
-    store: Store<AgentCtx>,
-    agent: Agent,
-    sandbox: Sandbox,
-    _place: OwnedSemaphorePermit,
 }
 
 /// Why an instance could not be made or a task could not run.
@@ -108,9 +100,12 @@ pub(crate) async fn run(inner: Arc<HostInner>, agent: AgentId) {
         match next_step(&inner, agent) {
             Step::Stop => break,
             Step::Wait => {
-                // No work: give the instance (and its place) back, and end
-                // unless work came in while this actor was leaving.
-                instance = None;
+                // No work: keep the instance warm (or give it and its place
+                // back), and end unless work came in while this actor was
+                // leaving.
+                if let Some(instance) = instance.take() {
+                    inner.warm.keep(agent, instance);
+                }
                 inner.actors.end(agent);
                 if matches!(next_step(&inner, agent), Step::Run { .. }) && inner.actors.start(agent)
                 {
@@ -124,13 +119,20 @@ pub(crate) async fn run(inner: Arc<HostInner>, agent: AgentId) {
                 started,
             } => {
                 run_task(&inner, agent, task, description, started, &mut instance).await;
-                if instance.is_some() && inner.instances.available_permits() == 0 {
-                    instance = None;
+                // Every place is taken: give this one back and queue for
+                // one again (the instance is kept warm meanwhile, if it
+                // stays among the most recently kept).
+                if inner.instances.available_permits() == 0 {
+                    if let Some(instance) = instance.take() {
+                        inner.warm.keep(agent, instance);
+                    }
                     tokio::task::yield_now().await;
                 }
             }
         }
     }
+    // Gone, terminated or quarantined: nothing to keep warm.
+    drop(inner.warm.take(agent));
     inner.actors.end(agent);
 }
 
@@ -228,32 +230,22 @@ async fn attempt_task(
     started: bool,
     instance: &mut Option<Instance>,
 ) -> Outcome {
-    // A revoked or expired token closes the directories it opened: start a
-    // new instance without them.
-    if instance
-        .as_ref()
-        .is_some_and(|i| !i.sandbox.still_holds(inner.outbound.as_ref(), agent))
-    {
-        *instance = None;
-    }
-    if instance.is_none() {
-        match instantiate(inner, agent).await {
-            Ok(i) => *instance = Some(i),
-            Err(Failure::Host(reason)) => return Outcome::Host(reason),
-            Err(Failure::Agent(reason)) => {
-                let reason = inner.clip_reason(&format!("the agent could not start: {reason}"));
-                record(
-                    inner,
-                    agent,
-                    Operation::FailTask {
-                        task,
-                        reason: reason.clone(),
-                    },
-                )
-                .await;
-                fault(inner, agent, Some(reason)).await;
-                return Outcome::Done;
-            }
+    match ready(inner, agent, instance).await {
+        Ok(()) => {}
+        Err(Failure::Host(reason)) => return Outcome::Host(reason),
+        Err(Failure::Agent(reason)) => {
+            let reason = inner.clip_reason(&format!("the agent could not start: {reason}"));
+            record(
+                inner,
+                agent,
+                Operation::FailTask {
+                    task,
+                    reason: reason.clone(),
+                },
+            )
+            .await;
+            fault(inner, agent, Some(reason)).await;
+            return Outcome::Done;
         }
     }
     let Some(live) = instance.as_mut() else {
@@ -432,19 +424,52 @@ async fn record(inner: &HostInner, agent: AgentId, op: Operation) -> bool {
 /// A new instance of `agent`'s component in its sandbox, initialized;
 /// instantiation and `init` run within the sandbox's limits and deadline.
 /// Waits for a place among the host's live instances first.
-pub(crate) async fn instantiate(inner: &HostInner, agent: AgentId) -> Result<Instance, Failure> {
-    let place = Arc::clone(&inner.instances)
-        .acquire_owned()
-        .await
-        .map_err(|_| Failure::Host("the host is shutting down".into()))?;
-    let component: Digest = inner
+/// An instance for `instance`'s agent, holding a place: the one it holds
+/// (unless it is stale), else a warm one (unless stale), else a new one.
+///
+/// An instance is stale when its token no longer holds the directories it
+/// opened (revoked or expired), or the agent was upgraded or given another
+/// token since it was made.
+async fn ready(
+    inner: &HostInner,
+    agent: AgentId,
+    instance: &mut Option<Instance>,
+) -> Result<(), Failure> {
+    let stale = |i: &Instance| {
+        let now = inner
+            .sequencer
+            .read(|k| k.state().agent(agent).map(|a| (a.component, a.token)));
+        now != Some(i.made_for) || !i.sandbox.still_holds(inner.outbound.as_ref(), agent)
+    };
+    if instance.as_ref().is_some_and(stale) {
+        *instance = None;
+    }
+    if instance.is_some() {
+        return Ok(());
+    }
+    // The place first: an instance out of the warm set holds one.
+    let place = take_place(inner).await.map_err(Failure::Host)?;
+    *instance = Some(match inner.warm.take(agent).filter(|i| !stale(i)) {
+        Some(mut warm) => {
+            warm.place = Some(place);
+            warm
+        }
+        None => instantiate(inner, agent, place).await?,
+    });
+    Ok(())
+}
+
+/// A new instance of `agent`'s component in `place`, initialized.
+pub(crate) async fn instantiate(
+    inner: &HostInner,
+    agent: AgentId,
+    place: OwnedSemaphorePermit,
+) -> Result<Instance, Failure> {
+    let (component, token): (Digest, Digest) = inner
         .sequencer
-        .read(|k| k.state().agent(agent).map(|a| a.component))
+        .read(|k| k.state().agent(agent).map(|a| (a.component, a.token)))
         .ok_or_else(|| Failure::Agent("the agent is gone".into()))?;
-    let token = inner
-        .sequencer
-        .read(|k| k.state().agent(agent).map(|a| a.token))
-        .ok_or_else(|| Failure::Agent("the agent is gone".into()))?;
+    let made_for = (component, token);
     let token = inner
         .sequencer
         .token(&token)
@@ -510,8 +535,18 @@ pub(crate) async fn instantiate(inner: &HostInner, agent: AgentId) -> Result<Ins
         store,
         agent: bindings,
         sandbox,
-        _place: place,
+        made_for,
+        place: Some(place),
     })
+}
+
+/// One of the host's places for instances, when one is free (first come,
+/// first served).
+pub(crate) async fn take_place(inner: &HostInner) -> Result<OwnedSemaphorePermit, String> {
+    Arc::clone(&inner.instances)
+        .acquire_owned()
+        .await
+        .map_err(|_| "the host is shutting down".to_owned())
 }
 
 /// Who is to blame for an error while instantiating or initializing.

@@ -28,6 +28,7 @@ pub struct HostConfig {
     pub(crate) rules: Option<Rules>,
     pub(crate) start_agents: bool,
     pub(crate) max_instances: usize,
+    pub(crate) warm_instances: usize,
     pub(crate) pooling: bool,
     pub(crate) protected_paths: Vec<PathBuf>,
     pub(crate) secrets: Arc<SecretStore>,
@@ -45,6 +46,7 @@ impl Default for HostConfig {
             rules: None,
             start_agents: true,
             max_instances: 512,
+            warm_instances: 64,
             pooling: true,
             protected_paths: Vec::new(),
             secrets: Arc::new(SecretStore::in_memory()),
@@ -113,8 +115,19 @@ impl HostConfig {
         self
     }
 
+    /// Instances kept for agents that just ran out of work, so an agent
+    /// that gets tasks often is not instantiated for each one: the least
+    /// recently kept goes first, and a kept instance gives its place up
+    /// as soon as an agent with work needs one. They count towards
+    /// [`max_instances`](Self::max_instances). Default 64 (0: none).
+    pub fn warm_instances(&mut self, instances: usize) -> &mut Self {
+        self.warm_instances = instances;
+        self
+    }
+
     /// Whether instances come from wasmtime's pooling allocator: slots
-    /// for [`max_instances`](Self::max_instances) instances (memories,
+    /// for [`max_instances`](Self::max_instances) plus
+    /// [`warm_instances`](Self::warm_instances) instances (memories,
     /// tables, stacks) reserved when the host opens and reused, instead of
     /// mapped and unmapped for each instance. Each linear memory slot
     /// reserves 4 GiB of address space plus guard pages (wasmtime's default
@@ -154,6 +167,7 @@ impl std::fmt::Debug for HostConfig {
             .field("rules", &self.rules)
             .field("start_agents", &self.start_agents)
             .field("max_instances", &self.max_instances)
+            .field("warm_instances", &self.warm_instances)
             .field("pooling", &self.pooling)
             .field("protected_paths", &self.protected_paths)
             .finish_non_exhaustive()

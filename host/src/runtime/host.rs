@@ -84,7 +84,9 @@ impl Host {
         let (kernel, last_snapshot) = recover(store.as_ref())?;
         let kernel_rules = kernel.state().rules().cloned();
         let pool = config.pooling.then(|| crate::sandbox::components::Pool {
-            instances: u32::try_from(config.max_instances).unwrap_or(u32::MAX),
+            // Instances with a place, and the warm ones without.
+            instances: u32::try_from(config.max_instances.saturating_add(config.warm_instances))
+                .unwrap_or(u32::MAX),
             memory_bytes: config.agent_limits.memory_bytes,
             table_elements: config.agent_limits.table_elements,
             per_component: u32::try_from(config.agent_limits.instances).unwrap_or(u32::MAX),
@@ -129,6 +131,7 @@ impl Host {
             components,
             agent_limits: config.agent_limits,
             instances: Arc::new(Semaphore::new(config.max_instances.max(1))),
+            warm: crate::runtime::instance::Warm::new(config.warm_instances),
             draining: AtomicBool::new(false),
             waiters: crate::runtime::tasks::Waiters::default(),
             operator_tokens: crate::capability::presented::PresentedTokens::default(),
@@ -469,6 +472,14 @@ impl Host {
         self.inner.actors.len()
     }
 
+    /// Instances kept warm for agents without work, at most
+    /// [`HostConfig::warm_instances`](crate::HostConfig::warm_instances);
+    /// they hold no place for an instance.
+    #[must_use]
+    pub fn warm_instances(&self) -> usize {
+        self.inner.warm.len()
+    }
+
     /// The host's counters since it opened: commits and committed events.
     #[must_use]
     pub fn metrics(&self) -> HostMetrics {
@@ -714,7 +725,8 @@ impl Host {
     #[cfg(feature = "bench")]
     #[doc(hidden)]
     pub async fn bench_instantiate(&self, agent: AgentId) -> Result<(), String> {
-        crate::runtime::actor::instantiate(&self.inner, agent)
+        let place = crate::runtime::actor::take_place(&self.inner).await?;
+        crate::runtime::actor::instantiate(&self.inner, agent, place)
             .await
             .map(drop)
             .map_err(|e| e.to_string())

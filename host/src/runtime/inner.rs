@@ -28,6 +28,8 @@ pub(crate) struct HostInner {
     pub(crate) agent_limits: AgentLimits,
     /// Places for live instances ([`HostConfig::max_instances`](crate::HostConfig::max_instances)).
     pub(crate) instances: Arc<Semaphore>,
+    /// Instances kept for agents that just ran out of work.
+    pub(crate) warm: crate::runtime::instance::Warm,
     /// Set by [`Host::drain`](crate::Host::drain): start no more tasks.
     pub(crate) draining: AtomicBool,
     /// Callers waiting for tasks to end.

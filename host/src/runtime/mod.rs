@@ -9,8 +9,9 @@
 //! - `bus`: where committed batches are *published*;
 //! - `outbound`: what the sandbox asks of the runtime (authorizing effects,
 //!   journaling outbound requests, the secrets to inject);
-//! - `inner`, `actor`, `roster`: routing published work to agents, running
-//!   each agent's tasks one at a time, and which agents have an actor now;
+//! - `inner`, `actor`, `roster`, `instance`: routing published work to
+//!   agents, running each agent's tasks one at a time, which agents have an
+//!   actor now, and their live (and warm) instances;
 //! - `host`, `config`, `clock`, `ticker`, `error`: the entry point, its
 //!   configuration, logical time, the epoch ticker, the umbrella error.
 
@@ -24,6 +25,7 @@ pub(crate) mod guest;
 pub(crate) mod host;
 pub(crate) mod inner;
 pub(crate) mod installing;
+pub(crate) mod instance;
 pub(crate) mod metrics;
 pub(crate) mod outbound;
 pub(crate) mod roster;

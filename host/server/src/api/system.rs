@@ -197,6 +197,12 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _who: Reader) -> impl I
         "Agents running or about to run a task (an idle agent has no actor).",
         &[("", app.host.running_actors() as f64)],
     );
+    metric(
+        "warm_instances",
+        "gauge",
+        "Instances kept for agents that just ran out of work.",
+        &[("", app.host.warm_instances() as f64)],
+    );
     let samples: Vec<(String, f64)> = m
         .events
         .iter()

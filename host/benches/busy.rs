@@ -1,0 +1,191 @@
+//! A thousand agents busy at once (issue 15): does every agent make
+//! progress beside a CPU-heavy and an op-heavy neighbour, and how spread
+//! are task latencies?
+//!
+//! `cargo bench -p toka-host --bench busy` (1 000 agents × 5 tasks; set
+//! `TOKA_BUSY_AGENTS` and `TOKA_BUSY_TASKS` for others).
+//!
+//! A real host on a redb data dir (durable, every operation authorized),
+//! with its default places for instances (512, fewer than the busy
+//! agents, so actors take turns). Each busy agent (`test-bench`, holding
+//! `observe`) runs its tasks one after another, closed loop: schedule
+//! `observe 20`, wait for it to end, schedule the next. Beside them, all
+//! the time, a hog runs `compute 100000000` tasks (CPU, no operations) and
+//! a chatty agent runs `observe 5000` tasks (operations), each again as
+//! soon as the last one ended.
+//!
+//! A task's latency is from its scheduling (the call returned) to its end
+//! as `Host::wait_task` reports it. Prints p50, p90, p99 and the largest,
+//! p99 / p50, tasks per second, and how many tasks the neighbours ran.
+
+#![allow(missing_docs, reason = "a bench binary")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use toka_host::{DataDir, Grant, Host, HostConfig, Right};
+use toka_kernel::{AgentId, Quotas, Rules};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The longest a bench task may take before the run is called stuck.
+const STUCK: Duration = Duration::from_secs(600);
+
+fn count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} is a count")))
+        .unwrap_or(default)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs this
+    // without it: a smoke run then.
+    let full = std::env::args().any(|a| a == "--bench");
+    let agents = if full {
+        count("TOKA_BUSY_AGENTS", 1_000)
+    } else {
+        20
+    };
+    let tasks = if full { count("TOKA_BUSY_TASKS", 5) } else { 2 };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(run(agents, tasks));
+}
+
+async fn run(agents: usize, tasks: usize) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let data = DataDir::new(dir.path());
+    let root = data.root_key(None, true).expect("a root key");
+    let store = data
+        .open_or_create(&toka_kernel::Limits::default(), &root)
+        .expect("a data dir");
+    let mut config = HostConfig::new();
+    config.rules(Rules {
+        quotas: Quotas::UNLIMITED,
+        ..Rules::default()
+    });
+    let host = Arc::new(
+        Host::open(Arc::new(store), root, config)
+            .await
+            .expect("a host"),
+    );
+    let bytes = std::fs::read(toka_agents::path("test-bench").expect("test-bench agent"))
+        .expect("read the agent");
+    let component = host.install("test-bench", bytes).await.expect("install");
+    let observe: Right = "observe".parse().expect("a right");
+    let spawn = |name: String| {
+        let host = Arc::clone(&host);
+        let observe = observe.clone();
+        async move {
+            host.spawn(component, &name, Grant::Rights(vec![observe]))
+                .await
+                .expect("spawn")
+        }
+    };
+    let mut busy = Vec::with_capacity(agents);
+    for i in 0..agents {
+        busy.push(spawn(format!("busy-{i}")).await);
+    }
+    let hog = spawn("hog".into()).await;
+    let chatty = spawn("chatty".into()).await;
+    host.run_until_idle().await.expect("idle");
+
+    let done = Arc::new(AtomicBool::new(false));
+    let neighbour = |agent: AgentId, task: &'static str| {
+        let (host, done) = (Arc::clone(&host), Arc::clone(&done));
+        let ran = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&ran);
+        let handle = tokio::spawn(async move {
+            while !done.load(Ordering::SeqCst) {
+                let id = host.schedule(agent, task).await.expect("schedule");
+                host.wait_task(id, STUCK).await.expect("wait");
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        (handle, ran)
+    };
+    let (hog_loop, hog_ran) = neighbour(hog, "compute 100000000");
+    let (chatty_loop, chatty_ran) = neighbour(chatty, "observe 5000");
+
+    let started = Instant::now();
+    let mut loops = Vec::with_capacity(agents);
+    for agent in busy {
+        let host = Arc::clone(&host);
+        loops.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(tasks);
+            for _ in 0..tasks {
+                let scheduled = Instant::now();
+                let id = host.schedule(agent, "observe 20").await.expect("schedule");
+                let info = host
+                    .wait_task(id, STUCK)
+                    .await
+                    .expect("wait")
+                    .expect("the task");
+                assert!(
+                    info.state.is_end(),
+                    "a busy agent's task did not end within {STUCK:?}: {}",
+                    info.state.name()
+                );
+                latencies.push(scheduled.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::with_capacity(agents * tasks);
+    for l in loops {
+        latencies.extend(l.await.expect("a busy agent's loop"));
+    }
+    let elapsed = started.elapsed();
+    done.store(true, Ordering::SeqCst);
+    hog_loop.await.expect("the hog's loop");
+    chatty_loop.await.expect("the chatty agent's loop");
+    host.run_until_idle().await.expect("idle");
+    let (completed, failed) = host
+        .state(|s| {
+            s.agents()
+                .fold((0, 0), |(c, f), (_, a)| (c + a.completed, f + a.failed))
+        })
+        .await;
+
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len());
+        latencies[i - 1]
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (p50, p90, p99) = (at(0.50), at(0.90), at(0.99));
+    println!(
+        "busy agents:        {agents} × {tasks} tasks `observe 20`, beside a hog (`compute 100000000`) and a chatty agent (`observe 5000`)"
+    );
+    println!(
+        "busy tasks:         {} in {:.1} s ({:.0} tasks/s)",
+        latencies.len(),
+        elapsed.as_secs_f64(),
+        latencies.len() as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "latency:            p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms; p99/p50 {:.1}",
+        ms(p50),
+        ms(p90),
+        ms(p99),
+        ms(*latencies.last().expect("latencies")),
+        p99.as_secs_f64() / p50.as_secs_f64()
+    );
+    println!(
+        "neighbours ran:     hog {} tasks, chatty {} tasks",
+        hog_ran.load(Ordering::SeqCst),
+        chatty_ran.load(Ordering::SeqCst)
+    );
+    println!("tasks in all:       {completed} completed, {failed} failed");
+    assert_eq!(failed, 0, "no task fails");
+    Arc::into_inner(host)
+        .expect("the only handle")
+        .shutdown()
+        .await
+        .expect("shutdown");
+}

@@ -1,0 +1,214 @@
+//! Costs as the log grows (issue 15): do they stay flat from 10⁵ to 10⁷
+//! records?
+//!
+//! `cargo bench -p toka-host --bench growth` (up to 10 000 000 records; set
+//! `TOKA_GROWTH_RECORDS` for another largest size).
+//!
+//! A real host on a redb data dir (durable, every operation authorized,
+//! a snapshot every 10 000 records as by default) with 1 000 `test-bench`
+//! agents: the state stays the same size while the log grows (the agents
+//! run `observe 10000` tasks in turn). At 10⁵, 10⁶ and 10⁷ records it
+//! measures, each the median of 5:
+//!
+//! - an agent's operation: one `observe 10000` task, per operation;
+//! - an operator's operation: scheduling a task (durable) — what `toka
+//!   agent resume` and every other operator command cost on a running host;
+//! - a page of `toka events --from`: 100 records, from 5 000 records back
+//!   and from the middle of the log (a replay from the snapshot before it);
+//! - the committed state (what `toka state` reads on a running host);
+//! - start-up: opening the data dir and the host (the newest snapshot and
+//!   the log after it), as `toka state` and `toka agent resume` do without
+//!   a running host;
+//!
+//! and prints them with the RSS and the redb file's size.
+
+#![allow(missing_docs, reason = "a bench binary")]
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use toka_host::{DataDir, Grant, Host, HostConfig};
+use toka_kernel::{AgentId, Limits, Quotas, Rules};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const AGENTS: usize = 1_000;
+const OPS_PER_TASK: u64 = 10_000;
+
+fn main() {
+    // `cargo test --benches` runs this without `--bench`: a smoke run then.
+    let full = std::env::args().any(|a| a == "--bench");
+    let largest: u64 = if full {
+        std::env::var("TOKA_GROWTH_RECORDS")
+            .ok()
+            .map(|v| v.parse().expect("TOKA_GROWTH_RECORDS is a count"))
+            .unwrap_or(10_000_000)
+    } else {
+        30_000
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(run(largest, if full { AGENTS } else { 10 }));
+}
+
+fn config() -> HostConfig {
+    let mut config = HostConfig::new();
+    config.rules(Rules {
+        quotas: Quotas::UNLIMITED,
+        ..Rules::default()
+    });
+    config
+}
+
+async fn open(path: &Path) -> Host {
+    let data = DataDir::new(path);
+    let root = data.root_key(None, true).expect("a root key");
+    let store = data
+        .open_or_create(&Limits::default(), &root)
+        .expect("a data dir");
+    Host::open(Arc::new(store), root, config())
+        .await
+        .expect("a host")
+}
+
+/// The median of 5 timings of `f`.
+async fn median<F: Future<Output = ()>>(mut f: impl FnMut() -> F) -> Duration {
+    let mut times = Vec::with_capacity(5);
+    for _ in 0..5 {
+        let start = Instant::now();
+        f().await;
+        times.push(start.elapsed());
+    }
+    times.sort_unstable();
+    times[2]
+}
+
+async fn run(largest: u64, agents: usize) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("data");
+    let mut host = open(&path).await;
+    let bytes = std::fs::read(toka_agents::path("test-bench").expect("test-bench agent"))
+        .expect("read the agent");
+    let component = host.install("test-bench", bytes).await.expect("install");
+    let observe = Grant::Rights(vec!["observe".parse().expect("a right")]);
+    let mut ids: Vec<AgentId> = Vec::with_capacity(agents);
+    for i in 0..agents {
+        ids.push(
+            host.spawn(component, &format!("agent-{i}"), observe.clone())
+                .await
+                .expect("spawn"),
+        );
+    }
+    let work = format!("observe {OPS_PER_TASK}");
+    let mut next = 0;
+    println!(
+        "{:>10}  {:>9}  {:>11}  {:>10}  {:>10}  {:>8}  {:>9}  {:>7}  {:>8}",
+        "records",
+        "op (µs)",
+        "operator",
+        "page back",
+        "page mid",
+        "state",
+        "start-up",
+        "RSS",
+        "redb"
+    );
+    let sizes: Vec<u64> = [100_000, 1_000_000, 10_000_000]
+        .into_iter()
+        .filter(|s| *s < largest)
+        .chain([largest])
+        .collect();
+    for size in sizes {
+        // Grow the log to `size` records, the agents taking turns.
+        while host.head().seq < size {
+            let left = size - host.head().seq;
+            let tasks = (left / OPS_PER_TASK).clamp(1, agents as u64 * 4);
+            for _ in 0..tasks {
+                host.schedule(ids[next % agents], &work)
+                    .await
+                    .expect("schedule");
+                next += 1;
+            }
+            host.run_until_idle().await.expect("run");
+        }
+        let records = host.head().seq;
+        let op = median(|| {
+            let (host, agent, work) = (&host, ids[next % agents], &work);
+            async move {
+                host.schedule(agent, work).await.expect("schedule");
+                host.run_until_idle().await.expect("run");
+            }
+        })
+        .await
+            / OPS_PER_TASK as u32;
+        // Scheduling returns once its record is durable.
+        let operator = median(|| {
+            let (host, agent) = (&host, ids[0]);
+            async move {
+                host.schedule(agent, "none").await.expect("schedule");
+            }
+        })
+        .await;
+        host.run_until_idle().await.expect("run");
+        let head = host.head().seq;
+        let page = |from: u64| {
+            let host = &host;
+            move || async move {
+                let page = host.log_events(from, 100).expect("a page");
+                assert_eq!(page.len(), 100);
+            }
+        };
+        let back = median(page(head - 5_000)).await;
+        let middle = median(page(head / 2)).await;
+        let state = median(|| {
+            let host = &host;
+            async move {
+                let (_, bytes) = host.encoded_state().await;
+                assert!(!bytes.is_empty());
+            }
+        })
+        .await;
+        host.shutdown().await.expect("shutdown");
+        let startup = median(|| {
+            let path = &path;
+            async move {
+                open(path).await.shutdown().await.expect("shutdown");
+            }
+        })
+        .await;
+        host = open(&path).await;
+        let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
+        println!(
+            "{records:>10}  {:>9.2}  {:>11}  {:>10}  {:>10}  {:>8}  {:>9}  {:>3} MiB  {:>4} MiB",
+            op.as_secs_f64() * 1e6,
+            ms(operator),
+            ms(back),
+            ms(middle),
+            ms(state),
+            ms(startup),
+            rss_mib(),
+            std::fs::metadata(path.join(DataDir::DB_FILE)).map_or(0, |m| m.len() >> 20),
+        );
+    }
+    let failed = host
+        .state(|s| s.agents().map(|(_, a)| a.failed).sum::<u64>())
+        .await;
+    assert_eq!(failed, 0, "a task failed; the figures would be wrong");
+    host.shutdown().await.expect("shutdown");
+}
+
+fn rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib >> 10)
+}

@@ -20,7 +20,8 @@
 //!   the log after it), as `toka state` and `toka agent resume` do without
 //!   a running host;
 //!
-//! and prints them with the RSS and the redb file's size.
+//! and prints them, with the RSS and the redb file's size, as a Markdown
+//! table.
 
 #![allow(missing_docs, reason = "a bench binary")]
 
@@ -107,17 +108,9 @@ async fn run(largest: u64, agents: usize) {
     let work = format!("observe {OPS_PER_TASK}");
     let mut next = 0;
     println!(
-        "{:>10}  {:>9}  {:>11}  {:>10}  {:>10}  {:>8}  {:>9}  {:>7}  {:>8}",
-        "records",
-        "op (µs)",
-        "operator",
-        "page back",
-        "page mid",
-        "state",
-        "start-up",
-        "RSS",
-        "redb"
+        "| records | op | operator op | page back | page mid | state | start-up | RSS | redb file |"
     );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let sizes: Vec<u64> = [100_000, 1_000_000, 10_000_000]
         .into_iter()
         .filter(|s| *s < largest)
@@ -184,7 +177,7 @@ async fn run(largest: u64, agents: usize) {
         host = open(&path).await;
         let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
         println!(
-            "{records:>10}  {:>9.2}  {:>11}  {:>10}  {:>10}  {:>8}  {:>9}  {:>3} MiB  {:>4} MiB",
+            "| {records} | {:.2} µs | {} | {} | {} | {} | {} | {} MiB | {} MiB |",
             op.as_secs_f64() * 1e6,
             ms(operator),
             ms(back),

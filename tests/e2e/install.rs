@@ -649,3 +649,47 @@ async fn packages_through_the_api_need_admin_and_show_on_agents() {
     assert_eq!(listed.body, serde_json::json!([]));
     assert_eq!(served.stop().0, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_agent_runs_its_new_component_not_a_warm_instance_of_the_old() {
+    use toka_host::{Approval, PublisherKey};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (key, public) = publisher(dir.path(), "acme");
+    // test-bench answers `tasks` with how many tasks its instance has run.
+    let bench = |version: &str| {
+        let manifest = Manifest {
+            name: "bench".into(),
+            ..manifest(version, &["observe"])
+        };
+        let component = std::fs::read(agent_path("test-bench")).unwrap();
+        Package::build(&component, &manifest, &SigningKey::from_file(&key).unwrap()).unwrap()
+    };
+    let host = crate::open_host(&data).await;
+    let operator = host.as_host();
+    operator
+        .trust("acme", &PublisherKey::from_file(&public).unwrap())
+        .await
+        .unwrap();
+    let v1 = operator.review(bench("1.0.0")).unwrap();
+    operator.install_package(&v1, &Approval::All).await.unwrap();
+    let agent = operator
+        .spawn_package("bench", "worker", None, &[])
+        .await
+        .unwrap();
+    assert_eq!(crate::outcome(&host, agent, "tasks").await, Ok("1".into()));
+    // Idle between the tasks, its instance was kept warm.
+    assert_eq!(crate::outcome(&host, agent, "tasks").await, Ok("2".into()));
+
+    let v2 = operator.review(bench("2.0.0")).unwrap();
+    let upgraded = operator.install_package(&v2, &Approval::All).await.unwrap();
+    assert_eq!(upgraded.rebound, 1);
+    // The warm instance is of the old component: a new one runs.
+    assert_eq!(crate::outcome(&host, agent, "tasks").await, Ok("1".into()));
+    let component = host
+        .state(|s| s.agent(agent).map(|a| a.component))
+        .await
+        .unwrap();
+    assert_eq!(component, upgraded.record.component);
+    host.shutdown().await.unwrap();
+}

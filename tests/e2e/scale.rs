@@ -227,7 +227,7 @@ async fn thousands_of_children_all_run_and_idle_ones_hold_no_instance() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn warm_instances_are_reused_give_way_to_work_and_the_oldest_goes() {
+async fn warm_instances_are_reused_hold_no_place_and_are_bounded_by_count_and_memory() {
     // One place, two warm instances; `tasks` answers how many tasks the
     // instance it ran in has run (1: a new instance).
     let mut config = HostConfig::new();
@@ -263,6 +263,10 @@ async fn warm_instances_are_reused_give_way_to_work_and_the_oldest_goes() {
     assert_eq!(host.warm_instances(), 2);
     assert_eq!(tasks(b).await, Ok("2".into()));
     assert_eq!(tasks(a).await, Ok("1".into()));
+    // An instance that grew a large memory (12 MB of numbers to sort) is
+    // not kept: b's, the least recently kept, stays.
+    assert!(outcome(&host, c, "sort 3000000").await.is_ok());
+    assert_eq!(tasks(b).await, Ok("3".into()));
     assert_eq!(host.running_actors(), 0);
     // A warm instance never outlives its agent.
     host.terminate(b, "done").await.unwrap();

@@ -9,7 +9,9 @@
 //! least recently kept dropped first: an agent that gets tasks often is not
 //! instantiated for each one, and a warm instance never keeps a place from
 //! an agent with work. At most `max_instances + warm_instances` instances
-//! live at once.
+//! live at once. An instance whose memories hold more than
+//! [`WARM_MEMORY_BYTES`] is not kept: an agent cannot park a large memory
+//! on the host by growing it and going idle.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
@@ -21,6 +23,10 @@ use wasmtime::Store;
 use crate::runtime::guest::AgentCtx;
 use crate::sandbox::bindings::Agent;
 use crate::sandbox::dirs::Sandbox;
+
+/// The most memory (all its memories together) an instance may hold to be
+/// kept warm.
+pub(crate) const WARM_MEMORY_BYTES: u64 = 8 << 20;
 
 /// A live instance of an agent's component, holding one of the host's
 /// places for instances.
@@ -64,10 +70,11 @@ impl Warm {
     }
 
     /// Keeps `agent`'s instance (giving its place back), dropping the least
-    /// recently kept one when full.
+    /// recently kept one when full; an instance holding more than
+    /// [`WARM_MEMORY_BYTES`] is dropped instead.
     pub(crate) fn keep(&self, agent: AgentId, mut instance: Instance) {
         instance.place = None;
-        if self.cap == 0 {
+        if self.cap == 0 || instance.store.data().limiter.memory_used() > WARM_MEMORY_BYTES {
             return;
         }
         let dropped = {

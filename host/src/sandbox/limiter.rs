@@ -63,6 +63,11 @@ pub(crate) struct Limiter {
 const MEMORIES_PER_STORE: usize = 4;
 
 impl Limiter {
+    /// Bytes of all the store's memories now.
+    pub(crate) fn memory_used(&self) -> u64 {
+        self.memory_used
+    }
+
     /// What the host failed to provide since the last call, if anything.
     pub(crate) fn take_host_failure(&mut self) -> Option<String> {
         self.host_failure.take()

@@ -421,9 +421,6 @@ async fn record(inner: &HostInner, agent: AgentId, op: Operation) -> bool {
     }
 }
 
-/// A new instance of `agent`'s component in its sandbox, initialized;
-/// instantiation and `init` run within the sandbox's limits and deadline.
-/// Waits for a place among the host's live instances first.
 /// An instance for `instance`'s agent, holding a place: the one it holds
 /// (unless it is stale), else a warm one (unless stale), else a new one.
 ///
@@ -459,7 +456,9 @@ async fn ready(
     Ok(())
 }
 
-/// A new instance of `agent`'s component in `place`, initialized.
+/// A new instance of `agent`'s component in its sandbox, holding `place`,
+/// initialized; instantiation and `init` run within the sandbox's limits
+/// and deadline.
 pub(crate) async fn instantiate(
     inner: &HostInner,
     agent: AgentId,

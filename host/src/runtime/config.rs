@@ -116,10 +116,11 @@ impl HostConfig {
     }
 
     /// Instances kept for agents that just ran out of work, so an agent
-    /// that gets tasks often is not instantiated for each one: the least
-    /// recently kept goes first, and a kept instance gives its place up
-    /// as soon as an agent with work needs one. They count towards
-    /// [`max_instances`](Self::max_instances). Default 64 (0: none).
+    /// that gets tasks often is not instantiated for each one; the least
+    /// recently kept goes first. A kept instance holds no place, so at
+    /// most [`max_instances`](Self::max_instances) plus these live at
+    /// once; one whose memories hold more than 8 MiB is not kept.
+    /// Default 64 (0: none).
     pub fn warm_instances(&mut self, instances: usize) -> &mut Self {
         self.warm_instances = instances;
         self

@@ -52,9 +52,11 @@ mod async_floor {
     });
 }
 
-/// A host that answers every call and does nothing else.
+/// A host that answers every call and does nothing else (it links
+/// `wasi:http`, which `test-bench` imports for `get`, and never uses it).
 struct Floor {
     wasi: WasiCtx,
+    http: wasmtime_wasi_http::WasiHttpCtx,
     table: ResourceTable,
     seq: u64,
 }
@@ -63,6 +65,7 @@ impl Floor {
     fn new() -> Self {
         Self {
             wasi: WasiCtx::builder().build(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
             table: ResourceTable::new(),
             seq: 0,
         }
@@ -74,6 +77,16 @@ impl WasiView for Floor {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for Floor {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: wasmtime_wasi_http::default_hooks(),
         }
     }
 }
@@ -125,6 +138,7 @@ fn floor(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 
     let mut linker = Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).unwrap();
+    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker).unwrap();
     sync_floor::Agent::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).unwrap();
     let pre = sync_floor::AgentPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
     let mut store = Store::new(&engine, Floor::new());
@@ -148,6 +162,7 @@ fn floor(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 
     let mut linker = Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).unwrap();
     async_floor::Agent::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).unwrap();
     let pre = async_floor::AgentPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
     let mut store = Store::new(&engine, Floor::new());
@@ -246,6 +261,7 @@ fn instantiate(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let component = Component::new(&engine, bench_component()).unwrap();
     let mut linker = Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).unwrap();
     async_floor::Agent::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).unwrap();
     let pre = async_floor::AgentPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
     group.bench_function("bare InstancePre::instantiate_async", |b| {

@@ -15,7 +15,7 @@
 //! | `text` | sizes, durations, clipping, hex |
 //! | `capability` | rights, budgets, tokens, the policy, the gate, the root key |
 //! | `store` | the [`EventStore`] seam, redb and in-memory stores, the data dir, snapshots |
-//! | `log` | reading a log back: recovery, events from a point on, [`verify`], [`audit`] |
+//! | `log` | reading a log back: recovery, events from a point on, [`verify`], [`audit`], [`archive`] |
 //! | `sandbox` | an instance's limits, directories, HTTP, captured output, components |
 //! | `runtime` | [`Host`]: the guest interface, the sequencer, the bus, the actors |
 
@@ -43,9 +43,10 @@ pub use capability::rights::{
 pub use capability::root_key::{KeyError, RootKey};
 pub use capability::token::{Inspection, Token, TokenError};
 pub use log::LogError;
+pub use log::archive::{ArchiveError, ArchiveVerified, Archived, archive, verify_archive};
 pub use log::audit::{AuditMismatch, AuditReport, audit, audit_reporting};
 pub use log::committed::{Committed, CommittedRecord};
-pub use log::recovery::{LogReader, read_events, recover, replay};
+pub use log::recovery::{LogReader, origin, read_events, recover, replay};
 pub use log::verify::{PROGRESS_EVERY, Verified, verify, verify_reporting};
 pub use package::approval::{covers, intersect, meet};
 pub use package::manifest::{MAX_MANIFEST, Manifest, ManifestError};
@@ -66,8 +67,11 @@ pub use runtime::tasks::{TaskInfo, TaskState};
 pub use sandbox::components::ComponentError;
 pub use sandbox::dirs::{ProtectedPathError, check_fs_right};
 pub use sandbox::limits::{AgentLimits, LimitsError};
+pub use store::archive_file::ArchiveFileError;
 pub use store::data_dir::{DataDir, DataDirError};
-pub use store::event_store::{Batch, DATA_FORMAT, EventStore, Records, SNAPSHOTS_KEPT, StoreError};
+pub use store::event_store::{
+    Anchor, Batch, Cut, DATA_FORMAT, EventStore, Records, SNAPSHOTS_KEPT, StoreError,
+};
 pub use store::memory::MemoryStore;
 pub use store::redb::RedbStore;
 pub use store::secrets::{

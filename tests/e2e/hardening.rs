@@ -724,6 +724,15 @@ impl EventStore for Panicking {
     fn tokens(&self) -> Result<Vec<(toka_kernel::Digest, Vec<u8>)>, toka_host::StoreError> {
         self.inner.tokens()
     }
+    fn anchor(&self) -> Result<Option<toka_host::Anchor>, toka_host::StoreError> {
+        self.inner.anchor()
+    }
+    fn cut(&self, cut: toka_host::Cut) -> Result<(), toka_host::StoreError> {
+        self.inner.cut(cut)
+    }
+    fn blob_digests(&self) -> Result<Vec<toka_kernel::Digest>, toka_host::StoreError> {
+        self.inner.blob_digests()
+    }
     fn root_public_key(&self) -> Result<Option<Vec<u8>>, toka_host::StoreError> {
         self.inner.root_public_key()
     }

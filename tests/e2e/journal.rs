@@ -15,14 +15,14 @@ use toka_kernel::Event;
 use crate::{agent_bytes, agent_path, events_json, grant, open_host, temp_data, toka};
 
 /// Writes the agent's instructions into `dir`.
-fn instruct(dir: &Path, mode: &str, value: &str) {
+pub(crate) fn instruct(dir: &Path, mode: &str, value: &str) {
     std::fs::write(dir.join("mode"), mode).unwrap();
     std::fs::write(dir.join("value"), value).unwrap();
 }
 
 /// Starts `toka run test-diverge` with a task reading `dir`, waits until it
 /// printed `waiting` (so everything before is durable), and kills it.
-fn run_until_waiting_then_kill(data: &Path, dir: &Path) {
+pub(crate) fn run_until_waiting_then_kill(data: &Path, dir: &Path) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_toka"))
         .arg("--data")
         .arg(data)
@@ -72,7 +72,7 @@ fn run_until_waiting_then_kill(data: &Path, dir: &Path) {
 
 /// Lets the agent finish and runs the host again: the interrupted task runs
 /// again. Returns the run.
-fn let_it_finish(data: &Path, dir: &Path) -> crate::Run {
+pub(crate) fn let_it_finish(data: &Path, dir: &Path) -> crate::Run {
     std::fs::write(dir.join("go"), "").unwrap();
     toka(
         data,
@@ -124,7 +124,7 @@ fn kinds(events: &[serde_json::Value], kind: &str) -> usize {
 }
 
 /// A loopback server answering `200 ok` and counting requests by path.
-fn counting_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+pub(crate) fn counting_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{Read as _, Write as _};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -17,6 +17,7 @@ mod outbound;
 mod packages;
 mod recovery;
 mod restart;
+mod retention;
 mod scale;
 mod serve;
 mod servers;

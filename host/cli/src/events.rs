@@ -20,9 +20,10 @@ pub(crate) struct Args {
     /// One JSON object per line instead of readable lines.
     #[arg(long)]
     json: bool,
-    /// Start at this sequence number.
-    #[arg(long, value_name = "SEQ", default_value_t = 1)]
-    from: u64,
+    /// Start at this sequence number (default: the first record there is;
+    /// the one after the anchor once the log's beginning is archived).
+    #[arg(long, value_name = "SEQ")]
+    from: Option<u64>,
     /// Keep printing events as a running host commits them (Ctrl-C stops).
     #[arg(long)]
     follow: bool,
@@ -33,12 +34,24 @@ pub(crate) async fn main(data: &Path, args: Args) -> CliResult {
     let store = toka_host::DataDir::new(data)
         .open_read_only()
         .map_err(Failure::input)?;
-    let mut kernel = Kernel::new(store.limits().map_err(Failure::input)?);
-    let mut names = Names::default();
+    // From the anchor snapshot when the log's beginning is archived.
+    let (mut kernel, anchor) = toka_host::origin(&store)?;
+    let first = kernel.head().seq + 1;
+    if let Some(from) = args.from
+        && from < first
+        && anchor.is_some()
+    {
+        return Err(Failure::input(toka_host::LogError::Archived {
+            seq: from,
+            first,
+        }));
+    }
+    let from = args.from.unwrap_or(first);
+    let mut names = Names::from_state(kernel.state());
     let mut print = |applied: &Applied| {
         for event in &applied.events {
             names.learn(event);
-            if applied.seq < args.from {
+            if applied.seq < from {
                 continue;
             }
             if args.json {

@@ -1,6 +1,7 @@
 //! `toka`: run WebAssembly agents on a durable, capability-checked kernel.
 
 mod agent;
+mod archive;
 mod demo;
 mod drive;
 mod events;
@@ -128,6 +129,9 @@ enum Command {
     Snapshot,
     /// Replay the log and check every record and the final state.
     Verify(verify::Args),
+    /// Move the log up to a cut to an archive file you keep, and drop it
+    /// from the live store (no host may run on the data dir meanwhile).
+    Archive(archive::Args),
     /// Issue, attenuate, inspect and revoke capability tokens.
     #[command(subcommand)]
     Token(token::Command),
@@ -290,6 +294,7 @@ fn main() -> ExitCode {
             Command::Replay(args) => state::replay(&place.data, args),
             Command::Snapshot => state::snapshot(&place).await,
             Command::Verify(args) => verify::main(&place.data, args),
+            Command::Archive(args) => archive::main(&place.data, args),
             Command::Token(command) => token::main(&place, command).await,
             Command::Agent(command) => agent::main(&place, command).await,
             Command::Serve(args) => serve::main(&place, args).await,

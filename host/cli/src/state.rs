@@ -53,8 +53,18 @@ pub(crate) fn replay(data: &Path, args: ReplayArgs) -> CliResult {
             head.seq, args.to
         )));
     }
-    let mut kernel = Kernel::new(store.limits().map_err(Failure::input)?);
-    for entry in store.records(1).map_err(Failure::input)? {
+    // From the anchor snapshot when the log's beginning is archived.
+    let (mut kernel, anchor) = toka_host::origin(&store)?;
+    if anchor.is_some() && args.to < kernel.head().seq {
+        return Err(Failure::input(toka_host::LogError::Archived {
+            seq: args.to,
+            first: kernel.head().seq + 1,
+        }));
+    }
+    for entry in store
+        .records(kernel.head().seq + 1)
+        .map_err(Failure::input)?
+    {
         let (seq, bytes) = entry.map_err(Failure::input)?;
         if seq > args.to {
             break;

@@ -1,6 +1,6 @@
 //! `toka verify`: replay the log and check it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use toka_host::EventStore;
@@ -16,6 +16,10 @@ pub(crate) struct Args {
     /// not reproduce.
     #[arg(long)]
     auth: bool,
+    /// An archive `toka archive` wrote, checked first and against the live
+    /// log; give several oldest first.
+    #[arg(long, value_name = "FILE")]
+    archive: Vec<PathBuf>,
 }
 
 pub(crate) fn main(data: &Path, args: Args) -> CliResult {
@@ -23,9 +27,38 @@ pub(crate) fn main(data: &Path, args: Args) -> CliResult {
         .open_read_only()
         .map_err(Failure::input)?;
     let mut progress = progress();
+    if !args.archive.is_empty() {
+        let checked = toka_host::verify_archive(&store, &args.archive, &mut progress).map_err(
+            |e| match e {
+                toka_host::ArchiveError::Mismatch { .. } => {
+                    Failure::work(format!("archive verification failed: {e}"))
+                }
+                other => Failure::input(other),
+            },
+        )?;
+        for (file, c) in args.archive.iter().zip(&checked) {
+            out!(
+                "archive ok: {} holds records {}..={} and {} response bodies{}",
+                file.display(),
+                c.first,
+                c.last,
+                c.bodies,
+                if c.meets_anchor {
+                    ", ending at the live log's anchor"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
     let verified = toka_host::verify_reporting(&store, &mut progress)
         .map_err(|e| Failure::work(format!("verification failed: {e}")))?;
     out!("ok {} {}", verified.records, verified.state_digest);
+    if let Some(anchor) = verified.anchor {
+        out!(
+            "anchored at the snapshot after record {anchor}: records up to it are archived (check them with --archive FILE)"
+        );
+    }
     if verified.bodies > 0 {
         out!(
             "response bodies ok: {} journaled responses match their digests",
@@ -68,7 +101,7 @@ pub(crate) fn main(data: &Path, args: Args) -> CliResult {
 }
 
 /// Progress on stderr, when it is a terminal: long logs take a while.
-fn progress() -> impl FnMut(u64, u64) {
+pub(crate) fn progress() -> impl FnMut(u64, u64) {
     use std::io::{IsTerminal as _, Write as _};
     let shown = std::io::stderr().is_terminal();
     move |done, total| {

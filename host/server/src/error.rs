@@ -120,6 +120,9 @@ impl From<HostError> for ApiError {
                 Self::not_found(message)
             }
             HostError::Package(_) => Self::unprocessable("invalid_package", message),
+            HostError::Log(toka_host::LogError::Archived { .. }) => {
+                Self::new(StatusCode::GONE, "archived", message)
+            }
             HostError::Stopped(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", message)
             }

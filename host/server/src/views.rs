@@ -437,6 +437,10 @@ pub struct Status {
     pub version: String,
     /// The log's head.
     pub head: Head,
+    /// The first record the live log holds: 1, or the one after the
+    /// anchor once the log's beginning is archived (`toka archive`).
+    #[serde(default)]
+    pub log_start: u64,
     /// The root public key tokens must be rooted in.
     pub root_public_key: String,
     /// Agents by status.

@@ -93,7 +93,7 @@ pub fn audit_reporting(
             .clone()
     };
     let mut report = AuditReport::default();
-    let kernel = Kernel::new(store.limits()?);
+    let (kernel, _) = crate::log::recovery::origin(store)?;
     replay_with(
         store,
         kernel,

@@ -1,6 +1,7 @@
 //! Reading a log back, in one place: rebuilding the kernel (recovery), the
 //! events from a point on, full verification, and the authorization audit.
 
+pub(crate) mod archive;
 pub(crate) mod audit;
 pub(crate) mod committed;
 pub(crate) mod recovery;
@@ -39,6 +40,16 @@ pub enum LogError {
         seq: u64,
         /// What does not match.
         reason: String,
+    },
+    /// A record was asked for that is in the archived part of the log.
+    #[error(
+        "record {seq} is archived: the live log starts at record {first} (`toka verify --archive FILE` checks the archive)"
+    )]
+    Archived {
+        /// The record asked for.
+        seq: u64,
+        /// The first record after the anchor.
+        first: u64,
     },
     /// A stored snapshot does not match the log.
     #[error("the snapshot at record {seq} does not match the log: {reason}")]

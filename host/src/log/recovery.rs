@@ -2,11 +2,11 @@
 //! snapshot and the tail), replaying it record by record, and reading the
 //! committed events from a sequence number on.
 
-use toka_kernel::{Kernel, Limits, Registry};
+use toka_kernel::{Kernel, Limits, Record, Registry, ReplayError, ReplayErrorKind};
 
 use crate::log::LogError;
 use crate::log::committed::CommittedRecord;
-use crate::store::event_store::EventStore;
+use crate::store::event_store::{Anchor, EventStore};
 
 /// Rebuilds the kernel from a stored log, verifying every record, and calls
 /// `on_record` with each applied record (its events included) in order.
@@ -57,8 +57,78 @@ pub fn recover(store: &dyn EventStore) -> Result<(Kernel, u64), LogError> {
             Err(e) => tracing::warn!(seq, error = %e, "ignoring a snapshot that does not load"),
         }
     }
+    if let Some(anchor) = store.anchor()? {
+        return Err(LogError::SnapshotMismatch {
+            seq: anchor.snapshot,
+            reason: "the log before it is archived and neither it nor a newer snapshot loads"
+                .into(),
+        });
+    }
     let kernel = Kernel::with_registry(limits, Registry::new());
     Ok((restore(store, kernel)?, 0))
+}
+
+/// Where a full check of the stored log starts: the anchor snapshot when
+/// the log's beginning was archived (see [`Anchor`]), else the empty
+/// kernel before record 1. Checks that the records kept before the anchor
+/// (those of tasks running at it) are intact and chain into it.
+///
+/// # Errors
+///
+/// [`LogError::SnapshotMismatch`] when the anchor snapshot is missing or
+/// does not load, [`LogError::Replay`] or [`LogError::HeadMismatch`] when a
+/// kept record is altered or missing.
+pub fn origin(store: &dyn EventStore) -> Result<(Kernel, Option<Anchor>), LogError> {
+    let limits = store.limits()?;
+    let Some(anchor) = store.anchor()? else {
+        return Ok((Kernel::with_registry(limits, Registry::new()), None));
+    };
+    let bad = |reason: String| LogError::SnapshotMismatch {
+        seq: anchor.snapshot,
+        reason,
+    };
+    let bytes = store
+        .snapshot(anchor.snapshot)?
+        .ok_or_else(|| bad("the log starts at it, but it is missing".into()))?;
+    let start = crate::store::snapshot::decode(&bytes).map_err(bad)?;
+    if start.head.seq != anchor.snapshot {
+        return Err(bad("it is the state after another record".into()));
+    }
+    let kernel = Kernel::from_snapshot(start.state, start.head, limits, Registry::new());
+    // The kept records before the anchor: each intact, in sequence, and
+    // linked, the last one being the anchor's head.
+    let mut last = None;
+    for entry in store.records(anchor.kept_from)? {
+        let (seq, bytes) = entry?;
+        if seq > anchor.snapshot {
+            break;
+        }
+        let broken = |kind| ReplayError { seq, kind };
+        let record = Record::decode(&bytes).map_err(|e| broken(ReplayErrorKind::Record(e)))?;
+        let expected = last.map_or(anchor.kept_from, |(s, _)| s + 1);
+        if record.seq != seq || seq != expected {
+            return Err(LogError::HeadMismatch {
+                expected,
+                found: seq,
+            });
+        }
+        if let Some((_, hash)) = last
+            && record.prev_hash != hash
+        {
+            return Err(broken(ReplayErrorKind::BrokenChain {
+                expected: hash,
+                found: record.prev_hash,
+            })
+            .into());
+        }
+        last = Some((seq, record.hash));
+    }
+    if anchor.kept_from <= anchor.snapshot && last != Some((start.head.seq, start.head.hash)) {
+        return Err(bad(
+            "the records kept before it do not end at its chain head".into(),
+        ));
+    }
+    Ok((kernel, Some(anchor)))
 }
 
 /// Calls `f` with each stored record from `from` on, with its events, in
@@ -86,13 +156,25 @@ pub struct LogReader {
 }
 
 impl LogReader {
-    /// A reader whose next record is `from` (or the first, for 0).
+    /// A reader whose next record is `from` (or the first there is, for 0:
+    /// the one after the anchor, once the log's beginning is archived).
     ///
     /// # Errors
     ///
-    /// As [`recover`].
+    /// As [`recover`]; [`LogError::Archived`] when `from` is in the
+    /// archived part of the log.
     pub fn new(store: &dyn EventStore, from: u64) -> Result<LogReader, LogError> {
         let limits = store.limits()?;
+        let from = match store.anchor()? {
+            Some(anchor) if from == 0 => anchor.snapshot + 1,
+            Some(anchor) if from <= anchor.snapshot => {
+                return Err(LogError::Archived {
+                    seq: from,
+                    first: anchor.snapshot + 1,
+                });
+            }
+            _ => from,
+        };
         let mut kernel = None;
         for seq in store.snapshots()?.into_iter().rev().filter(|s| *s < from) {
             if let Some(bytes) = store.snapshot(seq)?

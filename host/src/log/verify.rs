@@ -1,9 +1,9 @@
 //! Verifying a stored log: every record, the head, and every snapshot.
 
-use toka_kernel::{Digest, Event, Kernel, Registry};
+use toka_kernel::{Digest, Event};
 
 use crate::log::LogError;
-use crate::log::recovery::replay_with;
+use crate::log::recovery::{origin, replay_with};
 use crate::store::event_store::EventStore;
 
 /// What [`verify`] checked.
@@ -17,9 +17,14 @@ pub struct Verified {
     pub snapshots: usize,
     /// Journaled response bodies checked against their digests.
     pub bodies: u64,
+    /// The snapshot the check started from, when the log's beginning is
+    /// archived (`toka archive`): the records up to it are checked by
+    /// [`verify_archive`](crate::verify_archive), not here.
+    pub anchor: Option<u64>,
 }
 
-/// Replays the whole log from its first record, checking every record's hash
+/// Replays the whole log from its first record (or from its anchor
+/// snapshot, once its beginning is archived), checking every record's hash
 /// and link, that the log ends at the stored head, and that every stored
 /// snapshot holds exactly the replayed state (and chain head) at its
 /// sequence number, and that every journaled response body is stored and
@@ -50,8 +55,12 @@ pub fn verify_reporting(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Verified, LogError> {
     let total = store.head()?.seq;
+    let (kernel, anchor) = origin(store)?;
     let mut expected = Vec::new();
     for seq in store.snapshots()? {
+        if Some(seq) == anchor.map(|a| a.snapshot) {
+            continue;
+        }
         let bytes = store
             .snapshot(seq)?
             .ok_or_else(|| LogError::SnapshotMismatch {
@@ -69,7 +78,6 @@ pub fn verify_reporting(
     let mut bad_body = None;
     let mut bodies = 0;
     let mut checked = 0;
-    let kernel = Kernel::with_registry(store.limits()?, Registry::new());
     let kernel = replay_with(
         store,
         kernel,
@@ -126,11 +134,21 @@ pub fn verify_reporting(
         state_digest: kernel.state().digest(),
         snapshots: checked,
         bodies,
+        anchor: anchor.map(|a| a.snapshot),
     })
 }
 
 /// Whether the blob `digest` is stored, `len` bytes long, and hashes to it.
 fn check_body(store: &dyn EventStore, digest: &Digest, len: u64) -> Result<(), String> {
+    checked_body(store, digest, len).map(drop)
+}
+
+/// The blob `digest`, if it is stored, `len` bytes long, and hashes to it.
+pub(crate) fn checked_body(
+    store: &dyn EventStore,
+    digest: &Digest,
+    len: u64,
+) -> Result<Vec<u8>, String> {
     let bytes = store
         .blob(digest)
         .map_err(|e| e.to_string())?
@@ -141,5 +159,5 @@ fn check_body(store: &dyn EventStore, digest: &Digest, len: u64) -> Result<(), S
             digest.short()
         ));
     }
-    Ok(())
+    Ok(bytes)
 }

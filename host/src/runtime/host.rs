@@ -613,6 +613,20 @@ impl Host {
         self.read_log(&mut reader, limit)
     }
 
+    /// The first record the live log holds: 1, or the record after the
+    /// anchor once the log's beginning is archived (`toka archive`).
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Store`] when the store cannot be read.
+    pub fn log_start(&self) -> Result<u64, HostError> {
+        Ok(self
+            .inner
+            .store
+            .anchor()?
+            .map_or(1, |anchor| anchor.snapshot + 1))
+    }
+
     /// A reader of the log whose next record is `from`: keep it to read on
     /// in linear time (positioning it costs a replay from the newest
     /// snapshot before `from`).

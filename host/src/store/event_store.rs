@@ -10,7 +10,35 @@ pub const SNAPSHOTS_KEPT: usize = 2;
 
 /// The layout version of a data dir: tables, meta keys and their encodings.
 /// Bumped when a release changes them; a store refuses to open a newer one.
-pub const DATA_FORMAT: u16 = 1;
+///
+/// - 1: the whole log from record 1.
+/// - 2: a log whose beginning was archived: it starts at an [`Anchor`]
+///   (`meta.anchor`). A store is marked 2 only when it is first archived, so
+///   releases that read 1 keep opening every store that never was.
+pub const DATA_FORMAT: u16 = 2;
+
+/// Where a store's log starts once its beginning was archived
+/// (`toka archive`): the snapshot it is verified and recovered from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Anchor {
+    /// The anchor snapshot: the state after this record. Kept until the
+    /// next archive moves the anchor, whatever newer snapshots are written.
+    pub snapshot: u64,
+    /// The first record kept: `snapshot + 1`, or earlier when tasks were
+    /// running at the snapshot (their journals refer to their records).
+    pub kept_from: u64,
+}
+
+/// What [`EventStore::cut`] does, in one transaction.
+#[derive(Debug, Clone)]
+pub struct Cut {
+    /// The new anchor.
+    pub anchor: Anchor,
+    /// The anchor snapshot's bytes (stored under `anchor.snapshot`).
+    pub snapshot: Vec<u8>,
+    /// Blobs nothing kept refers to any more, to delete.
+    pub blobs: Vec<Digest>,
+}
 
 /// A group of records committed together, with the blobs they reference.
 #[derive(Debug, Clone, Default)]
@@ -138,6 +166,31 @@ pub trait EventStore: Send + Sync + 'static {
     ///
     /// [`StoreError`] when the store cannot be read.
     fn tokens(&self) -> Result<Vec<(Digest, Vec<u8>)>, StoreError>;
+
+    /// Where the log starts, if its beginning was archived; `None` for a log
+    /// that starts at record 1.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    fn anchor(&self) -> Result<Option<Anchor>, StoreError>;
+
+    /// Drops the beginning of the log once it is archived, in one durable
+    /// transaction: stores the anchor snapshot and the anchor, deletes the
+    /// records before `kept_from`, the older snapshots, the task-end index
+    /// entries of the deleted records, and the listed blobs.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the write fails; nothing is then changed.
+    fn cut(&self, cut: Cut) -> Result<(), StoreError>;
+
+    /// The digests of every stored blob.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    fn blob_digests(&self) -> Result<Vec<Digest>, StoreError>;
 
     /// The root public key (32 bytes) the data dir was created for, if it
     /// records one. A host refuses to open it with another root key.

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use toka_kernel::{ChainHead, Digest, Limits, TaskId};
 
-use crate::store::event_store::{Batch, EventStore, Records, SNAPSHOTS_KEPT, StoreError};
+use crate::store::event_store::{
+    Anchor, Batch, Cut, EventStore, Records, SNAPSHOTS_KEPT, StoreError,
+};
 
 /// An [`EventStore`] in memory: nothing survives the process.
 ///
@@ -25,6 +27,7 @@ struct Inner {
     snapshots: BTreeMap<u64, Vec<u8>>,
     task_ends: BTreeMap<TaskId, u64>,
     head: ChainHead,
+    anchor: Option<Anchor>,
     limits: Limits,
     data_id: [u8; 16],
 }
@@ -41,6 +44,7 @@ impl MemoryStore {
                 snapshots: BTreeMap::new(),
                 task_ends: BTreeMap::new(),
                 head: ChainHead::default(),
+                anchor: None,
                 limits,
                 data_id: crate::store::event_store::random_data_id()
                     .expect("the operating system provides randomness"),
@@ -56,8 +60,14 @@ impl MemoryStore {
 impl Inner {
     fn keep_snapshot(&mut self, seq: u64, bytes: Vec<u8>) {
         self.snapshots.insert(seq, bytes);
-        while self.snapshots.len() > SNAPSHOTS_KEPT {
-            self.snapshots.pop_first();
+        let anchor = self.anchor.map(|a| a.snapshot);
+        let newer: Vec<u64> = self.snapshots.keys().rev().copied().collect();
+        for old in newer
+            .into_iter()
+            .filter(|s| Some(*s) != anchor)
+            .skip(SNAPSHOTS_KEPT)
+        {
+            self.snapshots.remove(&old);
         }
     }
 }
@@ -128,6 +138,31 @@ impl EventStore for MemoryStore {
             .iter()
             .map(|(d, b)| (*d, b.clone()))
             .collect())
+    }
+
+    fn anchor(&self) -> Result<Option<Anchor>, StoreError> {
+        Ok(self.lock().anchor)
+    }
+
+    fn cut(&self, cut: Cut) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let Anchor {
+            snapshot,
+            kept_from,
+        } = cut.anchor;
+        inner.anchor = Some(cut.anchor);
+        inner.snapshots.insert(snapshot, cut.snapshot);
+        inner.snapshots.retain(|seq, _| *seq >= snapshot);
+        inner.records.retain(|(seq, _)| *seq >= kept_from);
+        inner.task_ends.retain(|_, seq| *seq >= kept_from);
+        for digest in &cut.blobs {
+            inner.blobs.remove(digest);
+        }
+        Ok(())
+    }
+
+    fn blob_digests(&self) -> Result<Vec<Digest>, StoreError> {
+        Ok(self.lock().blobs.keys().copied().collect())
     }
 
     fn root_public_key(&self) -> Result<Option<Vec<u8>>, StoreError> {

@@ -5,7 +5,7 @@
 //! | table       | key        | value                                        |
 //! |-------------|------------|----------------------------------------------|
 //! | `events`    | `u64` seq  | a log record (`toka_kernel::Record` bytes)   |
-//! | `meta`      | `&str`     | `magic` = `toka`, `format` (u16 LE), `head` (postcard `ChainHead`), `limits` (postcard `Limits`), `root_public_key` (32 bytes), `created_by` |
+//! | `meta`      | `&str`     | `magic` = `toka`, `format` (u16 LE), `head` (postcard `ChainHead`), `limits` (postcard `Limits`), `root_public_key` (32 bytes), `created_by`, `data_id`, `anchor` (postcard `Anchor`, once archived) |
 //! | `blobs`     | `[u8; 32]` | component bytes, by BLAKE3 digest            |
 //! | `tokens`    | `[u8; 32]` | capability token bytes, by BLAKE3 digest     |
 //! | `snapshots` | `u64` seq  | the state after that record (see `snapshot.rs`) |
@@ -25,8 +25,12 @@ use redb::{
 use toka_kernel::{ChainHead, Digest, Limits, TaskId};
 
 use crate::store::event_store::{
-    Batch, DATA_FORMAT, EventStore, Records, SNAPSHOTS_KEPT, StoreError,
+    Anchor, Batch, Cut, DATA_FORMAT, EventStore, Records, SNAPSHOTS_KEPT, StoreError,
 };
+
+/// The data format a new store is written in: the whole log, readable by
+/// every release (an archive marks it [`DATA_FORMAT`]).
+const WHOLE_LOG_FORMAT: u16 = 1;
 
 const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
@@ -216,7 +220,7 @@ impl RedbStore {
             let created_by = concat!("toka ", env!("CARGO_PKG_VERSION"));
             for (key, value) in [
                 ("magic", MAGIC),
-                ("format", &DATA_FORMAT.to_le_bytes()[..]),
+                ("format", &WHOLE_LOG_FORMAT.to_le_bytes()[..]),
                 ("limits", &limits),
                 ("head", &head),
                 ("root_public_key", root_public_key),
@@ -303,7 +307,22 @@ impl RedbStore {
             .map(|v| v.value().to_vec()))
     }
 
-    /// Writes a snapshot inside an open write transaction, dropping old ones.
+    /// Compacts the file, giving back the space of deleted records (after
+    /// an archive). Returns whether anything was compacted.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store is read-only or compaction fails.
+    pub fn compact(&mut self) -> Result<bool, StoreError> {
+        let p = self.path.clone();
+        match &mut self.db {
+            Db::Write(db) => db.compact().map_err(|e| backend(&p, e)),
+            Db::Read(_) => Err(backend(&p, "the store was opened read-only")),
+        }
+    }
+
+    /// Writes a snapshot inside an open write transaction, dropping old ones
+    /// (but never the anchor's).
     fn write_snapshot(
         &self,
         tx: &redb::WriteTransaction,
@@ -311,6 +330,14 @@ impl RedbStore {
         bytes: &[u8],
     ) -> Result<(), StoreError> {
         let p = &self.path;
+        let anchor = {
+            let meta = tx.open_table(META).map_err(|e| backend(p, e))?;
+            let value = meta.get("anchor").map_err(|e| backend(p, e))?;
+            value
+                .map(|v| postcard::from_bytes::<Anchor>(v.value()))
+                .transpose()
+                .map_err(|e| corrupt(p, "anchor", e))?
+        };
         let mut table = tx.open_table(SNAPSHOTS).map_err(|e| backend(p, e))?;
         table.insert(seq, bytes).map_err(|e| backend(p, e))?;
         let seqs: Vec<u64> = table
@@ -319,7 +346,9 @@ impl RedbStore {
             .map(|entry| entry.map(|(k, _)| k.value()))
             .collect::<Result<_, _>>()
             .map_err(|e| backend(p, e))?;
-        for old in seqs.iter().rev().skip(SNAPSHOTS_KEPT) {
+        let anchor = anchor.map(|a| a.snapshot);
+        let newer = seqs.iter().rev().filter(|s| Some(**s) != anchor);
+        for old in newer.skip(SNAPSHOTS_KEPT) {
             table.remove(*old).map_err(|e| backend(p, e))?;
         }
         Ok(())
@@ -467,6 +496,66 @@ impl EventStore for RedbStore {
             .map_err(|e| backend(p, e))?;
         self.write_snapshot(&tx, seq, &bytes)?;
         tx.commit().map_err(|e| backend(p, e))
+    }
+
+    fn anchor(&self) -> Result<Option<Anchor>, StoreError> {
+        self.meta_bytes("anchor")?
+            .map(|v| postcard::from_bytes(&v).map_err(|e| corrupt(&self.path, "anchor", e)))
+            .transpose()
+    }
+
+    fn cut(&self, cut: Cut) -> Result<(), StoreError> {
+        let p = &self.path;
+        let Anchor {
+            snapshot,
+            kept_from,
+        } = cut.anchor;
+        let mut tx = self.writer()?.begin_write().map_err(|e| backend(p, e))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| backend(p, e))?;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| backend(p, e))?;
+            let anchor = postcard::to_allocvec(&cut.anchor).map_err(|e| backend(p, e))?;
+            meta.insert("anchor", anchor.as_slice())
+                .map_err(|e| backend(p, e))?;
+            meta.insert("format", &DATA_FORMAT.to_le_bytes()[..])
+                .map_err(|e| backend(p, e))?;
+            let mut snapshots = tx.open_table(SNAPSHOTS).map_err(|e| backend(p, e))?;
+            snapshots
+                .insert(snapshot, cut.snapshot.as_slice())
+                .map_err(|e| backend(p, e))?;
+            snapshots
+                .retain_in(..snapshot, |_, _| false)
+                .map_err(|e| backend(p, e))?;
+            tx.open_table(EVENTS)
+                .map_err(|e| backend(p, e))?
+                .retain_in(..kept_from, |_, _| false)
+                .map_err(|e| backend(p, e))?;
+            tx.open_table(TASK_ENDS)
+                .map_err(|e| backend(p, e))?
+                .retain(|_, seq| seq >= kept_from)
+                .map_err(|e| backend(p, e))?;
+            let mut blobs = tx.open_table(BLOBS).map_err(|e| backend(p, e))?;
+            for digest in &cut.blobs {
+                blobs.remove(digest.as_bytes()).map_err(|e| backend(p, e))?;
+            }
+        }
+        tx.commit().map_err(|e| backend(p, e))
+    }
+
+    fn blob_digests(&self) -> Result<Vec<Digest>, StoreError> {
+        let p = &self.path;
+        let tx = self.read()?;
+        let table = tx.open_table(BLOBS).map_err(|e| backend(p, e))?;
+        table
+            .iter()
+            .map_err(|e| backend(p, e))?
+            .map(|entry| {
+                entry
+                    .map(|(k, _)| Digest(*k.value()))
+                    .map_err(|e| backend(p, e))
+            })
+            .collect()
     }
 
     fn root_public_key(&self) -> Result<Option<Vec<u8>>, StoreError> {

@@ -89,7 +89,9 @@ impl Filter {
 #[utoipa::path(get, path = "/v1/events", tag = "log", security(("bearer" = [])),
     params(EventsQuery),
     responses((status = 200, description = "A page of events", body = EventPage),
-        (status = 400, description = "A malformed query", body = ErrorBody), AuthErrors))]
+        (status = 400, description = "A malformed query", body = ErrorBody),
+        (status = 410, description = "`from` is in the archived part of the log (`archived`)", body = ErrorBody),
+        AuthErrors))]
 pub(crate) async fn events(
     State(app): State<Arc<App>>,
     _who: Reader,
@@ -97,7 +99,8 @@ pub(crate) async fn events(
 ) -> Result<axum::Json<EventPage>, ApiError> {
     let limit = crate::api::Paging::new(query.limit)?.limit;
     let filter = Filter::new(query.agent.as_deref(), query.kind.as_deref())?;
-    let from = query.from.unwrap_or(1).max(1);
+    // 0: the first record there is (after the anchor, once archived).
+    let from = query.from.unwrap_or(0);
     let host = Arc::clone(&app.host);
     let _turn = app
         .log_reads
@@ -141,7 +144,7 @@ pub(crate) async fn events(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct RecordsQuery {
-    /// The first sequence number (default 1).
+    /// The first sequence number (default: the first record stored).
     from: Option<u64>,
     /// Records at most (1 to 1000, default 100; a page also stops at 4 MiB).
     limit: Option<usize>,
@@ -152,15 +155,34 @@ pub(crate) struct RecordsQuery {
 #[utoipa::path(get, path = "/v1/log/records", tag = "log", security(("bearer" = [])),
     params(RecordsQuery),
     responses((status = 200, description = "A page of records", body = RecordPage),
-        (status = 400, description = "A malformed query", body = ErrorBody), AuthErrors))]
+        (status = 400, description = "A malformed query", body = ErrorBody),
+        (status = 410, description = "`from` is in the archived part of the log (`archived`)", body = ErrorBody),
+        AuthErrors))]
 pub(crate) async fn records(
     State(app): State<Arc<App>>,
     _who: Reader,
     Query(query): Query<RecordsQuery>,
 ) -> Result<axum::Json<RecordPage>, ApiError> {
     let limit = crate::api::Paging::new(query.limit)?.limit;
-    let from = query.from.unwrap_or(1).max(1);
+    // By default the first record stored (some before the anchor may be
+    // kept, once the log's beginning is archived).
+    let from = query.from.unwrap_or(0);
     let store = Arc::clone(&app.store);
+    if let Some(anchor) = store
+        .anchor()
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        && from != 0
+        && from < anchor.kept_from
+    {
+        return Err(ApiError::new(
+            axum::http::StatusCode::GONE,
+            "archived",
+            format!(
+                "record {from} is archived: the records stored start at {}",
+                anchor.kept_from
+            ),
+        ));
+    }
     let head = head(&app);
     let records = tokio::task::spawn_blocking(move || -> Result<Vec<RawRecord>, ApiError> {
         let mut out = Vec::new();

@@ -75,6 +75,7 @@ pub struct StreamRecord {
     params(StreamQuery, ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this record")),
     responses((status = 200, description = "`text/event-stream`: `event: record`, `id: SEQ`, `data:` a StreamRecord", body = StreamRecord, content_type = "text/event-stream"),
         (status = 400, description = "A malformed query or Last-Event-ID", body = ErrorBody),
+        (status = 410, description = "`from` or Last-Event-ID is in the archived part of the log (`archived`)", body = ErrorBody),
         (status = 503, description = "Too many streams open", body = ErrorBody),
         AuthErrors))]
 pub(crate) async fn stream(
@@ -138,6 +139,16 @@ pub(crate) async fn stream(
         (None, Some(from)) => from.max(1),
         (None, None) => crate::api::system::head(&app).seq + 1,
     };
+    let start = app.host.log_start()?;
+    if next < start {
+        return Err(ApiError::new(
+            axum::http::StatusCode::GONE,
+            "archived",
+            format!(
+                "record {next} is archived: the live log starts at record {start}; stream from there or from now"
+            ),
+        ));
+    }
     let follower = Follower {
         app: Arc::clone(&app),
         subscription,

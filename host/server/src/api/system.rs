@@ -37,6 +37,7 @@ pub(crate) async fn status(State(app): State<Arc<App>>, who: Reader) -> axum::Js
     axum::Json(Status {
         version: env!("CARGO_PKG_VERSION").into(),
         head: head(&app),
+        log_start: app.host.log_start().unwrap_or(1),
         root_public_key: app.root.to_string(),
         agents: census.agents,
         queued_tasks: census.queued,

@@ -102,7 +102,7 @@ async function start() {
     $("logout").hidden = false;
     $("whoami").textContent = "operator " + status.operator;
     await loadAgents();
-    await loadRecentEvents(status.head.seq);
+    await loadRecentEvents(status.head.seq, status.log_start || 1);
     loadVerify();
     connect();
     setInterval(tick, 1000);
@@ -125,8 +125,8 @@ async function loadAgents() {
   renderAgents();
 }
 
-async function loadRecentEvents(head) {
-  const from = Math.max(1, head - 199);
+async function loadRecentEvents(head, start) {
+  const from = Math.max(start, head - 199);
   let next = from;
   while (next && next <= head) {
     const page = await api("/v1/events?from=" + next + "&limit=1000");

@@ -1,0 +1,357 @@
+//! Retention: `toka archive` moves the beginning of a real redb log to an
+//! archive file, the live log goes on from its anchor snapshot, `toka
+//! verify` checks both, and a task running across the cut is still applied
+//! exactly once.
+
+use std::path::Path;
+
+use crate::journal::{counting_server, instruct, let_it_finish, run_until_waiting_then_kill};
+use crate::{open_host, temp_data, toka};
+
+/// The head's sequence number, from `toka verify` (`ok SEQ DIGEST`).
+fn head(data: &Path) -> u64 {
+    toka(data, &["verify"])
+        .ok()
+        .lines()
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|n| n.parse().ok())
+        .expect("verify prints the head")
+}
+
+fn count(run: &crate::Run) -> String {
+    run.ok()
+        .lines()
+        .filter_map(|l| l.split("count = ").nth(1))
+        .next_back()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn archiving_moves_the_log_to_a_file_and_the_live_log_goes_on_from_its_anchor() {
+    let (tmp, data) = temp_data();
+    let archive = |name: &str| tmp.path().join(name);
+    let run = toka(&data, &["run", "counter", "--task", "1", "--task", "2"]);
+    assert_eq!(count(&run), "3");
+    let first_head = head(&data);
+
+    let made = toka(&data, &["archive", "--to", archive("a1").to_str().unwrap()]);
+    assert!(
+        made.ok()
+            .contains(&format!("archived records 1..={first_head}")),
+        "{made:#?}"
+    );
+    assert!(archive("a1").is_file());
+    assert!(!tmp.path().join("a1.partial").exists());
+
+    // An archive is never overwritten, and a refused archive changes nothing.
+    let again = toka(&data, &["archive", "--to", archive("a1").to_str().unwrap()]);
+    assert_eq!(again.code, 2, "{again:#?}");
+    assert!(again.stderr.contains("exists already"), "{}", again.stderr);
+    let nothing = toka(&data, &["archive", "--to", archive("a0").to_str().unwrap()]);
+    assert_eq!(nothing.code, 2, "{nothing:#?}");
+    assert!(
+        nothing.stderr.contains("nothing to archive"),
+        "{}",
+        nothing.stderr
+    );
+    assert!(!archive("a0").exists());
+
+    let verified = toka(&data, &["verify"]);
+    assert!(
+        verified.ok().contains(&format!(
+            "anchored at the snapshot after record {first_head}"
+        )),
+        "{verified:#?}"
+    );
+    let with_archive = toka(
+        &data,
+        &[
+            "verify",
+            "--archive",
+            archive("a1").to_str().unwrap(),
+            "--auth",
+        ],
+    );
+    assert!(
+        with_archive.ok().contains(&format!(
+            "archive ok: {} holds records 1..={first_head}",
+            archive("a1").display()
+        )) && with_archive
+            .stdout
+            .contains("ending at the live log's anchor")
+            && with_archive.stdout.contains("auth ok"),
+        "{with_archive:#?}"
+    );
+
+    // The archived records are gone from the live log, by name.
+    let old = toka(&data, &["events", "--from", "1"]);
+    assert_eq!(old.code, 2, "{old:#?}");
+    assert!(
+        old.stderr.contains("record 1 is archived")
+            && old
+                .stderr
+                .contains(&format!("starts at record {}", first_head + 1)),
+        "{}",
+        old.stderr
+    );
+    assert!(toka(&data, &["events"]).ok().is_empty());
+
+    // The host starts from the anchor: the count goes on, and snapshots
+    // written after it never drop it.
+    let run = toka(
+        &data,
+        &[
+            "--snapshot-every",
+            "2",
+            "run",
+            "counter",
+            "--task",
+            "4",
+            "--task",
+            "5",
+        ],
+    );
+    assert_eq!(count(&run), "12");
+    let events = toka(&data, &["events"]);
+    assert!(events.ok().contains("count = 12"), "{events:#?}");
+    let second_head = head(&data);
+    assert!(toka(&data, &["verify"]).ok().contains(&format!(
+        "anchored at the snapshot after record {first_head}"
+    )));
+
+    // A second archive continues the first; the two check in order only.
+    let kept = toka(
+        &data,
+        &[
+            "archive",
+            "--to",
+            archive("a2").to_str().unwrap(),
+            "--keep",
+            "3",
+        ],
+    );
+    let cut = second_head - 3;
+    assert!(
+        kept.ok()
+            .contains(&format!("archived records {}..={cut}", first_head + 1)),
+        "{kept:#?}"
+    );
+    let both = toka(
+        &data,
+        &[
+            "verify",
+            "--archive",
+            archive("a1").to_str().unwrap(),
+            "--archive",
+            archive("a2").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        both.ok()
+            .contains(&format!("anchored at the snapshot after record {cut}"))
+            && both.stdout.contains("ending at the live log's anchor"),
+        "{both:#?}"
+    );
+    let swapped = toka(
+        &data,
+        &[
+            "verify",
+            "--archive",
+            archive("a2").to_str().unwrap(),
+            "--archive",
+            archive("a1").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(swapped.code, 1, "{swapped:#?}");
+    assert!(
+        swapped
+            .stderr
+            .contains("does not continue the archive before it"),
+        "{}",
+        swapped.stderr
+    );
+    let tail = toka(&data, &["events", "--from", &(cut + 1).to_string()]);
+    assert!(tail.ok().contains("count = 12"), "{tail:#?}");
+    assert_eq!(
+        count(&toka(&data, &["run", "counter", "--task", "1"])),
+        "13"
+    );
+}
+
+#[test]
+fn a_damaged_or_foreign_archive_is_named_and_nothing_is_trusted_from_it() {
+    let (tmp, data) = temp_data();
+    toka(&data, &["run", "counter", "--task", "1", "--task", "2"]).ok();
+    let good = tmp.path().join("good");
+    toka(&data, &["archive", "--to", good.to_str().unwrap()]).ok();
+    let bytes = std::fs::read(&good).unwrap();
+    let check = |name: &str, bytes: &[u8]| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        toka(&data, &["verify", "--archive", path.to_str().unwrap()])
+    };
+
+    let mut altered = bytes.clone();
+    let middle = altered.len() / 2;
+    altered[middle] ^= 1;
+    let run = check("altered", &altered);
+    assert_ne!(run.code, 0, "{run:#?}");
+    assert!(run.stderr.contains("altered"), "{}", run.stderr);
+
+    let run = check("truncated", &bytes[..bytes.len() - 10]);
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(run.stderr.contains("truncated"), "{}", run.stderr);
+
+    // A frame that claims 4 GiB: refused before anything is allocated.
+    let mut huge = b"TOKA-ARCHIVE\0".to_vec();
+    huge.extend_from_slice(&u32::MAX.to_le_bytes());
+    let run = check("huge", &huge);
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(
+        run.stderr.contains("not a valid Toka archive"),
+        "{}",
+        run.stderr
+    );
+
+    let run = check("not-an-archive", b"hello");
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(
+        run.stderr.contains("does not start with TOKA-ARCHIVE"),
+        "{}",
+        run.stderr
+    );
+
+    // Another data dir's archive does not check against this log.
+    let (_other_tmp, other) = temp_data();
+    toka(&other, &["run", "counter", "--task", "1", "--task", "2"]).ok();
+    let run = toka(&other, &["verify", "--archive", good.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert!(run.stderr.contains("another data dir"), "{}", run.stderr);
+    // The untouched archive still checks.
+    assert!(
+        toka(&data, &["verify", "--archive", good.to_str().unwrap()])
+            .ok()
+            .contains("archive ok")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_host_keeps_its_log_from_being_archived_under_it() {
+    let (tmp, data) = temp_data();
+    toka(&data, &["run", "counter", "--task", "1"]).ok();
+    let host = open_host(&data).await;
+    let to = tmp.path().join("a");
+    let run = toka(&data, &["archive", "--to", to.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(run.stderr.contains("in use"), "{}", run.stderr);
+    assert!(!to.exists());
+    host.shutdown().await.unwrap();
+}
+
+#[test]
+fn a_task_running_at_the_cut_keeps_its_journal_and_runs_exactly_once() {
+    let (port, paths) = counting_server();
+    let url = format!("http://127.0.0.1:{port}/once");
+    let (tmp, data) = temp_data();
+    let dir = tmp.path().join("inputs");
+    std::fs::create_dir(&dir).unwrap();
+    instruct(&dir, "http", &url);
+    // The task sent its request, got the response journaled, and was
+    // killed while waiting: it is running at the cut.
+    run_until_waiting_then_kill(&data, &dir);
+    let cut = head(&data);
+    let first = tmp.path().join("first");
+    let archived = toka(&data, &["archive", "--to", first.to_str().unwrap()]);
+    assert!(
+        archived
+            .ok()
+            .contains(&format!("archived records 1..={cut}"))
+            && archived.stdout.contains("stay for tasks still running"),
+        "{archived:#?}"
+    );
+    assert!(toka(&data, &["verify"]).ok().contains("anchored"));
+
+    // The re-run is answered from the journal the live log kept: the
+    // request is not sent again.
+    let run = let_it_finish(&data, &dir);
+    assert_eq!(run.code, 0, "{run:#?}");
+    assert_eq!(*paths.lock().unwrap(), ["/once"]);
+    let events = toka(&data, &["events", "--json"]);
+    assert!(!events.ok().contains("task_failed"), "{events:#?}");
+    assert!(events.stdout.contains("task_completed"), "{events:#?}");
+    assert!(toka(&data, &["verify", "--auth"]).ok().contains("auth ok"));
+
+    // Once the task ended, the next archive drops its records, and the
+    // response body nothing live refers to any more leaves the live store
+    // (the first archive holds it).
+    let second = tmp.path().join("second");
+    let archived = toka(&data, &["archive", "--to", second.to_str().unwrap()]);
+    assert!(archived.ok().contains("dropped 1 blobs"), "{archived:#?}");
+    let both = toka(
+        &data,
+        &[
+            "verify",
+            "--archive",
+            first.to_str().unwrap(),
+            "--archive",
+            second.to_str().unwrap(),
+            "--auth",
+        ],
+    );
+    assert!(
+        both.ok().contains(&format!(
+            "archive ok: {} holds records 1..={cut} and 1 response bodies\n",
+            first.display()
+        )) && both.stdout.contains("ending at the live log's anchor")
+            && both.stdout.contains("auth ok"),
+        "{both:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_gone_for_archived_records_and_serves_the_rest() {
+    use reqwest::{Method, StatusCode};
+
+    use crate::serve::{Api, Served};
+
+    let (tmp, data) = temp_data();
+    toka(&data, &["run", "counter", "--task", "1", "--task", "2"]).ok();
+    let cut = head(&data);
+    let to = tmp.path().join("a");
+    toka(&data, &["archive", "--to", to.to_str().unwrap()]).ok();
+    toka(&data, &["run", "counter", "--task", "3"]).ok();
+
+    let served = Served::start_on(&data, &[]);
+    let api = Api::new(&served).await;
+    for path in ["/v1/events?from=1", "/v1/log/records?from=1"] {
+        let template = path.split('?').next().unwrap();
+        let answer = api.get(template, path).await;
+        assert_eq!(answer.status, StatusCode::GONE, "{path}: {answer:?}");
+        assert_eq!(answer.code(), "archived", "{path}");
+        assert!(
+            answer.message().contains("record 1 is archived"),
+            "{answer:?}"
+        );
+    }
+    let stream = api
+        .send(
+            Method::GET,
+            "/v1/events/stream",
+            api.request(Method::GET, "/v1/events/stream?from=1"),
+        )
+        .await;
+    assert_eq!(stream.status, StatusCode::GONE, "{stream:?}");
+
+    // The status says where the live log starts (the dashboard reads from
+    // there), and without `from` the events start after the anchor.
+    let status = api.get("/v1/status", "/v1/status").await;
+    assert_eq!(status.body["log_start"], cut + 1, "{status:?}");
+    let page = api.get("/v1/events", "/v1/events").await;
+    assert_eq!(page.status, StatusCode::OK, "{page:?}");
+    let first = page.body["events"][0]["seq"].as_u64().unwrap();
+    assert_eq!(first, cut + 1, "{page:?}");
+    let text = page.body.to_string();
+    assert!(text.contains("count = 6"), "{text}");
+}

@@ -64,8 +64,10 @@ fn config() -> HostConfig {
     // log grows, and running tasks take turns: a task's wall-clock
     // deadline (30 s by default) counts its turns waiting too, which at
     // 10⁷ records failed some. The bench measures growth, not deadlines.
-    let mut limits = toka_host::AgentLimits::default();
-    limits.deadline_per_task = Duration::from_secs(3600);
+    let limits = toka_host::AgentLimits {
+        deadline_per_task: Duration::from_secs(3600),
+        ..toka_host::AgentLimits::default()
+    };
     let mut config = HostConfig::new();
     config
         .rules(Rules {

@@ -12,12 +12,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use toka_kernel::{
-    Digest, Event, HttpOutcome, Kernel, Operation, Record, Registry, ReplayError, ReplayErrorKind,
+    Digest, HttpOutcome, Kernel, Operation, Record, Registry, ReplayError, ReplayErrorKind,
     TaskStatus,
 };
 
 use crate::log::LogError;
 use crate::log::recovery::origin;
+use crate::log::verify::response_bodies;
 use crate::store::archive_file::{
     ARCHIVE_VERSION, ArchiveFileError, ArchiveReader, ArchiveWriter, End, Frame, Header,
 };
@@ -143,15 +144,8 @@ pub fn archive(
             }
             .into());
         }
-        for event in &applied.events {
-            if let Event::HttpResponded {
-                body: Some(digest),
-                body_len,
-                ..
-            } = event
-            {
-                bodies.entry(seq).or_default().push((*digest, *body_len));
-            }
+        for body in response_bodies(&applied.events) {
+            bodies.entry(seq).or_default().push(body);
         }
         if seq <= cut {
             out.write(&Frame::Record { seq, bytes })?;
@@ -354,15 +348,8 @@ pub fn verify_archive(
                             applied.seq
                         )));
                     }
-                    for event in &applied.events {
-                        if let Event::HttpResponded {
-                            body: Some(digest),
-                            body_len,
-                            ..
-                        } = event
-                        {
-                            wanted.entry(*digest).or_insert((seq, *body_len));
-                        }
+                    for (digest, len) in response_bodies(&applied.events) {
+                        wanted.entry(digest).or_insert((seq, len));
                     }
                     if seq % crate::log::verify::PROGRESS_EVERY == 0 {
                         progress(seq, header.last);

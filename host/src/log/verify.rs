@@ -86,16 +86,10 @@ pub fn verify_reporting(
             if applied.seq % PROGRESS_EVERY == 0 {
                 progress(applied.seq, total);
             }
-            for event in &applied.events {
-                if let Event::HttpResponded {
-                    body: Some(digest),
-                    body_len,
-                    ..
-                } = event
-                    && bad_body.is_none()
-                {
+            for (digest, len) in response_bodies(&applied.events) {
+                if bad_body.is_none() {
                     bodies += 1;
-                    bad_body = check_body(store, digest, *body_len)
+                    bad_body = check_body(store, &digest, len)
                         .err()
                         .map(|reason| (applied.seq, reason));
                 }
@@ -135,6 +129,18 @@ pub fn verify_reporting(
         snapshots: checked,
         bodies,
         anchor: anchor.map(|a| a.snapshot),
+    })
+}
+
+/// The response bodies `events` journaled: `(digest, length)`.
+pub(crate) fn response_bodies(events: &[Event]) -> impl Iterator<Item = (Digest, u64)> + '_ {
+    events.iter().filter_map(|event| match event {
+        Event::HttpResponded {
+            body: Some(digest),
+            body_len,
+            ..
+        } => Some((*digest, *body_len)),
+        _ => None,
     })
 }
 

@@ -261,7 +261,7 @@ impl ArchiveReader {
         }
     }
 
-    pub(crate) fn invalid(&self, reason: &str) -> ArchiveFileError {
+    fn invalid(&self, reason: &str) -> ArchiveFileError {
         ArchiveFileError::Invalid {
             path: self.path.clone(),
             reason: reason.to_owned(),

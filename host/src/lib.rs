@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 mod capability;
+mod cluster;
 mod log;
 mod package;
 mod runtime;
@@ -42,6 +43,9 @@ pub use capability::rights::{
 };
 pub use capability::root_key::{KeyError, RootKey};
 pub use capability::token::{Inspection, Token, TokenError};
+pub use cluster::cell_store::CellStore;
+pub use cluster::connection::{Cluster, ClusterConfig, ClusterError, MAX_CELLS};
+pub use cluster::lease::{Holder, Lease, LeaseGuard, holder};
 pub use log::LogError;
 pub use log::archive::{ArchiveError, ArchiveVerified, Archived, archive, verify_archive};
 pub use log::audit::{AuditMismatch, AuditReport, audit, audit_reporting};

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod capabilities;
+mod cluster;
 mod crash;
 mod dashboard;
 mod demo;

@@ -2,6 +2,7 @@
 
 mod agent;
 mod archive;
+mod cluster;
 mod demo;
 mod drive;
 mod events;
@@ -53,6 +54,17 @@ struct Cli {
         default_value_t = 10_000
     )]
     snapshot_every: u64,
+
+    /// Work against a Toka cluster on these NATS servers
+    /// (`nats://HOST:PORT,...`) instead of a local data dir: `cluster`,
+    /// `serve` and `verify` take it (the data dir then holds only this
+    /// host's root key, secrets and server registration).
+    #[arg(long, global = true, env = "TOKA_CLUSTER", value_name = "URLS")]
+    cluster: Option<String>,
+
+    /// The cell of the cluster a command works on.
+    #[arg(long, global = true, env = "TOKA_CELL", value_name = "N")]
+    cell: Option<u32>,
 
     #[command(flatten)]
     limits: LimitArgs,
@@ -159,6 +171,10 @@ enum Command {
     /// Serve the data dir: a long-running host with an HTTP API, a live
     /// event stream and a dashboard (docs/api.md).
     Serve(serve::Args),
+    /// Cells on NATS JetStream: create a cluster, see who owns which cell
+    /// (with --cluster).
+    #[command(subcommand)]
+    Cluster(cluster::Command),
 }
 
 /// Where the CLI finds its data dir and root key.
@@ -168,6 +184,10 @@ pub(crate) struct Place {
     pub(crate) root_key: Option<PathBuf>,
     pub(crate) snapshot_every: u64,
     pub(crate) agent_limits: toka_host::AgentLimits,
+    /// The cluster's NATS URLs, with --cluster.
+    pub(crate) cluster: Option<String>,
+    /// The cell, with --cell.
+    pub(crate) cell: Option<u32>,
 }
 
 impl Place {
@@ -284,7 +304,20 @@ fn main() -> ExitCode {
         root_key: cli.root_key,
         snapshot_every: cli.snapshot_every,
         agent_limits: cli.limits.apply(),
+        cluster: cli.cluster,
+        cell: cli.cell,
     };
+    if place.cluster.is_some()
+        && !matches!(
+            cli.command,
+            Command::Cluster(_) | Command::Serve(_) | Command::Verify(_)
+        )
+    {
+        eprintln!(
+            "error: with --cluster, toka takes `cluster`, `serve` and `verify`; drive a cell through the API of the host that serves it"
+        );
+        return ExitCode::from(2);
+    }
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Demo(args) => demo::main(&place, args).await,
@@ -293,7 +326,7 @@ fn main() -> ExitCode {
             Command::State(args) => state::main(&place.data, args),
             Command::Replay(args) => state::replay(&place.data, args),
             Command::Snapshot => state::snapshot(&place).await,
-            Command::Verify(args) => verify::main(&place.data, args),
+            Command::Verify(args) => verify::main(&place, args),
             Command::Archive(args) => archive::main(&place.data, args),
             Command::Token(command) => token::main(&place, command).await,
             Command::Agent(command) => agent::main(&place, command).await,
@@ -303,6 +336,7 @@ fn main() -> ExitCode {
             Command::Install(args) => install::install(&place, args).await,
             Command::Uninstall(args) => install::uninstall(&place, args).await,
             Command::Secret(command) => secret::main(&place, command).await,
+            Command::Cluster(command) => cluster::main(&place, command),
         }
     });
     match result {

@@ -37,6 +37,9 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
+    if place.cluster.is_some() {
+        return crate::cluster::serve(place, config(place, &args), args.grace).await;
+    }
     if let Some(server) = drive::server(place).await? {
         return Err(Failure::input(format!(
             "a server already holds {} at {}",
@@ -44,15 +47,7 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
             server.base()
         )));
     }
-    let mut config = ServeConfig::new(args.listen);
-    config
-        .insecure(args.insecure)
-        .grace(args.grace)
-        .max_component(usize::try_from(args.max_component).unwrap_or(usize::MAX))
-        .register_in(place.data.clone());
-    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
-        config.tls(cert, key);
-    }
+    let config = config(place, &args);
     // Bind before opening the data dir: a bad address writes nothing.
     let server = Server::bind(config).await.map_err(Failure::input)?;
     let opened = drive::open(place).await?;
@@ -69,4 +64,18 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
         .map_err(Failure::work)?;
     eprintln!("toka: stopped; everything acknowledged is in the log");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The server's configuration from the arguments.
+fn config(place: &Place, args: &Args) -> ServeConfig {
+    let mut config = ServeConfig::new(args.listen);
+    config
+        .insecure(args.insecure)
+        .grace(args.grace)
+        .max_component(usize::try_from(args.max_component).unwrap_or(usize::MAX))
+        .register_in(place.data.clone());
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls(cert.clone(), key.clone());
+    }
+    config
 }

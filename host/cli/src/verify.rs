@@ -1,6 +1,6 @@
 //! `toka verify`: replay the log and check it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use toka_host::EventStore;
@@ -22,13 +22,36 @@ pub(crate) struct Args {
     archive: Vec<PathBuf>,
 }
 
-pub(crate) fn main(data: &Path, args: Args) -> CliResult {
-    let store = toka_host::DataDir::new(data)
-        .open_read_only()
-        .map_err(Failure::input)?;
+pub(crate) fn main(place: &crate::Place, args: Args) -> CliResult {
+    if place.cluster.is_none() {
+        let store = toka_host::DataDir::new(&place.data)
+            .open_read_only()
+            .map_err(Failure::input)?;
+        return check(&store, &args);
+    }
+    if !args.archive.is_empty() {
+        return Err(Failure::input(
+            "--archive checks a data dir's archives, not a cluster's",
+        ));
+    }
+    let cluster = crate::cluster::connect(place)?;
+    for cell in crate::cluster::cells(place, &cluster)? {
+        out!("cell {cell}:");
+        let store = toka_host::CellStore::open_read_only(&cluster, cell).map_err(Failure::input)?;
+        check(&store, &args).map_err(|e| Failure {
+            message: format!("cell {cell}: {}", e.message),
+            ..e
+        })?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Verifies one store: its archives, its log, and with --auth its
+/// authorization decisions.
+fn check(store: &dyn EventStore, args: &Args) -> CliResult {
     let mut progress = progress();
     if !args.archive.is_empty() {
-        let checked = toka_host::verify_archive(&store, &args.archive, &mut progress).map_err(
+        let checked = toka_host::verify_archive(store, &args.archive, &mut progress).map_err(
             |e| match e {
                 toka_host::ArchiveError::Mismatch { .. } => {
                     Failure::work(format!("archive verification failed: {e}"))
@@ -51,7 +74,7 @@ pub(crate) fn main(data: &Path, args: Args) -> CliResult {
             );
         }
     }
-    let verified = toka_host::verify_reporting(&store, &mut progress)
+    let verified = toka_host::verify_reporting(store, &mut progress)
         .map_err(|e| Failure::work(format!("verification failed: {e}")))?;
     out!("ok {} {}", verified.records, verified.state_digest);
     if let Some(anchor) = verified.anchor {
@@ -78,7 +101,7 @@ pub(crate) fn main(data: &Path, args: Args) -> CliResult {
         .ok_or_else(|| {
             Failure::input("the data dir records no root public key to check tokens against")
         })?;
-    let report = toka_host::audit_reporting(&store, root, &mut progress)
+    let report = toka_host::audit_reporting(store, root, &mut progress)
         .map_err(|e| Failure::work(format!("audit failed: {e}")))?;
     for m in &report.mismatches {
         out!("auth mismatch at record {}: {}", m.seq, m.problem);

@@ -24,6 +24,7 @@ use crate::runtime::config::HostConfig;
 use crate::runtime::error::HostError;
 use crate::runtime::inner::HostInner;
 use crate::runtime::metrics::HostMetrics;
+use crate::runtime::sequencer::Stopped;
 use crate::runtime::sequencer::{Attachments, Options, Sequencer};
 use crate::runtime::tasks::TaskInfo;
 use crate::runtime::ticker::start_ticker;
@@ -565,6 +566,27 @@ impl Host {
     /// [`HostError::Stopped`] when the host stopped first.
     pub async fn wait_durable(&self, seq: u64) -> Result<(), HostError> {
         Ok(self.inner.sequencer.wait_durable(seq).await?)
+    }
+
+    /// Resolves once the host stopped accepting operations — its log
+    /// writer failed (a cell's log refused the append: another host took
+    /// the cell over) or it is shutting down — with the reason.
+    /// The future lives on its own, so it can outlast a borrow of the host.
+    pub fn stopped(&self) -> impl Future<Output = Stopped> + Send + 'static {
+        let sequencer = self.inner.sequencer.clone();
+        let mut published = sequencer.published();
+        async move {
+            loop {
+                if let Some(stopped) = sequencer.stopped() {
+                    return stopped;
+                }
+                if published.changed().await.is_err() {
+                    return sequencer
+                        .stopped()
+                        .unwrap_or_else(|| Stopped("the host is gone".into()));
+                }
+            }
+        }
     }
 
     /// Receives every committed batch from now on, in log order.

@@ -271,6 +271,15 @@ pub enum StoreError {
         /// Why it does not decode.
         reason: String,
     },
+    /// A replicated log refused the append: another host owns the cell now
+    /// (or this host's lease ran out). This host must stop.
+    #[error("{path}: fenced: {reason}; this host stops serving it")]
+    Fenced {
+        /// The cell.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The storage engine or the disk failed.
     #[error("{path}: {message}")]
     Backend {

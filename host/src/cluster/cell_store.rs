@@ -1,0 +1,605 @@
+//! A cell's log on JetStream, as an [`EventStore`].
+//!
+//! - The log: stream `TOKA_CELL_<n>`, one subject `toka.cell.<n>.log`. Each
+//!   committed batch is ONE message (so a batch is all or nothing), published
+//!   with `Nats-Expected-Last-Subject-Sequence` = the last message this host
+//!   knows: a host that lost the cell cannot append (JetStream refuses), and
+//!   nothing is visible before JetStream acknowledged it.
+//! - A new owner first appends an [`Message::Owner`] fence, which moves the
+//!   subject's sequence past whatever a former owner knows.
+//! - Blobs, tokens, snapshots and batches too large for one message live in
+//!   the object store `toka_cell_<n>`, named `blob.<digest>`,
+//!   `token.<digest>`, `snap.<seq>` and `batch.<digest>`. Content-addressed
+//!   objects are written before the message that refers to them; a snapshot
+//!   only after the records it follows are acknowledged.
+//!
+//! Opening a cell reads its log once to index where each batch is and which
+//! record ended each task.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use async_nats::jetstream::{self, object_store::ObjectStore, stream::Stream};
+use futures_util::StreamExt as _;
+use toka_kernel::{ChainHead, Digest, Limits, TaskId};
+use tokio::io::AsyncReadExt as _;
+
+use super::connection::{Cluster, ClusterConfig, ClusterError};
+use super::lease::LeaseGuard;
+use crate::store::event_store::{
+    Anchor, Batch, Cut, EventStore, Records, SNAPSHOTS_KEPT, StoreError,
+};
+
+/// How long a read, or the fence, is tried again when it got no answer.
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What one message of a cell's log holds.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum Message {
+    /// A committed batch.
+    Batch {
+        /// `(seq, record bytes)`, ascending and contiguous.
+        records: Vec<(u64, Vec<u8>)>,
+        /// Tasks the batch ended.
+        task_ends: Vec<(TaskId, u64)>,
+        /// The chain head after the batch.
+        head: ChainHead,
+    },
+    /// A batch too large for one message: its [`Message::Batch`] is the
+    /// object `batch.<digest>`.
+    Stored {
+        /// The digest of the encoded batch.
+        digest: Digest,
+        /// The chain head after the batch.
+        head: ChainHead,
+    },
+    /// A host took the cell over here (the fence).
+    Owner {
+        /// The host.
+        host: String,
+        /// Its lease's epoch.
+        epoch: u64,
+        /// The chain head it took over at.
+        head: ChainHead,
+    },
+}
+
+impl Message {
+    fn head(&self) -> ChainHead {
+        match self {
+            Message::Batch { head, .. }
+            | Message::Stored { head, .. }
+            | Message::Owner { head, .. } => *head,
+        }
+    }
+}
+
+fn stream_name(cell: u32) -> String {
+    format!("TOKA_CELL_{cell}")
+}
+
+fn subject(cell: u32) -> String {
+    format!("toka.cell.{cell}.log")
+}
+
+fn objects_name(cell: u32) -> String {
+    format!("toka_cell_{cell}")
+}
+
+/// Creates cell `cell`'s stream and object store.
+pub(crate) async fn create_cell(
+    js: &jetstream::Context,
+    cell: u32,
+    replicas: usize,
+) -> Result<(), ClusterError> {
+    js.create_stream(jetstream::stream::Config {
+        name: stream_name(cell),
+        subjects: vec![subject(cell)],
+        num_replicas: replicas,
+        storage: jetstream::stream::StorageType::File,
+        // The log is kept: nothing is deleted or purged behind the cell's back.
+        deny_delete: true,
+        deny_purge: true,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ClusterError::js(format!("creating cell {cell}'s stream"), e))?;
+    js.create_object_store(jetstream::object_store::Config {
+        bucket: objects_name(cell),
+        num_replicas: replicas,
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ClusterError::js(format!("creating cell {cell}'s object store"), e))?;
+    Ok(())
+}
+
+/// One cell's log, blobs, tokens and snapshots on JetStream.
+pub struct CellStore {
+    cluster: Cluster,
+    cell: u32,
+    config: ClusterConfig,
+    stream: Stream,
+    objects: ObjectStore,
+    /// Set when this store may append: the lease it appends under.
+    guard: Option<LeaseGuard>,
+    /// The largest message the servers take.
+    max_payload: usize,
+    tail: Mutex<Tail>,
+}
+
+/// What reading the log taught, kept up to date by appends.
+#[derive(Debug, Default)]
+struct Tail {
+    /// The subject's last message sequence (0: none).
+    last_message: u64,
+    head: ChainHead,
+    /// `(last record seq, message sequence)` of every batch, ascending.
+    batches: Vec<(u64, u64)>,
+    task_ends: HashMap<TaskId, u64>,
+}
+
+impl std::fmt::Debug for CellStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CellStore")
+            .field("cluster", &self.cluster)
+            .field("cell", &self.cell)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CellStore {
+    /// Opens cell `cell` to read it.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError`] when the cluster is not initialized, has no such
+    /// cell, or the log cannot be read.
+    pub fn open_read_only(cluster: &Cluster, cell: u32) -> Result<CellStore, ClusterError> {
+        let config = cluster.config()?;
+        if cell >= config.cells {
+            return Err(ClusterError::NoSuchCell {
+                cell,
+                cells: config.cells,
+            });
+        }
+        let max_payload = cluster.client().server_info().max_payload;
+        let (stream, objects) = retrying(|| {
+            cluster.block(async {
+                let js = cluster.js();
+                let stream = js
+                    .get_stream(stream_name(cell))
+                    .await
+                    .map_err(|e| ClusterError::js(format!("opening cell {cell}'s stream"), e))?;
+                let objects = js.get_object_store(objects_name(cell)).await.map_err(|e| {
+                    ClusterError::js(format!("opening cell {cell}'s object store"), e)
+                })?;
+                Ok::<_, ClusterError>((stream, objects))
+            })
+        })?;
+        let store = CellStore {
+            cluster: cluster.clone(),
+            cell,
+            config,
+            stream,
+            objects,
+            guard: None,
+            max_payload,
+            tail: Mutex::new(Tail::default()),
+        };
+        store.index()?;
+        Ok(store)
+    }
+
+    /// Opens cell `cell` to append under `lease` (held by `host`): reads the
+    /// log, then appends the fence that refuses any former owner's appends.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError`] as for [`CellStore::open_read_only`], and when the
+    /// fence is refused (another host appended meanwhile).
+    pub fn open(
+        cluster: &Cluster,
+        cell: u32,
+        host: &str,
+        lease: LeaseGuard,
+    ) -> Result<CellStore, ClusterError> {
+        let mut store = Self::open_read_only(cluster, cell)?;
+        let (last, head) = {
+            let tail = store.lock();
+            (tail.last_message, tail.head)
+        };
+        let fence = Message::Owner {
+            host: host.to_owned(),
+            epoch: lease.epoch(),
+            head,
+        };
+        let seq = store
+            .publish(&fence, last)
+            .map_err(|e| ClusterError::js(format!("fencing cell {cell}"), e))?;
+        store.lock().last_message = seq;
+        store.guard = Some(lease);
+        Ok(store)
+    }
+
+    /// The cell.
+    #[must_use]
+    pub fn cell(&self) -> u32 {
+        self.cell
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn backend(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Backend {
+            path: PathBuf::from(self.location()),
+            message: format!("{what}: {e}"),
+        }
+    }
+
+    fn corrupt(&self, what: String, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt {
+            path: PathBuf::from(self.location()),
+            what,
+            reason: e.to_string(),
+        }
+    }
+
+    /// Reads the whole log once: where each batch is, the head, task ends.
+    fn index(&self) -> Result<(), ClusterError> {
+        let mut tail = Tail::default();
+        let last = self.cluster.block(async {
+            let mut stream = self.stream.clone();
+            stream
+                .info()
+                .await
+                .map(|info| info.state.last_sequence)
+                .map_err(|e| ClusterError::js(format!("reading cell {}'s stream", self.cell), e))
+        })?;
+        for seq in 1..=last {
+            let message = self
+                .message(seq)
+                .map_err(|e| ClusterError::js(format!("reading cell {}'s log", self.cell), e))?;
+            let head = message.head();
+            if let Message::Batch { task_ends, .. } = &message {
+                tail.task_ends.extend(task_ends.iter().copied());
+            }
+            if let Message::Stored { .. } = &message
+                && let Message::Batch { task_ends, .. } = self
+                    .resolve(message)
+                    .map_err(|e| ClusterError::js(format!("reading cell {}'s log", self.cell), e))?
+            {
+                tail.task_ends.extend(task_ends);
+            }
+            if head.seq > tail.head.seq {
+                tail.batches.push((head.seq, seq));
+            }
+            tail.head = head;
+        }
+        tail.last_message = last;
+        *self.lock() = tail;
+        Ok(())
+    }
+
+    /// The message at stream sequence `seq`.
+    fn message(&self, seq: u64) -> Result<Message, StoreError> {
+        let raw = retrying(|| self.cluster.block(self.stream.get_raw_message(seq)))
+            .map_err(|e| self.backend(&format!("reading log message {seq}"), e))?;
+        postcard::from_bytes(&raw.payload)
+            .map_err(|e| self.corrupt(format!("log message {seq}"), e))
+    }
+
+    /// A [`Message::Stored`] batch's contents; any other message as it is.
+    fn resolve(&self, message: Message) -> Result<Message, StoreError> {
+        let Message::Stored { digest, .. } = message else {
+            return Ok(message);
+        };
+        let name = format!("batch.{digest}");
+        let bytes = self
+            .object(&name)?
+            .ok_or_else(|| self.corrupt(name.clone(), "missing"))?;
+        if Digest::of(&bytes) != digest {
+            return Err(self.corrupt(name, "does not match its digest"));
+        }
+        postcard::from_bytes(&bytes).map_err(|e| self.corrupt(name, e))
+    }
+
+    /// Publishes `message` after message `last`; its stream sequence.
+    ///
+    /// A publish that failed without an answer (a NATS node went away) is
+    /// sent again, with the same `Nats-Msg-Id` — the chain head it ends
+    /// at, unique to its contents — so JetStream stores it once even when
+    /// the first attempt landed: while the lease is valid (a NATS node's
+    /// failure moves stream leaders in seconds), or for [`RETRY_FOR`]
+    /// without one.
+    fn publish(&self, message: &Message, last: u64) -> Result<u64, StoreError> {
+        let payload: bytes::Bytes = postcard::to_allocvec(message)
+            .map_err(|e| self.backend("encoding", e))?
+            .into();
+        let head = message.head();
+        let id = match message {
+            Message::Owner { epoch, .. } => format!("{}-owner-{epoch}", self.cell),
+            _ => format!("{}-{}-{}", self.cell, head.seq, head.hash),
+        };
+        let started = std::time::Instant::now();
+        loop {
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(&id)
+                .expected_last_subject_sequence(last);
+            let ack = self.cluster.block(async {
+                self.cluster
+                    .js()
+                    .send_publish(subject(self.cell), publish)
+                    .await?
+                    .await
+            });
+            let e = match ack {
+                Ok(ack) => return Ok(ack.sequence),
+                Err(e) => e,
+            };
+            if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
+                return Err(StoreError::Fenced {
+                    path: PathBuf::from(self.location()),
+                    reason: "another host appended to the cell: it took the cell over".into(),
+                });
+            }
+            let retry = match &self.guard {
+                Some(guard) => guard.is_valid(),
+                None => started.elapsed() < RETRY_FOR,
+            };
+            if !retry {
+                return Err(self.backend("appending to the log", e));
+            }
+            tracing::warn!(error = %e, cell = self.cell, "appending to the log failed; sending it again");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    fn object(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        retrying(|| {
+            self.cluster.block(async {
+                let mut object = match self.objects.get(name).await {
+                    Ok(object) => object,
+                    Err(e) if e.kind() == jetstream::object_store::GetErrorKind::NotFound => {
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(self.backend(&format!("reading {name}"), e)),
+                };
+                let mut bytes = Vec::new();
+                object
+                    .read_to_end(&mut bytes)
+                    .await
+                    .map_err(|e| self.backend(&format!("reading {name}"), e))?;
+                Ok(Some(bytes))
+            })
+        })
+    }
+
+    fn put_object(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.cluster.block(async {
+            let mut reader = bytes;
+            self.objects
+                .put(name, &mut reader)
+                .await
+                .map(drop)
+                .map_err(|e| self.backend(&format!("writing {name}"), e))
+        })
+    }
+
+    /// The names of the objects starting with `prefix`.
+    fn object_names(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        retrying(|| {
+            self.cluster.block(async {
+                let mut list = self
+                    .objects
+                    .list()
+                    .await
+                    .map_err(|e| self.backend("listing objects", e))?;
+                let mut names = Vec::new();
+                while let Some(info) = list.next().await {
+                    let info = info.map_err(|e| self.backend("listing objects", e))?;
+                    if !info.deleted && info.name.starts_with(prefix) {
+                        names.push(info.name);
+                    }
+                }
+                Ok(names)
+            })
+        })
+    }
+
+    fn check_lease(&self) -> Result<(), StoreError> {
+        match &self.guard {
+            Some(guard) if guard.is_valid() => Ok(()),
+            Some(_) => Err(StoreError::Fenced {
+                path: PathBuf::from(self.location()),
+                reason: "this host's lease on the cell ran out".into(),
+            }),
+            None => Err(self.backend("appending", "the cell was opened read-only")),
+        }
+    }
+
+    fn keep_snapshots(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.put_object(&format!("snap.{seq:020}"), bytes)?;
+        let mut snapshots = self.snapshots()?;
+        snapshots.reverse();
+        for old in snapshots.into_iter().skip(SNAPSHOTS_KEPT) {
+            let name = format!("snap.{old:020}");
+            self.cluster
+                .block(self.objects.delete(&name))
+                .map_err(|e| self.backend(&format!("deleting {name}"), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs a read again while it fails, for up to [`RETRY_FOR`]: reads are
+/// idempotent, and a NATS node's failure moves stream leaders in seconds.
+fn retrying<T, E: std::fmt::Display>(mut read: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+    let started = std::time::Instant::now();
+    loop {
+        match read() {
+            Ok(value) => return Ok(value),
+            Err(e) if started.elapsed() < RETRY_FOR => {
+                tracing::warn!(error = %e, "reading a cell failed; reading again");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl EventStore for CellStore {
+    fn append(&self, batch: Batch) -> Result<(), StoreError> {
+        self.check_lease()?;
+        for (digest, bytes) in &batch.blobs {
+            self.put_object(&format!("blob.{digest}"), bytes)?;
+        }
+        for (digest, bytes) in &batch.tokens {
+            self.put_object(&format!("token.{digest}"), bytes)?;
+        }
+        let head = batch.head;
+        let last_record = batch.records.last().map(|(seq, _)| *seq);
+        if let Some(last_record) = last_record {
+            let message = Message::Batch {
+                records: batch.records,
+                task_ends: batch.task_ends.clone(),
+                head,
+            };
+            let encoded =
+                postcard::to_allocvec(&message).map_err(|e| self.backend("encoding", e))?;
+            // Room for the headers and the protocol's own.
+            let message = if encoded.len() + 1024 > self.max_payload {
+                let digest = Digest::of(&encoded);
+                self.put_object(&format!("batch.{digest}"), &encoded)?;
+                Message::Stored { digest, head }
+            } else {
+                message
+            };
+            let last = self.lock().last_message;
+            // The lease again: writing the objects took time.
+            self.check_lease()?;
+            let seq = self.publish(&message, last)?;
+            let mut tail = self.lock();
+            tail.last_message = seq;
+            tail.head = head;
+            tail.batches.push((last_record, seq));
+            tail.task_ends.extend(batch.task_ends);
+        }
+        if let Some((seq, bytes)) = batch.snapshot {
+            self.keep_snapshots(seq, &bytes)?;
+        }
+        Ok(())
+    }
+
+    fn records(&self, from: u64) -> Result<Records<'_>, StoreError> {
+        let messages: Vec<u64> = {
+            let tail = self.lock();
+            let start = tail.batches.partition_point(|(last, _)| *last < from);
+            tail.batches[start..].iter().map(|(_, seq)| *seq).collect()
+        };
+        let iter = messages.into_iter().flat_map(move |seq| {
+            let batch = self.message(seq).and_then(|m| self.resolve(m));
+            let records: Vec<Result<(u64, Vec<u8>), StoreError>> = match batch {
+                Ok(Message::Batch { records, .. }) => records
+                    .into_iter()
+                    .filter(|(s, _)| *s >= from)
+                    .map(Ok)
+                    .collect(),
+                Ok(_) => vec![Err(
+                    self.corrupt(format!("log message {seq}"), "not a batch")
+                )],
+                Err(e) => vec![Err(e)],
+            };
+            records
+        });
+        Ok(Box::new(iter))
+    }
+
+    fn task_end(&self, task: TaskId) -> Result<Option<u64>, StoreError> {
+        Ok(self.lock().task_ends.get(&task).copied())
+    }
+
+    fn snapshots(&self) -> Result<Vec<u64>, StoreError> {
+        let mut seqs: Vec<u64> = self
+            .object_names("snap.")?
+            .iter()
+            .filter_map(|name| name.strip_prefix("snap.")?.parse().ok())
+            .collect();
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+
+    fn snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.object(&format!("snap.{seq:020}"))
+    }
+
+    fn put_snapshot(&self, seq: u64, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.check_lease()?;
+        self.keep_snapshots(seq, &bytes)
+    }
+
+    fn head(&self) -> Result<ChainHead, StoreError> {
+        Ok(self.lock().head)
+    }
+
+    fn blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        self.object(&format!("blob.{digest}"))
+    }
+
+    fn token(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        self.object(&format!("token.{digest}"))
+    }
+
+    fn tokens(&self) -> Result<Vec<(Digest, Vec<u8>)>, StoreError> {
+        let mut tokens = Vec::new();
+        for name in self.object_names("token.")? {
+            let Some(digest) = name.strip_prefix("token.").and_then(|d| d.parse().ok()) else {
+                continue;
+            };
+            if let Some(bytes) = self.object(&name)? {
+                tokens.push((digest, bytes));
+            }
+        }
+        Ok(tokens)
+    }
+
+    fn anchor(&self) -> Result<Option<Anchor>, StoreError> {
+        Ok(None)
+    }
+
+    fn cut(&self, _cut: Cut) -> Result<(), StoreError> {
+        Err(self.backend(
+            "archiving",
+            "a cell of a cluster cannot be archived yet (JetStream keeps its log)",
+        ))
+    }
+
+    fn blob_digests(&self) -> Result<Vec<Digest>, StoreError> {
+        Ok(self
+            .object_names("blob.")?
+            .iter()
+            .filter_map(|name| name.strip_prefix("blob.")?.parse().ok())
+            .collect())
+    }
+
+    fn root_public_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(Some(self.config.root_public_key.clone()))
+    }
+
+    fn data_id(&self) -> Result<Option<[u8; 16]>, StoreError> {
+        Ok(self.config.cell_ids.get(self.cell as usize).copied())
+    }
+
+    fn limits(&self) -> Result<Limits, StoreError> {
+        Ok(self.config.limits.clone())
+    }
+
+    fn location(&self) -> String {
+        format!("{} cell {}", self.cluster.urls(), self.cell)
+    }
+}

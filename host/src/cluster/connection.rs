@@ -1,0 +1,396 @@
+//! The connection to a NATS JetStream cluster, and the layout every host
+//! agrees on.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use toka_kernel::Limits;
+
+/// The KV bucket holding the cluster's configuration (`config`).
+const CONFIG_BUCKET: &str = "toka_cluster";
+/// The key of [`ClusterConfig`] in [`CONFIG_BUCKET`].
+const CONFIG_KEY: &str = "config";
+/// How long a request to NATS may take before it counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What `toka cluster init` records once, and every host reads: fixed for
+/// the cluster's life.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterConfig {
+    /// How many cells the cluster has (`0..cells`).
+    pub cells: u32,
+    /// JetStream replicas of every stream and bucket (1, or 3 on a 3-node
+    /// cluster).
+    pub replicas: u32,
+    /// The cluster's root public key (32 bytes): every cell's tokens are
+    /// rooted in it.
+    pub root_public_key: Vec<u8>,
+    /// The kernel limits every cell's log is written under.
+    pub limits: Limits,
+    /// Each cell's id (what the host derives outbound idempotency keys
+    /// from), by cell number.
+    pub cell_ids: Vec<[u8; 16]>,
+    /// A lease's time to live, in milliseconds: a cell whose owner stopped
+    /// renewing is free again after at most this long.
+    pub lease_ttl_ms: u64,
+}
+
+impl ClusterConfig {
+    /// A configuration for a new cluster: `cells` cells, each with a fresh
+    /// random id, under the default kernel limits.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Invalid`] when the system has no randomness to give.
+    pub fn new(
+        cells: u32,
+        replicas: u32,
+        root_public_key: Vec<u8>,
+        lease_ttl: Duration,
+    ) -> Result<ClusterConfig, ClusterError> {
+        let cell_ids = (0..cells.min(MAX_CELLS))
+            .map(|_| crate::store::event_store::random_data_id())
+            .collect::<Result<_, _>>()
+            .map_err(|e| ClusterError::Invalid(format!("no randomness for cell ids: {e}")))?;
+        Ok(ClusterConfig {
+            cells,
+            replicas,
+            root_public_key,
+            limits: Limits::default(),
+            cell_ids,
+            lease_ttl_ms: u64::try_from(lease_ttl.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+
+    /// A lease's time to live.
+    #[must_use]
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+}
+
+/// Why the cluster cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// The servers could not be reached.
+    #[error("cannot connect to NATS at {urls}: {reason}")]
+    Connect {
+        /// The URLs given.
+        urls: String,
+        /// Why.
+        reason: String,
+    },
+    /// `toka cluster init` has not been run against these servers.
+    #[error(
+        "no Toka cluster at {urls} (no `{CONFIG_BUCKET}` configuration); `toka cluster init --cells N` creates one"
+    )]
+    NotInitialized {
+        /// The URLs given.
+        urls: String,
+    },
+    /// `toka cluster init` ran twice.
+    #[error("a Toka cluster already exists at {urls} with {cells} cells; it is not changed")]
+    AlreadyInitialized {
+        /// The URLs given.
+        urls: String,
+        /// The recorded number of cells.
+        cells: u32,
+    },
+    /// A cell number outside the cluster.
+    #[error("no cell {cell}: the cluster has cells 0..{cells}")]
+    NoSuchCell {
+        /// The cell asked for.
+        cell: u32,
+        /// How many there are.
+        cells: u32,
+    },
+    /// Bad arguments to `init`.
+    #[error("{0}")]
+    Invalid(String),
+    /// JetStream refused or failed a request.
+    #[error("NATS JetStream: {what}: {reason}")]
+    JetStream {
+        /// What was being done.
+        what: String,
+        /// The server's or client's message.
+        reason: String,
+    },
+}
+
+impl ClusterError {
+    pub(crate) fn js(what: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        ClusterError::JetStream {
+            what: what.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// A connection to a NATS JetStream cluster, with a runtime of its own so
+/// the synchronous [`EventStore`](crate::EventStore) seam can wait on it
+/// from any thread.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runtime: Option<tokio::runtime::Runtime>,
+    urls: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropping a runtime inside another one panics; this does not.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("urls", &self.inner.urls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Connects to the NATS servers at `urls` (comma-separated
+    /// `nats://HOST:PORT`), retrying for up to `patience` while none
+    /// answers. `name` names this connection in the servers' monitoring.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Connect`] when no server answers in time.
+    pub fn connect(urls: &str, name: &str, patience: Duration) -> Result<Cluster, ClusterError> {
+        let fail = |reason: String| ClusterError::Connect {
+            urls: urls.to_owned(),
+            reason,
+        };
+        let addrs: Vec<async_nats::ServerAddr> = urls
+            .split(',')
+            .map(|u| u.trim().parse().map_err(|e| fail(format!("{u}: {e}"))))
+            .collect::<Result<_, _>>()?;
+        if addrs.is_empty() {
+            return Err(fail("no URL given".into()));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("toka-nats")
+            .enable_all()
+            .build()
+            .map_err(|e| fail(format!("starting its runtime: {e}")))?;
+        let options = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(2))
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            .retry_on_initial_connect();
+        let connecting = runtime
+            .spawn(async move { tokio::time::timeout(patience, options.connect(addrs)).await });
+        let client = outside(|| runtime.block_on(connecting))
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(|_| fail(format!("no server answered within {}s", patience.as_secs())))?
+            .map_err(|e| fail(e.to_string()))?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(REQUEST_TIMEOUT)
+            .build(client.clone());
+        Ok(Cluster {
+            inner: Arc::new(Inner {
+                runtime: Some(runtime),
+                urls: urls.to_owned(),
+                client,
+                js,
+            }),
+        })
+    }
+
+    /// The URLs this connection was made with.
+    #[must_use]
+    pub fn urls(&self) -> &str {
+        &self.inner.urls
+    }
+
+    pub(crate) fn js(&self) -> &jetstream::Context {
+        &self.inner.js
+    }
+
+    pub(crate) fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
+    /// Runs `future` on the connection's runtime and waits for it, from any
+    /// thread (inside another runtime too).
+    pub(crate) fn block<F>(&self, future: F) -> F::Output
+    where
+        F: Future + Send,
+        F::Output: Send,
+    {
+        let runtime = self
+            .inner
+            .runtime
+            .as_ref()
+            .expect("dropped only with the last handle");
+        outside(|| runtime.block_on(future))
+    }
+
+    /// Spawns `future` on the connection's runtime.
+    pub(crate) fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let runtime = self
+            .inner
+            .runtime
+            .as_ref()
+            .expect("dropped only with the last handle");
+        runtime.spawn(future)
+    }
+
+    /// Creates the cluster: records `config` and creates every cell's
+    /// stream and object store and the lease bucket.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::AlreadyInitialized`] when a configuration is
+    /// recorded; [`ClusterError::Invalid`] for a bad configuration;
+    /// [`ClusterError::JetStream`] when JetStream refuses.
+    pub fn init(&self, config: &ClusterConfig) -> Result<(), ClusterError> {
+        if config.cells == 0 || config.cells > MAX_CELLS {
+            return Err(ClusterError::Invalid(format!(
+                "--cells must be 1..={MAX_CELLS}, not {}",
+                config.cells
+            )));
+        }
+        if !matches!(config.replicas, 1 | 3 | 5) {
+            return Err(ClusterError::Invalid(format!(
+                "--replicas must be 1, 3 or 5, not {}",
+                config.replicas
+            )));
+        }
+        if !(1_000..=600_000).contains(&config.lease_ttl_ms) {
+            return Err(ClusterError::Invalid(format!(
+                "--lease-ttl must be 1s..=10m, not {} ms",
+                config.lease_ttl_ms
+            )));
+        }
+        if config.cell_ids.len() != config.cells as usize {
+            return Err(ClusterError::Invalid("one id per cell".into()));
+        }
+        let replicas = config.replicas as usize;
+        let value = serde_json::to_vec(config).map_err(|e| ClusterError::js("encoding", e))?;
+        self.block(async {
+            let js = self.js();
+            let bucket = create_kv(js, CONFIG_BUCKET, replicas, Duration::ZERO)
+                .await
+                .map_err(|e| ClusterError::js("creating the configuration bucket", e))?;
+            if let Some(existing) = bucket
+                .get(CONFIG_KEY)
+                .await
+                .map_err(|e| ClusterError::js("reading the configuration", e))?
+            {
+                let cells =
+                    serde_json::from_slice::<ClusterConfig>(&existing).map_or(0, |c| c.cells);
+                return Err(ClusterError::AlreadyInitialized {
+                    urls: self.urls().to_owned(),
+                    cells,
+                });
+            }
+            crate::cluster::lease::create_bucket(js, replicas, config.lease_ttl()).await?;
+            for cell in 0..config.cells {
+                crate::cluster::cell_store::create_cell(js, cell, replicas).await?;
+            }
+            // Last: a cluster is initialized only once everything exists.
+            bucket
+                .create(CONFIG_KEY, value.into())
+                .await
+                .map_err(|e| match e.kind() {
+                    jetstream::kv::CreateErrorKind::AlreadyExists => {
+                        ClusterError::AlreadyInitialized {
+                            urls: self.urls().to_owned(),
+                            cells: config.cells,
+                        }
+                    }
+                    _ => ClusterError::js("recording the configuration", e),
+                })?;
+            Ok(())
+        })
+    }
+
+    /// The recorded configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::NotInitialized`] when there is none.
+    pub fn config(&self) -> Result<ClusterConfig, ClusterError> {
+        self.block(async {
+            let not = || ClusterError::NotInitialized {
+                urls: self.urls().to_owned(),
+            };
+            let bucket = self
+                .js()
+                .get_key_value(CONFIG_BUCKET)
+                .await
+                .map_err(|_| not())?;
+            let bytes = bucket
+                .get(CONFIG_KEY)
+                .await
+                .map_err(|e| ClusterError::js("reading the configuration", e))?
+                .ok_or_else(not)?;
+            serde_json::from_slice(&bytes)
+                .map_err(|e| ClusterError::js("decoding the configuration", e))
+        })
+    }
+}
+
+/// Creates a KV bucket keeping one value per key, entries expiring after
+/// `max_age` (zero: never). The stream is made here, in the layout of a KV
+/// bucket, rather than by `create_key_value`, which first asks for account
+/// information in a shape NATS 2.9 servers (Debian's) do not send.
+pub(crate) async fn create_kv(
+    js: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+    max_age: Duration,
+) -> Result<jetstream::kv::Store, String> {
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    js.get_key_value(bucket).await.map_err(|e| e.to_string())
+}
+
+/// The most cells a cluster can have.
+pub const MAX_CELLS: u32 = 1024;
+
+/// Runs `f` where blocking is allowed: on a scoped thread of its own when
+/// called from inside a tokio runtime (where `block_on` would panic).
+fn outside<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| {
+            s.spawn(f)
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    } else {
+        f()
+    }
+}

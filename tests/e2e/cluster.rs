@@ -1,0 +1,478 @@
+//! Cells on NATS JetStream, against a real 3-node `nats-server` cluster on
+//! loopback ports (R3 streams) and real `toka serve --cluster` processes:
+//! a host killed with SIGKILL hands its cell to a standby and every
+//! acknowledged task completes exactly once; a paused host is fenced and
+//! steps down; a NATS node killed mid-work loses nothing.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// The lease TTL of the clusters whose hosts fail: short, so the tests
+/// are.
+const TTL: Duration = Duration::from_secs(2);
+
+/// Three `nats-server` nodes with JetStream, routed to each other.
+struct Nats {
+    nodes: Vec<Option<Child>>,
+    ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let nodes = (0..3)
+            .map(|i| {
+                let others: Vec<String> = (0..3)
+                    .filter(|j| *j != i)
+                    .map(|j| format!("nats://127.0.0.1:{}", routes[j]))
+                    .collect();
+                let child = Command::new("nats-server")
+                    .args(["-js", "-a", "127.0.0.1", "-n", &format!("n{i}")])
+                    .args(["-p", &ports[i].to_string()])
+                    .arg("-sd")
+                    .arg(dir.path().join(format!("n{i}")))
+                    .args(["--cluster_name", "toka"])
+                    .args(["--cluster", &format!("nats://127.0.0.1:{}", routes[i])])
+                    .args(["--routes", &others.join(",")])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("nats-server on PATH (.ci/run installs Debian's nats-server)");
+                Some(child)
+            })
+            .collect();
+        Nats {
+            nodes,
+            ports,
+            _dir: dir,
+        }
+    }
+
+    fn urls(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn kill(&mut self, node: usize) {
+        if let Some(mut child) = self.nodes[node].take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for node in 0..self.nodes.len() {
+            self.kill(node);
+        }
+    }
+}
+
+fn toka_cluster(nats: &Nats, data: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_toka"))
+        .arg("--data")
+        .arg(data)
+        .args(["--cluster", &nats.urls()])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+/// A cluster of `cells` cells, R3, and the root key file it was created
+/// with. Waits for JetStream to elect its leaders first.
+fn init(nats: &Nats, tmp: &Path, cells: u32, ttl: Duration) -> PathBuf {
+    let admin = tmp.join("admin");
+    let started = Instant::now();
+    loop {
+        let out = toka_cluster(
+            nats,
+            &admin,
+            &[
+                "cluster",
+                "init",
+                "--cells",
+                &cells.to_string(),
+                "--replicas",
+                "3",
+                "--lease-ttl",
+                &format!("{}s", ttl.as_secs()),
+            ],
+        );
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "cluster init never succeeded: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    admin.join("root.key")
+}
+
+/// A `toka serve --cluster --cell N` process and what it printed.
+struct CellHost {
+    child: Child,
+    data: PathBuf,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl CellHost {
+    fn start(nats: &Nats, root_key: &Path, data: PathBuf, cell: u32) -> CellHost {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_toka"))
+            .arg("--data")
+            .arg(&data)
+            .arg("--root-key")
+            .arg(root_key)
+            .args(["--cluster", &nats.urls(), "--cell", &cell.to_string()])
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let seen = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                seen.lock().unwrap().push(line);
+            }
+        });
+        CellHost { child, data, lines }
+    }
+
+    fn printed(&self, what: &str) -> bool {
+        self.lines.lock().unwrap().iter().any(|l| l.contains(what))
+    }
+
+    /// Waits until it printed `what`; its output when it did not in time.
+    fn wait_for(&self, what: &str, patience: Duration) -> Result<Duration, String> {
+        let started = Instant::now();
+        while started.elapsed() < patience {
+            if self.printed(what) {
+                return Ok(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(self.lines.lock().unwrap().join("\n"))
+    }
+
+    fn serving(&self) -> Duration {
+        self.wait_for("toka: serving cell", Duration::from_secs(60))
+            .unwrap_or_else(|out| panic!("the host never served its cell: {out}"))
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The API of the host, once it serves (and registered in its dir).
+    fn api(&self) -> Api {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some((registration, token))) =
+                toka_server::registration::Registration::read(&self.data)
+                && registration.pid == self.child.id()
+            {
+                return Api {
+                    url: registration.url,
+                    token,
+                    http: {
+                        toka_server::install_crypto();
+                        reqwest::Client::new()
+                    },
+                };
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the host never registered: {:?}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for CellHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Api {
+    url: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {body}");
+        body
+    }
+
+    /// Installs the counter agent and spawns one; its id.
+    async fn counter(&self, name: &str) -> String {
+        let bytes = toka_agents::bundled("counter").unwrap().to_vec();
+        let response = self
+            .http
+            .post(format!("{}/v1/components?name=counter", self.url))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/wasm")
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{response:?}");
+        let spawned = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/agents",
+                Some(json!({"component": "counter", "name": name, "rights": ["state", "observe"]})),
+            )
+            .await;
+        spawned["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Schedules `n` tasks; the ids the host acknowledged.
+    async fn schedule(&self, agent: &str, n: u32) -> Vec<String> {
+        let mut ids = Vec::new();
+        for i in 1..=n {
+            let task = self
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/agents/{agent}/tasks"),
+                    Some(json!({"description": i.to_string()})),
+                )
+                .await;
+            ids.push(task["id"].as_str().unwrap().to_owned());
+        }
+        ids
+    }
+
+    /// Waits for each task to end; their views.
+    async fn wait_all(&self, tasks: &[String]) -> Vec<Value> {
+        let mut views = Vec::new();
+        for task in tasks {
+            views.push(
+                self.call(
+                    reqwest::Method::GET,
+                    &format!("/v1/tasks/{task}?wait=60s"),
+                    None,
+                )
+                .await,
+            );
+        }
+        views
+    }
+
+    /// How many times each task completed, from the whole log.
+    async fn completions(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        let mut from = 1;
+        loop {
+            let page = self
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/v1/events?from={from}&limit=500&kind=task_completed"),
+                    None,
+                )
+                .await;
+            for event in page["events"].as_array().unwrap() {
+                *counts
+                    .entry(event["task"].as_str().unwrap().to_owned())
+                    .or_default() += 1;
+            }
+            match page["next_from"].as_u64() {
+                Some(next) if next > from => from = next,
+                _ => return counts,
+            }
+        }
+    }
+}
+
+/// Every acknowledged task completed, exactly once, and the counter's sum
+/// is the sum of all of them.
+async fn every_task_completed_once(api: &Api, tasks: &[String]) {
+    let views = api.wait_all(tasks).await;
+    for view in &views {
+        assert_eq!(view["status"], "completed", "{view}");
+    }
+    let completions = api.completions().await;
+    for task in tasks {
+        assert_eq!(
+            completions.get(task),
+            Some(&1),
+            "task {task} completed {:?} times",
+            completions.get(task)
+        );
+    }
+    let n = tasks.len() as u64;
+    let sum = (n * (n + 1) / 2).to_string();
+    assert!(
+        views.iter().any(|v| v["output"] == sum.as_str()),
+        "no task saw the full sum {sum}: {views:?}"
+    );
+}
+
+fn verify(nats: &Nats, tmp: &Path, cell: u32) {
+    let out = toka_cluster(
+        nats,
+        &tmp.join("admin"),
+        &["--cell", &cell.to_string(), "verify", "--auth"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("auth ok"),
+        "cell {cell} does not verify: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_host_s_cell_moves_to_a_standby_and_every_acknowledged_task_runs_once() {
+    let nats = Nats::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = init(&nats, tmp.path(), 4, TTL);
+    let a = CellHost::start(&nats, &key, tmp.path().join("a"), 2);
+    a.serving();
+    let b = CellHost::start(&nats, &key, tmp.path().join("b"), 2);
+    b.wait_for("standing by", Duration::from_secs(30)).unwrap();
+    let api = a.api();
+    let agent = api.counter("counter").await;
+    let tasks = api.schedule(&agent, 30).await;
+    // Killed with work acknowledged and in flight.
+    a.signal("-KILL");
+    let moved = b.serving();
+    eprintln!("cell 2 moved to the standby in {moved:?} (lease TTL {TTL:?})");
+    assert!(moved < TTL * 10, "the cell took {moved:?} to move");
+    every_task_completed_once(&b.api(), &tasks).await;
+    verify(&nats, tmp.path(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_host_is_fenced_off_its_cell_and_steps_down() {
+    let nats = Nats::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = init(&nats, tmp.path(), 4, TTL);
+    let a = CellHost::start(&nats, &key, tmp.path().join("a"), 1);
+    a.serving();
+    let api_a = a.api();
+    let agent = api_a.counter("counter").await;
+    let mut tasks = api_a.schedule(&agent, 10).await;
+    a.signal("-STOP");
+    // The standby takes the cell once the paused host's lease ran out.
+    let b = CellHost::start(&nats, &key, tmp.path().join("b"), 1);
+    b.serving();
+    let api_b = b.api();
+    tasks.extend(api_b.schedule(&agent, 10).await.into_iter());
+    // Resumed past its lease: whatever it still tries to append is refused,
+    // and it stops serving the cell.
+    a.signal("-CONT");
+    a.wait_for("stepped down from cell 1", Duration::from_secs(30))
+        .unwrap_or_else(|out| panic!("the paused host did not step down: {out}"));
+    let status = {
+        let mut a = a;
+        let status = a.child.wait().unwrap();
+        drop(a);
+        status
+    };
+    assert_eq!(status.code(), Some(1));
+    // Tasks 1..=10 again, scheduled on the new owner: the sum is 2 × 55.
+    let views = api_b.wait_all(&tasks).await;
+    assert!(
+        views.iter().all(|v| v["status"] == "completed"),
+        "{views:?}"
+    );
+    let completions = api_b.completions().await;
+    assert!(
+        tasks.iter().all(|t| completions.get(t) == Some(&1)),
+        "{completions:?}"
+    );
+    assert!(views.iter().any(|v| v["output"] == "110"), "{views:?}");
+    verify(&nats, tmp.path(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_node_killed_mid_work_loses_nothing_acknowledged() {
+    let mut nats = Nats::start();
+    let tmp = tempfile::tempdir().unwrap();
+    // NATS moves a stream's leadership in seconds; the hosts' leases must
+    // outlast that, as they would in production.
+    let key = init(&nats, tmp.path(), 4, Duration::from_secs(20));
+    let hosts: Vec<CellHost> = (0..2)
+        .map(|cell| CellHost::start(&nats, &key, tmp.path().join(format!("h{cell}")), cell))
+        .collect();
+    let mut tasks = Vec::new();
+    let mut agents = Vec::new();
+    for host in &hosts {
+        host.serving();
+        let api = host.api();
+        let agent = api.counter("counter").await;
+        tasks.push(api.schedule(&agent, 15).await);
+        agents.push(agent);
+    }
+    // The node the hosts connected to first goes, with tasks in flight.
+    nats.kill(0);
+    for ((host, agent), tasks) in hosts.iter().zip(&agents).zip(&mut tasks) {
+        let api = host.api();
+        let more = api.schedule(agent, 15).await;
+        tasks.extend(more);
+    }
+    for (cell, (host, tasks)) in hosts.iter().zip(&tasks).enumerate() {
+        assert!(
+            !host.printed("stepped down"),
+            "{:?}",
+            host.lines.lock().unwrap()
+        );
+        let api = host.api();
+        let views = api.wait_all(tasks).await;
+        assert!(
+            views.iter().all(|v| v["status"] == "completed"),
+            "{views:?}"
+        );
+        let completions = api.completions().await;
+        assert!(tasks.iter().all(|t| completions.get(t) == Some(&1)));
+        // 1..=15 twice.
+        assert!(views.iter().any(|v| v["output"] == "240"), "{views:?}");
+        verify(&nats, tmp.path(), cell as u32);
+    }
+}

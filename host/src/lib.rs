@@ -45,7 +45,7 @@ pub use capability::root_key::{KeyError, RootKey};
 pub use capability::token::{Inspection, Token, TokenError};
 pub use cluster::cell_store::CellStore;
 pub use cluster::connection::{Cluster, ClusterConfig, ClusterError, MAX_CELLS};
-pub use cluster::lease::{Holder, Lease, LeaseGuard, holder};
+pub use cluster::lease::{Holder, Lease, LeaseGuard, announce, holder, hosts};
 pub use log::LogError;
 pub use log::archive::{ArchiveError, ArchiveVerified, Archived, archive, verify_archive};
 pub use log::audit::{AuditMismatch, AuditReport, audit, audit_reporting};

@@ -39,6 +39,9 @@ pub(crate) struct Env<'a> {
     /// The size of the command's record in bytes: what it costs the
     /// accounts it is charged to.
     pub(crate) record_len: u64,
+    /// The cell of a cluster the log belongs to, if it does: part of every
+    /// id minted (see [`EntityId::cell`]).
+    pub(crate) cell: Option<u16>,
 }
 
 /// The accounts a command is charged to, as they will be once it applies:
@@ -105,17 +108,17 @@ impl WorldState {
         let limits = env.limits;
         let events = match op {
             Operation::ScheduleTask { agent, spec } => {
-                self.schedule_task(origin, agent, spec, limits, env.seq)?
+                self.schedule_task(origin, agent, spec, env)?
             }
             Operation::ScheduleTaskOnce { key, agent, spec } => {
-                self.schedule_task_once(origin, key, agent, spec, limits, env.seq)?
+                self.schedule_task_once(origin, key, agent, spec, env)?
             }
             Operation::StartTask { task } => self.start_task(origin, task, env.seq, time)?,
             Operation::CompleteTask { task, output } => {
                 self.complete_task(origin, task, output, limits)?
             }
             Operation::FailTask { task, reason } => self.fail_task(origin, task, reason, limits)?,
-            Operation::SpawnAgent { spec } => self.spawn_agent(origin, spec, limits)?,
+            Operation::SpawnAgent { spec } => self.spawn_agent(origin, spec, limits, env.cell)?,
             Operation::TerminateAgent { agent, reason } => {
                 self.terminate_agent(origin, agent, reason, limits)?
             }
@@ -378,8 +381,8 @@ impl WorldState {
         Ok(Some(key))
     }
 
-    fn next_id(&mut self, domain: &str, parent: EntityId) -> EntityId {
-        let id = EntityId::derive(domain, parent, self.next_id);
+    fn next_id(&mut self, cell: Option<u16>, domain: &str, parent: EntityId) -> EntityId {
+        let id = EntityId::derive(cell, domain, parent, self.next_id);
         self.next_id += 1;
         id
     }
@@ -437,9 +440,9 @@ impl WorldState {
         origin: EntityId,
         agent: AgentId,
         spec: TaskSpec,
-        limits: &Limits,
-        seq: u64,
+        env: &Env<'_>,
     ) -> Result<Vec<Event>, KernelError> {
+        let (limits, seq, cell) = (env.limits, env.seq, env.cell);
         check_size(
             Limit::TaskDescription,
             limits.max_task_description,
@@ -453,7 +456,7 @@ impl WorldState {
             target.queue.len() as u64 + 1,
         )?;
 
-        let task = self.next_id("task", origin);
+        let task = self.next_id(cell, "task", origin);
         self.tasks.insert(
             task,
             TaskRecord {
@@ -482,8 +485,7 @@ impl WorldState {
         key: String,
         agent: AgentId,
         spec: TaskSpec,
-        limits: &Limits,
-        seq: u64,
+        env: &Env<'_>,
     ) -> Result<Vec<Event>, KernelError> {
         const KIND: OpKind = OpKind::ScheduleTaskOnce;
         if key.is_empty() {
@@ -504,7 +506,7 @@ impl WorldState {
                 same_request: known.request == request,
             });
         }
-        let events = self.schedule_task(origin, agent, spec, limits, seq)?;
+        let events = self.schedule_task(origin, agent, spec, env)?;
         let task = created(&events).expect("scheduling a task creates it");
         self.idempotency.insert(key, Scheduled { task, request });
         Ok(events)
@@ -628,6 +630,7 @@ impl WorldState {
         origin: EntityId,
         spec: AgentSpec,
         limits: &Limits,
+        cell: Option<u16>,
     ) -> Result<Vec<Event>, KernelError> {
         const KIND: OpKind = OpKind::SpawnAgent;
         self.check_name(KIND, "agent", &spec.name, limits)?;
@@ -670,7 +673,7 @@ impl WorldState {
             parent.live_children += 1;
         }
         self.live_agents += 1;
-        let agent = self.next_id("agent", origin);
+        let agent = self.next_id(cell, "agent", origin);
         self.agents.insert(
             agent,
             AgentRecord {

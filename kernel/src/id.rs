@@ -55,12 +55,26 @@ impl EntityId {
         s
     }
 
-    /// Derives a child id from a domain tag, a parent id and a counter.
+    /// The cell of a cluster that minted the id: its top 16 bits.
+    /// Meaningful for ids minted in a cluster's cell (where it routes a
+    /// request to the cell's owner); a single host's ids carry no cell.
+    #[must_use]
+    pub const fn cell(self) -> u16 {
+        (self.0 >> 112) as u16
+    }
+
+    /// Derives a child id from a domain tag, a parent id and a counter; in a
+    /// cluster's cell, the cell is the id's top 16 bits (and part of the
+    /// hash), so ids minted in two cells never collide.
     ///
     /// A pure function: the same inputs always give the same id.
-    pub(crate) fn derive(domain: &str, parent: EntityId, counter: u64) -> Self {
+    pub(crate) fn derive(cell: Option<u16>, domain: &str, parent: EntityId, counter: u64) -> Self {
         let mut hasher = blake3::Hasher::new();
         hasher.update(b"toka.entity.v1\0");
+        if let Some(cell) = cell {
+            hasher.update(b"cell\0");
+            hasher.update(&cell.to_be_bytes());
+        }
         hasher.update(domain.as_bytes());
         hasher.update(&[0]);
         hasher.update(&parent.0.to_be_bytes());
@@ -68,7 +82,10 @@ impl EntityId {
         let hash = hasher.finalize();
         let mut bytes = [0u8; 16];
         bytes.copy_from_slice(&hash.as_bytes()[..16]);
-        let value = u128::from_be_bytes(bytes);
+        let mut value = u128::from_be_bytes(bytes);
+        if let Some(cell) = cell {
+            value = (value & (u128::MAX >> 16)) | (u128::from(cell) << 112);
+        }
         // Zero is reserved for SYSTEM; a derived id of zero (probability
         // 2^-128) is nudged so the reservation holds by construction.
         Self(value.max(1))
@@ -276,7 +293,7 @@ mod tests {
 
     #[test]
     fn entity_id_round_trips_through_text_and_postcard() {
-        let id = EntityId::derive("agent", EntityId::SYSTEM, 7);
+        let id = EntityId::derive(None, "agent", EntityId::SYSTEM, 7);
         assert_eq!(id.to_string().parse::<EntityId>().unwrap(), id);
         let bytes = postcard::to_allocvec(&id).unwrap();
         assert_eq!(bytes.len(), 17, "a length byte and 16 bytes");
@@ -285,11 +302,31 @@ mod tests {
 
     #[test]
     fn derivation_is_deterministic_and_separates_domains() {
-        let a = EntityId::derive("agent", EntityId::SYSTEM, 1);
-        assert_eq!(a, EntityId::derive("agent", EntityId::SYSTEM, 1));
-        assert_ne!(a, EntityId::derive("task", EntityId::SYSTEM, 1));
-        assert_ne!(a, EntityId::derive("agent", EntityId::SYSTEM, 2));
+        let a = EntityId::derive(None, "agent", EntityId::SYSTEM, 1);
+        assert_eq!(a, EntityId::derive(None, "agent", EntityId::SYSTEM, 1));
+        assert_ne!(a, EntityId::derive(None, "task", EntityId::SYSTEM, 1));
+        assert_ne!(a, EntityId::derive(None, "agent", EntityId::SYSTEM, 2));
         assert_ne!(a, EntityId::SYSTEM);
+    }
+
+    #[test]
+    fn ids_minted_in_a_cell_carry_it_and_never_meet_another_cell_s() {
+        let mut seen = std::collections::BTreeSet::new();
+        for cell in [0u16, 1, 2, 1023, u16::MAX] {
+            for counter in 0..200 {
+                for domain in ["agent", "task"] {
+                    let id = EntityId::derive(Some(cell), domain, EntityId::SYSTEM, counter);
+                    assert_eq!(id.cell(), cell);
+                    assert_ne!(id, EntityId::SYSTEM);
+                    assert!(seen.insert(id), "{id} minted twice");
+                }
+            }
+        }
+        // The same inputs in a cell and on a single host: different ids.
+        assert_ne!(
+            EntityId::derive(Some(0), "agent", EntityId::SYSTEM, 1),
+            EntityId::derive(None, "agent", EntityId::SYSTEM, 1)
+        );
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct Kernel {
     head: ChainHead,
     limits: Limits,
     registry: Registry,
+    /// The cluster cell the log belongs to, if it does.
+    cell: Option<u16>,
     /// Reused buffer for encoding records.
     scratch: Vec<u8>,
     /// The canonical encoding of the operation the last rejected command
@@ -137,9 +139,25 @@ impl Kernel {
             head,
             limits,
             registry,
+            cell: None,
             scratch: Vec::new(),
             rejected: Vec::new(),
         }
+    }
+
+    /// The same kernel for the log of cluster cell `cell`: every id it mints
+    /// carries the cell ([`EntityId::cell`]). Where the log lives decides
+    /// it, like its limits: a replay of the log must be given the same.
+    #[must_use]
+    pub fn in_cell(mut self, cell: Option<u16>) -> Self {
+        self.cell = cell;
+        self
+    }
+
+    /// The cluster cell the kernel mints ids for, if any.
+    #[must_use]
+    pub fn cell(&self) -> Option<u16> {
+        self.cell
     }
 
     /// The world state.
@@ -186,6 +204,7 @@ impl Kernel {
             registry: &self.registry,
             seq,
             record_len: bytes.len() as u64,
+            cell: self.cell,
         };
         self.rejected.clear();
         let events = match self.state.apply(command, &env) {
@@ -292,6 +311,7 @@ impl Kernel {
             registry: &self.registry,
             seq: record.seq,
             record_len: bytes.len() as u64,
+            cell: self.cell,
         };
         if let Err(e) = self.state.apply(record.command, &env) {
             return Err(self.fail(ReplayErrorKind::Rejected(e)));

@@ -393,6 +393,21 @@ async fn a_paused_host_is_fenced_off_its_cell_and_steps_down() {
     let nats = Nats::start();
     let tmp = tempfile::tempdir().unwrap();
     let key = init(&nats, tmp.path(), 4, TTL);
+    // An outside consumer of cell 1's committed events.
+    let servers: Vec<async_nats::ServerAddr> =
+        nats.urls().split(',').map(|u| u.parse().unwrap()).collect();
+    let consumer = async_nats::connect(servers).await.unwrap();
+    let mut subscription = consumer.subscribe("toka.events.1").await.unwrap();
+    let published = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let sink = Arc::clone(&published);
+    tokio::spawn(async move {
+        use futures_util::StreamExt as _;
+        while let Some(message) = subscription.next().await {
+            sink.lock()
+                .unwrap()
+                .push(serde_json::from_slice(&message.payload).unwrap());
+        }
+    });
     let a = CellHost::start(&nats, &key, tmp.path().join("a"), 1);
     a.serving();
     let api_a = a.api();
@@ -403,7 +418,8 @@ async fn a_paused_host_is_fenced_off_its_cell_and_steps_down() {
     let b = CellHost::start(&nats, &key, tmp.path().join("b"), 1);
     b.serving();
     let api_b = b.api();
-    tasks.extend(api_b.schedule(&agent, 10).await.into_iter());
+    let on_b = api_b.schedule(&agent, 10).await;
+    tasks.extend(on_b.iter().cloned());
     // Resumed past its lease: whatever it still tries to append is refused,
     // and it stops serving the cell.
     a.signal("-CONT");
@@ -429,6 +445,17 @@ async fn a_paused_host_is_fenced_off_its_cell_and_steps_down() {
     );
     assert!(views.iter().any(|v| v["output"] == "110"), "{views:?}");
     verify(&nats, tmp.path(), 1);
+    // The new owner published what it committed, as the API shows it.
+    let published = published.lock().unwrap().clone();
+    for task in &on_b {
+        assert!(
+            published
+                .iter()
+                .any(|e| e["kind"] == "task_completed" && e["task"] == task.as_str()),
+            "no task_completed for {task} among {} published events",
+            published.len()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,10 +470,13 @@ async fn a_nats_node_killed_mid_work_loses_nothing_acknowledged() {
         .collect();
     let mut tasks = Vec::new();
     let mut agents = Vec::new();
-    for host in &hosts {
+    for (cell, host) in hosts.iter().enumerate() {
         host.serving();
         let api = host.api();
         let agent = api.counter("counter").await;
+        // Ids carry their cell: none minted in one cell meets another's.
+        assert_eq!(agent[..4], format!("{cell:04x}"), "{agent}");
+        assert!(!agents.contains(&agent));
         tasks.push(api.schedule(&agent, 15).await);
         agents.push(agent);
     }
@@ -474,5 +504,207 @@ async fn a_nats_node_killed_mid_work_loses_nothing_acknowledged() {
         // 1..=15 twice.
         assert!(views.iter().any(|v| v["output"] == "240"), "{views:?}");
         verify(&nats, tmp.path(), cell as u32);
+    }
+}
+
+/// Host kills in a row on one cell (100 with `TOKA_LONG_TESTS=1`, 3
+/// otherwise), each at a moment of its own while tasks are in flight; every
+/// acknowledged task completes exactly once, and the cell verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_kills_in_a_row_lose_no_acknowledged_task() {
+    let rounds = if std::env::var_os("TOKA_LONG_TESTS").is_some() {
+        100
+    } else {
+        3
+    };
+    let nats = Nats::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = init(&nats, tmp.path(), 4, TTL);
+    let mut owner = CellHost::start(&nats, &key, tmp.path().join("h0"), 3);
+    owner.serving();
+    let agent = owner.api().counter("counter").await;
+    let mut tasks = Vec::new();
+    for round in 1..=rounds {
+        let standby = CellHost::start(&nats, &key, tmp.path().join(format!("h{round}")), 3);
+        standby
+            .wait_for("standing by", Duration::from_secs(30))
+            .unwrap();
+        let api = owner.api();
+        tasks.extend(api.schedule(&agent, 5).await);
+        // A moment of its own: up to 50 ms after the last acknowledgement.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        tokio::time::sleep(Duration::from_millis(u64::from(nanos % 50))).await;
+        owner.signal("-KILL");
+        standby.serving();
+        eprintln!("round {round}: {} tasks acknowledged so far", tasks.len());
+        owner = standby;
+    }
+    let api = owner.api();
+    let views = api.wait_all(&tasks).await;
+    assert!(
+        views.iter().all(|v| v["status"] == "completed"),
+        "{views:?}"
+    );
+    let completions = api.completions().await;
+    for task in &tasks {
+        assert_eq!(completions.get(task), Some(&1), "task {task}");
+    }
+    // Tasks 1..=5 in every round.
+    let sum = (15 * rounds).to_string();
+    assert!(
+        views.iter().any(|v| v["output"] == sum.as_str()),
+        "{views:?}"
+    );
+    verify(&nats, tmp.path(), 3);
+}
+
+/// A `toka serve --cluster` host without `--cell`: it serves its share of
+/// the cells under `/cells/N/`.
+fn spread_host(nats: &Nats, key: &Path, data: PathBuf) -> CellHost {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_toka"))
+        .arg("--data")
+        .arg(&data)
+        .arg("--root-key")
+        .arg(key)
+        .args(["--cluster", &nats.urls()])
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let seen = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            seen.lock().unwrap().push(line);
+        }
+    });
+    CellHost { child, data, lines }
+}
+
+impl CellHost {
+    /// The base URL a spread host printed.
+    fn base(&self) -> String {
+        self.wait_for("toka: serving cells of", Duration::from_secs(60))
+            .unwrap_or_else(|out| panic!("the host never served: {out}"));
+        let lines = self.lines.lock().unwrap();
+        let line = lines
+            .iter()
+            .find(|l| l.contains("toka: serving cells of"))
+            .unwrap();
+        let at = line.split(" at ").nth(1).unwrap();
+        at.split("/cells/").next().unwrap().to_owned()
+    }
+}
+
+/// The cells a spread host at `base` serves now.
+async fn served(base: &str) -> Vec<u64> {
+    let answer: Value = reqwest::get(format!("{base}/cells"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .collect()
+}
+
+/// Waits until `check` holds for the cells the hosts serve.
+async fn until_served(bases: &[&str], check: impl Fn(&[Vec<u64>]) -> bool) -> Vec<Vec<u64>> {
+    let started = Instant::now();
+    loop {
+        let mut all = Vec::new();
+        for base in bases {
+            all.push(served(base).await);
+        }
+        if check(&all) {
+            return all;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "cells never settled: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_spread_the_cells_and_a_dead_host_s_cells_move_to_the_others() {
+    toka_server::install_crypto();
+    let nats = Nats::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = init(&nats, tmp.path(), 4, TTL);
+    let minted = Command::new(env!("CARGO_BIN_EXE_toka"))
+        .arg("--data")
+        .arg(tmp.path().join("minter"))
+        .arg("--root-key")
+        .arg(&key)
+        .args(["token", "issue", "--operator", "admin"])
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{minted:?}");
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+
+    // Alone, a host serves every cell; a second one takes half of them.
+    let a = spread_host(&nats, &key, tmp.path().join("a"));
+    let base_a = a.base();
+    until_served(&[&base_a], |s| s[0] == [0, 1, 2, 3]).await;
+    let b = spread_host(&nats, &key, tmp.path().join("b"));
+    let base_b = b.base();
+    let spread = until_served(&[&base_a, &base_b], |s| s[0].len() == 2 && s[1].len() == 2).await;
+    eprintln!("spread: {spread:?}");
+
+    // A cell elsewhere is answered with where it is.
+    let cell_on_b = spread[1][0];
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let answer = no_redirects
+        .get(format!("{base_a}/cells/{cell_on_b}/v1/status"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(
+        answer.headers()["location"],
+        format!("{base_b}/cells/{cell_on_b}/v1/status").as_str()
+    );
+
+    // Work in every cell, through its owner.
+    let mut work = Vec::new();
+    for (base, cells) in [(&base_a, &spread[0]), (&base_b, &spread[1])] {
+        for cell in cells {
+            let api = Api {
+                url: format!("{base}/cells/{cell}"),
+                token: token.clone(),
+                http: reqwest::Client::new(),
+            };
+            let agent = api.counter("counter").await;
+            assert_eq!(agent[..4], format!("{cell:04x}"));
+            let tasks = api.schedule(&agent, 10).await;
+            work.push((*cell, tasks));
+        }
+    }
+    a.signal("-KILL");
+    until_served(&[&base_b], |s| s[0] == [0, 1, 2, 3]).await;
+    for (cell, tasks) in &work {
+        let api = Api {
+            url: format!("{base_b}/cells/{cell}"),
+            token: token.clone(),
+            http: reqwest::Client::new(),
+        };
+        every_task_completed_once(&api, tasks).await;
+        verify(&nats, tmp.path(), u32::try_from(*cell).unwrap());
     }
 }

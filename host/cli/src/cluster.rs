@@ -112,6 +112,20 @@ pub(crate) fn cell(place: &Place) -> Result<u32, Failure> {
         .ok_or_else(|| Failure::input("this command needs --cell N (or TOKA_CELL) with --cluster"))
 }
 
+/// The store the read-only commands read: cell --cell of --cluster, or the
+/// data dir's.
+pub(crate) fn read_store(place: &Place) -> Result<Box<dyn toka_host::EventStore>, Failure> {
+    if place.cluster.is_none() {
+        let store = toka_host::DataDir::new(&place.data)
+            .open_read_only()
+            .map_err(Failure::input)?;
+        return Ok(Box::new(store));
+    }
+    let cluster = connect(place)?;
+    let store = CellStore::open_read_only(&cluster, cell(place)?).map_err(Failure::input)?;
+    Ok(Box::new(store))
+}
+
 /// The cells `verify --cluster` checks: --cell, or all of them.
 pub(crate) fn cells(place: &Place, cluster: &Cluster) -> Result<Vec<u32>, Failure> {
     let config = cluster.config().map_err(Failure::input)?;
@@ -125,41 +139,55 @@ pub(crate) fn cells(place: &Place, cluster: &Cluster) -> Result<Vec<u32>, Failur
     }
 }
 
-/// `toka serve --cluster URLS --cell N`: waits for the cell's lease, fences
-/// the cell, recovers it and serves it until stopped or until the lease is
-/// lost (then it steps down and exits 1: a supervisor restarts it as a
-/// standby).
+/// `toka serve --cluster URLS [--cell N]`: with `--cell`, serves that one
+/// cell (standing by until its lease is free); without, serves its share of
+/// all the cells, spread with the other hosts.
 pub(crate) async fn serve(
     place: &Place,
     mut config: toka_server::ServeConfig,
     grace: Duration,
 ) -> CliResult {
     let cluster = connect(place)?;
-    let cell = cell(place)?;
     let cluster_config = cluster.config().map_err(Failure::input)?;
-    if cell >= cluster_config.cells {
-        return Err(Failure::input(format!(
-            "no cell {cell}: the cluster has cells 0..{}",
-            cluster_config.cells
-        )));
-    }
     let ttl = cluster_config.lease_ttl();
-    // What is still running when the lease goes must stop well before it
+    // What is still running when a lease goes must stop well before it
     // can expire.
-    config.grace(grace.min(ttl / 4));
-    let root = place.root_key(false)?;
+    let grace = grace.min(ttl / 4);
+    config.grace(grace);
+    // The cluster's root key file must be there before any lease is taken.
+    place.root_key(false)?;
     // The host's own dir: its server registration and secrets.
     std::fs::create_dir_all(&place.data)
         .map_err(|e| Failure::input(format!("{}: {e}", place.data.display())))?;
-    // Bind first: a bad address takes no lease.
-    let server = toka_server::Server::bind(config)
-        .await
-        .map_err(Failure::input)?;
     let host_name = format!(
         "{}-{}",
         std::env::var("HOSTNAME").unwrap_or_else(|_| "toka".into()),
         std::process::id()
     );
+    let cell = match place.cell {
+        Some(cell) if cell >= cluster_config.cells => {
+            return Err(Failure::input(format!(
+                "no cell {cell}: the cluster has cells 0..{}",
+                cluster_config.cells
+            )));
+        }
+        Some(cell) => cell,
+        None => {
+            let cells = Spread {
+                place,
+                cluster: &cluster,
+                host_name: &host_name,
+                total: cluster_config.cells,
+                ttl,
+                grace,
+            };
+            return cells.serve(config).await;
+        }
+    };
+    // Bind first: a bad address takes no lease.
+    let server = toka_server::Server::bind(config)
+        .await
+        .map_err(Failure::input)?;
     let holder = Holder {
         host: host_name.clone(),
         url: Some(server.url()),
@@ -169,17 +197,8 @@ pub(crate) async fn serve(
         () = toka_server::signal() => return Ok(ExitCode::SUCCESS),
     };
     let guard = lease.guard();
-    let opened = {
-        let (cluster, host_name, guard) = (cluster.clone(), host_name.clone(), guard.clone());
-        tokio::task::spawn_blocking(move || CellStore::open(&cluster, cell, &host_name, guard))
-            .await
-            .map_err(|e| Failure::work(format!("opening the cell: {e}")))?
-    };
-    let store = Arc::new(opened.map_err(Failure::work)?);
-    let secrets = toka_host::SecretStore::open(&place.data).map_err(Failure::input)?;
-    let mut host_config = place.host_config();
-    host_config.secrets(Arc::new(secrets));
-    let host = toka_host::Host::open(Arc::clone(&store) as _, root, host_config).await?;
+    let (host, store) = open_cell(place, &cluster, cell, &host_name, &guard).await?;
+    let publisher = publish_events(&cluster, cell, host.subscribe());
     eprintln!(
         "toka: serving cell {cell} of {} at {} as {host_name} (lease TTL {} ms)",
         cluster.urls(),
@@ -202,6 +221,7 @@ pub(crate) async fn serve(
         }
     };
     let served = server.run(host, store as _, stop).await;
+    publisher.abort();
     let reason = stepped_down
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -218,6 +238,231 @@ pub(crate) async fn serve(
         .map_err(|e| Failure::work(format!("releasing the lease: {e}")))?;
     eprintln!("toka: stopped; cell {cell} released; everything acknowledged is in its log");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens cell `cell` under `guard`: fences it, then recovers its host.
+async fn open_cell(
+    place: &Place,
+    cluster: &Cluster,
+    cell: u32,
+    host_name: &str,
+    guard: &toka_host::LeaseGuard,
+) -> Result<(toka_host::Host, Arc<CellStore>), Failure> {
+    let root = place.root_key(false)?;
+    let opened = {
+        let (cluster, host_name, guard) = (cluster.clone(), host_name.to_owned(), guard.clone());
+        tokio::task::spawn_blocking(move || CellStore::open(&cluster, cell, &host_name, guard))
+            .await
+            .map_err(|e| Failure::work(format!("opening the cell: {e}")))?
+    };
+    let store = Arc::new(opened.map_err(Failure::work)?);
+    let secrets = toka_host::SecretStore::open(&place.data).map_err(Failure::input)?;
+    let mut host_config = place.host_config();
+    host_config.secrets(Arc::new(secrets));
+    let host = toka_host::Host::open(Arc::clone(&store) as _, root, host_config).await?;
+    Ok((host, store))
+}
+
+/// A host serving its share of a cluster's cells: `ceil(cells / hosts
+/// alive)`. Every quarter lease TTL it says it is alive, lets go of cells
+/// whose lease it lost (or whose log fenced it), hands one cell over when it
+/// has more than its share (a host joined), and takes free cells while it
+/// has fewer (a host left or died).
+struct Spread<'a> {
+    place: &'a Place,
+    cluster: &'a Cluster,
+    host_name: &'a str,
+    total: u32,
+    ttl: Duration,
+    grace: Duration,
+}
+
+/// A cell served by a [`Spread`] host.
+struct Owned {
+    lease: Lease,
+    publisher: tokio::task::JoinHandle<()>,
+    stopped: tokio::task::JoinHandle<toka_host::Stopped>,
+}
+
+impl Spread<'_> {
+    async fn serve(&self, config: toka_server::ServeConfig) -> CliResult {
+        let server = toka_server::Server::bind(config.clone())
+            .await
+            .map_err(Failure::input)?;
+        let url = server.url();
+        let holder = Holder {
+            host: self.host_name.to_owned(),
+            url: Some(url.clone()),
+        };
+        let owner_of: toka_server::OwnerOf = {
+            let cluster = self.cluster.clone();
+            Box::new(move |cell| {
+                toka_host::holder(&cluster, cell)
+                    .ok()
+                    .flatten()
+                    .and_then(|h| h.url)
+            })
+        };
+        let cells = toka_server::Cells::new(config, owner_of);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(server.run_cells(Arc::clone(&cells), async move {
+            let _ = stop_rx.await;
+        }));
+        eprintln!(
+            "toka: serving cells of {} at {url}/cells/N/ as {} (lease TTL {} ms)",
+            self.cluster.urls(),
+            self.host_name,
+            self.ttl.as_millis()
+        );
+        let mut owned = std::collections::BTreeMap::<u32, Owned>::new();
+        let signal = toka_server::signal();
+        tokio::pin!(signal);
+        let result = loop {
+            if let Err(e) = self.round(&holder, &cells, &mut owned).await {
+                break Err(e);
+            }
+            tokio::select! {
+                () = &mut signal => break Ok(()),
+                () = tokio::time::sleep(self.ttl / 4) => {}
+            }
+        };
+        let _ = stop_tx.send(());
+        let served = running.await;
+        for (cell, entry) in std::mem::take(&mut owned) {
+            self.let_go(&cells, cell, entry, true).await;
+        }
+        result?;
+        served
+            .map_err(|e| Failure::work(format!("the server: {e}")))?
+            .map_err(Failure::work)?;
+        eprintln!(
+            "toka: stopped; its cells are released; everything acknowledged is in their logs"
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// One round of keeping the share.
+    async fn round(
+        &self,
+        holder: &Holder,
+        cells: &Arc<toka_server::Cells>,
+        owned: &mut std::collections::BTreeMap<u32, Owned>,
+    ) -> Result<(), Failure> {
+        let alive = {
+            let (cluster, holder) = (self.cluster.clone(), holder.clone());
+            tokio::task::spawn_blocking(move || {
+                toka_host::announce(&cluster, &holder)?;
+                toka_host::hosts(&cluster)
+            })
+            .await
+            .map_err(|e| Failure::work(format!("announcing: {e}")))?
+        };
+        let alive = match alive {
+            Ok(hosts) => hosts.len().max(1),
+            Err(e) => {
+                tracing::warn!(error = %e, "the cluster did not answer; keeping what this host serves");
+                return Ok(());
+            }
+        };
+        // Cells lost: the lease ran out, or the cell's log fenced the host.
+        let lost: Vec<u32> = owned
+            .iter()
+            .filter(|(_, o)| !o.lease.guard().is_valid() || o.stopped.is_finished())
+            .map(|(cell, _)| *cell)
+            .collect();
+        for cell in lost {
+            if let Some(entry) = owned.remove(&cell) {
+                eprintln!(
+                    "toka: stepped down from cell {cell}: its lease or its log is no longer this host's"
+                );
+                self.let_go(cells, cell, entry, false).await;
+            }
+        }
+        let share = (self.total as usize).div_ceil(alive);
+        if owned.len() > share {
+            if let Some((&cell, _)) = owned.iter().next_back()
+                && let Some(entry) = owned.remove(&cell)
+            {
+                eprintln!(
+                    "toka: handing cell {cell} over ({alive} hosts share {} cells)",
+                    self.total
+                );
+                self.let_go(cells, cell, entry, true).await;
+            }
+            return Ok(());
+        }
+        // Free cells, starting at a place of this host's own so hosts that
+        // start together do not all race for cell 0.
+        let start = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            self.host_name.hash(&mut hasher);
+            u32::try_from(hasher.finish() % u64::from(self.total)).unwrap_or(0)
+        };
+        for offset in 0..self.total {
+            if owned.len() >= share {
+                break;
+            }
+            let cell = (start + offset) % self.total;
+            if owned.contains_key(&cell) {
+                continue;
+            }
+            let attempt = {
+                let (cluster, holder, ttl) = (self.cluster.clone(), holder.clone(), self.ttl);
+                tokio::task::spawn_blocking(move || {
+                    Lease::try_acquire(&cluster, cell, &holder, ttl)
+                })
+                .await
+                .map_err(|e| Failure::work(format!("acquiring a lease: {e}")))?
+            };
+            let Ok(Some(lease)) = attempt else {
+                continue;
+            };
+            let opened = open_cell(
+                self.place,
+                self.cluster,
+                cell,
+                self.host_name,
+                &lease.guard(),
+            )
+            .await;
+            let (host, store) = match opened {
+                Ok(opened) => opened,
+                Err(e) => {
+                    eprintln!("toka: cell {cell} could not be opened: {}", e.message);
+                    let _ = tokio::task::spawn_blocking(move || lease.release()).await;
+                    continue;
+                }
+            };
+            let publisher = publish_events(self.cluster, cell, host.subscribe());
+            let stopped = tokio::spawn(host.stopped());
+            cells.add(cell, host, store as _).map_err(Failure::work)?;
+            eprintln!("toka: serving cell {cell}");
+            owned.insert(
+                cell,
+                Owned {
+                    lease,
+                    publisher,
+                    stopped,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops serving `cell`; releases its lease when it is still ours.
+    async fn let_go(&self, cells: &toka_server::Cells, cell: u32, entry: Owned, release: bool) {
+        let grace = if release { self.grace } else { Duration::ZERO };
+        if let Err(e) = cells.remove(cell, grace).await {
+            tracing::warn!(error = %e, cell, "stopping the cell's host");
+        }
+        entry.publisher.abort();
+        entry.stopped.abort();
+        if release {
+            let lease = entry.lease;
+            let _ = tokio::task::spawn_blocking(move || lease.release()).await;
+        }
+    }
 }
 
 /// Waits until the lease is ours, saying once who holds it meanwhile.
@@ -248,4 +493,45 @@ async fn acquire(
         }
         tokio::time::sleep(ttl / 10).await;
     }
+}
+
+/// Publishes every committed event of the cell on `toka.events.<cell>`, one
+/// JSON message per event (as the API shows it, with its record's `seq`).
+/// Core NATS delivers at most once: a consumer that finds a gap in `seq`
+/// reads the log (`toka --cluster .. events --from SEQ`).
+fn publish_events(
+    cluster: &Cluster,
+    cell: u32,
+    mut committed: toka_host::Subscription,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::sync::broadcast::error::RecvError;
+    let cluster = cluster.clone();
+    tokio::spawn(async move {
+        let subject = Cluster::events_subject(cell);
+        loop {
+            let batch = match committed.recv().await {
+                Ok(batch) => batch,
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        batches = n,
+                        cell,
+                        "event publishing fell behind and skipped batches"
+                    );
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            };
+            for record in &batch.records {
+                for event in &record.events {
+                    let view = toka_server::event_view(record, event);
+                    let Ok(json) = serde_json::to_vec(&view) else {
+                        continue;
+                    };
+                    if let Err(e) = cluster.publish(subject.clone(), json).await {
+                        tracing::warn!(error = %e, cell, "publishing an event failed");
+                    }
+                }
+            }
+        }
+    })
 }

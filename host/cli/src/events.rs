@@ -1,10 +1,9 @@
 //! `toka events`: print the event log, or follow it as it grows.
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use toka_host::{EventStore, RedbStore};
+use toka_host::EventStore;
 use toka_kernel::{Applied, Kernel};
 
 use crate::output::out;
@@ -29,13 +28,12 @@ pub(crate) struct Args {
     follow: bool,
 }
 
-pub(crate) async fn main(data: &Path, args: Args) -> CliResult {
+pub(crate) async fn main(place: &crate::Place, args: Args) -> CliResult {
     // Read-only: a host may be writing the log at the same time.
-    let store = toka_host::DataDir::new(data)
-        .open_read_only()
-        .map_err(Failure::input)?;
+    let store = crate::cluster::read_store(place)?;
+    let store = &*store;
     // From the anchor snapshot when the log's beginning is archived.
-    let (mut kernel, anchor) = toka_host::origin(&store)?;
+    let (mut kernel, anchor) = toka_host::origin(store)?;
     let first = kernel.head().seq + 1;
     if let Some(from) = args.from
         && from < first
@@ -64,7 +62,7 @@ pub(crate) async fn main(data: &Path, args: Args) -> CliResult {
             }
         }
     };
-    catch_up(&store, &mut kernel, &mut print)?;
+    catch_up(store, &mut kernel, &mut print)?;
     if !args.follow {
         let head = store.head().map_err(Failure::input)?;
         if head != kernel.head() {
@@ -80,14 +78,14 @@ pub(crate) async fn main(data: &Path, args: Args) -> CliResult {
     loop {
         tokio::select! {
             _ = &mut ctrl_c => return Ok(ExitCode::SUCCESS),
-            () = tokio::time::sleep(POLL) => catch_up(&store, &mut kernel, &mut print)?,
+            () = tokio::time::sleep(POLL) => catch_up(store, &mut kernel, &mut print)?,
         }
     }
 }
 
 /// Replays (and so verifies) the records after the kernel's head.
 fn catch_up(
-    store: &RedbStore,
+    store: &dyn EventStore,
     kernel: &mut Kernel,
     print: &mut impl FnMut(&Applied),
 ) -> Result<(), Failure> {

@@ -57,8 +57,9 @@ struct Cli {
 
     /// Work against a Toka cluster on these NATS servers
     /// (`nats://HOST:PORT,...`) instead of a local data dir: `cluster`,
-    /// `serve` and `verify` take it (the data dir then holds only this
-    /// host's root key, secrets and server registration).
+    /// `serve`, `verify`, `events`, `state` and `replay` take it (the data
+    /// dir then holds only this host's root key, secrets and server
+    /// registration).
     #[arg(long, global = true, env = "TOKA_CLUSTER", value_name = "URLS")]
     cluster: Option<String>,
 
@@ -310,11 +311,16 @@ fn main() -> ExitCode {
     if place.cluster.is_some()
         && !matches!(
             cli.command,
-            Command::Cluster(_) | Command::Serve(_) | Command::Verify(_)
+            Command::Cluster(_)
+                | Command::Serve(_)
+                | Command::Verify(_)
+                | Command::Events(_)
+                | Command::State(_)
+                | Command::Replay(_)
         )
     {
         eprintln!(
-            "error: with --cluster, toka takes `cluster`, `serve` and `verify`; drive a cell through the API of the host that serves it"
+            "error: with --cluster, toka takes `cluster`, `serve`, `verify`, `events`, `state` and `replay`; drive a cell through the API of the host that serves it"
         );
         return ExitCode::from(2);
     }
@@ -322,9 +328,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Demo(args) => demo::main(&place, args).await,
             Command::Run(args) => run::main(&place, args).await,
-            Command::Events(args) => events::main(&place.data, args).await,
-            Command::State(args) => state::main(&place.data, args),
-            Command::Replay(args) => state::replay(&place.data, args),
+            Command::Events(args) => events::main(&place, args).await,
+            Command::State(args) => state::main(&place, args),
+            Command::Replay(args) => state::replay(&place, args),
             Command::Snapshot => state::snapshot(&place).await,
             Command::Verify(args) => verify::main(&place, args),
             Command::Archive(args) => archive::main(&place.data, args),

@@ -1,6 +1,5 @@
 //! `toka state`: the agents, their tasks and state.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::json;
@@ -8,7 +7,6 @@ use toka_kernel::{EntityId, Kernel};
 
 use crate::output::out;
 use crate::render::{self, Names};
-use toka_host::EventStore;
 
 use crate::{CliResult, Failure, Place};
 
@@ -31,21 +29,19 @@ pub(crate) struct ReplayArgs {
     json: bool,
 }
 
-pub(crate) fn main(data: &Path, args: Args) -> CliResult {
-    let store = toka_host::DataDir::new(data)
-        .open_read_only()
-        .map_err(Failure::input)?;
+pub(crate) fn main(place: &Place, args: Args) -> CliResult {
+    let store = crate::cluster::read_store(place)?;
+    let store = &*store;
     // From the newest snapshot and the tail, as a host recovers.
-    let (kernel, _) = toka_host::recover(&store)?;
+    let (kernel, _) = toka_host::recover(store)?;
     print(&kernel, args.json);
     Ok(ExitCode::SUCCESS)
 }
 
 /// `toka replay --to SEQ`: the state after record SEQ, from the log alone.
-pub(crate) fn replay(data: &Path, args: ReplayArgs) -> CliResult {
-    let store = toka_host::DataDir::new(data)
-        .open_read_only()
-        .map_err(Failure::input)?;
+pub(crate) fn replay(place: &Place, args: ReplayArgs) -> CliResult {
+    let store = crate::cluster::read_store(place)?;
+    let store = &*store;
     let head = store.head().map_err(Failure::input)?;
     if args.to > head.seq {
         return Err(Failure::input(format!(
@@ -54,7 +50,7 @@ pub(crate) fn replay(data: &Path, args: ReplayArgs) -> CliResult {
         )));
     }
     // From the anchor snapshot when the log's beginning is archived.
-    let (mut kernel, anchor) = toka_host::origin(&store)?;
+    let (mut kernel, anchor) = toka_host::origin(store)?;
     if anchor.is_some() && args.to < kernel.head().seq {
         return Err(Failure::input(toka_host::LogError::Archived {
             seq: args.to,

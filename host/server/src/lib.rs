@@ -11,6 +11,7 @@
 //! | module | concern |
 //! |---|---|
 //! | `serve`, `config` | binding, TLS, registration, graceful shutdown |
+//! | `cells` | several cells of a cluster behind one address |
 //! | `auth`, `rate` | operator tokens, levels, tickets, rate limits |
 //! | `api/` | the `/v1` endpoints, one file per resource |
 //! | `views`, `events`, `error`, `extract` | the JSON shapes in and out |
@@ -26,6 +27,7 @@ pub mod views;
 mod api;
 mod app;
 mod auth;
+mod cells;
 mod config;
 mod dashboard;
 mod error;
@@ -38,6 +40,7 @@ mod serve;
 
 pub use api::packages::{installed_view, package_view, review_view};
 pub use api::stream::StreamRecord;
+pub use cells::{Cells, OwnerOf};
 pub use config::{DEFAULT_LISTEN, ServeConfig};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use events::{agents_of, event_view, view as event_view_of};

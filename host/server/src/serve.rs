@@ -170,32 +170,8 @@ impl Server {
             config,
             closing,
         ));
-        let router = router(&app);
         let handle = axum_server::Handle::<SocketAddr>::new();
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let served = {
-            let handle = handle.clone();
-            async move {
-                match tls {
-                    Some(tls) => {
-                        axum_server::from_tcp_rustls(listener, tls)
-                            .map_err(|e| e.to_string())?
-                            .handle(handle)
-                            .serve(service)
-                            .await
-                    }
-                    None => {
-                        axum_server::from_tcp(listener)
-                            .map_err(|e| e.to_string())?
-                            .handle(handle)
-                            .serve(service)
-                            .await
-                    }
-                }
-                .map_err(|e| e.to_string())
-            }
-        };
-        let served = tokio::spawn(served);
+        let served = serve_http(listener, tls, router(&app), handle.clone());
         tracing::info!(%url, "serving");
         stop.await;
         tracing::info!("shutting down");
@@ -223,8 +199,71 @@ impl Server {
     }
 }
 
+/// Serves `router` on `listener` until `handle` shuts it down.
+fn serve_http(
+    listener: std::net::TcpListener,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    router: Router,
+    handle: axum_server::Handle<SocketAddr>,
+) -> tokio::task::JoinHandle<Result<(), String>> {
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move {
+        match tls {
+            Some(tls) => {
+                axum_server::from_tcp_rustls(listener, tls)
+                    .map_err(|e| e.to_string())?
+                    .handle(handle)
+                    .serve(service)
+                    .await
+            }
+            None => {
+                axum_server::from_tcp(listener)
+                    .map_err(|e| e.to_string())?
+                    .handle(handle)
+                    .serve(service)
+                    .await
+            }
+        }
+        .map_err(|e| e.to_string())
+    })
+}
+
+impl Server {
+    /// Serves the cells in `cells` (they come and go while it runs) until
+    /// `stop` resolves; then ends their event streams and stops accepting
+    /// requests, giving those in flight the grace period. The cells stay:
+    /// the caller removes them (and releases their leases).
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::Http`] when serving fails.
+    pub async fn run_cells(
+        self,
+        cells: Arc<crate::cells::Cells>,
+        stop: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let url = self.url();
+        let Server {
+            listener,
+            tls,
+            config,
+            ..
+        } = self;
+        let handle = axum_server::Handle::<SocketAddr>::new();
+        let served = serve_http(listener, tls, cells.router(), handle.clone());
+        tracing::info!(%url, "serving cells");
+        stop.await;
+        cells.close();
+        handle.graceful_shutdown(Some(config.grace));
+        served
+            .await
+            .map_err(|e| ServeError::Http(e.to_string()))?
+            .map_err(ServeError::Http)
+    }
+}
+
 /// Stops the host once the last request holding it is done.
-async fn stop_host(mut host: Arc<Host>) -> Result<(), ServeError> {
+pub(crate) async fn stop_host(mut host: Arc<Host>) -> Result<(), ServeError> {
     for _ in 0..100 {
         match Arc::try_unwrap(host) {
             Ok(host) => return Ok(host.shutdown().await?),
@@ -240,7 +279,7 @@ async fn stop_host(mut host: Arc<Host>) -> Result<(), ServeError> {
 }
 
 /// The data dir's root public key, as the store records it.
-fn store_root(store: &dyn EventStore) -> Result<toka_host::PublicKey, ServeError> {
+pub(crate) fn store_root(store: &dyn EventStore) -> Result<toka_host::PublicKey, ServeError> {
     let bytes = store
         .root_public_key()
         .map_err(|e| ServeError::Host(e.into()))?

@@ -8,10 +8,15 @@
 //! - A new owner first appends an [`Message::Owner`] fence, which moves the
 //!   subject's sequence past whatever a former owner knows.
 //! - Blobs, tokens, snapshots and batches too large for one message live in
-//!   the object store `toka_cell_<n>`, named `blob.<digest>`,
-//!   `token.<digest>`, `snap.<seq>` and `batch.<digest>`. Content-addressed
-//!   objects are written before the message that refers to them; a snapshot
-//!   only after the records it follows are acknowledged.
+//!   the stream `TOKA_CELL_<n>_OBJECTS`, named `blob.<digest>`,
+//!   `token.<digest>`, `snap.<seq>` and `batch.<digest>`: an object is
+//!   chunks of 256 KiB, each the last message on subject
+//!   `toka.cell.<n>.obj.<name>.<i>`, chunk 0 written last with the count and
+//!   the digest of the whole. They are read by subject and listed from the
+//!   stream's subjects — no consumer, which a NATS node's failure can leave
+//!   hanging (JetStream's own object store lists through one).
+//!   Content-addressed objects are written before the message that refers
+//!   to them; a snapshot only after the records it follows are acknowledged.
 //!
 //! Opening a cell reads its log once to index where each batch is and which
 //! record ended each task.
@@ -20,10 +25,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use async_nats::jetstream::{self, object_store::ObjectStore, stream::Stream};
-use futures_util::StreamExt as _;
+use async_nats::jetstream::{self, stream::Stream};
 use toka_kernel::{ChainHead, Digest, Limits, TaskId};
-use tokio::io::AsyncReadExt as _;
 
 use super::connection::{Cluster, ClusterConfig, ClusterError};
 use super::lease::LeaseGuard;
@@ -84,10 +87,20 @@ fn subject(cell: u32) -> String {
 }
 
 fn objects_name(cell: u32) -> String {
-    format!("toka_cell_{cell}")
+    format!("TOKA_CELL_{cell}_OBJECTS")
 }
 
-/// Creates cell `cell`'s stream and object store.
+fn objects_subject(cell: u32) -> String {
+    format!("toka.cell.{cell}.obj")
+}
+
+/// An object's chunk size: well below NATS's default 1 MiB message limit.
+const CHUNK: usize = 256 * 1024;
+/// Headers of an object's first chunk.
+const CHUNKS: &str = "Toka-Chunks";
+const DIGEST: &str = "Toka-Digest";
+
+/// Creates cell `cell`'s log stream and object stream.
 pub(crate) async fn create_cell(
     js: &jetstream::Context,
     cell: u32,
@@ -105,14 +118,17 @@ pub(crate) async fn create_cell(
     })
     .await
     .map_err(|e| ClusterError::js(format!("creating cell {cell}'s stream"), e))?;
-    js.create_object_store(jetstream::object_store::Config {
-        bucket: objects_name(cell),
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: objects_name(cell),
+        subjects: vec![format!("{}.>", objects_subject(cell))],
+        // An object's chunk is the last message on its subject.
+        max_messages_per_subject: 1,
         num_replicas: replicas,
         storage: jetstream::stream::StorageType::File,
         ..Default::default()
     })
     .await
-    .map_err(|e| ClusterError::js(format!("creating cell {cell}'s object store"), e))?;
+    .map_err(|e| ClusterError::js(format!("creating cell {cell}'s object stream"), e))?;
     Ok(())
 }
 
@@ -122,7 +138,8 @@ pub struct CellStore {
     cell: u32,
     config: ClusterConfig,
     stream: Stream,
-    objects: ObjectStore,
+    /// The stream of blobs, tokens, snapshots and oversized batches.
+    objects: Stream,
     /// Set when this store may append: the lease it appends under.
     guard: Option<LeaseGuard>,
     /// The largest message the servers take.
@@ -139,6 +156,8 @@ struct Tail {
     /// `(last record seq, message sequence)` of every batch, ascending.
     batches: Vec<(u64, u64)>,
     task_ends: HashMap<TaskId, u64>,
+    /// The owner's snapshots, once listed (it writes every later one).
+    snapshots: Option<Vec<u64>>,
 }
 
 impl std::fmt::Debug for CellStore {
@@ -173,8 +192,8 @@ impl CellStore {
                     .get_stream(stream_name(cell))
                     .await
                     .map_err(|e| ClusterError::js(format!("opening cell {cell}'s stream"), e))?;
-                let objects = js.get_object_store(objects_name(cell)).await.map_err(|e| {
-                    ClusterError::js(format!("opening cell {cell}'s object store"), e)
+                let objects = js.get_stream(objects_name(cell)).await.map_err(|e| {
+                    ClusterError::js(format!("opening cell {cell}'s object stream"), e)
                 })?;
                 Ok::<_, ClusterError>((stream, objects))
             })
@@ -249,39 +268,32 @@ impl CellStore {
         }
     }
 
-    /// Reads the whole log once: where each batch is, the head, task ends.
+    /// Reads the log from the first message not read yet to the end: where
+    /// each batch is, the head, task ends.
     fn index(&self) -> Result<(), ClusterError> {
-        let mut tail = Tail::default();
-        let last = self.cluster.block(async {
-            let mut stream = self.stream.clone();
-            stream
-                .info()
-                .await
-                .map(|info| info.state.last_sequence)
-                .map_err(|e| ClusterError::js(format!("reading cell {}'s stream", self.cell), e))
-        })?;
-        for seq in 1..=last {
-            let message = self
-                .message(seq)
-                .map_err(|e| ClusterError::js(format!("reading cell {}'s log", self.cell), e))?;
+        let last = retrying(|| {
+            self.cluster.block(async {
+                let mut stream = self.stream.clone();
+                stream.info().await.map(|info| info.state.last_sequence)
+            })
+        })
+        .map_err(|e| ClusterError::js(format!("reading cell {}'s stream", self.cell), e))?;
+        let read = |e: StoreError| ClusterError::js(format!("reading cell {}'s log", self.cell), e);
+        let mut tail = self.lock();
+        for seq in tail.last_message + 1..=last {
+            let message = self.message(seq).map_err(read)?;
             let head = message.head();
-            if let Message::Batch { task_ends, .. } = &message {
-                tail.task_ends.extend(task_ends.iter().copied());
-            }
-            if let Message::Stored { .. } = &message
-                && let Message::Batch { task_ends, .. } = self
-                    .resolve(message)
-                    .map_err(|e| ClusterError::js(format!("reading cell {}'s log", self.cell), e))?
-            {
-                tail.task_ends.extend(task_ends);
-            }
+            let task_ends = match self.resolve(message).map_err(read)? {
+                Message::Batch { task_ends, .. } => task_ends,
+                _ => Vec::new(),
+            };
+            tail.task_ends.extend(task_ends);
             if head.seq > tail.head.seq {
                 tail.batches.push((head.seq, seq));
             }
             tail.head = head;
+            tail.last_message = seq;
         }
-        tail.last_message = last;
-        *self.lock() = tail;
         Ok(())
     }
 
@@ -360,56 +372,125 @@ impl CellStore {
         }
     }
 
+    /// The subject of chunk `chunk` of object `name`.
+    fn chunk_subject(&self, name: &str, chunk: usize) -> String {
+        format!("{}.{name}.{chunk}", objects_subject(self.cell))
+    }
+
+    /// An object: chunk 0 names how many chunks there are and the digest
+    /// of the whole; each chunk is the last message on its subject, read
+    /// by subject (no consumer, so a NATS node's failure only delays it).
     fn object(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let read = |e: &dyn std::fmt::Display| self.backend(&format!("reading {name}"), e);
         retrying(|| {
             self.cluster.block(async {
-                let mut object = match self.objects.get(name).await {
-                    Ok(object) => object,
-                    Err(e) if e.kind() == jetstream::object_store::GetErrorKind::NotFound => {
+                let first = match self
+                    .objects
+                    .get_last_raw_message_by_subject(&self.chunk_subject(name, 0))
+                    .await
+                {
+                    Ok(first) => first,
+                    Err(e)
+                        if e.kind()
+                            == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                    {
                         return Ok(None);
                     }
-                    Err(e) => return Err(self.backend(&format!("reading {name}"), e)),
+                    Err(e) => return Err(read(&e)),
                 };
-                let mut bytes = Vec::new();
-                object
-                    .read_to_end(&mut bytes)
-                    .await
-                    .map_err(|e| self.backend(&format!("reading {name}"), e))?;
+                let header = |key: &str| {
+                    first
+                        .headers
+                        .get(key)
+                        .map(|v| v.as_str().to_owned())
+                        .ok_or_else(|| self.corrupt(name.to_owned(), format!("no {key} header")))
+                };
+                let chunks: usize = header(CHUNKS)?
+                    .parse()
+                    .map_err(|e| self.corrupt(name.to_owned(), e))?;
+                let digest: Digest = header(DIGEST)?
+                    .parse()
+                    .map_err(|e| self.corrupt(name.to_owned(), e))?;
+                let mut bytes = first.payload.to_vec();
+                for chunk in 1..chunks {
+                    let next = self
+                        .objects
+                        .get_last_raw_message_by_subject(&self.chunk_subject(name, chunk))
+                        .await
+                        .map_err(|e| read(&e))?;
+                    bytes.extend_from_slice(&next.payload);
+                }
+                if Digest::of(&bytes) != digest {
+                    return Err(self.corrupt(name.to_owned(), "does not match its digest"));
+                }
                 Ok(Some(bytes))
             })
         })
     }
 
+    /// Writes an object: the chunks after the first, then the first, which
+    /// makes it visible.
     fn put_object(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let chunks: Vec<&[u8]> = if bytes.is_empty() {
+            vec![bytes]
+        } else {
+            bytes.chunks(CHUNK).collect()
+        };
+        let digest = Digest::of(bytes);
         self.cluster.block(async {
-            let mut reader = bytes;
-            self.objects
-                .put(name, &mut reader)
-                .await
-                .map(drop)
-                .map_err(|e| self.backend(&format!("writing {name}"), e))
+            for (i, chunk) in chunks.iter().enumerate().skip(1).chain([(0, &chunks[0])]) {
+                let mut message =
+                    jetstream::message::PublishMessage::build().payload(chunk.to_vec().into());
+                if i == 0 {
+                    message = message
+                        .header(CHUNKS, chunks.len().to_string())
+                        .header(DIGEST, digest.to_string());
+                }
+                self.cluster
+                    .js()
+                    .send_publish(self.chunk_subject(name, i), message)
+                    .await
+                    .map_err(|e| self.backend(&format!("writing {name}"), e))?
+                    .await
+                    .map_err(|e| self.backend(&format!("writing {name}"), e))?;
+            }
+            Ok(())
         })
     }
 
-    /// The names of the objects starting with `prefix`.
+    /// The names of the objects starting with `prefix` (`kind.`), from the
+    /// stream's subjects.
     fn object_names(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        use futures_util::TryStreamExt as _;
+        let base = format!("{}.", objects_subject(self.cell));
+        let filter = format!("{base}{prefix}*.0");
         retrying(|| {
             self.cluster.block(async {
-                let mut list = self
+                let subjects: Vec<(String, usize)> = self
                     .objects
-                    .list()
+                    .info_with_subjects(&filter)
+                    .await
+                    .map_err(|e| self.backend("listing objects", e))?
+                    .try_collect()
                     .await
                     .map_err(|e| self.backend("listing objects", e))?;
-                let mut names = Vec::new();
-                while let Some(info) = list.next().await {
-                    let info = info.map_err(|e| self.backend("listing objects", e))?;
-                    if !info.deleted && info.name.starts_with(prefix) {
-                        names.push(info.name);
-                    }
-                }
-                Ok(names)
+                Ok(subjects
+                    .into_iter()
+                    .filter_map(|(subject, _)| {
+                        Some(subject.strip_prefix(&base)?.strip_suffix(".0")?.to_owned())
+                    })
+                    .collect())
             })
         })
+    }
+
+    /// Deletes an object (every chunk).
+    fn delete_object(&self, name: &str) -> Result<(), StoreError> {
+        let filter = format!("{}.{name}.>", objects_subject(self.cell));
+        self.cluster
+            .block(async { self.objects.purge().filter(filter).await })
+            .map(drop)
+            .map_err(|e| self.backend(&format!("deleting {name}"), e))
     }
 
     fn check_lease(&self) -> Result<(), StoreError> {
@@ -424,16 +505,29 @@ impl CellStore {
     }
 
     fn keep_snapshots(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
-        self.put_object(&format!("snap.{seq:020}"), bytes)?;
         let mut snapshots = self.snapshots()?;
-        snapshots.reverse();
-        for old in snapshots.into_iter().skip(SNAPSHOTS_KEPT) {
-            let name = format!("snap.{old:020}");
-            self.cluster
-                .block(self.objects.delete(&name))
-                .map_err(|e| self.backend(&format!("deleting {name}"), e))?;
+        self.put_object(&format!("snap.{seq:020}"), bytes)?;
+        if !snapshots.contains(&seq) {
+            snapshots.push(seq);
+            snapshots.sort_unstable();
         }
+        let old = snapshots.len().saturating_sub(SNAPSHOTS_KEPT);
+        for old in snapshots.drain(..old) {
+            self.delete_object(&format!("snap.{old:020}"))?;
+        }
+        self.lock().snapshots = Some(snapshots);
         Ok(())
+    }
+
+    /// The snapshots in the object stream, listed.
+    fn list_snapshots(&self) -> Result<Vec<u64>, StoreError> {
+        let mut seqs: Vec<u64> = self
+            .object_names("snap.")?
+            .iter()
+            .filter_map(|name| name.strip_prefix("snap.")?.parse().ok())
+            .collect();
+        seqs.sort_unstable();
+        Ok(seqs)
     }
 }
 
@@ -497,6 +591,11 @@ impl EventStore for CellStore {
     }
 
     fn records(&self, from: u64) -> Result<Records<'_>, StoreError> {
+        if self.guard.is_none() {
+            // A reader: the owner may have appended since.
+            self.index()
+                .map_err(|e| self.backend("reading the log", e))?;
+        }
         let messages: Vec<u64> = {
             let tail = self.lock();
             let start = tail.batches.partition_point(|(last, _)| *last < from);
@@ -525,13 +624,16 @@ impl EventStore for CellStore {
     }
 
     fn snapshots(&self) -> Result<Vec<u64>, StoreError> {
-        let mut seqs: Vec<u64> = self
-            .object_names("snap.")?
-            .iter()
-            .filter_map(|name| name.strip_prefix("snap.")?.parse().ok())
-            .collect();
-        seqs.sort_unstable();
-        Ok(seqs)
+        if self.guard.is_none() {
+            // A reader: the owner may have written some since.
+            return self.list_snapshots();
+        }
+        if let Some(known) = self.lock().snapshots.clone() {
+            return Ok(known);
+        }
+        let listed = self.list_snapshots()?;
+        self.lock().snapshots = Some(listed.clone());
+        Ok(listed)
     }
 
     fn snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
@@ -544,6 +646,10 @@ impl EventStore for CellStore {
     }
 
     fn head(&self) -> Result<ChainHead, StoreError> {
+        if self.guard.is_none() {
+            self.index()
+                .map_err(|e| self.backend("reading the log", e))?;
+        }
         Ok(self.lock().head)
     }
 
@@ -601,5 +707,9 @@ impl EventStore for CellStore {
 
     fn location(&self) -> String {
         format!("{} cell {}", self.cluster.urls(), self.cell)
+    }
+
+    fn cell(&self) -> Option<u16> {
+        u16::try_from(self.cell).ok()
     }
 }

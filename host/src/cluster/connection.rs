@@ -198,9 +198,14 @@ impl Cluster {
             .map_err(|e| fail(e.to_string()))?
             .map_err(|_| fail(format!("no server answered within {}s", patience.as_secs())))?
             .map_err(|e| fail(e.to_string()))?;
-        let js = jetstream::ContextBuilder::new()
-            .timeout(REQUEST_TIMEOUT)
-            .build(client.clone());
+        // The context spawns a task of its own: on this runtime, whichever
+        // the caller is in.
+        let js = {
+            let _entered = runtime.enter();
+            jetstream::ContextBuilder::new()
+                .timeout(REQUEST_TIMEOUT)
+                .build(client.clone())
+        };
         Ok(Cluster {
             inner: Arc::new(Inner {
                 runtime: Some(runtime),
@@ -254,8 +259,27 @@ impl Cluster {
         runtime.spawn(future)
     }
 
+    /// Publishes `payload` on `subject` (core NATS: at most once).
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::JetStream`] when the connection is closed.
+    pub async fn publish(&self, subject: String, payload: Vec<u8>) -> Result<(), ClusterError> {
+        self.inner
+            .client
+            .publish(subject, payload.into())
+            .await
+            .map_err(|e| ClusterError::js("publishing", e))
+    }
+
+    /// The subject a cell's committed events are published on.
+    #[must_use]
+    pub fn events_subject(cell: u32) -> String {
+        format!("toka.events.{cell}")
+    }
+
     /// Creates the cluster: records `config` and creates every cell's
-    /// stream and object store and the lease bucket.
+    /// log and object streams and the lease bucket.
     ///
     /// # Errors
     ///
@@ -330,23 +354,40 @@ impl Cluster {
     ///
     /// [`ClusterError::NotInitialized`] when there is none.
     pub fn config(&self) -> Result<ClusterConfig, ClusterError> {
-        self.block(async {
-            let not = || ClusterError::NotInitialized {
-                urls: self.urls().to_owned(),
+        let not = || ClusterError::NotInitialized {
+            urls: self.urls().to_owned(),
+        };
+        let started = std::time::Instant::now();
+        loop {
+            let read = self.block(async {
+                let bucket = self
+                    .js()
+                    .get_key_value(CONFIG_BUCKET)
+                    .await
+                    .map_err(|e| ClusterError::js("opening the configuration", e))?;
+                bucket
+                    .get(CONFIG_KEY)
+                    .await
+                    .map_err(|e| ClusterError::js("reading the configuration", e))
+            });
+            let error = match read {
+                Ok(Some(bytes)) => {
+                    return serde_json::from_slice(&bytes)
+                        .map_err(|e| ClusterError::js("decoding the configuration", e));
+                }
+                Ok(None) => return Err(not()),
+                Err(e) => e,
             };
-            let bucket = self
-                .js()
-                .get_key_value(CONFIG_BUCKET)
-                .await
-                .map_err(|_| not())?;
-            let bytes = bucket
-                .get(CONFIG_KEY)
-                .await
-                .map_err(|e| ClusterError::js("reading the configuration", e))?
-                .ok_or_else(not)?;
-            serde_json::from_slice(&bytes)
-                .map_err(|e| ClusterError::js("decoding the configuration", e))
-        })
+            // "stream not found": there is no such bucket. Anything else
+            // (a node's failure moving the bucket's leader) is tried again.
+            if error.to_string().contains("not found") {
+                return Err(not());
+            }
+            if started.elapsed() > REQUEST_TIMEOUT * 2 {
+                return Err(error);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 

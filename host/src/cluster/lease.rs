@@ -153,6 +153,55 @@ pub fn holder(cluster: &Cluster, cell: u32) -> Result<Option<Holder>, ClusterErr
     })
 }
 
+/// Says `holder` is alive for one lease TTL (the bucket's entries expire):
+/// hosts spread the cells by how many are alive.
+///
+/// # Errors
+///
+/// [`ClusterError::JetStream`] when the bucket cannot be written.
+pub fn announce(cluster: &Cluster, holder: &Holder) -> Result<(), ClusterError> {
+    let value = serde_json::to_vec(holder).map_err(|e| ClusterError::js("encoding a host", e))?;
+    cluster.block(async {
+        bucket(cluster)
+            .await?
+            .put(format!("host-{}", holder.host), value.into())
+            .await
+            .map(drop)
+            .map_err(|e| ClusterError::js("announcing a host", e))
+    })
+}
+
+/// The hosts that announced themselves within the last lease TTL.
+///
+/// # Errors
+///
+/// [`ClusterError::JetStream`] when the bucket cannot be read.
+pub fn hosts(cluster: &Cluster) -> Result<Vec<Holder>, ClusterError> {
+    use futures_util::StreamExt as _;
+    cluster.block(async {
+        let bucket = bucket(cluster).await?;
+        let mut keys = bucket
+            .keys()
+            .await
+            .map_err(|e| ClusterError::js("listing hosts", e))?;
+        let mut hosts = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| ClusterError::js("listing hosts", e))?;
+            if !key.starts_with("host-") {
+                continue;
+            }
+            let value = bucket
+                .get(&key)
+                .await
+                .map_err(|e| ClusterError::js("reading a host", e))?;
+            if let Some(holder) = value.and_then(|v| serde_json::from_slice(&v).ok()) {
+                hosts.push(holder);
+            }
+        }
+        Ok(hosts)
+    })
+}
+
 impl Lease {
     /// Tries to acquire `cell`'s lease for `holder`, its time to live `ttl`
     /// (the bucket's, recorded in the cluster's configuration). `None` when
@@ -241,7 +290,9 @@ impl Drop for Lease {
     }
 }
 
-/// Renews the lease every quarter of its time to live until it is lost.
+/// Renews the lease every quarter of its time to live until it is lost; a
+/// renewal that failed (a NATS node went away, its streams elect leaders)
+/// is tried again every twentieth of it, while the lease is still valid.
 async fn renew(
     bucket: kv::Store,
     key: String,
@@ -250,8 +301,10 @@ async fn renew(
     guard: LeaseGuard,
     revision: Arc<Mutex<u64>>,
 ) {
+    let mut wait = ttl / 4;
     loop {
-        tokio::time::sleep(ttl / 4).await;
+        tokio::time::sleep(wait).await;
+        wait = ttl / 4;
         let sent = Instant::now();
         let valid_until = *guard
             .state
@@ -279,6 +332,7 @@ async fn renew(
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, %key, "renewing the lease failed; retrying");
+                wait = ttl / 20;
             }
             Err(_) => {
                 guard.lose("the lease could not be renewed in time".into());

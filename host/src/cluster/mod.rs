@@ -9,9 +9,10 @@
 //!   a batch is one JetStream message published with the expected last
 //!   sequence of the cell's subject, so a host that lost the cell cannot
 //!   append (fencing); blobs, tokens, snapshots and oversized batches live in
-//!   the cell's object store.
+//!   the cell's object stream.
 //! - [`Lease`]: who owns a cell, a key in a JetStream KV bucket whose
-//!   entries expire (the lease's time to live).
+//!   entries expire (the lease's time to live); hosts announce themselves
+//!   in the same bucket, so each can take its share of the cells.
 
 pub(crate) mod cell_store;
 pub(crate) mod connection;

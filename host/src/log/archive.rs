@@ -306,7 +306,9 @@ pub fn verify_archive(
             ));
         }
         let mut kernel = match (&header.start, previous.take()) {
-            (None, None) => Kernel::with_registry(limits.clone(), Registry::new()),
+            (None, None) => {
+                Kernel::with_registry(limits.clone(), Registry::new()).in_cell(store.cell())
+            }
             (None, Some(before)) => {
                 return Err(mismatch(format!(
                     "it does not continue the archive before it (that one ends at record {}, this one starts at record 1)",
@@ -327,6 +329,7 @@ pub fn verify_archive(
                     )));
                 }
                 Kernel::from_snapshot(start.state, start.head, limits.clone(), Registry::new())
+                    .in_cell(store.cell())
             }
         };
         if kernel.head().seq + 1 != header.first {

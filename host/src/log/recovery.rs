@@ -24,7 +24,7 @@ pub fn replay(
     store: &dyn EventStore,
     mut on_record: impl FnMut(&toka_kernel::Applied),
 ) -> Result<Kernel, LogError> {
-    let kernel = Kernel::with_registry(store.limits()?, Registry::new());
+    let kernel = Kernel::with_registry(store.limits()?, Registry::new()).in_cell(store.cell());
     replay_with(store, kernel, |_, _| {}, |_, applied| on_record(applied))
 }
 
@@ -50,7 +50,8 @@ pub fn recover(store: &dyn EventStore) -> Result<(Kernel, u64), LogError> {
         };
         match crate::store::snapshot::decode(&bytes) {
             Ok(s) if s.head.seq == seq => {
-                let kernel = Kernel::from_snapshot(s.state, s.head, limits, Registry::new());
+                let kernel = Kernel::from_snapshot(s.state, s.head, limits, Registry::new())
+                    .in_cell(store.cell());
                 return Ok((restore(store, kernel)?, seq));
             }
             Ok(_) => tracing::warn!(seq, "ignoring a snapshot stored under another seq"),
@@ -64,7 +65,7 @@ pub fn recover(store: &dyn EventStore) -> Result<(Kernel, u64), LogError> {
                 .into(),
         });
     }
-    let kernel = Kernel::with_registry(limits, Registry::new());
+    let kernel = Kernel::with_registry(limits, Registry::new()).in_cell(store.cell());
     Ok((restore(store, kernel)?, 0))
 }
 
@@ -81,7 +82,10 @@ pub fn recover(store: &dyn EventStore) -> Result<(Kernel, u64), LogError> {
 pub fn origin(store: &dyn EventStore) -> Result<(Kernel, Option<Anchor>), LogError> {
     let limits = store.limits()?;
     let Some(anchor) = store.anchor()? else {
-        return Ok((Kernel::with_registry(limits, Registry::new()), None));
+        return Ok((
+            Kernel::with_registry(limits, Registry::new()).in_cell(store.cell()),
+            None,
+        ));
     };
     let bad = |reason: String| LogError::SnapshotMismatch {
         seq: anchor.snapshot,
@@ -94,7 +98,8 @@ pub fn origin(store: &dyn EventStore) -> Result<(Kernel, Option<Anchor>), LogErr
     if start.head.seq != anchor.snapshot {
         return Err(bad("it is the state after another record".into()));
     }
-    let kernel = Kernel::from_snapshot(start.state, start.head, limits, Registry::new());
+    let kernel = Kernel::from_snapshot(start.state, start.head, limits, Registry::new())
+        .in_cell(store.cell());
     // The kept records before the anchor: each intact, in sequence, and
     // linked, the last one being the anchor's head.
     let mut last = None;
@@ -181,16 +186,16 @@ impl LogReader {
                 && let Ok(s) = crate::store::snapshot::decode(&bytes)
                 && s.head.seq == seq
             {
-                kernel = Some(Kernel::from_snapshot(
-                    s.state,
-                    s.head,
-                    limits.clone(),
-                    Registry::new(),
-                ));
+                kernel = Some(
+                    Kernel::from_snapshot(s.state, s.head, limits.clone(), Registry::new())
+                        .in_cell(store.cell()),
+                );
                 break;
             }
         }
-        let mut kernel = kernel.unwrap_or_else(|| Kernel::with_registry(limits, Registry::new()));
+        let mut kernel = kernel.unwrap_or_else(|| {
+            Kernel::with_registry(limits, Registry::new()).in_cell(store.cell())
+        });
         for entry in store.records(kernel.head().seq + 1)? {
             let (seq, bytes) = entry?;
             if seq >= from {

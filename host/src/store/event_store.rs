@@ -220,6 +220,12 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Where the store lives, for messages (e.g. the redb file's path).
     fn location(&self) -> String;
+
+    /// The cell of a cluster whose log this is, if it is one: the kernel
+    /// then mints ids carrying it, on every replay as when first written.
+    fn cell(&self) -> Option<u16> {
+        None
+    }
 }
 
 /// Why the store failed. Every variant names the file.

@@ -1,0 +1,230 @@
+//! Serving the cells of a cluster from one address: `/cells/{n}/...` goes to
+//! cell n's own router — the whole single-host API and dashboard, unchanged
+//! — while a cell this host does not serve answers `307` to the host that
+//! does (from the cluster's leases), or `503 cell_unavailable` when none
+//! does yet. `GET /cells` lists the cells this host serves.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use toka_host::{EventStore, Host};
+use tokio::sync::watch;
+use tower::ServiceExt as _;
+
+use crate::app::App;
+use crate::config::ServeConfig;
+use crate::error::ApiError;
+use crate::serve::{ServeError, router, stop_host, store_root};
+
+/// Where a cell is served, when this host does not serve it: its owner's
+/// base URL.
+pub type OwnerOf = Box<dyn Fn(u32) -> Option<String> + Send + Sync>;
+
+/// The cells one server serves, each with its own host; cells come and go
+/// as leases are won and lost.
+pub struct Cells {
+    config: ServeConfig,
+    owner_of: OwnerOf,
+    closing: watch::Receiver<bool>,
+    close: watch::Sender<bool>,
+    served: RwLock<BTreeMap<u32, Served>>,
+}
+
+struct Served {
+    app: Arc<App>,
+    router: Router,
+    host: Arc<Host>,
+    /// Ends this cell's event streams when it is removed.
+    close: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Cells {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cells")
+            .field("served", &self.served())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cells {
+    /// No cells yet; every cell's API is configured by `config` (its data
+    /// dir, if any, is not registered in: the CLI's local client speaks to
+    /// a single host). `owner_of` says where a cell not served here is.
+    #[must_use]
+    pub fn new(config: ServeConfig, owner_of: OwnerOf) -> Arc<Cells> {
+        let (close, closing) = watch::channel(false);
+        Arc::new(Cells {
+            config,
+            owner_of,
+            closing,
+            close,
+            served: RwLock::default(),
+        })
+    }
+
+    /// The cells served here, ascending.
+    #[must_use]
+    pub fn served(&self) -> Vec<u32> {
+        self.read().keys().copied().collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u32, Served>> {
+        self.served.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Serves `cell` with `host` (opened over `store`) from now on.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError`] when the store records no usable root key.
+    pub fn add(&self, cell: u32, host: Host, store: Arc<dyn EventStore>) -> Result<(), ServeError> {
+        let root = store_root(&*store)?;
+        let limits = store.limits().map_err(|e| ServeError::Host(e.into()))?;
+        let host = Arc::new(host);
+        let (close, closing) = watch::channel(*self.closing.borrow());
+        // The server's own closing ends this cell's streams too.
+        let mut server_closing = self.closing.clone();
+        let cell_close = close.clone();
+        tokio::spawn(async move {
+            if server_closing.wait_for(|c| *c).await.is_ok() {
+                cell_close.send_replace(true);
+            }
+        });
+        let mut config = self.config.clone();
+        config.data_dir = None;
+        let app = Arc::new(App::new(
+            Arc::clone(&host),
+            store,
+            root,
+            limits,
+            config,
+            closing,
+        ));
+        let router = router(&app);
+        self.served
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                cell,
+                Served {
+                    app,
+                    router,
+                    host,
+                    close,
+                },
+            );
+        Ok(())
+    }
+
+    /// Stops serving `cell`: new requests go elsewhere at once; running
+    /// tasks get `grace`, then its host stops (what was still running runs
+    /// again wherever the cell goes next).
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::Host`] when the host does not stop cleanly.
+    pub async fn remove(&self, cell: u32, grace: Duration) -> Result<(), ServeError> {
+        let removed = self
+            .served
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&cell);
+        let Some(served) = removed else {
+            return Ok(());
+        };
+        served.close.send_replace(true);
+        let still_running = served.host.drain(grace).await;
+        if still_running > 0 {
+            tracing::warn!(
+                cell,
+                tasks = still_running,
+                "tasks still running when the cell left this host run again where it goes"
+            );
+        }
+        drop(served.app);
+        drop(served.router);
+        stop_host(served.host).await
+    }
+
+    /// Ends every cell's event streams (the server is shutting down).
+    pub(crate) fn close(&self) {
+        self.close.send_replace(true);
+    }
+
+    /// The router of the cells: `/cells/{n}/...` to cell n, `/cells` to the
+    /// list.
+    pub(crate) fn router(self: &Arc<Cells>) -> Router {
+        Router::new()
+            .fallback(dispatch)
+            .with_state(Arc::clone(self))
+    }
+}
+
+/// Sends a request to its cell's router, or says where the cell is.
+async fn dispatch(State(cells): State<Arc<Cells>>, mut request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    if path == "/cells" || path == "/cells/" {
+        let served = cells.served();
+        return axum::Json(serde_json::json!({ "cells": served })).into_response();
+    }
+    let Some(rest) = path.strip_prefix("/cells/") else {
+        return ApiError::not_found(
+            "this host serves cells of a cluster: ask /cells/{n}/v1/... (GET /cells lists them)",
+        )
+        .into_response();
+    };
+    let (number, inner) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let Ok(cell) = number.parse::<u32>() else {
+        return ApiError::not_found(format!("`{number}` is not a cell number")).into_response();
+    };
+    let inner = if inner.is_empty() { "/" } else { inner };
+    let query = request
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let router = cells.read().get(&cell).map(|s| s.router.clone());
+    let Some(router) = router else {
+        let owner = tokio::task::spawn_blocking({
+            let cells = Arc::clone(&cells);
+            move || (cells.owner_of)(cell)
+        })
+        .await
+        .ok()
+        .flatten();
+        return match owner {
+            Some(url) => (
+                StatusCode::TEMPORARY_REDIRECT,
+                [(
+                    header::LOCATION,
+                    format!("{url}/cells/{cell}{inner}{query}"),
+                )],
+                ApiError::new(
+                    StatusCode::TEMPORARY_REDIRECT,
+                    "cell_elsewhere",
+                    format!("cell {cell} is served at {url}"),
+                ),
+            )
+                .into_response(),
+            None => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cell_unavailable",
+                format!("no host serves cell {cell} right now; try again in a few seconds"),
+            )
+            .into_response(),
+        };
+    };
+    let Ok(uri) = format!("{inner}{query}").parse() else {
+        return ApiError::not_found("not a valid path").into_response();
+    };
+    *request.uri_mut() = uri;
+    match router.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}

@@ -17,7 +17,7 @@ const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
     /// Create a cluster on the NATS servers of --cluster: every cell's
-    /// stream and object store, the lease bucket, and the recorded
+    /// log and object streams, the lease bucket, and the recorded
     /// configuration (cells, replicas, the root public key, lease TTL).
     Init(InitArgs),
     /// Show the cluster's configuration and who owns each cell.

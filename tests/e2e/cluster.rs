@@ -681,6 +681,25 @@ async fn hosts_spread_the_cells_and_a_dead_host_s_cells_move_to_the_others() {
         format!("{base_b}/cells/{cell_on_b}/v1/status").as_str()
     );
 
+    // Each cell's dashboard, under its prefix (its links are relative).
+    let bare = no_redirects
+        .get(format!("{base_b}/cells/{cell_on_b}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status(), reqwest::StatusCode::PERMANENT_REDIRECT);
+    let page = reqwest::get(format!("{base_b}/cells/{cell_on_b}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("src=\"dashboard/app.js\""), "{page}");
+    let script = reqwest::get(format!("{base_b}/cells/{cell_on_b}/dashboard/app.js"))
+        .await
+        .unwrap();
+    assert!(script.status().is_success());
+
     // Work in every cell, through its owner.
     let mut work = Vec::new();
     for (base, cells) in [(&base_a, &spread[0]), (&base_b, &spread[1])] {

@@ -182,7 +182,14 @@ async fn dispatch(State(cells): State<Arc<Cells>>, mut request: Request) -> Resp
     let Ok(cell) = number.parse::<u32>() else {
         return ApiError::not_found(format!("`{number}` is not a cell number")).into_response();
     };
-    let inner = if inner.is_empty() { "/" } else { inner };
+    if inner.is_empty() {
+        // The dashboard's links are relative to `/cells/{n}/`.
+        return (
+            StatusCode::PERMANENT_REDIRECT,
+            [(header::LOCATION, format!("/cells/{cell}/"))],
+        )
+            .into_response();
+    }
     let query = request
         .uri()
         .query()

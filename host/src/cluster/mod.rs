@@ -17,3 +17,4 @@
 pub(crate) mod cell_store;
 pub(crate) mod connection;
 pub(crate) mod lease;
+pub(crate) mod setup;

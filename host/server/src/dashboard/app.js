@@ -28,6 +28,10 @@ const ui = {
 
 class Unauthorized extends Error {}
 
+// Where this host's API is: "" on a single host, "/cells/N" for a cell of a
+// cluster (the dashboard is then served at /cells/N/).
+const BASE = location.pathname.replace(/\/(index\.html)?$/, "");
+
 async function api(path, options = {}) {
   const token = sessionStorage.getItem(TOKEN_KEY);
   const headers = Object.assign({ "Authorization": "Bearer " + token }, options.headers || {});
@@ -35,7 +39,7 @@ async function api(path, options = {}) {
     headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(options.json);
   }
-  const response = await fetch(path, { method: options.method || "GET", headers, body: options.body });
+  const response = await fetch(BASE + path, { method: options.method || "GET", headers, body: options.body });
   if (response.status === 401) throw new Unauthorized((await response.json()).error.message);
   if (!response.ok) {
     let message = response.statusText;
@@ -152,7 +156,7 @@ async function connect() {
     setTimeout(connect, 2000);
     return;
   }
-  const source = new EventSource("/v1/events/stream?from=" + (ui.lastSeq + 1) + "&ticket=" + encodeURIComponent(ticket));
+  const source = new EventSource(BASE + "/v1/events/stream?from=" + (ui.lastSeq + 1) + "&ticket=" + encodeURIComponent(ticket));
   ui.stream = source;
   source.onopen = () => setConnection(true);
   source.addEventListener("record", (message) => {

@@ -140,13 +140,19 @@ struct CellHost {
 }
 
 impl CellHost {
+    /// `toka serve --cluster --cell N`: one cell, standing by until free.
     fn start(nats: &Nats, root_key: &Path, data: PathBuf, cell: u32) -> CellHost {
+        CellHost::spawn(nats, root_key, data, &["--cell", &cell.to_string()])
+    }
+
+    fn spawn(nats: &Nats, root_key: &Path, data: PathBuf, extra: &[&str]) -> CellHost {
         let mut child = Command::new(env!("CARGO_BIN_EXE_toka"))
             .arg("--data")
             .arg(&data)
             .arg("--root-key")
             .arg(root_key)
-            .args(["--cluster", &nats.urls(), "--cell", &cell.to_string()])
+            .args(["--cluster", &nats.urls()])
+            .args(extra)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
@@ -564,27 +570,7 @@ async fn host_kills_in_a_row_lose_no_acknowledged_task() {
 /// A `toka serve --cluster` host without `--cell`: it serves its share of
 /// the cells under `/cells/N/`.
 fn spread_host(nats: &Nats, key: &Path, data: PathBuf) -> CellHost {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_toka"))
-        .arg("--data")
-        .arg(&data)
-        .arg("--root-key")
-        .arg(key)
-        .args(["--cluster", &nats.urls()])
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let seen = Arc::clone(&lines);
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            seen.lock().unwrap().push(line);
-        }
-    });
-    CellHost { child, data, lines }
+    CellHost::spawn(nats, key, data, &[])
 }
 
 impl CellHost {

@@ -470,7 +470,7 @@ async fn a_nats_node_killed_mid_work_loses_nothing_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
     // NATS moves a stream's leadership in seconds; the hosts' leases must
     // outlast that, as they would in production.
-    let key = init(&nats, tmp.path(), 4, Duration::from_secs(20));
+    let key = init(&nats, tmp.path(), 4, Duration::from_secs(30));
     let hosts: Vec<CellHost> = (0..2)
         .map(|cell| CellHost::start(&nats, &key, tmp.path().join(format!("h{cell}")), cell))
         .collect();

@@ -480,8 +480,11 @@ async fn acquire(
                 .await
                 .map_err(|e| Failure::work(format!("acquiring the lease: {e}")))?
         };
-        if let Some(lease) = attempt.map_err(Failure::work)? {
-            return Ok(lease);
+        match attempt {
+            Ok(Some(lease)) => return Ok(lease),
+            Ok(None) => {}
+            // A NATS node's failure: try again, as a standby does.
+            Err(e) => tracing::warn!(error = %e, cell, "acquiring the lease failed; trying again"),
         }
         if !told {
             told = true;

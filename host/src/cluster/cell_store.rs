@@ -96,6 +96,9 @@ fn objects_subject(cell: u32) -> String {
 
 /// An object's chunk size: well below NATS's default 1 MiB message limit.
 const CHUNK: usize = 256 * 1024;
+/// The most chunks an object has (1 GiB): a larger count is not one this
+/// host wrote.
+const MAX_CHUNKS: usize = (1 << 30) / CHUNK;
 /// Headers of an object's first chunk.
 const CHUNKS: &str = "Toka-Chunks";
 const DIGEST: &str = "Toka-Digest";
@@ -218,7 +221,7 @@ impl CellStore {
     /// # Errors
     ///
     /// [`ClusterError`] as for [`CellStore::open_read_only`], and when the
-    /// fence is refused (another host appended meanwhile).
+    /// fence cannot be appended while the lease is valid.
     pub fn open(
         cluster: &Cluster,
         cell: u32,
@@ -226,21 +229,29 @@ impl CellStore {
         lease: LeaseGuard,
     ) -> Result<CellStore, ClusterError> {
         let mut store = Self::open_read_only(cluster, cell)?;
-        let (last, head) = {
-            let tail = store.lock();
-            (tail.last_message, tail.head)
-        };
-        let fence = Message::Owner {
-            host: host.to_owned(),
-            epoch: lease.epoch(),
-            head,
-        };
-        let seq = store
-            .publish(&fence, last)
-            .map_err(|e| ClusterError::js(format!("fencing cell {cell}"), e))?;
-        store.lock().last_message = seq;
-        store.guard = Some(lease);
-        Ok(store)
+        loop {
+            let (last, head) = {
+                let tail = store.lock();
+                (tail.last_message, tail.head)
+            };
+            let fence = Message::Owner {
+                host: host.to_owned(),
+                epoch: lease.epoch(),
+                head,
+            };
+            match store.publish(&fence, last) {
+                Ok(seq) => {
+                    store.lock().last_message = seq;
+                    store.guard = Some(lease);
+                    return Ok(store);
+                }
+                // A former owner's batch landed after the log was read (it
+                // was in flight when its lease ran out): read it too, and
+                // fence after it.
+                Err(StoreError::Fenced { .. }) if lease.is_valid() => store.index()?,
+                Err(e) => return Err(ClusterError::js(format!("fencing cell {cell}"), e)),
+            }
+        }
     }
 
     /// The cell.
@@ -355,6 +366,13 @@ impl CellStore {
                 Err(e) => e,
             };
             if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
+                // An earlier attempt that got no answer may have landed
+                // (JetStream checks the expected sequence before its
+                // duplicate window after a leader change): then the last
+                // message is ours.
+                if let Some(seq) = self.last_is(&id) {
+                    return Ok(seq);
+                }
                 return Err(StoreError::Fenced {
                     path: PathBuf::from(self.location()),
                     reason: "another host appended to the cell: it took the cell over".into(),
@@ -370,6 +388,20 @@ impl CellStore {
             tracing::warn!(error = %e, cell = self.cell, "appending to the log failed; sending it again");
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+    }
+
+    /// The stream sequence of the cell's last log message, if its
+    /// `Nats-Msg-Id` is `id`.
+    fn last_is(&self, id: &str) -> Option<u64> {
+        let last = retrying(|| {
+            self.cluster.block(
+                self.stream
+                    .get_last_raw_message_by_subject(&subject(self.cell)),
+            )
+        })
+        .ok()?;
+        let theirs = last.headers.get(async_nats::header::NATS_MESSAGE_ID)?;
+        (theirs.as_str() == id).then_some(last.sequence)
     }
 
     /// The subject of chunk `chunk` of object `name`.
@@ -408,6 +440,12 @@ impl CellStore {
                 let chunks: usize = header(CHUNKS)?
                     .parse()
                     .map_err(|e| self.corrupt(name.to_owned(), e))?;
+                if chunks == 0 || chunks > MAX_CHUNKS {
+                    return Err(self.corrupt(
+                        name.to_owned(),
+                        format!("{chunks} chunks (at most {MAX_CHUNKS})"),
+                    ));
+                }
                 let digest: Digest = header(DIGEST)?
                     .parse()
                     .map_err(|e| self.corrupt(name.to_owned(), e))?;
@@ -418,6 +456,9 @@ impl CellStore {
                         .get_last_raw_message_by_subject(&self.chunk_subject(name, chunk))
                         .await
                         .map_err(|e| read(&e))?;
+                    if next.payload.len() > CHUNK {
+                        return Err(self.corrupt(name.to_owned(), "a chunk is too large"));
+                    }
                     bytes.extend_from_slice(&next.payload);
                 }
                 if Digest::of(&bytes) != digest {
@@ -531,6 +572,11 @@ impl CellStore {
     }
 }
 
+/// Whether a read's error is corrupt data (not worth reading again).
+fn is_corrupt<E: std::fmt::Display>(e: &E) -> bool {
+    e.to_string().contains(": corrupt ")
+}
+
 /// Runs a read again while it fails, for up to [`RETRY_FOR`]: reads are
 /// idempotent, and a NATS node's failure moves stream leaders in seconds.
 fn retrying<T, E: std::fmt::Display>(mut read: impl FnMut() -> Result<T, E>) -> Result<T, E> {
@@ -538,7 +584,8 @@ fn retrying<T, E: std::fmt::Display>(mut read: impl FnMut() -> Result<T, E>) -> 
     loop {
         match read() {
             Ok(value) => return Ok(value),
-            Err(e) if started.elapsed() < RETRY_FOR => {
+            // Corrupt data stays corrupt: only what may pass is read again.
+            Err(e) if started.elapsed() < RETRY_FOR && !is_corrupt(&e) => {
                 tracing::warn!(error = %e, "reading a cell failed; reading again");
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }

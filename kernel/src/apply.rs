@@ -13,6 +13,7 @@ use crate::extension::{ExtensionCall, Registry};
 use crate::id::{AgentId, EntityId, TaskId};
 use crate::idempotency::{MAX_IDEMPOTENCY_KEY, Scheduled, request_digest};
 use crate::limits::{Limit, Limits};
+use crate::mail::{self, Cell, Delivery, MAX_OUTBOX, Outgoing};
 use crate::operation::{AgentSpec, ComponentSpec, Denial, OpKind, Operation, Refusal, TaskSpec};
 use crate::quota::{Account, Cost};
 use crate::rules::{Budgets, Quota, RULES_VERSION, Rules};
@@ -41,7 +42,7 @@ pub(crate) struct Env<'a> {
     pub(crate) record_len: u64,
     /// The cell of a cluster the log belongs to, if it does: part of every
     /// id minted (see [`EntityId::cell`]).
-    pub(crate) cell: Option<u16>,
+    pub(crate) cell: Option<Cell>,
 }
 
 /// The accounts a command is charged to, as they will be once it applies:
@@ -118,7 +119,9 @@ impl WorldState {
                 self.complete_task(origin, task, output, limits)?
             }
             Operation::FailTask { task, reason } => self.fail_task(origin, task, reason, limits)?,
-            Operation::SpawnAgent { spec } => self.spawn_agent(origin, spec, limits, env.cell)?,
+            Operation::SpawnAgent { spec } => {
+                self.spawn_agent(origin, spec, limits, env.cell.map(|c| c.index))?
+            }
             Operation::TerminateAgent { agent, reason } => {
                 self.terminate_agent(origin, agent, reason, limits)?
             }
@@ -186,6 +189,8 @@ impl WorldState {
                 outcome,
                 secret,
             } => self.http_response(origin, task, index, &outcome, secret, env)?,
+            Operation::MarkSent { through } => self.mark_sent(through)?,
+            Operation::DeliverTask { delivery } => self.deliver_task(delivery, env)?,
         };
 
         // Infallible bookkeeping, after the operation succeeded.
@@ -442,26 +447,45 @@ impl WorldState {
         spec: TaskSpec,
         env: &Env<'_>,
     ) -> Result<Vec<Event>, KernelError> {
-        let (limits, seq, cell) = (env.limits, env.seq, env.cell);
         check_size(
             Limit::TaskDescription,
-            limits.max_task_description,
+            env.limits.max_task_description,
             spec.description.len(),
         )?;
+        if let Some(cell) = env.cell.filter(|c| c.index != agent.cell()) {
+            return self.send_task(origin, agent, spec, cell, env.seq);
+        }
+        self.check_queueable(agent, env.limits)?;
+        let task = self.next_id(env.cell.map(|c| c.index), "task", origin);
+        Ok(self.enqueue(task, agent, origin, spec, env.seq))
+    }
+
+    /// Whether `agent` (of this cell) can take one more task.
+    fn check_queueable(&self, agent: AgentId, limits: &Limits) -> Result<(), KernelError> {
         // A quarantined agent's queue still takes tasks, for when it resumes.
         let target = self.live_agent(agent, OpKind::ScheduleTask)?;
         check_count(
             Limit::Queue,
             u64::from(limits.max_queue),
             target.queue.len() as u64 + 1,
-        )?;
+        )
+    }
 
-        let task = self.next_id(cell, "task", origin);
+    /// Queues the new task `task` for `agent`, checked by
+    /// [`WorldState::check_queueable`].
+    fn enqueue(
+        &mut self,
+        task: TaskId,
+        agent: AgentId,
+        by: EntityId,
+        spec: TaskSpec,
+        seq: u64,
+    ) -> Vec<Event> {
         self.tasks.insert(
             task,
             TaskRecord {
                 agent,
-                by: origin,
+                by,
                 spec: spec.clone(),
                 status: TaskStatus::Queued,
                 scheduled_seq: seq,
@@ -470,12 +494,157 @@ impl WorldState {
         if let Some(a) = self.agents.get_mut(&agent) {
             a.queue.push_back(task);
         }
-        Ok(vec![Event::TaskScheduled {
+        vec![Event::TaskScheduled {
+            task,
+            agent,
+            by,
+            spec,
+        }]
+    }
+
+    /// A task for `agent` of another cell: minted in that cell's id space
+    /// and put in the outbox (see [`crate::mail`]).
+    fn send_task(
+        &mut self,
+        origin: EntityId,
+        agent: AgentId,
+        spec: TaskSpec,
+        cell: Cell,
+        seq: u64,
+    ) -> Result<Vec<Event>, KernelError> {
+        let target = agent.cell();
+        if target >= cell.cells {
+            // An id naming a cell the cluster does not have names no agent.
+            return Err(KernelError::unknown(EntityKind::Agent, agent));
+        }
+        check_count(
+            Limit::Outbox,
+            MAX_OUTBOX as u64,
+            self.mail.outbox.len() as u64 + 1,
+        )?;
+        // The origin cell is part of the domain: two cells never mint the
+        // same id in a third one's space (nor does the target itself, whose
+        // own tasks have the domain "task").
+        let domain = format!("task from cell {}", cell.index);
+        let task = self.next_id(Some(target), &domain, origin);
+        self.mail.outbox.insert(
+            seq,
+            Outgoing {
+                task,
+                agent,
+                by: origin,
+                spec: spec.clone(),
+            },
+        );
+        Ok(vec![Event::TaskSent {
             task,
             agent,
             by: origin,
             spec,
         }])
+    }
+
+    /// [`Operation::MarkSent`]: the outbox up to `through` was sent.
+    fn mark_sent(&mut self, through: u64) -> Result<Vec<Event>, KernelError> {
+        if self.mail.outbox.range(..=through).next().is_none() {
+            return Err(KernelError::invalid(
+                OpKind::MarkSent,
+                format!("the outbox holds no task up to record {through}"),
+            ));
+        }
+        let kept = self.mail.outbox.split_off(&through.saturating_add(1));
+        let sent = std::mem::replace(&mut self.mail.outbox, kept);
+        Ok(vec![Event::TasksSent {
+            through,
+            count: u32::try_from(sent.len()).unwrap_or(u32::MAX),
+        }])
+    }
+
+    /// [`Operation::DeliverTask`]: queues a task another cell sent, or
+    /// records why it cannot be; either way it is taken once.
+    fn deliver_task(
+        &mut self,
+        delivery: Delivery,
+        env: &Env<'_>,
+    ) -> Result<Vec<Event>, KernelError> {
+        const KIND: OpKind = OpKind::DeliverTask;
+        let Some(cell) = env.cell else {
+            return Err(KernelError::invalid(
+                KIND,
+                "this log is not a cluster cell's",
+            ));
+        };
+        let Delivery {
+            from_cell,
+            from_seq,
+            position,
+            task: sent,
+        } = delivery;
+        if from_cell == cell.index || from_cell >= cell.cells {
+            return Err(KernelError::invalid(
+                KIND,
+                format!("cell {from_cell} cannot send tasks to cell {}", cell.index),
+            ));
+        }
+        if sent.task.cell() != cell.index {
+            return Err(KernelError::invalid(
+                KIND,
+                format!("task {} is not one of cell {}'s", sent.task, cell.index),
+            ));
+        }
+        if self.mail.taken(from_cell, from_seq) || position < self.mail.read_from() {
+            return Err(KernelError::invalid(
+                KIND,
+                format!(
+                    "the task of cell {from_cell}'s record {from_seq} (inbox position {position}) was taken already"
+                ),
+            ));
+        }
+        if self.tasks.contains_key(&sent.task) {
+            return Err(KernelError::invalid(
+                KIND,
+                format!("task {} exists already", sent.task),
+            ));
+        }
+        self.mail.inbox.insert(
+            from_cell,
+            mail::Received {
+                seq: from_seq,
+                position,
+            },
+        );
+        let Outgoing {
+            task,
+            agent,
+            by,
+            spec,
+        } = sent;
+        let refused = |reason: String| {
+            vec![Event::TaskRefused {
+                task,
+                agent,
+                by,
+                from_cell,
+                reason,
+            }]
+        };
+        if let Err(e) = check_size(
+            Limit::TaskDescription,
+            env.limits.max_task_description,
+            spec.description.len(),
+        ) {
+            return Ok(refused(e.to_string()));
+        }
+        if agent.cell() != cell.index {
+            return Ok(refused(format!(
+                "agent {agent} is not in cell {}",
+                cell.index
+            )));
+        }
+        if let Err(e) = self.check_queueable(agent, env.limits) {
+            return Ok(refused(e.to_string()));
+        }
+        Ok(self.enqueue(task, agent, by, spec, env.seq))
     }
 
     /// [`Operation::ScheduleTaskOnce`]: schedules unless the key is known.
@@ -1247,9 +1416,5 @@ fn check_quota(agent: EntityId, quota: Quota, limit: u64, wanted: u64) -> Result
 
 /// The entity an operation created (for its receipt and journal entry).
 pub(crate) fn created(events: &[Event]) -> Option<EntityId> {
-    events.iter().find_map(|e| match e {
-        Event::AgentSpawned { agent, .. } => Some(*agent),
-        Event::TaskScheduled { task, .. } => Some(*task),
-        _ => None,
-    })
+    events.iter().find_map(Event::created)
 }

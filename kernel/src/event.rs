@@ -257,9 +257,53 @@ pub enum Event {
         /// The secret the host injected into the request, by name.
         secret: Option<String>,
     },
+    /// A task was scheduled for an agent of another cell: it waits in the
+    /// outbox until the host hands it to JetStream.
+    TaskSent {
+        /// The new task (its id names the target cell).
+        task: TaskId,
+        /// The agent that will run it, in another cell.
+        agent: AgentId,
+        /// Who scheduled it.
+        by: EntityId,
+        /// What to do.
+        spec: TaskSpec,
+    },
+    /// The outbox's tasks up to a record were handed to JetStream.
+    TasksSent {
+        /// The sequence number of the last record whose task was sent.
+        through: u64,
+        /// How many tasks left the outbox.
+        count: u32,
+    },
+    /// A task another cell sent could not be queued here; it is consumed
+    /// (never delivered again).
+    TaskRefused {
+        /// The task.
+        task: TaskId,
+        /// The agent it was for.
+        agent: AgentId,
+        /// Who scheduled it, in the cell that sent it.
+        by: EntityId,
+        /// The cell that sent it.
+        from_cell: u16,
+        /// Why it was refused.
+        reason: String,
+    },
 }
 
 impl Event {
+    /// The entity the event created, if it did: a spawned agent, a
+    /// scheduled (or sent) task. What a receipt names.
+    #[must_use]
+    pub const fn created(&self) -> Option<EntityId> {
+        match self {
+            Event::AgentSpawned { agent, .. } => Some(*agent),
+            Event::TaskScheduled { task, .. } | Event::TaskSent { task, .. } => Some(*task),
+            _ => None,
+        }
+    }
+
     /// The snake_case name of the event, as `toka events --json` prints it.
     #[must_use]
     pub const fn kind(&self) -> &'static str {
@@ -292,6 +336,9 @@ impl Event {
             Event::AgentRebound { .. } => "agent_rebound",
             Event::HttpRequested { .. } => "http_requested",
             Event::HttpResponded { .. } => "http_responded",
+            Event::TaskSent { .. } => "task_sent",
+            Event::TasksSent { .. } => "tasks_sent",
+            Event::TaskRefused { .. } => "task_refused",
         }
     }
 }

@@ -6,6 +6,7 @@ use crate::error::KernelError;
 use crate::event::Event;
 use crate::extension::Registry;
 use crate::limits::Limits;
+use crate::mail::Cell;
 use crate::record::{ChainHead, Record, RecordError};
 use crate::state::WorldState;
 
@@ -36,7 +37,7 @@ pub struct Kernel {
     limits: Limits,
     registry: Registry,
     /// The cluster cell the log belongs to, if it does.
-    cell: Option<u16>,
+    cell: Option<Cell>,
     /// Reused buffer for encoding records.
     scratch: Vec<u8>,
     /// The canonical encoding of the operation the last rejected command
@@ -146,17 +147,19 @@ impl Kernel {
     }
 
     /// The same kernel for the log of cluster cell `cell`: every id it mints
-    /// carries the cell ([`EntityId::cell`]). Where the log lives decides
-    /// it, like its limits: a replay of the log must be given the same.
+    /// carries the cell's index ([`EntityId::cell`]), and a task for an
+    /// agent of another cell is sent (see [`Outgoing`](crate::Outgoing)).
+    /// Where the log lives decides it, like its limits: a replay of the log
+    /// must be given the same.
     #[must_use]
-    pub fn in_cell(mut self, cell: Option<u16>) -> Self {
+    pub fn in_cell(mut self, cell: Option<Cell>) -> Self {
         self.cell = cell;
         self
     }
 
-    /// The cluster cell the kernel mints ids for, if any.
+    /// The cluster cell the kernel's log belongs to, if any.
     #[must_use]
-    pub fn cell(&self) -> Option<u16> {
+    pub fn cell(&self) -> Option<Cell> {
         self.cell
     }
 

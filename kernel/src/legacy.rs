@@ -179,5 +179,6 @@ pub(crate) fn state_v1(bytes: &[u8]) -> Result<WorldState, postcard::Error> {
         publishers: Default::default(),
         packages: Default::default(),
         exchanges: Default::default(),
+        mail: Default::default(),
     })
 }

@@ -26,6 +26,7 @@ mod idempotency;
 mod kernel;
 mod legacy;
 mod limits;
+mod mail;
 mod operation;
 mod package;
 mod quota;
@@ -47,6 +48,7 @@ pub use id::{AgentId, Digest, EntityId, ParseIdError, TaskId, to_hex};
 pub use idempotency::{IDEMPOTENCY_KEYS_KEPT, MAX_IDEMPOTENCY_KEY};
 pub use kernel::{Applied, Kernel, ReplayError, ReplayErrorKind, replay_log};
 pub use limits::{Limit, Limits};
+pub use mail::{Cell, Delivery, MAX_OUTBOX, Outgoing};
 pub use operation::{
     AgentSpec, ComponentSpec, Denial, OpKind, Operation, Refusal, RefusalKind, TaskSpec,
 };

@@ -106,6 +106,9 @@ pub enum Limit {
     ExtensionPayload,
     /// [`Limits::max_ops_per_task`].
     OpsPerTask,
+    /// [`MAX_OUTBOX`](crate::MAX_OUTBOX): tasks for other cells not yet
+    /// handed to JetStream.
+    Outbox,
 }
 
 impl fmt::Display for Limit {
@@ -125,6 +128,7 @@ impl fmt::Display for Limit {
             Limit::Reason => "reason size",
             Limit::ExtensionPayload => "extension payload size",
             Limit::OpsPerTask => "operations per task",
+            Limit::Outbox => "tasks waiting to be sent to other cells",
         })
     }
 }

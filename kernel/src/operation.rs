@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::http::{HttpOutcome, HttpRequest};
 use crate::id::{AgentId, Digest, TaskId};
+use crate::mail::Delivery;
 use crate::package::{PackageRecord, Publisher};
 use crate::rules::{Budgets, Quota, Rules};
 
@@ -281,6 +282,18 @@ pub enum Operation {
         /// it did (never its value).
         secret: Option<String>,
     },
+    /// The host handed the cell's outbox to JetStream up to the record
+    /// `through`: those tasks leave the outbox (see [`crate::mail`]).
+    MarkSent {
+        /// The sequence number of the last record whose task was sent.
+        through: u64,
+    },
+    /// A task another cell sent, read from this cell's inbox (see
+    /// [`crate::mail`]): queued for its agent, or refused, once.
+    DeliverTask {
+        /// The task and where it came from.
+        delivery: Delivery,
+    },
 }
 
 /// One or more identical operations of a task, refused in a row.
@@ -345,6 +358,8 @@ pub enum OpKind {
     UninstallPackage,
     HttpRequest,
     HttpResponse,
+    MarkSent,
+    DeliverTask,
 }
 
 impl OpKind {
@@ -380,6 +395,8 @@ impl OpKind {
             OpKind::UninstallPackage => "uninstall_package",
             OpKind::HttpRequest => "http_request",
             OpKind::HttpResponse => "http_response",
+            OpKind::MarkSent => "mark_sent",
+            OpKind::DeliverTask => "deliver_task",
         }
     }
 
@@ -409,6 +426,8 @@ impl OpKind {
                 | OpKind::InstallPackage
                 | OpKind::UninstallPackage
                 | OpKind::HttpResponse
+                | OpKind::MarkSent
+                | OpKind::DeliverTask
         )
     }
 
@@ -473,6 +492,8 @@ impl Operation {
             Operation::UninstallPackage { .. } => OpKind::UninstallPackage,
             Operation::HttpRequest { .. } => OpKind::HttpRequest,
             Operation::HttpResponse { .. } => OpKind::HttpResponse,
+            Operation::MarkSent { .. } => OpKind::MarkSent,
+            Operation::DeliverTask { .. } => OpKind::DeliverTask,
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::command::Timestamp;
 use crate::http::Exchange;
 use crate::id::{AgentId, Digest, EntityId, TaskId};
 use crate::idempotency::Idempotency;
+use crate::mail::{Mail, Outgoing};
 use crate::operation::{ComponentSpec, TaskSpec};
 use crate::package::{PackageRecord, Publisher};
 use crate::quota::Account;
@@ -239,6 +240,10 @@ pub struct WorldState {
     /// journaled is this encoding's prefix (see
     /// [`WorldState::from_bytes_v4`]).
     pub(crate) exchanges: BTreeMap<(TaskId, u32), Exchange>,
+    /// Tasks sent to and taken from other cells of a cluster. Last, so a
+    /// state encoded before cells exchanged tasks is this encoding's
+    /// prefix (see [`WorldState::from_bytes_v5`]).
+    pub(crate) mail: Mail,
 }
 
 impl WorldState {
@@ -301,7 +306,39 @@ impl WorldState {
     /// The postcard error when the bytes are not such a state.
     pub fn from_bytes_v4(bytes: &[u8]) -> Result<Self, postcard::Error> {
         let none = postcard::to_allocvec(&BTreeMap::<(TaskId, u32), Exchange>::new())?;
+        Self::from_bytes_v5(&[bytes, &none].concat())
+    }
+
+    /// Decodes a state encoded before cells exchanged tasks (snapshot
+    /// format 5): that encoding is this one's prefix, without mail.
+    ///
+    /// # Errors
+    ///
+    /// The postcard error when the bytes are not such a state.
+    pub fn from_bytes_v5(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        let none = postcard::to_allocvec(&Mail::default())?;
         postcard::from_bytes(&[bytes, &none].concat())
+    }
+
+    /// The tasks waiting in this cell's outbox to be sent to other cells,
+    /// by the sequence number of the record that scheduled them (see
+    /// [`Outgoing`]).
+    pub fn outbox(&self) -> impl ExactSizeIterator<Item = (u64, &Outgoing)> {
+        self.mail.outbox.iter().map(|(seq, o)| (*seq, o))
+    }
+
+    /// Whether the task of `from_cell`'s record `from_seq` was taken into
+    /// this cell already.
+    #[must_use]
+    pub fn delivered(&self, from_cell: u16, from_seq: u64) -> bool {
+        self.mail.taken(from_cell, from_seq)
+    }
+
+    /// Where this cell reads its inbox stream on: the position after the
+    /// last task it took.
+    #[must_use]
+    pub fn inbox_read_from(&self) -> u64 {
+        self.mail.read_from()
     }
 
     /// The task scheduled under an idempotency key, if the key is among the

@@ -2,7 +2,8 @@
 //! loopback ports (R3 streams) and real `toka serve --cluster` processes:
 //! a host killed with SIGKILL hands its cell to a standby and every
 //! acknowledged task completes exactly once; a paused host is fenced and
-//! steps down; a NATS node killed mid-work loses nothing.
+//! steps down; a NATS node killed mid-work loses nothing; tasks sent from
+//! one cell to another run once through kills of both cells' hosts.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -257,10 +258,17 @@ impl Api {
 
     /// Installs the counter agent and spawns one; its id.
     async fn counter(&self, name: &str) -> String {
-        let bytes = toka_agents::bundled("counter").unwrap().to_vec();
+        self.agent("counter", name, &["state", "observe"]).await
+    }
+
+    /// Installs the bundled agent `component` and spawns one with
+    /// `rights`; its id.
+    async fn agent(&self, component: &str, name: &str, rights: &[&str]) -> String {
+        let path = toka_agents::path(component).unwrap();
+        let bytes = std::fs::read(path).unwrap();
         let response = self
             .http
-            .post(format!("{}/v1/components?name=counter", self.url))
+            .post(format!("{}/v1/components?name={component}", self.url))
             .bearer_auth(&self.token)
             .header("content-type", "application/wasm")
             .body(bytes)
@@ -272,7 +280,7 @@ impl Api {
             .call(
                 reqwest::Method::POST,
                 "/v1/agents",
-                Some(json!({"component": "counter", "name": name, "rights": ["state", "observe"]})),
+                Some(json!({"component": component, "name": name, "rights": rights})),
             )
             .await;
         spawned["id"].as_str().unwrap().to_owned()
@@ -282,16 +290,50 @@ impl Api {
     async fn schedule(&self, agent: &str, n: u32) -> Vec<String> {
         let mut ids = Vec::new();
         for i in 1..=n {
-            let task = self
-                .call(
-                    reqwest::Method::POST,
-                    &format!("/v1/agents/{agent}/tasks"),
-                    Some(json!({"description": i.to_string()})),
-                )
-                .await;
-            ids.push(task["id"].as_str().unwrap().to_owned());
+            ids.push(
+                self.task(agent, &i.to_string()).await["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
         }
         ids
+    }
+
+    /// Schedules one task; the host's answer.
+    async fn task(&self, agent: &str, description: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/agents/{agent}/tasks"),
+            Some(json!({"description": description})),
+        )
+        .await
+    }
+
+    /// Waits until every task is known to this cell (sent from another,
+    /// it arrives a little later).
+    async fn until_known(&self, tasks: &[String]) {
+        let started = Instant::now();
+        for task in tasks {
+            loop {
+                let answer = self
+                    .http
+                    .get(format!("{}/v1/tasks/{task}", self.url))
+                    .bearer_auth(&self.token)
+                    .send()
+                    .await
+                    .unwrap();
+                if answer.status().is_success() {
+                    break;
+                }
+                assert_eq!(answer.status(), reqwest::StatusCode::NOT_FOUND);
+                assert!(
+                    started.elapsed() < Duration::from_secs(90),
+                    "task {task} never arrived"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 
     /// Waits for each task to end; their views.
@@ -414,11 +456,25 @@ async fn a_paused_host_is_fenced_off_its_cell_and_steps_down() {
                 .push(serde_json::from_slice(&message.payload).unwrap());
         }
     });
+    // Cell 0's counter receives tasks the paused cell sends.
+    let t = CellHost::start(&nats, &key, tmp.path().join("t"), 0);
+    t.serving();
+    let api_t = t.api();
+    let target = api_t.counter("target").await;
     let a = CellHost::start(&nats, &key, tmp.path().join("a"), 1);
     a.serving();
     let api_a = a.api();
     let agent = api_a.counter("counter").await;
     let mut tasks = api_a.schedule(&agent, 10).await;
+    let mut sent = Vec::new();
+    for n in 1..=5 {
+        sent.push(
+            api_a.task(&target, &n.to_string()).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
     a.signal("-STOP");
     // The standby takes the cell once the paused host's lease ran out.
     let b = CellHost::start(&nats, &key, tmp.path().join("b"), 1);
@@ -426,6 +482,14 @@ async fn a_paused_host_is_fenced_off_its_cell_and_steps_down() {
     let api_b = b.api();
     let on_b = api_b.schedule(&agent, 10).await;
     tasks.extend(on_b.iter().cloned());
+    for n in 6..=10 {
+        sent.push(
+            api_b.task(&target, &n.to_string()).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
     // Resumed past its lease: whatever it still tries to append is refused,
     // and it stops serving the cell.
     a.signal("-CONT");
@@ -451,6 +515,10 @@ async fn a_paused_host_is_fenced_off_its_cell_and_steps_down() {
     );
     assert!(views.iter().any(|v| v["output"] == "110"), "{views:?}");
     verify(&nats, tmp.path(), 1);
+    // What the cell sent before and after the pause arrived once.
+    api_t.until_known(&sent).await;
+    every_task_completed_once(&api_t, &sent).await;
+    verify(&nats, tmp.path(), 0);
     // The new owner published what it committed, as the API shows it.
     let published = published.lock().unwrap().clone();
     for task in &on_b {
@@ -486,6 +554,16 @@ async fn a_nats_node_killed_mid_work_loses_nothing_acknowledged() {
         tasks.push(api.schedule(&agent, 15).await);
         agents.push(agent);
     }
+    // Tasks across cells in flight too: each host sends the other cell's
+    // counter 1..=5.
+    for (cell, host) in hosts.iter().enumerate() {
+        let api = host.api();
+        for n in 1..=5 {
+            let sent = api.task(&agents[1 - cell], &n.to_string()).await;
+            assert_eq!(sent["status"], "sent", "{sent}");
+            tasks[1 - cell].push(sent["id"].as_str().unwrap().to_owned());
+        }
+    }
     // The node the hosts connected to first goes, with tasks in flight.
     nats.kill(0);
     for ((host, agent), tasks) in hosts.iter().zip(&agents).zip(&mut tasks) {
@@ -500,6 +578,7 @@ async fn a_nats_node_killed_mid_work_loses_nothing_acknowledged() {
             host.lines.lock().unwrap()
         );
         let api = host.api();
+        api.until_known(tasks).await;
         let views = api.wait_all(tasks).await;
         assert!(
             views.iter().all(|v| v["status"] == "completed"),
@@ -507,8 +586,8 @@ async fn a_nats_node_killed_mid_work_loses_nothing_acknowledged() {
         );
         let completions = api.completions().await;
         assert!(tasks.iter().all(|t| completions.get(t) == Some(&1)));
-        // 1..=15 twice.
-        assert!(views.iter().any(|v| v["output"] == "240"), "{views:?}");
+        // 1..=15 twice, and 1..=5 from the other cell.
+        assert!(views.iter().any(|v| v["output"] == "255"), "{views:?}");
         verify(&nats, tmp.path(), cell as u32);
     }
 }
@@ -686,18 +765,32 @@ async fn hosts_spread_the_cells_and_a_dead_host_s_cells_move_to_the_others() {
         .unwrap();
     assert!(script.status().is_success());
 
-    // Work in every cell, through its owner.
+    // Work in every cell, through its owner, and sent from the other cell
+    // of the same host: tasks across cells are in flight at the kill.
     let mut work = Vec::new();
     for (base, cells) in [(&base_a, &spread[0]), (&base_b, &spread[1])] {
-        for cell in cells {
-            let api = Api {
+        let apis: Vec<Api> = cells
+            .iter()
+            .map(|cell| Api {
                 url: format!("{base}/cells/{cell}"),
                 token: token.clone(),
                 http: reqwest::Client::new(),
-            };
+            })
+            .collect();
+        let mut agents = Vec::new();
+        for (api, cell) in apis.iter().zip(cells) {
             let agent = api.counter("counter").await;
             assert_eq!(agent[..4], format!("{cell:04x}"));
-            let tasks = api.schedule(&agent, 10).await;
+            agents.push(agent);
+        }
+        for (i, cell) in cells.iter().enumerate() {
+            let mut tasks = apis[i].schedule(&agents[i], 10).await;
+            let other = &apis[(i + 1) % apis.len()];
+            for n in 11..=15 {
+                let sent = other.task(&agents[i], &n.to_string()).await;
+                assert_eq!(sent["status"], "sent", "{sent}");
+                tasks.push(sent["id"].as_str().unwrap().to_owned());
+            }
             work.push((*cell, tasks));
         }
     }
@@ -709,7 +802,87 @@ async fn hosts_spread_the_cells_and_a_dead_host_s_cells_move_to_the_others() {
             token: token.clone(),
             http: reqwest::Client::new(),
         };
+        api.until_known(tasks).await;
         every_task_completed_once(&api, tasks).await;
         verify(&nats, tmp.path(), u32::try_from(*cell).unwrap());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_sent_across_cells_run_once_when_both_cells_hosts_are_killed() {
+    let nats = Nats::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = init(&nats, tmp.path(), 2, TTL);
+    let a = CellHost::start(&nats, &key, tmp.path().join("a"), 0);
+    a.serving();
+    let a2 = CellHost::start(&nats, &key, tmp.path().join("a2"), 0);
+    a2.wait_for("standing by", Duration::from_secs(30)).unwrap();
+    let b = CellHost::start(&nats, &key, tmp.path().join("b"), 1);
+    b.serving();
+    let b2 = CellHost::start(&nats, &key, tmp.path().join("b2"), 1);
+    b2.wait_for("standing by", Duration::from_secs(30)).unwrap();
+
+    // The counter lives in cell 1; a probe in cell 0 may schedule it (its
+    // token names it) and nothing else.
+    let api_b = b.api();
+    let counter = api_b.counter("counter").await;
+    let other = api_b.counter("other").await;
+    assert!(counter.starts_with("0001") && other.starts_with("0001"));
+    let api_a = a.api();
+    let grant = format!("schedule {counter}");
+    let probe = api_a.agent("test-probe", "probe", &[&grant]).await;
+    assert!(probe.starts_with("0000"));
+
+    // Each probe task sends the counter one task; the operator sends some
+    // through cell 0's host too.
+    let mut probe_tasks = Vec::new();
+    for n in 1..=20 {
+        let task = api_a.task(&probe, &format!("schedule {counter} {n}")).await;
+        probe_tasks.push(task["id"].as_str().unwrap().to_owned());
+    }
+    let denied = api_a.task(&probe, &format!("schedule {other} 1")).await;
+    // The origin killed with tasks waiting, running and in its outbox.
+    a.signal("-KILL");
+    let api_a2 = {
+        a2.serving();
+        a2.api()
+    };
+    let mut sent = Vec::new();
+    for n in 21..=25 {
+        let task = api_a2.task(&counter, &n.to_string()).await;
+        assert_eq!(task["status"], "sent", "{task}");
+        sent.push(task["id"].as_str().unwrap().to_owned());
+    }
+    // The target killed while the tasks arrive.
+    b.signal("-KILL");
+
+    // In cell 0: every probe task ran once; each sent one task.
+    let views = api_a2.wait_all(&probe_tasks).await;
+    for view in &views {
+        assert_eq!(view["status"], "completed", "{view}");
+        let task = view["output"].as_str().unwrap().to_owned();
+        assert!(task.starts_with("0001"), "minted in cell 1: {task}");
+        sent.push(task);
+    }
+    let completions = api_a2.completions().await;
+    for task in &probe_tasks {
+        assert_eq!(completions.get(task), Some(&1), "probe task {task}");
+    }
+    let denied = api_a2
+        .wait_all(&[denied["id"].as_str().unwrap().to_owned()])
+        .await;
+    assert_eq!(denied[0]["status"], "failed", "{denied:?}");
+    assert!(
+        denied[0]["reason"].as_str().unwrap().contains("denied"),
+        "{denied:?}"
+    );
+
+    // In cell 1: every one of the 25 ran exactly once (the counter's sum is
+    // 1 + ... + 25), whatever was re-sent after the kills.
+    b2.serving();
+    let api_b2 = b2.api();
+    api_b2.until_known(&sent).await;
+    every_task_completed_once(&api_b2, &sent).await;
+    verify(&nats, tmp.path(), 0);
+    verify(&nats, tmp.path(), 1);
 }

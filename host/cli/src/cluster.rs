@@ -198,7 +198,7 @@ pub(crate) async fn serve(
     };
     let guard = lease.guard();
     let (host, store) = open_cell(place, &cluster, cell, &host_name, &guard).await?;
-    let publisher = publish_events(&cluster, cell, host.subscribe());
+    let services = CellServices::start(&cluster, cell, &host);
     eprintln!(
         "toka: serving cell {cell} of {} at {} as {host_name} (lease TTL {} ms)",
         cluster.urls(),
@@ -221,7 +221,7 @@ pub(crate) async fn serve(
         }
     };
     let served = server.run(host, store as _, stop).await;
-    publisher.abort();
+    drop(services);
     let reason = stepped_down
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -280,7 +280,7 @@ struct Spread<'a> {
 /// A cell served by a [`Spread`] host.
 struct Owned {
     lease: Lease,
-    publisher: tokio::task::JoinHandle<()>,
+    services: CellServices,
     stopped: tokio::task::JoinHandle<toka_host::Stopped>,
 }
 
@@ -434,7 +434,7 @@ impl Spread<'_> {
                     continue;
                 }
             };
-            let publisher = publish_events(self.cluster, cell, host.subscribe());
+            let services = CellServices::start(self.cluster, cell, &host);
             let stopped = tokio::spawn(host.stopped());
             cells.add(cell, host, store as _).map_err(Failure::work)?;
             eprintln!("toka: serving cell {cell}");
@@ -442,7 +442,7 @@ impl Spread<'_> {
                 cell,
                 Owned {
                     lease,
-                    publisher,
+                    services,
                     stopped,
                 },
             );
@@ -456,7 +456,7 @@ impl Spread<'_> {
         if let Err(e) = cells.remove(cell, grace).await {
             tracing::warn!(error = %e, cell, "stopping the cell's host");
         }
-        entry.publisher.abort();
+        drop(entry.services);
         entry.stopped.abort();
         if release {
             let lease = entry.lease;
@@ -495,6 +495,29 @@ async fn acquire(
             );
         }
         tokio::time::sleep(ttl / 10).await;
+    }
+}
+
+/// What runs beside a cell's host while it serves the cell: its events
+/// published for the outside, its tasks for other cells forwarded and
+/// those for it taken in. Stopped when dropped.
+struct CellServices {
+    publisher: tokio::task::JoinHandle<()>,
+    _mailroom: Option<toka_host::Mailroom>,
+}
+
+impl CellServices {
+    fn start(cluster: &Cluster, cell: u32, host: &toka_host::Host) -> CellServices {
+        CellServices {
+            publisher: publish_events(cluster, cell, host.subscribe()),
+            _mailroom: toka_host::Mailroom::start(cluster, host.mail()),
+        }
+    }
+}
+
+impl Drop for CellServices {
+    fn drop(&mut self) {
+        self.publisher.abort();
     }
 }
 

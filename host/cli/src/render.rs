@@ -119,6 +119,30 @@ pub(crate) fn human(seq: u64, origin: EntityId, event: &Event, names: &Names) ->
             names.who(*agent),
             quoted(&spec.description)
         ),
+        Event::TaskSent {
+            task, agent, spec, ..
+        } => format!(
+            "task {} sent to cell {} for {} by {by}: {}",
+            task.short(),
+            agent.cell(),
+            names.who(*agent),
+            quoted(&spec.description)
+        ),
+        Event::TasksSent { through, count } => {
+            format!("{count} task(s) up to record {through} handed to the other cells")
+        }
+        Event::TaskRefused {
+            task,
+            agent,
+            from_cell,
+            reason,
+            ..
+        } => format!(
+            "task {} from cell {from_cell} refused for {}: {}",
+            task.short(),
+            names.who(*agent),
+            text(reason)
+        ),
         Event::TaskStarted { task, agent } => {
             format!("task {} started by {}", task.short(), names.who(*agent))
         }

@@ -31,6 +31,28 @@ pub fn view(
         } => {
             json!({"task": task.to_string(), "agent": agent.to_string(), "by": by.to_string(), "description": spec.description})
         }
+        Event::TaskSent {
+            task,
+            agent,
+            by,
+            spec,
+        } => {
+            json!({"task": task.to_string(), "agent": agent.to_string(), "cell": agent.cell(), "by": by.to_string(), "description": spec.description})
+        }
+        Event::TasksSent { through, count } => json!({"through": through, "count": count}),
+        Event::TaskRefused {
+            task,
+            agent,
+            by,
+            from_cell,
+            reason,
+        } => json!({
+            "task": task.to_string(),
+            "agent": agent.to_string(),
+            "by": by.to_string(),
+            "from_cell": from_cell,
+            "reason": reason,
+        }),
         Event::TaskStarted { task, agent } => {
             json!({"task": task.to_string(), "agent": agent.to_string()})
         }
@@ -230,7 +252,9 @@ pub fn view(
 pub fn agents_of(event: &Event) -> Vec<EntityId> {
     match event {
         Event::AgentSpawned { agent, parent, .. } => vec![*agent, *parent],
-        Event::TaskScheduled { agent, by, .. } => vec![*agent, *by],
+        Event::TaskScheduled { agent, by, .. }
+        | Event::TaskSent { agent, by, .. }
+        | Event::TaskRefused { agent, by, .. } => vec![*agent, *by],
         Event::AgentTerminated { agent, by, .. } => vec![*agent, *by],
         Event::TaskStarted { agent, .. }
         | Event::TaskCompleted { agent, .. }

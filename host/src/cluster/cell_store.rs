@@ -756,7 +756,11 @@ impl EventStore for CellStore {
         format!("{} cell {}", self.cluster.urls(), self.cell)
     }
 
-    fn cell(&self) -> Option<u16> {
-        u16::try_from(self.cell).ok()
+    fn cell(&self) -> Option<toka_kernel::Cell> {
+        // Both are below MAX_CELLS (checked when the cluster was created).
+        Some(toka_kernel::Cell {
+            index: u16::try_from(self.cell).ok()?,
+            cells: u16::try_from(self.config.cells).ok()?,
+        })
     }
 }

@@ -13,8 +13,11 @@
 //! - [`Lease`]: who owns a cell, a key in a JetStream KV bucket whose
 //!   entries expire (the lease's time to live); hosts announce themselves
 //!   in the same bucket, so each can take its share of the cells.
+//! - [`Mailroom`]: tasks across cells — a cell's outbox forwarded to the
+//!   other cells' inbox streams, its own inbox taken into its log.
 
 pub(crate) mod cell_store;
 pub(crate) mod connection;
 pub(crate) mod lease;
+pub(crate) mod mail;
 pub(crate) mod setup;

@@ -10,10 +10,11 @@ use super::connection::{
     CONFIG_BUCKET, CONFIG_KEY, Cluster, ClusterConfig, ClusterError, MAX_CELLS, create_kv,
 };
 use super::lease::create_bucket;
+use super::mail::create_inbox;
 
 impl Cluster {
     /// Creates the cluster: records `config` and creates every cell's
-    /// log and object streams and the lease bucket.
+    /// log, object and inbox streams and the lease bucket.
     ///
     /// # Errors
     ///
@@ -64,6 +65,7 @@ impl Cluster {
             create_bucket(js, replicas, config.lease_ttl()).await?;
             for cell in 0..config.cells {
                 create_cell(js, cell, replicas).await?;
+                create_inbox(js, cell, replicas).await?;
             }
             // Last: a cluster is initialized only once everything exists.
             bucket

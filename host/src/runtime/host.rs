@@ -23,6 +23,7 @@ use crate::runtime::bus::{Bus, Subscription};
 use crate::runtime::config::HostConfig;
 use crate::runtime::error::HostError;
 use crate::runtime::inner::HostInner;
+use crate::runtime::mail::CellMail;
 use crate::runtime::metrics::HostMetrics;
 use crate::runtime::sequencer::Stopped;
 use crate::runtime::sequencer::{Attachments, Options, Sequencer};
@@ -686,6 +687,19 @@ impl Host {
     #[must_use]
     pub fn head(&self) -> ChainHead {
         self.inner.sequencer.read(Kernel::head)
+    }
+
+    /// The cluster cell this host's log is, if it is one's.
+    #[must_use]
+    pub fn cell(&self) -> Option<toka_kernel::Cell> {
+        self.inner.store.cell()
+    }
+
+    /// A handle on the cell's mail for the cluster's carriers (see
+    /// [`CellMail`]).
+    #[must_use]
+    pub fn mail(&self) -> CellMail {
+        CellMail::new(Arc::clone(&self.inner))
     }
 
     /// Writes a snapshot of the state once everything applied is durable,

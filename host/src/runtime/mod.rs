@@ -26,6 +26,7 @@ pub(crate) mod host;
 pub(crate) mod inner;
 pub(crate) mod installing;
 pub(crate) mod instance;
+pub(crate) mod mail;
 pub(crate) mod metrics;
 pub(crate) mod outbound;
 pub(crate) mod roster;

@@ -222,8 +222,9 @@ pub trait EventStore: Send + Sync + 'static {
     fn location(&self) -> String;
 
     /// The cell of a cluster whose log this is, if it is one: the kernel
-    /// then mints ids carrying it, on every replay as when first written.
-    fn cell(&self) -> Option<u16> {
+    /// then mints ids carrying it and sends tasks for other cells' agents,
+    /// on every replay as when first written.
+    fn cell(&self) -> Option<toka_kernel::Cell> {
         None
     }
 }

@@ -19,7 +19,7 @@ use toka_kernel::{ChainHead, Digest, Kernel, WorldState};
 /// - 4: the state with the trust store and installed packages (read
 ///   through [`WorldState::from_bytes_v4`]).
 /// - 5: the state with the journaled HTTP requests of running tasks.
-pub(crate) const SNAPSHOT_VERSION: u16 = 5;
+pub(crate) const SNAPSHOT_VERSION: u16 = 6;
 
 #[derive(Serialize, Deserialize)]
 struct Encoded {
@@ -71,6 +71,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
         2 => WorldState::from_bytes_v2(&encoded.state),
         3 => WorldState::from_bytes_v3(&encoded.state),
         4 => WorldState::from_bytes_v4(&encoded.state),
+        5 => WorldState::from_bytes_v5(&encoded.state),
         _ => WorldState::from_bytes(&encoded.state),
     }
     .map_err(|e| format!("unreadable state (format {version}): {e}"))?;

@@ -53,12 +53,18 @@ pub(crate) async fn schedule(
         }
         None => (acting.schedule(agent, &request.description).await?, true),
     };
-    if created {
-        // Just scheduled: no need to read it back.
+    // A task for an agent of another cell of the cluster is sent there:
+    // this cell knows only that it left.
+    let sent = app
+        .host
+        .cell()
+        .is_some_and(|cell| cell.index != agent.cell());
+    if created || sent {
+        // Just scheduled (or sent): no need to read it back.
         let view = TaskView {
             id: task.to_string(),
             agent: agent.to_string(),
-            status: "queued".into(),
+            status: if sent { "sent" } else { "queued" }.into(),
             description: Some(request.description),
             output: None,
             output_hex: None,
@@ -66,7 +72,12 @@ pub(crate) async fn schedule(
             scheduled_seq: None,
             ended_seq: None,
         };
-        return Ok((StatusCode::CREATED, axum::Json(view)));
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        return Ok((status, axum::Json(view)));
     }
     let info = app.host.task(task).await?.ok_or_else(|| {
         ApiError::internal(format!(

@@ -1012,11 +1012,7 @@ impl Core {
 
 /// The entity a command created, for the receipt.
 fn created(events: &[Event]) -> Option<EntityId> {
-    events.iter().find_map(|e| match e {
-        Event::AgentSpawned { agent, .. } => Some(*agent),
-        Event::TaskScheduled { task, .. } => Some(*task),
-        _ => None,
-    })
+    events.iter().find_map(Event::created)
 }
 
 pub(super) fn unknown(kind: EntityKind, id: impl std::fmt::Display) -> KernelError {

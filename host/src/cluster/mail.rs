@@ -1,0 +1,267 @@
+//! Tasks across cells on JetStream (see [`toka_kernel::Outgoing`]).
+//!
+//! Each cell has an inbox stream, `TOKA_INBOX_<n>`, subjects
+//! `toka.inbox.<n>.<origin cell>`. A cell's host runs two carriers:
+//!
+//! - the *forwarder* publishes the cell's outbox (durable records only) in
+//!   order, one task at a time, each with `Nats-Msg-Id` = origin cell and
+//!   record, re-sent until JetStream acknowledges it; then it records
+//!   [`Operation::MarkSent`](toka_kernel::Operation::MarkSent). A host that
+//!   dies in between leaves the tasks in the outbox; the next owner sends
+//!   them again and JetStream's duplicate window (or the target's record of
+//!   what it took) drops the copies.
+//! - the *receiver* reads the cell's inbox stream by sequence number from
+//!   where the cell's state says it stopped and takes each task with
+//!   [`Operation::DeliverTask`](toka_kernel::Operation::DeliverTask), which
+//!   remembers the last record taken from each origin cell: a copy is
+//!   skipped, never applied twice.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use serde::{Deserialize, Serialize};
+use toka_kernel::{Cell, Delivery, Outgoing};
+use tokio::task::JoinHandle;
+
+use super::connection::{Cluster, ClusterError};
+use crate::runtime::error::HostError;
+use crate::runtime::mail::CellMail;
+
+/// Tasks forwarded before one `MarkSent` record.
+const BATCH: usize = 256;
+/// How long a carrier waits without a wake-up before it looks again, and
+/// after a failure before it tries again.
+const IDLE: Duration = Duration::from_millis(500);
+
+/// Cell `cell`'s inbox stream.
+pub(crate) fn inbox_stream(cell: u32) -> String {
+    format!("TOKA_INBOX_{cell}")
+}
+
+/// The subject tasks from `from` to `cell` are published on.
+fn inbox_subject(cell: u16, from: u16) -> String {
+    format!("toka.inbox.{cell}.{from}")
+}
+
+/// Creates cell `cell`'s inbox stream.
+pub(crate) async fn create_inbox(
+    js: &jetstream::Context,
+    cell: u32,
+    replicas: usize,
+) -> Result<(), ClusterError> {
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: inbox_stream(cell),
+        subjects: vec![format!("toka.inbox.{cell}.*")],
+        num_replicas: replicas,
+        storage: jetstream::stream::StorageType::File,
+        // The receiver reads by sequence number: nothing goes missing
+        // behind its back.
+        deny_delete: true,
+        deny_purge: true,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ClusterError::js(format!("creating cell {cell}'s inbox stream"), e))?;
+    Ok(())
+}
+
+/// A task on the wire (postcard).
+#[derive(Debug, Serialize, Deserialize)]
+struct Letter {
+    from_cell: u16,
+    from_seq: u64,
+    task: Outgoing,
+}
+
+/// A cell host's two carriers; both stop when this is dropped, or when
+/// the host stops.
+#[derive(Debug)]
+pub struct Mailroom {
+    carriers: [JoinHandle<()>; 2],
+}
+
+impl Drop for Mailroom {
+    fn drop(&mut self) {
+        for carrier in &self.carriers {
+            carrier.abort();
+        }
+    }
+}
+
+impl Mailroom {
+    /// Starts forwarding the cell's outbox and taking in its inbox, on the
+    /// current tokio runtime. `None` when the host's log is no cell's.
+    #[must_use]
+    pub fn start(cluster: &Cluster, mail: CellMail) -> Option<Mailroom> {
+        let cell = mail.cell()?;
+        let forward = tokio::spawn(forward(cluster.clone(), mail.clone(), cell));
+        let receive = tokio::spawn(receive(cluster.clone(), mail, cell));
+        Some(Mailroom {
+            carriers: [forward, receive],
+        })
+    }
+}
+
+/// Waits for a committed batch or [`IDLE`]; false once the host stopped.
+async fn next_batch(seen: &mut tokio::sync::watch::Receiver<u64>) -> bool {
+    tokio::select! {
+        changed = seen.changed() => changed.is_ok(),
+        () = tokio::time::sleep(IDLE) => true,
+    }
+}
+
+/// The forwarder: the outbox, in order, to the target cells' inboxes.
+async fn forward(cluster: Cluster, mail: CellMail, cell: Cell) {
+    let mut seen = mail.watch();
+    loop {
+        let pending = mail.outbox(BATCH);
+        let Some(&(through, _)) = pending.last() else {
+            if !next_batch(&mut seen).await {
+                return;
+            }
+            continue;
+        };
+        for (from_seq, task) in pending {
+            let target = task.agent.cell();
+            let letter = Letter {
+                from_cell: cell.index,
+                from_seq,
+                task,
+            };
+            send(&cluster, target, &letter).await;
+        }
+        match mail.mark_sent(through).await {
+            Ok(()) => {}
+            Err(HostError::Stopped(_)) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, cell = cell.index, "recording sent tasks failed");
+                tokio::time::sleep(IDLE).await;
+            }
+        }
+    }
+}
+
+/// Publishes `letter` to cell `target`'s inbox until JetStream acknowledges
+/// it (the same `Nats-Msg-Id` every time: it is stored once).
+async fn send(cluster: &Cluster, target: u16, letter: &Letter) {
+    let payload: bytes::Bytes = postcard::to_allocvec(letter)
+        .expect("a letter is plain data")
+        .into();
+    let id = format!("{}-{}", letter.from_cell, letter.from_seq);
+    let subject = inbox_subject(target, letter.from_cell);
+    let mut failures = 0u32;
+    loop {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload.clone())
+            .message_id(&id);
+        let acked = async {
+            cluster
+                .js()
+                .send_publish(subject.clone(), publish)
+                .await?
+                .await
+        }
+        .await;
+        match acked {
+            Ok(_) => return,
+            Err(e) => {
+                failures += 1;
+                // Once, then every 20th: a missing stream (a target cell
+                // that is down, a cluster created before tasks crossed
+                // cells) retries for as long as it takes.
+                if failures % 20 == 1 {
+                    tracing::warn!(error = %e, %subject, failures, "sending a task to another cell failed; trying again");
+                }
+                tokio::time::sleep(IDLE).await;
+            }
+        }
+    }
+}
+
+/// The receiver: the cell's inbox stream, in order, into the cell.
+async fn receive(cluster: Cluster, mail: CellMail, cell: Cell) {
+    let name = inbox_stream(u32::from(cell.index));
+    let stream = loop {
+        match cluster.js().get_stream(&name).await {
+            Ok(stream) => break stream,
+            Err(e) => {
+                tracing::warn!(error = %e, stream = %name, "the cell's inbox stream cannot be read; trying again");
+                tokio::time::sleep(IDLE * 10).await;
+            }
+        }
+    };
+    // Core NATS sees what is published to the stream: a wake-up, no more
+    // (a missed one costs IDLE).
+    let mut wake = cluster
+        .client()
+        .subscribe(format!("toka.inbox.{}.*", cell.index))
+        .await
+        .ok();
+    let mut next = mail.inbox_read_from();
+    let mut seen = mail.watch();
+    loop {
+        let raw = match stream.get_raw_message(next).await {
+            Ok(raw) => raw,
+            Err(e) => {
+                if e.kind() != jetstream::stream::RawMessageErrorKind::NoMessageFound {
+                    tracing::warn!(error = %e, cell = cell.index, position = next, "reading the inbox failed");
+                } else if last_sequence(&stream).await.is_some_and(|last| last > next) {
+                    // A hole in the stream (never made by Toka): skip it.
+                    next += 1;
+                    continue;
+                }
+                let woken = async {
+                    match wake.as_mut() {
+                        Some(wake) => {
+                            futures_util::StreamExt::next(wake).await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = woken => {}
+                    () = tokio::time::sleep(IDLE) => {}
+                    changed = seen.changed() => if changed.is_err() { return },
+                }
+                continue;
+            }
+        };
+        let letter = match postcard::from_bytes::<Letter>(&raw.payload) {
+            Ok(letter) => letter,
+            Err(e) => {
+                tracing::warn!(error = %e, cell = cell.index, position = next, "an inbox message is not a task; skipped");
+                next += 1;
+                continue;
+            }
+        };
+        if !mail.taken(letter.from_cell, letter.from_seq) {
+            let delivery = Delivery {
+                from_cell: letter.from_cell,
+                from_seq: letter.from_seq,
+                position: next,
+                task: letter.task,
+            };
+            match mail.deliver(delivery).await {
+                Ok(()) => {}
+                Err(HostError::Kernel(e)) => {
+                    tracing::warn!(error = %e, cell = cell.index, position = next, "an inbox task was not taken");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, cell = cell.index, "the inbox stopped");
+                    return;
+                }
+            }
+        }
+        next += 1;
+    }
+}
+
+/// The stream's last sequence number, if it can be read.
+async fn last_sequence(stream: &jetstream::stream::Stream) -> Option<u64> {
+    let mut stream = stream.clone();
+    stream
+        .info()
+        .await
+        .ok()
+        .map(|info| info.state.last_sequence)
+}

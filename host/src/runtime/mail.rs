@@ -1,0 +1,111 @@
+//! A host's side of tasks across cells (see [`toka_kernel::Outgoing`]):
+//! what the cluster's carriers read from and record into a cell's host.
+
+use std::sync::Arc;
+
+use toka_kernel::{Cell, Delivery, EntityId, Operation, Outgoing};
+
+use crate::runtime::error::HostError;
+use crate::runtime::inner::HostInner;
+use crate::runtime::sequencer::Attachments;
+
+/// A handle on a cell host's mail (from [`Host::mail`](crate::Host::mail)):
+/// its outbox to forward and its inbox to take in. It outlives no host's
+/// work: once the host stops, every call fails with
+/// [`HostError::Stopped`].
+#[derive(Clone)]
+pub struct CellMail {
+    inner: Arc<HostInner>,
+}
+
+impl std::fmt::Debug for CellMail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CellMail")
+            .field("cell", &self.cell())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CellMail {
+    pub(crate) fn new(inner: Arc<HostInner>) -> CellMail {
+        CellMail { inner }
+    }
+
+    /// The cell the host's log is, if it is one's.
+    #[must_use]
+    pub fn cell(&self) -> Option<Cell> {
+        self.inner.store.cell()
+    }
+
+    /// Up to `limit` of the outbox's tasks in order, only durable ones:
+    /// (the sequence number of the record that scheduled it, the task).
+    #[must_use]
+    pub fn outbox(&self, limit: usize) -> Vec<(u64, Outgoing)> {
+        let sequencer = &self.inner.sequencer;
+        let durable = sequencer.committed();
+        sequencer.read(|kernel| {
+            kernel
+                .state()
+                .outbox()
+                .take_while(|(seq, _)| *seq <= durable)
+                .take(limit)
+                .map(|(seq, task)| (seq, task.clone()))
+                .collect()
+        })
+    }
+
+    /// Whether the task of `from_cell`'s record `from_seq` was taken into
+    /// this cell.
+    #[must_use]
+    pub fn taken(&self, from_cell: u16, from_seq: u64) -> bool {
+        self.inner
+            .sequencer
+            .read(|kernel| kernel.state().delivered(from_cell, from_seq))
+    }
+
+    /// Where the cell reads its inbox on: after the last task it took.
+    #[must_use]
+    pub fn inbox_read_from(&self) -> u64 {
+        self.inner
+            .sequencer
+            .read(|kernel| kernel.state().inbox_read_from())
+    }
+
+    /// A receiver of the last committed sequence number: a carrier waits
+    /// on it for work (it closes when the host stops).
+    #[must_use]
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.sequencer.published()
+    }
+
+    /// Records that the outbox was handed to JetStream up to record
+    /// `through`; returns once durable.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Kernel`] when the outbox holds nothing up to `through`;
+    /// [`HostError::Stopped`] when the host stopped.
+    pub async fn mark_sent(&self, through: u64) -> Result<(), HostError> {
+        self.submit(Operation::MarkSent { through }).await
+    }
+
+    /// Takes a task another cell sent (queued for its agent, or recorded as
+    /// refused); returns once durable.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Kernel`] when it was taken before or is not this
+    /// cell's; [`HostError::Stopped`] when the host stopped.
+    pub async fn deliver(&self, delivery: Delivery) -> Result<(), HostError> {
+        self.submit(Operation::DeliverTask { delivery }).await
+    }
+
+    async fn submit(&self, op: Operation) -> Result<(), HostError> {
+        let sequencer = &self.inner.sequencer;
+        let receipt = sequencer
+            .submit_system(EntityId::SYSTEM, op, Attachments::default())
+            .await??;
+        sequencer.wait_durable(receipt.seq).await?;
+        Ok(())
+    }
+}

@@ -7,17 +7,22 @@
 //! Each store gets batches of 1, 16 and 256 records of 128 bytes, appended
 //! one after another as the log writer does (each durable before the next);
 //! it prints the median latency of an append and the records per second,
-//! as a Markdown table.
+//! as a Markdown table. Then, on a 2-cell cluster (R1 and R3), a task
+//! scheduled in cell 0 for a `counter` agent of cell 1: the time from the
+//! schedule until cell 1 committed its completion (outbox, JetStream,
+//! inbox, the agent's run), one task at a time.
 
 #![allow(missing_docs, reason = "a bench binary")]
 
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use toka_host::{
-    Batch, CellStore, Cluster, ClusterConfig, EventStore, Holder, Lease, RedbStore, RootKey,
+    Batch, CellStore, Cluster, ClusterConfig, EventStore, Grant, Holder, Host, HostConfig, Lease,
+    Mailroom, RedbStore, RootKey,
 };
-use toka_kernel::{ChainHead, Digest, Limits};
+use toka_kernel::{ChainHead, Digest, Event, Limits};
 
 const BATCHES: [usize; 3] = [1, 16, 256];
 const RECORD: usize = 128;
@@ -65,12 +70,17 @@ fn nats(nodes: usize, dir: &std::path::Path) -> (Vec<Child>, String) {
     (children, urls)
 }
 
-/// A cell store on a fresh cluster of `nodes` nodes (replicas = nodes).
-fn cell(nodes: usize, dir: &std::path::Path, root: &RootKey) -> (Vec<Child>, Lease, CellStore) {
+/// A fresh cluster of `cells` cells on `nodes` nodes (replicas = nodes).
+fn cluster(
+    nodes: usize,
+    cells: u32,
+    dir: &std::path::Path,
+    root: &RootKey,
+) -> (Vec<Child>, Cluster) {
     let (children, urls) = nats(nodes, dir);
     let cluster = Cluster::connect(&urls, "bench", Duration::from_secs(30)).unwrap();
     let config = ClusterConfig::new(
-        1,
+        cells,
         u32::try_from(nodes).unwrap(),
         root.public().to_bytes().to_vec(),
         Duration::from_secs(30),
@@ -81,15 +91,108 @@ fn cell(nodes: usize, dir: &std::path::Path, root: &RootKey) -> (Vec<Child>, Lea
         assert!(started.elapsed() < Duration::from_secs(60), "{e}");
         std::thread::sleep(Duration::from_millis(500));
     }
+    (children, cluster)
+}
+
+/// Cell `cell`'s store, under a lease of its own.
+fn open(cluster: &Cluster, cell: u32) -> (Lease, CellStore) {
     let holder = Holder {
-        host: "bench".into(),
+        host: format!("bench-{cell}"),
         url: None,
     };
-    let lease = Lease::try_acquire(&cluster, 0, &holder, config.lease_ttl())
+    let ttl = cluster.config().unwrap().lease_ttl();
+    let lease = Lease::try_acquire(cluster, cell, &holder, ttl)
         .unwrap()
         .unwrap();
-    let store = CellStore::open(&cluster, 0, "bench", lease.guard()).unwrap();
+    let store = CellStore::open(cluster, cell, &holder.host, lease.guard()).unwrap();
+    (lease, store)
+}
+
+/// A cell store on a fresh one-cell cluster of `nodes` nodes.
+fn cell(nodes: usize, dir: &std::path::Path, root: &RootKey) -> (Vec<Child>, Lease, CellStore) {
+    let (children, cluster) = cluster(nodes, 1, dir, root);
+    let (lease, store) = open(&cluster, 0);
     (children, lease, store)
+}
+
+fn stop(children: &mut [Child]) {
+    for child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Two hosts, of cells 0 and 1, with their mailrooms; `2 × tasks` tasks
+/// for a counter of cell 1, from cell 0 then from cell 1: each latency.
+async fn measure(cluster: &Cluster, key: &std::path::Path, tasks: usize) -> Vec<Duration> {
+    let mut hosts = Vec::new();
+    let mut kept = Vec::new();
+    for cell in 0..2 {
+        let (lease, store) = open(cluster, cell);
+        let (root, _) = RootKey::load_or_create(key).unwrap();
+        let host = Host::open(Arc::new(store), root, HostConfig::new())
+            .await
+            .unwrap();
+        kept.push((lease, Mailroom::start(cluster, host.mail()).unwrap()));
+        hosts.push(host);
+    }
+    let bytes = std::fs::read(toka_agents::path("counter").unwrap()).unwrap();
+    let component = hosts[1].install("counter", bytes).await.unwrap();
+    let rights = ["state", "observe"].map(|r| r.parse().unwrap()).to_vec();
+    let counter = hosts[1]
+        .spawn(component, "counter", Grant::Rights(rights))
+        .await
+        .unwrap();
+    let mut took = Vec::with_capacity(2 * tasks);
+    for i in 0..2 * tasks {
+        // From cell 0, then (for comparison) from cell 1 itself.
+        let from = &hosts[i / tasks];
+        let mut committed = hosts[1].subscribe();
+        let started = Instant::now();
+        let task = from.schedule(counter, "1").await.unwrap();
+        while !completes(&committed.recv().await.unwrap(), task) {}
+        took.push(started.elapsed());
+    }
+    for host in hosts {
+        host.shutdown().await.unwrap();
+    }
+    for (lease, mailroom) in kept {
+        drop(mailroom);
+        lease.release();
+    }
+    took
+}
+
+/// Whether `batch` completes `task`.
+fn completes(batch: &toka_host::Committed, task: toka_kernel::TaskId) -> bool {
+    batch.records.iter().any(|record| {
+        record
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::TaskCompleted { task: t, .. } if *t == task))
+    })
+}
+
+/// `tasks` tasks sent from cell 0 to a counter in cell 1, one at a time,
+/// then `tasks` scheduled in cell 1 itself, on a 2-cell cluster of `nodes`
+/// nodes: the latencies from scheduling until cell 1 committed the task's
+/// completion.
+fn cross_cell(nodes: usize, tasks: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("root.key");
+    let (root, _) = RootKey::load_or_create(&key).unwrap();
+    let (mut children, cluster) = cluster(nodes, 2, dir.path(), &root);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let took = runtime.block_on(measure(&cluster, &key, tasks));
+    stop(&mut children);
+    let local = took[tasks..].to_vec();
+    let mut cross = took;
+    cross.truncate(tasks);
+    (cross, local)
 }
 
 /// Appends `rounds` batches of `size` records after the store's head; the
@@ -149,9 +252,22 @@ fn main() {
         row(&format!("JetStream R{nodes}"), &store);
         drop(store);
         lease.release();
-        for child in &mut children {
-            let _ = child.kill();
-            let _ = child.wait();
+        stop(&mut children);
+    }
+    println!();
+    println!("| task for a counter in cell 1, until completed | median | p90 | max |");
+    println!("|---|---|---|---|");
+    for nodes in [1, 3] {
+        let (cross, local) = cross_cell(nodes, 200);
+        for (what, mut took) in [("sent from cell 0", cross), ("scheduled in cell 1", local)] {
+            took.sort_unstable();
+            let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
+            println!(
+                "| JetStream R{nodes}, {what} | {} | {} | {} |",
+                ms(took[took.len() / 2]),
+                ms(took[took.len() * 9 / 10]),
+                ms(took[took.len() - 1])
+            );
         }
     }
 }

@@ -43,6 +43,12 @@ fn inbox_subject(cell: u16, from: u16) -> String {
     format!("toka.inbox.{cell}.{from}")
 }
 
+/// The core NATS subject a sender wakes cell `cell`'s receiver on, once
+/// JetStream stored a task for it.
+fn ready_subject(cell: u16) -> String {
+    format!("toka.inbox-ready.{cell}")
+}
+
 /// Creates cell `cell`'s inbox stream.
 pub(crate) async fn create_inbox(
     js: &jetstream::Context,
@@ -163,7 +169,15 @@ async fn send(cluster: &Cluster, target: u16, letter: &Letter) {
         }
         .await;
         match acked {
-            Ok(_) => return,
+            Ok(_) => {
+                // The target's receiver is woken once the task is stored
+                // (a lost wake-up costs it IDLE).
+                let _ = cluster
+                    .client()
+                    .publish(ready_subject(target), bytes::Bytes::new())
+                    .await;
+                return;
+            }
             Err(e) => {
                 failures += 1;
                 // Once, then every 20th: a missing stream (a target cell
@@ -190,11 +204,11 @@ async fn receive(cluster: Cluster, mail: CellMail, cell: Cell) {
             }
         }
     };
-    // Core NATS sees what is published to the stream: a wake-up, no more
-    // (a missed one costs IDLE).
+    // Senders say when a task is stored: a wake-up, no more (a missed one
+    // costs IDLE).
     let mut wake = cluster
         .client()
-        .subscribe(format!("toka.inbox.{}.*", cell.index))
+        .subscribe(ready_subject(cell.index))
         .await
         .ok();
     let mut next = mail.inbox_read_from();

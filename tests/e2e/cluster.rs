@@ -746,6 +746,20 @@ async fn hosts_spread_the_cells_and_a_dead_host_s_cells_move_to_the_others() {
         format!("{base_b}/cells/{cell_on_b}/v1/status").as_str()
     );
 
+    // A cell the cluster does not have is not looked up anywhere.
+    for path in [
+        "/cells/4/v1/status",
+        "/cells/4294967295/",
+        "/cells/99999999999/v1",
+    ] {
+        let answer = no_redirects
+            .get(format!("{base_a}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), reqwest::StatusCode::NOT_FOUND, "{path}");
+    }
+
     // Each cell's dashboard, under its prefix (its links are relative).
     let bare = no_redirects
         .get(format!("{base_b}/cells/{cell_on_b}"))

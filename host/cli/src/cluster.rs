@@ -303,7 +303,7 @@ impl Spread<'_> {
                     .and_then(|h| h.url)
             })
         };
-        let cells = toka_server::Cells::new(config, owner_of);
+        let cells = toka_server::Cells::new(config, self.total, owner_of);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let running = tokio::spawn(server.run_cells(Arc::clone(&cells), async move {
             let _ = stop_rx.await;

@@ -54,7 +54,8 @@ impl<'c> Follower<'c> {
             .map_err(|e| Failure::work(format!("the server's state does not decode: {e}")))?;
         Ok(Follower {
             client,
-            kernel: Kernel::from_snapshot(state, head, encoded.limits, Registry::new()),
+            kernel: Kernel::from_snapshot(state, head, encoded.limits, Registry::new())
+                .in_cell(encoded.cell.map(Into::into)),
         })
     }
 

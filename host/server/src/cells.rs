@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -19,17 +19,26 @@ use tower::ServiceExt as _;
 use crate::app::App;
 use crate::config::ServeConfig;
 use crate::error::ApiError;
-use crate::serve::{ServeError, router, stop_host, store_root};
+use crate::serve::{ServeError, app, router, stop_host};
 
 /// Where a cell is served, when this host does not serve it: its owner's
 /// base URL.
 pub type OwnerOf = Box<dyn Fn(u32) -> Option<String> + Send + Sync>;
 
+/// How long an owner looked up for a cell served elsewhere is answered
+/// from memory: requests for other cells cost one lookup per cell per
+/// period, however many come.
+const OWNER_FRESH: Duration = Duration::from_secs(1);
+
 /// The cells one server serves, each with its own host; cells come and go
 /// as leases are won and lost.
 pub struct Cells {
     config: ServeConfig,
+    /// How many cells the cluster has: `/cells/{n}` beyond is not found.
+    total: u32,
     owner_of: OwnerOf,
+    /// The owners last looked up, by cell, with when.
+    owners: tokio::sync::Mutex<BTreeMap<u32, (Instant, Option<String>)>>,
     closing: watch::Receiver<bool>,
     close: watch::Sender<bool>,
     served: RwLock<BTreeMap<u32, Served>>,
@@ -52,15 +61,18 @@ impl std::fmt::Debug for Cells {
 }
 
 impl Cells {
-    /// No cells yet; every cell's API is configured by `config` (its data
-    /// dir, if any, is not registered in: the CLI's local client speaks to
-    /// a single host). `owner_of` says where a cell not served here is.
+    /// No cells yet, of a cluster of `total`; every cell's API is
+    /// configured by `config` (its data dir, if any, is not registered in:
+    /// the CLI's local client speaks to a single host). `owner_of` says
+    /// where a cell not served here is.
     #[must_use]
-    pub fn new(config: ServeConfig, owner_of: OwnerOf) -> Arc<Cells> {
+    pub fn new(config: ServeConfig, total: u32, owner_of: OwnerOf) -> Arc<Cells> {
         let (close, closing) = watch::channel(false);
         Arc::new(Cells {
             config,
+            total,
             owner_of,
+            owners: tokio::sync::Mutex::default(),
             closing,
             close,
             served: RwLock::default(),
@@ -83,28 +95,24 @@ impl Cells {
     ///
     /// [`ServeError`] when the store records no usable root key.
     pub fn add(&self, cell: u32, host: Host, store: Arc<dyn EventStore>) -> Result<(), ServeError> {
-        let root = store_root(&*store)?;
-        let limits = store.limits().map_err(|e| ServeError::Host(e.into()))?;
         let host = Arc::new(host);
         let (close, closing) = watch::channel(*self.closing.borrow());
-        // The server's own closing ends this cell's streams too.
+        // The server's own closing ends this cell's streams too (and this
+        // task ends with the cell's).
         let mut server_closing = self.closing.clone();
+        let mut cell_closing = close.subscribe();
         let cell_close = close.clone();
         tokio::spawn(async move {
-            if server_closing.wait_for(|c| *c).await.is_ok() {
-                cell_close.send_replace(true);
+            tokio::select! {
+                closed = server_closing.wait_for(|c| *c) => if closed.is_ok() {
+                    cell_close.send_replace(true);
+                },
+                _ = cell_closing.wait_for(|c| *c) => {}
             }
         });
         let mut config = self.config.clone();
         config.data_dir = None;
-        let app = Arc::new(App::new(
-            Arc::clone(&host),
-            store,
-            root,
-            limits,
-            config,
-            closing,
-        ));
+        let app = app(Arc::clone(&host), store, config, closing)?;
         let router = router(&app);
         self.served
             .write()
@@ -156,6 +164,26 @@ impl Cells {
         self.close.send_replace(true);
     }
 
+    /// Where `cell` is served when not here: looked up at most once per
+    /// [`OWNER_FRESH`] (requests wait for the one lookup in progress).
+    async fn owner(self: &Arc<Cells>, cell: u32) -> Option<String> {
+        let mut owners = self.owners.lock().await;
+        if let Some((at, owner)) = owners.get(&cell)
+            && at.elapsed() < OWNER_FRESH
+        {
+            return owner.clone();
+        }
+        let owner = tokio::task::spawn_blocking({
+            let cells = Arc::clone(self);
+            move || (cells.owner_of)(cell)
+        })
+        .await
+        .ok()
+        .flatten();
+        owners.insert(cell, (Instant::now(), owner.clone()));
+        owner
+    }
+
     /// The router of the cells: `/cells/{n}/...` to cell n, `/cells` to the
     /// list.
     pub(crate) fn router(self: &Arc<Cells>) -> Router {
@@ -182,6 +210,13 @@ async fn dispatch(State(cells): State<Arc<Cells>>, mut request: Request) -> Resp
     let Ok(cell) = number.parse::<u32>() else {
         return ApiError::not_found(format!("`{number}` is not a cell number")).into_response();
     };
+    if cell >= cells.total {
+        return ApiError::not_found(format!(
+            "no cell {cell}: the cluster has cells 0..{}",
+            cells.total
+        ))
+        .into_response();
+    }
     if inner.is_empty() {
         // The dashboard's links are relative to `/cells/{n}/`.
         return (
@@ -197,14 +232,7 @@ async fn dispatch(State(cells): State<Arc<Cells>>, mut request: Request) -> Resp
         .unwrap_or_default();
     let router = cells.read().get(&cell).map(|s| s.router.clone());
     let Some(router) = router else {
-        let owner = tokio::task::spawn_blocking({
-            let cells = Arc::clone(&cells);
-            move || (cells.owner_of)(cell)
-        })
-        .await
-        .ok()
-        .flatten();
-        return match owner {
+        return match cells.owner(cell).await {
             Some(url) => (
                 StatusCode::TEMPORARY_REDIRECT,
                 [(

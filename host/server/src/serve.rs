@@ -145,8 +145,6 @@ impl Server {
             config,
             ..
         } = self;
-        let root = store_root(&*store)?;
-        let limits = store.limits().map_err(|e| ServeError::Host(e.into()))?;
         let data_dir = config.data_dir.clone();
         let grace = config.grace;
         let host = Arc::new(host);
@@ -162,14 +160,7 @@ impl Server {
                 .map_err(ServeError::Register)?;
         }
         let (closing_tx, closing) = watch::channel(false);
-        let app = Arc::new(App::new(
-            Arc::clone(&host),
-            store,
-            root,
-            limits,
-            config,
-            closing,
-        ));
+        let app = app(Arc::clone(&host), store, config, closing)?;
         let handle = axum_server::Handle::<SocketAddr>::new();
         let served = serve_http(listener, tls, router(&app), handle.clone());
         tracing::info!(%url, "serving");
@@ -279,7 +270,22 @@ pub(crate) async fn stop_host(mut host: Arc<Host>) -> Result<(), ServeError> {
 }
 
 /// The data dir's root public key, as the store records it.
-pub(crate) fn store_root(store: &dyn EventStore) -> Result<toka_host::PublicKey, ServeError> {
+/// The API's state for `host`, opened over `store`: its root key and
+/// limits are the store's.
+pub(crate) fn app(
+    host: Arc<Host>,
+    store: Arc<dyn EventStore>,
+    config: ServeConfig,
+    closing: watch::Receiver<bool>,
+) -> Result<Arc<App>, ServeError> {
+    let root = store_root(&*store)?;
+    let limits = store.limits().map_err(|e| ServeError::Host(e.into()))?;
+    Ok(Arc::new(App::new(
+        host, store, root, limits, config, closing,
+    )))
+}
+
+fn store_root(store: &dyn EventStore) -> Result<toka_host::PublicKey, ServeError> {
     let bytes = store
         .root_public_key()
         .map_err(|e| ServeError::Host(e.into()))?

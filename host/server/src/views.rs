@@ -181,7 +181,8 @@ pub struct TaskView {
     pub id: String,
     /// The agent that runs it.
     pub agent: String,
-    /// `queued`, `running`, `completed` or `failed`.
+    /// `queued`, `running`, `completed` or `failed`; `sent` when it was
+    /// just sent to another cell of a cluster (ask that cell for it).
     pub status: String,
     /// What to do (known while the task is unfinished).
     pub description: Option<String>,
@@ -377,6 +378,37 @@ pub struct EncodedState {
     /// The data dir's kernel limits (replaying records needs them).
     #[schema(value_type = Object)]
     pub limits: toka_kernel::Limits,
+    /// The cluster cell the log is, if it is one's (replaying records
+    /// needs it too: ids carry it, tasks for other cells are sent).
+    #[serde(default)]
+    pub cell: Option<CellView>,
+}
+
+/// A cell of a cluster.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+pub struct CellView {
+    /// Its index.
+    pub index: u16,
+    /// How many cells the cluster has.
+    pub cells: u16,
+}
+
+impl From<toka_kernel::Cell> for CellView {
+    fn from(cell: toka_kernel::Cell) -> Self {
+        CellView {
+            index: cell.index,
+            cells: cell.cells,
+        }
+    }
+}
+
+impl From<CellView> for toka_kernel::Cell {
+    fn from(cell: CellView) -> Self {
+        toka_kernel::Cell {
+            index: cell.index,
+            cells: cell.cells,
+        }
+    }
 }
 
 /// A verification of the log, running or done.

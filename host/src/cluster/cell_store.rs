@@ -478,25 +478,52 @@ impl CellStore {
             bytes.chunks(CHUNK).collect()
         };
         let digest = Digest::of(bytes);
-        self.cluster.block(async {
-            for (i, chunk) in chunks.iter().enumerate().skip(1).chain([(0, &chunks[0])]) {
-                let mut message =
-                    jetstream::message::PublishMessage::build().payload(chunk.to_vec().into());
-                if i == 0 {
-                    message = message
-                        .header(CHUNKS, chunks.len().to_string())
-                        .header(DIGEST, digest.to_string());
+        // Writing a chunk again replaces it (one message per subject).
+        self.writing(|| {
+            self.cluster.block(async {
+                for (i, chunk) in chunks.iter().enumerate().skip(1).chain([(0, &chunks[0])]) {
+                    let mut message =
+                        jetstream::message::PublishMessage::build().payload(chunk.to_vec().into());
+                    if i == 0 {
+                        message = message
+                            .header(CHUNKS, chunks.len().to_string())
+                            .header(DIGEST, digest.to_string());
+                    }
+                    self.cluster
+                        .js()
+                        .send_publish(self.chunk_subject(name, i), message)
+                        .await
+                        .map_err(|e| self.backend(&format!("writing {name}"), e))?
+                        .await
+                        .map_err(|e| self.backend(&format!("writing {name}"), e))?;
                 }
-                self.cluster
-                    .js()
-                    .send_publish(self.chunk_subject(name, i), message)
-                    .await
-                    .map_err(|e| self.backend(&format!("writing {name}"), e))?
-                    .await
-                    .map_err(|e| self.backend(&format!("writing {name}"), e))?;
-            }
-            Ok(())
+                Ok(())
+            })
         })
+    }
+
+    /// Runs an idempotent write again after a failure (a NATS node went
+    /// away) while the lease is valid, or for [`RETRY_FOR`] without one.
+    fn writing<T>(
+        &self,
+        mut write: impl FnMut() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let started = std::time::Instant::now();
+        loop {
+            let e = match write() {
+                Ok(value) => return Ok(value),
+                Err(e) => e,
+            };
+            let retry = match &self.guard {
+                Some(guard) => guard.is_valid(),
+                None => started.elapsed() < RETRY_FOR,
+            };
+            if !retry {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, cell = self.cell, "writing to the cell failed; writing again");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     /// The names of the objects starting with `prefix` (`kind.`), from the
@@ -528,10 +555,12 @@ impl CellStore {
     /// Deletes an object (every chunk).
     fn delete_object(&self, name: &str) -> Result<(), StoreError> {
         let filter = format!("{}.{name}.>", objects_subject(self.cell));
-        self.cluster
-            .block(async { self.objects.purge().filter(filter).await })
-            .map(drop)
-            .map_err(|e| self.backend(&format!("deleting {name}"), e))
+        self.writing(|| {
+            self.cluster
+                .block(async { self.objects.purge().filter(filter.clone()).await })
+                .map(drop)
+                .map_err(|e| self.backend(&format!("deleting {name}"), e))
+        })
     }
 
     fn check_lease(&self) -> Result<(), StoreError> {

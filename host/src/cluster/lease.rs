@@ -178,7 +178,9 @@ pub fn announce(cluster: &Cluster, holder: &Holder) -> Result<(), ClusterError> 
 /// [`ClusterError::JetStream`] when the bucket cannot be read.
 pub fn hosts(cluster: &Cluster) -> Result<Vec<Holder>, ClusterError> {
     use futures_util::StreamExt as _;
-    cluster.block(async {
+    // Listing keys goes through a consumer, which a NATS node's failure
+    // can leave hanging: bounded, a round without an answer is skipped.
+    let listed = cluster.block(tokio::time::timeout(LISTING, async {
         let bucket = bucket(cluster).await?;
         let mut keys = bucket
             .keys()
@@ -199,8 +201,17 @@ pub fn hosts(cluster: &Cluster) -> Result<Vec<Holder>, ClusterError> {
             }
         }
         Ok(hosts)
+    }));
+    listed.unwrap_or_else(|_| {
+        Err(ClusterError::js(
+            "listing hosts",
+            format!("no answer within {LISTING:?}"),
+        ))
     })
 }
+
+/// How long listing the hosts alive may take.
+const LISTING: Duration = Duration::from_secs(5);
 
 impl Lease {
     /// Tries to acquire `cell`'s lease for `holder`, its time to live `ttl`
@@ -219,12 +230,23 @@ impl Lease {
         let value: bytes::Bytes = serde_json::to_vec(holder)
             .map_err(|e| ClusterError::js("encoding a lease", e))?
             .into();
-        let sent = Instant::now();
+        let mut sent = Instant::now();
         let acquired = cluster.block(async {
             let bucket = bucket(cluster).await?;
             match bucket.create(key(cell), value.clone()).await {
                 Ok(revision) => Ok(Some((bucket, revision))),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    // An earlier attempt whose answer was lost may have
+                    // created it: then it is ours, valid from a renewal.
+                    let Some(landed) = ours(&bucket, &key(cell), &value).await else {
+                        return Ok(None);
+                    };
+                    sent = Instant::now();
+                    match bucket.update(key(cell), value.clone(), landed).await {
+                        Ok(revision) => Ok(Some((bucket, revision))),
+                        Err(_) => Ok(None),
+                    }
+                }
                 Err(e) => Err(ClusterError::js("acquiring a lease", e)),
             }
         })?;
@@ -290,6 +312,15 @@ impl Drop for Lease {
     }
 }
 
+/// The revision of `key` when its entry holds `value` (this holder's), as
+/// written by a create or an update of its own; `None` otherwise or when it
+/// cannot be read.
+async fn ours(bucket: &kv::Store, key: &str, value: &[u8]) -> Option<u64> {
+    let entry = bucket.entry(key).await.ok()??;
+    (entry.operation == kv::Operation::Put && entry.value.as_ref() == value)
+        .then_some(entry.revision)
+}
+
 /// Renews the lease every quarter of its time to live until it is lost; a
 /// renewal that failed (a NATS node went away, its streams elect leaders)
 /// is tried again every twentieth of it, while the lease is still valid.
@@ -316,7 +347,21 @@ async fn renew(
             return;
         }
         let current = *revision.lock().unwrap_or_else(|e| e.into_inner());
-        let update = bucket.update(&key, value.clone(), current);
+        let update = async {
+            match bucket.update(&key, value.clone(), current).await {
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    // A renewal whose answer was lost may have landed: the
+                    // entry is then still ours, one revision on.
+                    match ours(&bucket, &key, &value).await {
+                        Some(landed) if landed > current => {
+                            bucket.update(&key, value.clone(), landed).await
+                        }
+                        _ => Err(e),
+                    }
+                }
+                other => other,
+            }
+        };
         match tokio::time::timeout(valid_until - sent, update).await {
             Ok(Ok(next)) => {
                 *revision.lock().unwrap_or_else(|e| e.into_inner()) = next;

@@ -225,6 +225,7 @@ pub(crate) async fn state(State(app): State<Arc<App>>, _who: Reader) -> axum::Js
         },
         snapshot: base64::engine::general_purpose::STANDARD.encode(&bytes),
         limits: app.limits.clone(),
+        cell: app.host.cell().map(Into::into),
     })
 }
 

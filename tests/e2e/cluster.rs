@@ -378,8 +378,15 @@ impl Api {
 }
 
 /// Every acknowledged task completed, exactly once, and the counter's sum
-/// is the sum of all of them.
+/// is the sum of all of them (tasks `1..=n`).
 async fn every_task_completed_once(api: &Api, tasks: &[String]) {
+    let n = tasks.len() as u64;
+    completed_once_summing(api, tasks, n * (n + 1) / 2).await;
+}
+
+/// Every task completed, exactly once, and one of them saw the counter at
+/// `sum`.
+async fn completed_once_summing(api: &Api, tasks: &[String], sum: u64) {
     let views = api.wait_all(tasks).await;
     for view in &views {
         assert_eq!(view["status"], "completed", "{view}");
@@ -393,8 +400,7 @@ async fn every_task_completed_once(api: &Api, tasks: &[String]) {
             completions.get(task)
         );
     }
-    let n = tasks.len() as u64;
-    let sum = (n * (n + 1) / 2).to_string();
+    let sum = sum.to_string();
     assert!(
         views.iter().any(|v| v["output"] == sum.as_str()),
         "no task saw the full sum {sum}: {views:?}"
@@ -593,11 +599,12 @@ async fn a_nats_node_killed_mid_work_loses_nothing_acknowledged() {
 }
 
 /// Host kills in a row on one cell (100 with `TOKA_LONG_TESTS=1`, 3
-/// otherwise), each at a moment of its own while tasks are in flight; every
-/// acknowledged task completes exactly once, and the cell verifies.
+/// otherwise), each at a moment of its own while tasks are in flight, sent
+/// to it from another cell and from it to another cell among them; every
+/// acknowledged task completes exactly once, and both cells verify.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_kills_in_a_row_lose_no_acknowledged_task() {
-    let rounds = if std::env::var_os("TOKA_LONG_TESTS").is_some() {
+    let rounds: u64 = if std::env::var_os("TOKA_LONG_TESTS").is_some() {
         100
     } else {
         3
@@ -605,10 +612,17 @@ async fn host_kills_in_a_row_lose_no_acknowledged_task() {
     let nats = Nats::start();
     let tmp = tempfile::tempdir().unwrap();
     let key = init(&nats, tmp.path(), 4, TTL);
+    // Cell 0 stays up: it sends tasks into the killed cell and receives
+    // what the killed cell sends.
+    let sender = CellHost::start(&nats, &key, tmp.path().join("s"), 0);
+    sender.serving();
+    let api_s = sender.api();
+    let far = api_s.counter("far").await;
     let mut owner = CellHost::start(&nats, &key, tmp.path().join("h0"), 3);
     owner.serving();
     let agent = owner.api().counter("counter").await;
-    let mut tasks = Vec::new();
+    let (mut tasks, mut far_tasks) = (Vec::new(), Vec::new());
+    let id = |task: Value| task["id"].as_str().unwrap().to_owned();
     for round in 1..=rounds {
         let standby = CellHost::start(&nats, &key, tmp.path().join(format!("h{round}")), 3);
         standby
@@ -616,6 +630,10 @@ async fn host_kills_in_a_row_lose_no_acknowledged_task() {
             .unwrap();
         let api = owner.api();
         tasks.extend(api.schedule(&agent, 5).await);
+        for n in 1..=5 {
+            tasks.push(id(api_s.task(&agent, &n.to_string()).await));
+            far_tasks.push(id(api.task(&far, &n.to_string()).await));
+        }
         // A moment of its own: up to 50 ms after the last acknowledgement.
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -627,23 +645,15 @@ async fn host_kills_in_a_row_lose_no_acknowledged_task() {
         eprintln!("round {round}: {} tasks acknowledged so far", tasks.len());
         owner = standby;
     }
+    // Tasks 1..=5 twice (scheduled, and sent from cell 0) in every round.
     let api = owner.api();
-    let views = api.wait_all(&tasks).await;
-    assert!(
-        views.iter().all(|v| v["status"] == "completed"),
-        "{views:?}"
-    );
-    let completions = api.completions().await;
-    for task in &tasks {
-        assert_eq!(completions.get(task), Some(&1), "task {task}");
-    }
-    // Tasks 1..=5 in every round.
-    let sum = (15 * rounds).to_string();
-    assert!(
-        views.iter().any(|v| v["output"] == sum.as_str()),
-        "{views:?}"
-    );
+    api.until_known(&tasks).await;
+    completed_once_summing(&api, &tasks, 30 * rounds).await;
     verify(&nats, tmp.path(), 3);
+    // What the killed cell sent, 1..=5 in every round, arrived once.
+    api_s.until_known(&far_tasks).await;
+    completed_once_summing(&api_s, &far_tasks, 15 * rounds).await;
+    verify(&nats, tmp.path(), 0);
 }
 
 /// A `toka serve --cluster` host without `--cell`: it serves its share of

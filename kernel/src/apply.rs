@@ -13,7 +13,7 @@ use crate::extension::{ExtensionCall, Registry};
 use crate::id::{AgentId, EntityId, TaskId};
 use crate::idempotency::{MAX_IDEMPOTENCY_KEY, Scheduled, request_digest};
 use crate::limits::{Limit, Limits};
-use crate::mail::{self, Cell, Delivery, MAX_OUTBOX, Outgoing};
+use crate::mail::{Cell, Change};
 use crate::operation::{AgentSpec, ComponentSpec, Denial, OpKind, Operation, Refusal, TaskSpec};
 use crate::quota::{Account, Cost};
 use crate::rules::{Budgets, Quota, RULES_VERSION, Rules};
@@ -58,7 +58,7 @@ pub(crate) fn check_size(limit: Limit, max: u32, actual: usize) -> Result<(), Ke
     check_count(limit, u64::from(max), actual as u64)
 }
 
-fn check_count(limit: Limit, max: u64, actual: u64) -> Result<(), KernelError> {
+pub(crate) fn check_count(limit: Limit, max: u64, actual: u64) -> Result<(), KernelError> {
     if actual > max {
         return Err(KernelError::LimitExceeded { limit, max, actual });
     }
@@ -141,7 +141,9 @@ impl WorldState {
             }
             Operation::PutState { key, value } => self.put_state(origin, key, value, limits)?,
             Operation::DeleteState { key } => self.delete_state(origin, key)?,
-            Operation::RevokeToken { revocation_id } => self.revoke(revocation_id)?,
+            Operation::RevokeToken { revocation_id } => {
+                self.configure(Change::Revoke { revocation_id }, env)?
+            }
             Operation::RecordDenial { denial } => self.record_denial(origin, denial, limits)?,
             Operation::InstallComponent { component } => {
                 self.install_component(origin, component, limits)?
@@ -172,8 +174,12 @@ impl WorldState {
                 self.agent_of(agent)?;
                 vec![Event::HostCondition { agent, reason }]
             }
-            Operation::TrustPublisher { publisher } => self.trust_publisher(publisher, limits)?,
-            Operation::DistrustPublisher { name } => self.distrust_publisher(name)?,
+            Operation::TrustPublisher { publisher } => {
+                self.configure(Change::Trust { publisher }, env)?
+            }
+            Operation::DistrustPublisher { name } => {
+                self.configure(Change::Distrust { name }, env)?
+            }
             Operation::InstallPackage { component, package } => {
                 self.install_package(component, *package, limits)?
             }
@@ -190,7 +196,7 @@ impl WorldState {
                 secret,
             } => self.http_response(origin, task, index, &outcome, secret, env)?,
             Operation::MarkSent { through } => self.mark_sent(through)?,
-            Operation::DeliverTask { delivery } => self.deliver_task(delivery, env)?,
+            Operation::DeliverTask { delivery } => self.deliver(delivery, env)?,
         };
 
         // Infallible bookkeeping, after the operation succeeded.
@@ -386,7 +392,12 @@ impl WorldState {
         Ok(Some(key))
     }
 
-    fn next_id(&mut self, cell: Option<u16>, domain: &str, parent: EntityId) -> EntityId {
+    pub(crate) fn next_id(
+        &mut self,
+        cell: Option<u16>,
+        domain: &str,
+        parent: EntityId,
+    ) -> EntityId {
         let id = EntityId::derive(cell, domain, parent, self.next_id);
         self.next_id += 1;
         id
@@ -461,7 +472,11 @@ impl WorldState {
     }
 
     /// Whether `agent` (of this cell) can take one more task.
-    fn check_queueable(&self, agent: AgentId, limits: &Limits) -> Result<(), KernelError> {
+    pub(crate) fn check_queueable(
+        &self,
+        agent: AgentId,
+        limits: &Limits,
+    ) -> Result<(), KernelError> {
         // A quarantined agent's queue still takes tasks, for when it resumes.
         let target = self.live_agent(agent, OpKind::ScheduleTask)?;
         check_count(
@@ -473,7 +488,7 @@ impl WorldState {
 
     /// Queues the new task `task` for `agent`, checked by
     /// [`WorldState::check_queueable`].
-    fn enqueue(
+    pub(crate) fn enqueue(
         &mut self,
         task: TaskId,
         agent: AgentId,
@@ -500,151 +515,6 @@ impl WorldState {
             by,
             spec,
         }]
-    }
-
-    /// A task for `agent` of another cell: minted in that cell's id space
-    /// and put in the outbox (see [`crate::mail`]).
-    fn send_task(
-        &mut self,
-        origin: EntityId,
-        agent: AgentId,
-        spec: TaskSpec,
-        cell: Cell,
-        seq: u64,
-    ) -> Result<Vec<Event>, KernelError> {
-        let target = agent.cell();
-        if target >= cell.cells {
-            // An id naming a cell the cluster does not have names no agent.
-            return Err(KernelError::unknown(EntityKind::Agent, agent));
-        }
-        check_count(
-            Limit::Outbox,
-            MAX_OUTBOX as u64,
-            self.mail.outbox.len() as u64 + 1,
-        )?;
-        // The origin cell is part of the domain: two cells never mint the
-        // same id in a third one's space (nor does the target itself, whose
-        // own tasks have the domain "task").
-        let domain = format!("task from cell {}", cell.index);
-        let task = self.next_id(Some(target), &domain, origin);
-        self.mail.outbox.insert(
-            seq,
-            Outgoing {
-                task,
-                agent,
-                by: origin,
-                spec: spec.clone(),
-            },
-        );
-        Ok(vec![Event::TaskSent {
-            task,
-            agent,
-            by: origin,
-            spec,
-        }])
-    }
-
-    /// [`Operation::MarkSent`]: the outbox up to `through` was sent.
-    fn mark_sent(&mut self, through: u64) -> Result<Vec<Event>, KernelError> {
-        if self.mail.outbox.range(..=through).next().is_none() {
-            return Err(KernelError::invalid(
-                OpKind::MarkSent,
-                format!("the outbox holds no task up to record {through}"),
-            ));
-        }
-        let kept = self.mail.outbox.split_off(&through.saturating_add(1));
-        let sent = std::mem::replace(&mut self.mail.outbox, kept);
-        Ok(vec![Event::TasksSent {
-            through,
-            count: u32::try_from(sent.len()).unwrap_or(u32::MAX),
-        }])
-    }
-
-    /// [`Operation::DeliverTask`]: queues a task another cell sent, or
-    /// records why it cannot be; either way it is taken once.
-    fn deliver_task(
-        &mut self,
-        delivery: Delivery,
-        env: &Env<'_>,
-    ) -> Result<Vec<Event>, KernelError> {
-        const KIND: OpKind = OpKind::DeliverTask;
-        let Some(cell) = env.cell else {
-            return Err(KernelError::invalid(
-                KIND,
-                "this log is not a cluster cell's",
-            ));
-        };
-        let Delivery {
-            from_cell,
-            from_seq,
-            position,
-            task: sent,
-        } = delivery;
-        if from_cell == cell.index || from_cell >= cell.cells {
-            return Err(KernelError::invalid(
-                KIND,
-                format!("cell {from_cell} cannot send tasks to cell {}", cell.index),
-            ));
-        }
-        if sent.task.cell() != cell.index {
-            return Err(KernelError::invalid(
-                KIND,
-                format!("task {} is not one of cell {}'s", sent.task, cell.index),
-            ));
-        }
-        if self.mail.taken(from_cell, from_seq) || position < self.mail.read_from() {
-            return Err(KernelError::invalid(
-                KIND,
-                format!(
-                    "the task of cell {from_cell}'s record {from_seq} (inbox position {position}) was taken already"
-                ),
-            ));
-        }
-        if self.tasks.contains_key(&sent.task) {
-            return Err(KernelError::invalid(
-                KIND,
-                format!("task {} exists already", sent.task),
-            ));
-        }
-        self.mail.inbox.insert(
-            from_cell,
-            mail::Received {
-                seq: from_seq,
-                position,
-            },
-        );
-        let Outgoing {
-            task,
-            agent,
-            by,
-            spec,
-        } = sent;
-        let refused = |reason: String| {
-            vec![Event::TaskRefused {
-                task,
-                agent,
-                by,
-                from_cell,
-                reason,
-            }]
-        };
-        if let Err(e) = check_size(
-            Limit::TaskDescription,
-            env.limits.max_task_description,
-            spec.description.len(),
-        ) {
-            return Ok(refused(e.to_string()));
-        }
-        if agent.cell() != cell.index {
-            return Ok(refused(format!(
-                "agent {agent} is not in cell {}",
-                cell.index
-            )));
-        }
-        if let Err(e) = self.check_queueable(agent, env.limits) {
-            return Ok(refused(e.to_string()));
-        }
-        Ok(self.enqueue(task, agent, by, spec, env.seq))
     }
 
     /// [`Operation::ScheduleTaskOnce`]: schedules unless the key is known.
@@ -1017,7 +887,7 @@ impl WorldState {
         self.active_agent(origin, kind)
     }
 
-    fn revoke(&mut self, revocation_id: Vec<u8>) -> Result<Vec<Event>, KernelError> {
+    pub(crate) fn revoke(&mut self, revocation_id: Vec<u8>) -> Result<Vec<Event>, KernelError> {
         const KIND: OpKind = OpKind::RevokeToken;
         if revocation_id.is_empty() || revocation_id.len() > MAX_REVOCATION_ID {
             return Err(KernelError::invalid(

@@ -290,6 +290,14 @@ pub enum Event {
         /// Why it was refused.
         reason: String,
     },
+    /// A change of the configuration the configuration cell sent could not
+    /// be applied here (e.g. the id was revoked already); it is consumed.
+    ChangeRefused {
+        /// The configuration cell's record that made the change.
+        from_seq: u64,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Event {
@@ -339,6 +347,7 @@ impl Event {
             Event::TaskSent { .. } => "task_sent",
             Event::TasksSent { .. } => "tasks_sent",
             Event::TaskRefused { .. } => "task_refused",
+            Event::ChangeRefused { .. } => "change_refused",
         }
     }
 }

@@ -48,7 +48,7 @@ pub use id::{AgentId, Digest, EntityId, ParseIdError, TaskId, to_hex};
 pub use idempotency::{IDEMPOTENCY_KEYS_KEPT, MAX_IDEMPOTENCY_KEY};
 pub use kernel::{Applied, Kernel, ReplayError, ReplayErrorKind, replay_log};
 pub use limits::{Limit, Limits};
-pub use mail::{Cell, Delivery, MAX_OUTBOX, Outgoing};
+pub use mail::{CONFIG_CELL, Cell, Change, Delivery, MAX_OUTBOX, Outgoing, Parcel};
 pub use operation::{
     AgentSpec, ComponentSpec, Denial, OpKind, Operation, Refusal, RefusalKind, TaskSpec,
 };

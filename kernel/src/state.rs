@@ -8,7 +8,7 @@ use crate::command::Timestamp;
 use crate::http::Exchange;
 use crate::id::{AgentId, Digest, EntityId, TaskId};
 use crate::idempotency::Idempotency;
-use crate::mail::{Mail, Outgoing};
+use crate::mail::{Mail, Parcel};
 use crate::operation::{ComponentSpec, TaskSpec};
 use crate::package::{PackageRecord, Publisher};
 use crate::quota::Account;
@@ -320,10 +320,10 @@ impl WorldState {
         postcard::from_bytes(&[bytes, &none].concat())
     }
 
-    /// The tasks waiting in this cell's outbox to be sent to other cells,
-    /// by the sequence number of the record that scheduled them (see
-    /// [`Outgoing`]).
-    pub fn outbox(&self) -> impl ExactSizeIterator<Item = (u64, &Outgoing)> {
+    /// What waits in this cell's outbox to be sent to other cells (tasks,
+    /// changes of the configuration), by the sequence number of the record
+    /// that sent it (see [`Parcel`]).
+    pub fn outbox(&self) -> impl ExactSizeIterator<Item = (u64, &Parcel)> {
         self.mail.outbox.iter().map(|(seq, o)| (*seq, o))
     }
 

@@ -1,13 +1,14 @@
-//! Tasks across the cells of a cluster: sent from one cell's outbox, taken
-//! into another's log once, refused (and consumed) when they cannot be
-//! queued; every rejection changes nothing.
+//! Tasks and configuration across the cells of a cluster: sent from one
+//! cell's outbox, taken into another's log once, refused (and consumed)
+//! when they cannot be applied; every rejection changes nothing.
 
 mod common;
 
 use common::{World, scheduled, spawned, spec};
 use toka_kernel::{
-    Authorization, Cell, Delivery, EntityId, EntityKind, Event, Kernel, KernelError, Limit, Limits,
-    MAX_OUTBOX, OpKind, Operation, Outgoing, Registry, TaskSpec, WorldState, replay_log,
+    Authorization, Cell, Change, Delivery, EntityId, EntityKind, Event, Kernel, KernelError, Limit,
+    Limits, MAX_OUTBOX, OpKind, Operation, Outgoing, Parcel, Registry, TaskSpec, WorldState,
+    replay_log,
 };
 
 fn cell(index: u16) -> Option<Cell> {
@@ -40,19 +41,26 @@ fn send(from: &mut World, agent: EntityId, text: &str) -> (u64, Outgoing) {
         .kernel
         .state()
         .outbox()
-        .find(|(_, o)| o.task == *task)
+        .find_map(|(seq, p)| match p {
+            Parcel::Task(o) if o.task == *task => Some((seq, o.clone())),
+            _ => None,
+        })
         .expect("in the outbox");
     assert_eq!(seq, applied.seq);
-    (seq, outgoing.clone())
+    (seq, outgoing)
 }
 
 fn delivery(from_cell: u16, from_seq: u64, position: u64, task: Outgoing) -> Operation {
+    parcel(from_cell, from_seq, position, Parcel::Task(task))
+}
+
+fn parcel(from_cell: u16, from_seq: u64, position: u64, parcel: Parcel) -> Operation {
     Operation::DeliverTask {
         delivery: Delivery {
             from_cell,
             from_seq,
             position,
-            task,
+            parcel,
         },
     }
 }
@@ -88,7 +96,7 @@ fn a_task_for_another_cell_s_agent_is_sent_then_queued_there_once() {
             KernelError::InvalidOperation {
                 operation: OpKind::DeliverTask,
                 message: format!(
-                    "the task of cell 0's record {seq} (inbox position {position}) was taken already"
+                    "what cell 0's record {seq} sent (inbox position {position}) was taken already"
                 ),
             },
         );
@@ -110,7 +118,7 @@ fn a_task_for_another_cell_s_agent_is_sent_then_queued_there_once() {
         Operation::MarkSent { through: seq },
         KernelError::InvalidOperation {
             operation: OpKind::MarkSent,
-            message: format!("the outbox holds no task up to record {seq}"),
+            message: format!("the outbox holds nothing up to record {seq}"),
         },
     );
 
@@ -202,7 +210,7 @@ fn deliveries_out_of_place_are_refused_and_change_nothing() {
             EntityId::SYSTEM,
             sys,
             delivery(from, seq, 1, outgoing.clone()),
-            invalid(format!("cell {from} cannot send tasks to cell 1")),
+            invalid(format!("cell {from} cannot send to cell 1")),
         );
     }
     // A task minted for another cell.
@@ -342,4 +350,115 @@ fn a_state_encoded_before_cells_exchanged_tasks_still_decodes() {
     // Format 5 had no mail at the end: two bytes (two empty maps) less.
     let v5 = &bytes[..bytes.len() - 2];
     assert_eq!(WorldState::from_bytes_v5(v5).unwrap(), state);
+}
+
+#[test]
+fn the_configuration_is_changed_in_cell_0_and_applied_once_in_every_other() {
+    let (mut zero, mut one, mut two) = (world_in(0), world_in(1), world_in(2));
+    let id = b"revocation id of a token".to_vec();
+    // Only the configuration cell takes a change.
+    for op in [
+        Operation::RevokeToken {
+            revocation_id: id.clone(),
+        },
+        Operation::DistrustPublisher { name: "p".into() },
+    ] {
+        let kind = op.kind();
+        one.assert_rejected(
+            EntityId::SYSTEM,
+            Authorization::System,
+            op,
+            KernelError::InvalidOperation {
+                operation: kind,
+                message: "revocations and the trust store of a cluster are changed in cell 0, which applies them in every cell; this is cell 1".into(),
+            },
+        );
+    }
+    let applied = zero
+        .system(Operation::RevokeToken {
+            revocation_id: id.clone(),
+        })
+        .unwrap();
+    assert!(zero.kernel.state().is_revoked(&id));
+    let sent: Vec<(u64, Parcel)> = zero
+        .kernel
+        .state()
+        .outbox()
+        .map(|(seq, p)| (seq, p.clone()))
+        .collect();
+    let change = Change::Revoke {
+        revocation_id: id.clone(),
+    };
+    assert_eq!(sent, vec![(applied.seq, Parcel::Config(change.clone()))]);
+    let cell = Cell { index: 0, cells: 3 };
+    assert_eq!(
+        Parcel::Config(change.clone())
+            .targets(cell)
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+
+    for target in [&mut one, &mut two] {
+        let taken = target
+            .system(parcel(0, applied.seq, 1, Parcel::Config(change.clone())))
+            .unwrap();
+        assert_eq!(
+            taken.events,
+            vec![Event::TokenRevoked {
+                revocation_id: id.clone()
+            }]
+        );
+        assert!(target.kernel.state().is_revoked(&id));
+        // Once.
+        target.assert_rejected(
+            EntityId::SYSTEM,
+            Authorization::System,
+            parcel(0, applied.seq, 2, Parcel::Config(change.clone())),
+            KernelError::InvalidOperation {
+                operation: OpKind::DeliverTask,
+                message: format!(
+                    "what cell 0's record {} sent (inbox position 2) was taken already",
+                    applied.seq
+                ),
+            },
+        );
+    }
+    // Only the configuration cell sends changes.
+    let mut other = world_in(2);
+    other.assert_rejected(
+        EntityId::SYSTEM,
+        Authorization::System,
+        parcel(1, 5, 1, Parcel::Config(change)),
+        KernelError::InvalidOperation {
+            operation: OpKind::DeliverTask,
+            message: "cell 1 is not the configuration cell".into(),
+        },
+    );
+    // A change that does not apply is consumed and says why.
+    let refused = other
+        .system(parcel(
+            0,
+            9,
+            1,
+            Parcel::Config(Change::Distrust {
+                name: "nobody".into(),
+            }),
+        ))
+        .unwrap();
+    assert_eq!(
+        refused.events,
+        vec![Event::ChangeRefused {
+            from_seq: 9,
+            reason: "unknown publisher nobody".into(),
+        }]
+    );
+    assert!(other.kernel.state().delivered(0, 9));
+    // A cluster of one cell has nobody to send to.
+    let mut alone = World::with_kernel(
+        Kernel::new(Limits::default()).in_cell(Some(Cell { index: 0, cells: 1 })),
+    );
+    alone
+        .system(Operation::RevokeToken { revocation_id: id })
+        .unwrap();
+    assert_eq!(alone.kernel.state().outbox().len(), 0);
 }

@@ -910,3 +910,114 @@ async fn tasks_sent_across_cells_run_once_when_both_cells_hosts_are_killed() {
     verify(&nats, tmp.path(), 0);
     verify(&nats, tmp.path(), 1);
 }
+
+/// `toka token issue --operator LEVEL` with the cluster's key, offline.
+fn operator_token(key: &Path, dir: &Path, level: &str) -> String {
+    let minted = Command::new(env!("CARGO_BIN_EXE_toka"))
+        .arg("--data")
+        .arg(dir)
+        .arg("--root-key")
+        .arg(key)
+        .args(["token", "issue", "--operator", level])
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{minted:?}");
+    String::from_utf8(minted.stdout).unwrap().trim().to_owned()
+}
+
+impl Api {
+    /// The status `GET /v1/status` answers `token` with.
+    async fn status_for(&self, token: &str) -> reqwest::StatusCode {
+        self.http
+            .get(format!("{}/v1/status", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    /// `POST /v1/tokens/revoke` for `token` (forced: minted offline, no
+    /// cell stores it); the status and the body.
+    async fn revoke(&self, token: &str) -> (reqwest::StatusCode, Value) {
+        let answer = self
+            .http
+            .post(format!("{}/v1/tokens/revoke", self.url))
+            .bearer_auth(&self.token)
+            .json(&json!({"token": token, "force": true}))
+            .send()
+            .await
+            .unwrap();
+        (answer.status(), answer.json().await.unwrap())
+    }
+
+    /// Waits until `token` is refused; how long it took.
+    async fn until_refused(&self, token: &str) -> Duration {
+        let started = Instant::now();
+        while self.status_for(token).await != reqwest::StatusCode::UNAUTHORIZED {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{} still takes the revoked token",
+                self.url
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        started.elapsed()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_made_in_the_configuration_cell_holds_in_every_cell() {
+    let nats = Nats::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = init(&nats, tmp.path(), 3, TTL);
+    let hosts: Vec<CellHost> = (0..3)
+        .map(|cell| CellHost::start(&nats, &key, tmp.path().join(format!("h{cell}")), cell))
+        .collect();
+    let mut apis = Vec::new();
+    for host in &hosts {
+        host.serving();
+        apis.push(host.api());
+    }
+    // An operator token minted offline with the cluster's key works on
+    // every host.
+    let stolen = operator_token(&key, &tmp.path().join("minter"), "read");
+    for api in &apis {
+        assert_eq!(api.status_for(&stolen).await, reqwest::StatusCode::OK);
+    }
+    // Another cell does not change the cluster's configuration: it says
+    // where to, and the token still works.
+    let (status, body) = apis[1].revoke(&stolen).await;
+    assert!(status.is_client_error(), "{status} {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cell 0"),
+        "{body}"
+    );
+    assert_eq!(apis[1].status_for(&stolen).await, reqwest::StatusCode::OK);
+
+    // Cell 2's host is down when cell 0 revokes the token.
+    hosts[2].signal("-KILL");
+    let (status, body) = apis[0].revoke(&stolen).await;
+    assert!(status.is_success(), "{status} {body}");
+    for api in &apis[..2] {
+        let took = api.until_refused(&stolen).await;
+        eprintln!(
+            "{} refused the revoked token {took:?} after cell 0 answered",
+            api.url
+        );
+    }
+    // Whoever serves cell 2 next applies it from its inbox before it
+    // serves a request.
+    let back = CellHost::start(&nats, &key, tmp.path().join("h2b"), 2);
+    back.serving();
+    assert_eq!(
+        back.api().status_for(&stolen).await,
+        reqwest::StatusCode::UNAUTHORIZED
+    );
+    for cell in 0..3 {
+        verify(&nats, tmp.path(), cell);
+    }
+}

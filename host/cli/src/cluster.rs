@@ -199,6 +199,15 @@ pub(crate) async fn serve(
     let guard = lease.guard();
     let (host, store) = open_cell(place, &cluster, cell, &host_name, &guard).await?;
     let services = CellServices::start(&cluster, cell, &host);
+    // What other cells sent while no host served this one (a revocation
+    // among it) is in the cell before anything is served.
+    tokio::select! {
+        () = services.caught_up() => {}
+        reason = guard.lost() => {
+            return Err(Failure::work(format!("stepped down from cell {cell}: {reason}")));
+        }
+        () = toka_server::signal() => return Ok(ExitCode::SUCCESS),
+    }
     eprintln!(
         "toka: serving cell {cell} of {} at {} as {host_name} (lease TTL {} ms)",
         cluster.urls(),
@@ -435,6 +444,16 @@ impl Spread<'_> {
                 }
             };
             let services = CellServices::start(self.cluster, cell, &host);
+            if tokio::time::timeout(self.ttl, services.caught_up())
+                .await
+                .is_err()
+            {
+                eprintln!("toka: cell {cell}'s inbox could not be read; letting the cell go");
+                drop(services);
+                let _ = host.shutdown().await;
+                let _ = tokio::task::spawn_blocking(move || lease.release()).await;
+                continue;
+            }
             let stopped = tokio::spawn(host.stopped());
             cells.add(cell, host, store as _).map_err(Failure::work)?;
             eprintln!("toka: serving cell {cell}");
@@ -503,14 +522,22 @@ async fn acquire(
 /// those for it taken in. Stopped when dropped.
 struct CellServices {
     publisher: tokio::task::JoinHandle<()>,
-    _mailroom: Option<toka_host::Mailroom>,
+    mailroom: Option<toka_host::Mailroom>,
 }
 
 impl CellServices {
     fn start(cluster: &Cluster, cell: u32, host: &toka_host::Host) -> CellServices {
         CellServices {
             publisher: publish_events(cluster, cell, host.subscribe()),
-            _mailroom: toka_host::Mailroom::start(cluster, host.mail()),
+            mailroom: toka_host::Mailroom::start(cluster, host.mail()),
+        }
+    }
+
+    /// Once the cell took in what its inbox held (see
+    /// [`toka_host::Mailroom::caught_up`]).
+    async fn caught_up(&self) {
+        if let Some(mailroom) = &self.mailroom {
+            mailroom.caught_up().await;
         }
     }
 }

@@ -129,8 +129,12 @@ pub(crate) fn human(seq: u64, origin: EntityId, event: &Event, names: &Names) ->
             quoted(&spec.description)
         ),
         Event::TasksSent { through, count } => {
-            format!("{count} task(s) up to record {through} handed to the other cells")
+            format!("{count} parcel(s) up to record {through} handed to the other cells")
         }
+        Event::ChangeRefused { from_seq, reason } => format!(
+            "the configuration cell's change of record {from_seq} refused: {}",
+            text(reason)
+        ),
         Event::TaskRefused {
             task,
             agent,

@@ -40,6 +40,9 @@ pub fn view(
             json!({"task": task.to_string(), "agent": agent.to_string(), "cell": agent.cell(), "by": by.to_string(), "description": spec.description})
         }
         Event::TasksSent { through, count } => json!({"through": through, "count": count}),
+        Event::ChangeRefused { from_seq, reason } => {
+            json!({"from_seq": from_seq, "reason": reason})
+        }
         Event::TaskRefused {
             task,
             agent,

@@ -1,17 +1,20 @@
-//! Tasks across cells on JetStream (see [`toka_kernel::Outgoing`]).
+//! Tasks and configuration across cells on JetStream (see
+//! [`toka_kernel::Parcel`]).
 //!
 //! Each cell has an inbox stream, `TOKA_INBOX_<n>`, subjects
 //! `toka.inbox.<n>.<origin cell>`. A cell's host runs two carriers:
 //!
 //! - the *forwarder* publishes the cell's outbox (durable records only) in
-//!   order, one task at a time, each with `Nats-Msg-Id` = origin cell and
-//!   record, re-sent until JetStream acknowledges it; then it records
+//!   order, one parcel at a time (a task to its agent's cell, a change of
+//!   the configuration to every other cell), each with `Nats-Msg-Id` =
+//!   origin cell and record, re-sent until JetStream acknowledges it; then
+//!   it records
 //!   [`Operation::MarkSent`](toka_kernel::Operation::MarkSent). A host that
-//!   dies in between leaves the tasks in the outbox; the next owner sends
+//!   dies in between leaves the parcels in the outbox; the next owner sends
 //!   them again and JetStream's duplicate window (or the target's record of
 //!   what it took) drops the copies.
 //! - the *receiver* reads the cell's inbox stream by sequence number from
-//!   where the cell's state says it stopped and takes each task with
+//!   where the cell's state says it stopped and takes each parcel with
 //!   [`Operation::DeliverTask`](toka_kernel::Operation::DeliverTask), which
 //!   remembers the last record taken from each origin cell: a copy is
 //!   skipped, never applied twice.
@@ -20,14 +23,15 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use serde::{Deserialize, Serialize};
-use toka_kernel::{Cell, Delivery, Outgoing};
+use toka_kernel::{Cell, Delivery, Parcel};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::connection::{Cluster, ClusterError};
 use crate::runtime::error::HostError;
 use crate::runtime::mail::CellMail;
 
-/// Tasks forwarded before one `MarkSent` record.
+/// Parcels forwarded before one `MarkSent` record.
 const BATCH: usize = 256;
 /// How long a carrier waits without a wake-up before it looks again, and
 /// after a failure before it tries again.
@@ -38,13 +42,13 @@ pub(crate) fn inbox_stream(cell: u32) -> String {
     format!("TOKA_INBOX_{cell}")
 }
 
-/// The subject tasks from `from` to `cell` are published on.
+/// The subject what `from` sends `cell` is published on.
 fn inbox_subject(cell: u16, from: u16) -> String {
     format!("toka.inbox.{cell}.{from}")
 }
 
 /// The core NATS subject a sender wakes cell `cell`'s receiver on, once
-/// JetStream stored a task for it.
+/// JetStream stored a parcel for it.
 fn ready_subject(cell: u16) -> String {
     format!("toka.inbox-ready.{cell}")
 }
@@ -71,12 +75,12 @@ pub(crate) async fn create_inbox(
     Ok(())
 }
 
-/// A task on the wire (postcard).
+/// A parcel on the wire (postcard).
 #[derive(Debug, Serialize, Deserialize)]
 struct Letter {
     from_cell: u16,
     from_seq: u64,
-    task: Outgoing,
+    parcel: Parcel,
 }
 
 /// A cell host's two carriers; both stop when this is dropped, or when
@@ -84,6 +88,9 @@ struct Letter {
 #[derive(Debug)]
 pub struct Mailroom {
     carriers: [JoinHandle<()>; 2],
+    /// Set once the receiver took in everything its inbox held when it
+    /// started.
+    caught_up: watch::Receiver<bool>,
 }
 
 impl Drop for Mailroom {
@@ -100,11 +107,25 @@ impl Mailroom {
     #[must_use]
     pub fn start(cluster: &Cluster, mail: CellMail) -> Option<Mailroom> {
         let cell = mail.cell()?;
+        let (done, caught_up) = watch::channel(false);
         let forward = tokio::spawn(forward(cluster.clone(), mail.clone(), cell));
-        let receive = tokio::spawn(receive(cluster.clone(), mail, cell));
+        let receive = tokio::spawn(receive(cluster.clone(), mail, cell, done));
         Some(Mailroom {
             carriers: [forward, receive],
+            caught_up,
         })
+    }
+
+    /// Resolves once the cell took in everything its inbox held when the
+    /// mailroom started — among it the configuration changes (revocations)
+    /// made while no host served the cell: a host serves the cell only
+    /// after. (Also once the inbox stream turns out not to exist: a cluster
+    /// created before cells sent each other anything.)
+    pub async fn caught_up(&self) {
+        let mut caught_up = self.caught_up.clone();
+        // The sender lives as long as the receiver: an error means it ended
+        // (the host stopped), and then nothing is served anyway.
+        let _ = caught_up.wait_for(|done| *done).await;
     }
 }
 
@@ -127,14 +148,16 @@ async fn forward(cluster: Cluster, mail: CellMail, cell: Cell) {
             }
             continue;
         };
-        for (from_seq, task) in pending {
-            let target = task.agent.cell();
+        for (from_seq, parcel) in pending {
+            let targets: Vec<u16> = parcel.targets(cell).collect();
             let letter = Letter {
                 from_cell: cell.index,
                 from_seq,
-                task,
+                parcel,
             };
-            send(&cluster, target, &letter).await;
+            for target in targets {
+                send(&cluster, target, &letter).await;
+            }
         }
         match mail.mark_sent(through).await {
             Ok(()) => {}
@@ -170,7 +193,7 @@ async fn send(cluster: &Cluster, target: u16, letter: &Letter) {
         .await;
         match acked {
             Ok(_) => {
-                // The target's receiver is woken once the task is stored
+                // The target's receiver is woken once the parcel is stored
                 // (a lost wake-up costs it IDLE).
                 let _ = cluster
                     .client()
@@ -184,7 +207,7 @@ async fn send(cluster: &Cluster, target: u16, letter: &Letter) {
                 // that is down, a cluster created before tasks crossed
                 // cells) retries for as long as it takes.
                 if failures % 20 == 1 {
-                    tracing::warn!(error = %e, %subject, failures, "sending a task to another cell failed; trying again");
+                    tracing::warn!(error = %e, %subject, failures, "sending to another cell failed; trying again");
                 }
                 tokio::time::sleep(IDLE).await;
             }
@@ -193,18 +216,30 @@ async fn send(cluster: &Cluster, target: u16, letter: &Letter) {
 }
 
 /// The receiver: the cell's inbox stream, in order, into the cell.
-async fn receive(cluster: Cluster, mail: CellMail, cell: Cell) {
+async fn receive(cluster: Cluster, mail: CellMail, cell: Cell, done: watch::Sender<bool>) {
     let name = inbox_stream(u32::from(cell.index));
     let stream = loop {
         match cluster.js().get_stream(&name).await {
             Ok(stream) => break stream,
             Err(e) => {
+                if let jetstream::context::GetStreamErrorKind::JetStream(js) = e.kind()
+                    && js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                {
+                    done.send_replace(true);
+                }
                 tracing::warn!(error = %e, stream = %name, "the cell's inbox stream cannot be read; trying again");
                 tokio::time::sleep(IDLE * 10).await;
             }
         }
     };
-    // Senders say when a task is stored: a wake-up, no more (a missed one
+    // Everything the inbox holds now is taken in before the host serves.
+    let end = loop {
+        match last_sequence(&stream).await {
+            Some(last) => break last,
+            None => tokio::time::sleep(IDLE).await,
+        }
+    };
+    // Senders say when a parcel is stored: a wake-up, no more (a missed one
     // costs IDLE).
     let mut wake = cluster
         .client()
@@ -214,6 +249,9 @@ async fn receive(cluster: Cluster, mail: CellMail, cell: Cell) {
     let mut next = mail.inbox_read_from();
     let mut seen = mail.watch();
     loop {
+        if next > end {
+            done.send_replace(true);
+        }
         let raw = match stream.get_raw_message(next).await {
             Ok(raw) => raw,
             Err(e) => {
@@ -243,7 +281,7 @@ async fn receive(cluster: Cluster, mail: CellMail, cell: Cell) {
         let letter = match postcard::from_bytes::<Letter>(&raw.payload) {
             Ok(letter) => letter,
             Err(e) => {
-                tracing::warn!(error = %e, cell = cell.index, position = next, "an inbox message is not a task; skipped");
+                tracing::warn!(error = %e, cell = cell.index, position = next, "an inbox message is not a parcel; skipped");
                 next += 1;
                 continue;
             }
@@ -253,12 +291,12 @@ async fn receive(cluster: Cluster, mail: CellMail, cell: Cell) {
                 from_cell: letter.from_cell,
                 from_seq: letter.from_seq,
                 position: next,
-                task: letter.task,
+                parcel: letter.parcel,
             };
             match mail.deliver(delivery).await {
                 Ok(()) => {}
                 Err(HostError::Kernel(e)) => {
-                    tracing::warn!(error = %e, cell = cell.index, position = next, "an inbox task was not taken");
+                    tracing::warn!(error = %e, cell = cell.index, position = next, "an inbox parcel was not taken");
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, cell = cell.index, "the inbox stopped");

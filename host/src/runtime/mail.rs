@@ -1,9 +1,11 @@
-//! A host's side of tasks across cells (see [`toka_kernel::Outgoing`]):
-//! what the cluster's carriers read from and record into a cell's host.
+//! A host's side of what crosses cells (tasks, see
+//! [`toka_kernel::Outgoing`]; changes of the configuration, see
+//! [`toka_kernel::Change`]): what the cluster's carriers read from and
+//! record into a cell's host.
 
 use std::sync::Arc;
 
-use toka_kernel::{Cell, Delivery, EntityId, Operation, Outgoing};
+use toka_kernel::{Cell, Delivery, EntityId, Operation, Parcel};
 
 use crate::runtime::error::HostError;
 use crate::runtime::inner::HostInner;
@@ -37,10 +39,10 @@ impl CellMail {
         self.inner.store.cell()
     }
 
-    /// Up to `limit` of the outbox's tasks in order, only durable ones:
-    /// (the sequence number of the record that scheduled it, the task).
+    /// Up to `limit` of the outbox's parcels in order, only durable ones:
+    /// (the sequence number of the record that sent it, the parcel).
     #[must_use]
-    pub fn outbox(&self, limit: usize) -> Vec<(u64, Outgoing)> {
+    pub fn outbox(&self, limit: usize) -> Vec<(u64, Parcel)> {
         let sequencer = &self.inner.sequencer;
         let durable = sequencer.committed();
         sequencer.read(|kernel| {
@@ -49,12 +51,12 @@ impl CellMail {
                 .outbox()
                 .take_while(|(seq, _)| *seq <= durable)
                 .take(limit)
-                .map(|(seq, task)| (seq, task.clone()))
+                .map(|(seq, parcel)| (seq, parcel.clone()))
                 .collect()
         })
     }
 
-    /// Whether the task of `from_cell`'s record `from_seq` was taken into
+    /// Whether what `from_cell`'s record `from_seq` sent was taken into
     /// this cell.
     #[must_use]
     pub fn taken(&self, from_cell: u16, from_seq: u64) -> bool {
@@ -63,7 +65,7 @@ impl CellMail {
             .read(|kernel| kernel.state().delivered(from_cell, from_seq))
     }
 
-    /// Where the cell reads its inbox on: after the last task it took.
+    /// Where the cell reads its inbox on: after the last parcel it took.
     #[must_use]
     pub fn inbox_read_from(&self) -> u64 {
         self.inner
@@ -89,8 +91,9 @@ impl CellMail {
         self.submit(Operation::MarkSent { through }).await
     }
 
-    /// Takes a task another cell sent (queued for its agent, or recorded as
-    /// refused); returns once durable.
+    /// Takes in what another cell sent (a task queued for its agent, a
+    /// change of the configuration applied, or either recorded as refused);
+    /// returns once durable.
     ///
     /// # Errors
     ///

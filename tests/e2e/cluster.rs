@@ -998,10 +998,53 @@ async fn a_revocation_made_in_the_configuration_cell_holds_in_every_cell() {
     );
     assert_eq!(apis[1].status_for(&stolen).await, reqwest::StatusCode::OK);
 
-    // Cell 2's host is down when cell 0 revokes the token.
+    // The CLI works against the cluster through the host of a cell, with
+    // an operator token it mints from the cluster's key.
+    let admin = tmp.path().join("admin");
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--root-key", key.to_str().unwrap()];
+        all.extend_from_slice(args);
+        toka_cluster(&nats, &admin, &all)
+    };
+    let counter = toka_agents::path("counter").unwrap();
+    let ran = cli(&["--cell", "1", "run", counter, "--task", "7"]);
+    assert!(ran.status.success(), "{ran:?}");
+    let listed = apis[1].call(reqwest::Method::GET, "/v1/agents", None).await;
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"].as_str().unwrap().starts_with("0001")),
+        "{listed}"
+    );
+    let file = tmp.path().join("stolen.token");
+    std::fs::write(&file, &stolen).unwrap();
+    let inspected = toka_cluster(&nats, &admin, &["token", "inspect", file.to_str().unwrap()]);
+    let inspected = String::from_utf8(inspected.stdout).unwrap();
+    let id = inspected
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("revocation id: "))
+        .unwrap_or_else(|| panic!("no revocation id in {inspected}"))
+        .to_owned();
+    let nowhere = cli(&["--cell", "9", "snapshot"]);
+    assert_eq!(nowhere.status.code(), Some(2), "{nowhere:?}");
+    assert!(
+        String::from_utf8_lossy(&nowhere.stderr).contains("no cell 9: the cluster has cells 0..3"),
+        "{nowhere:?}"
+    );
+    let elsewhere = cli(&["--cell", "1", "token", "revoke", &id, "--force"]);
+    assert!(!elsewhere.status.success());
+    assert!(
+        String::from_utf8_lossy(&elsewhere.stderr).contains("cell 0"),
+        "{elsewhere:?}"
+    );
+
+    // Cell 2's host is down when cell 0 revokes the token (the CLI goes to
+    // the configuration cell without --cell).
     hosts[2].signal("-KILL");
-    let (status, body) = apis[0].revoke(&stolen).await;
-    assert!(status.is_success(), "{status} {body}");
+    let revoked = cli(&["token", "revoke", &id, "--force"]);
+    assert!(revoked.status.success(), "{revoked:?}");
     for api in &apis[..2] {
         let took = api.until_refused(&stolen).await;
         eprintln!(
@@ -1019,5 +1062,31 @@ async fn a_revocation_made_in_the_configuration_cell_holds_in_every_cell() {
     );
     for cell in 0..3 {
         verify(&nats, tmp.path(), cell);
+    }
+}
+
+#[test]
+fn commands_that_do_not_apply_to_a_cluster_say_so_and_touch_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    for args in [
+        &["secret", "list"][..],
+        &["archive", "--to", "x.archive"],
+        &["demo"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_toka"))
+            .arg("--data")
+            .arg(&data)
+            .args(["--cluster", "nats://127.0.0.1:9"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("with --cluster") && stderr.lines().count() == 1,
+            "{args:?}: {stderr}"
+        );
+        assert!(!data.exists(), "{args:?} wrote the data dir");
     }
 }

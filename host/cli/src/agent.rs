@@ -26,13 +26,13 @@ pub(crate) async fn main(place: &Place, command: Command) -> CliResult {
 }
 
 async fn resume(place: &Place, which: &str) -> CliResult {
+    if let Some(client) = drive::server(place).await? {
+        return crate::remote::resume(&client, which).await;
+    }
     if !place.dir().exists() {
         return Err(Failure::input(toka_host::DataDirError::Missing(
             place.data.clone(),
         )));
-    }
-    if let Some(client) = drive::server(place).await? {
-        return crate::remote::resume(&client, which).await;
     }
     let opened = drive::open(place).await?;
     let host = &opened.host;

@@ -139,6 +139,59 @@ pub(crate) fn cells(place: &Place, cluster: &Cluster) -> Result<Vec<u32>, Failur
     }
 }
 
+/// With `--cluster`, the commands that write go through the API of the
+/// host serving `--cell` (cell 0, the configuration cell, without one),
+/// found from the cell's lease, with an operator token minted for the
+/// call from the cluster's key (`--root-key`): the cell's client.
+///
+/// # Errors
+///
+/// [`Failure`] when the cluster or the key cannot be reached, or no host
+/// serves the cell right now.
+pub(crate) async fn cell_client(place: &Place) -> Result<toka_server::client::Client, Failure> {
+    let cluster = connect(place)?;
+    let cell = place.cell.unwrap_or(u32::from(toka_kernel::CONFIG_CELL));
+    let total = cluster.config().map_err(Failure::input)?.cells;
+    if cell >= total {
+        return Err(Failure::input(format!(
+            "no cell {cell}: the cluster has cells 0..{total}"
+        )));
+    }
+    let owner = tokio::task::spawn_blocking(move || toka_host::holder(&cluster, cell))
+        .await
+        .map_err(|e| Failure::work(format!("reading the lease: {e}")))?
+        .map_err(Failure::work)?
+        .and_then(|holder| holder.url)
+        .ok_or_else(|| {
+            Failure::work(format!(
+                "no host serves cell {cell} right now; try again in a few seconds"
+            ))
+        })?;
+    let root = place.root_key(false)?;
+    let expires = std::time::SystemTime::now() + Duration::from_secs(600);
+    let token = toka_host::Token::issue(
+        &root,
+        &[toka_host::OperatorLevel::Admin.right()],
+        &[],
+        Some(expires),
+    )
+    .map_err(Failure::work)?
+    .to_base64();
+    let client =
+        |base: &str| toka_server::client::Client::new(base, &token, None).map_err(Failure::input);
+    // A host serving its share of the cells has each under /cells/N; a
+    // host of one cell (`--cell`) has it at its root.
+    let spread = client(&owner)?
+        .get::<serde_json::Value>("/cells")
+        .await
+        .is_ok();
+    if spread {
+        client(&format!("{owner}/cells/{cell}"))
+    } else {
+        client(&owner)
+    }
+}
+
 /// `toka serve --cluster URLS [--cell N]`: with `--cell`, serves that one
 /// cell (standing by until its lease is free); without, serves its share of
 /// all the cells, spread with the other hosts.

@@ -215,10 +215,14 @@ impl Opened {
 }
 
 /// The server holding the data dir, if one runs: commands that write go
-/// through its API instead of failing on the store's lock.
+/// through its API instead of failing on the store's lock. With
+/// `--cluster`, the host serving the cell (always: there is no local log).
 pub(crate) async fn server(
     place: &crate::Place,
 ) -> Result<Option<toka_server::client::Client>, crate::Failure> {
+    if place.cluster.is_some() {
+        return crate::cluster::cell_client(place).await.map(Some);
+    }
     toka_server::client::Client::for_data_dir(&place.data)
         .await
         .map_err(crate::Failure::input)

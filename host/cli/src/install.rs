@@ -268,11 +268,11 @@ async fn finish<T>(
 /// The state of the data dir, read without opening a host (empty when
 /// the data dir does not exist yet).
 pub(crate) fn read_state(place: &Place) -> Result<WorldState, Failure> {
-    if !place.dir().exists() {
+    if place.cluster.is_none() && !place.dir().exists() {
         return Ok(WorldState::default());
     }
-    let store = place.dir().open_read_only().map_err(Failure::input)?;
-    let (kernel, _) = toka_host::recover(&store)?;
+    let store = crate::cluster::read_store(place)?;
+    let (kernel, _) = toka_host::recover(store.as_ref())?;
     Ok(kernel.state().clone())
 }
 

@@ -308,19 +308,16 @@ fn main() -> ExitCode {
         cluster: cli.cluster,
         cell: cli.cell,
     };
+    // With --cluster, a command that writes goes through the API of the
+    // host serving the cell; secrets stay per host, archives per data dir.
     if place.cluster.is_some()
-        && !matches!(
+        && matches!(
             cli.command,
-            Command::Cluster(_)
-                | Command::Serve(_)
-                | Command::Verify(_)
-                | Command::Events(_)
-                | Command::State(_)
-                | Command::Replay(_)
+            Command::Demo(_) | Command::Archive(_) | Command::Secret(_)
         )
     {
         eprintln!(
-            "error: with --cluster, toka takes `cluster`, `serve`, `verify`, `events`, `state` and `replay`; drive a cell through the API of the host that serves it"
+            "error: with --cluster, `demo`, `archive` and `secret` do not apply: secrets live in each host's data dir (set them there), a cell's log is JetStream's"
         );
         return ExitCode::from(2);
     }

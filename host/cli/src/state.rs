@@ -75,13 +75,13 @@ pub(crate) fn replay(place: &Place, args: ReplayArgs) -> CliResult {
 
 /// `toka snapshot`: write a snapshot at the head.
 pub(crate) async fn snapshot(place: &Place) -> CliResult {
+    if let Some(client) = crate::drive::server(place).await? {
+        return crate::remote::snapshot(&client).await;
+    }
     if !place.dir().exists() {
         return Err(crate::Failure::input(toka_host::DataDirError::Missing(
             place.data.clone(),
         )));
-    }
-    if let Some(client) = crate::drive::server(place).await? {
-        return crate::remote::snapshot(&client).await;
     }
     let opened = crate::drive::open(place).await?;
     let taken = opened.host.snapshot().await;

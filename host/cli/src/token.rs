@@ -120,13 +120,13 @@ pub(crate) async fn main(place: &Place, command: Command) -> CliResult {
         Command::Inspect { file } => inspect(place, &file)?,
         Command::Revoke { id, force } => {
             let bytes = parse_revocation_id(&id)?;
+            if let Some(client) = drive::server(place).await? {
+                return crate::remote::revoke(&client, &id, force).await;
+            }
             if !place.dir().exists() {
                 return Err(Failure::input(toka_host::DataDirError::Missing(
                     place.data.clone(),
                 )));
-            }
-            if let Some(client) = drive::server(place).await? {
-                return crate::remote::revoke(&client, &id, force).await;
             }
             let opened = drive::open(place).await?;
             let result = opened.host.revoke(bytes, force).await;

@@ -818,6 +818,20 @@ async fn hosts_spread_the_cells_and_a_dead_host_s_cells_move_to_the_others() {
             work.push((*cell, tasks));
         }
     }
+    // A task asked for at another cell's API: answered with its cell.
+    let (cell_x, cell_y) = (spread[1][0], spread[1][1]);
+    let task_y = &work.iter().find(|(c, _)| *c == cell_y).unwrap().1[0];
+    let answer = no_redirects
+        .get(format!("{base_b}/cells/{cell_x}/v1/tasks/{task_y}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(
+        answer.headers()["location"],
+        format!("/cells/{cell_y}/v1/tasks/{task_y}").as_str()
+    );
     a.signal("-KILL");
     until_served(&[&base_b], |s| s[0] == [0, 1, 2, 3]).await;
     for (cell, tasks) in &work {

@@ -193,6 +193,23 @@ impl Cells {
     }
 }
 
+/// The cell an API path's agent or task lives in, by its id (whose first
+/// four hex digits are its cell): `/v1/agents/{id}...`, `/v1/tasks/{id}...`.
+/// `None` for other paths, ids of no cell of the cluster, and scheduling
+/// (`POST /v1/agents/{id}/tasks` sends the task from the cell asked).
+fn home_of(method: &axum::http::Method, path: &str, total: u32) -> Option<u32> {
+    let rest = path
+        .strip_prefix("/v1/agents/")
+        .or_else(|| path.strip_prefix("/v1/tasks/"))?;
+    let (id, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if method == axum::http::Method::POST && tail == "/tasks" {
+        return None;
+    }
+    let id: toka_kernel::EntityId = id.parse().ok()?;
+    let home = u32::from(id.cell());
+    (home < total).then_some(home)
+}
+
 /// Sends a request to its cell's router, or says where the cell is.
 async fn dispatch(State(cells): State<Arc<Cells>>, mut request: Request) -> Response {
     let path = request.uri().path().to_owned();
@@ -230,6 +247,22 @@ async fn dispatch(State(cells): State<Arc<Cells>>, mut request: Request) -> Resp
         .query()
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
+    if let Some(home) = home_of(request.method(), inner, cells.total)
+        && home != cell
+    {
+        // An agent or task of another cell: ask that cell (this host's
+        // `/cells/{m}`, which says where it is when not here).
+        return (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, format!("/cells/{home}{inner}{query}"))],
+            ApiError::new(
+                StatusCode::TEMPORARY_REDIRECT,
+                "cell_elsewhere",
+                format!("it lives in cell {home}"),
+            ),
+        )
+            .into_response();
+    }
     let router = cells.read().get(&cell).map(|s| s.router.clone());
     let Some(router) = router else {
         return match cells.owner(cell).await {
@@ -261,5 +294,38 @@ async fn dispatch(State(cells): State<Arc<Cells>>, mut request: Request) -> Resp
     match router.oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+
+    use super::home_of;
+
+    #[test]
+    fn an_agent_or_task_path_names_the_cell_its_id_carries() {
+        let agent = "0002aaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        for path in [
+            format!("/v1/agents/{agent}"),
+            format!("/v1/agents/{agent}/state"),
+            format!("/v1/tasks/{agent}"),
+        ] {
+            assert_eq!(home_of(&Method::GET, &path, 4), Some(2), "{path}");
+        }
+        // Terminating goes to the agent's cell; scheduling is sent from here.
+        let terminate = format!("/v1/agents/{agent}/terminate");
+        assert_eq!(home_of(&Method::POST, &terminate, 4), Some(2));
+        let schedule = format!("/v1/agents/{agent}/tasks");
+        assert_eq!(home_of(&Method::POST, &schedule, 4), None);
+        assert_eq!(home_of(&Method::GET, &schedule, 4), Some(2));
+        // No cell of the cluster, not an id, not an entity's path.
+        assert_eq!(
+            home_of(&Method::GET, &format!("/v1/agents/{agent}"), 2),
+            None
+        );
+        assert_eq!(home_of(&Method::GET, "/v1/agents/not-an-id", 4), None);
+        assert_eq!(home_of(&Method::GET, "/v1/agents", 4), None);
+        assert_eq!(home_of(&Method::GET, "/v1/status", 4), None);
     }
 }

@@ -109,11 +109,18 @@ fn open(cluster: &Cluster, cell: u32) -> (Lease, CellStore) {
 }
 
 /// A cell store on a fresh one-cell cluster of `nodes` nodes.
-fn cell(nodes: usize, dir: &std::path::Path, root: &RootKey) -> (Vec<Child>, Lease, CellStore) {
+fn cell(
+    nodes: usize,
+    dir: &std::path::Path,
+    root: &RootKey,
+) -> (Vec<Child>, Cluster, Lease, CellStore) {
     let (children, cluster) = cluster(nodes, 1, dir, root);
     let (lease, store) = open(&cluster, 0);
-    (children, lease, store)
+    (children, cluster, lease, store)
 }
+
+/// The log messages of the cell whose opening is measured.
+const OPENED: usize = 5_000;
 
 fn stop(children: &mut [Child]) {
     for child in children {
@@ -246,13 +253,30 @@ fn main() {
     )
     .unwrap();
     row("redb (fsync)", &redb);
+    let mut opened = None;
     for nodes in [1, 3] {
         let dir = tempfile::tempdir().unwrap();
-        let (mut children, lease, store) = cell(nodes, dir.path(), &root);
+        let (mut children, cluster, lease, store) = cell(nodes, dir.path(), &root);
         row(&format!("JetStream R{nodes}"), &store);
+        if nodes == 1 {
+            // Grow the log to OPENED messages (700 so far), then open it as
+            // a host taking the cell over reads it.
+            appends(&store, 1, OPENED - 700);
+            let started = Instant::now();
+            let reader = CellStore::open_read_only(&cluster, 0).unwrap();
+            opened = Some(started.elapsed());
+            drop(reader);
+        }
         drop(store);
         lease.release();
         stop(&mut children);
+    }
+    if let Some(took) = opened {
+        println!();
+        println!(
+            "opening a cell of {OPENED} log messages (R1, read-only, as a new owner reads it): {:.0} ms",
+            took.as_secs_f64() * 1e3
+        );
     }
     println!();
     println!("| task for a counter in cell 1, until completed | median | p90 | max |");

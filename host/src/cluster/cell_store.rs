@@ -36,6 +36,10 @@ use crate::store::event_store::{
 
 /// How long a read, or the fence, is tried again when it got no answer.
 const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+/// Log messages read ahead at a time when a cell is opened.
+const PREFETCH: u64 = 1024;
+/// Requests in flight while reading ahead.
+const IN_FLIGHT: usize = 64;
 
 /// What one message of a cell's log holds.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -291,8 +295,15 @@ impl CellStore {
         .map_err(|e| ClusterError::js(format!("reading cell {}'s stream", self.cell), e))?;
         let read = |e: StoreError| ClusterError::js(format!("reading cell {}'s log", self.cell), e);
         let mut tail = self.lock();
+        let mut fetched = std::collections::VecDeque::new();
         for seq in tail.last_message + 1..=last {
-            let message = self.message(seq).map_err(read)?;
+            if fetched.is_empty() {
+                fetched = self.prefetch(seq, last);
+            }
+            let message = match fetched.pop_front() {
+                Some(message) => message,
+                None => self.message(seq).map_err(read)?,
+            };
             let head = message.head();
             let task_ends = match self.resolve(message).map_err(read)? {
                 Message::Batch { task_ends, .. } => task_ends,
@@ -306,6 +317,29 @@ impl CellStore {
             tail.last_message = seq;
         }
         Ok(())
+    }
+
+    /// The messages from stream sequence `from` on (at most [`PREFETCH`],
+    /// none after `last`), read with [`IN_FLIGHT`] requests at a time: the
+    /// log is read at the pace of the server, not of one round trip per
+    /// message. Stops at the first that cannot be read or decoded (the
+    /// caller reads that one on its own, retrying, and says what is wrong).
+    fn prefetch(&self, from: u64, last: u64) -> std::collections::VecDeque<Message> {
+        use futures_util::StreamExt as _;
+        let to = last.min(from.saturating_add(PREFETCH - 1));
+        self.cluster.block(async {
+            let mut replies = futures_util::stream::iter(from..=to)
+                .map(|seq| self.stream.get_raw_message(seq))
+                .buffered(IN_FLIGHT);
+            let mut messages = std::collections::VecDeque::new();
+            while let Some(Ok(raw)) = replies.next().await {
+                let Ok(message) = postcard::from_bytes(&raw.payload) else {
+                    break;
+                };
+                messages.push_back(message);
+            }
+            messages
+        })
     }
 
     /// The message at stream sequence `seq`.

@@ -48,7 +48,9 @@ pub use id::{AgentId, Digest, EntityId, ParseIdError, TaskId, to_hex};
 pub use idempotency::{IDEMPOTENCY_KEYS_KEPT, MAX_IDEMPOTENCY_KEY};
 pub use kernel::{Applied, Kernel, ReplayError, ReplayErrorKind, replay_log};
 pub use limits::{Limit, Limits};
-pub use mail::{CONFIG_CELL, Cell, Change, Delivery, MAX_OUTBOX, Outgoing, Parcel};
+pub use mail::{
+    CONFIG_CELL, Cell, Change, Delivery, MAX_OUTBOX, MAX_OUTBOX_PER_AGENT, Outgoing, Parcel,
+};
 pub use operation::{
     AgentSpec, ComponentSpec, Denial, OpKind, Operation, Refusal, RefusalKind, TaskSpec,
 };

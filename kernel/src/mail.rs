@@ -38,6 +38,10 @@ use crate::state::WorldState;
 /// host has handed the outbox to JetStream.
 pub const MAX_OUTBOX: usize = 4096;
 
+/// The most tasks one agent may have waiting in its cell's outbox (the
+/// operators' share is [`MAX_OUTBOX`]).
+pub const MAX_OUTBOX_PER_AGENT: usize = 256;
+
 /// The cell where a cluster's configuration (revocations, the trust
 /// store) is changed; every other cell applies what it sends.
 pub const CONFIG_CELL: u16 = 0;
@@ -99,7 +103,7 @@ impl Parcel {
     /// The cells it goes to, of `cell`'s cluster.
     pub fn targets(&self, cell: Cell) -> impl Iterator<Item = u16> + '_ {
         let (first, end) = match self {
-            Parcel::Task(task) => (task.agent.cell(), task.agent.cell().saturating_add(1)),
+            Parcel::Task(task) => (task.agent.cell(), task.agent.cell() + 1),
             Parcel::Config(_) => (0, cell.cells),
         };
         (first..end).filter(move |target| *target != cell.index)
@@ -175,6 +179,16 @@ impl WorldState {
             MAX_OUTBOX as u64,
             self.mail.outbox.len() as u64 + 1,
         )?;
+        if origin != EntityId::SYSTEM {
+            // One agent cannot fill the outbox for every other.
+            let own = self
+                .mail
+                .outbox
+                .values()
+                .filter(|p| matches!(p, Parcel::Task(t) if t.by == origin))
+                .count();
+            check_count(Limit::Outbox, MAX_OUTBOX_PER_AGENT as u64, own as u64 + 1)?;
+        }
         // The origin cell is part of the domain: two cells never mint the
         // same id in a third one's space (nor does the target itself, whose
         // own tasks have the domain "task").
@@ -293,12 +307,6 @@ impl WorldState {
                     format!("task {} is not one of cell {}'s", sent.task, cell.index),
                 ));
             }
-            Parcel::Task(sent) if self.tasks.contains_key(&sent.task) => {
-                return Err(KernelError::invalid(
-                    KIND,
-                    format!("task {} exists already", sent.task),
-                ));
-            }
             Parcel::Config(_) if from_cell != CONFIG_CELL => {
                 return Err(KernelError::invalid(
                     KIND,
@@ -357,6 +365,9 @@ impl WorldState {
         }
         if agent.cell() != cell.index {
             return refused(format!("agent {agent} is not in cell {}", cell.index));
+        }
+        if self.tasks.contains_key(&task) {
+            return refused(format!("task {task} exists already"));
         }
         if let Err(e) = self.check_queueable(agent, env.limits) {
             return refused(e.to_string());

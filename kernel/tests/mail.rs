@@ -7,8 +7,8 @@ mod common;
 use common::{World, scheduled, spawned, spec};
 use toka_kernel::{
     Authorization, Cell, Change, Delivery, EntityId, EntityKind, Event, Kernel, KernelError, Limit,
-    Limits, MAX_OUTBOX, OpKind, Operation, Outgoing, Parcel, Registry, TaskSpec, WorldState,
-    replay_log,
+    Limits, MAX_OUTBOX, MAX_OUTBOX_PER_AGENT, OpKind, Operation, Outgoing, Parcel, Registry,
+    TaskSpec, WorldState, replay_log,
 };
 
 fn cell(index: u16) -> Option<Cell> {
@@ -222,16 +222,18 @@ fn deliveries_out_of_place_are_refused_and_change_nothing() {
         delivery(0, seq, 1, elsewhere.clone()),
         invalid(format!("task {} is not one of cell 1's", elsewhere.task)),
     );
-    // A task id the cell has already.
+    // A task id the cell has already: consumed as refused, never queued
+    // twice.
     let own = b.schedule(agent, "own");
     let mut clash = outgoing.clone();
     clash.task = own;
-    b.assert_rejected(
-        EntityId::SYSTEM,
-        sys,
-        delivery(0, seq, 1, clash),
-        invalid(format!("task {own} exists already")),
+    let refused = b.system(delivery(0, seq, 1, clash)).unwrap();
+    assert!(
+        matches!(&refused.events[..], [Event::TaskRefused { reason, .. }] if *reason == format!("task {own} exists already")),
+        "{:?}",
+        refused.events
     );
+    assert_eq!(b.kernel.state().agent(agent).unwrap().queue.len(), 1);
     // Only the host delivers: an agent cannot, nor can an operator.
     b.assert_rejected(
         agent,
@@ -338,6 +340,32 @@ fn an_agent_in_a_cell_sends_and_a_single_host_never_does() {
         )
         .unwrap();
     assert!(matches!(&applied.events[..], [Event::TaskSent { by, .. }] if *by == sender));
+    // One agent's share of the outbox is bounded; the operators' is not
+    // taken by it.
+    for i in 1..MAX_OUTBOX_PER_AGENT {
+        a.agent(
+            sender,
+            Operation::ScheduleTask {
+                agent: target,
+                spec: task_spec(&i.to_string()),
+            },
+        )
+        .unwrap();
+    }
+    a.assert_rejected(
+        sender,
+        Authorization::Token,
+        Operation::ScheduleTask {
+            agent: target,
+            spec: task_spec("one more"),
+        },
+        KernelError::LimitExceeded {
+            limit: Limit::Outbox,
+            max: MAX_OUTBOX_PER_AGENT as u64,
+            actual: MAX_OUTBOX_PER_AGENT as u64 + 1,
+        },
+    );
+    send(&mut a, target, "the operator still sends");
 }
 
 #[test]

@@ -168,6 +168,8 @@ pub(crate) async fn cell_client(place: &Place) -> Result<toka_server::client::Cl
             ))
         })?;
     let root = place.root_key(false)?;
+    // For this command only: `run` follows its tasks' records for as long
+    // as they run (the longest a command waits by default).
     let expires = std::time::SystemTime::now() + Duration::from_secs(600);
     let token = toka_host::Token::issue(
         &root,
@@ -212,11 +214,20 @@ pub(crate) async fn serve(
     // The host's own dir: its server registration and secrets.
     std::fs::create_dir_all(&place.data)
         .map_err(|e| Failure::input(format!("{}: {e}", place.data.display())))?;
-    let host_name = format!(
-        "{}-{}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "toka".into()),
-        std::process::id()
-    );
+    // Unique to this process (a lease's value says whose it is; machines
+    // without HOSTNAME and with equal pids must not look alike).
+    let host_name = {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let nonce = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        format!(
+            "{}-{}-{:08x}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "toka".into()),
+            std::process::id(),
+            nonce as u32
+        )
+    };
     let cell = match place.cell {
         Some(cell) if cell >= cluster_config.cells => {
             return Err(Failure::input(format!(

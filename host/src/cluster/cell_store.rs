@@ -40,6 +40,9 @@ const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 const PREFETCH: u64 = 1024;
 /// Requests in flight while reading ahead.
 const IN_FLIGHT: usize = 64;
+/// At most this much of the log read ahead (a message is up to
+/// `max_payload`, 1 MiB by default).
+const PREFETCH_BYTES: usize = 64 << 20;
 
 /// What one message of a cell's log holds.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -233,6 +236,10 @@ impl CellStore {
         lease: LeaseGuard,
     ) -> Result<CellStore, ClusterError> {
         let mut store = Self::open_read_only(cluster, cell)?;
+        // A cluster created before cells sent each other anything has no
+        // inbox streams: the owner makes its cell's.
+        let replicas = store.config.replicas as usize;
+        retrying(|| cluster.block(super::mail::create_inbox(cluster.js(), cell, replicas)))?;
         loop {
             let (last, head) = {
                 let tail = store.lock();
@@ -319,8 +326,9 @@ impl CellStore {
         Ok(())
     }
 
-    /// The messages from stream sequence `from` on (at most [`PREFETCH`],
-    /// none after `last`), read with [`IN_FLIGHT`] requests at a time: the
+    /// The messages from stream sequence `from` on (at most [`PREFETCH`]
+    /// and about [`PREFETCH_BYTES`], none after `last`), read with
+    /// [`IN_FLIGHT`] requests at a time: the
     /// log is read at the pace of the server, not of one round trip per
     /// message. Stops at the first that cannot be read or decoded (the
     /// caller reads that one on its own, retrying, and says what is wrong).
@@ -332,11 +340,16 @@ impl CellStore {
                 .map(|seq| self.stream.get_raw_message(seq))
                 .buffered(IN_FLIGHT);
             let mut messages = std::collections::VecDeque::new();
+            let mut bytes = 0;
             while let Some(Ok(raw)) = replies.next().await {
                 let Ok(message) = postcard::from_bytes(&raw.payload) else {
                     break;
                 };
                 messages.push_back(message);
+                bytes += raw.payload.len();
+                if bytes >= PREFETCH_BYTES {
+                    break;
+                }
             }
             messages
         })

@@ -14,6 +14,8 @@ pub(crate) const CONFIG_BUCKET: &str = "toka_cluster";
 pub(crate) const CONFIG_KEY: &str = "config";
 /// How long a request to NATS may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long reading the cluster's configuration is tried before it fails.
+const CONFIG_PATIENCE: Duration = Duration::from_secs(30);
 
 /// What `toka cluster init` records once, and every host reads: fixed for
 /// the cluster's life.
@@ -313,7 +315,10 @@ impl Cluster {
             if error.to_string().contains("not found") {
                 return Err(not());
             }
-            if started.elapsed() > REQUEST_TIMEOUT * 2 {
+            // A NATS node's failure can take the bucket's leader (or the
+            // meta leader) with it: elections take seconds, longer on a
+            // loaded machine.
+            if started.elapsed() > CONFIG_PATIENCE {
                 return Err(error);
             }
             std::thread::sleep(Duration::from_millis(200));

@@ -146,6 +146,24 @@ impl CellHost {
         CellHost::spawn(nats, root_key, data, &["--cell", &cell.to_string()])
     }
 
+    /// An owner of cell `cell` (serving) and its standby (standing by),
+    /// in `tmp/NAME` and `tmp/NAME2`.
+    fn pair(
+        nats: &Nats,
+        root_key: &Path,
+        tmp: &Path,
+        name: &str,
+        cell: u32,
+    ) -> (CellHost, CellHost) {
+        let owner = CellHost::start(nats, root_key, tmp.join(name), cell);
+        owner.serving();
+        let standby = CellHost::start(nats, root_key, tmp.join(format!("{name}2")), cell);
+        standby
+            .wait_for("standing by", Duration::from_secs(30))
+            .unwrap();
+        (owner, standby)
+    }
+
     fn spawn(nats: &Nats, root_key: &Path, data: PathBuf, extra: &[&str]) -> CellHost {
         let mut child = Command::new(env!("CARGO_BIN_EXE_toka"))
             .arg("--data")
@@ -426,10 +444,7 @@ async fn a_killed_host_s_cell_moves_to_a_standby_and_every_acknowledged_task_run
     let nats = Nats::start();
     let tmp = tempfile::tempdir().unwrap();
     let key = init(&nats, tmp.path(), 4, TTL);
-    let a = CellHost::start(&nats, &key, tmp.path().join("a"), 2);
-    a.serving();
-    let b = CellHost::start(&nats, &key, tmp.path().join("b"), 2);
-    b.wait_for("standing by", Duration::from_secs(30)).unwrap();
+    let (a, b) = CellHost::pair(&nats, &key, tmp.path(), "a", 2);
     let api = a.api();
     let agent = api.counter("counter").await;
     let tasks = api.schedule(&agent, 30).await;
@@ -851,14 +866,8 @@ async fn tasks_sent_across_cells_run_once_when_both_cells_hosts_are_killed() {
     let nats = Nats::start();
     let tmp = tempfile::tempdir().unwrap();
     let key = init(&nats, tmp.path(), 2, TTL);
-    let a = CellHost::start(&nats, &key, tmp.path().join("a"), 0);
-    a.serving();
-    let a2 = CellHost::start(&nats, &key, tmp.path().join("a2"), 0);
-    a2.wait_for("standing by", Duration::from_secs(30)).unwrap();
-    let b = CellHost::start(&nats, &key, tmp.path().join("b"), 1);
-    b.serving();
-    let b2 = CellHost::start(&nats, &key, tmp.path().join("b2"), 1);
-    b2.wait_for("standing by", Duration::from_secs(30)).unwrap();
+    let (a, a2) = CellHost::pair(&nats, &key, tmp.path(), "a", 0);
+    let (b, b2) = CellHost::pair(&nats, &key, tmp.path(), "b", 1);
 
     // The counter lives in cell 1; a probe in cell 0 may schedule it (its
     // token names it) and nothing else.

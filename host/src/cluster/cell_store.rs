@@ -110,24 +110,33 @@ const MAX_CHUNKS: usize = (1 << 30) / CHUNK;
 const CHUNKS: &str = "Toka-Chunks";
 const DIGEST: &str = "Toka-Digest";
 
+/// A stream read by sequence number: on disk, and nothing in it deleted
+/// or purged behind its readers' backs.
+pub(crate) fn kept_stream(
+    name: String,
+    subject: String,
+    replicas: usize,
+) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name,
+        subjects: vec![subject],
+        num_replicas: replicas,
+        storage: jetstream::stream::StorageType::File,
+        deny_delete: true,
+        deny_purge: true,
+        ..Default::default()
+    }
+}
+
 /// Creates cell `cell`'s log stream and object stream.
 pub(crate) async fn create_cell(
     js: &jetstream::Context,
     cell: u32,
     replicas: usize,
 ) -> Result<(), ClusterError> {
-    js.create_stream(jetstream::stream::Config {
-        name: stream_name(cell),
-        subjects: vec![subject(cell)],
-        num_replicas: replicas,
-        storage: jetstream::stream::StorageType::File,
-        // The log is kept: nothing is deleted or purged behind the cell's back.
-        deny_delete: true,
-        deny_purge: true,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| ClusterError::js(format!("creating cell {cell}'s stream"), e))?;
+    js.create_stream(kept_stream(stream_name(cell), subject(cell), replicas))
+        .await
+        .map_err(|e| ClusterError::js(format!("creating cell {cell}'s stream"), e))?;
     js.get_or_create_stream(jetstream::stream::Config {
         name: objects_name(cell),
         subjects: vec![format!("{}.>", objects_subject(cell))],

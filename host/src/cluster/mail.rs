@@ -27,6 +27,7 @@ use toka_kernel::{Cell, Delivery, Parcel};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::cell_store::kept_stream;
 use super::connection::{Cluster, ClusterError};
 use crate::runtime::error::HostError;
 use crate::runtime::mail::CellMail;
@@ -62,17 +63,11 @@ pub(crate) async fn create_inbox(
     cell: u32,
     replicas: usize,
 ) -> Result<(), ClusterError> {
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: inbox_stream(cell),
-        subjects: vec![format!("toka.inbox.{cell}.*")],
-        num_replicas: replicas,
-        storage: jetstream::stream::StorageType::File,
-        // The receiver reads by sequence number: nothing goes missing
-        // behind its back.
-        deny_delete: true,
-        deny_purge: true,
-        ..Default::default()
-    })
+    js.get_or_create_stream(kept_stream(
+        inbox_stream(cell),
+        format!("toka.inbox.{cell}.*"),
+        replicas,
+    ))
     .await
     .map_err(|e| ClusterError::js(format!("creating cell {cell}'s inbox stream"), e))?;
     Ok(())

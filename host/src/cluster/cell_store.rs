@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use async_nats::jetstream::{self, stream::Stream};
 use toka_kernel::{ChainHead, Digest, Limits, TaskId};
 
-use super::connection::{Cluster, ClusterConfig, ClusterError};
+use super::connection::{Cluster, ClusterConfig, ClusterError, kept_stream};
 use super::lease::LeaseGuard;
 use crate::store::event_store::{
     Anchor, Batch, Cut, EventStore, Records, SNAPSHOTS_KEPT, StoreError,
@@ -109,24 +109,6 @@ const MAX_CHUNKS: usize = (1 << 30) / CHUNK;
 /// Headers of an object's first chunk.
 const CHUNKS: &str = "Toka-Chunks";
 const DIGEST: &str = "Toka-Digest";
-
-/// A stream read by sequence number: on disk, and nothing in it deleted
-/// or purged behind its readers' backs.
-pub(crate) fn kept_stream(
-    name: String,
-    subject: String,
-    replicas: usize,
-) -> jetstream::stream::Config {
-    jetstream::stream::Config {
-        name,
-        subjects: vec![subject],
-        num_replicas: replicas,
-        storage: jetstream::stream::StorageType::File,
-        deny_delete: true,
-        deny_purge: true,
-        ..Default::default()
-    }
-}
 
 /// Creates cell `cell`'s log stream and object stream.
 pub(crate) async fn create_cell(

@@ -326,6 +326,24 @@ impl Cluster {
     }
 }
 
+/// A stream read by sequence number: on disk, and nothing in it deleted
+/// or purged behind its readers' backs.
+pub(crate) fn kept_stream(
+    name: String,
+    subject: String,
+    replicas: usize,
+) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name,
+        subjects: vec![subject],
+        num_replicas: replicas,
+        storage: jetstream::stream::StorageType::File,
+        deny_delete: true,
+        deny_purge: true,
+        ..Default::default()
+    }
+}
+
 /// Creates a KV bucket keeping one value per key, entries expiring after
 /// `max_age` (zero: never). The stream is made here, in the layout of a KV
 /// bucket, rather than by `create_key_value`, which first asks for account

@@ -27,8 +27,7 @@ use toka_kernel::{Cell, Delivery, Parcel};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::cell_store::kept_stream;
-use super::connection::{Cluster, ClusterError};
+use super::connection::{Cluster, ClusterError, kept_stream};
 use crate::runtime::error::HostError;
 use crate::runtime::mail::CellMail;
 

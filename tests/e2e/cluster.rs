@@ -727,6 +727,18 @@ async fn until_served(bases: &[&str], check: impl Fn(&[Vec<u64>]) -> bool) -> Ve
     }
 }
 
+/// Where `url` sends an authenticated request: asserts a `307`, returns
+/// its `Location`.
+async fn redirect(client: &reqwest::Client, url: &str, token: &str) -> String {
+    let answer = client.get(url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(
+        answer.status(),
+        reqwest::StatusCode::TEMPORARY_REDIRECT,
+        "{url}"
+    );
+    answer.headers()["location"].to_str().unwrap().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_spread_the_cells_and_a_dead_host_s_cells_move_to_the_others() {
     toka_server::install_crypto();
@@ -759,16 +771,14 @@ async fn hosts_spread_the_cells_and_a_dead_host_s_cells_move_to_the_others() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let answer = no_redirects
-        .get(format!("{base_a}/cells/{cell_on_b}/v1/status"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), reqwest::StatusCode::TEMPORARY_REDIRECT);
     assert_eq!(
-        answer.headers()["location"],
-        format!("{base_b}/cells/{cell_on_b}/v1/status").as_str()
+        redirect(
+            &no_redirects,
+            &format!("{base_a}/cells/{cell_on_b}/v1/status"),
+            &token
+        )
+        .await,
+        format!("{base_b}/cells/{cell_on_b}/v1/status")
     );
 
     // A cell the cluster does not have is not looked up anywhere.
@@ -836,16 +846,14 @@ async fn hosts_spread_the_cells_and_a_dead_host_s_cells_move_to_the_others() {
     // A task asked for at another cell's API: answered with its cell.
     let (cell_x, cell_y) = (spread[1][0], spread[1][1]);
     let task_y = &work.iter().find(|(c, _)| *c == cell_y).unwrap().1[0];
-    let answer = no_redirects
-        .get(format!("{base_b}/cells/{cell_x}/v1/tasks/{task_y}"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), reqwest::StatusCode::TEMPORARY_REDIRECT);
     assert_eq!(
-        answer.headers()["location"],
-        format!("/cells/{cell_y}/v1/tasks/{task_y}").as_str()
+        redirect(
+            &no_redirects,
+            &format!("{base_b}/cells/{cell_x}/v1/tasks/{task_y}"),
+            &token
+        )
+        .await,
+        format!("/cells/{cell_y}/v1/tasks/{task_y}")
     );
     a.signal("-KILL");
     until_served(&[&base_b], |s| s[0] == [0, 1, 2, 3]).await;

@@ -32,7 +32,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use toka_host::{DataDir, Grant, Host, HostConfig};
+use toka_host::{DataDir, EventStore, Grant, Host, HostConfig};
 use toka_kernel::{AgentId, Limits, Quotas, Rules};
 
 #[global_allocator]
@@ -120,9 +120,9 @@ async fn run(largest: u64, agents: usize) {
     let work = format!("observe {OPS_PER_TASK}");
     let mut next = 0;
     println!(
-        "| records | op | operator op | page back | page mid | state | start-up | RSS | redb file |"
+        "| records | op | operator op | page back | page mid | state | start-up | RSS | redb file | snapshots kept |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let sizes: Vec<u64> = [100_000, 1_000_000, 10_000_000]
         .into_iter()
         .filter(|s| *s < largest)
@@ -181,6 +181,7 @@ async fn run(largest: u64, agents: usize) {
         })
         .await;
         host.shutdown().await.expect("shutdown");
+        let (kept, kept_bytes) = snapshots(&path);
         let startup = median(|| {
             let path = &path;
             async move {
@@ -191,7 +192,7 @@ async fn run(largest: u64, agents: usize) {
         host = open(&path).await;
         let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
         println!(
-            "| {records} | {:.2} µs | {} | {} | {} | {} | {} | {} MiB | {} MiB |",
+            "| {records} | {:.2} µs | {} | {} | {} | {} | {} | {} MiB | {} MiB | {kept} ({:.1} MiB) |",
             op.as_secs_f64() * 1e6,
             ms(operator),
             ms(back),
@@ -200,10 +201,27 @@ async fn run(largest: u64, agents: usize) {
             ms(startup),
             rss_mib(),
             std::fs::metadata(path.join(DataDir::DB_FILE)).map_or(0, |m| m.len() >> 20),
+            kept_bytes as f64 / f64::from(1 << 20),
         );
     }
     host.shutdown().await.expect("shutdown");
     retention(&path);
+}
+
+/// The snapshots the data dir keeps: how many, and their bytes.
+fn snapshots(path: &Path) -> (usize, usize) {
+    let store = DataDir::new(path).open_existing().expect("the data dir");
+    let seqs = store.snapshots().expect("the snapshots");
+    let bytes = seqs
+        .iter()
+        .map(|seq| {
+            store
+                .snapshot(*seq)
+                .expect("a snapshot")
+                .map_or(0, |b| b.len())
+        })
+        .sum();
+    (seqs.len(), bytes)
 }
 
 /// Archives the whole log (`toka archive`), as a host that ran for months

@@ -76,7 +76,8 @@ pub use sandbox::limits::{AgentLimits, LimitsError};
 pub use store::archive_file::ArchiveFileError;
 pub use store::data_dir::{DataDir, DataDirError};
 pub use store::event_store::{
-    Anchor, Batch, Cut, DATA_FORMAT, EventStore, Records, SNAPSHOTS_KEPT, StoreError,
+    Anchor, Batch, CHECKPOINT_BYTES_PER_RECORD, Cut, DATA_FORMAT, EventStore, Records,
+    SNAPSHOTS_KEPT, StoreError, snapshot_dropped,
 };
 pub use store::memory::MemoryStore;
 pub use store::redb::RedbStore;

@@ -31,7 +31,7 @@ use toka_kernel::{ChainHead, Digest, Limits, TaskId};
 use super::connection::{Cluster, ClusterConfig, ClusterError, kept_stream};
 use super::lease::LeaseGuard;
 use crate::store::event_store::{
-    Anchor, Batch, Cut, EventStore, Records, SNAPSHOTS_KEPT, StoreError,
+    Anchor, Batch, Cut, EventStore, Records, StoreError, snapshot_dropped,
 };
 
 /// How long a read, or the fence, is tried again when it got no answer.
@@ -619,9 +619,10 @@ impl CellStore {
             snapshots.push(seq);
             snapshots.sort_unstable();
         }
-        let old = snapshots.len().saturating_sub(SNAPSHOTS_KEPT);
-        for old in snapshots.drain(..old) {
+        let newest = &snapshots[snapshots.len().saturating_sub(4)..];
+        if let Some(old) = snapshot_dropped(newest, None, bytes.len()) {
             self.delete_object(&format!("snap.{old:020}"))?;
+            snapshots.retain(|s| *s != old);
         }
         self.lock().snapshots = Some(snapshots);
         Ok(())

@@ -44,7 +44,9 @@ pub fn replay(
 /// As [`replay`]. A snapshot that does not load is skipped with a warning.
 pub fn recover(store: &dyn EventStore) -> Result<(Kernel, u64), LogError> {
     let limits: Limits = store.limits()?;
-    for seq in store.snapshots()?.into_iter().rev() {
+    let mut below = u64::MAX;
+    while let Some(seq) = store.snapshot_below(below)? {
+        below = seq;
         let Some(bytes) = store.snapshot(seq)? else {
             continue;
         };
@@ -181,7 +183,9 @@ impl LogReader {
             _ => from,
         };
         let mut kernel = None;
-        for seq in store.snapshots()?.into_iter().rev().filter(|s| *s < from) {
+        let mut below = from;
+        while let Some(seq) = store.snapshot_below(below)? {
+            below = seq;
             if let Some(bytes) = store.snapshot(seq)?
                 && let Ok(s) = crate::store::snapshot::decode(&bytes)
                 && s.head.seq == seq

@@ -56,7 +56,7 @@ pub fn verify_reporting(
 ) -> Result<Verified, LogError> {
     let total = store.head()?.seq;
     let (kernel, anchor) = origin(store)?;
-    let mut expected = Vec::new();
+    let mut expected = std::collections::BTreeMap::new();
     for seq in store.snapshots()? {
         if Some(seq) == anchor.map(|a| a.snapshot) {
             continue;
@@ -72,7 +72,7 @@ pub fn verify_reporting(
         // Compared as this release encodes a state: a snapshot written by
         // an older release decodes (and converts) to the same state.
         let digest = snapshot.state.digest();
-        expected.push((seq, snapshot.head, digest));
+        expected.insert(seq, (snapshot.head, digest));
     }
     let mut mismatch = None;
     let mut bad_body = None;
@@ -94,16 +94,15 @@ pub fn verify_reporting(
                         .map(|reason| (applied.seq, reason));
                 }
             }
-            for (seq, head, digest) in &expected {
-                if *seq != applied.seq || mismatch.is_some() {
-                    continue;
-                }
+            if let Some((head, digest)) = expected.get(&applied.seq)
+                && mismatch.is_none()
+            {
                 checked += 1;
                 if *head != kernel.head() {
-                    mismatch = Some((*seq, "its chain head is not the log's".to_owned()));
+                    mismatch = Some((applied.seq, "its chain head is not the log's".to_owned()));
                 } else if *digest != kernel.state().digest() {
                     mismatch = Some((
-                        *seq,
+                        applied.seq,
                         "its state is not the state the log replays to".to_owned(),
                     ));
                 }
@@ -116,7 +115,7 @@ pub fn verify_reporting(
     if let Some((seq, reason)) = bad_body {
         return Err(LogError::BodyMismatch { seq, reason });
     }
-    if let Some((seq, _, _)) = expected.iter().find(|(seq, _, _)| *seq > kernel.head().seq) {
+    if let Some((seq, _)) = expected.range(kernel.head().seq + 1..).next() {
         return Err(LogError::SnapshotMismatch {
             seq: *seq,
             reason: "it is past the end of the log".into(),

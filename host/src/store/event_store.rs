@@ -5,8 +5,36 @@ use std::sync::Arc;
 
 use toka_kernel::{ChainHead, Digest, Limits, TaskId};
 
-/// Snapshots a store keeps; older ones are dropped when a new one is written.
+/// The newest snapshots a store always keeps (besides the anchor's).
 pub const SNAPSHOTS_KEPT: usize = 2;
+
+/// Older snapshots are kept as *checkpoints* at least one record apart per
+/// this many bytes of snapshot (see [`snapshots_dropped`]).
+pub const CHECKPOINT_BYTES_PER_RECORD: usize = 16;
+
+/// The snapshot to drop, if any, once one of `bytes` bytes was written:
+/// `newest` are the stored snapshots' sequence numbers, ascending, the new
+/// one last — at least the newest [`SNAPSHOTS_KEPT`] + 2 when there are
+/// that many (more are not looked at).
+///
+/// Kept: the anchor's, the newest [`SNAPSHOTS_KEPT`], and, of the older
+/// ones, each at least `bytes` / [`CHECKPOINT_BYTES_PER_RECORD`] records
+/// after the previous one kept. So reading the log from any place replays
+/// at most that many records (or the snapshot interval, if larger) from
+/// the checkpoint before it, however long the log is; with records of
+/// ~150 bytes the checkpoints take well under a tenth of the log's bytes.
+/// Each write decides about one snapshot: the one that just stopped being
+/// among the newest, against the checkpoint before it.
+#[must_use]
+pub fn snapshot_dropped(newest: &[u64], anchor: Option<u64>, bytes: usize) -> Option<u64> {
+    let gap = u64::try_from(bytes / CHECKPOINT_BYTES_PER_RECORD)
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let older = newest.len().checked_sub(SNAPSHOTS_KEPT + 1)?;
+    let candidate = newest[older];
+    let previous = older.checked_sub(1).map_or(0, |i| newest[i]);
+    (Some(candidate) != anchor && candidate - previous < gap).then_some(candidate)
+}
 
 /// The layout version of a data dir: tables, meta keys and their encodings.
 /// Bumped when a release changes them; a store refuses to open a newer one.
@@ -124,6 +152,16 @@ pub trait EventStore: Send + Sync + 'static {
     /// [`StoreError`] when the store cannot be read.
     fn snapshots(&self) -> Result<Vec<u64>, StoreError>;
 
+    /// The newest stored snapshot's sequence number below `below`: where a
+    /// reader of the log from `below` starts (without listing them all).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    fn snapshot_below(&self, below: u64) -> Result<Option<u64>, StoreError> {
+        Ok(self.snapshots()?.into_iter().rev().find(|s| *s < below))
+    }
+
     /// The snapshot taken after record `seq`.
     ///
     /// # Errors
@@ -132,7 +170,7 @@ pub trait EventStore: Send + Sync + 'static {
     fn snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Stores a snapshot taken after record `seq` (which must be durable)
-    /// and drops all but the newest [`SNAPSHOTS_KEPT`].
+    /// and drops the older one [`snapshot_dropped`] names.
     ///
     /// # Errors
     ///
@@ -311,4 +349,42 @@ pub(crate) fn random_data_id() -> Result<[u8; 16], getrandom::Error> {
     let mut id = [0; 16];
     getrandom::fill(&mut id)?;
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_dropped;
+
+    /// The snapshots kept when one of `bytes` bytes is written at each of
+    /// `seqs`, in turn.
+    fn kept(seqs: impl IntoIterator<Item = u64>, anchor: Option<u64>, bytes: usize) -> Vec<u64> {
+        let mut kept = Vec::new();
+        for seq in seqs {
+            kept.push(seq);
+            let from = kept.len().saturating_sub(4);
+            if let Some(dropped) = snapshot_dropped(&kept[from..], anchor, bytes) {
+                kept.retain(|s| *s != dropped);
+            }
+        }
+        kept
+    }
+
+    #[test]
+    fn small_snapshots_are_all_kept_as_checkpoints() {
+        // 16 KiB: checkpoints at least 1 024 records apart.
+        let seqs: Vec<u64> = (1..=50).map(|i| i * 10_000).collect();
+        assert_eq!(kept(seqs.clone(), None, 16 << 10), seqs);
+    }
+
+    #[test]
+    fn large_snapshots_thin_out_but_the_newest_and_the_anchor_stay() {
+        // 1.6 MB: checkpoints at least 100 000 records apart.
+        let seqs = (3..=30).map(|i| i * 10_000);
+        assert_eq!(
+            kept(seqs, Some(30_000), 1_600_000),
+            vec![30_000, 130_000, 230_000, 290_000, 300_000]
+        );
+        // Fewer than three: nothing to decide.
+        assert_eq!(snapshot_dropped(&[10, 20], None, 1 << 30), None);
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use toka_kernel::{ChainHead, Digest, Limits, TaskId};
 
 use crate::store::event_store::{
-    Anchor, Batch, Cut, EventStore, Records, SNAPSHOTS_KEPT, StoreError,
+    Anchor, Batch, Cut, EventStore, Records, StoreError, snapshot_dropped,
 };
 
 /// An [`EventStore`] in memory: nothing survives the process.
@@ -59,14 +59,11 @@ impl MemoryStore {
 
 impl Inner {
     fn keep_snapshot(&mut self, seq: u64, bytes: Vec<u8>) {
+        let len = bytes.len();
         self.snapshots.insert(seq, bytes);
-        let anchor = self.anchor.map(|a| a.snapshot);
-        let newer: Vec<u64> = self.snapshots.keys().rev().copied().collect();
-        for old in newer
-            .into_iter()
-            .filter(|s| Some(*s) != anchor)
-            .skip(SNAPSHOTS_KEPT)
-        {
+        let mut newest: Vec<u64> = self.snapshots.keys().rev().take(4).copied().collect();
+        newest.reverse();
+        if let Some(old) = snapshot_dropped(&newest, self.anchor.map(|a| a.snapshot), len) {
             self.snapshots.remove(&old);
         }
     }

@@ -25,7 +25,7 @@ use redb::{
 use toka_kernel::{ChainHead, Digest, Limits, TaskId};
 
 use crate::store::event_store::{
-    Anchor, Batch, Cut, DATA_FORMAT, EventStore, Records, SNAPSHOTS_KEPT, StoreError,
+    Anchor, Batch, Cut, DATA_FORMAT, EventStore, Records, StoreError, snapshot_dropped,
 };
 
 /// The data format a new store is written in: the whole log, readable by
@@ -340,16 +340,18 @@ impl RedbStore {
         };
         let mut table = tx.open_table(SNAPSHOTS).map_err(|e| backend(p, e))?;
         table.insert(seq, bytes).map_err(|e| backend(p, e))?;
-        let seqs: Vec<u64> = table
+        // The newest four only: each holds a whole snapshot.
+        let mut newest: Vec<u64> = table
             .iter()
             .map_err(|e| backend(p, e))?
+            .rev()
+            .take(4)
             .map(|entry| entry.map(|(k, _)| k.value()))
             .collect::<Result<_, _>>()
             .map_err(|e| backend(p, e))?;
-        let anchor = anchor.map(|a| a.snapshot);
-        let newer = seqs.iter().rev().filter(|s| Some(**s) != anchor);
-        for old in newer.skip(SNAPSHOTS_KEPT) {
-            table.remove(*old).map_err(|e| backend(p, e))?;
+        newest.reverse();
+        if let Some(old) = snapshot_dropped(&newest, anchor.map(|a| a.snapshot), bytes.len()) {
+            table.remove(old).map_err(|e| backend(p, e))?;
         }
         Ok(())
     }
@@ -473,6 +475,23 @@ impl EventStore for RedbStore {
             .map_err(|e| backend(p, e))?
             .map(|entry| entry.map(|(k, _)| k.value()).map_err(|e| backend(p, e)))
             .collect()
+    }
+
+    fn snapshot_below(&self, below: u64) -> Result<Option<u64>, StoreError> {
+        let p = &self.path;
+        let tx = self.read()?;
+        let table = match tx.open_table(SNAPSHOTS) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(backend(p, e)),
+        };
+        let newest = table
+            .range(..below)
+            .map_err(|e| backend(p, e))?
+            .next_back()
+            .transpose()
+            .map_err(|e| backend(p, e))?;
+        Ok(newest.map(|(k, _)| k.value()))
     }
 
     fn snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {

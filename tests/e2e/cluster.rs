@@ -344,7 +344,13 @@ impl Api {
                 if answer.status().is_success() {
                     break;
                 }
-                assert_eq!(answer.status(), reqwest::StatusCode::NOT_FOUND);
+                let status = answer.status();
+                assert_eq!(
+                    status,
+                    reqwest::StatusCode::NOT_FOUND,
+                    "task {task}: {}",
+                    answer.text().await.unwrap_or_default()
+                );
                 assert!(
                     started.elapsed() < Duration::from_secs(90),
                     "task {task} never arrived"
@@ -938,8 +944,67 @@ async fn tasks_sent_across_cells_run_once_when_both_cells_hosts_are_killed() {
     let api_b2 = b2.api();
     api_b2.until_known(&sent).await;
     every_task_completed_once(&api_b2, &sent).await;
+    // What cell 1 took in is in its log: its inbox stream lets it go.
+    inbox_emptied(&nats, 1).await;
+
+    // A host of one cell, asked about another cell's agent, says where it
+    // is served; its own cell it also serves under `/cells/0/`.
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (a_url, token) = (&api_a2.url, &api_a2.token);
+    let location = redirect(&no_follow, &format!("{a_url}/v1/agents/{counter}"), token).await;
+    assert_eq!(
+        location,
+        format!("{}/cells/1/v1/agents/{counter}", api_b2.url)
+    );
+    let there = no_follow
+        .get(&location)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(there.status(), reqwest::StatusCode::OK);
+    assert_eq!(there.json::<Value>().await.unwrap()["id"], counter.as_str());
+    let here = no_follow
+        .get(format!("{a_url}/cells/0/v1/agents/{probe}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(here.status(), reqwest::StatusCode::OK);
+    let lost = no_follow
+        .get(format!("{a_url}/cells/7/v1/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lost.status(), reqwest::StatusCode::NOT_FOUND);
     verify(&nats, tmp.path(), 0);
     verify(&nats, tmp.path(), 1);
+}
+
+/// Waits until cell `cell`'s inbox stream holds no message (at least one
+/// was sent to it first), or panics after 30 s.
+async fn inbox_emptied(nats: &Nats, cell: u32) {
+    let servers: Vec<async_nats::ServerAddr> =
+        nats.urls().split(',').map(|u| u.parse().unwrap()).collect();
+    let js = async_nats::jetstream::new(async_nats::connect(servers).await.unwrap());
+    let mut stream = js.get_stream(format!("TOKA_INBOX_{cell}")).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = stream.info().await.unwrap().state.clone();
+        assert!(state.last_sequence > 0, "nothing was sent to cell {cell}");
+        if state.messages == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cell {cell}'s inbox still holds {} messages: {state:?}",
+            state.messages
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// `toka token issue --operator LEVEL` with the cluster's key, offline.

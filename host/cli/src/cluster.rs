@@ -181,17 +181,20 @@ pub(crate) async fn cell_client(place: &Place) -> Result<toka_server::client::Cl
     .to_base64();
     let client =
         |base: &str| toka_server::client::Client::new(base, &token, None).map_err(Failure::input);
-    // A host serving its share of the cells has each under /cells/N; a
-    // host of one cell (`--cell`) has it at its root.
-    let spread = client(&owner)?
-        .get::<serde_json::Value>("/cells")
-        .await
-        .is_ok();
-    if spread {
-        client(&format!("{owner}/cells/{cell}"))
-    } else {
-        client(&owner)
-    }
+    // Every host of a cluster has its cells under /cells/N (a host of one
+    // cell, `--cell`, at its root too).
+    client(&format!("{owner}/cells/{cell}"))
+}
+
+/// Where a cell is served: its lease holder's API.
+fn owner_of(cluster: &Cluster) -> toka_server::OwnerOf {
+    let cluster = cluster.clone();
+    Box::new(move |cell| {
+        toka_host::holder(&cluster, cell)
+            .ok()
+            .flatten()
+            .and_then(|h| h.url)
+    })
 }
 
 /// `toka serve --cluster URLS [--cell N]`: with `--cell`, serves that one
@@ -249,9 +252,11 @@ pub(crate) async fn serve(
         }
     };
     // Bind first: a bad address takes no lease.
+    let front = toka_server::OneCell::new(cell, cluster_config.cells, owner_of(&cluster));
     let server = toka_server::Server::bind(config)
         .await
-        .map_err(Failure::input)?;
+        .map_err(Failure::input)?
+        .in_cell(front);
     let holder = Holder {
         host: host_name.clone(),
         url: Some(server.url()),
@@ -367,16 +372,7 @@ impl Spread<'_> {
             host: self.host_name.to_owned(),
             url: Some(url.clone()),
         };
-        let owner_of: toka_server::OwnerOf = {
-            let cluster = self.cluster.clone();
-            Box::new(move |cell| {
-                toka_host::holder(&cluster, cell)
-                    .ok()
-                    .flatten()
-                    .and_then(|h| h.url)
-            })
-        };
-        let cells = toka_server::Cells::new(config, self.total, owner_of);
+        let cells = toka_server::Cells::new(config, self.total, owner_of(self.cluster));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let running = tokio::spawn(server.run_cells(Arc::clone(&cells), async move {
             let _ = stop_rx.await;

@@ -40,7 +40,7 @@ mod serve;
 
 pub use api::packages::{installed_view, package_view, review_view};
 pub use api::stream::StreamRecord;
-pub use cells::{Cells, OwnerOf};
+pub use cells::{Cells, OneCell, OwnerOf};
 pub use config::{DEFAULT_LISTEN, ServeConfig};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use events::{agents_of, event_view, view as event_view_of};

@@ -55,6 +55,9 @@ pub struct Server {
     addr: SocketAddr,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
     config: ServeConfig,
+    /// Set for a host of one cell of a cluster: the front that says where
+    /// the other cells are.
+    front: Option<Arc<crate::cells::OneCell>>,
 }
 
 impl Server {
@@ -99,7 +102,16 @@ impl Server {
             addr,
             tls,
             config,
+            front: None,
         })
+    }
+
+    /// Serves one cell of a cluster behind `front`: its API at the root and
+    /// at `/cells/N/`, and where to go for the other cells.
+    #[must_use]
+    pub fn in_cell(mut self, front: Arc<crate::cells::OneCell>) -> Server {
+        self.front = Some(front);
+        self
     }
 
     /// The address it listens on (with the port chosen, for port 0).
@@ -143,6 +155,7 @@ impl Server {
             listener,
             tls,
             config,
+            front,
             ..
         } = self;
         let data_dir = config.data_dir.clone();
@@ -162,7 +175,11 @@ impl Server {
         let (closing_tx, closing) = watch::channel(false);
         let app = app(Arc::clone(&host), store, config, closing)?;
         let handle = axum_server::Handle::<SocketAddr>::new();
-        let served = serve_http(listener, tls, router(&app), handle.clone());
+        let routes = match &front {
+            Some(front) => front.wrap(router(&app)),
+            None => router(&app),
+        };
+        let served = serve_http(listener, tls, routes, handle.clone());
         tracing::info!(%url, "serving");
         stop.await;
         tracing::info!("shutting down");

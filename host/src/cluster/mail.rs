@@ -18,6 +18,8 @@
 //!   [`Operation::DeliverTask`](toka_kernel::Operation::DeliverTask), which
 //!   remembers the last record taken from each origin cell: a copy is
 //!   skipped, never applied twice.
+//!   It purges the stream below what the cell took in (its log holds each
+//!   parcel it took).
 
 use std::time::Duration;
 
@@ -39,6 +41,10 @@ const IDLE: Duration = Duration::from_millis(500);
 
 /// Idle rounds of the receiver between two looks for a hole in its stream.
 const HOLE_CHECK: u32 = 20;
+
+/// Inbox messages taken in between two purges of the stream (it is also
+/// purged whenever the receiver runs out of messages).
+const PURGE_EVERY: u64 = 1024;
 
 /// Cell `cell`'s inbox stream.
 pub(crate) fn inbox_stream(cell: u32) -> String {
@@ -62,13 +68,16 @@ pub(crate) async fn create_inbox(
     cell: u32,
     replicas: usize,
 ) -> Result<(), ClusterError> {
-    js.get_or_create_stream(kept_stream(
-        inbox_stream(cell),
-        format!("toka.inbox.{cell}.*"),
-        replicas,
-    ))
-    .await
-    .map_err(|e| ClusterError::js(format!("creating cell {cell}'s inbox stream"), e))?;
+    // Purged by the receiver up to what the cell took in (its log holds
+    // each parcel it took): the inbox holds what is on its way, not the
+    // cluster's history.
+    let config = jetstream::stream::Config {
+        deny_purge: false,
+        ..kept_stream(inbox_stream(cell), format!("toka.inbox.{cell}.*"), replicas)
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|e| ClusterError::js(format!("creating cell {cell}'s inbox stream"), e))?;
     Ok(())
 }
 
@@ -240,9 +249,13 @@ async fn receive(cluster: Cluster, mail: CellMail, cell: Cell, done: watch::Send
     let mut next = mail.inbox_read_from();
     let mut seen = mail.watch();
     let mut idle = 0u32;
+    let mut purge = Purge::new(next);
     loop {
         if next > end {
             done.send_replace(true);
+        }
+        if next >= purge.below + PURGE_EVERY {
+            purge.up_to(&stream, next, cell).await;
         }
         let raw = match stream.get_raw_message(next).await {
             Ok(raw) => raw,
@@ -251,11 +264,12 @@ async fn receive(cluster: Cluster, mail: CellMail, cell: Cell, done: watch::Send
                     tracing::warn!(error = %e, cell = cell.index, position = next, "reading the inbox failed");
                 } else if next <= end {
                     // Below the end seen at the start: a hole (never made
-                    // by Toka, whose streams deny deletes), skipped.
+                    // by Toka, which only purges below what was taken), skipped.
                     next += 1;
                     continue;
                 } else {
                     idle += 1;
+                    purge.up_to(&stream, next, cell).await;
                     // Now and then: a hole in the stream (never made by
                     // Toka) is skipped.
                     if idle.is_multiple_of(HOLE_CHECK)
@@ -316,6 +330,59 @@ async fn receive(cluster: Cluster, mail: CellMail, cell: Cell, done: watch::Send
             }
         }
         next += 1;
+    }
+}
+
+/// Purging the inbox stream of what the cell took in: its log holds each
+/// parcel it took (and a copy sent again is recognised by the cell's state,
+/// not by the stream), so the stream keeps only what is on its way.
+struct Purge {
+    /// Every message below this one is purged.
+    below: u64,
+    /// Not asked again before this, after the stream refused (one created
+    /// before inboxes were purged denies it; a stream between leaders
+    /// refuses for a moment).
+    refused_until: Option<tokio::time::Instant>,
+    /// Refusals in a row: each doubles the wait, from 1 s to 5 minutes;
+    /// the first is logged as a warning.
+    refusals: u32,
+}
+
+impl Purge {
+    fn new(below: u64) -> Purge {
+        Purge {
+            below,
+            refused_until: None,
+            refusals: 0,
+        }
+    }
+
+    /// Purges the messages below `next`: all of them taken in (each
+    /// delivery is durable before the receiver reads the next).
+    async fn up_to(&mut self, stream: &jetstream::stream::Stream, next: u64, cell: Cell) {
+        let now = tokio::time::Instant::now();
+        if next <= self.below || self.refused_until.is_some_and(|until| now < until) {
+            return;
+        }
+        match stream.purge().sequence(next).await {
+            Ok(_) => {
+                self.below = next;
+                self.refused_until = None;
+                self.refusals = 0;
+            }
+            // The stream said no.
+            Err(e) if matches!(e.kind(), jetstream::stream::PurgeErrorKind::JetStream(_)) => {
+                if self.refusals == 0 {
+                    tracing::warn!(error = %e, cell = cell.index, "the inbox stream refused a purge; it keeps what the cell took in until a purge succeeds");
+                }
+                let wait =
+                    Duration::from_secs(1 << self.refusals.min(9)).min(Duration::from_secs(300));
+                self.refused_until = Some(now + wait);
+                self.refusals = self.refusals.saturating_add(1);
+            }
+            // No answer: tried again at the next idle round.
+            Err(e) => tracing::debug!(error = %e, cell = cell.index, "purging the inbox failed"),
+        }
     }
 }
 

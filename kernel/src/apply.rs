@@ -43,6 +43,10 @@ pub(crate) struct Env<'a> {
     /// The cell of a cluster the log belongs to, if it does: part of every
     /// id minted (see [`EntityId::cell`]).
     pub(crate) cell: Option<Cell>,
+    /// The command is a stored record being replayed: a rule that came
+    /// after it was written does not judge it again (see
+    /// [`WorldState::configure`]).
+    pub(crate) recorded: bool,
 }
 
 /// The accounts a command is charged to, as they will be once it applies:

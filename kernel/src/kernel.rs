@@ -195,6 +195,11 @@ impl Kernel {
     /// A [`KernelError`] when the command is not valid in the current state;
     /// the state and the chain head are then exactly as before.
     pub fn apply(&mut self, command: Command) -> Result<Applied, KernelError> {
+        self.apply_as(command, false)
+    }
+
+    /// [`Kernel::apply`]; `recorded` when `command` is a stored record's.
+    fn apply_as(&mut self, command: Command, recorded: bool) -> Result<Applied, KernelError> {
         let seq = self.head.seq + 1;
         // Sealing is pure, so it goes first: then the state can take the
         // command's payloads into the events instead of copying them. A
@@ -208,6 +213,7 @@ impl Kernel {
             seq,
             record_len: bytes.len() as u64,
             cell: self.cell,
+            recorded,
         };
         self.rejected.clear();
         let events = match self.state.apply(command, &env) {
@@ -259,7 +265,7 @@ impl Kernel {
         let record = Record::decode(bytes).map_err(|e| self.fail(e.into()))?;
         self.check_place(&record)?;
         let applied = self
-            .apply(record.command)
+            .apply_as(record.command, true)
             .map_err(|e| self.fail(ReplayErrorKind::Rejected(e)))?;
         if applied.bytes != bytes {
             return Err(self.fail(ReplayErrorKind::NonCanonical));
@@ -315,6 +321,7 @@ impl Kernel {
             seq: record.seq,
             record_len: bytes.len() as u64,
             cell: self.cell,
+            recorded: true,
         };
         if let Err(e) = self.state.apply(record.command, &env) {
             return Err(self.fail(ReplayErrorKind::Rejected(e)));

@@ -213,6 +213,11 @@ impl WorldState {
 
     /// A change of the configuration submitted here: in a cluster, only the
     /// configuration cell takes it, and sends it to every other cell.
+    ///
+    /// A stored record of a change in another cell still replays: cells
+    /// written before the configuration cell existed took changes
+    /// themselves, and their logs stay readable (such a change stays in
+    /// its cell; it is not sent anywhere).
     pub(crate) fn configure(
         &mut self,
         change: Change,
@@ -221,6 +226,7 @@ impl WorldState {
         let cell = env.cell;
         if let Some(cell) = cell
             && cell.index != CONFIG_CELL
+            && !env.recorded
         {
             return Err(KernelError::invalid(
                 change.kind(),
@@ -231,7 +237,7 @@ impl WorldState {
             ));
         }
         let events = self.change(change.clone(), env.limits)?;
-        if cell.is_some_and(|c| c.cells > 1) {
+        if cell.is_some_and(|c| c.index == CONFIG_CELL && c.cells > 1) {
             // Not held to MAX_OUTBOX: the configuration always goes out.
             self.mail.outbox.insert(env.seq, Parcel::Config(change));
         }

@@ -490,3 +490,36 @@ fn the_configuration_is_changed_in_cell_0_and_applied_once_in_every_other() {
         .unwrap();
     assert_eq!(alone.kernel.state().outbox().len(), 0);
 }
+
+#[test]
+fn a_change_recorded_in_another_cell_before_the_configuration_cell_still_replays() {
+    // A cell's log written before cell 0 was the configuration cell: a
+    // revocation and a trusted publisher's removal taken in cell 1 itself.
+    let mut before = World::with_kernel(Kernel::new(Limits::default()));
+    let id = b"revocation id of a token".to_vec();
+    before
+        .system(Operation::RevokeToken {
+            revocation_id: id.clone(),
+        })
+        .unwrap();
+    let mut now = world_in(1);
+    for bytes in &before.log {
+        now.kernel.replay(bytes).unwrap();
+    }
+    assert!(now.kernel.state().is_revoked(&id));
+    // It stays in its cell: nothing is sent.
+    assert_eq!(now.kernel.state().outbox().count(), 0);
+    // The start-up path takes it too; a new change is still refused.
+    let mut started = World::with_kernel(Kernel::new(Limits::default()).in_cell(cell(1)));
+    for bytes in &before.log {
+        started.kernel.restore(bytes).unwrap();
+    }
+    assert!(started.kernel.state().is_revoked(&id));
+    let op = Operation::RevokeToken {
+        revocation_id: b"another".to_vec(),
+    };
+    assert!(matches!(
+        started.system(op),
+        Err(KernelError::InvalidOperation { .. })
+    ));
+}

@@ -2,7 +2,9 @@
 //! cell n's own router — the whole single-host API and dashboard, unchanged
 //! — while a cell this host does not serve answers `307` to the host that
 //! does (from the cluster's leases), or `503 cell_unavailable` when none
-//! does yet. `GET /cells` lists the cells this host serves.
+//! does yet. `GET /cells` lists the cells this host serves. A host of one
+//! cell ([`OneCell`]) serves it at its root and under `/cells/{n}/` alike
+//! and answers the same way for the others.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};

@@ -14,16 +14,18 @@
 //! - an operator's operation: scheduling a task (durable) — what `toka
 //!   agent resume` and every other operator command cost on a running host;
 //! - a page of `toka events --from`: 100 records, from 5 000 records back
-//!   and from the middle of the log (a replay from the snapshot before it);
+//!   and from the middle of the log (a replay from the checkpoint before
+//!   it);
 //! - the committed state (what `toka state` reads on a running host);
 //! - start-up: opening the data dir and the host (the newest snapshot and
 //!   the log after it), as `toka state` and `toka agent resume` do without
 //!   a running host;
 //!
-//! and prints them, with the RSS and the redb file's size, as a Markdown
-//! table. Then it archives the whole log (`toka archive`) and prints what
-//! that took, the archive's size, the data dir's before and after, and
-//! `toka verify` from the anchor.
+//! and prints them, with the RSS, the redb file's size and the snapshots it
+//! keeps (checkpoints included), as a Markdown table. Then it archives the
+//! whole log (`toka archive`) and prints what that took, the archive's
+//! size, the data dir's before and after, and `toka verify` from the
+//! anchor.
 
 #![allow(missing_docs, reason = "a bench binary")]
 

@@ -450,16 +450,26 @@ async fn a_killed_host_s_cell_moves_to_a_standby_and_every_acknowledged_task_run
     let nats = Nats::start();
     let tmp = tempfile::tempdir().unwrap();
     let key = init(&nats, tmp.path(), 4, TTL);
-    let (a, b) = CellHost::pair(&nats, &key, tmp.path(), "a", 2);
+    // A snapshot every 10 records: the standby reads the log after the
+    // newest one before it serves, and the rest after.
+    let args = ["--cell", "2", "--snapshot-every", "10"];
+    let a = CellHost::spawn(&nats, &key, tmp.path().join("a"), &args);
+    a.serving();
+    let b = CellHost::spawn(&nats, &key, tmp.path().join("b"), &args);
+    b.wait_for("standing by", Duration::from_secs(30)).unwrap();
     let api = a.api();
     let agent = api.counter("counter").await;
-    let tasks = api.schedule(&agent, 30).await;
+    let mut tasks = api.schedule(&agent, 10).await;
+    every_task_completed_once(&api, &tasks).await;
+    tasks.extend(api.schedule(&agent, 30).await);
     // Killed with work acknowledged and in flight.
     a.signal("-KILL");
     let moved = b.serving();
     eprintln!("cell 2 moved to the standby in {moved:?} (lease TTL {TTL:?})");
     assert!(moved < TTL * 10, "the cell took {moved:?} to move");
-    every_task_completed_once(&b.api(), &tasks).await;
+    // The first ten ended long before the newest snapshot: still found.
+    // The counter adds 1..=10, then 1..=30.
+    completed_once_summing(&b.api(), &tasks, 55 + 465).await;
     verify(&nats, tmp.path(), 2);
 }
 

@@ -18,12 +18,16 @@
 //!   Content-addressed objects are written before the message that refers
 //!   to them; a snapshot only after the records it follows are acknowledged.
 //!
-//! Opening a cell reads its log once to index where each batch is and which
-//! record ended each task.
+//! Opening a cell indexes where each batch is and which record ended each
+//! task. It reads the log after its newest snapshot first (found by a
+//! binary search on the messages' chain heads): a new owner serves once
+//! that tail is read, however long the log is. The rest is read in the
+//! background; a reader of records before the tail, or of a task that
+//! ended there, waits for it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 
 use async_nats::jetstream::{self, stream::Stream};
 use toka_kernel::{ChainHead, Digest, Limits, TaskId};
@@ -145,7 +149,29 @@ pub struct CellStore {
     guard: Option<LeaseGuard>,
     /// The largest message the servers take.
     max_payload: usize,
+    /// Shared with the reader of the log's beginning, while it runs.
+    index: Arc<Index>,
+}
+
+/// What reading the log taught, and a signal when its beginning is read.
+#[derive(Debug, Default)]
+struct Index {
     tail: Mutex<Tail>,
+    /// Notified when [`Tail::older`] changes.
+    older_read: Condvar,
+}
+
+/// Where the index of the log's beginning stands.
+#[derive(Debug, Default)]
+enum Older {
+    /// All of the log is indexed.
+    #[default]
+    Read,
+    /// The messages before the tail's are being read in the background.
+    Reading,
+    /// Reading the messages up to this one failed: the next reader that
+    /// needs them reads them itself.
+    Failed(u64),
 }
 
 /// What reading the log taught, kept up to date by appends.
@@ -159,6 +185,19 @@ struct Tail {
     task_ends: HashMap<TaskId, u64>,
     /// The owner's snapshots, once listed (it writes every later one).
     snapshots: Option<Vec<u64>>,
+    /// The first record `batches` and `task_ends` cover (1 once `older`
+    /// is read).
+    covers_from: u64,
+    older: Older,
+}
+
+/// What reading a range of log messages found.
+#[derive(Debug, Default)]
+struct Indexed {
+    batches: Vec<(u64, u64)>,
+    task_ends: HashMap<TaskId, u64>,
+    head: ChainHead,
+    last_message: u64,
 }
 
 impl std::fmt::Debug for CellStore {
@@ -207,10 +246,139 @@ impl CellStore {
             objects,
             guard: None,
             max_payload,
-            tail: Mutex::new(Tail::default()),
+            index: Arc::default(),
         };
-        store.index()?;
+        store.open_index()?;
         Ok(store)
+    }
+
+    /// Indexes the log after the newest snapshot, and starts reading the
+    /// messages before it in the background.
+    fn open_index(&self) -> Result<(), ClusterError> {
+        let read = |e: StoreError| ClusterError::js(format!("reading cell {}'s log", self.cell), e);
+        let (first, last) = retrying(|| {
+            self.cluster.block(async {
+                let mut stream = self.stream.clone();
+                stream
+                    .info()
+                    .await
+                    .map(|info| (info.state.first_sequence.max(1), info.state.last_sequence))
+            })
+        })
+        .map_err(|e| ClusterError::js(format!("reading cell {}'s stream", self.cell), e))?;
+        let newest = self.list_snapshots().map_err(read)?.last().copied();
+        let start = match newest {
+            Some(snapshot) if last >= first => {
+                self.first_after(snapshot, first, last).map_err(read)?
+            }
+            _ => first,
+        };
+        if start > first {
+            let before = self.message(start - 1).map_err(read)?.head();
+            let mut tail = self.lock();
+            tail.last_message = start - 1;
+            tail.head = before;
+            tail.covers_from = before.seq + 1;
+            tail.older = Older::Reading;
+        }
+        self.index()?;
+        if start > first {
+            let reader = self.reader();
+            let to = start - 1;
+            std::thread::Builder::new()
+                .name(format!("toka-cell-{}-index", self.cell))
+                .spawn(move || {
+                    let older = reader.read_range(1, to, ChainHead::default());
+                    reader.older_read(to, older.map_err(|e| e.to_string()));
+                })
+                .map_err(|e| ClusterError::js("starting the log's reader".to_owned(), e))?;
+        }
+        Ok(())
+    }
+
+    /// The first message (of `first..=last`) whose chain head is past
+    /// record `seq`, or `last + 1`: heads grow with the message sequence.
+    fn first_after(&self, seq: u64, first: u64, last: u64) -> Result<u64, StoreError> {
+        let (mut low, mut high) = (first, last + 1);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if self.message(middle)?.head().seq > seq {
+                high = middle;
+            } else {
+                low = middle + 1;
+            }
+        }
+        Ok(low)
+    }
+
+    /// A read-only handle on the same log and index (for the background
+    /// reader).
+    fn reader(&self) -> CellStore {
+        CellStore {
+            cluster: self.cluster.clone(),
+            cell: self.cell,
+            config: self.config.clone(),
+            stream: self.stream.clone(),
+            objects: self.objects.clone(),
+            guard: None,
+            max_payload: self.max_payload,
+            index: Arc::clone(&self.index),
+        }
+    }
+
+    /// Takes in the index of messages up to `to`, read after the tail's.
+    fn older_read(&self, to: u64, older: Result<Indexed, String>) {
+        let mut tail = self.lock();
+        match older {
+            Ok(older) => {
+                let mut batches = older.batches;
+                batches.append(&mut tail.batches);
+                tail.batches = batches;
+                for (task, seq) in older.task_ends {
+                    tail.task_ends.entry(task).or_insert(seq);
+                }
+                tail.covers_from = 1;
+                tail.older = Older::Read;
+            }
+            Err(reason) => {
+                tracing::warn!(cell = self.cell, %reason, "reading the log before the newest snapshot failed; it is read again when needed");
+                tail.older = Older::Failed(to);
+            }
+        }
+        drop(tail);
+        self.index.older_read.notify_all();
+    }
+
+    /// Waits until the whole log is indexed (reading its beginning here if
+    /// the background reader failed).
+    fn all_indexed(&self) -> Result<(), StoreError> {
+        let mut tail = self.lock();
+        loop {
+            match &tail.older {
+                Older::Read => return Ok(()),
+                Older::Reading => {
+                    tail = self
+                        .index
+                        .older_read
+                        .wait(tail)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                Older::Failed(to) => {
+                    let to = *to;
+                    tail.older = Older::Reading;
+                    drop(tail);
+                    let older = self.read_range(1, to, ChainHead::default());
+                    let failed = older.as_ref().err().map(ToString::to_string);
+                    self.older_read(to, older.map_err(|e| e.to_string()));
+                    if let Some(reason) = failed {
+                        return Err(
+                            self.backend("reading the log before its newest snapshot", reason)
+                        );
+                    }
+                    return Ok(());
+                }
+            }
+        }
     }
 
     /// Opens cell `cell` to append under `lease` (held by `host`): reads the
@@ -263,7 +431,7 @@ impl CellStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tail> {
-        self.tail.lock().unwrap_or_else(|e| e.into_inner())
+        self.index.tail.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn backend(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -291,30 +459,42 @@ impl CellStore {
             })
         })
         .map_err(|e| ClusterError::js(format!("reading cell {}'s stream", self.cell), e))?;
-        let read = |e: StoreError| ClusterError::js(format!("reading cell {}'s log", self.cell), e);
         let mut tail = self.lock();
+        let read = self.read_range(tail.last_message + 1, last, tail.head)?;
+        tail.batches.extend(read.batches);
+        tail.task_ends.extend(read.task_ends);
+        if read.last_message > 0 {
+            tail.head = read.head;
+            tail.last_message = read.last_message;
+        }
+        Ok(())
+    }
+
+    /// Reads log messages `from..=to`, the head before them being `head`.
+    fn read_range(&self, from: u64, to: u64, mut head: ChainHead) -> Result<Indexed, ClusterError> {
+        let read = |e: StoreError| ClusterError::js(format!("reading cell {}'s log", self.cell), e);
+        let mut indexed = Indexed::default();
         let mut fetched = std::collections::VecDeque::new();
-        for seq in tail.last_message + 1..=last {
+        for seq in from..=to {
             if fetched.is_empty() {
-                fetched = self.prefetch(seq, last);
+                fetched = self.prefetch(seq, to);
             }
             let message = match fetched.pop_front() {
                 Some(message) => message,
                 None => self.message(seq).map_err(read)?,
             };
-            let head = message.head();
-            let task_ends = match self.resolve(message).map_err(read)? {
-                Message::Batch { task_ends, .. } => task_ends,
-                _ => Vec::new(),
-            };
-            tail.task_ends.extend(task_ends);
-            if head.seq > tail.head.seq {
-                tail.batches.push((head.seq, seq));
+            let next = message.head();
+            if let Message::Batch { task_ends, .. } = self.resolve(message).map_err(read)? {
+                indexed.task_ends.extend(task_ends);
             }
-            tail.head = head;
-            tail.last_message = seq;
+            if next.seq > head.seq {
+                indexed.batches.push((next.seq, seq));
+            }
+            head = next;
+            indexed.last_message = seq;
         }
-        Ok(())
+        indexed.head = head;
+        Ok(indexed)
     }
 
     /// The messages from stream sequence `from` on (at most [`PREFETCH`]
@@ -711,6 +891,9 @@ impl EventStore for CellStore {
             self.index()
                 .map_err(|e| self.backend("reading the log", e))?;
         }
+        if from < self.lock().covers_from {
+            self.all_indexed()?;
+        }
         let messages: Vec<u64> = {
             let tail = self.lock();
             let start = tail.batches.partition_point(|(last, _)| *last < from);
@@ -735,6 +918,16 @@ impl EventStore for CellStore {
     }
 
     fn task_end(&self, task: TaskId) -> Result<Option<u64>, StoreError> {
+        let (found, all) = {
+            let tail = self.lock();
+            let found = tail.task_ends.get(&task).copied();
+            (found, matches!(tail.older, Older::Read))
+        };
+        if found.is_some() || all {
+            return Ok(found);
+        }
+        // It may have ended before the newest snapshot.
+        self.all_indexed()?;
         Ok(self.lock().task_ends.get(&task).copied())
     }
 

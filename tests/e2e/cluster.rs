@@ -649,13 +649,16 @@ async fn host_kills_in_a_row_lose_no_acknowledged_task() {
     sender.serving();
     let api_s = sender.api();
     let far = api_s.counter("far").await;
-    let mut owner = CellHost::start(&nats, &key, tmp.path().join("h0"), 3);
+    // The killed cell snapshots every 25 records: each new owner reads the
+    // log after the newest snapshot before it serves, the rest after.
+    let killed = ["--cell", "3", "--snapshot-every", "25"];
+    let mut owner = CellHost::spawn(&nats, &key, tmp.path().join("h0"), &killed);
     owner.serving();
     let agent = owner.api().counter("counter").await;
     let (mut tasks, mut far_tasks) = (Vec::new(), Vec::new());
     let id = |task: Value| task["id"].as_str().unwrap().to_owned();
     for round in 1..=rounds {
-        let standby = CellHost::start(&nats, &key, tmp.path().join(format!("h{round}")), 3);
+        let standby = CellHost::spawn(&nats, &key, tmp.path().join(format!("h{round}")), &killed);
         standby
             .wait_for("standing by", Duration::from_secs(30))
             .unwrap();
@@ -1169,6 +1172,125 @@ async fn a_revocation_made_in_the_configuration_cell_holds_in_every_cell() {
     for cell in 0..3 {
         verify(&nats, tmp.path(), cell);
     }
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, made with the
+/// `openssl` command: `(certificate, key)`.
+fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("the openssl command (.ci/run installs it)");
+    assert!(made.status.success(), "{made:?}");
+    (cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reaches_a_cell_served_over_tls_at_the_url_its_host_advertises() {
+    toka_server::install_crypto();
+    let nats = Nats::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = init(&nats, tmp.path(), 2, TTL);
+    let (cert, tls_key) = certificate(tmp.path());
+    let port = free_port();
+    let advertised = format!("https://localhost:{port}");
+    let data = tmp.path().join("h");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_toka"))
+        .arg("--data")
+        .arg(&data)
+        .arg("--root-key")
+        .arg(&key)
+        .args(["--cluster", &nats.urls(), "--cell", "0", "serve"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--advertise",
+            &advertised,
+        ])
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&tls_key)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let serving = loop {
+        let line = stderr.next().expect("the host ended").unwrap();
+        if line.contains("toka: serving cell 0") {
+            break line;
+        }
+    };
+    assert!(serving.contains(&advertised), "{serving}");
+    let admin = tmp.path().join("admin");
+    let counter = toka_agents::path("counter").unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--root-key", key.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["run", counter, "--task", "5"]);
+        toka_cluster(&nats, &admin, &args)
+    };
+    // The lease says where the cell is; the CLI trusts the host's
+    // certificate only when told to.
+    let untrusted = run(&[]);
+    assert_eq!(untrusted.status.code(), Some(1), "{untrusted:?}");
+    let ran = run(&["--tls-ca", cert.to_str().unwrap()]);
+    assert!(ran.status.success(), "{ran:?}");
+    assert!(
+        String::from_utf8_lossy(&ran.stdout).contains('5'),
+        "{ran:?}"
+    );
+    // Another cell's request at this host: 307 to where that cell is (no
+    // host serves cell 1: 503).
+    let client = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap(),
+        )
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let elsewhere = client
+        .get(format!("{advertised}/cells/1/v1/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let listed: Value = client
+        .get(format!("{advertised}/cells"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["cells"], json!([0]));
+    // A bad --advertise is refused before anything is bound or taken.
+    let refused = Command::new(env!("CARGO_BIN_EXE_toka"))
+        .arg("--data")
+        .arg(tmp.path().join("bad"))
+        .arg("--root-key")
+        .arg(&key)
+        .args(["--cluster", &nats.urls(), "--cell", "1", "serve"])
+        .args(["--listen", "127.0.0.1:0", "--advertise", "https://x:1/path"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("--advertise https://x:1/path"), "{said}");
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[test]

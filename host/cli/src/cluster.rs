@@ -179,8 +179,10 @@ pub(crate) async fn cell_client(place: &Place) -> Result<toka_server::client::Cl
     )
     .map_err(Failure::work)?
     .to_base64();
-    let client =
-        |base: &str| toka_server::client::Client::new(base, &token, None).map_err(Failure::input);
+    let client = |base: &str| {
+        toka_server::client::Client::new(base, &token, place.tls_ca.as_deref())
+            .map_err(Failure::input)
+    };
     // Every host of a cluster has its cells under /cells/N (a host of one
     // cell, `--cell`, at its root too).
     client(&format!("{owner}/cells/{cell}"))
@@ -204,6 +206,7 @@ pub(crate) async fn serve(
     place: &Place,
     mut config: toka_server::ServeConfig,
     grace: Duration,
+    advertise: Option<String>,
 ) -> CliResult {
     let cluster = connect(place)?;
     let cluster_config = cluster.config().map_err(Failure::input)?;
@@ -248,7 +251,7 @@ pub(crate) async fn serve(
                 ttl,
                 grace,
             };
-            return cells.serve(config).await;
+            return cells.serve(config, advertise).await;
         }
     };
     // Bind first: a bad address takes no lease.
@@ -257,9 +260,10 @@ pub(crate) async fn serve(
         .await
         .map_err(Failure::input)?
         .in_cell(front);
+    let url = advertise.unwrap_or_else(|| server.url());
     let holder = Holder {
         host: host_name.clone(),
-        url: Some(server.url()),
+        url: Some(url.clone()),
     };
     let lease = tokio::select! {
         lease = acquire(&cluster, cell, &holder, ttl) => lease?,
@@ -278,9 +282,8 @@ pub(crate) async fn serve(
         () = toka_server::signal() => return Ok(ExitCode::SUCCESS),
     }
     eprintln!(
-        "toka: serving cell {cell} of {} at {} as {host_name} (lease TTL {} ms)",
+        "toka: serving cell {cell} of {} at {url} as {host_name} (lease TTL {} ms)",
         cluster.urls(),
-        server.url(),
         ttl.as_millis()
     );
     let stepped_down = Arc::new(std::sync::Mutex::new(None::<String>));
@@ -363,11 +366,15 @@ struct Owned {
 }
 
 impl Spread<'_> {
-    async fn serve(&self, config: toka_server::ServeConfig) -> CliResult {
+    async fn serve(
+        &self,
+        config: toka_server::ServeConfig,
+        advertise: Option<String>,
+    ) -> CliResult {
         let server = toka_server::Server::bind(config.clone())
             .await
             .map_err(Failure::input)?;
-        let url = server.url();
+        let url = advertise.unwrap_or_else(|| server.url());
         let holder = Holder {
             host: self.host_name.to_owned(),
             url: Some(url.clone()),

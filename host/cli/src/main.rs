@@ -67,6 +67,12 @@ struct Cli {
     #[arg(long, global = true, env = "TOKA_CELL", value_name = "N")]
     cell: Option<u32>,
 
+    /// With --cluster: a PEM certificate to trust when a command talks to
+    /// the API of a host serving with TLS (one with a self-signed
+    /// certificate, or a private CA's).
+    #[arg(long, global = true, env = "TOKA_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+
     #[command(flatten)]
     limits: LimitArgs,
 
@@ -189,6 +195,8 @@ pub(crate) struct Place {
     pub(crate) cluster: Option<String>,
     /// The cell, with --cell.
     pub(crate) cell: Option<u32>,
+    /// A certificate to trust, with --tls-ca.
+    pub(crate) tls_ca: Option<PathBuf>,
 }
 
 impl Place {
@@ -307,6 +315,7 @@ fn main() -> ExitCode {
         agent_limits: cli.limits.apply(),
         cluster: cli.cluster,
         cell: cli.cell,
+        tls_ca: cli.tls_ca,
     };
     // With --cluster, a command that writes goes through the API of the
     // host serving the cell; secrets stay per host, archives per data dir.

@@ -31,6 +31,13 @@ pub(crate) struct Args {
     /// finish; what is still running then runs again at the next start.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = toka_host::parse_duration)]
     grace: Duration,
+    /// With --cluster: the base URL other hosts and clients reach this
+    /// host's API at, recorded in the leases of the cells it serves (where
+    /// requests for them are redirected). Default: the address it listens
+    /// on — give this when that is 0.0.0.0, behind a NAT, or not the name
+    /// the TLS certificate holds.
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
     /// The largest component upload accepted.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = toka_host::parse_size)]
     max_component: u64,
@@ -38,7 +45,13 @@ pub(crate) struct Args {
 
 pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
     if place.cluster.is_some() {
-        return crate::cluster::serve(place, config(place, &args), args.grace).await;
+        let advertise = advertised(args.advertise.as_deref(), args.tls_cert.is_some())?;
+        return crate::cluster::serve(place, config(place, &args), args.grace, advertise).await;
+    }
+    if args.advertise.is_some() {
+        return Err(Failure::input(
+            "--advertise is for a host of a cluster (with --cluster): the URL its leases record",
+        ));
     }
     if let Some(server) = drive::server(place).await? {
         return Err(Failure::input(format!(
@@ -64,6 +77,31 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
         .map_err(Failure::work)?;
     eprintln!("toka: stopped; everything acknowledged is in the log");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--advertise URL`, checked: an `http://` or `https://` base URL (the
+/// scheme the server speaks), without a path.
+fn advertised(url: Option<&str>, tls: bool) -> Result<Option<String>, Failure> {
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    let scheme = if tls { "https://" } else { "http://" };
+    let bad = |why: &str| Failure::input(format!("--advertise {url}: {why}"));
+    let rest = url.strip_prefix(scheme).ok_or_else(|| {
+        bad(&format!(
+            "it must start with {scheme} (the scheme this host speaks)"
+        ))
+    })?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty()
+        || authority.contains(['/', '?', '#', '@'])
+        || authority
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(bad("it must be a base URL: scheme, host and port, no path"));
+    }
+    Ok(Some(format!("{scheme}{authority}")))
 }
 
 /// The server's configuration from the arguments.

@@ -288,8 +288,11 @@ impl CellStore {
             std::thread::Builder::new()
                 .name(format!("toka-cell-{}-index", self.cell))
                 .spawn(move || {
-                    let older = reader.read_range(1, to, ChainHead::default());
-                    reader.older_read(to, older.map_err(|e| e.to_string()));
+                    let older = reader.read_range(1, to, ChainHead::default(), true);
+                    // Nobody to tell once the store is gone.
+                    if Arc::strong_count(&reader.index) > 1 {
+                        reader.older_read(to, older.map_err(|e| e.to_string()));
+                    }
                 })
                 .map_err(|e| ClusterError::js("starting the log's reader".to_owned(), e))?;
         }
@@ -367,7 +370,7 @@ impl CellStore {
                     let to = *to;
                     tail.older = Older::Reading;
                     drop(tail);
-                    let older = self.read_range(1, to, ChainHead::default());
+                    let older = self.read_range(1, to, ChainHead::default(), false);
                     let failed = older.as_ref().err().map(ToString::to_string);
                     self.older_read(to, older.map_err(|e| e.to_string()));
                     if let Some(reason) = failed {
@@ -460,7 +463,7 @@ impl CellStore {
         })
         .map_err(|e| ClusterError::js(format!("reading cell {}'s stream", self.cell), e))?;
         let mut tail = self.lock();
-        let read = self.read_range(tail.last_message + 1, last, tail.head)?;
+        let read = self.read_range(tail.last_message + 1, last, tail.head, false)?;
         tail.batches.extend(read.batches);
         tail.task_ends.extend(read.task_ends);
         if read.last_message > 0 {
@@ -470,12 +473,26 @@ impl CellStore {
         Ok(())
     }
 
-    /// Reads log messages `from..=to`, the head before them being `head`.
-    fn read_range(&self, from: u64, to: u64, mut head: ChainHead) -> Result<Indexed, ClusterError> {
+    /// Reads log messages `from..=to`, the head before them being `head`;
+    /// in the `background`, it gives up once the store it reads for is
+    /// gone.
+    fn read_range(
+        &self,
+        from: u64,
+        to: u64,
+        mut head: ChainHead,
+        background: bool,
+    ) -> Result<Indexed, ClusterError> {
         let read = |e: StoreError| ClusterError::js(format!("reading cell {}'s log", self.cell), e);
         let mut indexed = Indexed::default();
         let mut fetched = std::collections::VecDeque::new();
         for seq in from..=to {
+            if background && Arc::strong_count(&self.index) == 1 {
+                return Err(ClusterError::js(
+                    format!("reading cell {}'s log", self.cell),
+                    "the cell was closed",
+                ));
+            }
             if fetched.is_empty() {
                 fetched = self.prefetch(seq, to);
             }

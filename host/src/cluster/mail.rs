@@ -249,7 +249,9 @@ async fn receive(cluster: Cluster, mail: CellMail, cell: Cell, done: watch::Send
     let mut next = mail.inbox_read_from();
     let mut seen = mail.watch();
     let mut idle = 0u32;
-    let mut purge = Purge::new(next);
+    // What a former owner took but had not purged yet goes at the first
+    // purge.
+    let mut purge = Purge::new();
     loop {
         if next > end {
             done.send_replace(true);
@@ -349,9 +351,9 @@ struct Purge {
 }
 
 impl Purge {
-    fn new(below: u64) -> Purge {
+    fn new() -> Purge {
         Purge {
-            below,
+            below: 1,
             refused_until: None,
             refusals: 0,
         }

@@ -357,6 +357,20 @@ impl RedbStore {
     }
 }
 
+/// `table` in `tx`, or `None` while the data dir has none (nothing was
+/// stored in it yet, or it predates the table).
+fn optional_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    path: &Path,
+    tx: &ReadTransaction,
+    table: TableDefinition<'static, K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
+    match tx.open_table(table) {
+        Ok(t) => Ok(Some(t)),
+        Err(TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(backend(path, e)),
+    }
+}
+
 impl EventStore for RedbStore {
     fn append(&self, batch: Batch) -> Result<(), StoreError> {
         let p = &self.path;
@@ -450,11 +464,9 @@ impl EventStore for RedbStore {
     fn task_end(&self, task: TaskId) -> Result<Option<u64>, StoreError> {
         let p = &self.path;
         let tx = self.read()?;
-        let table = match tx.open_table(TASK_ENDS) {
-            Ok(t) => t,
-            // A data dir from before the index: nothing indexed yet.
-            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(backend(p, e)),
+        // A data dir from before the index: nothing indexed yet.
+        let Some(table) = optional_table(p, &tx, TASK_ENDS)? else {
+            return Ok(None);
         };
         Ok(table
             .get(&task.as_u128().to_be_bytes())
@@ -465,10 +477,8 @@ impl EventStore for RedbStore {
     fn snapshots(&self) -> Result<Vec<u64>, StoreError> {
         let p = &self.path;
         let tx = self.read()?;
-        let table = match tx.open_table(SNAPSHOTS) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(backend(p, e)),
+        let Some(table) = optional_table(p, &tx, SNAPSHOTS)? else {
+            return Ok(Vec::new());
         };
         table
             .iter()
@@ -480,10 +490,8 @@ impl EventStore for RedbStore {
     fn snapshot_below(&self, below: u64) -> Result<Option<u64>, StoreError> {
         let p = &self.path;
         let tx = self.read()?;
-        let table = match tx.open_table(SNAPSHOTS) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(backend(p, e)),
+        let Some(table) = optional_table(p, &tx, SNAPSHOTS)? else {
+            return Ok(None);
         };
         let newest = table
             .range(..below)
@@ -497,10 +505,8 @@ impl EventStore for RedbStore {
     fn snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let p = &self.path;
         let tx = self.read()?;
-        let table = match tx.open_table(SNAPSHOTS) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(backend(p, e)),
+        let Some(table) = optional_table(p, &tx, SNAPSHOTS)? else {
+            return Ok(None);
         };
         Ok(table
             .get(seq)

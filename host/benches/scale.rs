@@ -23,8 +23,8 @@
 //! Prints: agents per second (spawn + first task, wall clock), RSS before,
 //! after and at peak, bytes of kernel state per agent (the snapshot's
 //! size), host bytes per idle agent (RSS growth per agent, after the
-//! run), and the token verifications and uncached authorizations per
-//! spawned agent.
+//! run), the token verifications and uncached authorizations per
+//! spawned agent, and the data dir's size on disk.
 
 #![allow(missing_docs, reason = "a bench binary")]
 
@@ -198,6 +198,20 @@ async fn run(agents: u64) {
         "records per agent:              {:.2}",
         per_agent(metrics.records - metrics_before.records)
     );
+    println!(
+        "data dir on disk:               {} MiB",
+        dir_bytes(dir.path()) >> 20
+    );
+}
+
+/// Bytes of the files directly in `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("the data dir")
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .filter(std::fs::Metadata::is_file)
+        .map(|m| m.len())
+        .sum()
 }
 
 /// The process's resident memory now and at its peak, from /proc.

@@ -45,7 +45,8 @@ struct Cli {
     root_key: Option<PathBuf>,
 
     /// Snapshot the state every N records, so recovery replays only the tail
-    /// (0: never).
+    /// (0: never); a state over 1 MiB waits until as many log bytes as its
+    /// own size have passed.
     #[arg(
         long,
         global = true,

@@ -84,7 +84,10 @@ impl HostConfig {
 
     /// Write a snapshot of the state with the batch that passes this many
     /// records since the last one, so recovery replays only the tail. 0
-    /// turns snapshots off. Default 10 000.
+    /// turns snapshots off. Default 10 000. A state larger than 1 MiB is
+    /// snapshotted no more often than once per its own size of log bytes,
+    /// so the snapshots' cost follows what is logged, not the number of
+    /// agents.
     pub fn snapshot_every(&mut self, records: u64) -> &mut Self {
         self.snapshot_every = records;
         self

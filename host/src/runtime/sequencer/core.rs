@@ -17,6 +17,8 @@ use crate::log::committed::CommittedRecord;
 use crate::runtime::clock::Clock;
 use crate::store::event_store::{Batch, EventStore};
 
+use super::snapshots::SnapshotPolicy;
+
 /// The host stopped accepting operations (the log writer failed, or the host
 /// is shutting down); carries the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -274,10 +276,8 @@ pub(super) struct Core {
     pub(super) gate: Gate,
     /// Where re-run tasks find the operations they already applied.
     pub(super) store: Arc<dyn EventStore>,
-    /// Write a snapshot with the batch that passes this many records since
-    /// the last one (0: never).
-    pub(super) snapshot_every: u64,
-    pub(super) last_snapshot: u64,
+    /// When the writer snapshots the state.
+    pub(super) snapshots: SnapshotPolicy,
     /// Skips the gate (only the benchmarks' feature sets it).
     pub(super) skip_gate: bool,
     pub(super) clock: Arc<dyn Clock>,
@@ -329,8 +329,7 @@ impl Sequencer {
                     kernel,
                     gate,
                     store,
-                    snapshot_every: options.snapshot_every,
-                    last_snapshot: options.last_snapshot,
+                    snapshots: SnapshotPolicy::new(options.snapshot_every, options.last_snapshot),
                     skip_gate: options.skip_gate,
                     clock,
                     pending: Batch::default(),
@@ -530,7 +529,7 @@ impl Sequencer {
                 continue;
             }
             let bytes = crate::store::snapshot::encode(&core.kernel);
-            core.last_snapshot = head;
+            core.snapshots.taken(head, bytes.len());
             let store = Arc::clone(&core.store);
             drop(core);
             store
@@ -981,6 +980,7 @@ impl Core {
         };
         // The events hold the payloads the record also holds: count both.
         self.pending_bytes += 2 * bytes.len();
+        self.snapshots.logged(bytes.len());
         self.pending.records.push((seq, bytes));
         if let Some((digest, blob)) = attachments.blob {
             self.pending_bytes += blob.len();

@@ -16,12 +16,14 @@
 //!   recording what was refused so the answers stay the same.
 //! - `spawn`: spawning and delegation (the child's token, its budgets).
 //! - `denials`: recording denials, rate-limited.
+//! - `snapshots`: when the writer snapshots the state.
 //! - `http`: journaling outbound HTTP requests and their responses.
 
 mod core;
 mod denials;
 mod http;
 mod journal;
+mod snapshots;
 mod spawn;
 mod writer;
 

@@ -146,9 +146,10 @@ impl Shared {
                 // Everything applied is in this batch, so the kernel's state
                 // is the state at its head: the moment for a snapshot.
                 let head = batch.head.seq;
-                if core.snapshot_every > 0 && head >= core.last_snapshot + core.snapshot_every {
-                    batch.snapshot = Some((head, crate::store::snapshot::encode(&core.kernel)));
-                    core.last_snapshot = head;
+                if core.snapshots.due(head) {
+                    let bytes = crate::store::snapshot::encode(&core.kernel);
+                    core.snapshots.taken(head, bytes.len());
+                    batch.snapshot = Some((head, bytes));
                 }
                 let view = self
                     .want_view

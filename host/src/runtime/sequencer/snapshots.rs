@@ -62,7 +62,7 @@ impl SnapshotPolicy {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::runtime::sequencer::snapshots::{LARGE_STATE, SnapshotPolicy};
 
     #[test]
     fn a_small_state_is_snapshotted_every_n_records() {

@@ -77,7 +77,7 @@ pub use store::archive_file::ArchiveFileError;
 pub use store::data_dir::{DataDir, DataDirError};
 pub use store::event_store::{
     Anchor, Batch, CHECKPOINT_BYTES_PER_RECORD, Cut, DATA_FORMAT, EventStore, Records,
-    SNAPSHOTS_KEPT, StoreError, snapshot_dropped,
+    SNAPSHOTS_KEPT, SNAPSHOTS_LOOKED_AT, StoreError, snapshot_dropped,
 };
 pub use store::memory::MemoryStore;
 pub use store::redb::RedbStore;

@@ -35,7 +35,7 @@ use toka_kernel::{ChainHead, Digest, Limits, TaskId};
 use super::connection::{Cluster, ClusterConfig, ClusterError, kept_stream};
 use super::lease::LeaseGuard;
 use crate::store::event_store::{
-    Anchor, Batch, Cut, EventStore, Records, StoreError, snapshot_dropped,
+    Anchor, Batch, Cut, EventStore, Records, SNAPSHOTS_LOOKED_AT, StoreError, snapshot_dropped,
 };
 
 /// How long a read, or the fence, is tried again when it got no answer.
@@ -816,7 +816,7 @@ impl CellStore {
             snapshots.push(seq);
             snapshots.sort_unstable();
         }
-        let newest = &snapshots[snapshots.len().saturating_sub(4)..];
+        let newest = &snapshots[snapshots.len().saturating_sub(SNAPSHOTS_LOOKED_AT)..];
         if let Some(old) = snapshot_dropped(newest, None, bytes.len()) {
             self.delete_object(&format!("snap.{old:020}"))?;
             snapshots.retain(|s| *s != old);

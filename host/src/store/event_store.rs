@@ -8,14 +8,19 @@ use toka_kernel::{ChainHead, Digest, Limits, TaskId};
 /// The newest snapshots a store always keeps (besides the anchor's).
 pub const SNAPSHOTS_KEPT: usize = 2;
 
+/// How many of the newest snapshots a store passes to [`snapshot_dropped`]
+/// (it decides about the one just past the newest [`SNAPSHOTS_KEPT`],
+/// against the one before it).
+pub const SNAPSHOTS_LOOKED_AT: usize = SNAPSHOTS_KEPT + 2;
+
 /// Older snapshots are kept as *checkpoints* at least one record apart per
 /// this many bytes of snapshot (see [`snapshots_dropped`]).
 pub const CHECKPOINT_BYTES_PER_RECORD: usize = 16;
 
 /// The snapshot to drop, if any, once one of `bytes` bytes was written:
 /// `newest` are the stored snapshots' sequence numbers, ascending, the new
-/// one last — at least the newest [`SNAPSHOTS_KEPT`] + 2 when there are
-/// that many (more are not looked at).
+/// one last — the newest [`SNAPSHOTS_LOOKED_AT`] when there are that many
+/// (more are not looked at).
 ///
 /// Kept: the anchor's, the newest [`SNAPSHOTS_KEPT`], and, of the older
 /// ones, each at least `bytes` / [`CHECKPOINT_BYTES_PER_RECORD`] records
@@ -353,7 +358,7 @@ pub(crate) fn random_data_id() -> Result<[u8; 16], getrandom::Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::snapshot_dropped;
+    use super::{SNAPSHOTS_LOOKED_AT, snapshot_dropped};
 
     /// The snapshots kept when one of `bytes` bytes is written at each of
     /// `seqs`, in turn.
@@ -361,7 +366,7 @@ mod tests {
         let mut kept = Vec::new();
         for seq in seqs {
             kept.push(seq);
-            let from = kept.len().saturating_sub(4);
+            let from = kept.len().saturating_sub(SNAPSHOTS_LOOKED_AT);
             if let Some(dropped) = snapshot_dropped(&kept[from..], anchor, bytes) {
                 kept.retain(|s| *s != dropped);
             }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use toka_kernel::{ChainHead, Digest, Limits, TaskId};
 
 use crate::store::event_store::{
-    Anchor, Batch, Cut, EventStore, Records, StoreError, snapshot_dropped,
+    Anchor, Batch, Cut, EventStore, Records, SNAPSHOTS_LOOKED_AT, StoreError, snapshot_dropped,
 };
 
 /// An [`EventStore`] in memory: nothing survives the process.
@@ -61,7 +61,13 @@ impl Inner {
     fn keep_snapshot(&mut self, seq: u64, bytes: Vec<u8>) {
         let len = bytes.len();
         self.snapshots.insert(seq, bytes);
-        let mut newest: Vec<u64> = self.snapshots.keys().rev().take(4).copied().collect();
+        let mut newest: Vec<u64> = self
+            .snapshots
+            .keys()
+            .rev()
+            .take(SNAPSHOTS_LOOKED_AT)
+            .copied()
+            .collect();
         newest.reverse();
         if let Some(old) = snapshot_dropped(&newest, self.anchor.map(|a| a.snapshot), len) {
             self.snapshots.remove(&old);

@@ -25,7 +25,8 @@ use redb::{
 use toka_kernel::{ChainHead, Digest, Limits, TaskId};
 
 use crate::store::event_store::{
-    Anchor, Batch, Cut, DATA_FORMAT, EventStore, Records, StoreError, snapshot_dropped,
+    Anchor, Batch, Cut, DATA_FORMAT, EventStore, Records, SNAPSHOTS_LOOKED_AT, StoreError,
+    snapshot_dropped,
 };
 
 /// The data format a new store is written in: the whole log, readable by
@@ -340,12 +341,12 @@ impl RedbStore {
         };
         let mut table = tx.open_table(SNAPSHOTS).map_err(|e| backend(p, e))?;
         table.insert(seq, bytes).map_err(|e| backend(p, e))?;
-        // The newest four only: each holds a whole snapshot.
+        // The newest few only: each holds a whole snapshot.
         let mut newest: Vec<u64> = table
             .iter()
             .map_err(|e| backend(p, e))?
             .rev()
-            .take(4)
+            .take(SNAPSHOTS_LOOKED_AT)
             .map(|entry| entry.map(|(k, _)| k.value()))
             .collect::<Result<_, _>>()
             .map_err(|e| backend(p, e))?;

@@ -1,6 +1,6 @@
 //! Many agents on one host: busy agents take turns for the places for
 //! instances (round-robin, no starvation by a CPU-heavy or an op-heavy
-//! neighbour), thousands of agents spawned by one agent all run, and a
+//! neighbour, nor by a tree of agents all running long tasks), thousands of agents spawned by one agent all run, and a
 //! few idle agents' instances are kept warm.
 //!
 //! The full-size runs are benchmarks: `cargo bench -p toka-host --bench
@@ -148,6 +148,107 @@ async fn busy_agents_take_turns_and_no_neighbour_starves_them() {
     owned.shutdown().await.unwrap();
     let verify = toka(&data, &["verify"]);
     assert!(verify.ok().starts_with("ok "), "{verify:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_of_busy_agents_cannot_take_every_place() {
+    // Regression: places were handed out first come, first served, so an
+    // agent that spawned as many children as there are places, each
+    // running a long task, kept every other agent waiting until the
+    // children's deadline.
+    const PLACES: usize = 4;
+    const HOGS: usize = 6;
+    let limits = AgentLimits {
+        deadline_per_task: Duration::from_secs(300),
+        ..AgentLimits::default()
+    };
+    let mut config = HostConfig::new();
+    config.agent_limits(limits).max_instances(PLACES);
+    let arena = Arena::new(config).await;
+    let spawner = arena
+        .agent(
+            "test-bench",
+            grant(&["observe", "spawn test-bench", "schedule children"]),
+        )
+        .await;
+    assert_eq!(
+        outcome(&arena.host, spawner, &format!("spawn {HOGS} hog")).await,
+        Ok(HOGS.to_string())
+    );
+    let hogs: Vec<AgentId> = arena
+        .host
+        .state(|s| {
+            s.agents()
+                .filter(|(_, a)| a.parent == spawner)
+                .map(|(id, _)| id)
+                .collect()
+        })
+        .await;
+    assert_eq!(hogs.len(), HOGS);
+    for hog in &hogs {
+        arena
+            .host
+            .schedule(*hog, "compute 1000000000000000")
+            .await
+            .unwrap();
+    }
+    let running = || async {
+        arena
+            .host
+            .state(|s| {
+                hogs.iter()
+                    .filter(|hog| s.agent(**hog).is_some_and(|a| a.running.is_some()))
+                    .count()
+            })
+            .await
+    };
+    // The tree takes its share, three quarters of the places, and no more.
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = running().await;
+        assert!(n <= PLACES * 3 / 4, "one tree holds {n} of {PLACES} places");
+        if n == PLACES * 3 / 4 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the tree took {n} places in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another tree is served meanwhile, at once, not after the deadline.
+    tokio::time::timeout(Duration::from_secs(60), arena.bystander_serves())
+        .await
+        .expect("the bystander waited for the busy tree's tasks to end");
+    assert_eq!(
+        running().await,
+        PLACES * 3 / 4,
+        "the busy tree's tasks ended"
+    );
+    // Terminated, the children stop computing at the next epoch tick (not
+    // at their deadline, 300 s away) and give their places back.
+    for hog in &hogs {
+        arena
+            .host
+            .terminate(*hog, "the test is over")
+            .await
+            .unwrap();
+    }
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
+    while arena.host.running_actors() > 0 {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "{} actors still run 30 s after their agents were terminated",
+            arena.host.running_actors()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events = arena.finish().await;
+    // Not counted as their fault.
+    assert!(!events.iter().any(|l| matches!(
+        &l.event,
+        Event::AgentFaulted { agent, .. } if hogs.contains(agent)
+    )));
 }
 
 /// Children in the scale check (10 000 with `TOKA_LONG_TESTS=1`; the

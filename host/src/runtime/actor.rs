@@ -19,7 +19,7 @@ use std::time::Duration;
 use std::sync::atomic::Ordering;
 use toka_kernel::{AgentId, Digest, EntityId, Operation, TaskId};
 
-use tokio::sync::OwnedSemaphorePermit;
+use crate::runtime::places::Place;
 use wasmtime::{Store, UpdateDeadline};
 
 use crate::runtime::guest::{AgentCtx, wit_id};
@@ -87,10 +87,11 @@ impl HostInner {
 /// starts a new one.
 ///
 /// Scheduling is round-robin across agents with runnable tasks: an actor
-/// holds a place for an instance while it runs a task, and when every
-/// place is taken it gives its place back after each task and queues for
-/// one again (the places are handed out first come, first served), so a
-/// busy agent cannot keep one from the others.
+/// holds a place for an instance while it runs a task, and while another
+/// actor waits for one it gives its place back after each task and queues
+/// for one again (the places are shared between agent trees, see
+/// [`Places`](crate::runtime::places::Places)), so a busy agent cannot
+/// keep one from the others.
 pub(crate) async fn run(inner: Arc<HostInner>, agent: AgentId) {
     let mut instance: Option<Instance> = None;
     loop {
@@ -119,10 +120,10 @@ pub(crate) async fn run(inner: Arc<HostInner>, agent: AgentId) {
                 started,
             } => {
                 run_task(&inner, agent, task, description, started, &mut instance).await;
-                // Every place is taken: give this one back and queue for
-                // one again (the instance is kept warm meanwhile, if it
+                // Someone waits for a place: give this one back and queue
+                // for one again (the instance is kept warm meanwhile, if it
                 // stays among the most recently kept).
-                if inner.instances.available_permits() == 0 {
+                if inner.places.contended() {
                     if let Some(instance) = instance.take() {
                         inner.warm.keep(agent, instance);
                     }
@@ -305,6 +306,12 @@ async fn attempt_task(
             quarantine_if_due(inner, agent, None).await;
             return Outcome::Done;
         }
+        // Ended from outside: what ended it is recorded; the agent is not
+        // at fault.
+        Err(trap) if matches!(trap.downcast_ref::<Exceeded>(), Some(Exceeded::Abandoned)) => {
+            *instance = None;
+            return Outcome::Done;
+        }
         Err(trap) if is_hosts(&trap, host_failure.as_deref()) => {
             return Outcome::Host(host_failure.unwrap_or_else(|| summary(&trap)));
         }
@@ -445,7 +452,7 @@ async fn ready(
         return Ok(());
     }
     // The place first: an instance out of the warm set holds one.
-    let place = take_place(inner).await.map_err(Failure::Host)?;
+    let place = take_place(inner, agent).await.map_err(Failure::Host)?;
     *instance = Some(match inner.warm.take(agent).filter(|i| !stale(i)) {
         Some(mut warm) => {
             warm.place = Some(place);
@@ -462,7 +469,7 @@ async fn ready(
 pub(crate) async fn instantiate(
     inner: &HostInner,
     agent: AgentId,
-    place: OwnedSemaphorePermit,
+    place: Place,
 ) -> Result<Instance, Failure> {
     let (component, token): (Digest, Digest) = inner
         .sequencer
@@ -492,10 +499,16 @@ pub(crate) async fn instantiate(
     .map_err(Failure::Agent)?;
     let mut store = Store::new(inner.components.engine(), ctx);
     store.limiter(|ctx| &mut ctx.limiter);
-    // At every epoch tick: yield to the other agents, and end the task if
-    // the token no longer grants a directory this instance has open.
-    store.epoch_deadline_callback(|mut ctx| {
-        if ctx.data_mut().grants_still_hold() {
+    // At every epoch tick: yield to the other agents; stop computing for
+    // nobody (the agent was terminated, or the host is stopping), so an
+    // abandoned task neither keeps its place nor burns CPU until its
+    // deadline; and end the task if the token no longer grants a
+    // directory this instance has open.
+    store.epoch_deadline_callback(|ctx| {
+        let ctx = ctx.data();
+        if !ctx.still_wanted() {
+            Err(wasmtime::Error::new(Exceeded::Abandoned))
+        } else if ctx.grants_still_hold() {
             Ok(UpdateDeadline::Yield(1))
         } else {
             Err(wasmtime::Error::new(Exceeded::Revoked))
@@ -539,13 +552,13 @@ pub(crate) async fn instantiate(
     })
 }
 
-/// One of the host's places for instances, when one is free (first come,
-/// first served).
-pub(crate) async fn take_place(inner: &HostInner) -> Result<OwnedSemaphorePermit, String> {
-    Arc::clone(&inner.instances)
-        .acquire_owned()
-        .await
-        .map_err(|_| "the host is shutting down".to_owned())
+/// One of the host's places for instances, for `agent`'s tree (see
+/// [`Places`](crate::runtime::places::Places)).
+pub(crate) async fn take_place(inner: &HostInner, agent: AgentId) -> Result<Place, String> {
+    let tree = inner
+        .sequencer
+        .read(|k| crate::runtime::places::tree_of(k.state(), agent));
+    inner.places.take(tree).await
 }
 
 /// Who is to blame for an error while instantiating or initializing.

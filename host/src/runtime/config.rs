@@ -28,6 +28,7 @@ pub struct HostConfig {
     pub(crate) rules: Option<Rules>,
     pub(crate) start_agents: bool,
     pub(crate) max_instances: usize,
+    pub(crate) places_per_tree: Option<usize>,
     pub(crate) warm_instances: usize,
     pub(crate) pooling: bool,
     pub(crate) protected_paths: Vec<PathBuf>,
@@ -46,6 +47,7 @@ impl Default for HostConfig {
             rules: None,
             start_agents: true,
             max_instances: 512,
+            places_per_tree: None,
             warm_instances: 64,
             pooling: true,
             protected_paths: Vec::new(),
@@ -118,6 +120,25 @@ impl HostConfig {
         self
     }
 
+    /// The most places (of [`max_instances`](Self::max_instances)) the
+    /// agents of one tree — an agent the operator spawned and all its
+    /// descendants — hold at once, so a tree that spawns many agents
+    /// running long tasks cannot keep every place from the others; when a
+    /// place frees, the trees with waiting agents take turns. Default
+    /// three quarters of the places (at least 1; at most all of them).
+    pub fn places_per_tree(&mut self, places: usize) -> &mut Self {
+        self.places_per_tree = Some(places.max(1));
+        self
+    }
+
+    /// [`places_per_tree`](Self::places_per_tree) as configured or by
+    /// default.
+    pub(crate) fn tree_share(&self) -> usize {
+        self.places_per_tree
+            .unwrap_or(self.max_instances - self.max_instances / 4)
+            .clamp(1, self.max_instances.max(1))
+    }
+
     /// Instances kept for agents that just ran out of work, so an agent
     /// that gets tasks often is not instantiated for each one; the least
     /// recently kept goes first. A kept instance holds no place, so at
@@ -171,6 +192,7 @@ impl std::fmt::Debug for HostConfig {
             .field("rules", &self.rules)
             .field("start_agents", &self.start_agents)
             .field("max_instances", &self.max_instances)
+            .field("places_per_tree", &self.tree_share())
             .field("warm_instances", &self.warm_instances)
             .field("pooling", &self.pooling)
             .field("protected_paths", &self.protected_paths)

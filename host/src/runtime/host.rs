@@ -8,7 +8,6 @@ use toka_kernel::{
     AgentId, ChainHead, Digest, EntityId, Kernel, Operation, RULES_VERSION, Rules, TaskId,
     WorldState,
 };
-use tokio::sync::Semaphore;
 
 use crate::capability::budget::Budget;
 use crate::capability::gate::Gate;
@@ -44,7 +43,8 @@ pub struct Host {
     inner: Arc<HostInner>,
     root: Arc<RootKey>,
     writer: Option<JoinHandle<()>>,
-    ticker: Option<(JoinHandle<()>, Arc<AtomicBool>)>,
+    /// Tells the epoch ticker to stop once no instance runs.
+    ticker: Option<Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -85,6 +85,7 @@ impl Host {
         }
         let (kernel, last_snapshot) = recover(store.as_ref())?;
         let kernel_rules = kernel.state().rules().cloned();
+        let places = crate::runtime::places::Places::new(config.max_instances, config.tree_share());
         let pool = config.pooling.then(|| crate::sandbox::components::Pool {
             // Instances with a place, and the warm ones without.
             instances: u32::try_from(config.max_instances.saturating_add(config.warm_instances))
@@ -132,7 +133,7 @@ impl Host {
             outbound,
             components,
             agent_limits: config.agent_limits,
-            instances: Arc::new(Semaphore::new(config.max_instances.max(1))),
+            places,
             warm: crate::runtime::instance::Warm::new(config.warm_instances),
             draining: AtomicBool::new(false),
             waiters: crate::runtime::tasks::Waiters::default(),
@@ -151,7 +152,7 @@ impl Host {
             store,
             Box::new(move |batch: Arc<Committed>| router.route(batch)),
         )?;
-        let ticker = start_ticker(inner.components.engine().clone())?;
+        let ticker = start_ticker(inner.components.engine().clone(), Arc::clone(&inner.places))?;
         let host = Host {
             inner,
             root: Arc::new(root),
@@ -775,7 +776,7 @@ impl Host {
     #[cfg(feature = "bench")]
     #[doc(hidden)]
     pub async fn bench_instantiate(&self, agent: AgentId) -> Result<(), String> {
-        let place = crate::runtime::actor::take_place(&self.inner).await?;
+        let place = crate::runtime::actor::take_place(&self.inner, agent).await?;
         crate::runtime::actor::instantiate(&self.inner, agent, place)
             .await
             .map(drop)
@@ -807,9 +808,14 @@ impl Host {
 
     fn stop(&mut self) {
         self.inner.sequencer.close();
-        if let Some((ticker, stop)) = self.ticker.take() {
+        self.inner.places.close();
+        // The ticker ticks on until no instance holds a place: a guest
+        // computing now reaches its next epoch deadline, finds the host
+        // stopping and traps, instead of running on with no tick to stop
+        // it (keeping its worker thread, and the runtime's shutdown,
+        // waiting for ever).
+        if let Some(stop) = self.ticker.take() {
             stop.store(true, Ordering::Relaxed);
-            let _ = ticker.join();
         }
     }
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use toka_kernel::{Digest, Event};
-use tokio::sync::Semaphore;
 
 use crate::log::committed::Committed;
 use crate::runtime::bus::Bus;
@@ -26,8 +25,9 @@ pub(crate) struct HostInner {
     pub(crate) outbound: Arc<crate::runtime::outbound::Outbound>,
     pub(crate) components: Components<AgentCtx>,
     pub(crate) agent_limits: AgentLimits,
-    /// Places for live instances ([`HostConfig::max_instances`](crate::HostConfig::max_instances)).
-    pub(crate) instances: Arc<Semaphore>,
+    /// Places for running instances ([`HostConfig::max_instances`](crate::HostConfig::max_instances),
+    /// [`HostConfig::places_per_tree`](crate::HostConfig::places_per_tree)).
+    pub(crate) places: Arc<crate::runtime::places::Places>,
     /// Instances kept for agents that just ran out of work.
     pub(crate) warm: crate::runtime::instance::Warm,
     /// Set by [`Host::drain`](crate::Host::drain): start no more tasks.

@@ -17,7 +17,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use toka_kernel::{AgentId, Digest};
-use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::Store;
 
 use crate::runtime::guest::AgentCtx;
@@ -38,7 +37,7 @@ pub(crate) struct Instance {
     /// new token makes a new instance.
     pub(crate) made_for: (Digest, Digest),
     /// Its place while it runs tasks; none while it is kept warm.
-    pub(crate) place: Option<OwnedSemaphorePermit>,
+    pub(crate) place: Option<crate::runtime::places::Place>,
 }
 
 /// Instances kept for agents without work, at most `cap`, the least

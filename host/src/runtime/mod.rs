@@ -9,9 +9,10 @@
 //! - `bus`: where committed batches are *published*;
 //! - `outbound`: what the sandbox asks of the runtime (authorizing effects,
 //!   journaling outbound requests, the secrets to inject);
-//! - `inner`, `actor`, `roster`, `instance`: routing published work to
-//!   agents, running each agent's tasks one at a time, which agents have an
-//!   actor now, and their live (and warm) instances;
+//! - `inner`, `actor`, `roster`, `places`, `instance`: routing published
+//!   work to agents, running each agent's tasks one at a time, which agents
+//!   have an actor now, the places for running instances (shared fairly
+//!   between agent trees), and their live (and warm) instances;
 //! - `host`, `config`, `clock`, `ticker`, `error`: the entry point, its
 //!   configuration, logical time, the epoch ticker, the umbrella error.
 
@@ -29,6 +30,7 @@ pub(crate) mod instance;
 pub(crate) mod mail;
 pub(crate) mod metrics;
 pub(crate) mod outbound;
+pub(crate) mod places;
 pub(crate) mod roster;
 pub(crate) mod sequencer;
 pub(crate) mod tasks;

@@ -3,25 +3,27 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How often guests are interrupted to yield to other agents.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Increments the engine's epoch every tick, until told to stop.
+/// Increments the engine's epoch every tick until told to stop and no
+/// instance holds one of `places` any more: the instances still running
+/// when the host stops need ticks to notice it and end.
 pub(crate) fn start_ticker(
     engine: wasmtime::Engine,
-) -> std::io::Result<(JoinHandle<()>, Arc<AtomicBool>)> {
+    places: Arc<crate::runtime::places::Places>,
+) -> std::io::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
-    let handle = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("toka-epoch".into())
         .spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
+            while !(flag.load(Ordering::Relaxed) && places.idle()) {
                 std::thread::sleep(EPOCH_TICK);
                 engine.increment_epoch();
             }
         })?;
-    Ok((handle, stop))
+    Ok(stop)
 }

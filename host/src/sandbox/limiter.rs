@@ -38,6 +38,10 @@ pub(crate) enum Exceeded {
     /// token was revoked or expired while the task ran.
     #[error("the agent's token no longer grants what its instance holds open (revoked or expired)")]
     Revoked,
+    /// Nobody waits for the task any more: its agent was terminated, the
+    /// task was ended from outside, or the host is stopping.
+    #[error("the task was abandoned: its agent was terminated or the host is stopping")]
+    Abandoned,
 }
 
 /// Enforces [`AgentLimits`] on a store's memories, tables and instances:

@@ -517,6 +517,21 @@ impl Sequencer {
         self.read(|k| k.state().task(task)?.status.run().map(|r| r.started_at))
     }
 
+    /// Whether an instance of `agent` running `task` (or, for `None`, its
+    /// `init`) should go on: the host is not stopping, and the agent is
+    /// live with `task` as its running task (not terminated or failed from
+    /// outside meanwhile).
+    pub(crate) fn still_wanted(&self, agent: AgentId, task: Option<TaskId>) -> bool {
+        let core = self.lock();
+        core.stopped.is_none()
+            && task.is_none_or(|task| {
+                core.kernel
+                    .state()
+                    .agent(agent)
+                    .is_some_and(|a| a.is_active() && a.running == Some(task))
+            })
+    }
+
     /// Writes a snapshot of the state at the log's head, once everything
     /// applied is durable; returns its sequence number.
     pub(crate) async fn snapshot_now(&self) -> Result<u64, Stopped> {

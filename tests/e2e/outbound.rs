@@ -714,3 +714,86 @@ async fn an_agent_cannot_pile_up_outstanding_requests() {
     host.shutdown().await.unwrap();
     toka(&data, &["verify"]).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_waiting_on_a_request_ends_when_its_agent_is_terminated_or_the_host_stops() {
+    // Regression: a task waiting in a host call (here, for an answer the
+    // server holds back) was not interrupted by `terminate` or by the host
+    // stopping: the epoch callback that ends abandoned tasks runs only
+    // while the guest computes, so the task kept its place and its
+    // connection until the request's timeout or the task's deadline.
+    let (_tmp, data) = temp_data();
+    let llm = Llm::start(vec![Reply::Hold; 2]).await;
+    let long = Duration::from_secs(300);
+    let limits = AgentLimits {
+        http_timeout: long,
+        deadline_per_task: long,
+        ..AgentLimits::default()
+    };
+    let host = keyed_host(&data, limits).await;
+    let component = host
+        .install("test-bench", agent_bytes("test-bench"))
+        .await
+        .unwrap();
+    let right = format!("http 127.0.0.1:{}", llm.port);
+    let url = format!("http://127.0.0.1:{}/v1/chat/completions", llm.port);
+    let llm = &llm;
+    let arrived = |n: usize| async move {
+        let give_up = std::time::Instant::now() + Duration::from_secs(60);
+        while llm.seen().len() < n {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "request {n} never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+
+    let waiter = host
+        .spawn(component, "waiter", grant(&["observe", &right]))
+        .await
+        .unwrap();
+    let task = host
+        .schedule(waiter, &format!("get 1 {url}"))
+        .await
+        .unwrap();
+    arrived(1).await;
+    host.terminate(waiter, "the test is over").await.unwrap();
+    let give_up = std::time::Instant::now() + Duration::from_secs(20);
+    while host.running_actors() > 0 {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the terminated agent's task still waits on its request after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let info = host
+        .wait_task(task, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("the task ended");
+    assert!(
+        matches!(info.state, toka_host::TaskState::Failed { .. }),
+        "{info:?}"
+    );
+    assert!(
+        !logged(&host)
+            .iter()
+            .any(|e| matches!(e, Event::AgentFaulted { .. })),
+        "the abandoned task counted as its agent's fault"
+    );
+
+    // The host stops without waiting for a request it will never answer.
+    let other = host
+        .spawn(component, "other", grant(&["observe", &right]))
+        .await
+        .unwrap();
+    host.schedule(other, &format!("get 1 {url}")).await.unwrap();
+    arrived(2).await;
+    tokio::time::timeout(Duration::from_secs(20), host.shutdown())
+        .await
+        .expect("the host waited for a held request to stop")
+        .unwrap();
+    llm.release();
+    assert!(toka(&data, &["verify"]).ok().starts_with("ok "));
+}

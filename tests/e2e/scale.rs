@@ -165,12 +165,7 @@ async fn a_tree_of_busy_agents_cannot_take_every_place() {
     let mut config = HostConfig::new();
     config.agent_limits(limits).max_instances(PLACES);
     let arena = Arena::new(config).await;
-    let spawner = arena
-        .agent(
-            "test-bench",
-            grant(&["observe", "spawn test-bench", "schedule children"]),
-        )
-        .await;
+    let spawner = spawner(&arena).await;
     assert_eq!(
         outcome(&arena.host, spawner, &format!("spawn {HOGS} hog")).await,
         Ok(HOGS.to_string())
@@ -251,6 +246,16 @@ async fn a_tree_of_busy_agents_cannot_take_every_place() {
     )));
 }
 
+/// An agent that may spawn `test-bench` children and schedule their tasks.
+async fn spawner(arena: &Arena) -> AgentId {
+    arena
+        .agent(
+            "test-bench",
+            grant(&["observe", "spawn test-bench", "schedule children"]),
+        )
+        .await
+}
+
 /// Children in the scale check (10 000 with `TOKA_LONG_TESTS=1`; the
 /// benchmark runs 100 000).
 fn many() -> u64 {
@@ -279,12 +284,7 @@ async fn thousands_of_children_all_run_and_idle_ones_hold_no_instance() {
         })
         .agent_limits(limits);
     let arena = Arena::new(config).await;
-    let spawner = arena
-        .agent(
-            "test-bench",
-            grant(&["observe", "spawn test-bench", "schedule children"]),
-        )
-        .await;
+    let spawner = spawner(&arena).await;
     let n = many();
     let before = arena.host.metrics();
     assert_eq!(

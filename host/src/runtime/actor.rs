@@ -58,12 +58,16 @@ pub(crate) enum Failure {
     Agent(String),
     /// The host's: a condition, retried.
     Host(String),
+    /// Nobody wants the instance any more (see [`abandoned`]): nothing to
+    /// record.
+    Abandoned,
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Agent(reason) | Failure::Host(reason) => f.write_str(reason),
+            Failure::Abandoned => f.write_str("abandoned"),
         }
     }
 }
@@ -234,6 +238,7 @@ async fn attempt_task(
     match ready(inner, agent, instance).await {
         Ok(()) => {}
         Err(Failure::Host(reason)) => return Outcome::Host(reason),
+        Err(Failure::Abandoned) => return Outcome::Done,
         Err(Failure::Agent(reason)) => {
             let reason = inner.clip_reason(&format!("the agent could not start: {reason}"));
             record(
@@ -266,22 +271,23 @@ async fn attempt_task(
     {
         tracing::warn!(agent = %agent.short(), error = %e, "could not set the task's fuel");
     }
-    let call = tokio::time::timeout(
-        limits.deadline_per_task,
-        live.agent.toka_agent_handler().call_handle_task(
-            &mut live.store,
-            &wit::Task {
-                id: wit_id(task),
-                description: description.to_owned(),
-            },
-        ),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(wasmtime::Error::new(Exceeded::Deadline(
+    let wit_task = wit::Task {
+        id: wit_id(task),
+        description: description.to_owned(),
+    };
+    let call = tokio::select! {
+        call = tokio::time::timeout(
             limits.deadline_per_task,
-        )))
-    });
+            live.agent
+                .toka_agent_handler()
+                .call_handle_task(&mut live.store, &wit_task),
+        ) => call.unwrap_or_else(|_| {
+            Err(wasmtime::Error::new(Exceeded::Deadline(
+                limits.deadline_per_task,
+            )))
+        }),
+        () = abandoned(inner, agent, Some(task)) => Err(wasmtime::Error::new(Exceeded::Abandoned)),
+    };
     let host_failure = live.store.data_mut().limiter.take_host_failure();
     let end = live.store.data_mut().end_task();
     let panic_line = log_output(agent, task, &end.printed);
@@ -499,16 +505,11 @@ pub(crate) async fn instantiate(
     .map_err(Failure::Agent)?;
     let mut store = Store::new(inner.components.engine(), ctx);
     store.limiter(|ctx| &mut ctx.limiter);
-    // At every epoch tick: yield to the other agents; stop computing for
-    // nobody (the agent was terminated, or the host is stopping), so an
-    // abandoned task neither keeps its place nor burns CPU until its
-    // deadline; and end the task if the token no longer grants a
-    // directory this instance has open.
+    // At every epoch tick: yield to the other agents (and so to
+    // [`abandoned`], raced against every call); and end the task if the
+    // token no longer grants a directory this instance has open.
     store.epoch_deadline_callback(|ctx| {
-        let ctx = ctx.data();
-        if !ctx.still_wanted() {
-            Err(wasmtime::Error::new(Exceeded::Abandoned))
-        } else if ctx.grants_still_hold() {
+        if ctx.data().grants_still_hold() {
             Ok(UpdateDeadline::Yield(1))
         } else {
             Err(wasmtime::Error::new(Exceeded::Revoked))
@@ -532,14 +533,17 @@ pub(crate) async fn instantiate(
             Err(trap) => Err(blame(&mut store, &trap, limits, "init failed")),
         }
     };
-    let bindings = tokio::time::timeout(limits.deadline_per_task, start)
-        .await
-        .unwrap_or_else(|_| {
-            Err(Failure::Agent(format!(
-                "init failed: {}",
-                Exceeded::Deadline(limits.deadline_per_task)
-            )))
-        })?;
+    let bindings = tokio::select! {
+        bindings = tokio::time::timeout(limits.deadline_per_task, start) => {
+            bindings.unwrap_or_else(|_| {
+                Err(Failure::Agent(format!(
+                    "init failed: {}",
+                    Exceeded::Deadline(limits.deadline_per_task)
+                )))
+            })
+        }
+        () = abandoned(inner, agent, None) => Err(Failure::Abandoned),
+    }?;
     // Output printed during init belongs to no task; log it and move on.
     let end = store.data_mut().end_task();
     log_output(agent, EntityId::SYSTEM, &end.printed);
@@ -550,6 +554,28 @@ pub(crate) async fn instantiate(
         made_for,
         place: Some(place),
     })
+}
+
+/// How often a running call is checked for being [`abandoned`].
+const ABANDONED_CHECK: Duration = Duration::from_millis(50);
+
+/// Resolves once nobody wants the instance of `agent` to go on with `task`
+/// (`None`: its `init`): the agent was terminated or the task ended from
+/// outside, or the host is stopping. Raced against each call into the
+/// guest, so an abandoned call ends within about [`ABANDONED_CHECK`]
+/// whether the guest computes (it yields at every epoch tick) or waits in
+/// a host call (an outbound request, a full pending batch): it keeps
+/// neither its place nor a CPU until its deadline.
+async fn abandoned(inner: &HostInner, agent: AgentId, task: Option<TaskId>) {
+    let first = tokio::time::Instant::now() + ABANDONED_CHECK;
+    let mut check = tokio::time::interval_at(first, ABANDONED_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        check.tick().await;
+        if !inner.sequencer.still_wanted(agent, task) {
+            return;
+        }
+    }
 }
 
 /// One of the host's places for instances, for `agent`'s tree (see

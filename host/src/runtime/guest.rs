@@ -131,13 +131,6 @@ impl AgentCtx {
         self.sandbox.still_holds(self.effects.as_ref(), self.agent)
     }
 
-    /// Whether the instance should go on running (see
-    /// [`Sequencer::still_wanted`]): checked at every epoch tick.
-    pub(crate) fn still_wanted(&self) -> bool {
-        self.sequencer
-            .still_wanted(self.agent, self.task.map(|(task, _)| task))
-    }
-
     /// Marks the start of a task (started at logical time `start`): its
     /// operations carry `(task, 0)`, `(task, 1)`, ...; its clocks and random
     /// bytes start over.

@@ -88,12 +88,7 @@ impl Places {
             // place frees: a free place now means this tree may take it
             // unless it is at its share.
             if state.free > 0 && state.held(tree) < self.per_tree {
-                state.free -= 1;
-                *state.held.entry(tree).or_default() += 1;
-                return Ok(Place {
-                    places: Some(Arc::clone(self)),
-                    tree,
-                });
+                return Ok(state.grant(self, tree));
             }
             let (tx, rx) = oneshot::channel();
             let queue = state.waiting.entry(tree).or_default();
@@ -132,6 +127,16 @@ impl State {
         self.held.get(&tree).copied().unwrap_or(0)
     }
 
+    /// Takes a free place for `tree`.
+    fn grant(&mut self, places: &Arc<Places>, tree: AgentId) -> Place {
+        self.free -= 1;
+        *self.held.entry(tree).or_default() += 1;
+        Place {
+            places: Some(Arc::clone(places)),
+            tree,
+        }
+    }
+
     fn give_back(&mut self, tree: AgentId) {
         self.free += 1;
         if let Some(held) = self.held.get_mut(&tree) {
@@ -168,13 +173,7 @@ impl State {
                 self.waiting.remove(&tree);
             }
             let Some(waiter) = waiter else { continue };
-            self.free -= 1;
-            *self.held.entry(tree).or_default() += 1;
-            let place = Place {
-                places: Some(Arc::clone(places)),
-                tree,
-            };
-            if let Err(mut place) = waiter.send(place) {
+            if let Err(mut place) = waiter.send(self.grant(places, tree)) {
                 // The waiter is gone (its actor was dropped): the place
                 // goes back without locking again.
                 place.places = None;

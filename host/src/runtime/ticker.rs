@@ -9,8 +9,9 @@ use std::time::Duration;
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Increments the engine's epoch every tick until told to stop and no
-/// instance holds one of `places` any more: the instances still running
-/// when the host stops need ticks to notice it and end.
+/// instance holds one of `places` any more: the instances still computing
+/// when the host stops need ticks to yield, so the check that ends them
+/// (`actor::abandoned`) runs.
 pub(crate) fn start_ticker(
     engine: wasmtime::Engine,
     places: Arc<crate::runtime::places::Places>,

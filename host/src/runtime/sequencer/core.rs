@@ -519,17 +519,16 @@ impl Sequencer {
 
     /// Whether an instance of `agent` running `task` (or, for `None`, its
     /// `init`) should go on: the host is not stopping, and the agent is
-    /// live with `task` as its running task (not terminated or failed from
-    /// outside meanwhile).
+    /// active with `task` as its running task (not terminated, or the task
+    /// failed from outside, meanwhile).
     pub(crate) fn still_wanted(&self, agent: AgentId, task: Option<TaskId>) -> bool {
         let core = self.lock();
         core.stopped.is_none()
-            && task.is_none_or(|task| {
-                core.kernel
-                    .state()
-                    .agent(agent)
-                    .is_some_and(|a| a.is_active() && a.running == Some(task))
-            })
+            && core
+                .kernel
+                .state()
+                .agent(agent)
+                .is_some_and(|a| a.is_active() && task.is_none_or(|task| a.running == Some(task)))
     }
 
     /// Writes a snapshot of the state at the log's head, once everything

@@ -143,6 +143,10 @@ impl Shared {
                 core.pending_bytes = 0;
                 let mut batch = std::mem::take(&mut core.pending);
                 let records = std::mem::take(&mut core.pending_records);
+                // The next batch is likely about this one's size: room for
+                // it now spares the submitters regrowing from empty.
+                core.pending.records.reserve(batch.records.len());
+                core.pending_records.reserve(records.len());
                 // Everything applied is in this batch, so the kernel's state
                 // is the state at its head: the moment for a snapshot.
                 let head = batch.head.seq;

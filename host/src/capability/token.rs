@@ -46,6 +46,14 @@ const MAX_QUERY_PREDICATES: usize = 3;
 
 const DELEGATION_CHECK: &str = "check if operation($op), delegated($op) or operation($op), delegated($op, \"*\") or operation($op), target($t), delegated($op, $t)";
 
+/// [`DELEGATION_CHECK`], parsed once (every spawn with rights attenuates).
+static DELEGATION: std::sync::LazyLock<biscuit_auth::builder::Check> =
+    std::sync::LazyLock::new(|| {
+        DELEGATION_CHECK
+            .try_into()
+            .expect("the delegation check is a constant that parses")
+    });
+
 /// A verified capability token: its bytes, their digest, the parsed biscuit.
 #[derive(Clone)]
 pub struct Token {
@@ -240,7 +248,7 @@ impl Token {
         for budget in budgets {
             block = block.fact(budget_fact(*budget)).map_err(build)?;
         }
-        block = block.check(DELEGATION_CHECK).map_err(build)?;
+        block = block.check(DELEGATION.clone()).map_err(build)?;
         let biscuit = self.biscuit.append(block).map_err(build)?;
         let bytes = biscuit.to_vec().map_err(build)?;
         let child = Self::wrap(biscuit, bytes);

@@ -34,8 +34,8 @@ const MAX_CACHED_BYTES: usize = 4 << 20;
 
 /// Verified tokens the gate keeps. A parsed token takes ~8 KiB, so the
 /// tokens of idle agents are not all kept: past this many, the least
-/// recently used is forgotten (and verified again from the store if its
-/// agent acts again). Operators can attenuate tokens offline without
+/// recently used or admitted is forgotten (the clock algorithm; verified
+/// again from the store if its agent acts again). Operators can attenuate tokens offline without
 /// limit, so the set must be bounded anyway.
 const MAX_VERIFIED_TOKENS: usize = 16_384;
 
@@ -220,7 +220,10 @@ impl Gate {
                 uses_time,
                 clean_at: None,
                 targetless: Vec::new(),
-                used: false,
+                // Admitted to be used (a child's token, before its first
+                // task): it gets its second chance like a used one, or the
+                // clock would forget it ahead of tokens used long ago.
+                used: true,
             },
         );
     }
@@ -453,6 +456,15 @@ mod tests {
         assert!(!gate.decisions.is_empty());
     }
 
+    /// A store holding one token.
+    struct OneToken(Digest, Vec<u8>);
+
+    impl TokenSource for OneToken {
+        fn token_bytes(&self, digest: &Digest) -> Result<Option<Vec<u8>>, String> {
+            Ok((*digest == self.0).then(|| self.1.clone()))
+        }
+    }
+
     #[test]
     fn the_verified_tokens_are_bounded_and_the_used_ones_stay() {
         // Regression: at 65 536 tokens the gate forgot them all, and every
@@ -460,9 +472,10 @@ mod tests {
         let root = RootKey::generate();
         let observe: Vec<Right> = vec!["observe".parse().unwrap()];
         let parent = Token::issue(&root, &observe, &[], None).unwrap();
-        let mut gate = Gate::new(root.public(), Arc::new(NoTokens), &Limits::default());
-        gate.max_tokens = 8;
         let hot = parent.digest();
+        let store = OneToken(hot, parent.bytes().to_vec());
+        let mut gate = Gate::new(root.public(), Arc::new(store), &Limits::default());
+        gate.max_tokens = 8;
         gate.admit(parent.clone());
         let state = WorldState::default();
         let check = Check::literal("observe", None);
@@ -478,9 +491,54 @@ mod tests {
             );
             assert!(gate.tokens.len() <= 8);
         }
+        // The token in use is forgotten only when every token the gate
+        // holds was used or admitted since the clock last passed, and it is
+        // then the oldest: at most once per turn of the clock.
+        let verified = gate
+            .counts
+            .verified
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            verified <= 40 / 8,
+            "the token in use was verified {verified} times"
+        );
         assert!(gate.knows(&hot), "the token in use was kept");
         assert!(gate.knows(cold.last().unwrap()), "the newest was kept");
         assert!(!gate.knows(&cold[0]), "the oldest unused was forgotten");
+    }
+
+    #[test]
+    fn a_token_admitted_and_not_used_yet_outlives_tokens_used_long_ago() {
+        // Regression: a token was admitted as unused, so when the gate was
+        // full the clock forgot the children spawned and waiting for their
+        // first task before the tokens of children long done, and each
+        // waiting child's token was verified again when it ran.
+        let root = RootKey::generate();
+        let observe: Vec<Right> = vec!["observe".parse().unwrap()];
+        let parent = Token::issue(&root, &observe, &[], None).unwrap();
+        let mut gate = Gate::new(root.public(), Arc::new(NoTokens), &Limits::default());
+        gate.max_tokens = 8;
+        let state = WorldState::default();
+        let check = Check::literal("observe", None);
+        let origin = EntityId::from_u128(9);
+        let mut admitted = Vec::new();
+        for _ in 0..8 {
+            let token = parent.attenuate(&observe, &[]).unwrap();
+            admitted.push(token.digest());
+            gate.admit(token);
+        }
+        // The first four ran their task; the last four wait for theirs.
+        for done in &admitted[..4] {
+            assert!(
+                gate.authorize(*done, origin, &check, Timestamp(0), &state)
+                    .is_ok()
+            );
+        }
+        gate.admit(parent.attenuate(&observe, &[]).unwrap());
+        for waiting in &admitted[4..] {
+            assert!(gate.knows(waiting), "a waiting child's token was forgotten");
+        }
+        assert!(!gate.knows(&admitted[0]), "the oldest token was kept");
     }
 
     #[test]

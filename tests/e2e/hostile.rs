@@ -191,6 +191,46 @@ async fn unbounded_memory_growth_traps_at_the_tokens_memory_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_finds_nothing_an_earlier_one_left_in_its_slot() {
+    // One place and no warm instances: the second agent's instance takes
+    // the slot (memory, stack) the first one's left. The pooling allocator
+    // keeps a slot's first pages resident and resets only those an instance
+    // touched: what one agent wrote must not be there for the next.
+    let mut config = toka_host::HostConfig::new();
+    config.max_instances(1).warm_instances(0);
+    let arena = Arena::new(config).await;
+    let component = arena
+        .host
+        .install("hostile-memory", agent_bytes("hostile-memory"))
+        .await
+        .unwrap();
+    let spawn = |name: &'static str| arena.host.spawn(component, name, grant(&["observe"]));
+    let writer = spawn("writer").await.unwrap();
+    let reader = spawn("reader").await.unwrap();
+    // The scan sees a pattern where there is one.
+    let seen: usize = outcome(&arena.host, writer, "residue check")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(seen > 900 << 10, "the scan saw {seen} bytes of a pattern");
+    for round in 0..3 {
+        let written: usize = outcome(&arena.host, writer, "residue fill")
+            .await
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(written > 2 << 20, "round {round}: wrote {written} bytes");
+        assert_eq!(
+            outcome(&arena.host, reader, "residue scan").await,
+            Ok("0".to_owned()),
+            "round {round}: the reader found what the writer left"
+        );
+    }
+    arena.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_recursion_exhausts_the_guest_stack_not_the_host() {
     let arena = Arena::with_limits(AgentLimits::default()).await;
     let deep = arena.agent("hostile-recursion", grant(&["observe"])).await;

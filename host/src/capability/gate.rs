@@ -35,8 +35,8 @@ const MAX_CACHED_BYTES: usize = 4 << 20;
 /// Verified tokens the gate keeps. A parsed token takes ~8 KiB, so the
 /// tokens of idle agents are not all kept: past this many, the least
 /// recently used or admitted is forgotten (the clock algorithm; verified
-/// again from the store if its agent acts again). Operators can attenuate tokens offline without
-/// limit, so the set must be bounded anyway.
+/// again from the store if its agent acts again). Operators can attenuate
+/// tokens offline without limit, so the set must be bounded anyway.
 const MAX_VERIFIED_TOKENS: usize = 16_384;
 
 /// A token the gate has verified, with what the cache needs about it.

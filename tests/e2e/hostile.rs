@@ -207,19 +207,17 @@ async fn an_instance_finds_nothing_an_earlier_one_left_in_its_slot() {
     let spawn = |name: &'static str| arena.host.spawn(component, name, grant(&["observe"]));
     let writer = spawn("writer").await.unwrap();
     let reader = spawn("reader").await.unwrap();
+    // The writer's tasks answer a byte count.
+    let host = &arena.host;
+    let bytes = |task: &'static str| async move {
+        let answer = outcome(host, writer, task).await.unwrap();
+        answer.parse::<usize>().unwrap()
+    };
     // The scan sees a pattern where there is one.
-    let seen: usize = outcome(&arena.host, writer, "residue check")
-        .await
-        .unwrap()
-        .parse()
-        .unwrap();
+    let seen = bytes("residue check").await;
     assert!(seen > 900 << 10, "the scan saw {seen} bytes of a pattern");
     for round in 0..3 {
-        let written: usize = outcome(&arena.host, writer, "residue fill")
-            .await
-            .unwrap()
-            .parse()
-            .unwrap();
+        let written = bytes("residue fill").await;
         assert!(written > 2 << 20, "round {round}: wrote {written} bytes");
         assert_eq!(
             outcome(&arena.host, reader, "residue scan").await,

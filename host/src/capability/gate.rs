@@ -465,30 +465,51 @@ mod tests {
         }
     }
 
+    /// A token holding `observe`, and a gate keeping at most 8 tokens whose
+    /// store holds that one (when `stored`) and no other.
+    fn small_gate(stored: bool) -> (Token, Gate) {
+        let root = RootKey::generate();
+        let parent = Token::issue(&root, &observe(), &[], None).unwrap();
+        let store: Arc<dyn TokenSource> = if stored {
+            Arc::new(OneToken(parent.digest(), parent.bytes().to_vec()))
+        } else {
+            Arc::new(NoTokens)
+        };
+        let mut gate = Gate::new(root.public(), store, &Limits::default());
+        gate.max_tokens = 8;
+        (parent, gate)
+    }
+
+    fn observe() -> Vec<Right> {
+        vec!["observe".parse().unwrap()]
+    }
+
+    /// Whether the holder of `token` may `observe`.
+    fn observes(gate: &mut Gate, token: Digest) -> bool {
+        let check = Check::literal("observe", None);
+        gate.authorize(
+            token,
+            EntityId::from_u128(9),
+            &check,
+            Timestamp(0),
+            &WorldState::default(),
+        )
+        .is_ok()
+    }
+
     #[test]
     fn the_verified_tokens_are_bounded_and_the_used_ones_stay() {
         // Regression: at 65 536 tokens the gate forgot them all, and every
         // agent's next operation verified its token again.
-        let root = RootKey::generate();
-        let observe: Vec<Right> = vec!["observe".parse().unwrap()];
-        let parent = Token::issue(&root, &observe, &[], None).unwrap();
+        let (parent, mut gate) = small_gate(true);
         let hot = parent.digest();
-        let store = OneToken(hot, parent.bytes().to_vec());
-        let mut gate = Gate::new(root.public(), Arc::new(store), &Limits::default());
-        gate.max_tokens = 8;
         gate.admit(parent.clone());
-        let state = WorldState::default();
-        let check = Check::literal("observe", None);
-        let origin = EntityId::from_u128(9);
         let mut cold = Vec::new();
         for _ in 0..40 {
-            let token = parent.attenuate(&observe, &[]).unwrap();
+            let token = parent.attenuate(&observe(), &[]).unwrap();
             cold.push(token.digest());
             gate.admit(token);
-            assert!(
-                gate.authorize(hot, origin, &check, Timestamp(0), &state)
-                    .is_ok()
-            );
+            assert!(observes(&mut gate, hot));
             assert!(gate.tokens.len() <= 8);
         }
         // The token in use is forgotten only when every token the gate
@@ -513,28 +534,18 @@ mod tests {
         // full the clock forgot the children spawned and waiting for their
         // first task before the tokens of children long done, and each
         // waiting child's token was verified again when it ran.
-        let root = RootKey::generate();
-        let observe: Vec<Right> = vec!["observe".parse().unwrap()];
-        let parent = Token::issue(&root, &observe, &[], None).unwrap();
-        let mut gate = Gate::new(root.public(), Arc::new(NoTokens), &Limits::default());
-        gate.max_tokens = 8;
-        let state = WorldState::default();
-        let check = Check::literal("observe", None);
-        let origin = EntityId::from_u128(9);
+        let (parent, mut gate) = small_gate(false);
         let mut admitted = Vec::new();
         for _ in 0..8 {
-            let token = parent.attenuate(&observe, &[]).unwrap();
+            let token = parent.attenuate(&observe(), &[]).unwrap();
             admitted.push(token.digest());
             gate.admit(token);
         }
         // The first four ran their task; the last four wait for theirs.
         for done in &admitted[..4] {
-            assert!(
-                gate.authorize(*done, origin, &check, Timestamp(0), &state)
-                    .is_ok()
-            );
+            assert!(observes(&mut gate, *done));
         }
-        gate.admit(parent.attenuate(&observe, &[]).unwrap());
+        gate.admit(parent.attenuate(&observe(), &[]).unwrap());
         for waiting in &admitted[4..] {
             assert!(gate.knows(waiting), "a waiting child's token was forgotten");
         }

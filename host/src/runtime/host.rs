@@ -810,10 +810,10 @@ impl Host {
         self.inner.sequencer.close();
         self.inner.places.close();
         // The ticker ticks on until no instance holds a place: a guest
-        // computing now reaches its next epoch deadline, finds the host
-        // stopping and traps, instead of running on with no tick to stop
-        // it (keeping its worker thread, and the runtime's shutdown,
-        // waiting for ever).
+        // computing now yields at its next epoch deadline, where the check
+        // raced against its call (`actor::abandoned`) ends it, instead of
+        // running on with no tick to yield at (keeping its worker thread,
+        // and the runtime's shutdown, waiting for ever).
         if let Some(stop) = self.ticker.take() {
             stop.store(true, Ordering::Relaxed);
         }

@@ -90,6 +90,108 @@ async fn an_infinite_loop_is_stopped_at_its_deadline_while_others_are_served() {
     )));
 }
 
+/// Schedules `spin` for `agent` and returns once it runs, with a receiver
+/// subscribed before it was scheduled.
+async fn spinning(arena: &Arena, agent: AgentId) -> (TaskId, toka_host::Subscription) {
+    let mut rx = arena.host.subscribe();
+    let task = arena.host.schedule(agent, "spin").await.unwrap();
+    loop {
+        let batch = rx.recv().await.expect("the bus runs");
+        if batch
+            .records
+            .iter()
+            .flat_map(|r| &r.events)
+            .any(|e| matches!(e, Event::TaskStarted { task: t, .. } if *t == task))
+        {
+            return (task, rx);
+        }
+    }
+}
+
+/// How `task` ended, waiting at most 20 s (its deadline is far later).
+async fn ended(rx: &mut toka_host::Subscription, task: TaskId) -> Result<String, String> {
+    let wait = async {
+        loop {
+            let batch = rx.recv().await.expect("the bus runs");
+            if let Some(outcome) = crate::find_outcome(&batch.records, task) {
+                return outcome;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .expect("the task ended well before its deadline")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_computing_task_ends_soon_after_its_agents_token_is_revoked_or_expires() {
+    // Regression: a task computing without operations ran on after its
+    // token was revoked or expired, holding its place and a CPU, until its
+    // deadline (here 300 s): only an operation or an open directory found
+    // the token withdrawn.
+    let start: u64 = 1_800_000_000_000; // 2027-01-15, in ms
+    let clock = toka_host::ManualClock::at(start);
+    let arena = Arena::new(
+        toka_host::HostConfig::new()
+            .agent_limits(limits(|l| l.deadline_per_task = Duration::from_secs(300)))
+            .clock(Arc::new(clock.clone()))
+            .clone(),
+    )
+    .await;
+
+    // Revoked while it spins.
+    let revoked = arena.agent("hostile-spin", grant(&["observe"])).await;
+    let (task, mut rx) = spinning(&arena, revoked).await;
+    let digest = arena.host.state(|s| s.agent(revoked).unwrap().token).await;
+    let id = arena.host.token(&digest).unwrap().revocation_ids()[0].clone();
+    arena.host.revoke(id, false).await.unwrap();
+    let reason = "the agent's token was withdrawn: the token has been revoked";
+    assert_eq!(ended(&mut rx, task).await, Err(reason.to_owned()));
+    // Its next task is failed without running.
+    assert_eq!(
+        outcome(&arena.host, revoked, "ok").await,
+        Err(reason.to_owned())
+    );
+
+    // Expires while it spins (the host's logical clock passes the expiry).
+    let root = toka_host::DataDir::new(&arena.data)
+        .root_key(None, false)
+        .unwrap();
+    let expires = std::time::UNIX_EPOCH + Duration::from_millis(start + 3_600_000);
+    let token =
+        toka_host::Token::issue(&root, &["observe".parse().unwrap()], &[], Some(expires)).unwrap();
+    let component = arena
+        .host
+        .install("hostile-spin", agent_bytes("hostile-spin"))
+        .await
+        .unwrap();
+    let expiring = arena
+        .host
+        .spawn(
+            component,
+            "expiring",
+            Grant::Token(token.to_base64().into_bytes()),
+        )
+        .await
+        .unwrap();
+    let (task, mut rx) = spinning(&arena, expiring).await;
+    clock.advance(2 * 3_600_000);
+    let reason = ended(&mut rx, task).await.unwrap_err();
+    assert!(
+        reason.starts_with("the agent's token was withdrawn: the token has expired"),
+        "{reason}"
+    );
+
+    // Neither is the agent's fault; the bystander was served throughout.
+    let events = arena.finish().await;
+    assert_eq!(
+        count(&events, |e| matches!(e, Event::AgentFaulted { .. })),
+        0
+    );
+    assert_eq!(failures(&events, revoked).len(), 2);
+    assert_eq!(failures(&events, expiring).len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuel_stops_loops_deterministically_and_repeated_faults_quarantine_the_agent() {
     let arena = Arena::with_limits(limits(|l| {

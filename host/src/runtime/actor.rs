@@ -25,7 +25,7 @@ use wasmtime::{Store, UpdateDeadline};
 use crate::runtime::guest::{AgentCtx, wit_id};
 use crate::runtime::inner::HostInner;
 use crate::runtime::instance::Instance;
-use crate::runtime::sequencer::Attachments;
+use crate::runtime::sequencer::{Attachments, Unwanted};
 use crate::sandbox::bindings::wit;
 use crate::sandbox::dirs::Sandbox;
 use crate::sandbox::limiter::{Exceeded, describe_failure, summary};
@@ -61,12 +61,17 @@ pub(crate) enum Failure {
     /// Nobody wants the instance any more (see [`abandoned`]): nothing to
     /// record.
     Abandoned,
+    /// The agent's token was withdrawn (revoked, expired) while it
+    /// started: the task fails, not the agent's fault.
+    Withdrawn(String),
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Agent(reason) | Failure::Host(reason) => f.write_str(reason),
+            Failure::Agent(reason) | Failure::Host(reason) | Failure::Withdrawn(reason) => {
+                f.write_str(reason)
+            }
             Failure::Abandoned => f.write_str("abandoned"),
         }
     }
@@ -235,10 +240,21 @@ async fn attempt_task(
     started: bool,
     instance: &mut Option<Instance>,
 ) -> Outcome {
-    match ready(inner, agent, instance).await {
+    // An agent whose token no longer stands runs nothing more.
+    let standing = match inner.sequencer.still_wanted(agent, None) {
+        Err(Unwanted::Withdrawn(reason)) => Err(Failure::Withdrawn(withdrawn(&reason))),
+        _ => ready(inner, agent, instance).await,
+    };
+    match standing {
         Ok(()) => {}
         Err(Failure::Host(reason)) => return Outcome::Host(reason),
         Err(Failure::Abandoned) => return Outcome::Done,
+        Err(Failure::Withdrawn(reason)) => {
+            *instance = None;
+            let reason = inner.clip_reason(&reason);
+            record(inner, agent, Operation::FailTask { task, reason }).await;
+            return Outcome::Done;
+        }
         Err(Failure::Agent(reason)) => {
             let reason = inner.clip_reason(&format!("the agent could not start: {reason}"));
             record(
@@ -286,7 +302,10 @@ async fn attempt_task(
                 limits.deadline_per_task,
             )))
         }),
-        () = abandoned(inner, agent, Some(task)) => Err(wasmtime::Error::new(Exceeded::Abandoned)),
+        why = abandoned(inner, agent, Some(task)) => Err(wasmtime::Error::new(match why {
+            Unwanted::Abandoned => Exceeded::Abandoned,
+            Unwanted::Withdrawn(reason) => Exceeded::Revoked(reason),
+        })),
     };
     let host_failure = live.store.data_mut().limiter.take_host_failure();
     let end = live.store.data_mut().end_task();
@@ -317,6 +336,11 @@ async fn attempt_task(
         Err(trap) if matches!(trap.downcast_ref::<Exceeded>(), Some(Exceeded::Abandoned)) => {
             *instance = None;
             return Outcome::Done;
+        }
+        Err(trap) if matches!(trap.downcast_ref::<Exceeded>(), Some(Exceeded::Revoked(_))) => {
+            *instance = None;
+            let reason = inner.clip_reason(&describe_failure(&trap, &limits));
+            (Operation::FailTask { task, reason }, None)
         }
         Err(trap) if is_hosts(&trap, host_failure.as_deref()) => {
             return Outcome::Host(host_failure.unwrap_or_else(|| summary(&trap)));
@@ -512,7 +536,9 @@ pub(crate) async fn instantiate(
         if ctx.data().grants_still_hold() {
             Ok(UpdateDeadline::Yield(1))
         } else {
-            Err(wasmtime::Error::new(Exceeded::Revoked))
+            Err(wasmtime::Error::new(Exceeded::Revoked(
+                "it no longer grants a directory the instance holds open".into(),
+            )))
         }
     });
     store.set_epoch_deadline(1);
@@ -542,7 +568,10 @@ pub(crate) async fn instantiate(
                 )))
             })
         }
-        () = abandoned(inner, agent, None) => Err(Failure::Abandoned),
+        why = abandoned(inner, agent, None) => Err(match why {
+            Unwanted::Abandoned => Failure::Abandoned,
+            Unwanted::Withdrawn(reason) => Failure::Withdrawn(withdrawn(&reason)),
+        }),
     }?;
     // Output printed during init belongs to no task; log it and move on.
     let end = store.data_mut().end_task();
@@ -559,23 +588,31 @@ pub(crate) async fn instantiate(
 /// How often a running call is checked for being [`abandoned`].
 const ABANDONED_CHECK: Duration = Duration::from_millis(50);
 
-/// Resolves once nobody wants the instance of `agent` to go on with `task`
-/// (`None`: its `init`): the agent was terminated or the task ended from
-/// outside, or the host is stopping. Raced against each call into the
-/// guest, so an abandoned call ends within about [`ABANDONED_CHECK`]
-/// whether the guest computes (it yields at every epoch tick) or waits in
-/// a host call (an outbound request, a full pending batch): it keeps
-/// neither its place nor a CPU until its deadline.
-async fn abandoned(inner: &HostInner, agent: AgentId, task: Option<TaskId>) {
+/// Resolves, with the reason, once nobody wants the instance of `agent`
+/// to go on with `task` (`None`: its `init`): the agent was terminated or
+/// the task ended from outside, the host is stopping, or the agent's token
+/// was revoked or expired (see [`Sequencer::still_wanted`]). Raced against
+/// each call into the guest, so an unwanted call ends within about
+/// [`ABANDONED_CHECK`] whether the guest computes (it yields at every
+/// epoch tick) or waits in a host call (an outbound request, a full
+/// pending batch): it keeps neither its place nor a CPU until its deadline.
+///
+/// [`Sequencer::still_wanted`]: crate::runtime::sequencer::Sequencer::still_wanted
+async fn abandoned(inner: &HostInner, agent: AgentId, task: Option<TaskId>) -> Unwanted {
     let first = tokio::time::Instant::now() + ABANDONED_CHECK;
     let mut check = tokio::time::interval_at(first, ABANDONED_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         check.tick().await;
-        if !inner.sequencer.still_wanted(agent, task) {
-            return;
+        if let Err(why) = inner.sequencer.still_wanted(agent, task) {
+            return why;
         }
     }
+}
+
+/// The reason a task fails with when its agent's token was withdrawn.
+fn withdrawn(reason: &str) -> String {
+    Exceeded::Revoked(reason.to_owned()).to_string()
 }
 
 /// One of the host's places for instances, for `agent`'s tree (see

@@ -34,10 +34,11 @@ pub(crate) enum Exceeded {
     /// The agent (or its tree) ran into a quota; the message names it.
     #[error("{0}")]
     Quota(String),
-    /// The token no longer grants a directory the instance has open: the
-    /// token was revoked or expired while the task ran.
-    #[error("the agent's token no longer grants what its instance holds open (revoked or expired)")]
-    Revoked,
+    /// The agent's token was revoked or expired while the task ran (the
+    /// reason says how it was found): the task fails; not the agent's
+    /// fault.
+    #[error("the agent's token was withdrawn: {0}")]
+    Revoked(String),
     /// Nobody waits for the task any more: its agent was terminated, the
     /// task was ended from outside, or the host is stopping.
     #[error("the task was abandoned: its agent was terminated or the host is stopping")]

@@ -166,6 +166,19 @@ pub(crate) enum State {
     Busy,
 }
 
+/// Why a call into an agent's instance is no longer wanted
+/// ([`Sequencer::still_wanted`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Unwanted {
+    /// The host is stopping, the agent was terminated, or the task ended
+    /// from outside: what ended it is recorded already (or the task runs
+    /// again when the host opens).
+    Abandoned,
+    /// The agent's token no longer stands (the reason: revoked or
+    /// expired): the task is to fail.
+    Withdrawn(String),
+}
+
 /// A spawn naming a component by name or digest, the rights to delegate and
 /// the child's budgets, as text.
 pub(crate) struct Spawn {
@@ -518,17 +531,36 @@ impl Sequencer {
     }
 
     /// Whether an instance of `agent` running `task` (or, for `None`, its
-    /// `init`) should go on: the host is not stopping, and the agent is
-    /// active with `task` as its running task (not terminated, or the task
-    /// failed from outside, meanwhile).
-    pub(crate) fn still_wanted(&self, agent: AgentId, task: Option<TaskId>) -> bool {
-        let core = self.lock();
-        core.stopped.is_none()
-            && core
-                .kernel
-                .state()
-                .agent(agent)
-                .is_some_and(|a| a.is_active() && task.is_none_or(|task| a.running == Some(task)))
+    /// `init`) should go on: the host is not stopping, the agent is active
+    /// with `task` as its running task (not terminated, or the task failed
+    /// from outside, meanwhile), and its token still stands (not revoked,
+    /// not expired: see [`Gate::still_stands`]).
+    pub(crate) fn still_wanted(
+        &self,
+        agent: AgentId,
+        task: Option<TaskId>,
+    ) -> Result<(), Unwanted> {
+        let mut guard = self.lock();
+        let time = guard.stamp();
+        let core = &mut *guard;
+        if core.stopped.is_some() {
+            return Err(Unwanted::Abandoned);
+        }
+        let Some(token) = core
+            .kernel
+            .state()
+            .agent(agent)
+            .filter(|a| a.is_active() && task.is_none_or(|task| a.running == Some(task)))
+            .map(|a| a.token)
+        else {
+            return Err(Unwanted::Abandoned);
+        };
+        if core.skip_gate {
+            return Ok(());
+        }
+        core.gate
+            .still_stands(&token, time, core.kernel.state())
+            .map_err(|denied| Unwanted::Withdrawn(denied.0))
     }
 
     /// Writes a snapshot of the state at the log's head, once everything

@@ -29,5 +29,5 @@ mod writer;
 
 pub use core::Stopped;
 pub(crate) use core::{
-    Attachments, By, Declined, Halt, Options, Receipt, Refused, Request, Sequencer, Spawn,
+    Attachments, By, Declined, Halt, Options, Receipt, Refused, Request, Sequencer, Spawn, Unwanted,
 };

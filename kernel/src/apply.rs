@@ -97,13 +97,13 @@ impl WorldState {
         // re-run of the task can read the state as it was.
         let prior = match (&cause_task, &cmd.op) {
             (Some(_), Operation::PutState { key, .. } | Operation::DeleteState { key }) => {
-                Some(Prior {
+                Some(Box::new(Prior {
                     key: key.clone(),
                     value: self
                         .agents
                         .get(&cmd.origin)
                         .and_then(|a| a.state.get(key).cloned()),
-                })
+                }))
             }
             _ => None,
         };

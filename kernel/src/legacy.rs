@@ -146,7 +146,7 @@ pub(crate) fn state_v1(bytes: &[u8]) -> Result<WorldState, postcard::Error> {
                                 index,
                                 seq: e.seq,
                                 created: e.created,
-                                prior: e.prior,
+                                prior: e.prior.map(Box::new),
                             })
                             .collect(),
                         gaps: Vec::new(),

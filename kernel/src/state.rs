@@ -172,8 +172,11 @@ pub struct JournalEntry {
     pub seq: u64,
     /// The agent or task it created, if any.
     pub created: Option<EntityId>,
-    /// For a state put or delete: the key and its value before.
-    pub prior: Option<Prior>,
+    /// For a state put or delete: the key and its value before (boxed:
+    /// most operations write no state, and a journal holds an entry per
+    /// operation of a running task, up to
+    /// [`Limits::max_ops_per_task`](crate::Limits::max_ops_per_task)).
+    pub prior: Option<Box<Prior>>,
 }
 
 /// A key of an agent's state and its value before an operation changed it.

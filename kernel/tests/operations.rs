@@ -412,10 +412,10 @@ mod journal {
                     index: 0,
                     seq: put.seq,
                     created: None,
-                    prior: Some(Prior {
+                    prior: Some(Box::new(Prior {
                         key: "k".into(),
                         value: Some(vec![1])
-                    }),
+                    })),
                 },
                 JournalEntry {
                     index: 1,
@@ -427,10 +427,10 @@ mod journal {
                     index: 2,
                     seq: deleted.seq,
                     created: None,
-                    prior: Some(Prior {
+                    prior: Some(Box::new(Prior {
                         key: "new".into(),
                         value: None
-                    }),
+                    })),
                 },
             ]
         );
@@ -1372,4 +1372,12 @@ mod operators {
         );
         assert_eq!(w.kernel.head(), before);
     }
+}
+
+#[test]
+fn a_journal_entry_of_an_operation_that_writes_no_state_is_small() {
+    // A running task keeps an entry per operation, up to
+    // `max_ops_per_task` (100 000): with the prior inline an entry took 96
+    // bytes, 9.6 MB for one task of an agent holding only `observe`.
+    assert!(std::mem::size_of::<JournalEntry>() <= 64);
 }

@@ -301,7 +301,7 @@ fn priors(state: &WorldState, position: Option<OpKey>) -> impl Iterator<Item = &
         })
         .into_iter()
         .flatten()
-        .filter_map(|entry| entry.prior.as_ref())
+        .filter_map(|entry| entry.prior.as_deref())
 }
 
 /// An operation, briefly, for divergence messages.

@@ -61,8 +61,8 @@ pub(crate) enum Failure {
     /// Nobody wants the instance any more (see [`abandoned`]): nothing to
     /// record.
     Abandoned,
-    /// The agent's token was withdrawn (revoked, expired) while it
-    /// started: the task fails, not the agent's fault.
+    /// The agent's token was withdrawn (revoked, expired) before or while
+    /// its instance started: the task fails, not the agent's fault.
     Withdrawn(String),
 }
 
@@ -337,6 +337,8 @@ async fn attempt_task(
             *instance = None;
             return Outcome::Done;
         }
+        // The agent's token was withdrawn: the task fails, and that is not
+        // the agent's fault either.
         Err(trap) if matches!(trap.downcast_ref::<Exceeded>(), Some(Exceeded::Revoked(_))) => {
             *instance = None;
             let reason = inner.clip_reason(&describe_failure(&trap, &limits));

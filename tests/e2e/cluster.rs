@@ -249,6 +249,17 @@ impl Drop for CellHost {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what each of its hosts said last.
+        if std::thread::panicking() {
+            let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+            let from = lines.len().saturating_sub(40);
+            eprintln!(
+                "--- host {} (last {} lines of its stderr) ---\n{}",
+                self.data.display(),
+                lines.len() - from,
+                lines[from..].join("\n")
+            );
+        }
     }
 }
 

@@ -193,6 +193,83 @@ async fn a_computing_task_ends_soon_after_its_agents_token_is_revoked_or_expires
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_operations_are_denied_after_a_revocation_fails_for_the_revocation() {
+    // Regression: an operation denied by the revocation before the host
+    // looked made the agent's own failure the reason (or, when it
+    // trapped at the refusal, a fault counted against it).
+    let arena =
+        Arena::with_limits(limits(|l| l.deadline_per_task = Duration::from_secs(300))).await;
+    let reason = "the agent's token was withdrawn: the token has been revoked";
+    for (name, task) in [("returns", "observe-spin"), ("traps", "observe-spin-panic")] {
+        let component = arena
+            .host
+            .install("hostile-spin", agent_bytes("hostile-spin"))
+            .await
+            .unwrap();
+        let agent = arena
+            .host
+            .spawn(component, name, grant(&["observe"]))
+            .await
+            .unwrap();
+        let mut rx = arena.host.subscribe();
+        let id = arena.host.schedule(agent, task).await.unwrap();
+        // Wait for its operations, then revoke its token.
+        'observing: loop {
+            let batch = rx.recv().await.expect("the bus runs");
+            for event in batch.records.iter().flat_map(|r| &r.events) {
+                if matches!(event, Event::ObservationEmitted { agent: a, .. } if *a == agent) {
+                    break 'observing;
+                }
+            }
+        }
+        let digest = arena.host.state(|s| s.agent(agent).unwrap().token).await;
+        let revocation = arena.host.token(&digest).unwrap().revocation_ids()[0].clone();
+        arena.host.revoke(revocation, false).await.unwrap();
+        assert_eq!(ended(&mut rx, id).await, Err(reason.to_owned()), "{task}");
+    }
+    let events = arena.finish().await;
+    assert_eq!(
+        count(&events, |e| matches!(e, Event::AgentFaulted { .. })),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_agents_tasks_fail_without_running_after_a_restart() {
+    // Regression: after a restart the gate holds no token verified, and
+    // the check before a task let a revoked agent's task run.
+    let (_tmp, data) = temp_data();
+    let host = crate::open_host(&data).await;
+    let component = host
+        .install("hostile-spin", agent_bytes("hostile-spin"))
+        .await
+        .unwrap();
+    let agent = host
+        .spawn(component, "revoked", grant(&["observe"]))
+        .await
+        .unwrap();
+    let digest = host.state(|s| s.agent(agent).unwrap().token).await;
+    let revocation = host.token(&digest).unwrap().revocation_ids()[0].clone();
+    host.revoke(revocation, false).await.unwrap();
+    host.shutdown().await.unwrap();
+
+    let host = crate::open_host(&data).await;
+    assert_eq!(
+        outcome(&host, agent, "ok").await,
+        Err("the agent's token was withdrawn: the token has been revoked".to_owned())
+    );
+    let started = host
+        .log_events(1, usize::MAX)
+        .unwrap()
+        .iter()
+        .flat_map(|r| &r.events)
+        .filter(|e| matches!(e, Event::TaskStarted { agent: a, .. } if *a == agent))
+        .count();
+    assert_eq!(started, 0, "the task was started");
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuel_stops_loops_deterministically_and_repeated_faults_quarantine_the_agent() {
     let arena = Arena::with_limits(limits(|l| {
         l.fuel_per_task = Some(5_000_000);

@@ -360,6 +360,8 @@ impl Gate {
         let Some(verified) = self.tokens.get_mut(digest) else {
             return Ok(());
         };
+        // In use: the clock must not forget the token of a running task.
+        verified.used = true;
         verified.check_not_revoked(state)?;
         let second = time.0 / 1000;
         if verified.uses_time && verified.unexpired_at != Some(second) {

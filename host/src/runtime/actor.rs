@@ -240,10 +240,19 @@ async fn attempt_task(
     started: bool,
     instance: &mut Option<Instance>,
 ) -> Outcome {
-    // An agent whose token no longer stands runs nothing more.
-    let standing = match inner.sequencer.still_wanted(agent, None) {
-        Err(Unwanted::Withdrawn(reason)) => Err(Failure::Withdrawn(withdrawn(&reason))),
-        _ => ready(inner, agent, instance).await,
+    // An agent whose token no longer stands runs nothing more: asked
+    // before an instance is made, and again once it holds one (the token
+    // may have been withdrawn while it waited for a place).
+    let standing = match inner.sequencer.token_stands(agent).await {
+        Err(reason) => Err(Failure::Withdrawn(withdrawn(&reason))),
+        Ok(()) => match ready(inner, agent, instance).await {
+            Ok(()) => inner
+                .sequencer
+                .token_stands(agent)
+                .await
+                .map_err(|reason| Failure::Withdrawn(withdrawn(&reason))),
+            failed => failed,
+        },
     };
     match standing {
         Ok(()) => {}
@@ -307,6 +316,16 @@ async fn attempt_task(
             Unwanted::Withdrawn(reason) => Exceeded::Revoked(reason),
         })),
     };
+    // A task that failed may have failed because its token was withdrawn
+    // meanwhile (an operation denied before `abandoned` looked): then that
+    // is the reason, and it is not the agent's fault.
+    let withdrawn_meanwhile = match &call {
+        Ok(Ok(_)) => None,
+        _ => match inner.sequencer.still_wanted(agent, Some(task)) {
+            Err(Unwanted::Withdrawn(reason)) => Some(reason),
+            _ => None,
+        },
+    };
     let host_failure = live.store.data_mut().limiter.take_host_failure();
     let end = live.store.data_mut().end_task();
     let panic_line = log_output(agent, task, &end.printed);
@@ -346,6 +365,17 @@ async fn attempt_task(
         }
         Err(trap) if is_hosts(&trap, host_failure.as_deref()) => {
             return Outcome::Host(host_failure.unwrap_or_else(|| summary(&trap)));
+        }
+        Ok(Err(_)) | Err(_) if withdrawn_meanwhile.is_some() => {
+            *instance = None;
+            let reason = withdrawn(withdrawn_meanwhile.as_deref().unwrap_or_default());
+            (
+                Operation::FailTask {
+                    task,
+                    reason: inner.clip_reason(&reason),
+                },
+                None,
+            )
         }
         Ok(Ok(output)) if output.len() > max_output => {
             let reason = format!(
@@ -634,6 +664,9 @@ fn blame(
     what: &str,
 ) -> Failure {
     let host_failure = store.data_mut().limiter.take_host_failure();
+    if let Some(revoked @ Exceeded::Revoked(_)) = error.downcast_ref::<Exceeded>() {
+        return Failure::Withdrawn(revoked.to_string());
+    }
     if is_hosts(error, host_failure.as_deref()) {
         Failure::Host(format!(
             "{what}: {}",

@@ -563,6 +563,26 @@ impl Sequencer {
             .map_err(|denied| Unwanted::Withdrawn(denied.0))
     }
 
+    /// Whether `agent`'s token still stands now (not revoked, not
+    /// expired), verifying it first, outside the lock, when the gate does
+    /// not hold it (after a restart, or forgotten): `Err` with the reason
+    /// when it does not. `Ok` when the host stops or the agent is unknown
+    /// (others report those).
+    pub(crate) async fn token_stands(&self, agent: AgentId) -> Result<(), String> {
+        let Ok(mut guard) = self.lock_for(agent).await else {
+            return Ok(());
+        };
+        let time = guard.stamp();
+        let core = &mut *guard;
+        match core.kernel.state().agent(agent) {
+            Some(a) if !core.skip_gate => core
+                .gate
+                .still_stands(&a.token, time, core.kernel.state())
+                .map_err(|denied| denied.0),
+            _ => Ok(()),
+        }
+    }
+
     /// Writes a snapshot of the state at the log's head, once everything
     /// applied is durable; returns its sequence number.
     pub(crate) async fn snapshot_now(&self) -> Result<u64, Stopped> {

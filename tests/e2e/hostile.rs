@@ -108,6 +108,13 @@ async fn spinning(arena: &Arena, agent: AgentId) -> (TaskId, toka_host::Subscrip
     }
 }
 
+/// Revokes `agent`'s token (its authority block's revocation id).
+async fn revoke_token_of(host: &toka_host::Host, agent: AgentId) {
+    let digest = host.state(|s| s.agent(agent).unwrap().token).await;
+    let id = host.token(&digest).unwrap().revocation_ids()[0].clone();
+    host.revoke(id, false).await.unwrap();
+}
+
 /// How `task` ended, waiting at most 20 s (its deadline is far later).
 async fn ended(rx: &mut toka_host::Subscription, task: TaskId) -> Result<String, String> {
     let wait = async {
@@ -142,9 +149,7 @@ async fn a_computing_task_ends_soon_after_its_agents_token_is_revoked_or_expires
     // Revoked while it spins.
     let revoked = arena.agent("hostile-spin", grant(&["observe"])).await;
     let (task, mut rx) = spinning(&arena, revoked).await;
-    let digest = arena.host.state(|s| s.agent(revoked).unwrap().token).await;
-    let id = arena.host.token(&digest).unwrap().revocation_ids()[0].clone();
-    arena.host.revoke(id, false).await.unwrap();
+    revoke_token_of(&arena.host, revoked).await;
     let reason = "the agent's token was withdrawn: the token has been revoked";
     assert_eq!(ended(&mut rx, task).await, Err(reason.to_owned()));
     // Its next task is failed without running.
@@ -222,9 +227,7 @@ async fn a_task_whose_operations_are_denied_after_a_revocation_fails_for_the_rev
                 }
             }
         }
-        let digest = arena.host.state(|s| s.agent(agent).unwrap().token).await;
-        let revocation = arena.host.token(&digest).unwrap().revocation_ids()[0].clone();
-        arena.host.revoke(revocation, false).await.unwrap();
+        revoke_token_of(&arena.host, agent).await;
         assert_eq!(ended(&mut rx, id).await, Err(reason.to_owned()), "{task}");
     }
     let events = arena.finish().await;
@@ -248,9 +251,7 @@ async fn a_revoked_agents_tasks_fail_without_running_after_a_restart() {
         .spawn(component, "revoked", grant(&["observe"]))
         .await
         .unwrap();
-    let digest = host.state(|s| s.agent(agent).unwrap().token).await;
-    let revocation = host.token(&digest).unwrap().revocation_ids()[0].clone();
-    host.revoke(revocation, false).await.unwrap();
+    revoke_token_of(&host, agent).await;
     host.shutdown().await.unwrap();
 
     let host = crate::open_host(&data).await;

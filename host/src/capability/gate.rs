@@ -376,6 +376,8 @@ impl Gate {
 }
 
 impl Verified {
+    /// Denies a token a revocation covers (looked up only when the
+    /// kernel's revocation count changed since it was last found clean).
     fn check_not_revoked(&mut self, state: &WorldState) -> Result<(), Denied> {
         let revocations = state.revocation_count();
         if self.clean_at != Some(revocations) {

@@ -165,20 +165,13 @@ async fn a_computing_task_ends_soon_after_its_agents_token_is_revoked_or_expires
     let expires = std::time::UNIX_EPOCH + Duration::from_millis(start + 3_600_000);
     let token =
         toka_host::Token::issue(&root, &["observe".parse().unwrap()], &[], Some(expires)).unwrap();
-    let component = arena
-        .host
-        .install("hostile-spin", agent_bytes("hostile-spin"))
-        .await
-        .unwrap();
     let expiring = arena
-        .host
-        .spawn(
-            component,
+        .agent_named(
+            "hostile-spin",
             "expiring",
             Grant::Token(token.to_base64().into_bytes()),
         )
-        .await
-        .unwrap();
+        .await;
     let (task, mut rx) = spinning(&arena, expiring).await;
     clock.advance(2 * 3_600_000);
     let reason = ended(&mut rx, task).await.unwrap_err();
@@ -206,16 +199,9 @@ async fn a_task_whose_operations_are_denied_after_a_revocation_fails_for_the_rev
         Arena::with_limits(limits(|l| l.deadline_per_task = Duration::from_secs(300))).await;
     let reason = "the agent's token was withdrawn: the token has been revoked";
     for (name, task) in [("returns", "observe-spin"), ("traps", "observe-spin-panic")] {
-        let component = arena
-            .host
-            .install("hostile-spin", agent_bytes("hostile-spin"))
-            .await
-            .unwrap();
         let agent = arena
-            .host
-            .spawn(component, name, grant(&["observe"]))
-            .await
-            .unwrap();
+            .agent_named("hostile-spin", name, grant(&["observe"]))
+            .await;
         let mut rx = arena.host.subscribe();
         let id = arena.host.schedule(agent, task).await.unwrap();
         // Wait for its operations, then revoke its token.

@@ -227,8 +227,23 @@ impl Arena {
 
     /// Installs the compiled agent `name` and spawns it with `grant`.
     pub async fn agent(&self, name: &str, grant: Grant) -> toka_kernel::AgentId {
-        let component = self.host.install(name, agent_bytes(name)).await.unwrap();
-        self.host.spawn(component, name, grant).await.unwrap()
+        self.agent_named(name, name, grant).await
+    }
+
+    /// Installs the compiled agent `component` and spawns it as `name`
+    /// with `grant` (for several agents of one component).
+    pub async fn agent_named(
+        &self,
+        component: &str,
+        name: &str,
+        grant: Grant,
+    ) -> toka_kernel::AgentId {
+        let installed = self
+            .host
+            .install(component, agent_bytes(component))
+            .await
+            .unwrap();
+        self.host.spawn(installed, name, grant).await.unwrap()
     }
 
     /// The bystander completes a task, as if nothing happened.

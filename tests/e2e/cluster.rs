@@ -362,10 +362,23 @@ impl Api {
                     "task {task}: {}",
                     answer.text().await.unwrap_or_default()
                 );
-                assert!(
-                    started.elapsed() < Duration::from_secs(90),
-                    "task {task} never arrived"
-                );
+                if started.elapsed() > Duration::from_secs(90) {
+                    // What the cell's log says of what it took in.
+                    let mail = self
+                        .http
+                        .get(format!(
+                            "{}/v1/events?kind=task_refused,change_refused,tasks_sent&limit=1000",
+                            self.url
+                        ))
+                        .bearer_auth(&self.token)
+                        .send()
+                        .await
+                        .unwrap()
+                        .text()
+                        .await
+                        .unwrap_or_default();
+                    panic!("task {task} never arrived; the cell's mail events: {mail}");
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

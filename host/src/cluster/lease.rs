@@ -186,12 +186,17 @@ pub fn hosts(cluster: &Cluster) -> Result<Vec<Holder>, ClusterError> {
             .keys()
             .await
             .map_err(|e| ClusterError::js("listing hosts", e))?;
-        let mut hosts = Vec::new();
+        // The listing's consumer starts over when it misses a message (a
+        // loaded server, a NATS node's failure): a key may come twice.
+        let mut listed = std::collections::BTreeSet::new();
         while let Some(key) = keys.next().await {
             let key = key.map_err(|e| ClusterError::js("listing hosts", e))?;
-            if !key.starts_with("host-") {
-                continue;
+            if key.starts_with("host-") {
+                listed.insert(key);
             }
+        }
+        let mut hosts = Vec::new();
+        for key in listed {
             let value = bucket
                 .get(&key)
                 .await

@@ -19,7 +19,11 @@
 //!   remembers the last record taken from each origin cell: a copy is
 //!   skipped, never applied twice.
 //!   It purges the stream below what the cell took in (its log holds each
-//!   parcel it took).
+//!   parcel it took). A message the stream should hold (its sequence is
+//!   between the stream's first and last) but its leader says it lacks is
+//!   asked for again, not skipped: a leader just elected may not have
+//!   applied it yet. Only after [`GIVE_UP_ON_HOLE`] is it taken for
+//!   deleted by something other than Toka, skipped, and logged as an error.
 
 use std::time::Duration;
 
@@ -39,8 +43,12 @@ const BATCH: usize = 256;
 /// after a failure before it tries again.
 const IDLE: Duration = Duration::from_millis(500);
 
-/// Idle rounds of the receiver between two looks for a hole in its stream.
-const HOLE_CHECK: u32 = 20;
+/// How long the receiver asks again for a message its stream should hold
+/// (its sequence is between the stream's first and last) before it skips
+/// it as deleted by something other than Toka.
+const GIVE_UP_ON_HOLE: Duration = Duration::from_secs(60);
+/// How soon it asks again.
+const RETRY_MISSING: Duration = Duration::from_millis(100);
 
 /// Inbox messages taken in between two purges of the stream (it is also
 /// purged whenever the receiver runs out of messages).
@@ -234,8 +242,8 @@ async fn receive(cluster: Cluster, mail: CellMail, cell: Cell, done: watch::Send
     };
     // Everything the inbox holds now is taken in before the host serves.
     let end = loop {
-        match last_sequence(&stream).await {
-            Some(last) => break last,
+        match bounds(&stream).await {
+            Some((_, last)) => break last,
             None => tokio::time::sleep(IDLE).await,
         }
     };
@@ -248,7 +256,9 @@ async fn receive(cluster: Cluster, mail: CellMail, cell: Cell, done: watch::Send
         .ok();
     let mut next = mail.inbox_read_from();
     let mut seen = mail.watch();
-    let mut idle = 0u32;
+    // Since when the message at `next` is missing though the stream's last
+    // sequence is past it.
+    let mut missing_since: Option<tokio::time::Instant> = None;
     // What a former owner took but had not purged yet goes at the first
     // purge.
     let mut purge = Purge::new();
@@ -260,25 +270,50 @@ async fn receive(cluster: Cluster, mail: CellMail, cell: Cell, done: watch::Send
             purge.up_to(&stream, next, cell).await;
         }
         let raw = match stream.get_raw_message(next).await {
-            Ok(raw) => raw,
+            Ok(raw) => {
+                missing_since = None;
+                raw
+            }
             Err(e) => {
                 if e.kind() != jetstream::stream::RawMessageErrorKind::NoMessageFound {
                     tracing::warn!(error = %e, cell = cell.index, position = next, "reading the inbox failed");
-                } else if next <= end {
-                    // Below the end seen at the start: a hole (never made
-                    // by Toka, which only purges below what was taken), skipped.
-                    next += 1;
-                    continue;
                 } else {
-                    idle += 1;
-                    purge.up_to(&stream, next, cell).await;
-                    // Now and then: a hole in the stream (never made by
-                    // Toka) is skipped.
-                    if idle.is_multiple_of(HOLE_CHECK)
-                        && last_sequence(&stream).await.is_some_and(|last| last > next)
-                    {
-                        next += 1;
-                        continue;
+                    match bounds(&stream).await {
+                        // Purged: taken in (or skipped) by this cell before.
+                        Some((first, _)) if next < first => {
+                            next = first;
+                            continue;
+                        }
+                        // The stream holds it, but its leader did not say
+                        // so (one just elected may not have applied it yet):
+                        // asked again, never skipped on one answer.
+                        Some((_, last)) if next <= last => {
+                            let since = *missing_since.get_or_insert_with(|| {
+                                tracing::warn!(
+                                    cell = cell.index,
+                                    position = next,
+                                    last,
+                                    "an inbox message the stream holds was not found; asking again"
+                                );
+                                tokio::time::Instant::now()
+                            });
+                            if since.elapsed() >= GIVE_UP_ON_HOLE {
+                                // Not made by Toka: something outside it
+                                // deleted a message of the stream.
+                                tracing::error!(
+                                    cell = cell.index,
+                                    position = next,
+                                    "an inbox message is missing from the stream; skipped"
+                                );
+                                missing_since = None;
+                                next += 1;
+                                continue;
+                            }
+                            tokio::time::sleep(RETRY_MISSING).await;
+                            continue;
+                        }
+                        // Nothing there yet: wait for the next parcel.
+                        _ => purge.up_to(&stream, next, cell).await,
                     }
                 }
                 let woken = async {
@@ -321,7 +356,15 @@ async fn receive(cluster: Cluster, mail: CellMail, cell: Cell, done: watch::Send
                 parcel: letter.parcel,
             };
             match mail.deliver(delivery).await {
-                Ok(()) => {}
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        cell = cell.index,
+                        position = next,
+                        from = letter.from_cell,
+                        "a task another cell sent was refused (its task_refused event says why)"
+                    );
+                }
                 Err(HostError::Kernel(e)) => {
                     tracing::warn!(error = %e, cell = cell.index, position = next, "an inbox parcel was not taken");
                 }
@@ -388,12 +431,13 @@ impl Purge {
     }
 }
 
-/// The stream's last sequence number, if it can be read.
-async fn last_sequence(stream: &jetstream::stream::Stream) -> Option<u64> {
+/// The stream's first and last sequence numbers, if they can be read
+/// (first is last + 1 when it is empty).
+async fn bounds(stream: &jetstream::stream::Stream) -> Option<(u64, u64)> {
     let mut stream = stream.clone();
     stream
         .info()
         .await
         .ok()
-        .map(|info| info.state.last_sequence)
+        .map(|info| (info.state.first_sequence, info.state.last_sequence))
 }

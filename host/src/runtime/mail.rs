@@ -9,7 +9,7 @@ use toka_kernel::{Cell, Delivery, EntityId, Operation, Parcel};
 
 use crate::runtime::error::HostError;
 use crate::runtime::inner::HostInner;
-use crate::runtime::sequencer::Attachments;
+use crate::runtime::sequencer::{Attachments, Receipt};
 
 /// A handle on a cell host's mail (from [`Host::mail`](crate::Host::mail)):
 /// its outbox to forward and its inbox to take in. It outlives no host's
@@ -88,27 +88,30 @@ impl CellMail {
     /// [`HostError::Kernel`] when the outbox holds nothing up to `through`;
     /// [`HostError::Stopped`] when the host stopped.
     pub async fn mark_sent(&self, through: u64) -> Result<(), HostError> {
-        self.submit(Operation::MarkSent { through }).await
+        self.submit(Operation::MarkSent { through }).await.map(drop)
     }
 
     /// Takes in what another cell sent (a task queued for its agent, a
     /// change of the configuration applied, or either recorded as refused);
-    /// returns once durable.
+    /// returns once durable: false when it was a task and the cell refused
+    /// it (its `task_refused` event says why).
     ///
     /// # Errors
     ///
     /// [`HostError::Kernel`] when it was taken before or is not this
     /// cell's; [`HostError::Stopped`] when the host stopped.
-    pub async fn deliver(&self, delivery: Delivery) -> Result<(), HostError> {
-        self.submit(Operation::DeliverTask { delivery }).await
+    pub async fn deliver(&self, delivery: Delivery) -> Result<bool, HostError> {
+        let task = matches!(delivery.parcel, Parcel::Task(_));
+        let receipt = self.submit(Operation::DeliverTask { delivery }).await?;
+        Ok(!task || receipt.created.is_some())
     }
 
-    async fn submit(&self, op: Operation) -> Result<(), HostError> {
+    async fn submit(&self, op: Operation) -> Result<Receipt, HostError> {
         let sequencer = &self.inner.sequencer;
         let receipt = sequencer
             .submit_system(EntityId::SYSTEM, op, Attachments::default())
             .await??;
         sequencer.wait_durable(receipt.seq).await?;
-        Ok(())
+        Ok(receipt)
     }
 }

@@ -14,7 +14,7 @@ pub const SNAPSHOTS_KEPT: usize = 2;
 pub const SNAPSHOTS_LOOKED_AT: usize = SNAPSHOTS_KEPT + 2;
 
 /// Older snapshots are kept as *checkpoints* at least one record apart per
-/// this many bytes of snapshot (see [`snapshots_dropped`]).
+/// this many bytes of snapshot (see [`snapshot_dropped`]).
 pub const CHECKPOINT_BYTES_PER_RECORD: usize = 16;
 
 /// The snapshot to drop, if any, once one of `bytes` bytes was written:

@@ -18,7 +18,8 @@ use crate::operation::{AgentSpec, ComponentSpec, Denial, OpKind, Operation, Refu
 use crate::quota::{Account, Cost};
 use crate::rules::{Budgets, Quota, RULES_VERSION, Rules};
 use crate::state::{
-    AgentRecord, AgentStatus, Gap, JournalEntry, Prior, Run, TaskRecord, TaskStatus, WorldState,
+    AgentRecord, AgentStatus, Gap, JournalEntry, Prior, Replaced, Rewrite, Run, TaskRecord,
+    TaskStatus, WorldState,
 };
 
 /// Refusal entries one [`Operation::RecordRefusals`] may carry.
@@ -93,19 +94,29 @@ impl WorldState {
         let charge = self.charge(&cmd, kind, env)?;
         let cause_task = cause.map(|key| key.task);
 
-        // Inside a task, a state write remembers the value it replaces, so a
+        // Inside a task, a state write remembers what it replaces, so a
         // re-run of the task can read the state as it was.
         let prior = match (&cause_task, &cmd.op) {
-            (Some(_), Operation::PutState { key, .. } | Operation::DeleteState { key }) => {
-                Some(Box::new(Prior {
-                    key: key.clone(),
-                    value: self
-                        .agents
-                        .get(&cmd.origin)
-                        .and_then(|a| a.state.get(key).cloned()),
-                }))
+            (Some(task), Operation::PutState { key, .. } | Operation::DeleteState { key }) => {
+                let before = self.agents.get(&cmd.origin).and_then(|a| a.state.get(key));
+                let again = self
+                    .tasks
+                    .get(task)
+                    .and_then(|t| t.status.run())
+                    .is_some_and(|run| run.wrote(key));
+                if again {
+                    Replaced::Rewrite(Box::new(Rewrite {
+                        key: key.clone(),
+                        existed: before.is_some(),
+                    }))
+                } else {
+                    Replaced::First(Box::new(Prior {
+                        key: key.clone(),
+                        value: before.cloned(),
+                    }))
+                }
             }
-            _ => None,
+            _ => Replaced::Nothing,
         };
         let Command {
             origin, time, op, ..
@@ -228,7 +239,7 @@ impl WorldState {
                     details: None,
                 });
             }
-            run.journal.push(JournalEntry {
+            run.push(JournalEntry {
                 index: key.index,
                 seq: env.seq,
                 created: created(&events),
@@ -590,13 +601,7 @@ impl WorldState {
             a.running = Some(task);
         }
         if let Some(t) = self.tasks.get_mut(&task) {
-            t.status = TaskStatus::Running(Run {
-                started_seq: seq,
-                started_at: time,
-                journal: Vec::new(),
-                gaps: Vec::new(),
-                next_index: 0,
-            });
+            t.status = TaskStatus::Running(Run::started(seq, time));
         }
         Ok(vec![Event::TaskStarted {
             task,

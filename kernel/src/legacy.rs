@@ -16,7 +16,8 @@ use crate::id::{AgentId, Digest, EntityId, TaskId};
 use crate::operation::{ComponentSpec, TaskSpec};
 use crate::quota::Account;
 use crate::state::{
-    AgentRecord, AgentStatus, JournalEntry, Prior, Run, TaskRecord, TaskStatus, WorldState,
+    AgentRecord, AgentStatus, JournalEntry, Prior, Replaced, Run, TaskRecord, TaskStatus,
+    WorldState,
 };
 
 #[derive(Deserialize)]
@@ -135,23 +136,19 @@ pub(crate) fn state_v1(bytes: &[u8]) -> Result<WorldState, postcard::Error> {
                 TaskStatusV1::Running(run) => {
                     let next_index = u32::try_from(run.journal.len())
                         .expect("a task's journal is bounded by max_ops_per_task, a u32");
-                    TaskStatus::Running(Run {
-                        started_seq: run.started_seq,
-                        started_at: run.started_at,
-                        journal: run
-                            .journal
-                            .into_iter()
-                            .zip(0..)
-                            .map(|(e, index)| JournalEntry {
-                                index,
-                                seq: e.seq,
-                                created: e.created,
-                                prior: e.prior.map(Box::new),
-                            })
-                            .collect(),
-                        gaps: Vec::new(),
-                        next_index,
-                    })
+                    let mut converted = Run::started(run.started_seq, run.started_at);
+                    converted.next_index = next_index;
+                    for (e, index) in run.journal.into_iter().zip(0..) {
+                        converted.push(JournalEntry {
+                            index,
+                            seq: e.seq,
+                            created: e.created,
+                            prior: e
+                                .prior
+                                .map_or(Replaced::Nothing, |p| Replaced::First(Box::new(p))),
+                        });
+                    }
+                    TaskStatus::Running(converted)
                 }
             };
             let record = TaskRecord {

@@ -59,5 +59,6 @@ pub use quota::{Account, Bucket};
 pub use record::{ChainHead, FORMAT_VERSION, Record, RecordError};
 pub use rules::{Budgets, Quota, Quotas, RULES_VERSION, Rate, Rules};
 pub use state::{
-    AgentRecord, AgentStatus, Gap, JournalEntry, Prior, Run, TaskRecord, TaskStatus, WorldState,
+    AgentRecord, AgentStatus, Gap, JournalEntry, Prior, Replaced, Rewrite, Run, TaskRecord,
+    TaskStatus, WorldState,
 };

@@ -111,8 +111,9 @@ impl TaskStatus {
 /// The journal is what makes a re-run after a crash apply each operation
 /// exactly once: the host answers a re-run's operation `i` from entry `i`
 /// instead of applying it again, and answers the agent's state reads as they
-/// were at that point, from the priors.
+/// were at that point, from what each write replaced ([`Replaced`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "RunWire")]
 #[non_exhaustive]
 pub struct Run {
     /// Sequence number of the `StartTask` record.
@@ -128,9 +129,74 @@ pub struct Run {
     /// [`OpKey`](crate::OpKey): every operation the task submitted so far,
     /// applied or refused.
     pub next_index: u32,
+    /// The state keys the journal wrote (derived from it, not encoded).
+    #[serde(skip)]
+    written: BTreeSet<String>,
+}
+
+/// [`Run`] as encoded: the same fields without what is derived.
+#[derive(Deserialize)]
+struct RunWire {
+    started_seq: u64,
+    started_at: Timestamp,
+    journal: Vec<JournalEntry>,
+    gaps: Vec<Gap>,
+    next_index: u32,
+}
+
+impl From<RunWire> for Run {
+    fn from(wire: RunWire) -> Run {
+        let mut run = Run::started(wire.started_seq, wire.started_at);
+        run.gaps = wire.gaps;
+        run.next_index = wire.next_index;
+        for entry in wire.journal {
+            run.push(entry);
+        }
+        run
+    }
 }
 
 impl Run {
+    /// A task that started at record `seq`, at logical time `at`.
+    pub(crate) fn started(seq: u64, at: Timestamp) -> Run {
+        Run {
+            started_seq: seq,
+            started_at: at,
+            journal: Vec::new(),
+            gaps: Vec::new(),
+            next_index: 0,
+            written: BTreeSet::new(),
+        }
+    }
+
+    /// Appends an entry. A later write of a key the task wrote before keeps
+    /// no copy of the value it replaced: what the task left there is in the
+    /// log (so an older encoding, which copied it at every write, decodes
+    /// to what this release computes).
+    pub(crate) fn push(&mut self, mut entry: JournalEntry) {
+        let again = match &entry.prior {
+            Replaced::First(prior) if self.written.contains(&prior.key) => Some(Rewrite {
+                key: prior.key.clone(),
+                existed: prior.value.is_some(),
+            }),
+            Replaced::First(prior) => {
+                self.written.insert(prior.key.clone());
+                None
+            }
+            Replaced::Nothing | Replaced::Rewrite(_) => None,
+        };
+        if let Some(again) = again {
+            entry.prior = Replaced::Rewrite(Box::new(again));
+        }
+        self.journal.push(entry);
+    }
+
+    /// Whether one of the task's operations wrote `key`.
+    #[must_use]
+    pub fn wrote(&self, key: &str) -> bool {
+        self.written.contains(key)
+    }
+
     /// The journal entry of the operation at `index`, if it was applied.
     #[must_use]
     pub fn entry(&self, index: u32) -> Option<&JournalEntry> {
@@ -172,11 +238,31 @@ pub struct JournalEntry {
     pub seq: u64,
     /// The agent or task it created, if any.
     pub created: Option<EntityId>,
-    /// For a state put or delete: the key and its value before (boxed:
-    /// most operations write no state, and a journal holds an entry per
-    /// operation of a running task, up to
-    /// [`Limits::max_ops_per_task`](crate::Limits::max_ops_per_task)).
-    pub prior: Option<Box<Prior>>,
+    /// For a state put or delete: what it replaced.
+    pub prior: Replaced,
+}
+
+/// What a state write inside a task replaced: enough to answer a re-run's
+/// reads as they were before it.
+///
+/// A running task keeps an entry per operation (up to
+/// [`Limits::max_ops_per_task`](crate::Limits::max_ops_per_task)), so only
+/// a key's first write in the task keeps the value it replaced (part of
+/// the agent's state when the task started, so bounded by
+/// [`Limits::max_state_bytes`](crate::Limits::max_state_bytes)); a later
+/// write keeps the key, its value before being what the task's previous
+/// write of it put, which the log holds.
+///
+/// Encoded as `Option<Box<Prior>>` was (0: none, 1: a prior), plus 2.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Replaced {
+    /// The operation wrote no state.
+    #[default]
+    Nothing,
+    /// The task's first write of the key: the value before the task wrote it.
+    First(Box<Prior>),
+    /// A later write of a key the task wrote before.
+    Rewrite(Box<Rewrite>),
 }
 
 /// A key of an agent's state and its value before an operation changed it.
@@ -187,6 +273,17 @@ pub struct Prior {
     /// Its value before (`None`: it did not exist).
     #[serde(with = "crate::serde_bytes::option")]
     pub value: Option<Vec<u8>>,
+}
+
+/// A write of a key its task wrote before: the value it replaced is what
+/// the task's previous write of the key put.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rewrite {
+    /// The key.
+    pub key: String,
+    /// Whether the key existed before (the previous write put a value; it
+    /// did not delete it).
+    pub existed: bool,
 }
 
 /// One unfinished task.
@@ -450,5 +547,81 @@ impl WorldState {
     #[must_use]
     pub fn extension_store(&self, family: &str) -> Option<&BTreeMap<Vec<u8>, Vec<u8>>> {
         self.extensions.get(family)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first(key: &str, value: Option<Vec<u8>>) -> Replaced {
+        Replaced::First(Box::new(Prior {
+            key: key.into(),
+            value,
+        }))
+    }
+
+    fn rewrite(key: &str, existed: bool) -> Replaced {
+        Replaced::Rewrite(Box::new(Rewrite {
+            key: key.into(),
+            existed,
+        }))
+    }
+
+    fn entry(index: u32, prior: Replaced) -> JournalEntry {
+        JournalEntry {
+            index,
+            seq: 10 + u64::from(index),
+            created: None,
+            prior,
+        }
+    }
+
+    #[test]
+    fn a_journal_as_format_6_kept_it_decodes_to_what_this_release_keeps() {
+        // Snapshot format 6 copied what every write replaced.
+        let mut old = Run::started(9, Timestamp(5));
+        old.journal = vec![
+            entry(0, first("k", None)),
+            entry(1, first("k", Some(vec![7; 100]))),
+            entry(2, Replaced::Nothing),
+            entry(3, first("j", Some(vec![1]))),
+            entry(4, first("k", None)),
+        ];
+        old.next_index = 5;
+        let decoded: Run = postcard::from_bytes(&postcard::to_allocvec(&old).unwrap()).unwrap();
+        let mut expected = Run::started(9, Timestamp(5));
+        for e in [
+            entry(0, first("k", None)),
+            entry(1, rewrite("k", true)),
+            entry(2, Replaced::Nothing),
+            entry(3, first("j", Some(vec![1]))),
+            entry(4, rewrite("k", false)),
+        ] {
+            expected.push(e);
+        }
+        expected.next_index = 5;
+        assert_eq!(decoded, expected);
+        assert!(decoded.wrote("k") && decoded.wrote("j"));
+        // What this release writes decodes to itself.
+        let again: Run = postcard::from_bytes(&postcard::to_allocvec(&decoded).unwrap()).unwrap();
+        assert_eq!(again, decoded);
+    }
+
+    #[test]
+    fn what_a_write_replaced_is_encoded_as_the_optional_prior_was() {
+        let prior = Prior {
+            key: "k".into(),
+            value: Some(vec![1, 2]),
+        };
+        assert_eq!(bytes(&Replaced::Nothing), bytes(&None::<Box<Prior>>));
+        assert_eq!(
+            bytes(&Replaced::First(Box::new(prior.clone()))),
+            bytes(&Some(Box::new(prior)))
+        );
+    }
+
+    fn bytes<T: Serialize>(value: &T) -> Vec<u8> {
+        postcard::to_allocvec(value).unwrap()
     }
 }

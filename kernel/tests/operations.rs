@@ -7,7 +7,8 @@ use common::{World, scheduled, spawned, spec};
 use toka_kernel::{
     AgentStatus, Applied, Authorization, ComponentSpec, Denial, Digest, EntityId, EntityKind,
     Event, ExtensionCall, ExtensionEffects, JournalEntry, Kernel, KernelError, Limit, Limits,
-    OpKey, OpKind, OpcodeHandler, Operation, Prior, Registry, TaskSpec, TaskStatus, Timestamp,
+    OpKey, OpKind, OpcodeHandler, Operation, Prior, Registry, Replaced, Rewrite, TaskSpec,
+    TaskStatus, Timestamp,
 };
 
 fn task_spec(text: &str) -> TaskSpec {
@@ -395,6 +396,23 @@ mod journal {
         let deleted = w
             .agent_in(agent, at(2), Operation::DeleteState { key: "new".into() })
             .unwrap();
+        // Later writes of a key the task wrote keep no copy of what they
+        // replace (the log has what the task put), only whether it existed.
+        let rewrites: Vec<u64> = [
+            Operation::PutState {
+                key: "k".into(),
+                value: vec![3; 1000],
+            },
+            Operation::DeleteState { key: "k".into() },
+            Operation::PutState {
+                key: "k".into(),
+                value: vec![4],
+            },
+        ]
+        .into_iter()
+        .zip(3..)
+        .map(|(op, index)| w.agent_in(agent, at(index), op).unwrap().seq)
+        .collect();
         let journal = w
             .kernel
             .state()
@@ -412,7 +430,7 @@ mod journal {
                     index: 0,
                     seq: put.seq,
                     created: None,
-                    prior: Some(Box::new(Prior {
+                    prior: Replaced::First(Box::new(Prior {
                         key: "k".into(),
                         value: Some(vec![1])
                     })),
@@ -421,19 +439,48 @@ mod journal {
                     index: 1,
                     seq: scheduled.seq,
                     created: Some(common::scheduled(&scheduled.events)),
-                    prior: None,
+                    prior: Replaced::Nothing,
                 },
                 JournalEntry {
                     index: 2,
                     seq: deleted.seq,
                     created: None,
-                    prior: Some(Box::new(Prior {
+                    prior: Replaced::First(Box::new(Prior {
                         key: "new".into(),
                         value: None
                     })),
                 },
+                JournalEntry {
+                    index: 3,
+                    seq: rewrites[0],
+                    created: None,
+                    prior: Replaced::Rewrite(Box::new(Rewrite {
+                        key: "k".into(),
+                        existed: true
+                    })),
+                },
+                JournalEntry {
+                    index: 4,
+                    seq: rewrites[1],
+                    created: None,
+                    prior: Replaced::Rewrite(Box::new(Rewrite {
+                        key: "k".into(),
+                        existed: true
+                    })),
+                },
+                JournalEntry {
+                    index: 5,
+                    seq: rewrites[2],
+                    created: None,
+                    prior: Replaced::Rewrite(Box::new(Rewrite {
+                        key: "k".into(),
+                        existed: false
+                    })),
+                },
             ]
         );
+        let run = w.kernel.state().task(task).unwrap().status.run().unwrap();
+        assert!(run.wrote("k") && run.wrote("new") && !run.wrote("other"));
         // The journal leaves the state with the task.
         w.host_for(
             agent,
@@ -444,6 +491,35 @@ mod journal {
         )
         .unwrap();
         assert!(w.kernel.state().task(task).is_none());
+    }
+
+    #[test]
+    fn a_task_overwriting_a_key_keeps_no_copy_of_what_it_replaced() {
+        // A hostile task overwriting one key with large values: only the
+        // value it first replaced is kept for a re-run, whatever it writes.
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        let task = w.schedule(agent, "t");
+        w.start(agent, task);
+        let before = w.kernel.state().to_bytes().len();
+        for index in 0..300u32 {
+            w.agent_in(
+                agent,
+                Some(OpKey { task, index }),
+                Operation::PutState {
+                    key: "k".into(),
+                    value: vec![index.to_le_bytes()[0]; 60 << 10],
+                },
+            )
+            .unwrap();
+        }
+        let grown = w.kernel.state().to_bytes().len() - before;
+        // The agent's one value, and a few bytes per journal entry (each
+        // copied value would add 60 KiB: 18 MB for these 300).
+        assert!(
+            grown < (60 << 10) + 300 * 32,
+            "the state grew by {grown} bytes"
+        );
     }
 }
 

@@ -277,9 +277,14 @@ impl kernel::Host for AgentCtx {
     }
 
     fn get_state(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(self
-            .sequencer
-            .state_value(self.agent, self.position(), &key))
+        self.sequencer
+            .state_value(self.agent, self.position(), &key)
+            .map_err(|why| {
+                // A re-run that cannot read what its first run wrote cannot
+                // go on: the task fails with this.
+                self.line.stop(Stop::Diverged(why.clone()));
+                wasmtime::Error::msg(why)
+            })
     }
 
     fn state_keys(&mut self) -> wasmtime::Result<Vec<String>> {

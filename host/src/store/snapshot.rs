@@ -19,7 +19,11 @@ use toka_kernel::{ChainHead, Digest, Kernel, WorldState};
 /// - 4: the state with the trust store and installed packages (read
 ///   through [`WorldState::from_bytes_v4`]).
 /// - 5: the state with the journaled HTTP requests of running tasks.
-pub(crate) const SNAPSHOT_VERSION: u16 = 6;
+/// - 6: the state with the cell's mail.
+/// - 7: a running task's later writes of a key keep no copy of what they
+///   replaced ([`toka_kernel::Replaced::Rewrite`]); format 6 decodes to it
+///   as this release would have computed it.
+pub(crate) const SNAPSHOT_VERSION: u16 = 7;
 
 #[derive(Serialize, Deserialize)]
 struct Encoded {

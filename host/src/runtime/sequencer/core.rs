@@ -301,6 +301,8 @@ pub(super) struct Core {
     pub(super) pending_bytes: usize,
     /// Per running task: what was refused since its last applied operation.
     pub(super) refusals: HashMap<TaskId, Vec<Refusal>>,
+    /// The state writes of re-run tasks, by key.
+    pub(super) rewrites: super::rewrites::Rewrites,
     pub(super) denials: Denials,
     /// Operator tokens already attached to a batch (see [`By::Operator`]).
     pub(super) stored_operators: std::collections::HashSet<Digest>,
@@ -349,6 +351,7 @@ impl Sequencer {
                     pending_records: Vec::new(),
                     pending_bytes: 0,
                     refusals: HashMap::new(),
+                    rewrites: super::rewrites::Rewrites::default(),
                     denials: Denials::default(),
                     stored_operators: std::collections::HashSet::new(),
                     stopped: None,

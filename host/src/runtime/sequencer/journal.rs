@@ -15,11 +15,12 @@
 //! has diverged: the task fails, naming both.
 
 use toka_kernel::{
-    AgentId, Command, Digest, EntityId, Gap, JournalEntry, OpKey, Operation, Prior, Record,
-    Refusal, RefusalKind, TaskId, WorldState,
+    AgentId, Command, Digest, EntityId, Gap, JournalEntry, OpKey, Operation, Record, Refusal,
+    RefusalKind, Run, TaskId, WorldState,
 };
 
 use super::core::{Attachments, Core, Receipt, Refused, Request, Sequencer, request_digest};
+use super::rewrites::Before;
 use crate::capability::rights::Right;
 use crate::text::clip;
 
@@ -164,7 +165,7 @@ impl Core {
         ))
     }
 
-    fn read_record(&self, key: OpKey, seq: u64) -> Result<Record, String> {
+    pub(super) fn read_record(&self, key: OpKey, seq: u64) -> Result<Record, String> {
         self.store
             .record(seq)
             .map_err(|e| e.to_string())?
@@ -244,64 +245,76 @@ impl Core {
 impl Sequencer {
     /// The agent's state value at `key`, as the task at `position` saw it
     /// (before its operation `position.index`, if it already applied that).
+    ///
+    /// # Errors
+    ///
+    /// Why the log cannot say, for a re-run reading a value its first run
+    /// wrote (the record of that write cannot be read).
     pub(crate) fn state_value(
         &self,
         agent: AgentId,
         position: Option<OpKey>,
         key: &str,
-    ) -> Option<Vec<u8>> {
-        self.read(|kernel| state_value(kernel.state(), agent, position, key))
+    ) -> Result<Option<Vec<u8>>, String> {
+        let mut guard = self.lock();
+        let core = &mut *guard;
+        let state = core.kernel.state();
+        let current = || state.agent(agent).and_then(|a| a.state.get(key).cloned());
+        let Some((position, run)) = rerun(state, position) else {
+            return Ok(current());
+        };
+        match core
+            .rewrites
+            .get(state, position.task, run)
+            .before(run, position.index, key)
+        {
+            Before::Untouched => Ok(current()),
+            Before::Value(value) => Ok(value),
+            Before::PutAt(seq) => {
+                let record = core.read_record(position, seq)?;
+                match record.command.op {
+                    Operation::PutState { value, .. } => Ok(Some(value)),
+                    _ => Err(format!(
+                        "record {seq} is not the write of `{}` the journal of task {} names",
+                        clip(key, 64),
+                        position.task
+                    )),
+                }
+            }
+        }
     }
 
     /// The agent's state keys, as the task at `position` saw them.
     pub(crate) fn state_keys(&self, agent: AgentId, position: Option<OpKey>) -> Vec<String> {
-        self.read(|kernel| state_keys(kernel.state(), agent, position))
-    }
-}
-
-/// The agent's state value at `key`, as the task at `position` saw it.
-fn state_value(
-    state: &WorldState,
-    agent: AgentId,
-    position: Option<OpKey>,
-    key: &str,
-) -> Option<Vec<u8>> {
-    if let Some(prior) = priors(state, position).find(|p| p.key == key) {
-        return prior.value.clone();
-    }
-    state.agent(agent)?.state.get(key).cloned()
-}
-
-/// The agent's state keys, as the task at `position` saw them.
-fn state_keys(state: &WorldState, agent: AgentId, position: Option<OpKey>) -> Vec<String> {
-    let mut keys: std::collections::BTreeSet<String> = state
-        .agent(agent)
-        .map(|a| a.state.keys().cloned().collect())
-        .unwrap_or_default();
-    let mut seen = std::collections::BTreeSet::new();
-    for prior in priors(state, position) {
-        if seen.insert(prior.key.clone()) {
-            match prior.value {
-                Some(_) => keys.insert(prior.key.clone()),
-                None => keys.remove(&prior.key),
-            };
+        let mut guard = self.lock();
+        let core = &mut *guard;
+        let state = core.kernel.state();
+        let mut keys: std::collections::BTreeSet<String> = state
+            .agent(agent)
+            .map(|a| a.state.keys().cloned().collect())
+            .unwrap_or_default();
+        let Some((position, run)) = rerun(state, position) else {
+            return keys.into_iter().collect();
+        };
+        let writes = core.rewrites.get(state, position.task, run);
+        for (key, existed) in writes.keys_before(run, position.index) {
+            if existed {
+                keys.insert(key.to_owned());
+            } else {
+                keys.remove(key);
+            }
         }
+        keys.into_iter().collect()
     }
-    keys.into_iter().collect()
 }
 
-/// The priors of a running task's operations from `position` on: how the
-/// state it touched looked before them.
-fn priors(state: &WorldState, position: Option<OpKey>) -> impl Iterator<Item = &Prior> {
-    position
-        .and_then(|p| {
-            let run = state.task(p.task)?.status.run()?;
-            let from = run.journal.partition_point(|e| e.index < p.index);
-            Some(run.journal[from..].iter())
-        })
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry.prior.as_deref())
+/// A re-run's read at `position`, with its task's run, when the first run
+/// applied operations at or after it (else the current state answers).
+fn rerun(state: &WorldState, position: Option<OpKey>) -> Option<(OpKey, &Run)> {
+    let position = position?;
+    let run = state.task(position.task)?.status.run()?;
+    let last = run.journal.last()?;
+    (last.index >= position.index).then_some((position, run))
 }
 
 /// An operation, briefly, for divergence messages.

@@ -14,6 +14,8 @@
 //!   pending batch is full (in records or bytes).
 //! - `journal`: answering a re-run task's operations from the log, and
 //!   recording what was refused so the answers stay the same.
+//! - `rewrites`: a re-run task's state writes by key, so its reads see the
+//!   state as the first run did.
 //! - `spawn`: spawning and delegation (the child's token, its budgets).
 //! - `denials`: recording denials, rate-limited.
 //! - `snapshots`: when the writer snapshots the state.
@@ -23,6 +25,7 @@ mod core;
 mod denials;
 mod http;
 mod journal;
+mod rewrites;
 mod snapshots;
 mod spawn;
 mod writer;

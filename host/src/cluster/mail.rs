@@ -18,8 +18,8 @@
 //!   [`Operation::DeliverTask`](toka_kernel::Operation::DeliverTask), which
 //!   remembers the last record taken from each origin cell: a copy is
 //!   skipped, never applied twice.
-//!   It purges the stream below what the cell took in (its log holds each
-//!   parcel it took). A message the stream should hold (its sequence is
+//!   Once it took in everything the stream holds, it purges the stream
+//!   (its log holds each parcel it took). A message the stream should hold (its sequence is
 //!   between the stream's first and last) but its leader says it lacks is
 //!   asked for again, not skipped: a leader just elected may not have
 //!   applied it yet. Only after [`GIVE_UP_ON_HOLE`] is it taken for
@@ -49,10 +49,6 @@ const IDLE: Duration = Duration::from_millis(500);
 const GIVE_UP_ON_HOLE: Duration = Duration::from_secs(60);
 /// How soon it asks again.
 const RETRY_MISSING: Duration = Duration::from_millis(100);
-
-/// Inbox messages taken in between two purges of the stream (it is also
-/// purged whenever the receiver runs out of messages).
-const PURGE_EVERY: u64 = 1024;
 
 /// Cell `cell`'s inbox stream.
 pub(crate) fn inbox_stream(cell: u32) -> String {
@@ -266,9 +262,6 @@ async fn receive(cluster: Cluster, mail: CellMail, cell: Cell, done: watch::Send
         if next > end {
             done.send_replace(true);
         }
-        if next >= purge.below + PURGE_EVERY {
-            purge.up_to(&stream, next, cell).await;
-        }
         let raw = match stream.get_raw_message(next).await {
             Ok(raw) => {
                 missing_since = None;
@@ -312,8 +305,15 @@ async fn receive(cluster: Cluster, mail: CellMail, cell: Cell, done: watch::Send
                             tokio::time::sleep(RETRY_MISSING).await;
                             continue;
                         }
-                        // Nothing there yet: wait for the next parcel.
-                        _ => purge.up_to(&stream, next, cell).await,
+                        // Everything the stream holds was taken in: it is
+                        // purged only then. NATS servers before 2.9.18
+                        // replay a purge below a sequence, when a node
+                        // restarts, as a purge of all the stream held at
+                        // the time (nats-server#4196): a purge with messages
+                        // still waiting would lose them on that node.
+                        Some(_) => purge.up_to(&stream, next, cell).await,
+                        // No answer: nothing is purged.
+                        None => {}
                     }
                 }
                 let woken = async {

@@ -261,6 +261,7 @@ impl Sequencer {
         let state = core.kernel.state();
         let current = || state.agent(agent).and_then(|a| a.state.get(key).cloned());
         let Some((position, run)) = rerun(state, position) else {
+            core.rewrites.forget_ended(state);
             return Ok(current());
         };
         match core
@@ -294,6 +295,7 @@ impl Sequencer {
             .map(|a| a.state.keys().cloned().collect())
             .unwrap_or_default();
         let Some((position, run)) = rerun(state, position) else {
+            core.rewrites.forget_ended(state);
             return keys.into_iter().collect();
         };
         let writes = core.rewrites.get(state, position.task, run);

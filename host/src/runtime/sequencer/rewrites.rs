@@ -46,8 +46,7 @@ impl Rewrites {
             .get(&task)
             .is_some_and(|w| w.covers == run.journal.len());
         if !fresh {
-            self.tasks
-                .retain(|t, _| state.task(*t).is_some_and(|t| t.status.run().is_some()));
+            self.forget_ended(state);
             let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
             for (at, entry) in run.journal.iter().enumerate() {
                 let key = match &entry.prior {
@@ -66,6 +65,14 @@ impl Rewrites {
             );
         }
         &self.tasks[&task]
+    }
+
+    /// Forgets the writes of tasks no longer running.
+    pub(super) fn forget_ended(&mut self, state: &WorldState) {
+        if !self.tasks.is_empty() {
+            self.tasks
+                .retain(|t, _| state.task(*t).is_some_and(|t| t.status.run().is_some()));
+        }
     }
 }
 

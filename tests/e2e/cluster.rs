@@ -33,7 +33,28 @@ fn free_port() -> u16 {
 }
 
 impl Nats {
+    /// Three JetStream nodes in one cluster, each listening. Ports are
+    /// picked free and then bound by nats-server: another process can take
+    /// one in between (a parallel test's connections), and that node exits;
+    /// then all three start again on other ports.
     fn start() -> Nats {
+        let started = Instant::now();
+        loop {
+            let mut nats = Nats::spawn();
+            if nats.listening() {
+                return nats;
+            }
+            for node in 0..nats.nodes.len() {
+                nats.kill(node);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "nats-server did not start (is it on PATH?)"
+            );
+        }
+    }
+
+    fn spawn() -> Nats {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -65,12 +86,41 @@ impl Nats {
         }
     }
 
+    /// Whether every node runs and takes connections (within 10 s).
+    fn listening(&mut self) -> bool {
+        let started = Instant::now();
+        let mut up = vec![false; self.nodes.len()];
+        while started.elapsed() < Duration::from_secs(10) {
+            if !self.running() {
+                // A node exited: one of its ports was taken.
+                return false;
+            }
+            for (port, up) in self.ports.iter().zip(&mut up) {
+                *up = *up || std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok();
+            }
+            if up.iter().all(|up| *up) {
+                // A route port taken shows as an exit soon after.
+                std::thread::sleep(Duration::from_millis(200));
+                return self.running();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     fn urls(&self) -> String {
         self.ports
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Whether every node still runs.
+    fn running(&mut self) -> bool {
+        self.nodes
+            .iter_mut()
+            .all(|n| n.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None))))
     }
 
     fn kill(&mut self, node: usize) {

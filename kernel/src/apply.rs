@@ -103,7 +103,8 @@ impl WorldState {
                     .tasks
                     .get(task)
                     .and_then(|t| t.status.run())
-                    .is_some_and(|run| run.wrote(key));
+                    .is_some_and(|run| run.wrote(key))
+                    && !self.overwritten.get(task).is_some_and(|k| k.contains(key));
                 if again {
                     Replaced::Rewrite(Box::new(Rewrite {
                         key: key.clone(),
@@ -117,6 +118,14 @@ impl WorldState {
                 }
             }
             _ => Replaced::Nothing,
+        };
+        // Outside any task (the agent's `init`): a key its running task
+        // wrote is marked, so the task's next write of it is a first one.
+        let outside = match (&cause_task, &cmd.op) {
+            (None, Operation::PutState { key, .. } | Operation::DeleteState { key }) => {
+                Some(key.clone())
+            }
+            _ => None,
         };
         let Command {
             origin, time, op, ..
@@ -239,6 +248,14 @@ impl WorldState {
                     details: None,
                 });
             }
+            if let Replaced::First(first) = &prior
+                && let Some(keys) = self.overwritten.get_mut(&key.task)
+            {
+                keys.remove(&first.key);
+                if keys.is_empty() {
+                    self.overwritten.remove(&key.task);
+                }
+            }
             run.push(JournalEntry {
                 index: key.index,
                 seq: env.seq,
@@ -246,6 +263,15 @@ impl WorldState {
                 prior,
             });
             run.next_index = key.index + 1;
+        } else if let Some(key) = outside
+            && let Some(task) = self.agents.get(&origin).and_then(|a| a.running)
+            && self
+                .tasks
+                .get(&task)
+                .and_then(|t| t.status.run())
+                .is_some_and(|run| run.wrote(&key))
+        {
+            self.overwritten.entry(task).or_default().insert(key);
         }
         Ok(events)
     }
@@ -629,6 +655,7 @@ impl WorldState {
 
         self.tasks.remove(&task);
         self.forget_exchanges(task);
+        self.overwritten.remove(&task);
         if let Some(a) = self.agents.get_mut(&agent) {
             a.running = None;
             a.completed += 1;
@@ -658,6 +685,7 @@ impl WorldState {
     fn remove_failed(&mut self, task: TaskId, agent: AgentId, reason: String) -> Event {
         self.tasks.remove(&task);
         self.forget_exchanges(task);
+        self.overwritten.remove(&task);
         if let Some(a) = self.agents.get_mut(&agent) {
             if a.running == Some(task) {
                 a.running = None;

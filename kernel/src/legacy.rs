@@ -161,7 +161,7 @@ pub(crate) fn state_v1(bytes: &[u8]) -> Result<WorldState, postcard::Error> {
             (id, record)
         })
         .collect();
-    Ok(WorldState {
+    let mut state = WorldState {
         agents,
         tasks,
         components: old.components,
@@ -177,5 +177,8 @@ pub(crate) fn state_v1(bytes: &[u8]) -> Result<WorldState, postcard::Error> {
         packages: Default::default(),
         exchanges: Default::default(),
         mail: Default::default(),
-    })
+        overwritten: Default::default(),
+    };
+    state.drop_copied_priors();
+    Ok(state)
 }

@@ -169,26 +169,36 @@ impl Run {
         }
     }
 
-    /// Appends an entry. A later write of a key the task wrote before keeps
-    /// no copy of the value it replaced: what the task left there is in the
-    /// log (so an older encoding, which copied it at every write, decodes
-    /// to what this release computes).
-    pub(crate) fn push(&mut self, mut entry: JournalEntry) {
-        let again = match &entry.prior {
-            Replaced::First(prior) if self.written.contains(&prior.key) => Some(Rewrite {
-                key: prior.key.clone(),
-                existed: prior.value.is_some(),
-            }),
+    /// Appends an entry.
+    pub(crate) fn push(&mut self, entry: JournalEntry) {
+        match &entry.prior {
             Replaced::First(prior) => {
                 self.written.insert(prior.key.clone());
-                None
             }
-            Replaced::Nothing | Replaced::Rewrite(_) => None,
-        };
-        if let Some(again) = again {
-            entry.prior = Replaced::Rewrite(Box::new(again));
+            Replaced::Rewrite(rewrite) => {
+                self.written.insert(rewrite.key.clone());
+            }
+            Replaced::Nothing => {}
         }
         self.journal.push(entry);
+    }
+
+    /// Turns a journal as snapshot format 6 and older kept it (a copy of
+    /// what every write replaced) into what this release computes from the
+    /// same log: a later write of a key the task wrote keeps no copy.
+    pub(crate) fn drop_copied_priors(&mut self) {
+        let mut seen = BTreeSet::new();
+        for entry in &mut self.journal {
+            let Replaced::First(prior) = &entry.prior else {
+                continue;
+            };
+            if !seen.insert(prior.key.clone()) {
+                entry.prior = Replaced::Rewrite(Box::new(Rewrite {
+                    key: prior.key.clone(),
+                    existed: prior.value.is_some(),
+                }));
+            }
+        }
     }
 
     /// Whether one of the task's operations wrote `key`.
@@ -251,7 +261,9 @@ pub struct JournalEntry {
 /// the agent's state when the task started, so bounded by
 /// [`Limits::max_state_bytes`](crate::Limits::max_state_bytes)); a later
 /// write keeps the key, its value before being what the task's previous
-/// write of it put, which the log holds.
+/// write of it put, which the log holds. A write of the key outside the
+/// task in between (the agent's `init` in a new instance) makes the next
+/// one a first write again.
 ///
 /// Encoded as `Option<Box<Prior>>` was (0: none, 1: a prior), plus 2.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -340,10 +352,17 @@ pub struct WorldState {
     /// journaled is this encoding's prefix (see
     /// [`WorldState::from_bytes_v4`]).
     pub(crate) exchanges: BTreeMap<(TaskId, u32), Exchange>,
-    /// Tasks sent to and taken from other cells of a cluster. Last, so a
-    /// state encoded before cells exchanged tasks is this encoding's
-    /// prefix (see [`WorldState::from_bytes_v5`]).
+    /// Tasks sent to and taken from other cells of a cluster. After the
+    /// journaled requests, so a state encoded before cells exchanged tasks
+    /// is this encoding's prefix (see [`WorldState::from_bytes_v5`]).
     pub(crate) mail: Mail,
+    /// Per running task: keys its task wrote that the agent wrote since
+    /// outside the task (its `init`, which runs outside any task, in a new
+    /// instance between attempts): the task's next write of such a key
+    /// keeps a copy of what it replaces ([`Replaced::First`]), which is not
+    /// what the task's previous write put. Last, so a state encoded before
+    /// it is this encoding's prefix (see [`WorldState::from_bytes_v6`]).
+    pub(crate) overwritten: BTreeMap<TaskId, BTreeSet<String>>,
 }
 
 impl WorldState {
@@ -417,7 +436,31 @@ impl WorldState {
     /// The postcard error when the bytes are not such a state.
     pub fn from_bytes_v5(bytes: &[u8]) -> Result<Self, postcard::Error> {
         let none = postcard::to_allocvec(&Mail::default())?;
-        postcard::from_bytes(&[bytes, &none].concat())
+        Self::from_bytes_v6(&[bytes, &none].concat())
+    }
+
+    /// Decodes a state encoded before keys written outside a running task
+    /// were kept (snapshot format 6): that encoding is this one's prefix.
+    /// Its journals copied what every write replaced; they decode to what
+    /// this release keeps (see [`Run`]).
+    ///
+    /// # Errors
+    ///
+    /// The postcard error when the bytes are not such a state.
+    pub fn from_bytes_v6(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        let none = postcard::to_allocvec(&BTreeMap::<TaskId, BTreeSet<String>>::new())?;
+        let mut state: WorldState = postcard::from_bytes(&[bytes, &none].concat())?;
+        state.drop_copied_priors();
+        Ok(state)
+    }
+
+    /// See [`Run::drop_copied_priors`].
+    pub(crate) fn drop_copied_priors(&mut self) {
+        for task in self.tasks.values_mut() {
+            if let TaskStatus::Running(run) = &mut task.status {
+                run.drop_copied_priors();
+            }
+        }
     }
 
     /// What waits in this cell's outbox to be sent to other cells (tasks,
@@ -589,7 +632,8 @@ mod tests {
             entry(4, first("k", None)),
         ];
         old.next_index = 5;
-        let decoded: Run = postcard::from_bytes(&postcard::to_allocvec(&old).unwrap()).unwrap();
+        let mut decoded: Run = postcard::from_bytes(&postcard::to_allocvec(&old).unwrap()).unwrap();
+        decoded.drop_copied_priors();
         let mut expected = Run::started(9, Timestamp(5));
         for e in [
             entry(0, first("k", None)),

@@ -494,6 +494,57 @@ mod journal {
     }
 
     #[test]
+    fn a_write_outside_the_task_makes_the_tasks_next_write_of_the_key_a_first_one() {
+        // The agent's `init` runs outside any task, in a new instance
+        // between attempts: what the task's next write replaces is then
+        // not what its previous write put, so it keeps a copy.
+        let mut w = World::new();
+        let agent = w.spawn_root("a");
+        let task = w.schedule(agent, "t");
+        w.start(agent, task);
+        let put = |w: &mut World, index: Option<u32>, value: u8| {
+            let op = Operation::PutState {
+                key: "k".into(),
+                value: vec![value],
+            };
+            match index {
+                Some(index) => w.agent_in(agent, Some(OpKey { task, index }), op),
+                None => w.agent(agent, op),
+            }
+            .unwrap()
+        };
+        put(&mut w, Some(0), 1);
+        put(&mut w, None, 2);
+        put(&mut w, Some(1), 3);
+        put(&mut w, Some(2), 4);
+        let run = w.kernel.state().task(task).unwrap().status.run().unwrap();
+        let priors: Vec<Replaced> = run.journal.iter().map(|e| e.prior.clone()).collect();
+        let first = |value: Option<Vec<u8>>| {
+            Replaced::First(Box::new(Prior {
+                key: "k".into(),
+                value,
+            }))
+        };
+        assert_eq!(
+            priors,
+            [
+                first(None),
+                first(Some(vec![2])),
+                Replaced::Rewrite(Box::new(Rewrite {
+                    key: "k".into(),
+                    existed: true
+                })),
+            ]
+        );
+        // The state decodes to itself (the mark is part of it).
+        let state = w.kernel.state();
+        assert_eq!(
+            &toka_kernel::WorldState::from_bytes(&state.to_bytes()).unwrap(),
+            state
+        );
+    }
+
+    #[test]
     fn a_task_overwriting_a_key_keeps_no_copy_of_what_it_replaced() {
         // A hostile task overwriting one key with large values: only the
         // value it first replaced is kept for a re-run, whatever it writes.

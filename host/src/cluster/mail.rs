@@ -275,6 +275,7 @@ async fn receive(cluster: Cluster, mail: CellMail, cell: Cell, done: watch::Send
                         // Purged: taken in (or skipped) by this cell before.
                         Some((first, _)) if next < first => {
                             next = first;
+                            missing_since = None;
                             continue;
                         }
                         // The stream holds it, but its leader did not say

@@ -21,8 +21,9 @@ use toka_kernel::{ChainHead, Digest, Kernel, WorldState};
 /// - 5: the state with the journaled HTTP requests of running tasks.
 /// - 6: the state with the cell's mail.
 /// - 7: a running task's later writes of a key keep no copy of what they
-///   replaced ([`toka_kernel::Replaced::Rewrite`]); format 6 decodes to it
-///   as this release would have computed it.
+///   replaced ([`toka_kernel::Replaced::Rewrite`]), and the keys written
+///   outside a running task are kept at the end of the state (format 6, its
+///   prefix, is read through [`WorldState::from_bytes_v6`]).
 pub(crate) const SNAPSHOT_VERSION: u16 = 7;
 
 #[derive(Serialize, Deserialize)]
@@ -76,6 +77,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
         3 => WorldState::from_bytes_v3(&encoded.state),
         4 => WorldState::from_bytes_v4(&encoded.state),
         5 => WorldState::from_bytes_v5(&encoded.state),
+        6 => WorldState::from_bytes_v6(&encoded.state),
         _ => WorldState::from_bytes(&encoded.state),
     }
     .map_err(|e| format!("unreadable state (format {version}): {e}"))?;

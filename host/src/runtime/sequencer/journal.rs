@@ -274,7 +274,7 @@ impl Sequencer {
             Before::PutAt(seq) => {
                 let record = core.read_record(position, seq)?;
                 match record.command.op {
-                    Operation::PutState { value, .. } => Ok(Some(value)),
+                    Operation::PutState { key: put, value } if put == key => Ok(Some(value)),
                     _ => Err(format!(
                         "record {seq} is not the write of `{}` the journal of task {} names",
                         clip(key, 64),

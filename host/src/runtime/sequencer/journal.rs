@@ -14,6 +14,8 @@
 //! A re-run that asks for something else than the first run did at an index
 //! has diverged: the task fails, naming both.
 
+use std::sync::Arc;
+
 use toka_kernel::{
     AgentId, Command, Digest, EntityId, Gap, JournalEntry, OpKey, Operation, Record, Refusal,
     RefusalKind, Run, TaskId, WorldState,
@@ -22,6 +24,7 @@ use toka_kernel::{
 use super::core::{Attachments, Core, Receipt, Refused, Request, Sequencer, request_digest};
 use super::rewrites::Before;
 use crate::capability::rights::Right;
+use crate::store::event_store::EventStore;
 use crate::text::clip;
 
 impl Core {
@@ -165,18 +168,8 @@ impl Core {
         ))
     }
 
-    pub(super) fn read_record(&self, key: OpKey, seq: u64) -> Result<Record, String> {
-        self.store
-            .record(seq)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("record {seq} is missing from the store"))
-            .and_then(|bytes| Record::decode(&bytes).map_err(|e| e.to_string()))
-            .map_err(|e| {
-                format!(
-                    "cannot read operation {} of task {}: {e}",
-                    key.index, key.task
-                )
-            })
+    fn read_record(&self, key: OpKey, seq: u64) -> Result<Record, String> {
+        read_record(&*self.store, key, seq)
     }
 
     /// Keeps what the gate or the kernel refused a task, until the task's
@@ -264,24 +257,27 @@ impl Sequencer {
             core.rewrites.forget_ended(state);
             return Ok(current());
         };
-        match core
-            .rewrites
-            .get(state, position.task, run)
-            .before(run, position.index, key)
-        {
-            Before::Untouched => Ok(current()),
-            Before::Value(value) => Ok(value),
-            Before::PutAt(seq) => {
-                let record = core.read_record(position, seq)?;
-                match record.command.op {
-                    Operation::PutState { key: put, value } if put == key => Ok(Some(value)),
-                    _ => Err(format!(
-                        "record {seq} is not the write of `{}` the journal of task {} names",
-                        clip(key, 64),
-                        position.task
-                    )),
-                }
-            }
+        let seq =
+            match core
+                .rewrites
+                .get(state, position.task, run)
+                .before(run, position.index, key)
+            {
+                Before::Untouched => return Ok(current()),
+                Before::Value(value) => return Ok(value),
+                Before::PutAt(seq) => seq,
+            };
+        // Read outside the lock (records never change): a re-run reading
+        // again and again costs its own thread, not every other agent's.
+        let store = Arc::clone(&core.store);
+        drop(guard);
+        match read_record(&*store, position, seq)?.command.op {
+            Operation::PutState { key: put, value } if put == key => Ok(Some(value)),
+            _ => Err(format!(
+                "record {seq} is not the write of `{}` the journal of task {} names",
+                clip(key, 64),
+                position.task
+            )),
         }
     }
 
@@ -308,6 +304,21 @@ impl Sequencer {
         }
         keys.into_iter().collect()
     }
+}
+
+/// Record `seq`, which operation `key.index` of task `key.task` needs.
+fn read_record(store: &dyn EventStore, key: OpKey, seq: u64) -> Result<Record, String> {
+    store
+        .record(seq)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("record {seq} is missing from the store"))
+        .and_then(|bytes| Record::decode(&bytes).map_err(|e| e.to_string()))
+        .map_err(|e| {
+            format!(
+                "cannot read operation {} of task {}: {e}",
+                key.index, key.task
+            )
+        })
 }
 
 /// A re-run's read at `position`, with its task's run, when the first run

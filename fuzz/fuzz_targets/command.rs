@@ -24,23 +24,23 @@ fn world() -> Kernel {
     system(
         &mut kernel,
         Operation::InstallComponent {
-            component: ComponentSpec {
+            component: Box::new(ComponentSpec {
                 digest,
                 name: "c".into(),
                 size: 9,
-            },
+            }),
         },
     );
     for name in ["a", "b"] {
         let events = system(
             &mut kernel,
             Operation::SpawnAgent {
-                spec: AgentSpec {
+                spec: Box::new(AgentSpec {
                     component: digest,
                     name: name.into(),
                     token: Digest::of(name.as_bytes()),
                     rights: Vec::new(),
-                },
+                }),
             },
         );
         let Some(Event::AgentSpawned { agent, .. }) = events.first() else {

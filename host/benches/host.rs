@@ -343,19 +343,19 @@ fn observation_records(n: u64) -> Vec<(u64, Vec<u8>)> {
     let (token, digest, t) = (Digest::of(b"token"), Digest::of(b"bench"), Timestamp(1));
     let system = |op| Command::system(EntityId::SYSTEM, t, op);
     log.apply(system(Operation::InstallComponent {
-        component: ComponentSpec {
+        component: Box::new(ComponentSpec {
             digest,
             name: "bench".into(),
             size: 1,
-        },
+        }),
     }));
     let Event::AgentSpawned { agent, .. } = log.apply(system(Operation::SpawnAgent {
-        spec: AgentSpec {
+        spec: Box::new(AgentSpec {
             component: digest,
             name: "bench".into(),
             token,
             rights: Vec::new(),
-        },
+        }),
     }))[0] else {
         unreachable!()
     };

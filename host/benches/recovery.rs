@@ -46,23 +46,23 @@ fn log(n: u64) -> (tempfile::TempDir, RedbStore, Kernel) {
         &mut kernel,
         &mut batch,
         system(Operation::InstallComponent {
-            component: ComponentSpec {
+            component: Box::new(ComponentSpec {
                 digest,
                 name: "bench".into(),
                 size: 1,
-            },
+            }),
         }),
     );
     let Event::AgentSpawned { agent, .. } = apply(
         &mut kernel,
         &mut batch,
         system(Operation::SpawnAgent {
-            spec: AgentSpec {
+            spec: Box::new(AgentSpec {
                 component: digest,
                 name: "bench".into(),
                 token,
                 rights: Vec::new(),
-            },
+            }),
         }),
     )[0] else {
         unreachable!()

@@ -51,19 +51,19 @@ impl GateProbe {
         let component = Digest::of(b"probe");
         let ops = [
             Operation::InstallComponent {
-                component: ComponentSpec {
+                component: Box::new(ComponentSpec {
                     digest: component,
                     name: "probe".into(),
                     size: 1,
-                },
+                }),
             },
             Operation::SpawnAgent {
-                spec: AgentSpec {
+                spec: Box::new(AgentSpec {
                     component,
                     name: "probe".into(),
                     token: digest,
                     rights: Vec::new(),
-                },
+                }),
             },
         ];
         let mut agent = EntityId::SYSTEM;

@@ -26,19 +26,19 @@ fn kernel_with_agent() -> (Kernel, AgentId, Vec<Vec<u8>>) {
     let mut events = Vec::new();
     for op in [
         Operation::InstallComponent {
-            component: ComponentSpec {
+            component: Box::new(ComponentSpec {
                 digest,
                 name: "bench".into(),
                 size: 5,
-            },
+            }),
         },
         Operation::SpawnAgent {
-            spec: AgentSpec {
+            spec: Box::new(AgentSpec {
                 component: digest,
                 name: "bench".into(),
                 token: Digest::of(b"token"),
                 rights: Vec::new(),
-            },
+            }),
         },
     ] {
         let applied = kernel

@@ -144,7 +144,7 @@ impl WorldState {
             }
             Operation::FailTask { task, reason } => self.fail_task(origin, task, reason, limits)?,
             Operation::SpawnAgent { spec } => {
-                self.spawn_agent(origin, spec, limits, env.cell.map(|c| c.index))?
+                self.spawn_agent(origin, *spec, limits, env.cell.map(|c| c.index))?
             }
             Operation::TerminateAgent { agent, reason } => {
                 self.terminate_agent(origin, agent, reason, limits)?
@@ -168,9 +168,9 @@ impl WorldState {
             Operation::RevokeToken { revocation_id } => {
                 self.configure(Change::Revoke { revocation_id }, env)?
             }
-            Operation::RecordDenial { denial } => self.record_denial(origin, denial, limits)?,
+            Operation::RecordDenial { denial } => self.record_denial(origin, *denial, limits)?,
             Operation::InstallComponent { component } => {
-                self.install_component(origin, component, limits)?
+                self.install_component(origin, *component, limits)?
             }
             Operation::Extension {
                 family,
@@ -181,8 +181,8 @@ impl WorldState {
                 self.quarantine(agent, reason, limits)?
             }
             Operation::ResumeAgent { agent } => self.resume(agent)?,
-            Operation::AdoptRules { rules } => self.adopt_rules(origin, rules)?,
-            Operation::SetBudgets { agent, budgets } => self.set_budgets(agent, budgets)?,
+            Operation::AdoptRules { rules } => self.adopt_rules(origin, *rules)?,
+            Operation::SetBudgets { agent, budgets } => self.set_budgets(agent, *budgets)?,
             Operation::RecordRefusals {
                 task,
                 first,
@@ -205,14 +205,14 @@ impl WorldState {
                 self.configure(Change::Distrust { name }, env)?
             }
             Operation::InstallPackage { component, package } => {
-                self.install_package(component, *package, limits)?
+                self.install_package(*component, *package, limits)?
             }
             Operation::UninstallPackage { name } => self.uninstall_package(origin, name)?,
             Operation::HttpRequest {
                 task,
                 index,
                 request,
-            } => self.http_request(origin, task, index, request, env.seq)?,
+            } => self.http_request(origin, task, index, *request, env.seq)?,
             Operation::HttpResponse {
                 task,
                 index,
@@ -220,7 +220,7 @@ impl WorldState {
                 secret,
             } => self.http_response(origin, task, index, &outcome, secret, env)?,
             Operation::MarkSent { through } => self.mark_sent(through)?,
-            Operation::DeliverTask { delivery } => self.deliver(delivery, env)?,
+            Operation::DeliverTask { delivery } => self.deliver(*delivery, env)?,
         };
 
         // Infallible bookkeeping, after the operation succeeded.

@@ -24,7 +24,7 @@ use crate::state::WorldState;
 ///
 /// let mut kernel = Kernel::new(Limits::default());
 /// let component = ComponentSpec { digest: Digest::of(b"wasm"), name: "hello".into(), size: 4 };
-/// let install = Operation::InstallComponent { component: component.clone() };
+/// let install = Operation::InstallComponent { component: Box::new(component.clone()) };
 /// let applied = kernel.apply(Command::system(EntityId::SYSTEM, Timestamp(1), install)).unwrap();
 /// assert_eq!(applied.seq, 1);
 /// assert_eq!(applied.events, vec![Event::ComponentInstalled { component }]);
@@ -350,7 +350,7 @@ impl Kernel {
 ///
 /// let mut live = Kernel::new(Limits::default());
 /// let spec = ComponentSpec { digest: Digest::of(b"w"), name: "w".into(), size: 1 };
-/// let op = Operation::InstallComponent { component: spec };
+/// let op = Operation::InstallComponent { component: Box::new(spec) };
 /// let record = live.apply(Command::system(EntityId::SYSTEM, Timestamp(0), op)).unwrap().bytes;
 ///
 /// let replayed = replay_log([record], Limits::default(), Registry::new()).unwrap();

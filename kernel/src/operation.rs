@@ -65,7 +65,9 @@ pub struct Denial {
 ///
 /// The variants form the v0.1 operation families. Their order is part of the
 /// log format (postcard encodes the variant index), so new variants are only
-/// ever appended, never inserted or renumbered.
+/// ever appended, never inserted or renumbered. Large payloads are boxed (a
+/// `Box` encodes as what it holds), so an operation stays small to move:
+/// a command is moved several times on the way to the log and back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Operation {
     /// Queue a task for an agent (FIFO per agent).
@@ -98,7 +100,7 @@ pub enum Operation {
     /// Spawn a sub-agent whose parent is the command's origin.
     SpawnAgent {
         /// What the new agent runs and which token it holds.
-        spec: AgentSpec,
+        spec: Box<AgentSpec>,
     },
     /// Terminate an agent: its queued and running tasks fail.
     TerminateAgent {
@@ -144,12 +146,12 @@ pub enum Operation {
     /// Record that the capability gate denied an operation of the origin.
     RecordDenial {
         /// What was denied and why.
-        denial: Denial,
+        denial: Box<Denial>,
     },
     /// Make a stored component available to spawn.
     InstallComponent {
         /// The component.
-        component: ComponentSpec,
+        component: Box<ComponentSpec>,
     },
     /// An operation of a registered extension family.
     Extension {
@@ -176,7 +178,7 @@ pub enum Operation {
     /// Apply these rules from this record on (see [`Rules`]).
     AdoptRules {
         /// The rules.
-        rules: Rules,
+        rules: Box<Rules>,
     },
     /// Set an agent's own budgets, below the rules' quotas (from its
     /// capability token, when it is spawned).
@@ -184,7 +186,7 @@ pub enum Operation {
         /// The agent.
         agent: AgentId,
         /// Its budgets.
-        budgets: Budgets,
+        budgets: Box<Budgets>,
     },
     /// Record what the host refused a running task (the operations an
     /// applied operation's index skipped), so a re-run of the task after a
@@ -250,7 +252,7 @@ pub enum Operation {
     InstallPackage {
         /// The package's component, installed by the same record unless
         /// it is already.
-        component: ComponentSpec,
+        component: Box<ComponentSpec>,
         /// What was installed, approved and minted.
         package: Box<PackageRecord>,
     },
@@ -268,7 +270,7 @@ pub enum Operation {
         /// The request's index in the task: 0 for its first request, ...
         index: u32,
         /// What is sent.
-        request: HttpRequest,
+        request: Box<HttpRequest>,
     },
     /// What came back for a journaled request (the host records it).
     HttpResponse {
@@ -277,7 +279,7 @@ pub enum Operation {
         /// The request's index in the task.
         index: u32,
         /// The response, or why there is none.
-        outcome: HttpOutcome,
+        outcome: Box<HttpOutcome>,
         /// The name of the secret the host injected into the request, if
         /// it did (never its value).
         secret: Option<String>,
@@ -292,7 +294,7 @@ pub enum Operation {
     /// [`crate::mail`]): queued for its agent, or refused, once.
     DeliverTask {
         /// The task and where it came from.
-        delivery: Delivery,
+        delivery: Box<Delivery>,
     },
 }
 

@@ -171,14 +171,16 @@ impl Run {
 
     /// Appends an entry.
     pub(crate) fn push(&mut self, entry: JournalEntry) {
-        match &entry.prior {
-            Replaced::First(prior) => {
-                self.written.insert(prior.key.clone());
-            }
-            Replaced::Rewrite(rewrite) => {
-                self.written.insert(rewrite.key.clone());
-            }
-            Replaced::Nothing => {}
+        let key = match &entry.prior {
+            Replaced::First(prior) => Some(&prior.key),
+            Replaced::Rewrite(rewrite) => Some(&rewrite.key),
+            Replaced::Nothing => None,
+        };
+        // Most writes of a task rewrite a key it wrote: no copy of it then.
+        if let Some(key) = key
+            && !self.written.contains(key)
+        {
+            self.written.insert(key.clone());
         }
         self.journal.push(entry);
     }

@@ -19,7 +19,7 @@ fn sample() -> World {
         &w.agent(
             planner,
             Operation::SpawnAgent {
-                spec: common::spec(worker_component, "w"),
+                spec: Box::new(common::spec(worker_component, "w")),
             },
         )
         .unwrap()
@@ -106,7 +106,7 @@ fn records_decode_to_what_was_sealed() {
     let component = w.install("c");
     let applied = w
         .system(Operation::SpawnAgent {
-            spec: common::spec(component, "a"),
+            spec: Box::new(common::spec(component, "a")),
         })
         .unwrap();
     let decoded = Record::decode(&applied.bytes).unwrap();
@@ -117,7 +117,7 @@ fn records_decode_to_what_was_sealed() {
     assert_eq!(
         decoded.command.op,
         Operation::SpawnAgent {
-            spec: common::spec(component, "a")
+            spec: Box::new(common::spec(component, "a"))
         }
     );
     assert!(matches!(applied.events[..], [Event::AgentSpawned { .. }]));

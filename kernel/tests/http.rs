@@ -23,7 +23,7 @@ fn asked(task: TaskId, index: u32) -> Operation {
     Operation::HttpRequest {
         task,
         index,
-        request: request("http://127.0.0.1:8080/v1/chat/completions"),
+        request: Box::new(request("http://127.0.0.1:8080/v1/chat/completions")),
     }
 }
 
@@ -31,12 +31,12 @@ fn answered(task: TaskId, index: u32, body_len: u64) -> Operation {
     Operation::HttpResponse {
         task,
         index,
-        outcome: HttpOutcome::Response {
+        outcome: Box::new(HttpOutcome::Response {
             status: 200,
             headers: vec![("content-type".into(), "application/json".into())],
             body: Digest::of(b"answer"),
             body_len,
-        },
+        }),
         secret: Some("OPENAI_API_KEY".into()),
     }
 }
@@ -46,7 +46,7 @@ fn a_request_and_its_answer_are_kept_while_the_task_runs() {
     let mut world = World::new();
     world
         .system(Operation::AdoptRules {
-            rules: toka_kernel::Rules::default(),
+            rules: Box::new(toka_kernel::Rules::default()),
         })
         .unwrap();
     let agent = world.spawn_root("planner");
@@ -108,10 +108,10 @@ fn a_request_and_its_answer_are_kept_while_the_task_runs() {
     let failed = Operation::HttpResponse {
         task,
         index: 1,
-        outcome: HttpOutcome::Failed {
+        outcome: Box::new(HttpOutcome::Failed {
             failure: HttpFailure::TooLarge { limit: 1024 },
             message: "the response is larger than the limit of 1024 bytes".into(),
-        },
+        }),
         secret: None,
     };
     let applied = world.host_for(agent, failed).unwrap();
@@ -179,7 +179,7 @@ fn requests_and_answers_out_of_place_are_refused_and_change_nothing() {
         Operation::HttpRequest {
             task,
             index: 0,
-            request: bad,
+            request: Box::new(bad),
         },
         KernelError::InvalidOperation {
             operation: OpKind::HttpRequest,
@@ -197,7 +197,7 @@ fn requests_and_answers_out_of_place_are_refused_and_change_nothing() {
             op: Operation::HttpRequest {
                 task,
                 index: 0,
-                request: request(&long),
+                request: Box::new(request(&long)),
             },
         })
         .unwrap_err();

@@ -56,12 +56,12 @@ fn delivery(from_cell: u16, from_seq: u64, position: u64, task: Outgoing) -> Ope
 
 fn parcel(from_cell: u16, from_seq: u64, position: u64, parcel: Parcel) -> Operation {
     Operation::DeliverTask {
-        delivery: Delivery {
+        delivery: Box::new(Delivery {
             from_cell,
             from_seq,
             position,
             parcel,
-        },
+        }),
     }
 }
 
@@ -325,7 +325,7 @@ fn an_agent_in_a_cell_sends_and_a_single_host_never_does() {
     let component = a.install("c");
     let spawned_event = a
         .system(Operation::SpawnAgent {
-            spec: spec(component, "sender"),
+            spec: Box::new(spec(component, "sender")),
         })
         .unwrap();
     let sender = spawned(&spawned_event.events);

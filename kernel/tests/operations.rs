@@ -586,7 +586,7 @@ mod agents {
             .agent(
                 parent,
                 Operation::SpawnAgent {
-                    spec: spec(component, "w1"),
+                    spec: Box::new(spec(component, "w1")),
                 },
             )
             .unwrap();
@@ -615,7 +615,7 @@ mod agents {
             EntityId::SYSTEM,
             sys,
             Operation::SpawnAgent {
-                spec: spec(missing, "x"),
+                spec: Box::new(spec(missing, "x")),
             },
             KernelError::UnknownEntity {
                 kind: EntityKind::Component,
@@ -627,7 +627,7 @@ mod agents {
             EntityId::SYSTEM,
             sys,
             Operation::SpawnAgent {
-                spec: spec(component, " "),
+                spec: Box::new(spec(component, " ")),
             },
             KernelError::InvalidOperation {
                 operation: OpKind::SpawnAgent,
@@ -638,7 +638,7 @@ mod agents {
             EntityId::SYSTEM,
             sys,
             Operation::SpawnAgent {
-                spec: spec(component, &"n".repeat(257)),
+                spec: Box::new(spec(component, &"n".repeat(257))),
             },
             KernelError::LimitExceeded {
                 limit: Limit::Name,
@@ -1138,7 +1138,7 @@ mod capabilities {
             .host_for(
                 agent,
                 Operation::RecordDenial {
-                    denial: denial.clone(),
+                    denial: Box::new(denial.clone()),
                 },
             )
             .unwrap();
@@ -1181,7 +1181,7 @@ mod components {
         };
         let applied = w
             .system(Operation::InstallComponent {
-                component: v1.clone(),
+                component: Box::new(v1.clone()),
             })
             .unwrap();
         assert_eq!(
@@ -1195,7 +1195,7 @@ mod components {
             ..v1.clone()
         };
         w.system(Operation::InstallComponent {
-            component: v2.clone(),
+            component: Box::new(v2.clone()),
         })
         .unwrap();
         assert_eq!(w.kernel.state().component(&v1.digest), Some(&v1));
@@ -1204,7 +1204,7 @@ mod components {
             EntityId::SYSTEM,
             Authorization::System,
             Operation::InstallComponent {
-                component: v1.clone(),
+                component: Box::new(v1.clone()),
             },
             KernelError::InvalidOperation {
                 operation: OpKind::InstallComponent,
@@ -1224,11 +1224,11 @@ mod components {
             agent,
             Authorization::System,
             Operation::InstallComponent {
-                component: ComponentSpec {
+                component: Box::new(ComponentSpec {
                     digest: Digest::of(b"x"),
                     name: "x".into(),
                     size: 1,
-                },
+                }),
             },
             KernelError::CapabilityDenied {
                 origin: agent,

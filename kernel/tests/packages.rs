@@ -23,11 +23,11 @@ fn publisher(name: &str, key: u8) -> Operation {
 fn install(name: &str, version: &str, publisher: &str, token: u8) -> Operation {
     let component = Digest::of(format!("{name}-{version}").as_bytes());
     Operation::InstallPackage {
-        component: ComponentSpec {
+        component: Box::new(ComponentSpec {
             digest: component,
             name: name.into(),
             size: 10,
-        },
+        }),
         package: Box::new(PackageRecord {
             name: name.into(),
             version: version.into(),
@@ -47,12 +47,12 @@ fn spawn_with(w: &mut World, name: &str, token: u8) -> toka_kernel::AgentId {
     let package = w.kernel.state().package(name).unwrap().clone();
     let applied = w
         .system(Operation::SpawnAgent {
-            spec: AgentSpec {
+            spec: Box::new(AgentSpec {
                 component: package.component,
                 name: name.into(),
                 token: Digest::of(&[token]),
                 rights: Vec::new(),
-            },
+            }),
         })
         .unwrap();
     spawned(&applied.events)

@@ -189,11 +189,11 @@ fn command(w: &World, known: &Known, step: &Step) -> Command {
         Step::Install(n) => host(
             EntityId::SYSTEM,
             Operation::InstallComponent {
-                component: ComponentSpec {
+                component: Box::new(ComponentSpec {
                     digest: Digest::of(&[n % 8]),
                     name: format!("c{}", n % 8),
                     size: 1,
-                },
+                }),
             },
         ),
         Step::Spawn {
@@ -202,12 +202,12 @@ fn command(w: &World, known: &Known, step: &Step) -> Command {
             name,
         } => {
             let op = Operation::SpawnAgent {
-                spec: toka_kernel::AgentSpec {
+                spec: Box::new(toka_kernel::AgentSpec {
                     component: pick(&known.components, component, Digest::of(b"missing")),
                     name: "n".repeat(usize::from(name % 10)),
                     token: Digest::of(&[name]),
                     rights: Vec::new(),
-                },
+                }),
             };
             match known.origin(parent) {
                 EntityId::SYSTEM => host(EntityId::SYSTEM, op),
@@ -353,12 +353,12 @@ fn command(w: &World, known: &Known, step: &Step) -> Command {
         Step::Deny { agent } => host(
             known.agent(agent),
             Operation::RecordDenial {
-                denial: Denial {
+                denial: Box::new(Denial {
                     operation: "spawn".into(),
                     targets: vec!["x".into()],
                     delegation: false,
                     reason: "no right".into(),
-                },
+                }),
             },
         ),
         Step::AgentHostOp { agent } => Command {
@@ -374,7 +374,7 @@ fn command(w: &World, known: &Known, step: &Step) -> Command {
         Step::Adopt(n) => host(
             EntityId::SYSTEM,
             Operation::AdoptRules {
-                rules: toka_kernel::Rules {
+                rules: Box::new(toka_kernel::Rules {
                     quotas: toka_kernel::Quotas {
                         log_bytes: toka_kernel::Rate::new(2_000, 4_000),
                         ops: toka_kernel::Rate::new(u64::from(n % 8) * 100, 10),
@@ -386,7 +386,7 @@ fn command(w: &World, known: &Known, step: &Step) -> Command {
                     max_depth: 2,
                     max_live_agents: 8,
                     ..toka_kernel::Rules::default()
-                },
+                }),
             },
         ),
         Step::Backwards => Command {

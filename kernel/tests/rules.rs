@@ -18,8 +18,10 @@ fn observe(text: &str) -> Operation {
 }
 
 fn adopt(w: &mut World, rules: Rules) {
-    w.system(Operation::AdoptRules { rules })
-        .expect("adopt rules");
+    w.system(Operation::AdoptRules {
+        rules: Box::new(rules),
+    })
+    .expect("adopt rules");
 }
 
 fn rules_with(quotas: Quotas) -> Rules {
@@ -35,7 +37,7 @@ fn spawn_child(w: &mut World, parent: EntityId, name: &str) -> EntityId {
         .agent(
             parent,
             Operation::SpawnAgent {
-                spec: common::spec(component, name),
+                spec: Box::new(common::spec(component, name)),
             },
         )
         .expect("spawn child");
@@ -65,7 +67,7 @@ fn a_log_without_rules_keeps_version_1_and_adopting_is_recorded() {
     assert!(w.kernel.state().agent(odd).is_some());
     let applied = w
         .system(Operation::AdoptRules {
-            rules: Rules::default(),
+            rules: Box::new(Rules::default()),
         })
         .unwrap();
     assert_eq!(
@@ -87,10 +89,10 @@ fn rules_cannot_go_back_or_come_from_an_agent_or_the_future() {
     for version in [1, 3] {
         let err = w
             .system(Operation::AdoptRules {
-                rules: Rules {
+                rules: Box::new(Rules {
                     version,
                     ..Rules::default()
-                },
+                }),
             })
             .unwrap_err();
         assert!(err.to_string().contains("cannot be adopted"), "{err}");
@@ -99,7 +101,7 @@ fn rules_cannot_go_back_or_come_from_an_agent_or_the_future() {
         .host_for(
             agent,
             Operation::AdoptRules {
-                rules: Rules::default(),
+                rules: Box::new(Rules::default()),
             },
         )
         .unwrap_err();
@@ -122,18 +124,18 @@ fn names_are_printable_and_not_reserved_under_version_2() {
     ] {
         let err = w
             .system(Operation::SpawnAgent {
-                spec: common::spec(component, name),
+                spec: Box::new(common::spec(component, name)),
             })
             .unwrap_err();
         assert!(err.to_string().contains(problem), "{name:?}: {err}");
     }
     let err = w
         .system(Operation::InstallComponent {
-            component: toka_kernel::ComponentSpec {
+            component: Box::new(toka_kernel::ComponentSpec {
                 digest: Digest::of(b"x"),
                 name: "new\nline".into(),
                 size: 1,
-            },
+            }),
         })
         .unwrap_err();
     assert!(err.to_string().contains("control character"), "{err}");
@@ -216,10 +218,10 @@ fn budgets_narrow_an_agents_quotas() {
     let agent = w.spawn_root("a");
     w.system(Operation::SetBudgets {
         agent,
-        budgets: Budgets {
+        budgets: Box::new(Budgets {
             tasks_total: Some(2),
             ..Budgets::default()
-        },
+        }),
     })
     .unwrap();
     let schedule = Operation::ScheduleTask {
@@ -287,7 +289,7 @@ fn live_children_depth_and_live_agents_are_limited() {
     spawn_child(&mut w, root, "b");
     let component = w.install("c");
     let spawn = |name: &str| Operation::SpawnAgent {
-        spec: common::spec(component, name),
+        spec: Box::new(common::spec(component, name)),
     };
     let err = w.agent(root, spawn("c")).unwrap_err();
     assert!(

@@ -50,6 +50,11 @@ const GIVE_UP_ON_HOLE: Duration = Duration::from_secs(60);
 /// How soon it asks again.
 const RETRY_MISSING: Duration = Duration::from_millis(100);
 
+/// At most one warning this often about tasks the cell refused or could
+/// not take: agents of other cells decide how many such tasks arrive, and
+/// must not decide how fast the host's log grows.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// Cell `cell`'s inbox stream.
 pub(crate) fn inbox_stream(cell: u32) -> String {
     format!("TOKA_INBOX_{cell}")
@@ -258,6 +263,7 @@ async fn receive(cluster: Cluster, mail: CellMail, cell: Cell, done: watch::Send
     // What a former owner took but had not purged yet goes at the first
     // purge.
     let mut purge = Purge::new();
+    let mut warn = Throttle::default();
     loop {
         if next > end {
             done.send_replace(true);
@@ -359,15 +365,20 @@ async fn receive(cluster: Cluster, mail: CellMail, cell: Cell, done: watch::Send
             match mail.deliver(delivery).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    tracing::warn!(
-                        cell = cell.index,
-                        position = next,
-                        from = letter.from_cell,
-                        "a task another cell sent was refused (its task_refused event says why)"
-                    );
+                    if let Some(unlogged) = warn.allow() {
+                        tracing::warn!(
+                            cell = cell.index,
+                            position = next,
+                            from = letter.from_cell,
+                            unlogged,
+                            "a task another cell sent was refused (its task_refused event says why; `unlogged`: refusals and failures not logged since the last warning)"
+                        );
+                    }
                 }
                 Err(HostError::Kernel(e)) => {
-                    tracing::warn!(error = %e, cell = cell.index, position = next, "an inbox parcel was not taken");
+                    if let Some(unlogged) = warn.allow() {
+                        tracing::warn!(error = %e, cell = cell.index, position = next, unlogged, "an inbox parcel was not taken");
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, cell = cell.index, "the inbox stopped");
@@ -376,6 +387,27 @@ async fn receive(cluster: Cluster, mail: CellMail, cell: Cell, done: watch::Send
             }
         }
         next += 1;
+    }
+}
+
+/// One warning per [`WARN_EVERY`] at most, counting those left out.
+#[derive(Default)]
+struct Throttle {
+    last: Option<tokio::time::Instant>,
+    unlogged: u64,
+}
+
+impl Throttle {
+    /// `Some(how many were left out since the last one)` when a warning
+    /// may be logged now; otherwise counts it as left out.
+    fn allow(&mut self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        if self.last.is_some_and(|last| now < last + WARN_EVERY) {
+            self.unlogged += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
     }
 }
 
@@ -441,4 +473,24 @@ async fn bounds(stream: &jetstream::stream::Stream) -> Option<(u64, u64)> {
         .await
         .ok()
         .map(|info| (info.state.first_sequence, info.state.last_sequence))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Throttle, WARN_EVERY};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_refusals_logs_one_warning_per_period_and_counts_the_rest() {
+        let mut warn = Throttle::default();
+        assert_eq!(warn.allow(), Some(0), "the first one is logged");
+        let logged = (0..1_000).filter(|_| warn.allow().is_some()).count();
+        assert_eq!(logged, 0, "none more within the period");
+        tokio::time::advance(WARN_EVERY).await;
+        assert_eq!(
+            warn.allow(),
+            Some(1_000),
+            "the next says how many were left out"
+        );
+        assert_eq!(warn.allow(), None);
+    }
 }

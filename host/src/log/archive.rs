@@ -218,10 +218,8 @@ pub fn archive(
                 kind: ReplayErrorKind::Record(e),
             })
         })?;
-        if let Operation::HttpResponse {
-            outcome: HttpOutcome::Response { body, .. },
-            ..
-        } = record.command.op
+        if let Operation::HttpResponse { outcome, .. } = record.command.op
+            && let HttpOutcome::Response { body, .. } = *outcome
         {
             referenced.insert(body);
         }

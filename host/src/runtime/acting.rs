@@ -99,8 +99,13 @@ impl<'h> Acting<'h> {
             blob: Some((digest, bytes)),
             ..Attachments::default()
         };
-        self.submit(Operation::InstallComponent { component }, attachments)
-            .await?;
+        self.submit(
+            Operation::InstallComponent {
+                component: Box::new(component),
+            },
+            attachments,
+        )
+        .await?;
         Ok(digest)
     }
 

@@ -165,7 +165,9 @@ impl Host {
                 .sequencer
                 .submit_system(
                     EntityId::SYSTEM,
-                    Operation::AdoptRules { rules },
+                    Operation::AdoptRules {
+                        rules: Box::new(rules),
+                    },
                     Attachments::default(),
                 )
                 .await??;
@@ -734,7 +736,7 @@ impl Host {
             .into_iter()
             .map(
                 |(index, seq)| match self.inner.sequencer.recorded_op(seq)? {
-                    Operation::HttpRequest { request, .. } => Ok((index, request)),
+                    Operation::HttpRequest { request, .. } => Ok((index, *request)),
                     other => Err(format!("record {seq} is a {}", other.kind())),
                 },
             )

@@ -150,7 +150,7 @@ impl Acting<'_> {
             size: bytes.len() as u64,
         };
         let op = Operation::InstallPackage {
-            component,
+            component: Box::new(component),
             package: Box::new(record.clone()),
         };
         let attachments = Attachments {

@@ -102,7 +102,11 @@ impl CellMail {
     /// cell's; [`HostError::Stopped`] when the host stopped.
     pub async fn deliver(&self, delivery: Delivery) -> Result<bool, HostError> {
         let task = matches!(delivery.parcel, Parcel::Task(_));
-        let receipt = self.submit(Operation::DeliverTask { delivery }).await?;
+        let receipt = self
+            .submit(Operation::DeliverTask {
+                delivery: Box::new(delivery),
+            })
+            .await?;
         Ok(!task || receipt.created.is_some())
     }
 

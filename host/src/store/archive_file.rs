@@ -96,6 +96,15 @@ pub enum ArchiveFileError {
         /// The file.
         path: PathBuf,
     },
+    /// The archive cannot be created (its directory is missing or not
+    /// writable, ...).
+    #[error("{path}: cannot create the archive: {source}")]
+    Create {
+        /// The archive's name.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
     /// Reading or writing the file failed.
     #[error("{path}: {source}")]
     Io {
@@ -141,8 +150,8 @@ impl ArchiveWriter {
             .create(true)
             .truncate(true)
             .open(&partial)
-            .map_err(|source| ArchiveFileError::Io {
-                path: partial.clone(),
+            .map_err(|source| ArchiveFileError::Create {
+                path: path.to_owned(),
                 source,
             })?;
         let mut writer = Self {

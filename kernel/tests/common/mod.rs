@@ -86,11 +86,11 @@ impl World {
     pub fn install(&mut self, name: &str) -> Digest {
         let digest = Digest::of(name.as_bytes());
         self.system(Operation::InstallComponent {
-            component: ComponentSpec {
+            component: Box::new(ComponentSpec {
                 digest,
                 name: name.to_owned(),
                 size: name.len() as u64,
-            },
+            }),
         })
         .expect("install");
         digest
@@ -101,7 +101,7 @@ impl World {
         let component = self.install(&format!("{name}-component"));
         let applied = self
             .system(Operation::SpawnAgent {
-                spec: spec(component, name),
+                spec: Box::new(spec(component, name)),
             })
             .expect("spawn");
         spawned(&applied.events)

@@ -51,7 +51,13 @@ impl Core {
             delegation,
             reason: crate::text::clip(reason, max_reason),
         };
-        let command = Command::system(agent, time, Operation::RecordDenial { denial });
+        let command = Command::system(
+            agent,
+            time,
+            Operation::RecordDenial {
+                denial: Box::new(denial),
+            },
+        );
         if let Err(e) = self.apply(command, Attachments::default()) {
             tracing::warn!(agent = %agent.short(), error = %e, "could not record a denial");
         }

@@ -27,7 +27,7 @@ impl Sequencer {
                     let op = Operation::HttpRequest {
                         task,
                         index,
-                        request: request.clone(),
+                        request: Box::new(request.clone()),
                     };
                     let result = core.submit_agent(agent, None, Request::Op(op));
                     self.release(core);
@@ -80,7 +80,7 @@ impl Sequencer {
             return Ok(Journaled::Send);
         };
         let outcome = match self.recorded_op(seq) {
-            Ok(Operation::HttpResponse { outcome, .. }) => outcome,
+            Ok(Operation::HttpResponse { outcome, .. }) => *outcome,
             Ok(other) => return Ok(broken(format!("record {seq} is a {}", other.kind()))),
             Err(why) => return Ok(broken(why)),
         };
@@ -116,7 +116,7 @@ impl Sequencer {
         let op = Operation::HttpResponse {
             task,
             index,
-            outcome,
+            outcome: Box::new(outcome),
             secret,
         };
         Ok(match self.submit_system(agent, op, attachments).await? {

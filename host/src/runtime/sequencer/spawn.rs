@@ -60,7 +60,9 @@ impl Core {
             token: Digest::ZERO,
             rights: rights.iter().map(Right::to_string).collect(),
         };
-        let op = Operation::SpawnAgent { spec: spec.clone() };
+        let op = Operation::SpawnAgent {
+            spec: Box::new(spec.clone()),
+        };
         if let Some(check) = check_for(&op, parent, self.kernel.state()) {
             self.authorize(parent, token, KIND, &check, None, time)?;
         }
@@ -91,7 +93,9 @@ impl Core {
         spec.token = child.digest();
         self.gate.admit(child.clone());
         Ok(Prepared {
-            op: Operation::SpawnAgent { spec },
+            op: Operation::SpawnAgent {
+                spec: Box::new(spec),
+            },
             child,
             budgets,
         })
@@ -106,7 +110,10 @@ impl Core {
         let agent = receipt
             .created
             .expect("an applied spawn reports the agent it created");
-        let op = Operation::SetBudgets { agent, budgets };
+        let op = Operation::SetBudgets {
+            agent,
+            budgets: Box::new(budgets),
+        };
         if let Err(e) = self.apply(
             Command::system(EntityId::SYSTEM, time, op),
             Attachments::default(),
@@ -129,8 +136,14 @@ impl Core {
             token: Some(token.clone()),
             ..Attachments::default()
         };
-        let (command, attachments) =
-            self.command_by(by, time, Operation::SpawnAgent { spec }, attachments)?;
+        let (command, attachments) = self.command_by(
+            by,
+            time,
+            Operation::SpawnAgent {
+                spec: Box::new(spec),
+            },
+            attachments,
+        )?;
         self.gate.admit(token);
         let receipt = self.apply(command, attachments)?;
         self.set_budgets(receipt, budgets, time);

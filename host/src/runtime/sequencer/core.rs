@@ -694,8 +694,10 @@ impl Sequencer {
 
     /// [`Sequencer::lock_with_room`] for an operation of `agent`: if the
     /// gate does not hold the agent's token verified (it never did, or
-    /// forgot it), it is verified first, outside the lock, so others'
-    /// operations go on meanwhile (signatures take ~100 µs).
+    /// forgot it), it is read and verified first, outside the lock and on
+    /// a blocking thread, so others' operations go on meanwhile
+    /// (signatures take ~100 µs; a cell store's read is a JetStream round
+    /// trip, which must not hold a runtime worker).
     async fn lock_for(&self, agent: AgentId) -> Result<MutexGuard<'_, Core>, Stopped> {
         let verifier = {
             let core = self.lock_with_room().await?;
@@ -710,7 +712,7 @@ impl Sequencer {
             }
         };
         // A failure is found again, and reported, by the gate.
-        if let Ok(token) = verifier.verify() {
+        if let Ok(Ok(token)) = tokio::task::spawn_blocking(move || verifier.verify()).await {
             self.lock().gate.admit(token);
         }
         self.lock_with_room().await

@@ -18,6 +18,7 @@ use crate::runtime::clock::Clock;
 use crate::store::event_store::{Batch, EventStore};
 
 use super::snapshots::SnapshotPolicy;
+use super::views::ViewBudget;
 
 /// The host stopped accepting operations (the log writer failed, or the host
 /// is shutting down); carries the reason.
@@ -272,6 +273,8 @@ pub(super) struct Shared {
     /// A reader waits for a newer view: the writer captures the state with
     /// its next batch.
     pub(super) want_view: std::sync::atomic::AtomicBool,
+    /// When the next view may be copied (see [`ViewBudget`]).
+    pub(super) view_budget: Mutex<ViewBudget>,
     /// Wakes the writer when there is something pending (or on close).
     pub(super) work: Condvar,
     /// The highest durable sequence number.
@@ -281,6 +284,29 @@ pub(super) struct Shared {
     pub(super) published: watch::Sender<u64>,
     /// Commit counters, updated by the writer.
     pub(super) metrics: crate::runtime::metrics::Metrics,
+}
+
+impl Shared {
+    /// How long until a view may be copied.
+    pub(super) fn view_wait(&self) -> std::time::Duration {
+        self.view_budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .wait(std::time::Instant::now())
+    }
+
+    /// Copies `kernel`'s state for readers (the caller holds the lock),
+    /// charging the copy's time to the view budget.
+    pub(super) fn copy_view(&self, kernel: &Kernel) -> Arc<toka_kernel::WorldState> {
+        let started = std::time::Instant::now();
+        let state = Arc::new(kernel.state().clone());
+        let now = std::time::Instant::now();
+        self.view_budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .copied(now - started, now);
+        state
+    }
 }
 
 pub(super) struct Core {
@@ -339,6 +365,7 @@ impl Sequencer {
             shared: Arc::new(Shared {
                 view: Mutex::new(view),
                 want_view: std::sync::atomic::AtomicBool::new(false),
+                view_budget: Mutex::new(ViewBudget::default()),
                 core: Mutex::new(Core {
                     writer: State::Busy,
                     kernel,
@@ -380,7 +407,9 @@ impl Sequencer {
 
     /// The state as of a committed batch, at least as new as everything
     /// committed when called: cloned once when the host is idle, else
-    /// captured by the writer with its next batch.
+    /// captured by the writer with its next batch; copies are spaced so
+    /// they hold the lock for a bounded share of the time (see
+    /// [`ViewBudget`]).
     pub(crate) async fn committed_state(&self) -> Arc<toka_kernel::WorldState> {
         self.committed_view().await.1
     }
@@ -401,13 +430,18 @@ impl Sequencer {
             if view.0.seq >= target {
                 return view;
             }
+            let wait = self.shared.view_wait();
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
             {
                 let core = self.lock();
                 let head = core.kernel.head();
                 // Nothing applied beyond what is committed (or the writer is
                 // gone): the kernel's state is the committed one.
                 if head.seq == self.committed() || core.stopped.is_some() {
-                    let state = Arc::new(core.kernel.state().clone());
+                    let state = self.shared.copy_view(&core.kernel);
                     drop(core);
                     let mut view = self.shared.view.lock().unwrap_or_else(|e| e.into_inner());
                     if view.0.seq < head.seq {

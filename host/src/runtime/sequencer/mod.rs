@@ -19,6 +19,7 @@
 //! - `spawn`: spawning and delegation (the child's token, its budgets).
 //! - `denials`: recording denials, rate-limited.
 //! - `snapshots`: when the writer snapshots the state.
+//! - `views`: how often readers may have the committed state copied.
 //! - `http`: journaling outbound HTTP requests and their responses.
 
 mod core;
@@ -28,6 +29,7 @@ mod journal;
 mod rewrites;
 mod snapshots;
 mod spawn;
+mod views;
 mod writer;
 
 pub use core::Stopped;

@@ -155,10 +155,12 @@ impl Shared {
                     core.snapshots.taken(head, bytes.len());
                     batch.snapshot = Some((head, bytes));
                 }
-                let view = self
-                    .want_view
-                    .swap(false, std::sync::atomic::Ordering::SeqCst)
-                    .then(|| Arc::new(core.kernel.state().clone()));
+                // A reader's copy waits for its turn (the reader asks again).
+                let view = (self.view_wait().is_zero()
+                    && self
+                        .want_view
+                        .swap(false, std::sync::atomic::Ordering::SeqCst))
+                .then(|| self.copy_view(&core.kernel));
                 return Ok(Some((batch, records, view)));
             }
             if core.closing {

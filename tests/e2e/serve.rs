@@ -526,6 +526,26 @@ async fn every_endpoint_answers_as_its_openapi_document_says() {
     assert_eq!(records.body["records"].as_array().unwrap().len(), 3);
     let encoded = api.get("/v1/log/state", "/v1/log/state").await;
     assert!(encoded.body["snapshot"].as_str().unwrap().len() > 10);
+    // Readers asking at once take turns and share one encoding; none gets
+    // a state older than what was durable when it asked.
+    let seq = |answer: &Answer| answer.body["head"]["seq"].as_u64().unwrap();
+    let (a, b, c) = tokio::join!(
+        api.get("/v1/log/state", "/v1/log/state"),
+        api.get("/v1/log/state", "/v1/log/state"),
+        api.get("/v1/log/state", "/v1/log/state"),
+    );
+    for answer in [&a, &b, &c] {
+        assert_eq!(answer.body, encoded.body, "nothing changed in between");
+    }
+    let done = run_task(&api, &agent, "1").await;
+    assert_eq!(done["status"], "completed", "{done:?}");
+    let after = api.get("/v1/log/state", "/v1/log/state").await;
+    assert!(
+        seq(&after) > seq(&encoded),
+        "the task's records are durable, so the state holds them: {} then {}",
+        seq(&encoded),
+        seq(&after)
+    );
     let snapshot = api.post("/v1/snapshot", "/v1/snapshot", json!({})).await;
     assert!(snapshot.status.is_success(), "{snapshot:?}");
     let started = api

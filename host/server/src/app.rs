@@ -36,6 +36,12 @@ pub(crate) struct App {
     pub(crate) log_reads: Semaphore,
     /// Places for open event streams.
     pub(crate) streams: Arc<Semaphore>,
+    /// The last `/v1/log/state` answer (its JSON) and the sequence number
+    /// of the head it is the state after: one encoding at a time, shared
+    /// by every request it is new enough for. At 100 000 agents the state
+    /// is ~20 MB; a `read` client asking in parallel must not have the
+    /// server encode and hold a copy per request.
+    pub(crate) encoded_state: tokio::sync::Mutex<Option<(u64, axum::body::Bytes)>>,
     /// Turns true when the server shuts down: streams end.
     pub(crate) closing: watch::Receiver<bool>,
 }
@@ -63,6 +69,7 @@ impl App {
             verify: Arc::default(),
             compile: Semaphore::new(1),
             log_reads: Semaphore::new(2),
+            encoded_state: tokio::sync::Mutex::new(None),
             closing,
         }
     }

@@ -213,12 +213,32 @@ pub(crate) async fn records(
 }
 
 /// The committed state encoded as a snapshot, with the head it is the
-/// state after: a client replays `/v1/log/records` from there.
+/// state after: a client replays `/v1/log/records` from there. Requests
+/// take turns, and share an answer that holds everything durable when
+/// each asked (see [`App::encoded_state`]).
 #[utoipa::path(get, path = "/v1/log/state", tag = "log", security(("bearer" = [])),
     responses((status = 200, description = "The committed state", body = EncodedState), AuthErrors))]
-pub(crate) async fn state(State(app): State<Arc<App>>, _who: Reader) -> axum::Json<EncodedState> {
+pub(crate) async fn state(
+    State(app): State<Arc<App>>,
+    _who: Reader,
+) -> Result<
+    (
+        [(axum::http::HeaderName, &'static str); 1],
+        axum::body::Bytes,
+    ),
+    ApiError,
+> {
+    let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+    // Everything durable now must be in the answer (unknown: encode anew).
+    let durable = app.store.head().map_or(u64::MAX, |h| h.seq);
+    let mut last = app.encoded_state.lock().await;
+    if let Some((seq, body)) = &*last
+        && *seq >= durable
+    {
+        return Ok((json, body.clone()));
+    }
     let (head, bytes) = app.host.encoded_state().await;
-    axum::Json(EncodedState {
+    let body = serde_json::to_vec(&EncodedState {
         head: Head {
             seq: head.seq,
             hash: head.hash.to_string(),
@@ -227,6 +247,10 @@ pub(crate) async fn state(State(app): State<Arc<App>>, _who: Reader) -> axum::Js
         limits: app.limits.clone(),
         cell: app.host.cell().map(Into::into),
     })
+    .map_err(|e| ApiError::internal(format!("encoding the state failed: {e}")))?;
+    let body = axum::body::Bytes::from(body);
+    *last = Some((head.seq, body.clone()));
+    Ok((json, body))
 }
 
 /// Starts verifying the log (every record's hash and link, the head, the

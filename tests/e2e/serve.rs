@@ -617,6 +617,10 @@ async fn every_endpoint_answers_as_its_openapi_document_says() {
         .await;
     assert_eq!(terminated.status, StatusCode::OK, "{terminated:?}");
     assert_eq!(terminated.body["status"], "terminated");
+    // The census is counted once per state, and again once it changed.
+    let status = api.get("/v1/status", "/v1/status").await;
+    assert_eq!(status.body["agents"]["active"], 0, "{status:?}");
+    assert_eq!(status.body["agents"]["terminated"], 1, "{status:?}");
 
     let (code, stderr) = served.stop();
     assert_eq!(code, 0, "{stderr}");

@@ -42,6 +42,9 @@ pub(crate) struct App {
     /// is ~20 MB; a `read` client asking in parallel must not have the
     /// server encode and hold a copy per request.
     pub(crate) encoded_state: tokio::sync::Mutex<Option<(u64, axum::body::Bytes)>>,
+    /// The census `/v1/status` and `/metrics` report, by the sequence
+    /// number of the head of the state it counts.
+    pub(crate) census: tokio::sync::Mutex<Option<(u64, crate::api::system::Census)>>,
     /// Turns true when the server shuts down: streams end.
     pub(crate) closing: watch::Receiver<bool>,
 }
@@ -70,6 +73,7 @@ impl App {
             compile: Semaphore::new(1),
             log_reads: Semaphore::new(2),
             encoded_state: tokio::sync::Mutex::new(None),
+            census: tokio::sync::Mutex::new(None),
             closing,
         }
     }

@@ -615,6 +615,13 @@ impl Host {
         f(&state)
     }
 
+    /// The committed state as [`Host::state`] reads it, shared, with the
+    /// chain head it is the state after: for a caller that keeps what it
+    /// computes from it until the head moves.
+    pub async fn committed_view(&self) -> (ChainHead, Arc<WorldState>) {
+        self.inner.sequencer.committed_view().await
+    }
+
     /// The committed state encoded as a snapshot (see docs/format.md; read
     /// it back with [`decode_snapshot`](crate::decode_snapshot)), with
     /// the chain head it is the state after: for a client that follows the

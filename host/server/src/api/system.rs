@@ -33,7 +33,7 @@ pub(crate) async fn status(State(app): State<Arc<App>>, who: Reader) -> axum::Js
         .rev()
         .find(|l| app.host.authorize_operator(&who.token, *l).is_ok())
         .unwrap_or(OperatorLevel::Read);
-    let census = app.host.state(Census::of).await;
+    let census = census(&app).await;
     axum::Json(Status {
         version: env!("CARGO_PKG_VERSION").into(),
         head: head(&app),
@@ -56,8 +56,25 @@ pub(crate) fn head(app: &App) -> Head {
     }
 }
 
+/// The census of the committed state, counted once per state: counting
+/// walks every agent, and any `read` client may ask for it (status,
+/// metrics) as often as its rate allows.
+async fn census(app: &App) -> Census {
+    let (head, state) = app.host.committed_view().await;
+    let mut kept = app.census.lock().await;
+    if let Some((seq, census)) = &*kept
+        && *seq == head.seq
+    {
+        return census.clone();
+    }
+    let census = Census::of(&state);
+    *kept = Some((head.seq, census.clone()));
+    census
+}
+
 /// Agents and tasks counted.
-struct Census {
+#[derive(Clone)]
+pub(crate) struct Census {
     agents: AgentCounts,
     queued: u64,
     running: u64,
@@ -99,7 +116,7 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _who: Reader) -> impl I
         running,
         max_queue,
         ..
-    } = app.host.state(Census::of).await;
+    } = census(&app).await;
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
         let _ = writeln!(out, "# HELP toka_{name} {help}\n# TYPE toka_{name} {kind}");

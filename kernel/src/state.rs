@@ -521,6 +521,17 @@ impl WorldState {
         self.agents.iter().map(|(id, a)| (*id, a))
     }
 
+    /// The agents after `after` (all of them for `None`), by id: a page's
+    /// walk starts where the last one ended instead of at the first agent.
+    pub fn agents_after(
+        &self,
+        after: Option<AgentId>,
+    ) -> impl Iterator<Item = (AgentId, &AgentRecord)> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = after.map_or(Unbounded, Excluded);
+        self.agents.range((from, Unbounded)).map(|(id, a)| (*id, a))
+    }
+
     /// One unfinished task.
     #[must_use]
     pub fn task(&self, id: TaskId) -> Option<&TaskRecord> {
@@ -530,6 +541,16 @@ impl WorldState {
     /// All unfinished tasks, by id.
     pub fn tasks(&self) -> impl ExactSizeIterator<Item = (TaskId, &TaskRecord)> {
         self.tasks.iter().map(|(id, t)| (*id, t))
+    }
+
+    /// The unfinished tasks after `after` (all of them for `None`), by id.
+    pub fn tasks_after(
+        &self,
+        after: Option<TaskId>,
+    ) -> impl Iterator<Item = (TaskId, &TaskRecord)> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = after.map_or(Unbounded, Excluded);
+        self.tasks.range((from, Unbounded)).map(|(id, t)| (*id, t))
     }
 
     /// One installed component.

@@ -578,6 +578,32 @@ mod agents {
     use super::*;
 
     #[test]
+    fn a_walk_after_an_id_starts_past_it() {
+        let mut w = World::new();
+        let mut agents: Vec<_> = ["a", "b", "c"].map(|n| w.spawn_root(n)).into();
+        agents.sort();
+        let tasks: Vec<_> = agents.iter().map(|a| w.schedule(*a, "t")).collect();
+        let state = w.kernel.state();
+        let ids = |after| {
+            state
+                .agents_after(after)
+                .map(|(id, _)| id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(None), agents);
+        assert_eq!(ids(Some(agents[0])), agents[1..]);
+        assert_eq!(ids(Some(agents[2])), []);
+        let mut sorted = tasks.clone();
+        sorted.sort();
+        let after_first: Vec<_> = state
+            .tasks_after(Some(sorted[0]))
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(after_first, sorted[1..]);
+        assert_eq!(state.tasks_after(None).count(), tasks.len());
+    }
+
+    #[test]
     fn spawn_creates_a_child_of_the_origin() {
         let mut w = World::new();
         let parent = w.spawn_root("parent");

@@ -176,8 +176,7 @@ pub(crate) async fn list(
                     .or_else(|| s.component_named(c).map(|spec| spec.digest))
             });
             let agents = s
-                .agents()
-                .filter(|(id, _)| after.is_none_or(|a| *id > a))
+                .agents_after(after)
                 .filter(|(_, a)| {
                     query
                         .status

@@ -138,8 +138,7 @@ pub(crate) async fn list(
         .host
         .state(|s| {
             let tasks = s
-                .tasks()
-                .filter(|(id, _)| after.is_none_or(|a| *id > a))
+                .tasks_after(after)
                 .filter(|(_, t)| agent.is_none_or(|a| t.agent == a))
                 .filter(|(_, t)| {
                     running.is_none_or(|r| r == matches!(t.status, TaskStatus::Running(_)))

@@ -385,6 +385,40 @@ async fn head(api: &Api) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_pages_by_cursor_from_where_the_last_page_ended() {
+    let mut served = Served::start(&[]);
+    let api = Api::new(&served).await;
+    let installed = install(&api, "counter").await;
+    let digest = installed.body["digest"].as_str().unwrap().to_owned();
+    let mut spawned = Vec::new();
+    for i in 0..5 {
+        spawned.push(spawn(&api, &digest, &format!("paged-{i}"), &["observe"]).await);
+    }
+    spawned.sort();
+    let (mut listed, mut pages, mut cursor) = (Vec::new(), 0, None::<String>);
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/agents?limit=2&cursor={c}"),
+            None => "/v1/agents?limit=2".to_owned(),
+        };
+        let page = api.get("/v1/agents", &path).await;
+        assert_eq!(page.status, StatusCode::OK, "{page:?}");
+        let items = page.body["items"].as_array().unwrap();
+        assert!(items.len() <= 2, "{page:?}");
+        listed.extend(items.iter().map(|a| a["id"].as_str().unwrap().to_owned()));
+        pages += 1;
+        match page.body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(listed, spawned, "every agent once, in id order");
+    assert_eq!(pages, 3);
+    let (code, stderr) = served.stop();
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_answers_as_its_openapi_document_says() {
     let mut served = Served::start(&[]);
     let api = Api::new(&served).await;

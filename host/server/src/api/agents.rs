@@ -175,18 +175,16 @@ pub(crate) async fn list(
                     .ok()
                     .or_else(|| s.component_named(c).map(|spec| spec.digest))
             });
-            let agents = s
-                .agents_after(after)
-                .filter(|(_, a)| {
-                    query
-                        .status
-                        .as_deref()
-                        .is_none_or(|st| status_name(&a.status) == st)
-                })
-                .filter(|(_, a)| parent.is_none_or(|p| a.parent == p))
-                .filter(|(_, a)| component.is_none_or(|c| c == Some(a.component)))
-                .map(|(id, a)| view(id, a, s));
-            paging.page(agents, |a| a.id.clone())
+            let agents = s.agents_after(after).map(|(id, a)| {
+                let matches = query
+                    .status
+                    .as_deref()
+                    .is_none_or(|st| status_name(&a.status) == st)
+                    && parent.is_none_or(|p| a.parent == p)
+                    && component.is_none_or(|c| c == Some(a.component));
+                (id, matches.then(|| view(id, a, s)))
+            });
+            paging.page_walk(agents, |id| id.to_string())
         })
         .await;
     Ok(axum::Json(AgentPage { items, next_cursor }))

@@ -156,6 +156,9 @@ pub(crate) struct Paging {
 pub(crate) const DEFAULT_LIMIT: usize = 100;
 /// The largest page size.
 pub(crate) const MAX_LIMIT: usize = 1000;
+/// Entries a filtered list looks at per request, at most: a filter that
+/// matches few entries must not have each request walk them all.
+pub(crate) const MAX_SCAN: usize = 10_000;
 
 impl Paging {
     pub(crate) fn new(limit: Option<usize>) -> Result<Self, crate::error::ApiError> {
@@ -184,5 +187,76 @@ impl Paging {
             None
         };
         (page, next)
+    }
+
+    /// Takes a page from a filtered walk: `entries` (already after the
+    /// cursor, in order) are keys with the item they give, if they match.
+    /// At most [`MAX_SCAN`] entries are looked at, so a page may hold fewer
+    /// items than asked for, even none, with the cursor to go on from.
+    pub(crate) fn page_walk<K: Copy, T>(
+        &self,
+        entries: impl Iterator<Item = (K, Option<T>)>,
+        cursor_of: impl Fn(K) -> String,
+    ) -> (Vec<T>, Option<String>) {
+        self.page_walk_within(MAX_SCAN, entries, cursor_of)
+    }
+
+    fn page_walk_within<K: Copy, T>(
+        &self,
+        scan: usize,
+        entries: impl Iterator<Item = (K, Option<T>)>,
+        cursor_of: impl Fn(K) -> String,
+    ) -> (Vec<T>, Option<String>) {
+        let mut page = Vec::new();
+        let mut last = None;
+        for (looked, (key, item)) in entries.enumerate() {
+            if let Some(item) = item {
+                if page.len() == self.limit {
+                    return (page, last.map(&cursor_of));
+                }
+                page.push(item);
+            }
+            last = Some(key);
+            if looked + 1 == scan {
+                return (page, Some(cursor_of(key)));
+            }
+        }
+        (page, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Paging;
+
+    /// Pages through keys 0..n where `matches` holds, `scan` entries at a
+    /// time: the items of each page.
+    fn walk(n: u32, limit: usize, scan: usize, matches: &[u32]) -> Vec<Vec<u32>> {
+        let paging = Paging { limit };
+        let (mut pages, mut after) = (Vec::new(), None::<u32>);
+        loop {
+            let entries = (0..n)
+                .filter(|k| after.is_none_or(|a| *k > a))
+                .map(|k| (k, matches.contains(&k).then_some(k)));
+            let (page, next) = paging.page_walk_within(scan, entries, |k| k.to_string());
+            pages.push(page);
+            match next {
+                Some(cursor) => after = Some(cursor.parse().unwrap()),
+                None => return pages,
+            }
+        }
+    }
+
+    #[test]
+    fn a_filter_matching_few_walks_a_bounded_stretch_per_page() {
+        let pages = walk(25, 5, 10, &[3, 20]);
+        assert_eq!(pages, vec![vec![3], vec![], vec![20]]);
+    }
+
+    #[test]
+    fn a_full_page_ends_at_its_last_item_and_the_next_starts_after_it() {
+        let every: Vec<u32> = (0..7).collect();
+        let pages = walk(7, 3, 10, &every);
+        assert_eq!(pages, vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]]);
     }
 }

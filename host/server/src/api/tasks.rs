@@ -137,14 +137,12 @@ pub(crate) async fn list(
     let (items, next_cursor) = app
         .host
         .state(|s| {
-            let tasks = s
-                .tasks_after(after)
-                .filter(|(_, t)| agent.is_none_or(|a| t.agent == a))
-                .filter(|(_, t)| {
-                    running.is_none_or(|r| r == matches!(t.status, TaskStatus::Running(_)))
-                })
-                .filter_map(|(id, _)| unfinished_view(s, id));
-            paging.page(tasks, |t| t.id.clone())
+            let tasks = s.tasks_after(after).map(|(id, t)| {
+                let matches = agent.is_none_or(|a| t.agent == a)
+                    && running.is_none_or(|r| r == matches!(t.status, TaskStatus::Running(_)));
+                (id, matches.then(|| unfinished_view(s, id)).flatten())
+            });
+            paging.page_walk(tasks, |id| id.to_string())
         })
         .await;
     Ok(axum::Json(TaskPage { items, next_cursor }))

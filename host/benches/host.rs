@@ -240,19 +240,7 @@ fn floor(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 /// sample meets them, but charged as usual (an unlimited quota would skip
 /// the arithmetic this benchmark must include).
 fn config() -> HostConfig {
-    let huge = toka_kernel::Rate::new(u64::MAX >> 1, u64::MAX >> 1);
-    let mut config = HostConfig::new();
-    config.rules(toka_kernel::Rules {
-        quotas: toka_kernel::Quotas {
-            log_bytes: huge,
-            ops: huge,
-            tasks: huge,
-            log_bytes_total: None,
-            tasks_total: None,
-        },
-        ..toka_kernel::Rules::default()
-    });
-    config
+    toka_host::bench_support::quota_free_config()
 }
 
 fn instantiate(c: &mut Criterion, rt: &tokio::runtime::Runtime) {

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use toka_host::bench_support::time_observations;
-use toka_host::{Grant, Host, HostConfig, MemoryStore, RootKey};
+use toka_host::bench_support::{quota_free_config, time_observations};
+use toka_host::{Grant, Host, MemoryStore, RootKey};
 use toka_kernel::Limits;
 
 /// The allocator the `toka` binary uses.
@@ -49,18 +49,7 @@ fn main() {
         .build()
         .expect("a runtime");
     rt.block_on(async {
-        let huge = toka_kernel::Rate::new(u64::MAX >> 1, u64::MAX >> 1);
-        let mut config = HostConfig::new();
-        config.rules(toka_kernel::Rules {
-            quotas: toka_kernel::Quotas {
-                log_bytes: huge,
-                ops: huge,
-                tasks: huge,
-                log_bytes_total: None,
-                tasks_total: None,
-            },
-            ..toka_kernel::Rules::default()
-        });
+        let config = quota_free_config();
         let store = Arc::new(MemoryStore::new(Limits::default()));
         let host = Arc::new(
             Host::open(store, RootKey::generate(), config)

@@ -12,6 +12,26 @@ use crate::capability::policy::Check;
 use crate::capability::token::Token;
 use crate::store::memory::MemoryStore;
 
+/// A host configuration with quotas no benchmark meets, charged as usual
+/// (an unlimited quota would skip the arithmetic a benchmark must
+/// include).
+#[must_use]
+pub fn quota_free_config() -> crate::HostConfig {
+    let huge = toka_kernel::Rate::new(u64::MAX >> 1, u64::MAX >> 1);
+    let mut config = crate::HostConfig::new();
+    config.rules(toka_kernel::Rules {
+        quotas: toka_kernel::Quotas {
+            log_bytes: huge,
+            ops: huge,
+            tasks: huge,
+            log_bytes_total: None,
+            tasks_total: None,
+        },
+        ..toka_kernel::Rules::default()
+    });
+    config
+}
+
 /// The live gate, with one agent bound to one token, authorizing
 /// `observe` through its caches.
 pub struct GateProbe {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redb::{ReadableDatabase, ReadableTable, StorageBackend, TableDefinition};
 use toka_host::{Host, HostConfig, RedbStore, RootKey, Stopped};
-use toka_kernel::Limits;
+use toka_kernel::{Limits, Quotas, Rules};
 
 use crate::{agent_bytes, events_json, grant, outcome, temp_data, toka};
 
@@ -348,4 +348,62 @@ fn events_follow_streams_what_another_process_commits() {
     wait_for("counter observed: count = 42");
     let _ = follower.kill();
     let _ = follower.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_state_is_snapshotted_off_the_lock_and_its_snapshots_verify() {
+    // A state over 1 MiB: 400 keys of ~3.9 kB. Snapshots every 50 records
+    // (held back, once the state is large, until as many bytes as the
+    // state's are logged).
+    let mut config = HostConfig::new();
+    config.snapshot_every(50).rules(Rules {
+        quotas: Quotas::UNLIMITED,
+        ..Rules::default()
+    });
+    let arena = crate::Arena::new(config).await;
+    let probe = arena.agent("test-probe", grant(&["state"])).await;
+    let value = "v".repeat(3_900);
+    let put_all = || async {
+        let before = arena.host.metrics().events_of("task_completed");
+        for key in 0..400 {
+            arena
+                .host
+                .schedule(probe, &format!("put k{key} {value}"))
+                .await
+                .unwrap();
+        }
+        arena.host.run_until_idle().await.unwrap();
+        assert_eq!(
+            arena.host.metrics().events_of("task_completed") - before,
+            400
+        );
+    };
+    put_all().await;
+    let large = arena.host.metrics();
+    assert!(large.snapshots > 0);
+    assert_eq!(
+        large.snapshots_off_lock, 0,
+        "small states are snapshotted by the writer"
+    );
+    let large_head = arena.host.head().seq;
+    // Written again (1.6 MB logged, the state's size): the next
+    // snapshots are the replica's, none is encoded under the lock.
+    put_all().await;
+    put_all().await;
+    let after = arena.host.metrics();
+    assert!(after.snapshots_off_lock > 0, "{after:?}");
+    assert_eq!(after.snapshots - after.snapshots_off_lock, large.snapshots);
+    let head = arena.host.head().seq;
+
+    // Every stored snapshot holds exactly the replayed state at its
+    // record (`finish` verifies the log), and the host starts from the
+    // newest, which the replica wrote (none was written under the lock
+    // since `large_head`).
+    let store = Arc::clone(&arena.store);
+    arena.finish().await;
+    let verified = toka_host::verify(&*store).unwrap();
+    assert!(verified.snapshots >= 2, "{verified:?}");
+    let (recovered, from) = toka_host::recover(&*store).unwrap();
+    assert!(from > large_head && from <= head, "recovered from {from}");
+    assert!(recovered.head().seq >= head);
 }

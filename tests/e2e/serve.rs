@@ -623,6 +623,9 @@ async fn every_endpoint_answers_as_its_openapi_document_says() {
         "toka_authorizations_total",
         "toka_running_actors",
         "toka_warm_instances",
+        // The one asked for above, under the lock: the state is small.
+        "toka_snapshots_total 1\n",
+        "toka_snapshots_off_lock_total 0\n",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }

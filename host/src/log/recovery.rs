@@ -43,6 +43,50 @@ pub fn replay(
 ///
 /// As [`replay`]. A snapshot that does not load is skipped with a warning.
 pub fn recover(store: &dyn EventStore) -> Result<(Kernel, u64), LogError> {
+    recover_sized(store).map(|(kernel, start)| (kernel, start.seq))
+}
+
+/// Where [`recover`] started: the snapshot it loaded (`seq` 0 and `len` 0:
+/// none).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Start {
+    /// The snapshot's sequence number.
+    pub(crate) seq: u64,
+    /// Its size in bytes.
+    pub(crate) len: usize,
+}
+
+/// [`recover`], also saying how big the snapshot it started from was.
+pub(crate) fn recover_sized(store: &dyn EventStore) -> Result<(Kernel, Start), LogError> {
+    let (kernel, start) = newest_state(store)?;
+    let kernel = restore(store, kernel)?;
+    // Recovery runs before anyone writes: the log ends at its head.
+    let stored = store.head()?;
+    if stored != kernel.head() {
+        return Err(LogError::HeadMismatch {
+            expected: stored.seq,
+            found: kernel.head().seq,
+        });
+    }
+    Ok((kernel, start))
+}
+
+/// [`recover`] on a store its host's writer may be appending to meanwhile:
+/// the kernel at the end of the records it read, which may be before the
+/// head stored by then. The caller continues it with what was appended
+/// since.
+///
+/// # Errors
+///
+/// As [`recover`], but the log ending before the stored head is no error.
+pub(crate) fn recover_live(store: &dyn EventStore) -> Result<Kernel, LogError> {
+    let (kernel, _) = newest_state(store)?;
+    restore(store, kernel)
+}
+
+/// The state of the newest snapshot that loads (or the empty state when
+/// there is none), to continue with the records after it.
+fn newest_state(store: &dyn EventStore) -> Result<(Kernel, Start), LogError> {
     let limits: Limits = store.limits()?;
     let mut below = u64::MAX;
     while let Some(seq) = store.snapshot_below(below)? {
@@ -54,7 +98,11 @@ pub fn recover(store: &dyn EventStore) -> Result<(Kernel, u64), LogError> {
             Ok(s) if s.head.seq == seq => {
                 let kernel = Kernel::from_snapshot(s.state, s.head, limits, Registry::new())
                     .in_cell(store.cell());
-                return Ok((restore(store, kernel)?, seq));
+                let start = Start {
+                    seq,
+                    len: bytes.len(),
+                };
+                return Ok((kernel, start));
             }
             Ok(_) => tracing::warn!(seq, "ignoring a snapshot stored under another seq"),
             Err(e) => tracing::warn!(seq, error = %e, "ignoring a snapshot that does not load"),
@@ -68,7 +116,7 @@ pub fn recover(store: &dyn EventStore) -> Result<(Kernel, u64), LogError> {
         });
     }
     let kernel = Kernel::with_registry(limits, Registry::new()).in_cell(store.cell());
-    Ok((restore(store, kernel)?, 0))
+    Ok((kernel, Start::default()))
 }
 
 /// Where a full check of the stored log starts: the anchor snapshot when
@@ -252,7 +300,7 @@ impl LogReader {
 }
 
 /// Continues `kernel` with the stored records after its head, on the
-/// start-up path (see [`recover`]).
+/// start-up path (see [`recover`]), to the end of what it reads.
 fn restore(store: &dyn EventStore, mut kernel: Kernel) -> Result<Kernel, LogError> {
     for entry in store.records(kernel.head().seq + 1)? {
         let (key, bytes) = entry?;
@@ -264,14 +312,6 @@ fn restore(store: &dyn EventStore, mut kernel: Kernel) -> Result<Kernel, LogErro
             });
         }
         kernel.restore(&bytes)?;
-    }
-    // Recovery runs before anyone writes: the log ends at its head.
-    let stored = store.head()?;
-    if stored != kernel.head() {
-        return Err(LogError::HeadMismatch {
-            expected: stored.seq,
-            found: kernel.head().seq,
-        });
     }
     Ok(kernel)
 }

@@ -16,7 +16,7 @@ use crate::capability::rights::{OperatorLevel, Right};
 use crate::capability::root_key::RootKey;
 use crate::capability::token::{Token, TokenError};
 use crate::log::committed::{Committed, CommittedRecord};
-use crate::log::recovery::{LogReader, recover};
+use crate::log::recovery::{LogReader, recover_sized};
 use crate::runtime::acting::{Acting, Grant, HostParts};
 use crate::runtime::bus::{Bus, Subscription};
 use crate::runtime::config::HostConfig;
@@ -83,7 +83,7 @@ impl Host {
                 given: root.public_string(),
             });
         }
-        let (kernel, last_snapshot) = recover(store.as_ref())?;
+        let (kernel, last_snapshot) = recover_sized(store.as_ref())?;
         let kernel_rules = kernel.state().rules().cloned();
         let places = crate::runtime::places::Places::new(config.max_instances, config.tree_share());
         let pool = config.pooling.then(|| crate::sandbox::components::Pool {

@@ -2,7 +2,7 @@
 //! committed events by kind. Read with [`Host::metrics`](crate::Host::metrics);
 //! the counts start at zero when the host opens.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -81,6 +81,12 @@ pub struct HostMetrics {
     /// Checks that ran the biscuit authorizer; the others were answered
     /// from the gate's caches.
     pub authorizations: u64,
+    /// Snapshots of the state the host stored since it opened.
+    pub snapshots: u64,
+    /// Of those, the ones encoded off the sequencer's lock (by the
+    /// snapshot replica, once the state is large): the others held every
+    /// agent's operations while they were encoded.
+    pub snapshots_off_lock: u64,
 }
 
 impl HostMetrics {
@@ -95,11 +101,34 @@ impl HostMetrics {
 }
 
 /// The live counters: commits, updated by the log writer once per batch,
-/// and the gate's.
+/// the gate's, and the snapshots'.
 #[derive(Debug)]
 pub(crate) struct Metrics {
     commits: Mutex<HostMetrics>,
     gate: Arc<GateCounts>,
+    pub(crate) snapshots: Arc<SnapshotCounts>,
+}
+
+/// Snapshots stored, counted by whoever stores them.
+#[derive(Debug, Default)]
+pub(crate) struct SnapshotCounts {
+    /// Encoded under the sequencer's lock.
+    locked: AtomicU64,
+    /// Encoded off the lock.
+    off_lock: AtomicU64,
+}
+
+impl SnapshotCounts {
+    /// A snapshot was stored; `off_lock`: encoded without the sequencer's
+    /// lock.
+    pub(crate) fn stored(&self, off_lock: bool) {
+        let counter = if off_lock {
+            &self.off_lock
+        } else {
+            &self.locked
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Metrics {
@@ -114,8 +143,14 @@ impl Metrics {
             tokens_admitted: 0,
             checks: 0,
             authorizations: 0,
+            snapshots: 0,
+            snapshots_off_lock: 0,
         });
-        Self { commits, gate }
+        Self {
+            commits,
+            gate,
+            snapshots: Arc::default(),
+        }
     }
 
     /// Counts a committed batch.
@@ -145,6 +180,8 @@ impl Metrics {
         m.tokens_admitted = read(&self.gate.admitted);
         m.checks = read(&self.gate.checks);
         m.authorizations = read(&self.gate.authorized);
+        m.snapshots_off_lock = read(&self.snapshots.off_lock);
+        m.snapshots = read(&self.snapshots.locked) + m.snapshots_off_lock;
         m
     }
 }

@@ -206,6 +206,16 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _who: Reader) -> impl I
             m.authorizations,
             "Capability checks that ran the authorizer (the others were cached).",
         ),
+        (
+            "snapshots_total",
+            m.snapshots,
+            "Snapshots of the state stored.",
+        ),
+        (
+            "snapshots_off_lock_total",
+            m.snapshots_off_lock,
+            "Snapshots encoded off the sequencer's lock (a large state's, by the snapshot replica).",
+        ),
     ] {
         metric(name, "counter", help, &[("", value as f64)]);
     }

@@ -344,8 +344,8 @@ pub(super) struct Core {
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Options {
     pub(crate) snapshot_every: u64,
-    /// Sequence number of the newest snapshot at start.
-    pub(crate) last_snapshot: u64,
+    /// The newest snapshot at start.
+    pub(crate) last_snapshot: crate::log::recovery::Start,
     pub(crate) skip_gate: bool,
 }
 
@@ -371,7 +371,11 @@ impl Sequencer {
                     kernel,
                     gate,
                     store,
-                    snapshots: SnapshotPolicy::new(options.snapshot_every, options.last_snapshot),
+                    snapshots: SnapshotPolicy::new(
+                        options.snapshot_every,
+                        options.last_snapshot.seq,
+                        options.last_snapshot.len,
+                    ),
                     skip_gate: options.skip_gate,
                     clock,
                     pending: Batch::default(),
@@ -638,6 +642,7 @@ impl Sequencer {
             store
                 .put_snapshot(head, bytes)
                 .map_err(|e| Stopped(format!("writing the snapshot failed: {e}")))?;
+            self.shared.metrics.snapshots.stored(false);
             return Ok(head);
         }
     }

@@ -19,6 +19,7 @@
 //! - `spawn`: spawning and delegation (the child's token, its budgets).
 //! - `denials`: recording denials, rate-limited.
 //! - `snapshots`: when the writer snapshots the state.
+//! - `replica`: the thread that snapshots a large state, off the lock.
 //! - `views`: how often readers may have the committed state copied.
 //! - `http`: journaling outbound HTTP requests and their responses.
 
@@ -26,6 +27,7 @@ mod core;
 mod denials;
 mod http;
 mod journal;
+mod replica;
 mod rewrites;
 mod snapshots;
 mod spawn;

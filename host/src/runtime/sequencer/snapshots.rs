@@ -1,14 +1,16 @@
 //! When the writer snapshots the state.
 //!
-//! A snapshot is written with the batch that passes `every` records since
-//! the last one, so recovery replays a bounded tail. Encoding the state
-//! costs in proportion to its size and holds the sequencer's lock, so a
-//! state larger than [`LARGE_STATE`] is also held back until the log has
-//! grown by that state's size since its last snapshot: what snapshots
-//! cost stays proportional to what is logged, whatever the number of
-//! agents (at 100 000 agents the state is ~12 MiB: one snapshot per ~12
-//! MiB of log instead of one per 10 000 records), and recovery replays at
-//! most as many log bytes as loading the snapshot reads.
+//! A snapshot is due with the batch that passes `every` records since the
+//! last one, so recovery replays a bounded tail. Encoding the state costs
+//! a core in proportion to its size, so a state larger than
+//! [`LARGE_STATE`] is also held back until the log has grown by that
+//! state's size since its last snapshot: what snapshots cost stays
+//! proportional to what is logged, whatever the number of agents (at
+//! 100 000 agents the state is ~12 MiB: one snapshot per ~12 MiB of log
+//! instead of one per 10 000 records), and recovery replays at most as
+//! many log bytes as loading the snapshot reads. A small state is encoded
+//! by the writer under the sequencer's lock and written with the batch; a
+//! large one by the snapshot replica, off the lock (see `replica`).
 
 /// A snapshot at least this big is taken no more often than once per its
 /// own size of log bytes.
@@ -30,14 +32,24 @@ pub(super) struct SnapshotPolicy {
 
 impl SnapshotPolicy {
     /// Snapshots every `every` records (0: never), the newest being at
-    /// `last`.
-    pub(super) fn new(every: u64, last: u64) -> Self {
+    /// `last` and `last_len` bytes long (0: none).
+    pub(super) fn new(every: u64, last: u64, last_len: usize) -> Self {
         Self {
             every,
             last,
             logged: 0,
-            last_len: 0,
+            last_len: last_len as u64,
         }
+    }
+
+    /// Whether the last snapshot was at least [`LARGE_STATE`] big.
+    pub(super) fn large(&self) -> bool {
+        self.last_len >= LARGE_STATE
+    }
+
+    /// Size of the last snapshot (0 before the first).
+    pub(super) fn last_len(&self) -> usize {
+        usize::try_from(self.last_len).unwrap_or(usize::MAX)
     }
 
     /// A record of `bytes` was applied.
@@ -66,19 +78,22 @@ mod tests {
 
     #[test]
     fn a_small_state_is_snapshotted_every_n_records() {
-        let mut policy = SnapshotPolicy::new(100, 0);
+        let mut policy = SnapshotPolicy::new(100, 0, 0);
         assert!(!policy.due(99));
         assert!(policy.due(100));
         policy.taken(100, 4096);
         assert!(!policy.due(199));
         assert!(policy.due(200), "a small state waits for records only");
-        assert!(!SnapshotPolicy::new(0, 0).due(u64::MAX), "0 turns them off");
+        assert!(
+            !SnapshotPolicy::new(0, 0, 0).due(u64::MAX),
+            "0 turns them off"
+        );
     }
 
     #[test]
     fn a_large_state_waits_until_the_log_has_grown_by_its_size() {
         let big = 3 * LARGE_STATE as usize;
-        let mut policy = SnapshotPolicy::new(100, 0);
+        let mut policy = SnapshotPolicy::new(100, 0, 0);
         policy.taken(100, big);
         for _ in 0..200 {
             policy.logged(1_000);

@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::core::{Sequencer, Shared, State, Stopped};
+use super::replica::Replica;
 use crate::log::committed::{Committed, CommittedRecord};
 use crate::store::event_store::{Batch, EventStore};
 
@@ -42,7 +43,7 @@ impl Sequencer {
         std::thread::Builder::new()
             .name("toka-log-writer".into())
             .spawn(move || {
-                let run = std::panic::AssertUnwindSafe(|| write_until_closed(&shared, &*store, on_commit));
+                let run = std::panic::AssertUnwindSafe(|| write_until_closed(&shared, &store, on_commit));
                 match std::panic::catch_unwind(run) {
                     Ok(Ok(())) => {}
                     Ok(Err(stopped)) => {
@@ -65,17 +66,32 @@ impl Sequencer {
 
 fn write_until_closed(
     shared: &Shared,
-    store: &dyn EventStore,
+    store: &Arc<dyn EventStore>,
     mut on_commit: OnCommit,
 ) -> Result<(), Stopped> {
-    while let Some((mut batch, records, view)) = shared.next_batch()? {
+    // Started once the state is large; `None` again if it fails.
+    let mut replica: Option<Replica> = None;
+    let mut replica_failed = false;
+    while let Some(next) = shared.next_batch(replica.as_ref())? {
+        let Next {
+            mut batch,
+            records,
+            view,
+            snapshot,
+            large,
+        } = next;
         let head = batch.head;
         let last = head.seq;
         batch.task_ends.extend(task_ends(&records));
+        let handed = replica.as_ref().map(|_| batch.records.clone());
+        let snapshotted = batch.snapshot.is_some();
         let started = std::time::Instant::now();
         store
             .append(batch)
             .map_err(|e| Stopped(format!("committing the log failed: {e}")))?;
+        if snapshotted {
+            shared.metrics.snapshots.stored(false);
+        }
         shared.metrics.committed(&records, started.elapsed());
         if let Some(view) = view {
             *shared.view.lock().unwrap_or_else(|e| e.into_inner()) = (head, view);
@@ -87,6 +103,27 @@ fn write_until_closed(
             on_commit(Arc::new(Committed { records }));
         }
         shared.published.send_replace(last);
+        match (&replica, handed) {
+            (Some(running), Some(handed)) => {
+                let fed = running.feed(handed) && snapshot.is_none_or(|at| running.snapshot(at));
+                if !fed {
+                    replica = None;
+                    replica_failed = true;
+                }
+            }
+            // Between two appends: the replica recovers what is stored,
+            // and is handed every batch appended from now on.
+            _ if large && !replica_failed => {
+                match Replica::start(Arc::clone(store), Arc::clone(&shared.metrics.snapshots)) {
+                    Ok(started) => replica = Some(started),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot start the snapshot replica; snapshots are taken under the lock");
+                        replica_failed = true;
+                    }
+                }
+            }
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -102,24 +139,23 @@ fn task_ends(records: &[CommittedRecord]) -> impl Iterator<Item = (toka_kernel::
     })
 }
 
+/// A batch to write, with what goes with it.
+struct Next {
+    batch: Batch,
+    records: Vec<CommittedRecord>,
+    /// A copy of the state at the batch's head, when a reader asked for one.
+    view: Option<Arc<toka_kernel::WorldState>>,
+    /// A snapshot at this head is due, for the replica to take.
+    snapshot: Option<u64>,
+    /// The last snapshot was large: a replica should take the next ones.
+    large: bool,
+}
+
 impl Shared {
     /// Blocks until there is a batch to write; `None` once closing and
-    /// drained. With the batch: a copy of the state at its head, when a
-    /// reader asked for one.
-    #[allow(
-        clippy::type_complexity,
-        reason = "a private triple, named in the docs"
-    )]
-    fn next_batch(
-        &self,
-    ) -> Result<
-        Option<(
-            Batch,
-            Vec<CommittedRecord>,
-            Option<Arc<toka_kernel::WorldState>>,
-        )>,
-        Stopped,
-    > {
+    /// drained. A snapshot due with it is encoded here, under the lock,
+    /// unless a `replica` takes it.
+    fn next_batch(&self, replica: Option<&Replica>) -> Result<Option<Next>, Stopped> {
         let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
         let mut lingered = false;
         loop {
@@ -150,10 +186,19 @@ impl Shared {
                 // Everything applied is in this batch, so the kernel's state
                 // is the state at its head: the moment for a snapshot.
                 let head = batch.head.seq;
+                let mut snapshot = None;
                 if core.snapshots.due(head) {
-                    let bytes = crate::store::snapshot::encode(&core.kernel);
-                    core.snapshots.taken(head, bytes.len());
-                    batch.snapshot = Some((head, bytes));
+                    if let Some(replica) = replica {
+                        let len = replica
+                            .last_len()
+                            .unwrap_or_else(|| core.snapshots.last_len());
+                        core.snapshots.taken(head, len);
+                        snapshot = Some(head);
+                    } else {
+                        let bytes = crate::store::snapshot::encode(&core.kernel);
+                        core.snapshots.taken(head, bytes.len());
+                        batch.snapshot = Some((head, bytes));
+                    }
                 }
                 // A reader's copy waits for its turn (the reader asks again).
                 let view = (self.view_wait().is_zero()
@@ -161,7 +206,13 @@ impl Shared {
                         .want_view
                         .swap(false, std::sync::atomic::Ordering::SeqCst))
                 .then(|| self.copy_view(&core.kernel));
-                return Ok(Some((batch, records, view)));
+                return Ok(Some(Next {
+                    batch,
+                    records,
+                    view,
+                    snapshot,
+                    large: core.snapshots.large(),
+                }));
             }
             if core.closing {
                 return Ok(None);

@@ -1,0 +1,322 @@
+//! The snapshot replica: snapshots of a large state, taken off the lock.
+//!
+//! Encoding a snapshot costs in proportion to the state (at 100 000 agents
+//! tens of milliseconds), and the kernel must not change meanwhile: taken
+//! by the writer, it held the sequencer's lock, and every agent's operation
+//! waited. Once the state is large (see [`LARGE_STATE`]) the writer starts
+//! a replica instead: a thread with a kernel of its own, recovered from the
+//! store (the newest snapshot and the log after it), then fed the records
+//! of every batch the writer commits, in order. When a snapshot is due the
+//! writer asks the replica for one at that batch's head; the replica
+//! encodes its own state there and stores it in a transaction of its own.
+//! No lock of the host is held for any of it. The price: a second copy of
+//! the state in memory, and each record applied a second time (without
+//! re-checking its hash) on the replica's thread.
+//!
+//! The writer hands records over without waiting unless the replica is more
+//! than [`MAX_QUEUED_BYTES`] behind (it catches up quickly: applying a
+//! record costs a fraction of what producing it did). A replica that fails
+//! (it cannot recover, a record does not apply, a snapshot cannot be
+//! stored) logs why and stops; the writer then snapshots under the lock as
+//! before.
+//!
+//! [`LARGE_STATE`]: super::snapshots::LARGE_STATE
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use toka_kernel::Kernel;
+
+use crate::runtime::metrics::SnapshotCounts;
+use crate::store::event_store::EventStore;
+
+/// The most record bytes handed over and not yet applied before the
+/// writer waits for the replica.
+pub(super) const MAX_QUEUED_BYTES: usize = 64 << 20;
+
+/// What the writer hands over, in commit order.
+enum Feed {
+    /// A committed batch's records, `(seq, bytes)`.
+    Records(Vec<(u64, Vec<u8>)>),
+    /// Store a snapshot of the state after this record.
+    Snapshot(u64),
+}
+
+/// The hand-over between the writer and the replica's thread.
+#[derive(Default)]
+struct Queue {
+    inner: Mutex<Queued>,
+    /// Signalled when something is queued, taken, or either side stops.
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Queued {
+    feeds: VecDeque<Feed>,
+    bytes: usize,
+    /// The writer hands over nothing more: finish the queue and stop.
+    closed: bool,
+    /// The replica stopped (failed): hand over nothing more.
+    stopped: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, Queued> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running replica, owned by the writer thread. Dropping it lets the
+/// replica finish what was handed over (the snapshots asked for included)
+/// and waits for its thread: the store is then no longer in its hands.
+pub(super) struct Replica {
+    queue: Arc<Queue>,
+    /// Size of the replica's newest snapshot (0 before the first).
+    last_len: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Replica {
+    /// Starts a replica of the state in `store`. Call it between two
+    /// appends and hand over every batch appended after: the replica
+    /// recovers from what is stored, and skips the records it already has.
+    pub(super) fn start(
+        store: Arc<dyn EventStore>,
+        counts: Arc<SnapshotCounts>,
+    ) -> std::io::Result<Replica> {
+        let queue = Arc::new(Queue::default());
+        let last_len = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (queue, last_len) = (Arc::clone(&queue), Arc::clone(&last_len));
+            std::thread::Builder::new()
+                .name("toka-snapshots".into())
+                .spawn(move || {
+                    let run = std::panic::AssertUnwindSafe(|| {
+                        replicate(&*store, &queue, &last_len, &counts)
+                    });
+                    let failure = match std::panic::catch_unwind(run) {
+                        Ok(result) => result.err(),
+                        Err(_) => Some("it panicked".to_owned()),
+                    };
+                    if let Some(reason) = failure {
+                        tracing::warn!(
+                            %reason,
+                            "the snapshot replica stopped; snapshots are taken under the lock again"
+                        );
+                    }
+                    let mut queued = queue.lock();
+                    queued.stopped = true;
+                    queued.feeds.clear();
+                    queued.bytes = 0;
+                    queue.changed.notify_all();
+                })?
+        };
+        Ok(Replica {
+            queue,
+            last_len,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands over a committed batch's records; false when the replica has
+    /// stopped. Waits while the replica is [`MAX_QUEUED_BYTES`] behind.
+    pub(super) fn feed(&self, records: Vec<(u64, Vec<u8>)>) -> bool {
+        let bytes = records.iter().map(|(_, r)| r.len()).sum();
+        let mut queued = self.queue.lock();
+        while queued.bytes > MAX_QUEUED_BYTES && !queued.stopped {
+            queued = self
+                .queue
+                .changed
+                .wait(queued)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        self.push(queued, Feed::Records(records), bytes)
+    }
+
+    /// Asks for a snapshot after record `head` (handed over already);
+    /// false when the replica has stopped.
+    pub(super) fn snapshot(&self, head: u64) -> bool {
+        self.push(self.queue.lock(), Feed::Snapshot(head), 0)
+    }
+
+    fn push(&self, mut queued: MutexGuard<'_, Queued>, feed: Feed, bytes: usize) -> bool {
+        if queued.stopped {
+            return false;
+        }
+        queued.feeds.push_back(feed);
+        queued.bytes += bytes;
+        self.queue.changed.notify_all();
+        true
+    }
+
+    /// Size of the replica's newest snapshot, once it has stored one.
+    pub(super) fn last_len(&self) -> Option<usize> {
+        match self.last_len.load(Ordering::Relaxed) {
+            0 => None,
+            len => usize::try_from(len).ok(),
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        {
+            let mut queued = self.queue.lock();
+            queued.closed = true;
+            self.queue.changed.notify_all();
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().ok();
+        }
+    }
+}
+
+/// The replica's thread: recover, then apply and snapshot as handed over,
+/// until the writer closes the queue.
+fn replicate(
+    store: &dyn EventStore,
+    queue: &Queue,
+    last_len: &AtomicU64,
+    counts: &SnapshotCounts,
+) -> Result<(), String> {
+    let mut kernel = crate::log::recovery::recover_live(store)
+        .map_err(|e| format!("recovering the state failed: {e}"))?;
+    loop {
+        let feed = {
+            let mut queued = queue.lock();
+            loop {
+                if let Some(feed) = queued.feeds.pop_front() {
+                    if let Feed::Records(records) = &feed {
+                        queued.bytes -= records.iter().map(|(_, r)| r.len()).sum::<usize>();
+                        queue.changed.notify_all();
+                    }
+                    break feed;
+                }
+                if queued.closed {
+                    return Ok(());
+                }
+                queued = queue
+                    .changed
+                    .wait(queued)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        match feed {
+            Feed::Records(records) => apply(&mut kernel, &records)?,
+            Feed::Snapshot(head) => {
+                if kernel.head().seq != head {
+                    return Err(format!(
+                        "asked for a snapshot after record {head}, the replica is at {}",
+                        kernel.head().seq
+                    ));
+                }
+                let bytes = crate::store::snapshot::encode(&kernel);
+                last_len.store(bytes.len() as u64, Ordering::Relaxed);
+                store
+                    .put_snapshot(head, bytes)
+                    .map_err(|e| format!("storing the snapshot after record {head} failed: {e}"))?;
+                counts.stored(true);
+            }
+        }
+    }
+}
+
+/// Applies a committed batch's records the replica does not have yet.
+fn apply(kernel: &mut Kernel, records: &[(u64, Vec<u8>)]) -> Result<(), String> {
+    for (seq, bytes) in records {
+        if *seq <= kernel.head().seq {
+            continue;
+        }
+        kernel
+            .restore(bytes)
+            .map_err(|e| format!("record {seq} does not apply: {e}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use toka_kernel::{
+        Command, ComponentSpec, Digest, EntityId, Kernel, Limits, Operation, Timestamp,
+    };
+
+    use crate::runtime::metrics::SnapshotCounts;
+    use crate::runtime::sequencer::replica::Replica;
+    use crate::store::event_store::{Batch, EventStore};
+    use crate::store::memory::MemoryStore;
+
+    /// The next `n` records of `kernel`'s log, as one batch.
+    fn batch(kernel: &mut Kernel, n: u64) -> Batch {
+        let mut batch = Batch::default();
+        for _ in 0..n {
+            let i = kernel.head().seq;
+            let component = Box::new(ComponentSpec {
+                digest: Digest::of(&i.to_le_bytes()),
+                name: format!("component-{i}"),
+                size: 1,
+            });
+            let command = Command::system(
+                EntityId::SYSTEM,
+                Timestamp(i),
+                Operation::InstallComponent { component },
+            );
+            let applied = kernel.apply(command).unwrap();
+            batch.records.push((applied.seq, applied.bytes));
+        }
+        batch.head = kernel.head();
+        batch
+    }
+
+    fn start(store: &Arc<MemoryStore>) -> Replica {
+        Replica::start(
+            Arc::clone(store) as Arc<dyn EventStore>,
+            Arc::new(SnapshotCounts::default()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_replica_recovers_what_is_stored_applies_what_it_is_handed_and_snapshots_there() {
+        let store = Arc::new(MemoryStore::new(Limits::default()));
+        let mut kernel = Kernel::new(Limits::default());
+        store.append(batch(&mut kernel, 10)).unwrap();
+        let replica = start(&store);
+        // Appended while the replica recovers: it may have read these
+        // from the store already, and skips what it has.
+        for _ in 0..3 {
+            let next = batch(&mut kernel, 5);
+            store.append(next.clone()).unwrap();
+            assert!(replica.feed(next.records));
+        }
+        assert!(replica.snapshot(25));
+        // Dropping it lets it finish: the snapshot asked for is stored.
+        drop(replica);
+        let stored = store.snapshot(25).unwrap().expect("the replica stored it");
+        let snapshot = crate::store::snapshot::decode(&stored).unwrap();
+        assert_eq!(snapshot.head, kernel.head());
+        assert_eq!(snapshot.state.digest(), kernel.state().digest());
+    }
+
+    #[test]
+    fn a_replica_handed_a_gap_stops_and_stores_nothing() {
+        let store = Arc::new(MemoryStore::new(Limits::default()));
+        let mut kernel = Kernel::new(Limits::default());
+        store.append(batch(&mut kernel, 10)).unwrap();
+        let replica = start(&store);
+        let _never_handed = batch(&mut kernel, 5);
+        assert!(replica.feed(batch(&mut kernel, 5).records));
+        // Refused from when it stops (it cannot apply record 16 after 10).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while replica.snapshot(20) {
+            assert!(Instant::now() < deadline, "the replica never stopped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(replica);
+        assert_eq!(store.snapshot(20).unwrap(), None);
+    }
+}

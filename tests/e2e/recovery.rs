@@ -394,6 +394,16 @@ async fn a_large_state_is_snapshotted_off_the_lock_and_its_snapshots_verify() {
     assert!(after.snapshots_off_lock > 0, "{after:?}");
     assert_eq!(after.snapshots - after.snapshots_off_lock, large.snapshots);
     let head = arena.host.head().seq;
+    // Readers' copies of the state come from the replica now: all that is
+    // committed, the last puts included.
+    let (keys, completed) = arena
+        .host
+        .state(|s| {
+            let agent = s.agent(probe).expect("the probe");
+            (agent.state.len(), agent.completed)
+        })
+        .await;
+    assert_eq!((keys, completed), (400, 1_200));
 
     // Every stored snapshot holds exactly the replayed state at its
     // record (`finish` verifies the log), and the host starts from the

@@ -275,6 +275,8 @@ pub(super) struct Shared {
     pub(super) want_view: std::sync::atomic::AtomicBool,
     /// When the next view may be copied (see [`ViewBudget`]).
     pub(super) view_budget: Mutex<ViewBudget>,
+    /// The snapshot replica, while one runs: it copies views off the lock.
+    pub(super) replica_views: Mutex<Option<super::replica::Views>>,
     /// Wakes the writer when there is something pending (or on close).
     pub(super) work: Condvar,
     /// The highest durable sequence number.
@@ -293,6 +295,38 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .wait(std::time::Instant::now())
+    }
+
+    /// Sets (or clears) the replica readers ask for views.
+    pub(super) fn set_replica_views(&self, views: Option<super::replica::Views>) {
+        *self.replica_views.lock().unwrap_or_else(|e| e.into_inner()) = views;
+    }
+
+    /// Asks the replica, if one runs, for a view; false when none took
+    /// the request.
+    fn ask_replica(&self) -> bool {
+        self.replica_views
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(super::replica::Views::ask)
+    }
+
+    /// Takes a view the replica copied (`None`: it stopped), charging the
+    /// copy's time to the view budget, and wakes the readers waiting.
+    pub(super) fn publish_view(&self, copy: Option<super::replica::ViewCopy>) {
+        if let Some((head, state, took)) = copy {
+            self.view_budget
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .copied(took, std::time::Instant::now());
+            let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
+            if view.0.seq < head.seq {
+                *view = (head, state);
+            }
+        }
+        // Readers wait on the committed number (see `committed_view`).
+        self.committed.send_modify(|_| {});
     }
 
     /// Copies `kernel`'s state for readers (the caller holds the lock),
@@ -366,6 +400,7 @@ impl Sequencer {
                 view: Mutex::new(view),
                 want_view: std::sync::atomic::AtomicBool::new(false),
                 view_budget: Mutex::new(ViewBudget::default()),
+                replica_views: Mutex::new(None),
                 core: Mutex::new(Core {
                     writer: State::Busy,
                     kernel,
@@ -437,6 +472,13 @@ impl Sequencer {
             let wait = self.shared.view_wait();
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
+                continue;
+            }
+            // A large state: the replica copies it, and no lock is held.
+            if self.shared.ask_replica() {
+                if rx.changed().await.is_err() {
+                    return view;
+                }
                 continue;
             }
             {

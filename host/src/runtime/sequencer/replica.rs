@@ -13,6 +13,11 @@
 //! the state in memory, and each record applied a second time (without
 //! re-checking its hash) on the replica's thread.
 //!
+//! Readers of the committed state (see `views`) ask the replica too while
+//! it runs: it copies its own state for them, at the head of the last
+//! batch handed over, which is at least what was committed when they
+//! asked (the writer hands a batch over before it makes it visible).
+//!
 //! The writer hands records over without waiting unless the replica is more
 //! than [`MAX_QUEUED_BYTES`] behind (it catches up quickly: applying a
 //! record costs a fraction of what producing it did). A replica that fails
@@ -26,8 +31,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use toka_kernel::Kernel;
+use toka_kernel::{ChainHead, Kernel};
 
 use crate::runtime::metrics::SnapshotCounts;
 use crate::store::event_store::EventStore;
@@ -42,7 +48,17 @@ enum Feed {
     Records(Vec<(u64, Vec<u8>)>),
     /// Store a snapshot of the state after this record.
     Snapshot(u64),
+    /// Copy the state for readers.
+    View,
 }
+
+/// A copy of the state for readers: the head it is the state after, the
+/// state, and the time the copy took.
+pub(super) type ViewCopy = (ChainHead, Arc<toka_kernel::WorldState>, Duration);
+
+/// Where the replica hands its copies of the state for readers; `None`
+/// when it stops (the readers waiting for a copy are to look elsewhere).
+pub(super) type PublishView = Box<dyn Fn(Option<ViewCopy>) + Send>;
 
 /// The hand-over between the writer and the replica's thread.
 #[derive(Default)]
@@ -60,6 +76,8 @@ struct Queued {
     closed: bool,
     /// The replica stopped (failed): hand over nothing more.
     stopped: bool,
+    /// A [`Feed::View`] is queued: readers asking meanwhile share it.
+    view_asked: bool,
 }
 
 impl Queue {
@@ -85,6 +103,7 @@ impl Replica {
     pub(super) fn start(
         store: Arc<dyn EventStore>,
         counts: Arc<SnapshotCounts>,
+        publish: PublishView,
     ) -> std::io::Result<Replica> {
         let queue = Arc::new(Queue::default());
         let last_len = Arc::new(AtomicU64::new(0));
@@ -94,7 +113,7 @@ impl Replica {
                 .name("toka-snapshots".into())
                 .spawn(move || {
                     let run = std::panic::AssertUnwindSafe(|| {
-                        replicate(&*store, &queue, &last_len, &counts)
+                        replicate(&*store, &queue, &last_len, &counts, &publish)
                     });
                     let failure = match std::panic::catch_unwind(run) {
                         Ok(result) => result.err(),
@@ -106,11 +125,14 @@ impl Replica {
                             "the snapshot replica stopped; snapshots are taken under the lock again"
                         );
                     }
-                    let mut queued = queue.lock();
-                    queued.stopped = true;
-                    queued.feeds.clear();
-                    queued.bytes = 0;
-                    queue.changed.notify_all();
+                    {
+                        let mut queued = queue.lock();
+                        queued.stopped = true;
+                        queued.feeds.clear();
+                        queued.bytes = 0;
+                        queue.changed.notify_all();
+                    }
+                    publish(None);
                 })?
         };
         Ok(Replica {
@@ -141,14 +163,13 @@ impl Replica {
         self.push(self.queue.lock(), Feed::Snapshot(head), 0)
     }
 
-    fn push(&self, mut queued: MutexGuard<'_, Queued>, feed: Feed, bytes: usize) -> bool {
-        if queued.stopped {
-            return false;
-        }
-        queued.feeds.push_back(feed);
-        queued.bytes += bytes;
-        self.queue.changed.notify_all();
-        true
+    fn push(&self, queued: MutexGuard<'_, Queued>, feed: Feed, bytes: usize) -> bool {
+        push(&self.queue, queued, feed, bytes)
+    }
+
+    /// A handle for readers to ask this replica for copies of the state.
+    pub(super) fn views(&self) -> Views {
+        Views(Arc::clone(&self.queue))
     }
 
     /// Size of the replica's newest snapshot, once it has stored one.
@@ -157,6 +178,37 @@ impl Replica {
             0 => None,
             len => usize::try_from(len).ok(),
         }
+    }
+}
+
+fn push(queue: &Queue, mut queued: MutexGuard<'_, Queued>, feed: Feed, bytes: usize) -> bool {
+    if queued.stopped {
+        return false;
+    }
+    queued.feeds.push_back(feed);
+    queued.bytes += bytes;
+    queue.changed.notify_all();
+    true
+}
+
+/// Readers' way to a running replica (see [`Replica::views`]).
+#[derive(Clone)]
+pub(super) struct Views(Arc<Queue>);
+
+impl Views {
+    /// Asks for a copy of the state after everything handed over so far
+    /// (shared with the readers who asked before it was made); false when
+    /// the replica has stopped or is finishing.
+    pub(super) fn ask(&self) -> bool {
+        let mut queued = self.0.lock();
+        if queued.closed {
+            return false;
+        }
+        if queued.view_asked && !queued.stopped {
+            return true;
+        }
+        queued.view_asked = true;
+        push(&self.0, queued, Feed::View, 0)
     }
 }
 
@@ -180,6 +232,7 @@ fn replicate(
     queue: &Queue,
     last_len: &AtomicU64,
     counts: &SnapshotCounts,
+    publish: &PublishView,
 ) -> Result<(), String> {
     let mut kernel = crate::log::recovery::recover_live(store)
         .map_err(|e| format!("recovering the state failed: {e}"))?;
@@ -188,9 +241,13 @@ fn replicate(
             let mut queued = queue.lock();
             loop {
                 if let Some(feed) = queued.feeds.pop_front() {
-                    if let Feed::Records(records) = &feed {
-                        queued.bytes -= records.iter().map(|(_, r)| r.len()).sum::<usize>();
-                        queue.changed.notify_all();
+                    match &feed {
+                        Feed::Records(records) => {
+                            queued.bytes -= records.iter().map(|(_, r)| r.len()).sum::<usize>();
+                            queue.changed.notify_all();
+                        }
+                        Feed::View => queued.view_asked = false,
+                        Feed::Snapshot(_) => {}
                     }
                     break feed;
                 }
@@ -219,6 +276,11 @@ fn replicate(
                     .map_err(|e| format!("storing the snapshot after record {head} failed: {e}"))?;
                 counts.stored(true);
             }
+            Feed::View => {
+                let started = Instant::now();
+                let state = Arc::new(kernel.state().clone());
+                publish(Some((kernel.head(), state, started.elapsed())));
+            }
         }
     }
 }
@@ -238,7 +300,7 @@ fn apply(kernel: &mut Kernel, records: &[(u64, Vec<u8>)]) -> Result<(), String> 
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use std::sync::{Arc, mpsc};
     use std::time::{Duration, Instant};
 
     use toka_kernel::{
@@ -246,7 +308,7 @@ mod tests {
     };
 
     use crate::runtime::metrics::SnapshotCounts;
-    use crate::runtime::sequencer::replica::Replica;
+    use crate::runtime::sequencer::replica::{Replica, ViewCopy};
     use crate::store::event_store::{Batch, EventStore};
     use crate::store::memory::MemoryStore;
 
@@ -272,12 +334,17 @@ mod tests {
         batch
     }
 
-    fn start(store: &Arc<MemoryStore>) -> Replica {
-        Replica::start(
+    /// A replica over `store`, and what it publishes for readers.
+    fn start(store: &Arc<MemoryStore>) -> (Replica, mpsc::Receiver<Option<ViewCopy>>) {
+        let (tx, rx) = mpsc::channel();
+        let publish = move |copy| tx.send(copy).unwrap_or_default();
+        let replica = Replica::start(
             Arc::clone(store) as Arc<dyn EventStore>,
             Arc::new(SnapshotCounts::default()),
+            Box::new(publish),
         )
-        .unwrap()
+        .unwrap();
+        (replica, rx)
     }
 
     #[test]
@@ -285,7 +352,7 @@ mod tests {
         let store = Arc::new(MemoryStore::new(Limits::default()));
         let mut kernel = Kernel::new(Limits::default());
         store.append(batch(&mut kernel, 10)).unwrap();
-        let replica = start(&store);
+        let (replica, published) = start(&store);
         // Appended while the replica recovers: it may have read these
         // from the store already, and skips what it has.
         for _ in 0..3 {
@@ -294,6 +361,13 @@ mod tests {
             assert!(replica.feed(next.records));
         }
         assert!(replica.snapshot(25));
+        // A reader's copy: of the state after everything handed over.
+        assert!(replica.views().ask());
+        let (head, state, _) = published.recv().unwrap().expect("a copy");
+        assert_eq!(
+            (head, state.digest()),
+            (kernel.head(), kernel.state().digest())
+        );
         // Dropping it lets it finish: the snapshot asked for is stored.
         drop(replica);
         let stored = store.snapshot(25).unwrap().expect("the replica stored it");
@@ -307,7 +381,7 @@ mod tests {
         let store = Arc::new(MemoryStore::new(Limits::default()));
         let mut kernel = Kernel::new(Limits::default());
         store.append(batch(&mut kernel, 10)).unwrap();
-        let replica = start(&store);
+        let (replica, published) = start(&store);
         let _never_handed = batch(&mut kernel, 5);
         assert!(replica.feed(batch(&mut kernel, 5).records));
         // Refused from when it stops (it cannot apply record 16 after 10).
@@ -316,6 +390,9 @@ mod tests {
             assert!(Instant::now() < deadline, "the replica never stopped");
             std::thread::sleep(Duration::from_millis(5));
         }
+        // Readers waiting for a copy are told none is coming.
+        assert!(published.recv().unwrap().is_none());
+        assert!(!replica.views().ask());
         drop(replica);
         assert_eq!(store.snapshot(20).unwrap(), None);
     }

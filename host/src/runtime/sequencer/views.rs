@@ -2,20 +2,21 @@
 //!
 //! A reader of the committed state (`Host::state`: the API's status,
 //! metrics, packages, `/v1/log/state`) gets a copy of the whole state,
-//! taken under the sequencer's lock: at 100 000 agents a copy holds the
-//! lock for milliseconds, and every agent's operation waits meanwhile. A
-//! client with the least rights polling the status in a loop would
-//! otherwise have the host copy its state at every commit and hold the
-//! lock most of the time. Copies are spaced so they hold the lock for at
-//! most [`SHARE`] of the time: after a copy that took `d`, the next one
-//! waits `d × (1 − SHARE) / SHARE`. A small state copies in microseconds,
-//! so the spacing is then microseconds too; readers waiting meanwhile
-//! share the next copy, and each still sees everything that was durable
-//! when it asked.
+//! taken under the sequencer's lock while the state is small, and by the
+//! snapshot replica from its own kernel once it is large (see `replica`):
+//! at 100 000 agents a copy takes milliseconds, and under the lock every
+//! agent's operation would wait meanwhile. A client with the least rights
+//! polling the status in a loop would otherwise have the host copy its
+//! state at every commit. Copies are spaced so they take at most
+//! [`SHARE`] of the time (of the lock, or of the replica's core): after a
+//! copy that took `d`, the next one waits `d × (1 − SHARE) / SHARE`. A
+//! small state copies in microseconds, so the spacing is then
+//! microseconds too; readers waiting meanwhile share the next copy, and
+//! each still sees everything that was durable when it asked.
 
 use std::time::{Duration, Instant};
 
-/// The most of the time copies for readers may hold the sequencer's lock.
+/// The most of the time copies for readers may take.
 pub(super) const SHARE: f64 = 0.05;
 
 /// When the next copy of the state for readers may be taken.

@@ -65,14 +65,19 @@ impl Sequencer {
 }
 
 fn write_until_closed(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     store: &Arc<dyn EventStore>,
     mut on_commit: OnCommit,
 ) -> Result<(), Stopped> {
     // Started once the state is large; `None` again if it fails.
     let mut replica: Option<Replica> = None;
     let mut replica_failed = false;
-    while let Some(next) = shared.next_batch(replica.as_ref())? {
+    let result = loop {
+        let next = match shared.next_batch(replica.as_ref()) {
+            Ok(Some(next)) => next,
+            Ok(None) => break Ok(()),
+            Err(stopped) => break Err(stopped),
+        };
         let Next {
             mut batch,
             records,
@@ -86,15 +91,40 @@ fn write_until_closed(
         let handed = replica.as_ref().map(|_| batch.records.clone());
         let snapshotted = batch.snapshot.is_some();
         let started = std::time::Instant::now();
-        store
-            .append(batch)
-            .map_err(|e| Stopped(format!("committing the log failed: {e}")))?;
+        if let Err(e) = store.append(batch) {
+            break Err(Stopped(format!("committing the log failed: {e}")));
+        }
         if snapshotted {
             shared.metrics.snapshots.stored(false);
         }
         shared.metrics.committed(&records, started.elapsed());
         if let Some(view) = view {
             *shared.view.lock().unwrap_or_else(|e| e.into_inner()) = (head, view);
+        }
+        // Handed to the replica before it is visible, so a reader asking
+        // the replica for the state gets at least what is committed.
+        match (&replica, handed) {
+            (Some(running), Some(handed)) => {
+                let fed = running.feed(handed) && snapshot.is_none_or(|at| running.snapshot(at));
+                if !fed {
+                    shared.set_replica_views(None);
+                    replica = None;
+                    replica_failed = true;
+                }
+            }
+            // Between two appends: the replica recovers what is stored,
+            // and is handed every batch appended from now on.
+            _ if large && !replica_failed => match start_replica(shared, store) {
+                Ok(started) => {
+                    shared.set_replica_views(Some(started.views()));
+                    replica = Some(started);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the snapshot replica; snapshots are taken under the lock");
+                    replica_failed = true;
+                }
+            },
+            _ => {}
         }
         // Durable first, then visible: actors woken below already see the
         // new committed number.
@@ -103,29 +133,23 @@ fn write_until_closed(
             on_commit(Arc::new(Committed { records }));
         }
         shared.published.send_replace(last);
-        match (&replica, handed) {
-            (Some(running), Some(handed)) => {
-                let fed = running.feed(handed) && snapshot.is_none_or(|at| running.snapshot(at));
-                if !fed {
-                    replica = None;
-                    replica_failed = true;
-                }
-            }
-            // Between two appends: the replica recovers what is stored,
-            // and is handed every batch appended from now on.
-            _ if large && !replica_failed => {
-                match Replica::start(Arc::clone(store), Arc::clone(&shared.metrics.snapshots)) {
-                    Ok(started) => replica = Some(started),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot start the snapshot replica; snapshots are taken under the lock");
-                        replica_failed = true;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+    };
+    // Readers copy under the lock again; the replica finishes what it was
+    // handed (dropped here, before the writer is done with the store).
+    shared.set_replica_views(None);
+    drop(replica);
+    result
+}
+
+/// Starts a snapshot replica over `store` that hands its copies of the
+/// state to `shared`'s readers.
+fn start_replica(shared: &Arc<Shared>, store: &Arc<dyn EventStore>) -> std::io::Result<Replica> {
+    let readers = Arc::clone(shared);
+    Replica::start(
+        Arc::clone(store),
+        Arc::clone(&shared.metrics.snapshots),
+        Box::new(move |copy| readers.publish_view(copy)),
+    )
 }
 
 /// The tasks the records end, with the record that ends each.

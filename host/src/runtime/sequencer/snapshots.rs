@@ -42,9 +42,10 @@ impl SnapshotPolicy {
         }
     }
 
-    /// Whether the last snapshot was at least [`LARGE_STATE`] big.
+    /// Whether snapshots are taken and the last one was at least
+    /// [`LARGE_STATE`] big.
     pub(super) fn large(&self) -> bool {
-        self.last_len >= LARGE_STATE
+        self.every > 0 && self.last_len >= LARGE_STATE
     }
 
     /// Size of the last snapshot (0 before the first).
@@ -87,6 +88,12 @@ mod tests {
         assert!(
             !SnapshotPolicy::new(0, 0, 0).due(u64::MAX),
             "0 turns them off"
+        );
+        let big = 2 * LARGE_STATE as usize;
+        assert!(SnapshotPolicy::new(100, 0, big).large());
+        assert!(
+            !SnapshotPolicy::new(0, 0, big).large(),
+            "no replica when snapshots are off"
         );
     }
 

@@ -159,6 +159,10 @@ struct Index {
     tail: Mutex<Tail>,
     /// Notified when [`Tail::older`] changes.
     older_read: Condvar,
+    /// Held while a snapshot is stored: the writer's (with a batch), the
+    /// snapshot replica's and an operator's may overlap, and each updates
+    /// the list of snapshots it read before.
+    snapshot_writes: Mutex<()>,
 }
 
 /// Where the index of the log's beginning stands.
@@ -810,6 +814,11 @@ impl CellStore {
     }
 
     fn keep_snapshots(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        let _one_at_a_time = self
+            .index
+            .snapshot_writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let mut snapshots = self.snapshots()?;
         self.put_object(&format!("snap.{seq:020}"), bytes)?;
         if !snapshots.contains(&seq) {

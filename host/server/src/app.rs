@@ -45,6 +45,9 @@ pub(crate) struct App {
     /// The census `/v1/status` and `/metrics` report, by the sequence
     /// number of the head of the state it counts.
     pub(crate) census: tokio::sync::Mutex<Option<(u64, crate::api::system::Census)>>,
+    /// The index the filtered agent list walks, by the sequence number of
+    /// the head of the state it indexes (see [`crate::api::index`]).
+    pub(crate) agent_index: tokio::sync::Mutex<Option<(u64, Arc<crate::api::index::AgentIndex>)>>,
     /// Turns true when the server shuts down: streams end.
     pub(crate) closing: watch::Receiver<bool>,
 }
@@ -74,6 +77,7 @@ impl App {
             log_reads: Semaphore::new(2),
             encoded_state: tokio::sync::Mutex::new(None),
             census: tokio::sync::Mutex::new(None),
+            agent_index: tokio::sync::Mutex::new(None),
             closing,
         }
     }

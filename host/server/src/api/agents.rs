@@ -9,6 +9,7 @@ use toka_host::{Budget, Grant, Right, Token};
 use toka_kernel::{AgentId, AgentRecord, AgentStatus, Digest, EntityId, WorldState, to_hex};
 use utoipa::IntoParams;
 
+use crate::api::index::{AgentFilter, agent_index, status_name};
 use crate::api::tasks::unfinished_view;
 use crate::api::{AuthErrors, BodyErrors, Paging};
 use crate::app::App;
@@ -167,26 +168,29 @@ pub(crate) async fn list(
         .as_deref()
         .map(|c| parse_id::<EntityId>("agent", c))
         .transpose()?;
-    let (items, next_cursor) = app
-        .host
-        .state(|s| {
-            let component = query.component.as_deref().map(|c| {
-                c.parse::<Digest>()
-                    .ok()
-                    .or_else(|| s.component_named(c).map(|spec| spec.digest))
-            });
-            let agents = s.agents_after(after).map(|(id, a)| {
-                let matches = query
-                    .status
-                    .as_deref()
-                    .is_none_or(|st| status_name(&a.status) == st)
-                    && parent.is_none_or(|p| a.parent == p)
-                    && component.is_none_or(|c| c == Some(a.component));
-                (id, matches.then(|| view(id, a, s)))
-            });
-            paging.page_walk(agents, |id| id.to_string())
-        })
-        .await;
+    let (head, s) = app.host.committed_view().await;
+    let filter = AgentFilter {
+        parent,
+        component: query.component.as_deref().map(|c| {
+            c.parse::<Digest>()
+                .ok()
+                .or_else(|| s.component_named(c).map(|spec| spec.digest))
+        }),
+        status: query.status.as_deref(),
+    };
+    let index = agent_index(&app, head.seq, &s, &filter).await;
+    let entry = |(id, a): (AgentId, &AgentRecord)| (id, filter.matches(a).then(|| view(id, a, &s)));
+    let (items, next_cursor) = match index.as_deref().and_then(|i| i.candidates(&filter)) {
+        // Only the agents one of the filters selects, from the cursor on.
+        Some(ids) => {
+            let start = after.map_or(0, |a| ids.partition_point(|id| *id <= a));
+            let agents = ids[start..]
+                .iter()
+                .filter_map(|id| s.agent(*id).map(|a| (*id, a)));
+            paging.page_walk(agents.map(entry), |id| id.to_string())
+        }
+        None => paging.page_walk(s.agents_after(after).map(entry), |id| id.to_string()),
+    };
     Ok(axum::Json(AgentPage { items, next_cursor }))
 }
 
@@ -357,15 +361,6 @@ async fn agent_or_404(app: &App, agent: AgentId) -> Result<AgentView, ApiError> 
         .state(|s| s.agent(agent).map(|a| view(agent, a, s)))
         .await
         .ok_or_else(|| ApiError::not_found(format!("no agent {agent}")))
-}
-
-/// `active`, `quarantined` or `terminated`.
-pub(crate) fn status_name(status: &AgentStatus) -> &'static str {
-    match status {
-        AgentStatus::Active => "active",
-        AgentStatus::Quarantined { .. } => "quarantined",
-        AgentStatus::Terminated { .. } => "terminated",
-    }
 }
 
 /// An agent as lists show it.

@@ -3,6 +3,7 @@
 
 pub(crate) mod agents;
 pub(crate) mod components;
+pub(crate) mod index;
 pub(crate) mod log;
 pub(crate) mod packages;
 pub(crate) mod secrets;

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use toka_host::{TaskInfo, TaskState};
-use toka_kernel::{EntityId, TaskId, TaskStatus, WorldState, to_hex};
+use toka_kernel::{AgentId, EntityId, TaskId, TaskStatus, WorldState, to_hex};
 use utoipa::IntoParams;
 
 use crate::api::{AuthErrors, BodyErrors, Paging};
@@ -137,15 +137,40 @@ pub(crate) async fn list(
     let (items, next_cursor) = app
         .host
         .state(|s| {
-            let tasks = s.tasks_after(after).map(|(id, t)| {
+            let entry = |(id, t): (TaskId, &toka_kernel::TaskRecord)| {
                 let matches = agent.is_none_or(|a| t.agent == a)
                     && running.is_none_or(|r| r == matches!(t.status, TaskStatus::Running(_)));
                 (id, matches.then(|| unfinished_view(s, id)).flatten())
-            });
-            paging.page_walk(tasks, |id| id.to_string())
+            };
+            match agent {
+                // One agent's unfinished tasks are its queue and the one it
+                // runs (at most `max_queue` + 1): no walk of every task.
+                Some(agent) => {
+                    let tasks = agent_tasks(s, agent, after)
+                        .into_iter()
+                        .filter_map(|id| s.task(id).map(|t| (id, t)));
+                    paging.page_walk(tasks.map(entry), |id| id.to_string())
+                }
+                None => paging.page_walk(s.tasks_after(after).map(entry), |id| id.to_string()),
+            }
         })
         .await;
     Ok(axum::Json(TaskPage { items, next_cursor }))
+}
+
+/// `agent`'s unfinished tasks after `after`, in id order.
+fn agent_tasks(s: &WorldState, agent: AgentId, after: Option<TaskId>) -> Vec<TaskId> {
+    let mut ids: Vec<TaskId> = s.agent(agent).map_or_else(Vec::new, |a| {
+        a.queue
+            .iter()
+            .copied()
+            .chain(a.running)
+            .filter(|id| after.is_none_or(|after| *id > after))
+            .collect()
+    });
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// How long to wait.
@@ -248,5 +273,85 @@ pub(crate) fn view(info: &TaskInfo) -> TaskView {
         reason,
         scheduled_seq: info.scheduled_seq,
         ended_seq: info.ended_seq,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use toka_kernel::{
+        AgentSpec, Command, ComponentSpec, Digest, EntityId, Event, Kernel, Limits, Operation,
+        TaskId, TaskSpec, Timestamp,
+    };
+
+    use crate::api::tasks::agent_tasks;
+
+    #[test]
+    fn an_agent_s_tasks_are_its_queue_and_its_running_one_in_id_order() {
+        let mut kernel = Kernel::new(Limits::default());
+        let mut apply = |origin, op| {
+            kernel
+                .apply(Command::system(origin, Timestamp(1), op))
+                .unwrap()
+                .events
+        };
+        let digest = Digest::of(b"c");
+        apply(
+            EntityId::SYSTEM,
+            Operation::InstallComponent {
+                component: Box::new(ComponentSpec {
+                    digest,
+                    name: "c".into(),
+                    size: 1,
+                }),
+            },
+        );
+        let mut spawn = |name: &str| {
+            let spec = AgentSpec {
+                component: digest,
+                name: name.into(),
+                token: Digest::of(name.as_bytes()),
+                rights: Vec::new(),
+            };
+            match apply(
+                EntityId::SYSTEM,
+                Operation::SpawnAgent {
+                    spec: Box::new(spec),
+                },
+            )[..]
+            {
+                [Event::AgentSpawned { agent, .. }, ..] => agent,
+                ref other => panic!("not spawned: {other:?}"),
+            }
+        };
+        let (agent, other) = (spawn("a"), spawn("b"));
+        let mut schedule = |to| {
+            let spec = TaskSpec {
+                description: "t".into(),
+            };
+            match apply(
+                EntityId::SYSTEM,
+                Operation::ScheduleTask { agent: to, spec },
+            )[..]
+            {
+                [Event::TaskScheduled { task, .. }, ..] => task,
+                ref other => panic!("not scheduled: {other:?}"),
+            }
+        };
+        let mut mine: Vec<TaskId> = (0..5).map(|_| schedule(agent)).collect();
+        schedule(other);
+        apply(agent, Operation::StartTask { task: mine[0] });
+        mine.sort_unstable();
+
+        let state = kernel.state();
+        assert_eq!(agent_tasks(state, agent, None), mine, "the running one too");
+        assert_eq!(agent_tasks(state, agent, Some(mine[1])), mine[2..]);
+        assert_eq!(
+            agent_tasks(state, agent, Some(mine[4])),
+            Vec::<TaskId>::new()
+        );
+        assert_eq!(
+            agent_tasks(state, EntityId::SYSTEM, None),
+            Vec::<TaskId>::new()
+        );
     }
 }

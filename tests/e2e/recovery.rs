@@ -379,20 +379,34 @@ async fn a_large_state_is_snapshotted_off_the_lock_and_its_snapshots_verify() {
         );
     };
     put_all().await;
+    // The state passed 1 MiB by the 282nd key: a snapshot since was
+    // large, and the replica took over (it may have taken one already:
+    // each put logs ~7.9 kB, its task's description and its value).
     let large = arena.host.metrics();
-    assert!(large.snapshots > 0);
-    assert_eq!(
-        large.snapshots_off_lock, 0,
-        "small states are snapshotted by the writer"
+    assert!(
+        large.snapshots > large.snapshots_off_lock,
+        "small states are snapshotted by the writer: {large:?}"
     );
     let large_head = arena.host.head().seq;
-    // Written again (1.6 MB logged, the state's size): the next
+    // Written twice more (~3 MB logged each time, twice the state): the
     // snapshots are the replica's, none is encoded under the lock.
     put_all().await;
     put_all().await;
+    // One asked for (`toka snapshot`, `POST /v1/snapshot`): the replica's
+    // too, at least at everything committed.
+    let committed = arena.host.head().seq;
+    let asked = arena.host.snapshot().await.unwrap();
+    assert!(asked >= committed, "{asked} < {committed}");
     let after = arena.host.metrics();
-    assert!(after.snapshots_off_lock > 0, "{after:?}");
-    assert_eq!(after.snapshots - after.snapshots_off_lock, large.snapshots);
+    assert!(
+        after.snapshots_off_lock >= large.snapshots_off_lock + 2,
+        "{after:?}"
+    );
+    assert_eq!(
+        after.snapshots - after.snapshots_off_lock,
+        large.snapshots - large.snapshots_off_lock,
+        "none under the lock since"
+    );
     let head = arena.host.head().seq;
     // Readers' copies of the state come from the replica now: all that is
     // committed, the last puts included.

@@ -275,8 +275,9 @@ pub(super) struct Shared {
     pub(super) want_view: std::sync::atomic::AtomicBool,
     /// When the next view may be copied (see [`ViewBudget`]).
     pub(super) view_budget: Mutex<ViewBudget>,
-    /// The snapshot replica, while one runs: it copies views off the lock.
-    pub(super) replica_views: Mutex<Option<super::replica::Views>>,
+    /// The snapshot replica, while one runs: it copies views and takes
+    /// snapshots asked for off the lock.
+    pub(super) replica: Mutex<Option<super::replica::Handle>>,
     /// Wakes the writer when there is something pending (or on close).
     pub(super) work: Condvar,
     /// The highest durable sequence number.
@@ -297,19 +298,14 @@ impl Shared {
             .wait(std::time::Instant::now())
     }
 
-    /// Sets (or clears) the replica readers ask for views.
-    pub(super) fn set_replica_views(&self, views: Option<super::replica::Views>) {
-        *self.replica_views.lock().unwrap_or_else(|e| e.into_inner()) = views;
+    /// Sets (or clears) the replica readers and operators ask.
+    pub(super) fn set_replica(&self, replica: Option<super::replica::Handle>) {
+        *self.replica.lock().unwrap_or_else(|e| e.into_inner()) = replica;
     }
 
-    /// Asks the replica, if one runs, for a view; false when none took
-    /// the request.
-    fn ask_replica(&self) -> bool {
-        self.replica_views
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .is_some_and(super::replica::Views::ask)
+    /// The replica, if one runs.
+    fn replica(&self) -> MutexGuard<'_, Option<super::replica::Handle>> {
+        self.replica.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Takes a view the replica copied (`None`: it stopped), charging the
@@ -400,7 +396,7 @@ impl Sequencer {
                 view: Mutex::new(view),
                 want_view: std::sync::atomic::AtomicBool::new(false),
                 view_budget: Mutex::new(ViewBudget::default()),
-                replica_views: Mutex::new(None),
+                replica: Mutex::new(None),
                 core: Mutex::new(Core {
                     writer: State::Busy,
                     kernel,
@@ -475,7 +471,7 @@ impl Sequencer {
                 continue;
             }
             // A large state: the replica copies it, and no lock is held.
-            if self.shared.ask_replica() {
+            if self.shared.replica().as_ref().is_some_and(|r| r.view()) {
                 if rx.changed().await.is_err() {
                     return view;
                 }
@@ -669,6 +665,26 @@ impl Sequencer {
     /// Writes a snapshot of the state at the log's head, once everything
     /// applied is durable; returns its sequence number.
     pub(crate) async fn snapshot_now(&self) -> Result<u64, Stopped> {
+        let failed = |e| Stopped(format!("writing the snapshot failed: {e}"));
+        // A large state: the replica takes it, holding no lock.
+        let head = self.read(|k| k.head().seq);
+        self.wait_durable(head).await?;
+        let asked = self
+            .shared
+            .replica()
+            .as_ref()
+            .and_then(|r| r.snapshot_now());
+        if let Some(answer) = asked {
+            match answer.await {
+                Ok(Ok((seq, len))) => {
+                    self.lock().snapshots.taken(seq, len);
+                    return Ok(seq);
+                }
+                Ok(Err(e)) => return Err(failed(e)),
+                // It stopped first: under the lock, below.
+                Err(_) => {}
+            }
+        }
         loop {
             let head = self.read(|k| k.head().seq);
             self.wait_durable(head).await?;
@@ -683,7 +699,7 @@ impl Sequencer {
             drop(core);
             store
                 .put_snapshot(head, bytes)
-                .map_err(|e| Stopped(format!("writing the snapshot failed: {e}")))?;
+                .map_err(|e| failed(e.to_string()))?;
             self.shared.metrics.snapshots.stored(false);
             return Ok(head);
         }

@@ -40,7 +40,7 @@ use crate::store::event_store::EventStore;
 
 /// The most record bytes handed over and not yet applied before the
 /// writer waits for the replica.
-pub(super) const MAX_QUEUED_BYTES: usize = 64 << 20;
+const MAX_QUEUED_BYTES: usize = 64 << 20;
 
 /// What the writer hands over, in commit order.
 enum Feed {
@@ -50,6 +50,8 @@ enum Feed {
     Snapshot(u64),
     /// Copy the state for readers.
     View,
+    /// Store a snapshot of the state now, answering `(seq, len)`.
+    SnapshotNow(tokio::sync::oneshot::Sender<Result<(u64, usize), String>>),
 }
 
 /// A copy of the state for readers: the head it is the state after, the
@@ -154,22 +156,19 @@ impl Replica {
                 .wait(queued)
                 .unwrap_or_else(|e| e.into_inner());
         }
-        self.push(queued, Feed::Records(records), bytes)
+        push(&self.queue, queued, Feed::Records(records), bytes)
     }
 
     /// Asks for a snapshot after record `head` (handed over already);
     /// false when the replica has stopped.
     pub(super) fn snapshot(&self, head: u64) -> bool {
-        self.push(self.queue.lock(), Feed::Snapshot(head), 0)
+        push(&self.queue, self.queue.lock(), Feed::Snapshot(head), 0)
     }
 
-    fn push(&self, queued: MutexGuard<'_, Queued>, feed: Feed, bytes: usize) -> bool {
-        push(&self.queue, queued, feed, bytes)
-    }
-
-    /// A handle for readers to ask this replica for copies of the state.
-    pub(super) fn views(&self) -> Views {
-        Views(Arc::clone(&self.queue))
+    /// A handle for others to ask this replica: readers for copies of
+    /// the state, operators for a snapshot.
+    pub(super) fn handle(&self) -> Handle {
+        Handle(Arc::clone(&self.queue))
     }
 
     /// Size of the replica's newest snapshot, once it has stored one.
@@ -181,6 +180,7 @@ impl Replica {
     }
 }
 
+/// Queues `feed` (`bytes` of records); false when the replica stopped.
 fn push(queue: &Queue, mut queued: MutexGuard<'_, Queued>, feed: Feed, bytes: usize) -> bool {
     if queued.stopped {
         return false;
@@ -191,15 +191,14 @@ fn push(queue: &Queue, mut queued: MutexGuard<'_, Queued>, feed: Feed, bytes: us
     true
 }
 
-/// Readers' way to a running replica (see [`Replica::views`]).
-#[derive(Clone)]
-pub(super) struct Views(Arc<Queue>);
+/// Others' way to a running replica (see [`Replica::handle`]).
+pub(super) struct Handle(Arc<Queue>);
 
-impl Views {
+impl Handle {
     /// Asks for a copy of the state after everything handed over so far
     /// (shared with the readers who asked before it was made); false when
     /// the replica has stopped or is finishing.
-    pub(super) fn ask(&self) -> bool {
+    pub(super) fn view(&self) -> bool {
         let mut queued = self.0.lock();
         if queued.closed {
             return false;
@@ -209,6 +208,20 @@ impl Views {
         }
         queued.view_asked = true;
         push(&self.0, queued, Feed::View, 0)
+    }
+
+    /// Asks for a snapshot of the state after everything handed over so
+    /// far; `None` when the replica has stopped or is finishing. The
+    /// answer is dropped unsent if the replica stops first.
+    pub(super) fn snapshot_now(
+        &self,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<(u64, usize), String>>> {
+        let queued = self.0.lock();
+        if queued.closed {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        push(&self.0, queued, Feed::SnapshotNow(tx), 0).then_some(rx)
     }
 }
 
@@ -247,7 +260,7 @@ fn replicate(
                             queue.changed.notify_all();
                         }
                         Feed::View => queued.view_asked = false,
-                        Feed::Snapshot(_) => {}
+                        Feed::Snapshot(_) | Feed::SnapshotNow(_) => {}
                     }
                     break feed;
                 }
@@ -269,12 +282,15 @@ fn replicate(
                         kernel.head().seq
                     ));
                 }
-                let bytes = crate::store::snapshot::encode(&kernel);
-                last_len.store(bytes.len() as u64, Ordering::Relaxed);
-                store
-                    .put_snapshot(head, bytes)
-                    .map_err(|e| format!("storing the snapshot after record {head} failed: {e}"))?;
-                counts.stored(true);
+                snapshot(store, &kernel, last_len, counts)?;
+            }
+            Feed::SnapshotNow(answer) => {
+                let taken = snapshot(store, &kernel, last_len, counts);
+                let failed = taken.as_ref().err().cloned();
+                answer.send(taken.map(|len| (kernel.head().seq, len))).ok();
+                if let Some(e) = failed {
+                    return Err(e);
+                }
             }
             Feed::View => {
                 let started = Instant::now();
@@ -283,6 +299,24 @@ fn replicate(
             }
         }
     }
+}
+
+/// Encodes and stores a snapshot of `kernel`'s state; its size.
+fn snapshot(
+    store: &dyn EventStore,
+    kernel: &Kernel,
+    last_len: &AtomicU64,
+    counts: &SnapshotCounts,
+) -> Result<usize, String> {
+    let head = kernel.head().seq;
+    let bytes = crate::store::snapshot::encode(kernel);
+    let len = bytes.len();
+    last_len.store(len as u64, Ordering::Relaxed);
+    store
+        .put_snapshot(head, bytes)
+        .map_err(|e| format!("storing the snapshot after record {head} failed: {e}"))?;
+    counts.stored(true);
+    Ok(len)
 }
 
 /// Applies a committed batch's records the replica does not have yet.
@@ -362,7 +396,7 @@ mod tests {
         }
         assert!(replica.snapshot(25));
         // A reader's copy: of the state after everything handed over.
-        assert!(replica.views().ask());
+        assert!(replica.handle().view());
         let (head, state, _) = published.recv().unwrap().expect("a copy");
         assert_eq!(
             (head, state.digest()),
@@ -392,7 +426,8 @@ mod tests {
         }
         // Readers waiting for a copy are told none is coming.
         assert!(published.recv().unwrap().is_none());
-        assert!(!replica.views().ask());
+        assert!(!replica.handle().view());
+        assert!(replica.handle().snapshot_now().is_none());
         drop(replica);
         assert_eq!(store.snapshot(20).unwrap(), None);
     }

@@ -65,8 +65,12 @@ impl SnapshotPolicy {
             && (self.last_len < LARGE_STATE || self.logged >= self.last_len)
     }
 
-    /// A snapshot of `len` bytes was taken at `head`.
+    /// A snapshot of `len` bytes was taken at `head` (one older than the
+    /// last changes nothing).
     pub(super) fn taken(&mut self, head: u64, len: usize) {
+        if head < self.last {
+            return;
+        }
         self.last = head;
         self.logged = 0;
         self.last_len = len as u64;

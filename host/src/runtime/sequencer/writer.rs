@@ -107,7 +107,7 @@ fn write_until_closed(
             (Some(running), Some(handed)) => {
                 let fed = running.feed(handed) && snapshot.is_none_or(|at| running.snapshot(at));
                 if !fed {
-                    shared.set_replica_views(None);
+                    shared.set_replica(None);
                     replica = None;
                     replica_failed = true;
                 }
@@ -116,7 +116,7 @@ fn write_until_closed(
             // and is handed every batch appended from now on.
             _ if large && !replica_failed => match start_replica(shared, store) {
                 Ok(started) => {
-                    shared.set_replica_views(Some(started.views()));
+                    shared.set_replica(Some(started.handle()));
                     replica = Some(started);
                 }
                 Err(e) => {
@@ -136,7 +136,7 @@ fn write_until_closed(
     };
     // Readers copy under the lock again; the replica finishes what it was
     // handed (dropped here, before the writer is done with the store).
-    shared.set_replica_views(None);
+    shared.set_replica(None);
     drop(replica);
     result
 }

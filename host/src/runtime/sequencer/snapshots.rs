@@ -116,5 +116,12 @@ mod tests {
         assert!(policy.due(3_300));
         policy.taken(3_300, big);
         assert!(!policy.due(3_400), "the count starts again");
+        // One asked for at an older head (queued before this one) changes
+        // nothing.
+        for _ in 0..3_000 {
+            policy.logged(1_000);
+        }
+        policy.taken(3_200, 4096);
+        assert!(policy.due(6_300) && policy.large());
     }
 }

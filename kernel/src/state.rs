@@ -527,9 +527,7 @@ impl WorldState {
         &self,
         after: Option<AgentId>,
     ) -> impl Iterator<Item = (AgentId, &AgentRecord)> {
-        use std::ops::Bound::{Excluded, Unbounded};
-        let from = after.map_or(Unbounded, Excluded);
-        self.agents.range((from, Unbounded)).map(|(id, a)| (*id, a))
+        entries_after(&self.agents, after)
     }
 
     /// One unfinished task.
@@ -548,9 +546,7 @@ impl WorldState {
         &self,
         after: Option<TaskId>,
     ) -> impl Iterator<Item = (TaskId, &TaskRecord)> {
-        use std::ops::Bound::{Excluded, Unbounded};
-        let from = after.map_or(Unbounded, Excluded);
-        self.tasks.range((from, Unbounded)).map(|(id, t)| (*id, t))
+        entries_after(&self.tasks, after)
     }
 
     /// One installed component.
@@ -614,6 +610,17 @@ impl WorldState {
     pub fn extension_store(&self, family: &str) -> Option<&BTreeMap<Vec<u8>, Vec<u8>>> {
         self.extensions.get(family)
     }
+}
+
+/// The entries of `map` after key `after` (all of them for `None`), in
+/// key order.
+fn entries_after<K: Ord + Copy, V>(
+    map: &BTreeMap<K, V>,
+    after: Option<K>,
+) -> impl Iterator<Item = (K, &V)> {
+    use std::ops::Bound::{Excluded, Unbounded};
+    let from = after.map_or(Unbounded, Excluded);
+    map.range((from, Unbounded)).map(|(k, v)| (*k, v))
 }
 
 #[cfg(test)]

@@ -278,6 +278,8 @@ pub(super) struct Shared {
     /// The snapshot replica, while one runs: it copies views and takes
     /// snapshots asked for off the lock.
     pub(super) replica: Mutex<Option<super::replica::Handle>>,
+    /// Wakes the readers waiting for a copy from the replica.
+    pub(super) replica_copied: tokio::sync::Notify,
     /// Wakes the writer when there is something pending (or on close).
     pub(super) work: Condvar,
     /// The highest durable sequence number.
@@ -321,8 +323,7 @@ impl Shared {
                 *view = (head, state);
             }
         }
-        // Readers wait on the committed number (see `committed_view`).
-        self.committed.send_modify(|_| {});
+        self.replica_copied.notify_waiters();
     }
 
     /// Copies `kernel`'s state for readers (the caller holds the lock),
@@ -397,6 +398,7 @@ impl Sequencer {
                 want_view: std::sync::atomic::AtomicBool::new(false),
                 view_budget: Mutex::new(ViewBudget::default()),
                 replica: Mutex::new(None),
+                replica_copied: tokio::sync::Notify::new(),
                 core: Mutex::new(Core {
                     writer: State::Busy,
                     kernel,
@@ -471,10 +473,11 @@ impl Sequencer {
                 continue;
             }
             // A large state: the replica copies it, and no lock is held.
+            let copied = self.shared.replica_copied.notified();
+            tokio::pin!(copied);
+            copied.as_mut().enable();
             if self.shared.replica().as_ref().is_some_and(|r| r.view()) {
-                if rx.changed().await.is_err() {
-                    return view;
-                }
+                copied.await;
                 continue;
             }
             {

@@ -42,12 +42,12 @@ pub(crate) struct App {
     /// is ~20 MB; a `read` client asking in parallel must not have the
     /// server encode and hold a copy per request.
     pub(crate) encoded_state: tokio::sync::Mutex<Option<(u64, axum::body::Bytes)>>,
-    /// The census `/v1/status` and `/metrics` report, by the sequence
-    /// number of the head of the state it counts.
-    pub(crate) census: tokio::sync::Mutex<Option<(u64, crate::api::system::Census)>>,
-    /// The index the filtered agent list walks, by the sequence number of
-    /// the head of the state it indexes (see [`crate::api::index`]).
-    pub(crate) agent_index: tokio::sync::Mutex<Option<(u64, Arc<crate::api::index::AgentIndex>)>>,
+    /// The census `/v1/status` and `/metrics` report, of the state it
+    /// counts.
+    pub(crate) census: PerState<crate::api::system::Census>,
+    /// The index the filtered agent list walks, of the state it indexes
+    /// (see [`crate::api::index`]).
+    pub(crate) agent_index: PerState<Arc<crate::api::index::AgentIndex>>,
     /// Turns true when the server shuts down: streams end.
     pub(crate) closing: watch::Receiver<bool>,
 }
@@ -76,8 +76,8 @@ impl App {
             compile: Semaphore::new(1),
             log_reads: Semaphore::new(2),
             encoded_state: tokio::sync::Mutex::new(None),
-            census: tokio::sync::Mutex::new(None),
-            agent_index: tokio::sync::Mutex::new(None),
+            census: PerState::default(),
+            agent_index: PerState::default(),
             closing,
         }
     }
@@ -85,5 +85,33 @@ impl App {
     /// Whether the server is shutting down.
     pub(crate) fn is_closing(&self) -> bool {
         *self.closing.borrow()
+    }
+}
+
+/// A value computed from the committed state, kept with the head of the
+/// state it was computed from: computed once per state, one at a time,
+/// however many requests ask (a walk of every agent, which any `read`
+/// client may make the server do as often as its rate allows).
+pub(crate) struct PerState<T>(tokio::sync::Mutex<Option<(u64, T)>>);
+
+impl<T> Default for PerState<T> {
+    fn default() -> Self {
+        Self(tokio::sync::Mutex::new(None))
+    }
+}
+
+impl<T: Clone> PerState<T> {
+    /// The value for the state after record `head`: the kept one if it is
+    /// of that state, else `compute`d and kept.
+    pub(crate) async fn get(&self, head: u64, compute: impl FnOnce() -> T) -> T {
+        let mut kept = self.0.lock().await;
+        if let Some((seq, value)) = &*kept
+            && *seq == head
+        {
+            return value.clone();
+        }
+        let value = compute();
+        *kept = Some((head, value.clone()));
+        value
     }
 }

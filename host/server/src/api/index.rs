@@ -111,14 +111,10 @@ pub(crate) async fn agent_index(
     if !filter.is_set() || state.agents().len() <= MAX_SCAN {
         return None;
     }
-    let mut kept = app.agent_index.lock().await;
-    if let Some((seq, index)) = &*kept
-        && *seq == head
-    {
-        return Some(Arc::clone(index));
-    }
-    let index = Arc::new(AgentIndex::of(state));
-    *kept = Some((head, Arc::clone(&index)));
+    let index = app
+        .agent_index
+        .get(head, || Arc::new(AgentIndex::of(state)))
+        .await;
     Some(index)
 }
 

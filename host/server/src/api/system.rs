@@ -61,15 +61,7 @@ pub(crate) fn head(app: &App) -> Head {
 /// metrics) as often as its rate allows.
 async fn census(app: &App) -> Census {
     let (head, state) = app.host.committed_view().await;
-    let mut kept = app.census.lock().await;
-    if let Some((seq, census)) = &*kept
-        && *seq == head.seq
-    {
-        return census.clone();
-    }
-    let census = Census::of(&state);
-    *kept = Some((head.seq, census.clone()));
-    census
+    app.census.get(head.seq, || Census::of(&state)).await
 }
 
 /// Agents and tasks counted.

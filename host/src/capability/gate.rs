@@ -6,6 +6,11 @@
 //! bytes; a denial of a name the agent made up is never cached. Revocation
 //! is checked before the cache on every call, so a revocation ordered before
 //! an operation always denies it.
+//!
+//! A decision the cache lacks can be made ahead, away from the gate
+//! ([`Gate::undecided`], [`Undecided::decide`], [`Gate::settle`]): the
+//! sequencer runs the authorizer without holding its lock, then keeps the
+//! decision for the authorization that follows under it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -299,24 +304,12 @@ impl Gate {
             .verified(&token)
             .map_err(|e| Denied(format!("the agent's token is not usable: {e}")))?;
         verified.check_not_revoked(state)?;
-        let second = if verified.uses_time { time.0 / 1000 } else { 0 };
-        if check.targets.is_empty() {
-            let (decision, ran) = targetless(verified, origin, check, time, second, state);
-            if ran {
-                GateCounts::bump(&self.counts.authorized);
-            }
+        let key = Key::new(verified, token, origin, check, time);
+        if let Some(decision) = self.cached(&key) {
             return decision;
         }
-        let key = DecisionKey {
-            token,
-            origin,
-            check: check.clone(),
-            second,
-        };
-        if let Some(decision) = self.decisions.get(&key) {
-            return decision.clone();
-        }
         GateCounts::bump(&self.counts.authorized);
+        let lineage = crate::capability::policy::lineage(origin, state);
         let decision = decide(
             self.tokens
                 .get(&token)
@@ -326,23 +319,102 @@ impl Gate {
             origin,
             check,
             time,
-            &crate::capability::policy::lineage(origin, state),
+            &lineage,
         );
-        // A denial of a name the agent made up (an extension family, a
-        // host) is not kept: an agent could fill the cache with them.
-        if decision.is_err() && check.names_free_text() {
-            return decision;
-        }
-        let bytes = std::mem::size_of::<DecisionKey>()
-            + key.check.targets.iter().map(String::len).sum::<usize>()
-            + decision.as_ref().err().map_or(0, |d| d.0.len());
-        if self.cached_bytes + bytes > MAX_CACHED_BYTES {
-            self.decisions.clear();
-            self.cached_bytes = 0;
-        }
-        self.cached_bytes += bytes;
-        self.decisions.insert(key, decision.clone());
+        self.remember(key, decision.clone());
         decision
+    }
+
+    /// What deciding `check` for `origin` away from the gate needs, when
+    /// the gate holds `token` verified and has no decision for it yet:
+    /// the authorizer (tens of µs) then runs outside the sequencer's lock,
+    /// and [`Gate::settle`] keeps its decision for the call to
+    /// [`Gate::authorize`] that follows. `None` when there is nothing to
+    /// decide ahead: a decision is kept, the token is not held or revoked,
+    /// or the check names a target the agent made up (a denial of those is
+    /// not kept, so deciding ahead would only decide twice).
+    pub(crate) fn undecided(
+        &self,
+        token: Digest,
+        origin: EntityId,
+        check: &Check,
+        time: Timestamp,
+        state: &WorldState,
+    ) -> Option<Undecided> {
+        if check.names_free_text() || check.oversized().is_some() {
+            return None;
+        }
+        let verified = self.tokens.get(&token)?;
+        if verified.revoked(state) {
+            return None;
+        }
+        let key = Key::new(verified, token, origin, check, time);
+        if self.cached(&key).is_some() {
+            return None;
+        }
+        Some(Undecided {
+            token: verified.token.clone(),
+            key,
+            time,
+            lineage: crate::capability::policy::lineage(origin, state),
+            counts: Arc::clone(&self.counts),
+        })
+    }
+
+    /// Keeps a decision made by [`Undecided::decide`] (if the gate still
+    /// holds its token).
+    pub(crate) fn settle(&mut self, decided: Decided) {
+        if self.tokens.contains_key(&decided.key.token()) {
+            self.remember(decided.key, decided.decision);
+        }
+    }
+
+    /// The decision kept for `key`, if any.
+    fn cached(&self, key: &Key) -> Option<Result<(), Denied>> {
+        match key {
+            Key::Targetless(token, key) => {
+                let verified = self.tokens.get(token)?;
+                let (_, decision) = verified.targetless.iter().find(|(k, _)| k == key)?;
+                Some(decision.clone())
+            }
+            Key::Targets(key) => self.decisions.get(key).cloned(),
+        }
+    }
+
+    /// Keeps `decision` for `key`: a target-less one in its token's few
+    /// slots, others in the cache bounded in bytes. A denial of a name the
+    /// agent made up (an extension family, a host) is not kept: an agent
+    /// could fill the cache with them.
+    fn remember(&mut self, key: Key, decision: Result<(), Denied>) {
+        match key {
+            Key::Targetless(token, key) => {
+                let Some(verified) = self.tokens.get_mut(&token) else {
+                    return;
+                };
+                // Replace the entry of the same class and origin (an older second).
+                verified
+                    .targetless
+                    .retain(|(k, _)| (k.operation, k.origin) != (key.operation, key.origin));
+                if verified.targetless.len() >= TARGETLESS_SLOTS {
+                    drop(verified.targetless.remove(0));
+                }
+                verified.targetless.push((key, decision));
+            }
+            Key::Targets(key) => {
+                if decision.is_err() && key.check.names_free_text() {
+                    return;
+                }
+                let bytes = std::mem::size_of::<DecisionKey>()
+                    + key.check.targets.iter().map(String::len).sum::<usize>()
+                    + decision.as_ref().err().map_or(0, |d| d.0.len());
+                if self.cached_bytes + bytes > MAX_CACHED_BYTES {
+                    self.decisions.clear();
+                    self.cached_bytes = 0;
+                }
+                self.cached_bytes += bytes;
+                self.decisions.insert(key, decision);
+            }
+        }
     }
 
     /// Whether the token `digest` still stands at `time`: no revocation
@@ -379,51 +451,110 @@ impl Verified {
     /// Denies a token a revocation covers (looked up only when the
     /// kernel's revocation count changed since it was last found clean).
     fn check_not_revoked(&mut self, state: &WorldState) -> Result<(), Denied> {
-        let revocations = state.revocation_count();
-        if self.clean_at != Some(revocations) {
-            if self
+        if self.revoked(state) {
+            return Err(Denied("the token has been revoked".into()));
+        }
+        self.clean_at = Some(state.revocation_count());
+        Ok(())
+    }
+
+    /// Whether a revocation covers the token.
+    fn revoked(&self, state: &WorldState) -> bool {
+        self.clean_at != Some(state.revocation_count())
+            && self
                 .token
                 .revocation_ids()
                 .iter()
                 .any(|id| state.is_revoked(id))
-            {
-                return Err(Denied("the token has been revoked".into()));
-            }
-            self.clean_at = Some(revocations);
-        }
-        Ok(())
     }
 }
 
-/// A target-less check (`observe`, `state`) from the token's few slots, or
-/// decided and kept there; says whether the authorizer ran.
-fn targetless(
-    verified: &mut Verified,
-    origin: EntityId,
-    check: &Check,
+/// What a kept decision is found by.
+enum Key {
+    /// A target-less check (`observe`, `state`), kept in its token's slots.
+    Targetless(Digest, Targetless),
+    /// A check with targets, kept in the gate's cache.
+    Targets(DecisionKey),
+}
+
+impl Key {
+    fn new(
+        verified: &Verified,
+        token: Digest,
+        origin: EntityId,
+        check: &Check,
+        time: Timestamp,
+    ) -> Key {
+        let second = if verified.uses_time { time.0 / 1000 } else { 0 };
+        if check.targets.is_empty() {
+            Key::Targetless(
+                token,
+                Targetless {
+                    operation: check.operation,
+                    origin,
+                    second,
+                },
+            )
+        } else {
+            Key::Targets(DecisionKey {
+                token,
+                origin,
+                check: check.clone(),
+                second,
+            })
+        }
+    }
+
+    fn token(&self) -> Digest {
+        match self {
+            Key::Targetless(token, _) => *token,
+            Key::Targets(key) => key.token,
+        }
+    }
+}
+
+/// A check to decide away from the gate (see [`Gate::undecided`]).
+pub(crate) struct Undecided {
+    token: Token,
+    key: Key,
     time: Timestamp,
-    second: u64,
-    state: &WorldState,
-) -> (Result<(), Denied>, bool) {
-    let key = Targetless {
-        operation: check.operation,
-        origin,
-        second,
-    };
-    if let Some((_, decision)) = verified.targetless.iter().find(|(k, _)| *k == key) {
-        return (decision.clone(), false);
+    lineage: Vec<Digest>,
+    counts: Arc<GateCounts>,
+}
+
+/// A decision made away from the gate, for [`Gate::settle`].
+pub(crate) struct Decided {
+    key: Key,
+    decision: Result<(), Denied>,
+}
+
+impl Undecided {
+    /// Runs the authorizer: what [`Gate::authorize`] would decide for the
+    /// same token, origin, check and second.
+    pub(crate) fn decide(self) -> Decided {
+        GateCounts::bump(&self.counts.authorized);
+        let (origin, check) = match &self.key {
+            Key::Targetless(_, key) => (
+                key.origin,
+                Check {
+                    operation: key.operation,
+                    targets: Vec::new(),
+                },
+            ),
+            Key::Targets(key) => (key.origin, key.check.clone()),
+        };
+        let decision = decide(
+            self.token.biscuit(),
+            origin,
+            &check,
+            self.time,
+            &self.lineage,
+        );
+        Decided {
+            key: self.key,
+            decision,
+        }
     }
-    let lineage = crate::capability::policy::lineage(origin, state);
-    let decision = decide(verified.token.biscuit(), origin, check, time, &lineage);
-    // Replace the entry of the same class and origin (an older second).
-    verified
-        .targetless
-        .retain(|(k, _)| (k.operation, k.origin) != (key.operation, key.origin));
-    if verified.targetless.len() >= TARGETLESS_SLOTS {
-        drop(verified.targetless.remove(0));
-    }
-    verified.targetless.push((key, decision.clone()));
-    (decision, true)
 }
 
 #[cfg(test)]
@@ -470,6 +601,107 @@ mod tests {
         }
         assert!(gate.decisions.is_empty());
         assert_eq!(gate.cached_bytes, 0);
+    }
+
+    #[test]
+    fn a_decision_made_ahead_is_the_gates_and_is_kept_for_it() {
+        let (mut gate, token, state) = gate_with(&["observe", "schedule children"]);
+        let origin = EntityId::from_u128(9);
+        let checks = [
+            Check::literal("observe", None),
+            Check::literal("state", None),
+            Check {
+                operation: "schedule",
+                targets: vec![EntityId::from_u128(10).to_string(), "children".into()],
+            },
+            Check::literal("schedule", Some(&EntityId::from_u128(11).to_string())),
+        ];
+        for check in &checks {
+            // What a gate that never decided ahead says.
+            let (mut fresh, _, _) = gate_with(&[]);
+            fresh.tokens.insert(
+                token,
+                Verified {
+                    token: gate.tokens[&token].token.clone(),
+                    uses_time: false,
+                    clean_at: None,
+                    unexpired_at: None,
+                    targetless: Vec::new(),
+                    used: true,
+                },
+            );
+            let expected = fresh.authorize(token, origin, check, Timestamp(5), &state);
+
+            let undecided = gate
+                .undecided(token, origin, check, Timestamp(5), &state)
+                .expect("nothing is kept for it yet");
+            gate.settle(undecided.decide());
+            assert!(
+                gate.undecided(token, origin, check, Timestamp(5), &state)
+                    .is_none(),
+                "the decision is kept"
+            );
+            let ran = gate.counts.authorized.load(Ordering::Relaxed);
+            assert_eq!(
+                gate.authorize(token, origin, check, Timestamp(5), &state),
+                expected
+            );
+            assert_eq!(
+                gate.counts.authorized.load(Ordering::Relaxed),
+                ran,
+                "the authorizer does not run again"
+            );
+        }
+        // Allowed and denied alike were kept: `state` and another agent
+        // than a child are not among the token's rights.
+        let allowed: Vec<bool> = checks
+            .iter()
+            .map(|c| {
+                gate.authorize(token, origin, c, Timestamp(5), &state)
+                    .is_ok()
+            })
+            .collect();
+        assert_eq!(allowed, [true, false, true, false]);
+    }
+
+    #[test]
+    fn nothing_is_decided_ahead_for_made_up_names_or_revoked_tokens() {
+        let root = RootKey::generate();
+        let held = Token::issue(&root, &["extension *".parse().unwrap()], &[], None).unwrap();
+        let token = held.digest();
+        let mut gate = Gate::new(root.public(), Arc::new(NoTokens), &Limits::default());
+        gate.admit(held.clone());
+        let origin = EntityId::from_u128(9);
+        let made_up = Check::literal("extension", Some("anything"));
+        let mut kernel = toka_kernel::Kernel::new(Limits::default());
+        assert!(
+            gate.undecided(token, origin, &made_up, Timestamp(1), kernel.state())
+                .is_none()
+        );
+        let observe = Check::literal("observe", None);
+        let undecided = gate
+            .undecided(token, origin, &observe, Timestamp(1), kernel.state())
+            .expect("an observe check is decided ahead");
+        // A revocation applied between the decision and its use still
+        // denies: the gate checks revocation before what it kept.
+        for id in held.revocation_ids() {
+            kernel
+                .apply(toka_kernel::Command::system(
+                    EntityId::SYSTEM,
+                    Timestamp(2),
+                    toka_kernel::Operation::RevokeToken { revocation_id: id },
+                ))
+                .unwrap();
+        }
+        gate.settle(undecided.decide());
+        assert_eq!(
+            gate.authorize(token, origin, &observe, Timestamp(3), kernel.state()),
+            Err(Denied("the token has been revoked".into()))
+        );
+        assert!(
+            gate.undecided(token, origin, &observe, Timestamp(3), kernel.state())
+                .is_none()
+        );
     }
 
     #[test]

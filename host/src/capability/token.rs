@@ -57,7 +57,7 @@ static DELEGATION: std::sync::LazyLock<biscuit_auth::builder::Check> =
 /// A verified capability token: its bytes, their digest, the parsed biscuit.
 #[derive(Clone)]
 pub struct Token {
-    biscuit: Biscuit,
+    biscuit: Arc<Biscuit>,
     bytes: Arc<[u8]>,
     digest: Digest,
     /// What was read from the token once (a token never changes), shared
@@ -291,7 +291,7 @@ impl Token {
         Token {
             digest: Digest::of(&bytes),
             bytes: bytes.into(),
-            biscuit,
+            biscuit: Arc::new(biscuit),
             read: Arc::default(),
         }
     }

@@ -10,7 +10,7 @@ use toka_kernel::{
 };
 use tokio::sync::watch;
 
-use crate::capability::gate::Gate;
+use crate::capability::gate::{Gate, Undecided};
 use crate::capability::policy::{Check, Denied, check_for};
 use crate::capability::token::Token;
 use crate::log::committed::CommittedRecord;
@@ -280,6 +280,9 @@ pub(super) struct Shared {
     pub(super) replica: Mutex<Option<super::replica::Handle>>,
     /// Wakes the readers waiting for a copy from the replica.
     pub(super) replica_copied: tokio::sync::Notify,
+    /// Set, under the lock, when `Core::stopped` is: whether the host
+    /// stopped, read without the lock (actors ask before every task).
+    pub(super) any_stop: std::sync::atomic::AtomicBool,
     /// Wakes the writer when there is something pending (or on close).
     pub(super) work: Condvar,
     /// The highest durable sequence number.
@@ -422,6 +425,7 @@ impl Sequencer {
                     closing: false,
                     hurry: false,
                 }),
+                any_stop: std::sync::atomic::AtomicBool::new(false),
                 work: Condvar::new(),
                 committed: watch::Sender::new(head),
                 published: watch::Sender::new(head),
@@ -595,7 +599,7 @@ impl Sequencer {
             Request::Spawn(spawn) => Request::Spawn(self.with_child_token(agent, spawn).await?),
             other => other,
         };
-        let mut core = self.lock_for(agent).await?;
+        let mut core = self.lock_deciding(agent, &request).await?;
         if let Some(key) = cause
             && let Some(answer) = core.journal_answer(key, &request)
         {
@@ -792,6 +796,29 @@ impl Sequencer {
         Ok(spawn)
     }
 
+    /// [`Sequencer::lock_for`] `agent`'s `request`, with the gate's decision
+    /// it needs made first if the gate holds none: the authorizer (tens of
+    /// µs for a token's first check of a kind or target) runs without the
+    /// lock, and its decision is kept for the authorization that follows
+    /// under it (which still checks revocation first).
+    async fn lock_deciding(
+        &self,
+        agent: AgentId,
+        request: &Request,
+    ) -> Result<MutexGuard<'_, Core>, Stopped> {
+        let undecided = {
+            let core = self.lock_for(agent).await?;
+            match core.undecided(agent, request) {
+                Some(undecided) => undecided,
+                None => return Ok(core),
+            }
+        };
+        let decided = undecided.decide();
+        let mut core = self.lock_with_room().await?;
+        core.gate.settle(decided);
+        Ok(core)
+    }
+
     /// [`Sequencer::lock_with_room`] for an operation of `agent`: if the
     /// gate does not hold the agent's token verified (it never did, or
     /// forgot it), it is read and verified first, outside the lock and on
@@ -902,6 +929,13 @@ impl Sequencer {
 
     /// Why the host stopped, if it did.
     pub(crate) fn stopped(&self) -> Option<Stopped> {
+        if !self
+            .shared
+            .any_stop
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return None;
+        }
         self.lock().stopped.clone()
     }
 
@@ -912,6 +946,9 @@ impl Sequencer {
         if core.stopped.is_none() {
             core.stopped = Some(Stopped("the host is shutting down".into()));
         }
+        self.shared
+            .any_stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         drop(core);
         self.shared.work.notify_all();
         self.shared.published.send_modify(|_| {});
@@ -979,6 +1016,22 @@ impl Core {
     /// Authorizes and applies an agent's request. A refusal comes with the
     /// digest of what was asked (computed only then: see
     /// [`request_digest`]).
+    /// The gate's decision `agent`'s request needs, to be made outside the
+    /// lock, if the gate holds none yet (see [`Gate::undecided`]).
+    fn undecided(&self, agent: AgentId, request: &Request) -> Option<Undecided> {
+        let Request::Op(op) = request else {
+            return None;
+        };
+        if self.skip_gate {
+            return None;
+        }
+        let state = self.kernel.state();
+        let token = state.agent(agent)?.token;
+        let check = check_for(op, agent, state)?;
+        self.gate
+            .undecided(token, agent, &check, self.stamp(), state)
+    }
+
     pub(super) fn try_submit_agent(
         &mut self,
         agent: AgentId,

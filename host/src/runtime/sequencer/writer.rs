@@ -252,6 +252,8 @@ impl Shared {
         if core.stopped.is_none() || core.closing {
             core.stopped = Some(reason);
         }
+        self.any_stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         core.closing = true;
         drop(core);
         // Wake everyone waiting on either number so they see the stop.

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use biscuit_auth::PublicKey;
 use toka_kernel::{Digest, EntityId, Limits, Timestamp, WorldState};
 
-use crate::capability::policy::{Check, Denied, decide};
+use crate::capability::policy::{Check, Denied, decide, relations_only};
 use crate::capability::token::Token;
 use crate::capability::token::TokenError;
 
@@ -304,25 +304,44 @@ impl Gate {
             .verified(&token)
             .map_err(|e| Denied(format!("the agent's token is not usable: {e}")))?;
         verified.check_not_revoked(state)?;
+        loop {
+            let (key, asked) = match self.plan(token, origin, check, time) {
+                Plan::Kept(decision) => return decision,
+                Plan::Decide(key, asked) => (key, asked),
+            };
+            GateCounts::bump(&self.counts.authorized);
+            let lineage = crate::capability::policy::lineage(origin, state);
+            let verified = &self.tokens[&token];
+            let decision = decide(verified.token.biscuit(), origin, &asked, time, &lineage);
+            self.remember(key, decision.clone());
+            // A denial of the check without the agent's id decides
+            // nothing: the next plan asks the check itself.
+            if decision.is_ok() || asked == *check {
+                return decision;
+            }
+        }
+    }
+
+    /// How the gate answers `check` from what it keeps (the token is
+    /// held): the decision kept for it, an allow kept for its relations
+    /// alone (see [`relations_only`]), or what to decide.
+    fn plan(&self, token: Digest, origin: EntityId, check: &Check, time: Timestamp) -> Plan {
+        let verified = &self.tokens[&token];
         let key = Key::new(verified, token, origin, check, time);
         if let Some(decision) = self.cached(&key) {
-            return decision;
+            return Plan::Kept(decision);
         }
-        GateCounts::bump(&self.counts.authorized);
-        let lineage = crate::capability::policy::lineage(origin, state);
-        let decision = decide(
-            self.tokens
-                .get(&token)
-                .expect("verified() above admitted the token")
-                .token
-                .biscuit(),
-            origin,
-            check,
-            time,
-            &lineage,
-        );
-        self.remember(key, decision.clone());
-        decision
+        if let Some(relations) = relations_only(check)
+            && verified.token.monotone()
+        {
+            let relations_key = Key::new(verified, token, origin, &relations, time);
+            match self.cached(&relations_key) {
+                Some(Ok(())) => return Plan::Kept(Ok(())),
+                None => return Plan::Decide(relations_key, relations),
+                Some(Err(_)) => {}
+            }
+        }
+        Plan::Decide(key, check.clone())
     }
 
     /// What deciding `check` for `origin` away from the gate needs, when
@@ -348,13 +367,13 @@ impl Gate {
         if verified.revoked(state) {
             return None;
         }
-        let key = Key::new(verified, token, origin, check, time);
-        if self.cached(&key).is_some() {
+        let Plan::Decide(key, check) = self.plan(token, origin, check, time) else {
             return None;
-        }
+        };
         Some(Undecided {
             token: verified.token.clone(),
             key,
+            check,
             time,
             lineage: crate::capability::policy::lineage(origin, state),
             counts: Arc::clone(&self.counts),
@@ -513,10 +532,20 @@ impl Key {
     }
 }
 
+/// How the gate answers a check (see [`Gate::plan`]).
+enum Plan {
+    /// From a decision it keeps.
+    Kept(Result<(), Denied>),
+    /// By deciding this check (the one asked, or its relations alone),
+    /// kept under this key.
+    Decide(Key, Check),
+}
+
 /// A check to decide away from the gate (see [`Gate::undecided`]).
 pub(crate) struct Undecided {
     token: Token,
     key: Key,
+    check: Check,
     time: Timestamp,
     lineage: Vec<Digest>,
     counts: Arc<GateCounts>,
@@ -533,20 +562,14 @@ impl Undecided {
     /// same token, origin, check and second.
     pub(crate) fn decide(self) -> Decided {
         GateCounts::bump(&self.counts.authorized);
-        let (origin, check) = match &self.key {
-            Key::Targetless(_, key) => (
-                key.origin,
-                Check {
-                    operation: key.operation,
-                    targets: Vec::new(),
-                },
-            ),
-            Key::Targets(key) => (key.origin, key.check.clone()),
+        let origin = match &self.key {
+            Key::Targetless(_, key) => key.origin,
+            Key::Targets(key) => key.origin,
         };
         let decision = decide(
             self.token.biscuit(),
             origin,
-            &check,
+            &self.check,
             self.time,
             &self.lineage,
         );
@@ -662,6 +685,83 @@ mod tests {
             })
             .collect();
         assert_eq!(allowed, [true, false, true, false]);
+    }
+
+    /// `schedule` of `target`, a child of the origin.
+    fn schedule_child(target: u128) -> Check {
+        Check {
+            operation: "schedule",
+            targets: vec![EntityId::from_u128(target).to_string(), "children".into()],
+        }
+    }
+
+    /// Asks `check` the way the sequencer does: decided ahead if the gate
+    /// has nothing for it, then authorized.
+    fn ask(gate: &mut Gate, token: Digest, check: &Check) -> Result<(), Denied> {
+        let (origin, state) = (EntityId::from_u128(9), WorldState::default());
+        if let Some(undecided) = gate.undecided(token, origin, check, Timestamp(1), &state) {
+            gate.settle(undecided.decide());
+        }
+        gate.authorize(token, origin, check, Timestamp(1), &state)
+    }
+
+    #[test]
+    fn one_decision_serves_scheduling_every_child() {
+        let (mut gate, token, _) = gate_with(&["schedule children"]);
+        for child in 10..60 {
+            assert_eq!(ask(&mut gate, token, &schedule_child(child)), Ok(()));
+        }
+        assert_eq!(gate.counts.authorized.load(Ordering::Relaxed), 1);
+        // A right to one agent by id still counts for that agent alone.
+        let named = EntityId::from_u128(5).to_string();
+        let (mut gate, token, _) = gate_with(&[&format!("schedule {named}")]);
+        assert_eq!(ask(&mut gate, token, &schedule_child(5)), Ok(()));
+        assert!(ask(&mut gate, token, &schedule_child(6)).is_err());
+        assert!(ask(&mut gate, token, &schedule_child(7)).is_err());
+    }
+
+    #[test]
+    fn a_block_that_more_facts_can_fail_is_asked_for_each_agent() {
+        // An attenuation that refuses one child by id: `reject if`, `check
+        // all` and an expression can fail with the child's id, so the gate
+        // must not answer the child from the decision for the relation.
+        let refused = EntityId::from_u128(7).to_string();
+        for block in [
+            format!("reject if target(\"{refused}\")"),
+            format!("check all target($t), $t != \"{refused}\""),
+            format!("check if operation($op), target($t), $t != \"{refused}\", $t != \"children\""),
+        ] {
+            let root = RootKey::generate();
+            let held =
+                Token::issue(&root, &["schedule children".parse().unwrap()], &[], None).unwrap();
+            let biscuit = held
+                .biscuit()
+                .append(
+                    biscuit_auth::builder::BlockBuilder::new()
+                        .code(&block)
+                        .unwrap(),
+                )
+                .unwrap();
+            let token = Token::parse(&biscuit.to_vec().unwrap(), root.public(), 1 << 16).unwrap();
+            assert!(!token.monotone(), "{block}");
+            let digest = token.digest();
+            let mut gate = Gate::new(root.public(), Arc::new(NoTokens), &Limits::default());
+            gate.admit(token);
+            assert_eq!(
+                ask(&mut gate, digest, &schedule_child(8)),
+                Ok(()),
+                "{block}"
+            );
+            assert!(
+                ask(&mut gate, digest, &schedule_child(7)).is_err(),
+                "{block}"
+            );
+            assert_eq!(
+                ask(&mut gate, digest, &schedule_child(9)),
+                Ok(()),
+                "{block}"
+            );
+        }
     }
 
     #[test]

@@ -222,6 +222,26 @@ pub(crate) fn agent_targets(target: AgentId, origin: AgentId, state: &WorldState
     targets
 }
 
+/// `check` without the agent it names by id, keeping that agent's
+/// relations to the origin (`self`, `children`): `None` for a check that
+/// names no relation.
+///
+/// For a token whose Datalog more facts can only satisfy more
+/// ([`Token::monotone`](crate::capability::token::Token::monotone)), what
+/// allows this check allows `check` too: its one fact more
+/// (`target("<id>")`) can satisfy more `check if` and `allow if`, and fail
+/// none. So one decision serves an agent scheduling each of its many
+/// children, instead of one per child. A denial decides nothing: the
+/// token may name the agent itself.
+pub(crate) fn relations_only(check: &Check) -> Option<Check> {
+    let about_agents =
+        check.operation == RightOp::Schedule.name() || check.operation == RightOp::Terminate.name();
+    (about_agents && check.targets.len() > 1).then(|| Check {
+        operation: check.operation,
+        targets: check.targets[1..].to_vec(),
+    })
+}
+
 /// What `parent` must hold to hand `right` to a child of its own, under
 /// the rules in force in `state`.
 ///

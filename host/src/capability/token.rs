@@ -73,6 +73,7 @@ struct Read {
     budgets: std::sync::OnceLock<Result<Vec<Budget>, TokenError>>,
     authority_rights: std::sync::OnceLock<Vec<Right>>,
     uses_time: std::sync::OnceLock<bool>,
+    monotone: std::sync::OnceLock<bool>,
 }
 
 /// What a token says, read without checking its signatures.
@@ -428,6 +429,26 @@ impl Token {
             .read
             .uses_time
             .get_or_init(|| self.block_sources().iter().any(|s| s.contains("time(")))
+    }
+
+    /// Whether the token's Datalog is a plain query that more facts can
+    /// only satisfy more: no block has rules (nothing is derived, so no run
+    /// limit comes near) and every check is a `check if` of predicates
+    /// alone (no `check all` or `reject if`, which a fact more can fail; no
+    /// expression, which a new binding could make err). False if it cannot
+    /// be evaluated.
+    pub(crate) fn monotone(&self) -> bool {
+        *self.read.monotone.get_or_init(|| {
+            let Ok(authorizer) = self.query_authorizer() else {
+                return false;
+            };
+            let (_, rules, checks, _) = authorizer.dump();
+            rules.is_empty()
+                && checks.iter().all(|c| {
+                    c.kind == biscuit_auth::builder::CheckKind::One
+                        && c.queries.iter().all(|q| q.expressions.is_empty())
+                })
+        })
     }
 
     /// An authorizer over this token for queries, bounded by facts and

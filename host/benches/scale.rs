@@ -198,6 +198,13 @@ async fn run(agents: u64) {
         "records per agent:              {:.2}",
         per_agent(metrics.records - metrics_before.records)
     );
+    let batches = metrics.batches - metrics_before.batches;
+    let commit_seconds = metrics.commit_seconds.sum - metrics_before.commit_seconds.sum;
+    println!(
+        "log commits:                    {batches}, {:.0} records each, {:.2} ms each",
+        (metrics.records - metrics_before.records) as f64 / batches.max(1) as f64,
+        1e3 * commit_seconds / batches.max(1) as f64
+    );
     println!(
         "data dir on disk:               {} MiB",
         dir_bytes(dir.path()) >> 20

@@ -1013,9 +1013,6 @@ impl Core {
         }
     }
 
-    /// Authorizes and applies an agent's request. A refusal comes with the
-    /// digest of what was asked (computed only then: see
-    /// [`request_digest`]).
     /// The gate's decision `agent`'s request needs, to be made outside the
     /// lock, if the gate holds none yet (see [`Gate::undecided`]).
     fn undecided(&self, agent: AgentId, request: &Request) -> Option<Undecided> {
@@ -1032,6 +1029,9 @@ impl Core {
             .undecided(token, agent, &check, self.stamp(), state)
     }
 
+    /// Authorizes and applies an agent's request. A refusal comes with the
+    /// digest of what was asked (computed only then: see
+    /// [`request_digest`]).
     pub(super) fn try_submit_agent(
         &mut self,
         agent: AgentId,

@@ -7,10 +7,9 @@
 //! is checked before the cache on every call, so a revocation ordered before
 //! an operation always denies it.
 //!
-//! A decision the cache lacks can be made ahead, away from the gate
-//! ([`Gate::undecided`], [`Undecided::decide`], [`Gate::settle`]): the
-//! sequencer runs the authorizer without holding its lock, then keeps the
-//! decision for the authorization that follows under it.
+//! A decision the cache lacks can be made away from the gate ([`Gate::ask`],
+//! [`Undecided::decide`], [`Gate::settle`]): the sequencer runs the
+//! authorizer without holding its lock, keeps the decision, and asks again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -290,7 +289,8 @@ impl Gate {
         Ok(kept)
     }
 
-    /// Authorizes `check` for `origin`, which holds the token `token`.
+    /// Authorizes `check` for `origin`, which holds the token `token`,
+    /// deciding here what the gate has no decision for.
     pub(crate) fn authorize(
         &mut self,
         token: Digest,
@@ -299,27 +299,75 @@ impl Gate {
         time: Timestamp,
         state: &WorldState,
     ) -> Result<(), Denied> {
-        GateCounts::bump(&self.counts.checks);
-        let verified = self
-            .verified(&token)
-            .map_err(|e| Denied(format!("the agent's token is not usable: {e}")))?;
-        verified.check_not_revoked(state)?;
         loop {
-            let (key, asked) = match self.plan(token, origin, check, time) {
-                Plan::Kept(decision) => return decision,
-                Plan::Decide(key, asked) => (key, asked),
+            let undecided = match self.ask(token, origin, check, time, state) {
+                Asked::Answered(decision) => return decision,
+                Asked::Undecided(undecided) => undecided,
             };
-            GateCounts::bump(&self.counts.authorized);
-            let lineage = crate::capability::policy::lineage(origin, state);
-            let verified = &self.tokens[&token];
-            let decision = decide(verified.token.biscuit(), origin, &asked, time, &lineage);
-            self.remember(key, decision.clone());
-            // A denial of the check without the agent's id decides
-            // nothing: the next plan asks the check itself.
-            if decision.is_ok() || asked == *check {
+            let whole = undecided.check == *check;
+            let decision = self.decide_here(undecided);
+            // A denial of the check's relations alone decides nothing: the
+            // next plan asks the check itself.
+            if decision.is_ok() || whole {
+                GateCounts::bump(&self.counts.checks);
                 return decision;
             }
         }
+    }
+
+    /// Answers `check` for `origin`, which holds the token `token`, from
+    /// what the gate keeps: the token's revocation, then a decision kept
+    /// for the check. Without one it hands back what deciding it needs,
+    /// so the authorizer (tens of µs) can run away from the gate, which is
+    /// behind the sequencer's lock; [`Gate::settle`] keeps the decision
+    /// for the next ask.
+    pub(crate) fn ask(
+        &mut self,
+        token: Digest,
+        origin: EntityId,
+        check: &Check,
+        time: Timestamp,
+        state: &WorldState,
+    ) -> Asked {
+        let checked = self
+            .verified(&token)
+            .map_err(|e| Denied(format!("the agent's token is not usable: {e}")))
+            .and_then(|verified| verified.check_not_revoked(state));
+        let plan = match checked {
+            Ok(()) => self.plan(token, origin, check, time),
+            Err(denied) => Plan::Kept(Err(denied)),
+        };
+        match plan {
+            Plan::Kept(decision) => {
+                GateCounts::bump(&self.counts.checks);
+                Asked::Answered(decision)
+            }
+            Plan::Decide(key, asked) => {
+                let undecided = Box::new(Undecided {
+                    token: self.tokens[&token].token.clone(),
+                    key,
+                    check: asked,
+                    time,
+                    lineage: crate::capability::policy::lineage(origin, state),
+                    counts: Arc::clone(&self.counts),
+                });
+                if !(check.names_free_text() || check.oversized().is_some()) {
+                    return Asked::Undecided(undecided);
+                }
+                // A denial of a name the agent made up is not kept (see
+                // `remember`): decided away, it would be decided twice.
+                let decision = self.decide_here(undecided);
+                GateCounts::bump(&self.counts.checks);
+                Asked::Answered(decision)
+            }
+        }
+    }
+
+    /// Runs the authorizer for `undecided` and keeps its decision.
+    fn decide_here(&mut self, undecided: Box<Undecided>) -> Result<(), Denied> {
+        let Decided { key, decision } = undecided.decide();
+        self.remember(key, decision.clone());
+        decision
     }
 
     /// How the gate answers `check` from what it keeps (the token is
@@ -342,42 +390,6 @@ impl Gate {
             }
         }
         Plan::Decide(key, check.clone())
-    }
-
-    /// What deciding `check` for `origin` away from the gate needs, when
-    /// the gate holds `token` verified and has no decision for it yet:
-    /// the authorizer (tens of µs) then runs outside the sequencer's lock,
-    /// and [`Gate::settle`] keeps its decision for the call to
-    /// [`Gate::authorize`] that follows. `None` when there is nothing to
-    /// decide ahead: a decision is kept, the token is not held or revoked,
-    /// or the check names a target the agent made up (a denial of those is
-    /// not kept, so deciding ahead would only decide twice).
-    pub(crate) fn undecided(
-        &self,
-        token: Digest,
-        origin: EntityId,
-        check: &Check,
-        time: Timestamp,
-        state: &WorldState,
-    ) -> Option<Undecided> {
-        if check.names_free_text() || check.oversized().is_some() {
-            return None;
-        }
-        let verified = self.tokens.get(&token)?;
-        if verified.revoked(state) {
-            return None;
-        }
-        let Plan::Decide(key, check) = self.plan(token, origin, check, time) else {
-            return None;
-        };
-        Some(Undecided {
-            token: verified.token.clone(),
-            key,
-            check,
-            time,
-            lineage: crate::capability::policy::lineage(origin, state),
-            counts: Arc::clone(&self.counts),
-        })
     }
 
     /// Keeps a decision made by [`Undecided::decide`] (if the gate still
@@ -541,7 +553,16 @@ enum Plan {
     Decide(Key, Check),
 }
 
-/// A check to decide away from the gate (see [`Gate::undecided`]).
+/// What [`Gate::ask`] answers.
+pub(crate) enum Asked {
+    /// The gate's decision, from what it keeps.
+    Answered(Result<(), Denied>),
+    /// No decision is kept for the check: make it away from the gate
+    /// ([`Undecided::decide`]), keep it ([`Gate::settle`]), and ask again.
+    Undecided(Box<Undecided>),
+}
+
+/// A check to decide away from the gate (see [`Gate::ask`]).
 pub(crate) struct Undecided {
     token: Token,
     key: Key,
@@ -560,7 +581,7 @@ pub(crate) struct Decided {
 impl Undecided {
     /// Runs the authorizer: what [`Gate::authorize`] would decide for the
     /// same token, origin, check and second.
-    pub(crate) fn decide(self) -> Decided {
+    pub(crate) fn decide(self: Box<Self>) -> Decided {
         GateCounts::bump(&self.counts.authorized);
         let origin = match &self.key {
             Key::Targetless(_, key) => key.origin,
@@ -655,13 +676,11 @@ mod tests {
             );
             let expected = fresh.authorize(token, origin, check, Timestamp(5), &state);
 
-            let undecided = gate
-                .undecided(token, origin, check, Timestamp(5), &state)
+            let away = undecided(&mut gate, token, origin, check, Timestamp(5), &state)
                 .expect("nothing is kept for it yet");
-            gate.settle(undecided.decide());
+            gate.settle(away.decide());
             assert!(
-                gate.undecided(token, origin, check, Timestamp(5), &state)
-                    .is_none(),
+                undecided(&mut gate, token, origin, check, Timestamp(5), &state).is_none(),
                 "the decision is kept"
             );
             let ran = gate.counts.authorized.load(Ordering::Relaxed);
@@ -695,14 +714,33 @@ mod tests {
         }
     }
 
-    /// Asks `check` the way the sequencer does: decided ahead if the gate
-    /// has nothing for it, then authorized.
+    /// What [`Gate::ask`] hands back to decide away from the gate, if
+    /// anything.
+    fn undecided(
+        gate: &mut Gate,
+        token: Digest,
+        origin: EntityId,
+        check: &Check,
+        time: Timestamp,
+        state: &WorldState,
+    ) -> Option<Box<Undecided>> {
+        match gate.ask(token, origin, check, time, state) {
+            Asked::Answered(_) => None,
+            Asked::Undecided(undecided) => Some(undecided),
+        }
+    }
+
+    /// Asks `check` the way the sequencer does: decided away from the
+    /// gate if it has nothing for it, then authorized.
     fn ask(gate: &mut Gate, token: Digest, check: &Check) -> Result<(), Denied> {
         let (origin, state) = (EntityId::from_u128(9), WorldState::default());
-        if let Some(undecided) = gate.undecided(token, origin, check, Timestamp(1), &state) {
-            gate.settle(undecided.decide());
+        match gate.ask(token, origin, check, Timestamp(1), &state) {
+            Asked::Answered(decision) => decision,
+            Asked::Undecided(undecided) => {
+                gate.settle(undecided.decide());
+                gate.authorize(token, origin, check, Timestamp(1), &state)
+            }
         }
-        gate.authorize(token, origin, check, Timestamp(1), &state)
     }
 
     #[test]
@@ -774,14 +812,30 @@ mod tests {
         let origin = EntityId::from_u128(9);
         let made_up = Check::literal("extension", Some("anything"));
         let mut kernel = toka_kernel::Kernel::new(Limits::default());
+        // Decided by the gate itself: its denial would not be kept.
+        let ran = gate.counts.authorized.load(Ordering::Relaxed);
         assert!(
-            gate.undecided(token, origin, &made_up, Timestamp(1), kernel.state())
-                .is_none()
+            undecided(
+                &mut gate,
+                token,
+                origin,
+                &made_up,
+                Timestamp(1),
+                kernel.state()
+            )
+            .is_none()
         );
+        assert_eq!(gate.counts.authorized.load(Ordering::Relaxed), ran + 1);
         let observe = Check::literal("observe", None);
-        let undecided = gate
-            .undecided(token, origin, &observe, Timestamp(1), kernel.state())
-            .expect("an observe check is decided ahead");
+        let undecided_observe = undecided(
+            &mut gate,
+            token,
+            origin,
+            &observe,
+            Timestamp(1),
+            kernel.state(),
+        )
+        .expect("an observe check is decided away");
         // A revocation applied between the decision and its use still
         // denies: the gate checks revocation before what it kept.
         for id in held.revocation_ids() {
@@ -793,14 +847,21 @@ mod tests {
                 ))
                 .unwrap();
         }
-        gate.settle(undecided.decide());
+        gate.settle(undecided_observe.decide());
         assert_eq!(
             gate.authorize(token, origin, &observe, Timestamp(3), kernel.state()),
             Err(Denied("the token has been revoked".into()))
         );
         assert!(
-            gate.undecided(token, origin, &observe, Timestamp(3), kernel.state())
-                .is_none()
+            undecided(
+                &mut gate,
+                token,
+                origin,
+                &observe,
+                Timestamp(3),
+                kernel.state()
+            )
+            .is_none()
         );
     }
 

@@ -10,7 +10,7 @@ use toka_kernel::{
 };
 use tokio::sync::watch;
 
-use crate::capability::gate::{Gate, Undecided};
+use crate::capability::gate::{Asked, Gate, Undecided};
 use crate::capability::policy::{Check, Denied, check_for};
 use crate::capability::token::Token;
 use crate::log::committed::CommittedRecord;
@@ -107,6 +107,23 @@ pub(crate) enum Request {
     Op(Operation),
     /// A spawn, as the agent asked for it.
     Spawn(Spawn),
+}
+
+/// An agent's request handed back by [`Core::submit_agent`], nothing done:
+/// the gate has no decision for its check yet.
+pub(super) struct Deferred {
+    /// What deciding the check needs, away from the lock.
+    pub(super) undecided: Box<Undecided>,
+    /// The request, to submit again once the decision is kept.
+    pub(super) request: Request,
+}
+
+/// Why [`Core::try_submit_agent`] applied nothing.
+enum Unsubmitted {
+    /// Refused, with the digest of what was asked.
+    Refused(Refused, Digest),
+    /// Handed back to decide its check away from the lock.
+    Deferred(Box<Deferred>),
 }
 
 /// What a system command brings along into the store.
@@ -599,16 +616,56 @@ impl Sequencer {
             Request::Spawn(spawn) => Request::Spawn(self.with_child_token(agent, spawn).await?),
             other => other,
         };
-        let mut core = self.lock_deciding(agent, &request).await?;
-        if let Some(key) = cause
-            && let Some(answer) = core.journal_answer(key, &request)
-        {
-            drop(core);
-            return answer.map_err(Halt::Diverged);
+        let answered = self
+            .submit_deciding(agent, cause, request, |core, request| {
+                cause.and_then(|key| core.journal_answer(key, request))
+            })
+            .await?;
+        match answered {
+            Ok(result) => Ok(result),
+            Err(journaled) => journaled.map_err(Halt::Diverged),
         }
-        let result = core.submit_agent(agent, cause, request);
-        self.release(core);
-        Ok(result)
+    }
+
+    /// Submits `agent`'s request under the lock, unless `answered`, asked
+    /// under the lock first, answers it. A check the gate has no decision
+    /// for is decided away from the lock (the authorizer takes tens of µs)
+    /// and the request submitted again; should the decision not serve (the
+    /// logical second moved on, for a token that reads the time), the next
+    /// pass decides under the lock.
+    pub(super) async fn submit_deciding<A>(
+        &self,
+        agent: AgentId,
+        cause: Option<OpKey>,
+        mut request: Request,
+        answered: impl Fn(&Core, &Request) -> Option<A>,
+    ) -> Result<Result<Result<Receipt, Refused>, A>, Stopped> {
+        let (mut decided, mut away) = (None, true);
+        loop {
+            let mut core = self.lock_for(agent).await?;
+            if let Some(decided) = decided.take() {
+                core.gate.settle(decided);
+            }
+            if let Some(answer) = answered(&core, &request) {
+                drop(core);
+                return Ok(Err(answer));
+            }
+            match core.submit_agent(agent, cause, request, away) {
+                Ok(result) => {
+                    self.release(core);
+                    return Ok(Ok(result));
+                }
+                Err(deferred) => {
+                    drop(core);
+                    let Deferred {
+                        undecided,
+                        request: again,
+                    } = *deferred;
+                    decided = Some(undecided.decide());
+                    (request, away) = (again, false);
+                }
+            }
+        }
     }
 
     /// The start of the running task `task` (for its clocks).
@@ -796,29 +853,6 @@ impl Sequencer {
         Ok(spawn)
     }
 
-    /// [`Sequencer::lock_for`] `agent`'s `request`, with the gate's decision
-    /// it needs made first if the gate holds none: the authorizer (tens of
-    /// µs for a token's first check of a kind or target) runs without the
-    /// lock, and its decision is kept for the authorization that follows
-    /// under it (which still checks revocation first).
-    async fn lock_deciding(
-        &self,
-        agent: AgentId,
-        request: &Request,
-    ) -> Result<MutexGuard<'_, Core>, Stopped> {
-        let undecided = {
-            let core = self.lock_for(agent).await?;
-            match core.undecided(agent, request) {
-                Some(undecided) => undecided,
-                None => return Ok(core),
-            }
-        };
-        let decided = undecided.decide();
-        let mut core = self.lock_with_room().await?;
-        core.gate.settle(decided);
-        Ok(core)
-    }
-
     /// [`Sequencer::lock_with_room`] for an operation of `agent`: if the
     /// gate does not hold the agent's token verified (it never did, or
     /// forgot it), it is read and verified first, outside the lock and on
@@ -972,22 +1006,28 @@ impl Core {
         self.clock.now().max(self.kernel.state().time())
     }
 
+    /// Authorizes and applies `agent`'s request, or refuses it (a denial
+    /// is recorded, a quota hit too). With `away`, a request whose check
+    /// the gate has no decision for is handed back undecided instead,
+    /// nothing done (see [`Sequencer::submit_deciding`]).
     pub(super) fn submit_agent(
         &mut self,
         agent: AgentId,
         cause: Option<OpKey>,
         request: Request,
-    ) -> Result<Receipt, Refused> {
-        match self.try_submit_agent(agent, cause, request) {
+        away: bool,
+    ) -> Result<Result<Receipt, Refused>, Box<Deferred>> {
+        match self.try_submit_agent(agent, cause, request, away) {
             Ok(receipt) => {
                 if let Some(key) = cause
                     && !self.refusals.is_empty()
                 {
                     self.record_refusals(agent, key.task);
                 }
-                Ok(receipt)
+                Ok(Ok(receipt))
             }
-            Err((refused, request)) => {
+            Err(Unsubmitted::Deferred(deferred)) => Err(deferred),
+            Err(Unsubmitted::Refused(refused, request)) => {
                 if let Some(quota) = refused.quota {
                     // Recorded once: the quota ends the agent's task.
                     let reason = crate::text::clip(
@@ -1008,49 +1048,44 @@ impl Core {
                 } else if let Some(key) = cause {
                     self.remember_refusal(key.task, request, &refused);
                 }
-                Err(refused)
+                Ok(Err(refused))
             }
         }
-    }
-
-    /// The gate's decision `agent`'s request needs, to be made outside the
-    /// lock, if the gate holds none yet (see [`Gate::undecided`]).
-    fn undecided(&self, agent: AgentId, request: &Request) -> Option<Undecided> {
-        let Request::Op(op) = request else {
-            return None;
-        };
-        if self.skip_gate {
-            return None;
-        }
-        let state = self.kernel.state();
-        let token = state.agent(agent)?.token;
-        let check = check_for(op, agent, state)?;
-        self.gate
-            .undecided(token, agent, &check, self.stamp(), state)
     }
 
     /// Authorizes and applies an agent's request. A refusal comes with the
     /// digest of what was asked (computed only then: see
     /// [`request_digest`]).
-    pub(super) fn try_submit_agent(
+    fn try_submit_agent(
         &mut self,
         agent: AgentId,
         cause: Option<OpKey>,
         request: Request,
-    ) -> Result<Receipt, (Refused, Digest)> {
+        away: bool,
+    ) -> Result<Receipt, Unsubmitted> {
         let Some(token) = self.kernel.state().agent(agent).map(|a| a.token) else {
             let digest = request_digest(&request);
-            return Err((unknown(EntityKind::Agent, agent).into(), digest));
+            return Err(Unsubmitted::Refused(
+                unknown(EntityKind::Agent, agent).into(),
+                digest,
+            ));
         };
         let time = self.stamp();
         match request {
             Request::Op(op) => {
                 if !self.skip_gate
                     && let Some(check) = check_for(&op, agent, self.kernel.state())
-                    && let Err(e) = self.authorize(agent, token, op.kind(), &check, None, time)
                 {
-                    let digest = op_digest(&op);
-                    return Err((e.into(), digest));
+                    match self.authorize_op(agent, token, op.kind(), &check, time, away) {
+                        Ok(None) => {}
+                        Ok(Some(undecided)) => {
+                            return Err(Unsubmitted::Deferred(Box::new(Deferred {
+                                undecided,
+                                request: Request::Op(op),
+                            })));
+                        }
+                        Err(e) => return Err(Unsubmitted::Refused(e.into(), op_digest(&op))),
+                    }
                 }
                 let command = Command {
                     origin: agent,
@@ -1059,14 +1094,16 @@ impl Core {
                     cause,
                     op,
                 };
-                self.apply(command, Attachments::default())
-                    .map_err(|e| (e.into(), Digest::of(self.kernel.rejected_operation())))
+                self.apply(command, Attachments::default()).map_err(|e| {
+                    Unsubmitted::Refused(e.into(), Digest::of(self.kernel.rejected_operation()))
+                })
             }
             Request::Spawn(request) => {
                 let digest = spawn_digest(&request);
+                let refused = |e: KernelError| Unsubmitted::Refused(e.into(), digest);
                 let prepared = self
                     .prepare_spawn(agent, token, time, request)
-                    .map_err(|e| (e.into(), digest))?;
+                    .map_err(refused)?;
                 let command = Command {
                     origin: agent,
                     time,
@@ -1078,9 +1115,7 @@ impl Core {
                     token: Some(prepared.child),
                     ..Attachments::default()
                 };
-                let receipt = self
-                    .apply(command, attachments)
-                    .map_err(|e| (e.into(), digest))?;
+                let receipt = self.apply(command, attachments).map_err(refused)?;
                 self.set_budgets(receipt, prepared.budgets, time);
                 Ok(receipt)
             }
@@ -1152,29 +1187,62 @@ impl Core {
         delegating: Option<&crate::capability::rights::Right>,
         time: Timestamp,
     ) -> Result<(), KernelError> {
-        if let Some(len) = check.oversized() {
-            return Err(KernelError::LimitExceeded {
-                limit: toka_kernel::Limit::Name,
-                max: crate::capability::policy::MAX_TARGET as u64,
-                actual: len as u64,
-            });
-        }
-        let Err(reason) = self
-            .gate
+        oversized(check)?;
+        self.gate
             .authorize(token, agent, check, time, self.kernel.state())
-        else {
-            return Ok(());
-        };
+            .map_err(|reason| self.denied(agent, kind, check, delegating, reason, time))
+    }
+
+    /// [`Core::authorize`] for an agent's operation; with `away`, a check
+    /// the gate has no decision for is handed back to be decided away
+    /// from the lock.
+    fn authorize_op(
+        &mut self,
+        agent: AgentId,
+        token: Digest,
+        kind: toka_kernel::OpKind,
+        check: &Check,
+        time: Timestamp,
+        away: bool,
+    ) -> Result<Option<Box<Undecided>>, KernelError> {
+        if !away {
+            return self
+                .authorize(agent, token, kind, check, None, time)
+                .map(|()| None);
+        }
+        oversized(check)?;
+        match self
+            .gate
+            .ask(token, agent, check, time, self.kernel.state())
+        {
+            Asked::Answered(Ok(())) => Ok(None),
+            Asked::Answered(Err(reason)) => {
+                Err(self.denied(agent, kind, check, None, reason, time))
+            }
+            Asked::Undecided(undecided) => Ok(Some(undecided)),
+        }
+    }
+
+    /// Records a denial (rate-limited); the error for the agent.
+    fn denied(
+        &mut self,
+        agent: AgentId,
+        kind: toka_kernel::OpKind,
+        check: &Check,
+        delegating: Option<&crate::capability::rights::Right>,
+        reason: Denied,
+        time: Timestamp,
+    ) -> KernelError {
         let reason = match delegating {
             Some(right) => format!("cannot delegate `{right}`: {reason}"),
             None => reason.0,
         };
         self.record_denial(agent, check, delegating.is_some(), &reason, time);
-        Err(KernelError::CapabilityDenied {
+        KernelError::CapabilityDenied {
             origin: agent,
             operation: kind,
             reason,
-        })
+        }
     }
 
     pub(super) fn apply(
@@ -1237,6 +1305,21 @@ impl Core {
 /// The entity a command created, for the receipt.
 fn created(events: &[Event]) -> Option<EntityId> {
     events.iter().find_map(Event::created)
+}
+
+/// Refuses a check naming a target over [`MAX_TARGET`] bytes, before the
+/// gate (and unrecorded: a record names what was checked).
+///
+/// [`MAX_TARGET`]: crate::capability::policy::MAX_TARGET
+fn oversized(check: &Check) -> Result<(), KernelError> {
+    match check.oversized() {
+        Some(len) => Err(KernelError::LimitExceeded {
+            limit: toka_kernel::Limit::Name,
+            max: crate::capability::policy::MAX_TARGET as u64,
+            actual: len as u64,
+        }),
+        None => Ok(()),
+    }
 }
 
 pub(super) fn unknown(kind: EntityKind, id: impl std::fmt::Display) -> KernelError {

@@ -19,22 +19,16 @@ impl Sequencer {
         index: u32,
         request: HttpRequest,
     ) -> Result<Journaled, Stopped> {
-        let journaled = {
-            let mut core = self.lock_with_room().await?;
-            match core.kernel.state().exchange(task, index) {
-                Some(exchange) => Err(exchange),
-                None => {
-                    let op = Operation::HttpRequest {
-                        task,
-                        index,
-                        request: Box::new(request.clone()),
-                    };
-                    let result = core.submit_agent(agent, None, Request::Op(op));
-                    self.release(core);
-                    Ok(result)
-                }
-            }
+        let op = Operation::HttpRequest {
+            task,
+            index,
+            request: Box::new(request.clone()),
         };
+        let journaled = self
+            .submit_deciding(agent, None, Request::Op(op), |core, _| {
+                core.kernel.state().exchange(task, index)
+            })
+            .await?;
         Ok(match journaled {
             Ok(Ok(_)) => Journaled::Send,
             Ok(Err(refused)) => Journaled::Refused {

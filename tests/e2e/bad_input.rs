@@ -149,7 +149,7 @@ fn a_data_dir_from_a_newer_release_is_refused_with_its_format() {
     for args in [&["verify"][..], &["run", "hello", "--task", "b"]] {
         assert_refused(
             &toka(&data, args),
-            "written by a newer Toka (data format 99; this build reads up to 2); upgrade toka to open it",
+            "written by a newer Toka (data format 99; this build reads up to 3); upgrade toka to open it",
         );
     }
 }

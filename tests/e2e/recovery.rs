@@ -1,6 +1,7 @@
 //! Torn writes, tampering, snapshots, and following a live log.
 
 use std::io;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -175,13 +176,28 @@ fn a_record_altered_through_redb_is_named_by_verify() {
         let db = redb::Database::open(data.join("toka.redb")).unwrap();
         let tx = db.begin_write().unwrap();
         {
+            // The log's rows are frames of consecutive records, each a
+            // u32 LE length and the record (docs/format.md).
             let mut table = tx
-                .open_table(TableDefinition::<u64, &[u8]>::new("events"))
+                .open_table(TableDefinition::<u64, &[u8]>::new("log"))
                 .unwrap();
-            let mut bytes = table.get(target).unwrap().unwrap().value().to_vec();
-            let pos = bytes.len() - 40; // inside the body, before the hash
-            bytes[pos] ^= 0x01;
-            table.insert(target, bytes.as_slice()).unwrap();
+            let (first, mut frame) = {
+                let (first, frame) = table
+                    .range(..=target)
+                    .unwrap()
+                    .next_back()
+                    .unwrap()
+                    .unwrap();
+                (first.value(), frame.value().to_vec())
+            };
+            let mut at = 0;
+            for _ in first..target {
+                at += 4 + u32::from_le_bytes(frame[at..at + 4].try_into().unwrap()) as usize;
+            }
+            let len = u32::from_le_bytes(frame[at..at + 4].try_into().unwrap()) as usize;
+            let pos = at + 4 + len - 40; // inside the body, before the hash
+            frame[pos] ^= 0x01;
+            table.insert(first, frame.as_slice()).unwrap();
         }
         tx.commit().unwrap();
     }
@@ -207,6 +223,90 @@ fn a_record_altered_through_redb_is_named_by_verify() {
         "{}",
         verify.stderr
     );
+}
+
+/// Rewrites the data dir's log as data format 1 stored it: one `events`
+/// row per record, no `log` table.
+fn to_format_1(data: &Path) {
+    let db = redb::Database::open(data.join("toka.redb")).unwrap();
+    let tx = db.begin_write().unwrap();
+    {
+        let log = TableDefinition::<u64, &[u8]>::new("log");
+        let mut rows = Vec::new();
+        for entry in tx.open_table(log).unwrap().iter().unwrap() {
+            let (first, frame) = entry.unwrap();
+            let (mut seq, frame) = (first.value(), frame.value());
+            let mut at = 0;
+            while at < frame.len() {
+                let len = u32::from_le_bytes(frame[at..at + 4].try_into().unwrap()) as usize;
+                rows.push((seq, frame[at + 4..at + 4 + len].to_vec()));
+                (seq, at) = (seq + 1, at + 4 + len);
+            }
+        }
+        tx.delete_table(log).unwrap();
+        let mut events = tx
+            .open_table(TableDefinition::<u64, &[u8]>::new("events"))
+            .unwrap();
+        for (seq, record) in &rows {
+            events.insert(*seq, record.as_slice()).unwrap();
+        }
+        tx.open_table(TableDefinition::<&str, &[u8]>::new("meta"))
+            .unwrap()
+            .insert("format", &1u16.to_le_bytes()[..])
+            .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+#[test]
+fn a_data_dir_of_format_1_is_read_as_it_is_and_moved_into_frames_by_a_writer() {
+    let (_tmp, data) = temp_data();
+    toka(&data, &["run", "counter", "--task", "1", "--task", "2"]).ok();
+    let before = events_json(&data);
+    to_format_1(&data);
+
+    // Readers read it without writing to it.
+    let verify = toka(&data, &["verify"]);
+    assert_eq!(verify.code, 0, "{verify:#?}");
+    assert_eq!(events_json(&data), before);
+    let file = || std::fs::read(data.join("toka.redb")).unwrap();
+    let untouched = file();
+    toka(&data, &["verify"]).ok();
+    assert!(file() == untouched, "a reader changed a format-1 file");
+
+    // A writer moves the log into frames first, says so, and carries on.
+    let run = toka(&data, &["run", "counter", "--task", "3"]);
+    assert_eq!(run.code, 0, "{run:#?}");
+    assert!(
+        run.stderr
+            .contains("moving the log into frames (data format 3)"),
+        "{}",
+        run.stderr
+    );
+    let after = events_json(&data);
+    assert_eq!(after[..before.len()], before[..]);
+    assert!(after.len() > before.len());
+    let db = redb::ReadOnlyDatabase::open(data.join("toka.redb")).unwrap();
+    let tx = db.begin_read().unwrap();
+    assert!(
+        tx.open_table(TableDefinition::<u64, &[u8]>::new("events"))
+            .is_err(),
+        "the rows are gone once moved"
+    );
+    let format = tx
+        .open_table(TableDefinition::<&str, &[u8]>::new("meta"))
+        .unwrap()
+        .get("format")
+        .unwrap()
+        .unwrap()
+        .value()
+        .to_vec();
+    assert_eq!(format, 3u16.to_le_bytes());
+    drop((tx, db));
+    let verify = toka(&data, &["verify"]);
+    assert_eq!(verify.code, 0, "{verify:#?}");
+    let run = toka(&data, &["run", "counter", "--task", "4"]);
+    assert!(!run.stderr.contains("moving the log"), "{}", run.stderr);
 }
 
 #[test]

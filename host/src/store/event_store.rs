@@ -48,7 +48,10 @@ pub fn snapshot_dropped(newest: &[u64], anchor: Option<u64>, bytes: usize) -> Op
 /// - 2: a log whose beginning was archived: it starts at an [`Anchor`]
 ///   (`meta.anchor`). A store is marked 2 only when it is first archived, so
 ///   releases that read 1 keep opening every store that never was.
-pub const DATA_FORMAT: u16 = 2;
+/// - 3: the log in frames of consecutive records (one row per batch, not
+///   per record), with or without an anchor. A store in 1 or 2 is read as
+///   it is and moved to 3 when first opened for writing.
+pub const DATA_FORMAT: u16 = 3;
 
 /// Where a store's log starts once its beginning was archived
 /// (`toka archive`): the snapshot it is verified and recovered from.

@@ -7,6 +7,7 @@
 pub(crate) mod archive_file;
 pub(crate) mod data_dir;
 pub(crate) mod event_store;
+pub(crate) mod frame;
 pub(crate) mod memory;
 pub(crate) mod redb;
 pub(crate) mod secrets;

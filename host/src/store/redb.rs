@@ -4,11 +4,15 @@
 //!
 //! | table       | key        | value                                        |
 //! |-------------|------------|----------------------------------------------|
-//! | `events`    | `u64` seq  | a log record (`toka_kernel::Record` bytes)   |
+//! | `log`       | `u64` seq  | a frame of consecutive log records from that seq (`frame.rs`) |
 //! | `meta`      | `&str`     | `magic` = `toka`, `format` (u16 LE), `head` (postcard `ChainHead`), `limits` (postcard `Limits`), `root_public_key` (32 bytes), `created_by`, `data_id`, `anchor` (postcard `Anchor`, once archived) |
 //! | `blobs`     | `[u8; 32]` | component bytes, by BLAKE3 digest            |
 //! | `tokens`    | `[u8; 32]` | capability token bytes, by BLAKE3 digest     |
 //! | `snapshots` | `u64` seq  | the state after that record (see `snapshot.rs`) |
+//!
+//! Data formats 1 and 2 kept one `events` row per record (`u64` seq → the
+//! record's bytes); a store in either is read as it is, and moved into
+//! frames when it is first opened for writing ([`RedbStore::open`]).
 //!
 //! Every append is one write transaction with immediate durability. The
 //! file is opened in redb's single-writer mode: one process (the host)
@@ -20,7 +24,8 @@ use std::path::{Path, PathBuf};
 
 use redb::{
     ConcurrencyMode, Database, DatabaseError, Durability, ReadOnlyDatabase, ReadTransaction,
-    ReadableDatabase, ReadableTable, StorageBackend, TableDefinition, TableError,
+    ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageBackend, TableDefinition,
+    TableError,
 };
 use toka_kernel::{ChainHead, Digest, Limits, TaskId};
 
@@ -28,12 +33,16 @@ use crate::store::event_store::{
     Anchor, Batch, Cut, DATA_FORMAT, EventStore, Records, SNAPSHOTS_LOOKED_AT, StoreError,
     snapshot_dropped,
 };
+use crate::store::frame;
 
-/// The data format a new store is written in: the whole log, readable by
-/// every release (an archive marks it [`DATA_FORMAT`]).
-const WHOLE_LOG_FORMAT: u16 = 1;
-
+/// The log: frames of consecutive records, by the first one's seq.
+const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
+/// The log in data formats 1 and 2: one row per record.
 const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
+/// The first data format with the log in frames.
+const FRAMES_FORMAT: u16 = 3;
+/// Records moved into frames per transaction when a store is migrated.
+const MIGRATE_RECORDS: usize = 100_000;
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 const BLOBS: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("blobs");
 const TOKENS: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("tokens");
@@ -165,12 +174,79 @@ impl RedbStore {
             db,
             path: path.to_owned(),
         };
-        store.check_meta()?;
-        if matches!(store.db, Db::Write(_)) && store.meta_bytes("data_id")?.is_none() {
-            // A data dir created before it had an id gets one now.
-            store.put_meta("data_id", &new_data_id()?)?;
+        let format = store.check_meta()?;
+        if matches!(store.db, Db::Write(_)) {
+            if store.meta_bytes("data_id")?.is_none() {
+                // A data dir created before it had an id gets one now.
+                store.put_meta("data_id", &new_data_id()?)?;
+            }
+            if format < FRAMES_FORMAT {
+                store.migrate_to_frames()?;
+            }
         }
         Ok(store)
+    }
+
+    /// Moves a log of one row per record (data formats 1 and 2) into
+    /// frames, [`MIGRATE_RECORDS`] at a time: each transaction moves the
+    /// oldest rows left, so every commit holds the whole log (frames, then
+    /// rows) and an interrupted migration goes on at the next open. The
+    /// last one drops the old table and marks the store [`DATA_FORMAT`].
+    fn migrate_to_frames(&self) -> Result<(), StoreError> {
+        let p = &self.path;
+        let mut buf = Vec::with_capacity(frame::FRAME_BYTES);
+        let mut moved = 0u64;
+        let total = match optional_table(p, &self.read()?, EVENTS)? {
+            Some(events) => events.len().map_err(|e| backend(p, e))?,
+            None => 0,
+        };
+        if total > 0 {
+            tracing::warn!(
+                records = total,
+                store = %p.display(),
+                "moving the log into frames (data format {DATA_FORMAT}); once, before the store is used"
+            );
+        }
+        loop {
+            let mut tx = self.writer()?.begin_write().map_err(|e| backend(p, e))?;
+            tx.set_durability(Durability::Immediate)
+                .map_err(|e| backend(p, e))?;
+            let done = {
+                let mut events = tx.open_table(EVENTS).map_err(|e| backend(p, e))?;
+                let rows: Vec<(u64, Vec<u8>)> = events
+                    .iter()
+                    .map_err(|e| backend(p, e))?
+                    .take(MIGRATE_RECORDS)
+                    .map(|entry| entry.map(|(k, v)| (k.value(), v.value().to_vec())))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| backend(p, e))?;
+                if let Some(&(last, _)) = rows.last() {
+                    let mut log = tx.open_table(LOG).map_err(|e| backend(p, e))?;
+                    frame::encode(&rows, &mut buf, |first, bytes| {
+                        log.insert(first, bytes).map(drop)
+                    })
+                    .map_err(|e| backend(p, e))?;
+                    events
+                        .retain_in(..=last, |_, _| false)
+                        .map_err(|e| backend(p, e))?;
+                    moved += rows.len() as u64;
+                    tracing::info!(moved, of = total, "records moved into frames");
+                }
+                rows.is_empty()
+            };
+            if done {
+                tx.delete_table(EVENTS).map_err(|e| backend(p, e))?;
+                tx.open_table(LOG).map_err(|e| backend(p, e))?;
+                tx.open_table(META)
+                    .map_err(|e| backend(p, e))?
+                    .insert("format", &DATA_FORMAT.to_le_bytes()[..])
+                    .map_err(|e| backend(p, e))?;
+            }
+            tx.commit().map_err(|e| backend(p, e))?;
+            if done {
+                return Ok(());
+            }
+        }
     }
 
     fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
@@ -221,7 +297,7 @@ impl RedbStore {
             let created_by = concat!("toka ", env!("CARGO_PKG_VERSION"));
             for (key, value) in [
                 ("magic", MAGIC),
-                ("format", &WHOLE_LOG_FORMAT.to_le_bytes()[..]),
+                ("format", &DATA_FORMAT.to_le_bytes()[..]),
                 ("limits", &limits),
                 ("head", &head),
                 ("root_public_key", root_public_key),
@@ -230,7 +306,7 @@ impl RedbStore {
             ] {
                 meta.insert(key, value).map_err(|e| backend(p, e))?;
             }
-            tx.open_table(EVENTS).map_err(|e| backend(p, e))?;
+            tx.open_table(LOG).map_err(|e| backend(p, e))?;
             tx.open_table(BLOBS).map_err(|e| backend(p, e))?;
             tx.open_table(TOKENS).map_err(|e| backend(p, e))?;
             tx.open_table(SNAPSHOTS).map_err(|e| backend(p, e))?;
@@ -239,7 +315,9 @@ impl RedbStore {
         Ok(store)
     }
 
-    fn check_meta(&self) -> Result<(), StoreError> {
+    /// Checks that this is a Toka store this build reads; returns its data
+    /// format.
+    fn check_meta(&self) -> Result<u16, StoreError> {
         let p = &self.path;
         let not_toka = |reason: &str| StoreError::NotToka {
             path: p.clone(),
@@ -273,7 +351,7 @@ impl RedbStore {
                 supported: DATA_FORMAT,
             });
         }
-        Ok(())
+        Ok(format)
     }
 
     fn meta_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -379,11 +457,13 @@ impl EventStore for RedbStore {
         tx.set_durability(Durability::Immediate)
             .map_err(|e| backend(p, e))?;
         {
-            let mut events = tx.open_table(EVENTS).map_err(|e| backend(p, e))?;
-            for (seq, bytes) in &batch.records {
-                events
-                    .insert(*seq, bytes.as_slice())
-                    .map_err(|e| backend(p, e))?;
+            if !batch.records.is_empty() {
+                let mut log = tx.open_table(LOG).map_err(|e| backend(p, e))?;
+                let mut buf = Vec::with_capacity(frame::FRAME_BYTES);
+                frame::encode(&batch.records, &mut buf, |first, bytes| {
+                    log.insert(first, bytes).map(drop)
+                })
+                .map_err(|e| backend(p, e))?;
             }
             for (table, items) in [(BLOBS, &batch.blobs), (TOKENS, &batch.tokens)] {
                 if items.is_empty() {
@@ -417,22 +497,74 @@ impl EventStore for RedbStore {
     }
 
     fn records(&self, from: u64) -> Result<Records<'_>, StoreError> {
-        let p = self.path.clone();
+        let p = &self.path;
         let tx = self.read()?;
-        let table = tx.open_table(EVENTS).map_err(|e| backend(&p, e))?;
-        let range = table.range(from..).map_err(|e| backend(&p, e))?;
-        Ok(Box::new(range.map(move |entry| {
-            entry
-                .map(|(k, v)| (k.value(), v.value().to_vec()))
-                .map_err(|e| backend(&p, e))
-        })))
+        let framed = match optional_table(p, &tx, LOG)? {
+            Some(log) => {
+                // The frame holding `from` starts at or before it.
+                let start = log
+                    .range(..=from)
+                    .map_err(|e| backend(p, e))?
+                    .next_back()
+                    .transpose()
+                    .map_err(|e| backend(p, e))?
+                    .map_or(from, |(first, _)| first.value());
+                Some(FrameRecords {
+                    frames: log.range(start..).map_err(|e| backend(p, e))?,
+                    frame: None,
+                    from,
+                    path: p.clone(),
+                    failed: false,
+                })
+            }
+            None => None,
+        };
+        // A store not moved into frames yet (read-only, or interrupted):
+        // its rows follow the frames.
+        let rows = match optional_table(p, &tx, EVENTS)? {
+            Some(events) => {
+                let p = p.clone();
+                let range = events.range(from..).map_err(|e| backend(&p, e))?;
+                Some(range.map(move |entry| {
+                    entry
+                        .map(|(k, v)| (k.value(), v.value().to_vec()))
+                        .map_err(|e| backend(&p, e))
+                }))
+            }
+            None => None,
+        };
+        Ok(Box::new(
+            framed
+                .into_iter()
+                .flatten()
+                .chain(rows.into_iter().flatten()),
+        ))
     }
 
     fn record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let p = &self.path;
         let tx = self.read()?;
-        let table = tx.open_table(EVENTS).map_err(|e| backend(p, e))?;
-        Ok(table
+        if let Some(log) = optional_table(p, &tx, LOG)? {
+            let holding = log
+                .range(..=seq)
+                .map_err(|e| backend(p, e))?
+                .next_back()
+                .transpose()
+                .map_err(|e| backend(p, e))?;
+            if let Some((first, frame)) = holding {
+                let first = first.value();
+                let found = frame::nth(frame.value(), seq - first)
+                    .map_err(|e| torn(p, first, e))?
+                    .map(<[u8]>::to_vec);
+                if found.is_some() {
+                    return Ok(found);
+                }
+            }
+        }
+        let Some(events) = optional_table(p, &tx, EVENTS)? else {
+            return Ok(None);
+        };
+        Ok(events
             .get(seq)
             .map_err(|e| backend(p, e))?
             .map(|v| v.value().to_vec()))
@@ -553,10 +685,7 @@ impl EventStore for RedbStore {
             snapshots
                 .retain_in(..snapshot, |_, _| false)
                 .map_err(|e| backend(p, e))?;
-            tx.open_table(EVENTS)
-                .map_err(|e| backend(p, e))?
-                .retain_in(..kept_from, |_, _| false)
-                .map_err(|e| backend(p, e))?;
+            cut_log(p, &tx, kept_from)?;
             tx.open_table(TASK_ENDS)
                 .map_err(|e| backend(p, e))?
                 .retain(|_, seq| seq >= kept_from)
@@ -606,6 +735,104 @@ impl EventStore for RedbStore {
     }
 }
 
+/// Deletes the records before `kept_from` from the log: the frames that
+/// end before it, and the front of the one that holds it.
+fn cut_log(p: &Path, tx: &redb::WriteTransaction, kept_from: u64) -> Result<(), StoreError> {
+    let mut log = tx.open_table(LOG).map_err(|e| backend(p, e))?;
+    let holding = log
+        .range(..=kept_from)
+        .map_err(|e| backend(p, e))?
+        .next_back()
+        .transpose()
+        .map_err(|e| backend(p, e))?
+        .map(|(first, frame)| (first.value(), frame.value().to_vec()));
+    let Some((first, frame)) = holding else {
+        return Ok(());
+    };
+    log.retain_in(..first, |_, _| false)
+        .map_err(|e| backend(p, e))?;
+    if first < kept_from {
+        let kept = frame::tail(&frame, kept_from - first).map_err(|e| torn(p, first, e))?;
+        log.remove(first).map_err(|e| backend(p, e))?;
+        if !kept.is_empty() {
+            log.insert(kept_from, kept).map_err(|e| backend(p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The records of the frames in a range, from seq `from` on. Ends after
+/// the first error.
+struct FrameRecords {
+    frames: redb::Range<'static, u64, &'static [u8]>,
+    frame: Option<Frame>,
+    from: u64,
+    path: PathBuf,
+    /// A frame did not read: nothing more is read.
+    failed: bool,
+}
+
+/// The frame [`FrameRecords`] is reading.
+struct Frame {
+    bytes: redb::AccessGuard<'static, &'static [u8]>,
+    /// Its first record's seq.
+    first: u64,
+    /// The seq of its next record, and where that record starts.
+    seq: u64,
+    at: usize,
+}
+
+impl Iterator for FrameRecords {
+    type Item = Result<(u64, Vec<u8>), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(f) = &mut self.frame {
+                match frame::next(f.bytes.value(), &mut f.at) {
+                    Some(Ok(record)) => {
+                        let seq = f.seq;
+                        f.seq += 1;
+                        if seq >= self.from {
+                            return Some(Ok((seq, record.to_vec())));
+                        }
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        let error = torn(&self.path, f.first, e);
+                        self.frame = None;
+                        self.failed = true;
+                        return Some(Err(error));
+                    }
+                    None => self.frame = None,
+                }
+            }
+            if self.failed {
+                return None;
+            }
+            match self.frames.next()? {
+                Ok((first, bytes)) => {
+                    let first = first.value();
+                    self.frame = Some(Frame {
+                        bytes,
+                        first,
+                        seq: first,
+                        at: 0,
+                    });
+                }
+                Err(e) => return Some(Err(backend(&self.path, e))),
+            }
+        }
+    }
+}
+
+fn torn(path: &Path, first: u64, e: frame::Torn) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_owned(),
+        what: format!("the log's frame at record {first}"),
+        reason: e.to_string(),
+    }
+}
+
 fn backend(path: &Path, e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend {
         path: path.to_owned(),
@@ -652,5 +879,231 @@ fn open_error(path: &Path, e: DatabaseError) -> StoreError {
             reason: format!("written in redb file format {v}, which this build does not read"),
         },
         other => backend(path, other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Record `seq`'s bytes: distinct, of varying length, some longer than
+    /// a frame.
+    fn bytes(seq: u64) -> Vec<u8> {
+        let len = if seq.is_multiple_of(500) {
+            frame::FRAME_BYTES + 3
+        } else {
+            (seq % 211) as usize
+        };
+        let mut b = seq.to_le_bytes().to_vec();
+        b.resize(8 + len, seq as u8);
+        b
+    }
+
+    /// A store at `dir` holding records 1..=`n`, appended in batches of
+    /// varying size.
+    fn store(dir: &Path, n: u64) -> RedbStore {
+        let store =
+            RedbStore::create(&dir.join("toka.redb"), &Limits::default(), &[7; 32]).unwrap();
+        let mut seq = 1;
+        let mut size = 1;
+        while seq <= n {
+            let records: Vec<(u64, Vec<u8>)> = (seq..(seq + size).min(n + 1))
+                .map(|s| (s, bytes(s)))
+                .collect();
+            seq += records.len() as u64;
+            size = size * 3 % 1_000 + 1;
+            store
+                .append(Batch {
+                    records,
+                    head: ChainHead {
+                        seq: seq - 1,
+                        hash: Digest::ZERO,
+                    },
+                    ..Batch::default()
+                })
+                .unwrap();
+        }
+        store
+    }
+
+    fn all(store: &RedbStore, from: u64) -> Vec<(u64, Vec<u8>)> {
+        store.records(from).unwrap().map(Result::unwrap).collect()
+    }
+
+    fn expected(range: std::ops::RangeInclusive<u64>) -> Vec<(u64, Vec<u8>)> {
+        range.map(|s| (s, bytes(s))).collect()
+    }
+
+    #[test]
+    fn every_record_reads_back_from_its_frame_from_any_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 3_000;
+        let store = store(dir.path(), n);
+        let frames = store
+            .read()
+            .unwrap()
+            .open_table(LOG)
+            .unwrap()
+            .len()
+            .unwrap();
+        assert!(frames < n / 10, "{frames} frames for {n} records");
+        assert_eq!(all(&store, 0), expected(1..=n));
+        for from in [1, 2, 499, 500, 501, 1_234, n, n + 1] {
+            assert_eq!(all(&store, from), expected(from..=n), "from {from}");
+        }
+        for seq in 1..=n {
+            assert_eq!(store.record(seq).unwrap(), Some(bytes(seq)), "record {seq}");
+        }
+        assert_eq!(store.record(0).unwrap(), None);
+        assert_eq!(store.record(n + 1).unwrap(), None);
+    }
+
+    #[test]
+    fn a_cut_inside_a_frame_keeps_exactly_the_records_from_kept_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 2_000;
+        let store = store(dir.path(), n);
+        for kept_from in [3, 777, 778, 1_500] {
+            store
+                .cut(Cut {
+                    anchor: Anchor {
+                        snapshot: kept_from,
+                        kept_from,
+                    },
+                    snapshot: vec![1],
+                    blobs: Vec::new(),
+                })
+                .unwrap();
+            assert_eq!(
+                all(&store, 1),
+                expected(kept_from..=n),
+                "kept from {kept_from}"
+            );
+            assert_eq!(store.record(kept_from - 1).unwrap(), None);
+            assert_eq!(store.record(kept_from).unwrap(), Some(bytes(kept_from)));
+        }
+    }
+
+    #[test]
+    fn a_torn_frame_is_named_as_corrupt_and_ends_the_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("toka.redb");
+        drop(store(dir.path(), 300));
+        let db = Database::open(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        let first = {
+            let mut log = tx.open_table(LOG).unwrap();
+            let (first, mut frame) = {
+                let (k, v) = log.range(..=150).unwrap().next_back().unwrap().unwrap();
+                (k.value(), v.value().to_vec())
+            };
+            // The first record's length now runs past the frame's end.
+            frame[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+            log.insert(first, frame.as_slice()).unwrap();
+            first
+        };
+        tx.commit().unwrap();
+        drop(db);
+        let store = RedbStore::open_read_only(&path).unwrap();
+        let read: Vec<_> = store.records(1).unwrap().collect();
+        let (last, rest) = read.split_last().unwrap();
+        assert!(rest.iter().all(Result::is_ok));
+        assert_eq!(
+            rest.len() as u64,
+            first - 1,
+            "every record before the torn frame"
+        );
+        let message = last.as_ref().unwrap_err().to_string();
+        assert!(
+            message.contains(&format!("the log's frame at record {first}")),
+            "{message}"
+        );
+        assert!(
+            store
+                .record(first)
+                .unwrap_err()
+                .to_string()
+                .contains("frame")
+        );
+        assert_eq!(store.record(first - 1).unwrap(), Some(bytes(first - 1)));
+    }
+
+    /// Rewrites the store at `path` in data format 1 (one `events` row per
+    /// record), leaving records `..=framed` in frames as a migration
+    /// interrupted there would.
+    fn to_rows(path: &Path, framed: u64) {
+        let db = Database::open(path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let rows: Vec<(u64, Vec<u8>)> = {
+                let log = tx.open_table(LOG).unwrap();
+                let mut rows = Vec::new();
+                for entry in log.iter().unwrap() {
+                    let (first, frame) = entry.unwrap();
+                    let mut at = 0;
+                    let mut seq = first.value();
+                    while let Some(record) = frame::next(frame.value(), &mut at) {
+                        rows.push((seq, record.unwrap().to_vec()));
+                        seq += 1;
+                    }
+                }
+                rows
+            };
+            let mut log = tx.open_table(LOG).unwrap();
+            log.retain(|_, _| false).unwrap();
+            let (framed, rows): (Vec<_>, Vec<_>) =
+                rows.into_iter().partition(|(s, _)| *s <= framed);
+            frame::encode::<redb::StorageError>(&framed, &mut Vec::new(), |first, bytes| {
+                log.insert(first, bytes).map(drop)
+            })
+            .unwrap();
+            let mut events = tx.open_table(EVENTS).unwrap();
+            for (seq, bytes) in &rows {
+                events.insert(*seq, bytes.as_slice()).unwrap();
+            }
+            tx.open_table(META)
+                .unwrap()
+                .insert("format", &1u16.to_le_bytes()[..])
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
+    fn format(store: &RedbStore) -> u16 {
+        let bytes = store.meta_bytes("format").unwrap().unwrap();
+        u16::from_le_bytes(bytes.try_into().unwrap())
+    }
+
+    #[test]
+    fn a_log_of_rows_is_read_as_it_is_and_moved_into_frames_when_opened_for_writing() {
+        let n = 1_200;
+        for framed in [0, 600] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("toka.redb");
+            drop(store(dir.path(), n));
+            to_rows(&path, framed);
+
+            let reader = RedbStore::open_read_only(&path).unwrap();
+            assert_eq!(format(&reader), 1, "a reader does not migrate");
+            assert_eq!(all(&reader, 1), expected(1..=n));
+            assert_eq!(all(&reader, 900), expected(900..=n));
+            assert_eq!(reader.record(5).unwrap(), Some(bytes(5)));
+            assert_eq!(reader.record(1_000).unwrap(), Some(bytes(1_000)));
+            drop(reader);
+
+            let writer = RedbStore::open(&path).unwrap();
+            assert_eq!(format(&writer), DATA_FORMAT);
+            let tx = writer.read().unwrap();
+            assert!(optional_table(&path, &tx, EVENTS).unwrap().is_none());
+            drop(tx);
+            assert_eq!(all(&writer, 1), expected(1..=n), "moved from {framed}");
+            writer
+                .append(Batch {
+                    records: vec![(n + 1, bytes(n + 1))],
+                    ..Batch::default()
+                })
+                .unwrap();
+            assert_eq!(all(&writer, n - 1), expected(n - 1..=n + 1));
+        }
     }
 }

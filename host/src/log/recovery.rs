@@ -2,6 +2,8 @@
 //! snapshot and the tail), replaying it record by record, and reading the
 //! committed events from a sequence number on.
 
+use std::ops::ControlFlow;
+
 use toka_kernel::{Kernel, Limits, Record, Registry, ReplayError, ReplayErrorKind};
 
 use crate::log::LogError;
@@ -248,13 +250,13 @@ impl LogReader {
         let mut kernel = kernel.unwrap_or_else(|| {
             Kernel::with_registry(limits, Registry::new()).in_cell(store.cell())
         });
-        for entry in store.records(kernel.head().seq + 1)? {
-            let (seq, bytes) = entry?;
+        walk(store, kernel.head().seq + 1, |seq, bytes| {
             if seq >= from {
-                break;
+                return Ok(false);
             }
-            kernel.restore(&bytes)?;
-        }
+            kernel.restore(bytes)?;
+            Ok(true)
+        })?;
         Ok(LogReader { kernel })
     }
 
@@ -278,32 +280,26 @@ impl LogReader {
         upto: u64,
         mut f: impl FnMut(CommittedRecord) -> bool,
     ) -> Result<(), LogError> {
-        for entry in store.records(self.next_seq())? {
-            let (seq, bytes) = entry?;
+        walk(store, self.next_seq(), |seq, bytes| {
             if seq > upto {
-                break;
+                return Ok(false);
             }
-            let applied = self.kernel.replay(&bytes)?;
-            let record = CommittedRecord {
+            let applied = self.kernel.replay(bytes)?;
+            Ok(f(CommittedRecord {
                 seq: applied.seq,
                 origin: applied.origin,
                 time: applied.time,
                 cause: applied.cause,
                 events: applied.events,
-            };
-            if !f(record) {
-                break;
-            }
-        }
-        Ok(())
+            }))
+        })
     }
 }
 
 /// Continues `kernel` with the stored records after its head, on the
 /// start-up path (see [`recover`]), to the end of what it reads.
 fn restore(store: &dyn EventStore, mut kernel: Kernel) -> Result<Kernel, LogError> {
-    for entry in store.records(kernel.head().seq + 1)? {
-        let (key, bytes) = entry?;
+    walk(store, kernel.head().seq + 1, |key, bytes| {
         let expected = kernel.head().seq + 1;
         if key != expected {
             return Err(LogError::HeadMismatch {
@@ -311,9 +307,29 @@ fn restore(store: &dyn EventStore, mut kernel: Kernel) -> Result<Kernel, LogErro
                 found: key,
             });
         }
-        kernel.restore(&bytes)?;
-    }
+        kernel.restore(bytes)?;
+        Ok(true)
+    })?;
     Ok(kernel)
+}
+
+/// Calls `f` with each stored record from `from` on, lent by the store
+/// ([`EventStore::each_record`]), until it returns `Ok(false)` or an error.
+fn walk(
+    store: &dyn EventStore,
+    from: u64,
+    mut f: impl FnMut(u64, &[u8]) -> Result<bool, LogError>,
+) -> Result<(), LogError> {
+    let mut failed = None;
+    store.each_record(from, &mut |seq, bytes| match f(seq, bytes) {
+        Ok(true) => ControlFlow::Continue(()),
+        Ok(false) => ControlFlow::Break(()),
+        Err(e) => {
+            failed = Some(e);
+            ControlFlow::Break(())
+        }
+    })?;
+    failed.map_or(Ok(()), Err)
 }
 
 /// Continues `kernel` with the stored records after its head, calling
@@ -330,10 +346,9 @@ pub(crate) fn replay_with(
     // committed meanwhile too, until the log ends at the stored head.
     loop {
         let before_pass = kernel.head().seq;
-        for entry in store.records(kernel.head().seq + 1)? {
-            let (key, bytes) = entry?;
-            before(&kernel, &bytes);
-            let applied = kernel.replay(&bytes)?;
+        walk(store, kernel.head().seq + 1, |key, bytes| {
+            before(&kernel, bytes);
+            let applied = kernel.replay(bytes)?;
             if applied.seq != key {
                 return Err(LogError::HeadMismatch {
                     expected: key,
@@ -341,7 +356,8 @@ pub(crate) fn replay_with(
                 });
             }
             after(&kernel, &applied);
-        }
+            Ok(true)
+        })?;
         let stored = store.head()?;
         if stored == kernel.head() {
             return Ok(kernel);

@@ -1,5 +1,6 @@
 //! Where the log lives: the `EventStore` trait and what it stores.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -129,6 +130,28 @@ pub trait EventStore: Send + Sync + 'static {
     ///
     /// [`StoreError`] when the store cannot be read.
     fn records(&self, from: u64) -> Result<Records<'_>, StoreError>;
+
+    /// Calls `each` with the records from sequence number `from` on, in
+    /// order, until it breaks: [`EventStore::records`] without copying each
+    /// record out of the store where the store can lend it (recovery and
+    /// replay read every record once).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    fn each_record(
+        &self,
+        from: u64,
+        each: &mut dyn FnMut(u64, &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        for entry in self.records(from)? {
+            let (seq, bytes) = entry?;
+            if each(seq, &bytes).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
 
     /// One record, by sequence number.
     ///

@@ -20,6 +20,7 @@
 //! time and follow its commits (`toka events --follow`, `toka state`).
 
 use std::io;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use redb::{
@@ -501,14 +502,7 @@ impl EventStore for RedbStore {
         let tx = self.read()?;
         let framed = match optional_table(p, &tx, LOG)? {
             Some(log) => {
-                // The frame holding `from` starts at or before it.
-                let start = log
-                    .range(..=from)
-                    .map_err(|e| backend(p, e))?
-                    .next_back()
-                    .transpose()
-                    .map_err(|e| backend(p, e))?
-                    .map_or(from, |(first, _)| first.value());
+                let start = frame_holding(p, &log, from)?.map_or(from, |(first, _)| first);
                 Some(FrameRecords {
                     frames: log.range(start..).map_err(|e| backend(p, e))?,
                     frame: None,
@@ -541,24 +535,51 @@ impl EventStore for RedbStore {
         ))
     }
 
-    fn record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    fn each_record(
+        &self,
+        from: u64,
+        each: &mut dyn FnMut(u64, &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
         let p = &self.path;
         let tx = self.read()?;
         if let Some(log) = optional_table(p, &tx, LOG)? {
-            let holding = log
-                .range(..=seq)
-                .map_err(|e| backend(p, e))?
-                .next_back()
-                .transpose()
-                .map_err(|e| backend(p, e))?;
-            if let Some((first, frame)) = holding {
+            let start = frame_holding(p, &log, from)?.map_or(from, |(first, _)| first);
+            for entry in log.range(start..).map_err(|e| backend(p, e))? {
+                let (first, frame) = entry.map_err(|e| backend(p, e))?;
                 let first = first.value();
-                let found = frame::nth(frame.value(), seq - first)
-                    .map_err(|e| torn(p, first, e))?
-                    .map(<[u8]>::to_vec);
-                if found.is_some() {
-                    return Ok(found);
+                let (mut seq, mut at) = (first, 0);
+                while let Some(record) = frame::next(frame.value(), &mut at) {
+                    let record = record.map_err(|e| torn(p, first, e))?;
+                    if seq >= from && each(seq, record).is_break() {
+                        return Ok(());
+                    }
+                    seq += 1;
                 }
+            }
+        }
+        // A store not moved into frames yet: its rows follow the frames.
+        if let Some(events) = optional_table(p, &tx, EVENTS)? {
+            for entry in events.range(from..).map_err(|e| backend(p, e))? {
+                let (seq, record) = entry.map_err(|e| backend(p, e))?;
+                if each(seq.value(), record.value()).is_break() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let p = &self.path;
+        let tx = self.read()?;
+        if let Some(log) = optional_table(p, &tx, LOG)?
+            && let Some((first, frame)) = frame_holding(p, &log, seq)?
+        {
+            let found = frame::nth(frame.value(), seq - first)
+                .map_err(|e| torn(p, first, e))?
+                .map(<[u8]>::to_vec);
+            if found.is_some() {
+                return Ok(found);
             }
         }
         let Some(events) = optional_table(p, &tx, EVENTS)? else {
@@ -735,6 +756,25 @@ impl EventStore for RedbStore {
     }
 }
 
+/// A frame's bytes, read in place.
+type FrameBytes = redb::AccessGuard<'static, &'static [u8]>;
+
+/// The frame that holds record `seq` if the log has it: the last frame
+/// starting at or before it (its first seq and its bytes).
+fn frame_holding(
+    p: &Path,
+    log: &redb::ReadOnlyTable<u64, &'static [u8]>,
+    seq: u64,
+) -> Result<Option<(u64, FrameBytes)>, StoreError> {
+    Ok(log
+        .range(..=seq)
+        .map_err(|e| backend(p, e))?
+        .next_back()
+        .transpose()
+        .map_err(|e| backend(p, e))?
+        .map(|(first, frame)| (first.value(), frame)))
+}
+
 /// Deletes the records before `kept_from` from the log: the frames that
 /// end before it, and the front of the one that holds it.
 fn cut_log(p: &Path, tx: &redb::WriteTransaction, kept_from: u64) -> Result<(), StoreError> {
@@ -774,7 +814,7 @@ struct FrameRecords {
 
 /// The frame [`FrameRecords`] is reading.
 struct Frame {
-    bytes: redb::AccessGuard<'static, &'static [u8]>,
+    bytes: FrameBytes,
     /// Its first record's seq.
     first: u64,
     /// The seq of its next record, and where that record starts.
@@ -926,8 +966,18 @@ mod tests {
         store
     }
 
+    /// The records from `from` on, read both ways (they must agree).
     fn all(store: &RedbStore, from: u64) -> Vec<(u64, Vec<u8>)> {
-        store.records(from).unwrap().map(Result::unwrap).collect()
+        let read: Vec<_> = store.records(from).unwrap().map(Result::unwrap).collect();
+        let mut lent = Vec::new();
+        store
+            .each_record(from, &mut |seq, bytes| {
+                lent.push((seq, bytes.to_vec()));
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(lent, read, "each_record and records from {from}");
+        read
     }
 
     fn expected(range: std::ops::RangeInclusive<u64>) -> Vec<(u64, Vec<u8>)> {
@@ -954,6 +1004,18 @@ mod tests {
         for seq in 1..=n {
             assert_eq!(store.record(seq).unwrap(), Some(bytes(seq)), "record {seq}");
         }
+        let mut seen = Vec::new();
+        store
+            .each_record(700, &mut |seq, _| {
+                seen.push(seq);
+                if seq == 1_100 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap();
+        assert_eq!(seen, (700..=1_100).collect::<Vec<_>>(), "stops where told");
         assert_eq!(store.record(0).unwrap(), None);
         assert_eq!(store.record(n + 1).unwrap(), None);
     }
@@ -1005,6 +1067,15 @@ mod tests {
         tx.commit().unwrap();
         drop(db);
         let store = RedbStore::open_read_only(&path).unwrap();
+        let mut lent = 0;
+        let error = store
+            .each_record(1, &mut |_, _| {
+                lent += 1;
+                ControlFlow::Continue(())
+            })
+            .unwrap_err();
+        assert_eq!(lent, first - 1);
+        assert!(error.to_string().contains("frame"), "{error}");
         let read: Vec<_> = store.records(1).unwrap().collect();
         let (last, rest) = read.split_last().unwrap();
         assert!(rest.iter().all(Result::is_ok));

@@ -757,15 +757,15 @@ impl EventStore for RedbStore {
 }
 
 /// A frame's bytes, read in place.
-type FrameBytes = redb::AccessGuard<'static, &'static [u8]>;
+type FrameBytes<'t> = redb::AccessGuard<'t, &'static [u8]>;
 
 /// The frame that holds record `seq` if the log has it: the last frame
 /// starting at or before it (its first seq and its bytes).
-fn frame_holding(
+fn frame_holding<'t>(
     p: &Path,
-    log: &redb::ReadOnlyTable<u64, &'static [u8]>,
+    log: &'t impl ReadableTable<u64, &'static [u8]>,
     seq: u64,
-) -> Result<Option<(u64, FrameBytes)>, StoreError> {
+) -> Result<Option<(u64, FrameBytes<'t>)>, StoreError> {
     Ok(log
         .range(..=seq)
         .map_err(|e| backend(p, e))?
@@ -779,13 +779,8 @@ fn frame_holding(
 /// end before it, and the front of the one that holds it.
 fn cut_log(p: &Path, tx: &redb::WriteTransaction, kept_from: u64) -> Result<(), StoreError> {
     let mut log = tx.open_table(LOG).map_err(|e| backend(p, e))?;
-    let holding = log
-        .range(..=kept_from)
-        .map_err(|e| backend(p, e))?
-        .next_back()
-        .transpose()
-        .map_err(|e| backend(p, e))?
-        .map(|(first, frame)| (first.value(), frame.value().to_vec()));
+    let holding =
+        frame_holding(p, &log, kept_from)?.map(|(first, frame)| (first, frame.value().to_vec()));
     let Some((first, frame)) = holding else {
         return Ok(());
     };
@@ -814,7 +809,7 @@ struct FrameRecords {
 
 /// The frame [`FrameRecords`] is reading.
 struct Frame {
-    bytes: FrameBytes,
+    bytes: FrameBytes<'static>,
     /// Its first record's seq.
     first: u64,
     /// The seq of its next record, and where that record starts.

@@ -1016,6 +1016,34 @@ mod tests {
     }
 
     #[test]
+    fn frames_fill_the_pages_they_take() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            RedbStore::create(&dir.path().join("toka.redb"), &Limits::default(), &[7; 32]).unwrap();
+        for batch in 0..50u64 {
+            let records = (1..=1_000)
+                .map(|i| (batch * 1_000 + i, vec![7; 150]))
+                .collect();
+            store
+                .append(Batch {
+                    records,
+                    ..Batch::default()
+                })
+                .unwrap();
+        }
+        let Db::Write(db) = &store.db else {
+            unreachable!("created for writing")
+        };
+        let stats = db.begin_write().unwrap().stats().unwrap();
+        assert!(
+            stats.fragmented_bytes() * 4 < stats.stored_bytes(),
+            "{} bytes unused in the pages of {} stored",
+            stats.fragmented_bytes(),
+            stats.stored_bytes()
+        );
+    }
+
+    #[test]
     fn a_cut_inside_a_frame_keeps_exactly_the_records_from_kept_from() {
         let dir = tempfile::tempdir().unwrap();
         let n = 2_000;

@@ -256,12 +256,12 @@ impl WorldState {
                     self.overwritten.remove(&key.task);
                 }
             }
-            run.push(JournalEntry {
-                index: key.index,
-                seq: env.seq,
-                created: created(&events),
+            run.push(JournalEntry::new(
+                key.index,
+                env.seq,
+                created(&events),
                 prior,
-            });
+            ));
             run.next_index = key.index + 1;
         } else if let Some(key) = outside
             && let Some(task) = self.agents.get(&origin).and_then(|a| a.running)

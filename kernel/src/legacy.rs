@@ -139,14 +139,13 @@ pub(crate) fn state_v1(bytes: &[u8]) -> Result<WorldState, postcard::Error> {
                     let mut converted = Run::started(run.started_seq, run.started_at);
                     converted.next_index = next_index;
                     for (e, index) in run.journal.into_iter().zip(0..) {
-                        converted.push(JournalEntry {
+                        converted.push(JournalEntry::new(
                             index,
-                            seq: e.seq,
-                            created: e.created,
-                            prior: e
-                                .prior
+                            e.seq,
+                            e.created,
+                            e.prior
                                 .map_or(Replaced::Nothing, |p| Replaced::First(Box::new(p))),
-                        });
+                        ));
                     }
                     TaskStatus::Running(converted)
                 }

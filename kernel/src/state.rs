@@ -171,7 +171,7 @@ impl Run {
 
     /// Appends an entry.
     pub(crate) fn push(&mut self, entry: JournalEntry) {
-        let key = match &entry.prior {
+        let key = match entry.prior() {
             Replaced::First(prior) => Some(&prior.key),
             Replaced::Rewrite(rewrite) => Some(&rewrite.key),
             Replaced::Nothing => None,
@@ -191,14 +191,15 @@ impl Run {
     pub(crate) fn drop_copied_priors(&mut self) {
         let mut seen = BTreeSet::new();
         for entry in &mut self.journal {
-            let Replaced::First(prior) = &entry.prior else {
+            let Replaced::First(prior) = entry.prior() else {
                 continue;
             };
             if !seen.insert(prior.key.clone()) {
-                entry.prior = Replaced::Rewrite(Box::new(Rewrite {
+                let rewrite = Replaced::Rewrite(Box::new(Rewrite {
                     key: prior.key.clone(),
                     existed: prior.value.is_some(),
                 }));
+                entry.set_prior(rewrite);
             }
         }
     }
@@ -242,16 +243,86 @@ pub struct Gap {
 }
 
 /// What one operation of a running task did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// A running task keeps one per operation, so the common entry (an
+/// operation that created nothing and wrote no state) is 24 bytes: what
+/// else an operation did is boxed. Encoded as the four fields `index`,
+/// `seq`, `created`, `prior`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "JournalEntryWire<Option<EntityId>, Replaced>")]
 pub struct JournalEntry {
     /// The operation's index in its task (its [`OpKey`](crate::OpKey) index).
     pub index: u32,
     /// Its record's sequence number.
     pub seq: u64,
-    /// The agent or task it created, if any.
-    pub created: Option<EntityId>,
+    /// What it created or replaced, when either.
+    did: Option<Box<Did>>,
+}
+
+/// What an operation created or replaced (see [`JournalEntry`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Did {
+    created: Option<EntityId>,
+    prior: Replaced,
+}
+
+/// What an entry of an operation that created nothing and wrote no state
+/// replaced.
+static NOTHING: Replaced = Replaced::Nothing;
+
+impl JournalEntry {
+    /// The entry of the operation at `index`, applied as record `seq`,
+    /// which created `created` and replaced `prior`.
+    #[must_use]
+    pub fn new(index: u32, seq: u64, created: Option<EntityId>, prior: Replaced) -> JournalEntry {
+        let did = (created.is_some() || prior != Replaced::Nothing)
+            .then(|| Box::new(Did { created, prior }));
+        JournalEntry { index, seq, did }
+    }
+
+    /// The agent or task the operation created, if any.
+    #[must_use]
+    pub fn created(&self) -> Option<EntityId> {
+        self.did.as_ref().and_then(|d| d.created)
+    }
+
     /// For a state put or delete: what it replaced.
-    pub prior: Replaced,
+    #[must_use]
+    pub fn prior(&self) -> &Replaced {
+        self.did.as_ref().map_or(&NOTHING, |d| &d.prior)
+    }
+
+    /// Replaces what the entry says the operation replaced.
+    pub(crate) fn set_prior(&mut self, prior: Replaced) {
+        *self = JournalEntry::new(self.index, self.seq, self.created(), prior);
+    }
+}
+
+/// [`JournalEntry`] as encoded.
+#[derive(Serialize, Deserialize)]
+struct JournalEntryWire<C, P> {
+    index: u32,
+    seq: u64,
+    created: C,
+    prior: P,
+}
+
+impl From<JournalEntryWire<Option<EntityId>, Replaced>> for JournalEntry {
+    fn from(wire: JournalEntryWire<Option<EntityId>, Replaced>) -> JournalEntry {
+        JournalEntry::new(wire.index, wire.seq, wire.created, wire.prior)
+    }
+}
+
+impl Serialize for JournalEntry {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        JournalEntryWire {
+            index: self.index,
+            seq: self.seq,
+            created: self.created(),
+            prior: self.prior(),
+        }
+        .serialize(serializer)
+    }
 }
 
 /// What a state write inside a task replaced: enough to answer a re-run's
@@ -642,12 +713,7 @@ mod tests {
     }
 
     fn entry(index: u32, prior: Replaced) -> JournalEntry {
-        JournalEntry {
-            index,
-            seq: 10 + u64::from(index),
-            created: None,
-            prior,
-        }
+        JournalEntry::new(index, 10 + u64::from(index), None, prior)
     }
 
     #[test]
@@ -693,6 +759,42 @@ mod tests {
             bytes(&Replaced::First(Box::new(prior.clone()))),
             bytes(&Some(Box::new(prior)))
         );
+    }
+
+    #[test]
+    fn a_journal_entry_is_encoded_as_its_four_fields_and_kept_in_24_bytes() {
+        /// The entry as releases before the boxed form encoded it.
+        #[derive(Serialize)]
+        struct Fields {
+            index: u32,
+            seq: u64,
+            created: Option<EntityId>,
+            prior: Replaced,
+        }
+        let task = Some(EntityId::derive(None, "task", EntityId::SYSTEM, 3));
+        for (created, prior) in [
+            (None, Replaced::Nothing),
+            (task, Replaced::Nothing),
+            (None, first("k", Some(vec![1, 2]))),
+            (task, rewrite("k", true)),
+        ] {
+            let entry = JournalEntry::new(7, 1_000_000, created, prior.clone());
+            assert_eq!((entry.created(), entry.prior()), (created, &prior));
+            let encoded = bytes(&entry);
+            assert_eq!(
+                encoded,
+                bytes(&Fields {
+                    index: 7,
+                    seq: 1_000_000,
+                    created,
+                    prior,
+                })
+            );
+            let decoded: JournalEntry = postcard::from_bytes(&encoded).unwrap();
+            assert_eq!(decoded, entry);
+        }
+        // One per operation of every running task: the plain one stays small.
+        assert_eq!(std::mem::size_of::<JournalEntry>(), 24);
     }
 
     fn bytes<T: Serialize>(value: &T) -> Vec<u8> {

@@ -426,57 +426,57 @@ mod journal {
         assert_eq!(
             journal,
             vec![
-                JournalEntry {
-                    index: 0,
-                    seq: put.seq,
-                    created: None,
-                    prior: Replaced::First(Box::new(Prior {
+                JournalEntry::new(
+                    0,
+                    put.seq,
+                    None,
+                    Replaced::First(Box::new(Prior {
                         key: "k".into(),
                         value: Some(vec![1])
                     })),
-                },
-                JournalEntry {
-                    index: 1,
-                    seq: scheduled.seq,
-                    created: Some(common::scheduled(&scheduled.events)),
-                    prior: Replaced::Nothing,
-                },
-                JournalEntry {
-                    index: 2,
-                    seq: deleted.seq,
-                    created: None,
-                    prior: Replaced::First(Box::new(Prior {
+                ),
+                JournalEntry::new(
+                    1,
+                    scheduled.seq,
+                    Some(common::scheduled(&scheduled.events)),
+                    Replaced::Nothing,
+                ),
+                JournalEntry::new(
+                    2,
+                    deleted.seq,
+                    None,
+                    Replaced::First(Box::new(Prior {
                         key: "new".into(),
                         value: None
                     })),
-                },
-                JournalEntry {
-                    index: 3,
-                    seq: rewrites[0],
-                    created: None,
-                    prior: Replaced::Rewrite(Box::new(Rewrite {
+                ),
+                JournalEntry::new(
+                    3,
+                    rewrites[0],
+                    None,
+                    Replaced::Rewrite(Box::new(Rewrite {
                         key: "k".into(),
                         existed: true
                     })),
-                },
-                JournalEntry {
-                    index: 4,
-                    seq: rewrites[1],
-                    created: None,
-                    prior: Replaced::Rewrite(Box::new(Rewrite {
+                ),
+                JournalEntry::new(
+                    4,
+                    rewrites[1],
+                    None,
+                    Replaced::Rewrite(Box::new(Rewrite {
                         key: "k".into(),
                         existed: true
                     })),
-                },
-                JournalEntry {
-                    index: 5,
-                    seq: rewrites[2],
-                    created: None,
-                    prior: Replaced::Rewrite(Box::new(Rewrite {
+                ),
+                JournalEntry::new(
+                    5,
+                    rewrites[2],
+                    None,
+                    Replaced::Rewrite(Box::new(Rewrite {
                         key: "k".into(),
                         existed: false
                     })),
-                },
+                ),
             ]
         );
         let run = w.kernel.state().task(task).unwrap().status.run().unwrap();
@@ -518,7 +518,7 @@ mod journal {
         put(&mut w, Some(1), 3);
         put(&mut w, Some(2), 4);
         let run = w.kernel.state().task(task).unwrap().status.run().unwrap();
-        let priors: Vec<Replaced> = run.journal.iter().map(|e| e.prior.clone()).collect();
+        let priors: Vec<Replaced> = run.journal.iter().map(|e| e.prior().clone()).collect();
         let first = |value: Option<Vec<u8>>| {
             Replaced::First(Box::new(Prior {
                 key: "k".into(),

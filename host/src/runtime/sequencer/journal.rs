@@ -88,7 +88,7 @@ impl Core {
         }
         Ok(Receipt {
             seq: entry.seq,
-            created: entry.created,
+            created: entry.created(),
         })
     }
 

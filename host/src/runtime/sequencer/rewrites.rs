@@ -49,7 +49,7 @@ impl Rewrites {
             self.forget_ended(state);
             let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
             for (at, entry) in run.journal.iter().enumerate() {
-                let key = match &entry.prior {
+                let key = match entry.prior() {
                     Replaced::First(prior) => &prior.key,
                     Replaced::Rewrite(rewrite) => &rewrite.key,
                     Replaced::Nothing => continue,
@@ -88,7 +88,7 @@ impl Writes {
             // one left.
             return Before::Untouched;
         };
-        match &run.journal[at].prior {
+        match run.journal[at].prior() {
             Replaced::First(prior) => Before::Value(prior.value.clone()),
             Replaced::Rewrite(rewrite) if !rewrite.existed => Before::Value(None),
             Replaced::Rewrite(_) => match next.checked_sub(1).map(|p| writes[p]) {
@@ -109,7 +109,7 @@ impl Writes {
     ) -> impl Iterator<Item = (&'a str, bool)> {
         self.by_key.iter().filter_map(move |(key, writes)| {
             let next = writes.partition_point(|at| run.journal[*at].index < index);
-            let existed = match &run.journal[*writes.get(next)?].prior {
+            let existed = match run.journal[*writes.get(next)?].prior() {
                 Replaced::First(prior) => prior.value.is_some(),
                 Replaced::Rewrite(rewrite) => rewrite.existed,
                 Replaced::Nothing => return None,
@@ -144,12 +144,7 @@ mod tests {
         let journal: Vec<JournalEntry> = priors
             .into_iter()
             .zip(0u32..)
-            .map(|(prior, index)| JournalEntry {
-                index,
-                seq: 100 + u64::from(index),
-                created: None,
-                prior,
-            })
+            .map(|(prior, index)| JournalEntry::new(index, 100 + u64::from(index), None, prior))
             .collect();
         let next = u32::try_from(journal.len()).unwrap();
         // Only the kernel makes runs; its encoding is public.

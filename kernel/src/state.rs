@@ -275,7 +275,7 @@ impl JournalEntry {
     /// which created `created` and replaced `prior`.
     #[must_use]
     pub fn new(index: u32, seq: u64, created: Option<EntityId>, prior: Replaced) -> JournalEntry {
-        let did = (created.is_some() || prior != Replaced::Nothing)
+        let did = (created.is_some() || !matches!(prior, Replaced::Nothing))
             .then(|| Box::new(Did { created, prior }));
         JournalEntry { index, seq, did }
     }
@@ -300,6 +300,7 @@ impl JournalEntry {
 
 /// [`JournalEntry`] as encoded.
 #[derive(Serialize, Deserialize)]
+#[serde(rename = "JournalEntry")]
 struct JournalEntryWire<C, P> {
     index: u32,
     seq: u64,

@@ -91,3 +91,36 @@ impl HostInner {
         clip(reason, max)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_compile_serves_everyone_asking_for_a_component_meanwhile() {
+        let components =
+            crate::sandbox::components::Components::<crate::runtime::guest::AgentCtx>::new(
+                false,
+                None,
+                crate::runtime::guest::add_imports,
+            )
+            .unwrap();
+        let bytes = std::fs::read(toka_agents::path("test-bench").unwrap()).unwrap();
+        let digest = toka_kernel::Digest::of(&bytes);
+        std::thread::scope(|s| {
+            let asking: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| components.prepare(digest, &bytes).is_ok()))
+                .collect();
+            for asked in asking {
+                assert!(asked.join().unwrap());
+            }
+        });
+        assert_eq!(
+            components.compiles(),
+            (1, 0),
+            "one compile, none left running"
+        );
+        // A component that does not compile is refused to each caller.
+        let bad = toka_kernel::Digest::of(b"not wasm");
+        assert!(components.prepare(bad, b"not wasm").is_err());
+        assert!(components.cached(&bad).is_none());
+    }
+}

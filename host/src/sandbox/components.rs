@@ -1,6 +1,7 @@
 //! Loading agent components: validate, compile once, instantiate fast.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use toka_kernel::Digest;
@@ -120,6 +121,12 @@ pub(crate) struct Components<T: 'static> {
     engine: Engine,
     linker: Arc<Linker<T>>,
     cache: Arc<Mutex<BTreeMap<Digest, AgentPre<T>>>>,
+    /// A lock per digest being compiled: one compile serves everyone
+    /// asking for it meanwhile (many agents of one component starting at
+    /// once after a restart would otherwise each compile it).
+    compiling: Arc<Mutex<BTreeMap<Digest, Arc<Mutex<()>>>>>,
+    /// Compilations run.
+    compiles: Arc<AtomicU64>,
 }
 
 impl<T: 'static> Clone for Components<T> {
@@ -128,6 +135,8 @@ impl<T: 'static> Clone for Components<T> {
             engine: self.engine.clone(),
             linker: Arc::clone(&self.linker),
             cache: Arc::clone(&self.cache),
+            compiling: Arc::clone(&self.compiling),
+            compiles: Arc::clone(&self.compiles),
         }
     }
 }
@@ -175,6 +184,8 @@ impl<T: 'static> Components<T> {
             engine,
             linker: Arc::new(linker),
             cache: Arc::default(),
+            compiling: Arc::default(),
+            compiles: Arc::default(),
         })
     }
 
@@ -183,6 +194,8 @@ impl<T: 'static> Components<T> {
     }
 
     /// Validates and compiles `bytes`, caching the result under `digest`.
+    /// Callers asking for a digest while it compiles wait for that compile
+    /// (blocking: call it where blocking is allowed).
     pub(crate) fn prepare(
         &self,
         digest: Digest,
@@ -191,12 +204,37 @@ impl<T: 'static> Components<T> {
         if let Some(pre) = self.cached(&digest) {
             return Ok(pre);
         }
-        let pre = self.compile(bytes)?;
-        self.cache
+        let turn = Arc::clone(
+            self.compiling
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(digest)
+                .or_default(),
+        );
+        let _turn = turn.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pre) = self.cached(&digest) {
+            return Ok(pre);
+        }
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        let compiled = self.compile(bytes);
+        if let Ok(pre) = &compiled {
+            self.cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(digest, pre.clone());
+        }
+        self.compiling
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(digest, pre.clone());
-        Ok(pre)
+            .remove(&digest);
+        compiled
+    }
+
+    /// Compilations run so far, and digests being compiled now.
+    #[cfg(test)]
+    pub(crate) fn compiles(&self) -> (u64, usize) {
+        let compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
+        (self.compiles.load(Ordering::Relaxed), compiling.len())
     }
 
     /// The compiled component for `digest`, if it was prepared.

@@ -295,11 +295,16 @@ impl HostParts<'_> {
 
     /// Compiles (and so validates) a component, off the async threads.
     pub(crate) async fn compile(&self, digest: Digest, bytes: Arc<[u8]>) -> Result<(), HostError> {
-        let components = self.inner.components.clone();
-        tokio::task::spawn_blocking(move || components.prepare(digest, &bytes))
-            .await
-            .map_err(|e| HostError::Wasmtime(format!("compiling the component panicked: {e}")))??;
-        Ok(())
+        use crate::sandbox::components::Unprepared;
+        let load = || Ok::<_, std::convert::Infallible>(bytes);
+        match self.inner.components.prepare(digest, load).await {
+            Ok(_) => Ok(()),
+            Err(Unprepared::Invalid(e)) => Err(e.into()),
+            Err(Unprepared::Panicked(e)) => Err(HostError::Wasmtime(format!(
+                "compiling the component panicked: {e}"
+            ))),
+            Err(Unprepared::Load(never)) => match never {},
+        }
     }
 
     /// Whether `token` allows `level` now.

@@ -12,7 +12,7 @@ use crate::runtime::bus::Bus;
 use crate::runtime::guest::AgentCtx;
 use crate::runtime::sequencer::Sequencer;
 use crate::sandbox::bindings::AgentPre;
-use crate::sandbox::components::Components;
+use crate::sandbox::components::{Components, Unprepared};
 use crate::sandbox::limits::AgentLimits;
 use crate::store::event_store::EventStore;
 use crate::text::clip;
@@ -68,21 +68,23 @@ impl HostInner {
         self.bus.send(batch);
     }
 
-    /// The compiled component, compiling it from the stored blob if needed.
+    /// The compiled component, compiling it from the stored blob if needed
+    /// (once, however many agents of it start meanwhile).
     pub(crate) async fn prepared(&self, digest: Digest) -> Result<AgentPre<AgentCtx>, String> {
-        if let Some(pre) = self.components.cached(&digest) {
-            return Ok(pre);
-        }
-        let bytes = self
-            .store
-            .blob(&digest)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("component {} is missing from the store", digest.short()))?;
-        let components = self.components.clone();
-        tokio::task::spawn_blocking(move || components.prepare(digest, &bytes))
+        let load = || {
+            self.store
+                .blob(&digest)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("component {} is missing from the store", digest.short()))
+        };
+        self.components
+            .prepare(digest, load)
             .await
-            .map_err(|e| format!("compiling the component panicked: {e}"))?
-            .map_err(|e| e.to_string())
+            .map_err(|unprepared| match unprepared {
+                Unprepared::Load(why) => why,
+                Unprepared::Invalid(e) => e.to_string(),
+                Unprepared::Panicked(e) => format!("compiling the component panicked: {e}"),
+            })
     }
 
     /// Cuts a reason to the kernel's limit (on a character boundary).
@@ -94,33 +96,64 @@ impl HostInner {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn one_compile_serves_everyone_asking_for_a_component_meanwhile() {
-        let components =
-            crate::sandbox::components::Components::<crate::runtime::guest::AgentCtx>::new(
-                false,
-                None,
-                crate::runtime::guest::add_imports,
-            )
-            .unwrap();
-        let bytes = std::fs::read(toka_agents::path("test-bench").unwrap()).unwrap();
+    use std::convert::Infallible;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use crate::runtime::guest::{AgentCtx, add_imports};
+    use crate::sandbox::components::{Components, Unprepared};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_compile_serves_everyone_asking_for_a_component_meanwhile() {
+        let components = Components::<AgentCtx>::new(false, None, add_imports).unwrap();
+        let bytes: Arc<[u8]> = std::fs::read(toka_agents::path("test-bench").unwrap())
+            .unwrap()
+            .into();
         let digest = toka_kernel::Digest::of(&bytes);
-        std::thread::scope(|s| {
-            let asking: Vec<_> = (0..8)
-                .map(|_| s.spawn(|| components.prepare(digest, &bytes).is_ok()))
-                .collect();
-            for asked in asking {
-                assert!(asked.join().unwrap());
-            }
-        });
+        let loads = Arc::new(AtomicU32::new(0));
+        let asking: Vec<_> = (0..8)
+            .map(|_| {
+                let (components, bytes, loads) =
+                    (components.clone(), Arc::clone(&bytes), Arc::clone(&loads));
+                tokio::spawn(async move {
+                    let load = || {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, Infallible>(bytes)
+                    };
+                    components.prepare(digest, load).await.is_ok()
+                })
+            })
+            .collect();
+        for asked in asking {
+            assert!(asked.await.unwrap());
+        }
         assert_eq!(
             components.compiles(),
             (1, 0),
             "one compile, none left running"
         );
-        // A component that does not compile is refused to each caller.
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "the bytes loaded once");
+
+        // A component that does not compile is refused to each caller, and
+        // not cached; a load that fails is the caller's error.
         let bad = toka_kernel::Digest::of(b"not wasm");
-        assert!(components.prepare(bad, b"not wasm").is_err());
+        for _ in 0..2 {
+            let refused = components
+                .prepare(bad, || Ok::<_, Infallible>(b"not wasm".as_slice()))
+                .await;
+            assert!(
+                matches!(refused, Err(Unprepared::Invalid(_))),
+                "{:?}",
+                refused.err()
+            );
+        }
         assert!(components.cached(&bad).is_none());
+        let missing = components.prepare(bad, || Err::<&[u8], _>("gone")).await;
+        assert!(
+            matches!(missing, Err(Unprepared::Load("gone"))),
+            "{:?}",
+            missing.err()
+        );
+        assert_eq!(components.compiles(), (3, 0));
     }
 }

@@ -64,6 +64,17 @@ pub enum ComponentError {
     Mismatch(String),
 }
 
+/// Why [`Components::prepare`] has no compiled component to give.
+#[derive(Debug)]
+pub(crate) enum Unprepared<E> {
+    /// The component's bytes could not be loaded.
+    Load(E),
+    /// They are not a component this host runs.
+    Invalid(ComponentError),
+    /// The compiler panicked (the message).
+    Panicked(String),
+}
+
 /// Slots of wasmtime's pooling allocator, sized for the host's cap on live
 /// instances: memories, tables, stacks and instance data are allocated
 /// once and reused, so starting and ending an instance maps and unmaps
@@ -121,10 +132,11 @@ pub(crate) struct Components<T: 'static> {
     engine: Engine,
     linker: Arc<Linker<T>>,
     cache: Arc<Mutex<BTreeMap<Digest, AgentPre<T>>>>,
-    /// A lock per digest being compiled: one compile serves everyone
+    /// A turn per digest being compiled: one compile serves everyone
     /// asking for it meanwhile (many agents of one component starting at
-    /// once after a restart would otherwise each compile it).
-    compiling: Arc<Mutex<BTreeMap<Digest, Arc<Mutex<()>>>>>,
+    /// once after a restart would otherwise each read its bytes and
+    /// compile it on a blocking thread of its own).
+    compiling: Arc<Mutex<BTreeMap<Digest, Arc<tokio::sync::Mutex<()>>>>>,
     /// Compilations run.
     compiles: Arc<AtomicU64>,
 }
@@ -193,14 +205,20 @@ impl<T: 'static> Components<T> {
         &self.engine
     }
 
-    /// Validates and compiles `bytes`, caching the result under `digest`.
-    /// Callers asking for a digest while it compiles wait for that compile
-    /// (blocking: call it where blocking is allowed).
-    pub(crate) fn prepare(
+    /// The compiled component for `digest`: from the cache, or else
+    /// validated and compiled (on a blocking thread) from the bytes `load`
+    /// gives, and cached. Callers asking for a digest while it compiles
+    /// wait for that compile, holding no thread and loading nothing; a
+    /// failed compile is not cached (the next caller tries again).
+    pub(crate) async fn prepare<B, E>(
         &self,
         digest: Digest,
-        bytes: &[u8],
-    ) -> Result<AgentPre<T>, ComponentError> {
+        load: impl FnOnce() -> Result<B, E>,
+    ) -> Result<AgentPre<T>, Unprepared<E>>
+    where
+        T: Send,
+        B: AsRef<[u8]> + Send + 'static,
+    {
         if let Some(pre) = self.cached(&digest) {
             return Ok(pre);
         }
@@ -211,23 +229,48 @@ impl<T: 'static> Components<T> {
                 .entry(digest)
                 .or_default(),
         );
-        let _turn = turn.lock().unwrap_or_else(|e| e.into_inner());
+        let held = turn.lock().await;
+        let prepared = self.prepare_in_turn(digest, load).await;
+        {
+            let mut compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
+            if compiling
+                .get(&digest)
+                .is_some_and(|t| Arc::ptr_eq(t, &turn))
+            {
+                compiling.remove(&digest);
+            }
+        }
+        drop(held);
+        prepared
+    }
+
+    /// [`Components::prepare`] once the caller has the turn for `digest`.
+    async fn prepare_in_turn<B, E>(
+        &self,
+        digest: Digest,
+        load: impl FnOnce() -> Result<B, E>,
+    ) -> Result<AgentPre<T>, Unprepared<E>>
+    where
+        T: Send,
+        B: AsRef<[u8]> + Send + 'static,
+    {
         if let Some(pre) = self.cached(&digest) {
             return Ok(pre);
         }
-        self.compiles.fetch_add(1, Ordering::Relaxed);
-        let compiled = self.compile(bytes);
-        if let Ok(pre) = &compiled {
-            self.cache
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(digest, pre.clone());
-        }
-        self.compiling
+        let bytes = load().map_err(Unprepared::Load)?;
+        let this = self.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
+            this.compiles.fetch_add(1, Ordering::Relaxed);
+            this.compile(bytes.as_ref())
+        })
+        .await
+        .map_err(|e| Unprepared::Panicked(e.to_string()))?
+        .map_err(Unprepared::Invalid)?;
+        self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&digest);
-        compiled
+            .insert(digest, compiled.clone());
+        Ok(compiled)
     }
 
     /// Compilations run so far, and digests being compiled now.

@@ -155,5 +155,26 @@ mod tests {
             missing.err()
         );
         assert_eq!(components.compiles(), (3, 0));
+
+        // A caller dropped while it compiles (its task aborted) leaves no
+        // turn behind, and the next caller gets the component.
+        let hello: Arc<[u8]> = std::fs::read(toka_agents::path("hello").unwrap())
+            .unwrap()
+            .into();
+        let digest = toka_kernel::Digest::of(&hello);
+        let dropped = {
+            let (components, hello) = (components.clone(), Arc::clone(&hello));
+            tokio::spawn(async move {
+                let load = || Ok::<_, Infallible>(hello);
+                components.prepare(digest, load).await.is_ok()
+            })
+        };
+        tokio::task::yield_now().await;
+        dropped.abort();
+        let _ = dropped.await;
+        assert_eq!(components.compiles().1, 0, "no turn left behind");
+        let load = || Ok::<_, Infallible>(hello);
+        assert!(components.prepare(digest, load).await.is_ok());
+        assert_eq!(components.compiles().1, 0);
     }
 }

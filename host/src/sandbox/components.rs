@@ -64,6 +64,51 @@ pub enum ComponentError {
     Mismatch(String),
 }
 
+/// Digests being compiled, each with the turn to compile it.
+type Compiling = Mutex<BTreeMap<Digest, Arc<tokio::sync::Mutex<()>>>>;
+
+/// The turn to compile one digest: while it is held, others asking for
+/// the digest wait for it. Dropped (also when its holder is cancelled),
+/// it leaves the map of digests being compiled, then lets the next in.
+struct Turn<'a> {
+    compiling: &'a Compiling,
+    digest: Digest,
+    slot: Arc<tokio::sync::Mutex<()>>,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl<'a> Turn<'a> {
+    /// Waits for the turn to compile `digest`.
+    async fn take(compiling: &'a Compiling, digest: Digest) -> Turn<'a> {
+        let slot = Arc::clone(
+            compiling
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(digest)
+                .or_default(),
+        );
+        let held = Arc::clone(&slot).lock_owned().await;
+        Turn {
+            compiling,
+            digest,
+            slot,
+            _held: held,
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
+        if compiling
+            .get(&self.digest)
+            .is_some_and(|slot| Arc::ptr_eq(slot, &self.slot))
+        {
+            compiling.remove(&self.digest);
+        }
+    }
+}
+
 /// Why [`Components::prepare`] has no compiled component to give.
 #[derive(Debug)]
 pub(crate) enum Unprepared<E> {
@@ -136,7 +181,7 @@ pub(crate) struct Components<T: 'static> {
     /// asking for it meanwhile (many agents of one component starting at
     /// once after a restart would otherwise each read its bytes and
     /// compile it on a blocking thread of its own).
-    compiling: Arc<Mutex<BTreeMap<Digest, Arc<tokio::sync::Mutex<()>>>>>,
+    compiling: Arc<Compiling>,
     /// Compilations run.
     compiles: Arc<AtomicU64>,
 }
@@ -222,26 +267,8 @@ impl<T: 'static> Components<T> {
         if let Some(pre) = self.cached(&digest) {
             return Ok(pre);
         }
-        let turn = Arc::clone(
-            self.compiling
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(digest)
-                .or_default(),
-        );
-        let held = turn.lock().await;
-        let prepared = self.prepare_in_turn(digest, load).await;
-        {
-            let mut compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
-            if compiling
-                .get(&digest)
-                .is_some_and(|t| Arc::ptr_eq(t, &turn))
-            {
-                compiling.remove(&digest);
-            }
-        }
-        drop(held);
-        prepared
+        let _turn = Turn::take(&self.compiling, digest).await;
+        self.prepare_in_turn(digest, load).await
     }
 
     /// [`Components::prepare`] once the caller has the turn for `digest`.

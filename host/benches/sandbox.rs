@@ -29,9 +29,22 @@ mod guest {
     });
 }
 
+/// A host that answers every call and does nothing else (it links
+/// `wasi:http`, which `test-bench` imports for `get`, and never uses it).
 struct Ctx {
     wasi: WasiCtx,
+    http: wasmtime_wasi_http::WasiHttpCtx,
     table: ResourceTable,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for Ctx {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: wasmtime_wasi_http::default_hooks(),
+        }
+    }
 }
 
 impl WasiView for Ctx {
@@ -110,12 +123,14 @@ fn sandbox(c: &mut Criterion) {
             let component = Component::new(&engine, &bytes).unwrap();
             let mut linker = Linker::new(&engine);
             wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+            wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).unwrap();
             guest::Agent::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).unwrap();
             let pre = guest::AgentPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
             let mut store = Store::new(
                 &engine,
                 Ctx {
                     wasi: WasiCtx::builder().build(),
+                    http: wasmtime_wasi_http::WasiHttpCtx::new(),
                     table: ResourceTable::new(),
                 },
             );

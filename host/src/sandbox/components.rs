@@ -268,19 +268,7 @@ impl<T: 'static> Components<T> {
             return Ok(pre);
         }
         let _turn = Turn::take(&self.compiling, digest).await;
-        self.prepare_in_turn(digest, load).await
-    }
-
-    /// [`Components::prepare`] once the caller has the turn for `digest`.
-    async fn prepare_in_turn<B, E>(
-        &self,
-        digest: Digest,
-        load: impl FnOnce() -> Result<B, E>,
-    ) -> Result<AgentPre<T>, Unprepared<E>>
-    where
-        T: Send,
-        B: AsRef<[u8]> + Send + 'static,
-    {
+        // The compile this caller waited for may have served it.
         if let Some(pre) = self.cached(&digest) {
             return Ok(pre);
         }

@@ -73,6 +73,7 @@ pub use runtime::tasks::{TaskInfo, TaskState};
 pub use sandbox::components::ComponentError;
 pub use sandbox::dirs::{ProtectedPathError, check_fs_right};
 pub use sandbox::limits::{AgentLimits, LimitsError};
+pub use sandbox::memory::MemoryUsage;
 pub use store::archive_file::ArchiveFileError;
 pub use store::data_dir::{DataDir, DataDirError};
 pub use store::event_store::{

@@ -357,6 +357,75 @@ async fn unbounded_memory_growth_traps_at_the_tokens_memory_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hogs_within_their_own_limits_are_bounded_together_by_the_hosts_memory_budget() {
+    // Six agents (six trees) that may each grow to 32 MiB, 192 MiB in
+    // all, on a host that gives all its agents 24 MiB: each grows until
+    // the budget refuses, at the same time as the others.
+    let budget = 24u64 << 20;
+    let mut config = toka_host::HostConfig::new();
+    config
+        .agent_limits(limits(|l| l.memory_bytes = 32 << 20))
+        .memory_budget(budget)
+        .warm_instances(0);
+    let arena = Arena::new(config).await;
+    let mut hogs = Vec::new();
+    for n in 0..6 {
+        let name = format!("hog-{n}");
+        hogs.push(
+            arena
+                .agent_named("hostile-memory", &name, grant(&["observe"]))
+                .await,
+        );
+    }
+    for &hog in &hogs {
+        arena.host.schedule(hog, "grow").await.unwrap();
+    }
+    arena.host.run_until_idle().await.unwrap();
+    let memory = arena.host.memory();
+    assert_eq!(memory.budget, budget);
+    assert!(
+        memory.peak <= budget && memory.peak > budget - (4 << 20),
+        "the hogs held {} together at most",
+        memory.peak
+    );
+    // Every instance is gone, and its memory given back.
+    assert_eq!(memory.in_use, 0);
+    arena.bystander_serves().await;
+    // Not their fault: each hog is active and runs its next task.
+    for &hog in &hogs {
+        assert_eq!(outcome(&arena.host, hog, "ok").await, Ok("ok".to_owned()));
+    }
+    let events = arena.finish().await;
+    for &hog in &hogs {
+        // Within its own limit, past the host's: the host's condition.
+        let [err] = &failures(&events, hog)[..] else {
+            panic!("one failure each: {:?}", failures(&events, hog))
+        };
+        assert!(
+            err.starts_with("the host could not run the task: ")
+                && err.contains("the host's memory for agents is spent: growing by ")
+                && err.contains(" would pass its budget of 24MiB ("),
+            "{err}"
+        );
+        assert_eq!(
+            count(
+                &events,
+                |e| matches!(e, Event::HostCondition { agent, .. } if *agent == hog)
+            ),
+            3,
+            "each hog's task was tried three times"
+        );
+        assert_eq!(
+            count(
+                &events,
+                |e| matches!(e, Event::AgentFaulted { agent, .. } if *agent == hog)
+            ),
+            0
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_finds_nothing_an_earlier_one_left_in_its_slot() {
     // One place and no warm instances: the second agent's instance takes
     // the slot (memory, stack) the first one's left. The pooling allocator

@@ -89,6 +89,12 @@ struct LimitArgs {
     /// Bytes of each linear memory of an agent (default 64MiB).
     #[arg(long, global = true, env = "TOKA_MEMORY", value_name = "SIZE", value_parser = toka_host::parse_size)]
     memory: Option<u64>,
+    /// Bytes of linear memory all running agents may hold together (default:
+    /// half the machine's memory); one tree of agents holds at most three
+    /// quarters of it. A growth past it fails the task as the host's
+    /// condition, not the agent's fault.
+    #[arg(long, global = true, env = "TOKA_MEMORY_BUDGET", value_name = "SIZE", value_parser = parse_budget)]
+    memory_budget: Option<u64>,
     /// Fuel per task: meters every agent deterministically (default: no fuel
     /// metering, which is faster; the deadline still stops a runaway task).
     #[arg(long, global = true, env = "TOKA_FUEL", value_name = "N")]
@@ -106,6 +112,14 @@ struct LimitArgs {
     /// Time for one outbound HTTP request (default 60s).
     #[arg(long, global = true, env = "TOKA_HTTP_TIMEOUT", value_name = "DURATION", value_parser = toka_host::parse_duration)]
     http_timeout: Option<Duration>,
+}
+
+/// A memory budget: a size, and not 0 (no agent could start).
+fn parse_budget(text: &str) -> Result<u64, String> {
+    match toka_host::parse_size(text).map_err(|e| e.to_string())? {
+        0 => Err("a budget of 0 bytes would run no agent".into()),
+        bytes => Ok(bytes),
+    }
 }
 
 impl LimitArgs {
@@ -192,6 +206,8 @@ pub(crate) struct Place {
     pub(crate) root_key: Option<PathBuf>,
     pub(crate) snapshot_every: u64,
     pub(crate) agent_limits: toka_host::AgentLimits,
+    /// The memory budget for all agents, with --memory-budget.
+    pub(crate) memory_budget: Option<u64>,
     /// The cluster's NATS URLs, with --cluster.
     pub(crate) cluster: Option<String>,
     /// The cell, with --cell.
@@ -214,6 +230,9 @@ impl Place {
             .snapshot_every(self.snapshot_every)
             .agent_limits(self.agent_limits.clone())
             .protected_paths(self.protected_paths());
+        if let Some(bytes) = self.memory_budget {
+            config.memory_budget(bytes);
+        }
         config
     }
 
@@ -314,6 +333,7 @@ fn main() -> ExitCode {
         root_key: cli.root_key,
         snapshot_every: cli.snapshot_every,
         agent_limits: cli.limits.apply(),
+        memory_budget: cli.limits.memory_budget,
         cluster: cli.cluster,
         cell: cli.cell,
         tls_ca: cli.tls_ca,

@@ -29,6 +29,7 @@ use crate::runtime::sequencer::{Attachments, Unwanted};
 use crate::sandbox::bindings::wit;
 use crate::sandbox::dirs::Sandbox;
 use crate::sandbox::limiter::{Exceeded, describe_failure, summary};
+use crate::sandbox::memory::Charge;
 
 /// Attempts at a task the host failed to run, before it fails the task
 /// (as a host condition, not the agent's fault).
@@ -199,6 +200,9 @@ async fn run_task(
             Outcome::Done => return,
             Outcome::Host(reason) => {
                 *instance = None;
+                // The warm instances are a cache; what the host lacked
+                // (memory within its budget, address space) may be theirs.
+                inner.warm.clear();
                 let reason =
                     inner.clip_reason(&format!("the host could not run the task: {reason}"));
                 tracing::warn!(agent = %agent.short(), task = %task.short(), attempt, %reason, "host condition");
@@ -551,12 +555,17 @@ pub(crate) async fn instantiate(
     )
     .map_err(Failure::Agent)?;
     let pre = inner.prepared(component).await.map_err(Failure::Host)?;
+    let memory = Charge {
+        budget: Arc::clone(&inner.memory),
+        tree: place.tree(),
+    };
     let ctx = AgentCtx::new(
         agent,
         inner.sequencer.clone(),
         inner.outbound.clone(),
         &sandbox,
         inner.entropy,
+        memory,
     )
     .map_err(Failure::Agent)?;
     let mut store = Store::new(inner.components.engine(), ctx);

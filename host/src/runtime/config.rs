@@ -30,6 +30,7 @@ pub struct HostConfig {
     pub(crate) max_instances: usize,
     pub(crate) places_per_tree: Option<usize>,
     pub(crate) warm_instances: usize,
+    pub(crate) memory_budget: Option<u64>,
     pub(crate) pooling: bool,
     pub(crate) protected_paths: Vec<PathBuf>,
     pub(crate) secrets: Arc<SecretStore>,
@@ -49,6 +50,7 @@ impl Default for HostConfig {
             max_instances: 512,
             places_per_tree: None,
             warm_instances: 64,
+            memory_budget: None,
             pooling: true,
             protected_paths: Vec::new(),
             secrets: Arc::new(SecretStore::in_memory()),
@@ -148,6 +150,35 @@ impl HostConfig {
     pub fn warm_instances(&mut self, instances: usize) -> &mut Self {
         self.warm_instances = instances;
         self
+    }
+
+    /// Bytes of linear memory all live instances (running and warm) may
+    /// hold together. An agent's growth within its own
+    /// [`memory_bytes`](crate::AgentLimits::memory_bytes) that would pass
+    /// the budget fails, as the host's condition (recorded, retried, not
+    /// counted against the agent); so does one that would take its tree
+    /// past the tree's share of the budget: the same share as of the
+    /// places ([`places_per_tree`](Self::places_per_tree) of
+    /// [`max_instances`](Self::max_instances), by default three
+    /// quarters), but at least one agent's limit. Default: half the
+    /// machine's physical memory (4 GiB where it cannot be read), at
+    /// least one agent's limit.
+    pub fn memory_budget(&mut self, bytes: u64) -> &mut Self {
+        self.memory_budget = Some(bytes);
+        self
+    }
+
+    /// The memory budget as configured or by default, and one tree's
+    /// share of it.
+    pub(crate) fn memory_shares(&self) -> (u64, u64) {
+        let limit = self.agent_limits.memory_bytes;
+        let total = self
+            .memory_budget
+            .unwrap_or_else(|| crate::sandbox::memory::default_budget().max(limit));
+        let places = self.max_instances.max(1) as u128;
+        let share = u128::from(total) * self.tree_share() as u128 / places;
+        let share = u64::try_from(share).unwrap_or(u64::MAX).max(limit);
+        (total, share.min(total))
     }
 
     /// Whether instances come from wasmtime's pooling allocator: slots

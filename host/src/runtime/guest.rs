@@ -16,6 +16,7 @@ use crate::sandbox::http::{HttpGate, Stop, TaskLine};
 use crate::sandbox::limiter::Exceeded;
 use crate::sandbox::limiter::Limiter;
 use crate::sandbox::limits::AgentLimits;
+use crate::sandbox::memory::Charge;
 use crate::sandbox::task_inputs::TaskInputs;
 
 /// The data of one agent's wasmtime `Store`.
@@ -65,7 +66,8 @@ impl AgentCtx {
     /// A deny-by-default context: only the directories the sandbox grants,
     /// no environment, no arguments, no sockets, stdin closed, stdout/stderr
     /// captured, HTTP gated per request, and clocks and randomness
-    /// deterministic per task (keyed by `entropy`, a host secret).
+    /// deterministic per task (keyed by `entropy`, a host secret); its
+    /// memories charged to `memory`.
     ///
     /// # Errors
     ///
@@ -76,6 +78,7 @@ impl AgentCtx {
         effects: std::sync::Arc<dyn Effects>,
         sandbox: &Sandbox,
         entropy: [u8; 32],
+        memory: Charge,
     ) -> Result<Self, String> {
         let limits = &sandbox.limits;
         let stdout = Capture::new(limits.stdout_bytes);
@@ -107,7 +110,7 @@ impl AgentCtx {
                 std::sync::Arc::clone(&line),
             ),
             table: ResourceTable::new(),
-            limiter: sandbox.limiter(),
+            limiter: sandbox.limiter(memory),
             agent,
             sequencer,
             effects,

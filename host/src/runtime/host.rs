@@ -29,6 +29,7 @@ use crate::runtime::sequencer::{Attachments, Options, Sequencer};
 use crate::runtime::tasks::TaskInfo;
 use crate::runtime::ticker::start_ticker;
 use crate::sandbox::components::Components;
+use crate::sandbox::memory::MemoryUsage;
 use crate::store::event_store::{EventStore, StoreTokens};
 use crate::store::secrets::SecretStore;
 
@@ -86,6 +87,10 @@ impl Host {
         let (kernel, last_snapshot) = recover_sized(store.as_ref())?;
         let kernel_rules = kernel.state().rules().cloned();
         let places = crate::runtime::places::Places::new(config.max_instances, config.tree_share());
+        let memory = {
+            let (total, per_tree) = config.memory_shares();
+            crate::sandbox::memory::MemoryBudget::new(total, per_tree)
+        };
         let pool = config.pooling.then(|| crate::sandbox::components::Pool {
             // Instances with a place, and the warm ones without.
             instances: u32::try_from(config.max_instances.saturating_add(config.warm_instances))
@@ -135,6 +140,7 @@ impl Host {
             agent_limits: config.agent_limits,
             places,
             warm: crate::runtime::instance::Warm::new(config.warm_instances),
+            memory,
             draining: AtomicBool::new(false),
             waiters: crate::runtime::tasks::Waiters::default(),
             operator_tokens: crate::capability::presented::PresentedTokens::default(),
@@ -483,6 +489,14 @@ impl Host {
     #[must_use]
     pub fn warm_instances(&self) -> usize {
         self.inner.warm.len()
+    }
+
+    /// The linear memory of the live instances: the budget, a tree's
+    /// share, what they hold now and the most they held at once (see
+    /// [`HostConfig::memory_budget`](crate::HostConfig::memory_budget)).
+    #[must_use]
+    pub fn memory(&self) -> MemoryUsage {
+        self.inner.memory.usage()
     }
 
     /// The host's counters since it opened: commits and committed events.

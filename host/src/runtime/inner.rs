@@ -30,6 +30,8 @@ pub(crate) struct HostInner {
     pub(crate) places: Arc<crate::runtime::places::Places>,
     /// Instances kept for agents that just ran out of work.
     pub(crate) warm: crate::runtime::instance::Warm,
+    /// The live instances' memories together ([`HostConfig::memory_budget`](crate::HostConfig::memory_budget)).
+    pub(crate) memory: Arc<crate::sandbox::memory::MemoryBudget>,
     /// Set by [`Host::drain`](crate::Host::drain): start no more tasks.
     pub(crate) draining: AtomicBool,
     /// Callers waiting for tasks to end.

@@ -103,6 +103,14 @@ impl Warm {
         Some(instance)
     }
 
+    /// Drops every kept instance: what the host failed to provide
+    /// (memory, address space) may be what they hold.
+    pub(crate) fn clear(&self) {
+        let kept = std::mem::take(&mut *self.kept());
+        // Dropped outside the lock: ending a store is not free.
+        drop(kept);
+    }
+
     /// How many instances are kept.
     pub(crate) fn len(&self) -> usize {
         self.kept().by_agent.len()

@@ -43,6 +43,13 @@ pub(crate) struct Place {
     tree: AgentId,
 }
 
+impl Place {
+    /// The tree it is held for.
+    pub(crate) fn tree(&self) -> AgentId {
+        self.tree
+    }
+}
+
 impl Drop for Place {
     fn drop(&mut self) {
         if let Some(places) = self.places.take() {

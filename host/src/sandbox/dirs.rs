@@ -21,6 +21,7 @@ use crate::capability::token::Token;
 use crate::sandbox::Effects;
 use crate::sandbox::limiter::Limiter;
 use crate::sandbox::limits::AgentLimits;
+use crate::sandbox::memory::Charge;
 
 /// What an instance of one agent may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,9 +87,10 @@ impl Sandbox {
         Ok(())
     }
 
-    /// The resource limiter for the instance's store.
-    pub(crate) fn limiter(&self) -> Limiter {
-        Limiter::new(&self.limits)
+    /// The resource limiter for the instance's store, its memories
+    /// charged to `charge`.
+    pub(crate) fn limiter(&self, charge: Charge) -> Limiter {
+        Limiter::new(&self.limits, Some(charge))
     }
 }
 

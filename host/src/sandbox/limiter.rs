@@ -7,6 +7,7 @@ use std::time::Duration;
 use wasmtime::{ResourceLimiter, Trap};
 
 use crate::sandbox::limits::AgentLimits;
+use crate::sandbox::memory::Charge;
 use crate::text::Size;
 
 /// A limit an instance ran into; the task fails with it.
@@ -59,8 +60,11 @@ pub(crate) struct Limiter {
     /// The last growths approved, undone if the host then fails them.
     last_growth: (u64, usize),
     /// A growth within the limits that the host failed to provide (no
-    /// memory, no address space): the host's failure, not the agent's.
+    /// memory, no address space, its budget for agents spent): the host's
+    /// failure, not the agent's.
     host_failure: Option<String>,
+    /// The host's budget the memories are charged to (none in unit tests).
+    charge: Option<Charge>,
 }
 
 /// Linear memories (and tables) one store may have. Components built from
@@ -95,13 +99,27 @@ impl ResourceLimiter for Limiter {
                 limit: self.memory_bytes,
             }));
         }
-        self.last_growth.0 = total - self.memory_used;
+        let growth = total.saturating_sub(self.memory_used);
+        if let Some(charge) = &self.charge
+            && let Err(refused) = charge.budget.reserve(charge.tree, growth)
+        {
+            // Within the agent's limit, past the host's: the grow fails
+            // (the guest sees it fail) and the task with it, as the host's
+            // condition.
+            self.host_failure = Some(refused.to_string());
+            return Ok(false);
+        }
+        self.last_growth.0 = growth;
         self.memory_used = total;
         Ok(true)
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.memory_used -= std::mem::take(&mut self.last_growth.0);
+        let growth = std::mem::take(&mut self.last_growth.0);
+        self.memory_used -= growth;
+        if let Some(charge) = &self.charge {
+            charge.budget.release(charge.tree, growth);
+        }
         self.host_failure = Some(format!(
             "the host could not grow a linear memory: {error:#}"
         ));
@@ -192,8 +210,9 @@ fn seconds(d: Duration) -> String {
 }
 
 impl Limiter {
-    /// A limiter for an instance under `limits`.
-    pub(crate) fn new(limits: &AgentLimits) -> Self {
+    /// A limiter for an instance under `limits`, its memories charged to
+    /// `charge` (none: to nothing but the agent's limit).
+    pub(crate) fn new(limits: &AgentLimits, charge: Option<Charge>) -> Self {
         Limiter {
             memory_bytes: limits.memory_bytes,
             table_elements: limits.table_elements,
@@ -202,6 +221,16 @@ impl Limiter {
             table_used: 0,
             last_growth: (0, 0),
             host_failure: None,
+            charge,
+        }
+    }
+}
+
+impl Drop for Limiter {
+    /// The instance's store is gone, and its memories with it.
+    fn drop(&mut self) {
+        if let Some(charge) = &self.charge {
+            charge.budget.release(charge.tree, self.memory_used);
         }
     }
 }
@@ -220,6 +249,7 @@ mod tests {
             table_used: 0,
             last_growth: (0, 0),
             host_failure: None,
+            charge: None,
         };
         assert!(limiter.memory_growing(0, 1 << 20, None).unwrap());
         let err = limiter.memory_growing(1 << 20, 2 << 20, None).unwrap_err();
@@ -237,11 +267,14 @@ mod tests {
     fn the_limits_count_all_memories_and_tables_together() {
         // Regression: each memory could take the whole limit, so 32
         // memories held 32 times the memory an agent was granted.
-        let mut limiter = Limiter::new(&AgentLimits {
-            memory_bytes: 4 << 20,
-            table_elements: 100,
-            ..AgentLimits::default()
-        });
+        let mut limiter = Limiter::new(
+            &AgentLimits {
+                memory_bytes: 4 << 20,
+                table_elements: 100,
+                ..AgentLimits::default()
+            },
+            None,
+        );
         assert!(limiter.memory_growing(0, 3 << 20, None).unwrap());
         // A second memory gets what the first left over, no more.
         assert!(limiter.memory_growing(0, 1 << 20, None).unwrap());
@@ -254,6 +287,39 @@ mod tests {
         assert!(limiter.table_growing(0, 40, None).is_ok());
         assert!(limiter.table_growing(0, 1, None).is_err());
         assert_eq!(limiter.memories(), MEMORIES_PER_STORE);
+    }
+
+    #[test]
+    fn growth_within_the_agents_limit_is_charged_to_the_hosts_budget() {
+        let budget = crate::sandbox::memory::MemoryBudget::new(3 << 20, 3 << 20);
+        let charge = || Charge {
+            budget: std::sync::Arc::clone(&budget),
+            tree: toka_kernel::EntityId::from_u128(7),
+        };
+        let mut first = Limiter::new(&AgentLimits::default(), Some(charge()));
+        let mut second = Limiter::new(&AgentLimits::default(), Some(charge()));
+        assert!(first.memory_growing(0, 2 << 20, None).unwrap());
+        // Past the budget: the grow fails (no trap), the host's failure.
+        assert!(!second.memory_growing(0, 2 << 20, None).unwrap());
+        let failure = second.take_host_failure().unwrap();
+        assert!(
+            failure.starts_with("the host's memory for agents is spent"),
+            "{failure}"
+        );
+        assert_eq!(second.memory_used(), 0);
+        assert!(second.memory_growing(0, 1 << 20, None).unwrap());
+        assert!(!first.memory_growing(2 << 20, 3 << 20, None).unwrap());
+        assert_eq!(budget.usage().in_use, 3 << 20);
+        // A growth the host then fails to provide is given back.
+        second
+            .memory_grow_failed(wasmtime::Error::msg("no memory"))
+            .unwrap();
+        assert_eq!(budget.usage().in_use, 2 << 20);
+        // An ended store gives back what its memories held.
+        drop(first);
+        assert_eq!(budget.usage().in_use, 0);
+        drop(second);
+        assert_eq!(budget.usage().in_use, 0);
     }
 
     #[test]

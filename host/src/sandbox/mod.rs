@@ -25,6 +25,7 @@ pub(crate) mod dirs;
 pub(crate) mod http;
 pub(crate) mod limiter;
 pub(crate) mod limits;
+pub(crate) mod memory;
 pub(crate) mod redact;
 pub(crate) mod task_inputs;
 

@@ -223,6 +223,26 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _who: Reader) -> impl I
         "Instances kept for agents that just ran out of work.",
         &[("", app.host.warm_instances() as f64)],
     );
+    let memory = app.host.memory();
+    for (name, value, help) in [
+        (
+            "agent_memory_bytes",
+            memory.in_use,
+            "Bytes of linear memory the live instances hold together.",
+        ),
+        (
+            "agent_memory_peak_bytes",
+            memory.peak,
+            "The most bytes of linear memory the live instances held at once.",
+        ),
+        (
+            "agent_memory_budget_bytes",
+            memory.budget,
+            "Bytes of linear memory the live instances may hold together.",
+        ),
+    ] {
+        metric(name, "gauge", help, &[("", value as f64)]);
+    }
     let samples: Vec<(String, f64)> = m
         .events
         .iter()

@@ -1,0 +1,268 @@
+//! The host's memory for agents: the linear memories of every live
+//! instance together, under one budget, shared between agent trees.
+//!
+//! Each agent's memories are bounded by
+//! [`AgentLimits::memory_bytes`](crate::AgentLimits::memory_bytes), but the
+//! instances alive at once are many
+//! ([`HostConfig::max_instances`](crate::HostConfig::max_instances), and
+//! the warm ones): 512 agents each growing to 64 MiB would ask for 32 GiB.
+//! The budget ([`HostConfig::memory_budget`](crate::HostConfig::memory_budget))
+//! bounds them together, and no tree of agents (an agent the operator
+//! spawned, with all its descendants) holds more than its share of it, so
+//! one tree cannot take the memory the others need. A growth past either
+//! fails as the host's condition, not the agent's fault: the agent was
+//! within its own limit.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use toka_kernel::AgentId;
+
+use crate::text::Size;
+
+/// Bytes of linear memory all live instances hold together; see the
+/// module docs.
+#[derive(Debug)]
+pub(crate) struct MemoryBudget {
+    /// The most all instances hold together.
+    total: u64,
+    /// The most the instances of one tree hold together.
+    per_tree: u64,
+    used: Mutex<Used>,
+}
+
+#[derive(Debug, Default)]
+struct Used {
+    /// Held by all instances now.
+    all: u64,
+    /// The most `all` has been.
+    peak: u64,
+    /// Held per tree (trees holding none are absent).
+    by_tree: HashMap<AgentId, u64>,
+}
+
+/// A growth the budget refused, in words (the host's condition the task
+/// fails with).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refused {
+    /// All instances together would pass the budget.
+    #[error(
+        "the host's memory for agents is spent: growing by {} would pass its budget of {} ({} in use)",
+        Size(*growth),
+        Size(*budget),
+        Size(*in_use)
+    )]
+    Host {
+        /// The growth asked for.
+        growth: u64,
+        /// [`MemoryBudget`]'s total.
+        budget: u64,
+        /// Held by all instances.
+        in_use: u64,
+    },
+    /// The agent's tree would pass its share.
+    #[error(
+        "the agent's tree holds its share of the host's memory for agents: growing by {} would pass the share of {} ({} in use by the tree)",
+        Size(*growth),
+        Size(*share),
+        Size(*in_use)
+    )]
+    Tree {
+        /// The growth asked for.
+        growth: u64,
+        /// The most one tree holds.
+        share: u64,
+        /// Held by the tree's instances.
+        in_use: u64,
+    },
+}
+
+impl MemoryBudget {
+    /// A budget of `total` bytes, at most `per_tree` of them (at most
+    /// `total`) held by one tree.
+    pub(crate) fn new(total: u64, per_tree: u64) -> Arc<MemoryBudget> {
+        Arc::new(MemoryBudget {
+            total,
+            per_tree: per_tree.min(total),
+            used: Mutex::default(),
+        })
+    }
+
+    fn used(&self) -> MutexGuard<'_, Used> {
+        self.used.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes `bytes` more for an instance of `tree`.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused`] when the host's budget or the tree's share would be
+    /// passed; nothing is taken then.
+    pub(crate) fn reserve(&self, tree: AgentId, bytes: u64) -> Result<(), Refused> {
+        let mut used = self.used();
+        let held = used.by_tree.get(&tree).copied().unwrap_or(0);
+        if used.all.saturating_add(bytes) > self.total {
+            return Err(Refused::Host {
+                growth: bytes,
+                budget: self.total,
+                in_use: used.all,
+            });
+        }
+        if held.saturating_add(bytes) > self.per_tree {
+            return Err(Refused::Tree {
+                growth: bytes,
+                share: self.per_tree,
+                in_use: held,
+            });
+        }
+        used.all += bytes;
+        used.peak = used.peak.max(used.all);
+        *used.by_tree.entry(tree).or_default() += bytes;
+        Ok(())
+    }
+
+    /// Gives back `bytes` an instance of `tree` held.
+    pub(crate) fn release(&self, tree: AgentId, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let mut used = self.used();
+        used.all = used.all.saturating_sub(bytes);
+        if let Some(held) = used.by_tree.get_mut(&tree) {
+            *held = held.saturating_sub(bytes);
+            if *held == 0 {
+                used.by_tree.remove(&tree);
+            }
+        }
+    }
+
+    /// The budget, what all instances hold now, and the most they have
+    /// held since the host opened.
+    pub(crate) fn usage(&self) -> MemoryUsage {
+        let used = self.used();
+        MemoryUsage {
+            budget: self.total,
+            per_tree: self.per_tree,
+            in_use: used.all,
+            peak: used.peak,
+        }
+    }
+}
+
+/// The host's memory for agents at one moment (see
+/// [`Host::memory`](crate::Host::memory)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryUsage {
+    /// Bytes all live instances' linear memories may hold together
+    /// ([`HostConfig::memory_budget`](crate::HostConfig::memory_budget)).
+    pub budget: u64,
+    /// Bytes the instances of one agent tree may hold together.
+    pub per_tree: u64,
+    /// Bytes they hold now.
+    pub in_use: u64,
+    /// The most they have held at once since the host opened.
+    pub peak: u64,
+}
+
+/// What an instance's memories are charged to: the host's budget, under
+/// the agent's tree.
+#[derive(Debug, Clone)]
+pub(crate) struct Charge {
+    pub(crate) budget: Arc<MemoryBudget>,
+    pub(crate) tree: AgentId,
+}
+
+/// Half the machine's physical memory where it can be read (Linux), else
+/// 4 GiB: the default budget.
+pub(crate) fn default_budget() -> u64 {
+    physical_memory().map_or(4 << 30, |bytes| bytes / 2)
+}
+
+/// `MemTotal` of `/proc/meminfo`.
+fn physical_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line
+        .trim_start_matches("MemTotal:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use toka_kernel::EntityId;
+
+    fn id(n: u8) -> AgentId {
+        EntityId::from_u128(u128::from(n))
+    }
+
+    #[test]
+    fn the_budget_bounds_all_trees_together_and_each_tree_by_its_share() {
+        let budget = MemoryBudget::new(100, 60);
+        let (a, b, c) = (id(1), id(2), id(3));
+        budget.reserve(a, 60).unwrap();
+        // `a` is at its share; the budget still has room for others.
+        assert_eq!(
+            budget.reserve(a, 1),
+            Err(Refused::Tree {
+                growth: 1,
+                share: 60,
+                in_use: 60
+            })
+        );
+        budget.reserve(b, 30).unwrap();
+        assert_eq!(
+            budget.reserve(c, 11),
+            Err(Refused::Host {
+                growth: 11,
+                budget: 100,
+                in_use: 90
+            })
+        );
+        budget.reserve(c, 10).unwrap();
+        // Giving back makes room again, for anyone.
+        budget.release(a, 60);
+        budget.reserve(c, 50).unwrap();
+        let usage = budget.usage();
+        assert_eq!((usage.in_use, usage.peak, usage.budget), (90, 100, 100));
+        budget.release(b, 30);
+        budget.release(c, 60);
+        assert_eq!(budget.usage().in_use, 0);
+        assert!(
+            budget.used().by_tree.is_empty(),
+            "trees holding none are forgotten"
+        );
+    }
+
+    #[test]
+    fn a_refusal_names_the_budget_and_what_is_in_use() {
+        let budget = MemoryBudget::new(24 << 20, 18 << 20);
+        budget.reserve(id(1), 16 << 20).unwrap();
+        let host = budget.reserve(id(2), 9 << 20).unwrap_err().to_string();
+        assert_eq!(
+            host,
+            "the host's memory for agents is spent: growing by 9MiB would pass its budget of 24MiB (16MiB in use)"
+        );
+        let tree = budget.reserve(id(1), 4 << 20).unwrap_err().to_string();
+        assert!(
+            tree.contains("the share of 18MiB (16MiB in use by the tree)"),
+            "{tree}"
+        );
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_default_budget_is_half_the_machine() {
+        let total = physical_memory().expect("Linux has /proc/meminfo");
+        // More than any machine that builds wasmtime lacks, less than any
+        // machine has.
+        assert!((256 << 20..1 << 50).contains(&total), "{total}");
+        assert_eq!(default_budget(), total / 2);
+    }
+}

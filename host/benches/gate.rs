@@ -109,29 +109,31 @@ fn run_once(
 /// order, so drift in the disk's fsync latency hits both alike. Prints
 /// medians of per-operation time.
 fn end_to_end_paired() {
-    const ROUNDS: usize = 9;
-    const OPS: u64 = 200_000;
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs this
+    // without it: a smoke run then.
+    let full = std::env::args().any(|a| a == "--bench");
+    let (rounds, ops): (usize, u64) = if full { (9, 200_000) } else { (1, 2_000) };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let component = std::fs::read(toka_agents::path("test-bench").unwrap()).unwrap();
-    println!("\nend to end, {OPS} observations per run, {ROUNDS} paired rounds (median ns/op):");
+    println!("\nend to end, {ops} observations per run, {rounds} paired rounds (median ns/op):");
     println!(
         "{:<10} {:>12} {:>12} {:>10}",
         "store", "with gate", "without", "overhead"
     );
     for (name, redb) in [("memory", false), ("redb", true)] {
         let (mut with, mut without) = (Vec::new(), Vec::new());
-        for round in 0..ROUNDS {
+        for round in 0..rounds {
             let order = if round % 2 == 0 {
                 [false, true]
             } else {
                 [true, false]
             };
             for skip in order {
-                let ns = run_once(&rt, &component, redb, skip, OPS);
+                let ns = run_once(&rt, &component, redb, skip, ops);
                 if skip {
                     without.push(ns)
                 } else {

@@ -426,6 +426,50 @@ async fn hogs_within_their_own_limits_are_bounded_together_by_the_hosts_memory_b
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cannot_park_host_memory_in_resources() {
+    // `wasi:http` header maps and requests live in the host's memory, and
+    // any agent may make them (no right needed): before these bounds, one
+    // agent holding 100 000 maps of 128 KiB parked 12 GiB in the host.
+    let arena = Arena::with_limits(AgentLimits::default()).await;
+    let hoarder = arena.agent("hostile-http", grant(&["observe"])).await;
+    assert_eq!(
+        outcome(&arena.host, hoarder, "hoard 300 1").await,
+        Err("too many host resources: an instance may hold 256 at once (files, streams, pollables, HTTP requests and header maps)".to_owned())
+    );
+    assert_eq!(
+        outcome(&arena.host, hoarder, "hoard 1 64").await,
+        Err(
+            "HTTP headers too large: a header map the agent makes may hold 16KiB (in memory)"
+                .to_owned()
+        )
+    );
+    arena.bystander_serves().await;
+    // Within the bounds, the same calls work; the instance keeps what it
+    // made until it ends.
+    assert_eq!(
+        outcome(&arena.host, hoarder, "hoard 4 1").await,
+        Ok("4".to_owned())
+    );
+    assert_eq!(
+        outcome(&arena.host, hoarder, "hoard 4 1").await,
+        Ok("8".to_owned()),
+        "an instance holding a few resources is kept warm"
+    );
+    assert_eq!(
+        outcome(&arena.host, hoarder, "hoard 200 8").await,
+        Ok("208".to_owned())
+    );
+    // One holding many is not kept: the agent cannot park them on the host
+    // by going idle. Its next task has a fresh instance.
+    assert_eq!(
+        outcome(&arena.host, hoarder, "hoard 1 1").await,
+        Ok("1".to_owned())
+    );
+    let events = arena.finish().await;
+    assert_eq!(failures(&events, hoarder).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_finds_nothing_an_earlier_one_left_in_its_slot() {
     // One place and no warm instances: the second agent's instance takes
     // the slot (memory, stack) the first one's left. The pooling allocator

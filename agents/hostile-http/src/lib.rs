@@ -10,6 +10,12 @@
 //! Task: `flood N AUTHORITY PATH` hands over N requests at once without
 //! waiting for any, then waits for them all; outputs how many got a
 //! response and how many each error code.
+//!
+//! Task: `hoard N KIB`: makes N more `wasi:http` header maps (host
+//! resources, no right needed), each holding about KIB KiB of headers, and
+//! keeps them all for as long as the instance lives; outputs how many it
+//! holds. The host bounds what one instance holds in host resources: past
+//! the bound the task traps.
 
 use toka_guest::{Agent, Context, Task};
 use wasip2::http::outgoing_handler;
@@ -17,7 +23,10 @@ use wasip2::http::types::{Fields, OutgoingRequest, Scheme};
 use wasip2::io::streams::StreamError;
 
 #[derive(Default)]
-struct Http;
+struct Http {
+    /// What `hoard` made: kept by the instance until it ends.
+    kept: Vec<Fields>,
+}
 
 fn get(authority: &str, path: &str) -> Result<String, String> {
     let request = OutgoingRequest::new(Fields::new());
@@ -84,8 +93,33 @@ fn flood(n: u32, authority: &str, path: &str) -> String {
         .join(" ")
 }
 
+/// Makes `n` more header maps, each with `kib` KiB of headers (1 KiB
+/// each), and keeps them in `kept`; answers how many it keeps.
+fn hoard(kept: &mut Vec<Fields>, n: u32, kib: u32) -> Result<String, String> {
+    let value = vec![b'h'; 1000];
+    for _ in 0..n {
+        let fields = Fields::new();
+        for h in 0..kib {
+            fields
+                .append(&format!("x-hoard-{h}"), &value)
+                .map_err(|e| format!("after {} maps: {e:?}", kept.len()))?;
+        }
+        kept.push(fields);
+    }
+    Ok(kept.len().to_string())
+}
+
 impl Agent for Http {
     fn handle_task(&mut self, ctx: &mut Context, task: Task) -> Result<Vec<u8>, String> {
+        if let Some(rest) = task.description.strip_prefix("hoard ") {
+            let count = |word: Option<&str>| -> Result<u32, String> {
+                let word = word.ok_or("hoard N KIB")?;
+                word.parse().map_err(|_| format!("`{word}` is not a count"))
+            };
+            let mut words = rest.split(' ');
+            let (n, kib) = (count(words.next())?, count(words.next())?);
+            return Ok(hoard(&mut self.kept, n, kib)?.into_bytes());
+        }
         if let Some(rest) = task.description.strip_prefix("flood ") {
             let words: Vec<&str> = rest.split(' ').collect();
             let [n, authority, path] = words[..] else {

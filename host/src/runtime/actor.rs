@@ -570,6 +570,7 @@ pub(crate) async fn instantiate(
     .map_err(Failure::Agent)?;
     let mut store = Store::new(inner.components.engine(), ctx);
     store.limiter(|ctx| &mut ctx.limiter);
+    store.set_max_component_handles(sandbox.limits.handles);
     // At every epoch tick: yield to the other agents (and so to
     // [`abandoned`], raced against every call); and end the task if the
     // token no longer grants a directory this instance has open.

@@ -109,7 +109,11 @@ impl AgentCtx {
                 kernel_limits.max_reason as usize,
                 std::sync::Arc::clone(&line),
             ),
-            table: ResourceTable::new(),
+            table: {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(limits.handles);
+                table
+            },
             limiter: sandbox.limiter(memory),
             agent,
             sequencer,
@@ -126,6 +130,12 @@ impl AgentCtx {
             limits: limits.clone(),
             sandbox: sandbox.clone(),
         })
+    }
+
+    /// Resources the host holds for the instance now (at most
+    /// [`AgentLimits::handles`](crate::AgentLimits::handles)).
+    pub(crate) fn resources_held(&mut self) -> usize {
+        self.table.iter_mut().count()
     }
 
     /// Whether the token still grants the directories the instance holds

@@ -10,8 +10,9 @@
 //! instantiated for each one, and a warm instance never keeps a place from
 //! an agent with work. At most `max_instances + warm_instances` instances
 //! live at once. An instance whose memories hold more than
-//! [`WARM_MEMORY_BYTES`] is not kept: an agent cannot park a large memory
-//! on the host by growing it and going idle.
+//! [`WARM_MEMORY_BYTES`], or holds more than [`WARM_RESOURCES`] resources
+//! in the host, is not kept: an agent cannot park a large memory on the
+//! host by growing it (or hoarding resources) and going idle.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
@@ -26,6 +27,11 @@ use crate::sandbox::dirs::Sandbox;
 /// The most memory (all its memories together) an instance may hold to be
 /// kept warm.
 pub(crate) const WARM_MEMORY_BYTES: u64 = 8 << 20;
+
+/// The most resources (in the host's memory: streams, HTTP header maps,
+/// requests) an instance may hold to be kept warm; one idle after `init`
+/// holds a few (its standard streams).
+pub(crate) const WARM_RESOURCES: usize = 32;
 
 /// A live instance of an agent's component, holding one of the host's
 /// places for instances.
@@ -70,10 +76,13 @@ impl Warm {
 
     /// Keeps `agent`'s instance (giving its place back), dropping the least
     /// recently kept one when full; an instance holding more than
-    /// [`WARM_MEMORY_BYTES`] is dropped instead.
+    /// [`WARM_MEMORY_BYTES`] or [`WARM_RESOURCES`] is dropped instead.
     pub(crate) fn keep(&self, agent: AgentId, mut instance: Instance) {
         instance.place = None;
-        if self.cap == 0 || instance.store.data().limiter.memory_used() > WARM_MEMORY_BYTES {
+        if self.cap == 0
+            || instance.store.data().limiter.memory_used() > WARM_MEMORY_BYTES
+            || instance.store.data_mut().resources_held() > WARM_RESOURCES
+        {
             return;
         }
         let dropped = {

@@ -146,6 +146,13 @@ impl TaskLine {
     }
 }
 
+/// Bytes (in memory, roughly) of the headers one header map the agent
+/// makes may hold: a map lives in the host's memory, and the agent may
+/// hold up to [`AgentLimits::handles`] of them (`wasi:http`'s default,
+/// 128 KiB, let one agent park 128 MiB there; proxies typically allow 8
+/// KiB of headers on the wire).
+pub(crate) const HEADER_MAP_BYTES: usize = 16 << 10;
+
 /// A store's `wasi:http` state: the context and the gate.
 pub(crate) struct HttpGate {
     pub(crate) ctx: WasiHttpCtx,
@@ -182,8 +189,10 @@ impl HttpGate {
         max_reason: usize,
         line: Arc<TaskLine>,
     ) -> Self {
+        let mut ctx = WasiHttpCtx::new();
+        ctx.set_field_size_limit(HEADER_MAP_BYTES);
         Self {
-            ctx: WasiHttpCtx::new(),
+            ctx,
             hooks: Hooks {
                 agent,
                 effects,

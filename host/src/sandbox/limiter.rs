@@ -171,6 +171,20 @@ pub(crate) fn describe_failure(e: &wasmtime::Error, limits: &AgentLimits) -> Str
     if let Some(exceeded) = e.downcast_ref::<Exceeded>() {
         return exceeded.to_string();
     }
+    if e.chain()
+        .any(|cause| cause.to_string() == "total size of fields exceeds limit")
+    {
+        return format!(
+            "HTTP headers too large: a header map the agent makes may hold {} (in memory)",
+            Size(crate::sandbox::http::HEADER_MAP_BYTES as u64)
+        );
+    }
+    if holds_too_many(e) {
+        return format!(
+            "too many host resources: an instance may hold {} at once (files, streams, pollables, HTTP requests and header maps)",
+            limits.handles
+        );
+    }
     if let Some(trap) = e.downcast_ref::<Trap>() {
         match trap {
             Trap::OutOfFuel => {
@@ -186,6 +200,18 @@ pub(crate) fn describe_failure(e: &wasmtime::Error, limits: &AgentLimits) -> Str
         }
     }
     format!("trapped: {}", summary(e))
+}
+
+/// Whether `e` is the instance running into
+/// [`AgentLimits::handles`]: the store's handles (wasmtime says so only
+/// in words) or the host's table of resources.
+fn holds_too_many(e: &wasmtime::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<wasmtime::component::ResourceTableError>(),
+            Some(wasmtime::component::ResourceTableError::Full)
+        ) || cause.to_string().contains("store handle limit exceeded")
+    })
 }
 
 /// The first line of a wasmtime error (the trap, without the backtrace).
@@ -335,6 +361,14 @@ mod tests {
         );
         let stack = wasmtime::Error::new(Trap::StackOverflow);
         assert!(describe_failure(&stack, &limits).contains("call stack exhausted"));
+        let full = wasmtime::Error::new(wasmtime::component::ResourceTableError::Full);
+        let handles = wasmtime::Error::msg("cannot lend resource: store handle limit exceeded");
+        for e in [full, handles] {
+            assert_eq!(
+                describe_failure(&e, &limits),
+                "too many host resources: an instance may hold 256 at once (files, streams, pollables, HTTP requests and header maps)"
+            );
+        }
         let other = wasmtime::Error::new(Trap::UnreachableCodeReached);
         assert!(describe_failure(&other, &limits).starts_with("trapped: "));
         assert_eq!(

@@ -61,6 +61,15 @@ pub struct AgentLimits {
     /// handing one over until it drops the response); one more fails at
     /// once with `connection-limit-reached`. Default 16.
     pub http_in_flight: usize,
+    /// Resources the instance may hold at once in the host: open files
+    /// and directories, streams, pollables, `wasi:http` header maps,
+    /// requests, responses and bodies. Each lives in the host's memory,
+    /// not the agent's (a request's path and authority up to 64 KiB each,
+    /// a header map up to 16 KiB), so without a bound an agent could park
+    /// gigabytes there; one more traps. Default 256 (an agent with 16
+    /// requests in flight holds about 130), which bounds what one instance
+    /// parks in the host to ~32 MiB.
+    pub handles: usize,
 }
 
 impl Default for AgentLimits {
@@ -82,6 +91,7 @@ impl Default for AgentLimits {
             http_response_bytes: 1 << 20,
             http_timeout: Duration::from_secs(60),
             http_in_flight: 16,
+            handles: 256,
         }
     }
 }

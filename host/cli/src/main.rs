@@ -89,9 +89,9 @@ struct LimitArgs {
     /// Bytes of each linear memory of an agent (default 64MiB).
     #[arg(long, global = true, env = "TOKA_MEMORY", value_name = "SIZE", value_parser = toka_host::parse_size)]
     memory: Option<u64>,
-    /// Bytes of linear memory all running agents may hold together (default:
-    /// half the machine's memory); one tree of agents holds at most three
-    /// quarters of it. A growth past it fails the task as the host's
+    /// Bytes of linear memory all agents' live instances may hold together
+    /// (default: half the machine's memory); one tree of agents holds at
+    /// most three quarters of it. A growth past it fails the task as the host's
     /// condition, not the agent's fault.
     #[arg(long, global = true, env = "TOKA_MEMORY_BUDGET", value_name = "SIZE", value_parser = parse_budget)]
     memory_budget: Option<u64>,

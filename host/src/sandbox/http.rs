@@ -147,10 +147,11 @@ impl TaskLine {
 }
 
 /// Bytes (in memory, roughly) of the headers one header map the agent
-/// makes may hold: a map lives in the host's memory, and the agent may
-/// hold up to [`AgentLimits::handles`] of them (`wasi:http`'s default,
-/// 128 KiB, let one agent park 128 MiB there; proxies typically allow 8
-/// KiB of headers on the wire).
+/// makes may hold. A map lives in the host's memory and an instance may
+/// hold up to [`AgentLimits::handles`] of them, so this bounds what header
+/// maps park there (4 MiB by default; `wasi:http`'s own limit, 128 KiB,
+/// with wasmtime's 100 000 handles, let one agent park 12 GiB). Proxies
+/// typically allow 8 KiB of headers on the wire.
 pub(crate) const HEADER_MAP_BYTES: usize = 16 << 10;
 
 /// A store's `wasi:http` state: the context and the gate.

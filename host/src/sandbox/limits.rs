@@ -68,7 +68,8 @@ pub struct AgentLimits {
     /// a header map up to 16 KiB), so without a bound an agent could park
     /// gigabytes there; one more traps. Default 256 (an agent with 16
     /// requests in flight holds about 130), which bounds what one instance
-    /// parks in the host to ~32 MiB.
+    /// parks in the host to about 40 MiB (250 unsent requests with paths
+    /// and authorities of 60 KB took 38 MiB).
     pub handles: usize,
 }
 

@@ -443,6 +443,15 @@ async fn an_agent_cannot_park_host_memory_in_resources() {
                 .to_owned()
         )
     );
+    // A request keeps its method in the host: an extension method is at
+    // most 64 bytes.
+    for (len, answer) in [(64, "set"), (65, "refused"), (10_000_000, "refused")] {
+        assert_eq!(
+            outcome(&arena.host, hoarder, &format!("method {len}")).await,
+            Ok(answer.to_owned()),
+            "a method of {len} bytes"
+        );
+    }
     arena.bystander_serves().await;
     // Within the bounds, the same calls work; the instance keeps what it
     // made until it ends.

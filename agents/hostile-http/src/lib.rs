@@ -16,10 +16,13 @@
 //! keeps them all for as long as the instance lives; outputs how many it
 //! holds. The host bounds what one instance holds in host resources: past
 //! the bound the task traps.
+//!
+//! Task: `method LEN`: sets an extension method of LEN bytes on a request
+//! (kept in the host's memory with it); outputs `set` or `refused`.
 
 use toka_guest::{Agent, Context, Task};
 use wasip2::http::outgoing_handler;
-use wasip2::http::types::{Fields, OutgoingRequest, Scheme};
+use wasip2::http::types::{Fields, Method, OutgoingRequest, Scheme};
 use wasip2::io::streams::StreamError;
 
 #[derive(Default)]
@@ -111,6 +114,14 @@ fn hoard(kept: &mut Vec<Fields>, n: u32, kib: u32) -> Result<String, String> {
 
 impl Agent for Http {
     fn handle_task(&mut self, ctx: &mut Context, task: Task) -> Result<Vec<u8>, String> {
+        if let Some(len) = task.description.strip_prefix("method ") {
+            let len: usize = len
+                .parse()
+                .map_err(|_| format!("`{len}` is not a length"))?;
+            let request = OutgoingRequest::new(Fields::new());
+            let set = request.set_method(&Method::Other("M".repeat(len)));
+            return Ok(if set.is_ok() { "set" } else { "refused" }.into());
+        }
         if let Some(rest) = task.description.strip_prefix("hoard ") {
             let count = |word: Option<&str>| -> Result<u32, String> {
                 let word = word.ok_or("hoard N KIB")?;

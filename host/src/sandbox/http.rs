@@ -154,6 +154,39 @@ impl TaskLine {
 /// typically allow 8 KiB of headers on the wire.
 pub(crate) const HEADER_MAP_BYTES: usize = 16 << 10;
 
+/// Bytes of an extension method (not `GET`, `POST`, ...) a request the
+/// agent makes may carry. `wasi:http` keeps a method of any length in the
+/// request, which lives in the host's memory: 250 unsent requests with a
+/// 60 MB method each would park 15 GB there.
+pub(crate) const METHOD_BYTES: usize = 64;
+
+/// Defines `outgoing-request.set-method` again in `linker` (which has
+/// `wasi:http` already), refusing a method longer than [`METHOD_BYTES`]
+/// as `wasi:http` refuses one that is not a token.
+///
+/// # Errors
+///
+/// When the linker has no `wasi:http/types` of this version to shadow.
+pub(crate) fn bound_methods<T: wasmtime_wasi_http::WasiHttpView + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+) -> wasmtime::Result<()> {
+    use wasmtime_wasi_http::p2::bindings::http::types::{HostOutgoingRequest as _, Method};
+    type Request =
+        wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostOutgoingRequest>;
+    linker.allow_shadowing(true);
+    let defined = linker.instance("wasi:http/types@0.2.12")?.func_wrap(
+        "[method]outgoing-request.set-method",
+        |mut store: wasmtime::StoreContextMut<'_, T>, (request, method): (Request, Method)| {
+            if matches!(&method, Method::Other(m) if m.len() > METHOD_BYTES) {
+                return Ok((Err(()),));
+            }
+            Ok((store.data_mut().http().set_method(request, method)?,))
+        },
+    );
+    linker.allow_shadowing(false);
+    defined
+}
+
 /// A store's `wasi:http` state: the context and the gate.
 pub(crate) struct HttpGate {
     pub(crate) ctx: WasiHttpCtx,

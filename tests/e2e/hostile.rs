@@ -443,13 +443,21 @@ async fn an_agent_cannot_park_host_memory_in_resources() {
                 .to_owned()
         )
     );
-    // A request keeps its method in the host: an extension method is at
-    // most 64 bytes.
-    for (len, answer) in [(64, "set"), (65, "refused"), (10_000_000, "refused")] {
+    // A request keeps its method, path and authority in the host: an
+    // extension method is at most 64 bytes, a path or authority 8 KiB.
+    for (part, len, answer) in [
+        ("method", 64, "set"),
+        ("method", 65, "refused"),
+        ("method", 10_000_000, "refused"),
+        ("path", 8192, "set"),
+        ("path", 8193, "refused"),
+        ("authority", 8192, "set"),
+        ("authority", 8193, "refused"),
+    ] {
         assert_eq!(
-            outcome(&arena.host, hoarder, &format!("method {len}")).await,
+            outcome(&arena.host, hoarder, &format!("set {part} {len}")).await,
             Ok(answer.to_owned()),
-            "a method of {len} bytes"
+            "a {part} of {len} bytes"
         );
     }
     arena.bystander_serves().await;

@@ -17,8 +17,9 @@
 //! holds. The host bounds what one instance holds in host resources: past
 //! the bound the task traps.
 //!
-//! Task: `method LEN`: sets an extension method of LEN bytes on a request
-//! (kept in the host's memory with it); outputs `set` or `refused`.
+//! Task: `set method|path|authority LEN`: sets an extension method, a path
+//! or an authority of LEN bytes on a request (kept in the host's memory
+//! with it); outputs `set` or `refused`.
 
 use toka_guest::{Agent, Context, Task};
 use wasip2::http::outgoing_handler;
@@ -114,12 +115,21 @@ fn hoard(kept: &mut Vec<Fields>, n: u32, kib: u32) -> Result<String, String> {
 
 impl Agent for Http {
     fn handle_task(&mut self, ctx: &mut Context, task: Task) -> Result<Vec<u8>, String> {
-        if let Some(len) = task.description.strip_prefix("method ") {
+        if let Some(rest) = task.description.strip_prefix("set ") {
+            let (part, len) = rest
+                .split_once(' ')
+                .ok_or("set method|path|authority LEN")?;
             let len: usize = len
                 .parse()
                 .map_err(|_| format!("`{len}` is not a length"))?;
             let request = OutgoingRequest::new(Fields::new());
-            let set = request.set_method(&Method::Other("M".repeat(len)));
+            let set = match part {
+                "method" => request.set_method(&Method::Other("M".repeat(len))),
+                "path" => request
+                    .set_path_with_query(Some(&format!("/{}", "p".repeat(len.saturating_sub(1))))),
+                "authority" => request.set_authority(Some(&"a".repeat(len))),
+                other => return Err(format!("`{other}` is not method, path or authority")),
+            };
             return Ok(if set.is_ok() { "set" } else { "refused" }.into());
         }
         if let Some(rest) = task.description.strip_prefix("hoard ") {

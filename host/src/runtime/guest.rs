@@ -191,7 +191,7 @@ pub(crate) fn add_imports(
 ) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
-    crate::sandbox::http::bound_methods(linker)?;
+    crate::sandbox::http::bound_requests(linker)?;
     crate::sandbox::bindings::Agent::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
         linker,
         |ctx| ctx,

@@ -160,29 +160,65 @@ pub(crate) const HEADER_MAP_BYTES: usize = 16 << 10;
 /// 60 MB method each would park 15 GB there.
 pub(crate) const METHOD_BYTES: usize = 64;
 
-/// Defines `outgoing-request.set-method` again in `linker` (which has
-/// `wasi:http` already), refusing a method longer than [`METHOD_BYTES`]
-/// as `wasi:http` refuses one that is not a token.
+/// Bytes of the path (with the query) and of the authority a request the
+/// agent makes may carry (`wasi:http` allows 64 KiB each, kept in the
+/// host's memory with the request; servers commonly refuse URLs over 8
+/// KiB).
+pub(crate) const URL_PART_BYTES: usize = 8 << 10;
+
+/// Defines `outgoing-request`'s `set-method`, `set-path-with-query` and
+/// `set-authority` again in `linker` (which has `wasi:http` already),
+/// refusing a method longer than [`METHOD_BYTES`] and a path or authority
+/// longer than [`URL_PART_BYTES`], as `wasi:http` refuses one that does
+/// not parse.
 ///
 /// # Errors
 ///
 /// When the linker has no `wasi:http/types` of this version to shadow.
-pub(crate) fn bound_methods<T: wasmtime_wasi_http::WasiHttpView + 'static>(
+pub(crate) fn bound_requests<T: wasmtime_wasi_http::WasiHttpView + 'static>(
     linker: &mut wasmtime::component::Linker<T>,
 ) -> wasmtime::Result<()> {
+    use wasmtime::StoreContextMut;
     use wasmtime_wasi_http::p2::bindings::http::types::{HostOutgoingRequest as _, Method};
     type Request =
         wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostOutgoingRequest>;
+    type Set = wasmtime::Result<(Result<(), ()>,)>;
+    let too_long = |part: &Option<String>| part.as_ref().is_some_and(|p| p.len() > URL_PART_BYTES);
     linker.allow_shadowing(true);
-    let defined = linker.instance("wasi:http/types@0.2.12")?.func_wrap(
-        "[method]outgoing-request.set-method",
-        |mut store: wasmtime::StoreContextMut<'_, T>, (request, method): (Request, Method)| {
-            if matches!(&method, Method::Other(m) if m.len() > METHOD_BYTES) {
-                return Ok((Err(()),));
-            }
-            Ok((store.data_mut().http().set_method(request, method)?,))
-        },
-    );
+    let defined = (|| {
+        let mut types = linker.instance("wasi:http/types@0.2.12")?;
+        types.func_wrap(
+            "[method]outgoing-request.set-method",
+            |mut store: StoreContextMut<'_, T>, (request, method): (Request, Method)| -> Set {
+                if matches!(&method, Method::Other(m) if m.len() > METHOD_BYTES) {
+                    return Ok((Err(()),));
+                }
+                Ok((store.data_mut().http().set_method(request, method)?,))
+            },
+        )?;
+        types.func_wrap(
+            "[method]outgoing-request.set-path-with-query",
+            move |mut store: StoreContextMut<'_, T>,
+                  (request, path): (Request, Option<String>)|
+                  -> Set {
+                if too_long(&path) {
+                    return Ok((Err(()),));
+                }
+                Ok((store.data_mut().http().set_path_with_query(request, path)?,))
+            },
+        )?;
+        types.func_wrap(
+            "[method]outgoing-request.set-authority",
+            move |mut store: StoreContextMut<'_, T>,
+                  (request, authority): (Request, Option<String>)|
+                  -> Set {
+                if too_long(&authority) {
+                    return Ok((Err(()),));
+                }
+                Ok((store.data_mut().http().set_authority(request, authority)?,))
+            },
+        )
+    })();
     linker.allow_shadowing(false);
     defined
 }

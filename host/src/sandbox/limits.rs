@@ -64,12 +64,11 @@ pub struct AgentLimits {
     /// Resources the instance may hold at once in the host: open files
     /// and directories, streams, pollables, `wasi:http` header maps,
     /// requests, responses and bodies. Each lives in the host's memory,
-    /// not the agent's (a request's path and authority up to 64 KiB each,
-    /// a header map up to 16 KiB), so without a bound an agent could park
-    /// gigabytes there; one more traps. Default 256 (an agent with 16
-    /// requests in flight holds about 130), which bounds what one instance
-    /// parks in the host to about 40 MiB (250 unsent requests with paths
-    /// and authorities of 60 KB took 38 MiB).
+    /// not the agent's (a header map up to 16 KiB, a request's path and
+    /// authority up to 8 KiB each, an unsent body's buffer 128 KiB), so
+    /// without a bound an agent could park gigabytes there; one more
+    /// traps. Default 256 (an agent with 16 requests in flight holds about
+    /// 130): a few tens of MiB per instance at most.
     pub handles: usize,
 }
 

@@ -90,7 +90,7 @@ struct LimitArgs {
     #[arg(long, global = true, env = "TOKA_MEMORY", value_name = "SIZE", value_parser = toka_host::parse_size)]
     memory: Option<u64>,
     /// Bytes of linear memory all agents' live instances may hold together
-    /// (default: half the machine's memory); one tree of agents holds at
+    /// (default: half the machine's memory, or of a container's limit); one tree of agents holds at
     /// most three quarters of it. A growth past it fails the task as the host's
     /// condition, not the agent's fault.
     #[arg(long, global = true, env = "TOKA_MEMORY_BUDGET", value_name = "SIZE", value_parser = parse_budget)]

@@ -161,7 +161,8 @@ impl HostConfig {
     /// places ([`places_per_tree`](Self::places_per_tree) of
     /// [`max_instances`](Self::max_instances), by default three
     /// quarters), but at least one agent's limit. Default: half the
-    /// machine's physical memory (4 GiB where it cannot be read), at
+    /// machine's physical memory, or of the cgroup's memory limit when
+    /// that is lower (a container); 4 GiB where neither can be read; at
     /// least one agent's limit.
     pub fn memory_budget(&mut self, bytes: u64) -> &mut Self {
         self.memory_budget = Some(bytes);

@@ -173,24 +173,37 @@ pub(crate) struct Charge {
     pub(crate) tree: AgentId,
 }
 
-/// Half the machine's physical memory where it can be read (Linux), else
-/// 4 GiB: the default budget.
+/// Half the memory this process may use where it can be read (Linux: the
+/// physical memory, or the cgroup's limit when lower, as in a container),
+/// else 4 GiB: the default budget.
 pub(crate) fn default_budget() -> u64 {
-    physical_memory().map_or(4 << 30, |bytes| bytes / 2)
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let cgroup = read("/sys/fs/cgroup/memory.max")
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"));
+    usable_memory(read("/proc/meminfo").as_deref(), cgroup.as_deref())
+        .map_or(4 << 30, |bytes| bytes / 2)
 }
 
-/// `MemTotal` of `/proc/meminfo`.
-fn physical_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line
-        .trim_start_matches("MemTotal:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    kib.checked_mul(1024)
+/// The smaller of `MemTotal` in `meminfo` (`/proc/meminfo`) and the
+/// cgroup's limit `cgroup` (`memory.max` of cgroup v2, `max` when none, or
+/// `memory.limit_in_bytes` of v1, a huge number when none).
+fn usable_memory(meminfo: Option<&str>, cgroup: Option<&str>) -> Option<u64> {
+    let total = meminfo.and_then(|info| {
+        let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line
+            .trim_start_matches("MemTotal:")
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        kib.checked_mul(1024)
+    });
+    let limit = cgroup.and_then(|text| text.trim().parse::<u64>().ok());
+    match (total, limit) {
+        (Some(total), Some(limit)) => Some(total.min(limit)),
+        (total, limit) => total.or(limit),
+    }
 }
 
 #[cfg(test)]
@@ -257,12 +270,26 @@ mod tests {
     }
 
     #[test]
-    #[cfg(target_os = "linux")]
-    fn the_default_budget_is_half_the_machine() {
-        let total = physical_memory().expect("Linux has /proc/meminfo");
-        // More than any machine that builds wasmtime lacks, less than any
-        // machine has.
-        assert!((256 << 20..1 << 50).contains(&total), "{total}");
-        assert_eq!(default_budget(), total / 2);
+    fn the_default_budget_is_half_the_machine_or_the_containers_limit() {
+        let meminfo = "MemTotal:       24000000 kB\nMemFree:        18000000 kB\n";
+        let total = 24_000_000 * 1024;
+        assert_eq!(usable_memory(Some(meminfo), None), Some(total));
+        // cgroup v2 without a limit, v1 without one (a huge number).
+        assert_eq!(usable_memory(Some(meminfo), Some("max\n")), Some(total));
+        assert_eq!(
+            usable_memory(Some(meminfo), Some("9223372036854771712\n")),
+            Some(total)
+        );
+        // A container limited to 2 GiB.
+        assert_eq!(
+            usable_memory(Some(meminfo), Some("2147483648\n")),
+            Some(2 << 30)
+        );
+        assert_eq!(usable_memory(None, Some("2147483648")), Some(2 << 30));
+        assert_eq!(usable_memory(Some("nonsense"), Some("max")), None);
+        if cfg!(target_os = "linux") {
+            // This machine: more than any that builds wasmtime lacks.
+            assert!(default_budget() >= 128 << 20, "{}", default_budget());
+        }
     }
 }

@@ -482,6 +482,14 @@ async fn an_agent_cannot_park_host_memory_in_resources() {
         outcome(&arena.host, hoarder, "hoard 1 1").await,
         Ok("1".to_owned())
     );
+    // An unsent body buffers two writes of 16 KiB at most (1 MiB each
+    // before): what the host took for 10 bodies written without end.
+    let taken: u64 = outcome(&arena.host, hoarder, "hoard-bodies 10")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=10 * 2 * (16 << 10)).contains(&taken), "{taken}");
     let events = arena.finish().await;
     assert_eq!(failures(&events, hoarder).len(), 2);
 }

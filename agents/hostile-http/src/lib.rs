@@ -17,19 +17,26 @@
 //! holds. The host bounds what one instance holds in host resources: past
 //! the bound the task traps.
 //!
+//! Task: `hoard-bodies N`: makes N requests (never sent) and writes into
+//! each one's body, 1 MiB at a time, all the host takes without waiting;
+//! keeps them; outputs the bytes the host took.
+//!
 //! Task: `set method|path|authority LEN`: sets an extension method, a path
 //! or an authority of LEN bytes on a request (kept in the host's memory
 //! with it); outputs `set` or `refused`.
 
 use toka_guest::{Agent, Context, Task};
 use wasip2::http::outgoing_handler;
-use wasip2::http::types::{Fields, Method, OutgoingRequest, Scheme};
-use wasip2::io::streams::StreamError;
+use wasip2::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
+use wasip2::io::streams::{OutputStream, StreamError};
 
 #[derive(Default)]
 struct Http {
     /// What `hoard` made: kept by the instance until it ends.
     kept: Vec<Fields>,
+    /// What `hoard-bodies` made, likewise (children first, so they drop
+    /// first).
+    bodies: Vec<(OutputStream, OutgoingBody, OutgoingRequest)>,
 }
 
 fn get(authority: &str, path: &str) -> Result<String, String> {
@@ -113,8 +120,39 @@ fn hoard(kept: &mut Vec<Fields>, n: u32, kib: u32) -> Result<String, String> {
     Ok(kept.len().to_string())
 }
 
+/// See `hoard-bodies` in the module docs.
+fn hoard_bodies(
+    bodies: &mut Vec<(OutputStream, OutgoingBody, OutgoingRequest)>,
+    n: u32,
+) -> Result<String, String> {
+    let chunk = vec![b'b'; 1 << 20];
+    let mut taken = 0u64;
+    for _ in 0..n {
+        let request = OutgoingRequest::new(Fields::new());
+        let body = request.body().map_err(|()| "no body")?;
+        let stream = body.write().map_err(|()| "no body stream")?;
+        loop {
+            let permit = stream.check_write().map_err(|e| format!("{e:?}"))?;
+            if permit == 0 {
+                break;
+            }
+            let len = chunk
+                .len()
+                .min(usize::try_from(permit).unwrap_or(usize::MAX));
+            stream.write(&chunk[..len]).map_err(|e| format!("{e:?}"))?;
+            taken += len as u64;
+        }
+        bodies.push((stream, body, request));
+    }
+    Ok(taken.to_string())
+}
+
 impl Agent for Http {
     fn handle_task(&mut self, ctx: &mut Context, task: Task) -> Result<Vec<u8>, String> {
+        if let Some(n) = task.description.strip_prefix("hoard-bodies ") {
+            let n: u32 = n.parse().map_err(|_| format!("`{n}` is not a count"))?;
+            return hoard_bodies(&mut self.bodies, n).map(String::into_bytes);
+        }
         if let Some(rest) = task.description.strip_prefix("set ") {
             let (part, len) = rest
                 .split_once(' ')

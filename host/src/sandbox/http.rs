@@ -166,6 +166,10 @@ pub(crate) const METHOD_BYTES: usize = 64;
 /// KiB).
 pub(crate) const URL_PART_BYTES: usize = 8 << 10;
 
+/// Bytes one write to a request's body may hand over (see
+/// [`Hooks::p2_outgoing_body_chunk_size`]).
+pub(crate) const BODY_CHUNK_BYTES: usize = 16 << 10;
+
 /// Defines `outgoing-request`'s `set-method`, `set-path-with-query` and
 /// `set-authority` again in `linker` (which has `wasi:http` already),
 /// refusing a method longer than [`METHOD_BYTES`] and a path or authority
@@ -294,6 +298,14 @@ type Sent = Box<
 >;
 
 impl WasiHttpHooks for Hooks {
+    /// A write to a request's body takes at most this much at once, and
+    /// the body buffers at most two writes until the request is sent:
+    /// `wasi:http`'s 1 MiB let an agent park 2 MiB in the host per unsent
+    /// body.
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK_BYTES
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,

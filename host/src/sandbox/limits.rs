@@ -65,7 +65,7 @@ pub struct AgentLimits {
     /// and directories, streams, pollables, `wasi:http` header maps,
     /// requests, responses and bodies. Each lives in the host's memory,
     /// not the agent's (a header map up to 16 KiB, a request's path and
-    /// authority up to 8 KiB each, an unsent body's buffer 128 KiB), so
+    /// authority up to 8 KiB each, an unsent body's buffer 32 KiB), so
     /// without a bound an agent could park gigabytes there; one more
     /// traps. Default 256 (an agent with 16 requests in flight holds about
     /// 130): a few tens of MiB per instance at most.

@@ -183,11 +183,15 @@ pub(crate) fn bound_requests<T: wasmtime_wasi_http::WasiHttpView + 'static>(
     linker: &mut wasmtime::component::Linker<T>,
 ) -> wasmtime::Result<()> {
     use wasmtime::StoreContextMut;
+    use wasmtime_wasi_http::WasiHttpCtxView;
     use wasmtime_wasi_http::p2::bindings::http::types::{HostOutgoingRequest as _, Method};
     type Request =
         wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostOutgoingRequest>;
-    type Set = wasmtime::Result<(Result<(), ()>,)>;
-    let too_long = |part: &Option<String>| part.as_ref().is_some_and(|p| p.len() > URL_PART_BYTES);
+    // What each setter answers the guest: set, or refused.
+    type Refusable = Result<(), ()>;
+    type Set = wasmtime::Result<(Refusable,)>;
+    type SetPart =
+        fn(&mut WasiHttpCtxView<'_>, Request, Option<String>) -> wasmtime::Result<Refusable>;
     linker.allow_shadowing(true);
     let defined = (|| {
         let mut types = linker.instance("wasi:http/types@0.2.12")?;
@@ -200,28 +204,31 @@ pub(crate) fn bound_requests<T: wasmtime_wasi_http::WasiHttpView + 'static>(
                 Ok((store.data_mut().http().set_method(request, method)?,))
             },
         )?;
-        types.func_wrap(
-            "[method]outgoing-request.set-path-with-query",
-            move |mut store: StoreContextMut<'_, T>,
-                  (request, path): (Request, Option<String>)|
-                  -> Set {
-                if too_long(&path) {
-                    return Ok((Err(()),));
-                }
-                Ok((store.data_mut().http().set_path_with_query(request, path)?,))
-            },
-        )?;
-        types.func_wrap(
-            "[method]outgoing-request.set-authority",
-            move |mut store: StoreContextMut<'_, T>,
-                  (request, authority): (Request, Option<String>)|
-                  -> Set {
-                if too_long(&authority) {
-                    return Ok((Err(()),));
-                }
-                Ok((store.data_mut().http().set_authority(request, authority)?,))
-            },
-        )
+        // The path and the authority: the same check before `wasi:http`'s.
+        let parts: [(&str, SetPart); 2] = [
+            (
+                "[method]outgoing-request.set-path-with-query",
+                |view, request, part| view.set_path_with_query(request, part),
+            ),
+            (
+                "[method]outgoing-request.set-authority",
+                |view, request, part| view.set_authority(request, part),
+            ),
+        ];
+        for (name, set) in parts {
+            types.func_wrap(
+                name,
+                move |mut store: StoreContextMut<'_, T>,
+                      (request, part): (Request, Option<String>)|
+                      -> Set {
+                    if part.as_ref().is_some_and(|p| p.len() > URL_PART_BYTES) {
+                        return Ok((Err(()),));
+                    }
+                    Ok((set(&mut store.data_mut().http(), request, part)?,))
+                },
+            )?;
+        }
+        Ok(())
     })();
     linker.allow_shadowing(false);
     defined

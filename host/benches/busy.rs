@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use toka_host::{DataDir, Grant, Host, HostConfig, Right};
+use toka_host::{Grant, Host, HostConfig, Right};
 use toka_kernel::{AgentId, Quotas, Rules};
 
 #[global_allocator]
@@ -59,11 +59,7 @@ fn main() {
 
 async fn run(agents: usize, tasks: usize) {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let data = DataDir::new(dir.path());
-    let root = data.root_key(None, true).expect("a root key");
-    let store = data
-        .open_or_create(&toka_kernel::Limits::default(), &root)
-        .expect("a data dir");
+    let (store, root) = toka_host::bench_support::data_dir(dir.path());
     let mut config = HostConfig::new();
     config.rules(Rules {
         quotas: Quotas::UNLIMITED,

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use toka_host::{DataDir, EventStore, Grant, Host, HostConfig};
-use toka_kernel::{AgentId, Limits, Quotas, Rules};
+use toka_kernel::{AgentId, Quotas, Rules};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -81,11 +81,7 @@ fn config() -> HostConfig {
 }
 
 async fn open(path: &Path) -> Host {
-    let data = DataDir::new(path);
-    let root = data.root_key(None, true).expect("a root key");
-    let store = data
-        .open_or_create(&Limits::default(), &root)
-        .expect("a data dir");
+    let (store, root) = toka_host::bench_support::data_dir(path);
     Host::open(Arc::new(store), root, config())
         .await
         .expect("a host")

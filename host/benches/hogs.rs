@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use toka_host::{DataDir, Grant, Host, HostConfig, Right};
+use toka_host::{Grant, Host, HostConfig, Right};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -78,11 +78,7 @@ fn peak_rss() -> u64 {
 
 async fn run(agents: usize, budget: Option<u64>) {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let data = DataDir::new(dir.path());
-    let root = data.root_key(None, true).expect("a root key");
-    let store = data
-        .open_or_create(&toka_kernel::Limits::default(), &root)
-        .expect("a data dir");
+    let (store, root) = toka_host::bench_support::data_dir(dir.path());
     let mut config = HostConfig::new();
     // No budget: as large as can be.
     config.memory_budget(budget.unwrap_or(u64::MAX));

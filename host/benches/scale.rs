@@ -31,7 +31,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use toka_host::{DataDir, Grant, Host, HostConfig, Right};
+use toka_host::{Grant, Host, HostConfig, Right};
 use toka_kernel::{Quotas, Rules};
 
 #[global_allocator]
@@ -65,11 +65,7 @@ fn main() {
 
 async fn run(agents: u64) {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let data = DataDir::new(dir.path());
-    let root = data.root_key(None, true).expect("a root key");
-    let store = data
-        .open_or_create(&toka_kernel::Limits::default(), &root)
-        .expect("a data dir");
+    let (store, root) = toka_host::bench_support::data_dir(dir.path());
     let mut config = HostConfig::new();
     let pooling = std::env::var("TOKA_SCALE_ALLOCATOR").as_deref() != Ok("on-demand");
     let window = match std::env::var("TOKA_SCALE_WINDOW").as_deref() {

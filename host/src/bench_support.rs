@@ -12,6 +12,24 @@ use crate::capability::policy::Check;
 use crate::capability::token::Token;
 use crate::store::memory::MemoryStore;
 
+/// The data dir at `path` (created with default kernel limits when it
+/// does not exist) and its root key: the store and key a benchmark opens
+/// a host on.
+///
+/// # Panics
+///
+/// When the data dir cannot be opened or created: the benchmark cannot
+/// run.
+#[must_use]
+pub fn data_dir(path: &std::path::Path) -> (crate::RedbStore, crate::RootKey) {
+    let data = crate::DataDir::new(path);
+    let root = data.root_key(None, true).expect("a root key");
+    let store = data
+        .open_or_create(&Limits::default(), &root)
+        .expect("a data dir");
+    (store, root)
+}
+
 /// A host configuration with quotas no benchmark meets, charged as usual
 /// (an unlimited quota would skip the arithmetic a benchmark must
 /// include).

@@ -162,19 +162,21 @@ fn bad_usage_exits_2() {
     assert!(run.stderr.contains("Usage: toka run"), "{}", run.stderr);
     let run = toka(&data, &["demo", "--workers", "0"]);
     assert_eq!(run.code, 2, "{run:#?}");
-    for (budget, why) in [
-        ("0", "a budget of 0 bytes would run no agent"),
-        ("lots", "`lots` is not a size"),
-    ] {
-        let run = toka(&data, &["--memory-budget", budget, "demo"]);
-        assert_eq!(run.code, 2, "{run:#?}");
-        assert!(
-            run.stderr.contains(&format!(
-                "invalid value '{budget}' for '--memory-budget <SIZE>': {why}"
-            )),
-            "{}",
-            run.stderr
-        );
+    for flag in ["--memory-budget", "--state-budget"] {
+        for (budget, why) in [
+            ("0", "a budget of 0 bytes would run no agent"),
+            ("lots", "`lots` is not a size"),
+        ] {
+            let run = toka(&data, &[flag, budget, "demo"]);
+            assert_eq!(run.code, 2, "{run:#?}");
+            assert!(
+                run.stderr.contains(&format!(
+                    "invalid value '{budget}' for '{flag} <SIZE>': {why}"
+                )),
+                "{}",
+                run.stderr
+            );
+        }
     }
     assert!(!data.exists());
 }

@@ -425,6 +425,127 @@ async fn hogs_within_their_own_limits_are_bounded_together_by_the_hosts_memory_b
     }
 }
 
+/// What the agents hold in the kernel's state, counted afresh from it (as
+/// a host opening the data dir counts it): keys, values and 1 KiB a record.
+async fn state_held(arena: &Arena) -> u64 {
+    arena
+        .host
+        .state(|s| s.agents().map(|(_, a)| 1024 + a.state_bytes).sum())
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_cannot_fill_the_hosts_memory_with_its_agents_state() {
+    // Each agent's state is bounded (16 MiB), but a tree is not by the
+    // kernel: children with `state` each fill theirs. 32 MiB for all
+    // agents' state, 24 MiB (three quarters) for one tree.
+    let budget = 32u64 << 20;
+    let mut config = toka_host::HostConfig::new();
+    config.state_budget(budget);
+    let arena = Arena::new(config).await;
+    let spawner = arena
+        .agent(
+            "hostile-flood",
+            grant(&[
+                "observe",
+                "state",
+                "spawn hostile-flood",
+                "schedule children",
+            ]),
+        )
+        .await;
+    assert_eq!(
+        outcome(&arena.host, spawner, "spawn-fill 3").await,
+        Ok("spawned 3".to_owned())
+    );
+    arena.host.run_until_idle().await.unwrap();
+    let usage = arena.host.state_usage();
+    assert_eq!((usage.budget, usage.per_tree), (budget, 24 << 20));
+    // The bystander's record, and the spawner's tree at its share.
+    let tree = usage.held - 1024;
+    assert!(
+        tree <= 24 << 20 && tree > (24 << 20) - (61 << 10),
+        "the tree holds {tree}"
+    );
+    assert_eq!(usage.held, state_held(&arena).await);
+
+    // Another tree gets what is left of the budget, not its own 16 MiB.
+    let other = arena
+        .agent_named("hostile-flood", "other", grant(&["observe", "state"]))
+        .await;
+    let err = outcome(&arena.host, other, "fill-state").await.unwrap_err();
+    assert!(
+        err.contains("the host's memory for agent state is spent: ")
+            && err.contains(" would pass its budget of 32MiB ("),
+        "{err}"
+    );
+    let full = arena.host.state_usage().held;
+    assert!(full <= budget && full > budget - (61 << 10), "{full}");
+    // Deleting gives the bytes back.
+    let cleared = outcome(&arena.host, other, "clear-state").await.unwrap();
+    assert!(cleared.starts_with("deleted "), "{cleared}");
+    assert_eq!(arena.host.state_usage().held, usage.held + 1024);
+    assert_eq!(arena.host.state_usage().held, state_held(&arena).await);
+    arena.bystander_serves().await;
+
+    let events = arena.finish().await;
+    let children: Vec<AgentId> = events
+        .iter()
+        .filter_map(|l| match &l.event {
+            Event::AgentSpawned { agent, parent, .. } if *parent == spawner => Some(*agent),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(children.len(), 3);
+    let reasons: Vec<String> = children
+        .iter()
+        .flat_map(|c| failures(&events, *c))
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r
+            .contains("the agent's tree holds its share of the host's memory for agent state: ")
+            && r.contains(" would pass the share of 24MiB (")),
+        "{reasons:?}"
+    );
+    // A refusal the agent handles: no fault, no quota hit.
+    assert_eq!(
+        count(&events, |e| matches!(
+            e,
+            Event::AgentFaulted { .. } | Event::QuotaExceeded { .. }
+        )),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawning_and_terminating_children_cannot_grow_the_state_without_end() {
+    // A terminated agent's record stays in the kernel's state (and in the
+    // host's memory): spawning and terminating children, each within every
+    // live-children limit, grew the state without end.
+    let budget = 256u64 << 10;
+    let mut config = toka_host::HostConfig::new();
+    config.state_budget(budget);
+    let arena = Arena::new(config).await;
+    let churner = arena
+        .agent(
+            "hostile-flood",
+            grant(&["observe", "spawn hello", "terminate children"]),
+        )
+        .await;
+    let err = outcome(&arena.host, churner, "churn").await.unwrap_err();
+    // The bystander's record, the churner's, and the 254 children it could.
+    assert!(
+        err.starts_with("refused after 254: ")
+            && err.contains("the host's memory for agent state is spent: 1KiB more would pass its budget of 256KiB (256KiB held)"),
+        "{err}"
+    );
+    assert_eq!(arena.host.state_usage().held, budget);
+    assert_eq!(state_held(&arena).await, budget);
+    arena.bystander_serves().await;
+    arena.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cannot_park_host_memory_in_resources() {
     // `wasi:http` header maps and requests live in the host's memory, and

@@ -420,7 +420,7 @@ async fn a_list_pages_by_cursor_from_where_the_last_page_ended() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_answers_as_its_openapi_document_says() {
-    let mut served = Served::start(&["--memory-budget", "3GiB"]);
+    let mut served = Served::start(&["--memory-budget", "3GiB", "--state-budget", "1GiB"]);
     let api = Api::new(&served).await;
     // The document itself: every /v1 resource of the issue is in it.
     for path in [
@@ -627,6 +627,8 @@ async fn every_endpoint_answers_as_its_openapi_document_says() {
         "toka_agent_memory_peak_bytes ",
         // As given on the command line.
         "toka_agent_memory_budget_bytes 3221225472\n",
+        "toka_agent_state_budget_bytes 1073741824\n",
+        "toka_agent_state_bytes ",
         // The one asked for above, under the lock: the state is small.
         "toka_snapshots_total 1\n",
         "toka_snapshots_off_lock_total 0\n",

@@ -8,7 +8,10 @@
 //! end), `log` (1 KiB observations without end), `megabytes` (1 MiB
 //! observations without end), `loop` (schedules `loop` onto itself again,
 //! forever), `spawn-many N` (spawns N `hello` children, each with `observe`,
-//! and gives each a task), `noop`.
+//! and gives each a task), `spawn-fill N` (spawns N `hostile-flood`
+//! children with `state`, each to `fill-state`), `churn` (spawns a `hello`
+//! child and terminates it, without end), `clear-state` (deletes every
+//! key), `noop`.
 
 use toka_guest::{Agent, Context, Error, Task};
 
@@ -58,9 +61,30 @@ impl Agent for Flood {
                 }
                 Ok(format!("spawned {n}").into_bytes())
             }
+            spawn if spawn.starts_with("spawn-fill ") => {
+                let n: u64 = spawn["spawn-fill ".len()..]
+                    .parse()
+                    .map_err(|_| "spawn-fill N: N is a number")?;
+                for i in 0..n {
+                    let child = ctx.spawn("hostile-flood", &format!("filler-{i}"), &["state"])?;
+                    ctx.schedule(child, "fill-state")?;
+                }
+                Ok(format!("spawned {n}").into_bytes())
+            }
+            "churn" => until_refused(|i| {
+                let child = ctx.spawn("hello", &format!("churned-{i}"), &["observe"])?;
+                ctx.terminate(child)
+            }),
+            "clear-state" => {
+                let keys = ctx.keys();
+                for key in &keys {
+                    ctx.delete(key)?;
+                }
+                Ok(format!("deleted {}", keys.len()).into_bytes())
+            }
             "noop" => Ok(Vec::new()),
             other => Err(format!(
-                "unknown task `{other}` (ops, queue, big-observation, observation-bytes, big-state, fill-state, log, megabytes, loop, spawn-many N, noop)"
+                "unknown task `{other}` (ops, queue, big-observation, observation-bytes, big-state, fill-state, clear-state, log, megabytes, loop, spawn-many N, spawn-fill N, churn, noop)"
             )),
         }
     }

@@ -95,6 +95,12 @@ struct LimitArgs {
     /// condition, not the agent's fault.
     #[arg(long, global = true, env = "TOKA_MEMORY_BUDGET", value_name = "SIZE", value_parser = parse_budget)]
     memory_budget: Option<u64>,
+    /// Bytes all agents may hold in the kernel's state together: their state
+    /// keys and values, and 1KiB per agent record (default: a quarter of the
+    /// machine's memory, or of a container's limit); one tree of agents holds
+    /// at most three quarters of it. A state write or spawn past it is refused.
+    #[arg(long, global = true, env = "TOKA_STATE_BUDGET", value_name = "SIZE", value_parser = parse_budget)]
+    state_budget: Option<u64>,
     /// Fuel per task: meters every agent deterministically (default: no fuel
     /// metering, which is faster; the deadline still stops a runaway task).
     #[arg(long, global = true, env = "TOKA_FUEL", value_name = "N")]
@@ -208,6 +214,8 @@ pub(crate) struct Place {
     pub(crate) agent_limits: toka_host::AgentLimits,
     /// The memory budget for all agents, with --memory-budget.
     pub(crate) memory_budget: Option<u64>,
+    /// The state budget for all agents, with --state-budget.
+    pub(crate) state_budget: Option<u64>,
     /// The cluster's NATS URLs, with --cluster.
     pub(crate) cluster: Option<String>,
     /// The cell, with --cell.
@@ -232,6 +240,9 @@ impl Place {
             .protected_paths(self.protected_paths());
         if let Some(bytes) = self.memory_budget {
             config.memory_budget(bytes);
+        }
+        if let Some(bytes) = self.state_budget {
+            config.state_budget(bytes);
         }
         config
     }
@@ -334,6 +345,7 @@ fn main() -> ExitCode {
         snapshot_every: cli.snapshot_every,
         agent_limits: cli.limits.apply(),
         memory_budget: cli.limits.memory_budget,
+        state_budget: cli.limits.state_budget,
         cluster: cli.cluster,
         cell: cli.cell,
         tls_ca: cli.tls_ca,

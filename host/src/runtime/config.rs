@@ -31,6 +31,7 @@ pub struct HostConfig {
     pub(crate) places_per_tree: Option<usize>,
     pub(crate) warm_instances: usize,
     pub(crate) memory_budget: Option<u64>,
+    pub(crate) state_budget: Option<u64>,
     pub(crate) pooling: bool,
     pub(crate) protected_paths: Vec<PathBuf>,
     pub(crate) secrets: Arc<SecretStore>,
@@ -51,6 +52,7 @@ impl Default for HostConfig {
             places_per_tree: None,
             warm_instances: 64,
             memory_budget: None,
+            state_budget: None,
             pooling: true,
             protected_paths: Vec::new(),
             secrets: Arc::new(SecretStore::in_memory()),
@@ -176,10 +178,47 @@ impl HostConfig {
         let total = self
             .memory_budget
             .unwrap_or_else(|| crate::sandbox::memory::default_budget().max(limit));
+        (total, self.share_of(total, limit))
+    }
+
+    /// Bytes all agents may hold in the kernel's state together: their
+    /// state keys and values, and 1 KiB for each agent record (a record
+    /// and its state stay after the agent terminates, and the host keeps
+    /// them in memory). An agent's state write or spawn that would pass
+    /// the budget is refused (`limit-exceeded`, naming the budget), and so
+    /// is one that would take its tree past the tree's share: the same
+    /// share as of the places ([`places_per_tree`](Self::places_per_tree)
+    /// of [`max_instances`](Self::max_instances), by default three
+    /// quarters), but at least one agent's state limit and record.
+    /// Deleting keys gives bytes back; the operator's own commands are
+    /// never refused. Default: a quarter of the machine's physical memory,
+    /// or of the cgroup's memory limit when that is lower; 2 GiB where
+    /// neither can be read.
+    pub fn state_budget(&mut self, bytes: u64) -> &mut Self {
+        self.state_budget = Some(bytes);
+        self
+    }
+
+    /// The state budget as configured or by default, and one tree's share
+    /// of it, for agents whose state the kernel bounds to
+    /// `max_state_bytes` each.
+    pub(crate) fn state_shares(&self, max_state_bytes: u64) -> (u64, u64) {
+        let least = max_state_bytes.saturating_add(crate::runtime::sequencer::AGENT_RECORD_BYTES);
+        let total = self
+            .state_budget
+            .unwrap_or_else(|| crate::runtime::sequencer::default_state_budget().max(least));
+        (total, self.share_of(total, least))
+    }
+
+    /// The share of `total` one tree holds: the same as of the places, at
+    /// least `least`, at most `total`.
+    fn share_of(&self, total: u64, least: u64) -> u64 {
         let places = self.max_instances.max(1) as u128;
         let share = u128::from(total) * self.tree_share() as u128 / places;
-        let share = u64::try_from(share).unwrap_or(u64::MAX).max(limit);
-        (total, share.min(total))
+        u64::try_from(share)
+            .unwrap_or(u64::MAX)
+            .max(least)
+            .min(total)
     }
 
     /// Whether instances come from wasmtime's pooling allocator: slots

@@ -114,6 +114,7 @@ impl Host {
             skip_gate: config.skip_gate,
             #[cfg(not(feature = "bench"))]
             skip_gate: false,
+            state_budget: config.state_shares(kernel.limits().max_state_bytes),
         };
         let sequencer = Sequencer::new(kernel, gate, Arc::clone(&store), config.clock, options);
         let data_id = match store.data_id()? {
@@ -497,6 +498,15 @@ impl Host {
     #[must_use]
     pub fn memory(&self) -> MemoryUsage {
         self.inner.memory.usage()
+    }
+
+    /// What the agents hold in the kernel's state (their state keys and
+    /// values, and a fixed charge per agent record), the budget and a
+    /// tree's share (see
+    /// [`HostConfig::state_budget`](crate::HostConfig::state_budget)).
+    #[must_use]
+    pub fn state_usage(&self) -> crate::StateUsage {
+        self.inner.sequencer.state_usage()
     }
 
     /// The host's counters since it opened: commits and committed events.

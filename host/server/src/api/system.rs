@@ -243,6 +243,21 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _who: Reader) -> impl I
     ] {
         metric(name, "gauge", help, &[("", value as f64)]);
     }
+    let state = app.host.state_usage();
+    for (name, value, help) in [
+        (
+            "agent_state_bytes",
+            state.held,
+            "Bytes agents hold in the kernel's state: keys, values and 1 KiB per agent record.",
+        ),
+        (
+            "agent_state_budget_bytes",
+            state.budget,
+            "Bytes agents may hold in the kernel's state together.",
+        ),
+    ] {
+        metric(name, "gauge", help, &[("", value as f64)]);
+    }
     let samples: Vec<(String, f64)> = m
         .events
         .iter()

@@ -18,6 +18,7 @@ use crate::runtime::clock::Clock;
 use crate::store::event_store::{Batch, EventStore};
 
 use super::snapshots::SnapshotPolicy;
+use super::state_budget::{AGENT_RECORD_BYTES, Refused as StateRefused, StateBudget};
 use super::views::ViewBudget;
 
 /// The host stopped accepting operations (the log writer failed, or the host
@@ -59,6 +60,16 @@ pub(crate) struct Refused {
     pub(crate) message: String,
     /// The quota it ran into, if that was the reason: the task ends.
     pub(crate) quota: Option<Quota>,
+}
+
+impl From<StateRefused> for Refused {
+    fn from(e: StateRefused) -> Self {
+        Refused {
+            kind: RefusalKind::LimitExceeded,
+            message: e.to_string(),
+            quota: None,
+        }
+    }
 }
 
 impl From<KernelError> for Refused {
@@ -381,6 +392,8 @@ pub(super) struct Core {
     /// The state writes of re-run tasks, by key.
     pub(super) rewrites: super::rewrites::Rewrites,
     pub(super) denials: Denials,
+    /// What each tree holds in the kernel's state, and the bounds.
+    pub(super) state_budget: StateBudget,
     /// Operator tokens already attached to a batch (see [`By::Operator`]).
     pub(super) stored_operators: std::collections::HashSet<Digest>,
     pub(super) stopped: Option<Stopped>,
@@ -392,12 +405,15 @@ pub(super) struct Core {
 }
 
 /// What a sequencer is configured with besides its parts.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Options {
     pub(crate) snapshot_every: u64,
     /// The newest snapshot at start.
     pub(crate) last_snapshot: crate::log::recovery::Start,
     pub(crate) skip_gate: bool,
+    /// The agents' state: the bytes all trees may hold, and one tree
+    /// (see [`StateBudget`]).
+    pub(crate) state_budget: (u64, u64),
 }
 
 impl Sequencer {
@@ -412,6 +428,8 @@ impl Sequencer {
         let head = kernel.head().seq;
         let view = (kernel.head(), Arc::new(kernel.state().clone()));
         let gate_counts = gate.counts();
+        let (total, per_tree) = options.state_budget;
+        let state_budget = StateBudget::new(total, per_tree, kernel.state());
         Self {
             shared: Arc::new(Shared {
                 view: Mutex::new(view),
@@ -437,6 +455,7 @@ impl Sequencer {
                     refusals: HashMap::new(),
                     rewrites: super::rewrites::Rewrites::default(),
                     denials: Denials::default(),
+                    state_budget,
                     stored_operators: std::collections::HashSet::new(),
                     stopped: None,
                     closing: false,
@@ -526,6 +545,11 @@ impl Sequencer {
     /// The host's counters so far.
     pub(crate) fn metrics(&self) -> crate::runtime::metrics::HostMetrics {
         self.shared.metrics.get()
+    }
+
+    /// What the agents hold in the kernel's state, and the bounds.
+    pub(crate) fn state_usage(&self) -> super::StateUsage {
+        self.lock().state_budget.usage()
     }
 
     /// The logical time a command submitted now would get.
@@ -1087,6 +1111,9 @@ impl Core {
                         Err(e) => return Err(Unsubmitted::Refused(e.into(), op_digest(&op))),
                     }
                 }
+                if let Err(e) = self.admit_state(agent, &op) {
+                    return Err(Unsubmitted::Refused(e.into(), op_digest(&op)));
+                }
                 let command = Command {
                     origin: agent,
                     time,
@@ -1101,6 +1128,14 @@ impl Core {
             Request::Spawn(request) => {
                 let digest = spawn_digest(&request);
                 let refused = |e: KernelError| Unsubmitted::Refused(e.into(), digest);
+                // Before the child's token is minted: a tree at its share
+                // makes the host spend nothing on a spawn.
+                if let Err(e) = self
+                    .state_budget
+                    .admit(self.tree_of(agent), AGENT_RECORD_BYTES)
+                {
+                    return Err(Unsubmitted::Refused(e.into(), digest));
+                }
                 let prepared = self
                     .prepare_spawn(agent, token, time, request)
                     .map_err(refused)?;
@@ -1254,6 +1289,15 @@ impl Core {
             Operation::CompleteTask { task, .. } | Operation::FailTask { task, .. } => Some(*task),
             _ => None,
         };
+        // What the state budget counts changes with these three alone.
+        let state_before = match &command.op {
+            Operation::PutState { .. } | Operation::DeleteState { .. } => {
+                Some(self.state_bytes(command.origin))
+            }
+            _ => None,
+        };
+        let spawns = matches!(command.op, Operation::SpawnAgent { .. });
+        let origin_agent = command.origin;
         let Applied {
             seq,
             origin,
@@ -1270,6 +1314,18 @@ impl Core {
             seq,
             created: created(&events),
         };
+        if let Some(before) = state_before {
+            let (after, tree) = (self.state_bytes(origin_agent), self.tree_of(origin_agent));
+            if after >= before {
+                self.state_budget.grow(tree, after - before);
+            } else {
+                self.state_budget.shrink(tree, before - after);
+            }
+        }
+        if spawns && let Some(child) = receipt.created {
+            let tree = self.tree_of(child);
+            self.state_budget.grow(tree, AGENT_RECORD_BYTES);
+        }
         // The events hold the payloads the record also holds: count both.
         self.pending_bytes += 2 * bytes.len();
         self.snapshots.logged(bytes.len());
@@ -1299,6 +1355,44 @@ impl Core {
             events,
         });
         Ok(receipt)
+    }
+}
+
+impl Core {
+    /// Bytes of `agent`'s state keys and values (0 for no agent).
+    fn state_bytes(&self, agent: EntityId) -> u64 {
+        self.kernel
+            .state()
+            .agent(agent)
+            .map_or(0, |a| a.state_bytes)
+    }
+
+    /// The tree `agent` belongs to.
+    pub(super) fn tree_of(&self, agent: AgentId) -> AgentId {
+        crate::runtime::places::tree_of(self.kernel.state(), agent)
+    }
+
+    /// Refuses `agent`'s operation `op` when what it would add to the
+    /// kernel's state passes the state budget (see [`StateBudget`]).
+    fn admit_state(&self, agent: AgentId, op: &Operation) -> Result<(), StateRefused> {
+        let growth = match op {
+            Operation::PutState { key, value } => {
+                let old = self
+                    .kernel
+                    .state()
+                    .agent(agent)
+                    .and_then(|a| a.state.get(key));
+                match old {
+                    Some(old) => (value.len() as u64).saturating_sub(old.len() as u64),
+                    None => (key.len() + value.len()) as u64,
+                }
+            }
+            _ => return Ok(()),
+        };
+        if growth == 0 {
+            return Ok(());
+        }
+        self.state_budget.admit(self.tree_of(agent), growth)
     }
 }
 

@@ -19,6 +19,8 @@
 //! - `spawn`: spawning and delegation (the child's token, its budgets).
 //! - `denials`: recording denials, rate-limited.
 //! - `snapshots`: when the writer snapshots the state.
+//! - `state_budget`: what each tree of agents holds in the kernel's state,
+//!   under the host's budget.
 //! - `replica`: the thread that snapshots a large state, off the lock.
 //! - `views`: how often readers may have the committed state copied.
 //! - `http`: journaling outbound HTTP requests and their responses.
@@ -31,6 +33,7 @@ mod replica;
 mod rewrites;
 mod snapshots;
 mod spawn;
+mod state_budget;
 mod views;
 mod writer;
 
@@ -38,3 +41,5 @@ pub use core::Stopped;
 pub(crate) use core::{
     Attachments, By, Declined, Halt, Options, Receipt, Refused, Request, Sequencer, Spawn, Unwanted,
 };
+pub use state_budget::StateUsage;
+pub(crate) use state_budget::{AGENT_RECORD_BYTES, default_budget as default_state_budget};

@@ -179,4 +179,19 @@ fn bad_usage_exits_2() {
         }
     }
     assert!(!data.exists());
+    // `0` is no limit, as the help says; `0s` too.
+    for timeout in ["0", "0s"] {
+        let run = toka(
+            &data,
+            &["run", "hello", "--task", timeout, "--timeout", timeout],
+        );
+        assert!(run.ok().contains(&format!("Hello, {timeout}!")), "{run:#?}");
+    }
+    let run = toka(&data, &["run", "hello", "--timeout", "soon"]);
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(
+        run.stderr.contains("`soon` is not a duration"),
+        "{}",
+        run.stderr
+    );
 }

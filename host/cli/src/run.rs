@@ -48,10 +48,18 @@ pub(crate) struct Args {
     /// on the next `toka run`.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_tasks: u64,
-    /// Stop after this long (0s: no limit); what is left runs on the next
+    /// Stop after this long (0: no limit); what is left runs on the next
     /// `toka run`.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = toka_host::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_timeout)]
     timeout: std::time::Duration,
+}
+
+/// A duration, or `0` (no unit needed) for no limit.
+fn parse_timeout(text: &str) -> Result<std::time::Duration, toka_host::UnitError> {
+    if text.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    toka_host::parse_duration(text)
 }
 
 pub(crate) async fn main(place: &Place, args: Args) -> CliResult {

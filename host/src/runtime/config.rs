@@ -191,8 +191,11 @@ impl HostConfig {
     /// of [`max_instances`](Self::max_instances), by default three
     /// quarters), but at least one agent's state limit and record.
     /// Deleting keys gives bytes back; the operator's own commands are
-    /// never refused. Default: a quarter of the machine's physical memory,
-    /// or of the cgroup's memory limit when that is lower; 2 GiB where
+    /// never refused. The budget counts each byte once; the host holds the
+    /// state up to three times (the kernel's, the readers' committed view,
+    /// the snapshot replica's). Default: an eighth of the machine's
+    /// physical memory, or of the cgroup's memory limit when that is
+    /// lower; 1 GiB where
     /// neither can be read.
     pub fn state_budget(&mut self, bytes: u64) -> &mut Self {
         self.state_budget = Some(bytes);

@@ -162,10 +162,11 @@ impl StateBudget {
     }
 }
 
-/// A quarter of the memory this process may use where it can be read (the
-/// memory budget's default is half): the default budget.
+/// An eighth of the memory this process may use where it can be read (the
+/// memory budget's default is half; the host holds the state up to three
+/// times): the default budget.
 pub(crate) fn default_budget() -> u64 {
-    crate::sandbox::memory::default_budget() / 2
+    crate::sandbox::memory::default_budget() / 4
 }
 
 #[cfg(test)]

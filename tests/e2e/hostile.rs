@@ -426,11 +426,19 @@ async fn hogs_within_their_own_limits_are_bounded_together_by_the_hosts_memory_b
 }
 
 /// What the agents hold in the kernel's state, counted afresh from it (as
-/// a host opening the data dir counts it): keys, values and 1 KiB a record.
+/// a host opening the data dir counts it): keys, values, 1 KiB a record,
+/// and 256 B and the description a task not yet ended.
 async fn state_held(arena: &Arena) -> u64 {
     arena
         .host
-        .state(|s| s.agents().map(|(_, a)| 1024 + a.state_bytes).sum())
+        .state(|s| {
+            let agents: u64 = s.agents().map(|(_, a)| 1024 + a.state_bytes).sum();
+            let tasks: u64 = s
+                .tasks()
+                .map(|(_, t)| 256 + t.spec.description.len() as u64)
+                .sum();
+            agents + tasks
+        })
         .await
 }
 
@@ -534,16 +542,52 @@ async fn spawning_and_terminating_children_cannot_grow_the_state_without_end() {
         )
         .await;
     let err = outcome(&arena.host, churner, "churn").await.unwrap_err();
-    // The bystander's record, the churner's, and the 254 children it could.
+    // The bystander's record, the churner's, its running task (256 B and
+    // its 5 bytes), and the 253 children it could.
     assert!(
-        err.starts_with("refused after 254: ")
-            && err.contains("the host's memory for agent state is spent: 1KiB more would pass its budget of 256KiB (256KiB held)"),
+        err.starts_with("refused after 253: ")
+            && err.contains("the host's memory for agent state is spent: 1KiB more would pass its budget of 256KiB (261381B held)"),
         "{err}"
     );
-    assert_eq!(arena.host.state_usage().held, budget);
-    assert_eq!(state_held(&arena).await, budget);
+    // The task ended: the records stay.
+    assert_eq!(arena.host.state_usage().held, (2 + 253) << 10);
+    assert_eq!(state_held(&arena).await, (2 + 253) << 10);
     arena.bystander_serves().await;
     arena.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_tasks_count_against_the_state_budget_until_they_end() {
+    // Tasks not yet ended live in the kernel's state: 1 024 of 4 KiB may
+    // wait for each agent, on agents waiting for a place.
+    let budget = 128u64 << 10;
+    let mut config = toka_host::HostConfig::new();
+    config.state_budget(budget);
+    let arena = Arena::new(config).await;
+    let flood = arena
+        .agent("hostile-flood", grant(&["observe", "schedule self"]))
+        .await;
+    let err = outcome(&arena.host, flood, "queue").await.unwrap_err();
+    // Two agent records (1 KiB each), the running `queue` task (256 B and
+    // its 5 bytes), then 256 B and 4 bytes a `noop`: 495 of them.
+    assert!(
+        err.starts_with("refused after 495: ")
+            && err.contains("the host's memory for agent state is spent: 260B more would pass its budget of 128KiB (131009B held)"),
+        "{err}"
+    );
+    // The queued tasks run, end, and give their bytes back.
+    arena.host.run_until_idle().await.unwrap();
+    assert_eq!(arena.host.state_usage().held, 2 << 10);
+    assert_eq!(state_held(&arena).await, 2 << 10);
+    arena.bystander_serves().await;
+    let events = arena.finish().await;
+    assert_eq!(
+        count(
+            &events,
+            |e| matches!(e, Event::TaskCompleted { agent, .. } if *agent == flood)
+        ),
+        495
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

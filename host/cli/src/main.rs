@@ -96,9 +96,9 @@ struct LimitArgs {
     #[arg(long, global = true, env = "TOKA_MEMORY_BUDGET", value_name = "SIZE", value_parser = parse_budget)]
     memory_budget: Option<u64>,
     /// Bytes all agents may hold in the kernel's state together: their state
-    /// keys and values, and 1KiB per agent record (default: an eighth of the
+    /// keys and values, 1KiB per agent record and its tasks (default: an eighth of the
     /// machine's memory, or of a container's limit); one tree of agents holds
-    /// at most three quarters of it. A state write or spawn past it is refused.
+    /// at most three quarters of it. A state write, spawn or task past it is refused.
     #[arg(long, global = true, env = "TOKA_STATE_BUDGET", value_name = "SIZE", value_parser = parse_budget)]
     state_budget: Option<u64>,
     /// Fuel per task: meters every agent deterministically (default: no fuel

@@ -501,8 +501,8 @@ impl Host {
     }
 
     /// What the agents hold in the kernel's state (their state keys and
-    /// values, and a fixed charge per agent record), the budget and a
-    /// tree's share (see
+    /// values, a fixed charge per agent record, the tasks not yet ended),
+    /// the budget and a tree's share (see
     /// [`HostConfig::state_budget`](crate::HostConfig::state_budget)).
     #[must_use]
     pub fn state_usage(&self) -> crate::StateUsage {

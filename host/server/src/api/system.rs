@@ -248,7 +248,7 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _who: Reader) -> impl I
         (
             "agent_state_bytes",
             state.held,
-            "Bytes agents hold in the kernel's state: keys, values and 1 KiB per agent record.",
+            "Bytes agents hold in the kernel's state: keys, values, 1 KiB per agent record, tasks not yet ended.",
         ),
         (
             "agent_state_budget_bytes",

@@ -18,7 +18,7 @@ use crate::runtime::clock::Clock;
 use crate::store::event_store::{Batch, EventStore};
 
 use super::snapshots::SnapshotPolicy;
-use super::state_budget::{AGENT_RECORD_BYTES, Refused as StateRefused, StateBudget};
+use super::state_budget::{Refused as StateRefused, StateBudget};
 use super::views::ViewBudget;
 
 /// The host stopped accepting operations (the log writer failed, or the host
@@ -1111,7 +1111,7 @@ impl Core {
                         Err(e) => return Err(Unsubmitted::Refused(e.into(), op_digest(&op))),
                     }
                 }
-                if let Err(e) = self.admit_state(agent, &op) {
+                if let Err(e) = self.state_budget.admit_op(self.kernel.state(), agent, &op) {
                     return Err(Unsubmitted::Refused(e.into(), op_digest(&op)));
                 }
                 let command = Command {
@@ -1130,10 +1130,7 @@ impl Core {
                 let refused = |e: KernelError| Unsubmitted::Refused(e.into(), digest);
                 // Before the child's token is minted: a tree at its share
                 // makes the host spend nothing on a spawn.
-                if let Err(e) = self
-                    .state_budget
-                    .admit(self.tree_of(agent), AGENT_RECORD_BYTES)
-                {
+                if let Err(e) = self.state_budget.admit_spawn(self.kernel.state(), agent) {
                     return Err(Unsubmitted::Refused(e.into(), digest));
                 }
                 let prepared = self
@@ -1289,15 +1286,15 @@ impl Core {
             Operation::CompleteTask { task, .. } | Operation::FailTask { task, .. } => Some(*task),
             _ => None,
         };
-        // What the state budget counts changes with these three alone.
+        // The state budget needs what a state write replaces.
         let state_before = match &command.op {
-            Operation::PutState { .. } | Operation::DeleteState { .. } => {
-                Some(self.state_bytes(command.origin))
-            }
+            Operation::PutState { .. } | Operation::DeleteState { .. } => self
+                .kernel
+                .state()
+                .agent(command.origin)
+                .map(|a| (command.origin, a.state_bytes)),
             _ => None,
         };
-        let spawns = matches!(command.op, Operation::SpawnAgent { .. });
-        let origin_agent = command.origin;
         let Applied {
             seq,
             origin,
@@ -1314,18 +1311,8 @@ impl Core {
             seq,
             created: created(&events),
         };
-        if let Some(before) = state_before {
-            let (after, tree) = (self.state_bytes(origin_agent), self.tree_of(origin_agent));
-            if after >= before {
-                self.state_budget.grow(tree, after - before);
-            } else {
-                self.state_budget.shrink(tree, before - after);
-            }
-        }
-        if spawns && let Some(child) = receipt.created {
-            let tree = self.tree_of(child);
-            self.state_budget.grow(tree, AGENT_RECORD_BYTES);
-        }
+        self.state_budget
+            .applied(self.kernel.state(), state_before, &events);
         // The events hold the payloads the record also holds: count both.
         self.pending_bytes += 2 * bytes.len();
         self.snapshots.logged(bytes.len());
@@ -1355,44 +1342,6 @@ impl Core {
             events,
         });
         Ok(receipt)
-    }
-}
-
-impl Core {
-    /// Bytes of `agent`'s state keys and values (0 for no agent).
-    fn state_bytes(&self, agent: EntityId) -> u64 {
-        self.kernel
-            .state()
-            .agent(agent)
-            .map_or(0, |a| a.state_bytes)
-    }
-
-    /// The tree `agent` belongs to.
-    pub(super) fn tree_of(&self, agent: AgentId) -> AgentId {
-        crate::runtime::places::tree_of(self.kernel.state(), agent)
-    }
-
-    /// Refuses `agent`'s operation `op` when what it would add to the
-    /// kernel's state passes the state budget (see [`StateBudget`]).
-    fn admit_state(&self, agent: AgentId, op: &Operation) -> Result<(), StateRefused> {
-        let growth = match op {
-            Operation::PutState { key, value } => {
-                let old = self
-                    .kernel
-                    .state()
-                    .agent(agent)
-                    .and_then(|a| a.state.get(key));
-                match old {
-                    Some(old) => (value.len() as u64).saturating_sub(old.len() as u64),
-                    None => (key.len() + value.len()) as u64,
-                }
-            }
-            _ => return Ok(()),
-        };
-        if growth == 0 {
-            return Ok(());
-        }
-        self.state_budget.admit(self.tree_of(agent), growth)
     }
 }
 

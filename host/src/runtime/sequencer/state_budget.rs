@@ -2,27 +2,31 @@
 //! shared between agent trees.
 //!
 //! An agent's own state is bounded by the kernel's limits (16 MiB by
-//! default), and how fast a tree writes is bounded by its quotas; but
-//! nothing in the kernel bounds what a tree holds in all: an agent allowed
-//! to spawn children with `state` can have each fill its 16 MiB, and an
-//! agent's record (and its state) stays after it terminates, so spawning
-//! and terminating children grows the state without end. Both live in the
-//! host's memory (twice: the replica keeps a copy) and in every snapshot.
+//! default, 1 024 queued tasks of 4 KiB), and how fast a tree writes is
+//! bounded by its quotas; but nothing in the kernel bounds what a tree
+//! holds in all: an agent allowed to spawn children with `state` can have
+//! each fill its 16 MiB, or queue tasks on children that wait for a place;
+//! and an agent's record (and its state) stays after it terminates, so
+//! spawning and terminating children grows the state without end. All of
+//! it lives in the host's memory (up to three times: the kernel's, the
+//! readers' committed view, the snapshot replica's) and in every snapshot.
 //!
 //! So the sequencer counts, per tree (an agent the operator spawned, with
-//! all its descendants), the bytes of its agents' state keys and values
-//! plus a fixed charge for each agent record, and refuses an agent's state
-//! write that grows its tree past the tree's share
-//! ([`HostConfig::state_budget`](crate::HostConfig::state_budget)) or all
-//! trees past the budget, and a spawn likewise. The refusal is the
-//! agent's to handle (`limit-exceeded`); deleting keys gives bytes back.
-//! The count is derived from the kernel's state (when the host opens) and
-//! kept with each command applied, so it agrees with the state it counts;
-//! the operator's own commands are counted, never refused.
+//! all its descendants), the bytes of its agents' state keys and values,
+//! a fixed charge for each agent record, and each task not yet ended (its
+//! description and a fixed charge, counted to the tree of the agent that
+//! scheduled it, or of its target when the operator did). It refuses an
+//! agent's state write, spawn or scheduling that grows its tree past the
+//! tree's share ([`HostConfig::state_budget`](crate::HostConfig::state_budget))
+//! or all trees past the budget. The refusal is the agent's to handle
+//! (`limit-exceeded`); deleting keys and ending tasks give bytes back. The
+//! count is derived from the kernel's state when the host opens and kept
+//! with each command applied, so it agrees with the state it counts; the
+//! operator's own commands are counted, never refused.
 
 use std::collections::HashMap;
 
-use toka_kernel::{AgentId, WorldState};
+use toka_kernel::{AgentId, EntityId, Event, Operation, TaskId, TaskSpec, WorldState};
 
 use crate::runtime::places::tree_of;
 use crate::text::Size;
@@ -30,6 +34,15 @@ use crate::text::Size;
 /// What one agent record costs besides its state: the kernel's record and
 /// the replica's copy of it measure 0.7–1.4 KiB (BENCHMARKS.md, "scale").
 pub(crate) const AGENT_RECORD_BYTES: u64 = 1024;
+
+/// What one task record costs besides its description (the record, the
+/// queue's entry).
+pub(crate) const TASK_RECORD_BYTES: u64 = 256;
+
+/// What a task holds: its description and the record.
+fn task_bytes(spec: &TaskSpec) -> u64 {
+    TASK_RECORD_BYTES + spec.description.len() as u64
+}
 
 /// Bytes the agents' state holds, per tree and in all, and the bounds.
 #[derive(Debug)]
@@ -42,6 +55,8 @@ pub(crate) struct StateBudget {
     all: u64,
     /// Held per tree.
     by_tree: HashMap<AgentId, u64>,
+    /// The tasks not yet ended: the tree each is counted to, and its bytes.
+    tasks: HashMap<TaskId, (AgentId, u64)>,
 }
 
 /// A growth the budget refused, in words (what the agent is told).
@@ -64,7 +79,7 @@ pub(crate) enum Refused {
     },
     /// The agent's tree would pass its share.
     #[error(
-        "the agent's tree holds its share of the host's memory for agent state: {} more would pass the share of {} ({} held by the tree: its agents' state and {} per agent ever spawned)",
+        "the agent's tree holds its share of the host's memory for agent state: {} more would pass the share of {} ({} held by the tree: its agents' state, {} per agent ever spawned, its tasks not yet ended)",
         Size(*growth),
         Size(*share),
         Size(*held),
@@ -89,8 +104,8 @@ pub struct StateUsage {
     pub budget: u64,
     /// Bytes one tree may hold.
     pub per_tree: u64,
-    /// Bytes held now: state keys and values, and a fixed charge per
-    /// agent record.
+    /// Bytes held now: state keys and values, a fixed charge per agent
+    /// record, and the tasks not yet ended.
     pub held: u64,
 }
 
@@ -103,19 +118,118 @@ impl StateBudget {
             per_tree: per_tree.min(total),
             all: 0,
             by_tree: HashMap::new(),
+            tasks: HashMap::new(),
         };
         for (id, agent) in state.agents() {
             budget.grow(tree_of(state, id), AGENT_RECORD_BYTES + agent.state_bytes);
         }
+        for (task, record) in state.tasks() {
+            budget.scheduled(state, task, record.agent, record.by, &record.spec);
+        }
         budget
     }
 
-    /// Whether `tree` may hold `growth` more bytes.
+    /// Refuses `agent`'s operation `op` when what it would add passes the
+    /// budget or its tree's share: a state write that grows the agent's
+    /// state, a task it schedules.
     ///
     /// # Errors
     ///
     /// [`Refused`] when the budget or the tree's share would be passed.
-    pub(crate) fn admit(&self, tree: AgentId, growth: u64) -> Result<(), Refused> {
+    pub(crate) fn admit_op(
+        &self,
+        state: &WorldState,
+        agent: AgentId,
+        op: &Operation,
+    ) -> Result<(), Refused> {
+        let growth = match op {
+            Operation::PutState { key, value } => {
+                let old = state.agent(agent).and_then(|a| a.state.get(key));
+                match old {
+                    Some(old) => (value.len() as u64).saturating_sub(old.len() as u64),
+                    None => (key.len() + value.len()) as u64,
+                }
+            }
+            Operation::ScheduleTask { spec, .. } | Operation::ScheduleTaskOnce { spec, .. } => {
+                task_bytes(spec)
+            }
+            _ => return Ok(()),
+        };
+        if growth == 0 {
+            return Ok(());
+        }
+        self.admit(tree_of(state, agent), growth)
+    }
+
+    /// Refuses a spawn by `agent` when one more agent record passes the
+    /// budget or its tree's share (checked before the child's token is
+    /// minted, so a tree at its share makes the host spend nothing on it).
+    ///
+    /// # Errors
+    ///
+    /// [`Refused`] when the budget or the tree's share would be passed.
+    pub(crate) fn admit_spawn(&self, state: &WorldState, agent: AgentId) -> Result<(), Refused> {
+        self.admit(tree_of(state, agent), AGENT_RECORD_BYTES)
+    }
+
+    /// Counts what an applied command changed, from the `events` it made
+    /// and `state` after it: a state write or delete (`state_before`: its
+    /// agent and the agent's state bytes before), a spawn, a task
+    /// scheduled or ended.
+    pub(crate) fn applied(
+        &mut self,
+        state: &WorldState,
+        state_before: Option<(AgentId, u64)>,
+        events: &[Event],
+    ) {
+        if let Some((agent, before)) = state_before {
+            let after = state.agent(agent).map_or(0, |a| a.state_bytes);
+            let tree = tree_of(state, agent);
+            if after >= before {
+                self.grow(tree, after - before);
+            } else {
+                self.shrink(tree, before - after);
+            }
+        }
+        for event in events {
+            match event {
+                Event::AgentSpawned { agent, .. } => {
+                    self.grow(tree_of(state, *agent), AGENT_RECORD_BYTES);
+                }
+                Event::TaskScheduled {
+                    task,
+                    agent,
+                    by,
+                    spec,
+                } => self.scheduled(state, *task, *agent, *by, spec),
+                Event::TaskCompleted { task, .. } | Event::TaskFailed { task, .. } => {
+                    if let Some((tree, bytes)) = self.tasks.remove(task) {
+                        self.shrink(tree, bytes);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Counts `task` for `agent`, scheduled `by` an agent (its tree) or the
+    /// operator (the target's tree).
+    fn scheduled(
+        &mut self,
+        state: &WorldState,
+        task: TaskId,
+        agent: AgentId,
+        by: EntityId,
+        spec: &TaskSpec,
+    ) {
+        let payer = if state.agent(by).is_some() { by } else { agent };
+        let (tree, bytes) = (tree_of(state, payer), task_bytes(spec));
+        self.grow(tree, bytes);
+        self.tasks.insert(task, (tree, bytes));
+    }
+
+    /// Whether `tree` may hold `growth` more bytes.
+    fn admit(&self, tree: AgentId, growth: u64) -> Result<(), Refused> {
         let held = self.by_tree.get(&tree).copied().unwrap_or(0);
         if self.all.saturating_add(growth) > self.total {
             return Err(Refused::Host {
@@ -135,14 +249,14 @@ impl StateBudget {
     }
 
     /// Counts `bytes` more held by `tree` (applied: never refused).
-    pub(crate) fn grow(&mut self, tree: AgentId, bytes: u64) {
+    fn grow(&mut self, tree: AgentId, bytes: u64) {
         self.all = self.all.saturating_add(bytes);
         let held = self.by_tree.entry(tree).or_default();
         *held = held.saturating_add(bytes);
     }
 
     /// Counts `bytes` fewer held by `tree`.
-    pub(crate) fn shrink(&mut self, tree: AgentId, bytes: u64) {
+    fn shrink(&mut self, tree: AgentId, bytes: u64) {
         self.all = self.all.saturating_sub(bytes);
         if let Some(held) = self.by_tree.get_mut(&tree) {
             *held = held.saturating_sub(bytes);
@@ -171,9 +285,11 @@ pub(crate) fn default_budget() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use toka_kernel::{EntityId, WorldState};
+    use toka_kernel::{EntityId, Event, WorldState};
 
-    use crate::runtime::sequencer::state_budget::{AGENT_RECORD_BYTES, Refused, StateBudget};
+    use crate::runtime::sequencer::state_budget::{
+        AGENT_RECORD_BYTES, Refused, StateBudget, TASK_RECORD_BYTES,
+    };
 
     #[test]
     fn a_tree_is_held_to_its_share_and_all_trees_to_the_budget() {
@@ -215,17 +331,25 @@ mod tests {
     #[test]
     fn what_a_state_holds_is_counted_under_each_agents_tree() {
         use toka_kernel::{
-            AgentSpec, Command, ComponentSpec, Digest, Event, Kernel, Limits, Operation, Timestamp,
+            AgentSpec, Command, ComponentSpec, Digest, Kernel, Limits, Operation, TaskSpec,
+            Timestamp,
         };
         let mut kernel = Kernel::new(Limits::default());
+        // Counted as the sequencer counts, command by command.
+        let mut counted = StateBudget::new(u64::MAX, u64::MAX, kernel.state());
         let mut apply = |origin: EntityId, op: Operation| {
+            let before = match &op {
+                Operation::PutState { .. } | Operation::DeleteState { .. } => kernel
+                    .state()
+                    .agent(origin)
+                    .map(|a| (origin, a.state_bytes)),
+                _ => None,
+            };
             let applied = kernel
                 .apply(Command::system(origin, Timestamp(1), op))
                 .unwrap();
-            match applied.events.first() {
-                Some(Event::AgentSpawned { agent, .. }) => *agent,
-                _ => origin,
-            }
+            counted.applied(kernel.state(), before, &applied.events);
+            applied.events.iter().find_map(Event::created)
         };
         let component = Digest::of(b"c");
         let spawn = |name: &str| Operation::SpawnAgent {
@@ -240,6 +364,12 @@ mod tests {
             key: key.into(),
             value: vec![0; len],
         };
+        let schedule = |agent: EntityId, description: &str| Operation::ScheduleTask {
+            agent,
+            spec: TaskSpec {
+                description: description.into(),
+            },
+        };
         apply(
             EntityId::SYSTEM,
             Operation::InstallComponent {
@@ -250,17 +380,39 @@ mod tests {
                 }),
             },
         );
-        let root = apply(EntityId::SYSTEM, spawn("root"));
-        let child = apply(root, spawn("child"));
-        let grandchild = apply(child, spawn("grandchild"));
-        let other = apply(EntityId::SYSTEM, spawn("other"));
+        let root = apply(EntityId::SYSTEM, spawn("root")).unwrap();
+        let child = apply(root, spawn("child")).unwrap();
+        let grandchild = apply(child, spawn("grandchild")).unwrap();
+        let other = apply(EntityId::SYSTEM, spawn("other")).unwrap();
         apply(grandchild, put("k", 100));
+        apply(grandchild, put("k", 50));
         apply(root, put("ab", 10));
+        apply(root, put("gone", 1_000));
+        apply(root, Operation::DeleteState { key: "gone".into() });
         apply(other, put("x", 1));
-        let budget = StateBudget::new(u64::MAX, u64::MAX, kernel.state());
-        assert_eq!(budget.by_tree[&root], 3 * AGENT_RECORD_BYTES + 101 + 12);
-        assert_eq!(budget.by_tree[&other], AGENT_RECORD_BYTES + 2);
-        assert_eq!(budget.usage().held, 4 * AGENT_RECORD_BYTES + 115);
+        // By an agent: its tree's; by the operator: the target's.
+        apply(child, schedule(other, "abcd"));
+        apply(EntityId::SYSTEM, schedule(other, "ab"));
+        let done = apply(EntityId::SYSTEM, schedule(root, "done")).unwrap();
+        apply(root, Operation::StartTask { task: done });
+        apply(
+            root,
+            Operation::CompleteTask {
+                task: done,
+                output: Vec::new(),
+            },
+        );
+
+        let task = |len: u64| TASK_RECORD_BYTES + len;
+        let root_holds = 3 * AGENT_RECORD_BYTES + 51 + 12 + task(4);
+        let other_holds = AGENT_RECORD_BYTES + 2 + task(2);
+        let derived = StateBudget::new(u64::MAX, u64::MAX, kernel.state());
+        for budget in [&counted, &derived] {
+            assert_eq!(budget.by_tree[&root], root_holds);
+            assert_eq!(budget.by_tree[&other], other_holds);
+            assert_eq!(budget.usage().held, root_holds + other_holds);
+            assert_eq!(budget.tasks.len(), 2);
+        }
     }
 
     #[test]

@@ -377,7 +377,7 @@ impl WorldState {
         Ok(())
     }
 
-    /// Validates the command's [`OpKey`](crate::OpKey), if any; returns the
+    /// Validates the command's [`crate::OpKey`], if any; returns the
     /// task whose op counter to advance once the operation succeeded.
     fn check_cause(
         &self,

@@ -147,7 +147,7 @@ impl Kernel {
     }
 
     /// The same kernel for the log of cluster cell `cell`: every id it mints
-    /// carries the cell's index ([`EntityId::cell`]), and a task for an
+    /// carries the cell's index ([`EntityId::cell`](crate::EntityId::cell)), and a task for an
     /// agent of another cell is sent (see [`Outgoing`](crate::Outgoing)).
     /// Where the log lives decides it, like its limits: a replay of the log
     /// must be given the same.

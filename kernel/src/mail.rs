@@ -10,7 +10,7 @@
 //! remembers the last sequence number taken from each origin cell, so a
 //! task re-sent after a failover is applied once. A delivery that cannot be
 //! queued (no such agent, a full queue) is consumed all the same and
-//! recorded as [`Event::TaskRefused`](crate::Event::TaskRefused).
+//! recorded as [`crate::Event::TaskRefused`].
 //!
 //! The cluster's configuration — revocations and the trust store — is
 //! changed in one cell, [`CONFIG_CELL`], and nowhere else: each change is
@@ -34,7 +34,7 @@ use crate::package::Publisher;
 use crate::state::WorldState;
 
 /// The most tasks a cell's outbox holds: beyond it, scheduling into other
-/// cells is refused ([`Limit::Outbox`](crate::Limit::Outbox)) until the
+/// cells is refused ([`crate::Limit::Outbox`]) until the
 /// host has handed the outbox to JetStream.
 pub const MAX_OUTBOX: usize = 4096;
 

@@ -285,13 +285,13 @@ pub enum Operation {
         secret: Option<String>,
     },
     /// The host handed the cell's outbox to JetStream up to the record
-    /// `through`: those tasks leave the outbox (see [`crate::mail`]).
+    /// `through`: those tasks leave the outbox.
     MarkSent {
         /// The sequence number of the last record whose task was sent.
         through: u64,
     },
-    /// A task another cell sent, read from this cell's inbox (see
-    /// [`crate::mail`]): queued for its agent, or refused, once.
+    /// A task another cell sent, read from this cell's inbox: queued for
+    /// its agent, or refused, once.
     DeliverTask {
         /// The task and where it came from.
         delivery: Box<Delivery>,

@@ -1,8 +1,8 @@
 //! Commands from outside the agents, on someone's authority: the host's
 //! own caller, or an operator with a token (an API client).
 //!
-//! [`Host`]'s command methods act on the host's authority;
-//! [`Host::as_operator`] gives the same methods on an operator token's
+//! [`Host`](crate::Host)'s command methods act on the host's authority;
+//! [`Host::as_operator`](crate::Host::as_operator) gives the same methods on an operator token's
 //! authority. An operator's command is checked in the sequencer, in order
 //! with everything else (a revocation ordered before it denies it), for the
 //! level the operation needs (see [`OperatorLevel`]), and its record names
@@ -263,7 +263,7 @@ impl<'h> Acting<'h> {
     }
 
     /// Applies the command and waits until it is durable, so what it did is
-    /// in [`Host::state`] when it returns.
+    /// in [`Host::state`](crate::Host::state) when it returns.
     pub(super) async fn submit(
         &self,
         op: Operation,

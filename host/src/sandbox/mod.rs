@@ -1,6 +1,6 @@
 //! The sandbox: what one agent's instance may use, and nothing else.
 //!
-//! - `limits`: the per-agent limits ([`AgentLimits`]) a host applies and
+//! - `limits`: the per-agent limits ([`AgentLimits`](crate::AgentLimits)) a host applies and
 //!   tokens narrow;
 //! - `limiter`: memories, tables and instances counted against them, and
 //!   the failures a guest call ends with, in words;

@@ -39,6 +39,12 @@ pub(crate) const AGENT_RECORD_BYTES: u64 = 1024;
 /// queue's entry).
 pub(crate) const TASK_RECORD_BYTES: u64 = 256;
 
+/// Whose tree a task for `agent` scheduled `by` is counted to: the agent
+/// that scheduled it, or its target when the operator did.
+fn payer(state: &WorldState, agent: AgentId, by: EntityId) -> AgentId {
+    if state.agent(by).is_some() { by } else { agent }
+}
+
 /// What a task holds: its description and the record.
 fn task_bytes(spec: &TaskSpec) -> u64 {
     TASK_RECORD_BYTES + spec.description.len() as u64
@@ -120,11 +126,27 @@ impl StateBudget {
             by_tree: HashMap::new(),
             tasks: HashMap::new(),
         };
+        // An agent's id is higher than its parent's, so in id order a
+        // parent's tree is known when its children come; the walk up is
+        // for an order no valid state has.
+        let mut trees: HashMap<AgentId, AgentId> = HashMap::with_capacity(state.agents().len());
         for (id, agent) in state.agents() {
-            budget.grow(tree_of(state, id), AGENT_RECORD_BYTES + agent.state_bytes);
+            let tree = match trees.get(&agent.parent) {
+                Some(tree) => *tree,
+                None => tree_of(state, id),
+            };
+            trees.insert(id, tree);
+            budget.grow(tree, AGENT_RECORD_BYTES + agent.state_bytes);
         }
         for (task, record) in state.tasks() {
-            budget.scheduled(state, task, record.agent, record.by, &record.spec);
+            let payer = payer(state, record.agent, record.by);
+            let tree = trees
+                .get(&payer)
+                .copied()
+                .unwrap_or_else(|| tree_of(state, payer));
+            let bytes = task_bytes(&record.spec);
+            budget.grow(tree, bytes);
+            budget.tasks.insert(task, (tree, bytes));
         }
         budget
     }
@@ -212,8 +234,7 @@ impl StateBudget {
         }
     }
 
-    /// Counts `task` for `agent`, scheduled `by` an agent (its tree) or the
-    /// operator (the target's tree).
+    /// Counts `task` for `agent`, scheduled `by` someone (see [`payer`]).
     fn scheduled(
         &mut self,
         state: &WorldState,
@@ -222,8 +243,7 @@ impl StateBudget {
         by: EntityId,
         spec: &TaskSpec,
     ) {
-        let payer = if state.agent(by).is_some() { by } else { agent };
-        let (tree, bytes) = (tree_of(state, payer), task_bytes(spec));
+        let (tree, bytes) = (tree_of(state, payer(state, agent, by)), task_bytes(spec));
         self.grow(tree, bytes);
         self.tasks.insert(task, (tree, bytes));
     }

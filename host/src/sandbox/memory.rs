@@ -13,33 +13,17 @@
 //! fails as the host's condition, not the agent's fault: the agent was
 //! within its own limit.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use toka_kernel::AgentId;
 
+use crate::sandbox::shares::{Over, Shares};
 use crate::text::Size;
 
 /// Bytes of linear memory all live instances hold together; see the
 /// module docs.
 #[derive(Debug)]
-pub(crate) struct MemoryBudget {
-    /// The most all instances hold together.
-    total: u64,
-    /// The most the instances of one tree hold together.
-    per_tree: u64,
-    used: Mutex<Used>,
-}
-
-#[derive(Debug, Default)]
-struct Used {
-    /// Held by all instances now.
-    all: u64,
-    /// The most `all` has been.
-    peak: u64,
-    /// Held per tree (trees holding none are absent).
-    by_tree: HashMap<AgentId, u64>,
-}
+pub(crate) struct MemoryBudget(Mutex<Shares>);
 
 /// A growth the budget refused, in words (the host's condition the task
 /// fails with).
@@ -81,15 +65,11 @@ impl MemoryBudget {
     /// A budget of `total` bytes, at most `per_tree` of them (at most
     /// `total`) held by one tree.
     pub(crate) fn new(total: u64, per_tree: u64) -> Arc<MemoryBudget> {
-        Arc::new(MemoryBudget {
-            total,
-            per_tree: per_tree.min(total),
-            used: Mutex::default(),
-        })
+        Arc::new(MemoryBudget(Mutex::new(Shares::new(total, per_tree))))
     }
 
-    fn used(&self) -> MutexGuard<'_, Used> {
-        self.used.lock().unwrap_or_else(|e| e.into_inner())
+    fn shares(&self) -> MutexGuard<'_, Shares> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Takes `bytes` more for an instance of `tree`.
@@ -99,52 +79,37 @@ impl MemoryBudget {
     /// [`Refused`] when the host's budget or the tree's share would be
     /// passed; nothing is taken then.
     pub(crate) fn reserve(&self, tree: AgentId, bytes: u64) -> Result<(), Refused> {
-        let mut used = self.used();
-        let held = used.by_tree.get(&tree).copied().unwrap_or(0);
-        if used.all.saturating_add(bytes) > self.total {
-            return Err(Refused::Host {
+        let mut shares = self.shares();
+        shares.check(tree, bytes).map_err(|over| match over {
+            Over::Total { total, held } => Refused::Host {
                 growth: bytes,
-                budget: self.total,
-                in_use: used.all,
-            });
-        }
-        if held.saturating_add(bytes) > self.per_tree {
-            return Err(Refused::Tree {
-                growth: bytes,
-                share: self.per_tree,
+                budget: total,
                 in_use: held,
-            });
-        }
-        used.all += bytes;
-        used.peak = used.peak.max(used.all);
-        *used.by_tree.entry(tree).or_default() += bytes;
+            },
+            Over::Share { share, held } => Refused::Tree {
+                growth: bytes,
+                share,
+                in_use: held,
+            },
+        })?;
+        shares.add(tree, bytes);
         Ok(())
     }
 
     /// Gives back `bytes` an instance of `tree` held.
     pub(crate) fn release(&self, tree: AgentId, bytes: u64) {
-        if bytes == 0 {
-            return;
-        }
-        let mut used = self.used();
-        used.all = used.all.saturating_sub(bytes);
-        if let Some(held) = used.by_tree.get_mut(&tree) {
-            *held = held.saturating_sub(bytes);
-            if *held == 0 {
-                used.by_tree.remove(&tree);
-            }
-        }
+        self.shares().sub(tree, bytes);
     }
 
     /// The budget, what all instances hold now, and the most they have
     /// held since the host opened.
     pub(crate) fn usage(&self) -> MemoryUsage {
-        let used = self.used();
+        let figures = self.shares().figures();
         MemoryUsage {
-            budget: self.total,
-            per_tree: self.per_tree,
-            in_use: used.all,
-            peak: used.peak,
+            budget: figures.total,
+            per_tree: figures.per_tree,
+            in_use: figures.held,
+            peak: figures.peak,
         }
     }
 }
@@ -216,41 +181,22 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_bounds_all_trees_together_and_each_tree_by_its_share() {
+    fn growth_is_taken_until_refused_and_given_back() {
         let budget = MemoryBudget::new(100, 60);
-        let (a, b, c) = (id(1), id(2), id(3));
-        budget.reserve(a, 60).unwrap();
-        // `a` is at its share; the budget still has room for others.
+        budget.reserve(id(1), 60).unwrap();
         assert_eq!(
-            budget.reserve(a, 1),
+            budget.reserve(id(1), 1),
             Err(Refused::Tree {
                 growth: 1,
                 share: 60,
                 in_use: 60
             })
         );
-        budget.reserve(b, 30).unwrap();
-        assert_eq!(
-            budget.reserve(c, 11),
-            Err(Refused::Host {
-                growth: 11,
-                budget: 100,
-                in_use: 90
-            })
-        );
-        budget.reserve(c, 10).unwrap();
-        // Giving back makes room again, for anyone.
-        budget.release(a, 60);
-        budget.reserve(c, 50).unwrap();
-        let usage = budget.usage();
-        assert_eq!((usage.in_use, usage.peak, usage.budget), (90, 100, 100));
-        budget.release(b, 30);
-        budget.release(c, 60);
-        assert_eq!(budget.usage().in_use, 0);
-        assert!(
-            budget.used().by_tree.is_empty(),
-            "trees holding none are forgotten"
-        );
+        // A refused growth takes nothing.
+        assert_eq!(budget.usage().in_use, 60);
+        budget.release(id(1), 60);
+        budget.reserve(id(2), 60).unwrap();
+        assert_eq!((budget.usage().in_use, budget.usage().peak), (60, 60));
     }
 
     #[test]

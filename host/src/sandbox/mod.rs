@@ -4,6 +4,9 @@
 //!   tokens narrow;
 //! - `limiter`: memories, tables and instances counted against them, and
 //!   the failures a guest call ends with, in words;
+//! - `memory`: the live instances' memories together, under the host's
+//!   budget; `shares` the accounting of bytes held by trees of agents under
+//!   one total, which the state budget uses too;
 //! - `dirs`: the host directories a token opens, never the host's own files;
 //! - `http`: outgoing `wasi:http`, authorized per request and journaled,
 //!   with secrets injected for bound hosts; `redact` keeps their values out
@@ -27,6 +30,7 @@ pub(crate) mod limiter;
 pub(crate) mod limits;
 pub(crate) mod memory;
 pub(crate) mod redact;
+pub(crate) mod shares;
 pub(crate) mod task_inputs;
 
 use std::future::Future;

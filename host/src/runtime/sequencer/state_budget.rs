@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use toka_kernel::{AgentId, EntityId, Event, Operation, TaskId, TaskSpec, WorldState};
 
 use crate::runtime::places::tree_of;
+use crate::sandbox::shares::{Over, Shares};
 use crate::text::Size;
 
 /// What one agent record costs besides its state: the kernel's record and
@@ -53,14 +54,8 @@ fn task_bytes(spec: &TaskSpec) -> u64 {
 /// Bytes the agents' state holds, per tree and in all, and the bounds.
 #[derive(Debug)]
 pub(crate) struct StateBudget {
-    /// The most all trees hold together.
-    total: u64,
-    /// The most one tree holds.
-    per_tree: u64,
-    /// Held by all trees.
-    all: u64,
-    /// Held per tree.
-    by_tree: HashMap<AgentId, u64>,
+    /// What each tree holds, and the bounds.
+    shares: Shares,
     /// The tasks not yet ended: the tree each is counted to, and its bytes.
     tasks: HashMap<TaskId, (AgentId, u64)>,
 }
@@ -120,10 +115,7 @@ impl StateBudget {
     /// `total`) held by one tree, counting what `state` holds already.
     pub(crate) fn new(total: u64, per_tree: u64, state: &WorldState) -> StateBudget {
         let mut budget = StateBudget {
-            total,
-            per_tree: per_tree.min(total),
-            all: 0,
-            by_tree: HashMap::new(),
+            shares: Shares::new(total, per_tree),
             tasks: HashMap::new(),
         };
         // An agent's id is higher than its parent's, so in id order a
@@ -136,7 +128,9 @@ impl StateBudget {
                 None => tree_of(state, id),
             };
             trees.insert(id, tree);
-            budget.grow(tree, AGENT_RECORD_BYTES + agent.state_bytes);
+            budget
+                .shares
+                .add(tree, AGENT_RECORD_BYTES + agent.state_bytes);
         }
         for (task, record) in state.tasks() {
             let payer = payer(state, record.agent, record.by);
@@ -145,7 +139,7 @@ impl StateBudget {
                 .copied()
                 .unwrap_or_else(|| tree_of(state, payer));
             let bytes = task_bytes(&record.spec);
-            budget.grow(tree, bytes);
+            budget.shares.add(tree, bytes);
             budget.tasks.insert(task, (tree, bytes));
         }
         budget
@@ -208,15 +202,15 @@ impl StateBudget {
             let after = state.agent(agent).map_or(0, |a| a.state_bytes);
             let tree = tree_of(state, agent);
             if after >= before {
-                self.grow(tree, after - before);
+                self.shares.add(tree, after - before);
             } else {
-                self.shrink(tree, before - after);
+                self.shares.sub(tree, before - after);
             }
         }
         for event in events {
             match event {
                 Event::AgentSpawned { agent, .. } => {
-                    self.grow(tree_of(state, *agent), AGENT_RECORD_BYTES);
+                    self.shares.add(tree_of(state, *agent), AGENT_RECORD_BYTES);
                 }
                 Event::TaskScheduled {
                     task,
@@ -226,7 +220,7 @@ impl StateBudget {
                 } => self.scheduled(state, *task, *agent, *by, spec),
                 Event::TaskCompleted { task, .. } | Event::TaskFailed { task, .. } => {
                     if let Some((tree, bytes)) = self.tasks.remove(task) {
-                        self.shrink(tree, bytes);
+                        self.shares.sub(tree, bytes);
                     }
                 }
                 _ => {}
@@ -244,54 +238,33 @@ impl StateBudget {
         spec: &TaskSpec,
     ) {
         let (tree, bytes) = (tree_of(state, payer(state, agent, by)), task_bytes(spec));
-        self.grow(tree, bytes);
+        self.shares.add(tree, bytes);
         self.tasks.insert(task, (tree, bytes));
     }
 
     /// Whether `tree` may hold `growth` more bytes.
     fn admit(&self, tree: AgentId, growth: u64) -> Result<(), Refused> {
-        let held = self.by_tree.get(&tree).copied().unwrap_or(0);
-        if self.all.saturating_add(growth) > self.total {
-            return Err(Refused::Host {
+        self.shares.check(tree, growth).map_err(|over| match over {
+            Over::Total { total, held } => Refused::Host {
                 growth,
-                budget: self.total,
-                held: self.all,
-            });
-        }
-        if held.saturating_add(growth) > self.per_tree {
-            return Err(Refused::Tree {
-                growth,
-                share: self.per_tree,
+                budget: total,
                 held,
-            });
-        }
-        Ok(())
-    }
-
-    /// Counts `bytes` more held by `tree` (applied: never refused).
-    fn grow(&mut self, tree: AgentId, bytes: u64) {
-        self.all = self.all.saturating_add(bytes);
-        let held = self.by_tree.entry(tree).or_default();
-        *held = held.saturating_add(bytes);
-    }
-
-    /// Counts `bytes` fewer held by `tree`.
-    fn shrink(&mut self, tree: AgentId, bytes: u64) {
-        self.all = self.all.saturating_sub(bytes);
-        if let Some(held) = self.by_tree.get_mut(&tree) {
-            *held = held.saturating_sub(bytes);
-            if *held == 0 {
-                self.by_tree.remove(&tree);
-            }
-        }
+            },
+            Over::Share { share, held } => Refused::Tree {
+                growth,
+                share,
+                held,
+            },
+        })
     }
 
     /// The bounds and what is held.
     pub(crate) fn usage(&self) -> StateUsage {
+        let figures = self.shares.figures();
         StateUsage {
-            budget: self.total,
-            per_tree: self.per_tree,
-            held: self.all,
+            budget: figures.total,
+            per_tree: figures.per_tree,
+            held: figures.held,
         }
     }
 }
@@ -312,11 +285,10 @@ mod tests {
     };
 
     #[test]
-    fn a_tree_is_held_to_its_share_and_all_trees_to_the_budget() {
+    fn a_refusal_names_the_bound_and_what_is_held() {
         let (a, b) = (EntityId::from_u128(1), EntityId::from_u128(2));
         let mut budget = StateBudget::new(10_000, 6_000, &WorldState::default());
-        budget.grow(a, 5_000);
-        budget.admit(a, 1_000).unwrap();
+        budget.shares.add(a, 5_000);
         assert_eq!(
             budget.admit(a, 1_001),
             Err(Refused::Tree {
@@ -325,7 +297,7 @@ mod tests {
                 held: 5_000
             })
         );
-        budget.grow(b, 4_000);
+        budget.shares.add(b, 4_000);
         assert_eq!(
             budget.admit(b, 1_001),
             Err(Refused::Host {
@@ -334,9 +306,6 @@ mod tests {
                 held: 9_000
             })
         );
-        budget.shrink(a, 5_000);
-        budget.admit(b, 2_000).unwrap();
-        assert_eq!(budget.usage().held, 4_000);
         assert!(
             Refused::Tree {
                 growth: 60 << 10,
@@ -428,16 +397,10 @@ mod tests {
         let other_holds = AGENT_RECORD_BYTES + 2 + task(2);
         let derived = StateBudget::new(u64::MAX, u64::MAX, kernel.state());
         for budget in [&counted, &derived] {
-            assert_eq!(budget.by_tree[&root], root_holds);
-            assert_eq!(budget.by_tree[&other], other_holds);
+            assert_eq!(budget.shares.held_by(root), root_holds);
+            assert_eq!(budget.shares.held_by(other), other_holds);
             assert_eq!(budget.usage().held, root_holds + other_holds);
             assert_eq!(budget.tasks.len(), 2);
         }
-    }
-
-    #[test]
-    fn a_share_is_never_more_than_the_budget() {
-        let budget = StateBudget::new(1_000, 5_000, &WorldState::default());
-        assert_eq!(budget.usage().per_tree, 1_000);
     }
 }

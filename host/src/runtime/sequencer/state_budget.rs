@@ -32,8 +32,10 @@ use crate::runtime::places::tree_of;
 use crate::sandbox::shares::{Over, Shares};
 use crate::text::Size;
 
-/// What one agent record costs besides its state: the kernel's record and
-/// the replica's copy of it measure 0.7–1.4 KiB (BENCHMARKS.md, "scale").
+/// What one agent record costs besides its state, counted once like a
+/// state byte: the kernel's record with the replica's copy measures
+/// 0.7–1.4 KiB (BENCHMARKS.md, "scale"); the host's RSS grew 1.8–3 KB per
+/// spawned and terminated agent (README, "Many agents").
 pub(crate) const AGENT_RECORD_BYTES: u64 = 1024;
 
 /// What one task record costs besides its description (the record, the

@@ -187,19 +187,18 @@ impl HostConfig {
     /// in memory), and 256 B plus the description for each task not yet
     /// ended (counted to the tree of the agent that scheduled it, or of
     /// its target when the operator did). An agent's state write, spawn or
-    /// scheduling that would pass
-    /// the budget is refused (`limit-exceeded`, naming the budget), and so
-    /// is one that would take its tree past the tree's share: the same
-    /// share as of the places ([`places_per_tree`](Self::places_per_tree)
-    /// of [`max_instances`](Self::max_instances), by default three
-    /// quarters), but at least one agent's state limit and record.
-    /// Deleting keys and ending tasks give bytes back; the operator's own commands are
-    /// never refused. The budget counts each byte once; the host holds the
-    /// state up to three times (the kernel's, the readers' committed view,
-    /// the snapshot replica's). Default: an eighth of the machine's
-    /// physical memory, or of the cgroup's memory limit when that is
-    /// lower; 1 GiB where
-    /// neither can be read.
+    /// scheduling that would pass the budget is refused (`limit-exceeded`,
+    /// naming the budget), and so is one that would take its tree past the
+    /// tree's share: the same share as of the places
+    /// ([`places_per_tree`](Self::places_per_tree) of
+    /// [`max_instances`](Self::max_instances), by default three quarters),
+    /// but at least one agent's state limit and record. Deleting keys and
+    /// ending tasks give bytes back; the operator's own commands are never
+    /// refused. The budget counts each byte once; the host holds the state
+    /// up to three times (the kernel's, the readers' committed view, the
+    /// snapshot replica's). Default: an eighth of the machine's physical
+    /// memory, or of the cgroup's memory limit when that is lower; 1 GiB
+    /// where neither can be read.
     pub fn state_budget(&mut self, bytes: u64) -> &mut Self {
         self.state_budget = Some(bytes);
         self

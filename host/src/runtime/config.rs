@@ -185,11 +185,12 @@ impl HostConfig {
     /// state keys and values, 1 KiB for each agent record (a record and
     /// its state stay after the agent terminates, and the host keeps them
     /// in memory), and 256 B plus the description for each task not yet
-    /// ended (counted to the tree of the agent that scheduled it, or of
-    /// its target when the operator did). An agent's state write, spawn or
-    /// scheduling that would pass the budget is refused (`limit-exceeded`,
-    /// naming the budget), and so is one that would take its tree past the
-    /// tree's share: the same share as of the places
+    /// ended (counted to the tree of the agent that scheduled it; the
+    /// operator's tasks count towards the budget, no tree's share). An
+    /// agent's state write, spawn or scheduling that would pass the budget
+    /// is refused (`limit-exceeded`, naming the budget), and so is one that
+    /// would take its tree past the tree's share: the same share as of the
+    /// places
     /// ([`places_per_tree`](Self::places_per_tree) of
     /// [`max_instances`](Self::max_instances), by default three quarters),
     /// but at least one agent's state limit and record. Deleting keys and

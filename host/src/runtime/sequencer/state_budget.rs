@@ -15,7 +15,9 @@
 //! all its descendants), the bytes of its agents' state keys and values,
 //! a fixed charge for each agent record, and each task not yet ended (its
 //! description and a fixed charge, counted to the tree of the agent that
-//! scheduled it, or of its target when the operator did). It refuses an
+//! scheduled it; the operator's tasks count towards the budget, not
+//! towards the target's share, so a client allowed to schedule cannot use
+//! up a tree's share for it). It refuses an
 //! agent's state write, spawn or scheduling that grows its tree past the
 //! tree's share ([`HostConfig::state_budget`](crate::HostConfig::state_budget))
 //! or all trees past the budget. The refusal is the agent's to handle
@@ -41,12 +43,6 @@ pub(crate) const AGENT_RECORD_BYTES: u64 = 1024;
 /// What one task record costs besides its description (the record, the
 /// queue's entry).
 pub(crate) const TASK_RECORD_BYTES: u64 = 256;
-
-/// Whose tree a task for `agent` scheduled `by` is counted to: the agent
-/// that scheduled it, or its target when the operator did.
-fn payer(state: &WorldState, agent: AgentId, by: EntityId) -> AgentId {
-    if state.agent(by).is_some() { by } else { agent }
-}
 
 /// What a task holds: its description and the record.
 fn task_bytes(spec: &TaskSpec) -> u64 {
@@ -135,11 +131,10 @@ impl StateBudget {
                 .add(tree, AGENT_RECORD_BYTES + agent.state_bytes);
         }
         for (task, record) in state.tasks() {
-            let payer = payer(state, record.agent, record.by);
             let tree = trees
-                .get(&payer)
+                .get(&record.by)
                 .copied()
-                .unwrap_or_else(|| tree_of(state, payer));
+                .unwrap_or_else(|| tree_of(state, record.by));
             let bytes = task_bytes(&record.spec);
             budget.shares.add(tree, bytes);
             budget.tasks.insert(task, (tree, bytes));
@@ -214,12 +209,9 @@ impl StateBudget {
                 Event::AgentSpawned { agent, .. } => {
                     self.shares.add(tree_of(state, *agent), AGENT_RECORD_BYTES);
                 }
-                Event::TaskScheduled {
-                    task,
-                    agent,
-                    by,
-                    spec,
-                } => self.scheduled(state, *task, *agent, *by, spec),
+                Event::TaskScheduled { task, by, spec, .. } => {
+                    self.scheduled(state, *task, *by, spec);
+                }
                 Event::TaskCompleted { task, .. } | Event::TaskFailed { task, .. } => {
                     if let Some((tree, bytes)) = self.tasks.remove(task) {
                         self.shares.sub(tree, bytes);
@@ -230,16 +222,10 @@ impl StateBudget {
         }
     }
 
-    /// Counts `task` for `agent`, scheduled `by` someone (see [`payer`]).
-    fn scheduled(
-        &mut self,
-        state: &WorldState,
-        task: TaskId,
-        agent: AgentId,
-        by: EntityId,
-        spec: &TaskSpec,
-    ) {
-        let (tree, bytes) = (tree_of(state, payer(state, agent, by)), task_bytes(spec));
+    /// Counts `task`, scheduled `by` an agent (to its tree) or an operator
+    /// (to the operator: the budget, no tree's share).
+    fn scheduled(&mut self, state: &WorldState, task: TaskId, by: EntityId, spec: &TaskSpec) {
+        let (tree, bytes) = (tree_of(state, by), task_bytes(spec));
         self.shares.add(tree, bytes);
         self.tasks.insert(task, (tree, bytes));
     }
@@ -381,7 +367,7 @@ mod tests {
         apply(root, put("gone", 1_000));
         apply(root, Operation::DeleteState { key: "gone".into() });
         apply(other, put("x", 1));
-        // By an agent: its tree's; by the operator: the target's.
+        // By an agent: its tree's; by the operator: not the target's.
         apply(child, schedule(other, "abcd"));
         apply(EntityId::SYSTEM, schedule(other, "ab"));
         let done = apply(EntityId::SYSTEM, schedule(root, "done")).unwrap();
@@ -396,12 +382,17 @@ mod tests {
 
         let task = |len: u64| TASK_RECORD_BYTES + len;
         let root_holds = 3 * AGENT_RECORD_BYTES + 51 + 12 + task(4);
-        let other_holds = AGENT_RECORD_BYTES + 2 + task(2);
+        let other_holds = AGENT_RECORD_BYTES + 2;
+        let operator_holds = task(2);
         let derived = StateBudget::new(u64::MAX, u64::MAX, kernel.state());
         for budget in [&counted, &derived] {
             assert_eq!(budget.shares.held_by(root), root_holds);
             assert_eq!(budget.shares.held_by(other), other_holds);
-            assert_eq!(budget.usage().held, root_holds + other_holds);
+            assert_eq!(budget.shares.held_by(EntityId::SYSTEM), operator_holds);
+            assert_eq!(
+                budget.usage().held,
+                root_holds + other_holds + operator_holds
+            );
             assert_eq!(budget.tasks.len(), 2);
         }
     }

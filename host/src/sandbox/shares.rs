@@ -126,9 +126,13 @@ impl Shares {
 /// [`Shares`] at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Figures {
+    /// The most all trees hold together.
     pub(crate) total: u64,
+    /// The most one tree holds.
     pub(crate) per_tree: u64,
+    /// Held by all trees now.
     pub(crate) held: u64,
+    /// The most they have held at once.
     pub(crate) peak: u64,
 }
 

@@ -223,7 +223,7 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _who: Reader) -> impl I
         "Instances kept for agents that just ran out of work.",
         &[("", app.host.warm_instances() as f64)],
     );
-    let memory = app.host.memory();
+    let (memory, state) = (app.host.memory(), app.host.state_usage());
     for (name, value, help) in [
         (
             "agent_memory_bytes",
@@ -240,11 +240,6 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _who: Reader) -> impl I
             memory.budget,
             "Bytes of linear memory the live instances may hold together.",
         ),
-    ] {
-        metric(name, "gauge", help, &[("", value as f64)]);
-    }
-    let state = app.host.state_usage();
-    for (name, value, help) in [
         (
             "agent_state_bytes",
             state.held,

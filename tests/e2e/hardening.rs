@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use toka_host::{AgentLimits, DataDir, EventStore, Grant, Host, HostConfig};
 use toka_kernel::{AgentId, AgentStatus, Event, Quota, Quotas, Rate, Rules};
 
-use crate::{Arena, agent_bytes, agent_path, events_json, grant, outcome, temp_data, toka};
+use crate::{
+    Arena, agent_bytes, agent_path, events_json, grant, outcome, output_within, temp_data, toka,
+};
 
 fn config_with(rules: Rules, limits: AgentLimits) -> HostConfig {
     HostConfig::new().rules(rules).agent_limits(limits).clone()
@@ -264,11 +266,12 @@ fn toka_run_ends_a_runaway_with_a_line_that_says_why() {
 /// Runs the test `name` of this binary alone in a child process (so its
 /// memory is its own), and returns its output.
 fn run_alone(name: &str) -> String {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
-        .env("TOKA_TEST_ALONE", "1")
-        .output()
-        .unwrap();
+    let output = output_within(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+            .env("TOKA_TEST_ALONE", "1"),
+        crate::COMMAND_LIMIT,
+    );
     let text = String::from_utf8_lossy(&output.stdout).into_owned()
         + &String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{text}");
@@ -612,15 +615,16 @@ fn the_hosts_own_failures_are_host_conditions_not_agent_faults() {
     // host's failure, retried and recorded as such, never the agent's.
     let (_tmp, data) = temp_data();
     toka(&data, &["run", "hello"]).ok();
-    let run = Command::new("prlimit")
-        .arg("--as=2000000000")
-        .arg(env!("CARGO_BIN_EXE_toka"))
-        .arg("--data")
-        .arg(&data)
-        .args(["run", "hello", "--task", "x"])
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
+    let run = output_within(
+        Command::new("prlimit")
+            .arg("--as=2000000000")
+            .arg(env!("CARGO_BIN_EXE_toka"))
+            .arg("--data")
+            .arg(&data)
+            .args(["run", "hello", "--task", "x"])
+            .env_remove("RUST_LOG"),
+        crate::COMMAND_LIMIT,
+    );
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(1), "{stderr}");
     assert!(
@@ -684,18 +688,36 @@ fn no_panic_on_absurd_durations_and_a_root_key_others_can_read_is_refused() {
     .ok();
 }
 
-/// A store whose writes panic once `healthy` batches were written.
-struct Panicking {
+/// A store whose writes fail once `healthy` batches were written: with a
+/// panic, or with the error a full disk gives.
+struct Failing {
     inner: toka_host::MemoryStore,
     healthy: std::sync::atomic::AtomicU32,
+    panics: bool,
 }
 
-impl EventStore for Panicking {
+impl Failing {
+    fn new(healthy: u32, panics: bool) -> Arc<Self> {
+        Arc::new(Self {
+            inner: toka_host::MemoryStore::new(toka_kernel::Limits::default()),
+            healthy: std::sync::atomic::AtomicU32::new(healthy),
+            panics,
+        })
+    }
+}
+
+impl EventStore for Failing {
     fn append(&self, batch: toka_host::Batch) -> Result<(), toka_host::StoreError> {
         let left = self
             .healthy
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        assert!(left > 0, "the disk went away");
+        if left == 0 {
+            assert!(!self.panics, "the disk went away");
+            return Err(toka_host::StoreError::Backend {
+                path: "a full disk".into(),
+                message: "No space left on device (os error 28)".into(),
+            });
+        }
         self.inner.append(batch)
     }
     fn records(&self, from: u64) -> Result<toka_host::Records<'_>, toka_host::StoreError> {
@@ -747,17 +769,14 @@ impl EventStore for Panicking {
         self.inner.limits()
     }
     fn location(&self) -> String {
-        "a store that panics".into()
+        "a store that fails".into()
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_the_log_writer_stops_the_host_with_the_reason() {
     // Regression: a panic in the writer thread left every waiter hanging.
-    let store = Arc::new(Panicking {
-        inner: toka_host::MemoryStore::new(toka_kernel::Limits::default()),
-        healthy: std::sync::atomic::AtomicU32::new(3),
-    });
+    let store = Failing::new(3, true);
     let root = toka_host::RootKey::generate();
     let host = Host::open(store as Arc<dyn EventStore>, root, HostConfig::default())
         .await
@@ -785,4 +804,60 @@ async fn a_panic_in_the_log_writer_stops_the_host_with_the_reason() {
     );
     let err = host.shutdown().await.unwrap_err();
     assert!(err.to_string().contains("the log writer panicked"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_disk_fails_ends_its_subscriptions_and_waits() {
+    // Regression: when the log writer failed (a full disk), the host
+    // stopped but never closed its bus: a subscriber (a test waiting for a
+    // task, an API client following events) waited for ever.
+    let store = Failing::new(4, false);
+    let root = toka_host::RootKey::generate();
+    let host = Host::open(store as Arc<dyn EventStore>, root, HostConfig::default())
+        .await
+        .unwrap();
+    let hello = host.install("hello", agent_bytes("hello")).await.unwrap();
+    let agent = host
+        .spawn(hello, "hello", grant(&["observe"]))
+        .await
+        .unwrap();
+    let mut events = host.subscribe();
+    let stopped = host.stopped();
+    // Tasks until one is refused: the host stopped.
+    let mut scheduled = Vec::new();
+    let reason = loop {
+        match host.schedule(agent, "x").await {
+            Ok(task) => scheduled.push(task),
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(reason.contains("No space left on device"), "{reason}");
+    assert!(stopped.await.0.contains("No space left on device"));
+    // Bounded only so that a regression fails instead of hanging the suite.
+    let bound = Duration::from_secs(60);
+    let closed = tokio::time::timeout(bound, async {
+        loop {
+            match events.recv().await {
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the subscription outlived the host");
+    // A caller waiting for a task that will never end is answered with the
+    // task as it is, not left waiting out its time.
+    let last = *scheduled.last().expect("a task was scheduled");
+    let waited = tokio::time::timeout(bound, host.wait_task(last, Duration::from_secs(3600))).await;
+    assert!(waited.is_ok(), "wait_task outlived the host");
+    let subscribed_after = tokio::time::timeout(bound, host.subscribe().recv()).await;
+    assert!(
+        matches!(
+            subscribed_after,
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Closed))
+        ),
+        "{subscribed_after:?}"
+    );
+    let err = host.shutdown().await.unwrap_err();
+    assert!(err.to_string().contains("No space left on device"), "{err}");
 }

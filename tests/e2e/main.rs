@@ -27,6 +27,7 @@ mod tokens;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use toka_host::{DataDir, EventStore, Grant, Host, HostConfig};
@@ -48,19 +49,74 @@ impl Run {
     }
 }
 
+/// How long a command a test runs may take before the test fails (and the
+/// command is killed): far beyond what any takes here, so only a hang
+/// meets it, as one failed test instead of a suite that never ends.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(600);
+
+/// Runs `command` to its end as [`Command::output`] does, but kills it and
+/// panics with what it printed so far if it runs longer than `limit`.
+#[track_caller]
+pub fn output_within(command: &mut Command, limit: Duration) -> Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            pipe.read_to_end(&mut bytes).ok();
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the command") {
+            break Some(status);
+        }
+        if started.elapsed() > limit {
+            child.kill().ok();
+            child.wait().ok();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = stdout.join().expect("stdout reader");
+    let stderr = stderr.join().expect("stderr reader");
+    let Some(status) = status else {
+        panic!(
+            "{command:?} ran longer than {limit:?} and was killed\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        );
+    };
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
 /// Runs the `toka` binary with `--data data` and `args`.
 pub fn toka(data: &Path, args: &[&str]) -> Run {
     let Output {
         status,
         stdout,
         stderr,
-    } = Command::new(env!("CARGO_BIN_EXE_toka"))
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run toka");
+    } = output_within(
+        Command::new(env!("CARGO_BIN_EXE_toka"))
+            .arg("--data")
+            .arg(data)
+            .args(args)
+            .env_remove("RUST_LOG"),
+        COMMAND_LIMIT,
+    );
     Run {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),

@@ -155,9 +155,11 @@ impl Host {
         });
 
         let router = Arc::clone(&inner);
+        let ended = Arc::clone(&inner);
         let writer = inner.sequencer.start_writer(
             store,
             Box::new(move |batch: Arc<Committed>| router.route(batch)),
+            Box::new(move || ended.writer_ended()),
         )?;
         let ticker = start_ticker(inner.components.engine().clone(), Arc::clone(&inner.places))?;
         let host = Host {
@@ -826,13 +828,13 @@ impl Host {
     pub async fn shutdown(mut self) -> Result<(), HostError> {
         let failure = self.inner.sequencer.stopped();
         self.stop();
+        // The writer closes the bus after its last batch, so subscribers
+        // receive that batch first.
         if let Some(writer) = self.writer.take() {
             tokio::task::spawn_blocking(move || writer.join())
                 .await
                 .ok();
         }
-        // After the writer's last batch, so subscribers receive it first.
-        self.inner.bus.close();
         match failure {
             Some(stopped) => Err(stopped.into()),
             None => Ok(()),

@@ -70,6 +70,14 @@ impl HostInner {
         self.bus.send(batch);
     }
 
+    /// The log writer has ended (the host shut down, or its log failed):
+    /// nothing more is published, so subscribers end once they have read
+    /// what is held, and callers waiting for a task's end stop waiting.
+    pub(crate) fn writer_ended(&self) {
+        self.bus.close();
+        self.waiters.close();
+    }
+
     /// The compiled component, compiling it from the stored blob if needed
     /// (once, however many agents of it start meanwhile).
     pub(crate) async fn prepared(&self, digest: Digest) -> Result<AgentPre<AgentCtx>, String> {

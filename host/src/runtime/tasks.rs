@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use toka_kernel::{AgentId, Event, TaskId, TaskStatus, WorldState};
 use tokio::sync::oneshot;
@@ -136,6 +136,8 @@ pub(crate) struct Waiters {
     /// The tasks that ended last, so asking for a task that just ended
     /// does not read the log back.
     recent: Mutex<RecentEnds>,
+    /// Nothing more will be committed: a new waiter is told at once.
+    closed: AtomicBool,
 }
 
 /// How many ended tasks [`Waiters`] remembers.
@@ -176,6 +178,9 @@ impl Waiters {
     pub(crate) fn wait(&self, task: TaskId) -> oneshot::Receiver<TaskInfo> {
         let (tx, rx) = oneshot::channel();
         let mut waiting = self.lock();
+        if self.closed.load(Ordering::Acquire) {
+            return rx;
+        }
         let list = waiting.entry(task).or_default();
         // Waiters that gave up (timed out) are dropped as new ones come.
         list.retain(|w| !w.is_closed());
@@ -224,6 +229,15 @@ impl Waiters {
         for info in ended {
             recent.remember(info);
         }
+    }
+
+    /// Nothing more will be committed: every waiter, and every later one,
+    /// is told at once (its receiver ends without a task).
+    pub(crate) fn close(&self) {
+        let mut waiting = self.lock();
+        self.closed.store(true, Ordering::Release);
+        waiting.clear();
+        self.tasks.store(0, Ordering::Release);
     }
 
     /// A task that ended recently, as it ended.

@@ -9,7 +9,8 @@
 //! it is full, so a flood slows the guest instead of growing the host.
 //!
 //! Any failure here — the store, a snapshot that cannot be encoded, a panic
-//! — stops the host with the reason; every waiter wakes and sees it.
+//! — stops the host with the reason; every waiter wakes and sees it, and
+//! whoever receives the published batches is told that nothing more comes.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -32,12 +33,17 @@ const LINGER: Duration = Duration::from_micros(100);
 /// sequence number advances.
 pub(crate) type OnCommit = Box<dyn FnMut(Arc<Committed>) + Send>;
 
+/// Called once when the writer has ended, closed or failed (after the
+/// host's stop reason is set): no batch comes after it.
+pub(crate) type OnEnd = Box<dyn FnOnce() + Send>;
+
 impl Sequencer {
     /// Starts the writer thread over `store`.
     pub(crate) fn start_writer(
         &self,
         store: Arc<dyn EventStore>,
         on_commit: OnCommit,
+        on_end: OnEnd,
     ) -> std::io::Result<JoinHandle<()>> {
         let shared = Arc::clone(&self.shared);
         std::thread::Builder::new()
@@ -60,6 +66,7 @@ impl Sequencer {
                         shared.fail(Stopped(format!("the log writer panicked: {what}")));
                     }
                 }
+                on_end();
             })
     }
 }

@@ -690,19 +690,26 @@ fn no_panic_on_absurd_durations_and_a_root_key_others_can_read_is_refused() {
 
 /// A store whose writes fail once `healthy` batches were written: with a
 /// panic, or with the error a full disk gives.
-struct Failing {
-    inner: toka_host::MemoryStore,
+pub(crate) struct Failing {
+    inner: Arc<dyn EventStore>,
     healthy: std::sync::atomic::AtomicU32,
     panics: bool,
 }
 
 impl Failing {
-    fn new(healthy: u32, panics: bool) -> Arc<Self> {
+    /// `inner`, failing after `healthy` batches.
+    pub(crate) fn over(inner: Arc<dyn EventStore>, healthy: u32, panics: bool) -> Arc<Self> {
         Arc::new(Self {
-            inner: toka_host::MemoryStore::new(toka_kernel::Limits::default()),
+            inner,
             healthy: std::sync::atomic::AtomicU32::new(healthy),
             panics,
         })
+    }
+
+    /// An in-memory store, failing after `healthy` batches.
+    fn new(healthy: u32, panics: bool) -> Arc<Self> {
+        let memory = toka_host::MemoryStore::new(toka_kernel::Limits::default());
+        Self::over(Arc::new(memory), healthy, panics)
     }
 }
 

@@ -1434,3 +1434,82 @@ fn the_cli_works_through_a_running_server_with_the_same_output() {
             .starts_with("ok ")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_log_fails_stops_with_the_reason() {
+    // A server whose log cannot be written (a full disk) stops with the
+    // reason instead of answering on as if it could (regression: only a
+    // signal stopped it).
+    use std::sync::Arc;
+    use toka_host::{DataDir, EventStore, Host, HostConfig, OperatorLevel};
+    let (_tmp, data) = temp_data();
+    let dir = DataDir::new(&data);
+    let root = dir.root_key(None, true).unwrap();
+    let redb = dir
+        .open_or_create(&toka_kernel::Limits::default(), &root)
+        .unwrap();
+    // The data dir's redb file, refusing appends after the first few.
+    let store = crate::hardening::Failing::over(Arc::new(redb), 5, false);
+    let host = Host::open(
+        Arc::clone(&store) as Arc<dyn EventStore>,
+        root,
+        HostConfig::default(),
+    )
+    .await
+    .unwrap();
+    let hello = host
+        .install("hello", crate::agent_bytes("hello"))
+        .await
+        .unwrap();
+    let agent = host
+        .spawn(hello, "hello", crate::grant(&["observe"]))
+        .await
+        .unwrap();
+    let admin = host
+        .mint(&[OperatorLevel::Admin.right()], &[], None)
+        .unwrap()
+        .to_base64();
+    let server = toka_server::Server::bind(toka_server::ServeConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let url = server.url();
+    let served = tokio::spawn(server.run(host, store, std::future::pending()));
+    toka_server::install_crypto();
+    let http = reqwest::Client::new();
+    let mut refused = None;
+    for _ in 0..100 {
+        let answer = http
+            .post(format!("{url}/v1/agents/{agent}/tasks"))
+            .bearer_auth(&admin)
+            .json(&json!({"description": "x"}))
+            .send()
+            .await;
+        match answer {
+            Ok(answer) if answer.status() == StatusCode::CREATED => {}
+            other => {
+                refused = Some(format!("{other:?}"));
+                break;
+            }
+        }
+    }
+    assert!(
+        refused.is_some(),
+        "the host took 100 tasks on a failing log"
+    );
+    // Bounded only so that a regression fails instead of hanging the suite.
+    let ended = tokio::time::timeout(Duration::from_secs(60), served)
+        .await
+        .expect("the server stopped")
+        .unwrap();
+    let err = ended.unwrap_err().to_string();
+    assert!(
+        err.contains("committing the log failed") && err.contains("No space left on device"),
+        "{err}"
+    );
+    assert!(
+        http.get(format!("{url}/v1/status")).send().await.is_err(),
+        "the server still answers"
+    );
+}

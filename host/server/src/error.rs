@@ -198,7 +198,10 @@ where
     text.parse().map_err(|e| {
         ApiError::bad_request(
             "invalid_id",
-            format!("`{}` is not a {what} id: {e}", toka_host::clip(text, 80)),
+            format!(
+                "`{}` is not a valid {what} id: {e}",
+                toka_host::clip(text, 80)
+            ),
         )
     })
 }

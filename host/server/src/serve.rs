@@ -139,11 +139,15 @@ impl Server {
     }
 
     /// Serves `host` (opened over `store`) until `stop` resolves (e.g. a
-    /// signal), then shuts down gracefully and stops the host.
+    /// signal) or the host stops by itself (its log failed: a full disk),
+    /// then shuts down gracefully and stops the host.
     ///
     /// # Errors
     ///
-    /// [`ServeError`] when registering, serving or stopping fails.
+    /// [`ServeError`] when registering, serving or stopping fails, and
+    /// [`HostError::Stopped`] with the reason when the host stopped by
+    /// itself (a server whose log cannot be written does not go on
+    /// answering as if it could).
     pub async fn run(
         self,
         host: Host,
@@ -160,6 +164,7 @@ impl Server {
         } = self;
         let data_dir = config.data_dir.clone();
         let grace = config.grace;
+        let host_stopped = host.stopped();
         let host = Arc::new(host);
         if let Some(dir) = &data_dir {
             let admin = host.mint(&[OperatorLevel::Admin.right()], &[], None)?;
@@ -181,8 +186,14 @@ impl Server {
         };
         let served = serve_http(listener, tls, routes, handle.clone());
         tracing::info!(%url, "serving");
-        stop.await;
-        tracing::info!("shutting down");
+        let failed = tokio::select! {
+            () = stop => None,
+            stopped = host_stopped => Some(stopped),
+        };
+        match &failed {
+            None => tracing::info!("shutting down"),
+            Some(stopped) => tracing::error!(%stopped, "shutting down"),
+        }
         // Streams end, new connections are refused, requests in flight get
         // the grace period; running tasks too.
         closing_tx.send_replace(true);
@@ -203,7 +214,10 @@ impl Server {
             Registration::remove(dir);
         }
         stop_host(host).await?;
-        result
+        match failed {
+            Some(stopped) => Err(HostError::Stopped(stopped).into()),
+            None => result,
+        }
     }
 }
 

@@ -178,6 +178,14 @@ fn bad_usage_exits_2() {
             );
         }
     }
+    let run = toka(&data, &["--disk-reserve", "lots", "demo"]);
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(
+        run.stderr
+            .contains("invalid value 'lots' for '--disk-reserve <SIZE>': `lots` is not a size"),
+        "{}",
+        run.stderr
+    );
     assert!(!data.exists());
     // `0` is no limit, as the help says; `0s` too.
     for timeout in ["0", "0s"] {

@@ -689,11 +689,14 @@ fn no_panic_on_absurd_durations_and_a_root_key_others_can_read_is_refused() {
 }
 
 /// A store whose writes fail once `healthy` batches were written: with a
-/// panic, or with the error a full disk gives.
+/// panic, or with the error a full disk gives. Its disk's free space is
+/// the inner store's, or as [`Failing::set_free`] says.
 pub(crate) struct Failing {
     inner: Arc<dyn EventStore>,
     healthy: std::sync::atomic::AtomicU32,
     panics: bool,
+    /// `u64::MAX`: ask the inner store.
+    free: std::sync::atomic::AtomicU64,
 }
 
 impl Failing {
@@ -703,7 +706,13 @@ impl Failing {
             inner,
             healthy: std::sync::atomic::AtomicU32::new(healthy),
             panics,
+            free: std::sync::atomic::AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// From now on the store's disk has `bytes` free.
+    pub(crate) fn set_free(&self, bytes: u64) {
+        self.free.store(bytes, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// An in-memory store, failing after `healthy` batches.
@@ -777,6 +786,12 @@ impl EventStore for Failing {
     }
     fn location(&self) -> String {
         "a store that fails".into()
+    }
+    fn free_space(&self) -> Option<u64> {
+        match self.free.load(std::sync::atomic::Ordering::SeqCst) {
+            u64::MAX => self.inner.free_space(),
+            set => Some(set),
+        }
     }
 }
 

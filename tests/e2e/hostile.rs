@@ -1198,3 +1198,65 @@ fn toka_agent_resume_lets_a_quarantined_agent_run_again() {
     assert!(again.stderr.contains("not quarantined"), "{again:?}");
     toka(&data, &["verify"]).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_filling_the_disk_is_refused_before_the_host_must_stop() {
+    // Every operation is a record on disk; on a full disk the host cannot
+    // commit and stops. Below the disk reserve, agents' operations are
+    // refused instead, and the host stays up for its own records.
+    let (_tmp, data) = temp_data();
+    let dir = toka_host::DataDir::new(&data);
+    let root = dir.root_key(None, true).unwrap();
+    let redb = dir
+        .open_or_create(&toka_kernel::Limits::default(), &root)
+        .unwrap();
+    // The data dir's redb file; the free space of its disk as set below.
+    let store = crate::hardening::Failing::over(Arc::new(redb), u32::MAX, false);
+    let host = toka_host::Host::open(
+        Arc::clone(&store) as Arc<dyn EventStore>,
+        root,
+        toka_host::HostConfig::new().disk_reserve(64 << 20).clone(),
+    )
+    .await
+    .unwrap();
+    let flood = host
+        .install("hostile-flood", agent_bytes("hostile-flood"))
+        .await
+        .unwrap();
+    let flood = host
+        .spawn(flood, "flood", grant(&["observe"]))
+        .await
+        .unwrap();
+    let hello = host.install("hello", agent_bytes("hello")).await.unwrap();
+    let hello = host
+        .spawn(hello, "hello", grant(&["observe"]))
+        .await
+        .unwrap();
+    assert_eq!(outcome(&host, hello, "x").await, Ok("Hello, x!".to_owned()));
+    // The disk fills up. The writer looks at it after a commit, at most
+    // every 200 ms: the task's scheduling is the commit it looks after.
+    store.set_free(10 << 20);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let err = outcome(&host, flood, "log").await.unwrap_err();
+    let nearly_full = "limit exceeded: the host's disk is nearly full: 10MiB free, and the host keeps 64MiB for its own records";
+    assert!(
+        err.starts_with("refused after 0: ") && err.contains(nearly_full),
+        "{err}"
+    );
+    // Every agent is refused, not only the one that wrote most; the host
+    // is up and takes the operator's commands.
+    let err = outcome(&host, hello, "y").await.unwrap_err();
+    assert!(err.contains(nearly_full), "{err}");
+    let stopped = tokio::time::timeout(Duration::from_millis(10), host.stopped()).await;
+    assert!(stopped.is_err(), "the host stopped: {stopped:?}");
+    // Space is freed: agents are served again.
+    store.set_free(1 << 30);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        outcome(&host, hello, "again").await,
+        Ok("Hello, again!".to_owned())
+    );
+    host.shutdown().await.unwrap();
+    drop(store);
+    assert!(crate::toka(&data, &["verify"]).ok().starts_with("ok "));
+}

@@ -420,7 +420,14 @@ async fn a_list_pages_by_cursor_from_where_the_last_page_ended() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_answers_as_its_openapi_document_says() {
-    let mut served = Served::start(&["--memory-budget", "3GiB", "--state-budget", "1GiB"]);
+    let mut served = Served::start(&[
+        "--memory-budget",
+        "3GiB",
+        "--state-budget",
+        "1GiB",
+        "--disk-reserve",
+        "100MiB",
+    ]);
     let api = Api::new(&served).await;
     // The document itself: every /v1 resource of the issue is in it.
     for path in [
@@ -629,6 +636,9 @@ async fn every_endpoint_answers_as_its_openapi_document_says() {
         "toka_agent_memory_budget_bytes 3221225472\n",
         "toka_agent_state_budget_bytes 1073741824\n",
         "toka_agent_state_bytes ",
+        "toka_disk_reserve_bytes 104857600\n",
+        // A data dir on a disk: the writer looked at its free space.
+        "toka_disk_free_bytes ",
         // The one asked for above, under the lock: the state is small.
         "toka_snapshots_total 1\n",
         "toka_snapshots_off_lock_total 0\n",

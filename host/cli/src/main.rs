@@ -101,6 +101,12 @@ struct LimitArgs {
     /// at most three quarters of it. A state write, spawn or task past it is refused.
     #[arg(long, global = true, env = "TOKA_STATE_BUDGET", value_name = "SIZE", value_parser = parse_budget)]
     state_budget: Option<u64>,
+    /// Free disk space the host keeps for its own records (default 256MiB;
+    /// 0: none): while the data dir's file system has less, agents'
+    /// operations are refused instead of the disk filling up and the host
+    /// stopping.
+    #[arg(long, global = true, env = "TOKA_DISK_RESERVE", value_name = "SIZE", value_parser = toka_host::parse_size)]
+    disk_reserve: Option<u64>,
     /// Fuel per task: meters every agent deterministically (default: no fuel
     /// metering, which is faster; the deadline still stops a runaway task).
     #[arg(long, global = true, env = "TOKA_FUEL", value_name = "N")]
@@ -216,6 +222,8 @@ pub(crate) struct Place {
     pub(crate) memory_budget: Option<u64>,
     /// The state budget for all agents, with --state-budget.
     pub(crate) state_budget: Option<u64>,
+    /// The free disk space kept, with --disk-reserve.
+    pub(crate) disk_reserve: Option<u64>,
     /// The cluster's NATS URLs, with --cluster.
     pub(crate) cluster: Option<String>,
     /// The cell, with --cell.
@@ -243,6 +251,9 @@ impl Place {
         }
         if let Some(bytes) = self.state_budget {
             config.state_budget(bytes);
+        }
+        if let Some(bytes) = self.disk_reserve {
+            config.disk_reserve(bytes);
         }
         config
     }
@@ -346,6 +357,7 @@ fn main() -> ExitCode {
         agent_limits: cli.limits.apply(),
         memory_budget: cli.limits.memory_budget,
         state_budget: cli.limits.state_budget,
+        disk_reserve: cli.limits.disk_reserve,
         cluster: cli.cluster,
         cell: cli.cell,
         tls_ca: cli.tls_ca,

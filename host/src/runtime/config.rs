@@ -10,6 +10,10 @@ use crate::runtime::clock::{Clock, SystemClock};
 use crate::sandbox::limits::AgentLimits;
 use crate::store::secrets::SecretStore;
 
+/// The free disk space a host keeps for its own records unless configured
+/// otherwise (see [`HostConfig::disk_reserve`]).
+pub const DEFAULT_DISK_RESERVE: u64 = 256 << 20;
+
 /// How a [`Host`](crate::Host) runs.
 ///
 /// # Examples
@@ -32,6 +36,7 @@ pub struct HostConfig {
     pub(crate) warm_instances: usize,
     pub(crate) memory_budget: Option<u64>,
     pub(crate) state_budget: Option<u64>,
+    pub(crate) disk_reserve: u64,
     pub(crate) pooling: bool,
     pub(crate) protected_paths: Vec<PathBuf>,
     pub(crate) secrets: Arc<SecretStore>,
@@ -53,6 +58,7 @@ impl Default for HostConfig {
             warm_instances: 64,
             memory_budget: None,
             state_budget: None,
+            disk_reserve: DEFAULT_DISK_RESERVE,
             pooling: true,
             protected_paths: Vec::new(),
             secrets: Arc::new(SecretStore::in_memory()),
@@ -205,6 +211,20 @@ impl HostConfig {
         self
     }
 
+    /// Free disk space the host keeps for its own records. Every
+    /// operation an agent makes is a record on disk, and on a full disk the
+    /// host cannot commit and stops; so while the data dir's file system
+    /// has less than this free, agents' operations are refused
+    /// (`limit-exceeded`, journaled like any refusal), the host stays up
+    /// for reads and the operator's commands, and agents are served again
+    /// once the space is back (checked after commits, every 200 ms at
+    /// most). 0 turns it off. Default: 256 MiB. A store not on a disk (in
+    /// memory) is never short of it.
+    pub fn disk_reserve(&mut self, bytes: u64) -> &mut Self {
+        self.disk_reserve = bytes;
+        self
+    }
+
     /// The state budget as configured or by default, and one tree's share
     /// of it, for agents whose state the kernel bounds to
     /// `max_state_bytes` each.
@@ -271,6 +291,7 @@ impl std::fmt::Debug for HostConfig {
             .field("max_instances", &self.max_instances)
             .field("places_per_tree", &self.tree_share())
             .field("warm_instances", &self.warm_instances)
+            .field("disk_reserve", &self.disk_reserve)
             .field("pooling", &self.pooling)
             .field("protected_paths", &self.protected_paths)
             .finish_non_exhaustive()

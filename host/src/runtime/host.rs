@@ -115,6 +115,7 @@ impl Host {
             #[cfg(not(feature = "bench"))]
             skip_gate: false,
             state_budget: config.state_shares(kernel.limits().max_state_bytes),
+            disk_reserve: config.disk_reserve,
         };
         let sequencer = Sequencer::new(kernel, gate, Arc::clone(&store), config.clock, options);
         let data_id = match store.data_id()? {
@@ -509,6 +510,15 @@ impl Host {
     #[must_use]
     pub fn state_usage(&self) -> crate::StateUsage {
         self.inner.sequencer.state_usage()
+    }
+
+    /// The free space of the data dir's disk as last seen (after a
+    /// commit, every 200 ms at most; `None` for a store that cannot tell),
+    /// and the reserve below which agents' operations are refused (see
+    /// [`HostConfig::disk_reserve`](crate::HostConfig::disk_reserve)).
+    #[must_use]
+    pub fn disk(&self) -> (Option<u64>, u64) {
+        self.inner.sequencer.disk()
     }
 
     /// The host's counters since it opened: commits and committed events.

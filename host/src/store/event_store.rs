@@ -290,6 +290,13 @@ pub trait EventStore: Send + Sync + 'static {
     /// Where the store lives, for messages (e.g. the redb file's path).
     fn location(&self) -> String;
 
+    /// The bytes still free where the store writes (the file system of a
+    /// redb file), if it can tell: below the host's reserve, agents'
+    /// operations are refused. `None` by default (a store in memory).
+    fn free_space(&self) -> Option<u64> {
+        None
+    }
+
     /// The cell of a cluster whose log this is, if it is one: the kernel
     /// then mints ids carrying it and sends tasks for other cells' agents,
     /// on every replay as when first written.

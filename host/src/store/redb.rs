@@ -754,6 +754,13 @@ impl EventStore for RedbStore {
     fn location(&self) -> String {
         self.path.display().to_string()
     }
+
+    #[cfg(unix)]
+    fn free_space(&self) -> Option<u64> {
+        // Space an unprivileged writer may use (root's reserve excluded).
+        let fs = rustix::fs::statvfs(&self.path).ok()?;
+        Some(fs.f_bavail.saturating_mul(fs.f_frsize))
+    }
 }
 
 /// A frame's bytes, read in place.

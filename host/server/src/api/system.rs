@@ -253,6 +253,21 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _who: Reader) -> impl I
     ] {
         metric(name, "gauge", help, &[("", value as f64)]);
     }
+    let (free, reserve) = app.host.disk();
+    if let Some(free) = free {
+        metric(
+            "disk_free_bytes",
+            "gauge",
+            "Bytes free on the data dir's disk, as last seen after a commit.",
+            &[("", free as f64)],
+        );
+    }
+    metric(
+        "disk_reserve_bytes",
+        "gauge",
+        "Free disk bytes the host keeps for its own records: below it, agents' operations are refused.",
+        &[("", reserve as f64)],
+    );
     let samples: Vec<(String, f64)> = m
         .events
         .iter()

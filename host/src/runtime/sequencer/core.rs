@@ -320,6 +320,8 @@ pub(super) struct Shared {
     pub(super) published: watch::Sender<u64>,
     /// Commit counters, updated by the writer.
     pub(super) metrics: crate::runtime::metrics::Metrics,
+    /// The disk's free space, checked by the writer after commits.
+    pub(super) disk: Arc<super::disk::DiskWatch>,
 }
 
 impl Shared {
@@ -394,6 +396,8 @@ pub(super) struct Core {
     pub(super) denials: Denials,
     /// What each tree holds in the kernel's state, and the bounds.
     pub(super) state_budget: StateBudget,
+    /// Below its reserve, agents' operations are refused.
+    pub(super) disk: Arc<super::disk::DiskWatch>,
     /// Operator tokens already attached to a batch (see [`By::Operator`]).
     pub(super) stored_operators: std::collections::HashSet<Digest>,
     pub(super) stopped: Option<Stopped>,
@@ -414,6 +418,9 @@ pub(crate) struct Options {
     /// The agents' state: the bytes all trees may hold, and one tree
     /// (see [`StateBudget`]).
     pub(crate) state_budget: (u64, u64),
+    /// Free disk space the host keeps for its own records (see
+    /// [`super::disk`]; 0: none).
+    pub(crate) disk_reserve: u64,
 }
 
 impl Sequencer {
@@ -430,6 +437,8 @@ impl Sequencer {
         let gate_counts = gate.counts();
         let (total, per_tree) = options.state_budget;
         let state_budget = StateBudget::new(total, per_tree, kernel.state());
+        let disk = Arc::new(super::disk::DiskWatch::new(options.disk_reserve));
+        disk.check(|| store.free_space());
         Self {
             shared: Arc::new(Shared {
                 view: Mutex::new(view),
@@ -456,6 +465,7 @@ impl Sequencer {
                     rewrites: super::rewrites::Rewrites::default(),
                     denials: Denials::default(),
                     state_budget,
+                    disk: Arc::clone(&disk),
                     stored_operators: std::collections::HashSet::new(),
                     stopped: None,
                     closing: false,
@@ -466,6 +476,7 @@ impl Sequencer {
                 committed: watch::Sender::new(head),
                 published: watch::Sender::new(head),
                 metrics: crate::runtime::metrics::Metrics::new(gate_counts),
+                disk,
             }),
         }
     }
@@ -550,6 +561,12 @@ impl Sequencer {
     /// What the agents hold in the kernel's state, and the bounds.
     pub(crate) fn state_usage(&self) -> super::StateUsage {
         self.lock().state_budget.usage()
+    }
+
+    /// The disk's free space as the writer last saw it (if the store can
+    /// tell), and the reserve kept.
+    pub(crate) fn disk(&self) -> (Option<u64>, u64) {
+        (self.shared.disk.free(), self.shared.disk.reserve())
     }
 
     /// The logical time a command submitted now would get.
@@ -1094,6 +1111,14 @@ impl Core {
                 digest,
             ));
         };
+        if let Some(message) = self.disk.refusal() {
+            let refused = Refused {
+                kind: RefusalKind::LimitExceeded,
+                message,
+                quota: None,
+            };
+            return Err(Unsubmitted::Refused(refused, request_digest(&request)));
+        }
         let time = self.stamp();
         match request {
             Request::Op(op) => {

@@ -27,6 +27,7 @@
 
 mod core;
 mod denials;
+mod disk;
 mod http;
 mod journal;
 mod replica;

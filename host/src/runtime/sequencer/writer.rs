@@ -101,6 +101,7 @@ fn write_until_closed(
         if let Err(e) = store.append(batch) {
             break Err(Stopped(format!("committing the log failed: {e}")));
         }
+        shared.disk.check(|| store.free_space());
         if snapshotted {
             shared.metrics.snapshots.stored(false);
         }

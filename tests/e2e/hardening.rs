@@ -795,11 +795,8 @@ impl EventStore for Failing {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panic_in_the_log_writer_stops_the_host_with_the_reason() {
-    // Regression: a panic in the writer thread left every waiter hanging.
-    let store = Failing::new(3, true);
-    let root = toka_host::RootKey::generate();
+/// A host over `store` (rooted in `root`), with `hello` spawned on it.
+pub(crate) async fn hello_on(store: Arc<Failing>, root: toka_host::RootKey) -> (Host, AgentId) {
     let host = Host::open(store as Arc<dyn EventStore>, root, HostConfig::default())
         .await
         .unwrap();
@@ -808,6 +805,13 @@ async fn a_panic_in_the_log_writer_stops_the_host_with_the_reason() {
         .spawn(hello, "hello", grant(&["observe"]))
         .await
         .unwrap();
+    (host, agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_log_writer_stops_the_host_with_the_reason() {
+    // Regression: a panic in the writer thread left every waiter hanging.
+    let (host, agent) = hello_on(Failing::new(3, true), toka_host::RootKey::generate()).await;
     let waited = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             if let Err(e) = host.schedule(agent, "x").await {
@@ -833,16 +837,7 @@ async fn a_host_whose_disk_fails_ends_its_subscriptions_and_waits() {
     // Regression: when the log writer failed (a full disk), the host
     // stopped but never closed its bus: a subscriber (a test waiting for a
     // task, an API client following events) waited for ever.
-    let store = Failing::new(4, false);
-    let root = toka_host::RootKey::generate();
-    let host = Host::open(store as Arc<dyn EventStore>, root, HostConfig::default())
-        .await
-        .unwrap();
-    let hello = host.install("hello", agent_bytes("hello")).await.unwrap();
-    let agent = host
-        .spawn(hello, "hello", grant(&["observe"]))
-        .await
-        .unwrap();
+    let (host, agent) = hello_on(Failing::new(4, false), toka_host::RootKey::generate()).await;
     let mut events = host.subscribe();
     let stopped = host.stopped();
     // Tasks until one is refused: the host stopped.

@@ -1451,7 +1451,7 @@ async fn a_server_whose_log_fails_stops_with_the_reason() {
     // reason instead of answering on as if it could (regression: only a
     // signal stopped it).
     use std::sync::Arc;
-    use toka_host::{DataDir, EventStore, Host, HostConfig, OperatorLevel};
+    use toka_host::{DataDir, OperatorLevel};
     let (_tmp, data) = temp_data();
     let dir = DataDir::new(&data);
     let root = dir.root_key(None, true).unwrap();
@@ -1460,21 +1460,7 @@ async fn a_server_whose_log_fails_stops_with_the_reason() {
         .unwrap();
     // The data dir's redb file, refusing appends after the first few.
     let store = crate::hardening::Failing::over(Arc::new(redb), 5, false);
-    let host = Host::open(
-        Arc::clone(&store) as Arc<dyn EventStore>,
-        root,
-        HostConfig::default(),
-    )
-    .await
-    .unwrap();
-    let hello = host
-        .install("hello", crate::agent_bytes("hello"))
-        .await
-        .unwrap();
-    let agent = host
-        .spawn(hello, "hello", crate::grant(&["observe"]))
-        .await
-        .unwrap();
+    let (host, agent) = crate::hardening::hello_on(Arc::clone(&store), root).await;
     let admin = host
         .mint(&[OperatorLevel::Admin.right()], &[], None)
         .unwrap()

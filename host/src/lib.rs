@@ -62,7 +62,7 @@ pub use package::signed::{
 pub use runtime::acting::{Acting, Grant};
 pub use runtime::bus::Subscription;
 pub use runtime::clock::{Clock, ManualClock, SystemClock};
-pub use runtime::config::{DEFAULT_DISK_RESERVE, HostConfig};
+pub use runtime::config::HostConfig;
 pub use runtime::error::HostError;
 pub use runtime::host::Host;
 pub use runtime::installing::Installed;

@@ -12,7 +12,7 @@ use crate::store::secrets::SecretStore;
 
 /// The free disk space a host keeps for its own records unless configured
 /// otherwise (see [`HostConfig::disk_reserve`]).
-pub const DEFAULT_DISK_RESERVE: u64 = 256 << 20;
+const DEFAULT_DISK_RESERVE: u64 = 256 << 20;
 
 /// How a [`Host`](crate::Host) runs.
 ///

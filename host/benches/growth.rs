@@ -23,9 +23,10 @@
 //!
 //! and prints them, with the RSS, the redb file's size and the snapshots it
 //! keeps (checkpoints included), as a Markdown table. Then it archives the
-//! whole log (`toka archive`) and prints what that took, the archive's
-//! size, the data dir's before and after, and `toka verify` from the
-//! anchor.
+//! whole log while eight agents write to it (`toka archive` through a
+//! running server) and prints what that took, how long the cut held the
+//! log writer back, the archive's size, the data dir's before and after
+//! an offline compaction, and `toka verify` from the anchor.
 
 #![allow(missing_docs, reason = "a bench binary")]
 
@@ -202,8 +203,7 @@ async fn run(largest: u64, agents: usize) {
             kept_bytes as f64 / f64::from(1 << 20),
         );
     }
-    host.shutdown().await.expect("shutdown");
-    retention(&path);
+    retention(host, &ids, &path).await;
 }
 
 /// The snapshots the data dir keeps: how many, and their bytes.
@@ -222,17 +222,34 @@ fn snapshots(path: &Path) -> (usize, usize) {
     (seqs.len(), bytes)
 }
 
-/// Archives the whole log (`toka archive`), as a host that ran for months
-/// would, and prints what it took and what the live data dir keeps.
-fn retention(path: &Path) {
-    let mut store = DataDir::new(path).open_existing().expect("the data dir");
+/// Archives the whole log while agents write to it (`toka archive`
+/// through a running server), as a host that ran for months would, then
+/// compacts the data dir offline, and prints what each took and what the
+/// live data dir keeps.
+async fn retention(host: Host, ids: &[AgentId], path: &Path) {
     let db = path.join(DataDir::DB_FILE);
     let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len() >> 20);
     let before = size(&db);
     let to = path.with_extension("archive");
+    // The host was opened again: its first task compiles the component.
+    host.schedule(ids[0], "observe 1").await.expect("schedule");
+    host.run_until_idle().await.expect("run");
+    for agent in ids.iter().take(8) {
+        host.schedule(*agent, &format!("observe {OPS_PER_TASK}"))
+            .await
+            .expect("schedule");
+    }
+    let head = host.head().seq;
     let start = Instant::now();
-    let archived = toka_host::archive(&store, &to, 0, &mut |_, _| {}).expect("archive");
+    let archived =
+        tokio::task::block_in_place(|| host.archive(&to, 0, &mut |_, _| {})).expect("archive");
     let took = start.elapsed();
+    let meanwhile = host.head().seq - head;
+    host.run_until_idle().await.expect("run");
+    // Those tasks' records before the cut are in the archive.
+    no_failures(&host, host.log_start().expect("the log's start"));
+    host.shutdown().await.expect("shutdown");
+    let mut store = DataDir::new(path).open_existing().expect("the data dir");
     let start = Instant::now();
     store.compact().expect("compact");
     let compacted = start.elapsed();
@@ -242,13 +259,14 @@ fn retention(path: &Path) {
     assert_eq!(verified.anchor, Some(archived.last));
     println!();
     println!(
-        "| archived records | archive | compact | archive file | redb before | redb after | verify after |"
+        "| archived records | archive, agents running | writer held | their ops meanwhile | compact, offline | archive file | redb before | redb after | verify after |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| {} | {:.1} s | {:.1} s | {} MiB | {before} MiB | {} MiB | {:.2} ms |",
+        "| {} | {:.1} s | {:.0} ms | {meanwhile} | {:.1} s | {} MiB | {before} MiB | {} MiB | {:.2} ms |",
         archived.last,
         took.as_secs_f64(),
+        archived.cut_took.as_secs_f64() * 1e3,
         compacted.as_secs_f64(),
         archived.bytes >> 20,
         size(&db),

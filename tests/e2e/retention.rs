@@ -355,3 +355,198 @@ async fn the_api_answers_gone_for_archived_records_and_serves_the_rest() {
     let text = page.body.to_string();
     assert!(text.contains("count = 6"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_host_archives_its_log_while_agents_write_to_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use crate::{agent_bytes, grant, open_host};
+
+    const AGENTS: usize = 8;
+    const TASKS: u64 = 5;
+    let (tmp, data) = temp_data();
+    let host = Arc::new(open_host(&data).await);
+    let bench = host
+        .install("test-bench", agent_bytes("test-bench"))
+        .await
+        .unwrap();
+    let mut agents = Vec::new();
+    for i in 0..AGENTS {
+        let agent = host
+            .spawn(bench, &format!("writer-{i}"), grant(&["observe"]))
+            .await
+            .unwrap();
+        for _ in 0..TASKS {
+            host.schedule(agent, "observe 2000").await.unwrap();
+        }
+        agents.push(agent);
+    }
+    // Archives are cut again and again while the agents' operations are
+    // being applied and appended.
+    let idle = Arc::new(AtomicBool::new(false));
+    let archiver = {
+        let (host, idle, dir) = (Arc::clone(&host), Arc::clone(&idle), tmp.path().to_owned());
+        tokio::task::spawn_blocking(move || {
+            let (mut made, mut while_busy) = (Vec::new(), 0);
+            for n in 0.. {
+                let last_round = idle.load(Ordering::SeqCst);
+                let to = dir.join(format!("a{n}"));
+                match host.archive(&to, 0, &mut |_, _| {}) {
+                    Ok(archived) => {
+                        assert_eq!(archived.file, to);
+                        while_busy += usize::from(!last_round);
+                        made.push(to);
+                    }
+                    Err(toka_host::ArchiveError::Nothing(_)) => assert!(!to.exists()),
+                    Err(e) => panic!("archive {n} failed: {e}"),
+                }
+                if last_round {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            (made, while_busy)
+        })
+    };
+    host.run_until_idle().await.unwrap();
+    idle.store(true, Ordering::SeqCst);
+    let (made, while_busy) = archiver.await.unwrap();
+    assert!(
+        while_busy >= 2,
+        "only {while_busy} archives were cut while agents ran"
+    );
+    let (_, state) = host.committed_view().await;
+    for agent in &agents {
+        let record = state.agent(*agent).unwrap();
+        assert_eq!((record.completed, record.failed), (TASKS, 0), "{agent}");
+    }
+    let head = host.head().seq;
+    assert_eq!(
+        host.log_start().unwrap(),
+        head + 1,
+        "the last archive took all"
+    );
+    Arc::into_inner(host)
+        .expect("the archiver is done")
+        .shutdown()
+        .await
+        .unwrap();
+
+    // Every archive continues the one before, the last ends at the live
+    // log's anchor, and the live log verifies from it.
+    let mut args = vec!["verify".to_owned()];
+    for file in &made {
+        args.extend(["--archive".to_owned(), file.display().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let verified = toka(&data, &args);
+    assert!(
+        verified
+            .ok()
+            .contains(&format!("anchored at the snapshot after record {head}"))
+            && verified.stdout.contains("ending at the live log's anchor")
+            && verified.stdout.matches("archive ok").count() == made.len(),
+        "{verified:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toka_archive_goes_through_a_running_server_and_agents_run_on() {
+    use reqwest::StatusCode;
+    use serde_json::json;
+
+    use crate::serve::{Api, Served};
+
+    let (tmp, data) = temp_data();
+    toka(&data, &["run", "counter", "--task", "1", "--task", "2"]).ok();
+    let mut served = Served::start_on(&data, &[]);
+    let api = Api::new(&served).await;
+    let cut = head(&data);
+    let to = tmp.path().join("online");
+    let archived = toka(&data, &["archive", "--to", to.to_str().unwrap()]);
+    assert!(
+        archived.ok().contains("archiving through the server")
+            && archived.stdout.contains("archived records 1..=")
+            && archived.stdout.contains(&format!("to {}", to.display())),
+        "{archived:#?}"
+    );
+    assert!(to.is_file());
+    let left: Vec<_> = std::fs::read_dir(data.join("archives")).unwrap().collect();
+    assert!(left.is_empty(), "the server's copy was moved: {left:?}");
+    let job = api.get("/v1/archive", "/v1/archive").await;
+    assert_eq!(job.body["state"], "ok", "{job:?}");
+    let last = job.body["last"].as_u64().unwrap();
+    assert!(last >= cut, "{job:?}");
+    let gone = api.get("/v1/log/records", "/v1/log/records?from=1").await;
+    assert_eq!(gone.status, StatusCode::GONE, "{gone:?}");
+
+    // The agent runs on from the anchor, through the same server.
+    let run = toka(&data, &["run", "counter", "--task", "3"]);
+    assert_eq!(count(&run), "6", "{run:#?}");
+
+    // Refused by name: an archive file that exists (before anything is
+    // asked of the server), nothing to keep back, a reader's token.
+    let again = toka(&data, &["archive", "--to", to.to_str().unwrap()]);
+    assert_eq!(again.code, 2, "{again:#?}");
+    assert!(again.stderr.contains("exists already"), "{}", again.stderr);
+    let fresh = tmp.path().join("none");
+    let nothing = toka(
+        &data,
+        &[
+            "archive",
+            "--to",
+            fresh.to_str().unwrap(),
+            "--keep",
+            "1000000",
+        ],
+    );
+    assert_eq!(nothing.code, 2, "{nothing:#?}");
+    assert!(
+        nothing.stderr.contains("nothing to archive"),
+        "{}",
+        nothing.stderr
+    );
+    assert!(!fresh.exists());
+    let issued = api
+        .post(
+            "/v1/tokens",
+            "/v1/tokens",
+            json!({"rights": ["observe"], "operator": "read"}),
+        )
+        .await;
+    assert_eq!(issued.status, StatusCode::CREATED, "{issued:?}");
+    let reader = api.with_token(issued.body["token"].as_str().unwrap());
+    let refused = reader
+        .post("/v1/archive", "/v1/archive", json!({"keep": 0}))
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{refused:?}");
+    let unknown = api
+        .post(
+            "/v1/archive",
+            "/v1/archive",
+            json!({"keep": 0, "to": "/etc/x"}),
+        )
+        .await;
+    assert_eq!(
+        unknown.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{unknown:?}"
+    );
+    assert!(
+        unknown.message().contains("unknown field `to`"),
+        "{unknown:?}"
+    );
+
+    let (code, stderr) = served.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let verified = toka(
+        &data,
+        &["verify", "--archive", to.to_str().unwrap(), "--auth"],
+    );
+    assert!(
+        verified.ok().contains("ending at the live log's anchor")
+            && verified.stdout.contains("auth ok"),
+        "{verified:#?}"
+    );
+}

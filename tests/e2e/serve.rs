@@ -450,6 +450,8 @@ async fn every_endpoint_answers_as_its_openapi_document_says() {
         "/v1/events/tickets",
         "/v1/verify",
         "/v1/snapshot",
+        "/v1/archive",
+        "/v1/archive/{id}",
         "/healthz",
         "/metrics",
     ] {

@@ -176,7 +176,8 @@ enum Command {
     /// Replay the log and check every record and the final state.
     Verify(verify::Args),
     /// Move the log up to a cut to an archive file you keep, and drop it
-    /// from the live store (no host may run on the data dir meanwhile).
+    /// from the live store (through `toka serve` when one runs on the data
+    /// dir: agents run on meanwhile).
     Archive(archive::Args),
     /// Issue, attenuate, inspect and revoke capability tokens.
     #[command(subcommand)]
@@ -384,7 +385,7 @@ fn main() -> ExitCode {
             Command::Replay(args) => state::replay(&place, args),
             Command::Snapshot => state::snapshot(&place).await,
             Command::Verify(args) => verify::main(&place, args),
-            Command::Archive(args) => archive::main(&place.data, args),
+            Command::Archive(args) => archive::main(&place, args).await,
             Command::Token(command) => token::main(&place, command).await,
             Command::Agent(command) => agent::main(&place, command).await,
             Command::Serve(args) => serve::main(&place, args).await,

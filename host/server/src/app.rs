@@ -10,8 +10,9 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::auth::{Seen, Tickets};
 use crate::config::ServeConfig;
-use crate::jobs::VerifyJobs;
+use crate::jobs::Jobs;
 use crate::rate::Limiter;
+use crate::views::{ArchiveJob, VerifyJob};
 
 /// The server's shared state.
 pub(crate) struct App {
@@ -27,7 +28,9 @@ pub(crate) struct App {
     pub(crate) strangers: Limiter<IpAddr>,
     pub(crate) seen: Seen,
     pub(crate) tickets: Tickets,
-    pub(crate) verify: Arc<VerifyJobs>,
+    pub(crate) verify: Arc<Jobs<VerifyJob>>,
+    /// Archives of the log (`POST /v1/archive`).
+    pub(crate) archives: Arc<Jobs<ArchiveJob>>,
     /// One component compiles at a time: compiling is the most expensive
     /// thing a `write` operator can ask for.
     pub(crate) compile: Semaphore,
@@ -73,6 +76,7 @@ impl App {
             seen: Seen::default(),
             tickets: Tickets::default(),
             verify: Arc::default(),
+            archives: Arc::default(),
             compile: Semaphore::new(1),
             log_reads: Semaphore::new(2),
             encoded_state: tokio::sync::Mutex::new(None),

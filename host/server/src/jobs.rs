@@ -1,52 +1,117 @@
-//! Verification jobs: `POST /v1/verify` starts one (one at a time: it
-//! replays the whole log), `GET /v1/verify[/{id}]` reports its progress and
-//! result. The last few results are kept.
+//! Long jobs the API starts and reports on: verifying the log (`POST
+//! /v1/verify`) and archiving it (`POST /v1/archive`). One of each kind
+//! runs at a time (each reads the whole log); `GET` reports its progress
+//! and result. The last few of each kind are kept.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use toka_host::{EventStore, PublicKey};
+use toka_host::{ArchiveError, ArchiveFileError, EventStore, Host, PublicKey};
 
-use crate::views::VerifyJob;
+use crate::views::{ArchiveJob, VerifyJob};
 
-/// Finished jobs kept for `GET /v1/verify/{id}`.
+/// Finished jobs kept per kind for `GET /v1/{verify,archive}/{id}`.
 const JOBS_KEPT: usize = 8;
 
-/// The jobs, newest last.
-#[derive(Debug, Default)]
-pub(crate) struct VerifyJobs {
-    jobs: Mutex<VecDeque<VerifyJob>>,
+/// What a kind of job reports.
+pub(crate) trait Job: Clone + Send + 'static {
+    /// Its id.
+    fn id(&self) -> u64;
+    /// Whether it still runs.
+    fn running(&self) -> bool;
 }
 
-impl VerifyJobs {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<VerifyJob>> {
+impl Job for VerifyJob {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+impl Job for ArchiveJob {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+/// The jobs of one kind, newest last.
+#[derive(Debug)]
+pub(crate) struct Jobs<J> {
+    jobs: Mutex<VecDeque<J>>,
+}
+
+impl<J> Default for Jobs<J> {
+    fn default() -> Self {
+        Self {
+            jobs: Mutex::new(VecDeque::new()),
+        }
+    }
+}
+
+impl<J: Job> Jobs<J> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<J>> {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The job with this id.
-    pub(crate) fn get(&self, id: u64) -> Option<VerifyJob> {
-        self.lock().iter().find(|j| j.id == id).cloned()
+    pub(crate) fn get(&self, id: u64) -> Option<J> {
+        self.lock().iter().find(|j| j.id() == id).cloned()
     }
 
     /// The newest job.
-    pub(crate) fn latest(&self) -> Option<VerifyJob> {
+    pub(crate) fn latest(&self) -> Option<J> {
         self.lock().back().cloned()
     }
 
-    /// Starts a job, or returns the one running (`false`: not started).
+    /// Adds the job `make(id)` and runs `run(id)` on a blocking thread,
+    /// unless one runs: then that one is the error.
+    fn begin(
+        self: &Arc<Self>,
+        make: impl FnOnce(u64) -> J,
+        run: impl FnOnce(&Self, u64) + Send + 'static,
+    ) -> Result<J, Box<J>>
+    where
+        J: Sync,
+    {
+        let mut jobs = self.lock();
+        if let Some(running) = jobs.iter().find(|j| j.running()) {
+            return Err(Box::new(running.clone()));
+        }
+        let id = jobs.back().map_or(1, |j| j.id() + 1);
+        let job = make(id);
+        jobs.push_back(job.clone());
+        while jobs.len() > JOBS_KEPT {
+            jobs.pop_front();
+        }
+        drop(jobs);
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || run(&this, id));
+        Ok(job)
+    }
+
+    fn update(&self, id: u64, f: impl FnOnce(&mut J)) {
+        if let Some(job) = self.lock().iter_mut().find(|j| j.id() == id) {
+            f(job);
+        }
+    }
+}
+
+impl Jobs<VerifyJob> {
+    /// Starts a verification, or returns the one running.
     pub(crate) fn start(
         self: &Arc<Self>,
         store: Arc<dyn EventStore>,
         root: PublicKey,
         auth: bool,
-    ) -> (VerifyJob, bool) {
-        let mut jobs = self.lock();
-        if let Some(running) = jobs.iter().find(|j| j.state == "running") {
-            return (running.clone(), false);
-        }
-        let id = jobs.back().map_or(1, |j| j.id + 1);
-        let job = VerifyJob {
+    ) -> VerifyJob {
+        let make = |id| VerifyJob {
             id,
             state: "running".into(),
             auth,
@@ -58,23 +123,11 @@ impl VerifyJobs {
             problems: Vec::new(),
             seconds: None,
         };
-        jobs.push_back(job.clone());
-        while jobs.len() > JOBS_KEPT {
-            jobs.pop_front();
-        }
-        drop(jobs);
-        let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.run(id, &*store, root, auth));
-        (job, true)
+        self.begin(make, move |jobs, id| jobs.verify(id, &*store, root, auth))
+            .unwrap_or_else(|running| *running)
     }
 
-    fn update(&self, id: u64, f: impl FnOnce(&mut VerifyJob)) {
-        if let Some(job) = self.lock().iter_mut().find(|j| j.id == id) {
-            f(job);
-        }
-    }
-
-    fn run(&self, id: u64, store: &dyn EventStore, root: PublicKey, auth: bool) {
+    fn verify(&self, id: u64, store: &dyn EventStore, root: PublicKey, auth: bool) {
         let started = Instant::now();
         let mut progress = |done: u64, total: u64| {
             self.update(id, |j| {
@@ -116,5 +169,142 @@ impl VerifyJobs {
             j.problems = problems;
             j.seconds = Some(started.elapsed().as_secs_f64());
         });
+    }
+}
+
+impl Jobs<ArchiveJob> {
+    /// Starts archiving `host`'s log into a new file in `dir`, keeping
+    /// `keep` records; the one running is the error.
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        host: Arc<Host>,
+        dir: PathBuf,
+        keep: u64,
+    ) -> Result<ArchiveJob, Box<ArchiveJob>> {
+        let make = |id| ArchiveJob {
+            id,
+            state: "running".into(),
+            keep,
+            done: 0,
+            total: 0,
+            file: None,
+            first: None,
+            last: None,
+            kept_from: None,
+            bodies: None,
+            bytes: None,
+            blobs_dropped: None,
+            cut_seconds: None,
+            problem: None,
+            seconds: None,
+        };
+        self.begin(make, move |jobs, id| jobs.archive(id, &host, &dir, keep))
+    }
+
+    fn archive(&self, id: u64, host: &Host, dir: &std::path::Path, keep: u64) {
+        let started = Instant::now();
+        let seconds = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let file = dir.join(format!("log-{seconds}-{id}.toka-archive"));
+        let made = std::fs::create_dir_all(dir)
+            .map_err(|source| {
+                ArchiveError::File(ArchiveFileError::Create {
+                    path: dir.to_owned(),
+                    source,
+                })
+            })
+            .and_then(|()| {
+                host.archive(&file, keep, &mut |done, total| {
+                    self.update(id, |j| {
+                        j.done = done;
+                        j.total = total;
+                    });
+                })
+            });
+        self.update(id, |j| {
+            j.seconds = Some(started.elapsed().as_secs_f64());
+            match made {
+                Ok(archived) => {
+                    j.state = "ok".into();
+                    j.done = archived.last;
+                    j.total = archived.last;
+                    j.file = Some(archived.file.display().to_string());
+                    j.first = Some(archived.first);
+                    j.last = Some(archived.last);
+                    j.kept_from = Some(archived.anchor.kept_from);
+                    j.bodies = Some(archived.bodies);
+                    j.bytes = Some(archived.bytes);
+                    j.blobs_dropped = Some(archived.blobs_dropped as u64);
+                    j.cut_seconds = Some(archived.cut_took.as_secs_f64());
+                }
+                Err(e) => {
+                    j.state = match e {
+                        ArchiveError::Nothing(_) => "nothing",
+                        _ => "failed",
+                    }
+                    .into();
+                    j.problem = Some(e.to_string());
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, mpsc};
+
+    use crate::jobs::Jobs;
+    use crate::views::ArchiveJob;
+
+    fn job(id: u64) -> ArchiveJob {
+        ArchiveJob {
+            id,
+            state: "running".into(),
+            keep: 0,
+            done: 0,
+            total: 0,
+            file: None,
+            first: None,
+            last: None,
+            kept_from: None,
+            bodies: None,
+            bytes: None,
+            blobs_dropped: None,
+            cut_seconds: None,
+            problem: None,
+            seconds: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_job_of_a_kind_runs_at_a_time_and_the_last_few_are_kept() {
+        let jobs: Arc<Jobs<ArchiveJob>> = Arc::default();
+        let (go, wait) = mpsc::channel::<()>();
+        let (done, ended) = mpsc::channel::<()>();
+        let first = jobs
+            .begin(job, move |jobs, id| {
+                wait.recv().unwrap();
+                jobs.update(id, |j| j.state = "ok".into());
+                done.send(()).unwrap();
+            })
+            .unwrap();
+        let refused = jobs.begin(job, |_, _| unreachable!("not started"));
+        assert_eq!(refused.unwrap_err().id, first.id, "the running one answers");
+        go.send(()).unwrap();
+        tokio::task::spawn_blocking(move || ended.recv().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(jobs.get(first.id).unwrap().state, "ok");
+        for _ in 0..20 {
+            let next = jobs.begin(job, |jobs, id| jobs.update(id, |j| j.state = "ok".into()));
+            let id = next.unwrap().id;
+            while jobs.get(id).unwrap().state == "running" {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(jobs.latest().unwrap().id, first.id + 20);
+        assert!(jobs.get(first.id).is_none(), "only the last few are kept");
     }
 }

@@ -445,6 +445,56 @@ pub struct VerifyRequest {
     pub auth: bool,
 }
 
+/// An archive of the log being made while the server runs, or made.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ArchiveJob {
+    /// Its id.
+    pub id: u64,
+    /// `running`, `ok`, `nothing` (nothing to archive) or `failed`.
+    pub state: String,
+    /// Records before the head kept in the live log.
+    pub keep: u64,
+    /// Records archived so far.
+    pub done: u64,
+    /// The last record it archives (known once it started reading).
+    pub total: u64,
+    /// The archive file, in the data dir's `archives` directory (when ok):
+    /// move it where you keep archives.
+    pub file: Option<String>,
+    /// The first record in it (when ok).
+    pub first: Option<u64>,
+    /// The last record in it: the live log starts at a snapshot after it
+    /// (when ok).
+    pub last: Option<u64>,
+    /// The first record the live log keeps: before `last` when tasks
+    /// running at the cut keep their records (when ok).
+    pub kept_from: Option<u64>,
+    /// Response bodies in it (when ok).
+    pub bodies: Option<u64>,
+    /// Its size in bytes (when ok).
+    pub bytes: Option<u64>,
+    /// Blobs deleted from the live store because nothing kept refers to
+    /// them (when ok).
+    pub blobs_dropped: Option<u64>,
+    /// Seconds the cut held the log writer back (agents' operations
+    /// waited for it), of `seconds` (when ok).
+    pub cut_seconds: Option<f64>,
+    /// Why it did not archive (`nothing`, `failed`).
+    pub problem: Option<String>,
+    /// Seconds it took (when done).
+    pub seconds: Option<f64>,
+}
+
+/// A request to archive the log.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveRequest {
+    /// Records before the head to keep in the live log (records of tasks
+    /// still running at the cut stay too).
+    #[serde(default)]
+    pub keep: u64,
+}
+
 /// A snapshot written.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SnapshotTaken {

@@ -43,6 +43,9 @@ pub struct Archived {
     /// Blobs deleted from the live store because nothing kept refers to
     /// them any more.
     pub blobs_dropped: usize,
+    /// How long the cut took (looking at what the live log keeps, and
+    /// deleting the rest): a running host's log writer waits for it.
+    pub cut_took: std::time::Duration,
 }
 
 /// What [`verify_archive`] checked.
@@ -65,6 +68,12 @@ pub enum ArchiveError {
     /// There is nothing before the cut that is not archived already.
     #[error("nothing to archive: {0}")]
     Nothing(String),
+    /// This log cannot be archived (a cluster cell's).
+    #[error("cannot archive: {0}")]
+    Unsupported(String),
+    /// An archive of this log is being made already.
+    #[error("an archive of this log is being made already; try again when it is done")]
+    Busy,
     /// The archive file could not be written or read, or is damaged.
     #[error(transparent)]
     File(#[from] ArchiveFileError),
@@ -87,8 +96,8 @@ pub enum ArchiveError {
 
 /// Archives the log up to `keep` records before its head into the new file
 /// `to`, then drops what was archived from the live store (see the module
-/// docs). The store must not be written meanwhile: open it for writing, so
-/// no host runs on it.
+/// docs). No host may write to the store meanwhile (open it for writing):
+/// a running host archives with [`Host::archive`](crate::Host::archive).
 ///
 /// Calls `progress(done, total)` every
 /// [`PROGRESS_EVERY`](crate::PROGRESS_EVERY) records.
@@ -105,6 +114,51 @@ pub fn archive(
     keep: u64,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Archived, ArchiveError> {
+    write(store, to, keep, progress)?.cut(store)
+}
+
+/// An archive written and synced whose records are still in the live
+/// store: [`Written::cut`] drops them. Dropped without a cut, it deletes
+/// the file.
+#[derive(Debug)]
+pub(crate) struct Written {
+    /// The file; `None` once the cut took it over.
+    file: Option<PathBuf>,
+    first: u64,
+    /// The last record archived: the new anchor.
+    last: u64,
+    bodies: u64,
+    bytes: u64,
+    /// The state after `last`, encoded: the anchor snapshot.
+    snapshot: Vec<u8>,
+    /// The first record the live log keeps (see [`kept_from`]).
+    kept_from: u64,
+    /// Blobs the live log refers to: the components the state at `last`
+    /// holds or runs, and what the records kept refer to, up to `looked`.
+    referenced: HashSet<Digest>,
+    /// The next record kept to look at ([`Written::look`]).
+    looked: u64,
+}
+
+/// Writes the records up to `keep` records before the store's head (as it
+/// is when called) to the new archive file `to`, checking each one by
+/// replaying it, with the response bodies they reference. The store is
+/// only read: appends may go on meanwhile.
+///
+/// # Errors
+///
+/// As [`archive`]; no file is left behind.
+pub(crate) fn write(
+    store: &dyn EventStore,
+    to: &Path,
+    keep: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Written, ArchiveError> {
+    if store.cell().is_some() {
+        return Err(ArchiveError::Unsupported(
+            "a cell of a cluster cannot be archived (JetStream keeps its log)".into(),
+        ));
+    }
     if to.exists() {
         return Err(ArchiveFileError::Exists { path: to.into() }.into());
     }
@@ -131,11 +185,14 @@ pub fn archive(
         first: floor + 1,
         last: cut,
     }))?;
-    // Response bodies by the record that references them.
-    let mut bodies: BTreeMap<u64, Vec<(Digest, u64)>> = BTreeMap::new();
-    let mut at_cut = None;
+    // Response bodies, each with the first record that references it.
+    let mut bodies: Vec<(u64, Digest, u64)> = Vec::new();
+    let mut seen = HashSet::new();
     for entry in store.records(floor + 1)? {
         let (seq, bytes) = entry?;
+        if seq > cut {
+            break;
+        }
         let applied = kernel.replay(&bytes).map_err(LogError::from)?;
         if applied.seq != seq {
             return Err(LogError::HeadMismatch {
@@ -144,110 +201,142 @@ pub fn archive(
             }
             .into());
         }
-        for body in response_bodies(&applied.events) {
-            bodies.entry(seq).or_default().push(body);
+        for (digest, len) in response_bodies(&applied.events) {
+            if seen.insert(digest) {
+                bodies.push((seq, digest, len));
+            }
         }
-        if seq <= cut {
-            out.write(&Frame::Record { seq, bytes })?;
-        }
-        if seq == cut {
-            at_cut = Some((snapshot::encode(&kernel), kept_from(&kernel)));
-        }
+        out.write(&Frame::Record { seq, bytes })?;
         if seq % crate::log::verify::PROGRESS_EVERY == 0 {
-            progress(seq, head);
+            progress(seq, cut);
         }
     }
-    let stored = store.head()?;
-    if stored != kernel.head() {
-        return Err(LogError::HeadMismatch {
-            expected: stored.seq,
-            found: kernel.head().seq,
-        }
-        .into());
-    }
-    let Some((snapshot_bytes, kept_from)) = at_cut else {
+    if kernel.head().seq != cut {
         return Err(LogError::HeadMismatch {
             expected: cut,
             found: kernel.head().seq,
         }
         .into());
-    };
-    let (cut_head, cut_state) = snapshot::decode(&snapshot_bytes)
-        .map(|s| (s.head, s.state.digest()))
-        .map_err(|reason| LogError::SnapshotMismatch { seq: cut, reason })?;
-    let mut written = HashSet::new();
-    for (seq, digest, len) in bodies
-        .range(..=cut)
-        .flat_map(|(seq, list)| list.iter().map(move |(d, l)| (*seq, *d, *l)))
-    {
-        if !written.insert(digest) {
-            continue;
-        }
-        let bytes = crate::log::verify::checked_body(store, &digest, len)
-            .map_err(|reason| LogError::BodyMismatch { seq, reason })?;
-        out.write(&Frame::Blob { digest, bytes })?;
     }
-    let size = out.finish(End {
-        head: cut_head,
-        state: cut_state,
+    for (seq, digest, len) in &bodies {
+        let bytes = crate::log::verify::checked_body(store, digest, *len)
+            .map_err(|reason| LogError::BodyMismatch { seq: *seq, reason })?;
+        out.write(&Frame::Blob {
+            digest: *digest,
+            bytes,
+        })?;
+    }
+    let state = kernel.state();
+    let mut components: HashSet<Digest> = state.components().map(|c| c.digest).collect();
+    components.extend(state.agents().map(|(_, a)| a.component));
+    let bytes = out.finish(End {
+        head: kernel.head(),
+        state: state.digest(),
         records: cut - floor,
-        blobs: written.len() as u64,
+        blobs: bodies.len() as u64,
         hash: Digest([0; 32]),
     })?;
-    progress(head, head);
-
-    // What the live store keeps refers to these blobs; the rest goes.
-    let state = kernel.state();
-    let mut referenced: HashSet<Digest> = state.components().map(|c| c.digest).collect();
-    referenced.extend(state.agents().map(|(_, a)| a.component));
-    referenced.extend(
-        bodies
-            .range(kept_from..)
-            .flat_map(|(_, list)| list.iter().map(|(d, _)| *d)),
-    );
-    // Records kept from before the previous anchor (tasks running at it and
-    // still running now) were not replayed: their bodies, from their ops.
-    for entry in store.records(kept_from)? {
-        let (seq, bytes) = entry?;
-        if seq > floor {
-            break;
-        }
-        let record = Record::decode(&bytes).map_err(|e| {
-            LogError::from(ReplayError {
-                seq,
-                kind: ReplayErrorKind::Record(e),
-            })
-        })?;
-        if let Operation::HttpResponse { outcome, .. } = record.command.op
-            && let HttpOutcome::Response { body, .. } = *outcome
-        {
-            referenced.insert(body);
-        }
-    }
-    let dropped: Vec<Digest> = store
-        .blob_digests()?
-        .into_iter()
-        .filter(|d| !referenced.contains(d))
-        .collect();
-    let anchor = Anchor {
-        snapshot: cut,
-        kept_from,
-    };
-    let blobs_dropped = dropped.len();
-    store.cut(Cut {
-        anchor,
-        snapshot: snapshot_bytes,
-        blobs: dropped,
-    })?;
-    Ok(Archived {
-        file: to.to_owned(),
+    progress(cut, cut);
+    Ok(Written {
+        file: Some(to.to_owned()),
         first: floor + 1,
         last: cut,
-        bodies: written.len() as u64,
-        bytes: size,
-        anchor,
-        blobs_dropped,
+        bodies: bodies.len() as u64,
+        bytes,
+        snapshot: snapshot::encode(&kernel),
+        kept_from: kept_from(&kernel),
+        looked: kept_from(&kernel),
+        referenced: components,
     })
+}
+
+impl Written {
+    /// Reads the records kept that were not looked at yet, noting the
+    /// blobs they refer to: bodies of responses, and components installed
+    /// after the cut. A running host looks once before it holds its writer
+    /// back for the cut, so that the cut looks only at what was appended
+    /// since.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be read or a record does not decode.
+    pub(crate) fn look(&mut self, store: &dyn EventStore) -> Result<(), ArchiveError> {
+        for entry in store.records(self.looked)? {
+            let (seq, bytes) = entry?;
+            let record = Record::decode(&bytes).map_err(|e| {
+                LogError::from(ReplayError {
+                    seq,
+                    kind: ReplayErrorKind::Record(e),
+                })
+            })?;
+            match record.command.op {
+                Operation::HttpResponse { outcome, .. } => {
+                    if let HttpOutcome::Response { body, .. } = *outcome {
+                        self.referenced.insert(body);
+                    }
+                }
+                Operation::InstallComponent { component }
+                | Operation::InstallPackage { component, .. } => {
+                    self.referenced.insert(component.digest);
+                }
+                _ => {}
+            }
+            self.looked = seq + 1;
+        }
+        Ok(())
+    }
+
+    /// Drops the archived records from the live store, which then starts
+    /// at the anchor snapshot, with the blobs nothing it keeps refers to
+    /// (it first [looks](Written::look) at the records not looked at yet).
+    /// No record may be appended while this runs (a running host holds its
+    /// writer back): a record appended between that look and the cut could
+    /// refer to a blob the cut deletes.
+    ///
+    /// # Errors
+    ///
+    /// [`ArchiveError::Store`] or [`ArchiveError::Log`] when the store
+    /// cannot be read or cut; the store is unchanged and the file deleted.
+    pub(crate) fn cut(mut self, store: &dyn EventStore) -> Result<Archived, ArchiveError> {
+        let started = std::time::Instant::now();
+        let anchor = Anchor {
+            snapshot: self.last,
+            kept_from: self.kept_from,
+        };
+        self.look(store)?;
+        let dropped: Vec<Digest> = store
+            .blob_digests()?
+            .into_iter()
+            .filter(|d| !self.referenced.contains(d))
+            .collect();
+        let blobs_dropped = dropped.len();
+        store.cut(Cut {
+            anchor,
+            snapshot: std::mem::take(&mut self.snapshot),
+            blobs: dropped,
+        })?;
+        Ok(Archived {
+            file: self.file.take().unwrap_or_default(),
+            first: self.first,
+            last: self.last,
+            bodies: self.bodies,
+            bytes: self.bytes,
+            anchor,
+            blobs_dropped,
+            cut_took: started.elapsed(),
+        })
+    }
+}
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        // Not cut: the log still holds these records, the file goes.
+        if let Some(file) = self.file.take()
+            && let Err(e) = std::fs::remove_file(&file)
+        {
+            tracing::warn!(file = %file.display(), error = %e, "removing an archive that was not cut");
+        }
+    }
 }
 
 /// The first record the live log must keep after a cut at the kernel's
@@ -417,4 +506,107 @@ pub fn verify_archive(
         last.meets_anchor = true;
     }
     Ok(checked)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use toka_kernel::{
+        Command, ComponentSpec, Digest, EntityId, Kernel, Limits, Operation, Timestamp,
+    };
+
+    use crate::log::LogError;
+    use crate::log::archive::{verify_archive, write};
+    use crate::store::event_store::{Batch, EventStore};
+    use crate::store::memory::MemoryStore;
+
+    /// A batch installing a component of `bytes` (its blob goes with it),
+    /// with `orphan` blobs no record refers to.
+    fn install(kernel: &mut Kernel, bytes: &[u8], orphan: &[&[u8]]) -> Batch {
+        let digest = Digest::of(bytes);
+        let component = Box::new(ComponentSpec {
+            digest,
+            name: format!("component-{}", kernel.head().seq),
+            size: bytes.len() as u64,
+        });
+        let applied = kernel
+            .apply(Command::system(
+                EntityId::SYSTEM,
+                Timestamp(kernel.head().seq),
+                Operation::InstallComponent { component },
+            ))
+            .unwrap();
+        let mut batch = Batch::default();
+        batch.records.push((applied.seq, applied.bytes));
+        batch.blobs.push((digest, Arc::from(bytes)));
+        for blob in orphan {
+            batch.blobs.push((Digest::of(blob), Arc::from(*blob)));
+        }
+        batch.head = kernel.head();
+        batch
+    }
+
+    #[test]
+    fn a_cut_keeps_the_blobs_of_records_appended_after_the_archive_was_written() {
+        let store = MemoryStore::new(Limits::default());
+        let mut kernel = Kernel::new(Limits::default());
+        store
+            .append(install(&mut kernel, b"before", &[b"orphan"]))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let to = dir.path().join("a");
+        let written = write(&store, &to, 0, &mut |_, _| {}).unwrap();
+        // A running host goes on appending until the cut holds its writer
+        // back: this record's component is in no state the archive saw.
+        store.append(install(&mut kernel, b"after", &[])).unwrap();
+        let archived = written.cut(&store).unwrap();
+        assert_eq!((archived.first, archived.last), (1, 1));
+        assert_eq!(archived.blobs_dropped, 1, "only the orphan goes");
+        let blobs = store.blob_digests().unwrap();
+        assert!(
+            blobs.contains(&Digest::of(b"before")),
+            "in the state at the cut"
+        );
+        assert!(
+            blobs.contains(&Digest::of(b"after")),
+            "installed after the cut"
+        );
+        assert!(!blobs.contains(&Digest::of(b"orphan")));
+        let checked = verify_archive(&store, &[to], &mut |_, _| {}).unwrap();
+        assert!(checked[0].meets_anchor, "{checked:?}");
+        crate::log::verify::verify(&store).unwrap();
+    }
+
+    #[test]
+    fn a_reader_whose_next_records_were_archived_under_it_is_told_so() {
+        let store = MemoryStore::new(Limits::default());
+        let mut kernel = Kernel::new(Limits::default());
+        store.append(install(&mut kernel, b"one", &[])).unwrap();
+        let mut reader = crate::log::recovery::LogReader::new(&store, 1).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        write(&store, &dir.path().join("a"), 0, &mut |_, _| {})
+            .unwrap()
+            .cut(&store)
+            .unwrap();
+        store.append(install(&mut kernel, b"two", &[])).unwrap();
+        let read = reader.read(&store, u64::MAX, |_| true);
+        assert!(
+            matches!(read, Err(LogError::Archived { seq: 1, first: 2 })),
+            "{read:?}"
+        );
+    }
+
+    #[test]
+    fn an_archive_not_cut_leaves_no_file_and_the_store_unchanged() {
+        let store = MemoryStore::new(Limits::default());
+        let mut kernel = Kernel::new(Limits::default());
+        store.append(install(&mut kernel, b"one", &[])).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let to = dir.path().join("a");
+        drop(write(&store, &to, 0, &mut |_, _| {}).unwrap());
+        assert!(!to.exists(), "the file of an archive never cut is removed");
+        assert_eq!(store.anchor().unwrap(), None);
+        assert_eq!(store.records(1).unwrap().count(), 1);
+    }
 }

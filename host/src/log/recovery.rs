@@ -273,7 +273,8 @@ impl LogReader {
     /// # Errors
     ///
     /// [`LogError`] when the store cannot be read or a record does not
-    /// replay.
+    /// replay; [`LogError::Archived`] when the records it was to read next
+    /// were archived since it was made.
     pub fn read(
         &mut self,
         store: &dyn EventStore,
@@ -283,6 +284,12 @@ impl LogReader {
         walk(store, self.next_seq(), |seq, bytes| {
             if seq > upto {
                 return Ok(false);
+            }
+            let next = self.next_seq();
+            if seq != next {
+                // The records it was to read next were archived under it.
+                let first = store.anchor()?.map_or(seq, |a| a.snapshot + 1);
+                return Err(LogError::Archived { seq: next, first });
             }
             let applied = self.kernel.replay(bytes)?;
             Ok(f(CommittedRecord {

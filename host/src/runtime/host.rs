@@ -145,6 +145,7 @@ impl Host {
             memory,
             draining: AtomicBool::new(false),
             waiters: crate::runtime::tasks::Waiters::default(),
+            archiving: std::sync::Mutex::new(()),
             operator_tokens: crate::capability::presented::PresentedTokens::default(),
             protected_paths: config.protected_paths,
             agents_started: AtomicBool::new(config.start_agents),
@@ -694,6 +695,53 @@ impl Host {
             .store
             .anchor()?
             .map_or(1, |anchor| anchor.snapshot + 1))
+    }
+
+    /// Archives the log while the host runs: the records up to `keep`
+    /// before the head go to the new file `to` (checked by replaying them,
+    /// with the response bodies they reference), then leave the live
+    /// store, which starts at a snapshot of the state after the last one
+    /// archived — as [`archive`](crate::archive) does offline. Agents run
+    /// on meanwhile; only the cut itself (deleting what was archived) holds
+    /// the log writer back, so their operations wait for it. One archive at
+    /// a time. Blocks: call it off the async runtime.
+    ///
+    /// Calls `progress(done, total)` every
+    /// [`PROGRESS_EVERY`](crate::PROGRESS_EVERY) records.
+    ///
+    /// # Errors
+    ///
+    /// As [`archive`](crate::archive), and [`ArchiveError::Busy`] while
+    /// another archive is being made; the store is unchanged and no file
+    /// is left behind.
+    pub fn archive(
+        &self,
+        to: &std::path::Path,
+        keep: u64,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<crate::Archived, crate::ArchiveError> {
+        let _turn = match self.inner.archiving.try_lock() {
+            Ok(turn) => turn,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(crate::ArchiveError::Busy),
+        };
+        let store = self.inner.store.as_ref();
+        let mut written = crate::log::archive::write(store, to, keep, progress)?;
+        // The records kept, looked at before the writer is held: the cut
+        // looks only at those appended since.
+        written.look(store)?;
+        let archived = self
+            .inner
+            .sequencer
+            .without_appends(|| written.cut(store))?;
+        tracing::info!(
+            first = archived.first,
+            last = archived.last,
+            file = %archived.file.display(),
+            writer_held_ms = archived.cut_took.as_secs_f64() * 1e3,
+            "archived the log while running"
+        );
+        Ok(archived)
     }
 
     /// A reader of the log whose next record is `from`: keep it to read on

@@ -36,6 +36,8 @@ pub(crate) struct HostInner {
     pub(crate) draining: AtomicBool,
     /// Callers waiting for tasks to end.
     pub(crate) waiters: crate::runtime::tasks::Waiters,
+    /// Held while the log is being archived ([`Host::archive`](crate::Host::archive)).
+    pub(crate) archiving: std::sync::Mutex<()>,
     /// Operator tokens presented to the host, verified.
     pub(crate) operator_tokens: crate::capability::presented::PresentedTokens,
     /// See [`HostConfig::protected_paths`](crate::HostConfig::protected_paths).

@@ -59,6 +59,10 @@ impl MemoryStore {
 
 impl Inner {
     fn keep_snapshot(&mut self, seq: u64, bytes: Vec<u8>) {
+        // Recovery starts at the anchor: one at or before it is of no use.
+        if self.anchor.is_some_and(|a| seq <= a.snapshot) {
+            return;
+        }
         let len = bytes.len();
         self.snapshots.insert(seq, bytes);
         let mut newest: Vec<u64> = self

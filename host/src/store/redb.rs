@@ -418,6 +418,11 @@ impl RedbStore {
                 .transpose()
                 .map_err(|e| corrupt(p, "anchor", e))?
         };
+        // One at or before the anchor (taken while an archive was cut) is
+        // of no use: recovery starts at the anchor.
+        if anchor.is_some_and(|a| seq <= a.snapshot) {
+            return Ok(());
+        }
         let mut table = tx.open_table(SNAPSHOTS).map_err(|e| backend(p, e))?;
         table.insert(seq, bytes).map_err(|e| backend(p, e))?;
         // The newest few only: each holds a whole snapshot.

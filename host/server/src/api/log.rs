@@ -19,8 +19,8 @@ use crate::error::{ApiError, ErrorBody, parse_id};
 use crate::events::{agents_of, event_view};
 use crate::extract::{MaybeJson, Path, Query};
 use crate::views::{
-    EncodedState, EventPage, EventView, Head, RawRecord, RecordPage, SnapshotTaken, VerifyJob,
-    VerifyRequest,
+    ArchiveJob, ArchiveRequest, EncodedState, EventPage, EventView, Head, RawRecord, RecordPage,
+    SnapshotTaken, VerifyJob, VerifyRequest,
 };
 
 /// Records one events request reads at most (with filters, a page may
@@ -267,7 +267,7 @@ pub(crate) async fn start_verify(
     MaybeJson(request): MaybeJson<VerifyRequest>,
 ) -> (StatusCode, axum::Json<VerifyJob>) {
     let auth = request.is_some_and(|r| r.auth);
-    let (job, _) = app.verify.start(Arc::clone(&app.store), app.root, auth);
+    let job = app.verify.start(Arc::clone(&app.store), app.root, auth);
     (StatusCode::ACCEPTED, axum::Json(job))
 }
 
@@ -300,6 +300,79 @@ pub(crate) async fn get_verify(
         .get(id)
         .map(axum::Json)
         .ok_or_else(|| ApiError::not_found(format!("no verification {id}")))
+}
+
+/// Starts archiving the log while the host runs: the records up to `keep`
+/// before the head go to a new file in the data dir's `archives`
+/// directory, then leave the live log, which starts at a snapshot after
+/// them (as `toka archive` does offline). Needs `operator admin`; one runs
+/// at a time.
+#[utoipa::path(post, path = "/v1/archive", tag = "log", security(("bearer" = [])),
+    request_body(content = ArchiveRequest, description = "Options (optional)"),
+    responses((status = 202, description = "Started", body = ArchiveJob),
+        (status = 409, description = "One is running (`archiving`), or this server cannot archive: it has no data dir, or serves a cluster cell (`cannot_archive`)", body = ErrorBody),
+        BodyErrors, AuthErrors))]
+pub(crate) async fn start_archive(
+    State(app): State<Arc<App>>,
+    _who: Admin,
+    MaybeJson(request): MaybeJson<ArchiveRequest>,
+) -> Result<(StatusCode, axum::Json<ArchiveJob>), ApiError> {
+    let keep = request.map_or(0, |r| r.keep);
+    let cannot = |why: &str| ApiError::new(StatusCode::CONFLICT, "cannot_archive", why);
+    if app.store.cell().is_some() {
+        return Err(cannot(
+            "a cell of a cluster cannot be archived (JetStream keeps its log)",
+        ));
+    }
+    let Some(data) = &app.config.data_dir else {
+        return Err(cannot("this server has no data dir to write archives into"));
+    };
+    let dir = data.join("archives");
+    let job = app
+        .archives
+        .start(Arc::clone(&app.host), dir, keep)
+        .map_err(|running| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "archiving",
+                format!(
+                    "archive {} is being made; GET /v1/archive/{} reports on it",
+                    running.id, running.id
+                ),
+            )
+        })?;
+    Ok((StatusCode::ACCEPTED, axum::Json(job)))
+}
+
+/// The latest archive, being made or made.
+#[utoipa::path(get, path = "/v1/archive", tag = "log", security(("bearer" = [])),
+    responses((status = 200, description = "The latest archive", body = ArchiveJob),
+        (status = 404, description = "None was made yet", body = ErrorBody), AuthErrors))]
+pub(crate) async fn latest_archive(
+    State(app): State<Arc<App>>,
+    _who: Reader,
+) -> Result<axum::Json<ArchiveJob>, ApiError> {
+    app.archives
+        .latest()
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::not_found("no archive was made yet: POST /v1/archive starts one"))
+}
+
+/// One archive, by id.
+#[utoipa::path(get, path = "/v1/archive/{id}", tag = "log", security(("bearer" = [])),
+    params(("id" = u64, Path, description = "The job's id")),
+    responses((status = 200, description = "The archive", body = ArchiveJob),
+        (status = 400, description = "Not a job id", body = ErrorBody),
+        (status = 404, description = "No such job (only the last few are kept)", body = ErrorBody), AuthErrors))]
+pub(crate) async fn get_archive(
+    State(app): State<Arc<App>>,
+    _who: Reader,
+    Path(id): Path<u64>,
+) -> Result<axum::Json<ArchiveJob>, ApiError> {
+    app.archives
+        .get(id)
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::not_found(format!("no archive job {id}")))
 }
 
 /// Writes a snapshot of the state now (recovery then replays only what

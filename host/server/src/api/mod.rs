@@ -40,7 +40,7 @@ use crate::error::ErrorBody;
         (name = "tokens", description = "Capability tokens: issue, attenuate, inspect, revoke"),
         (name = "packages", description = "Signed packages and the trust store: trust publishers, review, install, uninstall"),
         (name = "secrets", description = "Secrets the host injects into agents' outbound requests: set, list, remove (values never come back)"),
-        (name = "log", description = "The event log: read, follow, verify, snapshot"),
+        (name = "log", description = "The event log: read, follow, verify, snapshot, archive"),
         (name = "system", description = "Health, status and metrics")
     )
 )]
@@ -135,6 +135,8 @@ pub(crate) fn routes(app: &Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::Open
         .routes(routes!(log::state))
         .routes(routes!(log::start_verify, log::latest_verify))
         .routes(routes!(log::get_verify))
+        .routes(routes!(log::start_archive, log::latest_archive))
+        .routes(routes!(log::get_archive))
         .routes(routes!(log::snapshot))
         .routes(routes!(system::status))
         .routes(routes!(system::metrics))

@@ -322,6 +322,9 @@ pub(super) struct Shared {
     pub(super) metrics: crate::runtime::metrics::Metrics,
     /// The disk's free space, checked by the writer after commits.
     pub(super) disk: Arc<super::disk::DiskWatch>,
+    /// Held by the writer while it appends a batch; held instead to change
+    /// the store under the writer (an archive's cut).
+    pub(super) appending: Mutex<()>,
 }
 
 impl Shared {
@@ -477,6 +480,7 @@ impl Sequencer {
                 published: watch::Sender::new(head),
                 metrics: crate::runtime::metrics::Metrics::new(gate_counts),
                 disk,
+                appending: Mutex::new(()),
             }),
         }
     }

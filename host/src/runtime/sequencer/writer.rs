@@ -38,6 +38,18 @@ pub(crate) type OnCommit = Box<dyn FnMut(Arc<Committed>) + Send>;
 pub(crate) type OnEnd = Box<dyn FnOnce() + Send>;
 
 impl Sequencer {
+    /// Runs `f` while no batch is being appended: the writer waits for it
+    /// (operations go on piling up in its pending batch, within its
+    /// bounds).
+    pub(crate) fn without_appends<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _alone = self
+            .shared
+            .appending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        f()
+    }
+
     /// Starts the writer thread over `store`.
     pub(crate) fn start_writer(
         &self,
@@ -98,7 +110,11 @@ fn write_until_closed(
         let handed = replica.as_ref().map(|_| batch.records.clone());
         let snapshotted = batch.snapshot.is_some();
         let started = std::time::Instant::now();
-        if let Err(e) = store.append(batch) {
+        let appended = {
+            let _alone = shared.appending.lock().unwrap_or_else(|e| e.into_inner());
+            store.append(batch)
+        };
+        if let Err(e) = appended {
             break Err(Stopped(format!("committing the log failed: {e}")));
         }
         shared.disk.check(|| store.free_space());

@@ -476,6 +476,11 @@ async fn toka_archive_goes_through_a_running_server_and_agents_run_on() {
     assert!(left.is_empty(), "the server's copy was moved: {left:?}");
     let job = api.get("/v1/archive", "/v1/archive").await;
     assert_eq!(job.body["state"], "ok", "{job:?}");
+    let file = job.body["file"].as_str().unwrap();
+    assert!(
+        file.starts_with("archives/log-") && !file.contains(tmp.path().to_str().unwrap()),
+        "a reader sees the file relative to the data dir: {job:?}"
+    );
     let last = job.body["last"].as_u64().unwrap();
     assert!(last >= cut, "{job:?}");
     let gone = api.get("/v1/log/records", "/v1/log/records?from=1").await;

@@ -36,7 +36,7 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
         }));
     }
     if let Some(client) = crate::drive::server(place).await? {
-        return online(&client, args).await;
+        return online(&client, &place.data, args).await;
     }
     // Opened for writing: no host may run on the data dir meanwhile.
     let mut store = toka_host::DataDir::new(&place.data)
@@ -67,7 +67,7 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
 
 /// Archives through the server holding the data dir, then moves the file
 /// it wrote (in the data dir's `archives` directory) to `args.to`.
-async fn online(client: &Client, args: Args) -> CliResult {
+async fn online(client: &Client, data: &Path, args: Args) -> CliResult {
     if let Some(parent) = args.to.parent().filter(|p| !p.as_os_str().is_empty())
         && !parent.is_dir()
     {
@@ -89,9 +89,15 @@ async fn online(client: &Client, args: Args) -> CliResult {
         job = client.get(&format!("/v1/archive/{}", job.id)).await?;
     }
     let problem = job.problem.clone().unwrap_or_default();
-    let archived = match (job.state.as_str(), archived(&job)) {
+    let archived = match (job.state.as_str(), archived(data, &job)) {
         ("ok", Some(archived)) => archived,
         ("nothing", _) => return Err(Failure::input(problem)),
+        ("ok", None) => {
+            return Err(Failure::work(format!(
+                "the server says it archived to {:?}, which is not a file in the data dir's archives directory; nothing was moved",
+                job.file
+            )));
+        }
         _ => return Err(Failure::work(format!("nothing was archived: {problem}"))),
     };
     if job.total > 0 {
@@ -115,10 +121,22 @@ async fn online(client: &Client, args: Args) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What a finished job archived.
-fn archived(job: &ArchiveJob) -> Option<toka_host::Archived> {
+/// What a finished job archived, its file in the data dir `data`'s
+/// `archives` directory (the server names it; nothing else is moved).
+fn archived(data: &Path, job: &ArchiveJob) -> Option<toka_host::Archived> {
+    use std::path::Component;
+    let file = Path::new(job.file.as_ref()?);
+    let mut parts = file.components();
+    let (Some(Component::Normal(dir)), Some(Component::Normal(_)), None) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    if dir != "archives" {
+        return None;
+    }
     Some(toka_host::Archived {
-        file: PathBuf::from(job.file.as_ref()?),
+        file: data.join(file),
         first: job.first?,
         last: job.last?,
         bodies: job.bodies?,

@@ -4,13 +4,21 @@
 //! and result. The last few of each kind are kept.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use toka_host::{ArchiveError, ArchiveFileError, EventStore, Host, PublicKey};
 
 use crate::views::{ArchiveJob, VerifyJob};
+
+/// The directory of the data dir archives are written into.
+pub(crate) const ARCHIVES: &str = "archives";
+
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
 
 /// Finished jobs kept per kind for `GET /v1/{verify,archive}/{id}`.
 const JOBS_KEPT: usize = 8;
@@ -173,12 +181,13 @@ impl Jobs<VerifyJob> {
 }
 
 impl Jobs<ArchiveJob> {
-    /// Starts archiving `host`'s log into a new file in `dir`, keeping
-    /// `keep` records; the one running is the error.
+    /// Starts archiving `host`'s log into a new file in the data dir
+    /// `data`'s [`ARCHIVES`] directory, keeping `keep` records; the one
+    /// running is the error.
     pub(crate) fn start(
         self: &Arc<Self>,
         host: Arc<Host>,
-        dir: PathBuf,
+        data: &std::path::Path,
         keep: u64,
     ) -> Result<ArchiveJob, Box<ArchiveJob>> {
         let make = |id| ArchiveJob {
@@ -198,6 +207,7 @@ impl Jobs<ArchiveJob> {
             problem: None,
             seconds: None,
         };
+        let dir = data.join(ARCHIVES);
         self.begin(make, move |jobs, id| jobs.archive(id, &host, &dir, keep))
     }
 
@@ -229,7 +239,8 @@ impl Jobs<ArchiveJob> {
                     j.state = "ok".into();
                     j.done = archived.last;
                     j.total = archived.last;
-                    j.file = Some(archived.file.display().to_string());
+                    // Relative to the data dir: readers see no host path.
+                    j.file = Some(format!("{ARCHIVES}/{}", file_name(&archived.file)));
                     j.first = Some(archived.first);
                     j.last = Some(archived.last);
                     j.kept_from = Some(archived.anchor.kept_from);

@@ -458,8 +458,8 @@ pub struct ArchiveJob {
     pub done: u64,
     /// The last record it archives (known once it started reading).
     pub total: u64,
-    /// The archive file, in the data dir's `archives` directory (when ok):
-    /// move it where you keep archives.
+    /// The archive file, relative to the data dir: in its `archives`
+    /// directory (when ok). Move it where you keep archives.
     pub file: Option<String>,
     /// The first record in it (when ok).
     pub first: Option<u64>,

@@ -327,10 +327,9 @@ pub(crate) async fn start_archive(
     let Some(data) = &app.config.data_dir else {
         return Err(cannot("this server has no data dir to write archives into"));
     };
-    let dir = data.join("archives");
     let job = app
         .archives
-        .start(Arc::clone(&app.host), dir, keep)
+        .start(Arc::clone(&app.host), data, keep)
         .map_err(|running| {
             ApiError::new(
                 StatusCode::CONFLICT,

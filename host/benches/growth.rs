@@ -259,14 +259,14 @@ async fn retention(host: Host, ids: &[AgentId], path: &Path) {
     assert_eq!(verified.anchor, Some(archived.last));
     println!();
     println!(
-        "| archived records | archive, agents running | writer held | their ops meanwhile | compact, offline | archive file | redb before | redb after | verify after |"
+        "| archived records | archive, agents running | writer waited | their ops meanwhile | compact, offline | archive file | redb before | redb after | verify after |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
         "| {} | {:.1} s | {:.0} ms | {meanwhile} | {:.1} s | {} MiB | {before} MiB | {} MiB | {:.2} ms |",
         archived.last,
         took.as_secs_f64(),
-        archived.cut_took.as_secs_f64() * 1e3,
+        archived.writer_wait.as_secs_f64() * 1e3,
         compacted.as_secs_f64(),
         archived.bytes >> 20,
         size(&db),

@@ -115,8 +115,8 @@ async fn online(client: &Client, data: &Path, args: Args) -> CliResult {
     };
     report(&archived);
     out!(
-        "agents' operations waited {} ms for the cut; the server reuses the space the archived records took",
-        archived.cut_took.as_millis()
+        "agents' operations waited {} ms at most; the server reuses the space the archived records took",
+        archived.writer_wait.as_millis()
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -146,7 +146,7 @@ fn archived(data: &Path, job: &ArchiveJob) -> Option<toka_host::Archived> {
             kept_from: job.kept_from?,
         },
         blobs_dropped: usize::try_from(job.blobs_dropped?).ok()?,
-        cut_took: Duration::from_secs_f64(job.cut_seconds?),
+        writer_wait: Duration::from_secs_f64(job.writer_wait_seconds?),
     })
 }
 

@@ -203,7 +203,7 @@ impl Jobs<ArchiveJob> {
             bodies: None,
             bytes: None,
             blobs_dropped: None,
-            cut_seconds: None,
+            writer_wait_seconds: None,
             problem: None,
             seconds: None,
         };
@@ -247,7 +247,7 @@ impl Jobs<ArchiveJob> {
                     j.bodies = Some(archived.bodies);
                     j.bytes = Some(archived.bytes);
                     j.blobs_dropped = Some(archived.blobs_dropped as u64);
-                    j.cut_seconds = Some(archived.cut_took.as_secs_f64());
+                    j.writer_wait_seconds = Some(archived.writer_wait.as_secs_f64());
                 }
                 Err(e) => {
                     j.state = match e {
@@ -283,7 +283,7 @@ mod tests {
             bodies: None,
             bytes: None,
             blobs_dropped: None,
-            cut_seconds: None,
+            writer_wait_seconds: None,
             problem: None,
             seconds: None,
         }

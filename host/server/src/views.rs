@@ -476,9 +476,10 @@ pub struct ArchiveJob {
     /// Blobs deleted from the live store because nothing kept refers to
     /// them (when ok).
     pub blobs_dropped: Option<u64>,
-    /// Seconds the cut held the log writer back (agents' operations
-    /// waited for it), of `seconds` (when ok).
-    pub cut_seconds: Option<f64>,
+    /// The longest the log writer waited for the archive, in seconds:
+    /// for the cut, or for one of the short transactions deleting what was
+    /// archived (agents' operations waited as long; when ok).
+    pub writer_wait_seconds: Option<f64>,
     /// Why it did not archive (`nothing`, `failed`).
     pub problem: Option<String>,
     /// Seconds it took (when done).

@@ -43,9 +43,10 @@ pub struct Archived {
     /// Blobs deleted from the live store because nothing kept refers to
     /// them any more.
     pub blobs_dropped: usize,
-    /// How long the cut took (looking at what the live log keeps, and
-    /// deleting the rest): a running host's log writer waits for it.
-    pub cut_took: std::time::Duration,
+    /// The longest a running host's log writer waited for the archive:
+    /// for the cut (storing the anchor), or for one of the short
+    /// transactions that then delete what was archived.
+    pub writer_wait: std::time::Duration,
 }
 
 /// What [`verify_archive`] checked.
@@ -114,7 +115,29 @@ pub fn archive(
     keep: u64,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Archived, ArchiveError> {
-    write(store, to, keep, progress)?.cut(store)
+    let mut archived = write(store, to, keep, progress)?.cut(store)?;
+    delete_archived(store, &mut archived);
+    Ok(archived)
+}
+
+/// Rows deleted per transaction once the log is cut: a writer appending
+/// meanwhile waits for one such transaction at most.
+const DELETE_CHUNK: usize = 1024;
+
+/// Deletes what `archived`'s cut left of the archived records, in short
+/// transactions, noting the longest in [`Archived::writer_wait`]. A
+/// failure is only logged: the archive is made and the cut done, and the
+/// next archive deletes what is left.
+pub(crate) fn delete_archived(store: &dyn EventStore, archived: &mut Archived) {
+    let mut longest = archived.writer_wait;
+    match store.drop_archived(DELETE_CHUNK, &mut |took| longest = longest.max(took)) {
+        Ok(rows) => tracing::debug!(rows, "deleted the archived records"),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "deleting the archived records failed; the next archive deletes what is left"
+        ),
+    }
+    archived.writer_wait = longest;
 }
 
 /// An archive written and synced whose records are still in the live
@@ -323,7 +346,7 @@ impl Written {
             bytes: self.bytes,
             anchor,
             blobs_dropped,
-            cut_took: started.elapsed(),
+            writer_wait: started.elapsed(),
         })
     }
 }
@@ -595,6 +618,42 @@ mod tests {
             matches!(read, Err(LogError::Archived { seq: 1, first: 2 })),
             "{read:?}"
         );
+    }
+
+    #[test]
+    fn a_whole_read_overlapping_an_archive_is_read_again_but_a_bad_log_fails_once() {
+        let store = MemoryStore::new(Limits::default());
+        let mut kernel = Kernel::new(Limits::default());
+        store.append(install(&mut kernel, b"one", &[])).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut reads = 0;
+        let read = crate::log::read_whole(&store, || {
+            reads += 1;
+            if reads == 1 {
+                // A running host archives while the first read goes on.
+                write(&store, &dir.path().join("a"), 0, &mut |_, _| {})
+                    .unwrap()
+                    .cut(&store)
+                    .unwrap();
+                return Err(LogError::HeadMismatch {
+                    expected: 1,
+                    found: 0,
+                });
+            }
+            crate::log::verify::verify(&store)
+        });
+        assert_eq!(read.unwrap().anchor, Some(1));
+        assert_eq!(reads, 2);
+        reads = 0;
+        let failed: Result<(), _> = crate::log::read_whole(&store, || {
+            reads += 1;
+            Err(LogError::HeadMismatch {
+                expected: 1,
+                found: 0,
+            })
+        });
+        assert!(failed.is_err());
+        assert_eq!(reads, 1, "nothing was archived meanwhile: the error stands");
     }
 
     #[test]

@@ -68,11 +68,21 @@ pub fn audit(store: &dyn EventStore, root: PublicKey) -> Result<AuditReport, Log
 
 /// [`audit`], calling `progress(done, total)` every
 /// [`PROGRESS_EVERY`](crate::PROGRESS_EVERY) records and once at the end.
+/// A running host may archive the log meanwhile: it is then read again
+/// from the new anchor.
 ///
 /// # Errors
 ///
 /// As [`audit`].
 pub fn audit_reporting(
+    store: &dyn EventStore,
+    root: PublicKey,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<AuditReport, LogError> {
+    crate::log::read_whole(store, || audit_once(store, root, progress))
+}
+
+fn audit_once(
     store: &dyn EventStore,
     root: PublicKey,
     progress: &mut dyn FnMut(u64, u64),

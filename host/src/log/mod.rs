@@ -60,3 +60,23 @@ pub enum LogError {
         reason: String,
     },
 }
+
+/// Reads the whole log with `read`, again when its beginning was archived
+/// meanwhile (a running host's archive, which drops what `read` was
+/// reading): at most three times, then the error stands.
+pub(crate) fn read_whole<T>(
+    store: &dyn crate::store::event_store::EventStore,
+    mut read: impl FnMut() -> Result<T, LogError>,
+) -> Result<T, LogError> {
+    let mut tries = 0;
+    loop {
+        let anchor = store.anchor()?;
+        match read() {
+            Err(e) if tries < 2 && store.anchor()? != anchor => {
+                tracing::info!(error = %e, "the log was archived while it was read; reading it again");
+                tries += 1;
+            }
+            done => return done,
+        }
+    }
+}

@@ -82,8 +82,11 @@ pub(crate) fn recover_sized(store: &dyn EventStore) -> Result<(Kernel, Start), L
 ///
 /// As [`recover`], but the log ending before the stored head is no error.
 pub(crate) fn recover_live(store: &dyn EventStore) -> Result<Kernel, LogError> {
-    let (kernel, _) = newest_state(store)?;
-    restore(store, kernel)
+    // The host may archive the log under it too.
+    crate::log::read_whole(store, || {
+        let (kernel, _) = newest_state(store)?;
+        restore(store, kernel)
+    })
 }
 
 /// The state of the newest snapshot that loads (or the empty state when
@@ -221,6 +224,11 @@ impl LogReader {
     /// As [`recover`]; [`LogError::Archived`] when `from` is in the
     /// archived part of the log.
     pub fn new(store: &dyn EventStore, from: u64) -> Result<LogReader, LogError> {
+        // A running host may archive the log while the reader is placed.
+        crate::log::read_whole(store, || Self::placed(store, from))
+    }
+
+    fn placed(store: &dyn EventStore, from: u64) -> Result<LogReader, LogError> {
         let limits = store.limits()?;
         let from = match store.anchor()? {
             Some(anchor) if from == 0 => anchor.snapshot + 1,

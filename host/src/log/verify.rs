@@ -45,12 +45,20 @@ pub const PROGRESS_EVERY: u64 = 10_000;
 
 /// [`verify`], calling `progress(done, total)` every [`PROGRESS_EVERY`]
 /// records and once at the end (`total`: the stored head's sequence
-/// number when it started).
+/// number when it started). A running host may archive the log meanwhile:
+/// it is then read again from the new anchor.
 ///
 /// # Errors
 ///
 /// As [`verify`].
 pub fn verify_reporting(
+    store: &dyn EventStore,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Verified, LogError> {
+    crate::log::read_whole(store, || verify_once(store, progress))
+}
+
+fn verify_once(
     store: &dyn EventStore,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Verified, LogError> {

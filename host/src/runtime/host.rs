@@ -702,9 +702,10 @@ impl Host {
     /// with the response bodies they reference), then leave the live
     /// store, which starts at a snapshot of the state after the last one
     /// archived — as [`archive`](crate::archive) does offline. Agents run
-    /// on meanwhile; only the cut itself (deleting what was archived) holds
-    /// the log writer back, so their operations wait for it. One archive at
-    /// a time. Blocks: call it off the async runtime.
+    /// on meanwhile; only the cut itself (storing the anchor) holds the log
+    /// writer back, and then each of the short transactions that delete
+    /// what was archived ([`Archived::writer_wait`](crate::Archived::writer_wait)).
+    /// One archive at a time. Blocks: call it off the async runtime.
     ///
     /// Calls `progress(done, total)` every
     /// [`PROGRESS_EVERY`](crate::PROGRESS_EVERY) records.
@@ -730,15 +731,16 @@ impl Host {
         // The records kept, looked at before the writer is held: the cut
         // looks only at those appended since.
         written.look(store)?;
-        let archived = self
+        let mut archived = self
             .inner
             .sequencer
             .without_appends(|| written.cut(store))?;
+        crate::log::archive::delete_archived(store, &mut archived);
         tracing::info!(
             first = archived.first,
             last = archived.last,
             file = %archived.file.display(),
-            writer_held_ms = archived.cut_took.as_secs_f64() * 1e3,
+            writer_wait_ms = archived.writer_wait.as_secs_f64() * 1e3,
             "archived the log while running"
         );
         Ok(archived)

@@ -246,13 +246,34 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Drops the beginning of the log once it is archived, in one durable
     /// transaction: stores the anchor snapshot and the anchor, deletes the
-    /// records before `kept_from`, the older snapshots, the task-end index
-    /// entries of the deleted records, and the listed blobs.
+    /// older snapshots and the listed blobs, and makes the records before
+    /// `kept_from` unreachable. A store may leave deleting their bytes (and
+    /// their task-end index entries) to [`EventStore::drop_archived`], so
+    /// that the transaction stays short whatever was archived.
     ///
     /// # Errors
     ///
     /// [`StoreError`] when the write fails; nothing is then changed.
     fn cut(&self, cut: Cut) -> Result<(), StoreError>;
+
+    /// Deletes what [`EventStore::cut`] left of the records before the
+    /// anchor's `kept_from`, in durable transactions of at most `chunk`
+    /// rows each (a writer appending meanwhile waits for one at most),
+    /// calling `each` with the time each took. Returns the rows deleted.
+    /// Also finishes a deletion a crash interrupted.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when a write fails; the rows deleted so far stay
+    /// deleted, the rest is deleted by the next call.
+    fn drop_archived(
+        &self,
+        chunk: usize,
+        each: &mut dyn FnMut(std::time::Duration),
+    ) -> Result<u64, StoreError> {
+        let _ = (chunk, each);
+        Ok(0)
+    }
 
     /// The digests of every stored blob.
     ///

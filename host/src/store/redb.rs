@@ -505,6 +505,7 @@ impl EventStore for RedbStore {
     fn records(&self, from: u64) -> Result<Records<'_>, StoreError> {
         let p = &self.path;
         let tx = self.read()?;
+        let from = from.max(kept_from(p, &tx)?);
         let framed = match optional_table(p, &tx, LOG)? {
             Some(log) => {
                 let start = frame_holding(p, &log, from)?.map_or(from, |(first, _)| first);
@@ -547,6 +548,7 @@ impl EventStore for RedbStore {
     ) -> Result<(), StoreError> {
         let p = &self.path;
         let tx = self.read()?;
+        let from = from.max(kept_from(p, &tx)?);
         if let Some(log) = optional_table(p, &tx, LOG)? {
             let start = frame_holding(p, &log, from)?.map_or(from, |(first, _)| first);
             for entry in log.range(start..).map_err(|e| backend(p, e))? {
@@ -577,6 +579,9 @@ impl EventStore for RedbStore {
     fn record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let p = &self.path;
         let tx = self.read()?;
+        if seq < kept_from(p, &tx)? {
+            return Ok(None);
+        }
         if let Some(log) = optional_table(p, &tx, LOG)?
             && let Some((first, frame)) = frame_holding(p, &log, seq)?
         {
@@ -627,10 +632,13 @@ impl EventStore for RedbStore {
         let Some(table) = optional_table(p, &tx, TASK_ENDS)? else {
             return Ok(None);
         };
-        Ok(table
+        let end = table
             .get(&task.as_u128().to_be_bytes())
             .map_err(|e| backend(p, e))?
-            .map(|v| v.value()))
+            .map(|v| v.value());
+        // An end in the archived part of the log is gone with it.
+        let kept_from = kept_from(p, &tx)?;
+        Ok(end.filter(|seq| *seq >= kept_from))
     }
 
     fn snapshots(&self) -> Result<Vec<u64>, StoreError> {
@@ -711,17 +719,83 @@ impl EventStore for RedbStore {
             snapshots
                 .retain_in(..snapshot, |_, _| false)
                 .map_err(|e| backend(p, e))?;
-            cut_log(p, &tx, kept_from)?;
-            tx.open_table(TASK_ENDS)
-                .map_err(|e| backend(p, e))?
-                .retain(|_, seq| seq >= kept_from)
-                .map_err(|e| backend(p, e))?;
+            trim_log(p, &tx, kept_from)?;
             let mut blobs = tx.open_table(BLOBS).map_err(|e| backend(p, e))?;
             for digest in &cut.blobs {
                 blobs.remove(digest.as_bytes()).map_err(|e| backend(p, e))?;
             }
         }
         tx.commit().map_err(|e| backend(p, e))
+    }
+
+    fn drop_archived(
+        &self,
+        chunk: usize,
+        each: &mut dyn FnMut(std::time::Duration),
+    ) -> Result<u64, StoreError> {
+        let p = &self.path;
+        let Some(anchor) = self.anchor()? else {
+            return Ok(0);
+        };
+        let kept_from = anchor.kept_from;
+        // Found in a read transaction (a writer appending meanwhile is not
+        // held up), deleted in short write transactions. Nothing is added
+        // before `kept_from` once the anchor is stored.
+        let (frames, ends) = {
+            let tx = self.read()?;
+            let frames: Vec<u64> = match optional_table(p, &tx, LOG)? {
+                Some(log) => log
+                    .range(..kept_from)
+                    .map_err(|e| backend(p, e))?
+                    .map(|entry| entry.map(|(k, _)| k.value()))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| backend(p, e))?,
+                None => Vec::new(),
+            };
+            let ends: Vec<[u8; 16]> = match optional_table(p, &tx, TASK_ENDS)? {
+                Some(ends) => ends
+                    .iter()
+                    .map_err(|e| backend(p, e))?
+                    .filter_map(|entry| match entry {
+                        Ok((task, seq)) => (seq.value() < kept_from).then(|| Ok(*task.value())),
+                        Err(e) => Some(Err(e)),
+                    })
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| backend(p, e))?,
+                None => Vec::new(),
+            };
+            (frames, ends)
+        };
+        let chunk = chunk.max(1);
+        for frames in frames.chunks(chunk) {
+            let started = std::time::Instant::now();
+            let mut tx = self.writer()?.begin_write().map_err(|e| backend(p, e))?;
+            tx.set_durability(Durability::Immediate)
+                .map_err(|e| backend(p, e))?;
+            {
+                let mut log = tx.open_table(LOG).map_err(|e| backend(p, e))?;
+                for first in frames {
+                    log.remove(*first).map_err(|e| backend(p, e))?;
+                }
+            }
+            tx.commit().map_err(|e| backend(p, e))?;
+            each(started.elapsed());
+        }
+        for ends in ends.chunks(chunk) {
+            let started = std::time::Instant::now();
+            let mut tx = self.writer()?.begin_write().map_err(|e| backend(p, e))?;
+            tx.set_durability(Durability::Immediate)
+                .map_err(|e| backend(p, e))?;
+            {
+                let mut table = tx.open_table(TASK_ENDS).map_err(|e| backend(p, e))?;
+                for task in ends {
+                    table.remove(task).map_err(|e| backend(p, e))?;
+                }
+            }
+            tx.commit().map_err(|e| backend(p, e))?;
+            each(started.elapsed());
+        }
+        Ok((frames.len() + ends.len()) as u64)
     }
 
     fn blob_digests(&self) -> Result<Vec<Digest>, StoreError> {
@@ -768,6 +842,21 @@ impl EventStore for RedbStore {
     }
 }
 
+/// The first record the log in `tx` keeps (1 until it is archived): the
+/// frames before it are archived, and may not all be deleted yet (see
+/// [`EventStore::drop_archived`]).
+fn kept_from(p: &Path, tx: &ReadTransaction) -> Result<u64, StoreError> {
+    let Some(meta) = optional_table(p, tx, META)? else {
+        return Ok(1);
+    };
+    let Some(value) = meta.get("anchor").map_err(|e| backend(p, e))? else {
+        return Ok(1);
+    };
+    postcard::from_bytes::<Anchor>(value.value())
+        .map(|a| a.kept_from)
+        .map_err(|e| corrupt(p, "anchor", e))
+}
+
 /// A frame's bytes, read in place.
 type FrameBytes<'t> = redb::AccessGuard<'t, &'static [u8]>;
 
@@ -787,17 +876,17 @@ fn frame_holding<'t>(
         .map(|(first, frame)| (first.value(), frame)))
 }
 
-/// Deletes the records before `kept_from` from the log: the frames that
-/// end before it, and the front of the one that holds it.
-fn cut_log(p: &Path, tx: &redb::WriteTransaction, kept_from: u64) -> Result<(), StoreError> {
+/// Cuts the frame that holds `kept_from` there: its records before it are
+/// deleted, and it is stored again under `kept_from`, so every frame before
+/// `kept_from` holds archived records only (deleted by
+/// [`EventStore::drop_archived`]).
+fn trim_log(p: &Path, tx: &redb::WriteTransaction, kept_from: u64) -> Result<(), StoreError> {
     let mut log = tx.open_table(LOG).map_err(|e| backend(p, e))?;
     let holding =
         frame_holding(p, &log, kept_from)?.map(|(first, frame)| (first, frame.value().to_vec()));
     let Some((first, frame)) = holding else {
         return Ok(());
     };
-    log.retain_in(..first, |_, _| false)
-        .map_err(|e| backend(p, e))?;
     if first < kept_from {
         let kept = frame::tail(&frame, kept_from - first).map_err(|e| torn(p, first, e))?;
         log.remove(first).map_err(|e| backend(p, e))?;
@@ -1079,6 +1168,51 @@ mod tests {
             assert_eq!(store.record(kept_from - 1).unwrap(), None);
             assert_eq!(store.record(kept_from).unwrap(), Some(bytes(kept_from)));
         }
+    }
+
+    #[test]
+    fn what_a_cut_archived_is_never_read_and_is_deleted_in_short_transactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 2_000;
+        let store = store(dir.path(), n);
+        let task = |seq: u64| toka_kernel::TaskId::from_u128(u128::from(seq));
+        store
+            .append(Batch {
+                task_ends: vec![(task(10), 10), (task(1_999), 1_999)],
+                ..Batch::default()
+            })
+            .unwrap();
+        let frames = |store: &RedbStore| {
+            let tx = store.read().unwrap();
+            tx.open_table(LOG).unwrap().len().unwrap()
+        };
+        let before = frames(&store);
+        let kept_from = 1_500;
+        store
+            .cut(Cut {
+                anchor: Anchor {
+                    snapshot: kept_from,
+                    kept_from,
+                },
+                snapshot: vec![1],
+                blobs: Vec::new(),
+            })
+            .unwrap();
+        // The cut's own transaction only trims the frame holding
+        // `kept_from`: the frames before it wait, unread.
+        let left = frames(&store);
+        assert!(left > 20 && left <= before + 1, "{before} -> {left}");
+        assert_eq!(all(&store, 1), expected(kept_from..=n));
+        assert_eq!(store.record(10).unwrap(), None);
+        let mut chunks = 0;
+        let dropped = store.drop_archived(7, &mut |_| chunks += 1).unwrap();
+        let gone = left - frames(&store);
+        assert_eq!(dropped, gone + 1, "the frames and one task end");
+        assert_eq!(chunks, gone.div_ceil(7) + 1);
+        assert_eq!(all(&store, 1), expected(kept_from..=n));
+        assert_eq!(store.task_end(task(10)).unwrap(), None);
+        assert_eq!(store.task_end(task(1_999)).unwrap(), Some(1_999));
+        assert_eq!(store.drop_archived(7, &mut |_| {}).unwrap(), 0, "done");
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //! starts at an [`Anchor`]: the snapshot at the cut. Records of tasks still
 //! running at the cut stay live (their journals refer to them), and so does
 //! every blob the state or a kept record refers to.
+//!
+//! A running host archives too ([`Host::archive`](crate::Host::archive)):
+//! the archive is written while the host appends, and only the cut (a
+//! short transaction storing the anchor) holds its log writer back; the
+//! store then deletes the archived records in short transactions
+//! ([`EventStore::drop_archived`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};

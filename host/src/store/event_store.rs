@@ -246,10 +246,11 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Drops the beginning of the log once it is archived, in one durable
     /// transaction: stores the anchor snapshot and the anchor, deletes the
-    /// older snapshots and the listed blobs, and makes the records before
-    /// `kept_from` unreachable. A store may leave deleting their bytes (and
-    /// their task-end index entries) to [`EventStore::drop_archived`], so
-    /// that the transaction stays short whatever was archived.
+    /// listed blobs, and makes the records before `kept_from` and the
+    /// snapshots before the anchor's unreachable. A store may leave
+    /// deleting their bytes (and the records' task-end index entries) to
+    /// [`EventStore::drop_archived`], so that the transaction stays short
+    /// whatever was archived.
     ///
     /// # Errors
     ///
@@ -257,8 +258,9 @@ pub trait EventStore: Send + Sync + 'static {
     fn cut(&self, cut: Cut) -> Result<(), StoreError>;
 
     /// Deletes what [`EventStore::cut`] left of the records before the
-    /// anchor's `kept_from`, in durable transactions of at most `chunk`
-    /// rows each (a writer appending meanwhile waits for one at most),
+    /// anchor's `kept_from` and of the snapshots before the anchor's, in
+    /// durable transactions of at most `chunk` rows each (one snapshot
+    /// each; a writer appending meanwhile waits for one at most),
     /// calling `each` with the time each took. Returns the rows deleted.
     /// Also finishes a deletion a crash interrupted.
     ///

@@ -403,6 +403,24 @@ impl RedbStore {
 
     /// Writes a snapshot inside an open write transaction, dropping old ones
     /// (but never the anchor's).
+    /// Runs `f` in a durable write transaction of its own, then calls
+    /// `each` with the time it took.
+    fn in_short_transaction(
+        &self,
+        each: &mut dyn FnMut(std::time::Duration),
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let p = &self.path;
+        let started = std::time::Instant::now();
+        let mut tx = self.writer()?.begin_write().map_err(|e| backend(p, e))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| backend(p, e))?;
+        f(&tx)?;
+        tx.commit().map_err(|e| backend(p, e))?;
+        each(started.elapsed());
+        Ok(())
+    }
+
     fn write_snapshot(
         &self,
         tx: &redb::WriteTransaction,
@@ -648,7 +666,7 @@ impl EventStore for RedbStore {
             return Ok(Vec::new());
         };
         table
-            .iter()
+            .range(oldest_snapshot(p, &tx)?..)
             .map_err(|e| backend(p, e))?
             .map(|entry| entry.map(|(k, _)| k.value()).map_err(|e| backend(p, e)))
             .collect()
@@ -660,8 +678,12 @@ impl EventStore for RedbStore {
         let Some(table) = optional_table(p, &tx, SNAPSHOTS)? else {
             return Ok(None);
         };
+        let oldest = oldest_snapshot(p, &tx)?;
+        if below <= oldest {
+            return Ok(None);
+        }
         let newest = table
-            .range(..below)
+            .range(oldest..below)
             .map_err(|e| backend(p, e))?
             .next_back()
             .transpose()
@@ -675,6 +697,9 @@ impl EventStore for RedbStore {
         let Some(table) = optional_table(p, &tx, SNAPSHOTS)? else {
             return Ok(None);
         };
+        if seq < oldest_snapshot(p, &tx)? {
+            return Ok(None);
+        }
         Ok(table
             .get(seq)
             .map_err(|e| backend(p, e))?
@@ -716,9 +741,6 @@ impl EventStore for RedbStore {
             snapshots
                 .insert(snapshot, cut.snapshot.as_slice())
                 .map_err(|e| backend(p, e))?;
-            snapshots
-                .retain_in(..snapshot, |_, _| false)
-                .map_err(|e| backend(p, e))?;
             trim_log(p, &tx, kept_from)?;
             let mut blobs = tx.open_table(BLOBS).map_err(|e| backend(p, e))?;
             for digest in &cut.blobs {
@@ -741,7 +763,7 @@ impl EventStore for RedbStore {
         // Found in a read transaction (a writer appending meanwhile is not
         // held up), deleted in short write transactions. Nothing is added
         // before `kept_from` once the anchor is stored.
-        let (frames, ends) = {
+        let (frames, ends, snapshots) = {
             let tx = self.read()?;
             let frames: Vec<u64> = match optional_table(p, &tx, LOG)? {
                 Some(log) => log
@@ -764,38 +786,43 @@ impl EventStore for RedbStore {
                     .map_err(|e| backend(p, e))?,
                 None => Vec::new(),
             };
-            (frames, ends)
+            let snapshots: Vec<u64> = match optional_table(p, &tx, SNAPSHOTS)? {
+                Some(table) => table
+                    .range(..anchor.snapshot)
+                    .map_err(|e| backend(p, e))?
+                    .map(|entry| entry.map(|(k, _)| k.value()))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| backend(p, e))?,
+                None => Vec::new(),
+            };
+            (frames, ends, snapshots)
         };
         let chunk = chunk.max(1);
         for frames in frames.chunks(chunk) {
-            let started = std::time::Instant::now();
-            let mut tx = self.writer()?.begin_write().map_err(|e| backend(p, e))?;
-            tx.set_durability(Durability::Immediate)
-                .map_err(|e| backend(p, e))?;
-            {
+            self.in_short_transaction(each, |tx| {
                 let mut log = tx.open_table(LOG).map_err(|e| backend(p, e))?;
-                for first in frames {
-                    log.remove(*first).map_err(|e| backend(p, e))?;
-                }
-            }
-            tx.commit().map_err(|e| backend(p, e))?;
-            each(started.elapsed());
+                frames
+                    .iter()
+                    .try_for_each(|first| log.remove(*first).map(drop))
+                    .map_err(|e| backend(p, e))
+            })?;
         }
         for ends in ends.chunks(chunk) {
-            let started = std::time::Instant::now();
-            let mut tx = self.writer()?.begin_write().map_err(|e| backend(p, e))?;
-            tx.set_durability(Durability::Immediate)
-                .map_err(|e| backend(p, e))?;
-            {
+            self.in_short_transaction(each, |tx| {
                 let mut table = tx.open_table(TASK_ENDS).map_err(|e| backend(p, e))?;
-                for task in ends {
-                    table.remove(task).map_err(|e| backend(p, e))?;
-                }
-            }
-            tx.commit().map_err(|e| backend(p, e))?;
-            each(started.elapsed());
+                ends.iter()
+                    .try_for_each(|task| table.remove(task).map(drop))
+                    .map_err(|e| backend(p, e))
+            })?;
         }
-        Ok((frames.len() + ends.len()) as u64)
+        // A snapshot can be megabytes: one per transaction.
+        for seq in &snapshots {
+            self.in_short_transaction(each, |tx| {
+                let mut table = tx.open_table(SNAPSHOTS).map_err(|e| backend(p, e))?;
+                table.remove(*seq).map(drop).map_err(|e| backend(p, e))
+            })?;
+        }
+        Ok((frames.len() + ends.len() + snapshots.len()) as u64)
     }
 
     fn blob_digests(&self) -> Result<Vec<Digest>, StoreError> {
@@ -842,19 +869,30 @@ impl EventStore for RedbStore {
     }
 }
 
+/// The anchor of the log in `tx`, once it is archived.
+fn anchor_in(p: &Path, tx: &ReadTransaction) -> Result<Option<Anchor>, StoreError> {
+    let Some(meta) = optional_table(p, tx, META)? else {
+        return Ok(None);
+    };
+    let Some(value) = meta.get("anchor").map_err(|e| backend(p, e))? else {
+        return Ok(None);
+    };
+    postcard::from_bytes::<Anchor>(value.value())
+        .map(Some)
+        .map_err(|e| corrupt(p, "anchor", e))
+}
+
 /// The first record the log in `tx` keeps (1 until it is archived): the
 /// frames before it are archived, and may not all be deleted yet (see
 /// [`EventStore::drop_archived`]).
 fn kept_from(p: &Path, tx: &ReadTransaction) -> Result<u64, StoreError> {
-    let Some(meta) = optional_table(p, tx, META)? else {
-        return Ok(1);
-    };
-    let Some(value) = meta.get("anchor").map_err(|e| backend(p, e))? else {
-        return Ok(1);
-    };
-    postcard::from_bytes::<Anchor>(value.value())
-        .map(|a| a.kept_from)
-        .map_err(|e| corrupt(p, "anchor", e))
+    Ok(anchor_in(p, tx)?.map_or(1, |a| a.kept_from))
+}
+
+/// The oldest snapshot the store in `tx` keeps: the anchor's (0 until the
+/// log is archived); older ones wait for [`EventStore::drop_archived`].
+fn oldest_snapshot(p: &Path, tx: &ReadTransaction) -> Result<u64, StoreError> {
+    Ok(anchor_in(p, tx)?.map_or(0, |a| a.snapshot))
 }
 
 /// A frame's bytes, read in place.
@@ -1186,6 +1224,8 @@ mod tests {
             let tx = store.read().unwrap();
             tx.open_table(LOG).unwrap().len().unwrap()
         };
+        store.put_snapshot(100, vec![1]).unwrap();
+        store.put_snapshot(1_800, vec![2]).unwrap();
         let before = frames(&store);
         let kept_from = 1_500;
         store
@@ -1204,11 +1244,26 @@ mod tests {
         assert!(left > 20 && left <= before + 1, "{before} -> {left}");
         assert_eq!(all(&store, 1), expected(kept_from..=n));
         assert_eq!(store.record(10).unwrap(), None);
+        assert_eq!(store.task_end(task(10)).unwrap(), None);
+        assert_eq!(store.snapshots().unwrap(), [1_500, 1_800]);
+        assert_eq!(store.snapshot(100).unwrap(), None);
+        assert_eq!(store.snapshot_below(1_500).unwrap(), None);
+        assert_eq!(store.snapshot_below(1_501).unwrap(), Some(1_500));
         let mut chunks = 0;
         let dropped = store.drop_archived(7, &mut |_| chunks += 1).unwrap();
         let gone = left - frames(&store);
-        assert_eq!(dropped, gone + 1, "the frames and one task end");
-        assert_eq!(chunks, gone.div_ceil(7) + 1);
+        assert_eq!(dropped, gone + 2, "the frames, one task end, one snapshot");
+        assert_eq!(chunks, gone.div_ceil(7) + 2);
+        let tx = store.read().unwrap();
+        let raw: Vec<u64> = tx
+            .open_table(SNAPSHOTS)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|e| e.unwrap().0.value())
+            .collect();
+        assert_eq!(raw, [1_500, 1_800], "the older snapshot is deleted");
+        drop(tx);
         assert_eq!(all(&store, 1), expected(kept_from..=n));
         assert_eq!(store.task_end(task(10)).unwrap(), None);
         assert_eq!(store.task_end(task(1_999)).unwrap(), Some(1_999));

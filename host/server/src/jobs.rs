@@ -20,6 +20,23 @@ fn file_name(path: &std::path::Path) -> String {
         .unwrap_or_default()
 }
 
+/// Removes what archives a server stopped in the middle of left in `dir`
+/// (`NAME.partial`: an archive is renamed to its name once complete).
+/// Called before an archive starts, when no other one is being written.
+fn remove_partials(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().ends_with(".toka-archive.partial")
+            && let Err(e) = std::fs::remove_file(entry.path())
+        {
+            tracing::warn!(file = %entry.path().display(), error = %e, "removing an unfinished archive");
+        }
+    }
+}
+
 /// Finished jobs kept per kind for `GET /v1/{verify,archive}/{id}`.
 const JOBS_KEPT: usize = 8;
 
@@ -180,17 +197,10 @@ impl Jobs<VerifyJob> {
     }
 }
 
-impl Jobs<ArchiveJob> {
-    /// Starts archiving `host`'s log into a new file in the data dir
-    /// `data`'s [`ARCHIVES`] directory, keeping `keep` records; the one
-    /// running is the error.
-    pub(crate) fn start(
-        self: &Arc<Self>,
-        host: Arc<Host>,
-        data: &std::path::Path,
-        keep: u64,
-    ) -> Result<ArchiveJob, Box<ArchiveJob>> {
-        let make = |id| ArchiveJob {
+impl ArchiveJob {
+    /// Job `id`, just started, keeping `keep` records.
+    fn started(id: u64, keep: u64) -> Self {
+        ArchiveJob {
             id,
             state: "running".into(),
             keep,
@@ -206,9 +216,25 @@ impl Jobs<ArchiveJob> {
             writer_wait_seconds: None,
             problem: None,
             seconds: None,
-        };
+        }
+    }
+}
+
+impl Jobs<ArchiveJob> {
+    /// Starts archiving `host`'s log into a new file in the data dir
+    /// `data`'s [`ARCHIVES`] directory, keeping `keep` records; the one
+    /// running is the error.
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        host: Arc<Host>,
+        data: &std::path::Path,
+        keep: u64,
+    ) -> Result<ArchiveJob, Box<ArchiveJob>> {
         let dir = data.join(ARCHIVES);
-        self.begin(make, move |jobs, id| jobs.archive(id, &host, &dir, keep))
+        self.begin(
+            |id| ArchiveJob::started(id, keep),
+            move |jobs, id| jobs.archive(id, &host, &dir, keep),
+        )
     }
 
     fn archive(&self, id: u64, host: &Host, dir: &std::path::Path, keep: u64) {
@@ -225,6 +251,7 @@ impl Jobs<ArchiveJob> {
                 })
             })
             .and_then(|()| {
+                remove_partials(dir);
                 host.archive(&file, keep, &mut |done, total| {
                     self.update(id, |j| {
                         j.done = done;
@@ -270,23 +297,7 @@ mod tests {
     use crate::views::ArchiveJob;
 
     fn job(id: u64) -> ArchiveJob {
-        ArchiveJob {
-            id,
-            state: "running".into(),
-            keep: 0,
-            done: 0,
-            total: 0,
-            file: None,
-            first: None,
-            last: None,
-            kept_from: None,
-            bodies: None,
-            bytes: None,
-            blobs_dropped: None,
-            writer_wait_seconds: None,
-            problem: None,
-            seconds: None,
-        }
+        ArchiveJob::started(id, 0)
     }
 
     #[tokio::test]

@@ -1476,6 +1476,17 @@ async fn a_server_whose_log_fails_stops_with_the_reason() {
     let served = tokio::spawn(server.run(host, store, std::future::pending()));
     toka_server::install_crypto();
     let http = reqwest::Client::new();
+    // A server of a library host, registered in no data dir, has nowhere
+    // to write an archive: it says so instead of writing one elsewhere.
+    let archive = http
+        .post(format!("{url}/v1/archive"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(archive.status(), StatusCode::CONFLICT);
+    let body: serde_json::Value = archive.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "cannot_archive", "{body}");
     let mut refused = None;
     for _ in 0..100 {
         let answer = http

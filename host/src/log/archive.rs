@@ -133,14 +133,14 @@ const DELETE_CHUNK: usize = 1024;
 /// Deletes what `archived`'s cut left of the archived records, in short
 /// transactions, noting the longest in [`Archived::writer_wait`]. A
 /// failure is only logged: the archive is made and the cut done, and the
-/// next archive deletes what is left.
+/// next archive (or opening the store for writing) deletes what is left.
 pub(crate) fn delete_archived(store: &dyn EventStore, archived: &mut Archived) {
     let mut longest = archived.writer_wait;
     match store.drop_archived(DELETE_CHUNK, &mut |took| longest = longest.max(took)) {
         Ok(rows) => tracing::debug!(rows, "deleted the archived records"),
         Err(e) => tracing::warn!(
             error = %e,
-            "deleting the archived records failed; the next archive deletes what is left"
+            "deleting the archived records failed; the next archive or start deletes what is left"
         ),
     }
     archived.writer_wait = longest;

@@ -126,7 +126,44 @@ impl RedbStore {
     /// [`StoreError::InUse`] when another process writes to it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = builder().open(path).map_err(|e| open_error(path, e))?;
-        Self::checked(Db::Write(db), path)
+        let store = Self::checked(Db::Write(db), path)?;
+        store.finish_dropping()?;
+        Ok(store)
+    }
+
+    /// Finishes deleting what an archive's cut dropped when a crash
+    /// interrupted it (see [`EventStore::drop_archived`]): a frame before
+    /// the anchor's `kept_from` or a snapshot before its snapshot is left.
+    fn finish_dropping(&self) -> Result<(), StoreError> {
+        let p = &self.path;
+        let left = {
+            let tx = self.read()?;
+            let Some(anchor) = anchor_in(p, &tx)? else {
+                return Ok(());
+            };
+            let frames = match optional_table(p, &tx, LOG)? {
+                Some(log) => log
+                    .range(..anchor.kept_from)
+                    .map_err(|e| backend(p, e))?
+                    .next()
+                    .is_some(),
+                None => false,
+            };
+            let snapshots = match optional_table(p, &tx, SNAPSHOTS)? {
+                Some(table) => table
+                    .range(..anchor.snapshot)
+                    .map_err(|e| backend(p, e))?
+                    .next()
+                    .is_some(),
+                None => false,
+            };
+            frames || snapshots
+        };
+        if left {
+            let rows = self.drop_archived(1024, &mut |_| {})?;
+            tracing::info!(rows, store = %p.display(), "deleted the archived rows an interrupted archive left");
+        }
+        Ok(())
     }
 
     /// Opens an existing store read-only, alongside a writer if there is one.
@@ -798,20 +835,23 @@ impl EventStore for RedbStore {
             (frames, ends, snapshots)
         };
         let chunk = chunk.max(1);
+        // Task ends first, then frames, then snapshots: while anything is
+        // left, a frame or a snapshot is, which opening for writing looks
+        // for (`finish_dropping`).
+        for ends in ends.chunks(chunk) {
+            self.in_short_transaction(each, |tx| {
+                let mut table = tx.open_table(TASK_ENDS).map_err(|e| backend(p, e))?;
+                ends.iter()
+                    .try_for_each(|task| table.remove(task).map(drop))
+                    .map_err(|e| backend(p, e))
+            })?;
+        }
         for frames in frames.chunks(chunk) {
             self.in_short_transaction(each, |tx| {
                 let mut log = tx.open_table(LOG).map_err(|e| backend(p, e))?;
                 frames
                     .iter()
                     .try_for_each(|first| log.remove(*first).map(drop))
-                    .map_err(|e| backend(p, e))
-            })?;
-        }
-        for ends in ends.chunks(chunk) {
-            self.in_short_transaction(each, |tx| {
-                let mut table = tx.open_table(TASK_ENDS).map_err(|e| backend(p, e))?;
-                ends.iter()
-                    .try_for_each(|task| table.remove(task).map(drop))
                     .map_err(|e| backend(p, e))
             })?;
         }
@@ -1268,6 +1308,32 @@ mod tests {
         assert_eq!(store.task_end(task(10)).unwrap(), None);
         assert_eq!(store.task_end(task(1_999)).unwrap(), Some(1_999));
         assert_eq!(store.drop_archived(7, &mut |_| {}).unwrap(), 0, "done");
+    }
+
+    #[test]
+    fn opening_for_writing_finishes_a_deletion_a_crash_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 2_000);
+        store.put_snapshot(100, vec![1]).unwrap();
+        store
+            .cut(Cut {
+                anchor: Anchor {
+                    snapshot: 1_500,
+                    kept_from: 1_500,
+                },
+                snapshot: vec![1],
+                blobs: Vec::new(),
+            })
+            .unwrap();
+        // The crash: nothing of what the cut dropped was deleted yet.
+        drop(store);
+        let store = RedbStore::open(&dir.path().join("toka.redb")).unwrap();
+        assert_eq!(
+            store.drop_archived(7, &mut |_| {}).unwrap(),
+            0,
+            "done at open"
+        );
+        assert_eq!(all(&store, 1), expected(1_500..=2_000));
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub(crate) trait Job: Clone + Send + 'static {
     fn id(&self) -> u64;
     /// Whether it still runs.
     fn running(&self) -> bool;
+    /// It ended without a result, for `why`.
+    fn failed(&mut self, why: String);
 }
 
 impl Job for VerifyJob {
@@ -55,6 +57,10 @@ impl Job for VerifyJob {
     fn running(&self) -> bool {
         self.state == "running"
     }
+    fn failed(&mut self, why: String) {
+        self.state = "failed".into();
+        self.problems.push(why);
+    }
 }
 
 impl Job for ArchiveJob {
@@ -63,6 +69,10 @@ impl Job for ArchiveJob {
     }
     fn running(&self) -> bool {
         self.state == "running"
+    }
+    fn failed(&mut self, why: String) {
+        self.state = "failed".into();
+        self.problem = Some(why);
     }
 }
 
@@ -117,7 +127,16 @@ impl<J: Job> Jobs<J> {
         }
         drop(jobs);
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || run(&this, id));
+        tokio::task::spawn_blocking(move || {
+            // A job that panicked is over: it must not keep the next one
+            // of its kind from starting.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&this, id)));
+            if ran.is_err() {
+                this.update(id, |j| {
+                    j.failed("the job panicked (see the server's log)".into())
+                });
+            }
+        });
         Ok(job)
     }
 
@@ -293,7 +312,7 @@ impl Jobs<ArchiveJob> {
 mod tests {
     use std::sync::{Arc, mpsc};
 
-    use crate::jobs::Jobs;
+    use crate::jobs::{Job, Jobs};
     use crate::views::ArchiveJob;
 
     fn job(id: u64) -> ArchiveJob {
@@ -328,5 +347,11 @@ mod tests {
         }
         assert_eq!(jobs.latest().unwrap().id, first.id + 20);
         assert!(jobs.get(first.id).is_none(), "only the last few are kept");
+        let panicked = jobs.begin(job, |_, _| panic!("a bug")).unwrap();
+        while jobs.get(panicked.id).unwrap().running() {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(jobs.get(panicked.id).unwrap().state, "failed");
+        assert!(jobs.begin(job, |_, _| {}).is_ok(), "the next one starts");
     }
 }

@@ -28,7 +28,7 @@ use crate::log::verify::response_bodies;
 use crate::store::archive_file::{
     ARCHIVE_VERSION, ArchiveFileError, ArchiveReader, ArchiveWriter, End, Frame, Header,
 };
-use crate::store::event_store::{Anchor, Cut, EventStore, StoreError};
+use crate::store::event_store::{Anchor, Cut, DROP_CHUNK, EventStore, StoreError};
 use crate::store::snapshot;
 
 /// What [`archive`] did.
@@ -126,17 +126,13 @@ pub fn archive(
     Ok(archived)
 }
 
-/// Rows deleted per transaction once the log is cut: a writer appending
-/// meanwhile waits for one such transaction at most.
-const DELETE_CHUNK: usize = 1024;
-
 /// Deletes what `archived`'s cut left of the archived records, in short
 /// transactions, noting the longest in [`Archived::writer_wait`]. A
 /// failure is only logged: the archive is made and the cut done, and the
 /// next archive (or opening the store for writing) deletes what is left.
 pub(crate) fn delete_archived(store: &dyn EventStore, archived: &mut Archived) {
     let mut longest = archived.writer_wait;
-    match store.drop_archived(DELETE_CHUNK, &mut |took| longest = longest.max(took)) {
+    match store.drop_archived(DROP_CHUNK, &mut |took| longest = longest.max(took)) {
         Ok(rows) => tracing::debug!(rows, "deleted the archived records"),
         Err(e) => tracing::warn!(
             error = %e,

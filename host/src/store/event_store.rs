@@ -54,6 +54,10 @@ pub fn snapshot_dropped(newest: &[u64], anchor: Option<u64>, bytes: usize) -> Op
 ///   it is and moved to 3 when first opened for writing.
 pub const DATA_FORMAT: u16 = 3;
 
+/// Rows [`EventStore::drop_archived`] is asked to delete per transaction:
+/// a writer appending meanwhile waits for one such transaction at most.
+pub(crate) const DROP_CHUNK: usize = 1024;
+
 /// Where a store's log starts once its beginning was archived
 /// (`toka archive`): the snapshot it is verified and recovered from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

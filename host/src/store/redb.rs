@@ -31,8 +31,8 @@ use redb::{
 use toka_kernel::{ChainHead, Digest, Limits, TaskId};
 
 use crate::store::event_store::{
-    Anchor, Batch, Cut, DATA_FORMAT, EventStore, Records, SNAPSHOTS_LOOKED_AT, StoreError,
-    snapshot_dropped,
+    Anchor, Batch, Cut, DATA_FORMAT, DROP_CHUNK, EventStore, Records, SNAPSHOTS_LOOKED_AT,
+    StoreError, snapshot_dropped,
 };
 use crate::store::frame;
 
@@ -160,7 +160,7 @@ impl RedbStore {
             frames || snapshots
         };
         if left {
-            let rows = self.drop_archived(1024, &mut |_| {})?;
+            let rows = self.drop_archived(DROP_CHUNK, &mut |_| {})?;
             tracing::info!(rows, store = %p.display(), "deleted the archived rows an interrupted archive left");
         }
         Ok(())
@@ -438,8 +438,6 @@ impl RedbStore {
         }
     }
 
-    /// Writes a snapshot inside an open write transaction, dropping old ones
-    /// (but never the anchor's).
     /// Runs `f` in a durable write transaction of its own, then calls
     /// `each` with the time it took.
     fn in_short_transaction(
@@ -458,6 +456,8 @@ impl RedbStore {
         Ok(())
     }
 
+    /// Writes a snapshot inside an open write transaction, dropping old ones
+    /// (but never the anchor's).
     fn write_snapshot(
         &self,
         tx: &redb::WriteTransaction,

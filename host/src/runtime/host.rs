@@ -712,9 +712,10 @@ impl Host {
     ///
     /// # Errors
     ///
-    /// As [`archive`](crate::archive), and [`ArchiveError::Busy`] while
-    /// another archive is being made; the store is unchanged and no file
-    /// is left behind.
+    /// As [`archive`](crate::archive), and
+    /// [`ArchiveError::Busy`](crate::ArchiveError::Busy) while another
+    /// archive is being made; the store is unchanged and no file is left
+    /// behind.
     pub fn archive(
         &self,
         to: &std::path::Path,

@@ -1222,22 +1222,28 @@ mod tests {
         );
     }
 
+    /// Cuts `store`'s log at `seq`: the anchor snapshot is after it, the
+    /// records kept start there.
+    fn cut_at(store: &RedbStore, seq: u64) {
+        store
+            .cut(Cut {
+                anchor: Anchor {
+                    snapshot: seq,
+                    kept_from: seq,
+                },
+                snapshot: vec![1],
+                blobs: Vec::new(),
+            })
+            .unwrap();
+    }
+
     #[test]
     fn a_cut_inside_a_frame_keeps_exactly_the_records_from_kept_from() {
         let dir = tempfile::tempdir().unwrap();
         let n = 2_000;
         let store = store(dir.path(), n);
         for kept_from in [3, 777, 778, 1_500] {
-            store
-                .cut(Cut {
-                    anchor: Anchor {
-                        snapshot: kept_from,
-                        kept_from,
-                    },
-                    snapshot: vec![1],
-                    blobs: Vec::new(),
-                })
-                .unwrap();
+            cut_at(&store, kept_from);
             assert_eq!(
                 all(&store, 1),
                 expected(kept_from..=n),
@@ -1268,16 +1274,7 @@ mod tests {
         store.put_snapshot(1_800, vec![2]).unwrap();
         let before = frames(&store);
         let kept_from = 1_500;
-        store
-            .cut(Cut {
-                anchor: Anchor {
-                    snapshot: kept_from,
-                    kept_from,
-                },
-                snapshot: vec![1],
-                blobs: Vec::new(),
-            })
-            .unwrap();
+        cut_at(&store, kept_from);
         // The cut's own transaction only trims the frame holding
         // `kept_from`: the frames before it wait, unread.
         let left = frames(&store);
@@ -1315,16 +1312,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path(), 2_000);
         store.put_snapshot(100, vec![1]).unwrap();
-        store
-            .cut(Cut {
-                anchor: Anchor {
-                    snapshot: 1_500,
-                    kept_from: 1_500,
-                },
-                snapshot: vec![1],
-                blobs: Vec::new(),
-            })
-            .unwrap();
+        cut_at(&store, 1_500);
         // The crash: nothing of what the cut dropped was deleted yet.
         drop(store);
         let store = RedbStore::open(&dir.path().join("toka.redb")).unwrap();

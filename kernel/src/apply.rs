@@ -14,7 +14,7 @@ use crate::id::{AgentId, EntityId, TaskId};
 use crate::idempotency::{MAX_IDEMPOTENCY_KEY, Scheduled, request_digest};
 use crate::limits::{Limit, Limits};
 use crate::mail::{Cell, Change};
-use crate::operation::{AgentSpec, ComponentSpec, Denial, OpKind, Operation, Refusal, TaskSpec};
+use crate::operation::{AgentSpec, Denial, OpKind, Operation, Refusal, TaskSpec};
 use crate::quota::{Account, Cost};
 use crate::rules::{Budgets, Quota, RULES_VERSION, Rules};
 use crate::state::{
@@ -70,7 +70,11 @@ pub(crate) fn check_count(limit: Limit, max: u64, actual: u64) -> Result<(), Ker
     Ok(())
 }
 
-fn denied(origin: EntityId, operation: OpKind, reason: impl Into<String>) -> KernelError {
+pub(crate) fn denied(
+    origin: EntityId,
+    operation: OpKind,
+    reason: impl Into<String>,
+) -> KernelError {
     KernelError::CapabilityDenied {
         origin,
         operation,
@@ -221,6 +225,7 @@ impl WorldState {
             } => self.http_response(origin, task, index, &outcome, secret, env)?,
             Operation::MarkSent { through } => self.mark_sent(through)?,
             Operation::DeliverTask { delivery } => self.deliver(*delivery, env)?,
+            Operation::RemoveComponent { component } => self.remove_component(origin, component)?,
         };
 
         // Infallible bookkeeping, after the operation succeeded.
@@ -963,38 +968,6 @@ impl WorldState {
             agent: origin,
             denial,
         }])
-    }
-
-    fn install_component(
-        &mut self,
-        origin: EntityId,
-        component: ComponentSpec,
-        limits: &Limits,
-    ) -> Result<Vec<Event>, KernelError> {
-        const KIND: OpKind = OpKind::InstallComponent;
-        if origin != EntityId::SYSTEM {
-            return Err(denied(
-                origin,
-                KIND,
-                "only the operator installs components",
-            ));
-        }
-        self.check_name(KIND, "component", &component.name, limits)?;
-        if let Some(existing) = self.components.get(&component.digest) {
-            return Err(KernelError::invalid(
-                KIND,
-                format!(
-                    "component {} is already installed as `{}`",
-                    component.digest.short(),
-                    existing.name
-                ),
-            ));
-        }
-
-        self.components.insert(component.digest, component.clone());
-        self.component_names
-            .insert(component.name.clone(), component.digest);
-        Ok(vec![Event::ComponentInstalled { component }])
     }
 
     fn quarantine(

@@ -298,6 +298,16 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A component left the state: the operator removed it, or (rules 3
+    /// and on) the package that shipped it was upgraded or uninstalled and
+    /// no agent that is not terminated runs it. It can no longer be
+    /// spawned; its bytes go with the next archive of the log.
+    ComponentRemoved {
+        /// The component's digest.
+        component: Digest,
+        /// The name it was installed under.
+        name: String,
+    },
 }
 
 impl Event {
@@ -348,6 +358,7 @@ impl Event {
             Event::TasksSent { .. } => "tasks_sent",
             Event::TaskRefused { .. } => "task_refused",
             Event::ChangeRefused { .. } => "change_refused",
+            Event::ComponentRemoved { .. } => "component_removed",
         }
     }
 }

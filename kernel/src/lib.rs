@@ -17,6 +17,7 @@
 
 mod apply;
 mod command;
+mod component;
 mod error;
 mod event;
 mod extension;

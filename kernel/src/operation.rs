@@ -296,6 +296,14 @@ pub enum Operation {
         /// The task and where it came from.
         delivery: Box<Delivery>,
     },
+    /// Remove an installed component (the operator): refused while a
+    /// package ships it or an agent that is not terminated runs it. Its
+    /// name, if it still names it, names nothing then; its bytes go with
+    /// the next archive of the log.
+    RemoveComponent {
+        /// The component's digest.
+        component: Digest,
+    },
 }
 
 /// One or more identical operations of a task, refused in a row.
@@ -362,6 +370,7 @@ pub enum OpKind {
     HttpResponse,
     MarkSent,
     DeliverTask,
+    RemoveComponent,
 }
 
 impl OpKind {
@@ -399,6 +408,7 @@ impl OpKind {
             OpKind::HttpResponse => "http_response",
             OpKind::MarkSent => "mark_sent",
             OpKind::DeliverTask => "deliver_task",
+            OpKind::RemoveComponent => "remove_component",
         }
     }
 
@@ -430,6 +440,7 @@ impl OpKind {
                 | OpKind::HttpResponse
                 | OpKind::MarkSent
                 | OpKind::DeliverTask
+                | OpKind::RemoveComponent
         )
     }
 
@@ -447,6 +458,7 @@ impl OpKind {
                 | OpKind::ResumeAgent
                 | OpKind::RevokeToken
                 | OpKind::InstallComponent
+                | OpKind::RemoveComponent
                 | OpKind::TrustPublisher
                 | OpKind::DistrustPublisher
                 | OpKind::InstallPackage
@@ -496,6 +508,7 @@ impl Operation {
             Operation::HttpResponse { .. } => OpKind::HttpResponse,
             Operation::MarkSent { .. } => OpKind::MarkSent,
             Operation::DeliverTask { .. } => OpKind::DeliverTask,
+            Operation::RemoveComponent { .. } => OpKind::RemoveComponent,
         }
     }
 }

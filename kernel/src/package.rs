@@ -264,12 +264,14 @@ impl WorldState {
             Some(old) => Some(old.clone()),
             None => None,
         };
+        let replaced = self
+            .packages
+            .get(&package.name)
+            .map(|old| old.component)
+            .filter(|old| *old != package.component);
         let mut events = Vec::new();
         if install {
-            self.components.insert(component.digest, component.clone());
-            self.component_names
-                .insert(component.name.clone(), component.digest);
-            events.push(Event::ComponentInstalled { component });
+            events.push(self.add_component(component));
         }
         events.push(Event::PackageInstalled {
             package: Box::new(package.clone()),
@@ -302,6 +304,7 @@ impl WorldState {
             events.extend(self.revoke_all(&old.revocation_ids));
         }
         self.packages.insert(package.name.clone(), package);
+        events.extend(replaced.and_then(|old| self.release_component(&old)));
         Ok(events)
     }
 
@@ -324,6 +327,7 @@ impl WorldState {
             events.extend(self.terminate(origin, agent, format!("package `{name}` uninstalled")));
         }
         events.extend(self.revoke_all(&record.revocation_ids));
+        events.extend(self.release_component(&record.component));
         Ok(events)
     }
 

@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 /// - 1: the rules of logs written before rules were recorded.
 /// - 2: quotas per agent tree, live-agent limits, spawn depth, printable
 ///   names, journaled refusals.
-pub const RULES_VERSION: u32 = 2;
+/// - 3: a package's component leaves the state when the package is
+///   upgraded or uninstalled and no agent that is not terminated runs it
+///   ([`Event::ComponentRemoved`](crate::Event::ComponentRemoved)).
+pub const RULES_VERSION: u32 = 3;
 
 /// A rate over logical time with a burst allowance (a token bucket): up to
 /// `burst` at once, refilled at `per_second`.

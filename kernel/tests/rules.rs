@@ -7,7 +7,7 @@ mod common;
 use common::{World, spawned};
 use toka_kernel::{
     Authorization, Budgets, Digest, EntityId, Event, KernelError, Limits, OpKey, Operation, Quota,
-    Quotas, Rate, Refusal, RefusalKind, Rules, TaskSpec, replay_log,
+    Quotas, RULES_VERSION, Rate, Refusal, RefusalKind, Rules, TaskSpec, replay_log,
 };
 
 fn observe(text: &str) -> Operation {
@@ -76,7 +76,7 @@ fn a_log_without_rules_keeps_version_1_and_adopting_is_recorded() {
             rules: Rules::default()
         }]
     );
-    assert_eq!(w.kernel.state().rules_version(), 2);
+    assert_eq!(w.kernel.state().rules_version(), RULES_VERSION);
     let replayed = replay_log(&w.log, Limits::default(), Default::default()).unwrap();
     assert_eq!(replayed.state().digest(), w.kernel.state().digest());
 }
@@ -86,7 +86,8 @@ fn rules_cannot_go_back_or_come_from_an_agent_or_the_future() {
     let mut w = World::new();
     let agent = w.spawn_root("a");
     adopt(&mut w, Rules::default());
-    for version in [1, 3] {
+    // Below 2, back to an older version, or newer than this kernel.
+    for version in [1, RULES_VERSION - 1, RULES_VERSION + 1] {
         let err = w
             .system(Operation::AdoptRules {
                 rules: Box::new(Rules {

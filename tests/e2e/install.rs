@@ -246,7 +246,31 @@ fn an_upgrade_keeps_the_agents_state_and_asks_only_for_new_rights() {
     let events = events_json(&data);
     assert_eq!(of_kind(&events, "package_uninstalled").len(), 1);
     assert_eq!(of_kind(&events, "agent_terminated").len(), 1);
+    // Nothing runs either version any more: the upgrade removed 1.0.0,
+    // the uninstall 2.0.0, and the archive that takes those records drops
+    // their bytes from the store.
+    let v1_digest = Package::read(std::fs::read(&v1).unwrap()).unwrap().digest();
+    let removed: Vec<&str> = of_kind(&events, "component_removed")
+        .iter()
+        .map(|e| e["digest"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        removed,
+        [v1_digest.to_string(), v2_digest.to_string()],
+        "{events:?}"
+    );
+    let state: Value = serde_json::from_str(toka(&data, &["state", "--json"]).ok()).unwrap();
+    assert_eq!(state["components"], serde_json::json!([]), "{state}");
+    let archive = dir.path().join("log.toka-archive");
+    let archived = toka(&data, &["archive", "--to", path(&archive)]);
+    assert!(
+        archived
+            .ok()
+            .contains("dropped 2 blobs nothing kept refers to"),
+        "{archived:?}"
+    );
     toka(&data, &["verify", "--auth"]).ok();
+    toka(&data, &["verify", "--archive", path(&archive)]).ok();
 }
 
 /// The log's head, or `None` without a data dir.

@@ -463,9 +463,25 @@ async fn toka_archive_goes_through_a_running_server_and_agents_run_on() {
     let mut served = Served::start_on(&data, &[]);
     let api = Api::new(&served).await;
     let cut = head(&data);
+    // A failed archive (its directory cannot be made) says why in words
+    // naming no path of the host's: a reader sees the job too.
+    let archives = data.join("archives");
+    std::fs::write(&archives, b"in the way").unwrap();
+    let failed = toka(
+        &data,
+        &["archive", "--to", tmp.path().join("x").to_str().unwrap()],
+    );
+    assert_eq!(failed.code, 1, "{failed:#?}");
+    assert!(
+        failed.stderr.contains("nothing was archived")
+            && failed.stderr.contains("archives")
+            && !failed.stderr.contains(tmp.path().to_str().unwrap()),
+        "{}",
+        failed.stderr
+    );
+    std::fs::remove_file(&archives).unwrap();
     // What a server stopped in the middle of an archive left; and a file
     // of the operator's.
-    let archives = data.join("archives");
     std::fs::create_dir_all(&archives).unwrap();
     std::fs::write(archives.join("log-1-1.toka-archive.partial"), b"half").unwrap();
     std::fs::write(archives.join("notes.txt"), b"mine").unwrap();
@@ -567,4 +583,81 @@ async fn toka_archive_goes_through_a_running_server_and_agents_run_on() {
             && verified.stdout.contains("auth ok"),
         "{verified:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_no_agent_runs_is_removed_and_its_bytes_go_with_the_next_archive() {
+    use reqwest::StatusCode;
+    use serde_json::json;
+
+    use crate::serve::{Api, Served};
+
+    let (tmp, data) = temp_data();
+    toka(&data, &["run", "counter", "--task", "1"]).ok();
+    // Refused by name, nothing written: an agent runs it; nothing has
+    // that name.
+    let before = head(&data);
+    let in_use = toka(&data, &["component", "remove", "counter"]);
+    assert_eq!(in_use.code, 2, "{in_use:#?}");
+    assert!(
+        in_use.stderr.contains("component `counter`")
+            && in_use.stderr.contains("is in use: agent")
+            && in_use.stderr.contains("runs it (terminate it first)"),
+        "{}",
+        in_use.stderr
+    );
+    let unknown = toka(&data, &["component", "remove", "nothing"]);
+    assert_eq!(unknown.code, 2, "{unknown:#?}");
+    assert!(
+        unknown
+            .stderr
+            .contains("no component `nothing` is installed"),
+        "{}",
+        unknown.stderr
+    );
+    assert_eq!(head(&data), before);
+
+    // Through a running server: one installed by the API, removed by the
+    // CLI; the agent terminated by the API.
+    let mut served = Served::start_on(&data, &[]);
+    let api = Api::new(&served).await;
+    let hello = crate::serve::install(&api, "hello").await;
+    assert_eq!(hello.status, StatusCode::CREATED, "{hello:?}");
+    let removed = toka(&data, &["component", "remove", "hello"]);
+    assert!(
+        removed.ok().contains("component `hello` (") && removed.stdout.contains(") removed"),
+        "{removed:#?}"
+    );
+    let agent = api.get("/v1/agents", "/v1/agents").await.body["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let terminated = api
+        .post(
+            "/v1/agents/{id}/terminate",
+            &format!("/v1/agents/{agent}/terminate"),
+            json!({"reason": "done"}),
+        )
+        .await;
+    assert_eq!(terminated.status, StatusCode::OK, "{terminated:?}");
+    let (code, stderr) = served.stop();
+    assert_eq!(code, 0, "{stderr}");
+
+    // Without the server: removed, and the archive drops both blobs.
+    toka(&data, &["component", "remove", "counter"]).ok();
+    let state: serde_json::Value =
+        serde_json::from_str(toka(&data, &["state", "--json"]).ok()).unwrap();
+    assert_eq!(state["components"], json!([]), "{state}");
+    let archive = tmp.path().join("log.toka-archive");
+    let archived = toka(&data, &["archive", "--to", archive.to_str().unwrap()]);
+    assert!(
+        archived
+            .ok()
+            .contains("dropped 2 blobs nothing kept refers to"),
+        "{archived:#?}"
+    );
+    toka(&data, &["verify", "--archive", archive.to_str().unwrap()]).ok();
+    // Installing it again stores its bytes again: a new agent runs.
+    let again = toka(&data, &["run", "counter", "--task", "5"]);
+    assert_eq!(count(&again), "5", "{again:#?}");
 }

@@ -335,7 +335,7 @@ fn fits_type(t: &str, value: &Value) -> bool {
 }
 
 /// Uploads a bundled component.
-async fn install(api: &Api, name: &str) -> Answer {
+pub(crate) async fn install(api: &Api, name: &str) -> Answer {
     let bytes = toka_agents::bundled(name).unwrap().to_vec();
     api.send(
         Method::POST,
@@ -663,6 +663,20 @@ async fn every_endpoint_answers_as_its_openapi_document_says() {
         )
         .await;
     assert_eq!(resumed.status, StatusCode::CONFLICT);
+    // A component an agent runs is not removed; the answer names the agent.
+    let in_use = api
+        .call(
+            Method::DELETE,
+            "/v1/components/{component}",
+            &format!("/v1/components/{digest}"),
+            None,
+        )
+        .await;
+    assert_eq!(in_use.status, StatusCode::CONFLICT, "{in_use:?}");
+    assert!(
+        in_use.message().contains(&format!("agent {agent} runs it")),
+        "{in_use:?}"
+    );
     let terminated = api
         .post(
             "/v1/agents/{id}/terminate",
@@ -672,6 +686,24 @@ async fn every_endpoint_answers_as_its_openapi_document_says() {
         .await;
     assert_eq!(terminated.status, StatusCode::OK, "{terminated:?}");
     assert_eq!(terminated.body["status"], "terminated");
+    // Removed once no agent runs it: then it is gone by name and digest.
+    let removed = api
+        .call(
+            Method::DELETE,
+            "/v1/components/{component}",
+            "/v1/components/counter",
+            None,
+        )
+        .await;
+    assert_eq!(removed.status, StatusCode::OK, "{removed:?}");
+    assert_eq!(removed.body["digest"], digest.as_str());
+    for path in [
+        "/v1/components/counter".to_owned(),
+        format!("/v1/components/{digest}"),
+    ] {
+        let gone = api.get("/v1/components/{component}", &path).await;
+        assert_eq!(gone.status, StatusCode::NOT_FOUND, "{gone:?}");
+    }
     // The census is counted once per state, and again once it changed.
     let status = api.get("/v1/status", "/v1/status").await;
     assert_eq!(status.body["agents"]["active"], 0, "{status:?}");
@@ -997,6 +1029,15 @@ async fn operator_tokens_attenuate_and_revoke_and_the_log_records_who_acted() {
         )
         .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    let remove = reader_api
+        .call(
+            Method::DELETE,
+            "/v1/components/{component}",
+            &format!("/v1/components/{digest}"),
+            None,
+        )
+        .await;
+    assert_eq!(remove.status, StatusCode::FORBIDDEN, "{remove:?}");
     // An attenuation cannot widen.
     let widen = reader_api
         .post(

@@ -248,7 +248,7 @@ fn confirm(new: &[String]) -> Result<Approval, Failure> {
 
 /// Shuts the host down after `result`; on failure removes what opening
 /// the data dir created.
-async fn finish<T>(
+pub(crate) async fn finish<T>(
     opened: drive::Opened,
     place: &Place,
     result: Result<T, Failure>,

@@ -3,6 +3,7 @@
 mod agent;
 mod archive;
 mod cluster;
+mod component;
 mod demo;
 mod drive;
 mod events;
@@ -185,6 +186,9 @@ enum Command {
     /// Manage agents: resume a quarantined one.
     #[command(subcommand)]
     Agent(agent::Command),
+    /// Manage installed components: remove one no agent runs any more.
+    #[command(subcommand)]
+    Component(component::Command),
     /// Publisher tools: keys, and building, inspecting and verifying signed
     /// agent packages (docs/packages.md).
     #[command(subcommand)]
@@ -388,6 +392,7 @@ fn main() -> ExitCode {
             Command::Archive(args) => archive::main(&place, args).await,
             Command::Token(command) => token::main(&place, command).await,
             Command::Agent(command) => agent::main(&place, command).await,
+            Command::Component(command) => component::main(&place, command).await,
             Command::Serve(args) => serve::main(&place, args).await,
             Command::Package(command) => package::main(&place, command),
             Command::Trust(command) => install::trust(&place, command).await,

@@ -450,6 +450,16 @@ pub(crate) async fn install_package(
 }
 
 /// `toka uninstall` through the server.
+/// `DELETE /v1/components/{which}`: the component as it was.
+pub(crate) async fn remove_component(
+    client: &Client,
+    which: &str,
+) -> Result<ComponentView, Failure> {
+    Ok(client
+        .delete(&format!("/v1/components/{}", percent(which)))
+        .await?)
+}
+
 pub(crate) async fn uninstall(client: &Client, name: &str) -> Result<(), Failure> {
     let path = format!("/v1/packages/{}", percent(name));
     let _: PackageView = client.delete(&path).await?;

@@ -122,6 +122,10 @@ pub fn view(
             "name": component.name,
             "size": component.size,
         }),
+        Event::ComponentRemoved { component, name } => json!({
+            "digest": component.to_string(),
+            "name": name,
+        }),
         Event::ExtensionApplied {
             family,
             opcode,

@@ -301,7 +301,10 @@ impl Jobs<ArchiveJob> {
                         _ => "failed",
                     }
                     .into();
-                    j.problem = Some(e.to_string());
+                    // Relative to the data dir, as the file: a reader
+                    // learns no path of the host's.
+                    let at = dir.display().to_string();
+                    j.problem = Some(e.to_string().replace(&at, ARCHIVES));
                 }
             }
         });

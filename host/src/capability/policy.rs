@@ -194,6 +194,7 @@ pub(crate) fn operator_check(needed: OperatorLevel) -> Check {
 pub(crate) fn operator_level_for(op: &Operation) -> Option<OperatorLevel> {
     match op {
         Operation::InstallComponent { .. }
+        | Operation::RemoveComponent { .. }
         | Operation::ScheduleTask { .. }
         | Operation::ScheduleTaskOnce { .. }
         | Operation::TerminateAgent { .. }

@@ -158,8 +158,8 @@ pub(crate) struct Written {
     snapshot: Vec<u8>,
     /// The first record the live log keeps (see [`kept_from`]).
     kept_from: u64,
-    /// Blobs the live log refers to: the components the state at `last`
-    /// holds or runs, and what the records kept refer to, up to `looked`.
+    /// Blobs the live log refers to: the components installed in the state
+    /// at `last`, and what the records kept refer to, up to `looked`.
     referenced: HashSet<Digest>,
     /// The next record kept to look at ([`Written::look`]).
     looked: u64,
@@ -252,8 +252,9 @@ pub(crate) fn write(
         })?;
     }
     let state = kernel.state();
-    let mut components: HashSet<Digest> = state.components().map(|c| c.digest).collect();
-    components.extend(state.agents().map(|(_, a)| a.component));
+    // Every agent that is not terminated runs an installed component; a
+    // removed component's bytes are needed by nothing the live log keeps.
+    let components: HashSet<Digest> = state.components().map(|c| c.digest).collect();
     let bytes = out.finish(End {
         head: kernel.head(),
         state: state.digest(),
@@ -600,6 +601,63 @@ mod tests {
         assert!(!blobs.contains(&Digest::of(b"orphan")));
         let checked = verify_archive(&store, &[to], &mut |_, _| {}).unwrap();
         assert!(checked[0].meets_anchor, "{checked:?}");
+        crate::log::verify::verify(&store).unwrap();
+    }
+
+    /// A record removing the component of `bytes`.
+    fn remove(kernel: &mut Kernel, bytes: &[u8]) -> Batch {
+        let applied = kernel
+            .apply(Command::system(
+                EntityId::SYSTEM,
+                Timestamp(kernel.head().seq),
+                Operation::RemoveComponent {
+                    component: Digest::of(bytes),
+                },
+            ))
+            .unwrap();
+        let mut batch = Batch::default();
+        batch.records.push((applied.seq, applied.bytes));
+        batch.head = kernel.head();
+        batch
+    }
+
+    #[test]
+    fn a_removed_component_s_bytes_go_with_the_archive_that_takes_its_removal() {
+        let store = MemoryStore::new(Limits::default());
+        let mut kernel = Kernel::new(Limits::default());
+        for batch in [
+            install(&mut kernel, b"kept", &[]),
+            install(&mut kernel, b"removed", &[]),
+            remove(&mut kernel, b"removed"),
+            install(&mut kernel, b"late", &[]),
+            remove(&mut kernel, b"late"),
+        ] {
+            store.append(batch).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = |store: &MemoryStore| {
+            let mut names: Vec<&str> = [b"kept" as &[u8], b"removed", b"late"]
+                .into_iter()
+                .filter(|b| store.blob_digests().unwrap().contains(&Digest::of(b)))
+                .map(|b| std::str::from_utf8(b).unwrap())
+                .collect();
+            names.sort_unstable();
+            names
+        };
+        // The cut after the first removal: the second component's install
+        // is kept, so are its bytes.
+        let archived = write(&store, &dir.path().join("a"), 2, &mut |_, _| {})
+            .unwrap()
+            .cut(&store)
+            .unwrap();
+        assert_eq!((archived.last, archived.blobs_dropped), (3, 1));
+        assert_eq!(blobs(&store), ["kept", "late"]);
+        let archived = write(&store, &dir.path().join("b"), 0, &mut |_, _| {})
+            .unwrap()
+            .cut(&store)
+            .unwrap();
+        assert_eq!((archived.last, archived.blobs_dropped), (5, 1));
+        assert_eq!(blobs(&store), ["kept"]);
         crate::log::verify::verify(&store).unwrap();
     }
 

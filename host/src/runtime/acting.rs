@@ -109,6 +109,21 @@ impl<'h> Acting<'h> {
         Ok(digest)
     }
 
+    /// Removes the installed component `component`: it can no longer be
+    /// spawned, its name (if the name still points at it) names nothing,
+    /// and its bytes leave the store with the next archive of the log
+    /// ([`Host::archive`](crate::Host::archive)).
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Kernel`] when it is not installed, a package ships it
+    /// or an agent that is not terminated runs it (the message names one);
+    /// [`HostError::Denied`] for an operator without `write`.
+    pub async fn remove_component(&self, component: Digest) -> Result<(), HostError> {
+        let op = Operation::RemoveComponent { component };
+        self.submit(op, Attachments::default()).await.map(drop)
+    }
+
     /// Spawns a root agent (parent: the system) running `component`, bound
     /// to the token `grant` describes. An operator needs `write` to bind a
     /// token made elsewhere, and `admin` to have the host mint one from

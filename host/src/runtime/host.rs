@@ -935,3 +935,31 @@ fn rules_to_adopt(current: Option<Rules>, configured: Option<Rules>) -> Option<R
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::Host;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_removed_component_leaves_the_compiled_cache() {
+        let store = Arc::new(crate::MemoryStore::new(toka_kernel::Limits::default()));
+        let host = Host::open(
+            store,
+            crate::RootKey::generate(),
+            crate::HostConfig::default(),
+        )
+        .await
+        .unwrap();
+        let bytes = std::fs::read(toka_agents::path("test-bench").unwrap()).unwrap();
+        let digest = host.install("bench", bytes).await.unwrap();
+        let components = &host.inner.components;
+        assert!(components.cached(&digest).is_some(), "installing compiles");
+        host.as_host().remove_component(digest).await.unwrap();
+        let head = host.head().seq;
+        host.inner.sequencer.wait_published(head).await.unwrap();
+        assert!(components.cached(&digest).is_none());
+        host.shutdown().await.unwrap();
+    }
+}

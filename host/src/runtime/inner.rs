@@ -64,6 +64,9 @@ impl HostInner {
                     | Event::AgentResumed { agent } => {
                         self.wake(*agent);
                     }
+                    Event::ComponentRemoved { component, .. } => {
+                        self.components.forget(component);
+                    }
                     _ => {}
                 }
             }

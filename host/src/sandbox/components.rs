@@ -304,6 +304,16 @@ impl<T: 'static> Components<T> {
             .cloned()
     }
 
+    /// Drops the compiled component for `digest` (it left the state: no
+    /// agent runs it any more). Instances made from it keep what they
+    /// hold.
+    pub(crate) fn forget(&self, digest: &Digest) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(digest);
+    }
+
     fn compile(&self, bytes: &[u8]) -> Result<AgentPre<T>, ComponentError> {
         check_preamble(bytes)?;
         let component = Component::from_binary(&self.engine, bytes)

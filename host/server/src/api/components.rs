@@ -1,4 +1,4 @@
-//! Components: upload (install), list, get.
+//! Components: upload (install), list, get, remove.
 
 use std::sync::Arc;
 
@@ -130,6 +130,33 @@ pub(crate) async fn get(
     _who: Reader,
     Path(component): Path<String>,
 ) -> Result<axum::Json<ComponentView>, ApiError> {
+    find(&app, &component).await.map(|c| axum::Json(view(&c)))
+}
+
+/// Removes a component no agent runs any more (by installed name or
+/// digest): it can no longer be spawned, and its bytes leave the store with
+/// the archive that takes this removal (`POST /v1/archive`).
+#[utoipa::path(delete, path = "/v1/components/{component}", tag = "components", security(("bearer" = [])),
+    params(("component" = String, Path, description = "An installed name or a 64-hex-digit digest")),
+    responses((status = 200, description = "Removed: the component as it was", body = ComponentView),
+        (status = 404, description = "No such component", body = ErrorBody),
+        (status = 409, description = "A package ships it, or an agent that is not terminated runs it (the message names one)", body = ErrorBody),
+        AuthErrors))]
+pub(crate) async fn remove(
+    State(app): State<Arc<App>>,
+    who: Writer,
+    Path(component): Path<String>,
+) -> Result<axum::Json<ComponentView>, ApiError> {
+    let found = find(&app, &component).await?;
+    app.host
+        .as_operator(who.token)
+        .remove_component(found.digest)
+        .await?;
+    Ok(axum::Json(view(&found)))
+}
+
+/// The component `component` names: a digest, else an installed name.
+async fn find(app: &App, component: &str) -> Result<ComponentSpec, ApiError> {
     let found = app
         .host
         .state(|s| {
@@ -137,14 +164,14 @@ pub(crate) async fn get(
                 .parse::<Digest>()
                 .ok()
                 .and_then(|d| s.component(&d))
-                .or_else(|| s.component_named(&component))
-                .map(view)
+                .or_else(|| s.component_named(component))
+                .cloned()
         })
         .await;
-    found.map(axum::Json).ok_or_else(|| {
+    found.ok_or_else(|| {
         ApiError::not_found(format!(
             "no component `{}` is installed",
-            toka_host::clip(&component, 80)
+            toka_host::clip(component, 80)
         ))
     })
 }

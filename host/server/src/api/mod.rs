@@ -110,7 +110,7 @@ pub(crate) fn routes(app: &Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::Open
         .routes(routes!(packages::review))
         .layer(DefaultBodyLimit::max(max_component));
     let rest = OpenApiRouter::new()
-        .routes(routes!(components::get))
+        .routes(routes!(components::get, components::remove))
         .routes(routes!(agents::spawn, agents::list))
         .routes(routes!(agents::get))
         .routes(routes!(agents::terminate))

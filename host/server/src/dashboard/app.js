@@ -295,6 +295,7 @@ function describe(event) {
     case "quota_exceeded": return who + "hit a quota: " + (event.reason || event.quota || "");
     case "state_put": return who + "set " + event.key;
     case "component_installed": return "component " + event.name + " (" + short(event.digest) + ") installed";
+    case "component_removed": return "component " + event.name + " (" + short(event.digest) + ") removed";
     case "package_installed": return "package " + event.name + " " + event.version + " by " + event.publisher + (event.previous ? " upgraded from " + event.previous : " installed") + "; approved: " + (event.approved.join(", ") || "nothing");
     case "package_uninstalled": return "package " + event.name + " uninstalled";
     case "publisher_trusted": return "publisher " + event.name + " trusted";

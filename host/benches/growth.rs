@@ -241,8 +241,10 @@ async fn retention(host: Host, ids: &[AgentId], path: &Path) {
     }
     let head = host.head().seq;
     let start = Instant::now();
-    let archived =
-        tokio::task::block_in_place(|| host.archive(&to, 0, &mut |_, _| {})).expect("archive");
+    let archived = tokio::task::block_in_place(|| {
+        host.archive(&to, 0, &mut |_, _| std::ops::ControlFlow::Continue(()))
+    })
+    .expect("archive");
     let took = start.elapsed();
     let meanwhile = host.head().seq - head;
     host.run_until_idle().await.expect("run");

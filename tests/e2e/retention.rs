@@ -392,7 +392,7 @@ async fn a_running_host_archives_its_log_while_agents_write_to_it() {
             for n in 0.. {
                 let last_round = idle.load(Ordering::SeqCst);
                 let to = dir.join(format!("a{n}"));
-                match host.archive(&to, 0, &mut |_, _| {}) {
+                match host.archive(&to, 0, &mut |_, _| std::ops::ControlFlow::Continue(())) {
                     Ok(archived) => {
                         assert_eq!(archived.file, to);
                         while_busy += usize::from(!last_round);

@@ -4,8 +4,10 @@
 //! and result. The last few of each kind are kept.
 
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use toka_host::{ArchiveError, ArchiveFileError, EventStore, Host, PublicKey};
 
@@ -80,12 +82,15 @@ impl Job for ArchiveJob {
 #[derive(Debug)]
 pub(crate) struct Jobs<J> {
     jobs: Mutex<VecDeque<J>>,
+    /// Set when the server stops: a job that can stop early does.
+    stopping: AtomicBool,
 }
 
 impl<J> Default for Jobs<J> {
     fn default() -> Self {
         Self {
             jobs: Mutex::new(VecDeque::new()),
+            stopping: AtomicBool::new(false),
         }
     }
 }
@@ -138,6 +143,20 @@ impl<J: Job> Jobs<J> {
             }
         });
         Ok(job)
+    }
+
+    /// Asks the running job to stop where it can, and waits up to `bound`
+    /// for it to end; whether it did.
+    pub(crate) async fn stop(&self, bound: Duration) -> bool {
+        self.stopping.store(true, Ordering::SeqCst);
+        let until = Instant::now() + bound;
+        while self.lock().iter().any(Job::running) {
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
     }
 
     fn update(&self, id: u64, f: impl FnOnce(&mut J)) {
@@ -276,6 +295,11 @@ impl Jobs<ArchiveJob> {
                         j.done = done;
                         j.total = total;
                     });
+                    if self.stopping.load(Ordering::SeqCst) {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
                 })
             });
         self.update(id, |j| {
@@ -298,6 +322,7 @@ impl Jobs<ArchiveJob> {
                 Err(e) => {
                     j.state = match e {
                         ArchiveError::Nothing(_) => "nothing",
+                        ArchiveError::Stopped => "stopped",
                         _ => "failed",
                     }
                     .into();
@@ -320,6 +345,53 @@ mod tests {
 
     fn job(id: u64) -> ArchiveJob {
         ArchiveJob::started(id, 0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopping_server_stops_an_archive_before_its_cut() {
+        use toka_host::EventStore as _;
+        use toka_kernel::{Command, EntityId, Kernel, Limits, Operation, Timestamp};
+
+        let store = Arc::new(toka_host::MemoryStore::new(Limits::default()));
+        let mut kernel = Kernel::new(Limits::default());
+        let mut batch = toka_host::Batch::default();
+        for i in 0..3 * toka_host::PROGRESS_EVERY {
+            let revocation_id = i.to_le_bytes().to_vec();
+            let op = Operation::RevokeToken { revocation_id };
+            let applied = kernel
+                .apply(Command::system(EntityId::SYSTEM, Timestamp(i), op))
+                .unwrap();
+            batch.records.push((applied.seq, applied.bytes));
+        }
+        batch.head = kernel.head();
+        store.append(batch).unwrap();
+        let host = toka_host::Host::open(
+            Arc::clone(&store) as Arc<dyn toka_host::EventStore>,
+            toka_host::RootKey::generate(),
+            toka_host::HostConfig::default(),
+        )
+        .await
+        .unwrap();
+        let (host, head) = (Arc::new(host), store.head().unwrap());
+        let data = tempfile::tempdir().unwrap();
+        let jobs: Arc<Jobs<ArchiveJob>> = Arc::default();
+        // The server stops as the archive starts: it stops at its first
+        // look at its progress.
+        assert!(jobs.stop(std::time::Duration::ZERO).await);
+        let job = jobs.start(Arc::clone(&host), data.path(), 0).unwrap();
+        assert!(jobs.stop(std::time::Duration::from_secs(60)).await);
+        let ended = jobs.get(job.id).unwrap();
+        assert_eq!(ended.state, "stopped", "{ended:?}");
+        assert!(ended.done < head.seq, "{ended:?}");
+        assert!(
+            ended.problem.unwrap().contains("nothing was archived"),
+            "{job:?}"
+        );
+        // The log as it was, and no file left.
+        assert_eq!(store.head().unwrap(), head);
+        assert!(store.anchor().unwrap().is_none());
+        let left = std::fs::read_dir(data.path().join(super::ARCHIVES)).unwrap();
+        assert_eq!(left.count(), 0);
     }
 
     #[tokio::test]

@@ -209,6 +209,13 @@ impl Server {
             .await
             .map_err(|e| ServeError::Http(e.to_string()))?
             .map_err(ServeError::Http);
+        // An archive being written stops before its cut (the file goes, the
+        // log stays as it is); one past its cut finishes deleting.
+        if !app.archives.stop(ARCHIVE_STOP).await {
+            tracing::warn!(
+                "the archive job did not end in time; the next start finishes what its cut began"
+            );
+        }
         drop(app);
         if let Some(dir) = &data_dir {
             Registration::remove(dir);
@@ -283,6 +290,10 @@ impl Server {
             .map_err(ServeError::Http)
     }
 }
+
+/// How long a stopping server waits for an archive job past its cut to
+/// finish deleting what it archived.
+const ARCHIVE_STOP: Duration = Duration::from_secs(120);
 
 /// Stops the host once the last request holding it is done.
 pub(crate) async fn stop_host(mut host: Arc<Host>) -> Result<(), ServeError> {

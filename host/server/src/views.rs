@@ -450,7 +450,8 @@ pub struct VerifyRequest {
 pub struct ArchiveJob {
     /// Its id.
     pub id: u64,
-    /// `running`, `ok`, `nothing` (nothing to archive) or `failed`.
+    /// `running`, `ok`, `nothing` (nothing to archive), `stopped` (the
+    /// server stopped before the cut: nothing was archived) or `failed`.
     pub state: String,
     /// Records before the head kept in the live log.
     pub keep: u64,

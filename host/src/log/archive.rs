@@ -15,6 +15,7 @@
 //! ([`EventStore::drop_archived`]).
 
 use std::collections::{BTreeMap, HashSet};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use toka_kernel::{
@@ -81,6 +82,10 @@ pub enum ArchiveError {
     /// An archive of this log is being made already.
     #[error("an archive of this log is being made already; try again when it is done")]
     Busy,
+    /// Whoever asked stopped it before the cut (a server stopping): the
+    /// store is unchanged and no file is left.
+    #[error("stopped before the cut: nothing was archived")]
+    Stopped,
     /// The archive file could not be written or read, or is damaged.
     #[error(transparent)]
     File(#[from] ArchiveFileError),
@@ -121,7 +126,11 @@ pub fn archive(
     keep: u64,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Archived, ArchiveError> {
-    let mut archived = write(store, to, keep, progress)?.cut(store)?;
+    let mut going_on = |done, total| {
+        progress(done, total);
+        ControlFlow::Continue(())
+    };
+    let mut archived = write(store, to, keep, &mut going_on)?.cut(store)?;
     delete_archived(store, &mut archived);
     Ok(archived)
 }
@@ -177,7 +186,7 @@ pub(crate) fn write(
     store: &dyn EventStore,
     to: &Path,
     keep: u64,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &mut dyn FnMut(u64, u64) -> ControlFlow<()>,
 ) -> Result<Written, ArchiveError> {
     if store.cell().is_some() {
         return Err(ArchiveError::Unsupported(
@@ -232,8 +241,8 @@ pub(crate) fn write(
             }
         }
         out.write(&Frame::Record { seq, bytes })?;
-        if seq % crate::log::verify::PROGRESS_EVERY == 0 {
-            progress(seq, cut);
+        if seq % crate::log::verify::PROGRESS_EVERY == 0 && progress(seq, cut).is_break() {
+            return Err(ArchiveError::Stopped);
         }
     }
     if kernel.head().seq != cut {
@@ -262,8 +271,7 @@ pub(crate) fn write(
         blobs: bodies.len() as u64,
         hash: Digest([0; 32]),
     })?;
-    progress(cut, cut);
-    Ok(Written {
+    let written = Written {
         file: Some(to.to_owned()),
         first: floor + 1,
         last: cut,
@@ -273,7 +281,12 @@ pub(crate) fn write(
         kept_from: kept_from(&kernel),
         looked: kept_from(&kernel),
         referenced: components,
-    })
+    };
+    // Asked to stop now, the written file goes with `written`.
+    match progress(cut, cut) {
+        ControlFlow::Continue(()) => Ok(written),
+        ControlFlow::Break(()) => Err(ArchiveError::Stopped),
+    }
 }
 
 impl Written {
@@ -549,6 +562,11 @@ mod tests {
 
     /// A batch installing a component of `bytes` (its blob goes with it),
     /// with `orphan` blobs no record refers to.
+    /// A progress that never stops the archive.
+    fn go_on(_: u64, _: u64) -> std::ops::ControlFlow<()> {
+        std::ops::ControlFlow::Continue(())
+    }
+
     fn install(kernel: &mut Kernel, bytes: &[u8], orphan: &[&[u8]]) -> Batch {
         let digest = Digest::of(bytes);
         let component = Box::new(ComponentSpec {
@@ -582,7 +600,7 @@ mod tests {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let to = dir.path().join("a");
-        let written = write(&store, &to, 0, &mut |_, _| {}).unwrap();
+        let written = write(&store, &to, 0, &mut go_on).unwrap();
         // A running host goes on appending until the cut holds its writer
         // back: this record's component is in no state the archive saw.
         store.append(install(&mut kernel, b"after", &[])).unwrap();
@@ -646,13 +664,13 @@ mod tests {
         };
         // The cut after the first removal: the second component's install
         // is kept, so are its bytes.
-        let archived = write(&store, &dir.path().join("a"), 2, &mut |_, _| {})
+        let archived = write(&store, &dir.path().join("a"), 2, &mut go_on)
             .unwrap()
             .cut(&store)
             .unwrap();
         assert_eq!((archived.last, archived.blobs_dropped), (3, 1));
         assert_eq!(blobs(&store), ["kept", "late"]);
-        let archived = write(&store, &dir.path().join("b"), 0, &mut |_, _| {})
+        let archived = write(&store, &dir.path().join("b"), 0, &mut go_on)
             .unwrap()
             .cut(&store)
             .unwrap();
@@ -668,7 +686,7 @@ mod tests {
         store.append(install(&mut kernel, b"one", &[])).unwrap();
         let mut reader = crate::log::recovery::LogReader::new(&store, 1).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        write(&store, &dir.path().join("a"), 0, &mut |_, _| {})
+        write(&store, &dir.path().join("a"), 0, &mut go_on)
             .unwrap()
             .cut(&store)
             .unwrap();
@@ -691,7 +709,7 @@ mod tests {
             reads += 1;
             if reads == 1 {
                 // A running host archives while the first read goes on.
-                write(&store, &dir.path().join("a"), 0, &mut |_, _| {})
+                write(&store, &dir.path().join("a"), 0, &mut go_on)
                     .unwrap()
                     .cut(&store)
                     .unwrap();
@@ -723,7 +741,7 @@ mod tests {
         store.append(install(&mut kernel, b"one", &[])).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let to = dir.path().join("a");
-        drop(write(&store, &to, 0, &mut |_, _| {}).unwrap());
+        drop(write(&store, &to, 0, &mut go_on).unwrap());
         assert!(!to.exists(), "the file of an archive never cut is removed");
         assert_eq!(store.anchor().unwrap(), None);
         assert_eq!(store.records(1).unwrap().count(), 1);

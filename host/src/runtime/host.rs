@@ -708,19 +708,23 @@ impl Host {
     /// One archive at a time. Blocks: call it off the async runtime.
     ///
     /// Calls `progress(done, total)` every
-    /// [`PROGRESS_EVERY`](crate::PROGRESS_EVERY) records.
+    /// [`PROGRESS_EVERY`](crate::PROGRESS_EVERY) records, and once all are
+    /// written: a [`ControlFlow::Break`](std::ops::ControlFlow::Break)
+    /// stops it there, before the cut (a server stopping).
     ///
     /// # Errors
     ///
-    /// As [`archive`](crate::archive), and
+    /// As [`archive`](crate::archive),
     /// [`ArchiveError::Busy`](crate::ArchiveError::Busy) while another
-    /// archive is being made; the store is unchanged and no file is left
+    /// archive is being made, and
+    /// [`ArchiveError::Stopped`](crate::ArchiveError::Stopped) when
+    /// `progress` stopped it; the store is unchanged and no file is left
     /// behind.
     pub fn archive(
         &self,
         to: &std::path::Path,
         keep: u64,
-        progress: &mut dyn FnMut(u64, u64),
+        progress: &mut dyn FnMut(u64, u64) -> std::ops::ControlFlow<()>,
     ) -> Result<crate::Archived, crate::ArchiveError> {
         let _turn = match self.inner.archiving.try_lock() {
             Ok(turn) => turn,

@@ -661,3 +661,56 @@ async fn a_component_no_agent_runs_is_removed_and_its_bytes_go_with_the_next_arc
     let again = toka(&data, &["run", "counter", "--task", "5"]);
     assert_eq!(count(&again), "5", "{again:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_stopping_mid_archive_stops_it_before_its_cut() {
+    use reqwest::StatusCode;
+    use toka_host::EventStore as _;
+    use toka_kernel::{Command, EntityId, Kernel, Limits, Operation, Timestamp};
+
+    use crate::serve::{Api, Served};
+
+    let (_tmp, data) = temp_data();
+    // A log whose archive is still being written when the server is told
+    // to stop: 200 000 records, written straight to the data dir's store.
+    const RECORDS: u64 = 200_000;
+    {
+        let dir = toka_host::DataDir::new(&data);
+        let root = dir.root_key(None, true).unwrap();
+        let store = dir.open_or_create(&Limits::default(), &root).unwrap();
+        let mut kernel = Kernel::new(Limits::default());
+        let mut batch = toka_host::Batch::default();
+        for i in 0..RECORDS {
+            let op = Operation::RevokeToken {
+                revocation_id: i.to_le_bytes().to_vec(),
+            };
+            let applied = kernel
+                .apply(Command::system(EntityId::SYSTEM, Timestamp(i), op))
+                .unwrap();
+            batch.records.push((applied.seq, applied.bytes));
+            if batch.records.len() == 10_000 {
+                batch.head = kernel.head();
+                store.append(std::mem::take(&mut batch)).unwrap();
+            }
+        }
+    }
+    let mut served = Served::start_on(&data, &[]);
+    let api = Api::new(&served).await;
+    let job = api
+        .post("/v1/archive", "/v1/archive", serde_json::json!({"keep": 0}))
+        .await;
+    assert_eq!(job.status, StatusCode::ACCEPTED, "{job:?}");
+    let (code, stderr) = served.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("did not end in time"), "{stderr}");
+    // Nothing archived and nothing left behind: no file, the whole log.
+    let left: Vec<_> = std::fs::read_dir(data.join("archives"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let verified = toka(&data, &["verify"]);
+    let line = verified.ok();
+    let seq: u64 = line.split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(seq > RECORDS && !line.contains("anchored"), "{verified:#?}");
+}

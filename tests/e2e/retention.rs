@@ -714,3 +714,91 @@ async fn a_server_stopping_mid_archive_stops_it_before_its_cut() {
     let seq: u64 = line.split(' ').nth(1).unwrap().parse().unwrap();
     assert!(seq > RECORDS && !line.contains("anchored"), "{verified:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_client_lists_downloads_and_deletes_the_archive_files() {
+    use reqwest::{Method, StatusCode};
+    use serde_json::json;
+
+    use crate::serve::{Api, Served};
+
+    let (tmp, data) = temp_data();
+    toka(&data, &["run", "counter", "--task", "1", "--task", "2"]).ok();
+    let mut served = Served::start_on(&data, &[]);
+    let api = Api::new(&served).await;
+    let started = api.post("/v1/archive", "/v1/archive", json!({})).await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{started:?}");
+    let path = format!("/v1/archive/{}", started.body["id"]);
+    let mut job = started.body;
+    while job["state"] == "running" {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        job = api.get("/v1/archive/{id}", &path).await.body;
+    }
+    assert_eq!(job["state"], "ok", "{job}");
+    let name = job["file"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("archives/");
+    let on_disk = std::fs::read(data.join("archives").join(name)).unwrap();
+
+    // Listed for a reader; the bytes only for an admin.
+    let reader_token = api
+        .post("/v1/tokens", "/v1/tokens", json!({"operator": "read"}))
+        .await
+        .body["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reader = api.with_token(&reader_token);
+    let listed = reader.get("/v1/archive/files", "/v1/archive/files").await;
+    assert_eq!(
+        listed.body["items"],
+        json!([{"name": name, "bytes": on_disk.len()}]),
+        "{listed:?}"
+    );
+    let file_path = format!("/v1/archive/files/{name}");
+    for method in [Method::GET, Method::DELETE] {
+        let refused = reader.request(method, &file_path).send().await.unwrap();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    }
+    let downloaded = api.request(Method::GET, &file_path).send().await.unwrap();
+    assert_eq!(downloaded.status(), StatusCode::OK);
+    let bytes = downloaded.bytes().await.unwrap();
+    assert!(bytes[..] == on_disk[..], "the download is the file");
+    let kept = tmp.path().join("kept.toka-archive");
+    std::fs::write(&kept, &bytes).unwrap();
+    toka(&data, &["verify", "--archive", kept.to_str().unwrap()]).ok();
+
+    // Only the names the server gives finished archives are served.
+    std::fs::write(
+        data.join("archives").join("log-1-1.toka-archive.partial"),
+        b"x",
+    )
+    .unwrap();
+    for other in [
+        "log-1-1.toka-archive.partial",
+        "..%2Ftoka.redb",
+        "%2E%2E%2Froot.key",
+        "log-1-1.toka-archive",
+    ] {
+        let answer = api
+            .request(Method::GET, &format!("/v1/archive/files/{other}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND, "{other}");
+    }
+
+    // Deleted once kept elsewhere: gone from the list and the disk.
+    let deleted = api
+        .call(Method::DELETE, "/v1/archive/files/{name}", &file_path, None)
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
+    assert!(!data.join("archives").join(name).exists());
+    let listed = api.get("/v1/archive/files", "/v1/archive/files").await;
+    assert_eq!(listed.body["items"], json!([]), "{listed:?}");
+    let again = api.request(Method::GET, &file_path).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_FOUND);
+    let (code, stderr) = served.stop();
+    assert_eq!(code, 0, "{stderr}");
+}

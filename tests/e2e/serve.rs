@@ -452,6 +452,8 @@ async fn every_endpoint_answers_as_its_openapi_document_says() {
         "/v1/snapshot",
         "/v1/archive",
         "/v1/archive/{id}",
+        "/v1/archive/files",
+        "/v1/archive/files/{name}",
         "/healthz",
         "/metrics",
     ] {

@@ -487,6 +487,22 @@ pub struct ArchiveJob {
     pub seconds: Option<f64>,
 }
 
+/// A finished archive file in the data dir's `archives` directory.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ArchiveFile {
+    /// Its name (`log-SECONDS-JOB.toka-archive`).
+    pub name: String,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// The archive files, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ArchiveFiles {
+    /// The files.
+    pub items: Vec<ArchiveFile>,
+}
+
 /// A request to archive the log.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]

@@ -2,6 +2,7 @@
 //! the OpenAPI document the router collects.
 
 pub(crate) mod agents;
+pub(crate) mod archives;
 pub(crate) mod components;
 pub(crate) mod index;
 pub(crate) mod log;
@@ -137,6 +138,8 @@ pub(crate) fn routes(app: &Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::Open
         .routes(routes!(log::get_verify))
         .routes(routes!(log::start_archive, log::latest_archive))
         .routes(routes!(log::get_archive))
+        .routes(routes!(archives::list))
+        .routes(routes!(archives::download, archives::delete))
         .routes(routes!(log::snapshot))
         .routes(routes!(system::status))
         .routes(routes!(system::metrics))

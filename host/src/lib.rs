@@ -59,7 +59,7 @@ pub use package::review::{Approval, Review};
 pub use package::signed::{
     MANIFEST_SECTION, Package, PackageError, PublisherKey, SigningKey, keygen,
 };
-pub use runtime::acting::{Acting, Grant};
+pub use runtime::acting::{Acting, Forgotten, Grant};
 pub use runtime::bus::Subscription;
 pub use runtime::clock::{Clock, ManualClock, SystemClock};
 pub use runtime::config::HostConfig;

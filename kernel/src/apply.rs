@@ -226,6 +226,7 @@ impl WorldState {
             Operation::MarkSent { through } => self.mark_sent(through)?,
             Operation::DeliverTask { delivery } => self.deliver(*delivery, env)?,
             Operation::RemoveComponent { component } => self.remove_component(origin, component)?,
+            Operation::ForgetTerminated => self.forget_terminated(origin)?,
         };
 
         // Infallible bookkeeping, after the operation succeeded.

@@ -308,6 +308,18 @@ pub enum Event {
         /// The name it was installed under.
         name: String,
     },
+    /// A terminated agent none of whose descendants is alive was
+    /// forgotten ([`Operation::ForgetTerminated`](crate::Operation::ForgetTerminated)):
+    /// its record left the state.
+    AgentForgotten {
+        /// The agent.
+        agent: AgentId,
+        /// The root of its tree (the agent the operator spawned it under;
+        /// itself for a root agent).
+        root: AgentId,
+        /// The bytes of its state's keys and values that left with it.
+        state_bytes: u64,
+    },
 }
 
 impl Event {
@@ -359,6 +371,7 @@ impl Event {
             Event::TaskRefused { .. } => "task_refused",
             Event::ChangeRefused { .. } => "change_refused",
             Event::ComponentRemoved { .. } => "component_removed",
+            Event::AgentForgotten { .. } => "agent_forgotten",
         }
     }
 }

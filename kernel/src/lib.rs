@@ -21,6 +21,7 @@ mod component;
 mod error;
 mod event;
 mod extension;
+mod forget;
 mod http;
 mod id;
 mod idempotency;

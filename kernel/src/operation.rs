@@ -304,6 +304,12 @@ pub enum Operation {
         /// The component's digest.
         component: Digest,
     },
+    /// Forget every terminated agent none of whose descendants is alive
+    /// and none of whose scheduled tasks is unfinished (the operator): their records, state and counters leave the state;
+    /// their history stays in the log. An agent that is not terminated
+    /// keeps every ancestor it has, terminated or not (its quotas are
+    /// charged to them).
+    ForgetTerminated,
 }
 
 /// One or more identical operations of a task, refused in a row.
@@ -371,6 +377,7 @@ pub enum OpKind {
     MarkSent,
     DeliverTask,
     RemoveComponent,
+    ForgetTerminated,
 }
 
 impl OpKind {
@@ -409,6 +416,7 @@ impl OpKind {
             OpKind::MarkSent => "mark_sent",
             OpKind::DeliverTask => "deliver_task",
             OpKind::RemoveComponent => "remove_component",
+            OpKind::ForgetTerminated => "forget_terminated",
         }
     }
 
@@ -441,6 +449,7 @@ impl OpKind {
                 | OpKind::MarkSent
                 | OpKind::DeliverTask
                 | OpKind::RemoveComponent
+                | OpKind::ForgetTerminated
         )
     }
 
@@ -459,6 +468,7 @@ impl OpKind {
                 | OpKind::RevokeToken
                 | OpKind::InstallComponent
                 | OpKind::RemoveComponent
+                | OpKind::ForgetTerminated
                 | OpKind::TrustPublisher
                 | OpKind::DistrustPublisher
                 | OpKind::InstallPackage
@@ -509,6 +519,7 @@ impl Operation {
             Operation::MarkSent { .. } => OpKind::MarkSent,
             Operation::DeliverTask { .. } => OpKind::DeliverTask,
             Operation::RemoveComponent { .. } => OpKind::RemoveComponent,
+            Operation::ForgetTerminated => OpKind::ForgetTerminated,
         }
     }
 }

@@ -802,3 +802,107 @@ async fn an_api_client_lists_downloads_and_deletes_the_archive_files() {
     let (code, stderr) = served.stop();
     assert_eq!(code, 0, "{stderr}");
 }
+
+/// `toka_agent_state_bytes` from `/metrics`.
+async fn state_held(api: &crate::serve::Api) -> u64 {
+    let text = api
+        .request(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("toka_agent_state_bytes "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("toka_agent_state_bytes") as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgetting_terminated_agents_gives_their_records_and_state_back() {
+    use reqwest::{Method, StatusCode};
+    use serde_json::json;
+
+    use crate::serve::{Api, Served, install, run_task, spawn};
+
+    let (_tmp, data) = temp_data();
+    let mut served = Served::start_on(&data, &[]);
+    let api = Api::new(&served).await;
+    let digest = install(&api, "counter").await.body["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rights = ["observe", "state", "schedule self"];
+    let mut agents = Vec::new();
+    for name in ["a", "b", "c"] {
+        let agent = spawn(&api, &digest, name, &rights).await;
+        assert_eq!(run_task(&api, &agent, "5").await["status"], "completed");
+        agents.push(agent);
+    }
+    for agent in &agents[..2] {
+        let path = format!("/v1/agents/{agent}/terminate");
+        let answer = api
+            .post("/v1/agents/{id}/terminate", &path, json!({}))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    }
+    // Forgetting needs admin: a write token is refused.
+    let writer_token = api
+        .post("/v1/tokens", "/v1/tokens", json!({"operator": "write"}))
+        .await
+        .body["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refused = api
+        .with_token(&writer_token)
+        .request(Method::POST, "/v1/agents/forget")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+
+    let held = state_held(&api).await;
+    let forgot = toka(&data, &["agent", "forget"]);
+    assert!(
+        forgot.ok().contains("forgot 2 terminated agent(s)"),
+        "{forgot:#?}"
+    );
+    let given_back = held - state_held(&api).await;
+    assert!(
+        given_back > 2 * 1024,
+        "two records and their state: {given_back}"
+    );
+    for agent in &agents[..2] {
+        let gone = api
+            .get("/v1/agents/{id}", &format!("/v1/agents/{agent}"))
+            .await;
+        assert_eq!(gone.status, StatusCode::NOT_FOUND, "{gone:?}");
+    }
+    let status = api.get("/v1/status", "/v1/status").await;
+    assert_eq!(status.body["agents"]["terminated"], 0, "{status:?}");
+    assert_eq!(status.body["agents"]["active"], 1, "{status:?}");
+    let events = api
+        .get("/v1/events", "/v1/events?kind=agent_forgotten")
+        .await;
+    assert_eq!(
+        events.body["events"].as_array().unwrap().len(),
+        2,
+        "{events:?}"
+    );
+    // The one left runs on.
+    assert_eq!(run_task(&api, &agents[2], "1").await["status"], "completed");
+    let (code, stderr) = served.stop();
+    assert_eq!(code, 0, "{stderr}");
+
+    // The log replays and its operator commands re-check; nothing is left
+    // to forget.
+    let verified = toka(&data, &["verify", "--auth"]);
+    assert!(verified.ok().contains("auth ok"), "{verified:#?}");
+    let again = toka(&data, &["agent", "forget"]);
+    assert!(
+        again.ok().contains("forgot 0 terminated agent(s)"),
+        "{again:#?}"
+    );
+}

@@ -348,7 +348,7 @@ pub(crate) async fn install(api: &Api, name: &str) -> Answer {
 }
 
 /// Spawns a root agent with `rights`.
-async fn spawn(api: &Api, component: &str, name: &str, rights: &[&str]) -> String {
+pub(crate) async fn spawn(api: &Api, component: &str, name: &str, rights: &[&str]) -> String {
     let answer = api
         .post(
             "/v1/agents",
@@ -361,7 +361,7 @@ async fn spawn(api: &Api, component: &str, name: &str, rights: &[&str]) -> Strin
 }
 
 /// Schedules a task and waits for it to end; returns the task's view.
-async fn run_task(api: &Api, agent: &str, description: &str) -> Value {
+pub(crate) async fn run_task(api: &Api, agent: &str, description: &str) -> Value {
     let scheduled = api
         .post(
             "/v1/agents/{id}/tasks",
@@ -436,6 +436,7 @@ async fn every_endpoint_answers_as_its_openapi_document_says() {
         "/v1/agents",
         "/v1/agents/{id}",
         "/v1/agents/{id}/terminate",
+        "/v1/agents/forget",
         "/v1/agents/{id}/resume",
         "/v1/agents/{id}/state",
         "/v1/agents/{id}/tasks",

@@ -17,12 +17,41 @@ pub(crate) enum Command {
         /// 8), or its name if no other live agent has it.
         agent: String,
     },
+    /// Forget every terminated agent none of whose descendants is alive
+    /// (nor a task it scheduled unfinished):
+    /// their records and state leave the state (and the state budget);
+    /// their history stays in the log (`toka events`, archives).
+    Forget,
 }
 
 pub(crate) async fn main(place: &Place, command: Command) -> CliResult {
     match command {
         Command::Resume { agent } => resume(place, &agent).await,
+        Command::Forget => forget(place).await,
     }
+}
+
+async fn forget(place: &Place) -> CliResult {
+    let (agents, state_bytes) = if let Some(client) = drive::server(place).await? {
+        let forgotten = crate::remote::forget(&client).await?;
+        (forgotten.agents, forgotten.state_bytes)
+    } else {
+        if !place.dir().exists() {
+            return Err(Failure::input(toka_host::DataDirError::Missing(
+                place.data.clone(),
+            )));
+        }
+        let opened = drive::open(place).await?;
+        let result = opened.host.as_host().forget_terminated().await;
+        let forgotten =
+            crate::install::finish(opened, place, result.map_err(Failure::from)).await?;
+        (forgotten.agents, forgotten.state_bytes)
+    };
+    out!(
+        "forgot {agents} terminated agent(s) and the {} of state they held",
+        toka_host::approx_size(state_bytes)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn resume(place: &Place, which: &str) -> CliResult {

@@ -183,7 +183,7 @@ enum Command {
     /// Issue, attenuate, inspect and revoke capability tokens.
     #[command(subcommand)]
     Token(token::Command),
-    /// Manage agents: resume a quarantined one.
+    /// Manage agents: resume a quarantined one, forget terminated ones.
     #[command(subcommand)]
     Agent(agent::Command),
     /// Manage installed components: remove one no agent runs any more.

@@ -11,9 +11,9 @@ use base64::Engine as _;
 use toka_kernel::{Applied, Event, Kernel, Registry, WorldState};
 use toka_server::client::{Client, ClientError};
 use toka_server::views::{
-    AgentView, ComponentView, Distrusted, EncodedState, InstalledView, PackageView, PublisherView,
-    RecordPage, ReviewView, RevokeRequest, Revoked, ScheduleRequest, SnapshotTaken, SpawnRequest,
-    TaskView, TrustRequest,
+    AgentView, ComponentView, Distrusted, EncodedState, ForgottenView, InstalledView, PackageView,
+    PublisherView, RecordPage, ReviewView, RevokeRequest, Revoked, ScheduleRequest, SnapshotTaken,
+    SpawnRequest, TaskView, TrustRequest,
 };
 
 use crate::drive::{Bounds, Ending};
@@ -450,6 +450,13 @@ pub(crate) async fn install_package(
 }
 
 /// `toka uninstall` through the server.
+/// `POST /v1/agents/forget`.
+pub(crate) async fn forget(client: &Client) -> Result<ForgottenView, Failure> {
+    Ok(client
+        .post("/v1/agents/forget", &serde_json::json!({}))
+        .await?)
+}
+
 /// `DELETE /v1/components/{which}`: the component as it was.
 pub(crate) async fn remove_component(
     client: &Client,

@@ -89,6 +89,9 @@ pub(crate) fn human(seq: u64, origin: EntityId, event: &Event, names: &Names) ->
             component.digest.short(),
             size(component.size)
         ),
+        Event::AgentForgotten { agent, .. } => {
+            format!("terminated agent {} forgotten", names.agent(*agent))
+        }
         Event::ComponentRemoved { component, name } => {
             format!("component {} removed ({})", text(name), component.short())
         }

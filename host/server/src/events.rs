@@ -122,6 +122,15 @@ pub fn view(
             "name": component.name,
             "size": component.size,
         }),
+        Event::AgentForgotten {
+            agent,
+            root,
+            state_bytes,
+        } => json!({
+            "agent": agent.to_string(),
+            "root": root.to_string(),
+            "state_bytes": state_bytes,
+        }),
         Event::ComponentRemoved { component, name } => json!({
             "digest": component.to_string(),
             "name": name,
@@ -279,7 +288,8 @@ pub fn agents_of(event: &Event) -> Vec<EntityId> {
         | Event::HostCondition { agent, .. }
         | Event::AgentRebound { agent, .. }
         | Event::HttpRequested { agent, .. }
-        | Event::HttpResponded { agent, .. } => vec![*agent],
+        | Event::HttpResponded { agent, .. }
+        | Event::AgentForgotten { agent, .. } => vec![*agent],
         _ => Vec::new(),
     }
 }

@@ -513,6 +513,15 @@ pub struct ArchiveRequest {
     pub keep: u64,
 }
 
+/// What forgetting the terminated agents forgot.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ForgottenView {
+    /// Terminated agents whose records left the state.
+    pub agents: u64,
+    /// Bytes of state keys and values they held.
+    pub state_bytes: u64,
+}
+
 /// A snapshot written.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SnapshotTaken {

@@ -206,7 +206,8 @@ pub(crate) fn operator_level_for(op: &Operation) -> Option<OperatorLevel> {
         | Operation::TrustPublisher { .. }
         | Operation::DistrustPublisher { .. }
         | Operation::InstallPackage { .. }
-        | Operation::UninstallPackage { .. } => Some(OperatorLevel::Admin),
+        | Operation::UninstallPackage { .. }
+        | Operation::ForgetTerminated => Some(OperatorLevel::Admin),
         _ => None,
     }
 }

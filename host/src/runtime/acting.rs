@@ -63,6 +63,16 @@ pub(crate) struct HostParts<'h> {
     pub(crate) root: &'h RootKey,
 }
 
+/// What [`Acting::forget_terminated`] forgot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Forgotten {
+    /// Terminated agents whose records left the state.
+    pub agents: u64,
+    /// Bytes of state keys and values they held.
+    pub state_bytes: u64,
+}
+
 impl<'h> Acting<'h> {
     pub(crate) fn new(host: HostParts<'h>, operator: Option<Token>) -> Self {
         let by = match operator {
@@ -122,6 +132,38 @@ impl<'h> Acting<'h> {
     pub async fn remove_component(&self, component: Digest) -> Result<(), HostError> {
         let op = Operation::RemoveComponent { component };
         self.submit(op, Attachments::default()).await.map(drop)
+    }
+
+    /// Forgets every terminated agent none of whose descendants is alive
+    /// (nor a task it scheduled unfinished):
+    /// their records and state leave the state (and the state budget);
+    /// their history stays in the log. Returns how many, and the bytes of
+    /// state they held.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Denied`] for an operator without `admin`;
+    /// [`HostError::Store`] or [`HostError::Log`] when the record cannot be
+    /// read back (it is applied then).
+    pub async fn forget_terminated(&self) -> Result<Forgotten, HostError> {
+        self.require(OperatorLevel::Admin)?;
+        let receipt = self
+            .submit(Operation::ForgetTerminated, Attachments::default())
+            .await?;
+        // What it forgot, from the record's events, read back.
+        let (inner, mut forgotten) = (self.host.inner, Forgotten::default());
+        let store = inner.store.as_ref();
+        let mut reader = crate::log::recovery::LogReader::new(store, receipt.seq)?;
+        reader.read(store, inner.sequencer.committed(), |record| {
+            for event in &record.events {
+                if let toka_kernel::Event::AgentForgotten { state_bytes, .. } = event {
+                    forgotten.agents += 1;
+                    forgotten.state_bytes += state_bytes;
+                }
+            }
+            false
+        })?;
+        Ok(forgotten)
     }
 
     /// Spawns a root agent (parent: the system) running `component`, bound

@@ -13,12 +13,12 @@ use crate::api::index::{AgentFilter, agent_index, status_name};
 use crate::api::tasks::unfinished_view;
 use crate::api::{AuthErrors, BodyErrors, Paging};
 use crate::app::App;
-use crate::auth::{Reader, Writer};
+use crate::auth::{Admin, Reader, Writer};
 use crate::error::{ApiError, ErrorBody, parse_id};
 use crate::extract::{Json, MaybeJson, Path, Query};
 use crate::views::{
-    AgentDetail, AgentPage, AgentView, Grants, PackageLabel, SpawnRequest, StateEntry, StatePage,
-    TerminateRequest,
+    AgentDetail, AgentPage, AgentView, ForgottenView, Grants, PackageLabel, SpawnRequest,
+    StateEntry, StatePage, TerminateRequest,
 };
 
 /// Spawns a root agent. With `rights` the host mints its token (needs
@@ -283,6 +283,25 @@ pub(crate) async fn terminate(
         .terminate(agent, &reason)
         .await?;
     agent_or_404(&app, agent).await.map(axum::Json)
+}
+
+/// Forgets every terminated agent none of whose descendants is alive
+/// (nor a task it scheduled unfinished):
+/// their records and state leave the state (`GET /v1/agents/{id}` answers
+/// 404 for them from then on); their history stays in the log. Needs
+/// `operator admin`.
+#[utoipa::path(post, path = "/v1/agents/forget", tag = "agents", security(("bearer" = [])),
+    responses((status = 200, description = "Forgotten: how many, and the state they held", body = ForgottenView),
+        AuthErrors))]
+pub(crate) async fn forget(
+    State(app): State<Arc<App>>,
+    who: Admin,
+) -> Result<axum::Json<ForgottenView>, ApiError> {
+    let forgotten = app.host.as_operator(who.token).forget_terminated().await?;
+    Ok(axum::Json(ForgottenView {
+        agents: forgotten.agents,
+        state_bytes: forgotten.state_bytes,
+    }))
 }
 
 /// Lets a quarantined agent run tasks again.

@@ -115,6 +115,7 @@ pub(crate) fn routes(app: &Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::Open
         .routes(routes!(agents::spawn, agents::list))
         .routes(routes!(agents::get))
         .routes(routes!(agents::terminate))
+        .routes(routes!(agents::forget))
         .routes(routes!(agents::resume))
         .routes(routes!(agents::state))
         .routes(routes!(tasks::schedule))

@@ -215,6 +215,7 @@ function apply(event) {
     case "agent_quarantined": if (a) { a.status = "quarantined"; a.reason = event.reason; } break;
     case "agent_resumed": if (a) { a.status = "active"; a.reason = null; a.consecutive_faults = 0; } break;
     case "agent_terminated": if (a) { a.status = "terminated"; a.reason = event.reason; a.queued = 0; a.running = null; } break;
+    case "agent_forgotten": ui.agents.delete(event.agent); break;
     case "state_put": if (a) a.touched = true; break;
   }
   if (a) a.fresh = true;
@@ -296,6 +297,7 @@ function describe(event) {
     case "state_put": return who + "set " + event.key;
     case "component_installed": return "component " + event.name + " (" + short(event.digest) + ") installed";
     case "component_removed": return "component " + event.name + " (" + short(event.digest) + ") removed";
+    case "agent_forgotten": return "terminated agent " + short(event.agent) + " forgotten";
     case "package_installed": return "package " + event.name + " " + event.version + " by " + event.publisher + (event.previous ? " upgraded from " + event.previous : " installed") + "; approved: " + (event.approved.join(", ") || "nothing");
     case "package_uninstalled": return "package " + event.name + " uninstalled";
     case "publisher_trusted": return "publisher " + event.name + " trusted";

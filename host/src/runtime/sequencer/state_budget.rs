@@ -7,7 +7,8 @@
 //! holds in all: an agent allowed to spawn children with `state` can have
 //! each fill its 16 MiB, or queue tasks on children that wait for a place;
 //! and an agent's record (and its state) stays after it terminates, so
-//! spawning and terminating children grows the state without end. All of
+//! spawning and terminating children grows the state until the operator
+//! forgets the terminated ones (`toka agent forget`). All of
 //! it lives in the host's memory (up to three times: the kernel's, the
 //! readers' committed view, the snapshot replica's) and in every snapshot.
 //!
@@ -78,7 +79,7 @@ pub(crate) enum Refused {
     },
     /// The agent's tree would pass its share.
     #[error(
-        "the agent's tree holds its share of the host's memory for agent state: {} more would pass the share of {} ({} held by the tree: its agents' state, {} per agent ever spawned, its tasks not yet ended)",
+        "the agent's tree holds its share of the host's memory for agent state: {} more would pass the share of {} ({} held by the tree: its agents' state, {} per agent not forgotten, its tasks not yet ended)",
         Size(*growth),
         Size(*share),
         Size(*held),
@@ -208,6 +209,11 @@ impl StateBudget {
             match event {
                 Event::AgentSpawned { agent, .. } => {
                     self.shares.add(tree_of(state, *agent), AGENT_RECORD_BYTES);
+                }
+                Event::AgentForgotten {
+                    root, state_bytes, ..
+                } => {
+                    self.shares.sub(*root, AGENT_RECORD_BYTES + state_bytes);
                 }
                 Event::TaskScheduled { task, by, spec, .. } => {
                     self.scheduled(state, *task, *by, spec);
@@ -380,8 +386,19 @@ mod tests {
             },
         );
 
+        // Forgotten once terminated: its record and state are given back.
+        apply(
+            EntityId::SYSTEM,
+            Operation::TerminateAgent {
+                agent: grandchild,
+                reason: "done".into(),
+            },
+        );
+        apply(EntityId::SYSTEM, Operation::ForgetTerminated);
+        assert!(kernel.state().agent(grandchild).is_none());
+
         let task = |len: u64| TASK_RECORD_BYTES + len;
-        let root_holds = 3 * AGENT_RECORD_BYTES + 51 + 12 + task(4);
+        let root_holds = 2 * AGENT_RECORD_BYTES + 12 + task(4);
         let other_holds = AGENT_RECORD_BYTES + 2;
         let operator_holds = task(2);
         let derived = StateBudget::new(u64::MAX, u64::MAX, kernel.state());

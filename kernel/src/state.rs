@@ -635,6 +635,17 @@ impl WorldState {
             .and_then(|d| self.components.get(d))
     }
 
+    /// The installed component `which` names: its digest (64 hex digits),
+    /// else the latest installed under that name.
+    #[must_use]
+    pub fn component_by(&self, which: &str) -> Option<&ComponentSpec> {
+        which
+            .parse::<Digest>()
+            .ok()
+            .and_then(|d| self.components.get(&d))
+            .or_else(|| self.component_named(which))
+    }
+
     /// All installed components, by digest.
     pub fn components(&self) -> impl ExactSizeIterator<Item = &ComponentSpec> {
         self.components.values()

@@ -5,8 +5,7 @@ mod common;
 
 use common::{World, spawned};
 use toka_kernel::{
-    AgentSpec, Budgets, ComponentSpec, Digest, Event, KernelError, Operation, PackageRecord,
-    Publisher, Rules,
+    AgentSpec, ComponentSpec, Digest, Event, KernelError, Operation, Publisher, Rules,
 };
 
 fn world(rules_version: u32) -> World {
@@ -35,28 +34,9 @@ fn remove(w: &mut World, component: Digest) -> Result<Vec<Event>, KernelError> {
 
 /// Package `probe` at `version`, its token `token`.
 fn install(w: &mut World, version: &str, token: u8) -> Vec<Event> {
-    let component = Digest::of(format!("probe-{version}").as_bytes());
-    w.system(Operation::InstallPackage {
-        component: Box::new(ComponentSpec {
-            digest: component,
-            name: "probe".into(),
-            size: 10,
-        }),
-        package: Box::new(PackageRecord {
-            name: "probe".into(),
-            version: version.into(),
-            publisher: "acme".into(),
-            component,
-            signed_hash: "00".repeat(32),
-            manifest: b"{}".to_vec(),
-            approved: vec!["observe".into()],
-            token: Digest::of(&[token]),
-            revocation_ids: vec![vec![token; 64]],
-            budgets: Budgets::default(),
-        }),
-    })
-    .unwrap()
-    .events
+    w.system(common::package_install("probe", version, "acme", token))
+        .unwrap()
+        .events
 }
 
 fn spawn(w: &mut World, component: Digest, token: u8) -> toka_kernel::AgentId {
@@ -211,13 +191,7 @@ fn an_upgrade_and_an_uninstall_remove_the_component_no_agent_runs_any_more() {
     .unwrap();
     assert_eq!(remove(&mut w, v2).map(|e| removed(&e)).unwrap(), [v2]);
     assert_eq!(w.kernel.state().components().len(), 0);
-    let replayed = toka_kernel::replay_log(
-        &w.log,
-        toka_kernel::Limits::default(),
-        toka_kernel::Registry::new(),
-    )
-    .unwrap();
-    assert_eq!(replayed.state().digest(), w.kernel.state().digest());
+    w.assert_replays();
 }
 
 #[test]

@@ -5,21 +5,8 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{World, spawned};
+use common::World;
 use toka_kernel::{AgentId, Event, KernelError, Operation, Rules};
-
-fn child(w: &mut World, parent: AgentId, name: &str) -> AgentId {
-    let component = w.install(&format!("{name}-component"));
-    let applied = w
-        .agent(
-            parent,
-            Operation::SpawnAgent {
-                spec: Box::new(common::spec(component, name)),
-            },
-        )
-        .unwrap();
-    spawned(&applied.events)
-}
 
 fn terminate(w: &mut World, agent: AgentId) {
     w.system(Operation::TerminateAgent {
@@ -55,13 +42,13 @@ fn dead_subtrees_are_forgotten_and_the_living_keep_their_ancestors() {
     .unwrap();
     // a (live) → b (terminated) → c (live): a and b stay, for c.
     let a = w.spawn_root("a");
-    let b = child(&mut w, a, "b");
-    let c = child(&mut w, b, "c");
+    let b = w.spawn_child(a, "b");
+    let c = w.spawn_child(b, "c");
     terminate(&mut w, b);
     // d (terminated) → e, f (terminated): all three go; e kept state.
     let d = w.spawn_root("d");
-    let e = child(&mut w, d, "e");
-    let f = child(&mut w, d, "f");
+    let e = w.spawn_child(d, "e");
+    let f = w.spawn_child(d, "f");
     w.agent(
         e,
         Operation::PutState {
@@ -77,7 +64,7 @@ fn dead_subtrees_are_forgotten_and_the_living_keep_their_ancestors() {
     let g = w.spawn_root("g");
     terminate(&mut w, g);
     let h = w.spawn_root("h");
-    let i = child(&mut w, h, "i");
+    let i = w.spawn_child(h, "i");
     terminate(&mut w, h);
 
     let forgotten = forget(&mut w);
@@ -121,13 +108,7 @@ fn dead_subtrees_are_forgotten_and_the_living_keep_their_ancestors() {
     terminate(&mut w, i);
     assert_eq!(forget(&mut w).into_keys().collect::<Vec<_>>(), [h, i]);
     // A replay of the log reaches the same state.
-    let replayed = toka_kernel::replay_log(
-        &w.log,
-        toka_kernel::Limits::default(),
-        toka_kernel::Registry::new(),
-    )
-    .unwrap();
-    assert_eq!(replayed.state().digest(), w.kernel.state().digest());
+    w.assert_replays();
 }
 
 #[test]

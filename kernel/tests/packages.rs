@@ -5,8 +5,8 @@ mod common;
 
 use common::{World, spawned};
 use toka_kernel::{
-    AgentSpec, Authorization, Budgets, Command, ComponentSpec, Digest, EntityId, Event,
-    KernelError, OpKind, Operation, PackageRecord, Publisher, Timestamp,
+    AgentSpec, Authorization, Command, Digest, EntityId, Event, KernelError, OpKind, Operation,
+    Publisher, Timestamp,
 };
 
 fn publisher(name: &str, key: u8) -> Operation {
@@ -18,29 +18,8 @@ fn publisher(name: &str, key: u8) -> Operation {
     }
 }
 
-/// An install of package `name` at `version` by `publisher`, whose token
-/// is `token` (its revocation id derives from it).
 fn install(name: &str, version: &str, publisher: &str, token: u8) -> Operation {
-    let component = Digest::of(format!("{name}-{version}").as_bytes());
-    Operation::InstallPackage {
-        component: Box::new(ComponentSpec {
-            digest: component,
-            name: name.into(),
-            size: 10,
-        }),
-        package: Box::new(PackageRecord {
-            name: name.into(),
-            version: version.into(),
-            publisher: publisher.into(),
-            component,
-            signed_hash: "00".repeat(32),
-            manifest: b"{}".to_vec(),
-            approved: vec!["observe".into()],
-            token: Digest::of(&[token]),
-            revocation_ids: vec![vec![token; 64]],
-            budgets: Budgets::default(),
-        }),
-    }
+    common::package_install(name, version, publisher, token)
 }
 
 fn spawn_with(w: &mut World, name: &str, token: u8) -> toka_kernel::AgentId {
@@ -198,11 +177,5 @@ fn removing_a_publisher_revokes_its_packages_and_uninstalling_terminates_the_age
     assert!(w.kernel.state().is_revoked(&[2; 64]));
     assert!(w.kernel.state().agent(agent).unwrap().is_active());
     // Replaying the log reproduces the state.
-    let replayed = toka_kernel::replay_log(
-        &w.log,
-        toka_kernel::Limits::default(),
-        toka_kernel::Registry::new(),
-    )
-    .unwrap();
-    assert_eq!(replayed.state().digest(), w.kernel.state().digest());
+    w.assert_replays();
 }

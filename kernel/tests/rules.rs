@@ -31,19 +31,6 @@ fn rules_with(quotas: Quotas) -> Rules {
     }
 }
 
-fn spawn_child(w: &mut World, parent: EntityId, name: &str) -> EntityId {
-    let component = w.install(&format!("{name}-component"));
-    let applied = w
-        .agent(
-            parent,
-            Operation::SpawnAgent {
-                spec: Box::new(common::spec(component, name)),
-            },
-        )
-        .expect("spawn child");
-    spawned(&applied.events)
-}
-
 /// Applies an agent's op at a fixed logical time.
 fn at(w: &mut World, agent: EntityId, ms: u64, op: Operation) -> Result<(), KernelError> {
     w.now = ms.max(w.now);
@@ -187,8 +174,8 @@ fn a_tree_shares_its_roots_quota() {
         }),
     );
     let root = w.spawn_root("root");
-    let a = spawn_child(&mut w, root, "a");
-    let b = spawn_child(&mut w, root, "b");
+    let a = w.spawn_child(root, "a");
+    let b = w.spawn_child(root, "b");
     let schedule = |agent| Operation::ScheduleTask {
         agent,
         spec: TaskSpec {
@@ -286,8 +273,8 @@ fn live_children_depth_and_live_agents_are_limited() {
         },
     );
     let root = w.spawn_root("root");
-    let a = spawn_child(&mut w, root, "a");
-    spawn_child(&mut w, root, "b");
+    let a = w.spawn_child(root, "a");
+    w.spawn_child(root, "b");
     let component = w.install("c");
     let spawn = |name: &str| Operation::SpawnAgent {
         spec: Box::new(common::spec(component, name)),

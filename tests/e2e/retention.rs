@@ -790,9 +790,7 @@ async fn an_api_client_lists_downloads_and_deletes_the_archive_files() {
     }
 
     // Deleted once kept elsewhere: gone from the list and the disk.
-    let deleted = api
-        .call(Method::DELETE, "/v1/archive/files/{name}", &file_path, None)
-        .await;
+    let deleted = api.delete("/v1/archive/files/{name}", &file_path).await;
     assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
     assert!(!data.join("archives").join(name).exists());
     let listed = api.get("/v1/archive/files", "/v1/archive/files").await;

@@ -205,6 +205,10 @@ impl Api {
         self.call(Method::GET, template, path, None).await
     }
 
+    pub(crate) async fn delete(&self, template: &str, path: &str) -> Answer {
+        self.call(Method::DELETE, template, path, None).await
+    }
+
     pub(crate) async fn post(&self, template: &str, path: &str, body: Value) -> Answer {
         self.call(Method::POST, template, path, Some(body)).await
     }
@@ -668,11 +672,9 @@ async fn every_endpoint_answers_as_its_openapi_document_says() {
     assert_eq!(resumed.status, StatusCode::CONFLICT);
     // A component an agent runs is not removed; the answer names the agent.
     let in_use = api
-        .call(
-            Method::DELETE,
+        .delete(
             "/v1/components/{component}",
             &format!("/v1/components/{digest}"),
-            None,
         )
         .await;
     assert_eq!(in_use.status, StatusCode::CONFLICT, "{in_use:?}");
@@ -691,12 +693,7 @@ async fn every_endpoint_answers_as_its_openapi_document_says() {
     assert_eq!(terminated.body["status"], "terminated");
     // Removed once no agent runs it: then it is gone by name and digest.
     let removed = api
-        .call(
-            Method::DELETE,
-            "/v1/components/{component}",
-            "/v1/components/counter",
-            None,
-        )
+        .delete("/v1/components/{component}", "/v1/components/counter")
         .await;
     assert_eq!(removed.status, StatusCode::OK, "{removed:?}");
     assert_eq!(removed.body["digest"], digest.as_str());
@@ -1033,11 +1030,9 @@ async fn operator_tokens_attenuate_and_revoke_and_the_log_records_who_acted() {
         .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     let remove = reader_api
-        .call(
-            Method::DELETE,
+        .delete(
             "/v1/components/{component}",
             &format!("/v1/components/{digest}"),
-            None,
         )
         .await;
     assert_eq!(remove.status, StatusCode::FORBIDDEN, "{remove:?}");

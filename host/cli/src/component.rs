@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use toka_kernel::{ComponentSpec, Digest, WorldState};
+use toka_kernel::{ComponentSpec, WorldState};
 
 use crate::output::out;
 use crate::render::text;
@@ -61,11 +61,8 @@ async fn remove(place: &Place, which: &str) -> CliResult {
 
 /// The installed component `which` names: a digest, else a name.
 fn find(state: &WorldState, which: &str) -> Result<ComponentSpec, Failure> {
-    which
-        .parse::<Digest>()
-        .ok()
-        .and_then(|d| state.component(&d))
-        .or_else(|| state.component_named(which))
+    state
+        .component_by(which)
         .cloned()
         .ok_or_else(|| Failure::input(format!("no component `{}` is installed", text(which))))
 }

@@ -7,8 +7,9 @@
 #![allow(unreachable_pub, reason = "test helper module")]
 
 use toka_kernel::{
-    AgentId, AgentSpec, Applied, Authorization, Command, ComponentSpec, Digest, EntityId, Event,
-    Kernel, KernelError, Limits, OpKey, Operation, TaskId, TaskSpec, Timestamp,
+    AgentId, AgentSpec, Applied, Authorization, Budgets, Command, ComponentSpec, Digest, EntityId,
+    Event, Kernel, KernelError, Limits, OpKey, Operation, PackageRecord, TaskId, TaskSpec,
+    Timestamp,
 };
 
 /// A kernel, a clock that ticks once per command, and the bytes of every
@@ -96,6 +97,29 @@ impl World {
         digest
     }
 
+    /// Spawns a child of `parent` running a fresh component, on
+    /// `parent`'s own authority.
+    pub fn spawn_child(&mut self, parent: AgentId, name: &str) -> AgentId {
+        let component = self.install(&format!("{name}-component"));
+        let applied = self
+            .agent(
+                parent,
+                Operation::SpawnAgent {
+                    spec: Box::new(spec(component, name)),
+                },
+            )
+            .expect("spawn child");
+        spawned(&applied.events)
+    }
+
+    /// Asserts that replaying the log from its first record reaches the
+    /// kernel's state.
+    pub fn assert_replays(&self) {
+        let replayed = toka_kernel::replay_log(&self.log, Limits::default(), Default::default())
+            .expect("the log replays");
+        assert_eq!(replayed.state().digest(), self.kernel.state().digest());
+    }
+
     /// Spawns an agent of a fresh component, as the system.
     pub fn spawn_root(&mut self, name: &str) -> AgentId {
         let component = self.install(&format!("{name}-component"));
@@ -160,6 +184,32 @@ impl World {
             "no agent {agent}"
         );
         Authorization::Token
+    }
+}
+
+/// An install of package `name` at `version` from `publisher`, whose
+/// component's digest derives from both and whose install token is
+/// `token` (its revocation id derives from it).
+pub fn package_install(name: &str, version: &str, publisher: &str, token: u8) -> Operation {
+    let component = Digest::of(format!("{name}-{version}").as_bytes());
+    Operation::InstallPackage {
+        component: Box::new(ComponentSpec {
+            digest: component,
+            name: name.into(),
+            size: 10,
+        }),
+        package: Box::new(PackageRecord {
+            name: name.into(),
+            version: version.into(),
+            publisher: publisher.into(),
+            component,
+            signed_hash: "00".repeat(32),
+            manifest: b"{}".to_vec(),
+            approved: vec!["observe".into()],
+            token: Digest::of(&[token]),
+            revocation_ids: vec![vec![token; 64]],
+            budgets: Budgets::default(),
+        }),
     }
 }
 

@@ -157,17 +157,7 @@ pub(crate) async fn remove(
 
 /// The component `component` names: a digest, else an installed name.
 async fn find(app: &App, component: &str) -> Result<ComponentSpec, ApiError> {
-    let found = app
-        .host
-        .state(|s| {
-            component
-                .parse::<Digest>()
-                .ok()
-                .and_then(|d| s.component(&d))
-                .or_else(|| s.component_named(component))
-                .cloned()
-        })
-        .await;
+    let found = app.host.state(|s| s.component_by(component).cloned()).await;
     found.ok_or_else(|| {
         ApiError::not_found(format!(
             "no component `{}` is installed",

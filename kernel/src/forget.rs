@@ -10,12 +10,17 @@ use crate::id::{AgentId, EntityId};
 use crate::operation::OpKind;
 use crate::state::WorldState;
 
+/// The most agents one [`Operation::ForgetTerminated`](crate::Operation::ForgetTerminated)
+/// forgets (one event each): the host repeats it until it forgets fewer.
+pub const FORGOTTEN_PER_RECORD: usize = 4096;
+
 impl WorldState {
     /// Removes every terminated agent none of whose descendants is alive
     /// and that scheduled no task still unfinished: whole dead subtrees, so
     /// no record left names a parent (or a task its scheduler) that is
     /// gone, and every agent that is not terminated keeps its ancestors
-    /// (its quotas are charged to them). One pass over the agents.
+    /// (its quotas are charged to them). One pass over the agents; at most
+    /// [`FORGOTTEN_PER_RECORD`] of them, the deepest first.
     pub(crate) fn forget_terminated(
         &mut self,
         origin: EntityId,
@@ -52,14 +57,23 @@ impl WorldState {
                     .filter(|p| *p != EntityId::SYSTEM);
             }
         }
-        let forgotten: Vec<Event> = self
+        // Deepest first, and at most so many: what is left of a dead
+        // subtree keeps its ancestors for the next record (a parent is
+        // taken only once every deeper agent is).
+        let mut dead: Vec<(u32, AgentId)> = self
             .agents
             .iter()
             .filter(|(id, _)| !kept.contains(id))
-            .map(|(id, agent)| Event::AgentForgotten {
-                agent: *id,
-                root: self.root_of(*id),
-                state_bytes: agent.state_bytes,
+            .map(|(id, agent)| (agent.depth, *id))
+            .collect();
+        dead.sort_unstable_by_key(|(depth, id)| (std::cmp::Reverse(*depth), *id));
+        let forgotten: Vec<Event> = dead
+            .into_iter()
+            .take(FORGOTTEN_PER_RECORD)
+            .map(|(_, id)| Event::AgentForgotten {
+                agent: id,
+                root: self.root_of(id),
+                state_bytes: self.agents[&id].state_bytes,
             })
             .collect();
         for event in &forgotten {
@@ -73,8 +87,8 @@ impl WorldState {
     /// The root of `agent`'s tree: its topmost ancestor that is an agent.
     fn root_of(&self, agent: AgentId) -> AgentId {
         let mut root = agent;
-        // A parent's id comes before its children's, so the walk ends; the
-        // bound only guards against a cycle no valid state holds.
+        // The walk ends at the top; the bound only guards against a cycle
+        // no valid state holds.
         for _ in 0..self.agents.len() {
             match self.agents.get(&root).map(|a| a.parent) {
                 Some(parent) if parent != EntityId::SYSTEM && self.agents.contains_key(&parent) => {

@@ -42,6 +42,7 @@ pub use command::{Authorization, Command, OpKey, Timestamp};
 pub use error::{EntityKind, KernelError};
 pub use event::Event;
 pub use extension::{ExtensionCall, ExtensionEffects, OpcodeHandler, Registry};
+pub use forget::FORGOTTEN_PER_RECORD;
 pub use http::{
     Exchange, HttpFailure, HttpOutcome, HttpRequest, MAX_METHOD, MAX_REQUESTS_PER_TASK,
     MAX_RESPONSE_HEADERS, MAX_URL,

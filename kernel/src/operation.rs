@@ -308,7 +308,9 @@ pub enum Operation {
     /// and none of whose scheduled tasks is unfinished (the operator): their records, state and counters leave the state;
     /// their history stays in the log. An agent that is not terminated
     /// keeps every ancestor it has, terminated or not (its quotas are
-    /// charged to them).
+    /// charged to them). At most
+    /// [`FORGOTTEN_PER_RECORD`](crate::FORGOTTEN_PER_RECORD) per record,
+    /// the deepest first.
     ForgetTerminated,
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::World;
+use common::{World, spawned};
 use toka_kernel::{AgentId, Event, KernelError, Operation, Rules};
 
 fn terminate(w: &mut World, agent: AgentId) {
@@ -141,6 +141,32 @@ fn an_agent_whose_task_has_not_ended_is_kept_until_it_ends() {
     )
     .unwrap();
     assert_eq!(forget(&mut w).into_keys().collect::<Vec<_>>(), [x]);
+}
+
+#[test]
+fn one_record_forgets_a_bounded_number_the_deepest_first() {
+    let mut w = World::new();
+    let root = w.spawn_root("root");
+    let component = w.install("leaf");
+    for i in 0..toka_kernel::FORGOTTEN_PER_RECORD {
+        let applied = w
+            .agent(
+                root,
+                Operation::SpawnAgent {
+                    spec: Box::new(common::spec(component, &format!("leaf-{i}"))),
+                },
+            )
+            .unwrap();
+        terminate(&mut w, spawned(&applied.events));
+    }
+    terminate(&mut w, root);
+    let first = forget(&mut w);
+    assert_eq!(first.len(), toka_kernel::FORGOTTEN_PER_RECORD);
+    assert!(!first.contains_key(&root), "its children went first");
+    // What is left of the subtree kept its root; the next record takes it.
+    assert!(w.kernel.state().agent(root).is_some());
+    assert_eq!(forget(&mut w), BTreeMap::from([(root, (root, 0))]));
+    assert!(forget(&mut w).is_empty());
 }
 
 #[test]

@@ -147,23 +147,31 @@ impl<'h> Acting<'h> {
     /// read back (it is applied then).
     pub async fn forget_terminated(&self) -> Result<Forgotten, HostError> {
         self.require(OperatorLevel::Admin)?;
-        let receipt = self
-            .submit(Operation::ForgetTerminated, Attachments::default())
-            .await?;
-        // What it forgot, from the record's events, read back.
         let (inner, mut forgotten) = (self.host.inner, Forgotten::default());
-        let store = inner.store.as_ref();
-        let mut reader = crate::log::recovery::LogReader::new(store, receipt.seq)?;
-        reader.read(store, inner.sequencer.committed(), |record| {
-            for event in &record.events {
-                if let toka_kernel::Event::AgentForgotten { state_bytes, .. } = event {
-                    forgotten.agents += 1;
-                    forgotten.state_bytes += state_bytes;
+        // One record forgets a bounded number: again until one forgets
+        // fewer (each holds the log writer for one pass over the agents).
+        loop {
+            let receipt = self
+                .submit(Operation::ForgetTerminated, Attachments::default())
+                .await?;
+            // What it forgot, from the record's events, read back.
+            let store = inner.store.as_ref();
+            let mut reader = crate::log::recovery::LogReader::new(store, receipt.seq)?;
+            let mut this_record = 0;
+            reader.read(store, inner.sequencer.committed(), |record| {
+                for event in &record.events {
+                    if let toka_kernel::Event::AgentForgotten { state_bytes, .. } = event {
+                        this_record += 1;
+                        forgotten.state_bytes += state_bytes;
+                    }
                 }
+                false
+            })?;
+            forgotten.agents += this_record as u64;
+            if this_record < toka_kernel::FORGOTTEN_PER_RECORD {
+                return Ok(forgotten);
             }
-            false
-        })?;
-        Ok(forgotten)
+        }
     }
 
     /// Spawns a root agent (parent: the system) running `component`, bound

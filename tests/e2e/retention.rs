@@ -632,14 +632,7 @@ async fn a_component_no_agent_runs_is_removed_and_its_bytes_go_with_the_next_arc
         .as_str()
         .unwrap()
         .to_owned();
-    let terminated = api
-        .post(
-            "/v1/agents/{id}/terminate",
-            &format!("/v1/agents/{agent}/terminate"),
-            json!({"reason": "done"}),
-        )
-        .await;
-    assert_eq!(terminated.status, StatusCode::OK, "{terminated:?}");
+    crate::serve::terminate(&api, &agent).await;
     let (code, stderr) = served.stop();
     assert_eq!(code, 0, "{stderr}");
 
@@ -742,14 +735,7 @@ async fn an_api_client_lists_downloads_and_deletes_the_archive_files() {
     let on_disk = std::fs::read(data.join("archives").join(name)).unwrap();
 
     // Listed for a reader; the bytes only for an admin.
-    let reader_token = api
-        .post("/v1/tokens", "/v1/tokens", json!({"operator": "read"}))
-        .await
-        .body["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let reader = api.with_token(&reader_token);
+    let reader = crate::serve::operator(&api, "read").await;
     let listed = reader.get("/v1/archive/files", "/v1/archive/files").await;
     assert_eq!(
         listed.body["items"],
@@ -820,9 +806,8 @@ async fn state_held(api: &crate::serve::Api) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forgetting_terminated_agents_gives_their_records_and_state_back() {
     use reqwest::{Method, StatusCode};
-    use serde_json::json;
 
-    use crate::serve::{Api, Served, install, run_task, spawn};
+    use crate::serve::{Api, Served, install, operator, run_task, spawn, terminate};
 
     let (_tmp, data) = temp_data();
     let mut served = Served::start_on(&data, &[]);
@@ -839,22 +824,11 @@ async fn forgetting_terminated_agents_gives_their_records_and_state_back() {
         agents.push(agent);
     }
     for agent in &agents[..2] {
-        let path = format!("/v1/agents/{agent}/terminate");
-        let answer = api
-            .post("/v1/agents/{id}/terminate", &path, json!({}))
-            .await;
-        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        terminate(&api, agent).await;
     }
     // Forgetting needs admin: a write token is refused.
-    let writer_token = api
-        .post("/v1/tokens", "/v1/tokens", json!({"operator": "write"}))
+    let refused = operator(&api, "write")
         .await
-        .body["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let refused = api
-        .with_token(&writer_token)
         .request(Method::POST, "/v1/agents/forget")
         .send()
         .await

@@ -364,6 +364,29 @@ pub(crate) async fn spawn(api: &Api, component: &str, name: &str, rights: &[&str
     answer.body["id"].as_str().unwrap().to_owned()
 }
 
+/// Terminates `agent` through the API; the answer must be 200.
+pub(crate) async fn terminate(api: &Api, agent: &str) -> Answer {
+    let path = format!("/v1/agents/{agent}/terminate");
+    let answer = api
+        .post(
+            "/v1/agents/{id}/terminate",
+            &path,
+            json!({"reason": "done"}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    answer
+}
+
+/// An API client at operator `level`, with a token the API issued.
+pub(crate) async fn operator(api: &Api, level: &str) -> Api {
+    let issued = api
+        .post("/v1/tokens", "/v1/tokens", json!({"operator": level}))
+        .await;
+    assert_eq!(issued.status, StatusCode::CREATED, "{issued:?}");
+    api.with_token(issued.body["token"].as_str().unwrap())
+}
+
 /// Schedules a task and waits for it to end; returns the task's view.
 pub(crate) async fn run_task(api: &Api, agent: &str, description: &str) -> Value {
     let scheduled = api
@@ -682,14 +705,7 @@ async fn every_endpoint_answers_as_its_openapi_document_says() {
         in_use.message().contains(&format!("agent {agent} runs it")),
         "{in_use:?}"
     );
-    let terminated = api
-        .post(
-            "/v1/agents/{id}/terminate",
-            &format!("/v1/agents/{agent}/terminate"),
-            json!({"reason": "done"}),
-        )
-        .await;
-    assert_eq!(terminated.status, StatusCode::OK, "{terminated:?}");
+    let terminated = terminate(&api, &agent).await;
     assert_eq!(terminated.body["status"], "terminated");
     // Removed once no agent runs it: then it is gone by name and digest.
     let removed = api

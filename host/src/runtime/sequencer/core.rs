@@ -259,9 +259,13 @@ impl std::fmt::Debug for Spawn {
     }
 }
 
-/// Per agent: the minute of logical time and the denials recorded in it.
+/// The denials recorded per agent in the current minute of logical time
+/// (only agents denied in it are held: the map starts over each minute).
 #[derive(Debug, Default)]
-pub(crate) struct Denials(pub(super) HashMap<AgentId, (u64, u32)>);
+pub(crate) struct Denials {
+    pub(super) minute: u64,
+    pub(super) counts: HashMap<AgentId, u32>,
+}
 
 /// The digest a refusal is recorded under: what the agent asked for. For
 /// an operation, the BLAKE3 of its canonical encoding (what the kernel

@@ -14,15 +14,18 @@ impl Denials {
     /// Counts a denial of `agent` at `time`; whether to record it.
     fn admit(&mut self, agent: AgentId, time: Timestamp) -> bool {
         let minute = time.0 / 60_000;
-        let count = self.0.entry(agent).or_insert((minute, 0));
-        if count.0 != minute {
-            *count = (minute, 0);
+        if minute != self.minute {
+            // Logical time only moves on: the last minute's counts are
+            // done with (an agent denied once is not held for ever).
+            self.minute = minute;
+            self.counts.clear();
         }
-        count.1 += 1;
-        if count.1 == DENIALS_PER_MINUTE + 1 {
+        let count = self.counts.entry(agent).or_insert(0);
+        *count += 1;
+        if *count == DENIALS_PER_MINUTE + 1 {
             tracing::warn!(agent = %agent.short(), "more denials this minute; they are not recorded");
         }
-        count.1 <= DENIALS_PER_MINUTE
+        *count <= DENIALS_PER_MINUTE
     }
 }
 
@@ -61,5 +64,29 @@ impl Core {
         if let Err(e) = self.apply(command, Attachments::default()) {
             tracing::warn!(agent = %agent.short(), error = %e, "could not record a denial");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_minute_and_holds_only_the_current_one() {
+        let mut denials = Denials::default();
+        let agent = |n: u128| AgentId::from_u128(n + 1);
+        let recorded = (0..DENIALS_PER_MINUTE + 5)
+            .filter(|_| denials.admit(agent(0), Timestamp(1_000)))
+            .count();
+        assert_eq!(recorded, DENIALS_PER_MINUTE as usize);
+        // Many agents denied once each in one minute...
+        for n in 1..=1000 {
+            assert!(denials.admit(agent(n), Timestamp(61_000)));
+        }
+        assert_eq!(denials.counts.len(), 1000);
+        // ...are let go when the next minute's first denial comes, and
+        // the flooding agent gets its quota back.
+        assert!(denials.admit(agent(0), Timestamp(121_000)));
+        assert_eq!(denials.counts.len(), 1);
     }
 }

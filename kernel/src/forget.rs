@@ -15,23 +15,16 @@ use crate::state::WorldState;
 pub const FORGOTTEN_PER_RECORD: usize = 4096;
 
 impl WorldState {
-    /// Removes every terminated agent none of whose descendants is alive
-    /// and that scheduled no task still unfinished: whole dead subtrees, so
-    /// no record left names a parent (or a task its scheduler) that is
-    /// gone, and every agent that is not terminated keeps its ancestors
-    /// (its quotas are charged to them). One pass over the agents; at most
-    /// [`FORGOTTEN_PER_RECORD`] of them, the deepest first.
-    pub(crate) fn forget_terminated(
-        &mut self,
-        origin: EntityId,
-    ) -> Result<Vec<Event>, KernelError> {
-        if origin != EntityId::SYSTEM {
-            return Err(denied(
-                origin,
-                OpKind::ForgetTerminated,
-                "only the operator forgets agents",
-            ));
-        }
+    /// The agents [`Operation::ForgetTerminated`](crate::Operation::ForgetTerminated)
+    /// would forget now, in the order it would: every terminated agent none
+    /// of whose descendants is alive and that scheduled no task still
+    /// unfinished (whole dead subtrees, so no record left names a parent,
+    /// or a task its scheduler, that is gone, and every agent that is not
+    /// terminated keeps its ancestors: its quotas are charged to them), the
+    /// deepest first, at most [`FORGOTTEN_PER_RECORD`]. One pass over the
+    /// agents; empty when there is nothing to forget.
+    #[must_use]
+    pub fn forgettable(&self) -> Vec<AgentId> {
         // Kept: the agents that are not terminated, and those that
         // scheduled a task not yet ended (the host counts a task to its
         // scheduler's tree), with all their ancestors.
@@ -67,10 +60,29 @@ impl WorldState {
             .map(|(id, agent)| (agent.depth, *id))
             .collect();
         dead.sort_unstable_by_key(|(depth, id)| (std::cmp::Reverse(*depth), *id));
-        let forgotten: Vec<Event> = dead
-            .into_iter()
+        dead.into_iter()
             .take(FORGOTTEN_PER_RECORD)
-            .map(|(_, id)| Event::AgentForgotten {
+            .map(|(_, id)| id)
+            .collect()
+    }
+
+    /// Removes the agents [`WorldState::forgettable`] names, one
+    /// `agent_forgotten` event each.
+    pub(crate) fn forget_terminated(
+        &mut self,
+        origin: EntityId,
+    ) -> Result<Vec<Event>, KernelError> {
+        if origin != EntityId::SYSTEM {
+            return Err(denied(
+                origin,
+                OpKind::ForgetTerminated,
+                "only the operator forgets agents",
+            ));
+        }
+        let forgotten: Vec<Event> = self
+            .forgettable()
+            .into_iter()
+            .map(|id| Event::AgentForgotten {
                 agent: id,
                 root: self.root_of(id),
                 state_bytes: self.agents[&id].state_bytes,

@@ -16,9 +16,12 @@ fn terminate(w: &mut World, agent: AgentId) {
     .unwrap();
 }
 
-/// agent → (root, state bytes) of each forgotten one.
+/// agent → (root, state bytes) of each forgotten one, checked to be the
+/// agents `WorldState::forgettable` named, in its order.
 fn forget(w: &mut World) -> BTreeMap<AgentId, (AgentId, u64)> {
-    w.system(Operation::ForgetTerminated)
+    let named = w.kernel.state().forgettable();
+    let forgotten: Vec<(AgentId, (AgentId, u64))> = w
+        .system(Operation::ForgetTerminated)
         .unwrap()
         .events
         .into_iter()
@@ -30,7 +33,10 @@ fn forget(w: &mut World) -> BTreeMap<AgentId, (AgentId, u64)> {
             } => (agent, (root, state_bytes)),
             other => panic!("{other:?}"),
         })
-        .collect()
+        .collect();
+    let order: Vec<AgentId> = forgotten.iter().map(|(agent, _)| *agent).collect();
+    assert_eq!(order, named, "forgotten as forgettable() named them");
+    forgotten.into_iter().collect()
 }
 
 #[test]

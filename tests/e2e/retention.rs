@@ -869,12 +869,101 @@ async fn forgetting_terminated_agents_gives_their_records_and_state_back() {
     assert_eq!(code, 0, "{stderr}");
 
     // The log replays and its operator commands re-check; nothing is left
-    // to forget.
+    // to forget, and asking again appends nothing.
     let verified = toka(&data, &["verify", "--auth"]);
     assert!(verified.ok().contains("auth ok"), "{verified:#?}");
+    let before = head(&data);
     let again = toka(&data, &["agent", "forget"]);
     assert!(
         again.ok().contains("forgot 0 terminated agent(s)"),
         "{again:#?}"
     );
+    assert_eq!(head(&data), before, "an empty forget appends no record");
+}
+
+/// Polls `check` every 100 ms until it returns a value, for at most a
+/// minute (the policies below tick every second).
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_told_to_forgets_and_archives_by_itself() {
+    use reqwest::StatusCode;
+
+    use crate::serve::{Api, Served, install, run_task, spawn, terminate};
+
+    let (_tmp, data) = temp_data();
+    // Bad input first: nothing starts, nothing is written.
+    let refused = toka(&data, &["serve", "--archive-keep", "5"]);
+    assert_eq!(refused.code, 2, "{refused:#?}");
+    assert!(refused.stderr.contains("--archive-every"), "{refused:#?}");
+
+    let mut served = Served::start_on(
+        &data,
+        &["--forget-terminated-every", "1s", "--archive-every", "1s"],
+    );
+    let api = Api::new(&served).await;
+    let digest = install(&api, "counter").await.body["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rights = ["observe", "state", "schedule self"];
+    let (gone, stays) = (
+        spawn(&api, &digest, "gone", &rights).await,
+        spawn(&api, &digest, "stays", &rights).await,
+    );
+    for agent in [&gone, &stays] {
+        assert_eq!(run_task(&api, agent, "3").await["status"], "completed");
+    }
+    terminate(&api, &gone).await;
+
+    // Forgotten within a tick or two, by the server alone.
+    let path = format!("/v1/agents/{gone}");
+    eventually("the terminated agent forgotten", || async {
+        let answer = api.get("/v1/agents/{id}", &path).await;
+        (answer.status == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    let stays_path = format!("/v1/agents/{stays}");
+    assert_eq!(
+        api.get("/v1/agents/{id}", &stays_path).await.status,
+        StatusCode::OK
+    );
+
+    // Archived by itself too: once an archive holds everything, the
+    // next periods have nothing to archive and make no file.
+    let idle_after = |after: u64| {
+        let api = &api;
+        eventually("a period with nothing to archive", move || async move {
+            let job = api.get("/v1/archive", "/v1/archive").await.body;
+            let id = job["id"].as_u64()?;
+            (id > after && job["state"] == "nothing").then_some(id)
+        })
+    };
+    let idle = idle_after(0).await;
+    let files = api.get("/v1/archive/files", "/v1/archive/files").await.body["items"].clone();
+    assert!(!files.as_array().unwrap().is_empty(), "{files}");
+    idle_after(idle).await;
+    let listed = api.get("/v1/archive/files", "/v1/archive/files").await;
+    assert_eq!(listed.body["items"], files, "idle periods made no file");
+    let (code, stderr) = served.stop();
+    assert_eq!(code, 0, "{stderr}");
+
+    // The log and the newest archive verify.
+    let files = files.as_array().unwrap();
+    let name = files[files.len() - 1]["name"].as_str().unwrap();
+    let archive = data.join("archives").join(name);
+    toka(&data, &["verify", "--archive", archive.to_str().unwrap()]).ok();
+    assert!(toka(&data, &["verify", "--auth"]).ok().contains("auth ok"));
 }

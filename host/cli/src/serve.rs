@@ -41,11 +41,36 @@ pub(crate) struct Args {
     /// The largest component upload accepted.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = toka_host::parse_size)]
     max_component: u64,
+    /// Forget terminated agents this often (as `toka agent forget`):
+    /// their records and state leave the state, their history stays in
+    /// the log. Default: only when asked.
+    #[arg(long, value_name = "DURATION", value_parser = toka_host::parse_duration)]
+    forget_terminated_every: Option<Duration>,
+    /// Archive the log this often (as `POST /v1/archive`): into a new file
+    /// in the data dir's `archives/` directory, which stays until you take
+    /// it away (`toka archive` from another machine, or `GET` and `DELETE
+    /// /v1/archive/files/NAME`). Default: only when asked.
+    #[arg(long, value_name = "DURATION", value_parser = toka_host::parse_duration)]
+    archive_every: Option<Duration>,
+    /// With --archive-every: records before the head each archive keeps in
+    /// the live log.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        requires = "archive_every"
+    )]
+    archive_keep: u64,
 }
 
 pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
     if place.cluster.is_some() {
         let advertise = advertised(args.advertise.as_deref(), args.tls_cert.is_some())?;
+        if args.archive_every.is_some() {
+            return Err(Failure::input(
+                "--archive-every is for a host with a log of its own: a cluster cell's log is JetStream's",
+            ));
+        }
         return crate::cluster::serve(place, config(place, &args), args.grace, advertise).await;
     }
     if args.advertise.is_some() {
@@ -112,6 +137,12 @@ fn config(place: &Place, args: &Args) -> ServeConfig {
         .grace(args.grace)
         .max_component(usize::try_from(args.max_component).unwrap_or(usize::MAX))
         .register_in(place.data.clone());
+    if let Some(every) = args.forget_terminated_every {
+        config.forget_terminated_every(every);
+    }
+    if let Some(every) = args.archive_every {
+        config.archive_every(every, args.archive_keep);
+    }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls(cert.clone(), key.clone());
     }

@@ -21,6 +21,9 @@ pub struct ServeConfig {
     pub(crate) max_streams: usize,
     pub(crate) max_wait: Duration,
     pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) forget_every: Option<Duration>,
+    pub(crate) archive_every: Option<Duration>,
+    pub(crate) archive_keep: u64,
 }
 
 /// The address `toka serve` listens on by default.
@@ -45,6 +48,9 @@ impl ServeConfig {
             max_streams: 256,
             max_wait: Duration::from_secs(60),
             data_dir: None,
+            forget_every: None,
+            archive_every: None,
+            archive_keep: 0,
         }
     }
 
@@ -104,6 +110,29 @@ impl ServeConfig {
     /// The longest `?wait=` a request may ask for. Default 60 s.
     pub fn max_wait(&mut self, wait: Duration) -> &mut Self {
         self.max_wait = wait;
+        self
+    }
+
+    /// Forgets terminated agents every `every` (at least a second), as
+    /// `POST /v1/agents/forget` does: those none of whose descendants is
+    /// alive (nor a task they scheduled unfinished) leave the state and
+    /// the API's answers; their history stays in the log. Default: never
+    /// (the operator forgets them).
+    pub fn forget_terminated_every(&mut self, every: Duration) -> &mut Self {
+        self.forget_every = Some(every);
+        self
+    }
+
+    /// Archives the log every `every` (at least a second), as `POST
+    /// /v1/archive` with `keep` does: the records up to `keep` before the
+    /// head go to a new file in the data dir's `archives` directory and
+    /// leave the live store. Skipped while an archive is being made; a
+    /// server without a data dir of its own (a cluster cell) does not
+    /// archive. The files stay until the operator takes them away
+    /// (`GET`/`DELETE /v1/archive/files/{name}`). Default: never.
+    pub fn archive_every(&mut self, every: Duration, keep: u64) -> &mut Self {
+        self.archive_every = Some(every);
+        self.archive_keep = keep;
         self
     }
 

@@ -13,6 +13,7 @@
 //! | `serve`, `config` | binding, TLS, registration, graceful shutdown |
 //! | `cells` | several cells of a cluster behind one address |
 //! | `auth`, `rate` | operator tokens, levels, tickets, rate limits |
+//! | `retention` | forgetting and archiving at intervals, by itself |
 //! | `api/` | the `/v1` endpoints, one file per resource |
 //! | `views`, `events`, `error`, `extract` | the JSON shapes in and out |
 //! | `dashboard/` | the embedded dashboard |
@@ -36,6 +37,7 @@ mod extract;
 mod jobs;
 mod oversize;
 mod rate;
+mod retention;
 mod serve;
 
 pub use api::packages::{installed_view, package_view, review_view};

@@ -179,6 +179,7 @@ impl Server {
         }
         let (closing_tx, closing) = watch::channel(false);
         let app = app(Arc::clone(&host), store, config, closing)?;
+        let retention = tokio::spawn(crate::retention::run(Arc::clone(&app)));
         let handle = axum_server::Handle::<SocketAddr>::new();
         let routes = match &front {
             Some(front) => front.wrap(router(&app)),
@@ -209,6 +210,11 @@ impl Server {
             .await
             .map_err(|e| ServeError::Http(e.to_string()))?
             .map_err(ServeError::Http);
+        // The retention policies end with the server (one forgetting
+        // finishes its record first; an archive job is stopped below).
+        if let Err(e) = retention.await {
+            tracing::warn!(error = %e, "the retention policies ended abnormally");
+        }
         // An archive being written stops before its cut (the file goes, the
         // log stays as it is); one past its cut finishes deleting.
         if !app.archives.stop(ARCHIVE_STOP).await {

@@ -138,7 +138,7 @@ impl<'h> Acting<'h> {
     /// (nor a task it scheduled unfinished):
     /// their records and state leave the state (and the state budget);
     /// their history stays in the log. Returns how many, and the bytes of
-    /// state they held.
+    /// state they held. Appends nothing when there is nothing to forget.
     ///
     /// # Errors
     ///
@@ -150,7 +150,13 @@ impl<'h> Acting<'h> {
         let (inner, mut forgotten) = (self.host.inner, Forgotten::default());
         // One record forgets a bounded number: again until one forgets
         // fewer (each holds the log writer for one pass over the agents).
+        // No record at all when the committed state has nothing to forget.
         loop {
+            let state = inner.sequencer.committed_state().await;
+            if state.forgettable().is_empty() {
+                return Ok(forgotten);
+            }
+            drop(state);
             let receipt = self
                 .submit(Operation::ForgetTerminated, Attachments::default())
                 .await?;

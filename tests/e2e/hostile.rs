@@ -591,6 +591,71 @@ async fn queued_tasks_count_against_the_state_budget_until_they_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_client_cannot_spend_the_state_budget() {
+    use toka_host::{DataDir, Host, HostConfig, HostError, OperatorLevel};
+
+    // Agents not started: every task scheduled stays queued, held in the
+    // kernel's state until it ends.
+    let (_tmp, data) = temp_data();
+    let dir = DataDir::new(&data);
+    let root = dir.root_key(None, true).unwrap();
+    let store: Arc<dyn EventStore> = Arc::new(
+        dir.open_or_create(&toka_kernel::Limits::default(), &root)
+            .unwrap(),
+    );
+    let budget = 64u64 << 10;
+    let mut config = HostConfig::new();
+    config.state_budget(budget).start_agents(false);
+    let host = Host::open(store, root, config).await.unwrap();
+    let hello = host.install("hello", agent_bytes("hello")).await.unwrap();
+    let agent = host.spawn(hello, "a", grant(&["observe"])).await.unwrap();
+    let client = |level: OperatorLevel| host.mint(&[level.right()], &[], None).unwrap();
+    let writer = host.as_operator(client(OperatorLevel::Write));
+
+    // A write client queues 4 KiB tasks until the budget is spent: one
+    // agent record (1 KiB) and 15 tasks of 256 B and 4 000 bytes fit.
+    let description = "x".repeat(4000);
+    let (first, _) = writer.schedule_once("k", agent, &description).await.unwrap();
+    let mut queued = 1;
+    let refusal = loop {
+        match writer.schedule(agent, &description).await {
+            Ok(_) => queued += 1,
+            Err(e) => break e,
+        }
+        assert!(queued <= 64, "never refused");
+    };
+    assert_eq!(queued, 15);
+    assert!(
+        matches!(&refusal, HostError::StateBudget(why)
+            if why.starts_with("the host's memory for agent state is spent: 4256B more would pass its budget of 64KiB (64864B held)")),
+        "{refusal:?}"
+    );
+    // A retry under a key scheduled before holds nothing more: answered.
+    assert_eq!(
+        writer.schedule_once("k", agent, &description).await.unwrap(),
+        (first, false)
+    );
+    // Nor may an admin client add a root agent now.
+    let admin = host.as_operator(client(OperatorLevel::Admin));
+    let spawned = admin.spawn(hello, "b", grant(&["observe"])).await;
+    assert!(
+        matches!(&spawned, Err(HostError::StateBudget(why)) if why.contains("is spent")),
+        "{spawned:?}"
+    );
+    // The host's own caller is never refused (it is the machine's owner).
+    host.schedule(agent, &description).await.unwrap();
+    assert!(host.state_usage().held > budget);
+
+    // The tasks run and end; the client may queue again.
+    host.start_agents();
+    host.run_until_idle().await.unwrap();
+    assert_eq!(host.state_usage().held, 1 << 10);
+    writer.schedule(agent, &description).await.unwrap();
+    host.run_until_idle().await.unwrap();
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cannot_park_host_memory_in_resources() {
     // `wasi:http` header maps and requests live in the host's memory, and
     // any agent may make them (no right needed): before these bounds, one

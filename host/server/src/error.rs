@@ -123,6 +123,9 @@ impl From<HostError> for ApiError {
             HostError::Log(toka_host::LogError::Archived { .. }) => {
                 Self::new(StatusCode::GONE, "archived", message)
             }
+            HostError::StateBudget(_) => {
+                Self::new(StatusCode::INSUFFICIENT_STORAGE, "state_budget", message)
+            }
             HostError::Stopped(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", message)
             }

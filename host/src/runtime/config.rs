@@ -192,7 +192,7 @@ impl HostConfig {
     /// its state stay after the agent terminates, and the host keeps them
     /// in memory), and 256 B plus the description for each task not yet
     /// ended (counted to the tree of the agent that scheduled it; the
-    /// operator's tasks count towards the budget, no tree's share). An
+    /// operators' tasks together count as one more tree). An
     /// agent's state write, spawn or scheduling that would pass the budget
     /// is refused (`limit-exceeded`, naming the budget), and so is one that
     /// would take its tree past the tree's share: the same share as of the
@@ -200,8 +200,11 @@ impl HostConfig {
     /// ([`places_per_tree`](Self::places_per_tree) of
     /// [`max_instances`](Self::max_instances), by default three quarters),
     /// but at least one agent's state limit and record. Deleting keys and
-    /// ending tasks give bytes back; the operator's own commands are never
-    /// refused. The budget counts each byte once; the host holds the state
+    /// ending tasks give bytes back. An API client (an operator token) is
+    /// refused a root agent past the budget and a task past the budget or
+    /// the share the operators' tasks hold together
+    /// ([`HostError::StateBudget`](crate::HostError::StateBudget)); the
+    /// host's own caller is never refused. The budget counts each byte once; the host holds the state
     /// up to three times (the kernel's, the readers' committed view, the
     /// snapshot replica's). Default: an eighth of the machine's physical
     /// memory, or of the cgroup's memory limit when that is lower; 1 GiB

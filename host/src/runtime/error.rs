@@ -67,6 +67,11 @@ pub enum HostError {
     /// A package cannot be installed or run as asked.
     #[error(transparent)]
     Package(#[from] crate::package::signed::PackageError),
+    /// An API client's command would hold more of the host's memory for
+    /// agent state than it may (a root agent past the state budget, a task
+    /// past the operators' share); nothing was applied.
+    #[error("{0}")]
+    StateBudget(String),
     /// A thread could not be started.
     #[error("starting a host thread: {0}")]
     Thread(#[from] std::io::Error),
@@ -77,6 +82,7 @@ impl From<Declined> for HostError {
         match d {
             Declined::Denied(denied) => HostError::Denied(denied),
             Declined::Kernel(e) => HostError::Kernel(e),
+            Declined::StateBudget(why) => HostError::StateBudget(why),
         }
     }
 }

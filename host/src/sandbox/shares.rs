@@ -59,17 +59,27 @@ impl Shares {
     ///
     /// [`Over`]: the bound it would pass (the total first).
     pub(crate) fn check(&self, tree: AgentId, growth: u64) -> Result<(), Over> {
-        if self.all.saturating_add(growth) > self.total {
-            return Err(Over::Total {
-                total: self.total,
-                held: self.all,
-            });
-        }
+        self.check_total(growth)?;
         let held = self.held_by(tree);
         if held.saturating_add(growth) > self.per_tree {
             return Err(Over::Share {
                 share: self.per_tree,
                 held,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether all trees together may hold `growth` more bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`Over::Total`] when they would pass the total.
+    pub(crate) fn check_total(&self, growth: u64) -> Result<(), Over> {
+        if self.all.saturating_add(growth) > self.total {
+            return Err(Over::Total {
+                total: self.total,
+                held: self.all,
             });
         }
         Ok(())

@@ -28,6 +28,7 @@ use crate::views::{
     request_body = SpawnRequest,
     responses((status = 201, description = "Spawned", body = AgentView),
         (status = 404, description = "No such component", body = ErrorBody),
+        (status = 507, description = "The host's state budget is spent (`state_budget`): terminate and forget agents first", body = ErrorBody),
         BodyErrors, AuthErrors))]
 pub(crate) async fn spawn(
     State(app): State<Arc<App>>,

@@ -167,6 +167,8 @@ pub(crate) enum Declined {
     Denied(Denied),
     /// The kernel refused it.
     Kernel(KernelError),
+    /// It would hold more of the state budget than an API client may.
+    StateBudget(String),
 }
 
 impl From<KernelError> for Declined {
@@ -1222,6 +1224,9 @@ impl Core {
                     })?;
                 self.authorize_operator(token, level, time)
                     .map_err(Declined::Denied)?;
+                self.state_budget
+                    .admit_operator(self.kernel.state(), &op)
+                    .map_err(|e| Declined::StateBudget(e.to_string()))?;
                 let digest = token.digest();
                 // Stored with the first command of it that is applied (a
                 // rejected one stores nothing; see `apply`).

@@ -16,7 +16,7 @@
 //! all its descendants), the bytes of its agents' state keys and values,
 //! a fixed charge for each agent record, and each task not yet ended (its
 //! description and a fixed charge, counted to the tree of the agent that
-//! scheduled it; the operator's tasks count towards the budget, not
+//! scheduled it; the operators' tasks count as one more tree's, not
 //! towards the target's share, so a client allowed to schedule cannot use
 //! up a tree's share for it). It refuses an
 //! agent's state write, spawn or scheduling that grows its tree past the
@@ -24,8 +24,10 @@
 //! or all trees past the budget. The refusal is the agent's to handle
 //! (`limit-exceeded`); deleting keys and ending tasks give bytes back. The
 //! count is derived from the kernel's state when the host opens and kept
-//! with each command applied, so it agrees with the state it counts; the
-//! operator's own commands are counted, never refused.
+//! with each command applied, so it agrees with the state it counts. An
+//! API client's root agent past the budget, and its task past the budget
+//! or the operators' share, are refused too; the host's own caller's
+//! commands are counted, never refused.
 
 use std::collections::HashMap;
 
@@ -93,6 +95,37 @@ pub(crate) enum Refused {
         /// Held by the tree.
         held: u64,
     },
+    /// The tasks API clients queued would pass one tree's share.
+    #[error(
+        "the tasks operators queued hold their share of the host's memory for agent state: {} more would pass the share of {} ({} held by operators' tasks not yet ended); wait for some to end",
+        Size(*growth),
+        Size(*share),
+        Size(*held)
+    )]
+    Operators {
+        /// The growth asked for.
+        growth: u64,
+        /// The most one tree holds.
+        share: u64,
+        /// Held by the operators' tasks.
+        held: u64,
+    },
+}
+
+/// The refusal of a `growth` that would pass `over`.
+fn refusal(over: Over, growth: u64) -> Refused {
+    match over {
+        Over::Total { total, held } => Refused::Host {
+            growth,
+            budget: total,
+            held,
+        },
+        Over::Share { share, held } => Refused::Tree {
+            growth,
+            share,
+            held,
+        },
+    }
 }
 
 /// The agents' state at one moment (see [`Host::state_usage`](crate::Host::state_usage)).
@@ -175,6 +208,46 @@ impl StateBudget {
         self.admit(tree_of(state, agent), growth)
     }
 
+    /// Refuses an API client's command that would hold more than the
+    /// budget allows: a root agent (its record, in a tree of its own) past
+    /// the budget; a task past the budget or the operators' share (their
+    /// tasks count to no agent's tree: together they are held to one
+    /// tree's share). The host's own caller is never refused.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused`] when the bound would be passed.
+    pub(crate) fn admit_operator(&self, state: &WorldState, op: &Operation) -> Result<(), Refused> {
+        match op {
+            // A key scheduled under before: the kernel answers with that
+            // task (or refuses the key's reuse); nothing grows.
+            Operation::ScheduleTaskOnce { key, .. } if state.scheduled_under(key).is_some() => {
+                Ok(())
+            }
+            // A tree of its own, holding nothing yet: only the budget can
+            // be passed.
+            Operation::SpawnAgent { .. } => self
+                .shares
+                .check_total(AGENT_RECORD_BYTES)
+                .map_err(|over| refusal(over, AGENT_RECORD_BYTES)),
+            // The operators' tasks are counted as one more tree's.
+            Operation::ScheduleTask { spec, .. } | Operation::ScheduleTaskOnce { spec, .. } => {
+                let growth = task_bytes(spec);
+                self.shares
+                    .check(EntityId::SYSTEM, growth)
+                    .map_err(|over| match over {
+                        Over::Share { share, held } => Refused::Operators {
+                            growth,
+                            share,
+                            held,
+                        },
+                        total => refusal(total, growth),
+                    })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Refuses a spawn by `agent` when one more agent record passes the
     /// budget or its tree's share (checked before the child's token is
     /// minted, so a tree at its share makes the host spend nothing on it).
@@ -238,18 +311,9 @@ impl StateBudget {
 
     /// Whether `tree` may hold `growth` more bytes.
     fn admit(&self, tree: AgentId, growth: u64) -> Result<(), Refused> {
-        self.shares.check(tree, growth).map_err(|over| match over {
-            Over::Total { total, held } => Refused::Host {
-                growth,
-                budget: total,
-                held,
-            },
-            Over::Share { share, held } => Refused::Tree {
-                growth,
-                share,
-                held,
-            },
-        })
+        self.shares
+            .check(tree, growth)
+            .map_err(|over| refusal(over, growth))
     }
 
     /// The bounds and what is held.
@@ -308,6 +372,69 @@ mod tests {
             }
             .to_string()
             .contains("60KiB more would pass the share of 1MiB (1000KiB held by the tree")
+        );
+    }
+
+    #[test]
+    fn api_clients_are_held_to_the_budget_and_their_tasks_to_one_share() {
+        use toka_kernel::{AgentSpec, Digest, Operation, TaskSpec};
+        let state = WorldState::default();
+        let mut budget = StateBudget::new(10_000, 6_000, &state);
+        let task = |bytes: usize| Operation::ScheduleTask {
+            agent: EntityId::from_u128(1),
+            spec: TaskSpec {
+                description: "x".repeat(bytes),
+            },
+        };
+        let spawn = Operation::SpawnAgent {
+            spec: Box::new(AgentSpec {
+                component: Digest::of(b"c"),
+                name: "a".into(),
+                token: Digest::of(b"t"),
+                rights: Vec::new(),
+            }),
+        };
+        assert_eq!(budget.admit_operator(&state, &task(100)), Ok(()));
+        // The operators' tasks hold 5 000 of their share of 6 000.
+        budget.shares.add(EntityId::SYSTEM, 5_000);
+        let growth = TASK_RECORD_BYTES + 1_000;
+        assert_eq!(
+            budget.admit_operator(&state, &task(1_000)),
+            Err(Refused::Operators {
+                growth,
+                share: 6_000,
+                held: 5_000
+            })
+        );
+        assert!(
+            Refused::Operators {
+                growth,
+                share: 6_000,
+                held: 5_000
+            }
+            .to_string()
+            .contains("wait for some to end")
+        );
+        // Agents hold the rest: a root agent would pass the budget.
+        budget.shares.add(EntityId::from_u128(7), 4_500);
+        assert_eq!(
+            budget.admit_operator(&state, &spawn),
+            Err(Refused::Host {
+                growth: AGENT_RECORD_BYTES,
+                budget: 10_000,
+                held: 9_500
+            })
+        );
+        // Other operations are not the budget's concern.
+        assert_eq!(
+            budget.admit_operator(
+                &state,
+                &Operation::TerminateAgent {
+                    agent: EntityId::from_u128(7),
+                    reason: "r".into()
+                }
+            ),
+            Ok(())
         );
     }
 

@@ -591,7 +591,7 @@ async fn queued_tasks_count_against_the_state_budget_until_they_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_api_client_cannot_spend_the_state_budget() {
+async fn an_api_client_cannot_pass_the_state_budget() {
     use toka_host::{DataDir, Host, HostConfig, HostError, OperatorLevel};
 
     // Agents not started: every task scheduled stays queued, held in the
@@ -615,7 +615,10 @@ async fn an_api_client_cannot_spend_the_state_budget() {
     // A write client queues 4 KiB tasks until the budget is spent: one
     // agent record (1 KiB) and 15 tasks of 256 B and 4 000 bytes fit.
     let description = "x".repeat(4000);
-    let (first, _) = writer.schedule_once("k", agent, &description).await.unwrap();
+    let (first, _) = writer
+        .schedule_once("k", agent, &description)
+        .await
+        .unwrap();
     let mut queued = 1;
     let refusal = loop {
         match writer.schedule(agent, &description).await {
@@ -632,7 +635,10 @@ async fn an_api_client_cannot_spend_the_state_budget() {
     );
     // A retry under a key scheduled before holds nothing more: answered.
     assert_eq!(
-        writer.schedule_once("k", agent, &description).await.unwrap(),
+        writer
+            .schedule_once("k", agent, &description)
+            .await
+            .unwrap(),
         (first, false)
     );
     // Nor may an admin client add a root agent now.

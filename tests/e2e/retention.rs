@@ -908,6 +908,18 @@ async fn a_server_told_to_forgets_and_archives_by_itself() {
     let refused = toka(&data, &["serve", "--archive-keep", "5"]);
     assert_eq!(refused.code, 2, "{refused:#?}");
     assert!(refused.stderr.contains("--archive-every"), "{refused:#?}");
+    for policy in ["--forget-terminated-every", "--archive-every"] {
+        let refused = toka(
+            &data,
+            &["--cluster", "nats://127.0.0.1:1", "serve", policy, "1s"],
+        );
+        assert_eq!(refused.code, 2, "{refused:#?}");
+        assert!(
+            refused.stderr.contains(&format!("{policy} is for a host")),
+            "{refused:#?}"
+        );
+    }
+    assert!(!data.join("archives").exists());
 
     let mut served = Served::start_on(
         &data,
@@ -951,7 +963,12 @@ async fn a_server_told_to_forgets_and_archives_by_itself() {
             (id > after && job["state"] == "nothing").then_some(id)
         })
     };
-    let idle = idle_after(0).await;
+    // A period started after the forgetting (its record durable: the
+    // 404 reads the committed state) finds nothing more.
+    let latest = api.get("/v1/archive", "/v1/archive").await.body["id"]
+        .as_u64()
+        .unwrap_or(0);
+    let idle = idle_after(latest).await;
     let files = api.get("/v1/archive/files", "/v1/archive/files").await.body["items"].clone();
     assert!(!files.as_array().unwrap().is_empty(), "{files}");
     idle_after(idle).await;

@@ -71,6 +71,11 @@ pub(crate) async fn main(place: &Place, args: Args) -> CliResult {
                 "--archive-every is for a host with a log of its own: a cluster cell's log is JetStream's",
             ));
         }
+        if args.forget_terminated_every.is_some() {
+            return Err(Failure::input(
+                "--forget-terminated-every is for a host serving its own data dir; a cluster's cells forget through `POST /v1/agents/forget`",
+            ));
+        }
         return crate::cluster::serve(place, config(place, &args), args.grace, advertise).await;
     }
     if args.advertise.is_some() {

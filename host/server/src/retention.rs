@@ -28,6 +28,8 @@ pub(crate) async fn run(app: Arc<App>) {
     let mut archive_tick = archive.map(interval);
     loop {
         tokio::select! {
+            // Closing first: no new work once the server closes.
+            biased;
             () = &mut closing => return,
             _ = tick(&mut forget_tick) => forget_now(&app).await,
             _ = tick(&mut archive_tick) => archive_now(&app),
@@ -88,8 +90,9 @@ async fn forget_now(app: &App) {
     }
 }
 
-/// Starts an archive job of the log before the newest snapshot, as `POST
-/// /v1/archive` does, unless one runs (an operator's, or the last tick's).
+/// Starts an archive job of the records up to `--archive-keep` before the
+/// head, as `POST /v1/archive` does, unless one runs (an operator's, or
+/// the last period's).
 fn archive_now(app: &App) {
     let Some(data) = &app.config.data_dir else {
         return;

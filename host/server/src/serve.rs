@@ -206,10 +206,11 @@ impl Server {
                 "tasks still running after the grace period run again at the next start"
             );
         }
+        // Whatever serving ended with, the jobs stop and the host stops.
         let result = served
             .await
-            .map_err(|e| ServeError::Http(e.to_string()))?
-            .map_err(ServeError::Http);
+            .map_err(|e| ServeError::Http(e.to_string()))
+            .and_then(|served| served.map_err(ServeError::Http));
         // The retention policies end with the server (one forgetting
         // finishes its record first; an archive job is stopped below).
         if let Err(e) = retention.await {

@@ -149,17 +149,17 @@ impl<'h> Acting<'h> {
         self.require(OperatorLevel::Admin)?;
         let (inner, mut forgotten) = (self.host.inner, Forgotten::default());
         // One record forgets a bounded number: again until one forgets
-        // fewer (each holds the log writer for one pass over the agents).
-        // No record at all when the committed state has nothing to forget.
+        // fewer (each holds the log writer for a pass or two over the
+        // agents). No record at all when there is nothing to forget.
         loop {
-            let state = inner.sequencer.committed_state().await;
-            if state.forgettable().is_empty() {
+            let Some(receipt) = self
+                .submit_if(Operation::ForgetTerminated, |state| {
+                    !state.forgettable().is_empty()
+                })
+                .await?
+            else {
                 return Ok(forgotten);
-            }
-            drop(state);
-            let receipt = self
-                .submit(Operation::ForgetTerminated, Attachments::default())
-                .await?;
+            };
             // What it forgot, from the record's events, read back.
             let store = inner.store.as_ref();
             let mut reader = crate::log::recovery::LogReader::new(store, receipt.seq)?;
@@ -344,6 +344,24 @@ impl<'h> Acting<'h> {
         let receipt = sequencer.submit_by(&self.by, op, attachments).await??;
         sequencer.wait_durable(receipt.seq).await?;
         Ok(receipt)
+    }
+
+    /// As [`Acting::submit`], unless `wanted` says (of the state as
+    /// applied, under the sequencer's lock) that `op` would change nothing:
+    /// then nothing is written (`None`).
+    async fn submit_if(
+        &self,
+        op: Operation,
+        wanted: impl FnOnce(&toka_kernel::WorldState) -> bool,
+    ) -> Result<Option<Receipt>, HostError> {
+        let sequencer = &self.host.inner.sequencer;
+        let submitted = sequencer
+            .submit_by_if(&self.by, op, Attachments::default(), wanted)
+            .await??;
+        if let Some(receipt) = submitted {
+            sequencer.wait_durable(receipt.seq).await?;
+        }
+        Ok(submitted)
     }
 }
 

@@ -69,7 +69,8 @@ pub enum HostError {
     Package(#[from] crate::package::signed::PackageError),
     /// An API client's command would hold more of the host's memory for
     /// agent state than it may (a root agent past the state budget, a task
-    /// past the operators' share); nothing was applied.
+    /// past the budget or the share the operators' tasks hold together);
+    /// nothing was applied.
     #[error("{0}")]
     StateBudget(String),
     /// A thread could not be started.

@@ -29,7 +29,7 @@ use crate::views::{ScheduleRequest, TaskPage, TaskView};
         (status = 200, description = "Scheduled before under this idempotency key", body = TaskView),
         (status = 404, description = "No such agent", body = ErrorBody),
         (status = 409, description = "The agent is terminated, or the key was used for another request", body = ErrorBody),
-        (status = 507, description = "The tasks operators queued hold their share of the state budget (`state_budget`): wait for some to end", body = ErrorBody),
+        (status = 507, description = "The state budget is spent, or the tasks operators queued hold their share of it (`state_budget`): wait for some to end", body = ErrorBody),
         BodyErrors, AuthErrors))]
 pub(crate) async fn schedule(
     State(app): State<Arc<App>>,

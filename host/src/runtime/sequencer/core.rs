@@ -846,7 +846,25 @@ impl Sequencer {
         op: Operation,
         attachments: Attachments,
     ) -> Result<Result<Receipt, Declined>, Stopped> {
+        let submitted = self.submit_by_if(by, op, attachments, |_| true).await?;
+        Ok(submitted.map(|receipt| receipt.expect("always wanted")))
+    }
+
+    /// As [`Sequencer::submit_by`], unless `wanted`, asked about the state
+    /// as applied under the same lock, says the command would change
+    /// nothing: then nothing is applied or written (`None`).
+    pub(crate) async fn submit_by_if(
+        &self,
+        by: &By,
+        op: Operation,
+        attachments: Attachments,
+        wanted: impl FnOnce(&toka_kernel::WorldState) -> bool,
+    ) -> Result<Result<Option<Receipt>, Declined>, Stopped> {
         let mut core = self.lock_with_room().await?;
+        if !wanted(core.kernel.state()) {
+            self.release(core);
+            return Ok(Ok(None));
+        }
         let time = core.stamp();
         let result =
             core.command_by(by, time, op, attachments)
@@ -854,7 +872,7 @@ impl Sequencer {
                     core.apply(command, attachments).map_err(Declined::Kernel)
                 });
         self.release(core);
-        Ok(result)
+        Ok(result.map(Some))
     }
 
     /// Spawns a root agent on the authority of `by`, bound to `token`

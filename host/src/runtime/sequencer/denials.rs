@@ -2,6 +2,8 @@
 //! the log with them: the agent always gets its refusal, the log gets the
 //! first few per minute of logical time.
 
+use std::collections::HashMap;
+
 use toka_kernel::{AgentId, Command, Denial, Operation, Timestamp};
 
 use super::core::{Attachments, Core, Denials};
@@ -14,11 +16,11 @@ impl Denials {
     /// Counts a denial of `agent` at `time`; whether to record it.
     fn admit(&mut self, agent: AgentId, time: Timestamp) -> bool {
         let minute = time.0 / 60_000;
-        if minute != self.minute {
-            // Logical time only moves on: the last minute's counts are
-            // done with (an agent denied once is not held for ever).
+        if minute > self.minute {
+            // The last minute's counts are done with (an agent denied once
+            // is not held for ever), and so is the room a burst took.
             self.minute = minute;
-            self.counts.clear();
+            self.counts = HashMap::new();
         }
         let count = self.counts.entry(agent).or_insert(0);
         *count += 1;

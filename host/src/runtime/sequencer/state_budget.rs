@@ -230,6 +230,14 @@ impl StateBudget {
                 .shares
                 .check_total(AGENT_RECORD_BYTES)
                 .map_err(|over| refusal(over, AGENT_RECORD_BYTES)),
+            // For an agent not here (unknown, or in another cell of a
+            // cluster: the task is sent there) or terminated, the kernel
+            // answers; nothing is held here.
+            Operation::ScheduleTask { agent, .. } | Operation::ScheduleTaskOnce { agent, .. }
+                if state.agent(*agent).is_none_or(|a| a.is_terminated()) =>
+            {
+                Ok(())
+            }
             // The operators' tasks are counted as one more tree's.
             Operation::ScheduleTask { spec, .. } | Operation::ScheduleTaskOnce { spec, .. } => {
                 let growth = task_bytes(spec);
@@ -302,7 +310,7 @@ impl StateBudget {
     }
 
     /// Counts `task`, scheduled `by` an agent (to its tree) or an operator
-    /// (to the operator: the budget, no tree's share).
+    /// (to the operators' tasks, counted as one more tree).
     fn scheduled(&mut self, state: &WorldState, task: TaskId, by: EntityId, spec: &TaskSpec) {
         let (tree, bytes) = (tree_of(state, by), task_bytes(spec));
         self.shares.add(tree, bytes);
@@ -377,48 +385,79 @@ mod tests {
 
     #[test]
     fn api_clients_are_held_to_the_budget_and_their_tasks_to_one_share() {
-        use toka_kernel::{AgentSpec, Digest, Operation, TaskSpec};
-        let state = WorldState::default();
-        let mut budget = StateBudget::new(10_000, 6_000, &state);
-        let task = |bytes: usize| Operation::ScheduleTask {
-            agent: EntityId::from_u128(1),
-            spec: TaskSpec {
-                description: "x".repeat(bytes),
-            },
+        use toka_kernel::{
+            AgentSpec, Command, ComponentSpec, Digest, Kernel, Limits, Operation, TaskSpec,
+            Timestamp,
         };
+        let mut kernel = Kernel::new(Limits::default());
+        let mut apply = |op: Operation| {
+            kernel
+                .apply(Command::system(EntityId::SYSTEM, Timestamp(1), op))
+                .unwrap()
+                .events
+                .iter()
+                .find_map(Event::created)
+        };
+        let component = Digest::of(b"c");
+        apply(Operation::InstallComponent {
+            component: Box::new(ComponentSpec {
+                digest: component,
+                name: "c".into(),
+                size: 1,
+            }),
+        });
         let spawn = Operation::SpawnAgent {
             spec: Box::new(AgentSpec {
-                component: Digest::of(b"c"),
+                component,
                 name: "a".into(),
                 token: Digest::of(b"t"),
                 rights: Vec::new(),
             }),
         };
-        assert_eq!(budget.admit_operator(&state, &task(100)), Ok(()));
+        let agent = apply(spawn.clone()).unwrap();
+        let task = |agent: EntityId, bytes: usize| Operation::ScheduleTask {
+            agent,
+            spec: TaskSpec {
+                description: "x".repeat(bytes),
+            },
+        };
+        let keyed = Operation::ScheduleTaskOnce {
+            key: "k".into(),
+            agent,
+            spec: TaskSpec {
+                description: "x".repeat(1_000),
+            },
+        };
+        apply(keyed.clone());
+        let state = kernel.state();
+
+        let mut budget = StateBudget::new(10_000, 6_000, &WorldState::default());
+        assert_eq!(budget.admit_operator(state, &task(agent, 100)), Ok(()));
         // The operators' tasks hold 5 000 of their share of 6 000.
         budget.shares.add(EntityId::SYSTEM, 5_000);
         let growth = TASK_RECORD_BYTES + 1_000;
+        let operators = Refused::Operators {
+            growth,
+            share: 6_000,
+            held: 5_000,
+        };
         assert_eq!(
-            budget.admit_operator(&state, &task(1_000)),
-            Err(Refused::Operators {
-                growth,
-                share: 6_000,
-                held: 5_000
-            })
+            budget.admit_operator(state, &task(agent, 1_000)),
+            Err(operators.clone())
         );
-        assert!(
-            Refused::Operators {
-                growth,
-                share: 6_000,
-                held: 5_000
-            }
-            .to_string()
-            .contains("wait for some to end")
+        assert!(operators.to_string().contains("wait for some to end"));
+        // A key scheduled under before holds nothing more; an agent not
+        // here is the kernel's to answer.
+        assert_eq!(budget.admit_operator(state, &keyed), Ok(()));
+        let elsewhere = EntityId::from_u128(u128::MAX);
+        assert_eq!(
+            budget.admit_operator(state, &task(elsewhere, 1_000)),
+            Ok(())
         );
         // Agents hold the rest: a root agent would pass the budget.
-        budget.shares.add(EntityId::from_u128(7), 4_500);
+        budget.shares.add(agent, 4_500);
         assert_eq!(
-            budget.admit_operator(&state, &spawn),
+            budget.admit_operator(state, &spawn),
             Err(Refused::Host {
                 growth: AGENT_RECORD_BYTES,
                 budget: 10_000,
@@ -426,16 +465,11 @@ mod tests {
             })
         );
         // Other operations are not the budget's concern.
-        assert_eq!(
-            budget.admit_operator(
-                &state,
-                &Operation::TerminateAgent {
-                    agent: EntityId::from_u128(7),
-                    reason: "r".into()
-                }
-            ),
-            Ok(())
-        );
+        let terminate = Operation::TerminateAgent {
+            agent,
+            reason: "r".into(),
+        };
+        assert_eq!(budget.admit_operator(state, &terminate), Ok(()));
     }
 
     #[test]

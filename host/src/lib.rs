@@ -85,6 +85,6 @@ pub use store::redb::RedbStore;
 pub use store::secrets::{
     MAX_SECRET_VALUE, SecretError, SecretInfo, SecretStore, check_secret_name,
 };
-pub use store::snapshot::decode_snapshot;
+pub use store::snapshot::{decode_snapshot, encode_state as encode_snapshot};
 pub use text::{Size, UnitError, approx_size, clip, parse_duration, parse_size};
 pub use toka_kernel;

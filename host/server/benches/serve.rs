@@ -12,6 +12,12 @@
 //! - stream: one SSE consumer reading records of one observation each, (c)
 //!   from the log (a consumer catching up from record 1) and (d) live, as a
 //!   `test-bench` agent commits them. Goal: ≥ 100 000 events/s.
+//! - readers: agents' operations alone and beside four `read` clients
+//!   asking for pages from the middle of the log (each a replay of 100 000
+//!   records): the replays run at a low priority, so the agents keep
+//!   their pace.
+//!
+//! `-- tasks`, `-- stream` or `-- readers` runs only that part.
 //!
 //! It prints a table (no criterion: the figures are rates and percentiles
 //! of whole runs).
@@ -19,6 +25,7 @@
 #![allow(missing_docs, reason = "a bench binary")]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
@@ -39,6 +46,14 @@ async fn host() -> (tempfile::TempDir, Arc<RedbStore>, Host) {
         )
         .unwrap(),
     );
+    let host = Host::open(Arc::clone(&store) as Arc<dyn EventStore>, root, config())
+        .await
+        .unwrap();
+    (dir, store, host)
+}
+
+/// Quotas that a benchmark never meets; no snapshots.
+fn config() -> HostConfig {
     let huge = toka_kernel::Rate::new(u64::MAX >> 1, u64::MAX >> 1);
     let mut config = HostConfig::new();
     config
@@ -53,10 +68,7 @@ async fn host() -> (tempfile::TempDir, Arc<RedbStore>, Host) {
             ..toka_kernel::Rules::default()
         })
         .snapshot_every(0);
-    let host = Host::open(Arc::clone(&store) as Arc<dyn EventStore>, root, config)
-        .await
-        .unwrap();
-    (dir, store, host)
+    config
 }
 
 async fn agents(host: &Host, component: &str, n: usize) -> Vec<AgentId> {
@@ -148,7 +160,7 @@ async fn in_process(callers: usize, per_caller: usize) -> Measured {
 /// A server on loopback over a fresh host; its URL and admin token.
 async fn serve(
     host: Host,
-    store: Arc<RedbStore>,
+    store: Arc<dyn EventStore>,
 ) -> (
     String,
     String,
@@ -312,6 +324,123 @@ async fn stream(n: u64, live: bool) -> f64 {
     rate
 }
 
+/// Agents' operations while `readers` clients with a `read` token ask
+/// for a page of events from the middle of a 200 000-record log again and
+/// again (each page a replay of the 100 000 records before it: no
+/// snapshot), on redb in memory (`/dev/shm` where there is one: what is
+/// shared is the CPU, not the disk): the agents' operations per second
+/// (four agents running `observe 50000` at once through the API, eight
+/// times over: both cores busy), and the readers' pages per second.
+async fn beside_log_readers(readers: usize) -> (f64, f64) {
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
+    let root = RootKey::generate();
+    let store: Arc<dyn EventStore> = Arc::new(
+        RedbStore::create(
+            &dir.path().join("toka.redb"),
+            &Limits::default(),
+            &root.public().to_bytes(),
+        )
+        .unwrap(),
+    );
+    let host = Host::open(Arc::clone(&store), root, config())
+        .await
+        .unwrap();
+    let busy = agents(&host, "test-bench", 4).await;
+    for agent in &busy {
+        let task = host.schedule(*agent, "observe 50000").await.unwrap();
+        host.wait_task(task, Duration::from_secs(120))
+            .await
+            .unwrap();
+    }
+    let (url, token, stop, running, _registered) = serve(host, store).await;
+    let http = reqwest::Client::new();
+    let reader: String = http
+        .post(format!("{url}/v1/tokens"))
+        .bearer_auth(&token)
+        .json(&json!({"operator": "read"}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reading = Arc::new(AtomicBool::new(true));
+    let pages = Arc::new(AtomicU64::new(0));
+    let mut hostile = Vec::new();
+    for _ in 0..readers {
+        let (http, url, reader) = (http.clone(), url.clone(), reader.clone());
+        let (reading, pages) = (Arc::clone(&reading), Arc::clone(&pages));
+        hostile.push(tokio::spawn(async move {
+            while reading.load(Ordering::Relaxed) {
+                let page = http
+                    .get(format!("{url}/v1/events?from=100000&limit=10"))
+                    .bearer_auth(&reader)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(page.status().is_success(), "{}", page.status());
+                page.bytes().await.unwrap();
+                pages.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Rounds of the four agents running `observe 50000` at once (both
+    // cores busy).
+    const ROUNDS: usize = 8;
+    let started = Instant::now();
+    for _ in 0..ROUNDS {
+        let mut running = Vec::new();
+        for agent in &busy {
+            let (http, url, token) = (http.clone(), url.clone(), token.clone());
+            let agent = *agent;
+            running.push(tokio::spawn(async move {
+                let task: Value = http
+                    .post(format!("{url}/v1/agents/{agent}/tasks"))
+                    .bearer_auth(&token)
+                    .json(&json!({"description": "observe 50000"}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let id = task["id"].as_str().unwrap();
+                let done: Value = http
+                    .get(format!("{url}/v1/tasks/{id}?wait=60s"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert_eq!(done["status"], "completed", "{done}");
+            }));
+        }
+        for task in running {
+            task.await.unwrap();
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let ops_per_second = (ROUNDS * 4 * 50_000) as f64 / elapsed;
+    let pages_per_second = pages.load(Ordering::Relaxed) as f64 / elapsed;
+    reading.store(false, Ordering::Relaxed);
+    for reader in hostile {
+        reader.await.unwrap();
+    }
+    stop.send(()).unwrap();
+    running.await.unwrap();
+    (ops_per_second, pages_per_second)
+}
+
 fn main() {
     toka_server::install_crypto();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -319,32 +448,77 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // `-- readers` (or `tasks`, `stream`): only those parts.
+    let parts = ["tasks", "stream", "readers"];
+    let asked: Vec<String> = std::env::args()
+        .filter(|a| parts.contains(&a.as_str()))
+        .collect();
+    let part = |name: &str| asked.is_empty() || asked.iter().any(|a| a == name);
     runtime.block_on(async {
-        println!("tasks scheduled and completed, each caller waiting for its task (redb, durable)");
-        println!("| callers | in-process tasks/s | p50 | p99 | HTTP tasks/s | p50 | p99 | HTTP / in-process |");
-        println!("|---|---|---|---|---|---|---|---|");
-        for (callers, per_caller) in [(1, 300), (10, 100), (100, 20)] {
-            let a = in_process(callers, per_caller).await;
-            let b = over_http(callers, per_caller).await;
-            println!(
-                "| {callers} | {:.0} | {:.2} ms | {:.2} ms | {:.0} | {:.2} ms | {:.2} ms | {:.0}% |",
-                a.per_second,
-                ms(a.percentile(0.5)),
-                ms(a.percentile(0.99)),
-                b.per_second,
-                ms(b.percentile(0.5)),
-                ms(b.percentile(0.99)),
-                100.0 * b.per_second / a.per_second
-            );
+        if part("tasks") {
+            tasks().await;
         }
-        println!();
-        println!("one SSE consumer, one observation per record");
-        println!("| what | events/s |");
-        println!("|---|---|");
-        let n = 200_000;
-        println!("| from the log ({n} records) | {:.0} |", stream(n, false).await);
-        println!("| live, as committed ({n} records) | {:.0} |", stream(n, true).await);
+        if part("stream") {
+            streams().await;
+        }
+        if part("readers") {
+            readers().await;
+        }
     });
+}
+
+/// Tasks through the library and through the HTTP API, side by side.
+async fn tasks() {
+    println!("tasks scheduled and completed, each caller waiting for its task (redb, durable)");
+    println!(
+        "| callers | in-process tasks/s | p50 | p99 | HTTP tasks/s | p50 | p99 | HTTP / in-process |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (callers, per_caller) in [(1, 300), (10, 100), (100, 20)] {
+        let a = in_process(callers, per_caller).await;
+        let b = over_http(callers, per_caller).await;
+        println!(
+            "| {callers} | {:.0} | {:.2} ms | {:.2} ms | {:.0} | {:.2} ms | {:.2} ms | {:.0}% |",
+            a.per_second,
+            ms(a.percentile(0.5)),
+            ms(a.percentile(0.99)),
+            b.per_second,
+            ms(b.percentile(0.5)),
+            ms(b.percentile(0.99)),
+            100.0 * b.per_second / a.per_second
+        );
+    }
+}
+
+/// One SSE consumer, from the log and live.
+async fn streams() {
+    println!();
+    println!("one SSE consumer, one observation per record");
+    println!("| what | events/s |");
+    println!("|---|---|");
+    let n = 200_000;
+    println!(
+        "| from the log ({n} records) | {:.0} |",
+        stream(n, false).await
+    );
+    println!(
+        "| live, as committed ({n} records) | {:.0} |",
+        stream(n, true).await
+    );
+}
+
+/// Agents' tasks beside read clients replaying the log.
+async fn readers() {
+    println!();
+    println!(
+        "four agents' operations beside read clients paging from the middle of a 200 000-record log (redb on tmpfs, no snapshot)"
+    );
+    println!("| read clients | agents' ops/s | their pages/s |");
+    println!("|---|---|---|");
+    for readers in [0, 4] {
+        let (ops, pages) = beside_log_readers(readers).await;
+        println!("| {readers} | {ops:.0} | {pages:.1} |");
+    }
 }
 
 fn ms(d: Duration) -> f64 {

@@ -14,6 +14,9 @@ use crate::jobs::Jobs;
 use crate::rate::Limiter;
 use crate::views::{ArchiveJob, VerifyJob};
 
+/// Replays of the log for read clients at once.
+const LOG_READ_TURNS: usize = 2;
+
 /// The server's shared state.
 pub(crate) struct App {
     pub(crate) host: Arc<Host>,
@@ -37,6 +40,8 @@ pub(crate) struct App {
     /// Turns for reading the log back (a replay from a snapshot): they
     /// take turns rather than each taking a core.
     pub(crate) log_reads: Semaphore,
+    /// The low-priority threads those replays run on, one per turn.
+    pub(crate) log_readers: crate::readers::LogReaders,
     /// Places for open event streams.
     pub(crate) streams: Arc<Semaphore>,
     /// The last `/v1/log/state` answer (its JSON) and the sequence number
@@ -78,7 +83,8 @@ impl App {
             verify: Arc::default(),
             archives: Arc::default(),
             compile: Semaphore::new(1),
-            log_reads: Semaphore::new(2),
+            log_reads: Semaphore::new(LOG_READ_TURNS),
+            log_readers: crate::readers::LogReaders::new(LOG_READ_TURNS),
             encoded_state: tokio::sync::Mutex::new(None),
             census: PerState::default(),
             agent_index: PerState::default(),
@@ -104,17 +110,24 @@ impl<T> Default for PerState<T> {
     }
 }
 
-impl<T: Clone> PerState<T> {
+impl<T: Clone + Send + 'static> PerState<T> {
     /// The value for the state after record `head`: the kept one if it is
-    /// of that state, else `compute`d and kept.
-    pub(crate) async fn get(&self, head: u64, compute: impl FnOnce() -> T) -> T {
+    /// of that state, else `compute`d on a log reader's thread (a walk of
+    /// every agent takes milliseconds at 100 000; not on the runtime's
+    /// threads, where agents run) and kept.
+    pub(crate) async fn get(
+        &self,
+        head: u64,
+        readers: &crate::readers::LogReaders,
+        compute: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
         let mut kept = self.0.lock().await;
         if let Some((seq, value)) = &*kept
             && *seq == head
         {
             return value.clone();
         }
-        let value = compute();
+        let value = readers.run(compute).await;
         *kept = Some((head, value.clone()));
         value
     }

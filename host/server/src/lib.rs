@@ -14,6 +14,7 @@
 //! | `cells` | several cells of a cluster behind one address |
 //! | `auth`, `rate` | operator tokens, levels, tickets, rate limits |
 //! | `retention` | forgetting and archiving at intervals, by itself |
+//! | `readers` | the low-priority threads replaying the log for read clients |
 //! | `api/` | the `/v1` endpoints, one file per resource |
 //! | `views`, `events`, `error`, `extract` | the JSON shapes in and out |
 //! | `dashboard/` | the embedded dashboard |
@@ -37,6 +38,7 @@ mod extract;
 mod jobs;
 mod oversize;
 mod rate;
+mod readers;
 mod retention;
 mod serve;
 

@@ -46,8 +46,13 @@ pub(crate) fn encode(kernel: &Kernel) -> Vec<u8> {
     encode_state(kernel.head(), kernel.state())
 }
 
-/// Encodes `state`, the state after the record at `head`.
-pub(crate) fn encode_state(head: ChainHead, state: &WorldState) -> Vec<u8> {
+/// Encodes `state`, the state after the record at `head`, as a snapshot
+/// (docs/format.md; read it back with [`decode_snapshot`]): what
+/// [`Host::encoded_state`](crate::Host::encoded_state) returns, for a
+/// caller that encodes a state it holds ([`Host::committed_view`](crate::Host::committed_view))
+/// on a thread of its choosing.
+#[must_use]
+pub fn encode_state(head: ChainHead, state: &WorldState) -> Vec<u8> {
     let state = state.to_bytes();
     let encoded = Encoded {
         version: SNAPSHOT_VERSION,

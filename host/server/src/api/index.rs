@@ -105,15 +105,18 @@ impl AgentIndex {
 pub(crate) async fn agent_index(
     app: &App,
     head: u64,
-    state: &WorldState,
+    state: &Arc<WorldState>,
     filter: &AgentFilter<'_>,
 ) -> Option<Arc<AgentIndex>> {
     if !filter.is_set() || state.agents().len() <= MAX_SCAN {
         return None;
     }
+    let state = Arc::clone(state);
     let index = app
         .agent_index
-        .get(head, || Arc::new(AgentIndex::of(state)))
+        .get(head, &app.log_readers, move || {
+            Arc::new(AgentIndex::of(&state))
+        })
         .await;
     Some(index)
 }

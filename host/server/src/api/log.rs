@@ -107,9 +107,10 @@ pub(crate) async fn events(
         .acquire()
         .await
         .map_err(|_| ApiError::internal("the server is stopping"))?;
-    let records = tokio::task::spawn_blocking(move || host.log_events(from, SCAN_PER_REQUEST))
-        .await
-        .map_err(|e| ApiError::internal(format!("reading the log failed: {e}")))??;
+    let records = app
+        .log_readers
+        .run(move || host.log_events(from, SCAN_PER_REQUEST))
+        .await?;
     let head = head(&app).seq;
     let mut events: Vec<EventView> = Vec::new();
     let mut next_from = None;
@@ -237,17 +238,26 @@ pub(crate) async fn state(
     {
         return Ok((json, body.clone()));
     }
-    let (head, bytes) = app.host.encoded_state().await;
-    let body = serde_json::to_vec(&EncodedState {
-        head: Head {
-            seq: head.seq,
-            hash: head.hash.to_string(),
-        },
-        snapshot: base64::engine::general_purpose::STANDARD.encode(&bytes),
-        limits: app.limits.clone(),
-        cell: app.host.cell().map(Into::into),
-    })
-    .map_err(|e| ApiError::internal(format!("encoding the state failed: {e}")))?;
+    // Encoding a large state takes a while (~20 MB at 100 000 agents): on
+    // a reader's thread, not one of the runtime's (agents run there).
+    let (head, state) = app.host.committed_view().await;
+    let (limits, cell) = (app.limits.clone(), app.host.cell().map(Into::into));
+    let body = app
+        .log_readers
+        .run(move || {
+            let bytes = toka_host::encode_snapshot(head, &state);
+            serde_json::to_vec(&EncodedState {
+                head: Head {
+                    seq: head.seq,
+                    hash: head.hash.to_string(),
+                },
+                snapshot: base64::engine::general_purpose::STANDARD.encode(&bytes),
+                limits,
+                cell,
+            })
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("encoding the state failed: {e}")))?;
     let body = axum::body::Bytes::from(body);
     *last = Some((head.seq, body.clone()));
     Ok((json, body))

@@ -278,20 +278,21 @@ impl Follower {
         let host = Arc::clone(&app.host);
         let from = self.next;
         let reader = self.reader.take().filter(|r| r.next_seq() == from);
-        let (reader, records) = tokio::task::spawn_blocking(move || {
-            let mut reader = match reader {
-                Some(reader) => reader,
-                None => host.log_reader(from)?,
-            };
-            let limit = usize::try_from(before - from)
-                .unwrap_or(usize::MAX)
-                .min(CATCH_UP);
-            let records = host.read_log(&mut reader, limit)?;
-            Ok::<_, toka_host::HostError>((reader, records))
-        })
-        .await
-        .ok()?
-        .ok()?;
+        let (reader, records) = app
+            .log_readers
+            .run(move || {
+                let mut reader = match reader {
+                    Some(reader) => reader,
+                    None => host.log_reader(from)?,
+                };
+                let limit = usize::try_from(before - from)
+                    .unwrap_or(usize::MAX)
+                    .min(CATCH_UP);
+                let records = host.read_log(&mut reader, limit)?;
+                Ok::<_, toka_host::HostError>((reader, records))
+            })
+            .await
+            .ok()?;
         self.reader = Some(reader);
         for record in &records {
             self.push(record);

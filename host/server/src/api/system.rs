@@ -61,7 +61,9 @@ pub(crate) fn head(app: &App) -> Head {
 /// metrics) as often as its rate allows.
 async fn census(app: &App) -> Census {
     let (head, state) = app.host.committed_view().await;
-    app.census.get(head.seq, || Census::of(&state)).await
+    app.census
+        .get(head.seq, &app.log_readers, move || Census::of(&state))
+        .await
 }
 
 /// Agents and tasks counted.

@@ -40,7 +40,9 @@ pub(crate) struct App {
     /// Turns for reading the log back (a replay from a snapshot): they
     /// take turns rather than each taking a core.
     pub(crate) log_reads: Semaphore,
-    /// The low-priority threads those replays run on, one per turn.
+    /// The low-priority threads those replays run on, one per turn, and
+    /// one more: the state's encoding and counts always have a thread the
+    /// replays do not hold.
     pub(crate) log_readers: crate::readers::LogReaders,
     /// Places for open event streams.
     pub(crate) streams: Arc<Semaphore>,
@@ -84,7 +86,7 @@ impl App {
             archives: Arc::default(),
             compile: Semaphore::new(1),
             log_reads: Semaphore::new(LOG_READ_TURNS),
-            log_readers: crate::readers::LogReaders::new(LOG_READ_TURNS),
+            log_readers: crate::readers::LogReaders::new(LOG_READ_TURNS + 1),
             encoded_state: tokio::sync::Mutex::new(None),
             census: PerState::default(),
             agent_index: PerState::default(),

@@ -101,7 +101,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn replays_run_on_threads_of_lower_priority_and_a_panic_is_an_error() {
+    async fn replays_run_on_threads_of_lower_priority_and_a_panic_reaches_the_caller() {
         let base = rustix::process::getpriority_process(None).unwrap();
         let readers = LogReaders::new(2);
         let (name, nice) = readers

@@ -397,11 +397,11 @@ async fn beside_log_readers(readers: usize) -> (f64, f64) {
     const ROUNDS: usize = 8;
     let started = Instant::now();
     for _ in 0..ROUNDS {
-        let mut running = Vec::new();
+        let mut round = Vec::new();
         for agent in &busy {
             let (http, url, token) = (http.clone(), url.clone(), token.clone());
             let agent = *agent;
-            running.push(tokio::spawn(async move {
+            round.push(tokio::spawn(async move {
                 let task: Value = http
                     .post(format!("{url}/v1/agents/{agent}/tasks"))
                     .bearer_auth(&token)
@@ -425,7 +425,7 @@ async fn beside_log_readers(readers: usize) -> (f64, f64) {
                 assert_eq!(done["status"], "completed", "{done}");
             }));
         }
-        for task in running {
+        for task in round {
             task.await.unwrap();
         }
     }

@@ -48,7 +48,7 @@ pub(crate) struct Args {
     forget_terminated_every: Option<Duration>,
     /// Archive the log this often (as `POST /v1/archive`): into a new file
     /// in the data dir's `archives/` directory, which stays until you take
-    /// it away (`toka archive` from another machine, or `GET` and `DELETE
+    /// it away (download it and delete it: `GET` and `DELETE
     /// /v1/archive/files/NAME`). Default: only when asked.
     #[arg(long, value_name = "DURATION", value_parser = toka_host::parse_duration)]
     archive_every: Option<Duration>,

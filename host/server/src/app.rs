@@ -38,8 +38,9 @@ pub(crate) struct App {
     /// thing a `write` operator can ask for.
     pub(crate) compile: Semaphore,
     /// Turns for reading the log back (a replay from a snapshot): they
-    /// take turns rather than each taking a core.
-    pub(crate) log_reads: Semaphore,
+    /// take turns rather than each taking a core, one per token family at
+    /// a time.
+    pub(crate) log_reads: crate::readers::ReplayTurns,
     /// The low-priority threads those replays run on, one per turn, and
     /// one more: the state's encoding and counts always have a thread the
     /// replays do not hold.
@@ -85,7 +86,7 @@ impl App {
             verify: Arc::default(),
             archives: Arc::default(),
             compile: Semaphore::new(1),
-            log_reads: Semaphore::new(LOG_READ_TURNS),
+            log_reads: crate::readers::ReplayTurns::new(LOG_READ_TURNS),
             log_readers: crate::readers::LogReaders::new(LOG_READ_TURNS + 1),
             encoded_state: tokio::sync::Mutex::new(None),
             census: PerState::default(),

@@ -56,6 +56,16 @@ impl<const L: u8> FromRequestParts<Arc<App>> for Operator<L> {
     }
 }
 
+/// The family of `token`: every token attenuated from one root (each with
+/// a digest of its own) is of the root's, and shares its request rate and
+/// its turns at replaying the log.
+pub(crate) fn family(token: &Token) -> Digest {
+    token
+        .revocation_ids()
+        .first()
+        .map_or_else(|| token.digest(), |id| Digest::of(id))
+}
+
 /// The client's address, when the server knows it.
 pub(crate) fn client(parts: &Parts) -> Option<IpAddr> {
     parts
@@ -147,13 +157,7 @@ impl App {
             }
         };
         self.seen.insert(key);
-        // Per root: every token attenuated from one (each with a digest of
-        // its own) shares the root's rate.
-        let root = token
-            .revocation_ids()
-            .first()
-            .map_or_else(|| token.digest(), |id| Digest::of(id));
-        self.per_token.take(root).map_err(|wait| {
+        self.per_token.take(family(&token)).map_err(|wait| {
             ApiError::too_many(
                 format!("this token's request rate is used up; try again in {wait} s"),
                 wait,

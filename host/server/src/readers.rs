@@ -6,14 +6,17 @@
 //! Linux): on a busy machine they get the CPU that agents, the log writer
 //! and the API's other requests leave, not an equal share of it; on an
 //! idle one they run at full speed. The turns in front of them
-//! ([`App::log_reads`](crate::app::App)) keep a client that gave up from
-//! leaving work queued here. The committed state's encodings and counts a
+//! ([`ReplayTurns`]: a few in all, one per family of tokens) keep a
+//! client that gave up from leaving work queued here, and one client from
+//! holding them all. The committed state's encodings and counts a
 //! read client asks for (`/v1/log/state`, the census, the agent index) run
 //! here too.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, mpsc};
 
-use tokio::sync::oneshot;
+use toka_kernel::Digest;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 /// A replay to run.
 type Job = Box<dyn FnOnce() + Send>;
@@ -87,6 +90,56 @@ impl LogReaders {
     }
 }
 
+/// Turns at replaying the log: a few at once in all, and one at a time
+/// per family of operator tokens ([`family`](crate::auth::family)), so
+/// one client asking without pause cannot hold every turn and keep other
+/// clients' pages waiting.
+#[derive(Debug)]
+pub(crate) struct ReplayTurns {
+    all: Arc<Semaphore>,
+    /// Per family waiting for or holding a turn (dropped once none is).
+    families: Mutex<HashMap<Digest, Arc<Semaphore>>>,
+}
+
+/// A turn at replaying the log, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct ReplayTurn {
+    _family: OwnedSemaphorePermit,
+    _all: OwnedSemaphorePermit,
+}
+
+impl ReplayTurns {
+    /// `turns` at once in all.
+    pub(crate) fn new(turns: usize) -> Self {
+        Self {
+            all: Arc::new(Semaphore::new(turns)),
+            families: Mutex::default(),
+        }
+    }
+
+    /// A turn for `family`, once its last one is given back and one of all
+    /// is free; `None` when the turns are closed.
+    pub(crate) async fn take(&self, family: Digest) -> Option<ReplayTurn> {
+        let mine = {
+            let mut families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+            // Families nobody holds or waits for go (a handful at most
+            // are in the map: those with a request in flight).
+            families.retain(|_, turn| Arc::strong_count(turn) > 1);
+            Arc::clone(
+                families
+                    .entry(family)
+                    .or_insert_with(|| Arc::new(Semaphore::new(1))),
+            )
+        };
+        let family = mine.acquire_owned().await.ok()?;
+        let all = Arc::clone(&self.all).acquire_owned().await.ok()?;
+        Some(ReplayTurn {
+            _family: family,
+            _all: all,
+        })
+    }
+}
+
 /// Lowers the calling thread's scheduling priority (on Linux the nice
 /// value is per thread); elsewhere, or when refused, it runs as it is.
 fn lower_priority() {
@@ -131,5 +184,27 @@ mod tests {
             .await;
         assert_eq!(thread.as_deref(), Some("toka-log-reader-0"));
         assert_eq!(readers.run(|| 2 + 2).await, 4);
+    }
+
+    #[tokio::test]
+    async fn a_family_holds_one_replay_turn_at_a_time() {
+        let turns = Arc::new(ReplayTurns::new(2));
+        let (greedy, other) = (Digest::of(b"greedy"), Digest::of(b"other"));
+        let first = turns.take(greedy).await.unwrap();
+        // The same family's second request waits for its first...
+        let waiting = tokio::spawn({
+            let turns = Arc::clone(&turns);
+            async move { turns.take(greedy).await.map(drop) }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        // ...while another family takes the other turn at once.
+        let second = turns.take(other).await.unwrap();
+        drop(first);
+        waiting.await.unwrap().unwrap();
+        drop(second);
+        // Nothing held: the families are let go at the next take.
+        drop(turns.take(other).await.unwrap());
+        assert_eq!(turns.families.lock().unwrap().len(), 1);
     }
 }

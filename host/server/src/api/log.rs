@@ -94,7 +94,7 @@ impl Filter {
         AuthErrors))]
 pub(crate) async fn events(
     State(app): State<Arc<App>>,
-    _who: Reader,
+    who: Reader,
     Query(query): Query<EventsQuery>,
 ) -> Result<axum::Json<EventPage>, ApiError> {
     let limit = crate::api::Paging::new(query.limit)?.limit;
@@ -104,9 +104,9 @@ pub(crate) async fn events(
     let host = Arc::clone(&app.host);
     let _turn = app
         .log_reads
-        .acquire()
+        .take(crate::auth::family(&who.token))
         .await
-        .map_err(|_| ApiError::internal("the server is stopping"))?;
+        .ok_or_else(|| ApiError::internal("the server is stopping"))?;
     let records = app
         .log_readers
         .run(move || host.log_events(from, SCAN_PER_REQUEST))

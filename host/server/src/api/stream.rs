@@ -274,7 +274,7 @@ impl Follower {
             return Some(0);
         }
         let app = Arc::clone(&self.app);
-        let _turn = app.log_reads.acquire().await.ok()?;
+        let _turn = app.log_reads.take(crate::auth::family(&self.token)).await?;
         let host = Arc::clone(&app.host);
         let from = self.next;
         let reader = self.reader.take().filter(|r| r.next_seq() == from);

@@ -303,10 +303,18 @@ pub(crate) async fn serve(
     };
     let served = server.run(host, store as _, stop).await;
     drop(services);
+    // The host stopping by itself (its log fenced it) is a step down too,
+    // whichever of the two saw it first.
     let reason = stepped_down
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .take();
+        .take()
+        .or_else(|| match &served {
+            Err(toka_server::ServeError::Host(toka_host::HostError::Stopped(stopped))) => {
+                Some(stopped.0.clone())
+            }
+            _ => None,
+        });
     if let Some(reason) = reason {
         return Err(Failure::work(format!(
             "stepped down from cell {cell}: {reason}"

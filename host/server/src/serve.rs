@@ -188,6 +188,9 @@ impl Server {
         let served = serve_http(listener, tls, routes, handle.clone());
         tracing::info!(%url, "serving");
         let failed = tokio::select! {
+            // The caller's stop first: one that watches the host too (a
+            // cell's, which steps down) says why when both are ready.
+            biased;
             () = stop => None,
             stopped = host_stopped => Some(stopped),
         };

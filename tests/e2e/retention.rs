@@ -788,6 +788,24 @@ async fn an_api_client_lists_downloads_and_deletes_the_archive_files() {
 }
 
 /// `toka_agent_state_bytes` from `/metrics`.
+/// `counter` agents of these names through the API, each having
+/// completed a task.
+async fn counters(api: &crate::serve::Api, names: &[&str]) -> Vec<String> {
+    use crate::serve::{install, run_task, spawn};
+
+    let digest = install(api, "counter").await.body["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut agents = Vec::new();
+    for name in names {
+        let agent = spawn(api, &digest, name, &["observe", "state", "schedule self"]).await;
+        assert_eq!(run_task(api, &agent, "5").await["status"], "completed");
+        agents.push(agent);
+    }
+    agents
+}
+
 async fn state_held(api: &crate::serve::Api) -> u64 {
     let text = api
         .request(reqwest::Method::GET, "/metrics")
@@ -807,22 +825,12 @@ async fn state_held(api: &crate::serve::Api) -> u64 {
 async fn forgetting_terminated_agents_gives_their_records_and_state_back() {
     use reqwest::{Method, StatusCode};
 
-    use crate::serve::{Api, Served, install, operator, run_task, spawn, terminate};
+    use crate::serve::{Api, Served, operator, run_task, terminate};
 
     let (_tmp, data) = temp_data();
     let mut served = Served::start_on(&data, &[]);
     let api = Api::new(&served).await;
-    let digest = install(&api, "counter").await.body["digest"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let rights = ["observe", "state", "schedule self"];
-    let mut agents = Vec::new();
-    for name in ["a", "b", "c"] {
-        let agent = spawn(&api, &digest, name, &rights).await;
-        assert_eq!(run_task(&api, &agent, "5").await["status"], "completed");
-        agents.push(agent);
-    }
+    let agents = counters(&api, &["a", "b", "c"]).await;
     for agent in &agents[..2] {
         terminate(&api, agent).await;
     }
@@ -901,7 +909,7 @@ async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
 async fn a_server_told_to_forgets_and_archives_by_itself() {
     use reqwest::StatusCode;
 
-    use crate::serve::{Api, Served, install, run_task, spawn, terminate};
+    use crate::serve::{Api, Served, terminate};
 
     let (_tmp, data) = temp_data();
     // Bad input first: nothing starts, nothing is written.
@@ -926,19 +934,9 @@ async fn a_server_told_to_forgets_and_archives_by_itself() {
         &["--forget-terminated-every", "1s", "--archive-every", "1s"],
     );
     let api = Api::new(&served).await;
-    let digest = install(&api, "counter").await.body["digest"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let rights = ["observe", "state", "schedule self"];
-    let (gone, stays) = (
-        spawn(&api, &digest, "gone", &rights).await,
-        spawn(&api, &digest, "stays", &rights).await,
-    );
-    for agent in [&gone, &stays] {
-        assert_eq!(run_task(&api, agent, "3").await["status"], "completed");
-    }
-    terminate(&api, &gone).await;
+    let agents = counters(&api, &["gone", "stays"]).await;
+    let (gone, stays) = (&agents[0], &agents[1]);
+    terminate(&api, gone).await;
 
     // Forgotten within a tick or two, by the server alone.
     let path = format!("/v1/agents/{gone}");

@@ -208,34 +208,44 @@ async fn over_http(callers: usize, per_caller: usize) -> Measured {
         let url = url.clone();
         let token = token.clone();
         let agent = agents[caller];
-        async move {
-            let task: Value = http
-                .post(format!("{url}/v1/agents/{agent}/tasks"))
-                .bearer_auth(&token)
-                .json(&json!({"description": format!("t{i}")}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let id = task["id"].as_str().unwrap();
-            let done: Value = http
-                .get(format!("{url}/v1/tasks/{id}?wait=30s"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            assert_eq!(done["status"], "completed", "{done}");
-        }
+        async move { run_over_http(&http, &url, &token, agent, &format!("t{i}")).await }
     })
     .await;
     stop.send(()).unwrap();
     running.await.unwrap();
     measured
+}
+
+/// Schedules `description` for `agent` through the API and waits (up to
+/// 60 s) for it to complete.
+async fn run_over_http(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    agent: AgentId,
+    description: &str,
+) {
+    let task: Value = http
+        .post(format!("{url}/v1/agents/{agent}/tasks"))
+        .bearer_auth(token)
+        .json(&json!({"description": description}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = task["id"].as_str().unwrap();
+    let done: Value = http
+        .get(format!("{url}/v1/tasks/{id}?wait=60s"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
 }
 
 /// Events per second one SSE consumer receives: `n` observations, read
@@ -402,27 +412,7 @@ async fn beside_log_readers(readers: usize) -> (f64, f64) {
             let (http, url, token) = (http.clone(), url.clone(), token.clone());
             let agent = *agent;
             round.push(tokio::spawn(async move {
-                let task: Value = http
-                    .post(format!("{url}/v1/agents/{agent}/tasks"))
-                    .bearer_auth(&token)
-                    .json(&json!({"description": "observe 50000"}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                let id = task["id"].as_str().unwrap();
-                let done: Value = http
-                    .get(format!("{url}/v1/tasks/{id}?wait=60s"))
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                assert_eq!(done["status"], "completed", "{done}");
+                run_over_http(&http, &url, &token, agent, "observe 50000").await;
             }));
         }
         for task in round {

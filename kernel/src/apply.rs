@@ -227,6 +227,9 @@ impl WorldState {
             Operation::DeliverTask { delivery } => self.deliver(*delivery, env)?,
             Operation::RemoveComponent { component } => self.remove_component(origin, component)?,
             Operation::ForgetTerminated => self.forget_terminated(origin)?,
+            Operation::RefuseDelivery { delivery, reason } => {
+                self.refuse_delivery(*delivery, reason, env)?
+            }
         };
 
         // Infallible bookkeeping, after the operation succeeded.

@@ -279,10 +279,60 @@ impl WorldState {
         delivery: Delivery,
         env: &Env<'_>,
     ) -> Result<Vec<Event>, KernelError> {
-        const KIND: OpKind = OpKind::DeliverTask;
-        let Some(cell) = env.cell else {
+        let (cell, from_cell, from_seq, parcel) = self.take(OpKind::DeliverTask, delivery, env)?;
+        match parcel {
+            Parcel::Task(sent) => Ok(self.deliver_task(sent, from_cell, cell, env)),
+            Parcel::Config(change) => Ok(self.change(change, env.limits).unwrap_or_else(|e| {
+                vec![Event::ChangeRefused {
+                    from_seq,
+                    reason: e.to_string(),
+                }]
+            })),
+        }
+    }
+
+    /// [`Operation::RefuseDelivery`](crate::Operation::RefuseDelivery):
+    /// takes in a task another cell sent without queuing it, for the
+    /// host's `reason`.
+    pub(crate) fn refuse_delivery(
+        &mut self,
+        delivery: Delivery,
+        reason: String,
+        env: &Env<'_>,
+    ) -> Result<Vec<Event>, KernelError> {
+        const KIND: OpKind = OpKind::RefuseDelivery;
+        check_size(Limit::Reason, env.limits.max_reason, reason.len())?;
+        if matches!(delivery.parcel, Parcel::Config(_)) {
             return Err(KernelError::invalid(
                 KIND,
+                "a change of the configuration is applied in every cell, never refused",
+            ));
+        }
+        let (_, from_cell, _, parcel) = self.take(KIND, delivery, env)?;
+        let Parcel::Task(sent) = parcel else {
+            unreachable!("a change was turned away above");
+        };
+        Ok(vec![Event::TaskRefused {
+            task: sent.task,
+            agent: sent.agent,
+            by: sent.by,
+            from_cell,
+            reason,
+        }])
+    }
+
+    /// Checks that `delivery` is this cell's to take and was not taken
+    /// before, and remembers it as taken: this cell, the origin cell, the
+    /// origin's record, and what was sent.
+    fn take(
+        &mut self,
+        kind: OpKind,
+        delivery: Delivery,
+        env: &Env<'_>,
+    ) -> Result<(Cell, u16, u64, Parcel), KernelError> {
+        let Some(cell) = env.cell else {
+            return Err(KernelError::invalid(
+                kind,
                 "this log is not a cluster cell's",
             ));
         };
@@ -294,13 +344,13 @@ impl WorldState {
         } = delivery;
         if from_cell == cell.index || from_cell >= cell.cells {
             return Err(KernelError::invalid(
-                KIND,
+                kind,
                 format!("cell {from_cell} cannot send to cell {}", cell.index),
             ));
         }
         if self.mail.taken(from_cell, from_seq) || position < self.mail.read_from() {
             return Err(KernelError::invalid(
-                KIND,
+                kind,
                 format!(
                     "what cell {from_cell}'s record {from_seq} sent (inbox position {position}) was taken already"
                 ),
@@ -309,13 +359,13 @@ impl WorldState {
         match &parcel {
             Parcel::Task(sent) if sent.task.cell() != cell.index => {
                 return Err(KernelError::invalid(
-                    KIND,
+                    kind,
                     format!("task {} is not one of cell {}'s", sent.task, cell.index),
                 ));
             }
             Parcel::Config(_) if from_cell != CONFIG_CELL => {
                 return Err(KernelError::invalid(
-                    KIND,
+                    kind,
                     format!("cell {from_cell} is not the configuration cell"),
                 ));
             }
@@ -328,15 +378,7 @@ impl WorldState {
                 position,
             },
         );
-        match parcel {
-            Parcel::Task(sent) => Ok(self.deliver_task(sent, from_cell, cell, env)),
-            Parcel::Config(change) => Ok(self.change(change, env.limits).unwrap_or_else(|e| {
-                vec![Event::ChangeRefused {
-                    from_seq,
-                    reason: e.to_string(),
-                }]
-            })),
-        }
+        Ok((cell, from_cell, from_seq, parcel))
     }
 
     /// Queues a task another cell sent, or says why not.

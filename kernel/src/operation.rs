@@ -312,6 +312,17 @@ pub enum Operation {
     /// [`FORGOTTEN_PER_RECORD`](crate::FORGOTTEN_PER_RECORD) per record,
     /// the deepest first.
     ForgetTerminated,
+    /// A task another cell sent, read from this cell's inbox, that the
+    /// host refuses to queue (its memory for agent state would pass its
+    /// budget): taken once, as [`Operation::DeliverTask`] takes it, and
+    /// recorded as [`Event::TaskRefused`](crate::Event::TaskRefused) with
+    /// the host's reason. A change of the configuration is never refused.
+    RefuseDelivery {
+        /// The task and where it came from.
+        delivery: Box<Delivery>,
+        /// Why the host refused it.
+        reason: String,
+    },
 }
 
 /// One or more identical operations of a task, refused in a row.
@@ -380,6 +391,7 @@ pub enum OpKind {
     DeliverTask,
     RemoveComponent,
     ForgetTerminated,
+    RefuseDelivery,
 }
 
 impl OpKind {
@@ -419,6 +431,7 @@ impl OpKind {
             OpKind::DeliverTask => "deliver_task",
             OpKind::RemoveComponent => "remove_component",
             OpKind::ForgetTerminated => "forget_terminated",
+            OpKind::RefuseDelivery => "refuse_delivery",
         }
     }
 
@@ -452,6 +465,7 @@ impl OpKind {
                 | OpKind::DeliverTask
                 | OpKind::RemoveComponent
                 | OpKind::ForgetTerminated
+                | OpKind::RefuseDelivery
         )
     }
 
@@ -522,6 +536,7 @@ impl Operation {
             Operation::DeliverTask { .. } => OpKind::DeliverTask,
             Operation::RemoveComponent { .. } => OpKind::RemoveComponent,
             Operation::ForgetTerminated => OpKind::ForgetTerminated,
+            Operation::RefuseDelivery { .. } => OpKind::RefuseDelivery,
         }
     }
 }

@@ -195,6 +195,103 @@ fn a_full_queue_refuses_a_delivery_without_losing_the_inbox_place() {
 }
 
 #[test]
+fn a_delivery_the_host_refuses_is_consumed_with_its_reason_and_queues_nothing() {
+    let (mut a, mut b) = (world_in(0), world_in(1));
+    let agent = b.spawn_root("worker");
+    let (seq, outgoing) = send(&mut a, agent, "too much");
+    let refuse = |position: u64, reason: &str, parcel: Parcel| Operation::RefuseDelivery {
+        delivery: Box::new(Delivery {
+            from_cell: 0,
+            from_seq: seq,
+            position,
+            parcel,
+        }),
+        reason: reason.to_owned(),
+    };
+    let invalid = |message: &str| KernelError::InvalidOperation {
+        operation: OpKind::RefuseDelivery,
+        message: message.to_owned(),
+    };
+    // A change of the configuration holds in every cell: never refused.
+    b.assert_rejected(
+        EntityId::SYSTEM,
+        Authorization::System,
+        refuse(
+            1,
+            "no",
+            Parcel::Config(Change::Revoke {
+                revocation_id: vec![1],
+            }),
+        ),
+        invalid("a change of the configuration is applied in every cell, never refused"),
+    );
+    // A reason is bounded like every other.
+    let long = "x".repeat(Limits::default().max_reason as usize + 1);
+    assert!(matches!(
+        b.system(refuse(1, &long, Parcel::Task(outgoing.clone()))),
+        Err(KernelError::LimitExceeded {
+            limit: Limit::Reason,
+            ..
+        })
+    ));
+    // Only the host refuses.
+    b.assert_rejected(
+        agent,
+        Authorization::Token,
+        refuse(1, "no", Parcel::Task(outgoing.clone())),
+        KernelError::CapabilityDenied {
+            origin: agent,
+            operation: OpKind::RefuseDelivery,
+            reason: "only the host may submit this operation".into(),
+        },
+    );
+
+    let applied = b
+        .system(refuse(
+            1,
+            "the budget is spent",
+            Parcel::Task(outgoing.clone()),
+        ))
+        .unwrap();
+    assert_eq!(
+        applied.events,
+        vec![Event::TaskRefused {
+            task: outgoing.task,
+            agent,
+            by: EntityId::SYSTEM,
+            from_cell: 0,
+            reason: "the budget is spent".to_owned(),
+        }]
+    );
+    assert!(b.kernel.state().task(outgoing.task).is_none());
+    assert!(b.kernel.state().agent(agent).unwrap().queue.is_empty());
+    assert_eq!(b.kernel.state().inbox_read_from(), 2);
+    // Taken once: neither delivered nor refused again.
+    let taken = format!("what cell 0's record {seq} sent (inbox position 1) was taken already");
+    b.assert_rejected(
+        EntityId::SYSTEM,
+        Authorization::System,
+        delivery(0, seq, 1, outgoing.clone()),
+        KernelError::InvalidOperation {
+            operation: OpKind::DeliverTask,
+            message: taken.clone(),
+        },
+    );
+    b.assert_rejected(
+        EntityId::SYSTEM,
+        Authorization::System,
+        refuse(1, "again", Parcel::Task(outgoing)),
+        invalid(&taken),
+    );
+    // The log replays to the same state.
+    let mut replayed = Kernel::new(Limits::default()).in_cell(b.kernel.cell());
+    for record in &b.log {
+        replayed.replay(record).unwrap();
+    }
+    assert_eq!(replayed.state(), b.kernel.state());
+}
+
+#[test]
 fn deliveries_out_of_place_are_refused_and_change_nothing() {
     let (mut a, mut b) = (world_in(0), world_in(1));
     let agent = b.spawn_root("worker");

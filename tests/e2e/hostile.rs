@@ -661,6 +661,153 @@ async fn an_api_client_cannot_pass_the_state_budget() {
     host.shutdown().await.unwrap();
 }
 
+/// Hands `host` (cell 1's) what cell `from`'s record `seq` sent, as the
+/// receiver does at the next place in its inbox: a task of 4 000 bytes for
+/// `agent`, scheduled by `by` there (its id in cell 1's space, as the
+/// sender mints it). Whether it was queued.
+async fn deliver(
+    host: &toka_host::Host,
+    agent: AgentId,
+    from: u16,
+    seq: u64,
+    by: EntityId,
+) -> Result<bool, toka_host::HostError> {
+    use toka_kernel::{Delivery, Outgoing, Parcel, TaskSpec};
+    let mail = host.mail();
+    let task = EntityId::from_u128((1u128 << 112) | (u128::from(from) << 64) | u128::from(seq));
+    mail.deliver(Delivery {
+        from_cell: from,
+        from_seq: seq,
+        position: mail.inbox_read_from(),
+        parcel: Parcel::Task(Outgoing {
+            task,
+            agent,
+            by,
+            spec: TaskSpec {
+                description: "x".repeat(4000),
+            },
+        }),
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_cell_cannot_fill_a_cell_s_state_budget() {
+    use toka_host::{Host, HostConfig, HostError, MemoryStore, RootKey};
+    use toka_kernel::{Cell, Limits};
+
+    // Cell 1 of 3 (its log in memory; what JetStream carries is handed to
+    // it as the receiver does), agents not started: every task taken in
+    // stays queued. Agents' state is bounded to 4 KiB each, so one tree's
+    // share is three quarters of the 256 KiB budget.
+    let limits = Limits {
+        max_state_bytes: 4096,
+        ..Limits::default()
+    };
+    let store = Arc::new(MemoryStore::in_cell(limits, Cell { index: 1, cells: 3 }));
+    let (budget, share) = (256u64 << 10, 192u64 << 10);
+    let (_tmp, keys) = temp_data();
+    std::fs::create_dir_all(&keys).unwrap();
+    let key = keys.join("root.key");
+    RootKey::load_or_create(&key).unwrap();
+    let open = || async {
+        let mut config = HostConfig::new();
+        config.state_budget(budget).start_agents(false);
+        let root = RootKey::load(&key).unwrap();
+        Host::open(store.clone(), root, config).await.unwrap()
+    };
+    let host = open().await;
+    let hello = host.install("hello", agent_bytes("hello")).await.unwrap();
+    let agent = host.spawn(hello, "a", grant(&["observe"])).await.unwrap();
+    assert_eq!(agent.cell(), 1);
+    let task_bytes = 256 + 4000;
+    // Cell 0's agents (an id in its space, different for each task): all
+    // their tasks together are held to one tree's share here.
+    let mut taken = 0;
+    for seq in 1.. {
+        let by = EntityId::from_u128(u128::from(seq) << 8 | 7);
+        if !deliver(&host, agent, 0, seq, by).await.unwrap() {
+            break;
+        }
+        taken += 1;
+        assert!(taken <= 100, "never refused");
+    }
+    assert_eq!(taken, share / task_bytes);
+    // Reopened, the host counts what cell 0's tasks hold as before: the
+    // next is refused again, by the share.
+    let usage = host.state_usage();
+    host.shutdown().await.unwrap();
+    let host = open().await;
+    assert_eq!(host.state_usage(), usage);
+    let by = EntityId::from_u128(7);
+    assert!(!deliver(&host, agent, 0, taken + 2, by).await.unwrap());
+    // Cell 2's tasks have a share of their own, up to the budget (the
+    // agent's record, 1 KiB, holds some of it).
+    let held = host.state_usage().held;
+    let mut more = 0;
+    for seq in 1.. {
+        let by = EntityId::from_u128((2u128 << 112) | u128::from(seq));
+        if !deliver(&host, agent, 2, seq, by).await.unwrap() {
+            break;
+        }
+        more += 1;
+        assert!(more <= 100, "never refused");
+    }
+    assert_eq!(more, (budget - held) / task_bytes);
+    assert!(host.state_usage().held <= budget);
+    // An operator's task sent from cell 0 now passes the budget too.
+    assert!(
+        !deliver(&host, agent, 0, 1_000, EntityId::SYSTEM)
+            .await
+            .unwrap()
+    );
+
+    // Each refusal is in the log with its reason, and the deliveries are
+    // taken once: none comes again.
+    let reasons: Vec<(u16, String)> = host
+        .log_events(1, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .flat_map(|r| r.events)
+        .filter_map(|e| match e {
+            Event::TaskRefused {
+                from_cell, reason, ..
+            } => Some((from_cell, reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    for (cell, reason) in &reasons[..2] {
+        assert!(
+            *cell == 0
+                && reason.starts_with(&format!(
+                    "the tasks cell 0 sent hold their share of this cell's memory for agent state: 4256B more would pass the share of 192KiB ({}B held",
+                    taken * task_bytes
+                )),
+            "cell {cell}: {reason}"
+        );
+    }
+    for (cell, reason) in &reasons[2..] {
+        assert!(
+            reason.starts_with("the host's memory for agent state is spent: 4256B more would pass its budget of 256KiB"),
+            "cell {cell}: {reason}"
+        );
+    }
+    let again = deliver(&host, agent, 0, taken + 1, by).await;
+    assert!(
+        matches!(&again, Err(HostError::Kernel(e)) if e.to_string().contains("was taken already")),
+        "{again:?}"
+    );
+
+    // The agent runs what was queued; the budget is free again, and the
+    // next task from cell 0 is queued.
+    host.start_agents();
+    host.run_until_idle().await.unwrap();
+    assert_eq!(host.state_usage().held, 1 << 10);
+    assert!(deliver(&host, agent, 0, 2_000, by).await.unwrap());
+    host.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cannot_park_host_memory_in_resources() {
     // `wasi:http` header maps and requests live in the host's memory, and

@@ -204,7 +204,11 @@ impl HostConfig {
     /// refused a root agent past the budget and a task past the budget or
     /// the share the operators' tasks hold together
     /// ([`HostError::StateBudget`](crate::HostError::StateBudget)); the
-    /// host's own caller is never refused. The budget counts each byte once; the host holds the state
+    /// host's own caller is never refused. In a cluster's cell, the tasks
+    /// another cell sends count to that cell, as one more tree; one that
+    /// would pass the budget or that share is taken in as refused
+    /// ([`CellMail::deliver`](crate::CellMail::deliver)). The budget counts
+    /// each byte once; the host holds the state
     /// up to three times (the kernel's, the readers' committed view, the
     /// snapshot replica's). Default: an eighth of the machine's physical
     /// memory, or of the cgroup's memory limit when that is lower; 1 GiB

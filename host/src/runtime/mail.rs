@@ -9,7 +9,7 @@ use toka_kernel::{Cell, Delivery, EntityId, Operation, Parcel};
 
 use crate::runtime::error::HostError;
 use crate::runtime::inner::HostInner;
-use crate::runtime::sequencer::{Attachments, Receipt};
+use crate::runtime::sequencer::Attachments;
 
 /// A handle on a cell host's mail (from [`Host::mail`](crate::Host::mail)):
 /// its outbox to forward and its inbox to take in. It outlives no host's
@@ -88,11 +88,22 @@ impl CellMail {
     /// [`HostError::Kernel`] when the outbox holds nothing up to `through`;
     /// [`HostError::Stopped`] when the host stopped.
     pub async fn mark_sent(&self, through: u64) -> Result<(), HostError> {
-        self.submit(Operation::MarkSent { through }).await.map(drop)
+        let sequencer = &self.inner.sequencer;
+        let receipt = sequencer
+            .submit_system(
+                EntityId::SYSTEM,
+                Operation::MarkSent { through },
+                Attachments::default(),
+            )
+            .await??;
+        sequencer.wait_durable(receipt.seq).await?;
+        Ok(())
     }
 
     /// Takes in what another cell sent (a task queued for its agent, a
-    /// change of the configuration applied, or either recorded as refused);
+    /// change of the configuration applied, or either recorded as
+    /// refused; a task that would pass the host's state budget is refused,
+    /// see [`HostConfig::state_budget`](crate::HostConfig::state_budget));
     /// returns once durable: false when it was a task and the cell refused
     /// it (its `task_refused` event says why).
     ///
@@ -102,20 +113,9 @@ impl CellMail {
     /// cell's; [`HostError::Stopped`] when the host stopped.
     pub async fn deliver(&self, delivery: Delivery) -> Result<bool, HostError> {
         let task = matches!(delivery.parcel, Parcel::Task(_));
-        let receipt = self
-            .submit(Operation::DeliverTask {
-                delivery: Box::new(delivery),
-            })
-            .await?;
-        Ok(!task || receipt.created.is_some())
-    }
-
-    async fn submit(&self, op: Operation) -> Result<Receipt, HostError> {
         let sequencer = &self.inner.sequencer;
-        let receipt = sequencer
-            .submit_system(EntityId::SYSTEM, op, Attachments::default())
-            .await??;
+        let receipt = sequencer.deliver(delivery).await??;
         sequencer.wait_durable(receipt.seq).await?;
-        Ok(receipt)
+        Ok(!task || receipt.created.is_some())
     }
 }

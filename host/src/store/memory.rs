@@ -30,12 +30,24 @@ struct Inner {
     anchor: Option<Anchor>,
     limits: Limits,
     data_id: [u8; 16],
+    cell: Option<toka_kernel::Cell>,
 }
 
 impl MemoryStore {
     /// An empty store whose log is written under `limits`.
     #[must_use]
     pub fn new(limits: Limits) -> Self {
+        Self::with_cell(limits, None)
+    }
+
+    /// An empty store of a cluster cell's log (see [`EventStore::cell`]):
+    /// for tests of what crosses cells without JetStream.
+    #[must_use]
+    pub fn in_cell(limits: Limits, cell: toka_kernel::Cell) -> Self {
+        Self::with_cell(limits, Some(cell))
+    }
+
+    fn with_cell(limits: Limits, cell: Option<toka_kernel::Cell>) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 records: Vec::new(),
@@ -48,6 +60,7 @@ impl MemoryStore {
                 limits,
                 data_id: crate::store::event_store::random_data_id()
                     .expect("the operating system provides randomness"),
+                cell,
             })),
         }
     }
@@ -182,6 +195,10 @@ impl EventStore for MemoryStore {
 
     fn limits(&self) -> Result<Limits, StoreError> {
         Ok(self.lock().limits.clone())
+    }
+
+    fn cell(&self) -> Option<toka_kernel::Cell> {
+        self.lock().cell
     }
 
     fn location(&self) -> String {

@@ -838,6 +838,31 @@ impl Sequencer {
         Ok(result)
     }
 
+    /// Takes in what another cell sent: [`Operation::DeliverTask`], or
+    /// [`Operation::RefuseDelivery`] when the task would pass the state
+    /// budget (asked under the same lock, against the state as applied).
+    pub(crate) async fn deliver(
+        &self,
+        delivery: toka_kernel::Delivery,
+    ) -> Result<Result<Receipt, KernelError>, Stopped> {
+        let mut core = self.lock_with_room().await?;
+        let delivery = Box::new(delivery);
+        let op = match core
+            .state_budget
+            .admit_delivery(core.kernel.state(), &delivery)
+        {
+            Ok(()) => Operation::DeliverTask { delivery },
+            Err(refused) => Operation::RefuseDelivery {
+                delivery,
+                reason: refused.to_string(),
+            },
+        };
+        let command = Command::system(EntityId::SYSTEM, core.stamp(), op);
+        let result = core.apply(command, Attachments::default());
+        self.release(core);
+        Ok(result)
+    }
+
     /// Applies a command of the host's caller or of an operator (checked
     /// for the level the operation needs), storing `attachments` with it.
     pub(crate) async fn submit_by(

@@ -27,11 +27,16 @@
 //! with each command applied, so it agrees with the state it counts. An
 //! API client's root agent past the budget, and its task past the budget
 //! or the operators' share, are refused too; the host's own caller's
-//! commands are counted, never refused.
+//! commands are counted, never refused. In a cluster's cell, the tasks
+//! another cell sends are counted to that cell (its agents' trees are not
+//! here), as one more tree: one past the budget or that share is taken in
+//! as refused ([`Operation::RefuseDelivery`]).
 
 use std::collections::HashMap;
 
-use toka_kernel::{AgentId, EntityId, Event, Operation, TaskId, TaskSpec, WorldState};
+use toka_kernel::{
+    AgentId, Delivery, EntityId, Event, Operation, Parcel, TaskId, TaskSpec, WorldState,
+};
 
 use crate::runtime::places::tree_of;
 use crate::sandbox::shares::{Over, Shares};
@@ -50,6 +55,25 @@ pub(crate) const TASK_RECORD_BYTES: u64 = 256;
 /// What a task holds: its description and the record.
 fn task_bytes(spec: &TaskSpec) -> u64 {
     TASK_RECORD_BYTES + spec.description.len() as u64
+}
+
+/// What a task scheduled `by` is counted to: the tree of the agent that
+/// scheduled it; for the operators' tasks, [`EntityId::SYSTEM`] (one more
+/// tree); for a task another cell sent, whose agent is not in this state,
+/// that cell ([`sent_from`]).
+fn counted_to(state: &WorldState, by: EntityId) -> AgentId {
+    if by != EntityId::SYSTEM && state.agent(by).is_none() {
+        sent_from(by.cell())
+    } else {
+        tree_of(state, by)
+    }
+}
+
+/// The id the tasks cell `cell` sent are counted under: the cell in its
+/// top 16 bits, as in every id the cell mints, and ones in the rest, which
+/// no agent's id is but with a chance of 2^-112.
+fn sent_from(cell: u16) -> AgentId {
+    EntityId::from_u128((u128::from(cell) << 112) | (u128::MAX >> 16))
 }
 
 /// Bytes the agents' state holds, per tree and in all, and the bounds.
@@ -93,6 +117,23 @@ pub(crate) enum Refused {
         /// The most one tree holds.
         share: u64,
         /// Held by the tree.
+        held: u64,
+    },
+    /// The tasks another cell sent would pass one tree's share.
+    #[error(
+        "the tasks cell {cell} sent hold their share of this cell's memory for agent state: {} more would pass the share of {} ({} held by its tasks not yet ended)",
+        Size(*growth),
+        Size(*share),
+        Size(*held)
+    )]
+    Cell {
+        /// The cell that sent it.
+        cell: u16,
+        /// The growth asked for.
+        growth: u64,
+        /// The most one tree holds.
+        share: u64,
+        /// Held by the tasks that cell sent.
         held: u64,
     },
     /// The tasks API clients queued would pass one tree's share.
@@ -168,7 +209,7 @@ impl StateBudget {
             let tree = trees
                 .get(&record.by)
                 .copied()
-                .unwrap_or_else(|| tree_of(state, record.by));
+                .unwrap_or_else(|| counted_to(state, record.by));
             let bytes = task_bytes(&record.spec);
             budget.shares.add(tree, bytes);
             budget.tasks.insert(task, (tree, bytes));
@@ -256,6 +297,47 @@ impl StateBudget {
         }
     }
 
+    /// Refuses a task another cell sent (in `delivery`) that would pass the
+    /// budget or the share of what its cell sent (of the operators' tasks,
+    /// if an operator scheduled it there). A change of the configuration,
+    /// and a task the kernel refuses anyway (for an agent not here or
+    /// terminated, or a task known already), pass.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused`] when the bound would be passed.
+    pub(crate) fn admit_delivery(
+        &self,
+        state: &WorldState,
+        delivery: &Delivery,
+    ) -> Result<(), Refused> {
+        let Parcel::Task(sent) = &delivery.parcel else {
+            return Ok(());
+        };
+        if state.agent(sent.agent).is_none_or(|a| a.is_terminated())
+            || state.task(sent.task).is_some()
+        {
+            return Ok(());
+        }
+        let growth = task_bytes(&sent.spec);
+        self.shares
+            .check(counted_to(state, sent.by), growth)
+            .map_err(|over| match over {
+                Over::Share { share, held } if sent.by == EntityId::SYSTEM => Refused::Operators {
+                    growth,
+                    share,
+                    held,
+                },
+                Over::Share { share, held } => Refused::Cell {
+                    cell: delivery.from_cell,
+                    growth,
+                    share,
+                    held,
+                },
+                total => refusal(total, growth),
+            })
+    }
+
     /// Refuses a spawn by `agent` when one more agent record passes the
     /// budget or its tree's share (checked before the child's token is
     /// minted, so a tree at its share makes the host spend nothing on it).
@@ -309,10 +391,10 @@ impl StateBudget {
         }
     }
 
-    /// Counts `task`, scheduled `by` an agent (to its tree) or an operator
-    /// (to the operators' tasks, counted as one more tree).
+    /// Counts `task`, scheduled `by` an agent, an operator or another cell
+    /// (see [`counted_to`]).
     fn scheduled(&mut self, state: &WorldState, task: TaskId, by: EntityId, spec: &TaskSpec) {
-        let (tree, bytes) = (tree_of(state, by), task_bytes(spec));
+        let (tree, bytes) = (counted_to(state, by), task_bytes(spec));
         self.shares.add(tree, bytes);
         self.tasks.insert(task, (tree, bytes));
     }

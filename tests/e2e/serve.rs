@@ -1577,3 +1577,137 @@ async fn a_server_whose_log_fails_stops_with_the_reason() {
         "the server still answers"
     );
 }
+
+/// Opens `n` TCP connections to `url`'s port from `source` (an address on
+/// loopback) and sends nothing on them.
+async fn silent_connections(url: &str, source: [u8; 4], n: usize) -> Vec<std::net::TcpStream> {
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut connections = Vec::new();
+    for _ in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(std::net::SocketAddr::from((source, 0)))
+            .unwrap();
+        let stream = socket
+            .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .unwrap()
+            .into_std()
+            .unwrap();
+        stream.set_nonblocking(false).unwrap();
+        connections.push(stream);
+    }
+    connections
+}
+
+/// How many of `connections` the server still holds open: one it closed
+/// reads as the end (or a reset) within `within`.
+fn still_open(connections: &mut [std::net::TcpStream], within: Duration) -> usize {
+    use std::io::Read as _;
+    let mut open = 0;
+    for connection in connections {
+        connection.set_read_timeout(Some(within)).unwrap();
+        if let Err(e) = connection.read(&mut [0u8; 1])
+            && matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        {
+            open += 1;
+        }
+    }
+    open
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_a_token_cannot_hold_the_server_s_connections() {
+    // Opening a connection needs no token. Before the bounds, connections
+    // that never sent a request were held for ever: a client opening more
+    // than the process's limit of open files kept every other client out.
+    let mut served = Served::start(&[
+        "--max-connections",
+        "24",
+        "--max-connections-per-client",
+        "8",
+    ]);
+    toka_server::install_crypto();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let metrics = |http: reqwest::Client, url: String, admin: String| async move {
+        let text = http
+            .get(format!("{url}/metrics"))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let value = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name} in /metrics"))
+                .parse()
+                .unwrap()
+        };
+        (
+            value("toka_connections"),
+            value("toka_connections_refused_total"),
+        )
+    };
+    let check = || metrics(http.clone(), served.url.clone(), served.admin.clone());
+
+    // One client (one address) gets 8 connections; the rest are closed at
+    // once. Others are still served.
+    let mut one = silent_connections(&served.url, [127, 0, 0, 2], 20).await;
+    assert_eq!(still_open(&mut one, Duration::from_millis(200)), 8);
+    let (held, refused) = check().await;
+    assert_eq!(held, 9, "the 8 and the request asking");
+    assert_eq!(refused, 12);
+
+    // Three clients together fill the server's 24: a fourth is closed at
+    // once, until the silent ones are let go — 10 s after they opened
+    // without sending a request.
+    let mut two = silent_connections(&served.url, [127, 0, 0, 3], 8).await;
+    let mut three = silent_connections(&served.url, [127, 0, 0, 4], 8).await;
+    assert_eq!(still_open(&mut two, Duration::from_millis(100)), 8);
+    assert_eq!(still_open(&mut three, Duration::from_millis(100)), 8);
+    let mut fourth = silent_connections(&served.url, [127, 0, 0, 5], 1).await;
+    assert_eq!(still_open(&mut fourth, Duration::from_millis(200)), 0);
+    let started = std::time::Instant::now();
+    let mut let_go = false;
+    while started.elapsed() < Duration::from_secs(30) {
+        if still_open(&mut one, Duration::from_millis(100)) == 0
+            && still_open(&mut two, Duration::from_millis(100)) == 0
+            && still_open(&mut three, Duration::from_millis(100)) == 0
+        {
+            let_go = true;
+            break;
+        }
+    }
+    assert!(let_go, "silent connections held past 30 s");
+    assert!(started.elapsed() >= Duration::from_secs(5));
+    let (held, refused) = check().await;
+    assert_eq!(held, 1, "only the request asking");
+    assert_eq!(refused, 13);
+
+    // A client that speaks is served as before, and a keep-alive
+    // connection left idle is let go after its 30 s (not waited for here).
+    let status = http
+        .get(format!("{}/v1/status", served.url))
+        .bearer_auth(&served.admin)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK);
+    let (code, stderr) = served.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("closed a connection as soon as it was accepted")
+            && stderr.contains("the client holds its most connections (8)"),
+        "{stderr}"
+    );
+}

@@ -41,6 +41,16 @@ pub(crate) struct Args {
     /// The largest component upload accepted.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = toka_host::parse_size)]
     max_component: u64,
+    /// Connections held at once, all clients together: one more is closed
+    /// as soon as it is accepted, and so is one that sends no request
+    /// within 10 s of opening or 30 s of its last answer (fewer when the
+    /// process's limit of open files leaves the host less than 512).
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Connections held at once from one client (an IPv4 address, an IPv6
+    /// /64); behind a proxy every client is the proxy: raise it there.
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections_per_client: u32,
     /// Forget terminated agents this often (as `toka agent forget`):
     /// their records and state leave the state, their history stays in
     /// the log. Default: only when asked.
@@ -141,6 +151,8 @@ fn config(place: &Place, args: &Args) -> ServeConfig {
         .insecure(args.insecure)
         .grace(args.grace)
         .max_component(usize::try_from(args.max_component).unwrap_or(usize::MAX))
+        .max_connections(args.max_connections as usize)
+        .max_connections_per_client(args.max_connections_per_client as usize)
         .register_in(place.data.clone());
     if let Some(every) = args.forget_terminated_every {
         config.forget_terminated_every(every);

@@ -172,7 +172,10 @@ async fn serve(
     let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap());
     config
         .register_in(registered.path().to_owned())
-        .rate(toka_server::Rate::per_second(1e9));
+        .rate(toka_server::Rate::per_second(1e9))
+        // Every caller is one client here (loopback), each with a long
+        // poll and a request at once.
+        .max_connections_per_client(1024);
     let server = Server::bind(config).await.unwrap();
     let url = server.url();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

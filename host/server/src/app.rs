@@ -61,6 +61,9 @@ pub(crate) struct App {
     pub(crate) agent_index: PerState<Arc<crate::api::index::AgentIndex>>,
     /// Turns true when the server shuts down: streams end.
     pub(crate) closing: watch::Receiver<bool>,
+    /// The connections the server holds, when it serves this app alone
+    /// (not one cell among others): `/metrics` shows them.
+    connections: std::sync::OnceLock<Arc<crate::connections::Admission>>,
 }
 
 impl App {
@@ -92,7 +95,18 @@ impl App {
             census: PerState::default(),
             agent_index: PerState::default(),
             closing,
+            connections: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Shows `connections` in `/metrics`: the server serves this app alone.
+    pub(crate) fn count_connections(&self, connections: Arc<crate::connections::Admission>) {
+        let _ = self.connections.set(connections);
+    }
+
+    /// Connections held now and refused since the start, if counted here.
+    pub(crate) fn connections(&self) -> Option<(usize, u64)> {
+        self.connections.get().map(|c| c.counts())
     }
 
     /// Whether the server is shutting down.

@@ -65,7 +65,11 @@ impl Client {
         crate::serve::install_crypto();
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .pool_max_idle_per_host(128);
+            .pool_max_idle_per_host(128)
+            // Below the 30 s after which the server lets an idle
+            // connection go: a request never goes out on one it is
+            // closing.
+            .pool_idle_timeout(Duration::from_secs(20));
         if let Some(path) = certificate {
             let pem = std::fs::read(path)
                 .map_err(|e| ClientError::Setup(format!("{}: {e}", path.display())))?;

@@ -19,6 +19,8 @@ pub struct ServeConfig {
     pub(crate) rate: Rate,
     pub(crate) strangers: Rate,
     pub(crate) max_streams: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_client: usize,
     pub(crate) max_wait: Duration,
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) forget_every: Option<Duration>,
@@ -46,6 +48,8 @@ impl ServeConfig {
                 burst: 50.0,
             },
             max_streams: 256,
+            max_connections: 1024,
+            max_connections_per_client: 128,
             max_wait: Duration::from_secs(60),
             data_dir: None,
             forget_every: None,
@@ -104,6 +108,25 @@ impl ServeConfig {
     /// Event streams open at once, all clients together. Default 256.
     pub fn max_streams(&mut self, streams: usize) -> &mut Self {
         self.max_streams = streams;
+        self
+    }
+
+    /// Connections held at once, all clients together. A connection past
+    /// it is closed as soon as it is accepted; so is one that sends no
+    /// whole request head within 10 s of opening or 30 s of its last
+    /// answer. Fewer when the process's limit of open files (raised to
+    /// its hard limit when the server binds) leaves the host less than
+    /// 512 (the server then says so). Default 1 024.
+    pub fn max_connections(&mut self, connections: usize) -> &mut Self {
+        self.max_connections = connections.max(1);
+        self
+    }
+
+    /// Connections held at once from one client: an IPv4 address, or an
+    /// IPv6 /64. Behind a proxy every client is the proxy's address: raise
+    /// it there. Default 128 (at most [`ServeConfig::max_connections`]).
+    pub fn max_connections_per_client(&mut self, connections: usize) -> &mut Self {
+        self.max_connections_per_client = connections.max(1);
         self
     }
 

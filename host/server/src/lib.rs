@@ -31,6 +31,7 @@ mod app;
 mod auth;
 mod cells;
 mod config;
+mod connections;
 mod dashboard;
 mod error;
 mod events;

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::app::App;
 use crate::config::ServeConfig;
+use crate::connections::{Admission, Admit};
 use crate::error::ApiError;
 use crate::registration::Registration;
 
@@ -58,6 +59,8 @@ pub struct Server {
     /// Set for a host of one cell of a cluster: the front that says where
     /// the other cells are.
     front: Option<Arc<crate::cells::OneCell>>,
+    /// The connections it holds.
+    connections: Arc<Admission>,
 }
 
 impl Server {
@@ -97,12 +100,18 @@ impl Server {
             addr,
             reason: e.to_string(),
         })?;
+        let (max, fewer) = crate::connections::fit_to_open_files(config.max_connections);
+        if let Some(why) = fewer {
+            tracing::warn!("{why}");
+        }
+        let connections = Admission::new(max, config.max_connections_per_client);
         Ok(Server {
             listener,
             addr,
             tls,
             config,
             front: None,
+            connections,
         })
     }
 
@@ -160,6 +169,7 @@ impl Server {
             tls,
             config,
             front,
+            connections,
             ..
         } = self;
         let data_dir = config.data_dir.clone();
@@ -179,13 +189,14 @@ impl Server {
         }
         let (closing_tx, closing) = watch::channel(false);
         let app = app(Arc::clone(&host), store, config, closing)?;
+        app.count_connections(Arc::clone(&connections));
         let retention = tokio::spawn(crate::retention::run(Arc::clone(&app)));
         let handle = axum_server::Handle::<SocketAddr>::new();
         let routes = match &front {
             Some(front) => front.wrap(router(&app)),
             None => router(&app),
         };
-        let served = serve_http(listener, tls, routes, handle.clone());
+        let served = serve_http(listener, tls, connections, routes, handle.clone());
         tracing::info!(%url, "serving");
         let failed = tokio::select! {
             // The caller's stop first: one that watches the host too (a
@@ -238,30 +249,33 @@ impl Server {
     }
 }
 
-/// Serves `router` on `listener` until `handle` shuts it down.
+/// Serves `router` on `listener`, holding its connections to
+/// `connections` (see [`crate::connections`]), until `handle` shuts it
+/// down.
 fn serve_http(
     listener: std::net::TcpListener,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    connections: Arc<Admission>,
     router: Router,
     handle: axum_server::Handle<SocketAddr>,
 ) -> tokio::task::JoinHandle<Result<(), String>> {
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let admit = Admit(connections);
     tokio::spawn(async move {
+        let mut server = axum_server::from_tcp(listener)
+            .map_err(|e| e.to_string())?
+            .handle(handle)
+            .first_request_timeout(crate::connections::FIRST_REQUEST);
+        server
+            .http_builder()
+            .http1()
+            .header_read_timeout(crate::connections::IDLE);
         match tls {
             Some(tls) => {
-                axum_server::from_tcp_rustls(listener, tls)
-                    .map_err(|e| e.to_string())?
-                    .handle(handle)
-                    .serve(service)
-                    .await
+                let tls = axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(admit);
+                server.acceptor(tls).serve(service).await
             }
-            None => {
-                axum_server::from_tcp(listener)
-                    .map_err(|e| e.to_string())?
-                    .handle(handle)
-                    .serve(service)
-                    .await
-            }
+            None => server.acceptor(admit).serve(service).await,
         }
         .map_err(|e| e.to_string())
     })
@@ -286,10 +300,11 @@ impl Server {
             listener,
             tls,
             config,
+            connections,
             ..
         } = self;
         let handle = axum_server::Handle::<SocketAddr>::new();
-        let served = serve_http(listener, tls, cells.router(), handle.clone());
+        let served = serve_http(listener, tls, connections, cells.router(), handle.clone());
         tracing::info!(%url, "serving cells");
         stop.await;
         cells.close();

@@ -299,6 +299,12 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _who: Reader) -> impl I
         out,
         "# HELP toka_event_streams Open event streams.\n# TYPE toka_event_streams gauge\ntoka_event_streams {open}"
     );
+    if let Some((held, refused)) = app.connections() {
+        let _ = writeln!(
+            out,
+            "# HELP toka_connections Connections the server holds.\n# TYPE toka_connections gauge\ntoka_connections {held}\n# HELP toka_connections_refused_total Connections closed as soon as they were accepted (the server's or the client's most held).\n# TYPE toka_connections_refused_total counter\ntoka_connections_refused_total {refused}"
+        );
+    }
     (
         [(
             header::CONTENT_TYPE,

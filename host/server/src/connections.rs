@@ -1,0 +1,341 @@
+//! Who may hold a connection to the server, and for how long.
+//!
+//! Opening a TCP connection needs no token, and each one the server holds
+//! costs it a file descriptor and a task. Before these bounds, a client
+//! with no rights at all could open connections and send nothing on them:
+//! the server held each one for ever, and with the process's limit of open
+//! files (1 024 is common) reached it could accept no other client, while
+//! the host needs descriptors of its own (agents' outgoing HTTP, archive
+//! files). Now:
+//!
+//! - at most [`ServeConfig::max_connections`] connections are held at
+//!   once, and at most [`ServeConfig::max_connections_per_client`] from one
+//!   client (an IPv4 address, or an IPv6 /64: one host gets a whole /64
+//!   easily); a connection past either is closed as soon as it is
+//!   accepted, with a warning at most every [`WARN_EVERY`];
+//! - a connection that has not sent a whole request head within
+//!   [`FIRST_REQUEST`] of opening (after the TLS handshake, which has 10 s
+//!   of its own), or within [`IDLE`] of its last answer, is closed. A
+//!   response being sent (an event stream, a long poll) is not idle.
+//!
+//! [`ServeConfig::max_connections`]: crate::ServeConfig::max_connections
+//! [`ServeConfig::max_connections_per_client`]: crate::ServeConfig::max_connections_per_client
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum_server::accept::Accept;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// How long a new connection has to send its first request head.
+pub(crate) const FIRST_REQUEST: Duration = Duration::from_secs(10);
+
+/// How long a connection may wait between an answer and the next request
+/// head (and take to send a head).
+pub(crate) const IDLE: Duration = Duration::from_secs(30);
+
+/// At most one warning about refused connections this often: clients
+/// decide how many come, and must not decide how fast the log grows.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Open files the server leaves to the host (its log, archive files,
+/// agents' outgoing connections, the runtime) when it fits its
+/// connections into the process's limit.
+const KEPT_FOR_THE_HOST: u64 = 512;
+
+/// Where connections come from, as they are counted: an IPv4 address, or
+/// the /64 prefix of an IPv6 one (an IPv4 address mapped into IPv6 counts
+/// as itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Client {
+    V4(u32),
+    V6(u64),
+}
+
+impl Client {
+    fn of(ip: IpAddr) -> Client {
+        match ip {
+            IpAddr::V4(v4) => Client::V4(v4.into()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Client::V4(v4.into()),
+                None => Client::V6((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
+/// The connections held and the bounds on them.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    max: usize,
+    per_client: usize,
+    held: Mutex<Held>,
+    refused: AtomicU64,
+    warned: Mutex<(Option<Instant>, u64)>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    total: usize,
+    by_client: HashMap<Client, usize>,
+}
+
+/// Why a connection was closed at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refused {
+    /// The server holds its most connections.
+    #[error("the server holds its most connections ({0})")]
+    Full(usize),
+    /// The client holds its most connections.
+    #[error("the client holds its most connections ({0})")]
+    Client(usize),
+}
+
+impl Admission {
+    /// At most `max` connections, `per_client` of them from one client.
+    pub(crate) fn new(max: usize, per_client: usize) -> Arc<Admission> {
+        Arc::new(Admission {
+            max,
+            per_client: per_client.min(max),
+            held: Mutex::new(Held::default()),
+            refused: AtomicU64::new(0),
+            warned: Mutex::new((None, 0)),
+        })
+    }
+
+    fn held(&self) -> MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot for a connection from `ip` (unknown: counted to no client),
+    /// given back when dropped.
+    fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Slot, Refused> {
+        let client = ip.map(Client::of);
+        let mut held = self.held();
+        if held.total >= self.max {
+            return Err(Refused::Full(self.max));
+        }
+        if let Some(client) = client {
+            let count = held.by_client.entry(client).or_default();
+            if *count >= self.per_client {
+                return Err(Refused::Client(self.per_client));
+            }
+            *count += 1;
+        }
+        held.total += 1;
+        Ok(Slot {
+            admission: Arc::clone(self),
+            client,
+        })
+    }
+
+    /// Counts a refusal; warns now and then.
+    fn refused(&self, why: Refused) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, left_out) = &mut *warned;
+        if last.is_some_and(|at| at.elapsed() < WARN_EVERY) {
+            *left_out += 1;
+            return;
+        }
+        tracing::warn!(
+            reason = %why,
+            refused_since_last_warning = *left_out,
+            "closed a connection as soon as it was accepted"
+        );
+        *last = Some(Instant::now());
+        *left_out = 0;
+    }
+
+    /// Connections held now, and refused since the server started.
+    pub(crate) fn counts(&self) -> (usize, u64) {
+        (self.held().total, self.refused.load(Ordering::Relaxed))
+    }
+}
+
+/// One connection's place; given back when the connection is dropped.
+#[derive(Debug)]
+struct Slot {
+    admission: Arc<Admission>,
+    client: Option<Client>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.admission.held();
+        held.total -= 1;
+        if let Some(client) = self.client
+            && let Some(count) = held.by_client.get_mut(&client)
+        {
+            *count -= 1;
+            if *count == 0 {
+                held.by_client.remove(&client);
+            }
+        }
+    }
+}
+
+/// The acceptor that holds connections to an [`Admission`] (before the
+/// TLS handshake, when there is one).
+#[derive(Debug, Clone)]
+pub(crate) struct Admit(pub(crate) Arc<Admission>);
+
+impl<S> Accept<TcpStream, S> for Admit {
+    type Stream = Counted;
+    type Service = S;
+    type Future = std::future::Ready<io::Result<(Counted, S)>>;
+
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        let ip = stream.peer_addr().ok().map(|a| a.ip());
+        std::future::ready(match self.0.admit(ip) {
+            Ok(slot) => Ok((
+                Counted {
+                    stream,
+                    _slot: slot,
+                },
+                service,
+            )),
+            Err(why) => {
+                self.0.refused(why);
+                // Dropping the stream closes it.
+                Err(io::Error::other(why))
+            }
+        })
+    }
+}
+
+/// A connection holding its place.
+#[derive(Debug)]
+pub(crate) struct Counted {
+    stream: TcpStream,
+    _slot: Slot,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// The most connections the server may hold: `wanted`, or fewer when the
+/// process's limit of open files (raised to its hard limit first, where
+/// the system has one) would leave the host less than
+/// [`KEPT_FOR_THE_HOST`]. With the reason, when fewer.
+pub(crate) fn fit_to_open_files(wanted: usize) -> (usize, Option<String>) {
+    let Some(limit) = raise_open_files() else {
+        return (wanted, None);
+    };
+    let room = usize::try_from(limit.saturating_sub(KEPT_FOR_THE_HOST)).unwrap_or(usize::MAX);
+    if wanted <= room {
+        return (wanted, None);
+    }
+    let fitted = room.max(16);
+    (
+        fitted,
+        Some(format!(
+            "the process may open {limit} files, so the server holds at most {fitted} connections instead of {wanted} ({KEPT_FOR_THE_HOST} kept for the host); raise the limit (ulimit -n) to hold more"
+        )),
+    )
+}
+
+/// Raises the soft limit of open files to the hard one; the limit then.
+#[cfg(unix)]
+fn raise_open_files() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            limit = raised;
+        }
+    }
+    limit.current
+}
+
+#[cfg(not(unix))]
+fn raise_open_files() -> Option<u64> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::{Admission, Client, Refused};
+
+    #[test]
+    fn connections_are_held_to_the_bounds_and_given_back() {
+        let admission = Admission::new(3, 2);
+        let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+        let first = admission.admit(Some(a)).unwrap();
+        let _second = admission.admit(Some(a)).unwrap();
+        assert_eq!(admission.admit(Some(a)).unwrap_err(), Refused::Client(2));
+        let _third = admission.admit(Some(b)).unwrap();
+        assert_eq!(admission.admit(Some(b)).unwrap_err(), Refused::Full(3));
+        assert_eq!(admission.admit(None).unwrap_err(), Refused::Full(3));
+        assert_eq!(admission.counts().0, 3);
+        drop(first);
+        assert_eq!(admission.counts().0, 2);
+        let _again = admission.admit(Some(a)).unwrap();
+        assert!(admission.held().by_client.len() == 2);
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64_and_a_mapped_ipv4_address_itself() {
+        let one: Ipv6Addr = "2001:db8:1:2::1".parse().unwrap();
+        let same: Ipv6Addr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let other: Ipv6Addr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(Client::of(one.into()), Client::of(same.into()));
+        assert_ne!(Client::of(one.into()), Client::of(other.into()));
+        let v4 = Ipv4Addr::new(192, 0, 2, 7);
+        assert_eq!(
+            Client::of(IpAddr::V6(v4.to_ipv6_mapped())),
+            Client::of(IpAddr::V4(v4))
+        );
+    }
+}

@@ -14,7 +14,8 @@ use crate::jobs::Jobs;
 use crate::rate::Limiter;
 use crate::views::{ArchiveJob, VerifyJob};
 
-/// Replays of the log for read clients at once.
+/// Replays of the log (and pages of raw records) for read clients at
+/// once.
 const LOG_READ_TURNS: usize = 2;
 
 /// The server's shared state.

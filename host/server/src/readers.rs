@@ -8,9 +8,10 @@
 //! idle one they run at full speed. The turns in front of them
 //! ([`ReplayTurns`]: a few in all, one per family of tokens) keep a
 //! client that gave up from leaving work queued here, and one client from
-//! holding them all. The committed state's encodings and counts a
-//! read client asks for (`/v1/log/state`, the census, the agent index) run
-//! here too.
+//! holding them all. Pages of raw records (`/v1/log/records`, up to 4 MiB
+//! read and encoded each) take the same turns and run here; so do the
+//! committed state's encodings and counts a read client asks for
+//! (`/v1/log/state`, the census, the agent index), without a turn.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, mpsc};

@@ -161,7 +161,7 @@ pub(crate) struct RecordsQuery {
         AuthErrors))]
 pub(crate) async fn records(
     State(app): State<Arc<App>>,
-    _who: Reader,
+    who: Reader,
     Query(query): Query<RecordsQuery>,
 ) -> Result<axum::Json<RecordPage>, ApiError> {
     let limit = crate::api::Paging::new(query.limit)?.limit;
@@ -185,31 +185,39 @@ pub(crate) async fn records(
         ));
     }
     let head = head(&app);
-    let records = tokio::task::spawn_blocking(move || -> Result<Vec<RawRecord>, ApiError> {
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for entry in store
-            .records(from)
-            .map_err(|e| ApiError::internal(e.to_string()))?
-        {
-            let (seq, record) = entry.map_err(|e| ApiError::internal(e.to_string()))?;
-            // Only what the head (read first) covers: committed records.
-            if seq > head.seq
-                || out.len() >= limit
-                || (bytes > 0 && bytes + record.len() > RECORD_PAGE_BYTES)
+    // Up to 4 MiB read and encoded: a read client asking again and again
+    // takes turns with the replays, on the readers' threads.
+    let _turn = app
+        .log_reads
+        .take(crate::auth::family(&who.token))
+        .await
+        .ok_or_else(|| ApiError::internal("the server is stopping"))?;
+    let records = app
+        .log_readers
+        .run(move || -> Result<Vec<RawRecord>, ApiError> {
+            let mut out = Vec::new();
+            let mut bytes = 0;
+            for entry in store
+                .records(from)
+                .map_err(|e| ApiError::internal(e.to_string()))?
             {
-                break;
+                let (seq, record) = entry.map_err(|e| ApiError::internal(e.to_string()))?;
+                // Only what the head (read first) covers: committed records.
+                if seq > head.seq
+                    || out.len() >= limit
+                    || (bytes > 0 && bytes + record.len() > RECORD_PAGE_BYTES)
+                {
+                    break;
+                }
+                bytes += record.len();
+                out.push(RawRecord {
+                    seq,
+                    bytes: base64::engine::general_purpose::STANDARD.encode(&record),
+                });
             }
-            bytes += record.len();
-            out.push(RawRecord {
-                seq,
-                bytes: base64::engine::general_purpose::STANDARD.encode(&record),
-            });
-        }
-        Ok(out)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("reading the log failed: {e}")))??;
+            Ok(out)
+        })
+        .await?;
     Ok(axum::Json(RecordPage { records, head }))
 }
 

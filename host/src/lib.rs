@@ -68,7 +68,7 @@ pub use runtime::host::Host;
 pub use runtime::installing::Installed;
 pub use runtime::mail::CellMail;
 pub use runtime::metrics::{Histogram, HostMetrics};
-pub use runtime::sequencer::{StateUsage, Stopped};
+pub use runtime::sequencer::{StateRefusal, StateUsage, Stopped};
 pub use runtime::tasks::{TaskInfo, TaskState};
 pub use sandbox::components::ComponentError;
 pub use sandbox::dirs::{ProtectedPathError, check_fs_right};

@@ -592,7 +592,7 @@ async fn queued_tasks_count_against_the_state_budget_until_they_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_client_cannot_pass_the_state_budget() {
-    use toka_host::{DataDir, Host, HostConfig, HostError, OperatorLevel};
+    use toka_host::{DataDir, Host, HostConfig, HostError, OperatorLevel, StateRefusal};
 
     // Agents not started: every task scheduled stays queued, held in the
     // kernel's state until it ends.
@@ -629,9 +629,20 @@ async fn an_api_client_cannot_pass_the_state_budget() {
     };
     assert_eq!(queued, 15);
     assert!(
-        matches!(&refusal, HostError::StateBudget(why)
-            if why.starts_with("the host's memory for agent state is spent: 4256B more would pass its budget of 64KiB (64864B held)")),
+        matches!(
+            &refusal,
+            HostError::StateBudget(StateRefusal::Host {
+                growth: 4256,
+                budget: 65_536,
+                held: 64_864,
+                ..
+            })
+        ),
         "{refusal:?}"
+    );
+    assert!(
+        refusal.to_string().starts_with("the host's memory for agent state is spent: 4256B more would pass its budget of 64KiB (64864B held)"),
+        "{refusal}"
     );
     // A retry under a key scheduled before holds nothing more: answered.
     assert_eq!(
@@ -645,7 +656,13 @@ async fn an_api_client_cannot_pass_the_state_budget() {
     let admin = host.as_operator(client(OperatorLevel::Admin));
     let spawned = admin.spawn(hello, "b", grant(&["observe"])).await;
     assert!(
-        matches!(&spawned, Err(HostError::StateBudget(why)) if why.contains("is spent")),
+        matches!(
+            &spawned,
+            Err(HostError::StateBudget(StateRefusal::Host {
+                growth: 1024,
+                ..
+            }))
+        ),
         "{spawned:?}"
     );
     // The host's own caller is never refused (it is the machine's owner).

@@ -71,8 +71,8 @@ pub enum HostError {
     /// agent state than it may (a root agent past the state budget, a task
     /// past the budget or the share the operators' tasks hold together);
     /// nothing was applied.
-    #[error("{0}")]
-    StateBudget(String),
+    #[error(transparent)]
+    StateBudget(crate::StateRefusal),
     /// A thread could not be started.
     #[error("starting a host thread: {0}")]
     Thread(#[from] std::io::Error),

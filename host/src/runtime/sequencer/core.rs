@@ -18,7 +18,7 @@ use crate::runtime::clock::Clock;
 use crate::store::event_store::{Batch, EventStore};
 
 use super::snapshots::SnapshotPolicy;
-use super::state_budget::{Refused as StateRefused, StateBudget};
+use super::state_budget::{StateBudget, StateRefusal};
 use super::views::ViewBudget;
 
 /// The host stopped accepting operations (the log writer failed, or the host
@@ -62,8 +62,8 @@ pub(crate) struct Refused {
     pub(crate) quota: Option<Quota>,
 }
 
-impl From<StateRefused> for Refused {
-    fn from(e: StateRefused) -> Self {
+impl From<StateRefusal> for Refused {
+    fn from(e: StateRefusal) -> Self {
         Refused {
             kind: RefusalKind::LimitExceeded,
             message: e.to_string(),
@@ -168,7 +168,7 @@ pub(crate) enum Declined {
     /// The kernel refused it.
     Kernel(KernelError),
     /// It would hold more of the state budget than an API client may.
-    StateBudget(String),
+    StateBudget(StateRefusal),
 }
 
 impl From<KernelError> for Declined {
@@ -1269,7 +1269,7 @@ impl Core {
                     .map_err(Declined::Denied)?;
                 self.state_budget
                     .admit_operator(self.kernel.state(), &op)
-                    .map_err(|e| Declined::StateBudget(e.to_string()))?;
+                    .map_err(Declined::StateBudget)?;
                 let digest = token.digest();
                 // Stored with the first command of it that is applied (a
                 // rejected one stores nothing; see `apply`).

@@ -42,5 +42,5 @@ pub use core::Stopped;
 pub(crate) use core::{
     Attachments, By, Declined, Halt, Options, Receipt, Refused, Request, Sequencer, Spawn, Unwanted,
 };
-pub use state_budget::StateUsage;
 pub(crate) use state_budget::{AGENT_RECORD_BYTES, default_budget as default_state_budget};
+pub use state_budget::{StateRefusal, StateUsage};

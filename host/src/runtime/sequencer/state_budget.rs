@@ -85,9 +85,15 @@ pub(crate) struct StateBudget {
     tasks: HashMap<TaskId, (AgentId, u64)>,
 }
 
-/// A growth the budget refused, in words (what the agent is told).
+/// A growth the state budget refused (see
+/// [`HostConfig::state_budget`](crate::HostConfig::state_budget)): which
+/// bound, the growth asked for, the bound and what is held. An agent is
+/// told it in words (`limit-exceeded`); an API client gets it as
+/// [`HostError::StateBudget`](crate::HostError::StateBudget); another
+/// cell's task refused with it is recorded with it in words.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum Refused {
+#[non_exhaustive]
+pub enum StateRefusal {
     /// All trees together would pass the budget.
     #[error(
         "the host's memory for agent state is spent: {} more would pass its budget of {} ({} held)",
@@ -154,14 +160,14 @@ pub(crate) enum Refused {
 }
 
 /// The refusal of a `growth` that would pass `over`.
-fn refusal(over: Over, growth: u64) -> Refused {
+fn refusal(over: Over, growth: u64) -> StateRefusal {
     match over {
-        Over::Total { total, held } => Refused::Host {
+        Over::Total { total, held } => StateRefusal::Host {
             growth,
             budget: total,
             held,
         },
-        Over::Share { share, held } => Refused::Tree {
+        Over::Share { share, held } => StateRefusal::Tree {
             growth,
             share,
             held,
@@ -223,13 +229,13 @@ impl StateBudget {
     ///
     /// # Errors
     ///
-    /// [`Refused`] when the budget or the tree's share would be passed.
+    /// [`StateRefusal`] when the budget or the tree's share would be passed.
     pub(crate) fn admit_op(
         &self,
         state: &WorldState,
         agent: AgentId,
         op: &Operation,
-    ) -> Result<(), Refused> {
+    ) -> Result<(), StateRefusal> {
         let growth = match op {
             Operation::PutState { key, value } => {
                 let old = state.agent(agent).and_then(|a| a.state.get(key));
@@ -257,8 +263,12 @@ impl StateBudget {
     ///
     /// # Errors
     ///
-    /// [`Refused`] when the bound would be passed.
-    pub(crate) fn admit_operator(&self, state: &WorldState, op: &Operation) -> Result<(), Refused> {
+    /// [`StateRefusal`] when the bound would be passed.
+    pub(crate) fn admit_operator(
+        &self,
+        state: &WorldState,
+        op: &Operation,
+    ) -> Result<(), StateRefusal> {
         match op {
             // A key scheduled under before: the kernel answers with that
             // task (or refuses the key's reuse); nothing grows.
@@ -285,7 +295,7 @@ impl StateBudget {
                 self.shares
                     .check(EntityId::SYSTEM, growth)
                     .map_err(|over| match over {
-                        Over::Share { share, held } => Refused::Operators {
+                        Over::Share { share, held } => StateRefusal::Operators {
                             growth,
                             share,
                             held,
@@ -305,12 +315,12 @@ impl StateBudget {
     ///
     /// # Errors
     ///
-    /// [`Refused`] when the bound would be passed.
+    /// [`StateRefusal`] when the bound would be passed.
     pub(crate) fn admit_delivery(
         &self,
         state: &WorldState,
         delivery: &Delivery,
-    ) -> Result<(), Refused> {
+    ) -> Result<(), StateRefusal> {
         let Parcel::Task(sent) = &delivery.parcel else {
             return Ok(());
         };
@@ -323,12 +333,14 @@ impl StateBudget {
         self.shares
             .check(counted_to(state, sent.by), growth)
             .map_err(|over| match over {
-                Over::Share { share, held } if sent.by == EntityId::SYSTEM => Refused::Operators {
-                    growth,
-                    share,
-                    held,
-                },
-                Over::Share { share, held } => Refused::Cell {
+                Over::Share { share, held } if sent.by == EntityId::SYSTEM => {
+                    StateRefusal::Operators {
+                        growth,
+                        share,
+                        held,
+                    }
+                }
+                Over::Share { share, held } => StateRefusal::Cell {
                     cell: delivery.from_cell,
                     growth,
                     share,
@@ -344,8 +356,12 @@ impl StateBudget {
     ///
     /// # Errors
     ///
-    /// [`Refused`] when the budget or the tree's share would be passed.
-    pub(crate) fn admit_spawn(&self, state: &WorldState, agent: AgentId) -> Result<(), Refused> {
+    /// [`StateRefusal`] when the budget or the tree's share would be passed.
+    pub(crate) fn admit_spawn(
+        &self,
+        state: &WorldState,
+        agent: AgentId,
+    ) -> Result<(), StateRefusal> {
         self.admit(tree_of(state, agent), AGENT_RECORD_BYTES)
     }
 
@@ -400,7 +416,7 @@ impl StateBudget {
     }
 
     /// Whether `tree` may hold `growth` more bytes.
-    fn admit(&self, tree: AgentId, growth: u64) -> Result<(), Refused> {
+    fn admit(&self, tree: AgentId, growth: u64) -> Result<(), StateRefusal> {
         self.shares
             .check(tree, growth)
             .map_err(|over| refusal(over, growth))
@@ -429,7 +445,7 @@ mod tests {
     use toka_kernel::{EntityId, Event, WorldState};
 
     use crate::runtime::sequencer::state_budget::{
-        AGENT_RECORD_BYTES, Refused, StateBudget, TASK_RECORD_BYTES,
+        AGENT_RECORD_BYTES, StateBudget, StateRefusal, TASK_RECORD_BYTES,
     };
 
     #[test]
@@ -439,7 +455,7 @@ mod tests {
         budget.shares.add(a, 5_000);
         assert_eq!(
             budget.admit(a, 1_001),
-            Err(Refused::Tree {
+            Err(StateRefusal::Tree {
                 growth: 1_001,
                 share: 6_000,
                 held: 5_000
@@ -448,14 +464,14 @@ mod tests {
         budget.shares.add(b, 4_000);
         assert_eq!(
             budget.admit(b, 1_001),
-            Err(Refused::Host {
+            Err(StateRefusal::Host {
                 growth: 1_001,
                 budget: 10_000,
                 held: 9_000
             })
         );
         assert!(
-            Refused::Tree {
+            StateRefusal::Tree {
                 growth: 60 << 10,
                 share: 1 << 20,
                 held: 1000 << 10
@@ -518,7 +534,7 @@ mod tests {
         // The operators' tasks hold 5 000 of their share of 6 000.
         budget.shares.add(EntityId::SYSTEM, 5_000);
         let growth = TASK_RECORD_BYTES + 1_000;
-        let operators = Refused::Operators {
+        let operators = StateRefusal::Operators {
             growth,
             share: 6_000,
             held: 5_000,
@@ -540,7 +556,7 @@ mod tests {
         budget.shares.add(agent, 4_500);
         assert_eq!(
             budget.admit_operator(state, &spawn),
-            Err(Refused::Host {
+            Err(StateRefusal::Host {
                 growth: AGENT_RECORD_BYTES,
                 budget: 10_000,
                 held: 9_500

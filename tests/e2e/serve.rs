@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::{events_json, temp_data, toka};
+use crate::{agent_bytes, events_json, grant, temp_data, toka};
 
 /// A `toka serve` process on its own data dir.
 pub(crate) struct Served {
@@ -1507,7 +1508,6 @@ async fn a_server_whose_log_fails_stops_with_the_reason() {
     // A server whose log cannot be written (a full disk) stops with the
     // reason instead of answering on as if it could (regression: only a
     // signal stopped it).
-    use std::sync::Arc;
     use toka_host::{DataDir, OperatorLevel};
     let (_tmp, data) = temp_data();
     let dir = DataDir::new(&data);
@@ -1710,4 +1710,124 @@ async fn clients_without_a_token_cannot_hold_the_server_s_connections() {
             && stderr.contains("the client holds its most connections (8)"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_token_family_cannot_take_every_stream_or_wait() {
+    use toka_host::{DataDir, Host, HostConfig, OperatorLevel};
+
+    // A host on redb whose agents do not run: a task stays queued, and a
+    // request waiting for it waits its whole `?wait=`.
+    let (_tmp, data) = temp_data();
+    let dir = DataDir::new(&data);
+    let root = dir.root_key(None, true).unwrap();
+    let store: Arc<dyn toka_host::EventStore> = Arc::new(
+        dir.open_or_create(&toka_kernel::Limits::default(), &root)
+            .unwrap(),
+    );
+    let mut config = HostConfig::new();
+    config.start_agents(false);
+    let host = Host::open(Arc::clone(&store), root, config).await.unwrap();
+    let hello = host.install("hello", agent_bytes("hello")).await.unwrap();
+    let agent = host.spawn(hello, "a", grant(&["observe"])).await.unwrap();
+    let task = host.schedule(agent, "never runs").await.unwrap();
+    let read = || {
+        host.mint(&[OperatorLevel::Read.right()], &[], None)
+            .unwrap()
+            .to_base64()
+    };
+    // Two clients, each with a root token of its own: two families.
+    let (hostile, other) = (read(), read());
+    let mut serving = toka_server::ServeConfig::new("127.0.0.1:0".parse().unwrap());
+    // One address here is every client: connections are not what is
+    // bounded in this test.
+    serving.max_connections_per_client(1024);
+    let server = toka_server::Server::bind(serving).await.unwrap();
+    let url = server.url();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(server.run(host, store, async {
+        let _ = stopped.await;
+    }));
+    toka_server::install_crypto();
+    let http = reqwest::Client::new();
+
+    // Streams: 256 in all, a quarter per family. The hostile client holds
+    // its 64; its next is refused, naming its share; the other client
+    // still opens one.
+    let open = |token: String| {
+        http.get(format!("{url}/v1/events/stream"))
+            .bearer_auth(token)
+            .send()
+    };
+    let mut streams = Vec::new();
+    for _ in 0..64 {
+        let stream = open(hostile.clone()).await.unwrap();
+        assert_eq!(stream.status(), StatusCode::OK);
+        streams.push(stream);
+    }
+    let refused = open(hostile.clone()).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_streams", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("hold 64 event streams, the most one may"),
+        "{body}"
+    );
+    assert_eq!(open(other.clone()).await.unwrap().status(), StatusCode::OK);
+    drop(streams);
+
+    // Waits: 256 per family at once. The hostile client's 257th is
+    // answered at once (the task as it is: queued); the other client's
+    // still waits.
+    let wait = |token: String| {
+        http.get(format!("{url}/v1/tasks/{task}?wait=30s"))
+            .bearer_auth(token)
+            .send()
+    };
+    let mut waiting = tokio::task::JoinSet::new();
+    for _ in 0..256 {
+        waiting.spawn(wait(hostile.clone()));
+    }
+    // Once the 256 wait (as /metrics counts them), the 257th is answered
+    // at once.
+    let started = std::time::Instant::now();
+    loop {
+        let metrics = http
+            .get(format!("{url}/metrics"))
+            .bearer_auth(&other)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.lines().any(|l| l == "toka_task_waits 256") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the 256 never all waited"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answered = tokio::time::timeout(Duration::from_secs(10), wait(hostile.clone()))
+        .await
+        .expect("answered at once, not after its 30 s")
+        .unwrap();
+    assert_eq!(answered.status(), StatusCode::OK);
+    let view: Value = answered.json().await.unwrap();
+    assert_eq!(view["status"], "queued", "{view}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), wait(other.clone()))
+            .await
+            .is_err(),
+        "another family's wait is still a wait"
+    );
+    assert!(waiting.try_join_next().is_none(), "the 256 still wait");
+    waiting.abort_all();
+    let _ = stop.send(());
+    served.await.unwrap().unwrap();
 }

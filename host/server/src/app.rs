@@ -10,9 +10,20 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::auth::{Seen, Tickets};
 use crate::config::ServeConfig;
+use crate::held::Bounded;
 use crate::jobs::Jobs;
 use crate::rate::Limiter;
 use crate::views::{ArchiveJob, VerifyJob};
+
+/// One token family holds at most this fraction of the event streams.
+const STREAM_SHARE: usize = 4;
+
+/// Requests waiting for a task to end at once (each holds a waiter and a
+/// copy of the task's description), all token families together ...
+const MAX_WAITS: usize = 4096;
+/// ... and per family; one past either is answered at once, without
+/// waiting.
+const WAITS_PER_FAMILY: usize = 256;
 
 /// Replays of the log (and pages of raw records) for read clients at
 /// once.
@@ -46,8 +57,12 @@ pub(crate) struct App {
     /// one more: the state's encoding and counts always have a thread the
     /// replays do not hold.
     pub(crate) log_readers: crate::readers::LogReaders,
-    /// Places for open event streams.
-    pub(crate) streams: Arc<Semaphore>,
+    /// Places for open event streams, all token families together and
+    /// per family.
+    pub(crate) streams: Arc<Bounded<Digest>>,
+    /// Places for requests waiting for a task to end (`?wait=`), all
+    /// token families together and per family.
+    pub(crate) waits: Arc<Bounded<Digest>>,
     /// The last `/v1/log/state` answer (its JSON) and the sequence number
     /// of the head it is the state after: one encoding at a time, shared
     /// by every request it is new enough for. At 100 000 agents the state
@@ -79,7 +94,8 @@ impl App {
         Self {
             per_token: Limiter::new(config.rate),
             strangers: Limiter::new(config.strangers),
-            streams: Arc::new(Semaphore::new(config.max_streams)),
+            streams: Bounded::new(config.max_streams, config.max_streams / STREAM_SHARE),
+            waits: Bounded::new(MAX_WAITS, WAITS_PER_FAMILY),
             host,
             store,
             root,

@@ -105,7 +105,9 @@ impl ServeConfig {
         self
     }
 
-    /// Event streams open at once, all clients together. Default 256.
+    /// Event streams open at once, all clients together; a quarter of
+    /// them (at least one) by one token and those attenuated from its
+    /// root. Default 256.
     pub fn max_streams(&mut self, streams: usize) -> &mut Self {
         self.max_streams = streams;
         self

@@ -21,18 +21,19 @@
 //! [`ServeConfig::max_connections`]: crate::ServeConfig::max_connections
 //! [`ServeConfig::max_connections_per_client`]: crate::ServeConfig::max_connections_per_client
 
-use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum_server::accept::Accept;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::held::{Bounded, Over, Place};
 
 /// How long a new connection has to send its first request head.
 pub(crate) const FIRST_REQUEST: Duration = Duration::from_secs(10);
@@ -74,70 +75,29 @@ impl Client {
 /// The connections held and the bounds on them.
 #[derive(Debug)]
 pub(crate) struct Admission {
-    max: usize,
-    per_client: usize,
-    held: Mutex<Held>,
+    held: Arc<Bounded<Option<Client>>>,
     refused: AtomicU64,
     warned: Mutex<(Option<Instant>, u64)>,
-}
-
-#[derive(Debug, Default)]
-struct Held {
-    total: usize,
-    by_client: HashMap<Client, usize>,
-}
-
-/// Why a connection was closed at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum Refused {
-    /// The server holds its most connections.
-    #[error("the server holds its most connections ({0})")]
-    Full(usize),
-    /// The client holds its most connections.
-    #[error("the client holds its most connections ({0})")]
-    Client(usize),
 }
 
 impl Admission {
     /// At most `max` connections, `per_client` of them from one client.
     pub(crate) fn new(max: usize, per_client: usize) -> Arc<Admission> {
         Arc::new(Admission {
-            max,
-            per_client: per_client.min(max),
-            held: Mutex::new(Held::default()),
+            held: Bounded::new(max, per_client),
             refused: AtomicU64::new(0),
             warned: Mutex::new((None, 0)),
         })
     }
 
-    fn held(&self) -> MutexGuard<'_, Held> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A slot for a connection from `ip` (unknown: counted to no client),
-    /// given back when dropped.
-    fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Slot, Refused> {
-        let client = ip.map(Client::of);
-        let mut held = self.held();
-        if held.total >= self.max {
-            return Err(Refused::Full(self.max));
-        }
-        if let Some(client) = client {
-            let count = held.by_client.entry(client).or_default();
-            if *count >= self.per_client {
-                return Err(Refused::Client(self.per_client));
-            }
-            *count += 1;
-        }
-        held.total += 1;
-        Ok(Slot {
-            admission: Arc::clone(self),
-            client,
-        })
+    /// A place for a connection from `ip` (unknown: counted as one more
+    /// client), given back when dropped.
+    fn admit(&self, ip: Option<IpAddr>) -> Result<Place<Option<Client>>, Over> {
+        self.held.take(ip.map(Client::of))
     }
 
     /// Counts a refusal; warns now and then.
-    fn refused(&self, why: Refused) {
+    fn refused(&self, why: Over) {
         self.refused.fetch_add(1, Ordering::Relaxed);
         let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
         let (last, left_out) = &mut *warned;
@@ -146,7 +106,7 @@ impl Admission {
             return;
         }
         tracing::warn!(
-            reason = %why,
+            reason = %refusal(why),
             refused_since_last_warning = *left_out,
             "closed a connection as soon as it was accepted"
         );
@@ -156,29 +116,15 @@ impl Admission {
 
     /// Connections held now, and refused since the server started.
     pub(crate) fn counts(&self) -> (usize, u64) {
-        (self.held().total, self.refused.load(Ordering::Relaxed))
+        (self.held.count(), self.refused.load(Ordering::Relaxed))
     }
 }
 
-/// One connection's place; given back when the connection is dropped.
-#[derive(Debug)]
-struct Slot {
-    admission: Arc<Admission>,
-    client: Option<Client>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut held = self.admission.held();
-        held.total -= 1;
-        if let Some(client) = self.client
-            && let Some(count) = held.by_client.get_mut(&client)
-        {
-            *count -= 1;
-            if *count == 0 {
-                held.by_client.remove(&client);
-            }
-        }
+/// Why a connection was closed at once, in words.
+fn refusal(why: Over) -> String {
+    match why {
+        Over::All(max) => format!("the server holds its most connections ({max})"),
+        Over::Holder(max) => format!("the client holds its most connections ({max})"),
     }
 }
 
@@ -195,17 +141,17 @@ impl<S> Accept<TcpStream, S> for Admit {
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
         let ip = stream.peer_addr().ok().map(|a| a.ip());
         std::future::ready(match self.0.admit(ip) {
-            Ok(slot) => Ok((
+            Ok(place) => Ok((
                 Counted {
                     stream,
-                    _slot: slot,
+                    _place: place,
                 },
                 service,
             )),
             Err(why) => {
                 self.0.refused(why);
                 // Dropping the stream closes it.
-                Err(io::Error::other(why))
+                Err(io::Error::other(refusal(why)))
             }
         })
     }
@@ -215,7 +161,7 @@ impl<S> Accept<TcpStream, S> for Admit {
 #[derive(Debug)]
 pub(crate) struct Counted {
     stream: TcpStream,
-    _slot: Slot,
+    _place: Place<Option<Client>>,
 }
 
 impl AsyncRead for Counted {
@@ -305,24 +251,23 @@ fn raise_open_files() -> Option<u64> {
 mod tests {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-    use super::{Admission, Client, Refused};
+    use super::{Admission, Client};
 
     #[test]
-    fn connections_are_held_to_the_bounds_and_given_back() {
+    fn connections_are_counted_per_client_and_refusals_counted() {
         let admission = Admission::new(3, 2);
         let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
-        let b = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
         let first = admission.admit(Some(a)).unwrap();
         let _second = admission.admit(Some(a)).unwrap();
-        assert_eq!(admission.admit(Some(a)).unwrap_err(), Refused::Client(2));
-        let _third = admission.admit(Some(b)).unwrap();
-        assert_eq!(admission.admit(Some(b)).unwrap_err(), Refused::Full(3));
-        assert_eq!(admission.admit(None).unwrap_err(), Refused::Full(3));
-        assert_eq!(admission.counts().0, 3);
+        let refused = admission.admit(Some(a)).unwrap_err();
+        admission.refused(refused);
+        assert_eq!(
+            super::refusal(refused),
+            "the client holds its most connections (2)"
+        );
+        assert_eq!(admission.counts(), (2, 1));
         drop(first);
-        assert_eq!(admission.counts().0, 2);
-        let _again = admission.admit(Some(a)).unwrap();
-        assert!(admission.held().by_client.len() == 2);
+        assert_eq!(admission.counts(), (1, 1));
     }
 
     #[test]

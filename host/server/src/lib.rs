@@ -36,6 +36,7 @@ mod dashboard;
 mod error;
 mod events;
 mod extract;
+mod held;
 mod jobs;
 mod oversize;
 mod rate;

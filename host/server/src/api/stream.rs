@@ -21,7 +21,7 @@ use axum::http::header;
 use axum::response::{IntoResponse as _, Response};
 use serde::{Deserialize, Serialize};
 use toka_host::{CommittedRecord, Subscription};
-use tokio::sync::OwnedSemaphorePermit;
+use toka_kernel::Digest;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 
@@ -32,6 +32,7 @@ use crate::auth::{Reader, TICKET_LIFETIME, bearer, unauthenticated};
 use crate::error::{ApiError, ErrorBody};
 use crate::events::event_view;
 use crate::extract::Query;
+use crate::held::{Over, Place};
 use crate::views::{EventView, Ticket};
 
 /// Records read from the log at a time while catching up (what one stream
@@ -124,13 +125,23 @@ pub(crate) async fn stream(
                 })?,
         ),
     };
-    let permit = Arc::clone(&app.streams).try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_streams",
-            "too many event streams are open; try again later",
-        )
-    })?;
+    let place = app
+        .streams
+        .take(crate::auth::family(&token))
+        .map_err(|over| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_streams",
+                match over {
+                    Over::All(_) => {
+                        "too many event streams are open; try again later".to_owned()
+                    }
+                    Over::Holder(most) => format!(
+                        "this token and those attenuated from its root hold {most} event streams, the most one may; close one"
+                    ),
+                },
+            )
+        })?;
     // Subscribed before reading the head: nothing committed in between
     // is missed.
     let subscription = app.host.subscribe();
@@ -161,7 +172,7 @@ pub(crate) async fn stream(
         checked: Instant::now(),
         reader: None,
         closing: app.closing.clone(),
-        _permit: permit,
+        _place: place,
     };
     // The messages are written here (not with axum's `Sse`, which makes a
     // body frame of every message): one frame holds every message that is
@@ -202,7 +213,7 @@ struct Follower {
     /// Its place in the log while it reads from there.
     reader: Option<toka_host::LogReader>,
     closing: tokio::sync::watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
+    _place: Place<Digest>,
 }
 
 impl Follower {

@@ -294,10 +294,15 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _who: Reader) -> impl I
         "Time to commit a batch (write and sync).",
         &m.commit_seconds,
     );
-    let open = app.config.max_streams - app.streams.available_permits();
+    let open = app.streams.count();
     let _ = writeln!(
         out,
         "# HELP toka_event_streams Open event streams.\n# TYPE toka_event_streams gauge\ntoka_event_streams {open}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP toka_task_waits Requests waiting for a task to end (?wait=).\n# TYPE toka_task_waits gauge\ntoka_task_waits {}",
+        app.waits.count()
     );
     if let Some((held, refused)) = app.connections() {
         let _ = writeln!(

@@ -13,7 +13,7 @@ use utoipa::IntoParams;
 
 use crate::api::{AuthErrors, BodyErrors, Paging};
 use crate::app::App;
-use crate::auth::{Reader, Writer};
+use crate::auth::{Reader, Writer, family};
 use crate::error::{ApiError, ErrorBody, parse_id};
 use crate::extract::{Json, Path, Query};
 use crate::views::{ScheduleRequest, TaskPage, TaskView};
@@ -180,7 +180,8 @@ fn agent_tasks(s: &WorldState, agent: AgentId, after: Option<TaskId>) -> Vec<Tas
 pub(crate) struct GetQuery {
     /// Wait up to this long for the task to end (`30s`, `500ms`, `2m`; at
     /// most the server's limit, 60 s by default), then answer with it as
-    /// it is.
+    /// it is. A token family's 257th wait at once (or the server's 4 097th)
+    /// is answered at once.
     wait: Option<String>,
 }
 
@@ -193,7 +194,7 @@ pub(crate) struct GetQuery {
         (status = 404, description = "No such task", body = ErrorBody), AuthErrors))]
 pub(crate) async fn get(
     State(app): State<Arc<App>>,
-    _who: Reader,
+    who: Reader,
     Path(id): Path<String>,
     Query(query): Query<GetQuery>,
 ) -> Result<axum::Json<TaskView>, ApiError> {
@@ -202,9 +203,14 @@ pub(crate) async fn get(
         None => None,
         Some(text) => Some(parse_wait(text, app.config.max_wait)?),
     };
-    let info = match wait {
-        Some(wait) if !wait.is_zero() => app.host.wait_task(task, wait).await?,
-        _ => app.host.task(task).await?,
+    // A wait holds a place (all clients together, and per token family);
+    // without one the task is answered as it is now, as a wait that ended.
+    let waiting = wait
+        .filter(|wait| !wait.is_zero())
+        .and_then(|wait| Some((wait, app.waits.take(family(&who.token)).ok()?)));
+    let info = match waiting {
+        Some((wait, _place)) => app.host.wait_task(task, wait).await?,
+        None => app.host.task(task).await?,
     };
     info.map(|i| axum::Json(view(&i)))
         .ok_or_else(|| ApiError::not_found(format!("no task {task}")))

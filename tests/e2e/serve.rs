@@ -1831,3 +1831,53 @@ async fn one_token_family_cannot_take_every_stream_or_wait() {
     let _ = stop.send(());
     served.await.unwrap().unwrap();
 }
+
+#[test]
+fn a_body_sent_a_byte_at_a_time_is_cut() {
+    use std::io::{Read as _, Write as _};
+    // A client allowed to send a body could send its head and then a byte
+    // now and then, holding a request, a handler and a connection for as
+    // long as it liked.
+    let served = Served::start(&[]);
+    let address = served.url.trim_start_matches("http://").to_owned();
+    let mut connection = std::net::TcpStream::connect(&address).unwrap();
+    let agent = "0".repeat(32);
+    write!(
+        connection,
+        "POST /v1/agents/{agent}/tasks HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{",
+        served.admin
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    connection
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut wrote = started;
+    // A byte every 2 s, until the server answers (or 60 s pass).
+    while started.elapsed() < Duration::from_secs(60) {
+        let mut buf = [0u8; 4096];
+        match connection.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) if !answer.is_empty() => break,
+            Err(_) => {}
+        }
+        if answer.is_empty() && wrote.elapsed() >= Duration::from_secs(2) {
+            let _ = connection.write_all(b" ");
+            wrote = std::time::Instant::now();
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("bad_body") && answer.contains("came too slowly"),
+        "{answer}"
+    );
+    // Cut after the grace (10 s), not at once and not never.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(30),
+        "{took:?}"
+    );
+}

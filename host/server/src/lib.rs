@@ -39,6 +39,7 @@ mod extract;
 mod held;
 mod jobs;
 mod oversize;
+mod pace;
 mod rate;
 mod readers;
 mod retention;

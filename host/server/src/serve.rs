@@ -386,6 +386,7 @@ pub(crate) fn router(app: &Arc<App>) -> Router {
         Arc::clone(app),
         crate::oversize::refuse_oversize,
     ))
+    .layer(axum::middleware::from_fn(crate::pace::paced))
     .with_state(Arc::clone(app))
 }
 

@@ -787,7 +787,6 @@ async fn an_api_client_lists_downloads_and_deletes_the_archive_files() {
     assert_eq!(code, 0, "{stderr}");
 }
 
-/// `toka_agent_state_bytes` from `/metrics`.
 /// `counter` agents of these names through the API, each having
 /// completed a task.
 async fn counters(api: &crate::serve::Api, names: &[&str]) -> Vec<String> {
@@ -806,19 +805,9 @@ async fn counters(api: &crate::serve::Api, names: &[&str]) -> Vec<String> {
     agents
 }
 
+/// `toka_agent_state_bytes` from `/metrics`.
 async fn state_held(api: &crate::serve::Api) -> u64 {
-    let text = api
-        .request(reqwest::Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("toka_agent_state_bytes "))
-        .and_then(|v| v.parse::<f64>().ok())
-        .expect("toka_agent_state_bytes") as u64
+    crate::serve::metrics(&api.http, &api.url, &api.token).await["toka_agent_state_bytes"] as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1619,6 +1619,31 @@ fn still_open(connections: &mut [std::net::TcpStream], within: Duration) -> usiz
     open
 }
 
+/// The samples `/metrics` of the server at `url` shows, by name (labels
+/// included).
+pub(crate) async fn metrics(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> BTreeMap<String, f64> {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_without_a_token_cannot_hold_the_server_s_connections() {
     // Opening a connection needs no token. Before the bounds, connections
@@ -1635,29 +1660,13 @@ async fn clients_without_a_token_cannot_hold_the_server_s_connections() {
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();
-    let metrics = |http: reqwest::Client, url: String, admin: String| async move {
-        let text = http
-            .get(format!("{url}/metrics"))
-            .bearer_auth(admin)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let value = |name: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{name} ")))
-                .unwrap_or_else(|| panic!("{name} in /metrics"))
-                .parse()
-                .unwrap()
-        };
+    let check = || async {
+        let metrics = metrics(&http, &served.url, &served.admin).await;
         (
-            value("toka_connections"),
-            value("toka_connections_refused_total"),
+            metrics["toka_connections"] as u64,
+            metrics["toka_connections_refused_total"] as u64,
         )
     };
-    let check = || metrics(http.clone(), served.url.clone(), served.admin.clone());
 
     // One client (one address) gets 8 connections; the rest are closed at
     // once. Others are still served.
@@ -1795,16 +1804,7 @@ async fn one_token_family_cannot_take_every_stream_or_wait() {
     // at once.
     let started = std::time::Instant::now();
     loop {
-        let metrics = http
-            .get(format!("{url}/metrics"))
-            .bearer_auth(&other)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metrics.lines().any(|l| l == "toka_task_waits 256") {
+        if metrics(&http, &url, &other).await["toka_task_waits"] == 256.0 {
             break;
         }
         assert!(

@@ -116,6 +116,18 @@ impl App {
         }
     }
 
+    /// Runs `read` (a replay of the log, a page of records) on the log
+    /// readers' threads, once `token`'s family has a turn at reading the
+    /// log; `None` when the turns are closed (the server stops).
+    pub(crate) async fn read_log<R: Send + 'static>(
+        &self,
+        token: &toka_host::Token,
+        read: impl FnOnce() -> R + Send + 'static,
+    ) -> Option<R> {
+        let _turn = self.log_reads.take(crate::auth::family(token)).await?;
+        Some(self.log_readers.run(read).await)
+    }
+
     /// Shows `connections` in `/metrics`: the server serves this app alone.
     pub(crate) fn count_connections(&self, connections: Arc<crate::connections::Admission>) {
         let _ = self.connections.set(connections);

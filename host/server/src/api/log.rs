@@ -102,15 +102,10 @@ pub(crate) async fn events(
     // 0: the first record there is (after the anchor, once archived).
     let from = query.from.unwrap_or(0);
     let host = Arc::clone(&app.host);
-    let _turn = app
-        .log_reads
-        .take(crate::auth::family(&who.token))
-        .await
-        .ok_or_else(|| ApiError::internal("the server is stopping"))?;
     let records = app
-        .log_readers
-        .run(move || host.log_events(from, SCAN_PER_REQUEST))
-        .await?;
+        .read_log(&who.token, move || host.log_events(from, SCAN_PER_REQUEST))
+        .await
+        .ok_or_else(ApiError::stopping)??;
     let head = head(&app).seq;
     let mut events: Vec<EventView> = Vec::new();
     let mut next_from = None;
@@ -187,14 +182,8 @@ pub(crate) async fn records(
     let head = head(&app);
     // Up to 4 MiB read and encoded: a read client asking again and again
     // takes turns with the replays, on the readers' threads.
-    let _turn = app
-        .log_reads
-        .take(crate::auth::family(&who.token))
-        .await
-        .ok_or_else(|| ApiError::internal("the server is stopping"))?;
     let records = app
-        .log_readers
-        .run(move || -> Result<Vec<RawRecord>, ApiError> {
+        .read_log(&who.token, move || -> Result<Vec<RawRecord>, ApiError> {
             let mut out = Vec::new();
             let mut bytes = 0;
             for entry in store
@@ -217,7 +206,8 @@ pub(crate) async fn records(
             }
             Ok(out)
         })
-        .await?;
+        .await
+        .ok_or_else(ApiError::stopping)??;
     Ok(axum::Json(RecordPage { records, head }))
 }
 

@@ -137,7 +137,7 @@ pub(crate) async fn install(
         .compile
         .acquire()
         .await
-        .map_err(|_| ApiError::internal("the server is stopping"))?;
+        .map_err(|_| ApiError::stopping())?;
     let installed = app
         .host
         .as_operator(who.token)

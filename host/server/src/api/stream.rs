@@ -285,13 +285,11 @@ impl Follower {
             return Some(0);
         }
         let app = Arc::clone(&self.app);
-        let _turn = app.log_reads.take(crate::auth::family(&self.token)).await?;
         let host = Arc::clone(&app.host);
         let from = self.next;
         let reader = self.reader.take().filter(|r| r.next_seq() == from);
         let (reader, records) = app
-            .log_readers
-            .run(move || {
+            .read_log(&self.token, move || {
                 let mut reader = match reader {
                     Some(reader) => reader,
                     None => host.log_reader(from)?,
@@ -302,7 +300,7 @@ impl Follower {
                 let records = host.read_log(&mut reader, limit)?;
                 Ok::<_, toka_host::HostError>((reader, records))
             })
-            .await
+            .await?
             .ok()?;
         self.reader = Some(reader);
         for record in &records {

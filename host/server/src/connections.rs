@@ -12,7 +12,9 @@
 //!   once, and at most [`ServeConfig::max_connections_per_client`] from one
 //!   client (an IPv4 address, or an IPv6 /64: one host gets a whole /64
 //!   easily); a connection past either is closed as soon as it is
-//!   accepted, with a warning at most every [`WARN_EVERY`];
+//!   accepted, with a warning at most every [`WARN_EVERY`]; so is one
+//!   past the [`OPENING`] rate of its client (an accept and a TLS
+//!   handshake cost the server whether or not a request follows);
 //! - a connection that has not sent a whole request head within
 //!   [`FIRST_REQUEST`] of opening (after the TLS handshake, which has 10 s
 //!   of its own), or within [`IDLE`] of its last answer, is closed. A
@@ -34,6 +36,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::held::{Bounded, Over, Place};
+use crate::rate::{Limiter, Rate};
 
 /// How long a new connection has to send its first request head.
 pub(crate) const FIRST_REQUEST: Duration = Duration::from_secs(10);
@@ -72,12 +75,30 @@ impl Client {
     }
 }
 
+/// New connections one client may open: each costs an accept and, with
+/// TLS, a handshake (a signature: CPU), however soon it closes. Clients
+/// keep their connections open for many requests.
+const OPENING: Rate = Rate {
+    per_second: 100.0,
+    burst: 500.0,
+};
+
 /// The connections held and the bounds on them.
 #[derive(Debug)]
 pub(crate) struct Admission {
     held: Arc<Bounded<Option<Client>>>,
+    opening: Limiter<Option<Client>>,
     refused: AtomicU64,
     warned: Mutex<(Option<Instant>, u64)>,
+}
+
+/// Why a connection was closed as soon as it was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// A bound on the connections held.
+    Held(Over),
+    /// The client opens them faster than [`OPENING`].
+    TooFast,
 }
 
 impl Admission {
@@ -85,6 +106,7 @@ impl Admission {
     pub(crate) fn new(max: usize, per_client: usize) -> Arc<Admission> {
         Arc::new(Admission {
             held: Bounded::new(max, per_client),
+            opening: Limiter::new(OPENING),
             refused: AtomicU64::new(0),
             warned: Mutex::new((None, 0)),
         })
@@ -92,12 +114,14 @@ impl Admission {
 
     /// A place for a connection from `ip` (unknown: counted as one more
     /// client), given back when dropped.
-    fn admit(&self, ip: Option<IpAddr>) -> Result<Place<Option<Client>>, Over> {
-        self.held.take(ip.map(Client::of))
+    fn admit(&self, ip: Option<IpAddr>) -> Result<Place<Option<Client>>, Refusal> {
+        let client = ip.map(Client::of);
+        self.opening.take(client).map_err(|_| Refusal::TooFast)?;
+        self.held.take(client).map_err(Refusal::Held)
     }
 
     /// Counts a refusal; warns now and then.
-    fn refused(&self, why: Over) {
+    fn refused(&self, why: Refusal) {
         self.refused.fetch_add(1, Ordering::Relaxed);
         let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
         let (last, left_out) = &mut *warned;
@@ -121,10 +145,18 @@ impl Admission {
 }
 
 /// Why a connection was closed at once, in words.
-fn refusal(why: Over) -> String {
+fn refusal(why: Refusal) -> String {
     match why {
-        Over::All(max) => format!("the server holds its most connections ({max})"),
-        Over::Holder(max) => format!("the client holds its most connections ({max})"),
+        Refusal::Held(Over::All(max)) => {
+            format!("the server holds its most connections ({max})")
+        }
+        Refusal::Held(Over::Holder(max)) => {
+            format!("the client holds its most connections ({max})")
+        }
+        Refusal::TooFast => format!(
+            "the client opens connections faster than {} a second",
+            OPENING.per_second
+        ),
     }
 }
 
@@ -268,6 +300,24 @@ mod tests {
         assert_eq!(admission.counts(), (2, 1));
         drop(first);
         assert_eq!(admission.counts(), (1, 1));
+    }
+
+    #[test]
+    fn a_client_opening_connections_fast_is_refused_past_its_burst() {
+        let admission = Admission::new(1000, 1000);
+        let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+        // Each closed at once: only the rate of opening bounds it.
+        let opened = (0..1000)
+            .take_while(|_| admission.admit(Some(a)).is_ok())
+            .count();
+        assert!((500..510).contains(&opened), "{opened}");
+        let refused = admission.admit(Some(a)).unwrap_err();
+        assert_eq!(
+            super::refusal(refused),
+            "the client opens connections faster than 100 a second"
+        );
+        assert!(admission.admit(Some(b)).is_ok(), "others open theirs");
     }
 
     #[test]

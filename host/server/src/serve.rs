@@ -78,17 +78,22 @@ impl Server {
         let tls = match &config.tls {
             Some((certificate, key)) => {
                 install_crypto();
-                Some(
-                    axum_server::tls_rustls::RustlsConfig::from_pem_file(certificate, key)
-                        .await
-                        .map_err(|e| {
-                            ServeError::Tls(format!(
-                                "{} / {}: {e}",
-                                certificate.display(),
-                                key.display()
-                            ))
-                        })?,
-                )
+                let loaded = axum_server::tls_rustls::RustlsConfig::from_pem_file(certificate, key)
+                    .await
+                    .map_err(|e| {
+                        ServeError::Tls(format!(
+                            "{} / {}: {e}",
+                            certificate.display(),
+                            key.display()
+                        ))
+                    })?;
+                // The server speaks HTTP/1.1 only (see `serve_http`): it
+                // must not offer h2 in the handshake.
+                let mut only_http1 = (*loaded.get_inner()).clone();
+                only_http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Some(axum_server::tls_rustls::RustlsConfig::from_config(
+                    Arc::new(only_http1),
+                ))
             }
             None => None,
         };
@@ -251,7 +256,11 @@ impl Server {
 
 /// Serves `router` on `listener`, holding its connections to
 /// `connections` (see [`crate::connections`]), until `handle` shuts it
-/// down.
+/// down. HTTP/1.1 only: an HTTP/2 connection carries many requests at
+/// once and hyper has no idle timeout for it, so one connection could be
+/// held for ever and the per-connection bounds would not bound requests.
+/// Every client of the API (the CLI, browsers, the cluster's hosts)
+/// speaks HTTP/1.1.
 fn serve_http(
     listener: std::net::TcpListener,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
@@ -265,6 +274,7 @@ fn serve_http(
         let mut server = axum_server::from_tcp(listener)
             .map_err(|e| e.to_string())?
             .handle(handle)
+            .http1_only()
             .first_request_timeout(crate::connections::FIRST_REQUEST);
         server
             .http_builder()

@@ -10,7 +10,9 @@
 //! remembers the last sequence number taken from each origin cell, so a
 //! task re-sent after a failover is applied once. A delivery that cannot be
 //! queued (no such agent, a full queue) is consumed all the same and
-//! recorded as [`crate::Event::TaskRefused`].
+//! recorded as [`crate::Event::TaskRefused`]; so is one the host refuses
+//! ([`Operation::RefuseDelivery`]: its memory for agent state would pass
+//! its budget).
 //!
 //! The cluster's configuration — revocations and the trust store — is
 //! changed in one cell, [`CONFIG_CELL`], and nowhere else: each change is
@@ -19,6 +21,7 @@
 //!
 //! [`Operation::MarkSent`]: crate::Operation::MarkSent
 //! [`Operation::DeliverTask`]: crate::Operation::DeliverTask
+//! [`Operation::RefuseDelivery`]: crate::Operation::RefuseDelivery
 
 use std::collections::BTreeMap;
 

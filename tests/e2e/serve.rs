@@ -1668,23 +1668,40 @@ async fn clients_without_a_token_cannot_hold_the_server_s_connections() {
         )
     };
 
+    // Until the server counts `n` refused (it admits connections in
+    // tasks of their own, a moment after they open): what it holds then.
+    let until_refused = |n: u64| async move {
+        let started = std::time::Instant::now();
+        loop {
+            let (held, refused) = check().await;
+            if refused >= n || started.elapsed() > Duration::from_secs(8) {
+                return (held, refused);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
     // One client (one address) gets 8 connections; the rest are closed at
     // once. Others are still served.
     let mut one = silent_connections(&served.url, [127, 0, 0, 2], 20).await;
+    let (held, refused) = until_refused(12).await;
+    assert_eq!((held, refused), (9, 12), "the 8 and the request asking");
     assert_eq!(still_open(&mut one, Duration::from_millis(200)), 8);
-    let (held, refused) = check().await;
-    assert_eq!(held, 9, "the 8 and the request asking");
-    assert_eq!(refused, 12);
 
     // Three clients together fill the server's 24: a fourth is closed at
     // once, until the silent ones are let go — 10 s after they opened
     // without sending a request.
     let mut two = silent_connections(&served.url, [127, 0, 0, 3], 8).await;
-    let mut three = silent_connections(&served.url, [127, 0, 0, 4], 8).await;
-    assert_eq!(still_open(&mut two, Duration::from_millis(100)), 8);
-    assert_eq!(still_open(&mut three, Duration::from_millis(100)), 8);
+    let mut three = silent_connections(&served.url, [127, 0, 0, 4], 7).await;
+    let started = std::time::Instant::now();
+    while check().await.0 < 24 {
+        assert!(started.elapsed() < Duration::from_secs(8), "never held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    three.extend(silent_connections(&served.url, [127, 0, 0, 4], 1).await);
+    assert_eq!(still_open(&mut three, Duration::from_millis(50)), 8);
     let mut fourth = silent_connections(&served.url, [127, 0, 0, 5], 1).await;
-    assert_eq!(still_open(&mut fourth, Duration::from_millis(200)), 0);
+    assert_eq!(still_open(&mut fourth, Duration::from_secs(2)), 0);
     let started = std::time::Instant::now();
     let mut let_go = false;
     while started.elapsed() < Duration::from_secs(30) {
@@ -1789,10 +1806,9 @@ async fn one_token_family_cannot_take_every_stream_or_wait() {
     drop(streams);
 
     // Waits: 256 per family at once. The hostile client's 257th is
-    // answered at once (the task as it is: queued); the other client's
-    // still waits.
+    // refused (429, come back later); the other client's still waits.
     let wait = |token: String| {
-        http.get(format!("{url}/v1/tasks/{task}?wait=30s"))
+        http.get(format!("{url}/v1/tasks/{task}?wait=60s"))
             .bearer_auth(token)
             .send()
     };
@@ -1800,26 +1816,29 @@ async fn one_token_family_cannot_take_every_stream_or_wait() {
     for _ in 0..256 {
         waiting.spawn(wait(hostile.clone()));
     }
-    // Once the 256 wait (as /metrics counts them), the 257th is answered
-    // at once.
+    // Once the 256 wait (as /metrics counts them; they wait 60 s).
     let started = std::time::Instant::now();
-    loop {
-        if metrics(&http, &url, &other).await["toka_task_waits"] == 256.0 {
-            break;
-        }
+    while metrics(&http, &url, &other).await["toka_task_waits"] < 256.0 {
         assert!(
-            started.elapsed() < Duration::from_secs(60),
+            started.elapsed() < Duration::from_secs(45),
             "the 256 never all waited"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let answered = tokio::time::timeout(Duration::from_secs(10), wait(hostile.clone()))
+    let refused = tokio::time::timeout(Duration::from_secs(10), wait(hostile.clone()))
         .await
-        .expect("answered at once, not after its 30 s")
+        .expect("answered at once, not after its 60 s")
         .unwrap();
-    assert_eq!(answered.status(), StatusCode::OK);
-    let view: Value = answered.json().await.unwrap();
-    assert_eq!(view["status"], "queued", "{view}");
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("have 256 requests waiting for tasks, the most one may"),
+        "{body}"
+    );
     assert!(
         tokio::time::timeout(Duration::from_millis(500), wait(other.clone()))
             .await

@@ -21,8 +21,7 @@ const STREAM_SHARE: usize = 4;
 /// Requests waiting for a task to end at once (each holds a waiter and a
 /// copy of the task's description), all token families together ...
 const MAX_WAITS: usize = 4096;
-/// ... and per family; one past either is answered at once, without
-/// waiting.
+/// ... and per family; one past either is refused (429).
 const WAITS_PER_FAMILY: usize = 256;
 
 /// Replays of the log (and pages of raw records) for read clients at
@@ -118,14 +117,23 @@ impl App {
 
     /// Runs `read` (a replay of the log, a page of records) on the log
     /// readers' threads, once `token`'s family has a turn at reading the
-    /// log; `None` when the turns are closed (the server stops).
+    /// log; `None` when the turns are closed (the server stops). The job
+    /// holds the turn until it is done, even if the client went away
+    /// meanwhile: a client that asks and hangs up cannot queue more.
     pub(crate) async fn read_log<R: Send + 'static>(
         &self,
         token: &toka_host::Token,
         read: impl FnOnce() -> R + Send + 'static,
     ) -> Option<R> {
-        let _turn = self.log_reads.take(crate::auth::family(token)).await?;
-        Some(self.log_readers.run(read).await)
+        let turn = self.log_reads.take(crate::auth::family(token)).await?;
+        Some(
+            self.log_readers
+                .run(move || {
+                    let _turn = turn;
+                    read()
+                })
+                .await,
+        )
     }
 
     /// Shows `connections` in `/metrics`: the server serves this app alone.

@@ -27,8 +27,12 @@ pub(crate) const GRACE: Duration = Duration::from_secs(10);
 /// The slowest average a body may come at, in bytes per second.
 pub(crate) const MIN_RATE: u64 = 64 << 10;
 
-/// The middleware: every request's body is paced.
+/// The middleware: every request's body is paced (one known to be empty
+/// is left as it is).
 pub(crate) async fn paced(request: Request, next: Next) -> Response {
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
     let (parts, body) = request.into_parts();
     next.run(Request::from_parts(parts, Body::new(Paced::new(body))))
         .await
@@ -52,8 +56,9 @@ struct Paced {
     waited: Duration,
     /// Since when the server waits for the next bytes, if it does.
     waiting_since: Option<Instant>,
-    /// Wakes the body at its deadline while it waits.
-    timer: Pin<Box<Sleep>>,
+    /// Wakes the body at its deadline while it waits (made at the first
+    /// wait).
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Paced {
@@ -63,7 +68,7 @@ impl Paced {
             received: 0,
             waited: Duration::ZERO,
             waiting_since: None,
-            timer: Box::pin(tokio::time::sleep(GRACE)),
+            timer: None,
         }
     }
 
@@ -99,8 +104,16 @@ impl HttpBody for Paced {
                 if Instant::now() >= deadline {
                     return Poll::Ready(Some(Err(TooSlow.into())));
                 }
-                this.timer.as_mut().reset(deadline);
-                match this.timer.as_mut().poll(cx) {
+                let timer = match &mut this.timer {
+                    Some(timer) => {
+                        timer.as_mut().reset(deadline);
+                        timer
+                    }
+                    None => this
+                        .timer
+                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(TooSlow.into()))),
                     Poll::Pending => Poll::Pending,
                 }

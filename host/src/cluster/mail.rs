@@ -15,8 +15,10 @@
 //!   what it took) drops the copies.
 //! - the *receiver* reads the cell's inbox stream by sequence number from
 //!   where the cell's state says it stopped and takes each parcel with
-//!   [`Operation::DeliverTask`](toka_kernel::Operation::DeliverTask), which
-//!   remembers the last record taken from each origin cell: a copy is
+//!   [`Operation::DeliverTask`](toka_kernel::Operation::DeliverTask) (or,
+//!   a task past the cell's state budget,
+//!   [`Operation::RefuseDelivery`](toka_kernel::Operation::RefuseDelivery)),
+//!   which remembers the last record taken from each origin cell: a copy is
 //!   skipped, never applied twice.
 //!   Once it took in everything the stream holds, it purges the stream
 //!   (its log holds each parcel it took). A message the stream should hold (its sequence is

@@ -205,7 +205,7 @@ impl HostConfig {
     /// the share the operators' tasks hold together
     /// ([`HostError::StateBudget`](crate::HostError::StateBudget)); the
     /// host's own caller is never refused. In a cluster's cell, the tasks
-    /// another cell sends count to that cell, as one more tree; one that
+    /// other cells' agents send count together as one more tree; one that
     /// would pass the budget or that share is taken in as refused
     /// ([`CellMail::deliver`](crate::CellMail::deliver)). The budget counts
     /// each byte once; the host holds the state

@@ -16,6 +16,7 @@ use crate::app::App;
 use crate::auth::{Reader, Writer, family};
 use crate::error::{ApiError, ErrorBody, parse_id};
 use crate::extract::{Json, Path, Query};
+use crate::held::Over;
 use crate::views::{ScheduleRequest, TaskPage, TaskView};
 
 /// Queues a task for an agent. With an `Idempotency-Key` header, a retried
@@ -181,7 +182,7 @@ pub(crate) struct GetQuery {
     /// Wait up to this long for the task to end (`30s`, `500ms`, `2m`; at
     /// most the server's limit, 60 s by default), then answer with it as
     /// it is. A token family's 257th wait at once (or the server's 4 097th)
-    /// is answered at once.
+    /// is refused (`429`, `Retry-After`).
     wait: Option<String>,
 }
 
@@ -203,14 +204,26 @@ pub(crate) async fn get(
         None => None,
         Some(text) => Some(parse_wait(text, app.config.max_wait)?),
     };
-    // A wait holds a place (all clients together, and per token family);
-    // without one the task is answered as it is now, as a wait that ended.
-    let waiting = wait
-        .filter(|wait| !wait.is_zero())
-        .and_then(|wait| Some((wait, app.waits.take(family(&who.token)).ok()?)));
-    let info = match waiting {
-        Some((wait, _place)) => app.host.wait_task(task, wait).await?,
-        None => app.host.task(task).await?,
+    let info = match wait {
+        Some(wait) if !wait.is_zero() => {
+            // A wait holds a place, all clients together and per token
+            // family.
+            let _place = app.waits.take(family(&who.token)).map_err(|over| {
+                ApiError::too_many(
+                    match over {
+                        Over::All(most) => format!(
+                            "{most} requests wait for tasks already, the most the server holds; ask again, or without wait"
+                        ),
+                        Over::Holder(most) => format!(
+                            "this token and those attenuated from its root have {most} requests waiting for tasks, the most one may; ask again, or without wait"
+                        ),
+                    },
+                    1,
+                )
+            })?;
+            app.host.wait_task(task, wait).await?
+        }
+        _ => app.host.task(task).await?,
     };
     info.map(|i| axum::Json(view(&i)))
         .ok_or_else(|| ApiError::not_found(format!("no task {task}")))

@@ -854,7 +854,10 @@ impl Sequencer {
             Ok(()) => Operation::DeliverTask { delivery },
             Err(refused) => Operation::RefuseDelivery {
                 delivery,
-                reason: refused.to_string(),
+                reason: crate::text::clip(
+                    &refused.to_string(),
+                    core.kernel.limits().max_reason as usize,
+                ),
             },
         };
         let command = Command::system(EntityId::SYSTEM, core.stamp(), op);

@@ -28,9 +28,10 @@
 //! API client's root agent past the budget, and its task past the budget
 //! or the operators' share, are refused too; the host's own caller's
 //! commands are counted, never refused. In a cluster's cell, the tasks
-//! another cell sends are counted to that cell (its agents' trees are not
-//! here), as one more tree: one past the budget or that share is taken in
-//! as refused ([`Operation::RefuseDelivery`]).
+//! other cells' agents send count together as one more tree (their trees
+//! are not here; an operator's count with the operators' tasks): one past
+//! the budget or that share is taken in as refused
+//! ([`Operation::RefuseDelivery`]).
 
 use std::collections::HashMap;
 
@@ -59,22 +60,20 @@ fn task_bytes(spec: &TaskSpec) -> u64 {
 
 /// What a task scheduled `by` is counted to: the tree of the agent that
 /// scheduled it; for the operators' tasks, [`EntityId::SYSTEM`] (one more
-/// tree); for a task another cell sent, whose agent is not in this state,
-/// that cell ([`sent_from`]).
+/// tree); for a task an agent of another cell sent (it is not in this
+/// state), [`OTHER_CELLS`] (one more tree, all other cells together).
 fn counted_to(state: &WorldState, by: EntityId) -> AgentId {
     if by != EntityId::SYSTEM && state.agent(by).is_none() {
-        sent_from(by.cell())
+        OTHER_CELLS
     } else {
         tree_of(state, by)
     }
 }
 
-/// The id the tasks cell `cell` sent are counted under: the cell in its
-/// top 16 bits, as in every id the cell mints, and ones in the rest, which
-/// no agent's id is but with a chance of 2^-112.
-fn sent_from(cell: u16) -> AgentId {
-    EntityId::from_u128((u128::from(cell) << 112) | (u128::MAX >> 16))
-}
+/// The id the tasks other cells' agents sent are counted under: all ones,
+/// whose cell (the top 16 bits) no cluster has, and which an id minted
+/// outside a cluster is with a chance of 2^-128.
+const OTHER_CELLS: AgentId = EntityId::from_u128(u128::MAX);
 
 /// Bytes the agents' state holds, per tree and in all, and the bounds.
 #[derive(Debug)]
@@ -104,7 +103,7 @@ pub enum StateRefusal {
     Host {
         /// The growth asked for.
         growth: u64,
-        /// [`StateBudget`]'s total.
+        /// The budget ([`HostConfig::state_budget`](crate::HostConfig::state_budget)).
         budget: u64,
         /// Held by all trees.
         held: u64,
@@ -125,21 +124,19 @@ pub enum StateRefusal {
         /// Held by the tree.
         held: u64,
     },
-    /// The tasks another cell sent would pass one tree's share.
+    /// The tasks other cells' agents sent would pass one tree's share.
     #[error(
-        "the tasks cell {cell} sent hold their share of this cell's memory for agent state: {} more would pass the share of {} ({} held by its tasks not yet ended)",
+        "the tasks other cells sent hold their share of this cell's memory for agent state: {} more would pass the share of {} ({} held by their tasks not yet ended)",
         Size(*growth),
         Size(*share),
         Size(*held)
     )]
-    Cell {
-        /// The cell that sent it.
-        cell: u16,
+    OtherCells {
         /// The growth asked for.
         growth: u64,
         /// The most one tree holds.
         share: u64,
-        /// Held by the tasks that cell sent.
+        /// Held by the tasks other cells sent.
         held: u64,
     },
     /// The tasks API clients queued would pass one tree's share.
@@ -308,8 +305,8 @@ impl StateBudget {
     }
 
     /// Refuses a task another cell sent (in `delivery`) that would pass the
-    /// budget or the share of what its cell sent (of the operators' tasks,
-    /// if an operator scheduled it there). A change of the configuration,
+    /// budget or the share of what other cells' agents sent (of the
+    /// operators' tasks, if an operator scheduled it there). A change of the configuration,
     /// and a task the kernel refuses anyway (for an agent not here or
     /// terminated, or a task known already), pass.
     ///
@@ -340,8 +337,7 @@ impl StateBudget {
                         held,
                     }
                 }
-                Over::Share { share, held } => StateRefusal::Cell {
-                    cell: delivery.from_cell,
+                Over::Share { share, held } => StateRefusal::OtherCells {
                     growth,
                     share,
                     held,

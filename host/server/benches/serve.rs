@@ -219,6 +219,39 @@ async fn over_http(callers: usize, per_caller: usize) -> Measured {
     measured
 }
 
+/// Schedules `description` for `agent` through the API; the answer.
+async fn schedule_over_http(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    agent: AgentId,
+    description: &str,
+) -> Value {
+    http.post(format!("{url}/v1/agents/{agent}/tasks"))
+        .bearer_auth(token)
+        .json(&json!({"description": description}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits (up to 60 s) for the task `task` (an answer of
+/// [`schedule_over_http`]) to end; how it ended.
+async fn wait_over_http(http: &reqwest::Client, url: &str, token: &str, task: &Value) -> Value {
+    let id = task["id"].as_str().unwrap();
+    http.get(format!("{url}/v1/tasks/{id}?wait=60s"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Schedules `description` for `agent` through the API and waits (up to
 /// 60 s) for it to complete.
 async fn run_over_http(
@@ -228,26 +261,8 @@ async fn run_over_http(
     agent: AgentId,
     description: &str,
 ) {
-    let task: Value = http
-        .post(format!("{url}/v1/agents/{agent}/tasks"))
-        .bearer_auth(token)
-        .json(&json!({"description": description}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = task["id"].as_str().unwrap();
-    let done: Value = http
-        .get(format!("{url}/v1/tasks/{id}?wait=60s"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let task = schedule_over_http(http, url, token, agent, description).await;
+    let done = wait_over_http(http, url, token, &task).await;
     assert_eq!(done["status"], "completed", "{done}");
 }
 
@@ -279,23 +294,10 @@ async fn stream(n: u64, live: bool) -> f64 {
             while left > 0 {
                 let count = left.min(50_000);
                 left -= count;
-                last = http
-                    .post(format!("{url}/v1/agents/{agent}/tasks"))
-                    .bearer_auth(&token)
-                    .json(&json!({"description": format!("observe {count}")}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let description = format!("observe {count}");
+                last = schedule_over_http(&http, &url, &token, agent, &description).await;
             }
-            let id = last["id"].as_str().unwrap();
-            http.get(format!("{url}/v1/tasks/{id}?wait=60s"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap();
+            wait_over_http(&http, &url, &token, &last).await;
         }
     };
     let producing = if live {

@@ -30,6 +30,7 @@ mod runtime;
 mod sandbox;
 mod store;
 mod text;
+mod throttle;
 
 #[cfg(feature = "bench")]
 #[doc(hidden)]
@@ -87,4 +88,5 @@ pub use store::secrets::{
 };
 pub use store::snapshot::{decode_snapshot, encode_state as encode_snapshot};
 pub use text::{Size, UnitError, approx_size, clip, parse_duration, parse_size};
+pub use throttle::Throttle;
 pub use toka_kernel;

@@ -31,9 +31,10 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum_server::accept::Accept;
+use toka_host::Throttle;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
@@ -97,7 +98,7 @@ pub(crate) struct Admission {
     held: Arc<Bounded<Option<Client>>>,
     opening: Limiter<Option<Client>>,
     refused: AtomicU64,
-    warned: Mutex<(Option<Instant>, u64)>,
+    warned: Mutex<Throttle>,
 }
 
 /// Why a connection was closed as soon as it was accepted.
@@ -116,7 +117,7 @@ impl Admission {
             held: Bounded::new(max, per_client),
             opening: Limiter::new(OPENING),
             refused: AtomicU64::new(0),
-            warned: Mutex::new((None, 0)),
+            warned: Mutex::new(Throttle::new(WARN_EVERY)),
         })
     }
 
@@ -131,19 +132,18 @@ impl Admission {
     /// Counts a refusal; warns now and then.
     fn refused(&self, why: Refusal) {
         self.refused.fetch_add(1, Ordering::Relaxed);
-        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
-        let (last, left_out) = &mut *warned;
-        if last.is_some_and(|at| at.elapsed() < WARN_EVERY) {
-            *left_out += 1;
-            return;
+        let allowed = self
+            .warned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow();
+        if let Some(left_out) = allowed {
+            tracing::warn!(
+                reason = %refusal(why),
+                refused_since_last_warning = left_out,
+                "closed a connection as soon as it was accepted"
+            );
         }
-        tracing::warn!(
-            reason = %refusal(why),
-            refused_since_last_warning = *left_out,
-            "closed a connection as soon as it was accepted"
-        );
-        *last = Some(Instant::now());
-        *left_out = 0;
     }
 
     /// Connections held now, and refused since the server started.

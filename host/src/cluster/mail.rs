@@ -38,6 +38,7 @@ use tokio::task::JoinHandle;
 use super::connection::{Cluster, ClusterError, kept_stream};
 use crate::runtime::error::HostError;
 use crate::runtime::mail::CellMail;
+use crate::throttle::Throttle;
 
 /// Parcels forwarded before one `MarkSent` record.
 const BATCH: usize = 256;
@@ -265,7 +266,7 @@ async fn receive(cluster: Cluster, mail: CellMail, cell: Cell, done: watch::Send
     // What a former owner took but had not purged yet goes at the first
     // purge.
     let mut purge = Purge::new();
-    let mut warn = Throttle::default();
+    let mut warn = Throttle::new(WARN_EVERY);
     loop {
         if next > end {
             done.send_replace(true);
@@ -392,27 +393,6 @@ async fn receive(cluster: Cluster, mail: CellMail, cell: Cell, done: watch::Send
     }
 }
 
-/// One warning per [`WARN_EVERY`] at most, counting those left out.
-#[derive(Default)]
-struct Throttle {
-    last: Option<tokio::time::Instant>,
-    unlogged: u64,
-}
-
-impl Throttle {
-    /// `Some(how many were left out since the last one)` when a warning
-    /// may be logged now; otherwise counts it as left out.
-    fn allow(&mut self) -> Option<u64> {
-        let now = tokio::time::Instant::now();
-        if self.last.is_some_and(|last| now < last + WARN_EVERY) {
-            self.unlogged += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.unlogged))
-    }
-}
-
 /// Purging the inbox stream of what the cell took in: its log holds each
 /// parcel it took (and a copy sent again is recognised by the cell's state,
 /// not by the stream), so the stream keeps only what is on its way.
@@ -475,24 +455,4 @@ async fn bounds(stream: &jetstream::stream::Stream) -> Option<(u64, u64)> {
         .await
         .ok()
         .map(|info| (info.state.first_sequence, info.state.last_sequence))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Throttle, WARN_EVERY};
-
-    #[tokio::test(start_paused = true)]
-    async fn a_flood_of_refusals_logs_one_warning_per_period_and_counts_the_rest() {
-        let mut warn = Throttle::default();
-        assert_eq!(warn.allow(), Some(0), "the first one is logged");
-        let logged = (0..1_000).filter(|_| warn.allow().is_some()).count();
-        assert_eq!(logged, 0, "none more within the period");
-        tokio::time::advance(WARN_EVERY).await;
-        assert_eq!(
-            warn.allow(),
-            Some(1_000),
-            "the next says how many were left out"
-        );
-        assert_eq!(warn.allow(), None);
-    }
 }

@@ -219,17 +219,10 @@ async fn over_http(callers: usize, per_caller: usize) -> Measured {
     measured
 }
 
-/// Schedules `description` for `agent` through the API; the answer.
-async fn schedule_over_http(
-    http: &reqwest::Client,
-    url: &str,
-    token: &str,
-    agent: AgentId,
-    description: &str,
-) -> Value {
-    http.post(format!("{url}/v1/agents/{agent}/tasks"))
+/// Sends `request` with `token`; its JSON answer.
+async fn answer(request: reqwest::RequestBuilder, token: &str) -> Value {
+    request
         .bearer_auth(token)
-        .json(&json!({"description": description}))
         .send()
         .await
         .unwrap()
@@ -238,18 +231,25 @@ async fn schedule_over_http(
         .unwrap()
 }
 
+/// Schedules `description` for `agent` through the API; the answer.
+async fn schedule_over_http(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    agent: AgentId,
+    description: &str,
+) -> Value {
+    let request = http
+        .post(format!("{url}/v1/agents/{agent}/tasks"))
+        .json(&json!({"description": description}));
+    answer(request, token).await
+}
+
 /// Waits (up to 60 s) for the task `task` (an answer of
 /// [`schedule_over_http`]) to end; how it ended.
 async fn wait_over_http(http: &reqwest::Client, url: &str, token: &str, task: &Value) -> Value {
     let id = task["id"].as_str().unwrap();
-    http.get(format!("{url}/v1/tasks/{id}?wait=60s"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    answer(http.get(format!("{url}/v1/tasks/{id}?wait=60s")), token).await
 }
 
 /// Schedules `description` for `agent` through the API and waits (up to

@@ -1709,28 +1709,60 @@ async fn clients_without_a_token_cannot_hold_the_server_s_connections() {
     let_go(&mut [&mut one]);
     assert!(opened.elapsed() >= Duration::from_secs(5), "let go early");
 
-    // Three clients together fill the server's 24: of theirs and a fourth
-    // client's one, exactly one is closed at once (whichever the server
-    // takes last) — no metrics request here, which would take a place.
-    let mut two = silent_connections(&served.url, [127, 0, 0, 3], 8).await;
-    let mut three = silent_connections(&served.url, [127, 0, 0, 4], 8).await;
-    let mut four = silent_connections(&served.url, [127, 0, 0, 5], 8).await;
-    let mut fifth = silent_connections(&served.url, [127, 0, 0, 6], 1).await;
-    // Until the server took them all (one not taken yet reads as open).
-    let started = std::time::Instant::now();
-    let open = loop {
-        let open: usize = [&mut two, &mut three, &mut four, &mut fifth]
-            .into_iter()
-            .map(|c| still_open(c, Duration::from_millis(50)))
-            .sum();
-        if open <= 24 || started.elapsed() > Duration::from_secs(8) {
-            break open;
-        }
+    // A client holding 8 event streams (busy connections), and two
+    // holding 8 silent ones each, fill the server's 24. Six newcomers, one
+    // connection each, still get in: each takes the place of an idle
+    // connection of the client holding the most (the silent ones, never
+    // the streams); so does a request for the metrics. However the server
+    // happens to take them, 31 came for 24 places: 7 were refused or
+    // made room.
+    let streaming = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 3]))
+        .build()
+        .unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        let stream = streaming
+            .get(format!("{}/v1/events/stream", served.url))
+            .bearer_auth(&served.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), StatusCode::OK);
+        streams.push(stream);
+    }
+    let mut four = silent_connections(&served.url, [127, 0, 0, 4], 8).await;
+    let mut five = silent_connections(&served.url, [127, 0, 0, 5], 8).await;
+    let mut newcomers = Vec::new();
+    for last in 6..12 {
+        newcomers.extend(silent_connections(&served.url, [127, 0, 0, last], 1).await);
+    }
+    let silent_open = |four: &mut Vec<_>, five: &mut Vec<_>| {
+        still_open(four, Duration::from_millis(50)) + still_open(five, Duration::from_millis(50))
     };
-    assert_eq!(open, 24);
-    let_go(&mut [&mut two, &mut three, &mut four, &mut fifth]);
-    let (held, refused) = check().await;
-    assert_eq!((held, refused), (1, 13), "only the request asking");
+    // Until the server closed those that made room (one not closed yet
+    // reads as open).
+    let started = std::time::Instant::now();
+    while silent_open(&mut four, &mut five) > 10 && started.elapsed() < Duration::from_secs(5) {}
+    assert_eq!(silent_open(&mut four, &mut five), 10);
+    assert_eq!(still_open(&mut newcomers, Duration::from_millis(50)), 6);
+    let counts = metrics(&http, &served.url, &served.admin).await;
+    assert_eq!(counts["toka_event_streams"], 8.0, "no stream made room");
+    assert_eq!(
+        counts["toka_connections_refused_total"] + counts["toka_connections_gave_way_total"],
+        12.0 + 7.0,
+        "{counts:?}"
+    );
+    assert!(counts["toka_connections_gave_way_total"] >= 1.0);
+    let started = std::time::Instant::now();
+    while silent_open(&mut four, &mut five) > 9 && started.elapsed() < Duration::from_secs(5) {}
+    assert_eq!(
+        silent_open(&mut four, &mut five),
+        9,
+        "the metrics request took one"
+    );
+    let_go(&mut [&mut four, &mut five, &mut newcomers]);
+    drop(streams);
 
     // A client that speaks is served as before, and a keep-alive
     // connection left idle is let go after its 30 s (not waited for here).
@@ -1746,7 +1778,8 @@ async fn clients_without_a_token_cannot_hold_the_server_s_connections() {
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stderr.contains("closed a connection as soon as it was accepted")
-            && stderr.contains("the client holds its most connections (8)"),
+            && stderr.contains("the client holds its most connections (8)")
+            && stderr.contains("closed an idle one of the client holding the most to make room"),
         "{stderr}"
     );
 }

@@ -141,8 +141,9 @@ impl App {
         let _ = self.connections.set(connections);
     }
 
-    /// Connections held now and refused since the start, if counted here.
-    pub(crate) fn connections(&self) -> Option<(usize, u64)> {
+    /// Connections held now, and refused or closed to make room since the
+    /// start, if counted here.
+    pub(crate) fn connections(&self) -> Option<crate::connections::Counts> {
         self.connections.get().map(|c| c.counts())
     }
 

@@ -15,6 +15,11 @@
 //!   accepted, with a warning at most every [`WARN_EVERY`]; so is one
 //!   past the [`OPENING`] rate of its client (an accept and a TLS
 //!   handshake cost the server whether or not a request follows);
+//! - when the server holds its most, a newcomer takes the place of an idle
+//!   connection of the client holding the most, if that client holds at
+//!   least two more than the newcomer's (see [`crate::evict`]): the first
+//!   clients to come cannot keep later ones out by holding idle
+//!   keep-alive connections;
 //! - a connection that has not sent a whole request head within
 //!   [`FIRST_REQUEST`] of opening (after the TLS handshake, which has 10 s
 //!   of its own), or within [`IDLE`] of its last answer, is closed. A
@@ -39,7 +44,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use crate::held::{Bounded, Over, Place};
+use crate::evict::{GaveWay, Held, Table, Tracked};
+use crate::held::Over;
 use crate::rate::{Limiter, Rate};
 
 /// How long a new connection has to send its first request head.
@@ -67,7 +73,7 @@ const KEPT_FOR_THE_HOST: u64 = 512;
 /// the /64 prefix of an IPv6 one (an IPv4 address mapped into IPv6 counts
 /// as itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Client {
+pub(crate) enum Client {
     V4(u32),
     V6(u64),
 }
@@ -95,10 +101,23 @@ const OPENING: Rate = Rate {
 /// The connections held and the bounds on them.
 #[derive(Debug)]
 pub(crate) struct Admission {
-    held: Arc<Bounded<Option<Client>>>,
+    held: Arc<Table<Option<Client>>>,
     opening: Limiter<Option<Client>>,
     refused: AtomicU64,
     warned: Mutex<Throttle>,
+    warned_gave_way: Mutex<Throttle>,
+}
+
+/// The connections the server holds, and what it did with the ones it
+/// did not, since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counts {
+    /// Held now (those closing after giving way included).
+    pub(crate) held: usize,
+    /// Closed as soon as they were accepted.
+    pub(crate) refused: u64,
+    /// Idle ones closed to make room for another client's.
+    pub(crate) gave_way: u64,
 }
 
 /// Why a connection was closed as soon as it was accepted.
@@ -114,30 +133,37 @@ impl Admission {
     /// At most `max` connections, `per_client` of them from one client.
     pub(crate) fn new(max: usize, per_client: usize) -> Arc<Admission> {
         Arc::new(Admission {
-            held: Bounded::new(max, per_client),
+            held: Table::new(max, per_client),
             opening: Limiter::new(OPENING),
             refused: AtomicU64::new(0),
             warned: Mutex::new(Throttle::new(WARN_EVERY)),
+            warned_gave_way: Mutex::new(Throttle::new(WARN_EVERY)),
         })
     }
 
     /// A place for a connection from `ip` (unknown: counted as one more
     /// client), given back when dropped.
-    fn admit(&self, ip: Option<IpAddr>) -> Result<Place<Option<Client>>, Refusal> {
+    fn admit(&self, ip: Option<IpAddr>) -> Result<Held<Option<Client>>, Refusal> {
         let client = ip.map(Client::of);
         self.opening.take(client).map_err(|_| Refusal::TooFast)?;
-        self.held.take(client).map_err(Refusal::Held)
+        let (held, gave_way) = self.held.take(client).map_err(Refusal::Held)?;
+        if let Some(GaveWay { client_held }) = gave_way
+            && let Some(left_out) = allow(&self.warned_gave_way)
+        {
+            tracing::warn!(
+                client_held,
+                gave_way_since_last_warning = left_out,
+                "the server holds its most connections ({}): closed an idle one of the client holding the most to make room for another client",
+                self.held.max()
+            );
+        }
+        Ok(held)
     }
 
     /// Counts a refusal; warns now and then.
     fn refused(&self, why: Refusal) {
         self.refused.fetch_add(1, Ordering::Relaxed);
-        let allowed = self
-            .warned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .allow();
-        if let Some(left_out) = allowed {
+        if let Some(left_out) = allow(&self.warned) {
             tracing::warn!(
                 reason = %refusal(why),
                 refused_since_last_warning = left_out,
@@ -146,10 +172,20 @@ impl Admission {
         }
     }
 
-    /// Connections held now, and refused since the server started.
-    pub(crate) fn counts(&self) -> (usize, u64) {
-        (self.held.count(), self.refused.load(Ordering::Relaxed))
+    /// What the server holds and did since it started.
+    pub(crate) fn counts(&self) -> Counts {
+        Counts {
+            held: self.held.count(),
+            refused: self.refused.load(Ordering::Relaxed),
+            gave_way: self.held.evicted(),
+        }
     }
+}
+
+/// Whether a throttled warning may be given now; if so, how many were
+/// left out since the last.
+fn allow(throttle: &Mutex<Throttle>) -> Option<u64> {
+    throttle.lock().unwrap_or_else(|e| e.into_inner()).allow()
 }
 
 /// Why a connection was closed at once, in words.
@@ -175,20 +211,23 @@ pub(crate) struct Admit(pub(crate) Arc<Admission>);
 
 impl<S> Accept<TcpStream, S> for Admit {
     type Stream = Counted;
-    type Service = S;
-    type Future = std::future::Ready<io::Result<(Counted, S)>>;
+    type Service = Tracked<S, Option<Client>>;
+    type Future = std::future::Ready<io::Result<(Counted, Self::Service)>>;
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
         let ip = stream.peer_addr().ok().map(|a| a.ip());
         std::future::ready(match self.0.admit(ip) {
-            Ok(place) => Ok((
-                Counted {
-                    stream,
-                    _place: place,
-                    stalled: None,
-                },
-                service,
-            )),
+            Ok(held) => {
+                let held = Arc::new(held);
+                Ok((
+                    Counted {
+                        stream,
+                        held: Arc::clone(&held),
+                        stalled: None,
+                    },
+                    Tracked::new(service, held),
+                ))
+            }
             Err(why) => {
                 self.0.refused(why);
                 // Dropping the stream closes it.
@@ -199,11 +238,12 @@ impl<S> Accept<TcpStream, S> for Admit {
 }
 
 /// A connection holding its place; a write that makes no progress for
-/// [`WRITE_STALL`] fails it.
+/// [`WRITE_STALL`] fails it, and one told to give way reads the end of
+/// its stream.
 #[derive(Debug)]
 pub(crate) struct Counted {
     stream: TcpStream,
-    _place: Place<Option<Client>>,
+    held: Arc<Held<Option<Client>>>,
     /// Set while a write waits for the client to read.
     stalled: Option<Pin<Box<Sleep>>>,
 }
@@ -239,6 +279,10 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.held.conn().gave_way(cx) {
+            // The end of the stream: hyper closes the connection.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -350,9 +394,15 @@ mod tests {
             super::refusal(refused),
             "the client holds its most connections (2)"
         );
-        assert_eq!(admission.counts(), (2, 1));
+        assert_eq!(
+            (admission.counts().held, admission.counts().refused),
+            (2, 1)
+        );
         drop(first);
-        assert_eq!(admission.counts(), (1, 1));
+        assert_eq!(
+            (admission.counts().held, admission.counts().refused),
+            (1, 1)
+        );
     }
 
     #[test]
@@ -386,7 +436,7 @@ mod tests {
         let admission = Admission::new(1, 1);
         let mut counted = super::Counted {
             stream,
-            _place: admission.admit(None).unwrap(),
+            held: std::sync::Arc::new(admission.admit(None).unwrap()),
             stalled: None,
         };
         let started = tokio::time::Instant::now();

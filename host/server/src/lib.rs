@@ -11,6 +11,7 @@
 //! | module | concern |
 //! |---|---|
 //! | `serve`, `config` | binding, TLS, registration, graceful shutdown |
+//! | `connections`, `evict`, `pace` | who may hold a connection, for how long, and which gives way |
 //! | `cells` | several cells of a cluster behind one address |
 //! | `auth`, `rate` | operator tokens, levels, tickets, rate limits |
 //! | `retention` | forgetting and archiving at intervals, by itself |
@@ -35,6 +36,7 @@ mod connections;
 mod dashboard;
 mod error;
 mod events;
+mod evict;
 mod extract;
 mod held;
 mod jobs;

@@ -304,10 +304,11 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _who: Reader) -> impl I
         "# HELP toka_task_waits Requests waiting for a task to end (?wait=).\n# TYPE toka_task_waits gauge\ntoka_task_waits {}",
         app.waits.count()
     );
-    if let Some((held, refused)) = app.connections() {
+    if let Some(c) = app.connections() {
         let _ = writeln!(
             out,
-            "# HELP toka_connections Connections the server holds.\n# TYPE toka_connections gauge\ntoka_connections {held}\n# HELP toka_connections_refused_total Connections closed as soon as they were accepted (the server's or the client's most held).\n# TYPE toka_connections_refused_total counter\ntoka_connections_refused_total {refused}"
+            "# HELP toka_connections Connections the server holds.\n# TYPE toka_connections gauge\ntoka_connections {}\n# HELP toka_connections_refused_total Connections closed as soon as they were accepted (the server's or the client's most held).\n# TYPE toka_connections_refused_total counter\ntoka_connections_refused_total {}\n# HELP toka_connections_gave_way_total Idle connections closed to make room for another client's (the server held its most).\n# TYPE toka_connections_gave_way_total counter\ntoka_connections_gave_way_total {}",
+            c.held, c.refused, c.gave_way
         );
     }
     (

@@ -1712,8 +1712,8 @@ async fn clients_without_a_token_cannot_hold_the_server_s_connections() {
     // A client holding 8 event streams (busy connections), and two
     // holding 8 silent ones each, fill the server's 24. Six newcomers, one
     // connection each, still get in: each takes the place of an idle
-    // connection of the client holding the most (the silent ones, never
-    // the streams); so does a request for the metrics. However the server
+    // connection of the network (here an address) holding the most (the
+    // silent ones, never the streams); so does a request for the metrics. However the server
     // happens to take them, 31 came for 24 places: 7 were refused or
     // made room.
     let streaming = reqwest::Client::builder()
@@ -1779,7 +1779,7 @@ async fn clients_without_a_token_cannot_hold_the_server_s_connections() {
     assert!(
         stderr.contains("closed a connection as soon as it was accepted")
             && stderr.contains("the client holds its most connections (8)")
-            && stderr.contains("closed an idle one of the client holding the most to make room"),
+            && stderr.contains("closed an idle one of the network holding the most"),
         "{stderr}"
     );
 }

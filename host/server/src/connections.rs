@@ -16,10 +16,10 @@
 //!   past the [`OPENING`] rate of its client (an accept and a TLS
 //!   handshake cost the server whether or not a request follows);
 //! - when the server holds its most, a newcomer takes the place of an idle
-//!   connection of the client holding the most, if that client holds at
-//!   least two more than the newcomer's (see [`crate::evict`]): the first
-//!   clients to come cannot keep later ones out by holding idle
-//!   keep-alive connections;
+//!   connection of the network (an IPv4 address, an IPv6 /48) holding the
+//!   most, if that network holds at least two more than the newcomer's
+//!   (see [`crate::evict`]): the first clients to come cannot keep later
+//!   ones out by holding idle keep-alive connections;
 //! - a connection that has not sent a whole request head within
 //!   [`FIRST_REQUEST`] of opening (after the TLS handshake, which has 10 s
 //!   of its own), or within [`IDLE`] of its last answer, is closed. A
@@ -76,6 +76,25 @@ const KEPT_FOR_THE_HOST: u64 = 512;
 pub(crate) enum Client {
     V4(u32),
     V6(u64),
+}
+
+/// A network connections are compared by when one must give way (see
+/// [`crate::evict`]): an IPv4 address, or an IPv6 /48.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Network {
+    V4(u32),
+    V6(u64),
+}
+
+impl crate::evict::Grouped for Option<Client> {
+    type Group = Option<Network>;
+
+    fn group(&self) -> Option<Network> {
+        self.map(|client| match client {
+            Client::V4(v4) => Network::V4(v4),
+            Client::V6(prefix) => Network::V6(prefix >> 16),
+        })
+    }
 }
 
 impl Client {
@@ -147,13 +166,13 @@ impl Admission {
         let client = ip.map(Client::of);
         self.opening.take(client).map_err(|_| Refusal::TooFast)?;
         let (held, gave_way) = self.held.take(client).map_err(Refusal::Held)?;
-        if let Some(GaveWay { client_held }) = gave_way
+        if let Some(GaveWay { network_held }) = gave_way
             && let Some(left_out) = allow(&self.warned_gave_way)
         {
             tracing::warn!(
-                client_held,
+                network_held,
                 gave_way_since_last_warning = left_out,
-                "the server holds its most connections ({}): closed an idle one of the client holding the most to make room for another client",
+                "the server holds its most connections ({}): closed an idle one of the network holding the most (an IPv4 address, an IPv6 /48) to make room for another client",
                 self.held.max()
             );
         }
@@ -452,12 +471,18 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_client_is_its_64_and_a_mapped_ipv4_address_itself() {
+    fn an_ipv6_client_is_its_64_in_its_48_and_a_mapped_ipv4_address_itself() {
         let one: Ipv6Addr = "2001:db8:1:2::1".parse().unwrap();
         let same: Ipv6Addr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
         let other: Ipv6Addr = "2001:db8:1:3::1".parse().unwrap();
         assert_eq!(Client::of(one.into()), Client::of(same.into()));
         assert_ne!(Client::of(one.into()), Client::of(other.into()));
+        // Networks: /48s. Another /64 of the same /48 is the same network.
+        use crate::evict::Grouped as _;
+        let network = |ip: Ipv6Addr| Some(Client::of(ip.into())).group();
+        assert_eq!(network(one), network(other));
+        let elsewhere: Ipv6Addr = "2001:db8:2::1".parse().unwrap();
+        assert_ne!(network(one), network(elsewhere));
         let v4 = Ipv4Addr::new(192, 0, 2, 7);
         assert_eq!(
             Client::of(IpAddr::V6(v4.to_ipv6_mapped())),

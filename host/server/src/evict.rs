@@ -6,9 +6,13 @@
 //! keep-alive connections and sending a request on each now and then, held
 //! them all. So when the server holds its most, a newcomer takes the place
 //! of an *idle* connection (no request in progress, no answer being sent)
-//! of the client holding the most — if that client holds at least two more
-//! than the newcomer's, so that places only ever move towards even shares.
-//! The longest idle goes first. The one given way reads the end of its
+//! of the network holding the most — if that network holds at least two
+//! more than the newcomer's, so that places only ever move towards even
+//! shares. A network ([`Grouped::Group`]) is an IPv4 address or an IPv6
+//! /48: one host may be given a whole /48, and would otherwise spread its
+//! connections one per /64 where none could be taken. Within the network,
+//! the client holding the most gives way, its longest idle connection
+//! first. The one given way reads the end of its
 //! stream and hyper closes it; until it has, it is still counted, and at
 //! most [`Table::max_closing`] may be closing at once.
 
@@ -26,9 +30,18 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::held::Over;
 
+/// A client as the table counts it, and the network it belongs to (whose
+/// connections are compared when one must give way).
+pub(crate) trait Grouped: Hash + Eq + Copy + std::fmt::Debug {
+    /// The network.
+    type Group: Hash + Eq + Copy + std::fmt::Debug;
+    /// The network of this client.
+    fn group(&self) -> Self::Group;
+}
+
 /// The connections held, by client.
 #[derive(Debug)]
-pub(crate) struct Table<K> {
+pub(crate) struct Table<K: Grouped> {
     max: usize,
     per_client: usize,
     /// Since when idle times are counted.
@@ -38,13 +51,15 @@ pub(crate) struct Table<K> {
 }
 
 #[derive(Debug)]
-struct Open<K> {
+struct Open<K: Grouped> {
     next: u64,
     conns: HashMap<u64, Arc<Conn<K>>>,
     /// Clients holding at least one (none with zero).
     by_client: HashMap<K, usize>,
+    /// Networks holding at least one (none with zero).
+    by_group: HashMap<K::Group, usize>,
     /// Connections told to give way that have not closed yet (no longer
-    /// counted in `by_client`).
+    /// counted in `by_client` and `by_group`).
     closing: usize,
 }
 
@@ -63,7 +78,7 @@ pub(crate) struct Conn<K> {
 
 /// A connection's place in the table; given back when dropped.
 #[derive(Debug)]
-pub(crate) struct Held<K: Hash + Eq + Copy> {
+pub(crate) struct Held<K: Grouped> {
     table: Arc<Table<K>>,
     id: u64,
     conn: Arc<Conn<K>>,
@@ -72,11 +87,11 @@ pub(crate) struct Held<K: Hash + Eq + Copy> {
 /// A connection that gave way to a newcomer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct GaveWay {
-    /// How many its client held, with it.
-    pub(crate) client_held: usize,
+    /// How many its network held, with it.
+    pub(crate) network_held: usize,
 }
 
-impl<K: Hash + Eq + Copy> Table<K> {
+impl<K: Grouped> Table<K> {
     /// At most `max` (at least 1) held, `per_client` (at least 1, at most
     /// `max`) by one client.
     pub(crate) fn new(max: usize, per_client: usize) -> Arc<Self> {
@@ -89,6 +104,7 @@ impl<K: Hash + Eq + Copy> Table<K> {
                 next: 0,
                 conns: HashMap::new(),
                 by_client: HashMap::new(),
+                by_group: HashMap::new(),
                 closing: 0,
             }),
             evicted: AtomicU64::new(0),
@@ -115,17 +131,20 @@ impl<K: Hash + Eq + Copy> Table<K> {
     }
 
     /// A place for a connection of `client`: a free one, or that of an idle
-    /// connection of the client holding the most (which is told to close),
-    /// unless a bound is passed and none may give way.
+    /// connection of the network holding the most (which is told to
+    /// close), unless a bound is passed and none may give way.
     pub(crate) fn take(self: &Arc<Self>, client: K) -> Result<(Held<K>, Option<GaveWay>), Over> {
         let mut open = self.open();
-        let mine = open.by_client.get(&client).copied().unwrap_or(0);
-        if mine >= self.per_client {
+        if count(&open.by_client, &client) >= self.per_client {
             return Err(Over::Holder(self.per_client));
         }
+        let ours = count(&open.by_group, &client.group());
         let mut gave_way = None;
         if open.conns.len() - open.closing >= self.max {
-            if open.closing >= self.max_closing() {
+            // No network holds two more than this one's: none gives way
+            // (known without looking at every connection).
+            let most = open.by_group.values().copied().max().unwrap_or(0);
+            if open.closing >= self.max_closing() || most < ours + 2 {
                 return Err(Over::All(self.max));
             }
             let victim = open
@@ -133,24 +152,25 @@ impl<K: Hash + Eq + Copy> Table<K> {
                 .values()
                 .filter(|c| c.is_idle())
                 .filter_map(|c| {
-                    let theirs = open.by_client.get(&c.client).copied().unwrap_or(0);
-                    (theirs >= mine + 2).then(|| {
+                    let theirs = count(&open.by_group, &c.client.group());
+                    (theirs >= ours + 2).then(|| {
+                        let client = count(&open.by_client, &c.client);
                         let since = c.idle_since.load(Ordering::Relaxed);
-                        ((theirs, Reverse(since)), c)
+                        ((theirs, client, Reverse(since)), c)
                     })
                 })
                 .max_by_key(|(key, _)| *key)
-                .map(|((theirs, _), c)| (theirs, Arc::clone(c)));
+                .map(|((theirs, ..), c)| (theirs, Arc::clone(c)));
             let Some((theirs, victim)) = victim else {
                 return Err(Over::All(self.max));
             };
             // It no longer counts as its client's: it is leaving.
             victim.give_way();
             open.closing += 1;
-            leave(&mut open.by_client, victim.client);
+            open.leave(victim.client);
             self.evicted.fetch_add(1, Ordering::Relaxed);
             gave_way = Some(GaveWay {
-                client_held: theirs,
+                network_held: theirs,
             });
         }
         let id = open.next;
@@ -164,6 +184,7 @@ impl<K: Hash + Eq + Copy> Table<K> {
         });
         open.conns.insert(id, Arc::clone(&conn));
         *open.by_client.entry(client).or_default() += 1;
+        *open.by_group.entry(client.group()).or_default() += 1;
         Ok((
             Held {
                 table: Arc::clone(self),
@@ -214,14 +235,14 @@ impl<K> Conn<K> {
     }
 }
 
-impl<K: Hash + Eq + Copy> Held<K> {
+impl<K: Grouped> Held<K> {
     /// What the connection tells the table.
     pub(crate) fn conn(&self) -> &Arc<Conn<K>> {
         &self.conn
     }
 }
 
-impl<K: Hash + Eq + Copy> Drop for Held<K> {
+impl<K: Grouped> Drop for Held<K> {
     fn drop(&mut self) {
         let mut open = self.table.open();
         open.conns.remove(&self.id);
@@ -229,29 +250,42 @@ impl<K: Hash + Eq + Copy> Drop for Held<K> {
         if self.conn.evicted.load(Ordering::SeqCst) {
             open.closing -= 1;
         } else {
-            leave(&mut open.by_client, self.conn.client);
+            open.leave(self.conn.client);
         }
     }
 }
 
-/// One connection of `client` fewer.
-fn leave<K: Hash + Eq>(by_client: &mut HashMap<K, usize>, client: K) {
-    if let Some(count) = by_client.get_mut(&client) {
+impl<K: Grouped> Open<K> {
+    /// One connection of `client` (and its network) fewer.
+    fn leave(&mut self, client: K) {
+        fewer(&mut self.by_client, client);
+        fewer(&mut self.by_group, client.group());
+    }
+}
+
+/// How many `key` holds.
+fn count<T: Hash + Eq>(counts: &HashMap<T, usize>, key: &T) -> usize {
+    counts.get(key).copied().unwrap_or(0)
+}
+
+/// One fewer for `key`; none kept at zero.
+fn fewer<T: Hash + Eq>(counts: &mut HashMap<T, usize>, key: T) {
+    if let Some(count) = counts.get_mut(&key) {
         *count -= 1;
         if *count == 0 {
-            by_client.remove(&client);
+            counts.remove(&key);
         }
     }
 }
 
 /// A request in progress on a connection, until its answer is sent.
 #[derive(Debug)]
-struct Busy<K: Hash + Eq + Copy> {
+struct Busy<K: Grouped> {
     table: Arc<Table<K>>,
     conn: Arc<Conn<K>>,
 }
 
-impl<K: Hash + Eq + Copy> Busy<K> {
+impl<K: Grouped> Busy<K> {
     fn new(held: &Held<K>) -> Self {
         held.conn.busy.fetch_add(1, Ordering::AcqRel);
         Self {
@@ -261,7 +295,7 @@ impl<K: Hash + Eq + Copy> Busy<K> {
     }
 }
 
-impl<K: Hash + Eq + Copy> Drop for Busy<K> {
+impl<K: Grouped> Drop for Busy<K> {
     fn drop(&mut self) {
         self.conn
             .idle_since
@@ -273,12 +307,12 @@ impl<K: Hash + Eq + Copy> Drop for Busy<K> {
 /// A connection's service: each request keeps the connection busy until
 /// its answer's body is sent or dropped.
 #[derive(Debug, Clone)]
-pub(crate) struct Tracked<S, K: Hash + Eq + Copy> {
+pub(crate) struct Tracked<S, K: Grouped> {
     inner: S,
     held: Arc<Held<K>>,
 }
 
-impl<S, K: Hash + Eq + Copy> Tracked<S, K> {
+impl<S, K: Grouped> Tracked<S, K> {
     /// `inner`, for the connection holding `held`.
     pub(crate) fn new(inner: S, held: Arc<Held<K>>) -> Self {
         Self { inner, held }
@@ -290,7 +324,8 @@ where
     S: tower::Service<R, Response = axum::http::Response<B>>,
     S::Future: Send + 'static,
     B: Body + Unpin + Send + 'static,
-    K: Hash + Eq + Copy + Send + Sync + 'static,
+    K: Grouped + Send + Sync + 'static,
+    K::Group: Send + Sync,
 {
     type Response = axum::http::Response<Answer<B, K>>;
     type Error = S::Error;
@@ -312,12 +347,12 @@ where
 
 /// An answer's body, keeping its connection busy until it is dropped.
 #[derive(Debug)]
-pub(crate) struct Answer<B, K: Hash + Eq + Copy> {
+pub(crate) struct Answer<B, K: Grouped> {
     body: B,
     _busy: Busy<K>,
 }
 
-impl<B: Body + Unpin, K: Hash + Eq + Copy> Body for Answer<B, K> {
+impl<B: Body + Unpin, K: Grouped> Body for Answer<B, K> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -341,8 +376,31 @@ impl<B: Body + Unpin, K: Hash + Eq + Copy> Body for Answer<B, K> {
 mod tests {
     use std::sync::atomic::Ordering;
 
-    use super::{Busy, GaveWay, Table};
+    use super::{Busy, GaveWay, Grouped, Table};
     use crate::held::Over;
+
+    /// Each client its own network.
+    impl Grouped for char {
+        type Group = char;
+        fn group(&self) -> char {
+            *self
+        }
+    }
+
+    impl Grouped for u32 {
+        type Group = u32;
+        fn group(&self) -> u32 {
+            *self
+        }
+    }
+
+    /// A client (the second) in a network (the first).
+    impl Grouped for (u8, u8) {
+        type Group = u8;
+        fn group(&self) -> u8 {
+            self.0
+        }
+    }
 
     #[test]
     fn a_newcomer_takes_the_place_of_an_idle_connection_of_the_client_holding_most() {
@@ -352,7 +410,7 @@ mod tests {
         assert_eq!(gave_way, None, "a free place");
         // Full: `a` holds 3, `c` none.
         let (_c, gave_way) = table.take('c').unwrap();
-        assert_eq!(gave_way, Some(GaveWay { client_held: 3 }));
+        assert_eq!(gave_way, Some(GaveWay { network_held: 3 }));
         let told = || {
             a.iter()
                 .filter(|h| h.conn.evicted.load(Ordering::SeqCst))
@@ -362,7 +420,7 @@ mod tests {
         // Until it closes it is counted, but no longer as `a`'s.
         assert_eq!(table.count(), 5);
         let (_d, gave_way) = table.take('d').unwrap();
-        assert_eq!(gave_way, Some(GaveWay { client_held: 2 }));
+        assert_eq!(gave_way, Some(GaveWay { network_held: 2 }));
         assert_eq!(told(), 2);
         // Every client holds one: none gives way.
         assert_eq!(table.take('e').unwrap_err(), Over::All(4));
@@ -375,11 +433,36 @@ mod tests {
     #[test]
     fn only_so_many_may_be_closing_at_once() {
         let table = Table::new(32, 32);
-        let _a: Vec<_> = (0..32).map(|_| table.take(0).unwrap().0).collect();
+        let _a: Vec<_> = (0..32).map(|_| table.take(0u32).unwrap().0).collect();
         let _newcomers: Vec<_> = (1..=16).map(|c| table.take(c).unwrap()).collect();
         // `0` still holds 16 idle ones, but 16 are closing.
         assert_eq!(table.max_closing(), 16);
         assert_eq!(table.take(17).unwrap_err(), Over::All(32));
+    }
+
+    #[test]
+    fn a_network_spread_one_connection_per_client_still_gives_way() {
+        let table = Table::new(8, 8);
+        // Network 1 spreads its 8 over 8 clients, one each.
+        let spread: Vec<_> = (0..8).map(|c| table.take((1, c)).unwrap().0).collect();
+        let (_newcomer, gave_way) = table.take((2, 0)).unwrap();
+        assert_eq!(gave_way, Some(GaveWay { network_held: 8 }));
+        // Within a network, the client holding the most gives way first.
+        let table = Table::new(4, 4);
+        let _one = table.take((1, 0)).unwrap();
+        let two = [table.take((1, 1)).unwrap().0, table.take((1, 1)).unwrap().0];
+        let _three = table.take((1, 2)).unwrap();
+        assert_eq!(
+            table.take((2, 0)).unwrap().1,
+            Some(GaveWay { network_held: 4 })
+        );
+        let told = |held: &[super::Held<(u8, u8)>]| {
+            held.iter()
+                .filter(|h| h.conn.evicted.load(Ordering::SeqCst))
+                .count()
+        };
+        assert_eq!(told(&two), 1);
+        assert_eq!(told(&spread), 1);
     }
 
     #[test]
@@ -396,7 +479,7 @@ mod tests {
         // One idle again (the longest idle would go first): it gives way.
         drop(busy);
         let (_c, gave_way) = table.take('c').unwrap();
-        assert_eq!(gave_way, Some(GaveWay { client_held: 2 }));
+        assert_eq!(gave_way, Some(GaveWay { network_held: 2 }));
         // Each client's own bound still holds.
         let table = Table::new(10, 2);
         let _x = [table.take('x').unwrap(), table.take('x').unwrap()];
@@ -419,7 +502,7 @@ mod tests {
         }));
         tokio::task::yield_now().await;
         let (_second, gave_way) = table.take('b').unwrap();
-        assert_eq!(gave_way, Some(GaveWay { client_held: 2 }));
+        assert_eq!(gave_way, Some(GaveWay { network_held: 2 }));
         tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
             .await
             .expect("woken")

@@ -31,7 +31,7 @@
 //! [`ServeConfig::max_connections_per_client`]: crate::ServeConfig::max_connections_per_client
 
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -223,36 +223,88 @@ fn refusal(why: Refusal) -> String {
     }
 }
 
-/// The acceptor that holds connections to an [`Admission`] (before the
-/// TLS handshake, when there is one).
-#[derive(Debug, Clone)]
-pub(crate) struct Admit(pub(crate) Arc<Admission>);
+/// Where a connection comes from, as the server's listener gives it:
+/// [`Listener`] admits a connection before the server sees it, so one it
+/// refuses costs an accept and a close, and no task of its own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(SocketAddr);
 
-impl<S> Accept<TcpStream, S> for Admit {
+impl axum_server::Address for Peer {
+    type Stream = Admitted;
+    type Listener = Listener;
+}
+
+/// The address handlers see (`ConnectInfo<SocketAddr>`).
+impl axum::extract::connect_info::Connected<Peer> for SocketAddr {
+    fn connect_info(peer: Peer) -> SocketAddr {
+        peer.0
+    }
+}
+
+/// The server's listener: accepts connections and holds each to an
+/// [`Admission`], closing those past a bound at once.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    tcp: tokio::net::TcpListener,
+    admission: Arc<Admission>,
+}
+
+impl Listener {
+    /// `tcp`, admitting to `admission`.
+    pub(crate) fn new(tcp: tokio::net::TcpListener, admission: Arc<Admission>) -> Self {
+        Self { tcp, admission }
+    }
+}
+
+impl axum_server::AddrListener<Admitted, Peer> for Listener {
+    async fn bind_to(_: Peer) -> io::Result<Self> {
+        // The server is always made from a listener bound beforehand.
+        Err(io::Error::other("a Listener is made with Listener::new"))
+    }
+
+    async fn accept_stream(&self) -> io::Result<(Admitted, Peer)> {
+        loop {
+            let (stream, peer) = self.tcp.accept().await?;
+            match self.admission.admit(Some(peer.ip())) {
+                Ok(held) => return Ok((Admitted { stream, held }, Peer(peer))),
+                // Dropping the stream closes it.
+                Err(why) => self.admission.refused(why),
+            }
+        }
+    }
+
+    fn get_local_addr(&self) -> io::Result<Peer> {
+        self.tcp.local_addr().map(Peer)
+    }
+}
+
+/// A connection the listener admitted, with its place.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    stream: TcpStream,
+    held: Held<Option<Client>>,
+}
+
+/// The acceptor (before the TLS handshake, when there is one) that makes
+/// an admitted connection [`Counted`], and its requests [`Tracked`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Admit;
+
+impl<S> Accept<Admitted, S> for Admit {
     type Stream = Counted;
     type Service = Tracked<S, Option<Client>>;
     type Future = std::future::Ready<io::Result<(Counted, Self::Service)>>;
 
-    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
-        let ip = stream.peer_addr().ok().map(|a| a.ip());
-        std::future::ready(match self.0.admit(ip) {
-            Ok(held) => {
-                let held = Arc::new(held);
-                Ok((
-                    Counted {
-                        stream,
-                        held: Arc::clone(&held),
-                        stalled: None,
-                    },
-                    Tracked::new(service, held),
-                ))
-            }
-            Err(why) => {
-                self.0.refused(why);
-                // Dropping the stream closes it.
-                Err(io::Error::other(refusal(why)))
-            }
-        })
+    fn accept(&self, admitted: Admitted, service: S) -> Self::Future {
+        let held = Arc::new(admitted.held);
+        std::future::ready(Ok((
+            Counted {
+                stream: admitted.stream,
+                held: Arc::clone(&held),
+                stalled: None,
+            },
+            Tracked::new(service, held),
+        )))
     }
 }
 

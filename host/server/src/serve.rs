@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::app::App;
 use crate::config::ServeConfig;
-use crate::connections::{Admission, Admit};
+use crate::connections::{Admission, Admit, Listener, Peer};
 use crate::error::ApiError;
 use crate::registration::Registration;
 
@@ -196,7 +196,7 @@ impl Server {
         let app = app(Arc::clone(&host), store, config, closing)?;
         app.count_connections(Arc::clone(&connections));
         let retention = tokio::spawn(crate::retention::run(Arc::clone(&app)));
-        let handle = axum_server::Handle::<SocketAddr>::new();
+        let handle = axum_server::Handle::<Peer>::new();
         let routes = match &front {
             Some(front) => front.wrap(router(&app)),
             None => router(&app),
@@ -266,16 +266,20 @@ fn serve_http(
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
     connections: Arc<Admission>,
     router: Router,
-    handle: axum_server::Handle<SocketAddr>,
+    handle: axum_server::Handle<Peer>,
 ) -> tokio::task::JoinHandle<Result<(), String>> {
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
-    let admit = Admit(connections);
+    let admit = Admit;
     tokio::spawn(async move {
-        let mut server = axum_server::from_tcp(listener)
-            .map_err(|e| e.to_string())?
-            .handle(handle)
-            .http1_only()
-            .first_request_timeout(crate::connections::FIRST_REQUEST);
+        let listener = listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+            .map_err(|e| e.to_string())?;
+        let mut server =
+            axum_server::Server::<Peer>::from_listener(Listener::new(listener, connections))
+                .handle(handle)
+                .http1_only()
+                .first_request_timeout(crate::connections::FIRST_REQUEST);
         server
             .http_builder()
             .http1()
@@ -313,7 +317,7 @@ impl Server {
             connections,
             ..
         } = self;
-        let handle = axum_server::Handle::<SocketAddr>::new();
+        let handle = axum_server::Handle::<Peer>::new();
         let served = serve_http(listener, tls, connections, cells.router(), handle.clone());
         tracing::info!(%url, "serving cells");
         stop.await;

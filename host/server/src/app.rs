@@ -1,7 +1,6 @@
 //! What every request handler shares: the host, the store it reads the log
 //! from, the limiters and the jobs.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use toka_host::{EventStore, Host, PublicKey};
@@ -39,7 +38,7 @@ pub(crate) struct App {
     /// Requests per operator token.
     pub(crate) per_token: Limiter<Digest>,
     /// Failed authentications and new tokens per client address.
-    pub(crate) strangers: Limiter<IpAddr>,
+    pub(crate) strangers: Limiter<crate::origin::Network>,
     pub(crate) seen: Seen,
     pub(crate) tickets: Tickets,
     pub(crate) verify: Arc<Jobs<VerifyJob>>,

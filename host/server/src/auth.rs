@@ -3,9 +3,10 @@
 //! a biscuit rooted in the data dir's key carrying `operator read`, `write`
 //! or `admin` (each includes the ones before). Default deny.
 //!
-//! In order, for each request: a client address that keeps failing, or
-//! keeps presenting tokens the server has not seen, is slowed down (each
-//! new token costs a signature check); the token must verify, be
+//! In order, for each request: a client network (an IPv4 address, an
+//! IPv6 /48; see [`crate::origin`]) that keeps failing, or keeps
+//! presenting tokens the server has not seen, is slowed down (each new
+//! token costs a signature check); the token must verify, be
 //! unexpired and unrevoked (401 otherwise); its holder gets a request rate
 //! (429 past it); and it must carry the level the endpoint needs (403,
 //! naming it).
@@ -135,11 +136,15 @@ impl App {
         needed: OperatorLevel,
     ) -> Result<Token, ApiError> {
         let key = Digest::of(presented);
+        // Counted by network: an IPv6 host has a /64 or /48 of addresses
+        // to make up new ones from.
         let stranger = |why: &str| -> Result<(), ApiError> {
-            let Some(ip) = client else { return Ok(()) };
-            self.strangers.take(ip).map_err(|wait| {
+            let Some(network) = client.map(crate::origin::Network::of) else {
+                return Ok(());
+            };
+            self.strangers.take(network).map_err(|wait| {
                 ApiError::too_many(
-                    format!("too many {why} from {ip}; try again in {wait} s"),
+                    format!("too many {why} from {network}; try again in {wait} s"),
                     wait,
                 )
             })

@@ -10,11 +10,11 @@
 //!
 //! - at most [`ServeConfig::max_connections`] connections are held at
 //!   once, and at most [`ServeConfig::max_connections_per_client`] from one
-//!   client (an IPv4 address, or an IPv6 /64: one host gets a whole /64
-//!   easily); a connection past either is closed as soon as it is
-//!   accepted, with a warning at most every [`WARN_EVERY`]; so is one
-//!   past the [`OPENING`] rate of its client (an accept and a TLS
-//!   handshake cost the server whether or not a request follows);
+//!   client (an IPv4 address, or an IPv6 /64; see [`crate::origin`]); a
+//!   connection past either is closed as soon as it is accepted, with a
+//!   warning at most every [`WARN_EVERY`]; so is one past the [`OPENING`]
+//!   rate of its network (an IPv4 address, or an IPv6 /48: an accept and a
+//!   TLS handshake cost the server whether or not a request follows);
 //! - when the server holds its most, a newcomer takes the place of an idle
 //!   connection of the network (an IPv4 address, an IPv6 /48) holding the
 //!   most, if that network holds at least two more than the newcomer's
@@ -46,6 +46,7 @@ use tokio::time::Sleep;
 
 use crate::evict::{GaveWay, Held, Table, Tracked};
 use crate::held::Over;
+use crate::origin::{Client, Network};
 use crate::rate::{Limiter, Rate};
 
 /// How long a new connection has to send its first request head.
@@ -69,47 +70,15 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// connections into the process's limit.
 const KEPT_FOR_THE_HOST: u64 = 512;
 
-/// Where connections come from, as they are counted: an IPv4 address, or
-/// the /64 prefix of an IPv6 one (an IPv4 address mapped into IPv6 counts
-/// as itself).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Client {
-    V4(u32),
-    V6(u64),
-}
-
-/// A network connections are compared by when one must give way (see
-/// [`crate::evict`]): an IPv4 address, or an IPv6 /48.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Network {
-    V4(u32),
-    V6(u64),
-}
-
 impl crate::evict::Grouped for Option<Client> {
     type Group = Option<Network>;
 
     fn group(&self) -> Option<Network> {
-        self.map(|client| match client {
-            Client::V4(v4) => Network::V4(v4),
-            Client::V6(prefix) => Network::V6(prefix >> 16),
-        })
+        self.map(Client::network)
     }
 }
 
-impl Client {
-    fn of(ip: IpAddr) -> Client {
-        match ip {
-            IpAddr::V4(v4) => Client::V4(v4.into()),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Client::V4(v4.into()),
-                None => Client::V6((u128::from(v6) >> 64) as u64),
-            },
-        }
-    }
-}
-
-/// New connections one client may open: each costs an accept and, with
+/// New connections one network may open: each costs an accept and, with
 /// TLS, a handshake (a signature: CPU), however soon it closes. Clients
 /// keep their connections open for many requests.
 const OPENING: Rate = Rate {
@@ -121,7 +90,7 @@ const OPENING: Rate = Rate {
 #[derive(Debug)]
 pub(crate) struct Admission {
     held: Arc<Table<Option<Client>>>,
-    opening: Limiter<Option<Client>>,
+    opening: Limiter<Option<Network>>,
     refused: AtomicU64,
     warned: Mutex<Throttle>,
     warned_gave_way: Mutex<Throttle>,
@@ -164,7 +133,9 @@ impl Admission {
     /// client), given back when dropped.
     fn admit(&self, ip: Option<IpAddr>) -> Result<Held<Option<Client>>, Refusal> {
         let client = ip.map(Client::of);
-        self.opening.take(client).map_err(|_| Refusal::TooFast)?;
+        self.opening
+            .take(client.map(Client::network))
+            .map_err(|_| Refusal::TooFast)?;
         let (held, gave_way) = self.held.take(client).map_err(Refusal::Held)?;
         if let Some(GaveWay { network_held }) = gave_way
             && let Some(left_out) = allow(&self.warned_gave_way)
@@ -217,7 +188,7 @@ fn refusal(why: Refusal) -> String {
             format!("the client holds its most connections ({max})")
         }
         Refusal::TooFast => format!(
-            "the client opens connections faster than {} a second",
+            "the client's network opens connections faster than {} a second",
             OPENING.per_second
         ),
     }
@@ -449,9 +420,9 @@ fn raise_open_files() -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::net::{IpAddr, Ipv4Addr};
 
-    use super::{Admission, Client};
+    use super::Admission;
 
     #[test]
     fn connections_are_counted_per_client_and_refusals_counted() {
@@ -491,7 +462,7 @@ mod tests {
         let refused = admission.admit(Some(a)).unwrap_err();
         assert_eq!(
             super::refusal(refused),
-            "the client opens connections faster than 100 a second"
+            "the client's network opens connections faster than 100 a second"
         );
         assert!(admission.admit(Some(b)).is_ok(), "others open theirs");
     }
@@ -520,25 +491,5 @@ mod tests {
         assert_eq!(failed.kind(), std::io::ErrorKind::TimedOut);
         assert!(started.elapsed() >= super::WRITE_STALL);
         drop(client);
-    }
-
-    #[test]
-    fn an_ipv6_client_is_its_64_in_its_48_and_a_mapped_ipv4_address_itself() {
-        let one: Ipv6Addr = "2001:db8:1:2::1".parse().unwrap();
-        let same: Ipv6Addr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
-        let other: Ipv6Addr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(Client::of(one.into()), Client::of(same.into()));
-        assert_ne!(Client::of(one.into()), Client::of(other.into()));
-        // Networks: /48s. Another /64 of the same /48 is the same network.
-        use crate::evict::Grouped as _;
-        let network = |ip: Ipv6Addr| Some(Client::of(ip.into())).group();
-        assert_eq!(network(one), network(other));
-        let elsewhere: Ipv6Addr = "2001:db8:2::1".parse().unwrap();
-        assert_ne!(network(one), network(elsewhere));
-        let v4 = Ipv4Addr::new(192, 0, 2, 7);
-        assert_eq!(
-            Client::of(IpAddr::V6(v4.to_ipv6_mapped())),
-            Client::of(IpAddr::V4(v4))
-        );
     }
 }

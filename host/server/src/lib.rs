@@ -11,7 +11,7 @@
 //! | module | concern |
 //! |---|---|
 //! | `serve`, `config` | binding, TLS, registration, graceful shutdown |
-//! | `connections`, `evict`, `pace` | who may hold a connection, for how long, and which gives way |
+//! | `connections`, `evict`, `pace`, `origin` | who may hold a connection, for how long, which gives way; clients and networks |
 //! | `cells` | several cells of a cluster behind one address |
 //! | `auth`, `rate` | operator tokens, levels, tickets, rate limits |
 //! | `retention` | forgetting and archiving at intervals, by itself |
@@ -40,6 +40,7 @@ mod evict;
 mod extract;
 mod held;
 mod jobs;
+mod origin;
 mod oversize;
 mod pace;
 mod rate;

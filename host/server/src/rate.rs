@@ -1,10 +1,11 @@
-//! Token buckets per key (an operator token, a client address), bounded in
-//! keys: a client that makes up keys cannot grow the server.
+//! Token buckets per key (an operator token's family, a client's
+//! network), bounded in keys: a client that makes up keys cannot grow the
+//! server.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A rate: `per_second` on average, up to `burst` at once. Zero per second:
 /// unlimited.
@@ -37,11 +38,18 @@ impl Rate {
     }
 }
 
-/// Keys kept before the limiter starts over (every key gets a full
-/// bucket again: generous, never unbounded).
+/// Keys with a bucket of their own at most. Past that, the keys whose
+/// buckets are full again (the same as having none) are forgotten, at most
+/// once every [`PRUNE_EVERY`]; meanwhile new keys share one bucket: a
+/// client that makes up keys (an IPv6 host has addresses to spare) can
+/// neither grow the server, nor have the keys already limited start over,
+/// nor make each request look at every key.
 const KEYS_KEPT: usize = 16_384;
 
-#[derive(Debug)]
+/// How often a full limiter looks for keys to forget.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
     at: Instant,
@@ -51,14 +59,30 @@ struct Bucket {
 #[derive(Debug)]
 pub(crate) struct Limiter<K> {
     rate: Rate,
-    buckets: Mutex<HashMap<K, Bucket>>,
+    buckets: Mutex<Buckets<K>>,
+}
+
+#[derive(Debug)]
+struct Buckets<K> {
+    by_key: HashMap<K, Bucket>,
+    /// The bucket new keys share while `by_key` is full.
+    shared: Bucket,
+    /// When `by_key` was last looked at for keys to forget.
+    pruned: Option<Instant>,
 }
 
 impl<K: Hash + Eq> Limiter<K> {
     pub(crate) fn new(rate: Rate) -> Self {
         Self {
             rate,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Buckets {
+                by_key: HashMap::new(),
+                shared: Bucket {
+                    tokens: rate.burst,
+                    at: Instant::now(),
+                },
+                pruned: None,
+            }),
         }
     }
 
@@ -69,22 +93,42 @@ impl<K: Hash + Eq> Limiter<K> {
         }
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= KEYS_KEPT && !buckets.contains_key(&key) {
-            buckets.clear();
+        let Buckets {
+            by_key,
+            shared,
+            pruned,
+        } = &mut *buckets;
+        if by_key.len() >= KEYS_KEPT
+            && !by_key.contains_key(&key)
+            && pruned.is_none_or(|at| now.duration_since(at) >= PRUNE_EVERY)
+        {
+            *pruned = Some(now);
+            by_key.retain(|_, bucket| self.refill(*bucket, now).tokens < self.rate.burst);
         }
-        let bucket = buckets.entry(key).or_insert(Bucket {
-            tokens: self.rate.burst,
-            at: now,
-        });
-        let refill = now.duration_since(bucket.at).as_secs_f64() * self.rate.per_second;
-        bucket.tokens = (bucket.tokens + refill).min(self.rate.burst);
-        bucket.at = now;
+        let bucket = if by_key.len() < KEYS_KEPT || by_key.contains_key(&key) {
+            by_key.entry(key).or_insert(Bucket {
+                tokens: self.rate.burst,
+                at: now,
+            })
+        } else {
+            shared
+        };
+        *bucket = self.refill(*bucket, now);
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
             let wait = (1.0 - bucket.tokens) / self.rate.per_second;
             Err(wait.ceil() as u64)
+        }
+    }
+
+    /// `bucket` as it is at `now`, refilled at the rate.
+    fn refill(&self, bucket: Bucket, now: Instant) -> Bucket {
+        let refill = now.duration_since(bucket.at).as_secs_f64() * self.rate.per_second;
+        Bucket {
+            tokens: (bucket.tokens + refill).min(self.rate.burst),
+            at: now,
         }
     }
 }
@@ -108,11 +152,42 @@ mod tests {
     }
 
     #[test]
-    fn made_up_keys_do_not_grow_the_limiter() {
-        let limiter = Limiter::new(Rate::per_second(1.0));
-        for key in 0..(3 * KEYS_KEPT) {
-            let _ = limiter.take(key);
+    fn made_up_keys_neither_grow_the_limiter_nor_free_a_limited_key() {
+        // Slow to refill: no bucket is full again while the test runs.
+        let limiter = Limiter::new(Rate {
+            per_second: 0.001,
+            burst: 2.0,
+        });
+        // A key that used up its bucket.
+        while limiter.take(u64::MAX).is_ok() {}
+        // Many more keys than are kept, each drawing on its bucket.
+        let refused = (0..(3 * KEYS_KEPT as u64))
+            .filter(|key| limiter.take(*key).is_err())
+            .count();
+        let buckets = limiter.buckets.lock().unwrap();
+        assert!(buckets.by_key.len() <= KEYS_KEPT);
+        drop(buckets);
+        // Past the kept ones, the made-up keys shared one bucket (its burst
+        // of 2, then refused) …
+        assert!(refused >= 2 * KEYS_KEPT - 2, "{refused}");
+        // … and the limited key was not forgotten.
+        assert!(limiter.take(u64::MAX).is_err());
+    }
+
+    #[test]
+    fn a_key_whose_bucket_is_full_again_makes_room() {
+        let limiter = Limiter::new(Rate {
+            per_second: 1000.0,
+            burst: 1.0,
+        });
+        for key in 0..KEYS_KEPT {
+            limiter.take(key).unwrap();
         }
-        assert!(limiter.buckets.lock().unwrap().len() <= KEYS_KEPT);
+        // A millisecond later every bucket is full again: a new key gets
+        // one of its own, and the others are forgotten.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(limiter.take(KEYS_KEPT).is_ok());
+        assert!(limiter.take(KEYS_KEPT + 1).is_ok(), "not the shared bucket");
+        assert_eq!(limiter.buckets.lock().unwrap().by_key.len(), 2);
     }
 }

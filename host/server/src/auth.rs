@@ -193,6 +193,10 @@ pub(crate) const TICKET_LIFETIME: Duration = Duration::from_secs(30);
 /// Tickets outstanding at once.
 const TICKETS_KEPT: usize = 1024;
 
+/// Tickets one token family may have outstanding: a quarter, so that one
+/// client cannot keep every other operator's dashboard from its stream.
+const TICKETS_PER_FAMILY: usize = TICKETS_KEPT / 4;
+
 impl Tickets {
     /// A new ticket for `token`.
     pub(crate) fn issue(&self, token: Token) -> Result<String, ApiError> {
@@ -209,6 +213,15 @@ impl Tickets {
                 TICKET_LIFETIME.as_secs(),
             ));
         }
+        let ours = family(&token);
+        if tickets.values().filter(|(t, _)| family(t) == ours).count() >= TICKETS_PER_FAMILY {
+            return Err(ApiError::too_many(
+                format!(
+                    "this token's family has {TICKETS_PER_FAMILY} stream tickets outstanding, its share of {TICKETS_KEPT}; use one first"
+                ),
+                TICKET_LIFETIME.as_secs(),
+            ));
+        }
         tickets.insert(ticket.clone(), (token, now + TICKET_LIFETIME));
         Ok(ticket)
     }
@@ -221,5 +234,28 @@ impl Tickets {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Token, Instant)>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{TICKETS_PER_FAMILY, Tickets};
+
+    #[test]
+    fn one_family_holds_at_most_its_share_of_tickets() {
+        let key = toka_host::RootKey::generate();
+        let mint = || {
+            toka_host::Token::issue(&key, &[toka_host::OperatorLevel::Read.right()], &[], None)
+                .unwrap()
+        };
+        let (hostile, other) = (mint(), mint());
+        let tickets = Tickets::default();
+        for _ in 0..TICKETS_PER_FAMILY {
+            tickets.issue(hostile.clone()).unwrap();
+        }
+        let refused = format!("{:?}", tickets.issue(hostile.clone()).unwrap_err());
+        assert!(refused.contains("its share of 1024"), "{refused}");
+        let ticket = tickets.issue(other).unwrap();
+        assert!(tickets.redeem(&ticket).is_some());
     }
 }

@@ -1946,3 +1946,86 @@ fn a_body_sent_a_byte_at_a_time_is_cut() {
         "{took:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_token_family_cannot_hold_every_upload() {
+    use std::io::Write as _;
+    // An upload is read whole into memory (up to 64 MiB) before it waits
+    // its turn to compile, and may come at 64 KiB a second. Before the
+    // bound, one `write` client held as many as it had connections.
+    let served = Served::start(&[]);
+    let api = Api::new(&served).await;
+    let (hostile, other, third) = (
+        operator(&api, "write").await,
+        operator(&api, "write").await,
+        operator(&api, "write").await,
+    );
+    let address = served.url.trim_start_matches("http://").to_owned();
+    // An upload whose body hardly comes: its head and one byte.
+    let slow = |token: &str| {
+        let mut connection = std::net::TcpStream::connect(&address).unwrap();
+        write!(
+            connection,
+            "POST /v1/components?name=slow HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/wasm\r\nContent-Length: 10000000\r\n\r\n\0"
+        )
+        .unwrap();
+        connection
+    };
+    let upload = |client: &Api| {
+        client
+            .request(Method::POST, "/v1/components?name=small")
+            .header("content-type", "application/wasm")
+            .body(b"not a component".to_vec())
+            .send()
+    };
+    let refused = |client: Api| async move {
+        let answer = upload(&client).await.unwrap();
+        let retry = answer.headers().get("retry-after").cloned();
+        (answer.status(), retry, answer.text().await.unwrap())
+    };
+    // Until the server holds `n` uploads (it reads their heads a moment
+    // after they are sent).
+    let holds = |n: f64| {
+        let (http, url, admin) = (api.http.clone(), served.url.clone(), served.admin.clone());
+        async move {
+            let started = std::time::Instant::now();
+            while metrics(&http, &url, &admin).await["toka_uploads"] < n {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "uploads not taken"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let hostile_slow = [slow(&hostile.token), slow(&hostile.token)];
+    holds(2.0).await;
+    let (status, retry, body) = refused(hostile.with_token(&hostile.token)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(retry.is_some(), "no Retry-After");
+    assert!(
+        body.contains("this token's family has 2 uploads in progress"),
+        "{body}"
+    );
+    // Another family still uploads (an invalid component: refused by the
+    // host, not by the bound).
+    let answer = upload(&other).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // Two families hold all four: a third family waits for one to end.
+    let other_slow = [slow(&other.token), slow(&other.token)];
+    holds(4.0).await;
+    let (status, _, body) = refused(third.with_token(&third.token)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(body.contains("4 uploads are in progress"), "{body}");
+    drop(other_slow);
+    let started = std::time::Instant::now();
+    let status = loop {
+        let status = upload(&third).await.unwrap().status();
+        if status != StatusCode::TOO_MANY_REQUESTS || started.elapsed() > Duration::from_secs(5) {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    drop(hostile_slow);
+}

@@ -61,6 +61,8 @@ pub(crate) struct App {
     /// Places for requests waiting for a task to end (`?wait=`), all
     /// token families together and per family.
     pub(crate) waits: Arc<Bounded<Digest>>,
+    /// Places for uploads in progress (see [`crate::uploads`]).
+    pub(crate) uploads: Arc<Bounded<Digest>>,
     /// The last `/v1/log/state` answer (its JSON) and the sequence number
     /// of the head it is the state after: one encoding at a time, shared
     /// by every request it is new enough for. At 100 000 agents the state
@@ -94,6 +96,10 @@ impl App {
             strangers: Limiter::new(config.strangers),
             streams: Bounded::new(config.max_streams, config.max_streams / STREAM_SHARE),
             waits: Bounded::new(MAX_WAITS, WAITS_PER_FAMILY),
+            uploads: Bounded::new(
+                crate::uploads::MAX_UPLOADS,
+                crate::uploads::UPLOADS_PER_FAMILY,
+            ),
             host,
             store,
             root,

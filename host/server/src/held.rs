@@ -1,5 +1,5 @@
 //! Things a server holds for its clients at once — event streams, long
-//! polls — under two bounds: all holders together, and one
+//! polls, uploads — under two bounds: all holders together, and one
 //! holder (a client address, a token family), so that one cannot take
 //! every place.
 

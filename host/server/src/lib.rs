@@ -13,7 +13,7 @@
 //! | `serve`, `config` | binding, TLS, registration, graceful shutdown |
 //! | `connections`, `evict`, `pace`, `origin` | who may hold a connection, for how long, which gives way; clients and networks |
 //! | `cells` | several cells of a cluster behind one address |
-//! | `auth`, `rate` | operator tokens, levels, tickets, rate limits |
+//! | `auth`, `rate`, `uploads` | operator tokens, levels, tickets, rate limits, uploads at once |
 //! | `retention` | forgetting and archiving at intervals, by itself |
 //! | `readers` | the low-priority threads replaying the log for read clients |
 //! | `api/` | the `/v1` endpoints, one file per resource |
@@ -47,6 +47,7 @@ mod rate;
 mod readers;
 mod retention;
 mod serve;
+mod uploads;
 
 pub use api::packages::{installed_view, package_view, review_view};
 pub use api::stream::StreamRecord;

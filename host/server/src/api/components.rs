@@ -14,6 +14,7 @@ use crate::app::App;
 use crate::auth::{Reader, Writer};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Path, Query};
+use crate::uploads::Uploader;
 use crate::views::{ComponentPage, ComponentView};
 
 /// Where an upload is installed.
@@ -39,7 +40,7 @@ pub(crate) struct InstallQuery {
         AuthErrors))]
 pub(crate) async fn install(
     State(app): State<Arc<App>>,
-    who: Writer,
+    who: Uploader<1>,
     Query(query): Query<InstallQuery>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, axum::Json<ComponentView>), ApiError> {
@@ -69,7 +70,7 @@ pub(crate) async fn install(
         .map_err(|_| ApiError::stopping())?;
     let digest = app
         .host
-        .as_operator(who.token)
+        .as_operator(who.operator.token)
         .install(&query.name, bytes.to_vec())
         .await?;
     let installed = app

@@ -304,6 +304,11 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _who: Reader) -> impl I
         "# HELP toka_task_waits Requests waiting for a task to end (?wait=).\n# TYPE toka_task_waits gauge\ntoka_task_waits {}",
         app.waits.count()
     );
+    let _ = writeln!(
+        out,
+        "# HELP toka_uploads Uploads in progress (components and packages, read and compiled).\n# TYPE toka_uploads gauge\ntoka_uploads {}",
+        app.uploads.count()
+    );
     if let Some(c) = app.connections() {
         let _ = writeln!(
             out,

@@ -2029,3 +2029,43 @@ async fn one_token_family_cannot_hold_every_upload() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     drop(hostile_slow);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_events_holds_a_bounded_number_of_bytes() {
+    // An observation may be 1 MiB. Before the bound a page of events read
+    // up to 1 000 records, and held and encoded them all for one request:
+    // a gigabyte for a `read` client, given an agent that observes much.
+    let served = Served::start(&[]);
+    let api = Api::new(&served).await;
+    let installed = api
+        .send(
+            Method::POST,
+            "/v1/components",
+            api.request(Method::POST, "/v1/components?name=test-bench")
+                .header("content-type", "application/wasm")
+                .body(agent_bytes("test-bench")),
+        )
+        .await;
+    assert_eq!(installed.status, StatusCode::CREATED, "{installed:?}");
+    let agent = spawn(&api, "test-bench", "big", &["observe"]).await;
+    let task = run_task(&api, &agent, "observe 12 1048576").await;
+    assert_eq!(task["status"], "completed", "{task}");
+    let (mut from, mut pages, mut observed) = (1, 0, 0);
+    loop {
+        let path = format!("/v1/events?from={from}&limit=1000&kind=observation_emitted");
+        let page = api.get("/v1/events", &path).await;
+        assert_eq!(page.status, StatusCode::OK);
+        let events = page.body["events"].as_array().unwrap().len();
+        // 4 MiB read, and the record that passed it.
+        assert!(events <= 5, "{events} observations of 1 MiB in one page");
+        observed += events;
+        pages += 1;
+        match page.body["next_from"].as_u64() {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    // None is lost to the bound.
+    assert_eq!(observed, 12);
+    assert!(pages >= 3, "{pages}");
+}

@@ -287,8 +287,27 @@ impl LogReader {
         &mut self,
         store: &dyn EventStore,
         upto: u64,
+        f: impl FnMut(CommittedRecord) -> bool,
+    ) -> Result<(), LogError> {
+        self.read_within(store, upto, usize::MAX, f)
+    }
+
+    /// As [`LogReader::read`], but stops after the record that brings
+    /// those read to `max_bytes` as stored (at least one is read): what a
+    /// caller holding what it read holds at most is then about that (an
+    /// agent's observation, say, may be 1 MiB).
+    ///
+    /// # Errors
+    ///
+    /// As [`LogReader::read`].
+    pub fn read_within(
+        &mut self,
+        store: &dyn EventStore,
+        upto: u64,
+        max_bytes: usize,
         mut f: impl FnMut(CommittedRecord) -> bool,
     ) -> Result<(), LogError> {
+        let mut read = 0usize;
         walk(store, self.next_seq(), |seq, bytes| {
             if seq > upto {
                 return Ok(false);
@@ -300,13 +319,15 @@ impl LogReader {
                 return Err(LogError::Archived { seq: next, first });
             }
             let applied = self.kernel.replay(bytes)?;
-            Ok(f(CommittedRecord {
+            read = read.saturating_add(bytes.len());
+            let more = f(CommittedRecord {
                 seq: applied.seq,
                 origin: applied.origin,
                 time: applied.time,
                 cause: applied.cause,
                 events: applied.events,
-            }))
+            });
+            Ok(more && read < max_bytes)
         })
     }
 }

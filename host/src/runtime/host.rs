@@ -773,10 +773,26 @@ impl Host {
         reader: &mut LogReader,
         limit: usize,
     ) -> Result<Vec<CommittedRecord>, HostError> {
+        self.read_log_within(reader, limit, usize::MAX)
+    }
+
+    /// As [`Host::read_log`], but no record past the one that brings those
+    /// read to `max_bytes` as stored (see [`LogReader::read_within`]): for
+    /// a page a client asked for, whose records' events the caller holds.
+    ///
+    /// # Errors
+    ///
+    /// As [`Host::log_events`].
+    pub fn read_log_within(
+        &self,
+        reader: &mut LogReader,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<CommittedRecord>, HostError> {
         let durable = self.inner.sequencer.committed();
         let mut out = Vec::new();
         if limit > 0 {
-            reader.read(self.inner.store.as_ref(), durable, |record| {
+            reader.read_within(self.inner.store.as_ref(), durable, max_bytes, |record| {
                 out.push(record);
                 out.len() < limit
             })?;

@@ -30,13 +30,20 @@ const SCAN_PER_REQUEST: usize = 1000;
 /// Bytes of raw records one page holds at most.
 const RECORD_PAGE_BYTES: usize = 4 << 20;
 
+/// A page of events is read from records holding at most about this
+/// many bytes (the record that passes it is the last): an observation
+/// may be 1 MiB, and 1 000 of them must not be read and encoded for one
+/// request.
+const EVENT_PAGE_BYTES: usize = 4 << 20;
+
 /// Filters and where to start.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct EventsQuery {
     /// The first sequence number to read (default 1).
     from: Option<u64>,
-    /// Events at most (1 to 1000, default 100).
+    /// Events at most (1 to 1000, default 100); a page also ends after
+    /// the record that brings the records read to 4 MiB.
     limit: Option<usize>,
     /// Only events about this agent (or submitted by it).
     agent: Option<String>,
@@ -103,7 +110,10 @@ pub(crate) async fn events(
     let from = query.from.unwrap_or(0);
     let host = Arc::clone(&app.host);
     let records = app
-        .read_log(&who.token, move || host.log_events(from, SCAN_PER_REQUEST))
+        .read_log(&who.token, move || {
+            let mut reader = host.log_reader(from)?;
+            host.read_log_within(&mut reader, SCAN_PER_REQUEST, EVENT_PAGE_BYTES)
+        })
         .await
         .ok_or_else(ApiError::stopping)??;
     let head = head(&app).seq;

@@ -36,8 +36,11 @@ use crate::held::{Over, Place};
 use crate::views::{EventView, Ticket};
 
 /// Records read from the log at a time while catching up (what one stream
-/// holds in memory at most, besides the batch the bus hands it).
+/// holds in memory at most, besides the batch the bus hands it) ...
 const CATCH_UP: usize = 256;
+/// ... and no more once they hold this many bytes as stored (an
+/// observation may be 1 MiB).
+const CATCH_UP_BYTES: usize = 4 << 20;
 
 /// How long a stream may be quiet before it sends a keep-alive comment.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -297,7 +300,7 @@ impl Follower {
                 let limit = usize::try_from(before - from)
                     .unwrap_or(usize::MAX)
                     .min(CATCH_UP);
-                let records = host.read_log(&mut reader, limit)?;
+                let records = host.read_log_within(&mut reader, limit, CATCH_UP_BYTES)?;
                 Ok::<_, toka_host::HostError>((reader, records))
             })
             .await?

@@ -327,9 +327,15 @@ pub(crate) async fn resume(
 pub(crate) struct StateQuery {
     /// Keys after this one (a `next_cursor`).
     cursor: Option<String>,
-    /// How many (1 to 1000, default 100).
+    /// How many (1 to 1000, default 100); a page also ends after the value
+    /// that brings its values to 1 MiB.
     limit: Option<usize>,
 }
+
+/// The values a page of an agent's state holds at most (the value that
+/// passes it is the last): a value may be 64 KiB, sent as hex when it is
+/// not text, and 1 000 of them must not be encoded for one request.
+const STATE_PAGE_BYTES: usize = 1 << 20;
 
 /// An agent's state: its keys and values, by key.
 #[utoipa::path(get, path = "/v1/agents/{id}/state", tag = "agents", security(("bearer" = [])),
@@ -355,7 +361,12 @@ pub(crate) async fn state(
                 .iter()
                 .filter(|(k, _)| after.as_ref().is_none_or(|c| *k > c))
                 .map(|(k, v)| entry(k, v));
-            Some(paging.page(entries, |e| e.key.clone()))
+            Some(paging.page_within(
+                entries,
+                STATE_PAGE_BYTES,
+                |e| e.size as usize,
+                |e| e.key.clone(),
+            ))
         })
         .await;
     let (items, next_cursor) =

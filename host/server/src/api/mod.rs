@@ -186,13 +186,26 @@ impl Paging {
         items: impl Iterator<Item = T>,
         cursor_of: impl Fn(&T) -> String,
     ) -> (Vec<T>, Option<String>) {
-        let mut page: Vec<T> = items.take(self.limit + 1).collect();
-        let next = if page.len() > self.limit {
-            page.truncate(self.limit);
-            page.last().map(&cursor_of)
-        } else {
-            None
-        };
+        self.page_within(items, usize::MAX, |_| 0, cursor_of)
+    }
+
+    /// As [`Paging::page`], but the page also ends after the item that
+    /// brings the items' sizes (`size_of`) to `max_bytes`.
+    pub(crate) fn page_within<T>(
+        &self,
+        items: impl Iterator<Item = T>,
+        max_bytes: usize,
+        size_of: impl Fn(&T) -> usize,
+        cursor_of: impl Fn(&T) -> String,
+    ) -> (Vec<T>, Option<String>) {
+        let mut items = items.peekable();
+        let (mut page, mut bytes) = (Vec::new(), 0usize);
+        while page.len() < self.limit && bytes < max_bytes {
+            let Some(item) = items.next() else { break };
+            bytes = bytes.saturating_add(size_of(&item));
+            page.push(item);
+        }
+        let next = items.peek().and(page.last()).map(&cursor_of);
         (page, next)
     }
 
@@ -252,6 +265,28 @@ mod tests {
                 None => return pages,
             }
         }
+    }
+
+    #[test]
+    fn a_page_ends_at_its_bytes_and_the_next_goes_on_after_it() {
+        let paging = Paging { limit: 100 };
+        let sizes = [400usize, 400, 400, 400, 10];
+        let page = |after: usize| {
+            let items = sizes.iter().enumerate().skip(after);
+            paging.page_within(items, 1000, |(_, size)| **size, |(i, _)| i.to_string())
+        };
+        // Three items pass 1 000 bytes: the third is the last.
+        let (items, next) = page(0);
+        assert_eq!(items.len(), 3);
+        assert_eq!(next.as_deref(), Some("2"));
+        let (items, next) = page(3);
+        assert_eq!(items.len(), 2);
+        assert_eq!(next, None, "nothing is left");
+        // Without a bound in bytes, a page is `limit` items.
+        let (items, next) = Paging { limit: 2 }.page(0..5, |i| i.to_string());
+        assert_eq!((items, next.as_deref()), (vec![0, 1], Some("1")));
+        let (items, next) = Paging { limit: 5 }.page(0..5, |i| i.to_string());
+        assert_eq!((items.len(), next), (5, None));
     }
 
     #[test]

@@ -10,9 +10,13 @@
 //! agents, so actors take turns). Each busy agent (`test-bench`, holding
 //! `observe`) runs its tasks one after another, closed loop: schedule
 //! `observe 20`, wait for it to end, schedule the next. Beside them, all
-//! the time, a hog runs `compute 100000000` tasks (CPU, no operations) and
-//! a chatty agent runs `observe 5000` tasks (operations), each again as
-//! soon as the last one ended.
+//! the time, a hog runs `compute 100000000` tasks (CPU, no operations), a
+//! chatty agent runs `observe 5000` tasks (operations), and a lister runs
+//! `keys 4096 1000` tasks (it lists its 4 096 keys of 200 bytes a thousand
+//! times: reads, which take the host's lock and are not operations; its
+//! keys are put before), each again as soon as the last one ended
+//! (`TOKA_BUSY_LISTER=0`: no lister; `TOKA_BUSY_READ_PACE=0`: its reads
+//! unpaced, as before `runtime::reads`).
 //!
 //! A task's latency is from its scheduling (the call returned) to its end
 //! as `Host::wait_task` reports it. Prints p50, p90, p99 and the largest,
@@ -54,10 +58,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
-    runtime.block_on(run(agents, tasks));
+    runtime.block_on(run(agents, tasks, full));
 }
 
-async fn run(agents: usize, tasks: usize) {
+async fn run(agents: usize, tasks: usize, full: bool) {
     let dir = tempfile::tempdir().expect("a temp dir");
     let (store, root) = toka_host::bench_support::data_dir(dir.path());
     let mut config = HostConfig::new();
@@ -65,6 +69,14 @@ async fn run(agents: usize, tasks: usize) {
         quotas: Quotas::UNLIMITED,
         ..Rules::default()
     });
+    // `TOKA_BUSY_READ_PACE=0`: reads of an agent's state unpaced, as before
+    // they were (to compare).
+    if count("TOKA_BUSY_READ_PACE", 1) == 0 {
+        config.agent_limits(toka_host::AgentLimits {
+            state_read_bytes_per_second: u64::MAX,
+            ..toka_host::AgentLimits::default()
+        });
+    }
     let host = Arc::new(
         Host::open(Arc::new(store), root, config)
             .await
@@ -89,6 +101,24 @@ async fn run(agents: usize, tasks: usize) {
     }
     let hog = spawn("hog".into()).await;
     let chatty = spawn("chatty".into()).await;
+    let lister = host
+        .spawn(
+            component,
+            "lister",
+            Grant::Rights(vec![observe.clone(), "state".parse().expect("a right")]),
+        )
+        .await
+        .expect("spawn");
+    let with_lister = count("TOKA_BUSY_LISTER", 1) != 0;
+    // Its keys are put before the run: it only lists them then (fewer in
+    // a smoke run).
+    let (fill, list) = if full {
+        ("keys 4096 0", "keys 4096 1000")
+    } else {
+        ("keys 256 0", "keys 256 10")
+    };
+    let filled = host.schedule(lister, fill).await.expect("schedule");
+    host.wait_task(filled, STUCK).await.expect("wait");
     host.run_until_idle().await.expect("idle");
 
     let done = Arc::new(AtomicBool::new(false));
@@ -107,6 +137,7 @@ async fn run(agents: usize, tasks: usize) {
     };
     let (hog_loop, hog_ran) = neighbour(hog, "compute 100000000");
     let (chatty_loop, chatty_ran) = neighbour(chatty, "observe 5000");
+    let lister_loop = with_lister.then(|| neighbour(lister, list));
 
     let started = Instant::now();
     let mut loops = Vec::with_capacity(agents);
@@ -140,6 +171,13 @@ async fn run(agents: usize, tasks: usize) {
     done.store(true, Ordering::SeqCst);
     hog_loop.await.expect("the hog's loop");
     chatty_loop.await.expect("the chatty agent's loop");
+    let lister_ran = match lister_loop {
+        Some((handle, ran)) => {
+            handle.await.expect("the lister's loop");
+            Some(ran.load(Ordering::SeqCst))
+        }
+        None => None,
+    };
     host.run_until_idle().await.expect("idle");
     let (completed, failed) = host
         .state(|s| {
@@ -156,7 +194,12 @@ async fn run(agents: usize, tasks: usize) {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let (p50, p90, p99) = (at(0.50), at(0.90), at(0.99));
     println!(
-        "busy agents:        {agents} × {tasks} tasks `observe 20`, beside a hog (`compute 100000000`) and a chatty agent (`observe 5000`)"
+        "busy agents:        {agents} × {tasks} tasks `observe 20`, beside a hog (`compute 100000000`), a chatty agent (`observe 5000`){}",
+        if with_lister {
+            " and a lister (`keys 4096 1000`)"
+        } else {
+            ""
+        }
     );
     println!(
         "busy tasks:         {} in {:.1} s ({:.0} tasks/s)",
@@ -173,9 +216,10 @@ async fn run(agents: usize, tasks: usize) {
         p99.as_secs_f64() / p50.as_secs_f64()
     );
     println!(
-        "neighbours ran:     hog {} tasks, chatty {} tasks",
+        "neighbours ran:     hog {} tasks, chatty {} tasks{}",
         hog_ran.load(Ordering::SeqCst),
-        chatty_ran.load(Ordering::SeqCst)
+        chatty_ran.load(Ordering::SeqCst),
+        lister_ran.map_or_else(String::new, |n| format!(", lister {n} tasks"))
     );
     println!("tasks in all:       {completed} completed, {failed} failed");
     assert_eq!(failed, 0, "no task fails");

@@ -7,7 +7,9 @@
 //! counts N generated words in a map (text work with allocation, as agents
 //! mostly do); `get N URL [THEN]` sends N `GET`s to URL (then one to THEN);
 //! `spawn N PREFIX` spawns N `test-bench` children named `PREFIX-i`, each
-//! holding only `observe`, and gives each the task `observe 1`; `tasks`
+//! holding only `observe`, and gives each the task `observe 1`; `keys N
+//! [READS]` puts N keys of 200 bytes (those not there yet) and lists the
+//! keys READS times (1; needs `state`); `tasks`
 //! answers how many tasks this instance has run, itself included (1: a new
 //! instance); anything else does nothing.
 
@@ -126,6 +128,19 @@ impl Agent for Bench {
                     ctx.schedule(child, "observe 1")?;
                 }
                 Ok(n.to_string().into_bytes())
+            }
+            "keys" => {
+                let mut words = arg.split_whitespace();
+                let n = count(words.next().unwrap_or("0"))?;
+                let reads = words.next().map(count).transpose()?.unwrap_or(1);
+                for i in ctx.keys().len() as u64..n {
+                    ctx.put(&format!("{i:0>200}"), [1u8])?;
+                }
+                let mut listed = 0;
+                for _ in 0..reads {
+                    listed += ctx.keys().len();
+                }
+                Ok(listed.to_string().into_bytes())
             }
             "tasks" => Ok(self.tasks.to_string().into_bytes()),
             _ => Ok(Vec::new()),

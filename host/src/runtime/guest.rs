@@ -6,6 +6,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
+use crate::runtime::reads;
 use crate::runtime::sequencer::{Halt, Refused, Request, Sequencer, Spawn};
 use crate::sandbox::Effects;
 use crate::sandbox::bindings::toka::agent::kernel;
@@ -47,6 +48,8 @@ pub(crate) struct AgentCtx {
     log_lines: u32,
     /// Bytes of observations the task emitted so far.
     observed: u64,
+    /// How fast the agent may read its state (kept across its tasks).
+    reads: super::reads::ReadPace,
     limits: AgentLimits,
     /// What the instance was opened with, re-checked at every epoch tick.
     sandbox: Sandbox,
@@ -127,6 +130,7 @@ impl AgentCtx {
             stderr,
             log_lines: 0,
             observed: 0,
+            reads: super::reads::ReadPace::new(limits.state_read_bytes_per_second),
             limits: limits.clone(),
             sandbox: sandbox.clone(),
         })
@@ -217,6 +221,17 @@ impl WasiHttpView for AgentCtx {
     }
 }
 
+impl AgentCtx {
+    /// Charges a read of `bytes` to the agent's pace, and waits as long as
+    /// it says (see [`reads`]).
+    async fn paced(&mut self, bytes: u64) {
+        let wait = self.reads.charge(bytes);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 impl wit::Host for AgentCtx {}
 
 impl kernel::Host for AgentCtx {
@@ -290,19 +305,26 @@ impl kernel::Host for AgentCtx {
         Ok(wit_id(self.agent))
     }
 
-    fn get_state(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        self.sequencer
+    async fn get_state(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        let value = self
+            .sequencer
             .state_value(self.agent, self.position(), &key)
             .map_err(|why| {
                 // A re-run that cannot read what its first run wrote cannot
                 // go on: the task fails with this.
                 self.line.stop(Stop::Diverged(why.clone()));
                 wasmtime::Error::msg(why)
-            })
+            })?;
+        let read = key.len() + value.as_ref().map_or(0, Vec::len);
+        self.paced(read as u64 + reads::PER_ITEM).await;
+        Ok(value)
     }
 
-    fn state_keys(&mut self) -> wasmtime::Result<Vec<String>> {
-        Ok(self.sequencer.state_keys(self.agent, self.position()))
+    async fn state_keys(&mut self) -> wasmtime::Result<Vec<String>> {
+        let keys = self.sequencer.state_keys(self.agent, self.position());
+        let read: u64 = keys.iter().map(|k| k.len() as u64 + reads::PER_ITEM).sum();
+        self.paced(read).await;
+        Ok(keys)
     }
 
     fn log(&mut self, level: wit::LogLevel, message: String) -> wasmtime::Result<()> {

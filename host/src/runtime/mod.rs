@@ -31,6 +31,7 @@ pub(crate) mod mail;
 pub(crate) mod metrics;
 pub(crate) mod outbound;
 pub(crate) mod places;
+pub(crate) mod reads;
 pub(crate) mod roster;
 pub(crate) mod sequencer;
 pub(crate) mod tasks;

@@ -5,8 +5,10 @@ wasmtime::component::bindgen!({
     world: "agent",
     imports: {
         // `submit` may wait (backpressure when the log writer falls behind);
-        // the reads are synchronous.
+        // the reads may wait for their pace (`runtime::reads`).
         "toka:agent/kernel.submit": async | trappable,
+        "toka:agent/kernel.get-state": async | trappable,
+        "toka:agent/kernel.state-keys": async | trappable,
         default: trappable,
     },
     exports: { default: async },

@@ -33,6 +33,11 @@ pub struct AgentLimits {
     pub deadline_per_task: Duration,
     /// Bytes of observations one task may emit in all. Default 64 MiB.
     pub observation_bytes_per_task: u64,
+    /// Bytes of its own state the agent may read a second (`get-state`,
+    /// `state-keys`; each key and value counts 32 bytes more), a second's
+    /// worth at once; past it a read waits. Reads copy out of the state
+    /// under the lock every agent's operations take. Default 64 MiB.
+    pub state_read_bytes_per_second: u64,
     /// Bytes of stdout captured per task; the rest is dropped. Default 64 KiB.
     pub stdout_bytes: usize,
     /// Bytes of stderr captured per task; the rest is dropped. Default 64 KiB.
@@ -82,6 +87,7 @@ impl Default for AgentLimits {
             fuel_per_task: None,
             deadline_per_task: Duration::from_secs(30),
             observation_bytes_per_task: 64 * 1024 * 1024,
+            state_read_bytes_per_second: 64 * 1024 * 1024,
             stdout_bytes: 64 * 1024,
             stderr_bytes: 64 * 1024,
             log_lines_per_task: 1000,

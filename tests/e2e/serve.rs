@@ -341,7 +341,11 @@ fn fits_type(t: &str, value: &Value) -> bool {
 
 /// Uploads a bundled component.
 pub(crate) async fn install(api: &Api, name: &str) -> Answer {
-    let bytes = toka_agents::bundled(name).unwrap().to_vec();
+    install_bytes(api, name, toka_agents::bundled(name).unwrap().to_vec()).await
+}
+
+/// Uploads `bytes` as the component `name`.
+pub(crate) async fn install_bytes(api: &Api, name: &str, bytes: Vec<u8>) -> Answer {
     api.send(
         Method::POST,
         "/v1/components",
@@ -2037,15 +2041,7 @@ async fn a_page_of_events_holds_a_bounded_number_of_bytes() {
     // a gigabyte for a `read` client, given an agent that observes much.
     let served = Served::start(&[]);
     let api = Api::new(&served).await;
-    let installed = api
-        .send(
-            Method::POST,
-            "/v1/components",
-            api.request(Method::POST, "/v1/components?name=test-bench")
-                .header("content-type", "application/wasm")
-                .body(agent_bytes("test-bench")),
-        )
-        .await;
+    let installed = install_bytes(&api, "test-bench", agent_bytes("test-bench")).await;
     assert_eq!(installed.status, StatusCode::CREATED, "{installed:?}");
     let agent = spawn(&api, "test-bench", "big", &["observe"]).await;
     let task = run_task(&api, &agent, "observe 12 1048576").await;

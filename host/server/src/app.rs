@@ -37,7 +37,7 @@ pub(crate) struct App {
     pub(crate) config: ServeConfig,
     /// Requests per operator token.
     pub(crate) per_token: Limiter<Digest>,
-    /// Failed authentications and new tokens per client address.
+    /// Failed authentications and new tokens per client network.
     pub(crate) strangers: Limiter<crate::origin::Network>,
     pub(crate) seen: Seen,
     pub(crate) tickets: Tickets,

@@ -185,7 +185,15 @@ impl App {
 /// header (a browser's `EventSource`): a ticket stands for the token that
 /// asked for it, for a short while, once.
 #[derive(Debug, Default)]
-pub(crate) struct Tickets(Mutex<HashMap<String, (Token, Instant)>>);
+pub(crate) struct Tickets(Mutex<HashMap<String, Ticket>>);
+
+/// What a ticket stands for: a token (and its family), until it expires.
+#[derive(Debug)]
+struct Ticket {
+    token: Token,
+    family: Digest,
+    expires: Instant,
+}
 
 /// How long a ticket is good for.
 pub(crate) const TICKET_LIFETIME: Duration = Duration::from_secs(30);
@@ -206,7 +214,7 @@ impl Tickets {
         let ticket = toka_kernel::to_hex(&bytes);
         let mut tickets = self.lock();
         let now = Instant::now();
-        tickets.retain(|_, (_, expires)| *expires > now);
+        tickets.retain(|_, t| t.expires > now);
         if tickets.len() >= TICKETS_KEPT {
             return Err(ApiError::too_many(
                 "too many stream tickets outstanding; use one first",
@@ -214,7 +222,7 @@ impl Tickets {
             ));
         }
         let ours = family(&token);
-        if tickets.values().filter(|(t, _)| family(t) == ours).count() >= TICKETS_PER_FAMILY {
+        if tickets.values().filter(|t| t.family == ours).count() >= TICKETS_PER_FAMILY {
             return Err(ApiError::too_many(
                 format!(
                     "this token's family has {TICKETS_PER_FAMILY} stream tickets outstanding, its share of {TICKETS_KEPT}; use one first"
@@ -222,17 +230,24 @@ impl Tickets {
                 TICKET_LIFETIME.as_secs(),
             ));
         }
-        tickets.insert(ticket.clone(), (token, now + TICKET_LIFETIME));
+        tickets.insert(
+            ticket.clone(),
+            Ticket {
+                token,
+                family: ours,
+                expires: now + TICKET_LIFETIME,
+            },
+        );
         Ok(ticket)
     }
 
     /// The token a ticket stands for, using the ticket up.
     pub(crate) fn redeem(&self, ticket: &str) -> Option<Token> {
-        let (token, expires) = self.lock().remove(ticket)?;
-        (expires > Instant::now()).then_some(token)
+        let ticket = self.lock().remove(ticket)?;
+        (ticket.expires > Instant::now()).then_some(ticket.token)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Token, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Ticket>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

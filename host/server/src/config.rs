@@ -97,9 +97,9 @@ impl ServeConfig {
         self
     }
 
-    /// Per client address: requests whose token fails, and tokens the
-    /// server has not verified before (each costs a signature check).
-    /// Default 10/s, bursts of 50.
+    /// Per client network (an IPv4 address, or an IPv6 /48): requests
+    /// whose token fails, and tokens the server has not verified before
+    /// (each costs a signature check). Default 10/s, bursts of 50.
     pub fn strangers(&mut self, rate: Rate) -> &mut Self {
         self.strangers = rate;
         self
@@ -114,9 +114,12 @@ impl ServeConfig {
     }
 
     /// Connections held at once, all clients together. A connection past
-    /// it is closed as soon as it is accepted; so is one that sends no
-    /// whole request head within 10 s of opening or 30 s of its last
-    /// answer. Fewer when the process's limit of open files (raised to
+    /// it takes the place of an idle connection of the network holding
+    /// the most, when that network holds at least two more than the
+    /// newcomer's, or else is closed as soon as it is accepted; a
+    /// connection that sends no whole request head within 10 s of opening
+    /// or 30 s of its last answer is closed, and so is one whose client
+    /// reads its answers too slowly (docs/api.md, "Connections"). Fewer when the process's limit of open files (raised to
     /// its hard limit when the server binds) leaves the host less than
     /// 512 (the server then says so). Default 1 024.
     pub fn max_connections(&mut self, connections: usize) -> &mut Self {

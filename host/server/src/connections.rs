@@ -42,7 +42,7 @@ use axum_server::accept::Accept;
 use toka_host::Throttle;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::evict::{GaveWay, Held, Table, Tracked};
 use crate::held::Over;
@@ -60,6 +60,16 @@ pub(crate) const IDLE: Duration = Duration::from_secs(30);
 /// that stops reading would otherwise hold the connection, and the answer
 /// in the server's memory, for ever.
 const WRITE_STALL: Duration = Duration::from_secs(30);
+
+/// How long, in all, a connection's writes may wait for its client to read
+/// before any pace is asked; then a second more for every
+/// [`MIN_WRITE_RATE`] bytes written. A client reading a byte now and then
+/// would otherwise keep its answers, and its connection busy (never giving
+/// way), as long as it liked.
+const WRITE_GRACE: Duration = Duration::from_secs(30);
+
+/// The slowest average a client may read its answers at, in bytes a second.
+const MIN_WRITE_RATE: u64 = 64 << 10;
 
 /// At most one warning about refused connections this often: clients
 /// decide how many come, and must not decide how fast the log grows.
@@ -269,53 +279,94 @@ impl<S> Accept<Admitted, S> for Admit {
     fn accept(&self, admitted: Admitted, service: S) -> Self::Future {
         let held = Arc::new(admitted.held);
         std::future::ready(Ok((
-            Counted {
-                stream: admitted.stream,
-                held: Arc::clone(&held),
-                stalled: None,
-            },
+            Counted::new(admitted.stream, Arc::clone(&held)),
             Tracked::new(service, held),
         )))
     }
 }
 
-/// A connection holding its place; a write that makes no progress for
-/// [`WRITE_STALL`] fails it, and one told to give way reads the end of
-/// its stream.
+/// A connection holding its place. Its writes must make progress (see
+/// [`WRITE_STALL`] and [`WRITE_GRACE`]); one told to give way reads the
+/// end of its stream, and its writes fail.
 #[derive(Debug)]
-pub(crate) struct Counted {
-    stream: TcpStream,
+pub(crate) struct Counted<S = TcpStream> {
+    stream: S,
     held: Arc<Held<Option<Client>>>,
-    /// Set while a write waits for the client to read.
-    stalled: Option<Pin<Box<Sleep>>>,
+    /// Bytes written to the client so far.
+    written: u64,
+    /// Time spent waiting for the client to read so far (not counting a
+    /// wait going on).
+    waited: Duration,
+    /// Since when a write waits for the client to read, if one does.
+    waiting_since: Option<Instant>,
+    /// Wakes the write at its deadline while it waits.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
-impl Counted {
-    /// `written` as it is once it made progress; while it waits, the
-    /// stall's timer runs, and a stall past [`WRITE_STALL`] is an error.
-    fn unless_stalled<T>(
+impl<S> Counted<S> {
+    fn new(stream: S, held: Arc<Held<Option<Client>>>) -> Self {
+        Self {
+            stream,
+            held,
+            written: 0,
+            waited: Duration::ZERO,
+            waiting_since: None,
+            timer: None,
+        }
+    }
+
+    /// `result` of a write (of `bytes` written, once ready) as the client's
+    /// pace allows: while it waits, the connection's deadline runs, and a
+    /// write waiting past it is an error.
+    fn paced<T>(
         &mut self,
         cx: &mut Context<'_>,
-        written: Poll<io::Result<T>>,
+        result: Poll<io::Result<T>>,
+        bytes: impl Fn(&T) -> u64,
     ) -> Poll<io::Result<T>> {
-        if written.is_ready() {
-            self.stalled = None;
-            return written;
+        if self.held.conn().gave_way(cx) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the connection gave way to another client's",
+            )));
         }
+        let now = Instant::now();
+        if let Poll::Ready(result) = result {
+            if let Some(since) = self.waiting_since.take() {
+                self.waited += now - since;
+            }
+            if let Ok(value) = &result {
+                self.written = self.written.saturating_add(bytes(value));
+            }
+            return Poll::Ready(result);
+        }
+        let since = *self.waiting_since.get_or_insert(now);
+        let allowed =
+            WRITE_GRACE + Duration::from_secs_f64(self.written as f64 / MIN_WRITE_RATE as f64);
+        let stalled = since + WRITE_STALL;
+        let slow = since + allowed.saturating_sub(self.waited);
+        let deadline = stalled.min(slow);
         let timer = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL)));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client read nothing of its answer for 30 s",
-            ))),
-            Poll::Pending => Poll::Pending,
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
         }
+        if now < deadline && timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            if stalled <= slow {
+                "the client read nothing of its answer for 30 s"
+            } else {
+                "the client read its answers too slowly"
+            },
+        )))
     }
 }
 
-impl AsyncRead for Counted {
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -329,19 +380,19 @@ impl AsyncRead for Counted {
     }
 }
 
-impl AsyncWrite for Counted {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let written = Pin::new(&mut self.stream).poll_write(cx, buf);
-        self.unless_stalled(cx, written)
+        self.paced(cx, written, |n| *n as u64)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let flushed = Pin::new(&mut self.stream).poll_flush(cx);
-        self.unless_stalled(cx, flushed)
+        self.paced(cx, flushed, |()| 0)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -354,7 +405,7 @@ impl AsyncWrite for Counted {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        self.unless_stalled(cx, written)
+        self.paced(cx, written, |n| *n as u64)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -365,16 +416,25 @@ impl AsyncWrite for Counted {
 /// The most connections the server may hold: `wanted`, or fewer when the
 /// process's limit of open files (raised to its hard limit first, where
 /// the system has one) would leave the host less than
-/// [`KEPT_FOR_THE_HOST`]. With the reason, when fewer.
+/// [`KEPT_FOR_THE_HOST`] beside them and those closing after giving way.
+/// With the reason, when fewer.
 pub(crate) fn fit_to_open_files(wanted: usize) -> (usize, Option<String>) {
     let Some(limit) = raise_open_files() else {
         return (wanted, None);
     };
     let room = usize::try_from(limit.saturating_sub(KEPT_FOR_THE_HOST)).unwrap_or(usize::MAX);
-    if wanted <= room {
+    // Those closing after giving way hold their files a moment too.
+    let holds = |max: usize| max.saturating_add(crate::evict::max_closing(max));
+    if holds(wanted) <= room {
         return (wanted, None);
     }
-    let fitted = room.max(16);
+    // The most `max` with `holds(max) <= room`.
+    let fitted = if room >= 16 * 17 {
+        room / 17 * 16
+    } else {
+        room.saturating_sub(16)
+    }
+    .max(16);
     (
         fitted,
         Some(format!(
@@ -422,6 +482,8 @@ fn raise_open_files() -> Option<u64> {
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+
     use super::Admission;
 
     #[test]
@@ -467,20 +529,18 @@ mod tests {
         assert!(admission.admit(Some(b)).is_ok(), "others open theirs");
     }
 
+    /// A connection whose client is an in-memory pipe holding 64 KiB (its
+    /// wake-ups are the runtime's own, so a paused clock sees them all).
+    fn piped(admission: &Admission) -> (super::Counted<DuplexStream>, DuplexStream) {
+        let (server, client) = tokio::io::duplex(64 << 10);
+        let held = std::sync::Arc::new(admission.admit(None).unwrap());
+        (super::Counted::new(server, held), client)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_answer_the_client_reads_nothing_of_fails_after_the_stall() {
-        use tokio::io::AsyncWriteExt as _;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (stream, _) = listener.accept().await.unwrap();
         let admission = Admission::new(1, 1);
-        let mut counted = super::Counted {
-            stream,
-            held: std::sync::Arc::new(admission.admit(None).unwrap()),
-            stalled: None,
-        };
+        let (mut counted, _client) = piped(&admission);
         let started = tokio::time::Instant::now();
         let chunk = vec![0u8; 1 << 20];
         let failed = loop {
@@ -489,7 +549,69 @@ mod tests {
             }
         };
         assert_eq!(failed.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(
+            failed.to_string(),
+            "the client read nothing of its answer for 30 s"
+        );
         assert!(started.elapsed() >= super::WRITE_STALL);
-        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_reading_its_answer_a_little_now_and_then_is_cut() {
+        let admission = Admission::new(1, 1);
+        let (mut counted, mut client) = piped(&admission);
+        // 4 KiB every 20 s: progress within every stall, far below the pace.
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4 << 10];
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+                if client.read_exact(&mut buf).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let chunk = vec![0u8; 4 << 10];
+        let failed = tokio::time::timeout(std::time::Duration::from_secs(3600), async {
+            loop {
+                if let Err(e) = counted.write(&chunk).await {
+                    break e;
+                }
+            }
+        })
+        .await
+        .expect("cut within the hour");
+        assert_eq!(failed.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(failed.to_string(), "the client read its answers too slowly");
+        // Not before the grace.
+        assert!(started.elapsed() >= super::WRITE_GRACE);
+        reader.abort();
+    }
+
+    #[tokio::test]
+    async fn a_connection_told_to_give_way_reads_the_end_and_cannot_write() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        // The server holds 2, both of one client's: a newcomer of another
+        // client takes the place of the longest idle, this one.
+        let admission = Admission::new(2, 2);
+        let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let mut counted = super::Counted::new(
+            stream,
+            std::sync::Arc::new(admission.admit(Some(a)).unwrap()),
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let _younger = admission.admit(Some(a)).unwrap();
+        let _newcomer = admission
+            .admit(Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))))
+            .unwrap();
+        assert_eq!(admission.counts().gave_way, 1);
+        let mut buf = [0u8; 1];
+        assert_eq!(counted.read(&mut buf).await.unwrap(), 0, "the end");
+        let refused = counted.write(b"x").await.unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionAborted);
     }
 }

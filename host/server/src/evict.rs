@@ -30,6 +30,12 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::held::Over;
 
+/// How many connections may be closing at once, having given way, besides
+/// `max` held.
+pub(crate) fn max_closing(max: usize) -> usize {
+    (max / 16).max(16)
+}
+
 /// A client as the table counts it, and the network it belongs to (whose
 /// connections are compared when one must give way).
 pub(crate) trait Grouped: Hash + Eq + Copy + std::fmt::Debug {
@@ -119,7 +125,7 @@ impl<K: Grouped> Table<K> {
     /// How many connections may be closing at once, having given way: the
     /// server holds at most `max` and these.
     pub(crate) fn max_closing(&self) -> usize {
-        (self.max / 16).max(16)
+        max_closing(self.max)
     }
 
     fn open(&self) -> MutexGuard<'_, Open<K>> {

@@ -316,14 +316,14 @@ impl kernel::Host for AgentCtx {
                 wasmtime::Error::msg(why)
             })?;
         let read = key.len() + value.as_ref().map_or(0, Vec::len);
-        self.paced(read as u64 + reads::PER_ITEM).await;
+        self.paced(read as u64 + reads::PER_READ).await;
         Ok(value)
     }
 
     async fn state_keys(&mut self) -> wasmtime::Result<Vec<String>> {
         let keys = self.sequencer.state_keys(self.agent, self.position());
         let read: u64 = keys.iter().map(|k| k.len() as u64 + reads::PER_ITEM).sum();
-        self.paced(read).await;
+        self.paced(read + reads::PER_READ).await;
         Ok(keys)
     }
 

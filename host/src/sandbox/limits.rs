@@ -34,8 +34,8 @@ pub struct AgentLimits {
     /// Bytes of observations one task may emit in all. Default 64 MiB.
     pub observation_bytes_per_task: u64,
     /// Bytes of its own state the agent may read a second (`get-state`,
-    /// `state-keys`; each key and value counts 32 bytes more), a second's
-    /// worth at once; past it a read waits. Reads copy out of the state
+    /// `state-keys`; each read counts 1 KiB more, each key listed 32
+    /// bytes), a second's worth at once; past it a read waits. Reads copy out of the state
     /// under the lock every agent's operations take. Default 64 MiB.
     pub state_read_bytes_per_second: u64,
     /// Bytes of stdout captured per task; the rest is dropped. Default 64 KiB.

@@ -286,14 +286,13 @@ impl Sequencer {
         let mut guard = self.lock();
         let core = &mut *guard;
         let state = core.kernel.state();
-        let mut keys: std::collections::BTreeSet<String> = state
-            .agent(agent)
-            .map(|a| a.state.keys().cloned().collect())
-            .unwrap_or_default();
+        let current = || state.agent(agent).into_iter().flat_map(|a| a.state.keys());
         let Some((position, run)) = rerun(state, position) else {
             core.rewrites.forget_ended(state);
-            return keys.into_iter().collect();
+            // In order already: no set to build under the lock.
+            return current().cloned().collect();
         };
+        let mut keys: std::collections::BTreeSet<String> = current().cloned().collect();
         let writes = core.rewrites.get(state, position.task, run);
         for (key, existed) in writes.keys_before(run, position.index) {
             if existed {

@@ -2021,6 +2021,16 @@ async fn one_token_family_cannot_hold_every_upload() {
     let (status, _, body) = refused(third.with_token(&third.token)).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert!(body.contains("4 uploads are in progress"), "{body}");
+    // An admin's package has places of its own: it is reviewed (and
+    // found not to be a package), not refused.
+    let review = api
+        .request(Method::POST, "/v1/packages/review")
+        .header("content-type", "application/wasm")
+        .body(b"not a package".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(review.status(), StatusCode::UNPROCESSABLE_ENTITY);
     drop(other_slow);
     let started = std::time::Instant::now();
     let status = loop {

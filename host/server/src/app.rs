@@ -62,7 +62,7 @@ pub(crate) struct App {
     /// token families together and per family.
     pub(crate) waits: Arc<Bounded<Digest>>,
     /// Places for uploads in progress (see [`crate::uploads`]).
-    pub(crate) uploads: Arc<Bounded<Digest>>,
+    pub(crate) uploads: crate::uploads::Uploads,
     /// The last `/v1/log/state` answer (its JSON) and the sequence number
     /// of the head it is the state after: one encoding at a time, shared
     /// by every request it is new enough for. At 100 000 agents the state
@@ -96,10 +96,7 @@ impl App {
             strangers: Limiter::new(config.strangers),
             streams: Bounded::new(config.max_streams, config.max_streams / STREAM_SHARE),
             waits: Bounded::new(MAX_WAITS, WAITS_PER_FAMILY),
-            uploads: Bounded::new(
-                crate::uploads::MAX_UPLOADS,
-                crate::uploads::UPLOADS_PER_FAMILY,
-            ),
+            uploads: crate::uploads::Uploads::new(),
             host,
             store,
             root,

@@ -2075,3 +2075,78 @@ async fn a_page_of_events_holds_a_bounded_number_of_bytes() {
     assert_eq!(observed, 12);
     assert!(pages >= 3, "{pages}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_tasks_and_an_agent_s_detail_hold_a_bounded_number_of_bytes() {
+    // A queue holds up to 1 024 tasks, each described in up to 4 KiB, six
+    // times that as JSON when the text is control characters. Before the
+    // bounds a page of tasks held up to 1 000 of them (24 MB of JSON for
+    // one `read` request), and an agent's detail all of its queue.
+    let served = Served::start(&[]);
+    let api = Api::new(&served).await;
+    let installed = install_bytes(&api, "test-bench", agent_bytes("test-bench")).await;
+    assert_eq!(installed.status, StatusCode::CREATED, "{installed:?}");
+    let agent = spawn(&api, "test-bench", "busy", &["observe"]).await;
+    let schedule = |description: String| {
+        let api = &api;
+        let path = format!("/v1/agents/{agent}/tasks");
+        async move {
+            let answer = api
+                .post(
+                    "/v1/agents/{id}/tasks",
+                    &path,
+                    json!({ "description": description }),
+                )
+                .await;
+            assert_eq!(answer.status, StatusCode::CREATED, "{answer:?}");
+            answer.body["id"].as_str().unwrap().to_owned()
+        }
+    };
+    // A task that runs until its deadline keeps the others queued.
+    let mut scheduled = vec![schedule("compute 1000000000000".to_owned()).await];
+    let escaped = "\u{1}".repeat(4000);
+    for _ in 0..300 {
+        scheduled.push(schedule(escaped.clone()).await);
+    }
+    let detail = api
+        .get("/v1/agents/{id}", &format!("/v1/agents/{agent}"))
+        .await;
+    assert_eq!(detail.status, StatusCode::OK);
+    assert_eq!(detail.body["queued"], 300, "the first task still runs");
+    let shown: Vec<&str> = detail.body["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(shown, scheduled[..100], "the running task, then the queue");
+    let (mut listed, mut pages, mut cursor) = (Vec::new(), 0, None::<String>);
+    loop {
+        let mut path = format!("/v1/tasks?agent={agent}&limit=1000");
+        if let Some(cursor) = &cursor {
+            path += &format!("&cursor={cursor}");
+        }
+        let page = api.get("/v1/tasks", &path).await;
+        assert_eq!(page.status, StatusCode::OK);
+        let items = page.body["items"].as_array().unwrap();
+        // 1 MiB of descriptions of 24 000 bytes is 44 of them, the one that
+        // passed it included (and the first page holds the running task).
+        assert!(items.len() <= 45, "{} tasks in one page", items.len());
+        listed.extend(items.iter().map(|t| t["id"].as_str().unwrap().to_owned()));
+        pages += 1;
+        match page.body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    // None is lost to the bound (the list is in id order).
+    scheduled.sort();
+    assert!(
+        listed == scheduled,
+        "{} listed of {}",
+        listed.len(),
+        scheduled.len()
+    );
+    assert!(pages >= 7, "{pages}");
+    assert_eq!(terminate(&api, &agent).await.status, StatusCode::OK);
+}

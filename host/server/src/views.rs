@@ -107,7 +107,8 @@ pub struct AgentDetail {
     /// The agent.
     #[serde(flatten)]
     pub agent: AgentView,
-    /// Its queued and running tasks, running first.
+    /// Its running and queued tasks, running first: the first 100 (all of
+    /// them: `GET /v1/tasks?agent=`).
     pub tasks: Vec<TaskView>,
     /// Its state keys (values: `GET /v1/agents/{id}/state`), the first
     /// 1000.

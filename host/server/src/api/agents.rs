@@ -1,5 +1,7 @@
 //! Agents: spawn, list, get, terminate, resume, and their state.
 
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -11,7 +13,7 @@ use utoipa::IntoParams;
 
 use crate::api::index::{AgentFilter, agent_index, status_name};
 use crate::api::tasks::unfinished_view;
-use crate::api::{AuthErrors, BodyErrors, Paging};
+use crate::api::{AuthErrors, BodyErrors, Paging, json_len};
 use crate::app::App;
 use crate::auth::{Admin, Reader, Writer};
 use crate::error::{ApiError, ErrorBody, parse_id};
@@ -195,6 +197,13 @@ pub(crate) async fn list(
     Ok(axum::Json(AgentPage { items, next_cursor }))
 }
 
+/// The tasks an agent's detail shows at most (a queue holds up to 1 024,
+/// each with a description of up to 4 KiB: all of them are a page of
+/// `GET /v1/tasks?agent=`).
+const DETAIL_TASKS: usize = 100;
+/// The state keys an agent's detail shows at most.
+const DETAIL_KEYS: usize = 1000;
+
 /// One agent: its record, unfinished tasks, state keys and grants.
 #[utoipa::path(get, path = "/v1/agents/{id}", tag = "agents", security(("bearer" = [])),
     params(("id" = String, Path, description = "The agent's id (32 hex digits)")),
@@ -211,14 +220,14 @@ pub(crate) async fn get(
         .host
         .state(|s| {
             let a = s.agent(agent)?;
-            let mut tasks: Vec<_> = a
+            let tasks: Vec<_> = a
                 .running
                 .iter()
                 .chain(a.queue.iter())
+                .take(DETAIL_TASKS)
                 .filter_map(|t| unfinished_view(s, *t))
                 .collect();
-            tasks.truncate(1000);
-            let keys = a.state.keys().take(1000).cloned().collect();
+            let keys = a.state.keys().take(DETAIL_KEYS).cloned().collect();
             Some((view(agent, a, s), tasks, keys, a.token))
         })
         .await;
@@ -328,13 +337,14 @@ pub(crate) struct StateQuery {
     /// Keys after this one (a `next_cursor`).
     cursor: Option<String>,
     /// How many (1 to 1000, default 100); a page also ends after the value
-    /// that brings its values to 1 MiB.
+    /// that brings its keys and values, as sent, to 1 MiB.
     limit: Option<usize>,
 }
 
-/// The values a page of an agent's state holds at most (the value that
-/// passes it is the last): a value may be 64 KiB, sent as hex when it is
-/// not text, and 1 000 of them must not be encoded for one request.
+/// The bytes of keys and values (as sent: hex doubles a value that is not
+/// text) a page of an agent's state holds at most (the entry that passes
+/// it is the last): a value may be 64 KiB, 128 KiB as hex, and 1 000 of
+/// them must not be encoded for one request.
 const STATE_PAGE_BYTES: usize = 1 << 20;
 
 /// An agent's state: its keys and values, by key.
@@ -355,23 +365,45 @@ pub(crate) async fn state(
         .host
         .state(|s| {
             let a = s.agent(agent)?;
-            let after = query.cursor.clone();
-            let entries = a
-                .state
-                .iter()
-                .filter(|(k, _)| after.as_ref().is_none_or(|c| *k > c))
-                .map(|(k, v)| entry(k, v));
-            Some(paging.page_within(
-                entries,
+            Some(state_page(
+                &a.state,
+                query.cursor.as_deref(),
+                paging,
                 STATE_PAGE_BYTES,
-                |e| e.size as usize,
-                |e| e.key.clone(),
             ))
         })
         .await;
     let (items, next_cursor) =
         page.ok_or_else(|| ApiError::not_found(format!("no agent {agent}")))?;
     Ok(axum::Json(StatePage { items, next_cursor }))
+}
+
+/// A page of `state` after `cursor`, ending after the entry that brings
+/// its keys and values, as sent, to `max_bytes`. It starts at the cursor
+/// without walking the keys before it, and encodes only what it sends.
+fn state_page(
+    state: &BTreeMap<String, Vec<u8>>,
+    cursor: Option<&str>,
+    paging: Paging,
+    max_bytes: usize,
+) -> (Vec<StateEntry>, Option<String>) {
+    let after = cursor.map_or(Bound::Unbounded, Bound::Excluded);
+    let (page, next) = paging.page_within(
+        state.range::<str, _>((after, Bound::Unbounded)),
+        max_bytes,
+        |(k, v)| json_len(k) + sent_size(v),
+        |(k, _)| (*k).clone(),
+    );
+    (page.into_iter().map(|(k, v)| entry(k, v)).collect(), next)
+}
+
+/// The bytes a value takes as sent: as text (escaped), or twice as many
+/// as hex.
+fn sent_size(value: &[u8]) -> usize {
+    match std::str::from_utf8(value) {
+        Ok(text) => json_len(text),
+        Err(_) => 2 * value.len(),
+    }
 }
 
 fn entry(key: &str, value: &[u8]) -> StateEntry {
@@ -422,5 +454,62 @@ pub(crate) fn view(id: AgentId, a: &AgentRecord, state: &WorldState) -> AgentVie
             version: p.version.clone(),
             publisher: p.publisher.clone(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::{Paging, state_page};
+
+    /// Pages through `state` to its end: the keys of each page.
+    fn pages(state: &BTreeMap<String, Vec<u8>>, limit: usize, max: usize) -> Vec<Vec<String>> {
+        let (mut pages, mut cursor) = (Vec::new(), None::<String>);
+        loop {
+            let (items, next) = state_page(state, cursor.as_deref(), Paging { limit }, max);
+            pages.push(items.into_iter().map(|e| e.key).collect());
+            match next {
+                Some(next) => cursor = Some(next),
+                None => return pages,
+            }
+        }
+    }
+
+    #[test]
+    fn a_state_page_goes_on_from_its_cursor() {
+        let state: BTreeMap<String, Vec<u8>> =
+            (0..7).map(|i| (format!("k{i}"), b"v".to_vec())).collect();
+        let keys = |r: std::ops::Range<usize>| r.map(|i| format!("k{i}")).collect::<Vec<_>>();
+        assert_eq!(
+            pages(&state, 3, usize::MAX),
+            [keys(0..3), keys(3..6), keys(6..7)]
+        );
+        // A cursor between keys (one deleted since) goes on after it.
+        let (items, _) = state_page(&state, Some("k2x"), Paging { limit: 2 }, usize::MAX);
+        let got: Vec<_> = items.into_iter().map(|e| e.key).collect();
+        assert_eq!(got, keys(3..5));
+    }
+
+    #[test]
+    fn a_state_page_counts_its_values_as_sent() {
+        // Keys of 2 bytes; values of 10 bytes, text or not (20 as hex).
+        let mut state = BTreeMap::new();
+        state.insert("a1".to_owned(), vec![b'x'; 10]);
+        state.insert("a2".to_owned(), vec![0xff; 10]);
+        state.insert("a3".to_owned(), vec![b'x'; 10]);
+        state.insert("a4".to_owned(), vec![0xff; 10]);
+        // 12 + 22 = 34 passes 30 at the second entry (counted raw, 12 + 12
+        // would not, and the page would hold three); then 12 + 22 again.
+        let got = pages(&state, 1000, 30);
+        assert_eq!(got, [vec!["a1", "a2"], vec!["a3", "a4"]]);
+        assert_eq!(pages(&BTreeMap::new(), 10, 30), [Vec::<String>::new()]);
+        // Text that escapes counts as escaped: ten control bytes are 60.
+        state.insert("a0".to_owned(), vec![1; 10]);
+        assert_eq!(pages(&state, 1000, 30)[0], ["a0"]);
+        state.remove("a0");
+        let (items, _) = state_page(&state, None, Paging { limit: 1000 }, 30);
+        assert_eq!(items[1].value_hex.as_deref(), Some("ffffffffffffffffffff"));
+        assert_eq!(items[1].size, 10);
     }
 }

@@ -205,10 +205,21 @@ mod tests {
                 Some(ids) => {
                     let start = after.map_or(0, |a| ids.partition_point(|id| *id <= a));
                     let agents = ids[start..].iter().map(|id| (*id, s.agent(*id).unwrap()));
-                    paging.page_walk_within(10, agents.map(entry), |id| id.to_string())
+                    paging.page_walk_within(
+                        10,
+                        usize::MAX,
+                        |_| 0,
+                        agents.map(entry),
+                        |id| id.to_string(),
+                    )
                 }
-                None => paging
-                    .page_walk_within(10, s.agents_after(after).map(entry), |id| id.to_string()),
+                None => paging.page_walk_within(
+                    10,
+                    usize::MAX,
+                    |_| 0,
+                    s.agents_after(after).map(entry),
+                    |id| id.to_string(),
+                ),
             };
             pages.push(page);
             match next {

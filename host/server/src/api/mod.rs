@@ -218,23 +218,42 @@ impl Paging {
         entries: impl Iterator<Item = (K, Option<T>)>,
         cursor_of: impl Fn(K) -> String,
     ) -> (Vec<T>, Option<String>) {
-        self.page_walk_within(MAX_SCAN, entries, cursor_of)
+        self.page_walk_within(MAX_SCAN, usize::MAX, |_| 0, entries, cursor_of)
+    }
+
+    /// As [`Paging::page_walk`], but the page also ends after the item
+    /// that brings the items' sizes (`size_of`) to `max_bytes` (its cursor
+    /// is then that item's, even if no entry follows it).
+    pub(crate) fn page_walk_bytes<K: Copy, T>(
+        &self,
+        max_bytes: usize,
+        size_of: impl Fn(&T) -> usize,
+        entries: impl Iterator<Item = (K, Option<T>)>,
+        cursor_of: impl Fn(K) -> String,
+    ) -> (Vec<T>, Option<String>) {
+        self.page_walk_within(MAX_SCAN, max_bytes, size_of, entries, cursor_of)
     }
 
     fn page_walk_within<K: Copy, T>(
         &self,
         scan: usize,
+        max_bytes: usize,
+        size_of: impl Fn(&T) -> usize,
         entries: impl Iterator<Item = (K, Option<T>)>,
         cursor_of: impl Fn(K) -> String,
     ) -> (Vec<T>, Option<String>) {
-        let mut page = Vec::new();
+        let (mut page, mut bytes) = (Vec::new(), 0usize);
         let mut last = None;
         for (looked, (key, item)) in entries.enumerate() {
             if let Some(item) = item {
                 if page.len() == self.limit {
                     return (page, last.map(&cursor_of));
                 }
+                bytes = bytes.saturating_add(size_of(&item));
                 page.push(item);
+                if bytes >= max_bytes {
+                    return (page, Some(cursor_of(key)));
+                }
             }
             last = Some(key);
             if looked + 1 == scan {
@@ -243,6 +262,19 @@ impl Paging {
         }
         (page, None)
     }
+}
+
+/// The bytes `text` takes as a JSON string's contents: quotes, backslashes
+/// and control characters are escaped (`\n`, `\u0001`: up to six bytes for
+/// one).
+pub(crate) fn json_len(text: &str) -> usize {
+    text.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..0x20 => 6,
+            _ => 1,
+        })
+        .sum()
 }
 
 #[cfg(test)]
@@ -258,7 +290,8 @@ mod tests {
             let entries = (0..n)
                 .filter(|k| after.is_none_or(|a| *k > a))
                 .map(|k| (k, matches.contains(&k).then_some(k)));
-            let (page, next) = paging.page_walk_within(scan, entries, |k| k.to_string());
+            let (page, next) =
+                paging.page_walk_within(scan, usize::MAX, |_| 0, entries, |k| k.to_string());
             pages.push(page);
             match next {
                 Some(cursor) => after = Some(cursor.parse().unwrap()),
@@ -287,6 +320,33 @@ mod tests {
         assert_eq!((items, next.as_deref()), (vec![0, 1], Some("1")));
         let (items, next) = Paging { limit: 5 }.page(0..5, |i| i.to_string());
         assert_eq!((items.len(), next), (5, None));
+    }
+
+    #[test]
+    fn a_walked_page_ends_at_its_bytes() {
+        let paging = Paging { limit: 100 };
+        // Keys 0..6, the even ones match, each of 400 bytes.
+        let page = |after: Option<u32>| {
+            let entries = (0..6u32)
+                .filter(|k| after.is_none_or(|a| *k > a))
+                .map(|k| (k, (k % 2 == 0).then_some(400usize)));
+            paging.page_walk_bytes(1000, |size| *size, entries, |k| k.to_string())
+        };
+        // 0, 2 and 4 pass 1 000 bytes at 4: the page ends there.
+        assert_eq!(page(None), (vec![400, 400, 400], Some("4".to_owned())));
+        assert_eq!(page(Some(4)), (vec![], None));
+        assert_eq!(page(Some(1)), (vec![400, 400], None));
+    }
+
+    #[test]
+    fn json_len_counts_what_escaping_adds() {
+        assert_eq!(super::json_len("plain text é"), "plain text é".len());
+        assert_eq!(super::json_len("a\"b\\c\n"), 3 + 2 + 2 + 2);
+        assert_eq!(super::json_len("\u{1}\u{1f}\u{7f}"), 6 + 6 + 1);
+        for text in ["a\"b\\c\n\t\r\u{8}\u{c}", "\u{0}\u{1}x\u{1f}\u{7f}é"] {
+            let json = serde_json::to_string(text).unwrap();
+            assert_eq!(super::json_len(text), json.len() - 2, "{json}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use toka_host::{TaskInfo, TaskState};
 use toka_kernel::{AgentId, EntityId, TaskId, TaskStatus, WorldState, to_hex};
 use utoipa::IntoParams;
 
-use crate::api::{AuthErrors, BodyErrors, Paging};
+use crate::api::{AuthErrors, BodyErrors, Paging, json_len};
 use crate::app::App;
 use crate::auth::{Reader, Writer, family};
 use crate::error::{ApiError, ErrorBody, parse_id};
@@ -99,9 +99,16 @@ pub(crate) struct ListQuery {
     status: Option<String>,
     /// Tasks after this id (a `next_cursor`).
     cursor: Option<String>,
-    /// How many (1 to 1000, default 100).
+    /// How many (1 to 1000, default 100); a page also ends after the task
+    /// that brings its descriptions, as sent, to 1 MiB.
     limit: Option<usize>,
 }
+
+/// The bytes of descriptions (as sent) a page of tasks holds at most (the
+/// task that passes it is the last): a description may be 4 KiB, six
+/// times that escaped, and 1 000 of them must not be encoded for one
+/// request.
+const TASK_PAGE_BYTES: usize = 1 << 20;
 
 /// Lists unfinished (queued and running) tasks, by id. Ended tasks leave
 /// the list; `GET /v1/tasks/{id}` still finds them.
@@ -144,6 +151,8 @@ pub(crate) async fn list(
                     && running.is_none_or(|r| r == matches!(t.status, TaskStatus::Running(_)));
                 (id, matches.then(|| unfinished_view(s, id)).flatten())
             };
+            let size = |v: &TaskView| v.description.as_deref().map_or(0, json_len);
+            let cursor = |id: TaskId| id.to_string();
             match agent {
                 // One agent's unfinished tasks are its queue and the one it
                 // runs (at most `max_queue` + 1): no walk of every task.
@@ -151,9 +160,14 @@ pub(crate) async fn list(
                     let tasks = agent_tasks(s, agent, after)
                         .into_iter()
                         .filter_map(|id| s.task(id).map(|t| (id, t)));
-                    paging.page_walk(tasks.map(entry), |id| id.to_string())
+                    paging.page_walk_bytes(TASK_PAGE_BYTES, size, tasks.map(entry), cursor)
                 }
-                None => paging.page_walk(s.tasks_after(after).map(entry), |id| id.to_string()),
+                None => paging.page_walk_bytes(
+                    TASK_PAGE_BYTES,
+                    size,
+                    s.tasks_after(after).map(entry),
+                    cursor,
+                ),
             }
         })
         .await;

@@ -381,10 +381,13 @@ async function loadDetail() {
   tasks.textContent = "";
   for (const t of detail.tasks) tasks.append(el("li", {}, el("code", {}, short(t.id)), " " + t.status + (t.description ? " — " + t.description : "")));
   if (!detail.tasks.length) tasks.append(el("li", { class: "muted" }, "none waiting or running"));
+  const unshown = a.queued + (a.running ? 1 : 0) - detail.tasks.length;
+  if (unshown > 0) tasks.append(el("li", { class: "muted" }, "and " + unshown + " more"));
   const keys = $("detail-state");
   keys.textContent = "";
   for (const k of detail.keys) keys.append(el("li", {}, el("code", {}, k)));
   if (!detail.keys.length) keys.append(el("li", { class: "muted" }, "no keys"));
+  if (a.state_keys > detail.keys.length) keys.append(el("li", { class: "muted" }, "and " + (a.state_keys - detail.keys.length) + " more"));
   const recent = $("detail-events");
   recent.textContent = "";
   for (const e of ui.eventsSeen.filter((e) => e.agent === id || e.origin === id).slice(-30).reverse()) recent.append(eventItem(e));

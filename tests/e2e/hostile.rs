@@ -1495,3 +1495,47 @@ async fn an_agent_filling_the_disk_is_refused_before_the_host_must_stop() {
     drop(store);
     assert!(crate::toka(&data, &["verify"]).ok().starts_with("ok "));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_s_reads_of_its_state_are_paced_across_its_instances() {
+    // Listing keys copies them under the sequencer's lock, so an agent's
+    // reads are paced (here 32 KiB a second, a second's worth at once).
+    // With no instance kept warm each task runs in a new one: if the pace
+    // started over with each instance, every task below (~28 KB of
+    // listings) would fit in a new second's worth and never wait.
+    let pace = 32 * 1024;
+    let mut config = toka_host::HostConfig::new();
+    config
+        .agent_limits(AgentLimits {
+            state_read_bytes_per_second: pace,
+            ..AgentLimits::default()
+        })
+        .warm_instances(0);
+    let arena = Arena::new(config).await;
+    let lister = arena.agent("test-bench", grant(&["state"])).await;
+    // 20 keys of 200 bytes: a listing costs 20 × (200 + 32) + 1 024 bytes.
+    let listing = 20 * (200 + 32) + 1024;
+    assert_eq!(
+        crate::served(&arena.host, lister, "keys 20").await,
+        Ok("20".to_owned())
+    );
+    let start = std::time::Instant::now();
+    let tasks = 3;
+    for _ in 0..tasks {
+        // Five listings: one to learn how many keys there are, four more.
+        assert_eq!(
+            crate::served(&arena.host, lister, "keys 20 4").await,
+            Ok("80".to_owned())
+        );
+    }
+    let read = tasks * 5 * listing;
+    // What passed the first second's worth (less what the first task
+    // left unspent) waited for the pace.
+    let least = Duration::from_secs_f64((read - pace) as f64 / pace as f64);
+    let waited = start.elapsed();
+    assert!(
+        waited >= least,
+        "{read} bytes read in {waited:?}: the pace would take at least {least:?}"
+    );
+    arena.finish().await;
+}

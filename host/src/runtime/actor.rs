@@ -566,6 +566,7 @@ pub(crate) async fn instantiate(
         &sandbox,
         inner.entropy,
         memory,
+        Arc::clone(&inner.kept_reads),
     )
     .map_err(Failure::Agent)?;
     let mut store = Store::new(inner.components.engine(), ctx);

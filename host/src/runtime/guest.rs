@@ -48,8 +48,10 @@ pub(crate) struct AgentCtx {
     log_lines: u32,
     /// Bytes of observations the task emitted so far.
     observed: u64,
-    /// How fast the agent may read its state (kept across its tasks).
+    /// How fast the agent may read its state (kept across its tasks, and
+    /// in `kept_reads` when the instance is dropped).
     reads: super::reads::ReadPace,
+    kept_reads: std::sync::Arc<super::reads::Kept>,
     limits: AgentLimits,
     /// What the instance was opened with, re-checked at every epoch tick.
     sandbox: Sandbox,
@@ -70,7 +72,8 @@ impl AgentCtx {
     /// no environment, no arguments, no sockets, stdin closed, stdout/stderr
     /// captured, HTTP gated per request, and clocks and randomness
     /// deterministic per task (keyed by `entropy`, a host secret); its
-    /// memories charged to `memory`.
+    /// memories charged to `memory`; its reads of state paced from where
+    /// the agent's last instance left off (`kept_reads`).
     ///
     /// # Errors
     ///
@@ -82,6 +85,7 @@ impl AgentCtx {
         sandbox: &Sandbox,
         entropy: [u8; 32],
         memory: Charge,
+        kept_reads: std::sync::Arc<super::reads::Kept>,
     ) -> Result<Self, String> {
         let limits = &sandbox.limits;
         let stdout = Capture::new(limits.stdout_bytes);
@@ -130,7 +134,8 @@ impl AgentCtx {
             stderr,
             log_lines: 0,
             observed: 0,
-            reads: super::reads::ReadPace::new(limits.state_read_bytes_per_second),
+            reads: kept_reads.take(agent, limits.state_read_bytes_per_second),
+            kept_reads,
             limits: limits.clone(),
             sandbox: sandbox.clone(),
         })
@@ -229,6 +234,12 @@ impl AgentCtx {
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
+    }
+}
+
+impl Drop for AgentCtx {
+    fn drop(&mut self) {
+        self.kept_reads.keep(self.agent, self.reads);
     }
 }
 

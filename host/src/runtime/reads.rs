@@ -12,8 +12,17 @@
 //! then never waits); past it, the read waits until the bucket has paid
 //! for it, holding no lock meanwhile.
 
+//!
+//! The pace outlives the agent's instance: an instance dropped (a fault, a
+//! cold agent's instance let go, a token change) leaves a bucket not yet
+//! full in [`Kept`], and the agent's next instance goes on from it, so
+//! faulting on purpose does not buy a fresh second's worth.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
+use toka_kernel::AgentId;
 use tokio::time::Instant;
 
 /// What an agent's reads cost it, in bytes: what is copied, a little for
@@ -25,7 +34,7 @@ pub(crate) const PER_ITEM: u64 = 32;
 pub(crate) const PER_READ: u64 = 1024;
 
 /// A bucket of bytes an agent may read.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct ReadPace {
     per_second: f64,
     /// Bytes it may read now (below zero: owed).
@@ -44,6 +53,12 @@ impl ReadPace {
         }
     }
 
+    /// Whether the bucket is full again at `now` (the agent owes nothing
+    /// and has a second's worth: a new bucket would be the same).
+    fn is_full(&self, now: Instant) -> bool {
+        self.left + now.duration_since(self.at).as_secs_f64() * self.per_second >= self.per_second
+    }
+
     /// Charges a read of `bytes`; how long the reader waits before it goes
     /// on (zero while the bucket holds enough).
     pub(crate) fn charge(&mut self, bytes: u64) -> Duration {
@@ -59,11 +74,68 @@ impl ReadPace {
     }
 }
 
+/// The paces of agents whose instance was dropped before their bucket was
+/// full again. Each entry is forgotten once its bucket is full (within a
+/// second and what the last read owed), so the register holds about the
+/// instances dropped in the last second or two.
+#[derive(Debug, Default)]
+pub(crate) struct Kept {
+    paces: Mutex<Paces>,
+}
+
+#[derive(Debug, Default)]
+struct Paces {
+    by_agent: HashMap<AgentId, ReadPace>,
+    /// Entries held when the register is next swept of full buckets.
+    sweep_at: usize,
+}
+
+/// The fewest entries a sweep waits for.
+const SWEEP_AT: usize = 1024;
+
+impl Kept {
+    /// `agent`'s pace as its last instance left it, or a new one of
+    /// `per_second`.
+    pub(crate) fn take(&self, agent: AgentId, per_second: u64) -> ReadPace {
+        let kept = self.lock().by_agent.remove(&agent);
+        kept.unwrap_or_else(|| ReadPace::new(per_second))
+    }
+
+    /// Keeps the pace of `agent`'s instance, dropped, unless its bucket is
+    /// full again.
+    pub(crate) fn keep(&self, agent: AgentId, pace: ReadPace) {
+        let now = Instant::now();
+        if pace.is_full(now) {
+            return;
+        }
+        let mut paces = self.lock();
+        if paces.by_agent.len() >= paces.sweep_at.max(SWEEP_AT) {
+            paces.by_agent.retain(|_, p| !p.is_full(now));
+            // Twice what is left: sweeps cost O(1) for each entry kept.
+            paces.sweep_at = 2 * paces.by_agent.len();
+        }
+        paces.by_agent.insert(agent, pace);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Paces> {
+        self.paces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().by_agent.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use super::ReadPace;
+    use toka_kernel::EntityId;
+
+    use super::{Kept, ReadPace, SWEEP_AT};
 
     #[tokio::test(start_paused = true)]
     async fn reads_wait_once_past_a_second_s_worth() {
@@ -79,5 +151,44 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(pace.charge(1000), Duration::ZERO);
         assert_eq!(pace.charge(1), Duration::from_millis(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_s_next_instance_goes_on_from_the_pace_its_last_left() {
+        let kept = Kept::default();
+        let agent = EntityId::from_u128(7);
+        let mut pace = kept.take(agent, 1000);
+        assert_eq!(pace.charge(1500), Duration::from_millis(500));
+        // The instance is dropped (it faulted): the next one still owes.
+        kept.keep(agent, pace);
+        let mut next = kept.take(agent, 1000);
+        assert_eq!(next.charge(0), Duration::from_millis(500));
+        // Another agent starts with a second's worth.
+        assert_eq!(
+            kept.take(EntityId::from_u128(8), 1000).charge(1000),
+            Duration::ZERO
+        );
+        // A bucket full again is not kept: a new one is the same.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        kept.keep(agent, next);
+        assert_eq!(kept.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_register_forgets_buckets_once_full() {
+        let kept = Kept::default();
+        for i in 0..SWEEP_AT as u128 {
+            let mut pace = ReadPace::new(1000);
+            pace.charge(2000);
+            kept.keep(EntityId::from_u128(i), pace);
+        }
+        assert_eq!(kept.len(), SWEEP_AT);
+        // Two seconds on, every bucket is full again: the next keep sweeps
+        // them out, and holds only its own.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let mut pace = ReadPace::new(1000);
+        pace.charge(2000);
+        kept.keep(EntityId::from_u128(u128::MAX), pace);
+        assert_eq!(kept.len(), 1);
     }
 }

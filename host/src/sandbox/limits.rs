@@ -35,8 +35,11 @@ pub struct AgentLimits {
     pub observation_bytes_per_task: u64,
     /// Bytes of its own state the agent may read a second (`get-state`,
     /// `state-keys`; each read counts 1 KiB more, each key listed 32
-    /// bytes), a second's worth at once; past it a read waits. Reads copy out of the state
-    /// under the lock every agent's operations take. Default 64 MiB.
+    /// bytes), a second's worth at once; past it a read waits. The pace is
+    /// the agent's, not its instance's: a new instance (after a fault, or
+    /// for an agent gone cold) goes on from where the last one left it.
+    /// Reads copy out of the state under the lock every agent's operations
+    /// take. Default 64 MiB.
     pub state_read_bytes_per_second: u64,
     /// Bytes of stdout captured per task; the rest is dropped. Default 64 KiB.
     pub stdout_bytes: usize,

@@ -44,7 +44,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use crate::evict::{GaveWay, Held, Table, Tracked};
+use crate::evict::{GaveWay, Seat, Table, Tracked};
 use crate::held::Over;
 use crate::origin::{Client, Network};
 use crate::rate::{Limiter, Rate};
@@ -80,11 +80,11 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// connections into the process's limit.
 const KEPT_FOR_THE_HOST: u64 = 512;
 
-impl crate::evict::Grouped for Option<Client> {
-    type Group = Option<Network>;
+impl crate::evict::Grouped for Client {
+    type Group = Network;
 
-    fn group(&self) -> Option<Network> {
-        self.map(Client::network)
+    fn group(&self) -> Network {
+        self.network()
     }
 }
 
@@ -99,8 +99,8 @@ const OPENING: Rate = Rate {
 /// The connections held and the bounds on them.
 #[derive(Debug)]
 pub(crate) struct Admission {
-    held: Arc<Table<Option<Client>>>,
-    opening: Limiter<Option<Network>>,
+    held: Arc<Table<Client>>,
+    opening: Limiter<Network>,
     refused: AtomicU64,
     warned: Mutex<Throttle>,
     warned_gave_way: Mutex<Throttle>,
@@ -139,12 +139,11 @@ impl Admission {
         })
     }
 
-    /// A place for a connection from `ip` (unknown: counted as one more
-    /// client), given back when dropped.
-    fn admit(&self, ip: Option<IpAddr>) -> Result<Held<Option<Client>>, Refusal> {
-        let client = ip.map(Client::of);
+    /// A place for a connection from `ip`, given back when dropped.
+    fn admit(&self, ip: IpAddr) -> Result<Seat<Client>, Refusal> {
+        let client = Client::of(ip);
         self.opening
-            .take(client.map(Client::network))
+            .take(client.network())
             .map_err(|_| Refusal::TooFast)?;
         let (held, gave_way) = self.held.take(client).map_err(Refusal::Held)?;
         if let Some(GaveWay { network_held }) = gave_way
@@ -246,7 +245,7 @@ impl axum_server::AddrListener<Admitted, Peer> for Listener {
     async fn accept_stream(&self) -> io::Result<(Admitted, Peer)> {
         loop {
             let (stream, peer) = self.tcp.accept().await?;
-            match self.admission.admit(Some(peer.ip())) {
+            match self.admission.admit(peer.ip()) {
                 Ok(held) => return Ok((Admitted { stream, held }, Peer(peer))),
                 // Dropping the stream closes it.
                 Err(why) => self.admission.refused(why),
@@ -263,7 +262,7 @@ impl axum_server::AddrListener<Admitted, Peer> for Listener {
 #[derive(Debug)]
 pub(crate) struct Admitted {
     stream: TcpStream,
-    held: Held<Option<Client>>,
+    held: Seat<Client>,
 }
 
 /// The acceptor (before the TLS handshake, when there is one) that makes
@@ -273,7 +272,7 @@ pub(crate) struct Admit;
 
 impl<S> Accept<Admitted, S> for Admit {
     type Stream = Counted;
-    type Service = Tracked<S, Option<Client>>;
+    type Service = Tracked<S, Client>;
     type Future = std::future::Ready<io::Result<(Counted, Self::Service)>>;
 
     fn accept(&self, admitted: Admitted, service: S) -> Self::Future {
@@ -291,7 +290,7 @@ impl<S> Accept<Admitted, S> for Admit {
 #[derive(Debug)]
 pub(crate) struct Counted<S = TcpStream> {
     stream: S,
-    held: Arc<Held<Option<Client>>>,
+    held: Arc<Seat<Client>>,
     /// Bytes written to the client so far.
     written: u64,
     /// Time spent waiting for the client to read so far (not counting a
@@ -304,7 +303,7 @@ pub(crate) struct Counted<S = TcpStream> {
 }
 
 impl<S> Counted<S> {
-    fn new(stream: S, held: Arc<Held<Option<Client>>>) -> Self {
+    fn new(stream: S, held: Arc<Seat<Client>>) -> Self {
         Self {
             stream,
             held,
@@ -490,9 +489,9 @@ mod tests {
     fn connections_are_counted_per_client_and_refusals_counted() {
         let admission = Admission::new(3, 2);
         let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
-        let first = admission.admit(Some(a)).unwrap();
-        let _second = admission.admit(Some(a)).unwrap();
-        let refused = admission.admit(Some(a)).unwrap_err();
+        let first = admission.admit(a).unwrap();
+        let _second = admission.admit(a).unwrap();
+        let refused = admission.admit(a).unwrap_err();
         admission.refused(refused);
         assert_eq!(
             super::refusal(refused),
@@ -515,25 +514,23 @@ mod tests {
         let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
         let b = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
         // Each closed at once: only the rate of opening bounds it.
-        let opened = (0..1000)
-            .take_while(|_| admission.admit(Some(a)).is_ok())
-            .count();
+        let opened = (0..1000).take_while(|_| admission.admit(a).is_ok()).count();
         // The burst, and what came back meanwhile (a stalled machine
         // gives some back): never all.
         assert!((500..1000).contains(&opened), "{opened}");
-        let refused = admission.admit(Some(a)).unwrap_err();
+        let refused = admission.admit(a).unwrap_err();
         assert_eq!(
             super::refusal(refused),
             "the client's network opens connections faster than 100 a second"
         );
-        assert!(admission.admit(Some(b)).is_ok(), "others open theirs");
+        assert!(admission.admit(b).is_ok(), "others open theirs");
     }
 
     /// A connection whose client is an in-memory pipe holding 64 KiB (its
     /// wake-ups are the runtime's own, so a paused clock sees them all).
     fn piped(admission: &Admission) -> (super::Counted<DuplexStream>, DuplexStream) {
         let (server, client) = tokio::io::duplex(64 << 10);
-        let held = std::sync::Arc::new(admission.admit(None).unwrap());
+        let held = std::sync::Arc::new(admission.admit(IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap());
         (super::Counted::new(server, held), client)
     }
 
@@ -599,14 +596,12 @@ mod tests {
         // client takes the place of the longest idle, this one.
         let admission = Admission::new(2, 2);
         let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
-        let mut counted = super::Counted::new(
-            stream,
-            std::sync::Arc::new(admission.admit(Some(a)).unwrap()),
-        );
+        let mut counted =
+            super::Counted::new(stream, std::sync::Arc::new(admission.admit(a).unwrap()));
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        let _younger = admission.admit(Some(a)).unwrap();
+        let _younger = admission.admit(a).unwrap();
         let _newcomer = admission
-            .admit(Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))))
+            .admit(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)))
             .unwrap();
         assert_eq!(admission.counts().gave_way, 1);
         let mut buf = [0u8; 1];

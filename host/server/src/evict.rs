@@ -82,9 +82,9 @@ pub(crate) struct Conn<K> {
     reader: Mutex<Option<Waker>>,
 }
 
-/// A connection's place in the table; given back when dropped.
+/// A connection's seat in the table; given back when dropped.
 #[derive(Debug)]
-pub(crate) struct Held<K: Grouped> {
+pub(crate) struct Seat<K: Grouped> {
     table: Arc<Table<K>>,
     id: u64,
     conn: Arc<Conn<K>>,
@@ -139,7 +139,7 @@ impl<K: Grouped> Table<K> {
     /// A place for a connection of `client`: a free one, or that of an idle
     /// connection of the network holding the most (which is told to
     /// close), unless a bound is passed and none may give way.
-    pub(crate) fn take(self: &Arc<Self>, client: K) -> Result<(Held<K>, Option<GaveWay>), Over> {
+    pub(crate) fn take(self: &Arc<Self>, client: K) -> Result<(Seat<K>, Option<GaveWay>), Over> {
         let mut open = self.open();
         if count(&open.by_client, &client) >= self.per_client {
             return Err(Over::Holder(self.per_client));
@@ -192,7 +192,7 @@ impl<K: Grouped> Table<K> {
         *open.by_client.entry(client).or_default() += 1;
         *open.by_group.entry(client.group()).or_default() += 1;
         Ok((
-            Held {
+            Seat {
                 table: Arc::clone(self),
                 id,
                 conn,
@@ -241,14 +241,14 @@ impl<K> Conn<K> {
     }
 }
 
-impl<K: Grouped> Held<K> {
+impl<K: Grouped> Seat<K> {
     /// What the connection tells the table.
     pub(crate) fn conn(&self) -> &Arc<Conn<K>> {
         &self.conn
     }
 }
 
-impl<K: Grouped> Drop for Held<K> {
+impl<K: Grouped> Drop for Seat<K> {
     fn drop(&mut self) {
         let mut open = self.table.open();
         open.conns.remove(&self.id);
@@ -292,7 +292,7 @@ struct Busy<K: Grouped> {
 }
 
 impl<K: Grouped> Busy<K> {
-    fn new(held: &Held<K>) -> Self {
+    fn new(held: &Seat<K>) -> Self {
         held.conn.busy.fetch_add(1, Ordering::AcqRel);
         Self {
             table: Arc::clone(&held.table),
@@ -315,12 +315,12 @@ impl<K: Grouped> Drop for Busy<K> {
 #[derive(Debug, Clone)]
 pub(crate) struct Tracked<S, K: Grouped> {
     inner: S,
-    held: Arc<Held<K>>,
+    held: Arc<Seat<K>>,
 }
 
 impl<S, K: Grouped> Tracked<S, K> {
     /// `inner`, for the connection holding `held`.
-    pub(crate) fn new(inner: S, held: Arc<Held<K>>) -> Self {
+    pub(crate) fn new(inner: S, held: Arc<Seat<K>>) -> Self {
         Self { inner, held }
     }
 }
@@ -462,7 +462,7 @@ mod tests {
             table.take((2, 0)).unwrap().1,
             Some(GaveWay { network_held: 4 })
         );
-        let told = |held: &[super::Held<(u8, u8)>]| {
+        let told = |held: &[super::Seat<(u8, u8)>]| {
             held.iter()
                 .filter(|h| h.conn.evicted.load(Ordering::SeqCst))
                 .count()

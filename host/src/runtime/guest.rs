@@ -187,6 +187,15 @@ impl AgentCtx {
     fn position(&self) -> Option<OpKey> {
         self.task.map(|(task, index)| OpKey { task, index })
     }
+
+    /// Charges a read of `bytes` to the agent's pace, and waits as long as
+    /// it says (see [`reads`]).
+    async fn paced(&mut self, bytes: u64) {
+        let wait = self.reads.charge(bytes);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
 }
 
 /// Adds what the host provides an agent to a linker: WASI (deny-by-default
@@ -222,17 +231,6 @@ impl WasiHttpView for AgentCtx {
             ctx: &mut self.http.ctx,
             table: &mut self.table,
             hooks: &mut self.http.hooks,
-        }
-    }
-}
-
-impl AgentCtx {
-    /// Charges a read of `bytes` to the agent's pace, and waits as long as
-    /// it says (see [`reads`]).
-    async fn paced(&mut self, bytes: u64) {
-        let wait = self.reads.charge(bytes);
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
         }
     }
 }

@@ -992,6 +992,52 @@ async fn bad_requests_get_one_clear_error_and_write_nothing() {
     .await
     .expect("the server hung on a crafted token");
     assert!(attenuated.status.is_client_error(), "{attenuated:?}");
+    // Within every bound on counts (32 facts, 4 checks of 4 alternatives
+    // joining 3 predicates), a block whose checks try 32 × 32 × 32
+    // combinations each: half a second an evaluation, for each request
+    // presenting it, before its cost was read from its text.
+    let mut code: String = (0..32).map(|i| format!("f({i});\n")).collect();
+    let never = "f($a), f($b), f($c), $a + $b + $c < 0";
+    for _ in 0..4 {
+        code.push_str(&format!(
+            "check if {never} or {never} or {never} or true;\n"
+        ));
+    }
+    let costly = reader_token
+        .append(
+            biscuit_auth::builder::BlockBuilder::new()
+                .code(code.as_str())
+                .unwrap(),
+        )
+        .unwrap()
+        .to_base64()
+        .unwrap();
+    let refused = api
+        .with_token(&costly)
+        .get("/v1/status", "/v1/status")
+        .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{refused:?}");
+    assert!(
+        refused.message().contains("combinations of facts"),
+        "{refused:?}"
+    );
+    // A read client narrowing a token evaluates it once a right kept: no
+    // more rights at once than a block of a presented token may hold.
+    let many: Vec<String> = (0..100).map(|i| format!("spawn c{i}")).collect();
+    let narrowed = api
+        .with_token(&reader)
+        .post(
+            "/v1/tokens/attenuate",
+            "/v1/tokens/attenuate",
+            json!({"token": reader, "rights": many}),
+        )
+        .await;
+    assert_eq!(
+        narrowed.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{narrowed:?}"
+    );
+    assert!(narrowed.message().contains("at most 32"), "{narrowed:?}");
 
     // Nothing of it was written: only the reads above happened.
     assert_eq!(head(&api).await, before);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
-use toka_host::{OperatorLevel, Token};
+use toka_host::{OperatorLevel, Token, TokenError};
 use toka_kernel::Digest;
 
 use crate::app::App;
@@ -126,6 +126,16 @@ impl Seen {
     }
 }
 
+/// Why a presented token was not taken.
+#[derive(Debug)]
+pub(crate) enum Unverified {
+    /// The client's network presented too many tokens the server had not
+    /// seen before, or that failed (a 429 to answer with).
+    TooMany(ApiError),
+    /// The token is not usable here.
+    Unusable(TokenError),
+}
+
 impl App {
     /// Authenticates `presented` from `client` for `needed` (see the
     /// module docs for the order of the checks).
@@ -135,33 +145,12 @@ impl App {
         client: Option<IpAddr>,
         needed: OperatorLevel,
     ) -> Result<Token, ApiError> {
-        let key = Digest::of(presented);
-        // Counted by network: an IPv6 host has a /64 or /48 of addresses
-        // to make up new ones from.
-        let stranger = |why: &str| -> Result<(), ApiError> {
-            let Some(network) = client.map(crate::origin::Network::of) else {
-                return Ok(());
-            };
-            self.strangers.take(network).map_err(|wait| {
-                ApiError::too_many(
-                    format!("too many {why} from {network}; try again in {wait} s"),
-                    wait,
-                )
-            })
-        };
-        if !self.seen.contains(&key) {
-            stranger("new tokens")?;
-        }
-        let token = match self.host.operator_token(presented) {
-            Ok(token) => token,
-            Err(e) => {
-                stranger("failed authentications")?;
-                return Err(unauthenticated(format!(
-                    "the operator token is not usable: {e}"
-                )));
+        let token = self.verify(presented, client).map_err(|e| match e {
+            Unverified::TooMany(e) => e,
+            Unverified::Unusable(e) => {
+                unauthenticated(format!("the operator token is not usable: {e}"))
             }
-        };
-        self.seen.insert(key);
+        })?;
         self.per_token.take(family(&token)).map_err(|wait| {
             ApiError::too_many(
                 format!("this token's request rate is used up; try again in {wait} s"),
@@ -178,6 +167,58 @@ impl App {
                 )
             })?;
         Ok(token)
+    }
+
+    /// Verifies and admits a token `client` presented, as a bearer or in
+    /// a body: rooted here, unexpired, unrevoked. Verifying a token costs
+    /// signature checks and an evaluation, so one not seen before, and one
+    /// that fails, count against the strangers' budget of the client's
+    /// network.
+    pub(crate) fn verify(
+        &self,
+        presented: &[u8],
+        client: Option<IpAddr>,
+    ) -> Result<Token, Unverified> {
+        let key = Digest::of(presented);
+        // Counted by network: an IPv6 host has a /64 or /48 of addresses
+        // to make up new ones from.
+        let stranger = |why: &str| -> Result<(), Unverified> {
+            let Some(network) = client.map(crate::origin::Network::of) else {
+                return Ok(());
+            };
+            self.strangers.take(network).map_err(|wait| {
+                Unverified::TooMany(ApiError::too_many(
+                    format!("too many {why} from {network}; try again in {wait} s"),
+                    wait,
+                ))
+            })
+        };
+        if !self.seen.contains(&key) {
+            stranger("new tokens")?;
+        }
+        match self.host.operator_token(presented) {
+            Ok(token) => {
+                self.seen.insert(key);
+                Ok(token)
+            }
+            Err(e) => {
+                stranger("failed authentications")?;
+                Err(Unverified::Unusable(e))
+            }
+        }
+    }
+}
+
+/// The address of the client a request came from, when the server knows
+/// it (what [`App::verify`] counts tokens by).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub(crate) Option<IpAddr>);
+
+impl FromRequestParts<Arc<App>> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &Arc<App>) -> Result<Self, Self::Rejection> {
+        Ok(Peer(client(parts)))
     }
 }
 

@@ -33,17 +33,6 @@ use crate::capability::rights::Right;
 use crate::capability::root_key::RootKey;
 
 /// The check every delegation block carries.
-/// The most blocks a presented token may have.
-const MAX_BLOCKS: usize = 16;
-/// The most facts an attenuation block of a presented token may hold.
-const MAX_BLOCK_FACTS: usize = 32;
-/// The most checks an attenuation block of a presented token may hold.
-const MAX_BLOCK_CHECKS: usize = 4;
-/// The most alternatives (`or`) one check may have.
-const MAX_CHECK_QUERIES: usize = 4;
-/// The most predicates one alternative of a check may join.
-const MAX_QUERY_PREDICATES: usize = 3;
-
 const DELEGATION_CHECK: &str = "check if operation($op), delegated($op) or operation($op), delegated($op, \"*\") or operation($op), target($t), delegated($op, $t)";
 
 /// [`DELEGATION_CHECK`], parsed once (every spawn with rights attenuates).
@@ -74,6 +63,11 @@ struct Read {
     authority_rights: std::sync::OnceLock<Vec<Right>>,
     uses_time: std::sync::OnceLock<bool>,
     monotone: std::sync::OnceLock<bool>,
+    /// The last second [`Token::check_not_expired`] was asked about, and
+    /// its answer: the time it checks is in seconds, so the answer holds
+    /// for the whole second (an API client presents its token with every
+    /// request).
+    expiry: std::sync::Mutex<Option<(u64, Result<(), TokenError>)>>,
 }
 
 /// What a token says, read without checking its signatures.
@@ -138,6 +132,12 @@ pub enum TokenError {
 }
 
 impl Token {
+    /// The most blocks a token presented to this host may have.
+    pub const MAX_BLOCKS: usize = crate::capability::shape::MAX_BLOCKS;
+    /// The most facts (rights, budgets) a block appended to a presented
+    /// token may hold.
+    pub const MAX_BLOCK_FACTS: usize = crate::capability::shape::MAX_BLOCK_FACTS;
+
     /// Parses and verifies a token: base64 text (as `toka token issue` and
     /// the `biscuit` tool print it; surrounding whitespace ignored) or raw
     /// bytes.
@@ -495,76 +495,20 @@ impl Token {
     }
 
     /// Bounds what the blocks after the authority block (which anyone
-    /// holding the token can append, offline) may ask of an evaluation.
-    /// biscuit's time limit is checked between queries, not inside one, so
-    /// a single check joining one predicate with itself many times over
-    /// many facts (`check if f($a), f($b), f($c), f($d), ...`) could run
-    /// for hours within it. A block may hold facts and checks, within the
-    /// bounds below (those this host's own attenuations stay well inside),
-    /// and no rules and no scopes (which would let it see other blocks'
-    /// facts); the authority block is the host's own.
+    /// holding the token can append, offline) may ask of an evaluation, by
+    /// their text alone: no rules or scopes; at most
+    /// [`MAX_BLOCKS`](Self::MAX_BLOCKS) blocks and
+    /// [`MAX_BLOCK_FACTS`](Self::MAX_BLOCK_FACTS) facts a block, 4 checks
+    /// of 4 alternatives joining 3 predicates; no closures or regular
+    /// expressions; and at most 4 096 combinations of facts tried by all
+    /// their checks, estimated from the facts each predicate can match.
+    /// The authority block is the host's own.
     ///
     /// # Errors
     ///
     /// [`TokenError::TooExpensive`] naming the block and the bound.
     pub fn check_shape(&self) -> Result<(), TokenError> {
-        self.shape().map_err(TokenError::TooExpensive)
-    }
-
-    fn shape(&self) -> Result<(), String> {
-        let blocks = self.biscuit.block_count();
-        if blocks > MAX_BLOCKS {
-            return Err(format!(
-                "{blocks} blocks; at most {MAX_BLOCKS} are accepted"
-            ));
-        }
-        for index in 1..blocks {
-            let source = self
-                .biscuit
-                .print_block_source(index)
-                .map_err(|e| format!("block {index}: {e}"))?;
-            let block = biscuit_parser::parser::parse_block_source(&source)
-                .map_err(|_| format!("block {index} does not read back as Datalog"))?;
-            let fail = |what: String| Err(format!("block {index}: {what}"));
-            if !block.rules.is_empty() {
-                return fail("attenuation blocks may not hold rules".into());
-            }
-            if !block.scopes.is_empty() {
-                return fail("attenuation blocks may not change scopes".into());
-            }
-            if block.facts.len() > MAX_BLOCK_FACTS {
-                return fail(format!(
-                    "{} facts; at most {MAX_BLOCK_FACTS} are accepted",
-                    block.facts.len()
-                ));
-            }
-            if block.checks.len() > MAX_BLOCK_CHECKS {
-                return fail(format!(
-                    "{} checks; at most {MAX_BLOCK_CHECKS} are accepted",
-                    block.checks.len()
-                ));
-            }
-            for (_, check) in &block.checks {
-                if check.queries.len() > MAX_CHECK_QUERIES {
-                    return fail(format!(
-                        "a check with {} alternatives; at most {MAX_CHECK_QUERIES} are accepted",
-                        check.queries.len()
-                    ));
-                }
-                for query in &check.queries {
-                    if !query.scopes.is_empty() {
-                        return fail("attenuation checks may not change scopes".into());
-                    }
-                    if query.body.len() > MAX_QUERY_PREDICATES {
-                        return fail(format!(
-                            "a check joining {} predicates; at most {MAX_QUERY_PREDICATES} are accepted",
-                            query.body.len()
-                        ));
-                    }
-                }
-            }
-        }
-        Ok(())
+        crate::capability::shape::check(&self.biscuit).map_err(TokenError::TooExpensive)
     }
 
     /// Parses a token stored under `digest`, checking that the bytes are
@@ -592,10 +536,28 @@ impl Token {
     ///
     /// [`TokenError::Expired`] naming the check.
     pub fn check_not_expired(&self, at: toka_kernel::Timestamp) -> Result<(), TokenError> {
+        let second = at.0 / 1000;
+        let lock = || {
+            self.read
+                .expiry
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some((asked, answer)) = &*lock()
+            && *asked == second
+        {
+            return answer.clone();
+        }
+        let answer = self.expired_at(second);
+        *lock() = Some((second, answer.clone()));
+        answer
+    }
+
+    fn expired_at(&self, second: u64) -> Result<(), TokenError> {
         let authorizer = biscuit_auth::AuthorizerBuilder::new()
             .fact(biscuit_auth::builder::fact(
                 "time",
-                &[biscuit_auth::builder::Term::Date(at.0 / 1000)],
+                &[biscuit_auth::builder::Term::Date(second)],
             ))
             .and_then(|b| b.policy("allow if true"))
             .map(|b| b.set_limits(crate::capability::policy::RUN_LIMITS))
@@ -987,6 +949,25 @@ mod tests {
 #[cfg(test)]
 mod admission {
     use super::*;
+
+    #[test]
+    fn the_hosts_own_attenuations_fit_as_often_as_blocks_are_accepted() {
+        let root = RootKey::generate();
+        let all: Vec<Right> = (0..32)
+            .map(|i| format!("spawn c{i}").parse().unwrap())
+            .collect();
+        let mut token = Token::issue(&root, &all, &[], None).unwrap();
+        for _ in 1..Token::MAX_BLOCKS {
+            token = token.attenuate(&all, &[]).unwrap();
+            assert!(token.check_shape().is_ok(), "{:?}", token.check_shape());
+        }
+        let err = token
+            .attenuate(&all, &[])
+            .unwrap()
+            .check_shape()
+            .unwrap_err();
+        assert!(err.to_string().contains("17 blocks"), "{err}");
+    }
 
     #[test]
     fn a_join_heavy_block_is_refused_at_admission() {

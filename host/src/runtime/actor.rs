@@ -572,6 +572,11 @@ pub(crate) async fn instantiate(
     let mut store = Store::new(inner.components.engine(), ctx);
     store.limiter(|ctx| &mut ctx.limiter);
     store.set_max_component_handles(sandbox.limits.handles);
+    // What one call may hand the host (strings, lists: the host allocates
+    // them outside the agent's memory budget): the largest operation, an
+    // observation, and room for the rest; wasmtime's default is 128 MiB.
+    let max_observation = inner.sequencer.read(|k| k.limits().max_observation);
+    store.set_hostcall_fuel(max_observation as usize + (1 << 20));
     // At every epoch tick: yield to the other agents (and so to
     // [`abandoned`], raced against every call); and end the task if the
     // token no longer grants a directory this instance has open.

@@ -354,6 +354,9 @@ impl kernel::Host for AgentCtx {
     }
 }
 
+/// What a right or budget takes in a token beyond its text, at least.
+const FACT_BYTES: usize = 8;
+
 /// Refuses a request whose sizes pass the kernel's limits (or the gate's
 /// bound on the names it checks) before anything is done with it.
 fn check_sizes(op: &wit::Operation, limits: &Limits) -> Result<(), wit::Error> {
@@ -391,8 +394,15 @@ fn check_sizes(op: &wit::Operation, limits: &Limits) -> Result<(), wit::Error> {
             check(Limit::Name, name, s.name.len())?;
             check(Limit::Name, target, s.component.len())?;
             // A token holds at most `max_token` bytes: so do the rights and
-            // budgets that would go into one.
-            let delegated: usize = s.rights.iter().chain(&s.budgets).map(String::len).sum();
+            // budgets that would go into one, each a fact of some bytes
+            // more than its text (so a list of empty strings is bounded
+            // too: millions of them cost as much to encode and hash).
+            let delegated: usize = s
+                .rights
+                .iter()
+                .chain(&s.budgets)
+                .map(|entry| entry.len() + FACT_BYTES)
+                .sum();
             check(Limit::Token, limits.max_token.into(), delegated)?;
         }
         wit::Operation::TerminateAgent(_) => {}
@@ -499,5 +509,26 @@ mod tests {
             (0x0102_0304_0506_0708, 0x090a_0b0c_0d0e_0f10)
         );
         assert_eq!(entity_id(wire), id);
+    }
+
+    #[test]
+    fn a_spawn_s_rights_are_bounded_in_number_as_well_as_in_bytes() {
+        let limits = Limits::default();
+        let spawn = |rights: Vec<String>| {
+            wit::Operation::SpawnAgent(wit::Spawn {
+                component: "c".into(),
+                name: "n".into(),
+                rights,
+                budgets: Vec::new(),
+            })
+        };
+        assert!(check_sizes(&spawn(vec!["observe".into(); 100]), &limits).is_ok());
+        // A million empty strings: no bytes of text, but a million facts to
+        // encode and hash under the sequencer's lock.
+        let err = check_sizes(&spawn(vec![String::new(); 1_000_000]), &limits).unwrap_err();
+        assert!(
+            matches!(&err, wit::Error::LimitExceeded(m) if m.contains("would be 8000000")),
+            "{err:?}"
+        );
     }
 }

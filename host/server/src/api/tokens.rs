@@ -12,7 +12,7 @@ use toka_kernel::to_hex;
 use crate::api::agents::{grants, parse_all};
 use crate::api::{AuthErrors, BodyErrors};
 use crate::app::App;
-use crate::auth::{Admin, Reader};
+use crate::auth::{Admin, Peer, Reader, Unverified};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::Json;
 use crate::views::{
@@ -55,13 +55,29 @@ pub(crate) async fn issue(
 pub(crate) async fn attenuate(
     State(app): State<Arc<App>>,
     _who: Reader,
+    Peer(client): Peer,
     Json(request): Json<AttenuateRequest>,
 ) -> Result<axum::Json<TokenIssued>, ApiError> {
+    // Each right kept is a fact of the new block and an evaluation of the
+    // token here: no more than a block of a presented token may hold.
+    let asked =
+        request.rights.len() + request.budgets.len() + usize::from(request.operator.is_some());
+    if asked > Token::MAX_BLOCK_FACTS {
+        return Err(ApiError::unprocessable(
+            "invalid_body",
+            format!(
+                "{asked} rights and budgets; a token is narrowed by at most {} at once",
+                Token::MAX_BLOCK_FACTS
+            ),
+        ));
+    }
     // Any token rooted here, unexpired and unrevoked: an agent's too.
     let token = app
-        .host
-        .operator_token(request.token.as_bytes())
-        .map_err(|e| ApiError::unprocessable("invalid_token", e.to_string()))?;
+        .verify(request.token.as_bytes(), client)
+        .map_err(|e| match e {
+            Unverified::TooMany(e) => e,
+            Unverified::Unusable(e) => ApiError::unprocessable("invalid_token", e.to_string()),
+        })?;
     let mut rights = parse_all::<Right>(&request.rights)?;
     if let Some(level) = &request.operator {
         rights.push(parse_level(level)?.right());
@@ -105,11 +121,13 @@ pub(crate) async fn inspect(
     let bytes = request.token.as_bytes();
     let unverified = Token::inspect_unverified(bytes)
         .map_err(|e| ApiError::unprocessable("invalid_token", e.to_string()))?;
-    let max = 64 * 1024;
-    // What it grants is read by evaluating it: only for a token of a
-    // shape that is cheap to evaluate.
-    let verified = Token::parse(bytes, app.root, max)
-        .ok()
+    // Whether it is rooted here costs a signature check a block, and what
+    // it grants an evaluation: only for a token this host would take (its
+    // size, its number of blocks) of a shape that is cheap to evaluate.
+    let verified = (unverified.size <= app.limits.max_token as usize
+        && unverified.blocks.len() <= Token::MAX_BLOCKS)
+        .then(|| Token::parse(bytes, app.root, app.limits.max_token as usize).ok())
+        .flatten()
         .filter(|t| t.check_shape().is_ok());
     let grants = match &verified {
         Some(token) => {

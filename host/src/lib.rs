@@ -70,7 +70,7 @@ pub use runtime::installing::Installed;
 pub use runtime::mail::CellMail;
 pub use runtime::metrics::{Histogram, HostMetrics};
 pub use runtime::sequencer::{StateRefusal, StateUsage, Stopped};
-pub use runtime::tasks::{TaskInfo, TaskState};
+pub use runtime::tasks::{TaskFound, TaskInfo, TaskState};
 pub use sandbox::components::ComponentError;
 pub use sandbox::dirs::{ProtectedPathError, check_fs_right};
 pub use sandbox::limits::{AgentLimits, LimitsError};

@@ -2196,3 +2196,39 @@ async fn a_page_of_tasks_and_an_agent_s_detail_hold_a_bounded_number_of_bytes() 
     assert!(pages >= 7, "{pages}");
     assert_eq!(terminate(&api, &agent).await.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_ended_long_ago_is_read_back_from_the_log() {
+    // The server holds the ends of recent tasks with short outputs; any
+    // other is read back by replaying the log from a snapshot, on the log
+    // readers' threads (in the token family's turn), as a page of events.
+    let mut served = Served::start(&[]);
+    let api = Api::new(&served).await;
+    install(&api, "hello").await;
+    let agent = spawn(&api, "hello", "greeter", &["observe"]).await;
+    // An output of more than 4 KiB is not held among the recent ends.
+    let name = "x".repeat(4096);
+    let task = run_task(&api, &agent, &name).await;
+    assert_eq!(task["status"], "completed", "{task}");
+    let id = task["id"].as_str().unwrap().to_owned();
+    let expected = format!("Hello, {name}!");
+    let read = |api: Api| {
+        let id = id.clone();
+        async move {
+            let got = api.get("/v1/tasks/{id}", &format!("/v1/tasks/{id}")).await;
+            assert_eq!(got.status, StatusCode::OK, "{got:?}");
+            assert_eq!(got.body["status"], "completed");
+            got.body["output"].as_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(read(api).await, expected);
+    // After a restart nothing is held: the log answers.
+    let (code, stderr) = served.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let data = served.data.clone();
+    let mut served = Served::start_on(&data, &[]);
+    let api = Api::new(&served).await;
+    assert_eq!(read(api).await, expected);
+    let (code, stderr) = served.stop();
+    assert_eq!(code, 0, "{stderr}");
+}

@@ -26,7 +26,7 @@ use crate::runtime::mail::CellMail;
 use crate::runtime::metrics::HostMetrics;
 use crate::runtime::sequencer::Stopped;
 use crate::runtime::sequencer::{Attachments, Options, Sequencer};
-use crate::runtime::tasks::TaskInfo;
+use crate::runtime::tasks::{TaskFound, TaskInfo};
 use crate::runtime::ticker::start_ticker;
 use crate::sandbox::components::Components;
 use crate::sandbox::memory::MemoryUsage;
@@ -417,12 +417,39 @@ impl Host {
     /// [`HostError::Store`] or [`HostError::Log`] when the log cannot be
     /// read back.
     pub async fn task(&self, task: TaskId) -> Result<Option<TaskInfo>, HostError> {
+        let found = self.find_task(task).await?;
+        self.read_found(task, found)
+    }
+
+    /// Where `task` is: held in memory (queued, running, or among the
+    /// recently ended), ended longer ago ([`TaskFound::InLog`]: read it
+    /// with [`Host::task_from_log`]), or unknown. What a server answers
+    /// from without replaying the log on a thread that serves others.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Store`] when the index of task ends cannot be read.
+    pub async fn find_task(&self, task: TaskId) -> Result<TaskFound, HostError> {
         if let Some(info) = self.state(|s| TaskInfo::unfinished(s, task)).await {
-            return Ok(Some(info));
+            return Ok(TaskFound::Held(info));
         }
         if let Some(info) = self.inner.waiters.recently_ended(task) {
-            return Ok(Some(info));
+            return Ok(TaskFound::Held(info));
         }
+        Ok(match self.inner.store.task_end(task)? {
+            Some(_) => TaskFound::InLog,
+            None => TaskFound::Unknown,
+        })
+    }
+
+    /// An ended task read back from the log: this replays the log from
+    /// the snapshot before its end (as a page of events from there does),
+    /// on the caller's thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`Host::task`].
+    pub fn task_from_log(&self, task: TaskId) -> Result<Option<TaskInfo>, HostError> {
         let Some(seq) = self.inner.store.task_end(task)? else {
             return Ok(None);
         };
@@ -432,6 +459,14 @@ impl Host {
                 .iter()
                 .find_map(|e| TaskInfo::ended(record.seq, e).filter(|i| i.id == task))
         }))
+    }
+
+    fn read_found(&self, task: TaskId, found: TaskFound) -> Result<Option<TaskInfo>, HostError> {
+        match found {
+            TaskFound::Held(info) => Ok(Some(info)),
+            TaskFound::InLog => self.task_from_log(task),
+            TaskFound::Unknown => Ok(None),
+        }
     }
 
     /// Waits up to `timeout` for `task` to end, and returns it as it is
@@ -446,6 +481,21 @@ impl Host {
         task: TaskId,
         timeout: std::time::Duration,
     ) -> Result<Option<TaskInfo>, HostError> {
+        let found = self.wait_for_task(task, timeout).await?;
+        self.read_found(task, found)
+    }
+
+    /// As [`Host::wait_task`], but where the task is, as
+    /// [`Host::find_task`] says it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Host::find_task`].
+    pub async fn wait_for_task(
+        &self,
+        task: TaskId,
+        timeout: std::time::Duration,
+    ) -> Result<TaskFound, HostError> {
         // Registered before looking: an end committed after the look
         // wakes the waiter.
         let ended = self.inner.waiters.wait(task);
@@ -459,10 +509,10 @@ impl Host {
             drop(ended);
             self.inner.waiters.gave_up(task);
             self.wait_durable(self.head().seq).await?;
-            return self.task(task).await;
+            return self.find_task(task).await;
         };
         match tokio::time::timeout(timeout, ended).await {
-            Ok(Ok(ended)) => Ok(Some(TaskInfo {
+            Ok(Ok(ended)) => Ok(TaskFound::Held(TaskInfo {
                 description: info.description,
                 scheduled_seq: info.scheduled_seq,
                 ..ended
@@ -470,7 +520,7 @@ impl Host {
             // Timed out, or the host stopped: the task as it is now.
             Ok(Err(_)) | Err(_) => {
                 self.inner.waiters.gave_up(task);
-                self.task(task).await
+                self.find_task(task).await
             }
         }
     }

@@ -54,6 +54,18 @@ impl TaskState {
     }
 }
 
+/// Where a task is (see [`Host::find_task`](crate::Host::find_task)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskFound {
+    /// Held in memory: queued, running, or among the recently ended.
+    Held(TaskInfo),
+    /// Ended longer ago: [`Host::task_from_log`](crate::Host::task_from_log)
+    /// reads it back.
+    InLog,
+    /// Never scheduled (or ended before the index of task ends existed).
+    Unknown,
+}
+
 /// One task (see [`Host::task`](crate::Host::task)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
-use toka_host::{TaskInfo, TaskState};
+use toka_host::{TaskFound, TaskInfo, TaskState, Token};
 use toka_kernel::{AgentId, EntityId, TaskId, TaskStatus, WorldState, to_hex};
 use utoipa::IntoParams;
 
@@ -46,6 +46,7 @@ pub(crate) async fn schedule(
             ApiError::bad_request("invalid_header", "the Idempotency-Key header is not text")
         })?),
     };
+    let token = who.token.clone();
     let acting = app.host.as_operator(who.token);
     let (task, created) = match key {
         Some(key) => {
@@ -81,7 +82,8 @@ pub(crate) async fn schedule(
         };
         return Ok((status, axum::Json(view)));
     }
-    let info = app.host.task(task).await?.ok_or_else(|| {
+    let found = app.host.find_task(task).await?;
+    let info = read_found(&app, &token, task, found).await?.ok_or_else(|| {
         ApiError::internal(format!(
             "task {task} is neither in the state nor in the log"
         ))
@@ -218,7 +220,7 @@ pub(crate) async fn get(
         None => None,
         Some(text) => Some(parse_wait(text, app.config.max_wait)?),
     };
-    let info = match wait {
+    let found = match wait {
         Some(wait) if !wait.is_zero() => {
             // A wait holds a place, all clients together and per token
             // family.
@@ -235,12 +237,36 @@ pub(crate) async fn get(
                     1,
                 )
             })?;
-            app.host.wait_task(task, wait).await?
+            app.host.wait_for_task(task, wait).await?
         }
-        _ => app.host.task(task).await?,
+        _ => app.host.find_task(task).await?,
     };
-    info.map(|i| axum::Json(view(&i)))
+    read_found(&app, &who.token, task, found)
+        .await?
+        .map(|i| axum::Json(view(&i)))
         .ok_or_else(|| ApiError::not_found(format!("no task {task}")))
+}
+
+/// The task `found` says where to read. One that ended long ago is read
+/// back by replaying the log from a snapshot: that takes the token
+/// family's turn on the log readers' threads, as a page of events does,
+/// not a thread that serves every client.
+async fn read_found(
+    app: &App,
+    token: &Token,
+    task: TaskId,
+    found: TaskFound,
+) -> Result<Option<TaskInfo>, ApiError> {
+    Ok(match found {
+        TaskFound::Held(info) => Some(info),
+        TaskFound::Unknown => None,
+        TaskFound::InLog => {
+            let host = Arc::clone(&app.host);
+            app.read_log(token, move || host.task_from_log(task))
+                .await
+                .ok_or_else(ApiError::stopping)??
+        }
+    })
 }
 
 fn parse_wait(text: &str, max: Duration) -> Result<Duration, ApiError> {

@@ -848,7 +848,7 @@ async fn an_agent_cannot_park_host_memory_in_resources() {
     for (part, len, answer) in [
         ("method", 64, "set"),
         ("method", 65, "refused"),
-        ("method", 10_000_000, "refused"),
+        ("method", 1_000_000, "refused"),
         ("path", 8192, "set"),
         ("path", 8193, "refused"),
         ("authority", 8192, "set"),
@@ -860,6 +860,15 @@ async fn an_agent_cannot_park_host_memory_in_resources() {
             "a {part} of {len} bytes"
         );
     }
+    // More than one call may hand the host at all (an observation and
+    // 1 MiB): not copied into the host, the task traps.
+    let huge = outcome(&arena.host, hoarder, "set method 10000000").await;
+    assert!(
+        huge.as_ref().is_err_and(
+            |e| e.contains("too much data is being copied between the host and the guest")
+        ),
+        "{huge:?}"
+    );
     arena.bystander_serves().await;
     // Within the bounds, the same calls work; the instance keeps what it
     // made until it ends.
@@ -891,7 +900,8 @@ async fn an_agent_cannot_park_host_memory_in_resources() {
         .unwrap();
     assert!((1..=10 * 2 * (16 << 10)).contains(&taken), "{taken}");
     let events = arena.finish().await;
-    assert_eq!(failures(&events, hoarder).len(), 2);
+    // The two bounds above, and the trap.
+    assert_eq!(failures(&events, hoarder).len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1537,5 +1547,36 @@ async fn an_agent_s_reads_of_its_state_are_paced_across_its_instances() {
         waited >= least,
         "{read} bytes read in {waited:?}: the pace would take at least {least:?}"
     );
+    arena.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_refused_again_and_again_is_paced() {
+    // A refusal is decided under the sequencer's lock and counts against
+    // no quota of operations (nothing is applied): an agent asking again
+    // and again for what it may not do took the lock as often as it
+    // liked. Here 50 refusals a second, a second's worth at once.
+    let rate = 50;
+    let mut config = toka_host::HostConfig::new();
+    config.agent_limits(AgentLimits {
+        refusals_per_second: rate,
+        ..AgentLimits::default()
+    });
+    let arena = Arena::new(config).await;
+    // Without `observe`, each observation is refused by the gate.
+    let asker = arena.agent("test-bench", grant(&["state"])).await;
+    let asked = 150;
+    let start = std::time::Instant::now();
+    assert_eq!(
+        crate::served(&arena.host, asker, &format!("refused {asked}")).await,
+        Ok(asked.to_string())
+    );
+    let waited = start.elapsed();
+    let least = Duration::from_secs((asked - rate) / rate);
+    assert!(
+        waited >= least,
+        "{asked} refusals in {waited:?}: the pace would take at least {least:?}"
+    );
+    // Its neighbour was served meanwhile, and is now.
     arena.finish().await;
 }

@@ -11,7 +11,8 @@
 //! [READS]` puts N keys of 200 bytes (those not there yet) and lists the
 //! keys READS times (1; needs `state`); `tasks`
 //! answers how many tasks this instance has run, itself included (1: a new
-//! instance); anything else does nothing.
+//! instance); `refused N` observes N times whatever the host answers, and
+//! answers how many were refused; anything else does nothing.
 
 use toka_guest::{Agent, Context, Task};
 
@@ -143,6 +144,14 @@ impl Agent for Bench {
                 Ok(listed.to_string().into_bytes())
             }
             "tasks" => Ok(self.tasks.to_string().into_bytes()),
+            "refused" => {
+                // Observes N times whatever the host answers (a token
+                // without `observe` is refused each time): how many were.
+                let refused = (0..count(arg)?)
+                    .filter(|_| ctx.observe(b"x").is_err())
+                    .count();
+                Ok(refused.to_string().into_bytes())
+            }
             _ => Ok(Vec::new()),
         }
     }

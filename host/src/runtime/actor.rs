@@ -566,7 +566,7 @@ pub(crate) async fn instantiate(
         &sandbox,
         inner.entropy,
         memory,
-        Arc::clone(&inner.kept_reads),
+        Arc::clone(&inner.kept_paces),
     )
     .map_err(Failure::Agent)?;
     let mut store = Store::new(inner.components.engine(), ctx);

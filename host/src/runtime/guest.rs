@@ -6,7 +6,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
-use crate::runtime::reads;
+use crate::runtime::paces;
 use crate::runtime::sequencer::{Halt, Refused, Request, Sequencer, Spawn};
 use crate::sandbox::Effects;
 use crate::sandbox::bindings::toka::agent::kernel;
@@ -48,10 +48,10 @@ pub(crate) struct AgentCtx {
     log_lines: u32,
     /// Bytes of observations the task emitted so far.
     observed: u64,
-    /// How fast the agent may read its state (kept across its tasks, and
-    /// in `kept_reads` when the instance is dropped).
-    reads: super::reads::ReadPace,
-    kept_reads: std::sync::Arc<super::reads::Kept>,
+    /// How fast the agent may read its state and be refused (kept across
+    /// its tasks, and in `kept_paces` when the instance is dropped).
+    paces: super::paces::Paces,
+    kept_paces: std::sync::Arc<super::paces::Kept>,
     limits: AgentLimits,
     /// What the instance was opened with, re-checked at every epoch tick.
     sandbox: Sandbox,
@@ -72,8 +72,8 @@ impl AgentCtx {
     /// no environment, no arguments, no sockets, stdin closed, stdout/stderr
     /// captured, HTTP gated per request, and clocks and randomness
     /// deterministic per task (keyed by `entropy`, a host secret); its
-    /// memories charged to `memory`; its reads of state paced from where
-    /// the agent's last instance left off (`kept_reads`).
+    /// memories charged to `memory`; its reads of state and its refusals
+    /// paced from where the agent's last instance left off (`kept_paces`).
     ///
     /// # Errors
     ///
@@ -85,7 +85,7 @@ impl AgentCtx {
         sandbox: &Sandbox,
         entropy: [u8; 32],
         memory: Charge,
-        kept_reads: std::sync::Arc<super::reads::Kept>,
+        kept_paces: std::sync::Arc<super::paces::Kept>,
     ) -> Result<Self, String> {
         let limits = &sandbox.limits;
         let stdout = Capture::new(limits.stdout_bytes);
@@ -134,8 +134,8 @@ impl AgentCtx {
             stderr,
             log_lines: 0,
             observed: 0,
-            reads: kept_reads.take(agent, limits.state_read_bytes_per_second),
-            kept_reads,
+            paces: kept_paces.take(agent, limits),
+            kept_paces,
             limits: limits.clone(),
             sandbox: sandbox.clone(),
         })
@@ -189,12 +189,9 @@ impl AgentCtx {
     }
 
     /// Charges a read of `bytes` to the agent's pace, and waits as long as
-    /// it says (see [`reads`]).
-    async fn paced(&mut self, bytes: u64) {
-        let wait = self.reads.charge(bytes);
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
+    /// it says (see [`paces`]).
+    async fn read_paced(&mut self, bytes: u64) {
+        wait(self.paces.reads.charge(bytes)).await;
     }
 }
 
@@ -237,7 +234,13 @@ impl WasiHttpView for AgentCtx {
 
 impl Drop for AgentCtx {
     fn drop(&mut self) {
-        self.kept_reads.keep(self.agent, self.reads);
+        self.kept_paces.keep(self.agent, self.paces);
+    }
+}
+
+async fn wait(wait: std::time::Duration) {
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -299,7 +302,11 @@ impl kernel::Host for AgentCtx {
                 self.quota_hit = Some(refused.message.clone());
                 Err(wasmtime::Error::new(Exceeded::Quota(refused.message)))
             }
-            Ok(Err(refused)) => Ok(Err(to_wit_error(refused))),
+            Ok(Err(refused)) => {
+                // Decided under the lock, and counted by no quota: paced.
+                wait(self.paces.refusals.charge(1)).await;
+                Ok(Err(to_wit_error(refused)))
+            }
             // The host is going down: end the guest's call.
             Err(Halt::Stopped(stopped)) => Err(wasmtime::Error::msg(stopped.to_string())),
             // The task cannot go on: end the call; the task fails with this.
@@ -325,14 +332,14 @@ impl kernel::Host for AgentCtx {
                 wasmtime::Error::msg(why)
             })?;
         let read = key.len() + value.as_ref().map_or(0, Vec::len);
-        self.paced(read as u64 + reads::PER_READ).await;
+        self.read_paced(read as u64 + paces::PER_READ).await;
         Ok(value)
     }
 
     async fn state_keys(&mut self) -> wasmtime::Result<Vec<String>> {
         let keys = self.sequencer.state_keys(self.agent, self.position());
-        let read: u64 = keys.iter().map(|k| k.len() as u64 + reads::PER_ITEM).sum();
-        self.paced(read + reads::PER_READ).await;
+        let read: u64 = keys.iter().map(|k| k.len() as u64 + paces::PER_ITEM).sum();
+        self.read_paced(read + paces::PER_READ).await;
         Ok(keys)
     }
 

@@ -142,7 +142,7 @@ impl Host {
             agent_limits: config.agent_limits,
             places,
             warm: crate::runtime::instance::Warm::new(config.warm_instances),
-            kept_reads: Arc::default(),
+            kept_paces: Arc::default(),
             memory,
             draining: AtomicBool::new(false),
             waiters: crate::runtime::tasks::Waiters::default(),

@@ -30,8 +30,9 @@ pub(crate) struct HostInner {
     pub(crate) places: Arc<crate::runtime::places::Places>,
     /// Instances kept for agents that just ran out of work.
     pub(crate) warm: crate::runtime::instance::Warm,
-    /// Agents' paces of reading their state, kept past their instances.
-    pub(crate) kept_reads: Arc<crate::runtime::reads::Kept>,
+    /// Agents' paces of reading their state and being refused, kept past
+    /// their instances.
+    pub(crate) kept_paces: Arc<crate::runtime::paces::Kept>,
     /// The live instances' memories together ([`HostConfig::memory_budget`](crate::HostConfig::memory_budget)).
     pub(crate) memory: Arc<crate::sandbox::memory::MemoryBudget>,
     /// Set by [`Host::drain`](crate::Host::drain): start no more tasks.

@@ -41,6 +41,12 @@ pub struct AgentLimits {
     /// Reads copy out of the state under the lock every agent's operations
     /// take. Default 64 MiB.
     pub state_read_bytes_per_second: u64,
+    /// Operations refused a second (by the capability gate or the kernel),
+    /// a second's worth at once; past it the refused call waits. A refusal
+    /// is decided under the lock every agent's operations take, and counts
+    /// against no quota of operations (it is not applied). Kept past the
+    /// instance as the reads' pace is. Default 100.
+    pub refusals_per_second: u64,
     /// Bytes of stdout captured per task; the rest is dropped. Default 64 KiB.
     pub stdout_bytes: usize,
     /// Bytes of stderr captured per task; the rest is dropped. Default 64 KiB.
@@ -91,6 +97,7 @@ impl Default for AgentLimits {
             deadline_per_task: Duration::from_secs(30),
             observation_bytes_per_task: 64 * 1024 * 1024,
             state_read_bytes_per_second: 64 * 1024 * 1024,
+            refusals_per_second: 100,
             stdout_bytes: 64 * 1024,
             stderr_bytes: 64 * 1024,
             log_lines_per_task: 1000,

@@ -83,11 +83,13 @@ pub(crate) async fn schedule(
         return Ok((status, axum::Json(view)));
     }
     let found = app.host.find_task(task).await?;
-    let info = read_found(&app, &token, task, found).await?.ok_or_else(|| {
-        ApiError::internal(format!(
-            "task {task} is neither in the state nor in the log"
-        ))
-    })?;
+    let info = read_found(&app, &token, task, found)
+        .await?
+        .ok_or_else(|| {
+            ApiError::internal(format!(
+                "task {task} is neither in the state nor in the log"
+            ))
+        })?;
     Ok((StatusCode::OK, axum::Json(view(&info))))
 }
 

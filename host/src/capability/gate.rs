@@ -33,7 +33,8 @@ pub(crate) trait TokenSource: Send + Sync {
     fn token_bytes(&self, digest: &Digest) -> Result<Option<Vec<u8>>, String>;
 }
 
-/// Bytes of keys and reasons the decision cache holds before it is cleared.
+/// Bytes of keys and reasons the decision cache holds at most (both of its
+/// generations).
 const MAX_CACHED_BYTES: usize = 4 << 20;
 
 /// Verified tokens the gate keeps. A parsed token takes ~8 KiB, so the
@@ -78,6 +79,66 @@ struct DecisionKey {
     origin: EntityId,
     check: Check,
     second: u64,
+}
+
+/// Decisions of checks with targets, in two generations of at most half
+/// [`MAX_CACHED_BYTES`] each. New decisions go to the young one; when it is
+/// full it becomes the old one (the old one is dropped), and a decision
+/// found in the old one moves back to the young. So a decision in use
+/// outlives any number of others cached meanwhile (an agent naming made-up
+/// targets again and again cannot flush its neighbours' decisions, as
+/// clearing a full cache let it), and the cache stays bounded in bytes.
+#[derive(Default)]
+struct Decisions {
+    young: HashMap<DecisionKey, Result<(), Denied>>,
+    young_bytes: usize,
+    old: HashMap<DecisionKey, Result<(), Denied>>,
+}
+
+impl Decisions {
+    /// What `key` and its decision take.
+    fn bytes(key: &DecisionKey, decision: &Result<(), Denied>) -> usize {
+        std::mem::size_of::<DecisionKey>()
+            + key.check.targets.iter().map(String::len).sum::<usize>()
+            + decision.as_ref().err().map_or(0, |d| d.0.len())
+    }
+
+    /// The decision kept for `key`, moved to the young generation if it
+    /// was in the old.
+    fn get(&mut self, key: &DecisionKey) -> Option<Result<(), Denied>> {
+        if let Some(decision) = self.young.get(key) {
+            return Some(decision.clone());
+        }
+        let (key, decision) = self.old.remove_entry(key)?;
+        self.insert(key, decision.clone());
+        Some(decision)
+    }
+
+    fn insert(&mut self, key: DecisionKey, decision: Result<(), Denied>) {
+        let bytes = Self::bytes(&key, &decision);
+        if self.young_bytes + bytes > MAX_CACHED_BYTES / 2 {
+            self.old = std::mem::take(&mut self.young);
+            self.young_bytes = 0;
+        }
+        self.young_bytes += bytes;
+        self.young.insert(key, decision);
+    }
+
+    /// Bytes held in both generations.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.young_bytes
+            + self
+                .old
+                .iter()
+                .map(|(k, d)| Self::bytes(k, d))
+                .sum::<usize>()
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.young.is_empty() && self.old.is_empty()
+    }
 }
 
 /// Hashes a [`Digest`] key by its first 8 bytes: digests are uniform, and
@@ -169,9 +230,7 @@ pub(crate) struct Gate {
     clock: std::collections::VecDeque<Digest>,
     /// How many verified tokens are kept ([`MAX_VERIFIED_TOKENS`]).
     max_tokens: usize,
-    decisions: HashMap<DecisionKey, Result<(), Denied>>,
-    /// Bytes of targets and reasons in `decisions`.
-    cached_bytes: usize,
+    decisions: Decisions,
     counts: Arc<GateCounts>,
 }
 
@@ -184,8 +243,7 @@ impl Gate {
             tokens: HashMap::default(),
             clock: std::collections::VecDeque::new(),
             max_tokens: MAX_VERIFIED_TOKENS,
-            decisions: HashMap::new(),
-            cached_bytes: 0,
+            decisions: Decisions::default(),
             counts: Arc::default(),
         }
     }
@@ -373,12 +431,12 @@ impl Gate {
     /// How the gate answers `check` from what it keeps (the token is
     /// held): the decision kept for it, an allow kept for its relations
     /// alone (see [`relations_only`]), or what to decide.
-    fn plan(&self, token: Digest, origin: EntityId, check: &Check, time: Timestamp) -> Plan {
-        let verified = &self.tokens[&token];
-        let key = Key::new(verified, token, origin, check, time);
+    fn plan(&mut self, token: Digest, origin: EntityId, check: &Check, time: Timestamp) -> Plan {
+        let key = Key::new(&self.tokens[&token], token, origin, check, time);
         if let Some(decision) = self.cached(&key) {
             return Plan::Kept(decision);
         }
+        let verified = &self.tokens[&token];
         if let Some(relations) = relations_only(check)
             && verified.token.monotone()
         {
@@ -401,14 +459,14 @@ impl Gate {
     }
 
     /// The decision kept for `key`, if any.
-    fn cached(&self, key: &Key) -> Option<Result<(), Denied>> {
+    fn cached(&mut self, key: &Key) -> Option<Result<(), Denied>> {
         match key {
             Key::Targetless(token, key) => {
                 let verified = self.tokens.get(token)?;
                 let (_, decision) = verified.targetless.iter().find(|(k, _)| k == key)?;
                 Some(decision.clone())
             }
-            Key::Targets(key) => self.decisions.get(key).cloned(),
+            Key::Targets(key) => self.decisions.get(key),
         }
     }
 
@@ -435,14 +493,6 @@ impl Gate {
                 if decision.is_err() && key.check.names_free_text() {
                     return;
                 }
-                let bytes = std::mem::size_of::<DecisionKey>()
-                    + key.check.targets.iter().map(String::len).sum::<usize>()
-                    + decision.as_ref().err().map_or(0, |d| d.0.len());
-                if self.cached_bytes + bytes > MAX_CACHED_BYTES {
-                    self.decisions.clear();
-                    self.cached_bytes = 0;
-                }
-                self.cached_bytes += bytes;
                 self.decisions.insert(key, decision);
             }
         }
@@ -644,7 +694,6 @@ mod tests {
             );
         }
         assert!(gate.decisions.is_empty());
-        assert_eq!(gate.cached_bytes, 0);
     }
 
     #[test]
@@ -886,9 +935,53 @@ mod tests {
                 gate.authorize(token, origin, &scheduled, Timestamp(0), &state)
                     .is_ok()
             );
-            assert!(gate.cached_bytes <= MAX_CACHED_BYTES);
+            assert!(gate.decisions.held() <= MAX_CACHED_BYTES);
         }
         assert!(!gate.decisions.is_empty());
+    }
+
+    #[test]
+    fn a_decision_in_use_outlives_made_up_targets_filling_the_cache() {
+        let (mut gate, token, state) = gate_with(&["extension *"]);
+        let origin = EntityId::from_u128(9);
+        let family = |name: String| Check {
+            operation: "extension",
+            targets: vec![name],
+        };
+        let authorized = |gate: &Gate| gate.counts.authorized.load(Ordering::Relaxed);
+        let hot = family("hot".into());
+        assert!(
+            gate.authorize(token, origin, &hot, Timestamp(0), &state)
+                .is_ok()
+        );
+        // Made-up families of 200 bytes, each decision kept: the young
+        // generation fills every ~6 000. The hot check is asked again now
+        // and then, and decided only the first time.
+        for i in 0..25_000u32 {
+            let made_up = family(format!("family-{i}-{}", "y".repeat(200)));
+            assert!(
+                gate.authorize(token, origin, &made_up, Timestamp(0), &state)
+                    .is_ok()
+            );
+            if i % 1000 == 0 {
+                let before = authorized(&gate);
+                assert!(
+                    gate.authorize(token, origin, &hot, Timestamp(0), &state)
+                        .is_ok()
+                );
+                assert_eq!(
+                    authorized(&gate),
+                    before,
+                    "the hot decision was dropped at {i}"
+                );
+                assert!(gate.decisions.held() <= MAX_CACHED_BYTES);
+            }
+        }
+        assert_eq!(
+            authorized(&gate),
+            25_001,
+            "every made-up family decided once"
+        );
     }
 
     #[test]

@@ -1571,11 +1571,23 @@ async fn an_agent_refused_again_and_again_is_paced() {
         crate::served(&arena.host, asker, &format!("refused {asked}")).await,
         Ok(asked.to_string())
     );
+    // So are HTTP requests to a host its token does not name (decided in
+    // the request's own task, under the same lock), on the same pace.
+    assert_eq!(
+        crate::served(
+            &arena.host,
+            asker,
+            &format!("refused {asked} http://127.0.0.1:9/")
+        )
+        .await,
+        Ok(asked.to_string())
+    );
     let waited = start.elapsed();
-    let least = Duration::from_secs((asked - rate) / rate);
+    let least = Duration::from_secs((2 * asked - rate) / rate);
     assert!(
         waited >= least,
-        "{asked} refusals in {waited:?}: the pace would take at least {least:?}"
+        "{} refusals in {waited:?}: the pace would take at least {least:?}",
+        2 * asked
     );
     // Its neighbour was served meanwhile, and is now.
     arena.finish().await;

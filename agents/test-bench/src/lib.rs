@@ -11,8 +11,9 @@
 //! [READS]` puts N keys of 200 bytes (those not there yet) and lists the
 //! keys READS times (1; needs `state`); `tasks`
 //! answers how many tasks this instance has run, itself included (1: a new
-//! instance); `refused N` observes N times whatever the host answers, and
-//! answers how many were refused; anything else does nothing.
+//! instance); `refused N [URL]` observes (or GETs URL) N times whatever the
+//! host answers, and answers how many were refused; anything else does
+//! nothing.
 
 use toka_guest::{Agent, Context, Task};
 
@@ -145,10 +146,17 @@ impl Agent for Bench {
             }
             "tasks" => Ok(self.tasks.to_string().into_bytes()),
             "refused" => {
-                // Observes N times whatever the host answers (a token
-                // without `observe` is refused each time): how many were.
-                let refused = (0..count(arg)?)
-                    .filter(|_| ctx.observe(b"x").is_err())
+                // Observes (or GETs URL) N times whatever the host answers
+                // (a token without the right is refused each time): how
+                // many were refused.
+                let mut words = arg.split_whitespace();
+                let n = count(words.next().unwrap_or("0"))?;
+                let url = words.next();
+                let refused = (0..n)
+                    .filter(|_| match url {
+                        Some(url) => toka_guest::http::get(url).is_err(),
+                        None => ctx.observe(b"x").is_err(),
+                    })
                     .count();
                 Ok(refused.to_string().into_bytes())
             }

@@ -107,6 +107,7 @@ impl AgentCtx {
             .insecure_random_seed(agent.as_u128())
             .build();
         let line = std::sync::Arc::new(TaskLine::default());
+        let paces = kept_paces.take(agent, limits);
         Ok(Self {
             wasi,
             http: HttpGate::new(
@@ -115,6 +116,7 @@ impl AgentCtx {
                 limits,
                 kernel_limits.max_reason as usize,
                 std::sync::Arc::clone(&line),
+                std::sync::Arc::clone(&paces.refusals),
             ),
             table: {
                 let mut table = ResourceTable::new();
@@ -134,7 +136,7 @@ impl AgentCtx {
             stderr,
             log_lines: 0,
             observed: 0,
-            paces: kept_paces.take(agent, limits),
+            paces,
             kept_paces,
             limits: limits.clone(),
             sandbox: sandbox.clone(),
@@ -234,7 +236,7 @@ impl WasiHttpView for AgentCtx {
 
 impl Drop for AgentCtx {
     fn drop(&mut self) {
-        self.kept_paces.keep(self.agent, self.paces);
+        self.kept_paces.keep(self.agent, self.paces.clone());
     }
 }
 
@@ -304,7 +306,7 @@ impl kernel::Host for AgentCtx {
             }
             Ok(Err(refused)) => {
                 // Decided under the lock, and counted by no quota: paced.
-                wait(self.paces.refusals.charge(1)).await;
+                wait(paces::refused(&self.paces.refusals)).await;
                 Ok(Err(to_wit_error(refused)))
             }
             // The host is going down: end the guest's call.

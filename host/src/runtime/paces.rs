@@ -24,13 +24,18 @@
 //! cold agent's instance let go, a token change) leaves buckets not yet
 //! full in [`Kept`], and the agent's next instance goes on from them, so
 //! faulting on purpose does not buy a fresh second's worth.
+//!
+//! The bucket itself is [`Pace`] (in the sandbox, whose HTTP gate pays
+//! refusals into it too).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use toka_kernel::AgentId;
 use tokio::time::Instant;
+
+use crate::sandbox::pace::unpoisoned;
+pub(crate) use crate::sandbox::pace::{Pace, refused};
 
 /// What an agent's reads cost it, in bytes: what is copied, a little for
 /// each key listed ...
@@ -40,54 +45,14 @@ pub(crate) const PER_ITEM: u64 = 32;
 /// an agent reads at most 65 536 times a second.
 pub(crate) const PER_READ: u64 = 1024;
 
-/// A bucket of what an agent may spend a second (bytes read, refusals).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Pace {
-    per_second: f64,
-    /// What it may spend now (below zero: owed).
-    left: f64,
-    at: Instant,
-}
-
-impl Pace {
-    /// `per_second` a second (at least 1), a second's worth at once.
-    pub(crate) fn new(per_second: u64) -> Self {
-        let per_second = per_second.max(1) as f64;
-        Self {
-            per_second,
-            left: per_second,
-            at: Instant::now(),
-        }
-    }
-
-    /// Whether the bucket is full again at `now` (the agent owes nothing
-    /// and has a second's worth: a new bucket would be the same).
-    fn is_full(&self, now: Instant) -> bool {
-        self.left + now.duration_since(self.at).as_secs_f64() * self.per_second >= self.per_second
-    }
-
-    /// Charges `spent`; how long the agent waits before it goes on (zero
-    /// while the bucket holds enough).
-    pub(crate) fn charge(&mut self, spent: u64) -> Duration {
-        let now = Instant::now();
-        let refilled = now.duration_since(self.at).as_secs_f64() * self.per_second;
-        self.left = (self.left + refilled).min(self.per_second) - spent as f64;
-        self.at = now;
-        if self.left >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.left / self.per_second)
-        }
-    }
-}
-
 /// An agent's paces.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Paces {
     /// Bytes of its state read.
     pub(crate) reads: Pace,
-    /// Operations refused.
-    pub(crate) refusals: Pace,
+    /// Operations and HTTP requests refused: shared with the instance's
+    /// HTTP gate, whose requests are decided in tasks of their own.
+    pub(crate) refusals: Arc<Mutex<Pace>>,
 }
 
 impl Paces {
@@ -95,12 +60,12 @@ impl Paces {
     pub(crate) fn new(limits: &crate::AgentLimits) -> Self {
         Self {
             reads: Pace::new(limits.state_read_bytes_per_second),
-            refusals: Pace::new(limits.refusals_per_second),
+            refusals: Arc::new(Mutex::new(Pace::new(limits.refusals_per_second))),
         }
     }
 
     fn are_full(&self, now: Instant) -> bool {
-        self.reads.is_full(now) && self.refusals.is_full(now)
+        self.reads.is_full(now) && unpoisoned(&self.refusals).is_full(now)
     }
 }
 
@@ -148,9 +113,7 @@ impl Kept {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Register> {
-        self.paces
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        unpoisoned(&self.paces)
     }
 
     #[cfg(test)]
@@ -165,7 +128,7 @@ mod tests {
 
     use toka_kernel::EntityId;
 
-    use super::{Kept, Pace, Paces, SWEEP_AT};
+    use super::{Kept, Paces, SWEEP_AT};
     use crate::AgentLimits;
 
     fn limits() -> AgentLimits {
@@ -177,33 +140,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_charge_waits_once_past_a_second_s_worth() {
-        let mut pace = Pace::new(1000);
-        assert_eq!(pace.charge(600), Duration::ZERO);
-        assert_eq!(pace.charge(400), Duration::ZERO);
-        // Owing 500 at 1 000 a second.
-        assert_eq!(pace.charge(500), Duration::from_millis(500));
-        // Having waited, it owes nothing; a second later it has a second's
-        // worth again, and no more.
-        tokio::time::advance(Duration::from_millis(500)).await;
-        assert_eq!(pace.charge(0), Duration::ZERO);
-        tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(pace.charge(1000), Duration::ZERO);
-        assert_eq!(pace.charge(1), Duration::from_millis(1));
-    }
-
-    #[tokio::test(start_paused = true)]
     async fn an_agent_s_next_instance_goes_on_from_the_paces_its_last_left() {
         let kept = Kept::default();
         let agent = EntityId::from_u128(7);
         let mut paces = kept.take(agent, &limits());
         assert_eq!(paces.reads.charge(1500), Duration::from_millis(500));
-        assert_eq!(paces.refusals.charge(12), Duration::from_millis(200));
+        assert_eq!(
+            paces.refusals.lock().unwrap().charge(12),
+            Duration::from_millis(200)
+        );
         // The instance is dropped (it faulted): the next one still owes.
         kept.keep(agent, paces);
         let mut next = kept.take(agent, &limits());
         assert_eq!(next.reads.charge(0), Duration::from_millis(500));
-        assert_eq!(next.refusals.charge(0), Duration::from_millis(200));
+        assert_eq!(super::refused(&next.refusals), Duration::from_millis(300));
         // Another agent starts with a second's worth.
         let mut other = kept.take(EntityId::from_u128(8), &limits());
         assert_eq!(other.reads.charge(1000), Duration::ZERO);
@@ -217,8 +167,8 @@ mod tests {
     async fn the_register_forgets_buckets_once_full() {
         let kept = Kept::default();
         let owing = || {
-            let mut paces = Paces::new(&limits());
-            paces.refusals.charge(20);
+            let paces = Paces::new(&limits());
+            paces.refusals.lock().unwrap().charge(20);
             paces
         };
         for i in 0..SWEEP_AT as u128 {

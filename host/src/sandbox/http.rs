@@ -46,6 +46,8 @@ use toka_kernel::{
 use tokio::sync::OwnedSemaphorePermit;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpHooks};
 
+use crate::sandbox::pace::Pace;
+
 use crate::sandbox::limits::AgentLimits;
 use crate::sandbox::redact::Redactor;
 use crate::sandbox::{Effects, Injection, Journaled};
@@ -251,6 +253,9 @@ pub(crate) struct Hooks {
     limits: HttpLimits,
     /// Places for outstanding requests ([`AgentLimits::http_in_flight`]).
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// The agent's pace of refusals, which a refused request pays into
+    /// (see `runtime::paces`).
+    refusals: Arc<std::sync::Mutex<Pace>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -269,6 +274,7 @@ impl HttpGate {
         limits: &AgentLimits,
         max_reason: usize,
         line: Arc<TaskLine>,
+        refusals: Arc<std::sync::Mutex<Pace>>,
     ) -> Self {
         let mut ctx = WasiHttpCtx::new();
         ctx.set_field_size_limit(HEADER_MAP_BYTES);
@@ -287,6 +293,7 @@ impl HttpGate {
                     max_reason,
                 },
                 in_flight: Arc::new(tokio::sync::Semaphore::new(limits.http_in_flight)),
+                refusals,
             },
         }
     }
@@ -338,6 +345,7 @@ impl WasiHttpHooks for Hooks {
             effects: Arc::clone(&self.effects),
             line: Arc::clone(&self.line),
             limits: self.limits,
+            refusals: Arc::clone(&self.refusals),
         };
         Box::new(async move {
             let Some((generation, task, index)) = position else {
@@ -365,6 +373,7 @@ struct Outgoing {
     effects: Arc<dyn Effects>,
     line: Arc<TaskLine>,
     limits: HttpLimits,
+    refusals: Arc<std::sync::Mutex<Pace>>,
 }
 
 impl Outgoing {
@@ -424,6 +433,12 @@ impl Outgoing {
                 quota,
             } => {
                 tracing::info!(agent = %agent.short(), url = %parts.uri, %message, "HTTP request refused");
+                // Decided under the sequencer's lock: paced as the agent's
+                // other refusals are.
+                let wait = crate::sandbox::pace::refused(&self.refusals);
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
                 if quota {
                     // The task ends: a runaway must not keep asking.
                     self.line.stop_run(generation, Stop::Quota(message.clone()));

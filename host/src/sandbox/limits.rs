@@ -41,8 +41,9 @@ pub struct AgentLimits {
     /// Reads copy out of the state under the lock every agent's operations
     /// take. Default 64 MiB.
     pub state_read_bytes_per_second: u64,
-    /// Operations refused a second (by the capability gate or the kernel),
-    /// a second's worth at once; past it the refused call waits. A refusal
+    /// Operations and HTTP requests refused a second (by the capability
+    /// gate or the kernel), a second's worth at once; past it the refused
+    /// call waits. A refusal
     /// is decided under the lock every agent's operations take, and counts
     /// against no quota of operations (it is not applied). Kept past the
     /// instance as the reads' pace is. Default 100.

@@ -13,6 +13,8 @@
 //!   of what the agent reads and the log holds;
 //! - `capture`, `task_inputs`: bounded stdout/stderr, and the clocks and
 //!   randomness a task sees (deterministic per task);
+//! - `pace`: a bucket of what an agent may spend a second (state read,
+//!   refusals: its HTTP requests' too);
 //! - `components`, `bindings`: validating and compiling agent components
 //!   against the `toka:agent` world.
 //!
@@ -29,6 +31,7 @@ pub(crate) mod http;
 pub(crate) mod limiter;
 pub(crate) mod limits;
 pub(crate) mod memory;
+pub(crate) mod pace;
 pub(crate) mod redact;
 pub(crate) mod shares;
 pub(crate) mod task_inputs;

@@ -2090,16 +2090,23 @@ async fn one_token_family_cannot_hold_every_upload() {
     drop(hostile_slow);
 }
 
+/// A server on a fresh data dir with the `test-bench` agent installed and
+/// one of it, `name`, spawned with `observe`.
+async fn a_bench_agent(name: &str) -> (Served, Api, String) {
+    let served = Served::start(&[]);
+    let api = Api::new(&served).await;
+    let installed = install_bytes(&api, "test-bench", agent_bytes("test-bench")).await;
+    assert_eq!(installed.status, StatusCode::CREATED, "{installed:?}");
+    let agent = spawn(&api, "test-bench", name, &["observe"]).await;
+    (served, api, agent)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_of_events_holds_a_bounded_number_of_bytes() {
     // An observation may be 1 MiB. Before the bound a page of events read
     // up to 1 000 records, and held and encoded them all for one request:
     // a gigabyte for a `read` client, given an agent that observes much.
-    let served = Served::start(&[]);
-    let api = Api::new(&served).await;
-    let installed = install_bytes(&api, "test-bench", agent_bytes("test-bench")).await;
-    assert_eq!(installed.status, StatusCode::CREATED, "{installed:?}");
-    let agent = spawn(&api, "test-bench", "big", &["observe"]).await;
+    let (_served, api, agent) = a_bench_agent("big").await;
     let task = run_task(&api, &agent, "observe 12 1048576").await;
     assert_eq!(task["status"], "completed", "{task}");
     let (mut from, mut pages, mut observed) = (1, 0, 0);
@@ -2128,11 +2135,7 @@ async fn a_page_of_tasks_and_an_agent_s_detail_hold_a_bounded_number_of_bytes() 
     // times that as JSON when the text is control characters. Before the
     // bounds a page of tasks held up to 1 000 of them (24 MB of JSON for
     // one `read` request), and an agent's detail all of its queue.
-    let served = Served::start(&[]);
-    let api = Api::new(&served).await;
-    let installed = install_bytes(&api, "test-bench", agent_bytes("test-bench")).await;
-    assert_eq!(installed.status, StatusCode::CREATED, "{installed:?}");
-    let agent = spawn(&api, "test-bench", "busy", &["observe"]).await;
+    let (_served, api, agent) = a_bench_agent("busy").await;
     let schedule = |description: String| {
         let api = &api;
         let path = format!("/v1/agents/{agent}/tasks");

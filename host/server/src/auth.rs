@@ -9,7 +9,8 @@
 //! token costs a signature check); the token must verify, be
 //! unexpired and unrevoked (401 otherwise); its holder gets a request rate
 //! (429 past it); and it must carry the level the endpoint needs (403,
-//! naming it).
+//! naming it). A token sent in a body to be narrowed is verified the same
+//! way ([`App::verify`]), and counts against the same budget of strangers.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};

@@ -70,11 +70,7 @@ fn ambient(name: &str) -> u64 {
 /// What is over which bound, and in which block.
 pub(crate) fn check(biscuit: &Biscuit) -> Result<(), String> {
     let blocks = biscuit.block_count();
-    if blocks > MAX_BLOCKS {
-        return Err(format!(
-            "{blocks} blocks; at most {MAX_BLOCKS} are accepted"
-        ));
-    }
+    at_most(blocks, MAX_BLOCKS, |n| format!("{n} blocks"))?;
     let sources = (0..blocks)
         .map(|index| {
             biscuit
@@ -87,25 +83,18 @@ pub(crate) fn check(biscuit: &Biscuit) -> Result<(), String> {
     let mut combinations = 0u64;
     for (index, source) in sources.iter().enumerate().skip(1) {
         let block = parse(source, index)?;
-        let fail = |what: String| Err(format!("block {index}: {what}"));
+        let in_block = |what: String| format!("block {index}: {what}");
         if !block.rules.is_empty() {
-            return fail("attenuation blocks may not hold rules".into());
+            return Err(in_block("attenuation blocks may not hold rules".into()));
         }
         if !block.scopes.is_empty() {
-            return fail("attenuation blocks may not change scopes".into());
+            return Err(in_block("attenuation blocks may not change scopes".into()));
         }
-        if block.facts.len() > MAX_BLOCK_FACTS {
-            return fail(format!(
-                "{} facts; at most {MAX_BLOCK_FACTS} are accepted",
-                block.facts.len()
-            ));
-        }
-        if block.checks.len() > MAX_BLOCK_CHECKS {
-            return fail(format!(
-                "{} checks; at most {MAX_BLOCK_CHECKS} are accepted",
-                block.checks.len()
-            ));
-        }
+        at_most(block.facts.len(), MAX_BLOCK_FACTS, |n| format!("{n} facts")).map_err(in_block)?;
+        at_most(block.checks.len(), MAX_BLOCK_CHECKS, |n| {
+            format!("{n} checks")
+        })
+        .map_err(in_block)?;
         let own = facts_by_relation(&block.facts);
         let matching = |p: &Predicate| {
             let relation = (p.name.as_str(), p.terms.len());
@@ -114,22 +103,18 @@ pub(crate) fn check(biscuit: &Biscuit) -> Result<(), String> {
                 + ambient(&p.name)
         };
         for (_, check) in &block.checks {
-            if check.queries.len() > MAX_CHECK_QUERIES {
-                return fail(format!(
-                    "a check with {} alternatives; at most {MAX_CHECK_QUERIES} are accepted",
-                    check.queries.len()
-                ));
-            }
+            at_most(check.queries.len(), MAX_CHECK_QUERIES, |n| {
+                format!("a check with {n} alternatives")
+            })
+            .map_err(in_block)?;
             for query in &check.queries {
                 if !query.scopes.is_empty() {
-                    return fail("attenuation checks may not change scopes".into());
+                    return Err(in_block("attenuation checks may not change scopes".into()));
                 }
-                if query.body.len() > MAX_QUERY_PREDICATES {
-                    return fail(format!(
-                        "a check joining {} predicates; at most {MAX_QUERY_PREDICATES} are accepted",
-                        query.body.len()
-                    ));
-                }
+                at_most(query.body.len(), MAX_QUERY_PREDICATES, |n| {
+                    format!("a check joining {n} predicates")
+                })
+                .map_err(in_block)?;
                 let mut operations = 0u64;
                 for expression in &query.expressions {
                     operations += simple_operations(expression).map_err(|what| {
@@ -151,6 +136,14 @@ pub(crate) fn check(biscuit: &Biscuit) -> Result<(), String> {
         return Err(format!(
             "its checks would try about {combinations} combinations of facts in each evaluation; at most {MAX_COMBINATIONS} are accepted"
         ));
+    }
+    Ok(())
+}
+
+/// Fails naming `what(count)` when `count` is over `max`.
+fn at_most(count: usize, max: usize, what: impl FnOnce(usize) -> String) -> Result<(), String> {
+    if count > max {
+        return Err(format!("{}; at most {max} are accepted", what(count)));
     }
     Ok(())
 }

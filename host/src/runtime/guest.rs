@@ -193,7 +193,7 @@ impl AgentCtx {
     /// Charges a read of `bytes` to the agent's pace, and waits as long as
     /// it says (see [`paces`]).
     async fn read_paced(&mut self, bytes: u64) {
-        wait(self.paces.reads.charge(bytes)).await;
+        paces::pause(self.paces.reads.charge(bytes)).await;
     }
 }
 
@@ -237,12 +237,6 @@ impl WasiHttpView for AgentCtx {
 impl Drop for AgentCtx {
     fn drop(&mut self) {
         self.kept_paces.keep(self.agent, self.paces.clone());
-    }
-}
-
-async fn wait(wait: std::time::Duration) {
-    if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
     }
 }
 
@@ -306,7 +300,7 @@ impl kernel::Host for AgentCtx {
             }
             Ok(Err(refused)) => {
                 // Decided under the lock, and counted by no quota: paced.
-                wait(paces::refused(&self.paces.refusals)).await;
+                paces::refused(&self.paces.refusals).await;
                 Ok(Err(to_wit_error(refused)))
             }
             // The host is going down: end the guest's call.

@@ -35,7 +35,7 @@ use toka_kernel::AgentId;
 use tokio::time::Instant;
 
 use crate::sandbox::pace::unpoisoned;
-pub(crate) use crate::sandbox::pace::{Pace, refused};
+pub(crate) use crate::sandbox::pace::{Pace, pause, refused};
 
 /// What an agent's reads cost it, in bytes: what is copied, a little for
 /// each key listed ...
@@ -153,7 +153,10 @@ mod tests {
         kept.keep(agent, paces);
         let mut next = kept.take(agent, &limits());
         assert_eq!(next.reads.charge(0), Duration::from_millis(500));
-        assert_eq!(super::refused(&next.refusals), Duration::from_millis(300));
+        assert_eq!(
+            next.refusals.lock().unwrap().charge(0),
+            Duration::from_millis(200)
+        );
         // Another agent starts with a second's worth.
         let mut other = kept.take(EntityId::from_u128(8), &limits());
         assert_eq!(other.reads.charge(1000), Duration::ZERO);

@@ -435,10 +435,7 @@ impl Outgoing {
                 tracing::info!(agent = %agent.short(), url = %parts.uri, %message, "HTTP request refused");
                 // Decided under the sequencer's lock: paced as the agent's
                 // other refusals are.
-                let wait = crate::sandbox::pace::refused(&self.refusals);
-                if !wait.is_zero() {
-                    tokio::time::sleep(wait).await;
-                }
+                crate::sandbox::pace::refused(&self.refusals).await;
                 if quota {
                     // The task ends: a runaway must not keep asking.
                     self.line.stop_run(generation, Stop::Quota(message.clone()));

@@ -48,9 +48,17 @@ impl Pace {
     }
 }
 
-/// Charges a refusal to `refusals`; how long the refused caller waits.
-pub(crate) fn refused(refusals: &Mutex<Pace>) -> Duration {
-    unpoisoned(refusals).charge(1)
+/// Charges a refusal to `refusals`, and waits as long as it says.
+pub(crate) async fn refused(refusals: &Mutex<Pace>) {
+    let wait = unpoisoned(refusals).charge(1);
+    pause(wait).await;
+}
+
+/// Waits as long as a charge said (returns at once for zero).
+pub(crate) async fn pause(wait: Duration) {
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
 }
 
 /// `mutex` locked, even if a holder panicked (a bucket's numbers are

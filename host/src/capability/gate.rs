@@ -628,6 +628,13 @@ pub(crate) struct Decided {
     decision: Result<(), Denied>,
 }
 
+impl Decided {
+    /// The decision made.
+    pub(crate) fn decision(&self) -> Result<(), Denied> {
+        self.decision.clone()
+    }
+}
+
 impl Undecided {
     /// Runs the authorizer: what [`Gate::authorize`] would decide for the
     /// same token, origin, check and second.

@@ -964,15 +964,20 @@ async fn bad_requests_get_one_clear_error_and_write_nothing() {
     let mut code: String = (0..100).map(|i| format!("f({i});\n")).collect();
     code.push_str("check if f($a), f($b), f($c), f($d), f($e), f($f), $a + $b == -1;\n");
     let reader_token = biscuit_auth::Biscuit::from_base64(&reader, root.public()).unwrap();
-    let heavy = reader_token
-        .append(
-            biscuit_auth::builder::BlockBuilder::new()
-                .code(code.as_str())
-                .unwrap(),
-        )
-        .unwrap()
-        .to_base64()
-        .unwrap();
+    // The reader's token with a block of `code` appended, as its holder
+    // may offline.
+    let appended = |code: &str| {
+        reader_token
+            .append(
+                biscuit_auth::builder::BlockBuilder::new()
+                    .code(code)
+                    .unwrap(),
+            )
+            .unwrap()
+            .to_base64()
+            .unwrap()
+    };
+    let heavy = appended(&code);
     let refused = tokio::time::timeout(
         Duration::from_secs(60),
         api.with_token(&heavy).get("/v1/status", "/v1/status"),
@@ -1003,15 +1008,7 @@ async fn bad_requests_get_one_clear_error_and_write_nothing() {
             "check if {never} or {never} or {never} or true;\n"
         ));
     }
-    let costly = reader_token
-        .append(
-            biscuit_auth::builder::BlockBuilder::new()
-                .code(code.as_str())
-                .unwrap(),
-        )
-        .unwrap()
-        .to_base64()
-        .unwrap();
+    let costly = appended(&code);
     let refused = api
         .with_token(&costly)
         .get("/v1/status", "/v1/status")

@@ -1592,3 +1592,63 @@ async fn an_agent_refused_again_and_again_is_paced() {
     // Its neighbour was served meanwhile, and is now.
     arena.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_of_agents_refused_again_and_again_is_paced_as_a_tree() {
+    // The refusal pace is each agent's: without a pace of the tree, an
+    // agent spawning children had as many paces as children. Here 50
+    // refusals a second an agent, and so 200 a tree (four agents' worth).
+    let rate = 50;
+    let mut config = toka_host::HostConfig::new();
+    config.agent_limits(AgentLimits {
+        refusals_per_second: rate,
+        ..AgentLimits::default()
+    });
+    let arena = Arena::new(config).await;
+    let spawner = arena
+        .agent(
+            "hostile-flood",
+            grant(&["state", "spawn hostile-flood", "schedule children"]),
+        )
+        .await;
+    // Eight children without `observe`, each observing 100 times: alone,
+    // each would be done in a second (its second's worth, then 50 more at
+    // 50 a second), all eight together in about one.
+    let (children, each) = (8u64, 100u64);
+    let start = std::time::Instant::now();
+    assert_eq!(
+        outcome(
+            &arena.host,
+            spawner,
+            &format!("spawn-refuse {children} {each}")
+        )
+        .await,
+        Ok(format!("spawned {children}"))
+    );
+    arena.host.run_until_idle().await.unwrap();
+    let waited = start.elapsed();
+    let tree_rate = 4 * rate;
+    let least = Duration::from_secs((children * each - tree_rate) / tree_rate);
+    assert!(
+        waited >= least,
+        "{} refusals in a tree in {waited:?}: its pace would take at least {least:?}",
+        children * each
+    );
+    arena.bystander_serves().await;
+    let events = arena.finish().await;
+    let refused: Vec<&[u8]> = events
+        .iter()
+        .filter_map(|l| match &l.event {
+            Event::TaskCompleted { agent, output, .. } if *agent != spawner => {
+                Some(output.as_slice())
+            }
+            _ => None,
+        })
+        .filter(|output| output.starts_with(b"refused"))
+        .collect();
+    assert_eq!(
+        refused,
+        vec![format!("refused {each}").as_bytes(); children as usize],
+        "every child was refused each time, and finished"
+    );
+}

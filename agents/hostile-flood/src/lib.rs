@@ -11,7 +11,9 @@
 //! and gives each a task), `spawn-fill N` (spawns N `hostile-flood`
 //! children with `state`, each to `fill-state`), `churn` (spawns a `hello`
 //! child and terminates it, without end), `clear-state` (deletes every
-//! key), `noop`.
+//! key), `refuse M` (observes M times, whatever the host answers: without
+//! `observe`, each is refused), `spawn-refuse N M` (spawns N
+//! `hostile-flood` children with `state` only, each to `refuse M`), `noop`.
 
 use toka_guest::{Agent, Context, Error, Task};
 
@@ -71,6 +73,27 @@ impl Agent for Flood {
                 }
                 Ok(format!("spawned {n}").into_bytes())
             }
+            refuse if refuse.starts_with("refuse ") => {
+                let m: u64 = refuse["refuse ".len()..]
+                    .parse()
+                    .map_err(|_| "refuse M: M is a number")?;
+                let refused = (0..m).filter(|_| ctx.observe("x").is_err()).count();
+                Ok(format!("refused {refused}").into_bytes())
+            }
+            spawn if spawn.starts_with("spawn-refuse ") => {
+                let mut words = spawn["spawn-refuse ".len()..].split(' ');
+                let mut number = || -> Result<u64, String> {
+                    let word = words.next().unwrap_or_default();
+                    word.parse()
+                        .map_err(|_| format!("spawn-refuse N M: `{word}` is not a number"))
+                };
+                let (n, m) = (number()?, number()?);
+                for i in 0..n {
+                    let child = ctx.spawn("hostile-flood", &format!("refuser-{i}"), &["state"])?;
+                    ctx.schedule(child, &format!("refuse {m}"))?;
+                }
+                Ok(format!("spawned {n}").into_bytes())
+            }
             "churn" => until_refused(|i| {
                 let child = ctx.spawn("hello", &format!("churned-{i}"), &["observe"])?;
                 ctx.terminate(child)
@@ -84,7 +107,7 @@ impl Agent for Flood {
             }
             "noop" => Ok(Vec::new()),
             other => Err(format!(
-                "unknown task `{other}` (ops, queue, big-observation, observation-bytes, big-state, fill-state, clear-state, log, megabytes, loop, spawn-many N, spawn-fill N, churn, noop)"
+                "unknown task `{other}` (ops, queue, big-observation, observation-bytes, big-state, fill-state, clear-state, log, megabytes, loop, spawn-many N, spawn-fill N, churn, refuse M, spawn-refuse N M, noop)"
             )),
         }
     }

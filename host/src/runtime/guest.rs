@@ -73,7 +73,8 @@ impl AgentCtx {
     /// captured, HTTP gated per request, and clocks and randomness
     /// deterministic per task (keyed by `entropy`, a host secret); its
     /// memories charged to `memory`; its reads of state and its refusals
-    /// paced from where the agent's last instance left off (`kept_paces`).
+    /// paced, with its tree's (`memory.tree`), from where the agent's last
+    /// instance left off (`kept_paces`).
     ///
     /// # Errors
     ///
@@ -107,7 +108,7 @@ impl AgentCtx {
             .insecure_random_seed(agent.as_u128())
             .build();
         let line = std::sync::Arc::new(TaskLine::default());
-        let paces = kept_paces.take(agent, limits);
+        let paces = kept_paces.take(agent, memory.tree, limits);
         Ok(Self {
             wasi,
             http: HttpGate::new(
@@ -116,7 +117,7 @@ impl AgentCtx {
                 limits,
                 kernel_limits.max_reason as usize,
                 std::sync::Arc::clone(&line),
-                std::sync::Arc::clone(&paces.refusals),
+                paces.refusals.clone(),
             ),
             table: {
                 let mut table = ResourceTable::new();

@@ -46,7 +46,7 @@ use toka_kernel::{
 use tokio::sync::OwnedSemaphorePermit;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpHooks};
 
-use crate::sandbox::pace::Pace;
+use crate::sandbox::pace::Buckets;
 
 use crate::sandbox::limits::AgentLimits;
 use crate::sandbox::redact::Redactor;
@@ -253,9 +253,9 @@ pub(crate) struct Hooks {
     limits: HttpLimits,
     /// Places for outstanding requests ([`AgentLimits::http_in_flight`]).
     in_flight: Arc<tokio::sync::Semaphore>,
-    /// The agent's pace of refusals, which a refused request pays into
-    /// (see `runtime::paces`).
-    refusals: Arc<std::sync::Mutex<Pace>>,
+    /// The agent's (and its tree's) pace of refusals, which a refused
+    /// request pays into (see `runtime::paces`).
+    refusals: Buckets,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -274,7 +274,7 @@ impl HttpGate {
         limits: &AgentLimits,
         max_reason: usize,
         line: Arc<TaskLine>,
-        refusals: Arc<std::sync::Mutex<Pace>>,
+        refusals: Buckets,
     ) -> Self {
         let mut ctx = WasiHttpCtx::new();
         ctx.set_field_size_limit(HEADER_MAP_BYTES);
@@ -345,7 +345,7 @@ impl WasiHttpHooks for Hooks {
             effects: Arc::clone(&self.effects),
             line: Arc::clone(&self.line),
             limits: self.limits,
-            refusals: Arc::clone(&self.refusals),
+            refusals: self.refusals.clone(),
         };
         Box::new(async move {
             let Some((generation, task, index)) = position else {
@@ -373,7 +373,7 @@ struct Outgoing {
     effects: Arc<dyn Effects>,
     line: Arc<TaskLine>,
     limits: HttpLimits,
-    refusals: Arc<std::sync::Mutex<Pace>>,
+    refusals: Buckets,
 }
 
 impl Outgoing {

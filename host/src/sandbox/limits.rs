@@ -38,6 +38,8 @@ pub struct AgentLimits {
     /// bytes), a second's worth at once; past it a read waits. The pace is
     /// the agent's, not its instance's: a new instance (after a fault, or
     /// for an agent gone cold) goes on from where the last one left it.
+    /// An agent's tree (the agent the operator spawned and its
+    /// descendants) reads at most four agents' worth together.
     /// Reads copy out of the state under the lock every agent's operations
     /// take. Default 64 MiB.
     pub state_read_bytes_per_second: u64,
@@ -46,7 +48,8 @@ pub struct AgentLimits {
     /// call waits. A refusal
     /// is decided under the lock every agent's operations take, and counts
     /// against no quota of operations (it is not applied). Kept past the
-    /// instance as the reads' pace is. Default 100.
+    /// instance, and shared by the tree at four agents' worth, as the
+    /// reads' pace is. Default 100.
     pub refusals_per_second: u64,
     /// Bytes of stdout captured per task; the rest is dropped. Default 64 KiB.
     pub stdout_bytes: usize,

@@ -1,8 +1,8 @@
-//! A bucket of what an agent may spend a second: bytes of its state read,
+//! Buckets of what an agent may spend a second: bytes of its state read,
 //! refusals (see `runtime::paces`, which keeps an agent's buckets past its
-//! instances).
+//! instances and shares a tree's among its agents).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -48,10 +48,41 @@ impl Pace {
     }
 }
 
+/// Where one kind of spending is charged: the agent's own bucket and its
+/// tree's, which all the tree's agents share (an agent may spend its own
+/// pace only while its tree has some left, so spawning children does not
+/// multiply what a tree may spend).
+#[derive(Debug, Clone)]
+pub(crate) struct Buckets {
+    own: Arc<Mutex<Pace>>,
+    tree: Arc<Mutex<Pace>>,
+}
+
+impl Buckets {
+    /// The agent's bucket `own`, full, and its tree's `tree`.
+    pub(crate) fn new(own: Pace, tree: Arc<Mutex<Pace>>) -> Self {
+        Self {
+            own: Arc::new(Mutex::new(own)),
+            tree,
+        }
+    }
+
+    /// Charges `spent` to both buckets; how long the agent waits (the
+    /// longer of what each says).
+    pub(crate) fn charge(&self, spent: u64) -> Duration {
+        let own = unpoisoned(&self.own).charge(spent);
+        own.max(unpoisoned(&self.tree).charge(spent))
+    }
+
+    /// Whether the agent's bucket and its tree's are full at `now`.
+    pub(crate) fn are_full(&self, now: Instant) -> bool {
+        unpoisoned(&self.own).is_full(now) && unpoisoned(&self.tree).is_full(now)
+    }
+}
+
 /// Charges a refusal to `refusals`, and waits as long as it says.
-pub(crate) async fn refused(refusals: &Mutex<Pace>) {
-    let wait = unpoisoned(refusals).charge(1);
-    pause(wait).await;
+pub(crate) async fn refused(refusals: &Buckets) {
+    pause(refusals.charge(1)).await;
 }
 
 /// Waits as long as a charge said (returns at once for zero).

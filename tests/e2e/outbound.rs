@@ -797,3 +797,95 @@ async fn a_task_waiting_on_a_request_ends_when_its_agent_is_terminated_or_the_ho
     llm.release();
     assert!(toka(&data, &["verify"]).ok().starts_with("ok "));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cannot_park_responses_past_its_tree_s_share_of_memory() {
+    // A response lives in the host's memory until the agent drops it (up
+    // to 1 MiB each by default, 16 outstanding an instance, and a tree
+    // holds hundreds of instances): charged to the host's memory for
+    // agents, under the tree's share, as linear memories are. Here a
+    // budget of 12 MiB, a tree's share of 9 MiB, responses of up to 2 MiB.
+    let (_tmp, data) = temp_data();
+    let llm = Llm::start(vec![Reply::Big(1536 << 10); 2]).await;
+    let mut config = HostConfig::new();
+    config
+        .agent_limits(AgentLimits {
+            memory_bytes: 8 << 20,
+            http_response_bytes: 2 << 20,
+            ..AgentLimits::default()
+        })
+        .memory_budget(12 << 20);
+    let host = open_host_with(&data, config).await;
+    let component = host
+        .install("hostile-http", agent_bytes("hostile-http"))
+        .await
+        .unwrap();
+    let right = format!("http 127.0.0.1:{}", llm.port);
+    let hoarder = host
+        .spawn(component, "hoarder", grant(&["observe", &right]))
+        .await
+        .unwrap();
+    let neighbour = host
+        .spawn(component, "neighbour", grant(&["observe"]))
+        .await
+        .unwrap();
+    let flood = |n: u32| format!("flood {n} 127.0.0.1:{} /v1/chat/completions", llm.port);
+    let ended_for = async |agent: AgentId, description: String| {
+        let task = host.schedule(agent, &description).await.unwrap();
+        let info = host.wait_task(task, Duration::from_secs(60)).await.unwrap();
+        info.expect("the task ends").state
+    };
+    let ended = async |description: String| ended_for(hoarder, description).await;
+
+    // Two responses of 1.5 MiB held at once: within the share.
+    assert_eq!(
+        ended(flood(2)).await,
+        toka_host::TaskState::Completed {
+            output: b"status 200=2".to_vec()
+        }
+    );
+    let memory = host.memory();
+    assert!(
+        memory.peak >= 4 << 20,
+        "room for two responses was taken: {memory:?}"
+    );
+    let idle = memory.in_use;
+    assert!(idle < 4 << 20, "the responses were given back: {memory:?}");
+
+    // Another tree's agent is done, its instance kept warm.
+    let _ = ended_for(neighbour, flood(0)).await;
+    assert_eq!(host.warm_instances(), 2);
+
+    // Eight at once: room for the fourth is past the tree's share. The
+    // task stops before that request is journaled, as the host's condition
+    // (not the agent's fault), is tried again, and fails naming the share.
+    let toka_host::TaskState::Failed { reason } = ended(flood(8)).await else {
+        panic!("the flood of eight completed");
+    };
+    assert!(
+        reason.starts_with("the host could not run the task: holding an HTTP exchange: the agent's tree holds its share of the host's memory for agents: ")
+            && reason.contains("would pass the share of 9MiB"),
+        "{reason}"
+    );
+    let events = logged(&host);
+    let conditions = events
+        .iter()
+        .filter(|e| matches!(e, Event::HostCondition { .. }))
+        .count();
+    assert!(conditions >= 2, "{conditions} host conditions recorded");
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::AgentFaulted { .. })),
+        "the agent was blamed"
+    );
+    // Only the tree's own instances were let go for its share: the
+    // neighbour's is still warm.
+    assert_eq!(host.warm_instances(), 1);
+    // Every reservation was given back; the server never saw more than
+    // the share let out.
+    assert!(host.memory().in_use <= idle, "{:?}", host.memory());
+    assert!(llm.seen().len() <= 2 + 4, "{} requests", llm.seen().len());
+    host.shutdown().await.unwrap();
+    toka(&data, &["verify"]).ok();
+}

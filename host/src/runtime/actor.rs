@@ -29,7 +29,7 @@ use crate::runtime::sequencer::{Attachments, Unwanted};
 use crate::sandbox::bindings::wit;
 use crate::sandbox::dirs::Sandbox;
 use crate::sandbox::limiter::{Exceeded, describe_failure, summary};
-use crate::sandbox::memory::Charge;
+use crate::sandbox::memory::{Charge, HostFailure};
 
 /// Attempts at a task the host failed to run, before it fails the task
 /// (as a host condition, not the agent's fault).
@@ -58,7 +58,7 @@ pub(crate) enum Failure {
     /// The agent's doing: a fault.
     Agent(String),
     /// The host's: a condition, retried.
-    Host(String),
+    Host(HostFailure),
     /// Nobody wants the instance any more (see [`abandoned`]): nothing to
     /// record.
     Abandoned,
@@ -70,9 +70,9 @@ pub(crate) enum Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Agent(reason) | Failure::Host(reason) | Failure::Withdrawn(reason) => {
-                f.write_str(reason)
-            }
+            Failure::Agent(reason)
+            | Failure::Host(HostFailure { reason, .. })
+            | Failure::Withdrawn(reason) => f.write_str(reason),
             Failure::Abandoned => f.write_str("abandoned"),
         }
     }
@@ -198,13 +198,20 @@ async fn run_task(
         attempt += 1;
         match attempt_task(inner, agent, task, &description, started, instance).await {
             Outcome::Done => return,
-            Outcome::Host(reason) => {
+            Outcome::Host(failure) => {
                 *instance = None;
                 // The warm instances are a cache; what the host lacked
-                // (memory within its budget, address space) may be theirs.
-                inner.warm.clear();
-                let reason =
-                    inner.clip_reason(&format!("the host could not run the task: {reason}"));
+                // (memory within its budget, address space) may be theirs,
+                // or, when only the tree's share was spent, its own.
+                if failure.tree_share {
+                    inner.warm.clear_tree(tree_of(inner, agent));
+                } else {
+                    inner.warm.clear();
+                }
+                let reason = inner.clip_reason(&format!(
+                    "the host could not run the task: {}",
+                    failure.reason
+                ));
                 tracing::warn!(agent = %agent.short(), task = %task.short(), attempt, %reason, "host condition");
                 record(
                     inner,
@@ -233,7 +240,7 @@ enum Outcome {
     /// stopping and nothing more can be recorded).
     Done,
     /// The host failed; nothing recorded about the task yet.
-    Host(String),
+    Host(HostFailure),
 }
 
 async fn attempt_task(
@@ -337,6 +344,11 @@ async fn attempt_task(
         // The host is going down: the task runs again when it opens.
         return Outcome::Done;
     }
+    // The host could not hold what the task's HTTP exchanges needed: the
+    // task stopped at once, whatever the guest answered after.
+    if let Some(failure) = end.host_failure {
+        return Outcome::Host(failure);
+    }
 
     let max_output = inner.sequencer.read(|k| k.limits().max_output as usize);
     let (op, fault_reason) = match call {
@@ -367,8 +379,8 @@ async fn attempt_task(
             let reason = inner.clip_reason(&describe_failure(&trap, &limits));
             (Operation::FailTask { task, reason }, None)
         }
-        Err(trap) if is_hosts(&trap, host_failure.as_deref()) => {
-            return Outcome::Host(host_failure.unwrap_or_else(|| summary(&trap)));
+        Err(trap) if is_hosts(&trap, host_failure.is_some()) => {
+            return Outcome::Host(host_failure.unwrap_or_else(|| summary(&trap).into()));
         }
         Ok(Err(_)) | Err(_) if withdrawn_meanwhile.is_some() => {
             *instance = None;
@@ -426,8 +438,8 @@ async fn attempt_task(
 /// operating system refused the host something (memory, address space,
 /// disk). Anything else — a trap, a limit, a misuse of a handle — is the
 /// agent's.
-fn is_hosts(error: &wasmtime::Error, host_failure: Option<&str>) -> bool {
-    if host_failure.is_some() {
+fn is_hosts(error: &wasmtime::Error, host_failed: bool) -> bool {
+    if host_failed {
         return true;
     }
     if error.downcast_ref::<Exceeded>().is_some()
@@ -518,7 +530,9 @@ async fn ready(
         return Ok(());
     }
     // The place first: an instance out of the warm set holds one.
-    let place = take_place(inner, agent).await.map_err(Failure::Host)?;
+    let place = take_place(inner, agent)
+        .await
+        .map_err(|e| Failure::Host(e.into()))?;
     *instance = Some(match inner.warm.take(agent).filter(|i| !stale(i)) {
         Some(mut warm) => {
             warm.place = Some(place);
@@ -554,7 +568,10 @@ pub(crate) async fn instantiate(
         agent,
     )
     .map_err(Failure::Agent)?;
-    let pre = inner.prepared(component).await.map_err(Failure::Host)?;
+    let pre = inner
+        .prepared(component)
+        .await
+        .map_err(|e| Failure::Host(e.into()))?;
     let memory = Charge {
         budget: Arc::clone(&inner.memory),
         tree: place.tree(),
@@ -594,7 +611,7 @@ pub(crate) async fn instantiate(
     if let Some(fuel) = limits.fuel_per_task {
         store
             .set_fuel(fuel)
-            .map_err(|e| Failure::Host(summary(&e)))?;
+            .map_err(|e| Failure::Host(summary(&e).into()))?;
     }
     let start = async {
         let bindings = match pre.instantiate_async(&mut store).await {
@@ -666,10 +683,14 @@ fn withdrawn(reason: &str) -> String {
 /// One of the host's places for instances, for `agent`'s tree (see
 /// [`Places`](crate::runtime::places::Places)).
 pub(crate) async fn take_place(inner: &HostInner, agent: AgentId) -> Result<Place, String> {
-    let tree = inner
+    inner.places.take(tree_of(inner, agent)).await
+}
+
+/// The tree `agent` belongs to (see [`crate::runtime::places::tree_of`]).
+fn tree_of(inner: &HostInner, agent: AgentId) -> AgentId {
+    inner
         .sequencer
-        .read(|k| crate::runtime::places::tree_of(k.state(), agent));
-    inner.places.take(tree).await
+        .read(|k| crate::runtime::places::tree_of(k.state(), agent))
 }
 
 /// Who is to blame for an error while instantiating or initializing.
@@ -683,11 +704,12 @@ fn blame(
     if let Some(revoked @ Exceeded::Revoked(_)) = error.downcast_ref::<Exceeded>() {
         return Failure::Withdrawn(revoked.to_string());
     }
-    if is_hosts(error, host_failure.as_deref()) {
-        Failure::Host(format!(
-            "{what}: {}",
-            host_failure.unwrap_or_else(|| summary(error))
-        ))
+    if is_hosts(error, host_failure.is_some()) {
+        let failure = host_failure.unwrap_or_else(|| summary(error).into());
+        Failure::Host(HostFailure {
+            reason: format!("{what}: {}", failure.reason),
+            ..failure
+        })
     } else {
         Failure::Agent(format!("{what}: {}", describe_failure(error, limits)))
     }

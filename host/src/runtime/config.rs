@@ -161,7 +161,9 @@ impl HostConfig {
     }
 
     /// Bytes of linear memory all live instances (running and warm) may
-    /// hold together. An agent's growth within its own
+    /// hold together, with the bodies their outgoing HTTP exchanges hold
+    /// (see [`AgentLimits::http_response_bytes`](crate::AgentLimits::http_response_bytes)).
+    /// An agent's growth within its own
     /// [`memory_bytes`](crate::AgentLimits::memory_bytes) that would pass
     /// the budget fails, as the host's condition (recorded, retried, not
     /// counted against the agent); so does one that would take its tree

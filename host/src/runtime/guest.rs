@@ -18,6 +18,7 @@ use crate::sandbox::limiter::Exceeded;
 use crate::sandbox::limiter::Limiter;
 use crate::sandbox::limits::AgentLimits;
 use crate::sandbox::memory::Charge;
+use crate::sandbox::memory::HostFailure;
 use crate::sandbox::task_inputs::TaskInputs;
 
 /// The data of one agent's wasmtime `Store`.
@@ -65,6 +66,9 @@ pub(crate) struct TaskEnd {
     pub(crate) diverged: Option<String>,
     /// The quota the task ran into, if it did.
     pub(crate) quota_hit: Option<String>,
+    /// What the host could not hold for the task's HTTP exchanges, if
+    /// anything: the task stopped there, as the host's condition.
+    pub(crate) host_failure: Option<HostFailure>,
 }
 
 impl AgentCtx {
@@ -118,6 +122,7 @@ impl AgentCtx {
                 kernel_limits.max_reason as usize,
                 std::sync::Arc::clone(&line),
                 paces.refusals.clone(),
+                memory.clone(),
             ),
             table: {
                 let mut table = ResourceTable::new();
@@ -174,15 +179,19 @@ impl AgentCtx {
         self.task = None;
         let (out, out_dropped) = self.stdout.take();
         let (err, err_dropped) = self.stderr.take();
-        let (diverged, quota_hit) = match self.line.end() {
-            Some(Stop::Diverged(why)) => (Some(why), self.quota_hit.take()),
-            Some(Stop::Quota(why)) => (None, self.quota_hit.take().or(Some(why))),
-            None => (None, self.quota_hit.take()),
-        };
+        let (mut diverged, mut host_failure) = (None, None);
+        let mut quota_hit = self.quota_hit.take();
+        match self.line.end() {
+            Some(Stop::Diverged(why)) => diverged = Some(why),
+            Some(Stop::Quota(why)) => quota_hit = quota_hit.or(Some(why)),
+            Some(Stop::Host(failure)) => host_failure = Some(failure),
+            None => {}
+        }
         TaskEnd {
             printed: [("stdout", out, out_dropped), ("stderr", err, err_dropped)],
             diverged,
             quota_hit,
+            host_failure,
         }
     }
 
@@ -253,6 +262,7 @@ impl kernel::Host for AgentCtx {
         if let Some(stop) = self.line.stopped() {
             let why = match stop {
                 Stop::Diverged(why) | Stop::Quota(why) => why,
+                Stop::Host(failure) => failure.reason,
             };
             return Err(wasmtime::Error::msg(why));
         }

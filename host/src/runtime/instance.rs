@@ -120,6 +120,29 @@ impl Warm {
         drop(kept);
     }
 
+    /// Drops the kept instances of agents of `tree`: only its share of the
+    /// host's memory was spent, and they hold part of it.
+    pub(crate) fn clear_tree(&self, tree: AgentId) {
+        let dropped: Vec<Instance> = {
+            let mut kept = self.kept();
+            let of_tree: Vec<(AgentId, u64)> = kept
+                .by_agent
+                .iter()
+                .filter(|(_, (_, i))| i.store.data().limiter.tree() == Some(tree))
+                .map(|(agent, (age, _))| (*agent, *age))
+                .collect();
+            of_tree
+                .into_iter()
+                .filter_map(|(agent, age)| {
+                    kept.by_age.remove(&age);
+                    kept.by_agent.remove(&agent).map(|(_, instance)| instance)
+                })
+                .collect()
+        };
+        // Dropped outside the lock: ending a store is not free.
+        drop(dropped);
+    }
+
     /// How many instances are kept.
     pub(crate) fn len(&self) -> usize {
         self.kept().by_agent.len()

@@ -31,6 +31,14 @@
 //! stop (diverged, out of quota), goes no further; and a refusal for a
 //! quota ends the task, as for any operation.
 //!
+//! The bodies an exchange holds in the host's memory (the request's while
+//! it is out, and room for the largest response; then the response's,
+//! until the agent drops it) are charged to the host's memory for agents,
+//! under the agent's tree, as its linear memories are: an agent cannot
+//! park responses there past its tree's share. When the budget has no
+//! room, the task stops before the request is journaled, as the host's
+//! condition (it is tried again later).
+//!
 //! A request carrying a secret asks for a plain answer (`accept-encoding:
 //! identity`, no `range`, no `TRACE`): an encoded answer could hide the
 //! secret from redaction, so it is refused.
@@ -49,6 +57,7 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpH
 use crate::sandbox::pace::Buckets;
 
 use crate::sandbox::limits::AgentLimits;
+use crate::sandbox::memory::{Charge, HostFailure, Reserved};
 use crate::sandbox::redact::Redactor;
 use crate::sandbox::{Effects, Injection, Journaled};
 
@@ -78,6 +87,9 @@ pub(crate) enum Stop {
     Diverged(String),
     /// The agent ran into a quota (recorded by the sequencer).
     Quota(String),
+    /// The host could not hold what a request needed (its memory for
+    /// agents, or the tree's share of it, is spent): the host's condition.
+    Host(HostFailure),
 }
 
 impl TaskLine {
@@ -256,6 +268,8 @@ pub(crate) struct Hooks {
     /// The agent's (and its tree's) pace of refusals, which a refused
     /// request pays into (see `runtime::paces`).
     refusals: Buckets,
+    /// Where the bodies exchanges hold are charged.
+    memory: Charge,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -275,6 +289,7 @@ impl HttpGate {
         max_reason: usize,
         line: Arc<TaskLine>,
         refusals: Buckets,
+        memory: Charge,
     ) -> Self {
         let mut ctx = WasiHttpCtx::new();
         ctx.set_field_size_limit(HEADER_MAP_BYTES);
@@ -294,6 +309,7 @@ impl HttpGate {
                 },
                 in_flight: Arc::new(tokio::sync::Semaphore::new(limits.http_in_flight)),
                 refusals,
+                memory,
             },
         }
     }
@@ -346,6 +362,7 @@ impl WasiHttpHooks for Hooks {
             line: Arc::clone(&self.line),
             limits: self.limits,
             refusals: self.refusals.clone(),
+            memory: self.memory.clone(),
         };
         Box::new(async move {
             let Some((generation, task, index)) = position else {
@@ -374,6 +391,7 @@ struct Outgoing {
     line: Arc<TaskLine>,
     limits: HttpLimits,
     refusals: Buckets,
+    memory: Charge,
 }
 
 impl Outgoing {
@@ -403,6 +421,25 @@ impl Outgoing {
                 ))));
             }
         };
+        // The request's body while it is out, and room for the largest
+        // response: a response is never refused after it is recorded.
+        let held = body.len() as u64 + self.limits.response_bytes;
+        let mut memory = match self.memory.reserve(held) {
+            Ok(reserved) => reserved,
+            Err(refused) => {
+                let failure = HostFailure::from(refused);
+                let reason = format!("holding an HTTP exchange: {}", failure.reason);
+                tracing::warn!(agent = %agent.short(), %reason, "HTTP request stopped");
+                self.line.stop_run(
+                    generation,
+                    Stop::Host(HostFailure {
+                        reason: reason.clone(),
+                        ..failure
+                    }),
+                );
+                return Err(Error::InternalError(Some(reason)));
+            }
+        };
         let journaled = HttpRequest {
             method: parts.method.as_str().to_owned(),
             url: parts.uri.to_string(),
@@ -426,7 +463,10 @@ impl Outgoing {
             .map_err(gone)?
         {
             Journaled::Send => {}
-            Journaled::Answered { outcome, body } => return answer(outcome, body, permit),
+            Journaled::Answered { outcome, body } => {
+                memory.shrink_to(body.len() as u64);
+                return answer(outcome, body, permit, memory);
+            }
             Journaled::Refused {
                 message,
                 denied,
@@ -463,7 +503,10 @@ impl Outgoing {
             .await
             .map_err(gone)?
         {
-            Ok(()) => answer(outcome, body, permit),
+            Ok(()) => {
+                memory.shrink_to(body.len() as u64);
+                answer(outcome, body, permit, memory)
+            }
             // Never an answer the log does not have.
             Err(why) => Err(Error::InternalError(Some(why))),
         }
@@ -659,11 +702,12 @@ fn carry_secret(parts: &mut http::request::Parts, injection: &Injection) -> Resu
     Ok(())
 }
 
-/// A response body that holds the agent's in-flight place until the agent
-/// drops it.
+/// A response body that holds the agent's in-flight place, and its bytes
+/// in the host's memory for agents, until the agent drops it.
 struct Held {
     body: Full<Bytes>,
     _permit: OwnedSemaphorePermit,
+    _memory: Reserved,
 }
 
 impl http_body::Body for Held {
@@ -701,6 +745,7 @@ fn answer(
     outcome: HttpOutcome,
     body: Vec<u8>,
     permit: OwnedSemaphorePermit,
+    memory: Reserved,
 ) -> Result<http::Response<WasiBody>, Error> {
     let (status, headers) = match outcome {
         HttpOutcome::Response {
@@ -718,6 +763,7 @@ fn answer(
             Held {
                 body: Full::new(Bytes::from(body)),
                 _permit: permit,
+                _memory: memory,
             }
             .map_err(|never| match never {})
             .boxed_unsync(),
@@ -909,6 +955,14 @@ mod tests {
         let limit = 1 << 20;
         let places = Arc::new(tokio::sync::Semaphore::new(2));
         let permit = || Arc::clone(&places).try_acquire_owned().unwrap();
+        let budget = crate::sandbox::memory::MemoryBudget::new(1 << 20, 1 << 20);
+        let memory = |bytes| {
+            let charge = Charge {
+                budget: Arc::clone(&budget),
+                tree: toka_kernel::EntityId::from_u128(1),
+            };
+            charge.reserve(bytes).unwrap()
+        };
         assert!(matches!(
             answer(
                 HttpOutcome::Failed {
@@ -917,6 +971,7 @@ mod tests {
                 },
                 Vec::new(),
                 permit(),
+                memory(0),
             ),
             Err(Error::HttpResponseBodySize(Some(l))) if l == limit
         ));
@@ -929,13 +984,17 @@ mod tests {
             },
             b"hi".to_vec(),
             permit(),
+            memory(2),
         )
         .unwrap();
-        // The response holds its place until the agent drops it.
+        // The response holds its place, and its bytes, until the agent
+        // drops it.
         assert_eq!(places.available_permits(), 1);
+        assert_eq!(budget.usage().in_use, 2);
         assert_eq!(ok.status(), 201);
         assert_eq!(ok.headers()["content-length"], "2");
         drop(ok);
         assert_eq!(places.available_permits(), 2);
+        assert_eq!(budget.usage().in_use, 0);
     }
 }

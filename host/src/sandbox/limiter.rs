@@ -7,7 +7,7 @@ use std::time::Duration;
 use wasmtime::{ResourceLimiter, Trap};
 
 use crate::sandbox::limits::AgentLimits;
-use crate::sandbox::memory::Charge;
+use crate::sandbox::memory::{Charge, HostFailure};
 use crate::text::Size;
 
 /// A limit an instance ran into; the task fails with it.
@@ -62,7 +62,7 @@ pub(crate) struct Limiter {
     /// A growth within the limits that the host failed to provide (no
     /// memory, no address space, its budget for agents spent): the host's
     /// failure, not the agent's.
-    host_failure: Option<String>,
+    host_failure: Option<HostFailure>,
     /// The host's budget the memories are charged to (none in unit tests).
     charge: Option<Charge>,
 }
@@ -78,8 +78,13 @@ impl Limiter {
     }
 
     /// What the host failed to provide since the last call, if anything.
-    pub(crate) fn take_host_failure(&mut self) -> Option<String> {
+    pub(crate) fn take_host_failure(&mut self) -> Option<HostFailure> {
         self.host_failure.take()
+    }
+
+    /// The tree the instance's memories are charged to, if any.
+    pub(crate) fn tree(&self) -> Option<toka_kernel::AgentId> {
+        self.charge.as_ref().map(|charge| charge.tree)
     }
 }
 
@@ -106,7 +111,7 @@ impl ResourceLimiter for Limiter {
             // Within the agent's limit, past the host's: the grow fails
             // (the guest sees it fail) and the task with it, as the host's
             // condition.
-            self.host_failure = Some(refused.to_string());
+            self.host_failure = Some(refused.into());
             return Ok(false);
         }
         self.last_growth.0 = growth;
@@ -120,9 +125,8 @@ impl ResourceLimiter for Limiter {
         if let Some(charge) = &self.charge {
             charge.budget.release(charge.tree, growth);
         }
-        self.host_failure = Some(format!(
-            "the host could not grow a linear memory: {error:#}"
-        ));
+        self.host_failure =
+            Some(format!("the host could not grow a linear memory: {error:#}").into());
         // Let the instance see the failed grow; the task's outcome is then
         // the host's condition, not the agent's fault.
         Ok(())
@@ -148,7 +152,7 @@ impl ResourceLimiter for Limiter {
 
     fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
         self.table_used -= std::mem::take(&mut self.last_growth.1);
-        self.host_failure = Some(format!("the host could not grow a table: {error:#}"));
+        self.host_failure = Some(format!("the host could not grow a table: {error:#}").into());
         Ok(())
     }
 
@@ -329,8 +333,11 @@ mod tests {
         assert!(!second.memory_growing(0, 2 << 20, None).unwrap());
         let failure = second.take_host_failure().unwrap();
         assert!(
-            failure.starts_with("the host's memory for agents is spent"),
-            "{failure}"
+            failure
+                .reason
+                .starts_with("the host's memory for agents is spent")
+                && !failure.tree_share,
+            "{failure:?}"
         );
         assert_eq!(second.memory_used(), 0);
         assert!(second.memory_growing(0, 1 << 20, None).unwrap());
@@ -346,6 +353,27 @@ mod tests {
         assert_eq!(budget.usage().in_use, 0);
         drop(second);
         assert_eq!(budget.usage().in_use, 0);
+    }
+
+    #[test]
+    fn a_growth_past_the_tree_s_share_says_so() {
+        let budget = crate::sandbox::memory::MemoryBudget::new(8 << 20, 2 << 20);
+        let charge = Charge {
+            budget: std::sync::Arc::clone(&budget),
+            tree: toka_kernel::EntityId::from_u128(7),
+        };
+        let mut limiter = Limiter::new(&AgentLimits::default(), Some(charge));
+        assert_eq!(limiter.tree(), Some(toka_kernel::EntityId::from_u128(7)));
+        assert!(limiter.memory_growing(0, 2 << 20, None).unwrap());
+        assert!(!limiter.memory_growing(2 << 20, 3 << 20, None).unwrap());
+        let failure = limiter.take_host_failure().unwrap();
+        assert!(failure.tree_share, "{failure:?}");
+        assert!(
+            failure
+                .reason
+                .starts_with("the agent's tree holds its share"),
+            "{failure:?}"
+        );
     }
 
     #[test]

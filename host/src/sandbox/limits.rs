@@ -68,8 +68,11 @@ pub struct AgentLimits {
     pub http_request_bytes: u64,
     /// Bytes of one outbound HTTP response's body, which the journal keeps
     /// (charged to the agent's log bytes); a larger response is refused
-    /// with an error naming the limit, and the refusal recorded. Default
-    /// 1 MiB.
+    /// with an error naming the limit, and the refusal recorded. Room for
+    /// one is taken from the host's memory for agents
+    /// ([`HostConfig::memory_budget`](crate::HostConfig::memory_budget))
+    /// for each request out, and the response's own bytes until the agent
+    /// drops it. Default 1 MiB.
     pub http_response_bytes: u64,
     /// Time for one outbound HTTP request, from connecting to the last
     /// byte of the response; the agent's own timeouts can only be shorter.
@@ -86,7 +89,9 @@ pub struct AgentLimits {
     /// authority up to 8 KiB each, an unsent body's buffer 32 KiB), so
     /// without a bound an agent could park gigabytes there; one more
     /// traps. Default 256 (an agent with 16 requests in flight holds about
-    /// 130): a few tens of MiB per instance at most.
+    /// 130): about 8 MiB per instance at most (responses, up to
+    /// [`http_response_bytes`](Self::http_response_bytes) each, are charged
+    /// to the host's memory for agents instead).
     pub handles: usize,
 }
 

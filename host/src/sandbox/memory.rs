@@ -61,6 +61,37 @@ pub(crate) enum Refused {
     },
 }
 
+/// What the host failed to provide an instance within the agent's own
+/// limits: the task fails as the host's condition, and is tried again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HostFailure {
+    /// What was missing, in words.
+    pub(crate) reason: String,
+    /// Only the agent's tree's share of the host's memory was spent, not
+    /// the host's memory: what is missing is held by the tree's own
+    /// instances, and no other tree's.
+    pub(crate) tree_share: bool,
+}
+
+impl From<String> for HostFailure {
+    /// A failure of the host's (its memory, address space, disk).
+    fn from(reason: String) -> Self {
+        Self {
+            reason,
+            tree_share: false,
+        }
+    }
+}
+
+impl From<Refused> for HostFailure {
+    fn from(refused: Refused) -> Self {
+        Self {
+            tree_share: matches!(refused, Refused::Tree { .. }),
+            reason: refused.to_string(),
+        }
+    }
+}
+
 impl MemoryBudget {
     /// A budget of `total` bytes, at most `per_tree` of them (at most
     /// `total`) held by one tree.
@@ -138,6 +169,49 @@ pub(crate) struct Charge {
     pub(crate) tree: AgentId,
 }
 
+impl Charge {
+    /// Takes `bytes` for something the host holds for the instance outside
+    /// its linear memories (an HTTP exchange's bodies), until the
+    /// [`Reserved`] is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused`] when the host's budget or the tree's share would be
+    /// passed; nothing is taken then.
+    pub(crate) fn reserve(&self, bytes: u64) -> Result<Reserved, Refused> {
+        self.budget.reserve(self.tree, bytes)?;
+        Ok(Reserved {
+            charge: self.clone(),
+            bytes,
+        })
+    }
+}
+
+/// Bytes taken from the budget for one holder, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Reserved {
+    charge: Charge,
+    bytes: u64,
+}
+
+impl Reserved {
+    /// Gives back all but `bytes` (nothing if it holds no more).
+    pub(crate) fn shrink_to(&mut self, bytes: u64) {
+        if bytes < self.bytes {
+            self.charge
+                .budget
+                .release(self.charge.tree, self.bytes - bytes);
+            self.bytes = bytes;
+        }
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.charge.budget.release(self.charge.tree, self.bytes);
+    }
+}
+
 /// Half the memory this process may use where it can be read (Linux: the
 /// physical memory, or the cgroup's limit when lower, as in a container),
 /// else 4 GiB: the default budget.
@@ -197,6 +271,24 @@ mod tests {
         budget.release(id(1), 60);
         budget.reserve(id(2), 60).unwrap();
         assert_eq!((budget.usage().in_use, budget.usage().peak), (60, 60));
+    }
+
+    #[test]
+    fn a_reservation_is_held_until_dropped() {
+        let budget = MemoryBudget::new(100, 60);
+        let charge = Charge {
+            budget: Arc::clone(&budget),
+            tree: id(1),
+        };
+        let mut reserved = charge.reserve(50).unwrap();
+        assert!(matches!(charge.reserve(11), Err(Refused::Tree { .. })));
+        reserved.shrink_to(20);
+        assert_eq!(budget.usage().in_use, 20);
+        // Shrinking never grows it.
+        reserved.shrink_to(30);
+        assert_eq!(budget.usage().in_use, 20);
+        drop(reserved);
+        assert_eq!((budget.usage().in_use, budget.usage().peak), (0, 50));
     }
 
     #[test]

@@ -888,6 +888,7 @@ impl Sequencer {
         attachments: Attachments,
         wanted: impl FnOnce(&toka_kernel::WorldState) -> bool,
     ) -> Result<Result<Option<Receipt>, Declined>, Stopped> {
+        self.decide_ahead(by, crate::capability::policy::operator_level_for(&op));
         let mut core = self.lock_with_room().await?;
         if !wanted(core.kernel.state()) {
             self.release(core);
@@ -912,6 +913,7 @@ impl Sequencer {
         token: Token,
         budgets: toka_kernel::Budgets,
     ) -> Result<Result<Receipt, Declined>, Stopped> {
+        self.decide_ahead(by, Some(crate::capability::rights::OperatorLevel::Write));
         let mut core = self.lock_with_room().await?;
         let result = core.spawn_root(by, spec, token, budgets);
         self.release(core);
@@ -949,6 +951,18 @@ impl Sequencer {
                 self.lock().gate.settle(decided);
                 decision
             }
+        }
+    }
+
+    /// Decides an operator's check for `level` away from the lock (see
+    /// [`Sequencer::authorize_operator`]), so that the same check made
+    /// again under the lock, as the command is applied, finds the decision
+    /// the gate keeps: a token's holder chooses what deciding it costs.
+    fn decide_ahead(&self, by: &By, level: Option<crate::capability::rights::OperatorLevel>) {
+        if let (By::Operator(token), Some(level)) = (by, level) {
+            // Allowed or denied, the decision is kept; the check under the
+            // lock answers the command with it.
+            let _ = self.authorize_operator(token, level);
         }
     }
 

@@ -33,7 +33,10 @@ const RECORD_PAGE_BYTES: usize = 4 << 20;
 /// A page of events is read from records holding at most about this
 /// many bytes (the record that passes it is the last): an observation
 /// may be 1 MiB, and 1 000 of them must not be read and encoded for one
-/// request.
+/// request. The page's events also end once they take this many bytes as
+/// JSON (a record's events stay together, so one record's may pass it): an
+/// observation of control characters takes six bytes for each as JSON
+/// text, so 4 MiB of records made 24 MiB of JSON.
 const EVENT_PAGE_BYTES: usize = 4 << 20;
 
 /// Filters and where to start.
@@ -43,7 +46,8 @@ pub(crate) struct EventsQuery {
     /// The first sequence number to read (default 1).
     from: Option<u64>,
     /// Events at most (1 to 1000, default 100); a page also ends after
-    /// the record that brings the records read to 4 MiB.
+    /// the record that brings the records read to 4 MiB, or its events to
+    /// 4 MiB as JSON.
     limit: Option<usize>,
     /// Only events about this agent (or submitted by it).
     agent: Option<String>,
@@ -118,7 +122,7 @@ pub(crate) async fn events(
         .ok_or_else(ApiError::stopping)??;
     let head = head(&app).seq;
     let mut events: Vec<EventView> = Vec::new();
-    let mut next_from = None;
+    let (mut next_from, mut sent) = (None, 0);
     for record in &records {
         let kept: Vec<EventView> = record
             .events
@@ -126,11 +130,15 @@ pub(crate) async fn events(
             .filter(|e| filter.keeps(record, e))
             .map(|e| event_view(record, e))
             .collect();
+        let bytes: usize = kept.iter().map(json_bytes).sum();
         // A record's events stay together on one page.
-        if events.len() + kept.len() > limit && !events.is_empty() {
+        if !events.is_empty()
+            && (events.len() + kept.len() > limit || sent + bytes > EVENT_PAGE_BYTES)
+        {
             next_from = Some(record.seq);
             break;
         }
+        sent += bytes;
         events.extend(kept);
     }
     if next_from.is_none()
@@ -144,6 +152,25 @@ pub(crate) async fn events(
         next_from,
         head,
     }))
+}
+
+/// The bytes `view` takes as JSON (counted, not written).
+fn json_bytes(view: &EventView) -> usize {
+    /// Counts what is written to it.
+    struct Counted(usize);
+    impl std::io::Write for Counted {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counted = Counted(0);
+    // Writing to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut counted, view);
+    counted.0
 }
 
 /// Where raw records start.

@@ -31,9 +31,10 @@
 //! stop (diverged, out of quota), goes no further; and a refusal for a
 //! quota ends the task, as for any operation.
 //!
-//! The bodies an exchange holds in the host's memory (the request's while
-//! it is out, and room for the largest response; then the response's,
-//! until the agent drops it) are charged to the host's memory for agents,
+//! The bodies an exchange holds in the host's memory (room for the
+//! largest request body while the agent writes it, then the body's own
+//! bytes while it is out, and room for the largest response; then the
+//! response's, until the agent drops it) are charged to the host's memory for agents,
 //! under the agent's tree, as its linear memories are: an agent cannot
 //! park responses there past its tree's share. When the budget has no
 //! room, the task stops before the request is journaled, as the host's
@@ -406,25 +407,13 @@ impl Outgoing {
     ) -> Result<http::Response<WasiBody>, Error> {
         let agent = self.agent;
         let ended = || Error::InternalError(Some(format!("task {task} ended")));
-        let (parts, body) = request.into_parts();
-        let body = match Limited::new(body, self.limits.request_bytes as usize)
-            .collect()
-            .await
+        // Room for the request's body while it is read and out (the agent
+        // may take its time writing it), and for the largest response: a
+        // response is never refused after it is recorded.
+        let mut memory = match self
+            .memory
+            .reserve(self.limits.request_bytes + self.limits.response_bytes)
         {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<LengthLimitError>() => {
-                return Err(Error::HttpRequestBodySize(Some(self.limits.request_bytes)));
-            }
-            Err(e) => {
-                return Err(Error::InternalError(Some(format!(
-                    "reading the request body: {e}"
-                ))));
-            }
-        };
-        // The request's body while it is out, and room for the largest
-        // response: a response is never refused after it is recorded.
-        let held = body.len() as u64 + self.limits.response_bytes;
-        let mut memory = match self.memory.reserve(held) {
             Ok(reserved) => reserved,
             Err(refused) => {
                 let failure = HostFailure::from(refused);
@@ -440,6 +429,22 @@ impl Outgoing {
                 return Err(Error::InternalError(Some(reason)));
             }
         };
+        let (parts, body) = request.into_parts();
+        let body = match Limited::new(body, self.limits.request_bytes as usize)
+            .collect()
+            .await
+        {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<LengthLimitError>() => {
+                return Err(Error::HttpRequestBodySize(Some(self.limits.request_bytes)));
+            }
+            Err(e) => {
+                return Err(Error::InternalError(Some(format!(
+                    "reading the request body: {e}"
+                ))));
+            }
+        };
+        memory.shrink_to(body.len() as u64 + self.limits.response_bytes);
         let journaled = HttpRequest {
             method: parts.method.as_str().to_owned(),
             url: parts.uri.to_string(),

@@ -64,7 +64,8 @@ pub struct AgentLimits {
     /// is quarantined until `toka agent resume`. Default 3.
     pub quarantine_after: u32,
     /// Bytes of one outbound HTTP request's body; a larger one is refused
-    /// before it is journaled. Default 1 MiB.
+    /// before it is journaled. Room for one is taken from the host's
+    /// memory for agents while the agent writes it. Default 1 MiB.
     pub http_request_bytes: u64,
     /// Bytes of one outbound HTTP response's body, which the journal keeps
     /// (charged to the agent's log bytes); a larger response is refused

@@ -806,7 +806,7 @@ async fn an_agent_cannot_park_responses_past_its_tree_s_share_of_memory() {
     // agents, under the tree's share, as linear memories are. Here a
     // budget of 12 MiB, a tree's share of 9 MiB, responses of up to 2 MiB.
     let (_tmp, data) = temp_data();
-    let llm = Llm::start(vec![Reply::Big(1536 << 10); 2]).await;
+    let llm = Llm::start(vec![Reply::Big(1536 << 10); 4]).await;
     let mut config = HostConfig::new();
     config
         .agent_limits(AgentLimits {
@@ -856,9 +856,24 @@ async fn an_agent_cannot_park_responses_past_its_tree_s_share_of_memory() {
     let _ = ended_for(neighbour, flood(0)).await;
     assert_eq!(host.warm_instances(), 2);
 
-    // Eight at once: room for the fourth is past the tree's share. The
-    // task stops before that request is journaled, as the host's condition
-    // (not the agent's fault), is tried again, and fails naming the share.
+    // Two responses kept past the task, unread: an instance holding them is
+    // not kept warm (they would stay charged while it idles), and dropping
+    // it gives their bytes back.
+    let park = format!("park 2 127.0.0.1:{} /v1/chat/completions", llm.port);
+    assert_eq!(
+        ended(park).await,
+        toka_host::TaskState::Completed {
+            output: b"parked 2".to_vec()
+        }
+    );
+    assert_eq!(host.warm_instances(), 1);
+    let in_use = host.memory().in_use;
+    assert!(in_use < idle + (1 << 20), "{:?}", host.memory());
+
+    // Eight at once: each takes room for a request's body (1 MiB) and a
+    // response (2 MiB), and the third passes the tree's share. The task
+    // stops before that request is journaled, as the host's condition (not
+    // the agent's fault), is tried again, and fails naming the share.
     let toka_host::TaskState::Failed { reason } = ended(flood(8)).await else {
         panic!("the flood of eight completed");
     };
@@ -883,9 +898,13 @@ async fn an_agent_cannot_park_responses_past_its_tree_s_share_of_memory() {
     // neighbour's is still warm.
     assert_eq!(host.warm_instances(), 1);
     // Every reservation was given back; the server never saw more than
-    // the share let out.
-    assert!(host.memory().in_use <= idle, "{:?}", host.memory());
-    assert!(llm.seen().len() <= 2 + 4, "{} requests", llm.seen().len());
+    // the share let out in each of the three attempts (two).
+    assert!(host.memory().in_use <= in_use, "{:?}", host.memory());
+    assert!(
+        llm.seen().len() <= 4 + 3 * 2,
+        "{} requests",
+        llm.seen().len()
+    );
     host.shutdown().await.unwrap();
     toka(&data, &["verify"]).ok();
 }

@@ -21,13 +21,19 @@
 //! each one's body, 1 MiB at a time, all the host takes without waiting;
 //! keeps them; outputs the bytes the host took.
 //!
+//! Task: `park N AUTHORITY PATH`: makes N requests, waits for each
+//! response and keeps it (its body unread) for as long as the instance
+//! lives; outputs how many it keeps.
+//!
 //! Task: `set method|path|authority LEN`: sets an extension method, a path
 //! or an authority of LEN bytes on a request (kept in the host's memory
 //! with it); outputs `set` or `refused`.
 
 use toka_guest::{Agent, Context, Task};
 use wasip2::http::outgoing_handler;
-use wasip2::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
+use wasip2::http::types::{
+    Fields, IncomingResponse, Method, OutgoingBody, OutgoingRequest, Scheme,
+};
 use wasip2::io::streams::{OutputStream, StreamError};
 
 #[derive(Default)]
@@ -37,9 +43,12 @@ struct Http {
     /// What `hoard-bodies` made, likewise (children first, so they drop
     /// first).
     bodies: Vec<(OutputStream, OutgoingBody, OutgoingRequest)>,
+    /// What `park` received, likewise.
+    parked: Vec<IncomingResponse>,
 }
 
-fn get(authority: &str, path: &str) -> Result<String, String> {
+/// A `GET` of `path` at `authority`, over plain HTTP.
+fn request(authority: &str, path: &str) -> Result<OutgoingRequest, String> {
     let request = OutgoingRequest::new(Fields::new());
     request
         .set_scheme(Some(&Scheme::Http))
@@ -50,14 +59,23 @@ fn get(authority: &str, path: &str) -> Result<String, String> {
     request
         .set_path_with_query(Some(path))
         .map_err(|()| format!("bad path `{path}`"))?;
+    Ok(request)
+}
+
+/// Sends `request` and waits for its response.
+fn response(request: OutgoingRequest) -> Result<IncomingResponse, String> {
     let pending =
         outgoing_handler::handle(request, None).map_err(|e| format!("request refused: {e:?}"))?;
     pending.subscribe().block();
-    let response = pending
+    pending
         .get()
         .ok_or("no response after the wait")?
         .map_err(|()| "response already taken")?
-        .map_err(|e| format!("request failed: {e:?}"))?;
+        .map_err(|e| format!("request failed: {e:?}"))
+}
+
+fn get(authority: &str, path: &str) -> Result<String, String> {
+    let response = response(request(authority, path)?)?;
     let status = response.status();
     let body = response.consume().map_err(|()| "no body")?;
     let stream = body.stream().map_err(|()| "no body stream")?;
@@ -79,10 +97,10 @@ fn flood(n: u32, authority: &str, path: &str) -> String {
     let mut pending = Vec::new();
     let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
     for _ in 0..n {
-        let request = OutgoingRequest::new(Fields::new());
-        let _ = request.set_scheme(Some(&Scheme::Http));
-        let _ = request.set_authority(Some(authority));
-        let _ = request.set_path_with_query(Some(path));
+        let Ok(request) = request(authority, path) else {
+            *outcomes.entry("bad request".to_owned()).or_default() += 1;
+            continue;
+        };
         match outgoing_handler::handle(request, None) {
             Ok(future) => pending.push(future),
             Err(e) => *outcomes.entry(format!("{e:?}")).or_default() += 1,
@@ -178,6 +196,17 @@ impl Agent for Http {
             let mut words = rest.split(' ');
             let (n, kib) = (count(words.next())?, count(words.next())?);
             return Ok(hoard(&mut self.kept, n, kib)?.into_bytes());
+        }
+        if let Some(rest) = task.description.strip_prefix("park ") {
+            let words: Vec<&str> = rest.split(' ').collect();
+            let [n, authority, path] = words[..] else {
+                return Err("park N AUTHORITY PATH".into());
+            };
+            let n: u32 = n.parse().map_err(|_| format!("`{n}` is not a count"))?;
+            for _ in 0..n {
+                self.parked.push(response(request(authority, path)?)?);
+            }
+            return Ok(format!("parked {}", self.parked.len()).into_bytes());
         }
         if let Some(rest) = task.description.strip_prefix("flood ") {
             let words: Vec<&str> = rest.split(' ').collect();

@@ -344,11 +344,6 @@ async fn attempt_task(
         // The host is going down: the task runs again when it opens.
         return Outcome::Done;
     }
-    // The host could not hold what the task's HTTP exchanges needed: the
-    // task stopped at once, whatever the guest answered after.
-    if let Some(failure) = end.host_failure {
-        return Outcome::Host(failure);
-    }
 
     let max_output = inner.sequencer.read(|k| k.limits().max_output as usize);
     let (op, fault_reason) = match call {
@@ -378,6 +373,12 @@ async fn attempt_task(
             *instance = None;
             let reason = inner.clip_reason(&describe_failure(&trap, &limits));
             (Operation::FailTask { task, reason }, None)
+        }
+        // The host could not hold what one of the task's HTTP requests
+        // needed: the task stopped there (at its next operation or epoch
+        // tick), whatever the guest did or answered after.
+        _ if end.host_failure.is_some() => {
+            return Outcome::Host(end.host_failure.expect("checked"));
         }
         Err(trap) if is_hosts(&trap, host_failure.is_some()) => {
             return Outcome::Host(host_failure.unwrap_or_else(|| summary(&trap).into()));
@@ -595,16 +596,21 @@ pub(crate) async fn instantiate(
     let max_observation = inner.sequencer.read(|k| k.limits().max_observation);
     store.set_hostcall_fuel(max_observation as usize + (1 << 20));
     // At every epoch tick: yield to the other agents (and so to
-    // [`abandoned`], raced against every call); and end the task if the
-    // token no longer grants a directory this instance has open.
+    // [`abandoned`], raced against every call); end the task if the token
+    // no longer grants a directory this instance has open, or if the task
+    // must stop (a request of it diverged, ran into a quota, or found no
+    // room in the host): a guest computing on does not make its next
+    // operation.
     store.epoch_deadline_callback(|ctx| {
-        if ctx.data().grants_still_hold() {
-            Ok(UpdateDeadline::Yield(1))
-        } else {
-            Err(wasmtime::Error::new(Exceeded::Revoked(
+        if !ctx.data().grants_still_hold() {
+            return Err(wasmtime::Error::new(Exceeded::Revoked(
                 "it no longer grants a directory the instance holds open".into(),
-            )))
+            )));
         }
+        if let Some(why) = ctx.data().must_stop() {
+            return Err(wasmtime::Error::msg(why));
+        }
+        Ok(UpdateDeadline::Yield(1))
     });
     store.set_epoch_deadline(1);
     let limits = &sandbox.limits;
@@ -706,10 +712,7 @@ fn blame(
     }
     if is_hosts(error, host_failure.is_some()) {
         let failure = host_failure.unwrap_or_else(|| summary(error).into());
-        Failure::Host(HostFailure {
-            reason: format!("{what}: {}", failure.reason),
-            ..failure
-        })
+        Failure::Host(failure.context(what))
     } else {
         Failure::Agent(format!("{what}: {}", describe_failure(error, limits)))
     }

@@ -155,6 +155,22 @@ impl AgentCtx {
         self.table.iter_mut().count()
     }
 
+    /// Why the running task must stop, if it must (one atomic load when
+    /// it need not; asked at every operation and epoch tick).
+    pub(crate) fn must_stop(&self) -> Option<String> {
+        self.line.stopped().map(|stop| match stop {
+            Stop::Diverged(why) | Stop::Quota(why) => why,
+            Stop::Host(failure) => failure.reason,
+        })
+    }
+
+    /// Whether the instance's HTTP exchanges hold anything in the host (a
+    /// request out, or a response not dropped): such an instance is not
+    /// kept warm, or what they hold would stay charged while it idles.
+    pub(crate) fn exchanges_held(&self) -> bool {
+        self.http.hooks.outstanding() > 0
+    }
+
     /// Whether the token still grants the directories the instance holds
     /// open (cheap when it holds none).
     pub(crate) fn grants_still_hold(&self) -> bool {
@@ -257,13 +273,10 @@ impl kernel::Host for AgentCtx {
         &mut self,
         op: wit::Operation,
     ) -> wasmtime::Result<Result<wit::Receipt, wit::Error>> {
-        // A request of this task diverged or ran into a quota: the task
-        // ends here, as it would for an operation.
-        if let Some(stop) = self.line.stopped() {
-            let why = match stop {
-                Stop::Diverged(why) | Stop::Quota(why) => why,
-                Stop::Host(failure) => failure.reason,
-            };
+        // A request of this task diverged, ran into a quota or found no
+        // room in the host: the task ends here, as it would for an
+        // operation.
+        if let Some(why) = self.must_stop() {
             return Err(wasmtime::Error::msg(why));
         }
         let cause = self.position();

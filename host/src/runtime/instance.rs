@@ -10,9 +10,11 @@
 //! instantiated for each one, and a warm instance never keeps a place from
 //! an agent with work. At most `max_instances + warm_instances` instances
 //! live at once. An instance whose memories hold more than
-//! [`WARM_MEMORY_BYTES`], or holds more than [`WARM_RESOURCES`] resources
-//! in the host, is not kept: an agent cannot park a large memory on the
-//! host by growing it (or hoarding resources) and going idle.
+//! [`WARM_MEMORY_BYTES`], holds more than [`WARM_RESOURCES`] resources
+//! in the host, or has an HTTP exchange out (a request, a response not
+//! dropped: what they hold is charged to the host's memory for agents),
+//! is not kept: an agent cannot park a large memory on the host by growing
+//! it (or hoarding resources) and going idle.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
@@ -76,12 +78,14 @@ impl Warm {
 
     /// Keeps `agent`'s instance (giving its place back), dropping the least
     /// recently kept one when full; an instance holding more than
-    /// [`WARM_MEMORY_BYTES`] or [`WARM_RESOURCES`] is dropped instead.
+    /// [`WARM_MEMORY_BYTES`] or [`WARM_RESOURCES`], or an HTTP exchange, is
+    /// dropped instead.
     pub(crate) fn keep(&self, agent: AgentId, mut instance: Instance) {
         instance.place = None;
         if self.cap == 0
             || instance.store.data().limiter.memory_used() > WARM_MEMORY_BYTES
             || instance.store.data_mut().resources_held() > WARM_RESOURCES
+            || instance.store.data().exchanges_held()
         {
             return;
         }

@@ -266,6 +266,7 @@ pub(crate) struct Hooks {
     limits: HttpLimits,
     /// Places for outstanding requests ([`AgentLimits::http_in_flight`]).
     in_flight: Arc<tokio::sync::Semaphore>,
+    in_flight_limit: usize,
     /// The agent's (and its tree's) pace of refusals, which a refused
     /// request pays into (see `runtime::paces`).
     refusals: Buckets,
@@ -309,6 +310,7 @@ impl HttpGate {
                     max_reason,
                 },
                 in_flight: Arc::new(tokio::sync::Semaphore::new(limits.http_in_flight)),
+                in_flight_limit: limits.http_in_flight,
                 refusals,
                 memory,
             },
@@ -327,6 +329,14 @@ type Sent = Box<
             >,
         > + Send,
 >;
+
+impl Hooks {
+    /// Requests the agent has outstanding (handed over, their response
+    /// not dropped yet).
+    pub(crate) fn outstanding(&self) -> usize {
+        self.in_flight_limit - self.in_flight.available_permits()
+    }
+}
 
 impl WasiHttpHooks for Hooks {
     /// A write to a request's body takes at most this much at once, and
@@ -410,23 +420,22 @@ impl Outgoing {
         // Room for the request's body while it is read and out (the agent
         // may take its time writing it), and for the largest response: a
         // response is never refused after it is recorded.
-        let mut memory = match self
-            .memory
-            .reserve(self.limits.request_bytes + self.limits.response_bytes)
-        {
+        let mut memory = match self.memory.reserve(
+            self.limits
+                .request_bytes
+                .saturating_add(self.limits.response_bytes),
+        ) {
             Ok(reserved) => reserved,
             Err(refused) => {
-                let failure = HostFailure::from(refused);
-                let reason = format!("holding an HTTP exchange: {}", failure.reason);
-                tracing::warn!(agent = %agent.short(), %reason, "HTTP request stopped");
-                self.line.stop_run(
-                    generation,
-                    Stop::Host(HostFailure {
-                        reason: reason.clone(),
-                        ..failure
-                    }),
-                );
-                return Err(Error::InternalError(Some(reason)));
+                let failure = HostFailure::from(refused).context("holding an HTTP exchange");
+                tracing::warn!(agent = %agent.short(), reason = %failure.reason, "HTTP request stopped");
+                self.line.stop_run(generation, Stop::Host(failure));
+                // The task fails with the figures (in the log, for the
+                // operator); the guest, which may hold no right to read
+                // them, learns nothing of other trees' memory.
+                return Err(Error::InternalError(Some(
+                    "the host cannot hold this request now".to_owned(),
+                )));
             }
         };
         let (parts, body) = request.into_parts();
@@ -444,7 +453,7 @@ impl Outgoing {
                 ))));
             }
         };
-        memory.shrink_to(body.len() as u64 + self.limits.response_bytes);
+        memory.shrink_to((body.len() as u64).saturating_add(self.limits.response_bytes));
         let journaled = HttpRequest {
             method: parts.method.as_str().to_owned(),
             url: parts.uri.to_string(),
@@ -479,7 +488,8 @@ impl Outgoing {
             } => {
                 tracing::info!(agent = %agent.short(), url = %parts.uri, %message, "HTTP request refused");
                 // Decided under the sequencer's lock: paced as the agent's
-                // other refusals are.
+                // other refusals are (holding nothing of the budget).
+                drop(memory);
                 crate::sandbox::pace::refused(&self.refusals).await;
                 if quota {
                     // The task ends: a runaway must not keep asking.

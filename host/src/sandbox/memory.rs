@@ -73,6 +73,16 @@ pub(crate) struct HostFailure {
     pub(crate) tree_share: bool,
 }
 
+impl HostFailure {
+    /// The same failure, its reason prefixed with what the host was doing.
+    pub(crate) fn context(self, what: &str) -> Self {
+        Self {
+            reason: format!("{what}: {}", self.reason),
+            ..self
+        }
+    }
+}
+
 impl From<String> for HostFailure {
     /// A failure of the host's (its memory, address space, disk).
     fn from(reason: String) -> Self {

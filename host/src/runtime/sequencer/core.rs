@@ -913,6 +913,7 @@ impl Sequencer {
         token: Token,
         budgets: toka_kernel::Budgets,
     ) -> Result<Result<Receipt, Declined>, Stopped> {
+        // What `operator_level_for` asks of a `SpawnAgent`.
         self.decide_ahead(by, Some(crate::capability::rights::OperatorLevel::Write));
         let mut core = self.lock_with_room().await?;
         let result = core.spawn_root(by, spec, token, budgets);

@@ -810,7 +810,7 @@ async fn an_agent_cannot_park_responses_past_its_tree_s_share_of_memory() {
     let mut config = HostConfig::new();
     config
         .agent_limits(AgentLimits {
-            memory_bytes: 8 << 20,
+            memory_bytes: 4 << 20,
             http_response_bytes: 2 << 20,
             ..AgentLimits::default()
         })

@@ -170,10 +170,11 @@ impl HostConfig {
     /// past the tree's share of the budget: the same share as of the
     /// places ([`places_per_tree`](Self::places_per_tree) of
     /// [`max_instances`](Self::max_instances), by default three
-    /// quarters), but at least one agent's limit. Default: half the
-    /// machine's physical memory, or of the cgroup's memory limit when
-    /// that is lower (a container); 4 GiB where neither can be read; at
-    /// least one agent's limit.
+    /// quarters), but at least what one agent may hold (its memory limit
+    /// and one HTTP exchange). Default: half the machine's physical
+    /// memory, or of the cgroup's memory limit when that is lower (a
+    /// container); 4 GiB where neither can be read; at least what one
+    /// agent may hold.
     pub fn memory_budget(&mut self, bytes: u64) -> &mut Self {
         self.memory_budget = Some(bytes);
         self
@@ -182,7 +183,12 @@ impl HostConfig {
     /// The memory budget as configured or by default, and one tree's
     /// share of it.
     pub(crate) fn memory_shares(&self) -> (u64, u64) {
-        let limit = self.agent_limits.memory_bytes;
+        // What one agent may hold: its memories and one HTTP exchange.
+        let limits = &self.agent_limits;
+        let limit = limits
+            .memory_bytes
+            .saturating_add(limits.http_request_bytes)
+            .saturating_add(limits.http_response_bytes);
         let total = self
             .memory_budget
             .unwrap_or_else(|| crate::sandbox::memory::default_budget().max(limit));
@@ -304,5 +310,30 @@ impl std::fmt::Debug for HostConfig {
             .field("pooling", &self.pooling)
             .field("protected_paths", &self.protected_paths)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HostConfig;
+    use crate::AgentLimits;
+
+    #[test]
+    fn a_tree_s_share_of_memory_holds_one_agent_and_its_http_exchange() {
+        let mut config = HostConfig::new();
+        config.memory_budget(40 << 20).agent_limits(AgentLimits {
+            memory_bytes: 16 << 20,
+            http_request_bytes: 8 << 20,
+            http_response_bytes: 8 << 20,
+            ..AgentLimits::default()
+        });
+        // Three quarters of 40 MiB is 30 MiB, less than one agent may hold.
+        assert_eq!(config.memory_shares(), (40 << 20, 32 << 20));
+        // Never more than the budget.
+        config.memory_budget(24 << 20);
+        assert_eq!(config.memory_shares(), (24 << 20, 24 << 20));
+        // Three quarters, when that is more.
+        config.memory_budget(64 << 20);
+        assert_eq!(config.memory_shares(), (64 << 20, 48 << 20));
     }
 }

@@ -1557,12 +1557,11 @@ async fn an_agent_refused_again_and_again_is_paced() {
     // and again for what it may not do took the lock as often as it
     // liked. Here 50 refusals a second, a second's worth at once.
     let rate = 50;
-    let mut config = toka_host::HostConfig::new();
-    config.agent_limits(AgentLimits {
+    let arena = Arena::with_limits(AgentLimits {
         refusals_per_second: rate,
         ..AgentLimits::default()
-    });
-    let arena = Arena::new(config).await;
+    })
+    .await;
     // Without `observe`, each observation is refused by the gate.
     let asker = arena.agent("test-bench", grant(&["state"])).await;
     let asked = 150;
@@ -1599,12 +1598,11 @@ async fn a_tree_of_agents_refused_again_and_again_is_paced_as_a_tree() {
     // agent spawning children had as many paces as children. Here 50
     // refusals a second an agent, and so 200 a tree (four agents' worth).
     let rate = 50;
-    let mut config = toka_host::HostConfig::new();
-    config.agent_limits(AgentLimits {
+    let arena = Arena::with_limits(AgentLimits {
         refusals_per_second: rate,
         ..AgentLimits::default()
-    });
-    let arena = Arena::new(config).await;
+    })
+    .await;
     let spawner = arena
         .agent(
             "hostile-flood",

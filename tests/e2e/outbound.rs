@@ -669,6 +669,21 @@ async fn toka_demo_llm_runs_the_llm_planner_with_the_key_from_the_secret_store()
     assert!(!other.exists());
 }
 
+/// `hostile-http` installed on `host`, and an agent `name` of it that may
+/// reach `127.0.0.1:port`: the component and the agent.
+async fn an_http_agent(host: &Host, name: &str, port: u16) -> (toka_kernel::Digest, AgentId) {
+    let component = host
+        .install("hostile-http", agent_bytes("hostile-http"))
+        .await
+        .unwrap();
+    let right = format!("http 127.0.0.1:{port}");
+    let agent = host
+        .spawn(component, name, grant(&["observe", &right]))
+        .await
+        .unwrap();
+    (component, agent)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cannot_pile_up_outstanding_requests() {
     // A server that answers slowly: every request the agent hands over at
@@ -676,15 +691,7 @@ async fn an_agent_cannot_pile_up_outstanding_requests() {
     let (_tmp, data) = temp_data();
     let llm = Llm::start(vec![Reply::Hold; 40]).await;
     let host = keyed_host(&data, AgentLimits::default()).await;
-    let component = host
-        .install("hostile-http", agent_bytes("hostile-http"))
-        .await
-        .unwrap();
-    let right = format!("http 127.0.0.1:{}", llm.port);
-    let flood = host
-        .spawn(component, "flood", grant(&["observe", &right]))
-        .await
-        .unwrap();
+    let (_, flood) = an_http_agent(&host, "flood", llm.port).await;
     let task = host
         .schedule(
             flood,
@@ -816,15 +823,7 @@ async fn an_agent_cannot_park_responses_past_its_tree_s_share_of_memory() {
         })
         .memory_budget(12 << 20);
     let host = open_host_with(&data, config).await;
-    let component = host
-        .install("hostile-http", agent_bytes("hostile-http"))
-        .await
-        .unwrap();
-    let right = format!("http 127.0.0.1:{}", llm.port);
-    let hoarder = host
-        .spawn(component, "hoarder", grant(&["observe", &right]))
-        .await
-        .unwrap();
+    let (component, hoarder) = an_http_agent(&host, "hoarder", llm.port).await;
     let neighbour = host
         .spawn(component, "neighbour", grant(&["observe"]))
         .await

@@ -17,8 +17,7 @@ use crate::sandbox::http::{HttpGate, Stop, TaskLine};
 use crate::sandbox::limiter::Exceeded;
 use crate::sandbox::limiter::Limiter;
 use crate::sandbox::limits::AgentLimits;
-use crate::sandbox::memory::Charge;
-use crate::sandbox::memory::HostFailure;
+use crate::sandbox::memory::{Charge, HostFailure};
 use crate::sandbox::task_inputs::TaskInputs;
 
 /// The data of one agent's wasmtime `Store`.

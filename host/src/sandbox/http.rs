@@ -34,11 +34,11 @@
 //! The bodies an exchange holds in the host's memory (room for the
 //! largest request body while the agent writes it, then the body's own
 //! bytes while it is out, and room for the largest response; then the
-//! response's, until the agent drops it) are charged to the host's memory for agents,
-//! under the agent's tree, as its linear memories are: an agent cannot
-//! park responses there past its tree's share. When the budget has no
-//! room, the task stops before the request is journaled, as the host's
-//! condition (it is tried again later).
+//! response's, until the agent drops it) are charged to the host's
+//! memory for agents, under the agent's tree, as its linear memories are:
+//! an agent cannot park responses there past its tree's share. When the
+//! budget has no room, the task stops before the request is journaled, as
+//! the host's condition (it is tried again later).
 //!
 //! A request carrying a secret asks for a plain answer (`accept-encoding:
 //! identity`, no `range`, no `TRACE`): an encoded answer could hide the
@@ -266,6 +266,7 @@ pub(crate) struct Hooks {
     limits: HttpLimits,
     /// Places for outstanding requests ([`AgentLimits::http_in_flight`]).
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// How many places `in_flight` was made with.
     in_flight_limit: usize,
     /// The agent's (and its tree's) pace of refusals, which a refused
     /// request pays into (see `runtime::paces`).

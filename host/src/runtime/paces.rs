@@ -53,7 +53,8 @@ pub(crate) const PER_READ: u64 = 1024;
 
 /// How many agents' paces a tree's agents may spend together. The tree's
 /// buckets are made with the pace of the first of its agents to start an
-/// instance (a child's limits are at most its parent's).
+/// instance (the paces are the host's, the same for every agent: a token's
+/// budgets do not narrow them).
 pub(crate) const TREE_FACTOR: u64 = 4;
 
 /// An agent's paces.

@@ -869,6 +869,20 @@ async fn an_agent_cannot_park_host_memory_in_resources() {
         ),
         "{huge:?}"
     );
+    // Random bytes are made in the host's memory, in one call nothing
+    // interrupts (WASI's default allows 64 MiB, a byte at a time: seconds
+    // of a worker thread): at most 1 MiB a call.
+    assert_eq!(
+        outcome(&arena.host, hoarder, "random 1048576").await,
+        Ok("1048576".to_owned())
+    );
+    let random = outcome(&arena.host, hoarder, "random 67108864").await;
+    assert!(
+        random
+            .as_ref()
+            .is_err_and(|e| e.contains("requested len 67108864 exceeds limit 1048576")),
+        "{random:?}"
+    );
     arena.bystander_serves().await;
     // Within the bounds, the same calls work; the instance keeps what it
     // made until it ends.
@@ -900,8 +914,8 @@ async fn an_agent_cannot_park_host_memory_in_resources() {
         .unwrap();
     assert!((1..=10 * 2 * (16 << 10)).contains(&taken), "{taken}");
     let events = arena.finish().await;
-    // The two bounds above, and the trap.
-    assert_eq!(failures(&events, hoarder).len(), 3);
+    // The two bounds above, and the traps.
+    assert_eq!(failures(&events, hoarder).len(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

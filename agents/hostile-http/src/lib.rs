@@ -25,6 +25,9 @@
 //! response and keeps it (its body unread) for as long as the instance
 //! lives; outputs how many it keeps.
 //!
+//! Task: `random LEN`: asks WASI for LEN random bytes in one call (the
+//! host makes them in its memory); outputs how many it got.
+//!
 //! Task: `set method|path|authority LEN`: sets an extension method, a path
 //! or an authority of LEN bytes on a request (kept in the host's memory
 //! with it); outputs `set` or `refused`.
@@ -196,6 +199,13 @@ impl Agent for Http {
             let mut words = rest.split(' ');
             let (n, kib) = (count(words.next())?, count(words.next())?);
             return Ok(hoard(&mut self.kept, n, kib)?.into_bytes());
+        }
+        if let Some(len) = task.description.strip_prefix("random ") {
+            let len: u64 = len
+                .parse()
+                .map_err(|_| format!("`{len}` is not a length"))?;
+            let bytes = wasip2::random::random::get_random_bytes(len);
+            return Ok(bytes.len().to_string().into_bytes());
         }
         if let Some(rest) = task.description.strip_prefix("park ") {
             let words: Vec<&str> = rest.split(' ').collect();

@@ -108,6 +108,7 @@ impl AgentCtx {
             .monotonic_clock(inputs.monotonic_clock())
             .secure_random(inputs.random())
             .insecure_random(inputs.random())
+            .max_random_size(crate::sandbox::task_inputs::MAX_RANDOM_BYTES)
             .insecure_random_seed(agent.as_u128())
             .build();
         let line = std::sync::Arc::new(TaskLine::default());

@@ -28,8 +28,50 @@ struct Inputs {
     start: Timestamp,
     wall_reads: u64,
     monotonic_reads: u64,
-    random: blake3::OutputReader,
+    random: Stream,
 }
+
+/// A BLAKE3 output stream read a block at a time: the reader computes a
+/// whole block for each read, and WASI asks for random bytes one `u32` per
+/// byte. The bytes are the stream's, in order, however they are asked for.
+struct Stream {
+    reader: blake3::OutputReader,
+    block: [u8; STREAM_BLOCK],
+    /// Bytes of `block` handed out.
+    used: usize,
+}
+
+/// Bytes of the stream read at once (four BLAKE3 blocks).
+const STREAM_BLOCK: usize = 256;
+
+impl Stream {
+    fn new(reader: blake3::OutputReader) -> Self {
+        Self {
+            reader,
+            block: [0; STREAM_BLOCK],
+            used: STREAM_BLOCK,
+        }
+    }
+
+    fn fill(&mut self, mut dst: &mut [u8]) {
+        while !dst.is_empty() {
+            if self.used == STREAM_BLOCK {
+                self.reader.fill(&mut self.block);
+                self.used = 0;
+            }
+            let n = dst.len().min(STREAM_BLOCK - self.used);
+            dst[..n].copy_from_slice(&self.block[self.used..self.used + n]);
+            self.used += n;
+            dst = &mut dst[n..];
+        }
+    }
+}
+
+/// Bytes one call for random bytes may ask for (WASI's default is 64 MiB,
+/// made a byte at a time in one host call that nothing interrupts: seconds
+/// of a worker thread, and the bytes outside the agent's memory). More
+/// traps.
+pub(crate) const MAX_RANDOM_BYTES: u64 = 1 << 20;
 
 impl TaskInputs {
     /// Inputs keyed by `key` (a host secret), positioned for `init`.
@@ -71,11 +113,11 @@ impl TaskInputs {
     }
 }
 
-fn stream(key: &[u8; 32], what: &[u8], id: EntityId) -> blake3::OutputReader {
+fn stream(key: &[u8; 32], what: &[u8], id: EntityId) -> Stream {
     let mut hasher = blake3::Hasher::new_keyed(key);
     hasher.update(what);
     hasher.update(&id.as_u128().to_be_bytes());
-    hasher.finalize_xof()
+    Stream::new(hasher.finalize_xof())
 }
 
 /// The task's wall clock.
@@ -135,6 +177,27 @@ impl TryRng for Random {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_bytes_are_the_stream_s_however_they_are_asked_for() {
+        let inputs = TaskInputs::new([3; 32], EntityId::from_u128(1));
+        inputs.begin(EntityId::from_u128(9), Timestamp(0));
+        let mut random = inputs.random();
+        // One byte at a time, then a run across several blocks.
+        let mut asked = vec![0u8; 1000];
+        for byte in &mut asked[..300] {
+            let mut one = [0u8];
+            random.try_fill_bytes(&mut one).unwrap();
+            *byte = one[0];
+        }
+        random.try_fill_bytes(&mut asked[300..]).unwrap();
+        let mut whole = vec![0u8; 1000];
+        let mut hasher = blake3::Hasher::new_keyed(&[3; 32]);
+        hasher.update(b"task");
+        hasher.update(&9u128.to_be_bytes());
+        hasher.finalize_xof().fill(&mut whole);
+        assert_eq!(asked, whole);
+    }
 
     #[test]
     fn a_task_sees_the_same_inputs_every_time_it_runs() {

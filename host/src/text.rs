@@ -125,9 +125,38 @@ pub fn clip(text: &str, max: usize) -> String {
     format!("{}...", &text[..end])
 }
 
+/// `text` on one line: line breaks and the other control characters (but
+/// tabs) written as escapes (`\n`, `\r`, `\u{1b}`), so what an agent
+/// wrote cannot start a line of the host's log of its own.
+#[must_use]
+pub(crate) fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut line = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => line.push_str("\\n"),
+            '\r' => line.push_str("\\r"),
+            c if c.is_control() && c != '\t' => line.extend(c.escape_unicode()),
+            c => line.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_escapes_line_breaks_and_controls() {
+        assert_eq!(one_line("plain\ttext"), "plain\ttext");
+        assert_eq!(
+            one_line("ok\n2026-12-07 ERROR toka: forged\r\u{1b}[2J"),
+            "ok\\n2026-12-07 ERROR toka: forged\\r\\u{1b}[2J"
+        );
+    }
 
     #[test]
     fn clip_respects_char_boundaries() {

@@ -733,7 +733,7 @@ fn log_output(agent: AgentId, task: TaskId, printed: &[(&str, Vec<u8>, u64)]) ->
             stream,
             dropped,
             "{}",
-            text.trim_end()
+            crate::text::one_line(text.trim_end())
         );
         if *stream == "stderr" {
             let mut lines = text.lines();

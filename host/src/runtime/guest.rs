@@ -46,6 +46,9 @@ pub(crate) struct AgentCtx {
     stdout: Capture,
     stderr: Capture,
     log_lines: u32,
+    /// `kernel.log` lines of the task dropped (past the task's lines or
+    /// the agent's pace); said once at the task's end.
+    log_dropped: u32,
     /// Bytes of observations the task emitted so far.
     observed: u64,
     /// How fast the agent may read its state and be refused (kept across
@@ -141,6 +144,7 @@ impl AgentCtx {
             stdout,
             stderr,
             log_lines: 0,
+            log_dropped: 0,
             observed: 0,
             paces,
             kept_paces,
@@ -185,6 +189,7 @@ impl AgentCtx {
         self.line.begin(task);
         self.quota_hit = None;
         self.log_lines = 0;
+        self.log_dropped = 0;
         self.observed = 0;
         self.inputs.begin(task, start);
     }
@@ -192,6 +197,10 @@ impl AgentCtx {
     /// Marks the end of the task; hands back what the guest printed and
     /// whether a re-run diverged.
     pub(crate) fn end_task(&mut self) -> TaskEnd {
+        if self.log_dropped > 0 {
+            tracing::info!(target: "toka::guest", agent = %self.agent.short(), dropped = self.log_dropped, "kernel.log lines dropped (past the task's lines or the agent's pace)");
+            self.log_dropped = 0;
+        }
         self.task = None;
         let (out, out_dropped) = self.stdout.take();
         let (err, err_dropped) = self.stderr.take();
@@ -365,10 +374,19 @@ impl kernel::Host for AgentCtx {
 
     fn log(&mut self, level: wit::LogLevel, message: String) -> wasmtime::Result<()> {
         self.log_lines += 1;
-        if self.log_lines > self.limits.log_lines_per_task {
+        let message = crate::text::clip(&message, self.limits.log_line_bytes);
+        if self.log_lines > self.limits.log_lines_per_task
+            || !self
+                .paces
+                .logs
+                .try_spend(message.len() as u64 + LOG_LINE_COST)
+        {
+            self.log_dropped += 1;
             return Ok(());
         }
-        let message = crate::text::clip(&message, self.limits.log_line_bytes);
+        // One line in the host's log, whatever the agent put in it: a line
+        // break could forge another agent's line (or the host's).
+        let message = crate::text::one_line(&message);
         let agent = self.agent.short();
         match level {
             wit::LogLevel::Trace => tracing::trace!(target: "toka::guest", %agent, "{message}"),
@@ -380,6 +398,9 @@ impl kernel::Host for AgentCtx {
         Ok(())
     }
 }
+
+/// What a `kernel.log` line costs the agent's pace beyond its bytes.
+const LOG_LINE_COST: u64 = 64;
 
 /// What a right or budget takes in a token beyond its text, at least.
 const FACT_BYTES: usize = 8;

@@ -65,11 +65,14 @@ pub(crate) struct Paces {
     /// Operations and HTTP requests refused: shared with the instance's
     /// HTTP gate, whose requests are decided in tasks of their own.
     pub(crate) refusals: Buckets,
+    /// Bytes of `kernel.log` lines forwarded to the host's log (a line
+    /// past the pace is dropped, not waited for).
+    pub(crate) logs: Buckets,
 }
 
 impl Paces {
     fn are_full(&self, now: Instant) -> bool {
-        self.reads.are_full(now) && self.refusals.are_full(now)
+        self.reads.are_full(now) && self.refusals.are_full(now) && self.logs.are_full(now)
     }
 }
 
@@ -99,7 +102,11 @@ struct Register {
 struct TreeBuckets {
     reads: Weak<Mutex<Pace>>,
     refusals: Weak<Mutex<Pace>>,
+    logs: Weak<Mutex<Pace>>,
 }
+
+/// A tree's buckets, held.
+type Held = [Arc<Mutex<Pace>>; 3];
 
 /// The fewest entries a sweep waits for.
 const SWEEP_AT: usize = 1024;
@@ -112,10 +119,11 @@ impl Kept {
         if let Some(kept) = register.by_agent.remove(&agent) {
             return kept;
         }
-        let (reads, refusals) = register.tree(tree, limits);
+        let [reads, refusals, logs] = register.tree(tree, limits);
         Paces {
             reads: Buckets::new(Pace::new(limits.state_read_bytes_per_second), reads),
             refusals: Buckets::new(Pace::new(limits.refusals_per_second), refusals),
+            logs: Buckets::new(Pace::new(limits.log_bytes_per_second), logs),
         }
     }
 
@@ -146,17 +154,13 @@ impl Kept {
 }
 
 impl Register {
-    /// The buckets of `tree` (reads, refusals), made of `limits` if no
-    /// agent holds them.
-    fn tree(
-        &mut self,
-        tree: AgentId,
-        limits: &crate::AgentLimits,
-    ) -> (Arc<Mutex<Pace>>, Arc<Mutex<Pace>>) {
+    /// The buckets of `tree` (reads, refusals, logs), made of `limits` if
+    /// no agent holds them.
+    fn tree(&mut self, tree: AgentId, limits: &crate::AgentLimits) -> Held {
         let held = self
             .trees
             .get(&tree)
-            .and_then(|t| Some((t.reads.upgrade()?, t.refusals.upgrade()?)));
+            .and_then(|t| Some([t.reads.upgrade()?, t.refusals.upgrade()?, t.logs.upgrade()?]));
         if let Some(held) = held {
             return held;
         }
@@ -169,16 +173,21 @@ impl Register {
                 per_second.saturating_mul(TREE_FACTOR),
             )))
         };
-        let reads = bucket(limits.state_read_bytes_per_second);
-        let refusals = bucket(limits.refusals_per_second);
+        let held = [
+            bucket(limits.state_read_bytes_per_second),
+            bucket(limits.refusals_per_second),
+            bucket(limits.log_bytes_per_second),
+        ];
+        let [reads, refusals, logs] = held.each_ref().map(Arc::downgrade);
         self.trees.insert(
             tree,
             TreeBuckets {
-                reads: Arc::downgrade(&reads),
-                refusals: Arc::downgrade(&refusals),
+                reads,
+                refusals,
+                logs,
             },
         );
-        (reads, refusals)
+        held
     }
 }
 

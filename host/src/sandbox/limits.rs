@@ -60,6 +60,12 @@ pub struct AgentLimits {
     /// Bytes of one `kernel.log` line; a longer one is cut (marked `...`).
     /// Default 4 KiB.
     pub log_line_bytes: usize,
+    /// Bytes of `kernel.log` lines (64 more for each line) the agent may
+    /// have forwarded to the host's log a second, a second's worth at
+    /// once; a line past it is dropped (the task's end says how many
+    /// were). Shared by the tree at four agents' worth, as the reads' pace
+    /// is. Default 256 KiB.
+    pub log_bytes_per_second: u64,
     /// Faults in a row (traps, fuel, memory, deadline) after which the agent
     /// is quarantined until `toka agent resume`. Default 3.
     pub quarantine_after: u32,
@@ -112,6 +118,7 @@ impl Default for AgentLimits {
             stderr_bytes: 64 * 1024,
             log_lines_per_task: 1000,
             log_line_bytes: 4096,
+            log_bytes_per_second: 256 << 10,
             quarantine_after: 3,
             http_request_bytes: 1 << 20,
             http_response_bytes: 1 << 20,

@@ -36,15 +36,30 @@ impl Pace {
     /// Charges `spent`; how long the agent waits before it goes on (zero
     /// while the bucket holds enough).
     pub(crate) fn charge(&mut self, spent: u64) -> Duration {
-        let now = Instant::now();
-        let refilled = now.duration_since(self.at).as_secs_f64() * self.per_second;
-        self.left = (self.left + refilled).min(self.per_second) - spent as f64;
-        self.at = now;
+        self.refill();
+        self.left -= spent as f64;
         if self.left >= 0.0 {
             Duration::ZERO
         } else {
             Duration::from_secs_f64(-self.left / self.per_second)
         }
+    }
+}
+
+impl Pace {
+    /// Adds what the time since the last charge paid for, up to a
+    /// second's worth.
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let refilled = now.duration_since(self.at).as_secs_f64() * self.per_second;
+        self.left = (self.left + refilled).min(self.per_second);
+        self.at = now;
+    }
+
+    /// Whether the bucket holds `spent` now.
+    fn holds(&mut self, spent: u64) -> bool {
+        self.refill();
+        self.left >= spent as f64
     }
 }
 
@@ -72,6 +87,20 @@ impl Buckets {
     pub(crate) fn charge(&self, spent: u64) -> Duration {
         let own = unpoisoned(&self.own).charge(spent);
         own.max(unpoisoned(&self.tree).charge(spent))
+    }
+
+    /// Spends `spent` from both buckets if both hold it now, else nothing
+    /// (for what is dropped past the pace rather than waited for); whether
+    /// it did.
+    pub(crate) fn try_spend(&self, spent: u64) -> bool {
+        let mut own = unpoisoned(&self.own);
+        let mut tree = unpoisoned(&self.tree);
+        if !(own.holds(spent) && tree.holds(spent)) {
+            return false;
+        }
+        own.left -= spent as f64;
+        tree.left -= spent as f64;
+        true
     }
 
     /// Whether the agent's bucket and its tree's are full at `now`.
@@ -104,7 +133,9 @@ pub(crate) fn unpoisoned<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use std::time::Duration;
 
-    use super::Pace;
+    use std::sync::{Arc, Mutex};
+
+    use super::{Buckets, Pace};
 
     #[tokio::test(start_paused = true)]
     async fn a_charge_waits_once_past_a_second_s_worth() {
@@ -120,5 +151,24 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(pace.charge(1000), Duration::ZERO);
         assert_eq!(pace.charge(1), Duration::from_millis(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spend_past_either_bucket_takes_nothing() {
+        let tree = Arc::new(Mutex::new(Pace::new(150)));
+        let (first, second) = (
+            Buckets::new(Pace::new(100), Arc::clone(&tree)),
+            Buckets::new(Pace::new(100), tree),
+        );
+        assert!(first.try_spend(100));
+        // Past its own bucket: nothing spent, from either.
+        assert!(!first.try_spend(1));
+        assert!(second.try_spend(50));
+        // Past the tree's (its own holds it): nothing spent.
+        assert!(!second.try_spend(1));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        // A tenth of a second pays 15 to the tree.
+        assert!(second.try_spend(15));
+        assert!(!second.try_spend(1));
     }
 }

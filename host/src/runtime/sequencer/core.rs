@@ -63,10 +63,20 @@ pub(crate) struct Refused {
 }
 
 impl From<StateRefusal> for Refused {
+    /// The refusal as an agent is told it: without what all trees hold
+    /// together when the host's budget was the bound (what other tenants
+    /// hold is not the agent's to learn; its own tree's figures are).
     fn from(e: StateRefusal) -> Self {
+        let message = match e {
+            StateRefusal::Host { growth, .. } => format!(
+                "the host's memory for agent state is spent: {} more does not fit",
+                crate::text::Size(growth)
+            ),
+            other => other.to_string(),
+        };
         Refused {
             kind: RefusalKind::LimitExceeded,
-            message: e.to_string(),
+            message,
             quota: None,
         }
     }

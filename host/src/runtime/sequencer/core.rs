@@ -1412,10 +1412,6 @@ impl Core {
         command: Command,
         attachments: Attachments,
     ) -> Result<Receipt, KernelError> {
-        let ends_task = match &command.op {
-            Operation::CompleteTask { task, .. } | Operation::FailTask { task, .. } => Some(*task),
-            _ => None,
-        };
         // The state budget needs what a state write replaces.
         let state_before = match &command.op {
             Operation::PutState { .. } | Operation::DeleteState { .. } => self
@@ -1434,8 +1430,16 @@ impl Core {
             events,
             ..
         } = self.kernel.apply(command)?;
-        if let Some(task) = ends_task {
-            self.refusals.remove(&task);
+        // The refusals kept for a task's re-run go once it ended: by its
+        // own end, or failed by another operation (its agent terminated).
+        if !self.refusals.is_empty() {
+            for event in &events {
+                if let toka_kernel::Event::TaskCompleted { task, .. }
+                | toka_kernel::Event::TaskFailed { task, .. } = event
+                {
+                    self.refusals.remove(task);
+                }
+            }
         }
         let receipt = Receipt {
             seq,

@@ -981,6 +981,30 @@ fn count(events: &[Logged], pred: impl Fn(&Event) -> bool) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_writing_made_up_keys_stops_at_twice_the_keys_an_agent_holds() {
+    // The kernel keeps, for each key a running task writes, what the write
+    // replaced (for a re-run), until the task ends. A task deleting made-up
+    // keys of 256 bytes wrote a new one each time: before the bound, up to
+    // 100 000 (~70 MB held for one task, outside the state budget).
+    let arena = Arena::with_limits(AgentLimits::default()).await;
+    let flood = arena.agent("hostile-flood", grant(&["state"])).await;
+    let err = outcome(&arena.host, flood, "delete-made-up")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        "refused after 8192: limit exceeded: distinct state keys written in one task would be 8193, the limit is 8192 (2 times the keys an agent may hold: the host remembers each until the task ends)"
+    );
+    // The next task starts counting again.
+    let again = outcome(&arena.host, flood, "delete-made-up")
+        .await
+        .unwrap_err();
+    assert!(again.starts_with("refused after 8192: "), "{again}");
+    arena.bystander_serves().await;
+    arena.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_operations_stops_at_the_per_task_limit() {
     let arena = Arena::with_limits(AgentLimits::default()).await;
     let flood = arena.agent("hostile-flood", grant(&["observe"])).await;

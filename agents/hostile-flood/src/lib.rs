@@ -11,7 +11,8 @@
 //! and gives each a task), `spawn-fill N` (spawns N `hostile-flood`
 //! children with `state`, each to `fill-state`), `churn` (spawns a `hello`
 //! child and terminates it, without end), `clear-state` (deletes every
-//! key), `refuse M` (observes M times, whatever the host answers: without
+//! key), `delete-made-up` (deletes keys it never wrote, a new one each
+//! time, without end), `refuse M` (observes M times, whatever the host answers: without
 //! `observe`, each is refused), `spawn-refuse N M` (spawns N
 //! `hostile-flood` children with `state` only, each to `refuse M`), `noop`.
 
@@ -94,6 +95,7 @@ impl Agent for Flood {
                 }
                 Ok(format!("spawned {n}").into_bytes())
             }
+            "delete-made-up" => until_refused(|i| ctx.delete(&format!("{i:0>256}"))),
             "churn" => until_refused(|i| {
                 let child = ctx.spawn("hello", &format!("churned-{i}"), &["observe"])?;
                 ctx.terminate(child)
@@ -107,7 +109,7 @@ impl Agent for Flood {
             }
             "noop" => Ok(Vec::new()),
             other => Err(format!(
-                "unknown task `{other}` (ops, queue, big-observation, observation-bytes, big-state, fill-state, clear-state, log, megabytes, loop, spawn-many N, spawn-fill N, churn, refuse M, spawn-refuse N M, noop)"
+                "unknown task `{other}` (ops, queue, big-observation, observation-bytes, big-state, fill-state, clear-state, log, megabytes, loop, spawn-many N, spawn-fill N, churn, delete-made-up, refuse M, spawn-refuse N M, noop)"
             )),
         }
     }

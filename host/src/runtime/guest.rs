@@ -51,6 +51,11 @@ pub(crate) struct AgentCtx {
     log_dropped: u32,
     /// Bytes of observations the task emitted so far.
     observed: u64,
+    /// The distinct state keys the task wrote, hashed (keyed per process:
+    /// an agent cannot make its keys collide). The kernel remembers each
+    /// until the task ends, for a re-run (see [`TASK_KEYS_PER_STATE_KEY`]).
+    task_keys: std::collections::HashSet<u64>,
+    keys_hasher: std::collections::hash_map::RandomState,
     /// How fast the agent may read its state and be refused (kept across
     /// its tasks, and in `kept_paces` when the instance is dropped).
     paces: super::paces::Paces,
@@ -146,6 +151,8 @@ impl AgentCtx {
             log_lines: 0,
             log_dropped: 0,
             observed: 0,
+            task_keys: std::collections::HashSet::new(),
+            keys_hasher: std::collections::hash_map::RandomState::new(),
             paces,
             kept_paces,
             limits: limits.clone(),
@@ -191,6 +198,7 @@ impl AgentCtx {
         self.log_lines = 0;
         self.log_dropped = 0;
         self.observed = 0;
+        self.task_keys.clear();
         self.inputs.begin(task, start);
     }
 
@@ -223,6 +231,31 @@ impl AgentCtx {
     /// Where the task's next operation goes.
     fn position(&self) -> Option<OpKey> {
         self.task.map(|(task, index)| OpKey { task, index })
+    }
+
+    /// Counts the key a state write of the running task names, refusing a
+    /// new one past [`TASK_KEYS_PER_STATE_KEY`] times the keys an agent may
+    /// hold. (It depends only on what the task asked before: a re-run
+    /// meets it alike.)
+    fn count_key(&mut self, op: &wit::Operation) -> Result<(), wit::Error> {
+        let key = match op {
+            wit::Operation::PutState(e) => &e.key,
+            wit::Operation::DeleteState(key) => key,
+            _ => return Ok(()),
+        };
+        if self.task.is_none() {
+            return Ok(());
+        }
+        let max = self.kernel_limits.max_state_keys as usize * TASK_KEYS_PER_STATE_KEY;
+        let hash = std::hash::BuildHasher::hash_one(&self.keys_hasher, key);
+        if self.task_keys.len() >= max && !self.task_keys.contains(&hash) {
+            return Err(wit::Error::LimitExceeded(format!(
+                "distinct state keys written in one task would be {}, the limit is {max} ({TASK_KEYS_PER_STATE_KEY} times the keys an agent may hold: the host remembers each until the task ends)",
+                max + 1
+            )));
+        }
+        self.task_keys.insert(hash);
+        Ok(())
     }
 
     /// Charges a read of `bytes` to the agent's pace, and waits as long as
@@ -305,6 +338,9 @@ impl kernel::Host for AgentCtx {
                 "observation bytes per task would be {}, the limit is {max}",
                 self.observed + observed
             ))));
+        }
+        if let Err(e) = self.count_key(&op) {
+            return Ok(Err(e));
         }
         let request = into_request(self.agent, op);
         let answer = self
@@ -398,6 +434,13 @@ impl kernel::Host for AgentCtx {
         Ok(())
     }
 }
+
+/// How many times the keys an agent may hold one task may write distinct
+/// keys of. The kernel keeps, for each key a task writes, what the write
+/// replaced (for a re-run) until the task ends; without a bound, a task
+/// deleting 100 000 made-up keys of 256 bytes held ~70 MB there, outside
+/// the state budget.
+pub(crate) const TASK_KEYS_PER_STATE_KEY: usize = 2;
 
 /// What a `kernel.log` line costs the agent's pace beyond its bytes.
 const LOG_LINE_COST: u64 = 64;

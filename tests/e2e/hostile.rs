@@ -1359,6 +1359,17 @@ async fn an_agent_cannot_reach_beyond_its_token() {
                 .to_owned()
         )
     );
+    // Whether a component is installed is not the attacker's to learn: one
+    // it may not spawn is refused alike, installed (its own) or not (an
+    // unknown name was told `unknown`).
+    for component in ["hostile-escalate", "no-such-component"] {
+        assert_eq!(
+            outcome(&arena.host, attacker, &format!("spawn-more {component}")).await,
+            Err(format!(
+                "capability denied: spawn_agent: missing right `spawn {component}`"
+            ))
+        );
+    }
     assert_eq!(
         outcome(&arena.host, attacker, &format!("schedule {victim}")).await,
         Err(format!(
@@ -1431,7 +1442,17 @@ async fn an_agent_cannot_reach_beyond_its_token() {
         .into_iter()
         .map(|(op, _, _)| op)
         .collect();
-    assert_eq!(denied, ["spawn", "schedule", "terminate", "extension"]);
+    assert_eq!(
+        denied,
+        [
+            "spawn",
+            "spawn",
+            "spawn",
+            "schedule",
+            "terminate",
+            "extension"
+        ]
+    );
 }
 
 #[test]

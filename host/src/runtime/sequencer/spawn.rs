@@ -11,7 +11,7 @@ use toka_kernel::{
 
 use super::core::{Attachments, By, Core, Declined, Receipt, Spawn};
 use crate::capability::budget::{Budget, BudgetError};
-use crate::capability::policy::{check_for, delegation_check};
+use crate::capability::policy::{Check, check_for, delegation_check};
 use crate::capability::rights::{Right, RightError};
 use crate::capability::token::Token;
 
@@ -45,7 +45,20 @@ impl Core {
             budgets,
             child,
         } = spawn;
-        let digest = self.resolve_component(&component)?;
+        let digest = match self.resolve_component(&component) {
+            Ok(digest) => digest,
+            Err(unknown) => {
+                // Whether a component is installed is not for an agent that
+                // may not spawn it to learn: one it may not spawn by that
+                // name is refused as an installed one would be.
+                let check = Check {
+                    operation: "spawn",
+                    targets: vec![component],
+                };
+                self.authorize(parent, token, KIND, &check, None, time)?;
+                return Err(unknown);
+            }
+        };
         let rights: Vec<Right> = rights
             .iter()
             .map(|r| r.parse().map_err(|e: RightError| invalid(e.to_string())))

@@ -1362,7 +1362,13 @@ async fn an_agent_cannot_reach_beyond_its_token() {
     // Whether a component is installed is not the attacker's to learn: one
     // it may not spawn is refused alike, installed (its own) or not (an
     // unknown name was told `unknown`).
-    for component in ["hostile-escalate", "no-such-component"] {
+    let own = arena
+        .host
+        .state(move |s| s.agent(attacker).map(|a| a.component.to_string()))
+        .await
+        .unwrap();
+    // By digest too: the denial names the digest, not the name it is of.
+    for component in ["hostile-escalate", "no-such-component", &own] {
         assert_eq!(
             outcome(&arena.host, attacker, &format!("spawn-more {component}")).await,
             Err(format!(
@@ -1445,6 +1451,7 @@ async fn an_agent_cannot_reach_beyond_its_token() {
     assert_eq!(
         denied,
         [
+            "spawn",
             "spawn",
             "spawn",
             "spawn",

@@ -76,7 +76,12 @@ impl Core {
         let op = Operation::SpawnAgent {
             spec: Box::new(spec.clone()),
         };
-        if let Some(check) = check_for(&op, parent, self.kernel.state()) {
+        if let Some(mut check) = check_for(&op, parent, self.kernel.state()) {
+            // Named as the agent gave it (a name, or a digest), first: a
+            // denial names that, not what a digest resolved to.
+            if let Some(given) = check.targets.iter().position(|t| *t == component) {
+                check.targets.swap(0, given);
+            }
             self.authorize(parent, token, KIND, &check, None, time)?;
         }
         for right in &rights {

@@ -359,12 +359,16 @@ async fn the_api_answers_gone_for_archived_records_and_serves_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_host_archives_its_log_while_agents_write_to_it() {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     use crate::{agent_bytes, grant, open_host};
 
     const AGENTS: usize = 8;
     const TASKS: u64 = 5;
+    // The agents run rounds of tasks until this many archives were cut
+    // while they ran: how many fit in one round depends on the machine.
+    const ARCHIVES: usize = 3;
+    const MAX_ROUNDS: u64 = 40;
     let (tmp, data) = temp_data();
     let host = Arc::new(open_host(&data).await);
     let bench = host
@@ -377,16 +381,19 @@ async fn a_running_host_archives_its_log_while_agents_write_to_it() {
             .spawn(bench, &format!("writer-{i}"), grant(&["observe"]))
             .await
             .unwrap();
-        for _ in 0..TASKS {
-            host.schedule(agent, "observe 2000").await.unwrap();
-        }
         agents.push(agent);
     }
     // Archives are cut again and again while the agents' operations are
     // being applied and appended.
     let idle = Arc::new(AtomicBool::new(false));
+    let cut = Arc::new(AtomicUsize::new(0));
     let archiver = {
-        let (host, idle, dir) = (Arc::clone(&host), Arc::clone(&idle), tmp.path().to_owned());
+        let (host, idle, cut, dir) = (
+            Arc::clone(&host),
+            Arc::clone(&idle),
+            Arc::clone(&cut),
+            tmp.path().to_owned(),
+        );
         tokio::task::spawn_blocking(move || {
             let (mut made, mut while_busy) = (Vec::new(), 0);
             for n in 0.. {
@@ -396,6 +403,7 @@ async fn a_running_host_archives_its_log_while_agents_write_to_it() {
                     Ok(archived) => {
                         assert_eq!(archived.file, to);
                         while_busy += usize::from(!last_round);
+                        cut.store(while_busy, Ordering::SeqCst);
                         made.push(to);
                     }
                     Err(toka_host::ArchiveError::Nothing(_)) => assert!(!to.exists()),
@@ -409,17 +417,30 @@ async fn a_running_host_archives_its_log_while_agents_write_to_it() {
             (made, while_busy)
         })
     };
-    host.run_until_idle().await.unwrap();
+    let mut rounds = 0;
+    while rounds < MAX_ROUNDS && cut.load(Ordering::SeqCst) < ARCHIVES {
+        for agent in &agents {
+            for _ in 0..TASKS {
+                host.schedule(*agent, "observe 2000").await.unwrap();
+            }
+        }
+        host.run_until_idle().await.unwrap();
+        rounds += 1;
+    }
     idle.store(true, Ordering::SeqCst);
     let (made, while_busy) = archiver.await.unwrap();
     assert!(
-        while_busy >= 2,
-        "only {while_busy} archives were cut while agents ran"
+        while_busy >= ARCHIVES,
+        "only {while_busy} archives were cut while agents ran {rounds} rounds"
     );
     let (_, state) = host.committed_view().await;
     for agent in &agents {
         let record = state.agent(*agent).unwrap();
-        assert_eq!((record.completed, record.failed), (TASKS, 0), "{agent}");
+        assert_eq!(
+            (record.completed, record.failed),
+            (rounds * TASKS, 0),
+            "{agent}"
+        );
     }
     let head = host.head().seq;
     assert_eq!(

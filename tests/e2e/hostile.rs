@@ -469,10 +469,12 @@ async fn a_tree_cannot_fill_the_hosts_memory_with_its_agents_state() {
     arena.host.run_until_idle().await.unwrap();
     let usage = arena.host.state_usage();
     assert_eq!((usage.budget, usage.per_tree), (budget, 24 << 20));
-    // The bystander's record, and the spawner's tree at its share.
+    // The bystander's record, and the spawner's tree at its share, less
+    // what the tasks' journals held while they ran (~170 B a write, ~410
+    // writes).
     let tree = usage.held - 1024;
     assert!(
-        tree <= 24 << 20 && tree > (24 << 20) - (61 << 10),
+        tree <= 24 << 20 && tree > (24 << 20) - (61 << 10) - (100 << 10),
         "the tree holds {tree}"
     );
     assert_eq!(usage.held, state_held(&arena).await);
@@ -546,15 +548,16 @@ async fn spawning_and_terminating_children_cannot_grow_the_state_without_end() {
         .await;
     let err = outcome(&arena.host, churner, "churn").await.unwrap_err();
     // The bystander's record, the churner's, its running task (256 B and
-    // its 5 bytes), and the 253 children it could.
+    // its 5 bytes), and the 213 children it could, each with the task's
+    // journal entries of its spawn (160 B) and its termination (32 B).
     assert!(
-        err.starts_with("refused after 253: ")
-            && err.ends_with("the host's memory for agent state is spent: 1KiB more does not fit"),
+        err.starts_with("refused after 213: ")
+            && err.ends_with("the host's memory for agent state is spent: 1184B more does not fit"),
         "{err}"
     );
-    // The task ended: the records stay.
-    assert_eq!(arena.host.state_usage().held, (2 + 253) << 10);
-    assert_eq!(state_held(&arena).await, (2 + 253) << 10);
+    // The task ended, and its journal with it: the records stay.
+    assert_eq!(arena.host.state_usage().held, (2 + 213) << 10);
+    assert_eq!(state_held(&arena).await, (2 + 213) << 10);
     arena.bystander_serves().await;
     arena.finish().await;
 }
@@ -572,10 +575,11 @@ async fn queued_tasks_count_against_the_state_budget_until_they_end() {
         .await;
     let err = outcome(&arena.host, flood, "queue").await.unwrap_err();
     // Two agent records (1 KiB each), the running `queue` task (256 B and
-    // its 5 bytes), then 256 B and 4 bytes a `noop`: 495 of them.
+    // its 5 bytes), then 256 B and 4 bytes a `noop` with the running
+    // task's journal entry for it (160 B): 306 of them.
     assert!(
-        err.starts_with("refused after 495: ")
-            && err.ends_with("the host's memory for agent state is spent: 260B more does not fit"),
+        err.starts_with("refused after 306: ")
+            && err.ends_with("the host's memory for agent state is spent: 420B more does not fit"),
         "{err}"
     );
     // The queued tasks run, end, and give their bytes back.
@@ -589,7 +593,7 @@ async fn queued_tasks_count_against_the_state_budget_until_they_end() {
             &events,
             |e| matches!(e, Event::TaskCompleted { agent, .. } if *agent == flood)
         ),
-        495
+        306
     );
 }
 
@@ -1000,6 +1004,40 @@ async fn a_task_writing_made_up_keys_stops_at_twice_the_keys_an_agent_holds() {
         .await
         .unwrap_err();
     assert!(again.starts_with("refused after 8192: "), "{again}");
+    arena.bystander_serves().await;
+    arena.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_rewriting_one_key_holds_its_journal_within_its_tree_s_share() {
+    // A running task keeps an entry for each of its operations until it
+    // ends (for a re-run), with the key each state write names: 100 000
+    // rewrites of a 256-byte key held ~40 MB outside every budget, and a
+    // tree runs hundreds of tasks at once. 32 MiB for all agents' state,
+    // 24 MiB (three quarters) for one tree.
+    let mut config = toka_host::HostConfig::new();
+    config.state_budget(32 << 20);
+    let arena = Arena::new(config).await;
+    let writer = arena.agent("hostile-flood", grant(&["state"])).await;
+    let idle = arena.host.state_usage().held;
+    for _ in 0..2 {
+        let err = outcome(&arena.host, writer, "rewrite").await.unwrap_err();
+        assert!(
+            err.contains("the agent's tree holds its share of the host's memory for agent state")
+                && err.contains("its running tasks' journals"),
+            "{err}"
+        );
+        // Each rewrite's entry counts 416 bytes (with the key): ~60 000
+        // fit in the tree's share (all 100 000 before).
+        let done: u64 = err["refused after ".len()..err.find(':').unwrap()]
+            .parse()
+            .unwrap();
+        assert!((50_000..70_000).contains(&done), "{err}");
+        // The journal is given back when the task ends; the key stays.
+        let usage = arena.host.state_usage();
+        assert_eq!(usage.held, idle + 256 + 8);
+        assert_eq!(usage.held, state_held(&arena).await);
+    }
     arena.bystander_serves().await;
     arena.finish().await;
 }

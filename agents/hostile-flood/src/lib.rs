@@ -12,9 +12,12 @@
 //! children with `state`, each to `fill-state`), `churn` (spawns a `hello`
 //! child and terminates it, without end), `clear-state` (deletes every
 //! key), `delete-made-up` (deletes keys it never wrote, a new one each
-//! time, without end), `refuse M` (observes M times, whatever the host answers: without
+//! time, without end), `rewrite` (writes one 256-byte key again and again,
+//! without end), `refuse M` (observes M times, whatever the host answers: without
 //! `observe`, each is refused), `spawn-refuse N M` (spawns N
-//! `hostile-flood` children with `state` only, each to `refuse M`), `noop`.
+//! `hostile-flood` children with `state` only, each to `refuse M`),
+//! `spawn-rewrite N` (spawns N `hostile-flood` children with `state`, each
+//! to `rewrite`), `noop`.
 
 use toka_guest::{Agent, Context, Error, Task};
 
@@ -30,6 +33,16 @@ fn until_refused(mut step: impl FnMut(u64) -> Result<(), Error>) -> Result<Vec<u
         }
         done += 1;
     }
+}
+
+/// Spawns `n` `hostile-flood` children with `state` only, named `name-i`,
+/// and gives each the task `task`.
+fn spawn_floods(ctx: &mut Context, n: u64, name: &str, task: &str) -> Result<Vec<u8>, String> {
+    for i in 0..n {
+        let child = ctx.spawn("hostile-flood", &format!("{name}-{i}"), &["state"])?;
+        ctx.schedule(child, task)?;
+    }
+    Ok(format!("spawned {n}").into_bytes())
 }
 
 impl Agent for Flood {
@@ -68,11 +81,7 @@ impl Agent for Flood {
                 let n: u64 = spawn["spawn-fill ".len()..]
                     .parse()
                     .map_err(|_| "spawn-fill N: N is a number")?;
-                for i in 0..n {
-                    let child = ctx.spawn("hostile-flood", &format!("filler-{i}"), &["state"])?;
-                    ctx.schedule(child, "fill-state")?;
-                }
-                Ok(format!("spawned {n}").into_bytes())
+                spawn_floods(ctx, n, "filler", "fill-state")
             }
             refuse if refuse.starts_with("refuse ") => {
                 let m: u64 = refuse["refuse ".len()..]
@@ -89,13 +98,19 @@ impl Agent for Flood {
                         .map_err(|_| format!("spawn-refuse N M: `{word}` is not a number"))
                 };
                 let (n, m) = (number()?, number()?);
-                for i in 0..n {
-                    let child = ctx.spawn("hostile-flood", &format!("refuser-{i}"), &["state"])?;
-                    ctx.schedule(child, &format!("refuse {m}"))?;
-                }
-                Ok(format!("spawned {n}").into_bytes())
+                spawn_floods(ctx, n, "refuser", &format!("refuse {m}"))
+            }
+            spawn if spawn.starts_with("spawn-rewrite ") => {
+                let n: u64 = spawn["spawn-rewrite ".len()..]
+                    .parse()
+                    .map_err(|_| "spawn-rewrite N: N is a number")?;
+                spawn_floods(ctx, n, "rewriter", "rewrite")
             }
             "delete-made-up" => until_refused(|i| ctx.delete(&format!("{i:0>256}"))),
+            "rewrite" => {
+                let key = "k".repeat(256);
+                until_refused(|i| ctx.put(&key, i.to_le_bytes()))
+            }
             "churn" => until_refused(|i| {
                 let child = ctx.spawn("hello", &format!("churned-{i}"), &["observe"])?;
                 ctx.terminate(child)
@@ -109,7 +124,7 @@ impl Agent for Flood {
             }
             "noop" => Ok(Vec::new()),
             other => Err(format!(
-                "unknown task `{other}` (ops, queue, big-observation, observation-bytes, big-state, fill-state, clear-state, log, megabytes, loop, spawn-many N, spawn-fill N, churn, delete-made-up, refuse M, spawn-refuse N M, noop)"
+                "unknown task `{other}` (ops, queue, big-observation, observation-bytes, big-state, fill-state, clear-state, log, megabytes, loop, spawn-many N, spawn-fill N, churn, delete-made-up, rewrite, refuse M, spawn-refuse N M, spawn-rewrite N, noop)"
             )),
         }
     }

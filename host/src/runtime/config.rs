@@ -198,17 +198,23 @@ impl HostConfig {
     /// Bytes all agents may hold in the kernel's state together: their
     /// state keys and values, 1 KiB for each agent record (a record and
     /// its state stay after the agent terminates, and the host keeps them
-    /// in memory), and 256 B plus the description for each task not yet
+    /// in memory), 256 B plus the description for each task not yet
     /// ended (counted to the tree of the agent that scheduled it; the
-    /// operators' tasks together count as one more tree). An
-    /// agent's state write, spawn or scheduling that would pass the budget
+    /// operators' tasks together count as one more tree), and each running
+    /// task's journal (counted to the tree of the agent running it: 32 B an
+    /// operation, 128 B more with the key for a state write or an operation
+    /// that creates a task or an agent, and for the task's first write of
+    /// a key the key again and the value it replaced). An agent's
+    /// operation that would pass the budget (a state write, spawn or
+    /// scheduling, or any operation of a task for its journal's entry)
     /// is refused (`limit-exceeded`, naming the budget), and so is one that
     /// would take its tree past the tree's share: the same share as of the
     /// places
     /// ([`places_per_tree`](Self::places_per_tree) of
     /// [`max_instances`](Self::max_instances), by default three quarters),
     /// but at least one agent's state limit and record. Deleting keys and
-    /// ending tasks give bytes back. An API client (an operator token) is
+    /// ending tasks give bytes back; a delete of a key the agent holds is
+    /// refused only once its tree is past its share. An API client (an operator token) is
     /// refused a root agent past the budget and a task past the budget or
     /// the share the operators' tasks hold together
     /// ([`HostError::StateBudget`](crate::HostError::StateBudget)); the

@@ -556,7 +556,8 @@ impl Host {
     }
 
     /// What the agents hold in the kernel's state (their state keys and
-    /// values, a fixed charge per agent record, the tasks not yet ended),
+    /// values, a fixed charge per agent record, the tasks not yet ended,
+    /// the running tasks' journals),
     /// the budget and a tree's share (see
     /// [`HostConfig::state_budget`](crate::HostConfig::state_budget)).
     #[must_use]

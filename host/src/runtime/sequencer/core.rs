@@ -1238,7 +1238,10 @@ impl Core {
                         Err(e) => return Err(Unsubmitted::Refused(e.into(), op_digest(&op))),
                     }
                 }
-                if let Err(e) = self.state_budget.admit_op(self.kernel.state(), agent, &op) {
+                if let Err(e) = self
+                    .state_budget
+                    .admit_op(self.kernel.state(), agent, cause, &op)
+                {
                     return Err(Unsubmitted::Refused(e.into(), op_digest(&op)));
                 }
                 let command = Command {
@@ -1257,7 +1260,10 @@ impl Core {
                 let refused = |e: KernelError| Unsubmitted::Refused(e.into(), digest);
                 // Before the child's token is minted: a tree at its share
                 // makes the host spend nothing on a spawn.
-                if let Err(e) = self.state_budget.admit_spawn(self.kernel.state(), agent) {
+                if let Err(e) = self
+                    .state_budget
+                    .admit_spawn(self.kernel.state(), agent, cause)
+                {
                     return Err(Unsubmitted::Refused(e.into(), digest));
                 }
                 let prepared = self
@@ -1421,6 +1427,9 @@ impl Core {
                 .map(|a| (command.origin, a.state_bytes)),
             _ => None,
         };
+        let applied = self.kernel.apply(command)?;
+        self.state_budget
+            .applied(self.kernel.state(), state_before, &applied);
         let Applied {
             seq,
             origin,
@@ -1429,7 +1438,7 @@ impl Core {
             bytes,
             events,
             ..
-        } = self.kernel.apply(command)?;
+        } = applied;
         // The refusals kept for a task's re-run go once it ended: by its
         // own end, or failed by another operation (its agent terminated).
         if !self.refusals.is_empty() {
@@ -1445,8 +1454,6 @@ impl Core {
             seq,
             created: created(&events),
         };
-        self.state_budget
-            .applied(self.kernel.state(), state_before, &events);
         // The events hold the payloads the record also holds: count both.
         self.pending_bytes += 2 * bytes.len();
         self.snapshots.logged(bytes.len());

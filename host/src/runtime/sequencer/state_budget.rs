@@ -8,18 +8,23 @@
 //! each fill its 16 MiB, or queue tasks on children that wait for a place;
 //! and an agent's record (and its state) stays after it terminates, so
 //! spawning and terminating children grows the state until the operator
-//! forgets the terminated ones (`toka agent forget`). All of
-//! it lives in the host's memory (up to three times: the kernel's, the
+//! forgets the terminated ones (`toka agent forget`); and a running task
+//! keeps a journal entry for each of its operations until it ends (for a
+//! re-run), with a copy of what each first write of a key replaced: up to
+//! 100 000 operations a task, and a tree runs hundreds of tasks at once.
+//! All of it lives in the host's memory (up to three times: the kernel's, the
 //! readers' committed view, the snapshot replica's) and in every snapshot.
 //!
 //! So the sequencer counts, per tree (an agent the operator spawned, with
 //! all its descendants), the bytes of its agents' state keys and values,
-//! a fixed charge for each agent record, and each task not yet ended (its
+//! a fixed charge for each agent record, each task not yet ended (its
 //! description and a fixed charge, counted to the tree of the agent that
 //! scheduled it; the operators' tasks count as one more tree's, not
 //! towards the target's share, so a client allowed to schedule cannot use
-//! up a tree's share for it). It refuses an
-//! agent's state write, spawn or scheduling that grows its tree past the
+//! up a tree's share for it), and each running task's journal (counted to
+//! the tree of the agent running it). It refuses an
+//! agent's operation (a state write, spawn or scheduling, or any operation
+//! of a task for its journal's entry) that grows its tree past the
 //! tree's share ([`HostConfig::state_budget`](crate::HostConfig::state_budget))
 //! or all trees past the budget. The refusal is the agent's to handle
 //! (`limit-exceeded`); deleting keys and ending tasks give bytes back. The
@@ -36,7 +41,8 @@
 use std::collections::HashMap;
 
 use toka_kernel::{
-    AgentId, Delivery, EntityId, Event, Operation, Parcel, TaskId, TaskSpec, WorldState,
+    AgentId, Applied, Delivery, EntityId, Event, JournalEntry, OpKey, Operation, Parcel, Replaced,
+    Run, TaskId, TaskSpec, WorldState,
 };
 
 use crate::runtime::places::tree_of;
@@ -56,6 +62,70 @@ pub(crate) const TASK_RECORD_BYTES: u64 = 256;
 /// What a task holds: its description and the record.
 fn task_bytes(spec: &TaskSpec) -> u64 {
     TASK_RECORD_BYTES + spec.description.len() as u64
+}
+
+/// What one entry of a running task's journal holds (see
+/// [`toka_kernel::Run`]): 24 bytes, and the journal's spare room.
+const JOURNAL_ENTRY_BYTES: u64 = 32;
+
+/// What a run of refused operations before an entry holds in the journal
+/// (a [`toka_kernel::Gap`]).
+const JOURNAL_GAP_BYTES: u64 = 32;
+
+/// What an entry holds besides, when its operation created an agent or a
+/// task or wrote state: the boxes of what it did, without the key and the
+/// value they copy.
+const JOURNAL_DID_BYTES: u64 = 128;
+
+/// What `entry` holds, besides [`JOURNAL_ENTRY_BYTES`]: for a task's first
+/// write of a key, the key twice (the task's set of written keys holds
+/// one) and the value it replaced; for a later write, the key.
+fn did_bytes(entry: &JournalEntry) -> u64 {
+    match entry.prior() {
+        Replaced::First(prior) => {
+            let value = prior.value.as_ref().map_or(0, Vec::len);
+            JOURNAL_DID_BYTES + 2 * prior.key.len() as u64 + value as u64
+        }
+        Replaced::Rewrite(rewrite) => JOURNAL_DID_BYTES + rewrite.key.len() as u64,
+        _ if entry.created().is_some() => JOURNAL_DID_BYTES,
+        _ => 0,
+    }
+}
+
+/// What `run`'s journal holds.
+fn journal_bytes(run: &Run) -> u64 {
+    let entries = run
+        .journal
+        .iter()
+        .map(|e| JOURNAL_ENTRY_BYTES + did_bytes(e))
+        .sum::<u64>();
+    entries + JOURNAL_GAP_BYTES * run.gaps.len() as u64
+}
+
+/// The journal of the task `key` names, while it runs.
+fn running(state: &WorldState, key: OpKey) -> Option<&Run> {
+    state.task(key.task).and_then(|t| t.status.run())
+}
+
+/// What the journal of the task `cause` names will hold more once
+/// `agent`'s `op` is applied as its operation: an entry, and for a state
+/// write or an operation that creates a task, what the entry keeps (see
+/// [`did_bytes`]; a key's first write is taken to be one unless the task
+/// wrote the key). For a task not running, the kernel refuses `op`.
+fn journal_growth(state: &WorldState, agent: AgentId, cause: OpKey, op: &Operation) -> u64 {
+    let did = match op {
+        Operation::PutState { key, .. } | Operation::DeleteState { key } => {
+            if running(state, cause).is_some_and(|run| run.wrote(key)) {
+                JOURNAL_DID_BYTES + key.len() as u64
+            } else {
+                let old = state.agent(agent).and_then(|a| a.state.get(key));
+                JOURNAL_DID_BYTES + 2 * key.len() as u64 + old.map_or(0, |v| v.len() as u64)
+            }
+        }
+        Operation::ScheduleTask { .. } | Operation::ScheduleTaskOnce { .. } => JOURNAL_DID_BYTES,
+        _ => 0,
+    };
+    JOURNAL_ENTRY_BYTES + did
 }
 
 /// What a task scheduled `by` is counted to: the tree of the agent that
@@ -82,6 +152,9 @@ pub(crate) struct StateBudget {
     shares: Shares,
     /// The tasks not yet ended: the tree each is counted to, and its bytes.
     tasks: HashMap<TaskId, (AgentId, u64)>,
+    /// The running tasks' journals: the tree each is counted to (its
+    /// agent's), and its bytes.
+    journals: HashMap<TaskId, (AgentId, u64)>,
 }
 
 /// A growth the state budget refused (see
@@ -110,7 +183,7 @@ pub enum StateRefusal {
     },
     /// The agent's tree would pass its share.
     #[error(
-        "the agent's tree holds its share of the host's memory for agent state: {} more would pass the share of {} ({} held by the tree: its agents' state, {} per agent not forgotten, its tasks not yet ended)",
+        "the agent's tree holds its share of the host's memory for agent state: {} more would pass the share of {} ({} held by the tree: its agents' state, {} per agent not forgotten, its tasks not yet ended, its running tasks' journals)",
         Size(*growth),
         Size(*share),
         Size(*held),
@@ -182,7 +255,7 @@ pub struct StateUsage {
     /// Bytes one tree may hold.
     pub per_tree: u64,
     /// Bytes held now: state keys and values, a fixed charge per agent
-    /// record, and the tasks not yet ended.
+    /// record, the tasks not yet ended, and the running tasks' journals.
     pub held: u64,
 }
 
@@ -193,6 +266,7 @@ impl StateBudget {
         let mut budget = StateBudget {
             shares: Shares::new(total, per_tree),
             tasks: HashMap::new(),
+            journals: HashMap::new(),
         };
         // An agent's id is higher than its parent's, so in id order a
         // parent's tree is known when its children come; the walk up is
@@ -216,13 +290,27 @@ impl StateBudget {
             let bytes = task_bytes(&record.spec);
             budget.shares.add(tree, bytes);
             budget.tasks.insert(task, (tree, bytes));
+            if let Some(run) = record.status.run() {
+                let tree = trees
+                    .get(&record.agent)
+                    .copied()
+                    .unwrap_or_else(|| tree_of(state, record.agent));
+                let bytes = journal_bytes(run);
+                budget.shares.add(tree, bytes);
+                budget.journals.insert(task, (tree, bytes));
+            }
         }
         budget
     }
 
-    /// Refuses `agent`'s operation `op` when what it would add passes the
-    /// budget or its tree's share: a state write that grows the agent's
-    /// state, a task it schedules.
+    /// Refuses `agent`'s operation `op`, made by its running task `cause`
+    /// names (if any), when what it would add passes the budget or its
+    /// tree's share: a state write that grows the agent's state, a task it
+    /// schedules, the task's journal entry (less what a state write
+    /// frees). A delete of a key the agent holds frees all but a few
+    /// hundred bytes of what its entry holds (the entry, the key): it is
+    /// refused only once the tree is past its share, so an agent whose
+    /// tree is at its share can still clear its state in a task.
     ///
     /// # Errors
     ///
@@ -231,25 +319,46 @@ impl StateBudget {
         &self,
         state: &WorldState,
         agent: AgentId,
+        cause: Option<OpKey>,
         op: &Operation,
     ) -> Result<(), StateRefusal> {
-        let growth = match op {
-            Operation::PutState { key, value } => {
-                let old = state.agent(agent).and_then(|a| a.state.get(key));
-                match old {
-                    Some(old) => (value.len() as u64).saturating_sub(old.len() as u64),
-                    None => (key.len() + value.len()) as u64,
-                }
+        let journal = cause.map_or(0, |key| journal_growth(state, agent, key, op));
+        let old = |key: &str| state.agent(agent).and_then(|a| a.state.get(key));
+        // What the operation adds to the agent's state, and what it frees.
+        let (adds, frees) = match op {
+            Operation::PutState { key, value } => match old(key) {
+                Some(old) => (value.len() as u64, old.len() as u64),
+                None => ((key.len() + value.len()) as u64, 0),
+            },
+            Operation::DeleteState { key } => {
+                (0, old(key).map_or(0, |v| (key.len() + v.len()) as u64))
             }
             Operation::ScheduleTask { spec, .. } | Operation::ScheduleTaskOnce { spec, .. } => {
-                task_bytes(spec)
+                (task_bytes(spec), 0)
             }
-            _ => return Ok(()),
+            _ => (0, 0),
         };
+        let growth = (adds + journal).saturating_sub(frees);
         if growth == 0 {
             return Ok(());
         }
-        self.admit(tree_of(state, agent), growth)
+        let tree = self.tree_running(state, agent, cause);
+        if matches!(op, Operation::DeleteState { .. }) && frees > 0 {
+            return self
+                .shares
+                .check(tree, 0)
+                .map_err(|over| refusal(over, growth));
+        }
+        self.admit(tree, growth)
+    }
+
+    /// The tree of `agent`, running the task `cause` names (if any): the
+    /// one its journal is counted to, without a walk up the tree once the
+    /// task has an entry.
+    fn tree_running(&self, state: &WorldState, agent: AgentId, cause: Option<OpKey>) -> AgentId {
+        cause
+            .and_then(|key| self.journals.get(&key.task))
+            .map_or_else(|| tree_of(state, agent), |(tree, _)| *tree)
     }
 
     /// Refuses an API client's command that would hold more than the
@@ -346,9 +455,11 @@ impl StateBudget {
             })
     }
 
-    /// Refuses a spawn by `agent` when one more agent record passes the
-    /// budget or its tree's share (checked before the child's token is
-    /// minted, so a tree at its share makes the host spend nothing on it).
+    /// Refuses a spawn by `agent` (by its running task `cause` names, if
+    /// any) when one more agent record, and the task's journal entry,
+    /// pass the budget or its tree's share (checked before the child's
+    /// token is minted, so a tree at its share makes the host spend
+    /// nothing on it).
     ///
     /// # Errors
     ///
@@ -357,20 +468,29 @@ impl StateBudget {
         &self,
         state: &WorldState,
         agent: AgentId,
+        cause: Option<OpKey>,
     ) -> Result<(), StateRefusal> {
-        self.admit(tree_of(state, agent), AGENT_RECORD_BYTES)
+        let journal = cause.map_or(0, |_| JOURNAL_ENTRY_BYTES + JOURNAL_DID_BYTES);
+        self.admit(
+            self.tree_running(state, agent, cause),
+            AGENT_RECORD_BYTES + journal,
+        )
     }
 
-    /// Counts what an applied command changed, from the `events` it made
-    /// and `state` after it: a state write or delete (`state_before`: its
-    /// agent and the agent's state bytes before), a spawn, a task
-    /// scheduled or ended.
+    /// Counts what the `applied` command changed, with `state` after it:
+    /// a state write or delete (`state_before`: its agent and the agent's
+    /// state bytes before), a spawn, a task scheduled or ended, the entry
+    /// of a running task's journal.
     pub(crate) fn applied(
         &mut self,
         state: &WorldState,
         state_before: Option<(AgentId, u64)>,
-        events: &[Event],
+        applied: &Applied,
     ) {
+        if let Some(key) = applied.cause {
+            self.journaled(state, applied.origin, key, applied.seq);
+        }
+        let events = &applied.events;
         if let Some((agent, before)) = state_before {
             let after = state.agent(agent).map_or(0, |a| a.state_bytes);
             let tree = tree_of(state, agent);
@@ -394,13 +514,31 @@ impl StateBudget {
                     self.scheduled(state, *task, *by, spec);
                 }
                 Event::TaskCompleted { task, .. } | Event::TaskFailed { task, .. } => {
-                    if let Some((tree, bytes)) = self.tasks.remove(task) {
+                    let ended = [self.tasks.remove(task), self.journals.remove(task)];
+                    for (tree, bytes) in ended.into_iter().flatten() {
                         self.shares.sub(tree, bytes);
                     }
                 }
                 _ => {}
             }
         }
+    }
+
+    /// Counts the entry `agent`'s operation applied as record `seq` added
+    /// to the journal of the task `key` names, if it is still running.
+    fn journaled(&mut self, state: &WorldState, agent: AgentId, key: OpKey, seq: u64) {
+        let Some(run) = running(state, key) else {
+            return;
+        };
+        let Some(entry) = run.journal.last().filter(|e| e.seq == seq) else {
+            return;
+        };
+        let gap = run.gaps.last().is_some_and(|g| g.seq == seq);
+        let bytes =
+            JOURNAL_ENTRY_BYTES + did_bytes(entry) + if gap { JOURNAL_GAP_BYTES } else { 0 };
+        let tree = self.tree_running(state, agent, Some(key));
+        self.shares.add(tree, bytes);
+        self.journals.entry(key.task).or_insert((tree, 0)).1 += bytes;
     }
 
     /// Counts `task`, scheduled `by` an agent, an operator or another cell
@@ -438,10 +576,11 @@ pub(crate) fn default_budget() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use toka_kernel::{EntityId, Event, WorldState};
+    use toka_kernel::{EntityId, Event, OpKey, WorldState};
 
     use crate::runtime::sequencer::state_budget::{
-        AGENT_RECORD_BYTES, StateBudget, StateRefusal, TASK_RECORD_BYTES,
+        AGENT_RECORD_BYTES, JOURNAL_DID_BYTES, JOURNAL_ENTRY_BYTES, StateBudget, StateRefusal,
+        TASK_RECORD_BYTES,
     };
 
     #[test]
@@ -575,7 +714,7 @@ mod tests {
         let mut kernel = Kernel::new(Limits::default());
         // Counted as the sequencer counts, command by command.
         let mut counted = StateBudget::new(u64::MAX, u64::MAX, kernel.state());
-        let mut apply = |origin: EntityId, op: Operation| {
+        let mut apply = |cause: Option<OpKey>, origin: EntityId, op: Operation| {
             let before = match &op {
                 Operation::PutState { .. } | Operation::DeleteState { .. } => kernel
                     .state()
@@ -583,10 +722,12 @@ mod tests {
                     .map(|a| (origin, a.state_bytes)),
                 _ => None,
             };
-            let applied = kernel
-                .apply(Command::system(origin, Timestamp(1), op))
-                .unwrap();
-            counted.applied(kernel.state(), before, &applied.events);
+            let command = Command {
+                cause,
+                ..Command::system(origin, Timestamp(1), op)
+            };
+            let applied = kernel.apply(command).unwrap();
+            counted.applied(kernel.state(), before, &applied);
             applied.events.iter().find_map(Event::created)
         };
         let component = Digest::of(b"c");
@@ -609,6 +750,7 @@ mod tests {
             },
         };
         apply(
+            None,
             EntityId::SYSTEM,
             Operation::InstallComponent {
                 component: Box::new(ComponentSpec {
@@ -618,22 +760,23 @@ mod tests {
                 }),
             },
         );
-        let root = apply(EntityId::SYSTEM, spawn("root")).unwrap();
-        let child = apply(root, spawn("child")).unwrap();
-        let grandchild = apply(child, spawn("grandchild")).unwrap();
-        let other = apply(EntityId::SYSTEM, spawn("other")).unwrap();
-        apply(grandchild, put("k", 100));
-        apply(grandchild, put("k", 50));
-        apply(root, put("ab", 10));
-        apply(root, put("gone", 1_000));
-        apply(root, Operation::DeleteState { key: "gone".into() });
-        apply(other, put("x", 1));
+        let root = apply(None, EntityId::SYSTEM, spawn("root")).unwrap();
+        let child = apply(None, root, spawn("child")).unwrap();
+        let grandchild = apply(None, child, spawn("grandchild")).unwrap();
+        let other = apply(None, EntityId::SYSTEM, spawn("other")).unwrap();
+        apply(None, grandchild, put("k", 100));
+        apply(None, grandchild, put("k", 50));
+        apply(None, root, put("ab", 10));
+        apply(None, root, put("gone", 1_000));
+        apply(None, root, Operation::DeleteState { key: "gone".into() });
+        apply(None, other, put("x", 1));
         // By an agent: its tree's; by the operator: not the target's.
-        apply(child, schedule(other, "abcd"));
-        apply(EntityId::SYSTEM, schedule(other, "ab"));
-        let done = apply(EntityId::SYSTEM, schedule(root, "done")).unwrap();
-        apply(root, Operation::StartTask { task: done });
+        apply(None, child, schedule(other, "abcd"));
+        apply(None, EntityId::SYSTEM, schedule(other, "ab"));
+        let done = apply(None, EntityId::SYSTEM, schedule(root, "done")).unwrap();
+        apply(None, root, Operation::StartTask { task: done });
         apply(
+            None,
             root,
             Operation::CompleteTask {
                 task: done,
@@ -641,21 +784,62 @@ mod tests {
             },
         );
 
+        // A running task's journal is counted to the tree of the agent
+        // running it, entry by entry, until the task ends.
+        let running = apply(None, EntityId::SYSTEM, schedule(child, "run")).unwrap();
+        apply(None, child, Operation::StartTask { task: running });
+        let by = |index| {
+            Some(OpKey {
+                task: running,
+                index,
+            })
+        };
+        apply(by(0), child, put("j", 10));
+        apply(by(1), child, put("j", 20));
+        apply(
+            by(2),
+            child,
+            Operation::EmitObservation {
+                topic: None,
+                data: vec![1],
+            },
+        );
+        let ended = apply(None, EntityId::SYSTEM, schedule(root, "ended")).unwrap();
+        apply(None, root, Operation::StartTask { task: ended });
+        apply(
+            Some(OpKey {
+                task: ended,
+                index: 0,
+            }),
+            root,
+            put("y", 1),
+        );
+        apply(
+            None,
+            root,
+            Operation::FailTask {
+                task: ended,
+                reason: "gone".into(),
+            },
+        );
+
         // Forgotten once terminated: its record and state are given back.
         apply(
+            None,
             EntityId::SYSTEM,
             Operation::TerminateAgent {
                 agent: grandchild,
                 reason: "done".into(),
             },
         );
-        apply(EntityId::SYSTEM, Operation::ForgetTerminated);
+        apply(None, EntityId::SYSTEM, Operation::ForgetTerminated);
         assert!(kernel.state().agent(grandchild).is_none());
 
         let task = |len: u64| TASK_RECORD_BYTES + len;
-        let root_holds = 2 * AGENT_RECORD_BYTES + 12 + task(4);
+        let journal = 3 * JOURNAL_ENTRY_BYTES + 2 * JOURNAL_DID_BYTES + 2 + 1;
+        let root_holds = 2 * AGENT_RECORD_BYTES + 12 + 21 + 2 + task(4) + journal;
         let other_holds = AGENT_RECORD_BYTES + 2;
-        let operator_holds = task(2);
+        let operator_holds = task(2) + task(3);
         let derived = StateBudget::new(u64::MAX, u64::MAX, kernel.state());
         for budget in [&counted, &derived] {
             assert_eq!(budget.shares.held_by(root), root_holds);
@@ -665,7 +849,39 @@ mod tests {
                 budget.usage().held,
                 root_holds + other_holds + operator_holds
             );
-            assert_eq!(budget.tasks.len(), 2);
+            assert_eq!(budget.tasks.len(), 3);
+            assert_eq!(budget.journals.len(), 1);
         }
+
+        // The task's next operation needs room for its entry, and a first
+        // write of a key for what the entry keeps of it.
+        let state = kernel.state();
+        let tight = StateBudget::new(u64::MAX, root_holds + 170, state);
+        let observe = Operation::EmitObservation {
+            topic: None,
+            data: Vec::new(),
+        };
+        assert_eq!(tight.admit_op(state, child, by(3), &observe), Ok(()));
+        assert_eq!(tight.admit_op(state, child, by(3), &put("j", 20)), Ok(()));
+        // The key and value, and the entry with the key twice.
+        let first = 7 + 1 + JOURNAL_ENTRY_BYTES + JOURNAL_DID_BYTES + 2 * 7;
+        assert_eq!(
+            tight.admit_op(state, child, by(3), &put("new-key", 1)),
+            Err(StateRefusal::Tree {
+                growth: first,
+                share: root_holds + 170,
+                held: root_holds
+            })
+        );
+        // Outside a task (the agent's `init`) there is no entry.
+        assert_eq!(tight.admit_op(state, child, None, &observe), Ok(()));
+        // A tree at its share still deletes what it holds, in a task; one
+        // past it does not.
+        let delete = Operation::DeleteState { key: "j".into() };
+        let full = StateBudget::new(u64::MAX, root_holds, state);
+        assert_eq!(full.admit_op(state, child, by(3), &delete), Ok(()));
+        assert!(full.admit_op(state, child, by(3), &observe).is_err());
+        let over = StateBudget::new(u64::MAX, root_holds - 1, state);
+        assert!(over.admit_op(state, child, by(3), &delete).is_err());
     }
 }

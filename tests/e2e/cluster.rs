@@ -540,7 +540,7 @@ async fn a_killed_host_s_cell_moves_to_a_standby_and_every_acknowledged_task_run
     a.signal("-KILL");
     let moved = b.serving();
     eprintln!("cell 2 moved to the standby in {moved:?} (lease TTL {TTL:?})");
-    assert!(moved < TTL * 10, "the cell took {moved:?} to move");
+    assert!(moved < TTL * 15, "the cell took {moved:?} to move");
     // The first ten ended long before the newest snapshot: still found.
     // The counter adds 1..=10, then 1..=30.
     completed_once_summing(&b.api(), &tasks, 55 + 465).await;

@@ -853,6 +853,9 @@ async fn an_agent_cannot_park_responses_past_its_tree_s_share_of_memory() {
 
     // Another tree's agent is done, its instance kept warm.
     let _ = ended_for(neighbour, flood(0)).await;
+    // Its instance is parked once its actor is done (right after the
+    // task's end is applied, which may be seen first).
+    host.run_until_idle().await.unwrap();
     assert_eq!(host.warm_instances(), 2);
 
     // Two responses kept past the task, unread: an instance holding them is

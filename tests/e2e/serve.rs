@@ -2087,10 +2087,11 @@ async fn one_token_family_cannot_hold_every_upload() {
     drop(hostile_slow);
 }
 
-/// A server on a fresh data dir with the `test-bench` agent installed and
-/// one of it, `name`, spawned with `observe`.
-async fn a_bench_agent(name: &str) -> (Served, Api, String) {
-    let served = Served::start(&[]);
+/// A server on a fresh data dir (started with the `extra` arguments) with
+/// the `test-bench` agent installed and one of it, `name`, spawned with
+/// `observe`.
+async fn a_bench_agent(name: &str, extra: &[&str]) -> (Served, Api, String) {
+    let served = Served::start(extra);
     let api = Api::new(&served).await;
     let installed = install_bytes(&api, "test-bench", agent_bytes("test-bench")).await;
     assert_eq!(installed.status, StatusCode::CREATED, "{installed:?}");
@@ -2103,7 +2104,7 @@ async fn a_page_of_events_holds_a_bounded_number_of_bytes() {
     // An observation may be 1 MiB. Before the bound a page of events read
     // up to 1 000 records, and held and encoded them all for one request:
     // a gigabyte for a `read` client, given an agent that observes much.
-    let (_served, api, agent) = a_bench_agent("big").await;
+    let (_served, api, agent) = a_bench_agent("big", &[]).await;
     let task = run_task(&api, &agent, "observe 12 1048576").await;
     assert_eq!(task["status"], "completed", "{task}");
     let (mut from, mut pages, mut observed) = (1, 0, 0);
@@ -2137,7 +2138,9 @@ async fn a_page_of_tasks_and_an_agent_s_detail_hold_a_bounded_number_of_bytes() 
     // times that as JSON when the text is control characters. Before the
     // bounds a page of tasks held up to 1 000 of them (24 MB of JSON for
     // one `read` request), and an agent's detail all of its queue.
-    let (_served, api, agent) = a_bench_agent("busy").await;
+    // The first task computes until its deadline: ten minutes, however
+    // long the 300 schedulings take on a slow machine.
+    let (_served, api, agent) = a_bench_agent("busy", &["--deadline", "10m"]).await;
     let schedule = |description: String| {
         let api = &api;
         let path = format!("/v1/agents/{agent}/tasks");

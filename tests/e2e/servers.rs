@@ -107,7 +107,8 @@ impl Llm {
         self.state.seen.lock().unwrap().clone()
     }
 
-    /// Waits until a [`Reply::Hold`] request arrived.
+    /// Waits until a [`Reply::Hold`] request arrived (before the call, or
+    /// after).
     pub(crate) async fn held(&self) {
         tokio::time::timeout(Duration::from_secs(120), self.state.held.notified())
             .await
@@ -174,7 +175,9 @@ async fn chat(State(state): State<Arc<LlmState>>, headers: HeaderMap, body: Byte
             let released = state.release.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            state.held.notify_waiters();
+            // A permit stays if nobody waits yet: `held` sees a request
+            // that arrived before it was called.
+            state.held.notify_one();
             if !state.released.load(std::sync::atomic::Ordering::SeqCst) {
                 released.await;
             }

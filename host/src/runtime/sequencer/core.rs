@@ -141,10 +141,31 @@ pub(super) struct Deferred {
 
 /// Why [`Core::try_submit_agent`] applied nothing.
 enum Unsubmitted {
-    /// Refused, with the digest of what was asked.
-    Refused(Refused, Digest),
+    /// Refused, with what was asked.
+    Refused(Refused, RefusedAsk),
     /// Handed back to decide its check away from the lock.
     Deferred(Box<Deferred>),
+}
+
+/// What a refused request was, for the digest a re-run of its task meets
+/// the refusal by (see [`request_digest`]).
+enum RefusedAsk {
+    /// Its digest: the kernel took the operation and encoded it, or it is
+    /// a spawn (a few names to hash).
+    Digest(Digest),
+    /// The request itself, to hash away from the lock: an observation may
+    /// be 1 MiB, and a refusal costs the agent nothing but its pace.
+    Request(Box<Request>),
+}
+
+/// What [`Core::submit_agent`] answered.
+pub(super) struct Answered {
+    /// The receipt, or the refusal.
+    pub(super) result: Result<Receipt, Refused>,
+    /// A refusal of a running task's request, to keep for its re-run once
+    /// the request is hashed away from the lock (see
+    /// [`Core::remember_refusal`]).
+    pub(super) remember: Option<(TaskId, Box<Request>)>,
 }
 
 /// What a system command brings along into the store.
@@ -712,8 +733,14 @@ impl Sequencer {
                 return Ok(Err(answer));
             }
             match core.submit_agent(agent, cause, request, away) {
-                Ok(result) => {
+                Ok(Answered { result, remember }) => {
                     self.release(core);
+                    if let (Err(refused), Some((task, asked))) = (&result, remember) {
+                        // The task waits for this answer: nothing it does
+                        // comes between.
+                        let digest = request_digest(&asked);
+                        self.lock().remember_refusal(task, digest, refused);
+                    }
                     return Ok(Ok(result));
                 }
                 Err(deferred) => {
@@ -1159,7 +1186,7 @@ impl Core {
         cause: Option<OpKey>,
         request: Request,
         away: bool,
-    ) -> Result<Result<Receipt, Refused>, Box<Deferred>> {
+    ) -> Result<Answered, Box<Deferred>> {
         match self.try_submit_agent(agent, cause, request, away) {
             Ok(receipt) => {
                 if let Some(key) = cause
@@ -1167,10 +1194,14 @@ impl Core {
                 {
                     self.record_refusals(agent, key.task);
                 }
-                Ok(Ok(receipt))
+                Ok(Answered {
+                    result: Ok(receipt),
+                    remember: None,
+                })
             }
             Err(Unsubmitted::Deferred(deferred)) => Err(deferred),
-            Err(Unsubmitted::Refused(refused, request)) => {
+            Err(Unsubmitted::Refused(refused, asked)) => {
+                let mut remember = None;
                 if let Some(quota) = refused.quota {
                     // Recorded once: the quota ends the agent's task.
                     let reason = crate::text::clip(
@@ -1189,16 +1220,24 @@ impl Core {
                         tracing::warn!(agent = %agent.short(), error = %e, "could not record a quota hit");
                     }
                 } else if let Some(key) = cause {
-                    self.remember_refusal(key.task, request, &refused);
+                    match asked {
+                        RefusedAsk::Digest(digest) => {
+                            self.remember_refusal(key.task, digest, &refused)
+                        }
+                        RefusedAsk::Request(request) => remember = Some((key.task, request)),
+                    }
                 }
-                Ok(Err(refused))
+                Ok(Answered {
+                    result: Err(refused),
+                    remember,
+                })
             }
         }
     }
 
-    /// Authorizes and applies an agent's request. A refusal comes with the
-    /// digest of what was asked (computed only then: see
-    /// [`request_digest`]).
+    /// Authorizes and applies an agent's request. A refusal comes with
+    /// what was asked: the request itself where it is still whole (hashed
+    /// only then, away from the lock: see [`request_digest`]).
     fn try_submit_agent(
         &mut self,
         agent: AgentId,
@@ -1207,10 +1246,9 @@ impl Core {
         away: bool,
     ) -> Result<Receipt, Unsubmitted> {
         let Some(token) = self.kernel.state().agent(agent).map(|a| a.token) else {
-            let digest = request_digest(&request);
             return Err(Unsubmitted::Refused(
                 unknown(EntityKind::Agent, agent).into(),
-                digest,
+                RefusedAsk::Request(Box::new(request)),
             ));
         };
         if let Some(message) = self.disk.refusal() {
@@ -1219,7 +1257,10 @@ impl Core {
                 message,
                 quota: None,
             };
-            return Err(Unsubmitted::Refused(refused, request_digest(&request)));
+            return Err(Unsubmitted::Refused(
+                refused,
+                RefusedAsk::Request(Box::new(request)),
+            ));
         }
         let time = self.stamp();
         match request {
@@ -1235,14 +1276,20 @@ impl Core {
                                 request: Request::Op(op),
                             })));
                         }
-                        Err(e) => return Err(Unsubmitted::Refused(e.into(), op_digest(&op))),
+                        Err(e) => {
+                            let asked = RefusedAsk::Request(Box::new(Request::Op(op)));
+                            return Err(Unsubmitted::Refused(e.into(), asked));
+                        }
                     }
                 }
                 if let Err(e) = self
                     .state_budget
                     .admit_op(self.kernel.state(), agent, cause, &op)
                 {
-                    return Err(Unsubmitted::Refused(e.into(), op_digest(&op)));
+                    return Err(Unsubmitted::Refused(
+                        e.into(),
+                        RefusedAsk::Request(Box::new(Request::Op(op))),
+                    ));
                 }
                 let command = Command {
                     origin: agent,
@@ -1252,19 +1299,21 @@ impl Core {
                     op,
                 };
                 self.apply(command, Attachments::default()).map_err(|e| {
-                    Unsubmitted::Refused(e.into(), Digest::of(self.kernel.rejected_operation()))
+                    let digest = Digest::of(self.kernel.rejected_operation());
+                    Unsubmitted::Refused(e.into(), RefusedAsk::Digest(digest))
                 })
             }
             Request::Spawn(request) => {
                 let digest = spawn_digest(&request);
-                let refused = |e: KernelError| Unsubmitted::Refused(e.into(), digest);
+                let refused =
+                    |e: KernelError| Unsubmitted::Refused(e.into(), RefusedAsk::Digest(digest));
                 // Before the child's token is minted: a tree at its share
                 // makes the host spend nothing on a spawn.
                 if let Err(e) = self
                     .state_budget
                     .admit_spawn(self.kernel.state(), agent, cause)
                 {
-                    return Err(Unsubmitted::Refused(e.into(), digest));
+                    return Err(Unsubmitted::Refused(e.into(), RefusedAsk::Digest(digest)));
                 }
                 let prepared = self
                     .prepare_spawn(agent, token, time, request)

@@ -173,8 +173,18 @@ impl Core {
     }
 
     /// Keeps what the gate or the kernel refused a task, until the task's
-    /// next applied operation records it.
+    /// next applied operation records it. A task not running (it ended
+    /// meanwhile, or never ran) has no re-run to meet it: nothing is kept.
     pub(super) fn remember_refusal(&mut self, task: TaskId, request: Digest, refused: &Refused) {
+        if self
+            .kernel
+            .state()
+            .task(task)
+            .and_then(|t| t.status.run())
+            .is_none()
+        {
+            return;
+        }
         let max_reason = self.kernel.limits().max_reason as usize;
         let pending = self.refusals.entry(task).or_default();
         let full = pending.len() >= toka_kernel::MAX_REFUSAL_RUNS;

@@ -170,6 +170,12 @@ impl WorldState {
         self.exchanges.len()
     }
 
+    /// Journaled requests of the running task `task`.
+    #[must_use]
+    pub fn exchanges_of(&self, task: TaskId) -> usize {
+        self.exchanges.range((task, 0)..=(task, u32::MAX)).count()
+    }
+
     pub(crate) fn http_request(
         &mut self,
         origin: EntityId,

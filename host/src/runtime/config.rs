@@ -204,9 +204,11 @@ impl HostConfig {
     /// task's journal (counted to the tree of the agent running it: 32 B an
     /// operation, 128 B more with the key for a state write or an operation
     /// that creates a task or an agent, and for the task's first write of
-    /// a key the key again and the value it replaced). An agent's
-    /// operation that would pass the budget (a state write, spawn or
-    /// scheduling, or any operation of a task for its journal's entry)
+    /// a key the key again and the value it replaced, 128 B for each HTTP
+    /// request; in a cluster's cell, a task for another cell's agent
+    /// until it is handed to JetStream). An agent's operation that would
+    /// pass the budget (a state write, spawn or scheduling, an HTTP
+    /// request, or any operation of a task for its journal's entry)
     /// is refused (`limit-exceeded`, naming the budget), and so is one that
     /// would take its tree past the tree's share: the same share as of the
     /// places

@@ -10,8 +10,9 @@
 //! spawning and terminating children grows the state until the operator
 //! forgets the terminated ones (`toka agent forget`); and a running task
 //! keeps a journal entry for each of its operations until it ends (for a
-//! re-run), with a copy of what each first write of a key replaced: up to
-//! 100 000 operations a task, and a tree runs hundreds of tasks at once.
+//! re-run), with a copy of what each first write of a key replaced and an
+//! entry for each HTTP request it made: up to 100 000 operations a task,
+//! and a tree runs hundreds of tasks at once.
 //! All of it lives in the host's memory (up to three times: the kernel's, the
 //! readers' committed view, the snapshot replica's) and in every snapshot.
 //!
@@ -22,7 +23,8 @@
 //! scheduled it; the operators' tasks count as one more tree's, not
 //! towards the target's share, so a client allowed to schedule cannot use
 //! up a tree's share for it), and each running task's journal (counted to
-//! the tree of the agent running it). It refuses an
+//! the tree of the agent running it), and in a cluster's cell each task
+//! for another cell's agent until it is handed to JetStream. It refuses an
 //! agent's operation (a state write, spawn or scheduling, or any operation
 //! of a task for its journal's entry) that grows its tree past the
 //! tree's share ([`HostConfig::state_budget`](crate::HostConfig::state_budget))
@@ -38,7 +40,7 @@
 //! the budget or that share is taken in as refused
 //! ([`Operation::RefuseDelivery`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use toka_kernel::{
     AgentId, Applied, Delivery, EntityId, Event, JournalEntry, OpKey, Operation, Parcel, Replaced,
@@ -77,6 +79,12 @@ const JOURNAL_GAP_BYTES: u64 = 32;
 /// value they copy.
 const JOURNAL_DID_BYTES: u64 = 128;
 
+/// What the kernel holds for each HTTP request of a running task besides
+/// its journal entry, for a re-run: an [`toka_kernel::Exchange`] of 56
+/// bytes under a 20-byte key in an ordered map (~130 bytes with the map's
+/// nodes).
+const EXCHANGE_BYTES: u64 = 128;
+
 /// What `entry` holds, besides [`JOURNAL_ENTRY_BYTES`]: for a task's first
 /// write of a key, the key twice (the task's set of written keys holds
 /// one) and the value it replaced; for a later write, the key.
@@ -92,14 +100,17 @@ fn did_bytes(entry: &JournalEntry) -> u64 {
     }
 }
 
-/// What `run`'s journal holds.
-fn journal_bytes(run: &Run) -> u64 {
+/// What the journal of `task`, running as `run`, holds: its entries, its
+/// gaps and its HTTP requests.
+fn journal_bytes(state: &WorldState, task: TaskId, run: &Run) -> u64 {
     let entries = run
         .journal
         .iter()
         .map(|e| JOURNAL_ENTRY_BYTES + did_bytes(e))
         .sum::<u64>();
-    entries + JOURNAL_GAP_BYTES * run.gaps.len() as u64
+    entries
+        + JOURNAL_GAP_BYTES * run.gaps.len() as u64
+        + EXCHANGE_BYTES * state.exchanges_of(task) as u64
 }
 
 /// The journal of the task `key` names, while it runs.
@@ -155,6 +166,10 @@ pub(crate) struct StateBudget {
     /// The running tasks' journals: the tree each is counted to (its
     /// agent's), and its bytes.
     journals: HashMap<TaskId, (AgentId, u64)>,
+    /// The tasks in a cluster's cell's outbox, for agents of other cells,
+    /// by the record that put each there: the tree each is counted to,
+    /// and its bytes, until the host hands them to JetStream.
+    outbox: BTreeMap<u64, (AgentId, u64)>,
 }
 
 /// A growth the state budget refused (see
@@ -267,6 +282,7 @@ impl StateBudget {
             shares: Shares::new(total, per_tree),
             tasks: HashMap::new(),
             journals: HashMap::new(),
+            outbox: BTreeMap::new(),
         };
         // An agent's id is higher than its parent's, so in id order a
         // parent's tree is known when its children come; the walk up is
@@ -295,9 +311,14 @@ impl StateBudget {
                     .get(&record.agent)
                     .copied()
                     .unwrap_or_else(|| tree_of(state, record.agent));
-                let bytes = journal_bytes(run);
+                let bytes = journal_bytes(state, task, run);
                 budget.shares.add(tree, bytes);
                 budget.journals.insert(task, (tree, bytes));
+            }
+        }
+        for (seq, parcel) in state.outbox() {
+            if let Parcel::Task(sent) = parcel {
+                budget.sent(state, seq, sent.by, &sent.spec);
             }
         }
         budget
@@ -307,7 +328,7 @@ impl StateBudget {
     /// names (if any), when what it would add passes the budget or its
     /// tree's share: a state write that grows the agent's state, a task it
     /// schedules, the task's journal entry (less what a state write
-    /// frees). A delete of a key the agent holds frees all but a few
+    /// frees), an HTTP request's exchange. A delete of a key the agent holds frees all but a few
     /// hundred bytes of what its entry holds (the entry, the key): it is
     /// refused only once the tree is past its share, so an agent whose
     /// tree is at its share can still clear its state in a task.
@@ -336,13 +357,16 @@ impl StateBudget {
             Operation::ScheduleTask { spec, .. } | Operation::ScheduleTaskOnce { spec, .. } => {
                 (task_bytes(spec), 0)
             }
+            // Made outside the task's operations (it takes no entry), kept
+            // with its journal.
+            Operation::HttpRequest { .. } => (EXCHANGE_BYTES, 0),
             _ => (0, 0),
         };
         let growth = (adds + journal).saturating_sub(frees);
         if growth == 0 {
             return Ok(());
         }
-        let tree = self.tree_running(state, agent, cause);
+        let tree = self.tree_running(state, agent, cause.map(|key| key.task));
         if matches!(op, Operation::DeleteState { .. }) && frees > 0 {
             return self
                 .shares
@@ -352,12 +376,11 @@ impl StateBudget {
         self.admit(tree, growth)
     }
 
-    /// The tree of `agent`, running the task `cause` names (if any): the
+    /// The tree of `agent`, running `task` (if any): the
     /// one its journal is counted to, without a walk up the tree once the
     /// task has an entry.
-    fn tree_running(&self, state: &WorldState, agent: AgentId, cause: Option<OpKey>) -> AgentId {
-        cause
-            .and_then(|key| self.journals.get(&key.task))
+    fn tree_running(&self, state: &WorldState, agent: AgentId, task: Option<TaskId>) -> AgentId {
+        task.and_then(|task| self.journals.get(&task))
             .map_or_else(|| tree_of(state, agent), |(tree, _)| *tree)
     }
 
@@ -387,9 +410,9 @@ impl StateBudget {
                 .shares
                 .check_total(AGENT_RECORD_BYTES)
                 .map_err(|over| refusal(over, AGENT_RECORD_BYTES)),
-            // For an agent not here (unknown, or in another cell of a
-            // cluster: the task is sent there) or terminated, the kernel
-            // answers; nothing is held here.
+            // For an agent not here (unknown: the kernel refuses; in
+            // another cell of a cluster: the task waits in the outbox,
+            // which the kernel bounds) or terminated, the kernel answers.
             Operation::ScheduleTask { agent, .. } | Operation::ScheduleTaskOnce { agent, .. }
                 if state.agent(*agent).is_none_or(|a| a.is_terminated()) =>
             {
@@ -472,7 +495,7 @@ impl StateBudget {
     ) -> Result<(), StateRefusal> {
         let journal = cause.map_or(0, |_| JOURNAL_ENTRY_BYTES + JOURNAL_DID_BYTES);
         self.admit(
-            self.tree_running(state, agent, cause),
+            self.tree_running(state, agent, cause.map(|key| key.task)),
             AGENT_RECORD_BYTES + journal,
         )
     }
@@ -513,6 +536,16 @@ impl StateBudget {
                 Event::TaskScheduled { task, by, spec, .. } => {
                     self.scheduled(state, *task, *by, spec);
                 }
+                Event::TaskSent { by, spec, .. } => self.sent(state, applied.seq, *by, spec),
+                Event::TasksSent { through, .. } => {
+                    let kept = self.outbox.split_off(&through.saturating_add(1));
+                    for (tree, bytes) in std::mem::replace(&mut self.outbox, kept).into_values() {
+                        self.shares.sub(tree, bytes);
+                    }
+                }
+                Event::HttpRequested { agent, task, .. } => {
+                    self.journal_grew(state, *agent, *task, EXCHANGE_BYTES);
+                }
                 Event::TaskCompleted { task, .. } | Event::TaskFailed { task, .. } => {
                     let ended = [self.tasks.remove(task), self.journals.remove(task)];
                     for (tree, bytes) in ended.into_iter().flatten() {
@@ -536,9 +569,15 @@ impl StateBudget {
         let gap = run.gaps.last().is_some_and(|g| g.seq == seq);
         let bytes =
             JOURNAL_ENTRY_BYTES + did_bytes(entry) + if gap { JOURNAL_GAP_BYTES } else { 0 };
-        let tree = self.tree_running(state, agent, Some(key));
+        self.journal_grew(state, agent, key.task, bytes);
+    }
+
+    /// Counts `bytes` more held for the journal of `agent`'s running task
+    /// `task`.
+    fn journal_grew(&mut self, state: &WorldState, agent: AgentId, task: TaskId, bytes: u64) {
+        let tree = self.tree_running(state, agent, Some(task));
         self.shares.add(tree, bytes);
-        self.journals.entry(key.task).or_insert((tree, 0)).1 += bytes;
+        self.journals.entry(task).or_insert((tree, 0)).1 += bytes;
     }
 
     /// Counts `task`, scheduled `by` an agent, an operator or another cell
@@ -547,6 +586,14 @@ impl StateBudget {
         let (tree, bytes) = (counted_to(state, by), task_bytes(spec));
         self.shares.add(tree, bytes);
         self.tasks.insert(task, (tree, bytes));
+    }
+
+    /// Counts the task record `seq` put in the outbox, scheduled `by` an
+    /// agent or an operator for an agent of another cell.
+    fn sent(&mut self, state: &WorldState, seq: u64, by: EntityId, spec: &TaskSpec) {
+        let (tree, bytes) = (counted_to(state, by), task_bytes(spec));
+        self.shares.add(tree, bytes);
+        self.outbox.insert(seq, (tree, bytes));
     }
 
     /// Whether `tree` may hold `growth` more bytes.
@@ -579,8 +626,8 @@ mod tests {
     use toka_kernel::{EntityId, Event, OpKey, WorldState};
 
     use crate::runtime::sequencer::state_budget::{
-        AGENT_RECORD_BYTES, JOURNAL_DID_BYTES, JOURNAL_ENTRY_BYTES, StateBudget, StateRefusal,
-        TASK_RECORD_BYTES,
+        AGENT_RECORD_BYTES, EXCHANGE_BYTES, JOURNAL_DID_BYTES, JOURNAL_ENTRY_BYTES, StateBudget,
+        StateRefusal, TASK_RECORD_BYTES,
     };
 
     #[test]
@@ -708,8 +755,8 @@ mod tests {
     #[test]
     fn what_a_state_holds_is_counted_under_each_agents_tree() {
         use toka_kernel::{
-            AgentSpec, Command, ComponentSpec, Digest, Kernel, Limits, Operation, TaskSpec,
-            Timestamp,
+            AgentSpec, Command, ComponentSpec, Digest, HttpFailure, HttpOutcome, HttpRequest,
+            Kernel, Limits, Operation, TaskId, TaskSpec, Timestamp,
         };
         let mut kernel = Kernel::new(Limits::default());
         // Counted as the sequencer counts, command by command.
@@ -742,6 +789,19 @@ mod tests {
         let put = |key: &str, len: usize| Operation::PutState {
             key: key.into(),
             value: vec![0; len],
+        };
+        // An HTTP request is made outside the task's operations (it takes
+        // no entry); what the kernel keeps of it goes with the task.
+        let request = |task: TaskId, index: u32| Operation::HttpRequest {
+            task,
+            index,
+            request: Box::new(HttpRequest {
+                method: "GET".into(),
+                url: "http://example.test/".into(),
+                headers: Digest::of(b""),
+                body: Digest::of(b""),
+                body_len: 0,
+            }),
         };
         let schedule = |agent: EntityId, description: &str| Operation::ScheduleTask {
             agent,
@@ -804,6 +864,20 @@ mod tests {
                 data: vec![1],
             },
         );
+        apply(None, child, request(running, 0));
+        apply(
+            None,
+            child,
+            Operation::HttpResponse {
+                task: running,
+                index: 0,
+                outcome: Box::new(HttpOutcome::Failed {
+                    failure: HttpFailure::Timeout,
+                    message: "slow".into(),
+                }),
+                secret: None,
+            },
+        );
         let ended = apply(None, EntityId::SYSTEM, schedule(root, "ended")).unwrap();
         apply(None, root, Operation::StartTask { task: ended });
         apply(
@@ -814,6 +888,7 @@ mod tests {
             root,
             put("y", 1),
         );
+        apply(None, root, request(ended, 0));
         apply(
             None,
             root,
@@ -836,7 +911,7 @@ mod tests {
         assert!(kernel.state().agent(grandchild).is_none());
 
         let task = |len: u64| TASK_RECORD_BYTES + len;
-        let journal = 3 * JOURNAL_ENTRY_BYTES + 2 * JOURNAL_DID_BYTES + 2 + 1;
+        let journal = 3 * JOURNAL_ENTRY_BYTES + 2 * JOURNAL_DID_BYTES + 2 + 1 + EXCHANGE_BYTES;
         let root_holds = 2 * AGENT_RECORD_BYTES + 12 + 21 + 2 + task(4) + journal;
         let other_holds = AGENT_RECORD_BYTES + 2;
         let operator_holds = task(2) + task(3);
@@ -883,5 +958,104 @@ mod tests {
         assert!(full.admit_op(state, child, by(3), &observe).is_err());
         let over = StateBudget::new(u64::MAX, root_holds - 1, state);
         assert!(over.admit_op(state, child, by(3), &delete).is_err());
+        // A request needs room for its exchange.
+        assert_eq!(
+            full.admit_op(state, child, None, &request(running, 1)),
+            Err(StateRefusal::Tree {
+                growth: EXCHANGE_BYTES,
+                share: root_holds,
+                held: root_holds
+            })
+        );
+        assert_eq!(
+            tight.admit_op(state, child, None, &request(running, 1)),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn tasks_for_other_cells_are_counted_until_handed_to_jetstream() {
+        use toka_kernel::{
+            AgentSpec, Cell, Command, ComponentSpec, Digest, Kernel, Limits, Operation, TaskSpec,
+            Timestamp,
+        };
+        let cell = Cell { index: 0, cells: 2 };
+        let mut kernel = Kernel::new(Limits::default()).in_cell(Some(cell));
+        let mut counted = StateBudget::new(u64::MAX, u64::MAX, kernel.state());
+        let apply =
+            |kernel: &mut Kernel, counted: &mut StateBudget, origin: EntityId, op: Operation| {
+                let applied = kernel
+                    .apply(Command::system(origin, Timestamp(1), op))
+                    .unwrap();
+                counted.applied(kernel.state(), None, &applied);
+                (applied.seq, applied.events.iter().find_map(Event::created))
+            };
+        let component = Digest::of(b"c");
+        apply(
+            &mut kernel,
+            &mut counted,
+            EntityId::SYSTEM,
+            Operation::InstallComponent {
+                component: Box::new(ComponentSpec {
+                    digest: component,
+                    name: "c".into(),
+                    size: 1,
+                }),
+            },
+        );
+        let (_, root) = apply(
+            &mut kernel,
+            &mut counted,
+            EntityId::SYSTEM,
+            Operation::SpawnAgent {
+                spec: Box::new(AgentSpec {
+                    component,
+                    name: "root".into(),
+                    token: Digest::of(b"root"),
+                    rights: Vec::new(),
+                }),
+            },
+        );
+        let root = root.unwrap();
+        // An agent of cell 1 (the top 16 bits of its id).
+        let remote = EntityId::from_u128((1u128 << 112) | 7);
+        let schedule = |description: &str| Operation::ScheduleTask {
+            agent: remote,
+            spec: TaskSpec {
+                description: description.into(),
+            },
+        };
+        let (first, _) = apply(&mut kernel, &mut counted, root, schedule("abcd"));
+        apply(&mut kernel, &mut counted, EntityId::SYSTEM, schedule("ab"));
+        assert_eq!(kernel.state().outbox().len(), 2);
+        let task = |len: u64| TASK_RECORD_BYTES + len;
+        let holds =
+            |budget: &StateBudget| [root, EntityId::SYSTEM].map(|tree| budget.shares.held_by(tree));
+        let derived = StateBudget::new(u64::MAX, u64::MAX, kernel.state());
+        for budget in [&counted, &derived] {
+            assert_eq!(holds(budget), [AGENT_RECORD_BYTES + task(4), task(2)]);
+        }
+
+        // Handed on in order: the root's first, then the operator's.
+        apply(
+            &mut kernel,
+            &mut counted,
+            EntityId::SYSTEM,
+            Operation::MarkSent { through: first },
+        );
+        let derived = StateBudget::new(u64::MAX, u64::MAX, kernel.state());
+        for budget in [&counted, &derived] {
+            assert_eq!(holds(budget), [AGENT_RECORD_BYTES, task(2)]);
+        }
+        let head = kernel.head().seq;
+        apply(
+            &mut kernel,
+            &mut counted,
+            EntityId::SYSTEM,
+            Operation::MarkSent { through: head },
+        );
+        assert_eq!(kernel.state().outbox().len(), 0);
+        assert_eq!(holds(&counted), [AGENT_RECORD_BYTES, 0]);
+        assert_eq!(counted.usage().held, AGENT_RECORD_BYTES);
     }
 }

@@ -390,6 +390,13 @@ fn bad_packages_are_refused_with_one_line_and_nothing_written() {
     )
     .unwrap();
     cases.push(("another world".into(), other_world, "component"));
+    // 14 bytes declaring a section of 4 GiB.
+    let declared = b"\0asm\x0d\0\x01\0\x01\xff\xff\xff\xff\x0f".to_vec();
+    cases.push((
+        "a section longer than the file".into(),
+        declared.clone(),
+        "a section at byte 14 declares 4294967295 bytes, past the end of the file",
+    ));
 
     for (what, bad, needle) in cases {
         let file = dir.path().join("bad-input.wasm");
@@ -414,6 +421,22 @@ fn bad_packages_are_refused_with_one_line_and_nothing_written() {
         );
         assert_eq!(head(&data), before, "{what}: the log changed");
     }
+    // Under a limit on the address space (`ulimit -v`, which the host
+    // supports), the same 14 bytes are refused, not an abort: nothing
+    // allocates the 4 GiB they declare (before, `toka` aborted here).
+    let file = dir.path().join("declared.wasm");
+    std::fs::write(&file, &declared).unwrap();
+    let limited = crate::output_within(
+        std::process::Command::new("sh")
+            .args(["-c", "ulimit -v 3000000 && exec \"$@\"", "sh"])
+            .arg(env!("CARGO_BIN_EXE_toka"))
+            .args(["--data", path(&data), "install", path(&file), "--yes"]),
+        crate::COMMAND_LIMIT,
+    );
+    let stderr = String::from_utf8_lossy(&limited.stderr);
+    assert_eq!(limited.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("declares 4294967295 bytes"), "{stderr}");
+    assert_eq!(head(&data), before);
     // An approval wider than the request, or none at all without a
     // terminal: refused, nothing written.
     for (args, needle) in [

@@ -6,6 +6,7 @@
 //! what a package requests against what is approved; see docs/packages.md.
 
 pub(crate) mod approval;
+mod lengths;
 pub(crate) mod manifest;
 pub(crate) mod review;
 pub(crate) mod signed;

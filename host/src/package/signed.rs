@@ -384,6 +384,7 @@ impl Package {
 }
 
 fn parse(bytes: &[u8]) -> Result<Module, PackageError> {
+    super::lengths::check(bytes).map_err(PackageError::NotWasm)?;
     Module::deserialize(&mut Cursor::new(bytes)).map_err(|e| PackageError::NotWasm(e.to_string()))
 }
 

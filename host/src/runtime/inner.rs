@@ -195,4 +195,44 @@ mod tests {
         assert!(components.prepare(digest, load).await.is_ok());
         assert_eq!(components.compiles().1, 0);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_compile_whose_caller_went_away_runs_alone_to_its_end() {
+        let components = Components::<AgentCtx>::new(false, None, add_imports).unwrap();
+        let read = |name: &str| -> Arc<[u8]> {
+            std::fs::read(toka_agents::path(name).unwrap())
+                .unwrap()
+                .into()
+        };
+        let (first, second) = (read("test-bench"), read("hello"));
+        // The first caller goes away once its compile has begun (an API
+        // client closing its connection mid-install).
+        let gone = {
+            let (components, first) = (components.clone(), Arc::clone(&first));
+            let digest = toka_kernel::Digest::of(&first);
+            tokio::spawn(async move {
+                let load = || Ok::<_, Infallible>(first);
+                components.prepare(digest, load).await.is_ok()
+            })
+        };
+        while components.running().0 == 0 {
+            tokio::task::yield_now().await;
+        }
+        gone.abort();
+        assert!(gone.await.unwrap_err().is_cancelled());
+        assert_eq!(components.running().0, 1, "the compile runs on");
+
+        // The next compile waits for it: never two at once.
+        let digest = toka_kernel::Digest::of(&second);
+        let load = || Ok::<_, Infallible>(Arc::clone(&second));
+        assert!(components.prepare(digest, load).await.is_ok());
+        assert_eq!(components.compiles().0, 2);
+        assert_eq!(components.running().1, 1, "one compile at a time");
+        // The abandoned one's result is not kept: its caller never had it.
+        assert!(
+            components
+                .cached(&toka_kernel::Digest::of(&first))
+                .is_none()
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! Loading agent components: validate, compile once, instantiate fast.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use toka_kernel::Digest;
@@ -182,8 +182,16 @@ pub(crate) struct Components<T: 'static> {
     /// once after a restart would otherwise each read its bytes and
     /// compile it on a blocking thread of its own).
     compiling: Arc<Compiling>,
+    /// The turn to compile at all: one compile at a time (Cranelift uses
+    /// every core for one), held by the compile itself, so a caller that
+    /// goes away (an API client closing its connection mid-upload) leaves
+    /// its compile holding the turn until it ends, and the next caller's
+    /// waits: abandoned compiles cannot pile up.
+    compile_turn: Arc<tokio::sync::Semaphore>,
     /// Compilations run.
     compiles: Arc<AtomicU64>,
+    /// Compilations running now, and the most that ran at once.
+    running: Arc<(AtomicUsize, AtomicUsize)>,
 }
 
 impl<T: 'static> Clone for Components<T> {
@@ -193,7 +201,9 @@ impl<T: 'static> Clone for Components<T> {
             linker: Arc::clone(&self.linker),
             cache: Arc::clone(&self.cache),
             compiling: Arc::clone(&self.compiling),
+            compile_turn: Arc::clone(&self.compile_turn),
             compiles: Arc::clone(&self.compiles),
+            running: Arc::clone(&self.running),
         }
     }
 }
@@ -242,7 +252,9 @@ impl<T: 'static> Components<T> {
             linker: Arc::new(linker),
             cache: Arc::default(),
             compiling: Arc::default(),
+            compile_turn: Arc::new(tokio::sync::Semaphore::new(1)),
             compiles: Arc::default(),
+            running: Arc::default(),
         })
     }
 
@@ -254,7 +266,10 @@ impl<T: 'static> Components<T> {
     /// validated and compiled (on a blocking thread) from the bytes `load`
     /// gives, and cached. Callers asking for a digest while it compiles
     /// wait for that compile, holding no thread and loading nothing; a
-    /// failed compile is not cached (the next caller tries again).
+    /// failed compile is not cached (the next caller tries again). One
+    /// compile runs at a time, to its end even when its caller is gone
+    /// (its result then is not cached: the caller may never have installed
+    /// it).
     pub(crate) async fn prepare<B, E>(
         &self,
         digest: Digest,
@@ -272,11 +287,20 @@ impl<T: 'static> Components<T> {
         if let Some(pre) = self.cached(&digest) {
             return Ok(pre);
         }
+        let turn = Arc::clone(&self.compile_turn)
+            .acquire_owned()
+            .await
+            .expect("the compile turn's semaphore is never closed");
         let bytes = load().map_err(Unprepared::Load)?;
         let this = self.clone();
         let compiled = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             this.compiles.fetch_add(1, Ordering::Relaxed);
-            this.compile(bytes.as_ref())
+            let (now, most) = &*this.running;
+            most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            let compiled = this.compile(bytes.as_ref());
+            now.fetch_sub(1, Ordering::SeqCst);
+            compiled
         })
         .await
         .map_err(|e| Unprepared::Panicked(e.to_string()))?
@@ -293,6 +317,13 @@ impl<T: 'static> Components<T> {
     pub(crate) fn compiles(&self) -> (u64, usize) {
         let compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
         (self.compiles.load(Ordering::Relaxed), compiling.len())
+    }
+
+    /// Compilations running now, and the most that ran at once.
+    #[cfg(test)]
+    pub(crate) fn running(&self) -> (usize, usize) {
+        let (now, most) = &*self.running;
+        (now.load(Ordering::SeqCst), most.load(Ordering::SeqCst))
     }
 
     /// The compiled component for `digest`, if it was prepared.

@@ -44,9 +44,14 @@ pub(crate) struct App {
     pub(crate) verify: Arc<Jobs<VerifyJob>>,
     /// Archives of the log (`POST /v1/archive`).
     pub(crate) archives: Arc<Jobs<ArchiveJob>>,
-    /// One component compiles at a time: compiling is the most expensive
-    /// thing a `write` operator can ask for.
+    /// One install at a time: compiling is the most expensive thing a
+    /// `write` operator can ask for (the host also compiles one component
+    /// at a time, each to its end even when its client went away).
     pub(crate) compile: Semaphore,
+    /// One package review (its signatures checked against each trusted
+    /// key) at a time, held by the review itself: a client that goes away
+    /// leaves it running to its end, and the next one waits for it.
+    pub(crate) reviews: Arc<Semaphore>,
     /// Turns for reading the log back (a replay from a snapshot): they
     /// take turns rather than each taking a core, one per token family at
     /// a time.
@@ -107,6 +112,7 @@ impl App {
             verify: Arc::default(),
             archives: Arc::default(),
             compile: Semaphore::new(1),
+            reviews: Arc::new(Semaphore::new(1)),
             log_reads: crate::readers::ReplayTurns::new(LOG_READ_TURNS),
             log_readers: crate::readers::LogReaders::new(LOG_READ_TURNS + 1),
             encoded_state: tokio::sync::Mutex::new(None),

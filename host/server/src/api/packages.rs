@@ -165,13 +165,21 @@ pub(crate) async fn uninstall(
         .ok_or_else(|| ApiError::internal("the uninstalled package was not in the state"))
 }
 
-/// A package checked against the trust store, off the async threads.
+/// A package checked against the trust store, off the async threads, one
+/// at a time (see [`App::reviews`]).
 async fn reviewed(app: &Arc<App>, who: Admin, bytes: Bytes) -> Result<Review, ApiError> {
-    let app = Arc::clone(app);
-    tokio::task::spawn_blocking(move || app.host.as_operator(who.token).review(bytes.to_vec()))
+    let turn = Arc::clone(&app.reviews)
+        .acquire_owned()
         .await
-        .map_err(|e| ApiError::internal(format!("reviewing the package panicked: {e}")))?
-        .map_err(ApiError::from)
+        .map_err(|_| ApiError::stopping())?;
+    let app = Arc::clone(app);
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        app.host.as_operator(who.token).review(bytes.to_vec())
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("reviewing the package panicked: {e}")))?
+    .map_err(ApiError::from)
 }
 
 fn body_bytes(

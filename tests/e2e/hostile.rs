@@ -1602,6 +1602,26 @@ async fn an_agent_filling_the_disk_is_refused_before_the_host_must_stop() {
     assert!(err.contains(nearly_full), "{err}");
     let stopped = tokio::time::timeout(Duration::from_millis(10), host.stopped()).await;
     assert!(stopped.is_err(), "the host stopped: {stopped:?}");
+    // An API client's install would store its bytes past the reserve:
+    // refused, nothing written; the host's own caller is not refused.
+    let writer = host.as_operator(
+        host.mint(&[toka_host::OperatorLevel::Write.right()], &[], None)
+            .unwrap(),
+    );
+    let bench = agent_bytes("test-bench");
+    let head = host.head().seq;
+    let err = writer.install("bench", bench.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, toka_host::HostError::DiskReserve(_))
+            && err.to_string().starts_with(&format!(
+                "{}; {} more is refused until space is freed",
+                &nearly_full["limit exceeded: ".len()..],
+                toka_host::Size(bench.len() as u64)
+            )),
+        "{err}"
+    );
+    assert_eq!(host.head().seq, head, "nothing written");
+    host.install("bench", bench).await.unwrap();
     // Space is freed: agents are served again.
     store.set_free(1 << 30);
     tokio::time::sleep(Duration::from_millis(250)).await;

@@ -136,6 +136,9 @@ impl From<HostError> for ApiError {
             HostError::StateBudget(_) => {
                 Self::new(StatusCode::INSUFFICIENT_STORAGE, "state_budget", message)
             }
+            HostError::DiskReserve(_) => {
+                Self::new(StatusCode::INSUFFICIENT_STORAGE, "disk_reserve", message)
+            }
             HostError::Stopped(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", message)
             }

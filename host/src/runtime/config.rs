@@ -241,7 +241,9 @@ impl HostConfig {
     /// (`limit-exceeded`, journaled like any refusal), the host stays up
     /// for reads and the operator's commands, and agents are served again
     /// once the space is back (checked after commits, every 200 ms at
-    /// most). 0 turns it off. Default: 256 MiB. A store not on a disk (in
+    /// most); an API client's install whose bytes would take the free
+    /// space below it is refused too ([`HostError::DiskReserve`](crate::HostError::DiskReserve)).
+    /// 0 turns it off. Default: 256 MiB. A store not on a disk (in
     /// memory) is never short of it.
     pub fn disk_reserve(&mut self, bytes: u64) -> &mut Self {
         self.disk_reserve = bytes;

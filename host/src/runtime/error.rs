@@ -73,6 +73,12 @@ pub enum HostError {
     /// nothing was applied.
     #[error(transparent)]
     StateBudget(crate::StateRefusal),
+    /// An API client's install would take the disk's free space below the
+    /// reserve the host keeps for its own records
+    /// ([`HostConfig::disk_reserve`](crate::HostConfig::disk_reserve));
+    /// nothing was applied.
+    #[error("{0}")]
+    DiskReserve(String),
     /// A thread could not be started.
     #[error("starting a host thread: {0}")]
     Thread(#[from] std::io::Error),
@@ -84,6 +90,7 @@ impl From<Declined> for HostError {
             Declined::Denied(denied) => HostError::Denied(denied),
             Declined::Kernel(e) => HostError::Kernel(e),
             Declined::StateBudget(why) => HostError::StateBudget(why),
+            Declined::DiskReserve(why) => HostError::DiskReserve(why),
         }
     }
 }

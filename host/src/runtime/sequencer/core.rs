@@ -200,6 +200,8 @@ pub(crate) enum Declined {
     Kernel(KernelError),
     /// It would hold more of the state budget than an API client may.
     StateBudget(StateRefusal),
+    /// It would store bytes past the disk's reserve (the reason).
+    DiskReserve(String),
 }
 
 impl From<KernelError> for Declined {
@@ -1374,6 +1376,11 @@ impl Core {
                 self.state_budget
                     .admit_operator(self.kernel.state(), &op)
                     .map_err(Declined::StateBudget)?;
+                if let Some((_, blob)) = &attachments.blob
+                    && let Some(why) = self.disk.refusal_of(blob.len() as u64)
+                {
+                    return Err(Declined::DiskReserve(why));
+                }
                 let digest = token.digest();
                 // Stored with the first command of it that is applied (a
                 // rejected one stores nothing; see `apply`).

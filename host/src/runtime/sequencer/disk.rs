@@ -9,7 +9,10 @@
 //! up, its own records (the refusals, tasks that fail, the operator's
 //! commands) still fit, and reads go on while an operator frees space or
 //! archives the log. Agents' operations are taken again as soon as the
-//! writer sees the space back.
+//! writer sees the space back. An API client's install (a component's
+//! bytes, up to 64 MiB each, kept beside the log) that would take the
+//! free space below the reserve is refused too; the host's own caller is
+//! never refused.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,6 +85,21 @@ impl DiskWatch {
             )
         })
     }
+
+    /// Why an API client's command storing `bytes` (a component's) is
+    /// refused now, if it is: they would take the free space below the
+    /// reserve.
+    pub(crate) fn refusal_of(&self, bytes: u64) -> Option<String> {
+        let free = self.free()?;
+        (free.saturating_sub(bytes) < self.reserve).then(|| {
+            format!(
+                "the host's disk is nearly full: {} free, and the host keeps {} for its own records; {} more is refused until space is freed",
+                Size(free),
+                Size(self.reserve),
+                Size(bytes)
+            )
+        })
+    }
 }
 
 #[cfg(test)]
@@ -109,5 +127,18 @@ mod tests {
         let off = DiskWatch::new(0);
         off.check(|| panic!("no reserve: never read"));
         assert_eq!(off.refusal(), None);
+        assert_eq!(off.refusal_of(u64::MAX), None);
+    }
+
+    #[test]
+    fn bytes_that_would_take_the_free_space_below_the_reserve_are_refused() {
+        let watch = DiskWatch::new(100 << 20);
+        watch.check(|| Some(164 << 20));
+        assert_eq!(watch.refusal_of(64 << 20), None);
+        let refused = watch.refusal_of((64 << 20) + 1).expect("past the reserve");
+        assert!(
+            refused.contains("164MiB free, and the host keeps 100MiB"),
+            "{refused}"
+        );
     }
 }

@@ -478,7 +478,7 @@ impl Sequencer {
         let view = (kernel.head(), Arc::new(kernel.state().clone()));
         let gate_counts = gate.counts();
         let (total, per_tree) = options.state_budget;
-        let state_budget = StateBudget::new(total, per_tree, kernel.state());
+        let state_budget = StateBudget::new(total, per_tree, kernel.state(), kernel.cell());
         let disk = Arc::new(super::disk::DiskWatch::new(options.disk_reserve));
         disk.check(|| store.free_space());
         Self {

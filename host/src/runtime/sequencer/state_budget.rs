@@ -43,8 +43,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use toka_kernel::{
-    AgentId, Applied, Delivery, EntityId, Event, JournalEntry, OpKey, Operation, Parcel, Replaced,
-    Run, TaskId, TaskSpec, WorldState,
+    AgentId, Applied, Cell, Delivery, EntityId, Event, JournalEntry, MAX_OUTBOX_PER_AGENT, OpKey,
+    Operation, Parcel, Replaced, Run, TaskId, TaskSpec, WorldState,
 };
 
 use crate::runtime::places::tree_of;
@@ -139,6 +139,14 @@ fn journal_growth(state: &WorldState, agent: AgentId, cause: OpKey, op: &Operati
     JOURNAL_ENTRY_BYTES + did
 }
 
+/// The most tasks one tree's agents may have waiting in a cell's outbox
+/// together: one agent's worth ([`MAX_OUTBOX_PER_AGENT`], the kernel's
+/// bound per agent). The outbox holds [`toka_kernel::MAX_OUTBOX`] in all:
+/// without it, one tree of 16 agents filled it, and every other tree's
+/// (and the operators') tasks for other cells were refused until the host
+/// had handed them on.
+pub(crate) const OUTBOX_PER_TREE: usize = MAX_OUTBOX_PER_AGENT;
+
 /// What a task scheduled `by` is counted to: the tree of the agent that
 /// scheduled it; for the operators' tasks, [`EntityId::SYSTEM`] (one more
 /// tree); for a task an agent of another cell sent (it is not in this
@@ -170,6 +178,10 @@ pub(crate) struct StateBudget {
     /// by the record that put each there: the tree each is counted to,
     /// and its bytes, until the host hands them to JetStream.
     outbox: BTreeMap<u64, (AgentId, u64)>,
+    /// How many of the outbox's tasks each tree has there.
+    outbox_of: HashMap<AgentId, usize>,
+    /// The cell this is, in a cluster.
+    cell: Option<Cell>,
 }
 
 /// A growth the state budget refused (see
@@ -211,6 +223,15 @@ pub enum StateRefusal {
         share: u64,
         /// Held by the tree.
         held: u64,
+    },
+    /// The agent's tree has as many tasks waiting in the cell's outbox as
+    /// one tree may ([`OUTBOX_PER_TREE`]).
+    #[error(
+        "the agent's tree has {held} tasks waiting to be sent to other cells, the most one tree may have; they leave as the host hands them to JetStream"
+    )]
+    Outbox {
+        /// The tree's tasks in the outbox.
+        held: usize,
     },
     /// The tasks other cells' agents sent would pass one tree's share.
     #[error(
@@ -276,13 +297,21 @@ pub struct StateUsage {
 
 impl StateBudget {
     /// A budget of `total` bytes, at most `per_tree` of them (at most
-    /// `total`) held by one tree, counting what `state` holds already.
-    pub(crate) fn new(total: u64, per_tree: u64, state: &WorldState) -> StateBudget {
+    /// `total`) held by one tree, counting what `state`, of the cluster's
+    /// cell `cell` if any, holds already.
+    pub(crate) fn new(
+        total: u64,
+        per_tree: u64,
+        state: &WorldState,
+        cell: Option<Cell>,
+    ) -> StateBudget {
         let mut budget = StateBudget {
             shares: Shares::new(total, per_tree),
             tasks: HashMap::new(),
             journals: HashMap::new(),
             outbox: BTreeMap::new(),
+            outbox_of: HashMap::new(),
+            cell,
         };
         // An agent's id is higher than its parent's, so in id order a
         // parent's tree is known when its children come; the walk up is
@@ -367,6 +396,15 @@ impl StateBudget {
             return Ok(());
         }
         let tree = self.tree_running(state, agent, cause.map(|key| key.task));
+        if let Operation::ScheduleTask { agent: target, .. }
+        | Operation::ScheduleTaskOnce { agent: target, .. } = op
+            && self.cell.is_some_and(|cell| target.cell() != cell.index)
+        {
+            let held = self.outbox_of.get(&tree).copied().unwrap_or(0);
+            if held >= OUTBOX_PER_TREE {
+                return Err(StateRefusal::Outbox { held });
+            }
+        }
         if matches!(op, Operation::DeleteState { .. }) && frees > 0 {
             return self
                 .shares
@@ -541,6 +579,12 @@ impl StateBudget {
                     let kept = self.outbox.split_off(&through.saturating_add(1));
                     for (tree, bytes) in std::mem::replace(&mut self.outbox, kept).into_values() {
                         self.shares.sub(tree, bytes);
+                        if let Some(held) = self.outbox_of.get_mut(&tree) {
+                            *held -= 1;
+                            if *held == 0 {
+                                self.outbox_of.remove(&tree);
+                            }
+                        }
                     }
                 }
                 Event::HttpRequested { agent, task, .. } => {
@@ -594,6 +638,7 @@ impl StateBudget {
         let (tree, bytes) = (counted_to(state, by), task_bytes(spec));
         self.shares.add(tree, bytes);
         self.outbox.insert(seq, (tree, bytes));
+        *self.outbox_of.entry(tree).or_default() += 1;
     }
 
     /// Whether `tree` may hold `growth` more bytes.
@@ -626,14 +671,14 @@ mod tests {
     use toka_kernel::{EntityId, Event, OpKey, WorldState};
 
     use crate::runtime::sequencer::state_budget::{
-        AGENT_RECORD_BYTES, EXCHANGE_BYTES, JOURNAL_DID_BYTES, JOURNAL_ENTRY_BYTES, StateBudget,
-        StateRefusal, TASK_RECORD_BYTES,
+        AGENT_RECORD_BYTES, EXCHANGE_BYTES, JOURNAL_DID_BYTES, JOURNAL_ENTRY_BYTES,
+        OUTBOX_PER_TREE, StateBudget, StateRefusal, TASK_RECORD_BYTES,
     };
 
     #[test]
     fn a_refusal_names_the_bound_and_what_is_held() {
         let (a, b) = (EntityId::from_u128(1), EntityId::from_u128(2));
-        let mut budget = StateBudget::new(10_000, 6_000, &WorldState::default());
+        let mut budget = StateBudget::new(10_000, 6_000, &WorldState::default(), None);
         budget.shares.add(a, 5_000);
         assert_eq!(
             budget.admit(a, 1_001),
@@ -711,7 +756,7 @@ mod tests {
         apply(keyed.clone());
         let state = kernel.state();
 
-        let mut budget = StateBudget::new(10_000, 6_000, &WorldState::default());
+        let mut budget = StateBudget::new(10_000, 6_000, &WorldState::default(), None);
         assert_eq!(budget.admit_operator(state, &task(agent, 100)), Ok(()));
         // The operators' tasks hold 5 000 of their share of 6 000.
         budget.shares.add(EntityId::SYSTEM, 5_000);
@@ -760,7 +805,7 @@ mod tests {
         };
         let mut kernel = Kernel::new(Limits::default());
         // Counted as the sequencer counts, command by command.
-        let mut counted = StateBudget::new(u64::MAX, u64::MAX, kernel.state());
+        let mut counted = StateBudget::new(u64::MAX, u64::MAX, kernel.state(), kernel.cell());
         let mut apply = |cause: Option<OpKey>, origin: EntityId, op: Operation| {
             let before = match &op {
                 Operation::PutState { .. } | Operation::DeleteState { .. } => kernel
@@ -915,7 +960,7 @@ mod tests {
         let root_holds = 2 * AGENT_RECORD_BYTES + 12 + 21 + 2 + task(4) + journal;
         let other_holds = AGENT_RECORD_BYTES + 2;
         let operator_holds = task(2) + task(3);
-        let derived = StateBudget::new(u64::MAX, u64::MAX, kernel.state());
+        let derived = StateBudget::new(u64::MAX, u64::MAX, kernel.state(), kernel.cell());
         for budget in [&counted, &derived] {
             assert_eq!(budget.shares.held_by(root), root_holds);
             assert_eq!(budget.shares.held_by(other), other_holds);
@@ -931,7 +976,7 @@ mod tests {
         // The task's next operation needs room for its entry, and a first
         // write of a key for what the entry keeps of it.
         let state = kernel.state();
-        let tight = StateBudget::new(u64::MAX, root_holds + 170, state);
+        let tight = StateBudget::new(u64::MAX, root_holds + 170, state, None);
         let observe = Operation::EmitObservation {
             topic: None,
             data: Vec::new(),
@@ -953,10 +998,10 @@ mod tests {
         // A tree at its share still deletes what it holds, in a task; one
         // past it does not.
         let delete = Operation::DeleteState { key: "j".into() };
-        let full = StateBudget::new(u64::MAX, root_holds, state);
+        let full = StateBudget::new(u64::MAX, root_holds, state, None);
         assert_eq!(full.admit_op(state, child, by(3), &delete), Ok(()));
         assert!(full.admit_op(state, child, by(3), &observe).is_err());
-        let over = StateBudget::new(u64::MAX, root_holds - 1, state);
+        let over = StateBudget::new(u64::MAX, root_holds - 1, state, None);
         assert!(over.admit_op(state, child, by(3), &delete).is_err());
         // A request needs room for its exchange.
         assert_eq!(
@@ -981,7 +1026,7 @@ mod tests {
         };
         let cell = Cell { index: 0, cells: 2 };
         let mut kernel = Kernel::new(Limits::default()).in_cell(Some(cell));
-        let mut counted = StateBudget::new(u64::MAX, u64::MAX, kernel.state());
+        let mut counted = StateBudget::new(u64::MAX, u64::MAX, kernel.state(), kernel.cell());
         let apply =
             |kernel: &mut Kernel, counted: &mut StateBudget, origin: EntityId, op: Operation| {
                 let applied = kernel
@@ -1031,7 +1076,7 @@ mod tests {
         let task = |len: u64| TASK_RECORD_BYTES + len;
         let holds =
             |budget: &StateBudget| [root, EntityId::SYSTEM].map(|tree| budget.shares.held_by(tree));
-        let derived = StateBudget::new(u64::MAX, u64::MAX, kernel.state());
+        let derived = StateBudget::new(u64::MAX, u64::MAX, kernel.state(), kernel.cell());
         for budget in [&counted, &derived] {
             assert_eq!(holds(budget), [AGENT_RECORD_BYTES + task(4), task(2)]);
         }
@@ -1043,7 +1088,7 @@ mod tests {
             EntityId::SYSTEM,
             Operation::MarkSent { through: first },
         );
-        let derived = StateBudget::new(u64::MAX, u64::MAX, kernel.state());
+        let derived = StateBudget::new(u64::MAX, u64::MAX, kernel.state(), kernel.cell());
         for budget in [&counted, &derived] {
             assert_eq!(holds(budget), [AGENT_RECORD_BYTES, task(2)]);
         }
@@ -1057,5 +1102,60 @@ mod tests {
         assert_eq!(kernel.state().outbox().len(), 0);
         assert_eq!(holds(&counted), [AGENT_RECORD_BYTES, 0]);
         assert_eq!(counted.usage().held, AGENT_RECORD_BYTES);
+
+        // A tree's agents together have one agent's worth of the outbox.
+        let (_, child) = apply(
+            &mut kernel,
+            &mut counted,
+            root,
+            Operation::SpawnAgent {
+                spec: Box::new(AgentSpec {
+                    component,
+                    name: "child".into(),
+                    token: Digest::of(b"child"),
+                    rights: Vec::new(),
+                }),
+            },
+        );
+        let child = child.unwrap();
+        for n in 0..OUTBOX_PER_TREE {
+            let by = if n % 2 == 0 { root } else { child };
+            assert_eq!(
+                counted.admit_op(kernel.state(), by, None, &schedule("t")),
+                Ok(())
+            );
+            apply(&mut kernel, &mut counted, by, schedule("t"));
+        }
+        let refused = Err(StateRefusal::Outbox {
+            held: OUTBOX_PER_TREE,
+        });
+        let derived = StateBudget::new(u64::MAX, u64::MAX, kernel.state(), kernel.cell());
+        for (budget, by) in [(&counted, root), (&counted, child), (&derived, child)] {
+            assert_eq!(
+                budget.admit_op(kernel.state(), by, None, &schedule("t")),
+                refused
+            );
+        }
+        // A task for an agent of its own cell is not held to it.
+        let local = Operation::ScheduleTask {
+            agent: child,
+            spec: TaskSpec {
+                description: "here".into(),
+            },
+        };
+        assert_eq!(counted.admit_op(kernel.state(), root, None, &local), Ok(()));
+        // Handed on, they leave room again.
+        let head = kernel.head().seq;
+        apply(
+            &mut kernel,
+            &mut counted,
+            EntityId::SYSTEM,
+            Operation::MarkSent { through: head },
+        );
+        assert_eq!(
+            counted.admit_op(kernel.state(), child, None, &schedule("t")),
+            Ok(())
+        );
+        assert!(counted.outbox_of.is_empty());
     }
 }

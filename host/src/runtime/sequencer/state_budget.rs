@@ -225,7 +225,7 @@ pub enum StateRefusal {
         held: u64,
     },
     /// The agent's tree has as many tasks waiting in the cell's outbox as
-    /// one tree may ([`OUTBOX_PER_TREE`]).
+    /// one tree may (256: one agent's worth, [`toka_kernel::MAX_OUTBOX_PER_AGENT`]).
     #[error(
         "the agent's tree has {held} tasks waiting to be sent to other cells, the most one tree may have; they leave as the host hands them to JetStream"
     )]

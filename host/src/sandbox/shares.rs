@@ -57,17 +57,20 @@ impl Shares {
     ///
     /// # Errors
     ///
-    /// [`Over`]: the bound it would pass (the total first).
+    /// [`Over`]: the bound it would pass, the tree's share first (when it
+    /// is less than the total): a tree past its own share is refused for
+    /// it even when the total is spent too, so what is done about it (its
+    /// warm instances let go) is done to that tree, not to every other.
     pub(crate) fn check(&self, tree: AgentId, growth: u64) -> Result<(), Over> {
-        self.check_total(growth)?;
         let held = self.held_by(tree);
-        if held.saturating_add(growth) > self.per_tree {
+        if self.per_tree < self.total && held.saturating_add(growth) > self.per_tree {
             return Err(Over::Share {
                 share: self.per_tree,
                 held,
             });
         }
-        Ok(())
+        // A share as large as the total is passed only with the total.
+        self.check_total(growth)
     }
 
     /// Whether all trees together may hold `growth` more bytes.
@@ -175,6 +178,15 @@ mod tests {
             Err(Over::Total {
                 total: 100,
                 held: 90
+            })
+        );
+        // Past both: its share is named (what is done about it is done
+        // to that tree).
+        assert_eq!(
+            shares.check(b, 31),
+            Err(Over::Share {
+                share: 60,
+                held: 30
             })
         );
         shares.check(c, 10).unwrap();

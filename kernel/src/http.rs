@@ -101,7 +101,8 @@ pub enum HttpFailure {
     /// The server's answer was not valid HTTP.
     Protocol,
     /// The host refused to send it (a secret bound to the host is not set,
-    /// or would be sent in clear text).
+    /// or would be sent in clear text; the name resolves only to addresses
+    /// inside the host's networks).
     Refused,
     /// Anything else.
     Other,

@@ -1250,7 +1250,7 @@ async fn a_revocation_made_in_the_configuration_cell_holds_in_every_cell() {
 
 /// A self-signed certificate for `localhost` and 127.0.0.1, made with the
 /// `openssl` command: `(certificate, key)`.
-fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let made = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])

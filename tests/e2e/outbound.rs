@@ -910,3 +910,51 @@ async fn an_agent_cannot_park_responses_past_its_tree_s_share_of_memory() {
     host.shutdown().await.unwrap();
     toka(&data, &["verify"]).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_s_certificate_is_checked_against_the_web_s_roots() {
+    // The host sends an agent's requests itself: over TLS, the server's
+    // certificate must chain to the web's roots and be for the name. A
+    // `toka serve` with a self-signed certificate for 127.0.0.1 is refused
+    // whatever the right grants.
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::cluster::certificate(tmp.path());
+    let served = crate::serve::Served::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let authority = served.url.trim_end_matches('/').to_owned();
+    let port: u16 = authority.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(authority.starts_with("https://127.0.0.1:"), "{authority}");
+    let (_data_dir, data) = temp_data();
+    let host = keyed_host(&data, AgentLimits::default()).await;
+    let (_, agent) = an_http_agent(&host, "tls", port).await;
+    let task = host
+        .schedule(agent, &format!("get {authority} /v1/status"))
+        .await
+        .unwrap();
+    let info = host
+        .wait_task(task, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("the task ends");
+    let toka_host::TaskState::Failed { reason } = &info.state else {
+        panic!("{info:?}");
+    };
+    assert!(reason.contains("ConnectionRefused"), "{reason}");
+    let failures: Vec<String> = logged(&host)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::HttpResponded { failure, .. } => failure,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(
+        failures[0].starts_with("connection: TLS with 127.0.0.1: invalid peer certificate"),
+        "{failures:?}"
+    );
+    host.shutdown().await.unwrap();
+}

@@ -2,7 +2,8 @@
 //! wherever its task says. The host lets through only hosts the agent's
 //! token grants (`http HOST` or `http HOST:PORT`).
 //!
-//! Task: `get AUTHORITY PATH`, e.g. `get 127.0.0.1:8080 /hello`. The agent
+//! Task: `get AUTHORITY PATH`, e.g. `get 127.0.0.1:8080 /hello` (an
+//! AUTHORITY written `https://127.0.0.1:8443` is asked over TLS). The agent
 //! first observes `requesting AUTHORITY` (so a test can check that pending
 //! operations are durable before the request leaves), then outputs
 //! `STATUS BODY`. A refusal fails the task with the `wasi:http` error code.
@@ -53,8 +54,12 @@ struct Http {
 /// A `GET` of `path` at `authority`, over plain HTTP.
 fn request(authority: &str, path: &str) -> Result<OutgoingRequest, String> {
     let request = OutgoingRequest::new(Fields::new());
+    let (scheme, authority) = match authority.strip_prefix("https://") {
+        Some(authority) => (Scheme::Https, authority),
+        None => (Scheme::Http, authority),
+    };
     request
-        .set_scheme(Some(&Scheme::Http))
+        .set_scheme(Some(&scheme))
         .map_err(|()| "bad scheme".to_owned())?;
     request
         .set_authority(Some(authority))

@@ -571,8 +571,7 @@ impl Outgoing {
             http::HeaderName::from_static("idempotency-key"),
             http::HeaderValue::from_str(key).expect("hex digits"),
         );
-        let request =
-            http::Request::from_parts(parts, Full::new(body).map_err(|never| match never {}));
+        let request = http::Request::from_parts(parts, Full::new(body));
         let options = capped(options, self.limits.timeout);
         let limit = self.limits.response_bytes;
         let connections = self.effects.connections();
@@ -582,28 +581,10 @@ impl Outgoing {
                 .acquire_owned()
                 .await
                 .map_err(|_| (HttpFailure::Other, "the host is shutting down".to_owned()))?;
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options))
-                .await
-                .map_err(|e| failure_of(&e))?;
-            // The connection's I/O, driven while the body is read (and
-            // dropped with it).
-            let io = AbortOnDrop(tokio::spawn(io));
-            let (head, body) = response.into_parts();
-            let read = Limited::new(body, limit as usize).collect().await;
-            drop(io);
-            let body = match read {
-                Ok(collected) => collected.to_bytes(),
-                Err(e) => {
-                    return Err(match e.downcast::<Error>() {
-                        Ok(e) => failure_of(&e),
-                        Err(_) => (
-                            HttpFailure::TooLarge { limit },
-                            format!("the response is larger than the limit of {limit} bytes"),
-                        ),
-                    });
-                }
-            };
-            Ok((head, body))
+            let sent = crate::sandbox::send::send(request, &options).await?;
+            let between = options.between_bytes_timeout.unwrap_or(self.limits.timeout);
+            let body = read_body(sent.body, limit, between).await?;
+            Ok((sent.head, body))
         };
         let (head, body) = match tokio::time::timeout(self.limits.timeout, exchange).await {
             Ok(Ok(response)) => response,
@@ -746,12 +727,39 @@ impl http_body::Body for Held {
     }
 }
 
-/// A spawned task, aborted when dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
+/// A response's body, whole: at most `limit` bytes, each frame within
+/// `between` of the one before.
+async fn read_body(
+    mut body: hyper::body::Incoming,
+    limit: u64,
+    between: Duration,
+) -> Result<Bytes, (HttpFailure, String)> {
+    let mut read = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(between, body.frame())
+            .await
+            .map_err(|_| {
+                (
+                    HttpFailure::Timeout,
+                    format!(
+                        "no byte of the response's body within {between:?} (after {} bytes)",
+                        read.len()
+                    ),
+                )
+            })?;
+        let Some(frame) = frame else {
+            return Ok(Bytes::from(read));
+        };
+        let frame = frame.map_err(|e| crate::sandbox::send::hyper_failure(&e))?;
+        if let Ok(data) = frame.into_data() {
+            if (read.len() + data.len()) as u64 > limit {
+                return Err((
+                    HttpFailure::TooLarge { limit },
+                    format!("the response is larger than the limit of {limit} bytes"),
+                ));
+            }
+            read.extend_from_slice(&data);
+        }
     }
 }
 
@@ -798,31 +806,6 @@ fn error_of(failure: HttpFailure, message: String) -> Error {
         HttpFailure::Refused => Error::HttpRequestDenied,
         HttpFailure::Other => Error::InternalError(Some(message)),
     }
-}
-
-/// What to record for an error of the exchange.
-fn failure_of(e: &Error) -> (HttpFailure, String) {
-    let failure = match e {
-        Error::DnsTimeout
-        | Error::DnsError { .. }
-        | Error::DestinationNotFound
-        | Error::InvalidDnsNameError(_) => HttpFailure::Dns,
-        Error::Connect(_)
-        | Error::ConnectionRefused
-        | Error::ConnectionTerminated
-        | Error::DestinationUnavailable
-        | Error::DestinationIpProhibited
-        | Error::DestinationIpUnroutable => HttpFailure::Connection,
-        Error::ConnectionTimeout
-        | Error::ConnectionReadTimeout
-        | Error::ConnectionWriteTimeout
-        | Error::HttpResponseTimeout => HttpFailure::Timeout,
-        Error::Hyper(_) | Error::HttpProtocolError | Error::HttpResponseIncomplete => {
-            HttpFailure::Protocol
-        }
-        _ => HttpFailure::Other,
-    };
-    (failure, e.to_string())
 }
 
 /// The agent's request options, none longer than the host's timeout.

@@ -33,6 +33,7 @@ pub(crate) mod limits;
 pub(crate) mod memory;
 pub(crate) mod pace;
 pub(crate) mod redact;
+pub(crate) mod send;
 pub(crate) mod shares;
 pub(crate) mod task_inputs;
 

@@ -357,10 +357,12 @@ impl StateBudget {
     /// names (if any), when what it would add passes the budget or its
     /// tree's share: a state write that grows the agent's state, a task it
     /// schedules, the task's journal entry (less what a state write
-    /// frees), an HTTP request's exchange. A delete of a key the agent holds frees all but a few
-    /// hundred bytes of what its entry holds (the entry, the key): it is
-    /// refused only once the tree is past its share, so an agent whose
-    /// tree is at its share can still clear its state in a task.
+    /// frees), an HTTP request's exchange; and a task for another cell's
+    /// agent when its tree has [`OUTBOX_PER_TREE`] in the outbox. A delete
+    /// of a key the agent holds frees all but a few hundred bytes of what
+    /// its entry holds (the entry, the key): it is refused only once the
+    /// tree is past its share, so an agent whose tree is at its share can
+    /// still clear its state in a task.
     ///
     /// # Errors
     ///

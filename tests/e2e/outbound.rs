@@ -355,8 +355,28 @@ async fn the_guest_never_sees_a_secret_whatever_it_tries() {
     assert!(seen.contains("Bearer [redacted]"), "{seen}");
     let b64 = base64::engine::general_purpose::STANDARD.encode(format!("Bearer {KEY}"));
     assert!(!seen.contains(&b64[4..b64.len() - 4]), "{seen}");
-    // No compressed answer, no partial one, no TRACE with the secret.
+    // No compressed answer, no partial one, no TRACE with the secret; a
+    // body said to be encoded in a second header line is refused, and the
+    // line's value (the secret, echoed) is redacted in the record.
     assert!(seen.contains("== trace\nerror: the host refused"), "{seen}");
+    assert!(seen.contains("== encoded\nerror: "), "{seen}");
+    let encoded: Vec<String> = logged(&host)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::HttpResponded {
+                failure: Some(failure),
+                ..
+            } if failure.contains("encoded") => Some(failure),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        encoded,
+        [
+            "protocol: the response is encoded (Bearer [redacted]); a response to a request carrying a secret must be plain, so the secret can be kept out of it"
+        ],
+        "{encoded:?}"
+    );
     let at_bound = bound.seen();
     assert!(
         at_bound

@@ -202,6 +202,7 @@ impl Echo {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let app = Router::new()
             .route("/redirect", any(redirect))
+            .route("/encoded", any(encoded))
             .fallback(echo)
             .with_state(Arc::clone(&seen));
         let port = serve(app).await;
@@ -243,6 +244,24 @@ async fn echo(
         body: Value::String(String::from_utf8_lossy(&body).into_owned()),
     });
     axum::Json(echoed)
+}
+
+/// The request's `Authorization` as the body, the body said to be encoded
+/// in a second `Content-Encoding` line: the header's value (a body the
+/// host could not redact, named by a value it must).
+async fn encoded(headers: HeaderMap) -> Response {
+    let authorization = headers
+        .get("authorization")
+        .cloned()
+        .unwrap_or_else(|| axum::http::HeaderValue::from_static("none"));
+    let mut response = (StatusCode::OK, authorization.as_bytes().to_vec()).into_response();
+    let encodings = response.headers_mut();
+    encodings.append(
+        "content-encoding",
+        axum::http::HeaderValue::from_static("identity"),
+    );
+    encodings.append("content-encoding", authorization);
+    response
 }
 
 async fn redirect(

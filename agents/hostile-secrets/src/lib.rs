@@ -81,8 +81,10 @@ impl Agent for Snoop {
             ),
         );
         // Ways to have the answer come back in a form redaction might miss:
-        // compressed, in pieces, or the request itself echoed by TRACE.
+        // compressed (asked for, or sent so in a second header line), in
+        // pieces, or the request itself echoed by TRACE.
         for (what, request) in [
+            ("encoded", Request::get(&format!("{bound}/encoded"))),
             (
                 "gzip",
                 Request::get(&bound_echo).header("accept-encoding", "gzip"),

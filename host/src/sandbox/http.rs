@@ -600,20 +600,20 @@ impl Outgoing {
                 return (o, b, secret);
             }
         };
-        if injection.is_some()
-            && let Some(encoding) = head.headers.get(http::header::CONTENT_ENCODING)
-            && !encoding.as_bytes().eq_ignore_ascii_case(b"identity")
+        let redactor = injection.as_ref().map(|i| Redactor::new(&i.secret));
+        if let Some(redactor) = &redactor
+            && let Some(encoding) = encoded(&head.headers)
         {
+            // The value is the server's: it could echo the secret.
             let (o, b) = failed(
                 HttpFailure::Protocol,
                 format!(
                     "the response is encoded ({}); a response to a request carrying a secret must be plain, so the secret can be kept out of it",
-                    String::from_utf8_lossy(encoding.as_bytes())
+                    redactor.redact_str(&encoding)
                 ),
             );
             return (o, b, secret);
         }
-        let redactor = injection.as_ref().map(|i| Redactor::new(&i.secret));
         let body = match &redactor {
             Some(r) => r.redact(&body).unwrap_or_else(|| body.to_vec()),
             None => body.to_vec(),
@@ -654,6 +654,30 @@ impl Outgoing {
             secret,
         )
     }
+}
+
+/// The encoding a response's body came in, if any but plain: any
+/// `Content-Encoding` value but `identity` (every line of it, each item
+/// of a list), any `Transfer-Encoding` but `chunked` (which the client
+/// undoes) or `identity`. A body in such an encoding is stored as it came,
+/// where a secret it holds is not found to be redacted.
+fn encoded(headers: &http::HeaderMap) -> Option<String> {
+    let items = |name, plain: &'static [&'static str]| {
+        headers
+            .get_all(name)
+            .iter()
+            .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+            .map(|item| String::from_utf8_lossy(item.trim_ascii()).into_owned())
+            .filter(move |item| {
+                !item.is_empty() && !plain.iter().any(|p| item.eq_ignore_ascii_case(p))
+            })
+    };
+    items(http::header::CONTENT_ENCODING, &["identity"])
+        .chain(items(
+            http::header::TRANSFER_ENCODING,
+            &["chunked", "identity"],
+        ))
+        .next()
 }
 
 /// Headers that describe one connection, not the response: not recorded
@@ -916,6 +940,52 @@ mod tests {
                 .unwrap_err()
                 .contains("TRACE")
         );
+    }
+
+    #[test]
+    fn a_body_in_any_encoding_but_plain_is_told() {
+        let headers = |lines: &[(&str, &str)]| {
+            let mut map = http::HeaderMap::new();
+            for (name, value) in lines {
+                map.append(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            map
+        };
+        let plain = [
+            vec![],
+            vec![("content-encoding", "identity")],
+            vec![("transfer-encoding", "chunked")],
+            vec![
+                ("content-encoding", "Identity"),
+                ("transfer-encoding", "identity, chunked"),
+            ],
+        ];
+        for lines in plain {
+            assert_eq!(encoded(&headers(&lines)), None, "{lines:?}");
+        }
+        // A second line, an item of a list, the transfer's encoding.
+        let told = [
+            (vec![("content-encoding", "gzip")], "gzip"),
+            (
+                vec![
+                    ("content-encoding", "identity"),
+                    ("content-encoding", "gzip"),
+                ],
+                "gzip",
+            ),
+            (vec![("content-encoding", "identity, br")], "br"),
+            (vec![("transfer-encoding", "gzip, chunked")], "gzip"),
+        ];
+        for (lines, encoding) in told {
+            assert_eq!(
+                encoded(&headers(&lines)).as_deref(),
+                Some(encoding),
+                "{lines:?}"
+            );
+        }
     }
 
     #[test]

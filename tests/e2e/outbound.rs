@@ -329,7 +329,11 @@ async fn bad_answers_and_bad_endpoints_are_worded_outcomes_and_harm_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guest_never_sees_a_secret_whatever_it_tries() {
     let (_tmp, data) = temp_data();
-    let (bound, unbound) = (Echo::start().await, Echo::start().await);
+    // The unbound server shows the bound one's request log (`/replay`):
+    // what the bound host was sent comes back to a request that carried
+    // no secret.
+    let bound = Echo::start().await;
+    let unbound = Echo::showing(&bound).await;
     let host = keyed_host(&data, AgentLimits::default()).await;
     let component = host
         .install("hostile-secrets", agent_bytes("hostile-secrets"))
@@ -350,6 +354,16 @@ async fn the_guest_never_sees_a_secret_whatever_it_tries() {
     let probe = format!("probe OPENAI_API_KEY {} {}", bound.url, unbound.url);
     let seen = crate::outcome(&host, snoop, &probe).await.expect("probed");
     assert!(!seen.contains(KEY), "the agent saw the secret:\n{seen}");
+    // The other server showed what the bound host was sent, the secret
+    // among it, to a request that carried none: redacted all the same.
+    let replayed = seen
+        .split("== unbound, showing what the bound host was sent\n")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        replayed.starts_with("Ok(") && replayed.contains("Bearer [redacted]"),
+        "{seen}"
+    );
     // The bound host echoed the injected header back: redacted; its
     // base64 (the echo server adds it) too.
     assert!(seen.contains("Bearer [redacted]"), "{seen}");
@@ -437,7 +451,7 @@ async fn the_guest_never_sees_a_secret_whatever_it_tries() {
                     && denial.targets.first() == Some(&format!("127.0.0.1:{}", unbound.port)))
         })
         .count();
-    assert_eq!(denied, 2, "the direct request and the redirect");
+    assert_eq!(denied, 3, "the direct request, the redirect and the replay");
     host.shutdown().await.unwrap();
     toka(&data, &["verify", "--auth"]).ok();
     assert_not_in_file(&data, KEY);

@@ -187,8 +187,10 @@ async fn chat(State(state): State<Arc<LlmState>>, headers: HeaderMap, body: Byte
 }
 
 /// An echo server: any request is answered with its method, path, headers
-/// and body as JSON; `/redirect?to=URL` answers `302` to URL. It keeps what
-/// it received.
+/// and body as JSON; `/redirect?to=URL` answers `302` to URL; `/encoded`
+/// see [`encoded`]; `/replay` with the headers of every request it (or the
+/// server it shows, see [`Echo::showing`]) received before, as a request
+/// log another port shows. It keeps what it received.
 pub(crate) struct Echo {
     /// `http://127.0.0.1:PORT`.
     pub(crate) url: String,
@@ -199,10 +201,30 @@ pub(crate) struct Echo {
 
 impl Echo {
     pub(crate) async fn start() -> Echo {
+        Echo::start_with(None).await
+    }
+
+    /// An echo server whose `/replay` shows what `logged` received.
+    pub(crate) async fn showing(logged: &Echo) -> Echo {
+        Echo::start_with(Some(Arc::clone(&logged.seen))).await
+    }
+
+    async fn start_with(log: Option<Arc<Mutex<Vec<Seen>>>>) -> Echo {
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = log.unwrap_or_else(|| Arc::clone(&seen));
+        let replay = move || {
+            let headers: Vec<Vec<(String, String)>> = log
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|s| s.headers.clone())
+                .collect();
+            async move { axum::Json(json!(headers)) }
+        };
         let app = Router::new()
             .route("/redirect", any(redirect))
             .route("/encoded", any(encoded))
+            .route("/replay", any(replay))
             .fallback(echo)
             .with_state(Arc::clone(&seen));
         let port = serve(app).await;

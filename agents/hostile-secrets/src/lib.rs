@@ -105,6 +105,16 @@ impl Agent for Snoop {
             };
             note(what, answer);
         }
+        // Another server showing what the bound host was sent (its request
+        // log), to a request that carried no secret.
+        note(
+            "unbound, showing what the bound host was sent",
+            format!(
+                "{:?}",
+                http::get(&format!("{unbound}/replay"))
+                    .map(|r| String::from_utf8_lossy(r.body()).into_owned())
+            ),
+        );
         ctx.observe(&seen)?;
         Ok(seen.into_bytes())
     }

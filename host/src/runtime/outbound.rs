@@ -166,6 +166,19 @@ impl Effects for Outbound {
         }))
     }
 
+    fn bound_secrets(&self, agent: AgentId) -> Vec<Arc<str>> {
+        let Ok(bindings) = self.bindings(agent) else {
+            return Vec::new();
+        };
+        let mut secrets: Vec<Arc<str>> = bindings
+            .iter()
+            .filter_map(|b| self.secrets.value(&b.name))
+            .collect();
+        secrets.sort();
+        secrets.dedup();
+        secrets
+    }
+
     fn data_id(&self) -> [u8; 16] {
         self.data_id
     }

@@ -600,8 +600,14 @@ impl Outgoing {
                 return (o, b, secret);
             }
         };
-        let redactor = injection.as_ref().map(|i| Redactor::new(&i.secret));
-        if let Some(redactor) = &redactor
+        // Every secret the agent's token binds, not only the one this
+        // request carried: a server may show a later request what an
+        // earlier one sent it.
+        let mut secrets = self.effects.bound_secrets(self.agent);
+        secrets.extend(injection.as_ref().map(|i| Arc::clone(&i.secret)));
+        let redactor = (!secrets.is_empty()).then(|| Redactor::of(secrets.iter().map(|s| &**s)));
+        if injection.is_some()
+            && let Some(redactor) = &redactor
             && let Some(encoding) = encoded(&head.headers)
         {
             // The value is the server's: it could echo the secret.

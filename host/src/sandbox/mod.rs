@@ -106,6 +106,12 @@ pub(crate) trait Effects: Send + Sync + 'static {
         port: u16,
     ) -> Result<Option<Injection>, String>;
 
+    /// The values of the secrets `agent`'s token binds to any host (those
+    /// set on this host): what is redacted from every response it gets,
+    /// whether or not its request carried one (a server may store a
+    /// secret sent to it and show it to a later request).
+    fn bound_secrets(&self, agent: AgentId) -> Vec<std::sync::Arc<str>>;
+
     /// The data dir's id (what idempotency keys are derived from).
     fn data_id(&self) -> [u8; 16];
 }

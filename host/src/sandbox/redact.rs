@@ -13,28 +13,34 @@
 /// What replaces a secret.
 pub(crate) const REDACTED: &[u8] = b"[redacted]";
 
-/// The forms of one secret to look for.
+/// The forms of the secrets to look for.
 pub(crate) struct Redactor {
     needles: Vec<Vec<u8>>,
 }
 
 impl Redactor {
-    /// The forms of `secret` (never empty: the store refuses empty values).
-    pub(crate) fn new(secret: &str) -> Self {
-        let raw = secret.as_bytes();
-        let mut needles = vec![
-            raw.to_vec(),
-            json_escaped(raw),
-            percent(raw, false),
-            percent(raw, true),
-        ];
-        for alphabet in [STANDARD, URL_SAFE] {
-            for offset in 0..3 {
-                needles.push(base64_inside(raw, alphabet, offset));
+    /// The forms of each of `secrets` (never empty: the store refuses
+    /// empty values).
+    pub(crate) fn of<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut needles = Vec::new();
+        for secret in secrets {
+            let raw = secret.as_bytes();
+            let mut forms = vec![
+                raw.to_vec(),
+                json_escaped(raw),
+                percent(raw, false),
+                percent(raw, true),
+            ];
+            for alphabet in [STANDARD, URL_SAFE] {
+                for offset in 0..3 {
+                    forms.push(base64_inside(raw, alphabet, offset));
+                }
             }
+            // A base64 form of a very short value would match by chance.
+            forms.retain(|n| n.len() >= raw.len().min(4));
+            needles.extend(forms);
         }
-        // A base64 form of a very short value would match by chance.
-        needles.retain(|n| n.len() >= raw.len().min(4));
+        // The longest first: a form inside a longer one goes with it.
         needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
         needles.dedup();
         Self { needles }
@@ -171,7 +177,7 @@ mod tests {
     #[test]
     fn every_form_of_the_secret_is_redacted() {
         let secret = "sk-live/abc+def==";
-        let redactor = Redactor::new(secret);
+        let redactor = Redactor::of([secret]);
         let b64 = |text: &str, alphabet| {
             String::from_utf8(base64(text.as_bytes(), alphabet, true)).unwrap()
         };
@@ -205,5 +211,21 @@ mod tests {
         );
         assert_eq!(clean.matches("[redacted]").count(), 7, "{clean}");
         assert_eq!(redactor.redact(b"nothing to see"), None);
+    }
+
+    #[test]
+    fn several_secrets_are_redacted_at_once() {
+        // "Bearer " is 7 bytes: the second secret starts 1 byte into a
+        // base64 group, so its symbols start at the 11th ("QmVhcmVyIH" is
+        // the prefix's own).
+        let redactor = Redactor::of(["sk-first-1234", "second-5678"]);
+        let text = format!(
+            "a sk-first-1234 b second-5678 c {}",
+            String::from_utf8(base64(b"Bearer second-5678", STANDARD, true)).unwrap()
+        );
+        assert_eq!(
+            redactor.redact_str(&text),
+            "a [redacted] b [redacted] c QmVhcmVyIH[redacted]"
+        );
     }
 }

@@ -670,12 +670,42 @@ pub(crate) fn default_budget() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use toka_kernel::{EntityId, Event, OpKey, WorldState};
+    use toka_kernel::{
+        AgentSpec, ComponentSpec, Digest, EntityId, Event, OpKey, Operation, WorldState,
+    };
 
     use crate::runtime::sequencer::state_budget::{
         AGENT_RECORD_BYTES, EXCHANGE_BYTES, JOURNAL_DID_BYTES, JOURNAL_ENTRY_BYTES,
         OUTBOX_PER_TREE, StateBudget, StateRefusal, TASK_RECORD_BYTES,
     };
+
+    /// The component every test agent runs.
+    fn component() -> Digest {
+        Digest::of(b"c")
+    }
+
+    /// Installing [`component`].
+    fn install_op() -> Operation {
+        Operation::InstallComponent {
+            component: Box::new(ComponentSpec {
+                digest: component(),
+                name: "c".into(),
+                size: 1,
+            }),
+        }
+    }
+
+    /// Spawning an agent `name` of [`component`].
+    fn spawn_op(name: &str) -> Operation {
+        Operation::SpawnAgent {
+            spec: Box::new(AgentSpec {
+                component: component(),
+                name: name.into(),
+                token: Digest::of(name.as_bytes()),
+                rights: Vec::new(),
+            }),
+        }
+    }
 
     #[test]
     fn a_refusal_names_the_bound_and_what_is_held() {
@@ -712,10 +742,7 @@ mod tests {
 
     #[test]
     fn api_clients_are_held_to_the_budget_and_their_tasks_to_one_share() {
-        use toka_kernel::{
-            AgentSpec, Command, ComponentSpec, Digest, Kernel, Limits, Operation, TaskSpec,
-            Timestamp,
-        };
+        use toka_kernel::{Command, Kernel, Limits, TaskSpec, Timestamp};
         let mut kernel = Kernel::new(Limits::default());
         let mut apply = |op: Operation| {
             kernel
@@ -725,22 +752,8 @@ mod tests {
                 .iter()
                 .find_map(Event::created)
         };
-        let component = Digest::of(b"c");
-        apply(Operation::InstallComponent {
-            component: Box::new(ComponentSpec {
-                digest: component,
-                name: "c".into(),
-                size: 1,
-            }),
-        });
-        let spawn = Operation::SpawnAgent {
-            spec: Box::new(AgentSpec {
-                component,
-                name: "a".into(),
-                token: Digest::of(b"t"),
-                rights: Vec::new(),
-            }),
-        };
+        apply(install_op());
+        let spawn = spawn_op("a");
         let agent = apply(spawn.clone()).unwrap();
         let task = |agent: EntityId, bytes: usize| Operation::ScheduleTask {
             agent,
@@ -802,8 +815,8 @@ mod tests {
     #[test]
     fn what_a_state_holds_is_counted_under_each_agents_tree() {
         use toka_kernel::{
-            AgentSpec, Command, ComponentSpec, Digest, HttpFailure, HttpOutcome, HttpRequest,
-            Kernel, Limits, Operation, TaskId, TaskSpec, Timestamp,
+            Command, HttpFailure, HttpOutcome, HttpRequest, Kernel, Limits, TaskId, TaskSpec,
+            Timestamp,
         };
         let mut kernel = Kernel::new(Limits::default());
         // Counted as the sequencer counts, command by command.
@@ -824,15 +837,7 @@ mod tests {
             counted.applied(kernel.state(), before, &applied);
             applied.events.iter().find_map(Event::created)
         };
-        let component = Digest::of(b"c");
-        let spawn = |name: &str| Operation::SpawnAgent {
-            spec: Box::new(AgentSpec {
-                component,
-                name: name.into(),
-                token: Digest::of(name.as_bytes()),
-                rights: Vec::new(),
-            }),
-        };
+        let spawn = spawn_op;
         let put = |key: &str, len: usize| Operation::PutState {
             key: key.into(),
             value: vec![0; len],
@@ -856,17 +861,7 @@ mod tests {
                 description: description.into(),
             },
         };
-        apply(
-            None,
-            EntityId::SYSTEM,
-            Operation::InstallComponent {
-                component: Box::new(ComponentSpec {
-                    digest: component,
-                    name: "c".into(),
-                    size: 1,
-                }),
-            },
-        );
+        apply(None, EntityId::SYSTEM, install_op());
         let root = apply(None, EntityId::SYSTEM, spawn("root")).unwrap();
         let child = apply(None, root, spawn("child")).unwrap();
         let grandchild = apply(None, child, spawn("grandchild")).unwrap();
@@ -1022,10 +1017,7 @@ mod tests {
 
     #[test]
     fn tasks_for_other_cells_are_counted_until_handed_to_jetstream() {
-        use toka_kernel::{
-            AgentSpec, Cell, Command, ComponentSpec, Digest, Kernel, Limits, Operation, TaskSpec,
-            Timestamp,
-        };
+        use toka_kernel::{Cell, Command, Kernel, Limits, TaskSpec, Timestamp};
         let cell = Cell { index: 0, cells: 2 };
         let mut kernel = Kernel::new(Limits::default()).in_cell(Some(cell));
         let mut counted = StateBudget::new(u64::MAX, u64::MAX, kernel.state(), kernel.cell());
@@ -1037,31 +1029,12 @@ mod tests {
                 counted.applied(kernel.state(), None, &applied);
                 (applied.seq, applied.events.iter().find_map(Event::created))
             };
-        let component = Digest::of(b"c");
-        apply(
-            &mut kernel,
-            &mut counted,
-            EntityId::SYSTEM,
-            Operation::InstallComponent {
-                component: Box::new(ComponentSpec {
-                    digest: component,
-                    name: "c".into(),
-                    size: 1,
-                }),
-            },
-        );
+        apply(&mut kernel, &mut counted, EntityId::SYSTEM, install_op());
         let (_, root) = apply(
             &mut kernel,
             &mut counted,
             EntityId::SYSTEM,
-            Operation::SpawnAgent {
-                spec: Box::new(AgentSpec {
-                    component,
-                    name: "root".into(),
-                    token: Digest::of(b"root"),
-                    rights: Vec::new(),
-                }),
-            },
+            spawn_op("root"),
         );
         let root = root.unwrap();
         // An agent of cell 1 (the top 16 bits of its id).
@@ -1106,19 +1079,7 @@ mod tests {
         assert_eq!(counted.usage().held, AGENT_RECORD_BYTES);
 
         // A tree's agents together have one agent's worth of the outbox.
-        let (_, child) = apply(
-            &mut kernel,
-            &mut counted,
-            root,
-            Operation::SpawnAgent {
-                spec: Box::new(AgentSpec {
-                    component,
-                    name: "child".into(),
-                    token: Digest::of(b"child"),
-                    rights: Vec::new(),
-                }),
-            },
-        );
+        let (_, child) = apply(&mut kernel, &mut counted, root, spawn_op("child"));
         let child = child.unwrap();
         for n in 0..OUTBOX_PER_TREE {
             let by = if n % 2 == 0 { root } else { child };

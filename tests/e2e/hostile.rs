@@ -1311,6 +1311,21 @@ async fn http_reaches_only_granted_hosts_and_only_after_pending_ops_are_durable(
             Err("request failed: ErrorCode::HttpRequestDenied".to_owned())
         );
     }
+    // `http *` grants every host, but no address inside the host's
+    // networks: the loopback server is reached only through a right that
+    // names it.
+    let anywhere = arena
+        .agent("hostile-http", grant(&["observe", "http *"]))
+        .await;
+    assert_eq!(
+        outcome(
+            &arena.host,
+            anywhere,
+            &format!("get 127.0.0.1:{} /x", other.port)
+        )
+        .await,
+        Err("request failed: ErrorCode::HttpRequestDenied".to_owned())
+    );
     assert_eq!(granted.connections.load(Ordering::SeqCst), 1);
     assert_eq!(other.connections.load(Ordering::SeqCst), 0, "no connection");
     arena.bystander_serves().await;
@@ -1328,6 +1343,24 @@ async fn http_reaches_only_granted_hosts_and_only_after_pending_ops_are_durable(
         })
         .expect("the observation is in the log");
     assert!(durable >= observed_at, "durable {durable} < {observed_at}");
+    let refused: Vec<&str> = events
+        .iter()
+        .filter_map(|l| match &l.event {
+            Event::HttpResponded {
+                agent,
+                failure: Some(failure),
+                ..
+            } if *agent == anywhere => Some(failure.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        [format!(
+            "refused: 127.0.0.1 is inside the host's networks: a request reaches it only when a right of the agent's own names it (`http 127.0.0.1:{}`), not through `http *`",
+            other.port
+        )]
+    );
     assert_eq!(
         denials(&events, http),
         [

@@ -19,15 +19,24 @@ pub(crate) struct Outbound {
     pub(crate) data_id: [u8; 16],
     /// Places for open outbound connections, all agents together.
     pub(crate) connections: Arc<tokio::sync::Semaphore>,
-    /// The secret bindings of each token's authority block, by digest.
-    bindings: std::sync::Mutex<std::collections::HashMap<Digest, Arc<[SecretBinding]>>>,
+    /// What each token's authority block grants outbound requests, by
+    /// digest.
+    grants: std::sync::Mutex<std::collections::HashMap<Digest, Arc<Grants>>>,
+}
+
+/// What a token's authority block grants outbound requests.
+struct Grants {
+    /// Its secret bindings.
+    bindings: Vec<SecretBinding>,
+    /// The hosts its `http` rights name (`name` or `name:port`; not `*`).
+    named: Vec<String>,
 }
 
 /// Outbound connections open at once, all agents together.
 pub(crate) const MAX_CONNECTIONS: usize = 256;
 
-/// Tokens whose secret bindings are kept.
-const BINDINGS_KEPT: usize = 4096;
+/// Tokens whose grants are kept.
+const GRANTS_KEPT: usize = 4096;
 
 impl Outbound {
     pub(crate) fn new(sequencer: Sequencer, secrets: Arc<SecretStore>, data_id: [u8; 16]) -> Self {
@@ -36,12 +45,12 @@ impl Outbound {
             secrets,
             data_id,
             connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
-            bindings: std::sync::Mutex::default(),
+            grants: std::sync::Mutex::default(),
         }
     }
 
-    /// The secret bindings of `agent`'s token, parsed once per token.
-    fn bindings(&self, agent: AgentId) -> Result<Arc<[SecretBinding]>, String> {
+    /// What `agent`'s token grants outbound requests, read once per token.
+    fn grants(&self, agent: AgentId) -> Result<Arc<Grants>, String> {
         let digest = self
             .sequencer
             .read(|k| {
@@ -54,19 +63,27 @@ impl Outbound {
         if let Some(known) = self.cache().get(&digest) {
             return Ok(Arc::clone(known));
         }
-        let bindings: Arc<[SecretBinding]> = self.sequencer.secret_bindings(&digest)?.into();
+        let rights = self.sequencer.authority_rights(&digest)?;
+        let grants = Arc::new(Grants {
+            bindings: rights.iter().filter_map(SecretBinding::of).collect(),
+            named: rights
+                .iter()
+                .filter(|r| r.op() == RightOp::Http)
+                .filter_map(|r| r.target())
+                .filter(|t| *t != "*")
+                .map(str::to_ascii_lowercase)
+                .collect(),
+        });
         let mut cache = self.cache();
-        if cache.len() >= BINDINGS_KEPT {
+        if cache.len() >= GRANTS_KEPT {
             cache.clear();
         }
-        cache.insert(digest, Arc::clone(&bindings));
-        Ok(bindings)
+        cache.insert(digest, Arc::clone(&grants));
+        Ok(grants)
     }
 
-    fn cache(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<Digest, Arc<[SecretBinding]>>> {
-        self.bindings.lock().unwrap_or_else(|e| e.into_inner())
+    fn cache(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Digest, Arc<Grants>>> {
+        self.grants.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -129,10 +146,10 @@ impl Effects for Outbound {
         host: &str,
         port: u16,
     ) -> Result<Option<Injection>, String> {
-        let bindings = self.bindings(agent)?;
+        let grants = self.grants(agent)?;
         // The first binding for this host that the token (with its
         // delegation blocks) still grants.
-        let Some(binding) = bindings.iter().find(|b| {
+        let Some(binding) = grants.bindings.iter().find(|b| {
             b.matches(host, port)
                 && self
                     .sequencer
@@ -167,16 +184,27 @@ impl Effects for Outbound {
     }
 
     fn bound_secrets(&self, agent: AgentId) -> Vec<Arc<str>> {
-        let Ok(bindings) = self.bindings(agent) else {
+        let Ok(grants) = self.grants(agent) else {
             return Vec::new();
         };
-        let mut secrets: Vec<Arc<str>> = bindings
+        let mut secrets: Vec<Arc<str>> = grants
+            .bindings
             .iter()
             .filter_map(|b| self.secrets.value(&b.name))
             .collect();
         secrets.sort();
         secrets.dedup();
         secrets
+    }
+
+    fn names_host(&self, agent: AgentId, host: &str, port: u16) -> bool {
+        let with_port = format!("{host}:{port}");
+        self.grants(agent).is_ok_and(|grants| {
+            grants
+                .named
+                .iter()
+                .any(|named| named.eq_ignore_ascii_case(host) || *named == with_port)
+        })
     }
 
     fn data_id(&self) -> [u8; 16] {

@@ -573,6 +573,7 @@ impl Outgoing {
         );
         let request = http::Request::from_parts(parts, Full::new(body));
         let options = capped(options, self.limits.timeout);
+        let named = self.effects.names_host(self.agent, &host, port);
         let limit = self.limits.response_bytes;
         let connections = self.effects.connections();
         let exchange = async {
@@ -581,7 +582,7 @@ impl Outgoing {
                 .acquire_owned()
                 .await
                 .map_err(|_| (HttpFailure::Other, "the host is shutting down".to_owned()))?;
-            let sent = crate::sandbox::send::send(request, &options).await?;
+            let sent = crate::sandbox::send::send(request, &options, named).await?;
             let between = options.between_bytes_timeout.unwrap_or(self.limits.timeout);
             let body = read_body(sent.body, limit, between).await?;
             Ok((sent.head, body))

@@ -112,6 +112,13 @@ pub(crate) trait Effects: Send + Sync + 'static {
     /// secret sent to it and show it to a later request).
     fn bound_secrets(&self, agent: AgentId) -> Vec<std::sync::Arc<str>>;
 
+    /// Whether `agent`'s token names `host` (as the URL writes it, lower
+    /// case) in an `http` right of its own, `http HOST` or `http
+    /// HOST:PORT` with `port`, rather than granting it through `http *`:
+    /// an address inside the host's networks written in a URL is reached
+    /// only then (see [`crate::sandbox::send`]).
+    fn names_host(&self, agent: AgentId, host: &str, port: u16) -> bool;
+
     /// The data dir's id (what idempotency keys are derived from).
     fn data_id(&self) -> [u8; 16];
 }

@@ -8,10 +8,11 @@
 //! endpoint (169.254.169.254, which hands out the machine's credentials),
 //! the private network the host sits in. So a name is connected to only at
 //! a public (globally routable) address; an address inside the host's
-//! networks is reached only by writing it in the URL, as the right grants
-//! it (`http 127.0.0.1:8080`, `http 10.0.0.5`), or as `localhost`. The
-//! address checked is the one connected to: the name is resolved once, so
-//! a name rebinding between the check and the connect gains nothing.
+//! networks (or `localhost`) is reached only written in the URL as a right
+//! of the agent's own names it (`http 127.0.0.1:8080`, `http 10.0.0.5`),
+//! not through `http *`. The address checked is the one connected to: the
+//! name is resolved once, so a name rebinding between the check and the
+//! connect gains nothing.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
@@ -49,7 +50,9 @@ impl Drop for AbortOnDrop {
 
 /// Sends `request` (an absolute URL, `http` or `https`), within the
 /// timeouts of `options` (each set): resolving and connecting within the
-/// connect timeout, the response's head within the first-byte timeout.
+/// connect timeout, the response's head within the first-byte timeout;
+/// `named`: the agent's rights name the URL's host (not `*`), so an
+/// address inside the host's networks written there may be reached.
 ///
 /// # Errors
 ///
@@ -59,6 +62,7 @@ impl Drop for AbortOnDrop {
 pub(crate) async fn send(
     mut request: http::Request<Full<Bytes>>,
     options: &RequestOptions,
+    named: bool,
 ) -> Result<Sent, Failed> {
     let forever = Duration::from_secs(600);
     let connect_timeout = options.connect_timeout.unwrap_or(forever);
@@ -80,7 +84,7 @@ pub(crate) async fn send(
     let host = authority.host().to_owned();
     let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let connecting = async {
-        let addresses = addresses(&host, port).await?;
+        let addresses = addresses(&host, port, named).await?;
         connect(&host, &addresses).await
     };
     let stream = tokio::time::timeout(connect_timeout, connecting)
@@ -169,10 +173,20 @@ where
 }
 
 /// The addresses a request to `host`:`port` may connect to: an IP literal
-/// or `localhost` as written (the right named it); a name's public
-/// addresses.
-async fn addresses(host: &str, port: u16) -> Result<Vec<SocketAddr>, Failed> {
-    if let Some(ip) = literal(host) {
+/// as written, and `localhost`'s, when public or `named` (the agent's
+/// rights name the host); a name's public addresses.
+async fn addresses(host: &str, port: u16, named: bool) -> Result<Vec<SocketAddr>, Failed> {
+    let written = literal(host);
+    let inside = host.eq_ignore_ascii_case("localhost") || written.is_some_and(|ip| !is_public(ip));
+    if inside && !named {
+        return Err((
+            HttpFailure::Refused,
+            format!(
+                "{host} is inside the host's networks: a request reaches it only when a right of the agent's own names it (`http {host}:{port}`), not through `http *`"
+            ),
+        ));
+    }
+    if let Some(ip) = written {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
     let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
@@ -183,7 +197,7 @@ async fn addresses(host: &str, port: u16) -> Result<Vec<SocketAddr>, Failed> {
 }
 
 /// Of the addresses `host` resolved to, those a request may connect to:
-/// all of `localhost`'s, a name's public ones.
+/// all of `localhost`'s (a right names it), a name's public ones.
 fn reachable(host: &str, resolved: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, Failed> {
     if host.eq_ignore_ascii_case("localhost") {
         return Ok(resolved);
@@ -407,15 +421,35 @@ mod tests {
             reachable("none.example", Vec::new()).unwrap_err().0,
             HttpFailure::Dns
         );
-        // Written as the address, or as `localhost`: the right named it.
-        let literal = addresses("127.0.0.1", 80).await.unwrap();
+        // Written as the address, or as `localhost`, and named by a right.
+        let literal = addresses("127.0.0.1", 80, true).await.unwrap();
         assert_eq!(literal, vec!["127.0.0.1:80".parse().unwrap()]);
-        let bracketed = addresses("[::1]", 443).await.unwrap();
+        let bracketed = addresses("[::1]", 443, true).await.unwrap();
         assert_eq!(bracketed, vec!["[::1]:443".parse().unwrap()]);
-        let localhost = addresses("localhost", 8080).await.unwrap();
+        let localhost = addresses("localhost", 8080, true).await.unwrap();
         assert!(
             !localhost.is_empty() && localhost.iter().all(|a| a.ip().is_loopback()),
             "{localhost:?}"
         );
+        // Through `http *` only: refused, before anything is resolved.
+        for inside in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "[::1]",
+            "localhost",
+            "LOCALHOST",
+        ] {
+            let refused = addresses(inside, 80, false).await.unwrap_err();
+            assert_eq!(refused.0, HttpFailure::Refused, "{}", refused.1);
+            assert_eq!(
+                refused.1,
+                format!(
+                    "{inside} is inside the host's networks: a request reaches it only when a right of the agent's own names it (`http {inside}:80`), not through `http *`"
+                )
+            );
+        }
+        // A public address written out needs no name.
+        let public = addresses("93.184.216.34", 443, false).await.unwrap();
+        assert_eq!(public, vec!["93.184.216.34:443".parse().unwrap()]);
     }
 }

@@ -158,21 +158,17 @@ fn describe(request: &HttpRequest) -> String {
 }
 
 impl Sequencer {
-    /// The secret bindings the token `digest` names in its authority block
+    /// The rights the token `digest` names in its authority block
     /// (delegation blocks may have narrowed them: authorize each before
     /// use).
-    pub(crate) fn secret_bindings(
+    pub(crate) fn authority_rights(
         &self,
         digest: &toka_kernel::Digest,
-    ) -> Result<Vec<crate::capability::rights::SecretBinding>, String> {
+    ) -> Result<Vec<crate::capability::rights::Right>, String> {
         let token = {
             let mut core = self.lock();
             core.gate.token(digest).map_err(|e| e.to_string())?.clone()
         };
-        Ok(token
-            .authority_rights()
-            .iter()
-            .filter_map(crate::capability::rights::SecretBinding::of)
-            .collect())
+        Ok(token.authority_rights())
     }
 }

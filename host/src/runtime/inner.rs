@@ -172,7 +172,8 @@ mod tests {
             "{:?}",
             missing.err()
         );
-        assert_eq!(components.compiles(), (3, 0));
+        // Not WebAssembly: refused by its preamble, nothing compiled.
+        assert_eq!(components.compiles(), (1, 0));
 
         // A caller dropped while it compiles (its task aborted) leaves no
         // turn behind, and the next caller gets the component.
@@ -234,5 +235,26 @@ mod tests {
                 .cached(&toka_kernel::Digest::of(&first))
                 .is_none()
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_component_of_another_world_is_refused_before_it_compiles() {
+        let components = Components::<AgentCtx>::new(false, None, add_imports).unwrap();
+        for (name, refused) in [
+            (
+                "test-cli",
+                "not a Toka agent: it does not export `toka:agent/handler@0.1.0` (it exports wasi:cli/run@0.2.",
+            ),
+            ("hostile-sockets", "imports wasi:sockets/"),
+        ] {
+            let bytes = std::fs::read(toka_agents::path(name).unwrap()).unwrap();
+            let digest = toka_kernel::Digest::of(&bytes);
+            let load = || Ok::<_, Infallible>(bytes);
+            let Err(Unprepared::Invalid(why)) = components.prepare(digest, load).await else {
+                panic!("{name} was prepared");
+            };
+            assert!(why.to_string().contains(refused), "{name}: {why}");
+        }
+        assert_eq!(components.compiles(), (0, 0), "nothing was compiled");
     }
 }

@@ -292,6 +292,9 @@ impl<T: 'static> Components<T> {
             .await
             .expect("the compile turn's semaphore is never closed");
         let bytes = load().map_err(Unprepared::Load)?;
+        // A component of another world is refused from its outline, before
+        // the compiler spends a core on it.
+        check_outline(bytes.as_ref()).map_err(Unprepared::Invalid)?;
         let this = self.clone();
         let compiled = tokio::task::spawn_blocking(move || {
             let _turn = turn;
@@ -346,40 +349,85 @@ impl<T: 'static> Components<T> {
     }
 
     fn compile(&self, bytes: &[u8]) -> Result<AgentPre<T>, ComponentError> {
-        check_preamble(bytes)?;
         let component = Component::from_binary(&self.engine, bytes)
             .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
         let ty = component.component_type();
 
-        let exports: Vec<String> = ty
-            .exports(&self.engine)
-            .map(|(n, _)| n.to_owned())
-            .collect();
-        if !exports.iter().any(|e| e.starts_with(HANDLER_EXPORT)) {
-            return Err(ComponentError::NotAnAgent {
-                exports: if exports.is_empty() {
-                    "nothing".into()
-                } else {
-                    exports.join(", ")
-                },
-            });
-        }
-        let unsupported: Vec<String> = ty
-            .imports(&self.engine)
-            .map(|(n, _)| n.to_owned())
-            .filter(|n| !ALLOWED_IMPORTS.iter().any(|p| n.starts_with(p)))
-            .collect();
-        if !unsupported.is_empty() {
-            return Err(ComponentError::UnsupportedImports {
-                imports: unsupported,
-            });
-        }
+        check_world(
+            ty.exports(&self.engine).map(|(n, _)| n),
+            ty.imports(&self.engine).map(|(n, _)| n),
+        )?;
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| ComponentError::Mismatch(format!("{e:#}")))?;
         AgentPre::new(pre).map_err(|e| ComponentError::Mismatch(format!("{e:#}")))
     }
+}
+
+/// Refuses a component that does not export the agent's handler, or
+/// imports what the host does not provide, by the names of its exports and
+/// imports.
+fn check_world<'a>(
+    exports: impl Iterator<Item = &'a str>,
+    imports: impl Iterator<Item = &'a str>,
+) -> Result<(), ComponentError> {
+    let exports: Vec<&str> = exports.collect();
+    if !exports.iter().any(|e| e.starts_with(HANDLER_EXPORT)) {
+        return Err(ComponentError::NotAnAgent {
+            exports: if exports.is_empty() {
+                "nothing".into()
+            } else {
+                exports.join(", ")
+            },
+        });
+    }
+    let unsupported: Vec<String> = imports
+        .filter(|n| !ALLOWED_IMPORTS.iter().any(|p| n.starts_with(p)))
+        .map(str::to_owned)
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(ComponentError::UnsupportedImports {
+            imports: unsupported,
+        });
+    }
+    Ok(())
+}
+
+/// The component's preamble and, read from its sections without
+/// compiling anything, its world ([`check_world`] on its top-level exports
+/// and imports). Bytes that do not parse pass here: the compiler says
+/// what is wrong with them.
+fn check_outline(bytes: &[u8]) -> Result<(), ComponentError> {
+    use wasmparser::{Parser, Payload};
+    check_preamble(bytes)?;
+    let (mut exports, mut imports) = (Vec::new(), Vec::new());
+    // Sections of nested modules and components come between their start
+    // and their `End`; only the outermost are the component's own.
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else {
+            return Ok(());
+        };
+        match payload {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentExportSection(section) if depth == 0 => {
+                for export in section {
+                    let Ok(export) = export else { return Ok(()) };
+                    exports.push(export.name.name);
+                }
+            }
+            Payload::ComponentImportSection(section) if depth == 0 => {
+                for import in section {
+                    let Ok(import) = import else { return Ok(()) };
+                    imports.push(import.name.name);
+                }
+            }
+            _ => {}
+        }
+    }
+    check_world(exports.into_iter(), imports.into_iter())
 }
 
 /// Tells a component from a core module from something else by the preamble.

@@ -292,12 +292,13 @@ impl<T: 'static> Components<T> {
             .await
             .expect("the compile turn's semaphore is never closed");
         let bytes = load().map_err(Unprepared::Load)?;
-        // A component of another world is refused from its outline, before
-        // the compiler spends a core on it.
-        check_outline(bytes.as_ref()).map_err(Unprepared::Invalid)?;
         let this = self.clone();
         let compiled = tokio::task::spawn_blocking(move || {
             let _turn = turn;
+            // A component of another world is refused from its outline
+            // (read here too, off the async threads: up to 64 MiB of
+            // sections), before the compiler spends a core on it.
+            check_outline(bytes.as_ref())?;
             this.compiles.fetch_add(1, Ordering::Relaxed);
             let (now, most) = &*this.running;
             most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);

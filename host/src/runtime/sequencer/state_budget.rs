@@ -1057,23 +1057,21 @@ mod tests {
         }
 
         // Handed on in order: the root's first, then the operator's.
-        apply(
-            &mut kernel,
-            &mut counted,
-            EntityId::SYSTEM,
-            Operation::MarkSent { through: first },
-        );
+        let hand_on = |kernel: &mut Kernel, counted: &mut StateBudget, through: u64| {
+            apply(
+                kernel,
+                counted,
+                EntityId::SYSTEM,
+                Operation::MarkSent { through },
+            );
+        };
+        hand_on(&mut kernel, &mut counted, first);
         let derived = StateBudget::new(u64::MAX, u64::MAX, kernel.state(), kernel.cell());
         for budget in [&counted, &derived] {
             assert_eq!(holds(budget), [AGENT_RECORD_BYTES, task(2)]);
         }
         let head = kernel.head().seq;
-        apply(
-            &mut kernel,
-            &mut counted,
-            EntityId::SYSTEM,
-            Operation::MarkSent { through: head },
-        );
+        hand_on(&mut kernel, &mut counted, head);
         assert_eq!(kernel.state().outbox().len(), 0);
         assert_eq!(holds(&counted), [AGENT_RECORD_BYTES, 0]);
         assert_eq!(counted.usage().held, AGENT_RECORD_BYTES);
@@ -1109,12 +1107,7 @@ mod tests {
         assert_eq!(counted.admit_op(kernel.state(), root, None, &local), Ok(()));
         // Handed on, they leave room again.
         let head = kernel.head().seq;
-        apply(
-            &mut kernel,
-            &mut counted,
-            EntityId::SYSTEM,
-            Operation::MarkSent { through: head },
-        );
+        hand_on(&mut kernel, &mut counted, head);
         assert_eq!(
             counted.admit_op(kernel.state(), child, None, &schedule("t")),
             Ok(())

@@ -10,7 +10,9 @@
 //! as a Markdown table. Then, on a 2-cell cluster (R1 and R3), a task
 //! scheduled in cell 0 for a `counter` agent of cell 1: the time from the
 //! schedule until cell 1 committed its completion (outbox, JetStream,
-//! inbox, the agent's run), one task at a time.
+//! inbox, the agent's run), one task at a time; and 2 000 tasks at once:
+//! how fast cell 0 forwards them, and how fast cell 1 takes in what its
+//! inbox holds when its mailroom starts (as a host taking a cell over).
 
 #![allow(missing_docs, reason = "a bench binary")]
 
@@ -142,7 +144,11 @@ fn stop(children: &mut [Child]) {
 
 /// Two hosts, of cells 0 and 1, with their mailrooms; `2 × tasks` tasks
 /// for a counter of cell 1, from cell 0 then from cell 1: each latency.
-async fn measure(cluster: &Cluster, key: &std::path::Path, tasks: usize) -> Vec<Duration> {
+async fn measure(
+    cluster: &Cluster,
+    key: &std::path::Path,
+    tasks: usize,
+) -> (Vec<Duration>, (Duration, Duration)) {
     let mut hosts = Vec::new();
     let mut kept = Vec::new();
     for cell in 0..2 {
@@ -151,7 +157,7 @@ async fn measure(cluster: &Cluster, key: &std::path::Path, tasks: usize) -> Vec<
         let host = Host::open(Arc::new(store), root, HostConfig::new())
             .await
             .unwrap();
-        kept.push((lease, Mailroom::start(cluster, host.mail()).unwrap()));
+        kept.push((lease, Mailroom::start(cluster, host.mail())));
         hosts.push(host);
     }
     let bytes = std::fs::read(toka_agents::path("counter").unwrap()).unwrap();
@@ -171,6 +177,7 @@ async fn measure(cluster: &Cluster, key: &std::path::Path, tasks: usize) -> Vec<
         while !completes(&committed.recv().await.unwrap(), task) {}
         took.push(started.elapsed());
     }
+    let flood = flood(cluster, &hosts, &mut kept[1].1, counter).await;
     for host in hosts {
         host.shutdown().await.unwrap();
     }
@@ -178,7 +185,62 @@ async fn measure(cluster: &Cluster, key: &std::path::Path, tasks: usize) -> Vec<
         drop(mailroom);
         lease.release();
     }
-    took
+    (took, flood)
+}
+
+/// Tasks sent at once in the flood.
+const FLOOD: usize = 2_000;
+
+/// [`FLOOD`] tasks scheduled in cell 0 for `counter` in cell 1 while
+/// cell 1 takes nothing in (its mailroom stopped): how long until cell 0
+/// forwarded them all (scheduling as fast as its outbox bound lets it);
+/// then cell 1's mailroom started again: how long until it took every one
+/// in (queued or refused), as a host taking a cell over catches up.
+async fn flood(
+    cluster: &Cluster,
+    hosts: &[Host],
+    mailroom: &mut Option<Mailroom>,
+    counter: toka_kernel::EntityId,
+) -> (Duration, Duration) {
+    *mailroom = None;
+    let mut sent = hosts[0].subscribe();
+    let started = Instant::now();
+    let forwarding = async {
+        let mut forwarded = 0;
+        while forwarded < FLOOD {
+            let batch = sent.recv().await.unwrap();
+            for event in batch.records.iter().flat_map(|record| &record.events) {
+                if let Event::TasksSent { count, .. } = event {
+                    forwarded += *count as usize;
+                }
+            }
+        }
+    };
+    let scheduling = async {
+        let mut scheduled = 0;
+        while scheduled < FLOOD {
+            match hosts[0].schedule(counter, "1").await {
+                Ok(_) => scheduled += 1,
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    };
+    tokio::join!(forwarding, scheduling);
+    let forwarded = started.elapsed();
+    let mut committed = hosts[1].subscribe();
+    let started = Instant::now();
+    *mailroom = Mailroom::start(cluster, hosts[1].mail());
+    let mut taken = 0;
+    while taken < FLOOD {
+        let batch = committed.recv().await.unwrap();
+        taken += batch
+            .records
+            .iter()
+            .flat_map(|record| &record.events)
+            .filter(|e| matches!(e, Event::TaskScheduled { .. } | Event::TaskRefused { .. }))
+            .count();
+    }
+    (forwarded, started.elapsed())
 }
 
 /// Whether `batch` completes `task`.
@@ -195,7 +257,7 @@ fn completes(batch: &toka_host::Committed, task: toka_kernel::TaskId) -> bool {
 /// then `tasks` scheduled in cell 1 itself, on a 2-cell cluster of `nodes`
 /// nodes: the latencies from scheduling until cell 1 committed the task's
 /// completion.
-fn cross_cell(nodes: usize, tasks: usize) -> (Vec<Duration>, Vec<Duration>) {
+fn cross_cell(nodes: usize, tasks: usize) -> (Vec<Duration>, Vec<Duration>, (Duration, Duration)) {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("root.key");
     let (root, _) = RootKey::load_or_create(&key).unwrap();
@@ -205,12 +267,12 @@ fn cross_cell(nodes: usize, tasks: usize) -> (Vec<Duration>, Vec<Duration>) {
         .enable_all()
         .build()
         .unwrap();
-    let took = runtime.block_on(measure(&cluster, &key, tasks));
+    let (took, flood) = runtime.block_on(measure(&cluster, &key, tasks));
     stop(&mut children);
     let local = took[tasks..].to_vec();
     let mut cross = took;
     cross.truncate(tasks);
-    (cross, local)
+    (cross, local, flood)
 }
 
 /// Appends `rounds` batches of `size` records after the store's head; the
@@ -298,8 +360,10 @@ fn main() {
     println!();
     println!("| task for a counter in cell 1, until completed | median | p90 | max |");
     println!("|---|---|---|---|");
+    let mut floods = Vec::new();
     for nodes in [1, 3] {
-        let (cross, local) = cross_cell(nodes, 200);
+        let (cross, local, flood) = cross_cell(nodes, 200);
+        floods.push((nodes, flood));
         for (what, mut took) in [("sent from cell 0", cross), ("scheduled in cell 1", local)] {
             took.sort_unstable();
             let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
@@ -310,5 +374,20 @@ fn main() {
                 ms(took[took.len() - 1])
             );
         }
+    }
+    println!();
+    println!(
+        "| {FLOOD} tasks for cell 1 | cell 0 forwarding them | tasks/s | cell 1 taking them in (from a stopped inbox) | tasks/s |"
+    );
+    println!("|---|---|---|---|---|");
+    for (nodes, (forwarded, taken)) in floods {
+        let rate = |d: Duration| FLOOD as f64 / d.as_secs_f64();
+        println!(
+            "| JetStream R{nodes} | {:.0} ms | {:.0} | {:.0} ms | {:.0} |",
+            forwarded.as_secs_f64() * 1e3,
+            rate(forwarded),
+            taken.as_secs_f64() * 1e3,
+            rate(taken)
+        );
     }
 }

@@ -19,13 +19,16 @@
 //!   a task past the cell's state budget,
 //!   [`Operation::RefuseDelivery`](toka_kernel::Operation::RefuseDelivery)),
 //!   which remembers the last record taken from each origin cell: a copy is
-//!   skipped, never applied twice.
-//!   Once it took in everything the stream holds, it purges the stream
-//!   (its log holds each parcel it took). A message the stream should hold (its sequence is
-//!   between the stream's first and last) but its leader says it lacks is
-//!   asked for again, not skipped: a leader just elected may not have
-//!   applied it yet. Only after [`GIVE_UP_ON_HOLE`] is it taken for
-//!   deleted by something other than Toka, skipped, and logged as an error.
+//!   skipped, never applied twice. It asks for up to [`READ_AHEAD`]
+//!   messages at once and takes each in without waiting for the log;
+//!   once it took in everything the stream holds, it waits until the log
+//!   holds what it took, then purges the stream of it (a host that dies
+//!   before reads it again, and the next owner skips what its log holds).
+//!   A message the stream should hold (its sequence is between the
+//!   stream's first and last) but its leader says it lacks is asked for
+//!   again, not skipped: a leader just elected may not have applied it
+//!   yet. Only after [`GIVE_UP_ON_HOLE`] is it taken for deleted by
+//!   something other than Toka, skipped, and logged as an error.
 
 use std::time::Duration;
 
@@ -52,6 +55,11 @@ const IDLE: Duration = Duration::from_millis(500);
 const GIVE_UP_ON_HOLE: Duration = Duration::from_secs(60);
 /// How soon it asks again.
 const RETRY_MISSING: Duration = Duration::from_millis(100);
+
+/// Inbox messages asked for at once: the receiver takes them in one after
+/// another, and each waits for the log only when the stream is caught up
+/// with (before it is purged). Up to 64 × 4 KiB tasks in flight.
+const READ_AHEAD: u64 = 64;
 
 /// At most one warning this often about tasks the cell refused or could
 /// not take: agents of other cells decide how many such tasks arrive, and
@@ -259,137 +267,230 @@ async fn receive(cluster: Cluster, mail: CellMail, cell: Cell, done: watch::Send
         .await
         .ok();
     let mut next = mail.inbox_read_from();
+    // The last sequence the stream said it held: messages up to it are
+    // asked for together.
+    let mut held = end;
     let mut seen = mail.watch();
     // Since when the message at `next` is missing though the stream's last
-    // sequence is past it.
-    let mut missing_since: Option<tokio::time::Instant> = None;
+    // sequence is past it, and whether that was logged.
+    let mut missing_since: Option<(tokio::time::Instant, bool)> = None;
     // What a former owner took but had not purged yet goes at the first
     // purge.
     let mut purge = Purge::new();
+    // The record of the last parcel taken in, until it is known durable:
+    // the stream is purged only of what the log holds.
+    let mut unflushed = None;
     let mut warn = Throttle::new(WARN_EVERY);
     loop {
         if next > end {
             done.send_replace(true);
         }
-        let raw = match stream.get_raw_message(next).await {
-            Ok(raw) => {
-                missing_since = None;
-                raw
+        if next > held {
+            match bounds(&stream).await {
+                // Purged: taken in (or skipped) by this cell before.
+                Some((first, _)) if next < first => {
+                    next = first;
+                    continue;
+                }
+                Some((_, last)) => held = last,
+                None => {}
             }
-            Err(e) => {
-                if e.kind() != jetstream::stream::RawMessageErrorKind::NoMessageFound {
-                    tracing::warn!(error = %e, cell = cell.index, position = next, "reading the inbox failed");
-                } else {
-                    match bounds(&stream).await {
-                        // Purged: taken in (or skipped) by this cell before.
-                        Some((first, _)) if next < first => {
-                            next = first;
-                            missing_since = None;
-                            continue;
-                        }
-                        // The stream holds it, but its leader did not say
-                        // so (one just elected may not have applied it yet):
-                        // asked again, never skipped on one answer.
-                        Some((_, last)) if next <= last => {
-                            let since = *missing_since.get_or_insert_with(|| {
-                                tracing::warn!(
-                                    cell = cell.index,
-                                    position = next,
-                                    last,
-                                    "an inbox message the stream holds was not found; asking again"
-                                );
-                                tokio::time::Instant::now()
-                            });
-                            if since.elapsed() >= GIVE_UP_ON_HOLE {
-                                // Not made by Toka: something outside it
-                                // deleted a message of the stream.
-                                tracing::error!(
-                                    cell = cell.index,
-                                    position = next,
-                                    "an inbox message is missing from the stream; skipped"
-                                );
+        }
+        if next <= held {
+            match read(&stream, &mail, cell, &mut next, held, &mut warn).await {
+                Read::All(taken) => {
+                    unflushed = taken.or(unflushed);
+                    missing_since = None;
+                    continue;
+                }
+                Read::Stopped => return,
+                Read::Failed(taken, e) => {
+                    unflushed = taken.or(unflushed);
+                    if e.kind() != jetstream::stream::RawMessageErrorKind::NoMessageFound {
+                        tracing::warn!(error = %e, cell = cell.index, position = next, "reading the inbox failed");
+                    } else {
+                        match bounds(&stream).await {
+                            Some((first, _)) if next < first => {
+                                next = first;
                                 missing_since = None;
-                                next += 1;
                                 continue;
                             }
-                            tokio::time::sleep(RETRY_MISSING).await;
-                            continue;
+                            // The stream holds it, but its leader did not
+                            // say so: it may have been stored between the
+                            // two questions (asked again at once), or a
+                            // leader just elected may not have applied it
+                            // yet (asked again, never skipped on one
+                            // answer).
+                            Some((_, last)) if next <= last => {
+                                held = last;
+                                let Some((since, warned)) = &mut missing_since else {
+                                    missing_since = Some((tokio::time::Instant::now(), false));
+                                    continue;
+                                };
+                                if !*warned {
+                                    *warned = true;
+                                    tracing::warn!(
+                                        cell = cell.index,
+                                        position = next,
+                                        last,
+                                        "an inbox message the stream holds was not found; asking again"
+                                    );
+                                }
+                                if since.elapsed() >= GIVE_UP_ON_HOLE {
+                                    // Not made by Toka: something outside
+                                    // it deleted a message of the stream.
+                                    tracing::error!(
+                                        cell = cell.index,
+                                        position = next,
+                                        "an inbox message is missing from the stream; skipped"
+                                    );
+                                    missing_since = None;
+                                    next += 1;
+                                    continue;
+                                }
+                                tokio::time::sleep(RETRY_MISSING).await;
+                                continue;
+                            }
+                            Some((_, last)) => held = last,
+                            None => {}
                         }
-                        // Everything the stream holds was taken in: it is
-                        // purged only then. NATS servers before 2.9.18
-                        // replay a purge below a sequence, when a node
-                        // restarts, as a purge of all the stream held at
-                        // the time (nats-server#4196): a purge with messages
-                        // still waiting would lose them on that node.
-                        Some(_) => purge.up_to(&stream, next, cell).await,
-                        // No answer: nothing is purged.
-                        None => {}
                     }
-                }
-                let woken = async {
-                    match wake.as_mut() {
-                        Some(wake) => {
-                            futures_util::StreamExt::next(wake).await;
-                        }
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    () = woken => {}
-                    () = tokio::time::sleep(IDLE) => {}
-                    changed = seen.changed() => if changed.is_err() { return },
-                }
-                continue;
-            }
-        };
-        let letter = match postcard::from_bytes::<Letter>(&raw.payload) {
-            // Each origin publishes on its own subject.
-            Ok(letter) if raw.subject.as_str() == inbox_subject(cell.index, letter.from_cell) => {
-                letter
-            }
-            Ok(letter) => {
-                tracing::warn!(cell = cell.index, position = next, from = letter.from_cell, subject = %raw.subject, "an inbox message names another origin than its subject; skipped");
-                next += 1;
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, cell = cell.index, position = next, "an inbox message is not a parcel; skipped");
-                next += 1;
-                continue;
-            }
-        };
-        if !mail.taken(letter.from_cell, letter.from_seq) {
-            let delivery = Delivery {
-                from_cell: letter.from_cell,
-                from_seq: letter.from_seq,
-                position: next,
-                parcel: letter.parcel,
-            };
-            match mail.deliver(delivery).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    if let Some(unlogged) = warn.allow() {
-                        tracing::warn!(
-                            cell = cell.index,
-                            position = next,
-                            from = letter.from_cell,
-                            unlogged,
-                            "a task another cell sent was refused (its task_refused event says why; `unlogged`: refusals and failures not logged since the last warning)"
-                        );
-                    }
-                }
-                Err(HostError::Kernel(e)) => {
-                    if let Some(unlogged) = warn.allow() {
-                        tracing::warn!(error = %e, cell = cell.index, position = next, unlogged, "an inbox parcel was not taken");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, cell = cell.index, "the inbox stopped");
-                    return;
                 }
             }
         }
-        next += 1;
+        if next > held {
+            // Everything the stream holds was taken in: it is purged of it
+            // once the log holds it. NATS servers before 2.9.18 replay a
+            // purge below a sequence, when a node restarts, as a purge of
+            // all the stream held at the time (nats-server#4196): a purge
+            // with messages still waiting would lose them on that node.
+            if let Some(seq) = unflushed.take()
+                && mail.durable(seq).await.is_err()
+            {
+                return;
+            }
+            purge.up_to(&stream, next, cell).await;
+        }
+        let woken = async {
+            match wake.as_mut() {
+                Some(wake) => {
+                    futures_util::StreamExt::next(wake).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        // The host's commits are no reason to look again, only its end.
+        let stopped = async { while seen.changed().await.is_ok() {} };
+        tokio::select! {
+            () = woken => {}
+            () = tokio::time::sleep(IDLE) => {}
+            () = stopped => return,
+        }
+    }
+}
+
+/// How a run of reads ended.
+enum Read {
+    /// Every message asked for was taken in (or skipped); the record of
+    /// the last one taken in, if any.
+    All(Option<u64>),
+    /// The message at the place reached could not be read; the record of
+    /// the last one taken in before it, if any.
+    Failed(Option<u64>, jetstream::stream::RawMessageError),
+    /// The host stopped.
+    Stopped,
+}
+
+/// Reads the inbox messages from `next` to `held` (at most [`READ_AHEAD`]),
+/// all asked for at once, and takes them in in order, moving `next` past
+/// each; stops at the first that cannot be read.
+async fn read(
+    stream: &jetstream::stream::Stream,
+    mail: &CellMail,
+    cell: Cell,
+    next: &mut u64,
+    held: u64,
+    warn: &mut Throttle,
+) -> Read {
+    let ahead = (held + 1 - *next).min(READ_AHEAD);
+    let mut messages = futures_util::StreamExt::buffered(
+        futures_util::StreamExt::map(futures_util::stream::iter(*next..*next + ahead), |seq| {
+            stream.get_raw_message(seq)
+        }),
+        usize::try_from(ahead).unwrap_or(1),
+    );
+    let mut taken = None;
+    while let Some(result) = futures_util::StreamExt::next(&mut messages).await {
+        match result {
+            Ok(raw) => match take_in(mail, cell, *next, &raw, warn).await {
+                Ok(seq) => {
+                    taken = seq.or(taken);
+                    *next += 1;
+                }
+                Err(()) => return Read::Stopped,
+            },
+            Err(e) => return Read::Failed(taken, e),
+        }
+    }
+    Read::All(taken)
+}
+
+/// Takes in the inbox message at `position`: the record that took it
+/// (none when it was skipped: a copy, or not a parcel of its origin), or
+/// `Err` once the host stopped.
+async fn take_in(
+    mail: &CellMail,
+    cell: Cell,
+    position: u64,
+    raw: &jetstream::message::StreamMessage,
+    warn: &mut Throttle,
+) -> Result<Option<u64>, ()> {
+    let letter = match postcard::from_bytes::<Letter>(&raw.payload) {
+        // Each origin publishes on its own subject.
+        Ok(letter) if raw.subject.as_str() == inbox_subject(cell.index, letter.from_cell) => letter,
+        Ok(letter) => {
+            tracing::warn!(cell = cell.index, position, from = letter.from_cell, subject = %raw.subject, "an inbox message names another origin than its subject; skipped");
+            return Ok(None);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, cell = cell.index, position, "an inbox message is not a parcel; skipped");
+            return Ok(None);
+        }
+    };
+    if mail.taken(letter.from_cell, letter.from_seq) {
+        return Ok(None);
+    }
+    let delivery = Delivery {
+        from_cell: letter.from_cell,
+        from_seq: letter.from_seq,
+        position,
+        parcel: letter.parcel,
+    };
+    match mail.take_in(delivery).await {
+        Ok(taken) => {
+            if !taken.queued
+                && let Some(unlogged) = warn.allow()
+            {
+                tracing::warn!(
+                    cell = cell.index,
+                    position,
+                    from = letter.from_cell,
+                    unlogged,
+                    "a task another cell sent was refused (its task_refused event says why; `unlogged`: refusals and failures not logged since the last warning)"
+                );
+            }
+            Ok(Some(taken.seq))
+        }
+        Err(HostError::Kernel(e)) => {
+            if let Some(unlogged) = warn.allow() {
+                tracing::warn!(error = %e, cell = cell.index, position, unlogged, "an inbox parcel was not taken");
+            }
+            Ok(None)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, cell = cell.index, "the inbox stopped");
+            Err(())
+        }
     }
 }
 
@@ -417,8 +518,8 @@ impl Purge {
         }
     }
 
-    /// Purges the messages below `next`: all of them taken in (each
-    /// delivery is durable before the receiver reads the next).
+    /// Purges the messages below `next`: all of them taken in, and the
+    /// log holding them (the receiver waits for it first).
     async fn up_to(&mut self, stream: &jetstream::stream::Stream, next: u64, cell: Cell) {
         let now = tokio::time::Instant::now();
         if next <= self.below || self.refused_until.is_some_and(|until| now < until) {

@@ -112,10 +112,43 @@ impl CellMail {
     /// [`HostError::Kernel`] when it was taken before or is not this
     /// cell's; [`HostError::Stopped`] when the host stopped.
     pub async fn deliver(&self, delivery: Delivery) -> Result<bool, HostError> {
-        let task = matches!(delivery.parcel, Parcel::Task(_));
-        let sequencer = &self.inner.sequencer;
-        let receipt = sequencer.deliver(delivery).await??;
-        sequencer.wait_durable(receipt.seq).await?;
-        Ok(!task || receipt.created.is_some())
+        let taken = self.take_in(delivery).await?;
+        self.durable(taken.seq).await?;
+        Ok(taken.queued)
     }
+
+    /// As [`CellMail::deliver`], but returns once applied: the receiver
+    /// takes a run of parcels in and waits for the log once, with
+    /// [`CellMail::durable`] for the last one, before the stream is purged
+    /// of them (a host that dies before reads them again).
+    ///
+    /// # Errors
+    ///
+    /// As [`CellMail::deliver`].
+    pub(crate) async fn take_in(&self, delivery: Delivery) -> Result<Taken, HostError> {
+        let task = matches!(delivery.parcel, Parcel::Task(_));
+        let receipt = self.inner.sequencer.deliver(delivery).await??;
+        Ok(Taken {
+            seq: receipt.seq,
+            queued: !task || receipt.created.is_some(),
+        })
+    }
+
+    /// Waits until the record at `seq` is durable.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Stopped`] when the host stopped.
+    pub(crate) async fn durable(&self, seq: u64) -> Result<(), HostError> {
+        Ok(self.inner.sequencer.wait_durable(seq).await?)
+    }
+}
+
+/// A parcel taken in ([`CellMail::take_in`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Taken {
+    /// The record that took it.
+    pub(crate) seq: u64,
+    /// False when it was a task and the cell refused it.
+    pub(crate) queued: bool,
 }

@@ -354,6 +354,12 @@ async fn the_guest_never_sees_a_secret_whatever_it_tries() {
     let probe = format!("probe OPENAI_API_KEY {} {}", bound.url, unbound.url);
     let seen = crate::outcome(&host, snoop, &probe).await.expect("probed");
     assert!(!seen.contains(KEY), "the agent saw the secret:\n{seen}");
+    // Nor in the one encoding the echo server speaks (reversed bytes).
+    let backwards: String = seen.chars().rev().collect();
+    assert!(
+        !backwards.contains(KEY),
+        "the agent saw the secret encoded:\n{seen}"
+    );
     // The other server showed what the bound host was sent, the secret
     // among it, to a request that carried none: redacted all the same.
     let replayed = seen
@@ -364,6 +370,22 @@ async fn the_guest_never_sees_a_secret_whatever_it_tries() {
         replayed.starts_with("Ok(") && replayed.contains("Bearer [redacted]"),
         "{seen}"
     );
+    // Asked in an encoding: the host asked for a plain answer instead;
+    // sent encoded unasked: refused.
+    let section = |name: &str| {
+        seen.split(&format!("== {name}\n"))
+            .nth(1)
+            .and_then(|s| s.split("\n== ").next())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let asked = section("unbound, showing it encoded as asked");
+    assert!(
+        asked.starts_with("Ok(") && asked.contains("Bearer [redacted]"),
+        "{seen}"
+    );
+    let unasked = section("unbound, showing it encoded unasked");
+    assert!(unasked.starts_with("Err("), "{seen}");
     // The bound host echoed the injected header back: redacted; its
     // base64 (the echo server adds it) too.
     assert!(seen.contains("Bearer [redacted]"), "{seen}");
@@ -387,7 +409,8 @@ async fn the_guest_never_sees_a_secret_whatever_it_tries() {
     assert_eq!(
         encoded,
         [
-            "protocol: the response is encoded (Bearer [redacted]); a response to a request carrying a secret must be plain, so the secret can be kept out of it"
+            "protocol: the response is encoded (Bearer [redacted]); a response to an agent holding a secret must be plain, so the secret can be kept out of it",
+            "protocol: the response is encoded (x-reversed); a response to an agent holding a secret must be plain, so the secret can be kept out of it"
         ],
         "{encoded:?}"
     );
@@ -409,8 +432,10 @@ async fn the_guest_never_sees_a_secret_whatever_it_tries() {
         injected.iter().all(|v| *v == format!("Bearer {KEY}")),
         "{injected:?}"
     );
-    // Nothing else ever carried it.
+    // Nothing else ever carried it, and every request of an agent holding
+    // a secret asked for a plain answer.
     for request in unbound.seen() {
+        assert_eq!(request.header("accept-encoding"), Some("identity"));
         assert!(
             request.headers.iter().all(|(_, v)| !v.contains(KEY)),
             "{request:?}"
@@ -451,7 +476,10 @@ async fn the_guest_never_sees_a_secret_whatever_it_tries() {
                     && denial.targets.first() == Some(&format!("127.0.0.1:{}", unbound.port)))
         })
         .count();
-    assert_eq!(denied, 3, "the direct request, the redirect and the replay");
+    assert_eq!(
+        denied, 5,
+        "the direct request, the redirect and the three replays"
+    );
     host.shutdown().await.unwrap();
     toka(&data, &["verify", "--auth"]).ok();
     assert_not_in_file(&data, KEY);

@@ -186,11 +186,16 @@ async fn chat(State(state): State<Arc<LlmState>>, headers: HeaderMap, body: Byte
     }
 }
 
+/// The content encoding the echo server's `/replay` can answer in: the
+/// bytes reversed.
+pub(crate) const REVERSED: &str = "x-reversed";
+
 /// An echo server: any request is answered with its method, path, headers
 /// and body as JSON; `/redirect?to=URL` answers `302` to URL; `/encoded`
 /// see [`encoded`]; `/replay` with the headers of every request it (or the
 /// server it shows, see [`Echo::showing`]) received before, as a request
-/// log another port shows. It keeps what it received.
+/// log another port shows, in [`REVERSED`] encoding when the request
+/// accepts it or asks `/replay?always`. It keeps what it received.
 pub(crate) struct Echo {
     /// `http://127.0.0.1:PORT`.
     pub(crate) url: String,
@@ -212,14 +217,30 @@ impl Echo {
     async fn start_with(log: Option<Arc<Mutex<Vec<Seen>>>>) -> Echo {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = log.unwrap_or_else(|| Arc::clone(&seen));
-        let replay = move || {
+        let replay = move |uri: axum::http::Uri, asked: HeaderMap| {
             let headers: Vec<Vec<(String, String)>> = log
                 .lock()
                 .unwrap()
                 .iter()
                 .map(|s| s.headers.clone())
                 .collect();
-            async move { axum::Json(json!(headers)) }
+            let body = json!(headers).to_string().into_bytes();
+            // An encoding the host cannot read, as a compressing server
+            // answers: when the request accepts it, or (`?always`) when it
+            // does not.
+            let encode = uri.query() == Some("always")
+                || asked
+                    .get_all("accept-encoding")
+                    .iter()
+                    .any(|v| v.to_str().is_ok_and(|v| v.contains(REVERSED)));
+            async move {
+                if encode {
+                    let reversed: Vec<u8> = body.into_iter().rev().collect();
+                    ([("content-encoding", REVERSED)], reversed).into_response()
+                } else {
+                    ([("content-type", "application/json")], body).into_response()
+                }
+            }
         };
         let app = Router::new()
             .route("/redirect", any(redirect))

@@ -106,15 +106,32 @@ impl Agent for Snoop {
             note(what, answer);
         }
         // Another server showing what the bound host was sent (its request
-        // log), to a request that carried no secret.
-        note(
-            "unbound, showing what the bound host was sent",
-            format!(
-                "{:?}",
-                http::get(&format!("{unbound}/replay"))
-                    .map(|r| String::from_utf8_lossy(r.body()).into_owned())
+        // log), to a request that carried no secret: plain, then in an
+        // encoding redaction cannot read (asked for, then not asked for).
+        for (what, request) in [
+            (
+                "unbound, showing what the bound host was sent",
+                Request::get(&format!("{unbound}/replay")),
             ),
-        );
+            (
+                "unbound, showing it encoded as asked",
+                Request::get(&format!("{unbound}/replay")).header("accept-encoding", "x-reversed"),
+            ),
+            (
+                "unbound, showing it encoded unasked",
+                Request::get(&format!("{unbound}/replay?always")),
+            ),
+        ] {
+            note(
+                what,
+                format!(
+                    "{:?}",
+                    request
+                        .send()
+                        .map(|r| String::from_utf8_lossy(r.body()).into_owned())
+                ),
+            );
+        }
         ctx.observe(&seen)?;
         Ok(seen.into_bytes())
     }

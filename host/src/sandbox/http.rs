@@ -40,9 +40,11 @@
 //! budget has no room, the task stops before the request is journaled, as
 //! the host's condition (it is tried again later).
 //!
-//! A request carrying a secret asks for a plain answer (`accept-encoding:
-//! identity`, no `range`, no `TRACE`): an encoded answer could hide the
-//! secret from redaction, so it is refused.
+//! An agent whose token binds a secret asks for plain answers
+//! (`accept-encoding: identity`, no `range`; no `TRACE` carrying the
+//! secret), whether or not the request carries one: a server may show a
+//! later request what an earlier one sent it, and an encoded answer could
+//! hide the secret from redaction, so it is refused.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -567,6 +569,15 @@ impl Outgoing {
             let (o, b) = failed(HttpFailure::Refused, why);
             return (o, b, secret);
         }
+        // Every secret the agent's token binds, not only the one this
+        // request carries: a server may show a later request what an
+        // earlier one sent it. An agent holding any asks for answers it
+        // can be kept out of.
+        let mut secrets = self.effects.bound_secrets(self.agent);
+        secrets.extend(injection.as_ref().map(|i| Arc::clone(&i.secret)));
+        if !secrets.is_empty() {
+            ask_plain(&mut parts);
+        }
         parts.headers.insert(
             http::HeaderName::from_static("idempotency-key"),
             http::HeaderValue::from_str(key).expect("hex digits"),
@@ -601,21 +612,15 @@ impl Outgoing {
                 return (o, b, secret);
             }
         };
-        // Every secret the agent's token binds, not only the one this
-        // request carried: a server may show a later request what an
-        // earlier one sent it.
-        let mut secrets = self.effects.bound_secrets(self.agent);
-        secrets.extend(injection.as_ref().map(|i| Arc::clone(&i.secret)));
         let redactor = (!secrets.is_empty()).then(|| Redactor::of(secrets.iter().map(|s| &**s)));
-        if injection.is_some()
-            && let Some(redactor) = &redactor
+        if let Some(redactor) = &redactor
             && let Some(encoding) = encoded(&head.headers)
         {
             // The value is the server's: it could echo the secret.
             let (o, b) = failed(
                 HttpFailure::Protocol,
                 format!(
-                    "the response is encoded ({}); a response to a request carrying a secret must be plain, so the secret can be kept out of it",
+                    "the response is encoded ({}); a response to an agent holding a secret must be plain, so the secret can be kept out of it",
                     redactor.redact_str(&encoding)
                 ),
             );
@@ -700,9 +705,8 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-/// Puts the secret into the request, and keeps the server from sending it
-/// back in a form the host cannot redact: no compression, no ranges, no
-/// `TRACE` (which echoes the request).
+/// Puts the secret into the request, refusing `TRACE` (which echoes the
+/// request) and `CONNECT`.
 fn carry_secret(parts: &mut http::request::Parts, injection: &Injection) -> Result<(), String> {
     if matches!(parts.method, http::Method::TRACE | http::Method::CONNECT) {
         return Err(format!(
@@ -715,6 +719,14 @@ fn carry_secret(parts: &mut http::request::Parts, injection: &Injection) -> Resu
     let mut value = http::HeaderValue::from_str(&injection.value)
         .map_err(|_| format!("secret {} cannot go into a header", injection.name))?;
     value.set_sensitive(true);
+    parts.headers.insert(name, value);
+    Ok(())
+}
+
+/// Asks for an answer the host can redact a secret from: no compression,
+/// no ranges (a window the agent could slide over a secret the server
+/// shows).
+fn ask_plain(parts: &mut http::request::Parts) {
     for header in [
         http::header::ACCEPT_ENCODING,
         http::header::RANGE,
@@ -726,8 +738,6 @@ fn carry_secret(parts: &mut http::request::Parts, injection: &Injection) -> Resu
         http::header::ACCEPT_ENCODING,
         http::HeaderValue::from_static("identity"),
     );
-    parts.headers.insert(name, value);
-    Ok(())
 }
 
 /// A response body that holds the agent's in-flight place, and its bytes
@@ -917,7 +927,7 @@ mod tests {
     }
 
     #[test]
-    fn a_request_carrying_a_secret_asks_for_a_plain_answer() {
+    fn a_request_carrying_a_secret_replaces_the_agent_s_header_and_asks_for_a_plain_answer() {
         let injection = Injection {
             name: "K".into(),
             header: "authorization".into(),
@@ -932,6 +942,7 @@ mod tests {
             .unwrap();
         let (mut parts, ()) = request.into_parts();
         carry_secret(&mut parts, &injection).unwrap();
+        ask_plain(&mut parts);
         assert_eq!(parts.headers["accept-encoding"], "identity");
         assert!(parts.headers.get("range").is_none());
         assert_eq!(parts.headers.get_all("authorization").iter().count(), 1);

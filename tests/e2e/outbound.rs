@@ -785,6 +785,65 @@ async fn an_agent_cannot_pile_up_outstanding_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_holding_requests_open_leaves_other_trees_connections() {
+    // A host of 4 outbound connections; one agent hands over 16 requests
+    // at once to a server that holds them: it holds 3 connections (its
+    // tree's share), and another tree's request still goes out (before,
+    // the 4 places were all the flood's: the other request waited for
+    // one until its timeout).
+    let (_tmp, data) = temp_data();
+    let slow = Llm::start(vec![Reply::Hold; 16]).await;
+    let echo = Echo::start().await;
+    let mut config = HostConfig::new();
+    config.outbound_connections(4);
+    let host = open_host_with(&data, config).await;
+    let (component, flood) = an_http_agent(&host, "flood", slow.port).await;
+    let flooding = host
+        .schedule(
+            flood,
+            &format!("flood 16 127.0.0.1:{} /v1/chat/completions", slow.port),
+        )
+        .await
+        .unwrap();
+    slow.held().await;
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    while slow.seen().len() < 3 {
+        assert!(std::time::Instant::now() < give_up, "{:?}", slow.seen());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let right = format!("http 127.0.0.1:{}", echo.port);
+    let neighbour = host
+        .spawn(component, "neighbour", grant(&["observe", &right]))
+        .await
+        .unwrap();
+    let asking = host
+        .schedule(neighbour, &format!("get 127.0.0.1:{} /hello", echo.port))
+        .await
+        .unwrap();
+    // Well before the flood's task reaches its deadline (30 s), which
+    // would free its places.
+    let info = host
+        .wait_task(asking, Duration::from_secs(15))
+        .await
+        .unwrap()
+        .expect("the neighbour's request was answered while the flood held its share");
+    assert!(
+        matches!(info.state, toka_host::TaskState::Completed { .. }),
+        "{info:?}"
+    );
+    assert_eq!(echo.seen().len(), 1);
+    // The flood never had more than its share out.
+    assert_eq!(slow.seen().len(), 3, "{:?}", slow.seen());
+    slow.release();
+    host.wait_task(flooding, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("the flood ends");
+    host.shutdown().await.unwrap();
+    toka(&data, &["verify"]).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_waiting_on_a_request_ends_when_its_agent_is_terminated_or_the_host_stops() {
     // Regression: a task waiting in a host call (here, for an answer the
     // server holds back) was not interrupted by `terminate` or by the host

@@ -19,7 +19,7 @@ use std::time::Duration;
 use std::sync::atomic::Ordering;
 use toka_kernel::{AgentId, Digest, EntityId, Operation, TaskId};
 
-use crate::runtime::places::Place;
+use crate::sandbox::places::Place;
 use wasmtime::{Store, UpdateDeadline};
 
 use crate::runtime::guest::{AgentCtx, wit_id};
@@ -100,7 +100,7 @@ impl HostInner {
 /// holds a place for an instance while it runs a task, and while another
 /// actor waits for one it gives its place back after each task and queues
 /// for one again (the places are shared between agent trees, see
-/// [`Places`](crate::runtime::places::Places)), so a busy agent cannot
+/// [`Places`](crate::sandbox::places::Places)), so a busy agent cannot
 /// keep one from the others.
 pub(crate) async fn run(inner: Arc<HostInner>, agent: AgentId) {
     let mut instance: Option<Instance> = None;
@@ -687,16 +687,16 @@ fn withdrawn(reason: &str) -> String {
 }
 
 /// One of the host's places for instances, for `agent`'s tree (see
-/// [`Places`](crate::runtime::places::Places)).
+/// [`Places`](crate::sandbox::places::Places)).
 pub(crate) async fn take_place(inner: &HostInner, agent: AgentId) -> Result<Place, String> {
     inner.places.take(tree_of(inner, agent)).await
 }
 
-/// The tree `agent` belongs to (see [`crate::runtime::places::tree_of`]).
+/// The tree `agent` belongs to (see [`crate::sandbox::places::tree_of`]).
 fn tree_of(inner: &HostInner, agent: AgentId) -> AgentId {
     inner
         .sequencer
-        .read(|k| crate::runtime::places::tree_of(k.state(), agent))
+        .read(|k| crate::sandbox::places::tree_of(k.state(), agent))
 }
 
 /// Who is to blame for an error while instantiating or initializing.

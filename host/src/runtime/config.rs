@@ -33,6 +33,7 @@ pub struct HostConfig {
     pub(crate) start_agents: bool,
     pub(crate) max_instances: usize,
     pub(crate) places_per_tree: Option<usize>,
+    pub(crate) outbound_connections: usize,
     pub(crate) warm_instances: usize,
     pub(crate) memory_budget: Option<u64>,
     pub(crate) state_budget: Option<u64>,
@@ -55,6 +56,7 @@ impl Default for HostConfig {
             start_agents: true,
             max_instances: 512,
             places_per_tree: None,
+            outbound_connections: 256,
             warm_instances: 64,
             memory_budget: None,
             state_budget: None,
@@ -138,6 +140,17 @@ impl HostConfig {
     /// three quarters of the places (at least 1; at most all of them).
     pub fn places_per_tree(&mut self, places: usize) -> &mut Self {
         self.places_per_tree = Some(places.max(1));
+        self
+    }
+
+    /// The most outbound HTTP connections agents have open at once, all
+    /// together; one tree of agents holds at most three quarters of them
+    /// (at least one), so agents holding requests to a slow server open
+    /// cannot keep every other tree's requests waiting; when one frees, the
+    /// trees with waiting requests take turns. A request waiting for a
+    /// place waits within its own timeout. Default 256 (at least 1).
+    pub fn outbound_connections(&mut self, connections: usize) -> &mut Self {
+        self.outbound_connections = connections.max(1);
         self
     }
 

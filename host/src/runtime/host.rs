@@ -86,7 +86,7 @@ impl Host {
         }
         let (kernel, last_snapshot) = recover_sized(store.as_ref())?;
         let kernel_rules = kernel.state().rules().cloned();
-        let places = crate::runtime::places::Places::new(config.max_instances, config.tree_share());
+        let places = crate::sandbox::places::Places::new(config.max_instances, config.tree_share());
         let memory = {
             let (total, per_tree) = config.memory_shares();
             crate::sandbox::memory::MemoryBudget::new(total, per_tree)
@@ -131,6 +131,7 @@ impl Host {
             sequencer.clone(),
             Arc::clone(&config.secrets),
             data_id,
+            config.outbound_connections,
         ));
         let bus = Arc::new(Bus::new());
         let adopt = rules_to_adopt(kernel_rules, config.rules);

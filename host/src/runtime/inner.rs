@@ -27,7 +27,7 @@ pub(crate) struct HostInner {
     pub(crate) agent_limits: AgentLimits,
     /// Places for running instances ([`HostConfig::max_instances`](crate::HostConfig::max_instances),
     /// [`HostConfig::places_per_tree`](crate::HostConfig::places_per_tree)).
-    pub(crate) places: Arc<crate::runtime::places::Places>,
+    pub(crate) places: Arc<crate::sandbox::places::Places>,
     /// Instances kept for agents that just ran out of work.
     pub(crate) warm: crate::runtime::instance::Warm,
     /// Agents' paces of reading their state and being refused, kept past

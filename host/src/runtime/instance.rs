@@ -45,7 +45,7 @@ pub(crate) struct Instance {
     /// new token makes a new instance.
     pub(crate) made_for: (Digest, Digest),
     /// Its place while it runs tasks; none while it is kept warm.
-    pub(crate) place: Option<crate::runtime::places::Place>,
+    pub(crate) place: Option<crate::sandbox::places::Place>,
 }
 
 /// Instances kept for agents without work, at most `cap`, the least

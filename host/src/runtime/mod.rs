@@ -31,7 +31,6 @@ pub(crate) mod mail;
 pub(crate) mod metrics;
 pub(crate) mod outbound;
 pub(crate) mod paces;
-pub(crate) mod places;
 pub(crate) mod roster;
 pub(crate) mod sequencer;
 pub(crate) mod tasks;

@@ -9,6 +9,7 @@ use toka_kernel::{AgentId, Digest, HttpOutcome, HttpRequest, TaskId};
 use crate::capability::policy::{Check, Denied};
 use crate::capability::rights::{RightOp, SecretBinding};
 use crate::runtime::sequencer::Sequencer;
+use crate::sandbox::places::Places;
 use crate::sandbox::{Answer, Effects, HostGone, Injection, Journaled};
 use crate::store::secrets::SecretStore;
 
@@ -17,8 +18,9 @@ pub(crate) struct Outbound {
     pub(crate) sequencer: Sequencer,
     pub(crate) secrets: Arc<SecretStore>,
     pub(crate) data_id: [u8; 16],
-    /// Places for open outbound connections, all agents together.
-    pub(crate) connections: Arc<tokio::sync::Semaphore>,
+    /// Places for open outbound connections, all agents together, at
+    /// most three quarters of them held by one tree.
+    pub(crate) connections: Arc<Places>,
     /// What each token's authority block grants outbound requests, by
     /// digest.
     grants: std::sync::Mutex<std::collections::HashMap<Digest, Arc<Grants>>>,
@@ -32,19 +34,23 @@ struct Grants {
     named: Vec<String>,
 }
 
-/// Outbound connections open at once, all agents together.
-pub(crate) const MAX_CONNECTIONS: usize = 256;
-
 /// Tokens whose grants are kept.
 const GRANTS_KEPT: usize = 4096;
 
 impl Outbound {
-    pub(crate) fn new(sequencer: Sequencer, secrets: Arc<SecretStore>, data_id: [u8; 16]) -> Self {
+    /// `connections`: see
+    /// [`HostConfig::outbound_connections`](crate::HostConfig::outbound_connections).
+    pub(crate) fn new(
+        sequencer: Sequencer,
+        secrets: Arc<SecretStore>,
+        data_id: [u8; 16],
+        connections: usize,
+    ) -> Self {
         Self {
             sequencer,
             secrets,
             data_id,
-            connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            connections: Places::new(connections, connections - connections / 4),
             grants: std::sync::Mutex::default(),
         }
     }
@@ -135,7 +141,7 @@ impl Effects for Outbound {
         })
     }
 
-    fn connections(&self) -> Arc<tokio::sync::Semaphore> {
+    fn connections(&self) -> Arc<Places> {
         Arc::clone(&self.connections)
     }
 

@@ -14,7 +14,7 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// (`actor::abandoned`) runs.
 pub(crate) fn start_ticker(
     engine: wasmtime::Engine,
-    places: Arc<crate::runtime::places::Places>,
+    places: Arc<crate::sandbox::places::Places>,
 ) -> std::io::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);

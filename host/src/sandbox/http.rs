@@ -587,12 +587,14 @@ impl Outgoing {
         let named = self.effects.names_host(self.agent, &host, port);
         let limit = self.limits.response_bytes;
         let connections = self.effects.connections();
+        let tree = self.memory.tree;
         let exchange = async {
-            // The host's own bound on open connections, for all agents.
-            let _slot = connections
-                .acquire_owned()
+            // The host's own bound on open connections, for all agents,
+            // shared between trees.
+            let _place = connections
+                .take(tree)
                 .await
-                .map_err(|_| (HttpFailure::Other, "the host is shutting down".to_owned()))?;
+                .map_err(|stopping| (HttpFailure::Other, stopping))?;
             let sent = crate::sandbox::send::send(request, &options, named).await?;
             let between = options.between_bytes_timeout.unwrap_or(self.limits.timeout);
             let body = read_body(sent.body, limit, between).await?;

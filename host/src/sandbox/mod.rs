@@ -32,6 +32,7 @@ pub(crate) mod limiter;
 pub(crate) mod limits;
 pub(crate) mod memory;
 pub(crate) mod pace;
+pub(crate) mod places;
 pub(crate) mod redact;
 pub(crate) mod send;
 pub(crate) mod shares;
@@ -88,8 +89,8 @@ pub(crate) trait Effects: Send + Sync + 'static {
     ) -> Answer<Result<(), String>>;
 
     /// The host's places for open outbound connections, shared by all
-    /// agents.
-    fn connections(&self) -> std::sync::Arc<tokio::sync::Semaphore>;
+    /// agents, fairly between trees.
+    fn connections(&self) -> std::sync::Arc<places::Places>;
 
     /// The secret to inject into `agent`'s request to `host`:`port` over
     /// `scheme`, if its token binds one there.

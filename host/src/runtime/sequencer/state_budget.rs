@@ -47,7 +47,7 @@ use toka_kernel::{
     Operation, Parcel, Replaced, Run, TaskId, TaskSpec, WorldState,
 };
 
-use crate::runtime::places::tree_of;
+use crate::sandbox::places::tree_of;
 use crate::sandbox::shares::{Over, Shares};
 use crate::text::Size;
 

@@ -1,13 +1,18 @@
-//! The host's places for running instances, shared between agent trees.
+//! A bounded number of places in something the host has few of, shared
+//! between agent trees: running instances (an actor holds a [`Place`]
+//! while its instance runs a task) and open outbound connections (a
+//! request holds one from before it resolves its host until its response
+//! arrives).
 //!
-//! An actor holds a [`Place`] while its instance runs a task. Places are
-//! shared fairly between *trees* of agents (an agent the operator spawned,
-//! with all its descendants: the unit the quotas charge): no tree holds
-//! more than its share ([`HostConfig::places_per_tree`](crate::HostConfig::places_per_tree),
+//! Places are shared fairly between *trees* of agents (an agent the
+//! operator spawned, with all its descendants: the unit the quotas
+//! charge): no tree holds more than its share
+//! ([`HostConfig::places_per_tree`](crate::HostConfig::places_per_tree),
 //! by default three quarters of the places), so an agent that spawns many
-//! children running long tasks cannot take every place from the other
-//! trees; and when a place frees, the trees with waiting actors take turns
-//! (round-robin across trees, first come, first served within one).
+//! children running long tasks (or holding requests to a slow server open)
+//! cannot take every place from the other trees; and when a place frees,
+//! the trees with waiting holders take turns (round-robin across trees,
+//! first come, first served within one).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -214,7 +219,7 @@ mod tests {
 
     use toka_kernel::{AgentId, EntityId};
 
-    use crate::runtime::places::Places;
+    use crate::sandbox::places::Places;
 
     fn id(n: u8) -> AgentId {
         EntityId::from_u128(u128::from(n))

@@ -108,6 +108,11 @@ struct LimitArgs {
     /// stopping.
     #[arg(long, global = true, env = "TOKA_DISK_RESERVE", value_name = "SIZE", value_parser = toka_host::parse_size)]
     disk_reserve: Option<u64>,
+    /// Bytes of compiled code the host keeps for installed components
+    /// (default 512MiB): past it, the least recently used component's code
+    /// is let go and compiled again when an agent of it next starts.
+    #[arg(long, global = true, env = "TOKA_COMPILED_CODE", value_name = "SIZE", value_parser = toka_host::parse_size)]
+    compiled_code: Option<u64>,
     /// Fuel per task: meters every agent deterministically (default: no fuel
     /// metering, which is faster; the deadline still stops a runaway task).
     #[arg(long, global = true, env = "TOKA_FUEL", value_name = "N")]
@@ -229,6 +234,8 @@ pub(crate) struct Place {
     pub(crate) state_budget: Option<u64>,
     /// The free disk space kept, with --disk-reserve.
     pub(crate) disk_reserve: Option<u64>,
+    /// The compiled code kept, with --compiled-code.
+    pub(crate) compiled_code: Option<u64>,
     /// The cluster's NATS URLs, with --cluster.
     pub(crate) cluster: Option<String>,
     /// The cell, with --cell.
@@ -259,6 +266,9 @@ impl Place {
         }
         if let Some(bytes) = self.disk_reserve {
             config.disk_reserve(bytes);
+        }
+        if let Some(bytes) = self.compiled_code {
+            config.compiled_code(usize::try_from(bytes).unwrap_or(usize::MAX));
         }
         config
     }
@@ -363,6 +373,7 @@ fn main() -> ExitCode {
         memory_budget: cli.limits.memory_budget,
         state_budget: cli.limits.state_budget,
         disk_reserve: cli.limits.disk_reserve,
+        compiled_code: cli.limits.compiled_code,
         cluster: cli.cluster,
         cell: cli.cell,
         tls_ca: cli.tls_ca,

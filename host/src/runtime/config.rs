@@ -34,6 +34,7 @@ pub struct HostConfig {
     pub(crate) max_instances: usize,
     pub(crate) places_per_tree: Option<usize>,
     pub(crate) outbound_connections: usize,
+    pub(crate) compiled_code: usize,
     pub(crate) warm_instances: usize,
     pub(crate) memory_budget: Option<u64>,
     pub(crate) state_budget: Option<u64>,
@@ -57,6 +58,7 @@ impl Default for HostConfig {
             max_instances: 512,
             places_per_tree: None,
             outbound_connections: 256,
+            compiled_code: crate::sandbox::components::DEFAULT_KEPT,
             warm_instances: 64,
             memory_budget: None,
             state_budget: None,
@@ -151,6 +153,18 @@ impl HostConfig {
     /// place waits within its own timeout. Default 256 (at least 1).
     pub fn outbound_connections(&mut self, connections: usize) -> &mut Self {
         self.outbound_connections = connections.max(1);
+        self
+    }
+
+    /// The most bytes of compiled code the host keeps for installed
+    /// components (the last one compiled is kept anyway): past it, the
+    /// least recently used components' code is let go, and compiled again
+    /// from their stored bytes when an agent of theirs next starts. A
+    /// client installing component after component cannot grow the
+    /// host's memory with each. Instances keep the code they run. Default
+    /// 512 MiB.
+    pub fn compiled_code(&mut self, bytes: usize) -> &mut Self {
+        self.compiled_code = bytes;
         self
     }
 

@@ -104,7 +104,8 @@ impl Host {
             pool,
             crate::runtime::guest::add_imports,
         )
-        .map_err(|e| HostError::Wasmtime(format!("{e:#}")))?;
+        .map_err(|e| HostError::Wasmtime(format!("{e:#}")))?
+        .keeping(config.compiled_code);
         let tokens = Arc::new(StoreTokens(Arc::clone(&store)));
         let gate = Gate::new(root.public(), tokens, kernel.limits());
         let options = Options {

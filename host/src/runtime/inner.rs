@@ -122,6 +122,73 @@ mod tests {
     use crate::sandbox::components::{Components, Unprepared};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compiled_code_kept_is_bounded_and_the_least_recently_used_goes_first() {
+        let read = |name| -> Arc<[u8]> {
+            std::fs::read(toka_agents::path(name).unwrap())
+                .unwrap()
+                .into()
+        };
+        let [a, b, c] = ["hello", "counter", "test-bench"].map(read);
+        let size = |bytes: &Arc<[u8]>| {
+            let components = Components::<AgentCtx>::new(false, None, add_imports).unwrap();
+            let bytes = Arc::clone(bytes);
+            async move {
+                let digest = toka_kernel::Digest::of(&bytes);
+                components
+                    .prepare(digest, || Ok::<_, Infallible>(bytes))
+                    .await
+                    .unwrap();
+                components.kept().0
+            }
+        };
+        let (sa, sb, sc) = (size(&a).await, size(&b).await, size(&c).await);
+        assert!(sa > 0 && sb > 0 && sc > 0);
+        // Room for any two of them, not three.
+        let limit = sa + sb + sc - sa.min(sb).min(sc);
+        let components = Components::<AgentCtx>::new(false, None, add_imports)
+            .unwrap()
+            .keeping(limit);
+        let prepare = |bytes: &Arc<[u8]>| {
+            let (components, bytes) = (components.clone(), Arc::clone(bytes));
+            async move {
+                let digest = toka_kernel::Digest::of(&bytes);
+                components
+                    .prepare(digest, || Ok::<_, Infallible>(bytes))
+                    .await
+                    .unwrap();
+                digest
+            }
+        };
+        let (da, db) = (prepare(&a).await, prepare(&b).await);
+        assert_eq!(components.kept(), (sa + sb, 2));
+        // `a` used since `b` was compiled: `b` goes when `c` comes.
+        assert!(components.cached(&da).is_some());
+        let dc = prepare(&c).await;
+        assert!(
+            components.cached(&db).is_none(),
+            "the least recently used goes"
+        );
+        assert!(components.cached(&da).is_some() && components.cached(&dc).is_some());
+        assert_eq!(components.kept(), (sa + sc, 2));
+        assert_eq!(components.compiles().0, 3);
+        // Asked for again, `b` compiles again from its bytes.
+        prepare(&b).await;
+        assert_eq!(components.compiles().0, 4);
+        assert!(components.kept().0 <= limit);
+        // Kept past the bound, one component alone: the last compiled.
+        let tight = Components::<AgentCtx>::new(false, None, add_imports)
+            .unwrap()
+            .keeping(1);
+        let digest = toka_kernel::Digest::of(&a);
+        let bytes = Arc::clone(&a);
+        tight
+            .prepare(digest, || Ok::<_, Infallible>(bytes))
+            .await
+            .unwrap();
+        assert_eq!(tight.kept(), (sa, 1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_compile_serves_everyone_asking_for_a_component_meanwhile() {
         let components = Components::<AgentCtx>::new(false, None, add_imports).unwrap();
         let bytes: Arc<[u8]> = std::fs::read(toka_agents::path("test-bench").unwrap())

@@ -1,6 +1,6 @@
 //! Loading agent components: validate, compile once, instantiate fast.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -176,7 +176,7 @@ impl Pool {
 pub(crate) struct Components<T: 'static> {
     engine: Engine,
     linker: Arc<Linker<T>>,
-    cache: Arc<Mutex<BTreeMap<Digest, AgentPre<T>>>>,
+    cache: Arc<Mutex<Cache<T>>>,
     /// A turn per digest being compiled: one compile serves everyone
     /// asking for it meanwhile (many agents of one component starting at
     /// once after a restart would otherwise each read its bytes and
@@ -250,7 +250,7 @@ impl<T: 'static> Components<T> {
         Ok(Self {
             engine,
             linker: Arc::new(linker),
-            cache: Arc::default(),
+            cache: Arc::new(Mutex::new(Cache::new(DEFAULT_KEPT))),
             compiling: Arc::default(),
             compile_turn: Arc::new(tokio::sync::Semaphore::new(1)),
             compiles: Arc::default(),
@@ -260,6 +260,27 @@ impl<T: 'static> Components<T> {
 
     pub(crate) fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Keeps at most `bytes` of compiled code (at least the component
+    /// compiled last), letting the least recently used components go
+    /// first: they compile again from their stored bytes when an agent of
+    /// theirs next starts.
+    #[must_use]
+    pub(crate) fn keeping(self, bytes: usize) -> Self {
+        self.cache().limit = bytes;
+        self
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache<T>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes of compiled code kept now, and how many components.
+    #[cfg(test)]
+    pub(crate) fn kept(&self) -> (usize, usize) {
+        let cache = self.cache();
+        (cache.bytes, cache.entries.len())
     }
 
     /// The compiled component for `digest`: from the cache, or else
@@ -309,10 +330,7 @@ impl<T: 'static> Components<T> {
         .await
         .map_err(|e| Unprepared::Panicked(e.to_string()))?
         .map_err(Unprepared::Invalid)?;
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(digest, compiled.clone());
+        self.cache().insert(digest, compiled.clone());
         Ok(compiled)
     }
 
@@ -330,23 +348,16 @@ impl<T: 'static> Components<T> {
         (now.load(Ordering::SeqCst), most.load(Ordering::SeqCst))
     }
 
-    /// The compiled component for `digest`, if it was prepared.
+    /// The compiled component for `digest`, if it is kept.
     pub(crate) fn cached(&self, digest: &Digest) -> Option<AgentPre<T>> {
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(digest)
-            .cloned()
+        self.cache().get(digest)
     }
 
     /// Drops the compiled component for `digest` (it left the state: no
     /// agent runs it any more). Instances made from it keep what they
     /// hold.
     pub(crate) fn forget(&self, digest: &Digest) {
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(digest);
+        self.cache().remove(digest);
     }
 
     fn compile(&self, bytes: &[u8]) -> Result<AgentPre<T>, ComponentError> {
@@ -363,6 +374,81 @@ impl<T: 'static> Components<T> {
             .instantiate_pre(&component)
             .map_err(|e| ComponentError::Mismatch(format!("{e:#}")))?;
         AgentPre::new(pre).map_err(|e| ComponentError::Mismatch(format!("{e:#}")))
+    }
+}
+
+/// Compiled code kept by default: see [`Components::keeping`].
+pub(crate) const DEFAULT_KEPT: usize = 512 << 20;
+
+/// The compiled components kept, by digest, under a bound on their
+/// compiled code: a client installing component after component must not
+/// grow the host's memory with each (an instance made from one keeps its
+/// code however the cache lets it go).
+struct Cache<T: 'static> {
+    entries: HashMap<Digest, Kept<T>>,
+    /// Bytes of compiled code the entries hold.
+    bytes: usize,
+    /// The most bytes kept (the last component compiled is kept anyway).
+    limit: usize,
+    /// Counts uses, to find the least recently used.
+    uses: u64,
+}
+
+struct Kept<T: 'static> {
+    pre: AgentPre<T>,
+    bytes: usize,
+    /// When it was last used, in `uses`.
+    used: u64,
+}
+
+impl<T: 'static> Cache<T> {
+    fn new(limit: usize) -> Cache<T> {
+        Cache {
+            entries: HashMap::new(),
+            bytes: 0,
+            limit,
+            uses: 0,
+        }
+    }
+
+    fn get(&mut self, digest: &Digest) -> Option<AgentPre<T>> {
+        self.uses += 1;
+        let kept = self.entries.get_mut(digest)?;
+        kept.used = self.uses;
+        Some(kept.pre.clone())
+    }
+
+    fn insert(&mut self, digest: Digest, pre: AgentPre<T>) {
+        self.remove(&digest);
+        let range = pre.instance_pre().component().image_range();
+        let bytes = (range.end as usize).saturating_sub(range.start as usize);
+        while self.bytes.saturating_add(bytes) > self.limit {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, kept)| kept.used)
+                .map(|(digest, _)| *digest)
+            else {
+                break;
+            };
+            self.remove(&oldest);
+        }
+        self.uses += 1;
+        self.bytes += bytes;
+        self.entries.insert(
+            digest,
+            Kept {
+                pre,
+                bytes,
+                used: self.uses,
+            },
+        );
+    }
+
+    fn remove(&mut self, digest: &Digest) {
+        if let Some(kept) = self.entries.remove(digest) {
+            self.bytes -= kept.bytes;
+        }
     }
 }
 

@@ -336,6 +336,33 @@ impl WorldState {
         Ok(charge)
     }
 
+    /// Milliseconds of logical time after `now` until every account
+    /// `agent`'s records are charged to (its own and each ancestor's) is
+    /// out of log-bytes debt (0: none is, or no quotas apply). The
+    /// host's records on an agent's behalf (a task's output, say) are
+    /// charged into debt, never refused: the host starts the agent's next
+    /// task only once it is paid, so outputs cannot outrun the quota.
+    #[must_use]
+    pub fn log_debt_ms(&self, agent: AgentId, now: Timestamp) -> u64 {
+        let Some(rules) = &self.rules else {
+            return 0;
+        };
+        let mut wait = 0;
+        let mut next = Some(agent);
+        while let Some(id) = next {
+            let Some(record) = self.agents.get(&id) else {
+                break;
+            };
+            let quotas = match &record.budgets {
+                Some(budgets) => rules.quotas.narrowed(budgets),
+                None => rules.quotas,
+            };
+            wait = wait.max(record.account.log_debt_ms(&quotas, now));
+            next = (record.parent != EntityId::SYSTEM).then_some(record.parent);
+        }
+        wait
+    }
+
     /// Who may submit what, whatever a token says.
     fn check_authority(&self, cmd: &Command, kind: OpKind) -> Result<(), KernelError> {
         let origin = cmd.origin;

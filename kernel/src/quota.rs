@@ -51,6 +51,24 @@ impl Bucket {
     fn draw(&mut self, cost: u64) {
         self.drawn = self.drawn.saturating_add(cost.saturating_mul(1000));
     }
+
+    /// Milliseconds of logical time after `now` until the bucket is back
+    /// within `rate`'s burst (0: it is; `u64::MAX`: never, a rate that
+    /// does not refill).
+    fn debt_ms(self, rate: Rate, now: u64) -> u64 {
+        if rate.is_unlimited() {
+            return 0;
+        }
+        let drawn = u128::from(self.refilled(rate, now).drawn);
+        let over = drawn.saturating_sub(u128::from(rate.burst) * 1000);
+        match (over, rate.per_second) {
+            (0, _) => 0,
+            (_, 0) => u64::MAX,
+            (over, per_second) => {
+                u64::try_from(over.div_ceil(u128::from(per_second))).unwrap_or(u64::MAX)
+            }
+        }
+    }
 }
 
 /// What one agent (with everything below it) has spent.
@@ -89,6 +107,13 @@ pub(crate) struct Shortfall {
 }
 
 impl Account {
+    /// Milliseconds of logical time after `now` until the account's
+    /// log-bytes debt (from the host's records on its behalf) is paid
+    /// (0: none).
+    pub(crate) fn log_debt_ms(&self, quotas: &Quotas, now: Timestamp) -> u64 {
+        self.log.debt_ms(quotas.log_bytes, now.0)
+    }
+
     /// This account after paying `cost` at `time` under `quotas`, or why it
     /// cannot (only when `strict`; otherwise it may end in debt).
     pub(crate) fn charged(
@@ -242,6 +267,17 @@ mod tests {
             .charged(&q, cost(1, 1, 0), Timestamp(0), true)
             .unwrap_err();
         assert_eq!(short.quota, Quota::LogBytes);
+        // 2 000 bytes past the burst, at 100 a second: paid in 20 s.
+        assert_eq!(account.log_debt_ms(&q, Timestamp(0)), 20_000);
+        assert_eq!(account.log_debt_ms(&q, Timestamp(15_000)), 5_000);
+        assert_eq!(account.log_debt_ms(&q, Timestamp(20_000)), 0);
+        assert_eq!(Account::default().log_debt_ms(&q, Timestamp(0)), 0);
+        let frozen = Quotas {
+            log_bytes: Rate::new(0, 1_000),
+            ..q
+        };
+        assert_eq!(account.log_debt_ms(&frozen, Timestamp(0)), u64::MAX);
+        assert_eq!(account.log_debt_ms(&Quotas::UNLIMITED, Timestamp(0)), 0);
         // 30 s later the debt is paid, but the lifetime total still counts.
         let account = account
             .charged(&q, cost(1_000, 1, 0), Timestamp(30_000), true)

@@ -334,6 +334,96 @@ async fn fuel_stops_loops_deterministically_and_repeated_faults_quarantine_the_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_outputs_cannot_outrun_the_tree_s_log_quota() {
+    // Regression (audit): the host's records for a task (its output among
+    // them) are charged to the agent's tree into debt, never refused, and
+    // the next task started all the same: an agent that queued tasks each
+    // ending with 1 MiB wrote them all at once, past its quota (and past
+    // the disk's reserve, until the disk filled and the host stopped). A
+    // task now starts only once the tree is out of debt.
+    const MIB: u64 = 1 << 20;
+    let clock = toka_host::ManualClock::at(1_800_000_000_000);
+    let arena = Arena::new(
+        toka_host::HostConfig::new()
+            .clock(Arc::new(clock.clone()))
+            .clone(),
+    )
+    .await;
+    // 256 KiB a second; the rules' 16 s of burst: 4 MiB.
+    let flood = arena
+        .agent(
+            "hostile-flood",
+            Grant::Budgeted {
+                rights: ["observe", "schedule self"]
+                    .map(|r| r.parse().unwrap())
+                    .to_vec(),
+                budgets: vec![Budget::LogRate(MIB / 4)],
+            },
+        )
+        .await;
+    let mut rx = arena.host.subscribe();
+    let outputs = Arc::new(AtomicU64::new(0));
+    let counting = {
+        let outputs = Arc::clone(&outputs);
+        tokio::spawn(async move {
+            while let Ok(batch) = rx.recv().await {
+                let ended = batch
+                    .records
+                    .iter()
+                    .flat_map(|r| &r.events)
+                    .filter(|e| matches!(e, Event::TaskCompleted { agent, output, .. } if agent == &flood && output.len() as u64 == MIB))
+                    .count();
+                outputs.fetch_add(ended as u64, Ordering::SeqCst);
+            }
+        })
+    };
+    arena.host.schedule(flood, "outputs 12").await.unwrap();
+    let at_least = |n: u64| {
+        let outputs = Arc::clone(&outputs);
+        async move {
+            let give_up = std::time::Instant::now() + Duration::from_secs(60);
+            while outputs.load(Ordering::SeqCst) < n {
+                assert!(
+                    std::time::Instant::now() < give_up,
+                    "{n} outputs never came"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // The logical clock stands still: no debt is paid. The burst's worth
+    // ends (4 MiB: the fifth task puts the tree in debt), and nothing more
+    // starts however long the host runs.
+    at_least(4).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let burst = outputs.load(Ordering::SeqCst);
+    assert!((4..=5).contains(&burst), "{burst} outputs of 1 MiB at once");
+    // Two seconds pay half a mebibyte: the tree is out of debt, one more
+    // task starts, and its output puts the tree in debt again.
+    clock.advance(2_000);
+    at_least(burst + 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(outputs.load(Ordering::SeqCst), burst + 1);
+    // Nothing is lost: with time, every task runs (at most the burst's
+    // worth at a time).
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    while outputs.load(Ordering::SeqCst) < 12 {
+        assert!(std::time::Instant::now() < give_up, "{outputs:?} outputs");
+        clock.advance(4_000);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let events = arena.finish().await;
+    counting.abort();
+    assert_eq!(
+        count(
+            &events,
+            |e| matches!(e, Event::TaskCompleted { agent, output, .. } if *agent == flood && output.len() as u64 == MIB)
+        ),
+        12
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unbounded_memory_growth_traps_at_the_tokens_memory_budget() {
     let arena = Arena::with_limits(AgentLimits::default()).await;
     let hog = arena
@@ -1633,6 +1723,13 @@ async fn an_agent_filling_the_disk_is_refused_before_the_host_must_stop() {
     // is up and takes the operator's commands.
     let err = outcome(&host, hello, "y").await.unwrap_err();
     assert!(err.contains(nearly_full), "{err}");
+    // A task that makes no operation but ends with 1 MiB of output fails
+    // for the disk too: its output would be written past the reserve.
+    let err = outcome(&host, flood, "output").await.unwrap_err();
+    assert!(
+        err.starts_with("the task's output is refused: the host's disk is nearly full: 10MiB free"),
+        "{err}"
+    );
     let stopped = tokio::time::timeout(Duration::from_millis(10), host.stopped()).await;
     assert!(stopped.is_err(), "the host stopped: {stopped:?}");
     // An API client's install would store its bytes past the reserve:

@@ -17,7 +17,8 @@
 //! `observe`, each is refused), `spawn-refuse N M` (spawns N
 //! `hostile-flood` children with `state` only, each to `refuse M`),
 //! `spawn-rewrite N` (spawns N `hostile-flood` children with `state`, each
-//! to `rewrite`), `noop`.
+//! to `rewrite`), `outputs N` (schedules N `output` tasks onto itself),
+//! `output` (ends with 1 MiB of output, the most a task may give), `noop`.
 
 use toka_guest::{Agent, Context, Error, Task};
 
@@ -63,6 +64,16 @@ impl Agent for Flood {
             "fill-state" => until_refused(|i| ctx.put(&format!("k{i}"), vec![b's'; 60 << 10])),
             "log" => until_refused(|_| ctx.observe(vec![b'l'; 1024]).map(drop)),
             "megabytes" => until_refused(|_| ctx.observe(vec![b'm'; 1 << 20]).map(drop)),
+            "output" => Ok(vec![b'o'; 1 << 20]),
+            outputs if outputs.starts_with("outputs ") => {
+                let n: u64 = outputs["outputs ".len()..]
+                    .parse()
+                    .map_err(|_| "outputs N: N is a number")?;
+                for _ in 0..n {
+                    ctx.schedule(me, "output")?;
+                }
+                Ok(format!("scheduled {n}").into_bytes())
+            }
             "loop" => {
                 ctx.schedule(me, "loop")?;
                 Ok(b"again".to_vec())

@@ -129,6 +129,15 @@ pub(crate) async fn run(inner: Arc<HostInner>, agent: AgentId) {
                 description,
                 started,
             } => {
+                if let Some(wait) = inner.sequencer.task_hold(agent) {
+                    // Not yet (the tree's log-bytes debt): the instance
+                    // waits warm, without a place.
+                    if let Some(instance) = instance.take() {
+                        inner.warm.keep(agent, instance);
+                    }
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
                 run_task(&inner, agent, task, description, started, &mut instance).await;
                 // Someone waits for a place: give this one back and queue
                 // for one again (the instance is kept warm meanwhile, if it
@@ -394,6 +403,15 @@ async fn attempt_task(
                 None,
             )
         }
+        // Below the disk's reserve, an output is refused as agents'
+        // operations are: it would be written past the reserve.
+        Ok(Ok(_)) if let Some(full) = inner.sequencer.disk_refusal() => (
+            Operation::FailTask {
+                task,
+                reason: inner.clip_reason(&format!("the task's output is refused: {full}")),
+            },
+            None,
+        ),
         Ok(Ok(output)) if output.len() > max_output => {
             let reason = format!(
                 "task output is {} bytes, over the limit of {max_output}",

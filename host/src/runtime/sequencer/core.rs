@@ -612,6 +612,26 @@ impl Sequencer {
         (self.shared.disk.free(), self.shared.disk.reserve())
     }
 
+    /// How long `agent`'s next task waits before the host asks again, if
+    /// it may not start now: the records the host writes for a task (its
+    /// start, its output: up to the kernel's output limit) are charged to
+    /// the agent's tree into debt, never refused, so a task starts only
+    /// once the tree is out of log-bytes debt. (An agent that queued a
+    /// thousand tasks each returning 1 MiB wrote them all at once.)
+    pub(crate) fn task_hold(&self, agent: AgentId) -> Option<std::time::Duration> {
+        /// The most a held task waits before the host looks again.
+        const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);
+        let core = self.lock();
+        let debt = core.kernel.state().log_debt_ms(agent, core.stamp());
+        (debt > 0).then(|| std::time::Duration::from_millis(debt).min(LOOK_AGAIN))
+    }
+
+    /// Why what agents write is refused now, if it is: the disk is below
+    /// its reserve (a task's output among it: the task fails instead).
+    pub(crate) fn disk_refusal(&self) -> Option<String> {
+        self.shared.disk.refusal()
+    }
+
     /// The logical time a command submitted now would get.
     pub(crate) fn now(&self) -> Timestamp {
         self.lock().stamp()

@@ -1834,6 +1834,101 @@ async fn clients_without_a_token_cannot_hold_the_server_s_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_catching_up_keep_one_copy_of_the_state_per_token_family() {
+    use toka_host::{DataDir, Host, HostConfig, OperatorLevel};
+    use toka_kernel::{Command, EntityId, Kernel, Limits, Operation, Timestamp};
+
+    // A log of 60 000 records, written straight to the data dir's store:
+    // a stream from its start has far more to send than the sockets hold.
+    const RECORDS: u64 = 60_000;
+    let (_tmp, data) = temp_data();
+    let dir = DataDir::new(&data);
+    let root = dir.root_key(None, true).unwrap();
+    let store: Arc<dyn toka_host::EventStore> =
+        Arc::new(dir.open_or_create(&Limits::default(), &root).unwrap());
+    {
+        let mut kernel = Kernel::new(Limits::default());
+        let mut batch = toka_host::Batch::default();
+        for i in 0..RECORDS {
+            let op = Operation::RevokeToken {
+                revocation_id: i.to_le_bytes().to_vec(),
+            };
+            let applied = kernel
+                .apply(Command::system(EntityId::SYSTEM, Timestamp(i), op))
+                .unwrap();
+            batch.records.push((applied.seq, applied.bytes));
+            if batch.records.len() == 10_000 {
+                batch.head = kernel.head();
+                store.append(std::mem::take(&mut batch)).unwrap();
+            }
+        }
+    }
+    let host = Host::open(Arc::clone(&store), root, HostConfig::new())
+        .await
+        .unwrap();
+    let read = host
+        .mint(&[OperatorLevel::Read.right()], &[], None)
+        .unwrap()
+        .to_base64();
+    let server = toka_server::Server::bind(toka_server::ServeConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let url = server.url();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(server.run(host, store, async {
+        let _ = stopped.await;
+    }));
+    toka_server::install_crypto();
+    let http = reqwest::Client::new();
+
+    // Three streams of one client from the start, none of them read: each
+    // stops mid-way once its socket is full, where it would keep its
+    // place (a copy of the state) until read on.
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let stream = http
+            .get(format!("{url}/v1/events/stream?from=1"))
+            .bearer_auth(&read)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), StatusCode::OK);
+        streams.push(stream);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = metrics(&http, &url, &read).await;
+    assert_eq!(held["toka_event_streams"], 3.0, "{held:?}");
+    assert_eq!(
+        held["toka_event_stream_readers"], 1.0,
+        "one place in the log kept for the family, not three: {held:?}"
+    );
+    // Read on, every stream gets every record, in order.
+    for stream in streams {
+        let mut stream = stream;
+        let mut text = String::new();
+        let mut last = 0u64;
+        while last < RECORDS {
+            let chunk = stream.chunk().await.unwrap().expect("more records");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = text.find("\n\n") {
+                let message: String = text.drain(..end + 2).collect();
+                if let Some(id) = message.lines().find_map(|l| l.strip_prefix("id: ")) {
+                    let id: u64 = id.trim().parse().unwrap();
+                    assert_eq!(id, last + 1, "{message}");
+                    last = id;
+                }
+            }
+        }
+    }
+    let held = metrics(&http, &url, &read).await;
+    assert_eq!(held["toka_event_stream_readers"], 0.0, "{held:?}");
+    let _ = stop.send(());
+    served.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_token_family_cannot_take_every_stream_or_wait() {
     use toka_host::{DataDir, Host, HostConfig, OperatorLevel};
 

@@ -27,6 +27,12 @@ const WAITS_PER_FAMILY: usize = 256;
 /// once.
 const LOG_READ_TURNS: usize = 2;
 
+/// Event streams keeping their place in the log between reads while they
+/// catch up, all token families together ...
+const KEPT_READERS: usize = 4;
+/// ... and per family.
+const KEPT_READERS_PER_FAMILY: usize = 1;
+
 /// The server's shared state.
 pub(crate) struct App {
     pub(crate) host: Arc<Host>,
@@ -63,6 +69,12 @@ pub(crate) struct App {
     /// Places for open event streams, all token families together and
     /// per family.
     pub(crate) streams: Arc<Bounded<Digest>>,
+    /// Places for a catching-up stream's reader kept between its reads:
+    /// a reader is the whole state at its place in the log (up to the
+    /// state budget), and a `read` client could open 64 streams. A stream
+    /// without a place places a reader anew at each read (a replay from
+    /// the snapshot before it, in its turn) and keeps none.
+    pub(crate) kept_readers: Arc<Bounded<Digest>>,
     /// Places for requests waiting for a task to end (`?wait=`), all
     /// token families together and per family.
     pub(crate) waits: Arc<Bounded<Digest>>,
@@ -101,6 +113,7 @@ impl App {
             strangers: Limiter::new(config.strangers),
             streams: Bounded::new(config.max_streams, config.max_streams / STREAM_SHARE),
             waits: Bounded::new(MAX_WAITS, WAITS_PER_FAMILY),
+            kept_readers: Bounded::new(KEPT_READERS, KEPT_READERS_PER_FAMILY),
             uploads: crate::uploads::Uploads::new(),
             host,
             store,

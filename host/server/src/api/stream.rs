@@ -174,6 +174,7 @@ pub(crate) async fn stream(
         token,
         checked: Instant::now(),
         reader: None,
+        keeps: None,
         closing: app.closing.clone(),
         _place: place,
     };
@@ -213,8 +214,10 @@ struct Follower {
     /// expires.
     token: toka_host::Token,
     checked: Instant,
-    /// Its place in the log while it reads from there.
+    /// Its place in the log while it reads from there, kept between
+    /// reads only with a place for it.
     reader: Option<toka_host::LogReader>,
+    keeps: Option<Place<Digest>>,
     closing: tokio::sync::watch::Receiver<bool>,
     _place: Place<Digest>,
 }
@@ -249,7 +252,7 @@ impl Follower {
                     // Caught up: the bus from here; the reader's state is
                     // memory the stream no longer needs.
                     self.catching_up = false;
-                    self.reader = None;
+                    self.let_go();
                 }
                 continue;
             }
@@ -268,7 +271,7 @@ impl Follower {
                             return None;
                         }
                     }
-                    self.reader = None;
+                    self.let_go();
                     for record in &batch.records {
                         self.push(record);
                     }
@@ -305,11 +308,24 @@ impl Follower {
             })
             .await?
             .ok()?;
-        self.reader = Some(reader);
+        // Kept for the next read only with a place: a reader holds a copy
+        // of the whole state.
+        if self.keeps.is_none() {
+            self.keeps = app.kept_readers.take(crate::auth::family(&self.token)).ok();
+        }
+        if self.keeps.is_some() {
+            self.reader = Some(reader);
+        }
         for record in &records {
             self.push(record);
         }
         Some(records.len())
+    }
+
+    /// Drops the reader, and its place.
+    fn let_go(&mut self) {
+        self.reader = None;
+        self.keeps = None;
     }
 
     /// Queues a record's message, if it is the next one and any of its

@@ -301,6 +301,11 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _who: Reader) -> impl I
     );
     let _ = writeln!(
         out,
+        "# HELP toka_event_stream_readers Event streams catching up that keep their place in the log (a copy of the state each) between reads.\n# TYPE toka_event_stream_readers gauge\ntoka_event_stream_readers {}",
+        app.kept_readers.count()
+    );
+    let _ = writeln!(
+        out,
         "# HELP toka_task_waits Requests waiting for a task to end (?wait=).\n# TYPE toka_task_waits gauge\ntoka_task_waits {}",
         app.waits.count()
     );

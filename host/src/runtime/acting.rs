@@ -142,39 +142,36 @@ impl<'h> Acting<'h> {
     ///
     /// # Errors
     ///
-    /// [`HostError::Denied`] for an operator without `admin`;
-    /// [`HostError::Store`] or [`HostError::Log`] when the record cannot be
-    /// read back (it is applied then).
+    /// [`HostError::Denied`] for an operator without `admin`.
     pub async fn forget_terminated(&self) -> Result<Forgotten, HostError> {
         self.require(OperatorLevel::Admin)?;
-        let (inner, mut forgotten) = (self.host.inner, Forgotten::default());
+        let mut forgotten = Forgotten::default();
         // One record forgets a bounded number: again until one forgets
         // fewer (each holds the log writer for a pass or two over the
         // agents). No record at all when there is nothing to forget.
         loop {
-            let Some(receipt) = self
-                .submit_if(Operation::ForgetTerminated, |state| {
-                    !state.forgettable().is_empty()
-                })
-                .await?
-            else {
-                return Ok(forgotten);
-            };
-            // What it forgot, from the record's events, read back.
-            let store = inner.store.as_ref();
-            let mut reader = crate::log::recovery::LogReader::new(store, receipt.seq)?;
-            let mut this_record = 0;
-            reader.read(store, inner.sequencer.committed(), |record| {
-                for event in &record.events {
-                    if let toka_kernel::Event::AgentForgotten { state_bytes, .. } = event {
-                        this_record += 1;
-                        forgotten.state_bytes += state_bytes;
-                    }
+            // What the record forgets, seen in the state it is applied to
+            // (under the same lock): the state before it is not read back
+            // from the log for it (a replay from a snapshot, for each
+            // record, of a state an agent could have grown large).
+            let mut this_record = Forgotten::default();
+            let wanted = |state: &toka_kernel::WorldState| {
+                for agent in state.forgettable() {
+                    this_record.agents += 1;
+                    this_record.state_bytes += state.agent(agent).map_or(0, |a| a.state_bytes);
                 }
-                false
-            })?;
-            forgotten.agents += this_record as u64;
-            if this_record < toka_kernel::FORGOTTEN_PER_RECORD {
+                this_record.agents > 0
+            };
+            if self
+                .submit_if(Operation::ForgetTerminated, wanted)
+                .await?
+                .is_none()
+            {
+                return Ok(forgotten);
+            }
+            forgotten.agents += this_record.agents;
+            forgotten.state_bytes += this_record.state_bytes;
+            if this_record.agents < toka_kernel::FORGOTTEN_PER_RECORD as u64 {
                 return Ok(forgotten);
             }
         }

@@ -324,6 +324,15 @@ impl Token {
         self.biscuit.revocation_identifiers()
     }
 
+    /// The revocation ids of the token `bytes` encode, read without
+    /// checking its signatures (for tokens the host checked when it stored
+    /// them); none when the bytes are not a token.
+    pub(crate) fn stored_revocation_ids(bytes: &[u8]) -> Vec<Vec<u8>> {
+        UnverifiedBiscuit::from(bytes)
+            .map(|token| token.revocation_identifiers())
+            .unwrap_or_default()
+    }
+
     /// Each block's Datalog source, in block order.
     #[must_use]
     pub fn block_sources(&self) -> Vec<String> {

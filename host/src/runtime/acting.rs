@@ -22,7 +22,7 @@ use crate::capability::root_key::RootKey;
 use crate::capability::token::{Token, TokenError};
 use crate::runtime::error::HostError;
 use crate::runtime::inner::HostInner;
-use crate::runtime::sequencer::{Attachments, By, Receipt};
+use crate::runtime::sequencer::{Attachments, By, Receipt, Stopped};
 
 /// The capability token a root agent (one the operator spawns) gets.
 #[derive(Debug, Clone)]
@@ -312,7 +312,7 @@ impl<'h> Acting<'h> {
     /// [`HostError::Denied`] for an operator without `admin`.
     pub async fn revoke(&self, revocation_id: Vec<u8>, force: bool) -> Result<(), HostError> {
         self.require(OperatorLevel::Admin)?;
-        if !force && !self.host.knows_revocation_id(&revocation_id)? {
+        if !force && !self.host.knows_revocation_id(&revocation_id).await? {
             return Err(HostError::UnknownRevocationId(toka_kernel::to_hex(
                 &revocation_id,
             )));
@@ -445,15 +445,27 @@ impl HostParts<'_> {
     }
 
     /// Whether a token the host knows carries `id`.
-    pub(crate) fn knows_revocation_id(&self, id: &[u8]) -> Result<bool, HostError> {
-        let sequencer = &self.inner.sequencer;
-        for (digest, _) in self.inner.store.tokens()? {
-            if let Ok(token) = sequencer.token(&digest)
-                && token.revocation_ids().iter().any(|r| r == id)
-            {
-                return Ok(true);
-            }
+    pub(crate) async fn knows_revocation_id(&self, id: &[u8]) -> Result<bool, HostError> {
+        // Every token the host ever stored, on a blocking thread; their
+        // ids read from their bytes, not verified again (they were when
+        // stored): a signature check each, and each admitted to the gate's
+        // cache would push out the tokens running agents use.
+        let store = Arc::clone(&self.inner.store);
+        let wanted = id.to_vec();
+        let stored = tokio::task::spawn_blocking(move || {
+            Ok::<_, HostError>(
+                store
+                    .tokens()?
+                    .iter()
+                    .any(|(_, bytes)| Token::stored_revocation_ids(bytes).contains(&wanted)),
+            )
+        })
+        .await
+        .map_err(|e| HostError::Stopped(Stopped(format!("looking for a revocation id: {e}"))))??;
+        if stored {
+            return Ok(true);
         }
+        let sequencer = &self.inner.sequencer;
         // Tokens applied but not yet durable are known to the gate too.
         let agents: Vec<Digest> = self.applied(|s| s.agents().map(|(_, a)| a.token).collect());
         Ok(agents.iter().any(|digest| {

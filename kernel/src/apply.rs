@@ -308,15 +308,7 @@ impl WorldState {
             tasks: u64::from(strict && kind == OpKind::ScheduleTask),
         };
         let mut charge = Charge::default();
-        let mut next = Some(cmd.origin);
-        while let Some(id) = next {
-            let Some(agent) = self.agents.get(&id) else {
-                break;
-            };
-            let quotas = match &agent.budgets {
-                Some(budgets) => rules.quotas.narrowed(budgets),
-                None => rules.quotas,
-            };
+        for (id, agent, quotas) in self.accounts_up(rules, cmd.origin) {
             let account = agent
                 .account
                 .charged(&quotas, cost, cmd.time, strict)
@@ -331,9 +323,28 @@ impl WorldState {
             } else {
                 charge.ancestors.push((id, account));
             }
-            next = (agent.parent != EntityId::SYSTEM).then_some(agent.parent);
         }
         Ok(charge)
+    }
+
+    /// `agent` and each of its ancestors, with the quotas its account is
+    /// held to: the rules', narrowed by its own budgets.
+    fn accounts_up<'a>(
+        &'a self,
+        rules: &'a Rules,
+        agent: AgentId,
+    ) -> impl Iterator<Item = (AgentId, &'a AgentRecord, crate::rules::Quotas)> + 'a {
+        let mut next = Some(agent);
+        std::iter::from_fn(move || {
+            let id = next?;
+            let record = self.agents.get(&id)?;
+            next = (record.parent != EntityId::SYSTEM).then_some(record.parent);
+            let quotas = match &record.budgets {
+                Some(budgets) => rules.quotas.narrowed(budgets),
+                None => rules.quotas,
+            };
+            Some((id, record, quotas))
+        })
     }
 
     /// Milliseconds of logical time after `now` until every account
@@ -347,20 +358,10 @@ impl WorldState {
         let Some(rules) = &self.rules else {
             return 0;
         };
-        let mut wait = 0;
-        let mut next = Some(agent);
-        while let Some(id) = next {
-            let Some(record) = self.agents.get(&id) else {
-                break;
-            };
-            let quotas = match &record.budgets {
-                Some(budgets) => rules.quotas.narrowed(budgets),
-                None => rules.quotas,
-            };
-            wait = wait.max(record.account.log_debt_ms(&quotas, now));
-            next = (record.parent != EntityId::SYSTEM).then_some(record.parent);
-        }
-        wait
+        self.accounts_up(rules, agent)
+            .map(|(_, record, quotas)| record.account.log_debt_ms(&quotas, now))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Who may submit what, whatever a token says.

@@ -135,6 +135,28 @@ pub fn events_json(data: &Path) -> Vec<Value> {
 
 /// A fresh temporary directory; the data dir is a path inside it that does
 /// not exist yet.
+/// Appends `records` operators' revocations (each a distinct id) to an
+/// empty `store`, in batches of 10 000, as a host would have committed
+/// them: a long log made in a moment.
+pub fn write_revocations(store: &dyn EventStore, records: u64) {
+    use toka_kernel::{Command, EntityId, Kernel, Limits, Operation, Timestamp};
+    let mut kernel = Kernel::new(Limits::default());
+    let mut batch = toka_host::Batch::default();
+    for i in 0..records {
+        let op = Operation::RevokeToken {
+            revocation_id: i.to_le_bytes().to_vec(),
+        };
+        let applied = kernel
+            .apply(Command::system(EntityId::SYSTEM, Timestamp(i), op))
+            .unwrap();
+        batch.records.push((applied.seq, applied.bytes));
+        if batch.records.len() == 10_000 || i + 1 == records {
+            batch.head = kernel.head();
+            store.append(std::mem::take(&mut batch)).unwrap();
+        }
+    }
+}
+
 pub fn temp_data() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");

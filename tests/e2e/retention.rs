@@ -679,8 +679,7 @@ async fn a_component_no_agent_runs_is_removed_and_its_bytes_go_with_the_next_arc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_stopping_mid_archive_stops_it_before_its_cut() {
     use reqwest::StatusCode;
-    use toka_host::EventStore as _;
-    use toka_kernel::{Command, EntityId, Kernel, Limits, Operation, Timestamp};
+    use toka_kernel::Limits;
 
     use crate::serve::{Api, Served};
 
@@ -692,21 +691,7 @@ async fn a_server_stopping_mid_archive_stops_it_before_its_cut() {
         let dir = toka_host::DataDir::new(&data);
         let root = dir.root_key(None, true).unwrap();
         let store = dir.open_or_create(&Limits::default(), &root).unwrap();
-        let mut kernel = Kernel::new(Limits::default());
-        let mut batch = toka_host::Batch::default();
-        for i in 0..RECORDS {
-            let op = Operation::RevokeToken {
-                revocation_id: i.to_le_bytes().to_vec(),
-            };
-            let applied = kernel
-                .apply(Command::system(EntityId::SYSTEM, Timestamp(i), op))
-                .unwrap();
-            batch.records.push((applied.seq, applied.bytes));
-            if batch.records.len() == 10_000 {
-                batch.head = kernel.head();
-                store.append(std::mem::take(&mut batch)).unwrap();
-            }
-        }
+        crate::write_revocations(&store, RECORDS);
     }
     let mut served = Served::start_on(&data, &[]);
     let api = Api::new(&served).await;

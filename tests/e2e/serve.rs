@@ -1569,14 +1569,7 @@ async fn a_server_whose_log_fails_stops_with_the_reason() {
         .mint(&[OperatorLevel::Admin.right()], &[], None)
         .unwrap()
         .to_base64();
-    let server = toka_server::Server::bind(toka_server::ServeConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-    ))
-    .await
-    .unwrap();
-    let url = server.url();
-    let served = tokio::spawn(server.run(host, store, std::future::pending()));
-    toka_server::install_crypto();
+    let (url, _stop, served) = serve_here(host, store, loopback()).await;
     let http = reqwest::Client::new();
     // A server of a library host, registered in no data dir, has nowhere
     // to write an archive: it says so instead of writing one elsewhere.
@@ -1683,6 +1676,32 @@ fn let_go(groups: &mut [&mut Vec<std::net::TcpStream>]) {
 
 /// The samples `/metrics` of the server at `url` shows, by name (labels
 /// included).
+/// A server's configuration on a free loopback port.
+fn loopback() -> toka_server::ServeConfig {
+    toka_server::ServeConfig::new("127.0.0.1:0".parse().unwrap())
+}
+
+/// `host` served in this process as `config` says: its URL, the sender
+/// that stops it (when it sends or is dropped), and the serving task.
+async fn serve_here(
+    host: toka_host::Host,
+    store: Arc<dyn toka_host::EventStore>,
+    config: toka_server::ServeConfig,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), toka_server::ServeError>>,
+) {
+    let server = toka_server::Server::bind(config).await.unwrap();
+    let url = server.url();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(server.run(host, store, async {
+        let _ = stopped.await;
+    }));
+    toka_server::install_crypto();
+    (url, stop, served)
+}
+
 pub(crate) async fn metrics(
     http: &reqwest::Client,
     url: &str,
@@ -1836,7 +1855,7 @@ async fn clients_without_a_token_cannot_hold_the_server_s_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_catching_up_keep_one_copy_of_the_state_per_token_family() {
     use toka_host::{DataDir, Host, HostConfig, OperatorLevel};
-    use toka_kernel::{Command, EntityId, Kernel, Limits, Operation, Timestamp};
+    use toka_kernel::Limits;
 
     // A log of 60 000 records, written straight to the data dir's store:
     // a stream from its start has far more to send than the sockets hold.
@@ -1846,23 +1865,7 @@ async fn streams_catching_up_keep_one_copy_of_the_state_per_token_family() {
     let root = dir.root_key(None, true).unwrap();
     let store: Arc<dyn toka_host::EventStore> =
         Arc::new(dir.open_or_create(&Limits::default(), &root).unwrap());
-    {
-        let mut kernel = Kernel::new(Limits::default());
-        let mut batch = toka_host::Batch::default();
-        for i in 0..RECORDS {
-            let op = Operation::RevokeToken {
-                revocation_id: i.to_le_bytes().to_vec(),
-            };
-            let applied = kernel
-                .apply(Command::system(EntityId::SYSTEM, Timestamp(i), op))
-                .unwrap();
-            batch.records.push((applied.seq, applied.bytes));
-            if batch.records.len() == 10_000 {
-                batch.head = kernel.head();
-                store.append(std::mem::take(&mut batch)).unwrap();
-            }
-        }
-    }
+    crate::write_revocations(store.as_ref(), RECORDS);
     let host = Host::open(Arc::clone(&store), root, HostConfig::new())
         .await
         .unwrap();
@@ -1870,17 +1873,7 @@ async fn streams_catching_up_keep_one_copy_of_the_state_per_token_family() {
         .mint(&[OperatorLevel::Read.right()], &[], None)
         .unwrap()
         .to_base64();
-    let server = toka_server::Server::bind(toka_server::ServeConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-    ))
-    .await
-    .unwrap();
-    let url = server.url();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(server.run(host, store, async {
-        let _ = stopped.await;
-    }));
-    toka_server::install_crypto();
+    let (url, stop, served) = serve_here(host, store, loopback()).await;
     let http = reqwest::Client::new();
 
     // Three streams of one client from the start, none of them read: each
@@ -1954,17 +1947,11 @@ async fn one_token_family_cannot_take_every_stream_or_wait() {
     };
     // Two clients, each with a root token of its own: two families.
     let (hostile, other) = (read(), read());
-    let mut serving = toka_server::ServeConfig::new("127.0.0.1:0".parse().unwrap());
+    let mut serving = loopback();
     // One address here is every client: connections are not what is
     // bounded in this test.
     serving.max_connections_per_client(1024);
-    let server = toka_server::Server::bind(serving).await.unwrap();
-    let url = server.url();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(server.run(host, store, async {
-        let _ = stopped.await;
-    }));
-    toka_server::install_crypto();
+    let (url, stop, served) = serve_here(host, store, serving).await;
     let http = reqwest::Client::new();
 
     // Streams: 256 in all, a quarter per family. The hostile client holds

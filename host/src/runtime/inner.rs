@@ -118,6 +118,8 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
 
+    use toka_kernel::Digest;
+
     use crate::runtime::guest::{AgentCtx, add_imports};
     use crate::sandbox::components::{Components, Unprepared};
 
@@ -128,37 +130,32 @@ mod tests {
                 .unwrap()
                 .into()
         };
-        let [a, b, c] = ["hello", "counter", "test-bench"].map(read);
-        let size = |bytes: &Arc<[u8]>| {
-            let components = Components::<AgentCtx>::new(false, None, add_imports).unwrap();
+        /// Prepares `bytes` in `components`: its digest.
+        async fn prepared(components: &Components<AgentCtx>, bytes: &Arc<[u8]>) -> Digest {
+            let digest = Digest::of(bytes);
             let bytes = Arc::clone(bytes);
-            async move {
-                let digest = toka_kernel::Digest::of(&bytes);
-                components
-                    .prepare(digest, || Ok::<_, Infallible>(bytes))
-                    .await
-                    .unwrap();
-                components.kept().0
-            }
+            components
+                .prepare(digest, || Ok::<_, Infallible>(bytes))
+                .await
+                .unwrap();
+            digest
+        }
+        let fresh = || Components::<AgentCtx>::new(false, None, add_imports).unwrap();
+        let [a, b, c] = ["hello", "counter", "test-bench"].map(read);
+        let mut sizes = Vec::new();
+        for bytes in [&a, &b, &c] {
+            let alone = fresh();
+            prepared(&alone, bytes).await;
+            sizes.push(alone.kept().0);
+        }
+        let [sa, sb, sc] = sizes[..] else {
+            unreachable!("three sizes")
         };
-        let (sa, sb, sc) = (size(&a).await, size(&b).await, size(&c).await);
         assert!(sa > 0 && sb > 0 && sc > 0);
         // Room for any two of them, not three.
         let limit = sa + sb + sc - sa.min(sb).min(sc);
-        let components = Components::<AgentCtx>::new(false, None, add_imports)
-            .unwrap()
-            .keeping(limit);
-        let prepare = |bytes: &Arc<[u8]>| {
-            let (components, bytes) = (components.clone(), Arc::clone(bytes));
-            async move {
-                let digest = toka_kernel::Digest::of(&bytes);
-                components
-                    .prepare(digest, || Ok::<_, Infallible>(bytes))
-                    .await
-                    .unwrap();
-                digest
-            }
-        };
+        let components = fresh().keeping(limit);
+        let prepare = |bytes| prepared(&components, bytes);
         let (da, db) = (prepare(&a).await, prepare(&b).await);
         assert_eq!(components.kept(), (sa + sb, 2));
         // `a` used since `b` was compiled: `b` goes when `c` comes.
@@ -176,15 +173,8 @@ mod tests {
         assert_eq!(components.compiles().0, 4);
         assert!(components.kept().0 <= limit);
         // Kept past the bound, one component alone: the last compiled.
-        let tight = Components::<AgentCtx>::new(false, None, add_imports)
-            .unwrap()
-            .keeping(1);
-        let digest = toka_kernel::Digest::of(&a);
-        let bytes = Arc::clone(&a);
-        tight
-            .prepare(digest, || Ok::<_, Infallible>(bytes))
-            .await
-            .unwrap();
+        let tight = fresh().keeping(1);
+        prepared(&tight, &a).await;
         assert_eq!(tight.kept(), (sa, 1));
     }
 

@@ -16,7 +16,8 @@
 //! times: reads, which take the host's lock and are not operations; its
 //! keys are put before), each again as soon as the last one ended
 //! (`TOKA_BUSY_LISTER=0`: no lister; `TOKA_BUSY_READ_PACE=0`: its reads
-//! unpaced, as before `runtime::reads`).
+//! unpaced, as before `runtime::reads`; `TOKA_BUSY_SHORT_KEYS=1`: its keys
+//! of 1 to 3 bytes, where the copying is mostly one allocation a key).
 //!
 //! A task's latency is from its scheduling (the call returned) to its end
 //! as `Host::wait_task` reports it. Prints p50, p90, p99 and the largest,
@@ -112,10 +113,12 @@ async fn run(agents: usize, tasks: usize, full: bool) {
     let with_lister = count("TOKA_BUSY_LISTER", 1) != 0;
     // Its keys are put before the run: it only lists them then (fewer in
     // a smoke run).
-    let (fill, list) = if full {
-        ("keys 4096 0", "keys 4096 1000")
-    } else {
-        ("keys 256 0", "keys 256 10")
+    // `TOKA_BUSY_SHORT_KEYS=1`: keys of 1 to 3 bytes, not 200.
+    let short = count("TOKA_BUSY_SHORT_KEYS", 0) != 0;
+    let (fill, list) = match (full, short) {
+        (true, false) => ("keys 4096 0", "keys 4096 1000"),
+        (true, true) => ("keys 4096 0 short", "keys 4096 1000 short"),
+        (false, _) => ("keys 256 0", "keys 256 10"),
     };
     let filled = host.schedule(lister, fill).await.expect("schedule");
     host.wait_task(filled, STUCK).await.expect("wait");

@@ -8,8 +8,9 @@
 //! mostly do); `get N URL [THEN]` sends N `GET`s to URL (then one to THEN);
 //! `spawn N PREFIX` spawns N `test-bench` children named `PREFIX-i`, each
 //! holding only `observe`, and gives each the task `observe 1`; `keys N
-//! [READS]` puts N keys of 200 bytes (those not there yet) and lists the
-//! keys READS times (1; needs `state`); `tasks`
+//! [READS] [short]` puts N keys of 200 bytes (with `short`, of 1 to 3: the
+//! number in hex; those not there yet) and lists the keys READS times (1;
+//! needs `state`); `tasks`
 //! answers how many tasks this instance has run, itself included (1: a new
 //! instance); `refused N [URL]` observes (or GETs URL) N times whatever the
 //! host answers, and answers how many were refused; anything else does
@@ -135,8 +136,14 @@ impl Agent for Bench {
                 let mut words = arg.split_whitespace();
                 let n = count(words.next().unwrap_or("0"))?;
                 let reads = words.next().map(count).transpose()?.unwrap_or(1);
+                let short = words.next() == Some("short");
                 for i in ctx.keys().len() as u64..n {
-                    ctx.put(&format!("{i:0>200}"), [1u8])?;
+                    let key = if short {
+                        format!("{i:x}")
+                    } else {
+                        format!("{i:0>200}")
+                    };
+                    ctx.put(&key, [1u8])?;
                 }
                 let mut listed = 0;
                 for _ in 0..reads {

@@ -43,9 +43,12 @@ use tokio::time::Instant;
 use crate::sandbox::pace::unpoisoned;
 pub(crate) use crate::sandbox::pace::{Buckets, Pace, pause, refused};
 
-/// What an agent's reads cost it, in bytes: what is copied, a little for
-/// each key listed ...
-pub(crate) const PER_ITEM: u64 = 32;
+/// What an agent's reads cost it, in bytes: what is copied, and for each
+/// key listed an allocation's worth (each key is copied on its own under
+/// the lock: at 32 bytes, a lister of keys of 1 to 3 bytes took a third of
+/// a thousand busy agents' throughput; BENCHMARKS.md, "Listing short
+/// keys") ...
+pub(crate) const PER_ITEM: u64 = 128;
 
 /// ... and more for each read (each takes the lock): at the default pace
 /// an agent reads at most 65 536 times a second.

@@ -364,6 +364,27 @@ impl WorldState {
             .unwrap_or(0)
     }
 
+    /// The lifetime log-bytes quota (`log=SIZE`) of an account `agent`'s
+    /// records are charged to (its own or an ancestor's) that is spent, if
+    /// one is: the host fails the agent's next task instead of starting
+    /// it, since the records it writes for a task (its output among them)
+    /// would be charged past the total.
+    #[must_use]
+    pub fn log_total_spent(&self, agent: AgentId) -> Option<KernelError> {
+        let rules = self.rules.as_ref()?;
+        self.accounts_up(rules, agent)
+            .find_map(|(id, record, quotas)| {
+                let limit = quotas.log_bytes_total?;
+                let spent = record.account.log_bytes_total;
+                (spent >= limit).then_some(KernelError::QuotaExceeded {
+                    agent: id,
+                    quota: Quota::LogBytesTotal,
+                    limit,
+                    wanted: spent,
+                })
+            })
+    }
+
     /// Who may submit what, whatever a token says.
     fn check_authority(&self, cmd: &Command, kind: OpKind) -> Result<(), KernelError> {
         let origin = cmd.origin;

@@ -424,6 +424,53 @@ async fn task_outputs_cannot_outrun_the_tree_s_log_quota() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_task_starts_once_the_agent_s_lifetime_log_bytes_are_spent() {
+    // Regression: a task's output is charged into debt, never refused, and
+    // the lifetime total (`log=SIZE`) held nothing back: an agent past it
+    // had each queued task's 1 MiB written all the same.
+    let arena = Arena::with_limits(AgentLimits::default()).await;
+    let flood = arena
+        .agent(
+            "hostile-flood",
+            Grant::Budgeted {
+                rights: ["observe", "schedule self"]
+                    .map(|r| r.parse().unwrap())
+                    .to_vec(),
+                budgets: vec![Budget::LogBytes(64 << 10)],
+            },
+        )
+        .await;
+    assert_eq!(
+        outcome(&arena.host, flood, "outputs 5").await,
+        Ok("scheduled 5".to_owned())
+    );
+    arena.host.run_until_idle().await.unwrap();
+    let events = arena.finish().await;
+    // The first output passes the total (it is charged into debt); the
+    // four tasks queued behind it fail without running.
+    let outputs = count(
+        &events,
+        |e| matches!(e, Event::TaskCompleted { agent, output, .. } if agent == &flood && output.len() == 1 << 20),
+    );
+    assert_eq!(outputs, 1);
+    let spent: Vec<&String> = events
+        .iter()
+        .filter_map(|l| match &l.event {
+            Event::TaskFailed { agent, reason, .. } if agent == &flood => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(spent.len(), 4, "{spent:?}");
+    assert!(
+        spent.iter().all(
+            |r| r.starts_with("quota exceeded: log bytes in all of agent ")
+                && r.ends_with("the limit is 65536")
+        ),
+        "{spent:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unbounded_memory_growth_traps_at_the_tokens_memory_budget() {
     let arena = Arena::with_limits(AgentLimits::default()).await;
     let hog = arena

@@ -260,6 +260,14 @@ async fn attempt_task(
     started: bool,
     instance: &mut Option<Instance>,
 ) -> Outcome {
+    // An agent whose lifetime log bytes are spent runs nothing more: the
+    // records of a task (its output among them) would pass the total.
+    if let Some(spent) = inner.sequencer.log_total_spent(agent) {
+        *instance = None;
+        let reason = inner.clip_reason(&spent);
+        record(inner, agent, Operation::FailTask { task, reason }).await;
+        return Outcome::Done;
+    }
     // An agent whose token no longer stands runs nothing more: asked
     // before an instance is made, and again once it holds one (the token
     // may have been withdrawn while it waited for a place).

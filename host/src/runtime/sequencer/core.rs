@@ -626,6 +626,13 @@ impl Sequencer {
         (debt > 0).then(|| std::time::Duration::from_millis(debt).min(LOOK_AGAIN))
     }
 
+    /// Why `agent`'s next task fails instead of starting, if it does: the
+    /// lifetime log-bytes quota of its account or an ancestor's is spent.
+    pub(crate) fn log_total_spent(&self, agent: AgentId) -> Option<String> {
+        self.read(|kernel| kernel.state().log_total_spent(agent))
+            .map(|spent| spent.to_string())
+    }
+
     /// Why what agents write is refused now, if it is: the disk is below
     /// its reserve (a task's output among it: the task fails instead).
     pub(crate) fn disk_refusal(&self) -> Option<String> {

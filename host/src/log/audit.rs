@@ -79,18 +79,28 @@ pub fn audit_reporting(
     root: PublicKey,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<AuditReport, LogError> {
-    crate::log::read_whole(store, || audit_once(store, root, progress))
+    crate::log::read_whole(store, || audit_once(store, root, TOKENS_KEPT, progress))
 }
 
+/// Tokens the audit keeps parsed at once.
+const TOKENS_KEPT: usize = 4096;
+
+/// [`audit`], keeping at most `kept` tokens parsed at once.
 fn audit_once(
     store: &dyn EventStore,
     root: PublicKey,
+    kept: usize,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<AuditReport, LogError> {
     let total = store.head()?.seq;
     let max_token = store.limits()?.max_token as usize;
     let mut tokens: HashMap<Digest, Result<Token, String>> = HashMap::new();
     let mut load = |digest: Digest| -> Result<Token, String> {
+        // The tokens of a long log are as many as the agents ever spawned:
+        // at most so many are kept, then read from the store again.
+        if tokens.len() >= kept && !tokens.contains_key(&digest) {
+            tokens.clear();
+        }
         tokens
             .entry(digest)
             .or_insert_with(|| {
@@ -357,5 +367,45 @@ fn join(rights: &[Right]) -> String {
         "nothing".into()
     } else {
         texts.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::capability::rights::Right;
+    use crate::{Grant, Host, HostConfig, MemoryStore, RootKey};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_cache_of_one_audits_as_a_large_one() {
+        // Agents of three tokens take turns in the log: with one token
+        // kept, each record reads its token from the store again.
+        let store = Arc::new(MemoryStore::new(toka_kernel::Limits::default()));
+        let root = RootKey::generate();
+        let public = root.public();
+        let host = Host::open(Arc::clone(&store) as _, root, HostConfig::default())
+            .await
+            .unwrap();
+        let bytes = std::fs::read(toka_agents::path("hello").unwrap()).unwrap();
+        let hello = host.install("hello", bytes).await.unwrap();
+        let observe: Right = "observe".parse().unwrap();
+        let mut agents = Vec::new();
+        for name in ["a", "b", "c"] {
+            let grant = Grant::Rights(vec![observe.clone()]);
+            agents.push(host.spawn(hello, name, grant).await.unwrap());
+        }
+        for round in 0..3 {
+            for &agent in &agents {
+                host.schedule(agent, &format!("{round}")).await.unwrap();
+            }
+            host.run_until_idle().await.unwrap();
+        }
+        host.shutdown().await.unwrap();
+        let large = super::audit_once(store.as_ref(), public, 4096, &mut |_, _| {}).unwrap();
+        let one = super::audit_once(store.as_ref(), public, 1, &mut |_, _| {}).unwrap();
+        assert!(large.allowed >= 9, "{large:?}");
+        assert!(large.mismatches.is_empty(), "{large:?}");
+        assert_eq!(one, large);
     }
 }

@@ -333,6 +333,29 @@ async fn fuel_stops_loops_deterministically_and_repeated_faults_quarantine_the_a
     );
 }
 
+const MIB: u64 = 1 << 20;
+
+/// A `hostile-flood` that may schedule tasks for itself (`outputs N`,
+/// each `output` ending with 1 MiB), held to `budget`.
+async fn outputs_agent(arena: &Arena, budget: Budget) -> AgentId {
+    arena
+        .agent(
+            "hostile-flood",
+            Grant::Budgeted {
+                rights: ["observe", "schedule self"]
+                    .map(|r| r.parse().unwrap())
+                    .to_vec(),
+                budgets: vec![budget],
+            },
+        )
+        .await
+}
+
+/// Whether `event` is one of `agent`'s `output` tasks completing.
+fn is_output_of(event: &Event, agent: AgentId) -> bool {
+    matches!(event, Event::TaskCompleted { agent: a, output, .. } if *a == agent && output.len() as u64 == MIB)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_outputs_cannot_outrun_the_tree_s_log_quota() {
     // Regression (audit): the host's records for a task (its output among
@@ -341,7 +364,6 @@ async fn task_outputs_cannot_outrun_the_tree_s_log_quota() {
     // ending with 1 MiB wrote them all at once, past its quota (and past
     // the disk's reserve, until the disk filled and the host stopped). A
     // task now starts only once the tree is out of debt.
-    const MIB: u64 = 1 << 20;
     let clock = toka_host::ManualClock::at(1_800_000_000_000);
     let arena = Arena::new(
         toka_host::HostConfig::new()
@@ -350,17 +372,7 @@ async fn task_outputs_cannot_outrun_the_tree_s_log_quota() {
     )
     .await;
     // 256 KiB a second; the rules' 16 s of burst: 4 MiB.
-    let flood = arena
-        .agent(
-            "hostile-flood",
-            Grant::Budgeted {
-                rights: ["observe", "schedule self"]
-                    .map(|r| r.parse().unwrap())
-                    .to_vec(),
-                budgets: vec![Budget::LogRate(MIB / 4)],
-            },
-        )
-        .await;
+    let flood = outputs_agent(&arena, Budget::LogRate(MIB / 4)).await;
     let mut rx = arena.host.subscribe();
     let outputs = Arc::new(AtomicU64::new(0));
     let counting = {
@@ -371,7 +383,7 @@ async fn task_outputs_cannot_outrun_the_tree_s_log_quota() {
                     .records
                     .iter()
                     .flat_map(|r| &r.events)
-                    .filter(|e| matches!(e, Event::TaskCompleted { agent, output, .. } if agent == &flood && output.len() as u64 == MIB))
+                    .filter(|e| is_output_of(e, flood))
                     .count();
                 outputs.fetch_add(ended as u64, Ordering::SeqCst);
             }
@@ -414,13 +426,7 @@ async fn task_outputs_cannot_outrun_the_tree_s_log_quota() {
     }
     let events = arena.finish().await;
     counting.abort();
-    assert_eq!(
-        count(
-            &events,
-            |e| matches!(e, Event::TaskCompleted { agent, output, .. } if *agent == flood && output.len() as u64 == MIB)
-        ),
-        12
-    );
+    assert_eq!(count(&events, |e| is_output_of(e, flood)), 12);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,17 +435,7 @@ async fn no_task_starts_once_the_agent_s_lifetime_log_bytes_are_spent() {
     // the lifetime total (`log=SIZE`) held nothing back: an agent past it
     // had each queued task's 1 MiB written all the same.
     let arena = Arena::with_limits(AgentLimits::default()).await;
-    let flood = arena
-        .agent(
-            "hostile-flood",
-            Grant::Budgeted {
-                rights: ["observe", "schedule self"]
-                    .map(|r| r.parse().unwrap())
-                    .to_vec(),
-                budgets: vec![Budget::LogBytes(64 << 10)],
-            },
-        )
-        .await;
+    let flood = outputs_agent(&arena, Budget::LogBytes(64 << 10)).await;
     assert_eq!(
         outcome(&arena.host, flood, "outputs 5").await,
         Ok("scheduled 5".to_owned())
@@ -448,10 +444,7 @@ async fn no_task_starts_once_the_agent_s_lifetime_log_bytes_are_spent() {
     let events = arena.finish().await;
     // The first output passes the total (it is charged into debt); the
     // four tasks queued behind it fail without running.
-    let outputs = count(
-        &events,
-        |e| matches!(e, Event::TaskCompleted { agent, output, .. } if agent == &flood && output.len() == 1 << 20),
-    );
+    let outputs = count(&events, |e| is_output_of(e, flood));
     assert_eq!(outputs, 1);
     let spent: Vec<&String> = events
         .iter()

@@ -1014,7 +1014,8 @@ fn rules_to_adopt(current: Option<Rules>, configured: Option<Rules>) -> Option<R
 mod tests {
     use std::sync::Arc;
 
-    use crate::Host;
+    use crate::capability::rights::Right;
+    use crate::{Grant, Host, HostConfig, MemoryStore, RootKey};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_removed_component_leaves_the_compiled_cache() {
@@ -1035,5 +1036,38 @@ mod tests {
         host.inner.sequencer.wait_published(head).await.unwrap();
         assert!(components.cached(&digest).is_none());
         host.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_cache_of_one_audits_as_a_large_one() {
+        // Agents of three tokens take turns in the log: with one token
+        // kept, each record reads its token from the store again.
+        let store = Arc::new(MemoryStore::new(toka_kernel::Limits::default()));
+        let root = RootKey::generate();
+        let public = root.public();
+        let host = Host::open(Arc::clone(&store) as _, root, HostConfig::default())
+            .await
+            .unwrap();
+        let bytes = std::fs::read(toka_agents::path("hello").unwrap()).unwrap();
+        let hello = host.install("hello", bytes).await.unwrap();
+        let observe: Right = "observe".parse().unwrap();
+        let mut agents = Vec::new();
+        for name in ["a", "b", "c"] {
+            let grant = Grant::Rights(vec![observe.clone()]);
+            agents.push(host.spawn(hello, name, grant).await.unwrap());
+        }
+        for round in 0..3 {
+            for &agent in &agents {
+                host.schedule(agent, &format!("{round}")).await.unwrap();
+            }
+            host.run_until_idle().await.unwrap();
+        }
+        host.shutdown().await.unwrap();
+        let large =
+            crate::log::audit::audit_once(store.as_ref(), public, 4096, &mut |_, _| {}).unwrap();
+        let one = crate::log::audit::audit_once(store.as_ref(), public, 1, &mut |_, _| {}).unwrap();
+        assert!(large.allowed >= 9, "{large:?}");
+        assert!(large.mismatches.is_empty(), "{large:?}");
+        assert_eq!(one, large);
     }
 }

@@ -47,7 +47,7 @@ pub use http::{
     Exchange, HttpFailure, HttpOutcome, HttpRequest, MAX_METHOD, MAX_REQUESTS_PER_TASK,
     MAX_RESPONSE_HEADERS, MAX_URL,
 };
-pub use id::{AgentId, Digest, EntityId, ParseIdError, TaskId, to_hex};
+pub use id::{AgentId, Digest, EntityId, IdHash, IdHasher, ParseIdError, TaskId, to_hex};
 pub use idempotency::{IDEMPOTENCY_KEYS_KEPT, MAX_IDEMPOTENCY_KEY};
 pub use kernel::{Applied, Kernel, ReplayError, ReplayErrorKind, replay_log};
 pub use limits::{Limit, Limits};

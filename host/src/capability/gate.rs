@@ -141,37 +141,6 @@ impl Decisions {
     }
 }
 
-/// Hashes a [`Digest`] key by its first 8 bytes: digests are uniform, and
-/// not chosen by agents (they are BLAKE3 of token bytes), so that is as good
-/// as hashing all 32 and several times cheaper.
-#[derive(Debug, Clone, Copy, Default)]
-struct DigestHash;
-
-impl std::hash::BuildHasher for DigestHash {
-    type Hasher = DigestHasher;
-
-    fn build_hasher(&self) -> DigestHasher {
-        DigestHasher(0)
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct DigestHasher(u64);
-
-impl std::hash::Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // `Digest` hashes as its 32 bytes; fold the first 8.
-        let mut first = [0u8; 8];
-        let n = bytes.len().min(8);
-        first[..n].copy_from_slice(&bytes[..n]);
-        self.0 ^= u64::from_le_bytes(first);
-    }
-}
-
 /// What the gate has done since it was made, read by
 /// [`Host::metrics`](crate::Host::metrics).
 #[derive(Debug, Default)]
@@ -225,7 +194,7 @@ pub(crate) struct Gate {
     root: PublicKey,
     tokens_source: Arc<dyn TokenSource>,
     max_token: usize,
-    tokens: HashMap<Digest, Verified, DigestHash>,
+    tokens: HashMap<Digest, Verified, toka_kernel::IdHash>,
     /// The eviction clock: the kept tokens in the order it visits them.
     clock: std::collections::VecDeque<Digest>,
     /// How many verified tokens are kept ([`MAX_VERIFIED_TOKENS`]).

@@ -59,7 +59,7 @@ pub(crate) struct Warm {
 struct Kept {
     /// Counts every keep: the age of a kept instance.
     clock: u64,
-    by_agent: HashMap<AgentId, (u64, Instance)>,
+    by_agent: HashMap<AgentId, (u64, Instance), toka_kernel::IdHash>,
     by_age: BTreeMap<u64, AgentId>,
 }
 

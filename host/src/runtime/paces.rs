@@ -91,11 +91,11 @@ pub(crate) struct Kept {
 
 #[derive(Debug, Default)]
 struct Register {
-    by_agent: HashMap<AgentId, Paces>,
+    by_agent: HashMap<AgentId, Paces, toka_kernel::IdHash>,
     /// Entries held when `by_agent` is next swept of full buckets.
     sweep_at: usize,
     /// Each tree's buckets, while an agent's paces hold them.
-    trees: HashMap<AgentId, TreeBuckets>,
+    trees: HashMap<AgentId, TreeBuckets, toka_kernel::IdHash>,
     /// Entries held when `trees` is next swept of buckets nobody holds.
     trees_sweep_at: usize,
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use toka_kernel::{AgentId, Event, TaskId, TaskStatus, WorldState};
+use toka_kernel::{AgentId, Event, IdHash, TaskId, TaskStatus, WorldState};
 use tokio::sync::oneshot;
 
 use crate::log::committed::CommittedRecord;
@@ -142,7 +142,7 @@ impl TaskInfo {
 /// Callers waiting for tasks to end.
 #[derive(Debug, Default)]
 pub(crate) struct Waiters {
-    waiting: Mutex<HashMap<TaskId, Vec<oneshot::Sender<TaskInfo>>>>,
+    waiting: Mutex<HashMap<TaskId, Vec<oneshot::Sender<TaskInfo>>, IdHash>>,
     /// How many tasks have waiters: the router skips the lock at zero.
     tasks: AtomicUsize,
     /// The tasks that ended last, so asking for a task that just ended
@@ -161,7 +161,7 @@ const RECENT_OUTPUT_MAX: usize = 4096;
 /// The most recent ends, oldest first; bounded.
 #[derive(Debug, Default)]
 struct RecentEnds {
-    by_task: HashMap<TaskId, TaskInfo>,
+    by_task: HashMap<TaskId, TaskInfo, IdHash>,
     order: std::collections::VecDeque<TaskId>,
 }
 
@@ -258,7 +258,9 @@ impl Waiters {
         recent.by_task.get(&task).cloned()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Vec<oneshot::Sender<TaskInfo>>>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<TaskId, Vec<oneshot::Sender<TaskInfo>>, IdHash>> {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

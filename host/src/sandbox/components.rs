@@ -385,7 +385,7 @@ pub(crate) const DEFAULT_KEPT: usize = 512 << 20;
 /// grow the host's memory with each (an instance made from one keeps its
 /// code however the cache lets it go).
 struct Cache<T: 'static> {
-    entries: HashMap<Digest, Kept<T>>,
+    entries: HashMap<Digest, Kept<T>, toka_kernel::IdHash>,
     /// Bytes of compiled code the entries hold.
     bytes: usize,
     /// The most bytes kept (the last component compiled is kept anyway).
@@ -404,7 +404,7 @@ struct Kept<T: 'static> {
 impl<T: 'static> Cache<T> {
     fn new(limit: usize) -> Cache<T> {
         Cache {
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             bytes: 0,
             limit,
             uses: 0,

@@ -32,9 +32,9 @@ struct State {
     /// Places nobody holds.
     free: usize,
     /// Places held, per tree (trees holding none are absent).
-    held: HashMap<AgentId, usize>,
+    held: HashMap<AgentId, usize, toka_kernel::IdHash>,
     /// Actors waiting for a place, per tree, oldest first.
-    waiting: HashMap<AgentId, VecDeque<oneshot::Sender<Place>>>,
+    waiting: HashMap<AgentId, VecDeque<oneshot::Sender<Place>>, toka_kernel::IdHash>,
     /// The trees in `waiting`, in the order they take their turns.
     turns: VecDeque<AgentId>,
     /// The host is stopping: no more places are handed out.

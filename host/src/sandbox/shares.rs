@@ -18,7 +18,7 @@ pub(crate) struct Shares {
     /// The most `all` has been.
     peak: u64,
     /// Held per tree (trees holding none are absent).
-    by_tree: HashMap<AgentId, u64>,
+    by_tree: HashMap<AgentId, u64, toka_kernel::IdHash>,
 }
 
 /// The bound a growth would pass.
@@ -49,7 +49,7 @@ impl Shares {
             per_tree: per_tree.min(total),
             all: 0,
             peak: 0,
-            by_tree: HashMap::new(),
+            by_tree: HashMap::default(),
         }
     }
 

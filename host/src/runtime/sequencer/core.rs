@@ -6,7 +6,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use toka_kernel::{
     AgentId, Applied, Authorization, ChainHead, Command, Digest, EntityId, EntityKind, Event,
-    Kernel, KernelError, OpKey, Operation, Quota, Refusal, RefusalKind, TaskId, Timestamp,
+    IdHash, Kernel, KernelError, OpKey, Operation, Quota, Refusal, RefusalKind, TaskId, Timestamp,
 };
 use tokio::sync::watch;
 
@@ -299,7 +299,7 @@ impl std::fmt::Debug for Spawn {
 #[derive(Debug, Default)]
 pub(crate) struct Denials {
     pub(super) minute: u64,
-    pub(super) counts: HashMap<AgentId, u32>,
+    pub(super) counts: HashMap<AgentId, u32, IdHash>,
 }
 
 /// The digest a refusal is recorded under: what the agent asked for. For
@@ -432,7 +432,7 @@ pub(super) struct Core {
     /// copies of the payloads.
     pub(super) pending_bytes: usize,
     /// Per running task: what was refused since its last applied operation.
-    pub(super) refusals: HashMap<TaskId, Vec<Refusal>>,
+    pub(super) refusals: HashMap<TaskId, Vec<Refusal>, IdHash>,
     /// The state writes of re-run tasks, by key.
     pub(super) rewrites: super::rewrites::Rewrites,
     pub(super) denials: Denials,
@@ -441,7 +441,7 @@ pub(super) struct Core {
     /// Below its reserve, agents' operations are refused.
     pub(super) disk: Arc<super::disk::DiskWatch>,
     /// Operator tokens already attached to a batch (see [`By::Operator`]).
-    pub(super) stored_operators: std::collections::HashSet<Digest>,
+    pub(super) stored_operators: std::collections::HashSet<Digest, IdHash>,
     pub(super) stopped: Option<Stopped>,
     pub(super) closing: bool,
     /// Someone waits for the pending batch to be durable (an outbound
@@ -503,12 +503,12 @@ impl Sequencer {
                     pending: Batch::default(),
                     pending_records: Vec::new(),
                     pending_bytes: 0,
-                    refusals: HashMap::new(),
+                    refusals: HashMap::default(),
                     rewrites: super::rewrites::Rewrites::default(),
                     denials: Denials::default(),
                     state_budget,
                     disk: Arc::clone(&disk),
-                    stored_operators: std::collections::HashSet::new(),
+                    stored_operators: std::collections::HashSet::default(),
                     stopped: None,
                     closing: false,
                     hurry: false,

@@ -20,7 +20,7 @@ impl Denials {
             // The last minute's counts are done with (an agent denied once
             // is not held for ever), and so is the room a burst took.
             self.minute = minute;
-            self.counts = HashMap::new();
+            self.counts = HashMap::default();
         }
         let count = self.counts.entry(agent).or_insert(0);
         *count += 1;

@@ -14,7 +14,7 @@ use toka_kernel::{Replaced, Run, TaskId, WorldState};
 /// journal.
 #[derive(Default)]
 pub(crate) struct Rewrites {
-    tasks: HashMap<TaskId, Writes>,
+    tasks: HashMap<TaskId, Writes, toka_kernel::IdHash>,
 }
 
 /// One task's writes: for each key, the journal positions that wrote it,

@@ -43,8 +43,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use toka_kernel::{
-    AgentId, Applied, Cell, Delivery, EntityId, Event, JournalEntry, MAX_OUTBOX_PER_AGENT, OpKey,
-    Operation, Parcel, Replaced, Run, TaskId, TaskSpec, WorldState,
+    AgentId, Applied, Cell, Delivery, EntityId, Event, IdHash, JournalEntry, MAX_OUTBOX_PER_AGENT,
+    OpKey, Operation, Parcel, Replaced, Run, TaskId, TaskSpec, WorldState,
 };
 
 use crate::sandbox::places::tree_of;
@@ -170,16 +170,16 @@ pub(crate) struct StateBudget {
     /// What each tree holds, and the bounds.
     shares: Shares,
     /// The tasks not yet ended: the tree each is counted to, and its bytes.
-    tasks: HashMap<TaskId, (AgentId, u64)>,
+    tasks: HashMap<TaskId, (AgentId, u64), IdHash>,
     /// The running tasks' journals: the tree each is counted to (its
     /// agent's), and its bytes.
-    journals: HashMap<TaskId, (AgentId, u64)>,
+    journals: HashMap<TaskId, (AgentId, u64), IdHash>,
     /// The tasks in a cluster's cell's outbox, for agents of other cells,
     /// by the record that put each there: the tree each is counted to,
     /// and its bytes, until the host hands them to JetStream.
     outbox: BTreeMap<u64, (AgentId, u64)>,
     /// How many of the outbox's tasks each tree has there.
-    outbox_of: HashMap<AgentId, usize>,
+    outbox_of: HashMap<AgentId, usize, IdHash>,
     /// The cell this is, in a cluster.
     cell: Option<Cell>,
 }
@@ -307,16 +307,17 @@ impl StateBudget {
     ) -> StateBudget {
         let mut budget = StateBudget {
             shares: Shares::new(total, per_tree),
-            tasks: HashMap::new(),
-            journals: HashMap::new(),
+            tasks: HashMap::default(),
+            journals: HashMap::default(),
             outbox: BTreeMap::new(),
-            outbox_of: HashMap::new(),
+            outbox_of: HashMap::default(),
             cell,
         };
         // An agent's id is higher than its parent's, so in id order a
         // parent's tree is known when its children come; the walk up is
         // for an order no valid state has.
-        let mut trees: HashMap<AgentId, AgentId> = HashMap::with_capacity(state.agents().len());
+        let mut trees: HashMap<AgentId, AgentId, IdHash> =
+            HashMap::with_capacity_and_hasher(state.agents().len(), IdHash);
         for (id, agent) in state.agents() {
             let tree = match trees.get(&agent.parent) {
                 Some(tree) => *tree,

@@ -775,8 +775,11 @@ impl EventStore for Failing {
     ) -> Result<Option<Vec<u8>>, toka_host::StoreError> {
         self.inner.token(digest)
     }
-    fn tokens(&self) -> Result<Vec<(toka_kernel::Digest, Vec<u8>)>, toka_host::StoreError> {
-        self.inner.tokens()
+    fn find_token(
+        &self,
+        wanted: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<Option<toka_kernel::Digest>, toka_host::StoreError> {
+        self.inner.find_token(wanted)
     }
     fn anchor(&self) -> Result<Option<toka_host::Anchor>, toka_host::StoreError> {
         self.inner.anchor()

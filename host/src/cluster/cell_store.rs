@@ -995,17 +995,21 @@ impl EventStore for CellStore {
         self.object(&format!("token.{digest}"))
     }
 
-    fn tokens(&self) -> Result<Vec<(Digest, Vec<u8>)>, StoreError> {
-        let mut tokens = Vec::new();
+    fn find_token(
+        &self,
+        wanted: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<Option<Digest>, StoreError> {
         for name in self.object_names("token.")? {
             let Some(digest) = name.strip_prefix("token.").and_then(|d| d.parse().ok()) else {
                 continue;
             };
-            if let Some(bytes) = self.object(&name)? {
-                tokens.push((digest, bytes));
+            if let Some(bytes) = self.object(&name)?
+                && wanted(&bytes)
+            {
+                return Ok(Some(digest));
             }
         }
-        Ok(tokens)
+        Ok(None)
     }
 
     fn anchor(&self) -> Result<Option<Anchor>, StoreError> {

@@ -446,19 +446,16 @@ impl HostParts<'_> {
 
     /// Whether a token the host knows carries `id`.
     pub(crate) async fn knows_revocation_id(&self, id: &[u8]) -> Result<bool, HostError> {
-        // Every token the host ever stored, on a blocking thread; their
-        // ids read from their bytes, not verified again (they were when
-        // stored): a signature check each, and each admitted to the gate's
-        // cache would push out the tokens running agents use.
+        // Every token the host ever stored, one at a time on a blocking
+        // thread; their ids read from their bytes, not verified again
+        // (they were when stored): a signature check each, and each
+        // admitted to the gate's cache would push out the tokens running
+        // agents use.
         let store = Arc::clone(&self.inner.store);
         let wanted = id.to_vec();
         let stored = tokio::task::spawn_blocking(move || {
-            Ok::<_, HostError>(
-                store
-                    .tokens()?
-                    .iter()
-                    .any(|(_, bytes)| Token::stored_revocation_ids(bytes).contains(&wanted)),
-            )
+            let carries = &mut |bytes: &[u8]| Token::stored_revocation_ids(bytes).contains(&wanted);
+            Ok::<_, HostError>(store.find_token(carries)?.is_some())
         })
         .await
         .map_err(|e| HostError::Stopped(Stopped(format!("looking for a revocation id: {e}"))))??;

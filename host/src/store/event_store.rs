@@ -233,12 +233,17 @@ pub trait EventStore: Send + Sync + 'static {
     /// [`StoreError`] when the store cannot be read.
     fn token(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Every stored token, `(digest, bytes)`.
+    /// The first stored token (in the store's order) that `wanted` picks,
+    /// by its digest: the tokens are read one at a time, never all held at
+    /// once (a host stores one per agent it ever spawned).
     ///
     /// # Errors
     ///
     /// [`StoreError`] when the store cannot be read.
-    fn tokens(&self) -> Result<Vec<(Digest, Vec<u8>)>, StoreError>;
+    fn find_token(
+        &self,
+        wanted: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<Option<Digest>, StoreError>;
 
     /// Where the log starts, if its beginning was archived; `None` for a log
     /// that starts at record 1.

@@ -151,13 +151,15 @@ impl EventStore for MemoryStore {
         Ok(self.lock().tokens.get(digest).cloned())
     }
 
-    fn tokens(&self) -> Result<Vec<(Digest, Vec<u8>)>, StoreError> {
+    fn find_token(
+        &self,
+        wanted: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<Option<Digest>, StoreError> {
         Ok(self
             .lock()
             .tokens
             .iter()
-            .map(|(d, b)| (*d, b.clone()))
-            .collect())
+            .find_map(|(digest, bytes)| wanted(bytes).then_some(*digest)))
     }
 
     fn anchor(&self) -> Result<Option<Anchor>, StoreError> {

@@ -668,16 +668,20 @@ impl EventStore for RedbStore {
         self.by_digest(TOKENS, digest)
     }
 
-    fn tokens(&self) -> Result<Vec<(Digest, Vec<u8>)>, StoreError> {
+    fn find_token(
+        &self,
+        wanted: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<Option<Digest>, StoreError> {
         let p = &self.path;
         let tx = self.read()?;
         let table = tx.open_table(TOKENS).map_err(|e| backend(p, e))?;
-        let mut out = Vec::new();
         for entry in table.iter().map_err(|e| backend(p, e))? {
             let (k, v) = entry.map_err(|e| backend(p, e))?;
-            out.push((Digest(*k.value()), v.value().to_vec()));
+            if wanted(v.value()) {
+                return Ok(Some(Digest(*k.value())));
+            }
         }
-        Ok(out)
+        Ok(None)
     }
 
     fn task_end(&self, task: TaskId) -> Result<Option<u64>, StoreError> {
@@ -1156,6 +1160,34 @@ mod tests {
 
     fn expected(range: std::ops::RangeInclusive<u64>) -> Vec<(u64, Vec<u8>)> {
         range.map(|s| (s, bytes(s))).collect()
+    }
+
+    #[test]
+    fn find_token_stops_at_the_first_token_picked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 1);
+        let tokens: Vec<(Digest, std::sync::Arc<[u8]>)> = (0..5u8)
+            .map(|i| (Digest::of(&[i]), std::sync::Arc::from(vec![i; 3])))
+            .collect();
+        store
+            .append(Batch {
+                tokens: tokens.clone(),
+                head: store.head().unwrap(),
+                ..Batch::default()
+            })
+            .unwrap();
+        let mut looked = 0;
+        let found = store
+            .find_token(&mut |bytes| {
+                looked += 1;
+                bytes[0] == 3
+            })
+            .unwrap();
+        assert_eq!(found, Some(tokens[3].0));
+        // Read in the order of their digests, none after the one picked.
+        let before = tokens.iter().filter(|(d, _)| *d < tokens[3].0).count();
+        assert_eq!(looked, before + 1);
+        assert_eq!(store.find_token(&mut |_| false).unwrap(), None);
     }
 
     #[test]

@@ -15,6 +15,10 @@
 //!
 //! and `callgrind_annotate` of each names where they go. BENCHMARKS.md,
 //! "Instructions per operation", has the figures.
+//!
+//! `ops N --audit` then re-runs every recorded authorization decision of
+//! that log ([`toka_host::audit`], what `toka verify --auth` does) and
+//! says how long it took.
 
 #![allow(missing_docs, reason = "an example")]
 
@@ -29,11 +33,16 @@ use toka_kernel::Limits;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let ops: u64 = match std::env::args().nth(1).map(|s| s.parse()) {
-        None => 100_000,
-        Some(Ok(n)) if n > 0 => n,
-        Some(_) => {
-            eprintln!("usage: ops [N]: N, the number of operations, is a positive integer");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (ops, audit) = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] => (100_000, false),
+        [n] | [n, "--audit"] if n.parse::<u64>().is_ok_and(|n| n > 0) => {
+            (n.parse().unwrap_or_default(), args.len() == 2)
+        }
+        _ => {
+            eprintln!(
+                "usage: ops [N [--audit]]: N, the number of operations, is a positive integer"
+            );
             std::process::exit(2);
         }
     };
@@ -43,7 +52,9 @@ fn main() {
         .expect("a tokio runtime");
     runtime.block_on(async {
         let store = Arc::new(MemoryStore::new(Limits::default()));
-        let host = Host::open(store, RootKey::generate(), quota_free_config())
+        let root = RootKey::generate();
+        let public = root.public();
+        let host = Host::open(Arc::clone(&store) as _, root, quota_free_config())
             .await
             .expect("a host");
         let path = toka_agents::path("test-bench").expect("the test-bench agent");
@@ -54,5 +65,15 @@ fn main() {
         let took = time_observations(&host, agent, ops).await;
         println!("{ops} operations in {took:?}");
         host.shutdown().await.expect("shut down");
+        if audit {
+            let start = std::time::Instant::now();
+            let report = toka_host::audit(store.as_ref(), public).expect("the log audits");
+            let took = start.elapsed();
+            assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
+            println!(
+                "audited {} records ({} allowed decisions) in {took:?}",
+                report.records, report.allowed
+            );
+        }
     });
 }

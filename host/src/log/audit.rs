@@ -4,11 +4,12 @@ use std::collections::HashMap;
 
 use biscuit_auth::PublicKey;
 use toka_kernel::{
-    Authorization, Command, Denial, Digest, Kernel, Operation, PackageRecord, Record, WorldState,
+    Authorization, Command, Denial, Digest, EntityId, Kernel, Operation, PackageRecord, Record,
+    Timestamp, WorldState,
 };
 
 use crate::capability::policy::{
-    Check, check_for, decide, delegation_check, lineage, operator_check, operator_level_for,
+    Check, Denied, check_for, decide, delegation_check, lineage, operator_check, operator_level_for,
 };
 use crate::capability::rights::{Right, RightOp};
 use crate::capability::token::Token;
@@ -112,6 +113,7 @@ pub(crate) fn audit_once(
             })
             .clone()
     };
+    let mut decisions = Decisions::default();
     let mut report = AuditReport::default();
     let (kernel, _) = crate::log::recovery::origin(store)?;
     replay_with(
@@ -126,15 +128,18 @@ pub(crate) fn audit_once(
             let problem = match (&record.command.auth, &record.command.op) {
                 (Authorization::Token, op) => {
                     report.allowed += 1;
-                    check_allowed(state, &record.command, op, &mut load).err()
+                    let checks = (&mut load as &mut Load<'_>, &mut decisions);
+                    check_allowed(state, &record.command, op, checks).err()
                 }
                 (Authorization::System, Operation::RecordDenial { denial }) => {
                     report.denied += 1;
-                    check_denied(state, &record.command, denial, &mut load).err()
+                    let checks = (&mut load as &mut Load<'_>, &mut decisions);
+                    check_denied(state, &record.command, denial, checks).err()
                 }
                 (Authorization::Operator(digest), op) => {
                     report.operator += 1;
-                    check_operator(state, &record.command, *digest, op, &mut load).err()
+                    let checks = (&mut load as &mut Load<'_>, &mut decisions);
+                    check_operator(state, &record.command, *digest, op, checks).err()
                 }
                 _ => None,
             };
@@ -165,18 +170,82 @@ pub(crate) fn audit_once(
 
 type Load<'a> = dyn FnMut(Digest) -> Result<Token, String> + 'a;
 
-/// The token of `command`'s origin agent, and whether it was revoked then.
+/// What a check needs: the tokens, and the decisions already made.
+type Checks<'a, 'b> = (&'a mut Load<'b>, &'a mut Decisions);
+
+/// Decisions re-run so far, by all that [`decide`] depends on: the token,
+/// the origin, the check, the second and the lineage. A log's agents make
+/// the same checks again and again (an agent writing one key, observing
+/// one topic), and the authorizer takes ~8 µs a decision against a
+/// record's replay of under 1 µs. Bounded in bytes: past
+/// [`MAX_DECISION_BYTES`] it starts over.
+#[derive(Default)]
+struct Decisions {
+    kept: HashMap<DecisionKey, Result<(), Denied>>,
+    bytes: usize,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct DecisionKey {
+    token: Digest,
+    origin: EntityId,
+    check: Check,
+    second: u64,
+    lineage: Vec<Digest>,
+}
+
+/// The most bytes of decisions an audit keeps.
+const MAX_DECISION_BYTES: usize = 16 << 20;
+
+impl Decisions {
+    /// [`decide`], or what it decided before for the same inputs.
+    fn decide(
+        &mut self,
+        (digest, token): (Digest, &Token),
+        origin: EntityId,
+        check: &Check,
+        time: Timestamp,
+        lineage: &[Digest],
+    ) -> Result<(), Denied> {
+        let key = DecisionKey {
+            token: digest,
+            origin,
+            check: check.clone(),
+            // `decide` reads the time in seconds.
+            second: time.0 / 1000,
+            lineage: lineage.to_vec(),
+        };
+        if let Some(decision) = self.kept.get(&key) {
+            return decision.clone();
+        }
+        let decision = decide(token.biscuit(), origin, check, time, lineage);
+        let bytes = std::mem::size_of::<DecisionKey>()
+            + key.check.targets.iter().map(String::len).sum::<usize>()
+            + std::mem::size_of_val(key.lineage.as_slice())
+            + decision.as_ref().err().map_or(0, |d| d.0.len());
+        if self.bytes + bytes > MAX_DECISION_BYTES {
+            self.kept.clear();
+            self.bytes = 0;
+        }
+        self.bytes += bytes;
+        self.kept.insert(key, decision.clone());
+        decision
+    }
+}
+
+/// The token of `command`'s origin agent (and its digest), and whether it
+/// was revoked then.
 fn origin_token(
     state: &WorldState,
     command: &Command,
     load: &mut Load<'_>,
-) -> Result<(Token, bool), String> {
+) -> Result<(Digest, Token, bool), String> {
     let agent = state
         .agent(command.origin)
         .ok_or_else(|| format!("the origin {} is not an agent", command.origin))?;
     let token = load(agent.token)?;
     let revoked = token.revocation_ids().iter().any(|id| state.is_revoked(id));
-    Ok((token, revoked))
+    Ok((agent.token, token, revoked))
 }
 
 /// An operator's command: its token, not revoked then, allowed the level
@@ -186,7 +255,7 @@ fn check_operator(
     command: &Command,
     digest: Digest,
     op: &Operation,
-    load: &mut Load<'_>,
+    (load, decisions): Checks<'_, '_>,
 ) -> Result<(), String> {
     let token = load(digest)?;
     if token.revocation_ids().iter().any(|id| state.is_revoked(id)) {
@@ -194,39 +263,41 @@ fn check_operator(
     }
     let level = operator_level_for(op)
         .ok_or_else(|| format!("{} is not an operator's operation", op.kind()))?;
-    decide(
-        token.biscuit(),
-        command.origin,
-        &operator_check(level),
-        command.time,
-        &[],
-    )
-    .map_err(|reason| {
-        format!("recorded as an operator's command, but the token denies {level}: {reason}")
-    })
+    decisions
+        .decide(
+            (digest, &token),
+            command.origin,
+            &operator_check(level),
+            command.time,
+            &[],
+        )
+        .map_err(|reason| {
+            format!("recorded as an operator's command, but the token denies {level}: {reason}")
+        })
 }
 
 fn check_allowed(
     state: &WorldState,
     command: &Command,
     op: &Operation,
-    load: &mut Load<'_>,
+    (load, decisions): Checks<'_, '_>,
 ) -> Result<(), String> {
-    let (token, revoked) = origin_token(state, command, load)?;
+    let (digest, token, revoked) = origin_token(state, command, load)?;
     if revoked {
         return Err("allowed although the agent's token was revoked".into());
     }
     let check = check_for(op, command.origin, state)
         .ok_or_else(|| format!("{} carries a token but is a host operation", op.kind()))?;
     let lineage = lineage(command.origin, state);
-    decide(
-        token.biscuit(),
-        command.origin,
-        &check,
-        command.time,
-        &lineage,
-    )
-    .map_err(|reason| format!("recorded as allowed, but the token denies it: {reason}"))?;
+    decisions
+        .decide(
+            (digest, &token),
+            command.origin,
+            &check,
+            command.time,
+            &lineage,
+        )
+        .map_err(|reason| format!("recorded as allowed, but the token denies it: {reason}"))?;
     let Operation::SpawnAgent { spec } = op else {
         return Ok(());
     };
@@ -235,14 +306,17 @@ fn check_allowed(
             .parse()
             .map_err(|e| format!("recorded delegation: {e}"))?;
         let check = delegation_check(&right, command.origin, state);
-        decide(
-            token.biscuit(),
-            command.origin,
-            &check,
-            command.time,
-            &lineage,
-        )
-        .map_err(|reason| format!("delegated `{right}` although the parent may not: {reason}"))?;
+        decisions
+            .decide(
+                (digest, &token),
+                command.origin,
+                &check,
+                command.time,
+                &lineage,
+            )
+            .map_err(|reason| {
+                format!("delegated `{right}` although the parent may not: {reason}")
+            })?;
     }
     let child = load(spec.token)?;
     let parent_ids = token.revocation_ids();
@@ -266,9 +340,9 @@ fn check_denied(
     state: &WorldState,
     command: &Command,
     denial: &Denial,
-    load: &mut Load<'_>,
+    (load, decisions): Checks<'_, '_>,
 ) -> Result<(), String> {
-    let (token, revoked) = origin_token(state, command, load)?;
+    let (digest, token, revoked) = origin_token(state, command, load)?;
     let operation = RightOp::from_name(&denial.operation)
         .ok_or_else(|| format!("denial of an unknown operation `{}`", denial.operation))?
         .name();
@@ -278,14 +352,15 @@ fn check_denied(
     };
     let lineage = lineage(command.origin, state);
     if revoked
-        || decide(
-            token.biscuit(),
-            command.origin,
-            &check,
-            command.time,
-            &lineage,
-        )
-        .is_err()
+        || decisions
+            .decide(
+                (digest, &token),
+                command.origin,
+                &check,
+                command.time,
+                &lineage,
+            )
+            .is_err()
     {
         Ok(())
     } else {
@@ -367,5 +442,92 @@ fn join(rights: &[Right]) -> String {
         "nothing".into()
     } else {
         texts.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use toka_kernel::{Digest, EntityId, Timestamp};
+
+    use super::{Decisions, decide};
+    use crate::capability::policy::Check;
+    use crate::capability::root_key::RootKey;
+    use crate::capability::token::Token;
+
+    #[test]
+    fn kept_decisions_are_the_authorizer_s_for_every_input_they_depend_on() {
+        // A token that expires 10 s past the epoch: a kept decision must
+        // not outlive the second it was made for, nor answer for another
+        // origin, check or lineage.
+        let root = RootKey::generate();
+        let rights = [
+            "observe".parse().unwrap(),
+            "schedule children".parse().unwrap(),
+        ];
+        let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(10);
+        let token = Token::issue(&root, &rights, &[], Some(expires)).unwrap();
+        let digest = token.digest();
+        let checks = [
+            Check::literal("observe", None),
+            Check::literal("state", None),
+            Check {
+                operation: "schedule",
+                targets: vec![EntityId::from_u128(10).to_string(), "children".into()],
+            },
+        ];
+        let mut decisions = Decisions::default();
+        let (mut allowed, mut denied) = (0, 0);
+        // Each input twice in a row: the second is answered from what was
+        // kept.
+        for time in [0, 9_999, 10_000, 10_999, 11_000, 20_000].map(Timestamp) {
+            for origin in [9, 10].map(EntityId::from_u128) {
+                for check in &checks {
+                    for lineage in [vec![], vec![Digest::of(b"component")]] {
+                        let fresh = decide(token.biscuit(), origin, check, time, &lineage);
+                        for _ in 0..2 {
+                            let kept =
+                                decisions.decide((digest, &token), origin, check, time, &lineage);
+                            assert_eq!(kept, fresh, "{check:?} at {time:?} by {origin}");
+                        }
+                        if fresh.is_ok() {
+                            allowed += 1
+                        } else {
+                            denied += 1
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            allowed > 0 && denied > 0,
+            "{allowed} allowed, {denied} denied"
+        );
+        // The token's expiry, as the kept decisions saw it: the same check
+        // allowed through its last second, denied after.
+        let observe = &checks[0];
+        let origin = EntityId::from_u128(9);
+        for (time, allowed) in [(10_999, true), (11_000, false)] {
+            let kept = decisions.decide((digest, &token), origin, observe, Timestamp(time), &[]);
+            assert_eq!(kept.is_ok(), allowed, "observe at {time} ms");
+        }
+    }
+
+    #[test]
+    fn kept_decisions_stay_within_their_bytes() {
+        let root = RootKey::generate();
+        let token = Token::issue(&root, &["observe".parse().unwrap()], &[], None).unwrap();
+        let mut decisions = Decisions::default();
+        for i in 0..20_000 {
+            let check = Check {
+                operation: "schedule",
+                targets: vec![format!("{i}-{}", "x".repeat(2_000))],
+            };
+            let origin = EntityId::from_u128(9);
+            let _ = decisions.decide((token.digest(), &token), origin, &check, Timestamp(0), &[]);
+            assert!(decisions.bytes <= super::MAX_DECISION_BYTES);
+        }
+        assert!(decisions.kept.len() < 20_000, "nothing was let go");
     }
 }

@@ -882,6 +882,25 @@ async fn forgetting_terminated_agents_gives_their_records_and_state_back() {
         "{again:#?}"
     );
     assert_eq!(head(&data), before, "an empty forget appends no record");
+
+    // The next archive takes the forgotten agents' tokens with it (not
+    // the operators', nor the one left's: it runs on after a restart,
+    // its token read from the store again).
+    let archive = data.join("log.toka-archive");
+    let archived = toka(&data, &["archive", "--to", archive.to_str().unwrap()]);
+    assert!(
+        archived
+            .ok()
+            .contains("dropped 2 tokens of agents and packages gone by then"),
+        "{archived:#?}"
+    );
+    let verified = toka(&data, &["verify", "--auth"]);
+    assert!(verified.ok().contains("auth ok"), "{verified:#?}");
+    let mut served = Served::start_on(&data, &[]);
+    let api = Api::new(&served).await;
+    assert_eq!(run_task(&api, &agents[2], "2").await["status"], "completed");
+    let (code, stderr) = served.stop();
+    assert_eq!(code, 0, "{stderr}");
 }
 
 /// Polls `check` every 100 ms until it returns a value, for at most a

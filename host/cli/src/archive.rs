@@ -146,6 +146,8 @@ fn archived(data: &Path, job: &ArchiveJob) -> Option<toka_host::Archived> {
             kept_from: job.kept_from?,
         },
         blobs_dropped: usize::try_from(job.blobs_dropped?).ok()?,
+        // A server from before tokens were dropped reports none.
+        tokens_dropped: usize::try_from(job.tokens_dropped.unwrap_or(0)).ok()?,
         writer_wait: Duration::from_secs_f64(job.writer_wait_seconds?),
     })
 }
@@ -202,6 +204,12 @@ fn report(archived: &toka_host::Archived) {
         out!(
             "dropped {} blobs nothing kept refers to",
             archived.blobs_dropped
+        );
+    }
+    if archived.tokens_dropped > 0 {
+        out!(
+            "dropped {} tokens of agents and packages gone by then",
+            archived.tokens_dropped
         );
     }
 }

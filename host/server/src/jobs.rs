@@ -251,6 +251,7 @@ impl ArchiveJob {
             bodies: None,
             bytes: None,
             blobs_dropped: None,
+            tokens_dropped: None,
             writer_wait_seconds: None,
             problem: None,
             seconds: None,
@@ -317,6 +318,7 @@ impl Jobs<ArchiveJob> {
                     j.bodies = Some(archived.bodies);
                     j.bytes = Some(archived.bytes);
                     j.blobs_dropped = Some(archived.blobs_dropped as u64);
+                    j.tokens_dropped = Some(archived.tokens_dropped as u64);
                     j.writer_wait_seconds = Some(archived.writer_wait.as_secs_f64());
                 }
                 Err(e) => {

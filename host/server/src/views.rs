@@ -478,6 +478,9 @@ pub struct ArchiveJob {
     /// Blobs deleted from the live store because nothing kept refers to
     /// them (when ok).
     pub blobs_dropped: Option<u64>,
+    /// Tokens deleted from the live store: those of agents and packages
+    /// gone by the cut (when ok).
+    pub tokens_dropped: Option<u64>,
     /// The longest the log writer waited for the archive, in seconds:
     /// for the cut, or for one of the short transactions deleting what was
     /// archived (agents' operations waited as long; when ok).

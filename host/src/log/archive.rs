@@ -6,7 +6,10 @@
 //! once the archive is synced drops them from the live store, which then
 //! starts at an [`Anchor`]: the snapshot at the cut. Records of tasks still
 //! running at the cut stay live (their journals refer to them), and so does
-//! every blob the state or a kept record refers to.
+//! every blob the state or a kept record refers to. The capability tokens
+//! of agents and packages gone by the cut (forgotten, uninstalled) are
+//! deleted with them: every spawn stores its agent's token, so without it
+//! a host spawning agents and forgetting them grew its store for ever.
 //!
 //! A running host archives too ([`Host::archive`](crate::Host::archive)):
 //! the archive is written while the host appends, and only the cut (a
@@ -19,8 +22,8 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use toka_kernel::{
-    Digest, HttpOutcome, Kernel, Operation, Record, Registry, ReplayError, ReplayErrorKind,
-    TaskStatus,
+    Authorization, Digest, Event, HttpOutcome, Kernel, Operation, Record, Registry, ReplayError,
+    ReplayErrorKind, TaskStatus, WorldState,
 };
 
 use crate::log::LogError;
@@ -50,6 +53,10 @@ pub struct Archived {
     /// Blobs deleted from the live store because nothing kept refers to
     /// them any more.
     pub blobs_dropped: usize,
+    /// Tokens deleted from the live store: those of agents and packages
+    /// the archived records knew that are gone by the cut (forgotten,
+    /// uninstalled), which nothing kept refers to.
+    pub tokens_dropped: usize,
     /// The longest a running host's log writer waited for the archive:
     /// for the cut (storing the anchor), or for one of the short
     /// transactions that then delete what was archived.
@@ -170,6 +177,15 @@ pub(crate) struct Written {
     /// Blobs the live log refers to: the components installed in the state
     /// at `last`, and what the records kept refer to, up to `looked`.
     referenced: HashSet<Digest>,
+    /// The tokens of the agents and packages the archived records knew:
+    /// in the state they start from, or spawned and installed by them.
+    /// Operators' tokens are never among them (an agent's token cannot
+    /// carry an operator's rights).
+    known_tokens: HashSet<Digest>,
+    /// Tokens the live log refers to: those of the agents and packages in
+    /// the state at `last`, and those the records kept name, up to
+    /// `looked`.
+    kept_tokens: HashSet<Digest>,
     /// The next record kept to look at ([`Written::look`]).
     looked: u64,
 }
@@ -210,6 +226,7 @@ pub(crate) fn write(
         }));
     }
     let start = anchor.is_some().then(|| snapshot::encode(&kernel));
+    let mut known_tokens = tokens_of(kernel.state());
     let mut out = ArchiveWriter::create(to)?;
     out.write(&Frame::Header(Header {
         version: ARCHIVE_VERSION,
@@ -240,6 +257,12 @@ pub(crate) fn write(
                 bodies.push((seq, digest, len));
             }
         }
+        known_tokens.extend(applied.events.iter().filter_map(|event| match event {
+            Event::AgentSpawned { spec, .. } => Some(spec.token),
+            Event::PackageInstalled { package, .. } => Some(package.token),
+            Event::AgentRebound { token, .. } => Some(*token),
+            _ => None,
+        }));
         out.write(&Frame::Record { seq, bytes })?;
         if seq % crate::log::verify::PROGRESS_EVERY == 0 && progress(seq, cut).is_break() {
             return Err(ArchiveError::Stopped);
@@ -281,6 +304,8 @@ pub(crate) fn write(
         kept_from: kept_from(&kernel),
         looked: kept_from(&kernel),
         referenced: components,
+        known_tokens,
+        kept_tokens: tokens_of(state),
     };
     // Asked to stop now, the written file goes with `written`.
     match progress(cut, cut) {
@@ -291,8 +316,8 @@ pub(crate) fn write(
 
 impl Written {
     /// Reads the records kept that were not looked at yet, noting the
-    /// blobs they refer to: bodies of responses, and components installed
-    /// after the cut. A running host looks once before it holds its writer
+    /// blobs they refer to (bodies of responses, and components installed
+    /// after the cut) and the tokens they name. A running host looks once before it holds its writer
     /// back for the cut, so that the cut looks only at what was appended
     /// since.
     ///
@@ -308,15 +333,24 @@ impl Written {
                     kind: ReplayErrorKind::Record(e),
                 })
             })?;
+            if let Authorization::Operator(token) = record.command.auth {
+                self.kept_tokens.insert(token);
+            }
             match record.command.op {
                 Operation::HttpResponse { outcome, .. } => {
                     if let HttpOutcome::Response { body, .. } = *outcome {
                         self.referenced.insert(body);
                     }
                 }
-                Operation::InstallComponent { component }
-                | Operation::InstallPackage { component, .. } => {
+                Operation::InstallComponent { component } => {
                     self.referenced.insert(component.digest);
+                }
+                Operation::InstallPackage { component, package } => {
+                    self.referenced.insert(component.digest);
+                    self.kept_tokens.insert(package.token);
+                }
+                Operation::SpawnAgent { spec } => {
+                    self.kept_tokens.insert(spec.token);
                 }
                 _ => {}
             }
@@ -326,11 +360,13 @@ impl Written {
     }
 
     /// Drops the archived records from the live store, which then starts
-    /// at the anchor snapshot, with the blobs nothing it keeps refers to
-    /// (it first [looks](Written::look) at the records not looked at yet).
-    /// No record may be appended while this runs (a running host holds its
-    /// writer back): a record appended between that look and the cut could
-    /// refer to a blob the cut deletes.
+    /// at the anchor snapshot, with the blobs and the tokens nothing it
+    /// keeps refers to (it first [looks](Written::look) at the records not
+    /// looked at yet). No record may be appended while this runs (a
+    /// running host holds its writer back): a record appended between that
+    /// look and the cut could refer to a blob the cut deletes. (A record
+    /// applied but not yet appended that spawns an agent with a token the
+    /// cut deletes stores it again: every spawn stores its token.)
     ///
     /// # Errors
     ///
@@ -349,10 +385,17 @@ impl Written {
             .filter(|d| !self.referenced.contains(d))
             .collect();
         let blobs_dropped = dropped.len();
+        let tokens: Vec<Digest> = self
+            .known_tokens
+            .difference(&self.kept_tokens)
+            .copied()
+            .collect();
+        let tokens_dropped = tokens.len();
         store.cut(Cut {
             anchor,
             snapshot: std::mem::take(&mut self.snapshot),
             blobs: dropped,
+            tokens,
         })?;
         Ok(Archived {
             file: self.file.take().unwrap_or_default(),
@@ -362,6 +405,7 @@ impl Written {
             bytes: self.bytes,
             anchor,
             blobs_dropped,
+            tokens_dropped,
             writer_wait: started.elapsed(),
         })
     }
@@ -376,6 +420,13 @@ impl Drop for Written {
             tracing::warn!(file = %file.display(), error = %e, "removing an archive that was not cut");
         }
     }
+}
+
+/// The tokens `state`'s agents (terminated ones too, until forgotten) and
+/// installed packages hold.
+fn tokens_of(state: &WorldState) -> HashSet<Digest> {
+    let agents = state.agents().map(|(_, agent)| agent.token);
+    agents.chain(state.packages().map(|p| p.token)).collect()
 }
 
 /// The first record the live log must keep after a cut at the kernel's
@@ -676,6 +727,121 @@ mod tests {
             .unwrap();
         assert_eq!((archived.last, archived.blobs_dropped), (5, 1));
         assert_eq!(blobs(&store), ["kept"]);
+        crate::log::verify::verify(&store).unwrap();
+    }
+
+    /// A batch of one record applying `op`, by the system or, with
+    /// `operator`, by the operator whose token has that digest; `tokens`
+    /// are stored with it.
+    fn by(kernel: &mut Kernel, op: Operation, operator: Option<Digest>, tokens: &[&[u8]]) -> Batch {
+        let mut command = Command::system(EntityId::SYSTEM, Timestamp(kernel.head().seq), op);
+        if let Some(digest) = operator {
+            command.auth = toka_kernel::Authorization::Operator(digest);
+        }
+        let applied = kernel.apply(command).unwrap();
+        let mut batch = Batch::default();
+        batch.records.push((applied.seq, applied.bytes));
+        for token in tokens {
+            batch.tokens.push((Digest::of(token), Arc::from(*token)));
+        }
+        batch.head = kernel.head();
+        batch
+    }
+
+    /// A batch spawning an agent named `name` holding the token `token`.
+    fn spawn(kernel: &mut Kernel, name: &str, token: &[u8]) -> (Batch, EntityId) {
+        let spec = Box::new(toka_kernel::AgentSpec {
+            component: Digest::of(b"agent"),
+            name: name.into(),
+            token: Digest::of(token),
+            rights: Vec::new(),
+        });
+        let batch = by(kernel, Operation::SpawnAgent { spec }, None, &[token]);
+        let id = kernel
+            .state()
+            .agents()
+            .find(|(_, a)| a.name == name)
+            .map(|(id, _)| id)
+            .unwrap();
+        (batch, id)
+    }
+
+    /// A batch terminating `agent`, then one forgetting the terminated.
+    fn forget(kernel: &mut Kernel, agent: EntityId) -> [Batch; 2] {
+        let reason = "done".to_owned();
+        let terminate = by(
+            kernel,
+            Operation::TerminateAgent { agent, reason },
+            None,
+            &[],
+        );
+        [
+            terminate,
+            by(kernel, Operation::ForgetTerminated, None, &[]),
+        ]
+    }
+
+    #[test]
+    fn the_tokens_of_agents_forgotten_by_the_cut_go_with_it() {
+        let store = MemoryStore::new(Limits::default());
+        let mut kernel = Kernel::new(Limits::default());
+        store.append(install(&mut kernel, b"agent", &[])).unwrap();
+        let (a, _) = spawn(&mut kernel, "a", b"token a");
+        let (b, b_id) = spawn(&mut kernel, "b", b"token b");
+        let (c, c_id) = spawn(&mut kernel, "c", b"token c");
+        for batch in [a, b, c] {
+            store.append(batch).unwrap();
+        }
+        for batch in forget(&mut kernel, b_id)
+            .into_iter()
+            .chain(forget(&mut kernel, c_id))
+        {
+            store.append(batch).unwrap();
+        }
+        // An operator's command, storing the operator's token.
+        let op = Operation::InstallComponent {
+            component: Box::new(ComponentSpec {
+                digest: Digest::of(b"tool"),
+                name: "tool".into(),
+                size: 4,
+            }),
+        };
+        let operator = Some(Digest::of(b"operator"));
+        let mut batch = by(&mut kernel, op, operator, &[b"operator"]);
+        batch
+            .blobs
+            .push((Digest::of(b"tool"), Arc::from(&b"tool"[..])));
+        store.append(batch).unwrap();
+        let cut = kernel.head().seq;
+        // Kept: an agent spawned after the cut with the token of one
+        // forgotten before it (an operator spawns many with one token).
+        let (d, d_id) = spawn(&mut kernel, "d", b"token c");
+        store.append(d).unwrap();
+        let stored = |store: &MemoryStore| {
+            let names = ["token a", "token b", "token c", "operator"];
+            names
+                .into_iter()
+                .filter(|t| store.token(&Digest::of(t.as_bytes())).unwrap().is_some())
+                .collect::<Vec<_>>()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let archived = write(&store, &dir.path().join("a"), 1, &mut go_on)
+            .unwrap()
+            .cut(&store)
+            .unwrap();
+        assert_eq!((archived.last, archived.tokens_dropped), (cut, 1));
+        assert_eq!(stored(&store), ["token a", "token c", "operator"]);
+        // The next archive takes the forgetting of `d`: its token goes
+        // then; the operator's never does.
+        for batch in forget(&mut kernel, d_id) {
+            store.append(batch).unwrap();
+        }
+        let archived = write(&store, &dir.path().join("b"), 0, &mut go_on)
+            .unwrap()
+            .cut(&store)
+            .unwrap();
+        assert_eq!(archived.tokens_dropped, 1);
+        assert_eq!(stored(&store), ["token a", "operator"]);
         crate::log::verify::verify(&store).unwrap();
     }
 

@@ -79,6 +79,8 @@ pub struct Cut {
     pub snapshot: Vec<u8>,
     /// Blobs nothing kept refers to any more, to delete.
     pub blobs: Vec<Digest>,
+    /// Tokens nothing kept refers to any more, to delete.
+    pub tokens: Vec<Digest>,
 }
 
 /// A group of records committed together, with the blobs they reference.

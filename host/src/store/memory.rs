@@ -180,6 +180,9 @@ impl EventStore for MemoryStore {
         for digest in &cut.blobs {
             inner.blobs.remove(digest);
         }
+        for digest in &cut.tokens {
+            inner.tokens.remove(digest);
+        }
         Ok(())
     }
 

@@ -783,9 +783,11 @@ impl EventStore for RedbStore {
                 .insert(snapshot, cut.snapshot.as_slice())
                 .map_err(|e| backend(p, e))?;
             trim_log(p, &tx, kept_from)?;
-            let mut blobs = tx.open_table(BLOBS).map_err(|e| backend(p, e))?;
-            for digest in &cut.blobs {
-                blobs.remove(digest.as_bytes()).map_err(|e| backend(p, e))?;
+            for (table, digests) in [(BLOBS, &cut.blobs), (TOKENS, &cut.tokens)] {
+                let mut table = tx.open_table(table).map_err(|e| backend(p, e))?;
+                for digest in digests {
+                    table.remove(digest.as_bytes()).map_err(|e| backend(p, e))?;
+                }
             }
         }
         tx.commit().map_err(|e| backend(p, e))
@@ -1265,6 +1267,7 @@ mod tests {
                 },
                 snapshot: vec![1],
                 blobs: Vec::new(),
+                tokens: Vec::new(),
             })
             .unwrap();
     }

@@ -80,7 +80,22 @@ pub fn audit_reporting(
     root: PublicKey,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<AuditReport, LogError> {
-    crate::log::read_whole(store, || audit_once(store, root, TOKENS_KEPT, progress))
+    crate::log::read_whole(store, || {
+        let anchor = store.anchor()?;
+        let report = audit_once(store, root, TOKENS_KEPT, progress)?;
+        // An archive cut meanwhile deletes the tokens of the agents gone
+        // by its cut, which this read (of the log as it was) may have
+        // needed: what did not reproduce is read again from the new anchor.
+        if let (Some(mismatch), Some(now)) = (report.mismatches.first(), store.anchor()?)
+            && Some(now) != anchor
+        {
+            return Err(LogError::Archived {
+                seq: mismatch.seq,
+                first: now.snapshot + 1,
+            });
+        }
+        Ok(report)
+    })
 }
 
 /// Tokens the audit keeps parsed at once.
@@ -219,8 +234,15 @@ impl Decisions {
             return decision.clone();
         }
         let decision = decide(token.biscuit(), origin, check, time, lineage);
-        let bytes = std::mem::size_of::<DecisionKey>()
-            + key.check.targets.iter().map(String::len).sum::<usize>()
+        // The entry, its targets and lineage, the reason of a denial, and
+        // as much again for the table's spare room.
+        let bytes = 2 * std::mem::size_of::<(DecisionKey, Result<(), Denied>)>()
+            + key
+                .check
+                .targets
+                .iter()
+                .map(|t| std::mem::size_of::<String>() + t.len())
+                .sum::<usize>()
             + std::mem::size_of_val(key.lineage.as_slice())
             + decision.as_ref().err().map_or(0, |d| d.0.len());
         if self.bytes + bytes > MAX_DECISION_BYTES {
@@ -512,6 +534,114 @@ mod tests {
             let kept = decisions.decide((digest, &token), origin, observe, Timestamp(time), &[]);
             assert_eq!(kept.is_ok(), allowed, "observe at {time} ms");
         }
+    }
+
+    /// A batch of one command by `origin` (the system, or an agent
+    /// authorized by its token) applying `op`, storing `token`.
+    fn applied(
+        kernel: &mut toka_kernel::Kernel,
+        origin: EntityId,
+        op: toka_kernel::Operation,
+        token: Option<&Token>,
+    ) -> crate::store::event_store::Batch {
+        let time = Timestamp(kernel.head().seq);
+        let mut command = toka_kernel::Command::system(origin, time, op);
+        if origin != EntityId::SYSTEM {
+            command.auth = toka_kernel::Authorization::Token;
+        }
+        let applied = kernel.apply(command).unwrap();
+        let mut batch = crate::store::event_store::Batch::default();
+        batch.records.push((applied.seq, applied.bytes));
+        if let Some(token) = token {
+            batch
+                .tokens
+                .push((token.digest(), std::sync::Arc::clone(token.bytes())));
+        }
+        batch.head = kernel.head();
+        batch
+    }
+
+    #[test]
+    fn an_audit_the_log_was_archived_under_is_read_again_from_the_new_anchor() {
+        use crate::store::event_store::EventStore;
+        use toka_kernel::{AgentSpec, ComponentSpec, Kernel, Limits, Operation};
+
+        let root = RootKey::generate();
+        let store = crate::store::memory::MemoryStore::new(Limits::default());
+        let mut kernel = Kernel::new(Limits::default());
+        let component = Box::new(ComponentSpec {
+            digest: Digest::of(b"agent"),
+            name: "agent".into(),
+            size: 5,
+        });
+        let mut batch = applied(
+            &mut kernel,
+            EntityId::SYSTEM,
+            Operation::InstallComponent { component },
+            None,
+        );
+        batch
+            .blobs
+            .push((Digest::of(b"agent"), std::sync::Arc::from(&b"agent"[..])));
+        store.append(batch).unwrap();
+        let spawn = |kernel: &mut Kernel, name: &str| {
+            let token = Token::issue(&root, &["observe".parse().unwrap()], &[], None).unwrap();
+            let spec = Box::new(AgentSpec {
+                component: Digest::of(b"agent"),
+                name: name.into(),
+                token: token.digest(),
+                rights: Vec::new(),
+            });
+            let op = Operation::SpawnAgent { spec };
+            store
+                .append(applied(kernel, EntityId::SYSTEM, op, Some(&token)))
+                .unwrap();
+            let (id, _) = kernel
+                .state()
+                .agents()
+                .find(|(_, a)| a.name == name)
+                .unwrap();
+            (id, token)
+        };
+        let observe = |kernel: &mut Kernel, agent: EntityId| {
+            let op = Operation::EmitObservation {
+                topic: None,
+                data: vec![1],
+            };
+            applied(kernel, agent, op, None)
+        };
+        // More records than the audit reports progress after, then an
+        // agent whose operations come after that report, forgotten.
+        let (a, _) = spawn(&mut kernel, "a");
+        for _ in 0..crate::log::verify::PROGRESS_EVERY {
+            store.append(observe(&mut kernel, a)).unwrap();
+        }
+        let (b, _) = spawn(&mut kernel, "b");
+        store.append(observe(&mut kernel, b)).unwrap();
+        let reason = "done".to_owned();
+        let terminate = Operation::TerminateAgent { agent: b, reason };
+        for op in [terminate, Operation::ForgetTerminated] {
+            store
+                .append(applied(&mut kernel, EntityId::SYSTEM, op, None))
+                .unwrap();
+        }
+        // The archive is cut while the audit reads the records before it
+        // (as a running host's archive job may be): `b`'s token goes.
+        let dir = tempfile::tempdir().unwrap();
+        let mut archived = None;
+        let report = super::audit_reporting(&store, root.public(), &mut |done, _| {
+            if done == crate::log::verify::PROGRESS_EVERY && archived.is_none() {
+                let written =
+                    crate::log::archive::write(&store, &dir.path().join("a"), 0, &mut |_, _| {
+                        std::ops::ControlFlow::Continue(())
+                    })
+                    .unwrap();
+                archived = Some(written.cut(&store).unwrap());
+            }
+        })
+        .unwrap();
+        assert_eq!(archived.map(|a| a.tokens_dropped), Some(1));
+        assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
     }
 
     #[test]

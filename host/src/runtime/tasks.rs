@@ -142,7 +142,9 @@ impl TaskInfo {
 /// Callers waiting for tasks to end.
 #[derive(Debug, Default)]
 pub(crate) struct Waiters {
-    waiting: Mutex<HashMap<TaskId, Vec<oneshot::Sender<TaskInfo>>, IdHash>>,
+    /// Keyed by ids clients name (before they are known to be tasks'):
+    /// hashed with a random key, not [`IdHash`].
+    waiting: Mutex<HashMap<TaskId, Vec<oneshot::Sender<TaskInfo>>>>,
     /// How many tasks have waiters: the router skips the lock at zero.
     tasks: AtomicUsize,
     /// The tasks that ended last, so asking for a task that just ended
@@ -258,9 +260,7 @@ impl Waiters {
         recent.by_task.get(&task).cloned()
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<TaskId, Vec<oneshot::Sender<TaskInfo>>, IdHash>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Vec<oneshot::Sender<TaskInfo>>>> {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

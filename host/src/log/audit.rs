@@ -311,14 +311,11 @@ fn check_allowed(
     let check = check_for(op, command.origin, state)
         .ok_or_else(|| format!("{} carries a token but is a host operation", op.kind()))?;
     let lineage = lineage(command.origin, state);
-    decisions
-        .decide(
-            (digest, &token),
-            command.origin,
-            &check,
-            command.time,
-            &lineage,
-        )
+    let mut decide = |check: &Check| {
+        let (origin, time) = (command.origin, command.time);
+        decisions.decide((digest, &token), origin, check, time, &lineage)
+    };
+    decide(&check)
         .map_err(|reason| format!("recorded as allowed, but the token denies it: {reason}"))?;
     let Operation::SpawnAgent { spec } = op else {
         return Ok(());
@@ -327,18 +324,9 @@ fn check_allowed(
         let right: Right = text
             .parse()
             .map_err(|e| format!("recorded delegation: {e}"))?;
-        let check = delegation_check(&right, command.origin, state);
-        decisions
-            .decide(
-                (digest, &token),
-                command.origin,
-                &check,
-                command.time,
-                &lineage,
-            )
-            .map_err(|reason| {
-                format!("delegated `{right}` although the parent may not: {reason}")
-            })?;
+        decide(&delegation_check(&right, command.origin, state)).map_err(|reason| {
+            format!("delegated `{right}` although the parent may not: {reason}")
+        })?;
     }
     let child = load(spec.token)?;
     let parent_ids = token.revocation_ids();

@@ -22,8 +22,8 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use toka_kernel::{
-    Authorization, Digest, Event, HttpOutcome, Kernel, Operation, Record, Registry, ReplayError,
-    ReplayErrorKind, TaskStatus, WorldState,
+    Digest, Event, HttpOutcome, Kernel, Operation, Record, Registry, ReplayError, ReplayErrorKind,
+    TaskStatus, WorldState,
 };
 
 use crate::log::LogError;
@@ -182,9 +182,9 @@ pub(crate) struct Written {
     /// Operators' tokens are never among them (an agent's token cannot
     /// carry an operator's rights).
     known_tokens: HashSet<Digest>,
-    /// Tokens the live log refers to: those of the agents and packages in
-    /// the state at `last`, and those the records kept name, up to
-    /// `looked`.
+    /// Agents' and packages' tokens the live log refers to: those in the
+    /// state at `last`, and those the records kept spawn or install with,
+    /// up to `looked`.
     kept_tokens: HashSet<Digest>,
     /// The next record kept to look at ([`Written::look`]).
     looked: u64,
@@ -317,9 +317,9 @@ pub(crate) fn write(
 impl Written {
     /// Reads the records kept that were not looked at yet, noting the
     /// blobs they refer to (bodies of responses, and components installed
-    /// after the cut) and the tokens they name. A running host looks once before it holds its writer
-    /// back for the cut, so that the cut looks only at what was appended
-    /// since.
+    /// after the cut) and the agents' and packages' tokens they name. A
+    /// running host looks once before it holds its writer back for the
+    /// cut, so that the cut looks only at what was appended since.
     ///
     /// # Errors
     ///
@@ -333,9 +333,6 @@ impl Written {
                     kind: ReplayErrorKind::Record(e),
                 })
             })?;
-            if let Authorization::Operator(token) = record.command.auth {
-                self.kept_tokens.insert(token);
-            }
             match record.command.op {
                 Operation::HttpResponse { outcome, .. } => {
                     if let HttpOutcome::Response { body, .. } = *outcome {

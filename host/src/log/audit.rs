@@ -140,20 +140,18 @@ pub(crate) fn audit_once(
                 return;
             };
             let state = kernel.state();
+            let checks: Checks<'_, '_> = (&mut load, &mut decisions);
             let problem = match (&record.command.auth, &record.command.op) {
                 (Authorization::Token, op) => {
                     report.allowed += 1;
-                    let checks = (&mut load as &mut Load<'_>, &mut decisions);
                     check_allowed(state, &record.command, op, checks).err()
                 }
                 (Authorization::System, Operation::RecordDenial { denial }) => {
                     report.denied += 1;
-                    let checks = (&mut load as &mut Load<'_>, &mut decisions);
                     check_denied(state, &record.command, denial, checks).err()
                 }
                 (Authorization::Operator(digest), op) => {
                     report.operator += 1;
-                    let checks = (&mut load as &mut Load<'_>, &mut decisions);
                     check_operator(state, &record.command, *digest, op, checks).err()
                 }
                 _ => None,

@@ -39,7 +39,10 @@ use crate::store::event_store::{
 };
 
 /// How long a read, or the fence, is tried again when it got no answer.
-const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+/// A killed NATS node's streams stay without a leader for seconds, and
+/// each attempt waits up to 5 s for its answer: 10 s (two attempts) was
+/// too short for a `verify` right after a kill.
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 /// Log messages read ahead at a time when a cell is opened.
 const PREFETCH: u64 = 1024;
 /// Requests in flight while reading ahead.

@@ -147,7 +147,7 @@ impl WorldState {
                 self.complete_task(origin, task, output, limits)?
             }
             Operation::FailTask { task, reason } => self.fail_task(origin, task, reason, limits)?,
-            Operation::SpawnAgent { spec } => {
+            Operation::SpawnAgent { spec } | Operation::SpawnAgentSized { spec, .. } => {
                 self.spawn_agent(origin, *spec, limits, env.cell.map(|c| c.index))?
             }
             Operation::TerminateAgent { agent, reason } => {
@@ -296,10 +296,11 @@ impl WorldState {
             return Ok(Charge::default());
         }
         let strict = cmd.auth == Authorization::Token;
-        // A response's body is a blob beside the record: the agent pays
-        // for it as for log bytes.
+        // A response's body and a child's token are stored beside the
+        // record: the agent pays for them as for log bytes.
         let blob = match &cmd.op {
             Operation::HttpResponse { outcome, .. } => outcome.body_len(),
+            Operation::SpawnAgentSized { token_bytes, .. } => u64::from(*token_bytes),
             _ => 0,
         };
         let cost = Cost {

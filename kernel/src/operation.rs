@@ -97,7 +97,9 @@ pub enum Operation {
         /// Why, for a person.
         reason: String,
     },
-    /// Spawn a sub-agent whose parent is the command's origin.
+    /// Spawn a sub-agent whose parent is the command's origin, its token's
+    /// bytes not charged: how spawns were recorded before
+    /// [`Operation::SpawnAgentSized`], which the host records now.
     SpawnAgent {
         /// What the new agent runs and which token it holds.
         spec: Box<AgentSpec>,
@@ -323,6 +325,18 @@ pub enum Operation {
         /// Why the host refused it.
         reason: String,
     },
+    /// Spawn a sub-agent whose parent is the command's origin, as
+    /// [`Operation::SpawnAgent`] does, carrying the size of the token the
+    /// host stores beside the record: an agent's spawn pays for those bytes
+    /// as for the record's own, into its tree's `log` quotas. A child's
+    /// token is up to [`Limits::max_token`](crate::Limits::max_token)
+    /// bytes behind a record of a few hundred.
+    SpawnAgentSized {
+        /// What the new agent runs and which token it holds.
+        spec: Box<AgentSpec>,
+        /// The bytes of the token `spec.token` names.
+        token_bytes: u32,
+    },
 }
 
 /// One or more identical operations of a task, refused in a row.
@@ -537,6 +551,17 @@ impl Operation {
             Operation::RemoveComponent { .. } => OpKind::RemoveComponent,
             Operation::ForgetTerminated => OpKind::ForgetTerminated,
             Operation::RefuseDelivery { .. } => OpKind::RefuseDelivery,
+            Operation::SpawnAgentSized { .. } => OpKind::SpawnAgent,
+        }
+    }
+
+    /// What a spawn ([`Operation::SpawnAgent`] or
+    /// [`Operation::SpawnAgentSized`]) starts; `None` for other operations.
+    #[must_use]
+    pub fn spawned(&self) -> Option<&AgentSpec> {
+        match self {
+            Operation::SpawnAgent { spec } | Operation::SpawnAgentSized { spec, .. } => Some(spec),
+            _ => None,
         }
     }
 }

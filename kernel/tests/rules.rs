@@ -260,6 +260,68 @@ fn log_bytes_are_charged_by_record_size() {
     assert!(account.log_bytes_total > 600, "{account:?}");
 }
 
+/// A child's token is stored beside the spawn's record; a spawn that
+/// carries its size charges the spawning agent's tree for it as log bytes
+/// (a spawn recorded without it, as before, charges the record alone).
+#[test]
+fn a_spawn_pays_for_the_token_stored_beside_its_record() {
+    let mut w = World::new();
+    adopt(
+        &mut w,
+        rules_with(Quotas {
+            log_bytes_total: Some(20_000),
+            ..Quotas::UNLIMITED
+        }),
+    );
+    let root = w.spawn_root("root");
+    let component = w.install("c");
+    let sized = |name: &str| Operation::SpawnAgentSized {
+        spec: Box::new(common::spec(component, name)),
+        token_bytes: 8_192,
+    };
+    let spent = |w: &World| {
+        w.kernel
+            .state()
+            .agent(root)
+            .unwrap()
+            .account
+            .log_bytes_total
+    };
+    let before = spent(&w);
+    spawned(&w.agent(root, sized("a")).unwrap().events);
+    let first = spent(&w) - before;
+    assert!(first > 8_192 && first < 8_192 + 400, "{first}");
+    spawned(&w.agent(root, sized("b")).unwrap().events);
+    // A third would pass 20 000 bytes: refused, and nothing is spawned.
+    let err = w.agent(root, sized("c")).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KernelError::QuotaExceeded {
+                quota: Quota::LogBytesTotal,
+                limit: 20_000,
+                agent,
+                ..
+            } if agent == root
+        ),
+        "{err}"
+    );
+    assert_eq!(w.kernel.state().agent(root).unwrap().live_children, 2);
+    // The same spawn recorded without the token's size pays for its record.
+    let unsized_spawn = Operation::SpawnAgent {
+        spec: Box::new(common::spec(component, "d")),
+    };
+    let before = spent(&w);
+    spawned(&w.agent(root, unsized_spawn).unwrap().events);
+    assert!(spent(&w) - before < 400, "{}", spent(&w) - before);
+    // A replay of the log charges the same.
+    let replayed = replay_log(&w.log, Limits::default(), Default::default()).unwrap();
+    assert_eq!(
+        replayed.state().agent(root).unwrap().account,
+        w.kernel.state().agent(root).unwrap().account
+    );
+}
+
 #[test]
 fn live_children_depth_and_live_agents_are_limited() {
     let mut w = World::new();

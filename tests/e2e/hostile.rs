@@ -464,6 +464,63 @@ async fn no_task_starts_once_the_agent_s_lifetime_log_bytes_are_spent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_pays_for_the_tokens_of_the_children_it_spawns() {
+    // Regression: a spawn's record names its child's token by digest, and
+    // the token (its parent's and one block more, up to 8 KiB) is stored
+    // beside it charged to no one: a tree spawning and terminating
+    // children wrote more than its `log` quota let it.
+    let limit = 256u64 << 10;
+    let arena = Arena::with_limits(AgentLimits::default()).await;
+    let churner = arena
+        .agent(
+            "hostile-flood",
+            Grant::Budgeted {
+                rights: ["observe", "spawn hello", "terminate children"]
+                    .iter()
+                    .map(|r| r.parse().unwrap())
+                    .collect(),
+                budgets: vec![Budget::LogBytes(limit)],
+            },
+        )
+        .await;
+    let err = outcome(&arena.host, churner, "churn").await.unwrap_err();
+    assert!(
+        err.starts_with("quota exceeded: log bytes in all of agent ")
+            && err.ends_with(&format!("the limit is {limit}")),
+        "{err}"
+    );
+    // What the log and the token store hold for the churner: its own
+    // records, and the tokens of the children it spawned.
+    let (mut records, mut tokens, mut children) = (0u64, 0u64, 0u64);
+    toka_host::replay(&*arena.store, |applied| {
+        if applied.origin == churner {
+            records += applied.bytes.len() as u64;
+        }
+        for event in &applied.events {
+            if let Event::AgentSpawned { parent, spec, .. } = event
+                && *parent == churner
+            {
+                let token = arena.store.token(&spec.token).unwrap().unwrap();
+                tokens += token.len() as u64;
+                children += 1;
+            }
+        }
+    })
+    .unwrap();
+    let charged = arena
+        .host
+        .state(|s| s.agent(churner).unwrap().account.log_bytes_total)
+        .await;
+    assert!(children > 10, "{children} children");
+    // Both were charged, and together they stayed within the quota.
+    assert!(
+        records + tokens <= charged && records + tokens <= limit,
+        "{children} children: records {records} B and tokens {tokens} B, charged {charged} B of {limit}"
+    );
+    arena.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unbounded_memory_growth_traps_at_the_tokens_memory_budget() {
     let arena = Arena::with_limits(AgentLimits::default()).await;
     let hog = arena

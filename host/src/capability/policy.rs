@@ -127,7 +127,7 @@ pub(crate) fn check_for(op: &Operation, origin: AgentId, state: &WorldState) -> 
         Operation::TerminateAgent { agent, .. } => {
             ("terminate", agent_targets(*agent, origin, state))
         }
-        Operation::SpawnAgent { spec } => {
+        Operation::SpawnAgent { spec } | Operation::SpawnAgentSized { spec, .. } => {
             let mut targets = Vec::with_capacity(2);
             if let Some(c) = state.component(&spec.component) {
                 targets.push(c.name.clone());
@@ -201,7 +201,9 @@ pub(crate) fn operator_level_for(op: &Operation) -> Option<OperatorLevel> {
         | Operation::ResumeAgent { .. } => Some(OperatorLevel::Write),
         // Spawning with a token made elsewhere needs `write`; the host
         // minting one from rights needs `admin` (checked before).
-        Operation::SpawnAgent { .. } => Some(OperatorLevel::Write),
+        Operation::SpawnAgent { .. } | Operation::SpawnAgentSized { .. } => {
+            Some(OperatorLevel::Write)
+        }
         Operation::RevokeToken { .. }
         | Operation::TrustPublisher { .. }
         | Operation::DistrustPublisher { .. }

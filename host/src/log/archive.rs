@@ -346,10 +346,11 @@ impl Written {
                     self.referenced.insert(component.digest);
                     self.kept_tokens.insert(package.token);
                 }
-                Operation::SpawnAgent { spec } => {
-                    self.kept_tokens.insert(spec.token);
+                op => {
+                    if let Some(spec) = op.spawned() {
+                        self.kept_tokens.insert(spec.token);
+                    }
                 }
-                _ => {}
             }
             self.looked = seq + 1;
         }

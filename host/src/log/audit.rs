@@ -315,7 +315,7 @@ fn check_allowed(
     };
     decide(&check)
         .map_err(|reason| format!("recorded as allowed, but the token denies it: {reason}"))?;
-    let Operation::SpawnAgent { spec } = op else {
+    let Some(spec) = op.spawned() else {
         return Ok(());
     };
     for text in &spec.rights {
@@ -327,6 +327,14 @@ fn check_allowed(
         })?;
     }
     let child = load(spec.token)?;
+    if let Operation::SpawnAgentSized { token_bytes, .. } = op
+        && *token_bytes as usize != child.bytes().len()
+    {
+        return Err(format!(
+            "the spawn was charged for a token of {token_bytes} bytes, but the child's token holds {}",
+            child.bytes().len()
+        ));
+    }
     let parent_ids = token.revocation_ids();
     let child_ids = child.revocation_ids();
     let mut delegated = child.delegated_rights().unwrap_or_default();
@@ -628,6 +636,67 @@ mod tests {
         .unwrap();
         assert_eq!(archived.map(|a| a.tokens_dropped), Some(1));
         assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
+    }
+
+    #[test]
+    fn a_spawn_charged_for_another_size_than_its_child_s_token_is_named() {
+        use crate::store::event_store::EventStore;
+        use toka_kernel::{AgentSpec, ComponentSpec, Kernel, Limits, Operation};
+
+        let root = RootKey::generate();
+        let store = crate::store::memory::MemoryStore::new(Limits::default());
+        let mut kernel = Kernel::new(Limits::default());
+        let digest = Digest::of(b"agent");
+        let component = Box::new(ComponentSpec {
+            digest,
+            name: "agent".into(),
+            size: 5,
+        });
+        let op = Operation::InstallComponent { component };
+        let mut batch = applied(&mut kernel, EntityId::SYSTEM, op, None);
+        batch
+            .blobs
+            .push((digest, std::sync::Arc::from(&b"agent"[..])));
+        store.append(batch).unwrap();
+        // A spawn by `origin` of an agent bound to `token`, charged for
+        // `token_bytes`.
+        let spawn = |kernel: &mut Kernel, origin: EntityId, token: &Token, token_bytes: u32| {
+            let name = format!("agent-{}", kernel.head().seq);
+            let spec = Box::new(AgentSpec {
+                component: digest,
+                name: name.clone(),
+                token: token.digest(),
+                rights: Vec::new(),
+            });
+            let op = Operation::SpawnAgentSized { spec, token_bytes };
+            let batch = applied(kernel, origin, op, Some(token));
+            store.append(batch).unwrap();
+            let mut agents = kernel.state().agents();
+            agents.find(|(_, a)| a.name == name).unwrap().0
+        };
+        let parent = Token::issue(&root, &["spawn agent".parse().unwrap()], &[], None).unwrap();
+        let parent_id = spawn(&mut kernel, EntityId::SYSTEM, &parent, 0);
+        let size = |t: &Token| u32::try_from(t.bytes().len()).unwrap();
+        let child = parent.attenuate(&[], &[]).unwrap();
+        spawn(&mut kernel, parent_id, &child, size(&child));
+        let report = super::audit(&store, root.public()).unwrap();
+        assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
+        // A record charging the parent's tree one byte less than it stored.
+        let short = parent.attenuate(&[], &[]).unwrap();
+        let seq = kernel.head().seq + 1;
+        spawn(&mut kernel, parent_id, &short, size(&short) - 1);
+        let report = super::audit(&store, root.public()).unwrap();
+        assert_eq!(report.mismatches.len(), 1, "{:?}", report.mismatches);
+        let mismatch = &report.mismatches[0];
+        assert_eq!(mismatch.seq, seq);
+        assert!(
+            mismatch.problem.starts_with(&format!(
+                "the spawn was charged for a token of {} bytes, but the child's token holds {}",
+                size(&short) - 1,
+                size(&short)
+            )),
+            "{mismatch:?}"
+        );
     }
 
     #[test]

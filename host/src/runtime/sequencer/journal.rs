@@ -58,7 +58,7 @@ impl Core {
         let recorded = self.read_record(key, entry.seq)?;
         let same = match (request, &recorded.command.op) {
             (Request::Op(op), recorded) => op == recorded,
-            (Request::Spawn(spawn), Operation::SpawnAgent { spec }) => {
+            (Request::Spawn(spawn), recorded_op) if let Some(spec) = recorded_op.spawned() => {
                 let names_it = spawn.component == spec.component.to_string()
                     || self
                         .kernel

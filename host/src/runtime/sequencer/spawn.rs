@@ -111,9 +111,7 @@ impl Core {
         spec.token = child.digest();
         self.gate.admit(child.clone());
         Ok(Prepared {
-            op: Operation::SpawnAgent {
-                spec: Box::new(spec),
-            },
+            op: spawn_op(spec, &child),
             child,
             budgets,
         })
@@ -154,14 +152,8 @@ impl Core {
             token: Some(token.clone()),
             ..Attachments::default()
         };
-        let (command, attachments) = self.command_by(
-            by,
-            time,
-            Operation::SpawnAgent {
-                spec: Box::new(spec),
-            },
-            attachments,
-        )?;
+        let (command, attachments) =
+            self.command_by(by, time, spawn_op(spec, &token), attachments)?;
         self.gate.admit(token);
         let receipt = self.apply(command, attachments)?;
         self.set_budgets(receipt, budgets, time);
@@ -188,5 +180,14 @@ impl Core {
                     ),
                 )
             })
+    }
+}
+
+/// The operation spawning `spec`, bound to `token`: its bytes, stored
+/// beside the record, are charged to the spawning agent's tree.
+fn spawn_op(spec: AgentSpec, token: &Token) -> Operation {
+    Operation::SpawnAgentSized {
+        spec: Box::new(spec),
+        token_bytes: u32::try_from(token.bytes().len()).unwrap_or(u32::MAX),
     }
 }

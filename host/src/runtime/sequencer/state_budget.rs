@@ -447,7 +447,7 @@ impl StateBudget {
             }
             // A tree of its own, holding nothing yet: only the budget can
             // be passed.
-            Operation::SpawnAgent { .. } => self
+            Operation::SpawnAgent { .. } | Operation::SpawnAgentSized { .. } => self
                 .shares
                 .check_total(AGENT_RECORD_BYTES)
                 .map_err(|over| refusal(over, AGENT_RECORD_BYTES)),

@@ -289,6 +289,41 @@ async fn revoking_a_parents_token_stops_it_and_its_children() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_revocation_id_is_looked_for_without_verifying_a_token_again() {
+    // Regression: an id no stored token carries was then looked for in the
+    // token of every agent in the state, each verified again (a signature
+    // check, ~0.1 ms, on the runtime's thread) and admitted to the gate's
+    // cache, where it pushed out the tokens running agents use.
+    let (_tmp, data) = temp_data();
+    let (host, probe) = host_with_probe(&data).await;
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let agent = host
+            .spawn(probe, &format!("agent-{n}"), grant(&["observe"]))
+            .await
+            .unwrap();
+        let token = host.state(|s| s.agent(agent).unwrap().token).await;
+        ids.push(host.token(&token).unwrap().revocation_ids()[0].clone());
+    }
+    host.shutdown().await.unwrap();
+    // A host opened again has verified none of them yet.
+    let host = open_host(&data).await;
+    let before = host.metrics().tokens_verified;
+    let unknown = host.revoke(vec![7; 64], false).await.unwrap_err();
+    assert!(
+        unknown
+            .to_string()
+            .starts_with("no token in this data dir has revocation id 0707"),
+        "{unknown}"
+    );
+    assert_eq!(host.metrics().tokens_verified, before);
+    // A stored agent's id is found, also without verifying its token.
+    host.revoke(ids[13].clone(), false).await.unwrap();
+    assert_eq!(host.metrics().tokens_verified, before);
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_minted_from_the_documented_datalog_is_accepted_and_enforced() {
     let (_tmp, data) = temp_data();
     let (host, probe) = host_with_probe(&data).await;

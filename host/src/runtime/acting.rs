@@ -446,11 +446,14 @@ impl HostParts<'_> {
 
     /// Whether a token the host knows carries `id`.
     pub(crate) async fn knows_revocation_id(&self, id: &[u8]) -> Result<bool, HostError> {
-        // Every token the host ever stored, one at a time on a blocking
-        // thread; their ids read from their bytes, not verified again
-        // (they were when stored): a signature check each, and each
-        // admitted to the gate's cache would push out the tokens running
-        // agents use.
+        // A token is stored in the batch of the record that binds it: once
+        // everything applied until now is durable, the store holds every
+        // token the host knows.
+        self.inner.sequencer.durable_now().await?;
+        // One at a time on a blocking thread; their ids read from their
+        // bytes, not verified again (they were when stored): a signature
+        // check each, and each admitted to the gate's cache would push out
+        // the tokens running agents use.
         let store = Arc::clone(&self.inner.store);
         let wanted = id.to_vec();
         let stored = tokio::task::spawn_blocking(move || {
@@ -459,17 +462,7 @@ impl HostParts<'_> {
         })
         .await
         .map_err(|e| HostError::Stopped(Stopped(format!("looking for a revocation id: {e}"))))??;
-        if stored {
-            return Ok(true);
-        }
-        let sequencer = &self.inner.sequencer;
-        // Tokens applied but not yet durable are known to the gate too.
-        let agents: Vec<Digest> = self.applied(|s| s.agents().map(|(_, a)| a.token).collect());
-        Ok(agents.iter().any(|digest| {
-            sequencer
-                .token(digest)
-                .is_ok_and(|t| t.revocation_ids().iter().any(|r| r == id))
-        }))
+        Ok(stored)
     }
 }
 

@@ -1,12 +1,10 @@
 //! Forgetting terminated agents: a host that spawns and terminates agents
 //! for months would otherwise keep every record (and its state) for ever.
 
-use std::collections::BTreeSet;
-
 use crate::apply::denied;
 use crate::error::KernelError;
 use crate::event::Event;
-use crate::id::{AgentId, EntityId};
+use crate::id::{AgentId, EntityId, IdHash};
 use crate::operation::OpKind;
 use crate::state::WorldState;
 
@@ -24,46 +22,59 @@ impl WorldState {
     /// deepest first, at most [`FORGOTTEN_PER_RECORD`]. One pass over the
     /// agents; empty when there is nothing to forget.
     #[must_use]
+    #[expect(
+        clippy::disallowed_types,
+        reason = "scratch sets of one call, keyed with a fixed hasher; what leaves is sorted"
+    )]
     pub fn forgettable(&self) -> Vec<AgentId> {
         // Kept: the agents that are not terminated, and those that
         // scheduled a task not yet ended (the host counts a task to its
-        // scheduler's tree), with all their ancestors.
-        let live = self
-            .agents
-            .iter()
-            .filter(|(_, a)| !a.is_terminated())
-            .map(|(id, _)| *id);
+        // scheduler's tree), with all their ancestors. Only the terminated
+        // agents are candidates: one pass over the agents notes them (with
+        // their parents and depths) and the parents of the others; the
+        // walks up from those then stay within the terminated ones.
+        if self.live_agents >= self.agents.len() as u64 {
+            // None is terminated (a host forgetting on a timer asks often).
+            return Vec::new();
+        }
+        let mut terminated: std::collections::HashMap<AgentId, (EntityId, u32), IdHash> =
+            std::collections::HashMap::default();
+        let mut parents_of_live = Vec::new();
+        for (id, agent) in &self.agents {
+            if agent.is_terminated() {
+                terminated.insert(*id, (agent.parent, agent.depth));
+            } else if agent.parent != EntityId::SYSTEM {
+                parents_of_live.push(agent.parent);
+            }
+        }
+        let mut kept: std::collections::HashSet<AgentId, IdHash> =
+            std::collections::HashSet::default();
         let schedulers = self.tasks.values().map(|t| t.by);
-        let mut kept: BTreeSet<AgentId> = BTreeSet::new();
-        for id in live.chain(schedulers) {
-            // Up to the first ancestor already kept (so each record is
-            // walked over once), or the top.
-            let mut next = self.agents.contains_key(&id).then_some(id);
-            while let Some(at) = next {
+        for mut at in parents_of_live.into_iter().chain(schedulers) {
+            // Up to the first agent that is not terminated (it is kept,
+            // and walks on from itself), or noted already (its walk went
+            // on from it), or the top.
+            while let Some((parent, _)) = terminated.get(&at) {
                 if !kept.insert(at) {
                     break;
                 }
-                next = self
-                    .agents
-                    .get(&at)
-                    .map(|a| a.parent)
-                    .filter(|p| *p != EntityId::SYSTEM);
+                at = *parent;
             }
         }
         // Deepest first, and at most so many: what is left of a dead
         // subtree keeps its ancestors for the next record (a parent is
         // taken only once every deeper agent is).
-        let mut dead: Vec<(u32, AgentId)> = self
-            .agents
-            .iter()
+        let mut dead: Vec<(std::cmp::Reverse<u32>, AgentId)> = terminated
+            .into_iter()
             .filter(|(id, _)| !kept.contains(id))
-            .map(|(id, agent)| (agent.depth, *id))
+            .map(|(id, (_, depth))| (std::cmp::Reverse(depth), id))
             .collect();
-        dead.sort_unstable_by_key(|(depth, id)| (std::cmp::Reverse(*depth), *id));
-        dead.into_iter()
-            .take(FORGOTTEN_PER_RECORD)
-            .map(|(_, id)| id)
-            .collect()
+        if dead.len() > FORGOTTEN_PER_RECORD {
+            dead.select_nth_unstable(FORGOTTEN_PER_RECORD);
+            dead.truncate(FORGOTTEN_PER_RECORD);
+        }
+        dead.sort_unstable();
+        dead.into_iter().map(|(_, id)| id).collect()
     }
 
     /// Removes the agents [`WorldState::forgettable`] names, one

@@ -3,10 +3,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use common::{World, spawned};
-use toka_kernel::{AgentId, Event, KernelError, Operation, Rules};
+use proptest::prelude::*;
+use toka_kernel::{
+    AgentId, EntityId, Event, FORGOTTEN_PER_RECORD, KernelError, Operation, Rules, TaskSpec,
+    WorldState,
+};
 
 fn terminate(w: &mut World, agent: AgentId) {
     w.system(Operation::TerminateAgent {
@@ -183,4 +187,88 @@ fn only_the_operator_forgets() {
         matches!(by_host_for_agent, KernelError::CapabilityDenied { .. }),
         "{by_host_for_agent}"
     );
+}
+
+/// [`WorldState::forgettable`] as its definition reads, the slow way: the
+/// agents kept are those not terminated and those that scheduled a task
+/// not ended, with every ancestor of theirs; the rest go, the deepest
+/// first (then by id), at most [`FORGOTTEN_PER_RECORD`].
+fn forgettable_by_definition(state: &WorldState) -> Vec<AgentId> {
+    let schedulers: BTreeSet<EntityId> = state.tasks().map(|(_, t)| t.by).collect();
+    let mut kept = BTreeSet::new();
+    for (id, agent) in state.agents() {
+        if agent.is_terminated() && !schedulers.contains(&id) {
+            continue;
+        }
+        let mut at = Some(id);
+        while let Some(this) = at {
+            kept.insert(this);
+            at = state
+                .agent(this)
+                .map(|a| a.parent)
+                .filter(|p| state.agent(*p).is_some());
+        }
+    }
+    let mut dead: Vec<(std::cmp::Reverse<u32>, AgentId)> = state
+        .agents()
+        .filter(|(id, _)| !kept.contains(id))
+        .map(|(id, a)| (std::cmp::Reverse(a.depth), id))
+        .collect();
+    dead.sort();
+    dead.into_iter()
+        .take(FORGOTTEN_PER_RECORD)
+        .map(|(_, id)| id)
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Forests of agents, some terminated, some having scheduled tasks
+    /// onto others: every record forgets what the definition says, until
+    /// nothing is left to forget.
+    #[test]
+    fn what_is_forgotten_is_what_the_definition_names(
+        agents in proptest::collection::vec((any::<prop::sample::Index>(), any::<bool>()), 1..40),
+        tasks in proptest::collection::vec(
+            (any::<prop::sample::Index>(), any::<prop::sample::Index>()),
+            0..10,
+        ),
+        terminated in proptest::collection::vec(any::<prop::sample::Index>(), 0..40),
+    ) {
+        let mut w = World::new();
+        let mut ids: Vec<AgentId> = Vec::new();
+        for (i, (parent, root)) in agents.iter().enumerate() {
+            let name = format!("a{i}");
+            let id = if *root || ids.is_empty() {
+                w.spawn_root(&name)
+            } else {
+                w.spawn_child(ids[parent.index(ids.len())], &name)
+            };
+            ids.push(id);
+        }
+        for (by, onto) in &tasks {
+            let (by, onto) = (ids[by.index(ids.len())], ids[onto.index(ids.len())]);
+            let op = Operation::ScheduleTask {
+                agent: onto,
+                spec: TaskSpec { description: "t".into() },
+            };
+            w.agent(by, op).unwrap();
+        }
+        for agent in &terminated {
+            let agent = ids[agent.index(ids.len())];
+            if !w.kernel.state().agent(agent).unwrap().is_terminated() {
+                terminate(&mut w, agent);
+            }
+        }
+        loop {
+            let expected = forgettable_by_definition(w.kernel.state());
+            prop_assert_eq!(w.kernel.state().forgettable(), expected.clone());
+            if expected.is_empty() {
+                break;
+            }
+            let forgotten: BTreeSet<AgentId> = forget(&mut w).into_keys().collect();
+            prop_assert_eq!(forgotten, expected.into_iter().collect::<BTreeSet<_>>());
+        }
+    }
 }

@@ -4,6 +4,11 @@
 //!
 //! `cargo run --release -p toka-kernel --example forgettable -- 1000000`
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "an example timing the kernel from outside it"
+)]
+
 use toka_kernel::{
     AgentSpec, Applied, Command, ComponentSpec, Digest, EntityId, Event, Kernel, Limits, Operation,
     Timestamp, WorldState,

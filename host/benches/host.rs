@@ -14,6 +14,9 @@
 //! - `instantiate`: a bare `InstancePre::instantiate_async` of the component
 //!   against the host's own instantiation of an agent (store, WASI context,
 //!   instance, `init`).
+//! - `task round trip`: one task (`observe 1`) for an agent kept warm, from
+//!   `schedule` until the host is idle again (its end committed and
+//!   published): what a caller waiting for a task's result waits at least.
 //!
 //! Goals (issue 3): toka/memory ≤ 3× floor per op; toka/redb ≤ 1.5× the
 //! larger of toka/memory and redb append; Toka's instantiate ≤ 3× bare.
@@ -284,6 +287,34 @@ fn instantiate(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     group.finish();
 }
 
+fn round_trip(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let mut group = c.benchmark_group("task round trip");
+    for name in ["toka/memory", "toka/redb"] {
+        let (_dir, store, root) = fresh_store(name);
+        let (host, agent) = rt.block_on(async {
+            let host = Host::open(store, root, config()).await.unwrap();
+            let component = host.install("bench", bench_component()).await.unwrap();
+            let agent = host
+                .spawn(component, "bench", observe_grant())
+                .await
+                .unwrap();
+            (host, agent)
+        });
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    host.schedule(agent, "observe 1").await.unwrap();
+                    host.run_until_idle().await.unwrap();
+                });
+            });
+        });
+        let failed = rt.block_on(host.state(|s| s.agent(agent).map_or(0, |a| a.failed)));
+        assert_eq!(failed, 0, "a task failed; the figure would be wrong");
+        rt.block_on(host.shutdown()).unwrap();
+    }
+    group.finish();
+}
+
 fn observe_grant() -> Grant {
     Grant::Rights(vec!["observe".parse().unwrap()])
 }
@@ -390,6 +421,7 @@ fn benches(c: &mut Criterion) {
         .unwrap();
     floor(c, &rt);
     instantiate(c, &rt);
+    round_trip(c, &rt);
 }
 
 criterion_group! {

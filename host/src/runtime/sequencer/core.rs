@@ -1100,9 +1100,14 @@ impl Sequencer {
         }
     }
 
-    /// Unlocks the core, waking the writer if it sleeps with work pending.
+    /// Unlocks the core, waking the writer if it sleeps with work pending,
+    /// or lingers when that work is not to wait (see [`Sequencer::hurry`]).
     pub(super) fn release(&self, core: MutexGuard<'_, Core>) {
-        let wake = core.writer == State::Idle && !core.pending.is_empty();
+        let wake = match core.writer {
+            State::Idle => !core.pending.is_empty(),
+            State::Lingering => core.hurry,
+            State::Busy => false,
+        };
         drop(core);
         if wake {
             self.shared.work.notify_one();
@@ -1522,15 +1527,17 @@ impl Core {
             events,
             ..
         } = applied;
-        // The refusals kept for a task's re-run go once it ended: by its
-        // own end, or failed by another operation (its agent terminated).
-        if !self.refusals.is_empty() {
-            for event in &events {
-                if let toka_kernel::Event::TaskCompleted { task, .. }
-                | toka_kernel::Event::TaskFailed { task, .. } = event
-                {
-                    self.refusals.remove(task);
-                }
+        for event in &events {
+            if let toka_kernel::Event::TaskCompleted { task, .. }
+            | toka_kernel::Event::TaskFailed { task, .. } = event
+            {
+                // The refusals kept for a task's re-run go once it ended:
+                // by its own end, or failed by another operation (its
+                // agent terminated).
+                self.refusals.remove(task);
+                // A task's end is what whoever scheduled it waits for: the
+                // writer commits it without lingering.
+                self.hurry = true;
             }
         }
         let receipt = Receipt {

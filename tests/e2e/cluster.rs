@@ -505,6 +505,31 @@ async fn completed_once_summing(api: &Api, tasks: &[String], sum: u64) {
     );
 }
 
+/// A cluster command pointed at a port where no NATS server listens fails
+/// with one error naming the servers and why, after trying for its
+/// patience (10 s); it once waited 30 s for a request to time out and
+/// named neither.
+#[test]
+fn a_cluster_nobody_answers_at_is_named_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("nats://127.0.0.1:{}", free_port());
+    let run = crate::toka(
+        &tmp.path().join("data"),
+        &["--cluster", &url, "--cell", "0", "state"],
+    );
+    assert_eq!(run.code, 2, "{run:#?}");
+    let last = run.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!(
+            "error: cannot connect to NATS at {url}: no server answered within 10s; the last attempt: "
+        )) && last.contains("refused"),
+        "{run:#?}"
+    );
+    let warned = run.stderr.lines().filter(|l| l.contains("WARN")).count();
+    assert_eq!(warned, 1, "one warning while it tries: {run:#?}");
+    assert!(run.stdout.is_empty(), "{run:#?}");
+}
+
 fn verify(nats: &Nats, tmp: &Path, cell: u32) {
     let out = toka_cluster(
         nats,

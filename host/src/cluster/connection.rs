@@ -14,6 +14,9 @@ pub(crate) const CONFIG_BUCKET: &str = "toka_cluster";
 pub(crate) const CONFIG_KEY: &str = "config";
 /// How long a request to NATS may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one attempt to connect to a server waits for it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long reading the cluster's configuration is tried before it fails.
 const CONFIG_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -189,17 +192,21 @@ impl Cluster {
             .enable_all()
             .build()
             .map_err(|e| fail(format!("starting its runtime: {e}")))?;
-        let options = async_nats::ConnectOptions::new()
-            .name(name)
-            .connection_timeout(Duration::from_secs(2))
-            .request_timeout(Some(REQUEST_TIMEOUT))
-            .retry_on_initial_connect();
-        let connecting = runtime
-            .spawn(async move { tokio::time::timeout(patience, options.connect(addrs)).await });
-        let client = outside(|| runtime.block_on(connecting))
-            .map_err(|e| fail(e.to_string()))?
-            .map_err(|_| fail(format!("no server answered within {}s", patience.as_secs())))?
-            .map_err(|e| fail(e.to_string()))?;
+        let name = name.to_owned();
+        let connecting =
+            runtime.spawn(async move { connect_within(&addrs, &name, patience).await });
+        let client = match outside(|| runtime.block_on(connecting)) {
+            Ok(Ok(client)) => client,
+            failed => {
+                // Dropping a runtime inside another one panics; this does not.
+                runtime.shutdown_background();
+                return Err(fail(match failed {
+                    Ok(Err(reason)) => reason,
+                    Err(join) => join.to_string(),
+                    Ok(Ok(_)) => unreachable!("matched above"),
+                }));
+            }
+        };
         // The context spawns a task of its own: on this runtime, whichever
         // the caller is in.
         let js = {
@@ -377,6 +384,46 @@ pub const MAX_CELLS: u32 = 1024;
 
 /// Runs `f` where blocking is allowed: on a scoped thread of its own when
 /// called from inside a tokio runtime (where `block_on` would panic).
+/// Connects to one of `addrs`, trying again while none answers, for up to
+/// `patience`; the error says how long it tried and the last failure.
+/// Once connected, the client reconnects by itself after a server is lost.
+/// (async-nats's own `retry_on_initial_connect` would return at once and
+/// let the first request time out, naming neither the servers nor why.)
+async fn connect_within(
+    addrs: &[async_nats::ServerAddr],
+    name: &str,
+    patience: Duration,
+) -> Result<async_nats::Client, String> {
+    let deadline = tokio::time::Instant::now() + patience;
+    const FIRST_PAUSE: Duration = Duration::from_millis(100);
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let options = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(CONNECT_TIMEOUT.min(left).max(Duration::from_millis(100)))
+            .request_timeout(Some(REQUEST_TIMEOUT));
+        let failed = match options.connect(addrs.to_vec()).await {
+            Ok(client) => return Ok(client),
+            Err(e) => e.to_string(),
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "no server answered within {:.0?}; the last attempt: {failed}",
+                patience
+            ));
+        }
+        if pause == FIRST_PAUSE {
+            tracing::warn!(error = %failed, "no NATS server answers yet; trying again for up to {patience:.0?}");
+        } else {
+            tracing::debug!(error = %failed, ?left, "no NATS server answers yet");
+        }
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
 fn outside<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     if tokio::runtime::Handle::try_current().is_ok() {
         std::thread::scope(|s| {

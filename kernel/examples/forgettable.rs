@@ -1,6 +1,9 @@
 //! Times [`WorldState::forgettable`] on a large state: `N` agents (default
 //! 1 000 000) in trees of 1 000 (a root spawned by the operator, 999
-//! children of it), every other child terminated.
+//! children of it), every other child terminated; then a host's forget
+//! record (ask whether anything is forgettable, then apply
+//! `ForgetTerminated`), asking the state (found twice) and asking the
+//! kernel (found once, kept for the record).
 //!
 //! `cargo run --release -p toka-kernel --example forgettable -- 1000000`
 
@@ -69,13 +72,30 @@ fn main() {
         }
     }
     let state: &WorldState = kernel.state();
-    for _ in 0..3 {
+    for _ in 0..2 {
         let started = std::time::Instant::now();
         let forgettable = state.forgettable();
         println!(
             "{n} agents, {} terminated: {} forgettable in one record, found in {:?}",
             state.agents().len() as u64 - state.live_agents(),
             forgettable.len(),
+            started.elapsed()
+        );
+    }
+    for ask_the_kernel in [false, true, false, true] {
+        let mut kernel = kernel.clone();
+        let started = std::time::Instant::now();
+        let wanted = if ask_the_kernel {
+            !kernel.forgettable().is_empty()
+        } else {
+            !kernel.state().forgettable().is_empty()
+        };
+        assert!(wanted, "the example's state has agents to forget");
+        let applied = apply(&mut kernel, EntityId::SYSTEM, Operation::ForgetTerminated);
+        println!(
+            "a forget record, asking the {}: {} agents forgotten in {:?}",
+            if ask_the_kernel { "kernel" } else { "state" },
+            applied.events.len(),
             started.elapsed()
         );
     }

@@ -48,6 +48,9 @@ pub(crate) struct Env<'a> {
     /// after it was written does not judge it again (see
     /// [`WorldState::configure`]).
     pub(crate) recorded: bool,
+    /// [`WorldState::forgettable`] of the state the command applies to,
+    /// when the kernel has it already (see [`Kernel::forgettable`](crate::Kernel::forgettable)).
+    pub(crate) forgettable: Option<&'a [AgentId]>,
 }
 
 /// The accounts a command is charged to, as they will be once it applies:
@@ -226,7 +229,7 @@ impl WorldState {
             Operation::MarkSent { through } => self.mark_sent(through)?,
             Operation::DeliverTask { delivery } => self.deliver(*delivery, env)?,
             Operation::RemoveComponent { component } => self.remove_component(origin, component)?,
-            Operation::ForgetTerminated => self.forget_terminated(origin)?,
+            Operation::ForgetTerminated => self.forget_terminated(origin, env.forgettable)?,
             Operation::RefuseDelivery { delivery, reason } => {
                 self.refuse_delivery(*delivery, reason, env)?
             }

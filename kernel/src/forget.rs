@@ -77,11 +77,13 @@ impl WorldState {
         dead.into_iter().map(|(_, id)| id).collect()
     }
 
-    /// Removes the agents [`WorldState::forgettable`] names, one
-    /// `agent_forgotten` event each.
+    /// Removes the agents [`WorldState::forgettable`] names (`known`, when
+    /// the caller has them for this state already), one `agent_forgotten`
+    /// event each.
     pub(crate) fn forget_terminated(
         &mut self,
         origin: EntityId,
+        known: Option<&[AgentId]>,
     ) -> Result<Vec<Event>, KernelError> {
         if origin != EntityId::SYSTEM {
             return Err(denied(
@@ -90,10 +92,17 @@ impl WorldState {
                 "only the operator forgets agents",
             ));
         }
-        let forgotten: Vec<Event> = self
-            .forgettable()
-            .into_iter()
-            .map(|id| Event::AgentForgotten {
+        let found;
+        let forgettable = match known {
+            Some(known) => known,
+            None => {
+                found = self.forgettable();
+                &found
+            }
+        };
+        let forgotten: Vec<Event> = forgettable
+            .iter()
+            .map(|&id| Event::AgentForgotten {
                 agent: id,
                 root: self.root_of(id),
                 state_bytes: self.agents[&id].state_bytes,

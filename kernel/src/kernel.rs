@@ -5,6 +5,7 @@ use crate::command::Command;
 use crate::error::KernelError;
 use crate::event::Event;
 use crate::extension::Registry;
+use crate::id::AgentId;
 use crate::limits::Limits;
 use crate::mail::Cell;
 use crate::record::{ChainHead, Record, RecordError};
@@ -43,6 +44,9 @@ pub struct Kernel {
     /// The canonical encoding of the operation the last rejected command
     /// carried (see [`Kernel::rejected_operation`]).
     rejected: Vec<u8>,
+    /// [`WorldState::forgettable`] at the head it was found at (see
+    /// [`Kernel::forgettable`]).
+    forgettable: Option<(ChainHead, Vec<AgentId>)>,
 }
 
 /// The result of applying one command: its record's position, hash and
@@ -143,6 +147,7 @@ impl Kernel {
             cell: None,
             scratch: Vec::new(),
             rejected: Vec::new(),
+            forgettable: None,
         }
     }
 
@@ -187,6 +192,19 @@ impl Kernel {
         &self.registry
     }
 
+    /// [`WorldState::forgettable`] of the state now, kept until the next
+    /// command applies: an [`Operation::ForgetTerminated`](crate::Operation::ForgetTerminated)
+    /// applied next forgets these without looking for them again (a pass
+    /// over every agent). For a caller that asks before it applies one.
+    pub fn forgettable(&mut self) -> &[AgentId] {
+        let head = self.head;
+        let fresh = matches!(&self.forgettable, Some((at, _)) if *at == head);
+        if !fresh {
+            self.forgettable = Some((head, self.state.forgettable()));
+        }
+        self.forgettable.as_ref().map_or(&[], |(_, found)| found)
+    }
+
     /// Applies `command`: validates it, mutates the state, and seals it into
     /// the next log record.
     ///
@@ -214,6 +232,10 @@ impl Kernel {
             record_len: bytes.len() as u64,
             cell: self.cell,
             recorded,
+            forgettable: match &self.forgettable {
+                Some((at, found)) if *at == self.head => Some(found),
+                _ => None,
+            },
         };
         self.rejected.clear();
         let events = match self.state.apply(command, &env) {
@@ -230,6 +252,8 @@ impl Kernel {
             }
         };
         self.head = ChainHead { seq, hash };
+        // Found for the state before: no use now.
+        self.forgettable = None;
         Ok(Applied {
             seq,
             hash,
@@ -322,6 +346,7 @@ impl Kernel {
             record_len: bytes.len() as u64,
             cell: self.cell,
             recorded: true,
+            forgettable: None,
         };
         if let Err(e) = self.state.apply(record.command, &env) {
             return Err(self.fail(ReplayErrorKind::Rejected(e)));

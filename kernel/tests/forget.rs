@@ -174,6 +174,30 @@ fn one_record_forgets_a_bounded_number_the_deepest_first() {
 }
 
 #[test]
+fn a_record_forgets_what_the_kernel_found_for_its_state_only() {
+    let mut w = World::new();
+    let a = w.spawn_root("a");
+    let b = w.spawn_child(a, "b");
+    let c = w.spawn_root("c");
+    terminate(&mut w, b);
+    // Found now, and kept for the record applied next...
+    assert_eq!(w.kernel.forgettable(), [b]);
+    // ...which is not the forget: c's termination changes what there is
+    // to forget, and what was found before it is not used.
+    terminate(&mut w, c);
+    assert_eq!(
+        forget(&mut w).into_keys().collect::<BTreeSet<_>>(),
+        BTreeSet::from([b, c])
+    );
+    // Found for the state the forget applies to: used as found.
+    terminate(&mut w, a);
+    assert_eq!(w.kernel.forgettable(), [a]);
+    assert_eq!(forget(&mut w).into_keys().collect::<Vec<_>>(), [a]);
+    assert!(w.kernel.forgettable().is_empty());
+    w.assert_replays();
+}
+
+#[test]
 fn only_the_operator_forgets() {
     let mut w = World::new();
     let a = w.spawn_root("a");
@@ -261,14 +285,20 @@ proptest! {
                 terminate(&mut w, agent);
             }
         }
-        loop {
+        for round in 0.. {
             let expected = forgettable_by_definition(w.kernel.state());
             prop_assert_eq!(w.kernel.state().forgettable(), expected.clone());
+            // Every other record is applied with what the kernel found
+            // for it beforehand, as a host asks first.
+            if round % 2 == 1 {
+                prop_assert_eq!(w.kernel.forgettable(), expected.as_slice());
+            }
             if expected.is_empty() {
                 break;
             }
             let forgotten: BTreeSet<AgentId> = forget(&mut w).into_keys().collect();
             prop_assert_eq!(forgotten, expected.into_iter().collect::<BTreeSet<_>>());
         }
+        w.assert_replays();
     }
 }

@@ -155,10 +155,13 @@ impl<'h> Acting<'h> {
             // from the log for it (a replay from a snapshot, for each
             // record, of a state an agent could have grown large).
             let mut this_record = Forgotten::default();
-            let wanted = |state: &toka_kernel::WorldState| {
-                for agent in state.forgettable() {
+            // The kernel keeps what it found for the record applied next.
+            let wanted = |kernel: &mut toka_kernel::Kernel| {
+                let found = kernel.forgettable().to_vec();
+                for agent in found {
                     this_record.agents += 1;
-                    this_record.state_bytes += state.agent(agent).map_or(0, |a| a.state_bytes);
+                    this_record.state_bytes +=
+                        kernel.state().agent(agent).map_or(0, |a| a.state_bytes);
                 }
                 this_record.agents > 0
             };
@@ -343,13 +346,13 @@ impl<'h> Acting<'h> {
         Ok(receipt)
     }
 
-    /// As [`Acting::submit`], unless `wanted` says (of the state as
+    /// As [`Acting::submit`], unless `wanted` says (of the kernel as
     /// applied, under the sequencer's lock) that `op` would change nothing:
     /// then nothing is written (`None`).
     async fn submit_if(
         &self,
         op: Operation,
-        wanted: impl FnOnce(&toka_kernel::WorldState) -> bool,
+        wanted: impl FnOnce(&mut toka_kernel::Kernel) -> bool,
     ) -> Result<Option<Receipt>, HostError> {
         let sequencer = &self.host.inner.sequencer;
         let submitted = sequencer

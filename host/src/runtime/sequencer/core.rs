@@ -952,11 +952,11 @@ impl Sequencer {
         by: &By,
         op: Operation,
         attachments: Attachments,
-        wanted: impl FnOnce(&toka_kernel::WorldState) -> bool,
+        wanted: impl FnOnce(&mut toka_kernel::Kernel) -> bool,
     ) -> Result<Result<Option<Receipt>, Declined>, Stopped> {
         self.decide_ahead(by, crate::capability::policy::operator_level_for(&op));
         let mut core = self.lock_with_room().await?;
-        if !wanted(core.kernel.state()) {
+        if !wanted(&mut core.kernel) {
             self.release(core);
             return Ok(Ok(None));
         }

@@ -530,6 +530,51 @@ fn a_cluster_nobody_answers_at_is_named_with_the_reason() {
     assert!(run.stdout.is_empty(), "{run:#?}");
 }
 
+/// A server that answers but refuses the connection (here: it wants a
+/// user and a password) fails the command at once, with its reason; it is
+/// not asked again for 10 s.
+#[test]
+fn a_server_that_refuses_the_connection_fails_the_command_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let nats = loop {
+        let port = free_port();
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["--user", "toka", "--pass", "not-given"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server on PATH (.ci/run installs Debian's nats-server)");
+        let mut nats = Nats {
+            nodes: vec![Some(child)],
+            ports: vec![port],
+            _dir: tempfile::tempdir().unwrap(),
+        };
+        if nats.listening() {
+            break nats;
+        }
+        nats.kill(0);
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nats-server did not start"
+        );
+    };
+    let url = nats.urls();
+    let run = crate::toka(
+        &tmp.path().join("data"),
+        &["--cluster", &url, "--cell", "0", "state"],
+    );
+    assert_eq!(run.code, 2, "{run:#?}");
+    let last = run.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("error: cannot connect to NATS at {url}: "))
+            && last.contains("authorization violation"),
+        "{run:#?}"
+    );
+    assert!(!run.stderr.contains("trying again"), "{run:#?}");
+}
+
 fn verify(nats: &Nats, tmp: &Path, cell: u32) {
     let out = toka_cluster(
         nats,

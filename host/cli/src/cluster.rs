@@ -13,6 +13,9 @@ use crate::{CliResult, Failure, Place};
 /// How long a command waits for some NATS server to answer.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
 
+/// How long `serve` waits for one: a host may start beside its servers.
+const SERVE_PATIENCE: Duration = Duration::from_secs(60);
+
 /// `toka cluster`.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
@@ -50,8 +53,12 @@ pub(crate) fn urls(place: &Place) -> Result<&str, Failure> {
 
 /// Connects to the cluster of --cluster.
 pub(crate) fn connect(place: &Place) -> Result<Cluster, Failure> {
+    connect_within(place, CONNECT_PATIENCE)
+}
+
+fn connect_within(place: &Place, patience: Duration) -> Result<Cluster, Failure> {
     let name = format!("toka-{}", std::process::id());
-    Cluster::connect(urls(place)?, &name, CONNECT_PATIENCE).map_err(Failure::input)
+    Cluster::connect(urls(place)?, &name, patience).map_err(Failure::input)
 }
 
 pub(crate) fn main(place: &Place, command: Command) -> CliResult {
@@ -208,7 +215,7 @@ pub(crate) async fn serve(
     grace: Duration,
     advertise: Option<String>,
 ) -> CliResult {
-    let cluster = connect(place)?;
+    let cluster = connect_within(place, SERVE_PATIENCE)?;
     let cluster_config = cluster.config().map_err(Failure::input)?;
     let ttl = cluster_config.lease_ttl();
     // What is still running when a lease goes must stop well before it

@@ -14,7 +14,6 @@ pub(crate) const CONFIG_BUCKET: &str = "toka_cluster";
 pub(crate) const CONFIG_KEY: &str = "config";
 /// How long a request to NATS may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// How long one attempt to connect to a server waits for it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long reading the cluster's configuration is tried before it fails.
@@ -382,10 +381,9 @@ pub(crate) async fn create_kv(
 /// The most cells a cluster can have.
 pub const MAX_CELLS: u32 = 1024;
 
-/// Runs `f` where blocking is allowed: on a scoped thread of its own when
-/// called from inside a tokio runtime (where `block_on` would panic).
 /// Connects to one of `addrs`, trying again while none answers, for up to
-/// `patience`; the error says how long it tried and the last failure.
+/// `patience`; the error says how long it tried and the last failure (or,
+/// at once, why a server that answered refused: credentials, TLS).
 /// Once connected, the client reconnects by itself after a server is lost.
 /// (async-nats's own `retry_on_initial_connect` would return at once and
 /// let the first request time out, naming neither the servers nor why.)
@@ -394,8 +392,8 @@ async fn connect_within(
     name: &str,
     patience: Duration,
 ) -> Result<async_nats::Client, String> {
-    let deadline = tokio::time::Instant::now() + patience;
     const FIRST_PAUSE: Duration = Duration::from_millis(100);
+    let deadline = tokio::time::Instant::now() + patience;
     let mut pause = FIRST_PAUSE;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -403,27 +401,43 @@ async fn connect_within(
             .name(name)
             .connection_timeout(CONNECT_TIMEOUT.min(left).max(Duration::from_millis(100)))
             .request_timeout(Some(REQUEST_TIMEOUT));
-        let failed = match options.connect(addrs.to_vec()).await {
-            Ok(client) => return Ok(client),
-            Err(e) => e.to_string(),
+        // An attempt tries every server (and every address of each), so
+        // it is held to the time left as a whole.
+        let failed = match tokio::time::timeout(left, options.connect(addrs.to_vec())).await {
+            Ok(Ok(client)) => return Ok(client),
+            Ok(Err(e)) => {
+                use async_nats::ConnectErrorKind as Kind;
+                if matches!(
+                    e.kind(),
+                    Kind::Authentication | Kind::AuthorizationViolation | Kind::Tls
+                ) {
+                    // A server answered: waiting changes nothing.
+                    return Err(e.to_string());
+                }
+                e.to_string()
+            }
+            Err(_) => "timed out".to_owned(),
         };
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            return Err(format!(
-                "no server answered within {:.0?}; the last attempt: {failed}",
-                patience
-            ));
-        }
-        if pause == FIRST_PAUSE {
+        if pause == FIRST_PAUSE && !left.is_zero() {
             tracing::warn!(error = %failed, "no NATS server answers yet; trying again for up to {patience:.0?}");
         } else {
             tracing::debug!(error = %failed, ?left, "no NATS server answers yet");
         }
         tokio::time::sleep(pause.min(left)).await;
+        // No attempt without time left for it: the last one's reason is
+        // the one to give.
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "no server answered within {patience:.0?}; the last attempt: {failed}"
+            ));
+        }
         pause = (pause * 2).min(Duration::from_secs(1));
     }
 }
 
+/// Runs `f` where blocking is allowed: on a scoped thread of its own when
+/// called from inside a tokio runtime (where `block_on` would panic).
 fn outside<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     if tokio::runtime::Handle::try_current().is_ok() {
         std::thread::scope(|s| {

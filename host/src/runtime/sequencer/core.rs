@@ -445,7 +445,8 @@ pub(super) struct Core {
     pub(super) stopped: Option<Stopped>,
     pub(super) closing: bool,
     /// Someone waits for the pending batch to be durable (an outbound
-    /// request, a caller of `wait_durable`): the writer commits it without
+    /// request, a caller of `wait_durable`), or it ends a task (whoever
+    /// scheduled it waits for the result): the writer commits it without
     /// lingering.
     pub(super) hurry: bool,
 }

@@ -197,14 +197,7 @@ fn floor(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
-                    let (_dir, store, root) = fresh_store(name);
-                    let host = Host::open(store, root, config()).await.unwrap();
-                    let component = host.install("bench", bench_component()).await.unwrap();
-                    let agent = host
-                        .spawn(component, "bench", observe_grant())
-                        .await
-                        .unwrap();
-
+                    let (_dir, host, agent) = bench_agent(name).await;
                     let elapsed = time_observations(&host, agent, iters).await;
                     host.shutdown().await.unwrap();
                     elapsed
@@ -290,16 +283,7 @@ fn instantiate(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 fn round_trip(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let mut group = c.benchmark_group("task round trip");
     for name in ["toka/memory", "toka/redb"] {
-        let (_dir, store, root) = fresh_store(name);
-        let (host, agent) = rt.block_on(async {
-            let host = Host::open(store, root, config()).await.unwrap();
-            let component = host.install("bench", bench_component()).await.unwrap();
-            let agent = host
-                .spawn(component, "bench", observe_grant())
-                .await
-                .unwrap();
-            (host, agent)
-        });
+        let (_dir, host, agent) = rt.block_on(bench_agent(name));
         group.bench_function(name, |b| {
             b.iter(|| {
                 rt.block_on(async {
@@ -313,6 +297,19 @@ fn round_trip(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         rt.block_on(host.shutdown()).unwrap();
     }
     group.finish();
+}
+
+/// A fresh host on the store `name` ends with (memory or redb) running the
+/// bench agent, allowed to observe.
+async fn bench_agent(name: &str) -> (Option<tempfile::TempDir>, Host, toka_kernel::AgentId) {
+    let (dir, store, root) = fresh_store(name);
+    let host = Host::open(store, root, config()).await.unwrap();
+    let component = host.install("bench", bench_component()).await.unwrap();
+    let agent = host
+        .spawn(component, "bench", observe_grant())
+        .await
+        .unwrap();
+    (dir, host, agent)
 }
 
 fn observe_grant() -> Grant {

@@ -511,23 +511,35 @@ async fn completed_once_summing(api: &Api, tasks: &[String], sum: u64) {
 /// named neither.
 #[test]
 fn a_cluster_nobody_answers_at_is_named_with_the_reason() {
-    let tmp = tempfile::tempdir().unwrap();
     let url = format!("nats://127.0.0.1:{}", free_port());
-    let run = crate::toka(
-        &tmp.path().join("data"),
-        &["--cluster", &url, "--cell", "0", "state"],
-    );
-    assert_eq!(run.code, 2, "{run:#?}");
-    let last = run.stderr.lines().last().unwrap_or_default();
+    let (run, reason) = cannot_connect(&url);
     assert!(
-        last.starts_with(&format!(
-            "error: cannot connect to NATS at {url}: no server answered within 10s; the last attempt: "
-        )) && last.contains("refused"),
+        reason.starts_with("no server answered within 10s; the last attempt: ")
+            && reason.contains("refused"),
         "{run:#?}"
     );
     let warned = run.stderr.lines().filter(|l| l.contains("WARN")).count();
     assert_eq!(warned, 1, "one warning while it tries: {run:#?}");
+}
+
+/// Runs `toka --cluster url --cell 0 state`, which must fail to connect:
+/// exit code 2, nothing on stdout, and a last line naming the servers;
+/// returns the run and the reason the line gives.
+#[track_caller]
+fn cannot_connect(url: &str) -> (crate::Run, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = crate::toka(
+        &tmp.path().join("data"),
+        &["--cluster", url, "--cell", "0", "state"],
+    );
+    assert_eq!(run.code, 2, "{run:#?}");
     assert!(run.stdout.is_empty(), "{run:#?}");
+    let last = run.stderr.lines().last().unwrap_or_default();
+    let reason = last
+        .strip_prefix(&format!("error: cannot connect to NATS at {url}: "))
+        .unwrap_or_else(|| panic!("{run:#?}"))
+        .to_owned();
+    (run, reason)
 }
 
 /// A server that answers but refuses the connection (here: it wants a
@@ -535,7 +547,6 @@ fn a_cluster_nobody_answers_at_is_named_with_the_reason() {
 /// not asked again for 10 s.
 #[test]
 fn a_server_that_refuses_the_connection_fails_the_command_at_once() {
-    let tmp = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let nats = loop {
         let port = free_port();
@@ -560,18 +571,8 @@ fn a_server_that_refuses_the_connection_fails_the_command_at_once() {
             "nats-server did not start"
         );
     };
-    let url = nats.urls();
-    let run = crate::toka(
-        &tmp.path().join("data"),
-        &["--cluster", &url, "--cell", "0", "state"],
-    );
-    assert_eq!(run.code, 2, "{run:#?}");
-    let last = run.stderr.lines().last().unwrap_or_default();
-    assert!(
-        last.starts_with(&format!("error: cannot connect to NATS at {url}: "))
-            && last.contains("authorization violation"),
-        "{run:#?}"
-    );
+    let (run, reason) = cannot_connect(&nats.urls());
+    assert!(reason.contains("authorization violation"), "{run:#?}");
     assert!(!run.stderr.contains("trying again"), "{run:#?}");
 }
 

@@ -498,6 +498,8 @@ impl Host {
         task: TaskId,
         timeout: std::time::Duration,
     ) -> Result<TaskFound, HostError> {
+        // Ends are committed without lingering while someone waits.
+        let _awaiting = self.inner.sequencer.awaiting_ends();
         // Registered before looking: an end committed after the look
         // wakes the waiter.
         let ended = self.inner.waiters.wait(task);
@@ -640,6 +642,11 @@ impl Host {
                 });
             if idle {
                 return Ok(());
+            }
+            if self.inner.actors.is_empty() {
+                // Nothing runs: what is left is to commit what was
+                // applied, at once rather than after the writer lingers.
+                self.inner.sequencer.hurry();
             }
             tokio::select! {
                 changed = published.changed() => {

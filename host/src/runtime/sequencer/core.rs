@@ -2,6 +2,7 @@
 //! the pending batch, and the paths an operation takes through them.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use toka_kernel::{
@@ -230,6 +231,15 @@ pub(crate) enum State {
     Busy,
 }
 
+/// A caller waiting for a task to end (see [`Sequencer::awaiting_ends`]).
+pub(crate) struct AwaitingEnds(Arc<AtomicUsize>);
+
+impl Drop for AwaitingEnds {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Why a call into an agent's instance is no longer wanted
 /// ([`Sequencer::still_wanted`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -445,10 +455,13 @@ pub(super) struct Core {
     pub(super) stopped: Option<Stopped>,
     pub(super) closing: bool,
     /// Someone waits for the pending batch to be durable (an outbound
-    /// request, a caller of `wait_durable`), or it ends a task (whoever
-    /// scheduled it waits for the result): the writer commits it without
+    /// request, a caller of `wait_durable`), or it ends a task while
+    /// someone waits for tasks to end: the writer commits it without
     /// lingering.
     pub(super) hurry: bool,
+    /// How many callers wait for a task to end now (see
+    /// [`Sequencer::awaiting_ends`]).
+    pub(super) ends_awaited: Arc<AtomicUsize>,
 }
 
 /// What a sequencer is configured with besides its parts.
@@ -513,6 +526,7 @@ impl Sequencer {
                     stopped: None,
                     closing: false,
                     hurry: false,
+                    ends_awaited: Arc::default(),
                 }),
                 any_stop: std::sync::atomic::AtomicBool::new(false),
                 work: Condvar::new(),
@@ -1124,6 +1138,14 @@ impl Sequencer {
         self.wait_until(&self.shared.committed, seq).await
     }
 
+    /// Marks a caller waiting for a task to end until the guard drops:
+    /// meanwhile every task's end is committed without lingering.
+    pub(crate) fn awaiting_ends(&self) -> AwaitingEnds {
+        let count = Arc::clone(&self.lock().ends_awaited);
+        count.fetch_add(1, Ordering::Relaxed);
+        AwaitingEnds(count)
+    }
+
     /// Has the writer commit what is pending without lingering: someone
     /// will wait for it soon (an outbound request after a response).
     pub(crate) fn hurry(&self) {
@@ -1536,9 +1558,12 @@ impl Core {
                 // by its own end, or failed by another operation (its
                 // agent terminated).
                 self.refusals.remove(task);
-                // A task's end is what whoever scheduled it waits for: the
-                // writer commits it without lingering.
-                self.hurry = true;
+                // Someone waits for a task's end (a client, `toka run`):
+                // the writer commits it without lingering. Ends nobody
+                // waits for keep being gathered into larger batches.
+                if self.ends_awaited.load(Ordering::Relaxed) > 0 {
+                    self.hurry = true;
+                }
             }
         }
         let receipt = Receipt {

@@ -355,6 +355,8 @@ pub(super) struct Shared {
     /// The snapshot replica, while one runs: it copies views and takes
     /// snapshots asked for off the lock.
     pub(super) replica: Mutex<Option<super::replica::Handle>>,
+    /// [`Core::ends_awaited`], counted without the lock.
+    pub(super) ends_awaited: Arc<AtomicUsize>,
     /// Wakes the readers waiting for a copy from the replica.
     pub(super) replica_copied: tokio::sync::Notify,
     /// Set, under the lock, when `Core::stopped` is: whether the host
@@ -489,6 +491,7 @@ impl Sequencer {
         options: Options,
     ) -> Self {
         let head = kernel.head().seq;
+        let ends_awaited = Arc::<AtomicUsize>::default();
         let view = (kernel.head(), Arc::new(kernel.state().clone()));
         let gate_counts = gate.counts();
         let (total, per_tree) = options.state_budget;
@@ -497,6 +500,7 @@ impl Sequencer {
         disk.check(|| store.free_space());
         Self {
             shared: Arc::new(Shared {
+                ends_awaited: Arc::clone(&ends_awaited),
                 view: Mutex::new(view),
                 want_view: std::sync::atomic::AtomicBool::new(false),
                 view_budget: Mutex::new(ViewBudget::default()),
@@ -526,7 +530,7 @@ impl Sequencer {
                     stopped: None,
                     closing: false,
                     hurry: false,
-                    ends_awaited: Arc::default(),
+                    ends_awaited,
                 }),
                 any_stop: std::sync::atomic::AtomicBool::new(false),
                 work: Condvar::new(),
@@ -1141,7 +1145,7 @@ impl Sequencer {
     /// Marks a caller waiting for a task to end until the guard drops:
     /// meanwhile every task's end is committed without lingering.
     pub(crate) fn awaiting_ends(&self) -> AwaitingEnds {
-        let count = Arc::clone(&self.lock().ends_awaited);
+        let count = Arc::clone(&self.shared.ends_awaited);
         count.fetch_add(1, Ordering::Relaxed);
         AwaitingEnds(count)
     }
@@ -1558,8 +1562,8 @@ impl Core {
                 // by its own end, or failed by another operation (its
                 // agent terminated).
                 self.refusals.remove(task);
-                // Someone waits for a task's end (a client, `toka run`):
-                // the writer commits it without lingering. Ends nobody
+                // Someone waits for a task's end (`Host::wait_task`, an
+                // API client): the writer commits it without lingering. Ends nobody
                 // waits for keep being gathered into larger batches.
                 if self.ends_awaited.load(Ordering::Relaxed) > 0 {
                     self.hurry = true;

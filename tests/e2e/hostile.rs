@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use toka_host::{AgentLimits, Budget, EventStore, Grant, RedbStore};
-use toka_kernel::{AgentId, AgentStatus, EntityId, Event, TaskId};
+use toka_kernel::{AgentId, AgentStatus, EntityId, Event, TaskId, TaskStatus};
 
 use crate::{Arena, Logged, agent_bytes, grant, outcome, temp_data, toka};
 
@@ -427,6 +427,54 @@ async fn task_outputs_cannot_outrun_the_tree_s_log_quota() {
     let events = arena.finish().await;
     counting.abort();
     assert_eq!(count(&events, |e| is_output_of(e, flood)), 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_ends_the_actor_of_a_task_held_for_its_tree_s_log_debt() {
+    // A task held until its tree's log-bytes debt is paid sleeps the whole
+    // debt on a wall clock (here minutes; it looked again every second
+    // before, a lock and a walk up the tree each time). A drain or stop
+    // must still end its actor at once.
+    let arena = Arena::new(toka_host::HostConfig::new()).await;
+    // 4 KiB a second, 64 KiB of burst: one output of 1 MiB puts the tree
+    // about four minutes in debt.
+    let flood = outputs_agent(&arena, Budget::LogRate(4 << 10)).await;
+    arena.host.schedule(flood, "outputs 2").await.unwrap();
+    let within = |what: &'static str, secs: u64| {
+        let give_up = std::time::Instant::now() + Duration::from_secs(secs);
+        move || assert!(std::time::Instant::now() < give_up, "{what}")
+    };
+    // `outputs 2` and the first `output` end; the second waits for the debt.
+    let check = within("the first output never ended", 60);
+    while arena
+        .host
+        .state(|s| s.agent(flood).unwrap().completed)
+        .await
+        < 2
+    {
+        check();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (completed, queued) = arena
+        .host
+        .state(|s| {
+            let completed = s.agent(flood).unwrap().completed;
+            let queued = s
+                .tasks()
+                .filter(|(_, t)| t.agent == flood && t.status == TaskStatus::Queued)
+                .count();
+            (completed, queued)
+        })
+        .await;
+    assert_eq!((completed, queued), (2, 1), "the second output is held");
+    assert_eq!(arena.host.running_actors(), 1, "its actor waits");
+    assert_eq!(arena.host.drain(Duration::from_secs(10)).await, 0);
+    let check = within("the held task's actor did not end after the drain", 20);
+    while arena.host.running_actors() > 0 {
+        check();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

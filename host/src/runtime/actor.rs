@@ -105,6 +105,9 @@ impl HostInner {
 pub(crate) async fn run(inner: Arc<HostInner>, agent: AgentId) {
     let mut instance: Option<Instance> = None;
     loop {
+        // Made before the host's state is looked at: a drain or stop after
+        // that look wakes a task held below.
+        let woken = inner.held.notified();
         if inner.sequencer.stopped().is_some() {
             break;
         }
@@ -135,7 +138,10 @@ pub(crate) async fn run(inner: Arc<HostInner>, agent: AgentId) {
                     if let Some(instance) = instance.take() {
                         inner.warm.keep(agent, instance);
                     }
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = woken => {}
+                    }
                     continue;
                 }
                 run_task(&inner, agent, task, description, started, &mut instance).await;

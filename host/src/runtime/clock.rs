@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use toka_kernel::Timestamp;
 
@@ -12,6 +12,15 @@ use toka_kernel::Timestamp;
 pub trait Clock: Send + Sync + 'static {
     /// Milliseconds since the Unix epoch.
     fn now(&self) -> Timestamp;
+
+    /// How long the host may wait, in real time, for this clock to move
+    /// `ms` milliseconds on (a task held until its tree's log-bytes debt
+    /// is paid waits this long before it looks again). By default a
+    /// second at most, for a clock that may move at any moment (a test's
+    /// [`ManualClock`]); all of it for one that follows real time.
+    fn real_wait(&self, ms: u64) -> Duration {
+        Duration::from_millis(ms).min(Duration::from_secs(1))
+    }
 }
 
 /// The system's wall clock.
@@ -24,6 +33,10 @@ impl Clock for SystemClock {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         Timestamp(ms)
+    }
+
+    fn real_wait(&self, ms: u64) -> Duration {
+        Duration::from_millis(ms)
     }
 }
 

@@ -147,6 +147,7 @@ impl Host {
             kept_paces: Arc::default(),
             memory,
             draining: AtomicBool::new(false),
+            held: tokio::sync::Notify::new(),
             waiters: crate::runtime::tasks::Waiters::default(),
             archiving: std::sync::Mutex::new(()),
             operator_tokens: crate::capability::presented::PresentedTokens::default(),
@@ -591,6 +592,7 @@ impl Host {
     /// log). Returns how many tasks were still running.
     pub async fn drain(&self, grace: std::time::Duration) -> usize {
         self.inner.draining.store(true, Ordering::SeqCst);
+        self.inner.held.notify_waiters();
         let running = || {
             self.inner.sequencer.read(|k| {
                 k.state()
@@ -985,6 +987,7 @@ impl Host {
 
     fn stop(&mut self) {
         self.inner.sequencer.close();
+        self.inner.held.notify_waiters();
         self.inner.places.close();
         // The ticker ticks on until no instance holds a place: a guest
         // computing now yields at its next epoch deadline, where the check

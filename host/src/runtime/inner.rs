@@ -37,6 +37,10 @@ pub(crate) struct HostInner {
     pub(crate) memory: Arc<crate::sandbox::memory::MemoryBudget>,
     /// Set by [`Host::drain`](crate::Host::drain): start no more tasks.
     pub(crate) draining: AtomicBool,
+    /// Wakes the actors whose task waits for its tree's log-bytes debt
+    /// (they sleep all of it, see `Sequencer::task_hold`) when the host
+    /// drains or stops.
+    pub(crate) held: tokio::sync::Notify,
     /// Callers waiting for tasks to end.
     pub(crate) waiters: crate::runtime::tasks::Waiters,
     /// Held while the log is being archived ([`Host::archive`](crate::Host::archive)).

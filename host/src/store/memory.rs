@@ -321,7 +321,7 @@ mod tests {
     }
 
     #[test]
-    fn dropping_the_head_of_the_log_keeps_the_rest_in_place() {
+    fn dropping_the_oldest_records_keeps_the_rest() {
         let mut log = Log::default();
         for (seq, bytes) in &records() {
             log.push(*seq, bytes);

@@ -638,11 +638,15 @@ impl Sequencer {
     /// once the tree is out of log-bytes debt. (An agent that queued a
     /// thousand tasks each returning 1 MiB wrote them all at once.)
     pub(crate) fn task_hold(&self, agent: AgentId) -> Option<std::time::Duration> {
-        /// The most a held task waits before the host looks again.
-        const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);
+        /// The most a held task waits before the host looks again. The
+        /// debt shrinks with time alone (the rules are adopted when the
+        /// host opens), and the host's drain and stop wake held tasks
+        /// (`HostInner::held`), so this is a backstop: for an agent
+        /// terminated meanwhile, or budgets set wider.
+        const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_secs(60);
         let core = self.lock();
         let debt = core.kernel.state().log_debt_ms(agent, core.stamp());
-        (debt > 0).then(|| std::time::Duration::from_millis(debt).min(LOOK_AGAIN))
+        (debt > 0).then(|| core.clock.real_wait(debt).min(LOOK_AGAIN))
     }
 
     /// Why `agent`'s next task fails instead of starting, if it does: the

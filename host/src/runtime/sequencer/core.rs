@@ -1567,8 +1567,9 @@ impl Core {
                 // agent terminated).
                 self.refusals.remove(task);
                 // Someone waits for a task's end (`Host::wait_task`, an
-                // API client): the writer commits it without lingering. Ends nobody
-                // waits for keep being gathered into larger batches.
+                // API client): the writer commits it without lingering.
+                // Ends nobody waits for keep being gathered into larger
+                // batches.
                 if self.ends_awaited.load(Ordering::Relaxed) > 0 {
                     self.hurry = true;
                 }

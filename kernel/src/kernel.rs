@@ -5,10 +5,10 @@ use crate::command::Command;
 use crate::error::KernelError;
 use crate::event::Event;
 use crate::extension::Registry;
-use crate::id::AgentId;
+use crate::id::{AgentId, Digest};
 use crate::limits::Limits;
 use crate::mail::Cell;
-use crate::record::{ChainHead, Record, RecordError};
+use crate::record::{ChainHead, Parts, Record, RecordError};
 use crate::state::WorldState;
 
 /// The pure, deterministic state machine every effect passes through.
@@ -287,7 +287,7 @@ impl Kernel {
     /// the kernel may hold a partly replayed state: discard it.
     pub fn replay(&mut self, bytes: &[u8]) -> Result<Applied, ReplayError> {
         let record = Record::decode(bytes).map_err(|e| self.fail(e.into()))?;
-        self.check_place(&record)?;
+        self.check_place(record.seq, record.prev_hash)?;
         let applied = self
             .apply_as(record.command, true)
             .map_err(|e| self.fail(ReplayErrorKind::Rejected(e)))?;
@@ -305,20 +305,21 @@ impl Kernel {
         }
     }
 
-    /// Checks that `record` is the next one: its sequence number follows
-    /// the head, and its `prev_hash` is the head's hash.
-    fn check_place(&self, record: &Record) -> Result<(), ReplayError> {
+    /// Checks that the record at `seq` after `prev_hash` is the next one:
+    /// its sequence number follows the head, and its `prev_hash` is the
+    /// head's hash.
+    fn check_place(&self, seq: u64, prev_hash: Digest) -> Result<(), ReplayError> {
         let expected = self.head.seq + 1;
-        if record.seq != expected {
+        if seq != expected {
             return Err(self.fail(ReplayErrorKind::Seq {
                 expected,
-                found: record.seq,
+                found: seq,
             }));
         }
-        if record.prev_hash != self.head.hash {
+        if prev_hash != self.head.hash {
             return Err(self.fail(ReplayErrorKind::BrokenChain {
                 expected: self.head.hash,
-                found: record.prev_hash,
+                found: prev_hash,
             }));
         }
         Ok(())
@@ -337,23 +338,28 @@ impl Kernel {
     /// A [`ReplayError`] when the record does not decode, is out of place,
     /// or the kernel rejects its command. The kernel is then to be discarded.
     pub fn restore(&mut self, bytes: &[u8]) -> Result<(), ReplayError> {
-        let record = Record::decode_unchecked(bytes).map_err(|e| self.fail(e.into()))?;
-        self.check_place(&record)?;
+        let parts = Parts::split(bytes, false).map_err(|e| self.fail(e.into()))?;
+        self.check_place(parts.seq, parts.prev_hash)?;
+        // Matched, not mapped: `map_err` moved the command once more.
+        let command = match parts.command() {
+            Ok(command) => command,
+            Err(e) => return Err(self.fail(e.into())),
+        };
         let env = Env {
             limits: &self.limits,
             registry: &self.registry,
-            seq: record.seq,
+            seq: parts.seq,
             record_len: bytes.len() as u64,
             cell: self.cell,
             recorded: true,
             forgettable: None,
         };
-        if let Err(e) = self.state.apply(record.command, &env) {
+        if let Err(e) = self.state.apply(command, &env) {
             return Err(self.fail(ReplayErrorKind::Rejected(e)));
         }
         self.head = ChainHead {
-            seq: record.seq,
-            hash: record.hash,
+            seq: parts.seq,
+            hash: parts.hash,
         };
         Ok(())
     }

@@ -9,6 +9,10 @@ use crate::store::event_store::{
     Anchor, Batch, Cut, EventStore, Records, SNAPSHOTS_LOOKED_AT, StoreError, snapshot_dropped,
 };
 
+/// Bytes of records [`MemoryStore`]'s `records` copies under its lock at a
+/// time (at least one record).
+const READ_BATCH_BYTES: usize = 1 << 20;
+
 /// An [`EventStore`] in memory: nothing survives the process.
 ///
 /// Clones share the same storage, so a test can keep one to inspect what a
@@ -199,13 +203,30 @@ impl EventStore for MemoryStore {
     }
 
     fn records(&self, from: u64) -> Result<Records<'_>, StoreError> {
-        let inner = self.lock();
-        let records: Vec<_> = inner
-            .records
-            .from(from)
-            .map(|(seq, bytes)| Ok((seq, bytes.to_vec())))
-            .collect();
-        Ok(Box::new(records.into_iter()))
+        // Copied out a batch at a time, each under the lock: a reader
+        // holds about a batch, not the log's tail, and the writer waits
+        // for one batch's copy at most.
+        let mut next = from;
+        let mut batch = Vec::new().into_iter();
+        Ok(Box::new(std::iter::from_fn(move || {
+            if batch.len() == 0 {
+                let inner = self.lock();
+                let mut bytes = 0;
+                let copied: Vec<(u64, Vec<u8>)> = inner
+                    .records
+                    .from(next)
+                    .take_while(|(_, record)| {
+                        let more = bytes < READ_BATCH_BYTES;
+                        bytes += record.len();
+                        more
+                    })
+                    .map(|(seq, record)| (seq, record.to_vec()))
+                    .collect();
+                next = copied.last()?.0 + 1;
+                batch = copied.into_iter();
+            }
+            batch.next().map(Ok)
+        })))
     }
 
     fn record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
@@ -352,5 +373,31 @@ mod tests {
         assert_eq!(read, records()[4..]);
         assert_eq!(store.record(13).unwrap(), Some(records()[12].1.clone()));
         assert_eq!(store.record(99).unwrap(), None);
+    }
+
+    #[test]
+    fn a_reader_copies_the_log_a_batch_at_a_time() {
+        let store = MemoryStore::new(Limits::default());
+        store
+            .append(Batch {
+                records: records(),
+                ..Batch::default()
+            })
+            .unwrap();
+        let mut reader = store.records(1).unwrap();
+        assert_eq!(reader.next().unwrap().unwrap(), records()[0]);
+        // A record appended while it reads is read too: the reader did not
+        // copy the log's tail when it started.
+        let late = (41, b"late".to_vec());
+        store
+            .append(Batch {
+                records: vec![late.clone()],
+                ..Batch::default()
+            })
+            .unwrap();
+        let rest: Vec<_> = reader.map(Result::unwrap).collect();
+        assert_eq!(rest.len(), 40);
+        assert_eq!(rest[..39], records()[1..]);
+        assert_eq!(rest[39], late);
     }
 }

@@ -429,22 +429,12 @@ async fn task_outputs_cannot_outrun_the_tree_s_log_quota() {
     assert_eq!(count(&events, |e| is_output_of(e, flood)), 12);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_drain_ends_the_actor_of_a_task_held_for_its_tree_s_log_debt() {
-    // A task held until its tree's log-bytes debt is paid sleeps the whole
-    // debt on a wall clock (here minutes; it looked again every second
-    // before, a lock and a walk up the tree each time). A drain or stop
-    // must still end its actor at once.
-    let arena = Arena::new(toka_host::HostConfig::new()).await;
-    // 4 KiB a second, 64 KiB of burst: one output of 1 MiB puts the tree
-    // about four minutes in debt.
-    let flood = outputs_agent(&arena, Budget::LogRate(4 << 10)).await;
+/// An agent whose second task is held for its tree's log-bytes debt, on a
+/// wall clock, for minutes: it ran `outputs 2` and one `output` (1 MiB at
+/// 4 KiB a second), and its actor waits.
+async fn held_for_minutes(arena: &Arena) -> AgentId {
+    let flood = outputs_agent(arena, Budget::LogRate(4 << 10)).await;
     arena.host.schedule(flood, "outputs 2").await.unwrap();
-    let within = |what: &'static str, secs: u64| {
-        let give_up = std::time::Instant::now() + Duration::from_secs(secs);
-        move || assert!(std::time::Instant::now() < give_up, "{what}")
-    };
-    // `outputs 2` and the first `output` end; the second waits for the debt.
     let check = within("the first output never ended", 60);
     while arena
         .host
@@ -469,12 +459,51 @@ async fn a_drain_ends_the_actor_of_a_task_held_for_its_tree_s_log_debt() {
         .await;
     assert_eq!((completed, queued), (2, 1), "the second output is held");
     assert_eq!(arena.host.running_actors(), 1, "its actor waits");
-    assert_eq!(arena.host.drain(Duration::from_secs(10)).await, 0);
-    let check = within("the held task's actor did not end after the drain", 20);
+    flood
+}
+
+/// A check that fails, saying `what`, once `secs` have passed.
+fn within(what: &'static str, secs: u64) -> impl Fn() {
+    let give_up = std::time::Instant::now() + Duration::from_secs(secs);
+    move || assert!(std::time::Instant::now() < give_up, "{what}")
+}
+
+/// Waits until no actor runs, failing with `what` after 20 s (the held
+/// actor's backstop is 60 s).
+async fn actors_end(arena: &Arena, what: &'static str) {
+    let check = within(what, 20);
     while arena.host.running_actors() > 0 {
         check();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_ends_the_actor_of_a_task_held_for_its_tree_s_log_debt() {
+    // A task held until its tree's log-bytes debt is paid sleeps the whole
+    // debt on a wall clock (here minutes; it looked again every second
+    // before, a lock and a walk up the tree each time). A drain or stop
+    // must still end its actor at once.
+    let arena = Arena::new(toka_host::HostConfig::new()).await;
+    held_for_minutes(&arena).await;
+    assert_eq!(arena.host.drain(Duration::from_secs(10)).await, 0);
+    actors_end(&arena, "the held task's actor did not end after the drain").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminating_an_agent_ends_the_actor_of_its_held_task() {
+    // The held actor sleeps its debt; terminating its agent (or
+    // quarantining it, or setting its budgets) nudges it to look again,
+    // so it ends, and its warm instance goes, now rather than after the
+    // backstop.
+    let arena = Arena::new(toka_host::HostConfig::new()).await;
+    let flood = held_for_minutes(&arena).await;
+    arena.host.terminate(flood, "enough").await.unwrap();
+    actors_end(
+        &arena,
+        "the held task's actor did not end after its agent was terminated",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

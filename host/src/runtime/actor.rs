@@ -134,13 +134,18 @@ pub(crate) async fn run(inner: Arc<HostInner>, agent: AgentId) {
             } => {
                 if let Some(wait) = inner.sequencer.task_hold(agent) {
                     // Not yet (the tree's log-bytes debt): the instance
-                    // waits warm, without a place.
+                    // waits warm, without a place, until the debt is paid,
+                    // the host drains, or the agent is terminated,
+                    // quarantined or given other budgets (a nudge sent
+                    // since the look above is kept for this wait).
                     if let Some(instance) = instance.take() {
                         inner.warm.keep(agent, instance);
                     }
+                    let nudges = inner.actors.nudges(agent);
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
                         () = woken => {}
+                        () = nudges.notified() => {}
                     }
                     continue;
                 }

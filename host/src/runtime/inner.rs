@@ -66,10 +66,17 @@ impl HostInner {
         for record in &batch.records {
             for event in &record.events {
                 match event {
-                    Event::TaskScheduled { agent, .. }
-                    | Event::AgentTerminated { agent, .. }
-                    | Event::AgentResumed { agent } => {
+                    Event::TaskScheduled { agent, .. } | Event::AgentResumed { agent } => {
                         self.wake(*agent);
+                    }
+                    Event::AgentTerminated { agent, .. } => {
+                        self.wake(*agent);
+                        // Its actor may be waiting on a held task (see
+                        // `actor::run`), as for the two below.
+                        self.actors.nudge(*agent);
+                    }
+                    Event::AgentQuarantined { agent, .. } | Event::BudgetsSet { agent, .. } => {
+                        self.actors.nudge(*agent);
                     }
                     Event::ComponentRemoved { component, .. } => {
                         self.components.forget(component);

@@ -640,9 +640,11 @@ impl Sequencer {
     pub(crate) fn task_hold(&self, agent: AgentId) -> Option<std::time::Duration> {
         /// The most a held task waits before the host looks again. The
         /// debt shrinks with time alone (the rules are adopted when the
-        /// host opens), and the host's drain and stop wake held tasks
-        /// (`HostInner::held`), so this is a backstop: for an agent
-        /// terminated meanwhile, or budgets set wider.
+        /// host opens); the host's drain and stop wake held tasks
+        /// (`HostInner::held`), and terminating, quarantining or setting
+        /// the budgets of the agent nudge its own (`Roster::nudge`), so
+        /// this is a backstop: for budgets set wider on an ancestor, or a
+        /// clock that jumped.
         const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_secs(60);
         let core = self.lock();
         let debt = core.kernel.state().log_debt_ms(agent, core.stamp());

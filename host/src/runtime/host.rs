@@ -499,8 +499,8 @@ impl Host {
         task: TaskId,
         timeout: std::time::Duration,
     ) -> Result<TaskFound, HostError> {
-        // Ends are committed without lingering while someone waits.
-        let _awaiting = self.inner.sequencer.awaiting_ends();
+        // Its end is committed without lingering while someone waits.
+        let _awaiting = self.inner.sequencer.awaiting_ends(task);
         // Registered before looking: an end committed after the look
         // wakes the waiter.
         let ended = self.inner.waiters.wait(task);

@@ -2,7 +2,6 @@
 //! the pending batch, and the paths an operation takes through them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use toka_kernel::{
@@ -18,6 +17,7 @@ use crate::log::committed::CommittedRecord;
 use crate::runtime::clock::Clock;
 use crate::store::event_store::{Batch, EventStore};
 
+use super::awaited::{AwaitingEnds, EndsAwaited};
 use super::snapshots::SnapshotPolicy;
 use super::state_budget::{StateBudget, StateRefusal};
 use super::views::ViewBudget;
@@ -231,15 +231,6 @@ pub(crate) enum State {
     Busy,
 }
 
-/// A caller waiting for a task to end (see [`Sequencer::awaiting_ends`]).
-pub(crate) struct AwaitingEnds(Arc<AtomicUsize>);
-
-impl Drop for AwaitingEnds {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Why a call into an agent's instance is no longer wanted
 /// ([`Sequencer::still_wanted`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,8 +346,8 @@ pub(super) struct Shared {
     /// The snapshot replica, while one runs: it copies views and takes
     /// snapshots asked for off the lock.
     pub(super) replica: Mutex<Option<super::replica::Handle>>,
-    /// [`Core::ends_awaited`], counted without the lock.
-    pub(super) ends_awaited: Arc<AtomicUsize>,
+    /// [`Core::ends_awaited`], kept without the lock.
+    pub(super) ends_awaited: Arc<EndsAwaited>,
     /// Wakes the readers waiting for a copy from the replica.
     pub(super) replica_copied: tokio::sync::Notify,
     /// Set, under the lock, when `Core::stopped` is: whether the host
@@ -457,13 +448,12 @@ pub(super) struct Core {
     pub(super) stopped: Option<Stopped>,
     pub(super) closing: bool,
     /// Someone waits for the pending batch to be durable (an outbound
-    /// request, a caller of `wait_durable`), or it ends a task while
-    /// someone waits for tasks to end: the writer commits it without
-    /// lingering.
+    /// request, a caller of `wait_durable`), or it ends a task someone
+    /// waits for: the writer commits it without lingering.
     pub(super) hurry: bool,
-    /// How many callers wait for a task to end now (see
+    /// The tasks callers wait for the end of now (see
     /// [`Sequencer::awaiting_ends`]).
-    pub(super) ends_awaited: Arc<AtomicUsize>,
+    pub(super) ends_awaited: Arc<EndsAwaited>,
 }
 
 /// What a sequencer is configured with besides its parts.
@@ -491,7 +481,7 @@ impl Sequencer {
         options: Options,
     ) -> Self {
         let head = kernel.head().seq;
-        let ends_awaited = Arc::<AtomicUsize>::default();
+        let ends_awaited = Arc::<EndsAwaited>::default();
         let view = (kernel.head(), Arc::new(kernel.state().clone()));
         let gate_counts = gate.counts();
         let (total, per_tree) = options.state_budget;
@@ -1148,12 +1138,12 @@ impl Sequencer {
         self.wait_until(&self.shared.committed, seq).await
     }
 
-    /// Marks a caller waiting for a task to end until the guard drops:
-    /// meanwhile every task's end is committed without lingering.
-    pub(crate) fn awaiting_ends(&self) -> AwaitingEnds {
-        let count = Arc::clone(&self.shared.ends_awaited);
-        count.fetch_add(1, Ordering::Relaxed);
-        AwaitingEnds(count)
+    /// Marks a caller waiting for `task` to end until the guard drops:
+    /// meanwhile its end is committed without lingering (the ends of tasks
+    /// nobody waits for keep being gathered into larger batches, however
+    /// long a caller waits).
+    pub(crate) fn awaiting_ends(&self, task: TaskId) -> AwaitingEnds {
+        self.shared.ends_awaited.wait(task)
     }
 
     /// Has the writer commit what is pending without lingering: someone
@@ -1568,11 +1558,11 @@ impl Core {
                 // by its own end, or failed by another operation (its
                 // agent terminated).
                 self.refusals.remove(task);
-                // Someone waits for a task's end (`Host::wait_task`, an
-                // API client): the writer commits it without lingering.
-                // Ends nobody waits for keep being gathered into larger
-                // batches.
-                if self.ends_awaited.load(Ordering::Relaxed) > 0 {
+                // Someone waits for this task's end (`Host::wait_task`,
+                // an API client): the writer commits it without
+                // lingering. Ends nobody waits for keep being gathered
+                // into larger batches.
+                if self.ends_awaited.awaited(*task) {
                     self.hurry = true;
                 }
             }

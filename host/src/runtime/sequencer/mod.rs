@@ -24,7 +24,10 @@
 //! - `replica`: the thread that snapshots a large state, off the lock.
 //! - `views`: how often readers may have the committed state copied.
 //! - `http`: journaling outbound HTTP requests and their responses.
+//! - `awaited`: the tasks callers wait for the end of (their ends commit
+//!   without lingering).
 
+mod awaited;
 mod core;
 mod denials;
 mod disk;

@@ -26,7 +26,7 @@ const LINGER_BELOW: usize = 64;
 /// ... this long, so a steady trickle of operations commits in groups
 /// instead of paying a thread wake-up per operation — unless someone waits
 /// for the batch to be durable (an outbound request, a caller of
-/// `schedule`), or it ends a task while someone waits for one (see
+/// `schedule`), or it ends a task someone waits for (see
 /// `Sequencer::awaiting_ends`): then it commits at once.
 const LINGER: Duration = Duration::from_micros(100);
 

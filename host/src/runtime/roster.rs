@@ -1,6 +1,7 @@
 //! The roster of running actors: which agents have one now.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use toka_kernel::AgentId;
@@ -23,12 +24,13 @@ impl Roster {
 
     /// Marks `agent`'s actor running; false if it was already.
     pub(crate) fn start(&self, agent: AgentId) -> bool {
-        let mut running = self.running();
-        if running.contains_key(&agent) {
-            return false;
+        match self.running().entry(agent) {
+            Entry::Vacant(vacant) => {
+                vacant.insert(Arc::default());
+                true
+            }
+            Entry::Occupied(_) => false,
         }
-        running.insert(agent, Arc::default());
-        true
     }
 
     /// Tells `agent`'s running actor, if it has one, that something it

@@ -384,9 +384,13 @@ impl HostParts<'_> {
 
     /// Compiles (and so validates) a component, off the async threads.
     pub(crate) async fn compile(&self, digest: Digest, bytes: Arc<[u8]>) -> Result<(), HostError> {
-        use crate::sandbox::components::Unprepared;
+        use crate::sandbox::components::{Unprepared, Use};
         let load = || Ok::<_, std::convert::Infallible>(bytes);
-        match self.inner.components.prepare(digest, load).await {
+        let prepared = self
+            .inner
+            .components
+            .prepare_for(Use::Install, digest, load);
+        match prepared.await {
             Ok(_) => Ok(()),
             Err(Unprepared::Invalid(e)) => Err(e.into()),
             Err(Unprepared::Panicked(e)) => Err(HostError::Wasmtime(format!(

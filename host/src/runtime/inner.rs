@@ -132,37 +132,55 @@ mod tests {
     use toka_kernel::Digest;
 
     use crate::runtime::guest::{AgentCtx, add_imports};
-    use crate::sandbox::components::{Components, Unprepared};
+    use crate::sandbox::components::{Components, Unprepared, Use};
+
+    fn read(name: &str) -> Arc<[u8]> {
+        std::fs::read(toka_agents::path(name).unwrap())
+            .unwrap()
+            .into()
+    }
+
+    fn fresh() -> Components<AgentCtx> {
+        Components::<AgentCtx>::new(false, None, add_imports).unwrap()
+    }
+
+    /// Prepares `bytes` in `components` for an agent: its digest.
+    async fn prepared(components: &Components<AgentCtx>, bytes: &Arc<[u8]>) -> Digest {
+        prepared_for(Use::Run, components, bytes).await
+    }
+
+    /// Prepares `bytes` in `components` for `usage`: its digest.
+    async fn prepared_for(
+        usage: Use,
+        components: &Components<AgentCtx>,
+        bytes: &Arc<[u8]>,
+    ) -> Digest {
+        let digest = Digest::of(bytes);
+        let bytes = Arc::clone(bytes);
+        components
+            .prepare_for(usage, digest, || Ok::<_, Infallible>(bytes))
+            .await
+            .unwrap();
+        digest
+    }
+
+    /// Three components, and the bytes of compiled code each takes.
+    async fn three() -> ([Arc<[u8]>; 3], [usize; 3]) {
+        let bytes = ["hello", "counter", "test-bench"].map(read);
+        let mut sizes = [0; 3];
+        for (size, bytes) in sizes.iter_mut().zip(&bytes) {
+            let alone = fresh();
+            prepared(&alone, bytes).await;
+            *size = alone.kept().0;
+        }
+        assert!(sizes.iter().all(|&s| s > 0));
+        (bytes, sizes)
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn compiled_code_kept_is_bounded_and_the_least_recently_used_goes_first() {
-        let read = |name| -> Arc<[u8]> {
-            std::fs::read(toka_agents::path(name).unwrap())
-                .unwrap()
-                .into()
-        };
-        /// Prepares `bytes` in `components`: its digest.
-        async fn prepared(components: &Components<AgentCtx>, bytes: &Arc<[u8]>) -> Digest {
-            let digest = Digest::of(bytes);
-            let bytes = Arc::clone(bytes);
-            components
-                .prepare(digest, || Ok::<_, Infallible>(bytes))
-                .await
-                .unwrap();
-            digest
-        }
-        let fresh = || Components::<AgentCtx>::new(false, None, add_imports).unwrap();
-        let [a, b, c] = ["hello", "counter", "test-bench"].map(read);
-        let mut sizes = Vec::new();
-        for bytes in [&a, &b, &c] {
-            let alone = fresh();
-            prepared(&alone, bytes).await;
-            sizes.push(alone.kept().0);
-        }
-        let [sa, sb, sc] = sizes[..] else {
-            unreachable!("three sizes")
-        };
-        assert!(sa > 0 && sb > 0 && sc > 0);
+        let ([a, b, c], sizes) = three().await;
+        let [sa, sb, sc] = sizes;
         // Room for any two of them, not three.
         let limit = sa + sb + sc - sa.min(sb).min(sc);
         let components = fresh().keeping(limit);
@@ -187,6 +205,36 @@ mod tests {
         let tight = fresh().keeping(1);
         prepared(&tight, &a).await;
         assert_eq!(tight.kept(), (sa, 1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn installing_components_does_not_push_out_the_code_agents_run() {
+        let ([a, b, c], [sa, sb, sc]) = three().await;
+        // Room for any two of them, not three.
+        let components = fresh().keeping(sa + sb + sc - sa.min(sb).min(sc));
+        let da = prepared(&components, &a).await;
+        let db = prepared_for(Use::Install, &components, &b).await;
+        assert_eq!(components.kept(), (sa + sb, 2));
+        // A second install lets only the code no agent ran go.
+        let dc = prepared_for(Use::Install, &components, &c).await;
+        assert_eq!(components.holds(), [da, dc].into());
+        // An agent of `b` starts: its code is compiled again and kept; the
+        // installed code no agent ran goes first.
+        prepared(&components, &b).await;
+        assert_eq!(components.holds(), [da, db].into());
+        // With the room taken by code agents ran, an install is compiled
+        // (so checked) but not kept, and a component kept is not made
+        // recent by installing it again.
+        prepared_for(Use::Install, &components, &c).await;
+        prepared_for(Use::Install, &components, &a).await;
+        assert_eq!(components.holds(), [da, db].into());
+        assert_eq!(components.compiles().0, 5);
+        prepared(&components, &c).await;
+        assert_eq!(
+            components.holds(),
+            [db, dc].into(),
+            "`a` ran least recently"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -276,6 +276,12 @@ impl<T: 'static> Components<T> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The components kept now.
+    #[cfg(test)]
+    pub(crate) fn holds(&self) -> std::collections::BTreeSet<Digest> {
+        self.cache().entries.keys().copied().collect()
+    }
+
     /// Bytes of compiled code kept now, and how many components.
     #[cfg(test)]
     pub(crate) fn kept(&self) -> (usize, usize) {
@@ -300,12 +306,27 @@ impl<T: 'static> Components<T> {
         T: Send,
         B: AsRef<[u8]> + Send + 'static,
     {
-        if let Some(pre) = self.cached(&digest) {
+        self.prepare_for(Use::Run, digest, load).await
+    }
+
+    /// [`Components::prepare`] for `usage`: an agent's start, or an
+    /// install (see [`Use::Install`]).
+    pub(crate) async fn prepare_for<B, E>(
+        &self,
+        usage: Use,
+        digest: Digest,
+        load: impl FnOnce() -> Result<B, E>,
+    ) -> Result<AgentPre<T>, Unprepared<E>>
+    where
+        T: Send,
+        B: AsRef<[u8]> + Send + 'static,
+    {
+        if let Some(pre) = self.cache().get(&digest, usage) {
             return Ok(pre);
         }
         let _turn = Turn::take(&self.compiling, digest).await;
         // The compile this caller waited for may have served it.
-        if let Some(pre) = self.cached(&digest) {
+        if let Some(pre) = self.cache().get(&digest, usage) {
             return Ok(pre);
         }
         let turn = Arc::clone(&self.compile_turn)
@@ -330,7 +351,7 @@ impl<T: 'static> Components<T> {
         .await
         .map_err(|e| Unprepared::Panicked(e.to_string()))?
         .map_err(Unprepared::Invalid)?;
-        self.cache().insert(digest, compiled.clone());
+        self.cache().insert(digest, compiled.clone(), usage);
         Ok(compiled)
     }
 
@@ -348,9 +369,11 @@ impl<T: 'static> Components<T> {
         (now.load(Ordering::SeqCst), most.load(Ordering::SeqCst))
     }
 
-    /// The compiled component for `digest`, if it is kept.
+    /// The compiled component for `digest`, if it is kept (which counts
+    /// as a use by an agent).
+    #[cfg(test)]
     pub(crate) fn cached(&self, digest: &Digest) -> Option<AgentPre<T>> {
-        self.cache().get(digest)
+        self.cache().get(digest, Use::Run)
     }
 
     /// Drops the compiled component for `digest` (it left the state: no
@@ -388,7 +411,8 @@ struct Cache<T: 'static> {
     entries: HashMap<Digest, Kept<T>, toka_kernel::IdHash>,
     /// Bytes of compiled code the entries hold.
     bytes: usize,
-    /// The most bytes kept (the last component compiled is kept anyway).
+    /// The most bytes kept (the last component compiled for an agent is
+    /// kept anyway).
     limit: usize,
     /// Counts uses, to find the least recently used.
     uses: u64,
@@ -397,8 +421,23 @@ struct Cache<T: 'static> {
 struct Kept<T: 'static> {
     pre: AgentPre<T>,
     bytes: usize,
-    /// When it was last used, in `uses`.
+    /// When an agent last used it, in `uses`; 0: none has since it was
+    /// installed.
     used: u64,
+}
+
+/// Who asks for a compiled component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// An agent of it starts: it is kept as the most recently used.
+    Run,
+    /// It is being installed: the compiled code is kept only in room no
+    /// code an agent ran needs (it lets only other installed code that no
+    /// agent ran go), and a component kept already is not made recent. A
+    /// client installing component after component (an API client with
+    /// the `write` right) then cannot push the code agents run out of the
+    /// cache, to be compiled again.
+    Install,
 }
 
 impl<T: 'static> Cache<T> {
@@ -411,14 +450,19 @@ impl<T: 'static> Cache<T> {
         }
     }
 
-    fn get(&mut self, digest: &Digest) -> Option<AgentPre<T>> {
-        self.uses += 1;
+    fn get(&mut self, digest: &Digest, usage: Use) -> Option<AgentPre<T>> {
         let kept = self.entries.get_mut(digest)?;
-        kept.used = self.uses;
+        if usage == Use::Run {
+            self.uses += 1;
+            kept.used = self.uses;
+        }
         Some(kept.pre.clone())
     }
 
-    fn insert(&mut self, digest: Digest, pre: AgentPre<T>) {
+    /// Keeps `pre`, letting the least recently used go to make room: for
+    /// an install, only code no agent ran, and nothing is kept when that
+    /// does not make room.
+    fn insert(&mut self, digest: Digest, pre: AgentPre<T>, usage: Use) {
         self.remove(&digest);
         let range = pre.instance_pre().component().image_range();
         let bytes = (range.end as usize).saturating_sub(range.start as usize);
@@ -426,6 +470,7 @@ impl<T: 'static> Cache<T> {
             let Some(oldest) = self
                 .entries
                 .iter()
+                .filter(|(_, kept)| usage == Use::Run || kept.used == 0)
                 .min_by_key(|(_, kept)| kept.used)
                 .map(|(digest, _)| *digest)
             else {
@@ -433,16 +478,16 @@ impl<T: 'static> Cache<T> {
             };
             self.remove(&oldest);
         }
-        self.uses += 1;
+        let used = match usage {
+            Use::Run => {
+                self.uses += 1;
+                self.uses
+            }
+            Use::Install if self.bytes.saturating_add(bytes) > self.limit => return,
+            Use::Install => 0,
+        };
         self.bytes += bytes;
-        self.entries.insert(
-            digest,
-            Kept {
-                pre,
-                bytes,
-                used: self.uses,
-            },
-        );
+        self.entries.insert(digest, Kept { pre, bytes, used });
     }
 
     fn remove(&mut self, digest: &Digest) {

@@ -386,10 +386,7 @@ impl HostParts<'_> {
     pub(crate) async fn compile(&self, digest: Digest, bytes: Arc<[u8]>) -> Result<(), HostError> {
         use crate::sandbox::components::{Unprepared, Use};
         let load = || Ok::<_, std::convert::Infallible>(bytes);
-        let prepared = self
-            .inner
-            .components
-            .prepare_for(Use::Install, digest, load);
+        let prepared = self.inner.components.prepare(Use::Install, digest, load);
         match prepared.await {
             Ok(_) => Ok(()),
             Err(Unprepared::Invalid(e)) => Err(e.into()),

@@ -12,7 +12,7 @@ use crate::runtime::bus::Bus;
 use crate::runtime::guest::AgentCtx;
 use crate::runtime::sequencer::Sequencer;
 use crate::sandbox::bindings::AgentPre;
-use crate::sandbox::components::{Components, Unprepared};
+use crate::sandbox::components::{Components, Unprepared, Use};
 use crate::sandbox::limits::AgentLimits;
 use crate::store::event_store::EventStore;
 use crate::text::clip;
@@ -107,7 +107,7 @@ impl HostInner {
                 .ok_or_else(|| format!("component {} is missing from the store", digest.short()))
         };
         self.components
-            .prepare(digest, load)
+            .prepare(Use::Run, digest, load)
             .await
             .map_err(|unprepared| match unprepared {
                 Unprepared::Load(why) => why,
@@ -158,7 +158,7 @@ mod tests {
         let digest = Digest::of(bytes);
         let bytes = Arc::clone(bytes);
         components
-            .prepare_for(usage, digest, || Ok::<_, Infallible>(bytes))
+            .prepare(usage, digest, || Ok::<_, Infallible>(bytes))
             .await
             .unwrap();
         digest
@@ -254,7 +254,7 @@ mod tests {
                         loads.fetch_add(1, Ordering::SeqCst);
                         Ok::<_, Infallible>(bytes)
                     };
-                    components.prepare(digest, load).await.is_ok()
+                    components.prepare(Use::Run, digest, load).await.is_ok()
                 })
             })
             .collect();
@@ -273,7 +273,9 @@ mod tests {
         let bad = toka_kernel::Digest::of(b"not wasm");
         for _ in 0..2 {
             let refused = components
-                .prepare(bad, || Ok::<_, Infallible>(b"not wasm".as_slice()))
+                .prepare(Use::Run, bad, || {
+                    Ok::<_, Infallible>(b"not wasm".as_slice())
+                })
                 .await;
             assert!(
                 matches!(refused, Err(Unprepared::Invalid(_))),
@@ -282,7 +284,9 @@ mod tests {
             );
         }
         assert!(components.cached(&bad).is_none());
-        let missing = components.prepare(bad, || Err::<&[u8], _>("gone")).await;
+        let missing = components
+            .prepare(Use::Run, bad, || Err::<&[u8], _>("gone"))
+            .await;
         assert!(
             matches!(missing, Err(Unprepared::Load("gone"))),
             "{:?}",
@@ -301,7 +305,7 @@ mod tests {
             let (components, hello) = (components.clone(), Arc::clone(&hello));
             tokio::spawn(async move {
                 let load = || Ok::<_, Infallible>(hello);
-                components.prepare(digest, load).await.is_ok()
+                components.prepare(Use::Run, digest, load).await.is_ok()
             })
         };
         tokio::task::yield_now().await;
@@ -309,7 +313,7 @@ mod tests {
         let _ = dropped.await;
         assert_eq!(components.compiles().1, 0, "no turn left behind");
         let load = || Ok::<_, Infallible>(hello);
-        assert!(components.prepare(digest, load).await.is_ok());
+        assert!(components.prepare(Use::Run, digest, load).await.is_ok());
         assert_eq!(components.compiles().1, 0);
     }
 
@@ -329,7 +333,7 @@ mod tests {
             let digest = toka_kernel::Digest::of(&first);
             tokio::spawn(async move {
                 let load = || Ok::<_, Infallible>(first);
-                components.prepare(digest, load).await.is_ok()
+                components.prepare(Use::Run, digest, load).await.is_ok()
             })
         };
         while components.running().0 == 0 {
@@ -342,7 +346,7 @@ mod tests {
         // The next compile waits for it: never two at once.
         let digest = toka_kernel::Digest::of(&second);
         let load = || Ok::<_, Infallible>(Arc::clone(&second));
-        assert!(components.prepare(digest, load).await.is_ok());
+        assert!(components.prepare(Use::Run, digest, load).await.is_ok());
         assert_eq!(components.compiles().0, 2);
         assert_eq!(components.running().1, 1, "one compile at a time");
         // The abandoned one's result is not kept: its caller never had it.
@@ -366,7 +370,8 @@ mod tests {
             let bytes = std::fs::read(toka_agents::path(name).unwrap()).unwrap();
             let digest = toka_kernel::Digest::of(&bytes);
             let load = || Ok::<_, Infallible>(bytes);
-            let Err(Unprepared::Invalid(why)) = components.prepare(digest, load).await else {
+            let Err(Unprepared::Invalid(why)) = components.prepare(Use::Run, digest, load).await
+            else {
                 panic!("{name} was prepared");
             };
             assert!(why.to_string().contains(refused), "{name}: {why}");

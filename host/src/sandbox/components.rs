@@ -296,22 +296,9 @@ impl<T: 'static> Components<T> {
     /// failed compile is not cached (the next caller tries again). One
     /// compile runs at a time, to its end even when its caller is gone
     /// (its result then is not cached: the caller may never have installed
-    /// it).
+    /// it). `usage` says who asks: an agent's start, or an install (see
+    /// [`Use::Install`]).
     pub(crate) async fn prepare<B, E>(
-        &self,
-        digest: Digest,
-        load: impl FnOnce() -> Result<B, E>,
-    ) -> Result<AgentPre<T>, Unprepared<E>>
-    where
-        T: Send,
-        B: AsRef<[u8]> + Send + 'static,
-    {
-        self.prepare_for(Use::Run, digest, load).await
-    }
-
-    /// [`Components::prepare`] for `usage`: an agent's start, or an
-    /// install (see [`Use::Install`]).
-    pub(crate) async fn prepare_for<B, E>(
         &self,
         usage: Use,
         digest: Digest,

@@ -622,6 +622,59 @@ async fn unbounded_memory_growth_traps_at_the_tokens_memory_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_maps_an_agent_holds_are_charged_to_its_tree_s_share_of_memory() {
+    // Header maps (and requests' URLs) live in the host's memory: up to
+    // 4 MiB of maps an instance, and a tree holds hundreds of instances.
+    // They are charged to the host's memory for agents, under the tree's
+    // share, as linear memories are. Here a budget of 16 MiB and a tree's
+    // share of a quarter (2 places of 8): 4 MiB.
+    let mut config = toka_host::HostConfig::new();
+    config
+        .agent_limits(limits(|l| {
+            l.memory_bytes = 2 << 20;
+            l.http_request_bytes = 64 << 10;
+            l.http_response_bytes = 64 << 10;
+        }))
+        .memory_budget(16 << 20)
+        .max_instances(8)
+        .places_per_tree(2);
+    let arena = Arena::new(config).await;
+    let hoarder = arena.agent("hostile-http", grant(&["observe"])).await;
+    let before = arena.host.memory();
+    assert_eq!(
+        outcome(&arena.host, hoarder, "hoard 10 15").await,
+        Ok("10".to_owned())
+    );
+    let memory = arena.host.memory();
+    assert!(
+        memory.peak >= before.in_use + 10 * 15 * 1000,
+        "ten maps of 15 KB were charged: {before:?} then {memory:?}"
+    );
+    // 230 more (3.7 MB, within what one instance may hold): with the
+    // agent's linear memory, past the tree's share. The task stops as the
+    // host's condition (not the agent's fault), is tried again, and fails
+    // naming the share.
+    let reason = outcome(&arena.host, hoarder, "hoard 230 15")
+        .await
+        .expect_err("the hoard completed");
+    assert!(
+        reason.starts_with("the host could not run the task: holding HTTP headers: the agent's tree holds its share of the host's memory for agents: ")
+            && reason.contains("would pass the share of 4MiB"),
+        "{reason}"
+    );
+    // Each attempt's instance went, and what its maps held with it.
+    let after = arena.host.memory();
+    assert!(after.in_use <= before.in_use, "{before:?} then {after:?}");
+    arena.bystander_serves().await;
+    assert_eq!(
+        outcome(&arena.host, hoarder, "hoard 10 15").await,
+        Ok("10".to_owned()),
+        "within its share, the agent's next task runs"
+    );
+    arena.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hogs_within_their_own_limits_are_bounded_together_by_the_hosts_memory_budget() {
     // Six agents (six trees) that may each grow to 32 MiB, 192 MiB in
     // all, on a host that gives all its agents 24 MiB: each grows until

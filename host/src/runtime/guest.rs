@@ -276,7 +276,7 @@ pub(crate) fn add_imports(
 ) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
-    crate::sandbox::http::bound_requests(linker)?;
+    crate::sandbox::held::bound(linker)?;
     crate::sandbox::bindings::Agent::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
         linker,
         |ctx| ctx,
@@ -299,6 +299,16 @@ impl WasiHttpView for AgentCtx {
             table: &mut self.table,
             hooks: &mut self.http.hooks,
         }
+    }
+}
+
+impl crate::sandbox::held::Holds for AgentCtx {
+    fn holds(&mut self) -> (&mut ResourceTable, &mut crate::sandbox::held::Held) {
+        (&mut self.table, &mut self.http.held)
+    }
+
+    fn host_failed(&mut self, failure: crate::sandbox::memory::HostFailure) {
+        self.line.stop(crate::sandbox::http::Stop::Host(failure));
     }
 }
 

@@ -163,98 +163,16 @@ impl TaskLine {
     }
 }
 
-/// Bytes (in memory, roughly) of the headers one header map the agent
-/// makes may hold. A map lives in the host's memory and an instance may
-/// hold up to [`AgentLimits::handles`] of them, so this bounds what header
-/// maps park there (4 MiB by default; `wasi:http`'s own limit, 128 KiB,
-/// with wasmtime's 100 000 handles, let one agent park 12 GiB). Proxies
-/// typically allow 8 KiB of headers on the wire.
-pub(crate) const HEADER_MAP_BYTES: usize = 16 << 10;
-
-/// Bytes of an extension method (not `GET`, `POST`, ...) a request the
-/// agent makes may carry. `wasi:http` keeps a method of any length in the
-/// request, which lives in the host's memory: 250 unsent requests with a
-/// 60 MB method each would park 15 GB there.
-pub(crate) const METHOD_BYTES: usize = 64;
-
-/// Bytes of the path (with the query) and of the authority a request the
-/// agent makes may carry (`wasi:http` allows 64 KiB each, kept in the
-/// host's memory with the request; servers commonly refuse URLs over 8
-/// KiB).
-pub(crate) const URL_PART_BYTES: usize = 8 << 10;
-
 /// Bytes one write to a request's body may hand over (see
 /// [`Hooks::p2_outgoing_body_chunk_size`]).
 pub(crate) const BODY_CHUNK_BYTES: usize = 16 << 10;
 
-/// Defines `outgoing-request`'s `set-method`, `set-path-with-query` and
-/// `set-authority` again in `linker` (which has `wasi:http` already),
-/// refusing a method longer than [`METHOD_BYTES`] and a path or authority
-/// longer than [`URL_PART_BYTES`], as `wasi:http` refuses one that does
-/// not parse.
-///
-/// # Errors
-///
-/// When the linker has no `wasi:http/types` of this version to shadow.
-pub(crate) fn bound_requests<T: wasmtime_wasi_http::WasiHttpView + 'static>(
-    linker: &mut wasmtime::component::Linker<T>,
-) -> wasmtime::Result<()> {
-    use wasmtime::StoreContextMut;
-    use wasmtime_wasi_http::WasiHttpCtxView;
-    use wasmtime_wasi_http::p2::bindings::http::types::{HostOutgoingRequest as _, Method};
-    type Request =
-        wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostOutgoingRequest>;
-    // What each setter answers the guest: set, or refused.
-    type Refusable = Result<(), ()>;
-    type Set = wasmtime::Result<(Refusable,)>;
-    type SetPart =
-        fn(&mut WasiHttpCtxView<'_>, Request, Option<String>) -> wasmtime::Result<Refusable>;
-    linker.allow_shadowing(true);
-    let defined = (|| {
-        let mut types = linker.instance("wasi:http/types@0.2.12")?;
-        types.func_wrap(
-            "[method]outgoing-request.set-method",
-            |mut store: StoreContextMut<'_, T>, (request, method): (Request, Method)| -> Set {
-                if matches!(&method, Method::Other(m) if m.len() > METHOD_BYTES) {
-                    return Ok((Err(()),));
-                }
-                Ok((store.data_mut().http().set_method(request, method)?,))
-            },
-        )?;
-        // The path and the authority: the same check before `wasi:http`'s.
-        let parts: [(&str, SetPart); 2] = [
-            (
-                "[method]outgoing-request.set-path-with-query",
-                |view, request, part| view.set_path_with_query(request, part),
-            ),
-            (
-                "[method]outgoing-request.set-authority",
-                |view, request, part| view.set_authority(request, part),
-            ),
-        ];
-        for (name, set) in parts {
-            types.func_wrap(
-                name,
-                move |mut store: StoreContextMut<'_, T>,
-                      (request, part): (Request, Option<String>)|
-                      -> Set {
-                    if part.as_ref().is_some_and(|p| p.len() > URL_PART_BYTES) {
-                        return Ok((Err(()),));
-                    }
-                    Ok((set(&mut store.data_mut().http(), request, part)?,))
-                },
-            )?;
-        }
-        Ok(())
-    })();
-    linker.allow_shadowing(false);
-    defined
-}
-
-/// A store's `wasi:http` state: the context and the gate.
+/// A store's `wasi:http` state: the context, the gate, and what its
+/// header maps and URLs hold.
 pub(crate) struct HttpGate {
     pub(crate) ctx: WasiHttpCtx,
     pub(crate) hooks: Hooks,
+    pub(crate) held: crate::sandbox::held::Held,
 }
 
 /// The hooks that gate, journal and send each request.
@@ -297,9 +215,10 @@ impl HttpGate {
         memory: Charge,
     ) -> Self {
         let mut ctx = WasiHttpCtx::new();
-        ctx.set_field_size_limit(HEADER_MAP_BYTES);
+        ctx.set_field_size_limit(crate::sandbox::held::HEADER_MAP_BYTES);
         Self {
             ctx,
+            held: crate::sandbox::held::Held::new(&memory),
             hooks: Hooks {
                 agent,
                 effects,

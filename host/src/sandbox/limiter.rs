@@ -180,7 +180,7 @@ pub(crate) fn describe_failure(e: &wasmtime::Error, limits: &AgentLimits) -> Str
     {
         return format!(
             "HTTP headers too large: a header map the agent makes may hold {} (in memory)",
-            Size(crate::sandbox::http::HEADER_MAP_BYTES as u64)
+            Size(crate::sandbox::held::HEADER_MAP_BYTES as u64)
         );
     }
     if holds_too_many(e) {

@@ -195,6 +195,14 @@ impl Charge {
             bytes,
         })
     }
+
+    /// A holder of nothing yet, which may grow ([`Reserved::grow_to`]).
+    pub(crate) fn nothing(&self) -> Reserved {
+        Reserved {
+            charge: self.clone(),
+            bytes: 0,
+        }
+    }
 }
 
 /// Bytes taken from the budget for one holder, given back when dropped.
@@ -205,6 +213,27 @@ pub(crate) struct Reserved {
 }
 
 impl Reserved {
+    /// The bytes it holds.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Takes more, to hold `bytes` in all (nothing if it holds as much).
+    ///
+    /// # Errors
+    ///
+    /// [`Refused`] when the host's budget or the tree's share would be
+    /// passed; nothing more is taken then.
+    pub(crate) fn grow_to(&mut self, bytes: u64) -> Result<(), Refused> {
+        if bytes > self.bytes {
+            self.charge
+                .budget
+                .reserve(self.charge.tree, bytes - self.bytes)?;
+            self.bytes = bytes;
+        }
+        Ok(())
+    }
+
     /// Gives back all but `bytes` (nothing if it holds no more).
     pub(crate) fn shrink_to(&mut self, bytes: u64) {
         if bytes < self.bytes {

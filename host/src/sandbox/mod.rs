@@ -10,7 +10,8 @@
 //! - `dirs`: the host directories a token opens, never the host's own files;
 //! - `http`: outgoing `wasi:http`, authorized per request and journaled,
 //!   with secrets injected for bound hosts; `redact` keeps their values out
-//!   of what the agent reads and the log holds;
+//!   of what the agent reads and the log holds; `held` bounds what header
+//!   maps and requests hold in the host's memory, and charges it;
 //! - `capture`, `task_inputs`: bounded stdout/stderr, and the clocks and
 //!   randomness a task sees (deterministic per task);
 //! - `pace`: a bucket of what an agent may spend a second (state read,
@@ -27,6 +28,7 @@ pub(crate) mod bindings;
 pub(crate) mod capture;
 pub(crate) mod components;
 pub(crate) mod dirs;
+pub(crate) mod held;
 pub(crate) mod http;
 pub(crate) mod limiter;
 pub(crate) mod limits;

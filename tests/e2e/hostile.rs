@@ -622,22 +622,23 @@ async fn unbounded_memory_growth_traps_at_the_tokens_memory_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn header_maps_an_agent_holds_are_charged_to_its_tree_s_share_of_memory() {
-    // Header maps (and requests' URLs) live in the host's memory: up to
-    // 4 MiB of maps an instance, and a tree holds hundreds of instances.
-    // They are charged to the host's memory for agents, under the tree's
-    // share, as linear memories are. Here a budget of 16 MiB and a tree's
-    // share of a quarter (2 places of 8): 4 MiB.
+async fn header_maps_and_unsent_bodies_an_agent_holds_are_charged_to_its_tree_s_share_of_memory() {
+    // Header maps, requests' URLs and unsent bodies live in the host's
+    // memory: up to 4 MiB of maps an instance, 2.7 MiB of bodies, and a
+    // tree holds hundreds of instances. They are charged to the host's
+    // memory for agents, under the tree's share, as linear memories are.
+    // Here a budget of 16 MiB and a tree's share of one place of 8, but at
+    // least what one agent may hold: 3 MiB and 128 KiB.
     let mut config = toka_host::HostConfig::new();
     config
         .agent_limits(limits(|l| {
-            l.memory_bytes = 2 << 20;
+            l.memory_bytes = 3 << 20;
             l.http_request_bytes = 64 << 10;
             l.http_response_bytes = 64 << 10;
         }))
         .memory_budget(16 << 20)
         .max_instances(8)
-        .places_per_tree(2);
+        .places_per_tree(1);
     let arena = Arena::new(config).await;
     let hoarder = arena.agent("hostile-http", grant(&["observe"])).await;
     let before = arena.host.memory();
@@ -650,18 +651,20 @@ async fn header_maps_an_agent_holds_are_charged_to_its_tree_s_share_of_memory() 
         memory.peak >= before.in_use + 10 * 15 * 1000,
         "ten maps of 15 KB were charged: {before:?} then {memory:?}"
     );
-    // 230 more (3.7 MB, within what one instance may hold): with the
-    // agent's linear memory, past the tree's share. The task stops as the
-    // host's condition (not the agent's fault), is tried again, and fails
-    // naming the share.
-    let reason = outcome(&arena.host, hoarder, "hoard 230 15")
-        .await
-        .expect_err("the hoard completed");
-    assert!(
-        reason.starts_with("the host could not run the task: holding HTTP headers: the agent's tree holds its share of the host's memory for agents: ")
-            && reason.contains("would pass the share of 4MiB"),
-        "{reason}"
-    );
+    // 230 more (3.7 MB, within what one instance may hold): past the
+    // tree's share. The task stops as the host's condition (not the
+    // agent's fault), is tried again, and fails naming the share; so does
+    // one holding 80 unsent bodies (2.5 MiB).
+    for hoard in ["hoard 230 15", "hoard-bodies 80"] {
+        let reason = outcome(&arena.host, hoarder, hoard)
+            .await
+            .expect_err("the hoard completed");
+        assert!(
+            reason.starts_with("the host could not run the task: holding HTTP headers and unsent bodies: the agent's tree holds its share of the host's memory for agents: ")
+                && reason.contains("would pass the share of 3200KiB"),
+            "{hoard}: {reason}"
+        );
+    }
     // Each attempt's instance went, and what its maps held with it.
     let after = arena.host.memory();
     assert!(after.in_use <= before.in_use, "{before:?} then {after:?}");

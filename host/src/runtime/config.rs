@@ -190,7 +190,8 @@ impl HostConfig {
     /// Bytes of linear memory all live instances (running and warm) may
     /// hold together, with the bodies their outgoing HTTP exchanges hold
     /// (see [`AgentLimits::http_response_bytes`](crate::AgentLimits::http_response_bytes))
-    /// and what their header maps, paths and authorities hold.
+    /// and what their header maps, paths, authorities and unsent bodies
+    /// hold.
     /// An agent's growth within its own
     /// [`memory_bytes`](crate::AgentLimits::memory_bytes) that would pass
     /// the budget fails, as the host's condition (recorded, retried, not

@@ -5,16 +5,18 @@
 //! instance's linear memory, and any agent may make them: no right is
 //! needed to build a request it never sends. Each is bounded here: a
 //! header map to [`HEADER_MAP_BYTES`], a request's extension method to
-//! [`METHOD_BYTES`], its path and authority to [`URL_PART_BYTES`] each; the
-//! instance's handles bound how many ([`AgentLimits::handles`]: about
-//! 8 MiB an instance). Bounded per instance only, a tree holding hundreds
-//! of instances parked gigabytes outside every budget: so what header maps
-//! and URLs hold is charged to the host's memory for agents under the
-//! agent's tree (see `memory`), as its linear memories are.
+//! [`METHOD_BYTES`], its path and authority to [`URL_PART_BYTES`] each, its
+//! unsent body to two writes of [`BODY_CHUNK_BYTES`]; the instance's
+//! handles bound how many ([`AgentLimits::handles`]: about 8 MiB an
+//! instance). Bounded per instance only, a tree holding hundreds of
+//! instances parked gigabytes outside every budget: so what header maps,
+//! URLs and unsent bodies hold is charged to the host's memory for agents
+//! under the agent's tree (see `memory`), as its linear memories are (a
+//! request handed over is charged as an exchange, in `http`).
 //!
 //! The host sees where they grow (a header appended or set, a map made
-//! from a list, a path or authority set), not where they go (a handle
-//! dropped, a map moved into a request). So [`Held`] keeps an estimate
+//! from a list, a path or authority set, a body taken), not where they go
+//! (a handle dropped, a map moved into a request). So [`Held`] keeps an estimate
 //! that is never less than what they hold, grown by what each call adds,
 //! and room reserved ahead of it; when a call could pass that room, it
 //! counts what the instance's table holds (a map shared by several handles
@@ -31,6 +33,7 @@ use wasmtime_wasi_http::p2::HeaderResult;
 use wasmtime_wasi_http::p2::bindings::http::types::{
     HeaderError, HostFields as _, HostOutgoingRequest as _, Method,
 };
+use wasmtime_wasi_http::p2::body::HostOutgoingBody;
 use wasmtime_wasi_http::p2::types::HostOutgoingRequest;
 use wasmtime_wasi_http::{FieldMap, WasiHttpCtxView, WasiHttpView};
 
@@ -57,6 +60,14 @@ pub(crate) const METHOD_BYTES: usize = 64;
 /// host's memory with the request; servers commonly refuse URLs over 8
 /// KiB).
 pub(crate) const URL_PART_BYTES: usize = 8 << 10;
+
+/// Bytes one write to a request's body may hand over (see
+/// [`Hooks::p2_outgoing_body_chunk_size`](crate::sandbox::http::Hooks)).
+pub(crate) const BODY_CHUNK_BYTES: usize = 16 << 10;
+
+/// Bytes a request's unsent body holds at most: `wasi:http` buffers two
+/// writes.
+const BODY_BUFFER_BYTES: u64 = 2 * BODY_CHUNK_BYTES as u64;
 
 /// Room reserved beyond what a call needs, so that calls in a row do not
 /// each count the table: this, or a quarter of what is held if more.
@@ -116,7 +127,9 @@ impl Held {
         self.reserved
             .grow_to(ample)
             .or_else(|_| self.reserved.grow_to(need))
-            .map_err(|refused| HostFailure::from(refused).context("holding HTTP headers"))
+            .map_err(|refused| {
+                HostFailure::from(refused).context("holding HTTP headers and unsent bodies")
+            })
     }
 
     /// Counts `bytes` a call added (at most what room was made for).
@@ -136,10 +149,10 @@ impl Held {
 fn make_room<T: Holds>(data: &mut T, most: u64) -> wasmtime::Result<()> {
     let (table, held) = data.holds();
     if let Err(failure) = held.make_room(table, most) {
-        tracing::warn!(reason = %failure.reason, "an agent's HTTP headers stopped its task");
+        tracing::warn!(reason = %failure.reason, "an agent's HTTP requests stopped its task");
         data.host_failed(failure);
         return Err(wasmtime::Error::msg(
-            "the host cannot hold these HTTP headers now",
+            "the host cannot hold more HTTP headers or bodies now",
         ));
     }
     Ok(())
@@ -166,8 +179,8 @@ fn map_at(fields: &FieldMap) -> (usize, u64) {
     (std::ptr::from_ref(map).addr(), map_bytes(map))
 }
 
-/// Bytes the header maps (each once) and the requests' URLs in `table`
-/// hold.
+/// Bytes the header maps (each once), the requests' URLs and their unsent
+/// bodies in `table` hold.
 fn held_in(table: &mut ResourceTable) -> u64 {
     let mut maps = Vec::new();
     let mut urls = 0;
@@ -178,6 +191,9 @@ fn held_in(table: &mut ResourceTable) -> u64 {
             maps.push(map_at(&request.headers));
             urls += url_bytes(request.path_with_query.as_deref())
                 + url_bytes(request.authority.as_deref());
+            if request.body.is_some() {
+                urls += BODY_BUFFER_BYTES;
+            }
         }
     }
     maps.sort_unstable();
@@ -229,9 +245,9 @@ fn change_map<T: Holds>(
 /// that grow what header maps and requests hold: `outgoing-request`'s
 /// `set-method`, refusing a method longer than [`METHOD_BYTES`],
 /// `set-path-with-query` and `set-authority`, refusing a part longer than
-/// [`URL_PART_BYTES`] (as `wasi:http` refuses one that does not parse);
-/// and `fields`' `from-list`, `append` and `set`. What each adds is
-/// charged (see the module docs).
+/// [`URL_PART_BYTES`] (as `wasi:http` refuses one that does not parse),
+/// and `body`; and `fields`' `from-list`, `append` and `set`. What each
+/// adds is charged (see the module docs).
 ///
 /// # Errors
 ///
@@ -244,6 +260,7 @@ pub(crate) fn bound<T: Holds + 'static>(linker: &mut Linker<T>) -> wasmtime::Res
     type Set = wasmtime::Result<(Refusable,)>;
     type SetPart =
         fn(&mut WasiHttpCtxView<'_>, Request, Option<String>) -> wasmtime::Result<Refusable>;
+    type Body = wasmtime::Result<(Result<Resource<HostOutgoingBody>, ()>,)>;
     linker.allow_shadowing(true);
     let defined = (|| {
         let mut types = linker.instance("wasi:http/types@0.2.12")?;
@@ -285,6 +302,18 @@ pub(crate) fn bound<T: Holds + 'static>(linker: &mut Linker<T>) -> wasmtime::Res
                 },
             )?;
         }
+        types.func_wrap(
+            "[method]outgoing-request.body",
+            |mut store: StoreContextMut<'_, T>, (request,): (Request,)| -> Body {
+                let data = store.data_mut();
+                make_room(data, BODY_BUFFER_BYTES)?;
+                let body = data.http().body(request)?;
+                if body.is_ok() {
+                    data.holds().1.added(BODY_BUFFER_BYTES);
+                }
+                Ok((body,))
+            },
+        )?;
         types.func_wrap(
             "[static]fields.from-list",
             |mut store: StoreContextMut<'_, T>,
@@ -335,7 +364,9 @@ mod tests {
     use wasmtime_wasi_http::p2::bindings::http::types::Method;
     use wasmtime_wasi_http::p2::types::HostOutgoingRequest;
 
-    use crate::sandbox::held::{HEADER_MAP_BYTES, Held, held_in, map_at};
+    use wasmtime_wasi_http::p2::body::{HostOutgoingBody, StreamContext};
+
+    use crate::sandbox::held::{BODY_CHUNK_BYTES, HEADER_MAP_BYTES, Held, held_in, map_at};
     use crate::sandbox::memory::{Charge, MemoryBudget};
 
     /// A mutable header map with `n` headers of 1 000 bytes.
@@ -379,6 +410,23 @@ mod tests {
         assert_eq!(held_in(&mut table), bytes + 500 + map_at(&headers(3)).1);
         table.delete(request).unwrap();
         assert_eq!(held_in(&mut table), bytes + map_at(&headers(3)).1);
+        // A request with a body (not handed over) holds what its body
+        // buffers, at most two writes.
+        let (_, body) = HostOutgoingBody::new(StreamContext::Request, None, 1, BODY_CHUNK_BYTES);
+        table
+            .push(HostOutgoingRequest {
+                method: Method::Get,
+                scheme: None,
+                authority: None,
+                path_with_query: None,
+                headers: FieldMap::new_mutable(HEADER_MAP_BYTES),
+                body: Some(body),
+            })
+            .unwrap();
+        assert_eq!(
+            held_in(&mut table),
+            bytes + map_at(&headers(3)).1 + 2 * BODY_CHUNK_BYTES as u64
+        );
     }
 
     #[test]
@@ -425,7 +473,7 @@ mod tests {
         assert!(failure.tree_share, "{failure:?}");
         assert!(
             failure.reason.starts_with(
-                "holding HTTP headers: the agent's tree holds its share of the host's memory for agents"
+                "holding HTTP headers and unsent bodies: the agent's tree holds its share of the host's memory for agents"
             ),
             "{failure:?}"
         );

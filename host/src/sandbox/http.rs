@@ -163,10 +163,6 @@ impl TaskLine {
     }
 }
 
-/// Bytes one write to a request's body may hand over (see
-/// [`Hooks::p2_outgoing_body_chunk_size`]).
-pub(crate) const BODY_CHUNK_BYTES: usize = 16 << 10;
-
 /// A store's `wasi:http` state: the context, the gate, and what its
 /// header maps and URLs hold.
 pub(crate) struct HttpGate {
@@ -266,7 +262,7 @@ impl WasiHttpHooks for Hooks {
     /// `wasi:http`'s 1 MiB let an agent park 2 MiB in the host per unsent
     /// body.
     fn p2_outgoing_body_chunk_size(&mut self) -> usize {
-        BODY_CHUNK_BYTES
+        crate::sandbox::held::BODY_CHUNK_BYTES
     }
 
     fn send_request(

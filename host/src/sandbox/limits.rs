@@ -96,8 +96,8 @@ pub struct AgentLimits {
     /// authority up to 8 KiB each, an unsent body's buffer 32 KiB), so
     /// without a bound an agent could park gigabytes there; one more
     /// traps. Default 256 (an agent with 16 requests in flight holds about
-    /// 130): about 8 MiB per instance at most. What header maps, paths
-    /// and authorities hold is also charged to the host's memory for
+    /// 130): about 8 MiB per instance at most. What header maps, paths,
+    /// authorities and unsent bodies hold is also charged to the host's memory for
     /// agents ([`HostConfig::memory_budget`](crate::HostConfig::memory_budget)),
     /// under the agent's tree's share; so are responses, up to
     /// [`http_response_bytes`](Self::http_response_bytes) each.

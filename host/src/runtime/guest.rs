@@ -210,6 +210,9 @@ impl AgentCtx {
             self.log_dropped = 0;
         }
         self.task = None;
+        // An instance kept for the next task keeps no more room than its
+        // header maps and requests hold.
+        self.http.held.settle(&mut self.table);
         let (out, out_dropped) = self.stdout.take();
         let (err, err_dropped) = self.stderr.take();
         let (mut diverged, mut host_failure) = (None, None);

@@ -132,6 +132,16 @@ impl Held {
             })
     }
 
+    /// Counts what the resources in `table` hold now and gives back the
+    /// room beyond it (at a task's end: an instance kept for the next one
+    /// keeps no room its resources do not hold).
+    pub(crate) fn settle(&mut self, table: &mut ResourceTable) {
+        if self.reserved.bytes() > 0 {
+            self.estimate = held_in(table);
+            self.reserved.shrink_to(self.estimate);
+        }
+    }
+
     /// Counts `bytes` a call added (at most what room was made for).
     fn added(&mut self, bytes: u64) {
         self.estimate = self.estimate.saturating_add(bytes);
@@ -478,10 +488,17 @@ mod tests {
             "{failure:?}"
         );
 
-        // The maps dropped, the next call counts again and gives room back.
+        // At a task's end, only what the table holds stays reserved.
+        for handle in handles.split_off(5) {
+            table.delete(handle).unwrap();
+        }
+        held.settle(&mut table);
+        assert_eq!(budget.usage().in_use, held_in(&mut table));
+        assert!(budget.usage().in_use < first, "{:?}", budget.usage());
         for handle in handles {
             table.delete(handle).unwrap();
         }
+        // The maps dropped, the next call counts again and gives room back.
         held.make_room(&mut table, HEADER_MAP_BYTES as u64).unwrap();
         assert!(budget.usage().in_use <= first, "{:?}", budget.usage());
         drop(held);

@@ -84,9 +84,9 @@ pub(crate) trait Holds: WasiHttpView {
     fn host_failed(&mut self, failure: HostFailure);
 }
 
-/// The room an instance's header maps and URLs take in the host's memory
-/// for agents; given back when the instance is dropped. See the module
-/// docs.
+/// The room an instance's header maps, URLs and unsent bodies take in the
+/// host's memory for agents; given back when the instance is dropped. See
+/// the module docs.
 pub(crate) struct Held {
     reserved: Reserved,
     /// Bytes held at the last count, and what calls added since: never

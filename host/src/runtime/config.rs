@@ -200,7 +200,7 @@ impl HostConfig {
     /// places ([`places_per_tree`](Self::places_per_tree) of
     /// [`max_instances`](Self::max_instances), by default three
     /// quarters), but at least what one agent may hold (its memory limit
-    /// and one HTTP exchange). Default: half the machine's physical
+    /// and one HTTP exchange, with the request's headers). Default: half the machine's physical
     /// memory, or of the cgroup's memory limit when that is lower (a
     /// container); 4 GiB where neither can be read; at least what one
     /// agent may hold.
@@ -212,12 +212,14 @@ impl HostConfig {
     /// The memory budget as configured or by default, and one tree's
     /// share of it.
     pub(crate) fn memory_shares(&self) -> (u64, u64) {
-        // What one agent may hold: its memories and one HTTP exchange.
+        // What one agent may hold: its memories and one HTTP exchange,
+        // with the request as it was made.
         let limits = &self.agent_limits;
         let limit = limits
             .memory_bytes
             .saturating_add(limits.http_request_bytes)
-            .saturating_add(limits.http_response_bytes);
+            .saturating_add(limits.http_response_bytes)
+            .saturating_add(crate::sandbox::held::REQUEST_BYTES);
         let total = self
             .memory_budget
             .unwrap_or_else(|| crate::sandbox::memory::default_budget().max(limit));
@@ -366,8 +368,9 @@ mod tests {
             http_response_bytes: 8 << 20,
             ..AgentLimits::default()
         });
-        // Three quarters of 40 MiB is 30 MiB, less than one agent may hold.
-        assert_eq!(config.memory_shares(), (40 << 20, 32 << 20));
+        // Three quarters of 40 MiB is 30 MiB, less than one agent may hold
+        // (with a request's headers, path, authority and unsent body).
+        assert_eq!(config.memory_shares(), (40 << 20, (32 << 20) + (64 << 10)));
         // Never more than the budget.
         config.memory_budget(24 << 20);
         assert_eq!(config.memory_shares(), (24 << 20, 24 << 20));

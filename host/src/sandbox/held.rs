@@ -69,6 +69,13 @@ pub(crate) const BODY_CHUNK_BYTES: usize = 16 << 10;
 /// writes.
 const BODY_BUFFER_BYTES: u64 = 2 * BODY_CHUNK_BYTES as u64;
 
+/// Bytes one request the agent makes holds at most before it is handed
+/// over: its header map, path, authority and unsent body. A tree's share
+/// of the host's memory holds at least one such request beside the
+/// agent's memory and one exchange.
+pub(crate) const REQUEST_BYTES: u64 =
+    HEADER_MAP_BYTES as u64 + 2 * URL_PART_BYTES as u64 + BODY_BUFFER_BYTES;
+
 /// Room reserved beyond what a call needs, so that calls in a row do not
 /// each count the table: this, or a quarter of what is held if more.
 const SLACK: u64 = 64 << 10;

@@ -199,11 +199,11 @@ impl HostConfig {
     /// past the tree's share of the budget: the same share as of the
     /// places ([`places_per_tree`](Self::places_per_tree) of
     /// [`max_instances`](Self::max_instances), by default three
-    /// quarters), but at least what one agent may hold (its memory limit
-    /// and one HTTP exchange, with the request's headers). Default: half the machine's physical
-    /// memory, or of the cgroup's memory limit when that is lower (a
-    /// container); 4 GiB where neither can be read; at least what one
-    /// agent may hold.
+    /// quarters), but at least what one agent may hold (its memory limit,
+    /// one HTTP exchange, and 64 KiB for a request it is making). Default:
+    /// half the machine's physical memory, or of the cgroup's memory limit
+    /// when that is lower (a container); 4 GiB where neither can be read;
+    /// at least what one agent may hold.
     pub fn memory_budget(&mut self, bytes: u64) -> &mut Self {
         self.memory_budget = Some(bytes);
         self

@@ -163,8 +163,8 @@ impl TaskLine {
     }
 }
 
-/// A store's `wasi:http` state: the context, the gate, and what its
-/// header maps and URLs hold.
+/// A store's `wasi:http` state: the context, the gate, and the room its
+/// header maps, URLs and unsent bodies take.
 pub(crate) struct HttpGate {
     pub(crate) ctx: WasiHttpCtx,
     pub(crate) hooks: Hooks,

@@ -189,11 +189,9 @@ impl Charge {
     /// [`Refused`] when the host's budget or the tree's share would be
     /// passed; nothing is taken then.
     pub(crate) fn reserve(&self, bytes: u64) -> Result<Reserved, Refused> {
-        self.budget.reserve(self.tree, bytes)?;
-        Ok(Reserved {
-            charge: self.clone(),
-            bytes,
-        })
+        let mut reserved = self.nothing();
+        reserved.grow_to(bytes)?;
+        Ok(reserved)
     }
 
     /// A holder of nothing yet, which may grow ([`Reserved::grow_to`]).
